@@ -1,0 +1,168 @@
+//! The one mapping from errors to HTTP responses: every error leaves Sprig
+//! as an `OperationOutcome` with the right status. Internal details are
+//! logged with the request id and never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+
+use crate::fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
+use crate::store::StoreError;
+
+/// The content type of every FHIR response body.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// Everything a request can fail with.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// 400: the body could not be read as FHIR JSON, or the request is malformed.
+    #[error("bad request")]
+    BadRequest(Vec<Issue>),
+    /// 422: FHIR JSON, but not a valid resource.
+    #[error("unprocessable resource")]
+    Unprocessable(Vec<Issue>),
+    /// 404: no such resource, version or endpoint.
+    #[error("not found")]
+    NotFound(Issue),
+    /// 405: the endpoint exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed(Issue),
+    /// 406: the client accepts no format Sprig can produce.
+    #[error("not acceptable")]
+    NotAcceptable(Issue),
+    /// 410: the resource was deleted.
+    #[error("gone")]
+    Gone(Issue),
+    /// 413: the body is over the size limit.
+    #[error("payload too large")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// 415: the body is not in a format Sprig reads.
+    #[error("unsupported media type")]
+    UnsupportedMediaType(Issue),
+    /// 503: the request did not finish within the time limit.
+    #[error("request timed out")]
+    Timeout {
+        /// The limit in seconds.
+        seconds: u64,
+    },
+    /// 503: storage is temporarily unable to serve.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] StoreError),
+    /// 500: a defect. Logged in full; the client sees only the request id.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_transient() {
+            ApiError::Unavailable(error)
+        } else {
+            ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The issues to report, before capping.
+    fn into_issues(self) -> Vec<Issue> {
+        match self {
+            ApiError::BadRequest(issues) | ApiError::Unprocessable(issues) => issues,
+            ApiError::NotFound(issue)
+            | ApiError::MethodNotAllowed(issue)
+            | ApiError::NotAcceptable(issue)
+            | ApiError::Gone(issue)
+            | ApiError::UnsupportedMediaType(issue) => vec![issue],
+            ApiError::PayloadTooLarge { limit } => vec![Issue::error(
+                IssueType::TooCostly,
+                "request-too-large",
+                format!("The request body is larger than the limit of {limit} bytes"),
+            )],
+            ApiError::Timeout { seconds } => vec![Issue::error(
+                IssueType::Timeout,
+                "request-timeout",
+                format!("The request did not complete within {seconds} s; it may be retried"),
+            )],
+            ApiError::Unavailable(_) => vec![Issue::error(
+                IssueType::Transient,
+                "store-unavailable",
+                "Storage is busy or unavailable; retry shortly",
+            )],
+            ApiError::Internal(_) => vec![
+                Issue::error(
+                    IssueType::Exception,
+                    "internal-error",
+                    "Sprig hit an internal error; nothing was stored. Quote the X-Request-ID response header when reporting it",
+                )
+                .with_severity(IssueSeverity::Fatal),
+            ],
+        }
+    }
+
+    /// Renders the error as a response, reporting at most `max_issues` issues.
+    pub fn into_response_capped(self, max_issues: usize) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%status, detail = %detail, "request failed")
+            }
+            ApiError::Unavailable(error) => {
+                tracing::warn!(%status, error = %error, "request failed")
+            }
+            _ => {}
+        }
+        let nhs_code = nhs_http_error_code(status);
+        let outcome = OperationOutcome::new(self.into_issues()).capped(max_issues);
+        let body = outcome.to_json(nhs_code).to_string();
+        let mut response = (status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Long issue lists are capped where they are made (see
+        // `api::resource`), with the configured `limits.max_issues`.
+        self.into_response_capped(usize::MAX)
+    }
+}
+
+/// The BaRS `http-error-codes` code for a status, for the codes BaRS defines.
+fn nhs_http_error_code(status: StatusCode) -> Option<&'static str> {
+    match status.as_u16() {
+        400 => Some("REC_BAD_REQUEST"),
+        406 => Some("REC_NOT_ACCEPTABLE"),
+        409 => Some("REC_CONFLICT"),
+        422 => Some("REC_UNPROCESSABLE_ENTITY"),
+        500 => Some("REC_SERVER_ERROR"),
+        503 => Some("REC_UNAVAILABLE"),
+        _ => None,
+    }
+}

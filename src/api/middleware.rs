@@ -1,0 +1,102 @@
+//! Cross-cutting request handling: request ids, the per-request tracing
+//! span, access logging, the request timeout and panic containment.
+
+use std::time::{Duration, Instant as StdInstant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// `X-Request-ID`: the caller's if it sent a usable one, else a new UUID.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Correlation-ID`: echoed when sent (BaRS uses it to tie a conversation).
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+
+/// Facts about the current request that handlers need.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// This request's id, as echoed in `X-Request-ID`.
+    pub request_id: String,
+}
+
+/// A caller-supplied id is used only if it is short printable ASCII without
+/// spaces, so it can go into logs and headers without escaping or injection.
+fn usable_id(value: Option<&HeaderValue>) -> Option<String> {
+    let text = value?.to_str().ok()?;
+    let ok = (1..=200).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    ok.then(|| text.to_owned())
+}
+
+/// Opens the request span, assigns the request id and logs the outcome.
+/// Outermost layer: everything else, including panics and timeouts, runs
+/// inside its span and gets the id headers.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let request_id = usable_id(request.headers().get(&REQUEST_ID))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let correlation_id = usable_id(request.headers().get(&CORRELATION_ID));
+    request.extensions_mut().insert(RequestContext {
+        request_id: request_id.clone(),
+    });
+    // The path only: query strings may one day carry search parameters
+    // with patient details.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let started = StdInstant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request completed"
+        );
+    });
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Some(value) = correlation_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert(CORRELATION_ID, value);
+    }
+    response
+}
+
+/// Answers 503 with an OperationOutcome if the request runs past the limit.
+/// Store writes are transactions, so abandoning one leaves nothing
+/// half-written.
+pub async fn request_timeout(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit: Duration = state.settings.limits.request_timeout();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_s = limit.as_secs(), "request timed out");
+            ApiError::Timeout {
+                seconds: limit.as_secs(),
+            }
+            .into_response()
+        }
+    }
+}
+
+/// Turns a panic in a handler into a 500 OperationOutcome (the panic is a
+/// defect, logged, and the server keeps running).
+pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    ApiError::Internal("a request handler panicked".into()).into_response()
+}

@@ -1,0 +1,97 @@
+//! The HTTP face of the gateway: FHIR REST under `/fhir`, health probes.
+//!
+//! `router(state)` builds the whole application as an axum `Router`, with no
+//! socket, so it can be served by `app` or driven directly in tests.
+//!
+//! Architecture invariants: every error response is an OperationOutcome
+//! made by `error::ApiError` (no other error-to-HTTP mapping exists); every
+//! response carries `X-Request-ID`; handlers log ids, never content.
+
+pub mod capability;
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod negotiate;
+pub mod resource;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+use axum::routing::{get, post};
+use serde_json::Value;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::Settings;
+use crate::fhir::{Issue, IssueType};
+use crate::store::Store;
+use crate::validation::Validator;
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Durable storage.
+    pub store: Store,
+    /// Validation passes.
+    pub validator: Arc<Validator>,
+    /// Settings in force.
+    pub settings: Arc<Settings>,
+    /// The CapabilityStatement, built once.
+    pub capability_statement: Arc<Value>,
+}
+
+impl AppState {
+    /// The base of the FHIR API as clients see it, for `Location` headers.
+    pub fn fhir_base(&self) -> String {
+        match &self.settings.public_base_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => "/fhir".to_owned(),
+        }
+    }
+}
+
+/// The application's routes and middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir/{type}", post(resource::create))
+        .route("/fhir/{type}/{id}", get(resource::read))
+        .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read by the handlers, under `limits.max_body_bytes`.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(Issue::error(
+        IssueType::NotFound,
+        "endpoint-not-found",
+        format!(
+            "There is nothing at {}; the FHIR API is under /fhir (GET /fhir/metadata lists what it supports)",
+            uri.path()
+        ),
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(Issue::error(
+        IssueType::NotSupported,
+        "method-not-allowed",
+        format!(
+            "{method} is not supported on {}; GET /fhir/metadata lists the supported interactions",
+            uri.path()
+        ),
+    ))
+}

@@ -1,0 +1,336 @@
+//! The FHIR RESTful interactions on resources: create, read, vread.
+//!
+//! A create runs the gateway's pipeline in order: negotiate → read body →
+//! parse (strict FHIR JSON) → check `resourceType` → validate → store →
+//! answer. Each step either hands a stronger value to the next or returns
+//! an `ApiError`; nothing is stored unless every step before it passed.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::AppState;
+use super::capability::{Interaction, supported};
+use super::error::ApiError;
+use super::middleware::RequestContext;
+use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
+use crate::fhir::json::{JsonLimits, parse_resource};
+use crate::fhir::resource::resource_type_of;
+use crate::fhir::{FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, VersionId};
+use crate::store::{NewResource, ReadOutcome, StoredResource};
+
+/// `POST /fhir/{type}`: create a resource.
+pub async fn create(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    context: Option<Extension<RequestContext>>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(type_name) = path.map_err(bad_path)?;
+    let resource_type = supported(&type_name, Interaction::Create)?;
+    require_json_body(&headers)?;
+    let preference = ReturnPreference::from_headers(&headers);
+    let limits = &state.settings.limits;
+    let bytes = read_body(body, &headers, limits.max_body_bytes).await?;
+
+    let json_limits = JsonLimits {
+        max_depth: limits.max_json_depth,
+    };
+    let resource = parse_resource(&bytes, json_limits).map_err(|e| {
+        ApiError::BadRequest(capped(
+            e.to_issues(resource_type.as_str()),
+            limits.max_issues,
+        ))
+    })?;
+    match resource_type_of(&resource) {
+        Some(found) if found == resource_type.as_str() => {}
+        Some(found) => {
+            return Err(ApiError::BadRequest(vec![
+                Issue::error(
+                    IssueType::Invalid,
+                    "resource-type-mismatch",
+                    format!("The body is a {found} but was posted to /fhir/{resource_type}; post it to /fhir/{found}, or send a {resource_type}"),
+                )
+                .at(format!("{resource_type}.resourceType")),
+            ]));
+        }
+        None => {
+            let message = match resource.get("resourceType") {
+                Some(_) => {
+                    "resourceType must be a JSON string naming the resource type, e.g. \"ServiceRequest\""
+                }
+                None => {
+                    "The resource has no resourceType: add \"resourceType\": \"ServiceRequest\""
+                }
+            };
+            return Err(ApiError::BadRequest(vec![
+                Issue::error(IssueType::Required, "resource-type-missing", message)
+                    .at(format!("{resource_type}.resourceType")),
+            ]));
+        }
+    }
+
+    let issues = state.validator.validate(resource_type, &resource);
+    if issues.iter().any(|i| i.severity.is_error()) {
+        tracing::info!(
+            resource_type = %resource_type,
+            issues = issues.len(),
+            "resource rejected by validation"
+        );
+        return Err(ApiError::Unprocessable(capped(issues, limits.max_issues)));
+    }
+
+    let request_id = context
+        .as_ref()
+        .map(|Extension(c)| c.request_id.as_str())
+        .unwrap_or("unknown");
+    let stored = state
+        .store
+        .create(NewResource {
+            resource_type,
+            resource,
+            received: &bytes,
+            request_id,
+        })
+        .await?;
+    tracing::info!(
+        resource_type = %stored.resource_type,
+        id = %stored.id,
+        version = %stored.version_id,
+        "resource created"
+    );
+
+    let location = format!(
+        "{}/{}/{}/_history/{}",
+        state.fhir_base(),
+        stored.resource_type,
+        stored.id,
+        stored.version_id
+    );
+    let mut response = match preference {
+        ReturnPreference::Representation => resource_body(&stored, format)?,
+        ReturnPreference::Minimal => Response::new(Body::empty()),
+        ReturnPreference::OperationOutcome => {
+            let mut all = vec![Issue {
+                severity: IssueSeverity::Information,
+                code: IssueType::Informational,
+                message_id: "created",
+                message: format!(
+                    "Created {}/{} (version {})",
+                    stored.resource_type, stored.id, stored.version_id
+                ),
+                expression: None,
+                position: None,
+            }];
+            all.extend(issues);
+            json_response(&OperationOutcome::new(all).to_json(None), format)?
+        }
+    };
+    *response.status_mut() = StatusCode::CREATED;
+    let headers = response.headers_mut();
+    set_version_headers(headers, &stored);
+    insert_header(headers, header::LOCATION, &location);
+    insert_header(headers, "preference-applied", preference.applied());
+    Ok(response)
+}
+
+/// `GET /fhir/{type}/{id}`: the current version.
+pub async fn read(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((type_name, raw_id)) = path.map_err(bad_path)?;
+    let resource_type = supported(&type_name, Interaction::Read)?;
+    let id = parse_id(&raw_id)?;
+    let outcome = state.store.read(resource_type, &id).await?;
+    found_or_error(outcome, &format!("{resource_type}/{id}"), format, &headers)
+}
+
+/// `GET /fhir/{type}/{id}/_history/{vid}`: one version.
+pub async fn vread(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((type_name, raw_id, raw_version)) = path.map_err(bad_path)?;
+    let resource_type = supported(&type_name, Interaction::Vread)?;
+    let id = parse_id(&raw_id)?;
+    let version = VersionId::parse(&raw_version).map_err(|e| {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Value,
+            "invalid-version-id",
+            e.to_string(),
+        )])
+    })?;
+    let outcome = state.store.vread(resource_type, &id, version).await?;
+    found_or_error(
+        outcome,
+        &format!("{resource_type}/{id}/_history/{version}"),
+        format,
+        &headers,
+    )
+}
+
+fn found_or_error(
+    outcome: ReadOutcome,
+    what: &str,
+    format: ResponseFormat,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    match outcome {
+        ReadOutcome::Found(stored) => {
+            if etag_matches(request_headers, stored.version_id) {
+                let mut response = StatusCode::NOT_MODIFIED.into_response();
+                set_version_headers(response.headers_mut(), &stored);
+                return Ok(response);
+            }
+            let mut response = resource_body(&stored, format)?;
+            set_version_headers(response.headers_mut(), &stored);
+            Ok(response)
+        }
+        ReadOutcome::Deleted {
+            version_id,
+            last_updated,
+        } => Err(ApiError::Gone(Issue::error(
+            IssueType::Deleted,
+            "resource-deleted",
+            format!(
+                "{what} was deleted at {} (version {version_id}); earlier versions remain readable through _history",
+                last_updated.to_fhir()
+            ),
+        ))),
+        ReadOutcome::NotFound => Err(ApiError::NotFound(Issue::error(
+            IssueType::NotFound,
+            "resource-not-found",
+            format!("{what} does not exist"),
+        ))),
+    }
+}
+
+/// `If-None-Match` with the current ETag (or `*`): the client's copy is current.
+fn etag_matches(headers: &HeaderMap, version: VersionId) -> bool {
+    let weak = format!("W/\"{version}\"");
+    let strong = format!("\"{version}\"");
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag == weak || tag == strong)
+}
+
+fn parse_id(raw: &str) -> Result<FhirId, ApiError> {
+    FhirId::parse(raw).map_err(|e| {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Value,
+            "invalid-id",
+            e.to_string(),
+        )])
+    })
+}
+
+fn bad_path(rejection: PathRejection) -> ApiError {
+    ApiError::BadRequest(vec![Issue::error(
+        IssueType::Invalid,
+        "invalid-path",
+        format!("The request path could not be read: {rejection}"),
+    )])
+}
+
+fn capped(issues: Vec<Issue>, max: usize) -> Vec<Issue> {
+    OperationOutcome::new(issues).capped(max).issues
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (413) before
+/// reading them when `Content-Length` already says so.
+async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit_usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(ApiError::BadRequest(vec![Issue::error(
+            IssueType::Structure,
+            "body-unreadable",
+            format!("The request body could not be read: {error}"),
+        )])),
+    }
+}
+
+fn resource_body(stored: &StoredResource, format: ResponseFormat) -> Result<Response, ApiError> {
+    let body = if format.pretty {
+        let value: Value = serde_json::from_str(&stored.json)
+            .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
+        serde_json::to_string_pretty(&value).map_err(|e| ApiError::Internal(e.to_string()))?
+    } else {
+        stored.json.clone()
+    };
+    let mut response = body.into_response();
+    insert_header(
+        response.headers_mut(),
+        header::CONTENT_TYPE,
+        format.content_type,
+    );
+    Ok(response)
+}
+
+fn json_response(value: &Value, format: ResponseFormat) -> Result<Response, ApiError> {
+    let body = if format.pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    }
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = body.into_response();
+    insert_header(
+        response.headers_mut(),
+        header::CONTENT_TYPE,
+        format.content_type,
+    );
+    Ok(response)
+}
+
+fn set_version_headers(headers: &mut HeaderMap, stored: &StoredResource) {
+    insert_header(
+        headers,
+        header::ETAG,
+        &format!("W/\"{}\"", stored.version_id),
+    );
+    insert_header(
+        headers,
+        header::LAST_MODIFIED,
+        &stored.last_updated.to_http_date(),
+    );
+}
+
+fn insert_header<K: axum::http::header::IntoHeaderName>(
+    headers: &mut HeaderMap,
+    name: K,
+    value: &str,
+) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}

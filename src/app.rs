@@ -1,0 +1,164 @@
+//! Assembling and running the gateway: open the store, load the validator,
+//! bind the listener, serve until told to stop, then drain and close.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, capability};
+use crate::config::{Settings, SqliteSynchronousSetting};
+use crate::fhir::{Instant, ResourceType};
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::validation::Validator;
+use crate::validation::schema::{SchemaError, SchemaPass};
+
+/// The gateway could not start.
+#[derive(Debug, Error)]
+pub enum StartupError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    /// The bundled FHIR schema could not be loaded.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A gateway ready to serve: store open, validator compiled, port bound.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    address: SocketAddr,
+}
+
+impl Application {
+    /// Opens everything the gateway needs. Nothing is served until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let started = Instant::now();
+        let store = Store::open(&StoreOptions {
+            database: settings.database.clone(),
+            busy_timeout: Duration::from_millis(settings.sqlite.busy_timeout_ms),
+            max_read_connections: settings.sqlite.max_read_connections,
+            durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
+        })
+        .await?;
+        // Compiling the schema takes tens of milliseconds per type: do the
+        // types Sprig accepts now, off the async threads.
+        let eager: Vec<ResourceType> = capability::SUPPORTED
+            .iter()
+            .map(|c| c.resource_type)
+            .collect();
+        let schema = tokio::task::spawn_blocking(move || SchemaPass::load(&eager))
+            .await
+            .map_err(|e| SchemaError::Compile {
+                resource_type: "(start-up)".into(),
+                message: e.to_string(),
+            })??;
+        let validator = Validator::new(vec![Box::new(schema)]);
+
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    address: settings.listen,
+                    source,
+                })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            address: settings.listen,
+            source,
+        })?;
+        let capability_statement = capability::capability_statement(&settings, started);
+        let state = AppState {
+            store,
+            validator: Arc::new(validator),
+            settings: Arc::new(settings),
+            capability_statement: Arc::new(capability_statement),
+        };
+        Ok(Self {
+            listener,
+            state,
+            address,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The store, for tools and tests that inspect what was written.
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections,
+    /// lets requests in flight finish (up to `limits.shutdown_timeout_secs`)
+    /// and closes the database cleanly.
+    pub async fn run_until_stopped<F>(self, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let grace = Duration::from_secs(self.state.settings.limits.shutdown_timeout_secs);
+        let store = self.state.store.clone();
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let router = api::router(self.state);
+        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing requests in flight");
+            let _ = stopping_tx.send(());
+        });
+        let drain_deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = server => result,
+            () = drain_deadline => {
+                tracing::warn!(grace_s = grace.as_secs(), "requests still running after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,101 @@
+//! The `sprig` command line: parses arguments, runs a subcommand, and
+//! decides the exit status (0 success, 1 runtime failure, 2 bad usage or
+//! configuration).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant as StdInstant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{Application, shutdown_signal};
+use crate::config::{Overrides, Settings};
+use crate::telemetry;
+
+/// Sprig: the social prescribing referral gateway (FHIR R4).
+#[derive(Debug, Parser)]
+#[command(name = "sprig", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080]
+    #[arg(long, env = "SPRIG_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// SQLite file path or sqlite: URL [default: ./sprig.db]
+    #[arg(long, env = "SPRIG_DATABASE", value_name = "PATH_OR_URL")]
+    database: Option<String>,
+    /// TOML config file [default: ./sprig.toml if present]
+    #[arg(long, env = "SPRIG_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Runs the command line and returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let started = StdInstant::now();
+    let overrides = Overrides {
+        listen: args.listen,
+        database: args.database,
+    };
+    let settings = match Settings::load(args.config.as_deref(), &overrides) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("sprig: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sprig: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run_server(settings, started)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "sprig stopped with an error");
+            eprintln!("sprig: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_server(settings: Settings, started: StdInstant) -> anyhow::Result<()> {
+    let database = settings.database.clone();
+    let app = Application::build(settings)
+        .await
+        .context("start-up failed")?;
+    tracing::info!(
+        address = %app.local_addr(),
+        database = %database,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening on http://{}",
+        app.local_addr()
+    );
+    app.run_until_stopped(shutdown_signal())
+        .await
+        .context("server error")
+}

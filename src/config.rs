@@ -1,0 +1,291 @@
+//! Settings: built-in defaults, then `sprig.toml` (or the `--config` file),
+//! then `SPRIG_*` environment variables, then command-line flags.
+//!
+//! Every key is optional. Nested keys are set from the environment with a
+//! double underscore: `SPRIG_LIMITS__MAX_BODY_BYTES=1048576`. Unknown keys
+//! are an error, so a misspelt setting is noticed rather than ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::fhir::json::MAX_SUPPORTED_DEPTH;
+
+/// The config file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
+
+/// Settings could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A named config file does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value has the wrong type, or a key is unknown.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// A value is out of range.
+    #[error("invalid configuration: {key}: {reason}")]
+    OutOfRange {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty when standard error is a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// All of Sprig's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// SQLite file path or `sqlite:` URL.
+    pub database: String,
+    /// Absolute base URL clients reach Sprig's FHIR API at (for example
+    /// `https://sprig.example.org/fhir`), used in `Location` headers and the
+    /// CapabilityStatement; when unset, `Location` is a path.
+    pub public_base_url: Option<String>,
+    /// Logging.
+    pub log: LogSettings,
+    /// Request limits.
+    pub limits: Limits,
+    /// SQLite tuning.
+    pub sqlite: SqliteSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: "sprig.db".into(),
+            public_base_url: None,
+            log: LogSettings::default(),
+            limits: Limits::default(),
+            sqlite: SqliteSettings::default(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `auto`, `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,sprig=debug`
+    /// (`RUST_LOG` overrides it).
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Limits that protect the gateway from oversized or slow requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: u64,
+    /// Deepest JSON nesting accepted (1 to 127).
+    pub max_json_depth: usize,
+    /// A request still running after this many seconds is answered 503.
+    pub request_timeout_secs: u64,
+    /// Most issues reported in one OperationOutcome.
+    pub max_issues: usize,
+    /// On shutdown, wait this many seconds for requests in flight.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 5 * 1024 * 1024,
+            max_json_depth: 64,
+            request_timeout_secs: 30,
+            max_issues: 100,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl Limits {
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// SQLite settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteSettings {
+    /// `full`: a commit is on disk before the client hears 201 (default);
+    /// `normal`: faster, but a power cut may lose the last commits.
+    pub synchronous: SqliteSynchronousSetting,
+    /// Milliseconds to wait for a lock or a connection.
+    pub busy_timeout_ms: u64,
+    /// Connections for reads.
+    pub max_read_connections: u32,
+}
+
+/// SQLite's `synchronous` pragma, as far as Sprig allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronousSetting {
+    /// fsync on every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
+}
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        Self {
+            synchronous: SqliteSynchronousSetting::Full,
+            busy_timeout_ms: 5_000,
+            max_read_connections: 8,
+        }
+    }
+}
+
+/// Values given on the command line, which win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--database`.
+    pub database: Option<String>,
+}
+
+impl Settings {
+    /// Loads settings from the defaults, the config file, the environment
+    /// and the command line, in that order of precedence (last wins).
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_from(config_file, overrides, Env::prefixed("SPRIG_"))
+    }
+
+    fn load_from(
+        config_file: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match config_file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_owned())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        figment = figment.merge(env.split("__").ignore(&["config"]));
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default("listen", listen));
+        }
+        if let Some(database) = &overrides.database {
+            figment = figment.merge(Serialized::default("database", database));
+        }
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let range = |key, reason: &str| ConfigError::OutOfRange {
+            key,
+            reason: reason.to_owned(),
+        };
+        if self.limits.max_body_bytes == 0 {
+            return Err(range("limits.max_body_bytes", "must be at least 1"));
+        }
+        if !(1..=MAX_SUPPORTED_DEPTH).contains(&self.limits.max_json_depth) {
+            return Err(range("limits.max_json_depth", "must be between 1 and 127"));
+        }
+        if self.limits.request_timeout_secs == 0 {
+            return Err(range("limits.request_timeout_secs", "must be at least 1"));
+        }
+        if self.limits.max_issues == 0 {
+            return Err(range("limits.max_issues", "must be at least 1"));
+        }
+        if self.database.trim().is_empty() {
+            return Err(range("database", "must not be empty"));
+        }
+        if let Some(url) = &self.public_base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(range("public_base_url", "must be an absolute http(s) URL"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_file_then_environment_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "database = \"from-file.db\"\n[limits]\nmax_issues = 7\nmax_body_bytes = 10\n",
+            )?;
+            jail.set_env("SPRIG_LIMITS__MAX_BODY_BYTES", "2048");
+            jail.set_env("SPRIG_CONFIG", "ignored-here.toml");
+            let settings = Settings::load(Some(Path::new("custom.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(settings.database, "from-file.db");
+            assert_eq!(settings.limits.max_issues, 7);
+            assert_eq!(settings.limits.max_body_bytes, 2048);
+            assert_eq!(settings.listen.port(), 8080);
+
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:0".parse().map_err(|_| "addr")?),
+                database: Some("flag.db".into()),
+            };
+            let settings = Settings::load(Some(Path::new("custom.toml")), &overrides)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(settings.database, "flag.db");
+            assert_eq!(settings.listen.port(), 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[limits]\nmax_body_byte = 1\n")?;
+            let err = Settings::load(Some(Path::new("a.toml")), &Overrides::default())
+                .expect_err("unknown key");
+            assert!(err.to_string().contains("max_body_byte"), "{err}");
+            jail.create_file("b.toml", "[limits]\nmax_json_depth = 500\n")?;
+            assert!(Settings::load(Some(Path::new("b.toml")), &Overrides::default()).is_err());
+            assert!(Settings::load(Some(Path::new("nope.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

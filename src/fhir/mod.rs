@@ -1,0 +1,23 @@
+//! FHIR R4 model helpers: the strict JSON reader, the types that parse
+//! (`FhirId`, `ResourceType`, `Instant`), and the `OperationOutcome` builder.
+//!
+//! This module knows FHIR's rules but nothing about HTTP, storage or
+//! validation profiles: everything here is pure and cannot do I/O.
+
+pub mod json;
+pub mod outcome;
+pub mod path;
+pub mod resource;
+pub mod resource_types;
+pub mod types;
+
+pub use outcome::{Issue, IssueSeverity, IssueType, OperationOutcome};
+pub use path::ElementPath;
+pub use types::{FhirId, Instant, ResourceType, VersionId};
+
+/// The FHIR version this gateway speaks.
+pub const FHIR_VERSION: &str = "4.0.1";
+
+/// Canonical base for definitions and code systems that Sprig itself owns.
+/// Deliberately not an NHS or HL7 address.
+pub const SPRIG_CANONICAL_BASE: &str = "https://sprig-gateway.org/fhir";

@@ -1,0 +1,206 @@
+//! Durable storage of FHIR resources and their history.
+//!
+//! Today one backend, SQLite (WAL mode, one writer connection and a pool of
+//! readers); PostgreSQL arrives behind this same interface, so SQL here is
+//! kept to what both run, and migrations live in per-dialect folders under
+//! `migrations/`.
+//!
+//! Architecture invariants:
+//! - a write returns only after its transaction has committed (with
+//!   `synchronous = FULL` by default, after it is on disk), so a 201 means
+//!   the resource survives a crash or restart;
+//! - versions are never overwritten: an update or deletion adds a version;
+//! - this module stores what it is given: parsing and validation happen
+//!   before, in `fhir` and `validation`.
+
+mod sqlite;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+
+pub use sqlite::SqliteStore;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database location names a backend this build cannot use.
+    #[error("unsupported database '{0}': use a SQLite file path or a sqlite: URL")]
+    UnsupportedDatabase(String),
+    /// The database answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A row holds something the store never writes.
+    #[error("corrupt row for {resource_type}/{id}: {reason}")]
+    Corrupt {
+        /// Type of the resource.
+        resource_type: String,
+        /// Its id.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (the database is busy or every
+    /// connection is in use), as opposed to a defect.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::PoolTimedOut) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
+                db.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Settings for opening the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A SQLite file path, or a `sqlite:` URL.
+    pub database: String,
+    /// Wait this long for a lock before reporting the database busy.
+    pub busy_timeout: Duration,
+    /// Connections used for reads (writes use one connection of their own).
+    pub max_read_connections: u32,
+    /// `synchronous = FULL` (every commit reaches the disk before it is
+    /// acknowledged) when true; `NORMAL` (a power cut may lose the last
+    /// commits, a process crash may not) when false.
+    pub durable_commits: bool,
+}
+
+/// One version of a resource, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    /// The resource type.
+    pub resource_type: ResourceType,
+    /// The logical id.
+    pub id: FhirId,
+    /// The version.
+    pub version_id: VersionId,
+    /// When this version was written.
+    pub last_updated: Instant,
+    /// The resource JSON, with `id` and `meta` as stored.
+    pub json: String,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone)]
+pub enum ReadOutcome {
+    /// The resource (or version) exists.
+    Found(StoredResource),
+    /// The resource existed and was deleted (FHIR: 410 Gone).
+    Deleted {
+        /// The deletion's version.
+        version_id: VersionId,
+        /// When it was deleted.
+        last_updated: Instant,
+    },
+    /// No such resource or version.
+    NotFound,
+}
+
+/// A resource to create, already parsed and validated.
+#[derive(Debug)]
+pub struct NewResource<'a> {
+    /// Its type.
+    pub resource_type: ResourceType,
+    /// The resource; `id` and `meta` are replaced by the store's.
+    pub resource: Map<String, Value>,
+    /// The request body exactly as received, kept for audit.
+    pub received: &'a [u8],
+    /// The request that brought it, for audit.
+    pub request_id: &'a str,
+}
+
+/// The storage the gateway runs on.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// An embedded SQLite file.
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        let database = options.database.trim();
+        if database.starts_with("postgres:") || database.starts_with("postgresql:") {
+            return Err(StoreError::UnsupportedDatabase(
+                "PostgreSQL is not supported by this version yet".into(),
+            ));
+        }
+        if database.contains("://") && !database.starts_with("sqlite:") {
+            return Err(StoreError::UnsupportedDatabase(database.to_owned()));
+        }
+        Ok(Store::Sqlite(SqliteStore::open(options).await?))
+    }
+
+    /// Stores a new resource under a new server-assigned id, as version 1.
+    pub async fn create(&self, new: NewResource<'_>) -> Result<StoredResource, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create(new).await,
+        }
+    }
+
+    /// The current version of a resource.
+    pub async fn read(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<ReadOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.read(resource_type, id).await,
+        }
+    }
+
+    /// One version of a resource.
+    pub async fn vread(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        version: VersionId,
+    ) -> Result<ReadOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.vread(resource_type, id, version).await,
+        }
+    }
+
+    /// Marks a resource deleted by adding a deletion version; earlier
+    /// versions stay readable. Returns the deletion's version, or `None` if
+    /// there was no such (undeleted) resource.
+    pub async fn delete(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        request_id: &str,
+    ) -> Result<Option<VersionId>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete(resource_type, id, request_id).await,
+        }
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// Closes every connection, after the ones in use are returned.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}

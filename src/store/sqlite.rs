@@ -1,0 +1,269 @@
+//! The SQLite backend: WAL mode, one writer connection (SQLite allows one
+//! writer at a time; queueing writers in the pool rather than in SQLite's
+//! lock avoids `SQLITE_BUSY` under load) and a pool of read-only readers,
+//! which WAL lets run alongside the writer.
+
+use std::str::FromStr;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+
+use super::{NewResource, ReadOutcome, StoreError, StoreOptions, StoredResource};
+use crate::fhir::resource::stamp;
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+
+/// A SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the file (creating it if missing), switches it to WAL and runs
+    /// the migrations in `migrations/sqlite`.
+    pub async fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        let database = options.database.trim();
+        let base = if database.starts_with("sqlite:") {
+            if database.contains(":memory:") || database.contains("mode=memory") {
+                return Err(StoreError::UnsupportedDatabase(format!(
+                    "{database} (an in-memory database would lose every referral on restart; use a file)"
+                )));
+            }
+            SqliteConnectOptions::from_str(database)?
+        } else {
+            SqliteConnectOptions::new().filename(database)
+        };
+        let synchronous = if options.durable_commits {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        };
+        let base = base
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(options.busy_timeout)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.max_read_connections.max(1))
+            .acquire_timeout(options.busy_timeout)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+
+    pub(super) async fn create(&self, new: NewResource<'_>) -> Result<StoredResource, StoreError> {
+        let id = FhirId::generate();
+        let version_id = VersionId::FIRST;
+        let last_updated = Instant::now();
+        let stamped = stamp(new.resource, &id, version_id, last_updated);
+        let json = serde_json::to_string(&stamped).map_err(|e| StoreError::Corrupt {
+            resource_type: new.resource_type.to_string(),
+            id: id.to_string(),
+            reason: format!("cannot serialise: {e}"),
+        })?;
+        let at = last_updated.to_fhir();
+
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
+             VALUES ($1, $2, $3, 0, $4)",
+        )
+        .bind(new.resource_type.as_str())
+        .bind(id.as_str())
+        .bind(version_id.get())
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        insert_version(
+            &mut tx,
+            VersionRow {
+                resource_type: new.resource_type,
+                id: &id,
+                version_id,
+                last_updated: &at,
+                operation: "create",
+                resource: Some(&json),
+                received: Some(new.received),
+                request_id: new.request_id,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+
+        Ok(StoredResource {
+            resource_type: new.resource_type,
+            id,
+            version_id,
+            last_updated,
+            json,
+        })
+    }
+
+    pub(super) async fn read(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<ReadOutcome, StoreError> {
+        let row = sqlx::query(
+            "SELECT v.version_id, v.last_updated, v.resource \
+             FROM resources r JOIN resource_versions v \
+               ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
+             WHERE r.resource_type = $1 AND r.id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| outcome_from_row(resource_type, id, &row))
+            .unwrap_or(Ok(ReadOutcome::NotFound))
+    }
+
+    pub(super) async fn vread(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        version: VersionId,
+    ) -> Result<ReadOutcome, StoreError> {
+        let row = sqlx::query(
+            "SELECT version_id, last_updated, resource FROM resource_versions \
+             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .bind(version.get())
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| outcome_from_row(resource_type, id, &row))
+            .unwrap_or(Ok(ReadOutcome::NotFound))
+    }
+
+    pub(super) async fn delete(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        request_id: &str,
+    ) -> Result<Option<VersionId>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let current: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((current, 0)) = current else {
+            return Ok(None);
+        };
+        let version_id = VersionId::from_i64(current).next();
+        let at = Instant::now().to_fhir();
+        sqlx::query(
+            "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
+             WHERE resource_type = $3 AND id = $4",
+        )
+        .bind(version_id.get())
+        .bind(&at)
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        insert_version(
+            &mut tx,
+            VersionRow {
+                resource_type,
+                id,
+                version_id,
+                last_updated: &at,
+                operation: "delete",
+                resource: None,
+                received: None,
+                request_id,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(version_id))
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+struct VersionRow<'a> {
+    resource_type: ResourceType,
+    id: &'a FhirId,
+    version_id: VersionId,
+    last_updated: &'a str,
+    operation: &'static str,
+    resource: Option<&'a str>,
+    received: Option<&'a [u8]>,
+    request_id: &'a str,
+}
+
+async fn insert_version(
+    conn: &mut SqliteConnection,
+    row: VersionRow<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO resource_versions \
+         (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(row.resource_type.as_str())
+    .bind(row.id.as_str())
+    .bind(row.version_id.get())
+    .bind(row.last_updated)
+    .bind(row.operation)
+    .bind(row.resource)
+    .bind(row.received)
+    .bind(row.request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn outcome_from_row(
+    resource_type: ResourceType,
+    id: &FhirId,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<ReadOutcome, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        reason,
+    };
+    let version_id = VersionId::from_i64(row.try_get("version_id")?);
+    let last_updated_text: String = row.try_get("last_updated")?;
+    let last_updated = Instant::parse(&last_updated_text).map_err(|e| corrupt(e.to_string()))?;
+    let resource: Option<String> = row.try_get("resource")?;
+    Ok(match resource {
+        Some(json) => ReadOutcome::Found(StoredResource {
+            resource_type,
+            id: id.clone(),
+            version_id,
+            last_updated,
+            json,
+        }),
+        None => ReadOutcome::Deleted {
+            version_id,
+            last_updated,
+        },
+    })
+}

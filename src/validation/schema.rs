@@ -1,0 +1,569 @@
+//! The structural pass: HL7's official R4 JSON schema (`fhir.schema.json`)
+//! checked with the `jsonschema` crate.
+//!
+//! The schema ships unmodified in `profiles/schema/` with an RFC 6902 patch
+//! beside it (see that folder's README for what is patched and why); both
+//! are compiled into the binary, so the gateway needs no files at run time.
+//!
+//! Compiling the whole schema's `oneOf` root is slow and reports one useless
+//! error, and compiling all 146 resource types costs seconds and gigabytes,
+//! so there is one validator per resource type (a `$ref` to that type's
+//! definition), compiled at start-up for the types Sprig accepts and on
+//! first use for the rest, then shared by every request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{Draft, PatternOptions, Registry, ValidationError};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::ValidationPass;
+use crate::fhir::json::json_type_name;
+use crate::fhir::path::Segment;
+use crate::fhir::resource_types::R4_RESOURCE_TYPES;
+use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType, ResourceType};
+
+/// HL7's R4 schema, exactly as published.
+const PRISTINE_SCHEMA: &str = include_str!("../../profiles/schema/fhir.schema.json");
+/// Sprig's corrections to it, as an RFC 6902 JSON Patch.
+const SCHEMA_PATCH: &str = include_str!("../../profiles/schema/fhir.schema.patch.json");
+/// The schema's own `id`, which its internal `$ref`s resolve against.
+const SCHEMA_URI: &str = "http://hl7.org/fhir/json-schema/4.0";
+/// Enumerated values listed in a message before it says "…".
+const MAX_LISTED_CODES: usize = 12;
+
+/// The schema could not be loaded or compiled: a build defect, not bad input.
+#[derive(Debug, Error)]
+pub enum SchemaError {
+    /// The embedded schema or patch is not JSON.
+    #[error("embedded FHIR schema is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The patch does not apply (the schema is not the pristine one).
+    #[error("the schema patch does not apply to the embedded FHIR schema: {0}")]
+    Patch(#[from] json_patch::PatchError),
+    /// jsonschema refused the schema or a per-type wrapper.
+    #[error("cannot compile the FHIR schema for {resource_type}: {message}")]
+    Compile {
+        /// The type whose validator failed.
+        resource_type: String,
+        /// jsonschema's explanation.
+        message: String,
+    },
+}
+
+type CompiledValidator = Result<Arc<jsonschema::Validator>, String>;
+
+/// Validates resources against the patched R4 JSON schema.
+pub struct SchemaPass {
+    registry: Registry<'static>,
+    validators: HashMap<&'static str, OnceLock<CompiledValidator>>,
+    /// Which FHIR primitive types use a given regex, to name the type in
+    /// pattern errors ("not a valid FHIR dateTime").
+    pattern_types: HashMap<String, Vec<String>>,
+}
+
+impl SchemaPass {
+    /// Loads and patches the embedded schema and compiles validators for
+    /// `eager` types now; the others compile on first use.
+    pub fn load(eager: &[ResourceType]) -> Result<Self, SchemaError> {
+        let mut schema: Value = serde_json::from_str(PRISTINE_SCHEMA)?;
+        let patch: json_patch::Patch = serde_json::from_str(SCHEMA_PATCH)?;
+        json_patch::patch(&mut schema, &patch)?;
+
+        let mut pattern_types: HashMap<String, Vec<String>> = HashMap::new();
+        if let Some(definitions) = schema.get("definitions").and_then(Value::as_object) {
+            for (name, definition) in definitions {
+                if let Some(pattern) = definition.get("pattern").and_then(Value::as_str) {
+                    pattern_types
+                        .entry(pattern.to_owned())
+                        .or_default()
+                        .push(name.clone());
+                }
+            }
+        }
+
+        let registry = Registry::new()
+            .add(SCHEMA_URI, schema)
+            .and_then(|builder| builder.prepare())
+            .map_err(|e| SchemaError::Compile {
+                resource_type: "(registry)".into(),
+                message: e.to_string(),
+            })?;
+        let validators = R4_RESOURCE_TYPES
+            .iter()
+            .map(|name| (*name, OnceLock::new()))
+            .collect();
+        let pass = Self {
+            registry,
+            validators,
+            pattern_types,
+        };
+        for resource_type in eager {
+            pass.validator_for(resource_type.as_str())
+                .map_err(|message| SchemaError::Compile {
+                    resource_type: resource_type.to_string(),
+                    message,
+                })?;
+        }
+        Ok(pass)
+    }
+
+    fn validator_for(&self, resource_type: &str) -> CompiledValidator {
+        let Some(cell) = self.validators.get(resource_type) else {
+            return Err(format!("'{resource_type}' is not an R4 resource type"));
+        };
+        cell.get_or_init(|| {
+            let wrapper = serde_json::json!({
+                "$ref": format!("{SCHEMA_URI}#/definitions/{resource_type}")
+            });
+            jsonschema::options()
+                .with_draft(Draft::Draft6)
+                .with_registry(&self.registry)
+                .with_pattern_options(PatternOptions::regex())
+                .build(&wrapper)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+    }
+
+    /// Validates `resource` as a `resource_type`, reporting locations under
+    /// `base` (non-empty for contained resources).
+    fn validate_at(
+        &self,
+        resource_type: &str,
+        resource: &Value,
+        base: &ElementPath,
+        root: &str,
+        out: &mut Vec<Issue>,
+    ) {
+        let validator = match self.validator_for(resource_type) {
+            Ok(validator) => validator,
+            Err(message) => {
+                out.push(
+                    Issue::error(
+                        IssueType::Exception,
+                        "schema-unavailable",
+                        format!(
+                            "The R4 schema for {resource_type} could not be compiled: {message}"
+                        ),
+                    )
+                    .with_severity(IssueSeverity::Fatal),
+                );
+                return;
+            }
+        };
+        for error in validator.iter_errors(resource) {
+            self.translate(&error, resource, base, root, out);
+        }
+    }
+
+    fn translate(
+        &self,
+        error: &ValidationError<'_>,
+        document: &Value,
+        base: &ElementPath,
+        root: &str,
+        out: &mut Vec<Issue>,
+    ) {
+        let local = ElementPath::from_json_pointer(error.instance_path().as_str());
+        let path = base.join(&local);
+        let expression = path.to_expression(root);
+        let instance = error.instance();
+        let issue = match error.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for name in unexpected {
+                    let hint = if name.starts_with('_') {
+                        format!(
+                            "'{name}' would carry the id and extensions of a primitive element '{}', but there is no such primitive element here",
+                            &name[1..]
+                        )
+                    } else {
+                        "check the spelling and case against the FHIR R4 definition; unknown elements are rejected, not dropped".to_owned()
+                    };
+                    out.push(
+                        Issue::error(
+                            IssueType::Structure,
+                            "schema-unknown-element",
+                            format!("Unknown element '{name}' in {expression}: {hint}"),
+                        )
+                        .at(path.key(name.clone()).to_expression(root)),
+                    );
+                }
+                return;
+            }
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or_default().to_owned();
+                Issue::error(
+                    IssueType::Required,
+                    "schema-required",
+                    format!("{expression} is missing the required element '{name}'"),
+                )
+                .at(path.key(name).to_expression(root))
+            }
+            ValidationErrorKind::Type { kind } => {
+                let expected = match kind {
+                    TypeKind::Single(t) => t.to_string(),
+                    TypeKind::Multiple(set) => set
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                };
+                let hint = match expected.as_str() {
+                    "array" => {
+                        " (an element that can repeat is always a JSON array in FHIR, even with one item)"
+                    }
+                    "object" => {
+                        " (this element has a complex datatype, so its value is a JSON object, e.g. a Reference is {\"reference\": \"Patient/123\"})"
+                    }
+                    "string" => " (FHIR JSON writes this primitive as a JSON string)",
+                    "boolean" => " (true or false, without quotes)",
+                    "number" => " (a JSON number, without quotes)",
+                    _ => "",
+                };
+                Issue::error(
+                    IssueType::Structure,
+                    "schema-wrong-json-type",
+                    format!(
+                        "{expression} must be a JSON {expected} but is a JSON {}{hint}",
+                        json_type_name(instance)
+                    ),
+                )
+                .at(expression)
+            }
+            ValidationErrorKind::Enum { options } => {
+                let allowed: Vec<String> = options
+                    .as_array()
+                    .map(|codes| {
+                        codes
+                            .iter()
+                            .map(|c| {
+                                c.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| c.to_string())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let listed = if allowed.len() > MAX_LISTED_CODES {
+                    format!("{}, …", allowed[..MAX_LISTED_CODES].join(", "))
+                } else {
+                    allowed.join(", ")
+                };
+                Issue::error(
+                    IssueType::CodeInvalid,
+                    "schema-code-invalid",
+                    format!(
+                        "{} is not a valid code for {expression}; the allowed codes are: {listed}",
+                        display_value(instance)
+                    ),
+                )
+                .at(expression)
+            }
+            ValidationErrorKind::Pattern { pattern } => {
+                let type_name = self
+                    .pattern_types
+                    .get(pattern)
+                    .and_then(|names| names.first())
+                    .map(String::as_str)
+                    .unwrap_or("value");
+                Issue::error(
+                    IssueType::Value,
+                    "schema-invalid-primitive",
+                    format!(
+                        "{} is not a valid FHIR {type_name} for {expression}{}",
+                        display_value(instance),
+                        primitive_hint(type_name)
+                    ),
+                )
+                .at(expression)
+            }
+            ValidationErrorKind::Constant { expected_value } => Issue::error(
+                IssueType::Value,
+                "schema-fixed-value",
+                format!(
+                    "{expression} must be {expected_value}, not {}",
+                    display_value(instance)
+                ),
+            )
+            .at(expression),
+            ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
+                // A contained or nested resource: the schema only says "matches
+                // none of the 146 types", so validate it as its own type.
+                if let Some(nested_type) = instance.get("resourceType").and_then(Value::as_str) {
+                    if ResourceType::parse(nested_type).is_ok() {
+                        let _ = document;
+                        self.validate_at(nested_type, instance, &path, root, out);
+                        return;
+                    }
+                    Issue::error(
+                        IssueType::Value,
+                        "schema-unknown-resource-type",
+                        format!("{expression} has resourceType '{nested_type}', which is not a FHIR R4 resource type"),
+                    )
+                    .at(path.key("resourceType").to_expression(root))
+                } else if instance.is_object() {
+                    Issue::error(
+                        IssueType::Required,
+                        "schema-missing-resource-type",
+                        format!("{expression} is a resource without a resourceType"),
+                    )
+                    .at(expression)
+                } else {
+                    Issue::error(
+                        IssueType::Structure,
+                        "schema-invalid",
+                        format!("{expression} must be a resource (a JSON object with a resourceType) but is a JSON {}", json_type_name(instance)),
+                    )
+                    .at(expression)
+                }
+            }
+            _ => Issue::error(
+                IssueType::Invalid,
+                "schema-invalid",
+                format!("{expression} is not valid: {}", error.kind_message()),
+            )
+            .at(expression),
+        };
+        out.push(issue);
+    }
+}
+
+/// A short rendering of an offending value for a message.
+fn display_value(value: &Value) -> String {
+    let text = match value {
+        Value::String(s) => format!("'{s}'"),
+        other => other.to_string(),
+    };
+    if text.chars().count() > 80 {
+        let mut short: String = text.chars().take(80).collect();
+        short.push('…');
+        short
+    } else {
+        text
+    }
+}
+
+fn primitive_hint(type_name: &str) -> &'static str {
+    match type_name {
+        "date" => " (expected YYYY, YYYY-MM or YYYY-MM-DD)",
+        "dateTime" => {
+            " (expected YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss with a time zone, e.g. 2026-11-21T09:30:00+00:00)"
+        }
+        "instant" => {
+            " (expected YYYY-MM-DDThh:mm:ss with a time zone, e.g. 2026-11-21T09:30:00.000Z)"
+        }
+        "time" => " (expected hh:mm:ss)",
+        "id" => " (1 to 64 characters from A-Z, a-z, 0-9, '-' and '.')",
+        "code" => " (no leading, trailing or repeated whitespace)",
+        "uri" | "url" | "canonical" => " (no whitespace)",
+        "oid" => " (expected urn:oid: followed by dotted numbers)",
+        "uuid" => " (expected urn:uuid: followed by a lower-case UUID)",
+        "positiveInt" => " (an integer of 1 or more)",
+        "unsignedInt" => " (an integer of 0 or more)",
+        "integer" => " (a whole number)",
+        "decimal" => " (a decimal number)",
+        _ => "",
+    }
+}
+
+trait KindMessage {
+    fn kind_message(&self) -> String;
+}
+
+impl KindMessage for ValidationError<'_> {
+    /// jsonschema's own message, which starts with the instance itself.
+    fn kind_message(&self) -> String {
+        let text = self.to_string();
+        if text.chars().count() > 200 {
+            let mut short: String = text.chars().take(200).collect();
+            short.push('…');
+            short
+        } else {
+            text
+        }
+    }
+}
+
+impl ValidationPass for SchemaPass {
+    fn name(&self) -> &'static str {
+        "r4-json-schema"
+    }
+
+    fn check(&self, resource_type: ResourceType, resource: &Map<String, Value>) -> Vec<Issue> {
+        // jsonschema validates a `Value`; the clone of the map is cheap next
+        // to validation and keeps the pass interface on plain maps.
+        let document = Value::Object(resource.clone());
+        let mut issues = Vec::new();
+        let root = resource_type.as_str();
+        self.validate_at(root, &document, &ElementPath::root(), root, &mut issues);
+        sort_in_document_order(&mut issues, &document, root);
+        issues.dedup();
+        issues
+    }
+}
+
+/// Orders issues as their elements appear in the document (the order the
+/// sender wrote them in), which is how a developer reads the message.
+fn sort_in_document_order(issues: &mut [Issue], document: &Value, root: &str) {
+    let key = |issue: &Issue| -> Vec<usize> {
+        let Some(expression) = issue.expression.as_deref() else {
+            return Vec::new();
+        };
+        let path = expression_to_path(expression, root);
+        let mut positions = Vec::new();
+        let mut node = Some(document);
+        for segment in path.segments() {
+            let position = match (segment, node) {
+                (Segment::Key(k), Some(Value::Object(map))) => {
+                    let index = map.keys().position(|key| key == k);
+                    node = map.get(k.as_str());
+                    index.unwrap_or(usize::MAX)
+                }
+                (Segment::Index(i), Some(Value::Array(items))) => {
+                    node = items.get(*i);
+                    *i
+                }
+                _ => {
+                    node = None;
+                    usize::MAX
+                }
+            };
+            positions.push(position);
+        }
+        positions
+    };
+    issues.sort_by_cached_key(key);
+}
+
+/// Inverse of `ElementPath::to_expression` for the expressions this module
+/// writes (no dots or brackets inside names: FHIR names have none).
+fn expression_to_path(expression: &str, root: &str) -> ElementPath {
+    let rest = expression.strip_prefix(root).unwrap_or(expression);
+    let mut segments = Vec::new();
+    for part in rest.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(name) = pieces.next().filter(|n| !n.is_empty()) {
+            segments.push(Segment::Key(name.to_owned()));
+        }
+        for piece in pieces {
+            if let Ok(index) = piece.trim_end_matches(']').parse() {
+                segments.push(Segment::Index(index));
+            }
+        }
+    }
+    ElementPath::from_segments(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::LazyLock;
+
+    static PASS: LazyLock<SchemaPass> =
+        LazyLock::new(|| SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema loads"));
+
+    fn check(resource: Value) -> Vec<(String, String, &'static str)> {
+        let map = resource.as_object().expect("object").clone();
+        let rt = ResourceType::parse(map["resourceType"].as_str().expect("type")).expect("known");
+        PASS.check(rt, &map)
+            .into_iter()
+            .map(|i| (i.expression.unwrap_or_default(), i.message, i.message_id))
+            .collect()
+    }
+
+    fn minimal() -> Value {
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+               "subject": {"reference": "Patient/1"}})
+    }
+
+    #[test]
+    fn a_minimal_service_request_is_structurally_valid() {
+        assert!(check(minimal()).is_empty());
+    }
+
+    #[test]
+    fn unknown_elements_are_named() {
+        let mut sr = minimal();
+        sr["priorty"] = json!("routine");
+        let issues = check(sr);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].0, "ServiceRequest.priorty");
+        assert_eq!(issues[0].2, "schema-unknown-element");
+    }
+
+    #[test]
+    fn patches_are_applied() {
+        // Patch 3: a complex element given as a string is refused.
+        let mut sr = minimal();
+        sr["subject"] = json!("Patient/1");
+        let issues = check(sr);
+        assert_eq!(issues[0].0, "ServiceRequest.subject");
+        assert!(issues[0].1.contains("JSON object"), "{issues:?}");
+        // Patch 2: a no-break space in a string is fine.
+        let mut sr = minimal();
+        sr["requester"] = json!({"display": "Dr A\u{a0}Smith"});
+        assert!(check(sr).is_empty());
+    }
+
+    #[test]
+    fn bad_primitives_name_their_type_and_place() {
+        let mut sr = minimal();
+        sr["authoredOn"] = json!("21/11/2026");
+        sr["note"] = json!([{"text": "ok"}, {"text": "x", "time": "yesterday"}]);
+        let issues = check(sr);
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert_eq!(issues[0].0, "ServiceRequest.authoredOn");
+        assert!(issues[0].1.contains("dateTime"));
+        assert_eq!(issues[1].0, "ServiceRequest.note[1].time");
+    }
+
+    #[test]
+    fn codes_and_arrays_are_checked() {
+        let mut sr = minimal();
+        // R4's schema types ServiceRequest.status as a plain code (its
+        // required binding is the profile validator's job), so only the code
+        // syntax is checked here; Patient.gender is an enum in the schema.
+        sr["status"] = json!("on  hold");
+        sr["note"] = json!({"text": "one note"});
+        sr["contained"] = json!([{"resourceType": "Patient", "gender": "bloke"}]);
+        let issues = check(sr);
+        assert_eq!(issues.len(), 3, "{issues:?}");
+        assert_eq!(issues[0].0, "ServiceRequest.status");
+        assert!(issues[0].1.contains("FHIR code"), "{issues:?}");
+        assert_eq!(issues[2].0, "ServiceRequest.contained[0].gender");
+        assert!(issues[2].1.contains("female"), "{issues:?}");
+        assert_eq!(issues[2].2, "schema-code-invalid");
+        assert_eq!(issues[1].0, "ServiceRequest.note");
+        assert!(issues[1].1.contains("array"));
+    }
+
+    #[test]
+    fn contained_resources_are_validated_as_their_own_type() {
+        let mut sr = minimal();
+        sr["contained"] = json!([
+            {"resourceType": "Patient", "id": "p", "birthDate": "1970-01-01"},
+            {"resourceType": "Patient", "id": "q", "gender": "bloke", "nmae": []}
+        ]);
+        let issues = check(sr);
+        let places: Vec<&str> = issues.iter().map(|i| i.0.as_str()).collect();
+        assert_eq!(
+            places,
+            vec![
+                "ServiceRequest.contained[1].gender",
+                "ServiceRequest.contained[1].nmae"
+            ]
+        );
+    }
+
+    #[test]
+    fn other_types_compile_on_first_use() {
+        let issues =
+            check(json!({"resourceType": "Task", "status": "requested", "intent": "order"}));
+        assert!(issues.is_empty(), "{issues:?}");
+    }
+}
