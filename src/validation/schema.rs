@@ -175,10 +175,9 @@ impl SchemaPass {
         let issue = match error.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 for name in unexpected {
-                    let hint = if name.starts_with('_') {
+                    let hint = if let Some(primitive) = name.strip_prefix('_') {
                         format!(
-                            "'{name}' would carry the id and extensions of a primitive element '{}', but there is no such primitive element here",
-                            &name[1..]
+                            "'{name}' would carry the id and extensions of a primitive element '{primitive}', but there is no such primitive element here"
                         )
                     } else {
                         "check the spelling and case against the FHIR R4 definition; unknown elements are rejected, not dropped".to_owned()

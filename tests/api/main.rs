@@ -1,1 +1,11 @@
+//! Integration tests: the real gateway over real HTTP, with a real SQLite
+//! file. One test binary (see `helpers::spawn_app`).
 
+mod bad_requests;
+mod binary;
+mod capability;
+mod concurrency;
+mod create_read;
+mod durability;
+mod helpers;
+mod negotiation;

@@ -1,0 +1,125 @@
+//! The real `sprig` binary: `serve --listen 127.0.0.1:0` reports its port,
+//! SIGTERM stops it cleanly, and a restart on the same file finds the data.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{json_body, sample_referral_text};
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+fn start(db: &std::path::Path, extra_env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sprig"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(db)
+        .env("SPRIG_LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("sprig starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("sprig logged before exiting")
+            .expect("utf-8 log line");
+        let entry: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("JSON log line: {line}"));
+        if let Some(address) = entry["fields"]["address"].as_str() {
+            break address.to_owned();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        address: format!("http://{address}"),
+    }
+}
+
+fn terminate(mut server: Server) -> std::process::ExitStatus {
+    let pid = i32::try_from(server.child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    for _ in 0..100 {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = server.child.kill();
+    panic!("sprig did not stop within 5 s of SIGTERM");
+}
+
+#[tokio::test]
+async fn the_binary_serves_stops_on_sigterm_and_keeps_data() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let db = dir.path().join("binary.db");
+    let client = reqwest::Client::new();
+
+    let server = start(&db, &[]);
+    assert!(
+        !server.address.ends_with(":0"),
+        "the log names the real port: {}",
+        server.address
+    );
+    let response = client
+        .post(format!("{}/fhir/ServiceRequest", server.address))
+        .header("content-type", "application/fhir+json")
+        .body(sample_referral_text())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    let id = json_body(response).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let status = terminate(server);
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+
+    let server = start(&db, &[]);
+    let read = client
+        .get(format!("{}/fhir/ServiceRequest/{id}", server.address))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(read.status(), 200);
+    assert!(terminate(server).success());
+}
+
+#[test]
+fn bad_configuration_stops_start_up_with_a_clear_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sprig"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "/nonexistent/x.db",
+        ])
+        .env("SPRIG_LIMITS__MAX_JSON_DEPTH", "1000")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("limits.max_json_depth"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sprig"))
+        .args(["serve", "--config", "/nonexistent/sprig.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+}

@@ -1,0 +1,193 @@
+//! `spawn_app()`: a real Sprig on an ephemeral port with a fresh SQLite
+//! file, spoken to over real HTTP. Set `TEST_LOG=1` to see its logs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use serde_json::Value;
+use sprig::app::Application;
+use sprig::config::{LogFormat, LogSettings, Settings};
+use sprig::store::Store;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        sprig::telemetry::init(&LogSettings {
+            format: LogFormat::Pretty,
+            level: "debug,sqlx=warn".into(),
+        });
+    }
+});
+
+/// The sample referral shipped in `examples/`.
+pub fn sample_referral() -> Value {
+    serde_json::from_str(&sample_referral_text()).expect("the sample referral is JSON")
+}
+
+/// The sample referral's text.
+pub fn sample_referral_text() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/referral-servicerequest.json"
+    ))
+    .expect("examples/referral-servicerequest.json exists")
+}
+
+/// A running gateway.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// A client with no default headers.
+    pub client: reqwest::Client,
+    /// The SQLite file.
+    pub db_path: PathBuf,
+    /// The store the server uses (for inspecting and arranging state).
+    pub store: Store,
+    dir: Arc<TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A gateway with default settings and a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A gateway with settings adjusted by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    spawn_app_in(dir, configure).await
+}
+
+/// A gateway using the database in `dir` (which may already hold data).
+pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    LazyLock::force(&TRACING);
+    let db_path = dir.path().join("sprig.db");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database: db_path.display().to_string(),
+        ..Settings::default()
+    };
+    configure(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the gateway starts");
+    let address = format!("http://{}", app.local_addr());
+    let store = app.store();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db_path,
+        store,
+        dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// An absolute URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// The directory holding the database, to restart on it.
+    pub fn dir(&self) -> Arc<TempDir> {
+        Arc::clone(&self.dir)
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// POSTs `body` to `/fhir/ServiceRequest` as FHIR JSON.
+    pub async fn post_referral(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url("/fhir/ServiceRequest"))
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// GETs `path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Stops the server gracefully and waits until it has closed the database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads a response body as JSON.
+pub async fn json_body(response: reqwest::Response) -> Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"))
+}
+
+/// Asserts `outcome` is an OperationOutcome and returns its issues.
+pub fn issues(outcome: &Value) -> Vec<Value> {
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    outcome["issue"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `expression`s of every issue.
+pub fn expressions(outcome: &Value) -> Vec<String> {
+    issues(outcome)
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The Sprig message ids of every issue.
+pub fn message_ids(outcome: &Value) -> Vec<String> {
+    issues(outcome)
+        .iter()
+        .filter_map(|i| {
+            i["details"]["coding"][0]["code"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A copy of `resource` without `id` and `meta`, for comparing what was
+/// sent with what was stored.
+pub fn without_server_fields(resource: &Value) -> Value {
+    let mut copy = resource.clone();
+    if let Some(map) = copy.as_object_mut() {
+        map.shift_remove("id");
+        map.shift_remove("meta");
+    }
+    copy
+}
