@@ -1,1 +1,70 @@
-fn main() {}
+//! Parse + structural validation of the sample referral, against plain
+//! `serde_json` parsing as the baseline measured in the same run.
+//!
+//! Run: `cargo bench --bench parse_validate`
+
+use std::sync::LazyLock;
+
+use serde_json::Value;
+use sprig::fhir::ResourceType;
+use sprig::fhir::json::{JsonLimits, parse_resource};
+use sprig::validation::ValidationPass;
+use sprig::validation::schema::SchemaPass;
+
+fn main() {
+    divan::main();
+}
+
+static REFERRAL: &[u8] = include_bytes!("../examples/referral-servicerequest.json");
+static SCHEMA: LazyLock<SchemaPass> =
+    LazyLock::new(|| SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema loads"));
+
+/// Baseline: serde_json into a `Value`, no FHIR rules.
+#[divan::bench]
+fn baseline_serde_json_parse() -> Value {
+    serde_json::from_slice(divan::black_box(REFERRAL)).expect("valid JSON")
+}
+
+/// Sprig's strict FHIR JSON reader alone.
+#[divan::bench]
+fn strict_fhir_parse() -> usize {
+    parse_resource(divan::black_box(REFERRAL), JsonLimits::default())
+        .expect("valid FHIR JSON")
+        .len()
+}
+
+/// Strict parse plus the R4 JSON schema pass: what a create costs before storage.
+#[divan::bench]
+fn strict_parse_and_schema_validate(bencher: divan::Bencher) {
+    LazyLock::force(&SCHEMA);
+    bencher.bench(|| {
+        let resource =
+            parse_resource(divan::black_box(REFERRAL), JsonLimits::default()).expect("valid");
+        let issues = SCHEMA.check(ResourceType::SERVICE_REQUEST, &resource);
+        assert!(issues.is_empty());
+        issues.len()
+    });
+}
+
+/// Schema validation of an invalid referral (four errors): the error path.
+#[divan::bench]
+fn schema_validate_invalid(bencher: divan::Bencher) {
+    let mut broken: Value = serde_json::from_slice(REFERRAL).expect("valid");
+    broken["authoredOn"] = Value::String("tomorrow".into());
+    broken["priorty"] = Value::String("routine".into());
+    broken["subject"] = Value::String("Patient/1".into());
+    broken["contained"][0]["gender"] = Value::String("F".into());
+    let broken = broken.as_object().expect("object").clone();
+    LazyLock::force(&SCHEMA);
+    bencher.bench(|| {
+        SCHEMA
+            .check(ResourceType::SERVICE_REQUEST, divan::black_box(&broken))
+            .len()
+    });
+}
+
+/// One-off cost: loading, patching and compiling the ServiceRequest validator.
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn schema_load_and_compile_service_request() -> SchemaPass {
+    SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema loads")
+}

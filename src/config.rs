@@ -252,6 +252,7 @@ mod tests {
     #[test]
     fn layers_file_then_environment_then_flags() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file(
                 "custom.toml",
                 "database = \"from-file.db\"\n[limits]\nmax_issues = 7\nmax_body_bytes = 10\n",
@@ -278,8 +279,25 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_is_the_defaults() {
+        // In a jail: tests that set SPRIG_* variables hold the same lock.
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/sprig.example.toml");
+            let settings = Settings::load(Some(Path::new(example)), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                serde_json::to_value(&settings).map_err(|e| e.to_string())?,
+                serde_json::to_value(Settings::default()).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         Jail::expect_with(|jail| {
+            jail.clear_env();
             jail.create_file("a.toml", "[limits]\nmax_body_byte = 1\n")?;
             let err = Settings::load(Some(Path::new("a.toml")), &Overrides::default())
                 .expect_err("unknown key");

@@ -9,3 +9,4 @@ mod create_read;
 mod durability;
 mod helpers;
 mod negotiation;
+mod tidy;

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Load run of POST /fhir/ServiceRequest against a release build of Sprig on loopback.
+#
+#   benches/load.sh [DURATION_SECONDS] [CONNECTIONS]     (defaults: 20 s, 32 connections)
+#
+# Needs wrk (Debian: apt-get install wrk). Prints, for each SQLite durability mode: start-up time
+# to ready, wrk's throughput and latency for POST, the same for GET /healthz as a same-run
+# baseline, and the server's peak RSS. Traffic goes to 127.0.0.1 only and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-20}"
+CONNECTIONS="${2:-32}"
+command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
+cargo build --release --quiet
+export LOAD_BODY_FILE="$PWD/examples/referral-servicerequest.json"
+WORK="$(mktemp -d)"
+trap 'kill "${PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+for MODE in full normal; do
+    LOG="$WORK/sprig-$MODE.log"
+    START_NS=$(date +%s%N)
+    SPRIG_SQLITE__SYNCHRONOUS=$MODE SPRIG_LOG__FORMAT=json SPRIG_LOG__LEVEL=warn,sprig=info \
+        target/release/sprig serve --listen 127.0.0.1:0 --database "$WORK/load-$MODE.db" 2>"$LOG" &
+    PID=$!
+    ADDRESS=""
+    for _ in $(seq 1 500); do
+        ADDRESS=$(grep -o '"address":"[^"]*"' "$LOG" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
+        if [ -n "$ADDRESS" ] && curl -fs "http://$ADDRESS/readyz" >/dev/null 2>&1; then break; fi
+        sleep 0.01
+    done
+    READY_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
+    # Quieten request logging for the run itself (info logs one line per request).
+    echo "== synchronous=$MODE: ready in ${READY_MS} ms (process start to /readyz 200) at $ADDRESS"
+    RSS_IDLE=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
+    echo "-- baseline: GET /healthz, ${CONNECTIONS} connections, ${DURATION}s"
+    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://$ADDRESS/healthz" | grep -E 'Requests/sec|^ +50%|^ +99%|Non-2xx|errors'
+    echo "-- POST /fhir/ServiceRequest, ${CONNECTIONS} connections, ${DURATION}s"
+    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s benches/post-referral.lua \
+        "http://$ADDRESS/fhir/ServiceRequest" | grep -E 'Requests/sec|^ +50%|^ +75%|^ +90%|^ +99%|Non-2xx|errors|requests in'
+    echo "-- RSS: idle ${RSS_IDLE} kB, peak $(awk '/VmHWM/ {print $2}' /proc/$PID/status) kB"
+    STORED=$(sqlite3 "$WORK/load-$MODE.db" 'SELECT COUNT(*) FROM resource_versions' 2>/dev/null || echo "?")
+    kill -TERM "$PID"; wait "$PID" || true
+    echo "-- resources stored: $STORED"
+done
