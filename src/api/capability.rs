@@ -3,7 +3,6 @@
 //! statement cannot claim more (or less) than the server does.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -136,22 +135,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
 
 /// `GET /fhir/metadata`.
 pub async fn metadata(State(state): State<AppState>, format: ResponseFormat) -> Response {
-    let body = if format.pretty {
-        serde_json::to_string_pretty(&*state.capability_statement)
-    } else {
-        serde_json::to_string(&*state.capability_statement)
-    };
-    match body {
-        Ok(body) => {
-            let mut response = body.into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(format.content_type),
-            );
-            response
-        }
-        Err(e) => {
-            ApiError::Internal(format!("cannot serialise CapabilityStatement: {e}")).into_response()
-        }
-    }
+    format
+        .render(&state.capability_statement)
+        .unwrap_or_else(IntoResponse::into_response)
 }

@@ -6,7 +6,9 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 
 use super::error::ApiError;
 use crate::fhir::{Issue, IssueType};
@@ -26,6 +28,27 @@ impl ResponseFormat {
         content_type: FHIR_JSON_UTF8,
         pretty: false,
     };
+
+    /// A 200 response with `value` written in this format.
+    pub fn render(&self, value: &Value) -> Result<Response, ApiError> {
+        let text = if self.pretty {
+            serde_json::to_string_pretty(value)
+        } else {
+            serde_json::to_string(value)
+        }
+        .map_err(|e| ApiError::Internal(format!("cannot serialise a response: {e}")))?;
+        Ok(self.render_text(text))
+    }
+
+    /// A 200 response with JSON text that is already in this format.
+    pub fn render_text(&self, json: String) -> Response {
+        let mut response = json.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        response
+    }
 }
 
 const FHIR_JSON_UTF8: &str = "application/fhir+json; charset=utf-8";

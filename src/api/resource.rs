@@ -130,7 +130,7 @@ pub async fn create(
                 position: None,
             }];
             all.extend(issues);
-            json_response(&OperationOutcome::new(all).to_json(None), format)?
+            format.render(&OperationOutcome::new(all).to_json(None))?
         }
     };
     *response.status_mut() = StatusCode::CREATED;
@@ -279,37 +279,15 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<bytes:
     }
 }
 
+/// The stored JSON is sent as it is, unless pretty printing was asked for.
 fn resource_body(stored: &StoredResource, format: ResponseFormat) -> Result<Response, ApiError> {
-    let body = if format.pretty {
+    if format.pretty {
         let value: Value = serde_json::from_str(&stored.json)
             .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
-        serde_json::to_string_pretty(&value).map_err(|e| ApiError::Internal(e.to_string()))?
+        format.render(&value)
     } else {
-        stored.json.clone()
-    };
-    let mut response = body.into_response();
-    insert_header(
-        response.headers_mut(),
-        header::CONTENT_TYPE,
-        format.content_type,
-    );
-    Ok(response)
-}
-
-fn json_response(value: &Value, format: ResponseFormat) -> Result<Response, ApiError> {
-    let body = if format.pretty {
-        serde_json::to_string_pretty(value)
-    } else {
-        serde_json::to_string(value)
+        Ok(format.render_text(stored.json.clone()))
     }
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut response = body.into_response();
-    insert_header(
-        response.headers_mut(),
-        header::CONTENT_TYPE,
-        format.content_type,
-    );
-    Ok(response)
 }
 
 fn set_version_headers(headers: &mut HeaderMap, stored: &StoredResource) {

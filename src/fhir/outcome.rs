@@ -10,6 +10,18 @@ use serde_json::{Map, Value, json};
 
 use super::SPRIG_CANONICAL_BASE;
 
+/// `text` cut to at most `max` characters (with an ellipsis), for quoting
+/// the sender's values in messages without echoing a whole document.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut short: String = text.chars().take(max).collect();
+        short.push('…');
+        short
+    }
+}
+
 /// `OperationOutcome.issue.severity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IssueSeverity {

@@ -179,14 +179,7 @@ impl Instant {
 
 /// Keeps echoed input short in error messages.
 fn truncate_for_message(raw: &str) -> String {
-    const MAX: usize = 80;
-    if raw.chars().count() <= MAX {
-        raw.to_owned()
-    } else {
-        let mut s: String = raw.chars().take(MAX).collect();
-        s.push('…');
-        s
-    }
+    super::outcome::shorten(raw, 80)
 }
 
 #[cfg(test)]

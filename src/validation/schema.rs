@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use super::ValidationPass;
 use crate::fhir::json::json_type_name;
+use crate::fhir::outcome::shorten;
 use crate::fhir::path::Segment;
 use crate::fhir::resource_types::R4_RESOURCE_TYPES;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType, ResourceType};
@@ -337,13 +338,7 @@ fn display_value(value: &Value) -> String {
         Value::String(s) => format!("'{s}'"),
         other => other.to_string(),
     };
-    if text.chars().count() > 80 {
-        let mut short: String = text.chars().take(80).collect();
-        short.push('…');
-        short
-    } else {
-        text
-    }
+    shorten(&text, 80)
 }
 
 fn primitive_hint(type_name: &str) -> &'static str {
@@ -376,14 +371,7 @@ trait KindMessage {
 impl KindMessage for ValidationError<'_> {
     /// jsonschema's own message, which starts with the instance itself.
     fn kind_message(&self) -> String {
-        let text = self.to_string();
-        if text.chars().count() > 200 {
-            let mut short: String = text.chars().take(200).collect();
-            short.push('…');
-            short
-        } else {
-            text
-        }
+        shorten(&self.to_string(), 200)
     }
 }
 

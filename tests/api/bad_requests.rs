@@ -382,9 +382,7 @@ async fn every_bad_request_gets_the_right_status_and_a_located_outcome() {
     }
 
     // Nothing from any of them was stored.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", app.db_path().display()))
-        .await
-        .expect("open");
+    let pool = app.db_pool().await;
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_versions")
         .fetch_one(&pool)
         .await

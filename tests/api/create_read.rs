@@ -99,9 +99,7 @@ async fn the_request_body_is_kept_verbatim_for_audit() {
         .expect("id")
         .to_owned();
 
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", app.db_path().display()))
-        .await
-        .expect("open the database file");
+    let pool = app.db_pool().await;
     let (received, stored_request_id): (Vec<u8>, String) =
         sqlx::query_as("SELECT received, request_id FROM resource_versions WHERE id = $1")
             .bind(&id)

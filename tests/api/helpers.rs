@@ -1,7 +1,7 @@
 //! `spawn_app()`: a real Sprig on an ephemeral port with a fresh SQLite
 //! file, spoken to over real HTTP. Set `TEST_LOG=1` to see its logs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
@@ -102,9 +102,12 @@ impl TestApp {
         Arc::clone(&self.dir)
     }
 
-    /// The database file.
-    pub fn db_path(&self) -> &Path {
-        &self.db_path
+    /// A separate connection pool on the gateway's SQLite file, to check
+    /// what was really written.
+    pub async fn db_pool(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", self.db_path.display()))
+            .await
+            .expect("open the database file")
     }
 
     /// POSTs `body` to `/fhir/ServiceRequest` as FHIR JSON.
