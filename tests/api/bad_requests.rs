@@ -488,3 +488,37 @@ async fn limits_are_configurable() {
         vec!["ServiceRequest.subject.identifier.type.coding"]
     );
 }
+
+/// Every truncation of the sample referral, and every single-byte deletion,
+/// is answered with a 4xx OperationOutcome: never a 5xx, never a hang.
+#[tokio::test]
+async fn mangled_bodies_never_cause_a_server_error() {
+    let app = spawn_app().await;
+    let body = sample_referral().to_string().into_bytes();
+    let mut variants: Vec<Vec<u8>> = (0..body.len())
+        .step_by(7)
+        .map(|n| body[..n].to_vec())
+        .collect();
+    variants.extend((0..body.len()).step_by(11).map(|n| {
+        let mut v = body.clone();
+        v.remove(n);
+        v
+    }));
+    for chunk in variants.chunks(32) {
+        let answers =
+            futures::future::join_all(chunk.iter().map(|v| app.post_referral(v.clone()))).await;
+        for (variant, response) in chunk.iter().zip(answers) {
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            assert!(
+                (200..500).contains(&status),
+                "{status} for {:?}: {text}",
+                String::from_utf8_lossy(variant)
+            );
+            if status >= 400 {
+                let outcome: Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(outcome["resourceType"], "OperationOutcome");
+            }
+        }
+    }
+}

@@ -130,11 +130,16 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// Stops the server gracefully and waits until it has closed the database.
-    pub async fn stop(mut self) {
+    /// Signals shutdown (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops the server gracefully and waits until it has closed the database.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
         if let Some(server) = self.server.take() {
             server
                 .await
