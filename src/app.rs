@@ -14,6 +14,7 @@ use crate::config::{Settings, SqliteSynchronousSetting};
 use crate::fhir::{Instant, ResourceType};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
+use crate::validation::profile::{ProfileError, ProfilePass};
 use crate::validation::schema::{SchemaError, SchemaPass};
 
 /// The gateway could not start.
@@ -25,6 +26,9 @@ pub enum StartupError {
     /// The bundled FHIR schema could not be loaded.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// The bundled FHIR definitions could not be loaded.
+    #[error(transparent)]
+    Profiles(#[from] ProfileError),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -60,13 +64,15 @@ impl Application {
             .iter()
             .map(|c| c.resource_type)
             .collect();
-        let schema = tokio::task::spawn_blocking(move || SchemaPass::load(&eager))
-            .await
-            .map_err(|e| SchemaError::Compile {
-                resource_type: "(start-up)".into(),
-                message: e.to_string(),
-            })??;
-        let validator = Validator::new(vec![Box::new(schema)]);
+        let (schema, profiles) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StartupError>((SchemaPass::load(&eager)?, ProfilePass::load()?))
+        })
+        .await
+        .map_err(|e| SchemaError::Compile {
+            resource_type: "(start-up)".into(),
+            message: e.to_string(),
+        })??;
+        let validator = Validator::new(vec![Box::new(schema), Box::new(profiles)]);
 
         let listener =
             TcpListener::bind(settings.listen)

@@ -16,6 +16,11 @@ The patches (see profiles/schema/README.md for the reasoning):
      FHIR only requires a non-empty value, so relax it to ^[\\s\\S]+$.
   3. complex datatypes and resources lack "type": "object", so "subject": "Patient/1"
      passes where an object is required; add it to every definition with properties.
+  4. ResourceList (where a resource nests in another: contained, Bundle.entry.resource,
+     Parameters.parameter.resource...) is a oneOf over all 146 resource types, so compiling any
+     one type compiles them all (about 30 MB and 40 ms a type, 3.8 GB for all) and an invalid
+     nested resource yields one useless "matches none" error. Make it an object with a string
+     resourceType; Sprig validates each nested resource separately as its own type.
 
 Usage:
   profiles/scripts/make-schema-patch.py            # use profiles/schema/fhir.schema.json
@@ -86,6 +91,13 @@ def main():
     for name, definition in sorted(definitions.items()):
         if "properties" in definition and "type" not in definition:
             ops.append({"op": "add", "path": pointer("definitions", name, "type"), "value": "object"})
+
+    # 4. ResourceList: nested resources are validated one by one, as their own type
+    ops.append({"op": "test", "path": pointer("definitions", "ResourceList", "oneOf", 0),
+                "value": {"$ref": "#/definitions/Account"}})
+    ops.append({"op": "replace", "path": pointer("definitions", "ResourceList"),
+                "value": {"type": "object", "required": ["resourceType"],
+                          "properties": {"resourceType": {"type": "string"}}}})
 
     PATCH.write_text(json.dumps(ops, indent=1) + "\n")
     print(f"wrote {len(ops)} operations to {PATCH}")

@@ -128,6 +128,7 @@ pub async fn create(
                 ),
                 expression: None,
                 position: None,
+                source: None,
             }];
             all.extend(issues);
             format.render(&OperationOutcome::new(all).to_json(None))?

@@ -130,6 +130,8 @@ pub struct Issue {
     pub expression: Option<String>,
     /// Line and column in the request body, for syntax errors.
     pub position: Option<(usize, usize)>,
+    /// The definition the rule comes from: `{profile URL}#{element id}`.
+    pub source: Option<String>,
 }
 
 impl Issue {
@@ -142,7 +144,14 @@ impl Issue {
             message: message.into(),
             expression: None,
             position: None,
+            source: None,
         }
+    }
+
+    /// The same issue, naming the profile and element its rule comes from.
+    pub fn from_definition(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
     }
 
     /// The same issue with another severity.
@@ -165,6 +174,15 @@ impl Issue {
 
     fn to_json(&self, http_error_code: Option<&str>) -> Value {
         let mut issue = Map::new();
+        if let Some(source) = &self.source {
+            issue.insert(
+                "extension".into(),
+                json!([{
+                    "url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-source",
+                    "valueString": source,
+                }]),
+            );
+        }
         issue.insert("severity".into(), json!(self.severity.code()));
         issue.insert("code".into(), json!(self.code.code()));
         let mut codings = vec![json!({
@@ -236,6 +254,7 @@ impl OperationOutcome {
                 ),
                 expression: None,
                 position: None,
+                source: None,
             });
         }
         self

@@ -10,6 +10,7 @@
 //! Architecture invariant: nothing here knows about HTTP, storage or
 //! delivery.
 
+pub mod profile;
 pub mod schema;
 
 use serde_json::{Map, Value};

@@ -11,7 +11,7 @@
 //! definition), compiled at start-up for the types Sprig accepts and on
 //! first use for the rest, then shared by every request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
@@ -63,6 +63,9 @@ pub struct SchemaPass {
     /// Which FHIR primitive types use a given regex, to name the type in
     /// pattern errors ("not a valid FHIR dateTime").
     pattern_types: HashMap<String, Vec<String>>,
+    /// Property names the schema types as `ResourceList` (`contained`,
+    /// `resource`, `outcome`…): where resources nest inside resources.
+    nested_resource_properties: HashSet<String>,
 }
 
 impl SchemaPass {
@@ -74,7 +77,21 @@ impl SchemaPass {
         json_patch::patch(&mut schema, &patch)?;
 
         let mut pattern_types: HashMap<String, Vec<String>> = HashMap::new();
+        let mut nested_resource_properties = HashSet::new();
         if let Some(definitions) = schema.get("definitions").and_then(Value::as_object) {
+            for definition in definitions.values() {
+                let properties = definition.get("properties").and_then(Value::as_object);
+                for (property, spec) in properties.into_iter().flatten() {
+                    let target = spec
+                        .get("items")
+                        .unwrap_or(spec)
+                        .get("$ref")
+                        .and_then(Value::as_str);
+                    if target == Some("#/definitions/ResourceList") {
+                        nested_resource_properties.insert(property.clone());
+                    }
+                }
+            }
             for (name, definition) in definitions {
                 if let Some(pattern) = definition.get("pattern").and_then(Value::as_str) {
                     pattern_types
@@ -100,6 +117,7 @@ impl SchemaPass {
             registry,
             validators,
             pattern_types,
+            nested_resource_properties,
         };
         for resource_type in eager {
             pass.validator_for(resource_type.as_str())
@@ -157,14 +175,77 @@ impl SchemaPass {
             }
         };
         for error in validator.iter_errors(resource) {
-            self.translate(&error, resource, base, root, out);
+            self.translate(&error, base, root, out);
+        }
+        // Nested resources are opaque to the per-type schema (patch 4):
+        // validate each one as its own type, under its own path.
+        let mut nested = Vec::new();
+        self.find_nested_resources(resource, &ElementPath::root(), &mut nested);
+        for (path, value) in nested {
+            let path = base.join(&path);
+            let Some(nested_type) = value.get("resourceType").and_then(Value::as_str) else {
+                continue;
+            };
+            if ResourceType::parse(nested_type).is_ok() {
+                self.validate_at(nested_type, value, &path, root, out);
+            } else {
+                out.push(
+                    Issue::error(
+                        IssueType::Value,
+                        "schema-unknown-resource-type",
+                        format!(
+                            "{} has resourceType '{nested_type}', which is not a FHIR R4 resource type",
+                            path.to_expression(root)
+                        ),
+                    )
+                    .at(path.key("resourceType").to_expression(root)),
+                );
+            }
+        }
+    }
+
+    /// Every resource nested inside `value` (under a `ResourceList`
+    /// property), without descending into them: each is validated on its
+    /// own and finds its own nested resources.
+    fn find_nested_resources<'v>(
+        &self,
+        value: &'v Value,
+        path: &ElementPath,
+        out: &mut Vec<(ElementPath, &'v Value)>,
+    ) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let child_path = path.key(key.clone());
+                    if !self.nested_resource_properties.contains(key) {
+                        self.find_nested_resources(child, &child_path, out);
+                        continue;
+                    }
+                    match child {
+                        Value::Array(items) => {
+                            for (index, item) in items.iter().enumerate() {
+                                if item.is_object() {
+                                    out.push((child_path.index(index), item));
+                                }
+                            }
+                        }
+                        Value::Object(_) => out.push((child_path, child)),
+                        _ => {}
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    self.find_nested_resources(item, &path.index(index), out);
+                }
+            }
+            _ => {}
         }
     }
 
     fn translate(
         &self,
         error: &ValidationError<'_>,
-        document: &Value,
         base: &ElementPath,
         root: &str,
         out: &mut Vec<Issue>,
@@ -290,37 +371,6 @@ impl SchemaPass {
                 ),
             )
             .at(expression),
-            ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
-                // A contained or nested resource: the schema only says "matches
-                // none of the 146 types", so validate it as its own type.
-                if let Some(nested_type) = instance.get("resourceType").and_then(Value::as_str) {
-                    if ResourceType::parse(nested_type).is_ok() {
-                        let _ = document;
-                        self.validate_at(nested_type, instance, &path, root, out);
-                        return;
-                    }
-                    Issue::error(
-                        IssueType::Value,
-                        "schema-unknown-resource-type",
-                        format!("{expression} has resourceType '{nested_type}', which is not a FHIR R4 resource type"),
-                    )
-                    .at(path.key("resourceType").to_expression(root))
-                } else if instance.is_object() {
-                    Issue::error(
-                        IssueType::Required,
-                        "schema-missing-resource-type",
-                        format!("{expression} is a resource without a resourceType"),
-                    )
-                    .at(expression)
-                } else {
-                    Issue::error(
-                        IssueType::Structure,
-                        "schema-invalid",
-                        format!("{expression} must be a resource (a JSON object with a resourceType) but is a JSON {}", json_type_name(instance)),
-                    )
-                    .at(expression)
-                }
-            }
             _ => Issue::error(
                 IssueType::Invalid,
                 "schema-invalid",

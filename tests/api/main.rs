@@ -9,4 +9,5 @@ mod create_read;
 mod durability;
 mod helpers;
 mod negotiation;
+mod r4_examples;
 mod tidy;
