@@ -8,8 +8,9 @@ use std::sync::LazyLock;
 use serde_json::Value;
 use sprig::fhir::ResourceType;
 use sprig::fhir::json::{JsonLimits, parse_resource};
-use sprig::validation::ValidationPass;
+use sprig::validation::profile::ProfilePass;
 use sprig::validation::schema::SchemaPass;
+use sprig::validation::{ValidationPass, Validator};
 
 fn main() {
     divan::main();
@@ -44,6 +45,45 @@ fn strict_parse_and_schema_validate(bencher: divan::Bencher) {
         assert!(issues.is_empty());
         issues.len()
     });
+}
+
+static PROFILES: LazyLock<ProfilePass> =
+    LazyLock::new(|| ProfilePass::load().expect("definitions load"));
+
+/// The profile pass alone (R4 core ServiceRequest and the contained resources' definitions).
+#[divan::bench]
+fn profile_validate(bencher: divan::Bencher) {
+    let resource = parse_resource(REFERRAL, JsonLimits::default()).expect("valid");
+    LazyLock::force(&PROFILES);
+    bencher.bench(|| {
+        PROFILES
+            .check(ResourceType::SERVICE_REQUEST, divan::black_box(&resource))
+            .len()
+    });
+}
+
+/// What a create costs before storage: strict parse, schema pass, profile pass.
+#[divan::bench]
+fn strict_parse_schema_and_profile(bencher: divan::Bencher) {
+    let validator = Validator::new(vec![
+        Box::new(SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema")),
+        Box::new(ProfilePass::load().expect("definitions")),
+    ]);
+    bencher.bench(|| {
+        let resource =
+            parse_resource(divan::black_box(REFERRAL), JsonLimits::default()).expect("valid");
+        let issues = validator.validate(ResourceType::SERVICE_REQUEST, &resource);
+        assert!(!issues.iter().any(|i| i.severity.is_error()));
+        issues.len()
+    });
+}
+
+/// One-off cost: loading and compiling the 212 R4 core StructureDefinitions.
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn profile_definitions_load() -> usize {
+    ProfilePass::load()
+        .expect("definitions load")
+        .definition_count()
 }
 
 /// Schema validation of an invalid referral (four errors): the error path.

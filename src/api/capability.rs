@@ -49,7 +49,7 @@ pub struct ResourceCapability {
 pub const SUPPORTED: &[ResourceCapability] = &[ResourceCapability {
     resource_type: ResourceType::SERVICE_REQUEST,
     interactions: &[Interaction::Create, Interaction::Read, Interaction::Vread],
-    documentation: "A referral to the social prescribing service. Created referrals are validated against the FHIR R4 JSON schema and stored durably with full version history.",
+    documentation: "A referral to the social prescribing service. Created referrals are validated against the FHIR R4 JSON schema and the R4 core ServiceRequest definition (cardinality, choice types, reference targets, bindings), and stored durably with full version history.",
 }];
 
 /// Checks `type_name` names a resource type on which `interaction` is
@@ -129,6 +129,11 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             "mode": "server",
             "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID.",
             "resource": resources,
+            "operation": [{
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                "documentation": "POST /fhir/$validate or /fhir/{type}/$validate with a resource or a Parameters (resource, profile, mode); any R4 resource type; 200 with an OperationOutcome holding the issues a create would meet.",
+            }],
         }],
     })
 }

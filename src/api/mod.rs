@@ -13,6 +13,7 @@ pub mod health;
 pub mod middleware;
 pub mod negotiate;
 pub mod resource;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir/$validate", post(validate::validate_any))
+        .route("/fhir/{type}/$validate", post(validate::validate_type))
         .route("/fhir/{type}", post(resource::create))
         .route("/fhir/{type}/{id}", get(resource::read))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))

@@ -255,7 +255,11 @@ fn capped(issues: Vec<Issue>, max: usize) -> Vec<Issue> {
 
 /// Reads the whole body, refusing more than `limit` bytes (413) before
 /// reading them when `Content-Length` already says so.
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<bytes::Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -207,6 +207,58 @@ fn cases() -> Vec<Case> {
             "schema-wrong-json-type",
             Some("ServiceRequest.doNotPerform"),
         ),
+        // The profile pass (R4 core definitions).
+        case(
+            "required element missing",
+            referral_with(|r| {
+                r.as_object_mut().map(|m| m.shift_remove("status"));
+            }),
+            422,
+            "profile-cardinality-min",
+            Some("ServiceRequest.status"),
+        ),
+        case(
+            "code outside a required value set",
+            referral_with(|r| r["status"] = json!("open")),
+            422,
+            "profile-binding-required",
+            Some("ServiceRequest.status"),
+        ),
+        case(
+            "reference to the wrong resource type",
+            referral_with(|r| r["subject"] = json!({"reference": "Practitioner/1"})),
+            422,
+            "profile-reference-target",
+            Some("ServiceRequest.subject.reference"),
+        ),
+        case(
+            "reference to a missing contained resource",
+            referral_with(|r| r["supportingInfo"][0]["reference"] = json!("#nothing")),
+            422,
+            "profile-contained-not-found",
+            Some("ServiceRequest.supportingInfo[0].reference"),
+        ),
+        case(
+            "two types for one choice element",
+            referral_with(|r| {
+                r["occurrenceDateTime"] = json!("2026-12-01");
+                r["occurrencePeriod"] = json!({"start": "2026-12-01"});
+            }),
+            422,
+            "profile-choice-repeated",
+            Some("ServiceRequest.occurrence[x]"),
+        ),
+        case(
+            "required element missing in a contained resource",
+            referral_with(|r| {
+                r["contained"][2]
+                    .as_object_mut()
+                    .map(|m| m.shift_remove("status"));
+            }),
+            422,
+            "profile-cardinality-min",
+            Some("ServiceRequest.contained[2].status"),
+        ),
         Case {
             content_type: Some("text/plain"),
             ..case(

@@ -11,3 +11,4 @@ mod helpers;
 mod negotiation;
 mod r4_examples;
 mod tidy;
+mod validate;

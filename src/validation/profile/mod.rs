@@ -176,3 +176,207 @@ impl ValidationPass for ProfilePass {
         walk.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::LazyLock;
+
+    static PASS: LazyLock<ProfilePass> =
+        LazyLock::new(|| ProfilePass::load().expect("definitions load"));
+
+    /// (expression, message id, severity) of every issue.
+    fn check(resource: Value) -> Vec<(String, &'static str, &'static str)> {
+        let map = resource.as_object().expect("object").clone();
+        let rt = ResourceType::parse(map["resourceType"].as_str().expect("type")).expect("known");
+        PASS.check(rt, &map)
+            .into_iter()
+            .map(|i| {
+                (
+                    i.expression.unwrap_or_default(),
+                    i.message_id,
+                    i.severity.code(),
+                )
+            })
+            .collect()
+    }
+
+    fn referral() -> Value {
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+               "subject": {"reference": "Patient/1"}})
+    }
+
+    #[test]
+    fn loads_every_core_definition() {
+        assert_eq!(PASS.definition_count(), 212);
+        assert!(check(referral()).is_empty());
+    }
+
+    #[test]
+    fn minimum_cardinality() {
+        let mut sr = referral();
+        sr.as_object_mut().map(|m| m.shift_remove("status"));
+        assert_eq!(
+            check(sr),
+            vec![(
+                "ServiceRequest.status".into(),
+                "profile-cardinality-min",
+                "error"
+            )]
+        );
+        // A primitive given only through its extension counts as present.
+        let mut sr = referral();
+        sr.as_object_mut().map(|m| m.shift_remove("status"));
+        sr["_status"] = json!({"extension": [{"url": "http://example.org/x", "valueString": "y"}]});
+        assert!(check(sr).is_empty());
+    }
+
+    #[test]
+    fn maximum_cardinality_in_a_nested_backbone_element() {
+        let patient =
+            json!({"resourceType": "Patient", "link": [{"other": {"reference": "Patient/2"}}]});
+        assert_eq!(
+            check(patient),
+            vec![(
+                "Patient.link[0].type".into(),
+                "profile-cardinality-min",
+                "error"
+            )]
+        );
+    }
+
+    #[test]
+    fn choice_types() {
+        let mut sr = referral();
+        sr["occurrenceDateTime"] = json!("2026-12-01");
+        sr["occurrencePeriod"] = json!({"start": "2026-12-01"});
+        assert_eq!(
+            check(sr),
+            vec![(
+                "ServiceRequest.occurrence[x]".into(),
+                "profile-choice-repeated",
+                "error"
+            )]
+        );
+        let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                 "valueQuantity": {"value": 1.5, "code": "kg", "system": "http://unitsofmeasure.org"}});
+        assert!(check(observation).is_empty());
+    }
+
+    #[test]
+    fn required_and_extensible_bindings() {
+        let mut sr = referral();
+        sr["status"] = json!("open");
+        sr["priority"] = json!("soon");
+        let issues = check(sr);
+        assert_eq!(
+            issues,
+            vec![
+                (
+                    "ServiceRequest.status".into(),
+                    "profile-binding-required",
+                    "error"
+                ),
+                (
+                    "ServiceRequest.priority".into(),
+                    "profile-binding-required",
+                    "error"
+                ),
+            ]
+        );
+        // A required CodeableConcept needs a coding from the set; others are fine.
+        let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                 "interpretation": [{"coding": [{"system": "http://example.org", "code": "odd"}]}]});
+        assert_eq!(
+            check(observation),
+            vec![(
+                "Observation.interpretation[0]".into(),
+                "profile-binding-extensible",
+                "warning"
+            )]
+        );
+        // A value set Sprig cannot expand (MIME types) is reported as not checked.
+        let attachment = json!({"resourceType": "DocumentReference", "status": "current",
+                                "content": [{"attachment": {"contentType": "text/plain"}}]});
+        assert_eq!(
+            check(attachment),
+            vec![(
+                "DocumentReference.content[0].attachment.contentType".into(),
+                "profile-binding-not-checked",
+                "information"
+            )]
+        );
+    }
+
+    #[test]
+    fn reference_targets_and_contained_references() {
+        let mut sr = referral();
+        sr["subject"] = json!({"reference": "Practitioner/9"});
+        sr["requester"] = json!({"reference": "#nobody"});
+        assert_eq!(
+            check(sr),
+            vec![
+                (
+                    "ServiceRequest.subject.reference".into(),
+                    "profile-reference-target",
+                    "error"
+                ),
+                (
+                    "ServiceRequest.requester.reference".into(),
+                    "profile-contained-not-found",
+                    "error"
+                ),
+            ]
+        );
+        let mut sr = referral();
+        sr["contained"] = json!([{"resourceType": "Organization", "id": "gp"}]);
+        sr["subject"] = json!({"reference": "#gp"});
+        assert_eq!(
+            check(sr),
+            vec![(
+                "ServiceRequest.subject.reference".into(),
+                "profile-reference-target",
+                "error"
+            )]
+        );
+    }
+
+    #[test]
+    fn contained_and_bundled_resources_are_checked_as_their_own_types() {
+        let mut sr = referral();
+        sr["contained"] = json!([{"resourceType": "Patient", "id": "p", "gender": "bloke"}]);
+        sr["subject"] = json!({"reference": "#p"});
+        assert_eq!(
+            check(sr),
+            vec![(
+                "ServiceRequest.contained[0].gender".into(),
+                "profile-binding-required",
+                "error"
+            )]
+        );
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "ServiceRequest", "intent": "order", "subject": {"reference": "Patient/1"}},
+             "request": {"method": "POST", "url": "ServiceRequest"}}]});
+        assert_eq!(
+            check(bundle),
+            vec![(
+                "Bundle.entry[0].resource.status".into(),
+                "profile-cardinality-min",
+                "error"
+            )]
+        );
+    }
+
+    #[test]
+    fn issues_name_the_definition_they_come_from() {
+        let mut sr = referral();
+        sr.as_object_mut().map(|m| m.shift_remove("intent"));
+        let map = sr.as_object().expect("object").clone();
+        let issues = PASS.check(ResourceType::SERVICE_REQUEST, &map);
+        assert_eq!(
+            issues[0].source.as_deref(),
+            Some("http://hl7.org/fhir/StructureDefinition/ServiceRequest#ServiceRequest.intent")
+        );
+    }
+}

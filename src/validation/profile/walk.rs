@@ -473,12 +473,10 @@ impl<'p> Walk<'p> {
             .iter()
             .filter_map(|url| url.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
             .collect();
-        if allowed.is_empty()
+        // Any type may be referenced when no (or a non-core) target is named.
+        let unrestricted = allowed.is_empty()
             || allowed.contains(&"Resource")
-            || allowed.len() != type_ref.target_profile.len()
-        {
-            return;
-        }
+            || allowed.len() != type_ref.target_profile.len();
         let Some(text) = reference.get("reference").and_then(Value::as_str) else {
             return;
         };
@@ -504,6 +502,7 @@ impl<'p> Walk<'p> {
             literal_reference_type(text).map(str::to_owned)
         };
         if let Some(found) = target_type
+            && !unrestricted
             && !allowed.contains(&found.as_str())
         {
             let issue = Issue::error(

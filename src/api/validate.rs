@@ -1,0 +1,192 @@
+//! `$validate` (FHIR `Resource-validate`): `POST /fhir/$validate` and
+//! `POST /fhir/{type}/$validate`, with a resource or a `Parameters`
+//! (`resource`, `profile`, `mode`) as the body.
+//!
+//! The answer is always 200 with an OperationOutcome, whatever the resource's
+//! problems, carrying exactly the issues a create of the same resource would
+//! have been refused with. Only problems with the request itself (format,
+//! size, a `Parameters` without a resource) get an error status.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::error::ApiError;
+use super::negotiate::{ResponseFormat, require_json_body};
+use super::resource::read_body;
+use crate::fhir::json::{JsonLimits, parse_resource};
+use crate::fhir::resource::resource_type_of;
+use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
+
+/// The base definition of every core type; the only profiles Sprig holds yet.
+const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/";
+
+/// `POST /fhir/$validate`.
+pub async fn validate_any(
+    State(state): State<AppState>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run(state, None, format, headers, body).await
+}
+
+/// `POST /fhir/{type}/$validate`.
+pub async fn validate_type(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(type_name) = path.map_err(|e| {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Invalid,
+            "invalid-path",
+            e.to_string(),
+        )])
+    })?;
+    let resource_type = ResourceType::parse(&type_name).map_err(|e| {
+        ApiError::NotFound(Issue::error(
+            IssueType::NotFound,
+            "unknown-resource-type",
+            e.to_string(),
+        ))
+    })?;
+    run(state, Some(resource_type), format, headers, body).await
+}
+
+async fn run(
+    state: AppState,
+    url_type: Option<ResourceType>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_json_body(&headers)?;
+    let limits = &state.settings.limits;
+    let bytes = read_body(body, &headers, limits.max_body_bytes).await?;
+    let root = url_type.map(ResourceType::as_str).unwrap_or("Resource");
+    let issues = match parse_resource(
+        &bytes,
+        JsonLimits {
+            max_depth: limits.max_json_depth,
+        },
+    ) {
+        Err(error) => error.to_issues(root),
+        Ok(body) => {
+            let (resource, profile) = unwrap_parameters(body, url_type)?;
+            check(&state, url_type, &resource, profile.as_deref())
+        }
+    };
+    tracing::info!(
+        issues = issues.len(),
+        errors = issues.iter().filter(|i| i.severity.is_error()).count(),
+        "validated"
+    );
+    let outcome = OperationOutcome::new(issues).capped(limits.max_issues);
+    format.render(&outcome.to_json(None))
+}
+
+/// The resource to validate and the profile asked for: the body itself, or
+/// the `resource` and `profile` parameters of a `Parameters` body (unless a
+/// `Parameters` resource is itself what is being validated).
+fn unwrap_parameters(
+    body: Map<String, Value>,
+    url_type: Option<ResourceType>,
+) -> Result<(Map<String, Value>, Option<String>), ApiError> {
+    let is_parameters = resource_type_of(&body) == Some("Parameters")
+        && url_type.is_none_or(|t| t.as_str() != "Parameters");
+    if !is_parameters {
+        return Ok((body, None));
+    }
+    let parameters = body
+        .get("parameter")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let named = |name: &str| {
+        parameters
+            .iter()
+            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+    };
+    let resource =
+        named("resource")
+            .and_then(|p| p.get("resource"))
+            .and_then(Value::as_object)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::BadRequest(vec![Issue::error(
+                IssueType::Required,
+                "validate-no-resource",
+                "The Parameters has no 'resource' parameter holding the resource to validate",
+            )
+            .at("Parameters.parameter")])
+            })?;
+    let profile = named("profile").and_then(|p| {
+        ["valueUri", "valueCanonical", "valueUrl"]
+            .iter()
+            .find_map(|key| p.get(*key).and_then(Value::as_str))
+            .map(str::to_owned)
+    });
+    Ok((resource, profile))
+}
+
+/// The issues a create of `resource` would meet.
+fn check(
+    state: &AppState,
+    url_type: Option<ResourceType>,
+    resource: &Map<String, Value>,
+    profile: Option<&str>,
+) -> Vec<Issue> {
+    let root = url_type.map(ResourceType::as_str).unwrap_or("Resource");
+    let Some(found) = resource_type_of(resource) else {
+        return vec![
+            Issue::error(
+                IssueType::Required,
+                "resource-type-missing",
+                "The resource has no resourceType",
+            )
+            .at(format!("{root}.resourceType")),
+        ];
+    };
+    let resource_type = match ResourceType::parse(found) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![
+                Issue::error(IssueType::Value, "unknown-resource-type", e.to_string())
+                    .at(format!("{root}.resourceType")),
+            ];
+        }
+    };
+    if let Some(expected) = url_type
+        && expected != resource_type
+    {
+        return vec![
+            Issue::error(
+                IssueType::Invalid,
+                "resource-type-mismatch",
+                format!(
+                    "The resource is a {resource_type} but was sent to /fhir/{expected}/$validate"
+                ),
+            )
+            .at(format!("{expected}.resourceType")),
+        ];
+    }
+    if let Some(profile) = profile {
+        let base = format!("{CORE_PROFILE_PREFIX}{resource_type}");
+        if profile.split('|').next() != Some(base.as_str()) {
+            return vec![Issue::error(
+                IssueType::NotSupported,
+                "validate-unknown-profile",
+                format!("Profile {profile} is not one Sprig holds; it can validate a {resource_type} against {base}"),
+            )
+            .at(format!("{resource_type}.meta.profile"))];
+        }
+    }
+    state.validator.validate(resource_type, resource)
+}
