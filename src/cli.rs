@@ -1,6 +1,6 @@
-//! The `sprig` command line: parses arguments, runs a subcommand, and
-//! decides the exit status (0 success, 1 runtime failure, 2 bad usage or
-//! configuration).
+//! The `sprig` command line: parses arguments, runs a subcommand (`serve`,
+//! `validate`), and decides the exit status (0 success, 1 runtime failure
+//! or invalid files, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use std::time::Instant as StdInstant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
+mod validate;
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{Overrides, Settings};
@@ -26,6 +28,8 @@ pub struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Validate FHIR JSON files and folders, as the gateway would on a create.
+    Validate(validate::ValidateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +50,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Validate(args) => validate::run(args),
     }
 }
 

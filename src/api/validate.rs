@@ -22,9 +22,6 @@ use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::resource::resource_type_of;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 
-/// The base definition of every core type; the only profiles Sprig holds yet.
-const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/";
-
 /// `POST /fhir/$validate`.
 pub async fn validate_any(
     State(state): State<AppState>,
@@ -80,7 +77,9 @@ async fn run(
         Err(error) => error.to_issues(root),
         Ok(body) => {
             let (resource, profile) = unwrap_parameters(body, url_type)?;
-            check(&state, url_type, &resource, profile.as_deref())
+            state
+                .validator
+                .validate_resource(&resource, url_type, profile.as_deref())
         }
     };
     tracing::info!(
@@ -134,59 +133,4 @@ fn unwrap_parameters(
             .map(str::to_owned)
     });
     Ok((resource, profile))
-}
-
-/// The issues a create of `resource` would meet.
-fn check(
-    state: &AppState,
-    url_type: Option<ResourceType>,
-    resource: &Map<String, Value>,
-    profile: Option<&str>,
-) -> Vec<Issue> {
-    let root = url_type.map(ResourceType::as_str).unwrap_or("Resource");
-    let Some(found) = resource_type_of(resource) else {
-        return vec![
-            Issue::error(
-                IssueType::Required,
-                "resource-type-missing",
-                "The resource has no resourceType",
-            )
-            .at(format!("{root}.resourceType")),
-        ];
-    };
-    let resource_type = match ResourceType::parse(found) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![
-                Issue::error(IssueType::Value, "unknown-resource-type", e.to_string())
-                    .at(format!("{root}.resourceType")),
-            ];
-        }
-    };
-    if let Some(expected) = url_type
-        && expected != resource_type
-    {
-        return vec![
-            Issue::error(
-                IssueType::Invalid,
-                "resource-type-mismatch",
-                format!(
-                    "The resource is a {resource_type} but was sent to /fhir/{expected}/$validate"
-                ),
-            )
-            .at(format!("{expected}.resourceType")),
-        ];
-    }
-    if let Some(profile) = profile {
-        let base = format!("{CORE_PROFILE_PREFIX}{resource_type}");
-        if profile.split('|').next() != Some(base.as_str()) {
-            return vec![Issue::error(
-                IssueType::NotSupported,
-                "validate-unknown-profile",
-                format!("Profile {profile} is not one Sprig holds; it can validate a {resource_type} against {base}"),
-            )
-            .at(format!("{resource_type}.meta.profile"))];
-        }
-    }
-    state.validator.validate(resource_type, resource)
 }

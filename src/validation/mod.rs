@@ -15,7 +15,11 @@ pub mod schema;
 
 use serde_json::{Map, Value};
 
-use crate::fhir::{Issue, ResourceType};
+use crate::fhir::resource::resource_type_of;
+use crate::fhir::{Issue, IssueType, ResourceType};
+
+/// The base definition of every core type; the only profiles Sprig holds yet.
+pub const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/";
 
 /// One stage of validation.
 pub trait ValidationPass: Send + Sync {
@@ -35,6 +39,64 @@ impl Validator {
     /// A validator running `passes` in order.
     pub fn new(passes: Vec<Box<dyn ValidationPass>>) -> Self {
         Self { passes }
+    }
+
+    /// Validates a parsed resource whose type is not yet known: checks its
+    /// `resourceType` (against `expected`, when the caller named a type) and
+    /// the requested `profile`, then runs the passes. `$validate` and
+    /// `sprig validate` use this, so they report what a create would.
+    pub fn validate_resource(
+        &self,
+        resource: &Map<String, Value>,
+        expected: Option<ResourceType>,
+        profile: Option<&str>,
+    ) -> Vec<Issue> {
+        let root = expected.map(ResourceType::as_str).unwrap_or("Resource");
+        let Some(found) = resource_type_of(resource) else {
+            return vec![
+                Issue::error(
+                    IssueType::Required,
+                    "resource-type-missing",
+                    "The resource has no resourceType",
+                )
+                .at(format!("{root}.resourceType")),
+            ];
+        };
+        let resource_type = match ResourceType::parse(found) {
+            Ok(t) => t,
+            Err(e) => {
+                return vec![
+                    Issue::error(IssueType::Value, "unknown-resource-type", e.to_string())
+                        .at(format!("{root}.resourceType")),
+                ];
+            }
+        };
+        if let Some(expected) = expected
+            && expected != resource_type
+        {
+            return vec![
+                Issue::error(
+                    IssueType::Invalid,
+                    "resource-type-mismatch",
+                    format!("The resource is a {resource_type}, but a {expected} was expected"),
+                )
+                .at(format!("{expected}.resourceType")),
+            ];
+        }
+        if let Some(profile) = profile {
+            let base = format!("{CORE_PROFILE_PREFIX}{resource_type}");
+            if profile.split('|').next() != Some(base.as_str()) {
+                return vec![
+                    Issue::error(
+                        IssueType::NotSupported,
+                        "validate-unknown-profile",
+                        format!("Profile {profile} is not one Sprig holds; a {resource_type} can be validated against {base}"),
+                    )
+                    .at(format!("{resource_type}.meta.profile")),
+                ];
+            }
+        }
+        self.validate(resource_type, resource)
     }
 
     /// Runs the passes in order. A later pass only runs when the earlier ones

@@ -123,3 +123,92 @@ fn bad_configuration_stops_start_up_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
 }
+
+fn sprig_validate(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sprig"))
+        .arg("validate")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sprig_validate_checks_files_and_folders() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let (code, stdout, _) = sprig_validate(&[examples], dir.path());
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("1 file(s): 1 valid, 0 with errors"),
+        "{stdout}"
+    );
+
+    std::fs::create_dir(dir.path().join("batch")).expect("folder");
+    std::fs::write(
+        dir.path().join("batch/missing-status.json"),
+        r#"{"resourceType":"ServiceRequest","intent":"order","subject":{"reference":"Patient/1"}}"#,
+    )
+    .expect("written");
+    std::fs::write(
+        dir.path().join("batch/broken.json"),
+        "{\"resourceType\": \"Patient\",\n \"gender\": }",
+    )
+    .expect("written");
+    std::fs::write(
+        dir.path().join("batch/notes.txt"),
+        "not JSON, not looked at",
+    )
+    .expect("written");
+    let (code, stdout, _) = sprig_validate(&["batch", examples], dir.path());
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("batch/missing-status.json: 1 error(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ServiceRequest.status: ServiceRequest.status is required"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("line 2, column 12"), "{stdout}");
+    assert!(
+        stdout.contains("3 file(s): 1 valid, 2 with errors"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = sprig_validate(&["--format", "json", "batch"], dir.path());
+    assert_eq!(code, Some(1));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["file"], "batch/broken.json");
+    assert_eq!(
+        lines[1]["outcome"]["issue"][0]["expression"][0],
+        "ServiceRequest.status"
+    );
+    assert!(
+        stderr.contains("2 file(s)"),
+        "the summary goes to stderr: {stderr}"
+    );
+
+    let (code, _, _) = sprig_validate(
+        &[
+            "--profile",
+            "http://example.org/StructureDefinition/x",
+            examples,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, Some(1), "an unknown profile is an error");
+    let (code, _, stderr) = sprig_validate(&["no-such-file.json"], dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, _, _) = sprig_validate(&[], dir.path());
+    assert_eq!(code, Some(2));
+}
