@@ -29,7 +29,7 @@ for MODE in full normal; do
         sleep 0.01
     done
     READY_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
-    # Quieten request logging for the run itself (info logs one line per request).
+    # Request logs stay on (one JSON line per request, as in production).
     echo "== synchronous=$MODE: ready in ${READY_MS} ms (process start to /readyz 200) at $ADDRESS"
     RSS_IDLE=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
     echo "-- baseline: GET /healthz, ${CONNECTIONS} connections, ${DURATION}s"

@@ -29,6 +29,9 @@ pub enum StartupError {
     /// The bundled FHIR definitions could not be loaded.
     #[error(transparent)]
     Profiles(#[from] ProfileError),
+    /// A defect: a start-up task failed unexpectedly.
+    #[error("internal error during start-up: {0}")]
+    Internal(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -68,9 +71,8 @@ impl Application {
             Ok::<_, StartupError>((SchemaPass::load(&eager)?, ProfilePass::load()?))
         })
         .await
-        .map_err(|e| SchemaError::Compile {
-            resource_type: "(start-up)".into(),
-            message: e.to_string(),
+        .map_err(|e| {
+            StartupError::Internal(format!("the definition-loading task failed: {e}"))
         })??;
         let validator = Validator::new(vec![Box::new(schema), Box::new(profiles)]);
 

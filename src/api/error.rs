@@ -118,8 +118,10 @@ impl ApiError {
         }
     }
 
-    /// Renders the error as a response, reporting at most `max_issues` issues.
-    pub fn into_response_capped(self, max_issues: usize) -> Response {
+    /// Renders the error as a response. Long issue lists are capped where
+    /// they are made (`api::resource`, `api::validate`), with the configured
+    /// `limits.max_issues`.
+    fn render(self) -> Response {
         let status = self.status();
         match &self {
             ApiError::Internal(detail) => {
@@ -131,7 +133,7 @@ impl ApiError {
             _ => {}
         }
         let nhs_code = nhs_http_error_code(status);
-        let outcome = OperationOutcome::new(self.into_issues()).capped(max_issues);
+        let outcome = OperationOutcome::new(self.into_issues());
         let body = outcome.to_json(nhs_code).to_string();
         let mut response = (status, body).into_response();
         response
@@ -148,9 +150,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // Long issue lists are capped where they are made (see
-        // `api::resource`), with the configured `limits.max_issues`.
-        self.into_response_capped(usize::MAX)
+        self.render()
     }
 }
 

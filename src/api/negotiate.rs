@@ -23,12 +23,6 @@ pub struct ResponseFormat {
 }
 
 impl ResponseFormat {
-    /// FHIR JSON, compact.
-    pub const DEFAULT: ResponseFormat = ResponseFormat {
-        content_type: FHIR_JSON_UTF8,
-        pretty: false,
-    };
-
     /// A 200 response with `value` written in this format.
     pub fn render(&self, value: &Value) -> Result<Response, ApiError> {
         let text = if self.pretty {

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
 use crate::fhir::json::{JsonLimits, parse_resource};
-use crate::fhir::resource::resource_type_of;
+use crate::fhir::resource::check_resource_type;
 use crate::fhir::{FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, VersionId};
 use crate::store::{NewResource, ReadOutcome, StoredResource};
 
@@ -49,33 +49,10 @@ pub async fn create(
             limits.max_issues,
         ))
     })?;
-    match resource_type_of(&resource) {
-        Some(found) if found == resource_type.as_str() => {}
-        Some(found) => {
-            return Err(ApiError::BadRequest(vec![
-                Issue::error(
-                    IssueType::Invalid,
-                    "resource-type-mismatch",
-                    format!("The body is a {found} but was posted to /fhir/{resource_type}; post it to /fhir/{found}, or send a {resource_type}"),
-                )
-                .at(format!("{resource_type}.resourceType")),
-            ]));
-        }
-        None => {
-            let message = match resource.get("resourceType") {
-                Some(_) => {
-                    "resourceType must be a JSON string naming the resource type, e.g. \"ServiceRequest\""
-                }
-                None => {
-                    "The resource has no resourceType: add \"resourceType\": \"ServiceRequest\""
-                }
-            };
-            return Err(ApiError::BadRequest(vec![
-                Issue::error(IssueType::Required, "resource-type-missing", message)
-                    .at(format!("{resource_type}.resourceType")),
-            ]));
-        }
-    }
+    check_resource_type(&resource, Some(resource_type))
+        .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
+    // Moved, not copied: the same value is validated and then stored.
+    let resource = Value::Object(resource);
 
     let issues = state.validator.validate(resource_type, &resource);
     if issues.iter().any(|i| i.severity.is_error()) {
@@ -241,7 +218,7 @@ fn parse_id(raw: &str) -> Result<FhirId, ApiError> {
     })
 }
 
-fn bad_path(rejection: PathRejection) -> ApiError {
+pub(super) fn bad_path(rejection: PathRejection) -> ApiError {
     ApiError::BadRequest(vec![Issue::error(
         IssueType::Invalid,
         "invalid-path",

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::AppState;
 use super::error::ApiError;
 use super::negotiate::{ResponseFormat, require_json_body};
-use super::resource::read_body;
+use super::resource::{bad_path, read_body};
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::resource::resource_type_of;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
@@ -40,13 +40,7 @@ pub async fn validate_type(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path(type_name) = path.map_err(|e| {
-        ApiError::BadRequest(vec![Issue::error(
-            IssueType::Invalid,
-            "invalid-path",
-            e.to_string(),
-        )])
-    })?;
+    let Path(type_name) = path.map_err(bad_path)?;
     let resource_type = ResourceType::parse(&type_name).map_err(|e| {
         ApiError::NotFound(Issue::error(
             IssueType::NotFound,
@@ -95,42 +89,45 @@ async fn run(
 /// the `resource` and `profile` parameters of a `Parameters` body (unless a
 /// `Parameters` resource is itself what is being validated).
 fn unwrap_parameters(
-    body: Map<String, Value>,
+    mut body: Map<String, Value>,
     url_type: Option<ResourceType>,
-) -> Result<(Map<String, Value>, Option<String>), ApiError> {
+) -> Result<(Value, Option<String>), ApiError> {
     let is_parameters = resource_type_of(&body) == Some("Parameters")
         && url_type.is_none_or(|t| t.as_str() != "Parameters");
     if !is_parameters {
-        return Ok((body, None));
+        return Ok((Value::Object(body), None));
     }
-    let parameters = body
-        .get("parameter")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let named = |name: &str| {
-        parameters
-            .iter()
-            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
-    };
-    let resource =
-        named("resource")
-            .and_then(|p| p.get("resource"))
-            .and_then(Value::as_object)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::BadRequest(vec![Issue::error(
+    // Taken out of the body, not copied: a Parameters may hold megabytes.
+    let mut resource = None;
+    let mut profile = None;
+    if let Some(Value::Array(parameters)) = body.shift_remove("parameter") {
+        for mut parameter in parameters {
+            match parameter.get("name").and_then(Value::as_str) {
+                Some("resource") if resource.is_none() => {
+                    resource = parameter
+                        .as_object_mut()
+                        .and_then(|p| p.shift_remove("resource"))
+                        .filter(Value::is_object);
+                }
+                Some("profile") if profile.is_none() => {
+                    profile = ["valueUri", "valueCanonical", "valueUrl"]
+                        .iter()
+                        .find_map(|key| parameter.get(*key).and_then(Value::as_str))
+                        .map(str::to_owned);
+                }
+                _ => {}
+            }
+        }
+    }
+    let resource = resource.ok_or_else(|| {
+        ApiError::BadRequest(vec![
+            Issue::error(
                 IssueType::Required,
                 "validate-no-resource",
                 "The Parameters has no 'resource' parameter holding the resource to validate",
             )
-            .at("Parameters.parameter")])
-            })?;
-    let profile = named("profile").and_then(|p| {
-        ["valueUri", "valueCanonical", "valueUrl"]
-            .iter()
-            .find_map(|key| p.get(*key).and_then(Value::as_str))
-            .map(str::to_owned)
-    });
+            .at("Parameters.parameter"),
+        ])
+    })?;
     Ok((resource, profile))
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
@@ -106,22 +106,27 @@ fn internal(message: &str) -> ExitCode {
 }
 
 /// Adds `path` (a file, or every `.json` file under a folder, sorted).
+/// Inside a folder, symbolic links to folders are not followed (a link
+/// loop would never end); links to files are.
 fn collect(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
     let metadata = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if metadata.is_file() {
         files.push(path.to_owned());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+    let mut entries: Vec<(PathBuf, bool)> = std::fs::read_dir(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .filter_map(Result::ok)
-        .map(|entry| entry.path())
+        .map(|entry| {
+            let real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            (entry.path(), real_dir)
+        })
         .collect();
     entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
+    for (entry, real_dir) in entries {
+        if real_dir {
             collect(&entry, files)?;
-        } else if entry.extension().is_some_and(|e| e == "json") {
+        } else if entry.extension().is_some_and(|e| e == "json") && entry.is_file() {
             files.push(entry);
         }
     }
@@ -144,7 +149,7 @@ fn validate_file(validator: &Validator, file: &Path, profile: Option<&str>) -> V
     };
     match parse_resource(&bytes, JsonLimits::default()) {
         Err(error) => error.to_issues("Resource"),
-        Ok(resource) => validator.validate_resource(&resource, None, profile),
+        Ok(resource) => validator.validate_resource(&Value::Object(resource), None, profile),
     }
 }
 

@@ -502,6 +502,11 @@ fn check_primitive_array_pairs(
 ) {
     for (key, value) in object {
         let Value::Array(items) = value else { continue };
+        // Only primitive arrays have `_name` partners: an array of objects
+        // without nulls (most FHIR arrays) needs no partner lookup.
+        if items.iter().all(Value::is_object) {
+            continue;
+        }
         let partner_key = match key.strip_prefix('_') {
             Some(base) => base.to_owned(),
             None => format!("_{key}"),

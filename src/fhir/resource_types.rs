@@ -1,5 +1,6 @@
-//! The 146 resource types of FHIR R4 (4.0.1), generated from the
-//! discriminator of HL7's `fhir.schema.json` (see `profiles/scripts/`).
+//! The 146 resource types of FHIR R4 (4.0.1), as listed by the
+//! discriminator of HL7's `fhir.schema.json`; a test in
+//! `validation::schema` checks this list against that schema.
 
 /// Every R4 resource type name, sorted.
 pub const R4_RESOURCE_TYPES: &[&str] = &[

@@ -17,7 +17,7 @@ mod sqlite;
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
@@ -116,8 +116,8 @@ pub enum ReadOutcome {
 pub struct NewResource<'a> {
     /// Its type.
     pub resource_type: ResourceType,
-    /// The resource; `id` and `meta` are replaced by the store's.
-    pub resource: Map<String, Value>,
+    /// The resource (a JSON object); `id` and `meta` are replaced by the store's.
+    pub resource: Value,
     /// The request body exactly as received, kept for audit.
     pub received: &'a [u8],
     /// The request that brought it, for audit.

@@ -13,9 +13,9 @@
 pub mod profile;
 pub mod schema;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::fhir::resource::resource_type_of;
+use crate::fhir::resource::check_resource_type;
 use crate::fhir::{Issue, IssueType, ResourceType};
 
 /// The base definition of every core type; the only profiles Sprig holds yet.
@@ -26,8 +26,10 @@ pub trait ValidationPass: Send + Sync {
     /// A short name for logs and benchmarks.
     fn name(&self) -> &'static str;
 
-    /// Every problem this pass finds in `resource` (of type `resource_type`).
-    fn check(&self, resource_type: ResourceType, resource: &Map<String, Value>) -> Vec<Issue>;
+    /// Every problem this pass finds in `resource` (a JSON object of type
+    /// `resource_type`). A `Value` rather than a map because that is what
+    /// the JSON schema crate validates: no pass has to copy the resource.
+    fn check(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue>;
 }
 
 /// The validation passes, run in order.
@@ -47,42 +49,21 @@ impl Validator {
     /// `sprig validate` use this, so they report what a create would.
     pub fn validate_resource(
         &self,
-        resource: &Map<String, Value>,
+        resource: &Value,
         expected: Option<ResourceType>,
         profile: Option<&str>,
     ) -> Vec<Issue> {
-        let root = expected.map(ResourceType::as_str).unwrap_or("Resource");
-        let Some(found) = resource_type_of(resource) else {
-            return vec![
-                Issue::error(
-                    IssueType::Required,
-                    "resource-type-missing",
-                    "The resource has no resourceType",
-                )
-                .at(format!("{root}.resourceType")),
-            ];
+        let Value::Object(map) = resource else {
+            return vec![Issue::error(
+                IssueType::Structure,
+                "json-not-object",
+                "A FHIR resource must be a JSON object with a resourceType",
+            )];
         };
-        let resource_type = match ResourceType::parse(found) {
-            Ok(t) => t,
-            Err(e) => {
-                return vec![
-                    Issue::error(IssueType::Value, "unknown-resource-type", e.to_string())
-                        .at(format!("{root}.resourceType")),
-                ];
-            }
+        let resource_type = match check_resource_type(map, expected) {
+            Ok(resource_type) => resource_type,
+            Err(issue) => return vec![issue],
         };
-        if let Some(expected) = expected
-            && expected != resource_type
-        {
-            return vec![
-                Issue::error(
-                    IssueType::Invalid,
-                    "resource-type-mismatch",
-                    format!("The resource is a {resource_type}, but a {expected} was expected"),
-                )
-                .at(format!("{expected}.resourceType")),
-            ];
-        }
         if let Some(profile) = profile {
             let base = format!("{CORE_PROFILE_PREFIX}{resource_type}");
             if profile.split('|').next() != Some(base.as_str()) {
@@ -90,7 +71,9 @@ impl Validator {
                     Issue::error(
                         IssueType::NotSupported,
                         "validate-unknown-profile",
-                        format!("Profile {profile} is not one Sprig holds; a {resource_type} can be validated against {base}"),
+                        format!(
+                            "Profile {profile} is not one Sprig holds; a {resource_type} can be validated against {base}"
+                        ),
                     )
                     .at(format!("{resource_type}.meta.profile")),
                 ];
@@ -102,11 +85,7 @@ impl Validator {
     /// Runs the passes in order. A later pass only runs when the earlier ones
     /// found no errors: a profile check of structurally broken content would
     /// bury the real problem under consequences of it.
-    pub fn validate(
-        &self,
-        resource_type: ResourceType,
-        resource: &Map<String, Value>,
-    ) -> Vec<Issue> {
+    pub fn validate(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
         for pass in &self.passes {
             issues.extend(pass.check(resource_type, resource));

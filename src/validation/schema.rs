@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{Draft, PatternOptions, Registry, ValidationError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 
 use super::ValidationPass;
@@ -156,21 +156,18 @@ impl SchemaPass {
         resource: &Value,
         base: &ElementPath,
         root: &str,
-        out: &mut Vec<Issue>,
+        out: &mut Vec<(ElementPath, Issue)>,
     ) {
         let validator = match self.validator_for(resource_type) {
             Ok(validator) => validator,
             Err(message) => {
-                out.push(
-                    Issue::error(
-                        IssueType::Exception,
-                        "schema-unavailable",
-                        format!(
-                            "The R4 schema for {resource_type} could not be compiled: {message}"
-                        ),
-                    )
-                    .with_severity(IssueSeverity::Fatal),
-                );
+                let issue = Issue::error(
+                    IssueType::Exception,
+                    "schema-unavailable",
+                    format!("The R4 schema for {resource_type} could not be compiled: {message}"),
+                )
+                .with_severity(IssueSeverity::Fatal);
+                out.push((base.clone(), issue));
                 return;
             }
         };
@@ -189,17 +186,15 @@ impl SchemaPass {
             if ResourceType::parse(nested_type).is_ok() {
                 self.validate_at(nested_type, value, &path, root, out);
             } else {
-                out.push(
-                    Issue::error(
-                        IssueType::Value,
-                        "schema-unknown-resource-type",
-                        format!(
-                            "{} has resourceType '{nested_type}', which is not a FHIR R4 resource type",
-                            path.to_expression(root)
-                        ),
-                    )
-                    .at(path.key("resourceType").to_expression(root)),
+                let issue = Issue::error(
+                    IssueType::Value,
+                    "schema-unknown-resource-type",
+                    format!(
+                        "{} has resourceType '{nested_type}', which is not a FHIR R4 resource type",
+                        path.to_expression(root)
+                    ),
                 );
+                out.push(located(path.key("resourceType"), root, issue));
             }
         }
     }
@@ -248,7 +243,7 @@ impl SchemaPass {
         error: &ValidationError<'_>,
         base: &ElementPath,
         root: &str,
-        out: &mut Vec<Issue>,
+        out: &mut Vec<(ElementPath, Issue)>,
     ) {
         let local = ElementPath::from_json_pointer(error.instance_path().as_str());
         let path = base.join(&local);
@@ -264,25 +259,24 @@ impl SchemaPass {
                     } else {
                         "check the spelling and case against the FHIR R4 definition; unknown elements are rejected, not dropped".to_owned()
                     };
-                    out.push(
-                        Issue::error(
-                            IssueType::Structure,
-                            "schema-unknown-element",
-                            format!("Unknown element '{name}' in {expression}: {hint}"),
-                        )
-                        .at(path.key(name.clone()).to_expression(root)),
+                    let issue = Issue::error(
+                        IssueType::Structure,
+                        "schema-unknown-element",
+                        format!("Unknown element '{name}' in {expression}: {hint}"),
                     );
+                    out.push(located(path.key(name.clone()), root, issue));
                 }
                 return;
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default().to_owned();
-                Issue::error(
+                let issue = Issue::error(
                     IssueType::Required,
                     "schema-required",
                     format!("{expression} is missing the required element '{name}'"),
-                )
-                .at(path.key(name).to_expression(root))
+                );
+                out.push(located(path.key(name), root, issue));
+                return;
             }
             ValidationErrorKind::Type { kind } => {
                 let expected = match kind {
@@ -313,7 +307,6 @@ impl SchemaPass {
                         json_type_name(instance)
                     ),
                 )
-                .at(expression)
             }
             ValidationErrorKind::Enum { options } => {
                 let allowed: Vec<String> = options
@@ -342,7 +335,6 @@ impl SchemaPass {
                         display_value(instance)
                     ),
                 )
-                .at(expression)
             }
             ValidationErrorKind::Pattern { pattern } => {
                 let type_name = self
@@ -360,7 +352,6 @@ impl SchemaPass {
                         primitive_hint(type_name)
                     ),
                 )
-                .at(expression)
             }
             ValidationErrorKind::Constant { expected_value } => Issue::error(
                 IssueType::Value,
@@ -369,16 +360,18 @@ impl SchemaPass {
                     "{expression} must be {expected_value}, not {}",
                     display_value(instance)
                 ),
-            )
-            .at(expression),
+            ),
             _ => Issue::error(
                 IssueType::Invalid,
                 "schema-invalid",
-                format!("{expression} is not valid: {}", error.kind_message()),
-            )
-            .at(expression),
+                // jsonschema's own message, which starts with the instance itself.
+                format!(
+                    "{expression} is not valid: {}",
+                    shorten(&error.to_string(), 200)
+                ),
+            ),
         };
-        out.push(issue);
+        out.push(located(path, root, issue));
     }
 }
 
@@ -414,51 +407,42 @@ fn primitive_hint(type_name: &str) -> &'static str {
     }
 }
 
-trait KindMessage {
-    fn kind_message(&self) -> String;
-}
-
-impl KindMessage for ValidationError<'_> {
-    /// jsonschema's own message, which starts with the instance itself.
-    fn kind_message(&self) -> String {
-        shorten(&self.to_string(), 200)
-    }
-}
-
 impl ValidationPass for SchemaPass {
     fn name(&self) -> &'static str {
         "r4-json-schema"
     }
 
-    fn check(&self, resource_type: ResourceType, resource: &Map<String, Value>) -> Vec<Issue> {
-        // jsonschema validates a `Value`; the clone of the map is cheap next
-        // to validation and keeps the pass interface on plain maps.
-        let document = Value::Object(resource.clone());
-        let mut issues = Vec::new();
+    fn check(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue> {
+        let mut located = Vec::new();
         let root = resource_type.as_str();
-        self.validate_at(root, &document, &ElementPath::root(), root, &mut issues);
-        sort_in_document_order(&mut issues, &document, root);
+        self.validate_at(root, resource, &ElementPath::root(), root, &mut located);
+        sort_in_document_order(&mut located, resource);
+        let mut issues: Vec<Issue> = located.into_iter().map(|(_, issue)| issue).collect();
         issues.dedup();
         issues
     }
 }
 
+/// `issue` located at `path`: the path is kept for ordering, the
+/// expression goes into the issue.
+fn located(path: ElementPath, root: &str, issue: Issue) -> (ElementPath, Issue) {
+    let expression = path.to_expression(root);
+    (path, issue.at(expression))
+}
+
 /// Orders issues as their elements appear in the document (the order the
 /// sender wrote them in), which is how a developer reads the message.
-fn sort_in_document_order(issues: &mut [Issue], document: &Value, root: &str) {
-    let key = |issue: &Issue| -> Vec<usize> {
-        let Some(expression) = issue.expression.as_deref() else {
-            return Vec::new();
-        };
-        let path = expression_to_path(expression, root);
-        let mut positions = Vec::new();
+/// An element the document lacks (a missing required one) sorts after its
+/// present siblings.
+fn sort_in_document_order(issues: &mut [(ElementPath, Issue)], document: &Value) {
+    let position = |path: &ElementPath| -> Vec<usize> {
         let mut node = Some(document);
-        for segment in path.segments() {
-            let position = match (segment, node) {
+        path.segments()
+            .iter()
+            .map(|segment| match (segment, node) {
                 (Segment::Key(k), Some(Value::Object(map))) => {
-                    let index = map.keys().position(|key| key == k);
                     node = map.get(k.as_str());
-                    index.unwrap_or(usize::MAX)
+                    map.keys().position(|key| key == k).unwrap_or(usize::MAX)
                 }
                 (Segment::Index(i), Some(Value::Array(items))) => {
                     node = items.get(*i);
@@ -468,31 +452,10 @@ fn sort_in_document_order(issues: &mut [Issue], document: &Value, root: &str) {
                     node = None;
                     usize::MAX
                 }
-            };
-            positions.push(position);
-        }
-        positions
+            })
+            .collect()
     };
-    issues.sort_by_cached_key(key);
-}
-
-/// Inverse of `ElementPath::to_expression` for the expressions this module
-/// writes (no dots or brackets inside names: FHIR names have none).
-fn expression_to_path(expression: &str, root: &str) -> ElementPath {
-    let rest = expression.strip_prefix(root).unwrap_or(expression);
-    let mut segments = Vec::new();
-    for part in rest.split('.').filter(|p| !p.is_empty()) {
-        let mut pieces = part.split('[');
-        if let Some(name) = pieces.next().filter(|n| !n.is_empty()) {
-            segments.push(Segment::Key(name.to_owned()));
-        }
-        for piece in pieces {
-            if let Ok(index) = piece.trim_end_matches(']').parse() {
-                segments.push(Segment::Index(index));
-            }
-        }
-    }
-    ElementPath::from_segments(segments)
+    issues.sort_by_cached_key(|(path, _)| position(path));
 }
 
 #[cfg(test)]
@@ -505,9 +468,9 @@ mod tests {
         LazyLock::new(|| SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema loads"));
 
     fn check(resource: Value) -> Vec<(String, String, &'static str)> {
-        let map = resource.as_object().expect("object").clone();
-        let rt = ResourceType::parse(map["resourceType"].as_str().expect("type")).expect("known");
-        PASS.check(rt, &map)
+        let rt =
+            ResourceType::parse(resource["resourceType"].as_str().expect("type")).expect("known");
+        PASS.check(rt, &resource)
             .into_iter()
             .map(|i| (i.expression.unwrap_or_default(), i.message, i.message_id))
             .collect()
@@ -595,6 +558,19 @@ mod tests {
                 "ServiceRequest.contained[1].nmae"
             ]
         );
+    }
+
+    #[test]
+    fn the_resource_type_list_matches_the_schema() {
+        let schema: Value = serde_json::from_str(PRISTINE_SCHEMA).expect("schema");
+        let mut from_schema: Vec<&str> = schema["discriminator"]["mapping"]
+            .as_object()
+            .expect("mapping")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        from_schema.sort_unstable();
+        assert_eq!(from_schema, R4_RESOURCE_TYPES);
     }
 
     #[test]

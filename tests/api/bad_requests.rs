@@ -434,12 +434,7 @@ async fn every_bad_request_gets_the_right_status_and_a_located_outcome() {
     }
 
     // Nothing from any of them was stored.
-    let pool = app.db_pool().await;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_versions")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(count, 0);
+    assert_eq!(app.stored_version_count().await, 0);
 }
 
 #[tokio::test]

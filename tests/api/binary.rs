@@ -198,6 +198,12 @@ fn sprig_validate_checks_files_and_folders() {
         "the summary goes to stderr: {stderr}"
     );
 
+    // A symbolic link back up the tree is not followed (it would never end).
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("batch/loop")).expect("symlink");
+    let (code, stdout, _) = sprig_validate(&["batch"], dir.path());
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("2 file(s)"), "{stdout}");
+
     let (code, _, _) = sprig_validate(
         &[
             "--profile",

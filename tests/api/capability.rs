@@ -21,10 +21,9 @@ async fn metadata_lists_exactly_what_is_served() {
 
     // The statement itself is valid R4.
     let schema = SchemaPass::load(&[]).expect("schema");
-    let map = statement.as_object().expect("object");
     let problems = schema.check(
         ResourceType::parse("CapabilityStatement").expect("type"),
-        map,
+        &statement,
     );
     assert!(problems.is_empty(), "{problems:?}");
 

@@ -1,6 +1,8 @@
 //! A 201 means the resource is on disk: a restart finds it.
 
-use crate::helpers::{json_body, sample_referral_text, spawn_app, spawn_app_in, spawn_app_with};
+use crate::helpers::{
+    json_body, sample_referral_text, spawn_app, spawn_app_in, spawn_app_with, streamed_body,
+};
 
 #[tokio::test]
 async fn a_created_referral_survives_a_restart() {
@@ -24,16 +26,13 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     let mut app = spawn_app().await;
     let body = sample_referral_text().into_bytes();
     let (first, rest) = body.split_at(body.len() / 2);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    tx.send(Ok(first.to_vec())).await.expect("queued");
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
+    let (tx, body) = streamed_body();
+    tx.send(first.to_vec()).await.expect("queued");
     let request = app
         .client
         .post(app.url("/fhir/ServiceRequest"))
         .header("content-type", "application/fhir+json")
-        .body(reqwest::Body::wrap_stream(stream))
+        .body(body)
         .send();
     let in_flight = tokio::spawn(request);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -46,7 +45,7 @@ async fn shutdown_lets_a_request_in_flight_finish() {
         newcomer.is_err(),
         "no new connections once shutdown began: {newcomer:?}"
     );
-    tx.send(Ok(rest.to_vec())).await.expect("queued");
+    tx.send(rest.to_vec()).await.expect("queued");
     drop(tx);
     let response = in_flight.await.expect("task").expect("response");
     assert_eq!(response.status(), 201, "the request in flight completed");
@@ -70,18 +69,15 @@ async fn shutdown_lets_a_request_in_flight_finish() {
 #[tokio::test]
 async fn a_request_over_the_time_limit_gets_503_and_stores_nothing() {
     let app = spawn_app_with(|s| s.limits.request_timeout_secs = 1).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(b"{\"resourceType\":".to_vec()))
+    let (tx, body) = streamed_body();
+    tx.send(b"{\"resourceType\":".to_vec())
         .await
         .expect("queued");
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
     let response = app
         .client
         .post(app.url("/fhir/ServiceRequest"))
         .header("content-type", "application/fhir+json")
-        .body(reqwest::Body::wrap_stream(stream))
+        .body(body)
         .send()
         .await
         .expect("answered");
@@ -90,10 +86,5 @@ async fn a_request_over_the_time_limit_gets_503_and_stores_nothing() {
     let outcome = json_body(response).await;
     assert_eq!(outcome["issue"][0]["code"], "timeout");
     drop(tx);
-    let pool = app.db_pool().await;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_versions")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(count, 0);
+    assert_eq!(app.stored_version_count().await, 0);
 }

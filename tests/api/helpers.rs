@@ -110,6 +110,15 @@ impl TestApp {
             .expect("open the database file")
     }
 
+    /// How many resource versions the database holds.
+    pub async fn stored_version_count(&self) -> i64 {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_versions")
+            .fetch_one(&self.db_pool().await)
+            .await
+            .expect("count");
+        count
+    }
+
     /// POSTs `body` to `/fhir/ServiceRequest` as FHIR JSON.
     pub async fn post_referral(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
@@ -155,6 +164,18 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// A request body sent chunk by chunk as the test pushes them into the
+/// returned sender (dropping it ends the body), to hold a request in flight.
+pub fn streamed_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    (tx, reqwest::Body::wrap_stream(stream))
 }
 
 /// Reads a response body as JSON.

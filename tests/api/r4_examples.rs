@@ -159,7 +159,7 @@ fn every_r4_example_validates_without_errors() {
         checked += 1;
         let resource_type = ResourceType::parse(&type_name).expect("an R4 type");
         let errors: Vec<String> = validator
-            .validate(resource_type, &resource)
+            .validate(resource_type, &serde_json::Value::Object(resource))
             .into_iter()
             .filter(|issue| issue.severity.is_error())
             .map(|issue| format!("{} ({})", issue.message, issue.message_id))

@@ -87,12 +87,11 @@ async fn an_invalid_referral_gets_the_same_issues_as_a_create() {
         vec!["ServiceRequest.status", "ServiceRequest.subject.reference"]
     );
 
-    let pool = app.db_pool().await;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_versions")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(count, 0, "validation stores nothing");
+    assert_eq!(
+        app.stored_version_count().await,
+        0,
+        "validation stores nothing"
+    );
 }
 
 #[tokio::test]

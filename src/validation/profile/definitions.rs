@@ -15,8 +15,8 @@ pub const R4_CORE: &str = include_str!("../../../profiles/core/r4-core.json");
 pub struct DefinitionsFile {
     /// StructureDefinitions, snapshot elements only.
     pub structure_definitions: Vec<StructureDefinition>,
-    /// Invariants by key.
-    pub invariants: HashMap<String, Invariant>,
+    // `invariants` (key → FHIRPath expression) is in the file too, and is
+    // read once an invariant evaluator exists.
     /// Pre-expanded value sets used by required and extensible bindings.
     pub value_sets: Vec<ExpandedValueSet>,
 }
@@ -101,17 +101,6 @@ pub struct Binding {
     /// The value set's canonical URL, without version.
     #[serde(rename = "valueSet")]
     pub value_set: String,
-}
-
-/// An invariant (constraint with a FHIRPath expression).
-#[derive(Debug, Deserialize)]
-pub struct Invariant {
-    /// `error` or `warning`.
-    pub severity: String,
-    /// What it means, in words.
-    pub human: String,
-    /// The FHIRPath expression.
-    pub expression: String,
 }
 
 /// A value set expanded by the build script.

@@ -20,12 +20,12 @@ mod walk;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 
 use super::ValidationPass;
 use crate::fhir::{ElementPath, Issue, ResourceType};
-use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, Invariant, R4_CORE};
+use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE};
 
 /// The definitions could not be loaded: a build defect, not bad input.
 #[derive(Debug, Error)]
@@ -51,6 +51,11 @@ pub(crate) struct Node {
     pub(crate) name: String,
     /// A choice element (`value[x]`).
     pub(crate) choice: bool,
+    /// `_name`: where a primitive's id and extensions go.
+    pub(crate) extension_name: String,
+    /// For a choice element, each allowed type's JSON keys:
+    /// (`valueString`, `_valueString`), in `def.types` order.
+    pub(crate) choice_keys: Vec<(String, String)>,
     /// Child elements, in snapshot order.
     pub(crate) children: Vec<usize>,
 }
@@ -98,7 +103,20 @@ impl Compiled {
                 });
             }
             by_path.insert(def.path.clone(), index);
+            let choice_keys = if choice {
+                def.types
+                    .iter()
+                    .map(|t| {
+                        let key = format!("{name}{}", walk::capitalise(&t.code));
+                        (key.clone(), format!("_{key}"))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             nodes.push(Node {
+                extension_name: format!("_{name}"),
+                choice_keys,
                 def,
                 name,
                 choice,
@@ -128,8 +146,6 @@ pub struct ProfilePass {
     /// Every definition by canonical URL.
     pub(crate) by_url: HashMap<String, Arc<Compiled>>,
     pub(crate) value_sets: HashMap<String, ExpandedValueSet>,
-    #[allow(dead_code)] // read by the invariant evaluator, still to come
-    pub(crate) invariants: HashMap<String, Invariant>,
 }
 
 impl ProfilePass {
@@ -155,7 +171,6 @@ impl ProfilePass {
             types,
             by_url,
             value_sets,
-            invariants: file.invariants,
         })
     }
 
@@ -170,7 +185,11 @@ impl ValidationPass for ProfilePass {
         "r4-core-profiles"
     }
 
-    fn check(&self, resource_type: ResourceType, resource: &Map<String, Value>) -> Vec<Issue> {
+    fn check(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue> {
+        let Value::Object(resource) = resource else {
+            // Not a resource at all: the schema pass reports it.
+            return Vec::new();
+        };
         let mut walk = walk::Walk::new(self, resource_type.as_str());
         walk.resource(resource_type.as_str(), resource, &ElementPath::root(), None);
         walk.finish()
@@ -188,9 +207,9 @@ mod tests {
 
     /// (expression, message id, severity) of every issue.
     fn check(resource: Value) -> Vec<(String, &'static str, &'static str)> {
-        let map = resource.as_object().expect("object").clone();
-        let rt = ResourceType::parse(map["resourceType"].as_str().expect("type")).expect("known");
-        PASS.check(rt, &map)
+        let rt =
+            ResourceType::parse(resource["resourceType"].as_str().expect("type")).expect("known");
+        PASS.check(rt, &resource)
             .into_iter()
             .map(|i| {
                 (
@@ -372,8 +391,7 @@ mod tests {
     fn issues_name_the_definition_they_come_from() {
         let mut sr = referral();
         sr.as_object_mut().map(|m| m.shift_remove("intent"));
-        let map = sr.as_object().expect("object").clone();
-        let issues = PASS.check(ResourceType::SERVICE_REQUEST, &map);
+        let issues = PASS.check(ResourceType::SERVICE_REQUEST, &sr);
         assert_eq!(
             issues[0].source.as_deref(),
             Some("http://hl7.org/fhir/StructureDefinition/ServiceRequest#ServiceRequest.intent")

@@ -51,7 +51,8 @@ impl<'p> Walk<'p> {
         path: &ElementPath,
         container: Option<&ContainedIndex>,
     ) {
-        let Some(sd) = self.pass.types.get(type_name).cloned() else {
+        let pass = self.pass;
+        let Some(sd) = pass.types.get(type_name) else {
             self.issues.push(
                 Issue::error(
                     IssueType::NotSupported,
@@ -81,7 +82,7 @@ impl<'p> Walk<'p> {
                 &own_index
             }
         };
-        self.children(&sd, 0, resource, path, contained);
+        self.children(sd, 0, resource, path, contained);
     }
 
     /// Validates the properties of `object` against the children of element
@@ -95,11 +96,10 @@ impl<'p> Walk<'p> {
         contained: &ContainedIndex,
     ) {
         for &child in &sd.nodes[node].children {
-            let element = &sd.nodes[child];
-            if element.choice {
-                self.choice_element(sd, element, object, path, contained);
+            if sd.nodes[child].choice {
+                self.choice_element(sd, child, object, path, contained);
             } else {
-                self.plain_element(sd, element, object, path, contained);
+                self.plain_element(sd, child, object, path, contained);
             }
         }
     }
@@ -107,149 +107,137 @@ impl<'p> Walk<'p> {
     fn plain_element(
         &mut self,
         sd: &Compiled,
-        element: &Node,
+        node: usize,
         object: &Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
+        let element = &sd.nodes[node];
         let value = object.get(&element.name);
-        let extension = object.get(&format!("_{}", element.name));
-        let count = occurrences(value).max(occurrences(extension));
+        let count = occurrences(value).max(occurrences(object.get(&element.extension_name)));
+        self.cardinality(sd, element, count, path);
+        let Some(value) = value else {
+            // Absent (or only `_name`): nothing more to check, and no path to build.
+            return;
+        };
+        let type_code = element
+            .def
+            .types
+            .first()
+            .map(|t| t.code.as_str())
+            .unwrap_or("");
         let element_path = path.key(element.name.clone());
-        self.cardinality(sd, element, count, &element_path);
-        let type_ref = element.def.types.first();
-        let type_code = type_ref.map(|t| t.code.as_str()).unwrap_or("");
         match value {
-            Some(Value::Array(items)) => {
+            Value::Array(items) => {
                 for (index, item) in items.iter().enumerate() {
                     if !item.is_null() {
-                        self.value(
-                            sd,
-                            element,
-                            type_code,
-                            item,
-                            &element_path.index(index),
-                            contained,
-                        );
+                        let item_path = element_path.index(index);
+                        self.value(sd, node, type_code, item, &item_path, contained);
                     }
                 }
             }
-            Some(item) => self.value(sd, element, type_code, item, &element_path, contained),
-            None => {}
+            item => self.value(sd, node, type_code, item, &element_path, contained),
         }
     }
 
     fn choice_element(
         &mut self,
         sd: &Compiled,
-        element: &Node,
+        node: usize,
         object: &Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
-        let mut present: Vec<(String, &str, &Value)> = Vec::new();
-        for type_ref in &element.def.types {
-            let key = format!("{}{}", element.name, capitalise(&type_ref.code));
-            let extension_key = format!("_{key}");
-            match (object.get(&key), object.get(&extension_key)) {
-                (Some(value), _) => present.push((key, type_ref.code.as_str(), value)),
-                (None, Some(_)) => present.push((key, type_ref.code.as_str(), &Value::Null)),
-                (None, None) => {}
-            }
-        }
-        let choice_path = path.key(format!("{}[x]", element.name));
-        if present.len() > 1 {
-            let keys: Vec<&str> = present.iter().map(|(k, _, _)| k.as_str()).collect();
-            let issue = Issue::error(
-                IssueType::Structure,
-                "profile-choice-repeated",
-                format!(
-                    "{} has several values ({}); only one type may be used",
-                    self.expression(&choice_path),
-                    keys.join(", ")
-                ),
-            );
-            self.report(issue, &choice_path, sd, element);
-        }
-        if present.is_empty() && element.def.min > 0 {
-            let types: Vec<String> = element
-                .def
-                .types
-                .iter()
-                .map(|t| format!("{}{}", element.name, capitalise(&t.code)))
-                .collect();
-            let issue = Issue::error(
-                IssueType::Required,
-                "profile-cardinality-min",
-                format!(
-                    "{} is required: give one of {}",
-                    self.expression(&choice_path),
-                    shorten(&types.join(", "), 200)
-                ),
-            );
+        let element = &sd.nodes[node];
+        // (key, type code, value: None when only `_key` is given)
+        let present: Vec<(&str, &str, Option<&Value>)> = element
+            .choice_keys
+            .iter()
+            .zip(&element.def.types)
+            .filter_map(|((key, extension_key), type_ref)| {
+                match (object.get(key), object.contains_key(extension_key)) {
+                    (Some(value), _) => Some((key.as_str(), type_ref.code.as_str(), Some(value))),
+                    (None, true) => Some((key.as_str(), type_ref.code.as_str(), None)),
+                    (None, false) => None,
+                }
+            })
+            .collect();
+        if present.len() > 1 || (present.is_empty() && element.def.min > 0) {
+            let choice_path = path.key(format!("{}[x]", element.name));
+            let issue = if present.is_empty() {
+                let keys: Vec<&str> = element
+                    .choice_keys
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                Issue::error(
+                    IssueType::Required,
+                    "profile-cardinality-min",
+                    format!(
+                        "{} is required: give one of {}",
+                        self.expression(&choice_path),
+                        shorten(&keys.join(", "), 200)
+                    ),
+                )
+            } else {
+                let keys: Vec<&str> = present.iter().map(|(k, _, _)| *k).collect();
+                Issue::error(
+                    IssueType::Structure,
+                    "profile-choice-repeated",
+                    format!(
+                        "{} has several values ({}); only one type may be used",
+                        self.expression(&choice_path),
+                        keys.join(", ")
+                    ),
+                )
+            };
             self.report(issue, &choice_path, sd, element);
         }
         for (key, code, value) in present {
-            if !value.is_null() {
-                self.value(sd, element, code, value, &path.key(key), contained);
+            if let Some(value) = value.filter(|v| !v.is_null()) {
+                self.value(sd, node, code, value, &path.key(key), contained);
             }
         }
     }
 
-    fn cardinality(&mut self, sd: &Compiled, element: &Node, count: usize, path: &ElementPath) {
+    /// Checks `count` occurrences of `element` under `parent` against its
+    /// cardinality; the element's path is only built for a violation.
+    fn cardinality(&mut self, sd: &Compiled, element: &Node, count: usize, parent: &ElementPath) {
         let min = element.def.min as usize;
-        if count < min {
-            let message = if min == 1 {
-                format!(
-                    "{} is required (minimum cardinality 1) but is missing",
-                    self.expression(path)
-                )
+        let max = element.def.max.map(|m| m as usize);
+        let (code, id, message) = if count < min {
+            let requirement = if min == 1 {
+                "is required (minimum cardinality 1) but is missing".to_owned()
             } else {
-                format!(
-                    "{} must appear at least {min} times but appears {count} times",
-                    self.expression(path)
-                )
+                format!("must appear at least {min} times but appears {count} times")
             };
-            self.report(
-                Issue::error(IssueType::Required, "profile-cardinality-min", message),
-                path,
-                sd,
-                element,
-            );
-        }
-        if let Some(max) = element.def.max
-            && count > max as usize
-        {
-            let message = if max == 0 {
-                format!(
-                    "{} is not allowed here (maximum cardinality 0)",
-                    self.expression(path)
-                )
+            (IssueType::Required, "profile-cardinality-min", requirement)
+        } else if let Some(max) = max.filter(|&max| count > max) {
+            let requirement = if max == 0 {
+                "is not allowed here (maximum cardinality 0)".to_owned()
             } else {
-                format!(
-                    "{} may appear at most {max} times but appears {count} times",
-                    self.expression(path)
-                )
+                format!("may appear at most {max} times but appears {count} times")
             };
-            self.report(
-                Issue::error(IssueType::Structure, "profile-cardinality-max", message),
-                path,
-                sd,
-                element,
-            );
-        }
+            (IssueType::Structure, "profile-cardinality-max", requirement)
+        } else {
+            return;
+        };
+        let path = parent.key(element.name.clone());
+        let message = format!("{} {message}", self.expression(&path));
+        self.report(Issue::error(code, id, message), &path, sd, element);
     }
 
-    /// Validates one value of `element` (of type `type_code`).
+    /// Validates one value of element `node` (of type `type_code`).
     fn value(
         &mut self,
         sd: &Compiled,
-        element: &Node,
+        node: usize,
         type_code: &str,
         value: &Value,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
+        let element = &sd.nodes[node];
         self.fixed_and_pattern(sd, element, value, path);
         self.binding(sd, element, type_code, value, path);
         if let (Some(max), Some(text)) = (element.def.max_length, value.as_str())
@@ -268,8 +256,7 @@ impl<'p> Walk<'p> {
         };
         if !element.children.is_empty() {
             // Backbone elements: children are defined inline.
-            let index = sd.by_path.get(&element.def.path).copied().unwrap_or(0);
-            self.children(sd, index, object, path, contained);
+            self.children(sd, node, object, path, contained);
             return;
         }
         if let Some(reference) = &element.def.content_reference {
@@ -279,13 +266,11 @@ impl<'p> Walk<'p> {
             }
             return;
         }
-        if type_code == "Resource"
-            || self
-                .pass
-                .types
-                .get(type_code)
-                .is_some_and(|t| t.kind == "resource")
-        {
+        // The pass outlives this walk, so the definition can be held while
+        // the walk records issues.
+        let pass = self.pass;
+        let datatype = pass.types.get(type_code);
+        if type_code == "Resource" || datatype.is_some_and(|t| t.kind == "resource") {
             // A resource without a resourceType is reported by the schema pass.
             if let Some(nested) = object.get("resourceType").and_then(Value::as_str) {
                 // A contained resource resolves `#` references against its container.
@@ -294,13 +279,13 @@ impl<'p> Walk<'p> {
             }
             return;
         }
-        let Some(datatype) = self.pass.types.get(type_code).cloned() else {
+        let Some(datatype) = datatype else {
             return;
         };
         if type_code == "Reference" {
             self.reference_target(sd, element, object, path, contained);
         }
-        self.children(&datatype, 0, object, path, contained);
+        self.children(datatype, 0, object, path, contained);
     }
 
     fn fixed_and_pattern(
@@ -527,7 +512,7 @@ fn occurrences(value: Option<&Value>) -> usize {
     }
 }
 
-fn capitalise(code: &str) -> String {
+pub(super) fn capitalise(code: &str) -> String {
     let mut chars = code.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
