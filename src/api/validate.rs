@@ -7,6 +7,8 @@
 //! have been refused with. Only problems with the request itself (format,
 //! size, a `Parameters` without a resource) get an error status.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -17,7 +19,7 @@ use serde_json::{Map, Value};
 use super::AppState;
 use super::error::ApiError;
 use super::negotiate::{ResponseFormat, require_json_body};
-use super::resource::{bad_path, read_body};
+use super::resource::{bad_path, cpu_bound, read_body};
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::resource::resource_type_of;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
@@ -61,21 +63,21 @@ async fn run(
     require_json_body(&headers)?;
     let limits = &state.settings.limits;
     let bytes = read_body(body, &headers, limits.max_body_bytes).await?;
-    let root = url_type.map(ResourceType::as_str).unwrap_or("Resource");
-    let issues = match parse_resource(
-        &bytes,
-        JsonLimits {
-            max_depth: limits.max_json_depth,
-        },
-    ) {
-        Err(error) => error.to_issues(root),
-        Ok(body) => {
-            let (resource, profile) = unwrap_parameters(body, url_type)?;
-            state
-                .validator
-                .validate_resource(&resource, url_type, profile.as_deref())
-        }
+    let json_limits = JsonLimits {
+        max_depth: limits.max_json_depth,
     };
+    let validator = Arc::clone(&state.validator);
+    let issues = cpu_bound(bytes.len(), move || {
+        let root = url_type.map(ResourceType::as_str).unwrap_or("Resource");
+        match parse_resource(&bytes, json_limits) {
+            Err(error) => Ok::<_, ApiError>(error.to_issues(root)),
+            Ok(body) => {
+                let (resource, profile) = unwrap_parameters(body, url_type)?;
+                Ok(validator.validate_resource(&resource, url_type, profile.as_deref()))
+            }
+        }
+    })
+    .await??;
     tracing::info!(
         issues = issues.len(),
         errors = issues.iter().filter(|i| i.severity.is_error()).count(),

@@ -287,3 +287,30 @@ async fn every_r4_service_request_example_is_accepted() {
         assert_eq!(status, 201, "{}: {outcome}", file.display());
     }
 }
+
+#[tokio::test]
+async fn large_bodies_are_validated_and_stored_too() {
+    // Above 64 KiB, parsing and validation run on the blocking pool.
+    let app = spawn_app().await;
+    let mut referral = sample_referral();
+    referral["note"] = serde_json::Value::Array(
+        (0..400)
+            .map(|n| json!({"text": format!("{n}: {}", "ä".repeat(200))}))
+            .collect(),
+    );
+    let body = referral.to_string();
+    assert!(body.len() > 64 * 1024);
+    let created = app.post_referral(body.clone()).await;
+    assert_eq!(created.status(), 201);
+    let created = json_body(created).await;
+    assert_eq!(without_server_fields(&created), referral);
+
+    referral["note"][399]["time"] = json!("later");
+    let refused = app.post_referral(referral.to_string()).await;
+    assert_eq!(refused.status(), 422);
+    let outcome = json_body(refused).await;
+    assert_eq!(
+        issues(&outcome)[0]["expression"][0],
+        "ServiceRequest.note[399].time"
+    );
+}
