@@ -3,8 +3,9 @@
 in a compact form, from the HL7 package hl7.fhir.r4.examples@4.0.1 (CC0).
 
 What it keeps:
-  * every StructureDefinition of Bundle-types.json and Bundle-resources.json (datatypes and
-    resources), snapshot only, each element reduced to what validation reads: id, path, min, max,
+  * every StructureDefinition of the package with a snapshot (datatypes, resources, the core
+    extension definitions and constraint profiles such as vitalsigns; logical models left out),
+    snapshot only, each element reduced to what validation reads: id, path, min, max,
     types (code, targetProfile, profile), contentReference, fixed[x]/pattern[x], binding (strength
     and value set), constraint keys, slicing, sliceName, maxLength, minValue/maxValue;
   * the invariants (constraint key -> severity, human text, FHIRPath expression), once each;
@@ -208,21 +209,30 @@ def main():
     structure_definitions = []
     invariants = {}
     bound = {}
-    for name in ("Bundle-types.json", "Bundle-resources.json"):
-        for sd in resources(package / name):
-            if sd["resourceType"] != "StructureDefinition":
-                continue
-            elements = [compact_element(e, invariants) for e in sd["snapshot"]["element"]]
-            for e in elements:
-                binding = e.get("binding")
-                if binding and binding["strength"] in ("required", "extensible"):
-                    bound[binding["valueSet"]] = True
-            compact = {k: sd[k] for k in ("url", "name", "type", "kind", "abstract") if k in sd}
-            for k in ("baseDefinition", "derivation"):
-                if k in sd:
-                    compact[k] = sd[k]
-            compact["elements"] = elements
-            structure_definitions.append(compact)
+    seen = set()
+    # Datatypes and resources first, then the core extension definitions and
+    # constraint profiles (vitalsigns, …) that examples name in meta.profile.
+    candidates = [sd for name in ("Bundle-types.json", "Bundle-resources.json")
+                  for sd in resources(package / name)]
+    candidates += [json.loads(path.read_text())
+                   for path in sorted(package.glob("StructureDefinition-*.json"))]
+    for sd in candidates:
+        if sd["resourceType"] != "StructureDefinition" or sd["url"] in seen:
+            continue
+        if sd.get("kind") == "logical" or "snapshot" not in sd:
+            continue
+        seen.add(sd["url"])
+        elements = [compact_element(e, invariants) for e in sd["snapshot"]["element"]]
+        for e in elements:
+            binding = e.get("binding")
+            if binding and binding["strength"] in ("required", "extensible"):
+                bound[binding["valueSet"]] = True
+        compact = {k: sd[k] for k in ("url", "name", "type", "kind", "abstract") if k in sd}
+        for k in ("baseDefinition", "derivation"):
+            if k in sd:
+                compact[k] = sd[k]
+        compact["elements"] = elements
+        structure_definitions.append(compact)
 
     terminology = Terminology(package)
     value_sets = []

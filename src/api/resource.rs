@@ -56,7 +56,7 @@ pub async fn create(
             .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
         // Moved, not copied: the same value is validated and then stored.
         let resource = Value::Object(resource);
-        let issues = validator.validate(resource_type, &resource);
+        let issues = validator.validate_resource(&resource, Some(resource_type), None);
         Ok::<_, ApiError>((resource, issues))
     })
     .await??;

@@ -4,6 +4,7 @@
 //! This module knows FHIR's rules but nothing about HTTP, storage or
 //! validation profiles: everything here is pure and cannot do I/O.
 
+pub mod identifiers;
 pub mod json;
 pub mod outcome;
 pub mod path;

@@ -88,6 +88,10 @@ pub enum IssueType {
     Informational,
     /// The request exceeded a size limit.
     TooCostly,
+    /// An extension was not recognised or not valid.
+    Extension,
+    /// A rule (invariant) of a definition failed.
+    Invariant,
 }
 
 impl IssueType {
@@ -110,6 +114,8 @@ impl IssueType {
             Self::Exception => "exception",
             Self::Informational => "informational",
             Self::TooCostly => "too-costly",
+            Self::Extension => "extension",
+            Self::Invariant => "invariant",
         }
     }
 }

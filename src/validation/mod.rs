@@ -13,13 +13,25 @@
 pub mod profile;
 pub mod schema;
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::fhir::resource::check_resource_type;
 use crate::fhir::{Issue, IssueType, ResourceType};
 
-/// The base definition of every core type; the only profiles Sprig holds yet.
+/// The base definition of every core type.
 pub const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/";
+
+/// What a resource is validated as.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Its type, already checked against `resourceType`.
+    pub resource_type: ResourceType,
+    /// Profiles it must meet besides those it names in `meta.profile`
+    /// (an explicitly requested one, or the configured default); all held.
+    pub profiles: &'a [String],
+}
 
 /// One stage of validation.
 pub trait ValidationPass: Send + Sync {
@@ -27,26 +39,68 @@ pub trait ValidationPass: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Every problem this pass finds in `resource` (a JSON object of type
-    /// `resource_type`). A `Value` rather than a map because that is what
-    /// the JSON schema crate validates: no pass has to copy the resource.
-    fn check(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue>;
+    /// `target.resource_type`). A `Value` rather than a map because that is
+    /// what the JSON schema crate validates: no pass has to copy the resource.
+    fn check(&self, target: &Target<'_>, resource: &Value) -> Vec<Issue>;
+
+    /// The resource type of a profile this pass holds, by canonical URL.
+    fn profile_type(&self, _url: &str) -> Option<&str> {
+        None
+    }
 }
 
-/// The validation passes, run in order.
+/// The validation passes, run in order, and which profile applies when a
+/// resource names none.
 pub struct Validator {
     passes: Vec<Box<dyn ValidationPass>>,
+    default_profiles: HashMap<ResourceType, String>,
 }
 
 impl Validator {
-    /// A validator running `passes` in order.
+    /// A validator running `passes` in order; a resource is checked against
+    /// the base definition of its type and the profiles it names.
     pub fn new(passes: Vec<Box<dyn ValidationPass>>) -> Self {
-        Self { passes }
+        Self {
+            passes,
+            default_profiles: HashMap::new(),
+        }
+    }
+
+    /// Sets the profile each resource type is held to when it names none in
+    /// `meta.profile` (the gateway's write path: a ServiceRequest is a
+    /// social prescribing referral unless it says otherwise). Fails with the
+    /// first URL that is not a held profile of that type.
+    pub fn with_default_profiles(
+        mut self,
+        defaults: HashMap<ResourceType, String>,
+    ) -> Result<Self, UnknownProfile> {
+        for (resource_type, url) in &defaults {
+            if self.profile_type(url) != Some(resource_type.as_str()) {
+                return Err(UnknownProfile {
+                    url: url.clone(),
+                    resource_type: *resource_type,
+                });
+            }
+        }
+        self.default_profiles = defaults;
+        Ok(self)
+    }
+
+    /// The default profile of a resource type, if one is configured.
+    pub fn default_profile(&self, resource_type: ResourceType) -> Option<&str> {
+        self.default_profiles
+            .get(&resource_type)
+            .map(String::as_str)
+    }
+
+    fn profile_type(&self, url: &str) -> Option<&str> {
+        self.passes.iter().find_map(|pass| pass.profile_type(url))
     }
 
     /// Validates a parsed resource whose type is not yet known: checks its
     /// `resourceType` (against `expected`, when the caller named a type) and
-    /// the requested `profile`, then runs the passes. `$validate` and
-    /// `sprig validate` use this, so they report what a create would.
+    /// the requested `profile`, then runs the passes. `$validate`, `sprig
+    /// validate` and every write use this, so they all report the same.
     pub fn validate_resource(
         &self,
         resource: &Value,
@@ -64,35 +118,74 @@ impl Validator {
             Ok(resource_type) => resource_type,
             Err(issue) => return vec![issue],
         };
+        let mut profiles = Vec::new();
         if let Some(profile) = profile {
-            let base = format!("{CORE_PROFILE_PREFIX}{resource_type}");
-            if profile.split('|').next() != Some(base.as_str()) {
-                return vec![
-                    Issue::error(
+            let url = profile.split('|').next().unwrap_or(profile);
+            match self.profile_type(url) {
+                Some(of) if of == resource_type.as_str() => profiles.push(url.to_owned()),
+                Some(of) => {
+                    return vec![Issue::error(
+                        IssueType::Invalid,
+                        "validate-profile-wrong-type",
+                        format!("Profile {url} constrains {of}, not {resource_type}"),
+                    )];
+                }
+                None => {
+                    return vec![Issue::error(
                         IssueType::NotSupported,
                         "validate-unknown-profile",
                         format!(
-                            "Profile {profile} is not one Sprig holds; a {resource_type} can be validated against {base}"
+                            "Profile {profile} is not one Sprig holds; the base definition is {CORE_PROFILE_PREFIX}{resource_type}"
                         ),
-                    )
-                    .at(format!("{resource_type}.meta.profile")),
-                ];
+                    )];
+                }
             }
+        } else if !names_a_profile(map)
+            && let Some(default) = self.default_profiles.get(&resource_type)
+        {
+            profiles.push(default.clone());
         }
-        self.validate(resource_type, resource)
+        self.validate(
+            &Target {
+                resource_type,
+                profiles: &profiles,
+            },
+            resource,
+        )
     }
 
     /// Runs the passes in order. A later pass only runs when the earlier ones
     /// found no errors: a profile check of structurally broken content would
     /// bury the real problem under consequences of it.
-    pub fn validate(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue> {
+    pub fn validate(&self, target: &Target<'_>, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
         for pass in &self.passes {
-            issues.extend(pass.check(resource_type, resource));
+            issues.extend(pass.check(target, resource));
             if issues.iter().any(|issue| issue.severity.is_error()) {
                 break;
             }
         }
         issues
     }
+}
+
+/// A configured default profile that is not held, or not of its type.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the default profile for {resource_type}, {url}, is not a {resource_type} profile Sprig holds"
+)]
+pub struct UnknownProfile {
+    /// The configured URL.
+    pub url: String,
+    /// The type it was configured for.
+    pub resource_type: ResourceType,
+}
+
+/// Whether a resource names any profile in `meta.profile`.
+fn names_a_profile(resource: &serde_json::Map<String, Value>) -> bool {
+    resource
+        .get("meta")
+        .and_then(|meta| meta.get("profile"))
+        .and_then(Value::as_array)
+        .is_some_and(|profiles| !profiles.is_empty())
 }

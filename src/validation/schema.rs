@@ -19,7 +19,7 @@ use jsonschema::{Draft, PatternOptions, Registry, ValidationError};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::ValidationPass;
+use super::{Target, ValidationPass};
 use crate::fhir::json::json_type_name;
 use crate::fhir::outcome::shorten;
 use crate::fhir::path::Segment;
@@ -412,9 +412,9 @@ impl ValidationPass for SchemaPass {
         "r4-json-schema"
     }
 
-    fn check(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue> {
+    fn check(&self, target: &Target<'_>, resource: &Value) -> Vec<Issue> {
         let mut located = Vec::new();
-        let root = resource_type.as_str();
+        let root = target.resource_type.as_str();
         self.validate_at(root, resource, &ElementPath::root(), root, &mut located);
         sort_in_document_order(&mut located, resource);
         let mut issues: Vec<Issue> = located.into_iter().map(|(_, issue)| issue).collect();
@@ -470,7 +470,11 @@ mod tests {
     fn check(resource: Value) -> Vec<(String, String, &'static str)> {
         let rt =
             ResourceType::parse(resource["resourceType"].as_str().expect("type")).expect("known");
-        PASS.check(rt, &resource)
+        let target = Target {
+            resource_type: rt,
+            profiles: &[],
+        };
+        PASS.check(&target, &resource)
             .into_iter()
             .map(|i| (i.expression.unwrap_or_default(), i.message, i.message_id))
             .collect()

@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 use sprig::fhir::ResourceType;
-use sprig::validation::ValidationPass;
 use sprig::validation::schema::SchemaPass;
+use sprig::validation::{Target, ValidationPass};
 
 use crate::helpers::{json_body, sample_referral_text, spawn_app};
 
@@ -21,10 +21,11 @@ async fn metadata_lists_exactly_what_is_served() {
 
     // The statement itself is valid R4.
     let schema = SchemaPass::load(&[]).expect("schema");
-    let problems = schema.check(
-        ResourceType::parse("CapabilityStatement").expect("type"),
-        &statement,
-    );
+    let target = Target {
+        resource_type: ResourceType::parse("CapabilityStatement").expect("type"),
+        profiles: &[],
+    };
+    let problems = schema.check(&target, &statement);
     assert!(problems.is_empty(), "{problems:?}");
 
     let resources = statement["rest"][0]["resource"]

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use thiserror::Error;
 
-use super::ValidationPass;
-use crate::fhir::{ElementPath, Issue, ResourceType};
-use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE};
+use super::{Target, ValidationPass};
+use crate::fhir::Issue;
+use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG};
 
 /// The definitions could not be loaded: a build defect, not bad input.
 #[derive(Debug, Error)]
@@ -56,8 +56,17 @@ pub(crate) struct Node {
     /// For a choice element, each allowed type's JSON keys:
     /// (`valueString`, `_valueString`), in `def.types` order.
     pub(crate) choice_keys: Vec<(String, String)>,
-    /// Child elements, in snapshot order.
+    /// Child elements, in snapshot order (slices excluded).
     pub(crate) children: Vec<usize>,
+    /// For a sliced element, its slices in snapshot order.
+    pub(crate) slices: Vec<usize>,
+}
+
+impl Node {
+    /// The slice name, for a slice.
+    pub(crate) fn slice_name(&self) -> Option<&str> {
+        self.def.slice_name.as_deref()
+    }
 }
 
 /// A StructureDefinition, compiled.
@@ -67,42 +76,63 @@ pub(crate) struct Compiled {
     pub(crate) type_name: String,
     pub(crate) kind: String,
     pub(crate) nodes: Vec<Node>,
-    pub(crate) by_path: HashMap<String, usize>,
+    /// Elements by id (`Bundle.entry:patient.resource`).
+    pub(crate) by_id: HashMap<String, usize>,
 }
 
 impl Compiled {
     fn compile(sd: definitions::StructureDefinition) -> Result<Self, ProfileError> {
         let url = sd.url;
+        let broken = |problem: String| ProfileError::Snapshot {
+            url: url.clone(),
+            problem,
+        };
         let mut nodes: Vec<Node> = Vec::with_capacity(sd.elements.len());
-        let mut by_path = HashMap::with_capacity(sd.elements.len());
+        let mut by_id = HashMap::with_capacity(sd.elements.len());
+        let mut orphans: Vec<String> = Vec::new();
         for def in sd.elements {
-            // Slices are matched by the slicing support still to come; until
-            // then the unsliced element's rules apply to every item.
-            if def.slice_name.is_some() || def.id.contains(':') {
-                continue;
+            let index = nodes.len();
+            // Ids say where an element sits: `Bundle.entry:patient.resource`
+            // is the `resource` child of the `patient` slice of `Bundle.entry`.
+            match def.id.rsplit_once('.') {
+                Some((parent_id, last)) => {
+                    if let Some((element, slice)) = last.split_once(':') {
+                        // A re-slice (`a:s/r`) slices the slice `a:s`.
+                        let sliced = match slice.rsplit_once('/') {
+                            Some((outer, _)) => format!("{parent_id}.{element}:{outer}"),
+                            None => format!("{parent_id}.{element}"),
+                        };
+                        let Some(&sliced) = by_id.get(&sliced) else {
+                            // HL7's own `catalog` profile slices an element
+                            // its snapshot leaves out; such a slice has
+                            // nothing to apply to.
+                            orphans.push(def.id);
+                            continue;
+                        };
+                        let sliced: &mut Node = &mut nodes[sliced];
+                        sliced.slices.push(index);
+                    } else {
+                        let Some(&parent) = by_id.get(parent_id) else {
+                            if orphans.iter().any(|orphan| def.id.starts_with(orphan.as_str())) {
+                                continue;
+                            }
+                            return Err(broken(format!("{} comes before its parent", def.id)));
+                        };
+                        let parent: &mut Node = &mut nodes[parent];
+                        parent.children.push(index);
+                    }
+                }
+                None if index != 0 => {
+                    return Err(broken(format!("second root element {}", def.id)));
+                }
+                None => {}
             }
+            by_id.insert(def.id.clone(), index);
             let last = def.path.rsplit('.').next().unwrap_or(&def.path).to_owned();
             let (name, choice) = match last.strip_suffix("[x]") {
                 Some(base) => (base.to_owned(), true),
                 None => (last, false),
             };
-            let index = nodes.len();
-            if let Some((parent_path, _)) = def.path.rsplit_once('.') {
-                let Some(&parent) = by_path.get(parent_path) else {
-                    return Err(ProfileError::Snapshot {
-                        url,
-                        problem: format!("{} comes before its parent", def.path),
-                    });
-                };
-                let parent: &mut Node = &mut nodes[parent];
-                parent.children.push(index);
-            } else if index != 0 {
-                return Err(ProfileError::Snapshot {
-                    url,
-                    problem: format!("second root element {}", def.path),
-                });
-            }
-            by_path.insert(def.path.clone(), index);
             let choice_keys = if choice {
                 def.types
                     .iter()
@@ -121,56 +151,88 @@ impl Compiled {
                 name,
                 choice,
                 children: Vec::new(),
+                slices: Vec::new(),
             });
         }
         if nodes.is_empty() {
-            return Err(ProfileError::Snapshot {
-                url,
-                problem: "no snapshot elements".into(),
-            });
+            return Err(broken("no snapshot elements".into()));
         }
         Ok(Self {
             url,
             type_name: sd.type_name,
             kind: sd.kind,
             nodes,
-            by_path,
+            by_id,
         })
     }
 }
 
-/// Validates resources against the R4 core definitions of their types.
+/// What to say about an extension whose definition Sprig does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownExtensions {
+    /// Nothing.
+    Ignore,
+    /// An information issue.
+    Information,
+    /// A warning (the default: the extension is kept, but the sender hears
+    /// that nobody checked it).
+    #[default]
+    Warning,
+    /// An error: only extensions Sprig can validate are accepted.
+    Error,
+}
+
+/// How the profile pass behaves where FHIR leaves a choice.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileOptions {
+    /// Extensions with a URL Sprig holds no definition for.
+    pub unknown_extensions: UnknownExtensions,
+}
+
+/// The definition files compiled into the binary: the R4 core, then Sprig's
+/// own profiles.
+const BUNDLED: [(&str, &str); 2] = [("r4-core", R4_CORE), ("sprig", SPRIG)];
+
+/// Validates resources against StructureDefinitions: the base definition
+/// of their type, or the profiles they claim or are asked to meet.
 pub struct ProfilePass {
     /// Base definitions by type name (`Patient`, `Reference`, `string`).
     pub(crate) types: HashMap<String, Arc<Compiled>>,
     /// Every definition by canonical URL.
     pub(crate) by_url: HashMap<String, Arc<Compiled>>,
     pub(crate) value_sets: HashMap<String, ExpandedValueSet>,
+    pub(crate) options: ProfileOptions,
 }
 
 impl ProfilePass {
-    /// Loads and compiles the bundled R4 core definitions.
+    /// Loads and compiles the bundled definitions with default options.
     pub fn load() -> Result<Self, ProfileError> {
-        let file: DefinitionsFile = serde_json::from_str(R4_CORE)?;
+        Self::load_with(ProfileOptions::default())
+    }
+
+    /// Loads and compiles the bundled definitions.
+    pub fn load_with(options: ProfileOptions) -> Result<Self, ProfileError> {
         let mut types = HashMap::new();
         let mut by_url = HashMap::new();
-        for sd in file.structure_definitions {
-            let is_base = sd.derivation.as_deref() != Some("constraint");
-            let compiled = Arc::new(Compiled::compile(sd)?);
-            if is_base {
-                types.insert(compiled.type_name.clone(), Arc::clone(&compiled));
+        let mut value_sets = HashMap::new();
+        for (_, text) in BUNDLED {
+            let file: DefinitionsFile = serde_json::from_str(text)?;
+            for sd in file.structure_definitions {
+                let is_base = sd.derivation.as_deref() != Some("constraint");
+                let compiled = Arc::new(Compiled::compile(sd)?);
+                if is_base {
+                    types.insert(compiled.type_name.clone(), Arc::clone(&compiled));
+                }
+                by_url.insert(compiled.url.clone(), compiled);
             }
-            by_url.insert(compiled.url.clone(), compiled);
+            value_sets.extend(file.value_sets.into_iter().map(|vs| (vs.url.clone(), vs)));
         }
-        let value_sets = file
-            .value_sets
-            .into_iter()
-            .map(|vs| (vs.url.clone(), vs))
-            .collect();
         Ok(Self {
             types,
             by_url,
             value_sets,
+            options,
         })
     }
 
@@ -178,27 +240,43 @@ impl ProfilePass {
     pub fn definition_count(&self) -> usize {
         self.by_url.len()
     }
+
+    /// The resource type a profile (canonical URL, `|version` ignored)
+    /// constrains, when Sprig holds it.
+    pub fn profile_type(&self, url: &str) -> Option<&str> {
+        let url = url.split('|').next().unwrap_or(url);
+        self.by_url
+            .get(url)
+            .filter(|sd| sd.kind == "resource")
+            .map(|sd| sd.type_name.as_str())
+    }
 }
 
 impl ValidationPass for ProfilePass {
     fn name(&self) -> &'static str {
-        "r4-core-profiles"
+        "profiles"
     }
 
-    fn check(&self, resource_type: ResourceType, resource: &Value) -> Vec<Issue> {
+    fn check(&self, target: &Target<'_>, resource: &Value) -> Vec<Issue> {
         let Value::Object(resource) = resource else {
             // Not a resource at all: the schema pass reports it.
             return Vec::new();
         };
-        let mut walk = walk::Walk::new(self, resource_type.as_str());
-        walk.resource(resource_type.as_str(), resource, &ElementPath::root(), None);
+        let root = target.resource_type.as_str();
+        let mut walk = walk::Walk::new(self, root);
+        walk.top_level(root, resource, target.profiles);
         walk.finish()
+    }
+
+    fn profile_type(&self, url: &str) -> Option<&str> {
+        ProfilePass::profile_type(self, url)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::ResourceType;
     use serde_json::json;
     use std::sync::LazyLock;
 
@@ -209,7 +287,11 @@ mod tests {
     fn check(resource: Value) -> Vec<(String, &'static str, &'static str)> {
         let rt =
             ResourceType::parse(resource["resourceType"].as_str().expect("type")).expect("known");
-        PASS.check(rt, &resource)
+        let target = Target {
+            resource_type: rt,
+            profiles: &[],
+        };
+        PASS.check(&target, &resource)
             .into_iter()
             .map(|i| {
                 (
@@ -228,7 +310,7 @@ mod tests {
 
     #[test]
     fn loads_every_core_definition() {
-        assert_eq!(PASS.definition_count(), 212);
+        assert_eq!(PASS.definition_count(), 648);
         assert!(check(referral()).is_empty());
     }
 
@@ -391,7 +473,11 @@ mod tests {
     fn issues_name_the_definition_they_come_from() {
         let mut sr = referral();
         sr.as_object_mut().map(|m| m.shift_remove("intent"));
-        let issues = PASS.check(ResourceType::SERVICE_REQUEST, &sr);
+        let target = Target {
+            resource_type: ResourceType::SERVICE_REQUEST,
+            profiles: &[],
+        };
+        let issues = PASS.check(&target, &sr);
         assert_eq!(
             issues[0].source.as_deref(),
             Some("http://hl7.org/fhir/StructureDefinition/ServiceRequest#ServiceRequest.intent")

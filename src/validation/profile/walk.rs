@@ -1,16 +1,29 @@
 //! One walk of a resource against compiled definitions, collecting issues.
+//!
+//! The walk follows the definition, not the JSON: for each element of the
+//! StructureDefinition it looks the property up, checks cardinality, then
+//! each value (fixed/pattern, bindings, lengths, bounds, references, NHS
+//! identifiers) and descends into complex values through inline children,
+//! a type's profile, or the base definition of the type. Sliced elements
+//! are matched item by item to their slices (see [`Walk::slices`]).
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Compiled, Node, ProfilePass};
+use super::{Compiled, Node, ProfilePass, UnknownExtensions};
+use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, NhsNumber, ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::outcome::shorten;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
 
 /// Ids and types of the resources contained in the resource being walked,
 /// for resolving `#id` references.
 type ContainedIndex = HashMap<String, String>;
+
+/// At most this many items are explained when a slice is not matched.
+const EXPLAINED_ITEMS: usize = 3;
 
 pub(super) struct Walk<'p> {
     pass: &'p ProfilePass,
@@ -27,8 +40,25 @@ impl<'p> Walk<'p> {
         }
     }
 
+    /// The issues found, each once: a value checked against a profile and
+    /// again against one of its slices (or a second profile) would
+    /// otherwise report the same problem twice.
     pub(super) fn finish(self) -> Vec<Issue> {
+        let mut seen = HashSet::new();
         self.issues
+            .into_iter()
+            .filter(|issue| {
+                seen.insert((
+                    issue.expression.clone(),
+                    issue.message_id,
+                    issue.message.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    fn has_errors(&self) -> bool {
+        self.issues.iter().any(|issue| issue.severity.is_error())
     }
 
     fn expression(&self, path: &ElementPath) -> String {
@@ -42,17 +72,32 @@ impl<'p> Walk<'p> {
         self.issues.push(issue);
     }
 
+    /// Validates the resource being checked: against `requested` profiles
+    /// (already known to be held) and those it names in `meta.profile`, or,
+    /// when there are none, the base definition of its type.
+    pub(super) fn top_level(
+        &mut self,
+        type_name: &str,
+        resource: &Map<String, Value>,
+        requested: &[String],
+    ) {
+        let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
+        self.resource(type_name, resource, &ElementPath::root(), None, &requested);
+    }
+
     /// Validates a resource of `type_name` found at `path`. `container` is
-    /// the contained-resource index of the enclosing resource, if any.
-    pub(super) fn resource(
+    /// the contained-resource index of the enclosing resource, if any;
+    /// `required` are profiles the definition demands of it.
+    fn resource(
         &mut self,
         type_name: &str,
         resource: &Map<String, Value>,
         path: &ElementPath,
         container: Option<&ContainedIndex>,
+        required: &[&str],
     ) {
         let pass = self.pass;
-        let Some(sd) = pass.types.get(type_name) else {
+        let Some(base) = pass.types.get(type_name) else {
             self.issues.push(
                 Issue::error(
                     IssueType::NotSupported,
@@ -63,7 +108,7 @@ impl<'p> Walk<'p> {
             );
             return;
         };
-        if sd.kind != "resource" {
+        if base.kind != "resource" {
             self.issues.push(
                 Issue::error(
                     IssueType::Invalid,
@@ -82,7 +127,80 @@ impl<'p> Walk<'p> {
                 &own_index
             }
         };
-        self.children(sd, 0, resource, path, contained);
+        let profiles = self.profiles_of(type_name, resource, path, required);
+        if profiles.is_empty() {
+            self.children(base, 0, resource, path, contained);
+        }
+        for profile in profiles {
+            self.children(&profile, 0, resource, path, contained);
+        }
+    }
+
+    /// The held profiles a resource must meet: `required` ones and those it
+    /// names in `meta.profile`. A named profile Sprig does not hold, or one
+    /// of another type, is an error: the sender expects a check that
+    /// cannot be made.
+    fn profiles_of(
+        &mut self,
+        type_name: &str,
+        resource: &Map<String, Value>,
+        path: &ElementPath,
+        required: &[&str],
+    ) -> Vec<Arc<Compiled>> {
+        let pass = self.pass;
+        let mut profiles: Vec<Arc<Compiled>> = Vec::new();
+        let mut add = |profile: &Arc<Compiled>| {
+            if !profiles.iter().any(|p| p.url == profile.url) {
+                profiles.push(Arc::clone(profile));
+            }
+        };
+        for url in required {
+            if let Some(profile) = pass.by_url.get(canonical(url))
+                && profile.type_name == type_name
+            {
+                add(profile);
+            }
+        }
+        let claimed = resource
+            .get("meta")
+            .and_then(|meta| meta.get("profile"))
+            .and_then(Value::as_array);
+        for (index, url) in claimed.into_iter().flatten().enumerate() {
+            let Some(url) = url.as_str() else { continue };
+            let at = path.key("meta").key("profile").index(index);
+            match pass.by_url.get(canonical(url)) {
+                Some(profile) if profile.type_name == type_name && profile.kind == "resource" => {
+                    add(profile)
+                }
+                Some(profile) => {
+                    let issue = Issue::error(
+                        IssueType::Invalid,
+                        "profile-wrong-type",
+                        format!(
+                            "{} names {url}, a profile of {}, not of {type_name}",
+                            self.expression(&at),
+                            profile.type_name
+                        ),
+                    )
+                    .at(self.expression(&at));
+                    self.issues.push(issue);
+                }
+                None => {
+                    let issue = Issue::error(
+                        IssueType::NotSupported,
+                        "profile-unknown",
+                        format!(
+                            "{} names the profile {}, which Sprig does not hold, so the resource cannot be checked against it",
+                            self.expression(&at),
+                            shorten(url, 200)
+                        ),
+                    )
+                    .at(self.expression(&at));
+                    self.issues.push(issue);
+                }
+            }
+        }
+        profiles
     }
 
     /// Validates the properties of `object` against the children of element
@@ -118,6 +236,10 @@ impl<'p> Walk<'p> {
         self.cardinality(sd, element, count, path);
         let Some(value) = value else {
             // Absent (or only `_name`): nothing more to check, and no path to build.
+            // Slices with a minimum still need reporting.
+            if !element.slices.is_empty() {
+                self.slices(sd, node, &[], &path.key(element.name.clone()), contained);
+            }
             return;
         };
         let type_code = element
@@ -135,8 +257,28 @@ impl<'p> Walk<'p> {
                         self.value(sd, node, type_code, item, &item_path, contained);
                     }
                 }
+                if !element.slices.is_empty() {
+                    let items: Vec<(ElementPath, &Value)> = items
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, item)| !item.is_null())
+                        .map(|(index, item)| (element_path.index(index), item))
+                        .collect();
+                    self.slices(sd, node, &items, &element_path, contained);
+                }
             }
-            item => self.value(sd, node, type_code, item, &element_path, contained),
+            item => {
+                self.value(sd, node, type_code, item, &element_path, contained);
+                if !element.slices.is_empty() {
+                    self.slices(
+                        sd,
+                        node,
+                        &[(element_path.clone(), item)],
+                        &element_path,
+                        contained,
+                    );
+                }
+            }
         }
     }
 
@@ -193,9 +335,39 @@ impl<'p> Walk<'p> {
             };
             self.report(issue, &choice_path, sd, element);
         }
+        if present.is_empty() {
+            // A choice the profile narrowed to types not used here: the
+            // other type's key is unknown to the profile, so say which are
+            // allowed rather than nothing at all.
+            if let Some(key) = other_choice_key(object, &element.name, &element.choice_keys) {
+                let keys: Vec<&str> = element
+                    .choice_keys
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let at = path.key(key.clone());
+                let issue = Issue::error(
+                    IssueType::Structure,
+                    "profile-choice-type",
+                    format!(
+                        "{} is not allowed here: this profile allows only {}",
+                        self.expression(&at),
+                        shorten(&keys.join(", "), 200)
+                    ),
+                );
+                self.report(issue, &at, sd, element);
+            }
+        }
         for (key, code, value) in present {
             if let Some(value) = value.filter(|v| !v.is_null()) {
-                self.value(sd, node, code, value, &path.key(key), contained);
+                let at = path.key(key);
+                self.value(sd, node, code, value, &at, contained);
+                // Type slices (`value[x]:valueQuantity`) constrain one type.
+                for &slice in &element.slices {
+                    if sd.nodes[slice].slice_name() == Some(key) {
+                        self.value(sd, slice, code, value, &at, contained);
+                    }
+                }
             }
         }
     }
@@ -239,6 +411,7 @@ impl<'p> Walk<'p> {
     ) {
         let element = &sd.nodes[node];
         self.fixed_and_pattern(sd, element, value, path);
+        self.bounds(sd, element, value, path);
         self.binding(sd, element, type_code, value, path);
         if let (Some(max), Some(text)) = (element.def.max_length, value.as_str())
             && text.chars().count() as u64 > max
@@ -254,40 +427,578 @@ impl<'p> Walk<'p> {
             // Primitives: the JSON schema pass has checked their format.
             return;
         };
-        if !element.children.is_empty() {
-            // Backbone elements: children are defined inline.
-            self.children(sd, node, object, path, contained);
-            return;
-        }
-        if let Some(reference) = &element.def.content_reference {
-            let target = reference.trim_start_matches('#');
-            if let Some(&index) = sd.by_path.get(target) {
-                self.children(sd, index, object, path, contained);
-            }
-            return;
-        }
-        // The pass outlives this walk, so the definition can be held while
-        // the walk records issues.
+        // The pass outlives this walk, so definitions can be held while the
+        // walk records issues.
         let pass = self.pass;
         let datatype = pass.types.get(type_code);
+        let type_profile = element
+            .def
+            .types
+            .iter()
+            .find(|t| t.code == type_code)
+            .and_then(|t| t.profile.first())
+            .map(String::as_str);
         if type_code == "Resource" || datatype.is_some_and(|t| t.kind == "resource") {
             // A resource without a resourceType is reported by the schema pass.
             if let Some(nested) = object.get("resourceType").and_then(Value::as_str) {
                 // A contained resource resolves `#` references against its container.
                 let container = (element.name == "contained").then_some(contained);
-                self.resource(nested, object, path, container);
+                let required: Vec<&str> = element
+                    .def
+                    .types
+                    .iter()
+                    .filter(|t| t.code == nested || t.code == "Resource")
+                    .flat_map(|t| t.profile.iter().map(String::as_str))
+                    .collect();
+                self.resource(nested, object, path, container, &required);
             }
             return;
         }
-        let Some(datatype) = datatype else {
-            return;
-        };
         if type_code == "Reference" {
             self.reference_target(sd, element, object, path, contained);
         }
-        self.children(datatype, 0, object, path, contained);
+        if type_code == "Identifier" {
+            self.nhs_identifier(sd, element, object, path);
+        }
+        if !element.children.is_empty() {
+            // Children given inline: a backbone element, or a datatype the
+            // profile constrains element by element. Those the profile does
+            // not list keep the rules of the datatype.
+            self.children(sd, node, object, path, contained);
+            if let Some(datatype) = datatype.filter(|t| t.kind == "complex-type") {
+                let listed: HashSet<&str> = element
+                    .children
+                    .iter()
+                    .map(|&child| sd.nodes[child].name.as_str())
+                    .collect();
+                for &child in &datatype.nodes[0].children {
+                    if !listed.contains(datatype.nodes[child].name.as_str()) {
+                        if datatype.nodes[child].choice {
+                            self.choice_element(datatype, child, object, path, contained);
+                        } else {
+                            self.plain_element(datatype, child, object, path, contained);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(reference) = &element.def.content_reference {
+            let target = reference.trim_start_matches('#');
+            if let Some(&index) = sd.by_id.get(target) {
+                self.children(sd, index, object, path, contained);
+            }
+            return;
+        }
+        if let Some(profile) = type_profile.and_then(|url| pass.by_url.get(canonical(url))) {
+            self.children(profile, 0, object, path, contained);
+            return;
+        }
+        if type_code == "Extension" {
+            self.extension(object, path, contained);
+            return;
+        }
+        if let Some(datatype) = datatype {
+            self.children(datatype, 0, object, path, contained);
+        }
     }
 
+    /// An extension validated by its URL: against its definition when Sprig
+    /// holds it, otherwise as a plain Extension, reported per the
+    /// configured policy.
+    fn extension(
+        &mut self,
+        extension: &Map<String, Value>,
+        path: &ElementPath,
+        contained: &ContainedIndex,
+    ) {
+        let pass = self.pass;
+        let url = extension.get("url").and_then(Value::as_str).unwrap_or("");
+        if let Some(definition) = pass
+            .by_url
+            .get(canonical(url))
+            .filter(|sd| sd.type_name == "Extension")
+        {
+            self.children(definition, 0, extension, path, contained);
+            return;
+        }
+        let severity = match pass.options.unknown_extensions {
+            UnknownExtensions::Ignore => None,
+            UnknownExtensions::Information => Some(IssueSeverity::Information),
+            UnknownExtensions::Warning => Some(IssueSeverity::Warning),
+            UnknownExtensions::Error => Some(IssueSeverity::Error),
+        };
+        if let Some(severity) = severity
+            && !url.is_empty()
+        {
+            let issue = Issue::error(
+                IssueType::Extension,
+                "profile-extension-unknown",
+                format!(
+                    "{}: the extension {} is not one Sprig holds a definition for, so its content is not checked",
+                    self.expression(path),
+                    shorten(url, 200)
+                ),
+            )
+            .with_severity(severity)
+            .at(self.expression(path));
+            self.issues.push(issue);
+        }
+        if let Some(base) = pass.types.get("Extension") {
+            self.children(base, 0, extension, path, contained);
+        }
+    }
+
+    /// NHS numbers must carry a valid check digit and ODS codes have a
+    /// shape: mistakes in either send a referral to the wrong person or
+    /// practice, so they are errors wherever they appear.
+    fn nhs_identifier(
+        &mut self,
+        sd: &Compiled,
+        element: &Node,
+        identifier: &Map<String, Value>,
+        path: &ElementPath,
+    ) {
+        let (Some(system), Some(value)) = (
+            identifier.get("system").and_then(Value::as_str),
+            identifier.get("value").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        let problem = if system == NHS_NUMBER_SYSTEM {
+            NhsNumber::parse(value)
+                .err()
+                .map(|e| ("nhs-number-invalid", e.to_string()))
+        } else if system == ODS_ORGANIZATION_SYSTEM {
+            OdsCode::parse(value)
+                .err()
+                .map(|e| ("ods-code-invalid", e.to_string()))
+        } else if system.eq_ignore_ascii_case(NHS_NUMBER_SYSTEM)
+            || system.eq_ignore_ascii_case(ODS_ORGANIZATION_SYSTEM)
+        {
+            // A known quirk of some senders (`…/id/ods-organization-code`).
+            let at = path.key("system");
+            let issue = Issue::error(
+                IssueType::Value,
+                "identifier-system-case",
+                format!(
+                    "{} differs from the NHS identifier system only in letter case; use {}",
+                    self.expression(&at),
+                    if system.eq_ignore_ascii_case(NHS_NUMBER_SYSTEM) {
+                        NHS_NUMBER_SYSTEM
+                    } else {
+                        ODS_ORGANIZATION_SYSTEM
+                    }
+                ),
+            )
+            .with_severity(IssueSeverity::Warning);
+            self.report(issue, &at, sd, element);
+            None
+        } else {
+            None
+        };
+        if let Some((id, message)) = problem {
+            let at = path.key("value");
+            let issue = Issue::error(
+                IssueType::Value,
+                id,
+                format!("{}: {message}", self.expression(&at)),
+            );
+            self.report(issue, &at, sd, element);
+        }
+    }
+
+    /// Matches the items of a sliced element to its slices, validates each
+    /// matched item against its slice, and checks slice cardinality, closed
+    /// and open-at-end rules and order. Unmatched items are explained slice
+    /// by slice, so the sender learns why an entry was not what the profile
+    /// expected.
+    fn slices(
+        &mut self,
+        sd: &Compiled,
+        node: usize,
+        items: &[(ElementPath, &Value)],
+        element_path: &ElementPath,
+        contained: &ContainedIndex,
+    ) {
+        let element = &sd.nodes[node];
+        let Some(slicing) = &element.def.slicing else {
+            return;
+        };
+        // For each item, the index (into element.slices) of the slice it
+        // matches, or why it matches none of them.
+        let mut matched: Vec<Result<usize, Vec<(String, String)>>> =
+            Vec::with_capacity(items.len());
+        for (item_path, item) in items {
+            let mut reasons = Vec::new();
+            let mut found = None;
+            for (position, &slice) in element.slices.iter().enumerate() {
+                match self.slice_matches(sd, node, slice, item, item_path, contained) {
+                    Ok(()) => {
+                        found = Some(position);
+                        break;
+                    }
+                    Err(reason) => reasons.push((
+                        sd.nodes[slice].slice_name().unwrap_or("?").to_owned(),
+                        reason,
+                    )),
+                }
+            }
+            matched.push(found.ok_or(reasons));
+        }
+
+        for ((item_path, item), found) in items.iter().zip(&matched) {
+            if let Ok(position) = found {
+                let slice = element.slices[*position];
+                let type_code = sd.nodes[slice]
+                    .def
+                    .types
+                    .first()
+                    .or(element.def.types.first())
+                    .map(|t| t.code.as_str())
+                    .unwrap_or("");
+                self.value(sd, slice, type_code, item, item_path, contained);
+            }
+        }
+
+        let unexplained =
+            |matched: &[Result<usize, Vec<(String, String)>>], name: &str| -> String {
+                let explanations: Vec<String> = items
+                    .iter()
+                    .zip(matched)
+                    .filter_map(|((path, _), found)| {
+                        let reasons = found.as_ref().err()?;
+                        let reason = reasons.iter().find(|(slice, _)| slice == name)?;
+                        Some(format!(
+                            "{} is not one: {}",
+                            path.to_expression(self.root),
+                            reason.1
+                        ))
+                    })
+                    .take(EXPLAINED_ITEMS)
+                    .collect();
+                if explanations.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", explanations.join("; "))
+                }
+            };
+
+        for (position, &slice) in element.slices.iter().enumerate() {
+            let slice_node = &sd.nodes[slice];
+            let name = slice_node.slice_name().unwrap_or("?");
+            let count = matched.iter().filter(|m| **m == Ok(position)).count();
+            let min = slice_node.def.min as usize;
+            let problem = if count < min {
+                Some((
+                    IssueType::Required,
+                    "profile-slice-min",
+                    format!(
+                        "{} needs at least {min} item{} matching the slice '{name}'{}, but {count} matched{}",
+                        self.expression(element_path),
+                        if min == 1 { "" } else { "s" },
+                        describe_slice(sd, slice, &slicing.discriminator),
+                        unexplained(&matched, name)
+                    ),
+                ))
+            } else {
+                slice_node
+                    .def
+                    .max
+                    .filter(|&max| count > max as usize)
+                    .map(|max| {
+                        (
+                            IssueType::Structure,
+                            "profile-slice-max",
+                            format!(
+                                "{} may have at most {max} item{} matching the slice '{name}', but {count} matched",
+                                self.expression(element_path),
+                                if max == 1 { "" } else { "s" }
+                            ),
+                        )
+                    })
+            };
+            if let Some((code, id, message)) = problem {
+                self.report(
+                    Issue::error(code, id, message),
+                    element_path,
+                    sd,
+                    slice_node,
+                );
+            }
+        }
+
+        let mut last_position = None;
+        let mut seen_unmatched = false;
+        for ((item_path, _), found) in items.iter().zip(&matched) {
+            match found {
+                Err(reasons) => {
+                    seen_unmatched = true;
+                    if slicing.rules == "closed" {
+                        let explained: Vec<String> = reasons
+                            .iter()
+                            .map(|(slice, reason)| format!("'{slice}': {reason}"))
+                            .collect();
+                        let issue = Issue::error(
+                            IssueType::Structure,
+                            "profile-slice-unmatched",
+                            format!(
+                                "{} matches none of the slices defined for {} and no other items are allowed (closed slicing): {}",
+                                self.expression(item_path),
+                                self.expression(element_path),
+                                shorten(&explained.join("; "), 600)
+                            ),
+                        );
+                        self.report(issue, item_path, sd, element);
+                    }
+                }
+                Ok(position) => {
+                    if slicing.rules == "openAtEnd" && seen_unmatched {
+                        let issue = Issue::error(
+                            IssueType::Structure,
+                            "profile-slice-open-at-end",
+                            format!(
+                                "{} matches the slice '{}', but comes after items that match no slice; those may only come last",
+                                self.expression(item_path),
+                                sd.nodes[element.slices[*position]]
+                                    .slice_name()
+                                    .unwrap_or("?")
+                            ),
+                        );
+                        self.report(issue, item_path, sd, element);
+                    }
+                    if slicing.ordered
+                        && let Some(last) = last_position
+                        && *position < last
+                    {
+                        let order: Vec<&str> = element
+                            .slices
+                            .iter()
+                            .map(|&s| sd.nodes[s].slice_name().unwrap_or("?"))
+                            .collect();
+                        let issue = Issue::error(
+                            IssueType::Structure,
+                            "profile-slice-order",
+                            format!(
+                                "{} matches the slice '{}', which must come before the slice '{}': the order is {}",
+                                self.expression(item_path),
+                                order[*position],
+                                order[last],
+                                order.join(", ")
+                            ),
+                        );
+                        self.report(issue, item_path, sd, element);
+                    }
+                    last_position =
+                        Some(last_position.map_or(*position, |l: usize| l.max(*position)));
+                }
+            }
+        }
+    }
+
+    /// Whether `item` belongs to slice `slice` of the sliced element
+    /// `sliced`, by every discriminator; if not, why not.
+    fn slice_matches(
+        &self,
+        sd: &Compiled,
+        sliced: usize,
+        slice: usize,
+        item: &Value,
+        item_path: &ElementPath,
+        contained: &ContainedIndex,
+    ) -> Result<(), String> {
+        let Some(slicing) = &sd.nodes[sliced].def.slicing else {
+            return Err("the profile gives no discriminator".into());
+        };
+        if slicing.discriminator.is_empty() {
+            return Err("the profile gives no discriminator".into());
+        }
+        for discriminator in &slicing.discriminator {
+            let path = discriminator.path.as_str();
+            let values = select(item, path);
+            let target = find_element(sd, slice, path);
+            let shown_path = if path == "$this" { "the item" } else { path };
+            match discriminator.kind.as_str() {
+                "value" | "pattern" => {
+                    let expected = target
+                        .and_then(|node| fixed_or_pattern(node))
+                        .cloned()
+                        .or_else(|| {
+                            // Extension slices name their URL through the type's profile.
+                            (path == "url")
+                                .then(|| slice_type_profile(&sd.nodes[slice]))
+                                .flatten()
+                                .map(|url| Value::String(url.to_owned()))
+                        });
+                    if let Some(expected) = expected {
+                        if !values.iter().any(|v| matches_pattern(v, &expected)) {
+                            return Err(match values.first() {
+                                Some(actual) => format!(
+                                    "{shown_path} is {} but the slice requires {}",
+                                    shorten(&actual.to_string(), 120),
+                                    shorten(&expected.to_string(), 120)
+                                ),
+                                None => format!(
+                                    "it has no {shown_path}; the slice requires {}",
+                                    shorten(&expected.to_string(), 120)
+                                ),
+                            });
+                        }
+                    } else if let Some(value_set) = target
+                        .and_then(|node| node.def.binding.as_ref())
+                        .and_then(|b| self.pass.value_sets.get(&b.value_set))
+                        .filter(|vs| vs.complete)
+                    {
+                        let in_set = values.iter().any(|v| {
+                            codes_of(v).iter().any(|(system, code)| {
+                                value_set.systems.iter().any(|(s, codes)| {
+                                    system.is_none_or(|system| system == s)
+                                        && codes.contains_key(*code)
+                                })
+                            })
+                        });
+                        if !in_set {
+                            return Err(format!(
+                                "{shown_path} is not in the value set {}",
+                                value_set.url
+                            ));
+                        }
+                    } else {
+                        return Err(format!(
+                            "the profile fixes no value for {shown_path} in this slice"
+                        ));
+                    }
+                }
+                "type" => {
+                    let Some(target) = target else {
+                        return Err(format!(
+                            "the profile says nothing of {shown_path} in this slice"
+                        ));
+                    };
+                    let allowed: Vec<&str> =
+                        target.def.types.iter().map(|t| t.code.as_str()).collect();
+                    let Some(value) = values.first() else {
+                        return Err(format!(
+                            "it has no {shown_path}; the slice requires a {}",
+                            allowed.join(" or ")
+                        ));
+                    };
+                    let actual = type_of(value);
+                    if !actual.is_some_and(|actual| allowed.contains(&actual)) {
+                        return Err(format!(
+                            "{shown_path} is a {}, not a {}",
+                            actual.unwrap_or("value of unknown type"),
+                            allowed.join(" or ")
+                        ));
+                    }
+                }
+                "profile" => {
+                    let profiles: Vec<&str> = target
+                        .map(|node| {
+                            node.def
+                                .types
+                                .iter()
+                                .flat_map(|t| t.profile.iter().chain(&t.target_profile))
+                                .map(String::as_str)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if profiles.is_empty() {
+                        return Err(format!(
+                            "the profile names no profile for {shown_path} in this slice"
+                        ));
+                    }
+                    let Some(Value::Object(object)) = values.first() else {
+                        return Err(format!("it has no {shown_path}"));
+                    };
+                    let conforms = profiles.iter().any(|url| {
+                        let Some(profile) = self.pass.by_url.get(canonical(url)) else {
+                            return false;
+                        };
+                        if object
+                            .get("resourceType")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| t != profile.type_name)
+                        {
+                            return false;
+                        }
+                        let mut probe = Walk::new(self.pass, self.root);
+                        probe.children(profile, 0, object, item_path, contained);
+                        !probe.has_errors()
+                    });
+                    if !conforms {
+                        return Err(format!(
+                            "{shown_path} does not conform to {}",
+                            profiles.join(" or ")
+                        ));
+                    }
+                }
+                "exists" => {
+                    let Some(target) = target else {
+                        return Err(format!(
+                            "the profile says nothing of {shown_path} in this slice"
+                        ));
+                    };
+                    if target.def.min > 0 && values.is_empty() {
+                        return Err(format!("it has no {shown_path}"));
+                    }
+                    if target.def.max == Some(0) && !values.is_empty() {
+                        return Err(format!("it has {shown_path}, which the slice forbids"));
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "the discriminator type '{other}' is not one FHIR defines"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `minValue[x]` and `maxValue[x]`.
+    fn bounds(&mut self, sd: &Compiled, element: &Node, value: &Value, path: &ElementPath) {
+        for (key, bound) in &element.def.other {
+            let (is_min, word) = if key.starts_with("minValue") {
+                (true, "at least")
+            } else if key.starts_with("maxValue") {
+                (false, "at most")
+            } else {
+                continue;
+            };
+            let Some(ordering) = compare(value, bound) else {
+                continue;
+            };
+            let out_of_range = if is_min {
+                ordering == Ordering::Less
+            } else {
+                ordering == Ordering::Greater
+            };
+            if out_of_range {
+                let shown = match bound {
+                    Value::Object(quantity) => {
+                        quantity.get("value").cloned().unwrap_or(Value::Null)
+                    }
+                    other => other.clone(),
+                };
+                let issue = Issue::error(
+                    IssueType::Value,
+                    if is_min {
+                        "profile-min-value"
+                    } else {
+                        "profile-max-value"
+                    },
+                    format!(
+                        "{} is {}, but must be {word} {}",
+                        self.expression(path),
+                        shorten(&display_scalar(value), 60),
+                        display_scalar(&shown)
+                    ),
+                );
+                self.report(issue, path, sd, element);
+            }
+        }
+    }
     fn fixed_and_pattern(
         &mut self,
         sd: &Compiled,
@@ -453,12 +1164,16 @@ impl<'p> Walk<'p> {
         let Some(type_ref) = element.def.types.iter().find(|t| t.code == "Reference") else {
             return;
         };
+        let pass = self.pass;
+        // Target profiles name types: `…/StructureDefinition/Patient`, or a
+        // profile of a type (`…/sprig-patient`).
         let allowed: Vec<&str> = type_ref
             .target_profile
             .iter()
-            .filter_map(|url| url.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
+            .filter_map(|url| pass.by_url.get(canonical(url)))
+            .map(|sd| sd.type_name.as_str())
             .collect();
-        // Any type may be referenced when no (or a non-core) target is named.
+        // Any type may be referenced when no (or an unknown) target is named.
         let unrestricted = allowed.is_empty()
             || allowed.contains(&"Resource")
             || allowed.len() != type_ref.target_profile.len();
@@ -581,6 +1296,293 @@ fn literal_reference_type(reference: &str) -> Option<&str> {
     crate::fhir::ResourceType::parse(candidate)
         .ok()
         .map(|_| candidate)
+}
+
+/// A canonical URL without its `|version`.
+fn canonical(url: &str) -> &str {
+    url.split('|').next().unwrap_or(url)
+}
+
+/// The `fixed[x]` or `pattern[x]` value of an element, if it has one.
+fn fixed_or_pattern(node: &Node) -> Option<&Value> {
+    node.def
+        .other
+        .iter()
+        .find(|(key, _)| key.starts_with("fixed") || key.starts_with("pattern"))
+        .map(|(_, value)| value)
+}
+
+/// The profile a slice's type names (an extension slice's definition URL).
+fn slice_type_profile(node: &Node) -> Option<&str> {
+    node.def
+        .types
+        .iter()
+        .find_map(|t| t.profile.first())
+        .map(String::as_str)
+}
+
+/// A short account of what a slice is, for messages:
+/// ` (resource of type Patient)`, ` (code = {…})`.
+fn describe_slice(
+    sd: &Compiled,
+    slice: usize,
+    discriminators: &[super::definitions::Discriminator],
+) -> String {
+    let parts: Vec<String> = discriminators
+        .iter()
+        .filter_map(|d| {
+            let target = find_element(sd, slice, &d.path)?;
+            let shown = if d.path == "$this" {
+                "itself"
+            } else {
+                d.path.as_str()
+            };
+            match d.kind.as_str() {
+                "type" => {
+                    let types: Vec<&str> =
+                        target.def.types.iter().map(|t| t.code.as_str()).collect();
+                    Some(format!("{shown} of type {}", types.join(" or ")))
+                }
+                "value" | "pattern" => fixed_or_pattern(target)
+                    .map(|v| format!("{shown} = {}", shorten(&v.to_string(), 120))),
+                "profile" => {
+                    let profiles: Vec<&str> = target
+                        .def
+                        .types
+                        .iter()
+                        .flat_map(|t| t.profile.iter().chain(&t.target_profile))
+                        .map(String::as_str)
+                        .collect();
+                    Some(format!("{shown} conforming to {}", profiles.join(" or ")))
+                }
+                "exists" => Some(if target.def.min > 0 {
+                    format!("{shown} present")
+                } else {
+                    format!("{shown} absent")
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// The element a discriminator path leads to inside a slice: `$this` is
+/// the slice itself, `resource` its `resource` child, `code.coding` that
+/// child's child. Only inline children are followed: a slice that does not
+/// list an element does not constrain it.
+fn find_element<'a>(sd: &'a Compiled, slice: usize, path: &str) -> Option<&'a Node> {
+    let mut node = slice;
+    for step in path_steps(path) {
+        match step {
+            Step::This | Step::Resolve | Step::OfType(_) => {}
+            Step::Name(name) => {
+                node = *sd.nodes[node]
+                    .children
+                    .iter()
+                    .find(|&&child| sd.nodes[child].name == name)?;
+            }
+            Step::Extension(url) => {
+                let extension = *sd.nodes[node]
+                    .children
+                    .iter()
+                    .find(|&&child| sd.nodes[child].name == "extension")?;
+                node = *sd.nodes[extension]
+                    .slices
+                    .iter()
+                    .find(|&&s| slice_type_profile(&sd.nodes[s]) == Some(url))?;
+            }
+        }
+    }
+    Some(&sd.nodes[node])
+}
+
+/// One step of a discriminator path (the restricted FHIRPath that
+/// discriminators use).
+#[derive(Debug, PartialEq)]
+enum Step<'a> {
+    This,
+    Name(&'a str),
+    Extension(&'a str),
+    OfType(&'a str),
+    Resolve,
+}
+
+fn path_steps(path: &str) -> Vec<Step<'_>> {
+    let mut steps = Vec::new();
+    let mut rest = path;
+    while !rest.is_empty() {
+        // Split at the next '.' outside parentheses and quotes.
+        let mut depth = 0;
+        let mut quoted = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                '\'' => quoted = !quoted,
+                '(' if !quoted => depth += 1,
+                ')' if !quoted => depth -= 1,
+                '.' if !quoted && depth == 0 => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let step = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+        steps.push(if step == "$this" {
+            Step::This
+        } else if step == "resolve()" {
+            Step::Resolve
+        } else if let Some(inner) = step
+            .strip_prefix("extension(")
+            .and_then(|s| s.strip_suffix(')'))
+        {
+            Step::Extension(inner.trim_matches(['\'', '"']))
+        } else if let Some(inner) = step
+            .strip_prefix("ofType(")
+            .and_then(|s| s.strip_suffix(')'))
+        {
+            Step::OfType(inner)
+        } else {
+            Step::Name(step)
+        });
+    }
+    steps
+}
+
+/// The values a discriminator path selects from an item, arrays flattened.
+/// `resolve()` selects nothing: references are not followed here.
+fn select<'v>(item: &'v Value, path: &str) -> Vec<&'v Value> {
+    let mut current = vec![item];
+    for step in path_steps(path) {
+        let mut next = Vec::new();
+        for value in current {
+            match &step {
+                Step::This => next.push(value),
+                Step::Resolve => {}
+                Step::Name(name) => {
+                    let Value::Object(object) = value else {
+                        continue;
+                    };
+                    let found = object.get(*name).or_else(|| {
+                        // A choice element: `value` finds `valueQuantity`.
+                        object.iter().find_map(|(key, v)| {
+                            key.strip_prefix(name)
+                                .filter(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+                                .map(|_| v)
+                        })
+                    });
+                    match found {
+                        Some(Value::Array(items)) => next.extend(items),
+                        Some(v) => next.push(v),
+                        None => {}
+                    }
+                }
+                Step::Extension(url) => {
+                    if let Some(Value::Array(extensions)) = value.get("extension") {
+                        next.extend(
+                            extensions
+                                .iter()
+                                .filter(|e| e.get("url").and_then(Value::as_str) == Some(url)),
+                        );
+                    }
+                }
+                Step::OfType(type_name) => {
+                    if type_of(value).is_none_or(|t| t == *type_name) {
+                        next.push(value);
+                    }
+                }
+            }
+        }
+        current = next;
+    }
+    current
+}
+
+/// The FHIR type of a value, where the JSON tells it: a resource's
+/// `resourceType`.
+fn type_of(value: &Value) -> Option<&str> {
+    value.get("resourceType").and_then(Value::as_str)
+}
+
+/// (system, code) pairs of a code, Coding or CodeableConcept value.
+fn codes_of(value: &Value) -> Vec<(Option<&str>, &str)> {
+    match value {
+        Value::String(code) => vec![(None, code.as_str())],
+        Value::Object(object) if object.contains_key("coding") => object
+            .get("coding")
+            .and_then(Value::as_array)
+            .map(|codings| {
+                codings
+                    .iter()
+                    .filter_map(Value::as_object)
+                    .filter_map(coding_pair)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Value::Object(object) => coding_pair(object).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Orders a value against a `minValue[x]`/`maxValue[x]` bound: numbers
+/// numerically, Quantities by value (same unit code), dates and times as
+/// text when both have the same precision. `None` when they do not compare.
+fn compare(value: &Value, bound: &Value) -> Option<Ordering> {
+    match (value, bound) {
+        (Value::Number(a), Value::Number(b)) => decimal(a)?.partial_cmp(&decimal(b)?),
+        (Value::String(a), Value::String(b)) if a.len() == b.len() => Some(a.cmp(b)),
+        (Value::Object(a), Value::Object(b)) => {
+            let same_unit = a.get("code") == b.get("code") && a.get("system") == b.get("system");
+            match (a.get("value"), b.get("value")) {
+                (Some(Value::Number(a)), Some(Value::Number(b))) if same_unit => {
+                    decimal(a)?.partial_cmp(&decimal(b)?)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A JSON number as f64: bounds in FHIR profiles are small integers and
+/// short decimals, which f64 orders exactly.
+fn decimal(number: &serde_json::Number) -> Option<f64> {
+    number.as_f64().or_else(|| number.to_string().parse().ok())
+}
+
+fn display_scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Object(object) => object
+            .get("value")
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| value.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// When a choice element has none of its allowed keys, a key for one of
+/// the element's other R4 types (`valueString` where a profile allows only
+/// `valueInteger`), if present.
+fn other_choice_key(
+    object: &Map<String, Value>,
+    name: &str,
+    allowed: &[(String, String)],
+) -> Option<String> {
+    object
+        .keys()
+        .find(|key| {
+            key.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+                && !allowed.iter().any(|(k, _)| k == *key)
+        })
+        .cloned()
 }
 
 #[cfg(test)]
