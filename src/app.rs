@@ -14,7 +14,7 @@ use crate::config::{Settings, SqliteSynchronousSetting};
 use crate::fhir::{Instant, ResourceType};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
-use crate::validation::profile::{ProfileError, ProfilePass};
+use crate::validation::profile::{ProfileError, ProfileOptions, ProfilePass};
 use crate::validation::schema::{SchemaError, SchemaPass};
 
 /// The gateway could not start.
@@ -29,6 +29,9 @@ pub enum StartupError {
     /// The bundled FHIR definitions could not be loaded.
     #[error(transparent)]
     Profiles(#[from] ProfileError),
+    /// The validation settings name something Sprig does not hold.
+    #[error("validation settings: {0}")]
+    Validation(String),
     /// A defect: a start-up task failed unexpectedly.
     #[error("internal error during start-up: {0}")]
     Internal(String),
@@ -67,14 +70,26 @@ impl Application {
             .iter()
             .map(|c| c.resource_type)
             .collect();
+        let profile_options = ProfileOptions {
+            unknown_extensions: settings.validation.unknown_extensions,
+        };
+        let default_profiles = settings
+            .validation
+            .default_profiles()
+            .map_err(|e| StartupError::Validation(e.to_string()))?;
         let (schema, profiles) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StartupError>((SchemaPass::load(&eager)?, ProfilePass::load()?))
+            Ok::<_, StartupError>((
+                SchemaPass::load(&eager)?,
+                ProfilePass::load_with(profile_options)?,
+            ))
         })
         .await
         .map_err(|e| {
             StartupError::Internal(format!("the definition-loading task failed: {e}"))
         })??;
-        let validator = Validator::new(vec![Box::new(schema), Box::new(profiles)]);
+        let validator = Validator::new(vec![Box::new(schema), Box::new(profiles)])
+            .with_default_profiles(default_profiles)
+            .map_err(|e| StartupError::Validation(e.to_string()))?;
 
         let listener =
             TcpListener::bind(settings.listen)

@@ -14,7 +14,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use std::collections::BTreeMap;
+
+use crate::fhir::ResourceType;
 use crate::fhir::json::MAX_SUPPORTED_DEPTH;
+use crate::validation::profile::UnknownExtensions;
 
 /// The config file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
@@ -68,6 +72,8 @@ pub struct Settings {
     pub limits: Limits,
     /// SQLite tuning.
     pub sqlite: SqliteSettings,
+    /// Validation choices.
+    pub validation: ValidationSettings,
 }
 
 impl Default for Settings {
@@ -79,7 +85,51 @@ impl Default for Settings {
             log: LogSettings::default(),
             limits: Limits::default(),
             sqlite: SqliteSettings::default(),
+            validation: ValidationSettings::default(),
         }
+    }
+}
+
+/// Validation choices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationSettings {
+    /// What an extension Sprig holds no definition for gets: `ignore`,
+    /// `information`, `warning` or `error`.
+    pub unknown_extensions: UnknownExtensions,
+    /// Per resource type, the profile a resource sent to Sprig must meet
+    /// when its `meta.profile` names none.
+    pub default_profiles: BTreeMap<String, String>,
+}
+
+impl Default for ValidationSettings {
+    fn default() -> Self {
+        Self {
+            unknown_extensions: UnknownExtensions::Warning,
+            default_profiles: crate::validation::DEFAULT_PROFILES
+                .iter()
+                .map(|(resource_type, url)| ((*resource_type).to_owned(), (*url).to_owned()))
+                .collect(),
+        }
+    }
+}
+
+impl ValidationSettings {
+    /// The default profiles by resource type.
+    pub fn default_profiles(
+        &self,
+    ) -> Result<std::collections::HashMap<ResourceType, String>, ConfigError> {
+        self.default_profiles
+            .iter()
+            .map(|(name, url)| {
+                ResourceType::parse(name)
+                    .map(|resource_type| (resource_type, url.clone()))
+                    .map_err(|_| ConfigError::OutOfRange {
+                        key: "validation.default_profiles",
+                        reason: format!("'{name}' is not an R4 resource type"),
+                    })
+            })
+            .collect()
     }
 }
 
@@ -238,6 +288,7 @@ impl Settings {
         {
             return Err(range("public_base_url", "must be an absolute http(s) URL"));
         }
+        self.validation.default_profiles()?;
         Ok(())
     }
 }

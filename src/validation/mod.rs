@@ -23,6 +23,10 @@ use crate::fhir::{Issue, IssueType, ResourceType};
 /// The base definition of every core type.
 pub const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/";
 
+/// The profiles resources sent to Sprig are held to when they name none:
+/// (resource type, canonical URL). Configurable (`validation.default_profiles`).
+pub const DEFAULT_PROFILES: &[(&str, &str)] = &[];
+
 /// What a resource is validated as.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    issues, json_body, message_ids, sample_referral, sample_referral_text, spawn_app,
+    expressions, issues, json_body, message_ids, sample_referral, sample_referral_text, spawn_app,
     without_server_fields,
 };
 
@@ -116,15 +116,31 @@ async fn client_ids_and_version_metadata_are_replaced() {
     let mut sent = sample_referral();
     sent["id"] = json!("my-own-id");
     sent["meta"] = json!({"versionId": "7", "lastUpdated": "2001-01-01T00:00:00Z",
-                          "profile": ["https://example.org/StructureDefinition/x"]});
+                          "profile": ["http://hl7.org/fhir/StructureDefinition/ServiceRequest"]});
     let created = json_body(app.post_referral(sent.to_string()).await).await;
     assert_ne!(created["id"], "my-own-id");
     assert_eq!(created["meta"]["versionId"], "1");
     assert_ne!(created["meta"]["lastUpdated"], "2001-01-01T00:00:00Z");
     assert_eq!(
         created["meta"]["profile"][0],
-        "https://example.org/StructureDefinition/x"
+        "http://hl7.org/fhir/StructureDefinition/ServiceRequest"
     );
+}
+
+#[tokio::test]
+async fn a_profile_sprig_does_not_hold_is_refused() {
+    let app = spawn_app().await;
+    let mut sent = sample_referral();
+    sent["meta"] = json!({"profile": ["https://example.org/StructureDefinition/x"]});
+    let response = app.post_referral(sent.to_string()).await;
+    assert_eq!(response.status(), 422);
+    let outcome = json_body(response).await;
+    assert_eq!(
+        expressions(&outcome),
+        vec!["ServiceRequest.meta.profile[0]"]
+    );
+    assert_eq!(message_ids(&outcome), vec!["profile-unknown"]);
+    assert_eq!(app.stored_version_count().await, 0);
 }
 
 #[tokio::test]

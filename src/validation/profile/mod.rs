@@ -113,7 +113,10 @@ impl Compiled {
                         sliced.slices.push(index);
                     } else {
                         let Some(&parent) = by_id.get(parent_id) else {
-                            if orphans.iter().any(|orphan| def.id.starts_with(orphan.as_str())) {
+                            if orphans
+                                .iter()
+                                .any(|orphan| def.id.starts_with(orphan.as_str()))
+                            {
                                 continue;
                             }
                             return Err(broken(format!("{} comes before its parent", def.id)));
@@ -482,5 +485,147 @@ mod tests {
             issues[0].source.as_deref(),
             Some("http://hl7.org/fhir/StructureDefinition/ServiceRequest#ServiceRequest.intent")
         );
+    }
+
+    fn vital_sign(profile: &str) -> Value {
+        json!({"resourceType": "Observation", "meta": {"profile": [profile]}, "status": "final",
+               "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+               "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+               "subject": {"reference": "Patient/1"}, "effectiveDateTime": "2026-11-01",
+               "valueQuantity": {"value": 70, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+    }
+
+    #[test]
+    fn slices_are_matched_and_their_minimums_explained() {
+        let bodyweight = "http://hl7.org/fhir/StructureDefinition/bodyweight";
+        assert_eq!(check(vital_sign(bodyweight)), vec![]);
+        let mut observation = vital_sign(bodyweight);
+        observation["category"][0]["coding"][0]["code"] = json!("survey");
+        let issues = PASS.check(
+            &Target {
+                resource_type: ResourceType::parse("Observation").expect("type"),
+                profiles: &[],
+            },
+            &observation,
+        );
+        let slice_issue = issues
+            .iter()
+            .find(|i| i.message_id == "profile-slice-min")
+            .expect("slice minimum reported");
+        assert_eq!(
+            slice_issue.expression.as_deref(),
+            Some("Observation.category")
+        );
+        assert!(
+            slice_issue.message.contains("'VSCat'")
+                && slice_issue
+                    .message
+                    .contains("Observation.category[0] is not one: coding.code is \"survey\" but the slice requires \"vital-signs\""),
+            "{}",
+            slice_issue.message
+        );
+    }
+
+    #[test]
+    fn type_slices_of_a_choice_apply_to_that_type() {
+        let mut observation = vital_sign("http://hl7.org/fhir/StructureDefinition/bodyweight");
+        observation["valueQuantity"]
+            .as_object_mut()
+            .map(|q| q.shift_remove("code"));
+        assert!(check(observation).contains(&(
+            "Observation.valueQuantity.code".into(),
+            "profile-cardinality-min",
+            "error"
+        )));
+    }
+
+    #[test]
+    fn named_profiles_must_be_held_and_of_the_right_type() {
+        let mut sr = referral();
+        sr["meta"] = json!({"profile": ["https://example.org/fhir/StructureDefinition/nope",
+                                        "http://hl7.org/fhir/StructureDefinition/bodyweight"]});
+        assert_eq!(
+            check(sr),
+            vec![
+                (
+                    "ServiceRequest.meta.profile[0]".into(),
+                    "profile-unknown",
+                    "error"
+                ),
+                (
+                    "ServiceRequest.meta.profile[1]".into(),
+                    "profile-wrong-type",
+                    "error"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn nhs_numbers_and_ods_codes() {
+        let patient = json!({"resourceType": "Patient", "identifier": [
+            {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000008"},
+            {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}]});
+        assert_eq!(
+            check(patient),
+            vec![(
+                "Patient.identifier[0].value".into(),
+                "nhs-number-invalid",
+                "error"
+            )]
+        );
+        let organization = json!({"resourceType": "Organization", "identifier": [
+            {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "a81001"},
+            {"system": "https://fhir.nhs.uk/id/ods-organization-code", "value": "A81001"}]});
+        assert_eq!(
+            check(organization),
+            vec![
+                (
+                    "Organization.identifier[0].value".into(),
+                    "ods-code-invalid",
+                    "error"
+                ),
+                (
+                    "Organization.identifier[1].system".into(),
+                    "identifier-system-case",
+                    "warning"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn extensions_are_checked_by_their_definitions() {
+        let mut patient = json!({"resourceType": "Patient", "extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueString": "Kettering"}]});
+        assert_eq!(
+            check(patient.clone()),
+            vec![(
+                "Patient.extension[0].valueString".into(),
+                "profile-choice-type",
+                "error"
+            )]
+        );
+        patient["extension"][0] = json!({"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                                         "valueAddress": {"city": "Kettering"}});
+        assert_eq!(check(patient.clone()), vec![]);
+        patient["extension"][0] = json!({"url": "https://example.org/unknown", "valueString": "x"});
+        assert_eq!(
+            check(patient.clone()),
+            vec![(
+                "Patient.extension[0]".into(),
+                "profile-extension-unknown",
+                "warning"
+            )]
+        );
+        let strict = ProfilePass::load_with(ProfileOptions {
+            unknown_extensions: UnknownExtensions::Error,
+        })
+        .expect("loads");
+        let target = Target {
+            resource_type: ResourceType::parse("Patient").expect("type"),
+            profiles: &[],
+        };
+        assert!(strict.check(&target, &patient)[0].severity.is_error());
     }
 }

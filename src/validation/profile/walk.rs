@@ -304,7 +304,35 @@ impl<'p> Walk<'p> {
                 }
             })
             .collect();
-        if present.len() > 1 || (present.is_empty() && element.def.min > 0) {
+        let wrong_type = if present.is_empty() {
+            // A choice the profile narrowed to types not used here: the
+            // other type's key is unknown to the profile, so say which are
+            // allowed rather than nothing at all.
+            if let Some(key) = other_choice_key(object, &element.name, &element.choice_keys) {
+                let keys: Vec<&str> = element
+                    .choice_keys
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let at = path.key(key.clone());
+                let issue = Issue::error(
+                    IssueType::Structure,
+                    "profile-choice-type",
+                    format!(
+                        "{} is not allowed here: this profile allows only {}",
+                        self.expression(&at),
+                        shorten(&keys.join(", "), 200)
+                    ),
+                );
+                self.report(issue, &at, sd, element);
+                true
+            } else {
+                false
+            }
+        } else {
+            false
+        };
+        if present.len() > 1 || (present.is_empty() && element.def.min > 0 && !wrong_type) {
             let choice_path = path.key(format!("{}[x]", element.name));
             let issue = if present.is_empty() {
                 let keys: Vec<&str> = element
@@ -334,29 +362,6 @@ impl<'p> Walk<'p> {
                 )
             };
             self.report(issue, &choice_path, sd, element);
-        }
-        if present.is_empty() {
-            // A choice the profile narrowed to types not used here: the
-            // other type's key is unknown to the profile, so say which are
-            // allowed rather than nothing at all.
-            if let Some(key) = other_choice_key(object, &element.name, &element.choice_keys) {
-                let keys: Vec<&str> = element
-                    .choice_keys
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect();
-                let at = path.key(key.clone());
-                let issue = Issue::error(
-                    IssueType::Structure,
-                    "profile-choice-type",
-                    format!(
-                        "{} is not allowed here: this profile allows only {}",
-                        self.expression(&at),
-                        shorten(&keys.join(", "), 200)
-                    ),
-                );
-                self.report(issue, &at, sd, element);
-            }
         }
         for (key, code, value) in present {
             if let Some(value) = value.filter(|v| !v.is_null()) {
