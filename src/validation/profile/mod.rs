@@ -628,4 +628,40 @@ mod tests {
         };
         assert!(strict.check(&target, &patient)[0].severity.is_error());
     }
+
+    #[test]
+    fn bundle_references_resolve_to_entries() {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:9b3a5e9c-1111-4a4a-8a8a-000000000001",
+             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                          "subject": {"reference": "urn:uuid:9b3a5e9c-1111-4a4a-8a8a-000000000002"},
+                          "requester": {"reference": "urn:uuid:9b3a5e9c-1111-4a4a-8a8a-000000000009"}},
+             "request": {"method": "POST", "url": "ServiceRequest"}},
+            {"fullUrl": "urn:uuid:9b3a5e9c-1111-4a4a-8a8a-000000000002",
+             "resource": {"resourceType": "Organization", "name": "Not a patient"},
+             "request": {"method": "POST", "url": "Organization"}},
+            {"fullUrl": "urn:uuid:9b3a5e9c-1111-4a4a-8a8a-000000000002",
+             "resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient"}}]});
+        assert_eq!(
+            check(bundle),
+            vec![
+                (
+                    "Bundle.entry[2].fullUrl".into(),
+                    "bundle-duplicate-full-url",
+                    "error"
+                ),
+                (
+                    "Bundle.entry[0].resource.subject.reference".into(),
+                    "profile-reference-target",
+                    "error"
+                ),
+                (
+                    "Bundle.entry[0].resource.requester.reference".into(),
+                    "bundle-reference-not-found",
+                    "error"
+                ),
+            ]
+        );
+    }
 }

@@ -29,6 +29,84 @@ pub(super) struct Walk<'p> {
     pass: &'p ProfilePass,
     root: &'p str,
     issues: Vec<Issue>,
+    /// The Bundles being walked, innermost last: references resolve against
+    /// the entries of the innermost one.
+    bundles: Vec<BundleIndex>,
+}
+
+/// A Bundle's entries by `fullUrl`, built once per Bundle so that resolving
+/// every reference in it is linear in its size, not quadratic.
+#[derive(Debug, Default)]
+struct BundleIndex {
+    /// `fullUrl` → resource type.
+    by_full_url: HashMap<String, String>,
+    /// `Type/id` (the tail of a RESTful `fullUrl`) → resource type, for
+    /// relative references.
+    by_type_and_id: HashMap<String, String>,
+}
+
+impl BundleIndex {
+    /// Indexes `bundle`'s entries, and reports any `fullUrl` given twice
+    /// (FHIR's bdl-7: the same fullUrl is only allowed for different
+    /// versions, as in a history Bundle).
+    fn build(bundle: &Map<String, Value>, path: &ElementPath, walk: &mut Walk<'_>) -> Self {
+        let mut index = Self::default();
+        let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+            return index;
+        };
+        let is_history = bundle.get("type").and_then(Value::as_str) == Some("history");
+        // fullUrl + versionId → first entry with it.
+        let mut first_seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        for (position, entry) in entries.iter().enumerate() {
+            let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else {
+                continue;
+            };
+            let resource = entry.get("resource");
+            let Some(resource_type) = resource
+                .and_then(|r| r.get("resourceType"))
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let version = resource
+                .and_then(|r| r.get("meta"))
+                .and_then(|m| m.get("versionId"))
+                .and_then(Value::as_str);
+            if let Some(first) = first_seen.get(&(full_url, version)) {
+                if !is_history {
+                    let at = path.key("entry").index(position).key("fullUrl");
+                    let first_at = path.key("entry").index(*first).key("fullUrl");
+                    walk.issues.push(
+                        Issue::error(
+                            IssueType::Invariant,
+                            "bundle-duplicate-full-url",
+                            format!(
+                                "{} is the same as {} ({}); each entry needs its own fullUrl unless they are versions of one resource (bdl-7)",
+                                walk.expression(&at),
+                                walk.expression(&first_at),
+                                shorten(full_url, 120)
+                            ),
+                        )
+                        .at(walk.expression(&at)),
+                    );
+                }
+                continue;
+            }
+            first_seen.insert((full_url, version), position);
+            index
+                .by_full_url
+                .insert(full_url.to_owned(), resource_type.to_owned());
+            let mut tail = full_url.rsplit('/');
+            if let (Some(id), Some(type_name)) = (tail.next(), tail.next())
+                && type_name == resource_type
+            {
+                index
+                    .by_type_and_id
+                    .insert(format!("{type_name}/{id}"), resource_type.to_owned());
+            }
+        }
+        index
+    }
 }
 
 impl<'p> Walk<'p> {
@@ -37,6 +115,7 @@ impl<'p> Walk<'p> {
             pass,
             root,
             issues: Vec::new(),
+            bundles: Vec::new(),
         }
     }
 
@@ -128,11 +207,19 @@ impl<'p> Walk<'p> {
             }
         };
         let profiles = self.profiles_of(type_name, resource, path, required);
+        let is_bundle = type_name == "Bundle";
+        if is_bundle {
+            let index = BundleIndex::build(resource, path, self);
+            self.bundles.push(index);
+        }
         if profiles.is_empty() {
             self.children(base, 0, resource, path, contained);
         }
         for profile in profiles {
             self.children(&profile, 0, resource, path, contained);
+        }
+        if is_bundle {
+            self.bundles.pop();
         }
     }
 
@@ -1202,6 +1289,28 @@ impl<'p> Walk<'p> {
                     self.report(issue, &target_path, sd, element);
                     return;
                 }
+            }
+        } else if let Some(bundle) = self.bundles.last() {
+            match bundle
+                .by_full_url
+                .get(text)
+                .or_else(|| bundle.by_type_and_id.get(text))
+            {
+                Some(found) => Some(found.clone()),
+                None if text.starts_with("urn:") => {
+                    let issue = Issue::error(
+                        IssueType::NotFound,
+                        "bundle-reference-not-found",
+                        format!(
+                            "{} refers to {}, but no entry of the Bundle has that fullUrl",
+                            self.expression(&target_path),
+                            shorten(text, 120)
+                        ),
+                    );
+                    self.report(issue, &target_path, sd, element);
+                    return;
+                }
+                None => literal_reference_type(text).map(str::to_owned),
             }
         } else {
             literal_reference_type(text).map(str::to_owned)
