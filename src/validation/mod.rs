@@ -25,7 +25,10 @@ pub const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/"
 
 /// The profiles resources sent to Sprig are held to when they name none:
 /// (resource type, canonical URL). Configurable (`validation.default_profiles`).
-pub const DEFAULT_PROFILES: &[(&str, &str)] = &[];
+pub const DEFAULT_PROFILES: &[(&str, &str)] = &[(
+    "ServiceRequest",
+    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral",
+)];
 
 /// What a resource is validated as.
 #[derive(Debug, Clone, Copy)]

@@ -144,8 +144,9 @@ fn sprig_validate_checks_files_and_folders() {
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let (code, stdout, _) = sprig_validate(&[examples], dir.path());
     assert_eq!(code, Some(0), "{stdout}");
+    let count = std::fs::read_dir(examples).expect("examples").count();
     assert!(
-        stdout.contains("1 file(s): 1 valid, 0 with errors"),
+        stdout.contains(&format!("{count} file(s): {count} valid, 0 with errors")),
         "{stdout}"
     );
 
@@ -177,7 +178,10 @@ fn sprig_validate_checks_files_and_folders() {
     );
     assert!(stdout.contains("line 2, column 12"), "{stdout}");
     assert!(
-        stdout.contains("3 file(s): 1 valid, 2 with errors"),
+        stdout.contains(&format!(
+            "{} file(s): {count} valid, 2 with errors",
+            count + 2
+        )),
         "{stdout}"
     );
 

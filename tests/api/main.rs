@@ -9,6 +9,7 @@ mod create_read;
 mod durability;
 mod helpers;
 mod negotiation;
+mod profile_negatives;
 mod r4_examples;
 mod tidy;
 mod validate;

@@ -450,6 +450,20 @@ impl<'p> Walk<'p> {
             };
             self.report(issue, &choice_path, sd, element);
         }
+        if element.def.max == Some(0) {
+            for (key, _, _) in &present {
+                let at = path.key(*key);
+                let issue = Issue::error(
+                    IssueType::Structure,
+                    "profile-cardinality-max",
+                    format!(
+                        "{} is not allowed here (maximum cardinality 0)",
+                        self.expression(&at)
+                    ),
+                );
+                self.report(issue, &at, sd, element);
+            }
+        }
         for (key, code, value) in present {
             if let Some(value) = value.filter(|v| !v.is_null()) {
                 let at = path.key(key);
