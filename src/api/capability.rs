@@ -95,7 +95,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
                 .iter()
                 .map(|i| json!({"code": i.code()}))
                 .collect();
-            json!({
+            let mut resource = json!({
                 "type": c.resource_type.as_str(),
                 "documentation": c.documentation,
                 "interaction": interactions,
@@ -106,7 +106,17 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
                 "conditionalRead": "not-match",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-            })
+            });
+            // What a resource of this type is held to when it names no
+            // profile: the truth a sender needs before sending.
+            if let Some(profile) = settings
+                .validation
+                .default_profiles
+                .get(c.resource_type.as_str())
+            {
+                resource["profile"] = json!(profile);
+            }
+            resource
         })
         .collect();
     let mut implementation = json!({

@@ -36,6 +36,11 @@ async fn metadata_lists_exactly_what_is_served() {
         .filter_map(|r| r["type"].as_str())
         .collect();
     assert_eq!(listed, vec!["ServiceRequest"]);
+    // The profile a ServiceRequest without meta.profile is held to.
+    assert_eq!(
+        resources[0]["profile"],
+        "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral"
+    );
     let interactions: Vec<&str> = resources[0]["interaction"]
         .as_array()
         .expect("interactions")
