@@ -664,4 +664,21 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn displays_are_checked_for_codes_sprig_holds() {
+        let mut observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                            "code": "H", "display": "high"}]}]});
+        assert_eq!(check(observation.clone()), vec![]);
+        observation["interpretation"][0]["coding"][0]["display"] = json!("Low");
+        assert_eq!(
+            check(observation),
+            vec![(
+                "Observation.interpretation[0].coding[0].display".into(),
+                "profile-display-mismatch",
+                "warning"
+            )]
+        );
+    }
 }

@@ -1216,6 +1216,7 @@ impl<'p> Walk<'p> {
                 .values()
                 .any(|codes| codes.contains_key(code)),
         };
+        self.displays(sd, element, type_code, value, path, value_set);
         if codings.iter().any(|(system, code)| in_set(*system, code)) {
             return;
         }
@@ -1257,6 +1258,65 @@ impl<'p> Walk<'p> {
         )
         .with_severity(severity);
         self.report(issue, path, sd, element);
+    }
+
+    /// A Coding's `display` must be the display Sprig holds for its code
+    /// (ignoring case and surrounding spaces): a mismatch usually means the
+    /// code was mistyped. A warning, as in the HL7 validator, since systems
+    /// may use other designations.
+    fn displays(
+        &mut self,
+        sd: &Compiled,
+        element: &Node,
+        type_code: &str,
+        value: &Value,
+        path: &ElementPath,
+        value_set: &super::definitions::ExpandedValueSet,
+    ) {
+        let codings: Vec<(ElementPath, &Map<String, Value>)> = match (type_code, value) {
+            ("Coding", Value::Object(coding)) => vec![(path.clone(), coding)],
+            ("CodeableConcept", Value::Object(concept)) => concept
+                .get("coding")
+                .and_then(Value::as_array)
+                .map(|codings| {
+                    codings
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| Some((path.key("coding").index(i), c.as_object()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => return,
+        };
+        for (at, coding) in codings {
+            let field = |name: &str| coding.get(name).and_then(Value::as_str);
+            let (Some(system), Some(code), Some(display)) =
+                (field("system"), field("code"), field("display"))
+            else {
+                continue;
+            };
+            let Some(Some(held)) = value_set
+                .systems
+                .get(system)
+                .and_then(|codes| codes.get(code))
+            else {
+                continue;
+            };
+            if !held.trim().eq_ignore_ascii_case(display.trim()) {
+                let at = at.key("display");
+                let issue = Issue::error(
+                    IssueType::Value,
+                    "profile-display-mismatch",
+                    format!(
+                        "{} is '{}', but the display of {system}|{code} is '{held}'",
+                        self.expression(&at),
+                        shorten(display, 120)
+                    ),
+                )
+                .with_severity(IssueSeverity::Warning);
+                self.report(issue, &at, sd, element);
+            }
+        }
     }
 
     fn reference_target(
