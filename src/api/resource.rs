@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
 use crate::fhir::json::{JsonLimits, parse_resource};
+use crate::fhir::locate::locate_issues;
 use crate::fhir::resource::check_resource_type;
 use crate::fhir::{FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, VersionId};
 use crate::store::{NewResource, ReadOutcome, StoredResource};
@@ -56,7 +57,10 @@ pub async fn create(
             .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
         // Moved, not copied: the same value is validated and then stored.
         let resource = Value::Object(resource);
-        let issues = validator.validate_resource(&resource, Some(resource_type), None);
+        let mut issues = validator.validate_resource(&resource, Some(resource_type), None);
+        if issues.iter().any(|i| i.severity.is_error()) {
+            locate_issues(&body, resource_type.as_str(), &mut issues);
+        }
         Ok::<_, ApiError>((resource, issues))
     })
     .await??;

@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::negotiate::{ResponseFormat, require_json_body};
 use super::resource::{bad_path, cpu_bound, read_body};
 use crate::fhir::json::{JsonLimits, parse_resource};
+use crate::fhir::locate::locate_issues;
 use crate::fhir::resource::resource_type_of;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 
@@ -72,8 +73,14 @@ async fn run(
         match parse_resource(&bytes, json_limits) {
             Err(error) => Ok::<_, ApiError>(error.to_issues(root)),
             Ok(body) => {
-                let (resource, profile) = unwrap_parameters(body, url_type)?;
-                Ok(validator.validate_resource(&resource, url_type, profile.as_deref()))
+                let (resource, profile, wrapped) = unwrap_parameters(body, url_type)?;
+                let mut issues =
+                    validator.validate_resource(&resource, url_type, profile.as_deref());
+                // Positions only make sense when the resource is the body.
+                if !wrapped && let Some(root) = resource.as_object().and_then(resource_type_of) {
+                    locate_issues(&bytes, root, &mut issues);
+                }
+                Ok(issues)
             }
         }
     })
@@ -93,11 +100,11 @@ async fn run(
 fn unwrap_parameters(
     mut body: Map<String, Value>,
     url_type: Option<ResourceType>,
-) -> Result<(Value, Option<String>), ApiError> {
+) -> Result<(Value, Option<String>, bool), ApiError> {
     let is_parameters = resource_type_of(&body) == Some("Parameters")
         && url_type.is_none_or(|t| t.as_str() != "Parameters");
     if !is_parameters {
-        return Ok((Value::Object(body), None));
+        return Ok((Value::Object(body), None, false));
     }
     // Taken out of the body, not copied: a Parameters may hold megabytes.
     let mut resource = None;
@@ -131,5 +138,5 @@ fn unwrap_parameters(
             .at("Parameters.parameter"),
         ])
     })?;
-    Ok((resource, profile))
+    Ok((resource, profile, true))
 }

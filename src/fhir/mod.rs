@@ -6,6 +6,7 @@
 
 pub mod identifiers;
 pub mod json;
+pub mod locate;
 pub mod outcome;
 pub mod path;
 pub mod resource;

@@ -180,14 +180,26 @@ impl Issue {
 
     fn to_json(&self, http_error_code: Option<&str>) -> Value {
         let mut issue = Map::new();
+        let mut extensions = Vec::new();
+        if let Some((line, column)) = self.position {
+            // Where the HL7 validator puts positions.
+            extensions.push(json!({
+                "url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-line",
+                "valueInteger": line,
+            }));
+            extensions.push(json!({
+                "url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-col",
+                "valueInteger": column,
+            }));
+        }
         if let Some(source) = &self.source {
-            issue.insert(
-                "extension".into(),
-                json!([{
-                    "url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-source",
-                    "valueString": source,
-                }]),
-            );
+            extensions.push(json!({
+                "url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-source",
+                "valueString": source,
+            }));
+        }
+        if !extensions.is_empty() {
+            issue.insert("extension".into(), Value::Array(extensions));
         }
         issue.insert("severity".into(), json!(self.severity.code()));
         issue.insert("code".into(), json!(self.code.code()));

@@ -348,3 +348,38 @@ async fn large_bodies_are_validated_and_stored_too() {
         "ServiceRequest.note[399].time"
     );
 }
+
+/// Issues found by validation point at the line and column of the element
+/// in the body (HL7's issue-line and issue-col extensions).
+#[tokio::test]
+async fn validation_issues_give_line_and_column() {
+    let app = spawn_app().await;
+    let mut referral = sample_referral();
+    referral["priority"] = json!("soon");
+    let body = serde_json::to_string_pretty(&referral).expect("serialises");
+    let (line, column) = body
+        .lines()
+        .enumerate()
+        .find_map(|(n, text)| text.find("\"priority\"").map(|c| (n + 1, c + 1)))
+        .expect("priority is in the body");
+    let response = app.post_referral(body).await;
+    assert_eq!(response.status(), 422);
+    let outcome = json_body(response).await;
+    let issue = &outcome["issue"][0];
+    assert_eq!(issue["expression"][0], "ServiceRequest.priority");
+    let extension = |url: &str| {
+        issue["extension"]
+            .as_array()
+            .and_then(|e| e.iter().find(|x| x["url"] == url))
+            .map(|x| x["valueInteger"].clone())
+    };
+    assert_eq!(
+        extension("http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-line"),
+        Some(json!(line))
+    );
+    assert_eq!(
+        extension("http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-col"),
+        Some(json!(column))
+    );
+    assert_eq!(issue["location"][0], format!("Line[{line}] Col[{column}]"));
+}

@@ -1,0 +1,261 @@
+//! Line and column of elements in a request body, for issues found after
+//! parsing (validation works on the parsed value, which has no positions).
+//!
+//! Only error responses need positions, so instead of carrying positions
+//! through every parsed value, the body is scanned once more when an
+//! OperationOutcome is built. The scanner assumes the body is JSON that
+//! already parsed: it never fails, it only stops finding things.
+
+use std::collections::HashMap;
+
+use super::Issue;
+
+/// Sets `position` on every issue whose `expression` names an element of
+/// `body` (a resource of type `root`): the element's own position, or, for
+/// an element that is missing, the position of the nearest enclosing one.
+pub fn locate_issues(body: &[u8], root: &str, issues: &mut [Issue]) {
+    let wanted: Vec<Option<Vec<Step>>> = issues
+        .iter()
+        .map(|issue| issue.expression.as_deref().and_then(|e| steps(e, root)))
+        .collect();
+    if wanted.iter().all(Option::is_none) {
+        return;
+    }
+    let positions = Scanner::new(body).positions();
+    for (issue, steps) in issues.iter_mut().zip(&wanted) {
+        let Some(steps) = steps else { continue };
+        if issue.position.is_some() {
+            continue;
+        }
+        // The longest prefix of the path that is in the body.
+        for len in (0..=steps.len()).rev() {
+            if let Some(&(line, column)) = positions.get(&steps[..len]) {
+                issue.position = Some((line, column));
+                break;
+            }
+        }
+    }
+}
+
+/// One step of a path into the JSON: a property or an array index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// `ServiceRequest.note[1].time` → [note, 1, time]; `None` when the
+/// expression is not a plain path from `root` (an invariant's, say).
+fn steps(expression: &str, root: &str) -> Option<Vec<Step>> {
+    let rest = expression.strip_prefix(root)?;
+    let mut steps = Vec::new();
+    for part in rest.split('.').skip(1) {
+        let (name, mut indices) = match part.find('[') {
+            Some(at) => (&part[..at], &part[at..]),
+            None => (part, ""),
+        };
+        // `value[x]` names a choice, not a property: stop at its parent.
+        if indices.starts_with("[x]") {
+            break;
+        }
+        if name.is_empty() {
+            return None;
+        }
+        steps.push(Step::Key(name.to_owned()));
+        while let Some(inner) = indices.strip_prefix('[') {
+            let end = inner.find(']')?;
+            steps.push(Step::Index(inner[..end].parse().ok()?));
+            indices = &inner[end + 1..];
+        }
+    }
+    Some(steps)
+}
+
+/// A forgiving JSON scanner recording where each value starts (for a
+/// property: where its key starts, which is what an editor should show).
+struct Scanner<'b> {
+    body: &'b [u8],
+    at: usize,
+    line: usize,
+    column: usize,
+    path: Vec<Step>,
+    positions: HashMap<Vec<Step>, (usize, usize)>,
+}
+
+impl<'b> Scanner<'b> {
+    fn new(body: &'b [u8]) -> Self {
+        Self {
+            body,
+            at: 0,
+            line: 1,
+            column: 1,
+            path: Vec::new(),
+            positions: HashMap::new(),
+        }
+    }
+
+    fn positions(mut self) -> HashMap<Vec<Step>, (usize, usize)> {
+        self.skip_space();
+        self.positions.insert(Vec::new(), (self.line, self.column));
+        self.value(0);
+        self.positions
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.body.get(self.at).copied()
+    }
+
+    fn bump(&mut self) {
+        if let Some(byte) = self.peek() {
+            self.at += 1;
+            if byte == b'\n' {
+                self.line += 1;
+                self.column = 1;
+            } else if byte & 0xC0 != 0x80 {
+                // Columns count characters, not UTF-8 continuation bytes.
+                self.column += 1;
+            }
+        }
+    }
+
+    fn skip_space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.bump();
+        }
+    }
+
+    fn value(&mut self, depth: usize) {
+        // Far deeper than the parser allows: the body cannot be this deep.
+        if depth > 512 {
+            self.at = self.body.len();
+            return;
+        }
+        self.skip_space();
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => {
+                self.string();
+            }
+            Some(_) => {
+                while matches!(self.peek(), Some(b) if !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                {
+                    self.bump();
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn string(&mut self) -> String {
+        let start = self.at + 1;
+        self.bump();
+        while let Some(byte) = self.peek() {
+            match byte {
+                b'\\' => {
+                    self.bump();
+                    self.bump();
+                }
+                b'"' => {
+                    let text = &self.body[start..self.at];
+                    self.bump();
+                    // Keys in FHIR are ASCII names; an escaped key is
+                    // decoded properly in the rare case it occurs.
+                    return serde_json::from_slice::<String>(&self.body[start - 1..self.at])
+                        .unwrap_or_else(|_| String::from_utf8_lossy(text).into_owned());
+                }
+                _ => self.bump(),
+            }
+        }
+        String::new()
+    }
+
+    fn object(&mut self, depth: usize) {
+        self.bump();
+        loop {
+            self.skip_space();
+            match self.peek() {
+                Some(b'"') => {
+                    let position = (self.line, self.column);
+                    let key = self.string();
+                    self.skip_space();
+                    if self.peek() == Some(b':') {
+                        self.bump();
+                    }
+                    self.path.push(Step::Key(key));
+                    self.positions.insert(self.path.clone(), position);
+                    self.value(depth + 1);
+                    self.path.pop();
+                }
+                Some(b',') => self.bump(),
+                Some(b'}') => {
+                    self.bump();
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) {
+        self.bump();
+        let mut index = 0;
+        loop {
+            self.skip_space();
+            match self.peek() {
+                Some(b',') => {
+                    self.bump();
+                    index += 1;
+                }
+                Some(b']') => {
+                    self.bump();
+                    return;
+                }
+                Some(_) => {
+                    self.path.push(Step::Index(index));
+                    self.positions
+                        .insert(self.path.clone(), (self.line, self.column));
+                    let before = self.at;
+                    self.value(depth + 1);
+                    self.path.pop();
+                    if self.at == before {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::IssueType;
+
+    fn located(body: &str, expression: &str) -> Option<(usize, usize)> {
+        let mut issues = [Issue::error(IssueType::Value, "x", "x").at(expression)];
+        locate_issues(body.as_bytes(), "ServiceRequest", &mut issues);
+        issues[0].position
+    }
+
+    #[test]
+    fn finds_properties_and_array_items() {
+        let body = "{\n  \"resourceType\": \"ServiceRequest\",\n  \"note\": [\n    {\"text\": \"a\"},\n    {\"text\": \"Łódź\", \"time\": \"x\"}\n  ]\n}";
+        assert_eq!(located(body, "ServiceRequest.note[1].time"), Some((5, 22)));
+        assert_eq!(located(body, "ServiceRequest.note[1]"), Some((5, 5)));
+        assert_eq!(located(body, "ServiceRequest.note"), Some((3, 3)));
+        // Missing: the nearest enclosing element.
+        assert_eq!(located(body, "ServiceRequest.note[0].author"), Some((4, 5)));
+        assert_eq!(located(body, "ServiceRequest.status"), Some((1, 1)));
+        assert_eq!(located(body, "ServiceRequest.occurrence[x]"), Some((1, 1)));
+        // Not a path from the root: left alone.
+        assert_eq!(located(body, "Patient.name"), None);
+    }
+
+    #[test]
+    fn escapes_and_nesting_do_not_confuse_it() {
+        let body = r#"{"resourceType":"ServiceRequest","note":[{"text":"a \"quoted\" ] } text"}],"status":"x"}"#;
+        assert_eq!(located(body, "ServiceRequest.status"), Some((1, 76)));
+    }
+}
