@@ -90,11 +90,7 @@ impl<'a> Ctx<'a> {
             Expr::Ident(name) => self.identifier(name, input),
             Expr::Member(target, name) => {
                 let base = self.eval(target, input, fr)?;
-                let mut out = Vec::new();
-                for item in &base {
-                    self.member(item, name, &mut out)?;
-                }
-                Ok(out)
+                self.members(&base, name)
             }
             Expr::Call {
                 target,
@@ -208,11 +204,26 @@ impl<'a> Ctx<'a> {
                 return Ok(out);
             }
         }
+        self.members(input, name)
+    }
+
+    /// `name` of every item. A name no item's type defines is an error (`name.given1`,
+    /// `Observation.valueQuantity`); in a mixed collection (`descendants()`) the items
+    /// without it just contribute nothing.
+    fn members(&self, items: &[Val<'a>], name: &str) -> R<Coll<'a>> {
         let mut out = Vec::new();
-        for item in input {
-            self.member(item, name, &mut out)?;
+        let mut unknown = None;
+        let mut known = false;
+        for item in items {
+            match self.member(item, name, &mut out) {
+                Ok(()) => known = true,
+                Err(e) => unknown = Some(e),
+            }
         }
-        Ok(out)
+        match unknown {
+            Some(e) if !known => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// A node over JSON, typed by `resourceType` when the declared type is abstract.
@@ -299,11 +310,6 @@ impl<'a> Ctx<'a> {
                 }
                 return Ok(());
             }
-            if map.contains_key(name) {
-                // Data the model does not describe: navigate it untyped rather than lose it.
-                self.push_json(map.get(name), map.get(&format!("_{name}")), None, out);
-                return Ok(());
-            }
             if name == "resourceType" || (name == "url" && ty == "Extension") {
                 return Ok(());
             }
@@ -362,8 +368,18 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// The System value of a singleton; a complex element (not a Quantity) is an error.
     fn system_single(&self, c: &[Val<'a>]) -> R<Option<Val<'a>>> {
-        Ok(self.single(c)?.and_then(|v| v.system(self.model)))
+        let Some(v) = self.single(c)? else {
+            return Ok(None);
+        };
+        match (v.system(self.model), v) {
+            (None, Val::Node(Node { value: Some(Value::Object(_)), ty, .. })) => Err(error(format!(
+                "expected a primitive value, not a {}",
+                ty.map_or("complex element", |t| self.model.public_name(t))
+            ))),
+            (s, _) => Ok(s),
+        }
     }
 
     fn string_arg(&self, c: &[Val<'a>]) -> R<Option<String>> {
@@ -519,6 +535,16 @@ impl<'a> Ctx<'a> {
     /// `item is spec`.
     pub fn is_type(&self, item: &Val<'a>, spec: &TypeSpec) -> R<bool> {
         let name = spec.name.as_str();
+        let known = match spec.namespace.as_deref() {
+            // `x.is(System.Patient)` is simply false.
+            Some("System") => true,
+            Some("FHIR") => self.model.get(name).is_some() || self.model.is_resource_type(name),
+            None => SYSTEM_TYPES.contains(&name) || self.model.get(name).is_some() || self.model.is_resource_type(name),
+            Some(_) => false,
+        };
+        if !known {
+            return Err(error(format!("unknown type {name}")));
+        }
         let system_name = match item {
             Val::Bool(_) => Some("Boolean"),
             Val::Int(_) => Some("Integer"),
@@ -537,6 +563,9 @@ impl<'a> Ctx<'a> {
             (Some("System") | None, _) if system_name.is_some() => Ok(system_name == Some(name)),
             (Some("FHIR"), _) if system_name.is_some() => Ok(false),
             (_, Val::Node(n)) => Ok(match n.ty {
+                // FHIR primitives are not each other's subtypes here (`code` is not a
+                // `string`), as the HL7 suite expects; complex types inherit.
+                Some(t) if self.model.is_primitive(t) => t == name,
                 Some(t) => self.model.derives_from(self.model.public_name(t), name) || t == name,
                 // Untyped JSON: fall back on the System type of its value.
                 None => spec.namespace.is_none()
@@ -1143,6 +1172,9 @@ impl<'a> Ctx<'a> {
                 ) else {
                     return Ok(Vec::new());
                 };
+                if pattern.is_empty() {
+                    return one(Val::Str(s));
+                }
                 let re = self.regexes.get(&pattern, false)?;
                 // FHIRPath uses `$1` for groups, as the regex crate does.
                 one(Val::Str(re.replace_all(&s, with.as_str()).into_owned()))
@@ -1187,23 +1219,48 @@ impl<'a> Ctx<'a> {
             }
             "sort" => {
                 self.arity(name, args, &[0, 1, 2, 3])?;
-                let mut keyed: Vec<(Coll<'a>, Val<'a>)> = Vec::new();
+                // Each argument is a sort key; `-key` sorts that key descending.
+                let keys: Vec<(&Expr, bool)> = args
+                    .iter()
+                    .map(|a| match a {
+                        Expr::Negate(inner) => (inner.as_ref(), true),
+                        other => (other, false),
+                    })
+                    .collect();
+                let mut keyed: Vec<(Vec<Coll<'a>>, Val<'a>)> = Vec::new();
                 for (i, item) in base.iter().enumerate() {
-                    let key = match args.first() {
-                        Some(a) => self.eval(a, std::slice::from_ref(item), Frame { this: Some(item), index: Some(i), total: None })?,
-                        None => vec![item.clone()],
+                    let f = Frame { this: Some(item), index: Some(i), total: None };
+                    let values = if keys.is_empty() {
+                        vec![vec![item.clone()]]
+                    } else {
+                        keys.iter()
+                            .map(|(k, _)| self.eval(k, std::slice::from_ref(item), f))
+                            .collect::<R<Vec<_>>>()?
                     };
-                    keyed.push((key, item.clone()));
+                    keyed.push((values, item.clone()));
                 }
                 let mut failed = false;
-                keyed.sort_by(|(a, _), (b, _)| match (a.first(), b.first()) {
-                    (Some(x), Some(y)) => compare(x, y, model).unwrap_or_else(|| {
-                        failed = true;
-                        Ordering::Equal
-                    }),
-                    (None, Some(_)) => Ordering::Less,
-                    (Some(_), None) => Ordering::Greater,
-                    (None, None) => Ordering::Equal,
+                keyed.sort_by(|(a, _), (b, _)| {
+                    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                        let descending = keys.get(i).is_some_and(|(_, d)| *d);
+                        // Empty keys come first, in either direction.
+                        let o = match (x.first(), y.first()) {
+                            (Some(x), Some(y)) => {
+                                let o = compare(x, y, model).unwrap_or_else(|| {
+                                    failed = true;
+                                    Ordering::Equal
+                                });
+                                if descending { o.reverse() } else { o }
+                            }
+                            (None, Some(_)) => Ordering::Less,
+                            (Some(_), None) => Ordering::Greater,
+                            (None, None) => Ordering::Equal,
+                        };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                    Ordering::Equal
                 });
                 if failed {
                     return Err(error("sort() on values that cannot be compared"));
@@ -1559,23 +1616,9 @@ fn precision(v: &Val<'_>) -> Option<i64> {
 
 fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>> {
     match v {
-        Val::Dec(_) | Val::Int(_) => {
-            let d = as_decimal(v)?;
-            let digits = digits.unwrap_or(8);
-            if !(0..=28).contains(&digits) {
-                return None;
-            }
-            // Half a unit in the last place of the given precision, away from the value.
-            let half = Decimal::new(5, d.scale() + 1);
-            let edge = if high { d + half } else { d - half };
-            let digits = digits as u32;
-            let mut r = if high {
-                if d.is_sign_negative() { edge.round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::ToZero) } else { edge.round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::ToZero) }
-            } else {
-                edge.round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::ToZero)
-            };
-            r.rescale(digits);
-            Some(Val::Dec(r))
+        Val::Dec(_) | Val::Int(_) => decimal_boundary(as_decimal(v)?, digits, high).map(Val::Dec),
+        Val::Quantity(q, unit) => {
+            decimal_boundary(*q, digits, high).map(|d| Val::Quantity(d, unit.clone()))
         }
         Val::Date(d) => {
             let digits = digits.unwrap_or(8);
@@ -1639,6 +1682,25 @@ fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>>
         }
         _ => None,
     }
+}
+
+/// The lowest (highest) value a decimal could stand for, given its precision: half a unit
+/// in its last place below (above) it, rounded down (up) to `digits` places (default 8).
+fn decimal_boundary(d: Decimal, digits: Option<i64>, high: bool) -> Option<Decimal> {
+    let digits = digits.unwrap_or(8);
+    if !(0..=28).contains(&digits) {
+        return None;
+    }
+    let half = Decimal::new(5, d.scale() + 1);
+    let strategy = if high {
+        rust_decimal::RoundingStrategy::ToPositiveInfinity
+    } else {
+        rust_decimal::RoundingStrategy::ToNegativeInfinity
+    };
+    let edge = if high { d + half } else { d - half };
+    let mut r = edge.round_dp_with_strategy(digits as u32, strategy);
+    r.rescale(digits as u32);
+    Some(r)
 }
 
 fn codec(encode: bool, format: &str, s: &str) -> Option<String> {

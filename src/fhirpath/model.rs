@@ -20,6 +20,7 @@ struct File {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Sd {
+    name: String,
     #[serde(rename = "type")]
     type_name: String,
     kind: String,
@@ -118,7 +119,21 @@ impl Model {
         })?;
         let mut model = Model::default();
         for sd in file.structure_definitions {
-            if sd.derivation.as_deref() == Some("constraint") || sd.kind == "logical" {
+            if sd.derivation.as_deref() == Some("constraint") {
+                // SimpleQuantity, MoneyQuantity: names for `is`, elements from the base.
+                if sd.name != sd.type_name && !model.types.contains_key(&sd.name) {
+                    model.types.insert(
+                        sd.name.clone(),
+                        TypeDef {
+                            kind: Kind::Complex,
+                            base: Some(sd.type_name.clone()),
+                            elements: HashMap::new(),
+                        },
+                    );
+                }
+                continue;
+            }
+            if sd.kind == "logical" {
                 continue;
             }
             let kind = match sd.kind.as_str() {
@@ -171,6 +186,9 @@ impl Model {
                     },
                 );
                 vec![el.path.clone()]
+            } else if name == "id" && parent == type_name && kind == Kind::Resource {
+                // A resource's id is FHIR `id`; the definitions give its System type.
+                vec!["id".to_string()]
             } else {
                 el.types.iter().map(|t| t.code.clone()).collect()
             };

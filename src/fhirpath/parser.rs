@@ -584,8 +584,11 @@ impl Parser<'_> {
                         at,
                     })
                 }
-                "and" | "or" | "xor" | "implies" | "div" | "mod" | "in" | "contains" | "is"
-                | "as" => Err(syntax(at, self.src, format!("unexpected keyword '{name}'"))),
+                // `contains`, `in`, `div`… are names too where no operator can stand
+                // (`repeat(contains)`); only the boolean operators never are.
+                "and" | "or" | "xor" | "implies" => {
+                    Err(syntax(at, self.src, format!("unexpected keyword '{name}'")))
+                }
                 _ => Ok(Expr::Ident(name)),
             },
             Tok::Delimited(name) => Ok(Expr::Ident(name)),

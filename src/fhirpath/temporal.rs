@@ -422,11 +422,12 @@ pub(crate) enum CalendarUnit {
 }
 
 impl CalendarUnit {
-    /// Calendar words and the UCUM codes FHIRPath allows in date arithmetic.
+    /// Calendar words and the UCUM codes FHIRPath allows in date arithmetic (not `a`
+    /// and `mo`: UCUM's year and month are not calendar years and months).
     pub fn from_unit(unit: &str) -> Option<CalendarUnit> {
         Some(match unit {
-            "year" | "years" | "a" => CalendarUnit::Year,
-            "month" | "months" | "mo" => CalendarUnit::Month,
+            "year" | "years" => CalendarUnit::Year,
+            "month" | "months" => CalendarUnit::Month,
             "week" | "weeks" | "wk" => CalendarUnit::Week,
             "day" | "days" | "d" => CalendarUnit::Day,
             "hour" | "hours" | "h" => CalendarUnit::Hour,

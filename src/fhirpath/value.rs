@@ -196,7 +196,8 @@ pub(crate) fn equals(a: &Val<'_>, b: &Val<'_>, model: &Model) -> Option<bool> {
             quantity::compare(&a, &b).map(|o| o == Ordering::Equal)
         }
         (Val::Type(n1, x), Val::Type(n2, y)) => Some(n1 == n2 && x == y),
-        (Val::Date(_) | Val::DateTime(_) | Val::Time(_), _) => {
+        (Val::Date(_) | Val::DateTime(_), Val::Date(_) | Val::DateTime(_) | Val::Str(_))
+        | (Val::Time(_), Val::Time(_) | Val::Str(_)) => {
             compare(&a, &b, model).map(|o| o == Ordering::Equal)
         }
         (Val::Str(s), Val::Date(_) | Val::DateTime(_) | Val::Time(_)) => {
@@ -247,8 +248,15 @@ pub(crate) fn equivalent(a: &Val<'_>, b: &Val<'_>, model: &Model) -> bool {
         (Val::Date(_) | Val::DateTime(_) | Val::Time(_), _) => {
             compare(&a, &b, model) == Some(Ordering::Equal)
         }
-        (Val::Quantity(..), Val::Quantity(..)) => {
-            quantity::compare(&a, &b) == Some(Ordering::Equal)
+        (Val::Quantity(x, xu), Val::Quantity(y, yu)) => {
+            // Equivalence compares at the precision of the less precise value.
+            match quantity::convert(*y, yu, xu) {
+                Some(y) => {
+                    let scale = x.scale().min(y.normalize().scale());
+                    x.round_dp(scale) == y.round_dp(scale)
+                }
+                None => false,
+            }
         }
         _ => equals(&a, &b, model).unwrap_or(false),
     }
