@@ -46,27 +46,6 @@ const SYSTEM_TYPES: [&str; 9] = [
     "Boolean", "Integer", "Long", "Decimal", "String", "Date", "DateTime", "Time", "Quantity",
 ];
 
-/// FHIR primitive types and the System type each one maps to.
-fn system_type_of_fhir(model: &Model, ty: &str) -> Option<&'static str> {
-    let pairs = [
-        ("boolean", "Boolean"),
-        ("integer", "Integer"),
-        ("decimal", "Decimal"),
-        ("date", "Date"),
-        ("dateTime", "DateTime"),
-        ("instant", "DateTime"),
-        ("time", "Time"),
-        ("string", "String"),
-        ("uri", "String"),
-        ("base64Binary", "String"),
-        ("xhtml", "String"),
-    ];
-    pairs
-        .iter()
-        .find(|(f, _)| model.derives_from(ty, f))
-        .map(|(_, s)| *s)
-}
-
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -93,10 +72,7 @@ impl<'a> Ctx<'a> {
                 self.members(&base, name)
             }
             Expr::Call {
-                target,
-                name,
-                args,
-                ..
+                target, name, args, ..
             } => {
                 let base = match target {
                     Some(t) => self.eval(t, input, fr)?,
@@ -129,8 +105,12 @@ impl<'a> Ctx<'a> {
                     return Ok(Vec::new());
                 };
                 Ok(vec![match v.system(self.model) {
-                    Some(Val::Int(i)) => Val::Int(i.checked_neg().ok_or_else(|| error("overflow"))?),
-                    Some(Val::Long(i)) => Val::Long(i.checked_neg().ok_or_else(|| error("overflow"))?),
+                    Some(Val::Int(i)) => {
+                        Val::Int(i.checked_neg().ok_or_else(|| error("overflow"))?)
+                    }
+                    Some(Val::Long(i)) => {
+                        Val::Long(i.checked_neg().ok_or_else(|| error("overflow"))?)
+                    }
                     Some(Val::Dec(d)) => Val::Dec(-d),
                     Some(Val::Quantity(d, u)) => Val::Quantity(-d, u),
                     _ => return Err(error("unary minus needs a number or a quantity")),
@@ -227,7 +207,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// A node over JSON, typed by `resourceType` when the declared type is abstract.
-    fn make_node(&self, value: Option<&'a Value>, ext: Option<&'a Value>, ty: Option<&'a str>) -> Val<'a> {
+    fn make_node(
+        &self,
+        value: Option<&'a Value>,
+        ext: Option<&'a Value>,
+        ty: Option<&'a str>,
+    ) -> Val<'a> {
         let ty = match (value, ty) {
             (Some(Value::Object(map)), None | Some("Resource" | "DomainResource")) => map
                 .get("resourceType")
@@ -243,7 +228,13 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    fn push_json(&self, value: Option<&'a Value>, ext: Option<&'a Value>, ty: Option<&'a str>, out: &mut Coll<'a>) {
+    fn push_json(
+        &self,
+        value: Option<&'a Value>,
+        ext: Option<&'a Value>,
+        ty: Option<&'a str>,
+        out: &mut Coll<'a>,
+    ) {
         match (value, ext) {
             (Some(Value::Array(vs)), ext) => {
                 let exts = ext.and_then(Value::as_array);
@@ -330,7 +321,8 @@ impl<'a> Ctx<'a> {
             {
                 let lower = {
                     let mut c = suffix.chars();
-                    c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
+                    c.next()
+                        .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
                 };
                 let ty = lower
                     .as_deref()
@@ -374,7 +366,14 @@ impl<'a> Ctx<'a> {
             return Ok(None);
         };
         match (v.system(self.model), v) {
-            (None, Val::Node(Node { value: Some(Value::Object(_)), ty, .. })) => Err(error(format!(
+            (
+                None,
+                Val::Node(Node {
+                    value: Some(Value::Object(_)),
+                    ty,
+                    ..
+                }),
+            ) => Err(error(format!(
                 "expected a primitive value, not a {}",
                 ty.map_or("complex element", |t| self.model.public_name(t))
             ))),
@@ -398,7 +397,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn binary(&self, op: BinOp, l: &Expr, r: &Expr, input: &[Val<'a>], fr: Frame<'_, 'a>) -> R<Coll<'a>> {
+    fn binary(
+        &self,
+        op: BinOp,
+        l: &Expr,
+        r: &Expr,
+        input: &[Val<'a>],
+        fr: Frame<'_, 'a>,
+    ) -> R<Coll<'a>> {
         // Boolean operators short-circuit where the spec's three-valued logic allows it.
         match op {
             BinOp::And | BinOp::Or | BinOp::Implies | BinOp::Xor => {
@@ -539,7 +545,11 @@ impl<'a> Ctx<'a> {
             // `x.is(System.Patient)` is simply false.
             Some("System") => true,
             Some("FHIR") => self.model.get(name).is_some() || self.model.is_resource_type(name),
-            None => SYSTEM_TYPES.contains(&name) || self.model.get(name).is_some() || self.model.is_resource_type(name),
+            None => {
+                SYSTEM_TYPES.contains(&name)
+                    || self.model.get(name).is_some()
+                    || self.model.is_resource_type(name)
+            }
             Some(_) => false,
         };
         if !known {
@@ -559,7 +569,9 @@ impl<'a> Ctx<'a> {
         };
         match (spec.namespace.as_deref(), item) {
             (Some("System"), Val::Node(n)) => Ok(n.ty.is_none()
-                && item.system(self.model).is_some_and(|s| self.is_type(&s, spec).unwrap_or(false))),
+                && item
+                    .system(self.model)
+                    .is_some_and(|s| self.is_type(&s, spec).unwrap_or(false))),
             (Some("System") | None, _) if system_name.is_some() => Ok(system_name == Some(name)),
             (Some("FHIR"), _) if system_name.is_some() => Ok(false),
             (_, Val::Node(n)) => Ok(match n.ty {
@@ -568,9 +580,13 @@ impl<'a> Ctx<'a> {
                 Some(t) if self.model.is_primitive(t) => t == name,
                 Some(t) => self.model.derives_from(self.model.public_name(t), name) || t == name,
                 // Untyped JSON: fall back on the System type of its value.
-                None => spec.namespace.is_none()
-                    && SYSTEM_TYPES.contains(&name)
-                    && item.system(self.model).is_some_and(|s| self.is_type(&s, spec).unwrap_or(false)),
+                None => {
+                    spec.namespace.is_none()
+                        && SYSTEM_TYPES.contains(&name)
+                        && item
+                            .system(self.model)
+                            .is_some_and(|s| self.is_type(&s, spec).unwrap_or(false))
+                }
             }),
             _ => Ok(false),
         }
@@ -704,7 +720,14 @@ impl<'a> Ctx<'a> {
     }
 
     #[allow(clippy::too_many_lines)]
-    fn call(&self, name: &str, base: &[Val<'a>], args: &[Expr], input: &[Val<'a>], fr: Frame<'_, 'a>) -> R<Coll<'a>> {
+    fn call(
+        &self,
+        name: &str,
+        base: &[Val<'a>],
+        args: &[Expr],
+        input: &[Val<'a>],
+        fr: Frame<'_, 'a>,
+    ) -> R<Coll<'a>> {
         let model = self.model;
         let one = |v: Val<'a>| Ok(vec![v]);
         let boolean = |b: bool| Ok(vec![Val::Bool(b)]);
@@ -712,7 +735,10 @@ impl<'a> Ctx<'a> {
         macro_rules! string_fn {
             ($arity:expr, |$s:ident| $body:expr) => {{
                 self.arity(name, args, &$arity)?;
-                let Some($s) = self.string_arg(base).map_err(|_| error(format!("{name}() needs a string")))? else {
+                let Some($s) = self
+                    .string_arg(base)
+                    .map_err(|_| error(format!("{name}() needs a string")))?
+                else {
                     return Ok(Vec::new());
                 };
                 $body
@@ -936,7 +962,14 @@ impl<'a> Ctx<'a> {
                 if base.len() > 1 {
                     return Err(error("iif() on a collection of more than one item"));
                 }
-                let criterion = self.eval(&args[0], base, Frame { this: base.first(), ..fr })?;
+                let criterion = self.eval(
+                    &args[0],
+                    base,
+                    Frame {
+                        this: base.first(),
+                        ..fr
+                    },
+                )?;
                 let criterion = match self.single(&criterion)? {
                     None => None,
                     Some(v) => match v.system(model) {
@@ -946,13 +979,24 @@ impl<'a> Ctx<'a> {
                 };
                 let branch = if criterion == Some(true) { 1 } else { 2 };
                 match args.get(branch) {
-                    Some(e) => self.eval(e, base, Frame { this: base.first(), ..fr }),
+                    Some(e) => self.eval(
+                        e,
+                        base,
+                        Frame {
+                            this: base.first(),
+                            ..fr
+                        },
+                    ),
                     None => Ok(Vec::new()),
                 }
             }
             "not" => {
                 self.arity(name, args, &[0])?;
-                Ok(self.to_bool(base)?.map(|b| Val::Bool(!b)).into_iter().collect())
+                Ok(self
+                    .to_bool(base)?
+                    .map(|b| Val::Bool(!b))
+                    .into_iter()
+                    .collect())
             }
             "children" => {
                 self.arity(name, args, &[0])?;
@@ -997,15 +1041,24 @@ impl<'a> Ctx<'a> {
                             (Some(Value::Object(m)), _) | (_, Some(Value::Object(m))) => m,
                             _ => continue,
                         };
-                        self.push_json(map.get("extension"), None, model.intern("Extension"), &mut exts);
+                        self.push_json(
+                            map.get("extension"),
+                            None,
+                            model.intern("Extension"),
+                            &mut exts,
+                        );
                     }
                 }
                 Ok(exts
                     .into_iter()
                     .filter(|e| match (e, &url) {
-                        (Val::Node(Node { value: Some(Value::Object(m)), .. }), Some(url)) => {
-                            m.get("url").and_then(Value::as_str) == Some(url.as_str())
-                        }
+                        (
+                            Val::Node(Node {
+                                value: Some(Value::Object(m)),
+                                ..
+                            }),
+                            Some(url),
+                        ) => m.get("url").and_then(Value::as_str) == Some(url.as_str()),
                         _ => false,
                     })
                     .collect())
@@ -1025,7 +1078,9 @@ impl<'a> Ctx<'a> {
             }
             "conformsTo" => {
                 self.arity(name, args, &[1])?;
-                let url = self.string_arg(&self.arg(args, 0, input, fr)?)?.unwrap_or_default();
+                let url = self
+                    .string_arg(&self.arg(args, 0, input, fr)?)?
+                    .unwrap_or_default();
                 let Some(t) = url.strip_prefix("http://hl7.org/fhir/StructureDefinition/") else {
                     return Err(error("conformsTo() knows only core definitions"));
                 };
@@ -1034,7 +1089,9 @@ impl<'a> Ctx<'a> {
                 }
                 Ok(match self.single(base)? {
                     None => Vec::new(),
-                    Some(Val::Node(Node { ty: Some(ty), .. })) => vec![Val::Bool(model.derives_from(ty, t))],
+                    Some(Val::Node(Node { ty: Some(ty), .. })) => {
+                        vec![Val::Bool(model.derives_from(ty, t))]
+                    }
                     Some(_) => vec![Val::Bool(false)],
                 })
             }
@@ -1084,14 +1141,15 @@ impl<'a> Ctx<'a> {
             }
             "toBoolean" | "toInteger" | "toDecimal" | "toDate" | "toDateTime" | "toTime"
             | "toQuantity" | "convertsToBoolean" | "convertsToInteger" | "convertsToDecimal"
-            | "convertsToDate" | "convertsToDateTime" | "convertsToTime"
-            | "convertsToQuantity" => {
+            | "convertsToDate" | "convertsToDateTime" | "convertsToTime" | "convertsToQuantity" => {
                 self.arity(name, args, &[0, 1])?;
                 let Some(v) = self.system_single(base)? else {
                     return Ok(Vec::new());
                 };
                 let unit = self.string_arg(&self.arg(args, 0, input, fr)?)?;
-                let target = name.trim_start_matches("to").trim_start_matches("convertsTo");
+                let target = name
+                    .trim_start_matches("to")
+                    .trim_start_matches("convertsTo");
                 let converted = convert(&v, target, unit.as_deref());
                 if name.starts_with("convertsTo") {
                     boolean(converted.is_some())
@@ -1138,7 +1196,10 @@ impl<'a> Ctx<'a> {
             "lower" => string_fn!([0], |s| one(Val::Str(s.to_lowercase()))),
             "length" => string_fn!([0], |s| one(Val::Int(s.chars().count() as i64))),
             "trim" => string_fn!([0], |s| one(Val::Str(s.trim().to_string()))),
-            "toChars" => string_fn!([0], |s| Ok(s.chars().map(|c| Val::Str(c.to_string())).collect())),
+            "toChars" => string_fn!([0], |s| Ok(s
+                .chars()
+                .map(|c| Val::Str(c.to_string()))
+                .collect())),
             "replace" => string_fn!([2], |s| {
                 let (Some(pattern), Some(with)) = (
                     self.string_arg(&self.arg(args, 0, input, fr)?)?,
@@ -1183,11 +1244,15 @@ impl<'a> Ctx<'a> {
                 let Some(sep) = self.string_arg(&self.arg(args, 0, input, fr)?)? else {
                     return Ok(Vec::new());
                 };
-                Ok(s.split(sep.as_str()).map(|p| Val::Str(p.to_string())).collect())
+                Ok(s.split(sep.as_str())
+                    .map(|p| Val::Str(p.to_string()))
+                    .collect())
             }),
             "join" => {
                 self.arity(name, args, &[0, 1])?;
-                let sep = self.string_arg(&self.arg(args, 0, input, fr)?)?.unwrap_or_default();
+                let sep = self
+                    .string_arg(&self.arg(args, 0, input, fr)?)?
+                    .unwrap_or_default();
                 let mut parts = Vec::new();
                 for v in base {
                     match v.system(model) {
@@ -1198,16 +1263,36 @@ impl<'a> Ctx<'a> {
                 one(Val::Str(parts.join(&sep)))
             }
             "encode" | "decode" => string_fn!([1], |s| {
-                let format = self.string_arg(&self.arg(args, 0, input, fr)?)?.unwrap_or_default();
-                Ok(codec(name == "encode", &format, &s).map(Val::Str).into_iter().collect())
+                let format = self
+                    .string_arg(&self.arg(args, 0, input, fr)?)?
+                    .unwrap_or_default();
+                Ok(codec(name == "encode", &format, &s)
+                    .map(Val::Str)
+                    .into_iter()
+                    .collect())
             }),
             "escape" | "unescape" => string_fn!([1], |s| {
-                let format = self.string_arg(&self.arg(args, 0, input, fr)?)?.unwrap_or_default();
-                Ok(escape(name == "escape", &format, &s).map(Val::Str).into_iter().collect())
+                let format = self
+                    .string_arg(&self.arg(args, 0, input, fr)?)?
+                    .unwrap_or_default();
+                Ok(escape(name == "escape", &format, &s)
+                    .map(Val::Str)
+                    .into_iter()
+                    .collect())
             }),
             "abs" | "ceiling" | "floor" | "truncate" | "exp" | "ln" | "sqrt" | "round" | "log"
             | "power" => {
-                self.arity(name, args, if matches!(name, "log" | "power") { &[1] } else if name == "round" { &[0, 1] } else { &[0] })?;
+                self.arity(
+                    name,
+                    args,
+                    if matches!(name, "log" | "power") {
+                        &[1]
+                    } else if name == "round" {
+                        &[0, 1]
+                    } else {
+                        &[0]
+                    },
+                )?;
                 let Some(v) = self.system_single(base)? else {
                     return Ok(Vec::new());
                 };
@@ -1229,7 +1314,11 @@ impl<'a> Ctx<'a> {
                     .collect();
                 let mut keyed: Vec<(Vec<Coll<'a>>, Val<'a>)> = Vec::new();
                 for (i, item) in base.iter().enumerate() {
-                    let f = Frame { this: Some(item), index: Some(i), total: None };
+                    let f = Frame {
+                        this: Some(item),
+                        index: Some(i),
+                        total: None,
+                    };
                     let values = if keys.is_empty() {
                         vec![vec![item.clone()]]
                     } else {
@@ -1280,7 +1369,9 @@ impl<'a> Ctx<'a> {
                     return Ok(Vec::new());
                 };
                 let digits = self.int_arg(&self.arg(args, 0, input, fr)?)?;
-                Ok(boundary(&v, digits, name == "highBoundary").into_iter().collect())
+                Ok(boundary(&v, digits, name == "highBoundary")
+                    .into_iter()
+                    .collect())
             }
             "comparable" => {
                 self.arity(name, args, &[1])?;
@@ -1292,9 +1383,9 @@ impl<'a> Ctx<'a> {
                 };
                 boolean(quantity::comparable(&a, &b))
             }
-            "memberOf" | "subsumes" | "subsumedBy" => {
-                Err(error(format!("{name}() needs a terminology server, which Sprig does not consult here")))
-            }
+            "memberOf" | "subsumes" | "subsumedBy" => Err(error(format!(
+                "{name}() needs a terminology server, which Sprig does not consult here"
+            ))),
             _ => Err(error(format!("unknown function {name}()"))),
         }
     }
@@ -1303,13 +1394,22 @@ impl<'a> Ctx<'a> {
     /// entry's `fullUrl`); never I/O.
     fn resolve(&self, base: &[Val<'a>]) -> Coll<'a> {
         let mut out = Vec::new();
-        let Some(Val::Node(Node { value: Some(root), .. })) = self.resource.first() else {
+        let Some(Val::Node(Node {
+            value: Some(root), ..
+        })) = self.resource.first()
+        else {
             return out;
         };
         for v in base {
             let reference = match v {
-                Val::Node(Node { value: Some(Value::Object(m)), .. }) => m.get("reference").and_then(Value::as_str),
-                Val::Node(Node { value: Some(Value::String(s)), .. }) => Some(s.as_str()),
+                Val::Node(Node {
+                    value: Some(Value::Object(m)),
+                    ..
+                }) => m.get("reference").and_then(Value::as_str),
+                Val::Node(Node {
+                    value: Some(Value::String(s)),
+                    ..
+                }) => Some(s.as_str()),
                 Val::Str(_) => None,
                 _ => None,
             };
@@ -1325,10 +1425,11 @@ impl<'a> Ctx<'a> {
             } else if let Some(Value::Array(entries)) = root.get("entry") {
                 for e in entries {
                     let full = e.get("fullUrl").and_then(Value::as_str);
-                    if full == Some(reference) || full.is_some_and(|f| f.ends_with(&format!("/{reference}"))) {
-                        if let Some(r) = e.get("resource") {
-                            out.push(self.make_node(Some(r), None, None));
-                        }
+                    if (full == Some(reference)
+                        || full.is_some_and(|f| f.ends_with(&format!("/{reference}"))))
+                        && let Some(r) = e.get("resource")
+                    {
+                        out.push(self.make_node(Some(r), None, None));
                     }
                 }
             }
@@ -1384,7 +1485,9 @@ fn arithmetic<'a>(op: BinOp, x: &Val<'a>, y: &Val<'a>) -> R<Option<Val<'a>>> {
         (BinOp::Sub, Int(a), Int(b)) => Some(Int(a.checked_sub(*b).ok_or_else(overflow)?)),
         (BinOp::Mul, Int(a), Int(b)) => Some(Int(a.checked_mul(*b).ok_or_else(overflow)?)),
         (BinOp::Add | BinOp::Sub | BinOp::Mul, Int(_) | Long(_), Int(_) | Long(_)) => {
-            let (Some(a), Some(b)) = (int_of(x), int_of(y)) else { return Ok(None) };
+            let (Some(a), Some(b)) = (int_of(x), int_of(y)) else {
+                return Ok(None);
+            };
             let r = match op {
                 BinOp::Add => a.checked_add(b),
                 BinOp::Sub => a.checked_sub(b),
@@ -1393,45 +1496,108 @@ fn arithmetic<'a>(op: BinOp, x: &Val<'a>, y: &Val<'a>) -> R<Option<Val<'a>>> {
             Some(Long(r.ok_or_else(overflow)?))
         }
         (BinOp::IntDiv, Int(_) | Long(_), Int(_) | Long(_)) => {
-            let (Some(a), Some(b)) = (int_of(x), int_of(y)) else { return Ok(None) };
+            let (Some(a), Some(b)) = (int_of(x), int_of(y)) else {
+                return Ok(None);
+            };
             // Integer `div` truncates towards zero, as Rust's `/` does.
-            if b == 0 { None } else { Some(Int(a.checked_div(b).ok_or_else(overflow)?)) }
+            if b == 0 {
+                None
+            } else {
+                Some(Int(a.checked_div(b).ok_or_else(overflow)?))
+            }
         }
         (BinOp::Mod, Int(_) | Long(_), Int(_) | Long(_)) => {
-            let (Some(a), Some(b)) = (int_of(x), int_of(y)) else { return Ok(None) };
+            let (Some(a), Some(b)) = (int_of(x), int_of(y)) else {
+                return Ok(None);
+            };
             if b == 0 { None } else { Some(Int(a % b)) }
         }
-        (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod,
-            Int(_) | Long(_) | Dec(_), Int(_) | Long(_) | Dec(_)) => {
-            let (Some(a), Some(b)) = (as_decimal(x), as_decimal(y)) else { return Ok(None) };
+        (
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod,
+            Int(_) | Long(_) | Dec(_),
+            Int(_) | Long(_) | Dec(_),
+        ) => {
+            let (Some(a), Some(b)) = (as_decimal(x), as_decimal(y)) else {
+                return Ok(None);
+            };
             match op {
                 BinOp::Add => Some(Dec(a.checked_add(b).ok_or_else(overflow)?)),
                 BinOp::Sub => Some(Dec(a.checked_sub(b).ok_or_else(overflow)?)),
                 BinOp::Mul => Some(Dec(a.checked_mul(b).ok_or_else(overflow)?)),
                 BinOp::Div => {
-                    if b.is_zero() { None } else { Some(Dec(a.checked_div(b).ok_or_else(overflow)?.normalize())) }
+                    if b.is_zero() {
+                        None
+                    } else {
+                        Some(Dec(a.checked_div(b).ok_or_else(overflow)?.normalize()))
+                    }
                 }
                 BinOp::IntDiv => {
-                    if b.is_zero() { None } else { Some(Int((a / b).trunc().to_i64().ok_or_else(overflow)?)) }
+                    if b.is_zero() {
+                        None
+                    } else {
+                        Some(Int((a / b).trunc().to_i64().ok_or_else(overflow)?))
+                    }
                 }
                 _ => {
-                    if b.is_zero() { None } else { Some(Dec(a % b)) }
+                    if b.is_zero() {
+                        None
+                    } else {
+                        Some(Dec(a % b))
+                    }
                 }
             }
         }
         (BinOp::Add | BinOp::Sub, Quantity(a, u), Quantity(b, w)) => {
-            let b = quantity::convert(*b, w, u).ok_or_else(|| error("quantities with incompatible units"))?;
-            Some(Quantity(if op == BinOp::Add { a + b } else { a - b }, u.clone()))
+            let b = quantity::convert(*b, w, u)
+                .ok_or_else(|| error("quantities with incompatible units"))?;
+            Some(Quantity(
+                if op == BinOp::Add {
+                    a.checked_add(b)
+                } else {
+                    a.checked_sub(b)
+                }
+                .ok_or_else(overflow)?,
+                u.clone(),
+            ))
         }
-        (BinOp::Mul, Quantity(a, u), Quantity(b, w)) => Some(Quantity(a * b, unit_product(u, w, '.'))),
+        (BinOp::Mul, Quantity(a, u), Quantity(b, w)) => Some(Quantity(
+            a.checked_mul(*b).ok_or_else(overflow)?,
+            unit_product(u, w, '.'),
+        )),
         (BinOp::Div, Quantity(a, u), Quantity(b, w)) => {
-            if b.is_zero() { None } else if u == w { Some(Quantity(a / b, "1".into())) } else { Some(Quantity(a / b, unit_product(u, w, '/'))) }
+            if b.is_zero() {
+                None
+            } else if u == w {
+                Some(Quantity(
+                    a.checked_div(*b).ok_or_else(overflow)?,
+                    "1".into(),
+                ))
+            } else {
+                Some(Quantity(
+                    a.checked_div(*b).ok_or_else(overflow)?,
+                    unit_product(u, w, '/'),
+                ))
+            }
         }
-        (BinOp::Mul, Quantity(a, u), Int(_) | Dec(_)) => Some(Quantity(a * as_decimal(y).unwrap_or_default(), u.clone())),
-        (BinOp::Mul, Int(_) | Dec(_), Quantity(b, u)) => Some(Quantity(as_decimal(x).unwrap_or_default() * b, u.clone())),
+        (BinOp::Mul, Quantity(a, u), Int(_) | Dec(_)) => Some(Quantity(
+            a.checked_mul(as_decimal(y).unwrap_or_default())
+                .ok_or_else(overflow)?,
+            u.clone(),
+        )),
+        (BinOp::Mul, Int(_) | Dec(_), Quantity(b, u)) => Some(Quantity(
+            as_decimal(x)
+                .unwrap_or_default()
+                .checked_mul(*b)
+                .ok_or_else(overflow)?,
+            u.clone(),
+        )),
         (BinOp::Div, Quantity(a, u), Int(_) | Dec(_)) => {
             let d = as_decimal(y).unwrap_or_default();
-            if d.is_zero() { None } else { Some(Quantity(a / d, u.clone())) }
+            if d.is_zero() {
+                None
+            } else {
+                Some(Quantity(a.checked_div(d).ok_or_else(overflow)?, u.clone()))
+            }
         }
         (BinOp::Add | BinOp::Sub, Date(_) | DateTime(_) | Time(_), Quantity(amount, unit)) => {
             let Some(cal) = CalendarUnit::from_unit(unit) else {
@@ -1450,7 +1616,13 @@ fn arithmetic<'a>(op: BinOp, x: &Val<'a>, y: &Val<'a>) -> R<Option<Val<'a>>> {
 }
 
 fn unit_product(u: &str, w: &str, sep: char) -> String {
-    if u == "1" { w.to_string() } else if w == "1" { u.to_string() } else { format!("{u}{sep}{w}") }
+    if u == "1" {
+        w.to_string()
+    } else if w == "1" {
+        u.to_string()
+    } else {
+        format!("{u}{sep}{w}")
+    }
 }
 
 fn int_of(v: &Val<'_>) -> Option<i64> {
@@ -1478,9 +1650,12 @@ fn convert<'a>(v: &Val<'a>, target: &str, unit: Option<&str>) -> Option<Val<'a>>
         ("Integer", Bool(b)) => Some(Int(i64::from(*b))),
         ("Integer", Str(s)) => {
             let t = s.strip_prefix('+').unwrap_or(s);
-            (!t.is_empty() && t.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()))
-                .then(|| t.parse().ok().map(Int))
-                .flatten()
+            (!t.is_empty()
+                && t.trim_start_matches('-')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok().map(Int))
+            .flatten()
         }
         ("Decimal", Int(i)) => Some(Dec(Decimal::from(*i))),
         ("Decimal", Dec(d)) => Some(Dec(*d)),
@@ -1507,10 +1682,15 @@ fn convert<'a>(v: &Val<'a>, target: &str, unit: Option<&str>) -> Option<Val<'a>>
         ("Time", Str(s)) => temporal::Time::parse(s).map(Time),
         ("Quantity", Quantity(a, u)) => match unit {
             None => Some(Quantity(*a, u.clone())),
-            Some(target) => quantity::convert(*a, u, target).map(|v| Quantity(v, target.to_string())),
+            Some(target) => {
+                quantity::convert(*a, u, target).map(|v| Quantity(v, target.to_string()))
+            }
         },
         ("Quantity", Int(_) | Dec(_)) => Some(Quantity(as_decimal(v)?, "1".into())),
-        ("Quantity", Bool(b)) => Some(Quantity(if *b { Decimal::ONE } else { Decimal::ZERO }, "1".into())),
+        ("Quantity", Bool(b)) => Some(Quantity(
+            if *b { Decimal::ONE } else { Decimal::ZERO },
+            "1".into(),
+        )),
         ("Quantity", Str(s)) => parse_quantity(s),
         _ => None,
     }
@@ -1531,7 +1711,26 @@ fn parse_quantity<'a>(s: &str) -> Option<Val<'a>> {
         "1".to_string()
     } else if let Some(u) = unit.strip_prefix('\'').and_then(|u| u.strip_suffix('\'')) {
         u.to_string()
-    } else if ["year", "years", "month", "months", "week", "weeks", "day", "days", "hour", "hours", "minute", "minutes", "second", "seconds", "millisecond", "milliseconds"].contains(&unit) {
+    } else if [
+        "year",
+        "years",
+        "month",
+        "months",
+        "week",
+        "weeks",
+        "day",
+        "days",
+        "hour",
+        "hours",
+        "minute",
+        "minutes",
+        "second",
+        "seconds",
+        "millisecond",
+        "milliseconds",
+    ]
+    .contains(&unit)
+    {
         unit.to_string()
     } else {
         return None;
@@ -1543,7 +1742,11 @@ fn math<'a>(name: &str, v: &Val<'a>, arg: Option<&Val<'a>>) -> R<Option<Val<'a>>
     use Val::*;
     let f = |d: Decimal| d.to_f64();
     let back = |x: f64| -> Option<Val<'a>> {
-        if x.is_finite() { Decimal::from_f64(x).map(|d| Dec(d.normalize())) } else { None }
+        if x.is_finite() {
+            Decimal::from_f64(x).map(|d| Dec(d.normalize()))
+        } else {
+            None
+        }
     };
     Ok(match (name, v) {
         ("abs", Int(i)) => Some(Int(i.checked_abs().ok_or_else(|| error("overflow"))?)),
@@ -1562,7 +1765,10 @@ fn math<'a>(name: &str, v: &Val<'a>, arg: Option<&Val<'a>>) -> R<Option<Val<'a>>
                 None => 0,
                 _ => return Err(error("round() precision must be a non-negative integer")),
             };
-            Some(Dec(d.round_dp_with_strategy(places, rust_decimal::RoundingStrategy::MidpointAwayFromZero)))
+            Some(Dec(d.round_dp_with_strategy(
+                places,
+                rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+            )))
         }
         ("exp", Int(_) | Dec(_)) => as_decimal(v).and_then(f).and_then(|x| back(x.exp())),
         ("ln", Int(_) | Dec(_)) => as_decimal(v).and_then(f).and_then(|x| back(x.ln())),
@@ -1579,10 +1785,16 @@ fn math<'a>(name: &str, v: &Val<'a>, arg: Option<&Val<'a>>) -> R<Option<Val<'a>>
             if *e < 0 {
                 back((*a as f64).powf(*e as f64))
             } else {
-                u32::try_from(*e).ok().and_then(|e| a.checked_pow(e)).map(Int)
+                u32::try_from(*e)
+                    .ok()
+                    .and_then(|e| a.checked_pow(e))
+                    .map(Int)
             }
         }
-        ("power", Int(_) | Dec(_)) => match (as_decimal(v).and_then(f), arg.and_then(as_decimal).and_then(f)) {
+        ("power", Int(_) | Dec(_)) => match (
+            as_decimal(v).and_then(f),
+            arg.and_then(as_decimal).and_then(f),
+        ) {
             (Some(x), Some(e)) => back(x.powf(e)),
             _ => None,
         },
@@ -1624,11 +1836,27 @@ fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>>
             let digits = digits.unwrap_or(8);
             let year = d.year;
             let month = d.month.unwrap_or(if high { 12 } else { 1 });
-            let day = d.day.unwrap_or(if high { temporal::days_in_month(year, month) } else { 1 });
+            let day = d.day.unwrap_or(if high {
+                temporal::days_in_month(year, month)
+            } else {
+                1
+            });
             Some(match digits {
-                4 => Val::Date(Date { year, month: None, day: None }),
-                6 => Val::Date(Date { year, month: Some(month), day: None }),
-                8 => Val::Date(Date { year, month: Some(month), day: Some(day) }),
+                4 => Val::Date(Date {
+                    year,
+                    month: None,
+                    day: None,
+                }),
+                6 => Val::Date(Date {
+                    year,
+                    month: Some(month),
+                    day: None,
+                }),
+                8 => Val::Date(Date {
+                    year,
+                    month: Some(month),
+                    day: Some(day),
+                }),
                 _ => return None,
             })
         }
@@ -1637,8 +1865,17 @@ fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>>
             let d = dt.date;
             let year = d.year;
             let month = d.month.unwrap_or(if high { 12 } else { 1 });
-            let day = d.day.unwrap_or(if high { temporal::days_in_month(year, month) } else { 1 });
-            let t = dt.time.unwrap_or(Time { hour: if high { 23 } else { 0 }, minute: None, second: None, millis: None });
+            let day = d.day.unwrap_or(if high {
+                temporal::days_in_month(year, month)
+            } else {
+                1
+            });
+            let t = dt.time.unwrap_or(Time {
+                hour: if high { 23 } else { 0 },
+                minute: None,
+                second: None,
+                millis: None,
+            });
             let time = Time {
                 hour: t.hour,
                 minute: Some(t.minute.unwrap_or(if high { 59 } else { 0 })),
@@ -1647,11 +1884,35 @@ fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>>
             };
             // Without a timezone the boundary spans all of them (-12:00 … +14:00).
             let tz = dt.tz.or(Some(if high { -12 * 60 } else { 14 * 60 }));
-            let date = Date { year, month: Some(month), day: Some(day) };
+            let date = Date {
+                year,
+                month: Some(month),
+                day: Some(day),
+            };
             Some(match digits {
-                4 => Val::DateTime(DateTime { date: Date { year, month: None, day: None }, time: None, tz: None }),
-                6 => Val::DateTime(DateTime { date: Date { year, month: Some(month), day: None }, time: None, tz: None }),
-                8 => Val::DateTime(DateTime { date, time: None, tz: None }),
+                4 => Val::DateTime(DateTime {
+                    date: Date {
+                        year,
+                        month: None,
+                        day: None,
+                    },
+                    time: None,
+                    tz: None,
+                }),
+                6 => Val::DateTime(DateTime {
+                    date: Date {
+                        year,
+                        month: Some(month),
+                        day: None,
+                    },
+                    time: None,
+                    tz: None,
+                }),
+                8 => Val::DateTime(DateTime {
+                    date,
+                    time: None,
+                    tz: None,
+                }),
                 10 | 12 | 14 | 17 => {
                     let time = Time {
                         hour: time.hour,
@@ -1659,7 +1920,11 @@ fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>>
                         second: (digits >= 14).then_some(time.second).flatten(),
                         millis: (digits >= 17).then_some(time.millis).flatten(),
                     };
-                    Val::DateTime(DateTime { date, time: Some(time), tz })
+                    Val::DateTime(DateTime {
+                        date,
+                        time: Some(time),
+                        tz,
+                    })
                 }
                 _ => return None,
             })
@@ -1673,9 +1938,21 @@ fn boundary<'a>(v: &Val<'a>, digits: Option<i64>, high: bool) -> Option<Val<'a>>
                 millis: Some(t.millis.unwrap_or(if high { 999 } else { 0 })),
             };
             Some(Val::Time(match digits {
-                2 => Time { minute: None, second: None, millis: None, ..time },
-                4 => Time { second: None, millis: None, ..time },
-                6 => Time { millis: None, ..time },
+                2 => Time {
+                    minute: None,
+                    second: None,
+                    millis: None,
+                    ..time
+                },
+                4 => Time {
+                    second: None,
+                    millis: None,
+                    ..time
+                },
+                6 => Time {
+                    millis: None,
+                    ..time
+                },
                 9 => time,
                 _ => return None,
             }))
@@ -1691,13 +1968,18 @@ fn decimal_boundary(d: Decimal, digits: Option<i64>, high: bool) -> Option<Decim
     if !(0..=28).contains(&digits) {
         return None;
     }
-    let half = Decimal::new(5, d.scale() + 1);
+    // At the maximum scale there is no finer digit: the value is its own boundary.
+    let half = Decimal::try_new(5, d.scale() + 1).unwrap_or(Decimal::ZERO);
     let strategy = if high {
         rust_decimal::RoundingStrategy::ToPositiveInfinity
     } else {
         rust_decimal::RoundingStrategy::ToNegativeInfinity
     };
-    let edge = if high { d + half } else { d - half };
+    let edge = if high {
+        d.checked_add(half)?
+    } else {
+        d.checked_sub(half)?
+    };
     let mut r = edge.round_dp_with_strategy(digits as u32, strategy);
     r.rescale(digits as u32);
     Some(r)
@@ -1727,7 +2009,11 @@ fn base64_encode(bytes: &[u8], url: bool) -> String {
     };
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -48,18 +48,28 @@ pub enum FhirPathError {
     /// The expression is not FHIRPath. `position` is a byte offset into the expression.
     #[error("FHIRPath syntax error at line {line}, column {column}: {message}")]
     Syntax {
+        /// Byte offset of the offending token.
         position: usize,
+        /// 1-based line of `position`.
         line: usize,
+        /// 1-based column (in characters) of `position`.
         column: usize,
+        /// What is wrong.
         message: String,
     },
     /// The expression is well formed but cannot be evaluated on this input (a collection
     /// where one item is required, an unknown element or function, incompatible types…).
     #[error("FHIRPath evaluation error: {message}")]
-    Evaluation { message: String },
+    Evaluation {
+        /// What went wrong.
+        message: String,
+    },
     /// The embedded type model could not be read (a build defect).
     #[error("FHIRPath type model: {message}")]
-    Model { message: String },
+    Model {
+        /// The reader's complaint.
+        message: String,
+    },
 }
 
 /// The engine: the FHIR R4 type model. Build once and share; `Send + Sync`.
@@ -124,6 +134,7 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// No variables.
     pub fn new() -> Self {
         Self::default()
     }
@@ -145,6 +156,7 @@ pub struct Scope<'a> {
     /// The focus's FHIR type (`HumanName`, `Patient.contact`, `string`) when it is not a
     /// resource: it decides choice elements and `is`. Without it, an element is untyped.
     pub focus_type: Option<&'a str>,
+    /// Extra `%variables`.
     pub environment: Option<&'a Environment>,
 }
 
@@ -189,7 +201,8 @@ impl Expression {
                 .and_then(|t| model.intern(t))
         };
         let resource = Val::node(scope.resource, resource_type(scope.resource));
-        let focus_type = resource_type(scope.focus).or_else(|| scope.focus_type.and_then(|t| model.intern(t)));
+        let focus_type =
+            resource_type(scope.focus).or_else(|| scope.focus_type.and_then(|t| model.intern(t)));
         let focus = Val::Node(Node {
             value: Some(scope.focus),
             ext: None,
@@ -230,12 +243,15 @@ impl Expression {
 /// One item of a result.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
+    /// `true`, `false`
     Boolean(bool),
+    /// A 64-bit integer.
     Integer(i64),
     /// A FHIRPath `Long` (`5L`).
     Long(i64),
     /// Exact decimal, as text (`1.50`).
     Decimal(String),
+    /// A string.
     String(String),
     /// `2014-01-25`, `2014-01`, `2014`
     Date(String),
@@ -243,18 +259,28 @@ pub enum Item {
     DateTime(String),
     /// `14:30`
     Time(String),
+    /// A System quantity, `5 'mg'` or `4 days`.
     Quantity {
+        /// Exact decimal, as text.
         value: String,
+        /// UCUM code or calendar word.
         unit: String,
     },
     /// A FHIR element or resource from the input. A primitive's `value` is its JSON value
     /// (`Null` when it only has extensions); `type_name` is its FHIR type when known.
     Element {
+        /// The element's JSON.
         value: Value,
+        /// `HumanName`, `code`, `BackboneElement`…
         type_name: Option<String>,
     },
     /// A type, as `type()` returns.
-    Type { namespace: String, name: String },
+    Type {
+        /// `System` or `FHIR`.
+        namespace: String,
+        /// `Integer`, `Patient`…
+        name: String,
+    },
 }
 
 impl Item {
@@ -290,24 +316,38 @@ impl Item {
             Item::Long(i) => Val::Long(*i),
             Item::Decimal(d) => d.parse().map_or_else(|_| Val::Str(d.clone()), Val::Dec),
             Item::String(s) => Val::Str(s.clone()),
-            Item::Date(s) => temporal::Date::parse(s).map_or_else(|| Val::Str(s.clone()), Val::Date),
+            Item::Date(s) => {
+                temporal::Date::parse(s).map_or_else(|| Val::Str(s.clone()), Val::Date)
+            }
             Item::DateTime(s) => {
                 temporal::DateTime::parse(s).map_or_else(|| Val::Str(s.clone()), Val::DateTime)
             }
-            Item::Time(s) => temporal::Time::parse(s).map_or_else(|| Val::Str(s.clone()), Val::Time),
-            Item::Quantity { value, unit } => value
-                .parse()
-                .map_or_else(|_| Val::Str(value.clone()), |v| Val::Quantity(v, unit.clone())),
+            Item::Time(s) => {
+                temporal::Time::parse(s).map_or_else(|| Val::Str(s.clone()), Val::Time)
+            }
+            Item::Quantity { value, unit } => value.parse().map_or_else(
+                |_| Val::Str(value.clone()),
+                |v| Val::Quantity(v, unit.clone()),
+            ),
             Item::Element { value, type_name } => Val::Node(Node {
                 value: Some(value),
                 ext: None,
                 ty: type_name
                     .as_deref()
                     .and_then(|t| model.intern(t))
-                    .or_else(|| value.get("resourceType").and_then(Value::as_str).and_then(|t| model.intern(t))),
+                    .or_else(|| {
+                        value
+                            .get("resourceType")
+                            .and_then(Value::as_str)
+                            .and_then(|t| model.intern(t))
+                    }),
             }),
             Item::Type { namespace, name } => Val::Type(
-                if namespace == "FHIR" { "FHIR" } else { "System" },
+                if namespace == "FHIR" {
+                    "FHIR"
+                } else {
+                    "System"
+                },
                 name.clone(),
             ),
         }
@@ -338,7 +378,9 @@ impl Item {
         match self {
             Item::Boolean(b) => Value::Bool(*b),
             Item::Integer(i) | Item::Long(i) => Value::from(*i),
-            Item::Decimal(d) => serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.clone())),
+            Item::Decimal(d) => {
+                serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.clone()))
+            }
             Item::String(s) | Item::Date(s) | Item::DateTime(s) | Item::Time(s) => {
                 Value::String(s.clone())
             }
@@ -361,22 +403,27 @@ pub struct Collection {
 }
 
 impl Collection {
+    /// A collection of these items (for environment variables).
     pub fn new(items: Vec<Item>) -> Self {
         Collection { items }
     }
 
+    /// No items.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
+    /// How many items.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// The items, in order.
     pub fn items(&self) -> &[Item] {
         &self.items
     }
 
+    /// The items, in order, owned.
     pub fn into_items(self) -> Vec<Item> {
         self.items
     }
@@ -393,10 +440,12 @@ impl Collection {
         match self.items.as_slice() {
             [] => Ok(None),
             [Item::Boolean(b)] => Ok(Some(*b)),
-            [Item::Element {
-                value: Value::Bool(b),
-                ..
-            }] => Ok(Some(*b)),
+            [
+                Item::Element {
+                    value: Value::Bool(b),
+                    ..
+                },
+            ] => Ok(Some(*b)),
             [_] => Ok(Some(true)),
             items => Err(FhirPathError::Evaluation {
                 message: format!(
@@ -424,7 +473,11 @@ pub(crate) struct RegexCache {
 const REGEX_CACHE_LIMIT: usize = 64;
 
 impl RegexCache {
-    pub(crate) fn get(&self, pattern: &str, full: bool) -> Result<Arc<regex::Regex>, FhirPathError> {
+    pub(crate) fn get(
+        &self,
+        pattern: &str,
+        full: bool,
+    ) -> Result<Arc<regex::Regex>, FhirPathError> {
         let key = (pattern.to_string(), full);
         if let Ok(map) = self.map.read()
             && let Some(re) = map.get(&key)
@@ -437,9 +490,11 @@ impl RegexCache {
         } else {
             format!("(?s){pattern}")
         };
-        let re = Arc::new(regex::Regex::new(&source).map_err(|e| FhirPathError::Evaluation {
-            message: format!("invalid regular expression: {e}"),
-        })?);
+        let re = Arc::new(
+            regex::Regex::new(&source).map_err(|e| FhirPathError::Evaluation {
+                message: format!("invalid regular expression: {e}"),
+            })?,
+        );
         if let Ok(mut map) = self.map.write()
             && map.len() < REGEX_CACHE_LIMIT
         {

@@ -141,7 +141,12 @@ impl Model {
                 "resource" => Kind::Resource,
                 _ => Kind::Complex,
             };
-            model.add(&sd.type_name, kind, base_of(&sd.type_name, &sd.kind), &sd.elements);
+            model.add(
+                &sd.type_name,
+                kind,
+                base_of(&sd.type_name, &sd.kind),
+                &sd.elements,
+            );
         }
         Ok(model)
     }
@@ -176,7 +181,10 @@ impl Model {
             let types = if let Some(reference) = &el.content_reference {
                 vec![reference.trim_start_matches('#').to_string()]
             } else if has_children(&el.path) {
-                let base = el.types.first().map_or("BackboneElement", |t| t.code.as_str());
+                let base = el
+                    .types
+                    .first()
+                    .map_or("BackboneElement", |t| t.code.as_str());
                 self.types.insert(
                     el.path.clone(),
                     TypeDef {

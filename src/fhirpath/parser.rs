@@ -122,8 +122,8 @@ fn syntax(position: usize, src: &str, message: impl Into<String>) -> FhirPathErr
 }
 
 const SYMBOLS: [&str; 22] = [
-    "<=", ">=", "!=", "!~", ".", "[", "]", "(", ")", ",", "+", "-", "*", "/", "&", "|", "=",
-    "~", "<", ">", "{", "}",
+    "<=", ">=", "!=", "!~", ".", "[", "]", "(", ")", ",", "+", "-", "*", "/", "&", "|", "=", "~",
+    "<", ">", "{", "}",
 ];
 
 impl<'s> Lexer<'s> {
@@ -141,7 +141,7 @@ impl<'s> Lexer<'s> {
             } else if rest.starts_with("//") {
                 self.pos += rest.find('\n').unwrap_or(rest.len());
             } else if rest.starts_with("/*") {
-                match rest[2..].find("*/") {
+                match rest.strip_prefix("/*").and_then(|r| r.find("*/")) {
                     Some(end) => self.pos += end + 4,
                     None => return Err(syntax(self.pos, self.src, "unterminated comment")),
                 }
@@ -182,13 +182,19 @@ impl<'s> Lexer<'s> {
                 self.pos += 1;
                 let rest = &self.src[self.pos..];
                 let len = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '+')))
+                    .find(|c: char| {
+                        !(c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '+'))
+                    })
                     .unwrap_or(rest.len());
                 let mut text = &rest[..len];
                 // `@2014.precision()`: a trailing `.` not followed by digits belongs to the
                 // invocation, not to the literal.
                 while let Some(dot) = text.rfind('.') {
-                    if text[dot + 1..].chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                    if text[dot + 1..]
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_digit())
+                    {
                         break;
                     }
                     text = &text[..dot];
@@ -211,7 +217,11 @@ impl<'s> Lexer<'s> {
                     "this" => Ok((Tok::This, start)),
                     "index" => Ok((Tok::IndexVar, start)),
                     "total" => Ok((Tok::TotalVar, start)),
-                    other => Err(syntax(start, self.src, format!("unknown variable ${other}"))),
+                    other => Err(syntax(
+                        start,
+                        self.src,
+                        format!("unknown variable ${other}"),
+                    )),
                 }
             }
             '%' => {
@@ -239,14 +249,20 @@ impl<'s> Lexer<'s> {
                         return Ok((Tok::Sym(sym), start));
                     }
                 }
-                Err(syntax(start, self.src, format!("unexpected character '{c}'")))
+                Err(syntax(
+                    start,
+                    self.src,
+                    format!("unexpected character '{c}'"),
+                ))
             }
         }
     }
 
     fn number(&mut self, start: usize) -> Result<(Tok, usize), FhirPathError> {
         let rest = &self.src[self.pos..];
-        let mut len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let mut len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let after = &rest[len..];
         // `1.5` is a decimal; `1.abs()` is an invocation on 1.
         if after.starts_with('.') && after[1..].starts_with(|c: char| c.is_ascii_digit()) {
@@ -320,9 +336,30 @@ pub(crate) fn parse(src: &str) -> Result<Expr, FhirPathError> {
     let expr = parser.expression(0)?;
     let (tok, at) = parser.peek();
     if *tok != Tok::End {
-        return Err(syntax(at, src, "unexpected token after the end of the expression"));
+        return Err(syntax(
+            at,
+            src,
+            "unexpected token after the end of the expression",
+        ));
+    }
+    // The evaluator recurses over the tree: bound its depth (long `a + b + c…` chains
+    // grow it without any parentheses).
+    if depth(&expr) > MAX_DEPTH {
+        return Err(syntax(0, src, "expression nested too deeply"));
     }
     Ok(expr)
+}
+
+/// Tree depth. Its own recursion is bounded too: every chain is at most as long as the
+/// tokens that built it, and parenthesised nesting is already limited while parsing.
+fn depth(e: &Expr) -> usize {
+    let children: Vec<&Expr> = match e {
+        Expr::Member(t, _) | Expr::Negate(t) | Expr::Is(t, _) | Expr::As(t, _) => vec![t],
+        Expr::Indexer(a, b) | Expr::Binary(_, a, b) => vec![a, b],
+        Expr::Call { target, args, .. } => target.iter().map(|t| t.as_ref()).chain(args).collect(),
+        _ => Vec::new(),
+    };
+    1 + children.iter().map(|c| depth(c)).max().unwrap_or(0)
 }
 
 struct Parser<'s> {
@@ -410,10 +447,24 @@ impl Parser<'_> {
     fn expression(&mut self, min_power: u8) -> Result<Expr, FhirPathError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(syntax(self.peek().1, self.src, "expression nested too deeply"));
+            return Err(syntax(
+                self.peek().1,
+                self.src,
+                "expression nested too deeply",
+            ));
         }
         let mut left = self.unary()?;
+        // Each operator in a chain deepens the tree by one: count it against the limit.
+        let depth_on_entry = self.depth;
         loop {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(syntax(
+                    self.peek().1,
+                    self.src,
+                    "expression nested too deeply",
+                ));
+            }
             // `is` and `as` (power 8) take a type, not an expression.
             if let Tok::Ident(w) = self.peek().0
                 && (w == "is" || w == "as")
@@ -441,11 +492,25 @@ impl Parser<'_> {
             let right = self.expression(power + 1)?;
             left = Expr::Binary(op, Box::new(left), Box::new(right));
         }
-        self.depth -= 1;
+        self.depth = depth_on_entry - 1;
         Ok(left)
     }
 
     fn unary(&mut self) -> Result<Expr, FhirPathError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(syntax(
+                self.peek().1,
+                self.src,
+                "expression nested too deeply",
+            ));
+        }
+        let result = self.unary_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, FhirPathError> {
         match self.peek().0 {
             Tok::Sym("-") => {
                 self.bump();
@@ -471,7 +536,16 @@ impl Parser<'_> {
 
     fn postfix(&mut self) -> Result<Expr, FhirPathError> {
         let mut expr = self.term()?;
-        loop {
+        let depth_on_entry = self.depth;
+        let result = loop {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(syntax(
+                    self.peek().1,
+                    self.src,
+                    "expression nested too deeply",
+                ));
+            }
             match self.peek().0 {
                 Tok::Sym(".") => {
                     self.bump();
@@ -498,9 +572,11 @@ impl Parser<'_> {
                     self.expect("]")?;
                     expr = Expr::Indexer(Box::new(expr), Box::new(index));
                 }
-                _ => return Ok(expr),
+                _ => break Ok(expr),
             }
-        }
+        };
+        self.depth = depth_on_entry;
+        result
     }
 
     fn arguments(&mut self) -> Result<Vec<Expr>, FhirPathError> {

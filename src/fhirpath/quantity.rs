@@ -88,7 +88,7 @@ pub(crate) fn compare(a: &Val<'_>, b: &Val<'_>) -> Option<Ordering> {
     if xd != yd {
         return None;
     }
-    Some((*x * xf).cmp(&(*y * yf)))
+    Some(x.checked_mul(xf)?.cmp(&y.checked_mul(yf)?))
 }
 
 /// `value` in `unit` expressed in `target` units, when comparable.
@@ -98,5 +98,7 @@ pub(crate) fn convert(value: Decimal, unit: &str, target: &str) -> Option<Decima
         return Some(value);
     }
     let ((d1, f1), (d2, f2)) = (lookup(unit)?, lookup(target)?);
-    (d1 == d2).then(|| value * f1 / f2)
+    (d1 == d2)
+        .then(|| value.checked_mul(f1)?.checked_div(f2))
+        .flatten()
 }

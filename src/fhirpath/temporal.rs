@@ -452,6 +452,10 @@ impl CalendarUnit {
 
 /// `date + amount unit`; fractional amounts of calendar units are truncated (spec).
 pub(crate) fn add_to_date(d: &Date, amount: Decimal, unit: CalendarUnit) -> Option<Date> {
+    // Far beyond year 9999 in any unit: refuse before any arithmetic can overflow.
+    if amount.abs() > Decimal::from(1_000_000_000) {
+        return None;
+    }
     let whole = amount.trunc().to_i64()?;
     match unit {
         CalendarUnit::Year => d.add_months(whole.checked_mul(12)?),
@@ -459,11 +463,19 @@ pub(crate) fn add_to_date(d: &Date, amount: Decimal, unit: CalendarUnit) -> Opti
         CalendarUnit::Week => d.add_days(whole.checked_mul(7)?),
         CalendarUnit::Day => d.add_days(whole),
         // A date has no time of day: whole days of the amount count, the rest is dropped.
-        _ => d.add_days((amount * Decimal::from(unit.millis())).to_i64()? / 86_400_000),
+        _ => d.add_days(amount.checked_mul(Decimal::from(unit.millis()))?.to_i64()? / 86_400_000),
     }
 }
 
-pub(crate) fn add_to_datetime(dt: &DateTime, amount: Decimal, unit: CalendarUnit) -> Option<DateTime> {
+pub(crate) fn add_to_datetime(
+    dt: &DateTime,
+    amount: Decimal,
+    unit: CalendarUnit,
+) -> Option<DateTime> {
+    // Far beyond year 9999 in any unit: refuse before any arithmetic can overflow.
+    if amount.abs() > Decimal::from(1_000_000_000) {
+        return None;
+    }
     let whole = amount.trunc().to_i64()?;
     match unit {
         CalendarUnit::Year | CalendarUnit::Month | CalendarUnit::Week | CalendarUnit::Day
@@ -492,6 +504,10 @@ pub(crate) fn add_to_datetime(dt: &DateTime, amount: Decimal, unit: CalendarUnit
 }
 
 pub(crate) fn add_to_time(t: &Time, amount: Decimal, unit: CalendarUnit) -> Option<Time> {
+    // Far beyond year 9999 in any unit: refuse before any arithmetic can overflow.
+    if amount.abs() > Decimal::from(1_000_000_000) {
+        return None;
+    }
     let whole = amount.trunc().to_i64()?;
     match unit {
         CalendarUnit::Hour | CalendarUnit::Minute | CalendarUnit::Second => {

@@ -115,25 +115,6 @@ impl<'a> Val<'a> {
             _ => true,
         }
     }
-
-    /// The JSON of a node, or the JSON rendering of a System value.
-    pub fn to_json(&self) -> Value {
-        match self {
-            Val::Bool(b) => Value::Bool(*b),
-            Val::Int(i) | Val::Long(i) => Value::from(*i),
-            Val::Dec(d) => serde_json::from_str(&d.to_string()).unwrap_or(Value::Null),
-            Val::Str(s) => Value::String(s.clone()),
-            Val::Date(d) => Value::String(d.to_string()),
-            Val::DateTime(d) => Value::String(d.to_string()),
-            Val::Time(t) => Value::String(t.to_string()),
-            Val::Quantity(v, u) => serde_json::json!({
-                "value": serde_json::from_str::<Value>(&v.to_string()).unwrap_or(Value::Null),
-                "code": u,
-            }),
-            Val::Node(n) => n.value.cloned().unwrap_or(Value::Null),
-            Val::Type(ns, name) => serde_json::json!({"namespace": ns, "name": name}),
-        }
-    }
 }
 
 /// FHIRPath `toString()` of a System value (`None` for complex nodes).
@@ -219,7 +200,10 @@ fn convert_string_like<'a>(s: &str, like: &Val<'_>) -> Option<Val<'a>> {
 }
 
 fn normalize_ws(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// `~` on single items.
@@ -266,17 +250,14 @@ fn json_equivalent(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::String(x), Value::String(y)) => normalize_ws(x) == normalize_ws(y),
         (Value::Object(x), Value::Object(y)) => {
-            let keys = |m: &serde_json::Map<String, Value>| {
-                m.keys().filter(|k| *k != "id").count()
-            };
+            let keys = |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != "id").count();
             keys(x) == keys(y)
                 && x.iter()
                     .filter(|(k, _)| *k != "id")
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_equivalent(v, w)))
         }
         (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len()
-                && x.iter().all(|v| y.iter().any(|w| json_equivalent(v, w)))
+            x.len() == y.len() && x.iter().all(|v| y.iter().any(|w| json_equivalent(v, w)))
         }
         _ => json_equal(a, b),
     }
