@@ -21,6 +21,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod fhir;
+pub mod fhirpath;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

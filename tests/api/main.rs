@@ -7,6 +7,7 @@ mod capability;
 mod concurrency;
 mod create_read;
 mod durability;
+mod fhirpath_suite;
 mod helpers;
 mod negotiation;
 mod profile_negatives;

@@ -1,0 +1,505 @@
+//! FHIRPath (N1, <http://hl7.org/fhirpath/N1/>) over FHIR JSON, for invariants
+//! (`constraint.expression`), slicing discriminators and, later, mappings.
+//!
+//! Sprig's own engine: a lexer and Pratt parser (`parser`) produce an expression tree once
+//! ([`FhirPath::compile`]); the evaluator (`eval`) walks it over `serde_json::Value`s
+//! borrowed from the caller, so evaluating an invariant copies no JSON. Type information
+//! (`is`, `as`, `ofType`, choice elements such as `value[x]`, `type()`) comes from the R4
+//! core definitions the profile pass already compiles (`model`). Decimals are exact
+//! (`rust_decimal`, read from the JSON number's text); dates and times keep their precision
+//! (`temporal`); quantities compare through a small UCUM table (`quantity`).
+//!
+//! Pure and synchronous: no I/O, no async. `resolve()` follows only references inside the
+//! resource (`#id` to contained resources, Bundle `fullUrl`s); terminology functions
+//! (`memberOf`…) are errors. Conformance: the HL7 FHIRPath R4 test suite runs as
+//! `tests/api/fhirpath_suite.rs`, with the tests this engine fails listed, with reasons, in
+//! `tests/fixtures/fhirpath/known-failures.txt`.
+//!
+//! ```ignore
+//! let engine = FhirPath::new()?;                       // once; share it (Arc)
+//! let ele1 = engine.compile("hasValue() or (children().count() > id.count())")?;
+//! let ok = ele1.evaluate(&resource, &element)?.as_boolean();
+//! ```
+
+mod eval;
+mod model;
+mod parser;
+mod quantity;
+mod temporal;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use serde_json::Value;
+
+use self::eval::{Ctx, Frame};
+use self::model::Model;
+use self::parser::Expr;
+use self::value::{Node, Val};
+
+/// What can go wrong compiling or evaluating an expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FhirPathError {
+    /// The expression is not FHIRPath. `position` is a byte offset into the expression.
+    #[error("FHIRPath syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// Byte offset of the offending token.
+        position: usize,
+        /// 1-based line of `position`.
+        line: usize,
+        /// 1-based column (in characters) of `position`.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The expression is well formed but cannot be evaluated on this input (a collection
+    /// where one item is required, an unknown element or function, incompatible types…).
+    #[error("FHIRPath evaluation error: {message}")]
+    Evaluation {
+        /// What went wrong.
+        message: String,
+    },
+    /// The embedded type model could not be read (a build defect).
+    #[error("FHIRPath type model: {message}")]
+    Model {
+        /// The reader's complaint.
+        message: String,
+    },
+}
+
+/// The engine: the FHIR R4 type model. Build once and share; `Send + Sync`.
+#[derive(Clone)]
+pub struct FhirPath {
+    model: Arc<Model>,
+}
+
+impl fmt::Debug for FhirPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FhirPath").finish_non_exhaustive()
+    }
+}
+
+/// The R4 model is read once per process (about 10 ms); every engine shares it.
+static R4_MODEL: OnceLock<Result<Arc<Model>, FhirPathError>> = OnceLock::new();
+
+impl FhirPath {
+    /// The engine with the FHIR R4 core model (from `profiles/core/r4-core.json`).
+    pub fn new() -> Result<Self, FhirPathError> {
+        let model = R4_MODEL.get_or_init(|| Model::r4().map(Arc::new)).clone()?;
+        Ok(FhirPath { model })
+    }
+
+    /// Parses `expression`. Syntax errors carry the position of the offending token.
+    pub fn compile(&self, expression: &str) -> Result<Expression, FhirPathError> {
+        let expr = parser::parse(expression)?;
+        Ok(Expression {
+            inner: Arc::new(Compiled {
+                text: expression.to_string(),
+                expr,
+                model: self.model.clone(),
+                regexes: RegexCache::default(),
+            }),
+        })
+    }
+}
+
+/// A compiled expression: reusable, cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Expression {
+    inner: Arc<Compiled>,
+}
+
+struct Compiled {
+    text: String,
+    expr: Expr,
+    model: Arc<Model>,
+    regexes: RegexCache,
+}
+
+impl fmt::Debug for Expression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Expression").field(&self.inner.text).finish()
+    }
+}
+
+/// Extra environment variables: `%name` → collection.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    variables: HashMap<String, Collection>,
+}
+
+impl Environment {
+    /// No variables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `%name` (give the name without `%`).
+    pub fn set(&mut self, name: impl Into<String>, value: Collection) -> &mut Self {
+        self.variables.insert(name.into(), value);
+        self
+    }
+}
+
+/// Where an expression is evaluated.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// `%resource` and `%rootResource`.
+    pub resource: &'a Value,
+    /// The focus: `%context` and the initial `$this`.
+    pub focus: &'a Value,
+    /// The focus's FHIR type (`HumanName`, `Patient.contact`, `string`) when it is not a
+    /// resource: it decides choice elements and `is`. Without it, an element is untyped.
+    pub focus_type: Option<&'a str>,
+    /// Extra `%variables`.
+    pub environment: Option<&'a Environment>,
+}
+
+impl Expression {
+    /// The expression's text.
+    pub fn text(&self) -> &str {
+        &self.inner.text
+    }
+
+    /// Evaluates with `focus` as `%context`/`$this` and `resource` as
+    /// `%resource`/`%rootResource`.
+    pub fn evaluate(&self, resource: &Value, focus: &Value) -> Result<Collection, FhirPathError> {
+        self.evaluate_in(Scope {
+            resource,
+            focus,
+            focus_type: None,
+            environment: None,
+        })
+    }
+
+    /// Evaluates with extra `%variables`.
+    pub fn evaluate_with(
+        &self,
+        resource: &Value,
+        focus: &Value,
+        environment: &Environment,
+    ) -> Result<Collection, FhirPathError> {
+        self.evaluate_in(Scope {
+            resource,
+            focus,
+            focus_type: None,
+            environment: Some(environment),
+        })
+    }
+
+    /// Evaluates in a full [`Scope`].
+    pub fn evaluate_in<'a>(&'a self, scope: Scope<'a>) -> Result<Collection, FhirPathError> {
+        let model: &Model = &self.inner.model;
+        let resource_type = |v: &Value| {
+            v.get("resourceType")
+                .and_then(Value::as_str)
+                .and_then(|t| model.intern(t))
+        };
+        let resource = Val::node(scope.resource, resource_type(scope.resource));
+        let focus_type =
+            resource_type(scope.focus).or_else(|| scope.focus_type.and_then(|t| model.intern(t)));
+        let focus = Val::Node(Node {
+            value: Some(scope.focus),
+            ext: None,
+            ty: focus_type,
+        });
+        let mut env = HashMap::new();
+        if let Some(environment) = scope.environment {
+            for (name, collection) in &environment.variables {
+                env.insert(
+                    name.as_str(),
+                    collection.items.iter().map(|i| i.to_val(model)).collect(),
+                );
+            }
+        }
+        // A JSON null stands for "no input": an empty collection.
+        let present = |v: &Value, item: Val<'a>| if v.is_null() { Vec::new() } else { vec![item] };
+        let input = present(scope.focus, focus);
+        let ctx = Ctx {
+            model,
+            resource: present(scope.resource, resource),
+            context: input.clone(),
+            env,
+            now: temporal::DateTime::now(),
+            regexes: &self.inner.regexes,
+        };
+        let frame = Frame {
+            this: None,
+            index: None,
+            total: None,
+        };
+        let result = ctx.eval(&self.inner.expr, &input, frame)?;
+        Ok(Collection {
+            items: result.iter().map(|v| Item::from_val(v, model)).collect(),
+        })
+    }
+}
+
+/// One item of a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// `true`, `false`
+    Boolean(bool),
+    /// A 64-bit integer.
+    Integer(i64),
+    /// A FHIRPath `Long` (`5L`).
+    Long(i64),
+    /// Exact decimal, as text (`1.50`).
+    Decimal(String),
+    /// A string.
+    String(String),
+    /// `2014-01-25`, `2014-01`, `2014`
+    Date(String),
+    /// `2014-01-25T14:30:14.559+10:00` and partial forms.
+    DateTime(String),
+    /// `14:30`
+    Time(String),
+    /// A System quantity, `5 'mg'` or `4 days`.
+    Quantity {
+        /// Exact decimal, as text.
+        value: String,
+        /// UCUM code or calendar word.
+        unit: String,
+    },
+    /// A FHIR element or resource from the input. A primitive's `value` is its JSON value
+    /// (`Null` when it only has extensions); `type_name` is its FHIR type when known.
+    Element {
+        /// The element's JSON.
+        value: Value,
+        /// `HumanName`, `code`, `BackboneElement`…
+        type_name: Option<String>,
+    },
+    /// A type, as `type()` returns.
+    Type {
+        /// `System` or `FHIR`.
+        namespace: String,
+        /// `Integer`, `Patient`…
+        name: String,
+    },
+}
+
+impl Item {
+    fn from_val(v: &Val<'_>, model: &Model) -> Item {
+        match v {
+            Val::Bool(b) => Item::Boolean(*b),
+            Val::Int(i) => Item::Integer(*i),
+            Val::Long(i) => Item::Long(*i),
+            Val::Dec(d) => Item::Decimal(d.to_string()),
+            Val::Str(s) => Item::String(s.clone()),
+            Val::Date(d) => Item::Date(d.to_string()),
+            Val::DateTime(d) => Item::DateTime(d.to_string()),
+            Val::Time(t) => Item::Time(t.to_string()),
+            Val::Quantity(v, u) => Item::Quantity {
+                value: v.to_string(),
+                unit: u.clone(),
+            },
+            Val::Node(n) => Item::Element {
+                value: n.value.cloned().unwrap_or(Value::Null),
+                type_name: n.ty.map(|t| model.public_name(t).to_string()),
+            },
+            Val::Type(ns, name) => Item::Type {
+                namespace: (*ns).to_string(),
+                name: name.clone(),
+            },
+        }
+    }
+
+    fn to_val<'a>(&'a self, model: &'a Model) -> Val<'a> {
+        match self {
+            Item::Boolean(b) => Val::Bool(*b),
+            Item::Integer(i) => Val::Int(*i),
+            Item::Long(i) => Val::Long(*i),
+            Item::Decimal(d) => d.parse().map_or_else(|_| Val::Str(d.clone()), Val::Dec),
+            Item::String(s) => Val::Str(s.clone()),
+            Item::Date(s) => {
+                temporal::Date::parse(s).map_or_else(|| Val::Str(s.clone()), Val::Date)
+            }
+            Item::DateTime(s) => {
+                temporal::DateTime::parse(s).map_or_else(|| Val::Str(s.clone()), Val::DateTime)
+            }
+            Item::Time(s) => {
+                temporal::Time::parse(s).map_or_else(|| Val::Str(s.clone()), Val::Time)
+            }
+            Item::Quantity { value, unit } => value.parse().map_or_else(
+                |_| Val::Str(value.clone()),
+                |v| Val::Quantity(v, unit.clone()),
+            ),
+            Item::Element { value, type_name } => Val::Node(Node {
+                value: Some(value),
+                ext: None,
+                ty: type_name
+                    .as_deref()
+                    .and_then(|t| model.intern(t))
+                    .or_else(|| {
+                        value
+                            .get("resourceType")
+                            .and_then(Value::as_str)
+                            .and_then(|t| model.intern(t))
+                    }),
+            }),
+            Item::Type { namespace, name } => Val::Type(
+                if namespace == "FHIR" {
+                    "FHIR"
+                } else {
+                    "System"
+                },
+                name.clone(),
+            ),
+        }
+    }
+
+    /// `System.Boolean`, `FHIR.code`…
+    pub fn type_name(&self) -> String {
+        match self {
+            Item::Boolean(_) => "System.Boolean".into(),
+            Item::Integer(_) => "System.Integer".into(),
+            Item::Long(_) => "System.Long".into(),
+            Item::Decimal(_) => "System.Decimal".into(),
+            Item::String(_) => "System.String".into(),
+            Item::Date(_) => "System.Date".into(),
+            Item::DateTime(_) => "System.DateTime".into(),
+            Item::Time(_) => "System.Time".into(),
+            Item::Quantity { .. } => "System.Quantity".into(),
+            Item::Element { type_name, .. } => {
+                format!("FHIR.{}", type_name.as_deref().unwrap_or("Element"))
+            }
+            Item::Type { .. } => "System.TypeInfo".into(),
+        }
+    }
+
+    /// The item as JSON: a primitive's JSON value, an element's JSON, a System value as
+    /// its JSON form (decimals as exact numbers, dates as strings).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Item::Boolean(b) => Value::Bool(*b),
+            Item::Integer(i) | Item::Long(i) => Value::from(*i),
+            Item::Decimal(d) => {
+                serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.clone()))
+            }
+            Item::String(s) | Item::Date(s) | Item::DateTime(s) | Item::Time(s) => {
+                Value::String(s.clone())
+            }
+            Item::Quantity { value, unit } => serde_json::json!({
+                "value": serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.clone())),
+                "code": unit,
+            }),
+            Item::Element { value, .. } => value.clone(),
+            Item::Type { namespace, name } => {
+                serde_json::json!({"namespace": namespace, "name": name})
+            }
+        }
+    }
+}
+
+/// The result of an evaluation: an ordered collection.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collection {
+    items: Vec<Item>,
+}
+
+impl Collection {
+    /// A collection of these items (for environment variables).
+    pub fn new(items: Vec<Item>) -> Self {
+        Collection { items }
+    }
+
+    /// No items.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// How many items.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The items, in order.
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    /// The items, in order, owned.
+    pub fn into_items(self) -> Vec<Item> {
+        self.items
+    }
+
+    /// FHIRPath singleton evaluation as a boolean: empty → `None`; one boolean → its value
+    /// (a FHIR `boolean` element too); any other single item → `Some(true)`; more than one
+    /// item → `None` (use [`Collection::to_boolean`] to tell that apart from empty).
+    pub fn as_boolean(&self) -> Option<bool> {
+        self.to_boolean().ok().flatten()
+    }
+
+    /// Like [`Collection::as_boolean`], but more than one item is an error, as in FHIRPath.
+    pub fn to_boolean(&self) -> Result<Option<bool>, FhirPathError> {
+        match self.items.as_slice() {
+            [] => Ok(None),
+            [Item::Boolean(b)] => Ok(Some(*b)),
+            [
+                Item::Element {
+                    value: Value::Bool(b),
+                    ..
+                },
+            ] => Ok(Some(*b)),
+            [_] => Ok(Some(true)),
+            items => Err(FhirPathError::Evaluation {
+                message: format!(
+                    "expected a single boolean but the result has {} items",
+                    items.len()
+                ),
+            }),
+        }
+    }
+
+    /// The items as a JSON array (see [`Item::to_json`]).
+    pub fn to_json(&self) -> Value {
+        Value::Array(self.items.iter().map(Item::to_json).collect())
+    }
+}
+
+/// Compiled regular expressions of one expression, so `matches()` on every element of a
+/// resource compiles its pattern once. Bounded: patterns computed from data could
+/// otherwise grow it without end.
+#[derive(Default)]
+pub(crate) struct RegexCache {
+    map: RwLock<HashMap<(String, bool), Arc<regex::Regex>>>,
+}
+
+const REGEX_CACHE_LIMIT: usize = 64;
+
+impl RegexCache {
+    pub(crate) fn get(
+        &self,
+        pattern: &str,
+        full: bool,
+    ) -> Result<Arc<regex::Regex>, FhirPathError> {
+        let key = (pattern.to_string(), full);
+        if let Ok(map) = self.map.read()
+            && let Some(re) = map.get(&key)
+        {
+            return Ok(re.clone());
+        }
+        // Single-line mode (`.` matches newlines), as the spec asks.
+        let source = if full {
+            format!("(?s)^(?:{pattern})$")
+        } else {
+            format!("(?s){pattern}")
+        };
+        let re = Arc::new(
+            regex::Regex::new(&source).map_err(|e| FhirPathError::Evaluation {
+                message: format!("invalid regular expression: {e}"),
+            })?,
+        );
+        if let Ok(mut map) = self.map.write()
+            && map.len() < REGEX_CACHE_LIMIT
+        {
+            map.insert(key, re.clone());
+        }
+        Ok(re)
+    }
+}

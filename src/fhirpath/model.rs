@@ -1,0 +1,273 @@
+//! The FHIR R4 type model FHIRPath needs: which elements each type has, their types,
+//! choice elements (`value[x]`), and the type hierarchy for `is`, `as` and `ofType`.
+//!
+//! Built from Sprig's compiled core definitions (`profiles/core/r4-core.json`): the same
+//! snapshots the profile pass uses, so the model cannot drift from what is validated.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::FhirPathError;
+use crate::validation::profile::definitions::R4_CORE;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct File {
+    structure_definitions: Vec<Sd>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Sd {
+    name: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    kind: String,
+    #[serde(default)]
+    derivation: Option<String>,
+    elements: Vec<El>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct El {
+    path: String,
+    #[serde(default)]
+    types: Vec<TypeCode>,
+    #[serde(default)]
+    content_reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TypeCode {
+    code: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Primitive,
+    Complex,
+    Resource,
+    /// A backbone element, named by its path (`Patient.contact`).
+    Backbone,
+}
+
+#[derive(Debug)]
+pub(crate) struct TypeDef {
+    pub kind: Kind,
+    /// The base type (`DomainResource`, `Element`, `string` for `code`…).
+    pub base: Option<String>,
+    /// Element name (without `[x]`) → element.
+    pub elements: HashMap<String, ElementDef>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ElementDef {
+    /// Type names; for backbone elements the backbone path. More than one only for choices.
+    pub types: Vec<String>,
+    pub choice: bool,
+}
+
+/// The type model.
+#[derive(Debug, Default)]
+pub(crate) struct Model {
+    types: HashMap<String, TypeDef>,
+}
+
+/// Complex types whose base is BackboneElement rather than Element in R4.
+const BACKBONE_TYPES: [&str; 8] = [
+    "Timing",
+    "Dosage",
+    "ElementDefinition",
+    "MarketingStatus",
+    "Population",
+    "ProdCharacteristic",
+    "ProductShelfLife",
+    "SubstanceAmount",
+];
+
+/// Types that specialise Quantity.
+const QUANTITY_TYPES: [&str; 6] = [
+    "Age",
+    "Count",
+    "Distance",
+    "Duration",
+    "MoneyQuantity",
+    "SimpleQuantity",
+];
+
+fn base_of(type_name: &str, kind: &str) -> Option<&'static str> {
+    Some(match (type_name, kind) {
+        ("Resource", _) | ("Element", _) => return None,
+        ("DomainResource", _) | ("Bundle", _) | ("Binary", _) | ("Parameters", _) => "Resource",
+        (_, "resource") => "DomainResource",
+        ("code" | "id" | "markdown", _) => "string",
+        ("positiveInt" | "unsignedInt", _) => "integer",
+        ("url" | "canonical" | "oid" | "uuid", _) => "uri",
+        (t, _) if QUANTITY_TYPES.contains(&t) => "Quantity",
+        (t, _) if BACKBONE_TYPES.contains(&t) => "BackboneElement",
+        _ => "Element",
+    })
+}
+
+impl Model {
+    /// The R4 model from the compiled core definitions.
+    pub fn r4() -> Result<Model, FhirPathError> {
+        let file: File = serde_json::from_str(R4_CORE).map_err(|e| FhirPathError::Model {
+            message: e.to_string(),
+        })?;
+        let mut model = Model::default();
+        for sd in file.structure_definitions {
+            if sd.derivation.as_deref() == Some("constraint") {
+                // SimpleQuantity, MoneyQuantity: names for `is`, elements from the base.
+                if sd.name != sd.type_name && !model.types.contains_key(&sd.name) {
+                    model.types.insert(
+                        sd.name.clone(),
+                        TypeDef {
+                            kind: Kind::Complex,
+                            base: Some(sd.type_name.clone()),
+                            elements: HashMap::new(),
+                        },
+                    );
+                }
+                continue;
+            }
+            if sd.kind == "logical" {
+                continue;
+            }
+            let kind = match sd.kind.as_str() {
+                "primitive-type" => Kind::Primitive,
+                "resource" => Kind::Resource,
+                _ => Kind::Complex,
+            };
+            model.add(
+                &sd.type_name,
+                kind,
+                base_of(&sd.type_name, &sd.kind),
+                &sd.elements,
+            );
+        }
+        Ok(model)
+    }
+
+    fn add(&mut self, type_name: &str, kind: Kind, base: Option<&str>, elements: &[El]) {
+        self.types.insert(
+            type_name.to_string(),
+            TypeDef {
+                kind,
+                base: base.map(str::to_string),
+                elements: HashMap::new(),
+            },
+        );
+        // Paths that have child elements are backbone elements (or the type itself).
+        let parents: std::collections::HashSet<&str> = elements
+            .iter()
+            .filter_map(|e| e.path.rsplit_once('.').map(|(parent, _)| parent))
+            .collect();
+        let has_children = |path: &str| parents.contains(path);
+        for el in elements.iter().skip(1) {
+            let Some((parent, name)) = el.path.rsplit_once('.') else {
+                continue;
+            };
+            // Primitive types' `value` elements carry System types; the value is the node.
+            if kind == Kind::Primitive && name == "value" {
+                continue;
+            }
+            let (name, choice) = match name.strip_suffix("[x]") {
+                Some(n) => (n, true),
+                None => (name, false),
+            };
+            let types = if let Some(reference) = &el.content_reference {
+                vec![reference.trim_start_matches('#').to_string()]
+            } else if has_children(&el.path) {
+                let base = el
+                    .types
+                    .first()
+                    .map_or("BackboneElement", |t| t.code.as_str());
+                self.types.insert(
+                    el.path.clone(),
+                    TypeDef {
+                        kind: Kind::Backbone,
+                        base: Some(base.to_string()),
+                        elements: HashMap::new(),
+                    },
+                );
+                vec![el.path.clone()]
+            } else if name == "id" && parent == type_name && kind == Kind::Resource {
+                // A resource's id is FHIR `id`; the definitions give its System type.
+                vec!["id".to_string()]
+            } else {
+                el.types.iter().map(|t| t.code.clone()).collect()
+            };
+            if let Some(parent_def) = self.types.get_mut(parent) {
+                parent_def
+                    .elements
+                    .insert(name.to_string(), ElementDef { types, choice });
+            }
+        }
+    }
+
+    pub fn get(&self, type_name: &str) -> Option<&TypeDef> {
+        self.types.get(type_name)
+    }
+
+    /// The model's own copy of a type name, for borrowing.
+    pub fn intern<'m>(&'m self, type_name: &str) -> Option<&'m str> {
+        self.types.get_key_value(type_name).map(|(k, _)| k.as_str())
+    }
+
+    /// Element `name` of `type_name`, searching base types (`id` is Element's).
+    pub fn element<'m>(&'m self, type_name: &str, name: &str) -> Option<&'m ElementDef> {
+        let mut current = type_name;
+        for _ in 0..16 {
+            let def = self.types.get(current)?;
+            if let Some(el) = def.elements.get(name) {
+                return Some(el);
+            }
+            current = def.base.as_deref()?;
+        }
+        None
+    }
+
+    /// True when `type_name` is `ancestor` or derives from it.
+    pub fn derives_from(&self, type_name: &str, ancestor: &str) -> bool {
+        let mut current = type_name;
+        for _ in 0..16 {
+            if current == ancestor {
+                return true;
+            }
+            match self.types.get(current).and_then(|d| d.base.as_deref()) {
+                Some(base) => current = base,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    pub fn is_resource_type(&self, type_name: &str) -> bool {
+        self.types
+            .get(type_name)
+            .is_some_and(|d| d.kind == Kind::Resource)
+            || type_name == "Resource"
+            || type_name == "DomainResource"
+    }
+
+    pub fn is_primitive(&self, type_name: &str) -> bool {
+        self.types
+            .get(type_name)
+            .is_some_and(|d| d.kind == Kind::Primitive)
+    }
+
+    /// The public name of a type: a backbone path's name is `BackboneElement` (or `Element`).
+    pub fn public_name<'m>(&'m self, type_name: &'m str) -> &'m str {
+        match self.types.get(type_name) {
+            Some(TypeDef {
+                kind: Kind::Backbone,
+                base,
+                ..
+            }) => base.as_deref().unwrap_or("BackboneElement"),
+            _ => type_name,
+        }
+    }
+}

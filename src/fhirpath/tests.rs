@@ -1,0 +1,325 @@
+//! Unit tests of the public API.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn engine() -> FhirPath {
+    FhirPath::new().expect("engine")
+}
+
+fn referral() -> Value {
+    // Parsed from text so the decimal keeps its digits (`1.50`), as FHIR JSON input does.
+    let text = json!({
+        "resourceType": "ServiceRequest",
+        "id": "sr1",
+        "contained": [{"resourceType": "Patient", "id": "p1", "active": true}],
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "#p1"},
+        "authoredOn": "2024-03-01T10:00:00Z",
+        "quantityQuantity": {"value": 1.50, "unit": "session", "code": "1"},
+        "note": [{"text": "first"}, {"text": "second", "_text": {"extension": [{"url": "http://x", "valueString": "y"}]}}],
+        "_priority": {"extension": [{"url": "http://example.org/why", "valueString": "no value"}]}
+    })
+    .to_string()
+    .replace("1.5,", "1.50,");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+fn eval(expression: &str, resource: &Value) -> Collection {
+    engine()
+        .compile(expression)
+        .expect("compiles")
+        .evaluate(resource, resource)
+        .unwrap_or_else(|e| panic!("{expression}: {e}"))
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let err = engine()
+        .compile("name.where(given = 'x'")
+        .expect_err("unbalanced");
+    let FhirPathError::Syntax {
+        position,
+        line,
+        column,
+        ..
+    } = err
+    else {
+        panic!("a syntax error");
+    };
+    assert_eq!((position, line, column), (22, 1, 23));
+
+    let err = engine()
+        .compile("a and\n  and b")
+        .expect_err("two operators");
+    assert!(
+        matches!(
+            err,
+            FhirPathError::Syntax {
+                position: 8,
+                line: 2,
+                column: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("line 2, column 3"), "{err}");
+
+    assert!(matches!(
+        engine().compile("1 + 'unterminated"),
+        Err(FhirPathError::Syntax { position: 4, .. })
+    ));
+}
+
+#[test]
+fn evaluates_paths_functions_and_types_on_a_resource() {
+    let sr = referral();
+    assert_eq!(
+        eval("ServiceRequest.note.text", &sr).items(),
+        [
+            Item::Element {
+                value: json!("first"),
+                type_name: Some("markdown".into())
+            },
+            Item::Element {
+                value: json!("second"),
+                type_name: Some("markdown".into())
+            },
+        ]
+    );
+    assert_eq!(
+        eval("status = 'active' and intent = 'order'", &sr).as_boolean(),
+        Some(true)
+    );
+    // Choice elements by their base name, typed; decimals keep their text.
+    assert_eq!(eval("quantity.value", &sr).to_json().to_string(), "[1.50]");
+    assert_eq!(eval("quantity is Quantity", &sr).as_boolean(), Some(true));
+    assert_eq!(
+        eval("quantity.value.toString()", &sr).items(),
+        [Item::String("1.50".into())]
+    );
+    assert_eq!(
+        eval("authoredOn > @2024-01-01", &sr).as_boolean(),
+        Some(true)
+    );
+    // A primitive with only an extension has no value.
+    assert_eq!(
+        eval("priority.exists() and priority.hasValue().not()", &sr).as_boolean(),
+        Some(true)
+    );
+    assert_eq!(
+        eval("note[1].text.extension.value", &sr).items(),
+        [Item::Element {
+            value: json!("y"),
+            type_name: Some("string".into())
+        }]
+    );
+    assert_eq!(
+        eval("subject.resolve().active", &sr).as_boolean(),
+        Some(true)
+    );
+    assert_eq!(
+        eval("contained.ofType(Patient).id", &sr).to_json(),
+        json!(["p1"])
+    );
+    // Unknown elements of a known type are errors, not silent empties.
+    assert!(
+        engine()
+            .compile("ServiceRequest.subjekt")
+            .expect("parses")
+            .evaluate(&sr, &sr)
+            .is_err()
+    );
+}
+
+#[test]
+fn resource_and_focus_are_distinct() {
+    let sr = referral();
+    let note = &sr["note"][1];
+    let e = engine()
+        .compile("text.exists() and %resource.status = 'active' and %context.text = $this.text")
+        .expect("compiles");
+    assert_eq!(
+        e.evaluate(&sr, note).expect("evaluates").as_boolean(),
+        Some(true)
+    );
+    let id = engine()
+        .compile("%resource.id | %rootResource.id | id")
+        .expect("compiles");
+    assert_eq!(
+        id.evaluate(&sr, note).expect("evaluates").to_json(),
+        json!(["sr1"])
+    );
+    // A focus with its type: choice elements and `is` work below the resource too.
+    let scope = Scope {
+        resource: &sr,
+        focus: &sr["note"][1],
+        focus_type: Some("Annotation"),
+        environment: None,
+    };
+    let typed = engine().compile("text is markdown").expect("compiles");
+    assert_eq!(
+        typed.evaluate_in(scope).expect("evaluates").as_boolean(),
+        Some(true)
+    );
+}
+
+#[test]
+fn environment_variables() {
+    let sr = referral();
+    let mut env = Environment::new();
+    env.set("limit", Collection::new(vec![Item::Integer(2)]));
+    env.set(
+        "who",
+        Collection::new(vec![Item::Element {
+            value: json!({"reference": "#p1"}),
+            type_name: Some("Reference".into()),
+        }]),
+    );
+    let e = engine()
+        .compile("note.count() <= %limit and %who.reference = subject.reference")
+        .expect("compiles");
+    assert_eq!(
+        e.evaluate_with(&sr, &sr, &env)
+            .expect("evaluates")
+            .as_boolean(),
+        Some(true)
+    );
+    let missing = engine().compile("%nope").expect("compiles");
+    assert!(matches!(
+        missing.evaluate(&sr, &sr),
+        Err(FhirPathError::Evaluation { .. })
+    ));
+    assert_eq!(
+        eval("%ucum", &sr).items(),
+        [Item::String("http://unitsofmeasure.org".into())]
+    );
+}
+
+#[test]
+fn boolean_conversion_follows_singleton_evaluation() {
+    let sr = referral();
+    assert_eq!(eval("{}", &sr).as_boolean(), None);
+    assert_eq!(eval("false", &sr).as_boolean(), Some(false));
+    assert_eq!(
+        eval("status", &sr).as_boolean(),
+        Some(true),
+        "one non-boolean item is true"
+    );
+    assert_eq!(
+        eval("contained.active", &sr).as_boolean(),
+        Some(true),
+        "a FHIR boolean"
+    );
+    let two = eval("note", &sr);
+    assert_eq!(two.as_boolean(), None);
+    assert!(two.to_boolean().is_err());
+    // Three-valued logic.
+    assert_eq!(eval("{} and false", &sr).as_boolean(), Some(false));
+    assert_eq!(eval("{} or true", &sr).as_boolean(), Some(true));
+    assert_eq!(eval("{} implies false", &sr).as_boolean(), None);
+}
+
+#[test]
+fn ele_1_on_elements() {
+    let sr = referral();
+    let ele1 = engine()
+        .compile("hasValue() or (children().count() > id.count())")
+        .expect("compiles");
+    let check = |focus: &Value, ty: &str| {
+        ele1.evaluate_in(Scope {
+            resource: &sr,
+            focus,
+            focus_type: Some(ty),
+            environment: None,
+        })
+        .expect("evaluates")
+        .as_boolean()
+    };
+    assert_eq!(check(&sr["subject"], "Reference"), Some(true));
+    assert_eq!(
+        check(&json!({"id": "x"}), "Reference"),
+        Some(false),
+        "only an id"
+    );
+    assert_eq!(check(&sr["status"], "code"), Some(true));
+}
+
+#[test]
+fn every_r4_core_invariant_compiles() {
+    let file: Value =
+        serde_json::from_str(crate::validation::profile::definitions::R4_CORE).expect("JSON");
+    let invariants = file["invariants"].as_object().expect("invariants map");
+    assert!(invariants.len() > 200);
+    let engine = engine();
+    let failures: Vec<String> = invariants
+        .iter()
+        .filter_map(|(key, inv)| {
+            let expression = inv["expression"].as_str().unwrap_or_default();
+            engine
+                .compile(expression)
+                .err()
+                .map(|e| format!("{key}: {e}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "invariants that do not compile:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn engine_and_expressions_are_send_sync_and_work_inside_a_runtime_thread() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<FhirPath>();
+    assert_send_sync::<Expression>();
+    let e = engine().compile("1 + 1").expect("compiles");
+    let handle = std::thread::spawn(move || {
+        e.evaluate(&Value::Null, &Value::Null)
+            .map(|c| c.items().to_vec())
+    });
+    assert_eq!(
+        handle.join().expect("thread").expect("evaluates"),
+        [Item::Integer(2)]
+    );
+}
+
+#[test]
+fn pathological_expressions_are_refused_not_overflowing() {
+    for text in [
+        "1".to_string() + &" + 1".repeat(100_000),
+        "-".repeat(100_000) + "1",
+        "(".repeat(100_000) + "1" + &")".repeat(100_000),
+        "a".to_string() + &".b".repeat(100_000),
+    ] {
+        assert!(matches!(
+            engine().compile(&text),
+            Err(FhirPathError::Syntax { .. })
+        ));
+    }
+    assert!(
+        engine()
+            .compile(&("1".to_string() + &" + 1".repeat(50)))
+            .is_ok()
+    );
+}
+
+#[test]
+fn arithmetic_overflow_is_an_error_or_empty_never_a_panic() {
+    let sr = referral();
+    for text in [
+        "9223372036854775807 + 1",
+        "79228162514264337593543950335.0 * 10",
+        "79228162514264337593543950335 'mg' * 10",
+        "@2014-01-01 + 9223372036854775807 days",
+        "@2014-01-01T10:00:00Z + 999999999999 'ms'",
+        "0.0000000000000000000000000001.lowBoundary()",
+    ] {
+        let e = engine().compile(text).expect("compiles");
+        let _ = e.evaluate(&sr, &sr);
+    }
+}
