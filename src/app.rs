@@ -72,6 +72,7 @@ impl Application {
             .collect();
         let profile_options = ProfileOptions {
             unknown_extensions: settings.validation.unknown_extensions,
+            best_practice: settings.validation.best_practice,
         };
         let default_profiles = settings
             .validation

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::fhir::ResourceType;
 use crate::fhir::json::MAX_SUPPORTED_DEPTH;
-use crate::validation::profile::UnknownExtensions;
+use crate::validation::profile::ReportLevel;
 
 /// The config file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
@@ -96,7 +96,10 @@ impl Default for Settings {
 pub struct ValidationSettings {
     /// What an extension Sprig holds no definition for gets: `ignore`,
     /// `information`, `warning` or `error`.
-    pub unknown_extensions: UnknownExtensions,
+    pub unknown_extensions: ReportLevel,
+    /// Best-practice invariants (dom-6, narrative): `ignore`,
+    /// `information`, `warning` or `error`.
+    pub best_practice: ReportLevel,
     /// Per resource type, the profile a resource sent to Sprig must meet
     /// when its `meta.profile` names none.
     pub default_profiles: BTreeMap<String, String>,
@@ -105,7 +108,8 @@ pub struct ValidationSettings {
 impl Default for ValidationSettings {
     fn default() -> Self {
         Self {
-            unknown_extensions: UnknownExtensions::Warning,
+            unknown_extensions: ReportLevel::Warning,
+            best_practice: ReportLevel::Ignore,
             default_profiles: crate::validation::DEFAULT_PROFILES
                 .iter()
                 .map(|(resource_type, url)| ((*resource_type).to_owned(), (*url).to_owned()))

@@ -24,7 +24,8 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::{Target, ValidationPass};
-use crate::fhir::Issue;
+use crate::fhir::{Issue, IssueSeverity};
+use crate::fhirpath::{Expression, FhirPath};
 use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG};
 
 /// The definitions could not be loaded: a build defect, not bad input.
@@ -33,6 +34,14 @@ pub enum ProfileError {
     /// The embedded definitions file is not what the build script writes.
     #[error("the bundled definitions are unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    /// An invariant's FHIRPath does not compile.
+    #[error("invariant {key}: {problem}")]
+    Invariant {
+        /// The constraint key.
+        key: String,
+        /// The compiler's message.
+        problem: String,
+    },
     /// A snapshot is inconsistent.
     #[error("StructureDefinition {url}: {problem}")]
     Snapshot {
@@ -170,27 +179,82 @@ impl Compiled {
     }
 }
 
-/// What to say about an extension whose definition Sprig does not hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+/// An invariant, ready to evaluate.
+#[derive(Debug)]
+pub(crate) struct CompiledInvariant {
+    /// The constraint key (`ele-1`, `sprig-ref-1`).
+    pub(crate) key: String,
+    pub(crate) severity: IssueSeverity,
+    pub(crate) human: String,
+    /// `None` for the invariants Sprig checks natively instead
+    /// ([`NATIVE_INVARIANTS`]).
+    pub(crate) expression: Option<Expression>,
+}
+
+/// Invariants checked by code rather than FHIRPath, because evaluating them
+/// as written is needlessly slow: `ele-1` would run on every element of
+/// every resource, and `bdl-7` compares every Bundle entry with every other
+/// (quadratic; a 10,000-entry Bundle would take seconds).
+pub const NATIVE_INVARIANTS: [&str; 2] = ["ele-1", "bdl-7"];
+
+/// Core R4 invariants whose published expression is wrong, with the
+/// correction HL7 made later: (key, expression used, why).
+pub const INVARIANT_ERRATA: [(&str, &str, &str); 1] = [(
+    "que-7",
+    "operator = 'exists' implies (answer is boolean)",
+    "R4 writes `answer is Boolean`, the System type, which a FHIR boolean is not, so every \
+     'exists' condition failed; R5 corrected it to the FHIR type `boolean`",
+)];
+
+/// Invariants HL7 marks as best practice: advice, reported as configured
+/// (`validation.best_practice`; by default not at all: a referral without
+/// narrative is still a good referral).
+pub const BEST_PRACTICE_INVARIANTS: [&str; 1] = ["dom-6"];
+
+/// How a finding that FHIR leaves to the validator's discretion is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum UnknownExtensions {
-    /// Nothing.
+pub enum ReportLevel {
+    /// Not at all.
     Ignore,
-    /// An information issue.
+    /// As an information issue.
     Information,
-    /// A warning (the default: the extension is kept, but the sender hears
-    /// that nobody checked it).
-    #[default]
+    /// As a warning.
     Warning,
-    /// An error: only extensions Sprig can validate are accepted.
+    /// As an error, which refuses the resource.
     Error,
 }
 
+impl ReportLevel {
+    /// The severity to report at, if any.
+    pub fn severity(self) -> Option<IssueSeverity> {
+        match self {
+            Self::Ignore => None,
+            Self::Information => Some(IssueSeverity::Information),
+            Self::Warning => Some(IssueSeverity::Warning),
+            Self::Error => Some(IssueSeverity::Error),
+        }
+    }
+}
+
 /// How the profile pass behaves where FHIR leaves a choice.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProfileOptions {
-    /// Extensions with a URL Sprig holds no definition for.
-    pub unknown_extensions: UnknownExtensions,
+    /// Extensions with a URL Sprig holds no definition for (default: a
+    /// warning: the extension is kept, but the sender hears that nobody
+    /// checked it).
+    pub unknown_extensions: ReportLevel,
+    /// Best-practice invariants such as dom-6 (default: ignored).
+    pub best_practice: ReportLevel,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        Self {
+            unknown_extensions: ReportLevel::Warning,
+            best_practice: ReportLevel::Ignore,
+        }
+    }
 }
 
 /// The definition files compiled into the binary: the R4 core, then Sprig's
@@ -205,6 +269,8 @@ pub struct ProfilePass {
     /// Every definition by canonical URL.
     pub(crate) by_url: HashMap<String, Arc<Compiled>>,
     pub(crate) value_sets: HashMap<String, ExpandedValueSet>,
+    /// Invariants by the key used in `ElementDefinition::constraints`.
+    pub(crate) invariants: HashMap<String, CompiledInvariant>,
     pub(crate) options: ProfileOptions,
 }
 
@@ -219,8 +285,53 @@ impl ProfilePass {
         let mut types = HashMap::new();
         let mut by_url = HashMap::new();
         let mut value_sets = HashMap::new();
+        let mut invariants = HashMap::new();
+        let fhirpath = FhirPath::new().map_err(|e| ProfileError::Invariant {
+            key: "(engine)".into(),
+            problem: e.to_string(),
+        })?;
         for (_, text) in BUNDLED {
             let file: DefinitionsFile = serde_json::from_str(text)?;
+            for (id, invariant) in file.invariants {
+                // The same key with different rules is stored as `key@source`.
+                let key = id.split('@').next().unwrap_or(&id).to_owned();
+                let expression = if NATIVE_INVARIANTS.contains(&key.as_str()) {
+                    None
+                } else {
+                    let text = INVARIANT_ERRATA
+                        .iter()
+                        .find(|(erratum, _, _)| *erratum == key)
+                        .map_or(invariant.expression.as_str(), |(_, corrected, _)| corrected);
+                    Some(
+                        fhirpath
+                            .compile(text)
+                            .map_err(|e| ProfileError::Invariant {
+                                key: key.clone(),
+                                problem: e.to_string(),
+                            })?,
+                    )
+                };
+                let severity = if BEST_PRACTICE_INVARIANTS.contains(&key.as_str()) {
+                    match options.best_practice.severity() {
+                        Some(severity) => severity,
+                        // Not evaluated at all.
+                        None => continue,
+                    }
+                } else if invariant.severity == "error" {
+                    IssueSeverity::Error
+                } else {
+                    IssueSeverity::Warning
+                };
+                invariants.insert(
+                    id,
+                    CompiledInvariant {
+                        key,
+                        severity,
+                        human: invariant.human,
+                        expression,
+                    },
+                );
+            }
             for sd in file.structure_definitions {
                 let is_base = sd.derivation.as_deref() != Some("constraint");
                 let compiled = Arc::new(Compiled::compile(sd)?);
@@ -235,6 +346,7 @@ impl ProfilePass {
             types,
             by_url,
             value_sets,
+            invariants,
             options,
         })
     }
@@ -260,14 +372,14 @@ impl ValidationPass for ProfilePass {
         "profiles"
     }
 
-    fn check(&self, target: &Target<'_>, resource: &Value) -> Vec<Issue> {
-        let Value::Object(resource) = resource else {
+    fn check(&self, target: &Target<'_>, value: &Value) -> Vec<Issue> {
+        if !value.is_object() {
             // Not a resource at all: the schema pass reports it.
             return Vec::new();
-        };
+        }
         let root = target.resource_type.as_str();
         let mut walk = walk::Walk::new(self, root);
-        walk.top_level(root, resource, target.profiles);
+        walk.top_level(root, value, target.profiles);
         walk.finish()
     }
 
@@ -296,6 +408,7 @@ mod tests {
         };
         PASS.check(&target, &resource)
             .into_iter()
+            .filter(|i| i.message_id != "invariant-best-practice")
             .map(|i| {
                 (
                     i.expression.unwrap_or_default(),
@@ -441,7 +554,7 @@ mod tests {
             ]
         );
         let mut sr = referral();
-        sr["contained"] = json!([{"resourceType": "Organization", "id": "gp"}]);
+        sr["contained"] = json!([{"resourceType": "Organization", "id": "gp", "name": "Practice"}]);
         sr["subject"] = json!({"reference": "#gp"});
         assert_eq!(
             check(sr),
@@ -626,7 +739,8 @@ mod tests {
             )]
         );
         let strict = ProfilePass::load_with(ProfileOptions {
-            unknown_extensions: UnknownExtensions::Error,
+            unknown_extensions: ReportLevel::Error,
+            ..ProfileOptions::default()
         })
         .expect("loads");
         let target = Target {

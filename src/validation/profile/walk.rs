@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Compiled, Node, ProfilePass, UnknownExtensions};
+use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass};
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, NhsNumber, ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::outcome::shorten;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
@@ -25,13 +25,16 @@ type ContainedIndex = HashMap<String, String>;
 /// At most this many items are explained when a slice is not matched.
 const EXPLAINED_ITEMS: usize = 3;
 
-pub(super) struct Walk<'p> {
+pub(super) struct Walk<'p, 'v> {
     pass: &'p ProfilePass,
     root: &'p str,
     issues: Vec<Issue>,
     /// The Bundles being walked, innermost last: references resolve against
     /// the entries of the innermost one.
     bundles: Vec<BundleIndex>,
+    /// The resources being walked, innermost last: `%resource` of the
+    /// invariants evaluated inside them.
+    resources: Vec<&'v Value>,
 }
 
 /// A Bundle's entries by `fullUrl`, built once per Bundle so that resolving
@@ -49,7 +52,7 @@ impl BundleIndex {
     /// Indexes `bundle`'s entries, and reports any `fullUrl` given twice
     /// (FHIR's bdl-7: the same fullUrl is only allowed for different
     /// versions, as in a history Bundle).
-    fn build(bundle: &Map<String, Value>, path: &ElementPath, walk: &mut Walk<'_>) -> Self {
+    fn build(bundle: &Map<String, Value>, path: &ElementPath, walk: &mut Walk<'_, '_>) -> Self {
         let mut index = Self::default();
         let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
             return index;
@@ -109,13 +112,14 @@ impl BundleIndex {
     }
 }
 
-impl<'p> Walk<'p> {
+impl<'p, 'v> Walk<'p, 'v> {
     pub(super) fn new(pass: &'p ProfilePass, root: &'p str) -> Self {
         Self {
             pass,
             root,
             issues: Vec::new(),
             bundles: Vec::new(),
+            resources: Vec::new(),
         }
     }
 
@@ -154,12 +158,7 @@ impl<'p> Walk<'p> {
     /// Validates the resource being checked: against `requested` profiles
     /// (already known to be held) and those it names in `meta.profile`, or,
     /// when there are none, the base definition of its type.
-    pub(super) fn top_level(
-        &mut self,
-        type_name: &str,
-        resource: &Map<String, Value>,
-        requested: &[String],
-    ) {
+    pub(super) fn top_level(&mut self, type_name: &str, resource: &'v Value, requested: &[String]) {
         let requested: Vec<&str> = requested.iter().map(String::as_str).collect();
         self.resource(type_name, resource, &ElementPath::root(), None, &requested);
     }
@@ -170,11 +169,14 @@ impl<'p> Walk<'p> {
     fn resource(
         &mut self,
         type_name: &str,
-        resource: &Map<String, Value>,
+        resource_value: &'v Value,
         path: &ElementPath,
         container: Option<&ContainedIndex>,
         required: &[&str],
     ) {
+        let Value::Object(resource) = resource_value else {
+            return;
+        };
         let pass = self.pass;
         let Some(base) = pass.types.get(type_name) else {
             self.issues.push(
@@ -212,14 +214,90 @@ impl<'p> Walk<'p> {
             let index = BundleIndex::build(resource, path, self);
             self.bundles.push(index);
         }
+        self.resources.push(resource_value);
         if profiles.is_empty() {
             self.children(base, 0, resource, path, contained);
+            self.invariants(base, &base.nodes[0], None, resource_value, path);
         }
         for profile in profiles {
             self.children(&profile, 0, resource, path, contained);
+            self.invariants(&profile, &profile.nodes[0], None, resource_value, path);
         }
+        self.resources.pop();
         if is_bundle {
             self.bundles.pop();
+        }
+    }
+
+    /// Evaluates the invariants (`constraint`s) of `element` on `value`,
+    /// with the innermost resource as `%resource`. `focus_type` is the FHIR
+    /// type of a non-resource value (`HumanName`, or `Patient.contact` for a
+    /// backbone element), which FHIRPath needs for choice elements and `is`.
+    fn invariants(
+        &mut self,
+        sd: &Compiled,
+        element: &Node,
+        focus_type: Option<&str>,
+        value: &'v Value,
+        path: &ElementPath,
+    ) {
+        if element.def.constraints.is_empty() {
+            return;
+        }
+        let pass = self.pass;
+        let Some(&resource) = self.resources.last() else {
+            return;
+        };
+        for key in &element.def.constraints {
+            let Some(invariant) = pass.invariants.get(key) else {
+                continue;
+            };
+            let Some(expression) = &invariant.expression else {
+                // Checked natively (ele-1, bdl-7) or known not to be
+                // evaluable: see `ProfilePass::load_with`.
+                continue;
+            };
+            let scope = crate::fhirpath::Scope {
+                resource,
+                focus: value,
+                focus_type,
+                environment: None,
+            };
+            let issue = match expression
+                .evaluate_in(scope)
+                .map(|result| result.to_boolean())
+            {
+                Ok(Ok(Some(true))) => continue,
+                // An empty result is not a failure: FHIR evaluates invariants
+                // as "the expression is true or says nothing".
+                Ok(Ok(None)) => continue,
+                Ok(Ok(Some(false))) => Issue::error(
+                    IssueType::Invariant,
+                    if BEST_PRACTICE_INVARIANTS.contains(&invariant.key.as_str()) {
+                        "invariant-best-practice"
+                    } else {
+                        "invariant"
+                    },
+                    format!(
+                        "{}: {} ({} failed at {})",
+                        invariant.key,
+                        invariant.human,
+                        shorten(expression.text(), 300),
+                        self.expression(path)
+                    ),
+                )
+                .with_severity(invariant.severity),
+                Ok(Err(error)) | Err(error) => Issue::error(
+                    IssueType::Informational,
+                    "invariant-not-evaluated",
+                    format!(
+                        "{}: could not be evaluated here, so it is not checked ({error})",
+                        invariant.key
+                    ),
+                )
+                .with_severity(IssueSeverity::Information),
+            };
+            self.report(issue, path, sd, element);
         }
     }
 
@@ -230,7 +308,7 @@ impl<'p> Walk<'p> {
     fn profiles_of(
         &mut self,
         type_name: &str,
-        resource: &Map<String, Value>,
+        resource: &'v Map<String, Value>,
         path: &ElementPath,
         required: &[&str],
     ) -> Vec<Arc<Compiled>> {
@@ -296,7 +374,7 @@ impl<'p> Walk<'p> {
         &mut self,
         sd: &Compiled,
         node: usize,
-        object: &Map<String, Value>,
+        object: &'v Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
@@ -313,7 +391,7 @@ impl<'p> Walk<'p> {
         &mut self,
         sd: &Compiled,
         node: usize,
-        object: &Map<String, Value>,
+        object: &'v Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
@@ -373,7 +451,7 @@ impl<'p> Walk<'p> {
         &mut self,
         sd: &Compiled,
         node: usize,
-        object: &Map<String, Value>,
+        object: &'v Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
@@ -511,7 +589,7 @@ impl<'p> Walk<'p> {
         sd: &Compiled,
         node: usize,
         type_code: &str,
-        value: &Value,
+        value: &'v Value,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
@@ -529,14 +607,36 @@ impl<'p> Walk<'p> {
             );
             self.report(issue, path, sd, element);
         }
-        let Value::Object(object) = value else {
-            // Primitives: the JSON schema pass has checked their format.
-            return;
-        };
         // The pass outlives this walk, so definitions can be held while the
         // walk records issues.
         let pass = self.pass;
         let datatype = pass.types.get(type_code);
+        let is_resource = type_code == "Resource" || datatype.is_some_and(|t| t.kind == "resource");
+        if !is_resource {
+            // A backbone element's type is its own path (`Patient.contact`).
+            let focus_type = if matches!(type_code, "BackboneElement" | "Element") {
+                element.def.path.as_str()
+            } else {
+                type_code
+            };
+            self.invariants(sd, element, Some(focus_type), value, path);
+        }
+        let Value::Object(object) = value else {
+            // Primitives: the JSON schema pass has checked their format.
+            return;
+        };
+        if !is_resource && object.keys().all(|key| key == "id") {
+            // ele-1, checked here rather than by FHIRPath on every element.
+            let issue = Issue::error(
+                IssueType::Invariant,
+                "invariant",
+                format!(
+                    "ele-1: All FHIR elements must have a @value or children ({} has only an id)",
+                    self.expression(path)
+                ),
+            );
+            self.report(issue, path, sd, element);
+        }
         let type_profile = element
             .def
             .types
@@ -544,7 +644,7 @@ impl<'p> Walk<'p> {
             .find(|t| t.code == type_code)
             .and_then(|t| t.profile.first())
             .map(String::as_str);
-        if type_code == "Resource" || datatype.is_some_and(|t| t.kind == "resource") {
+        if is_resource {
             // A resource without a resourceType is reported by the schema pass.
             if let Some(nested) = object.get("resourceType").and_then(Value::as_str) {
                 // A contained resource resolves `#` references against its container.
@@ -556,7 +656,7 @@ impl<'p> Walk<'p> {
                     .filter(|t| t.code == nested || t.code == "Resource")
                     .flat_map(|t| t.profile.iter().map(String::as_str))
                     .collect();
-                self.resource(nested, object, path, container, &required);
+                self.resource(nested, value, path, container, &required);
             }
             return;
         }
@@ -614,7 +714,7 @@ impl<'p> Walk<'p> {
     /// configured policy.
     fn extension(
         &mut self,
-        extension: &Map<String, Value>,
+        extension: &'v Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
@@ -628,12 +728,7 @@ impl<'p> Walk<'p> {
             self.children(definition, 0, extension, path, contained);
             return;
         }
-        let severity = match pass.options.unknown_extensions {
-            UnknownExtensions::Ignore => None,
-            UnknownExtensions::Information => Some(IssueSeverity::Information),
-            UnknownExtensions::Warning => Some(IssueSeverity::Warning),
-            UnknownExtensions::Error => Some(IssueSeverity::Error),
-        };
+        let severity = pass.options.unknown_extensions.severity();
         if let Some(severity) = severity
             && !url.is_empty()
         {
@@ -723,7 +818,7 @@ impl<'p> Walk<'p> {
         &mut self,
         sd: &Compiled,
         node: usize,
-        items: &[(ElementPath, &Value)],
+        items: &[(ElementPath, &'v Value)],
         element_path: &ElementPath,
         contained: &ContainedIndex,
     ) {
@@ -909,7 +1004,7 @@ impl<'p> Walk<'p> {
         sd: &Compiled,
         sliced: usize,
         slice: usize,
-        item: &Value,
+        item: &'v Value,
         item_path: &ElementPath,
         contained: &ContainedIndex,
     ) -> Result<(), String> {
