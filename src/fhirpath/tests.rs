@@ -273,7 +273,7 @@ fn every_r4_core_invariant_compiles() {
 }
 
 #[test]
-fn engine_and_expressions_are_send_sync_and_work_inside_a_runtime_thread() {
+fn engine_and_expressions_are_send_sync_and_need_no_runtime() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<FhirPath>();
     assert_send_sync::<Expression>();
