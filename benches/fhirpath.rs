@@ -35,7 +35,11 @@ fn compile_ele_1() -> Expression {
 fn ele_1_on_service_request(bencher: divan::Bencher) {
     let e = compiled(ELE_1);
     let r = &*REFERRAL;
-    bencher.bench(|| e.evaluate(r, divan::black_box(r)).expect("evaluates").as_boolean());
+    bencher.bench(|| {
+        e.evaluate(r, divan::black_box(r))
+            .expect("evaluates")
+            .as_boolean()
+    });
 }
 
 /// ele-1 on one element (`ServiceRequest.subject`), typed: what the validator does per element.
@@ -47,6 +51,7 @@ fn ele_1_on_an_element(bencher: divan::Bencher) {
     bencher.bench(|| {
         e.evaluate_in(Scope {
             resource: r,
+            root_resource: None,
             focus: divan::black_box(focus),
             focus_type: Some("Reference"),
             environment: None,
@@ -61,5 +66,9 @@ fn ele_1_on_an_element(bencher: divan::Bencher) {
 fn dom_3_on_service_request(bencher: divan::Bencher) {
     let e = compiled(DOM_3);
     let r = &*REFERRAL;
-    bencher.bench(|| e.evaluate(r, divan::black_box(r)).expect("evaluates").as_boolean());
+    bencher.bench(|| {
+        e.evaluate(r, divan::black_box(r))
+            .expect("evaluates")
+            .as_boolean()
+    });
 }

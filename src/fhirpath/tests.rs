@@ -156,6 +156,7 @@ fn resource_and_focus_are_distinct() {
     // A focus with its type: choice elements and `is` work below the resource too.
     let scope = Scope {
         resource: &sr,
+        root_resource: None,
         focus: &sr["note"][1],
         focus_type: Some("Annotation"),
         environment: None,
@@ -163,6 +164,26 @@ fn resource_and_focus_are_distinct() {
     let typed = engine().compile("text is markdown").expect("compiles");
     assert_eq!(
         typed.evaluate_in(scope).expect("evaluates").as_boolean(),
+        Some(true)
+    );
+}
+
+#[test]
+fn root_resource_is_the_container() {
+    let sr = referral();
+    let patient = &sr["contained"][0];
+    let e = engine()
+        .compile("%resource.id = 'p1' and %rootResource.id = 'sr1' and %rootResource.subject.resolve().active")
+        .expect("compiles");
+    let scope = Scope {
+        resource: patient,
+        root_resource: Some(&sr),
+        focus: patient,
+        focus_type: None,
+        environment: None,
+    };
+    assert_eq!(
+        e.evaluate_in(scope).expect("evaluates").as_boolean(),
         Some(true)
     );
 }
@@ -232,6 +253,7 @@ fn ele_1_on_elements() {
     let check = |focus: &Value, ty: &str| {
         ele1.evaluate_in(Scope {
             resource: &sr,
+            root_resource: None,
             focus,
             focus_type: Some(ty),
             environment: None,
