@@ -27,6 +27,7 @@ pub(crate) fn error(message: impl Into<String>) -> FhirPathError {
 pub(crate) struct Ctx<'a> {
     pub model: &'a Model,
     pub resource: Coll<'a>,
+    pub root_resource: Coll<'a>,
     pub context: Coll<'a>,
     pub env: HashMap<&'a str, Coll<'a>>,
     /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation).
@@ -45,6 +46,15 @@ pub(crate) struct Frame<'f, 'a> {
 const SYSTEM_TYPES: [&str; 9] = [
     "Boolean", "Integer", "Long", "Decimal", "String", "Date", "DateTime", "Time", "Quantity",
 ];
+
+/// `suffix` is `type_name` with its first letter capitalised (`Quantity`, `DateTime`).
+fn type_suffix_matches(type_name: &str, suffix: &str) -> bool {
+    let (mut t, mut s) = (type_name.chars(), suffix.chars());
+    match (t.next(), s.next()) {
+        (Some(a), Some(b)) => a.to_ascii_uppercase() == b && t.as_str() == s.as_str(),
+        _ => false,
+    }
+}
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
@@ -140,7 +150,8 @@ impl<'a> Ctx<'a> {
     fn env_var(&self, name: &str) -> R<Coll<'a>> {
         let s = |v: &str| Ok(vec![Val::Str(v.to_string())]);
         match name {
-            "resource" | "rootResource" => Ok(self.resource.clone()),
+            "resource" => Ok(self.resource.clone()),
+            "rootResource" => Ok(self.root_resource.clone()),
             "context" => Ok(self.context.clone()),
             "ucum" => s("http://unitsofmeasure.org"),
             "sct" => s("http://snomed.info/sct"),
@@ -288,10 +299,19 @@ impl<'a> Ctx<'a> {
         {
             if let Some(el) = self.model.element(ty, name) {
                 if el.choice {
-                    for t in &el.types {
-                        let key = format!("{name}{}", capitalize(t));
-                        let (v, e) = (map.get(&key), map.get(&format!("_{key}")));
-                        if v.is_some() || e.is_some() {
+                    // Scan the object's keys rather than build `valueX` for each of up to
+                    // 50 types (Extension.value[x]).
+                    for key in map.keys() {
+                        let bare = key.strip_prefix('_').unwrap_or(key);
+                        let Some(suffix) = bare.strip_prefix(name) else {
+                            continue;
+                        };
+                        // `_valueX` alone (no `valueX`) still yields the element.
+                        if key.starts_with('_') && map.contains_key(bare) {
+                            continue;
+                        }
+                        if let Some(t) = el.types.iter().find(|t| type_suffix_matches(t, suffix)) {
+                            let (v, e) = (map.get(bare), map.get(&format!("_{bare}")));
                             self.push_json(v, e, self.model.intern(t), out);
                         }
                     }
@@ -1394,9 +1414,11 @@ impl<'a> Ctx<'a> {
     /// entry's `fullUrl`); never I/O.
     fn resolve(&self, base: &[Val<'a>]) -> Coll<'a> {
         let mut out = Vec::new();
+        // References are resolved in the outermost resource (a contained resource's
+        // `#id` points into its container).
         let Some(Val::Node(Node {
             value: Some(root), ..
-        })) = self.resource.first()
+        })) = self.root_resource.first()
         else {
             return out;
         };

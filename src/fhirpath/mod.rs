@@ -149,8 +149,11 @@ impl Environment {
 /// Where an expression is evaluated.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
-    /// `%resource` and `%rootResource`.
+    /// `%resource` (and `%rootResource` unless `root_resource` is given).
     pub resource: &'a Value,
+    /// `%rootResource` when it differs from `%resource`: the container of a contained
+    /// resource, or the Bundle of an entry.
+    pub root_resource: Option<&'a Value>,
     /// The focus: `%context` and the initial `$this`.
     pub focus: &'a Value,
     /// The focus's FHIR type (`HumanName`, `Patient.contact`, `string`) when it is not a
@@ -171,6 +174,7 @@ impl Expression {
     pub fn evaluate(&self, resource: &Value, focus: &Value) -> Result<Collection, FhirPathError> {
         self.evaluate_in(Scope {
             resource,
+            root_resource: None,
             focus,
             focus_type: None,
             environment: None,
@@ -186,6 +190,7 @@ impl Expression {
     ) -> Result<Collection, FhirPathError> {
         self.evaluate_in(Scope {
             resource,
+            root_resource: None,
             focus,
             focus_type: None,
             environment: Some(environment),
@@ -200,7 +205,7 @@ impl Expression {
                 .and_then(Value::as_str)
                 .and_then(|t| model.intern(t))
         };
-        let resource = Val::node(scope.resource, resource_type(scope.resource));
+        let resource: Val<'a> = Val::node(scope.resource, resource_type(scope.resource));
         let focus_type =
             resource_type(scope.focus).or_else(|| scope.focus_type.and_then(|t| model.intern(t)));
         let focus = Val::Node(Node {
@@ -222,6 +227,10 @@ impl Expression {
         let input = present(scope.focus, focus);
         let ctx = Ctx {
             model,
+            root_resource: match scope.root_resource {
+                Some(root) => present(root, Val::node(root, resource_type(root))),
+                None => present(scope.resource, resource.clone()),
+            },
             resource: present(scope.resource, resource),
             context: input.clone(),
             env,

@@ -156,6 +156,7 @@ fn resource_and_focus_are_distinct() {
     // A focus with its type: choice elements and `is` work below the resource too.
     let scope = Scope {
         resource: &sr,
+        root_resource: None,
         focus: &sr["note"][1],
         focus_type: Some("Annotation"),
         environment: None,
@@ -163,6 +164,26 @@ fn resource_and_focus_are_distinct() {
     let typed = engine().compile("text is markdown").expect("compiles");
     assert_eq!(
         typed.evaluate_in(scope).expect("evaluates").as_boolean(),
+        Some(true)
+    );
+}
+
+#[test]
+fn root_resource_is_the_container() {
+    let sr = referral();
+    let patient = &sr["contained"][0];
+    let e = engine()
+        .compile("%resource.id = 'p1' and %rootResource.id = 'sr1' and %rootResource.subject.resolve().active")
+        .expect("compiles");
+    let scope = Scope {
+        resource: patient,
+        root_resource: Some(&sr),
+        focus: patient,
+        focus_type: None,
+        environment: None,
+    };
+    assert_eq!(
+        e.evaluate_in(scope).expect("evaluates").as_boolean(),
         Some(true)
     );
 }
@@ -232,6 +253,7 @@ fn ele_1_on_elements() {
     let check = |focus: &Value, ty: &str| {
         ele1.evaluate_in(Scope {
             resource: &sr,
+            root_resource: None,
             focus,
             focus_type: Some(ty),
             environment: None,
@@ -273,7 +295,7 @@ fn every_r4_core_invariant_compiles() {
 }
 
 #[test]
-fn engine_and_expressions_are_send_sync_and_work_inside_a_runtime_thread() {
+fn engine_and_expressions_are_send_sync_and_need_no_runtime() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<FhirPath>();
     assert_send_sync::<Expression>();
@@ -322,4 +344,65 @@ fn arithmetic_overflow_is_an_error_or_empty_never_a_panic() {
         let e = engine().compile(text).expect("compiles");
         let _ = e.evaluate(&sr, &sr);
     }
+}
+
+/// The R4 core invariants that apply to a ServiceRequest hold on the sample referral.
+#[test]
+fn service_request_invariants_hold_on_the_sample_referral() {
+    let referral: Value =
+        serde_json::from_str(include_str!("../../examples/referral-servicerequest.json"))
+            .expect("JSON");
+    let file: Value =
+        serde_json::from_str(crate::validation::profile::definitions::R4_CORE).expect("JSON");
+    let invariant = |key: &str| {
+        let text = file["invariants"][key]["expression"]
+            .as_str()
+            .expect("invariant");
+        engine().compile(text).expect("compiles")
+    };
+    for key in ["dom-2", "dom-3", "dom-4", "dom-5", "prr-1"] {
+        let result = invariant(key).evaluate(&referral, &referral).expect(key);
+        assert_eq!(result.as_boolean(), Some(true), "{key}");
+    }
+    // ele-1 on every top-level element, ref-1 on every Reference, with their types.
+    let (ele1, ref1) = (invariant("ele-1"), invariant("ref-1"));
+    let mut checked = 0;
+    for name in referral.as_object().expect("object").keys() {
+        let element = engine()
+            .compile(&format!("ServiceRequest.{name}"))
+            .expect("compiles");
+        if name == "resourceType" {
+            continue;
+        }
+        for item in element.evaluate(&referral, &referral).expect(name).items() {
+            let Item::Element {
+                value: focus,
+                type_name,
+            } = item
+            else {
+                panic!("{name} is an element");
+            };
+            let scope = Scope {
+                resource: &referral,
+                root_resource: None,
+                focus,
+                focus_type: type_name.as_deref(),
+                environment: None,
+            };
+            assert_eq!(
+                ele1.evaluate_in(scope).expect(name).as_boolean(),
+                Some(true),
+                "ele-1 {name}"
+            );
+            if type_name.as_deref() == Some("Reference") {
+                assert_eq!(
+                    ref1.evaluate_in(scope).expect(name).as_boolean(),
+                    Some(true),
+                    "ref-1 {name}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 5);
 }
