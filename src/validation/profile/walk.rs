@@ -32,9 +32,9 @@ pub(super) struct Walk<'p, 'v> {
     /// The Bundles being walked, innermost last: references resolve against
     /// the entries of the innermost one.
     bundles: Vec<BundleIndex>,
-    /// The resources being walked, innermost last: `%resource` of the
-    /// invariants evaluated inside them.
-    resources: Vec<&'v Value>,
+    /// The resources being walked, innermost last, each with whether it is
+    /// contained: `%resource` and `%rootResource` of invariants.
+    resources: Vec<(&'v Value, bool)>,
 }
 
 /// A Bundle's entries by `fullUrl`, built once per Bundle so that resolving
@@ -214,7 +214,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             let index = BundleIndex::build(resource, path, self);
             self.bundles.push(index);
         }
-        self.resources.push(resource_value);
+        self.resources.push((resource_value, container.is_some()));
         if profiles.is_empty() {
             self.children(base, 0, resource, path, contained);
             self.invariants(base, &base.nodes[0], None, resource_value, path);
@@ -245,9 +245,13 @@ impl<'p, 'v> Walk<'p, 'v> {
             return;
         }
         let pass = self.pass;
-        let Some(&resource) = self.resources.last() else {
+        let Some(&(resource, contained)) = self.resources.last() else {
             return;
         };
+        // A contained resource's %rootResource is its container.
+        let root_resource = contained
+            .then(|| self.resources.iter().rev().nth(1).map(|(r, _)| *r))
+            .flatten();
         for key in &element.def.constraints {
             let Some(invariant) = pass.invariants.get(key) else {
                 continue;
@@ -259,6 +263,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             };
             let scope = crate::fhirpath::Scope {
                 resource,
+                root_resource,
                 focus: value,
                 focus_type,
                 environment: None,
