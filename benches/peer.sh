@@ -46,6 +46,10 @@ if [[ $pin_cpu != none ]]; then
     pin=(taskset -c "$pin_cpu")
 fi
 
+if [[ -n ${R4_EXAMPLES_DIR:-} && ! -f ${R4_EXAMPLES_DIR}/package.json ]]; then
+    die "R4_EXAMPLES_DIR=$R4_EXAMPLES_DIR has no package.json: give the unpacked package's package/ folder"
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -53,10 +57,7 @@ echo "peer.sh: installing the peer's packages (npm ci in benches/peer)" >&2
 (cd benches/peer && npm ci --no-audit --no-fund --loglevel=error >&2) ||
     die "npm ci failed in benches/peer"
 
-if [[ -n ${R4_EXAMPLES_DIR:-} ]]; then
-    [[ -f $R4_EXAMPLES_DIR/package.json ]] ||
-        die "R4_EXAMPLES_DIR=$R4_EXAMPLES_DIR has no package.json: give the unpacked package's package/ folder"
-else
+if [[ -z ${R4_EXAMPLES_DIR:-} ]]; then
     echo "peer.sh: fetching hl7.fhir.r4.examples@4.0.1 (npm pack) into $work" >&2
     (cd "$work" && npm pack hl7.fhir.r4.examples@4.0.1 --silent >/dev/null && tar xzf hl7.fhir.r4.examples-4.0.1.tgz) ||
         die "could not fetch or unpack hl7.fhir.r4.examples@4.0.1"
@@ -77,6 +78,7 @@ tag() {
         printf '{"round":%s,%s\n' "$2" "${line#\{}"
     done
 }
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq 1 "$rounds"); do
     echo "peer.sh: round $round/$rounds: sprig (cargo bench --locked --bench validate_peer)" >&2
     "${pin[@]}" cargo bench --locked --bench validate_peer | tag sprig "$round" >>"$results" ||
@@ -91,6 +93,6 @@ fi
 
 cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 echo
-echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($cpu), pinned to CPU ${pin_cpu}; rustc $(rustc --version | cut -d' ' -f2), node $(node --version | tr -d v), @medplum/core $medplum_version; N=$N, WARMUP=$WARMUP, EXAMPLE_PASSES=$EXAMPLE_PASSES, $rounds rounds"
+echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores ($cpu), pinned to CPU ${pin_cpu}, load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after; rustc $(rustc --version | cut -d' ' -f2), node $(node --version | tr -d v), @medplum/core $medplum_version; N=$N, WARMUP=$WARMUP, EXAMPLE_PASSES=$EXAMPLE_PASSES, $rounds rounds"
 echo
 node benches/peer/report.mjs <"$results"
