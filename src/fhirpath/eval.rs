@@ -208,11 +208,14 @@ impl<'a> Ctx<'a> {
         for item in items {
             match self.member(item, name, &mut out) {
                 Ok(()) => known = true,
-                Err(e) => unknown = Some(e),
+                Err(ty) => unknown = Some(ty),
             }
         }
         match unknown {
-            Some(e) if !known => Err(e),
+            Some(ty) if !known => Err(error(format!(
+                "{name} is not an element of {}",
+                self.model.public_name(ty)
+            ))),
             _ => Ok(out),
         }
     }
@@ -267,7 +270,9 @@ impl<'a> Ctx<'a> {
     }
 
     /// Children named `name` of one item.
-    fn member(&self, item: &Val<'a>, name: &str, out: &mut Coll<'a>) -> R<()> {
+    /// Appends the children named `name` of one item. `Err(type)` when the item's type
+    /// has no such element (the caller decides whether that is an error).
+    fn member(&self, item: &Val<'a>, name: &str, out: &mut Coll<'a>) -> Result<(), &'a str> {
         let node = match item {
             Val::Node(n) => *n,
             Val::Quantity(v, u) => {
@@ -312,11 +317,11 @@ impl<'a> Ctx<'a> {
                         }
                         if let Some(t) = el.types.iter().find(|t| type_suffix_matches(t, suffix)) {
                             let (v, e) = (map.get(bare), map.get(&format!("_{bare}")));
-                            self.push_json(v, e, self.model.intern(t), out);
+                            self.push_json(v, e, Some(t.as_str()), out);
                         }
                     }
                 } else {
-                    let child_ty = el.types.first().and_then(|t| self.model.intern(t));
+                    let child_ty = el.types.first().map(String::as_str);
                     self.push_json(map.get(name), map.get(&format!("_{name}")), child_ty, out);
                 }
                 return Ok(());
@@ -324,10 +329,7 @@ impl<'a> Ctx<'a> {
             if name == "resourceType" || (name == "url" && ty == "Extension") {
                 return Ok(());
             }
-            return Err(error(format!(
-                "{name} is not an element of {}",
-                self.model.public_name(ty)
-            )));
+            return Err(ty);
         }
         // Untyped JSON.
         let (v, e) = (map.get(name), map.get(&format!("_{name}")));
@@ -680,12 +682,16 @@ impl<'a> Ctx<'a> {
         if let Some(el) = self.model.element(ty, key)
             && !el.choice
         {
-            return el.types.first().and_then(|t| self.model.intern(t));
+            return el.types.first().map(String::as_str);
         }
         // Choice: the longest element-name prefix whose suffix names one of its types.
-        for (i, _) in key.char_indices().rev() {
+        // A choice key is `name` + capitalised type: try the splits before capitals only.
+        for (i, c) in key.char_indices().rev() {
             if i == 0 {
                 break;
+            }
+            if !c.is_ascii_uppercase() {
+                continue;
             }
             if let Some(el) = self.model.element(ty, &key[..i])
                 && el.choice
@@ -695,7 +701,7 @@ impl<'a> Ctx<'a> {
                     .types
                     .iter()
                     .find(|t| capitalize(t) == suffix)
-                    .and_then(|t| self.model.intern(t));
+                    .map(String::as_str);
             }
         }
         None
