@@ -47,6 +47,15 @@ const SYSTEM_TYPES: [&str; 9] = [
     "Boolean", "Integer", "Long", "Decimal", "String", "Date", "DateTime", "Time", "Quantity",
 ];
 
+/// The `_name` sibling of `name` (a primitive's id and extensions). Most objects have no
+/// `_` keys at all: check that before building the key, which allocates.
+fn underscore<'m>(map: &'m serde_json::Map<String, Value>, name: &str) -> Option<&'m Value> {
+    if !map.keys().any(|k| k.starts_with('_')) {
+        return None;
+    }
+    map.get(&format!("_{name}"))
+}
+
 /// `suffix` is `type_name` with its first letter capitalised (`Quantity`, `DateTime`).
 fn type_suffix_matches(type_name: &str, suffix: &str) -> bool {
     let (mut t, mut s) = (type_name.chars(), suffix.chars());
@@ -316,13 +325,13 @@ impl<'a> Ctx<'a> {
                             continue;
                         }
                         if let Some(t) = el.types.iter().find(|t| type_suffix_matches(t, suffix)) {
-                            let (v, e) = (map.get(bare), map.get(&format!("_{bare}")));
+                            let (v, e) = (map.get(bare), underscore(map, bare));
                             self.push_json(v, e, Some(t.as_str()), out);
                         }
                     }
                 } else {
                     let child_ty = el.types.first().map(String::as_str);
-                    self.push_json(map.get(name), map.get(&format!("_{name}")), child_ty, out);
+                    self.push_json(map.get(name), underscore(map, name), child_ty, out);
                 }
                 return Ok(());
             }
@@ -332,7 +341,7 @@ impl<'a> Ctx<'a> {
             return Err(ty);
         }
         // Untyped JSON.
-        let (v, e) = (map.get(name), map.get(&format!("_{name}")));
+        let (v, e) = (map.get(name), underscore(map, name));
         if v.is_some() || e.is_some() {
             self.push_json(v, e, None, out);
             return Ok(());
@@ -352,7 +361,7 @@ impl<'a> Ctx<'a> {
                     .filter(|t| self.model.is_primitive(t))
                     .or_else(|| self.model.intern(suffix));
                 if ty.is_some() {
-                    self.push_json(Some(v), map.get(&format!("_{key}")), ty, out);
+                    self.push_json(Some(v), underscore(map, key), ty, out);
                 }
             }
         }
@@ -669,7 +678,7 @@ impl<'a> Ctx<'a> {
                 // A `_name` with a `name` beside it was consumed with that name.
                 Some(base) if map.contains_key(base) => continue,
                 Some(base) => (base, None, Some(v)),
-                None => (key.as_str(), Some(v), map.get(&format!("_{key}"))),
+                None => (key.as_str(), Some(v), underscore(map, key)),
             };
             let ty = node.ty.and_then(|t| self.child_type(t, name));
             // For primitives (node.value not an object) the children are id and extension.
