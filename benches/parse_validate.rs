@@ -83,7 +83,8 @@ fn strict_parse_schema_and_profile(bencher: divan::Bencher) {
     });
 }
 
-/// One-off cost: loading and compiling the 212 R4 core StructureDefinitions.
+/// One-off cost: loading and compiling every bundled StructureDefinition
+/// (R4 core and Sprig's) and invariant.
 #[divan::bench(sample_count = 5, sample_size = 1)]
 fn profile_definitions_load() -> usize {
     ProfilePass::load()
@@ -111,4 +112,69 @@ fn schema_validate_invalid(bencher: divan::Bencher) {
 #[divan::bench(sample_count = 5, sample_size = 1)]
 fn schema_load_and_compile_service_request() -> SchemaPass {
     SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema loads")
+}
+
+const REFERRAL_PROFILE: &str = "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral";
+
+/// What a create of the sample referral costs before storage, as the gateway
+/// runs it: strict parse, schema pass, profile pass against sprig-referral
+/// (slicing, bindings, invariants of the referral and its contained
+/// resources).
+#[divan::bench]
+fn strict_parse_and_validate_as_referral(bencher: divan::Bencher) {
+    let validator = Validator::new(vec![
+        Box::new(SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema")),
+        Box::new(ProfilePass::load().expect("definitions")),
+    ]);
+    let profiles = [REFERRAL_PROFILE.to_owned()];
+    let target = Target {
+        resource_type: ResourceType::SERVICE_REQUEST,
+        profiles: &profiles,
+    };
+    bencher.bench(|| {
+        let resource =
+            parse_resource(divan::black_box(REFERRAL), JsonLimits::default()).expect("valid");
+        let issues = validator.validate(&target, &Value::Object(resource));
+        assert!(!issues.iter().any(|i| i.severity.is_error()), "{issues:?}");
+        issues.len()
+    });
+}
+
+/// A transaction Bundle of `entries` entries, half Patients and half
+/// Observations referring to them by `urn:uuid:`: every reference resolves
+/// against the Bundle, so a quadratic lookup would show as time per entry
+/// growing with the size.
+fn bundle_of(entries: usize) -> Value {
+    let entry = |i: usize| {
+        let full_url = format!("urn:uuid:00000000-0000-4000-8000-{i:012}");
+        let resource = if i % 2 == 0 {
+            serde_json::json!({"resourceType": "Patient", "name": [{"family": format!("P{i}")}]})
+        } else {
+            serde_json::json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "subject": {"reference": format!("urn:uuid:00000000-0000-4000-8000-{:012}", i - 1)},
+                "valueInteger": i})
+        };
+        let resource_type = resource["resourceType"].clone();
+        serde_json::json!({"fullUrl": full_url, "resource": resource,
+                           "request": {"method": "POST", "url": resource_type}})
+    };
+    serde_json::json!({"resourceType": "Bundle", "type": "transaction",
+                       "entry": (0..entries).map(entry).collect::<Vec<_>>()})
+}
+
+/// Profile pass over Bundles of 1,000 and 10,000 entries: linear if the
+/// second takes about ten times the first.
+#[divan::bench(args = [1_000, 10_000], sample_count = 10)]
+fn bundle_profile_validate(bencher: divan::Bencher, entries: usize) {
+    let bundle = bundle_of(entries);
+    LazyLock::force(&PROFILES);
+    let target = Target {
+        resource_type: ResourceType::parse("Bundle").expect("type"),
+        profiles: &[],
+    };
+    bencher.bench(|| {
+        let issues = PROFILES.check(&target, divan::black_box(&bundle));
+        assert!(!issues.iter().any(|i| i.severity.is_error()), "{:?}", &issues[..1]);
+        issues.len()
+    });
 }

@@ -47,6 +47,15 @@ const SYSTEM_TYPES: [&str; 9] = [
     "Boolean", "Integer", "Long", "Decimal", "String", "Date", "DateTime", "Time", "Quantity",
 ];
 
+/// The `_name` sibling of `name` (a primitive's id and extensions). Most objects have no
+/// `_` keys at all: check that before building the key, which allocates.
+fn underscore<'m>(map: &'m serde_json::Map<String, Value>, name: &str) -> Option<&'m Value> {
+    if !map.keys().any(|k| k.starts_with('_')) {
+        return None;
+    }
+    map.get(&format!("_{name}"))
+}
+
 /// `suffix` is `type_name` with its first letter capitalised (`Quantity`, `DateTime`).
 fn type_suffix_matches(type_name: &str, suffix: &str) -> bool {
     let (mut t, mut s) = (type_name.chars(), suffix.chars());
@@ -208,11 +217,14 @@ impl<'a> Ctx<'a> {
         for item in items {
             match self.member(item, name, &mut out) {
                 Ok(()) => known = true,
-                Err(e) => unknown = Some(e),
+                Err(ty) => unknown = Some(ty),
             }
         }
         match unknown {
-            Some(e) if !known => Err(e),
+            Some(ty) if !known => Err(error(format!(
+                "{name} is not an element of {}",
+                self.model.public_name(ty)
+            ))),
             _ => Ok(out),
         }
     }
@@ -267,7 +279,9 @@ impl<'a> Ctx<'a> {
     }
 
     /// Children named `name` of one item.
-    fn member(&self, item: &Val<'a>, name: &str, out: &mut Coll<'a>) -> R<()> {
+    /// Appends the children named `name` of one item. `Err(type)` when the item's type
+    /// has no such element (the caller decides whether that is an error).
+    fn member(&self, item: &Val<'a>, name: &str, out: &mut Coll<'a>) -> Result<(), &'a str> {
         let node = match item {
             Val::Node(n) => *n,
             Val::Quantity(v, u) => {
@@ -311,26 +325,23 @@ impl<'a> Ctx<'a> {
                             continue;
                         }
                         if let Some(t) = el.types.iter().find(|t| type_suffix_matches(t, suffix)) {
-                            let (v, e) = (map.get(bare), map.get(&format!("_{bare}")));
-                            self.push_json(v, e, self.model.intern(t), out);
+                            let (v, e) = (map.get(bare), underscore(map, bare));
+                            self.push_json(v, e, Some(t.as_str()), out);
                         }
                     }
                 } else {
-                    let child_ty = el.types.first().and_then(|t| self.model.intern(t));
-                    self.push_json(map.get(name), map.get(&format!("_{name}")), child_ty, out);
+                    let child_ty = el.types.first().map(String::as_str);
+                    self.push_json(map.get(name), underscore(map, name), child_ty, out);
                 }
                 return Ok(());
             }
             if name == "resourceType" || (name == "url" && ty == "Extension") {
                 return Ok(());
             }
-            return Err(error(format!(
-                "{name} is not an element of {}",
-                self.model.public_name(ty)
-            )));
+            return Err(ty);
         }
         // Untyped JSON.
-        let (v, e) = (map.get(name), map.get(&format!("_{name}")));
+        let (v, e) = (map.get(name), underscore(map, name));
         if v.is_some() || e.is_some() {
             self.push_json(v, e, None, out);
             return Ok(());
@@ -350,7 +361,7 @@ impl<'a> Ctx<'a> {
                     .filter(|t| self.model.is_primitive(t))
                     .or_else(|| self.model.intern(suffix));
                 if ty.is_some() {
-                    self.push_json(Some(v), map.get(&format!("_{key}")), ty, out);
+                    self.push_json(Some(v), underscore(map, key), ty, out);
                 }
             }
         }
@@ -667,7 +678,7 @@ impl<'a> Ctx<'a> {
                 // A `_name` with a `name` beside it was consumed with that name.
                 Some(base) if map.contains_key(base) => continue,
                 Some(base) => (base, None, Some(v)),
-                None => (key.as_str(), Some(v), map.get(&format!("_{key}"))),
+                None => (key.as_str(), Some(v), underscore(map, key)),
             };
             let ty = node.ty.and_then(|t| self.child_type(t, name));
             // For primitives (node.value not an object) the children are id and extension.
@@ -680,12 +691,16 @@ impl<'a> Ctx<'a> {
         if let Some(el) = self.model.element(ty, key)
             && !el.choice
         {
-            return el.types.first().and_then(|t| self.model.intern(t));
+            return el.types.first().map(String::as_str);
         }
         // Choice: the longest element-name prefix whose suffix names one of its types.
-        for (i, _) in key.char_indices().rev() {
+        // A choice key is `name` + capitalised type: try the splits before capitals only.
+        for (i, c) in key.char_indices().rev() {
             if i == 0 {
                 break;
+            }
+            if !c.is_ascii_uppercase() {
+                continue;
             }
             if let Some(el) = self.model.element(ty, &key[..i])
                 && el.choice
@@ -695,7 +710,7 @@ impl<'a> Ctx<'a> {
                     .types
                     .iter()
                     .find(|t| capitalize(t) == suffix)
-                    .and_then(|t| self.model.intern(t));
+                    .map(String::as_str);
             }
         }
         None

@@ -5,6 +5,7 @@
 //! snapshots the profile pass uses, so the model cannot drift from what is validated.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
 
@@ -53,16 +54,44 @@ pub(crate) enum Kind {
     Backbone,
 }
 
+/// FNV-1a: the model's keys are short type and element names looked up on every step of
+/// every path; SipHash's flooding resistance buys nothing for this fixed, trusted key set.
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
 #[derive(Debug)]
 pub(crate) struct TypeDef {
     pub kind: Kind,
     /// The base type (`DomainResource`, `Element`, `string` for `code`…).
     pub base: Option<String>,
-    /// Element name (without `[x]`) → element.
-    pub elements: HashMap<String, ElementDef>,
+    /// This type and its bases, nearest first.
+    pub lineage: Vec<String>,
+    /// Element name (without `[x]`) → element, inherited ones included.
+    pub elements: FastMap<String, ElementDef>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ElementDef {
     /// Type names; for backbone elements the backbone path. More than one only for choices.
     pub types: Vec<String>,
@@ -72,7 +101,7 @@ pub(crate) struct ElementDef {
 /// The type model.
 #[derive(Debug, Default)]
 pub(crate) struct Model {
-    types: HashMap<String, TypeDef>,
+    types: FastMap<String, TypeDef>,
 }
 
 /// Complex types whose base is BackboneElement rather than Element in R4.
@@ -127,7 +156,8 @@ impl Model {
                         TypeDef {
                             kind: Kind::Complex,
                             base: Some(sd.type_name.clone()),
-                            elements: HashMap::new(),
+                            elements: FastMap::default(),
+                            lineage: Vec::new(),
                         },
                     );
                 }
@@ -148,6 +178,7 @@ impl Model {
                 &sd.elements,
             );
         }
+        model.flatten();
         Ok(model)
     }
 
@@ -157,7 +188,8 @@ impl Model {
             TypeDef {
                 kind,
                 base: base.map(str::to_string),
-                elements: HashMap::new(),
+                elements: FastMap::default(),
+                lineage: Vec::new(),
             },
         );
         // Paths that have child elements are backbone elements (or the type itself).
@@ -190,7 +222,8 @@ impl Model {
                     TypeDef {
                         kind: Kind::Backbone,
                         base: Some(base.to_string()),
-                        elements: HashMap::new(),
+                        elements: FastMap::default(),
+                        lineage: Vec::new(),
                     },
                 );
                 vec![el.path.clone()]
@@ -208,6 +241,34 @@ impl Model {
         }
     }
 
+    /// Precomputes each type's lineage and copies inherited elements down, so a lookup is
+    /// one hash probe instead of a walk up the hierarchy.
+    fn flatten(&mut self) {
+        let names: Vec<String> = self.types.keys().cloned().collect();
+        for name in names {
+            let mut lineage = vec![name.clone()];
+            let mut inherited = Vec::new();
+            let mut current = self.types.get(&name).and_then(|d| d.base.clone());
+            while let Some(base) = current {
+                if lineage.contains(&base) || lineage.len() > 16 {
+                    break;
+                }
+                let def = self.types.get(&base);
+                if let Some(def) = def {
+                    inherited.extend(def.elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                current = def.and_then(|d| d.base.clone());
+                lineage.push(base);
+            }
+            if let Some(def) = self.types.get_mut(&name) {
+                def.lineage = lineage;
+                for (k, v) in inherited {
+                    def.elements.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+
     pub fn get(&self, type_name: &str) -> Option<&TypeDef> {
         self.types.get(type_name)
     }
@@ -217,32 +278,18 @@ impl Model {
         self.types.get_key_value(type_name).map(|(k, _)| k.as_str())
     }
 
-    /// Element `name` of `type_name`, searching base types (`id` is Element's).
+    /// Element `name` of `type_name`, inherited ones included (`id` is Element's).
     pub fn element<'m>(&'m self, type_name: &str, name: &str) -> Option<&'m ElementDef> {
-        let mut current = type_name;
-        for _ in 0..16 {
-            let def = self.types.get(current)?;
-            if let Some(el) = def.elements.get(name) {
-                return Some(el);
-            }
-            current = def.base.as_deref()?;
-        }
-        None
+        self.types.get(type_name)?.elements.get(name)
     }
 
     /// True when `type_name` is `ancestor` or derives from it.
     pub fn derives_from(&self, type_name: &str, ancestor: &str) -> bool {
-        let mut current = type_name;
-        for _ in 0..16 {
-            if current == ancestor {
-                return true;
-            }
-            match self.types.get(current).and_then(|d| d.base.as_deref()) {
-                Some(base) => current = base,
-                None => return false,
-            }
-        }
-        false
+        type_name == ancestor
+            || self
+                .types
+                .get(type_name)
+                .is_some_and(|d| d.lineage.iter().any(|t| t == ancestor))
     }
 
     pub fn is_resource_type(&self, type_name: &str) -> bool {

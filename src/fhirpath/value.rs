@@ -161,9 +161,22 @@ fn json_equal(a: &Value, b: &Value) -> bool {
 pub(crate) fn equals(a: &Val<'_>, b: &Val<'_>, model: &Model) -> Option<bool> {
     if let (Val::Node(x), Val::Node(y)) = (a, b)
         && let (Some(xv), Some(yv)) = (x.value, y.value)
-        && (xv.is_object() || yv.is_object())
     {
-        return Some(json_equal(xv, yv));
+        // The same node (unions of overlapping paths, `descendants()` against itself).
+        if std::ptr::eq(xv, yv) {
+            return Some(true);
+        }
+        if xv.is_object() || yv.is_object() {
+            return Some(json_equal(xv, yv));
+        }
+        // Two plain strings (not dates, whose precision matters): compare the text
+        // without converting, which would copy both.
+        if let (Value::String(p), Value::String(q)) = (xv, yv)
+            && !is_temporal(x.ty)
+            && !is_temporal(y.ty)
+        {
+            return Some(p == q);
+        }
     }
     let (a, b) = (a.system(model)?, b.system(model)?);
     match (&a, &b) {
@@ -188,6 +201,10 @@ pub(crate) fn equals(a: &Val<'_>, b: &Val<'_>, model: &Model) -> Option<bool> {
         }
         _ => Some(false),
     }
+}
+
+fn is_temporal(ty: Option<&str>) -> bool {
+    matches!(ty, Some("date" | "dateTime" | "instant" | "time"))
 }
 
 fn convert_string_like<'a>(s: &str, like: &Val<'_>) -> Option<Val<'a>> {

@@ -4,6 +4,13 @@
 //! Every test is run. The ones the engine fails are listed, each with a reason, in
 //! `known-failures.txt`; this test fails when a test outside the list fails, and also when
 //! a listed test passes, so the list stays true. A pass-rate table by group goes to stderr.
+//!
+//! How the suite's attributes are read: `invalid="syntax"` needs a `Syntax` error, other
+//! `invalid` kinds (`semantic`, `execution`) any error, from compiling or evaluating;
+//! `predicate="true"` compares `exists()` of the result; `mode="strict"` tests run like the
+//! rest (the engine always rejects unknown elements of known types); `checkOrderedFunctions`
+//! asks for a static check Sprig lacks, so that test is a listed failure. Outputs compare type
+//! and value; untyped outputs (the R5-style groups) compare by value.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
