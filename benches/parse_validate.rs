@@ -147,7 +147,7 @@ fn strict_parse_and_validate_as_referral(bencher: divan::Bencher) {
 fn bundle_of(entries: usize) -> Value {
     let entry = |i: usize| {
         let full_url = format!("urn:uuid:00000000-0000-4000-8000-{i:012}");
-        let resource = if i % 2 == 0 {
+        let resource = if i.is_multiple_of(2) {
             serde_json::json!({"resourceType": "Patient", "name": [{"family": format!("P{i}")}]})
         } else {
             serde_json::json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
