@@ -178,3 +178,27 @@ fn bundle_profile_validate(bencher: divan::Bencher, entries: usize) {
         issues.len()
     });
 }
+
+static BUNDLE_20: &[u8] = include_bytes!("data/referral-bundle-20.json");
+
+/// The 20-entry referral Bundle, stage by stage: strict parse alone, the
+/// schema pass alone and the profile pass (with invariants) alone.
+#[divan::bench(args = ["parse", "schema", "profiles"])]
+fn bundle_20_stage(bencher: divan::Bencher, stage: &str) {
+    let bundle = Value::Object(parse_resource(BUNDLE_20, JsonLimits::default()).expect("valid"));
+    let target = Target {
+        resource_type: ResourceType::parse("Bundle").expect("type"),
+        profiles: &[],
+    };
+    LazyLock::force(&SCHEMA);
+    LazyLock::force(&PROFILES);
+    match stage {
+        "parse" => bencher.bench(|| {
+            parse_resource(divan::black_box(BUNDLE_20), JsonLimits::default())
+                .expect("valid")
+                .len()
+        }),
+        "schema" => bencher.bench(|| SCHEMA.check(&target, divan::black_box(&bundle)).len()),
+        _ => bencher.bench(|| PROFILES.check(&target, divan::black_box(&bundle)).len()),
+    }
+}
