@@ -174,7 +174,11 @@ fn bundle_profile_validate(bencher: divan::Bencher, entries: usize) {
     };
     bencher.bench(|| {
         let issues = PROFILES.check(&target, divan::black_box(&bundle));
-        assert!(!issues.iter().any(|i| i.severity.is_error()), "{:?}", &issues[..1]);
+        assert!(
+            !issues.iter().any(|i| i.severity.is_error()),
+            "{:?}",
+            &issues[..1]
+        );
         issues.len()
     });
 }

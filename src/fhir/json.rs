@@ -329,7 +329,7 @@ impl PathLink<'_> {
             match link {
                 PathLink::Root => break,
                 PathLink::Key(parent, key) => {
-                    segments.push(super::path::Segment::Key((*key).to_owned()));
+                    segments.push(super::path::Segment::Key((*key).into()));
                     link = parent;
                 }
                 PathLink::Index(parent, index) => {

@@ -2,20 +2,30 @@
 //! (`ServiceRequest.note[1].text`) for `OperationOutcome.issue.expression`.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// One step into a JSON document: a property name or an array index.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Segment {
     /// A property of an object.
-    Key(String),
+    Key(Arc<str>),
     /// A position in an array.
     Index(usize),
 }
 
 /// A path from the root of a resource to one of its elements.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// A persistent list: extending a path shares its parent instead of
+/// copying it, because the validator builds a path for every element it
+/// visits and renders one only for the few that have issues.
+#[derive(Clone, Default)]
 pub struct ElementPath {
-    segments: Vec<Segment>,
+    last: Option<Arc<Link>>,
+}
+
+struct Link {
+    parent: Option<Arc<Link>>,
+    segment: Segment,
 }
 
 impl ElementPath {
@@ -26,38 +36,53 @@ impl ElementPath {
 
     /// Builds a path from its segments.
     pub fn from_segments(segments: Vec<Segment>) -> Self {
-        Self { segments }
+        segments
+            .into_iter()
+            .fold(Self::root(), |path, segment| path.push(segment))
+    }
+
+    fn push(&self, segment: Segment) -> Self {
+        Self {
+            last: Some(Arc::new(Link {
+                parent: self.last.clone(),
+                segment,
+            })),
+        }
     }
 
     /// This path extended by a property name.
-    pub fn key(&self, key: impl Into<String>) -> Self {
-        let mut segments = self.segments.clone();
-        segments.push(Segment::Key(key.into()));
-        Self { segments }
+    pub fn key(&self, key: impl Into<Arc<str>>) -> Self {
+        self.push(Segment::Key(key.into()))
     }
 
     /// This path extended by an array index.
     pub fn index(&self, index: usize) -> Self {
-        let mut segments = self.segments.clone();
-        segments.push(Segment::Index(index));
-        Self { segments }
+        self.push(Segment::Index(index))
     }
 
     /// This path followed by `other`.
     pub fn join(&self, other: &ElementPath) -> Self {
-        let mut segments = self.segments.clone();
-        segments.extend(other.segments.iter().cloned());
-        Self { segments }
+        other
+            .segments()
+            .into_iter()
+            .fold(self.clone(), |path, segment| path.push(segment))
     }
 
     /// The segments, root first.
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
+    pub fn segments(&self) -> Vec<Segment> {
+        let mut segments = Vec::new();
+        let mut link = self.last.as_deref();
+        while let Some(current) = link {
+            segments.push(current.segment.clone());
+            link = current.parent.as_deref();
+        }
+        segments.reverse();
+        segments
     }
 
     /// True for the document root.
     pub fn is_root(&self) -> bool {
-        self.segments.is_empty()
+        self.last.is_none()
     }
 
     /// Parses an RFC 6901 JSON pointer (`/note/1/text`). Numeric segments
@@ -70,24 +95,24 @@ impl ElementPath {
                 let unescaped = raw.replace("~1", "/").replace("~0", "~");
                 match unescaped.parse::<usize>() {
                     Ok(index) if !unescaped.is_empty() => Segment::Index(index),
-                    _ => Segment::Key(unescaped),
+                    _ => Segment::Key(unescaped.into()),
                 }
             })
             .collect();
-        Self { segments }
+        Self::from_segments(segments)
     }
 
     /// Renders the path as a FHIRPath-style expression rooted at `root`
     /// (normally the resource type): `ServiceRequest.note[1].text`.
     pub fn to_expression(&self, root: &str) -> String {
         let mut out = String::from(root);
-        for segment in &self.segments {
+        for segment in self.segments() {
             match segment {
                 Segment::Key(key) => {
                     if !out.is_empty() {
                         out.push('.');
                     }
-                    out.push_str(key);
+                    out.push_str(&key);
                 }
                 Segment::Index(index) => {
                     out.push('[');
@@ -97,6 +122,38 @@ impl ElementPath {
             }
         }
         out
+    }
+}
+
+impl PartialEq for ElementPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.segments() == other.segments()
+    }
+}
+
+impl Eq for ElementPath {}
+
+impl PartialOrd for ElementPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ElementPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.segments().cmp(&other.segments())
+    }
+}
+
+impl std::hash::Hash for ElementPath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.segments().hash(state);
+    }
+}
+
+impl fmt::Debug for ElementPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ElementPath({})", self.to_expression(""))
     }
 }
 

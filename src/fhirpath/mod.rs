@@ -38,6 +38,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use serde_json::Value;
 
 use self::eval::{Ctx, Frame};
+pub(crate) use self::model::FastMap;
 use self::model::Model;
 use self::parser::Expr;
 use self::value::{Node, Val};

@@ -441,8 +441,10 @@ fn sort_in_document_order(issues: &mut [(ElementPath, Issue)], document: &Value)
             .iter()
             .map(|segment| match (segment, node) {
                 (Segment::Key(k), Some(Value::Object(map))) => {
-                    node = map.get(k.as_str());
-                    map.keys().position(|key| key == k).unwrap_or(usize::MAX)
+                    node = map.get(&**k);
+                    map.keys()
+                        .position(|key| key.as_str() == &**k)
+                        .unwrap_or(usize::MAX)
                 }
                 (Segment::Index(i), Some(Value::Array(items))) => {
                     node = items.get(*i);

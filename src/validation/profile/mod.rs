@@ -25,7 +25,7 @@ use thiserror::Error;
 
 use super::{Target, ValidationPass};
 use crate::fhir::{Issue, IssueSeverity};
-use crate::fhirpath::{Expression, FhirPath};
+use crate::fhirpath::{Expression, FastMap, FhirPath};
 use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG};
 
 /// The definitions could not be loaded: a build defect, not bad input.
@@ -69,6 +69,26 @@ pub(crate) struct Node {
     pub(crate) children: Vec<usize>,
     /// For a sliced element, its slices in snapshot order.
     pub(crate) slices: Vec<usize>,
+    /// The property name as a shared string, for paths.
+    pub(crate) key: Arc<str>,
+    /// Every JSON key a child may appear under (`status`, `_status`,
+    /// `valueQuantity`, `_valueString`…) → (child index into `children`'s
+    /// node numbers, how it appears). Validating an object then costs one
+    /// lookup per property present rather than one per element defined.
+    pub(crate) lookup: FastMap<Box<str>, (usize, Slot)>,
+}
+
+/// How a child element appears under a JSON key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// `name`: the value.
+    Value,
+    /// `_name`: a primitive's id and extensions.
+    Extension,
+    /// `nameType`: the value of one type of a choice (index into `types`).
+    ChoiceValue(usize),
+    /// `_nameType`.
+    ChoiceExtension(usize),
 }
 
 impl Node {
@@ -160,11 +180,37 @@ impl Compiled {
                 extension_name: format!("_{name}"),
                 choice_keys,
                 def,
+                key: Arc::from(name.as_str()),
                 name,
                 choice,
                 children: Vec::new(),
                 slices: Vec::new(),
+                lookup: FastMap::default(),
             });
+        }
+        for index in 0..nodes.len() {
+            let mut lookup = FastMap::default();
+            for &child in &nodes[index].children {
+                let child_node = &nodes[child];
+                if child_node.choice {
+                    for (position, (key, extension_key)) in
+                        child_node.choice_keys.iter().enumerate()
+                    {
+                        lookup.insert(key.as_str().into(), (child, Slot::ChoiceValue(position)));
+                        lookup.insert(
+                            extension_key.as_str().into(),
+                            (child, Slot::ChoiceExtension(position)),
+                        );
+                    }
+                } else {
+                    lookup.insert(child_node.name.as_str().into(), (child, Slot::Value));
+                    lookup.insert(
+                        child_node.extension_name.as_str().into(),
+                        (child, Slot::Extension),
+                    );
+                }
+            }
+            nodes[index].lookup = lookup;
         }
         if nodes.is_empty() {
             return Err(broken("no snapshot elements".into()));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass};
+use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass, Slot};
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, NhsNumber, ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::outcome::shorten;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
@@ -21,6 +21,15 @@ use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
 /// Ids and types of the resources contained in the resource being walked,
 /// for resolving `#id` references.
 type ContainedIndex = HashMap<String, String>;
+
+/// A property of the object being walked, matched to the child element it
+/// belongs to.
+#[derive(Debug, Clone, Copy)]
+struct Hit<'v> {
+    child: usize,
+    slot: Slot,
+    value: &'v Value,
+}
 
 /// At most this many items are explained when a slice is not matched.
 const EXPLAINED_ITEMS: usize = 3;
@@ -383,11 +392,43 @@ impl<'p, 'v> Walk<'p, 'v> {
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
-        for &child in &sd.nodes[node].children {
-            if sd.nodes[child].choice {
-                self.choice_element(sd, child, object, path, contained);
+        self.children_except(sd, node, object, path, contained, None);
+    }
+
+    /// As [`Walk::children`], leaving out the children named in `except`.
+    /// Each property present is looked up once; each child defined is then
+    /// checked in definition order with what was found for it.
+    fn children_except(
+        &mut self,
+        sd: &Compiled,
+        node: usize,
+        object: &'v Map<String, Value>,
+        path: &ElementPath,
+        contained: &ContainedIndex,
+        except: Option<&HashSet<&str>>,
+    ) {
+        let element = &sd.nodes[node];
+        let mut hits: Vec<Hit<'v>> = object
+            .iter()
+            .filter_map(|(key, value)| {
+                let &(child, slot) = element.lookup.get(key.as_str())?;
+                Some(Hit { child, slot, value })
+            })
+            .collect();
+        // Stable: items of one child stay in document order.
+        hits.sort_by_key(|hit| hit.child);
+        for &child in &element.children {
+            let child_node = &sd.nodes[child];
+            if except.is_some_and(|names| names.contains(child_node.name.as_str())) {
+                continue;
+            }
+            let start = hits.partition_point(|hit| hit.child < child);
+            let end = hits.partition_point(|hit| hit.child <= child);
+            let found = &hits[start..end];
+            if child_node.choice {
+                self.choice_element(sd, child, found, object, path, contained);
             } else {
-                self.plain_element(sd, child, object, path, contained);
+                self.plain_element(sd, child, found, path, contained);
             }
         }
     }
@@ -396,19 +437,31 @@ impl<'p, 'v> Walk<'p, 'v> {
         &mut self,
         sd: &Compiled,
         node: usize,
-        object: &'v Map<String, Value>,
+        found: &[Hit<'v>],
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
         let element = &sd.nodes[node];
-        let value = object.get(&element.name);
-        let count = occurrences(value).max(occurrences(object.get(&element.extension_name)));
+        let slot = |wanted: Slot| {
+            found
+                .iter()
+                .find(|hit| hit.slot == wanted)
+                .map(|hit| hit.value)
+        };
+        let value = slot(Slot::Value);
+        let count = occurrences(value).max(occurrences(slot(Slot::Extension)));
         self.cardinality(sd, element, count, path);
         let Some(value) = value else {
             // Absent (or only `_name`): nothing more to check, and no path to build.
             // Slices with a minimum still need reporting.
             if !element.slices.is_empty() {
-                self.slices(sd, node, &[], &path.key(element.name.clone()), contained);
+                self.slices(
+                    sd,
+                    node,
+                    &[],
+                    &path.key(Arc::clone(&element.key)),
+                    contained,
+                );
             }
             return;
         };
@@ -418,7 +471,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             .first()
             .map(|t| t.code.as_str())
             .unwrap_or("");
-        let element_path = path.key(element.name.clone());
+        let element_path = path.key(Arc::clone(&element.key));
         match value {
             Value::Array(items) => {
                 for (index, item) in items.iter().enumerate() {
@@ -456,22 +509,35 @@ impl<'p, 'v> Walk<'p, 'v> {
         &mut self,
         sd: &Compiled,
         node: usize,
+        found: &[Hit<'v>],
         object: &'v Map<String, Value>,
         path: &ElementPath,
         contained: &ContainedIndex,
     ) {
         let element = &sd.nodes[node];
-        // (key, type code, value: None when only `_key` is given)
-        let present: Vec<(&str, &str, Option<&Value>)> = element
-            .choice_keys
-            .iter()
-            .zip(&element.def.types)
-            .filter_map(|((key, extension_key), type_ref)| {
-                match (object.get(key), object.contains_key(extension_key)) {
-                    (Some(value), _) => Some((key.as_str(), type_ref.code.as_str(), Some(value))),
-                    (None, true) => Some((key.as_str(), type_ref.code.as_str(), None)),
-                    (None, false) => None,
-                }
+        // (type position, value: None when only `_key` is given), in type order.
+        let mut positions: Vec<(usize, Option<&'v Value>)> = Vec::with_capacity(found.len());
+        for hit in found {
+            let (position, value) = match hit.slot {
+                Slot::ChoiceValue(position) => (position, Some(hit.value)),
+                Slot::ChoiceExtension(position) => (position, None),
+                Slot::Value | Slot::Extension => continue,
+            };
+            match positions.iter_mut().find(|(p, _)| *p == position) {
+                Some(entry) => entry.1 = entry.1.or(value),
+                None => positions.push((position, value)),
+            }
+        }
+        positions.sort_by_key(|(position, _)| *position);
+        // (key, type code, value)
+        let present: Vec<(&str, &str, Option<&'v Value>)> = positions
+            .into_iter()
+            .map(|(position, value)| {
+                (
+                    element.choice_keys[position].0.as_str(),
+                    element.def.types[position].code.as_str(),
+                    value,
+                )
             })
             .collect();
         let wrong_type = if present.is_empty() {
@@ -583,7 +649,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         } else {
             return;
         };
-        let path = parent.key(element.name.clone());
+        let path = parent.key(Arc::clone(&element.key));
         let message = format!("{} {message}", self.expression(&path));
         self.report(Issue::error(code, id, message), &path, sd, element);
     }
@@ -682,15 +748,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                     .iter()
                     .map(|&child| sd.nodes[child].name.as_str())
                     .collect();
-                for &child in &datatype.nodes[0].children {
-                    if !listed.contains(datatype.nodes[child].name.as_str()) {
-                        if datatype.nodes[child].choice {
-                            self.choice_element(datatype, child, object, path, contained);
-                        } else {
-                            self.plain_element(datatype, child, object, path, contained);
-                        }
-                    }
-                }
+                self.children_except(datatype, 0, object, path, contained, Some(&listed));
             }
             return;
         }
