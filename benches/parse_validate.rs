@@ -185,9 +185,10 @@ fn bundle_profile_validate(bencher: divan::Bencher, entries: usize) {
 
 static BUNDLE_20: &[u8] = include_bytes!("data/referral-bundle-20.json");
 
-/// The 20-entry referral Bundle, stage by stage: strict parse alone, the
-/// schema pass alone and the profile pass (with invariants) alone.
-#[divan::bench(args = ["parse", "schema", "profiles"])]
+/// The 20-entry referral Bundle, stage by stage: plain serde_json parsing
+/// (the baseline), Sprig's strict parse alone, the schema pass alone and the
+/// profile pass (with invariants) alone.
+#[divan::bench(args = ["serde_json", "parse", "schema", "profiles"])]
 fn bundle_20_stage(bencher: divan::Bencher, stage: &str) {
     let bundle = Value::Object(parse_resource(BUNDLE_20, JsonLimits::default()).expect("valid"));
     let target = Target {
@@ -197,6 +198,11 @@ fn bundle_20_stage(bencher: divan::Bencher, stage: &str) {
     LazyLock::force(&SCHEMA);
     LazyLock::force(&PROFILES);
     match stage {
+        "serde_json" => bencher.bench(|| {
+            serde_json::from_slice::<Value>(divan::black_box(BUNDLE_20))
+                .expect("valid")
+                .is_object()
+        }),
         "parse" => bencher.bench(|| {
             parse_resource(divan::black_box(BUNDLE_20), JsonLimits::default())
                 .expect("valid")
