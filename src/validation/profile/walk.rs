@@ -1316,17 +1316,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         let codings: Vec<(Option<&str>, &str)> = match (type_code, value) {
             ("code" | "string" | "uri", Value::String(code)) => vec![(None, code.as_str())],
             ("Coding", Value::Object(coding)) => coding_pair(coding).into_iter().collect(),
-            ("CodeableConcept", Value::Object(concept)) => concept
-                .get("coding")
-                .and_then(Value::as_array)
-                .map(|codings| {
-                    codings
-                        .iter()
-                        .filter_map(Value::as_object)
-                        .filter_map(coding_pair)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            ("CodeableConcept", Value::Object(concept)) => concept_codes(concept),
             _ => return,
         };
         let value_set_url = binding.value_set.as_str();
@@ -1856,21 +1846,26 @@ fn type_of(value: &Value) -> Option<&str> {
     value.get("resourceType").and_then(Value::as_str)
 }
 
+/// (system, code) pairs of a CodeableConcept's codings.
+fn concept_codes(concept: &Map<String, Value>) -> Vec<(Option<&str>, &str)> {
+    concept
+        .get("coding")
+        .and_then(Value::as_array)
+        .map(|codings| {
+            codings
+                .iter()
+                .filter_map(Value::as_object)
+                .filter_map(coding_pair)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// (system, code) pairs of a code, Coding or CodeableConcept value.
 fn codes_of(value: &Value) -> Vec<(Option<&str>, &str)> {
     match value {
         Value::String(code) => vec![(None, code.as_str())],
-        Value::Object(object) if object.contains_key("coding") => object
-            .get("coding")
-            .and_then(Value::as_array)
-            .map(|codings| {
-                codings
-                    .iter()
-                    .filter_map(Value::as_object)
-                    .filter_map(coding_pair)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        Value::Object(object) if object.contains_key("coding") => concept_codes(object),
         Value::Object(object) => coding_pair(object).into_iter().collect(),
         _ => Vec::new(),
     }
