@@ -157,6 +157,19 @@ impl<'p, 'v> Walk<'p, 'v> {
         path.to_expression(self.root)
     }
 
+    /// Reports an error at `path`, from `node` of `sd`.
+    fn fail(
+        &mut self,
+        sd: &Compiled,
+        node: &Node,
+        path: &ElementPath,
+        code: IssueType,
+        message_id: &'static str,
+        message: String,
+    ) {
+        self.report(Issue::error(code, message_id, message), path, sd, node);
+    }
+
     fn report(&mut self, issue: Issue, path: &ElementPath, sd: &Compiled, node: &Node) {
         let issue = issue
             .at(self.expression(path))
@@ -551,7 +564,10 @@ impl<'p, 'v> Walk<'p, 'v> {
                     .map(|(k, _)| k.as_str())
                     .collect();
                 let at = path.key(key.clone());
-                let issue = Issue::error(
+                self.fail(
+                    sd,
+                    element,
+                    &at,
                     IssueType::Structure,
                     "profile-choice-type",
                     format!(
@@ -560,7 +576,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                         shorten(&keys.join(", "), 200)
                     ),
                 );
-                self.report(issue, &at, sd, element);
                 true
             } else {
                 false
@@ -602,7 +617,10 @@ impl<'p, 'v> Walk<'p, 'v> {
         if element.def.max == Some(0) {
             for (key, _, _) in &present {
                 let at = path.key(*key);
-                let issue = Issue::error(
+                self.fail(
+                    sd,
+                    element,
+                    &at,
                     IssueType::Structure,
                     "profile-cardinality-max",
                     format!(
@@ -610,7 +628,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                         self.expression(&at)
                     ),
                 );
-                self.report(issue, &at, sd, element);
             }
         }
         for (key, code, value) in present {
@@ -671,12 +688,14 @@ impl<'p, 'v> Walk<'p, 'v> {
         if let (Some(max), Some(text)) = (element.def.max_length, value.as_str())
             && text.chars().count() as u64 > max
         {
-            let issue = Issue::error(
+            self.fail(
+                sd,
+                element,
+                path,
                 IssueType::TooLong,
                 "profile-max-length",
                 format!("{} is longer than {max} characters", self.expression(path)),
             );
-            self.report(issue, path, sd, element);
         }
         // The pass outlives this walk, so definitions can be held while the
         // walk records issues.
@@ -698,7 +717,10 @@ impl<'p, 'v> Walk<'p, 'v> {
         };
         if !is_resource && object.keys().all(|key| key == "id") {
             // ele-1, checked here rather than by FHIRPath on every element.
-            let issue = Issue::error(
+            self.fail(
+                sd,
+                element,
+                path,
                 IssueType::Invariant,
                 "invariant",
                 format!(
@@ -706,7 +728,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                     self.expression(path)
                 ),
             );
-            self.report(issue, path, sd, element);
         }
         let type_profile = element
             .def
@@ -1040,18 +1061,13 @@ impl<'p, 'v> Walk<'p, 'v> {
                             .iter()
                             .map(|&s| sd.nodes[s].slice_name().unwrap_or("?"))
                             .collect();
-                        let issue = Issue::error(
-                            IssueType::Structure,
-                            "profile-slice-order",
-                            format!(
+                        self.fail(sd, element, item_path, IssueType::Structure, "profile-slice-order", format!(
                                 "{} matches the slice '{}', which must come before the slice '{}': the order is {}",
                                 self.expression(item_path),
                                 order[*position],
                                 order[last],
                                 order.join(", ")
-                            ),
-                        );
-                        self.report(issue, item_path, sd, element);
+                            ));
                     }
                     last_position =
                         Some(last_position.map_or(*position, |l: usize| l.max(*position)));
@@ -1272,7 +1288,10 @@ impl<'p, 'v> Walk<'p, 'v> {
     ) {
         for (key, expected) in &element.def.other {
             if key.starts_with("fixed") && value != expected {
-                let issue = Issue::error(
+                self.fail(
+                    sd,
+                    element,
+                    path,
                     IssueType::Value,
                     "profile-fixed-value",
                     format!(
@@ -1281,9 +1300,11 @@ impl<'p, 'v> Walk<'p, 'v> {
                         shorten(&expected.to_string(), 200)
                     ),
                 );
-                self.report(issue, path, sd, element);
             } else if key.starts_with("pattern") && !matches_pattern(value, expected) {
-                let issue = Issue::error(
+                self.fail(
+                    sd,
+                    element,
+                    path,
                     IssueType::Value,
                     "profile-pattern",
                     format!(
@@ -1292,7 +1313,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                         shorten(&expected.to_string(), 200)
                     ),
                 );
-                self.report(issue, path, sd, element);
             }
         }
     }
@@ -1342,15 +1362,10 @@ impl<'p, 'v> Walk<'p, 'v> {
         };
         if codings.is_empty() {
             if required && type_code == "CodeableConcept" {
-                let issue = Issue::error(
-                    IssueType::CodeInvalid,
-                    "profile-binding-required",
-                    format!(
+                self.fail(sd, element, path, IssueType::CodeInvalid, "profile-binding-required", format!(
                         "{} needs a coding from {value_set_url} (text alone is not enough for a required binding)",
                         self.expression(path)
-                    ),
-                );
-                self.report(issue, path, sd, element);
+                    ));
             }
             return;
         }
@@ -1500,7 +1515,10 @@ impl<'p, 'v> Walk<'p, 'v> {
                 Some(found) => Some(found.clone()),
                 None if id.is_empty() => return, // "#": the container itself
                 None => {
-                    let issue = Issue::error(
+                    self.fail(
+                        sd,
+                        element,
+                        &target_path,
                         IssueType::NotFound,
                         "profile-contained-not-found",
                         format!(
@@ -1508,7 +1526,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                             self.expression(&target_path)
                         ),
                     );
-                    self.report(issue, &target_path, sd, element);
                     return;
                 }
             }
@@ -1520,7 +1537,10 @@ impl<'p, 'v> Walk<'p, 'v> {
             {
                 Some(found) => Some(found.clone()),
                 None if text.starts_with("urn:") => {
-                    let issue = Issue::error(
+                    self.fail(
+                        sd,
+                        element,
+                        &target_path,
                         IssueType::NotFound,
                         "bundle-reference-not-found",
                         format!(
@@ -1529,7 +1549,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                             shorten(text, 120)
                         ),
                     );
-                    self.report(issue, &target_path, sd, element);
                     return;
                 }
                 None => literal_reference_type(text).map(str::to_owned),
@@ -1541,7 +1560,10 @@ impl<'p, 'v> Walk<'p, 'v> {
             && !unrestricted
             && !allowed.contains(&found.as_str())
         {
-            let issue = Issue::error(
+            self.fail(
+                sd,
+                element,
+                &target_path,
                 IssueType::Structure,
                 "profile-reference-target",
                 format!(
@@ -1550,7 +1572,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                     allowed.join(" or ")
                 ),
             );
-            self.report(issue, &target_path, sd, element);
         }
     }
 }
