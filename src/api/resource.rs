@@ -23,9 +23,9 @@ use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
-use crate::fhir::resource::check_resource_type;
 use crate::fhir::{FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, VersionId};
 use crate::store::{NewResource, ReadOutcome, StoredResource};
+use crate::validation::Target;
 
 /// `POST /fhir/{type}`: create a resource.
 pub async fn create(
@@ -53,11 +53,18 @@ pub async fn create(
         let resource = parse_resource(&body, json_limits).map_err(|e| {
             ApiError::BadRequest(capped(e.to_issues(resource_type.as_str()), max_issues))
         })?;
-        check_resource_type(&resource, Some(resource_type))
+        // A body of the wrong type is a bad request (400), not an invalid
+        // resource (422).
+        let (resource_type, profiles) = validator
+            .target_of(&resource, Some(resource_type), None)
             .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
         // Moved, not copied: the same value is validated and then stored.
         let resource = Value::Object(resource);
-        let mut issues = validator.validate_resource(&resource, Some(resource_type), None);
+        let target = Target {
+            resource_type,
+            profiles: &profiles,
+        };
+        let mut issues = validator.validate(&target, &resource);
         if issues.iter().any(|i| i.severity.is_error()) {
             locate_issues(&body, resource_type.as_str(), &mut issues);
         }

@@ -121,44 +121,52 @@ impl Validator {
                 "A FHIR resource must be a JSON object with a resourceType",
             )];
         };
-        let resource_type = match check_resource_type(map, expected) {
-            Ok(resource_type) => resource_type,
-            Err(issue) => return vec![issue],
-        };
-        let mut profiles = Vec::new();
-        if let Some(profile) = profile {
-            let url = profile.split('|').next().unwrap_or(profile);
-            match self.profile_type(url) {
-                Some(of) if of == resource_type.as_str() => profiles.push(url.to_owned()),
-                Some(of) => {
-                    return vec![Issue::error(
-                        IssueType::Invalid,
-                        "validate-profile-wrong-type",
-                        format!("Profile {url} constrains {of}, not {resource_type}"),
-                    )];
-                }
-                None => {
-                    return vec![Issue::error(
-                        IssueType::NotSupported,
-                        "validate-unknown-profile",
-                        format!(
-                            "Profile {profile} is not one Sprig holds; the base definition is {CORE_PROFILE_PREFIX}{resource_type}"
-                        ),
-                    )];
-                }
-            }
-        } else if !names_a_profile(map)
-            && let Some(default) = self.default_profiles.get(&resource_type)
-        {
-            profiles.push(default.clone());
+        match self.target_of(map, expected, profile) {
+            Ok((resource_type, profiles)) => self.validate(
+                &Target {
+                    resource_type,
+                    profiles: &profiles,
+                },
+                resource,
+            ),
+            Err(issue) => vec![issue],
         }
-        self.validate(
-            &Target {
-                resource_type,
-                profiles: &profiles,
-            },
-            resource,
-        )
+    }
+
+    /// What a resource is validated as: its type (checked against
+    /// `expected`) and the profiles it must meet besides those it names:
+    /// the requested `profile` (which must be held and of its type), or,
+    /// when it names none, the configured default for its type. The error
+    /// is the one issue that makes validating pointless.
+    pub fn target_of(
+        &self,
+        resource: &serde_json::Map<String, Value>,
+        expected: Option<ResourceType>,
+        profile: Option<&str>,
+    ) -> Result<(ResourceType, Vec<String>), Issue> {
+        let resource_type = check_resource_type(resource, expected)?;
+        let Some(profile) = profile else {
+            let default = (!names_a_profile(resource))
+                .then(|| self.default_profiles.get(&resource_type).cloned())
+                .flatten();
+            return Ok((resource_type, default.into_iter().collect()));
+        };
+        let url = profile::canonical(profile);
+        match self.profile_type(url) {
+            Some(of) if of == resource_type.as_str() => Ok((resource_type, vec![url.to_owned()])),
+            Some(of) => Err(Issue::error(
+                IssueType::Invalid,
+                "validate-profile-wrong-type",
+                format!("Profile {url} constrains {of}, not {resource_type}"),
+            )),
+            None => Err(Issue::error(
+                IssueType::NotSupported,
+                "validate-unknown-profile",
+                format!(
+                    "Profile {profile} is not one Sprig holds; the base definition is {CORE_PROFILE_PREFIX}{resource_type}"
+                ),
+            )),
+        }
     }
 
     /// Runs the passes in order. A later pass only runs when the earlier ones

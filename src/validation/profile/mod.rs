@@ -1,18 +1,17 @@
 //! The profile pass: validation against StructureDefinition snapshots.
 //!
 //! Definitions are compiled once, at start-up, into element trees (one per
-//! StructureDefinition, children by index) so that validating is a single
-//! walk of the resource that looks elements up by name. This pass checks
-//! what the JSON schema cannot: cardinality minimums and maximums, which
-//! choice type (`value[x]`) is used, `Reference` target types (including
-//! `#contained` references), fixed and pattern values, `maxLength`, and
-//! terminology bindings against the pre-expanded R4 value sets (required:
+//! StructureDefinition: children and slices by index, a key index per
+//! element, content references resolved) so that validating is a single
+//! walk of the resource (`walk`). It checks what the JSON schema cannot:
+//! cardinality, choice types, `Reference` targets (`#contained` and Bundle
+//! entries), fixed and pattern values, min/max values, `maxLength`,
+//! slicing, extensions by their definitions, NHS numbers and ODS codes,
+//! terminology bindings against the pre-expanded value sets (required:
 //! error; extensible: warning; a value set drawing on a code system Sprig
-//! does not hold in full: "not checked", never silently passed).
-//!
-//! Not yet checked here (see the issue tracker): slicing, extension
-//! definitions, and invariants (`constraint.expression`, which needs the
-//! FHIRPath engine). The definitions carry them for when they are.
+//! does not hold in full: "not checked", never silently passed), displays,
+//! and the invariants (`constraint.expression`), compiled with
+//! [`crate::fhirpath`].
 
 pub mod definitions;
 mod walk;
@@ -34,6 +33,9 @@ pub enum ProfileError {
     /// The embedded definitions file is not what the build script writes.
     #[error("the bundled definitions are unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    /// The FHIRPath engine could not start.
+    #[error("the FHIRPath engine: {0}")]
+    Engine(String),
     /// An invariant's FHIRPath does not compile.
     #[error("invariant {key}: {problem}")]
     Invariant {
@@ -56,8 +58,9 @@ pub enum ProfileError {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) def: ElementDefinition,
-    /// The JSON property name (`value` for `value[x]`).
-    pub(crate) name: String,
+    /// The JSON property name (`value` for `value[x]`), shared with the
+    /// paths built from it.
+    pub(crate) name: Arc<str>,
     /// A choice element (`value[x]`).
     pub(crate) choice: bool,
     /// `_name`: where a primitive's id and extensions go.
@@ -65,12 +68,13 @@ pub(crate) struct Node {
     /// For a choice element, each allowed type's JSON keys:
     /// (`valueString`, `_valueString`), in `def.types` order.
     pub(crate) choice_keys: Vec<(String, String)>,
+    /// For an element defined by `contentReference` (`#Questionnaire.item`),
+    /// the node whose children it shares.
+    pub(crate) content: Option<usize>,
     /// Child elements, in snapshot order (slices excluded).
     pub(crate) children: Vec<usize>,
     /// For a sliced element, its slices in snapshot order.
     pub(crate) slices: Vec<usize>,
-    /// The property name as a shared string, for paths.
-    pub(crate) key: Arc<str>,
     /// Every JSON key a child may appear under (`status`, `_status`,
     /// `valueQuantity`, `_valueString`…) → (child index into `children`'s
     /// node numbers, how it appears). Validating an object then costs one
@@ -105,8 +109,6 @@ pub(crate) struct Compiled {
     pub(crate) type_name: String,
     pub(crate) kind: String,
     pub(crate) nodes: Vec<Node>,
-    /// Elements by id (`Bundle.entry:patient.resource`).
-    pub(crate) by_id: HashMap<String, usize>,
 }
 
 impl Compiled {
@@ -117,6 +119,7 @@ impl Compiled {
             problem,
         };
         let mut nodes: Vec<Node> = Vec::with_capacity(sd.elements.len());
+        // Elements by id (`Bundle.entry:patient.resource`), while compiling.
         let mut by_id = HashMap::with_capacity(sd.elements.len());
         let mut orphans: Vec<String> = Vec::new();
         for def in sd.elements {
@@ -180,13 +183,18 @@ impl Compiled {
                 extension_name: format!("_{name}"),
                 choice_keys,
                 def,
-                key: Arc::from(name.as_str()),
-                name,
+                name: Arc::from(name.as_str()),
                 choice,
+                content: None,
                 children: Vec::new(),
                 slices: Vec::new(),
                 lookup: FastMap::default(),
             });
+        }
+        for node in &mut nodes {
+            if let Some(reference) = &node.def.content_reference {
+                node.content = by_id.get(reference.trim_start_matches('#')).copied();
+            }
         }
         for index in 0..nodes.len() {
             let mut lookup = FastMap::default();
@@ -203,7 +211,7 @@ impl Compiled {
                         );
                     }
                 } else {
-                    lookup.insert(child_node.name.as_str().into(), (child, Slot::Value));
+                    lookup.insert((*child_node.name).into(), (child, Slot::Value));
                     lookup.insert(
                         child_node.extension_name.as_str().into(),
                         (child, Slot::Extension),
@@ -220,9 +228,13 @@ impl Compiled {
             type_name: sd.type_name,
             kind: sd.kind,
             nodes,
-            by_id,
         })
     }
+}
+
+/// A canonical URL without its `|version`.
+pub fn canonical(url: &str) -> &str {
+    url.split('|').next().unwrap_or(url)
 }
 
 /// An invariant, ready to evaluate.
@@ -311,12 +323,14 @@ const BUNDLED: [(&str, &str); 2] = [("r4-core", R4_CORE), ("sprig", SPRIG)];
 /// of their type, or the profiles they claim or are asked to meet.
 pub struct ProfilePass {
     /// Base definitions by type name (`Patient`, `Reference`, `string`).
-    pub(crate) types: HashMap<String, Arc<Compiled>>,
+    /// (These maps are looked up for every value walked, with keys from the
+    /// definitions: FNV rather than SipHash.)
+    pub(crate) types: FastMap<String, Arc<Compiled>>,
     /// Every definition by canonical URL.
-    pub(crate) by_url: HashMap<String, Arc<Compiled>>,
-    pub(crate) value_sets: HashMap<String, ExpandedValueSet>,
+    pub(crate) by_url: FastMap<String, Arc<Compiled>>,
+    pub(crate) value_sets: FastMap<String, ExpandedValueSet>,
     /// Invariants by the key used in `ElementDefinition::constraints`.
-    pub(crate) invariants: HashMap<String, CompiledInvariant>,
+    pub(crate) invariants: FastMap<String, CompiledInvariant>,
     pub(crate) options: ProfileOptions,
 }
 
@@ -328,14 +342,11 @@ impl ProfilePass {
 
     /// Loads and compiles the bundled definitions.
     pub fn load_with(options: ProfileOptions) -> Result<Self, ProfileError> {
-        let mut types = HashMap::new();
-        let mut by_url = HashMap::new();
-        let mut value_sets = HashMap::new();
-        let mut invariants = HashMap::new();
-        let fhirpath = FhirPath::new().map_err(|e| ProfileError::Invariant {
-            key: "(engine)".into(),
-            problem: e.to_string(),
-        })?;
+        let mut types = FastMap::default();
+        let mut by_url = FastMap::default();
+        let mut value_sets = FastMap::default();
+        let mut invariants = FastMap::default();
+        let fhirpath = FhirPath::new().map_err(|e| ProfileError::Engine(e.to_string()))?;
         for (_, text) in BUNDLED {
             let file: DefinitionsFile = serde_json::from_str(text)?;
             for (id, invariant) in file.invariants {
@@ -405,9 +416,8 @@ impl ProfilePass {
     /// The resource type a profile (canonical URL, `|version` ignored)
     /// constrains, when Sprig holds it.
     pub fn profile_type(&self, url: &str) -> Option<&str> {
-        let url = url.split('|').next().unwrap_or(url);
         self.by_url
-            .get(url)
+            .get(canonical(url))
             .filter(|sd| sd.kind == "resource")
             .map(|sd| sd.type_name.as_str())
     }

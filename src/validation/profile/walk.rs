@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass, Slot};
+use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass, Slot, canonical};
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, NhsNumber, ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::outcome::shorten;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
@@ -432,7 +432,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         hits.sort_by_key(|hit| hit.child);
         for &child in &element.children {
             let child_node = &sd.nodes[child];
-            if except.is_some_and(|names| names.contains(child_node.name.as_str())) {
+            if except.is_some_and(|names| names.contains(&*child_node.name)) {
                 continue;
             }
             let start = hits.partition_point(|hit| hit.child < child);
@@ -472,7 +472,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                     sd,
                     node,
                     &[],
-                    &path.key(Arc::clone(&element.key)),
+                    &path.key(Arc::clone(&element.name)),
                     contained,
                 );
             }
@@ -484,7 +484,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             .first()
             .map(|t| t.code.as_str())
             .unwrap_or("");
-        let element_path = path.key(Arc::clone(&element.key));
+        let element_path = path.key(Arc::clone(&element.name));
         match value {
             Value::Array(items) => {
                 for (index, item) in items.iter().enumerate() {
@@ -666,7 +666,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         } else {
             return;
         };
-        let path = parent.key(Arc::clone(&element.key));
+        let path = parent.key(Arc::clone(&element.name));
         let message = format!("{} {message}", self.expression(&path));
         self.report(Issue::error(code, id, message), &path, sd, element);
     }
@@ -740,7 +740,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             // A resource without a resourceType is reported by the schema pass.
             if let Some(nested) = object.get("resourceType").and_then(Value::as_str) {
                 // A contained resource resolves `#` references against its container.
-                let container = (element.name == "contained").then_some(contained);
+                let container = (&*element.name == "contained").then_some(contained);
                 let required: Vec<&str> = element
                     .def
                     .types
@@ -763,21 +763,21 @@ impl<'p, 'v> Walk<'p, 'v> {
             // profile constrains element by element. Those the profile does
             // not list keep the rules of the datatype.
             self.children(sd, node, object, path, contained);
-            if let Some(datatype) = datatype.filter(|t| t.kind == "complex-type") {
+            // A backbone element's inline children are all it has.
+            if let Some(datatype) = datatype.filter(|t| {
+                t.kind == "complex-type" && !matches!(type_code, "BackboneElement" | "Element")
+            }) {
                 let listed: HashSet<&str> = element
                     .children
                     .iter()
-                    .map(|&child| sd.nodes[child].name.as_str())
+                    .map(|&child| &*sd.nodes[child].name)
                     .collect();
                 self.children_except(datatype, 0, object, path, contained, Some(&listed));
             }
             return;
         }
-        if let Some(reference) = &element.def.content_reference {
-            let target = reference.trim_start_matches('#');
-            if let Some(&index) = sd.by_id.get(target) {
-                self.children(sd, index, object, path, contained);
-            }
+        if let Some(index) = element.content {
+            self.children(sd, index, object, path, contained);
             return;
         }
         if let Some(profile) = type_profile.and_then(|url| pass.by_url.get(canonical(url))) {
@@ -910,6 +910,18 @@ impl<'p, 'v> Walk<'p, 'v> {
         let Some(slicing) = &element.def.slicing else {
             return;
         };
+        // Each discriminator's path parsed once, and the element it leads to
+        // in each slice found once, not again for every item.
+        let steps: Vec<Vec<Step<'_>>> = slicing
+            .discriminator
+            .iter()
+            .map(|d| path_steps(&d.path))
+            .collect();
+        let targets: Vec<Vec<Option<&Node>>> = element
+            .slices
+            .iter()
+            .map(|&slice| steps.iter().map(|s| find_element(sd, slice, s)).collect())
+            .collect();
         // For each item, the index (into element.slices) of the slice it
         // matches, or why it matches none of them.
         let mut matched: Vec<Result<usize, Vec<(String, String)>>> =
@@ -918,7 +930,12 @@ impl<'p, 'v> Walk<'p, 'v> {
             let mut reasons = Vec::new();
             let mut found = None;
             for (position, &slice) in element.slices.iter().enumerate() {
-                match self.slice_matches(sd, node, slice, item, item_path, contained) {
+                let discriminators = Discriminators {
+                    slicing,
+                    steps: &steps,
+                    targets: &targets[position],
+                };
+                match self.slice_matches(sd, slice, &discriminators, item, item_path, contained) {
                     Ok(()) => {
                         found = Some(position);
                         break;
@@ -1081,22 +1098,24 @@ impl<'p, 'v> Walk<'p, 'v> {
     fn slice_matches(
         &self,
         sd: &Compiled,
-        sliced: usize,
         slice: usize,
+        discriminators: &Discriminators<'_, '_>,
         item: &'v Value,
         item_path: &ElementPath,
         contained: &ContainedIndex,
     ) -> Result<(), String> {
-        let Some(slicing) = &sd.nodes[sliced].def.slicing else {
-            return Err("the profile gives no discriminator".into());
-        };
+        let slicing = discriminators.slicing;
         if slicing.discriminator.is_empty() {
             return Err("the profile gives no discriminator".into());
         }
-        for discriminator in &slicing.discriminator {
+        for ((discriminator, steps), &target) in slicing
+            .discriminator
+            .iter()
+            .zip(discriminators.steps)
+            .zip(discriminators.targets)
+        {
             let path = discriminator.path.as_str();
-            let values = select(item, path);
-            let target = find_element(sd, slice, path);
+            let values = select(item, steps);
             let shown_path = if path == "$this" { "the item" } else { path };
             match discriminator.kind.as_str() {
                 "value" | "pattern" => {
@@ -1655,11 +1674,6 @@ fn literal_reference_type(reference: &str) -> Option<&str> {
         .map(|_| candidate)
 }
 
-/// A canonical URL without its `|version`.
-fn canonical(url: &str) -> &str {
-    url.split('|').next().unwrap_or(url)
-}
-
 /// The `fixed[x]` or `pattern[x]` value of an element, if it has one.
 fn fixed_or_pattern(node: &Node) -> Option<&Value> {
     node.def
@@ -1688,7 +1702,7 @@ fn describe_slice(
     let parts: Vec<String> = discriminators
         .iter()
         .filter_map(|d| {
-            let target = find_element(sd, slice, &d.path)?;
+            let target = find_element(sd, slice, &path_steps(&d.path))?;
             let shown = if d.path == "$this" {
                 "itself"
             } else {
@@ -1732,22 +1746,22 @@ fn describe_slice(
 /// the slice itself, `resource` its `resource` child, `code.coding` that
 /// child's child. Only inline children are followed: a slice that does not
 /// list an element does not constrain it.
-fn find_element<'a>(sd: &'a Compiled, slice: usize, path: &str) -> Option<&'a Node> {
+fn find_element<'a>(sd: &'a Compiled, slice: usize, steps: &[Step<'_>]) -> Option<&'a Node> {
     let mut node = slice;
-    for step in path_steps(path) {
-        match step {
+    for step in steps {
+        match *step {
             Step::This | Step::Resolve | Step::OfType(_) => {}
             Step::Name(name) => {
                 node = *sd.nodes[node]
                     .children
                     .iter()
-                    .find(|&&child| sd.nodes[child].name == name)?;
+                    .find(|&&child| &*sd.nodes[child].name == name)?;
             }
             Step::Extension(url) => {
                 let extension = *sd.nodes[node]
                     .children
                     .iter()
-                    .find(|&&child| sd.nodes[child].name == "extension")?;
+                    .find(|&&child| &*sd.nodes[child].name == "extension")?;
                 node = *sd.nodes[extension]
                     .slices
                     .iter()
@@ -1756,6 +1770,14 @@ fn find_element<'a>(sd: &'a Compiled, slice: usize, path: &str) -> Option<&'a No
         }
     }
     Some(&sd.nodes[node])
+}
+
+/// A slicing's discriminators as one slice is tested against them: each
+/// path parsed, and the element it leads to in that slice.
+struct Discriminators<'s, 'd> {
+    slicing: &'s super::definitions::Slicing,
+    steps: &'s [Vec<Step<'d>>],
+    targets: &'s [Option<&'s Node>],
 }
 
 /// One step of a discriminator path (the restricted FHIRPath that
@@ -1814,12 +1836,12 @@ fn path_steps(path: &str) -> Vec<Step<'_>> {
 
 /// The values a discriminator path selects from an item, arrays flattened.
 /// `resolve()` selects nothing: references are not followed here.
-fn select<'v>(item: &'v Value, path: &str) -> Vec<&'v Value> {
+fn select<'v>(item: &'v Value, steps: &[Step<'_>]) -> Vec<&'v Value> {
     let mut current = vec![item];
-    for step in path_steps(path) {
+    for step in steps {
         let mut next = Vec::new();
         for value in current {
-            match &step {
+            match step {
                 Step::This => next.push(value),
                 Step::Resolve => {}
                 Step::Name(name) => {
