@@ -204,6 +204,19 @@ class Terminology:
         return result, complete
 
 
+def compact_value_sets(terminology, urls):
+    """The expansions of the value sets `urls`, in URL order, as the validator reads them."""
+    value_sets = []
+    for url in sorted(urls):
+        codes, complete = terminology.expand(url)
+        value_sets.append({
+            "url": url,
+            "complete": complete and bool(codes),
+            "systems": {s: {c: d for c, d in sorted(cs.items())} for s, cs in sorted(codes.items())},
+        })
+    return value_sets
+
+
 def main():
     package, _tmp = load_package(sys.argv)
     structure_definitions = []
@@ -234,15 +247,7 @@ def main():
         compact["elements"] = elements
         structure_definitions.append(compact)
 
-    terminology = Terminology(package)
-    value_sets = []
-    for url in sorted(bound):
-        codes, complete = terminology.expand(url)
-        value_sets.append({
-            "url": url,
-            "complete": complete and bool(codes),
-            "systems": {s: {c: d for c, d in sorted(cs.items())} for s, cs in sorted(codes.items())},
-        })
+    value_sets = compact_value_sets(Terminology(package), bound)
 
     out = {
         "source": f"{PACKAGE} (HL7, CC0); built by profiles/scripts/build-core-definitions.py",

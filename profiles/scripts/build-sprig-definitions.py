@@ -560,14 +560,7 @@ def main():
     if strays:
         raise BuildError(f"invariants that are neither sprig-* nor in r4-core.json: {strays}")
 
-    value_sets = []
-    for url in sorted(our_value_sets):
-        codes, complete = terminology.expand(url)
-        value_sets.append({
-            "url": url,
-            "complete": complete and bool(codes),
-            "systems": {s: {c: d for c, d in sorted(cs.items())} for s, cs in sorted(codes.items())},
-        })
+    value_sets = core.compact_value_sets(terminology, our_value_sets)
 
     out = {
         "source": "profiles/sprig/ (Sprig, CC0) on hl7.fhir.r4.examples@4.0.1 (HL7, CC0); "
