@@ -33,7 +33,13 @@ pub(crate) struct Ctx<'a> {
     /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation).
     pub now: DateTime,
     pub regexes: &'a super::RegexCache,
+    /// The address of a local of the evaluation's entry point: how far the stack has grown
+    /// since is the distance to a local of the current frame (stacks grow down).
+    pub stack_base: usize,
 }
+
+/// Stack an evaluation may use, below its entry point: half of a async runtime worker's 2 MiB.
+pub(crate) const STACK_BUDGET: usize = 1024 * 1024;
 
 /// Lambda variables: `$this`, `$index`, `$total`.
 #[derive(Clone, Copy)]
@@ -65,16 +71,20 @@ fn type_suffix_matches(type_name: &str, suffix: &str) -> bool {
     }
 }
 
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => String::new(),
-    }
-}
-
 impl<'a> Ctx<'a> {
     pub fn eval(&self, e: &Expr, input: &[Val<'a>], fr: Frame<'_, 'a>) -> R<Coll<'a>> {
+        // Guard the stack by what is really used, not by tree depth: a level of function
+        // call takes ~40 KB in a debug build and far less in release, and a thread's stack
+        // (2 MiB for an async runtime worker) must survive any expression the parser accepts.
+        let here = 0u8;
+        let used = self.stack_base.saturating_sub(&here as *const u8 as usize);
+        if used > STACK_BUDGET {
+            return Err(error("expression nested too deeply to evaluate"));
+        }
+        self.eval_node(e, input, fr)
+    }
+
+    fn eval_node(&self, e: &Expr, input: &[Val<'a>], fr: Frame<'_, 'a>) -> R<Coll<'a>> {
         match e {
             Expr::Empty => Ok(Vec::new()),
             Expr::Literal(l) => Ok(vec![literal(l)]),
@@ -709,7 +719,7 @@ impl<'a> Ctx<'a> {
                 return el
                     .types
                     .iter()
-                    .find(|t| capitalize(t) == suffix)
+                    .find(|t| type_suffix_matches(t, suffix))
                     .map(String::as_str);
             }
         }
@@ -1547,7 +1557,11 @@ fn arithmetic<'a>(op: BinOp, x: &Val<'a>, y: &Val<'a>) -> R<Option<Val<'a>>> {
             let (Some(a), Some(b)) = (int_of(x), int_of(y)) else {
                 return Ok(None);
             };
-            if b == 0 { None } else { Some(Int(a % b)) }
+            if b == 0 {
+                None
+            } else {
+                Some(Int(a.checked_rem(b).ok_or_else(overflow)?))
+            }
         }
         (
             BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod,
@@ -1572,14 +1586,15 @@ fn arithmetic<'a>(op: BinOp, x: &Val<'a>, y: &Val<'a>) -> R<Option<Val<'a>>> {
                     if b.is_zero() {
                         None
                     } else {
-                        Some(Int((a / b).trunc().to_i64().ok_or_else(overflow)?))
+                        let quotient = a.checked_div(b).ok_or_else(overflow)?;
+                        Some(Int(quotient.trunc().to_i64().ok_or_else(overflow)?))
                     }
                 }
                 _ => {
                     if b.is_zero() {
                         None
                     } else {
-                        Some(Dec(a % b))
+                        Some(Dec(a.checked_rem(b).ok_or_else(overflow)?))
                     }
                 }
             }
@@ -1798,7 +1813,9 @@ fn math<'a>(name: &str, v: &Val<'a>, arg: Option<&Val<'a>>) -> R<Option<Val<'a>>
         ("round", Int(_) | Dec(_)) => {
             let d = as_decimal(v).unwrap_or_default();
             let places = match arg {
-                Some(Int(p)) if *p >= 0 => *p as u32,
+                Some(Int(p)) if *p >= 0 => {
+                    u32::try_from(*p).map_err(|_| error("round() precision is out of range"))?
+                }
                 None => 0,
                 _ => return Err(error("round() precision must be a non-negative integer")),
             };

@@ -3,9 +3,10 @@
 //!
 //! Sprig's own engine: a lexer and Pratt parser (`parser`) produce an expression tree once
 //! ([`FhirPath::compile`]); the evaluator (`eval`) walks it over `serde_json::Value`s
-//! borrowed from the caller, so evaluating an invariant copies no JSON. Type information
-//! (`is`, `as`, `ofType`, choice elements such as `value[x]`, `type()`) comes from the R4
-//! core definitions the profile pass already compiles (`model`). Decimals are exact
+//! borrowed from the caller, so evaluating an invariant copies no JSON (only an element
+//! returned as a result is copied into an [`Item`]). Type information (`is`, `as`, `ofType`,
+//! choice elements such as `value[x]`, `type()`) comes from the R4 core definitions
+//! (`model`), built from the profile pass's parse of them when the gateway starts. Decimals are exact
 //! (`rust_decimal`, read from the JSON number's text); dates and times keep their precision
 //! (`temporal`); quantities compare through a small UCUM table (`quantity`).
 //!
@@ -42,6 +43,7 @@ pub(crate) use self::model::FastMap;
 use self::model::Model;
 use self::parser::Expr;
 use self::value::{Node, Val};
+use crate::validation::profile::definitions::StructureDefinition;
 
 /// What can go wrong compiling or evaluating an expression.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,13 +87,23 @@ impl fmt::Debug for FhirPath {
     }
 }
 
-/// The R4 model is read once per process (about 10 ms); every engine shares it.
+/// The R4 model is built once per process (about 7 ms from parsed definitions, plus about
+/// 10 ms to parse them when [`FhirPath::new`] has to); every engine shares it.
 static R4_MODEL: OnceLock<Result<Arc<Model>, FhirPathError>> = OnceLock::new();
 
 impl FhirPath {
     /// The engine with the FHIR R4 core model (from `profiles/core/r4-core.json`).
     pub fn new() -> Result<Self, FhirPathError> {
         let model = R4_MODEL.get_or_init(|| Model::r4().map(Arc::new)).clone()?;
+        Ok(FhirPath { model })
+    }
+
+    /// The engine with the R4 model built from core `definitions` the caller has already
+    /// parsed (the profile pass, at start-up), so the 2.7 MB file is read once.
+    pub fn with_r4_definitions(definitions: &[StructureDefinition]) -> Result<Self, FhirPathError> {
+        let model = R4_MODEL
+            .get_or_init(|| Ok(Arc::new(Model::from_definitions(definitions))))
+            .clone()?;
         Ok(FhirPath { model })
     }
 
@@ -140,7 +152,8 @@ impl Environment {
         Self::default()
     }
 
-    /// Sets `%name` (give the name without `%`).
+    /// Sets `%name` (give the name without `%`). The names the engine defines itself
+    /// (`resource`, `rootResource`, `context`, `ucum`, `sct`, `loinc`) cannot be replaced.
     pub fn set(&mut self, name: impl Into<String>, value: Collection) -> &mut Self {
         self.variables.insert(name.into(), value);
         self
@@ -226,8 +239,10 @@ impl Expression {
         // A JSON null stands for "no input": an empty collection.
         let present = |v: &Value, item: Val<'a>| if v.is_null() { Vec::new() } else { vec![item] };
         let input = present(scope.focus, focus);
+        let stack_marker = 0u8;
         let ctx = Ctx {
             model,
+            stack_base: &stack_marker as *const u8 as usize,
             root_resource: match scope.root_resource {
                 Some(root) => present(root, Val::node(root, resource_type(root))),
                 None => present(scope.resource, resource.clone()),

@@ -1,49 +1,17 @@
 //! The FHIR R4 type model FHIRPath needs: which elements each type has, their types,
 //! choice elements (`value[x]`), and the type hierarchy for `is`, `as` and `ofType`.
 //!
-//! Built from Sprig's compiled core definitions (`profiles/core/r4-core.json`): the same
-//! snapshots the profile pass uses, so the model cannot drift from what is validated.
+//! Built from Sprig's compiled core definitions (`profiles/core/r4-core.json`): the elements
+//! and their types come from the same snapshots the profile pass compiles (parsed once, by
+//! it, when the gateway starts); the type hierarchy above them (`base_of`) is written here.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use serde::Deserialize;
-
 use super::FhirPathError;
-use crate::validation::profile::definitions::R4_CORE;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct File {
-    structure_definitions: Vec<Sd>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Sd {
-    name: String,
-    #[serde(rename = "type")]
-    type_name: String,
-    kind: String,
-    #[serde(default)]
-    derivation: Option<String>,
-    elements: Vec<El>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct El {
-    path: String,
-    #[serde(default)]
-    types: Vec<TypeCode>,
-    #[serde(default)]
-    content_reference: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct TypeCode {
-    code: String,
-}
+use crate::validation::profile::definitions::{
+    DefinitionsFile, ElementDefinition, R4_CORE, StructureDefinition,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -143,11 +111,17 @@ fn base_of(type_name: &str, kind: &str) -> Option<&'static str> {
 impl Model {
     /// The R4 model from the compiled core definitions.
     pub fn r4() -> Result<Model, FhirPathError> {
-        let file: File = serde_json::from_str(R4_CORE).map_err(|e| FhirPathError::Model {
-            message: e.to_string(),
-        })?;
+        let file: DefinitionsFile =
+            serde_json::from_str(R4_CORE).map_err(|e| FhirPathError::Model {
+                message: e.to_string(),
+            })?;
+        Ok(Self::from_definitions(&file.structure_definitions))
+    }
+
+    /// The model of the R4 core `definitions` (already parsed, as the profile pass has them).
+    pub fn from_definitions(definitions: &[StructureDefinition]) -> Model {
         let mut model = Model::default();
-        for sd in file.structure_definitions {
+        for sd in definitions {
             if sd.derivation.as_deref() == Some("constraint") {
                 // SimpleQuantity, MoneyQuantity: names for `is`, elements from the base.
                 if sd.name != sd.type_name && !model.types.contains_key(&sd.name) {
@@ -179,10 +153,16 @@ impl Model {
             );
         }
         model.flatten();
-        Ok(model)
+        model
     }
 
-    fn add(&mut self, type_name: &str, kind: Kind, base: Option<&str>, elements: &[El]) {
+    fn add(
+        &mut self,
+        type_name: &str,
+        kind: Kind,
+        base: Option<&str>,
+        elements: &[ElementDefinition],
+    ) {
         self.types.insert(
             type_name.to_string(),
             TypeDef {

@@ -333,7 +333,11 @@ impl DateTime {
     fn to_utc(self) -> DateTime {
         match (self.tz, self.time, self.date.month, self.date.day) {
             (Some(tz), Some(time), Some(_), Some(_)) if tz != 0 => {
-                let mut moved = self.add_millis(-i64::from(tz) * 60_000);
+                // Only at the edge of year 9999 does the move fail; the
+                // instant then compares in its own zone.
+                let Some(mut moved) = self.add_millis(-i64::from(tz) * 60_000) else {
+                    return self;
+                };
                 moved.tz = Some(0);
                 moved.time = moved.time.map(|t| Time {
                     minute: t.minute.or(time.minute.map(|_| 0)),
@@ -345,17 +349,18 @@ impl DateTime {
         }
     }
 
-    pub fn add_millis(&self, ms: i64) -> DateTime {
+    /// This instant `ms` milliseconds later; `None` past the years FHIR can write.
+    pub fn add_millis(&self, ms: i64) -> Option<DateTime> {
         let Some(time) = self.time else {
-            return *self;
+            return Some(*self);
         };
-        let total = time.millis_of_day() + ms;
+        let total = time.millis_of_day().checked_add(ms)?;
         let days = total.div_euclid(86_400_000);
-        DateTime {
-            date: self.date.add_days(days).unwrap_or(self.date),
+        Some(DateTime {
+            date: self.date.add_days(days)?,
             time: Some(time.with_millis_of_day(total)),
             tz: self.tz,
-        }
+        })
     }
 }
 
@@ -494,12 +499,12 @@ pub(crate) fn add_to_datetime(
             date: dt.date.add_months(whole)?,
             ..*dt
         }),
-        CalendarUnit::Millisecond => Some(dt.add_millis(whole)),
+        CalendarUnit::Millisecond => dt.add_millis(whole),
         _ if dt.time.is_none() => Some(DateTime {
             date: add_to_date(&dt.date, amount, unit)?,
             ..*dt
         }),
-        _ => Some(dt.add_millis(whole.checked_mul(unit.millis())?)),
+        _ => dt.add_millis(whole.checked_mul(unit.millis())?),
     }
 }
 

@@ -406,3 +406,41 @@ fn service_request_invariants_hold_on_the_sample_referral() {
     }
     assert!(checked > 5);
 }
+
+/// Bad input never panics: overflowing arithmetic is an error, and nesting is bounded so
+/// that evaluation fits a 2 MiB thread stack even in a debug build.
+#[test]
+fn overflow_and_deep_nesting_are_errors_not_crashes() {
+    let engine = engine();
+    let patient = json!({"resourceType": "Patient"});
+    for expression in [
+        "(-9223372036854775807 - 1) mod -1",
+        "7922816251426433759354395033.5 div 0.01",
+        "1.5.round(4294967298)",
+    ] {
+        let compiled = engine.compile(expression).expect(expression);
+        assert!(
+            compiled.evaluate(&patient, &patient).is_err(),
+            "{expression} should be an evaluation error"
+        );
+    }
+    assert!(eval("@9999-12-31T23:00:00Z + 2 hours", &patient).is_empty());
+
+    // 90 nested calls: accepted by the parser, more stack than a debug build has in
+    // 2 MiB. On a thread with a async runtime worker's stack it ends in an answer, never a crash.
+    let nested = (0..90).fold("0".to_owned(), |inner, _| format!("iif(true, {inner}, 1)"));
+    let deep = engine.compile(&nested).expect("within the parser's limit");
+    let result = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let patient = json!({"resourceType": "Patient"});
+            deep.evaluate(&patient, &patient).map(|c| c.len())
+        })
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    match result {
+        Ok(items) => assert_eq!(items, 1),
+        Err(error) => assert!(error.to_string().contains("nested too deeply"), "{error}"),
+    }
+}

@@ -39,10 +39,11 @@ pub(crate) enum Val<'a> {
 
 /// Parses a JSON number's text (kept exact by serde_json's `arbitrary_precision`).
 pub(crate) fn json_decimal(n: &serde_json::Number) -> Option<Decimal> {
-    let text = n.to_string();
+    // With `arbitrary_precision` the number is its text: no allocation.
+    let text = n.as_str();
     text.parse::<Decimal>()
         .ok()
-        .or_else(|| Decimal::from_scientific(&text).ok())
+        .or_else(|| Decimal::from_scientific(text).ok())
 }
 
 fn is_quantity_type(model: &Model, ty: &str) -> bool {

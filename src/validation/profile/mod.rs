@@ -315,10 +315,6 @@ impl Default for ProfileOptions {
     }
 }
 
-/// The definition files compiled into the binary: the R4 core, then Sprig's
-/// own profiles.
-const BUNDLED: [(&str, &str); 2] = [("r4-core", R4_CORE), ("sprig", SPRIG)];
-
 /// Validates resources against StructureDefinitions: the base definition
 /// of their type, or the profiles they claim or are asked to meet.
 pub struct ProfilePass {
@@ -346,9 +342,12 @@ impl ProfilePass {
         let mut by_url = FastMap::default();
         let mut value_sets = FastMap::default();
         let mut invariants = FastMap::default();
-        let fhirpath = FhirPath::new().map_err(|e| ProfileError::Engine(e.to_string()))?;
-        for (_, text) in BUNDLED {
-            let file: DefinitionsFile = serde_json::from_str(text)?;
+        let core: DefinitionsFile = serde_json::from_str(R4_CORE)?;
+        let sprig: DefinitionsFile = serde_json::from_str(SPRIG)?;
+        // The FHIRPath type model comes from the same parse of the core file.
+        let fhirpath = FhirPath::with_r4_definitions(&core.structure_definitions)
+            .map_err(|e| ProfileError::Engine(e.to_string()))?;
+        for file in [core, sprig] {
             for (id, invariant) in file.invariants {
                 // The same key with different rules is stored as `key@source`.
                 let key = id.split('@').next().unwrap_or(&id).to_owned();
