@@ -6,7 +6,7 @@
 use rust_decimal::Decimal;
 
 use super::FhirPathError;
-use super::temporal::{Date, DateTime, Time};
+use super::temporal::{CalendarUnit, Date, DateTime, Time};
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,25 +374,6 @@ struct Parser<'s> {
 /// frames are larger, also watches its stack use (`eval::STACK_BUDGET`).
 const MAX_DEPTH: usize = 200;
 
-const CALENDAR_UNITS: [&str; 16] = [
-    "year",
-    "years",
-    "month",
-    "months",
-    "week",
-    "weeks",
-    "day",
-    "days",
-    "hour",
-    "hours",
-    "minute",
-    "minutes",
-    "second",
-    "seconds",
-    "millisecond",
-    "milliseconds",
-];
-
 impl Parser<'_> {
     fn peek(&self) -> (&Tok, usize) {
         let (tok, at) = &self.tokens[self.pos.min(self.tokens.len() - 1)];
@@ -685,7 +666,7 @@ impl Parser<'_> {
                 self.bump();
                 return Ok(Expr::Literal(Literal::Quantity(value, unit)));
             }
-            Tok::Ident(word) if CALENDAR_UNITS.contains(&word.as_str()) => {
+            Tok::Ident(word) if CalendarUnit::from_word(word.as_str()).is_some() => {
                 self.bump();
                 return Ok(Expr::Literal(Literal::Quantity(value, word)));
             }

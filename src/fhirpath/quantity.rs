@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 
 use rust_decimal::Decimal;
 
+use super::temporal::CalendarUnit;
 use super::value::Val;
 
 /// (unit, dimension, factor to the dimension's base unit as decimal text)
@@ -49,16 +50,9 @@ pub(crate) fn is_ucum_code(unit: &str) -> bool {
 /// A calendar word as the UCUM unit it equals for comparison; years and months have no
 /// exact UCUM equal (spec), so they stay themselves.
 fn normalize(unit: &str) -> &str {
-    match unit {
-        "year" | "years" => "year",
-        "month" | "months" => "month",
-        "week" | "weeks" => "wk",
-        "day" | "days" => "d",
-        "hour" | "hours" => "h",
-        "minute" | "minutes" => "min",
-        "second" | "seconds" => "s",
-        "millisecond" | "milliseconds" => "ms",
-        other => other,
+    match CalendarUnit::from_word(unit) {
+        Some(calendar) => calendar.comparable_unit(),
+        None => unit,
     }
 }
 

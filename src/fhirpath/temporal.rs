@@ -430,17 +430,46 @@ impl CalendarUnit {
     /// Calendar words and the UCUM codes FHIRPath allows in date arithmetic (not `a`
     /// and `mo`: UCUM's year and month are not calendar years and months).
     pub fn from_unit(unit: &str) -> Option<CalendarUnit> {
-        Some(match unit {
+        Self::from_word(unit).or(match unit {
+            "wk" => Some(CalendarUnit::Week),
+            "d" => Some(CalendarUnit::Day),
+            "h" => Some(CalendarUnit::Hour),
+            "min" => Some(CalendarUnit::Minute),
+            "s" => Some(CalendarUnit::Second),
+            "ms" => Some(CalendarUnit::Millisecond),
+            _ => None,
+        })
+    }
+
+    /// A calendar duration word (`year`, `weeks`, `millisecond`…), the only unquoted units
+    /// a FHIRPath quantity may have.
+    pub fn from_word(word: &str) -> Option<CalendarUnit> {
+        Some(match word {
             "year" | "years" => CalendarUnit::Year,
             "month" | "months" => CalendarUnit::Month,
-            "week" | "weeks" | "wk" => CalendarUnit::Week,
-            "day" | "days" | "d" => CalendarUnit::Day,
-            "hour" | "hours" | "h" => CalendarUnit::Hour,
-            "minute" | "minutes" | "min" => CalendarUnit::Minute,
-            "second" | "seconds" | "s" => CalendarUnit::Second,
-            "millisecond" | "milliseconds" | "ms" => CalendarUnit::Millisecond,
+            "week" | "weeks" => CalendarUnit::Week,
+            "day" | "days" => CalendarUnit::Day,
+            "hour" | "hours" => CalendarUnit::Hour,
+            "minute" | "minutes" => CalendarUnit::Minute,
+            "second" | "seconds" => CalendarUnit::Second,
+            "millisecond" | "milliseconds" => CalendarUnit::Millisecond,
             _ => return None,
         })
+    }
+
+    /// The unit compared with UCUM quantities: years and months have no exact UCUM equal
+    /// (spec), so they stay themselves.
+    pub fn comparable_unit(self) -> &'static str {
+        match self {
+            CalendarUnit::Year => "year",
+            CalendarUnit::Month => "month",
+            CalendarUnit::Week => "wk",
+            CalendarUnit::Day => "d",
+            CalendarUnit::Hour => "h",
+            CalendarUnit::Minute => "min",
+            CalendarUnit::Second => "s",
+            CalendarUnit::Millisecond => "ms",
+        }
     }
 
     fn millis(self) -> i64 {
