@@ -427,7 +427,8 @@ impl Parser<'_> {
         Some(op)
     }
 
-    fn expression(&mut self, min_power: u8) -> Result<Expr, FhirPathError> {
+    /// One level deeper into the expression; an error past `MAX_DEPTH`.
+    fn deeper(&mut self) -> Result<(), FhirPathError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(syntax(
@@ -436,18 +437,16 @@ impl Parser<'_> {
                 "expression nested too deeply",
             ));
         }
+        Ok(())
+    }
+
+    fn expression(&mut self, min_power: u8) -> Result<Expr, FhirPathError> {
+        self.deeper()?;
         let mut left = self.unary()?;
         // Each operator in a chain deepens the tree by one: count it against the limit.
         let depth_on_entry = self.depth;
         loop {
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                return Err(syntax(
-                    self.peek().1,
-                    self.src,
-                    "expression nested too deeply",
-                ));
-            }
+            self.deeper()?;
             // `is` and `as` (power 8) take a type, not an expression.
             if let Tok::Ident(w) = self.peek().0
                 && (w == "is" || w == "as")
@@ -480,14 +479,7 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Expr, FhirPathError> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(syntax(
-                self.peek().1,
-                self.src,
-                "expression nested too deeply",
-            ));
-        }
+        self.deeper()?;
         let result = self.unary_inner();
         self.depth -= 1;
         result
@@ -521,14 +513,7 @@ impl Parser<'_> {
         let mut expr = self.term()?;
         let depth_on_entry = self.depth;
         let result = loop {
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                return Err(syntax(
-                    self.peek().1,
-                    self.src,
-                    "expression nested too deeply",
-                ));
-            }
+            self.deeper()?;
             match self.peek().0 {
                 Tok::Sym(".") => {
                     self.bump();
