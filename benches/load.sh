@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Load run of POST /fhir/ServiceRequest against a release build of Sprig on loopback.
+# Load run of referral ingestion against a release build of Sprig on loopback.
 #
 #   benches/load.sh [DURATION_SECONDS] [CONNECTIONS]     (defaults: 20 s, 32 connections)
 #
 # Needs wrk (Debian: apt-get install wrk). Prints, for each SQLite durability mode: start-up time
-# to ready, wrk's throughput and latency for POST, the same for GET /healthz as a same-run
-# baseline, and the server's peak RSS. Traffic goes to 127.0.0.1 only and stops by itself.
+# to ready, wrk's throughput and latency for GET /healthz (the same-run baseline), for
+# POST /fhir/ServiceRequest (examples/referral-servicerequest.json) and for POST /fhir (the
+# transaction Bundle examples/referral-transaction-bundle.json), each request a new referral
+# (benches/post-unique.lua varies the identifier: validate + map + store, not a resubmission),
+# and the server's peak RSS. Traffic goes to 127.0.0.1 only and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-20}"
 CONNECTIONS="${2:-32}"
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet
-export LOAD_BODY_FILE="$PWD/examples/referral-servicerequest.json"
 WORK="$(mktemp -d)"
 trap 'kill "${PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -34,11 +36,16 @@ for MODE in full normal; do
     RSS_IDLE=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
     echo "-- baseline: GET /healthz, ${CONNECTIONS} connections, ${DURATION}s"
     wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://$ADDRESS/healthz" | grep -E 'Requests/sec|^ +50%|^ +99%|Non-2xx|errors'
-    echo "-- POST /fhir/ServiceRequest, ${CONNECTIONS} connections, ${DURATION}s"
-    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s benches/post-referral.lua \
+    echo "-- POST /fhir/ServiceRequest (contained), ${CONNECTIONS} connections, ${DURATION}s"
+    LOAD_BODY_FILE="$PWD/examples/referral-servicerequest.json" LOAD_UNIQUE=REF-2026-000123 \
+        wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s benches/post-unique.lua \
         "http://$ADDRESS/fhir/ServiceRequest" | grep -E 'Requests/sec|^ +50%|^ +75%|^ +90%|^ +99%|Non-2xx|errors|requests in'
+    echo "-- POST /fhir (transaction Bundle, 7 entries), ${CONNECTIONS} connections, ${DURATION}s"
+    LOAD_BODY_FILE="$PWD/examples/referral-transaction-bundle.json" LOAD_UNIQUE=REF-2026-000456 \
+        wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s benches/post-unique.lua \
+        "http://$ADDRESS/fhir" | grep -E 'Requests/sec|^ +50%|^ +75%|^ +90%|^ +99%|Non-2xx|errors|requests in'
     echo "-- RSS: idle ${RSS_IDLE} kB, peak $(awk '/VmHWM/ {print $2}' /proc/$PID/status) kB"
-    STORED=$(sqlite3 "$WORK/load-$MODE.db" 'SELECT COUNT(*) FROM resource_versions' 2>/dev/null || echo "?")
+    STORED=$(sqlite3 "$WORK/load-$MODE.db" 'SELECT COUNT(*) FROM referrals' 2>/dev/null || echo "?")
     kill -TERM "$PID"; wait "$PID" || true
-    echo "-- resources stored: $STORED"
+    echo "-- referrals stored: $STORED"
 done

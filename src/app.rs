@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState, capability};
 use crate::config::{Settings, SqliteSynchronousSetting};
 use crate::fhir::{Instant, ResourceType};
+use crate::fhirpath::FhirPath;
+use crate::mapping::{MappingError, Mappings};
+use crate::referral::workflow::{ServiceIdentity, Workflow};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
 use crate::validation::profile::{ProfileError, ProfileOptions, ProfilePass};
@@ -29,6 +32,9 @@ pub enum StartupError {
     /// The bundled FHIR definitions could not be loaded.
     #[error(transparent)]
     Profiles(#[from] ProfileError),
+    /// The mappings (`mappings/` or `mappings_dir`) are wrong.
+    #[error("mappings: {0}")]
+    Mappings(#[from] MappingError),
     /// The validation settings name something Sprig does not hold.
     #[error("validation settings: {0}")]
     Validation(String),
@@ -91,6 +97,21 @@ impl Application {
         let validator = Validator::new(vec![Box::new(schema), Box::new(profiles)])
             .with_default_profiles(default_profiles)
             .map_err(|e| StartupError::Validation(e.to_string()))?;
+        let fhirpath =
+            FhirPath::new().map_err(|e| StartupError::Internal(format!("FHIRPath engine: {e}")))?;
+        let mappings = match &settings.mappings_dir {
+            Some(dir) => Mappings::load_dir(dir, &fhirpath)?,
+            None => Mappings::shipped(&fhirpath)?,
+        };
+        let validator = Arc::new(validator);
+        let workflow = Workflow::new(
+            Arc::new(mappings),
+            Arc::clone(&validator),
+            ServiceIdentity {
+                name: settings.service.name.clone(),
+                ods_code: settings.service.ods_code.clone(),
+            },
+        );
 
         let listener =
             TcpListener::bind(settings.listen)
@@ -106,9 +127,10 @@ impl Application {
         let capability_statement = capability::capability_statement(&settings, started);
         let state = AppState {
             store,
-            validator: Arc::new(validator),
+            validator,
             settings: Arc::new(settings),
             capability_statement: Arc::new(capability_statement),
+            workflow,
         };
         Ok(Self {
             listener,

@@ -74,6 +74,31 @@ pub struct Settings {
     pub sqlite: SqliteSettings,
     /// Validation choices.
     pub validation: ValidationSettings,
+    /// The social prescribing service Sprig runs for.
+    pub service: ServiceSettings,
+    /// A folder holding `inbound.toml` and `outbound.toml` to use instead of
+    /// the mappings shipped in `mappings/` (compiled into the binary).
+    pub mappings_dir: Option<PathBuf>,
+}
+
+/// The social prescribing service Sprig runs for: the owner of every Task
+/// and the performer of every outcome Observation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// The service's name, as GP systems will display it.
+    pub name: String,
+    /// The service's ODS code, if it has one.
+    pub ods_code: Option<String>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            name: "Social prescribing service".into(),
+            ods_code: None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -86,6 +111,8 @@ impl Default for Settings {
             limits: Limits::default(),
             sqlite: SqliteSettings::default(),
             validation: ValidationSettings::default(),
+            service: ServiceSettings::default(),
+            mappings_dir: None,
         }
     }
 }

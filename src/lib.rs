@@ -12,7 +12,12 @@
 //! - `api`: HTTP routes, content negotiation, the error-to-OperationOutcome mapping
 //! - `fhir`: FHIR model helpers: strict JSON, newtypes, OperationOutcome
 //! - `validation`: pure validation passes (R4 JSON schema today)
+//! - `search`: FHIR search parameters, query parsing and index extraction (pure)
 //! - `store`: durable, versioned storage (SQLite)
+//! - `fhirpath`: Sprig's FHIRPath engine (invariants, slicing, mappings)
+//! - `mapping`: the declarative FHIR ↔ referral record mappings (`mappings/*.toml`) and the
+//!   Task and Observation builders
+//! - `referral`: referral stages and their workflow, outcome measures and their scoring
 
 #![warn(missing_docs)]
 
@@ -22,6 +27,9 @@ pub mod cli;
 pub mod config;
 pub mod fhir;
 pub mod fhirpath;
+pub mod mapping;
+pub mod referral;
+pub mod search;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

@@ -21,6 +21,12 @@ pub enum Interaction {
     Read,
     /// `GET /{type}/{id}/_history/{vid}`.
     Vread,
+    /// `GET /{type}?…` and `POST /{type}/_search`.
+    SearchType,
+    /// `GET /{type}/{id}/_history`.
+    HistoryInstance,
+    /// `PUT /{type}/{id}`.
+    Update,
 }
 
 impl Interaction {
@@ -29,6 +35,9 @@ impl Interaction {
             Interaction::Create => "create",
             Interaction::Read => "read",
             Interaction::Vread => "vread",
+            Interaction::SearchType => "search-type",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::Update => "update",
         }
     }
 }
@@ -46,11 +55,55 @@ pub struct ResourceCapability {
 
 /// Everything the REST API supports. Keep in step with `api::router`:
 /// a test checks each entry is served and nothing else is.
-pub const SUPPORTED: &[ResourceCapability] = &[ResourceCapability {
-    resource_type: ResourceType::SERVICE_REQUEST,
-    interactions: &[Interaction::Create, Interaction::Read, Interaction::Vread],
-    documentation: "A referral to the social prescribing service. Created referrals are validated against the FHIR R4 JSON schema and the R4 core ServiceRequest definition (cardinality, choice types, reference targets, bindings), and stored durably with full version history.",
-}];
+pub const SUPPORTED: &[ResourceCapability] = &[
+    ResourceCapability {
+        resource_type: ResourceType::SERVICE_REQUEST,
+        interactions: &[
+            Interaction::Create,
+            Interaction::Read,
+            Interaction::Vread,
+            Interaction::SearchType,
+            Interaction::HistoryInstance,
+            Interaction::Update,
+        ],
+        documentation: "A referral to the social prescribing service, held to the sprig-referral profile unless it names another (related resources contained, or sent together in a transaction Bundle to POST /fhir or a message to $process-message). Each referral starts the service's workflow and gets one Task reporting its progress. The same referral (identifier system and value) sent again is answered with the one already held (200), never stored twice; If-None-Exist is also honoured. PUT with If-Match amends a referral or, with status revoked, withdraws it.",
+    },
+    ResourceCapability {
+        resource_type: ResourceType::TASK,
+        interactions: READ_AND_SEARCH,
+        documentation: "The referral's progress in the social prescribing service (accepted, declined, completed…), one Task per referral (Task.basedOn). Sprig writes these itself; clients read and search them, e.g. GET /fhir/Task?based-on=ServiceRequest/{id}.",
+    },
+    ResourceCapability {
+        resource_type: ResourceType::OBSERVATION,
+        interactions: READ_AND_SEARCH,
+        documentation: "Outcome measures (wellbeing and loneliness scores) recorded by the social prescribing service for a referral (Observation.basedOn). Sprig writes these itself; clients read and search them, e.g. GET /fhir/Observation?based-on=ServiceRequest/{id}.",
+    },
+    related("Patient"),
+    related("Organization"),
+    related("Practitioner"),
+    related("PractitionerRole"),
+    related("Consent"),
+    related("Condition"),
+    related("QuestionnaireResponse"),
+];
+
+/// A resource type that arrives beside a referral, in a transaction or a
+/// message: stored, readable and searchable, not created on its own.
+const fn related(type_name: &'static str) -> ResourceCapability {
+    ResourceCapability {
+        resource_type: ResourceType::named(type_name),
+        interactions: READ_AND_SEARCH,
+        documentation: "Arrives with a referral (in a transaction Bundle or a message) and is stored as sent, with references rewritten to the ids Sprig assigned; a Patient with an NHS number or an Organization with an ODS code updates the one already held.",
+    }
+}
+
+/// What clients may do with the resources Sprig produces itself.
+const READ_AND_SEARCH: &[Interaction] = &[
+    Interaction::Read,
+    Interaction::Vread,
+    Interaction::SearchType,
+    Interaction::HistoryInstance,
+];
 
 /// Checks `type_name` names a resource type on which `interaction` is
 /// supported, and returns it; otherwise the error to answer with.
@@ -102,11 +155,15 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
                 "versioning": "versioned",
                 "readHistory": c.interactions.contains(&Interaction::Vread),
                 "updateCreate": false,
-                "conditionalCreate": false,
+                // If-None-Exist on POST; `request.ifNoneExist` in a transaction.
+                "conditionalCreate": c.interactions.contains(&Interaction::Create),
                 "conditionalRead": "not-match",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
             });
+            if c.interactions.contains(&Interaction::SearchType) {
+                resource["searchParam"] = Value::Array(search_params(c.resource_type));
+            }
             // What a resource of this type is held to when it names no
             // profile: the truth a sender needs before sending.
             if let Some(profile) = settings
@@ -137,9 +194,17 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID.",
+            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page. Unknown parameters or bad values are a 400 unless the request says Prefer: handling=lenient.",
             "resource": resources,
+            "interaction": [{
+                "code": "transaction",
+                "documentation": "POST /fhir with a referral transaction Bundle (sprig-referral-bundle): one ServiceRequest, its Patient and Consent, and the practitioner, practice, conditions and questionnaire responses that go with it. All or nothing; urn:uuid references are rewritten to the ids Sprig assigns; request.ifNoneExist and conditional PUT (Type?identifier=…) find resources already held; the answer is a transaction-response Bundle with each entry's status and location.",
+            }],
             "operation": [{
+                "name": "process-message",
+                "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
+                "documentation": "POST /fhir/$process-message with a BaRS-style referral message (sprig-referral-message: MessageHeader event servicerequest-request, reason new or update, focus the ServiceRequest). Synchronous: a servicerequest-response message whose response.code is ok, transient-error or fatal-error (with an OperationOutcome). X-Request-ID and X-Correlation-ID are echoed; the same X-Request-ID again with the same body gets the same answer, with another body a 409.",
+            }, {
                 "name": "validate",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
                 "documentation": "POST /fhir/$validate or /fhir/{type}/$validate with a resource or a Parameters (resource, profile, mode); any R4 resource type; 200 with an OperationOutcome holding the issues a create would meet.",
@@ -148,9 +213,40 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
     })
 }
 
+/// `searchParam` for a type, from the same table the search reads, so the
+/// statement lists exactly the parameters a query may use.
+fn search_params(resource_type: ResourceType) -> Vec<Value> {
+    crate::search::all_params(resource_type)
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "type": p.kind.code(),
+                "documentation": p.documentation,
+            })
+        })
+        .collect()
+}
+
 /// `GET /fhir/metadata`.
 pub async fn metadata(State(state): State<AppState>, format: ResponseFormat) -> Response {
     format
         .render(&state.capability_statement)
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_named_in_the_table_is_an_r4_type() {
+        for capability in SUPPORTED {
+            let name = capability.resource_type.as_str();
+            assert_eq!(
+                ResourceType::parse(name),
+                Ok(capability.resource_type),
+                "{name}"
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 
 use crate::fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
+use crate::referral::workflow::WorkflowError;
 use crate::store::StoreError;
 
 /// The content type of every FHIR response body.
@@ -30,6 +31,17 @@ pub enum ApiError {
     /// 406: the client accepts no format Sprig can produce.
     #[error("not acceptable")]
     NotAcceptable(Issue),
+    /// 409: the request conflicts with the current state (a repeated
+    /// `X-Request-ID` with another body, an illegal stage change).
+    #[error("conflict")]
+    Conflict(Vec<Issue>),
+    /// 412: `If-Match` names a version that is no longer current, or a
+    /// conditional request matched more than one resource.
+    #[error("precondition failed")]
+    PreconditionFailed(Issue),
+    /// 428: an update must say which version it changes (`If-Match`).
+    #[error("precondition required")]
+    PreconditionRequired(Issue),
     /// 410: the resource was deleted.
     #[error("gone")]
     Gone(Issue),
@@ -58,10 +70,59 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if error.is_transient() {
-            ApiError::Unavailable(error)
-        } else {
-            ApiError::Internal(error.to_string())
+        match error {
+            StoreError::VersionConflict {
+                resource_type,
+                id,
+                expected,
+                current,
+            } => ApiError::PreconditionFailed(Issue::error(
+                IssueType::Conflict,
+                "version-conflict",
+                format!(
+                    "{resource_type}/{id} has changed: If-Match named version {expected} but the current version is {current}; read it again and reapply the change"
+                ),
+            )),
+            StoreError::NotFound { resource_type, id } => ApiError::NotFound(Issue::error(
+                IssueType::NotFound,
+                "resource-not-found",
+                format!("{resource_type}/{id} does not exist"),
+            )),
+            error if error.is_transient() => ApiError::Unavailable(error),
+            error => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(error: WorkflowError) -> Self {
+        let message = error.to_string();
+        match error {
+            WorkflowError::Unmappable(issues) => ApiError::Unprocessable(issues),
+            WorkflowError::Invalid(_) | WorkflowError::Score(_) => {
+                ApiError::Unprocessable(vec![Issue::error(
+                    IssueType::BusinessRule,
+                    "referral-rule",
+                    message,
+                )])
+            }
+            WorkflowError::NotFound(_) => ApiError::NotFound(Issue::error(
+                IssueType::NotFound,
+                "referral-not-found",
+                message,
+            )),
+            WorkflowError::IllegalTransition { .. } => ApiError::Conflict(vec![Issue::error(
+                IssueType::BusinessRule,
+                "illegal-transition",
+                message,
+            )]),
+            WorkflowError::Conflict(_) => ApiError::Conflict(vec![Issue::error(
+                IssueType::BusinessRule,
+                "referral-state",
+                message,
+            )]),
+            WorkflowError::Defect(_) => ApiError::Internal(message),
+            WorkflowError::Store(error) => error.into(),
         }
     }
 }
@@ -76,6 +137,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,13 +148,17 @@ impl ApiError {
     }
 
     /// The issues to report, before capping.
-    fn into_issues(self) -> Vec<Issue> {
+    pub(crate) fn into_issues(self) -> Vec<Issue> {
         match self {
-            ApiError::BadRequest(issues) | ApiError::Unprocessable(issues) => issues,
+            ApiError::BadRequest(issues)
+            | ApiError::Unprocessable(issues)
+            | ApiError::Conflict(issues) => issues,
             ApiError::NotFound(issue)
             | ApiError::MethodNotAllowed(issue)
             | ApiError::NotAcceptable(issue)
             | ApiError::Gone(issue)
+            | ApiError::PreconditionFailed(issue)
+            | ApiError::PreconditionRequired(issue)
             | ApiError::UnsupportedMediaType(issue) => vec![issue],
             ApiError::PayloadTooLarge { limit } => vec![Issue::error(
                 IssueType::TooCostly,

@@ -23,6 +23,10 @@ pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id
 pub struct RequestContext {
     /// This request's id, as echoed in `X-Request-ID`.
     pub request_id: String,
+    /// Whether the caller chose the id (so a repeat of it is a retry).
+    pub request_id_from_caller: bool,
+    /// `X-Correlation-ID`, when the caller sent a usable one.
+    pub correlation_id: Option<String>,
 }
 
 /// A caller-supplied id is used only if it is short printable ASCII without
@@ -40,11 +44,14 @@ fn usable_id(value: Option<&HeaderValue>) -> Option<String> {
 /// Outermost layer: everything else, including panics and timeouts, runs
 /// inside its span and gets the id headers.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
-    let request_id = usable_id(request.headers().get(&REQUEST_ID))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let caller_id = usable_id(request.headers().get(&REQUEST_ID));
+    let request_id_from_caller = caller_id.is_some();
+    let request_id = caller_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let correlation_id = usable_id(request.headers().get(&CORRELATION_ID));
     request.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
+        request_id_from_caller,
+        correlation_id: correlation_id.clone(),
     });
     // The path only: query strings may one day carry search parameters
     // with patient details.

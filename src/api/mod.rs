@@ -10,9 +10,14 @@
 pub mod capability;
 pub mod error;
 pub mod health;
+pub mod message;
 pub mod middleware;
 pub mod negotiate;
+pub mod referrals;
 pub mod resource;
+pub mod search;
+pub mod service;
+pub mod transaction;
 pub mod validate;
 
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Settings;
 use crate::fhir::{Issue, IssueType};
+use crate::referral::workflow::Workflow;
 use crate::store::Store;
 use crate::validation::Validator;
 use error::ApiError;
@@ -41,6 +47,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The CapabilityStatement, built once.
     pub capability_statement: Arc<Value>,
+    /// The referral workflow (mappings, profiles, service identity).
+    pub workflow: Workflow,
 }
 
 impl AppState {
@@ -57,11 +65,27 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir", post(transaction::transaction))
+        .route("/fhir/$process-message", post(message::process_message))
         .route("/fhir/$validate", post(validate::validate_any))
         .route("/fhir/{type}/$validate", post(validate::validate_type))
-        .route("/fhir/{type}", post(resource::create))
-        .route("/fhir/{type}/{id}", get(resource::read))
+        .route(
+            "/fhir/{type}",
+            get(search::search_get).post(resource::create),
+        )
+        .route("/fhir/{type}/_search", post(search::search_post))
+        .route(
+            "/fhir/{type}/{id}",
+            get(resource::read).put(referrals::update),
+        )
+        .route("/fhir/{type}/{id}/_history", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
+        .route("/api/openapi.json", get(service::openapi))
+        .route("/api/referrals", get(service::list))
+        .route("/api/referrals/{id}", get(service::detail))
+        .route("/api/referrals/{id}/transitions", post(service::transition))
+        .route("/api/referrals/{id}/outcomes", post(service::outcome))
+        .route("/api/referrals/{id}/notes", post(service::note))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .fallback(not_found)
@@ -77,7 +101,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(uri: Uri) -> ApiError {
+async fn not_found(uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/") {
+        return service::Problem::not_found(format!(
+            "There is nothing at {}; GET /api/openapi.json describes this API",
+            uri.path()
+        ))
+        .into_response();
+    }
     ApiError::NotFound(Issue::error(
         IssueType::NotFound,
         "endpoint-not-found",
@@ -86,6 +118,7 @@ async fn not_found(uri: Uri) -> ApiError {
             uri.path()
         ),
     ))
+    .into_response()
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {

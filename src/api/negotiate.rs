@@ -232,6 +232,47 @@ impl ReturnPreference {
     }
 }
 
+/// `Prefer: handling=lenient` (RFC 7240, FHIR search): ignore unknown or
+/// malformed search parameters instead of refusing the search. Absent or
+/// `strict` means strict.
+pub fn lenient_handling(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.split(';').next())
+        .filter_map(|p| p.split_once('='))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("handling")
+                && value
+                    .trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case("lenient")
+        })
+}
+
+/// Checks a `_search` body is a form (`application/x-www-form-urlencoded`),
+/// as FHIR requires for `POST [type]/_search`.
+pub fn require_form_body(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match media.as_deref() {
+        Some("application/x-www-form-urlencoded") => Ok(()),
+        other => Err(ApiError::UnsupportedMediaType(Issue::error(
+            IssueType::NotSupported,
+            "unsupported-media-type",
+            format!(
+                "POST _search takes its parameters as application/x-www-form-urlencoded (the Content-Type was {}); or use GET with a query string",
+                other.unwrap_or("missing")
+            ),
+        ))),
+    }
+}
+
 /// Decodes `application/x-www-form-urlencoded` query pairs, skipping any
 /// that are not valid.
 fn form_pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -368,6 +409,25 @@ mod tests {
             ReturnPreference::from_headers(&HeaderMap::new()),
             ReturnPreference::Representation
         );
+    }
+
+    #[test]
+    fn prefer_handling_is_read() {
+        let lenient = |v: &'static str| lenient_handling(&headers(&[("prefer", v)]));
+        assert!(lenient("handling=lenient"));
+        assert!(lenient("return=minimal, handling=\"lenient\""));
+        assert!(!lenient("handling=strict"));
+        assert!(!lenient("return=representation"));
+        assert!(!lenient_handling(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn search_bodies_must_be_forms() {
+        let form = |v: &'static str| require_form_body(&headers(&[("content-type", v)])).is_ok();
+        assert!(form("application/x-www-form-urlencoded"));
+        assert!(form("application/x-www-form-urlencoded; charset=utf-8"));
+        assert!(!form("application/fhir+json"));
+        assert!(require_form_body(&HeaderMap::new()).is_err());
     }
 
     #[test]

@@ -21,10 +21,15 @@ use super::capability::{Interaction, supported};
 use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
+use super::referrals::{self, Arrived};
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
-use crate::fhir::{FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, VersionId};
-use crate::store::{NewResource, ReadOutcome, StoredResource};
+use crate::fhir::{
+    FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, ResourceType, VersionId,
+};
+use crate::search::SearchQuery;
+use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
+use crate::validation::REFERRAL_PROFILE;
 use crate::validation::Target;
 
 /// `POST /fhir/{type}`: create a resource.
@@ -42,21 +47,226 @@ pub async fn create(
     let preference = ReturnPreference::from_headers(&headers);
     let limits = &state.settings.limits;
     let bytes = read_body(body, &headers, limits.max_body_bytes).await?;
+    let if_none_exist = if_none_exist(&headers, resource_type)?;
 
+    let checked = check_body(&state, bytes.clone(), Some(resource_type), None).await?;
+    let Checked {
+        resource_type,
+        profiles,
+        resource,
+        issues,
+    } = checked;
+    let context = context.map(|Extension(c)| c);
+    if resource_type == ResourceType::SERVICE_REQUEST
+        && profiles.iter().any(|p| p == REFERRAL_PROFILE)
+    {
+        let arrived = Arrived {
+            body: &bytes,
+            context: context.as_ref(),
+            format,
+            preference,
+            warnings: issues,
+        };
+        return referrals::create_referral(&state, resource, arrived, if_none_exist).await;
+    }
+
+    let request_id = context
+        .as_ref()
+        .map(|c| c.request_id.as_str())
+        .unwrap_or("unknown");
+    let mut tx = state.store.begin_write().await?;
+    if let Some(query) = &if_none_exist
+        && let Some(existing) = existing_match(&mut tx, query).await?
+    {
+        drop(tx);
+        return written(
+            &state,
+            &existing,
+            Written {
+                status: StatusCode::OK,
+                message_id: "create-matched-existing",
+                message: format!(
+                    "If-None-Exist matched {}/{}; nothing new was stored",
+                    existing.resource_type, existing.id
+                ),
+                preference,
+                format,
+                issues,
+            },
+        );
+    }
+    let id = FhirId::generate();
+    let stored = tx
+        .create(ResourceWrite {
+            resource_type,
+            id: &id,
+            resource,
+            received: Some(&bytes),
+            request_id,
+        })
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        resource_type = %stored.resource_type,
+        id = %stored.id,
+        version = %stored.version_id,
+        "resource created"
+    );
+
+    written(
+        &state,
+        &stored,
+        Written {
+            status: StatusCode::CREATED,
+            message_id: "created",
+            message: format!(
+                "Created {}/{} (version {})",
+                stored.resource_type, stored.id, stored.version_id
+            ),
+            preference,
+            format,
+            issues,
+        },
+    )
+}
+
+/// `If-None-Exist`: the search that, if it matches, means "already there".
+fn if_none_exist(
+    headers: &HeaderMap,
+    resource_type: ResourceType,
+) -> Result<Option<SearchQuery>, ApiError> {
+    let Some(value) = headers.get("if-none-exist") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Value,
+            "if-none-exist-invalid",
+            "If-None-Exist must be a search query such as identifier=system|value",
+        )])
+    })?;
+    let query = text.trim().trim_start_matches('?');
+    SearchQuery::parse(resource_type, query)
+        .map(Some)
+        .map_err(ApiError::BadRequest)
+}
+
+/// The one current resource matching `query`; 412 when several do.
+pub(super) async fn existing_match(
+    tx: &mut WriteTx,
+    query: &SearchQuery,
+) -> Result<Option<StoredResource>, ApiError> {
+    let ids = tx.matching_ids(query).await?;
+    match ids.as_slice() {
+        [] => Ok(None),
+        [id] => match tx.read(query.resource_type, id).await? {
+            ReadOutcome::Found(stored) => Ok(Some(stored)),
+            _ => Ok(None),
+        },
+        many => Err(ApiError::PreconditionFailed(Issue::error(
+            IssueType::MultipleMatches,
+            "conditional-multiple-matches",
+            format!(
+                "If-None-Exist matches {} resources, so Sprig cannot tell which one is meant; make it more specific",
+                many.len()
+            ),
+        ))),
+    }
+}
+
+/// How to answer a write.
+pub(super) struct Written {
+    /// 201 for a create, 200 for an update or a resubmission.
+    pub status: StatusCode,
+    /// The informational issue's id, for `Prefer: return=OperationOutcome`.
+    pub message_id: &'static str,
+    /// What happened, in words.
+    pub message: String,
+    /// What the client asked to get back.
+    pub preference: ReturnPreference,
+    /// The response format.
+    pub format: ResponseFormat,
+    /// Validation warnings to pass on.
+    pub issues: Vec<Issue>,
+}
+
+/// The answer to a write: the resource, nothing or an OperationOutcome
+/// (`Prefer`), with `Location`, `ETag` and `Last-Modified`.
+pub(super) fn written(
+    state: &AppState,
+    stored: &StoredResource,
+    how: Written,
+) -> Result<Response, ApiError> {
+    let location = format!(
+        "{}/{}/{}/_history/{}",
+        state.fhir_base(),
+        stored.resource_type,
+        stored.id,
+        stored.version_id
+    );
+    let mut response = match how.preference {
+        ReturnPreference::Representation => resource_body(stored, how.format)?,
+        ReturnPreference::Minimal => Response::new(Body::empty()),
+        ReturnPreference::OperationOutcome => {
+            let mut all = vec![Issue {
+                severity: IssueSeverity::Information,
+                code: IssueType::Informational,
+                message_id: how.message_id,
+                message: how.message,
+                expression: None,
+                position: None,
+                source: None,
+            }];
+            all.extend(how.issues);
+            how.format
+                .render(&OperationOutcome::new(all).to_json(None))?
+        }
+    };
+    *response.status_mut() = how.status;
+    let headers = response.headers_mut();
+    set_version_headers(headers, stored);
+    insert_header(headers, header::LOCATION, &location);
+    insert_header(headers, "preference-applied", how.preference.applied());
+    Ok(response)
+}
+
+/// A body that parsed and passed validation.
+#[derive(Debug)]
+pub(super) struct Checked {
+    /// Its type.
+    pub resource_type: ResourceType,
+    /// The profiles it was held to.
+    pub profiles: Vec<String>,
+    /// The resource.
+    pub resource: Value,
+    /// Warnings and information from validation (no errors).
+    pub issues: Vec<Issue>,
+}
+
+/// Parses and validates a request body: 400 when it is not FHIR JSON of
+/// the `expected` type, 422 (issues located by line and column) when it is
+/// not valid against its profiles; `profile` is a profile the endpoint
+/// requires on top of those the resource names.
+pub(super) async fn check_body(
+    state: &AppState,
+    body: bytes::Bytes,
+    expected: Option<ResourceType>,
+    profile: Option<&'static str>,
+) -> Result<Checked, ApiError> {
+    let limits = &state.settings.limits;
     let json_limits = JsonLimits {
         max_depth: limits.max_json_depth,
     };
     let max_issues = limits.max_issues;
     let validator = Arc::clone(&state.validator);
-    let body = bytes.clone();
-    let (resource, issues) = cpu_bound(bytes.len(), move || {
-        let resource = parse_resource(&body, json_limits).map_err(|e| {
-            ApiError::BadRequest(capped(e.to_issues(resource_type.as_str()), max_issues))
-        })?;
+    let expected_name = expected.map_or("Resource", ResourceType::as_str);
+    let checked = cpu_bound(body.len(), move || {
+        let resource = parse_resource(&body, json_limits)
+            .map_err(|e| ApiError::BadRequest(capped(e.to_issues(expected_name), max_issues)))?;
         // A body of the wrong type is a bad request (400), not an invalid
         // resource (422).
         let (resource_type, profiles) = validator
-            .target_of(&resource, Some(resource_type), None)
+            .target_of(&resource, expected, profile)
             .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
         // Moved, not copied: the same value is validated and then stored.
         let resource = Value::Object(resource);
@@ -68,71 +278,23 @@ pub async fn create(
         if issues.iter().any(|i| i.severity.is_error()) {
             locate_issues(&body, resource_type.as_str(), &mut issues);
         }
-        Ok::<_, ApiError>((resource, issues))
+        Ok::<_, ApiError>(Checked {
+            resource_type,
+            profiles,
+            resource,
+            issues,
+        })
     })
     .await??;
-    if issues.iter().any(|i| i.severity.is_error()) {
+    if checked.issues.iter().any(|i| i.severity.is_error()) {
         tracing::info!(
-            resource_type = %resource_type,
-            issues = issues.len(),
+            resource_type = %checked.resource_type,
+            issues = checked.issues.len(),
             "resource rejected by validation"
         );
-        return Err(ApiError::Unprocessable(capped(issues, max_issues)));
+        return Err(ApiError::Unprocessable(capped(checked.issues, max_issues)));
     }
-
-    let request_id = context
-        .as_ref()
-        .map(|Extension(c)| c.request_id.as_str())
-        .unwrap_or("unknown");
-    let stored = state
-        .store
-        .create(NewResource {
-            resource_type,
-            resource,
-            received: &bytes,
-            request_id,
-        })
-        .await?;
-    tracing::info!(
-        resource_type = %stored.resource_type,
-        id = %stored.id,
-        version = %stored.version_id,
-        "resource created"
-    );
-
-    let location = format!(
-        "{}/{}/{}/_history/{}",
-        state.fhir_base(),
-        stored.resource_type,
-        stored.id,
-        stored.version_id
-    );
-    let mut response = match preference {
-        ReturnPreference::Representation => resource_body(&stored, format)?,
-        ReturnPreference::Minimal => Response::new(Body::empty()),
-        ReturnPreference::OperationOutcome => {
-            let mut all = vec![Issue {
-                severity: IssueSeverity::Information,
-                code: IssueType::Informational,
-                message_id: "created",
-                message: format!(
-                    "Created {}/{} (version {})",
-                    stored.resource_type, stored.id, stored.version_id
-                ),
-                expression: None,
-                position: None,
-                source: None,
-            }];
-            all.extend(issues);
-            format.render(&OperationOutcome::new(all).to_json(None))?
-        }
-    };
-    *response.status_mut() = StatusCode::CREATED;
-    let headers = response.headers_mut();
-    set_version_headers(headers, &stored);
-    insert_header(headers, header::LOCATION, &location);
-    insert_header(headers, "preference-applied", preference.applied());
-    Ok(response)
+    Ok(checked)
 }
 
 /// `GET /fhir/{type}/{id}`: the current version.
@@ -224,7 +386,7 @@ fn etag_matches(headers: &HeaderMap, version: VersionId) -> bool {
         .any(|tag| tag == "*" || tag == weak || tag == strong)
 }
 
-fn parse_id(raw: &str) -> Result<FhirId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<FhirId, ApiError> {
     FhirId::parse(raw).map_err(|e| {
         ApiError::BadRequest(vec![Issue::error(
             IssueType::Value,
@@ -242,7 +404,7 @@ pub(super) fn bad_path(rejection: PathRejection) -> ApiError {
     )])
 }
 
-fn capped(issues: Vec<Issue>, max: usize) -> Vec<Issue> {
+pub(super) fn capped(issues: Vec<Issue>, max: usize) -> Vec<Issue> {
     OperationOutcome::new(issues).capped(max).issues
 }
 
@@ -298,7 +460,10 @@ pub(super) async fn read_body(
 }
 
 /// The stored JSON is sent as it is, unless pretty printing was asked for.
-fn resource_body(stored: &StoredResource, format: ResponseFormat) -> Result<Response, ApiError> {
+pub(super) fn resource_body(
+    stored: &StoredResource,
+    format: ResponseFormat,
+) -> Result<Response, ApiError> {
     if format.pretty {
         let value: Value = serde_json::from_str(&stored.json)
             .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
@@ -308,7 +473,7 @@ fn resource_body(stored: &StoredResource, format: ResponseFormat) -> Result<Resp
     }
 }
 
-fn set_version_headers(headers: &mut HeaderMap, stored: &StoredResource) {
+pub(super) fn set_version_headers(headers: &mut HeaderMap, stored: &StoredResource) {
     insert_header(
         headers,
         header::ETAG,
@@ -321,7 +486,7 @@ fn set_version_headers(headers: &mut HeaderMap, stored: &StoredResource) {
     );
 }
 
-fn insert_header<K: axum::http::header::IntoHeaderName>(
+pub(super) fn insert_header<K: axum::http::header::IntoHeaderName>(
     headers: &mut HeaderMap,
     name: K,
     value: &str,

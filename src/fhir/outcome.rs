@@ -92,6 +92,10 @@ pub enum IssueType {
     Extension,
     /// A rule (invariant) of a definition failed.
     Invariant,
+    /// A business rule (the referral workflow) refused the request.
+    BusinessRule,
+    /// A conditional operation matched more than one resource.
+    MultipleMatches,
 }
 
 impl IssueType {
@@ -116,6 +120,8 @@ impl IssueType {
             Self::TooCostly => "too-costly",
             Self::Extension => "extension",
             Self::Invariant => "invariant",
+            Self::BusinessRule => "business-rule",
+            Self::MultipleMatches => "multiple-matches",
         }
     }
 }

@@ -106,6 +106,20 @@ pub struct ResourceType(&'static str);
 impl ResourceType {
     /// `ServiceRequest`, the referral.
     pub const SERVICE_REQUEST: ResourceType = ResourceType("ServiceRequest");
+    /// `Task`: the referral's progress, reported back.
+    pub const TASK: ResourceType = ResourceType("Task");
+    /// `Observation`: an outcome measure.
+    pub const OBSERVATION: ResourceType = ResourceType("Observation");
+    /// `Patient`.
+    pub const PATIENT: ResourceType = ResourceType("Patient");
+    /// `Bundle`: transactions and messages.
+    pub const BUNDLE: ResourceType = ResourceType("Bundle");
+
+    /// A type named in code. Use only with an R4 type name (a test checks
+    /// every use in Sprig's tables); text from outside goes through `parse`.
+    pub const fn named(type_name: &'static str) -> Self {
+        Self(type_name)
+    }
 
     /// Parses a resource type name (case-sensitive, as FHIR requires).
     pub fn parse(raw: &str) -> Result<Self, TypeError> {
@@ -211,6 +225,11 @@ mod tests {
         assert_eq!(
             ResourceType::parse("ServiceRequest"),
             Ok(ResourceType::SERVICE_REQUEST)
+        );
+        assert_eq!(ResourceType::parse("Task"), Ok(ResourceType::TASK));
+        assert_eq!(
+            ResourceType::parse("Observation"),
+            Ok(ResourceType::OBSERVATION)
         );
         assert!(ResourceType::parse("servicerequest").is_err());
         assert!(ResourceType::parse("Referral").is_err());

@@ -23,6 +23,7 @@
 //! ```
 
 mod eval;
+mod functions;
 mod model;
 mod parser;
 mod quantity;
@@ -65,6 +66,23 @@ pub enum FhirPathError {
     #[error("FHIRPath evaluation error: {message}")]
     Evaluation {
         /// What went wrong.
+        message: String,
+    },
+    /// The expression calls a function the engine does not implement, or with a number of
+    /// arguments it does not accept. Only [`FhirPath::compile_strict`] and
+    /// [`Expression::check_functions`] report this; [`FhirPath::compile`] leaves it to
+    /// evaluation.
+    #[error("FHIRPath function error at line {line}, column {column}: {message}")]
+    Function {
+        /// Byte offset of the function's name.
+        position: usize,
+        /// 1-based line of `position`.
+        line: usize,
+        /// 1-based column (in characters) of `position`.
+        column: usize,
+        /// The function's name, as written.
+        name: String,
+        /// What is wrong.
         message: String,
     },
     /// The embedded type model could not be read (a build defect).
@@ -118,6 +136,20 @@ impl FhirPath {
                 regexes: RegexCache::default(),
             }),
         })
+    }
+}
+
+impl FhirPath {
+    /// Parses `expression` like [`FhirPath::compile`], then refuses it if it calls a function
+    /// the engine does not implement or passes a function a number of arguments it does not
+    /// accept ([`Expression::check_functions`]). For expressions Sprig's own configuration
+    /// supplies (mappings), where such a mistake must stop start-up rather than fail on every
+    /// evaluation. Not for profile invariants: the R4 core uses functions this engine does not
+    /// implement, and those are reported per use.
+    pub fn compile_strict(&self, expression: &str) -> Result<Expression, FhirPathError> {
+        let compiled = self.compile(expression)?;
+        compiled.check_functions()?;
+        Ok(compiled)
     }
 }
 
@@ -181,6 +213,19 @@ impl Expression {
     /// The expression's text.
     pub fn text(&self) -> &str {
         &self.inner.text
+    }
+
+    /// Checks, without evaluating, that every function the expression calls is one the
+    /// engine implements, called with a number of arguments it accepts. The error
+    /// ([`FhirPathError::Function`]) names the first offender in the text and its position.
+    pub fn check_functions(&self) -> Result<(), FhirPathError> {
+        functions::check(&self.inner.expr, &self.inner.text)
+    }
+
+    /// The names of the `%variables` the expression reads (without `%`), in order of first
+    /// use, so a caller that supplies variables can refuse a misspelt one before evaluating.
+    pub fn variables(&self) -> Vec<String> {
+        functions::variables(&self.inner.expr)
     }
 
     /// Evaluates with `focus` as `%context`/`$this` and `resource` as

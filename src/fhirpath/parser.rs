@@ -109,10 +109,16 @@ struct Lexer<'s> {
     pos: usize,
 }
 
-fn syntax(position: usize, src: &str, message: impl Into<String>) -> FhirPathError {
-    let before = &src[..position.min(src.len())];
+/// 1-based line and column (in characters) of a byte offset into the expression.
+pub(crate) fn position_of(src: &str, position: usize) -> (usize, usize) {
+    let before = src.get(..position.min(src.len())).unwrap_or(src);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn syntax(position: usize, src: &str, message: impl Into<String>) -> FhirPathError {
+    let (line, column) = position_of(src, position);
     FhirPathError::Syntax {
         position,
         line,

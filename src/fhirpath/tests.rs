@@ -444,3 +444,142 @@ fn overflow_and_deep_nesting_are_errors_not_crashes() {
         Err(error) => assert!(error.to_string().contains("nested too deeply"), "{error}"),
     }
 }
+
+#[test]
+fn strict_compilation_refuses_unknown_functions_and_wrong_arity() {
+    let engine = engine();
+    // `compile` stays lenient: core invariants use functions the engine lacks.
+    assert!(engine.compile("name.frobnicate()").is_ok());
+    assert!(engine.compile("code.memberOf('http://x')").is_ok());
+
+    let err = engine
+        .compile_strict("name.where(use = 'official')\n  .frobnicate().given")
+        .expect_err("unknown function");
+    let FhirPathError::Function {
+        position,
+        line,
+        column,
+        name,
+        message,
+    } = err
+    else {
+        panic!("a function error, not {err:?}");
+    };
+    assert_eq!((position, line, column), (32, 2, 4));
+    assert_eq!(name, "frobnicate");
+    assert_eq!(message, "unknown function frobnicate()");
+
+    let err = engine
+        .compile_strict("name.first(1)")
+        .expect_err("first() takes no argument");
+    assert_eq!(
+        err.to_string(),
+        "FHIRPath function error at line 1, column 6: first() takes 0 arguments, not 1"
+    );
+    let err = engine
+        .compile_strict("iif(true)")
+        .expect_err("iif takes 2 or 3");
+    assert!(
+        err.to_string()
+            .ends_with("iif() takes 2 or 3 arguments, not 1"),
+        "{err}"
+    );
+    let err = engine
+        .compile_strict("code.memberOf('http://x')")
+        .expect_err("not supported");
+    assert!(err.to_string().contains("terminology server"), "{err}");
+
+    // Calls inside arguments and operands are checked too; the leftmost offender is named.
+    let err = engine
+        .compile_strict("a.where(b.nope()) | c.alsoNope()")
+        .expect_err("nested");
+    assert!(matches!(err, FhirPathError::Function { ref name, .. } if name == "nope"));
+
+    // Everything the engine implements passes.
+    for ok in [
+        "name.where(use = 'official').given.join(' ')",
+        "iif(a.exists(), a, b).substring(0, 2)",
+        "value.ofType(integer).aggregate($this + $total, 0)",
+        "telecom.sort(-rank, system).first().value",
+        "%patient.identifier.where(system = 'x').value.single()",
+    ] {
+        let compiled = engine
+            .compile_strict(ok)
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert!(compiled.check_functions().is_ok());
+    }
+}
+
+#[test]
+fn variables_lists_each_environment_variable_once() {
+    let compiled = engine()
+        .compile("%patient.name | %practice.name | %patient.birthDate | %resource.id")
+        .expect("compiles");
+    assert_eq!(
+        compiled.variables(),
+        ["patient", "practice", "resource"].map(String::from)
+    );
+}
+
+/// The table the strict check uses accepts exactly the argument counts the evaluator does.
+#[test]
+fn the_function_table_agrees_with_the_evaluator_on_arity() {
+    let engine = engine();
+    for (name, allowed) in functions::FUNCTIONS {
+        for argc in 0..=4 {
+            let arg = if matches!(*name, "is" | "as" | "ofType") {
+                "Patient"
+            } else {
+                "1"
+            };
+            let args = vec![arg; argc].join(", ");
+            let text = format!("{{}}.{name}({args})");
+            let result = engine
+                .compile(&text)
+                .expect("parses")
+                .evaluate(&Value::Null, &Value::Null);
+            let refused_for_arity = matches!(
+                &result,
+                Err(FhirPathError::Evaluation { message }) if message.contains("arguments, not")
+            );
+            let unknown = matches!(
+                &result,
+                Err(FhirPathError::Evaluation { message }) if message.contains("unknown function")
+            );
+            assert!(!unknown, "{text}: the evaluator does not know {name}()");
+            assert_eq!(
+                refused_for_arity,
+                !allowed.contains(&argc),
+                "{text}: table says {allowed:?}, evaluator answered {result:?}"
+            );
+            let strict = engine.compile_strict(&text);
+            assert_eq!(strict.is_err(), !allowed.contains(&argc), "{text}");
+        }
+    }
+}
+
+/// Every function name the evaluator dispatches on is in the table (or listed as
+/// unsupported), so `compile_strict` cannot refuse a function that works.
+#[test]
+fn the_function_table_lists_every_function_the_evaluator_implements() {
+    let source = include_str!("eval.rs");
+    let start = source.find("fn call(").expect("call()");
+    let end = source[start..].find("fn resolve(").expect("resolve()") + start;
+    let names = regex::Regex::new(r#""([A-Za-z]+)"\s*(?:=>|\|)"#).expect("regex");
+    let mut seen = Vec::new();
+    for cap in names.captures_iter(&source[start..end]) {
+        let name = cap[1].to_string();
+        assert!(
+            functions::arities(&name).is_some()
+                || functions::UNSUPPORTED.iter().any(|(n, _)| *n == name),
+            "eval.rs implements {name}() but functions::FUNCTIONS does not list it"
+        );
+        seen.push(name);
+    }
+    for (name, _) in functions::FUNCTIONS {
+        assert!(
+            seen.iter().any(|s| s == name),
+            "functions::FUNCTIONS lists {name}() but eval.rs does not implement it"
+        );
+    }
+}

@@ -13,7 +13,10 @@
 //! - this module stores what it is given: parsing and validation happen
 //!   before, in `fhir` and `validation`.
 
+pub mod referrals;
+mod search;
 mod sqlite;
+mod write;
 
 use std::time::Duration;
 
@@ -21,8 +24,10 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use crate::search::{Cursor, SearchQuery};
 
 pub use sqlite::SqliteStore;
+pub use write::{ResourceWrite, WriteTx};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, Error)]
@@ -36,6 +41,30 @@ pub enum StoreError {
     /// Schema migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// An update names a resource that does not exist.
+    #[error("{resource_type}/{id} does not exist")]
+    NotFound {
+        /// Type of the resource.
+        resource_type: String,
+        /// Its id.
+        id: String,
+    },
+    /// An update expected another current version (`If-Match`).
+    #[error("{resource_type}/{id} is at version {current}, not {expected}")]
+    VersionConflict {
+        /// Type of the resource.
+        resource_type: String,
+        /// Its id.
+        id: String,
+        /// The version the writer expected.
+        expected: VersionId,
+        /// The current version.
+        current: VersionId,
+    },
+    /// The search index cannot be written (its expressions failed to
+    /// compile: a defect), so the write was refused rather than stored unindexed.
+    #[error("search index unavailable: {0}")]
+    SearchIndex(String),
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {
@@ -124,6 +153,54 @@ pub struct NewResource<'a> {
     pub request_id: &'a str,
 }
 
+/// One page of search results.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    /// The current versions of the matching resources on this page, in the
+    /// query's order.
+    pub resources: Vec<StoredResource>,
+    /// How many resources match in all (`None` when `_total=none`).
+    pub total: Option<u64>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<Cursor>,
+}
+
+/// What a version in a resource's history records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryOperation {
+    /// The resource was created (`POST`).
+    Create,
+    /// The resource was replaced (`PUT`).
+    Update,
+    /// The resource was deleted (`DELETE`); the version has no content.
+    Delete,
+}
+
+/// One version in a resource's history.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    /// The version.
+    pub version_id: VersionId,
+    /// When it was written.
+    pub last_updated: Instant,
+    /// What wrote it.
+    pub operation: HistoryOperation,
+    /// The resource JSON (`None` for a deletion).
+    pub json: Option<String>,
+}
+
+/// One page of a resource's history, newest version first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The versions on this page.
+    pub entries: Vec<HistoryEntry>,
+    /// How many versions the resource has in all; 0 when there is no such
+    /// resource.
+    pub total: u64,
+    /// The next page holds the versions before this one.
+    pub next: Option<VersionId>,
+}
+
 /// The storage the gateway runs on.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -143,7 +220,19 @@ impl Store {
         if database.contains("://") && !database.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedDatabase(database.to_owned()));
         }
-        Ok(Store::Sqlite(SqliteStore::open(options).await?))
+        let store = SqliteStore::open(options).await?;
+        if let Some(indexed) = store.rebuild_index_if_stale().await? {
+            tracing::info!(resources = indexed, "search index rebuilt");
+        }
+        Ok(Store::Sqlite(store))
+    }
+
+    /// Opens a write transaction: every change made through it commits
+    /// together, or (dropped without commit) none does.
+    pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.begin_write().await,
+        }
     }
 
     /// Stores a new resource under a new server-assigned id, as version 1.
@@ -187,6 +276,30 @@ impl Store {
     ) -> Result<Option<VersionId>, StoreError> {
         match self {
             Store::Sqlite(s) => s.delete(resource_type, id, request_id).await,
+        }
+    }
+
+    /// One page of the current, non-deleted resources matching `query`, with
+    /// the total and where the next page starts. Paging is by keyset on
+    /// (last updated, id), so a resource written while a client pages is
+    /// never served twice, and pages do not shift under it.
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.search(query).await,
+        }
+    }
+
+    /// Up to `count` versions of a resource, newest first, deletions
+    /// included, starting before version `before` (from a `next` link).
+    pub async fn history(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        count: u32,
+        before: Option<VersionId>,
+    ) -> Result<HistoryPage, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.history(resource_type, id, count, before).await,
         }
     }
 

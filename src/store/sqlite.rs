@@ -5,20 +5,20 @@
 
 use std::str::FromStr;
 
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection};
 
+use super::write::{ResourceWrite, WriteTx};
 use super::{NewResource, ReadOutcome, StoreError, StoreOptions, StoredResource};
-use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 
 /// A SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    readers: SqlitePool,
+    pub(super) writer: SqlitePool,
+    pub(super) readers: SqlitePool,
 }
 
 impl SqliteStore {
@@ -62,52 +62,27 @@ impl SqliteStore {
         Ok(Self { writer, readers })
     }
 
+    /// Opens a write transaction on the writer connection.
+    pub(super) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            tx: self.writer.begin().await?,
+        })
+    }
+
     pub(super) async fn create(&self, new: NewResource<'_>) -> Result<StoredResource, StoreError> {
         let id = FhirId::generate();
-        let version_id = VersionId::FIRST;
-        let last_updated = Instant::now();
-        let stamped = stamp(new.resource, &id, version_id, last_updated);
-        let json = serde_json::to_string(&stamped).map_err(|e| StoreError::Corrupt {
-            resource_type: new.resource_type.to_string(),
-            id: id.to_string(),
-            reason: format!("cannot serialise: {e}"),
-        })?;
-        let at = last_updated.to_fhir();
-
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
-             VALUES ($1, $2, $3, 0, $4)",
-        )
-        .bind(new.resource_type.as_str())
-        .bind(id.as_str())
-        .bind(version_id.get())
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?;
-        insert_version(
-            &mut tx,
-            VersionRow {
+        let mut tx = self.begin_write().await?;
+        let stored = tx
+            .create(ResourceWrite {
                 resource_type: new.resource_type,
                 id: &id,
-                version_id,
-                last_updated: &at,
-                operation: "create",
-                resource: Some(&json),
+                resource: new.resource,
                 received: Some(new.received),
                 request_id: new.request_id,
-            },
-        )
-        .await?;
+            })
+            .await?;
         tx.commit().await?;
-
-        Ok(StoredResource {
-            resource_type: new.resource_type,
-            id,
-            version_id,
-            last_updated,
-            json,
-        })
+        Ok(stored)
     }
 
     pub(super) async fn read(
@@ -154,45 +129,10 @@ impl SqliteStore {
         id: &FhirId,
         request_id: &str,
     ) -> Result<Option<VersionId>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let current: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((current, 0)) = current else {
-            return Ok(None);
-        };
-        let version_id = VersionId::from_i64(current).next();
-        let at = Instant::now().to_fhir();
-        sqlx::query(
-            "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
-             WHERE resource_type = $3 AND id = $4",
-        )
-        .bind(version_id.get())
-        .bind(&at)
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        insert_version(
-            &mut tx,
-            VersionRow {
-                resource_type,
-                id,
-                version_id,
-                last_updated: &at,
-                operation: "delete",
-                resource: None,
-                received: None,
-                request_id,
-            },
-        )
-        .await?;
+        let mut tx = self.begin_write().await?;
+        let deleted = tx.delete(resource_type, id, request_id).await?;
         tx.commit().await?;
-        Ok(Some(version_id))
+        Ok(deleted)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -206,40 +146,7 @@ impl SqliteStore {
     }
 }
 
-struct VersionRow<'a> {
-    resource_type: ResourceType,
-    id: &'a FhirId,
-    version_id: VersionId,
-    last_updated: &'a str,
-    operation: &'static str,
-    resource: Option<&'a str>,
-    received: Option<&'a [u8]>,
-    request_id: &'a str,
-}
-
-async fn insert_version(
-    conn: &mut SqliteConnection,
-    row: VersionRow<'_>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO resource_versions \
-         (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(row.resource_type.as_str())
-    .bind(row.id.as_str())
-    .bind(row.version_id.get())
-    .bind(row.last_updated)
-    .bind(row.operation)
-    .bind(row.resource)
-    .bind(row.received)
-    .bind(row.request_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-fn outcome_from_row(
+pub(super) fn outcome_from_row(
     resource_type: ResourceType,
     id: &FhirId,
     row: &sqlx::sqlite::SqliteRow,

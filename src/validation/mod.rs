@@ -25,10 +25,20 @@ pub const CORE_PROFILE_PREFIX: &str = "http://hl7.org/fhir/StructureDefinition/"
 
 /// The profiles resources sent to Sprig are held to when they name none:
 /// (resource type, canonical URL). Configurable (`validation.default_profiles`).
-pub const DEFAULT_PROFILES: &[(&str, &str)] = &[(
-    "ServiceRequest",
-    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral",
-)];
+pub const DEFAULT_PROFILES: &[(&str, &str)] = &[("ServiceRequest", REFERRAL_PROFILE)];
+
+/// A social prescribing referral (ServiceRequest): what starts the workflow.
+pub const REFERRAL_PROFILE: &str =
+    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral";
+/// A referral transaction Bundle: what `POST /fhir` takes.
+pub const REFERRAL_BUNDLE_PROFILE: &str =
+    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral-bundle";
+/// A BaRS-style referral message: what `$process-message` takes.
+pub const REFERRAL_MESSAGE_PROFILE: &str =
+    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral-message";
+/// The Task that reports a referral's progress.
+pub const TASK_PROFILE: &str =
+    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral-task";
 
 /// What a resource is validated as.
 #[derive(Debug, Clone, Copy)]

@@ -330,7 +330,7 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
-            path: "/fhir/Patient",
+            path: "/fhir/Medication",
             ..case(
                 "resource type not served",
                 valid.clone(),
@@ -340,10 +340,10 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
-            method: "PUT",
+            method: "DELETE",
             path: "/fhir/ServiceRequest/abc",
             ..case(
-                "update not offered",
+                "delete not offered",
                 valid.clone(),
                 405,
                 "method-not-allowed",

@@ -35,7 +35,21 @@ async fn metadata_lists_exactly_what_is_served() {
         .iter()
         .filter_map(|r| r["type"].as_str())
         .collect();
-    assert_eq!(listed, vec!["ServiceRequest"]);
+    assert_eq!(
+        listed,
+        vec![
+            "ServiceRequest",
+            "Task",
+            "Observation",
+            "Patient",
+            "Organization",
+            "Practitioner",
+            "PractitionerRole",
+            "Consent",
+            "Condition",
+            "QuestionnaireResponse"
+        ]
+    );
     // The profile a ServiceRequest without meta.profile is held to.
     assert_eq!(
         resources[0]["profile"],
@@ -47,7 +61,83 @@ async fn metadata_lists_exactly_what_is_served() {
         .iter()
         .filter_map(|i| i["code"].as_str())
         .collect();
-    assert_eq!(interactions, vec!["create", "read", "vread"]);
+    assert_eq!(
+        interactions,
+        vec![
+            "create",
+            "read",
+            "vread",
+            "search-type",
+            "history-instance",
+            "update"
+        ]
+    );
+    assert_eq!(resources[0]["conditionalCreate"], true);
+    assert_eq!(
+        statement["rest"][0]["interaction"][0]["code"], "transaction",
+        "POST /fhir takes referral transactions"
+    );
+    let operations: Vec<&str> = statement["rest"][0]["operation"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(operations, vec!["process-message", "validate"]);
+    // Sprig writes Tasks and Observations itself, and stores the resources
+    // that come with a referral: clients read and search them.
+    for resource in &resources[1..] {
+        let interactions: Vec<&str> = resource["interaction"]
+            .as_array()
+            .expect("interactions")
+            .iter()
+            .filter_map(|i| i["code"].as_str())
+            .collect();
+        assert_eq!(
+            interactions,
+            vec!["read", "vread", "search-type", "history-instance"]
+        );
+    }
+    // The search parameters, from the same table the search reads.
+    let params = |i: usize| -> Vec<(String, String)> {
+        resources[i]["searchParam"]
+            .as_array()
+            .expect("searchParam")
+            .iter()
+            .map(|p| {
+                assert!(p["documentation"].as_str().is_some_and(|d| !d.is_empty()));
+                (
+                    p["name"].as_str().expect("name").to_owned(),
+                    p["type"].as_str().expect("type").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let named = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        params(0),
+        named(&[
+            ("_id", "token"),
+            ("_lastUpdated", "date"),
+            ("identifier", "token"),
+            ("status", "token"),
+            ("subject", "reference"),
+            ("patient", "reference"),
+            ("requester", "reference"),
+            ("authored", "date"),
+            ("code", "token"),
+        ])
+    );
+    let task_params: Vec<String> = params(1).into_iter().map(|(n, _)| n).collect();
+    assert!(task_params.contains(&"based-on".to_owned()));
+    assert!(task_params.contains(&"business-status".to_owned()));
+    let observation_params: Vec<String> = params(2).into_iter().map(|(n, _)| n).collect();
+    assert!(observation_params.contains(&"date".to_owned()));
 
     // Each listed interaction works...
     let created = app.post_referral(sample_referral_text()).await;
@@ -72,15 +162,38 @@ async fn metadata_lists_exactly_what_is_served() {
         statement["rest"][0]["resource"][0]["conditionalRead"],
         "not-match"
     );
+    let search = app.get("/fhir/ServiceRequest").await;
+    assert_eq!(search.status(), 200);
+    assert_eq!(json_body(search).await["total"], 1);
+    let history = app
+        .get(&format!("/fhir/ServiceRequest/{id}/_history"))
+        .await;
+    assert_eq!(history.status(), 200);
+    assert_eq!(json_body(history).await["type"], "history");
+    // The referral's Task exists from the start; no outcome yet.
+    for (type_name, total) in [("Task", 1), ("Observation", 0)] {
+        let search = app.get(&format!("/fhir/{type_name}")).await;
+        assert_eq!(search.status(), 200, "{type_name}");
+        assert_eq!(json_body(search).await["total"], total, "{type_name}");
+        assert_eq!(
+            app.get(&format!("/fhir/{type_name}/{id}")).await.status(),
+            404
+        );
+    }
 
     // ...and what is not listed is refused with an OperationOutcome.
     let refused = [
-        ("GET", "/fhir/ServiceRequest".to_owned(), 405), // search-type
-        ("PUT", format!("/fhir/ServiceRequest/{id}"), 405), // update
+        ("PUT", format!("/fhir/ServiceRequest/{id}"), 428), // update needs If-Match
+        ("PUT", format!("/fhir/Task/{id}"), 405),           // Sprig writes Tasks
+        ("PUT", format!("/fhir/Patient/{id}"), 405),        // related: read-only
         ("DELETE", format!("/fhir/ServiceRequest/{id}"), 405), // delete
-        ("GET", format!("/fhir/ServiceRequest/{id}/_history"), 404), // history-instance
-        ("GET", format!("/fhir/Patient/{id}"), 404),     // another type
-        ("POST", "/fhir".to_owned(), 404),               // transaction (later issue)
+        ("GET", format!("/fhir/Medication/{id}"), 404),     // another type
+        ("GET", "/fhir/Medication".to_owned(), 404),        // search on another type
+        ("GET", format!("/fhir/Medication/{id}/_history"), 404), // history of another type
+        ("POST", "/fhir/Task".to_owned(), 405),             // create where Sprig creates
+        ("POST", "/fhir/Observation".to_owned(), 405),      // likewise
+        ("POST", "/fhir/Patient".to_owned(), 405),          // only with a referral
+        ("POST", "/fhir".to_owned(), 400),                  // a transaction, but not a Bundle
     ];
     for (method, path, status) in refused {
         let response = app

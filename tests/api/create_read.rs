@@ -12,7 +12,7 @@ async fn a_valid_referral_is_created_and_read_back() {
     let app = spawn_app().await;
     let sent = sample_referral();
 
-    let response = app.post_referral(sample_referral_text()).await;
+    let response = app.post_referral(sent.to_string()).await;
     assert_eq!(response.status(), 201);
     let headers = response.headers().clone();
     let location = headers["location"].to_str().expect("ascii");
@@ -168,7 +168,13 @@ async fn prefer_return_is_honoured() {
     assert_eq!(outcome.status(), 201);
     let outcome = json_body(outcome).await;
     assert_eq!(issues(&outcome)[0]["severity"], "information");
-    assert_eq!(message_ids(&outcome), vec!["created"]);
+    // A referral: the outcome says so, and names the Task that will report on it.
+    assert_eq!(message_ids(&outcome), vec!["referral-received"]);
+    assert!(
+        issues(&outcome)[0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("Task/"))
+    );
 
     let representation = post("return=representation").await.expect("sent");
     assert_eq!(

@@ -2,6 +2,7 @@
 //! file, spoken to over real HTTP. Set `TEST_LOG=1` to see its logs.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
@@ -26,14 +27,26 @@ pub fn sample_referral() -> Value {
     serde_json::from_str(&sample_referral_text()).expect("the sample referral is JSON")
 }
 
-/// The sample referral's text.
+/// The sample referral's text, with an identifier value of its own: each
+/// call is a new referral, not a resubmission of the last one (which Sprig
+/// would answer with the referral it already holds).
 pub fn sample_referral_text() -> String {
-    std::fs::read_to_string(concat!(
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/referral-servicerequest.json"
     ))
-    .expect("examples/referral-servicerequest.json exists")
+    .expect("examples/referral-servicerequest.json exists");
+    let unique = format!("REF-TEST-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    assert!(
+        text.contains(SAMPLE_IDENTIFIER),
+        "the sample's identifier moved"
+    );
+    text.replace(SAMPLE_IDENTIFIER, &unique)
 }
+
+/// The business identifier value in `examples/referral-servicerequest.json`.
+pub const SAMPLE_IDENTIFIER: &str = "REF-2026-000123";
 
 /// A running gateway.
 pub struct TestApp {

@@ -38,11 +38,21 @@ fn architecture_md_maps_every_top_level_module() {
 }
 
 #[test]
-fn validation_fhir_and_fhirpath_stay_pure() {
+fn pure_modules_stay_pure() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in ["src/validation", "src/fhir", "src/fhirpath"] {
+    for dir in [
+        "src/validation",
+        "src/fhir",
+        "src/fhirpath",
+        "src/search",
+        "src/mapping",
+        "src/referral",
+    ] {
         let mut files = Vec::new();
         rust_files(&root.join(dir), &mut files);
+        // The workflow is the one part of `referral` that writes: it runs
+        // inside a store transaction.
+        files.retain(|f| !f.ends_with("src/referral/workflow.rs"));
         for file in files {
             let text = std::fs::read_to_string(&file).expect("readable");
             for forbidden in [

@@ -1,0 +1,24 @@
+-- wrk script: POST a FHIR JSON body in which every occurrence of LOAD_UNIQUE
+-- (the referral's identifier value) is made unique per request, so each
+-- request is a new referral rather than an idempotent resubmission.
+-- Environment: LOAD_BODY_FILE (the body), LOAD_UNIQUE (the text to vary).
+local file = assert(io.open(os.getenv("LOAD_BODY_FILE"), "r"))
+local template = file:read("*a")
+file:close()
+local unique = assert(os.getenv("LOAD_UNIQUE"), "LOAD_UNIQUE is required")
+local escaped = unique:gsub("%p", "%%%0")
+
+local threads = 0
+function setup(thread)
+    threads = threads + 1
+    thread:set("thread_id", threads)
+end
+
+local counter = 0
+function request()
+    counter = counter + 1
+    local value = unique .. "-" .. tostring(thread_id) .. "-" .. tostring(counter)
+    local body = template:gsub(escaped, value)
+    return wrk.format("POST", nil, {["Content-Type"] = "application/fhir+json"}, body)
+end
+-- wrk itself prints "Non-2xx or 3xx responses: N" when any POST is refused.

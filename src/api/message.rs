@@ -1,0 +1,428 @@
+//! `POST /fhir/$process-message`: a BaRS-style referral message. The first
+//! entry is a MessageHeader with event `servicerequest-request`, reason
+//! `new` or `update`, and `focus` the ServiceRequest. The answer is
+//! synchronous: a `servicerequest-response` message Bundle whose
+//! `response.identifier` is the request Bundle's id and whose
+//! `response.code` is `ok`, `transient-error` or `fatal-error` (with an
+//! OperationOutcome when not ok).
+//!
+//! `X-Request-ID`, as BaRS uses it: the same id with the same body is a
+//! retry and gets the first answer again; with a different body it is 409.
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, FHIR_JSON};
+use super::middleware::RequestContext;
+use super::negotiate::{ResponseFormat, require_json_body};
+use super::resource::{Checked, check_body, read_body};
+use super::transaction::{
+    Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
+};
+use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
+use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::referral::record::{ReceivedAs, Referral};
+use crate::search::SearchQuery;
+use crate::store::referrals::Submission;
+use crate::validation::REFERRAL_MESSAGE_PROFILE;
+
+const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
+
+/// `response.code` of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseCode {
+    Ok,
+    TransientError,
+    FatalError,
+}
+
+impl ResponseCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            ResponseCode::Ok => "ok",
+            ResponseCode::TransientError => "transient-error",
+            ResponseCode::FatalError => "fatal-error",
+        }
+    }
+}
+
+/// `POST /fhir/$process-message`.
+pub async fn process_message(
+    State(state): State<AppState>,
+    context: Option<Extension<RequestContext>>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_json_body(&headers)?;
+    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
+    let context = context.map(|Extension(c)| c);
+    let request_id = context
+        .as_ref()
+        .map_or("unknown", |c| c.request_id.as_str());
+    let caller_request_id = context
+        .as_ref()
+        .filter(|c| c.request_id_from_caller)
+        .map(|c| c.request_id.as_str());
+    let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
+
+    if let Some(id) = caller_request_id {
+        let mut tx = state.store.begin_write().await?;
+        if let Some(earlier) = tx.message_request(id).await? {
+            drop(tx);
+            if earlier.body != bytes.as_ref() {
+                return Err(ApiError::Conflict(vec![Issue::error(
+                    IssueType::Duplicate,
+                    "request-id-reused",
+                    "This X-Request-ID was already used for a different message; give each new message a new X-Request-ID",
+                )]));
+            }
+            tracing::info!("message resubmitted with the same X-Request-ID; answering as before");
+            return Ok(raw_response(earlier.status, earlier.response));
+        }
+    }
+
+    let bundle = match check_body(
+        &state,
+        bytes.clone(),
+        Some(ResourceType::BUNDLE),
+        Some(REFERRAL_MESSAGE_PROFILE),
+    )
+    .await
+    {
+        Ok(Checked { resource, .. }) => resource,
+        Err(ApiError::Unprocessable(issues)) => {
+            // The message could be read: answer in kind, as BaRS does.
+            let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let reply = reply(&state, &request, ResponseCode::FatalError, None, issues);
+            return Ok(with_status(
+                format.render(&reply)?,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ));
+        }
+        Err(other) => return Err(other),
+    };
+
+    let answer = handle(
+        &state,
+        &bundle,
+        &bytes,
+        request_id,
+        correlation_id,
+        caller_request_id,
+    )
+    .await;
+    match answer {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            let (code, status) = match &error {
+                ApiError::Unavailable(_) | ApiError::Timeout { .. } => {
+                    (ResponseCode::TransientError, error.status())
+                }
+                ApiError::Internal(_) => return Err(error),
+                _ => (ResponseCode::FatalError, error.status()),
+            };
+            let issues = error.into_issues();
+            let reply = reply(&state, &bundle, code, None, issues);
+            Ok(with_status(format.render(&reply)?, status))
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    bundle: &Value,
+    bytes: &[u8],
+    request_id: &str,
+    correlation_id: Option<&str>,
+    caller_request_id: Option<&str>,
+) -> Result<Response, ApiError> {
+    let header = bundle
+        .pointer("/entry/0/resource")
+        .ok_or_else(|| ApiError::Internal("message without header passed validation".into()))?;
+    let reason = header
+        .pointer("/reason/coding/0/code")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let referral_index = referral_entry(bundle)?;
+    check_focus(bundle, header, referral_index)?;
+    let mapped = map_referral(state, bundle, referral_index)?;
+
+    let mut tx = state.store.begin_write().await?;
+    let existing = tx.referral_by_identifier(&mapped.identifier).await?;
+    let (referral, note) = match (reason, existing) {
+        ("new", Some(existing)) => {
+            let note = format!(
+                "This referral (same identifier) was already received, on {}: it is ServiceRequest/{}; nothing new was stored",
+                existing.received_at, existing.id
+            );
+            (existing, Some(note))
+        }
+        ("new", None) => {
+            let plan = plan_message(bundle, referral_index, None)?;
+            let outcomes = execute(&mut tx, plan, bytes, request_id).await?;
+            // The plan has no MessageHeader: every entry is one place earlier.
+            let referral = open_referral(
+                state,
+                &mut tx,
+                mapped,
+                &outcomes,
+                referral_index - 1,
+                ReceivedAs::Message,
+                request_id,
+            )
+            .await?;
+            (referral, None)
+        }
+        ("update", Some(existing)) => {
+            let id = FhirId::parse(&existing.id)
+                .map_err(|e| ApiError::Internal(format!("stored referral id: {e}")))?;
+            let plan = plan_message(bundle, referral_index, Some(id))?;
+            execute(&mut tx, plan, bytes, request_id).await?;
+            let referral = state
+                .workflow
+                .amend(&mut tx, existing, mapped, request_id)
+                .await?;
+            (referral, None)
+        }
+        ("update", None) => {
+            return Err(ApiError::Unprocessable(vec![Issue::error(
+                IssueType::NotFound,
+                "referral-not-found",
+                "The message updates a referral Sprig has not received (no referral has this identifier); send it with reason 'new'",
+            )]));
+        }
+        (other, _) => {
+            return Err(ApiError::Unprocessable(vec![Issue::error(
+                IssueType::NotSupported,
+                "message-reason-not-supported",
+                format!(
+                    "MessageHeader.reason '{other}' is not supported: use 'new' for a referral, 'update' to amend it or (with status 'revoked') withdraw it"
+                ),
+            )]));
+        }
+    };
+    let info = note.map(|n| Issue::error(IssueType::Informational, "referral-already-received", n));
+    let reply = reply(
+        state,
+        bundle,
+        ResponseCode::Ok,
+        Some(&referral),
+        info.into_iter().collect(),
+    );
+    let reply_text = reply.to_string();
+    tx.add_submission(&Submission {
+        referral_id: &referral.id,
+        received_at: &Instant::now().to_fhir(),
+        received_as: if reason == "update" {
+            "update"
+        } else {
+            ReceivedAs::Message.as_str()
+        },
+        request_id,
+        correlation_id,
+        body: bytes,
+        response: Some(&reply_text),
+    })
+    .await?;
+    if let Some(id) = caller_request_id {
+        tx.remember_message_request(id, bytes, 200, &reply_text, &Instant::now().to_fhir())
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(referral_id = %referral.id, reason, "referral message processed");
+    Ok(raw_response(200, reply_text))
+}
+
+/// `MessageHeader.focus` must name the ServiceRequest entry.
+fn check_focus(bundle: &Value, header: &Value, referral_index: usize) -> Result<(), ApiError> {
+    let focus = header
+        .pointer("/focus/0/reference")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let entry = bundle.pointer(&format!("/entry/{referral_index}"));
+    let full_url = entry.and_then(|e| e.get("fullUrl")).and_then(Value::as_str);
+    let id = entry
+        .and_then(|e| e.pointer("/resource/id"))
+        .and_then(Value::as_str);
+    let names_it = Some(focus) == full_url
+        || id.is_some_and(|id| focus.ends_with(&format!("ServiceRequest/{id}")));
+    if names_it {
+        Ok(())
+    } else {
+        let mut issue = Issue::error(
+            IssueType::Invalid,
+            "message-focus",
+            "MessageHeader.focus must reference the message's ServiceRequest entry (by its fullUrl)",
+        );
+        issue.expression = Some("Bundle.entry[0].resource.focus[0]".into());
+        Err(ApiError::Unprocessable(vec![issue]))
+    }
+}
+
+/// A message's entries as writes: the header is not stored; a Patient or
+/// Organization with an NHS number or ODS code updates the one Sprig holds
+/// (so repeated messages do not multiply them); the ServiceRequest is new,
+/// or (reason `update`) a new version of the stored one.
+fn plan_message(
+    bundle: &Value,
+    referral_index: usize,
+    existing_referral: Option<FhirId>,
+) -> Result<Vec<PlannedEntry>, ApiError> {
+    let empty = Vec::new();
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let mut plan = Vec::new();
+    let mut existing_referral = existing_referral;
+    for (index, entry) in entries.iter().enumerate().skip(1) {
+        let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
+        let type_name = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let resource_type = ResourceType::parse(type_name).map_err(|e| {
+            ApiError::Unprocessable(vec![Issue::error(
+                IssueType::Invalid,
+                "message-entry-type",
+                e.to_string(),
+            )])
+        })?;
+        let action = if index == referral_index {
+            match existing_referral.take() {
+                Some(id) => Action::Update(id),
+                None => Action::Create,
+            }
+        } else {
+            match business_identifier(&resource) {
+                Some((system, value)) => {
+                    let query = format!("identifier={system}|{value}");
+                    Action::UpdateMatching(
+                        SearchQuery::parse(resource_type, &query)
+                            .map_err(ApiError::Unprocessable)?,
+                    )
+                }
+                None => Action::Create,
+            }
+        };
+        plan.push(PlannedEntry {
+            full_url: entry
+                .get("fullUrl")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            resource_type,
+            resource,
+            action,
+        });
+    }
+    Ok(plan)
+}
+
+/// The NHS number of a Patient, or the ODS code of an Organization.
+fn business_identifier(resource: &Value) -> Option<(&'static str, String)> {
+    let system = match resource.get("resourceType").and_then(Value::as_str)? {
+        "Patient" => NHS_NUMBER_SYSTEM,
+        "Organization" => ODS_ORGANIZATION_SYSTEM,
+        _ => return None,
+    };
+    resource
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .find(|i| i.get("system").and_then(Value::as_str) == Some(system))
+        .and_then(|i| i.get("value"))
+        .and_then(Value::as_str)
+        .filter(|v| !v.contains(['|', ',', '&', '$']))
+        .map(|v| (system, v.to_owned()))
+}
+
+/// The `servicerequest-response` message.
+fn reply(
+    state: &AppState,
+    request: &Value,
+    code: ResponseCode,
+    referral: Option<&Referral>,
+    issues: Vec<Issue>,
+) -> Value {
+    let header = request.pointer("/entry/0/resource");
+    let outcome_id = FhirId::generate();
+    let header_id = FhirId::generate();
+    let base = state.fhir_base();
+    let mut message_header = json!({
+        "resourceType": "MessageHeader",
+        "id": header_id.as_str(),
+        "eventCoding": {"system": MESSAGE_EVENTS, "code": "servicerequest-response"},
+        "destination": [{
+            "endpoint": header
+                .and_then(|h| h.pointer("/source/endpoint"))
+                .cloned()
+                .unwrap_or_else(|| json!("unknown")),
+        }],
+        "source": {
+            "name": "Sprig",
+            "software": "Sprig",
+            "version": env!("CARGO_PKG_VERSION"),
+            "endpoint": header
+                .and_then(|h| h.pointer("/destination/0/endpoint"))
+                .cloned()
+                .unwrap_or_else(|| json!(base.clone())),
+        },
+        "response": {
+            "identifier": request.get("id").and_then(Value::as_str).unwrap_or("unknown"),
+            "code": code.as_str(),
+        },
+    });
+    if let Some(referral) = referral {
+        message_header["focus"] = json!([
+            {"reference": format!("{base}/ServiceRequest/{}", referral.id)},
+            {"reference": format!("{base}/Task/{}", referral.task_id)},
+        ]);
+    }
+    let mut entries = vec![json!({
+        "fullUrl": format!("urn:uuid:{header_id}"),
+        "resource": message_header,
+    })];
+    if !issues.is_empty() {
+        let mut outcome = OperationOutcome::new(issues).to_json(if code == ResponseCode::Ok {
+            None
+        } else {
+            Some("REC_UNPROCESSABLE_ENTITY")
+        });
+        outcome["id"] = json!(outcome_id.as_str());
+        entries[0]["resource"]["response"]["details"] =
+            json!({"reference": format!("urn:uuid:{outcome_id}")});
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{outcome_id}"),
+            "resource": outcome,
+        }));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "id": FhirId::generate().as_str(),
+        "meta": {"lastUpdated": Instant::now().to_fhir()},
+        "type": "message",
+        "timestamp": Instant::now().to_fhir(),
+        "entry": entries,
+    })
+}
+
+fn with_status(mut response: Response, status: StatusCode) -> Response {
+    *response.status_mut() = status;
+    response
+}
+
+fn raw_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, FHIR_JSON)],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,267 @@
+//! FHIR search (`GET /fhir/{type}`, `POST /fhir/{type}/_search`) and
+//! instance history (`GET /fhir/{type}/{id}/_history`), answered as Bundles.
+//!
+//! The query is read by `search::SearchQuery` (pure), run by `Store::search`,
+//! and the page turned into a `searchset` Bundle here. Parameter values can
+//! hold NHS numbers: they are never logged, only counts and ids.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::capability::{Interaction, supported};
+use super::error::ApiError;
+use super::negotiate::{ResponseFormat, lenient_handling, require_form_body};
+use super::resource::{bad_path, cpu_bound, parse_id, read_body};
+use crate::fhir::{Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::search::{HistoryQuery, ParseOptions, SearchQuery};
+use crate::store::{HistoryOperation, SearchPage, StoredResource};
+
+/// `GET /fhir/{type}?…`: search one type.
+pub async fn search_get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path(type_name) = path.map_err(bad_path)?;
+    let resource_type = supported(&type_name, Interaction::SearchType)?;
+    run_search(
+        &state,
+        resource_type,
+        query.as_deref().unwrap_or(""),
+        format,
+        &headers,
+    )
+    .await
+}
+
+/// `POST /fhir/{type}/_search`: the same search with the parameters in a
+/// form body (and any in the URL), for queries too long or too private for
+/// a URL.
+pub async fn search_post(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(type_name) = path.map_err(bad_path)?;
+    let resource_type = supported(&type_name, Interaction::SearchType)?;
+    require_form_body(&headers)?;
+    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
+    let form = std::str::from_utf8(&bytes).map_err(|_| {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Structure,
+            "body-not-utf8",
+            "The _search form body is not UTF-8 text",
+        )])
+    })?;
+    let combined = match query.as_deref() {
+        Some(q) if !q.is_empty() && !form.is_empty() => format!("{q}&{form}"),
+        Some(q) if !q.is_empty() => q.to_owned(),
+        _ => form.to_owned(),
+    };
+    run_search(&state, resource_type, &combined, format, &headers).await
+}
+
+async fn run_search(
+    state: &AppState,
+    resource_type: ResourceType,
+    raw_query: &str,
+    format: ResponseFormat,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let lenient = lenient_handling(headers);
+    let options = ParseOptions {
+        lenient,
+        base: state.settings.public_base_url.as_deref(),
+    };
+    let query = SearchQuery::parse_with(resource_type, raw_query, options).map_err(|issues| {
+        tracing::info!(
+            resource_type = %resource_type,
+            issues = issues.len(),
+            "search refused"
+        );
+        ApiError::BadRequest(issues)
+    })?;
+    let page = state.store.search(&query).await?;
+    tracing::info!(
+        resource_type = %resource_type,
+        criteria = query.criteria.len(),
+        ignored = query.warnings.len(),
+        returned = page.resources.len(),
+        total = page.total,
+        more = page.next.is_some(),
+        "search"
+    );
+    let base = state.fhir_base();
+    let size: usize = page.resources.iter().map(|r| r.json.len()).sum();
+    let bundle = cpu_bound(size, move || searchset(&base, &query, page)).await??;
+    let mut response = format.render(&bundle)?;
+    if lenient {
+        response.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("handling=lenient"),
+        );
+    }
+    Ok(response)
+}
+
+/// The `searchset` Bundle for one page.
+fn searchset(base: &str, query: &SearchQuery, page: SearchPage) -> Result<Value, ApiError> {
+    let type_url = format!("{base}/{}", query.resource_type);
+    let mut links = vec![json!({
+        "relation": "self",
+        "url": format!("{type_url}?{}", query.self_query()),
+    })];
+    if let Some(cursor) = &page.next {
+        links.push(json!({
+            "relation": "next",
+            "url": format!("{type_url}?{}", query.next_query(cursor)),
+        }));
+    }
+    let mut entries = Vec::with_capacity(page.resources.len() + 1);
+    for stored in &page.resources {
+        entries.push(json!({
+            "fullUrl": format!("{type_url}/{}", stored.id),
+            "resource": stored_json(stored)?,
+            "search": {"mode": "match"},
+        }));
+    }
+    if !query.warnings.is_empty() {
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            "resource": OperationOutcome::new(query.warnings.clone()).to_json(None),
+            "search": {"mode": "outcome"},
+        }));
+    }
+    let mut bundle = bundle_head("searchset");
+    if let Some(total) = page.total {
+        bundle.insert("total".into(), json!(total));
+    }
+    bundle.insert("link".into(), Value::Array(links));
+    if !entries.is_empty() {
+        bundle.insert("entry".into(), Value::Array(entries));
+    }
+    Ok(Value::Object(bundle))
+}
+
+/// `GET /fhir/{type}/{id}/_history`: every version, newest first.
+pub async fn history_instance(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path((type_name, raw_id)) = path.map_err(bad_path)?;
+    let resource_type = supported(&type_name, Interaction::HistoryInstance)?;
+    let id = parse_id(&raw_id)?;
+    let lenient = lenient_handling(&headers);
+    let (history, warnings) = HistoryQuery::parse(query.as_deref().unwrap_or(""), lenient)
+        .map_err(ApiError::BadRequest)?;
+    let page = state
+        .store
+        .history(resource_type, &id, history.count, history.before)
+        .await?;
+    if page.total == 0 {
+        return Err(ApiError::NotFound(Issue::error(
+            IssueType::NotFound,
+            "resource-not-found",
+            format!("{resource_type}/{id} does not exist"),
+        )));
+    }
+    tracing::info!(
+        resource_type = %resource_type,
+        id = %id,
+        returned = page.entries.len(),
+        total = page.total,
+        "history"
+    );
+
+    let resource_url = format!("{}/{resource_type}/{id}", state.fhir_base());
+    let page_url = |before: Option<crate::fhir::VersionId>| {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        out.append_pair("_count", &history.count.to_string());
+        if let Some(version) = before {
+            out.append_pair(crate::search::CURSOR_PARAM, &version.to_string());
+        }
+        format!("{resource_url}/_history?{}", out.finish())
+    };
+    let mut links = vec![json!({"relation": "self", "url": page_url(history.before)})];
+    if let Some(next) = page.next {
+        links.push(json!({"relation": "next", "url": page_url(Some(next))}));
+    }
+    let mut entries = Vec::with_capacity(page.entries.len() + 1);
+    for entry in &page.entries {
+        let (method, url, status) = match entry.operation {
+            HistoryOperation::Create => ("POST", resource_type.to_string(), "201 Created"),
+            HistoryOperation::Update => ("PUT", format!("{resource_type}/{id}"), "200 OK"),
+            HistoryOperation::Delete => {
+                ("DELETE", format!("{resource_type}/{id}"), "204 No Content")
+            }
+        };
+        let mut item = Map::new();
+        item.insert("fullUrl".into(), json!(resource_url));
+        if let Some(text) = &entry.json {
+            let resource: Value = serde_json::from_str(text)
+                .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
+            item.insert("resource".into(), resource);
+        }
+        item.insert("request".into(), json!({"method": method, "url": url}));
+        item.insert(
+            "response".into(),
+            json!({
+                "status": status,
+                "etag": format!("W/\"{}\"", entry.version_id),
+                "lastModified": entry.last_updated.to_fhir(),
+            }),
+        );
+        entries.push(Value::Object(item));
+    }
+    let mut bundle = bundle_head("history");
+    bundle.insert("total".into(), json!(page.total));
+    bundle.insert("link".into(), Value::Array(links));
+    if !entries.is_empty() {
+        bundle.insert("entry".into(), Value::Array(entries));
+    }
+    let mut response = format.render(&Value::Object(bundle))?;
+    if !warnings.is_empty() {
+        // A history Bundle has no place for an outcome entry (every entry is
+        // a version, search.mode is for searchsets): the ignored parameters
+        // are only acknowledged by the header.
+        response.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("handling=lenient"),
+        );
+    }
+    Ok(response)
+}
+
+fn bundle_head(kind: &str) -> Map<String, Value> {
+    let mut bundle = Map::new();
+    bundle.insert("resourceType".into(), json!("Bundle"));
+    bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
+    bundle.insert(
+        "meta".into(),
+        json!({"lastUpdated": Instant::now().to_fhir()}),
+    );
+    bundle.insert("type".into(), json!(kind));
+    bundle
+}
+
+fn stored_json(stored: &StoredResource) -> Result<Value, ApiError> {
+    serde_json::from_str(&stored.json).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored JSON of {}/{} unreadable: {e}",
+            stored.resource_type, stored.id
+        ))
+    })
+}

@@ -1,0 +1,473 @@
+//! The social prescribing service's own API (`/api/...`, plain JSON): the
+//! referral worklist, one referral's record and timeline, stage changes,
+//! outcome measures and notes. Described by `openapi.json` (served at
+//! `/api/openapi.json`; a test checks it names every route and that
+//! answers match its schemas).
+//!
+//! Errors are RFC 9457 problem details (`application/problem+json`), made
+//! only by [`Problem`]; FHIR's OperationOutcome stays under `/fhir`.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::middleware::RequestContext;
+use crate::fhir::Instant;
+use crate::referral::measure::Measure;
+use crate::referral::record::ReferralDetail;
+use crate::referral::stage::Stage;
+use crate::referral::workflow::{OutcomeRequest, TransitionRequest, WorkflowError};
+use crate::store::StoreError;
+use crate::store::referrals::ReferralFilter;
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Who acted, when the request does not say.
+const DEFAULT_ACTOR: &str = "service";
+
+/// An RFC 9457 problem: the one error shape of `/api`.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+    extra: Option<Box<(&'static str, Value)>>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            title,
+            detail: detail.into(),
+            extra: None,
+        }
+    }
+
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not found", detail)
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
+    }
+
+    fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extra = Some(Box::new((key, value)));
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(extra) = self.extra {
+            let (key, value) = *extra;
+            body[key] = value;
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Self {
+        if error.is_transient() {
+            tracing::warn!(error = %error, "service API: store busy");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "Storage is busy; retry shortly",
+            )
+        } else {
+            tracing::error!(error = %error, "service API: store failed");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                "Sprig hit an internal error; nothing was changed. Quote the X-Request-ID response header when reporting it",
+            )
+        }
+    }
+}
+
+impl From<WorkflowError> for Problem {
+    fn from(error: WorkflowError) -> Self {
+        let detail = error.to_string();
+        match error {
+            WorkflowError::NotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "Referral not found", detail)
+            }
+            WorkflowError::IllegalTransition { from, .. } => {
+                Problem::new(StatusCode::CONFLICT, "Transition not allowed", detail).with(
+                    "allowed",
+                    json!(
+                        from.allowed_next()
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                    ),
+                )
+            }
+            WorkflowError::Conflict(_) => {
+                Problem::new(StatusCode::CONFLICT, "Not allowed in this stage", detail)
+            }
+            WorkflowError::Invalid(_) | WorkflowError::Score(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request", detail)
+            }
+            WorkflowError::Unmappable(issues) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid request",
+                issues
+                    .iter()
+                    .map(|i| i.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            WorkflowError::Defect(_) => {
+                tracing::error!(detail = %detail, "service API: defect");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    "Sprig hit an internal error; nothing was changed. Quote the X-Request-ID response header when reporting it",
+                )
+            }
+            WorkflowError::Store(error) => error.into(),
+        }
+    }
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    Problem::bad_request(format!(
+        "The request body is not what this endpoint takes: {}",
+        rejection.body_text()
+    ))
+}
+
+fn path_problem(rejection: PathRejection) -> Problem {
+    Problem::bad_request(format!(
+        "The request path could not be read: {}",
+        rejection.body_text()
+    ))
+}
+
+/// `GET /api/openapi.json`.
+pub async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+/// The worklist's query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    stage: Option<String>,
+    practice: Option<String>,
+    received_from: Option<String>,
+    received_to: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Most referrals on one page.
+const MAX_LIMIT: u32 = 200;
+const DEFAULT_LIMIT: u32 = 50;
+
+/// `GET /api/referrals`: referrals, oldest received first, filtered and paged.
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| {
+        Problem::bad_request(format!(
+            "{}; the parameters are stage, practice, received_from, received_to, cursor and limit",
+            e.body_text()
+        ))
+    })?;
+    let stage = query
+        .stage
+        .as_deref()
+        .map(|s| {
+            Stage::parse(s).map_err(|_| {
+                Problem::bad_request(format!(
+                    "'{s}' is not a stage; the stages are {}",
+                    Stage::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
+    let filter = ReferralFilter {
+        stage,
+        practice: query.practice.clone(),
+        received_from: query
+            .received_from
+            .as_deref()
+            .map(|d| bound("received_from", d))
+            .transpose()?,
+        received_to: query
+            .received_to
+            .as_deref()
+            .map(|d| bound("received_to", d))
+            .transpose()?,
+        after,
+        // One more than asked, to know whether there is a next page.
+        limit: limit + 1,
+    };
+    let mut referrals = state.store.list_referrals(&filter).await?;
+    let next_cursor = if referrals.len() > limit as usize {
+        referrals.truncate(limit as usize);
+        referrals
+            .last()
+            .map(|r| format!("{}~{}", r.received_at, r.id))
+    } else {
+        None
+    };
+    tracing::info!(count = referrals.len(), "referrals listed");
+    Ok(Json(json!({ "items": referrals, "next_cursor": next_cursor })).into_response())
+}
+
+/// A `received_from`/`received_to` bound: a FHIR instant, or a date
+/// (meaning its first moment, UTC).
+fn bound(name: &str, value: &str) -> Result<String, Problem> {
+    let instant = if value.len() == 10 {
+        format!("{value}T00:00:00Z")
+    } else {
+        value.to_owned()
+    };
+    Instant::parse(&instant).map(Instant::to_fhir).map_err(|_| {
+        Problem::bad_request(format!(
+            "{name} must be a date (2026-11-21) or a date and time with a zone (2026-11-21T09:00:00Z)"
+        ))
+    })
+}
+
+fn parse_cursor(cursor: &str) -> Result<(String, String), Problem> {
+    cursor
+        .split_once('~')
+        .filter(|(at, id)| Instant::parse(at).is_ok() && !id.is_empty())
+        .map(|(at, id)| (at.to_owned(), id.to_owned()))
+        .ok_or_else(|| {
+            Problem::bad_request("cursor is not one this API gave; start again without it")
+        })
+}
+
+/// `GET /api/referrals/{id}`: the record with its timeline, notes and outcomes.
+pub async fn detail(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let Path(id) = path.map_err(path_problem)?;
+    let detail = load(&state, &id).await?;
+    Ok(Json(detail_json(&state, &detail)).into_response())
+}
+
+async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
+    state.store.referral_detail(id).await?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "Referral not found",
+            format!("referral {id} does not exist"),
+        )
+    })
+}
+
+fn detail_json(state: &AppState, detail: &ReferralDetail) -> Value {
+    let mut value = serde_json::to_value(detail).unwrap_or(Value::Null);
+    let base = state.fhir_base();
+    value["allowed_transitions"] = json!(
+        detail
+            .referral
+            .stage
+            .allowed_next()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+    );
+    value["fhir"] = json!({
+        "service_request": format!("{base}/ServiceRequest/{}", detail.referral.id),
+        "task": format!("{base}/Task/{}", detail.referral.task_id),
+        "observations": detail
+            .outcomes
+            .iter()
+            .map(|o| format!("{base}/Observation/{}", o.id))
+            .collect::<Vec<_>>(),
+    });
+    value
+}
+
+/// A stage change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBody {
+    to: String,
+    reason: Option<String>,
+    note: Option<String>,
+    by: Option<String>,
+}
+
+/// `POST /api/referrals/{id}/transitions`.
+pub async fn transition(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    context: Option<Extension<RequestContext>>,
+    body: Result<Json<TransitionBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Path(id) = path.map_err(path_problem)?;
+    let Json(body) = body.map_err(json_problem)?;
+    let to = Stage::parse(&body.to).map_err(|_| {
+        Problem::bad_request(format!(
+            "'{}' is not a stage; the stages are {}",
+            body.to,
+            Stage::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let request_id = request_id(context.as_ref());
+    let mut tx = state.store.begin_write().await?;
+    let referral = state
+        .workflow
+        .transition(
+            &mut tx,
+            &id,
+            &TransitionRequest {
+                to,
+                reason: body.reason.as_deref(),
+                note: body.note.as_deref(),
+                actor: body.by.as_deref().unwrap_or(DEFAULT_ACTOR),
+                request_id,
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(referral_id = %referral.id, stage = to.as_str(), "referral moved");
+    let detail = load(&state, &id).await?;
+    Ok(Json(detail_json(&state, &detail)).into_response())
+}
+
+/// An outcome measure.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeBody {
+    measure: String,
+    answers: Vec<i64>,
+    recorded_at: String,
+    by: Option<String>,
+}
+
+/// `POST /api/referrals/{id}/outcomes`.
+pub async fn outcome(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    context: Option<Extension<RequestContext>>,
+    body: Result<Json<OutcomeBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Path(id) = path.map_err(path_problem)?;
+    let Json(body) = body.map_err(json_problem)?;
+    let measure = Measure::parse(&body.measure).map_err(|_| {
+        Problem::bad_request(format!(
+            "'{}' is not a measure; the measures are swemwbs, wemwbs, ons4 and ucla3",
+            body.measure
+        ))
+    })?;
+    if Instant::parse(&body.recorded_at).is_err() {
+        return Err(Problem::bad_request(
+            "recorded_at must be a date and time with a zone, e.g. 2026-11-21T10:30:00Z",
+        ));
+    }
+    let request_id = request_id(context.as_ref());
+    let mut tx = state.store.begin_write().await?;
+    let outcome = state
+        .workflow
+        .record_outcome(
+            &mut tx,
+            &id,
+            &OutcomeRequest {
+                measure,
+                answers: &body.answers,
+                recorded_at: &body.recorded_at,
+                actor: body.by.as_deref().unwrap_or(DEFAULT_ACTOR),
+                request_id,
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(referral_id = %id, outcome_id = %outcome.id, measure = measure.as_str(), "outcome recorded");
+    let location = format!("{}/Observation/{}", state.fhir_base(), outcome.id);
+    let mut response = (StatusCode::CREATED, Json(&outcome)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// A note.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    text: String,
+    by: Option<String>,
+}
+
+/// `POST /api/referrals/{id}/notes`.
+pub async fn note(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<NoteBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Path(id) = path.map_err(path_problem)?;
+    let Json(body) = body.map_err(json_problem)?;
+    let mut tx = state.store.begin_write().await?;
+    state
+        .workflow
+        .add_note(
+            &mut tx,
+            &id,
+            body.by.as_deref().unwrap_or(DEFAULT_ACTOR),
+            &body.text,
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(referral_id = %id, "note added");
+    let detail = load(&state, &id).await?;
+    Ok((StatusCode::CREATED, Json(detail_json(&state, &detail))).into_response())
+}
+
+fn request_id(context: Option<&Extension<RequestContext>>) -> &str {
+    context.map_or("unknown", |Extension(c)| c.request_id.as_str())
+}

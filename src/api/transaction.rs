@@ -1,0 +1,539 @@
+//! `POST /fhir` with a referral transaction Bundle: every entry is written
+//! in one database transaction (all or nothing), `urn:uuid:` references are
+//! rewritten to the ids Sprig assigns, conditional creates and updates
+//! (`ifNoneExist`, `PUT Type?identifier=…`) find existing resources by
+//! their business identifiers, and the answer is a `transaction-response`
+//! Bundle with each entry's status and location.
+//!
+//! The write plan and its execution are shared with `$process-message`
+//! (`api::message`), whose entries carry no `request` but are written the
+//! same way.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::middleware::RequestContext;
+use super::negotiate::{ResponseFormat, require_json_body};
+use super::resource::{Checked, check_body, read_body};
+use crate::fhir::{
+    FhirId, Instant, Issue, IssueSeverity, IssueType, OperationOutcome, ResourceType,
+};
+use crate::referral::intake::Submitted;
+use crate::referral::record::{ReceivedAs, Referral};
+use crate::referral::workflow::{Arrival, MappedInbound};
+use crate::search::SearchQuery;
+use crate::store::referrals::Submission;
+use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
+use crate::validation::REFERRAL_BUNDLE_PROFILE;
+
+/// What to do with one entry.
+#[derive(Debug)]
+pub(super) enum Action {
+    /// Create it under a new id.
+    Create,
+    /// Create it unless a resource matches (`ifNoneExist`).
+    CreateUnlessExists(SearchQuery),
+    /// Update the one match, or create it if none matches.
+    UpdateMatching(SearchQuery),
+    /// Create or update it under this id.
+    Update(FhirId),
+}
+
+/// One entry to write.
+#[derive(Debug)]
+pub(super) struct PlannedEntry {
+    /// `entry.fullUrl`, which other entries may reference.
+    pub full_url: Option<String>,
+    /// Its type.
+    pub resource_type: ResourceType,
+    /// The resource.
+    pub resource: Value,
+    /// What to do.
+    pub action: Action,
+}
+
+/// What happened to one entry.
+#[derive(Debug)]
+pub(super) struct EntryOutcome {
+    /// The version now current.
+    pub stored: StoredResource,
+    /// `201 Created` or `200 OK`.
+    pub created: bool,
+}
+
+/// `POST /fhir`: a referral transaction Bundle.
+pub async fn transaction(
+    State(state): State<AppState>,
+    context: Option<Extension<RequestContext>>,
+    format: ResponseFormat,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_json_body(&headers)?;
+    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
+    let Checked {
+        resource: bundle, ..
+    } = check_body(
+        &state,
+        bytes.clone(),
+        Some(ResourceType::BUNDLE),
+        Some(REFERRAL_BUNDLE_PROFILE),
+    )
+    .await?;
+    let context = context.map(|Extension(c)| c);
+    let request_id = context
+        .as_ref()
+        .map_or("unknown", |c| c.request_id.as_str());
+    let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
+
+    let referral_index = referral_entry(&bundle)?;
+    let mapped = map_referral(&state, &bundle, referral_index)?;
+    let plan = plan_transaction(&bundle)?;
+
+    let mut tx = state.store.begin_write().await?;
+    if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
+        let replay = tx.first_response(&existing.id).await?;
+        drop(tx);
+        tracing::info!(referral_id = %existing.id, "referral transaction resubmitted; answering as before");
+        let response = replayed(replay, &existing, referral_index)?;
+        return format.render(&response).map(|mut r| {
+            *r.status_mut() = StatusCode::OK;
+            r
+        });
+    }
+    let outcomes = execute(&mut tx, plan, &bytes, request_id).await?;
+    let referral = open_referral(
+        &state,
+        &mut tx,
+        mapped,
+        &outcomes,
+        referral_index,
+        ReceivedAs::Transaction,
+        request_id,
+    )
+    .await?;
+    let response = transaction_response(&state, &outcomes, referral_index, &referral);
+    let response_text = response.to_string();
+    tx.add_submission(&Submission {
+        referral_id: &referral.id,
+        received_at: &referral.received_at,
+        received_as: ReceivedAs::Transaction.as_str(),
+        request_id,
+        correlation_id,
+        body: &bytes,
+        response: Some(&response_text),
+    })
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        referral_id = %referral.id,
+        entries = outcomes.len(),
+        "referral transaction committed"
+    );
+    format.render(&response)
+}
+
+/// The index of the one ServiceRequest entry (the profile requires it).
+pub(super) fn referral_entry(bundle: &Value) -> Result<usize, ApiError> {
+    entries(bundle)
+        .iter()
+        .position(|entry| resource_type_of(entry.get("resource")) == Some("ServiceRequest"))
+        .ok_or_else(|| {
+            ApiError::Unprocessable(vec![Issue::error(
+                IssueType::Required,
+                "bundle-no-referral",
+                "The Bundle holds no ServiceRequest: a referral Bundle must carry the referral",
+            )])
+        })
+}
+
+/// Maps the referral entry, its references followed within the Bundle.
+pub(super) fn map_referral(
+    state: &AppState,
+    bundle: &Value,
+    referral_index: usize,
+) -> Result<MappedInbound, ApiError> {
+    let referral = entries(bundle)
+        .get(referral_index)
+        .and_then(|e| e.get("resource"))
+        .ok_or_else(|| ApiError::Internal("referral entry vanished".into()))?;
+    let inputs = Submitted {
+        referral,
+        bundle: Some(bundle),
+    }
+    .inputs();
+    Ok(state.workflow.map_inbound(&inputs)?)
+}
+
+fn entries(bundle: &Value) -> &[Value] {
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn resource_type_of(resource: Option<&Value>) -> Option<&str> {
+    resource?.get("resourceType")?.as_str()
+}
+
+/// Reads each entry's `request` into an action.
+fn plan_transaction(bundle: &Value) -> Result<Vec<PlannedEntry>, ApiError> {
+    let mut plan = Vec::new();
+    for (index, entry) in entries(bundle).iter().enumerate() {
+        let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
+        let resource_type = ResourceType::parse(resource_type_of(Some(&resource)).unwrap_or(""))
+            .map_err(|e| bad_entry(index, "transaction-entry-type", e.to_string()))?;
+        let request = entry.get("request");
+        let method = request
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = request
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let action = match method {
+            "POST" => match request
+                .and_then(|r| r.get("ifNoneExist"))
+                .and_then(Value::as_str)
+            {
+                Some(query) => Action::CreateUnlessExists(query_for(index, resource_type, query)?),
+                None => Action::Create,
+            },
+            "PUT" => match url.split_once('?') {
+                Some((_, query)) => Action::UpdateMatching(query_for(index, resource_type, query)?),
+                None => {
+                    let id = url.rsplit('/').next().unwrap_or("");
+                    Action::Update(
+                        FhirId::parse(id).map_err(|e| {
+                            bad_entry(index, "transaction-entry-url", e.to_string())
+                        })?,
+                    )
+                }
+            },
+            other => {
+                return Err(bad_entry(
+                    index,
+                    "transaction-method-not-supported",
+                    format!(
+                        "request.method {other} is not supported in a referral transaction: use POST or PUT"
+                    ),
+                ));
+            }
+        };
+        let target_type = url.split(['/', '?']).next().unwrap_or("");
+        if target_type != resource_type.as_str() {
+            return Err(bad_entry(
+                index,
+                "transaction-entry-url",
+                format!(
+                    "request.url '{target_type}…' does not name the entry's resource type {resource_type}"
+                ),
+            ));
+        }
+        plan.push(PlannedEntry {
+            full_url: entry
+                .get("fullUrl")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            resource_type,
+            resource,
+            action,
+        });
+    }
+    Ok(plan)
+}
+
+fn query_for(
+    index: usize,
+    resource_type: ResourceType,
+    query: &str,
+) -> Result<SearchQuery, ApiError> {
+    let query = query.rsplit('?').next().unwrap_or(query);
+    SearchQuery::parse(resource_type, query).map_err(|issues| {
+        ApiError::BadRequest(
+            issues
+                .into_iter()
+                .map(|mut issue| {
+                    issue.expression = Some(format!("Bundle.entry[{index}].request"));
+                    issue
+                })
+                .collect(),
+        )
+    })
+}
+
+fn bad_entry(index: usize, message_id: &'static str, message: String) -> ApiError {
+    let mut issue = Issue::error(IssueType::Invalid, message_id, message);
+    issue.expression = Some(format!("Bundle.entry[{index}]"));
+    ApiError::BadRequest(vec![issue])
+}
+
+/// Writes every entry in `tx`: ids are settled first (conditional matches,
+/// new ids), then references are rewritten, then each entry is written.
+pub(super) async fn execute(
+    tx: &mut WriteTx,
+    plan: Vec<PlannedEntry>,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Vec<EntryOutcome>, ApiError> {
+    // 1. Settle each entry's id, and whether it is written at all.
+    let mut settled: Vec<(FhirId, Option<bool>)> = Vec::with_capacity(plan.len());
+    for (index, entry) in plan.iter().enumerate() {
+        settled.push(match &entry.action {
+            Action::Create => (FhirId::generate(), Some(true)),
+            Action::Update(id) => (
+                id.clone(),
+                Some(!exists(tx, entry.resource_type, id).await?),
+            ),
+            Action::CreateUnlessExists(query) => match one_match(tx, query, index).await? {
+                Some(id) => (id, None),
+                None => (FhirId::generate(), Some(true)),
+            },
+            Action::UpdateMatching(query) => match one_match(tx, query, index).await? {
+                Some(id) => (id, Some(false)),
+                None => (FhirId::generate(), Some(true)),
+            },
+        });
+    }
+    // 2. Every fullUrl now has a `Type/id`.
+    let mut targets: HashMap<String, String> = HashMap::new();
+    for (entry, (id, _)) in plan.iter().zip(&settled) {
+        if let Some(full_url) = &entry.full_url {
+            targets.insert(full_url.clone(), format!("{}/{id}", entry.resource_type));
+        }
+    }
+    // 3. Write.
+    let mut outcomes = Vec::with_capacity(plan.len());
+    for (entry, (id, write)) in plan.into_iter().zip(settled) {
+        let mut resource = entry.resource;
+        rewrite_references(&mut resource, &targets);
+        let outcome = match write {
+            None => match tx.read(entry.resource_type, &id).await? {
+                ReadOutcome::Found(stored) => EntryOutcome {
+                    stored,
+                    created: false,
+                },
+                _ => {
+                    return Err(ApiError::Internal(format!(
+                        "{}/{id} matched but cannot be read",
+                        entry.resource_type
+                    )));
+                }
+            },
+            Some(create) => {
+                let write = ResourceWrite {
+                    resource_type: entry.resource_type,
+                    id: &id,
+                    resource,
+                    received: Some(body),
+                    request_id,
+                };
+                let stored = if create {
+                    tx.create(write).await?
+                } else {
+                    tx.update(write, None).await?
+                };
+                EntryOutcome {
+                    stored,
+                    created: create,
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+async fn exists(
+    tx: &mut WriteTx,
+    resource_type: ResourceType,
+    id: &FhirId,
+) -> Result<bool, ApiError> {
+    Ok(matches!(
+        tx.read(resource_type, id).await?,
+        ReadOutcome::Found(_)
+    ))
+}
+
+async fn one_match(
+    tx: &mut WriteTx,
+    query: &SearchQuery,
+    index: usize,
+) -> Result<Option<FhirId>, ApiError> {
+    let mut ids = tx.matching_ids(query).await?;
+    match ids.len() {
+        0 | 1 => Ok(ids.pop()),
+        n => {
+            let mut issue = Issue::error(
+                IssueType::MultipleMatches,
+                "conditional-multiple-matches",
+                format!(
+                    "The entry's condition matches {n} resources, so Sprig cannot tell which one is meant; make it more specific"
+                ),
+            );
+            issue.expression = Some(format!("Bundle.entry[{index}].request"));
+            Err(ApiError::PreconditionFailed(issue))
+        }
+    }
+}
+
+/// Replaces each `reference` naming a Bundle entry's `fullUrl` with the
+/// entry's `Type/id`.
+fn rewrite_references(value: &mut Value, targets: &HashMap<String, String>) {
+    match value {
+        Value::Object(map) => rewrite_object(map, targets),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| rewrite_references(item, targets)),
+        _ => {}
+    }
+}
+
+fn rewrite_object(map: &mut Map<String, Value>, targets: &HashMap<String, String>) {
+    for (key, value) in map.iter_mut() {
+        if key == "reference"
+            && let Value::String(reference) = value
+        {
+            if let Some(target) = targets.get(reference.as_str()) {
+                *reference = target.clone();
+            }
+            continue;
+        }
+        rewrite_references(value, targets);
+    }
+}
+
+/// Opens the referral for the entry at `referral_index`, with the Patient
+/// its `subject` now names.
+pub(super) async fn open_referral(
+    state: &AppState,
+    tx: &mut WriteTx,
+    mapped: MappedInbound,
+    outcomes: &[EntryOutcome],
+    referral_index: usize,
+    received_as: ReceivedAs,
+    request_id: &str,
+) -> Result<Referral, ApiError> {
+    let referral = outcomes
+        .get(referral_index)
+        .ok_or_else(|| ApiError::Internal("referral entry has no outcome".into()))?;
+    let service_request: Value = serde_json::from_str(&referral.stored.json)
+        .map_err(|e| ApiError::Internal(format!("stored referral unreadable: {e}")))?;
+    let patient_id = service_request
+        .pointer("/subject/reference")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .and_then(|id| FhirId::parse(id).ok());
+    Ok(state
+        .workflow
+        .open(
+            tx,
+            mapped,
+            &Arrival {
+                service_request_id: &referral.stored.id,
+                patient_id: patient_id.as_ref(),
+                received_as,
+                request_id,
+            },
+        )
+        .await?)
+}
+
+fn transaction_response(
+    state: &AppState,
+    outcomes: &[EntryOutcome],
+    referral_index: usize,
+    referral: &Referral,
+) -> Value {
+    let entries: Vec<Value> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            let stored = &outcome.stored;
+            let mut response = json!({
+                "status": if outcome.created { "201 Created" } else { "200 OK" },
+                "location": format!(
+                    "{}/{}/_history/{}",
+                    stored.resource_type, stored.id, stored.version_id
+                ),
+                "etag": format!("W/\"{}\"", stored.version_id),
+                "lastModified": stored.last_updated.to_fhir(),
+            });
+            if index == referral_index {
+                response["outcome"] = information(
+                    "referral-received",
+                    format!(
+                        "Referral received: ServiceRequest/{} (its progress is reported in Task/{})",
+                        referral.id, referral.task_id
+                    ),
+                );
+            }
+            json!({
+                "fullUrl": format!("{}/{}/{}", state.fhir_base(), stored.resource_type, stored.id),
+                "response": response,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "Bundle",
+        "id": FhirId::generate().as_str(),
+        "meta": {"lastUpdated": Instant::now().to_fhir()},
+        "type": "transaction-response",
+        "entry": entries,
+    })
+}
+
+fn information(message_id: &'static str, message: String) -> Value {
+    OperationOutcome::new(vec![
+        Issue::error(IssueType::Informational, message_id, message)
+            .with_severity(IssueSeverity::Information),
+    ])
+    .to_json(None)
+}
+
+/// The first answer again, each entry now `200 OK`: nothing new was written.
+fn replayed(
+    first: Option<String>,
+    existing: &Referral,
+    referral_index: usize,
+) -> Result<Value, ApiError> {
+    // The outcome goes on the referral's entry (the only one when the
+    // referral first came another way).
+    let outcome_index = if first.is_some() { referral_index } else { 0 };
+    let mut response: Value = match first {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| ApiError::Internal(format!("stored response unreadable: {e}")))?,
+        // The referral came another way (a single resource or a message):
+        // answer for the referral alone.
+        None => json!({
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [{"response": {"location": format!("ServiceRequest/{}", existing.id)}}],
+        }),
+    };
+    response["id"] = json!(FhirId::generate().as_str());
+    if let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) {
+        for (index, entry) in entries.iter_mut().enumerate() {
+            entry["response"]["status"] = json!("200 OK");
+            if index == outcome_index {
+                entry["response"]["outcome"] = information(
+                    "referral-already-received",
+                    format!(
+                        "This referral (same identifier) was already received, on {}: it is ServiceRequest/{}; nothing new was stored",
+                        existing.received_at, existing.id
+                    ),
+                );
+            }
+        }
+    }
+    Ok(response)
+}

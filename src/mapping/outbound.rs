@@ -1,0 +1,834 @@
+//! `mappings/outbound.toml`: referral stages → Tasks, outcome scores → Observations, and the
+//! builders of both.
+
+use std::collections::BTreeMap;
+use std::ops::{Range, RangeInclusive};
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use toml::Spanned;
+
+use super::MappingError;
+use super::source::Source;
+use crate::fhirpath::{Expression, FhirPath};
+use crate::referral::stage::STAGE_SYSTEM;
+use crate::referral::{Measure, Score, ScoreError, Stage};
+
+/// The NHS number identifier system.
+const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+/// The ODS organisation code identifier system.
+const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+
+/// The codes of FHIR R4's required `task-status` value set.
+const TASK_STATUSES: [&str; 12] = [
+    "draft",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "ready",
+    "cancelled",
+    "in-progress",
+    "on-hold",
+    "failed",
+    "completed",
+    "entered-in-error",
+];
+
+/// The Task profile whose invariants (`sprig-task-*`) each stage mapping must keep. The
+/// authored differential: its constraints are what the compiled profile checks.
+const TASK_PROFILE: &str =
+    include_str!("../../profiles/sprig/StructureDefinition-sprig-referral-task.json");
+
+/// A coding: system, code and, optionally, display.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coding {
+    /// The code system.
+    pub system: String,
+    /// The code.
+    pub code: String,
+    /// The display, when the code system's display is known.
+    pub display: Option<String>,
+}
+
+impl Coding {
+    fn to_json(&self) -> Value {
+        let mut coding = Map::new();
+        coding.insert("system".into(), json!(self.system));
+        coding.insert("code".into(), json!(self.code));
+        if let Some(display) = &self.display {
+            coding.insert("display".into(), json!(display));
+        }
+        Value::Object(coding)
+    }
+}
+
+/// How one stage is reported as a Task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageMapping {
+    /// The stage.
+    pub stage: Stage,
+    /// `Task.status` (a FHIR `task-status` code).
+    pub task_status: String,
+    /// `Task.businessStatus`'s coding (a `sprig-referral-stage` code).
+    pub business_status: Coding,
+    /// Whether a Task at this stage needs a reason (`Task.statusReason`).
+    pub status_reason_required: bool,
+}
+
+/// How an Observation carries a measure's total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// `valueInteger`: the total.
+    Integer,
+    /// No `value[x]`: the measure has no total.
+    None,
+}
+
+/// One item of a measure: its component code and score range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemMapping {
+    /// `Observation.component.code`'s coding.
+    pub code: Coding,
+    /// The lowest score.
+    pub min: i64,
+    /// The highest score.
+    pub max: i64,
+}
+
+/// How one measure is reported as an Observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeasureMapping {
+    /// The measure.
+    pub measure: Measure,
+    /// The profile in `meta.profile`.
+    pub profile: String,
+    /// `Observation.code`'s coding, and `Task.output.type`'s.
+    pub code: Coding,
+    /// `Observation.code.text`.
+    pub text: Option<String>,
+    /// Whether the total is `valueInteger`.
+    pub value_type: ValueType,
+    /// The total's range, with [`ValueType::Integer`].
+    pub total: Option<RangeInclusive<i64>>,
+    /// Whether the SWEMWBS metric score goes in `Observation.note`.
+    pub metric_note: bool,
+    /// The items, in form order: one component each.
+    pub items: Vec<ItemMapping>,
+}
+
+/// The compiled outbound mapping. See `mappings/outbound.toml`.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    task_profile: String,
+    task_identifier_system: String,
+    observation_identifier_system: String,
+    /// In the order of [`Stage::ALL`].
+    stages: Vec<StageMapping>,
+    /// In the order of [`Measure::ALL`].
+    measures: Vec<MeasureMapping>,
+}
+
+/// Who a Task or Observation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatientRef<'a> {
+    /// A Patient Sprig holds: `Patient/{id}`.
+    Id(&'a str),
+    /// A Patient only contained in the referral: a logical reference by NHS number.
+    NhsNumber(&'a str),
+}
+
+impl PatientRef<'_> {
+    fn to_json(self) -> Value {
+        match self {
+            PatientRef::Id(id) => json!({"reference": format!("Patient/{id}"), "type": "Patient"}),
+            PatientRef::NhsNumber(number) => json!({
+                "type": "Patient",
+                "identifier": {"system": NHS_NUMBER_SYSTEM, "value": number},
+            }),
+        }
+    }
+}
+
+/// The social prescribing service: Task.owner, Observation.performer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceRef<'a> {
+    /// Its name (the reference's display).
+    pub name: &'a str,
+    /// Its ODS code, when it has one (the reference's identifier).
+    pub ods_code: Option<&'a str>,
+}
+
+impl ServiceRef<'_> {
+    fn to_json(self) -> Value {
+        let mut reference = Map::new();
+        reference.insert("type".into(), json!("Organization"));
+        if let Some(code) = self.ods_code {
+            reference.insert(
+                "identifier".into(),
+                json!({"system": ODS_SYSTEM, "value": code}),
+            );
+        }
+        reference.insert("display".into(), json!(self.name));
+        Value::Object(reference)
+    }
+}
+
+/// An outcome Observation a completed Task lists in `Task.output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOutput<'a> {
+    /// What it measures (its code is `Task.output.type`).
+    pub measure: Measure,
+    /// The Observation's id: `Observation/{id}`.
+    pub observation_id: &'a str,
+}
+
+/// What a Task is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskInput<'a> {
+    /// Sprig's id for the Task: `Task.id` and the identifier's value, stable across updates.
+    pub task_id: &'a str,
+    /// Where the referral is.
+    pub stage: Stage,
+    /// Why (`Task.statusReason.text`); required at stages whose mapping says so.
+    pub reason: Option<&'a str>,
+    /// The stored ServiceRequest's id: `basedOn` and `focus`.
+    pub referral_id: &'a str,
+    /// The person: `Task.for`.
+    pub patient: PatientRef<'a>,
+    /// The referring practice's ODS code: `Task.requester` (left out when unknown).
+    pub practice_ods_code: Option<&'a str>,
+    /// The service: `Task.owner`.
+    pub service: ServiceRef<'a>,
+    /// When the referral was received as a Task (`Task.authoredOn`), a FHIR dateTime.
+    pub authored_on: &'a str,
+    /// When this stage was reached (`Task.lastModified`), a FHIR dateTime.
+    pub last_modified: &'a str,
+    /// A note for the referrer (`Task.note`).
+    pub note: Option<&'a str>,
+    /// The outcome Observations (`Task.output`).
+    pub outputs: &'a [TaskOutput<'a>],
+}
+
+/// What an outcome Observation is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct ObservationInput<'a> {
+    /// Sprig's id for the Observation: `Observation.id` and the identifier's value.
+    pub observation_id: &'a str,
+    /// The answers (the measure, items and total); rescored when built, so a hand-made
+    /// [`Score`] cannot produce an Observation that contradicts itself.
+    pub score: &'a Score,
+    /// The stored ServiceRequest's id: `basedOn`.
+    pub referral_id: &'a str,
+    /// The person: `subject`.
+    pub patient: PatientRef<'a>,
+    /// When the answers were given (`effectiveDateTime`), a FHIR dateTime.
+    pub effective: &'a str,
+    /// The service: `performer`.
+    pub service: ServiceRef<'a>,
+}
+
+/// A Task or Observation that cannot be built from the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The stage's mapping requires a reason and none was given.
+    #[error(
+        "a Task at stage '{stage}' needs a reason (Task.statusReason): the outbound mapping requires one"
+    )]
+    ReasonRequired {
+        /// The stage.
+        stage: Stage,
+    },
+    /// The answers cannot be scored.
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+}
+
+// ── The file ───────────────────────────────────────────────────────────────────────────────
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboundFile {
+    task: TaskSection,
+    // Plain `String` keys and no `Spanned` around the maps: toml 0.8 cannot deserialise
+    // either for tables made by dotted headers (`[stages.received]`). The span of each entry
+    // starts at its header, which is where errors about the key point.
+    stages: BTreeMap<String, Spanned<StageSpec>>,
+    observation: ObservationSection,
+    measures: BTreeMap<String, Spanned<MeasureSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskSection {
+    profile: String,
+    identifier_system: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObservationSection {
+    identifier_system: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageSpec {
+    task_status: Spanned<String>,
+    business_status: Spanned<BusinessStatusSpec>,
+    status_reason_required: Spanned<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BusinessStatusSpec {
+    code: Spanned<String>,
+    display: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeasureSpec {
+    profile: String,
+    code: Coding,
+    text: Option<String>,
+    value_type: Spanned<ValueType>,
+    total: Option<Spanned<RangeSpec>>,
+    #[serde(default)]
+    metric_note: Option<Spanned<bool>>,
+    item_system: String,
+    items: Spanned<Vec<Spanned<ItemSpec>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeSpec {
+    min: i64,
+    max: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemSpec {
+    code: String,
+    display: Option<String>,
+    min: i64,
+    max: i64,
+}
+
+// ── Loading ────────────────────────────────────────────────────────────────────────────────
+
+/// The Task profile's invariants, compiled: (key, human text, expression).
+fn task_invariants(engine: &FhirPath) -> Result<Vec<(String, String, Expression)>, String> {
+    let profile: Value = serde_json::from_str(TASK_PROFILE).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let elements = profile["differential"]["element"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for element in elements.iter().filter(|e| e["path"] == "Task") {
+        for constraint in element["constraint"].as_array().into_iter().flatten() {
+            let (Some(key), Some(human), Some(expression)) = (
+                constraint["key"].as_str(),
+                constraint["human"].as_str(),
+                constraint["expression"].as_str(),
+            ) else {
+                continue;
+            };
+            let compiled = engine
+                .compile(expression)
+                .map_err(|e| format!("{key}: {e}"))?;
+            out.push((key.to_string(), human.to_string(), compiled));
+        }
+    }
+    Ok(out)
+}
+
+impl Outbound {
+    pub(super) fn load(source: &Source<'_>, engine: &FhirPath) -> Result<Outbound, MappingError> {
+        let file: OutboundFile = source.parse()?;
+        let invariants = task_invariants(engine).map_err(|e| {
+            source.error(
+                0,
+                format!("the Task profile's invariants cannot be read (a build defect): {e}"),
+            )
+        })?;
+
+        let mut stages: BTreeMap<Stage, StageMapping> = BTreeMap::new();
+        for (key, spec) in &file.stages {
+            let stage = Stage::parse(key)
+                .map_err(|e| source.error_at(&spec.span(), format!("[stages.{key}]: {e}")))?;
+            let mapping = stage_mapping(source, stage, spec.get_ref(), &invariants)?;
+            stages.insert(stage, mapping);
+        }
+        let stages = Stage::ALL
+            .into_iter()
+            .map(|stage| {
+                stages.remove(&stage).ok_or_else(|| {
+                    source.error_at(
+                        &table_span(source, "stages"),
+                        format!(
+                            "stage '{stage}' has no Task mapping: add a [stages.{stage}] table"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut measures: BTreeMap<Measure, MeasureMapping> = BTreeMap::new();
+        for (key, spec) in &file.measures {
+            let measure = Measure::parse(key)
+                .map_err(|e| source.error_at(&spec.span(), format!("[measures.{key}]: {e}")))?;
+            measures.insert(
+                measure,
+                measure_mapping(source, measure, &spec.span(), spec.get_ref())?,
+            );
+        }
+        let measures = Measure::ALL
+            .into_iter()
+            .map(|measure| {
+                measures.remove(&measure).ok_or_else(|| {
+                    source.error_at(
+                        &table_span(source, "measures"),
+                        format!(
+                            "measure '{}' has no Observation mapping: add a [measures.{}] table",
+                            measure.as_str(),
+                            measure.as_str()
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Outbound {
+            task_profile: file.task.profile,
+            task_identifier_system: file.task.identifier_system,
+            observation_identifier_system: file.observation.identifier_system,
+            stages,
+            measures,
+        })
+    }
+}
+
+/// Where to point for a missing entry of a table: its first `[name.…]` header, else the
+/// start of the file.
+fn table_span(source: &Source<'_>, name: &str) -> Range<usize> {
+    let header = format!("[{name}.");
+    let mut offset = 0;
+    for line in source.text.split_inclusive('\n') {
+        if line.trim_start().starts_with(&header) || line.trim() == format!("[{name}]") {
+            let start = offset + (line.len() - line.trim_start().len());
+            return start..start + line.trim_end().len();
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
+fn stage_mapping(
+    source: &Source<'_>,
+    stage: Stage,
+    spec: &StageSpec,
+    invariants: &[(String, String, Expression)],
+) -> Result<StageMapping, MappingError> {
+    let status = spec.task_status.get_ref();
+    if !TASK_STATUSES.contains(&status.as_str()) {
+        return Err(source.error_at(
+            &spec.task_status.span(),
+            format!(
+                "stage '{stage}': task_status '{status}' is not a FHIR task-status code; the codes are {}",
+                TASK_STATUSES.join(", ")
+            ),
+        ));
+    }
+    let business = spec.business_status.get_ref();
+    let code = business.code.get_ref();
+    if Stage::parse(code).is_err() {
+        return Err(source.error_at(
+            &business.code.span(),
+            format!(
+                "stage '{stage}': business_status code '{code}' is not a sprig-referral-stage code; the codes are {}",
+                Stage::codes()
+            ),
+        ));
+    }
+    let mapping = StageMapping {
+        stage,
+        task_status: status.clone(),
+        business_status: Coding {
+            system: STAGE_SYSTEM.to_string(),
+            code: code.clone(),
+            display: business.display.clone(),
+        },
+        status_reason_required: *spec.status_reason_required.get_ref(),
+    };
+    // The profile's invariants decide, evaluated on the Task this mapping makes: without a
+    // reason when none is required (so a `false` that sprig-task-1 contradicts is caught),
+    // with one otherwise.
+    let task = json!({
+        "resourceType": "Task",
+        "status": mapping.task_status,
+        "businessStatus": {"coding": [mapping.business_status.to_json()]},
+        "statusReason": if mapping.status_reason_required { json!({"text": "reason"}) } else { Value::Null },
+    });
+    let task = strip_nulls(task);
+    for (key, human, invariant) in invariants {
+        let holds = invariant
+            .evaluate(&task, &task)
+            .ok()
+            .and_then(|r| r.as_boolean());
+        if holds == Some(false) {
+            let (span, setting) =
+                if !mapping.status_reason_required && invariant.text().contains("statusReason") {
+                    (
+                        spec.status_reason_required.span(),
+                        "status_reason_required = false".to_string(),
+                    )
+                } else {
+                    (
+                        spec.task_status.span(),
+                        format!("task_status '{}'", mapping.task_status),
+                    )
+                };
+            return Err(source.error_at(
+                &span,
+                format!(
+                    "stage '{stage}': {setting} contradicts the Task profile's invariant {key}: {human}"
+                ),
+            ));
+        }
+    }
+    Ok(mapping)
+}
+
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
+}
+
+fn measure_mapping(
+    source: &Source<'_>,
+    measure: Measure,
+    key_span: &Range<usize>,
+    spec: &MeasureSpec,
+) -> Result<MeasureMapping, MappingError> {
+    let name = measure.as_str();
+    let value_type = *spec.value_type.get_ref();
+    let total = match (&spec.total, value_type) {
+        (Some(total), ValueType::Integer) => {
+            let range = total.get_ref();
+            if range.min > range.max {
+                return Err(source.error_at(
+                    &total.span(),
+                    format!(
+                        "measure '{name}': total min {} is above max {}",
+                        range.min, range.max
+                    ),
+                ));
+            }
+            Some(range.min..=range.max)
+        }
+        (None, ValueType::Integer) => {
+            return Err(source.error_at(
+                &spec.value_type.span(),
+                format!("measure '{name}': value_type \"integer\" needs total = {{ min, max }}"),
+            ));
+        }
+        (Some(total), ValueType::None) => {
+            return Err(source.error_at(
+                &total.span(),
+                format!("measure '{name}': value_type \"none\" has no total; remove `total`"),
+            ));
+        }
+        (None, ValueType::None) => None,
+    };
+    if total != measure.total_range() {
+        let span = spec
+            .total
+            .as_ref()
+            .map_or(spec.value_type.span(), Spanned::span);
+        return Err(source.error_at(
+            &span,
+            format!(
+                "measure '{name}': the total is {}, but {measure} {}",
+                describe(total.as_ref()),
+                match measure.total_range() {
+                    Some(r) => format!("totals {} to {}", r.start(), r.end()),
+                    None => "has no total".to_string(),
+                }
+            ),
+        ));
+    }
+    let metric_note = spec.metric_note.as_ref().is_some_and(|m| *m.get_ref());
+    if metric_note && measure != Measure::Swemwbs {
+        let at = spec
+            .metric_note
+            .as_ref()
+            .map_or(key_span.clone(), Spanned::span);
+        return Err(source.error_at(
+            &at,
+            format!("measure '{name}': only SWEMWBS has a metric score; remove metric_note"),
+        ));
+    }
+    let items = spec.items.get_ref();
+    if items.len() != measure.item_count() {
+        return Err(source.error_at(
+            &spec.items.span(),
+            format!(
+                "measure '{name}': {} items are mapped, but {measure} has {}",
+                items.len(),
+                measure.item_count()
+            ),
+        ));
+    }
+    let scale = measure.item_range();
+    let mut mapped: Vec<ItemMapping> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let spec_item = item.get_ref();
+        if spec_item.min > spec_item.max {
+            return Err(source.error_at(
+                &item.span(),
+                format!(
+                    "measure '{name}' item {}: min {} is above max {}",
+                    i + 1,
+                    spec_item.min,
+                    spec_item.max
+                ),
+            ));
+        }
+        if (spec_item.min..=spec_item.max) != scale {
+            return Err(source.error_at(
+                &item.span(),
+                format!(
+                    "measure '{name}' item {}: the range is {} to {}, but {measure} items are scored {} to {}",
+                    i + 1,
+                    spec_item.min,
+                    spec_item.max,
+                    scale.start(),
+                    scale.end()
+                ),
+            ));
+        }
+        if mapped.iter().any(|m| m.code.code == spec_item.code) {
+            return Err(source.error_at(
+                &item.span(),
+                format!(
+                    "measure '{name}' item {}: code '{}' is used twice",
+                    i + 1,
+                    spec_item.code
+                ),
+            ));
+        }
+        mapped.push(ItemMapping {
+            code: Coding {
+                system: spec.item_system.clone(),
+                code: spec_item.code.clone(),
+                display: spec_item.display.clone(),
+            },
+            min: spec_item.min,
+            max: spec_item.max,
+        });
+    }
+    Ok(MeasureMapping {
+        measure,
+        profile: spec.profile.clone(),
+        code: spec.code.clone(),
+        text: spec.text.clone(),
+        value_type,
+        total,
+        metric_note,
+        items: mapped,
+    })
+}
+
+fn describe(range: Option<&RangeInclusive<i64>>) -> String {
+    match range {
+        Some(r) => format!("{} to {}", r.start(), r.end()),
+        None => "absent".to_string(),
+    }
+}
+
+/// The position of `stage` in [`Stage::ALL`] (a test checks the two agree).
+fn stage_index(stage: Stage) -> usize {
+    match stage {
+        Stage::Received => 0,
+        Stage::Accepted => 1,
+        Stage::Contacted => 2,
+        Stage::AssessmentDone => 3,
+        Stage::PlanAgreed => 4,
+        Stage::InSupport => 5,
+        Stage::Completed => 6,
+        Stage::Declined => 7,
+        Stage::UnableToContact => 8,
+        Stage::Withdrawn => 9,
+    }
+}
+
+/// The position of `measure` in [`Measure::ALL`].
+fn measure_index(measure: Measure) -> usize {
+    match measure {
+        Measure::Swemwbs => 0,
+        Measure::Wemwbs => 1,
+        Measure::Ons4 => 2,
+        Measure::Ucla3 => 3,
+    }
+}
+
+// ── Building ───────────────────────────────────────────────────────────────────────────────
+
+fn reference(resource_type: &str, id: &str) -> Value {
+    json!({"reference": format!("{resource_type}/{id}"), "type": resource_type})
+}
+
+impl Outbound {
+    /// How `stage` is reported (every stage is mapped: load checks it).
+    pub fn stage(&self, stage: Stage) -> &StageMapping {
+        &self.stages[stage_index(stage)]
+    }
+
+    /// How `measure` is reported (every measure is mapped: load checks it).
+    pub fn measure(&self, measure: Measure) -> &MeasureMapping {
+        &self.measures[measure_index(measure)]
+    }
+
+    /// A Task meeting `sprig-referral-task` that reports the referral at `input.stage`. The
+    /// same input gives the same Task, byte for byte. Fails only when the stage needs a
+    /// reason and none is given.
+    pub fn task(&self, input: &TaskInput<'_>) -> Result<Value, BuildError> {
+        let mapping = self.stage(input.stage);
+        let reason = input.reason.filter(|r| !r.trim().is_empty());
+        if mapping.status_reason_required && reason.is_none() {
+            return Err(BuildError::ReasonRequired { stage: input.stage });
+        }
+        let mut task = Map::new();
+        task.insert("resourceType".into(), json!("Task"));
+        task.insert("id".into(), json!(input.task_id));
+        task.insert("meta".into(), json!({"profile": [self.task_profile]}));
+        task.insert(
+            "identifier".into(),
+            json!([{"system": self.task_identifier_system, "value": input.task_id}]),
+        );
+        task.insert(
+            "basedOn".into(),
+            json!([reference("ServiceRequest", input.referral_id)]),
+        );
+        task.insert("status".into(), json!(mapping.task_status));
+        if let Some(reason) = reason {
+            task.insert("statusReason".into(), json!({"text": reason}));
+        }
+        task.insert(
+            "businessStatus".into(),
+            json!({"coding": [mapping.business_status.to_json()]}),
+        );
+        task.insert("intent".into(), json!("order"));
+        task.insert(
+            "code".into(),
+            json!({"coding": [{
+                "system": "http://hl7.org/fhir/CodeSystem/task-code",
+                "code": "fulfill",
+                "display": "Fulfill the focal request",
+            }]}),
+        );
+        task.insert(
+            "focus".into(),
+            reference("ServiceRequest", input.referral_id),
+        );
+        task.insert("for".into(), input.patient.to_json());
+        task.insert("authoredOn".into(), json!(input.authored_on));
+        task.insert("lastModified".into(), json!(input.last_modified));
+        if let Some(code) = input.practice_ods_code {
+            task.insert(
+                "requester".into(),
+                json!({"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": code}}),
+            );
+        }
+        task.insert("owner".into(), input.service.to_json());
+        if let Some(note) = input.note.filter(|n| !n.trim().is_empty()) {
+            task.insert("note".into(), json!([{"text": note}]));
+        }
+        if !input.outputs.is_empty() {
+            let outputs: Vec<Value> = input
+                .outputs
+                .iter()
+                .map(|output| {
+                    let measure = self.measure(output.measure);
+                    let mut kind = Map::new();
+                    kind.insert("coding".into(), json!([measure.code.to_json()]));
+                    if let Some(text) = &measure.text {
+                        kind.insert("text".into(), json!(text));
+                    }
+                    json!({
+                        "type": Value::Object(kind),
+                        "valueReference": reference("Observation", output.observation_id),
+                    })
+                })
+                .collect();
+            task.insert("output".into(), Value::Array(outputs));
+        }
+        Ok(Value::Object(task))
+    }
+
+    /// An Observation meeting the measure's `sprig-outcome-*` profile. The answers are
+    /// rescored first; answers that cannot be scored are an error.
+    pub fn observation(&self, input: &ObservationInput<'_>) -> Result<Value, BuildError> {
+        let score = input.score.measure.score(&input.score.items)?;
+        let mapping = self.measure(score.measure);
+        let mut observation = Map::new();
+        observation.insert("resourceType".into(), json!("Observation"));
+        observation.insert("id".into(), json!(input.observation_id));
+        observation.insert("meta".into(), json!({"profile": [mapping.profile]}));
+        observation.insert(
+            "identifier".into(),
+            json!([{"system": self.observation_identifier_system, "value": input.observation_id}]),
+        );
+        observation.insert(
+            "basedOn".into(),
+            json!([reference("ServiceRequest", input.referral_id)]),
+        );
+        observation.insert("status".into(), json!("final"));
+        observation.insert(
+            "category".into(),
+            json!([{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "survey",
+                "display": "Survey",
+            }]}]),
+        );
+        let mut code = Map::new();
+        code.insert("coding".into(), json!([mapping.code.to_json()]));
+        if let Some(text) = &mapping.text {
+            code.insert("text".into(), json!(text));
+        }
+        observation.insert("code".into(), Value::Object(code));
+        observation.insert("subject".into(), input.patient.to_json());
+        observation.insert("effectiveDateTime".into(), json!(input.effective));
+        observation.insert("performer".into(), json!([input.service.to_json()]));
+        if let (ValueType::Integer, Some(total)) = (mapping.value_type, score.total) {
+            observation.insert("valueInteger".into(), json!(total));
+        }
+        if let (true, Some(metric), Some(total)) = (mapping.metric_note, score.metric, score.total)
+        {
+            observation.insert(
+                "note".into(),
+                json!([{"text": format!(
+                    "{} metric score {metric} (raw score {total}, converted with the published SWEMWBS raw-to-metric table)",
+                    score.measure
+                )}]),
+            );
+        }
+        let components: Vec<Value> = mapping
+            .items
+            .iter()
+            .zip(&score.items)
+            .map(|(item, value)| json!({"code": {"coding": [item.code.to_json()]}, "valueInteger": value}))
+            .collect();
+        observation.insert("component".into(), Value::Array(components));
+        Ok(Value::Object(observation))
+    }
+}

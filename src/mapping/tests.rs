@@ -1,0 +1,906 @@
+//! Tests of loading, the inbound mapping on the three example shapes, and the builders
+//! against the real validator.
+
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+use super::*;
+use crate::fhir::IssueType;
+use crate::fhirpath::FhirPath;
+use crate::referral::{Measure, Stage};
+use crate::validation::Validator;
+use crate::validation::profile::ProfilePass;
+use crate::validation::schema::SchemaPass;
+
+static ENGINE: LazyLock<FhirPath> = LazyLock::new(|| FhirPath::new().expect("engine"));
+static SHIPPED: LazyLock<Mappings> =
+    LazyLock::new(|| Mappings::shipped(&ENGINE).expect("the shipped mappings load"));
+/// Built as `app.rs` builds it: the schema pass, then the profile pass.
+static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| {
+    Validator::new(vec![
+        Box::new(SchemaPass::load(&[]).expect("schema")),
+        Box::new(ProfilePass::load().expect("profiles")),
+    ])
+});
+
+fn example(name: &str) -> Value {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// Every error the validator reports, as `expression: message`.
+fn errors(resource: &Value) -> Vec<String> {
+    VALIDATOR
+        .validate_resource(resource, None, None)
+        .into_iter()
+        .filter(|i| i.severity.is_error())
+        .map(|i| format!("{}: {}", i.expression.unwrap_or_default(), i.message))
+        .collect()
+}
+
+// ── Loading ────────────────────────────────────────────────────────────────────────────────
+
+#[test]
+fn the_shipped_mappings_load_and_map_every_stage_and_measure() {
+    let outbound = &SHIPPED.outbound;
+    for stage in Stage::ALL {
+        assert_eq!(outbound.stage(stage).stage, stage);
+        assert_eq!(outbound.stage(stage).business_status.code, stage.as_str());
+    }
+    for measure in Measure::ALL {
+        let mapping = outbound.measure(measure);
+        assert_eq!(mapping.measure, measure);
+        assert_eq!(mapping.items.len(), measure.item_count());
+        assert_eq!(mapping.total, measure.total_range());
+    }
+    let required: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| outbound.stage(*s).status_reason_required)
+        .collect();
+    assert_eq!(
+        required,
+        [Stage::Declined, Stage::UnableToContact, Stage::Withdrawn]
+    );
+    assert_eq!(outbound.stage(Stage::Received).task_status, "received");
+    assert_eq!(outbound.stage(Stage::Withdrawn).task_status, "cancelled");
+}
+
+/// Writes the shipped files to a temporary folder with `edit` applied to one of them, and
+/// returns the load error.
+fn load_error(file: &str, edit: impl FnOnce(String) -> String) -> String {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut edit = Some(edit);
+    for (name, text) in [
+        ("inbound.toml", SHIPPED_INBOUND),
+        ("outbound.toml", SHIPPED_OUTBOUND),
+    ] {
+        let text = match edit.take_if(|_| name == file) {
+            Some(edit) => edit(text.to_string()),
+            None => text.to_string(),
+        };
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let err = Mappings::load_dir(dir.path(), &ENGINE).expect_err("the altered file is refused");
+    let path = dir.path().join(file).display().to_string();
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("{path}:")),
+        "{message} should name {path}"
+    );
+    message[path.len()..].to_string()
+}
+
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not found"));
+    let before = &text[..at];
+    (
+        before.matches('\n').count() + 1,
+        before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+    )
+}
+
+fn replace_once(text: String, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from} not in the shipped file");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn the_shipped_files_load_from_a_folder_too() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    std::fs::write(dir.path().join("inbound.toml"), SHIPPED_INBOUND).expect("write");
+    std::fs::write(dir.path().join("outbound.toml"), SHIPPED_OUTBOUND).expect("write");
+    assert!(Mappings::load_dir(dir.path(), &ENGINE).is_ok());
+    std::fs::remove_file(dir.path().join("outbound.toml")).expect("remove");
+    let err = Mappings::load_dir(dir.path(), &ENGINE).expect_err("missing file");
+    assert!(matches!(err, MappingError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("outbound.toml"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_names_the_place_and_the_allowed_keys() {
+    let message = load_error("inbound.toml", |t| {
+        replace_once(t, "[phone]\nexpression", "[phone]\nexpresion")
+    });
+    let (line, _) = position(SHIPPED_INBOUND, "[phone]\nexpression");
+    assert!(
+        message.starts_with(&format!(":{}:1: unknown field `expresion`", line + 1)),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("expected `expression` or `required`"),
+        "{message}"
+    );
+
+    let message = load_error("inbound.toml", |t| {
+        replace_once(t, "[reply_to]", "[reply_too]")
+    });
+    assert!(message.contains("unknown field `reply_too`"), "{message}");
+    assert!(
+        message.contains("`referral_identifier_system`"),
+        "{message}"
+    );
+
+    let message = load_error("outbound.toml", |t| {
+        replace_once(t, "status_reason_required = true", "reason_required = true")
+    });
+    assert!(
+        message.contains("unknown field `reason_required`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_say_where() {
+    let message = load_error("outbound.toml", |t| {
+        replace_once(t, "[stages.accepted]", "[stages.accepted")
+    });
+    let (line, _) = position(SHIPPED_OUTBOUND, "[stages.accepted]");
+    assert!(message.starts_with(&format!(":{line}:")), "{message}");
+}
+
+#[test]
+fn a_bad_expression_is_located_inside_the_string() {
+    let message = load_error("inbound.toml", |t| {
+        replace_once(t, "\"%patient.birthDate\"", "\"%patient.birthDate.\"")
+    });
+    let (line, column) = position(SHIPPED_INBOUND, "\"%patient.birthDate\"");
+    // The error is after the trailing dot: column of the opening quote + 1 + 19.
+    assert!(
+        message.starts_with(&format!(
+            ":{line}:{}: birth_date: FHIRPath syntax error",
+            column + 20
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_function_or_wrong_arity_is_refused_at_load() {
+    let message = load_error("inbound.toml", |t| {
+        replace_once(
+            t,
+            "%home_address.postalCode",
+            "%home_address.postalCode.upperCase()",
+        )
+    });
+    let (line, column) = position(SHIPPED_INBOUND, "%home_address.postalCode");
+    assert_eq!(
+        message,
+        format!(
+            ":{line}:{}: postcode: FHIRPath unknown function upperCase(), in \"%home_address.postalCode.upperCase()\"",
+            column + 25
+        )
+    );
+
+    let message = load_error("inbound.toml", |t| {
+        replace_once(
+            t,
+            "%patient_name.given.join(' ')",
+            "%patient_name.given.join(' ', ',')",
+        )
+    });
+    let (line, column) = position(SHIPPED_INBOUND, "%patient_name.given.join(' ')");
+    assert_eq!(
+        message,
+        format!(
+            ":{line}:{}: given_name: FHIRPath join() takes 0 or 1 arguments, not 2, in \"%patient_name.given.join(' ', ',')\"",
+            column + 20
+        )
+    );
+}
+
+#[test]
+fn an_unknown_variable_is_refused_at_load() {
+    let message = load_error("inbound.toml", |t| {
+        replace_once(t, "\"%consent.status\"", "\"%consnet.status\"")
+    });
+    let (line, column) = position(SHIPPED_INBOUND, "\"%consent.status\"");
+    assert!(
+        message.starts_with(&format!(
+            ":{line}:{}: consent_status: unknown variable %consnet",
+            column + 1
+        )),
+        "{message}"
+    );
+    assert!(message.contains("%referral, %patient"), "{message}");
+
+    // A variable sees only the variables above it.
+    let message = load_error("inbound.toml", |t| {
+        replace_once(
+            t,
+            "placer = \"%referral.identifier",
+            "placer = \"%patient_name | %referral.identifier",
+        )
+    });
+    assert!(
+        message.contains("variables.placer: unknown variable %patient_name"),
+        "{message}"
+    );
+    let message = load_error("inbound.toml", |t| {
+        replace_once(t, "placer = ", "patient = ")
+    });
+    assert!(message.contains("%patient is already defined"), "{message}");
+}
+
+#[test]
+fn always_required_fields_cannot_be_made_optional() {
+    let message = load_error("inbound.toml", |t| {
+        replace_once(
+            t,
+            "expression = \"%referral.status\"\nrequired = true",
+            "expression = \"%referral.status\"\nrequired = false",
+        )
+    });
+    assert!(message.contains("status is always required"), "{message}");
+}
+
+#[test]
+fn a_missing_stage_mapping_is_refused() {
+    let message = load_error("outbound.toml", |t| {
+        let start = t.find("[stages.withdrawn]").expect("withdrawn");
+        let end = start + t[start..].find("\n\n").expect("end of table");
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    let (line, column) = position(SHIPPED_OUTBOUND, "[stages.received]");
+    assert_eq!(
+        message,
+        format!(
+            ":{line}:{column}: stage 'withdrawn' has no Task mapping: add a [stages.withdrawn] table"
+        )
+    );
+
+    let message = load_error("outbound.toml", |t| {
+        replace_once(t, "[stages.in-support]", "[stages.supporting]")
+    });
+    assert!(
+        message.contains("[stages.supporting]: 'supporting' is not a referral stage"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_measure_mapping_is_refused() {
+    let message = load_error("outbound.toml", |t| {
+        replace_once(t, "[measures.ucla3]", "[measures.ucla]")
+    });
+    assert!(
+        message.contains("'ucla' is not an outcome measure"),
+        "{message}"
+    );
+    let message = load_error("outbound.toml", |t| {
+        let start = t.find("\n# UCLA 3-item").expect("ucla3");
+        t[..start].to_string()
+    });
+    assert!(
+        message.contains("measure 'ucla3' has no Observation mapping"),
+        "{message}"
+    );
+}
+
+#[test]
+fn stage_mappings_that_break_the_task_profile_are_refused() {
+    // sprig-task-1: a declined Task needs a reason.
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "business_status = { code = \"declined\", display = \"Declined\" }\nstatus_reason_required = true",
+            "business_status = { code = \"declined\", display = \"Declined\" }\nstatus_reason_required = false",
+        )
+    });
+    assert!(
+        message.contains(
+            "stage 'declined': status_reason_required = false contradicts the Task profile's invariant sprig-task-1"
+        ),
+        "{message}"
+    );
+    // sprig-task-2: the stage and the Task status must agree.
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "task_status = \"received\"",
+            "task_status = \"requested\"",
+        )
+    });
+    let (line, column) = position(SHIPPED_OUTBOUND, "\"received\"\nbusiness_status");
+    assert!(
+        message.starts_with(&format!(
+            ":{line}:{column}: stage 'received': task_status 'requested' contradicts the Task profile's invariant sprig-task-2"
+        )),
+        "{message}"
+    );
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "task_status = \"received\"",
+            "task_status = \"recieved\"",
+        )
+    });
+    assert!(
+        message.contains("is not a FHIR task-status code"),
+        "{message}"
+    );
+    let message = load_error("outbound.toml", |t| {
+        replace_once(t, "code = \"plan-agreed\"", "code = \"planned\"")
+    });
+    assert!(
+        message.contains(
+            "stage 'plan-agreed': business_status code 'planned' is not a sprig-referral-stage code"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn ranges_are_checked() {
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "total = { min = 3, max = 9 }",
+            "total = { min = 9, max = 3 }",
+        )
+    });
+    let (line, column) = position(SHIPPED_OUTBOUND, "{ min = 3, max = 9 }");
+    assert_eq!(
+        message,
+        format!(":{line}:{column}: measure 'ucla3': total min 9 is above max 3")
+    );
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "{ code = \"item-2\", display = \"UCLA-3 item 2\", min = 1, max = 3 }",
+            "{ code = \"item-2\", display = \"UCLA-3 item 2\", min = 3, max = 1 }",
+        )
+    });
+    assert!(
+        message.contains("measure 'ucla3' item 2: min 3 is above max 1"),
+        "{message}"
+    );
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "total = { min = 3, max = 9 }",
+            "total = { min = 3, max = 12 }",
+        )
+    });
+    assert!(
+        message.contains("the total is 3 to 12, but UCLA-3 totals 3 to 9"),
+        "{message}"
+    );
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "  { code = \"item-3\", display = \"UCLA-3 item 3\", min = 1, max = 3 },\n",
+            "",
+        )
+    });
+    assert!(
+        message.contains("2 items are mapped, but UCLA-3 has 3"),
+        "{message}"
+    );
+}
+
+#[test]
+fn stage_index_follows_stage_all() {
+    for (i, stage) in Stage::ALL.into_iter().enumerate() {
+        assert_eq!(SHIPPED.outbound.stage(stage).stage, stage, "{i}");
+    }
+    for measure in Measure::ALL {
+        assert_eq!(SHIPPED.outbound.measure(measure).measure, measure);
+    }
+}
+
+// ── Inbound ────────────────────────────────────────────────────────────────────────────────
+
+/// A reference resolved by hand, as the gateway will: `#id` in `contained`, or a Bundle
+/// entry's `fullUrl`.
+fn resolve<'a>(reference: &Value, container: &'a Value) -> Option<&'a Value> {
+    let reference = reference["reference"].as_str()?;
+    if let Some(id) = reference.strip_prefix('#') {
+        return container["contained"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == id);
+    }
+    container["entry"]
+        .as_array()?
+        .iter()
+        .find(|e| e["fullUrl"] == reference)
+        .map(|e| &e["resource"])
+}
+
+fn entry<'a>(bundle: &'a Value, resource_type: &str) -> &'a Value {
+    bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == resource_type)
+        .unwrap_or_else(|| panic!("no {resource_type}"))
+}
+
+#[test]
+fn maps_the_referral_with_contained_resources() {
+    let referral = example("referral-servicerequest.json");
+    let practice = resolve(&referral["requester"], &referral);
+    let mapped = SHIPPED
+        .inbound
+        .apply(&InboundResources {
+            referral: &referral,
+            patient: resolve(&referral["subject"], &referral),
+            requester: practice,
+            practice,
+            consent: resolve(&referral["supportingInfo"][0], &referral),
+            message: None,
+            bundle: None,
+        })
+        .expect("maps");
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        mapped,
+        MappedReferral {
+            referral_identifier_system: "https://gp-system.example.org/Id/referral".into(),
+            referral_identifier_value: "REF-2026-000123".into(),
+            status: "active".into(),
+            intent: some("order"),
+            priority: some("routine"),
+            authored_on: some("2026-11-20T09:30:00+00:00"),
+            nhs_number: some("9000000009"),
+            given_name: some("Siân"),
+            family_name: some("Llywelyn-Łukasz"),
+            birth_date: some("1951-03-14"),
+            phone: some("07700 900123"),
+            email: None,
+            address: some("12 Example Street, Northampton"),
+            postcode: some("NN1 1AA"),
+            practice_ods_code: some("K83999"),
+            practice_name: some("Example Medical Centre"),
+            referrer_name: some("Example Medical Centre"),
+            referrer_identifier: None,
+            reasons: vec![
+                MappedReason {
+                    system: some("https://sprig-gateway.org/fhir/CodeSystem/sprig-referral-reason"),
+                    code: some("loneliness"),
+                    display: some("Loneliness or social isolation"),
+                    text: some("Loneliness and social isolation since bereavement"),
+                },
+                MappedReason {
+                    system: some("https://sprig-gateway.org/fhir/CodeSystem/sprig-referral-reason"),
+                    code: some("bereavement"),
+                    display: some("Bereavement"),
+                    text: None,
+                },
+            ],
+            consent_status: some("active"),
+            consent_date: some("2026-11-20T09:25:00+00:00"),
+            notes: vec![
+                "Prefers a call after 2pm. Speaks Welsh (Cymraeg) – happy in English too.".into()
+            ],
+            reply_to: None,
+        }
+    );
+}
+
+/// The resources of a Bundle example, resolved as the gateway will.
+fn bundle_input(bundle: &Value) -> InboundResources<'_> {
+    let referral = entry(bundle, "ServiceRequest");
+    let requester = resolve(&referral["requester"], bundle);
+    let practice = requester.and_then(|r| resolve(&r["organization"], bundle));
+    let message = (bundle["type"] == "message").then(|| entry(bundle, "MessageHeader"));
+    InboundResources {
+        referral,
+        patient: resolve(&referral["subject"], bundle),
+        requester,
+        practice,
+        consent: resolve(&referral["supportingInfo"][0], bundle),
+        message,
+        bundle: Some(bundle),
+    }
+}
+
+#[test]
+fn maps_the_transaction_bundle() {
+    let bundle = example("referral-transaction-bundle.json");
+    let mapped = SHIPPED.inbound.apply(&bundle_input(&bundle)).expect("maps");
+    assert_eq!(mapped.referral_identifier_value, "REF-2026-000456");
+    assert_eq!(mapped.status, "active");
+    assert_eq!(mapped.practice_ods_code.as_deref(), Some("Y12345"));
+    assert_eq!(
+        mapped.practice_name.as_deref(),
+        Some("Example Street Surgery")
+    );
+    // The practitioner is found through the PractitionerRole, by resolve() in the Bundle.
+    assert_eq!(mapped.referrer_name.as_deref(), Some("Dr Jordan Example"));
+    assert_eq!(mapped.referrer_identifier.as_deref(), Some("555000000101"));
+    assert_eq!(mapped.reasons.len(), 2);
+    assert_eq!(mapped.reasons[1].code.as_deref(), Some("financial"));
+    assert_eq!(mapped.consent_status.as_deref(), Some("active"));
+    assert_eq!(mapped.reply_to, None);
+    assert!(mapped.nhs_number.is_some());
+}
+
+#[test]
+fn maps_the_message_bundle() {
+    let bundle = example("referral-message-bundle.json");
+    let mapped = SHIPPED.inbound.apply(&bundle_input(&bundle)).expect("maps");
+    assert_eq!(mapped.referral_identifier_value, "REF-2026-000789");
+    assert_eq!(mapped.intent.as_deref(), Some("plan"));
+    assert_eq!(mapped.given_name.as_deref(), Some("Rowan"));
+    assert_eq!(mapped.family_name.as_deref(), Some("Ellis-Banerjee"));
+    assert_eq!(mapped.phone.as_deref(), Some("07700 900456"));
+    assert_eq!(mapped.email.as_deref(), Some("adaeze.example@example.org"));
+    assert_eq!(mapped.address.as_deref(), Some("4 Sample Row, Kettering"));
+    assert_eq!(mapped.postcode.as_deref(), Some("NN16 0AA"));
+    assert_eq!(mapped.practice_ods_code.as_deref(), Some("Y12345"));
+    assert_eq!(mapped.referrer_name.as_deref(), Some("Dr Jordan Example"));
+    assert_eq!(
+        mapped.reasons[1].text.as_deref(),
+        Some("Worried about debts since reduced working hours")
+    );
+    assert_eq!(mapped.notes, ["Happy to be phoned on weekday mornings."]);
+    assert_eq!(
+        mapped.reply_to.as_deref(),
+        Some("https://fhir.nhs.uk/Id/ods-organization-code|Y12345")
+    );
+}
+
+#[test]
+fn a_missing_required_field_or_several_values_are_issues() {
+    let mut referral = example("referral-servicerequest.json");
+    // No placer identifier, and two NHS numbers.
+    referral["identifier"][0]["type"]["coding"][0]["code"] = "FILL".into();
+    let mut patient = referral["contained"][0].clone();
+    let second = patient["identifier"][0].clone();
+    patient["identifier"]
+        .as_array_mut()
+        .expect("identifiers")
+        .push(second);
+    let issues = SHIPPED
+        .inbound
+        .apply(&InboundResources {
+            referral: &referral,
+            patient: Some(&patient),
+            requester: None,
+            practice: None,
+            consent: None,
+            message: None,
+            bundle: None,
+        })
+        .expect_err("refused");
+    let summary: Vec<(&str, IssueType, &str)> = issues
+        .iter()
+        .map(|i| (i.message_id, i.code, i.expression.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "mapping-required-field",
+                IssueType::Required,
+                "%placer.system"
+            ),
+            (
+                "mapping-required-field",
+                IssueType::Required,
+                "%placer.value"
+            ),
+            (
+                "mapping-multiple-values",
+                IssueType::Structure,
+                "%patient.identifier.where(system = 'https://fhir.nhs.uk/Id/nhs-number').value"
+            ),
+        ]
+    );
+    assert_eq!(
+        issues[0].message,
+        "The referral has no referral_identifier_system (required; mapped by %placer.system in mappings/inbound.toml)"
+    );
+    assert!(
+        issues[2].message.contains("has 2 values for nhs_number"),
+        "{}",
+        issues[2].message
+    );
+    assert_eq!(
+        issues[0].source.as_deref(),
+        Some("mappings/inbound.toml#referral_identifier_system")
+    );
+}
+
+#[test]
+fn evaluation_errors_and_elements_are_issues_not_panics() {
+    let inbound = SHIPPED_INBOUND
+        .replacen(
+            "expression = \"%referral.priority\"",
+            "expression = \"%referral.priority + 1\"",
+            1,
+        )
+        .replacen(
+            "expression = \"%consent.dateTime\"",
+            "expression = \"%consent.patient\"",
+            1,
+        );
+    let mappings = Mappings::from_texts(
+        &ENGINE,
+        ("inbound.toml", &inbound),
+        ("outbound.toml", SHIPPED_OUTBOUND),
+    )
+    .expect("loads");
+    let referral = example("referral-servicerequest.json");
+    let issues = mappings
+        .inbound
+        .apply(&InboundResources {
+            referral: &referral,
+            patient: None,
+            requester: None,
+            practice: None,
+            consent: resolve(&referral["supportingInfo"][0], &referral),
+            message: None,
+            bundle: None,
+        })
+        .expect_err("refused");
+    let ids: Vec<&str> = issues.iter().map(|i| i.message_id).collect();
+    assert_eq!(ids, ["mapping-evaluation-failed", "mapping-not-primitive"]);
+    assert!(
+        issues[0].message.contains("priority"),
+        "{}",
+        issues[0].message
+    );
+    assert!(
+        issues[1].message.contains("a Reference element"),
+        "{}",
+        issues[1].message
+    );
+}
+
+// ── Outbound builders ──────────────────────────────────────────────────────────────────────
+
+const REFERRAL_ID: &str = "019a4b2c-7d8e-7f90-a1b2-c3d4e5f6a7b8";
+const SERVICE: ServiceRef<'static> = ServiceRef {
+    name: "Example Social Prescribing Service",
+    ods_code: Some("Y99999"),
+};
+
+fn task_input(stage: Stage, outputs: &[TaskOutput<'_>]) -> Value {
+    let reason = SHIPPED
+        .outbound
+        .stage(stage)
+        .status_reason_required
+        .then_some("The person asked for the referral to be closed.");
+    SHIPPED
+        .outbound
+        .task(&TaskInput {
+            task_id: "3b4c5d6e-7f8a-4b9c-8d0e-1f2a3b4c5d6e",
+            stage,
+            reason,
+            referral_id: REFERRAL_ID,
+            patient: PatientRef::Id("b7e8c2f4-3d5a-4e61-9a0b-5c7d8e9f1a23"),
+            practice_ods_code: Some("K83999"),
+            service: SERVICE,
+            authored_on: "2026-11-20T10:02:00+00:00",
+            last_modified: "2026-11-23T14:40:00+00:00",
+            note: Some("Left a voicemail."),
+            outputs,
+        })
+        .expect("builds")
+}
+
+#[test]
+fn a_task_for_every_stage_meets_the_profile() {
+    let outputs = [
+        TaskOutput {
+            measure: Measure::Swemwbs,
+            observation_id: "4c5d6e7f-8a9b-4c0d-9e1f-2a3b4c5d6e7f",
+        },
+        TaskOutput {
+            measure: Measure::Ucla3,
+            observation_id: "5d6e7f8a-9b0c-4d1e-8f2a-3b4c5d6e7f8a",
+        },
+    ];
+    for stage in Stage::ALL {
+        let outputs: &[TaskOutput<'_>] = if stage == Stage::Completed {
+            &outputs
+        } else {
+            &[]
+        };
+        let task = task_input(stage, outputs);
+        assert_eq!(errors(&task), Vec::<String>::new(), "{stage}: {task:#}");
+        assert_eq!(task["businessStatus"]["coding"][0]["code"], stage.as_str());
+        assert_eq!(
+            task["focus"]["reference"],
+            format!("ServiceRequest/{REFERRAL_ID}")
+        );
+        assert_eq!(
+            task["identifier"][0]["system"],
+            "https://sprig-gateway.org/fhir/Id/task"
+        );
+        // Stable: the same input gives the same Task.
+        assert_eq!(task, task_input(stage, outputs));
+    }
+    // The validator is live: a Task that breaks sprig-task-2 is refused.
+    let mut broken = task_input(Stage::Contacted, &[]);
+    broken["status"] = "accepted".into();
+    assert!(
+        errors(&broken).iter().any(|e| e.contains("sprig-task-2")),
+        "{:?}",
+        errors(&broken)
+    );
+    let completed = task_input(Stage::Completed, &outputs);
+    assert_eq!(
+        completed["output"][0]["type"]["coding"][0]["code"],
+        "718466001"
+    );
+    assert_eq!(
+        completed["output"][1]["valueReference"]["reference"],
+        "Observation/5d6e7f8a-9b0c-4d1e-8f2a-3b4c5d6e7f8a"
+    );
+}
+
+#[test]
+fn a_task_for_a_contained_patient_refers_to_the_nhs_number_and_is_valid() {
+    let task = SHIPPED
+        .outbound
+        .task(&TaskInput {
+            task_id: "t1",
+            stage: Stage::Accepted,
+            reason: None,
+            referral_id: REFERRAL_ID,
+            patient: PatientRef::NhsNumber("9000000009"),
+            practice_ods_code: None,
+            service: ServiceRef {
+                name: "A service without an ODS code",
+                ods_code: None,
+            },
+            authored_on: "2026-11-20T10:02:00+00:00",
+            last_modified: "2026-11-20T10:02:00+00:00",
+            note: None,
+            outputs: &[],
+        })
+        .expect("builds");
+    assert_eq!(errors(&task), Vec::<String>::new(), "{task:#}");
+    assert_eq!(task["for"]["identifier"]["value"], "9000000009");
+    assert!(task.get("requester").is_none());
+}
+
+#[test]
+fn a_stage_that_needs_a_reason_refuses_to_build_without_one() {
+    for stage in [Stage::Declined, Stage::UnableToContact, Stage::Withdrawn] {
+        let err = SHIPPED
+            .outbound
+            .task(&TaskInput {
+                task_id: "t1",
+                stage,
+                reason: Some("  "),
+                referral_id: REFERRAL_ID,
+                patient: PatientRef::Id("p1"),
+                practice_ods_code: None,
+                service: SERVICE,
+                authored_on: "2026-11-20T10:02:00+00:00",
+                last_modified: "2026-11-20T10:02:00+00:00",
+                note: None,
+                outputs: &[],
+            })
+            .expect_err("needs a reason");
+        assert_eq!(err, BuildError::ReasonRequired { stage });
+    }
+}
+
+fn observation(score: &crate::referral::Score, patient: PatientRef<'_>) -> Value {
+    SHIPPED
+        .outbound
+        .observation(&ObservationInput {
+            observation_id: "4c5d6e7f-8a9b-4c0d-9e1f-2a3b4c5d6e7f",
+            score,
+            referral_id: REFERRAL_ID,
+            patient,
+            effective: "2027-02-26T10:30:00+00:00",
+            service: SERVICE,
+        })
+        .expect("builds")
+}
+
+#[test]
+fn an_observation_for_every_measure_meets_its_profile() {
+    for measure in Measure::ALL {
+        let range = measure.item_range();
+        // Lowest, highest and a mix of answers.
+        let mixed: Vec<i64> = (0..measure.item_count())
+            .map(|i| range.start() + (i as i64 % (range.end() - range.start() + 1)))
+            .collect();
+        for answers in [
+            vec![*range.start(); measure.item_count()],
+            vec![*range.end(); measure.item_count()],
+            mixed,
+        ] {
+            let score = measure.score(&answers).expect("valid answers");
+            for patient in [PatientRef::Id("p1"), PatientRef::NhsNumber("9000000009")] {
+                let obs = observation(&score, patient);
+                assert_eq!(errors(&obs), Vec::<String>::new(), "{measure}: {obs:#}");
+                assert_eq!(
+                    obs["component"].as_array().map(Vec::len),
+                    Some(measure.item_count())
+                );
+                assert_eq!(
+                    obs["meta"]["profile"][0],
+                    SHIPPED.outbound.measure(measure).profile
+                );
+                match score.total {
+                    Some(total) => assert_eq!(obs["valueInteger"], total),
+                    None => assert!(obs.get("valueInteger").is_none()),
+                }
+            }
+        }
+    }
+    let swemwbs = Measure::Swemwbs
+        .score(&[3, 4, 3, 3, 4, 3, 4])
+        .expect("valid");
+    let obs = observation(&swemwbs, PatientRef::Id("p1"));
+    assert_eq!(obs["valueInteger"], 24);
+    // The validator is live: a total that is not the sum of the items is refused.
+    let mut broken = obs.clone();
+    broken["valueInteger"] = 25.into();
+    assert!(!errors(&broken).is_empty());
+    assert_eq!(
+        obs["note"][0]["text"],
+        "SWEMWBS metric score 21.54 (raw score 24, converted with the published SWEMWBS raw-to-metric table)"
+    );
+}
+
+#[test]
+fn an_observation_is_rescored_before_it_is_built() {
+    let forged = crate::referral::Score {
+        measure: Measure::Ucla3,
+        items: vec![1, 2, 7],
+        total: Some(10),
+        metric: None,
+    };
+    let err = SHIPPED
+        .outbound
+        .observation(&ObservationInput {
+            observation_id: "o1",
+            score: &forged,
+            referral_id: REFERRAL_ID,
+            patient: PatientRef::Id("p1"),
+            effective: "2027-02-26",
+            service: SERVICE,
+        })
+        .expect_err("item 3 is out of range");
+    assert!(matches!(err, BuildError::Score(_)), "{err}");
+}
+
+#[test]
+fn the_examples_still_validate() {
+    // The builders are modelled on these; if they stop validating, so would the builders.
+    for name in [
+        "task-accepted.json",
+        "task-declined.json",
+        "task-completed.json",
+        "observation-swemwbs.json",
+        "observation-ons4.json",
+    ] {
+        assert_eq!(errors(&example(name)), Vec::<String>::new(), "{name}");
+    }
+}

@@ -1,0 +1,719 @@
+//! The referral workflow: opening a referral from the GP's FHIR, moving it
+//! through its stages, recording outcome measures and notes, and taking the
+//! GP's amendments and withdrawals.
+//!
+//! Every operation runs inside the caller's [`WriteTx`], so the FHIR
+//! resources, the record and the outbox commit together.
+//!
+//! Architecture invariants:
+//! - every Task and Observation Sprig produces is validated against its
+//!   Sprig profile before it is stored; one that fails is a defect
+//!   (`WorkflowError::Defect`), never sent;
+//! - a stage changes only along `Stage::allowed_next`;
+//! - each change that the referrer must hear of adds one outbox row, in order.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use thiserror::Error;
+
+use super::measure::{Measure, ScoreError};
+use super::record::{
+    BusinessIdentifier, NoteSource, Outcome, PatientContact, Reason, ReceivedAs, Referral,
+    ReferralFields,
+};
+use super::stage::Stage;
+use crate::fhir::{FhirId, Instant, Issue, ResourceType, VersionId};
+use crate::mapping::{
+    BuildError, InboundResources, MappedReferral, Mappings, ObservationInput, PatientRef,
+    ServiceRef, TaskInput, TaskOutput,
+};
+use crate::store::referrals::{NewStageChange, OutboxMessage};
+use crate::store::{ReadOutcome, ResourceWrite, StoreError, WriteTx};
+use crate::validation::{TASK_PROFILE, Target, Validator};
+
+/// Who the actor is when the gateway itself acts for the GP.
+pub const GP_ACTOR: &str = "gp";
+
+/// Why a workflow step was refused.
+#[derive(Debug, Error)]
+pub enum WorkflowError {
+    /// The GP's FHIR does not give what the record needs (422).
+    #[error("the referral cannot be mapped")]
+    Unmappable(Vec<Issue>),
+    /// The request is well formed but not acceptable (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such referral (404).
+    #[error("referral {0} does not exist")]
+    NotFound(String),
+    /// The stage cannot change that way (409).
+    #[error(
+        "a referral that is {} cannot become {}; from {} it can become: {}",
+        .from.as_str(), .to.as_str(), .from.as_str(), allowed_list(*.from)
+    )]
+    IllegalTransition {
+        /// The current stage.
+        from: Stage,
+        /// The stage asked for.
+        to: Stage,
+    },
+    /// The referral's state does not allow the request (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Outcome answers out of range or miscounted (422).
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+    /// Sprig produced something its own profile rejects: a bug (500).
+    #[error("defect: {0}")]
+    Defect(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The social prescribing service, as Tasks and Observations name it.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    /// Its name.
+    pub name: String,
+    /// Its ODS code, if any.
+    pub ods_code: Option<String>,
+}
+
+/// The workflow: mappings, validator and service identity.
+#[derive(Clone)]
+pub struct Workflow {
+    mappings: Arc<Mappings>,
+    validator: Arc<Validator>,
+    service: ServiceIdentity,
+}
+
+impl std::fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflow").finish_non_exhaustive()
+    }
+}
+
+/// A referral the GP sent, mapped, ready to open.
+#[derive(Debug, Clone)]
+pub struct MappedInbound {
+    /// The GP system's identifier.
+    pub identifier: BusinessIdentifier,
+    /// Everything else the record takes from the FHIR.
+    pub fields: ReferralFields,
+}
+
+/// Where a new referral came from.
+#[derive(Debug)]
+pub struct Arrival<'a> {
+    /// The stored ServiceRequest.
+    pub service_request_id: &'a FhirId,
+    /// The Patient, when stored as its own resource.
+    pub patient_id: Option<&'a FhirId>,
+    /// The shape it came in.
+    pub received_as: ReceivedAs,
+    /// The request.
+    pub request_id: &'a str,
+}
+
+/// A stage change asked for by the service.
+#[derive(Debug)]
+pub struct TransitionRequest<'a> {
+    /// The stage to move to.
+    pub to: Stage,
+    /// Why (required where the outbound mapping says so).
+    pub reason: Option<&'a str>,
+    /// Free text for the timeline.
+    pub note: Option<&'a str>,
+    /// Who.
+    pub actor: &'a str,
+    /// The request.
+    pub request_id: &'a str,
+}
+
+/// An outcome measure entered by the service.
+#[derive(Debug)]
+pub struct OutcomeRequest<'a> {
+    /// Which measure.
+    pub measure: Measure,
+    /// The item answers, in item order.
+    pub answers: &'a [i64],
+    /// When the person answered (a FHIR dateTime).
+    pub recorded_at: &'a str,
+    /// Who entered it.
+    pub actor: &'a str,
+    /// The request.
+    pub request_id: &'a str,
+}
+
+impl Workflow {
+    /// A workflow using these mappings and validator.
+    pub fn new(
+        mappings: Arc<Mappings>,
+        validator: Arc<Validator>,
+        service: ServiceIdentity,
+    ) -> Self {
+        Self {
+            mappings,
+            validator,
+            service,
+        }
+    }
+
+    /// The mappings in force.
+    pub fn mappings(&self) -> &Mappings {
+        &self.mappings
+    }
+
+    /// Maps the GP's FHIR to the record's fields (pure).
+    pub fn map_inbound(
+        &self,
+        input: &InboundResources<'_>,
+    ) -> Result<MappedInbound, WorkflowError> {
+        let mapped = self
+            .mappings
+            .inbound
+            .apply(input)
+            .map_err(WorkflowError::Unmappable)?;
+        Ok(fields_of(mapped))
+    }
+
+    /// Opens a new referral: the record in stage `received`, its Task
+    /// (version 1, `requested`), the timeline's first step, and an outbox row
+    /// for the Task. The ServiceRequest is already stored in `tx`.
+    pub async fn open(
+        &self,
+        tx: &mut WriteTx,
+        mapped: MappedInbound,
+        arrival: &Arrival<'_>,
+    ) -> Result<Referral, WorkflowError> {
+        let now = Instant::now().to_fhir();
+        let task_id = FhirId::generate();
+        let referral = Referral {
+            id: arrival.service_request_id.to_string(),
+            identifier: mapped.identifier,
+            stage: Stage::Received,
+            received_as: arrival.received_as,
+            received_at: now.clone(),
+            updated_at: now.clone(),
+            patient_id: arrival.patient_id.map(ToString::to_string),
+            task_id: task_id.to_string(),
+            version: 1,
+            fields: mapped.fields,
+        };
+        tx.insert_referral(&referral).await?;
+        let task = self.task(&referral, Stage::Received, None, &[], &now)?;
+        let stored = tx
+            .create(ResourceWrite {
+                resource_type: ResourceType::TASK,
+                id: &task_id,
+                resource: task,
+                received: None,
+                request_id: arrival.request_id,
+            })
+            .await?;
+        tx.add_stage_change(&NewStageChange {
+            referral_id: &referral.id,
+            stage: Stage::Received,
+            at: &now,
+            actor: GP_ACTOR,
+            reason: None,
+            note: None,
+            task_version: stored.version_id.get(),
+        })
+        .await?;
+        self.enqueue(
+            tx,
+            &referral,
+            ResourceType::TASK,
+            &task_id,
+            stored.version_id,
+            &now,
+        )
+        .await?;
+        Ok(referral)
+    }
+
+    /// Moves a referral to another stage: a new Task version, the record's
+    /// stage, a timeline step and an outbox row.
+    pub async fn transition(
+        &self,
+        tx: &mut WriteTx,
+        referral_id: &str,
+        request: &TransitionRequest<'_>,
+    ) -> Result<Referral, WorkflowError> {
+        let referral = tx
+            .referral(referral_id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(referral_id.to_owned()))?;
+        self.move_to(tx, referral, request).await
+    }
+
+    async fn move_to(
+        &self,
+        tx: &mut WriteTx,
+        mut referral: Referral,
+        request: &TransitionRequest<'_>,
+    ) -> Result<Referral, WorkflowError> {
+        if !referral.stage.can_move_to(request.to) {
+            return Err(WorkflowError::IllegalTransition {
+                from: referral.stage,
+                to: request.to,
+            });
+        }
+        let reason = request.reason.map(str::trim).filter(|r| !r.is_empty());
+        if reason.is_none()
+            && self
+                .mappings
+                .outbound
+                .stage(request.to)
+                .status_reason_required
+        {
+            return Err(WorkflowError::Invalid(format!(
+                "moving a referral to '{}' needs a reason: the GP is told why",
+                request.to.as_str()
+            )));
+        }
+        let now = Instant::now().to_fhir();
+        let outputs = tx.outcome_ids(&referral.id).await?;
+        let task_version = self
+            .write_task(
+                tx,
+                &referral,
+                request.to,
+                reason,
+                &outputs,
+                &now,
+                request.request_id,
+            )
+            .await?;
+        tx.set_stage(&referral.id, request.to, &now).await?;
+        tx.add_stage_change(&NewStageChange {
+            referral_id: &referral.id,
+            stage: request.to,
+            at: &now,
+            actor: request.actor,
+            reason,
+            note: request.note,
+            task_version: task_version.get(),
+        })
+        .await?;
+        let task_id = task_id_of(&referral)?;
+        self.enqueue(
+            tx,
+            &referral,
+            ResourceType::TASK,
+            &task_id,
+            task_version,
+            &now,
+        )
+        .await?;
+        referral.stage = request.to;
+        referral.updated_at = now;
+        referral.version += 1;
+        Ok(referral)
+    }
+
+    /// Records an outcome measure: scored, stored as an Observation, listed
+    /// in a new Task version's `output`, both queued for the referrer.
+    pub async fn record_outcome(
+        &self,
+        tx: &mut WriteTx,
+        referral_id: &str,
+        request: &OutcomeRequest<'_>,
+    ) -> Result<Outcome, WorkflowError> {
+        let referral = tx
+            .referral(referral_id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(referral_id.to_owned()))?;
+        if !accepts_outcomes(referral.stage) {
+            return Err(WorkflowError::Conflict(format!(
+                "outcome measures are recorded once the person has been contacted; this referral is {}",
+                referral.stage.as_str()
+            )));
+        }
+        let score = request.measure.score(request.answers)?;
+        let now = Instant::now().to_fhir();
+        let observation_id = FhirId::generate();
+        let observation = self.mappings.outbound.observation(&ObservationInput {
+            observation_id: observation_id.as_str(),
+            score: &score,
+            referral_id: &referral.id,
+            patient: patient_ref(&referral)?,
+            effective: request.recorded_at,
+            service: self.service_ref(),
+        })?;
+        let profile = self
+            .mappings
+            .outbound
+            .measure(request.measure)
+            .profile
+            .clone();
+        self.check_own(ResourceType::OBSERVATION, &profile, &observation)?;
+        let stored = tx
+            .create(ResourceWrite {
+                resource_type: ResourceType::OBSERVATION,
+                id: &observation_id,
+                resource: observation,
+                received: None,
+                request_id: request.request_id,
+            })
+            .await?;
+        let outcome = Outcome {
+            id: observation_id.to_string(),
+            measure: request.measure,
+            recorded_at: request.recorded_at.to_owned(),
+            entered_at: now.clone(),
+            actor: request.actor.to_owned(),
+            answers: request.answers.to_vec(),
+            total: score.total,
+            metric: score.metric.map(|m| m.to_string()),
+        };
+        tx.add_outcome(&referral.id, &outcome).await?;
+        self.enqueue(
+            tx,
+            &referral,
+            ResourceType::OBSERVATION,
+            &observation_id,
+            stored.version_id,
+            &now,
+        )
+        .await?;
+        // The Task lists every outcome, so the referrer sees the new one.
+        let outputs = tx.outcome_ids(&referral.id).await?;
+        let reason = tx.current_reason(&referral.id).await?;
+        let task_version = self
+            .write_task(
+                tx,
+                &referral,
+                referral.stage,
+                reason.as_deref(),
+                &outputs,
+                &now,
+                request.request_id,
+            )
+            .await?;
+        let task_id = task_id_of(&referral)?;
+        self.enqueue(
+            tx,
+            &referral,
+            ResourceType::TASK,
+            &task_id,
+            task_version,
+            &now,
+        )
+        .await?;
+        tx.touch_referral(&referral.id, &now).await?;
+        Ok(outcome)
+    }
+
+    /// Adds a note from the service.
+    pub async fn add_note(
+        &self,
+        tx: &mut WriteTx,
+        referral_id: &str,
+        author: &str,
+        text: &str,
+    ) -> Result<(), WorkflowError> {
+        if tx.referral(referral_id).await?.is_none() {
+            return Err(WorkflowError::NotFound(referral_id.to_owned()));
+        }
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(WorkflowError::Invalid("a note needs some text".into()));
+        }
+        let now = Instant::now().to_fhir();
+        tx.add_note(referral_id, NoteSource::Service, Some(author), text, &now)
+            .await?;
+        tx.touch_referral(referral_id, &now).await?;
+        Ok(())
+    }
+
+    /// Takes the GP's new version of the referral: a withdrawal when its
+    /// status is `revoked` (or `entered-in-error`), otherwise an amendment
+    /// of the record's fields. The ServiceRequest version is already in `tx`.
+    pub async fn amend(
+        &self,
+        tx: &mut WriteTx,
+        referral: Referral,
+        mapped: MappedInbound,
+        request_id: &str,
+    ) -> Result<Referral, WorkflowError> {
+        if mapped.identifier != referral.identifier {
+            return Err(WorkflowError::Invalid(
+                "the referral's identifier cannot change: send a new referral instead".into(),
+            ));
+        }
+        if mapped.fields.patient.nhs_number != referral.fields.patient.nhs_number {
+            return Err(WorkflowError::Invalid(
+                "the patient's NHS number cannot change: withdraw this referral and send a new one"
+                    .into(),
+            ));
+        }
+        let withdrawing = matches!(
+            mapped.fields.fhir_status.as_str(),
+            "revoked" | "entered-in-error"
+        );
+        if !withdrawing && mapped.fields.fhir_status != "active" {
+            return Err(WorkflowError::Invalid(format!(
+                "a referrer may set a referral's status to 'revoked' (withdraw it) or keep it 'active'; '{}' is the service's to set",
+                mapped.fields.fhir_status
+            )));
+        }
+        if !referral.stage.is_open() {
+            return Err(WorkflowError::Conflict(format!(
+                "the referral is {} and can no longer be changed",
+                referral.stage.as_str()
+            )));
+        }
+        let now = Instant::now().to_fhir();
+        tx.update_referral_fields(&referral.id, &mapped.fields, &now)
+            .await?;
+        let mut referral = Referral {
+            fields: mapped.fields,
+            updated_at: now,
+            version: referral.version + 1,
+            ..referral
+        };
+        if withdrawing {
+            referral = self
+                .move_to(
+                    tx,
+                    referral,
+                    &TransitionRequest {
+                        to: Stage::Withdrawn,
+                        reason: Some("Withdrawn by the referrer"),
+                        note: None,
+                        actor: GP_ACTOR,
+                        request_id,
+                    },
+                )
+                .await?;
+        }
+        Ok(referral)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_task(
+        &self,
+        tx: &mut WriteTx,
+        referral: &Referral,
+        stage: Stage,
+        reason: Option<&str>,
+        outputs: &[(Measure, String)],
+        now: &str,
+        request_id: &str,
+    ) -> Result<VersionId, WorkflowError> {
+        let task_id = task_id_of(referral)?;
+        let current = match tx.read(ResourceType::TASK, &task_id).await? {
+            ReadOutcome::Found(stored) => stored.version_id,
+            _ => {
+                return Err(WorkflowError::Defect(format!(
+                    "referral {} has no Task",
+                    referral.id
+                )));
+            }
+        };
+        let task = self.task(referral, stage, reason, outputs, now)?;
+        let stored = tx
+            .update(
+                ResourceWrite {
+                    resource_type: ResourceType::TASK,
+                    id: &task_id,
+                    resource: task,
+                    received: None,
+                    request_id,
+                },
+                Some(current),
+            )
+            .await?;
+        Ok(stored.version_id)
+    }
+
+    fn task(
+        &self,
+        referral: &Referral,
+        stage: Stage,
+        reason: Option<&str>,
+        outputs: &[(Measure, String)],
+        now: &str,
+    ) -> Result<Value, WorkflowError> {
+        let outputs: Vec<TaskOutput<'_>> = outputs
+            .iter()
+            .map(|(measure, id)| TaskOutput {
+                measure: *measure,
+                observation_id: id,
+            })
+            .collect();
+        let task = self.mappings.outbound.task(&TaskInput {
+            task_id: &referral.task_id,
+            stage,
+            reason,
+            referral_id: &referral.id,
+            patient: patient_ref(referral)?,
+            practice_ods_code: referral.fields.practice_ods_code.as_deref(),
+            service: self.service_ref(),
+            authored_on: &referral.received_at,
+            last_modified: now,
+            note: None,
+            outputs: &outputs,
+        })?;
+        self.check_own(ResourceType::TASK, TASK_PROFILE, &task)?;
+        Ok(task)
+    }
+
+    fn service_ref(&self) -> ServiceRef<'_> {
+        ServiceRef {
+            name: &self.service.name,
+            ods_code: self.service.ods_code.as_deref(),
+        }
+    }
+
+    /// A resource Sprig made must meet its own profile.
+    fn check_own(
+        &self,
+        resource_type: ResourceType,
+        profile: &str,
+        resource: &Value,
+    ) -> Result<(), WorkflowError> {
+        let profiles = [profile.to_owned()];
+        let issues = self.validator.validate(
+            &Target {
+                resource_type,
+                profiles: &profiles,
+            },
+            resource,
+        );
+        let errors: Vec<String> = issues
+            .iter()
+            .filter(|i| i.severity.is_error())
+            .map(|i| format!("{} ({})", i.message, i.message_id))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(WorkflowError::Defect(format!(
+                "a {resource_type} Sprig made fails {profile}: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        tx: &mut WriteTx,
+        referral: &Referral,
+        resource_type: ResourceType,
+        id: &FhirId,
+        version: VersionId,
+        now: &str,
+    ) -> Result<(), WorkflowError> {
+        tx.enqueue(&OutboxMessage {
+            referral_id: &referral.id,
+            resource_type: resource_type.as_str(),
+            resource_id: id.as_str(),
+            version_id: version.get(),
+            destination_ods: referral.fields.practice_ods_code.as_deref(),
+            reply_to: referral.fields.reply_to.as_deref(),
+            created_at: now,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The stages a referral in `stage` can move to, for messages.
+pub fn allowed_list(stage: Stage) -> String {
+    let next = stage.allowed_next();
+    if next.is_empty() {
+        "nothing (it is closed)".to_owned()
+    } else {
+        next.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Outcome measures are taken once the person has been reached.
+fn accepts_outcomes(stage: Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Contacted
+            | Stage::AssessmentDone
+            | Stage::PlanAgreed
+            | Stage::InSupport
+            | Stage::Completed
+    )
+}
+
+fn task_id_of(referral: &Referral) -> Result<FhirId, WorkflowError> {
+    FhirId::parse(&referral.task_id)
+        .map_err(|e| WorkflowError::Defect(format!("stored task id: {e}")))
+}
+
+/// The Patient resource when Sprig holds one, else the NHS number (the
+/// profile requires one, so a referral without either is a defect).
+fn patient_ref(referral: &Referral) -> Result<PatientRef<'_>, WorkflowError> {
+    match (&referral.patient_id, &referral.fields.patient.nhs_number) {
+        (Some(id), _) => Ok(PatientRef::Id(id)),
+        (None, Some(nhs_number)) => Ok(PatientRef::NhsNumber(nhs_number)),
+        (None, None) => Err(WorkflowError::Defect(format!(
+            "referral {} has neither a Patient nor an NHS number",
+            referral.id
+        ))),
+    }
+}
+
+impl From<BuildError> for WorkflowError {
+    fn from(error: BuildError) -> Self {
+        match error {
+            BuildError::ReasonRequired { .. } => WorkflowError::Invalid(error.to_string()),
+            BuildError::Score(error) => WorkflowError::Score(error),
+        }
+    }
+}
+
+fn fields_of(m: MappedReferral) -> MappedInbound {
+    MappedInbound {
+        identifier: BusinessIdentifier {
+            system: m.referral_identifier_system,
+            value: m.referral_identifier_value,
+        },
+        fields: ReferralFields {
+            fhir_status: m.status,
+            intent: m.intent,
+            priority: m.priority,
+            authored_on: m.authored_on,
+            practice_ods_code: m.practice_ods_code,
+            practice_name: m.practice_name,
+            referrer_name: m.referrer_name,
+            referrer_identifier: m.referrer_identifier,
+            consent_status: m.consent_status,
+            consent_date: m.consent_date,
+            reply_to: m.reply_to,
+            patient: PatientContact {
+                nhs_number: m.nhs_number,
+                given_name: m.given_name,
+                family_name: m.family_name,
+                birth_date: m.birth_date,
+                phone: m.phone,
+                email: m.email,
+                address: m.address,
+                postcode: m.postcode,
+            },
+            reasons: m
+                .reasons
+                .into_iter()
+                .map(|r| Reason {
+                    system: r.system,
+                    code: r.code,
+                    display: r.display,
+                    text: r.text,
+                })
+                .collect(),
+            notes: m.notes,
+        },
+    }
+}

@@ -1,0 +1,631 @@
+//! FHIR search, without the database: which parameters exist, what a query
+//! means, and what to index for a resource.
+//!
+//! - [`params`]: the table of supported parameters (name, type, R4 FHIRPath
+//!   expression, documentation), the single source for parsing, indexing and
+//!   the CapabilityStatement.
+//! - [`SearchQuery::parse`]: a query string → a checked query, or the issues
+//!   that make it a 400 (each names the parameter and what is allowed).
+//! - [`index_entries`]: a resource → the token, reference and date values
+//!   its parameters select.
+//!
+//! Pure and synchronous: no I/O, no async; `store::search` turns a query into
+//! SQL, `api::search` into a Bundle.
+
+mod date;
+mod index;
+pub mod params;
+
+pub use date::{DateRange, MAX_INSTANT, MIN_INSTANT};
+pub use index::{IndexEntry, IndexValue, IndexedReference, index_entries};
+pub use params::{ParamType, SearchParam, all_params, params_for};
+
+use crate::fhir::outcome::shorten;
+use crate::fhir::{FhirId, Instant, Issue, IssueSeverity, IssueType, ResourceType, VersionId};
+
+/// Page size when `_count` is not given.
+pub const DEFAULT_COUNT: u32 = 50;
+/// The largest page served; a larger `_count` is reduced to it.
+pub const MAX_COUNT: u32 = 1000;
+/// The paging parameter Sprig puts in `next` links.
+pub const CURSOR_PARAM: &str = "_cursor";
+
+/// The order of results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    /// `-_lastUpdated`: newest first (the default), ties by id descending.
+    #[default]
+    NewestFirst,
+    /// `_lastUpdated`: oldest first, ties by id ascending.
+    OldestFirst,
+}
+
+/// Whether to count every match (`_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TotalMode {
+    /// `accurate` (and `estimate`, which an accurate count satisfies): the default.
+    #[default]
+    Accurate,
+    /// `none`: no `Bundle.total`, no counting query.
+    None,
+}
+
+/// A date comparison prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatePrefix {
+    /// The search range contains the value's range.
+    Eq,
+    /// The search range does not contain the value's range.
+    Ne,
+    /// The value's range extends after the search range.
+    Gt,
+    /// `gt` or `eq`.
+    Ge,
+    /// The value's range extends before the search range.
+    Lt,
+    /// `lt` or `eq`.
+    Le,
+    /// The value's range starts after the search range ends.
+    Sa,
+    /// The value's range ends before the search range starts.
+    Eb,
+}
+
+/// One date criterion: a prefix and the range the searched date covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateCriterion {
+    /// How to compare.
+    pub prefix: DatePrefix,
+    /// The range the search value covers (`2026-11-20` is the whole day).
+    pub range: DateRange,
+}
+
+/// One token criterion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCriterion {
+    /// `code`: that code in any system (or none).
+    Code(String),
+    /// `system|code`.
+    SystemCode(String, String),
+    /// `|code`: that code with no system.
+    CodeWithoutSystem(String),
+    /// `system|`: any code of that system.
+    System(String),
+}
+
+/// One reference criterion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceCriterion {
+    /// `Type/id` (also an absolute URL on Sprig's own base).
+    Typed(ResourceType, FhirId),
+    /// A plain `id`: any target type the parameter allows.
+    Id(FhirId),
+    /// An absolute URL elsewhere, matched as written.
+    Url(String),
+}
+
+/// What one query parameter asks; its alternatives (commas) are ORed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Criterion {
+    /// `_id`.
+    Id(Vec<FhirId>),
+    /// `_lastUpdated`.
+    LastUpdated(Vec<DateCriterion>),
+    /// A token parameter from the table.
+    Token(&'static str, Vec<TokenCriterion>),
+    /// A reference parameter from the table.
+    Reference(&'static str, Vec<ReferenceCriterion>),
+    /// A date parameter from the table.
+    Date(&'static str, Vec<DateCriterion>),
+}
+
+/// Where the next page starts: after the resource last served, in the sort
+/// order (keyset paging, so results written meanwhile cannot shift a page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// `resources.last_updated` of the last resource served.
+    pub last_updated: String,
+    /// Its id.
+    pub id: FhirId,
+}
+
+impl Cursor {
+    /// The cursor after `id`, last updated at `last_updated`.
+    pub fn after(last_updated: Instant, id: FhirId) -> Self {
+        Self {
+            last_updated: last_updated.to_fhir(),
+            id,
+        }
+    }
+
+    /// The cursor as it appears in a `next` link: `{instant}_{id}` (neither
+    /// part can hold `_`).
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.last_updated, self.id)
+    }
+
+    /// Reads a cursor written by [`Cursor::encode`].
+    pub fn decode(text: &str) -> Option<Self> {
+        let (at, id) = text.split_once('_')?;
+        let instant = Instant::parse(at).ok()?;
+        // Only the fixed-width form Sprig writes, so text order is time order.
+        (instant.to_fhir() == at).then_some(())?;
+        Some(Self {
+            last_updated: at.to_owned(),
+            id: FhirId::parse(id).ok()?,
+        })
+    }
+}
+
+/// How to read a query.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParseOptions<'a> {
+    /// `Prefer: handling=lenient`: unknown parameters and bad values are
+    /// ignored and reported as warnings instead of refusing the search.
+    pub lenient: bool,
+    /// The server's own FHIR base (`https://sprig.example/fhir`), so that
+    /// absolute references to it are read as `Type/id`.
+    pub base: Option<&'a str>,
+}
+
+/// A checked search of one resource type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// The type searched.
+    pub resource_type: ResourceType,
+    /// Every criterion must hold (a parameter repeated is ANDed).
+    pub criteria: Vec<Criterion>,
+    /// At most this many resources per page (0: only the total).
+    pub count: u32,
+    /// The order of results.
+    pub sort: SortOrder,
+    /// Whether to count every match.
+    pub total: TotalMode,
+    /// Where this page starts.
+    pub cursor: Option<Cursor>,
+    /// Parameters ignored under `handling=lenient`, with why.
+    pub warnings: Vec<Issue>,
+    /// The accepted parameters as `(name, value)`, for the `self` and `next`
+    /// links (without the cursor).
+    pub link_params: Vec<(String, String)>,
+}
+
+impl SearchQuery {
+    /// Parses `raw_query` (`application/x-www-form-urlencoded`, as in a URL
+    /// or a `_search` body) strictly.
+    pub fn parse(resource_type: ResourceType, raw_query: &str) -> Result<SearchQuery, Vec<Issue>> {
+        Self::parse_with(resource_type, raw_query, ParseOptions::default())
+    }
+
+    /// Parses `raw_query` with `options`. Every problem is reported, not only
+    /// the first; under `lenient` each becomes a warning and its parameter is
+    /// ignored.
+    pub fn parse_with(
+        resource_type: ResourceType,
+        raw_query: &str,
+        options: ParseOptions<'_>,
+    ) -> Result<SearchQuery, Vec<Issue>> {
+        let mut query = SearchQuery {
+            resource_type,
+            criteria: Vec::new(),
+            count: DEFAULT_COUNT,
+            sort: SortOrder::default(),
+            total: TotalMode::default(),
+            cursor: None,
+            warnings: Vec::new(),
+            link_params: Vec::new(),
+        };
+        let mut issues = Vec::new();
+        let mut seen_results: Vec<&'static str> = Vec::new();
+        for (key, value) in form_urlencoded::parse(raw_query.as_bytes()) {
+            match query.apply(&key, &value, &mut seen_results, options) {
+                Ok(Keep::Link) => query
+                    .link_params
+                    .push((key.into_owned(), value.into_owned())),
+                Ok(Keep::No) => {}
+                Err(issue) => issues.push(issue),
+            }
+        }
+        if options.lenient {
+            query.warnings = issues
+                .into_iter()
+                .map(|i| {
+                    let message = format!("{} (ignored: Prefer: handling=lenient)", i.message);
+                    Issue { message, ..i }.with_severity(IssueSeverity::Warning)
+                })
+                .collect();
+            Ok(query)
+        } else if issues.is_empty() {
+            Ok(query)
+        } else {
+            Err(issues)
+        }
+    }
+
+    fn apply(
+        &mut self,
+        key: &str,
+        value: &str,
+        seen_results: &mut Vec<&'static str>,
+        options: ParseOptions<'_>,
+    ) -> Result<Keep, Issue> {
+        let (name, modifier) = match key.split_once(':') {
+            Some((name, modifier)) => (name, Some(modifier)),
+            None => (key, None),
+        };
+        let result_param = match name {
+            // Negotiation reads these (api::negotiate); links keep them.
+            "_format" | "_pretty" => return Ok(Keep::Link),
+            "_count" => Some("_count"),
+            "_sort" => Some("_sort"),
+            "_total" => Some("_total"),
+            CURSOR_PARAM => Some(CURSOR_PARAM),
+            _ => None,
+        };
+        if let Some(result_param) = result_param {
+            if let Some(modifier) = modifier {
+                return Err(modifier_refused(result_param, modifier, "no modifiers"));
+            }
+            if seen_results.contains(&result_param) {
+                return Err(Issue::error(
+                    IssueType::Invalid,
+                    "search-param-repeated",
+                    format!("{result_param} is given more than once; give it once"),
+                ));
+            }
+            seen_results.push(result_param);
+            return self.apply_result(result_param, value);
+        }
+
+        let Some(param) = all_params(self.resource_type).find(|p| p.name == name) else {
+            return Err(unknown_param(self.resource_type, key));
+        };
+        if value.is_empty() {
+            // Ignoring it instead would widen a conditional create's match to everything.
+            return Err(Issue::error(
+                IssueType::Value,
+                "search-value-empty",
+                format!(
+                    "{name} has no value; give {} or leave the parameter out",
+                    param.syntax()
+                ),
+            ));
+        }
+        let criterion = match param.kind {
+            ParamType::Token => {
+                if let Some(modifier) = modifier {
+                    return Err(modifier_refused(
+                        name,
+                        modifier,
+                        "no modifiers on token parameters",
+                    ));
+                }
+                if param.name == "_id" {
+                    Criterion::Id(alternatives(value, |v| FhirId::parse(v).ok(), param)?)
+                } else {
+                    Criterion::Token(param.name, alternatives(value, parse_token, param)?)
+                }
+            }
+            ParamType::Reference => {
+                // `subject:Patient=123` is `subject=Patient/123`.
+                let as_type = match modifier {
+                    None => None,
+                    Some(m) => Some(ResourceType::parse(m).map_err(|_| {
+                        modifier_refused(name, m, "only a resource type, as in subject:Patient=123")
+                    })?),
+                };
+                let parse = |v: &str| parse_reference(v, as_type, param, options.base);
+                Criterion::Reference(param.name, alternatives(value, parse, param)?)
+            }
+            ParamType::Date => {
+                if let Some(modifier) = modifier {
+                    return Err(modifier_refused(
+                        name,
+                        modifier,
+                        "no modifiers on date parameters",
+                    ));
+                }
+                let criteria = alternatives(value, parse_date_criterion, param)?;
+                if param.name == "_lastUpdated" {
+                    Criterion::LastUpdated(criteria)
+                } else {
+                    Criterion::Date(param.name, criteria)
+                }
+            }
+        };
+        self.criteria.push(criterion);
+        Ok(Keep::Link)
+    }
+
+    fn apply_result(&mut self, name: &'static str, value: &str) -> Result<Keep, Issue> {
+        let invalid = |allowed: &str| {
+            Issue::error(
+                IssueType::Value,
+                "search-result-param-invalid",
+                format!("{name}={} is not allowed: {allowed}", shorten(value, 40)),
+            )
+        };
+        match name {
+            "_count" => {
+                let count: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| {
+                        invalid(&format!(
+                            "give a whole number from 0 (only the total) to {MAX_COUNT} (default {DEFAULT_COUNT})"
+                        ))
+                    })?;
+                self.count = count.min(MAX_COUNT);
+                return Ok(Keep::No);
+            }
+            "_sort" => {
+                self.sort = match value {
+                    "_lastUpdated" => SortOrder::OldestFirst,
+                    "-_lastUpdated" => SortOrder::NewestFirst,
+                    _ => {
+                        return Err(invalid(
+                            "Sprig sorts by _lastUpdated (oldest first) or -_lastUpdated (newest first, the default)",
+                        ));
+                    }
+                }
+            }
+            "_total" => {
+                self.total = match value {
+                    "accurate" | "estimate" => TotalMode::Accurate,
+                    "none" => TotalMode::None,
+                    _ => return Err(invalid("give none, estimate or accurate (the default)")),
+                }
+            }
+            _ => {
+                self.cursor = Some(Cursor::decode(value).ok_or_else(|| {
+                    Issue::error(
+                        IssueType::Value,
+                        "search-cursor-invalid",
+                        format!(
+                            "{CURSOR_PARAM} is not one Sprig wrote; follow the next link of a search Bundle instead of making one"
+                        ),
+                    )
+                })?);
+                return Ok(Keep::No);
+            }
+        }
+        Ok(Keep::Link)
+    }
+
+    /// The query string of this search's `self` link.
+    pub fn self_query(&self) -> String {
+        self.link_query(None)
+    }
+
+    /// The query string of the page after `cursor`.
+    pub fn next_query(&self, cursor: &Cursor) -> String {
+        self.link_query(Some(cursor))
+    }
+
+    fn link_query(&self, cursor: Option<&Cursor>) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in &self.link_params {
+            out.append_pair(key, value);
+        }
+        // `_count` as served (a larger one was reduced), so every page is the same size.
+        out.append_pair("_count", &self.count.to_string());
+        if let Some(cursor) = cursor.or(self.cursor.as_ref()) {
+            out.append_pair(CURSOR_PARAM, &cursor.encode());
+        }
+        out.finish()
+    }
+}
+
+enum Keep {
+    /// Accepted; repeat it in links.
+    Link,
+    /// Accepted; the link writes it itself (`_count`, `_cursor`).
+    No,
+}
+
+/// The `_history` parameters: `_count` and the paging cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// At most this many versions per page (0: only the total).
+    pub count: u32,
+    /// Serve versions older than this one (from a `next` link).
+    pub before: Option<VersionId>,
+}
+
+impl HistoryQuery {
+    /// Parses the query string of `GET /{type}/{id}/_history`. `_since`,
+    /// `_at` and anything else are refused (or, under `lenient`, ignored with
+    /// a warning, returned beside the query).
+    pub fn parse(raw_query: &str, lenient: bool) -> Result<(HistoryQuery, Vec<Issue>), Vec<Issue>> {
+        let mut query = HistoryQuery {
+            count: DEFAULT_COUNT,
+            before: None,
+        };
+        let mut issues = Vec::new();
+        for (key, value) in form_urlencoded::parse(raw_query.as_bytes()) {
+            match key.as_ref() {
+                "_format" | "_pretty" => {}
+                "_count" => match value.parse::<u32>() {
+                    Ok(count) if value.bytes().all(|b| b.is_ascii_digit()) => {
+                        query.count = count.min(MAX_COUNT)
+                    }
+                    _ => issues.push(Issue::error(
+                        IssueType::Value,
+                        "search-result-param-invalid",
+                        format!(
+                            "_count={} is not allowed: give a whole number from 0 (only the total) to {MAX_COUNT} (default {DEFAULT_COUNT})",
+                            shorten(&value, 40)
+                        ),
+                    )),
+                },
+                CURSOR_PARAM => match VersionId::parse(&value) {
+                    Ok(version) => query.before = Some(version),
+                    Err(_) => issues.push(Issue::error(
+                        IssueType::Value,
+                        "search-cursor-invalid",
+                        format!("{CURSOR_PARAM} is not one Sprig wrote; follow the next link of a history Bundle"),
+                    )),
+                },
+                other => issues.push(Issue::error(
+                    IssueType::NotSupported,
+                    "search-param-unknown",
+                    format!(
+                        "The history parameter '{}' is not supported; Sprig's history takes _count (and follows its own next links)",
+                        shorten(other, 60)
+                    ),
+                )),
+            }
+        }
+        if lenient {
+            let warnings = issues
+                .into_iter()
+                .map(|i| i.with_severity(IssueSeverity::Warning))
+                .collect();
+            Ok((query, warnings))
+        } else if issues.is_empty() {
+            Ok((query, Vec::new()))
+        } else {
+            Err(issues)
+        }
+    }
+}
+
+/// Splits `value` at commas and parses each alternative, or reports the
+/// first bad one with the parameter's accepted forms.
+fn alternatives<T>(
+    value: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    param: &SearchParam,
+) -> Result<Vec<T>, Issue> {
+    // FHIR escapes a literal comma in a value as `\,`; Sprig's parameters
+    // take codes, ids, references and dates, none of which holds one, so a
+    // backslash is simply invalid.
+    value
+        .split(',')
+        .map(|v| {
+            parse(v).ok_or_else(|| {
+                Issue::error(
+                    IssueType::Value,
+                    "search-value-invalid",
+                    format!(
+                        "{}: '{}' is not a valid {} value; give {}",
+                        param.name,
+                        shorten(v, 60),
+                        param.kind.code(),
+                        param.syntax()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+fn parse_token(value: &str) -> Option<TokenCriterion> {
+    let criterion = match value.split_once('|') {
+        None => TokenCriterion::Code(value.to_owned()),
+        Some(("", "")) => return None,
+        Some(("", code)) => TokenCriterion::CodeWithoutSystem(code.to_owned()),
+        Some((system, "")) => TokenCriterion::System(system.to_owned()),
+        Some((system, code)) => TokenCriterion::SystemCode(system.to_owned(), code.to_owned()),
+    };
+    match &criterion {
+        TokenCriterion::Code(c) if c.is_empty() || c.contains('\\') => None,
+        _ => Some(criterion),
+    }
+}
+
+fn parse_reference(
+    value: &str,
+    as_type: Option<ResourceType>,
+    param: &SearchParam,
+    base: Option<&str>,
+) -> Option<ReferenceCriterion> {
+    let local = base
+        .map(|b| b.trim_end_matches('/'))
+        .filter(|b| b.contains("://"))
+        .and_then(|b| value.strip_prefix(b))
+        .and_then(|rest| rest.strip_prefix('/'));
+    let relative = match local {
+        Some(rest) => rest,
+        None if value.contains("://") => {
+            // Elsewhere: matched as written (a `patient` parameter only
+            // indexes references it can see are to a Patient).
+            return (as_type.is_none()).then(|| ReferenceCriterion::Url(value.to_owned()));
+        }
+        None => value,
+    };
+    let criterion = match relative.split_once('/') {
+        Some((type_name, id)) => {
+            let resource_type = ResourceType::parse(type_name).ok()?;
+            if as_type.is_some_and(|t| t != resource_type) {
+                return None;
+            }
+            ReferenceCriterion::Typed(resource_type, FhirId::parse(id).ok()?)
+        }
+        None => {
+            let id = FhirId::parse(relative).ok()?;
+            match as_type {
+                Some(t) => ReferenceCriterion::Typed(t, id),
+                None => ReferenceCriterion::Id(id),
+            }
+        }
+    };
+    if param.patient_only
+        && matches!(&criterion, ReferenceCriterion::Typed(t, _) if t.as_str() != "Patient")
+    {
+        return None;
+    }
+    Some(criterion)
+}
+
+fn parse_date_criterion(value: &str) -> Option<DateCriterion> {
+    let prefixes = [
+        ("eq", DatePrefix::Eq),
+        ("ne", DatePrefix::Ne),
+        ("gt", DatePrefix::Gt),
+        ("ge", DatePrefix::Ge),
+        ("lt", DatePrefix::Lt),
+        ("le", DatePrefix::Le),
+        ("sa", DatePrefix::Sa),
+        ("eb", DatePrefix::Eb),
+    ];
+    let (prefix, rest) = prefixes
+        .iter()
+        .find_map(|(text, prefix)| value.strip_prefix(text).map(|rest| (*prefix, rest)))
+        .unwrap_or((DatePrefix::Eq, value));
+    // A `+` in a query string reads as a space unless the client encoded it
+    // (`%2B`); in a date it can only have been a time zone's `+`.
+    let rest = rest.replace(' ', "+");
+    Some(DateCriterion {
+        prefix,
+        range: date::range_of(&rest)?,
+    })
+}
+
+fn modifier_refused(name: &str, modifier: &str, allowed: &str) -> Issue {
+    Issue::error(
+        IssueType::NotSupported,
+        "search-modifier-unsupported",
+        format!(
+            "The modifier ':{}' is not supported on {name}: Sprig supports {allowed}",
+            shorten(modifier, 40)
+        ),
+    )
+}
+
+fn unknown_param(resource_type: ResourceType, key: &str) -> Issue {
+    let names: Vec<&str> = all_params(resource_type).map(|p| p.name).collect();
+    Issue::error(
+        IssueType::NotSupported,
+        "search-param-unknown",
+        format!(
+            "Unknown search parameter '{}' for {resource_type}; Sprig supports {} and _count, _sort, _total (GET /fhir/metadata lists them)",
+            shorten(key, 60),
+            names.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests;

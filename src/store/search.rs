@@ -1,0 +1,736 @@
+//! Search and history on SQLite, and the search index they read.
+//!
+//! The index (`migrations/sqlite/0002_search_index.sql`) holds, per current
+//! resource, the values `search::index_entries` selects; `reindex` rewrites a
+//! resource's rows inside the transaction that writes the resource, so the
+//! index is never behind what a reader can see. Queries are built as plain
+//! SQL with `$n` placeholders numbered in the order they appear (SQLite
+//! numbers a named parameter by its first appearance), one `EXISTS` per
+//! criterion, so the PostgreSQL backend can share them.
+
+use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::sqlite::SqliteStore;
+use super::{HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource};
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use crate::search::{
+    Criterion, Cursor, DateCriterion, DatePrefix, IndexValue, ReferenceCriterion, SearchQuery,
+    SortOrder, TokenCriterion, TotalMode, index_entries,
+};
+
+/// The version of the parameter table the index is built for. Change it
+/// whenever `search::params` changes what is indexed: the store then
+/// rebuilds the index at start-up (`rebuild_index_if_stale`).
+pub(super) const INDEX_VERSION: i64 = 1;
+
+/// Replaces the index rows of `resource_type/id` with those of `resource`
+/// (`None`: the resource was deleted, so it has none). Runs on the caller's
+/// connection, inside the caller's write transaction, so the index commits
+/// (or rolls back) with the resource.
+pub(crate) async fn reindex(
+    conn: &mut SqliteConnection,
+    resource_type: ResourceType,
+    id: &FhirId,
+    resource: Option<&Value>,
+) -> Result<(), StoreError> {
+    if let Err(error) = crate::search::params::compiled() {
+        // Storing a resource the index cannot see would hide it from
+        // conditional creates: refuse the write instead.
+        return Err(StoreError::SearchIndex(error.to_string()));
+    }
+    for delete in [
+        "DELETE FROM search_tokens WHERE resource_type = $1 AND id = $2",
+        "DELETE FROM search_references WHERE resource_type = $1 AND id = $2",
+        "DELETE FROM search_dates WHERE resource_type = $1 AND id = $2",
+    ] {
+        sqlx::query(delete)
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    let Some(resource) = resource else {
+        return Ok(());
+    };
+    for entry in index_entries(resource_type, resource) {
+        let query = match &entry.value {
+            IndexValue::Token { system, code } => sqlx::query(
+                "INSERT INTO search_tokens (resource_type, id, param, system, code) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .bind(entry.param)
+            .bind(system.as_deref())
+            .bind(code.as_str()),
+            IndexValue::Reference(reference) => sqlx::query(
+                "INSERT INTO search_references \
+                 (resource_type, id, param, reference, target_type, target_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .bind(entry.param)
+            .bind(reference.reference.as_str())
+            .bind(reference.target_type.map(ResourceType::as_str))
+            .bind(reference.target_id.as_deref()),
+            IndexValue::Date(range) => sqlx::query(
+                "INSERT INTO search_dates (resource_type, id, param, low, high) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .bind(entry.param)
+            .bind(range.low.as_str())
+            .bind(range.high.as_str()),
+        };
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The ids of every current, non-deleted resource matching `query`'s
+/// criteria (paging, sort and count ignored), in id order, read on the
+/// caller's connection: for conditional create and update inside a write
+/// transaction, where the caller needs to tell none, one and several apart.
+// The conditional create and transaction code on `main` calls it; until that
+// lands only the tests here do.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) async fn matching_ids(
+    conn: &mut SqliteConnection,
+    query: &SearchQuery,
+) -> Result<Vec<FhirId>, StoreError> {
+    let mut sql = Sql::default();
+    sql.push("SELECT r.id FROM resources r");
+    sql.push_where(query, None);
+    sql.push(" ORDER BY r.id");
+    let rows = sql.query().fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            FhirId::parse(&id).map_err(|e| corrupt(query.resource_type, &id, e.to_string()))
+        })
+        .collect()
+}
+
+impl SqliteStore {
+    pub(super) async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        // One read transaction: the total and the page see the same snapshot.
+        let mut tx = self.readers.begin().await?;
+        let total = match query.total {
+            TotalMode::None => None,
+            TotalMode::Accurate => {
+                let mut sql = Sql::default();
+                sql.push("SELECT COUNT(*) AS n FROM resources r");
+                sql.push_where(query, None);
+                let row = sql.query().fetch_one(&mut *tx).await?;
+                let n: i64 = row.try_get("n")?;
+                Some(u64::try_from(n).unwrap_or(0))
+            }
+        };
+        if query.count == 0 {
+            tx.commit().await?;
+            return Ok(SearchPage {
+                resources: Vec::new(),
+                total,
+                next: None,
+            });
+        }
+
+        let mut sql = Sql::default();
+        sql.push(
+            "SELECT r.id, r.last_updated, v.version_id, v.resource \
+             FROM resources r JOIN resource_versions v \
+               ON v.resource_type = r.resource_type AND v.id = r.id \
+              AND v.version_id = r.current_version",
+        );
+        sql.push_where(query, query.cursor.as_ref());
+        let direction = match query.sort {
+            SortOrder::NewestFirst => "DESC",
+            SortOrder::OldestFirst => "ASC",
+        };
+        sql.push(&format!(
+            " ORDER BY r.last_updated {direction}, r.id {direction} LIMIT "
+        ));
+        // One more than a page: whether it comes back says if there is a next page.
+        let limit = sql.bind(Bind::Int(i64::from(query.count) + 1));
+        sql.push(&limit);
+        let rows = sql.query().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+
+        let more = rows.len() > query.count as usize;
+        let mut resources = rows
+            .iter()
+            .take(query.count as usize)
+            .map(|row| stored_from_row(query.resource_type, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        resources.shrink_to_fit();
+        let next = if more {
+            resources
+                .last()
+                .map(|last| Cursor::after(last.last_updated, last.id.clone()))
+        } else {
+            None
+        };
+        Ok(SearchPage {
+            resources,
+            total,
+            next,
+        })
+    }
+
+    pub(super) async fn history(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        count: u32,
+        before: Option<VersionId>,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut tx = self.readers.begin().await?;
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM resource_versions WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = if count == 0 {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT version_id, last_updated, operation, resource FROM resource_versions \
+                 WHERE resource_type = $1 AND id = $2 AND version_id < $3 \
+                 ORDER BY version_id DESC LIMIT $4",
+            )
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .bind(before.map_or(i64::MAX, VersionId::get))
+            .bind(i64::from(count) + 1)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+
+        let more = rows.len() > count as usize;
+        let entries = rows
+            .iter()
+            .take(count as usize)
+            .map(|row| history_entry(resource_type, id, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if more {
+            entries.last().map(|e| e.version_id)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            total: u64::try_from(total).unwrap_or(0),
+            next,
+        })
+    }
+
+    /// Rebuilds the whole index when it was built for another
+    /// `INDEX_VERSION` (or never: resources stored before the index existed),
+    /// in one write transaction. Returns how many resources were indexed.
+    pub(super) async fn rebuild_index_if_stale(&self) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (built,): (i64,) =
+            sqlx::query_as("SELECT index_version FROM search_index_state WHERE singleton = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+        if built == INDEX_VERSION {
+            return Ok(None);
+        }
+        for delete in [
+            "DELETE FROM search_tokens",
+            "DELETE FROM search_references",
+            "DELETE FROM search_dates",
+        ] {
+            sqlx::query(delete).execute(&mut *tx).await?;
+        }
+        let mut indexed = 0u64;
+        let mut after = (String::new(), String::new());
+        loop {
+            // In batches, so a large database is not read into memory at once.
+            let rows = sqlx::query(
+                "SELECT r.resource_type, r.id, v.resource \
+                 FROM resources r JOIN resource_versions v \
+                   ON v.resource_type = r.resource_type AND v.id = r.id \
+                  AND v.version_id = r.current_version \
+                 WHERE r.deleted = 0 \
+                   AND (r.resource_type > $1 OR (r.resource_type = $2 AND r.id > $3)) \
+                 ORDER BY r.resource_type, r.id LIMIT 500",
+            )
+            .bind(&after.0)
+            .bind(&after.0)
+            .bind(&after.1)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = (last.try_get("resource_type")?, last.try_get("id")?);
+            for row in &rows {
+                let type_name: String = row.try_get("resource_type")?;
+                let id_text: String = row.try_get("id")?;
+                let json: Option<String> = row.try_get("resource")?;
+                let bad = |reason: String| StoreError::Corrupt {
+                    resource_type: type_name.clone(),
+                    id: id_text.clone(),
+                    reason,
+                };
+                let resource_type =
+                    ResourceType::parse(&type_name).map_err(|e| bad(e.to_string()))?;
+                let id = FhirId::parse(&id_text).map_err(|e| bad(e.to_string()))?;
+                let json = json.ok_or_else(|| bad("current version has no resource".into()))?;
+                let value: Value =
+                    serde_json::from_str(&json).map_err(|e| bad(format!("stored JSON: {e}")))?;
+                reindex(&mut tx, resource_type, &id, Some(&value)).await?;
+                indexed += 1;
+            }
+        }
+        sqlx::query("UPDATE search_index_state SET index_version = $1 WHERE singleton = 1")
+            .bind(INDEX_VERSION)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(indexed))
+    }
+}
+
+/// A bound value.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// SQL text and its binds, numbered in order of appearance.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    /// Adds a bind and returns its placeholder; append the placeholder
+    /// before binding the next value.
+    fn bind(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    fn push_text(&mut self, value: &str) {
+        let placeholder = self.bind(Bind::Text(value.to_owned()));
+        self.push(&placeholder);
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+        // Audited: the text is built only from constants; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.text.clone()));
+        for bind in &self.binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.as_str()),
+                Bind::Int(n) => query.bind(*n),
+            };
+        }
+        query
+    }
+
+    /// ` WHERE …` for `query` over `resources r`, starting after `cursor`.
+    fn push_where(&mut self, query: &SearchQuery, cursor: Option<&Cursor>) {
+        self.push(" WHERE r.resource_type = ");
+        self.push_text(query.resource_type.as_str());
+        self.push(" AND r.deleted = 0");
+        for criterion in &query.criteria {
+            self.push(" AND ");
+            self.push_criterion(criterion);
+        }
+        if let Some(cursor) = cursor {
+            let before_or_after = match query.sort {
+                SortOrder::NewestFirst => "<",
+                SortOrder::OldestFirst => ">",
+            };
+            self.push(&format!(" AND (r.last_updated {before_or_after} "));
+            self.push_text(&cursor.last_updated);
+            self.push(" OR (r.last_updated = ");
+            self.push_text(&cursor.last_updated);
+            self.push(&format!(" AND r.id {before_or_after} "));
+            self.push_text(cursor.id.as_str());
+            self.push("))");
+        }
+    }
+
+    fn push_criterion(&mut self, criterion: &Criterion) {
+        match criterion {
+            Criterion::Id(ids) => {
+                self.push("r.id IN (");
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.push_text(id.as_str());
+                }
+                self.push(")");
+            }
+            Criterion::LastUpdated(dates) => {
+                self.push("(");
+                self.push_alternatives(dates, |sql, date| {
+                    sql.push_date(date, "r.last_updated", "r.last_updated")
+                });
+                self.push(")");
+            }
+            Criterion::Token(param, tokens) => {
+                self.push_exists("search_tokens", param);
+                self.push_alternatives(tokens, Sql::push_token);
+                self.push("))");
+            }
+            Criterion::Reference(param, references) => {
+                self.push_exists("search_references", param);
+                self.push_alternatives(references, Sql::push_reference);
+                self.push("))");
+            }
+            Criterion::Date(param, dates) => {
+                self.push_exists("search_dates", param);
+                self.push_alternatives(dates, |sql, date| sql.push_date(date, "x.low", "x.high"));
+                self.push("))");
+            }
+        }
+    }
+
+    /// `EXISTS (SELECT 1 FROM {table} x WHERE … AND (`; the caller closes both.
+    fn push_exists(&mut self, table: &str, param: &str) {
+        self.push(&format!(
+            "EXISTS (SELECT 1 FROM {table} x WHERE x.resource_type = r.resource_type \
+             AND x.id = r.id AND x.param = "
+        ));
+        self.push_text(param);
+        self.push(" AND (");
+    }
+
+    fn push_alternatives<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            self.push("(");
+            each(self, item);
+            self.push(")");
+        }
+    }
+
+    fn push_token(&mut self, token: &TokenCriterion) {
+        match token {
+            TokenCriterion::Code(code) => {
+                self.push("x.code = ");
+                self.push_text(code);
+            }
+            TokenCriterion::SystemCode(system, code) => {
+                self.push("x.system = ");
+                self.push_text(system);
+                self.push(" AND x.code = ");
+                self.push_text(code);
+            }
+            TokenCriterion::CodeWithoutSystem(code) => {
+                self.push("x.system IS NULL AND x.code = ");
+                self.push_text(code);
+            }
+            TokenCriterion::System(system) => {
+                self.push("x.system = ");
+                self.push_text(system);
+            }
+        }
+    }
+
+    fn push_reference(&mut self, reference: &ReferenceCriterion) {
+        match reference {
+            ReferenceCriterion::Typed(resource_type, id) => {
+                self.push("x.reference = ");
+                self.push_text(&format!("{resource_type}/{id}"));
+            }
+            ReferenceCriterion::Id(id) => {
+                self.push("x.target_id = ");
+                self.push_text(id.as_str());
+            }
+            ReferenceCriterion::Url(url) => {
+                self.push("x.reference = ");
+                self.push_text(url);
+            }
+        }
+    }
+
+    /// FHIR's date comparisons between the indexed range `[low, high]` and
+    /// the searched range `[from, to]` (R4 search, "date"): `eq` when the
+    /// searched range contains the value's, `gt` when the value's extends
+    /// after it, `sa` when it starts after it, and so on.
+    fn push_date(&mut self, date: &DateCriterion, low: &str, high: &str) {
+        let from = date.range.low.as_str();
+        let to = date.range.high.as_str();
+        let contained = |sql: &mut Self| {
+            sql.push(&format!("({low} >= "));
+            sql.push_text(from);
+            sql.push(&format!(" AND {high} <= "));
+            sql.push_text(to);
+            sql.push(")");
+        };
+        match date.prefix {
+            DatePrefix::Eq => contained(self),
+            DatePrefix::Ne => {
+                self.push("NOT ");
+                contained(self);
+            }
+            DatePrefix::Gt | DatePrefix::Ge => {
+                self.push(&format!("{high} > "));
+                self.push_text(to);
+                if date.prefix == DatePrefix::Ge {
+                    self.push(" OR ");
+                    contained(self);
+                }
+            }
+            DatePrefix::Lt | DatePrefix::Le => {
+                self.push(&format!("{low} < "));
+                self.push_text(from);
+                if date.prefix == DatePrefix::Le {
+                    self.push(" OR ");
+                    contained(self);
+                }
+            }
+            DatePrefix::Sa => {
+                self.push(&format!("{low} > "));
+                self.push_text(to);
+            }
+            DatePrefix::Eb => {
+                self.push(&format!("{high} < "));
+                self.push_text(from);
+            }
+        }
+    }
+}
+
+fn corrupt(resource_type: ResourceType, id: &str, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        resource_type: resource_type.to_string(),
+        id: id.to_owned(),
+        reason,
+    }
+}
+
+fn stored_from_row(
+    resource_type: ResourceType,
+    row: &SqliteRow,
+) -> Result<StoredResource, StoreError> {
+    let id_text: String = row.try_get("id")?;
+    let id =
+        FhirId::parse(&id_text).map_err(|e| corrupt(resource_type, &id_text, e.to_string()))?;
+    let at: String = row.try_get("last_updated")?;
+    let last_updated =
+        Instant::parse(&at).map_err(|e| corrupt(resource_type, &id_text, e.to_string()))?;
+    let json: Option<String> = row.try_get("resource")?;
+    let json = json.ok_or_else(|| {
+        corrupt(
+            resource_type,
+            &id_text,
+            "current version has no resource".into(),
+        )
+    })?;
+    Ok(StoredResource {
+        resource_type,
+        id,
+        version_id: VersionId::from_i64(row.try_get("version_id")?),
+        last_updated,
+        json,
+    })
+}
+
+fn history_entry(
+    resource_type: ResourceType,
+    id: &FhirId,
+    row: &SqliteRow,
+) -> Result<HistoryEntry, StoreError> {
+    let at: String = row.try_get("last_updated")?;
+    let last_updated =
+        Instant::parse(&at).map_err(|e| corrupt(resource_type, id.as_str(), e.to_string()))?;
+    let operation: String = row.try_get("operation")?;
+    let operation = match operation.as_str() {
+        "create" => HistoryOperation::Create,
+        "update" => HistoryOperation::Update,
+        "delete" => HistoryOperation::Delete,
+        other => {
+            return Err(corrupt(
+                resource_type,
+                id.as_str(),
+                format!("unknown operation '{other}'"),
+            ));
+        }
+    };
+    Ok(HistoryEntry {
+        version_id: VersionId::from_i64(row.try_get("version_id")?),
+        last_updated,
+        operation,
+        json: row.try_get("resource")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{NewResource, Store, StoreOptions};
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        let options = StoreOptions {
+            database: dir.path().join("sprig.db").display().to_string(),
+            busy_timeout: Duration::from_secs(5),
+            max_read_connections: 2,
+            durable_commits: false,
+        };
+        match Store::open(&options).await.expect("store opens") {
+            Store::Sqlite(store) => store,
+        }
+    }
+
+    async fn create(store: &SqliteStore, resource: Value) -> FhirId {
+        let resource_type =
+            ResourceType::parse(resource["resourceType"].as_str().expect("resourceType"))
+                .expect("type");
+        store
+            .create(NewResource {
+                resource_type,
+                resource,
+                received: b"{}",
+                request_id: "test",
+            })
+            .await
+            .expect("created")
+            .id
+    }
+
+    fn task(status: &str, based_on: &str) -> Value {
+        json!({
+            "resourceType": "Task",
+            "status": status,
+            "intent": "order",
+            "basedOn": [{"reference": based_on}],
+            "for": {"reference": "Patient/p1"},
+            "lastModified": "2026-11-21T11:15:00+00:00",
+        })
+    }
+
+    async fn matches(store: &SqliteStore, query: &str) -> Vec<FhirId> {
+        let query = SearchQuery::parse(ResourceType::TASK, query).expect("valid query");
+        let mut conn = store.writer.acquire().await.expect("connection");
+        matching_ids(&mut conn, &query).await.expect("query runs")
+    }
+
+    async fn index_rows(store: &SqliteStore, id: &FhirId) -> i64 {
+        let mut total = 0;
+        for count in [
+            "SELECT COUNT(*) FROM search_tokens WHERE id = $1",
+            "SELECT COUNT(*) FROM search_references WHERE id = $1",
+            "SELECT COUNT(*) FROM search_dates WHERE id = $1",
+        ] {
+            let (n,): (i64,) = sqlx::query_as(count)
+                .bind(id.as_str())
+                .fetch_one(&store.readers)
+                .await
+                .expect("count");
+            total += n;
+        }
+        total
+    }
+
+    #[tokio::test]
+    async fn matching_ids_sees_current_resources_in_the_writers_transaction() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = open(&dir).await;
+        let a = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+        let b = create(&store, task("completed", "ServiceRequest/sr1")).await;
+        create(&store, task("accepted", "ServiceRequest/sr2")).await;
+
+        let mut both = vec![a.clone(), b.clone()];
+        both.sort();
+        assert_eq!(matches(&store, "based-on=ServiceRequest/sr1").await, both);
+        assert_eq!(
+            matches(&store, "based-on=sr1&status=accepted").await,
+            vec![a.clone()]
+        );
+        assert_eq!(matches(&store, "based-on=sr3").await, Vec::<FhirId>::new());
+        // Paging and count do not limit a conditional match.
+        assert_eq!(matches(&store, "based-on=sr1&_count=1").await, both);
+
+        // Inside a transaction, an uncommitted write is seen, and rolled back with it.
+        let mut tx = store.writer.begin().await.expect("tx");
+        let query = SearchQuery::parse(ResourceType::TASK, "based-on=sr9").expect("query");
+        let pending = FhirId::parse("pending").expect("id");
+        sqlx::query(
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
+             VALUES ('Task', 'pending', 1, 0, '2026-11-21T00:00:00.000Z')",
+        )
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+        reindex(
+            &mut tx,
+            ResourceType::TASK,
+            &pending,
+            Some(&task("accepted", "ServiceRequest/sr9")),
+        )
+        .await
+        .expect("reindex");
+        assert_eq!(
+            matching_ids(&mut tx, &query).await.expect("runs"),
+            vec![pending.clone()]
+        );
+        tx.rollback().await.expect("rollback");
+        assert_eq!(index_rows(&store, &pending).await, 0);
+    }
+
+    #[tokio::test]
+    async fn deleting_removes_the_index_rows_and_the_match() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = open(&dir).await;
+        let id = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+        // status, based-on, patient, subject and modified.
+        assert_eq!(index_rows(&store, &id).await, 5);
+        store
+            .delete(ResourceType::TASK, &id, "test")
+            .await
+            .expect("deleted");
+        assert_eq!(index_rows(&store, &id).await, 0);
+        assert!(matches(&store, "status=accepted").await.is_empty());
+        assert!(matches(&store, &format!("_id={id}")).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_index_is_rebuilt_at_start_up() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = open(&dir).await;
+        let id = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+        // As if the resource predated the index, or the table changed.
+        for statement in [
+            "DELETE FROM search_tokens",
+            "DELETE FROM search_references",
+            "DELETE FROM search_dates",
+            "UPDATE search_index_state SET index_version = 0",
+        ] {
+            sqlx::query(statement)
+                .execute(&store.writer)
+                .await
+                .expect("statement");
+        }
+        assert!(matches(&store, "status=accepted").await.is_empty());
+        store.close().await;
+
+        let store = open(&dir).await;
+        assert_eq!(matches(&store, "status=accepted").await, vec![id.clone()]);
+        assert_eq!(index_rows(&store, &id).await, 5);
+        // Up to date now: opening again rebuilds nothing.
+        assert_eq!(store.rebuild_index_if_stale().await.expect("runs"), None);
+    }
+}

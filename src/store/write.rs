@@ -1,0 +1,269 @@
+//! A write transaction: every change one request makes (FHIR resource
+//! versions, the referral record, the outbox) commits together or not at all.
+//!
+//! Dropping a `WriteTx` without [`WriteTx::commit`] rolls it back, so an
+//! error anywhere in a request (`?`) leaves the database as it was.
+
+use serde_json::Value;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+
+use super::sqlite::outcome_from_row;
+use super::{ReadOutcome, StoreError, StoredResource};
+use crate::fhir::resource::stamp;
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+
+/// An open write transaction.
+pub struct WriteTx {
+    pub(super) tx: Transaction<'static, Sqlite>,
+}
+
+impl std::fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTx").finish_non_exhaustive()
+    }
+}
+
+/// A resource version to write.
+#[derive(Debug)]
+pub struct ResourceWrite<'a> {
+    /// Its type.
+    pub resource_type: ResourceType,
+    /// Its id (new ids are chosen by the caller, so references to it can be
+    /// written before it is stored, as in a transaction Bundle).
+    pub id: &'a FhirId,
+    /// The resource; `id` and `meta.versionId`/`lastUpdated` are replaced.
+    pub resource: Value,
+    /// The request body that carried it, kept for audit.
+    pub received: Option<&'a [u8]>,
+    /// The request that wrote it.
+    pub request_id: &'a str,
+}
+
+impl WriteTx {
+    /// The connection, for the store's own query modules.
+    pub(super) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    /// Commits every change. Returns after the commit is durable.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a new resource as version 1.
+    pub async fn create(&mut self, write: ResourceWrite<'_>) -> Result<StoredResource, StoreError> {
+        let version_id = VersionId::FIRST;
+        let last_updated = Instant::now();
+        let (stored, meta, stamped) = serialise(write, version_id, last_updated)?;
+        let at = last_updated.to_fhir();
+        sqlx::query(
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
+             VALUES ($1, $2, $3, 0, $4)",
+        )
+        .bind(stored.resource_type.as_str())
+        .bind(stored.id.as_str())
+        .bind(version_id.get())
+        .bind(&at)
+        .execute(self.conn())
+        .await?;
+        self.insert_version(&stored, &meta, &at, "create").await?;
+        // After the resource row: the index rows refer to it.
+        super::search::reindex(
+            self.conn(),
+            stored.resource_type,
+            &stored.id,
+            Some(&stamped),
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Stores a new version of an existing resource. With `expected`, the
+    /// current version must be that one (`If-Match`), or nothing is written.
+    pub async fn update(
+        &mut self,
+        write: ResourceWrite<'_>,
+        expected: Option<VersionId>,
+    ) -> Result<StoredResource, StoreError> {
+        let current: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(write.resource_type.as_str())
+        .bind(write.id.as_str())
+        .fetch_optional(self.conn())
+        .await?;
+        let Some((current, deleted)) = current else {
+            return Err(StoreError::NotFound {
+                resource_type: write.resource_type.to_string(),
+                id: write.id.to_string(),
+            });
+        };
+        let current = VersionId::from_i64(current);
+        if let Some(expected) = expected
+            && expected != current
+        {
+            return Err(StoreError::VersionConflict {
+                resource_type: write.resource_type.to_string(),
+                id: write.id.to_string(),
+                expected,
+                current,
+            });
+        }
+        let version_id = current.next();
+        let last_updated = Instant::now();
+        let (stored, meta, stamped) = serialise(write, version_id, last_updated)?;
+        let at = last_updated.to_fhir();
+        sqlx::query(
+            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2 \
+             WHERE resource_type = $3 AND id = $4",
+        )
+        .bind(version_id.get())
+        .bind(&at)
+        .bind(stored.resource_type.as_str())
+        .bind(stored.id.as_str())
+        .execute(self.conn())
+        .await?;
+        let operation = if deleted == 0 { "update" } else { "create" };
+        self.insert_version(&stored, &meta, &at, operation).await?;
+        super::search::reindex(
+            self.conn(),
+            stored.resource_type,
+            &stored.id,
+            Some(&stamped),
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Marks a resource deleted by adding a deletion version. Returns the
+    /// deletion's version, or `None` if there was no such (undeleted) resource.
+    pub async fn delete(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        request_id: &str,
+    ) -> Result<Option<VersionId>, StoreError> {
+        let current: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(self.conn())
+        .await?;
+        let Some((current, 0)) = current else {
+            return Ok(None);
+        };
+        let version_id = VersionId::from_i64(current).next();
+        let at = Instant::now().to_fhir();
+        sqlx::query(
+            "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
+             WHERE resource_type = $3 AND id = $4",
+        )
+        .bind(version_id.get())
+        .bind(&at)
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .execute(self.conn())
+        .await?;
+        sqlx::query(
+            "INSERT INTO resource_versions \
+             (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
+             VALUES ($1, $2, $3, $4, 'delete', NULL, NULL, $5)",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .bind(version_id.get())
+        .bind(&at)
+        .bind(request_id)
+        .execute(self.conn())
+        .await?;
+        super::search::reindex(self.conn(), resource_type, id, None).await?;
+        Ok(Some(version_id))
+    }
+
+    /// The ids of current resources matching a search (conditional create
+    /// and update inside a transaction).
+    pub async fn matching_ids(
+        &mut self,
+        query: &crate::search::SearchQuery,
+    ) -> Result<Vec<FhirId>, StoreError> {
+        super::search::matching_ids(self.conn(), query).await
+    }
+
+    /// The current version, as this transaction sees it.
+    pub async fn read(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<ReadOutcome, StoreError> {
+        let row = sqlx::query(
+            "SELECT v.version_id, v.last_updated, v.resource \
+             FROM resources r JOIN resource_versions v \
+               ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
+             WHERE r.resource_type = $1 AND r.id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(self.conn())
+        .await?;
+        row.map(|row| outcome_from_row(resource_type, id, &row))
+            .unwrap_or(Ok(ReadOutcome::NotFound))
+    }
+
+    async fn insert_version(
+        &mut self,
+        stored: &StoredResource,
+        audit: &Audit<'_>,
+        at: &str,
+        operation: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO resource_versions \
+             (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(stored.resource_type.as_str())
+        .bind(stored.id.as_str())
+        .bind(stored.version_id.get())
+        .bind(at)
+        .bind(operation)
+        .bind(&stored.json)
+        .bind(audit.received)
+        .bind(audit.request_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+/// Where a version came from.
+struct Audit<'a> {
+    received: Option<&'a [u8]>,
+    request_id: &'a str,
+}
+
+fn serialise(
+    write: ResourceWrite<'_>,
+    version_id: VersionId,
+    last_updated: Instant,
+) -> Result<(StoredResource, Audit<'_>, Value), StoreError> {
+    let stamped = stamp(write.resource, write.id, version_id, last_updated);
+    let json = serde_json::to_string(&stamped).map_err(|e| StoreError::Corrupt {
+        resource_type: write.resource_type.to_string(),
+        id: write.id.to_string(),
+        reason: format!("cannot serialise: {e}"),
+    })?;
+    let stored = StoredResource {
+        resource_type: write.resource_type,
+        id: write.id.clone(),
+        version_id,
+        last_updated,
+        json,
+    };
+    let audit = Audit {
+        received: write.received,
+        request_id: write.request_id,
+    };
+    Ok((stored, audit, stamped))
+}
