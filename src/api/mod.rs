@@ -90,8 +90,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Bodies are read by the handlers, under `limits.max_body_bytes`.
-        .layer(DefaultBodyLimit::disable())
+        // FHIR bodies are read by the handlers, under `limits.max_body_bytes`
+        // (with an OperationOutcome); the limit here bounds `/api`'s JSON.
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(state.settings.limits.max_body_bytes).unwrap_or(usize::MAX),
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_timeout,
@@ -121,7 +124,15 @@ async fn not_found(uri: Uri) -> axum::response::Response {
     .into_response()
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/") {
+        return service::Problem::method_not_allowed(format!(
+            "{method} is not supported on {}; GET /api/openapi.json describes this API",
+            uri.path()
+        ))
+        .into_response();
+    }
     ApiError::MethodNotAllowed(Issue::error(
         IssueType::NotSupported,
         "method-not-allowed",
@@ -130,4 +141,5 @@ async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
             uri.path()
         ),
     ))
+    .into_response()
 }

@@ -22,7 +22,7 @@ use crate::fhir::Instant;
 use crate::referral::measure::Measure;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
-use crate::referral::workflow::{OutcomeRequest, TransitionRequest, WorkflowError};
+use crate::referral::workflow::{GP_ACTOR, OutcomeRequest, TransitionRequest, WorkflowError};
 use crate::store::StoreError;
 use crate::store::referrals::ReferralFilter;
 
@@ -49,6 +49,11 @@ impl Problem {
             detail: detail.into(),
             extra: None,
         }
+    }
+
+    /// 405.
+    pub fn method_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", detail)
     }
 
     /// 404.
@@ -98,11 +103,7 @@ impl From<StoreError> for Problem {
             )
         } else {
             tracing::error!(error = %error, "service API: store failed");
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-                "Sprig hit an internal error; nothing was changed. Quote the X-Request-ID response header when reporting it",
-            )
+            internal_problem()
         }
     }
 }
@@ -142,22 +143,57 @@ impl From<WorkflowError> for Problem {
             ),
             WorkflowError::Defect(_) => {
                 tracing::error!(detail = %detail, "service API: defect");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal error",
-                    "Sprig hit an internal error; nothing was changed. Quote the X-Request-ID response header when reporting it",
-                )
+                internal_problem()
             }
             WorkflowError::Store(error) => error.into(),
         }
     }
 }
 
+fn internal_problem() -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error",
+        "Sprig hit an internal error; nothing was changed. Quote the X-Request-ID response header when reporting it",
+    )
+}
+
+/// `by`: who acted. `gp` is reserved for the referrer's own changes.
+fn actor(by: Option<&str>) -> Result<&str, Problem> {
+    match by.map(str::trim) {
+        None => Ok(DEFAULT_ACTOR),
+        Some("") => Err(Problem::bad_request("by, when given, names who acted")),
+        Some(GP_ACTOR) => Err(Problem::bad_request(
+            "by 'gp' is reserved for the referrer's own changes (withdrawals); name the member of staff",
+        )),
+        Some(name) if name.chars().count() > 100 => {
+            Err(Problem::bad_request("by is at most 100 characters"))
+        }
+        Some(name) => Ok(name),
+    }
+}
+
 fn json_problem(rejection: JsonRejection) -> Problem {
-    Problem::bad_request(format!(
-        "The request body is not what this endpoint takes: {}",
-        rejection.body_text()
-    ))
+    // 413 over the size limit, 415 without a JSON content type; any other
+    // body that is not the JSON asked for (syntax, unknown or missing
+    // fields, wrong types) is a 400, as the OpenAPI description says.
+    let status = match rejection.status() {
+        status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => status,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let title = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "Request too large"
+    } else {
+        "Bad request"
+    };
+    Problem::new(
+        status,
+        title,
+        format!(
+            "The request body is not what this endpoint takes: {}",
+            rejection.body_text()
+        ),
+    )
 }
 
 fn path_problem(rejection: PathRejection) -> Problem {
@@ -291,7 +327,7 @@ pub async fn detail(
 ) -> Result<Response, Problem> {
     let Path(id) = path.map_err(path_problem)?;
     let detail = load(&state, &id).await?;
-    Ok(Json(detail_json(&state, &detail)).into_response())
+    Ok(Json(detail_json(&state, &detail)?).into_response())
 }
 
 async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
@@ -304,8 +340,11 @@ async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
     })
 }
 
-fn detail_json(state: &AppState, detail: &ReferralDetail) -> Value {
-    let mut value = serde_json::to_value(detail).unwrap_or(Value::Null);
+fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Problem> {
+    let mut value = serde_json::to_value(detail).map_err(|e| {
+        tracing::error!(error = %e, "service API: a referral could not be serialised");
+        internal_problem()
+    })?;
     let base = state.fhir_base();
     value["allowed_transitions"] = json!(
         detail
@@ -325,7 +364,7 @@ fn detail_json(state: &AppState, detail: &ReferralDetail) -> Value {
             .map(|o| format!("{base}/Observation/{}", o.id))
             .collect::<Vec<_>>(),
     });
-    value
+    Ok(value)
 }
 
 /// A stage change.
@@ -369,7 +408,7 @@ pub async fn transition(
                 to,
                 reason: body.reason.as_deref(),
                 note: body.note.as_deref(),
-                actor: body.by.as_deref().unwrap_or(DEFAULT_ACTOR),
+                actor: actor(body.by.as_deref())?,
                 request_id,
             },
         )
@@ -377,7 +416,7 @@ pub async fn transition(
     tx.commit().await?;
     tracing::info!(referral_id = %referral.id, stage = to.as_str(), "referral moved");
     let detail = load(&state, &id).await?;
-    Ok(Json(detail_json(&state, &detail)).into_response())
+    Ok(Json(detail_json(&state, &detail)?).into_response())
 }
 
 /// An outcome measure.
@@ -421,7 +460,7 @@ pub async fn outcome(
                 measure,
                 answers: &body.answers,
                 recorded_at: &body.recorded_at,
-                actor: body.by.as_deref().unwrap_or(DEFAULT_ACTOR),
+                actor: actor(body.by.as_deref())?,
                 request_id,
             },
         )
@@ -455,17 +494,12 @@ pub async fn note(
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
-        .add_note(
-            &mut tx,
-            &id,
-            body.by.as_deref().unwrap_or(DEFAULT_ACTOR),
-            &body.text,
-        )
+        .add_note(&mut tx, &id, actor(body.by.as_deref())?, &body.text)
         .await?;
     tx.commit().await?;
     tracing::info!(referral_id = %id, "note added");
     let detail = load(&state, &id).await?;
-    Ok((StatusCode::CREATED, Json(detail_json(&state, &detail))).into_response())
+    Ok((StatusCode::CREATED, Json(detail_json(&state, &detail)?)).into_response())
 }
 
 fn request_id(context: Option<&Extension<RequestContext>>) -> &str {

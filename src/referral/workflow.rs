@@ -363,7 +363,10 @@ impl Workflow {
         let outcome = Outcome {
             id: observation_id.to_string(),
             measure: request.measure,
-            recorded_at: request.recorded_at.to_owned(),
+            // In UTC, so the record sorts outcomes by when they were taken
+            // (the Observation keeps the time as given, with its offset).
+            recorded_at: Instant::parse(request.recorded_at)
+                .map_or_else(|_| request.recorded_at.to_owned(), Instant::to_fhir),
             entered_at: now.clone(),
             actor: request.actor.to_owned(),
             answers: request.answers.to_vec(),

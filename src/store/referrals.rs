@@ -618,7 +618,10 @@ impl Store {
         let rows = query.fetch_all(&mut *conn).await?;
         let mut referrals = Vec::with_capacity(rows.len());
         for row in &rows {
-            referrals.push(with_gp_notes(&mut conn, referral_from_row(row)?).await?);
+            // The list shows reasons but not notes: only the reasons are read.
+            let mut referral = referral_from_row(row)?;
+            referral.fields.reasons = reasons_of(&mut conn, &referral.id).await?;
+            referrals.push(referral);
         }
         Ok(referrals)
     }
@@ -698,11 +701,28 @@ async fn with_gp_notes(
     conn: &mut SqliteConnection,
     mut referral: Referral,
 ) -> Result<Referral, StoreError> {
-    referral.fields.reasons = sqlx::query(
+    referral.fields.reasons = reasons_of(conn, &referral.id).await?;
+    referral.fields.notes = sqlx::query_as::<_, (String,)>(
+        "SELECT text FROM referral_notes WHERE referral_id = $1 AND source = 'gp' ORDER BY seq",
+    )
+    .bind(&referral.id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(text,)| text)
+    .collect();
+    Ok(referral)
+}
+
+async fn reasons_of(
+    conn: &mut SqliteConnection,
+    referral_id: &str,
+) -> Result<Vec<Reason>, StoreError> {
+    sqlx::query(
         "SELECT system, code, display, text FROM referral_reasons WHERE referral_id = $1 \
          ORDER BY position",
     )
-    .bind(&referral.id)
+    .bind(referral_id)
     .fetch_all(&mut *conn)
     .await?
     .iter()
@@ -714,17 +734,7 @@ async fn with_gp_notes(
             text: row.try_get("text")?,
         })
     })
-    .collect::<Result<Vec<_>, StoreError>>()?;
-    referral.fields.notes = sqlx::query_as::<_, (String,)>(
-        "SELECT text FROM referral_notes WHERE referral_id = $1 AND source = 'gp' ORDER BY seq",
-    )
-    .bind(&referral.id)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(text,)| text)
-    .collect();
-    Ok(referral)
+    .collect()
 }
 
 async fn fetch_outcomes(

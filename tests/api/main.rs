@@ -9,6 +9,7 @@ mod create_read;
 mod durability;
 mod fhirpath_suite;
 mod helpers;
+mod mappings;
 mod negotiation;
 mod openapi;
 mod profile_negatives;

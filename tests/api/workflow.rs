@@ -7,6 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, json_body, spawn_app};
+use crate::openapi::assert_matches_schema;
 
 const TASK_PROFILE: &str = "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral-task";
 
@@ -115,7 +116,10 @@ pub async fn submit(app: &TestApp, shape: Shape, body: &Value) -> (String, u16, 
 pub async fn detail(app: &TestApp, id: &str) -> Value {
     let response = app.get(&format!("/api/referrals/{id}")).await;
     assert_eq!(response.status(), 200);
-    json_body(response).await
+    let record = json_body(response).await;
+    // Every answer is what the OpenAPI description says it is.
+    assert_matches_schema("ReferralDetail", &record);
+    record
 }
 
 /// The current version of a FHIR resource.
@@ -243,6 +247,7 @@ async fn a_referral_goes_through_its_whole_life_in_every_inbound_shape() {
         .await;
         assert_eq!(response.status(), 201);
         let outcome = json_body(response).await;
+        assert_matches_schema("Outcome", &outcome);
         assert_eq!(outcome["total"], 21);
         assert_eq!(outcome["metric"], "19.25");
         version += 1;
@@ -367,6 +372,7 @@ async fn an_illegal_transition_is_refused_with_the_allowed_ones() {
     let response = transition(&app, &id, json!({"to": "completed"})).await;
     assert_eq!(response.status(), 409);
     let problem = json_body(response).await;
+    assert_matches_schema("Problem", &problem);
     assert_eq!(problem["status"], 409);
     assert_eq!(
         problem["allowed"],
@@ -718,6 +724,7 @@ async fn the_worklist_filters_pages_and_explains_bad_parameters() {
     );
 
     let accepted = json_body(app.get("/api/referrals?stage=accepted").await).await;
+    assert_matches_schema("ReferralList", &accepted);
     assert_eq!(accepted["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(accepted["items"][0]["id"], ids[1].as_str());
 
