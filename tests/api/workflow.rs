@@ -328,6 +328,50 @@ async fn a_referral_goes_through_its_whole_life_in_every_inbound_shape() {
             .collect();
         assert_eq!(task_versions, (1..=version as i64).collect::<Vec<_>>());
         assert!(outbox.iter().all(|m| m.destination_ods.is_some()));
+
+        // What the GP system (or anyone pulling updates) searches for.
+        let total = |path: String| {
+            let app = &app;
+            async move {
+                let bundle = read(app, &path).await;
+                assert_eq!(bundle["type"], "searchset", "{path}");
+                bundle["total"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{path}: {bundle}"))
+            }
+        };
+        let identifier = record["identifier"]["value"].as_str().expect("identifier");
+        let system = record["identifier"]["system"].as_str().expect("system");
+        for (path, expected) in [
+            (format!("/fhir/Task?based-on=ServiceRequest/{id}"), 1),
+            (
+                format!("/fhir/Task?focus=ServiceRequest/{id}&status=completed"),
+                1,
+            ),
+            (
+                format!("/fhir/Task?based-on=ServiceRequest/{id}&status=cancelled"),
+                0,
+            ),
+            ("/fhir/Task?_lastUpdated=gt2020-01-01".to_owned(), 1),
+            ("/fhir/Task?_lastUpdated=gt2999-01-01".to_owned(), 0),
+            (format!("/fhir/Observation?based-on=ServiceRequest/{id}"), 2),
+            (
+                format!(
+                    "/fhir/Observation?based-on=ServiceRequest/{id}&code=http://snomed.info/sct|718466001"
+                ),
+                1,
+            ),
+            (
+                format!("/fhir/ServiceRequest?identifier={system}|{identifier}&status=active"),
+                1,
+            ),
+            (
+                format!("/fhir/ServiceRequest?identifier={system}|{identifier}&status=revoked"),
+                0,
+            ),
+        ] {
+            assert_eq!(total(path.clone()).await, expected, "{shape:?}: {path}");
+        }
     }
 }
 
