@@ -25,7 +25,7 @@ use crate::validation::schema::{SchemaError, SchemaPass};
 pub enum StartupError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The bundled FHIR schema could not be loaded.
     #[error(transparent)]
     Schema(#[from] SchemaError),
@@ -34,7 +34,7 @@ pub enum StartupError {
     Profiles(#[from] ProfileError),
     /// The mappings (`mappings/` or `mappings_dir`) are wrong.
     #[error("mappings: {0}")]
-    Mappings(#[from] MappingError),
+    Mappings(MappingError),
     /// The validation settings name something Sprig does not hold.
     #[error("validation settings: {0}")]
     Validation(String),
@@ -49,6 +49,20 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+// The message already includes the cause, so the cause is not also a
+// `source` (a report of the error chain would print it twice).
+impl From<StoreError> for StartupError {
+    fn from(error: StoreError) -> Self {
+        StartupError::Store(error)
+    }
+}
+
+impl From<MappingError> for StartupError {
+    fn from(error: MappingError) -> Self {
+        StartupError::Mappings(error)
+    }
 }
 
 /// A gateway ready to serve: store open, validator compiled, port bound.
