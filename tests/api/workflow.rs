@@ -854,3 +854,48 @@ async fn notes_join_the_timeline() {
     .await;
     assert_eq!(response.status(), 422);
 }
+
+#[tokio::test]
+async fn if_none_exist_finds_the_referral_already_held() {
+    let app = spawn_app().await;
+    let body = Shape::Resource.example();
+    let (id, _, _) = submit(&app, Shape::Resource, &body).await;
+    let system = body["identifier"][0]["system"].as_str().expect("system");
+    let value = body["identifier"][0]["value"].as_str().expect("value");
+
+    // Another body (a new identifier) but a condition that matches the first.
+    let mut other = body.clone();
+    other["identifier"][0]["value"] = json!("REF-OTHER");
+    let condition = format!("identifier={system}|{value}");
+    let response = post_fhir(
+        &app,
+        "/fhir/ServiceRequest",
+        &other,
+        &[("if-none-exist", &condition)],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_body(response).await["id"], id.as_str());
+
+    // No match: created.
+    let response = post_fhir(
+        &app,
+        "/fhir/ServiceRequest",
+        &other,
+        &[("if-none-exist", &format!("identifier={system}|REF-OTHER"))],
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+
+    // A condition Sprig cannot read is a 400, not a guess.
+    let response = post_fhir(
+        &app,
+        "/fhir/ServiceRequest",
+        &other,
+        &[("if-none-exist", "colour=red")],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let list = json_body(app.get("/api/referrals").await).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+}
