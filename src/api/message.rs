@@ -311,15 +311,7 @@ fn plan_message(
                 None => Action::Create,
             }
         };
-        plan.push(PlannedEntry {
-            full_url: entry
-                .get("fullUrl")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            resource_type,
-            resource,
-            action,
-        });
+        plan.push(PlannedEntry::new(entry, resource_type, resource, action));
     }
     Ok(plan)
 }

@@ -21,7 +21,8 @@ use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
 use super::resource::{
-    Checked, Written, bad_path, check_body, existing_match, parse_id, read_body, written,
+    Checked, Written, bad_path, check_body, existing_match, matched_existing, parse_id, read_body,
+    written,
 };
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
 use crate::referral::intake::Submitted;
@@ -63,33 +64,19 @@ pub(super) async fn create_referral(
     arrived: Arrived<'_>,
     if_none_exist: Option<SearchQuery>,
 ) -> Result<Response, ApiError> {
-    let mapped = state.workflow.map_inbound(
-        &Submitted {
-            referral: &resource,
-            bundle: None,
-        }
-        .inputs(),
-    )?;
+    let mapped = map_single(state, &resource)?;
     let mut tx = state.store.begin_write().await?;
     if let Some(query) = &if_none_exist
         && let Some(existing) = existing_match(&mut tx, query).await?
     {
         drop(tx);
-        return written(
-            state,
+        let how = matched_existing(
             &existing,
-            Written {
-                status: StatusCode::OK,
-                message_id: "create-matched-existing",
-                message: format!(
-                    "If-None-Exist matched {}/{}; nothing new was stored",
-                    existing.resource_type, existing.id
-                ),
-                preference: arrived.preference,
-                format: arrived.format,
-                issues: arrived.warnings,
-            },
+            arrived.preference,
+            arrived.format,
+            arrived.warnings,
         );
+        return written(state, &existing, how);
     }
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
         drop(tx);
@@ -215,13 +202,7 @@ pub async fn update(
             format!("Only social prescribing referrals ({REFERRAL_PROFILE}) can be updated"),
         )]));
     }
-    let mapped = state.workflow.map_inbound(
-        &Submitted {
-            referral: &resource,
-            bundle: None,
-        }
-        .inputs(),
-    )?;
+    let mapped = map_single(&state, &resource)?;
     let mut tx = state.store.begin_write().await?;
     let referral = tx.referral(id.as_str()).await?.ok_or_else(|| {
         ApiError::NotFound(Issue::error(
@@ -276,6 +257,19 @@ pub async fn update(
             issues: arrived.warnings,
         },
     )
+}
+
+/// Maps a referral sent on its own (related resources contained).
+fn map_single(
+    state: &AppState,
+    resource: &serde_json::Value,
+) -> Result<crate::referral::workflow::MappedInbound, ApiError> {
+    let inputs = Submitted {
+        referral: resource,
+        bundle: None,
+    }
+    .inputs();
+    Ok(state.workflow.map_inbound(&inputs)?)
 }
 
 /// The version `If-Match` names (`W/"3"` or `"3"`); 428 without one.

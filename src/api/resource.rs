@@ -82,17 +82,7 @@ pub async fn create(
         return written(
             &state,
             &existing,
-            Written {
-                status: StatusCode::OK,
-                message_id: "create-matched-existing",
-                message: format!(
-                    "If-None-Exist matched {}/{}; nothing new was stored",
-                    existing.resource_type, existing.id
-                ),
-                preference,
-                format,
-                issues,
-            },
+            matched_existing(&existing, preference, format, issues),
         );
     }
     let id = FhirId::generate();
@@ -171,6 +161,26 @@ pub(super) async fn existing_match(
                 many.len()
             ),
         ))),
+    }
+}
+
+/// The answer to a create whose `If-None-Exist` matched `existing`.
+pub(super) fn matched_existing(
+    existing: &StoredResource,
+    preference: ReturnPreference,
+    format: ResponseFormat,
+    issues: Vec<Issue>,
+) -> Written {
+    Written {
+        status: StatusCode::OK,
+        message_id: "create-matched-existing",
+        message: format!(
+            "If-None-Exist matched {}/{}; nothing new was stored",
+            existing.resource_type, existing.id
+        ),
+        preference,
+        format,
+        issues,
     }
 }
 

@@ -60,6 +60,26 @@ pub(super) struct PlannedEntry {
     pub action: Action,
 }
 
+impl PlannedEntry {
+    /// An entry of a Bundle, to be written as `action` says.
+    pub(super) fn new(
+        entry: &Value,
+        resource_type: ResourceType,
+        resource: Value,
+        action: Action,
+    ) -> Self {
+        PlannedEntry {
+            full_url: entry
+                .get("fullUrl")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            resource_type,
+            resource,
+            action,
+        }
+    }
+}
+
 /// What happened to one entry.
 #[derive(Debug)]
 pub(super) struct EntryOutcome {
@@ -239,15 +259,7 @@ fn plan_transaction(bundle: &Value) -> Result<Vec<PlannedEntry>, ApiError> {
                 ),
             ));
         }
-        plan.push(PlannedEntry {
-            full_url: entry
-                .get("fullUrl")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            resource_type,
-            resource,
-            action,
-        });
+        plan.push(PlannedEntry::new(entry, resource_type, resource, action));
     }
     Ok(plan)
 }

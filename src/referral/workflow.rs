@@ -299,16 +299,6 @@ impl Workflow {
             task_version: task_version.get(),
         })
         .await?;
-        let task_id = task_id_of(&referral)?;
-        self.enqueue(
-            tx,
-            &referral,
-            ResourceType::TASK,
-            &task_id,
-            task_version,
-            &now,
-        )
-        .await?;
         referral.stage = request.to;
         referral.updated_at = now;
         referral.version += 1;
@@ -386,25 +376,14 @@ impl Workflow {
         // The Task lists every outcome, so the referrer sees the new one.
         let outputs = tx.outcome_ids(&referral.id).await?;
         let reason = tx.current_reason(&referral.id).await?;
-        let task_version = self
-            .write_task(
-                tx,
-                &referral,
-                referral.stage,
-                reason.as_deref(),
-                &outputs,
-                &now,
-                request.request_id,
-            )
-            .await?;
-        let task_id = task_id_of(&referral)?;
-        self.enqueue(
+        self.write_task(
             tx,
             &referral,
-            ResourceType::TASK,
-            &task_id,
-            task_version,
+            referral.stage,
+            reason.as_deref(),
+            &outputs,
             &now,
+            request.request_id,
         )
         .await?;
         tx.touch_referral(&referral.id, &now).await?;
@@ -531,6 +510,16 @@ impl Workflow {
                 Some(current),
             )
             .await?;
+        // Every Task version travels to the referrer, in order.
+        self.enqueue(
+            tx,
+            referral,
+            ResourceType::TASK,
+            &task_id,
+            stored.version_id,
+            now,
+        )
+        .await?;
         Ok(stored.version_id)
     }
 

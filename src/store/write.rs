@@ -86,20 +86,13 @@ impl WriteTx {
         write: ResourceWrite<'_>,
         expected: Option<VersionId>,
     ) -> Result<StoredResource, StoreError> {
-        let current: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
-        )
-        .bind(write.resource_type.as_str())
-        .bind(write.id.as_str())
-        .fetch_optional(self.conn())
-        .await?;
+        let current = self.current_version(write.resource_type, write.id).await?;
         let Some((current, deleted)) = current else {
             return Err(StoreError::NotFound {
                 resource_type: write.resource_type.to_string(),
                 id: write.id.to_string(),
             });
         };
-        let current = VersionId::from_i64(current);
         if let Some(expected) = expected
             && expected != current
         {
@@ -124,7 +117,7 @@ impl WriteTx {
         .bind(stored.id.as_str())
         .execute(self.conn())
         .await?;
-        let operation = if deleted == 0 { "update" } else { "create" };
+        let operation = if deleted { "create" } else { "update" };
         self.insert_version(&stored, &meta, &at, operation).await?;
         super::search::reindex(
             self.conn(),
@@ -144,17 +137,10 @@ impl WriteTx {
         id: &FhirId,
         request_id: &str,
     ) -> Result<Option<VersionId>, StoreError> {
-        let current: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(self.conn())
-        .await?;
-        let Some((current, 0)) = current else {
+        let Some((current, false)) = self.current_version(resource_type, id).await? else {
             return Ok(None);
         };
-        let version_id = VersionId::from_i64(current).next();
+        let version_id = current.next();
         let at = Instant::now().to_fhir();
         sqlx::query(
             "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
@@ -189,6 +175,22 @@ impl WriteTx {
         query: &crate::search::SearchQuery,
     ) -> Result<Vec<FhirId>, StoreError> {
         super::search::matching_ids(self.conn(), query).await
+    }
+
+    /// The current version number of a resource and whether it is deleted.
+    async fn current_version(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<Option<(VersionId, bool)>, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT current_version, deleted FROM resources WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.map(|(version, deleted)| (VersionId::from_i64(version), deleted != 0)))
     }
 
     /// The current version, as this transaction sees it.
