@@ -341,11 +341,16 @@ async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
 }
 
 fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Problem> {
-    let mut value = serde_json::to_value(detail).map_err(|e| {
+    referral_json(detail, &state.fhir_base()).map_err(|e| {
         tracing::error!(error = %e, "service API: a referral could not be serialised");
         internal_problem()
-    })?;
-    let base = state.fhir_base();
+    })
+}
+
+/// `GET /api/referrals/{id}`'s body: the record, the stages it may move to
+/// next, and where its FHIR resources are (`fhir_base` as in `Location`).
+pub fn referral_json(detail: &ReferralDetail, fhir_base: &str) -> Result<Value, serde_json::Error> {
+    let mut value = serde_json::to_value(detail)?;
     value["allowed_transitions"] = json!(
         detail
             .referral
@@ -356,12 +361,12 @@ fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Probl
             .collect::<Vec<_>>()
     );
     value["fhir"] = json!({
-        "service_request": format!("{base}/ServiceRequest/{}", detail.referral.id),
-        "task": format!("{base}/Task/{}", detail.referral.task_id),
+        "service_request": format!("{fhir_base}/ServiceRequest/{}", detail.referral.id),
+        "task": format!("{fhir_base}/Task/{}", detail.referral.task_id),
         "observations": detail
             .outcomes
             .iter()
-            .map(|o| format!("{base}/Observation/{}", o.id))
+            .map(|o| format!("{fhir_base}/Observation/{}", o.id))
             .collect::<Vec<_>>(),
     });
     Ok(value)

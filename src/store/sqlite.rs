@@ -90,18 +90,8 @@ impl SqliteStore {
         resource_type: ResourceType,
         id: &FhirId,
     ) -> Result<ReadOutcome, StoreError> {
-        let row = sqlx::query(
-            "SELECT v.version_id, v.last_updated, v.resource \
-             FROM resources r JOIN resource_versions v \
-               ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
-             WHERE r.resource_type = $1 AND r.id = $2",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&self.readers)
-        .await?;
-        row.map(|row| outcome_from_row(resource_type, id, &row))
-            .unwrap_or(Ok(ReadOutcome::NotFound))
+        let mut conn = self.readers.acquire().await?;
+        read_current(&mut conn, resource_type, id).await
     }
 
     pub(super) async fn vread(
@@ -144,6 +134,27 @@ impl SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+/// The current version of a resource, on any connection (a reader, or a
+/// writer inside its transaction).
+pub(super) async fn read_current(
+    conn: &mut sqlx::SqliteConnection,
+    resource_type: ResourceType,
+    id: &FhirId,
+) -> Result<ReadOutcome, StoreError> {
+    let row = sqlx::query(
+        "SELECT v.version_id, v.last_updated, v.resource \
+         FROM resources r JOIN resource_versions v \
+           ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
+         WHERE r.resource_type = $1 AND r.id = $2",
+    )
+    .bind(resource_type.as_str())
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| outcome_from_row(resource_type, id, &row))
+        .unwrap_or(Ok(ReadOutcome::NotFound))
 }
 
 pub(super) fn outcome_from_row(

@@ -7,7 +7,7 @@
 use serde_json::Value;
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use super::sqlite::outcome_from_row;
+use super::sqlite::read_current;
 use super::{ReadOutcome, StoreError, StoredResource};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
@@ -199,18 +199,7 @@ impl WriteTx {
         resource_type: ResourceType,
         id: &FhirId,
     ) -> Result<ReadOutcome, StoreError> {
-        let row = sqlx::query(
-            "SELECT v.version_id, v.last_updated, v.resource \
-             FROM resources r JOIN resource_versions v \
-               ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
-             WHERE r.resource_type = $1 AND r.id = $2",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_optional(self.conn())
-        .await?;
-        row.map(|row| outcome_from_row(resource_type, id, &row))
-            .unwrap_or(Ok(ReadOutcome::NotFound))
+        read_current(self.conn(), resource_type, id).await
     }
 
     async fn insert_version(

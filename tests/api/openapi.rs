@@ -539,29 +539,9 @@ fn sparse_detail() -> ReferralDetail {
     }
 }
 
-/// `GET /api/referrals/{id}`'s body for `detail`: what `service::detail_json`
-/// adds to the serialised record (kept in step with it by hand: it is private).
+/// `GET /api/referrals/{id}`'s body for `detail`, made as the handler makes it.
 fn served(detail: &ReferralDetail, base: &str) -> Value {
-    let mut value = serde_json::to_value(detail).expect("serialises");
-    value["allowed_transitions"] = json!(
-        detail
-            .referral
-            .stage
-            .allowed_next()
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-    );
-    value["fhir"] = json!({
-        "service_request": format!("{base}/ServiceRequest/{}", detail.referral.id),
-        "task": format!("{base}/Task/{}", detail.referral.task_id),
-        "observations": detail
-            .outcomes
-            .iter()
-            .map(|o| format!("{base}/Observation/{}", o.id))
-            .collect::<Vec<_>>(),
-    });
-    value
+    sprig::api::service::referral_json(detail, base).expect("serialises")
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Value {
