@@ -15,6 +15,8 @@ DURATION="${1:-20}"
 CONNECTIONS="${2:-32}"
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet
+# Where cargo put the binary: CARGO_TARGET_DIR when set, else ./target.
+SPRIG="${CARGO_TARGET_DIR:-target}/release/sprig"
 WORK="$(mktemp -d)"
 trap 'kill "${PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -22,7 +24,7 @@ for MODE in full normal; do
     LOG="$WORK/sprig-$MODE.log"
     START_NS=$(date +%s%N)
     SPRIG_SQLITE__SYNCHRONOUS=$MODE SPRIG_LOG__FORMAT=json SPRIG_LOG__LEVEL=warn,sprig=info \
-        target/release/sprig serve --listen 127.0.0.1:0 --database "$WORK/load-$MODE.db" 2>"$LOG" &
+        "$SPRIG" serve --listen 127.0.0.1:0 --database "$WORK/load-$MODE.db" 2>"$LOG" &
     PID=$!
     ADDRESS=""
     for _ in $(seq 1 500); do
@@ -45,7 +47,11 @@ for MODE in full normal; do
         wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s benches/post-unique.lua \
         "http://$ADDRESS/fhir" | grep -E 'Requests/sec|^ +50%|^ +75%|^ +90%|^ +99%|Non-2xx|errors|requests in'
     echo "-- RSS: idle ${RSS_IDLE} kB, peak $(awk '/VmHWM/ {print $2}' /proc/$PID/status) kB"
-    STORED=$(sqlite3 "$WORK/load-$MODE.db" 'SELECT COUNT(*) FROM referrals' 2>/dev/null || echo "?")
+    STORED=$(sqlite3 "$WORK/load-$MODE.db" \
+        "SELECT group_concat(received_as || ' ' || n, ', ') FROM (SELECT received_as, COUNT(*) AS n FROM referrals GROUP BY received_as)" \
+        2>/dev/null || echo "?")
     kill -TERM "$PID"; wait "$PID" || true
-    echo "-- referrals stored: $STORED"
+    echo "-- referrals stored (compare with wrk's request counts): $STORED"
+    echo "-- server log: $(grep -c -E '"level":"(WARN|ERROR)"' "$LOG" || true) lines at warn or error"
+    grep -m5 -E '"level":"(WARN|ERROR)"' "$LOG" || true
 done

@@ -10,7 +10,9 @@ use sprig::fhir::ResourceType;
 use sprig::fhir::json::{JsonLimits, parse_resource};
 use sprig::validation::profile::ProfilePass;
 use sprig::validation::schema::SchemaPass;
-use sprig::validation::{Target, ValidationPass, Validator};
+use sprig::validation::{REFERRAL_PROFILE, Target, ValidationPass};
+
+mod common;
 
 fn main() {
     divan::main();
@@ -70,16 +72,15 @@ fn profile_validate(bencher: divan::Bencher) {
 /// What a create costs before storage: strict parse, schema pass, profile pass.
 #[divan::bench]
 fn strict_parse_schema_and_profile(bencher: divan::Bencher) {
-    let validator = Validator::new(vec![
-        Box::new(SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema")),
-        Box::new(ProfilePass::load().expect("definitions")),
-    ]);
+    let validator = common::validator(&[ResourceType::SERVICE_REQUEST]);
     bencher.bench(|| {
-        let resource =
-            parse_resource(divan::black_box(REFERRAL), JsonLimits::default()).expect("valid");
-        let issues = validator.validate(&AS_SERVICE_REQUEST, &Value::Object(resource));
-        assert!(!issues.iter().any(|i| i.severity.is_error()));
-        issues.len()
+        common::parse_and_validate(
+            &validator,
+            divan::black_box(REFERRAL),
+            ResourceType::SERVICE_REQUEST,
+            None,
+        )
+        .is_object()
     });
 }
 
@@ -114,29 +115,21 @@ fn schema_load_and_compile_service_request() -> SchemaPass {
     SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema loads")
 }
 
-const REFERRAL_PROFILE: &str = "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral";
-
 /// What a create of the sample referral costs before storage, as the gateway
 /// runs it: strict parse, schema pass, profile pass against sprig-referral
 /// (slicing, bindings, invariants of the referral and its contained
 /// resources).
 #[divan::bench]
 fn strict_parse_and_validate_as_referral(bencher: divan::Bencher) {
-    let validator = Validator::new(vec![
-        Box::new(SchemaPass::load(&[ResourceType::SERVICE_REQUEST]).expect("schema")),
-        Box::new(ProfilePass::load().expect("definitions")),
-    ]);
-    let profiles = [REFERRAL_PROFILE.to_owned()];
-    let target = Target {
-        resource_type: ResourceType::SERVICE_REQUEST,
-        profiles: &profiles,
-    };
+    let validator = common::validator(&[ResourceType::SERVICE_REQUEST]);
     bencher.bench(|| {
-        let resource =
-            parse_resource(divan::black_box(REFERRAL), JsonLimits::default()).expect("valid");
-        let issues = validator.validate(&target, &Value::Object(resource));
-        assert!(!issues.iter().any(|i| i.severity.is_error()), "{issues:?}");
-        issues.len()
+        common::parse_and_validate(
+            &validator,
+            divan::black_box(REFERRAL),
+            ResourceType::SERVICE_REQUEST,
+            Some(REFERRAL_PROFILE),
+        )
+        .is_object()
     });
 }
 
