@@ -10,6 +10,7 @@
 
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Sqlite};
 use sqlx::{Row, SqliteConnection};
 
 use super::sqlite::SqliteStore;
@@ -35,11 +36,19 @@ pub(crate) async fn reindex(
     id: &FhirId,
     resource: Option<&Value>,
 ) -> Result<(), StoreError> {
-    if let Err(error) = crate::search::params::compiled() {
-        // Storing a resource the index cannot see would hide it from
-        // conditional creates: refuse the write instead.
-        return Err(StoreError::SearchIndex(error.to_string()));
+    clear(conn, resource_type, id).await?;
+    match resource {
+        Some(resource) => index_new(conn, resource_type, id, resource).await,
+        None => Ok(()),
     }
+}
+
+/// Removes a resource's index rows.
+async fn clear(
+    conn: &mut SqliteConnection,
+    resource_type: ResourceType,
+    id: &FhirId,
+) -> Result<(), StoreError> {
     for delete in [
         "DELETE FROM search_tokens WHERE resource_type = $1 AND id = $2",
         "DELETE FROM search_references WHERE resource_type = $1 AND id = $2",
@@ -51,42 +60,81 @@ pub(crate) async fn reindex(
             .execute(&mut *conn)
             .await?;
     }
-    let Some(resource) = resource else {
-        return Ok(());
-    };
-    for entry in index_entries(resource_type, resource) {
-        let query = match &entry.value {
-            IndexValue::Token { system, code } => sqlx::query(
-                "INSERT INTO search_tokens (resource_type, id, param, system, code) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(resource_type.as_str())
-            .bind(id.as_str())
-            .bind(entry.param)
-            .bind(system.as_deref())
-            .bind(code.as_str()),
-            IndexValue::Reference(reference) => sqlx::query(
-                "INSERT INTO search_references \
-                 (resource_type, id, param, reference, target_type, target_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(resource_type.as_str())
-            .bind(id.as_str())
-            .bind(entry.param)
-            .bind(reference.reference.as_str())
-            .bind(reference.target_type.map(ResourceType::as_str))
-            .bind(reference.target_id.as_deref()),
-            IndexValue::Date(range) => sqlx::query(
-                "INSERT INTO search_dates (resource_type, id, param, low, high) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(resource_type.as_str())
-            .bind(id.as_str())
-            .bind(entry.param)
-            .bind(range.low.as_str())
-            .bind(range.high.as_str()),
-        };
-        query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Writes the index rows of a resource that has none yet (just created):
+/// one multi-row INSERT per table, because every statement is a round
+/// trip to SQLite's worker thread while the single writer is held.
+pub(crate) async fn index_new(
+    conn: &mut SqliteConnection,
+    resource_type: ResourceType,
+    id: &FhirId,
+    resource: &Value,
+) -> Result<(), StoreError> {
+    if let Err(error) = crate::search::params::compiled() {
+        // Storing a resource the index cannot see would hide it from
+        // conditional creates: refuse the write instead.
+        return Err(StoreError::SearchIndex(error.to_string()));
+    }
+    let entries = index_entries(resource_type, resource);
+    let mut tokens = Vec::new();
+    let mut references = Vec::new();
+    let mut dates = Vec::new();
+    for entry in &entries {
+        match &entry.value {
+            IndexValue::Token { system, code } => tokens.push((entry.param, system, code)),
+            IndexValue::Reference(reference) => references.push((entry.param, reference)),
+            IndexValue::Date(range) => dates.push((entry.param, range)),
+        }
+    }
+    let (type_name, id) = (resource_type.as_str(), id.as_str());
+    if !tokens.is_empty() {
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO search_tokens (resource_type, id, param, system, code) ",
+        )
+        .push_values(tokens, |mut row, (param, system, code)| {
+            row.push_bind(type_name)
+                .push_bind(id)
+                .push_bind(param)
+                .push_bind(system.as_deref())
+                .push_bind(code.as_str());
+        })
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !references.is_empty() {
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO search_references \
+             (resource_type, id, param, reference, target_type, target_id) ",
+        )
+        .push_values(references, |mut row, (param, reference)| {
+            row.push_bind(type_name)
+                .push_bind(id)
+                .push_bind(param)
+                .push_bind(reference.reference.as_str())
+                .push_bind(reference.target_type.map(ResourceType::as_str))
+                .push_bind(reference.target_id.as_deref());
+        })
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !dates.is_empty() {
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO search_dates (resource_type, id, param, low, high) ",
+        )
+        .push_values(dates, |mut row, (param, range)| {
+            row.push_bind(type_name)
+                .push_bind(id)
+                .push_bind(param)
+                .push_bind(range.low.as_str())
+                .push_bind(range.high.as_str());
+        })
+        .build()
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
