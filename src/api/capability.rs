@@ -51,6 +51,9 @@ pub struct ResourceCapability {
     pub interactions: &'static [Interaction],
     /// Why a GP system developer would use it.
     pub documentation: &'static str,
+    /// Whether it may arrive in a referral Bundle (a transaction or a
+    /// message) beside the ServiceRequest, and be stored from there.
+    pub arrives_with_referral: bool,
 }
 
 /// Everything the REST API supports. Keep in step with `api::router`:
@@ -67,16 +70,19 @@ pub const SUPPORTED: &[ResourceCapability] = &[
             Interaction::Update,
         ],
         documentation: "A referral to the social prescribing service, held to the sprig-referral profile unless it names another (related resources contained, or sent together in a transaction Bundle to POST /fhir or a message to $process-message). Each referral starts the service's workflow and gets one Task reporting its progress. The same referral (identifier system and value) sent again is answered with the one already held (200), never stored twice; If-None-Exist is also honoured. PUT with If-Match amends a referral or, with status revoked, withdraws it.",
+        arrives_with_referral: true,
     },
     ResourceCapability {
         resource_type: ResourceType::TASK,
         interactions: READ_AND_SEARCH,
         documentation: "The referral's progress in the social prescribing service (accepted, declined, completed…), one Task per referral (Task.basedOn). Sprig writes these itself; clients read and search them, e.g. GET /fhir/Task?based-on=ServiceRequest/{id}.",
+        arrives_with_referral: false,
     },
     ResourceCapability {
         resource_type: ResourceType::OBSERVATION,
         interactions: READ_AND_SEARCH,
         documentation: "Outcome measures (wellbeing and loneliness scores) recorded by the social prescribing service for a referral (Observation.basedOn). Sprig writes these itself; clients read and search them, e.g. GET /fhir/Observation?based-on=ServiceRequest/{id}.",
+        arrives_with_referral: false,
     },
     related("Patient"),
     related("Organization"),
@@ -93,7 +99,8 @@ const fn related(type_name: &'static str) -> ResourceCapability {
     ResourceCapability {
         resource_type: ResourceType::named(type_name),
         interactions: READ_AND_SEARCH,
-        documentation: "Arrives with a referral (in a transaction Bundle or a message) and is stored as sent, with references rewritten to the ids Sprig assigned; a Patient with an NHS number or an Organization with an ODS code updates the one already held.",
+        documentation: "Arrives with a referral (in a transaction Bundle or a message) and is stored as sent, with references rewritten to the ids Sprig assigned. In a message, a Patient with an NHS number or an Organization with an ODS code updates the one already held; in a transaction, a conditional PUT (Type?identifier=…) does.",
+        arrives_with_referral: true,
     }
 }
 
@@ -104,6 +111,24 @@ const READ_AND_SEARCH: &[Interaction] = &[
     Interaction::SearchType,
     Interaction::HistoryInstance,
 ];
+
+/// Whether a referral Bundle may carry resources of this type (the
+/// ServiceRequest and what the `SUPPORTED` table marks as arriving with it).
+pub fn arrives_with_referral(resource_type: ResourceType) -> bool {
+    SUPPORTED
+        .iter()
+        .any(|c| c.resource_type == resource_type && c.arrives_with_referral)
+}
+
+/// The types [`arrives_with_referral`] accepts, for messages.
+pub fn referral_bundle_types() -> String {
+    SUPPORTED
+        .iter()
+        .filter(|c| c.arrives_with_referral)
+        .map(|c| c.resource_type.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Checks `type_name` names a resource type on which `interaction` is
 /// supported, and returns it; otherwise the error to answer with.

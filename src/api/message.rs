@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::capability::arrives_with_referral;
 use super::error::{ApiError, FHIR_JSON};
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, require_json_body};
@@ -166,13 +167,11 @@ async fn handle(
         ("new", None) => {
             let plan = plan_message(bundle, referral_index, None)?;
             let outcomes = execute(&mut tx, plan, bytes, request_id).await?;
-            // The plan has no MessageHeader: every entry is one place earlier.
             let referral = open_referral(
                 state,
                 &mut tx,
                 mapped,
                 &outcomes,
-                referral_index - 1,
                 ReceivedAs::Message,
                 request_id,
             )
@@ -265,10 +264,11 @@ fn check_focus(bundle: &Value, header: &Value, referral_index: usize) -> Result<
     }
 }
 
-/// A message's entries as writes: the header is not stored; a Patient or
-/// Organization with an NHS number or ODS code updates the one Sprig holds
-/// (so repeated messages do not multiply them); the ServiceRequest is new,
-/// or (reason `update`) a new version of the stored one.
+/// A message's entries as writes: the header is not stored, nor are types
+/// that do not arrive with referrals (`capability::arrives_with_referral`);
+/// a Patient or Organization with an NHS number or ODS code updates the one
+/// Sprig holds (so repeated messages do not multiply them); the
+/// ServiceRequest is new, or (reason `update`) a new version of the stored one.
 fn plan_message(
     bundle: &Value,
     referral_index: usize,
@@ -294,6 +294,12 @@ fn plan_message(
                 e.to_string(),
             )])
         })?;
+        // A BaRS message may carry more (Encounter, CarePlan, Flag…, or a
+        // Task of the sender's): those stay in the message, kept verbatim
+        // with the submission, and are not stored as Sprig's resources.
+        if !arrives_with_referral(resource_type) {
+            continue;
+        }
         let action = if index == referral_index {
             match existing_referral.take() {
                 Some(id) => Action::Update(id),

@@ -19,6 +19,7 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, require_json_body};
@@ -100,7 +101,8 @@ pub async fn transaction(
     require_json_body(&headers)?;
     let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
     let Checked {
-        resource: bundle, ..
+        resource: mut bundle,
+        ..
     } = check_body(
         &state,
         bytes.clone(),
@@ -116,7 +118,7 @@ pub async fn transaction(
 
     let referral_index = referral_entry(&bundle)?;
     let mapped = map_referral(&state, &bundle, referral_index)?;
-    let plan = plan_transaction(&bundle)?;
+    let plan = plan_transaction(&mut bundle)?;
 
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
@@ -135,7 +137,6 @@ pub async fn transaction(
         &mut tx,
         mapped,
         &outcomes,
-        referral_index,
         ReceivedAs::Transaction,
         request_id,
     )
@@ -205,12 +206,31 @@ fn resource_type_of(resource: Option<&Value>) -> Option<&str> {
 }
 
 /// Reads each entry's `request` into an action.
-fn plan_transaction(bundle: &Value) -> Result<Vec<PlannedEntry>, ApiError> {
-    let mut plan = Vec::new();
-    for (index, entry) in entries(bundle).iter().enumerate() {
-        let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
+fn plan_transaction(bundle: &mut Value) -> Result<Vec<PlannedEntry>, ApiError> {
+    let entries = bundle
+        .get_mut("entry")
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut plan = Vec::with_capacity(entries.len());
+    for (index, mut entry) in entries.into_iter().enumerate() {
+        // Moved out of the Bundle, not copied: the Bundle is not read again.
+        let resource = entry
+            .get_mut("resource")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
         let resource_type = ResourceType::parse(resource_type_of(Some(&resource)).unwrap_or(""))
             .map_err(|e| bad_entry(index, "transaction-entry-type", e.to_string()))?;
+        if !arrives_with_referral(resource_type) {
+            return Err(bad_entry(
+                index,
+                "transaction-entry-type",
+                format!(
+                    "A referral transaction carries the referral and what comes with it ({}); Sprig does not take {resource_type} resources here",
+                    referral_bundle_types()
+                ),
+            ));
+        }
         let request = entry.get("request");
         let method = request
             .and_then(|r| r.get("method"))
@@ -220,31 +240,41 @@ fn plan_transaction(bundle: &Value) -> Result<Vec<PlannedEntry>, ApiError> {
             .and_then(|r| r.get("url"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        let action = match method {
-            "POST" => match request
+        let action = match (method, url.split_once('?')) {
+            ("POST", _) => match request
                 .and_then(|r| r.get("ifNoneExist"))
                 .and_then(Value::as_str)
             {
                 Some(query) => Action::CreateUnlessExists(query_for(index, resource_type, query)?),
                 None => Action::Create,
             },
-            "PUT" => match url.split_once('?') {
-                Some((_, query)) => Action::UpdateMatching(query_for(index, resource_type, query)?),
-                None => {
-                    let id = url.rsplit('/').next().unwrap_or("");
-                    Action::Update(
-                        FhirId::parse(id).map_err(|e| {
-                            bad_entry(index, "transaction-entry-url", e.to_string())
-                        })?,
-                    )
-                }
-            },
-            other => {
+            ("PUT", Some(_)) if resource_type == ResourceType::SERVICE_REQUEST => {
+                return Err(bad_entry(
+                    index,
+                    "transaction-referral-method",
+                    "A referral is sent with POST; amend one Sprig holds with PUT /fhir/ServiceRequest/{id} and If-Match".to_owned(),
+                ));
+            }
+            ("PUT", Some((_, query))) => {
+                Action::UpdateMatching(query_for(index, resource_type, query)?)
+            }
+            ("PUT", None) => {
+                // Without If-Match, a PUT by id would overwrite whatever
+                // Sprig holds under that id, whoever sent it.
+                return Err(bad_entry(
+                    index,
+                    "transaction-put-by-id",
+                    format!(
+                        "request.url {url} names a resource by id: use POST, or a conditional PUT on a business identifier ({resource_type}?identifier=system|value)"
+                    ),
+                ));
+            }
+            (other, _) => {
                 return Err(bad_entry(
                     index,
                     "transaction-method-not-supported",
                     format!(
-                        "request.method {other} is not supported in a referral transaction: use POST or PUT"
+                        "request.method {other} is not supported in a referral transaction: use POST or a conditional PUT"
                     ),
                 ));
             }
@@ -259,7 +289,7 @@ fn plan_transaction(bundle: &Value) -> Result<Vec<PlannedEntry>, ApiError> {
                 ),
             ));
         }
-        plan.push(PlannedEntry::new(entry, resource_type, resource, action));
+        plan.push(PlannedEntry::new(&entry, resource_type, resource, action));
     }
     Ok(plan)
 }
@@ -424,20 +454,21 @@ fn rewrite_object(map: &mut Map<String, Value>, targets: &HashMap<String, String
     }
 }
 
-/// Opens the referral for the entry at `referral_index`, with the Patient
-/// its `subject` now names.
+/// Opens the referral for the ServiceRequest just written (a referral
+/// Bundle holds exactly one: its profile says so), with the Patient its
+/// `subject` now names.
 pub(super) async fn open_referral(
     state: &AppState,
     tx: &mut WriteTx,
     mapped: MappedInbound,
     outcomes: &[EntryOutcome],
-    referral_index: usize,
     received_as: ReceivedAs,
     request_id: &str,
 ) -> Result<Referral, ApiError> {
     let referral = outcomes
-        .get(referral_index)
-        .ok_or_else(|| ApiError::Internal("referral entry has no outcome".into()))?;
+        .iter()
+        .find(|o| o.stored.resource_type == ResourceType::SERVICE_REQUEST)
+        .ok_or_else(|| ApiError::Internal("no ServiceRequest was written".into()))?;
     let service_request: Value = serde_json::from_str(&referral.stored.json)
         .map_err(|e| ApiError::Internal(format!("stored referral unreadable: {e}")))?;
     let patient_id = service_request

@@ -23,7 +23,7 @@ use super::record::{
     ReferralFields,
 };
 use super::stage::Stage;
-use crate::fhir::{FhirId, Instant, Issue, ResourceType, VersionId};
+use crate::fhir::{FhirId, Instant, Issue, IssueType, ResourceType, VersionId};
 use crate::mapping::{
     BuildError, InboundResources, MappedReferral, Mappings, ObservationInput, PatientRef,
     ServiceRef, TaskInput, TaskOutput,
@@ -176,7 +176,20 @@ impl Workflow {
             .inbound
             .apply(input)
             .map_err(WorkflowError::Unmappable)?;
-        Ok(fields_of(mapped))
+        let mapped = fields_of(mapped);
+        // Every Task and Observation names the person (`Task.for` is 1..1):
+        // whatever the mapping says is optional, a referral whose Patient
+        // cannot be read from the submission cannot be worked on.
+        if mapped.fields.patient.nhs_number.is_none() {
+            let mut issue = Issue::error(
+                IssueType::Required,
+                "referral-patient-not-found",
+                "The referral's Patient (with its NHS number) is not in the submission: contain it in the ServiceRequest, or send it in the same Bundle",
+            );
+            issue.expression = Some("ServiceRequest.subject".into());
+            return Err(WorkflowError::Unmappable(vec![issue]));
+        }
+        Ok(mapped)
     }
 
     /// Opens a new referral: the record in stage `received`, its Task

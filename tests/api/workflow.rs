@@ -899,3 +899,102 @@ async fn if_none_exist_finds_the_referral_already_held() {
     let list = json_body(app.get("/api/referrals").await).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test]
+async fn a_referral_whose_patient_sprig_cannot_see_is_refused_clearly() {
+    let app = spawn_app().await;
+    let mut body = Shape::Resource.example();
+    // The Patient is neither contained nor sent with it: a reference to a
+    // Patient somewhere else.
+    body["subject"] = json!({"reference": "Patient/held-elsewhere"});
+    let before = app.stored_version_count().await;
+    let response = post_fhir(&app, "/fhir/ServiceRequest", &body, &[]).await;
+    let status = response.status().as_u16();
+    let outcome = json_body(response).await;
+    assert!(matches!(status, 400 | 422), "{status}: {outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(app.stored_version_count().await, before);
+}
+
+#[tokio::test]
+async fn a_transaction_cannot_overwrite_or_forge_what_sprig_holds() {
+    let app = spawn_app().await;
+    let (id, _, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    let task_id = detail(&app, &id).await["task_id"]
+        .as_str()
+        .expect("task")
+        .to_owned();
+    let before = app.stored_version_count().await;
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        // A Task of the sender's: Sprig writes the referral's Task itself.
+        (
+            "a Task entry",
+            Box::new(|bundle: &mut Value| {
+                bundle["entry"].as_array_mut().expect("entries").push(json!({
+                "fullUrl": "urn:uuid:11111111-2222-4333-8444-555555555555",
+                "resource": {"resourceType": "Task", "status": "completed", "intent": "order"},
+                "request": {"method": "POST", "url": "Task"},
+            }));
+            }),
+        ),
+        // PUT by id, without If-Match, would overwrite whatever has that id.
+        ("a PUT by id", {
+            let task_id = task_id.clone();
+            Box::new(move |bundle: &mut Value| {
+                bundle["entry"][2]["request"] =
+                    json!({"method": "PUT", "url": format!("Consent/{task_id}")});
+            })
+        }),
+        // The referral itself is created with POST, amended with PUT + If-Match.
+        (
+            "a conditional PUT of the referral",
+            Box::new(|bundle: &mut Value| {
+                bundle["entry"][0]["request"] = json!({
+                    "method": "PUT",
+                    "url": "ServiceRequest?identifier=https://gp-system.example.org/Id/referral|REF-2026-000456",
+                });
+            }),
+        ),
+    ];
+    for (why, edit) in cases {
+        let mut bundle = Shape::Transaction.example();
+        edit(&mut bundle);
+        let response = post_fhir(&app, "/fhir", &bundle, &[]).await;
+        let status = response.status().as_u16();
+        let outcome = json_body(response).await;
+        assert!(matches!(status, 400 | 422), "{why}: {status} {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{why}");
+        assert!(
+            outcome["issue"][0]["expression"][0]
+                .as_str()
+                .is_some_and(|e| e.starts_with("Bundle.entry[")),
+            "{why}: {outcome}"
+        );
+        assert_eq!(
+            app.stored_version_count().await,
+            before,
+            "{why}: nothing stored"
+        );
+    }
+    let task = read(&app, &format!("/fhir/Task/{task_id}")).await;
+    assert_eq!(task["meta"]["versionId"], "1");
+}
+
+#[tokio::test]
+async fn a_message_keeps_what_is_not_a_referral_resource_to_itself() {
+    let app = spawn_app().await;
+    let mut body = Shape::Message.example();
+    body["entry"].as_array_mut().expect("entries").push(json!({
+        "fullUrl": "urn:uuid:11111111-2222-4333-8444-555555555555",
+        "resource": {"resourceType": "Task", "status": "requested", "intent": "order"},
+    }));
+    let (id, status, _) = submit(&app, Shape::Message, &body).await;
+    assert_eq!(status, 200);
+    // Only Sprig's own Task for the referral exists.
+    let tasks = read(&app, "/fhir/Task").await;
+    assert_eq!(tasks["total"], 1, "{tasks}");
+    assert_eq!(
+        tasks["entry"][0]["resource"]["basedOn"][0]["reference"],
+        format!("ServiceRequest/{id}")
+    );
+}
