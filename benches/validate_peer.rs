@@ -47,34 +47,9 @@ const BUNDLE: &str = concat!(
 /// Deep enough for every R4 example (as in `tests/api/r4_examples.rs`).
 const EXAMPLE_LIMITS: JsonLimits = JsonLimits { max_depth: 127 };
 
-/// Conformance resources: definitions, not clinical examples.
-const DEFINITION_TYPES: &[&str] = &[
-    "StructureDefinition",
-    "ValueSet",
-    "CodeSystem",
-    "SearchParameter",
-    "ConceptMap",
-    "OperationDefinition",
-    "CompartmentDefinition",
-];
-
-/// Bundles that package the specification's definitions.
-const DEFINITION_BUNDLES: &[&str] = &[
-    "Bundle-conceptmaps.json",
-    "Bundle-dataelements.json",
-    "Bundle-extensions.json",
-    "Bundle-externals.json",
-    "Bundle-profiles-others.json",
-    "Bundle-registry.json",
-    "Bundle-resources.json",
-    "Bundle-searchParams.json",
-    "Bundle-terminologies.json",
-    "Bundle-types.json",
-    "Bundle-v2-valuesets.json",
-    "Bundle-v3-valuesets.json",
-    "Bundle-valueset-expansions.json",
-    "Bundle-valuesets.json",
-];
+#[path = "common/r4_examples.rs"]
+mod selection;
+use selection::{DEFINITION_BUNDLES, DEFINITION_TYPES};
 
 fn main() {
     let n = env_usize("N", 1000);

@@ -263,7 +263,7 @@ pub async fn update(
 fn map_single(
     state: &AppState,
     resource: &serde_json::Value,
-) -> Result<crate::referral::workflow::MappedInbound, ApiError> {
+) -> Result<crate::referral::record::MappedReferral, ApiError> {
     let inputs = Submitted {
         referral: resource,
         bundle: None,

@@ -28,8 +28,9 @@ use crate::fhir::{
     FhirId, Instant, Issue, IssueSeverity, IssueType, OperationOutcome, ResourceType,
 };
 use crate::referral::intake::Submitted;
+use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
-use crate::referral::workflow::{Arrival, MappedInbound};
+use crate::referral::workflow::Arrival;
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
@@ -181,7 +182,7 @@ pub(super) fn map_referral(
     state: &AppState,
     bundle: &Value,
     referral_index: usize,
-) -> Result<MappedInbound, ApiError> {
+) -> Result<MappedReferral, ApiError> {
     let referral = entries(bundle)
         .get(referral_index)
         .and_then(|e| e.get("resource"))
@@ -460,7 +461,7 @@ fn rewrite_object(map: &mut Map<String, Value>, targets: &HashMap<String, String
 pub(super) async fn open_referral(
     state: &AppState,
     tx: &mut WriteTx,
-    mapped: MappedInbound,
+    mapped: MappedReferral,
     outcomes: &[EntryOutcome],
     received_as: ReceivedAs,
     request_id: &str,

@@ -110,8 +110,6 @@ impl ResourceType {
     pub const TASK: ResourceType = ResourceType("Task");
     /// `Observation`: an outcome measure.
     pub const OBSERVATION: ResourceType = ResourceType("Observation");
-    /// `Patient`.
-    pub const PATIENT: ResourceType = ResourceType("Patient");
     /// `Bundle`: transactions and messages.
     pub const BUNDLE: ResourceType = ResourceType("Bundle");
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
@@ -10,6 +10,9 @@ use super::MappingError;
 use super::source::{ENGINE_VARIABLES, Source};
 use crate::fhir::{Issue, IssueType};
 use crate::fhirpath::{Collection, Environment, Expression, FhirPath, Item, Scope};
+use crate::referral::record::{
+    BusinessIdentifier, MappedReferral, PatientContact, Reason, ReferralFields,
+};
 
 /// The variables the gateway supplies, in the order of [`InboundResources`].
 const GATEWAY_VARIABLES: [&str; 7] = [
@@ -43,71 +46,6 @@ pub struct InboundResources<'a> {
     /// `%bundle`: the Bundle the referral came in; also `%rootResource`, so `resolve()`
     /// finds its entries.
     pub bundle: Option<&'a Value>,
-}
-
-/// One reason for the referral.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct MappedReason {
-    /// The code's system.
-    pub system: Option<String>,
-    /// The code.
-    pub code: Option<String>,
-    /// The code's display.
-    pub display: Option<String>,
-    /// The GP's words.
-    pub text: Option<String>,
-}
-
-/// The internal referral record's fields, as the inbound mapping found them. Values are
-/// FHIR primitives as text (dates as written, `2026-11-20T09:30:00+00:00`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct MappedReferral {
-    /// The referrer's identifier system (with the value, the idempotency key).
-    pub referral_identifier_system: String,
-    /// The referrer's identifier value.
-    pub referral_identifier_value: String,
-    /// `active`, `revoked`…
-    pub status: String,
-    /// `order`, `plan`…
-    pub intent: Option<String>,
-    /// `routine`…
-    pub priority: Option<String>,
-    /// When the GP made the referral.
-    pub authored_on: Option<String>,
-    /// The person's NHS number.
-    pub nhs_number: Option<String>,
-    /// Given names.
-    pub given_name: Option<String>,
-    /// Family name.
-    pub family_name: Option<String>,
-    /// Date of birth.
-    pub birth_date: Option<String>,
-    /// Phone number.
-    pub phone: Option<String>,
-    /// Email address.
-    pub email: Option<String>,
-    /// Address lines and town.
-    pub address: Option<String>,
-    /// Postcode.
-    pub postcode: Option<String>,
-    /// The GP practice's ODS code.
-    pub practice_ods_code: Option<String>,
-    /// The GP practice's name.
-    pub practice_name: Option<String>,
-    /// The referring practitioner's name.
-    pub referrer_name: Option<String>,
-    /// The referring practitioner's identifier.
-    pub referrer_identifier: Option<String>,
-    /// Why the person was referred.
-    pub reasons: Vec<MappedReason>,
-    /// The Consent's status.
-    pub consent_status: Option<String>,
-    /// When consent was recorded.
-    pub consent_date: Option<String>,
-    /// The GP's notes.
-    pub notes: Vec<String>,
-    /// Where replies go (a BaRS `source.endpoint`).
-    pub reply_to: Option<String>,
 }
 
 // ── The file ───────────────────────────────────────────────────────────────────────────────
@@ -407,13 +345,13 @@ impl Inbound {
         let mut reasons = Vec::new();
         for item in run.list(&self.reasons, env) {
             let (focus, focus_type) = focus_of(&item);
-            let reason = MappedReason {
+            let reason = Reason {
                 system: run.scalar_on(&self.reason_system, &focus, focus_type.as_deref(), env),
                 code: run.scalar_on(&self.reason_code, &focus, focus_type.as_deref(), env),
                 display: run.scalar_on(&self.reason_display, &focus, focus_type.as_deref(), env),
                 text: run.scalar_on(&self.reason_text, &focus, focus_type.as_deref(), env),
             };
-            if reason != MappedReason::default() {
+            if reason != Reason::default() {
                 reasons.push(reason);
             }
         }
@@ -426,33 +364,39 @@ impl Inbound {
             }
         }
         let mapped = MappedReferral {
-            referral_identifier_system: run
-                .scalar(&self.referral_identifier_system, env)
-                .unwrap_or_default(),
-            referral_identifier_value: run
-                .scalar(&self.referral_identifier_value, env)
-                .unwrap_or_default(),
-            status: run.scalar(&self.status, env).unwrap_or_default(),
-            intent: run.scalar(&self.intent, env),
-            priority: run.scalar(&self.priority, env),
-            authored_on: run.scalar(&self.authored_on, env),
-            nhs_number: run.scalar(&self.nhs_number, env),
-            given_name: run.scalar(&self.given_name, env),
-            family_name: run.scalar(&self.family_name, env),
-            birth_date: run.scalar(&self.birth_date, env),
-            phone: run.scalar(&self.phone, env),
-            email: run.scalar(&self.email, env),
-            address: run.scalar(&self.address, env),
-            postcode: run.scalar(&self.postcode, env),
-            practice_ods_code: run.scalar(&self.practice_ods_code, env),
-            practice_name: run.scalar(&self.practice_name, env),
-            referrer_name: run.scalar(&self.referrer_name, env),
-            referrer_identifier: run.scalar(&self.referrer_identifier, env),
-            reasons,
-            consent_status: run.scalar(&self.consent_status, env),
-            consent_date: run.scalar(&self.consent_date, env),
-            notes,
-            reply_to: run.scalar(&self.reply_to, env),
+            identifier: BusinessIdentifier {
+                system: run
+                    .scalar(&self.referral_identifier_system, env)
+                    .unwrap_or_default(),
+                value: run
+                    .scalar(&self.referral_identifier_value, env)
+                    .unwrap_or_default(),
+            },
+            fields: ReferralFields {
+                fhir_status: run.scalar(&self.status, env).unwrap_or_default(),
+                intent: run.scalar(&self.intent, env),
+                priority: run.scalar(&self.priority, env),
+                authored_on: run.scalar(&self.authored_on, env),
+                practice_ods_code: run.scalar(&self.practice_ods_code, env),
+                practice_name: run.scalar(&self.practice_name, env),
+                referrer_name: run.scalar(&self.referrer_name, env),
+                referrer_identifier: run.scalar(&self.referrer_identifier, env),
+                consent_status: run.scalar(&self.consent_status, env),
+                consent_date: run.scalar(&self.consent_date, env),
+                reply_to: run.scalar(&self.reply_to, env),
+                patient: PatientContact {
+                    nhs_number: run.scalar(&self.nhs_number, env),
+                    given_name: run.scalar(&self.given_name, env),
+                    family_name: run.scalar(&self.family_name, env),
+                    birth_date: run.scalar(&self.birth_date, env),
+                    phone: run.scalar(&self.phone, env),
+                    email: run.scalar(&self.email, env),
+                    address: run.scalar(&self.address, env),
+                    postcode: run.scalar(&self.postcode, env),
+                },
+                reasons,
+                notes,
+            },
         };
         if run.issues.is_empty() {
             Ok(mapped)

@@ -24,7 +24,7 @@ mod tests;
 
 use std::path::Path;
 
-pub use self::inbound::{Inbound, InboundResources, MappedReason, MappedReferral};
+pub use self::inbound::{Inbound, InboundResources};
 pub use self::outbound::{
     BuildError, Coding, ItemMapping, MeasureMapping, ObservationInput, Outbound, PatientRef,
     ServiceRef, StageMapping, TaskInput, TaskOutput, ValueType,

@@ -8,6 +8,9 @@ use serde_json::Value;
 use super::*;
 use crate::fhir::IssueType;
 use crate::fhirpath::FhirPath;
+use crate::referral::record::{
+    BusinessIdentifier, MappedReferral, PatientContact, Reason, ReferralFields,
+};
 use crate::referral::{Measure, Stage};
 use crate::validation::Validator;
 use crate::validation::profile::ProfilePass;
@@ -463,44 +466,55 @@ fn maps_the_referral_with_contained_resources() {
     assert_eq!(
         mapped,
         MappedReferral {
-            referral_identifier_system: "https://gp-system.example.org/Id/referral".into(),
-            referral_identifier_value: "REF-2026-000123".into(),
-            status: "active".into(),
-            intent: some("order"),
-            priority: some("routine"),
-            authored_on: some("2026-11-20T09:30:00+00:00"),
-            nhs_number: some("9000000009"),
-            given_name: some("Siân"),
-            family_name: some("Llywelyn-Łukasz"),
-            birth_date: some("1951-03-14"),
-            phone: some("07700 900123"),
-            email: None,
-            address: some("12 Example Street, Northampton"),
-            postcode: some("NN1 1AA"),
-            practice_ods_code: some("K83999"),
-            practice_name: some("Example Medical Centre"),
-            referrer_name: some("Example Medical Centre"),
-            referrer_identifier: None,
-            reasons: vec![
-                MappedReason {
-                    system: some("https://sprig-gateway.org/fhir/CodeSystem/sprig-referral-reason"),
-                    code: some("loneliness"),
-                    display: some("Loneliness or social isolation"),
-                    text: some("Loneliness and social isolation since bereavement"),
+            identifier: BusinessIdentifier {
+                system: "https://gp-system.example.org/Id/referral".into(),
+                value: "REF-2026-000123".into(),
+            },
+            fields: ReferralFields {
+                fhir_status: "active".into(),
+                intent: some("order"),
+                priority: some("routine"),
+                authored_on: some("2026-11-20T09:30:00+00:00"),
+                practice_ods_code: some("K83999"),
+                practice_name: some("Example Medical Centre"),
+                referrer_name: some("Example Medical Centre"),
+                referrer_identifier: None,
+                consent_status: some("active"),
+                consent_date: some("2026-11-20T09:25:00+00:00"),
+                reply_to: None,
+                patient: PatientContact {
+                    nhs_number: some("9000000009"),
+                    given_name: some("Siân"),
+                    family_name: some("Llywelyn-Łukasz"),
+                    birth_date: some("1951-03-14"),
+                    phone: some("07700 900123"),
+                    email: None,
+                    address: some("12 Example Street, Northampton"),
+                    postcode: some("NN1 1AA"),
                 },
-                MappedReason {
-                    system: some("https://sprig-gateway.org/fhir/CodeSystem/sprig-referral-reason"),
-                    code: some("bereavement"),
-                    display: some("Bereavement"),
-                    text: None,
-                },
-            ],
-            consent_status: some("active"),
-            consent_date: some("2026-11-20T09:25:00+00:00"),
-            notes: vec![
-                "Prefers a call after 2pm. Speaks Welsh (Cymraeg) – happy in English too.".into()
-            ],
-            reply_to: None,
+                reasons: vec![
+                    Reason {
+                        system: some(
+                            "https://sprig-gateway.org/fhir/CodeSystem/sprig-referral-reason"
+                        ),
+                        code: some("loneliness"),
+                        display: some("Loneliness or social isolation"),
+                        text: some("Loneliness and social isolation since bereavement"),
+                    },
+                    Reason {
+                        system: some(
+                            "https://sprig-gateway.org/fhir/CodeSystem/sprig-referral-reason"
+                        ),
+                        code: some("bereavement"),
+                        display: some("Bereavement"),
+                        text: None,
+                    },
+                ],
+                notes: vec![
+                    "Prefers a call after 2pm. Speaks Welsh (Cymraeg) – happy in English too."
+                        .into()
+                ],
+            },
         }
     );
 }
@@ -526,44 +540,65 @@ fn bundle_input(bundle: &Value) -> InboundResources<'_> {
 fn maps_the_transaction_bundle() {
     let bundle = example("referral-transaction-bundle.json");
     let mapped = SHIPPED.inbound.apply(&bundle_input(&bundle)).expect("maps");
-    assert_eq!(mapped.referral_identifier_value, "REF-2026-000456");
-    assert_eq!(mapped.status, "active");
-    assert_eq!(mapped.practice_ods_code.as_deref(), Some("Y12345"));
+    assert_eq!(mapped.identifier.value, "REF-2026-000456");
+    assert_eq!(mapped.fields.fhir_status, "active");
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("Y12345"));
     assert_eq!(
-        mapped.practice_name.as_deref(),
+        mapped.fields.practice_name.as_deref(),
         Some("Example Street Surgery")
     );
     // The practitioner is found through the PractitionerRole, by resolve() in the Bundle.
-    assert_eq!(mapped.referrer_name.as_deref(), Some("Dr Jordan Example"));
-    assert_eq!(mapped.referrer_identifier.as_deref(), Some("555000000101"));
-    assert_eq!(mapped.reasons.len(), 2);
-    assert_eq!(mapped.reasons[1].code.as_deref(), Some("financial"));
-    assert_eq!(mapped.consent_status.as_deref(), Some("active"));
-    assert_eq!(mapped.reply_to, None);
-    assert!(mapped.nhs_number.is_some());
+    assert_eq!(
+        mapped.fields.referrer_name.as_deref(),
+        Some("Dr Jordan Example")
+    );
+    assert_eq!(
+        mapped.fields.referrer_identifier.as_deref(),
+        Some("555000000101")
+    );
+    assert_eq!(mapped.fields.reasons.len(), 2);
+    assert_eq!(mapped.fields.reasons[1].code.as_deref(), Some("financial"));
+    assert_eq!(mapped.fields.consent_status.as_deref(), Some("active"));
+    assert_eq!(mapped.fields.reply_to, None);
+    assert!(mapped.fields.patient.nhs_number.is_some());
 }
 
 #[test]
 fn maps_the_message_bundle() {
     let bundle = example("referral-message-bundle.json");
     let mapped = SHIPPED.inbound.apply(&bundle_input(&bundle)).expect("maps");
-    assert_eq!(mapped.referral_identifier_value, "REF-2026-000789");
-    assert_eq!(mapped.intent.as_deref(), Some("plan"));
-    assert_eq!(mapped.given_name.as_deref(), Some("Rowan"));
-    assert_eq!(mapped.family_name.as_deref(), Some("Ellis-Banerjee"));
-    assert_eq!(mapped.phone.as_deref(), Some("07700 900456"));
-    assert_eq!(mapped.email.as_deref(), Some("adaeze.example@example.org"));
-    assert_eq!(mapped.address.as_deref(), Some("4 Sample Row, Kettering"));
-    assert_eq!(mapped.postcode.as_deref(), Some("NN16 0AA"));
-    assert_eq!(mapped.practice_ods_code.as_deref(), Some("Y12345"));
-    assert_eq!(mapped.referrer_name.as_deref(), Some("Dr Jordan Example"));
+    assert_eq!(mapped.identifier.value, "REF-2026-000789");
+    assert_eq!(mapped.fields.intent.as_deref(), Some("plan"));
+    assert_eq!(mapped.fields.patient.given_name.as_deref(), Some("Rowan"));
     assert_eq!(
-        mapped.reasons[1].text.as_deref(),
+        mapped.fields.patient.family_name.as_deref(),
+        Some("Ellis-Banerjee")
+    );
+    assert_eq!(mapped.fields.patient.phone.as_deref(), Some("07700 900456"));
+    assert_eq!(
+        mapped.fields.patient.email.as_deref(),
+        Some("adaeze.example@example.org")
+    );
+    assert_eq!(
+        mapped.fields.patient.address.as_deref(),
+        Some("4 Sample Row, Kettering")
+    );
+    assert_eq!(mapped.fields.patient.postcode.as_deref(), Some("NN16 0AA"));
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("Y12345"));
+    assert_eq!(
+        mapped.fields.referrer_name.as_deref(),
+        Some("Dr Jordan Example")
+    );
+    assert_eq!(
+        mapped.fields.reasons[1].text.as_deref(),
         Some("Worried about debts since reduced working hours")
     );
-    assert_eq!(mapped.notes, ["Happy to be phoned on weekday mornings."]);
     assert_eq!(
-        mapped.reply_to.as_deref(),
+        mapped.fields.notes,
+        ["Happy to be phoned on weekday mornings."]
+    );
+    assert_eq!(
+        mapped.fields.reply_to.as_deref(),
         Some("https://fhir.nhs.uk/Id/ods-organization-code|Y12345")
     );
 }

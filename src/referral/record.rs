@@ -44,7 +44,7 @@ impl ReceivedAs {
 }
 
 /// The GP system's business identifier for the referral.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BusinessIdentifier {
     /// `Identifier.system`.
     pub system: String,
@@ -122,6 +122,16 @@ pub struct ReferralFields {
     pub notes: Vec<String>,
 }
 
+/// A referral as the inbound mapping reads it from the GP's FHIR, before
+/// it is stored: what makes it unique, and everything else it records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MappedReferral {
+    /// The GP system's identifier (the idempotency key).
+    pub identifier: BusinessIdentifier,
+    /// The record's fields.
+    pub fields: ReferralFields,
+}
+
 /// A referral as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Referral {
@@ -155,7 +165,8 @@ pub struct StageChange {
     pub stage: Stage,
     /// When.
     pub at: String,
-    /// Who (a staff user name, `gp` for the referrer, `sprig` for the gateway).
+    /// Who: the member of staff the service API was told (`by`), `service`
+    /// when it was not told, or `gp` for the referrer's own changes.
     pub actor: String,
     /// Why (required for declines, withdrawals and unable-to-contact).
     pub reason: Option<String>,

@@ -18,15 +18,12 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::measure::{Measure, ScoreError};
-use super::record::{
-    BusinessIdentifier, NoteSource, Outcome, PatientContact, Reason, ReceivedAs, Referral,
-    ReferralFields,
-};
+use super::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
 use super::stage::Stage;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, ResourceType, VersionId};
 use crate::mapping::{
-    BuildError, InboundResources, MappedReferral, Mappings, ObservationInput, PatientRef,
-    ServiceRef, TaskInput, TaskOutput,
+    BuildError, InboundResources, Mappings, ObservationInput, PatientRef, ServiceRef, TaskInput,
+    TaskOutput,
 };
 use crate::store::referrals::{NewStageChange, OutboxMessage};
 use crate::store::{ReadOutcome, ResourceWrite, StoreError, WriteTx};
@@ -95,15 +92,6 @@ impl std::fmt::Debug for Workflow {
     }
 }
 
-/// A referral the GP sent, mapped, ready to open.
-#[derive(Debug, Clone)]
-pub struct MappedInbound {
-    /// The GP system's identifier.
-    pub identifier: BusinessIdentifier,
-    /// Everything else the record takes from the FHIR.
-    pub fields: ReferralFields,
-}
-
 /// Where a new referral came from.
 #[derive(Debug)]
 pub struct Arrival<'a> {
@@ -170,13 +158,12 @@ impl Workflow {
     pub fn map_inbound(
         &self,
         input: &InboundResources<'_>,
-    ) -> Result<MappedInbound, WorkflowError> {
+    ) -> Result<MappedReferral, WorkflowError> {
         let mapped = self
             .mappings
             .inbound
             .apply(input)
             .map_err(WorkflowError::Unmappable)?;
-        let mapped = fields_of(mapped);
         // Every Task and Observation names the person (`Task.for` is 1..1):
         // whatever the mapping says is optional, a referral whose Patient
         // cannot be read from the submission cannot be worked on.
@@ -198,7 +185,7 @@ impl Workflow {
     pub async fn open(
         &self,
         tx: &mut WriteTx,
-        mapped: MappedInbound,
+        mapped: MappedReferral,
         arrival: &Arrival<'_>,
     ) -> Result<Referral, WorkflowError> {
         let now = Instant::now().to_fhir();
@@ -432,7 +419,7 @@ impl Workflow {
         &self,
         tx: &mut WriteTx,
         referral: Referral,
-        mapped: MappedInbound,
+        mapped: MappedReferral,
         request_id: &str,
     ) -> Result<Referral, WorkflowError> {
         if mapped.identifier != referral.identifier {
@@ -677,48 +664,5 @@ impl From<BuildError> for WorkflowError {
             BuildError::ReasonRequired { .. } => WorkflowError::Invalid(error.to_string()),
             BuildError::Score(error) => WorkflowError::Score(error),
         }
-    }
-}
-
-fn fields_of(m: MappedReferral) -> MappedInbound {
-    MappedInbound {
-        identifier: BusinessIdentifier {
-            system: m.referral_identifier_system,
-            value: m.referral_identifier_value,
-        },
-        fields: ReferralFields {
-            fhir_status: m.status,
-            intent: m.intent,
-            priority: m.priority,
-            authored_on: m.authored_on,
-            practice_ods_code: m.practice_ods_code,
-            practice_name: m.practice_name,
-            referrer_name: m.referrer_name,
-            referrer_identifier: m.referrer_identifier,
-            consent_status: m.consent_status,
-            consent_date: m.consent_date,
-            reply_to: m.reply_to,
-            patient: PatientContact {
-                nhs_number: m.nhs_number,
-                given_name: m.given_name,
-                family_name: m.family_name,
-                birth_date: m.birth_date,
-                phone: m.phone,
-                email: m.email,
-                address: m.address,
-                postcode: m.postcode,
-            },
-            reasons: m
-                .reasons
-                .into_iter()
-                .map(|r| Reason {
-                    system: r.system,
-                    code: r.code,
-                    display: r.display,
-                    text: r.text,
-                })
-                .collect(),
-            notes: m.notes,
-        },
     }
 }

@@ -626,16 +626,6 @@ impl Store {
         Ok(referrals)
     }
 
-    /// The referral with this business identifier, if any.
-    pub async fn referral_by_identifier(
-        &self,
-        identifier: &BusinessIdentifier,
-    ) -> Result<Option<Referral>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let mut conn = s.readers.acquire().await?;
-        referral_by_identifier(&mut conn, identifier).await
-    }
-
     /// The outbox, oldest first (for the delivery worker and for tests).
     pub async fn outbox(&self, referral_id: Option<&str>) -> Result<Vec<OutboxEntry>, StoreError> {
         let Store::Sqlite(s) = self;

@@ -143,9 +143,6 @@ pub(crate) async fn index_new(
 /// criteria (paging, sort and count ignored), in id order, read on the
 /// caller's connection: for conditional create and update inside a write
 /// transaction, where the caller needs to tell none, one and several apart.
-// The conditional create and transaction code on `main` calls it; until that
-// lands only the tests here do.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) async fn matching_ids(
     conn: &mut SqliteConnection,
     query: &SearchQuery,

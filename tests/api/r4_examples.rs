@@ -13,34 +13,9 @@ use sprig::validation::schema::SchemaPass;
 
 const PACKAGE: &str = "hl7.fhir.r4.examples@4.0.1";
 
-/// Conformance resources are definitions, not examples.
-const DEFINITION_TYPES: &[&str] = &[
-    "StructureDefinition",
-    "ValueSet",
-    "CodeSystem",
-    "SearchParameter",
-    "ConceptMap",
-    "OperationDefinition",
-    "CompartmentDefinition",
-];
-
-/// Bundles that package the specification's definitions.
-const DEFINITION_BUNDLES: &[&str] = &[
-    "Bundle-conceptmaps.json",
-    "Bundle-dataelements.json",
-    "Bundle-extensions.json",
-    "Bundle-externals.json",
-    "Bundle-profiles-others.json",
-    "Bundle-registry.json",
-    "Bundle-resources.json",
-    "Bundle-searchParams.json",
-    "Bundle-terminologies.json",
-    "Bundle-types.json",
-    "Bundle-v2-valuesets.json",
-    "Bundle-v3-valuesets.json",
-    "Bundle-valueset-expansions.json",
-    "Bundle-valuesets.json",
-];
+#[path = "../../benches/common/r4_examples.rs"]
+mod selection;
+use selection::{DEFINITION_BUNDLES, DEFINITION_TYPES};
 
 /// The unpacked package folder, fetching it on first use.
 pub fn r4_examples_package() -> PathBuf {

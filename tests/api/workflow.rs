@@ -916,6 +916,9 @@ async fn a_referral_whose_patient_sprig_cannot_see_is_refused_clearly() {
     assert_eq!(app.stored_version_count().await, before);
 }
 
+/// A change made to a copy of an example Bundle.
+type BundleEdit = Box<dyn Fn(&mut Value)>;
+
 #[tokio::test]
 async fn a_transaction_cannot_overwrite_or_forge_what_sprig_holds() {
     let app = spawn_app().await;
@@ -925,7 +928,7 @@ async fn a_transaction_cannot_overwrite_or_forge_what_sprig_holds() {
         .expect("task")
         .to_owned();
     let before = app.stored_version_count().await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, BundleEdit)> = vec![
         // A Task of the sender's: Sprig writes the referral's Task itself.
         (
             "a Task entry",
