@@ -223,7 +223,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             "resource": resources,
             "interaction": [{
                 "code": "transaction",
-                "documentation": "POST /fhir with a referral transaction Bundle (sprig-referral-bundle): one ServiceRequest, its Patient and Consent, and the practitioner, practice, conditions and questionnaire responses that go with it. All or nothing; urn:uuid references are rewritten to the ids Sprig assigns; request.ifNoneExist and conditional PUT (Type?identifier=…) find resources already held; the answer is a transaction-response Bundle with each entry's status and location.",
+                "documentation": "POST /fhir with a referral transaction Bundle (sprig-referral-bundle): one ServiceRequest, its Patient and Consent, and the practitioner, practice, conditions and questionnaire responses that go with it. Entries are POST (the referral always) or conditional PUT (Type?identifier=…); a PUT by id, or a resource type that does not come with a referral, is refused. All or nothing; urn:uuid references are rewritten to the ids Sprig assigns; request.ifNoneExist and conditional PUT find resources already held; the answer is a transaction-response Bundle with each entry's status and location.",
             }],
             "operation": [{
                 "name": "process-message",
