@@ -11,6 +11,11 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, capability};
 use crate::config::{Settings, SqliteSynchronousSetting};
+use crate::delivery::endpoints::{EndpointError, EndpointRegistry, Endpoints};
+use crate::delivery::metrics::DeliveryMetrics;
+use crate::delivery::policy::RetryPolicy;
+use crate::delivery::transport::install_crypto_provider;
+use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::fhir::{Instant, ResourceType};
 use crate::fhirpath::FhirPath;
 use crate::mapping::{MappingError, Mappings};
@@ -35,6 +40,9 @@ pub enum StartupError {
     /// The mappings (`mappings/` or `mappings_dir`) are wrong.
     #[error("mappings: {0}")]
     Mappings(MappingError),
+    /// The endpoint registry (`delivery.endpoints`) is wrong.
+    #[error("endpoint registry: {0}")]
+    Endpoints(#[from] EndpointError),
     /// The validation settings name something Sprig does not hold.
     #[error("validation settings: {0}")]
     Validation(String),
@@ -118,6 +126,16 @@ impl Application {
             None => Mappings::shipped(&fhirpath)?,
         };
         let validator = Arc::new(validator);
+        install_crypto_provider();
+        let registry = match &settings.delivery.endpoints {
+            Some(path) => EndpointRegistry::load(path)?,
+            None => EndpointRegistry::empty(),
+        };
+        tracing::info!(
+            endpoints = registry.len(),
+            "endpoint registry loaded; practices without an endpoint keep their updates for pull"
+        );
+        let endpoints = Endpoints::new(registry, settings.delivery.endpoints.clone());
         let workflow = Workflow::new(
             Arc::new(mappings),
             Arc::clone(&validator),
@@ -145,6 +163,8 @@ impl Application {
             settings: Arc::new(settings),
             capability_statement: Arc::new(capability_statement),
             workflow,
+            endpoints,
+            delivery_metrics: Arc::new(DeliveryMetrics::new()),
         };
         Ok(Self {
             listener,
@@ -172,6 +192,8 @@ impl Application {
     {
         let grace = Duration::from_secs(self.state.settings.limits.shutdown_timeout_secs);
         let store = self.state.store.clone();
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let background = self.start_background(background_stopped).await;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let router = api::router(self.state);
         let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
@@ -193,9 +215,70 @@ impl Application {
                 Ok(())
             }
         };
+        // Requests are done: no more outbox rows can appear. Let deliveries
+        // in flight finish (bounded by the worker's grace), then close.
+        let _ = stop_background.send(true);
+        for task in background {
+            let _ = task.await;
+        }
         store.close().await;
         tracing::info!("stopped");
         result
+    }
+
+    /// Starts the endpoint registry's watcher and the delivery worker; both
+    /// stop when `stop` turns true.
+    async fn start_background(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let state = &self.state;
+        let delivery = &state.settings.delivery;
+        let mut tasks = Vec::new();
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if state.endpoints.source().is_some() {
+            tasks.push(state.endpoints.spawn_watcher(
+                Duration::from_secs(delivery.reload_poll_secs),
+                stopped(stop.clone()),
+            ));
+        }
+        if !delivery.enabled {
+            tracing::info!("delivery is disabled on this instance (delivery.enabled = false)");
+            return tasks;
+        }
+        // SQLite is one process's file: leases left by this process's
+        // previous run (killed mid-send) are released now rather than left to
+        // lapse, so everything it had claimed is sent again at once.
+        match state.store.release_leases().await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "claims from a previous run released"),
+            Err(error) => tracing::warn!(%error, "cannot release earlier claims; they lapse instead"),
+        }
+        let fhir_base = match &state.settings.public_base_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}/fhir", self.address),
+        };
+        let worker = Worker::new(
+            state.store.clone(),
+            Arc::clone(&state.endpoints),
+            Arc::clone(&state.delivery_metrics),
+            WorkerSettings {
+                poll_interval: Duration::from_millis(delivery.poll_interval_ms),
+                lease: Duration::from_secs(delivery.lease_secs),
+                policy: RetryPolicy {
+                    initial_backoff: Duration::from_millis(delivery.initial_backoff_ms),
+                    max_backoff: Duration::from_secs(delivery.max_backoff_secs),
+                    max_age: Duration::from_secs(delivery.max_age_secs),
+                },
+                fhir_base,
+                service_name: state.settings.service.name.clone(),
+                shutdown_grace: Duration::from_secs(state.settings.limits.shutdown_timeout_secs),
+            },
+        );
+        tasks.push(tokio::spawn(worker.run(stop)));
+        tasks
     }
 }
 

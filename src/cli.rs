@@ -40,6 +40,9 @@ struct ServeArgs {
     /// SQLite file path or sqlite: URL [default: ./sprig.db]
     #[arg(long, env = "SPRIG_DATABASE", value_name = "PATH_OR_URL")]
     database: Option<String>,
+    /// Endpoint registry (where to deliver updates) [default: none: updates are kept for pull]
+    #[arg(long, env = "SPRIG_ENDPOINTS", value_name = "FILE")]
+    endpoints: Option<PathBuf>,
     /// TOML config file [default: ./sprig.toml if present]
     #[arg(long, env = "SPRIG_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -59,6 +62,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         database: args.database,
+        endpoints: args.endpoints,
     };
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(settings) => settings,

@@ -79,6 +79,46 @@ pub struct Settings {
     /// A folder holding `inbound.toml` and `outbound.toml` to use instead of
     /// the mappings shipped in `mappings/` (compiled into the binary).
     pub mappings_dir: Option<PathBuf>,
+    /// Delivery of updates to GP systems.
+    pub delivery: DeliverySettings,
+}
+
+/// Delivery of Task and Observation updates to GP systems.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// The endpoint registry (`[[endpoint]]` tables); without one, every
+    /// update is kept for pull.
+    pub endpoints: Option<PathBuf>,
+    /// Whether this instance runs the delivery worker.
+    pub enabled: bool,
+    /// How often the worker looks for due messages when nothing wakes it.
+    pub poll_interval_ms: u64,
+    /// How long a claimed message stays claimed; must outlast a send.
+    pub lease_secs: u64,
+    /// The wait after a first failure; it doubles after each further one.
+    pub initial_backoff_ms: u64,
+    /// The longest wait between attempts (a Retry-After may ask for more).
+    pub max_backoff_secs: u64,
+    /// How long after the change delivery gives up and dead-letters it.
+    pub max_age_secs: u64,
+    /// How often the endpoint file is checked for changes.
+    pub reload_poll_secs: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            endpoints: None,
+            enabled: true,
+            poll_interval_ms: 1000,
+            lease_secs: 120,
+            initial_backoff_ms: 1000,
+            max_backoff_secs: 900,
+            max_age_secs: 72 * 3600,
+            reload_poll_secs: 5,
+        }
+    }
 }
 
 /// The social prescribing service Sprig runs for: the owner of every Task
@@ -113,6 +153,7 @@ impl Default for Settings {
             validation: ValidationSettings::default(),
             service: ServiceSettings::default(),
             mappings_dir: None,
+            delivery: DeliverySettings::default(),
         }
     }
 }
@@ -259,6 +300,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--database`.
     pub database: Option<String>,
+    /// `--endpoints`.
+    pub endpoints: Option<PathBuf>,
 }
 
 impl Settings {
@@ -282,12 +325,15 @@ impl Settings {
             }
             None => {}
         }
-        figment = figment.merge(env.split("__").ignore(&["config"]));
+        figment = figment.merge(env.split("__").ignore(&["config", "endpoints"]));
         if let Some(listen) = overrides.listen {
             figment = figment.merge(Serialized::default("listen", listen));
         }
         if let Some(database) = &overrides.database {
             figment = figment.merge(Serialized::default("database", database));
+        }
+        if let Some(endpoints) = &overrides.endpoints {
+            figment = figment.merge(Serialized::default("delivery.endpoints", endpoints));
         }
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.check()?;
@@ -304,6 +350,28 @@ impl Settings {
         }
         if !(1..=MAX_SUPPORTED_DEPTH).contains(&self.limits.max_json_depth) {
             return Err(range("limits.max_json_depth", "must be between 1 and 127"));
+        }
+        let delivery = &self.delivery;
+        if delivery.poll_interval_ms == 0 {
+            return Err(range("delivery.poll_interval_ms", "must be at least 1"));
+        }
+        if delivery.lease_secs == 0 {
+            return Err(range("delivery.lease_secs", "must be at least 1"));
+        }
+        if delivery.initial_backoff_ms == 0 {
+            return Err(range("delivery.initial_backoff_ms", "must be at least 1"));
+        }
+        if delivery.max_backoff_secs.saturating_mul(1000) < delivery.initial_backoff_ms {
+            return Err(range(
+                "delivery.max_backoff_secs",
+                "must be at least delivery.initial_backoff_ms",
+            ));
+        }
+        if delivery.max_age_secs == 0 {
+            return Err(range("delivery.max_age_secs", "must be at least 1"));
+        }
+        if delivery.reload_poll_secs == 0 {
+            return Err(range("delivery.reload_poll_secs", "must be at least 1"));
         }
         if self.limits.request_timeout_secs == 0 {
             return Err(range("limits.request_timeout_secs", "must be at least 1"));
@@ -351,6 +419,7 @@ mod tests {
             let overrides = Overrides {
                 listen: Some("127.0.0.1:0".parse().map_err(|_| "addr")?),
                 database: Some("flag.db".into()),
+                endpoints: None,
             };
             let settings = Settings::load(Some(Path::new("custom.toml")), &overrides)
                 .map_err(|e| e.to_string())?;

@@ -25,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod fhir;
 pub mod fhirpath;
 pub mod mapping;

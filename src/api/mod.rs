@@ -8,6 +8,7 @@
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
 pub mod capability;
+pub mod deliveries;
 pub mod error;
 pub mod health;
 pub mod message;
@@ -30,6 +31,8 @@ use serde_json::Value;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Settings;
+use crate::delivery::endpoints::Endpoints;
+use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
 use crate::referral::workflow::Workflow;
 use crate::store::Store;
@@ -49,6 +52,10 @@ pub struct AppState {
     pub capability_statement: Arc<Value>,
     /// The referral workflow (mappings, profiles, service identity).
     pub workflow: Workflow,
+    /// Where updates are delivered (reloadable).
+    pub endpoints: Arc<Endpoints>,
+    /// Delivery figures for `/metrics`.
+    pub delivery_metrics: Arc<DeliveryMetrics>,
 }
 
 impl AppState {
@@ -86,6 +93,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route("/api/deliveries", get(deliveries::list))
+        .route("/api/deliveries/{seq}", get(deliveries::detail))
+        .route("/api/deliveries/{seq}/retry", post(deliveries::retry))
+        .route("/api/endpoints", get(deliveries::endpoints))
+        .route("/api/endpoints/{ods}/retry", post(deliveries::retry_endpoint))
+        .route("/metrics", get(deliveries::metrics))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .fallback(not_found)

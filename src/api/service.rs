@@ -42,7 +42,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,
             title,
@@ -61,7 +61,7 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "Not found", detail)
     }
 
-    fn bad_request(detail: impl Into<String>) -> Self {
+    pub(super) fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
     }
 
@@ -196,7 +196,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     )
 }
 
-fn path_problem(rejection: PathRejection) -> Problem {
+pub(super) fn path_problem(rejection: PathRejection) -> Problem {
     Problem::bad_request(format!(
         "The request path could not be read: {}",
         rejection.body_text()

@@ -187,6 +187,18 @@ impl Instant {
     pub fn as_offset_date_time(self) -> OffsetDateTime {
         self.0
     }
+
+    /// Milliseconds since the Unix epoch (what scheduling columns hold).
+    pub fn unix_millis(self) -> i64 {
+        i64::try_from(self.0.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// The instant `millis` milliseconds after the Unix epoch.
+    pub fn from_unix_millis(millis: i64) -> Option<Self> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+            .ok()
+            .map(Self)
+    }
 }
 
 /// Keeps echoed input short in error messages.

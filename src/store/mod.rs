@@ -13,6 +13,7 @@
 //! - this module stores what it is given: parsing and validation happen
 //!   before, in `fhir` and `validation`.
 
+pub mod outbox;
 pub mod referrals;
 mod search;
 mod sqlite;

@@ -457,6 +457,7 @@ impl WriteTx {
         .bind(message.created_at)
         .execute(self.conn())
         .await?;
+        self.enqueued = true;
         Ok(())
     }
 

@@ -4,6 +4,9 @@
 //! which WAL lets run alongside the writer.
 
 use std::str::FromStr;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use sqlx::Row;
 use sqlx::sqlite::{
@@ -19,6 +22,9 @@ use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 pub struct SqliteStore {
     pub(super) writer: SqlitePool,
     pub(super) readers: SqlitePool,
+    /// Woken when a commit adds outbox rows, so delivery starts at once
+    /// rather than at its next poll.
+    pub(super) outbox_signal: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -59,13 +65,19 @@ impl SqliteStore {
             .acquire_timeout(options.busy_timeout)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            outbox_signal: Arc::new(Notify::new()),
+        })
     }
 
     /// Opens a write transaction on the writer connection.
     pub(super) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
             tx: self.writer.begin().await?,
+            outbox_signal: Arc::clone(&self.outbox_signal),
+            enqueued: false,
         })
     }
 

@@ -4,7 +4,10 @@
 //! Dropping a `WriteTx` without [`WriteTx::commit`] rolls it back, so an
 //! error anywhere in a request (`?`) leaves the database as it was.
 
+use std::sync::Arc;
+
 use serde_json::Value;
+use tokio::sync::Notify;
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::sqlite::read_current;
@@ -15,6 +18,10 @@ use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 /// An open write transaction.
 pub struct WriteTx {
     pub(super) tx: Transaction<'static, Sqlite>,
+    /// Told after a commit that added outbox rows.
+    pub(super) outbox_signal: Arc<Notify>,
+    /// Whether this transaction added outbox rows.
+    pub(super) enqueued: bool,
 }
 
 impl std::fmt::Debug for WriteTx {
@@ -48,6 +55,11 @@ impl WriteTx {
     /// Commits every change. Returns after the commit is durable.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
+        if self.enqueued {
+            // notify_one keeps a permit when the worker is busy, so a change
+            // committed mid-round is not missed.
+            self.outbox_signal.notify_one();
+        }
         Ok(())
     }
 

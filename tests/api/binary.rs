@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use crate::helpers::{json_body, sample_referral_text};
 
-struct Server {
-    child: Child,
-    address: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) address: String,
 }
 
-fn start(db: &std::path::Path, extra_env: &[(&str, &str)]) -> Server {
+pub(crate) fn start(db: &std::path::Path, extra_env: &[(&str, &str)]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sprig"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--database"])
@@ -46,7 +46,7 @@ fn start(db: &std::path::Path, extra_env: &[(&str, &str)]) -> Server {
     }
 }
 
-fn terminate(mut server: Server) -> std::process::ExitStatus {
+pub(crate) fn terminate(mut server: Server) -> std::process::ExitStatus {
     let pid = i32::try_from(server.child.id()).expect("pid");
     // SAFETY: sending a signal to our own child process.
     unsafe {

@@ -6,6 +6,7 @@ mod binary;
 mod capability;
 mod concurrency;
 mod create_read;
+mod delivery;
 mod durability;
 mod fhirpath_suite;
 mod helpers;

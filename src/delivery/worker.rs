@@ -1,0 +1,393 @@
+//! The delivery worker inside `sprig serve`: claims due outbox messages per
+//! destination, sends each to the referrer's endpoint and records the result.
+//!
+//! - Woken by every commit that adds to the outbox, and polls besides (for
+//!   retries coming due, lapsed leases, a reloaded registry).
+//! - Each destination has its own in-flight limit (`max_in_flight`), and the
+//!   worker never waits on one send to start another, so a slow practice
+//!   fills only its own slots and never holds up the others.
+//! - Only the head of each referral's queue is claimed (see
+//!   `store::outbox`), so one referral's updates arrive in order, retries
+//!   included.
+//! - Logs carry the outbox sequence, referral id, destination ODS code and
+//!   resource reference: never resource content or receiver bodies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::endpoints::{DeliveryMode, Endpoint, Endpoints};
+use super::metrics::{AttemptOutcome, DeliveryMetrics};
+use super::outbound::{self, MessageContext};
+use super::policy::{RetryPolicy, Verdict, classify_response, classify_transport};
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use crate::store::outbox::{AttemptRecord, ClaimedMessage};
+use crate::store::{ReadOutcome, Store, StoreError};
+
+/// The largest receiver answer kept with a dead letter.
+const MAX_KEPT_RESPONSE: usize = 64 * 1024;
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// How often to look for due messages when nothing wakes the worker.
+    pub poll_interval: Duration,
+    /// How long a claim lasts; must outlast a send (timeout and token fetch).
+    pub lease: Duration,
+    /// Retries and giving up.
+    pub policy: RetryPolicy,
+    /// Sprig's absolute FHIR base URL (for message-mode references).
+    pub fhir_base: String,
+    /// The service's name (message `source.name`).
+    pub service_name: String,
+    /// How long to let sends in flight finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Everything a send needs, shared by the worker's tasks.
+struct Shared {
+    store: Store,
+    metrics: Arc<DeliveryMetrics>,
+    settings: WorkerSettings,
+    owner: String,
+}
+
+/// The delivery worker.
+pub struct Worker {
+    shared: Arc<Shared>,
+    endpoints: Arc<Endpoints>,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// A worker over `store`'s outbox, delivering to `endpoints`.
+    pub fn new(
+        store: Store,
+        endpoints: Arc<Endpoints>,
+        metrics: Arc<DeliveryMetrics>,
+        settings: WorkerSettings,
+    ) -> Self {
+        let wake = store.outbox_signal();
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                metrics,
+                settings,
+                // Unique per run, so a restarted process never mistakes an
+                // earlier run's lease for its own.
+                owner: format!("sprig-{}", uuid::Uuid::now_v7()),
+            }),
+            endpoints,
+            wake,
+        }
+    }
+
+    /// Runs until `stop` turns true, then lets sends in flight finish (up to
+    /// the grace period; an unfinished one keeps its lease, which lapses).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        let mut sends: JoinSet<String> = JoinSet::new();
+        tracing::info!(owner = %self.shared.owner, "delivery worker started");
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            self.claim_and_send(&mut in_flight, &mut sends).await;
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(done) = sends.join_next(), if !sends.is_empty() => {
+                    finished(&mut in_flight, done);
+                    while let Some(done) = sends.try_join_next() {
+                        finished(&mut in_flight, done);
+                    }
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.shared.settings.poll_interval) => {}
+            }
+        }
+        let grace = self.shared.settings.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while sends.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                still_sending = sends.len(),
+                "delivery stopped with sends in flight; their leases lapse and they are sent again"
+            );
+            sends.abort_all();
+        }
+        tracing::info!("delivery worker stopped");
+    }
+
+    /// One round: for each destination with due messages and free slots,
+    /// claim as many as it has slots and start sending them.
+    async fn claim_and_send(
+        &self,
+        in_flight: &mut HashMap<String, usize>,
+        sends: &mut JoinSet<String>,
+    ) {
+        let now = Instant::now();
+        let now_ms = now.unix_millis();
+        let destinations = match self.shared.store.due_destinations(now_ms).await {
+            Ok(destinations) => destinations,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the outbox; trying again at the next poll");
+                return;
+            }
+        };
+        let registry = self.endpoints.current();
+        let lease_ms = i64::try_from(self.shared.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        for destination in destinations {
+            // No endpoint: the updates stay for pull (and show as such).
+            let Some(endpoint) = registry.get(&destination) else {
+                continue;
+            };
+            let busy = in_flight.get(&destination).copied().unwrap_or(0);
+            let free = endpoint.max_in_flight.saturating_sub(busy);
+            if free == 0 {
+                continue;
+            }
+            let claimed = self
+                .shared
+                .store
+                .claim_due(
+                    &destination,
+                    &self.shared.owner,
+                    now_ms,
+                    now_ms.saturating_add(lease_ms),
+                    &now.to_fhir(),
+                    u32::try_from(free).unwrap_or(u32::MAX),
+                )
+                .await;
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, destination = %destination, "cannot claim outbox messages");
+                    continue;
+                }
+            };
+            for message in claimed {
+                *in_flight.entry(destination.clone()).or_insert(0) += 1;
+                let shared = Arc::clone(&self.shared);
+                let endpoint = Arc::clone(&endpoint);
+                let span = tracing::info_span!(
+                    "deliver",
+                    seq = message.seq,
+                    referral = %message.referral_id,
+                    destination = %message.destination_ods,
+                    resource = %format!("{}/{}/_history/{}", message.resource_type, message.resource_id, message.version_id),
+                    attempt = message.attempts,
+                );
+                sends.spawn(
+                    async move {
+                        let destination = message.destination_ods.clone();
+                        if let Err(error) = deliver(&shared, &endpoint, message).await {
+                            // The lease lapses and the message is tried again.
+                            tracing::warn!(%error, "could not record a delivery attempt");
+                        }
+                        destination
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+fn finished(in_flight: &mut HashMap<String, usize>, done: Result<String, tokio::task::JoinError>) {
+    match done {
+        Ok(destination) => {
+            if let Some(count) = in_flight.get_mut(&destination) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    in_flight.remove(&destination);
+                }
+            }
+        }
+        Err(error) => {
+            // A panicked send: its slot cannot be attributed, so recount from
+            // scratch is not possible; log loudly. Its lease lapses and the
+            // message is sent again.
+            tracing::error!(%error, "a delivery task failed");
+        }
+    }
+}
+
+/// Sends one message and records what came of it.
+async fn deliver(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    message: ClaimedMessage,
+) -> Result<(), StoreError> {
+    let stored = read_version(&shared.store, &message).await?;
+    let request = match stored {
+        Ok(json) => build_request(shared, endpoint, &message, &json).await?,
+        Err(problem) => Err(problem),
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(problem) => {
+            let outcome = record(shared, &message, Verdict::Permanent(problem), None, None, None).await?;
+            shared.metrics.attempt(&message.destination_ods, outcome, None);
+            return Ok(());
+        }
+    };
+    let started = StdInstant::now();
+    let answer = endpoint.send(request).await;
+    let took = started.elapsed();
+    let outcome = match answer {
+        Ok(response) => {
+            let verdict = classify_response(&response);
+            // The receiver's answer to a refusal (its OperationOutcome) is
+            // what an operator needs to fix the cause: keep it.
+            let kept = matches!(verdict, Verdict::Permanent(_)).then(|| {
+                let end = response.body.len().min(MAX_KEPT_RESPONSE);
+                String::from_utf8_lossy(&response.body[..end]).into_owned()
+            });
+            record(
+                shared,
+                &message,
+                verdict,
+                Some(response.status),
+                response.retry_after,
+                kept.as_deref(),
+            )
+            .await?
+        }
+        Err(error) => record(shared, &message, classify_transport(&error), None, None, None).await?,
+    };
+    shared
+        .metrics
+        .attempt(&message.destination_ods, outcome, Some(took));
+    Ok(())
+}
+
+async fn read_version(
+    store: &Store,
+    message: &ClaimedMessage,
+) -> Result<Result<String, String>, StoreError> {
+    let resource_type = ResourceType::parse(&message.resource_type);
+    let id = FhirId::parse(&message.resource_id);
+    let (Ok(resource_type), Ok(id)) = (resource_type, id) else {
+        return Ok(Err(format!(
+            "the outbox names {}/{}, which is not a resource Sprig can send",
+            message.resource_type, message.resource_id
+        )));
+    };
+    match store
+        .vread(resource_type, &id, VersionId::from_i64(message.version_id))
+        .await?
+    {
+        ReadOutcome::Found(stored) => Ok(Ok(stored.json)),
+        _ => Ok(Err(format!(
+            "{}/{}/_history/{} is not in the store",
+            message.resource_type, message.resource_id, message.version_id
+        ))),
+    }
+}
+
+async fn build_request(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    message: &ClaimedMessage,
+    json: &str,
+) -> Result<Result<super::transport::OutboundRequest, String>, StoreError> {
+    let built = match endpoint.mode {
+        DeliveryMode::Rest => outbound::rest_request(message, json),
+        DeliveryMode::Message => {
+            let original = shared
+                .store
+                .original_message_id(&message.referral_id)
+                .await?;
+            let fallback = format!("{}$process-message", endpoint.base_url);
+            outbound::message_request(
+                message,
+                json,
+                &MessageContext {
+                    fhir_base: &shared.settings.fhir_base,
+                    service_name: &shared.settings.service_name,
+                    original_message_id: original.as_deref(),
+                    fallback_destination: &fallback,
+                },
+                Instant::now(),
+            )
+        }
+    };
+    Ok(built.map_err(|e| e.to_string()))
+}
+
+/// Records `verdict` for `message` and says what the attempt came to (a
+/// transient failure past the maximum age is dead-lettered).
+async fn record(
+    shared: &Shared,
+    message: &ClaimedMessage,
+    verdict: Verdict,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    receiver_response: Option<&str>,
+) -> Result<AttemptOutcome, StoreError> {
+    let now = Instant::now();
+    let at = now.to_fhir();
+    let attempt = AttemptRecord {
+        seq: message.seq,
+        owner: &shared.owner,
+        status,
+        at: &at,
+    };
+    match verdict {
+        Verdict::Delivered => {
+            shared.store.mark_delivered(attempt).await?;
+            if let Ok(created) = Instant::parse(&message.created_at) {
+                let ms = now.unix_millis().saturating_sub(created.unix_millis()).max(0);
+                shared
+                    .metrics
+                    .delivered_after(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+            }
+            tracing::info!(status, "delivered");
+            Ok(AttemptOutcome::Delivered)
+        }
+        Verdict::Transient(reason) => {
+            let policy = shared.settings.policy;
+            let wait = policy.backoff(message.attempts, retry_after, fastrand::f64());
+            let age_from = message.age_from_ms.unwrap_or_else(|| {
+                Instant::parse(&message.created_at)
+                    .map(Instant::unix_millis)
+                    .unwrap_or_else(|_| now.unix_millis())
+            });
+            let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            let next = now.unix_millis().saturating_add(wait_ms);
+            let max_age_ms = i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
+            if next > age_from.saturating_add(max_age_ms) {
+                let why = format!(
+                    "gave up after {} attempts over {} s (maximum age {} s); last failure: {reason}",
+                    message.attempts,
+                    (now.unix_millis() - age_from).max(0) / 1000,
+                    policy.max_age.as_secs()
+                );
+                shared.store.mark_dead(attempt, &why, None).await?;
+                tracing::warn!(status, reason = %reason, "dead-lettered: retries ran past the maximum age");
+                return Ok(AttemptOutcome::Dead);
+            }
+            shared.store.schedule_retry(attempt, &reason, next).await?;
+            tracing::info!(status, reason = %reason, retry_in_ms = wait_ms, "will retry");
+            Ok(AttemptOutcome::Retry)
+        }
+        Verdict::Permanent(reason) => {
+            shared
+                .store
+                .mark_dead(attempt, &reason, receiver_response)
+                .await?;
+            tracing::warn!(status, reason = %reason, "dead-lettered: permanent failure");
+            Ok(AttemptOutcome::Dead)
+        }
+    }
+}

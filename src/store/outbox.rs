@@ -1,0 +1,491 @@
+//! The outbox as the delivery worker and the service API see it: claiming
+//! due messages under a lease, recording what each attempt came to, dead
+//! letters and their retry, and the figures `/metrics` reports.
+//!
+//! Invariants:
+//! - only the *head* of a referral's queue is ever claimed: a message is due
+//!   only when no earlier message of the same referral is still pending or
+//!   dead, so updates reach the practice in the order they were made, and a
+//!   dead letter holds back the updates after it until an operator acts;
+//! - a claim is a lease (owner, expiry); an attempt's result is recorded only
+//!   by the lease's owner, and a lapsed lease makes the message claimable
+//!   again, so a crashed worker delays delivery but never loses it;
+//! - delivery writes go through the single writer connection, like every
+//!   other write, so they never race the transaction that enqueued the row.
+
+use std::sync::Arc;
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use tokio::sync::Notify;
+
+use super::{Store, StoreError};
+
+/// The state of an outbox message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting to be sent (or being sent, under a lease).
+    Pending,
+    /// Accepted by the receiver.
+    Delivered,
+    /// Given up on: a permanent failure, or retries past the maximum age.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "pending" => Some(DeliveryState::Pending),
+            "delivered" => Some(DeliveryState::Delivered),
+            "dead" => Some(DeliveryState::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A message a worker has claimed and must now send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedMessage {
+    /// Outbox order.
+    pub seq: i64,
+    /// The referral it reports on.
+    pub referral_id: String,
+    /// What to send: the resource type,
+    pub resource_type: String,
+    /// its id,
+    pub resource_id: String,
+    /// and the version.
+    pub version_id: i64,
+    /// The referring practice.
+    pub destination_ods: String,
+    /// The reply address from the referral message, if any.
+    pub reply_to: Option<String>,
+    /// When the change was made (FHIR instant).
+    pub created_at: String,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    /// Where the maximum age counts from (Unix ms): creation, or an
+    /// operator's retry.
+    pub age_from_ms: Option<i64>,
+}
+
+/// One outbox message with its delivery history, for the service API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryEntry {
+    /// Outbox order.
+    pub seq: i64,
+    /// The referral.
+    pub referral_id: String,
+    /// Resource type, id and version sent.
+    pub resource_type: String,
+    /// Resource id.
+    pub resource_id: String,
+    /// Resource version.
+    pub version_id: i64,
+    /// The referring practice.
+    pub destination_ods: Option<String>,
+    /// Delivery state.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When the change was made.
+    pub created_at: String,
+    /// When the next attempt may start (Unix ms), for pending messages.
+    pub next_attempt_ms: i64,
+    /// When the last attempt started.
+    pub last_attempt_at: Option<String>,
+    /// The receiver's last HTTP status, if it answered.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The receiver's answer to a permanent failure.
+    pub receiver_response: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<String>,
+    /// When it was dead-lettered.
+    pub dead_at: Option<String>,
+    /// The dead letter that holds this pending message back, if any.
+    pub blocked_by: Option<i64>,
+}
+
+/// Which outbox messages to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this state.
+    pub state: Option<DeliveryState>,
+    /// Only this destination.
+    pub destination_ods: Option<String>,
+    /// Only this referral.
+    pub referral_id: Option<String>,
+    /// Only messages after this `seq` (keyset paging).
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Per-destination figures, for the endpoint view and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationStats {
+    /// The referring practice (`None`: a referral with no practice ODS code).
+    pub destination_ods: Option<String>,
+    /// Messages waiting.
+    pub pending: i64,
+    /// Dead letters.
+    pub dead: i64,
+    /// When the oldest waiting message was made (FHIR instant).
+    pub oldest_pending: Option<String>,
+}
+
+/// How an attempt ended, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptRecord<'a> {
+    /// The message.
+    pub seq: i64,
+    /// The worker that holds its lease.
+    pub owner: &'a str,
+    /// The receiver's status, if it answered.
+    pub status: Option<u16>,
+    /// When the attempt finished (FHIR instant).
+    pub at: &'a str,
+}
+
+/// Why an operator's retry could not be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefusal {
+    /// No such message.
+    NotFound,
+    /// The message is not a dead letter (its state is given).
+    NotDead(DeliveryState),
+}
+
+const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_id, o.version_id, \
+     o.destination_ods, o.state, o.attempts, o.created_at, o.next_attempt_ms, o.last_attempt_at, \
+     o.last_status, o.last_error, o.receiver_response, o.delivered_at, o.dead_at, \
+     CASE WHEN o.state = 'pending' THEN (SELECT MIN(e.seq) FROM outbox e \
+        WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state = 'dead') END AS blocked_by";
+
+impl Store {
+    /// Woken after every commit that adds outbox rows.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        let Store::Sqlite(s) = self;
+        Arc::clone(&s.outbox_signal)
+    }
+
+    /// The destinations with at least one message due at `now_ms` (not
+    /// leased, or its lease lapsed). A cheap read, so an idle worker costs the
+    /// writer nothing.
+    pub async fn due_destinations(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT destination_ods FROM outbox \
+             WHERE state = 'pending' AND destination_ods IS NOT NULL AND next_attempt_ms <= $1 \
+               AND (lease_until_ms IS NULL OR lease_until_ms < $1)",
+        )
+        .bind(now_ms)
+        .fetch_all(&s.readers)
+        .await?;
+        Ok(rows.into_iter().map(|(ods,)| ods).collect())
+    }
+
+    /// Claims up to `limit` due messages for `destination`, each the head of
+    /// its referral's queue, oldest first, leasing them to `owner` until
+    /// `lease_until_ms`. The attempt is counted now, so a crash mid-send still
+    /// counts as an attempt.
+    pub async fn claim_due(
+        &self,
+        destination: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        attempt_at: &str,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let Store::Sqlite(s) = self;
+        // SQLite has one writer, so the sub-select and the update cannot
+        // interleave with another claim; PostgreSQL would add
+        // `FOR UPDATE SKIP LOCKED` to the sub-select for the same guarantee.
+        let rows = sqlx::query(
+            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, \
+                    last_attempt_at = $3 \
+             WHERE seq IN ( \
+               SELECT o.seq FROM outbox o \
+               WHERE o.state = 'pending' AND o.destination_ods = $4 AND o.next_attempt_ms <= $5 \
+                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) \
+                 AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.referral_id = o.referral_id \
+                                 AND e.seq < o.seq AND e.state IN ('pending', 'dead')) \
+               ORDER BY o.seq LIMIT $6) \
+             RETURNING seq, referral_id, resource_type, resource_id, version_id, destination_ods, \
+                       reply_to, created_at, attempts, age_from_ms",
+        )
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(attempt_at)
+        .bind(destination)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&s.writer)
+        .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedMessage {
+                    seq: row.try_get("seq")?,
+                    referral_id: row.try_get("referral_id")?,
+                    resource_type: row.try_get("resource_type")?,
+                    resource_id: row.try_get("resource_id")?,
+                    version_id: row.try_get("version_id")?,
+                    destination_ods: row.try_get("destination_ods")?,
+                    reply_to: row.try_get("reply_to")?,
+                    created_at: row.try_get("created_at")?,
+                    attempts: row.try_get("attempts")?,
+                    age_from_ms: row.try_get("age_from_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING does not promise an order.
+        claimed.sort_by_key(|m| m.seq);
+        Ok(claimed)
+    }
+
+    /// Records a delivery. Whoever holds the lease, a delivered message is
+    /// delivered: a worker whose lease lapsed mid-send may still report it.
+    pub async fn mark_delivered(&self, attempt: AttemptRecord<'_>) -> Result<(), StoreError> {
+        let Store::Sqlite(s) = self;
+        sqlx::query(
+            "UPDATE outbox SET state = 'delivered', delivered_at = $1, last_status = $2, \
+                    last_error = NULL, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $3 AND state = 'pending'",
+        )
+        .bind(attempt.at)
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.seq)
+        .execute(&s.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a transient failure and when to try again. Returns false when
+    /// the lease was no longer `owner`'s (another worker has the message).
+    pub async fn schedule_retry(
+        &self,
+        attempt: AttemptRecord<'_>,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let Store::Sqlite(s) = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET next_attempt_ms = $1, last_status = $2, last_error = $3, \
+                    lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $4 AND state = 'pending' AND lease_owner = $5",
+        )
+        .bind(next_attempt_ms)
+        .bind(attempt.status.map(i64::from))
+        .bind(error)
+        .bind(attempt.seq)
+        .bind(attempt.owner)
+        .execute(&s.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Dead-letters a message, keeping the receiver's answer. Returns false
+    /// when the lease was no longer `owner`'s.
+    pub async fn mark_dead(
+        &self,
+        attempt: AttemptRecord<'_>,
+        error: &str,
+        receiver_response: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let Store::Sqlite(s) = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'dead', dead_at = $1, last_status = $2, last_error = $3, \
+                    receiver_response = $4, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $5 AND state = 'pending' AND lease_owner = $6",
+        )
+        .bind(attempt.at)
+        .bind(attempt.status.map(i64::from))
+        .bind(error)
+        .bind(receiver_response)
+        .bind(attempt.seq)
+        .bind(attempt.owner)
+        .execute(&s.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a dead letter back in the queue, due at once, its maximum age
+    /// counting afresh from `now_ms`.
+    pub async fn retry_dead(
+        &self,
+        seq: i64,
+        now_ms: i64,
+    ) -> Result<Result<DeliveryEntry, RetryRefusal>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let state: Option<(String,)> = sqlx::query_as("SELECT state FROM outbox WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&s.writer)
+            .await?;
+        let Some((state,)) = state else {
+            return Ok(Err(RetryRefusal::NotFound));
+        };
+        let state = DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending);
+        if state != DeliveryState::Dead {
+            return Ok(Err(RetryRefusal::NotDead(state)));
+        }
+        sqlx::query(
+            "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, age_from_ms = $1, \
+                    dead_at = NULL WHERE seq = $2 AND state = 'dead'",
+        )
+        .bind(now_ms)
+        .bind(seq)
+        .execute(&s.writer)
+        .await?;
+        s.outbox_signal.notify_one();
+        match self.delivery(seq).await? {
+            Some(entry) => Ok(Ok(entry)),
+            None => Ok(Err(RetryRefusal::NotFound)),
+        }
+    }
+
+    /// Puts every dead letter for `destination` back in the queue. Returns
+    /// how many.
+    pub async fn retry_dead_for(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let Store::Sqlite(s) = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, age_from_ms = $1, \
+                    dead_at = NULL WHERE destination_ods = $2 AND state = 'dead'",
+        )
+        .bind(now_ms)
+        .bind(destination)
+        .execute(&s.writer)
+        .await?;
+        if done.rows_affected() > 0 {
+            s.outbox_signal.notify_one();
+        }
+        Ok(done.rows_affected())
+    }
+
+    /// One outbox message with its delivery history.
+    pub async fn delivery(&self, seq: i64) -> Result<Option<DeliveryEntry>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(&s.readers)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Outbox messages matching `filter`, in outbox order.
+    pub async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryEntry>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM outbox o \
+             WHERE ($1 IS NULL OR o.state = $1) AND ($2 IS NULL OR o.destination_ods = $2) \
+               AND ($3 IS NULL OR o.referral_id = $3) AND o.seq > $4 \
+             ORDER BY o.seq LIMIT $5"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.state.map(DeliveryState::as_str))
+            .bind(filter.destination_ods.as_deref())
+            .bind(filter.referral_id.as_deref())
+            .bind(filter.after.unwrap_or(0))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&s.readers)
+            .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Waiting and dead messages per destination.
+    pub async fn destination_stats(&self) -> Result<Vec<DestinationStats>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let rows = sqlx::query(
+            "SELECT destination_ods, \
+                    SUM(state = 'pending') AS pending, SUM(state = 'dead') AS dead, \
+                    MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending \
+             FROM outbox WHERE state IN ('pending', 'dead') \
+             GROUP BY destination_ods ORDER BY destination_ods",
+        )
+        .fetch_all(&s.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DestinationStats {
+                    destination_ods: row.try_get("destination_ods")?,
+                    pending: row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
+                    dead: row.try_get::<Option<i64>, _>("dead")?.unwrap_or(0),
+                    oldest_pending: row.try_get("oldest_pending")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The `Bundle.id` of the message that brought the referral, which a
+    /// `servicerequest-response` names in `response.identifier`.
+    pub async fn original_message_id(
+        &self,
+        referral_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT json_extract(CAST(body AS TEXT), '$.id') FROM referral_submissions \
+             WHERE referral_id = $1 AND received_as = 'message' ORDER BY seq LIMIT 1",
+        )
+        .bind(referral_id)
+        .fetch_optional(&s.readers)
+        .await?;
+        Ok(row.and_then(|(id,)| id))
+    }
+
+    /// Releases every lease. Only for a process that knows it is the only
+    /// one using the database (SQLite): after a crash its own leases would
+    /// otherwise hold messages back until they lapse.
+    pub async fn release_leases(&self) -> Result<u64, StoreError> {
+        let Store::Sqlite(s) = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL \
+             WHERE state = 'pending' AND lease_owner IS NOT NULL",
+        )
+        .execute(&s.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<DeliveryEntry, StoreError> {
+    let state: String = row.try_get("state")?;
+    Ok(DeliveryEntry {
+        seq: row.try_get("seq")?,
+        referral_id: row.try_get("referral_id")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_id: row.try_get("resource_id")?,
+        version_id: row.try_get("version_id")?,
+        destination_ods: row.try_get("destination_ods")?,
+        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        next_attempt_ms: row.try_get("next_attempt_ms")?,
+        last_attempt_at: row.try_get("last_attempt_at")?,
+        last_status: row
+            .try_get::<Option<i64>, _>("last_status")?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: row.try_get("last_error")?,
+        receiver_response: row.try_get("receiver_response")?,
+        delivered_at: row.try_get("delivered_at")?,
+        dead_at: row.try_get("dead_at")?,
+        blocked_by: row.try_get("blocked_by")?,
+    })
+}

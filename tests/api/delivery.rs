@@ -1,0 +1,694 @@
+//! Delivery of Task and Observation updates to GP systems, end to end: a real
+//! Sprig, a real SQLite file, and wiremock servers standing in for the
+//! practices' FHIR endpoints. Success, retries (500, 429 with Retry-After,
+//! timeout, connection refused), dead letters and their retry, per-referral
+//! order while another practice's updates flow, message mode, pull for a
+//! practice without an endpoint, registry reload, and `kill -9`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::binary::start;
+use crate::helpers::{TestApp, json_body, sample_referral_text, spawn_app_in};
+use crate::openapi::assert_matches_schema;
+use crate::workflow::{Shape, api_post, submit};
+
+/// The practice in `examples/referral-servicerequest.json`.
+const PRACTICE: &str = "K83999";
+/// Another practice.
+const OTHER_PRACTICE: &str = "Y67890";
+
+/// One `[[endpoint]]` table.
+fn endpoint_toml(ods: &str, server: &str, extra: &str) -> String {
+    format!(
+        "[[endpoint]]\nods_code = \"{ods}\"\nbase_url = \"{server}/fhir\"\nmode = \"rest\"\nauth = {{ type = \"none\" }}\n{extra}\n"
+    )
+}
+
+/// A gateway delivering per `registry` (written to `endpoints.toml` in its
+/// folder), with short waits so retries happen within a test.
+async fn delivering_app(registry: &str) -> TestApp {
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(&file, registry).expect("registry written");
+    spawn_app_in(dir, |settings| {
+        settings.delivery.endpoints = Some(file);
+        fast(&mut settings.delivery);
+    })
+    .await
+}
+
+fn fast(delivery: &mut sprig::config::DeliverySettings) {
+    delivery.poll_interval_ms = 50;
+    delivery.initial_backoff_ms = 100;
+    delivery.max_backoff_secs = 1;
+    delivery.lease_secs = 10;
+    delivery.reload_poll_secs = 1;
+}
+
+/// Submits the sample referral for `practice`; returns (referral id, Task id).
+async fn refer(app: &TestApp, practice: &str) -> (String, String) {
+    let body: Value = serde_json::from_str(&sample_referral_text().replace(PRACTICE, practice))
+        .expect("sample referral");
+    let (id, status, answer) = submit(app, Shape::Resource, &body).await;
+    assert_eq!(status, 201, "{answer}");
+    let record = json_body(app.get(&format!("/api/referrals/{id}")).await).await;
+    let task = record["task_id"]
+        .as_str()
+        .expect("the record names its Task")
+        .to_owned();
+    (id, task)
+}
+
+async fn transition(app: &TestApp, id: &str, to: &str) {
+    let response = api_post(
+        app,
+        &format!("/api/referrals/{id}/transitions"),
+        json!({"to": to}),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{}", json_body(response).await);
+}
+
+/// `GET /api/deliveries?...` items, each checked against the OpenAPI schema.
+async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
+    let response = app.get(&format!("/api/deliveries{query}")).await;
+    assert_eq!(response.status(), 200);
+    let page = json_body(response).await;
+    assert_matches_schema("DeliveryPage", &page);
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits up to `$limit` for `$done` (an expression, awaited inside),
+/// checking every 50 ms.
+macro_rules! eventually {
+    ($what:expr, $limit:expr, $done:expr) => {{
+        let started = Instant::now();
+        loop {
+            if $done {
+                break;
+            }
+            assert!(started.elapsed() < $limit, "{}: not within {:?}", $what, $limit);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+async fn all_delivered(app: &TestApp) -> bool {
+    let all = deliveries(app, "").await;
+    !all.is_empty() && all.iter().all(|d| d["state"] == "delivered")
+}
+
+/// The Task PUTs a server received: (Task id, meta.versionId), in order.
+async fn task_puts(server: &MockServer) -> Vec<(String, String)> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "PUT")
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).expect("a JSON Task");
+            (
+                body["id"].as_str().unwrap_or_default().to_owned(),
+                body["meta"]["versionId"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn versions_of(puts: &[(String, String)], task: &str) -> Vec<u32> {
+    puts.iter()
+        .filter(|(id, _)| id == task)
+        .map(|(_, v)| v.parse().expect("numeric versionId"))
+        .collect()
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn updates_reach_the_practice_in_order_as_puts_and_conditional_posts() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/fhir/Task/[A-Za-z0-9.-]+$"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/fhir/Observation"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
+    let (id, task) = refer(&app, PRACTICE).await;
+    transition(&app, &id, "accepted").await;
+    transition(&app, &id, "contacted").await;
+    let outcome = api_post(
+        &app,
+        &format!("/api/referrals/{id}/outcomes"),
+        json!({"measure": "swemwbs", "answers": [3, 3, 2, 3, 4, 3, 3], "recorded_at": "2026-11-25T10:00:00Z"}),
+    )
+    .await;
+    assert_eq!(outcome.status(), 201);
+    eventually!("every update delivered", Duration::from_secs(10), all_delivered(&app).await);
+
+    let received = gp.received_requests().await.unwrap_or_default();
+    // In outbox order, each sent once.
+    let sent: Vec<String> = deliveries(&app, "")
+        .await
+        .iter()
+        .map(|d| d["resource"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(received.len(), sent.len(), "{sent:?}");
+    assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 2, 3, 4]);
+    for (request, resource) in received.iter().zip(&sent) {
+        let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+        let expected = format!(
+            "{}/{}/_history/{}",
+            body["resourceType"].as_str().unwrap_or_default(),
+            body["id"].as_str().unwrap_or_default(),
+            body["meta"]["versionId"].as_str().unwrap_or_default()
+        );
+        assert_eq!(&expected, resource);
+        assert_eq!(
+            header(request, "content-type"),
+            Some("application/fhir+json")
+        );
+        assert_eq!(header(request, "x-correlation-id"), Some(id.as_str()));
+        assert!(header(request, "x-request-id").is_some());
+    }
+    let observation = received
+        .iter()
+        .find(|r| r.method.as_str() == "POST")
+        .expect("the outcome Observation was posted");
+    let condition = header(observation, "if-none-exist").expect("If-None-Exist");
+    assert!(
+        condition.starts_with("identifier="),
+        "conditional on the identifier: {condition}"
+    );
+
+    // The figures show it.
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.expect("metrics text");
+    assert!(
+        text.contains(&format!(
+            "sprig_delivery_attempts_total{{destination=\"{PRACTICE}\",outcome=\"delivered\"}} 5"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("sprig_delivery_latency_seconds_count 5"), "{text}");
+    assert!(text.contains("sprig_delivery_endpoints 1"), "{text}");
+    app.stop().await;
+}
+
+/// Answers in turn from `script`, then 200, recording when each came.
+fn scripted(
+    script: Vec<ResponseTemplate>,
+    times: Arc<Mutex<Vec<Instant>>>,
+) -> impl Fn(&Request) -> ResponseTemplate + Send + Sync + 'static {
+    let calls = AtomicUsize::new(0);
+    move |_request: &Request| {
+        times.lock().expect("lock").push(Instant::now());
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        script
+            .get(call)
+            .cloned()
+            .unwrap_or_else(|| ResponseTemplate::new(200))
+    }
+}
+
+#[tokio::test]
+async fn a_500_and_a_429_are_retried_and_retry_after_is_honoured() {
+    let gp = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("PUT"))
+        .respond_with(scripted(
+            vec![
+                ResponseTemplate::new(500),
+                ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+            ],
+            Arc::clone(&times),
+        ))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
+    let (_id, task) = refer(&app, PRACTICE).await;
+    eventually!("delivered after two failures", Duration::from_secs(10), all_delivered(&app).await);
+    let entry = &deliveries(&app, "").await[0];
+    assert_eq!(entry["attempts"], 3);
+    assert_eq!(entry["last_status"], 200);
+    let times = times.lock().expect("lock").clone();
+    assert_eq!(times.len(), 3);
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(950),
+        "Retry-After: 1 was honoured ({:?})",
+        times[2] - times[1]
+    );
+    assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 1, 1]);
+    let text = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        text.contains(&format!(
+            "sprig_delivery_attempts_total{{destination=\"{PRACTICE}\",outcome=\"retry\"}} 2"
+        )),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried() {
+    let gp = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("PUT"))
+        .respond_with(scripted(
+            vec![ResponseTemplate::new(200).set_delay(Duration::from_secs(3))],
+            times,
+        ))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "timeout_secs = 1")).await;
+    refer(&app, PRACTICE).await;
+    eventually!("a failed attempt is recorded", Duration::from_secs(5), {
+        deliveries(&app, "").await[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out"))
+    });
+    eventually!("delivered on a later attempt", Duration::from_secs(10), all_delivered(&app).await);
+    assert_eq!(deliveries(&app, "").await[0]["attempts"], 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_practice_that_is_down_receives_its_updates_when_it_comes_up() {
+    // A port with nothing listening (yet).
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = reserved.local_addr().expect("address");
+    drop(reserved);
+    let app = delivering_app(&endpoint_toml(PRACTICE, &format!("http://{address}"), "")).await;
+    let (id, task) = refer(&app, PRACTICE).await;
+    transition(&app, &id, "accepted").await;
+    eventually!("refused attempts are recorded", Duration::from_secs(5), {
+        let first = &deliveries(&app, "").await[0];
+        first["attempts"].as_i64().unwrap_or(0) >= 2
+            && first["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connect"))
+    });
+    // The accepted update waits behind the first.
+    let waiting = deliveries(&app, "").await;
+    assert_eq!(waiting[1]["attempts"], 0, "{waiting:?}");
+
+    let listener = std::net::TcpListener::bind(address).expect("the port again");
+    let gp = MockServer::builder().listener(listener).start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    eventually!("delivered once the practice is up", Duration::from_secs(10), all_delivered(&app).await);
+    assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 2]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_a_dead_letter_that_holds_back_later_updates_until_retried() {
+    let gp = MockServer::start().await;
+    let refusal = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": "Task.owner not recognised"}]
+    });
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(refusal.clone()))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
+    let (id, task) = refer(&app, PRACTICE).await;
+    eventually!("dead-lettered", Duration::from_secs(5), {
+        deliveries(&app, "?state=dead").await.len() == 1
+    });
+    let dead = deliveries(&app, "?state=dead").await.remove(0);
+    assert_eq!(dead["attempts"], 1, "a permanent failure is not retried");
+    assert_eq!(dead["last_status"], 400);
+    assert_eq!(dead["receiver_response"], refusal, "the receiver's answer is kept");
+    let seq = dead["seq"].as_i64().expect("seq");
+
+    // A later update of the same referral waits behind the dead letter.
+    transition(&app, &id, "accepted").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let held = deliveries(&app, "?state=pending").await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["blocked_by"], seq);
+    assert_eq!(held[0]["attempts"], 0);
+
+    // Only dead letters are retried; unknown ones are 404.
+    let not_dead = app
+        .client
+        .post(app.url(&format!("/api/deliveries/{}/retry", held[0]["seq"])))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(not_dead.status(), 409);
+    let unknown = app
+        .client
+        .post(app.url("/api/deliveries/999999/retry"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unknown.status(), 404);
+
+    // The practice fixes its system; the operator retries.
+    gp.reset().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    let retried = app
+        .client
+        .post(app.url(&format!("/api/deliveries/{seq}/retry")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(retried.status(), 200);
+    let retried = json_body(retried).await;
+    assert_matches_schema("Delivery", &retried);
+    assert_eq!(retried["state"], "pending");
+    eventually!("both delivered", Duration::from_secs(10), all_delivered(&app).await);
+    assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 2]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_all_for_an_endpoint() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(403))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
+    refer(&app, PRACTICE).await;
+    refer(&app, PRACTICE).await;
+    eventually!("both dead-lettered", Duration::from_secs(5), {
+        deliveries(&app, "?state=dead").await.len() == 2
+    });
+    gp.reset().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    let response = app
+        .client
+        .post(app.url(&format!("/api/endpoints/{PRACTICE}/retry")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let answer = json_body(response).await;
+    assert_matches_schema("RetryAll", &answer);
+    assert_eq!(answer["retried"], 2);
+    eventually!("both delivered", Duration::from_secs(10), all_delivered(&app).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_referral_keeps_its_order_under_retries_while_another_practice_flows() {
+    let slow = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("PUT"))
+        .respond_with(scripted(
+            vec![
+                ResponseTemplate::new(503),
+                ResponseTemplate::new(503),
+                ResponseTemplate::new(200),
+                ResponseTemplate::new(502),
+                ResponseTemplate::new(200),
+                ResponseTemplate::new(503),
+            ],
+            times,
+        ))
+        .mount(&slow)
+        .await;
+    let fine = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&fine)
+        .await;
+    let registry = endpoint_toml(PRACTICE, &slow.uri(), "")
+        + &endpoint_toml(OTHER_PRACTICE, &fine.uri(), "");
+    let app = delivering_app(&registry).await;
+    let (slow_referral, slow_task) = refer(&app, PRACTICE).await;
+    let (fine_referral, fine_task) = refer(&app, OTHER_PRACTICE).await;
+    for stage in ["accepted", "contacted", "plan-agreed"] {
+        transition(&app, &slow_referral, stage).await;
+        transition(&app, &fine_referral, stage).await;
+    }
+    eventually!("the other practice is up to date", Duration::from_secs(10), {
+        versions_of(&task_puts(&fine).await, &fine_task) == vec![1, 2, 3, 4]
+    });
+    eventually!("the slow practice catches up", Duration::from_secs(15), all_delivered(&app).await);
+    let versions = versions_of(&task_puts(&slow).await, &slow_task);
+    // Every attempt, failures included, in version order: never a later
+    // version before an earlier one.
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "out of order: {versions:?}"
+    );
+    let mut distinct = versions.clone();
+    distinct.dedup();
+    assert_eq!(distinct, vec![1, 2, 3, 4]);
+    assert!(versions.len() >= 8, "the failures were retried: {versions:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn message_mode_answers_the_referral_message() {
+    let gp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fhir/$process-message"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    let registry = format!(
+        "[[endpoint]]\nods_code = \"Y12345\"\nbase_url = \"{}/fhir\"\nmode = \"message\"\nauth = {{ type = \"none\" }}\n",
+        gp.uri()
+    );
+    let app = delivering_app(&registry).await;
+    let message = Shape::Message.example();
+    let (id, status, _) = submit(&app, Shape::Message, &message).await;
+    assert_eq!(status, 200);
+    transition(&app, &id, "accepted").await;
+    eventually!("both updates delivered", Duration::from_secs(10), all_delivered(&app).await);
+    let received = gp.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 2);
+    let original_source = message["entry"][0]["resource"]["source"]["endpoint"].clone();
+    for (request, version) in received.iter().zip(["1", "2"]) {
+        let bundle: Value = serde_json::from_slice(&request.body).expect("a Bundle");
+        assert_eq!(bundle["type"], "message");
+        assert_eq!(header(request, "x-request-id"), bundle["id"].as_str());
+        let header_resource = &bundle["entry"][0]["resource"];
+        assert_eq!(
+            header_resource["eventCoding"]["code"],
+            "servicerequest-response"
+        );
+        assert_eq!(header_resource["destination"][0]["endpoint"], original_source);
+        assert_eq!(header_resource["response"]["identifier"], message["id"]);
+        let task = &bundle["entry"][1]["resource"];
+        assert_eq!(task["resourceType"], "Task");
+        assert_eq!(task["meta"]["versionId"], version);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_practice_without_an_endpoint_keeps_its_updates_for_pull() {
+    let app = delivering_app("").await;
+    let before = sprig::fhir::Instant::now().to_fhir();
+    let (_id, task) = refer(&app, PRACTICE).await;
+    let pending = deliveries(&app, "").await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["awaiting_endpoint"], true);
+    let view = json_body(app.get("/api/endpoints").await).await;
+    assert_matches_schema("EndpointsView", &view);
+    assert_eq!(view["endpoints"], json!([]));
+    assert_eq!(view["without_endpoint"][0]["ods_code"], PRACTICE);
+    assert_eq!(view["without_endpoint"][0]["pending"], 1);
+    // The practice pulls.
+    let found = json_body(
+        app.get(&format!(
+            "/fhir/Task?_lastUpdated=gt{}",
+            before.replace(':', "%3A")
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(found["entry"][0]["resource"]["id"], task.as_str(), "{found}");
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        text.contains(&format!(
+            "sprig_outbox_pending{{destination=\"{PRACTICE}\",endpoint=\"none\"}} 1"
+        )),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_added_to_the_file_is_used_without_a_restart() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(OTHER_PRACTICE, &gp.uri(), "")).await;
+    refer(&app, PRACTICE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliveries(&app, "").await[0]["awaiting_endpoint"], true);
+    let file = app.dir().path().join("endpoints.toml");
+    std::fs::write(
+        &file,
+        endpoint_toml(OTHER_PRACTICE, &gp.uri(), "") + &endpoint_toml(PRACTICE, &gp.uri(), ""),
+    )
+    .expect("registry rewritten");
+    eventually!("delivered after the reload", Duration::from_secs(10), all_delivered(&app).await);
+    let view = json_body(app.get("/api/endpoints").await).await;
+    assert_eq!(view["endpoints"].as_array().map(Vec::len), Some(2));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mistake_in_the_endpoint_file_stops_start_up_naming_file_and_line() {
+    let dir = TempDir::new().expect("temporary directory");
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &file,
+        "[[endpoint]]\nods_code = \"K83999\"\nbase_url = \"ftp://gp.example\"\nmode = \"rest\"\nauth = { type = \"none\" }\n",
+    )
+    .expect("file written");
+    let settings = sprig::config::Settings {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database: dir.path().join("sprig.db").display().to_string(),
+        delivery: sprig::config::DeliverySettings {
+            endpoints: Some(file),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let error = match sprig::app::Application::build(settings).await {
+        Ok(_) => panic!("start-up should fail"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("endpoints.toml:3:"), "{error}");
+    assert!(error.contains("base_url"), "{error}");
+}
+
+/// `kill -9` at any moment loses nothing: after a restart every committed
+/// change reaches the practice (at least once), in order per referral.
+#[tokio::test]
+async fn kill_9_mid_delivery_loses_nothing() {
+    let gp = MockServer::start().await;
+    // Slow answers, so the kill lands with sends in flight.
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .mount(&gp)
+        .await;
+    let dir = TempDir::new().expect("temporary directory");
+    let db = dir.path().join("sprig.db");
+    let registry = dir.path().join("endpoints.toml");
+    std::fs::write(&registry, endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 2"))
+        .expect("registry written");
+    let registry = registry.display().to_string();
+    let env = [
+        ("SPRIG_ENDPOINTS", registry.as_str()),
+        ("SPRIG_DELIVERY__POLL_INTERVAL_MS", "50"),
+        ("SPRIG_DELIVERY__INITIAL_BACKOFF_MS", "100"),
+    ];
+    let mut server = start(&db, &env);
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let created = client
+            .post(format!("{}/fhir/ServiceRequest", server.address))
+            .header("content-type", "application/fhir+json")
+            .body(sample_referral_text())
+            .send()
+            .await
+            .expect("created");
+        assert_eq!(created.status(), 201);
+        let referral: Value = created.json().await.expect("JSON");
+        let id = referral["id"].as_str().expect("id").to_owned();
+        for stage in ["accepted", "contacted"] {
+            let moved = client
+                .post(format!(
+                    "{}/api/referrals/{id}/transitions",
+                    server.address
+                ))
+                .json(&json!({"to": stage}))
+                .send()
+                .await
+                .expect("transition");
+            assert_eq!(moved.status(), 200);
+        }
+        let record: Value = client
+            .get(format!("{}/api/referrals/{id}", server.address))
+            .send()
+            .await
+            .expect("record")
+            .json()
+            .await
+            .expect("JSON");
+        tasks.push(record["task_id"].as_str().expect("task").to_owned());
+    }
+    // Some delivered, some not: kill now.
+    eventually!("a few deliveries", Duration::from_secs(10), {
+        !task_puts(&gp).await.is_empty()
+    });
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    let before_restart = task_puts(&gp).await.len();
+    assert!(
+        before_restart < 12,
+        "the kill came too late to prove anything ({before_restart} delivered)"
+    );
+
+    let server = start(&db, &env);
+    eventually!("every update delivered after the restart", Duration::from_secs(20), {
+        let puts = task_puts(&gp).await;
+        tasks.iter().all(|task| {
+            let mut versions = versions_of(&puts, task);
+            versions.dedup();
+            versions == vec![1, 2, 3]
+        })
+    });
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        let versions = versions_of(&puts, task);
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "order kept across the crash: {versions:?}"
+        );
+    }
+    eventually!("the queue is empty", Duration::from_secs(5), {
+        let pending: Value = client
+            .get(format!("{}/api/deliveries?state=pending", server.address))
+            .send()
+            .await
+            .expect("queue")
+            .json()
+            .await
+            .expect("JSON");
+        pending["items"] == json!([])
+    });
+    crate::binary::terminate(server);
+}
