@@ -14,6 +14,7 @@
 //! - `validation`: pure validation passes (R4 JSON schema today)
 //! - `search`: FHIR search parameters, query parsing and index extraction (pure)
 //! - `store`: durable, versioned storage (SQLite)
+//! - `delivery`: sending updates to GP systems: the endpoint registry, authentication, TLS
 //! - `fhirpath`: Sprig's FHIRPath engine (invariants, slicing, mappings)
 //! - `mapping`: the declarative FHIR ↔ referral record mappings (`mappings/*.toml`) and the
 //!   Task and Observation builders

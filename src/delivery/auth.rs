@@ -1,0 +1,286 @@
+//! How Sprig authenticates to a GP system: nothing, a bearer token from the environment,
+//! or OAuth2 client credentials with a signed JWT client assertion (RS512, as NHS API
+//! Management uses). A TLS client certificate (the `mtls` type, or `tls` beside another
+//! type) is part of the endpoint's HTTP client, not of this module's headers.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::header::HeaderValue;
+use reqwest::{Client, Url};
+use serde::{Deserialize, Serialize};
+
+use super::transport::TransportError;
+
+/// The `auth` table of a registry entry, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum AuthConfig {
+    /// No authentication (a braced variant so that `deny_unknown_fields` refuses stray
+    /// keys here too).
+    None {},
+    /// `Authorization: Bearer` with the token read from an environment variable at load.
+    Bearer {
+        /// The environment variable holding the token.
+        token_env: String,
+    },
+    /// OAuth2 client credentials with a signed JWT assertion.
+    PrivateKeyJwt {
+        /// The token endpoint.
+        token_url: String,
+        /// The client id, the assertion's `iss` and `sub`.
+        client_id: String,
+        /// PEM file of the RSA private key signing the assertion.
+        key_file: PathBuf,
+        /// The key's id, the assertion header's `kid`.
+        kid: String,
+    },
+    /// A TLS client certificate and nothing else.
+    Mtls {
+        /// PEM file of the client certificate (and its chain).
+        cert_file: PathBuf,
+        /// PEM file of the certificate's private key.
+        key_file: PathBuf,
+    },
+}
+
+/// How long a client assertion is valid: NHS API Management refuses more than 5 minutes.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// A cached access token is dropped this long before it expires, so a request never
+/// reaches the receiver with a token that expires on the way.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// The `client_assertion_type` of a JWT client assertion (RFC 7523).
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// OAuth2 client credentials with a signed JWT client assertion (RFC 7523 §2.2), with the
+/// access token cached until shortly before it expires. One refresh at a time: callers
+/// needing a token while one is being fetched wait for it rather than fetching their own.
+pub(crate) struct ClientCredentials {
+    token_url: Url,
+    client_id: String,
+    kid: String,
+    key: EncodingKey,
+    cached: tokio::sync::Mutex<Option<CachedToken>>,
+}
+
+struct CachedToken {
+    /// `Bearer <access_token>`, marked sensitive.
+    authorization: HeaderValue,
+    refresh_after: Instant,
+}
+
+impl fmt::Debug for ClientCredentials {
+    // By hand: the key and the token stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("token_url", &self.token_url.as_str())
+            .field("client_id", &self.client_id)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: String,
+    exp: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    /// Seconds; NHS API Management sends it as a string ("599"), RFC 6749 as a number.
+    expires_in: Option<NumberOrString>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrString {
+    Number(u64),
+    String(String),
+}
+
+/// An OAuth2 error response (RFC 6749 §5.2).
+#[derive(Deserialize)]
+struct TokenErrorResponse {
+    error: String,
+    error_description: Option<String>,
+}
+
+impl ClientCredentials {
+    /// Checks the key (an RSA private key, PEM) and keeps what the exchange needs.
+    pub(crate) fn new(
+        token_url: Url,
+        client_id: String,
+        kid: String,
+        key_pem: &[u8],
+    ) -> Result<Self, String> {
+        let key = EncodingKey::from_rsa_pem(key_pem)
+            .map_err(|e| format!("not an RSA private key in PEM: {e}"))?;
+        Ok(ClientCredentials {
+            token_url,
+            client_id,
+            kid,
+            key,
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The `Authorization` header value to send: the cached token, or a new one fetched
+    /// with `client`.
+    pub(crate) async fn authorization(
+        &self,
+        client: &Client,
+        ods_code: &str,
+    ) -> Result<HeaderValue, TransportError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(token) = cached.as_ref()
+            && Instant::now() < token.refresh_after
+        {
+            return Ok(token.authorization.clone());
+        }
+        let token = self.fetch(client, ods_code).await?;
+        let authorization = token.authorization.clone();
+        *cached = Some(token);
+        Ok(authorization)
+    }
+
+    /// Drops the cached token if it is still `rejected` (the receiver answered 401 to
+    /// it); a token another request has already replaced stays.
+    pub(crate) async fn reject(&self, rejected: &HeaderValue) {
+        let mut cached = self.cached.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|token| token.authorization == rejected)
+        {
+            *cached = None;
+        }
+    }
+
+    /// A signed client assertion: `iss` = `sub` = client id, `aud` = the token endpoint,
+    /// a fresh `jti`, `exp` five minutes ahead, `kid` in the header, RS512.
+    fn assertion(&self) -> Result<String, TransportError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let claims = AssertionClaims {
+            iss: &self.client_id,
+            sub: &self.client_id,
+            aud: self.token_url.as_str(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            exp: (now + ASSERTION_LIFETIME).as_secs(),
+        };
+        let mut header = Header::new(Algorithm::RS512);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| TransportError::Auth {
+            message: format!("cannot sign the client assertion: {e}"),
+            transient: false,
+        })
+    }
+
+    async fn fetch(&self, client: &Client, ods_code: &str) -> Result<CachedToken, TransportError> {
+        let assertion = self.assertion()?;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER_ASSERTION),
+            ("client_assertion", assertion.as_str()),
+        ];
+        let requested_at = Instant::now();
+        let response = client
+            .post(self.token_url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| {
+                let error = TransportError::from_reqwest(e);
+                TransportError::Auth {
+                    message: format!("token endpoint {}: {error}", self.token_url),
+                    transient: error.is_transient(),
+                }
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| TransportError::Auth {
+            message: format!("token endpoint {}: reading the answer: {e}", self.token_url),
+            transient: true,
+        })?;
+        if !status.is_success() {
+            let transient = status.is_server_error()
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+            let detail = serde_json::from_slice::<TokenErrorResponse>(&body)
+                .map(|e| match e.error_description {
+                    Some(description) => format!(": {}: {description}", e.error),
+                    None => format!(": {}", e.error),
+                })
+                .unwrap_or_default();
+            tracing::warn!(ods_code, token_url = %self.token_url, status = status.as_u16(), "access token refused");
+            return Err(TransportError::Auth {
+                message: format!(
+                    "token endpoint {} answered {status}{detail}",
+                    self.token_url
+                ),
+                transient,
+            });
+        }
+        // A 2xx that is not a token is the token endpoint misbehaving, as a 5xx would be.
+        let token: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| TransportError::Auth {
+                message: format!(
+                    "token endpoint {} answered {status} without an access token: {e}",
+                    self.token_url
+                ),
+                transient: true,
+            })?;
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.access_token))
+            .map_err(|_| TransportError::Auth {
+                message: format!(
+                    "token endpoint {} gave an access token that is not a valid header value",
+                    self.token_url
+                ),
+                transient: true,
+            })?;
+        authorization.set_sensitive(true);
+        let lifetime = match token.expires_in {
+            Some(NumberOrString::Number(seconds)) => Some(seconds),
+            Some(NumberOrString::String(text)) => text.trim().parse().ok(),
+            None => None,
+        }
+        // No lifetime given: RFC 6749 leaves it to the server's documentation; a minute
+        // keeps a token that never expires from being fetched for every request.
+        .map_or(Duration::from_secs(60), Duration::from_secs);
+        // Counted from the request, not the answer: the token's clock started then.
+        let refresh_after = requested_at + lifetime.saturating_sub(EXPIRY_MARGIN.min(lifetime / 2));
+        tracing::info!(ods_code, token_url = %self.token_url, expires_in_secs = lifetime.as_secs(), "access token obtained");
+        Ok(CachedToken {
+            authorization,
+            refresh_after,
+        })
+    }
+}
+
+/// How an endpoint authenticates each request.
+#[derive(Debug)]
+pub(crate) enum Authenticator {
+    /// No `Authorization` header (possibly a TLS client certificate).
+    None,
+    /// A fixed `Authorization: Bearer` header (marked sensitive).
+    Bearer(HeaderValue),
+    /// A token from OAuth2 client credentials.
+    ClientCredentials(ClientCredentials),
+}
+
+/// `Bearer <token>` as a sensitive header value.
+pub(crate) fn bearer_header(token: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token holds characters not allowed in an HTTP header".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
