@@ -254,7 +254,9 @@ impl Application {
         match state.store.release_leases().await {
             Ok(0) => {}
             Ok(released) => tracing::info!(released, "claims from a previous run released"),
-            Err(error) => tracing::warn!(%error, "cannot release earlier claims; they lapse instead"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot release earlier claims; they lapse instead")
+            }
         }
         let fhir_base = match &state.settings.public_base_url {
             Some(url) => url.trim_end_matches('/').to_owned(),

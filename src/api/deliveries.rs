@@ -147,7 +147,11 @@ pub async fn retry_endpoint(
 pub async fn endpoints(State(state): State<AppState>) -> Result<Response, Problem> {
     let registry = state.endpoints.current();
     let stats = state.store.destination_stats().await?;
-    let stats_for = |ods: &str| stats.iter().find(|s| s.destination_ods.as_deref() == Some(ods));
+    let stats_for = |ods: &str| {
+        stats
+            .iter()
+            .find(|s| s.destination_ods.as_deref() == Some(ods))
+    };
     let mut endpoints: Vec<Value> = registry
         .iter()
         .map(|endpoint| {

@@ -97,7 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deliveries/{seq}", get(deliveries::detail))
         .route("/api/deliveries/{seq}/retry", post(deliveries::retry))
         .route("/api/endpoints", get(deliveries::endpoints))
-        .route("/api/endpoints/{ods}/retry", post(deliveries::retry_endpoint))
+        .route(
+            "/api/endpoints/{ods}/retry",
+            post(deliveries::retry_endpoint),
+        )
         .route("/metrics", get(deliveries::metrics))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))

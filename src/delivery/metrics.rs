@@ -8,8 +8,8 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -201,8 +201,15 @@ impl DeliveryMetrics {
                     destination: destination.clone(),
                 })
                 .set(row.dead);
-            if let Some(oldest) = row.oldest_pending.as_deref().and_then(|t| Instant::parse(t).ok()) {
-                let age_ms = now.unix_millis().saturating_sub(oldest.unix_millis()).max(0);
+            if let Some(oldest) = row
+                .oldest_pending
+                .as_deref()
+                .and_then(|t| Instant::parse(t).ok())
+            {
+                let age_ms = now
+                    .unix_millis()
+                    .saturating_sub(oldest.unix_millis())
+                    .max(0);
                 self.oldest_pending_seconds
                     .get_or_create(&DestinationLabels { destination })
                     .set(age_ms as f64 / 1000.0);

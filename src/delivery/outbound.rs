@@ -30,7 +30,9 @@ pub enum BuildError {
     #[error("{0} updates cannot be delivered by REST")]
     UnsupportedType(String),
     /// `If-None-Exist` needs the Observation's identifier.
-    #[error("Observation/{0} has no identifier with a system and value to make its POST conditional")]
+    #[error(
+        "Observation/{0} has no identifier with a system and value to make its POST conditional"
+    )]
     ObservationWithoutIdentifier(String),
     /// The stored resource is not JSON (a defect).
     #[error("the stored resource is not valid JSON: {0}")]
@@ -73,7 +75,10 @@ fn common_headers(request: OutboundRequest, message: &ClaimedMessage) -> Outboun
 }
 
 /// The REST request for `message`, whose stored JSON is `resource`.
-pub fn rest_request(message: &ClaimedMessage, resource: &str) -> Result<OutboundRequest, BuildError> {
+pub fn rest_request(
+    message: &ClaimedMessage,
+    resource: &str,
+) -> Result<OutboundRequest, BuildError> {
     match message.resource_type.as_str() {
         "Task" => Ok(common_headers(
             OutboundRequest::new(
@@ -86,8 +91,9 @@ pub fn rest_request(message: &ClaimedMessage, resource: &str) -> Result<Outbound
         "Observation" => {
             let parsed: Value = serde_json::from_str(resource)
                 .map_err(|e| BuildError::InvalidStoredResource(e.to_string()))?;
-            let token = identifier_token(&parsed)
-                .ok_or_else(|| BuildError::ObservationWithoutIdentifier(message.resource_id.clone()))?;
+            let token = identifier_token(&parsed).ok_or_else(|| {
+                BuildError::ObservationWithoutIdentifier(message.resource_id.clone())
+            })?;
             let condition: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair("identifier", &token)
                 .finish();
@@ -218,8 +224,14 @@ mod tests {
         assert_eq!(first.method, reqwest::Method::PUT);
         assert_eq!(first.path, "Task/abc");
         assert_eq!(header(&first, "content-type"), Some(FHIR_JSON));
-        assert_eq!(header(&first, "x-request-id"), header(&again, "x-request-id"));
-        assert_ne!(header(&first, "x-request-id"), header(&next, "x-request-id"));
+        assert_eq!(
+            header(&first, "x-request-id"),
+            header(&again, "x-request-id")
+        );
+        assert_ne!(
+            header(&first, "x-request-id"),
+            header(&next, "x-request-id")
+        );
         assert_eq!(header(&first, "x-correlation-id"), Some("ref-1"));
         assert_eq!(&first.body[..], body.as_bytes());
     }
@@ -280,7 +292,10 @@ mod tests {
             "https://fhir.nhs.uk/Id/dos-service-id|2000011147"
         );
         assert_eq!(header["response"]["identifier"], "orig-1");
-        assert_eq!(header["focus"][0]["reference"], "https://sprig.example/fhir/Task/abc");
+        assert_eq!(
+            header["focus"][0]["reference"],
+            "https://sprig.example/fhir/Task/abc"
+        );
         assert_eq!(bundle["entry"][1]["resource"]["resourceType"], "Task");
 
         let mut no_reply = claimed("Task", 2);
@@ -289,7 +304,8 @@ mod tests {
             original_message_id: None,
             ..context
         };
-        let request = message_request(&no_reply, r#"{"resourceType":"Task"}"#, &context, now).unwrap();
+        let request =
+            message_request(&no_reply, r#"{"resourceType":"Task"}"#, &context, now).unwrap();
         let bundle: Value = serde_json::from_slice(&request.body).unwrap();
         let header = &bundle["entry"][0]["resource"];
         assert_eq!(

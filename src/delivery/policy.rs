@@ -126,7 +126,10 @@ mod tests {
             max_age: Duration::from_secs(3600),
         };
         assert_eq!(policy.backoff(1, None, 0.0), Duration::from_millis(500));
-        assert_eq!(policy.backoff(1, None, 0.999_999), Duration::from_millis(999));
+        assert_eq!(
+            policy.backoff(1, None, 0.999_999),
+            Duration::from_millis(999)
+        );
         assert_eq!(policy.backoff(2, None, 0.0), Duration::from_secs(1));
         assert_eq!(policy.backoff(4, None, 0.0), Duration::from_secs(4));
         assert_eq!(policy.backoff(30, None, 0.0), Duration::from_secs(30));

@@ -114,10 +114,8 @@ impl Worker {
             }
         }
         let grace = self.shared.settings.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while sends.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while sends.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 still_sending = sends.len(),
@@ -236,8 +234,18 @@ async fn deliver(
     let request = match request {
         Ok(request) => request,
         Err(problem) => {
-            let outcome = record(shared, &message, Verdict::Permanent(problem), None, None, None).await?;
-            shared.metrics.attempt(&message.destination_ods, outcome, None);
+            let outcome = record(
+                shared,
+                &message,
+                Verdict::Permanent(problem),
+                None,
+                None,
+                None,
+            )
+            .await?;
+            shared
+                .metrics
+                .attempt(&message.destination_ods, outcome, None);
             return Ok(());
         }
     };
@@ -263,7 +271,17 @@ async fn deliver(
             )
             .await?
         }
-        Err(error) => record(shared, &message, classify_transport(&error), None, None, None).await?,
+        Err(error) => {
+            record(
+                shared,
+                &message,
+                classify_transport(&error),
+                None,
+                None,
+                None,
+            )
+            .await?
+        }
     };
     shared
         .metrics
@@ -347,7 +365,10 @@ async fn record(
         Verdict::Delivered => {
             shared.store.mark_delivered(attempt).await?;
             if let Ok(created) = Instant::parse(&message.created_at) {
-                let ms = now.unix_millis().saturating_sub(created.unix_millis()).max(0);
+                let ms = now
+                    .unix_millis()
+                    .saturating_sub(created.unix_millis())
+                    .max(0);
                 shared
                     .metrics
                     .delivered_after(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::Notify;
 use sqlx::{Sqlite, SqliteConnection, Transaction};
+use tokio::sync::Notify;
 
 use super::sqlite::read_current;
 use super::{ReadOutcome, StoreError, StoredResource};

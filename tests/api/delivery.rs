@@ -94,7 +94,12 @@ macro_rules! eventually {
             if $done {
                 break;
             }
-            assert!(started.elapsed() < $limit, "{}: not within {:?}", $what, $limit);
+            assert!(
+                started.elapsed() < $limit,
+                "{}: not within {:?}",
+                $what,
+                $limit
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }};
@@ -117,7 +122,10 @@ async fn task_puts(server: &MockServer) -> Vec<(String, String)> {
             let body: Value = serde_json::from_slice(&r.body).expect("a JSON Task");
             (
                 body["id"].as_str().unwrap_or_default().to_owned(),
-                body["meta"]["versionId"].as_str().unwrap_or_default().to_owned(),
+                body["meta"]["versionId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             )
         })
         .collect()
@@ -158,7 +166,11 @@ async fn updates_reach_the_practice_in_order_as_puts_and_conditional_posts() {
     )
     .await;
     assert_eq!(outcome.status(), 201);
-    eventually!("every update delivered", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "every update delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
 
     let received = gp.received_requests().await.unwrap_or_default();
     // In outbox order, each sent once.
@@ -205,7 +217,10 @@ async fn updates_reach_the_practice_in_order_as_puts_and_conditional_posts() {
         )),
         "{text}"
     );
-    assert!(text.contains("sprig_delivery_latency_seconds_count 5"), "{text}");
+    assert!(
+        text.contains("sprig_delivery_latency_seconds_count 5"),
+        "{text}"
+    );
     assert!(text.contains("sprig_delivery_endpoints 1"), "{text}");
     app.stop().await;
 }
@@ -242,7 +257,11 @@ async fn a_500_and_a_429_are_retried_and_retry_after_is_honoured() {
         .await;
     let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
     let (_id, task) = refer(&app, PRACTICE).await;
-    eventually!("delivered after two failures", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "delivered after two failures",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     let entry = &deliveries(&app, "").await[0];
     assert_eq!(entry["attempts"], 3);
     assert_eq!(entry["last_status"], 200);
@@ -287,7 +306,11 @@ async fn a_timeout_is_retried() {
             .as_str()
             .is_some_and(|e| e.contains("timed out"))
     });
-    eventually!("delivered on a later attempt", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "delivered on a later attempt",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     assert_eq!(deliveries(&app, "").await[0]["attempts"], 2);
     app.stop().await;
 }
@@ -318,7 +341,11 @@ async fn a_practice_that_is_down_receives_its_updates_when_it_comes_up() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&gp)
         .await;
-    eventually!("delivered once the practice is up", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "delivered once the practice is up",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 2]);
     app.stop().await;
 }
@@ -342,7 +369,10 @@ async fn a_refusal_is_a_dead_letter_that_holds_back_later_updates_until_retried(
     let dead = deliveries(&app, "?state=dead").await.remove(0);
     assert_eq!(dead["attempts"], 1, "a permanent failure is not retried");
     assert_eq!(dead["last_status"], 400);
-    assert_eq!(dead["receiver_response"], refusal, "the receiver's answer is kept");
+    assert_eq!(
+        dead["receiver_response"], refusal,
+        "the receiver's answer is kept"
+    );
     let seq = dead["seq"].as_i64().expect("seq");
 
     // A later update of the same referral waits behind the dead letter.
@@ -385,7 +415,11 @@ async fn a_refusal_is_a_dead_letter_that_holds_back_later_updates_until_retried(
     let retried = json_body(retried).await;
     assert_matches_schema("Delivery", &retried);
     assert_eq!(retried["state"], "pending");
-    eventually!("both delivered", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "both delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 2]);
     app.stop().await;
 }
@@ -418,7 +452,11 @@ async fn retry_all_for_an_endpoint() {
     let answer = json_body(response).await;
     assert_matches_schema("RetryAll", &answer);
     assert_eq!(answer["retried"], 2);
-    eventually!("both delivered", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "both delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     app.stop().await;
 }
 
@@ -445,8 +483,8 @@ async fn one_referral_keeps_its_order_under_retries_while_another_practice_flows
         .respond_with(ResponseTemplate::new(200))
         .mount(&fine)
         .await;
-    let registry = endpoint_toml(PRACTICE, &slow.uri(), "")
-        + &endpoint_toml(OTHER_PRACTICE, &fine.uri(), "");
+    let registry =
+        endpoint_toml(PRACTICE, &slow.uri(), "") + &endpoint_toml(OTHER_PRACTICE, &fine.uri(), "");
     let app = delivering_app(&registry).await;
     let (slow_referral, slow_task) = refer(&app, PRACTICE).await;
     let (fine_referral, fine_task) = refer(&app, OTHER_PRACTICE).await;
@@ -454,10 +492,16 @@ async fn one_referral_keeps_its_order_under_retries_while_another_practice_flows
         transition(&app, &slow_referral, stage).await;
         transition(&app, &fine_referral, stage).await;
     }
-    eventually!("the other practice is up to date", Duration::from_secs(10), {
-        versions_of(&task_puts(&fine).await, &fine_task) == vec![1, 2, 3, 4]
-    });
-    eventually!("the slow practice catches up", Duration::from_secs(15), all_delivered(&app).await);
+    eventually!(
+        "the other practice is up to date",
+        Duration::from_secs(10),
+        { versions_of(&task_puts(&fine).await, &fine_task) == vec![1, 2, 3, 4] }
+    );
+    eventually!(
+        "the slow practice catches up",
+        Duration::from_secs(15),
+        all_delivered(&app).await
+    );
     let versions = versions_of(&task_puts(&slow).await, &slow_task);
     // Every attempt, failures included, in version order: never a later
     // version before an earlier one.
@@ -468,7 +512,10 @@ async fn one_referral_keeps_its_order_under_retries_while_another_practice_flows
     let mut distinct = versions.clone();
     distinct.dedup();
     assert_eq!(distinct, vec![1, 2, 3, 4]);
-    assert!(versions.len() >= 8, "the failures were retried: {versions:?}");
+    assert!(
+        versions.len() >= 8,
+        "the failures were retried: {versions:?}"
+    );
     app.stop().await;
 }
 
@@ -489,7 +536,11 @@ async fn message_mode_answers_the_referral_message() {
     let (id, status, _) = submit(&app, Shape::Message, &message).await;
     assert_eq!(status, 200);
     transition(&app, &id, "accepted").await;
-    eventually!("both updates delivered", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "both updates delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     let received = gp.received_requests().await.unwrap_or_default();
     assert_eq!(received.len(), 2);
     let original_source = message["entry"][0]["resource"]["source"]["endpoint"].clone();
@@ -502,7 +553,10 @@ async fn message_mode_answers_the_referral_message() {
             header_resource["eventCoding"]["code"],
             "servicerequest-response"
         );
-        assert_eq!(header_resource["destination"][0]["endpoint"], original_source);
+        assert_eq!(
+            header_resource["destination"][0]["endpoint"],
+            original_source
+        );
         assert_eq!(header_resource["response"]["identifier"], message["id"]);
         let task = &bundle["entry"][1]["resource"];
         assert_eq!(task["resourceType"], "Task");
@@ -533,7 +587,11 @@ async fn a_practice_without_an_endpoint_keeps_its_updates_for_pull() {
         .await,
     )
     .await;
-    assert_eq!(found["entry"][0]["resource"]["id"], task.as_str(), "{found}");
+    assert_eq!(
+        found["entry"][0]["resource"]["id"],
+        task.as_str(),
+        "{found}"
+    );
     let text = app.get("/metrics").await.text().await.expect("metrics");
     assert!(
         text.contains(&format!(
@@ -561,7 +619,11 @@ async fn an_endpoint_added_to_the_file_is_used_without_a_restart() {
         endpoint_toml(OTHER_PRACTICE, &gp.uri(), "") + &endpoint_toml(PRACTICE, &gp.uri(), ""),
     )
     .expect("registry rewritten");
-    eventually!("delivered after the reload", Duration::from_secs(10), all_delivered(&app).await);
+    eventually!(
+        "delivered after the reload",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
     let view = json_body(app.get("/api/endpoints").await).await;
     assert_eq!(view["endpoints"].as_array().map(Vec::len), Some(2));
     app.stop().await;
@@ -606,8 +668,11 @@ async fn kill_9_mid_delivery_loses_nothing() {
     let dir = TempDir::new().expect("temporary directory");
     let db = dir.path().join("sprig.db");
     let registry = dir.path().join("endpoints.toml");
-    std::fs::write(&registry, endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 2"))
-        .expect("registry written");
+    std::fs::write(
+        &registry,
+        endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 2"),
+    )
+    .expect("registry written");
     let registry = registry.display().to_string();
     let env = [
         ("SPRIG_ENDPOINTS", registry.as_str()),
@@ -630,10 +695,7 @@ async fn kill_9_mid_delivery_loses_nothing() {
         let id = referral["id"].as_str().expect("id").to_owned();
         for stage in ["accepted", "contacted"] {
             let moved = client
-                .post(format!(
-                    "{}/api/referrals/{id}/transitions",
-                    server.address
-                ))
+                .post(format!("{}/api/referrals/{id}/transitions", server.address))
                 .json(&json!({"to": stage}))
                 .send()
                 .await
@@ -663,14 +725,18 @@ async fn kill_9_mid_delivery_loses_nothing() {
     );
 
     let server = start(&db, &env);
-    eventually!("every update delivered after the restart", Duration::from_secs(20), {
-        let puts = task_puts(&gp).await;
-        tasks.iter().all(|task| {
-            let mut versions = versions_of(&puts, task);
-            versions.dedup();
-            versions == vec![1, 2, 3]
-        })
-    });
+    eventually!(
+        "every update delivered after the restart",
+        Duration::from_secs(20),
+        {
+            let puts = task_puts(&gp).await;
+            tasks.iter().all(|task| {
+                let mut versions = versions_of(&puts, task);
+                versions.dedup();
+                versions == vec![1, 2, 3]
+            })
+        }
+    );
     let puts = task_puts(&gp).await;
     for task in &tasks {
         let versions = versions_of(&puts, task);

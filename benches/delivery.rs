@@ -1,0 +1,283 @@
+//! Delivery figures (issue 5), measured end to end: a real Sprig (in this
+//! process, real HTTP, a real SQLite file) delivering to a local FHIR
+//! endpoint (a small axum server, also in this process).
+//!
+//! 1. Latency from a stage change (the `POST /api/referrals/{id}/transitions`
+//!    being sent) to the new Task version's arrival at the endpoint: p50, p99.
+//! 2. Drain: 10,000 updates are made while the endpoint is down (connection
+//!    refused); the endpoint comes up and the time until all are delivered
+//!    gives the drain rate. Per-destination concurrency is the default (4) and
+//!    16.
+//! 3. Memory (VmRSS of the process) before the backlog and while the 10,000
+//!    updates wait.
+//!
+//! `cargo bench --bench delivery` (`DELIVERY_BACKLOG=N` to change the backlog).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::put;
+use serde_json::{Value, json};
+use sprig::app::Application;
+use sprig::config::Settings;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Arrival times of Task versions, keyed by `Task/id/version`.
+#[derive(Default)]
+struct Arrivals {
+    at: Mutex<HashMap<String, Instant>>,
+    count: Mutex<usize>,
+    changed: Notify,
+}
+
+async fn receive(State(arrivals): State<Arc<Arrivals>>, _headers: HeaderMap, body: Bytes) -> StatusCode {
+    let Ok(task) = serde_json::from_slice::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let key = format!(
+        "{}/{}",
+        task["id"].as_str().unwrap_or_default(),
+        task["meta"]["versionId"].as_str().unwrap_or_default()
+    );
+    arrivals
+        .at
+        .lock()
+        .expect("lock")
+        .entry(key)
+        .or_insert_with(Instant::now);
+    *arrivals.count.lock().expect("lock") += 1;
+    arrivals.changed.notify_waiters();
+    StatusCode::OK
+}
+
+async fn start_receiver(listener: TcpListener, arrivals: Arc<Arrivals>) {
+    let app = Router::new()
+        .route("/fhir/Task/{id}", put(receive))
+        .with_state(arrivals);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+struct Gateway {
+    base: String,
+    client: reqwest::Client,
+    _dir: TempDir,
+}
+
+async fn start_gateway(receiver: SocketAddr, max_in_flight: usize) -> Gateway {
+    let dir = TempDir::new().expect("temporary directory");
+    let registry = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "[[endpoint]]\nods_code = \"K83999\"\nbase_url = \"http://{receiver}/fhir\"\nmode = \"rest\"\nauth = {{ type = \"none\" }}\nmax_in_flight = {max_in_flight}\n"
+        ),
+    )
+    .expect("registry");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database: dir.path().join("sprig.db").display().to_string(),
+        ..Settings::default()
+    };
+    settings.delivery.endpoints = Some(registry);
+    // A returning endpoint is noticed within a second.
+    settings.delivery.max_backoff_secs = 1;
+    settings.delivery.initial_backoff_ms = 200;
+    settings.log.level = "warn".into();
+    let app = Application::build(settings).await.expect("Sprig starts");
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    Gateway {
+        base,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+fn referral_text(n: usize, run: &str) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/referral-servicerequest.json"
+    ))
+    .expect("example");
+    text.replace("REF-2026-000123", &format!("BENCH-{run}-{n}"))
+}
+
+/// Creates a referral; returns (referral id, Task id).
+async fn refer(gateway: &Gateway, n: usize, run: &str) -> (String, String) {
+    let created: Value = gateway
+        .client
+        .post(format!("{}/fhir/ServiceRequest", gateway.base))
+        .header("content-type", "application/fhir+json")
+        .body(referral_text(n, run))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("JSON");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let record: Value = gateway
+        .client
+        .get(format!("{}/api/referrals/{id}", gateway.base))
+        .send()
+        .await
+        .expect("record")
+        .json()
+        .await
+        .expect("JSON");
+    (id, record["task_id"].as_str().expect("task").to_owned())
+}
+
+async fn transition(gateway: &Gateway, id: &str, to: &str) {
+    let response = gateway
+        .client
+        .post(format!("{}/api/referrals/{id}/transitions", gateway.base))
+        .json(&json!({"to": to}))
+        .send()
+        .await
+        .expect("transition");
+    assert_eq!(response.status(), 200);
+}
+
+async fn wait_for(arrivals: &Arrivals, count: usize, limit: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let notified = arrivals.changed.notified();
+        if *arrivals.count.lock().expect("lock") >= count {
+            return true;
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+    }
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn latency(samples: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let receiver = listener.local_addr().expect("address");
+    let arrivals = Arc::new(Arrivals::default());
+    start_receiver(listener, Arc::clone(&arrivals)).await;
+    let gateway = start_gateway(receiver, 4).await;
+    let mut referrals = Vec::new();
+    for n in 0..samples {
+        referrals.push(refer(&gateway, n, "latency").await);
+    }
+    assert!(wait_for(&arrivals, samples, Duration::from_secs(60)).await);
+    let mut latencies = Vec::new();
+    for (id, task) in &referrals {
+        let sent = Instant::now();
+        transition(&gateway, id, "accepted").await;
+        let key = format!("{task}/2");
+        let started = Instant::now();
+        let arrived = loop {
+            let notified = arrivals.changed.notified();
+            if let Some(at) = arrivals.at.lock().expect("lock").get(&key).copied() {
+                break at;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "not delivered");
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        };
+        latencies.push(arrived.saturating_duration_since(sent));
+    }
+    latencies.sort();
+    println!(
+        "latency, stage change sent -> Task version received ({samples} changes, one at a time): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
+        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+    );
+}
+
+async fn drain(backlog: usize, max_in_flight: usize) {
+    // Reserve a port, then leave it closed: the endpoint is down.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let receiver = reserved.local_addr().expect("address");
+    drop(reserved);
+    let gateway = start_gateway(receiver, max_in_flight).await;
+    let rss_before = rss_mib();
+    // Five updates per referral: received, accepted, contacted, plan agreed, in support.
+    let referrals = backlog.div_ceil(5);
+    let made = Instant::now();
+    for n in 0..referrals {
+        let (id, _task) = refer(&gateway, n, &format!("drain{max_in_flight}")).await;
+        for stage in ["accepted", "contacted", "plan-agreed", "in-support"] {
+            transition(&gateway, &id, stage).await;
+        }
+    }
+    let total = referrals * 5;
+    let making = made.elapsed();
+    let queue: Value = gateway
+        .client
+        .get(format!("{}/api/endpoints", gateway.base))
+        .send()
+        .await
+        .expect("endpoints")
+        .json()
+        .await
+        .expect("JSON");
+    let waiting = queue["endpoints"][0]["pending"].as_i64().unwrap_or(-1);
+    let rss_waiting = rss_mib();
+
+    let listener = TcpListener::bind(receiver).await.expect("the port again");
+    let arrivals = Arc::new(Arrivals::default());
+    let up = Instant::now();
+    start_receiver(listener, Arc::clone(&arrivals)).await;
+    let done = wait_for(&arrivals, total, Duration::from_secs(600)).await;
+    let draining = up.elapsed();
+    let received = *arrivals.count.lock().expect("lock");
+    println!(
+        "drain, max_in_flight {max_in_flight}: {waiting} updates waiting (made in {:.1} s); endpoint up -> {received} received in {:.2} s = {:.0} updates/s{}",
+        making.as_secs_f64(),
+        draining.as_secs_f64(),
+        received as f64 / draining.as_secs_f64(),
+        if done { "" } else { " (INCOMPLETE)" }
+    );
+    println!(
+        "memory (VmRSS, whole bench process incl. client and receiver): {rss_before:.1} MiB before the backlog, {rss_waiting:.1} MiB with {waiting} updates waiting"
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backlog: usize = std::env::var("DELIVERY_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    runtime.block_on(async {
+        latency(200).await;
+        drain(backlog, 4).await;
+        drain(backlog, 16).await;
+    });
+}
