@@ -274,7 +274,7 @@ pub(crate) enum Authenticator {
     /// A fixed `Authorization: Bearer` header (marked sensitive).
     Bearer(HeaderValue),
     /// A token from OAuth2 client credentials.
-    ClientCredentials(ClientCredentials),
+    ClientCredentials(Box<ClientCredentials>),
 }
 
 /// `Bearer <token>` as a sensitive header value.

@@ -637,7 +637,7 @@ fn build(settings: EndpointSettings) -> Result<Endpoint, (BuildKey, String)> {
                 ClientCredentials::new(token_url.clone(), client_id.clone(), kid.clone(), key_pem)
                     .map_err(|m| (BuildKey::Auth, format!("auth.key_file: {m}")))?;
             (
-                Authenticator::ClientCredentials(credentials),
+                Authenticator::ClientCredentials(Box::new(credentials)),
                 "private_key_jwt",
             )
         }
@@ -668,6 +668,9 @@ fn build(settings: EndpointSettings) -> Result<Endpoint, (BuildKey, String)> {
 pub struct Endpoints {
     current: RwLock<Arc<EndpointRegistry>>,
     source: Option<PathBuf>,
+    /// One reload at a time, so that a slower reload of an older file cannot replace
+    /// the registry a later one made.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Endpoints {
@@ -677,6 +680,7 @@ impl Endpoints {
         Arc::new(Endpoints {
             current: RwLock::new(Arc::new(registry)),
             source,
+            reloading: std::sync::Mutex::new(()),
         })
     }
 
@@ -701,6 +705,11 @@ impl Endpoints {
     pub fn reload(&self) -> Result<(), EndpointError> {
         let Some(source) = &self.source else {
             return Ok(());
+        };
+        // A poisoned lock guards nothing broken: the registry is only replaced whole.
+        let _one_at_a_time = match self.reloading.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         };
         let previous = self.current();
         let registry = EndpointRegistry::load_reusing(source, Some(&previous), &process_env)?;

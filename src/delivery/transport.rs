@@ -133,7 +133,7 @@ impl TransportError {
             TransportError::InvalidRequest(error.to_string())
         } else if error.is_timeout() {
             TransportError::Timeout(error)
-        } else if caused_by_tls(&error) {
+        } else if error.url().is_some_and(|url| url.scheme() == "https") && caused_by_tls(&error) {
             TransportError::Tls(error)
         } else if error.is_connect() {
             TransportError::Connect(error)
@@ -146,9 +146,9 @@ impl TransportError {
 /// Whether TLS failed somewhere in `error`'s cause chain: a rustls error, or an
 /// `InvalidData` I/O error, which is how the TLS stream reports an alert from the peer
 /// (rustls's error reduced to its message, as when a server refuses the client's
-/// certificate after a TLS 1.3 handshake). Plain TCP never reports `InvalidData`, and
-/// HTTP parse errors are hyper's own. `io::Error::source` skips the error it wraps, so
-/// that is looked at too.
+/// certificate after a TLS 1.3 handshake); only asked of https requests, whose bytes
+/// all pass through rustls. `io::Error::source` skips the error it wraps, so that is
+/// looked at too.
 fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = current {
