@@ -21,9 +21,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::auth::{AuthConfig, Authenticator, ClientCredentials, bearer_header};
-use super::transport::{
-    self, OutboundRequest, ReceiverResponse, TlsSettings, TransportError, build_client,
-};
+use super::transport::{self, TlsSettings, build_client};
+// Defined in `transport`; here too, beside `Endpoint::send`, which takes and gives them.
+pub use super::transport::{OutboundRequest, ReceiverResponse, TransportError};
 use crate::fhir::identifiers::OdsCode;
 
 /// The timeout of a whole request when the entry sets none.
