@@ -274,7 +274,7 @@ pub(crate) enum Authenticator {
     /// A fixed `Authorization: Bearer` header (marked sensitive).
     Bearer(HeaderValue),
     /// A token from OAuth2 client credentials.
-    ClientCredentials(ClientCredentials),
+    ClientCredentials(Box<ClientCredentials>),
 }
 
 /// `Bearer <token>` as a sensitive header value.
@@ -283,4 +283,238 @@ pub(crate) fn bearer_header(token: &str) -> Result<HeaderValue, String> {
         .map_err(|_| "the token holds characters not allowed in an HTTP header".to_string())?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use reqwest::Method;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use crate::delivery::endpoints::Endpoint;
+    use crate::delivery::endpoints::test_support::{registry, rsa_key, write};
+    use crate::delivery::transport::{OutboundRequest, TransportError};
+
+    const CLIENT_ID: &str = "sprig-test-client";
+
+    fn token_url(server: &MockServer) -> String {
+        format!("{}/oauth2/token", server.uri())
+    }
+
+    fn jwt_endpoint(server: &MockServer) -> (Arc<Endpoint>, tempfile::TempDir) {
+        jwt_endpoint_at(&server.uri(), &token_url(server))
+    }
+
+    fn jwt_endpoint_at(base: &str, token_url: &str) -> (Arc<Endpoint>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "jwt.pem", &rsa_key().0);
+        let text = format!(
+            "[[endpoint]]\nods_code = \"A81001\"\nbase_url = \"{base}/fhir\"\nmode = \"rest\"\n\
+             auth = {{ type = \"private_key_jwt\", token_url = \"{token_url}\", client_id = \"{CLIENT_ID}\", key_file = \"jwt.pem\", kid = \"test-1\" }}\n",
+        );
+        let endpoint = registry(&text, dir.path()).get("A81001").expect("endpoint");
+        (endpoint, dir)
+    }
+
+    fn token(access_token: &str) -> ResponseTemplate {
+        // NHS API Management gives expires_in as a string.
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": access_token,
+            "expires_in": "599",
+            "token_type": "Bearer",
+            "issued_at": "1700000000000",
+        }))
+    }
+
+    fn put_task() -> OutboundRequest {
+        OutboundRequest::new(Method::PUT, "Task/abc")
+    }
+
+    #[tokio::test]
+    async fn the_client_assertion_is_right_and_the_token_is_cached() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth2/token"))
+            .and(header("content-type", "application/x-www-form-urlencoded"))
+            .respond_with(token("access-1"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("PUT"))
+            .and(path("/fhir/Task/abc"))
+            .and(header("authorization", "Bearer access-1"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let (endpoint, _dir) = jwt_endpoint(&server);
+        for _ in 0..2 {
+            assert_eq!(endpoint.send(put_task()).await.expect("send").status, 200);
+        }
+
+        let requests = server.received_requests().await.expect("recorded");
+        let token_request = requests
+            .iter()
+            .find(|r| r.url.path() == "/oauth2/token")
+            .expect("token request");
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(&token_request.body)
+                .into_owned()
+                .collect();
+        assert_eq!(form["grant_type"], "client_credentials");
+        assert_eq!(
+            form["client_assertion_type"],
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        );
+        assert_eq!(form.len(), 3, "{form:?}");
+
+        let assertion = &form["client_assertion"];
+        let header = jsonwebtoken::decode_header(assertion).expect("JWT header");
+        assert_eq!(header.alg, Algorithm::RS512);
+        assert_eq!(header.kid.as_deref(), Some("test-1"));
+        let key = DecodingKey::from_rsa_pem(rsa_key().1.as_bytes()).expect("public key");
+        let mut validation = Validation::new(Algorithm::RS512);
+        validation.set_audience(&[token_url(&server)]);
+        validation.set_issuer(&[CLIENT_ID]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
+            .expect("assertion verifies with the public key")
+            .claims;
+        assert_eq!(claims["sub"], CLIENT_ID);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let exp = claims["exp"].as_u64().expect("exp");
+        assert!(
+            (now + 290..=now + 300).contains(&exp),
+            "exp {exp}, now {now}"
+        );
+        let jti = claims["jti"].as_str().expect("jti");
+        assert!(uuid::Uuid::parse_str(jti).is_ok(), "{jti}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_sends_share_one_token_request() {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth2/token"))
+            .respond_with(token("access-1").set_delay(Duration::from_millis(200)))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/fhir/Task/abc"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(5)
+            .mount(&server)
+            .await;
+        let (endpoint, _dir) = jwt_endpoint(&server);
+        let sends = (0..5).map(|_| endpoint.send(put_task()));
+        for result in futures::future::join_all(sends).await {
+            assert_eq!(result.expect("send").status, 200);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_from_the_receiver_refreshes_the_token_and_retries_once() {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth2/token"))
+            .respond_with(token("revoked"))
+            .up_to_n_times(1)
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/oauth2/token"))
+            .respond_with(token("fresh"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/fhir/Task/abc"))
+            .and(header("authorization", "Bearer revoked"))
+            .respond_with(ResponseTemplate::new(401))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/fhir/Task/abc"))
+            .and(header("authorization", "Bearer fresh"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let (endpoint, _dir) = jwt_endpoint(&server);
+        assert_eq!(endpoint.send(put_task()).await.expect("send").status, 200);
+        // The fresh token is kept.
+        assert_eq!(endpoint.send(put_task()).await.expect("send").status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_refusing_every_token_gets_one_retry_then_its_401() {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth2/token"))
+            .respond_with(token("refused"))
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(path("/fhir/Task/abc"))
+            .respond_with(ResponseTemplate::new(401))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let (endpoint, _dir) = jwt_endpoint(&server);
+        assert_eq!(endpoint.send(put_task()).await.expect("send").status, 401);
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_4xx_is_permanent() {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth2/token"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+                "error": "invalid_request",
+                "error_description": "Invalid 'kid' header in client_assertion JWT - no matching public key",
+            })))
+            .mount(&server)
+            .await;
+        Mock::given(path("/fhir/Task/abc"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let (endpoint, _dir) = jwt_endpoint(&server);
+        let error = endpoint.send(put_task()).await.expect_err("refused");
+        assert!(matches!(error, TransportError::Auth { .. }), "{error:?}");
+        assert!(!error.is_transient());
+        let shown = error.to_string();
+        assert!(shown.contains("invalid_request"), "{shown}");
+        assert!(shown.contains("no matching public key"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_5xx_or_absence_is_transient() {
+        let server = MockServer::start().await;
+        Mock::given(path("/oauth2/token"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let (endpoint, _dir) = jwt_endpoint(&server);
+        let error = endpoint.send(put_task()).await.expect_err("unavailable");
+        assert!(matches!(error, TransportError::Auth { .. }), "{error:?}");
+        assert!(error.is_transient());
+
+        // Not by dropping the mock server: wiremock pools its servers, so another test
+        // would answer. A port just released is closed.
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port")
+            .port();
+        let (endpoint, _dir) = jwt_endpoint_at(
+            &server.uri(),
+            &format!("http://127.0.0.1:{closed_port}/oauth2/token"),
+        );
+        let error = endpoint.send(put_task()).await.expect_err("unreachable");
+        assert!(matches!(error, TransportError::Auth { .. }), "{error:?}");
+        assert!(error.is_transient(), "{error}");
+    }
 }

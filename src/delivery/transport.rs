@@ -133,7 +133,7 @@ impl TransportError {
             TransportError::InvalidRequest(error.to_string())
         } else if error.is_timeout() {
             TransportError::Timeout(error)
-        } else if caused_by_tls(&error) {
+        } else if error.url().is_some_and(|url| url.scheme() == "https") && caused_by_tls(&error) {
             TransportError::Tls(error)
         } else if error.is_connect() {
             TransportError::Connect(error)
@@ -143,20 +143,27 @@ impl TransportError {
     }
 }
 
-/// Whether a rustls error is somewhere in `error`'s cause chain. `io::Error::source`
-/// skips the error it wraps (it returns that error's own source), so the wrapped error of
-/// each `io::Error` is looked at too.
+/// Whether TLS failed somewhere in `error`'s cause chain: a rustls error, or an
+/// `InvalidData` I/O error, which is how the TLS stream reports an alert from the peer
+/// (rustls's error reduced to its message, as when a server refuses the client's
+/// certificate after a TLS 1.3 handshake); only asked of https requests, whose bytes
+/// all pass through rustls. `io::Error::source` skips the error it wraps, so that is
+/// looked at too.
 fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = current {
         if cause.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && caused_by_tls(inner)
-        {
-            return true;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && caused_by_tls(inner)
+            {
+                return true;
+            }
         }
         current = cause.source();
     }
@@ -280,7 +287,142 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::RootCertStore;
+    use rustls::server::WebPkiClientVerifier;
+
     use super::*;
+    use crate::delivery::endpoints::Endpoint;
+    use crate::delivery::endpoints::test_support::{
+        Issued, TestCa, registry, registry_with_env, write,
+    };
+
+    /// An HTTPS server presenting `server` and requiring a client certificate issued by
+    /// `client_ca`; it answers 200 "ok" to everything.
+    async fn mtls_server(server: &Issued, client_ca: &TestCa) -> SocketAddr {
+        install_crypto_provider();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(client_ca.cert.cert_der.clone())
+            .expect("client CA");
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .expect("client verifier");
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server.cert_der.clone()], server.key_der.clone_key())
+            .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // axum-server takes a std listener into tokio, which needs it non-blocking.
+        listener.set_nonblocking(true).expect("non-blocking");
+        let address = listener.local_addr().expect("address");
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        let server = axum_server::from_tcp_rustls(listener, tls).expect("server");
+        tokio::spawn(async move {
+            let _ = server.serve(app.into_make_service()).await;
+        });
+        address
+    }
+
+    /// Test PKI files in `dir`: the server's CA, another CA, a client certificate.
+    struct Pki {
+        ca: TestCa,
+        server: Issued,
+    }
+
+    fn pki(dir: &Path) -> Pki {
+        let ca = TestCa::new("Sprig test CA");
+        let other = TestCa::new("Some other CA");
+        let server = ca.server_certificate();
+        let client = ca.client_certificate();
+        write(dir, "ca.pem", &ca.cert.cert_pem);
+        write(dir, "other-ca.pem", &other.cert.cert_pem);
+        write(dir, "client.pem", &client.cert_pem);
+        write(dir, "client.key", &client.key_pem);
+        Pki { ca, server }
+    }
+
+    fn endpoint(dir: &Path, address: SocketAddr, auth: &str, extra: &str) -> Arc<Endpoint> {
+        let text = format!(
+            "[[endpoint]]\nods_code = \"A81001\"\nbase_url = \"https://{address}/fhir\"\nmode = \"rest\"\nauth = {auth}\n{extra}\n"
+        );
+        registry_with_env(&text, dir, &[("GP_TOKEN", "t")])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get("A81001")
+            .expect("endpoint")
+    }
+
+    const MTLS: &str = r#"{ type = "mtls", cert_file = "client.pem", key_file = "client.key" }"#;
+
+    fn put() -> OutboundRequest {
+        OutboundRequest::new(Method::PUT, "Task/abc")
+    }
+
+    #[tokio::test]
+    async fn mtls_with_the_private_ca_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki(dir.path());
+        let address = mtls_server(&pki.server, &pki.ca).await;
+        let mtls = endpoint(dir.path(), address, MTLS, "ca_file = \"ca.pem\"");
+        assert_eq!(mtls.auth_kind(), "mtls");
+        let response = mtls.send(put()).await.expect("mTLS request");
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body[..], b"ok");
+
+        // A client certificate beside a bearer token.
+        let bearer = endpoint(
+            dir.path(),
+            address,
+            r#"{ type = "bearer", token_env = "GP_TOKEN" }"#,
+            "ca_file = \"ca.pem\"\ntls = { cert_file = \"client.pem\", key_file = \"client.key\" }",
+        );
+        assert_eq!(bearer.auth_kind(), "bearer+mtls");
+        assert_eq!(bearer.send(put()).await.expect("request").status, 200);
+    }
+
+    #[tokio::test]
+    async fn the_server_refuses_a_client_without_a_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki(dir.path());
+        let address = mtls_server(&pki.server, &pki.ca).await;
+        let anonymous = endpoint(
+            dir.path(),
+            address,
+            r#"{ type = "none" }"#,
+            "ca_file = \"ca.pem\"",
+        );
+        let error = anonymous.send(put()).await.expect_err("refused");
+        assert!(error.is_transient(), "{error:?}");
+        assert!(matches!(error, TransportError::Tls(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_certificate_from_another_ca_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki(dir.path());
+        let address = mtls_server(&pki.server, &pki.ca).await;
+        let wrong_ca = endpoint(dir.path(), address, MTLS, "ca_file = \"other-ca.pem\"");
+        let error = wrong_ca.send(put()).await.expect_err("untrusted server");
+        assert!(matches!(error, TransportError::Tls(_)), "{error:?}");
+        assert!(error.is_transient());
+
+        // Without ca_file the platform roots are used, and they do not know the test CA.
+        let platform = registry(
+            &format!(
+                "[[endpoint]]\nods_code = \"A81001\"\nbase_url = \"https://{address}/fhir\"\nmode = \"rest\"\nauth = {MTLS}\n"
+            ),
+            dir.path(),
+        )
+        .get("A81001")
+        .expect("endpoint");
+        let error = platform.send(put()).await.expect_err("untrusted server");
+        assert!(matches!(error, TransportError::Tls(_)), "{error:?}");
+    }
 
     #[test]
     fn retry_after_delta_seconds() {
