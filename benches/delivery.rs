@@ -38,7 +38,11 @@ struct Arrivals {
     changed: Notify,
 }
 
-async fn receive(State(arrivals): State<Arc<Arrivals>>, _headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(arrivals): State<Arc<Arrivals>>,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let Ok(task) = serde_json::from_slice::<Value>(&body) else {
         return StatusCode::BAD_REQUEST;
     };

@@ -91,7 +91,8 @@ macro_rules! eventually {
     ($what:expr, $limit:expr, $done:expr) => {{
         let started = Instant::now();
         loop {
-            if $done {
+            let done: bool = $done;
+            if done {
                 break;
             }
             assert!(
