@@ -78,6 +78,10 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     address: SocketAddr,
+    /// The delivery worker and the registry watcher, started by `build` so
+    /// the SIGHUP handler is in place before Sprig says it is listening.
+    background: Vec<tokio::task::JoinHandle<()>>,
+    stop_background: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -166,10 +170,14 @@ impl Application {
             endpoints,
             delivery_metrics: Arc::new(DeliveryMetrics::new()),
         };
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let background = start_background(&state, address, background_stopped).await;
         Ok(Self {
             listener,
             state,
             address,
+            background,
+            stop_background,
         })
     }
 
@@ -192,8 +200,8 @@ impl Application {
     {
         let grace = Duration::from_secs(self.state.settings.limits.shutdown_timeout_secs);
         let store = self.state.store.clone();
-        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
-        let background = self.start_background(background_stopped).await;
+        let stop_background = self.stop_background;
+        let background = self.background;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let router = api::router(self.state);
         let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
@@ -225,63 +233,63 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
 
-    /// Starts the endpoint registry's watcher and the delivery worker; both
-    /// stop when `stop` turns true.
-    async fn start_background(
-        &self,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        let state = &self.state;
-        let delivery = &state.settings.delivery;
-        let mut tasks = Vec::new();
-        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        if state.endpoints.source().is_some() {
-            tasks.push(state.endpoints.spawn_watcher(
-                Duration::from_secs(delivery.reload_poll_secs),
-                stopped(stop.clone()),
-            ));
-        }
-        if !delivery.enabled {
-            tracing::info!("delivery is disabled on this instance (delivery.enabled = false)");
-            return tasks;
-        }
-        // SQLite is one process's file: leases left by this process's
-        // previous run (killed mid-send) are released now rather than left to
-        // lapse, so everything it had claimed is sent again at once.
-        match state.store.release_leases().await {
-            Ok(0) => {}
-            Ok(released) => tracing::info!(released, "claims from a previous run released"),
-            Err(error) => {
-                tracing::warn!(%error, "cannot release earlier claims; they lapse instead")
-            }
-        }
-        let fhir_base = match &state.settings.public_base_url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}/fhir", self.address),
-        };
-        let worker = Worker::new(
-            state.store.clone(),
-            Arc::clone(&state.endpoints),
-            Arc::clone(&state.delivery_metrics),
-            WorkerSettings {
-                poll_interval: Duration::from_millis(delivery.poll_interval_ms),
-                lease: Duration::from_secs(delivery.lease_secs),
-                policy: RetryPolicy {
-                    initial_backoff: Duration::from_millis(delivery.initial_backoff_ms),
-                    max_backoff: Duration::from_secs(delivery.max_backoff_secs),
-                    max_age: Duration::from_secs(delivery.max_age_secs),
-                },
-                fhir_base,
-                service_name: state.settings.service.name.clone(),
-                shutdown_grace: Duration::from_secs(state.settings.limits.shutdown_timeout_secs),
-            },
-        );
-        tasks.push(tokio::spawn(worker.run(stop)));
-        tasks
+/// Starts the endpoint registry's watcher and the delivery worker; both
+/// stop when `stop` turns true.
+async fn start_background(
+    state: &AppState,
+    address: SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let delivery = &state.settings.delivery;
+    let mut tasks = Vec::new();
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    // Also without a registry file: the watcher owns the SIGHUP handler,
+    // and an operator's reload signal must never kill the gateway.
+    tasks.push(state.endpoints.spawn_watcher(
+        Duration::from_secs(delivery.reload_poll_secs),
+        stopped(stop.clone()),
+    ));
+    if !delivery.enabled {
+        tracing::info!("delivery is disabled on this instance (delivery.enabled = false)");
+        return tasks;
     }
+    // SQLite is one process's file: leases left by this process's
+    // previous run (killed mid-send) are released now rather than left to
+    // lapse, so everything it had claimed is sent again at once.
+    match state.store.release_leases().await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "claims from a previous run released"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot release earlier claims; they lapse instead")
+        }
+    }
+    let fhir_base = match &state.settings.public_base_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => format!("http://{}/fhir", address),
+    };
+    let worker = Worker::new(
+        state.store.clone(),
+        Arc::clone(&state.endpoints),
+        Arc::clone(&state.delivery_metrics),
+        WorkerSettings {
+            poll_interval: Duration::from_millis(delivery.poll_interval_ms),
+            lease: Duration::from_secs(delivery.lease_secs),
+            policy: RetryPolicy {
+                initial_backoff: Duration::from_millis(delivery.initial_backoff_ms),
+                max_backoff: Duration::from_secs(delivery.max_backoff_secs),
+                max_age: Duration::from_secs(delivery.max_age_secs),
+            },
+            fhir_base,
+            service_name: state.settings.service.name.clone(),
+            shutdown_grace: Duration::from_secs(state.settings.limits.shutdown_timeout_secs),
+        },
+    );
+    tasks.push(tokio::spawn(worker.run(stop)));
+    tasks
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -759,3 +759,22 @@ async fn kill_9_mid_delivery_loses_nothing() {
     });
     crate::binary::terminate(server);
 }
+
+/// An operator's reload signal never stops the gateway, with or without a
+/// registry file.
+#[tokio::test]
+async fn sighup_reloads_and_never_stops_the_gateway() {
+    let dir = TempDir::new().expect("temporary directory");
+    let server = start(&dir.path().join("sprig.db"), &[]);
+    let pid = i32::try_from(server.child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alive = reqwest::get(format!("{}/healthz", server.address))
+        .await
+        .expect("still serving");
+    assert_eq!(alive.status(), 200);
+    crate::binary::terminate(server);
+}
