@@ -336,3 +336,391 @@ async fn the_public_sample_scripts_give_their_recorded_results() {
     // other FHIR resources) and the script in the fixtures folder.
     assert_eq!(listed + 2, expected.len());
 }
+
+/// A stand-in GP endpoint: accepts a Task or Observation that is valid FHIR (Sprig's
+/// validator, base definitions), refuses anything else with 422.
+async fn gp_endpoint() -> MockServer {
+    let server = MockServer::start().await;
+    let validator = std::sync::Arc::new(sprig::conformance::load_validator().expect("validator"));
+    let valid = {
+        let validator = validator.clone();
+        move |request: &wiremock::Request| {
+            serde_json::from_slice::<Value>(&request.body).is_ok_and(|body| {
+                !validator
+                    .validate_resource(&body, None, None)
+                    .iter()
+                    .any(|i| i.severity.is_error())
+            })
+        }
+    };
+    Mock::given(method("POST"))
+        .and(header("content-type", "application/fhir+json"))
+        .and(valid)
+        .respond_with(ResponseTemplate::new(201).insert_header("Location", "Task/1/_history/1"))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}))
+                .insert_header("content-type", "application/fhir+json"),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn the_gp_receiver_suite_passes_against_a_receiver_that_checks_what_it_gets() {
+    let server = gp_endpoint().await;
+    let runner = runner(&format!("{}/fhir", server.uri()), &[]);
+    let runs = run_suite(&runner, &root("conformance/gp-receiver")).await;
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter().all(|r| r.status() == Status::Passed),
+        "{}",
+        failures(&runs)
+    );
+    let requests = server.received_requests().await.expect("recorded");
+    assert_eq!(
+        requests.len(),
+        7,
+        "three Tasks, two Observations, two malformed"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.url.path() == "/fhir/Task" || r.url.path() == "/fhir/Observation")
+    );
+}
+
+#[tokio::test]
+async fn the_gp_receiver_suite_fails_against_a_receiver_that_takes_anything() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    let runner = runner(&server.uri(), &[]);
+    let runs = run_suite(&runner, &root("conformance/gp-receiver")).await;
+    for run in &runs {
+        assert_eq!(
+            run.status(),
+            Status::Failed,
+            "{}",
+            failures(std::slice::from_ref(run))
+        );
+        let summary = failures(std::slice::from_ref(run));
+        assert!(
+            summary.contains("Malformed › refused (400 or 422)"),
+            "{summary}"
+        );
+    }
+}
+
+/// A script written for the edge cases: variables from headers and expressions, `--var`
+/// overrides, request headers, every operation addressing form, `warningOnly`, skips for
+/// what is unsupported, and a test stopping at its first failure.
+#[tokio::test]
+async fn the_runner_handles_variables_operations_and_edge_cases() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fhir/Patient"))
+        .and(body_partial_json(json!({"identifier": [{"value": "from-cli"}]})))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .insert_header("Location", "http://x/fhir/Patient/p1/_history/3")
+                .insert_header("ETag", "W/\"3\"")
+                .insert_header("content-type", "application/fhir+json")
+                .set_body_json(json!({"resourceType": "Patient", "id": "p1", "meta": {"versionId": "3"}, "identifier": [{"value": "from-cli"}], "active": true})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/Patient/p1/_history/3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"resourceType": "Patient", "id": "p1", "meta": {"versionId": "3"}, "active": true})))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/fhir/Patient/p1"))
+        .and(header("if-match", "W/\"3\""))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"resourceType": "Patient", "id": "p1"})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/Patient"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"resourceType": "Bundle", "type": "searchset", "total": 2})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(405))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("patient.json"),
+        json!({"resourceType": "Patient", "identifier": [{"value": "${mrn}"}], "active": true})
+            .to_string(),
+    )
+    .expect("fixture");
+    let op = |code: &str, extra: Value| {
+        let mut operation = json!({"type": {"code": code}});
+        for (k, v) in extra.as_object().expect("object") {
+            operation[k] = v.clone();
+        }
+        json!({"operation": operation})
+    };
+    let assert = |extra: Value| json!({"assert": extra});
+    let script = json!({
+        "resourceType": "TestScript", "url": "http://example.org/TestScript/edge", "name": "Edge", "status": "draft",
+        "fixture": [{"id": "patient", "autocreate": false, "autodelete": false, "resource": {"reference": "patient.json"}}],
+        "variable": [
+            {"name": "mrn", "defaultValue": "from-default"},
+            {"name": "etag", "headerField": "ETag", "sourceId": "created"},
+            {"name": "patientId", "expression": "id", "sourceId": "created"},
+            {"name": "total", "expression": "total"},
+            {"name": "xpath", "path": "fhir:Patient/fhir:id/@value", "sourceId": "created"},
+            {"name": "unset"}
+        ],
+        "test": [
+            {"name": "Create", "action": [
+                op("create", json!({"resource": "Patient", "sourceId": "patient", "responseId": "created"})),
+                assert(json!({"response": "created"})),
+                assert(json!({"headerField": "Location", "operator": "contains", "value": "/Patient/${patientId}/"})),
+                assert(json!({"expression": "identifier.value", "value": "${mrn}"})),
+                assert(json!({"expression": "identifier.value", "value": "${mrn}", "direction": "request"})),
+                assert(json!({"minimumId": "patient"})),
+                assert(json!({"response": "okay", "warningOnly": true})),
+                assert(json!({"path": "fhir:Patient", "value": "x"})),
+                assert(json!({"navigationLinks": true}))
+            ]},
+            {"name": "VersionAndUpdate", "action": [
+                op("vread", json!({"resource": "Patient", "targetId": "created"})),
+                assert(json!({"response": "okay"})),
+                assert(json!({"requestURL": "/_history/3", "operator": "contains"})),
+                op("update", json!({"targetId": "created", "sourceId": "created", "requestHeader": [{"field": "If-Match", "value": "${etag}"}]})),
+                assert(json!({"response": "okay"})),
+                assert(json!({"requestMethod": "put"}))
+            ]},
+            {"name": "Search", "action": [
+                op("search", json!({"resource": "Patient", "params": "?identifier=${mrn}"})),
+                assert(json!({"expression": "total", "operator": "greaterThan", "value": "1"})),
+                assert(json!({"requestURL": "identifier=from-cli", "operator": "contains"})),
+                op("read", json!({"resource": "Patient", "params": "/${total}"})),
+                assert(json!({"response": "notFound"}))
+            ]},
+            {"name": "StopsAtFirstFailure", "action": [
+                op("search", json!({"resource": "Patient"})),
+                assert(json!({"response": "bad"})),
+                assert(json!({"response": "okay"}))
+            ]},
+            {"name": "Unsupported", "action": [
+                op("read", json!({"resource": "Patient", "params": "/${xpath}"})),
+                assert(json!({"response": "okay"})),
+                op("everything", json!({"resource": "Patient", "params": "/p1"})),
+                op("read", json!({"resource": "Patient", "params": "/${unset}"}))
+            ]}
+        ],
+        "teardown": {"action": [op("delete", json!({"targetId": "created"}))]}
+    });
+    let file = dir.path().join("edge.json");
+    std::fs::write(&file, script.to_string()).expect("script");
+    let loaded = script::load(&file).expect("a well-formed script");
+    let runner = runner(&format!("{}/fhir", server.uri()), &[("mrn", "from-cli")]);
+    let run = runner.run(&loaded).await;
+    let tests = &run.outcome.as_ref().expect("ran").tests;
+    let codes = |i: usize| {
+        tests[i]
+            .actions
+            .iter()
+            .map(|a| a.verdict.code())
+            .collect::<Vec<_>>()
+    };
+    let summary = failures(std::slice::from_ref(&run));
+    assert_eq!(
+        codes(0),
+        [
+            "pass", "pass", "pass", "pass", "pass", "pass", "warning", "skip", "skip"
+        ],
+        "{summary}"
+    );
+    assert_eq!(
+        codes(1),
+        ["pass", "pass", "pass", "pass", "pass", "pass"],
+        "{summary}"
+    );
+    // `total` is read from the last response (the search Bundle): 2; there is no Patient/2.
+    assert_eq!(
+        codes(2),
+        ["pass", "pass", "pass", "pass", "pass"],
+        "{summary}"
+    );
+    let requests = server.received_requests().await.expect("recorded");
+    assert!(requests.iter().any(|r| r.url.path() == "/fhir/Patient/2"));
+    assert_eq!(codes(3), ["pass", "fail", "skip"], "{summary}");
+    assert_eq!(codes(4), ["skip", "skip", "skip", "error"], "{summary}");
+    assert!(summary.contains("variable unset has no value"), "{summary}");
+    assert!(summary.contains("XPath/JSONPath"), "{summary}");
+    assert!(
+        summary.contains("operation type \"everything\" is not supported"),
+        "{summary}"
+    );
+    assert_eq!(run.status(), Status::Failed);
+    // An operation passes when it is answered; what the answer says is for asserts.
+    let teardown = &run.outcome.as_ref().expect("ran").teardown;
+    assert_eq!(teardown[0].verdict.code(), "pass");
+    assert!(teardown[0].verdict.message().contains("HTTP 405"));
+
+    // The JUnit XML is well formed, escapes what it quotes, and counts the cases.
+    let xml = junit(std::slice::from_ref(&run));
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    let (mut cases, mut failures_seen, mut errors_seen) = (0, 0, 0);
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            quick_xml::events::Event::Eof => break,
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                match e.name().as_ref() {
+                    b"testcase" => cases += 1,
+                    b"failure" => failures_seen += 1,
+                    b"error" => errors_seen += 1,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(cases, 6, "five tests and the teardown");
+    assert_eq!((failures_seen, errors_seen), (1, 1), "{xml}");
+}
+
+#[tokio::test]
+async fn sprig_conformance_run_exits_by_the_results_and_writes_its_files() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sprig"))
+            .arg("conformance")
+            .arg("run")
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    };
+    let target = app.url("/fhir");
+    let reports = dir.path().join("reports");
+    let junit_file = dir.path().join("junit.xml");
+    let suite = root("conformance/gateway").display().to_string();
+    let output = tokio::task::spawn_blocking({
+        let (target, reports, junit_file) = (target.clone(), reports.clone(), junit_file.clone());
+        move || {
+            run(vec![
+                "--target".into(),
+                target,
+                "--suite".into(),
+                suite,
+                "--report".into(),
+                reports.display().to_string(),
+                "--junit".into(),
+                junit_file.display().to_string(),
+            ])
+        }
+    })
+    .await
+    .expect("joined");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("8 script(s): 8 passed"), "{stdout}");
+    let written = std::fs::read_dir(&reports).expect("report folder").count();
+    assert_eq!(written, 8, "a TestReport per script");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(reports.join("TestReport-sprig-gateway-capability.json"))
+            .expect("report"),
+    )
+    .expect("JSON");
+    assert_eq!(report["resourceType"], "TestReport");
+    assert_eq!(report["result"], "pass");
+    assert!(
+        std::fs::read_to_string(&junit_file)
+            .expect("junit")
+            .contains("<testsuites")
+    );
+
+    // A failing and a malformed script: exit 1, one report file holding both as a Bundle.
+    let failing =
+        root("tests/data/testscripts/hl7-r4-spec/TestScript-testscript-example-readtest.json");
+    let malformed = root("tests/data/testscripts/fhir-crucible/spec/examples/invalid_json.json");
+    let bundle = dir.path().join("out.json");
+    let output = tokio::task::spawn_blocking({
+        let (target, bundle) = (target.clone(), bundle.clone());
+        move || {
+            run(vec![
+                "--target".into(),
+                target,
+                "--suite".into(),
+                failing.display().to_string(),
+                "--suite".into(),
+                malformed.display().to_string(),
+                "--report".into(),
+                bundle.display().to_string(),
+            ])
+        }
+    })
+    .await
+    .expect("joined");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("REJECTED") && stdout.contains("not JSON"),
+        "{stdout}"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).expect("bundle")).expect("JSON");
+    assert_eq!(written["resourceType"], "Bundle");
+    assert_eq!(written["entry"].as_array().map(Vec::len), Some(2));
+
+    // Bad usage: exit 2.
+    for args in [
+        vec![
+            "--target".to_owned(),
+            target.clone(),
+            "--suite".into(),
+            "/no/such/suite".into(),
+        ],
+        vec![
+            "--target".to_owned(),
+            "not a url".into(),
+            "--suite".into(),
+            root("conformance/gateway").display().to_string(),
+        ],
+        vec![
+            "--target".to_owned(),
+            target.clone(),
+            "--suite".into(),
+            root("conformance/gateway").display().to_string(),
+            "--var".into(),
+            "novalue".into(),
+        ],
+    ] {
+        let output = tokio::task::spawn_blocking(move || run(args))
+            .await
+            .expect("joined");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
