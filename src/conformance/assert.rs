@@ -285,7 +285,7 @@ fn check(assert: &Assert, sources: &Sources<'_>, tools: &Tools<'_>) -> Result<Ch
         };
         let actual: Vec<String> = header_values(headers, "content-type")
             .into_iter()
-            .map(|v| mime_essence(v))
+            .map(mime_essence)
             .collect();
         let wanted = mime_for(expected).to_owned();
         return compared("Content-Type", operator, &actual, Some(&wanted), &wanted);
@@ -330,7 +330,7 @@ fn check(assert: &Assert, sources: &Sources<'_>, tools: &Tools<'_>) -> Result<Ch
         return compared(
             "request URL",
             operator,
-            &[exchange.url.clone()],
+            std::slice::from_ref(&exchange.url),
             Some(expected),
             expected,
         );

@@ -81,9 +81,8 @@ pub fn test_report(run: &ScriptRun, target: &str) -> Value {
         }),
     );
     let counted = tally.passed + tally.warnings + tally.failed;
-    if counted > 0 {
-        // Percent of asserts that held, to two places, as FHIR's exact decimal.
-        let score = ((tally.passed + tally.warnings) * 10_000 / counted) as u64;
+    // Percent of asserts that held, to two places, as FHIR's exact decimal.
+    if let Some(score) = ((tally.passed + tally.warnings) * 10_000).checked_div(counted) {
         let text = format!("{}.{:02}", score / 100, score % 100);
         let number: Value = serde_json::from_str(&text).unwrap_or(json!(0));
         report.insert("score".into(), number);

@@ -724,3 +724,33 @@ async fn sprig_conformance_run_exits_by_the_results_and_writes_its_files() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_gp_sender_examples_are_valid_and_invalid_as_labelled() {
+    let validator = sprig::conformance::load_validator().expect("validator");
+    for (folder, valid) in [("valid", true), ("invalid", false)] {
+        let dir = root(&format!("conformance/gp-sender/{folder}"));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("folder")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "{folder}");
+        for file in files {
+            let body: Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).expect("file")).expect("JSON");
+            let errors: Vec<String> = validator
+                .validate_resource(&body, None, None)
+                .into_iter()
+                .filter(|i| i.severity.is_error())
+                .map(|i| i.message)
+                .collect();
+            assert_eq!(errors.is_empty(), valid, "{}: {errors:?}", file.display());
+        }
+    }
+    let app = spawn_app().await;
+    let runner = runner(&app.url("/fhir"), &[]);
+    let runs = run_suite(&runner, &root("conformance/gp-sender")).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status(), Status::Passed, "{}", failures(&runs));
+}
