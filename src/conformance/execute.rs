@@ -750,7 +750,8 @@ impl<'r> State<'r> {
         if let Some(body) = &body {
             request = request.body(body.to_string());
         }
-        tracing::debug!(method = %exchange.method, url = %url, "conformance request");
+        // Not the URL: a search's query can carry an NHS number or a name.
+        tracing::debug!(method = %exchange.method, "conformance request");
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();

@@ -409,3 +409,120 @@ pub fn summary(runs: &[ScriptRun]) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::conformance::{Sections, TestRun};
+
+    fn run(verdicts: Vec<Verdict>) -> ScriptRun {
+        ScriptRun {
+            file: PathBuf::from("suite/a.json"),
+            name: "A <script> & \"more\"".into(),
+            title: None,
+            url: Some("http://example.org/TestScript/a".into()),
+            id: Some("a".into()),
+            started: OffsetDateTime::UNIX_EPOCH,
+            outcome: Ok(Sections {
+                setup: Vec::new(),
+                tests: vec![TestRun {
+                    name: "t1".into(),
+                    description: None,
+                    actions: verdicts
+                        .into_iter()
+                        .map(|verdict| ActionRun {
+                            is_assert: true,
+                            title: "check".into(),
+                            verdict,
+                        })
+                        .collect(),
+                }],
+                teardown: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_status_and_the_report_follow_the_actions() {
+        let passed = run(vec![
+            Verdict::Pass("ok".into()),
+            Verdict::Warning("meh".into()),
+        ]);
+        assert_eq!(passed.status(), Status::Passed);
+        let report = test_report(&passed, "http://server/fhir");
+        assert_eq!(report["result"], "pass");
+        assert_eq!(report["score"].to_string(), "100.00");
+        assert_eq!(
+            report["test"][0]["action"][1]["assert"]["result"],
+            "warning"
+        );
+        let skipped = run(vec![
+            Verdict::Pass("ok".into()),
+            Verdict::Skip("why".into()),
+        ]);
+        assert_eq!(skipped.status(), Status::Skipped);
+        assert_eq!(
+            test_report(&skipped, "x")["test"][0]["action"][1]["assert"]["message"],
+            "check: why"
+        );
+        let failed = run(vec![
+            Verdict::Pass("ok".into()),
+            Verdict::Fail("no".into()),
+            Verdict::Error("err".into()),
+        ]);
+        assert_eq!(failed.status(), Status::Failed);
+        let report = test_report(&failed, "x");
+        assert_eq!(report["result"], "fail");
+        assert_eq!(report["score"].to_string(), "33.33");
+        let rejected = ScriptRun::rejected(&crate::conformance::ScriptError {
+            file: PathBuf::from("bad.json"),
+            problem: "not JSON".into(),
+        });
+        assert_eq!(rejected.status(), Status::Rejected);
+        let report = test_report(&rejected, "x");
+        assert_eq!(report["status"], "entered-in-error");
+        assert!(
+            report["setup"]["action"][0]["operation"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not JSON")
+        );
+    }
+
+    #[test]
+    fn junit_escapes_what_it_quotes() {
+        let failed = run(vec![Verdict::Fail("expected <a> & \"b\"\u{1}".into())]);
+        let xml = junit(std::slice::from_ref(&failed));
+        assert!(
+            xml.contains(r#"name="A &lt;script&gt; &amp; &quot;more&quot;""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("expected &lt;a&gt; &amp; &quot;b&quot;\u{FFFD}"),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"failures="1""#));
+        assert_eq!(xml_escape("it's\n"), "it&apos;s&#10;");
+    }
+
+    #[test]
+    fn the_summary_lists_what_did_not_pass() {
+        let text = summary(&[run(vec![
+            Verdict::Pass("ok".into()),
+            Verdict::Skip("unsupported thing".into()),
+        ])]);
+        assert!(text.contains("PASS*"), "{text}");
+        assert!(
+            text.contains("skip    t1 › check: unsupported thing"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 script(s): 0 passed, 1 passed with skipped actions"),
+            "{text}"
+        );
+    }
+}

@@ -1042,3 +1042,145 @@ pub fn variable_names(text: &str) -> Vec<&str> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn minimal() -> Value {
+        json!({
+            "resourceType": "TestScript", "url": "http://example.org/ts", "name": "T", "status": "draft",
+            "variable": [{"name": "id", "defaultValue": "1"}],
+            "test": [{"action": [
+                {"operation": {"type": {"code": "read"}, "resource": "Patient", "params": "/${id}", "responseId": "r"}},
+                {"assert": {"response": "okay", "sourceId": "r"}}
+            ]}]
+        })
+    }
+
+    fn problem(edit: impl FnOnce(&mut Value)) -> String {
+        let mut json = minimal();
+        edit(&mut json);
+        parse(&json, Path::new(".")).expect_err("refused")
+    }
+
+    #[test]
+    fn a_well_formed_script_is_read() {
+        let script = parse(&minimal(), Path::new(".")).expect("valid");
+        assert_eq!(script.tests.len(), 1);
+        assert_eq!(script.tests[0].actions.len(), 2);
+        let Action::Operation(op) = &script.tests[0].actions[0] else {
+            panic!("an operation")
+        };
+        assert_eq!(op.kind.as_deref(), Some("read"));
+        assert!(op.encode_request_url, "the default");
+    }
+
+    #[test]
+    fn malformed_scripts_are_refused_with_the_element_and_the_problem() {
+        assert_eq!(
+            parse(&json!([1]), Path::new(".")).expect_err("refused"),
+            "not a TestScript: the file is not a JSON object"
+        );
+        assert!(
+            problem(|j| j["resourceType"] = json!("TestReport"))
+                .contains("its resourceType is \"TestReport\"")
+        );
+        assert!(
+            problem(|j| {
+                j.as_object_mut().unwrap().shift_remove("name");
+            })
+            .contains("name is required")
+        );
+        assert!(problem(|j| j["status"] = json!("done")).contains("status \"done\""));
+        assert!(problem(|j| j["test"][0]["action"] = json!([])).contains("test[0] has no action"));
+        assert!(
+            problem(|j| j["test"][0]["action"][1]["assert"]["warningOnly"] = json!("false"))
+                .contains("test[0].action[1].assert.warningOnly must be a JSON boolean")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1] = json!({"assert": {"label": "nothing"}}))
+                .contains("checks nothing")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1]["assert"]["resource"] = json!("Patient"))
+                .contains("tst-5")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1]["assert"]["operator"] = json!("like"))
+                .contains("operator \"like\"")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1]["assert"]["response"] = json!("fine"))
+                .contains("response \"fine\"")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1]["assert"]["sourceId"] = json!("nowhere"))
+                .contains("sourceId \"nowhere\" is neither a fixture nor a requestId/responseId")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][0]["operation"]["params"] = json!("/${undeclared}"))
+                .contains("${undeclared} names a variable the script does not declare")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][0]["operation"]["url"] = json!("http://x"))
+                .contains("tst-7")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1]["assert"]["validateProfileId"] = json!("p"))
+                .contains("tst-5")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1] = json!({"assert": {"validateProfileId": "p"}}))
+                .contains("validateProfileId \"p\" is not a profile[].id")
+        );
+        assert!(
+            problem(|j| j["fixture"] = json!([{"id": "f", "resource": {"reference": "#missing"}}]))
+                .contains("no contained resource has that id")
+        );
+        assert!(
+            problem(|j| j["fixture"] =
+                json!([{"id": "f", "resource": {"reference": "no/such/file.json"}}]))
+            .contains("not a readable file")
+        );
+        assert!(
+            problem(|j| j["teardown"] = json!({"action": [{"assert": {"response": "okay"}}]}))
+                .contains("a teardown action can only be an operation")
+        );
+        assert!(
+            problem(|j| j["variable"] = json!([{"name": "id"}, {"name": "id"}]))
+                .contains("declared twice")
+        );
+        assert!(
+            problem(|j| j["variable"] = json!([{"name": "id", "expression": "a", "path": "b"}]))
+                .contains("tst-3")
+        );
+    }
+
+    #[test]
+    fn contained_fixtures_and_unsupported_checks() {
+        let mut json = minimal();
+        json["contained"] = json!([{"resourceType": "Patient", "id": "p"}]);
+        json["fixture"] = json!([{"id": "f", "autocreate": true, "autodelete": true, "resource": {"reference": "#p"}}]);
+        json["test"][0]["action"][1] = json!({"assert": {"path": "fhir:Patient", "value": "x"}});
+        let script = parse(&json, Path::new(".")).expect("valid");
+        assert_eq!(script.fixtures[0].resource["id"], "p");
+        let Action::Assert(assert) = &script.tests[0].actions[1] else {
+            panic!("an assert")
+        };
+        assert!(
+            assert
+                .unsupported
+                .as_deref()
+                .is_some_and(|r| r.contains("XPath"))
+        );
+    }
+
+    #[test]
+    fn placeholders_are_found() {
+        assert_eq!(variable_names("a${x}b${yy}c${"), ["x", "yy"]);
+        assert!(variable_names("no placeholders {x}").is_empty());
+    }
+}
