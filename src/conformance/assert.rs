@@ -9,7 +9,6 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::script::{Assert, Direction, Operator, RESPONSE_CODES};
-use crate::fhir::IssueSeverity;
 use crate::fhirpath::{Collection, FhirPath, Item};
 use crate::validation::Validator;
 
@@ -200,7 +199,7 @@ impl ProfileCheck for Validator {
         }
         let errors: Vec<String> = issues
             .iter()
-            .filter(|i| i.severity.is_error() && i.severity != IssueSeverity::Information)
+            .filter(|i| i.severity.is_error())
             .map(|i| match &i.expression {
                 Some(at) => format!("{at}: {}", i.message),
                 None => i.message.clone(),
