@@ -1,5 +1,5 @@
 //! The `sprig` command line: parses arguments, runs a subcommand (`serve`,
-//! `validate`), and decides the exit status (0 success, 1 runtime failure
+//! `validate`, `conformance`), and decides the exit status (0 success, 1 runtime failure
 //! or invalid files, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::time::Instant as StdInstant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod conformance;
 mod validate;
 
 use crate::app::{Application, shutdown_signal};
@@ -30,6 +31,8 @@ enum Command {
     Serve(ServeArgs),
     /// Validate FHIR JSON files and folders, as the gateway would on a create.
     Validate(validate::ValidateArgs),
+    /// Run FHIR TestScripts against a FHIR server (`sprig conformance run`).
+    Conformance(conformance::ConformanceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate::run(args),
+        Command::Conformance(args) => conformance::run(args),
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! - `cli`: the `sprig` command line; `app`: assembling and running the server
 //! - `config`: settings from file, environment and flags
+//! - `conformance`: the TestScript runner (`sprig conformance run`)
 //! - `telemetry`: logging
 //! - `api`: HTTP routes, content negotiation, the error-to-OperationOutcome mapping
 //! - `fhir`: FHIR model helpers: strict JSON, newtypes, OperationOutcome
@@ -26,6 +27,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod delivery;
 pub mod fhir;
 pub mod fhirpath;

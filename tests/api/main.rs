@@ -5,6 +5,7 @@ mod bad_requests;
 mod binary;
 mod capability;
 mod concurrency;
+mod conformance;
 mod create_read;
 mod delivery;
 mod durability;
