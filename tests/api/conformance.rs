@@ -353,14 +353,14 @@ async fn gp_endpoint() -> MockServer {
             })
         }
     };
-    Mock::given(method("POST"))
-        .and(header("content-type", "application/fhir+json"))
+    // PUT Task/{id} and POST Observation, as Sprig's delivery sends them.
+    Mock::given(header("content-type", "application/fhir+json"))
         .and(valid)
         .respond_with(ResponseTemplate::new(201).insert_header("Location", "Task/1/_history/1"))
         .with_priority(1)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
+    Mock::given(wiremock::matchers::any())
         .respond_with(
             ResponseTemplate::new(422)
                 .set_body_json(json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}))
@@ -386,20 +386,30 @@ async fn the_gp_receiver_suite_passes_against_a_receiver_that_checks_what_it_get
     let requests = server.received_requests().await.expect("recorded");
     assert_eq!(
         requests.len(),
-        7,
-        "three Tasks, two Observations, two malformed"
+        9,
+        "three Tasks and a retry, two Observations and a repeat, two malformed"
     );
-    assert!(
-        requests
-            .iter()
-            .all(|r| r.url.path() == "/fhir/Task" || r.url.path() == "/fhir/Observation")
-    );
+    for request in &requests {
+        let path = request.url.path();
+        if request.method.as_str() == "PUT" {
+            assert!(path.starts_with("/fhir/Task/"), "{path}");
+        } else {
+            assert_eq!(
+                (request.method.as_str(), path),
+                ("POST", "/fhir/Observation")
+            );
+            assert!(
+                request.headers.contains_key("if-none-exist"),
+                "Observations are conditional creates"
+            );
+        }
+    }
 }
 
 #[tokio::test]
 async fn the_gp_receiver_suite_fails_against_a_receiver_that_takes_anything() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    Mock::given(wiremock::matchers::any())
         .respond_with(ResponseTemplate::new(201))
         .mount(&server)
         .await;
