@@ -74,25 +74,6 @@ pub struct OutboxMessage<'a> {
     pub created_at: &'a str,
 }
 
-/// A row of the outbox, as the delivery worker will see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEntry {
-    /// Order of creation.
-    pub seq: i64,
-    /// The referral.
-    pub referral_id: String,
-    /// What changed.
-    pub resource_type: String,
-    /// Its id.
-    pub resource_id: String,
-    /// The version to send.
-    pub version_id: i64,
-    /// The referring practice.
-    pub destination_ods: Option<String>,
-    /// Delivery state.
-    pub state: String,
-}
-
 /// A remembered `$process-message` answer, keyed by `X-Request-ID`.
 #[derive(Debug, Clone)]
 pub struct MessageRequest {
@@ -625,31 +606,6 @@ impl Store {
             referrals.push(referral);
         }
         Ok(referrals)
-    }
-
-    /// The outbox, oldest first (for the delivery worker and for tests).
-    pub async fn outbox(&self, referral_id: Option<&str>) -> Result<Vec<OutboxEntry>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let rows = sqlx::query(
-            "SELECT seq, referral_id, resource_type, resource_id, version_id, destination_ods, state \
-             FROM outbox WHERE $1 IS NULL OR referral_id = $1 ORDER BY seq",
-        )
-        .bind(referral_id)
-        .fetch_all(&s.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxEntry {
-                    seq: row.try_get("seq")?,
-                    referral_id: row.try_get("referral_id")?,
-                    resource_type: row.try_get("resource_type")?,
-                    resource_id: row.try_get("resource_id")?,
-                    version_id: row.try_get("version_id")?,
-                    destination_ods: row.try_get("destination_ods")?,
-                    state: row.try_get("state")?,
-                })
-            })
-            .collect()
     }
 }
 

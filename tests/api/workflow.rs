@@ -318,7 +318,15 @@ async fn a_referral_goes_through_its_whole_life_in_every_inbound_shape() {
             history["entry"].as_array().map(Vec::len),
             Some(version as usize)
         );
-        let outbox = app.store.outbox(Some(&id)).await.expect("outbox");
+        let outbox = app
+            .store
+            .deliveries(&sprig::store::outbox::DeliveryFilter {
+                referral_id: Some(id.clone()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("outbox");
         assert_eq!(outbox.len(), 6 + 2 * 2, "{outbox:?}");
         assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
         let task_versions: Vec<i64> = outbox
