@@ -663,7 +663,9 @@ async fn kill_9_mid_delivery_loses_nothing() {
     let gp = MockServer::start().await;
     // Slow answers, so the kill lands with sends in flight.
     Mock::given(method("PUT"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        // (12 updates, 2 at a time, 1 s each: at least 6 s to deliver all, so
+        // the kill lands mid-way even on a loaded machine.)
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(1)))
         .mount(&gp)
         .await;
     let dir = TempDir::new().expect("temporary directory");
@@ -728,7 +730,7 @@ async fn kill_9_mid_delivery_loses_nothing() {
     let server = start(&db, &env);
     eventually!(
         "every update delivered after the restart",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         {
             let puts = task_puts(&gp).await;
             tasks.iter().all(|task| {
