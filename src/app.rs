@@ -14,7 +14,6 @@ use crate::config::{Settings, SqliteSynchronousSetting};
 use crate::delivery::endpoints::{EndpointError, EndpointRegistry, Endpoints};
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::policy::RetryPolicy;
-use crate::delivery::transport::install_crypto_provider;
 use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::fhir::{Instant, ResourceType};
 use crate::fhirpath::FhirPath;
@@ -130,7 +129,6 @@ impl Application {
             None => Mappings::shipped(&fhirpath)?,
         };
         let validator = Arc::new(validator);
-        install_crypto_provider();
         let registry = match &settings.delivery.endpoints {
             Some(path) => EndpointRegistry::load(path)?,
             None => EndpointRegistry::empty(),

@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! Data flows one way: HTTP in (`api`) → parse (`fhir::json`) →
-//! validate (`validation`) → store (`store`). See `ARCHITECTURE.md` for the
+//! validate (`validation`) → map (`mapping`, `referral`) → store (`store`) →
+//! outbox → `delivery`. See `ARCHITECTURE.md` for the
 //! map and each module's invariants.
 //!
 //! - `cli`: the `sprig` command line; `app`: assembling and running the server
@@ -12,10 +13,11 @@
 //! - `telemetry`: logging
 //! - `api`: HTTP routes, content negotiation, the error-to-OperationOutcome mapping
 //! - `fhir`: FHIR model helpers: strict JSON, newtypes, OperationOutcome
-//! - `validation`: pure validation passes (R4 JSON schema today)
+//! - `validation`: pure validation passes (the R4 JSON schema, then the bundled profiles)
 //! - `search`: FHIR search parameters, query parsing and index extraction (pure)
 //! - `store`: durable, versioned storage (SQLite)
-//! - `delivery`: sending updates to GP systems: the endpoint registry, authentication, TLS
+//! - `delivery`: the outbox's consumer: sends Task and Observation updates to GP systems
+//!   (endpoint registry, authentication, TLS, retries, dead letters, metrics)
 //! - `fhirpath`: Sprig's FHIRPath engine (invariants, slicing, mappings)
 //! - `mapping`: the declarative FHIR ↔ referral record mappings (`mappings/*.toml`) and the
 //!   Task and Observation builders

@@ -16,6 +16,7 @@ use super::service::{Problem, path_problem};
 use crate::delivery::endpoints::EndpointRegistry;
 use crate::delivery::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::fhir::Instant;
+use crate::fhir::identifiers::OdsCode;
 use crate::store::outbox::{DeliveryEntry, DeliveryFilter, DeliveryState, RetryRefusal};
 
 const MAX_LIMIT: u32 = 500;
@@ -134,6 +135,8 @@ pub async fn retry_endpoint(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path(ods) = path.map_err(path_problem)?;
+    // A malformed code cannot name a practice: say so rather than retry none.
+    OdsCode::parse(&ods).map_err(|e| Problem::bad_request(format!("{ods:?}: {e}")))?;
     let retried = state
         .store
         .retry_dead_for(&ods, Instant::now().unix_millis())

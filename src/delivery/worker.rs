@@ -24,6 +24,7 @@ use super::endpoints::{DeliveryMode, Endpoint, Endpoints};
 use super::metrics::{AttemptOutcome, DeliveryMetrics};
 use super::outbound::{self, MessageContext};
 use super::policy::{RetryPolicy, Verdict, classify_response, classify_transport};
+use super::transport::OutboundRequest;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::outbox::{AttemptRecord, ClaimedMessage};
 use crate::store::{ReadOutcome, Store, StoreError};
@@ -89,8 +90,8 @@ impl Worker {
     /// Runs until `stop` turns true, then lets sends in flight finish (up to
     /// the grace period; an unfinished one keeps its lease, which lapses).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut in_flight: HashMap<String, usize> = HashMap::new();
-        let mut sends: JoinSet<String> = JoinSet::new();
+        let mut in_flight = InFlight::default();
+        let mut sends: JoinSet<()> = JoinSet::new();
         tracing::info!(owner = %self.shared.owner, "delivery worker started");
         loop {
             if *stop.borrow() {
@@ -103,10 +104,10 @@ impl Worker {
                         break;
                     }
                 }
-                Some(done) = sends.join_next(), if !sends.is_empty() => {
-                    finished(&mut in_flight, done);
-                    while let Some(done) = sends.try_join_next() {
-                        finished(&mut in_flight, done);
+                Some(done) = sends.join_next_with_id(), if !sends.is_empty() => {
+                    in_flight.finished(done);
+                    while let Some(done) = sends.try_join_next_with_id() {
+                        in_flight.finished(done);
                     }
                 }
                 () = self.wake.notified() => {}
@@ -128,11 +129,7 @@ impl Worker {
 
     /// One round: for each destination with due messages and free slots,
     /// claim as many as it has slots and start sending them.
-    async fn claim_and_send(
-        &self,
-        in_flight: &mut HashMap<String, usize>,
-        sends: &mut JoinSet<String>,
-    ) {
+    async fn claim_and_send(&self, in_flight: &mut InFlight, sends: &mut JoinSet<()>) {
         let now = Instant::now();
         let now_ms = now.unix_millis();
         let destinations = match self.shared.store.due_destinations(now_ms).await {
@@ -149,8 +146,9 @@ impl Worker {
             let Some(endpoint) = registry.get(&destination) else {
                 continue;
             };
-            let busy = in_flight.get(&destination).copied().unwrap_or(0);
-            let free = endpoint.max_in_flight.saturating_sub(busy);
+            let free = endpoint
+                .max_in_flight
+                .saturating_sub(in_flight.count(&destination));
             if free == 0 {
                 continue;
             }
@@ -174,7 +172,6 @@ impl Worker {
                 }
             };
             for message in claimed {
-                *in_flight.entry(destination.clone()).or_insert(0) += 1;
                 let shared = Arc::clone(&self.shared);
                 let endpoint = Arc::clone(&endpoint);
                 let span = tracing::info_span!(
@@ -185,37 +182,59 @@ impl Worker {
                     resource = %format!("{}/{}/_history/{}", message.resource_type, message.resource_id, message.version_id),
                     attempt = message.attempts,
                 );
-                sends.spawn(
+                let task = sends.spawn(
                     async move {
-                        let destination = message.destination_ods.clone();
                         if let Err(error) = deliver(&shared, &endpoint, message).await {
                             // The lease lapses and the message is tried again.
                             tracing::warn!(%error, "could not record a delivery attempt");
                         }
-                        destination
                     }
                     .instrument(span),
                 );
+                in_flight.started(task.id(), &destination);
             }
         }
     }
 }
 
-fn finished(in_flight: &mut HashMap<String, usize>, done: Result<String, tokio::task::JoinError>) {
-    match done {
-        Ok(destination) => {
-            if let Some(count) = in_flight.get_mut(&destination) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    in_flight.remove(&destination);
-                }
+/// Sends in flight, by destination: the slots `max_in_flight` limits.
+/// Keyed by task id, so a send that panics still frees its slot.
+#[derive(Default)]
+struct InFlight {
+    tasks: HashMap<tokio::task::Id, String>,
+    per_destination: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn count(&self, destination: &str) -> usize {
+        self.per_destination.get(destination).copied().unwrap_or(0)
+    }
+
+    fn started(&mut self, task: tokio::task::Id, destination: &str) {
+        self.tasks.insert(task, destination.to_owned());
+        *self
+            .per_destination
+            .entry(destination.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let task = match done {
+            Ok((task, ())) => task,
+            Err(error) => {
+                // The message's lease lapses and it is sent again.
+                tracing::error!(%error, "a delivery task failed");
+                error.id()
             }
-        }
-        Err(error) => {
-            // A panicked send: its slot cannot be attributed, so recount from
-            // scratch is not possible; log loudly. Its lease lapses and the
-            // message is sent again.
-            tracing::error!(%error, "a delivery task failed");
+        };
+        let Some(destination) = self.tasks.remove(&task) else {
+            return;
+        };
+        if let Some(count) = self.per_destination.get_mut(&destination) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_destination.remove(&destination);
+            }
         }
     }
 }
@@ -226,12 +245,7 @@ async fn deliver(
     endpoint: &Endpoint,
     message: ClaimedMessage,
 ) -> Result<(), StoreError> {
-    let stored = read_version(&shared.store, &message).await?;
-    let request = match stored {
-        Ok(json) => build_request(shared, endpoint, &message, &json).await?,
-        Err(problem) => Err(problem),
-    };
-    let request = match request {
+    let request = match prepare(shared, endpoint, &message).await? {
         Ok(request) => request,
         Err(problem) => {
             let outcome = record(
@@ -289,38 +303,31 @@ async fn deliver(
     Ok(())
 }
 
-async fn read_version(
-    store: &Store,
+/// The request that delivers `message`, or why none can be made (a
+/// permanent failure: retrying will not make it possible).
+async fn prepare(
+    shared: &Shared,
+    endpoint: &Endpoint,
     message: &ClaimedMessage,
-) -> Result<Result<String, String>, StoreError> {
-    let resource_type = ResourceType::parse(&message.resource_type);
-    let id = FhirId::parse(&message.resource_id);
-    let (Ok(resource_type), Ok(id)) = (resource_type, id) else {
+) -> Result<Result<OutboundRequest, String>, StoreError> {
+    let (Ok(resource_type), Ok(id)) = (
+        ResourceType::parse(&message.resource_type),
+        FhirId::parse(&message.resource_id),
+    ) else {
         return Ok(Err(format!(
             "the outbox names {}/{}, which is not a resource Sprig can send",
             message.resource_type, message.resource_id
         )));
     };
-    match store
-        .vread(resource_type, &id, VersionId::from_i64(message.version_id))
-        .await?
-    {
-        ReadOutcome::Found(stored) => Ok(Ok(stored.json)),
-        _ => Ok(Err(format!(
+    let version = VersionId::from_i64(message.version_id);
+    let ReadOutcome::Found(stored) = shared.store.vread(resource_type, &id, version).await? else {
+        return Ok(Err(format!(
             "{}/{}/_history/{} is not in the store",
             message.resource_type, message.resource_id, message.version_id
-        ))),
-    }
-}
-
-async fn build_request(
-    shared: &Shared,
-    endpoint: &Endpoint,
-    message: &ClaimedMessage,
-    json: &str,
-) -> Result<Result<super::transport::OutboundRequest, String>, StoreError> {
+        )));
+    };
     let built = match endpoint.mode {
-        DeliveryMode::Rest => outbound::rest_request(message, json),
+        DeliveryMode::Rest => outbound::rest_request(message, &stored.json),
         DeliveryMode::Message => {
             let original = shared
                 .store
@@ -329,7 +336,7 @@ async fn build_request(
             let fallback = format!("{}$process-message", endpoint.base_url);
             outbound::message_request(
                 message,
-                json,
+                &stored.json,
                 &MessageContext {
                     fhir_base: &shared.settings.fhir_base,
                     service_name: &shared.settings.service_name,

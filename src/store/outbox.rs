@@ -174,6 +174,11 @@ const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_i
      CASE WHEN o.state = 'pending' THEN (SELECT MIN(e.seq) FROM outbox e \
         WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state = 'dead') END AS blocked_by";
 
+/// Puts dead letters back in the queue, due at once, their maximum age
+/// counting afresh from `$1`; the caller appends which ones (`$2`).
+const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, \
+     age_from_ms = $1, dead_at = NULL WHERE state = 'dead' AND";
+
 impl Store {
     /// Woken after every commit that adds outbox rows.
     pub fn outbox_signal(&self) -> Arc<Notify> {
@@ -331,29 +336,28 @@ impl Store {
         now_ms: i64,
     ) -> Result<Result<DeliveryEntry, RetryRefusal>, StoreError> {
         let Store::Sqlite(s) = self;
-        let state: Option<(String,)> = sqlx::query_as("SELECT state FROM outbox WHERE seq = $1")
+        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $2")))
+            .bind(now_ms)
+            .bind(seq)
+            .execute(&s.writer)
+            .await?;
+        if requeued.rows_affected() == 1 {
+            s.outbox_signal.notify_one();
+        }
+        // Read back on the writer: it saw the update (or the state that
+        // refused it) whatever the readers have caught up with.
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(seq)
             .fetch_optional(&s.writer)
             .await?;
-        let Some((state,)) = state else {
+        let Some(entry) = row.as_ref().map(entry_from_row).transpose()? else {
             return Ok(Err(RetryRefusal::NotFound));
         };
-        let state = DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending);
-        if state != DeliveryState::Dead {
-            return Ok(Err(RetryRefusal::NotDead(state)));
-        }
-        sqlx::query(
-            "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, age_from_ms = $1, \
-                    dead_at = NULL WHERE seq = $2 AND state = 'dead'",
-        )
-        .bind(now_ms)
-        .bind(seq)
-        .execute(&s.writer)
-        .await?;
-        s.outbox_signal.notify_one();
-        match self.delivery(seq).await? {
-            Some(entry) => Ok(Ok(entry)),
-            None => Ok(Err(RetryRefusal::NotFound)),
+        if requeued.rows_affected() == 1 {
+            Ok(Ok(entry))
+        } else {
+            Ok(Err(RetryRefusal::NotDead(entry.state)))
         }
     }
 
@@ -361,10 +365,9 @@ impl Store {
     /// how many.
     pub async fn retry_dead_for(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError> {
         let Store::Sqlite(s) = self;
-        let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, age_from_ms = $1, \
-                    dead_at = NULL WHERE destination_ods = $2 AND state = 'dead'",
-        )
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{REQUEUE_DEAD} destination_ods = $2"
+        )))
         .bind(now_ms)
         .bind(destination)
         .execute(&s.writer)

@@ -443,6 +443,17 @@ async fn retry_all_for_an_endpoint() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&gp)
         .await;
+    let malformed = app
+        .client
+        .post(app.url("/api/endpoints/not-a-code/retry"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(malformed.status(), 400, "a malformed ODS code is refused");
+    assert_eq!(
+        malformed.headers()["content-type"],
+        "application/problem+json"
+    );
     let response = app
         .client
         .post(app.url(&format!("/api/endpoints/{PRACTICE}/retry")))
