@@ -747,7 +747,12 @@ impl Endpoints {
                     _ = ticks.tick() => "file change",
                     Some(()) = next_hangup(&mut hangups) => "SIGHUP",
                 };
-                let now = endpoints.fingerprint();
+                // File reads, off the async threads.
+                let reading = Arc::clone(&endpoints);
+                let now = tokio::task::spawn_blocking(move || reading.fingerprint())
+                    .await
+                    .ok()
+                    .flatten();
                 if reason == "file change" && now == seen {
                     continue;
                 }
@@ -772,21 +777,15 @@ impl Endpoints {
         })
     }
 
-    /// A hash of the registry file's and its referenced files' metadata and content (or
-    /// the error reading each), so that a change of any is noticed. The files are small.
+    /// A hash of the registry file's and its referenced files' content (or the error
+    /// reading each), so that a change of any is noticed; a file touched but unchanged
+    /// is not a change. The files are small.
     fn fingerprint(&self) -> Option<u64> {
         let source = self.source.as_ref()?;
         let registry = self.current();
         let mut hasher = DefaultHasher::new();
         for path in std::iter::once(source).chain(registry.referenced_files.iter()) {
             path.hash(&mut hasher);
-            match std::fs::metadata(path) {
-                Ok(meta) => {
-                    meta.len().hash(&mut hasher);
-                    meta.modified().ok().hash(&mut hasher);
-                }
-                Err(e) => e.kind().hash(&mut hasher),
-            }
             match std::fs::read(path) {
                 Ok(bytes) => bytes.hash(&mut hasher),
                 Err(e) => e.kind().hash(&mut hasher),

@@ -37,7 +37,7 @@ const MAX_KEPT_RESPONSE: usize = 64 * 1024;
 pub struct WorkerSettings {
     /// How often to look for due messages when nothing wakes the worker.
     pub poll_interval: Duration,
-    /// How long a claim lasts; must outlast a send (timeout and token fetch).
+    /// The least a claim lasts (longer for an endpoint whose timeout needs it).
     pub lease: Duration,
     /// Retries and giving up.
     pub policy: RetryPolicy,
@@ -140,7 +140,6 @@ impl Worker {
             }
         };
         let registry = self.endpoints.current();
-        let lease_ms = i64::try_from(self.shared.settings.lease.as_millis()).unwrap_or(i64::MAX);
         for destination in destinations {
             // No endpoint: the updates stay for pull (and show as such).
             let Some(endpoint) = registry.get(&destination) else {
@@ -152,6 +151,16 @@ impl Worker {
             if free == 0 {
                 continue;
             }
+            // The lease must outlast the send, or the row could be claimed
+            // again while it is still in flight: a send is at most a token
+            // request and a request, twice after a 401, each within the
+            // endpoint's timeout.
+            let lease = self
+                .shared
+                .settings
+                .lease
+                .max(endpoint.timeout.saturating_mul(4) + Duration::from_secs(5));
+            let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
             let claimed = self
                 .shared
                 .store
