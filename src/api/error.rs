@@ -223,7 +223,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The BaRS `http-error-codes` code for a status, for the codes BaRS defines.
-fn nhs_http_error_code(status: StatusCode) -> Option<&'static str> {
+pub(super) fn nhs_http_error_code(status: StatusCode) -> Option<&'static str> {
     match status.as_u16() {
         400 => Some("REC_BAD_REQUEST"),
         406 => Some("REC_NOT_ACCEPTABLE"),

@@ -18,12 +18,13 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::capability::arrives_with_referral;
-use super::error::{ApiError, FHIR_JSON};
+use super::error::{ApiError, FHIR_JSON, nhs_http_error_code};
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, require_json_body};
+use super::referrals::already_received;
 use super::resource::{Checked, check_body, read_body};
 use super::transaction::{
-    Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
+    Action, PlannedEntry, execute, information_issue, map_referral, open_referral, referral_entry,
 };
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
@@ -43,6 +44,17 @@ enum ResponseCode {
 }
 
 impl ResponseCode {
+    /// The code for an answer with this HTTP status: 503 may succeed when retried.
+    fn for_status(status: StatusCode) -> Self {
+        if status.is_success() {
+            ResponseCode::Ok
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            ResponseCode::TransientError
+        } else {
+            ResponseCode::FatalError
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             ResponseCode::Ok => "ok",
@@ -100,17 +112,16 @@ pub async fn process_message(
         Err(ApiError::Unprocessable(issues)) => {
             // The message could be read: answer in kind, as BaRS does.
             let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let reply = reply(&state, &request, ResponseCode::FatalError, None, issues);
-            return Ok(with_status(
-                format.render(&reply)?,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ));
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            let reply = reply(&state, &request, status, None, issues);
+            return Ok(with_status(format.render(&reply)?, status));
         }
         Err(other) => return Err(other),
     };
 
     let answer = handle(
         &state,
+        format,
         &bundle,
         &bytes,
         request_id,
@@ -120,16 +131,10 @@ pub async fn process_message(
     .await;
     match answer {
         Ok(response) => Ok(response),
+        Err(error @ ApiError::Internal(_)) => Err(error),
         Err(error) => {
-            let (code, status) = match &error {
-                ApiError::Unavailable(_) | ApiError::Timeout { .. } => {
-                    (ResponseCode::TransientError, error.status())
-                }
-                ApiError::Internal(_) => return Err(error),
-                _ => (ResponseCode::FatalError, error.status()),
-            };
-            let issues = error.into_issues();
-            let reply = reply(&state, &bundle, code, None, issues);
+            let status = error.status();
+            let reply = reply(&state, &bundle, status, None, error.into_issues());
             Ok(with_status(format.render(&reply)?, status))
         }
     }
@@ -137,6 +142,7 @@ pub async fn process_message(
 
 async fn handle(
     state: &AppState,
+    format: ResponseFormat,
     bundle: &Value,
     bytes: &[u8],
     request_id: &str,
@@ -158,10 +164,7 @@ async fn handle(
     let existing = tx.referral_by_identifier(&mapped.identifier).await?;
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
-            let note = format!(
-                "This referral (same identifier) was already received, on {}: it is ServiceRequest/{}; nothing new was stored",
-                existing.received_at, existing.id
-            );
+            let note = already_received(&existing);
             (existing, Some(note))
         }
         ("new", None) => {
@@ -206,11 +209,12 @@ async fn handle(
             )]));
         }
     };
-    let info = note.map(|n| Issue::error(IssueType::Informational, "referral-already-received", n));
+    // A note on an `ok` reply informs; severity `error` would contradict the code.
+    let info = note.map(|n| information_issue("referral-already-received", n));
     let reply = reply(
         state,
         bundle,
-        ResponseCode::Ok,
+        StatusCode::OK,
         Some(&referral),
         info.into_iter().collect(),
     );
@@ -235,7 +239,8 @@ async fn handle(
     }
     tx.commit().await?;
     tracing::info!(referral_id = %referral.id, reason, "referral message processed");
-    Ok(raw_response(200, reply_text))
+    // The text just remembered, so a retry gets these very bytes again.
+    Ok(format.render_text(reply_text))
 }
 
 /// `MessageHeader.focus` must name the ServiceRequest entry.
@@ -340,14 +345,15 @@ fn business_identifier(resource: &Value) -> Option<(&'static str, String)> {
         .map(|v| (system, v.to_owned()))
 }
 
-/// The `servicerequest-response` message.
+/// The `servicerequest-response` message for an answer sent with `status`.
 fn reply(
     state: &AppState,
     request: &Value,
-    code: ResponseCode,
+    status: StatusCode,
     referral: Option<&Referral>,
     issues: Vec<Issue>,
 ) -> Value {
+    let code = ResponseCode::for_status(status);
     let header = request.pointer("/entry/0/resource");
     let outcome_id = FhirId::generate();
     let header_id = FhirId::generate();
@@ -387,11 +393,9 @@ fn reply(
         "resource": message_header,
     })];
     if !issues.is_empty() {
-        let mut outcome = OperationOutcome::new(issues).to_json(if code == ResponseCode::Ok {
-            None
-        } else {
-            Some("REC_UNPROCESSABLE_ENTITY")
-        });
+        // The NHS error code names the HTTP status actually sent (a 503 is
+        // REC_UNAVAILABLE, a 409 REC_CONFLICT), as it does under /fhir.
+        let mut outcome = OperationOutcome::new(issues).to_json(nhs_http_error_code(status));
         outcome["id"] = json!(outcome_id.as_str());
         entries[0]["resource"]["response"]["details"] =
             json!({"reference": format!("urn:uuid:{outcome_id}")});

@@ -26,7 +26,7 @@ use super::resource::{
 };
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
 use crate::referral::intake::Submitted;
-use crate::referral::record::ReceivedAs;
+use crate::referral::record::{ReceivedAs, Referral};
 use crate::referral::workflow::Arrival;
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
@@ -88,10 +88,7 @@ pub(super) async fn create_referral(
             Written {
                 status: StatusCode::OK,
                 message_id: "referral-already-received",
-                message: format!(
-                    "This referral (same identifier) was already received, on {}: it is ServiceRequest/{}; nothing new was stored",
-                    existing.received_at, existing.id
-                ),
+                message: already_received(&existing),
                 preference: arrived.preference,
                 format: arrived.format,
                 issues: arrived.warnings,
@@ -139,10 +136,7 @@ pub(super) async fn create_referral(
         Written {
             status: StatusCode::CREATED,
             message_id: "referral-received",
-            message: format!(
-                "Referral received: ServiceRequest/{} (its progress is reported in Task/{})",
-                referral.id, referral.task_id
-            ),
+            message: received(&referral),
             preference: arrived.preference,
             format: arrived.format,
             issues: arrived.warnings,
@@ -256,6 +250,22 @@ pub async fn update(
             format: arrived.format,
             issues: arrived.warnings,
         },
+    )
+}
+
+/// What every inbound shape tells the sender of a new referral.
+pub(super) fn received(referral: &Referral) -> String {
+    format!(
+        "Referral received: ServiceRequest/{} (its progress is reported in Task/{})",
+        referral.id, referral.task_id
+    )
+}
+
+/// What every inbound shape tells the sender of a referral Sprig already holds.
+pub(super) fn already_received(existing: &Referral) -> String {
+    format!(
+        "This referral (same identifier) was already received, on {}: it is ServiceRequest/{}; nothing new was stored",
+        existing.received_at, existing.id
     )
 }
 

@@ -242,22 +242,7 @@ pub async fn list(
             e.body_text()
         ))
     })?;
-    let stage = query
-        .stage
-        .as_deref()
-        .map(|s| {
-            Stage::parse(s).map_err(|_| {
-                Problem::bad_request(format!(
-                    "'{s}' is not a stage; the stages are {}",
-                    Stage::ALL
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })
-        })
-        .transpose()?;
+    let stage = query.stage.as_deref().map(parse_stage).transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Problem::bad_request(format!(
@@ -308,6 +293,11 @@ fn bound(name: &str, value: &str) -> Result<String, Problem> {
             "{name} must be a date (2026-11-21) or a date and time with a zone (2026-11-21T09:00:00Z)"
         ))
     })
+}
+
+/// A stage code from a request; the refusal lists every stage (`UnknownStage` says so).
+fn parse_stage(code: &str) -> Result<Stage, Problem> {
+    Stage::parse(code).map_err(|e| Problem::bad_request(e.to_string()))
 }
 
 fn parse_cursor(cursor: &str) -> Result<(String, String), Problem> {
@@ -391,17 +381,8 @@ pub async fn transition(
 ) -> Result<Response, Problem> {
     let Path(id) = path.map_err(path_problem)?;
     let Json(body) = body.map_err(json_problem)?;
-    let to = Stage::parse(&body.to).map_err(|_| {
-        Problem::bad_request(format!(
-            "'{}' is not a stage; the stages are {}",
-            body.to,
-            Stage::ALL
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
+    let to = parse_stage(&body.to)?;
+    let actor = actor(body.by.as_deref())?;
     let request_id = request_id(context.as_ref());
     let mut tx = state.store.begin_write().await?;
     let referral = state
@@ -413,7 +394,7 @@ pub async fn transition(
                 to,
                 reason: body.reason.as_deref(),
                 note: body.note.as_deref(),
-                actor: actor(body.by.as_deref())?,
+                actor,
                 request_id,
             },
         )
@@ -443,17 +424,13 @@ pub async fn outcome(
 ) -> Result<Response, Problem> {
     let Path(id) = path.map_err(path_problem)?;
     let Json(body) = body.map_err(json_problem)?;
-    let measure = Measure::parse(&body.measure).map_err(|_| {
-        Problem::bad_request(format!(
-            "'{}' is not a measure; the measures are swemwbs, wemwbs, ons4 and ucla3",
-            body.measure
-        ))
-    })?;
+    let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
     if Instant::parse(&body.recorded_at).is_err() {
         return Err(Problem::bad_request(
             "recorded_at must be a date and time with a zone, e.g. 2026-11-21T10:30:00Z",
         ));
     }
+    let actor = actor(body.by.as_deref())?;
     let request_id = request_id(context.as_ref());
     let mut tx = state.store.begin_write().await?;
     let outcome = state
@@ -465,7 +442,7 @@ pub async fn outcome(
                 measure,
                 answers: &body.answers,
                 recorded_at: &body.recorded_at,
-                actor: actor(body.by.as_deref())?,
+                actor,
                 request_id,
             },
         )
@@ -496,10 +473,11 @@ pub async fn note(
 ) -> Result<Response, Problem> {
     let Path(id) = path.map_err(path_problem)?;
     let Json(body) = body.map_err(json_problem)?;
+    let actor = actor(body.by.as_deref())?;
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
-        .add_note(&mut tx, &id, actor(body.by.as_deref())?, &body.text)
+        .add_note(&mut tx, &id, actor, &body.text)
         .await?;
     tx.commit().await?;
     tracing::info!(referral_id = %id, "note added");

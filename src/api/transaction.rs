@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
@@ -23,6 +23,7 @@ use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, require_json_body};
+use super::referrals::{already_received, received};
 use super::resource::{Checked, check_body, read_body};
 use crate::fhir::{
     FhirId, Instant, Issue, IssueSeverity, IssueType, OperationOutcome, ResourceType,
@@ -126,11 +127,8 @@ pub async fn transaction(
         let replay = tx.first_response(&existing.id).await?;
         drop(tx);
         tracing::info!(referral_id = %existing.id, "referral transaction resubmitted; answering as before");
-        let response = replayed(replay, &existing, referral_index)?;
-        return format.render(&response).map(|mut r| {
-            *r.status_mut() = StatusCode::OK;
-            r
-        });
+        // `render` answers 200: nothing new was written.
+        return format.render(&replayed(replay, &existing, referral_index)?);
     }
     let outcomes = execute(&mut tx, plan, &bytes, request_id).await?;
     let referral = open_referral(
@@ -513,13 +511,7 @@ fn transaction_response(
                 "lastModified": stored.last_updated.to_fhir(),
             });
             if index == referral_index {
-                response["outcome"] = information(
-                    "referral-received",
-                    format!(
-                        "Referral received: ServiceRequest/{} (its progress is reported in Task/{})",
-                        referral.id, referral.task_id
-                    ),
-                );
+                response["outcome"] = information("referral-received", received(referral));
             }
             json!({
                 "fullUrl": format!("{}/{}/{}", state.fhir_base(), stored.resource_type, stored.id),
@@ -537,11 +529,13 @@ fn transaction_response(
 }
 
 fn information(message_id: &'static str, message: String) -> Value {
-    OperationOutcome::new(vec![
-        Issue::error(IssueType::Informational, message_id, message)
-            .with_severity(IssueSeverity::Information),
-    ])
-    .to_json(None)
+    OperationOutcome::new(vec![information_issue(message_id, message)]).to_json(None)
+}
+
+/// An issue that reports, not refuses: severity `information`.
+pub(super) fn information_issue(message_id: &'static str, message: String) -> Issue {
+    Issue::error(IssueType::Informational, message_id, message)
+        .with_severity(IssueSeverity::Information)
 }
 
 /// The first answer again, each entry now `200 OK`: nothing new was written.
@@ -569,13 +563,8 @@ fn replayed(
         for (index, entry) in entries.iter_mut().enumerate() {
             entry["response"]["status"] = json!("200 OK");
             if index == outcome_index {
-                entry["response"]["outcome"] = information(
-                    "referral-already-received",
-                    format!(
-                        "This referral (same identifier) was already received, on {}: it is ServiceRequest/{}; nothing new was stored",
-                        existing.received_at, existing.id
-                    ),
-                );
+                entry["response"]["outcome"] =
+                    information("referral-already-received", already_received(existing));
             }
         }
     }

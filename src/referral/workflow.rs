@@ -334,13 +334,8 @@ impl Workflow {
             effective: request.recorded_at,
             service: self.service_ref(),
         })?;
-        let profile = self
-            .mappings
-            .outbound
-            .measure(request.measure)
-            .profile
-            .clone();
-        self.check_own(ResourceType::OBSERVATION, &profile, &observation)?;
+        let profile = &self.mappings.outbound.measure(request.measure).profile;
+        self.check_own(ResourceType::OBSERVATION, profile, &observation)?;
         let stored = tx
             .create(ResourceWrite {
                 resource_type: ResourceType::OBSERVATION,
@@ -577,10 +572,15 @@ impl Workflow {
             },
             resource,
         );
+        // A defect is logged, and validation messages may quote the resource
+        // (an NHS number, a name): name each failure by its id and place only.
         let errors: Vec<String> = issues
             .iter()
             .filter(|i| i.severity.is_error())
-            .map(|i| format!("{} ({})", i.message, i.message_id))
+            .map(|i| match &i.expression {
+                Some(at) => format!("{} at {at}", i.message_id),
+                None => i.message_id.to_owned(),
+            })
             .collect();
         if errors.is_empty() {
             Ok(())

@@ -630,36 +630,28 @@ fn wrong_values_fail_the_schemas() {
         &gp_notes,
         "the GP's notes (ReferralFields::notes is skip_serializing)",
     );
-    assert_fails_schema(
-        "Referral",
-        &with(referral.clone(), "/stage", json!("done")),
-        "an unknown stage",
-    );
-    assert_fails_schema(
-        "Referral",
-        &with(referral.clone(), "/stage", json!("UnableToContact")),
-        "a stage not in kebab-case",
-    );
-    assert_fails_schema(
-        "Referral",
-        &with(referral.clone(), "/task_id", Value::Null),
-        "a null task_id",
-    );
-    assert_fails_schema(
-        "Referral",
-        &with(referral.clone(), "/version", json!("4")),
-        "a version as text",
-    );
-    assert_fails_schema(
-        "Referral",
-        &with(referral.clone(), "/received_at", json!("yesterday")),
-        "a received_at that is not a date-time",
-    );
-    assert_fails_schema(
-        "Referral",
-        &with(referral.clone(), "/patient/phone_number", json!("0")),
-        "an undocumented patient member",
-    );
+    for (pointer, wrong, why) in [
+        ("/stage", json!("done"), "an unknown stage"),
+        (
+            "/stage",
+            json!("UnableToContact"),
+            "a stage not in kebab-case",
+        ),
+        ("/task_id", Value::Null, "a null task_id"),
+        ("/version", json!("4"), "a version as text"),
+        (
+            "/received_at",
+            json!("yesterday"),
+            "a received_at that is not a date-time",
+        ),
+        (
+            "/patient/phone_number",
+            json!("0"),
+            "an undocumented patient member",
+        ),
+    ] {
+        assert_fails_schema("Referral", &with(referral.clone(), pointer, wrong), why);
+    }
     let mut missing = referral.clone();
     missing.as_object_mut().expect("object").remove("reply_to");
     assert_fails_schema("Referral", &missing, "a member left out");

@@ -516,6 +516,12 @@ async fn the_same_referral_sent_twice_is_one_referral() {
                 || shape.path() == "/fhir/ServiceRequest",
             "{shape:?}: the answer says so: {answer}"
         );
+        if matches!(shape, Shape::Message) {
+            // The reply's code is `ok`: its note informs, it does not refuse.
+            let issue = &answer["entry"][1]["resource"]["issue"][0];
+            assert_eq!(issue["severity"], "information", "{answer}");
+            assert_eq!(issue["code"], "informational", "{answer}");
+        }
         assert_eq!(
             app.stored_version_count().await,
             versions,
@@ -748,6 +754,26 @@ async fn the_gp_withdraws_a_referral_by_message() {
     assert_eq!(service_request["status"], "revoked");
     let history = read(&app, &format!("/fhir/ServiceRequest/{id}/_history")).await;
     assert_eq!(service_request["meta"]["versionId"], "2", "{history}");
+
+    // A withdrawn referral is closed: a further update is a 409, and the
+    // reply's NHS error code says so (not REC_UNPROCESSABLE_ENTITY).
+    let mut again = update.clone();
+    again["id"] = json!("1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d");
+    let response = post_fhir(&app, "/fhir/$process-message", &again, &[]).await;
+    let status = response.status();
+    let reply = json_body(response).await;
+    assert_eq!(status, 409, "{reply}");
+    assert_eq!(
+        reply["entry"][0]["resource"]["response"]["code"],
+        "fatal-error"
+    );
+    let codings = &reply["entry"][1]["resource"]["issue"][0]["details"]["coding"];
+    assert!(
+        codings
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["code"] == "REC_CONFLICT")),
+        "{reply}"
+    );
 
     // An update of a referral Sprig never received is refused.
     let mut unknown = update.clone();
