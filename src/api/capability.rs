@@ -180,10 +180,16 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
                 "versioning": "versioned",
                 "readHistory": c.interactions.contains(&Interaction::Vread),
                 "updateCreate": false,
-                // If-None-Exist on POST; `request.ifNoneExist` in a transaction.
-                "conditionalCreate": c.interactions.contains(&Interaction::Create),
+                // If-None-Exist on POST; `request.ifNoneExist` in a transaction,
+                // for every type a referral Bundle may carry.
+                "conditionalCreate": c.interactions.contains(&Interaction::Create)
+                    || c.arrives_with_referral,
                 "conditionalRead": "not-match",
-                "conditionalUpdate": false,
+                // `PUT Type?identifier=…` in a transaction; a referral itself
+                // is amended by id with If-Match (`api::transaction` refuses a
+                // conditional PUT of a ServiceRequest).
+                "conditionalUpdate": c.arrives_with_referral
+                    && c.resource_type != ResourceType::SERVICE_REQUEST,
                 "conditionalDelete": "not-supported",
             });
             if c.interactions.contains(&Interaction::SearchType) {

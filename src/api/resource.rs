@@ -136,7 +136,7 @@ fn if_none_exist(
         )])
     })?;
     let query = text.trim().trim_start_matches('?');
-    SearchQuery::parse(resource_type, query)
+    SearchQuery::parse_condition(resource_type, query)
         .map(Some)
         .map_err(ApiError::BadRequest)
 }

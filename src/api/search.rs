@@ -17,9 +17,9 @@ use super::capability::{Interaction, supported};
 use super::error::ApiError;
 use super::negotiate::{ResponseFormat, lenient_handling, require_form_body};
 use super::resource::{bad_path, cpu_bound, parse_id, read_body};
-use crate::fhir::{Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::search::{HistoryQuery, ParseOptions, SearchQuery};
-use crate::store::{HistoryOperation, SearchPage, StoredResource};
+use crate::store::{HistoryOperation, HistoryPage, SearchPage, StoredResource};
 
 /// `GET /fhir/{type}?…`: search one type.
 pub async fn search_get(
@@ -187,6 +187,39 @@ pub async fn history_instance(
     );
 
     let resource_url = format!("{}/{resource_type}/{id}", state.fhir_base());
+    // Every version's JSON is parsed to build the Bundle: off the runtime
+    // when the page is large, as for a search page.
+    let size: usize = page
+        .entries
+        .iter()
+        .filter_map(|e| e.json.as_ref())
+        .map(String::len)
+        .sum();
+    let bundle = cpu_bound(size, move || {
+        history_bundle(&resource_url, resource_type, &id, history, page)
+    })
+    .await??;
+    let mut response = format.render(&bundle)?;
+    if !warnings.is_empty() {
+        // A history Bundle has no place for an outcome entry (every entry is
+        // a version, search.mode is for searchsets): the ignored parameters
+        // are only acknowledged by the header.
+        response.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("handling=lenient"),
+        );
+    }
+    Ok(response)
+}
+
+/// The `history` Bundle for one page of a resource's versions.
+fn history_bundle(
+    resource_url: &str,
+    resource_type: ResourceType,
+    id: &FhirId,
+    history: HistoryQuery,
+    page: HistoryPage,
+) -> Result<Value, ApiError> {
     let page_url = |before: Option<crate::fhir::VersionId>| {
         let mut out = form_urlencoded::Serializer::new(String::new());
         out.append_pair("_count", &history.count.to_string());
@@ -232,17 +265,7 @@ pub async fn history_instance(
     if !entries.is_empty() {
         bundle.insert("entry".into(), Value::Array(entries));
     }
-    let mut response = format.render(&Value::Object(bundle))?;
-    if !warnings.is_empty() {
-        // A history Bundle has no place for an outcome entry (every entry is
-        // a version, search.mode is for searchsets): the ignored parameters
-        // are only acknowledged by the header.
-        response.headers_mut().insert(
-            "preference-applied",
-            HeaderValue::from_static("handling=lenient"),
-        );
-    }
-    Ok(response)
+    Ok(Value::Object(bundle))
 }
 
 fn bundle_head(kind: &str) -> Map<String, Value> {

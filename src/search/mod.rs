@@ -197,6 +197,29 @@ impl SearchQuery {
         Self::parse_with(resource_type, raw_query, ParseOptions::default())
     }
 
+    /// Parses the condition of a conditional create or update
+    /// (`If-None-Exist`, `request.ifNoneExist`, `PUT Type?…`) strictly. It
+    /// must hold at least one criterion: one of only `_count`, `_format` or
+    /// nothing at all would match every resource of the type, so an unrelated
+    /// resource would be answered as "already there" and the new one dropped.
+    pub fn parse_condition(
+        resource_type: ResourceType,
+        raw_query: &str,
+    ) -> Result<SearchQuery, Vec<Issue>> {
+        let query = Self::parse(resource_type, raw_query)?;
+        if query.criteria.is_empty() {
+            return Err(vec![Issue::error(
+                IssueType::Invalid,
+                "conditional-without-criteria",
+                format!(
+                    "A condition must name at least one search parameter of {resource_type}, such as identifier=system|value; '{}' names none",
+                    shorten(raw_query, 60)
+                ),
+            )]);
+        }
+        Ok(query)
+    }
+
     /// Parses `raw_query` with `options`. Every problem is reported, not only
     /// the first; under `lenient` each becomes a warning and its parameter is
     /// ignored.
@@ -227,13 +250,7 @@ impl SearchQuery {
             }
         }
         if options.lenient {
-            query.warnings = issues
-                .into_iter()
-                .map(|i| {
-                    let message = format!("{} (ignored: Prefer: handling=lenient)", i.message);
-                    Issue { message, ..i }.with_severity(IssueSeverity::Warning)
-                })
-                .collect();
+            query.warnings = ignored_leniently(issues);
             Ok(query)
         } else if issues.is_empty() {
             Ok(query)
@@ -347,16 +364,7 @@ impl SearchQuery {
         };
         match name {
             "_count" => {
-                let count: u32 = value
-                    .parse()
-                    .ok()
-                    .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| {
-                        invalid(&format!(
-                            "give a whole number from 0 (only the total) to {MAX_COUNT} (default {DEFAULT_COUNT})"
-                        ))
-                    })?;
-                self.count = count.min(MAX_COUNT);
+                self.count = parse_count(value)?;
                 return Ok(Keep::No);
             }
             "_sort" => {
@@ -446,18 +454,9 @@ impl HistoryQuery {
         for (key, value) in form_urlencoded::parse(raw_query.as_bytes()) {
             match key.as_ref() {
                 "_format" | "_pretty" => {}
-                "_count" => match value.parse::<u32>() {
-                    Ok(count) if value.bytes().all(|b| b.is_ascii_digit()) => {
-                        query.count = count.min(MAX_COUNT)
-                    }
-                    _ => issues.push(Issue::error(
-                        IssueType::Value,
-                        "search-result-param-invalid",
-                        format!(
-                            "_count={} is not allowed: give a whole number from 0 (only the total) to {MAX_COUNT} (default {DEFAULT_COUNT})",
-                            shorten(&value, 40)
-                        ),
-                    )),
+                "_count" => match parse_count(&value) {
+                    Ok(count) => query.count = count,
+                    Err(issue) => issues.push(issue),
                 },
                 CURSOR_PARAM => match VersionId::parse(&value) {
                     Ok(version) => query.before = Some(version),
@@ -478,17 +477,45 @@ impl HistoryQuery {
             }
         }
         if lenient {
-            let warnings = issues
-                .into_iter()
-                .map(|i| i.with_severity(IssueSeverity::Warning))
-                .collect();
-            Ok((query, warnings))
+            Ok((query, ignored_leniently(issues)))
         } else if issues.is_empty() {
             Ok((query, Vec::new()))
         } else {
             Err(issues)
         }
     }
+}
+
+/// `_count`, the same for search and history: a whole number (no sign),
+/// reduced to [`MAX_COUNT`].
+fn parse_count(value: &str) -> Result<u32, Issue> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+        .map(|count| count.min(MAX_COUNT))
+        .ok_or_else(|| {
+            Issue::error(
+                IssueType::Value,
+                "search-result-param-invalid",
+                format!(
+                    "_count={} is not allowed: give a whole number from 0 (only the total) to {MAX_COUNT} (default {DEFAULT_COUNT})",
+                    shorten(value, 40)
+                ),
+            )
+        })
+}
+
+/// Under `Prefer: handling=lenient` the refusals become warnings that say
+/// the parameter was ignored.
+fn ignored_leniently(issues: Vec<Issue>) -> Vec<Issue> {
+    issues
+        .into_iter()
+        .map(|i| {
+            let message = format!("{} (ignored: Prefer: handling=lenient)", i.message);
+            Issue { message, ..i }.with_severity(IssueSeverity::Warning)
+        })
+        .collect()
 }
 
 /// Splits `value` at commas and parses each alternative, or reports the

@@ -685,3 +685,19 @@ fn references_are_normalised() {
     let entries = index_entries(ResourceType::parse("Condition").expect("type"), &condition);
     assert_eq!(entries, vec![reference("subject", "Group/g1")]);
 }
+
+#[test]
+fn a_condition_must_name_a_criterion() {
+    for empty in ["", "_count=1", "_format=json&_total=none"] {
+        let issues = SearchQuery::parse_condition(SR, empty).expect_err(empty);
+        assert_eq!(issues.len(), 1, "{empty}");
+        assert_eq!(issues[0].message_id, "conditional-without-criteria");
+        assert_eq!(issues[0].code, IssueType::Invalid);
+    }
+    // A condition Sprig cannot read is refused as a search would be.
+    let issues = SearchQuery::parse_condition(SR, "colour=red").expect_err("unknown");
+    assert_eq!(issues[0].message_id, "search-param-unknown");
+    let query = SearchQuery::parse_condition(SR, "identifier=https://example.org|R1&_count=5")
+        .expect("a criterion");
+    assert_eq!(query.criteria.len(), 1);
+}

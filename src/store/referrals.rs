@@ -5,6 +5,8 @@
 //! in the same transaction as the FHIR resources it describes and the outbox
 //! rows that report the change.
 
+use std::collections::HashMap;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
@@ -190,19 +192,14 @@ impl WriteTx {
         .bind(id)
         .execute(self.conn())
         .await?;
-        for table in ["referral_patients", "referral_reasons"] {
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE referral_id = $1"
-            )))
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+        for delete in [
+            "DELETE FROM referral_patients WHERE referral_id = $1",
+            "DELETE FROM referral_reasons WHERE referral_id = $1",
+            // The GP's notes are replaced by what the GP now sends; the service's stay.
+            "DELETE FROM referral_notes WHERE referral_id = $1 AND source = 'gp'",
+        ] {
+            sqlx::query(delete).bind(id).execute(self.conn()).await?;
         }
-        // The GP's notes are replaced by what the GP now sends; the service's stay.
-        sqlx::query("DELETE FROM referral_notes WHERE referral_id = $1 AND source = 'gp'")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
         self.write_details(id, f, at).await
     }
 
@@ -456,7 +453,13 @@ impl WriteTx {
         row.map(|row| {
             Ok(MessageRequest {
                 body: row.try_get("body")?,
-                status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(500),
+                status: u16::try_from(row.try_get::<i64, _>("status")?).map_err(|_| {
+                    StoreError::Corrupt {
+                        resource_type: "message_request".into(),
+                        id: request_id.to_owned(),
+                        reason: "status out of range".into(),
+                    }
+                })?,
                 response: row.try_get("response")?,
             })
         })
@@ -505,7 +508,7 @@ impl Store {
         .iter()
         .map(|row| {
             Ok(StageChange {
-                stage: stage_of(row.try_get("stage")?)?,
+                stage: stage_of(id, row.try_get("stage")?)?,
                 at: row.try_get("at")?,
                 actor: row.try_get("actor")?,
                 reason: row.try_get("reason")?,
@@ -522,13 +525,8 @@ impl Store {
         .await?
         .iter()
         .map(|row| {
-            let source: String = row.try_get("source")?;
             Ok(Note {
-                source: if source == "gp" {
-                    NoteSource::Gp
-                } else {
-                    NoteSource::Service
-                },
+                source: note_source_of(id, row.try_get("source")?)?,
                 at: row.try_get("at")?,
                 author: row.try_get("author")?,
                 text: row.try_get("text")?,
@@ -598,13 +596,12 @@ impl Store {
         query = query.bind(i64::from(filter.limit));
         let mut conn = s.readers.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await?;
-        let mut referrals = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // The list shows reasons but not notes: only the reasons are read.
-            let mut referral = referral_from_row(row)?;
-            referral.fields.reasons = reasons_of(&mut conn, &referral.id).await?;
-            referrals.push(referral);
-        }
+        let mut referrals = rows
+            .iter()
+            .map(referral_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The list shows reasons but not notes: only the reasons are read.
+        fill_reasons(&mut conn, &mut referrals).await?;
         Ok(referrals)
     }
 }
@@ -673,15 +670,52 @@ async fn reasons_of(
     .fetch_all(&mut *conn)
     .await?
     .iter()
-    .map(|row| {
-        Ok(Reason {
-            system: row.try_get("system")?,
-            code: row.try_get("code")?,
-            display: row.try_get("display")?,
-            text: row.try_get("text")?,
-        })
-    })
+    .map(reason_from_row)
     .collect()
+}
+
+/// The reasons of every referral on a list page, in one query rather than
+/// one per referral (a page holds up to 200).
+async fn fill_reasons(
+    conn: &mut SqliteConnection,
+    referrals: &mut [Referral],
+) -> Result<(), StoreError> {
+    if referrals.is_empty() {
+        return Ok(());
+    }
+    let placeholders = (1..=referrals.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Built from placeholders only; every id is bound.
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "SELECT referral_id, system, code, display, text FROM referral_reasons \
+         WHERE referral_id IN ({placeholders}) ORDER BY referral_id, position"
+    )));
+    for referral in referrals.iter() {
+        query = query.bind(referral.id.as_str());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut by_referral: HashMap<String, Vec<Reason>> = HashMap::new();
+    for row in &rows {
+        by_referral
+            .entry(row.try_get("referral_id")?)
+            .or_default()
+            .push(reason_from_row(row)?);
+    }
+    for referral in referrals {
+        referral.fields.reasons = by_referral.remove(&referral.id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+fn reason_from_row(row: &SqliteRow) -> Result<Reason, StoreError> {
+    Ok(Reason {
+        system: row.try_get("system")?,
+        code: row.try_get("code")?,
+        display: row.try_get("display")?,
+        text: row.try_get("text")?,
+    })
 }
 
 async fn fetch_outcomes(
@@ -730,8 +764,16 @@ fn corrupt(id: &str, reason: &str) -> StoreError {
     }
 }
 
-fn stage_of(code: String) -> Result<Stage, StoreError> {
-    Stage::parse(&code).map_err(|_| corrupt(&code, "unknown stage"))
+fn stage_of(referral_id: &str, code: &str) -> Result<Stage, StoreError> {
+    Stage::parse(code).map_err(|_| corrupt(referral_id, "unknown stage"))
+}
+
+fn note_source_of(referral_id: &str, code: &str) -> Result<NoteSource, StoreError> {
+    match code {
+        "gp" => Ok(NoteSource::Gp),
+        "service" => Ok(NoteSource::Service),
+        _ => Err(corrupt(referral_id, "unknown note source")),
+    }
 }
 
 fn referral_from_row(row: &SqliteRow) -> Result<Referral, StoreError> {
@@ -742,7 +784,7 @@ fn referral_from_row(row: &SqliteRow) -> Result<Referral, StoreError> {
             system: row.try_get("identifier_system")?,
             value: row.try_get("identifier_value")?,
         },
-        stage: stage_of(row.try_get("stage")?)?,
+        stage: stage_of(&id, row.try_get("stage")?)?,
         received_as: ReceivedAs::parse(&received_as)
             .ok_or_else(|| corrupt(&id, "unknown received_as"))?,
         received_at: row.try_get("received_at")?,

@@ -206,12 +206,11 @@ impl SqliteStore {
         tx.commit().await?;
 
         let more = rows.len() > query.count as usize;
-        let mut resources = rows
+        let resources = rows
             .iter()
             .take(query.count as usize)
             .map(|row| stored_from_row(query.resource_type, row))
             .collect::<Result<Vec<_>, _>>()?;
-        resources.shrink_to_fit();
         let next = if more {
             resources
                 .last()
@@ -330,7 +329,8 @@ impl SqliteStore {
                 let json = json.ok_or_else(|| bad("current version has no resource".into()))?;
                 let value: Value =
                     serde_json::from_str(&json).map_err(|e| bad(format!("stored JSON: {e}")))?;
-                reindex(&mut tx, resource_type, &id, Some(&value)).await?;
+                // Every index row was deleted above: nothing to clear per resource.
+                index_new(&mut tx, resource_type, &id, &value).await?;
                 indexed += 1;
             }
         }

@@ -67,7 +67,7 @@ impl WriteTx {
     pub async fn create(&mut self, write: ResourceWrite<'_>) -> Result<StoredResource, StoreError> {
         let version_id = VersionId::FIRST;
         let last_updated = Instant::now();
-        let (stored, meta, stamped) = serialise(write, version_id, last_updated)?;
+        let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
         sqlx::query(
             "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
@@ -79,15 +79,12 @@ impl WriteTx {
         .bind(&at)
         .execute(self.conn())
         .await?;
-        self.insert_version(&stored, &meta, &at, "create").await?;
-        // After the resource row: the index rows refer to it.
-        super::search::reindex(
-            self.conn(),
-            stored.resource_type,
-            &stored.id,
-            Some(&stamped),
-        )
-        .await?;
+        self.insert_version(VersionRow::of(&stored, &at, "create", audit))
+            .await?;
+        // After the resource row: the index rows refer to it. The INSERT above
+        // proved the id new (deleted resources keep their row), so it has no
+        // index rows to clear: three DELETEs fewer while the writer is held.
+        super::search::index_new(self.conn(), stored.resource_type, &stored.id, &stamped).await?;
         Ok(stored)
     }
 
@@ -117,7 +114,7 @@ impl WriteTx {
         }
         let version_id = current.next();
         let last_updated = Instant::now();
-        let (stored, meta, stamped) = serialise(write, version_id, last_updated)?;
+        let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
         sqlx::query(
             "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2 \
@@ -130,7 +127,8 @@ impl WriteTx {
         .execute(self.conn())
         .await?;
         let operation = if deleted { "create" } else { "update" };
-        self.insert_version(&stored, &meta, &at, operation).await?;
+        self.insert_version(VersionRow::of(&stored, &at, operation, audit))
+            .await?;
         super::search::reindex(
             self.conn(),
             stored.resource_type,
@@ -164,17 +162,18 @@ impl WriteTx {
         .bind(id.as_str())
         .execute(self.conn())
         .await?;
-        sqlx::query(
-            "INSERT INTO resource_versions \
-             (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
-             VALUES ($1, $2, $3, $4, 'delete', NULL, NULL, $5)",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .bind(version_id.get())
-        .bind(&at)
-        .bind(request_id)
-        .execute(self.conn())
+        self.insert_version(VersionRow {
+            resource_type,
+            id,
+            version_id,
+            at: &at,
+            operation: "delete",
+            resource: None,
+            audit: Audit {
+                received: None,
+                request_id,
+            },
+        })
         .await?;
         super::search::reindex(self.conn(), resource_type, id, None).await?;
         Ok(Some(version_id))
@@ -214,26 +213,20 @@ impl WriteTx {
         read_current(self.conn(), resource_type, id).await
     }
 
-    async fn insert_version(
-        &mut self,
-        stored: &StoredResource,
-        audit: &Audit<'_>,
-        at: &str,
-        operation: &str,
-    ) -> Result<(), StoreError> {
+    async fn insert_version(&mut self, row: VersionRow<'_>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO resource_versions \
              (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(stored.resource_type.as_str())
-        .bind(stored.id.as_str())
-        .bind(stored.version_id.get())
-        .bind(at)
-        .bind(operation)
-        .bind(&stored.json)
-        .bind(audit.received)
-        .bind(audit.request_id)
+        .bind(row.resource_type.as_str())
+        .bind(row.id.as_str())
+        .bind(row.version_id.get())
+        .bind(row.at)
+        .bind(row.operation)
+        .bind(row.resource)
+        .bind(row.audit.received)
+        .bind(row.audit.request_id)
         .execute(self.conn())
         .await?;
         Ok(())
@@ -244,6 +237,38 @@ impl WriteTx {
 struct Audit<'a> {
     received: Option<&'a [u8]>,
     request_id: &'a str,
+}
+
+/// One row of `resource_versions`: every write (create, update, delete)
+/// adds one through [`WriteTx::insert_version`].
+struct VersionRow<'a> {
+    resource_type: ResourceType,
+    id: &'a FhirId,
+    version_id: VersionId,
+    at: &'a str,
+    operation: &'static str,
+    /// `None` for a deletion.
+    resource: Option<&'a str>,
+    audit: Audit<'a>,
+}
+
+impl<'a> VersionRow<'a> {
+    fn of(
+        stored: &'a StoredResource,
+        at: &'a str,
+        operation: &'static str,
+        audit: Audit<'a>,
+    ) -> Self {
+        Self {
+            resource_type: stored.resource_type,
+            id: &stored.id,
+            version_id: stored.version_id,
+            at,
+            operation,
+            resource: Some(&stored.json),
+            audit,
+        }
+    }
 }
 
 fn serialise(

@@ -98,6 +98,26 @@ async fn metadata_lists_exactly_what_is_served() {
             vec!["read", "vread", "search-type", "history-instance"]
         );
     }
+    // Conditional writes as a transaction takes them: `request.ifNoneExist`
+    // and `PUT Type?identifier=…` for what comes with a referral; nothing
+    // conditional for what Sprig writes itself.
+    for resource in resources {
+        let (create, update) = match resource["type"].as_str() {
+            Some("ServiceRequest") => (true, false),
+            Some("Task" | "Observation") => (false, false),
+            _ => (true, true),
+        };
+        assert_eq!(
+            resource["conditionalCreate"], create,
+            "{}",
+            resource["type"]
+        );
+        assert_eq!(
+            resource["conditionalUpdate"], update,
+            "{}",
+            resource["type"]
+        );
+    }
     // The search parameters, from the same table the search reads.
     let params = |i: usize| -> Vec<(String, String)> {
         resources[i]["searchParam"]

@@ -389,3 +389,34 @@ async fn validation_issues_give_line_and_column() {
     );
     assert_eq!(issue["location"][0], format!("Line[{line}] Col[{column}]"));
 }
+
+#[tokio::test]
+async fn an_if_none_exist_without_criteria_is_refused_not_matched_to_everything() {
+    let app = spawn_app().await;
+    let first = app.post_referral(sample_referral().to_string()).await;
+    assert_eq!(first.status(), 201);
+    let stored = app.stored_version_count().await;
+
+    // Another referral, under a condition that names no parameter: matching
+    // it would answer with the first referral and drop this one.
+    let other = sample_referral();
+    for condition in ["", "_count=1", "_format=json"] {
+        let response = app
+            .client
+            .post(app.url("/fhir/ServiceRequest"))
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", condition)
+            .body(other.to_string())
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 400, "{condition:?}");
+        let outcome = json_body(response).await;
+        assert_eq!(
+            message_ids(&outcome),
+            vec!["conditional-without-criteria"],
+            "{condition:?}"
+        );
+    }
+    assert_eq!(app.stored_version_count().await, stored);
+}
