@@ -299,7 +299,7 @@ fn query_for(
     query: &str,
 ) -> Result<SearchQuery, ApiError> {
     let query = query.rsplit('?').next().unwrap_or(query);
-    SearchQuery::parse(resource_type, query).map_err(|issues| {
+    SearchQuery::parse_condition(resource_type, query).map_err(|issues| {
         ApiError::BadRequest(
             issues
                 .into_iter()

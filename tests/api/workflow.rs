@@ -623,6 +623,19 @@ async fn a_transaction_with_one_bad_entry_changes_nothing() {
         response.status()
     );
     assert_eq!(app.stored_version_count().await, before);
+
+    // A condition that names no search parameter would match anything held:
+    // it is refused, not taken to mean "the first Patient".
+    let mut bundle = Shape::Transaction.example();
+    bundle["entry"][1]["request"]["url"] = json!("Patient?_count=1");
+    let response = post_fhir(&app, "/fhir", &bundle, &[]).await;
+    assert_eq!(response.status(), 400);
+    let outcome = json_body(response).await;
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Bundle.entry[1].request"
+    );
+    assert_eq!(app.stored_version_count().await, before);
     let list = json_body(app.get("/api/referrals").await).await;
     assert_eq!(list["items"], json!([]));
 }
