@@ -6,7 +6,7 @@
 //! OperationOutcome is built. The scanner assumes the body is JSON that
 //! already parsed: it never fails, it only stops finding things.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Issue;
 
@@ -21,7 +21,14 @@ pub fn locate_issues(body: &[u8], root: &str, issues: &mut [Issue]) {
     if wanted.iter().all(Option::is_none) {
         return;
     }
-    let positions = Scanner::new(body).positions();
+    // Only the paths asked about, and their prefixes (the fallbacks for a
+    // missing element), are recorded: a large body with a few issues then
+    // costs one scan and a handful of entries, not an entry per value.
+    let mut prefixes: HashSet<&[Step]> = HashSet::new();
+    for steps in wanted.iter().flatten() {
+        prefixes.extend((0..=steps.len()).map(|len| &steps[..len]));
+    }
+    let positions = Scanner::new(body, &prefixes).positions();
     for (issue, steps) in issues.iter_mut().zip(&wanted) {
         let Some(steps) = steps else { continue };
         if issue.position.is_some() {
@@ -73,8 +80,10 @@ fn steps(expression: &str, root: &str) -> Option<Vec<Step>> {
 
 /// A forgiving JSON scanner recording where each value starts (for a
 /// property: where its key starts, which is what an editor should show).
-struct Scanner<'b> {
+struct Scanner<'b, 'w> {
     body: &'b [u8],
+    /// The paths whose positions are wanted.
+    wanted: &'w HashSet<&'w [Step]>,
     at: usize,
     line: usize,
     column: usize,
@@ -82,10 +91,11 @@ struct Scanner<'b> {
     positions: HashMap<Vec<Step>, (usize, usize)>,
 }
 
-impl<'b> Scanner<'b> {
-    fn new(body: &'b [u8]) -> Self {
+impl<'b, 'w> Scanner<'b, 'w> {
+    fn new(body: &'b [u8], wanted: &'w HashSet<&'w [Step]>) -> Self {
         Self {
             body,
+            wanted,
             at: 0,
             line: 1,
             column: 1,
@@ -135,7 +145,8 @@ impl<'b> Scanner<'b> {
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => {
-                self.string();
+                // A string value: only its end matters, not its text.
+                self.skip_string();
             }
             Some(_) => {
                 while matches!(self.peek(), Some(b) if !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
@@ -147,8 +158,8 @@ impl<'b> Scanner<'b> {
         }
     }
 
-    fn string(&mut self) -> String {
-        let start = self.at + 1;
+    /// Moves past a string; whether it was closed.
+    fn skip_string(&mut self) -> bool {
         self.bump();
         while let Some(byte) = self.peek() {
             match byte {
@@ -157,17 +168,37 @@ impl<'b> Scanner<'b> {
                     self.bump();
                 }
                 b'"' => {
-                    let text = &self.body[start..self.at];
                     self.bump();
-                    // Keys in FHIR are ASCII names; an escaped key is
-                    // decoded properly in the rare case it occurs.
-                    return serde_json::from_slice::<String>(&self.body[start - 1..self.at])
-                        .unwrap_or_else(|_| String::from_utf8_lossy(text).into_owned());
+                    return true;
                 }
                 _ => self.bump(),
             }
         }
-        String::new()
+        false
+    }
+
+    /// A key's text.
+    fn string(&mut self) -> String {
+        let start = self.at;
+        if !self.skip_string() {
+            return String::new();
+        }
+        let quoted = &self.body[start..self.at];
+        let text = &quoted[1..quoted.len() - 1];
+        if !text.contains(&b'\\') {
+            return String::from_utf8_lossy(text).into_owned();
+        }
+        // Keys in FHIR are ASCII names; an escaped key is decoded properly
+        // in the rare case it occurs.
+        serde_json::from_slice::<String>(quoted)
+            .unwrap_or_else(|_| String::from_utf8_lossy(text).into_owned())
+    }
+
+    /// Records where the value at the current path starts, if it is wanted.
+    fn record(&mut self, position: (usize, usize)) {
+        if self.wanted.contains(self.path.as_slice()) {
+            self.positions.insert(self.path.clone(), position);
+        }
     }
 
     fn object(&mut self, depth: usize) {
@@ -183,7 +214,7 @@ impl<'b> Scanner<'b> {
                         self.bump();
                     }
                     self.path.push(Step::Key(key));
-                    self.positions.insert(self.path.clone(), position);
+                    self.record(position);
                     self.value(depth + 1);
                     self.path.pop();
                 }
@@ -213,8 +244,7 @@ impl<'b> Scanner<'b> {
                 }
                 Some(_) => {
                     self.path.push(Step::Index(index));
-                    self.positions
-                        .insert(self.path.clone(), (self.line, self.column));
+                    self.record((self.line, self.column));
                     let before = self.at;
                     self.value(depth + 1);
                     self.path.pop();
@@ -257,5 +287,15 @@ mod tests {
     fn escapes_and_nesting_do_not_confuse_it() {
         let body = r#"{"resourceType":"ServiceRequest","note":[{"text":"a \"quoted\" ] } text"}],"status":"x"}"#;
         assert_eq!(located(body, "ServiceRequest.status"), Some((1, 76)));
+    }
+
+    #[test]
+    fn escaped_keys_are_decoded_and_unasked_paths_skipped() {
+        let body =
+            r#"{"resourceType":"ServiceRequest","note":[{"text":"\u0022"}],"st\u0061tus":"x"}"#;
+        assert_eq!(located(body, "ServiceRequest.status"), Some((1, 61)));
+        assert_eq!(located(body, "ServiceRequest.note[0].text"), Some((1, 43)));
+        // An unterminated key: the scanner stops, the root remains.
+        assert_eq!(located("{\"note", "ServiceRequest.note"), Some((1, 1)));
     }
 }

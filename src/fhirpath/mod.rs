@@ -43,6 +43,8 @@ use self::eval::{Ctx, Frame};
 pub(crate) use self::model::FastMap;
 use self::model::Model;
 use self::parser::Expr;
+/// Exact decimals from JSON numbers, shared with the profile pass's `minValue`/`maxValue`.
+pub(crate) use self::value::json_decimal;
 use self::value::{Node, Val};
 use crate::validation::profile::definitions::StructureDefinition;
 

@@ -163,3 +163,18 @@ pub struct ExpandedValueSet {
     /// Codes by system, with displays.
     pub systems: HashMap<String, HashMap<String, Option<String>>>,
 }
+
+impl ExpandedValueSet {
+    /// Whether `code` of `system` is in the set; a bare code (`system` is
+    /// `None`: a `code` element, or a Coding without a system) is in it
+    /// when any of its systems has it.
+    pub fn contains(&self, system: Option<&str>, code: &str) -> bool {
+        match system {
+            Some(system) => self
+                .systems
+                .get(system)
+                .is_some_and(|codes| codes.contains_key(code)),
+            None => self.systems.values().any(|codes| codes.contains_key(code)),
+        }
+    }
+}

@@ -170,6 +170,21 @@ impl<'p, 'v> Walk<'p, 'v> {
         self.report(Issue::error(code, message_id, message), path, sd, node);
     }
 
+    /// Reports a warning at `path`, from `node` of `sd`: advice that does
+    /// not refuse the resource.
+    fn warn(
+        &mut self,
+        sd: &Compiled,
+        node: &Node,
+        path: &ElementPath,
+        message_id: &'static str,
+        message: String,
+    ) {
+        let issue = Issue::error(IssueType::Value, message_id, message)
+            .with_severity(IssueSeverity::Warning);
+        self.report(issue, path, sd, node);
+    }
+
     fn report(&mut self, issue: Issue, path: &ElementPath, sd: &Compiled, node: &Node) {
         let issue = issue
             .at(self.expression(path))
@@ -668,7 +683,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         };
         let path = parent.key(Arc::clone(&element.name));
         let message = format!("{} {message}", self.expression(&path));
-        self.report(Issue::error(code, id, message), &path, sd, element);
+        self.fail(sd, element, &path, code, id, message);
     }
 
     /// Validates one value of element `node` (of type `type_code`).
@@ -863,33 +878,29 @@ impl<'p, 'v> Walk<'p, 'v> {
         {
             // A known quirk of some senders (`…/id/ods-organization-code`).
             let at = path.key("system");
-            let issue = Issue::error(
-                IssueType::Value,
+            let intended = if system.eq_ignore_ascii_case(NHS_NUMBER_SYSTEM) {
+                NHS_NUMBER_SYSTEM
+            } else {
+                ODS_ORGANIZATION_SYSTEM
+            };
+            self.warn(
+                sd,
+                element,
+                &at,
                 "identifier-system-case",
                 format!(
-                    "{} differs from the NHS identifier system only in letter case; use {}",
+                    "{} differs from the NHS identifier system only in letter case; use {intended}",
                     self.expression(&at),
-                    if system.eq_ignore_ascii_case(NHS_NUMBER_SYSTEM) {
-                        NHS_NUMBER_SYSTEM
-                    } else {
-                        ODS_ORGANIZATION_SYSTEM
-                    }
                 ),
-            )
-            .with_severity(IssueSeverity::Warning);
-            self.report(issue, &at, sd, element);
+            );
             None
         } else {
             None
         };
         if let Some((id, message)) = problem {
             let at = path.key("value");
-            let issue = Issue::error(
-                IssueType::Value,
-                id,
-                format!("{}: {message}", self.expression(&at)),
-            );
-            self.report(issue, &at, sd, element);
+            let message = format!("{}: {message}", self.expression(&at));
+            self.fail(sd, element, &at, IssueType::Value, id, message);
         }
     }
 
@@ -1021,12 +1032,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                     })
             };
             if let Some((code, id, message)) = problem {
-                self.report(
-                    Issue::error(code, id, message),
-                    element_path,
-                    sd,
-                    slice_node,
-                );
+                self.fail(sd, slice_node, element_path, code, id, message);
             }
         }
 
@@ -1041,7 +1047,10 @@ impl<'p, 'v> Walk<'p, 'v> {
                             .iter()
                             .map(|(slice, reason)| format!("'{slice}': {reason}"))
                             .collect();
-                        let issue = Issue::error(
+                        self.fail(
+                            sd,
+                            element,
+                            item_path,
                             IssueType::Structure,
                             "profile-slice-unmatched",
                             format!(
@@ -1051,12 +1060,14 @@ impl<'p, 'v> Walk<'p, 'v> {
                                 shorten(&explained.join("; "), 600)
                             ),
                         );
-                        self.report(issue, item_path, sd, element);
                     }
                 }
                 Ok(position) => {
                     if slicing.rules == "openAtEnd" && seen_unmatched {
-                        let issue = Issue::error(
+                        self.fail(
+                            sd,
+                            element,
+                            item_path,
                             IssueType::Structure,
                             "profile-slice-open-at-end",
                             format!(
@@ -1067,7 +1078,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                                     .unwrap_or("?")
                             ),
                         );
-                        self.report(issue, item_path, sd, element);
                     }
                     if slicing.ordered
                         && let Some(last) = last_position
@@ -1149,12 +1159,9 @@ impl<'p, 'v> Walk<'p, 'v> {
                         .filter(|vs| vs.complete)
                     {
                         let in_set = values.iter().any(|v| {
-                            codes_of(v).iter().any(|(system, code)| {
-                                value_set.systems.iter().any(|(s, codes)| {
-                                    system.is_none_or(|system| system == s)
-                                        && codes.contains_key(*code)
-                                })
-                            })
+                            codes_of(v)
+                                .iter()
+                                .any(|(system, code)| value_set.contains(*system, code))
                         });
                         if !in_set {
                             return Err(format!(
@@ -1274,13 +1281,10 @@ impl<'p, 'v> Walk<'p, 'v> {
                 ordering == Ordering::Greater
             };
             if out_of_range {
-                let shown = match bound {
-                    Value::Object(quantity) => {
-                        quantity.get("value").cloned().unwrap_or(Value::Null)
-                    }
-                    other => other.clone(),
-                };
-                let issue = Issue::error(
+                self.fail(
+                    sd,
+                    element,
+                    path,
                     IssueType::Value,
                     if is_min {
                         "profile-min-value"
@@ -1291,10 +1295,10 @@ impl<'p, 'v> Walk<'p, 'v> {
                         "{} is {}, but must be {word} {}",
                         self.expression(path),
                         shorten(&display_scalar(value), 60),
-                        display_scalar(&shown)
+                        // A Quantity bound shows its value.
+                        display_scalar(bound)
                     ),
                 );
-                self.report(issue, path, sd, element);
             }
         }
     }
@@ -1388,18 +1392,11 @@ impl<'p, 'v> Walk<'p, 'v> {
             }
             return;
         }
-        let in_set = |system: Option<&str>, code: &str| match system {
-            Some(system) => value_set
-                .systems
-                .get(system)
-                .is_some_and(|codes| codes.contains_key(code)),
-            None => value_set
-                .systems
-                .values()
-                .any(|codes| codes.contains_key(code)),
-        };
         self.displays(sd, element, type_code, value, path, value_set);
-        if codings.iter().any(|(system, code)| in_set(*system, code)) {
+        if codings
+            .iter()
+            .any(|(system, code)| value_set.contains(*system, code))
+        {
             return;
         }
         let shown: Vec<String> = codings
@@ -1486,17 +1483,17 @@ impl<'p, 'v> Walk<'p, 'v> {
             };
             if !held.trim().eq_ignore_ascii_case(display.trim()) {
                 let at = at.key("display");
-                let issue = Issue::error(
-                    IssueType::Value,
+                self.warn(
+                    sd,
+                    element,
+                    &at,
                     "profile-display-mismatch",
                     format!(
                         "{} is '{}', but the display of {system}|{code} is '{held}'",
                         self.expression(&at),
                         shorten(display, 120)
                     ),
-                )
-                .with_severity(IssueSeverity::Warning);
-                self.report(issue, &at, sd, element);
+                );
             }
         }
     }
@@ -1850,11 +1847,9 @@ fn select<'v>(item: &'v Value, steps: &[Step<'_>]) -> Vec<&'v Value> {
                     };
                     let found = object.get(*name).or_else(|| {
                         // A choice element: `value` finds `valueQuantity`.
-                        object.iter().find_map(|(key, v)| {
-                            key.strip_prefix(name)
-                                .filter(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
-                                .map(|_| v)
-                        })
+                        object
+                            .iter()
+                            .find_map(|(key, v)| is_choice_key(key, name).then_some(v))
                     });
                     match found {
                         Some(Value::Array(items)) => next.extend(items),
@@ -1915,17 +1910,19 @@ fn codes_of(value: &Value) -> Vec<(Option<&str>, &str)> {
 }
 
 /// Orders a value against a `minValue[x]`/`maxValue[x]` bound: numbers
-/// numerically, Quantities by value (same unit code), dates and times as
-/// text when both have the same precision. `None` when they do not compare.
+/// numerically and exactly (as FHIRPath does: `10.000000000000000001`
+/// exceeds a maximum of 10, which f64 would not see), Quantities by value
+/// (same unit code), dates and times as text when both have the same
+/// precision. `None` when they do not compare.
 fn compare(value: &Value, bound: &Value) -> Option<Ordering> {
     match (value, bound) {
-        (Value::Number(a), Value::Number(b)) => decimal(a)?.partial_cmp(&decimal(b)?),
+        (Value::Number(a), Value::Number(b)) => compare_numbers(a, b),
         (Value::String(a), Value::String(b)) if a.len() == b.len() => Some(a.cmp(b)),
         (Value::Object(a), Value::Object(b)) => {
             let same_unit = a.get("code") == b.get("code") && a.get("system") == b.get("system");
             match (a.get("value"), b.get("value")) {
                 (Some(Value::Number(a)), Some(Value::Number(b))) if same_unit => {
-                    decimal(a)?.partial_cmp(&decimal(b)?)
+                    compare_numbers(a, b)
                 }
                 _ => None,
             }
@@ -1934,10 +1931,14 @@ fn compare(value: &Value, bound: &Value) -> Option<Ordering> {
     }
 }
 
-/// A JSON number as f64: bounds in FHIR profiles are small integers and
-/// short decimals, which f64 orders exactly.
-fn decimal(number: &serde_json::Number) -> Option<f64> {
-    number.as_f64().or_else(|| number.to_string().parse().ok())
+/// Two JSON numbers in order: exactly as decimals, or, beyond their range
+/// (`1e40`), as f64 so that a huge value still fails a maximum.
+fn compare_numbers(a: &serde_json::Number, b: &serde_json::Number) -> Option<Ordering> {
+    use crate::fhirpath::json_decimal;
+    match (json_decimal(a), json_decimal(b)) {
+        (Some(a), Some(b)) => Some(a.cmp(&b)),
+        _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
 }
 
 fn display_scalar(value: &Value) -> String {
@@ -1961,17 +1962,44 @@ fn other_choice_key(
 ) -> Option<String> {
     object
         .keys()
-        .find(|key| {
-            key.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
-                && !allowed.iter().any(|(k, _)| k == *key)
-        })
+        .find(|key| is_choice_key(key, name) && !allowed.iter().any(|(k, _)| k == *key))
         .cloned()
+}
+
+/// Whether `key` is one type's key of the choice element `name`
+/// (`valueQuantity` of `value`).
+fn is_choice_key(key: &str, name: &str) -> bool {
+    key.strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_compare_numbers_exactly() {
+        let number = |text: &str| serde_json::from_str::<Value>(text).expect("a JSON number");
+        let ten = number("10");
+        assert_eq!(
+            compare(&number("10.000000000000000001"), &ten),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(compare(&number("10.0"), &ten), Some(Ordering::Equal));
+        assert_eq!(compare(&number("9.99"), &ten), Some(Ordering::Less));
+        // Beyond a decimal's range: still ordered.
+        assert_eq!(compare(&number("1e40"), &ten), Some(Ordering::Greater));
+        let quantity = |value: &str| {
+            serde_json::from_str::<Value>(&format!(
+                r#"{{"value": {value}, "system": "http://unitsofmeasure.org", "code": "kg"}}"#
+            ))
+            .expect("a Quantity")
+        };
+        assert_eq!(
+            compare(&quantity("70.5"), &quantity("70.50")),
+            Some(Ordering::Equal)
+        );
+    }
 
     #[test]
     fn literal_references_name_their_type() {
