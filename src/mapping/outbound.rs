@@ -10,14 +10,10 @@ use toml::Spanned;
 
 use super::MappingError;
 use super::source::Source;
+use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhirpath::{Expression, FhirPath};
 use crate::referral::stage::STAGE_SYSTEM;
 use crate::referral::{Measure, Score, ScoreError, Stage};
-
-/// The NHS number identifier system.
-const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
-/// The ODS organisation code identifier system.
-const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 
 /// The codes of FHIR R4's required `task-status` value set.
 const TASK_STATUSES: [&str; 12] = [
@@ -168,7 +164,7 @@ impl ServiceRef<'_> {
         if let Some(code) = self.ods_code {
             reference.insert(
                 "identifier".into(),
-                json!({"system": ODS_SYSTEM, "value": code}),
+                json!({"system": ODS_ORGANIZATION_SYSTEM, "value": code}),
             );
         }
         reference.insert("display".into(), json!(self.name));
@@ -745,7 +741,7 @@ impl Outbound {
         if let Some(code) = input.practice_ods_code {
             task.insert(
                 "requester".into(),
-                json!({"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": code}}),
+                json!({"type": "Organization", "identifier": {"system": ODS_ORGANIZATION_SYSTEM, "value": code}}),
             );
         }
         task.insert("owner".into(), input.service.to_json());
