@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::conformance::report::{self, report_id};
-use crate::conformance::{Runner, RunnerOptions, ScriptRun, Status, script, suite_files};
+use crate::conformance::{Runner, RunnerOptions, ScriptRun, Status, suite_files};
 
 /// `sprig conformance …`
 #[derive(Debug, Args)]
@@ -161,10 +161,7 @@ async fn run_files(files: &[PathBuf], options: RunnerOptions) -> anyhow::Result<
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         );
-        let run = match script::load(file) {
-            Ok(script) => runner.run(&script).await,
-            Err(error) => ScriptRun::rejected(&error),
-        };
+        let run = runner.run_file(file).await;
         progress.inc(1);
         runs.push(run);
     }

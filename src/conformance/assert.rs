@@ -417,7 +417,11 @@ fn response_status(sources: &Sources<'_>, id: Option<&str>) -> Result<u16, Strin
     Ok(response_of(sources.exchange(id)?)?.status)
 }
 
-fn evaluate_path(engine: &FhirPath, expression: &str, body: &Value) -> Result<Collection, String> {
+pub(super) fn evaluate_path(
+    engine: &FhirPath,
+    expression: &str,
+    body: &Value,
+) -> Result<Collection, String> {
     let compiled = engine
         .compile(expression)
         .map_err(|e| format!("expression {expression:?}: {e}"))?;
@@ -547,7 +551,7 @@ fn strings(collection: &Collection) -> Vec<String> {
 
 /// An item as the text assert values are written in: a primitive's value, anything else
 /// as JSON.
-fn item_text(item: &Item) -> String {
+pub(super) fn item_text(item: &Item) -> String {
     match item.to_json() {
         Value::String(s) => s,
         Value::Null => String::new(),

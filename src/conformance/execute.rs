@@ -9,6 +9,7 @@
 //! warnings, since the tests' verdict is already made.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::assert::{self, Exchange, ProfileCheck, Response, Sources, Tools, Verdict, mime_for};
-use super::script::{Action, Assert, Operation, TestScript, Variable, variable_names};
+use super::script::{
+    Action, Assert, Operation, TestScript, Variable, fill_placeholders, variable_names,
+};
 use super::{ActionRun, ScriptRun, Sections, TestRun};
 use crate::fhirpath::FhirPath;
 
@@ -130,6 +133,17 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// Loads and runs the script in `file`; a malformed one is reported as rejected and
+    /// nothing of it is sent.
+    pub async fn run_file(&self, file: &Path) -> ScriptRun {
+        match super::script::load(file) {
+            Ok(script) => self.run(&script).await,
+            Err(error) => ScriptRun::rejected(&error),
+        }
+    }
+}
+
 fn all_actions(script: &TestScript) -> impl Iterator<Item = &Action> {
     script
         .setup
@@ -163,8 +177,8 @@ struct State<'r> {
     /// Values fixed for the whole run: `--var`s, then variables read from static fixtures
     /// (evaluated once, so `now()` gives one value per run).
     fixed: HashMap<String, String>,
-    /// Autocreated fixtures: id → `Type/id` on the server.
-    created: HashMap<String, String>,
+    /// Autocreated fixtures: id → the resource on the server.
+    created: HashMap<String, Target>,
     exchanges: HashMap<String, Arc<Exchange>>,
     last: Option<Arc<Exchange>>,
     /// The last operation was skipped: the asserts after it have nothing of theirs to check.
@@ -308,7 +322,18 @@ impl<'r> State<'r> {
                 }
             }
         }
-        let fixtures = self.fixtures_as_sent();
+        // Only the fixtures this assert names: filling in every fixture's variables for
+        // every assert re-serialised whole Bundles for nothing.
+        let named: Vec<&str> = [
+            &resolved.source_id,
+            &resolved.minimum_id,
+            &resolved.compare_to_source_id,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+        let fixtures = self.fixtures_as_sent(&named);
         let sources = Sources {
             fixtures: &fixtures,
             exchanges: &self.exchanges,
@@ -322,12 +347,13 @@ impl<'r> State<'r> {
         assert::evaluate(&resolved, &sources, &tools)
     }
 
-    /// Fixtures with their `${variables}` filled in where they can be (as they would be
-    /// sent); a fixture with an unresolvable variable is used as written.
-    fn fixtures_as_sent(&self) -> HashMap<String, Value> {
+    /// The fixtures among `ids`, with their `${variables}` filled in where they can be (as
+    /// they would be sent); a fixture with an unresolvable variable is used as written.
+    fn fixtures_as_sent(&self, ids: &[&str]) -> HashMap<String, Value> {
         self.script
             .fixtures
             .iter()
+            .filter(|f| ids.contains(&f.id.as_str()))
             .map(|f| {
                 let body = self
                     .body_of(&f.resource)
@@ -343,24 +369,16 @@ impl<'r> State<'r> {
         if variable_names(&text).is_empty() {
             return Ok(resource.clone());
         }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text.as_str();
-        while let Some(start) = rest.find("${") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else { break };
-            let name = &after[..end];
-            out.push_str(&rest[..start]);
-            if self.script.variables.iter().any(|v| v.name == name) {
-                let value = self.variable(name)?;
-                let escaped = Value::String(value).to_string();
-                out.push_str(&escaped[1..escaped.len() - 1]);
-            } else {
-                out.push_str(&rest[start..start + 3 + end]);
+        let filled = fill_placeholders(&text, |name| {
+            // An undeclared `${…}` is the resource's own text, not a placeholder.
+            if !self.script.variables.iter().any(|v| v.name == name) {
+                return Ok(None);
             }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        serde_json::from_str(&out).map_err(|e| {
+            // The value lands inside a JSON string: escape it as JSON would.
+            let escaped = Value::String(self.variable(name)?).to_string();
+            Ok(Some(escaped[1..escaped.len() - 1].to_owned()))
+        })?;
+        serde_json::from_str(&filled).map_err(|e| {
             Unresolved::Missing(format!(
                 "the body is not JSON once variables are filled in: {e}"
             ))
@@ -369,17 +387,7 @@ impl<'r> State<'r> {
 
     /// `text` with every `${name}` replaced by the variable's value.
     fn substitute(&self, text: &str) -> Result<String, Unresolved> {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else { break };
-            out.push_str(&rest[..start]);
-            out.push_str(&self.variable(&after[..end])?);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        fill_placeholders(text, |name| self.variable(name).map(Some))
     }
 
     fn variable(&self, name: &str) -> Result<String, Unresolved> {
@@ -428,21 +436,21 @@ impl<'r> State<'r> {
         };
         let body = match source {
             Some(id) => match self.script.fixtures.iter().find(|f| f.id == id) {
-                Some(fixture) => Some(fixture.resource.clone()),
+                Some(fixture) => Some(&fixture.resource),
                 None => self
                     .exchanges
                     .get(id)
                     .and_then(|e| e.response.as_ref())
-                    .and_then(|r| r.body.clone()),
+                    .and_then(|r| r.body.as_ref()),
             },
             None => self
                 .last
                 .as_ref()
                 .and_then(|e| e.response.as_ref())
-                .and_then(|r| r.body.clone()),
+                .and_then(|r| r.body.as_ref()),
         };
         let Some(body) = body else { return Ok(None) };
-        first_value(&self.runner.fhirpath, expression, &body)
+        first_value(&self.runner.fhirpath, expression, body)
             .map_err(|e| Unresolved::Missing(format!("variable {}: {e}", variable.name)))
     }
 
@@ -494,7 +502,9 @@ impl<'r> State<'r> {
                 Verdict::Skip("the fixture was not created, so there is nothing to delete".into()),
             );
         };
-        let url = self.url(&target);
+        // The resource, not the version its create answered with: FHIR deletes
+        // `[type]/[id]`, and `DELETE …/_history/1` is another interaction.
+        let url = self.url(&target.instance());
         let exchange = self
             .send(Method::DELETE, url, Vec::new(), None, None, None)
             .await;
@@ -521,10 +531,10 @@ impl<'r> State<'r> {
     /// The `Type/id` (and version) a `targetId` names.
     fn target(&self, id: &str) -> Option<Target> {
         if let Some(created) = self.created.get(id) {
-            return Target::parse(created);
+            return Some(created.clone());
         }
         if let Some(exchange) = self.exchanges.get(id) {
-            return target_of(exchange).and_then(|t| Target::parse(&t));
+            return target_of(exchange);
         }
         let fixture = self.script.fixtures.iter().find(|f| f.id == id)?;
         let body = self.body_of(&fixture.resource).ok()?;
@@ -663,7 +673,7 @@ impl<'r> State<'r> {
         }
         let instance = |suffix: &str| -> Result<String, Unresolved> {
             if let Some(target) = target {
-                return Ok(self.url(&format!("{}/{}{suffix}", target.resource_type, target.id)));
+                return Ok(self.url(&format!("{}{suffix}", target.instance())));
             }
             let id = body
                 .and_then(|b| b.get("id"))
@@ -741,7 +751,6 @@ impl<'r> State<'r> {
             ) {
                 (Ok(name), Ok(value)) => request = request.header(name, value),
                 _ => {
-                    exchange.response = None;
                     exchange.url = format!("{url} (header {name:?} is not a valid HTTP header)");
                     return exchange;
                 }
@@ -768,6 +777,8 @@ impl<'r> State<'r> {
                 let body = match response.bytes().await {
                     Ok(bytes) => serde_json::from_slice(&bytes).ok(),
                     Err(error) => {
+                        // reqwest's message names the URL, which the logs must not carry.
+                        let error = error.without_url();
                         tracing::warn!(%error, "conformance: reading the response body failed");
                         None
                     }
@@ -779,6 +790,8 @@ impl<'r> State<'r> {
                 });
             }
             Err(error) => {
+                // The URL is already there: reqwest's own message would repeat it.
+                let error = error.without_url();
                 exchange.url = format!("{url} (not sent: {})", error_chain(&error));
             }
         }
@@ -807,7 +820,23 @@ struct Target {
     version: Option<String>,
 }
 
+impl std::fmt::Display for Target {
+    /// `Type/id`, or `Type/id/_history/vid` when the version is known.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.instance())?;
+        match &self.version {
+            Some(version) => write!(f, "/_history/{version}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Target {
+    /// `Type/id`: the resource, whichever version was seen.
+    fn instance(&self) -> String {
+        format!("{}/{}", self.resource_type, self.id)
+    }
+
     /// `Type/id`, `Type/id/_history/vid`, or an absolute URL ending in either.
     fn parse(reference: &str) -> Option<Target> {
         let parts: Vec<&str> = reference.trim_end_matches('/').split('/').collect();
@@ -829,28 +858,26 @@ impl Target {
 
 /// What an exchange created or returned: its `Location`, else the body's type, id and
 /// version.
-fn target_of(exchange: &Exchange) -> Option<String> {
+fn target_of(exchange: &Exchange) -> Option<Target> {
     let response = exchange.response.as_ref()?;
     let location = response
         .header("location")
         .first()
         .or(response.header("content-location").first())
         .and_then(|l| Target::parse(l));
-    if let Some(target) = location {
-        return Some(match target.version {
-            Some(v) => format!("{}/{}/_history/{v}", target.resource_type, target.id),
-            None => format!("{}/{}", target.resource_type, target.id),
-        });
+    if location.is_some() {
+        return location;
     }
     let body = response.body.as_ref()?;
-    let resource_type = body.get("resourceType")?.as_str()?;
-    let id = body.get("id")?.as_str()?;
-    Some(
-        match body.pointer("/meta/versionId").and_then(Value::as_str) {
-            Some(v) => format!("{resource_type}/{id}/_history/{v}"),
-            None => format!("{resource_type}/{id}"),
-        },
-    )
+    let id = body.get("id")?.as_str().filter(|id| !id.is_empty())?;
+    Some(Target {
+        resource_type: body.get("resourceType")?.as_str()?.to_owned(),
+        id: id.to_owned(),
+        version: body
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
 }
 
 fn method_of(op: &Operation, kind: Option<&str>, has_body: bool) -> Result<Method, String> {
@@ -873,17 +900,14 @@ fn method_of(op: &Operation, kind: Option<&str>, has_body: bool) -> Result<Metho
     })
 }
 
+/// The first value `expression` gives on `body`, as assert values are written.
 fn first_value(
     engine: &FhirPath,
     expression: &str,
     body: &Value,
 ) -> Result<Option<String>, String> {
-    let compiled = engine.compile(expression).map_err(|e| e.to_string())?;
-    let result = compiled.evaluate(body, body).map_err(|e| e.to_string())?;
-    Ok(result.items().first().map(|item| match item.to_json() {
-        Value::String(s) => s,
-        other => other.to_string(),
-    }))
+    let result = assert::evaluate_path(engine, expression, body)?;
+    Ok(result.items().first().map(assert::item_text))
 }
 
 fn skipped(action: &Action, reason: &str) -> ActionRun {
@@ -948,6 +972,16 @@ mod tests {
         assert_eq!(
             Target::parse("Patient/p1").map(|t| (t.resource_type, t.id, t.version)),
             Some(("Patient".into(), "p1".into(), None))
+        );
+        let created = Target::parse("ServiceRequest/abc/_history/2");
+        assert_eq!(
+            created.as_ref().map(Target::to_string).as_deref(),
+            Some("ServiceRequest/abc/_history/2")
+        );
+        assert_eq!(
+            created.map(|t| t.instance()).as_deref(),
+            Some("ServiceRequest/abc"),
+            "autodelete deletes the resource, not the version"
         );
         assert_eq!(Target::parse("nothing"), None);
         assert_eq!(Target::parse("lower/id"), None);

@@ -60,6 +60,16 @@ pub struct Sections {
     pub teardown: Vec<ActionRun>,
 }
 
+impl Sections {
+    /// The actions that make the verdict: setup and tests (teardown's failures are only
+    /// warnings).
+    pub fn counted(&self) -> impl Iterator<Item = &ActionRun> {
+        self.setup
+            .iter()
+            .chain(self.tests.iter().flat_map(|t| t.actions.iter()))
+    }
+}
+
 /// One test's results.
 #[derive(Debug, Clone)]
 pub struct TestRun {
@@ -130,12 +140,8 @@ impl ScriptRun {
         let Ok(sections) = &self.outcome else {
             return Status::Rejected;
         };
-        let counted = sections
-            .setup
-            .iter()
-            .chain(sections.tests.iter().flat_map(|t| t.actions.iter()));
         let mut skipped = false;
-        for action in counted {
+        for action in sections.counted() {
             match action.verdict {
                 Verdict::Fail(_) | Verdict::Error(_) => return Status::Failed,
                 Verdict::Skip(_) => skipped = true,
@@ -151,12 +157,9 @@ impl ScriptRun {
 
     /// Every action's result, in order.
     pub fn actions(&self) -> impl Iterator<Item = &ActionRun> {
-        self.outcome.iter().flat_map(|s| {
-            s.setup
-                .iter()
-                .chain(s.tests.iter().flat_map(|t| t.actions.iter()))
-                .chain(s.teardown.iter())
-        })
+        self.outcome
+            .iter()
+            .flat_map(|s| s.counted().chain(s.teardown.iter()))
     }
 }
 

@@ -28,11 +28,7 @@ impl Tally {
         let Ok(sections) = &run.outcome else {
             return tally;
         };
-        for action in sections
-            .setup
-            .iter()
-            .chain(sections.tests.iter().flat_map(|t| t.actions.iter()))
-        {
+        for action in sections.counted() {
             match (&action.verdict, action.is_assert) {
                 (Verdict::Skip(_), _) => tally.skipped += 1,
                 (Verdict::Fail(_) | Verdict::Error(_), _) => tally.failed += 1,

@@ -118,7 +118,8 @@ pub struct Operation {
     pub content_type: Option<String>,
     /// `destination` (an index into `TestScript.destination`).
     pub destination: Option<i64>,
-    /// `encodeRequestUrl`: percent-encode substituted values in the URL.
+    /// `encodeRequestUrl`, as read. Not acted on: URLs are sent as written with their
+    /// `${variables}` filled in, and reqwest encodes only what HTTP requires.
     pub encode_request_url: bool,
     /// `method` (`get`, `post`, `put`, `delete`, `patch`, `head`, `options`).
     pub method: Option<String>,
@@ -997,6 +998,9 @@ fn check_references(script: &TestScript) -> Result<(), String> {
                         &assert.compare_to_source_expression,
                         &assert.header_field,
                         &assert.request_url,
+                        &assert.content_type,
+                        &assert.response_code,
+                        &assert.resource,
                     ]
                     .into_iter()
                     .flatten()
@@ -1030,17 +1034,45 @@ fn check_variables_in(
 pub fn variable_names(text: &str) -> Vec<&str> {
     let mut names = Vec::new();
     let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) => {
-                names.push(&after[..end]);
-                rest = &after[end + 1..];
-            }
-            None => break,
-        }
+    while let Some((_, name, after)) = next_placeholder(rest) {
+        names.push(name);
+        rest = after;
     }
     names
+}
+
+/// `text` with each `${name}` replaced by `value(name)`; `Ok(None)` keeps the placeholder
+/// as written. The one scanner behind [`variable_names`], so what the load checks is what
+/// the run fills in.
+pub fn fill_placeholders<E>(
+    text: &str,
+    mut value: impl FnMut(&str) -> Result<Option<String>, E>,
+) -> Result<String, E> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((before, name, after)) = next_placeholder(rest) {
+        out.push_str(before);
+        match value(name)? {
+            Some(filled) => out.push_str(&filled),
+            None => {
+                out.push_str("${");
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The first `${name}` of `text`: what precedes it, the name, what follows it. An
+/// unclosed `${` is no placeholder.
+fn next_placeholder(text: &str) -> Option<(&str, &str, &str)> {
+    let start = text.find("${")?;
+    let after = &text[start + 2..];
+    let end = after.find('}')?;
+    Some((&text[..start], &after[..end], &after[end + 1..]))
 }
 
 #[cfg(test)]
@@ -1125,6 +1157,12 @@ mod tests {
                 .contains("${undeclared} names a variable the script does not declare")
         );
         assert!(
+            problem(|j| j["test"][0]["action"][1] =
+                json!({"assert": {"responseCode": "${undeclared}"}}))
+            .contains("${undeclared} names a variable the script does not declare"),
+            "every assert text the run fills in is checked at load"
+        );
+        assert!(
             problem(|j| j["test"][0]["action"][0]["operation"]["url"] = json!("http://x"))
                 .contains("tst-7")
         );
@@ -1182,5 +1220,9 @@ mod tests {
     fn placeholders_are_found() {
         assert_eq!(variable_names("a${x}b${yy}c${"), ["x", "yy"]);
         assert!(variable_names("no placeholders {x}").is_empty());
+        let filled = fill_placeholders("a${x}b${keep}c${", |name| {
+            Ok::<_, ()>((name == "x").then(|| "1".to_owned()))
+        });
+        assert_eq!(filled, Ok("a1b${keep}c${".to_owned()));
     }
 }

@@ -36,10 +36,7 @@ fn runner(target: &str, variables: &[(&str, &str)]) -> Runner {
 async fn run_suite(runner: &Runner, suite: &Path) -> Vec<ScriptRun> {
     let mut runs = Vec::new();
     for file in suite_files(suite).expect("suite files") {
-        runs.push(match script::load(&file) {
-            Ok(script) => runner.run(&script).await,
-            Err(error) => ScriptRun::rejected(&error),
-        });
+        runs.push(runner.run_file(&file).await);
     }
     runs
 }
@@ -304,10 +301,7 @@ async fn the_public_sample_scripts_give_their_recorded_results() {
     let mut mismatches = Vec::new();
     for (file, status, evidence) in expected {
         let path = data.join(file);
-        let run = match script::load(&path) {
-            Ok(script) => runner.run(&script).await,
-            Err(error) => ScriptRun::rejected(&error),
-        };
+        let run = runner.run_file(&path).await;
         let summary = failures(std::slice::from_ref(&run));
         if run.status() != *status || !summary.contains(evidence) {
             mismatches.push(format!(
@@ -611,39 +605,77 @@ async fn the_runner_handles_variables_operations_and_edge_cases() {
     assert_eq!((failures_seen, errors_seen), (1, 1), "{xml}");
 }
 
+/// An autocreated fixture is autodeleted at `[type]/[id]`, even when its create answered
+/// with a versioned `Location` (`DELETE …/_history/1` is another interaction).
 #[tokio::test]
-async fn sprig_conformance_run_exits_by_the_results_and_writes_its_files() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let run = |args: Vec<String>| {
+async fn autodelete_deletes_the_resource_not_the_version_created() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fhir/Patient"))
+        .respond_with(ResponseTemplate::new(201).insert_header("Location", "Patient/p1/_history/1"))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/fhir/Patient/p1"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let script = json!({
+        "resourceType": "TestScript", "url": "http://example.org/TestScript/autodelete",
+        "name": "Autodelete", "status": "draft",
+        "contained": [{"resourceType": "Patient", "id": "p", "active": true}],
+        "fixture": [{"id": "patient", "autocreate": true, "autodelete": true, "resource": {"reference": "#p"}}],
+        "test": [{"action": [{"assert": {"resource": "Patient", "sourceId": "patient"}}]}]
+    });
+    let loaded = script::parse(&script, Path::new(".")).expect("a well-formed script");
+    let run = runner(&format!("{}/fhir", server.uri()), &[])
+        .run(&loaded)
+        .await;
+    let teardown = &run.outcome.as_ref().expect("ran").teardown;
+    assert_eq!(teardown.len(), 1);
+    assert_eq!(
+        teardown[0].verdict.code(),
+        "pass",
+        "{}",
+        teardown[0].verdict.message()
+    );
+}
+
+/// `sprig conformance run ARGS` as a child process, off the async threads (the server
+/// under test runs on them).
+async fn conformance_run(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_sprig"))
             .arg("conformance")
             .arg("run")
             .args(args)
             .output()
             .expect("the binary runs")
-    };
+    })
+    .await
+    .expect("joined")
+}
+
+#[tokio::test]
+async fn sprig_conformance_run_exits_by_the_results_and_writes_its_files() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().expect("temp dir");
     let target = app.url("/fhir");
     let reports = dir.path().join("reports");
     let junit_file = dir.path().join("junit.xml");
     let suite = root("conformance/gateway").display().to_string();
-    let output = tokio::task::spawn_blocking({
-        let (target, reports, junit_file) = (target.clone(), reports.clone(), junit_file.clone());
-        move || {
-            run(vec![
-                "--target".into(),
-                target,
-                "--suite".into(),
-                suite,
-                "--report".into(),
-                reports.display().to_string(),
-                "--junit".into(),
-                junit_file.display().to_string(),
-            ])
-        }
-    })
-    .await
-    .expect("joined");
+    let output = conformance_run(vec![
+        "--target".into(),
+        target.clone(),
+        "--suite".into(),
+        suite,
+        "--report".into(),
+        reports.display().to_string(),
+        "--junit".into(),
+        junit_file.display().to_string(),
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -672,23 +704,17 @@ async fn sprig_conformance_run_exits_by_the_results_and_writes_its_files() {
         root("tests/data/testscripts/hl7-r4-spec/TestScript-testscript-example-readtest.json");
     let malformed = root("tests/data/testscripts/fhir-crucible/spec/examples/invalid_json.json");
     let bundle = dir.path().join("out.json");
-    let output = tokio::task::spawn_blocking({
-        let (target, bundle) = (target.clone(), bundle.clone());
-        move || {
-            run(vec![
-                "--target".into(),
-                target,
-                "--suite".into(),
-                failing.display().to_string(),
-                "--suite".into(),
-                malformed.display().to_string(),
-                "--report".into(),
-                bundle.display().to_string(),
-            ])
-        }
-    })
-    .await
-    .expect("joined");
+    let output = conformance_run(vec![
+        "--target".into(),
+        target.clone(),
+        "--suite".into(),
+        failing.display().to_string(),
+        "--suite".into(),
+        malformed.display().to_string(),
+        "--report".into(),
+        bundle.display().to_string(),
+    ])
+    .await;
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -723,9 +749,7 @@ async fn sprig_conformance_run_exits_by_the_results_and_writes_its_files() {
             "novalue".into(),
         ],
     ] {
-        let output = tokio::task::spawn_blocking(move || run(args))
-            .await
-            .expect("joined");
+        let output = conformance_run(args).await;
         assert_eq!(
             output.status.code(),
             Some(2),
