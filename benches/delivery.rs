@@ -270,6 +270,11 @@ async fn drain(backlog: usize, max_in_flight: usize) {
     );
 }
 
+/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
+/// are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,11 @@ use std::sync::LazyLock;
 use serde_json::Value;
 use sprig::fhirpath::{Expression, FhirPath, Scope};
 
+/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
+/// are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

@@ -20,6 +20,11 @@ use sprig::validation::{
 
 mod common;
 
+/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
+/// are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

@@ -14,6 +14,11 @@ use sprig::validation::{REFERRAL_PROFILE, Target, ValidationPass};
 
 mod common;
 
+/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
+/// are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

@@ -51,6 +51,11 @@ const EXAMPLE_LIMITS: JsonLimits = JsonLimits { max_depth: 127 };
 mod selection;
 use selection::{DEFINITION_BUNDLES, DEFINITION_TYPES};
 
+/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
+/// are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let n = env_usize("N", 1000);
     let warmup = env_usize("WARMUP", 200);

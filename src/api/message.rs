@@ -30,7 +30,7 @@ use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
-use crate::store::referrals::Submission;
+use crate::store::referrals::{MessageRequest, Submission};
 use crate::validation::REFERRAL_MESSAGE_PROFILE;
 
 const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
@@ -88,15 +88,7 @@ pub async fn process_message(
         let mut tx = state.store.begin_write().await?;
         if let Some(earlier) = tx.message_request(id).await? {
             drop(tx);
-            if earlier.body != bytes.as_ref() {
-                return Err(ApiError::Conflict(vec![Issue::error(
-                    IssueType::Duplicate,
-                    "request-id-reused",
-                    "This X-Request-ID was already used for a different message; give each new message a new X-Request-ID",
-                )]));
-            }
-            tracing::info!("message resubmitted with the same X-Request-ID; answering as before");
-            return Ok(raw_response(earlier.status, earlier.response));
+            return replay(earlier, &bytes);
         }
     }
 
@@ -161,6 +153,15 @@ async fn handle(
     let mapped = map_referral(state, bundle, referral_index)?;
 
     let mut tx = state.store.begin_write().await?;
+    // Again inside the write transaction: the same message may have been sent
+    // twice at once, and the other copy committed while this one was being
+    // validated. Writes are serialised, so this answer is the last word.
+    if let Some(id) = caller_request_id
+        && let Some(earlier) = tx.message_request(id).await?
+    {
+        drop(tx);
+        return replay(earlier, bytes);
+    }
     let existing = tx.referral_by_identifier(&mapped.identifier).await?;
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
@@ -241,6 +242,20 @@ async fn handle(
     tracing::info!(referral_id = %referral.id, reason, "referral message processed");
     // The text just remembered, so a retry gets these very bytes again.
     Ok(format.render_text(reply_text))
+}
+
+/// The answer to a message whose `X-Request-ID` was seen before: the same
+/// answer for the same body, a conflict for a different one.
+fn replay(earlier: MessageRequest, bytes: &[u8]) -> Result<Response, ApiError> {
+    if earlier.body != bytes {
+        return Err(ApiError::Conflict(vec![Issue::error(
+            IssueType::Duplicate,
+            "request-id-reused",
+            "This X-Request-ID was already used for a different message; give each new message a new X-Request-ID",
+        )]));
+    }
+    tracing::info!("message resubmitted with the same X-Request-ID; answering as before");
+    Ok(raw_response(earlier.status, earlier.response))
 }
 
 /// `MessageHeader.focus` must name the ServiceRequest entry.

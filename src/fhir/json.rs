@@ -17,6 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 use thiserror::Error;
 
@@ -474,13 +475,15 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
                 path: &PathLink::Key(self.path, &key),
                 depth: self.depth + 1,
             })?;
-            if object.contains_key(&key) {
-                self.context.record(
-                    self.path.to_path().key(key.clone()),
+            // One hash of the key, not two (`contains_key`, then `insert`).
+            match object.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                Entry::Occupied(slot) => self.context.record(
+                    self.path.to_path().key(slot.key().clone()),
                     JsonRuleViolation::DuplicateProperty,
-                );
-            } else {
-                object.insert(key, value);
+                ),
             }
             match map.next_key::<String>()? {
                 Some(next) => key = next,

@@ -30,8 +30,9 @@ pub(crate) struct Ctx<'a> {
     pub root_resource: Coll<'a>,
     pub context: Coll<'a>,
     pub env: HashMap<&'a str, Coll<'a>>,
-    /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation).
-    pub now: DateTime,
+    /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation),
+    /// and read from the clock only by an expression that asks: most never do.
+    pub now: std::cell::OnceCell<DateTime>,
     pub regexes: &'a super::RegexCache,
     /// The address of a local of the evaluation's entry point: how far the stack has grown
     /// since is the distance to a local of the current frame (stacks grow down).
@@ -72,6 +73,11 @@ fn type_suffix_matches(type_name: &str, suffix: &str) -> bool {
 }
 
 impl<'a> Ctx<'a> {
+    /// The evaluation's `now()`, read once.
+    fn now(&self) -> DateTime {
+        *self.now.get_or_init(DateTime::now)
+    }
+
     pub fn eval(&self, e: &Expr, input: &[Val<'a>], fr: Frame<'_, 'a>) -> R<Coll<'a>> {
         // Guard the stack by what is really used, not by tree depth: a level of function
         // call takes ~40 KB in a debug build and far less in release, and a thread's stack
@@ -1141,15 +1147,15 @@ impl<'a> Ctx<'a> {
             "defineVariable" => Err(error("defineVariable() is not supported")),
             "now" => {
                 self.arity(name, args, &[0])?;
-                one(Val::DateTime(self.now))
+                one(Val::DateTime(self.now()))
             }
             "today" => {
                 self.arity(name, args, &[0])?;
-                one(Val::Date(self.now.date))
+                one(Val::Date(self.now().date))
             }
             "timeOfDay" => {
                 self.arity(name, args, &[0])?;
-                Ok(self.now.time.map(Val::Time).into_iter().collect())
+                Ok(self.now().time.map(Val::Time).into_iter().collect())
             }
             "toString" => {
                 self.arity(name, args, &[0])?;

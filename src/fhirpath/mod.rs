@@ -24,6 +24,7 @@
 
 mod eval;
 mod functions;
+mod guard;
 mod model;
 mod parser;
 mod quantity;
@@ -133,6 +134,7 @@ impl FhirPath {
         Ok(Expression {
             inner: Arc::new(Compiled {
                 text: expression.to_string(),
+                guard: guard::Guard::of(&expr),
                 expr,
                 model: self.model.clone(),
                 regexes: RegexCache::default(),
@@ -164,6 +166,9 @@ pub struct Expression {
 struct Compiled {
     text: String,
     expr: Expr,
+    /// Where the focus lacks what the expression reads, its result is known
+    /// (`contained.contained.empty()` without `contained`).
+    guard: Option<guard::Guard>,
     model: Arc<Model>,
     regexes: RegexCache,
 }
@@ -260,6 +265,36 @@ impl Expression {
 
     /// Evaluates in a full [`Scope`].
     pub fn evaluate_in<'a>(&'a self, scope: Scope<'a>) -> Result<Collection, FhirPathError> {
+        if let Some(guard) = &self.inner.guard
+            && let Value::Object(object) = scope.focus
+            && guard.absent_from(object)
+        {
+            // The result on an empty focus of the same type: the same elements are
+            // unknown to it, so an expression naming one it lacks still fails.
+            let resource_type = object.get("resourceType").and_then(Value::as_str);
+            let type_name = resource_type.or(scope.focus_type).unwrap_or("");
+            let known = guard.result_for(type_name, || {
+                let empty = match resource_type {
+                    Some(t) => serde_json::json!({ "resourceType": t }),
+                    None => Value::Object(serde_json::Map::new()),
+                };
+                self.evaluate_unguarded(Scope {
+                    resource: &empty,
+                    root_resource: None,
+                    focus: &empty,
+                    focus_type: scope.focus_type,
+                    environment: None,
+                })
+                .ok()
+            });
+            if let Some(result) = known {
+                return Ok(result);
+            }
+        }
+        self.evaluate_unguarded(scope)
+    }
+
+    fn evaluate_unguarded<'a>(&'a self, scope: Scope<'a>) -> Result<Collection, FhirPathError> {
         let model: &Model = &self.inner.model;
         let resource_type = |v: &Value| {
             v.get("resourceType")
@@ -297,7 +332,7 @@ impl Expression {
             resource: present(scope.resource, resource),
             context: input.clone(),
             env,
-            now: temporal::DateTime::now(),
+            now: std::cell::OnceCell::new(),
             regexes: &self.inner.regexes,
         };
         let frame = Frame {

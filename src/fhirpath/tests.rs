@@ -583,3 +583,77 @@ fn the_function_table_lists_every_function_the_evaluator_implements() {
         );
     }
 }
+
+/// The absent-element shortcut (`guard`) gives what a full evaluation gives: every invariant
+/// of the R4 core and of Sprig's profiles, on every JSON object of the shipped examples (each
+/// resource typed by its `resourceType`, other objects untyped), both ways.
+#[test]
+fn the_absent_element_shortcut_agrees_with_full_evaluation() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut expressions = Vec::new();
+    for file in ["profiles/core/r4-core.json", "profiles/compiled/sprig.json"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("definitions");
+        let definitions: Value = serde_json::from_str(&text).expect("JSON");
+        for invariant in definitions["invariants"]
+            .as_object()
+            .expect("invariants")
+            .values()
+        {
+            if let Some(expression) = invariant["expression"].as_str() {
+                expressions.push(expression.to_owned());
+            }
+        }
+    }
+    let mut objects = Vec::new();
+    fn objects_in<'v>(value: &'v Value, out: &mut Vec<&'v Value>) {
+        match value {
+            Value::Object(map) => {
+                out.push(value);
+                map.values().for_each(|v| objects_in(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| objects_in(v, out)),
+            _ => {}
+        }
+    }
+    let mut documents = Vec::new();
+    for entry in std::fs::read_dir(format!("{root}/examples")).expect("examples") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("example");
+        documents.push(serde_json::from_str::<Value>(&text).expect("JSON"));
+    }
+    for document in &documents {
+        objects_in(document, &mut objects);
+    }
+    let engine = engine();
+    let (mut guarded, mut shortcut_taken) = (0, 0);
+    for text in &expressions {
+        let expression = engine.compile(text).expect("compiles");
+        let Some(guard) = &expression.inner.guard else {
+            continue;
+        };
+        guarded += 1;
+        for &object in &objects {
+            let scope = || Scope {
+                resource: object,
+                root_resource: None,
+                focus: object,
+                focus_type: None,
+                environment: None,
+            };
+            let full = expression
+                .evaluate_unguarded(scope())
+                .map_err(|e| e.to_string());
+            let quick = expression.evaluate_in(scope()).map_err(|e| e.to_string());
+            assert_eq!(quick, full, "{text} on {object}");
+            if object.as_object().is_some_and(|o| guard.absent_from(o)) {
+                shortcut_taken += 1;
+            }
+        }
+    }
+    // Most invariants qualify, and the shortcut was really exercised.
+    assert!(
+        guarded * 2 > expressions.len(),
+        "{guarded} of {}",
+        expressions.len()
+    );
+    assert!(shortcut_taken > 1000, "{shortcut_taken}");
+}

@@ -171,13 +171,18 @@ impl SchemaPass {
                 return;
             }
         };
-        for error in validator.iter_errors(resource) {
-            self.translate(&error, base, root, out);
+        // Most resources are valid: `is_valid` stops at nothing and builds
+        // no errors, and costs far less than collecting them. Only a
+        // resource that fails it is walked again for its errors.
+        if !validator.is_valid(resource) {
+            for error in validator.iter_errors(resource) {
+                self.translate(&error, base, root, out);
+            }
         }
         // Nested resources are opaque to the per-type schema (patch 4):
         // validate each one as its own type, under its own path.
         let mut nested = Vec::new();
-        self.find_nested_resources(resource, &ElementPath::root(), &mut nested);
+        self.find_nested_resources(resource, &PathLink::Root, &mut nested);
         for (path, value) in nested {
             let path = base.join(&path);
             let Some(nested_type) = value.get("resourceType").and_then(Value::as_str) else {
@@ -201,17 +206,23 @@ impl SchemaPass {
 
     /// Every resource nested inside `value` (under a `ResourceList`
     /// property), without descending into them: each is validated on its
-    /// own and finds its own nested resources.
+    /// own and finds its own nested resources. The path is a linked list on
+    /// the stack, made into an [`ElementPath`] only for a resource found.
     fn find_nested_resources<'v>(
         &self,
         value: &'v Value,
-        path: &ElementPath,
+        path: &PathLink<'_>,
         out: &mut Vec<(ElementPath, &'v Value)>,
     ) {
         match value {
             Value::Object(map) => {
                 for (key, child) in map {
-                    let child_path = path.key(key.clone());
+                    // Most properties are primitives: no resource inside, and
+                    // no need to hash the name.
+                    if !(child.is_object() || child.is_array()) {
+                        continue;
+                    }
+                    let child_path = PathLink::Key(path, key);
                     if !self.nested_resource_properties.contains(key) {
                         self.find_nested_resources(child, &child_path, out);
                         continue;
@@ -220,18 +231,20 @@ impl SchemaPass {
                         Value::Array(items) => {
                             for (index, item) in items.iter().enumerate() {
                                 if item.is_object() {
-                                    out.push((child_path.index(index), item));
+                                    out.push((child_path.to_path().index(index), item));
                                 }
                             }
                         }
-                        Value::Object(_) => out.push((child_path, child)),
+                        Value::Object(_) => out.push((child_path.to_path(), child)),
                         _ => {}
                     }
                 }
             }
             Value::Array(items) => {
                 for (index, item) in items.iter().enumerate() {
-                    self.find_nested_resources(item, &path.index(index), out);
+                    if item.is_object() || item.is_array() {
+                        self.find_nested_resources(item, &PathLink::Index(path, index), out);
+                    }
                 }
             }
             _ => {}
@@ -420,6 +433,23 @@ impl ValidationPass for SchemaPass {
         let mut issues: Vec<Issue> = located.into_iter().map(|(_, issue)| issue).collect();
         issues.dedup();
         issues
+    }
+}
+
+/// The path to a value being searched, as a linked list on the stack.
+enum PathLink<'a> {
+    Root,
+    Key(&'a PathLink<'a>, &'a str),
+    Index(&'a PathLink<'a>, usize),
+}
+
+impl PathLink<'_> {
+    fn to_path(&self) -> ElementPath {
+        match self {
+            PathLink::Root => ElementPath::root(),
+            PathLink::Key(parent, key) => parent.to_path().key(*key),
+            PathLink::Index(parent, index) => parent.to_path().index(*index),
+        }
     }
 }
 

@@ -566,6 +566,28 @@ async fn a_repeated_request_id_is_a_retry_or_a_conflict() {
     assert_eq!(outcome["issue"][0]["code"], "duplicate", "{outcome}");
 }
 
+/// A sender that times out and resends at once can have both copies in
+/// flight: each must get the one answer, never a 500.
+#[tokio::test]
+async fn the_same_message_sent_twice_at_once_gets_one_answer() {
+    let app = spawn_app().await;
+    let body = Shape::Message.example();
+    let headers = [("x-request-id", "0d6a4c1e-8f1b-4c55-9d2e-3a7b6c5d4e3f")];
+    let sends = (0..6).map(|_| post_fhir(&app, "/fhir/$process-message", &body, &headers));
+    let answers = futures::future::join_all(sends).await;
+    let mut bodies = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+        bodies.push(json_body(answer).await);
+    }
+    assert!(
+        bodies.windows(2).all(|pair| pair[0] == pair[1]),
+        "every copy gets the same reply: {bodies:?}"
+    );
+    let list = json_body(app.get("/api/referrals").await).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
 #[tokio::test]
 async fn an_invalid_message_gets_a_fatal_error_reply() {
     let app = spawn_app().await;

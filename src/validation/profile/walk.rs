@@ -324,7 +324,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                         "{}: {} ({} failed at {})",
                         invariant.key,
                         invariant.human,
-                        shorten(expression.text(), 300),
+                        shorten(&invariant.shown, 300),
                         self.expression(path)
                     ),
                 )
@@ -445,19 +445,78 @@ impl<'p, 'v> Walk<'p, 'v> {
             .collect();
         // Stable: items of one child stay in document order.
         hits.sort_by_key(|hit| hit.child);
-        for &child in &element.children {
-            let child_node = &sd.nodes[child];
-            if except.is_some_and(|names| names.contains(&*child_node.name)) {
-                continue;
+        // A key no child claims (other than a resource's `resourceType`) may
+        // be a choice type a profile ruled out, which only the absent choice
+        // element can name: then every child is looked at. Otherwise only
+        // the children present and those that must be present are, which
+        // skips most of a definition's elements (a Patient defines 28).
+        let unclaimed = (object.len() - hits.len())
+            .saturating_sub(usize::from(object.contains_key("resourceType")));
+        if unclaimed > 0 {
+            for &child in &element.children {
+                let start = hits.partition_point(|hit| hit.child < child);
+                let end = hits.partition_point(|hit| hit.child <= child);
+                self.child(
+                    sd,
+                    child,
+                    &hits[start..end],
+                    object,
+                    path,
+                    contained,
+                    except,
+                );
             }
-            let start = hits.partition_point(|hit| hit.child < child);
-            let end = hits.partition_point(|hit| hit.child <= child);
-            let found = &hits[start..end];
-            if child_node.choice {
-                self.choice_element(sd, child, found, object, path, contained);
-            } else {
-                self.plain_element(sd, child, found, path, contained);
+            return;
+        }
+        let mut required = element.required_children.iter().copied().peekable();
+        let mut next_hit = 0;
+        loop {
+            let present = hits.get(next_hit).map(|hit| hit.child);
+            let child = match (present, required.peek().copied()) {
+                (None, None) => break,
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+            };
+            if required.peek() == Some(&child) {
+                required.next();
             }
+            let start = next_hit;
+            while hits.get(next_hit).is_some_and(|hit| hit.child == child) {
+                next_hit += 1;
+            }
+            self.child(
+                sd,
+                child,
+                &hits[start..next_hit],
+                object,
+                path,
+                contained,
+                except,
+            );
+        }
+    }
+
+    /// One child element of an object, with the properties found for it.
+    #[allow(clippy::too_many_arguments)]
+    fn child(
+        &mut self,
+        sd: &Compiled,
+        child: usize,
+        found: &[Hit<'v>],
+        object: &'v Map<String, Value>,
+        path: &ElementPath,
+        contained: &ContainedIndex,
+        except: Option<&HashSet<&str>>,
+    ) {
+        let child_node = &sd.nodes[child];
+        if except.is_some_and(|names| names.contains(&*child_node.name)) {
+            return;
+        }
+        if child_node.choice {
+            self.choice_element(sd, child, found, object, path, contained);
+        } else {
+            self.plain_element(sd, child, found, path, contained);
         }
     }
 
