@@ -270,10 +270,10 @@ async fn drain(backlog: usize, max_in_flight: usize) {
     );
 }
 
-/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
-/// are the binary's.
+/// The allocator the `sprig` binary uses (`sprig::allocator`), so that the
+/// figures are the binary's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sprig::allocator::Allocator = sprig::allocator::Allocator {};
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -7,10 +7,10 @@ use std::sync::LazyLock;
 use serde_json::Value;
 use sprig::fhirpath::{Expression, FhirPath, Scope};
 
-/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
-/// are the binary's.
+/// The allocator the `sprig` binary uses (`sprig::allocator`), so that the
+/// figures are the binary's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sprig::allocator::Allocator = sprig::allocator::Allocator {};
 
 fn main() {
     divan::main();

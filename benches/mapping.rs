@@ -20,10 +20,10 @@ use sprig::validation::{
 
 mod common;
 
-/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
-/// are the binary's.
+/// The allocator the `sprig` binary uses (`sprig::allocator`), so that the
+/// figures are the binary's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sprig::allocator::Allocator = sprig::allocator::Allocator {};
 
 fn main() {
     divan::main();

@@ -51,10 +51,10 @@ const EXAMPLE_LIMITS: JsonLimits = JsonLimits { max_depth: 127 };
 mod selection;
 use selection::{DEFINITION_BUNDLES, DEFINITION_TYPES};
 
-/// The allocator the `sprig` binary uses (`src/main.rs`), so that the figures
-/// are the binary's.
+/// The allocator the `sprig` binary uses (`sprig::allocator`), so that the
+/// figures are the binary's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sprig::allocator::Allocator = sprig::allocator::Allocator {};
 
 fn main() {
     let n = env_usize("N", 1000);

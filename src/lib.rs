@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -1,10 +1,8 @@
 //! The `sprig` binary: all logic lives in the library (`sprig::cli`).
 
-/// mimalloc rather than glibc's malloc: parsing and validating FHIR JSON
-/// makes many small, short-lived allocations, where it is measurably faster
-/// (BENCHMARKS.md, "Validator vs a peer").
+/// mimalloc, not glibc's malloc: see `sprig::allocator`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sprig::allocator::Allocator = sprig::allocator::Allocator {};
 
 fn main() -> std::process::ExitCode {
     sprig::cli::main()
