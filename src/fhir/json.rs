@@ -22,7 +22,7 @@ use serde_json::{Map, Number, Value};
 use thiserror::Error;
 
 use super::outcome::{Issue, IssueSeverity, IssueType};
-use super::path::ElementPath;
+use super::path::{ElementPath, PathLink};
 
 /// serde_json's marker key for a number under `arbitrary_precision`: a
 /// number reaches a visitor as a one-entry map from this key to its text.
@@ -311,40 +311,6 @@ struct Context {
 impl Context {
     fn record(&self, path: ElementPath, violation: JsonRuleViolation) {
         self.violations.borrow_mut().push((path, violation));
-    }
-}
-
-/// The path to the value being read, kept on the stack as a linked list
-/// and only turned into an [`ElementPath`] when something is wrong there.
-enum PathLink<'a> {
-    Root,
-    Key(&'a PathLink<'a>, &'a str),
-    Index(&'a PathLink<'a>, usize),
-}
-
-impl PathLink<'_> {
-    fn to_path(&self) -> ElementPath {
-        let mut segments = Vec::new();
-        let mut link = self;
-        loop {
-            match link {
-                PathLink::Root => break,
-                PathLink::Key(parent, key) => {
-                    segments.push(super::path::Segment::Key((*key).into()));
-                    link = parent;
-                }
-                PathLink::Index(parent, index) => {
-                    segments.push(super::path::Segment::Index(*index));
-                    link = parent;
-                }
-            }
-        }
-        segments.reverse();
-        ElementPath::from_segments(segments)
-    }
-
-    fn is_array_item(&self) -> bool {
-        matches!(self, PathLink::Index(..))
     }
 }
 

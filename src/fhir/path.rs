@@ -163,6 +163,47 @@ impl fmt::Display for ElementPath {
     }
 }
 
+/// A path to a value being read, kept on the stack as a linked list (each
+/// level's link lives in its caller's frame) and only turned into an
+/// [`ElementPath`] when it is needed: when something is wrong there, or a
+/// value was found. Walking a document costs no allocation per property.
+pub(crate) enum PathLink<'a> {
+    /// The document itself.
+    Root,
+    /// A property of the parent.
+    Key(&'a PathLink<'a>, &'a str),
+    /// An item of the parent array.
+    Index(&'a PathLink<'a>, usize),
+}
+
+impl PathLink<'_> {
+    /// The path as an [`ElementPath`].
+    pub(crate) fn to_path(&self) -> ElementPath {
+        let mut segments = Vec::new();
+        let mut link = self;
+        loop {
+            match link {
+                PathLink::Root => break,
+                PathLink::Key(parent, key) => {
+                    segments.push(Segment::Key((*key).into()));
+                    link = parent;
+                }
+                PathLink::Index(parent, index) => {
+                    segments.push(Segment::Index(*index));
+                    link = parent;
+                }
+            }
+        }
+        segments.reverse();
+        ElementPath::from_segments(segments)
+    }
+
+    /// Whether this is an item of an array.
+    pub(crate) fn is_array_item(&self) -> bool {
+        matches!(self, PathLink::Index(..))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

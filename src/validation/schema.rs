@@ -22,7 +22,7 @@ use thiserror::Error;
 use super::{Target, ValidationPass};
 use crate::fhir::json::json_type_name;
 use crate::fhir::outcome::shorten;
-use crate::fhir::path::Segment;
+use crate::fhir::path::{PathLink, Segment};
 use crate::fhir::resource_types::R4_RESOURCE_TYPES;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType, ResourceType};
 
@@ -433,23 +433,6 @@ impl ValidationPass for SchemaPass {
         let mut issues: Vec<Issue> = located.into_iter().map(|(_, issue)| issue).collect();
         issues.dedup();
         issues
-    }
-}
-
-/// The path to a value being searched, as a linked list on the stack.
-enum PathLink<'a> {
-    Root,
-    Key(&'a PathLink<'a>, &'a str),
-    Index(&'a PathLink<'a>, usize),
-}
-
-impl PathLink<'_> {
-    fn to_path(&self) -> ElementPath {
-        match self {
-            PathLink::Root => ElementPath::root(),
-            PathLink::Key(parent, key) => parent.to_path().key(*key),
-            PathLink::Index(parent, index) => parent.to_path().index(*index),
-        }
     }
 }
 
