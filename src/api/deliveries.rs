@@ -105,11 +105,7 @@ pub async fn retry(
     path: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, Problem> {
     let Path(seq) = path.map_err(path_problem)?;
-    match state
-        .store
-        .retry_dead(seq, Instant::now().unix_millis())
-        .await?
-    {
+    match state.store.retry_dead(seq).await? {
         Ok(entry) => {
             tracing::info!(seq, "dead letter put back in the queue");
             Ok(Json(entry_json(&entry, &state.endpoints.current())).into_response())
@@ -137,10 +133,7 @@ pub async fn retry_endpoint(
     let Path(ods) = path.map_err(path_problem)?;
     // A malformed code cannot name a practice: say so rather than retry none.
     OdsCode::parse(&ods).map_err(|e| Problem::bad_request(format!("{ods:?}: {e}")))?;
-    let retried = state
-        .store
-        .retry_dead_for(&ods, Instant::now().unix_millis())
-        .await?;
+    let retried = state.store.retry_dead_for(&ods).await?;
     tracing::info!(destination = %ods, retried, "dead letters put back in the queue");
     Ok(Json(json!({ "destination": ods, "retried": retried })).into_response())
 }
@@ -239,9 +232,12 @@ fn entry_json(entry: &DeliveryEntry, registry: &EndpointRegistry) -> Value {
         "awaiting_endpoint": pending && !has_endpoint,
         "attempts": entry.attempts,
         "created_at": entry.created_at,
-        "next_attempt_at": pending
-            .then(|| Instant::from_unix_millis(entry.next_attempt_ms).map(Instant::to_fhir))
-            .flatten(),
+        // 0 is "due at once" (new, or retried by an operator): due since it
+        // was made, not since 1970.
+        "next_attempt_at": pending.then(|| match entry.next_attempt_ms {
+            0 => Some(entry.created_at.clone()),
+            ms => Instant::from_unix_millis(ms).map(Instant::to_fhir),
+        }).flatten(),
         "last_attempt_at": entry.last_attempt_at,
         "last_status": entry.last_status,
         "last_error": entry.last_error,

@@ -84,12 +84,12 @@ pub async fn process_message(
         .map(|c| c.request_id.as_str());
     let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
 
-    if let Some(id) = caller_request_id {
-        let mut tx = state.store.begin_write().await?;
-        if let Some(earlier) = tx.message_request(id).await? {
-            drop(tx);
-            return replay(earlier, &bytes);
-        }
+    // A resubmission is answered at once, from a reader; `handle` asks again
+    // inside its write, for a copy sent while this one was being validated.
+    if let Some(id) = caller_request_id
+        && let Some(earlier) = state.store.message_request(id).await?
+    {
+        return replay(earlier, &bytes);
     }
 
     let bundle = match check_body(

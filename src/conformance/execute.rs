@@ -52,7 +52,8 @@ pub struct Runner {
     options: RunnerOptions,
     client: reqwest::Client,
     fhirpath: FhirPath,
-    validator: tokio::sync::OnceCell<Option<Arc<dyn ProfileCheck>>>,
+    /// Loaded at most once; a failure is kept, and fails each profile check that needed it.
+    validator: tokio::sync::OnceCell<Result<Arc<dyn ProfileCheck>, String>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -82,26 +83,22 @@ impl Runner {
     /// Uses `validator` for `validateProfileId` instead of loading Sprig's.
     pub fn with_validator(self, validator: Arc<dyn ProfileCheck>) -> Runner {
         let cell = tokio::sync::OnceCell::new();
-        let _ = cell.set(Some(validator));
+        let _ = cell.set(Ok(validator));
         Runner {
             validator: cell,
             ..self
         }
     }
 
-    async fn validator(&self) -> Option<Arc<dyn ProfileCheck>> {
+    async fn validator(&self) -> Result<Arc<dyn ProfileCheck>, String> {
         self.validator
             .get_or_init(|| async {
                 match tokio::task::spawn_blocking(super::load_validator).await {
-                    Ok(Ok(validator)) => Some(Arc::new(validator) as Arc<dyn ProfileCheck>),
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "cannot load the profile validator");
-                        None
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "loading the profile validator panicked");
-                        None
-                    }
+                    Ok(Ok(validator)) => Ok(Arc::new(validator) as Arc<dyn ProfileCheck>),
+                    Ok(Err(error)) => Err(format!(
+                        "the profile validator could not be loaded: {error}"
+                    )),
+                    Err(error) => Err(format!("loading the profile validator failed: {error}")),
                 }
             })
             .await
@@ -117,7 +114,7 @@ impl Runner {
         let validator = if needs_validator {
             self.validator().await
         } else {
-            None
+            Err("not loaded: the script checks no profile".to_owned())
         };
         let mut state = State::new(self, script, validator);
         let sections = state.play().await;
@@ -173,7 +170,7 @@ impl Unresolved {
 struct State<'r> {
     runner: &'r Runner,
     script: &'r TestScript,
-    validator: Option<Arc<dyn ProfileCheck>>,
+    validator: Result<Arc<dyn ProfileCheck>, String>,
     /// Values fixed for the whole run: `--var`s, then variables read from static fixtures
     /// (evaluated once, so `now()` gives one value per run).
     fixed: HashMap<String, String>,
@@ -189,7 +186,7 @@ impl<'r> State<'r> {
     fn new(
         runner: &'r Runner,
         script: &'r TestScript,
-        validator: Option<Arc<dyn ProfileCheck>>,
+        validator: Result<Arc<dyn ProfileCheck>, String>,
     ) -> State<'r> {
         let mut state = State {
             runner,
@@ -339,10 +336,18 @@ impl<'r> State<'r> {
             exchanges: &self.exchanges,
             last: self.last.as_deref(),
         };
+        // A profile check asked for whose validator could not be loaded is an
+        // error of the run, not a skip: the script would otherwise pass unchecked.
+        if resolved.validate_profile_id.is_some()
+            && resolved.unsupported.is_none()
+            && let Err(why) = &self.validator
+        {
+            return Verdict::Error(why.clone());
+        }
         let tools = Tools {
             fhirpath: &self.runner.fhirpath,
             profiles: &self.script.profiles,
-            validator: self.validator.as_deref(),
+            validator: self.validator.as_deref().ok(),
         };
         assert::evaluate(&resolved, &sources, &tools)
     }
@@ -546,9 +551,6 @@ impl<'r> State<'r> {
     }
 
     async fn operate(&mut self, op: &Operation) -> Verdict {
-        if let Some(reason) = &op.unsupported {
-            return Verdict::Skip(reason.clone());
-        }
         if self.script.destinations > 1 && op.destination.unwrap_or(1) != 1 {
             return Verdict::Skip(format!(
                 "the operation is aimed at destination {}; the runner drives one server (--target), destination 1",

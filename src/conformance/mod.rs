@@ -105,18 +105,6 @@ pub enum Status {
     Rejected,
 }
 
-impl Status {
-    /// `pass`, `skip`, `fail`, `rejected`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Status::Passed => "pass",
-            Status::Skipped => "skip",
-            Status::Failed => "fail",
-            Status::Rejected => "rejected",
-        }
-    }
-}
-
 impl ScriptRun {
     /// A script that could not be loaded.
     pub fn rejected(error: &ScriptError) -> ScriptRun {

@@ -137,8 +137,6 @@ pub struct Operation {
     pub target_id: Option<String>,
     /// `url`: absolute, or relative to the target base.
     pub url: Option<String>,
-    /// Elements the runner does not support: the action is skipped with this reason.
-    pub unsupported: Option<String>,
 }
 
 /// Whether an assert looks at the request or the response.
@@ -733,7 +731,6 @@ fn parse_operation(value: &Value, at: &Place) -> Result<Operation, String> {
         source_id: optional_string(object, "sourceId", at)?,
         target_id: optional_string(object, "targetId", at)?,
         url: optional_string(object, "url", at)?,
-        unsupported: None,
     };
     // tst-7: the operation must say what it works on.
     let pointers = [&operation.target_id, &operation.url, &operation.params]
@@ -943,11 +940,17 @@ fn check_references(script: &TestScript) -> Result<(), String> {
                 variable.name
             ));
         }
-        check_variables_in(
-            variable.expression.as_deref(),
-            &variables,
-            &format!("variable {:?}", variable.name),
-        )?;
+        // The runner evaluates a variable's expression as written.
+        if variable
+            .expression
+            .as_deref()
+            .is_some_and(|e| e.contains("${"))
+        {
+            return Err(format!(
+                "variable {:?}: expression: a variable's expression cannot use ${{…}}; read the other variable's value with its own expression",
+                variable.name
+            ));
+        }
     }
     for (section, actions) in sections {
         for (i, action) in actions.iter().enumerate() {
@@ -1151,6 +1154,13 @@ mod tests {
         assert!(
             problem(|j| j["test"][0]["action"][1]["assert"]["sourceId"] = json!("nowhere"))
                 .contains("sourceId \"nowhere\" is neither a fixture nor a requestId/responseId")
+        );
+        assert!(
+            problem(
+                |j| j["variable"] = json!([{"name": "a", "defaultValue": "x"},
+                       {"name": "b", "expression": "${a}.exists()"}])
+            )
+            .contains("variable \"b\": expression: a variable's expression cannot use ${…}")
         );
         assert!(
             problem(|j| j["test"][0]["action"][0]["operation"]["params"] = json!("/${undeclared}"))

@@ -384,9 +384,7 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn error(&self, offset: usize, message: impl Into<String>) -> EndpointError {
-        let before = self.text.get(..offset.min(self.text.len())).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, column) = crate::fhir::locate::line_column(self.text, offset);
         EndpointError::Invalid {
             file: self.origin.to_string(),
             line,

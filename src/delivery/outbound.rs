@@ -133,12 +133,14 @@ fn escape_token(raw: &str) -> String {
     escaped
 }
 
-/// The message-mode request for `message`, whose stored JSON is `resource`.
+/// The message-mode request for `message`, whose stored JSON is `resource`,
+/// stamped `changed_at` (the change's time, so that every attempt sends the
+/// same bytes).
 pub fn message_request(
     message: &ClaimedMessage,
     resource: &str,
     context: &MessageContext<'_>,
-    now: Instant,
+    changed_at: Instant,
 ) -> Result<OutboundRequest, BuildError> {
     let resource: Value = serde_json::from_str(resource)
         .map_err(|e| BuildError::InvalidStoredResource(e.to_string()))?;
@@ -153,7 +155,7 @@ pub fn message_request(
     let mut header = json!({
         "resourceType": "MessageHeader",
         "id": header_id.to_string(),
-        "meta": {"lastUpdated": now.to_fhir()},
+        "meta": {"lastUpdated": changed_at.to_fhir()},
         "eventCoding": {"system": MESSAGE_EVENTS, "code": "servicerequest-response"},
         "destination": [{
             "endpoint": message.reply_to.as_deref().unwrap_or(context.fallback_destination),
@@ -173,9 +175,9 @@ pub fn message_request(
     let bundle = json!({
         "resourceType": "Bundle",
         "id": bundle_id.to_string(),
-        "meta": {"lastUpdated": now.to_fhir()},
+        "meta": {"lastUpdated": changed_at.to_fhir()},
         "type": "message",
-        "timestamp": now.to_fhir(),
+        "timestamp": changed_at.to_fhir(),
         "entry": [
             {"fullUrl": format!("urn:uuid:{header_id}"), "resource": header},
             {"fullUrl": resource_url, "resource": resource},
@@ -203,7 +205,7 @@ mod tests {
             reply_to: Some("https://fhir.nhs.uk/Id/dos-service-id|2000011147".into()),
             created_at: "2026-11-21T10:00:00.000Z".into(),
             attempts: 1,
-            age_from_ms: None,
+            age_from_ms: 0,
         }
     }
 

@@ -266,9 +266,11 @@ async fn deliver(
                 None,
             )
             .await?;
-            shared
-                .metrics
-                .attempt(&message.destination_ods, outcome, None);
+            if let Some(outcome) = outcome {
+                shared
+                    .metrics
+                    .attempt(&message.destination_ods, outcome, None);
+            }
             return Ok(());
         }
     };
@@ -306,9 +308,11 @@ async fn deliver(
             .await?
         }
     };
-    shared
-        .metrics
-        .attempt(&message.destination_ods, outcome, Some(took));
+    if let Some(outcome) = outcome {
+        shared
+            .metrics
+            .attempt(&message.destination_ods, outcome, Some(took));
+    }
     Ok(())
 }
 
@@ -343,6 +347,15 @@ async fn prepare(
                 .original_message_id(&message.referral_id)
                 .await?;
             let fallback = format!("{}$process-message", endpoint.base_url);
+            // The change's own time, not the send's: every retry must carry
+            // the same body under the same X-Request-ID (a receiver that
+            // remembers ids answers a different body with 409).
+            let Ok(changed_at) = Instant::parse(&message.created_at) else {
+                return Ok(Err(format!(
+                    "the outbox row's created_at {:?} is not an instant",
+                    message.created_at
+                )));
+            };
             outbound::message_request(
                 message,
                 &stored.json,
@@ -352,7 +365,7 @@ async fn prepare(
                     original_message_id: original.as_deref(),
                     fallback_destination: &fallback,
                 },
-                Instant::now(),
+                changed_at,
             )
         }
     };
@@ -360,7 +373,9 @@ async fn prepare(
 }
 
 /// Records `verdict` for `message` and says what the attempt came to (a
-/// transient failure past the maximum age is dead-lettered).
+/// transient failure past the maximum age is dead-lettered); `None` when the
+/// lease had lapsed and another worker owns the message, whose attempt is
+/// the one that counts.
 async fn record(
     shared: &Shared,
     message: &ClaimedMessage,
@@ -368,7 +383,7 @@ async fn record(
     status: Option<u16>,
     retry_after: Option<Duration>,
     receiver_response: Option<&str>,
-) -> Result<AttemptOutcome, StoreError> {
+) -> Result<Option<AttemptOutcome>, StoreError> {
     let now = Instant::now();
     let at = now.to_fhir();
     let attempt = AttemptRecord {
@@ -390,16 +405,12 @@ async fn record(
                     .delivered_after(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
             }
             tracing::info!(status, "delivered");
-            Ok(AttemptOutcome::Delivered)
+            Ok(Some(AttemptOutcome::Delivered))
         }
         Verdict::Transient(reason) => {
             let policy = shared.settings.policy;
             let wait = policy.backoff(message.attempts, retry_after, fastrand::f64());
-            let age_from = message.age_from_ms.unwrap_or_else(|| {
-                Instant::parse(&message.created_at)
-                    .map(Instant::unix_millis)
-                    .unwrap_or_else(|_| now.unix_millis())
-            });
+            let age_from = message.age_from_ms;
             let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
             let next = now.unix_millis().saturating_add(wait_ms);
             let max_age_ms = i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
@@ -410,21 +421,34 @@ async fn record(
                     (now.unix_millis() - age_from).max(0) / 1000,
                     policy.max_age.as_secs()
                 );
-                shared.store.mark_dead(attempt, &why, None).await?;
+                if !shared.store.mark_dead(attempt, &why, None).await? {
+                    return Ok(lease_lost());
+                }
                 tracing::warn!(status, reason = %reason, "dead-lettered: retries ran past the maximum age");
-                return Ok(AttemptOutcome::Dead);
+                return Ok(Some(AttemptOutcome::Dead));
             }
-            shared.store.schedule_retry(attempt, &reason, next).await?;
+            if !shared.store.schedule_retry(attempt, &reason, next).await? {
+                return Ok(lease_lost());
+            }
             tracing::info!(status, reason = %reason, retry_in_ms = wait_ms, "will retry");
-            Ok(AttemptOutcome::Retry)
+            Ok(Some(AttemptOutcome::Retry))
         }
         Verdict::Permanent(reason) => {
-            shared
+            if !shared
                 .store
                 .mark_dead(attempt, &reason, receiver_response)
-                .await?;
+                .await?
+            {
+                return Ok(lease_lost());
+            }
             tracing::warn!(status, reason = %reason, "dead-lettered: permanent failure");
-            Ok(AttemptOutcome::Dead)
+            Ok(Some(AttemptOutcome::Dead))
         }
     }
+}
+
+/// An attempt whose result was not recorded: the lease had lapsed.
+fn lease_lost() -> Option<AttemptOutcome> {
+    tracing::warn!("the lease lapsed during the attempt; another worker owns the message now");
+    None
 }

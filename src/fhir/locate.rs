@@ -10,6 +10,17 @@ use std::collections::{HashMap, HashSet};
 
 use super::Issue;
 
+/// 1-based line and column (in characters) of byte `offset` in `text`: how
+/// every located message in Sprig (JSON bodies, mapping files, the endpoint
+/// registry, FHIRPath expressions) names a place. An offset past the end, or
+/// inside a character, counts as the end.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 /// Sets `position` on every issue whose `expression` names an element of
 /// `body` (a resource of type `root`): the element's own position, or, for
 /// an element that is missing, the position of the nearest enclosing one.

@@ -23,12 +23,12 @@
 //! iteration where it is a name of the items, not of the focus: a superset is safe, it only
 //! makes the shortcut apply less often.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use serde_json::{Map, Value};
 
 use super::Collection;
+use super::model::FastMap;
 use super::parser::Expr;
 
 /// Functions that must always be evaluated.
@@ -82,7 +82,8 @@ pub(crate) struct Guard {
     names: Vec<String>,
     /// Type name (`""` when untyped) → the result on an empty focus of that type; `None` when
     /// that evaluation failed, so the expression is evaluated every time.
-    results: RwLock<HashMap<String, Option<Collection>>>,
+    /// FNV-hashed: read on every evaluation the shortcut answers.
+    results: RwLock<FastMap<String, Option<Collection>>>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -98,7 +99,7 @@ impl Guard {
         collect(expr, true, &mut names)?;
         Some(Self {
             names,
-            results: RwLock::new(HashMap::new()),
+            results: RwLock::new(FastMap::default()),
         })
     }
 

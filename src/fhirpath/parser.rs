@@ -111,10 +111,7 @@ struct Lexer<'s> {
 
 /// 1-based line and column (in characters) of a byte offset into the expression.
 pub(crate) fn position_of(src: &str, position: usize) -> (usize, usize) {
-    let before = src.get(..position.min(src.len())).unwrap_or(src);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+    crate::fhir::locate::line_column(src, position)
 }
 
 fn syntax(position: usize, src: &str, message: impl Into<String>) -> FhirPathError {

@@ -32,9 +32,7 @@ impl<'a> Source<'a> {
 
     /// An error at byte `offset` of the file.
     pub fn error(&self, offset: usize, message: impl Into<String>) -> MappingError {
-        let before = self.text.get(..offset.min(self.text.len())).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, column) = crate::fhir::locate::line_column(self.text, offset);
         MappingError::Invalid {
             file: self.file.to_string(),
             line,

@@ -74,9 +74,11 @@ pub struct ClaimedMessage {
     pub created_at: String,
     /// Attempts so far, this one included.
     pub attempts: i64,
-    /// Where the maximum age counts from (Unix ms): creation, or an
-    /// operator's retry.
-    pub age_from_ms: Option<i64>,
+    /// Where the maximum age counts from (Unix ms): the first attempt, or
+    /// the first after an operator's retry. Not the change itself: an update
+    /// held back behind a dead letter, or kept until its practice had an
+    /// endpoint, has not been failing all that time.
+    pub age_from_ms: i64,
 }
 
 /// One outbox message with its delivery history, for the service API.
@@ -175,9 +177,16 @@ const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_i
         WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state = 'dead') END AS blocked_by";
 
 /// Puts dead letters back in the queue, due at once, their maximum age
-/// counting afresh from `$1`; the caller appends which ones (`$2`).
+/// counting afresh from their next attempt; the caller appends which ones
+/// (`$1`).
 const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, \
-     age_from_ms = $1, dead_at = NULL WHERE state = 'dead' AND";
+     age_from_ms = NULL, dead_at = NULL WHERE state = 'dead' AND";
+
+/// A pending row (`o`) that is the head of its referral's queue: no earlier
+/// row of the referral is pending or dead. Only a head may be sent, which
+/// keeps each referral's updates in order and holds them behind a dead letter.
+const HEAD_OF_REFERRAL: &str = "NOT EXISTS (SELECT 1 FROM outbox e \
+     WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state IN ('pending', 'dead'))";
 
 impl Store {
     /// Woken after every commit that adds outbox rows.
@@ -191,11 +200,15 @@ impl Store {
     /// writer nothing.
     pub async fn due_destinations(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         let Store::Sqlite(s) = self;
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT destination_ods FROM outbox \
-             WHERE state = 'pending' AND destination_ods IS NOT NULL AND next_attempt_ms <= $1 \
-               AND (lease_until_ms IS NULL OR lease_until_ms < $1)",
-        )
+        // The claim's own conditions, so that a destination whose rows all
+        // wait (behind a dead letter, a send in flight or a backoff) is not
+        // reported due and costs the writer no empty claim.
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT o.destination_ods FROM outbox o \
+             WHERE o.state = 'pending' AND o.destination_ods IS NOT NULL \
+               AND o.next_attempt_ms <= $1 \
+               AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1) AND {HEAD_OF_REFERRAL}"
+        )))
         .bind(now_ms)
         .fetch_all(&s.readers)
         .await?;
@@ -219,19 +232,17 @@ impl Store {
         // SQLite has one writer, so the sub-select and the update cannot
         // interleave with another claim; PostgreSQL would add
         // `FOR UPDATE SKIP LOCKED` to the sub-select for the same guarantee.
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, \
-                    last_attempt_at = $3 \
+                    last_attempt_at = $3, age_from_ms = COALESCE(age_from_ms, $5) \
              WHERE seq IN ( \
                SELECT o.seq FROM outbox o \
                WHERE o.state = 'pending' AND o.destination_ods = $4 AND o.next_attempt_ms <= $5 \
-                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) \
-                 AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.referral_id = o.referral_id \
-                                 AND e.seq < o.seq AND e.state IN ('pending', 'dead')) \
+                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) AND {HEAD_OF_REFERRAL} \
                ORDER BY o.seq LIMIT $6) \
              RETURNING seq, referral_id, resource_type, resource_id, version_id, destination_ods, \
-                       reply_to, created_at, attempts, age_from_ms",
-        )
+                       reply_to, created_at, attempts, age_from_ms"
+        )))
         .bind(owner)
         .bind(lease_until_ms)
         .bind(attempt_at)
@@ -329,15 +340,13 @@ impl Store {
     }
 
     /// Puts a dead letter back in the queue, due at once, its maximum age
-    /// counting afresh from `now_ms`.
+    /// counting afresh from its next attempt.
     pub async fn retry_dead(
         &self,
         seq: i64,
-        now_ms: i64,
     ) -> Result<Result<DeliveryEntry, RetryRefusal>, StoreError> {
         let Store::Sqlite(s) = self;
-        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $2")))
-            .bind(now_ms)
+        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $1")))
             .bind(seq)
             .execute(&s.writer)
             .await?;
@@ -363,12 +372,11 @@ impl Store {
 
     /// Puts every dead letter for `destination` back in the queue. Returns
     /// how many.
-    pub async fn retry_dead_for(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn retry_dead_for(&self, destination: &str) -> Result<u64, StoreError> {
         let Store::Sqlite(s) = self;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{REQUEUE_DEAD} destination_ods = $2"
+            "{REQUEUE_DEAD} destination_ods = $1"
         )))
-        .bind(now_ms)
         .bind(destination)
         .execute(&s.writer)
         .await?;

@@ -439,31 +439,13 @@ impl WriteTx {
         Ok(())
     }
 
-    /// The answer remembered for an `X-Request-ID`.
+    /// The answer remembered for an `X-Request-ID`, as this transaction sees
+    /// it (the last word: writes are serialised).
     pub async fn message_request(
         &mut self,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
-        let row = sqlx::query(
-            "SELECT body, status, response FROM message_requests WHERE request_id = $1",
-        )
-        .bind(request_id)
-        .fetch_optional(self.conn())
-        .await?;
-        row.map(|row| {
-            Ok(MessageRequest {
-                body: row.try_get("body")?,
-                status: u16::try_from(row.try_get::<i64, _>("status")?).map_err(|_| {
-                    StoreError::Corrupt {
-                        resource_type: "message_request".into(),
-                        id: request_id.to_owned(),
-                        reason: "status out of range".into(),
-                    }
-                })?,
-                response: row.try_get("response")?,
-            })
-        })
-        .transpose()
+        fetch_message_request(self.conn(), request_id).await
     }
 
     /// Remembers the answer to an `X-Request-ID`.
@@ -491,6 +473,17 @@ impl WriteTx {
 }
 
 impl Store {
+    /// The answer remembered for an `X-Request-ID`, read without taking the
+    /// writer: a resubmission is answered before anything is validated.
+    pub async fn message_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<MessageRequest>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let mut conn = s.readers.acquire().await?;
+        fetch_message_request(&mut conn, request_id).await
+    }
+
     /// One referral with its timeline, notes and outcomes.
     pub async fn referral_detail(&self, id: &str) -> Result<Option<ReferralDetail>, StoreError> {
         let Store::Sqlite(s) = self;
@@ -621,6 +614,31 @@ async fn referral_by_identifier(
         Some((id,)) => fetch_referral(conn, &id).await,
         None => Ok(None),
     }
+}
+
+async fn fetch_message_request(
+    conn: &mut SqliteConnection,
+    request_id: &str,
+) -> Result<Option<MessageRequest>, StoreError> {
+    let row =
+        sqlx::query("SELECT body, status, response FROM message_requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|row| {
+        Ok(MessageRequest {
+            body: row.try_get("body")?,
+            status: u16::try_from(row.try_get::<i64, _>("status")?).map_err(|_| {
+                StoreError::Corrupt {
+                    resource_type: "message_request".into(),
+                    id: request_id.to_owned(),
+                    reason: "status out of range".into(),
+                }
+            })?,
+            response: row.try_get("response")?,
+        })
+    })
+    .transpose()
 }
 
 async fn fetch_referral(

@@ -332,7 +332,8 @@ async fn the_public_sample_scripts_give_their_recorded_results() {
 }
 
 /// A stand-in GP endpoint: accepts a Task or Observation that is valid FHIR (Sprig's
-/// validator, base definitions), refuses anything else with 422.
+/// validator, base definitions), refuses anything else with 422. A conditional create
+/// (`If-None-Exist`) whose condition an earlier create met answers 200, as FHIR says.
 async fn gp_endpoint() -> MockServer {
     let server = MockServer::start().await;
     let validator = std::sync::Arc::new(sprig::conformance::load_validator().expect("validator"));
@@ -348,9 +349,23 @@ async fn gp_endpoint() -> MockServer {
         }
     };
     // PUT Task/{id} and POST Observation, as Sprig's delivery sends them.
+    let conditions_met = std::sync::Mutex::new(std::collections::HashSet::new());
+    let accept = move |request: &wiremock::Request| {
+        let condition = request
+            .headers
+            .get("if-none-exist")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let seen = match condition {
+            Some(condition) => !conditions_met.lock().expect("lock").insert(condition),
+            None => false,
+        };
+        ResponseTemplate::new(if seen { 200 } else { 201 })
+            .insert_header("Location", "Task/1/_history/1")
+    };
     Mock::given(header("content-type", "application/fhir+json"))
         .and(valid)
-        .respond_with(ResponseTemplate::new(201).insert_header("Location", "Task/1/_history/1"))
+        .respond_with(accept)
         .with_priority(1)
         .mount(&server)
         .await;

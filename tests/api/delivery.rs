@@ -577,6 +577,87 @@ async fn message_mode_answers_the_referral_message() {
     app.stop().await;
 }
 
+/// BaRS receivers answer a reused X-Request-ID with a different body by 409,
+/// so a retry must send the very bytes the first attempt sent.
+#[tokio::test]
+async fn a_retried_message_is_sent_byte_for_byte_again() {
+    let gp = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .and(path("/fhir/$process-message"))
+        .respond_with(scripted(
+            vec![ResponseTemplate::new(503)],
+            Arc::clone(&times),
+        ))
+        .mount(&gp)
+        .await;
+    let registry = format!(
+        "[[endpoint]]\nods_code = \"Y12345\"\nbase_url = \"{}/fhir\"\nmode = \"message\"\nauth = {{ type = \"none\" }}\n",
+        gp.uri()
+    );
+    let app = delivering_app(&registry).await;
+    let (_id, status, _) = submit(&app, Shape::Message, &Shape::Message.example()).await;
+    assert_eq!(status, 200);
+    eventually!(
+        "delivered after a 503",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
+    let received = gp.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 2, "one failure, one success");
+    assert_eq!(
+        header(&received[0], "x-request-id"),
+        header(&received[1], "x-request-id")
+    );
+    assert!(
+        received[0].body == received[1].body,
+        "the retry's body differs:\n{}\n{}",
+        String::from_utf8_lossy(&received[0].body),
+        String::from_utf8_lossy(&received[1].body)
+    );
+    app.stop().await;
+}
+
+/// The maximum age counts from the first attempt: an update kept until its
+/// practice had an endpoint has not been failing all that while.
+#[tokio::test]
+async fn an_update_kept_past_the_maximum_age_is_still_retried() {
+    let gp = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("PUT"))
+        .respond_with(scripted(
+            vec![ResponseTemplate::new(503)],
+            Arc::clone(&times),
+        ))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(&file, "").expect("registry written");
+    let app = spawn_app_in(dir, |settings| {
+        settings.delivery.endpoints = Some(file.clone());
+        fast(&mut settings.delivery);
+        settings.delivery.max_age_secs = 1;
+    })
+    .await;
+    refer(&app, PRACTICE).await;
+    // Kept for pull for longer than the maximum age.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(
+        app.dir().path().join("endpoints.toml"),
+        endpoint_toml(PRACTICE, &gp.uri(), ""),
+    )
+    .expect("registry rewritten");
+    eventually!(
+        "delivered after one 503",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
+    assert_eq!(times.lock().expect("lock").len(), 2);
+    assert_eq!(deliveries(&app, "").await[0]["attempts"], 2);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_practice_without_an_endpoint_keeps_its_updates_for_pull() {
     let app = delivering_app("").await;
@@ -585,6 +666,10 @@ async fn a_practice_without_an_endpoint_keeps_its_updates_for_pull() {
     let pending = deliveries(&app, "").await;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0]["awaiting_endpoint"], true);
+    assert_eq!(
+        pending[0]["next_attempt_at"], pending[0]["created_at"],
+        "due since it was made"
+    );
     let view = json_body(app.get("/api/endpoints").await).await;
     assert_matches_schema("EndpointsView", &view);
     assert_eq!(view["endpoints"], json!([]));

@@ -424,8 +424,9 @@ impl<'p, 'v> Walk<'p, 'v> {
     }
 
     /// As [`Walk::children`], leaving out the children named in `except`.
-    /// Each property present is looked up once; each child defined is then
-    /// checked in definition order with what was found for it.
+    /// Each property present is looked up once; each child present or
+    /// required (see below) is then checked in definition order with what
+    /// was found for it.
     fn children_except(
         &mut self,
         sd: &Compiled,
@@ -452,71 +453,37 @@ impl<'p, 'v> Walk<'p, 'v> {
         // skips most of a definition's elements (a Patient defines 28).
         let unclaimed = (object.len() - hits.len())
             .saturating_sub(usize::from(object.contains_key("resourceType")));
-        if unclaimed > 0 {
-            for &child in &element.children {
-                let start = hits.partition_point(|hit| hit.child < child);
-                let end = hits.partition_point(|hit| hit.child <= child);
-                self.child(
-                    sd,
-                    child,
-                    &hits[start..end],
-                    object,
-                    path,
-                    contained,
-                    except,
-                );
-            }
-            return;
-        }
-        let mut required = element.required_children.iter().copied().peekable();
+        let absent_too = if unclaimed > 0 {
+            &element.children
+        } else {
+            &element.required_children
+        };
+        // Both lists and the hits are in child order: merge them.
+        let mut absent_too = absent_too.iter().copied().peekable();
         let mut next_hit = 0;
         loop {
             let present = hits.get(next_hit).map(|hit| hit.child);
-            let child = match (present, required.peek().copied()) {
+            let child = match (present, absent_too.peek().copied()) {
                 (None, None) => break,
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) => a,
                 (None, Some(b)) => b,
             };
-            if required.peek() == Some(&child) {
-                required.next();
-            }
+            absent_too.next_if_eq(&child);
             let start = next_hit;
             while hits.get(next_hit).is_some_and(|hit| hit.child == child) {
                 next_hit += 1;
             }
-            self.child(
-                sd,
-                child,
-                &hits[start..next_hit],
-                object,
-                path,
-                contained,
-                except,
-            );
-        }
-    }
-
-    /// One child element of an object, with the properties found for it.
-    #[allow(clippy::too_many_arguments)]
-    fn child(
-        &mut self,
-        sd: &Compiled,
-        child: usize,
-        found: &[Hit<'v>],
-        object: &'v Map<String, Value>,
-        path: &ElementPath,
-        contained: &ContainedIndex,
-        except: Option<&HashSet<&str>>,
-    ) {
-        let child_node = &sd.nodes[child];
-        if except.is_some_and(|names| names.contains(&*child_node.name)) {
-            return;
-        }
-        if child_node.choice {
-            self.choice_element(sd, child, found, object, path, contained);
-        } else {
-            self.plain_element(sd, child, found, path, contained);
+            let found = &hits[start..next_hit];
+            let child_node = &sd.nodes[child];
+            if except.is_some_and(|names| names.contains(&*child_node.name)) {
+                continue;
+            }
+            if child_node.choice {
+                self.choice_element(sd, child, found, object, path, contained);
+            } else {
+                self.plain_element(sd, child, found, path, contained);
+            }
         }
     }
 
