@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::fhirpath::FhirPath;
+
 /// A script that cannot be run, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {problem}", file.display())]
@@ -480,6 +482,24 @@ fn optional_string(
     }
 }
 
+/// An optional FHIRPath expression, refused at load if it does not parse
+/// (one holding `${…}` is checked once its variables are filled in, at run
+/// time), so that a broken script sends nothing.
+fn optional_expression(
+    object: &Map<String, Value>,
+    key: &str,
+    at: &Place,
+) -> Result<Option<String>, String> {
+    let expression = optional_string(object, key, at)?;
+    if let Some(text) = expression.as_deref().filter(|t| !t.contains("${")) {
+        let engine = FhirPath::new().map_err(|e| format!("{}: {e}", at.of(key)))?;
+        engine
+            .compile(text)
+            .map_err(|e| format!("{} is not FHIRPath: {e}", at.of(key)))?;
+    }
+    Ok(expression)
+}
+
 fn required_string(object: &Map<String, Value>, key: &str, at: &Place) -> Result<String, String> {
     match optional_string(object, key, at)? {
         Some(s) if !s.trim().is_empty() => Ok(s),
@@ -618,7 +638,7 @@ fn parse_variable(item: &Value, at: &Place) -> Result<Variable, String> {
     let variable = Variable {
         name: required_string(object, "name", at)?,
         default_value: optional_string(object, "defaultValue", at)?,
-        expression: optional_string(object, "expression", at)?,
+        expression: optional_expression(object, "expression", at)?,
         header_field: optional_string(object, "headerField", at)?,
         path: optional_string(object, "path", at)?,
         source_id: optional_string(object, "sourceId", at)?,
@@ -796,10 +816,10 @@ fn parse_assert(value: &Value, at: &Place) -> Result<Assert, String> {
         description: optional_string(object, "description", at)?,
         direction,
         compare_to_source_id: optional_string(object, "compareToSourceId", at)?,
-        compare_to_source_expression: optional_string(object, "compareToSourceExpression", at)?,
+        compare_to_source_expression: optional_expression(object, "compareToSourceExpression", at)?,
         compare_to_source_path: optional_string(object, "compareToSourcePath", at)?,
         content_type: optional_string(object, "contentType", at)?,
-        expression: optional_string(object, "expression", at)?,
+        expression: optional_expression(object, "expression", at)?,
         header_field: optional_string(object, "headerField", at)?,
         minimum_id: optional_string(object, "minimumId", at)?,
         navigation_links: optional_bool(object, "navigationLinks", at)?,
@@ -1154,6 +1174,11 @@ mod tests {
         assert!(
             problem(|j| j["test"][0]["action"][1]["assert"]["sourceId"] = json!("nowhere"))
                 .contains("sourceId \"nowhere\" is neither a fixture nor a requestId/responseId")
+        );
+        assert!(
+            problem(|j| j["test"][0]["action"][1] =
+                json!({"assert": {"expression": "name.where(given = 'x'"}}))
+            .contains("test[0].action[1].assert.expression is not FHIRPath")
         );
         assert!(
             problem(

@@ -12,7 +12,8 @@ use reqwest::header::HeaderValue;
 use reqwest::{Client, Url};
 use serde::{Deserialize, Serialize};
 
-use super::transport::TransportError;
+use super::policy::{Verdict, classify_response};
+use super::transport::{TransportError, read_response};
 
 /// The `auth` table of a registry entry, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -206,25 +207,26 @@ impl ClientCredentials {
                     transient: error.is_transient(),
                 }
             })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| TransportError::Auth {
-            message: format!("token endpoint {}: reading the answer: {e}", self.token_url),
-            transient: true,
-        })?;
-        if !status.is_success() {
-            let transient = status.is_server_error()
-                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::REQUEST_TIMEOUT;
-            let detail = serde_json::from_slice::<TokenErrorResponse>(&body)
+        // Read as a receiver's answer is: capped, and classified by the same rule.
+        let answer = read_response(response)
+            .await
+            .map_err(|e| TransportError::Auth {
+                message: format!("token endpoint {}: reading the answer: {e}", self.token_url),
+                transient: true,
+            })?;
+        let (status, body) = (answer.status, &answer.body);
+        if !(200..300).contains(&status) {
+            let transient = matches!(classify_response(&answer), Verdict::Transient(_));
+            let detail = serde_json::from_slice::<TokenErrorResponse>(body)
                 .map(|e| match e.error_description {
                     Some(description) => format!(": {}: {description}", e.error),
                     None => format!(": {}", e.error),
                 })
                 .unwrap_or_default();
-            tracing::warn!(ods_code, token_url = %self.token_url, status = status.as_u16(), "access token refused");
+            tracing::warn!(ods_code, token_url = %self.token_url, status, "access token refused");
             return Err(TransportError::Auth {
                 message: format!(
-                    "token endpoint {} answered {status}{detail}",
+                    "token endpoint {} answered HTTP {status}{detail}",
                     self.token_url
                 ),
                 transient,
@@ -232,22 +234,21 @@ impl ClientCredentials {
         }
         // A 2xx that is not a token is the token endpoint misbehaving, as a 5xx would be.
         let token: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| TransportError::Auth {
+            serde_json::from_slice(body).map_err(|e| TransportError::Auth {
                 message: format!(
-                    "token endpoint {} answered {status} without an access token: {e}",
+                    "token endpoint {} answered HTTP {status} without an access token: {e}",
                     self.token_url
                 ),
                 transient: true,
             })?;
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.access_token))
-            .map_err(|_| TransportError::Auth {
+        let authorization =
+            bearer_header(&token.access_token).map_err(|why| TransportError::Auth {
                 message: format!(
-                    "token endpoint {} gave an access token that is not a valid header value",
+                    "token endpoint {} gave an access token that cannot be sent: {why}",
                     self.token_url
                 ),
                 transient: true,
             })?;
-        authorization.set_sensitive(true);
         let lifetime = match token.expires_in {
             Some(NumberOrString::Number(seconds)) => Some(seconds),
             Some(NumberOrString::String(text)) => text.trim().parse().ok(),

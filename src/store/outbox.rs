@@ -485,7 +485,13 @@ fn entry_from_row(row: &SqliteRow) -> Result<DeliveryEntry, StoreError> {
         resource_id: row.try_get("resource_id")?,
         version_id: row.try_get("version_id")?,
         destination_ods: row.try_get("destination_ods")?,
-        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+        state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            resource_type: "outbox".into(),
+            id: row
+                .try_get::<i64, _>("seq")
+                .map_or_else(|_| "?".into(), |seq| seq.to_string()),
+            reason: format!("unknown delivery state {state:?}"),
+        })?,
         attempts: row.try_get("attempts")?,
         created_at: row.try_get("created_at")?,
         next_attempt_ms: row.try_get("next_attempt_ms")?,
