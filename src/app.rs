@@ -137,7 +137,15 @@ impl Application {
             endpoints = registry.len(),
             "endpoint registry loaded; practices without an endpoint keep their updates for pull"
         );
-        let endpoints = Endpoints::new(registry, settings.delivery.endpoints.clone());
+        // A message carries absolute URLs of Sprig's own (its focus, its source); without a
+        // public address there is none the practice could reach. An instance that does not
+        // deliver sends no messages, so it may share a registry that has such endpoints.
+        let message_mode_allowed = settings.public_base_url.is_some() || !settings.delivery.enabled;
+        let endpoints = Endpoints::new(
+            registry,
+            settings.delivery.endpoints.clone(),
+            message_mode_allowed,
+        )?;
         let workflow = Workflow::new(
             Arc::new(mappings),
             Arc::clone(&validator),
@@ -265,6 +273,9 @@ async fn start_background(
             tracing::warn!(%error, "cannot release earlier claims; they lapse instead")
         }
     }
+    // Only messages use it, and message-mode endpoints are refused without
+    // `public_base_url` (`Endpoints::new`); the listen address is a last resort that
+    // REST delivery never sends.
     let fhir_base = match &state.settings.public_base_url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => format!("http://{}/fhir", address),

@@ -76,6 +76,16 @@ pub enum EndpointError {
         /// What is wrong, naming the endpoint and key.
         message: String,
     },
+    /// A message-mode endpoint on an instance that has no public address to give it.
+    #[error(
+        "endpoint {ods_code} has mode = \"message\", which needs public_base_url in Sprig's \
+         settings: a message names Sprig's resources and its $process-message by absolute \
+         URLs, which the practice's system must be able to reach"
+    )]
+    MessageModeWithoutPublicBaseUrl {
+        /// The endpoint's ODS code.
+        ods_code: String,
+    },
 }
 
 /// One GP system Sprig delivers to. Cheap to share (`Arc`); the HTTP client inside pools
@@ -661,11 +671,31 @@ fn build(settings: EndpointSettings) -> Result<Endpoint, (BuildKey, String)> {
     })
 }
 
+/// The rules a registry must meet on this instance, beyond those of its own file.
+fn check_instance_rules(
+    registry: &EndpointRegistry,
+    message_mode_allowed: bool,
+) -> Result<(), EndpointError> {
+    if message_mode_allowed {
+        return Ok(());
+    }
+    match registry.iter().find(|e| e.mode == DeliveryMode::Message) {
+        Some(endpoint) => Err(EndpointError::MessageModeWithoutPublicBaseUrl {
+            ods_code: endpoint.ods_code.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The live registry the delivery worker and the API share; replaced whole on reload, so
 /// a request in flight finishes with the endpoint it started with.
 pub struct Endpoints {
     current: RwLock<Arc<EndpointRegistry>>,
     source: Option<PathBuf>,
+    /// False when Sprig has no `public_base_url`: a registry (at start-up or on reload)
+    /// with a message-mode endpoint is then refused rather than sent messages whose
+    /// URLs the practice cannot reach.
+    message_mode_allowed: bool,
     /// One reload at a time, so that a slower reload of an older file cannot replace
     /// the registry a later one made.
     reloading: std::sync::Mutex<()>,
@@ -673,13 +703,20 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// Shares `registry`, loaded from `source` (reloads read it again; `None`: nothing to
-    /// reload).
-    pub fn new(registry: EndpointRegistry, source: Option<PathBuf>) -> Arc<Self> {
-        Arc::new(Endpoints {
+    /// reload). With `message_mode_allowed` false, a registry holding a message-mode
+    /// endpoint is refused, now and on every reload.
+    pub fn new(
+        registry: EndpointRegistry,
+        source: Option<PathBuf>,
+        message_mode_allowed: bool,
+    ) -> Result<Arc<Self>, EndpointError> {
+        check_instance_rules(&registry, message_mode_allowed)?;
+        Ok(Arc::new(Endpoints {
             current: RwLock::new(Arc::new(registry)),
             source,
+            message_mode_allowed,
             reloading: std::sync::Mutex::new(()),
-        })
+        }))
     }
 
     /// The registry now.
@@ -711,6 +748,7 @@ impl Endpoints {
         };
         let previous = self.current();
         let registry = EndpointRegistry::load_reusing(source, Some(&previous), &process_env)?;
+        check_instance_rules(&registry, self.message_mode_allowed)?;
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -1447,7 +1485,9 @@ token_env = "GP_TOKEN"
         let endpoints = Endpoints::new(
             EndpointRegistry::load(&file).expect("load"),
             Some(file.clone()),
-        );
+            true,
+        )
+        .expect("no rule broken");
         let before = endpoints.current().get("A81001").expect("A81001");
 
         registry_file(dir.path(), &["A81001", "B82002"]);
@@ -1477,6 +1517,44 @@ token_env = "GP_TOKEN"
         assert_eq!(endpoints.current().len(), 2);
     }
 
+    #[test]
+    fn a_message_mode_endpoint_is_refused_without_a_public_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rest = registry_file(dir.path(), &["A81001"]);
+        let message = "[[endpoint]]\nods_code = \"B82002\"\nbase_url = \"http://b.example/fhir\"\nmode = \"message\"\nauth = { type = \"none\" }\n";
+        let registry = |text: &str| {
+            write(dir.path(), "endpoints.toml", text);
+            EndpointRegistry::load(&rest).expect("load")
+        };
+
+        // At start-up: refused, naming the endpoint; allowed with a public address.
+        let error = Endpoints::new(registry(message), Some(rest.clone()), false)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&error, EndpointError::MessageModeWithoutPublicBaseUrl { ods_code } if ods_code == "B82002"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("public_base_url"), "{error}");
+        assert!(Endpoints::new(registry(message), Some(rest.clone()), true).is_ok());
+
+        // On reload: refused, and the registry in use stays.
+        registry_file(dir.path(), &["A81001"]);
+        let endpoints = Endpoints::new(
+            EndpointRegistry::load(&rest).expect("load"),
+            Some(rest),
+            false,
+        )
+        .expect("a REST-only registry is allowed");
+        write(dir.path(), "endpoints.toml", message);
+        assert!(matches!(
+            endpoints.reload(),
+            Err(EndpointError::MessageModeWithoutPublicBaseUrl { .. })
+        ));
+        assert!(endpoints.current().get("A81001").is_some());
+        assert!(endpoints.current().get("B82002").is_none());
+    }
+
     /// Waits up to five seconds for the registry to hold `count` endpoints.
     async fn wait_for_len(endpoints: &Endpoints, count: usize) -> bool {
         for _ in 0..100 {
@@ -1492,7 +1570,12 @@ token_env = "GP_TOKEN"
     async fn the_watcher_reloads_when_the_file_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = registry_file(dir.path(), &["A81001"]);
-        let endpoints = Endpoints::new(EndpointRegistry::load(&file).expect("load"), Some(file));
+        let endpoints = Endpoints::new(
+            EndpointRegistry::load(&file).expect("load"),
+            Some(file),
+            true,
+        )
+        .expect("no rule broken");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = endpoints.spawn_watcher(Duration::from_millis(50), async {
             let _ = stopped.await;
@@ -1520,7 +1603,12 @@ token_env = "GP_TOKEN"
     async fn the_watcher_reloads_on_sighup() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = registry_file(dir.path(), &["A81001"]);
-        let endpoints = Endpoints::new(EndpointRegistry::load(&file).expect("load"), Some(file));
+        let endpoints = Endpoints::new(
+            EndpointRegistry::load(&file).expect("load"),
+            Some(file),
+            true,
+        )
+        .expect("no rule broken");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // An hour between polls: only the signal can cause this reload.
         let watcher = endpoints.spawn_watcher(Duration::from_secs(3600), async {

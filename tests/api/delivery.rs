@@ -44,6 +44,23 @@ async fn delivering_app(registry: &str) -> TestApp {
     .await
 }
 
+/// Where the messaging tests' gateway says it is (`public_base_url`, which message mode
+/// needs).
+const PUBLIC_BASE: &str = "https://sprig.example.org/fhir";
+
+/// A delivering gateway with a public address, as message-mode endpoints need.
+async fn messaging_app(registry: &str) -> TestApp {
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(&file, registry).expect("registry written");
+    spawn_app_in(dir, |settings| {
+        settings.delivery.endpoints = Some(file);
+        settings.public_base_url = Some(PUBLIC_BASE.into());
+        fast(&mut settings.delivery);
+    })
+    .await
+}
+
 fn fast(delivery: &mut sprig::config::DeliverySettings) {
     delivery.poll_interval_ms = 50;
     delivery.initial_backoff_ms = 100;
@@ -543,7 +560,7 @@ async fn message_mode_answers_the_referral_message() {
         "[[endpoint]]\nods_code = \"Y12345\"\nbase_url = \"{}/fhir\"\nmode = \"message\"\nauth = {{ type = \"none\" }}\n",
         gp.uri()
     );
-    let app = delivering_app(&registry).await;
+    let app = messaging_app(&registry).await;
     let message = Shape::Message.example();
     let (id, status, _) = submit(&app, Shape::Message, &message).await;
     assert_eq!(status, 200);
@@ -570,6 +587,18 @@ async fn message_mode_answers_the_referral_message() {
             original_source
         );
         assert_eq!(header_resource["response"]["identifier"], message["id"]);
+        // Sprig's own URLs are its public ones, never its listen address.
+        assert_eq!(
+            header_resource["source"]["endpoint"],
+            format!("{PUBLIC_BASE}/$process-message")
+        );
+        let focus = header_resource["focus"][0]["reference"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            focus.starts_with(&format!("{PUBLIC_BASE}/Task/")),
+            "{focus}"
+        );
         let task = &bundle["entry"][1]["resource"];
         assert_eq!(task["resourceType"], "Task");
         assert_eq!(task["meta"]["versionId"], version);
@@ -595,7 +624,7 @@ async fn a_retried_message_is_sent_byte_for_byte_again() {
         "[[endpoint]]\nods_code = \"Y12345\"\nbase_url = \"{}/fhir\"\nmode = \"message\"\nauth = {{ type = \"none\" }}\n",
         gp.uri()
     );
-    let app = delivering_app(&registry).await;
+    let app = messaging_app(&registry).await;
     let (_id, status, _) = submit(&app, Shape::Message, &Shape::Message.example()).await;
     assert_eq!(status, 200);
     eventually!(
@@ -750,6 +779,39 @@ async fn a_mistake_in_the_endpoint_file_stops_start_up_naming_file_and_line() {
     };
     assert!(error.contains("endpoints.toml:3:"), "{error}");
     assert!(error.contains("base_url"), "{error}");
+}
+
+/// A message names Sprig's resources and its `$process-message` by absolute URLs; without
+/// `public_base_url` there are none the practice could reach, so start-up says so.
+#[tokio::test]
+async fn a_message_mode_endpoint_without_a_public_address_stops_start_up() {
+    let dir = TempDir::new().expect("temporary directory");
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &file,
+        "[[endpoint]]\nods_code = \"K83999\"\nbase_url = \"https://gp.example/fhir\"\nmode = \"message\"\nauth = { type = \"none\" }\n",
+    )
+    .expect("file written");
+    let settings = |public_base_url: Option<&str>| sprig::config::Settings {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database: dir.path().join("sprig.db").display().to_string(),
+        public_base_url: public_base_url.map(str::to_owned),
+        delivery: sprig::config::DeliverySettings {
+            endpoints: Some(file.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let error = match sprig::app::Application::build(settings(None)).await {
+        Ok(_) => panic!("start-up should fail"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("K83999"), "{error}");
+    assert!(error.contains("public_base_url"), "{error}");
+    let app = sprig::app::Application::build(settings(Some(PUBLIC_BASE)))
+        .await
+        .expect("starts with a public address");
+    drop(app);
 }
 
 /// `kill -9` at any moment loses nothing: after a restart every committed
