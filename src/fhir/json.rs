@@ -34,6 +34,20 @@ const ARBITRARY_PRECISION_NUMBER_TOKEN: &str = "$serde_json::private::Number";
 /// stay below it to be the one that answers.
 pub const MAX_SUPPORTED_DEPTH: usize = 127;
 
+/// `map[name]`, for the lookups validation does per element. serde_json's map hashes a
+/// name with SipHash before it looks; most FHIR objects have a handful of properties, and
+/// comparing a handful of short keys costs less than hashing one.
+#[inline]
+pub fn field<'m>(map: &'m Map<String, Value>, name: &str) -> Option<&'m Value> {
+    if map.len() <= 8 {
+        map.iter()
+            .find(|(key, _)| key.as_str() == name)
+            .map(|(_, value)| value)
+    } else {
+        map.get(name)
+    }
+}
+
 /// Limits applied while reading.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonLimits {
@@ -240,14 +254,13 @@ pub fn parse_resource(body: &[u8], limits: JsonLimits) -> Result<Map<String, Val
         violations: RefCell::new(Vec::new()),
         too_deep_at: RefCell::new(None),
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed = NodeSeed {
-        context: &context,
-        path: &PathLink::Root,
-        depth: 1,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|value| deserializer.end().map(|()| value));
+    let parsed = match std::str::from_utf8(body) {
+        // UTF-8 checked once for the whole body (long ASCII runs at word speed): serde_json
+        // then reads each string without checking it again.
+        Ok(text) => read(&mut serde_json::Deserializer::from_str(text), &context),
+        // serde_json finds the bad byte and says where it is.
+        Err(_) => read(&mut serde_json::Deserializer::from_slice(body), &context),
+    };
 
     let value = match parsed {
         Ok(value) => value,
@@ -277,6 +290,20 @@ pub fn parse_resource(body: &[u8], limits: JsonLimits) -> Result<Map<String, Val
     } else {
         Err(JsonError::Rules(violations))
     }
+}
+
+/// The whole document as one value, FHIR's rules checked on the way.
+fn read<'de, R: serde_json::de::Read<'de>>(
+    deserializer: &mut serde_json::Deserializer<R>,
+    context: &Context,
+) -> Result<Value, serde_json::Error> {
+    NodeSeed {
+        context,
+        path: &PathLink::Root,
+        depth: 1,
+    }
+    .deserialize(&mut *deserializer)
+    .and_then(|value| deserializer.end().map(|()| value))
 }
 
 /// The JSON type of a value, in words.

@@ -13,6 +13,7 @@ use super::parser::{BinOp, Expr, Literal, TypeSpec};
 use super::quantity;
 use super::temporal::{self, CalendarUnit, Date, DateTime, Time};
 use super::value::{self, Node, Val, as_decimal, compare, equals, equivalent};
+use crate::fhir::json::field;
 
 pub(crate) type Coll<'a> = Vec<Val<'a>>;
 pub(crate) type R<T> = Result<T, FhirPathError>;
@@ -26,14 +27,18 @@ pub(crate) fn error(message: impl Into<String>) -> FhirPathError {
 /// Everything an evaluation can see besides the focus.
 pub(crate) struct Ctx<'a> {
     pub model: &'a Model,
-    pub resource: Coll<'a>,
-    pub root_resource: Coll<'a>,
-    pub context: Coll<'a>,
+    /// `%resource`, `%rootResource` and `%context`: one item or none (a JSON null). Kept as
+    /// items, made collections only when read, as most expressions never read them.
+    pub resource: Option<Val<'a>>,
+    pub root_resource: Option<Val<'a>>,
+    pub context: Option<Val<'a>>,
     pub env: HashMap<&'a str, Coll<'a>>,
     /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation),
     /// and read from the clock only by an expression that asks: most never do.
     pub now: std::cell::OnceCell<DateTime>,
     pub regexes: &'a super::RegexCache,
+    /// The values of the expression's [`Expr::Memo`] parts met so far in this evaluation.
+    pub memo: std::cell::RefCell<Vec<Option<Coll<'a>>>>,
     /// The address of a local of the evaluation's entry point: how far the stack has grown
     /// since is the distance to a local of the current frame (stacks grow down).
     pub stack_base: usize,
@@ -57,10 +62,10 @@ const SYSTEM_TYPES: [&str; 9] = [
 /// The `_name` sibling of `name` (a primitive's id and extensions). Most objects have no
 /// `_` keys at all: check that before building the key, which allocates.
 fn underscore<'m>(map: &'m serde_json::Map<String, Value>, name: &str) -> Option<&'m Value> {
-    if !map.keys().any(|k| k.starts_with('_')) {
-        return None;
-    }
-    map.get(&format!("_{name}"))
+    // One pass over the keys, without building `_name`.
+    map.iter()
+        .find(|(key, _)| key.strip_prefix('_') == Some(name))
+        .map(|(_, value)| value)
 }
 
 /// `suffix` is `type_name` with its first letter capitalised (`Quantity`, `DateTime`).
@@ -152,6 +157,16 @@ impl<'a> Ctx<'a> {
                 }])
             }
             Expr::Binary(op, l, r) => self.binary(*op, l, r, input, fr),
+            Expr::Memo { slot, expr } => {
+                if let Some(Some(kept)) = self.memo.borrow().get(*slot) {
+                    return Ok(kept.clone());
+                }
+                let result = self.eval(expr, input, fr)?;
+                if let Some(cell) = self.memo.borrow_mut().get_mut(*slot) {
+                    *cell = Some(result.clone());
+                }
+                Ok(result)
+            }
             Expr::Is(target, spec) => self.single_is(&self.eval(target, input, fr)?, spec),
             Expr::As(target, spec) => self.of_type(&self.eval(target, input, fr)?, spec),
         }
@@ -160,9 +175,9 @@ impl<'a> Ctx<'a> {
     fn env_var(&self, name: &str) -> R<Coll<'a>> {
         let s = |v: &str| Ok(vec![Val::Str(v.to_string())]);
         match name {
-            "resource" => Ok(self.resource.clone()),
-            "rootResource" => Ok(self.root_resource.clone()),
-            "context" => Ok(self.context.clone()),
+            "resource" => Ok(self.resource.iter().cloned().collect()),
+            "rootResource" => Ok(self.root_resource.iter().cloned().collect()),
+            "context" => Ok(self.context.iter().cloned().collect()),
             "ucum" => s("http://unitsofmeasure.org"),
             "sct" => s("http://snomed.info/sct"),
             "loinc" => s("http://loinc.org"),
@@ -238,11 +253,12 @@ impl<'a> Ctx<'a> {
         ty: Option<&'a str>,
     ) -> Val<'a> {
         let ty = match (value, ty) {
-            (Some(Value::Object(map)), None | Some("Resource" | "DomainResource")) => map
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .and_then(|rt| self.model.intern(rt))
-                .or(ty),
+            (Some(Value::Object(map)), None | Some("Resource" | "DomainResource")) => {
+                field(map, "resourceType")
+                    .and_then(Value::as_str)
+                    .and_then(|rt| self.model.intern(rt))
+                    .or(ty)
+            }
             _ => ty,
         };
         Val::Node(Node {
@@ -322,17 +338,17 @@ impl<'a> Ctx<'a> {
                             continue;
                         };
                         // `_valueX` alone (no `valueX`) still yields the element.
-                        if key.starts_with('_') && map.contains_key(bare) {
+                        if key.starts_with('_') && field(map, bare).is_some() {
                             continue;
                         }
                         if let Some(t) = el.types.iter().find(|t| type_suffix_matches(t, suffix)) {
-                            let (v, e) = (map.get(bare), underscore(map, bare));
+                            let (v, e) = (field(map, bare), underscore(map, bare));
                             self.push_json(v, e, Some(t.as_str()), out);
                         }
                     }
                 } else {
                     let child_ty = el.types.first().map(String::as_str);
-                    self.push_json(map.get(name), underscore(map, name), child_ty, out);
+                    self.push_json(field(map, name), underscore(map, name), child_ty, out);
                 }
                 return Ok(());
             }
@@ -342,7 +358,7 @@ impl<'a> Ctx<'a> {
             return Err(ty);
         }
         // Untyped JSON.
-        let (v, e) = (map.get(name), underscore(map, name));
+        let (v, e) = (field(map, name), underscore(map, name));
         if v.is_some() || e.is_some() {
             self.push_json(v, e, None, out);
             return Ok(());
@@ -482,13 +498,8 @@ impl<'a> Ctx<'a> {
         let boolean = |v: Option<bool>| Ok(v.map(Val::Bool).into_iter().collect());
         match op {
             BinOp::Union => {
-                let mut out: Coll<'a> = Vec::new();
-                for v in a.into_iter().chain(b) {
-                    if !out.iter().any(|o| equals(o, &v, model) == Some(true)) {
-                        out.push(v);
-                    }
-                }
-                Ok(out)
+                let len = a.len() + b.len();
+                Ok(dedupe(a.into_iter().chain(b), len, model))
             }
             BinOp::Eq | BinOp::Ne => {
                 if a.is_empty() || b.is_empty() {
@@ -978,13 +989,8 @@ impl<'a> Ctx<'a> {
             "union" => {
                 self.arity(name, args, &[1])?;
                 let other = self.arg(args, 0, input, fr)?;
-                let mut out: Coll<'a> = Vec::new();
-                for v in base.iter().cloned().chain(other) {
-                    if !out.iter().any(|o| equals(o, &v, model) == Some(true)) {
-                        out.push(v);
-                    }
-                }
-                Ok(out)
+                let len = base.len() + other.len();
+                Ok(dedupe(base.iter().cloned().chain(other), len, model))
             }
             "combine" => {
                 self.arity(name, args, &[1])?;
@@ -1433,7 +1439,7 @@ impl<'a> Ctx<'a> {
         // `#id` points into its container).
         let Some(Val::Node(Node {
             value: Some(root), ..
-        })) = self.root_resource.first()
+        })) = &self.root_resource
         else {
             return out;
         };
@@ -1490,10 +1496,35 @@ fn comparable_types(a: &Val<'_>, b: &Val<'_>) -> bool {
 }
 
 fn distinct<'a>(base: &[Val<'a>], model: &Model) -> Coll<'a> {
-    let mut out: Coll<'a> = Vec::new();
-    for v in base {
-        if !out.iter().any(|o| equals(o, v, model) == Some(true)) {
-            out.push(v.clone());
+    dedupe(base.iter().cloned(), base.len(), model)
+}
+
+/// The items in order, without those equal to an earlier one.
+fn dedupe<'a>(items: impl Iterator<Item = Val<'a>>, len: usize, model: &Model) -> Coll<'a> {
+    let items: Coll<'a> = items.collect();
+    // Codes, ids, paths and links (`csd-1`, `sdf-1`, `que-2` over thousands of them) are
+    // strings whose equality is their text's: a hash set then does in one pass what
+    // comparing each with every earlier one does in n² / 2.
+    if len > 8 && items.iter().all(|v| value::plain_text(v).is_some()) {
+        let mut seen: std::collections::HashSet<
+            &str,
+            std::hash::BuildHasherDefault<super::model::Fnv>,
+        > = std::collections::HashSet::with_capacity_and_hasher(items.len(), Default::default());
+        let keep: Vec<bool> = items
+            .iter()
+            .map(|v| value::plain_text(v).is_some_and(|text| seen.insert(text)))
+            .collect();
+        drop(seen);
+        return items
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(v, keep)| keep.then_some(v))
+            .collect();
+    }
+    let mut out: Coll<'a> = Vec::with_capacity(items.len());
+    for v in items {
+        if !out.iter().any(|o| equals(o, &v, model) == Some(true)) {
+            out.push(v);
         }
     }
     out

@@ -226,7 +226,8 @@ fn walk<'e>(expr: &'e Expr, visit: &mut impl FnMut(&'e Expr)) {
         Expr::Member(target, _)
         | Expr::Negate(target)
         | Expr::Is(target, _)
-        | Expr::As(target, _) => walk(target, visit),
+        | Expr::As(target, _)
+        | Expr::Memo { expr: target, .. } => walk(target, visit),
         Expr::Call { target, args, .. } => {
             if let Some(target) = target {
                 walk(target, visit);

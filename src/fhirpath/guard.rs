@@ -141,6 +141,7 @@ fn vanishes(expr: &Expr) -> bool {
     match expr {
         Expr::Ident(name) => !name.starts_with(|c: char| c.is_ascii_uppercase()),
         Expr::Member(target, _) => vanishes(target),
+        Expr::Memo { expr, .. } => vanishes(expr),
         Expr::Call {
             target: Some(target),
             name,
@@ -177,7 +178,10 @@ fn collect(expr: &Expr, top: bool, names: &mut Vec<String>) -> Option<()> {
             add(name, names);
             collect(target, top, names)?;
         }
-        Expr::Negate(target) | Expr::Is(target, _) | Expr::As(target, _) => {
+        Expr::Negate(target)
+        | Expr::Is(target, _)
+        | Expr::As(target, _)
+        | Expr::Memo { expr: target, .. } => {
             collect(target, top, names)?;
         }
         Expr::Indexer(a, b) | Expr::Binary(_, a, b) => {

@@ -25,6 +25,7 @@
 mod eval;
 mod functions;
 mod guard;
+mod memo;
 mod model;
 mod parser;
 mod quantity;
@@ -47,6 +48,7 @@ use self::parser::Expr;
 /// Exact decimals from JSON numbers, shared with the profile pass's `minValue`/`maxValue`.
 pub(crate) use self::value::json_decimal;
 use self::value::{Node, Val};
+use crate::fhir::json::field;
 use crate::validation::profile::definitions::StructureDefinition;
 
 /// What can go wrong compiling or evaluating an expression.
@@ -130,11 +132,14 @@ impl FhirPath {
 
     /// Parses `expression`. Syntax errors carry the position of the offending token.
     pub fn compile(&self, expression: &str) -> Result<Expression, FhirPathError> {
-        let expr = parser::parse(expression)?;
+        let mut expr = parser::parse(expression)?;
+        let guard = guard::Guard::of(&expr);
+        let memo_slots = memo::plan(&mut expr);
         Ok(Expression {
             inner: Arc::new(Compiled {
                 text: expression.to_string(),
-                guard: guard::Guard::of(&expr),
+                guard,
+                memo_slots,
                 expr,
                 model: self.model.clone(),
                 regexes: RegexCache::default(),
@@ -144,6 +149,23 @@ impl FhirPath {
 }
 
 impl FhirPath {
+    /// [`FhirPath::compile`] without [`memo`]: every part evaluated where it is met, to
+    /// compare against.
+    #[cfg(test)]
+    fn compile_without_memo(&self, expression: &str) -> Result<Expression, FhirPathError> {
+        let expr = parser::parse(expression)?;
+        Ok(Expression {
+            inner: Arc::new(Compiled {
+                text: expression.to_string(),
+                guard: guard::Guard::of(&expr),
+                memo_slots: 0,
+                expr,
+                model: self.model.clone(),
+                regexes: RegexCache::default(),
+            }),
+        })
+    }
+
     /// Parses `expression` like [`FhirPath::compile`], then refuses it if it calls a function
     /// the engine does not implement or passes a function a number of arguments it does not
     /// accept ([`Expression::check_functions`]). For expressions Sprig's own configuration
@@ -169,6 +191,8 @@ struct Compiled {
     /// Where the focus lacks what the expression reads, its result is known
     /// (`contained.contained.empty()` without `contained`).
     guard: Option<guard::Guard>,
+    /// How many parts of `expr` are computed once per evaluation ([`memo`]).
+    memo_slots: usize,
     model: Arc<Model>,
     regexes: RegexCache,
 }
@@ -271,7 +295,7 @@ impl Expression {
         {
             // The result on an empty focus of the same type: the same elements are
             // unknown to it, so an expression naming one it lacks still fails.
-            let resource_type = object.get("resourceType").and_then(Value::as_str);
+            let resource_type = field(object, "resourceType").and_then(Value::as_str);
             let type_name = resource_type.or(scope.focus_type).unwrap_or("");
             let known = guard.result_for(type_name, || {
                 let empty = match resource_type {
@@ -297,13 +321,21 @@ impl Expression {
     fn evaluate_unguarded<'a>(&'a self, scope: Scope<'a>) -> Result<Collection, FhirPathError> {
         let model: &Model = &self.inner.model;
         let resource_type = |v: &Value| {
-            v.get("resourceType")
+            v.as_object()
+                .and_then(|object| field(object, "resourceType"))
                 .and_then(Value::as_str)
                 .and_then(|t| model.intern(t))
         };
-        let resource: Val<'a> = Val::node(scope.resource, resource_type(scope.resource));
+        let resource_ty = resource_type(scope.resource);
+        let resource: Val<'a> = Val::node(scope.resource, resource_ty);
+        // The focus is often the resource itself (resource-level invariants).
+        let focus_resource_type = if std::ptr::eq(scope.focus, scope.resource) {
+            resource_ty
+        } else {
+            resource_type(scope.focus)
+        };
         let focus_type =
-            resource_type(scope.focus).or_else(|| scope.focus_type.and_then(|t| model.intern(t)));
+            focus_resource_type.or_else(|| scope.focus_type.and_then(|t| model.intern(t)));
         let focus = Val::Node(Node {
             value: Some(scope.focus),
             ext: None,
@@ -319,8 +351,9 @@ impl Expression {
             }
         }
         // A JSON null stands for "no input": an empty collection.
-        let present = |v: &Value, item: Val<'a>| if v.is_null() { Vec::new() } else { vec![item] };
-        let input = present(scope.focus, focus);
+        let present = |v: &Value, item: Val<'a>| (!v.is_null()).then_some(item);
+        let context = present(scope.focus, focus);
+        let input: Vec<Val<'a>> = context.iter().cloned().collect();
         let stack_marker = 0u8;
         let ctx = Ctx {
             model,
@@ -330,10 +363,11 @@ impl Expression {
                 None => present(scope.resource, resource.clone()),
             },
             resource: present(scope.resource, resource),
-            context: input.clone(),
+            context,
             env,
             now: std::cell::OnceCell::new(),
             regexes: &self.inner.regexes,
+            memo: std::cell::RefCell::new(vec![None; self.inner.memo_slots]),
         };
         let frame = Frame {
             this: None,

@@ -38,6 +38,12 @@ pub(crate) enum Expr {
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Is(Box<Expr>, TypeSpec),
     As(Box<Expr>, TypeSpec),
+    /// `expr`, computed once per evaluation and kept in `slot` ([`super::memo`]); never
+    /// parsed, only planned.
+    Memo {
+        slot: usize,
+        expr: Box<Expr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -204,6 +204,21 @@ pub(crate) fn equals(a: &Val<'_>, b: &Val<'_>, model: &Model) -> Option<bool> {
     }
 }
 
+/// The text of a value whose equality ([`equals`]) with any other such value is the
+/// equality of their texts: a string, or a FHIR string-like primitive that is not a date or
+/// time (whose precision matters).
+pub(crate) fn plain_text<'v>(v: &'v Val<'_>) -> Option<&'v str> {
+    match v {
+        Val::Str(s) => Some(s),
+        Val::Node(Node {
+            value: Some(Value::String(s)),
+            ty,
+            ..
+        }) if !is_temporal(*ty) => Some(s),
+        _ => None,
+    }
+}
+
 fn is_temporal(ty: Option<&str>) -> bool {
     matches!(ty, Some("date" | "dateTime" | "instant" | "time"))
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass, Slot, canonical};
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, NhsNumber, ODS_ORGANIZATION_SYSTEM, OdsCode};
+use crate::fhir::json::field;
 use crate::fhir::outcome::shorten;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
 
@@ -452,7 +453,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         // the children present and those that must be present are, which
         // skips most of a definition's elements (a Patient defines 28).
         let unclaimed = (object.len() - hits.len())
-            .saturating_sub(usize::from(object.contains_key("resourceType")));
+            .saturating_sub(usize::from(field(object, "resourceType").is_some()));
         let absent_too = if unclaimed > 0 {
             &element.children
         } else {
@@ -779,7 +780,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             .map(String::as_str);
         if is_resource {
             // A resource without a resourceType is reported by the schema pass.
-            if let Some(nested) = object.get("resourceType").and_then(Value::as_str) {
+            if let Some(nested) = field(object, "resourceType").and_then(Value::as_str) {
                 // A contained resource resolves `#` references against its container.
                 let container = (&*element.name == "contained").then_some(contained);
                 let required: Vec<&str> = element
@@ -1432,13 +1433,16 @@ impl<'p, 'v> Walk<'p, 'v> {
                 None => format!("'{code}'"),
             })
             .collect();
-        let mut allowed: Vec<&str> = value_set
-            .systems
-            .values()
-            .flat_map(|codes| codes.keys().map(String::as_str))
-            .collect();
-        allowed.sort_unstable();
-        let allowed_text = if allowed.len() <= 12 {
+        // Listed only when short: counted first, as an extensible binding misses often
+        // (a warning) and some value sets hold thousands of codes.
+        let allowed_count: usize = value_set.systems.values().map(|codes| codes.len()).sum();
+        let allowed_text = if allowed_count <= 12 {
+            let mut allowed: Vec<&str> = value_set
+                .systems
+                .values()
+                .flat_map(|codes| codes.keys().map(String::as_str))
+                .collect();
+            allowed.sort_unstable();
             format!("; allowed: {}", allowed.join(", "))
         } else {
             String::new()
