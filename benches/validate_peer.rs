@@ -9,7 +9,9 @@
 //! Everything runs on this one thread, in a plain loop: no rayon, no
 //! harness. Environment: `N` (timed validations of the Bundle, default
 //! 1000), `WARMUP` (untimed ones first, default 200), `EXAMPLE_PASSES`
-//! (timed passes over the examples, default 1, after one untimed pass).
+//! (timed passes over the examples, default 1, after one untimed pass), `SLOWEST`
+//! (after the examples' timed passes, list that many of the slowest resources on standard
+//! error, default 0).
 //!
 //! Lines on standard output (progress goes to standard error):
 //! - `startup`: loading the schema and the 212 core definitions, then the
@@ -272,6 +274,28 @@ fn run_examples(
     }
     let seconds = timed.elapsed().as_secs_f64();
     let resources = selected.len() * passes;
+    // After the timed passes, so it cannot touch them: where the time goes.
+    let slowest = env_usize("SLOWEST", 0);
+    if slowest > 0 {
+        let mut each: Vec<(Duration, &str, usize)> = selected
+            .iter()
+            .map(|example| {
+                let t = Instant::now();
+                black_box(validate(example));
+                (t.elapsed(), example.name.as_str(), example.bytes.len())
+            })
+            .collect();
+        each.sort_unstable_by_key(|(time, ..)| std::cmp::Reverse(*time));
+        let total: Duration = each.iter().map(|(d, ..)| *d).sum();
+        for (time, name, bytes) in each.iter().take(slowest) {
+            eprintln!(
+                "sprig: {case}: {:>9.1} µs {:>5.1} % {:>9} bytes  {name}",
+                time.as_secs_f64() * 1e6,
+                100.0 * time.as_secs_f64() / total.as_secs_f64(),
+                bytes
+            );
+        }
+    }
     emit(json!({
         "validator": "sprig",
         "case": case,
