@@ -177,7 +177,7 @@ impl Application {
             delivery_metrics: Arc::new(DeliveryMetrics::new()),
         };
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
-        let background = start_background(&state, address, background_stopped).await;
+        let background = start_background(&state, background_stopped).await;
         Ok(Self {
             listener,
             state,
@@ -245,7 +245,6 @@ impl Application {
 /// stop when `stop` turns true.
 async fn start_background(
     state: &AppState,
-    address: SocketAddr,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let delivery = &state.settings.delivery;
@@ -274,12 +273,8 @@ async fn start_background(
         }
     }
     // Only messages use it, and message-mode endpoints are refused without
-    // `public_base_url` (`Endpoints::new`); the listen address is a last resort that
-    // REST delivery never sends.
-    let fhir_base = match &state.settings.public_base_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => format!("http://{}/fhir", address),
-    };
+    // `public_base_url` (`Endpoints::new`), so it is always the public base there.
+    let fhir_base = state.fhir_base();
     let worker = Worker::new(
         state.store.clone(),
         Arc::clone(&state.endpoints),

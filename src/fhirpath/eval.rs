@@ -59,8 +59,8 @@ const SYSTEM_TYPES: [&str; 9] = [
     "Boolean", "Integer", "Long", "Decimal", "String", "Date", "DateTime", "Time", "Quantity",
 ];
 
-/// The `_name` sibling of `name` (a primitive's id and extensions). Most objects have no
-/// `_` keys at all: check that before building the key, which allocates.
+/// The `_name` sibling of `name` (a primitive's id and extensions), found without building
+/// the key `_name`, which would allocate.
 fn underscore<'m>(map: &'m serde_json::Map<String, Value>, name: &str) -> Option<&'m Value> {
     // One pass over the keys, without building `_name`.
     map.iter()
@@ -498,8 +498,9 @@ impl<'a> Ctx<'a> {
         let boolean = |v: Option<bool>| Ok(v.map(Val::Bool).into_iter().collect());
         match op {
             BinOp::Union => {
-                let len = a.len() + b.len();
-                Ok(dedupe(a.into_iter().chain(b), len, model))
+                let mut items = a;
+                items.extend(b);
+                Ok(dedupe(items, model))
             }
             BinOp::Eq | BinOp::Ne => {
                 if a.is_empty() || b.is_empty() {
@@ -989,8 +990,9 @@ impl<'a> Ctx<'a> {
             "union" => {
                 self.arity(name, args, &[1])?;
                 let other = self.arg(args, 0, input, fr)?;
-                let len = base.len() + other.len();
-                Ok(dedupe(base.iter().cloned().chain(other), len, model))
+                let mut items = base.to_vec();
+                items.extend(other);
+                Ok(dedupe(items, model))
             }
             "combine" => {
                 self.arity(name, args, &[1])?;
@@ -1496,16 +1498,15 @@ fn comparable_types(a: &Val<'_>, b: &Val<'_>) -> bool {
 }
 
 fn distinct<'a>(base: &[Val<'a>], model: &Model) -> Coll<'a> {
-    dedupe(base.iter().cloned(), base.len(), model)
+    dedupe(base.to_vec(), model)
 }
 
 /// The items in order, without those equal to an earlier one.
-fn dedupe<'a>(items: impl Iterator<Item = Val<'a>>, len: usize, model: &Model) -> Coll<'a> {
-    let items: Coll<'a> = items.collect();
+fn dedupe<'a>(items: Coll<'a>, model: &Model) -> Coll<'a> {
     // Codes, ids, paths and links (`csd-1`, `sdf-1`, `que-2` over thousands of them) are
     // strings whose equality is their text's: a hash set then does in one pass what
     // comparing each with every earlier one does in n² / 2.
-    if len > 8 && items.iter().all(|v| value::plain_text(v).is_some()) {
+    if items.len() > 8 && items.iter().all(|v| value::plain_text(v).is_some()) {
         let mut seen: std::collections::HashSet<
             &str,
             std::hash::BuildHasherDefault<super::model::Fnv>,

@@ -215,30 +215,49 @@ fn collect_calls<'e>(expr: &'e Expr, out: &mut Vec<(usize, &'e str, usize)>) {
 /// Calls `visit` on `expr` and every expression inside it.
 fn walk<'e>(expr: &'e Expr, visit: &mut impl FnMut(&'e Expr)) {
     visit(expr);
-    match expr {
-        Expr::Empty
-        | Expr::Literal(_)
-        | Expr::Ident(_)
-        | Expr::This
-        | Expr::Index
-        | Expr::Total
-        | Expr::Env(_) => {}
-        Expr::Member(target, _)
-        | Expr::Negate(target)
-        | Expr::Is(target, _)
-        | Expr::As(target, _)
-        | Expr::Memo { expr: target, .. } => walk(target, visit),
-        Expr::Call { target, args, .. } => {
-            if let Some(target) = target {
-                walk(target, visit);
-            }
-            for arg in args {
-                walk(arg, visit);
-            }
-        }
-        Expr::Indexer(a, b) | Expr::Binary(_, a, b) => {
-            walk(a, visit);
-            walk(b, visit);
-        }
+    for part in expr.parts() {
+        walk(part, visit);
     }
+}
+
+/// How a part of an expression ([`Expr::parts`]) is evaluated, relative to the expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Once, with the expression's own input and `$this`, `$index`, `$total`: a call's
+    /// target, an operand, most functions' arguments.
+    Same,
+    /// Once per item of the function's input, that item as `$this` (`where`, `select`,
+    /// `all`, `exists`, `repeat`, `aggregate`'s first argument): it cannot see the outer
+    /// focus.
+    PerItem,
+    /// A `sort` key: per item, and a leading `-` (descending) is read, not evaluated.
+    SortKey,
+    /// Once, with the function's input as `$this` but the caller's `$index` and `$total`
+    /// (`iif`).
+    OnInput,
+    /// Never evaluated: a type name (`ofType`, `is`, `as`) or `trace`'s arguments.
+    NotEvaluated,
+}
+
+/// The [`Role`] of each of `expr`'s parts, in the order of [`Expr::parts`]: what the
+/// evaluator's `call` does with each argument.
+pub(crate) fn roles(expr: &Expr) -> Vec<Role> {
+    let Expr::Call {
+        target, name, args, ..
+    } = expr
+    else {
+        return vec![Role::Same; expr.parts().len()];
+    };
+    let argument = |index: usize| match (name.as_str(), index) {
+        ("where" | "select" | "all" | "exists" | "repeat", _) | ("aggregate", 0) => Role::PerItem,
+        ("sort", _) => Role::SortKey,
+        ("iif", _) => Role::OnInput,
+        ("ofType" | "is" | "as" | "trace", _) => Role::NotEvaluated,
+        _ => Role::Same,
+    };
+    target
+        .iter()
+        .map(|_| Role::Same)
+        .chain((0..args.len()).map(argument))
+        .collect()
 }

@@ -132,9 +132,14 @@ impl FhirPath {
 
     /// Parses `expression`. Syntax errors carry the position of the offending token.
     pub fn compile(&self, expression: &str) -> Result<Expression, FhirPathError> {
+        self.compile_planned(expression, true)
+    }
+
+    /// [`FhirPath::compile`], with [`memo`]'s plan or (to compare against) without it.
+    fn compile_planned(&self, expression: &str, memo: bool) -> Result<Expression, FhirPathError> {
         let mut expr = parser::parse(expression)?;
         let guard = guard::Guard::of(&expr);
-        let memo_slots = memo::plan(&mut expr);
+        let memo_slots = if memo { memo::plan(&mut expr) } else { 0 };
         Ok(Expression {
             inner: Arc::new(Compiled {
                 text: expression.to_string(),
@@ -149,23 +154,6 @@ impl FhirPath {
 }
 
 impl FhirPath {
-    /// [`FhirPath::compile`] without [`memo`]: every part evaluated where it is met, to
-    /// compare against.
-    #[cfg(test)]
-    fn compile_without_memo(&self, expression: &str) -> Result<Expression, FhirPathError> {
-        let expr = parser::parse(expression)?;
-        Ok(Expression {
-            inner: Arc::new(Compiled {
-                text: expression.to_string(),
-                guard: guard::Guard::of(&expr),
-                memo_slots: 0,
-                expr,
-                model: self.model.clone(),
-                regexes: RegexCache::default(),
-            }),
-        })
-    }
-
     /// Parses `expression` like [`FhirPath::compile`], then refuses it if it calls a function
     /// the engine does not implement or passes a function a number of arguments it does not
     /// accept ([`Expression::check_functions`]). For expressions Sprig's own configuration

@@ -46,6 +46,53 @@ pub(crate) enum Expr {
     },
 }
 
+impl Expr {
+    /// The expressions directly inside this one, in source order (a call's target, then
+    /// its arguments). [`super::functions::roles`] says how each is evaluated.
+    pub(crate) fn parts(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Empty
+            | Expr::Literal(_)
+            | Expr::Ident(_)
+            | Expr::This
+            | Expr::Index
+            | Expr::Total
+            | Expr::Env(_) => Vec::new(),
+            Expr::Member(inner, _)
+            | Expr::Negate(inner)
+            | Expr::Is(inner, _)
+            | Expr::As(inner, _)
+            | Expr::Memo { expr: inner, .. } => vec![inner],
+            Expr::Indexer(a, b) | Expr::Binary(_, a, b) => vec![a, b],
+            Expr::Call { target, args, .. } => target.as_deref().into_iter().chain(args).collect(),
+        }
+    }
+
+    /// [`Expr::parts`], to rewrite them.
+    pub(crate) fn parts_mut(&mut self) -> Vec<&mut Expr> {
+        match self {
+            Expr::Empty
+            | Expr::Literal(_)
+            | Expr::Ident(_)
+            | Expr::This
+            | Expr::Index
+            | Expr::Total
+            | Expr::Env(_) => Vec::new(),
+            Expr::Member(inner, _)
+            | Expr::Negate(inner)
+            | Expr::Is(inner, _)
+            | Expr::As(inner, _)
+            | Expr::Memo { expr: inner, .. } => vec![inner],
+            Expr::Indexer(a, b) | Expr::Binary(_, a, b) => vec![a, b],
+            Expr::Call { target, args, .. } => target
+                .as_deref_mut()
+                .into_iter()
+                .chain(args.iter_mut())
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Literal {
     Boolean(bool),

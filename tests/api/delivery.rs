@@ -34,12 +34,21 @@ fn endpoint_toml(ods: &str, server: &str, extra: &str) -> String {
 /// A gateway delivering per `registry` (written to `endpoints.toml` in its
 /// folder), with short waits so retries happen within a test.
 async fn delivering_app(registry: &str) -> TestApp {
+    delivering_app_with(registry, |_| {}).await
+}
+
+/// [`delivering_app`] with settings adjusted by `configure`.
+async fn delivering_app_with(
+    registry: &str,
+    configure: impl FnOnce(&mut sprig::config::Settings),
+) -> TestApp {
     let dir = Arc::new(TempDir::new().expect("temporary directory"));
     let file = dir.path().join("endpoints.toml");
     std::fs::write(&file, registry).expect("registry written");
     spawn_app_in(dir, |settings| {
         settings.delivery.endpoints = Some(file);
         fast(&mut settings.delivery);
+        configure(settings);
     })
     .await
 }
@@ -50,15 +59,33 @@ const PUBLIC_BASE: &str = "https://sprig.example.org/fhir";
 
 /// A delivering gateway with a public address, as message-mode endpoints need.
 async fn messaging_app(registry: &str) -> TestApp {
-    let dir = Arc::new(TempDir::new().expect("temporary directory"));
-    let file = dir.path().join("endpoints.toml");
-    std::fs::write(&file, registry).expect("registry written");
-    spawn_app_in(dir, |settings| {
-        settings.delivery.endpoints = Some(file);
+    delivering_app_with(registry, |settings| {
         settings.public_base_url = Some(PUBLIC_BASE.into());
-        fast(&mut settings.delivery);
     })
     .await
+}
+
+/// Settings for a gateway in `dir` whose endpoint registry (written there) is `registry`.
+fn registry_settings(dir: &TempDir, registry: &str) -> sprig::config::Settings {
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(&file, registry).expect("registry written");
+    sprig::config::Settings {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database: dir.path().join("sprig.db").display().to_string(),
+        delivery: sprig::config::DeliverySettings {
+            endpoints: Some(file),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Why a gateway with `settings` does not start (it must not).
+async fn start_up_error(settings: sprig::config::Settings) -> String {
+    match sprig::app::Application::build(settings).await {
+        Ok(_) => panic!("start-up should fail"),
+        Err(error) => error.to_string(),
+    }
 }
 
 fn fast(delivery: &mut sprig::config::DeliverySettings) {
@@ -758,25 +785,11 @@ async fn an_endpoint_added_to_the_file_is_used_without_a_restart() {
 #[tokio::test]
 async fn a_mistake_in_the_endpoint_file_stops_start_up_naming_file_and_line() {
     let dir = TempDir::new().expect("temporary directory");
-    let file = dir.path().join("endpoints.toml");
-    std::fs::write(
-        &file,
+    let error = start_up_error(registry_settings(
+        &dir,
         "[[endpoint]]\nods_code = \"K83999\"\nbase_url = \"ftp://gp.example\"\nmode = \"rest\"\nauth = { type = \"none\" }\n",
-    )
-    .expect("file written");
-    let settings = sprig::config::Settings {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        database: dir.path().join("sprig.db").display().to_string(),
-        delivery: sprig::config::DeliverySettings {
-            endpoints: Some(file),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let error = match sprig::app::Application::build(settings).await {
-        Ok(_) => panic!("start-up should fail"),
-        Err(error) => error.to_string(),
-    };
+    ))
+    .await;
     assert!(error.contains("endpoints.toml:3:"), "{error}");
     assert!(error.contains("base_url"), "{error}");
 }
@@ -786,31 +799,19 @@ async fn a_mistake_in_the_endpoint_file_stops_start_up_naming_file_and_line() {
 #[tokio::test]
 async fn a_message_mode_endpoint_without_a_public_address_stops_start_up() {
     let dir = TempDir::new().expect("temporary directory");
-    let file = dir.path().join("endpoints.toml");
-    std::fs::write(
-        &file,
+    let settings = registry_settings(
+        &dir,
         "[[endpoint]]\nods_code = \"K83999\"\nbase_url = \"https://gp.example/fhir\"\nmode = \"message\"\nauth = { type = \"none\" }\n",
-    )
-    .expect("file written");
-    let settings = |public_base_url: Option<&str>| sprig::config::Settings {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        database: dir.path().join("sprig.db").display().to_string(),
-        public_base_url: public_base_url.map(str::to_owned),
-        delivery: sprig::config::DeliverySettings {
-            endpoints: Some(file.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let error = match sprig::app::Application::build(settings(None)).await {
-        Ok(_) => panic!("start-up should fail"),
-        Err(error) => error.to_string(),
-    };
+    );
+    let error = start_up_error(settings.clone()).await;
     assert!(error.contains("K83999"), "{error}");
     assert!(error.contains("public_base_url"), "{error}");
-    let app = sprig::app::Application::build(settings(Some(PUBLIC_BASE)))
-        .await
-        .expect("starts with a public address");
+    let app = sprig::app::Application::build(sprig::config::Settings {
+        public_base_url: Some(PUBLIC_BASE.into()),
+        ..settings
+    })
+    .await
+    .expect("starts with a public address");
     drop(app);
 }
 
