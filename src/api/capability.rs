@@ -181,7 +181,8 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
                 "readHistory": c.interactions.contains(&Interaction::Vread),
                 "updateCreate": false,
                 // If-None-Exist on POST; `request.ifNoneExist` in a transaction,
-                // for every type a referral Bundle may carry.
+                // for every type a referral Bundle may carry (the referral's own,
+                // when it finds another referral, is a 409: `open_referral`).
                 "conditionalCreate": c.interactions.contains(&Interaction::Create)
                     || c.arrives_with_referral,
                 "conditionalRead": "not-match",

@@ -468,6 +468,19 @@ pub(super) async fn open_referral(
         .iter()
         .find(|o| o.stored.resource_type == ResourceType::SERVICE_REQUEST)
         .ok_or_else(|| ApiError::Internal("no ServiceRequest was written".into()))?;
+    if !referral.created {
+        // A conditional create (`request.ifNoneExist`) found a ServiceRequest Sprig holds:
+        // another referral, as a resubmission of this one is recognised by its identifier
+        // before anything is written. One ServiceRequest cannot be two referrals.
+        return Err(ApiError::Conflict(vec![Issue::error(
+            IssueType::Conflict,
+            "transaction-referral-matched",
+            format!(
+                "The referral's request.ifNoneExist matches ServiceRequest/{}, which is another referral. A new referral is always created (Sprig recognises a resubmission by its identifier): send it without request.ifNoneExist",
+                referral.stored.id
+            ),
+        )]));
+    }
     let service_request: Value = serde_json::from_str(&referral.stored.json)
         .map_err(|e| ApiError::Internal(format!("stored referral unreadable: {e}")))?;
     let patient_id = service_request
@@ -544,14 +557,18 @@ fn replayed(
     existing: &Referral,
     referral_index: usize,
 ) -> Result<Value, ApiError> {
+    let first: Option<Value> = first
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| ApiError::Internal(format!("stored response unreadable: {e}")))?;
+    // Only a transaction's own answer is replayed as one: a referral that first came as a
+    // message (whose stored answer is the reply message) or alone is answered for itself.
+    let first = first.filter(|r| r["type"] == "transaction-response");
     // The outcome goes on the referral's entry (the only one when the
     // referral first came another way).
     let outcome_index = if first.is_some() { referral_index } else { 0 };
     let mut response: Value = match first {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| ApiError::Internal(format!("stored response unreadable: {e}")))?,
-        // The referral came another way (a single resource or a message):
-        // answer for the referral alone.
+        Some(response) => response,
         None => json!({
             "resourceType": "Bundle",
             "type": "transaction-response",

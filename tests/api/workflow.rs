@@ -500,6 +500,34 @@ async fn outcome_measures_are_checked_and_wait_for_contact() {
     assert!(response.headers().get("location").is_some());
 }
 
+/// A referral first sent as a message and again as a transaction is answered as a
+/// transaction (the message's reply was replayed, a `message` Bundle).
+#[tokio::test]
+async fn a_referral_sent_again_in_another_shape_gets_that_shape_of_answer() {
+    let app = spawn_app().await;
+    let message = Shape::Message.example();
+    let (first, status, _) = submit(&app, Shape::Message, &message).await;
+    assert_eq!(status, 200);
+    let service_request = |bundle: &Value| {
+        bundle["entry"]
+            .as_array()
+            .and_then(|entries| {
+                entries
+                    .iter()
+                    .position(|e| e["resource"]["resourceType"] == "ServiceRequest")
+            })
+            .expect("a ServiceRequest entry")
+    };
+    let mut transaction = Shape::Transaction.example();
+    let index = service_request(&transaction);
+    transaction["entry"][index]["resource"]["identifier"] =
+        message["entry"][service_request(&message)]["resource"]["identifier"].clone();
+    let (second, status, answer) = submit(&app, Shape::Transaction, &transaction).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["type"], "transaction-response", "{answer}");
+    assert_eq!(second, first, "{answer}");
+}
+
 #[tokio::test]
 async fn the_same_referral_sent_twice_is_one_referral() {
     for shape in Shape::ALL {
@@ -708,6 +736,27 @@ async fn a_transaction_rewrites_references_and_answers_per_entry() {
         answer["entry"][1]["response"]["location"]
             .as_str()
             .is_some_and(|l| l.starts_with(&format!("{patient}/_history/2")))
+    );
+
+    // A referral whose own condition finds another referral is refused, not made into
+    // that one (it was a 500), and nothing of it is kept.
+    let mut third = bundle.clone();
+    third["entry"][0]["resource"]["identifier"][0]["value"] = json!("REF-2026-000998");
+    third["entry"][0]["request"]["ifNoneExist"] =
+        json!("identifier=https://gp-system.example.org/Id/referral|REF-2026-000999");
+    let response = post_fhir(&app, "/fhir", &third, &[]).await;
+    assert_eq!(response.status(), 409);
+    let outcome = json_body(response).await;
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(
+        outcome["issue"][0]["details"]["coding"][0]["code"],
+        "transaction-referral-matched"
+    );
+    let listed = json_body(app.get("/api/referrals").await).await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
     );
 }
 
