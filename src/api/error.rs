@@ -203,17 +203,24 @@ impl ApiError {
         let nhs_code = nhs_http_error_code(status);
         let outcome = OperationOutcome::new(self.into_issues());
         let body = outcome.to_json(nhs_code).to_string();
-        let mut response = (status, body).into_response();
+        let mut response = body.into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        with_status(response, status)
     }
+}
+
+/// `response` with the status of a failure: a 503 also says when to try again, wherever
+/// the answer was built (here, or as a BaRS reply message).
+pub(super) fn with_status(mut response: Response, status: StatusCode) -> Response {
+    *response.status_mut() = status;
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 impl IntoResponse for ApiError {

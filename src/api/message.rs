@@ -13,18 +13,18 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::capability::arrives_with_referral;
-use super::error::{ApiError, FHIR_JSON, nhs_http_error_code};
+use super::error::{ApiError, nhs_http_error_code, with_status};
 use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, require_json_body};
 use super::referrals::already_received;
 use super::resource::{Checked, check_body, read_body};
 use super::transaction::{
-    Action, PlannedEntry, execute, information_issue, map_referral, open_referral, referral_entry,
+    Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
 };
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
@@ -89,7 +89,7 @@ pub async fn process_message(
     if let Some(id) = caller_request_id
         && let Some(earlier) = state.store.message_request(id).await?
     {
-        return replay(earlier, &bytes);
+        return replay(earlier, &bytes, format);
     }
 
     let bundle = match check_body(
@@ -160,7 +160,7 @@ async fn handle(
         && let Some(earlier) = tx.message_request(id).await?
     {
         drop(tx);
-        return replay(earlier, bytes);
+        return replay(earlier, bytes, format);
     }
     let existing = tx.referral_by_identifier(&mapped.identifier).await?;
     let (referral, note) = match (reason, existing) {
@@ -211,7 +211,7 @@ async fn handle(
         }
     };
     // A note on an `ok` reply informs; severity `error` would contradict the code.
-    let info = note.map(|n| information_issue("referral-already-received", n));
+    let info = note.map(|n| Issue::information("referral-already-received", n));
     let reply = reply(
         state,
         bundle,
@@ -246,7 +246,11 @@ async fn handle(
 
 /// The answer to a message whose `X-Request-ID` was seen before: the same
 /// answer for the same body, a conflict for a different one.
-fn replay(earlier: MessageRequest, bytes: &[u8]) -> Result<Response, ApiError> {
+fn replay(
+    earlier: MessageRequest,
+    bytes: &[u8],
+    format: ResponseFormat,
+) -> Result<Response, ApiError> {
     if earlier.body != bytes {
         return Err(ApiError::Conflict(vec![Issue::error(
             IssueType::Duplicate,
@@ -255,7 +259,14 @@ fn replay(earlier: MessageRequest, bytes: &[u8]) -> Result<Response, ApiError> {
         )]));
     }
     tracing::info!("message resubmitted with the same X-Request-ID; answering as before");
-    Ok(raw_response(earlier.status, earlier.response))
+    let status = StatusCode::from_u16(earlier.status).map_err(|_| {
+        ApiError::Internal(format!(
+            "stored message status {} unreadable",
+            earlier.status
+        ))
+    })?;
+    // As the first answer was sent: the stored text, in the format this request asked for.
+    Ok(with_status(format.render_text(earlier.response), status))
 }
 
 /// `MessageHeader.focus` must name the ServiceRequest entry.
@@ -427,19 +438,4 @@ fn reply(
         "timestamp": Instant::now().to_fhir(),
         "entry": entries,
     })
-}
-
-fn with_status(mut response: Response, status: StatusCode) -> Response {
-    *response.status_mut() = status;
-    response
-}
-
-fn raw_response(status: u16, body: String) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, FHIR_JSON)],
-        body,
-    )
-        .into_response()
 }

@@ -34,7 +34,8 @@ impl ResponseFormat {
         Ok(self.render_text(text))
     }
 
-    /// A 200 response with JSON text that is already in this format.
+    /// A 200 response with JSON text, sent as it is (`_pretty` does not apply: a stored
+    /// answer is sent again byte for byte), labelled with this format's content type.
     pub fn render_text(&self, json: String) -> Response {
         let mut response = json.into_response();
         response.headers_mut().insert(

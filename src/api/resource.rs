@@ -24,9 +24,7 @@ use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
 use super::referrals::{self, Arrived};
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
-use crate::fhir::{
-    FhirId, Issue, IssueSeverity, IssueType, OperationOutcome, ResourceType, VersionId,
-};
+use crate::fhir::{FhirId, Issue, IssueType, OperationOutcome, ResourceType, VersionId};
 use crate::search::SearchQuery;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
 use crate::validation::REFERRAL_PROFILE;
@@ -218,15 +216,7 @@ pub(super) fn written(
         ReturnPreference::Representation => resource_body(stored, how.format)?,
         ReturnPreference::Minimal => Response::new(Body::empty()),
         ReturnPreference::OperationOutcome => {
-            let mut all = vec![Issue {
-                severity: IssueSeverity::Information,
-                code: IssueType::Informational,
-                message_id: how.message_id,
-                message: how.message,
-                expression: None,
-                position: None,
-                source: None,
-            }];
+            let mut all = vec![Issue::information(how.message_id, how.message)];
             all.extend(how.issues);
             how.format
                 .render(&OperationOutcome::new(all).to_json(None))?

@@ -25,9 +25,7 @@ use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, require_json_body};
 use super::referrals::{already_received, received};
 use super::resource::{Checked, check_body, read_body};
-use crate::fhir::{
-    FhirId, Instant, Issue, IssueSeverity, IssueType, OperationOutcome, ResourceType,
-};
+use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::referral::intake::Submitted;
 use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
@@ -542,13 +540,7 @@ fn transaction_response(
 }
 
 fn information(message_id: &'static str, message: String) -> Value {
-    OperationOutcome::new(vec![information_issue(message_id, message)]).to_json(None)
-}
-
-/// An issue that reports, not refuses: severity `information`.
-pub(super) fn information_issue(message_id: &'static str, message: String) -> Issue {
-    Issue::error(IssueType::Informational, message_id, message)
-        .with_severity(IssueSeverity::Information)
+    OperationOutcome::new(vec![Issue::information(message_id, message)]).to_json(None)
 }
 
 /// The first answer again, each entry now `200 OK`: nothing new was written.

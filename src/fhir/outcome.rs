@@ -160,6 +160,13 @@ impl Issue {
         }
     }
 
+    /// A new issue that reports rather than refuses: severity `information`, code
+    /// `informational`.
+    pub fn information(message_id: &'static str, message: impl Into<String>) -> Self {
+        Self::error(IssueType::Informational, message_id, message)
+            .with_severity(IssueSeverity::Information)
+    }
+
     /// The same issue, naming the profile and element its rule comes from.
     pub fn from_definition(mut self, source: impl Into<String>) -> Self {
         self.source = Some(source.into());

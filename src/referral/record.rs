@@ -194,6 +194,13 @@ impl NoteSource {
             NoteSource::Service => "service",
         }
     }
+
+    /// Reads a stored code.
+    pub fn parse(code: &str) -> Option<Self> {
+        [NoteSource::Gp, NoteSource::Service]
+            .into_iter()
+            .find(|s| s.as_str() == code)
+    }
 }
 
 /// A note on the referral.

@@ -787,11 +787,7 @@ fn stage_of(referral_id: &str, code: &str) -> Result<Stage, StoreError> {
 }
 
 fn note_source_of(referral_id: &str, code: &str) -> Result<NoteSource, StoreError> {
-    match code {
-        "gp" => Ok(NoteSource::Gp),
-        "service" => Ok(NoteSource::Service),
-        _ => Err(corrupt(referral_id, "unknown note source")),
-    }
+    NoteSource::parse(code).ok_or_else(|| corrupt(referral_id, "unknown note source"))
 }
 
 fn referral_from_row(row: &SqliteRow) -> Result<Referral, StoreError> {

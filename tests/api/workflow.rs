@@ -585,6 +585,23 @@ async fn a_repeated_request_id_is_a_retry_or_a_conflict() {
         first,
         "a retry gets the same answer"
     );
+    // In the format this retry asks for, as the first answer would have been.
+    let plain = post_fhir(
+        &app,
+        "/fhir/$process-message",
+        &body,
+        &[headers[0], headers[1], ("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(plain.status(), 200);
+    assert!(
+        plain.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("application/json")),
+        "{:?}",
+        plain.headers()["content-type"]
+    );
+    assert_eq!(json_body(plain).await, first);
 
     let mut changed = body.clone();
     changed["timestamp"] = json!("2026-11-21T12:00:00+00:00");
