@@ -95,8 +95,8 @@ pub struct DeliverySettings {
     /// How often the worker looks for due messages when nothing wakes it.
     pub poll_interval_ms: u64,
     /// How long a claimed message stays claimed (at least four times an
-    /// endpoint's timeout, whatever is set, so a send in flight is never claimed
-    /// again).
+    /// endpoint's timeout plus 5 s, whatever is set, so a send in flight is
+    /// never claimed again).
     pub lease_secs: u64,
     /// The wait after a first failure; it doubles after each further one.
     pub initial_backoff_ms: u64,

@@ -103,8 +103,12 @@ async fn run_search(
     );
     let base = state.fhir_base();
     let size: usize = page.resources.iter().map(|r| r.json.len()).sum();
-    let bundle = cpu_bound(size, move || searchset(&base, &query, page)).await??;
-    let mut response = format.render(&bundle)?;
+    // Building and writing the page both scale with its size: both go off
+    // the runtime for a large page.
+    let mut response = cpu_bound(size, move || {
+        searchset(&base, &query, page).and_then(|bundle| format.render(&bundle))
+    })
+    .await??;
     if lenient {
         response.headers_mut().insert(
             "preference-applied",
@@ -183,6 +187,7 @@ pub async fn history_instance(
         id = %id,
         returned = page.entries.len(),
         total = page.total,
+        ignored = warnings.len(),
         "history"
     );
 
@@ -195,11 +200,11 @@ pub async fn history_instance(
         .filter_map(|e| e.json.as_ref())
         .map(String::len)
         .sum();
-    let bundle = cpu_bound(size, move || {
+    let mut response = cpu_bound(size, move || {
         history_bundle(&resource_url, resource_type, &id, history, page)
+            .and_then(|bundle| format.render(&bundle))
     })
     .await??;
-    let mut response = format.render(&bundle)?;
     if !warnings.is_empty() {
         // A history Bundle has no place for an outcome entry (every entry is
         // a version, search.mode is for searchsets): the ignored parameters

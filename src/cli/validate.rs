@@ -2,12 +2,19 @@
 //! FHIR JSON files (and every `.json` file under a folder) with the same
 //! passes the gateway runs on a create, loading the definitions once.
 //!
+//! Files are validated on `--jobs` threads (one per core by default) and
+//! reported in the order they were listed, whatever order they finish in.
+//!
 //! Exit status: 0 no errors, 1 errors found, 2 usage (bad arguments or a
 //! path that does not exist).
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,6 +44,9 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
+    /// Files validated at once (default: one per core).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<NonZeroUsize>,
     /// Files, or folders searched for `.json` files.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -69,22 +79,30 @@ pub fn run(args: ValidateArgs) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut totals = Totals::default();
-    for file in &files {
-        let issues = validate_file(&validator, file, args.profile.as_deref());
-        totals.add(&issues);
-        let written = match args.format {
-            OutputFormat::Json => {
-                let line = json!({"file": file.display().to_string(), "outcome": OperationOutcome::new(issues).to_json(None)});
-                writeln!(out, "{line}")
-            }
-            OutputFormat::Text => progress.suspend(|| write_text(&mut out, file, &issues)),
-        };
-        if written.is_err() {
+    let jobs = args
+        .jobs
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get)
+        .min(files.len().max(1));
+    let profile = args.profile.as_deref();
+    each_in_order(
+        &files,
+        jobs,
+        |file| validate_file(&validator, file, profile),
+        |file, issues| {
+            totals.add(&issues);
+            let written = match args.format {
+                OutputFormat::Json => {
+                    let line = json!({"file": file.display().to_string(), "outcome": OperationOutcome::new(issues).to_json(None)});
+                    writeln!(out, "{line}")
+                }
+                OutputFormat::Text => progress.suspend(|| write_text(&mut out, file, &issues)),
+            };
+            progress.inc(1);
             // Standard output closed (e.g. piped into `head`): stop quietly.
-            break;
-        }
-        progress.inc(1);
-    }
+            written.is_ok()
+        },
+    );
     progress.finish_and_clear();
     let summary = totals.summary();
     match args.format {
@@ -98,6 +116,61 @@ pub fn run(args: ValidateArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs `work` on every file on `jobs` threads and hands each result to
+/// `report` in the files' order, as soon as every earlier one has been
+/// reported. `report` returning `false` stops the run: files not yet
+/// started are not validated.
+fn each_in_order<T: Send>(
+    files: &[PathBuf],
+    jobs: usize,
+    work: impl Fn(&Path) -> T + Sync,
+    mut report: impl FnMut(&Path, T) -> bool,
+) {
+    if jobs <= 1 {
+        for file in files {
+            if !report(file, work(file)) {
+                return;
+            }
+        }
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (done, results) = mpsc::channel::<(usize, T)>();
+        for _ in 0..jobs {
+            let done = done.clone();
+            let (next, stop, work) = (&next, &stop, &work);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(file) = files.get(index) else {
+                        return;
+                    };
+                    if done.send((index, work(file))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        // Only the workers hold senders now: the loop ends when they are done.
+        drop(done);
+        // Results that finished before an earlier file's did wait here.
+        let mut waiting = BTreeMap::new();
+        let mut reported = 0;
+        for (index, result) in results {
+            waiting.insert(index, result);
+            while let Some(result) = waiting.remove(&reported) {
+                if !report(&files[reported], result) {
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                reported += 1;
+            }
+        }
+    });
 }
 
 fn internal(message: &str) -> ExitCode {
@@ -219,5 +292,66 @@ impl Totals {
             self.errors,
             self.warnings
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn files(n: usize) -> Vec<PathBuf> {
+        (0..n).map(|i| PathBuf::from(format!("{i}.json"))).collect()
+    }
+
+    #[test]
+    fn results_are_reported_in_the_files_order_whatever_order_they_finish_in() {
+        let files = files(12);
+        for jobs in [1, 2, 5] {
+            let mut seen = Vec::new();
+            each_in_order(
+                &files,
+                jobs,
+                |file| {
+                    let n: u64 = file
+                        .to_string_lossy()
+                        .trim_end_matches(".json")
+                        .parse()
+                        .unwrap_or(0);
+                    // Earlier files take longer, so they finish last.
+                    std::thread::sleep(Duration::from_millis(12 - n));
+                    n
+                },
+                |file, n| {
+                    assert_eq!(file, Path::new(&format!("{n}.json")));
+                    seen.push(n);
+                    true
+                },
+            );
+            assert_eq!(seen, (0..12).collect::<Vec<u64>>(), "jobs {jobs}");
+        }
+    }
+
+    #[test]
+    fn a_report_that_fails_stops_the_run() {
+        let files = files(200);
+        for jobs in [1, 3] {
+            let started = AtomicUsize::new(0);
+            let mut reported = 0;
+            each_in_order(
+                &files,
+                jobs,
+                |_| {
+                    started.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                },
+                |_, ()| {
+                    reported += 1;
+                    reported < 3
+                },
+            );
+            assert_eq!(reported, 3, "jobs {jobs}");
+            assert!(started.load(Ordering::Relaxed) < 200, "jobs {jobs}");
+        }
     }
 }

@@ -202,6 +202,21 @@ fn sprig_validate_checks_files_and_folders() {
         "the summary goes to stderr: {stderr}"
     );
 
+    // Several files at once, reported in the same order with the same findings.
+    let (_, one_at_a_time, _) = sprig_validate(
+        &["--jobs", "1", "--format", "json", "batch", examples],
+        dir.path(),
+    );
+    let (code, three_at_a_time, _) = sprig_validate(
+        &["-j", "3", "--format", "json", "batch", examples],
+        dir.path(),
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(one_at_a_time.lines().count(), count + 2);
+    assert_eq!(three_at_a_time, one_at_a_time);
+    let (code, _, stderr) = sprig_validate(&["--jobs", "0", "batch"], dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+
     // A symbolic link back up the tree is not followed (it would never end).
     std::os::unix::fs::symlink(dir.path(), dir.path().join("batch/loop")).expect("symlink");
     let (code, stdout, _) = sprig_validate(&["batch"], dir.path());

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::fhirpath::FastMap;
+
 /// The R4 core definitions, compiled into the binary.
 pub const R4_CORE: &str = include_str!("../../../profiles/core/r4-core.json");
 
@@ -160,8 +162,9 @@ pub struct ExpandedValueSet {
     /// False when the value set draws on a code system Sprig does not hold
     /// in full: its codes cannot be checked.
     pub complete: bool,
-    /// Codes by system, with displays.
-    pub systems: HashMap<String, HashMap<String, Option<String>>>,
+    /// Codes by system, with displays (looked up for every coded element:
+    /// a fast hash of trusted keys).
+    pub(crate) systems: FastMap<String, FastMap<String, Option<String>>>,
 }
 
 impl ExpandedValueSet {

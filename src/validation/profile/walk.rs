@@ -7,6 +7,7 @@
 //! a type's profile, or the base definition of the type. Sliced elements
 //! are matched item by item to their slices (see [`Walk::slices`]).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -845,7 +846,9 @@ impl<'p, 'v> Walk<'p, 'v> {
         contained: &ContainedIndex,
     ) {
         let pass = self.pass;
-        let url = extension.get("url").and_then(Value::as_str).unwrap_or("");
+        let url = field(extension, "url")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if let Some(definition) = pass
             .by_url
             .get(canonical(url))
@@ -887,8 +890,8 @@ impl<'p, 'v> Walk<'p, 'v> {
         path: &ElementPath,
     ) {
         let (Some(system), Some(value)) = (
-            identifier.get("system").and_then(Value::as_str),
-            identifier.get("value").and_then(Value::as_str),
+            field(identifier, "system").and_then(Value::as_str),
+            field(identifier, "value").and_then(Value::as_str),
         ) else {
             return;
         };
@@ -1482,25 +1485,26 @@ impl<'p, 'v> Walk<'p, 'v> {
         path: &ElementPath,
         value_set: &super::definitions::ExpandedValueSet,
     ) {
-        let codings: Vec<(ElementPath, &Map<String, Value>)> = match (type_code, value) {
-            ("Coding", Value::Object(coding)) => vec![(path.clone(), coding)],
-            ("CodeableConcept", Value::Object(concept)) => concept
-                .get("coding")
+        // (index in CodeableConcept.coding, coding): the path is built only
+        // for a mismatch.
+        let codings: Vec<(Option<usize>, &Map<String, Value>)> = match (type_code, value) {
+            ("Coding", Value::Object(coding)) => vec![(None, coding)],
+            ("CodeableConcept", Value::Object(concept)) => field(concept, "coding")
                 .and_then(Value::as_array)
                 .map(|codings| {
                     codings
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, c)| Some((path.key("coding").index(i), c.as_object()?)))
+                        .filter_map(|(i, c)| Some((Some(i), c.as_object()?)))
                         .collect()
                 })
                 .unwrap_or_default(),
             _ => return,
         };
-        for (at, coding) in codings {
-            let field = |name: &str| coding.get(name).and_then(Value::as_str);
+        for (index, coding) in codings {
+            let text = |name: &str| field(coding, name).and_then(Value::as_str);
             let (Some(system), Some(code), Some(display)) =
-                (field("system"), field("code"), field("display"))
+                (text("system"), text("code"), text("display"))
             else {
                 continue;
             };
@@ -1512,7 +1516,11 @@ impl<'p, 'v> Walk<'p, 'v> {
                 continue;
             };
             if !held.trim().eq_ignore_ascii_case(display.trim()) {
-                let at = at.key("display");
+                let at = match index {
+                    Some(i) => path.key("coding").index(i),
+                    None => path.clone(),
+                }
+                .key("display");
                 self.warn(
                     sd,
                     element,
@@ -1539,28 +1547,17 @@ impl<'p, 'v> Walk<'p, 'v> {
         let Some(type_ref) = element.def.types.iter().find(|t| t.code == "Reference") else {
             return;
         };
-        let pass = self.pass;
-        // Target profiles name types: `…/StructureDefinition/Patient`, or a
-        // profile of a type (`…/sprig-patient`).
-        let allowed: Vec<&str> = type_ref
-            .target_profile
-            .iter()
-            .filter_map(|url| pass.by_url.get(canonical(url)))
-            .map(|sd| sd.type_name.as_str())
-            .collect();
-        // Any type may be referenced when no (or an unknown) target is named.
-        let unrestricted = allowed.is_empty()
-            || allowed.contains(&"Resource")
-            || allowed.len() != type_ref.target_profile.len();
-        let Some(text) = reference.get("reference").and_then(Value::as_str) else {
+        let Some(text) = field(reference, "reference").and_then(Value::as_str) else {
             return;
         };
-        let target_path = path.key("reference");
-        let target_type = if let Some(id) = text.strip_prefix('#') {
+        // Built only for a finding: most references are fine.
+        let target_path = || path.key("reference");
+        let target_type: Option<Cow<'_, str>> = if let Some(id) = text.strip_prefix('#') {
             match contained.get(id) {
-                Some(found) => Some(found.clone()),
+                Some(found) => Some(Cow::Borrowed(found.as_str())),
                 None if id.is_empty() => return, // "#": the container itself
                 None => {
+                    let target_path = target_path();
                     self.fail(
                         sd,
                         element,
@@ -1581,8 +1578,11 @@ impl<'p, 'v> Walk<'p, 'v> {
                 .get(text)
                 .or_else(|| bundle.by_type_and_id.get(text))
             {
-                Some(found) => Some(found.clone()),
+                // Owned: the Bundle index is part of the walk, which
+                // records findings below.
+                Some(found) => Some(Cow::Owned(found.clone())),
                 None if text.starts_with("urn:") => {
+                    let target_path = target_path();
                     self.fail(
                         sd,
                         element,
@@ -1597,15 +1597,29 @@ impl<'p, 'v> Walk<'p, 'v> {
                     );
                     return;
                 }
-                None => literal_reference_type(text).map(str::to_owned),
+                None => literal_reference_type(text).map(Cow::Borrowed),
             }
         } else {
-            literal_reference_type(text).map(str::to_owned)
+            literal_reference_type(text).map(Cow::Borrowed)
         };
-        if let Some(found) = target_type
-            && !unrestricted
-            && !allowed.contains(&found.as_str())
-        {
+        let Some(found) = target_type else {
+            return;
+        };
+        let pass = self.pass;
+        // Target profiles name types: `…/StructureDefinition/Patient`, or a
+        // profile of a type (`…/sprig-patient`).
+        let allowed: Vec<&str> = type_ref
+            .target_profile
+            .iter()
+            .filter_map(|url| pass.by_url.get(canonical(url)))
+            .map(|sd| sd.type_name.as_str())
+            .collect();
+        // Any type may be referenced when no (or an unknown) target is named.
+        let unrestricted = allowed.is_empty()
+            || allowed.contains(&"Resource")
+            || allowed.len() != type_ref.target_profile.len();
+        if !unrestricted && !allowed.contains(&found.as_ref()) {
+            let target_path = target_path();
             self.fail(
                 sd,
                 element,
@@ -1639,8 +1653,8 @@ pub(super) fn capitalise(code: &str) -> String {
 }
 
 fn coding_pair(coding: &Map<String, Value>) -> Option<(Option<&str>, &str)> {
-    let code = coding.get("code")?.as_str()?;
-    Some((coding.get("system").and_then(Value::as_str), code))
+    let code = field(coding, "code")?.as_str()?;
+    Some((field(coding, "system").and_then(Value::as_str), code))
 }
 
 /// `pattern[x]` semantics: every property of the pattern is present in the
@@ -1663,8 +1677,7 @@ fn matches_pattern(value: &Value, pattern: &Value) -> bool {
 }
 
 fn contained_index(resource: &Map<String, Value>) -> ContainedIndex {
-    resource
-        .get("contained")
+    field(resource, "contained")
         .and_then(Value::as_array)
         .map(|items| {
             items
@@ -1686,16 +1699,19 @@ fn literal_reference_type(reference: &str) -> Option<&str> {
     if reference.starts_with("urn:") {
         return None;
     }
-    let reference = reference.split(['?', '#']).next().unwrap_or(reference);
-    let segments: Vec<&str> = reference.split('/').collect();
-    let n = segments.len();
-    let candidate = if n >= 4 && segments[n - 2] == "_history" {
-        segments[n - 4]
-    } else if n >= 2 {
-        segments[n - 2]
-    } else {
-        return None;
-    };
+    // Bytes, not chars: every reference of a large Bundle or
+    // ImplementationGuide comes through here.
+    let end = reference
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(reference.len());
+    let mut segments = reference[..end].rsplit('/');
+    let _id_or_version = segments.next()?;
+    let mut candidate = segments.next()?;
+    if candidate == "_history" {
+        let _id = segments.next()?;
+        candidate = segments.next()?;
+    }
     crate::fhir::ResourceType::parse(candidate)
         .ok()
         .map(|_| candidate)
@@ -1911,13 +1927,12 @@ fn select<'v>(item: &'v Value, steps: &[Step<'_>]) -> Vec<&'v Value> {
 /// The FHIR type of a value, where the JSON tells it: a resource's
 /// `resourceType`.
 fn type_of(value: &Value) -> Option<&str> {
-    value.get("resourceType").and_then(Value::as_str)
+    field(value.as_object()?, "resourceType").and_then(Value::as_str)
 }
 
 /// (system, code) pairs of a CodeableConcept's codings.
 fn concept_codes(concept: &Map<String, Value>) -> Vec<(Option<&str>, &str)> {
-    concept
-        .get("coding")
+    field(concept, "coding")
         .and_then(Value::as_array)
         .map(|codings| {
             codings
@@ -2038,6 +2053,15 @@ mod tests {
             literal_reference_type("https://x.org/fhir/Patient/1/_history/2"),
             Some("Patient")
         );
+        assert_eq!(
+            literal_reference_type("Observation/2?_format=json"),
+            Some("Observation")
+        );
+        assert_eq!(
+            literal_reference_type("Patient/1/_history/2#x"),
+            Some("Patient")
+        );
+        assert_eq!(literal_reference_type("_history/2"), None);
         assert_eq!(literal_reference_type("urn:uuid:0b0b"), None);
         assert_eq!(literal_reference_type("Nonsense/1"), None);
         assert_eq!(literal_reference_type("1"), None);
