@@ -13,7 +13,7 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use clap::{Args, ValueEnum};
@@ -120,8 +120,8 @@ pub fn run(args: ValidateArgs) -> ExitCode {
 
 /// Runs `work` on every file on `jobs` threads and hands each result to
 /// `report` in the files' order, as soon as every earlier one has been
-/// reported. `report` returning `false` stops the run: files not yet
-/// started are not validated.
+/// reported. `report` returning `false` stops the run: each worker finishes
+/// the file in hand, fails to hand it over and starts no other.
 fn each_in_order<T: Send>(
     files: &[PathBuf],
     jobs: usize,
@@ -137,14 +137,14 @@ fn each_in_order<T: Send>(
         return;
     }
     let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (done, results) = mpsc::channel::<(usize, T)>();
         for _ in 0..jobs {
             let done = done.clone();
-            let (next, stop, work) = (&next, &stop, &work);
+            let (next, work) = (&next, &work);
             scope.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                // Ends when the files run out or the receiver is gone.
+                loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(file) = files.get(index) else {
                         return;
@@ -164,7 +164,7 @@ fn each_in_order<T: Send>(
             waiting.insert(index, result);
             while let Some(result) = waiting.remove(&reported) {
                 if !report(&files[reported], result) {
-                    stop.store(true, Ordering::Relaxed);
+                    // Dropping the receiver stops the workers.
                     return;
                 }
                 reported += 1;

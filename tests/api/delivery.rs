@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use wiremock::matchers::{method, path, path_regex};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, MockServer, Request, ResponseTemplate};
 
 use crate::binary::start;
 use crate::helpers::{TestApp, json_body, sample_referral_text, spawn_app_in};
@@ -286,20 +286,30 @@ fn scripted(
     }
 }
 
-#[tokio::test]
-async fn a_500_and_a_429_are_retried_and_retry_after_is_honoured() {
+/// A GP system answering the requests `mock` matches with `script` (see
+/// [`scripted`]), and when each came.
+async fn scripted_gp(
+    mock: MockBuilder,
+    script: Vec<ResponseTemplate>,
+) -> (MockServer, Arc<Mutex<Vec<Instant>>>) {
     let gp = MockServer::start().await;
     let times = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(method("PUT"))
-        .respond_with(scripted(
-            vec![
-                ResponseTemplate::new(500),
-                ResponseTemplate::new(429).insert_header("Retry-After", "1"),
-            ],
-            Arc::clone(&times),
-        ))
+    mock.respond_with(scripted(script, Arc::clone(&times)))
         .mount(&gp)
         .await;
+    (gp, times)
+}
+
+#[tokio::test]
+async fn a_500_and_a_429_are_retried_and_retry_after_is_honoured() {
+    let (gp, times) = scripted_gp(
+        Mock::given(method("PUT")),
+        vec![
+            ResponseTemplate::new(500),
+            ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        ],
+    )
+    .await;
     let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
     let (_id, task) = refer(&app, PRACTICE).await;
     eventually!(
@@ -335,15 +345,11 @@ async fn a_500_and_a_429_are_retried_and_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_timeout_is_retried() {
-    let gp = MockServer::start().await;
-    let times = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(method("PUT"))
-        .respond_with(scripted(
-            vec![ResponseTemplate::new(200).set_delay(Duration::from_secs(3))],
-            times,
-        ))
-        .mount(&gp)
-        .await;
+    let (gp, _) = scripted_gp(
+        Mock::given(method("PUT")),
+        vec![ResponseTemplate::new(200).set_delay(Duration::from_secs(3))],
+    )
+    .await;
     let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "timeout_secs = 1")).await;
     refer(&app, PRACTICE).await;
     eventually!("a failed attempt is recorded", Duration::from_secs(5), {
@@ -518,22 +524,18 @@ async fn retry_all_for_an_endpoint() {
 
 #[tokio::test]
 async fn one_referral_keeps_its_order_under_retries_while_another_practice_flows() {
-    let slow = MockServer::start().await;
-    let times = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(method("PUT"))
-        .respond_with(scripted(
-            vec![
-                ResponseTemplate::new(503),
-                ResponseTemplate::new(503),
-                ResponseTemplate::new(200),
-                ResponseTemplate::new(502),
-                ResponseTemplate::new(200),
-                ResponseTemplate::new(503),
-            ],
-            times,
-        ))
-        .mount(&slow)
-        .await;
+    let (slow, _) = scripted_gp(
+        Mock::given(method("PUT")),
+        vec![
+            ResponseTemplate::new(503),
+            ResponseTemplate::new(503),
+            ResponseTemplate::new(200),
+            ResponseTemplate::new(502),
+            ResponseTemplate::new(200),
+            ResponseTemplate::new(503),
+        ],
+    )
+    .await;
     let fine = MockServer::start().await;
     Mock::given(method("PUT"))
         .respond_with(ResponseTemplate::new(200))
@@ -637,16 +639,11 @@ async fn message_mode_answers_the_referral_message() {
 /// so a retry must send the very bytes the first attempt sent.
 #[tokio::test]
 async fn a_retried_message_is_sent_byte_for_byte_again() {
-    let gp = MockServer::start().await;
-    let times = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(method("POST"))
-        .and(path("/fhir/$process-message"))
-        .respond_with(scripted(
-            vec![ResponseTemplate::new(503)],
-            Arc::clone(&times),
-        ))
-        .mount(&gp)
-        .await;
+    let (gp, _) = scripted_gp(
+        Mock::given(method("POST")).and(path("/fhir/$process-message")),
+        vec![ResponseTemplate::new(503)],
+    )
+    .await;
     let registry = format!(
         "[[endpoint]]\nods_code = \"Y12345\"\nbase_url = \"{}/fhir\"\nmode = \"message\"\nauth = {{ type = \"none\" }}\n",
         gp.uri()
@@ -678,15 +675,8 @@ async fn a_retried_message_is_sent_byte_for_byte_again() {
 /// practice had an endpoint has not been failing all that while.
 #[tokio::test]
 async fn an_update_kept_past_the_maximum_age_is_still_retried() {
-    let gp = MockServer::start().await;
-    let times = Arc::new(Mutex::new(Vec::new()));
-    Mock::given(method("PUT"))
-        .respond_with(scripted(
-            vec![ResponseTemplate::new(503)],
-            Arc::clone(&times),
-        ))
-        .mount(&gp)
-        .await;
+    let (gp, times) =
+        scripted_gp(Mock::given(method("PUT")), vec![ResponseTemplate::new(503)]).await;
     let dir = Arc::new(TempDir::new().expect("temporary directory"));
     let file = dir.path().join("endpoints.toml");
     std::fs::write(&file, "").expect("registry written");
