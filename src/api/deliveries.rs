@@ -232,8 +232,8 @@ fn entry_json(entry: &DeliveryEntry, registry: &EndpointRegistry) -> Value {
         "awaiting_endpoint": pending && !has_endpoint,
         "attempts": entry.attempts,
         "created_at": entry.created_at,
-        // 0 is "due at once" (new, or retried by an operator): due since it
-        // was made, not since 1970.
+        // 0 is a new row, due at once: due since it was made, not since
+        // 1970. An operator's retry stores its own time.
         "next_attempt_at": pending.then(|| match entry.next_attempt_ms {
             0 => Some(entry.created_at.clone()),
             ms => Instant::from_unix_millis(ms).map(Instant::to_fhir),

@@ -234,8 +234,17 @@ pub fn evaluate(assert: &Assert, sources: &Sources<'_>, tools: &Tools<'_>) -> Ve
         Ok(Check::Failed(message)) if assert.warning_only => Verdict::Warning(message),
         Ok(Check::Failed(message)) => Verdict::Fail(message),
         Ok(Check::NotMade(reason)) => Verdict::Skip(reason),
-        Err(message) if assert.warning_only => Verdict::Warning(message),
-        Err(message) => Verdict::Error(message),
+        Err(message) => not_checked(assert, message),
+    }
+}
+
+/// The verdict on an assert that could not be checked: an error of the run,
+/// or a warning for a `warningOnly` assert.
+pub fn not_checked(assert: &Assert, message: String) -> Verdict {
+    if assert.warning_only {
+        Verdict::Warning(message)
+    } else {
+        Verdict::Error(message)
     }
 }
 

@@ -337,12 +337,12 @@ impl<'r> State<'r> {
             last: self.last.as_deref(),
         };
         // A profile check asked for whose validator could not be loaded is an
-        // error of the run, not a skip: the script would otherwise pass unchecked.
+        // error of the run (a warning if the assert is warningOnly), not a skip:
+        // the script would otherwise pass unchecked.
         if resolved.validate_profile_id.is_some()
-            && resolved.unsupported.is_none()
             && let Err(why) = &self.validator
         {
-            return Verdict::Error(why.clone());
+            return assert::not_checked(&resolved, why.clone());
         }
         let tools = Tools {
             fhirpath: &self.runner.fhirpath,
@@ -987,6 +987,36 @@ mod tests {
         );
         assert_eq!(Target::parse("nothing"), None);
         assert_eq!(Target::parse("lower/id"), None);
+    }
+
+    #[test]
+    fn a_profile_check_without_its_validator_is_an_error_or_a_warning_never_a_skip() {
+        let script = crate::conformance::script::parse(
+            &serde_json::json!({
+                "resourceType": "TestScript", "url": "http://example.org/ts", "name": "T",
+                "status": "draft",
+                "profile": [{"id": "p", "reference": "http://example.org/p"}],
+                "test": [{"action": [{"assert": {"validateProfileId": "p"}}]}]
+            }),
+            Path::new("."),
+        )
+        .expect("valid script");
+        let runner = Runner::new(RunnerOptions {
+            target: reqwest::Url::parse("http://127.0.0.1:9/fhir").expect("URL"),
+            variables: HashMap::new(),
+            timeout: Duration::from_secs(1),
+        })
+        .expect("runner");
+        let state = State::new(&runner, &script, Err("no validator".into()));
+        let Action::Assert(assert) = &script.tests[0].actions[0] else {
+            panic!("an assert")
+        };
+        assert!(matches!(state.check(assert), Verdict::Error(_)));
+        let warning_only = Assert {
+            warning_only: true,
+            ..(**assert).clone()
+        };
+        assert!(matches!(state.check(&warning_only), Verdict::Warning(_)));
     }
 
     #[test]

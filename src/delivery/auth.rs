@@ -212,11 +212,12 @@ impl ClientCredentials {
             .await
             .map_err(|e| TransportError::Auth {
                 message: format!("token endpoint {}: reading the answer: {e}", self.token_url),
-                transient: true,
+                transient: e.is_transient(),
             })?;
         let (status, body) = (answer.status, &answer.body);
-        if !(200..300).contains(&status) {
-            let transient = matches!(classify_response(&answer), Verdict::Transient(_));
+        let verdict = classify_response(&answer);
+        if !matches!(verdict, Verdict::Delivered) {
+            let transient = matches!(verdict, Verdict::Transient(_));
             let detail = serde_json::from_slice::<TokenErrorResponse>(body)
                 .map(|e| match e.error_description {
                     Some(description) => format!(": {}: {description}", e.error),

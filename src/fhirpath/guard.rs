@@ -28,6 +28,7 @@ use std::sync::RwLock;
 use serde_json::{Map, Value};
 
 use super::Collection;
+use super::functions::{self, Role};
 use super::model::FastMap;
 use super::parser::Expr;
 
@@ -61,9 +62,6 @@ const ON_FOCUS: [&str; 12] = [
     "extension",
 ];
 
-/// Functions whose argument is evaluated once per item of their input, with `$this` the item.
-const ITERATING: [&str; 6] = ["where", "select", "all", "exists", "repeat", "aggregate"];
-
 /// Iterations that do not evaluate their argument on an empty input.
 const SKIPPED_ON_EMPTY: [&str; 4] = ["where", "select", "all", "exists"];
 
@@ -72,9 +70,6 @@ const EMPTY_TO_EMPTY: [&str; 11] = [
     "where", "select", "ofType", "as", "first", "last", "tail", "single", "distinct", "trace",
     "skip",
 ];
-
-/// Functions whose argument is a type name, not an expression to evaluate.
-const TYPE_ARGUMENT: [&str; 3] = ["ofType", "is", "as"];
 
 /// The member names an expression can read of its focus, and its result where the focus has
 /// none of them, by focus type.
@@ -203,27 +198,25 @@ fn collect(expr: &Expr, top: bool, names: &mut Vec<String>) -> Option<()> {
                 None if top && !ON_FOCUS.contains(&name) => return None,
                 None => {}
             }
-            // Arguments never evaluated: `trace()`'s (it only logs), and an
-            // iteration's over a path that is empty when the names are absent
-            // (`contained.where(…%resource…)` runs its argument only on
-            // `contained` items, and without `contained` there are none).
-            if TYPE_ARGUMENT.contains(&name)
-                || name == "trace"
-                || (top
-                    && SKIPPED_ON_EMPTY.contains(&name)
-                    && target.as_deref().is_some_and(vanishes))
-            {
+            // An iteration over a path that is empty when the names are absent
+            // never runs its argument (`contained.where(…%resource…)` runs it only
+            // on `contained` items, and without `contained` there are none).
+            if top && SKIPPED_ON_EMPTY.contains(&name) && target.as_deref().is_some_and(vanishes) {
                 return Some(());
             }
-            // An iteration's argument sees the items as `$this`, unless the items are the
-            // focus itself (an unqualified call at the top: `exists($this.x)`).
-            let args_top = if ITERATING.contains(&name) {
-                top && target.is_none()
-            } else {
-                top
-            };
-            for arg in args {
-                collect(arg, args_top, names)?;
+            // How the evaluator runs each argument (`functions::roles`, shared with
+            // `memo`): one evaluated per item, or on the function's input, sees
+            // those items as `$this`, which are the focus itself only for an
+            // unqualified call at the top (`exists($this.x)`).
+            let roles = functions::roles(expr);
+            let argument_roles = roles.iter().skip(usize::from(target.is_some()));
+            for (arg, role) in args.iter().zip(argument_roles) {
+                let arg_top = match role {
+                    Role::NotEvaluated => continue,
+                    Role::PerItem | Role::SortKey | Role::OnInput => top && target.is_none(),
+                    Role::Same => top,
+                };
+                collect(arg, arg_top, names)?;
             }
         }
     }
@@ -284,6 +277,8 @@ mod tests {
         assert_eq!(names("a < today()"), None);
         // `$this` inside an iteration over the focus is the focus.
         assert_eq!(names("exists($this.a)"), None);
+        // `aggregate`'s starting value is evaluated once, with the focus as `$this`.
+        assert_eq!(names("a.aggregate($total, $this)"), None);
     }
 
     #[test]

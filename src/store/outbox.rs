@@ -20,6 +20,7 @@ use sqlx::sqlite::SqliteRow;
 use tokio::sync::Notify;
 
 use super::{Store, StoreError};
+use crate::fhir::Instant;
 
 /// The state of an outbox message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +177,10 @@ const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_i
      CASE WHEN o.state = 'pending' THEN (SELECT MIN(e.seq) FROM outbox e \
         WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state = 'dead') END AS blocked_by";
 
-/// Puts dead letters back in the queue, due at once, their maximum age
-/// counting afresh from their next attempt; the caller appends which ones
-/// (`$1`).
-const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'pending', next_attempt_ms = 0, \
+/// Puts dead letters back in the queue, due from now (`$1`, so the service
+/// API shows when they were retried), their maximum age counting afresh
+/// from their next attempt; the caller appends which ones (`$2`).
+const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'pending', next_attempt_ms = $1, \
      age_from_ms = NULL, dead_at = NULL WHERE state = 'dead' AND";
 
 /// A pending row (`o`) that is the head of its referral's queue: no earlier
@@ -346,7 +347,8 @@ impl Store {
         seq: i64,
     ) -> Result<Result<DeliveryEntry, RetryRefusal>, StoreError> {
         let Store::Sqlite(s) = self;
-        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $1")))
+        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $2")))
+            .bind(Instant::now().unix_millis())
             .bind(seq)
             .execute(&s.writer)
             .await?;
@@ -375,8 +377,9 @@ impl Store {
     pub async fn retry_dead_for(&self, destination: &str) -> Result<u64, StoreError> {
         let Store::Sqlite(s) = self;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{REQUEUE_DEAD} destination_ods = $1"
+            "{REQUEUE_DEAD} destination_ods = $2"
         )))
+        .bind(Instant::now().unix_millis())
         .bind(destination)
         .execute(&s.writer)
         .await?;

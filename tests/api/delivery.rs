@@ -466,6 +466,9 @@ async fn a_refusal_is_a_dead_letter_that_holds_back_later_updates_until_retried(
     let retried = json_body(retried).await;
     assert_matches_schema("Delivery", &retried);
     assert_eq!(retried["state"], "pending");
+    // Due from the retry, not since the update was made.
+    assert!(retried["next_attempt_at"].is_string(), "{retried}");
+    assert_ne!(retried["next_attempt_at"], retried["created_at"]);
     eventually!(
         "both delivered",
         Duration::from_secs(10),
