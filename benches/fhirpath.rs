@@ -77,3 +77,24 @@ fn dom_3_on_service_request(bencher: divan::Bencher) {
             .as_boolean()
     });
 }
+
+/// A one-line invariant on a small element (`vsd-6`'s shape): what most of the
+/// R4 definitions' invariants are, so this is the evaluator's fixed cost per
+/// evaluation more than any work.
+#[divan::bench]
+fn small_invariant_on_an_element(bencher: divan::Bencher) {
+    let e = compiled("reference.exists() or display.exists()");
+    let r = &*REFERRAL;
+    let focus = &r["subject"];
+    bencher.bench(|| {
+        e.evaluate_in(Scope {
+            resource: r,
+            root_resource: None,
+            focus: divan::black_box(focus),
+            focus_type: Some("Reference"),
+            environment: None,
+        })
+        .expect("evaluates")
+        .as_boolean()
+    });
+}

@@ -24,6 +24,26 @@ pub(crate) fn error(message: impl Into<String>) -> FhirPathError {
     }
 }
 
+/// A result read as one boolean, as [`super::Collection::to_boolean`] reads it: empty is
+/// `None`, a boolean is itself, any other single item is true, more than one is an error.
+pub(crate) fn single_boolean(items: Coll<'_>) -> R<Option<bool>> {
+    match items.as_slice() {
+        [] => Ok(None),
+        [Val::Bool(b)] => Ok(Some(*b)),
+        [
+            Val::Node(Node {
+                value: Some(Value::Bool(b)),
+                ..
+            }),
+        ] => Ok(Some(*b)),
+        [_] => Ok(Some(true)),
+        items => Err(error(format!(
+            "expected a single boolean but the result has {} items",
+            items.len()
+        ))),
+    }
+}
+
 /// Everything an evaluation can see besides the focus.
 pub(crate) struct Ctx<'a> {
     pub model: &'a Model,
@@ -1507,10 +1527,8 @@ fn dedupe<'a>(items: Coll<'a>, model: &Model) -> Coll<'a> {
     // strings whose equality is their text's: a hash set then does in one pass what
     // comparing each with every earlier one does in n² / 2.
     if items.len() > 8 && items.iter().all(|v| value::plain_text(v).is_some()) {
-        let mut seen: std::collections::HashSet<
-            &str,
-            std::hash::BuildHasherDefault<super::model::Fnv>,
-        > = std::collections::HashSet::with_capacity_and_hasher(items.len(), Default::default());
+        let mut seen: std::collections::HashSet<&str, rustc_hash::FxBuildHasher> =
+            std::collections::HashSet::with_capacity_and_hasher(items.len(), Default::default());
         let keep: Vec<bool> = items
             .iter()
             .map(|v| value::plain_text(v).is_some_and(|text| seen.insert(text)))

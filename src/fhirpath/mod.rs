@@ -277,41 +277,78 @@ impl Expression {
 
     /// Evaluates in a full [`Scope`].
     pub fn evaluate_in<'a>(&'a self, scope: Scope<'a>) -> Result<Collection, FhirPathError> {
-        if let Some(guard) = &self.inner.guard
-            && let Value::Object(object) = scope.focus
-            && guard.absent_from(object)
-        {
-            // The result on an empty focus of the same type: the same elements are
-            // unknown to it, so an expression naming one it lacks still fails.
-            let resource_type = field(object, "resourceType").and_then(Value::as_str);
-            let type_name = resource_type.or(scope.focus_type).unwrap_or("");
-            let known = guard.result_for(type_name, || {
-                let empty = match resource_type {
-                    Some(t) => serde_json::json!({ "resourceType": t }),
-                    None => Value::Object(serde_json::Map::new()),
-                };
-                self.evaluate_unguarded(Scope {
-                    resource: &empty,
-                    root_resource: None,
-                    focus: &empty,
-                    focus_type: scope.focus_type,
-                    environment: None,
-                })
-                .ok()
-            });
-            if let Some(result) = known {
-                return Ok(result);
-            }
+        if let Some(known) = self.guarded(scope, |known| known.cloned()) {
+            return Ok(known);
         }
         self.evaluate_unguarded(scope)
     }
 
     fn evaluate_unguarded<'a>(&'a self, scope: Scope<'a>) -> Result<Collection, FhirPathError> {
+        self.run(scope, |model, items| Ok(Collection::of(items, model)))
+    }
+
+    /// Evaluates in a full [`Scope`] to a boolean, as an invariant is read: the answer of
+    /// `evaluate_in(scope)?.to_boolean()`, without building the result's items (the
+    /// validator asks this of every invariant on every element, and most answers are one
+    /// boolean).
+    pub fn evaluate_boolean_in<'a>(
+        &'a self,
+        scope: Scope<'a>,
+    ) -> Result<Option<bool>, FhirPathError> {
+        if let Some(known) = self.guarded(scope, |known| known.map(Collection::to_boolean)) {
+            return known;
+        }
+        self.run(scope, |_, items| eval::single_boolean(items))
+    }
+
+    /// The guard's answer (`read` of the result on an empty focus of the same type) when
+    /// the focus has none of the members the expression reads; `None` to evaluate.
+    fn guarded<'a, T>(
+        &'a self,
+        scope: Scope<'a>,
+        read: impl FnOnce(Option<&Collection>) -> Option<T>,
+    ) -> Option<T> {
+        let guard = self.inner.guard.as_ref()?;
+        let Value::Object(object) = scope.focus else {
+            return None;
+        };
+        if !guard.absent_from(object) {
+            return None;
+        }
+        // The result on an empty focus of the same type: the same elements are
+        // unknown to it, so an expression naming one it lacks still fails.
+        let resource_type = resource_type_of(object);
+        let type_name = resource_type.or(scope.focus_type).unwrap_or("");
+        guard.with_result(
+            type_name,
+            || {
+                let empty = match resource_type {
+                    Some(t) => serde_json::json!({ "resourceType": t }),
+                    None => Value::Object(serde_json::Map::new()),
+                };
+                let empty_scope = Scope {
+                    resource: &empty,
+                    root_resource: None,
+                    focus: &empty,
+                    focus_type: scope.focus_type,
+                    environment: None,
+                };
+                self.evaluate_unguarded(empty_scope).ok()
+            },
+            read,
+        )
+    }
+
+    /// Evaluates in `scope`, without the guard, and hands the result to `finish`.
+    fn run<'a, T>(
+        &'a self,
+        scope: Scope<'a>,
+        finish: impl FnOnce(&Model, Vec<Val<'_>>) -> Result<T, FhirPathError>,
+    ) -> Result<T, FhirPathError> {
         let model: &Model = &self.inner.model;
         let resource_type = |v: &Value| {
             v.as_object()
-                .and_then(|object| field(object, "resourceType"))
-                .and_then(Value::as_str)
+                .and_then(resource_type_of)
                 .and_then(|t| model.intern(t))
         };
         let resource_ty = resource_type(scope.resource);
@@ -341,7 +378,7 @@ impl Expression {
         // A JSON null stands for "no input": an empty collection.
         let present = |v: &Value, item: Val<'a>| (!v.is_null()).then_some(item);
         let context = present(scope.focus, focus);
-        let input: Vec<Val<'a>> = context.iter().cloned().collect();
+        let input = context.clone();
         let stack_marker = 0u8;
         let ctx = Ctx {
             model,
@@ -362,10 +399,26 @@ impl Expression {
             index: None,
             total: None,
         };
-        let result = ctx.eval(&self.inner.expr, &input, frame)?;
-        Ok(Collection {
-            items: result.iter().map(|v| Item::from_val(v, model)).collect(),
-        })
+        let result = ctx.eval(&self.inner.expr, input.as_slice(), frame)?;
+        finish(model, result)
+    }
+}
+
+/// A resource's `resourceType`: nearly always its first member, so that is looked at
+/// before the map is searched.
+fn resource_type_of(object: &serde_json::Map<String, Value>) -> Option<&str> {
+    let found = match object.iter().next() {
+        Some((key, value)) if key == "resourceType" => Some(value),
+        _ => field(object, "resourceType"),
+    };
+    found.and_then(Value::as_str)
+}
+
+impl Collection {
+    fn of(items: Vec<Val<'_>>, model: &Model) -> Collection {
+        Collection {
+            items: items.iter().map(|v| Item::from_val(v, model)).collect(),
+        }
     }
 }
 

@@ -244,6 +244,54 @@ fn boolean_conversion_follows_singleton_evaluation() {
     assert_eq!(eval("{} implies false", &sr).as_boolean(), None);
 }
 
+/// `evaluate_boolean_in` is `evaluate_in` then `to_boolean`, item for item, on the
+/// resource and on elements, through the guard (an absent member) or not, and for errors.
+#[test]
+fn boolean_evaluation_answers_as_the_collection_does() {
+    let sr = referral();
+    let engine = engine();
+    let subject = &sr["subject"];
+    let cases: [(&str, &Value, Option<&str>); 12] = [
+        ("{}", &sr, None),
+        ("false", &sr, None),
+        ("status", &sr, None),
+        ("contained.active", &sr, None),
+        ("note", &sr, None),
+        ("note.text = 'first'", &sr, None),
+        ("category.exists() or status = 'active'", &sr, None),
+        ("category.empty()", &sr, None),
+        ("reference.startsWith('#')", subject, Some("Reference")),
+        (
+            "display.exists() or reference.exists()",
+            subject,
+            Some("Reference"),
+        ),
+        ("identifier.value", subject, Some("Reference")),
+        ("nonesuch.exists()", subject, Some("Reference")),
+    ];
+    for (text, focus, focus_type) in cases {
+        let expression = engine.compile(text).expect("compiles");
+        let scope = Scope {
+            resource: &sr,
+            root_resource: None,
+            focus,
+            focus_type,
+            environment: None,
+        };
+        // Twice: the second time the guard answers from what it kept.
+        for round in 0..2 {
+            let through_items = expression
+                .evaluate_in(scope)
+                .and_then(|c| c.to_boolean())
+                .map_err(|e| e.to_string());
+            let direct = expression
+                .evaluate_boolean_in(scope)
+                .map_err(|e| e.to_string());
+            assert_eq!(direct, through_items, "{text} (round {round})");
+        }
+    }
+}
+
 #[test]
 fn ele_1_on_elements() {
     let sr = referral();

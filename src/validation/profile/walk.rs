@@ -307,15 +307,12 @@ impl<'p, 'v> Walk<'p, 'v> {
                 focus_type,
                 environment: None,
             };
-            let issue = match expression
-                .evaluate_in(scope)
-                .map(|result| result.to_boolean())
-            {
-                Ok(Ok(Some(true))) => continue,
+            let issue = match expression.evaluate_boolean_in(scope) {
+                Ok(Some(true)) => continue,
                 // An empty result is not a failure: FHIR evaluates invariants
                 // as "the expression is true or says nothing".
-                Ok(Ok(None)) => continue,
-                Ok(Ok(Some(false))) => Issue::error(
+                Ok(None) => continue,
+                Ok(Some(false)) => Issue::error(
                     IssueType::Invariant,
                     if BEST_PRACTICE_INVARIANTS.contains(&invariant.key.as_str()) {
                         "invariant-best-practice"
@@ -331,7 +328,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                     ),
                 )
                 .with_severity(invariant.severity),
-                Ok(Err(error)) | Err(error) => Issue::error(
+                Err(error) => Issue::error(
                     IssueType::Informational,
                     "invariant-not-evaluated",
                     format!(
