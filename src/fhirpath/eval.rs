@@ -8,7 +8,7 @@ use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use serde_json::Value;
 
 use super::FhirPathError;
-use super::model::Model;
+use super::model::{Model, TypeDef};
 use super::parser::{BinOp, Expr, Literal, TypeSpec};
 use super::quantity;
 use super::temporal::{self, CalendarUnit, Date, DateTime, Time};
@@ -346,9 +346,9 @@ impl<'a> Ctx<'a> {
             _ => return Ok(()),
         };
         if let Some(ty) = node.ty
-            && self.model.get(ty).is_some()
+            && let Some(def) = self.model.get(ty)
         {
-            if let Some(el) = self.model.element(ty, name) {
+            if let Some(el) = def.elements.get(name) {
                 if el.choice {
                     // Scan the object's keys rather than build `valueX` for each of up to
                     // 50 types (Extension.value[x]).
@@ -368,7 +368,12 @@ impl<'a> Ctx<'a> {
                     }
                 } else {
                     let child_ty = el.types.first().map(String::as_str);
-                    self.push_json(field(map, name), underscore(map, name), child_ty, out);
+                    let sibling = if el.may_have_sibling {
+                        underscore(map, name)
+                    } else {
+                        None
+                    };
+                    self.push_json(field(map, name), sibling, child_ty, out);
                 }
                 return Ok(());
             }
@@ -722,50 +727,29 @@ impl<'a> Ctx<'a> {
             (_, Some(Value::Object(m))) => m,
             _ => return,
         };
+        // Looked up once for all the children, not per key.
+        let def = node.ty.and_then(|t| self.model.get(t));
+        // Most objects have no `_name` siblings: then no key needs a search for one (a
+        // search per key is n² over a large object).
+        let siblings = map.keys().any(|key| key.starts_with('_'));
         for (key, v) in map {
             if key == "resourceType" {
                 continue;
             }
             let (name, value, ext) = match key.strip_prefix('_') {
                 // A `_name` with a `name` beside it was consumed with that name.
-                Some(base) if map.contains_key(base) => continue,
+                Some(base) if field(map, base).is_some() => continue,
                 Some(base) => (base, None, Some(v)),
-                None => (key.as_str(), Some(v), underscore(map, key)),
+                None => (
+                    key.as_str(),
+                    Some(v),
+                    if siblings { underscore(map, key) } else { None },
+                ),
             };
-            let ty = node.ty.and_then(|t| self.child_type(t, name));
+            let ty = def.and_then(|d| child_type(d, name));
             // For primitives (node.value not an object) the children are id and extension.
             self.push_json(value, ext, ty, out);
         }
-    }
-
-    /// The type of JSON key `key` (a plain or choice element name) in type `ty`.
-    fn child_type(&self, ty: &str, key: &str) -> Option<&'a str> {
-        if let Some(el) = self.model.element(ty, key)
-            && !el.choice
-        {
-            return el.types.first().map(String::as_str);
-        }
-        // Choice: the longest element-name prefix whose suffix names one of its types.
-        // A choice key is `name` + capitalised type: try the splits before capitals only.
-        for (i, c) in key.char_indices().rev() {
-            if i == 0 {
-                break;
-            }
-            if !c.is_ascii_uppercase() {
-                continue;
-            }
-            if let Some(el) = self.model.element(ty, &key[..i])
-                && el.choice
-            {
-                let suffix = &key[i..];
-                return el
-                    .types
-                    .iter()
-                    .find(|t| type_suffix_matches(t, suffix))
-                    .map(String::as_str);
-            }
-        }
-        None
     }
 
     fn lambda<F>(&self, base: &[Val<'a>], arg: &Expr, input: &[Val<'a>], mut each: F) -> R<()>
@@ -1501,6 +1485,36 @@ impl<'a> Ctx<'a> {
         }
         out
     }
+}
+
+/// The type of JSON key `key` (a plain or choice element name) in type `def`.
+fn child_type<'m>(def: &'m TypeDef, key: &str) -> Option<&'m str> {
+    if let Some(el) = def.elements.get(key)
+        && !el.choice
+    {
+        return el.types.first().map(String::as_str);
+    }
+    // Choice: the longest element-name prefix whose suffix names one of its types.
+    // A choice key is `name` + capitalised type: try the splits before capitals only.
+    for (i, c) in key.char_indices().rev() {
+        if i == 0 {
+            break;
+        }
+        if !c.is_ascii_uppercase() {
+            continue;
+        }
+        if let Some(el) = def.elements.get(&key[..i])
+            && el.choice
+        {
+            let suffix = &key[i..];
+            return el
+                .types
+                .iter()
+                .find(|t| type_suffix_matches(t, suffix))
+                .map(String::as_str);
+        }
+    }
+    None
 }
 
 fn comparable_types(a: &Val<'_>, b: &Val<'_>) -> bool {

@@ -77,7 +77,7 @@ pub(crate) struct Guard {
     names: Vec<String>,
     /// Type name (`""` when untyped) → the result on an empty focus of that type; `None` when
     /// that evaluation failed, so the expression is evaluated every time.
-    /// FNV-hashed: read on every evaluation the shortcut answers.
+    /// Fx-hashed: read on every evaluation the shortcut answers.
     results: RwLock<FastMap<String, Option<Collection>>>,
 }
 

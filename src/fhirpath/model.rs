@@ -43,6 +43,11 @@ pub(crate) struct ElementDef {
     /// Type names; for backbone elements the backbone path. More than one only for choices.
     pub types: Vec<String>,
     pub choice: bool,
+    /// False when every type is a complex type, a backbone element or a resource: such an
+    /// element never has a `_name` sibling (FHIR JSON gives those to primitives only), so
+    /// navigation need not search the object's keys for one. True otherwise (primitives,
+    /// System types, names the model does not hold).
+    pub may_have_sibling: bool,
 }
 
 /// The type model.
@@ -131,8 +136,27 @@ impl Model {
                 &sd.elements,
             );
         }
+        model.mark_siblings();
         model.flatten();
         model
+    }
+
+    /// Sets [`ElementDef::may_have_sibling`] from the kinds of the elements' types.
+    fn mark_siblings(&mut self) {
+        let kinds: FastMap<String, Kind> = self
+            .types
+            .iter()
+            .map(|(name, def)| (name.clone(), def.kind))
+            .collect();
+        for def in self.types.values_mut() {
+            for element in def.elements.values_mut() {
+                element.may_have_sibling = element.types.is_empty()
+                    || element
+                        .types
+                        .iter()
+                        .any(|t| kinds.get(t).is_none_or(|kind| *kind == Kind::Primitive));
+            }
+        }
     }
 
     fn add(
@@ -193,9 +217,15 @@ impl Model {
                 el.types.iter().map(|t| t.code.clone()).collect()
             };
             if let Some(parent_def) = self.types.get_mut(parent) {
-                parent_def
-                    .elements
-                    .insert(name.to_string(), ElementDef { types, choice });
+                parent_def.elements.insert(
+                    name.to_string(),
+                    ElementDef {
+                        types,
+                        choice,
+                        // Set by `mark_siblings` once every type's kind is known.
+                        may_have_sibling: true,
+                    },
+                );
             }
         }
     }
@@ -235,11 +265,6 @@ impl Model {
     /// The model's own copy of a type name, for borrowing.
     pub fn intern<'m>(&'m self, type_name: &str) -> Option<&'m str> {
         self.types.get_key_value(type_name).map(|(k, _)| k.as_str())
-    }
-
-    /// Element `name` of `type_name`, inherited ones included (`id` is Element's).
-    pub fn element<'m>(&'m self, type_name: &str, name: &str) -> Option<&'m ElementDef> {
-        self.types.get(type_name)?.elements.get(name)
     }
 
     /// True when `type_name` is `ancestor` or derives from it.

@@ -354,7 +354,7 @@ impl Default for ProfileOptions {
 pub struct ProfilePass {
     /// Base definitions by type name (`Patient`, `Reference`, `string`).
     /// (These maps are looked up for every value walked, with keys from the
-    /// definitions: FNV rather than SipHash.)
+    /// definitions: FxHash rather than SipHash.)
     pub(crate) types: FastMap<String, Arc<Compiled>>,
     /// Every definition by canonical URL.
     pub(crate) by_url: FastMap<String, Arc<Compiled>>,
