@@ -43,6 +43,26 @@ fn naturally_aligned(size: usize, align: usize) -> bool {
     align <= NATURAL_ALIGNMENT && align <= size
 }
 
+/// A plain mimalloc call (`mi_malloc`, `mi_zalloc`) and its aligned twin.
+type Plain = unsafe extern "C" fn(usize) -> *mut c_void;
+type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+
+/// A new block for `layout`, from `plain` where that is aligned enough, else `aligned`.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+#[inline]
+unsafe fn new_block(layout: Layout, plain: Plain, aligned: Aligned) -> *mut u8 {
+    // SAFETY: mimalloc accepts any size; alignment is a power of two (Layout's rule).
+    unsafe {
+        if naturally_aligned(layout.size(), layout.align()) {
+            plain(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: each method forwards to the mimalloc call with the same contract (a null pointer
 // on failure; `free`/`realloc` accept any pointer mimalloc returned, whichever call made
 // it), and returns memory aligned as the layout asks: plain calls only when
@@ -50,26 +70,14 @@ fn naturally_aligned(size: usize, align: usize) -> bool {
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: mimalloc accepts any size; alignment is a power of two (Layout's rule).
-        unsafe {
-            if naturally_aligned(layout.size(), layout.align()) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: the caller's layout, as `GlobalAlloc::alloc` requires.
+        unsafe { new_block(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
-        unsafe {
-            if naturally_aligned(layout.size(), layout.align()) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        unsafe { new_block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
