@@ -122,7 +122,14 @@ pub async fn transaction(
 
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
-        let replay = tx.first_response(&existing.id).await?;
+        // Only a transaction's own answer is replayed as one: a referral that first came as
+        // a message (whose stored answer is the reply message) or alone is answered for
+        // itself, so its stored answer is not read.
+        let replay = if existing.received_as == ReceivedAs::Transaction {
+            tx.first_response(&existing.id).await?
+        } else {
+            None
+        };
         drop(tx);
         tracing::info!(referral_id = %existing.id, "referral transaction resubmitted; answering as before");
         // `render` answers 200: nothing new was written.
@@ -543,7 +550,8 @@ fn information(message_id: &'static str, message: String) -> Value {
     OperationOutcome::new(vec![Issue::information(message_id, message)]).to_json(None)
 }
 
-/// The first answer again, each entry now `200 OK`: nothing new was written.
+/// The first answer again (`first`: the transaction-response stored when the referral first
+/// came as a transaction), each entry now `200 OK`: nothing new was written.
 fn replayed(
     first: Option<String>,
     existing: &Referral,
@@ -553,9 +561,6 @@ fn replayed(
         .map(|text| serde_json::from_str(&text))
         .transpose()
         .map_err(|e| ApiError::Internal(format!("stored response unreadable: {e}")))?;
-    // Only a transaction's own answer is replayed as one: a referral that first came as a
-    // message (whose stored answer is the reply message) or alone is answered for itself.
-    let first = first.filter(|r| r["type"] == "transaction-response");
     // The outcome goes on the referral's entry (the only one when the
     // referral first came another way).
     let outcome_index = if first.is_some() { referral_index } else { 0 };

@@ -103,7 +103,7 @@ impl Guard {
     pub(crate) fn absent_from(&self, object: &Map<String, Value>) -> bool {
         // Asked for every guarded invariant on every element, over every key: comparing
         // first bytes before whole prefixes keeps most pairs from reaching `memcmp` (the
-        // comparisons were 4 % of the definitions Bundles' validation, now 2 %).
+        // comparisons were about 4 % of validating `Bundle-dataelements.json`).
         object.keys().all(|key| {
             let key = key.strip_prefix('_').unwrap_or(key).as_bytes();
             !self.names.iter().any(|name| {

@@ -328,15 +328,13 @@ impl<'p, 'v> Walk<'p, 'v> {
                     ),
                 )
                 .with_severity(invariant.severity),
-                Err(error) => Issue::error(
-                    IssueType::Informational,
+                Err(error) => Issue::information(
                     "invariant-not-evaluated",
                     format!(
                         "{}: could not be evaluated here, so it is not checked ({error})",
                         invariant.key
                     ),
-                )
-                .with_severity(IssueSeverity::Information),
+                ),
             };
             self.report(issue, path, sd, element);
         }
@@ -1397,15 +1395,13 @@ impl<'p, 'v> Walk<'p, 'v> {
             .filter(|vs| vs.complete)
         else {
             if required && !codings.is_empty() {
-                let issue = Issue::error(
-                    IssueType::Informational,
+                let issue = Issue::information(
                     "profile-binding-not-checked",
                     format!(
                         "{}: the codes of {value_set_url} are not held by Sprig (not checked)",
                         self.expression(path)
                     ),
-                )
-                .with_severity(IssueSeverity::Information);
+                );
                 self.report(issue, path, sd, element);
             }
             return;
