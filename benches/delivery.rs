@@ -13,6 +13,9 @@
 //!
 //! `cargo bench --bench delivery` (`DELIVERY_BACKLOG=N` to change the backlog).
 
+// Tests and benches may unwrap: a failed assumption there is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

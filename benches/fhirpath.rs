@@ -2,6 +2,9 @@
 //!
 //! Run: `cargo bench --bench fhirpath`
 
+// Tests and benches may unwrap: a failed assumption there is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::LazyLock;
 
 use serde_json::Value;

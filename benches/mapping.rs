@@ -6,17 +6,20 @@
 //!
 //! Run: `cargo bench --bench mapping`
 
+// Tests and benches may unwrap: a failed assumption there is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
 use sprig::fhir::ResourceType;
 use sprig::fhirpath::FhirPath;
 use sprig::mapping::Mappings;
-use sprig::referral::intake::{Submitted, entries};
-use sprig::referral::workflow::{ServiceIdentity, Workflow};
+use sprig::mapping::intake::{Submitted, entries};
 use sprig::validation::{
     REFERRAL_BUNDLE_PROFILE, REFERRAL_MESSAGE_PROFILE, REFERRAL_PROFILE, Validator,
 };
+use sprig::workflow::{ServiceIdentity, Workflow};
 
 mod common;
 

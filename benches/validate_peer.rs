@@ -29,6 +29,9 @@
 //!   once, which Sprig never does (it compiles a type on first use). Its
 //!   memory is not reported: freed memory of the examples is reused.
 
+// Tests and benches may unwrap: a failed assumption there is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};

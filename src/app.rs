@@ -18,11 +18,11 @@ use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::fhir::{Instant, ResourceType};
 use crate::fhirpath::FhirPath;
 use crate::mapping::{MappingError, Mappings};
-use crate::referral::workflow::{ServiceIdentity, Workflow};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
 use crate::validation::profile::{ProfileError, ProfileOptions, ProfilePass};
 use crate::validation::schema::{SchemaError, SchemaPass};
+use crate::workflow::{ServiceIdentity, Workflow};
 
 /// The gateway could not start.
 #[derive(Debug, Error)]

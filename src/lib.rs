@@ -40,3 +40,4 @@ pub mod search;
 pub mod store;
 pub mod telemetry;
 pub mod validation;
+pub mod workflow;

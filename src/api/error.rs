@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 
 use crate::fhir::{Issue, IssueSeverity, IssueType, OperationOutcome};
-use crate::referral::workflow::WorkflowError;
 use crate::store::StoreError;
+use crate::workflow::WorkflowError;
 
 /// The content type of every FHIR response body.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";

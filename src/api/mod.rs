@@ -34,9 +34,9 @@ use crate::config::Settings;
 use crate::delivery::endpoints::Endpoints;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
-use crate::referral::workflow::Workflow;
 use crate::store::Store;
 use crate::validation::Validator;
+use crate::workflow::Workflow;
 use error::ApiError;
 
 /// What every handler shares.

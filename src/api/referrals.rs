@@ -2,7 +2,7 @@
 //! (related resources contained) and the GP's amendments and withdrawals by
 //! `PUT /fhir/ServiceRequest/{id}` with `If-Match`.
 //!
-//! The pipeline after validation: map (the inbound mapping, `referral::intake`
+//! The pipeline after validation: map (the inbound mapping, `mapping::intake`
 //! finds its inputs) → one write transaction (the ServiceRequest version,
 //! the referral record, the Task, the outbox, the submission kept verbatim)
 //! → answer. A referral whose identifier Sprig already holds is answered
@@ -25,13 +25,13 @@ use super::resource::{
     written,
 };
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
-use crate::referral::intake::Submitted;
+use crate::mapping::intake::Submitted;
 use crate::referral::record::{ReceivedAs, Referral};
-use crate::referral::workflow::Arrival;
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource};
 use crate::validation::REFERRAL_PROFILE;
+use crate::workflow::Arrival;
 
 /// A validated request body and what came with it.
 pub(super) struct Arrived<'a> {

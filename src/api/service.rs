@@ -22,9 +22,9 @@ use crate::fhir::Instant;
 use crate::referral::measure::Measure;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
-use crate::referral::workflow::{GP_ACTOR, OutcomeRequest, TransitionRequest, WorkflowError};
 use crate::store::StoreError;
 use crate::store::referrals::ReferralFilter;
+use crate::workflow::{GP_ACTOR, OutcomeRequest, TransitionRequest, WorkflowError};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");

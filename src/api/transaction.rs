@@ -26,14 +26,14 @@ use super::negotiate::{ResponseFormat, require_json_body};
 use super::referrals::{already_received, received};
 use super::resource::{Checked, check_body, read_body};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
-use crate::referral::intake::Submitted;
+use crate::mapping::intake::Submitted;
 use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
-use crate::referral::workflow::Arrival;
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
 use crate::validation::REFERRAL_BUNDLE_PROFILE;
+use crate::workflow::Arrival;
 
 /// What to do with one entry.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 //! This module knows FHIR's rules but nothing about HTTP, storage or
 //! validation profiles: everything here is pure and cannot do I/O.
 
+pub mod definitions;
 pub mod identifiers;
 pub mod json;
 pub mod locate;
@@ -23,3 +24,9 @@ pub const FHIR_VERSION: &str = "4.0.1";
 /// Canonical base for definitions and code systems that Sprig itself owns.
 /// Deliberately not an NHS or HL7 address.
 pub const SPRIG_CANONICAL_BASE: &str = "https://sprig-gateway.org/fhir";
+
+/// A map keyed by short names looked up on every step of every path (types, elements,
+/// codes): FxHash (`rustc-hash`) hashes a word at a time, where SipHash's flooding
+/// resistance buys nothing for these fixed, trusted key sets and FNV-1a went a byte at a
+/// time through names like `ValueSet.expansion.contains`.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;

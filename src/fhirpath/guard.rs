@@ -29,8 +29,8 @@ use serde_json::{Map, Value};
 
 use super::Collection;
 use super::functions::{self, Role};
-use super::model::FastMap;
 use super::parser::Expr;
+use crate::fhir::FastMap;
 
 /// Functions that must always be evaluated.
 const NEVER: [&str; 9] = [

@@ -42,14 +42,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 use serde_json::Value;
 
 use self::eval::{Ctx, Frame};
-pub(crate) use self::model::FastMap;
 use self::model::Model;
 use self::parser::Expr;
 /// Exact decimals from JSON numbers, shared with the profile pass's `minValue`/`maxValue`.
 pub(crate) use self::value::json_decimal;
 use self::value::{Node, Val};
+use crate::fhir::definitions::StructureDefinition;
 use crate::fhir::json::field;
-use crate::validation::profile::definitions::StructureDefinition;
 
 /// What can go wrong compiling or evaluating an expression.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,12 +5,9 @@
 //! and their types come from the same snapshots the profile pass compiles (parsed once, by
 //! it, when the gateway starts); the type hierarchy above them (`base_of`) is written here.
 
-use std::collections::HashMap;
-
 use super::FhirPathError;
-use crate::validation::profile::definitions::{
-    DefinitionsFile, ElementDefinition, R4_CORE, StructureDefinition,
-};
+use crate::fhir::FastMap;
+use crate::fhir::definitions::{DefinitionsFile, ElementDefinition, R4_CORE, StructureDefinition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -20,12 +17,6 @@ pub(crate) enum Kind {
     /// A backbone element, named by its path (`Patient.contact`).
     Backbone,
 }
-
-/// A map keyed by short names looked up on every step of every path (types, elements,
-/// codes): FxHash (`rustc-hash`) hashes a word at a time, where SipHash's flooding
-/// resistance buys nothing for these fixed, trusted key sets and FNV-1a went a byte at a
-/// time through names like `ValueSet.expansion.contains`.
-pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 #[derive(Debug)]
 pub(crate) struct TypeDef {

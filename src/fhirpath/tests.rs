@@ -320,8 +320,7 @@ fn ele_1_on_elements() {
 
 #[test]
 fn every_r4_core_invariant_compiles() {
-    let file: Value =
-        serde_json::from_str(crate::validation::profile::definitions::R4_CORE).expect("JSON");
+    let file: Value = serde_json::from_str(crate::fhir::definitions::R4_CORE).expect("JSON");
     let invariants = file["invariants"].as_object().expect("invariants map");
     assert!(invariants.len() > 200);
     let engine = engine();
@@ -400,8 +399,7 @@ fn service_request_invariants_hold_on_the_sample_referral() {
     let referral: Value =
         serde_json::from_str(include_str!("../../examples/referral-servicerequest.json"))
             .expect("JSON");
-    let file: Value =
-        serde_json::from_str(crate::validation::profile::definitions::R4_CORE).expect("JSON");
+    let file: Value = serde_json::from_str(crate::fhir::definitions::R4_CORE).expect("JSON");
     let invariant = |key: &str| {
         let text = file["invariants"][key]["expression"]
             .as_str()

@@ -16,6 +16,7 @@
 //! Pure: no I/O except [`Mappings::load_dir`] reading the two files, no async.
 
 mod inbound;
+pub mod intake;
 mod outbound;
 mod source;
 

@@ -1,3 +1,5 @@
+//! Unit tests of search: query parsing, index extraction and dates against the R4 rules.
+
 use serde_json::{Value, json};
 
 use super::*;

@@ -1,6 +1,9 @@
 //! Integration tests: the real gateway over real HTTP, with a real SQLite
 //! file. One test binary (see `helpers::spawn_app`).
 
+// Tests and benches may unwrap: a failed assumption there is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod bad_requests;
 mod binary;
 mod capability;

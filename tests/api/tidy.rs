@@ -37,40 +37,267 @@ fn architecture_md_maps_every_top_level_module() {
     }
 }
 
-#[test]
-fn pure_modules_stay_pure() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in [
-        "src/validation",
-        "src/fhir",
-        "src/fhirpath",
-        "src/search",
-        "src/mapping",
-        "src/referral",
-    ] {
-        let mut files = Vec::new();
-        rust_files(&root.join(dir), &mut files);
-        // The workflow is the one part of `referral` that writes: it runs
-        // inside a store transaction.
-        files.retain(|f| !f.ends_with("src/referral/workflow.rs"));
-        for file in files {
-            let text = std::fs::read_to_string(&file).expect("readable");
-            for forbidden in [
-                "crate::api",
-                "crate::store",
-                "crate::app",
-                "sqlx",
-                "axum",
-                "tokio",
-            ] {
-                assert!(
-                    !text.contains(forbidden),
-                    "{} uses {forbidden}",
-                    file.display()
+/// One row of ARCHITECTURE.md's dependency table.
+struct Rule {
+    module: String,
+    may_import: Vec<String>,
+    pure: bool,
+}
+
+/// Reads the table under `## Dependencies` in ARCHITECTURE.md: `| `module` | `a`, `b` | yes |`.
+fn dependency_rules() -> Vec<Rule> {
+    let architecture = source("ARCHITECTURE.md");
+    let section = architecture
+        .split("\n## Dependencies")
+        .nth(1)
+        .expect("ARCHITECTURE.md has a `## Dependencies` section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let names = |cell: &str| -> Vec<String> {
+        cell.split(',')
+            .map(|n| n.trim().trim_matches('`').to_string())
+            .filter(|n| !n.is_empty() && n != "—")
+            .collect()
+    };
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "a dependency row has three cells: {line}");
+            Rule {
+                module: cells[0].trim_matches('`').to_string(),
+                may_import: names(cells[1]),
+                pure: match cells[2] {
+                    "yes" => true,
+                    "no" => false,
+                    other => panic!("`pure` is yes or no, not {other:?}: {line}"),
+                },
+            }
+        })
+        .collect()
+}
+
+fn top_level_modules() -> Vec<String> {
+    source("src/lib.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod ").and_then(|m| m.strip_suffix(';')))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The top-level modules a line of code names through `crate::…`, `crate::{…}` or a
+/// `super::` chain that climbs to the crate root from a file `depth` modules deep.
+fn crate_paths(line: &str, depth: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("crate::") {
+        let preceded_by_ident = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let after = &rest[at + "crate::".len()..];
+        if !preceded_by_ident {
+            if let Some(group) = after.strip_prefix('{') {
+                // Top-level names of a group: split at commas outside nested braces.
+                let mut nesting = 0;
+                let mut name = String::new();
+                let mut at_start = true;
+                for c in group.chars() {
+                    match c {
+                        '{' => nesting += 1,
+                        '}' if nesting == 0 => break,
+                        '}' => nesting -= 1,
+                        ',' if nesting == 0 => {
+                            found.push(std::mem::take(&mut name));
+                            at_start = true;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if nesting == 0 && at_start {
+                        if c.is_alphanumeric() || c == '_' {
+                            name.push(c);
+                        } else if !name.is_empty() {
+                            at_start = false;
+                        }
+                    }
+                }
+                found.push(name);
+            } else {
+                found.push(
+                    after
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect(),
                 );
             }
         }
+        rest = after;
     }
+    // `super::` chains long enough to reach the crate root.
+    let chain = "super::".repeat(depth);
+    let mut rest = line;
+    while let Some(at) = rest.find(&chain) {
+        let after = &rest[at + chain.len()..];
+        if !after.starts_with("super::") {
+            found.push(
+                after
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect(),
+            );
+        }
+        rest = after;
+    }
+    found.retain(|n| !n.is_empty() && n != "self");
+    found
+}
+
+#[test]
+fn imports_follow_the_dependency_table() {
+    let rules = dependency_rules();
+    let modules = top_level_modules();
+    for module in &modules {
+        assert!(
+            rules.iter().any(|r| &r.module == module),
+            "ARCHITECTURE.md's dependency table has no row for `{module}`"
+        );
+    }
+    for rule in &rules {
+        assert!(
+            modules.contains(&rule.module),
+            "the dependency table names `{}`, which src/lib.rs does not declare",
+            rule.module
+        );
+        for dep in &rule.may_import {
+            assert!(
+                modules.contains(dep),
+                "`{}` may import unknown `{dep}`",
+                rule.module
+            );
+        }
+    }
+    // The table itself must be a one-way order: no cycles.
+    let mut placed: Vec<&str> = Vec::new();
+    while placed.len() < rules.len() {
+        let next = rules.iter().find(|r| {
+            !placed.contains(&r.module.as_str())
+                && r.may_import.iter().all(|d| placed.contains(&d.as_str()))
+        });
+        let Some(next) = next else {
+            let stuck: Vec<&str> = rules
+                .iter()
+                .map(|r| r.module.as_str())
+                .filter(|m| !placed.contains(m))
+                .collect();
+            panic!("the dependency table has a cycle among {stuck:?}");
+        };
+        placed.push(&next.module);
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut violations = Vec::new();
+    for file in files {
+        let relative = file.strip_prefix(&root).expect("under src");
+        let parts: Vec<String> = relative
+            .iter()
+            .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
+            .collect();
+        let Some(module) = parts.first() else {
+            continue;
+        };
+        if parts.len() == 1 && (module == "main" || module == "lib") {
+            continue;
+        }
+        // Depth of the file's module: `a.rs` and `a/mod.rs` are 1, `a/b.rs` is 2.
+        let depth = parts.len() - usize::from(parts.last().is_some_and(|p| p == "mod"));
+        let rule = rules
+            .iter()
+            .find(|r| &r.module == module)
+            .unwrap_or_else(|| panic!("no dependency row for {}", relative.display()));
+        let text = std::fs::read_to_string(&file).expect("readable");
+        for (number, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            for dep in crate_paths(code, depth) {
+                if &dep != module && modules.contains(&dep) && !rule.may_import.contains(&dep) {
+                    violations.push(format!(
+                        "src/{}:{}: `{module}` imports `{dep}`, which ARCHITECTURE.md's table does not allow",
+                        relative.display(),
+                        number + 1
+                    ));
+                }
+            }
+            if rule.pure {
+                for runtime in ["tokio", "sqlx", "axum", "hyper", "reqwest"] {
+                    let used = code.starts_with(&format!("use {runtime}::"))
+                        || code.contains(&format!(" {runtime}::"))
+                        || code.contains(&format!("({runtime}::"));
+                    if used {
+                        violations.push(format!(
+                            "src/{}:{}: `{module}` is pure but uses `{runtime}`",
+                            relative.display(),
+                            number + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_import_reader_sees_every_form() {
+    assert_eq!(crate_paths("use crate::fhir::Issue;", 1), ["fhir"]);
+    assert_eq!(
+        crate_paths(
+            "use crate::{api::error::ApiError, store::{Store, WriteTx}, fhir};",
+            2
+        ),
+        ["api", "store", "fhir"]
+    );
+    assert_eq!(
+        crate_paths("let x = crate::search::parse(q);", 3),
+        ["search"]
+    );
+    assert_eq!(crate_paths("use super::store::Store;", 1), ["store"]);
+    assert_eq!(
+        crate_paths("use super::walk::Walk;", 2),
+        Vec::<String>::new()
+    );
+    assert_eq!(crate_paths("use super::super::api::x;", 2), ["api"]);
+    assert_eq!(
+        crate_paths("pub(crate) use self::model::X;", 1),
+        Vec::<String>::new()
+    );
+    assert_eq!(crate_paths("use sprig_crate::x;", 1), Vec::<String>::new());
+}
+
+#[test]
+fn every_source_file_says_what_it_is_for() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).expect("readable");
+            !text.trim_start().starts_with("//!")
+        })
+        .map(|f| f.strip_prefix(root).unwrap_or(f).display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "these files do not open with a `//!` comment saying what they are for:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]

@@ -1,3 +1,5 @@
+//! Unit tests of assert evaluation: each TestScript assert kind, passing and failing.
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

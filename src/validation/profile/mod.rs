@@ -13,7 +13,6 @@
 //! and the invariants (`constraint.expression`), compiled with
 //! [`crate::fhirpath`].
 
-pub mod definitions;
 mod walk;
 
 use std::collections::HashMap;
@@ -23,9 +22,12 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::{Target, ValidationPass};
+use crate::fhir::FastMap;
+use crate::fhir::definitions::{
+    DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG,
+};
 use crate::fhir::{Issue, IssueSeverity};
-use crate::fhirpath::{Expression, FastMap, FhirPath};
-use definitions::{DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG};
+use crate::fhirpath::{Expression, FhirPath};
 
 /// The definitions could not be loaded: a build defect, not bad input.
 #[derive(Debug, Error)]
@@ -115,7 +117,7 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    fn compile(sd: definitions::StructureDefinition) -> Result<Self, ProfileError> {
+    fn compile(sd: crate::fhir::definitions::StructureDefinition) -> Result<Self, ProfileError> {
         let url = sd.url;
         let broken = |problem: String| ProfileError::Snapshot {
             url: url.clone(),

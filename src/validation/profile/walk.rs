@@ -1476,7 +1476,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         type_code: &str,
         value: &Value,
         path: &ElementPath,
-        value_set: &super::definitions::ExpandedValueSet,
+        value_set: &crate::fhir::definitions::ExpandedValueSet,
     ) {
         // (index in CodeableConcept.coding, coding): the path is built only
         // for a mismatch.
@@ -1733,7 +1733,7 @@ fn slice_type_profile(node: &Node) -> Option<&str> {
 fn describe_slice(
     sd: &Compiled,
     slice: usize,
-    discriminators: &[super::definitions::Discriminator],
+    discriminators: &[crate::fhir::definitions::Discriminator],
 ) -> String {
     let parts: Vec<String> = discriminators
         .iter()
@@ -1811,7 +1811,7 @@ fn find_element<'a>(sd: &'a Compiled, slice: usize, steps: &[Step<'_>]) -> Optio
 /// A slicing's discriminators as one slice is tested against them: each
 /// path parsed, and the element it leads to in that slice.
 struct Discriminators<'s, 'd> {
-    slicing: &'s super::definitions::Slicing,
+    slicing: &'s crate::fhir::definitions::Slicing,
     steps: &'s [Vec<Step<'d>>],
     targets: &'s [Option<&'s Node>],
 }

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::mapping::InboundResources;
+use super::InboundResources;
 
 /// The resources around a referral, borrowed from the submission.
 #[derive(Debug, Clone, Copy)]

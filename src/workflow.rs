@@ -17,14 +17,14 @@ use std::sync::Arc;
 use serde_json::Value;
 use thiserror::Error;
 
-use super::measure::{Measure, ScoreError};
-use super::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
-use super::stage::Stage;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, ResourceType, VersionId};
 use crate::mapping::{
     BuildError, InboundResources, Mappings, ObservationInput, PatientRef, ServiceRef, TaskInput,
     TaskOutput,
 };
+use crate::referral::measure::{Measure, ScoreError};
+use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
+use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
 use crate::store::{ReadOutcome, ResourceWrite, StoreError, WriteTx};
 use crate::validation::{TASK_PROFILE, Target, Validator};
