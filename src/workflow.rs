@@ -407,6 +407,26 @@ impl Workflow {
         Ok(())
     }
 
+    /// Whether `mapped`, sent with an identifier Sprig already holds, is a resubmission of
+    /// `held`: the same referral from the same practice about the same patient. Anything else
+    /// is a conflict whose message reveals nothing of what is held (not the patient, not the
+    /// practice, not the referral's id), as the identifier may have been guessed.
+    pub fn check_resubmission(
+        held: &Referral,
+        mapped: &MappedReferral,
+    ) -> Result<(), WorkflowError> {
+        let same_patient = held.fields.patient.nhs_number == mapped.fields.patient.nhs_number;
+        let same_practice = held.fields.practice_ods_code == mapped.fields.practice_ods_code;
+        if same_patient && same_practice {
+            Ok(())
+        } else {
+            Err(WorkflowError::Conflict(
+                "a different referral with this identifier has already been received: give each referral its own identifier"
+                    .into(),
+            ))
+        }
+    }
+
     /// Takes the GP's new version of the referral: a withdrawal when its
     /// status is `revoked` (or `entered-in-error`), otherwise an amendment
     /// of the record's fields. The ServiceRequest version is already in `tx`.
@@ -425,6 +445,14 @@ impl Workflow {
         if mapped.fields.patient.nhs_number != referral.fields.patient.nhs_number {
             return Err(WorkflowError::Invalid(
                 "the patient's NHS number cannot change: withdraw this referral and send a new one"
+                    .into(),
+            ));
+        }
+        // The practice decides where every later update (with the patient's NHS number) is
+        // delivered and who may read the referral: an amendment must never move it.
+        if mapped.fields.practice_ods_code != referral.fields.practice_ods_code {
+            return Err(WorkflowError::Invalid(
+                "the referring practice cannot change: withdraw this referral and have the other practice send its own"
                     .into(),
             ));
         }

@@ -32,6 +32,7 @@ use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
 use crate::store::referrals::{MessageRequest, Submission};
 use crate::validation::REFERRAL_MESSAGE_PROFILE;
+use crate::workflow::Workflow;
 
 const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
 
@@ -165,6 +166,7 @@ async fn handle(
     let existing = tx.referral_by_identifier(&mapped.identifier).await?;
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
+            Workflow::check_resubmission(&existing, &mapped)?;
             let note = already_received(&existing);
             (existing, Some(note))
         }

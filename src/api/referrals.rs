@@ -31,7 +31,7 @@ use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource};
 use crate::validation::REFERRAL_PROFILE;
-use crate::workflow::Arrival;
+use crate::workflow::{Arrival, Workflow};
 
 /// A validated request body and what came with it.
 pub(super) struct Arrived<'a> {
@@ -80,6 +80,7 @@ pub(super) async fn create_referral(
     }
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
         drop(tx);
+        Workflow::check_resubmission(&existing, &mapped)?;
         tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
         let stored = current(state, ResourceType::SERVICE_REQUEST, &existing.id).await?;
         return written(

@@ -33,7 +33,7 @@ use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
 use crate::validation::REFERRAL_BUNDLE_PROFILE;
-use crate::workflow::Arrival;
+use crate::workflow::{Arrival, Workflow};
 
 /// What to do with one entry.
 #[derive(Debug)]
@@ -122,6 +122,7 @@ pub async fn transaction(
 
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
+        Workflow::check_resubmission(&existing, &mapped)?;
         // Only a transaction's own answer is replayed as one: a referral that first came as
         // a message (whose stored answer is the reply message) or alone is answered for
         // itself, so its stored answer is not read.

@@ -14,6 +14,7 @@ mod delivery;
 mod durability;
 mod fhirpath_suite;
 mod helpers;
+mod isolation;
 mod mappings;
 mod negotiation;
 mod openapi;

@@ -37,7 +37,7 @@ impl Shape {
         })
     }
 
-    fn path(self) -> &'static str {
+    pub fn path(self) -> &'static str {
         match self {
             Shape::Resource => "/fhir/ServiceRequest",
             Shape::Transaction => "/fhir",
