@@ -14,6 +14,7 @@ pub mod health;
 pub mod message;
 pub mod middleware;
 pub mod negotiate;
+pub mod problem;
 pub mod referrals;
 pub mod resource;
 pub mod search;
@@ -123,7 +124,7 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if uri.path().starts_with("/api/") {
-        return service::Problem::not_found(format!(
+        return problem::Problem::not_found(format!(
             "There is nothing at {}; GET /api/openapi.json describes this API",
             uri.path()
         ))
@@ -143,7 +144,7 @@ async fn not_found(uri: Uri) -> axum::response::Response {
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if uri.path().starts_with("/api/") {
-        return service::Problem::method_not_allowed(format!(
+        return problem::Problem::method_not_allowed(format!(
             "{method} is not supported on {}; GET /api/openapi.json describes this API",
             uri.path()
         ))
