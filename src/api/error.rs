@@ -2,6 +2,7 @@
 //! as an `OperationOutcome` with the right status. Internal details are
 //! logged with the request id and never sent to the client.
 
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
@@ -91,6 +92,17 @@ impl From<StoreError> for ApiError {
             error if error.is_transient() => ApiError::Unavailable(error),
             error => ApiError::Internal(error.to_string()),
         }
+    }
+}
+
+/// A path that does not read as the route's parameters: 400.
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Invalid,
+            "invalid-path",
+            format!("The request path could not be read: {rejection}"),
+        )])
     }
 }
 
@@ -187,7 +199,7 @@ impl ApiError {
     }
 
     /// Renders the error as a response. Long issue lists are capped where
-    /// they are made (`api::resource`, `api::validate`), with the configured
+    /// they are made (`api::pipeline`, `api::validate`), with the configured
     /// `limits.max_issues`.
     fn render(self) -> Response {
         let status = self.status();

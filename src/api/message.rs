@@ -9,20 +9,19 @@
 //! `X-Request-ID`, as BaRS uses it: the same id with the same body is a
 //! retry and gets the first answer again; with a different body it is 409.
 
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::capability::arrives_with_referral;
 use super::error::{ApiError, nhs_http_error_code, with_status};
+use super::extract::FhirBody;
 use super::middleware::RequestContext;
-use super::negotiate::{ResponseFormat, require_json_body};
-use super::referrals::already_received;
-use super::resource::{Checked, check_body, read_body};
+use super::negotiate::ResponseFormat;
+use super::pipeline;
+use super::response::already_received;
 use super::transaction::{
     Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
 };
@@ -67,43 +66,31 @@ impl ResponseCode {
 /// `POST /fhir/$process-message`.
 pub async fn process_message(
     State(state): State<AppState>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    body: FhirBody,
 ) -> Result<Response, ApiError> {
-    require_json_body(&headers)?;
-    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
-    let context = context.map(|Extension(c)| c);
-    let request_id = context
-        .as_ref()
-        .map_or("unknown", |c| c.request_id.as_str());
-    let caller_request_id = context
-        .as_ref()
-        .filter(|c| c.request_id_from_caller)
-        .map(|c| c.request_id.as_str());
-    let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
-
+    let bytes = &body.0;
     // A resubmission is answered at once, from a reader; `handle` asks again
     // inside its write, for a copy sent while this one was being validated.
-    if let Some(id) = caller_request_id
+    if let Some(id) = context.caller_request_id()
         && let Some(earlier) = state.store.message_request(id).await?
     {
-        return replay(earlier, &bytes, format);
+        return replay(earlier, bytes, format);
     }
 
-    let bundle = match check_body(
+    let bundle = match pipeline::check(
         &state,
-        bytes.clone(),
+        &body,
         Some(ResourceType::BUNDLE),
         Some(REFERRAL_MESSAGE_PROFILE),
     )
     .await
     {
-        Ok(Checked { resource, .. }) => resource,
+        Ok(checked) => checked.resource,
         Err(ApiError::Unprocessable(issues)) => {
             // The message could be read: answer in kind, as BaRS does.
-            let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let request: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
             let reply = reply(&state, &request, status, None, issues);
             return Ok(with_status(format.render(&reply)?, status));
@@ -111,16 +98,7 @@ pub async fn process_message(
         Err(other) => return Err(other),
     };
 
-    let answer = handle(
-        &state,
-        format,
-        &bundle,
-        &bytes,
-        request_id,
-        correlation_id,
-        caller_request_id,
-    )
-    .await;
+    let answer = handle(&state, format, &bundle, bytes, &context).await;
     match answer {
         Ok(response) => Ok(response),
         Err(error @ ApiError::Internal(_)) => Err(error),
@@ -137,10 +115,11 @@ async fn handle(
     format: ResponseFormat,
     bundle: &Value,
     bytes: &[u8],
-    request_id: &str,
-    correlation_id: Option<&str>,
-    caller_request_id: Option<&str>,
+    context: &RequestContext,
 ) -> Result<Response, ApiError> {
+    let request_id = context.request_id.as_str();
+    let correlation_id = context.correlation_id.as_deref();
+    let caller_request_id = context.caller_request_id();
     let header = bundle
         .pointer("/entry/0/resource")
         .ok_or_else(|| ApiError::Internal("message without header passed validation".into()))?;

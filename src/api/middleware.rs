@@ -29,6 +29,14 @@ pub struct RequestContext {
     pub correlation_id: Option<String>,
 }
 
+impl RequestContext {
+    /// The request id when the caller chose it: a repeat of it is a retry.
+    pub fn caller_request_id(&self) -> Option<&str> {
+        self.request_id_from_caller
+            .then_some(self.request_id.as_str())
+    }
+}
+
 /// A caller-supplied id is used only if it is short printable ASCII without
 /// spaces, so it can go into logs and headers without escaping or injection.
 fn usable_id(value: Option<&HeaderValue>) -> Option<String> {

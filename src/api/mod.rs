@@ -10,13 +10,16 @@
 pub mod capability;
 pub mod deliveries;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod message;
 pub mod middleware;
 pub mod negotiate;
+pub mod pipeline;
 pub mod problem;
 pub mod referrals;
 pub mod resource;
+pub mod response;
 pub mod search;
 pub mod service;
 pub mod transaction;

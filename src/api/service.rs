@@ -7,7 +7,6 @@
 //! Errors are RFC 9457 problem details (`application/problem+json`), made
 //! only by `problem::Problem`; FHIR's OperationOutcome stays under `/fhir`.
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -220,14 +219,14 @@ pub struct TransitionBody {
 pub async fn transition(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = path?;
     let Json(body) = body?;
     let to = parse_stage(&body.to)?;
     let actor = actor(body.by.as_deref())?;
-    let request_id = request_id(context.as_ref());
+    let request_id = context.request_id.as_str();
     let mut tx = state.store.begin_write().await?;
     let referral = state
         .workflow
@@ -263,7 +262,7 @@ pub struct OutcomeBody {
 pub async fn outcome(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     body: Result<Json<OutcomeBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = path?;
@@ -275,7 +274,7 @@ pub async fn outcome(
         ));
     }
     let actor = actor(body.by.as_deref())?;
-    let request_id = request_id(context.as_ref());
+    let request_id = context.request_id.as_str();
     let mut tx = state.store.begin_write().await?;
     let outcome = state
         .workflow
@@ -327,8 +326,4 @@ pub async fn note(
     tracing::info!(referral_id = %id, "note added");
     let detail = load(&state, &id).await?;
     Ok((StatusCode::CREATED, Json(detail_json(&state, &detail)?)).into_response())
-}
-
-fn request_id(context: Option<&Extension<RequestContext>>) -> &str {
-    context.map_or("unknown", |Extension(c)| c.request_id.as_str())
 }

@@ -11,20 +11,18 @@
 
 use std::collections::HashMap;
 
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
+use super::extract::FhirBody;
 use super::middleware::RequestContext;
-use super::negotiate::{ResponseFormat, require_json_body};
-use super::referrals::{already_received, received};
-use super::resource::{Checked, check_body, read_body};
+use super::negotiate::ResponseFormat;
+use super::pipeline;
+use super::response::{already_received, received};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::mapping::intake::Submitted;
 use crate::referral::record::MappedReferral;
@@ -93,28 +91,20 @@ pub(super) struct EntryOutcome {
 /// `POST /fhir`: a referral transaction Bundle.
 pub async fn transaction(
     State(state): State<AppState>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    body: FhirBody,
 ) -> Result<Response, ApiError> {
-    require_json_body(&headers)?;
-    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
-    let Checked {
-        resource: mut bundle,
-        ..
-    } = check_body(
+    let checked = pipeline::check(
         &state,
-        bytes.clone(),
+        &body,
         Some(ResourceType::BUNDLE),
         Some(REFERRAL_BUNDLE_PROFILE),
     )
     .await?;
-    let context = context.map(|Extension(c)| c);
-    let request_id = context
-        .as_ref()
-        .map_or("unknown", |c| c.request_id.as_str());
-    let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
+    let mut bundle = checked.resource;
+    let request_id = context.request_id.as_str();
+    let correlation_id = context.correlation_id.as_deref();
 
     let referral_index = referral_entry(&bundle)?;
     let mapped = map_referral(&state, &bundle, referral_index)?;
@@ -135,7 +125,7 @@ pub async fn transaction(
         // `render` answers 200: nothing new was written.
         return format.render(&replayed(replay, &existing, referral_index)?);
     }
-    let outcomes = execute(&mut tx, plan, &bytes, request_id).await?;
+    let outcomes = execute(&mut tx, plan, &body.0, request_id).await?;
     let referral = open_referral(
         &state,
         &mut tx,
@@ -153,7 +143,7 @@ pub async fn transaction(
         received_as: ReceivedAs::Transaction.as_str(),
         request_id,
         correlation_id,
-        body: &bytes,
+        body: &body.0,
         response: Some(&response_text),
     })
     .await?;
