@@ -101,7 +101,7 @@ pub async fn process_message(
     let answer = handle(&state, format, &bundle, bytes, &context).await;
     match answer {
         Ok(response) => Ok(response),
-        Err(error @ ApiError::Internal(_)) => Err(error),
+        Err(error @ ApiError::Internal { .. }) => Err(error),
         Err(error) => {
             let status = error.status();
             let reply = reply(&state, &bundle, status, None, error.into_issues());
@@ -120,9 +120,12 @@ async fn handle(
     let request_id = context.request_id.as_str();
     let correlation_id = context.correlation_id.as_deref();
     let caller_request_id = context.caller_request_id();
-    let header = bundle
-        .pointer("/entry/0/resource")
-        .ok_or_else(|| ApiError::Internal("message without header passed validation".into()))?;
+    let header = bundle.pointer("/entry/0/resource").ok_or_else(|| {
+        ApiError::internal(
+            "reading a validated message",
+            "it has no MessageHeader entry, which its profile requires",
+        )
+    })?;
     let reason = header
         .pointer("/reason/coding/0/code")
         .and_then(Value::as_str)
@@ -163,7 +166,7 @@ async fn handle(
         }
         ("update", Some(existing)) => {
             let id = FhirId::parse(&existing.id)
-                .map_err(|e| ApiError::Internal(format!("stored referral id: {e}")))?;
+                .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
             let plan = plan_message(bundle, referral_index, Some(id))?;
             execute(&mut tx, plan, bytes, request_id).await?;
             let referral = state
@@ -239,10 +242,10 @@ fn replay(
     }
     tracing::info!("message resubmitted with the same X-Request-ID; answering as before");
     let status = StatusCode::from_u16(earlier.status).map_err(|_| {
-        ApiError::Internal(format!(
-            "stored message status {} unreadable",
-            earlier.status
-        ))
+        ApiError::internal(
+            "reading a stored message answer",
+            format!("its status {} is not an HTTP status", earlier.status),
+        )
     })?;
     // As the first answer was sent: the stored text, in the format this request asked for.
     Ok(with_status(format.render_text(earlier.response), status))

@@ -113,5 +113,6 @@ pub async fn request_timeout(
 /// Turns a panic in a handler into a 500 OperationOutcome (the panic is a
 /// defect, logged, and the server keeps running).
 pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
-    ApiError::Internal("a request handler panicked".into()).into_response()
+    // The panic's message is not logged here: it may quote the request.
+    ApiError::internal("handling a request", "the handler panicked").into_response()
 }

@@ -156,5 +156,5 @@ pub(super) async fn cpu_bound<T: Send + 'static>(
     }
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ApiError::Internal(format!("a validation task failed: {e}")))
+        .map_err(|e| ApiError::internal("running parsing or validation on the blocking pool", e))
 }

@@ -224,11 +224,13 @@ async fn current(
     resource_type: ResourceType,
     id: &str,
 ) -> Result<StoredResource, ApiError> {
-    let id = FhirId::parse(id).map_err(|e| ApiError::Internal(format!("stored id: {e}")))?;
+    let id =
+        FhirId::parse(id).map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
     match state.store.read(resource_type, &id).await? {
         ReadOutcome::Found(stored) => Ok(stored),
-        _ => Err(ApiError::Internal(format!(
-            "{resource_type}/{id} is missing although its referral exists"
-        ))),
+        _ => Err(ApiError::internal(
+            "reading a referral's current resource",
+            format!("{resource_type}/{id} is missing although its referral exists"),
+        )),
     }
 }

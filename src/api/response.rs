@@ -124,7 +124,7 @@ pub(super) fn resource_body(
 ) -> Result<Response, ApiError> {
     if format.pretty {
         let value: Value = serde_json::from_str(&stored.json)
-            .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
+            .map_err(|e| ApiError::internal("reading a stored resource's JSON", e))?;
         format.render(&value)
     } else {
         Ok(format.render_text(stored.json.clone()))

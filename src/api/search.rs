@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::capability::{Interaction, supported};
-use super::error::ApiError;
+use super::error::{ApiError, Concerning};
 use super::extract::{FormBody, parse_id};
 use super::negotiate::{ResponseFormat, lenient_handling};
 use super::pipeline::cpu_bound;
@@ -242,7 +242,7 @@ fn history_bundle(
         item.insert("fullUrl".into(), json!(resource_url));
         if let Some(text) = &entry.json {
             let resource: Value = serde_json::from_str(text)
-                .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
+                .map_err(|e| ApiError::internal("reading a stored version's JSON", e))?;
             item.insert("resource".into(), resource);
         }
         item.insert("request".into(), json!({"method": method, "url": url}));
@@ -279,9 +279,12 @@ fn bundle_head(kind: &str) -> Map<String, Value> {
 
 fn stored_json(stored: &StoredResource) -> Result<Value, ApiError> {
     serde_json::from_str(&stored.json).map_err(|e| {
-        ApiError::Internal(format!(
-            "stored JSON of {}/{} unreadable: {e}",
-            stored.resource_type, stored.id
-        ))
+        ApiError::internal(
+            "reading a stored resource's JSON",
+            Concerning {
+                resource: format!("{}/{}", stored.resource_type, stored.id),
+                source: e.into(),
+            },
+        )
     })
 }

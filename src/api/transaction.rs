@@ -179,7 +179,12 @@ pub(super) fn map_referral(
     let referral = entries(bundle)
         .get(referral_index)
         .and_then(|e| e.get("resource"))
-        .ok_or_else(|| ApiError::Internal("referral entry vanished".into()))?;
+        .ok_or_else(|| {
+            ApiError::internal(
+                "mapping a Bundle's referral",
+                format!("entry {referral_index} holds no resource"),
+            )
+        })?;
     let inputs = Submitted {
         referral,
         bundle: Some(bundle),
@@ -359,10 +364,10 @@ pub(super) async fn execute(
                     created: false,
                 },
                 _ => {
-                    return Err(ApiError::Internal(format!(
-                        "{}/{id} matched but cannot be read",
-                        entry.resource_type
-                    )));
+                    return Err(ApiError::internal(
+                        "reading a conditional entry's match",
+                        format!("{}/{id} matched but cannot be read", entry.resource_type),
+                    ));
                 }
             },
             Some(create) => {
@@ -462,7 +467,12 @@ pub(super) async fn open_referral(
     let referral = outcomes
         .iter()
         .find(|o| o.stored.resource_type == ResourceType::SERVICE_REQUEST)
-        .ok_or_else(|| ApiError::Internal("no ServiceRequest was written".into()))?;
+        .ok_or_else(|| {
+            ApiError::internal(
+                "opening a Bundle's referral",
+                "no ServiceRequest was written",
+            )
+        })?;
     if !referral.created {
         // A conditional create (`request.ifNoneExist`) found a ServiceRequest Sprig holds:
         // another referral, as a resubmission of this one is recognised by its identifier
@@ -477,7 +487,7 @@ pub(super) async fn open_referral(
         )]));
     }
     let service_request: Value = serde_json::from_str(&referral.stored.json)
-        .map_err(|e| ApiError::Internal(format!("stored referral unreadable: {e}")))?;
+        .map_err(|e| ApiError::internal("reading a stored referral's JSON", e))?;
     let patient_id = service_request
         .pointer("/subject/reference")
         .and_then(Value::as_str)
@@ -550,7 +560,7 @@ fn replayed(
     let first: Option<Value> = first
         .map(|text| serde_json::from_str(&text))
         .transpose()
-        .map_err(|e| ApiError::Internal(format!("stored response unreadable: {e}")))?;
+        .map_err(|e| ApiError::internal("reading a stored transaction answer", e))?;
     // The outcome goes on the referral's entry (the only one when the
     // referral first came another way).
     let outcome_index = if first.is_some() { referral_index } else { 0 };
