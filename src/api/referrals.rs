@@ -22,7 +22,7 @@ use super::middleware::RequestContext;
 use super::pipeline::{self, CheckedBody, existing_match};
 use super::response::{Answer, Written, already_received, received, written};
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
-use crate::mapping::intake::Submitted;
+use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::{MappedReferral, ReceivedAs};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
@@ -190,7 +190,7 @@ pub async fn update(
 
 /// Maps a referral sent on its own (related resources contained).
 fn map_single(state: &AppState, resource: &serde_json::Value) -> Result<MappedReferral, ApiError> {
-    let inputs = Submitted {
+    let inputs = SubmittedReferral {
         referral: resource,
         bundle: None,
     }

@@ -24,7 +24,7 @@ use super::negotiate::ResponseFormat;
 use super::pipeline;
 use super::response::{already_received, received};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
-use crate::mapping::intake::Submitted;
+use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
@@ -185,7 +185,7 @@ pub(super) fn map_referral(
                 format!("entry {referral_index} holds no resource"),
             )
         })?;
-    let inputs = Submitted {
+    let inputs = SubmittedReferral {
         referral,
         bundle: Some(bundle),
     }
