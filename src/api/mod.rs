@@ -1,10 +1,14 @@
-//! The HTTP face of the gateway: FHIR REST under `/fhir`, health probes.
+//! The HTTP face of the gateway: FHIR REST under `/fhir`, the service API
+//! under `/api`, health probes.
 //!
 //! `router(state)` builds the whole application as an axum `Router`, with no
-//! socket, so it can be served by `app` or driven directly in tests.
+//! socket, so it can be served by `app` or driven directly in tests. A FHIR
+//! handler takes its request through `extract`, runs `pipeline`'s shared
+//! steps and answers through `response`.
 //!
-//! Architecture invariants: every error response is an OperationOutcome
-//! made by `error::ApiError` (no other error-to-HTTP mapping exists); every
+//! Architecture invariants: every error response under `/fhir` is an
+//! OperationOutcome made by `error::ApiError`, and under `/api` a problem
+//! made by `problem::Problem` (no other error-to-HTTP mapping exists); every
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
 pub mod capability;
