@@ -1,5 +1,5 @@
 //! The inbound mapping step of referral ingestion (issue 4), for each shape a
-//! referral arrives in: finding the mapping's inputs (`Submitted::inputs`)
+//! referral arrives in: finding the mapping's inputs (`SubmittedReferral::inputs`)
 //! and mapping them to the record (`Workflow::map_inbound`, the shipped
 //! `mappings/inbound.toml`), against the strict parse + validation of the
 //! same body measured in the same run as the baseline.
@@ -15,7 +15,7 @@ use serde_json::Value;
 use sprig::fhir::ResourceType;
 use sprig::fhirpath::FhirPath;
 use sprig::mapping::Mappings;
-use sprig::mapping::intake::{Submitted, entries};
+use sprig::mapping::intake::{SubmittedReferral, entries};
 use sprig::validation::{
     REFERRAL_BUNDLE_PROFILE, REFERRAL_MESSAGE_PROFILE, REFERRAL_PROFILE, Validator,
 };
@@ -79,17 +79,17 @@ impl Example {
 }
 
 /// What the mapping reads: the ServiceRequest, with its Bundle if it came in one.
-fn submitted(resource: &Value) -> Submitted<'_> {
+fn submitted_referral(resource: &Value) -> SubmittedReferral<'_> {
     if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
         let referral = entries(resource)
             .find(|r| r.get("resourceType").and_then(Value::as_str) == Some("ServiceRequest"))
             .expect("the Bundle carries a ServiceRequest");
-        Submitted {
+        SubmittedReferral {
             referral,
             bundle: Some(resource),
         }
     } else {
-        Submitted {
+        SubmittedReferral {
             referral: resource,
             bundle: None,
         }
@@ -138,7 +138,7 @@ fn parse_and_validate(bencher: divan::Bencher, shape: &str) {
 #[divan::bench(args = SHAPES)]
 fn intake(bencher: divan::Bencher, shape: &str) {
     let resource = example(shape).checked();
-    bencher.bench(|| submitted(divan::black_box(&resource)).inputs());
+    bencher.bench(|| submitted_referral(divan::black_box(&resource)).inputs());
 }
 
 /// The inbound mapping alone, on inputs already found: every FHIRPath
@@ -146,7 +146,7 @@ fn intake(bencher: divan::Bencher, shape: &str) {
 #[divan::bench(args = SHAPES)]
 fn map_inbound(bencher: divan::Bencher, shape: &str) {
     let resource = example(shape).checked();
-    let inputs = submitted(&resource).inputs();
+    let inputs = submitted_referral(&resource).inputs();
     LazyLock::force(&WORKFLOW);
     bencher.bench(|| {
         WORKFLOW
@@ -162,7 +162,7 @@ fn intake_and_map(bencher: divan::Bencher, shape: &str) {
     LazyLock::force(&WORKFLOW);
     bencher.bench(|| {
         WORKFLOW
-            .map_inbound(&submitted(divan::black_box(&resource)).inputs())
+            .map_inbound(&submitted_referral(divan::black_box(&resource)).inputs())
             .expect("the example maps")
     });
 }

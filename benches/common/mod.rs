@@ -17,7 +17,7 @@ pub fn validator(eager: &[ResourceType]) -> Validator {
     ])
 }
 
-/// What a write does before storage (`api::resource::check_body`): Sprig's
+/// What a write does before storage (`api::pipeline::check`): Sprig's
 /// strict parse of `body`, then validation as `expected` against `profile`
 /// (the resource's base definition alone when `None`). Panics on an error
 /// issue: the benches time the valid path.

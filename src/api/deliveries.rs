@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::service::{Problem, path_problem};
+use super::problem::Problem;
 use crate::delivery::endpoints::EndpointRegistry;
 use crate::delivery::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::fhir::Instant;
@@ -90,7 +90,7 @@ pub async fn detail(
     State(state): State<AppState>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let Path(seq) = path.map_err(path_problem)?;
+    let Path(seq) = path?;
     let entry = state
         .store
         .delivery(seq)
@@ -104,7 +104,7 @@ pub async fn retry(
     State(state): State<AppState>,
     path: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let Path(seq) = path.map_err(path_problem)?;
+    let Path(seq) = path?;
     match state.store.retry_dead(seq).await? {
         Ok(entry) => {
             tracing::info!(seq, "dead letter put back in the queue");
@@ -130,7 +130,7 @@ pub async fn retry_endpoint(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let Path(ods) = path.map_err(path_problem)?;
+    let Path(ods) = path?;
     // A malformed code cannot name a practice: say so rather than retry none.
     OdsCode::parse(&ods).map_err(|e| Problem::bad_request(format!("{ods:?}: {e}")))?;
     let retried = state.store.retry_dead_for(&ods).await?;

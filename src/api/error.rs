@@ -2,6 +2,7 @@
 //! as an `OperationOutcome` with the right status. Internal details are
 //! logged with the request id and never sent to the client.
 
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
@@ -63,9 +64,42 @@ pub enum ApiError {
     /// 503: storage is temporarily unable to serve.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] StoreError),
-    /// 500: a defect. Logged in full; the client sees only the request id.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// 500: a defect. Logged with its cause chain; the client sees only the
+    /// request id.
+    #[error("internal error: {context}")]
+    Internal {
+        /// What Sprig was doing, in fixed words (no content).
+        context: &'static str,
+        /// Why it failed: the error met, or for a broken invariant the words
+        /// saying which.
+        #[source]
+        source: Cause,
+    },
+}
+
+/// The cause an `ApiError::Internal` keeps.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A cause with the resource it concerns (`Type/id`, never content), so the
+/// log says which.
+#[derive(Debug, Error)]
+#[error("{resource}")]
+pub struct Concerning {
+    /// `Type/id`.
+    pub resource: String,
+    /// What went wrong with it.
+    #[source]
+    pub source: Cause,
+}
+
+impl ApiError {
+    /// 500 while doing `context` (fixed words), because of `source`.
+    pub fn internal(context: &'static str, source: impl Into<Cause>) -> Self {
+        ApiError::Internal {
+            context,
+            source: source.into(),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -89,8 +123,19 @@ impl From<StoreError> for ApiError {
                 format!("{resource_type}/{id} does not exist"),
             )),
             error if error.is_transient() => ApiError::Unavailable(error),
-            error => ApiError::Internal(error.to_string()),
+            error => ApiError::internal("storage failed", error),
         }
+    }
+}
+
+/// A path that does not read as the route's parameters: 400.
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(vec![Issue::error(
+            IssueType::Invalid,
+            "invalid-path",
+            format!("The request path could not be read: {rejection}"),
+        )])
     }
 }
 
@@ -121,7 +166,7 @@ impl From<WorkflowError> for ApiError {
                 "referral-state",
                 message,
             )]),
-            WorkflowError::Defect(_) => ApiError::Internal(message),
+            WorkflowError::Defect(_) => ApiError::internal("the referral workflow failed", error),
             WorkflowError::Store(error) => error.into(),
         }
     }
@@ -143,7 +188,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -175,7 +220,7 @@ impl ApiError {
                 "store-unavailable",
                 "Storage is busy or unavailable; retry shortly",
             )],
-            ApiError::Internal(_) => vec![
+            ApiError::Internal { .. } => vec![
                 Issue::error(
                     IssueType::Exception,
                     "internal-error",
@@ -187,13 +232,13 @@ impl ApiError {
     }
 
     /// Renders the error as a response. Long issue lists are capped where
-    /// they are made (`api::resource`, `api::validate`), with the configured
+    /// they are made (`api::pipeline`, `api::validate`), with the configured
     /// `limits.max_issues`.
     fn render(self) -> Response {
         let status = self.status();
         match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%status, detail = %detail, "request failed")
+            ApiError::Internal { context, source } => {
+                tracing::error!(%status, context, cause = %chain(source.as_ref()), "request failed")
             }
             ApiError::Unavailable(error) => {
                 tracing::warn!(%status, error = %error, "request failed")
@@ -209,6 +254,22 @@ impl ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         with_status(response, status)
     }
+}
+
+/// An error and its sources, outermost first, as `a: b: c`; a source whose
+/// words the error before it already ends with is not repeated.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let words = source.to_string();
+        if !text.ends_with(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        next = source.source();
+    }
+    text
 }
 
 /// `response` with the status of a failure: a 503 also says when to try again, wherever
@@ -239,5 +300,53 @@ pub(super) fn nhs_http_error_code(status: StatusCode) -> Option<&'static str> {
         500 => Some("REC_SERVER_ERROR"),
         503 => Some("REC_UNAVAILABLE"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("database error: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, Error)]
+    #[error("no such table: referral_secrets")]
+    struct Inner;
+
+    #[tokio::test]
+    async fn an_internal_error_keeps_its_cause_out_of_the_answer() {
+        let error = ApiError::internal(
+            "reading /var/lib/sprig/sprig.db",
+            Concerning {
+                resource: "ServiceRequest/abc".into(),
+                source: Box::new(Outer(Inner)),
+            },
+        );
+        let cause = match &error {
+            ApiError::Internal { source, .. } => chain(source.as_ref()),
+            other => panic!("not internal: {other:?}"),
+        };
+        // The log's cause: every level once, outermost first.
+        assert_eq!(
+            cause,
+            "ServiceRequest/abc: database error: no such table: referral_secrets"
+        );
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("internal-error"), "{text}");
+        for internal in [
+            "referral_secrets",
+            "/var/lib",
+            "ServiceRequest/abc",
+            "database",
+        ] {
+            assert!(!text.contains(internal), "{internal} in {text}");
+        }
     }
 }

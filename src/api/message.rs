@@ -9,20 +9,19 @@
 //! `X-Request-ID`, as BaRS uses it: the same id with the same body is a
 //! retry and gets the first answer again; with a different body it is 409.
 
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::capability::arrives_with_referral;
 use super::error::{ApiError, nhs_http_error_code, with_status};
+use super::extract::FhirBody;
 use super::middleware::RequestContext;
-use super::negotiate::{ResponseFormat, require_json_body};
-use super::referrals::already_received;
-use super::resource::{Checked, check_body, read_body};
+use super::negotiate::ResponseFormat;
+use super::pipeline;
+use super::response::already_received;
 use super::transaction::{
     Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
 };
@@ -68,43 +67,31 @@ impl ResponseCode {
 /// `POST /fhir/$process-message`.
 pub async fn process_message(
     State(state): State<AppState>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    body: FhirBody,
 ) -> Result<Response, ApiError> {
-    require_json_body(&headers)?;
-    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
-    let context = context.map(|Extension(c)| c);
-    let request_id = context
-        .as_ref()
-        .map_or("unknown", |c| c.request_id.as_str());
-    let caller_request_id = context
-        .as_ref()
-        .filter(|c| c.request_id_from_caller)
-        .map(|c| c.request_id.as_str());
-    let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
-
+    let bytes = &body.0;
     // A resubmission is answered at once, from a reader; `handle` asks again
     // inside its write, for a copy sent while this one was being validated.
-    if let Some(id) = caller_request_id
+    if let Some(id) = context.caller_request_id()
         && let Some(earlier) = state.store.message_request(id).await?
     {
-        return replay(earlier, &bytes, format);
+        return replay(earlier, bytes, format);
     }
 
-    let bundle = match check_body(
+    let bundle = match pipeline::check(
         &state,
-        bytes.clone(),
+        &body,
         Some(ResourceType::BUNDLE),
         Some(REFERRAL_MESSAGE_PROFILE),
     )
     .await
     {
-        Ok(Checked { resource, .. }) => resource,
+        Ok(checked) => checked.resource,
         Err(ApiError::Unprocessable(issues)) => {
             // The message could be read: answer in kind, as BaRS does.
-            let request: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let request: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
             let reply = reply(&state, &request, status, None, issues);
             return Ok(with_status(format.render(&reply)?, status));
@@ -112,19 +99,10 @@ pub async fn process_message(
         Err(other) => return Err(other),
     };
 
-    let answer = handle(
-        &state,
-        format,
-        &bundle,
-        &bytes,
-        request_id,
-        correlation_id,
-        caller_request_id,
-    )
-    .await;
+    let answer = handle(&state, format, &bundle, bytes, &context).await;
     match answer {
         Ok(response) => Ok(response),
-        Err(error @ ApiError::Internal(_)) => Err(error),
+        Err(error @ ApiError::Internal { .. }) => Err(error),
         Err(error) => {
             let status = error.status();
             let reply = reply(&state, &bundle, status, None, error.into_issues());
@@ -138,13 +116,17 @@ async fn handle(
     format: ResponseFormat,
     bundle: &Value,
     bytes: &[u8],
-    request_id: &str,
-    correlation_id: Option<&str>,
-    caller_request_id: Option<&str>,
+    context: &RequestContext,
 ) -> Result<Response, ApiError> {
-    let header = bundle
-        .pointer("/entry/0/resource")
-        .ok_or_else(|| ApiError::Internal("message without header passed validation".into()))?;
+    let request_id = context.request_id.as_str();
+    let correlation_id = context.correlation_id.as_deref();
+    let caller_request_id = context.caller_request_id();
+    let header = bundle.pointer("/entry/0/resource").ok_or_else(|| {
+        ApiError::internal(
+            "reading a validated message",
+            "it has no MessageHeader entry, which its profile requires",
+        )
+    })?;
     let reason = header
         .pointer("/reason/coding/0/code")
         .and_then(Value::as_str)
@@ -186,7 +168,7 @@ async fn handle(
         }
         ("update", Some(existing)) => {
             let id = FhirId::parse(&existing.id)
-                .map_err(|e| ApiError::Internal(format!("stored referral id: {e}")))?;
+                .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
             let plan = plan_message(bundle, referral_index, Some(id))?;
             execute(&mut tx, plan, bytes, request_id).await?;
             let referral = state
@@ -262,10 +244,10 @@ fn replay(
     }
     tracing::info!("message resubmitted with the same X-Request-ID; answering as before");
     let status = StatusCode::from_u16(earlier.status).map_err(|_| {
-        ApiError::Internal(format!(
-            "stored message status {} unreadable",
-            earlier.status
-        ))
+        ApiError::internal(
+            "reading a stored message answer",
+            format!("its status {} is not an HTTP status", earlier.status),
+        )
     })?;
     // As the first answer was sent: the stored text, in the format this request asked for.
     Ok(with_status(format.render_text(earlier.response), status))

@@ -29,6 +29,14 @@ pub struct RequestContext {
     pub correlation_id: Option<String>,
 }
 
+impl RequestContext {
+    /// The request id when the caller chose it: a repeat of it is a retry.
+    pub fn caller_request_id(&self) -> Option<&str> {
+        self.request_id_from_caller
+            .then_some(self.request_id.as_str())
+    }
+}
+
 /// A caller-supplied id is used only if it is short printable ASCII without
 /// spaces, so it can go into logs and headers without escaping or injection.
 fn usable_id(value: Option<&HeaderValue>) -> Option<String> {
@@ -105,5 +113,6 @@ pub async fn request_timeout(
 /// Turns a panic in a handler into a 500 OperationOutcome (the panic is a
 /// defect, logged, and the server keeps running).
 pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
-    ApiError::Internal("a request handler panicked".into()).into_response()
+    // The panic's message is not logged here: it may quote the request.
+    ApiError::internal("handling a request", "the handler panicked").into_response()
 }

@@ -1,21 +1,29 @@
-//! The HTTP face of the gateway: FHIR REST under `/fhir`, health probes.
+//! The HTTP face of the gateway: FHIR REST under `/fhir`, the service API
+//! under `/api`, health probes.
 //!
 //! `router(state)` builds the whole application as an axum `Router`, with no
-//! socket, so it can be served by `app` or driven directly in tests.
+//! socket, so it can be served by `app` or driven directly in tests. A FHIR
+//! handler takes its request through `extract`, runs `pipeline`'s shared
+//! steps and answers through `response`.
 //!
-//! Architecture invariants: every error response is an OperationOutcome
-//! made by `error::ApiError` (no other error-to-HTTP mapping exists); every
+//! Architecture invariants: every error response under `/fhir` is an
+//! OperationOutcome made by `error::ApiError`, and under `/api` a problem
+//! made by `problem::Problem` (no other error-to-HTTP mapping exists); every
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
 pub mod capability;
 pub mod deliveries;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod message;
 pub mod middleware;
 pub mod negotiate;
+pub mod pipeline;
+pub mod problem;
 pub mod referrals;
 pub mod resource;
+pub mod response;
 pub mod search;
 pub mod service;
 pub mod transaction;
@@ -123,7 +131,7 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if uri.path().starts_with("/api/") {
-        return service::Problem::not_found(format!(
+        return problem::Problem::not_found(format!(
             "There is nothing at {}; GET /api/openapi.json describes this API",
             uri.path()
         ))
@@ -143,7 +151,7 @@ async fn not_found(uri: Uri) -> axum::response::Response {
 async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if uri.path().starts_with("/api/") {
-        return service::Problem::method_not_allowed(format!(
+        return problem::Problem::method_not_allowed(format!(
             "{method} is not supported on {}; GET /api/openapi.json describes this API",
             uri.path()
         ))

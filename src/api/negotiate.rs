@@ -30,7 +30,7 @@ impl ResponseFormat {
         } else {
             serde_json::to_string(value)
         }
-        .map_err(|e| ApiError::Internal(format!("cannot serialise a response: {e}")))?;
+        .map_err(|e| ApiError::internal("writing a response", e))?;
         Ok(self.render_text(text))
     }
 

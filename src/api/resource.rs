@@ -1,96 +1,62 @@
 //! The FHIR RESTful interactions on resources: create, read, vread.
 //!
-//! A create runs the gateway's pipeline in order: negotiate → read body →
-//! parse (strict FHIR JSON) → check `resourceType` → validate → store →
-//! answer. Each step either hands a stronger value to the next or returns
-//! an `ApiError`; nothing is stored unless every step before it passed.
+//! A create runs the gateway's pipeline in order: negotiate → read body
+//! (`extract::FhirBody`) → parse, check `resourceType`, validate
+//! (`pipeline::check`) → store → answer (`response::written`). Each step
+//! either hands a stronger value to the next or returns an `ApiError`;
+//! nothing is stored unless every step before it passed. A social
+//! prescribing referral is handed to `referrals` once validated.
 
-use std::sync::Arc;
-
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
-use serde_json::Value;
 
 use super::AppState;
 use super::capability::{Interaction, supported};
 use super::error::ApiError;
+use super::extract::{FhirBody, parse_id};
 use super::middleware::RequestContext;
-use super::negotiate::{ResponseFormat, ReturnPreference, require_json_body};
-use super::referrals::{self, Arrived};
-use crate::fhir::json::{JsonLimits, parse_resource};
-use crate::fhir::locate::locate_issues;
-use crate::fhir::{FhirId, Issue, IssueType, OperationOutcome, ResourceType, VersionId};
+use super::negotiate::ResponseFormat;
+use super::pipeline::{self, existing_match};
+use super::referrals;
+use super::response::{Answer, Written, resource_body, set_version_headers, written};
+use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
 use crate::search::SearchQuery;
-use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
-use crate::validation::REFERRAL_PROFILE;
-use crate::validation::Target;
+use crate::store::{ReadOutcome, ResourceWrite};
 
 /// `POST /fhir/{type}`: create a resource.
 pub async fn create(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    context: Option<Extension<RequestContext>>,
-    format: ResponseFormat,
+    context: RequestContext,
+    answer: Answer,
     headers: HeaderMap,
-    body: Body,
+    body: Result<FhirBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let Path(type_name) = path.map_err(bad_path)?;
+    let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::Create)?;
-    require_json_body(&headers)?;
-    let preference = ReturnPreference::from_headers(&headers);
-    let limits = &state.settings.limits;
-    let bytes = read_body(body, &headers, limits.max_body_bytes).await?;
+    let body = body?;
     let if_none_exist = if_none_exist(&headers, resource_type)?;
-
-    let checked = check_body(&state, bytes.clone(), Some(resource_type), None).await?;
-    let Checked {
-        resource_type,
-        profiles,
-        resource,
-        issues,
-    } = checked;
-    let context = context.map(|Extension(c)| c);
-    if resource_type == ResourceType::SERVICE_REQUEST
-        && profiles.iter().any(|p| p == REFERRAL_PROFILE)
-    {
-        let arrived = Arrived {
-            body: &bytes,
-            context: context.as_ref(),
-            format,
-            preference,
-            warnings: issues,
-        };
-        return referrals::create_referral(&state, resource, arrived, if_none_exist).await;
+    let checked = pipeline::check(&state, &body, Some(resource_type), None).await?;
+    if checked.is_referral() {
+        return referrals::create(&state, checked, &context, answer, if_none_exist).await;
     }
 
-    let request_id = context
-        .as_ref()
-        .map(|c| c.request_id.as_str())
-        .unwrap_or("unknown");
     let mut tx = state.store.begin_write().await?;
-    if let Some(query) = &if_none_exist
-        && let Some(existing) = existing_match(&mut tx, query).await?
-    {
+    if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
         drop(tx);
-        return written(
-            &state,
-            &existing,
-            matched_existing(&existing, preference, format, issues),
-        );
+        let what = Written::matched_existing(&existing);
+        return written(&state, &existing, what, answer, checked.issues);
     }
     let id = FhirId::generate();
     let stored = tx
         .create(ResourceWrite {
-            resource_type,
+            resource_type: checked.resource_type,
             id: &id,
-            resource,
-            received: Some(&bytes),
-            request_id,
+            resource: checked.resource,
+            received: Some(&checked.received),
+            request_id: &context.request_id,
         })
         .await?;
     tx.commit().await?;
@@ -100,21 +66,12 @@ pub async fn create(
         version = %stored.version_id,
         "resource created"
     );
-
     written(
         &state,
         &stored,
-        Written {
-            status: StatusCode::CREATED,
-            message_id: "created",
-            message: format!(
-                "Created {}/{} (version {})",
-                stored.resource_type, stored.id, stored.version_id
-            ),
-            preference,
-            format,
-            issues,
-        },
+        Written::created(&stored),
+        answer,
+        checked.issues,
     )
 }
 
@@ -139,164 +96,6 @@ fn if_none_exist(
         .map_err(ApiError::BadRequest)
 }
 
-/// The one current resource matching `query`; 412 when several do.
-pub(super) async fn existing_match(
-    tx: &mut WriteTx,
-    query: &SearchQuery,
-) -> Result<Option<StoredResource>, ApiError> {
-    let ids = tx.matching_ids(query).await?;
-    match ids.as_slice() {
-        [] => Ok(None),
-        [id] => match tx.read(query.resource_type, id).await? {
-            ReadOutcome::Found(stored) => Ok(Some(stored)),
-            _ => Ok(None),
-        },
-        many => Err(ApiError::PreconditionFailed(Issue::error(
-            IssueType::MultipleMatches,
-            "conditional-multiple-matches",
-            format!(
-                "If-None-Exist matches {} resources, so Sprig cannot tell which one is meant; make it more specific",
-                many.len()
-            ),
-        ))),
-    }
-}
-
-/// The answer to a create whose `If-None-Exist` matched `existing`.
-pub(super) fn matched_existing(
-    existing: &StoredResource,
-    preference: ReturnPreference,
-    format: ResponseFormat,
-    issues: Vec<Issue>,
-) -> Written {
-    Written {
-        status: StatusCode::OK,
-        message_id: "create-matched-existing",
-        message: format!(
-            "If-None-Exist matched {}/{}; nothing new was stored",
-            existing.resource_type, existing.id
-        ),
-        preference,
-        format,
-        issues,
-    }
-}
-
-/// How to answer a write.
-pub(super) struct Written {
-    /// 201 for a create, 200 for an update or a resubmission.
-    pub status: StatusCode,
-    /// The informational issue's id, for `Prefer: return=OperationOutcome`.
-    pub message_id: &'static str,
-    /// What happened, in words.
-    pub message: String,
-    /// What the client asked to get back.
-    pub preference: ReturnPreference,
-    /// The response format.
-    pub format: ResponseFormat,
-    /// Validation warnings to pass on.
-    pub issues: Vec<Issue>,
-}
-
-/// The answer to a write: the resource, nothing or an OperationOutcome
-/// (`Prefer`), with `Location`, `ETag` and `Last-Modified`.
-pub(super) fn written(
-    state: &AppState,
-    stored: &StoredResource,
-    how: Written,
-) -> Result<Response, ApiError> {
-    let location = format!(
-        "{}/{}/{}/_history/{}",
-        state.fhir_base(),
-        stored.resource_type,
-        stored.id,
-        stored.version_id
-    );
-    let mut response = match how.preference {
-        ReturnPreference::Representation => resource_body(stored, how.format)?,
-        ReturnPreference::Minimal => Response::new(Body::empty()),
-        ReturnPreference::OperationOutcome => {
-            let mut all = vec![Issue::information(how.message_id, how.message)];
-            all.extend(how.issues);
-            how.format
-                .render(&OperationOutcome::new(all).to_json(None))?
-        }
-    };
-    *response.status_mut() = how.status;
-    let headers = response.headers_mut();
-    set_version_headers(headers, stored);
-    insert_header(headers, header::LOCATION, &location);
-    insert_header(headers, "preference-applied", how.preference.applied());
-    Ok(response)
-}
-
-/// A body that parsed and passed validation.
-#[derive(Debug)]
-pub(super) struct Checked {
-    /// Its type.
-    pub resource_type: ResourceType,
-    /// The profiles it was held to.
-    pub profiles: Vec<String>,
-    /// The resource.
-    pub resource: Value,
-    /// Warnings and information from validation (no errors).
-    pub issues: Vec<Issue>,
-}
-
-/// Parses and validates a request body: 400 when it is not FHIR JSON of
-/// the `expected` type, 422 (issues located by line and column) when it is
-/// not valid against its profiles; `profile` is a profile the endpoint
-/// requires on top of those the resource names.
-pub(super) async fn check_body(
-    state: &AppState,
-    body: bytes::Bytes,
-    expected: Option<ResourceType>,
-    profile: Option<&'static str>,
-) -> Result<Checked, ApiError> {
-    let limits = &state.settings.limits;
-    let json_limits = JsonLimits {
-        max_depth: limits.max_json_depth,
-    };
-    let max_issues = limits.max_issues;
-    let validator = Arc::clone(&state.validator);
-    let expected_name = expected.map_or("Resource", ResourceType::as_str);
-    let checked = cpu_bound(body.len(), move || {
-        let resource = parse_resource(&body, json_limits)
-            .map_err(|e| ApiError::BadRequest(capped(e.to_issues(expected_name), max_issues)))?;
-        // A body of the wrong type is a bad request (400), not an invalid
-        // resource (422).
-        let (resource_type, profiles) = validator
-            .target_of(&resource, expected, profile)
-            .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
-        // Moved, not copied: the same value is validated and then stored.
-        let resource = Value::Object(resource);
-        let target = Target {
-            resource_type,
-            profiles: &profiles,
-        };
-        let mut issues = validator.validate(&target, &resource);
-        if issues.iter().any(|i| i.severity.is_error()) {
-            locate_issues(&body, resource_type.as_str(), &mut issues);
-        }
-        Ok::<_, ApiError>(Checked {
-            resource_type,
-            profiles,
-            resource,
-            issues,
-        })
-    })
-    .await??;
-    if checked.issues.iter().any(|i| i.severity.is_error()) {
-        tracing::info!(
-            resource_type = %checked.resource_type,
-            issues = checked.issues.len(),
-            "resource rejected by validation"
-        );
-        return Err(ApiError::Unprocessable(capped(checked.issues, max_issues)));
-    }
-    Ok(checked)
-}
-
 /// `GET /fhir/{type}/{id}`: the current version.
 pub async fn read(
     State(state): State<AppState>,
@@ -304,7 +103,7 @@ pub async fn read(
     format: ResponseFormat,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path((type_name, raw_id)) = path.map_err(bad_path)?;
+    let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::Read)?;
     let id = parse_id(&raw_id)?;
     let outcome = state.store.read(resource_type, &id).await?;
@@ -318,7 +117,7 @@ pub async fn vread(
     format: ResponseFormat,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path((type_name, raw_id, raw_version)) = path.map_err(bad_path)?;
+    let Path((type_name, raw_id, raw_version)) = path?;
     let resource_type = supported(&type_name, Interaction::Vread)?;
     let id = parse_id(&raw_id)?;
     let version = VersionId::parse(&raw_version).map_err(|e| {
@@ -384,114 +183,4 @@ fn etag_matches(headers: &HeaderMap, version: VersionId) -> bool {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .any(|tag| tag == "*" || tag == weak || tag == strong)
-}
-
-pub(super) fn parse_id(raw: &str) -> Result<FhirId, ApiError> {
-    FhirId::parse(raw).map_err(|e| {
-        ApiError::BadRequest(vec![Issue::error(
-            IssueType::Value,
-            "invalid-id",
-            e.to_string(),
-        )])
-    })
-}
-
-pub(super) fn bad_path(rejection: PathRejection) -> ApiError {
-    ApiError::BadRequest(vec![Issue::error(
-        IssueType::Invalid,
-        "invalid-path",
-        format!("The request path could not be read: {rejection}"),
-    )])
-}
-
-pub(super) fn capped(issues: Vec<Issue>, max: usize) -> Vec<Issue> {
-    OperationOutcome::new(issues).capped(max).issues
-}
-
-/// Bodies above this size are parsed and validated on the blocking pool.
-const OFFLOAD_ABOVE_BYTES: usize = 64 * 1024;
-
-/// Runs CPU-bound work (parsing, validation) for a body of `body_len`
-/// bytes. A body at the 5 MiB limit takes about 0.1 s to validate, which
-/// would stall every request sharing the runtime worker, so large bodies go
-/// to the blocking pool; a typical referral (3 KB, ~70 µs) stays inline,
-/// because under load the thread hop costs more than it saves.
-pub(super) async fn cpu_bound<T: Send + 'static>(
-    body_len: usize,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    if body_len <= OFFLOAD_ABOVE_BYTES {
-        return Ok(work());
-    }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Internal(format!("a validation task failed: {e}")))
-}
-
-/// Reads the whole body, refusing more than `limit` bytes (413) before
-/// reading them when `Content-Length` already says so.
-pub(super) async fn read_body(
-    body: Body,
-    headers: &HeaderMap,
-    limit: u64,
-) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match http_body_util::Limited::new(body, limit_usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Err(error) => Err(ApiError::BadRequest(vec![Issue::error(
-            IssueType::Structure,
-            "body-unreadable",
-            format!("The request body could not be read: {error}"),
-        )])),
-    }
-}
-
-/// The stored JSON is sent as it is, unless pretty printing was asked for.
-pub(super) fn resource_body(
-    stored: &StoredResource,
-    format: ResponseFormat,
-) -> Result<Response, ApiError> {
-    if format.pretty {
-        let value: Value = serde_json::from_str(&stored.json)
-            .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
-        format.render(&value)
-    } else {
-        Ok(format.render_text(stored.json.clone()))
-    }
-}
-
-pub(super) fn set_version_headers(headers: &mut HeaderMap, stored: &StoredResource) {
-    insert_header(
-        headers,
-        header::ETAG,
-        &format!("W/\"{}\"", stored.version_id),
-    );
-    insert_header(
-        headers,
-        header::LAST_MODIFIED,
-        &stored.last_updated.to_http_date(),
-    );
-}
-
-pub(super) fn insert_header<K: axum::http::header::IntoHeaderName>(
-    headers: &mut HeaderMap,
-    name: K,
-    value: &str,
-) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
 }

@@ -5,7 +5,6 @@
 //! and the page turned into a `searchset` Bundle here. Parameter values can
 //! hold NHS numbers: they are never logged, only counts and ids.
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -14,9 +13,10 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::capability::{Interaction, supported};
-use super::error::ApiError;
-use super::negotiate::{ResponseFormat, lenient_handling, require_form_body};
-use super::resource::{bad_path, cpu_bound, parse_id, read_body};
+use super::error::{ApiError, Concerning};
+use super::extract::{FormBody, parse_id};
+use super::negotiate::{ResponseFormat, lenient_handling};
+use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::search::{HistoryQuery, ParseOptions, SearchQuery};
 use crate::store::{HistoryOperation, HistoryPage, SearchPage, StoredResource};
@@ -29,7 +29,7 @@ pub async fn search_get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let Path(type_name) = path.map_err(bad_path)?;
+    let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::SearchType)?;
     run_search(
         &state,
@@ -50,23 +50,15 @@ pub async fn search_post(
     format: ResponseFormat,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Body,
+    form: Result<FormBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let Path(type_name) = path.map_err(bad_path)?;
+    let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::SearchType)?;
-    require_form_body(&headers)?;
-    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
-    let form = std::str::from_utf8(&bytes).map_err(|_| {
-        ApiError::BadRequest(vec![Issue::error(
-            IssueType::Structure,
-            "body-not-utf8",
-            "The _search form body is not UTF-8 text",
-        )])
-    })?;
+    let FormBody(form) = form?;
     let combined = match query.as_deref() {
         Some(q) if !q.is_empty() && !form.is_empty() => format!("{q}&{form}"),
         Some(q) if !q.is_empty() => q.to_owned(),
-        _ => form.to_owned(),
+        _ => form,
     };
     run_search(&state, resource_type, &combined, format, &headers).await
 }
@@ -165,7 +157,7 @@ pub async fn history_instance(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let Path((type_name, raw_id)) = path.map_err(bad_path)?;
+    let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::HistoryInstance)?;
     let id = parse_id(&raw_id)?;
     let lenient = lenient_handling(&headers);
@@ -250,7 +242,7 @@ fn history_bundle(
         item.insert("fullUrl".into(), json!(resource_url));
         if let Some(text) = &entry.json {
             let resource: Value = serde_json::from_str(text)
-                .map_err(|e| ApiError::Internal(format!("stored JSON unreadable: {e}")))?;
+                .map_err(|e| ApiError::internal("reading a stored version's JSON", e))?;
             item.insert("resource".into(), resource);
         }
         item.insert("request".into(), json!({"method": method, "url": url}));
@@ -287,9 +279,12 @@ fn bundle_head(kind: &str) -> Map<String, Value> {
 
 fn stored_json(stored: &StoredResource) -> Result<Value, ApiError> {
     serde_json::from_str(&stored.json).map_err(|e| {
-        ApiError::Internal(format!(
-            "stored JSON of {}/{} unreadable: {e}",
-            stored.resource_type, stored.id
-        ))
+        ApiError::internal(
+            "reading a stored resource's JSON",
+            Concerning {
+                resource: format!("{}/{}", stored.resource_type, stored.id),
+                source: e.into(),
+            },
+        )
     })
 }

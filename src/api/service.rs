@@ -5,9 +5,8 @@
 //! answers match its schemas).
 //!
 //! Errors are RFC 9457 problem details (`application/problem+json`), made
-//! only by [`Problem`]; FHIR's OperationOutcome stays under `/fhir`.
+//! only by `problem::Problem`; FHIR's OperationOutcome stays under `/fhir`.
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -18,145 +17,19 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::middleware::RequestContext;
+use super::problem::Problem;
 use crate::fhir::Instant;
 use crate::referral::measure::Measure;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
-use crate::store::StoreError;
 use crate::store::referrals::ReferralFilter;
-use crate::workflow::{GP_ACTOR, OutcomeRequest, TransitionRequest, WorkflowError};
+use crate::workflow::{GP_ACTOR, OutcomeRequest, TransitionRequest};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Who acted, when the request does not say.
 const DEFAULT_ACTOR: &str = "service";
-
-/// An RFC 9457 problem: the one error shape of `/api`.
-#[derive(Debug)]
-pub struct Problem {
-    status: StatusCode,
-    title: &'static str,
-    detail: String,
-    extra: Option<Box<(&'static str, Value)>>,
-}
-
-impl Problem {
-    pub(super) fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            title,
-            detail: detail.into(),
-            extra: None,
-        }
-    }
-
-    /// 405.
-    pub fn method_not_allowed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", detail)
-    }
-
-    /// 404.
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "Not found", detail)
-    }
-
-    pub(super) fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
-    }
-
-    fn with(mut self, key: &'static str, value: Value) -> Self {
-        self.extra = Some(Box::new((key, value)));
-        self
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": "about:blank",
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(extra) = self.extra {
-            let (key, value) = *extra;
-            body[key] = value;
-        }
-        let mut response = (self.status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
-    }
-}
-
-impl From<StoreError> for Problem {
-    fn from(error: StoreError) -> Self {
-        if error.is_transient() {
-            tracing::warn!(error = %error, "service API: store busy");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "Storage is busy; retry shortly",
-            )
-        } else {
-            tracing::error!(error = %error, "service API: store failed");
-            internal_problem()
-        }
-    }
-}
-
-impl From<WorkflowError> for Problem {
-    fn from(error: WorkflowError) -> Self {
-        let detail = error.to_string();
-        match error {
-            WorkflowError::NotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "Referral not found", detail)
-            }
-            WorkflowError::IllegalTransition { from, .. } => {
-                Problem::new(StatusCode::CONFLICT, "Transition not allowed", detail).with(
-                    "allowed",
-                    json!(
-                        from.allowed_next()
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                    ),
-                )
-            }
-            WorkflowError::Conflict(_) => {
-                Problem::new(StatusCode::CONFLICT, "Not allowed in this stage", detail)
-            }
-            WorkflowError::Invalid(_) | WorkflowError::Score(_) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request", detail)
-            }
-            WorkflowError::Unmappable(issues) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid request",
-                issues
-                    .iter()
-                    .map(|i| i.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
-            WorkflowError::Defect(_) => {
-                tracing::error!(detail = %detail, "service API: defect");
-                internal_problem()
-            }
-            WorkflowError::Store(error) => error.into(),
-        }
-    }
-}
-
-fn internal_problem() -> Problem {
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Internal error",
-        "Sprig hit an internal error; nothing was changed. Quote the X-Request-ID response header when reporting it",
-    )
-}
 
 /// `by`: who acted. `gp` is reserved for the referrer's own changes.
 fn actor(by: Option<&str>) -> Result<&str, Problem> {
@@ -171,36 +44,6 @@ fn actor(by: Option<&str>) -> Result<&str, Problem> {
         }
         Some(name) => Ok(name),
     }
-}
-
-fn json_problem(rejection: JsonRejection) -> Problem {
-    // 413 over the size limit, 415 without a JSON content type; any other
-    // body that is not the JSON asked for (syntax, unknown or missing
-    // fields, wrong types) is a 400, as the OpenAPI description says.
-    let status = match rejection.status() {
-        status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => status,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let title = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "Request too large"
-    } else {
-        "Bad request"
-    };
-    Problem::new(
-        status,
-        title,
-        format!(
-            "The request body is not what this endpoint takes: {}",
-            rejection.body_text()
-        ),
-    )
-}
-
-pub(super) fn path_problem(rejection: PathRejection) -> Problem {
-    Problem::bad_request(format!(
-        "The request path could not be read: {}",
-        rejection.body_text()
-    ))
 }
 
 /// `GET /api/openapi.json`.
@@ -315,7 +158,7 @@ pub async fn detail(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let Path(id) = path.map_err(path_problem)?;
+    let Path(id) = path?;
     let detail = load(&state, &id).await?;
     Ok(Json(detail_json(&state, &detail)?).into_response())
 }
@@ -333,7 +176,7 @@ async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
 fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Problem> {
     referral_json(detail, &state.fhir_base()).map_err(|e| {
         tracing::error!(error = %e, "service API: a referral could not be serialised");
-        internal_problem()
+        Problem::internal()
     })
 }
 
@@ -376,14 +219,14 @@ pub struct TransitionBody {
 pub async fn transition(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Path(id) = path.map_err(path_problem)?;
-    let Json(body) = body.map_err(json_problem)?;
+    let Path(id) = path?;
+    let Json(body) = body?;
     let to = parse_stage(&body.to)?;
     let actor = actor(body.by.as_deref())?;
-    let request_id = request_id(context.as_ref());
+    let request_id = context.request_id.as_str();
     let mut tx = state.store.begin_write().await?;
     let referral = state
         .workflow
@@ -419,11 +262,11 @@ pub struct OutcomeBody {
 pub async fn outcome(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     body: Result<Json<OutcomeBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Path(id) = path.map_err(path_problem)?;
-    let Json(body) = body.map_err(json_problem)?;
+    let Path(id) = path?;
+    let Json(body) = body?;
     let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
     if Instant::parse(&body.recorded_at).is_err() {
         return Err(Problem::bad_request(
@@ -431,7 +274,7 @@ pub async fn outcome(
         ));
     }
     let actor = actor(body.by.as_deref())?;
-    let request_id = request_id(context.as_ref());
+    let request_id = context.request_id.as_str();
     let mut tx = state.store.begin_write().await?;
     let outcome = state
         .workflow
@@ -471,8 +314,8 @@ pub async fn note(
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Path(id) = path.map_err(path_problem)?;
-    let Json(body) = body.map_err(json_problem)?;
+    let Path(id) = path?;
+    let Json(body) = body?;
     let actor = actor(body.by.as_deref())?;
     let mut tx = state.store.begin_write().await?;
     state
@@ -483,8 +326,4 @@ pub async fn note(
     tracing::info!(referral_id = %id, "note added");
     let detail = load(&state, &id).await?;
     Ok((StatusCode::CREATED, Json(detail_json(&state, &detail)?)).into_response())
-}
-
-fn request_id(context: Option<&Extension<RequestContext>>) -> &str {
-    context.map_or("unknown", |Extension(c)| c.request_id.as_str())
 }

@@ -11,22 +11,20 @@
 
 use std::collections::HashMap;
 
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
+use super::extract::FhirBody;
 use super::middleware::RequestContext;
-use super::negotiate::{ResponseFormat, require_json_body};
-use super::referrals::{already_received, received};
-use super::resource::{Checked, check_body, read_body};
+use super::negotiate::ResponseFormat;
+use super::pipeline;
+use super::response::{already_received, received};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
-use crate::mapping::intake::Submitted;
+use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
@@ -93,28 +91,20 @@ pub(super) struct EntryOutcome {
 /// `POST /fhir`: a referral transaction Bundle.
 pub async fn transaction(
     State(state): State<AppState>,
-    context: Option<Extension<RequestContext>>,
+    context: RequestContext,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    body: FhirBody,
 ) -> Result<Response, ApiError> {
-    require_json_body(&headers)?;
-    let bytes = read_body(body, &headers, state.settings.limits.max_body_bytes).await?;
-    let Checked {
-        resource: mut bundle,
-        ..
-    } = check_body(
+    let checked = pipeline::check(
         &state,
-        bytes.clone(),
+        &body,
         Some(ResourceType::BUNDLE),
         Some(REFERRAL_BUNDLE_PROFILE),
     )
     .await?;
-    let context = context.map(|Extension(c)| c);
-    let request_id = context
-        .as_ref()
-        .map_or("unknown", |c| c.request_id.as_str());
-    let correlation_id = context.as_ref().and_then(|c| c.correlation_id.as_deref());
+    let mut bundle = checked.resource;
+    let request_id = context.request_id.as_str();
+    let correlation_id = context.correlation_id.as_deref();
 
     let referral_index = referral_entry(&bundle)?;
     let mapped = map_referral(&state, &bundle, referral_index)?;
@@ -136,7 +126,7 @@ pub async fn transaction(
         // `render` answers 200: nothing new was written.
         return format.render(&replayed(replay, &existing, referral_index)?);
     }
-    let outcomes = execute(&mut tx, plan, &bytes, request_id).await?;
+    let outcomes = execute(&mut tx, plan, &body.0, request_id).await?;
     let referral = open_referral(
         &state,
         &mut tx,
@@ -154,7 +144,7 @@ pub async fn transaction(
         received_as: ReceivedAs::Transaction.as_str(),
         request_id,
         correlation_id,
-        body: &bytes,
+        body: &body.0,
         response: Some(&response_text),
     })
     .await?;
@@ -190,8 +180,13 @@ pub(super) fn map_referral(
     let referral = entries(bundle)
         .get(referral_index)
         .and_then(|e| e.get("resource"))
-        .ok_or_else(|| ApiError::Internal("referral entry vanished".into()))?;
-    let inputs = Submitted {
+        .ok_or_else(|| {
+            ApiError::internal(
+                "mapping a Bundle's referral",
+                format!("entry {referral_index} holds no resource"),
+            )
+        })?;
+    let inputs = SubmittedReferral {
         referral,
         bundle: Some(bundle),
     }
@@ -370,10 +365,10 @@ pub(super) async fn execute(
                     created: false,
                 },
                 _ => {
-                    return Err(ApiError::Internal(format!(
-                        "{}/{id} matched but cannot be read",
-                        entry.resource_type
-                    )));
+                    return Err(ApiError::internal(
+                        "reading a conditional entry's match",
+                        format!("{}/{id} matched but cannot be read", entry.resource_type),
+                    ));
                 }
             },
             Some(create) => {
@@ -473,7 +468,12 @@ pub(super) async fn open_referral(
     let referral = outcomes
         .iter()
         .find(|o| o.stored.resource_type == ResourceType::SERVICE_REQUEST)
-        .ok_or_else(|| ApiError::Internal("no ServiceRequest was written".into()))?;
+        .ok_or_else(|| {
+            ApiError::internal(
+                "opening a Bundle's referral",
+                "no ServiceRequest was written",
+            )
+        })?;
     if !referral.created {
         // A conditional create (`request.ifNoneExist`) found a ServiceRequest Sprig holds:
         // another referral, as a resubmission of this one is recognised by its identifier
@@ -488,7 +488,7 @@ pub(super) async fn open_referral(
         )]));
     }
     let service_request: Value = serde_json::from_str(&referral.stored.json)
-        .map_err(|e| ApiError::Internal(format!("stored referral unreadable: {e}")))?;
+        .map_err(|e| ApiError::internal("reading a stored referral's JSON", e))?;
     let patient_id = service_request
         .pointer("/subject/reference")
         .and_then(Value::as_str)
@@ -561,7 +561,7 @@ fn replayed(
     let first: Option<Value> = first
         .map(|text| serde_json::from_str(&text))
         .transpose()
-        .map_err(|e| ApiError::Internal(format!("stored response unreadable: {e}")))?;
+        .map_err(|e| ApiError::internal("reading a stored transaction answer", e))?;
     // The outcome goes on the referral's entry (the only one when the
     // referral first came another way).
     let outcome_index = if first.is_some() { referral_index } else { 0 };

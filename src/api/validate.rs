@@ -9,17 +9,16 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value};
 
 use super::AppState;
 use super::error::ApiError;
-use super::negotiate::{ResponseFormat, require_json_body};
-use super::resource::{bad_path, cpu_bound, read_body};
+use super::extract::FhirBody;
+use super::negotiate::ResponseFormat;
+use super::pipeline::cpu_bound;
 use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
 use crate::fhir::resource::resource_type_of;
@@ -29,10 +28,9 @@ use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 pub async fn validate_any(
     State(state): State<AppState>,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    body: FhirBody,
 ) -> Result<Response, ApiError> {
-    run(state, None, format, headers, body).await
+    run(state, None, format, body).await
 }
 
 /// `POST /fhir/{type}/$validate`.
@@ -40,10 +38,9 @@ pub async fn validate_type(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    body: Result<FhirBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let Path(type_name) = path.map_err(bad_path)?;
+    let Path(type_name) = path?;
     let resource_type = ResourceType::parse(&type_name).map_err(|e| {
         ApiError::NotFound(Issue::error(
             IssueType::NotFound,
@@ -51,19 +48,16 @@ pub async fn validate_type(
             e.to_string(),
         ))
     })?;
-    run(state, Some(resource_type), format, headers, body).await
+    run(state, Some(resource_type), format, body?).await
 }
 
 async fn run(
     state: AppState,
     url_type: Option<ResourceType>,
     format: ResponseFormat,
-    headers: HeaderMap,
-    body: Body,
+    FhirBody(bytes): FhirBody,
 ) -> Result<Response, ApiError> {
-    require_json_body(&headers)?;
     let limits = &state.settings.limits;
-    let bytes = read_body(body, &headers, limits.max_body_bytes).await?;
     let json_limits = JsonLimits {
         max_depth: limits.max_json_depth,
     };

@@ -12,14 +12,14 @@ use super::InboundResources;
 
 /// The resources around a referral, borrowed from the submission.
 #[derive(Debug, Clone, Copy)]
-pub struct Submitted<'a> {
+pub struct SubmittedReferral<'a> {
     /// The ServiceRequest.
     pub referral: &'a Value,
     /// The Bundle it came in (transaction or message), if any.
     pub bundle: Option<&'a Value>,
 }
 
-impl<'a> Submitted<'a> {
+impl<'a> SubmittedReferral<'a> {
     /// The mapping's inputs: each reference of the ServiceRequest followed.
     pub fn inputs(&self) -> InboundResources<'a> {
         let patient = self.follow(self.referral, self.referral.get("subject"));
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn contained_resources_are_found() {
         let referral = example("referral-servicerequest.json");
-        let inputs = Submitted {
+        let inputs = SubmittedReferral {
             referral: &referral,
             bundle: None,
         }
@@ -138,7 +138,7 @@ mod tests {
             "referral-message-bundle.json",
         ] {
             let bundle = example(name);
-            let inputs = Submitted {
+            let inputs = SubmittedReferral {
                 referral: referral_in(&bundle),
                 bundle: Some(&bundle),
             }
@@ -157,7 +157,7 @@ mod tests {
             assert_eq!(inputs.consent.and_then(type_of), Some("Consent"), "{name}");
         }
         let message = example("referral-message-bundle.json");
-        let inputs = Submitted {
+        let inputs = SubmittedReferral {
             referral: referral_in(&message),
             bundle: Some(&message),
         }
