@@ -8,10 +8,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use toml::Spanned;
 
-use super::MappingError;
-use super::source::Source;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhirpath::{Expression, FhirPath};
+use crate::located::{LocatedError, TomlText};
 use crate::referral::stage::STAGE_SYSTEM;
 use crate::referral::{Measure, Score, ScoreError, Stage};
 
@@ -343,7 +342,7 @@ fn task_invariants(engine: &FhirPath) -> Result<Vec<(String, String, Expression)
 }
 
 impl Outbound {
-    pub(super) fn load(source: &Source<'_>, engine: &FhirPath) -> Result<Outbound, MappingError> {
+    pub(super) fn load(source: &TomlText<'_>, engine: &FhirPath) -> Result<Outbound, LocatedError> {
         let file: OutboundFile = source.parse()?;
         let invariants = task_invariants(engine).map_err(|e| {
             source.error(
@@ -410,7 +409,7 @@ impl Outbound {
 
 /// Where to point for a missing entry of a table: its first `[name.…]` header, else the
 /// start of the file.
-fn table_span(source: &Source<'_>, name: &str) -> Range<usize> {
+fn table_span(source: &TomlText<'_>, name: &str) -> Range<usize> {
     let header = format!("[{name}.");
     let mut offset = 0;
     for line in source.text.split_inclusive('\n') {
@@ -424,11 +423,11 @@ fn table_span(source: &Source<'_>, name: &str) -> Range<usize> {
 }
 
 fn stage_mapping(
-    source: &Source<'_>,
+    source: &TomlText<'_>,
     stage: Stage,
     spec: &StageSpec,
     invariants: &[(String, String, Expression)],
-) -> Result<StageMapping, MappingError> {
+) -> Result<StageMapping, LocatedError> {
     let status = spec.task_status.get_ref();
     if !TASK_STATUSES.contains(&status.as_str()) {
         return Err(source.error_at(
@@ -509,11 +508,11 @@ fn strip_nulls(value: Value) -> Value {
 }
 
 fn measure_mapping(
-    source: &Source<'_>,
+    source: &TomlText<'_>,
     measure: Measure,
     key_span: &Range<usize>,
     spec: &MeasureSpec,
-) -> Result<MeasureMapping, MappingError> {
+) -> Result<MeasureMapping, LocatedError> {
     let name = measure.as_str();
     let value_type = *spec.value_type.get_ref();
     let total = match (&spec.total, value_type) {

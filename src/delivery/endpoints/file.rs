@@ -13,11 +13,9 @@ use toml::Spanned;
 
 use super::super::auth::{AuthConfig, bearer_header};
 use super::super::transport::{self, TlsSettings};
-use super::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, DeliveryMode, EndpointError, EndpointSettings,
-    ResolvedAuth,
-};
+use super::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, DeliveryMode, EndpointSettings, ResolvedAuth};
 use crate::fhir::identifiers::OdsCode;
+use crate::located::{LocatedError, TomlText};
 
 /// Reads an environment variable; the process environment outside tests, which swap it
 /// for a map rather than change the process's (not thread-safe).
@@ -57,39 +55,13 @@ struct TlsConfig {
     key_file: PathBuf,
 }
 
-/// The registry text, for locating errors.
-pub(super) struct Source<'a> {
-    pub(super) origin: &'a str,
-    pub(super) text: &'a str,
-}
-
-impl Source<'_> {
-    pub(super) fn error(&self, offset: usize, message: impl Into<String>) -> EndpointError {
-        let (line, column) = crate::fhir::locate::line_column(self.text, offset);
-        EndpointError::Invalid {
-            file: self.origin.to_string(),
-            line,
-            column,
-            message: message.into(),
-        }
-    }
-
-    pub(super) fn error_at(
-        &self,
-        span: &Range<usize>,
-        message: impl Into<String>,
-    ) -> EndpointError {
-        self.error(span.start, message)
-    }
-}
-
 /// Checks one entry and reads what it names; returns the settings and the files read.
 pub(super) fn resolve(
-    source: &Source<'_>,
+    source: &TomlText<'_>,
     entry: &Spanned<EntryConfig>,
     base_dir: &Path,
     env: EnvLookup<'_>,
-) -> Result<(EndpointSettings, Vec<PathBuf>), EndpointError> {
+) -> Result<(EndpointSettings, Vec<PathBuf>), LocatedError> {
     let config = entry.get_ref();
     let ods_text = config.ods_code.get_ref();
     let ods_code = OdsCode::parse(ods_text)
@@ -127,7 +99,7 @@ pub(super) fn resolve(
         let bytes = std::fs::read(&path)
             .map_err(|e| at(span, format!("{key}: cannot read {}: {e}", path.display())))?;
         files.push(path);
-        Ok::<_, EndpointError>(bytes)
+        Ok::<_, LocatedError>(bytes)
     };
 
     let auth_span = config.auth.span();

@@ -18,6 +18,7 @@ use super::auth::{Authenticator, ClientCredentials};
 use super::transport::{self, TlsSettings, build_client};
 // Defined in `transport`; here too, beside `Endpoint::send`, which takes and gives them.
 pub use super::transport::{OutboundRequest, ReceiverResponse, TransportError};
+use crate::located::LocatedError;
 mod file;
 mod registry;
 mod reload;
@@ -67,18 +68,10 @@ pub enum EndpointError {
         #[source]
         source: std::io::Error,
     },
-    /// A mistake in the file, at a line and column (1-based).
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        /// The file as named to the registry.
-        file: String,
-        /// Line of the mistake.
-        line: usize,
-        /// Column (in characters) of the mistake.
-        column: usize,
-        /// What is wrong, naming the endpoint and key.
-        message: String,
-    },
+    /// A mistake in the file, at a line and column: `file:line:column: message`, the file
+    /// as named to the registry and the message naming the endpoint and key.
+    #[error(transparent)]
+    Invalid(#[from] LocatedError),
     /// A message-mode endpoint on an instance that has no public address to give it.
     #[error(
         "endpoint {ods_code} has mode = \"message\", which needs public_base_url in Sprig's \

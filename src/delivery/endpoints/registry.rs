@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::file::{EnvLookup, RegistryFile, Source, process_env, resolve};
+use super::file::{EnvLookup, RegistryFile, process_env, resolve};
 use super::{BuildKey, Endpoint, EndpointError, build};
+use crate::located::TomlText;
 
 /// The endpoints by ODS code, as loaded from one registry file.
 #[derive(Debug, Default)]
@@ -80,24 +81,21 @@ impl EndpointRegistry {
         previous: Option<&EndpointRegistry>,
         env: EnvLookup<'_>,
     ) -> Result<Self, EndpointError> {
-        let source = Source { origin, text };
-        let file: RegistryFile = toml::from_str(text).map_err(|e| {
-            // The parser's message is its first line; the rest renders the offending
-            // line, which the position already gives.
-            let message = e.message().trim().to_string();
-            source.error(e.span().map_or(0, |s| s.start), message)
-        })?;
+        let source = TomlText::new(origin, text);
+        let file: RegistryFile = source.parse()?;
         let mut registry = EndpointRegistry::empty();
         for entry in &file.endpoint {
             let (settings, files) = resolve(&source, entry, base_dir, env)?;
             if registry.endpoints.contains_key(&settings.ods_code) {
-                return Err(source.error_at(
-                    &entry.get_ref().ods_code.span(),
-                    format!(
-                        "endpoint {}: ods_code: a second entry for this organisation",
-                        settings.ods_code
-                    ),
-                ));
+                return Err(source
+                    .error_at(
+                        &entry.get_ref().ods_code.span(),
+                        format!(
+                            "endpoint {}: ods_code: a second entry for this organisation",
+                            settings.ods_code
+                        ),
+                    )
+                    .into());
             }
             let reused = previous
                 .and_then(|p| p.endpoints.get(&settings.ods_code))
