@@ -27,11 +27,15 @@ use std::path::Path;
 
 pub use self::inbound::{Inbound, InboundResources};
 pub use self::outbound::{
-    BuildError, Coding, ItemMapping, MeasureMapping, ObservationInput, Outbound, PatientRef,
-    ServiceRef, StageMapping, TaskInput, TaskOutput, ValueType,
+    Coding, ItemMapping, MeasureMapping, ObservationInput, Outbound, PatientRef,
+    ResourceBuildError, ServiceRef, StageMapping, TaskInput, TaskOutput, ValueType,
 };
 use crate::fhirpath::FhirPath;
 use crate::located::{LocatedError, TomlText};
+
+/// [`ResourceBuildError`]'s former name, still imported by `workflow`; it goes when
+/// `workflow` names `ResourceBuildError`.
+pub type BuildError = ResourceBuildError;
 
 /// The name under which the shipped inbound mapping is reported.
 pub const INBOUND_FILE: &str = "mappings/inbound.toml";

@@ -227,7 +227,7 @@ pub struct ObservationInput<'a> {
 
 /// A Task or Observation that cannot be built from the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuildError {
+pub enum ResourceBuildError {
     /// The stage's mapping requires a reason and none was given.
     #[error(
         "a Task at stage '{stage}' needs a reason (Task.statusReason): the outbound mapping requires one"
@@ -695,11 +695,11 @@ impl Outbound {
     /// A Task meeting `sprig-referral-task` that reports the referral at `input.stage`. The
     /// same input gives the same Task, byte for byte. Fails only when the stage needs a
     /// reason and none is given.
-    pub fn task(&self, input: &TaskInput<'_>) -> Result<Value, BuildError> {
+    pub fn task(&self, input: &TaskInput<'_>) -> Result<Value, ResourceBuildError> {
         let mapping = self.stage(input.stage);
         let reason = input.reason.filter(|r| !r.trim().is_empty());
         if mapping.status_reason_required && reason.is_none() {
-            return Err(BuildError::ReasonRequired { stage: input.stage });
+            return Err(ResourceBuildError::ReasonRequired { stage: input.stage });
         }
         let mut task = Map::new();
         task.insert("resourceType".into(), json!("Task"));
@@ -771,7 +771,7 @@ impl Outbound {
 
     /// An Observation meeting the measure's `sprig-outcome-*` profile. The answers are
     /// rescored first; answers that cannot be scored are an error.
-    pub fn observation(&self, input: &ObservationInput<'_>) -> Result<Value, BuildError> {
+    pub fn observation(&self, input: &ObservationInput<'_>) -> Result<Value, ResourceBuildError> {
         let score = input.score.measure.score(&input.score.items)?;
         let mapping = self.measure(score.measure);
         let mut observation = Map::new();
