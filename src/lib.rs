@@ -18,6 +18,7 @@
 //! - `store`: durable, versioned storage (SQLite)
 //! - `delivery`: the outbox's consumer: sends Task and Observation updates to GP systems
 //!   (endpoint registry, authentication, TLS, retries, dead letters, metrics)
+//! - `located`: mistakes located in a TOML configuration file (`file:line:column`)
 //! - `fhirpath`: Sprig's FHIRPath engine (invariants, slicing, mappings)
 //! - `mapping`: the declarative FHIR ↔ referral record mappings (`mappings/*.toml`) and the
 //!   Task and Observation builders
@@ -34,6 +35,7 @@ pub mod conformance;
 pub mod delivery;
 pub mod fhir;
 pub mod fhirpath;
+pub mod located;
 pub mod mapping;
 pub mod referral;
 pub mod search;

@@ -25,7 +25,7 @@ const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2f7e_8d4b_4a55_9b2e_51c0_
 
 /// Why a message cannot be turned into a request. Retrying does not help.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BuildError {
+pub enum RequestBuildError {
     /// REST delivery knows Tasks and Observations only.
     #[error("{0} updates cannot be delivered by REST")]
     UnsupportedType(String),
@@ -78,7 +78,7 @@ fn common_headers(request: OutboundRequest, message: &ClaimedMessage) -> Outboun
 pub fn rest_request(
     message: &ClaimedMessage,
     resource: &str,
-) -> Result<OutboundRequest, BuildError> {
+) -> Result<OutboundRequest, RequestBuildError> {
     match message.resource_type.as_str() {
         "Task" => Ok(common_headers(
             OutboundRequest::new(
@@ -90,9 +90,9 @@ pub fn rest_request(
         .with_body(resource.to_owned())),
         "Observation" => {
             let parsed: Value = serde_json::from_str(resource)
-                .map_err(|e| BuildError::InvalidStoredResource(e.to_string()))?;
+                .map_err(|e| RequestBuildError::InvalidStoredResource(e.to_string()))?;
             let token = identifier_token(&parsed).ok_or_else(|| {
-                BuildError::ObservationWithoutIdentifier(message.resource_id.clone())
+                RequestBuildError::ObservationWithoutIdentifier(message.resource_id.clone())
             })?;
             let condition: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair("identifier", &token)
@@ -104,7 +104,7 @@ pub fn rest_request(
             .with_header("If-None-Exist", condition)
             .with_body(resource.to_owned()))
         }
-        other => Err(BuildError::UnsupportedType(other.to_owned())),
+        other => Err(RequestBuildError::UnsupportedType(other.to_owned())),
     }
 }
 
@@ -141,9 +141,9 @@ pub fn message_request(
     resource: &str,
     context: &MessageContext<'_>,
     changed_at: Instant,
-) -> Result<OutboundRequest, BuildError> {
+) -> Result<OutboundRequest, RequestBuildError> {
     let resource: Value = serde_json::from_str(resource)
-        .map_err(|e| BuildError::InvalidStoredResource(e.to_string()))?;
+        .map_err(|e| RequestBuildError::InvalidStoredResource(e.to_string()))?;
     let bundle_id = message_id(message);
     let header_id = Uuid::new_v5(&bundle_id, b"MessageHeader");
     let resource_url = format!(
@@ -255,11 +255,11 @@ mod tests {
         );
         assert_eq!(
             without.unwrap_err(),
-            BuildError::ObservationWithoutIdentifier("abc".into())
+            RequestBuildError::ObservationWithoutIdentifier("abc".into())
         );
         assert!(matches!(
             rest_request(&claimed("Patient", 1), "{}"),
-            Err(BuildError::UnsupportedType(_))
+            Err(RequestBuildError::UnsupportedType(_))
         ));
     }
 

@@ -164,17 +164,7 @@ impl Instant {
 
     /// `2026-11-21T11:36:00.123Z`: fixed width, so text order is time order.
     pub fn to_fhir(self) -> String {
-        let t = self.0;
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        )
+        fixed_width_utc(self.0)
     }
 
     /// The HTTP-date form used by `Last-Modified` (second precision).
@@ -199,6 +189,23 @@ impl Instant {
             .ok()
             .map(Self)
     }
+}
+
+/// `t` in UTC as fixed-width text to the millisecond, `2026-11-21T11:36:00.123Z`: the form
+/// of `meta.lastUpdated` and of the search index's dates, so that text order is time order
+/// (for years 1 to 9999, which callers outside that range clamp to).
+pub fn fixed_width_utc(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 /// Keeps echoed input short in error messages.

@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::MappingError;
-use super::source::{ENGINE_VARIABLES, Source};
+use super::expression::{ENGINE_VARIABLES, compile_expression};
 use crate::fhir::{Issue, IssueType};
 use crate::fhirpath::{Collection, Environment, Expression, FhirPath, Item, Scope};
+use crate::located::{LocatedError, TomlText};
 use crate::referral::record::{
     BusinessIdentifier, MappedReferral, PatientContact, Reason, ReferralFields,
 };
@@ -162,7 +162,7 @@ const ALWAYS_REQUIRED: [&str; 3] = [
 ];
 
 impl Inbound {
-    pub(super) fn load(source: &Source<'_>, engine: &FhirPath) -> Result<Inbound, MappingError> {
+    pub(super) fn load(source: &TomlText<'_>, engine: &FhirPath) -> Result<Inbound, LocatedError> {
         let file: InboundFile = source.parse()?;
 
         // Variables, in the order written, each seeing the gateway's and the earlier ones.
@@ -190,8 +190,13 @@ impl Inbound {
                     ),
                 ));
             }
-            let compiled =
-                source.expression(engine, expression, &format!("variables.{text}"), &known)?;
+            let compiled = compile_expression(
+                source,
+                engine,
+                expression,
+                &format!("variables.{text}"),
+                &known,
+            )?;
             variables.push((text.to_string(), compiled));
             known.push(text);
         }
@@ -199,16 +204,16 @@ impl Inbound {
         let scalar = |field: &'static str, spec: &Spanned<ScalarSpec>| {
             let spec = spec.get_ref();
             let required = required(source, field, spec.required.as_ref())?;
-            Ok::<_, MappingError>(Mapped {
+            Ok::<_, LocatedError>(Mapped {
                 field,
-                expression: source.expression(engine, &spec.expression, field, &known)?,
+                expression: compile_expression(source, engine, &spec.expression, field, &known)?,
                 required,
             })
         };
         let part = |field: &'static str, expression: &Spanned<String>| {
-            Ok::<_, MappingError>(Mapped {
+            Ok::<_, LocatedError>(Mapped {
                 field,
-                expression: source.expression(engine, expression, field, &known)?,
+                expression: compile_expression(source, engine, expression, field, &known)?,
                 required: false,
             })
         };
@@ -243,7 +248,13 @@ impl Inbound {
             referrer_identifier: scalar("referrer_identifier", &file.referrer_identifier)?,
             reasons: Mapped {
                 field: "reasons",
-                expression: source.expression(engine, &reasons.select, "reasons.select", &known)?,
+                expression: compile_expression(
+                    source,
+                    engine,
+                    &reasons.select,
+                    "reasons.select",
+                    &known,
+                )?,
                 required: required(source, "reasons", reasons.required.as_ref())?,
             },
             reason_system: part("reasons.system", &reasons.system)?,
@@ -254,7 +265,13 @@ impl Inbound {
             consent_date: scalar("consent_date", &file.consent_date)?,
             notes: Mapped {
                 field: "notes",
-                expression: source.expression(engine, &notes.select, "notes.select", &known)?,
+                expression: compile_expression(
+                    source,
+                    engine,
+                    &notes.select,
+                    "notes.select",
+                    &known,
+                )?,
                 required: required(source, "notes", notes.required.as_ref())?,
             },
             reply_to: scalar("reply_to", &file.reply_to)?,
@@ -408,10 +425,10 @@ impl Inbound {
 
 /// `required`, checked: the always-required fields cannot be made optional.
 fn required(
-    source: &Source<'_>,
+    source: &TomlText<'_>,
     field: &str,
     given: Option<&Spanned<bool>>,
-) -> Result<bool, MappingError> {
+) -> Result<bool, LocatedError> {
     let always = ALWAYS_REQUIRED.contains(&field);
     match given {
         Some(flag) if always && !flag.get_ref() => Err(source.error_at(

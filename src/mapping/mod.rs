@@ -15,10 +15,10 @@
 //!
 //! Pure: no I/O except [`Mappings::load_dir`] reading the two files, no async.
 
+mod expression;
 mod inbound;
 pub mod intake;
 mod outbound;
-mod source;
 
 #[cfg(test)]
 mod tests;
@@ -27,11 +27,15 @@ use std::path::Path;
 
 pub use self::inbound::{Inbound, InboundResources};
 pub use self::outbound::{
-    BuildError, Coding, ItemMapping, MeasureMapping, ObservationInput, Outbound, PatientRef,
-    ServiceRef, StageMapping, TaskInput, TaskOutput, ValueType,
+    Coding, ItemMapping, MeasureMapping, ObservationInput, Outbound, PatientRef,
+    ResourceBuildError, ServiceRef, StageMapping, TaskInput, TaskOutput, ValueType,
 };
-use self::source::Source;
 use crate::fhirpath::FhirPath;
+use crate::located::{LocatedError, TomlText};
+
+/// [`ResourceBuildError`]'s former name, still imported by `workflow`; it goes when
+/// `workflow` names `ResourceBuildError`.
+pub type BuildError = ResourceBuildError;
 
 /// The name under which the shipped inbound mapping is reported.
 pub const INBOUND_FILE: &str = "mappings/inbound.toml";
@@ -44,19 +48,10 @@ const SHIPPED_OUTBOUND: &str = include_str!("../../mappings/outbound.toml");
 /// Why the mappings could not be loaded. Either stops start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    /// A problem in a mapping file, at a line and column (1-based; the column counts
-    /// characters).
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        /// The file, as given (`mappings/outbound.toml`).
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column, in characters.
-        column: usize,
-        /// What is wrong and, where it helps, what is allowed.
-        message: String,
-    },
+    /// A problem in a mapping file, at a line and column: `file:line:column: message`, the
+    /// file as given (`mappings/outbound.toml`).
+    #[error(transparent)]
+    Invalid(#[from] LocatedError),
     /// A mapping file could not be read.
     #[error("{file}: cannot read the mapping file: {source}")]
     Read {
@@ -113,8 +108,8 @@ impl Mappings {
         outbound: (&str, &str),
     ) -> Result<Mappings, MappingError> {
         Ok(Mappings {
-            inbound: Inbound::load(&Source::new(inbound.0, inbound.1), engine)?,
-            outbound: Outbound::load(&Source::new(outbound.0, outbound.1), engine)?,
+            inbound: Inbound::load(&TomlText::new(inbound.0, inbound.1), engine)?,
+            outbound: Outbound::load(&TomlText::new(outbound.0, outbound.1), engine)?,
         })
     }
 }

@@ -8,10 +8,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use toml::Spanned;
 
-use super::MappingError;
-use super::source::Source;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhirpath::{Expression, FhirPath};
+use crate::located::{LocatedError, TomlText};
 use crate::referral::stage::STAGE_SYSTEM;
 use crate::referral::{Measure, Score, ScoreError, Stage};
 
@@ -228,7 +227,7 @@ pub struct ObservationInput<'a> {
 
 /// A Task or Observation that cannot be built from the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BuildError {
+pub enum ResourceBuildError {
     /// The stage's mapping requires a reason and none was given.
     #[error(
         "a Task at stage '{stage}' needs a reason (Task.statusReason): the outbound mapping requires one"
@@ -343,7 +342,7 @@ fn task_invariants(engine: &FhirPath) -> Result<Vec<(String, String, Expression)
 }
 
 impl Outbound {
-    pub(super) fn load(source: &Source<'_>, engine: &FhirPath) -> Result<Outbound, MappingError> {
+    pub(super) fn load(source: &TomlText<'_>, engine: &FhirPath) -> Result<Outbound, LocatedError> {
         let file: OutboundFile = source.parse()?;
         let invariants = task_invariants(engine).map_err(|e| {
             source.error(
@@ -410,7 +409,7 @@ impl Outbound {
 
 /// Where to point for a missing entry of a table: its first `[name.…]` header, else the
 /// start of the file.
-fn table_span(source: &Source<'_>, name: &str) -> Range<usize> {
+fn table_span(source: &TomlText<'_>, name: &str) -> Range<usize> {
     let header = format!("[{name}.");
     let mut offset = 0;
     for line in source.text.split_inclusive('\n') {
@@ -424,11 +423,11 @@ fn table_span(source: &Source<'_>, name: &str) -> Range<usize> {
 }
 
 fn stage_mapping(
-    source: &Source<'_>,
+    source: &TomlText<'_>,
     stage: Stage,
     spec: &StageSpec,
     invariants: &[(String, String, Expression)],
-) -> Result<StageMapping, MappingError> {
+) -> Result<StageMapping, LocatedError> {
     let status = spec.task_status.get_ref();
     if !TASK_STATUSES.contains(&status.as_str()) {
         return Err(source.error_at(
@@ -509,11 +508,11 @@ fn strip_nulls(value: Value) -> Value {
 }
 
 fn measure_mapping(
-    source: &Source<'_>,
+    source: &TomlText<'_>,
     measure: Measure,
     key_span: &Range<usize>,
     spec: &MeasureSpec,
-) -> Result<MeasureMapping, MappingError> {
+) -> Result<MeasureMapping, LocatedError> {
     let name = measure.as_str();
     let value_type = *spec.value_type.get_ref();
     let total = match (&spec.total, value_type) {
@@ -696,11 +695,11 @@ impl Outbound {
     /// A Task meeting `sprig-referral-task` that reports the referral at `input.stage`. The
     /// same input gives the same Task, byte for byte. Fails only when the stage needs a
     /// reason and none is given.
-    pub fn task(&self, input: &TaskInput<'_>) -> Result<Value, BuildError> {
+    pub fn task(&self, input: &TaskInput<'_>) -> Result<Value, ResourceBuildError> {
         let mapping = self.stage(input.stage);
         let reason = input.reason.filter(|r| !r.trim().is_empty());
         if mapping.status_reason_required && reason.is_none() {
-            return Err(BuildError::ReasonRequired { stage: input.stage });
+            return Err(ResourceBuildError::ReasonRequired { stage: input.stage });
         }
         let mut task = Map::new();
         task.insert("resourceType".into(), json!("Task"));
@@ -772,7 +771,7 @@ impl Outbound {
 
     /// An Observation meeting the measure's `sprig-outcome-*` profile. The answers are
     /// rescored first; answers that cannot be scored are an error.
-    pub fn observation(&self, input: &ObservationInput<'_>) -> Result<Value, BuildError> {
+    pub fn observation(&self, input: &ObservationInput<'_>) -> Result<Value, ResourceBuildError> {
         let score = input.score.measure.score(&input.score.items)?;
         let mapping = self.measure(score.measure);
         let mut observation = Map::new();

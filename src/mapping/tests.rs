@@ -839,7 +839,7 @@ fn a_stage_that_needs_a_reason_refuses_to_build_without_one() {
                 outputs: &[],
             })
             .expect_err("needs a reason");
-        assert_eq!(err, BuildError::ReasonRequired { stage });
+        assert_eq!(err, ResourceBuildError::ReasonRequired { stage });
     }
 }
 
@@ -923,7 +923,7 @@ fn an_observation_is_rescored_before_it_is_built() {
             service: SERVICE,
         })
         .expect_err("item 3 is out of range");
-    assert!(matches!(err, BuildError::Score(_)), "{err}");
+    assert!(matches!(err, ResourceBuildError::Score(_)), "{err}");
 }
 
 #[test]

@@ -9,6 +9,8 @@
 
 use time::{Date, Duration, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
+use crate::fhir::types::fixed_width_utc;
+
 /// The earliest instant the index can hold (an open `Period.start`).
 pub const MIN_INSTANT: &str = "0001-01-01T00:00:00.000Z";
 /// The latest instant the index can hold (an open `Period.end`).
@@ -186,16 +188,7 @@ fn render(at: Option<OffsetDateTime>, fallback: &str) -> String {
     if t.year() > 9999 {
         return MAX_INSTANT.to_owned();
     }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    fixed_width_utc(t)
 }
 
 #[cfg(test)]
