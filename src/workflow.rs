@@ -19,8 +19,8 @@ use thiserror::Error;
 
 use crate::fhir::{FhirId, Instant, Issue, IssueType, ResourceType, VersionId};
 use crate::mapping::{
-    BuildError, InboundResources, Mappings, ObservationInput, PatientRef, ServiceRef, TaskInput,
-    TaskOutput,
+    InboundResources, Mappings, ObservationInput, PatientRef, ResourceBuildError, ServiceRef,
+    TaskInput, TaskOutput,
 };
 use crate::referral::measure::{Measure, ScoreError};
 use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
@@ -686,11 +686,11 @@ fn patient_ref(referral: &Referral) -> Result<PatientRef<'_>, WorkflowError> {
     }
 }
 
-impl From<BuildError> for WorkflowError {
-    fn from(error: BuildError) -> Self {
+impl From<ResourceBuildError> for WorkflowError {
+    fn from(error: ResourceBuildError) -> Self {
         match error {
-            BuildError::ReasonRequired { .. } => WorkflowError::Invalid(error.to_string()),
-            BuildError::Score(error) => WorkflowError::Score(error),
+            ResourceBuildError::ReasonRequired { .. } => WorkflowError::Invalid(error.to_string()),
+            ResourceBuildError::Score(error) => WorkflowError::Score(error),
         }
     }
 }

@@ -33,10 +33,6 @@ pub use self::outbound::{
 use crate::fhirpath::FhirPath;
 use crate::located::{LocatedError, TomlText};
 
-/// [`ResourceBuildError`]'s former name, still imported by `workflow`; it goes when
-/// `workflow` names `ResourceBuildError`.
-pub type BuildError = ResourceBuildError;
-
 /// The name under which the shipped inbound mapping is reported.
 pub const INBOUND_FILE: &str = "mappings/inbound.toml";
 /// The name under which the shipped outbound mapping is reported.
