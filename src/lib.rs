@@ -18,6 +18,8 @@
 //! - `store`: durable, versioned storage (SQLite)
 //! - `delivery`: the outbox's consumer: sends Task and Observation updates to GP systems
 //!   (endpoint registry, authentication, TLS, retries, dead letters, metrics)
+//! - `identity`: who is calling (client registry, assertions, Sprig's tokens, external
+//!   tokens, staff accounts) and the `Access` every handler holds
 //! - `fhirpath`: Sprig's FHIRPath engine (invariants, slicing, mappings)
 //! - `mapping`: the declarative FHIR ↔ referral record mappings (`mappings/*.toml`) and the
 //!   Task and Observation builders
@@ -34,6 +36,7 @@ pub mod conformance;
 pub mod delivery;
 pub mod fhir;
 pub mod fhirpath;
+pub mod identity;
 pub mod mapping;
 pub mod referral;
 pub mod search;
