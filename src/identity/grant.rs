@@ -9,7 +9,6 @@
 //!   `invalid_scope`, not a token that can do nothing;
 //! - refusals name the client id at most; the assertion is never echoed.
 
-use super::assertion::AssertionVerifier;
 use super::scopes::Scopes;
 use super::token::IssuedToken;
 use super::{Authenticator, JWT_BEARER_ASSERTION_TYPE, OAuthError};
@@ -62,10 +61,16 @@ impl Authenticator {
     /// Decides a token request. `now` is Unix seconds.
     pub async fn grant_client_token(
         &self,
-        verifier: &AssertionVerifier,
         request: &TokenRequest<'_>,
         now: i64,
     ) -> Result<TokenGrant, TokenRefusal> {
+        let Some(verifier) = &self.assertions else {
+            return Err(TokenRefusal::new(
+                OAuthError::ServerError,
+                "this server does not know its token endpoint's URL (auth.token_url or \
+                 public_base_url), so no assertion can name it",
+            ));
+        };
         match request.grant_type {
             Some("client_credentials") => {}
             Some(_) => {
@@ -159,7 +164,9 @@ mod tests {
     use super::*;
     use crate::config::SecurityMode;
     use crate::identity::keys::test_keys::ec384;
-    use crate::identity::{Clients, Credentials, Interaction, TokenSecret, TokenService};
+    use crate::identity::{
+        AssertionVerifier, Clients, Credentials, Interaction, TokenSecret, TokenService,
+    };
     use crate::store::test_support::open_store;
 
     const TOKEN_URL: &str = "http://127.0.0.1:8080/auth/token";
@@ -195,8 +202,8 @@ mod tests {
             None,
             store.clone(),
             false,
-        );
-        let verifier = AssertionVerifier::new(TOKEN_URL);
+        )
+        .with_token_endpoint(AssertionVerifier::new(TOKEN_URL));
         let assertion = |jti: &str| {
             key.sign(
                 Some("k1"),
@@ -211,7 +218,7 @@ mod tests {
             scope: Some("system/*.rs system/Observation.r"),
         };
         let grant = authenticator
-            .grant_client_token(&verifier, &request, now())
+            .grant_client_token(&request, now())
             .await
             .expect("granted");
         assert_eq!(grant.token.scope, "system/ServiceRequest.r system/Task.rs");
@@ -231,7 +238,7 @@ mod tests {
 
         // The same assertion again: a replay.
         let refusal = authenticator
-            .grant_client_token(&verifier, &request, now())
+            .grant_client_token(&request, now())
             .await
             .expect_err("replay");
         assert_eq!(refusal.error, OAuthError::InvalidClient);
@@ -279,7 +286,7 @@ mod tests {
         ];
         for (request, expected) in cases {
             let refusal = authenticator
-                .grant_client_token(&verifier, request, now())
+                .grant_client_token(request, now())
                 .await
                 .expect_err("refused");
             assert_eq!(refusal.error, *expected, "{}", refusal.description);

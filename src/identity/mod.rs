@@ -174,6 +174,8 @@ pub struct Authenticator {
     external: Option<Arc<ExternalVerifier>>,
     store: Store,
     link_workers_see_all: bool,
+    /// Client assertions at the token endpoint, when Sprig knows its URL.
+    assertions: Option<AssertionVerifier>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -202,7 +204,20 @@ impl Authenticator {
             external,
             store,
             link_workers_see_all,
+            assertions: None,
         }
+    }
+
+    /// Serves the token endpoint with assertions checked by `verifier` (whose URL they
+    /// must name).
+    pub fn with_token_endpoint(mut self, verifier: AssertionVerifier) -> Self {
+        self.assertions = Some(verifier);
+        self
+    }
+
+    /// The token endpoint's URL, if Sprig serves one.
+    pub fn token_endpoint(&self) -> Option<&str> {
+        self.assertions.as_ref().map(AssertionVerifier::token_url)
     }
 
     /// The security mode.
