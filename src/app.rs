@@ -284,7 +284,11 @@ impl Application {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // The request layer finds the authenticator as an extension.
         let router = api::router(self.state).layer(axum::Extension(self.authenticator));
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let server = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing requests in flight");
             let _ = stopping_tx.send(());

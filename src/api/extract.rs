@@ -71,11 +71,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .extensions
             .get::<RequestContext>()
             .cloned()
-            .unwrap_or_else(|| RequestContext {
-                request_id: "unknown".to_owned(),
-                request_id_from_caller: false,
-                correlation_id: None,
-            }))
+            .unwrap_or_else(RequestContext::unknown))
     }
 }
 

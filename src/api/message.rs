@@ -222,7 +222,11 @@ async fn handle(
         tx.remember_message_request(id, bytes, 200, &reply_text, &Instant::now().to_fhir())
             .await?;
     }
-    tx.commit().await?;
+    context.audit.note_referral(&referral.id);
+    if let Some(patient) = &referral.patient_id {
+        context.audit.note_patient(patient);
+    }
+    context.audit.commit(tx, 200).await?;
     tracing::info!(referral_id = %referral.id, reason, "referral message processed");
     // The text just remembered, so a retry gets these very bytes again.
     Ok(format.render_text(reply_text))

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::AppState;
+use super::audit::AuditHandle;
 use super::error::ApiError;
 
 /// `X-Request-ID`: the caller's if it sent a usable one, else a new UUID.
@@ -27,9 +28,23 @@ pub struct RequestContext {
     pub request_id_from_caller: bool,
     /// `X-Correlation-ID`, when the caller sent a usable one.
     pub correlation_id: Option<String>,
+    /// This request's audit row in the making (`api::audit`): a write commits it with
+    /// the change ([`AuditHandle::commit`]), a read notes whose data it returned.
+    pub audit: AuditHandle,
 }
 
 impl RequestContext {
+    /// The context of a request `request_context` did not see (a handler driven on
+    /// its own): request id `unknown`, not audited.
+    pub fn unknown() -> Self {
+        RequestContext {
+            request_id: "unknown".to_owned(),
+            request_id_from_caller: false,
+            correlation_id: None,
+            audit: AuditHandle::default(),
+        }
+    }
+
     /// The request id when the caller chose it: a repeat of it is a retry.
     pub fn caller_request_id(&self) -> Option<&str> {
         self.request_id_from_caller
@@ -60,6 +75,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         request_id: request_id.clone(),
         request_id_from_caller,
         correlation_id: correlation_id.clone(),
+        audit: AuditHandle::default(),
     });
     // The path only: query strings may one day carry search parameters
     // with patient details.

@@ -11,6 +11,7 @@
 //! made by `problem::Problem` (no other error-to-HTTP mapping exists); every
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
+pub mod audit;
 pub mod auth;
 pub mod capability;
 pub mod deliveries;
@@ -120,6 +121,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Innermost: the caller authentication established, for the audit row.
+        .layer(axum::middleware::from_fn(audit::capture_access))
         // FHIR bodies are read by the handlers, under `limits.max_body_bytes`
         // (with an OperationOutcome); the limit here bounds `/api`'s JSON.
         .layer(DefaultBodyLimit::max(
@@ -130,6 +133,11 @@ pub fn router(state: AppState) -> Router {
             middleware::request_timeout,
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        // Every /fhir, /api and /auth request leaves one audit row, refused ones too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::audit,
+        ))
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
 }

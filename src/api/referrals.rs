@@ -91,7 +91,11 @@ pub(super) async fn create(
         response: None,
     })
     .await?;
-    tx.commit().await?;
+    context.audit.note_referral(&referral.id);
+    if let Some(patient) = &referral.patient_id {
+        context.audit.note_patient(patient);
+    }
+    context.audit.commit(tx, 201).await?;
     tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
     let what = Written {
         status: StatusCode::CREATED,
@@ -175,7 +179,11 @@ pub async fn update(
         response: None,
     })
     .await?;
-    tx.commit().await?;
+    context.audit.note_referral(&referral.id);
+    if let Some(patient) = &referral.patient_id {
+        context.audit.note_patient(patient);
+    }
+    context.audit.commit(tx, 200).await?;
     tracing::info!(referral_id = %referral.id, stage = referral.stage.as_str(), "referral amended");
     let what = Written {
         status: StatusCode::OK,

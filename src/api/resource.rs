@@ -59,7 +59,8 @@ pub async fn create(
             request_id: &context.request_id,
         })
         .await?;
-    tx.commit().await?;
+    context.audit.note_stored(&stored);
+    context.audit.commit(tx, 201).await?;
     tracing::info!(
         resource_type = %stored.resource_type,
         id = %stored.id,
@@ -102,11 +103,15 @@ pub async fn read(
     path: Result<Path<(String, String)>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
+    context: RequestContext,
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::Read)?;
     let id = parse_id(&raw_id)?;
     let outcome = state.store.read(resource_type, &id).await?;
+    if let ReadOutcome::Found(stored) = &outcome {
+        context.audit.note_stored(stored);
+    }
     found_or_error(outcome, &format!("{resource_type}/{id}"), format, &headers)
 }
 
@@ -116,6 +121,7 @@ pub async fn vread(
     path: Result<Path<(String, String, String)>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
+    context: RequestContext,
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id, raw_version)) = path?;
     let resource_type = supported(&type_name, Interaction::Vread)?;
@@ -128,6 +134,9 @@ pub async fn vread(
         )])
     })?;
     let outcome = state.store.vread(resource_type, &id, version).await?;
+    if let ReadOutcome::Found(stored) = &outcome {
+        context.audit.note_stored(stored);
+    }
     found_or_error(
         outcome,
         &format!("{resource_type}/{id}/_history/{version}"),

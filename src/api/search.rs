@@ -12,6 +12,8 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use super::audit::AuditHandle;
+use super::middleware::RequestContext;
 use super::capability::{Interaction, supported};
 use super::error::{ApiError, Concerning};
 use super::extract::{FormBody, parse_id};
@@ -27,6 +29,7 @@ pub async fn search_get(
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
+    context: RequestContext,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
@@ -37,6 +40,7 @@ pub async fn search_get(
         query.as_deref().unwrap_or(""),
         format,
         &headers,
+        &context.audit,
     )
     .await
 }
@@ -49,6 +53,7 @@ pub async fn search_post(
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
+    context: RequestContext,
     RawQuery(query): RawQuery,
     form: Result<FormBody, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -60,7 +65,15 @@ pub async fn search_post(
         Some(q) if !q.is_empty() => q.to_owned(),
         _ => form,
     };
-    run_search(&state, resource_type, &combined, format, &headers).await
+    run_search(
+        &state,
+        resource_type,
+        &combined,
+        format,
+        &headers,
+        &context.audit,
+    )
+    .await
 }
 
 async fn run_search(
@@ -69,7 +82,9 @@ async fn run_search(
     raw_query: &str,
     format: ResponseFormat,
     headers: &HeaderMap,
+    audit: &AuditHandle,
 ) -> Result<Response, ApiError> {
+    audit.note_search_parameters(raw_query);
     let lenient = lenient_handling(headers);
     let options = ParseOptions {
         lenient,
@@ -93,6 +108,9 @@ async fn run_search(
         more = page.next.is_some(),
         "search"
     );
+    for resource in &page.resources {
+        audit.note_stored(resource);
+    }
     let base = state.fhir_base();
     let size: usize = page.resources.iter().map(|r| r.json.len()).sum();
     // Building and writing the page both scale with its size: both go off

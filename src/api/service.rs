@@ -242,7 +242,7 @@ pub async fn transition(
             },
         )
         .await?;
-    tx.commit().await?;
+    context.audit.commit(tx, 200).await?;
     tracing::info!(referral_id = %referral.id, stage = to.as_str(), "referral moved");
     let detail = load(&state, &id).await?;
     Ok(Json(detail_json(&state, &detail)?).into_response())
@@ -290,7 +290,7 @@ pub async fn outcome(
             },
         )
         .await?;
-    tx.commit().await?;
+    context.audit.commit(tx, 201).await?;
     tracing::info!(referral_id = %id, outcome_id = %outcome.id, measure = measure.as_str(), "outcome recorded");
     let location = format!("{}/Observation/{}", state.fhir_base(), outcome.id);
     let mut response = (StatusCode::CREATED, Json(&outcome)).into_response();
@@ -312,6 +312,7 @@ pub struct NoteBody {
 pub async fn note(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    context: RequestContext,
     body: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Path(id) = path?;
@@ -322,7 +323,7 @@ pub async fn note(
         .workflow
         .add_note(&mut tx, &id, actor, &body.text)
         .await?;
-    tx.commit().await?;
+    context.audit.commit(tx, 201).await?;
     tracing::info!(referral_id = %id, "note added");
     let detail = load(&state, &id).await?;
     Ok((StatusCode::CREATED, Json(detail_json(&state, &detail)?)).into_response())

@@ -148,7 +148,11 @@ pub async fn transaction(
         response: Some(&response_text),
     })
     .await?;
-    tx.commit().await?;
+    context.audit.note_referral(&referral.id);
+    if let Some(patient) = &referral.patient_id {
+        context.audit.note_patient(patient);
+    }
+    context.audit.commit(tx, 200).await?;
     tracing::info!(
         referral_id = %referral.id,
         entries = outcomes.len(),

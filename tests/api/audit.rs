@@ -1,0 +1,164 @@
+//! The audit log over real HTTP: one row per `/fhir`, `/api` and `/auth` request,
+//! allowed or refused; ids and names only (no search values); a write's row commits
+//! with it; an audit log that cannot be written fails the request.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+use crate::workflow::{Shape, api_post, submit};
+
+/// Every stored audit row, as JSON text per row (for grepping) and parsed fields.
+async fn audit_rows(app: &TestApp) -> Vec<Value> {
+    let rows: Vec<(String, Option<String>, Option<String>, String, String, String, i64, String, Option<String>, Option<String>)> =
+        sqlx::query_as(
+            "SELECT interaction, resource_type, resource_id, search_params, patient_ids, \
+             referral_ids, status, outcome, request_id, peer_address FROM audit_events ORDER BY seq",
+        )
+        .fetch_all(&app.db_pool().await)
+        .await
+        .expect("audit rows");
+    rows.into_iter()
+        .map(|r| {
+            json!({
+                "interaction": r.0, "resource_type": r.1, "resource_id": r.2,
+                "search_params": serde_json::from_str::<Value>(&r.3).unwrap(),
+                "patient_ids": serde_json::from_str::<Value>(&r.4).unwrap(),
+                "referral_ids": serde_json::from_str::<Value>(&r.5).unwrap(),
+                "status": r.6, "outcome": r.7, "request_id": r.8, "peer_address": r.9,
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_request_leaves_one_audit_row_with_ids_and_names_only() {
+    let app = spawn_app().await;
+    let mut requests = 0;
+
+    let mut referral_ids = Vec::new();
+    for shape in Shape::ALL {
+        let (id, status, _) = submit(&app, shape, &shape.example()).await;
+        requests += 1;
+        assert!(status == 200 || status == 201, "{shape:?}: {status}");
+        referral_ids.push(id);
+    }
+    let referral = referral_ids[0].clone();
+
+    let read = app.get(&format!("/fhir/ServiceRequest/{referral}")).await;
+    requests += 1;
+    assert_eq!(read.status(), 200);
+    let nhs_number = "9000000009";
+    let search = app
+        .get(&format!(
+            "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs_number}&_count=5"
+        ))
+        .await;
+    requests += 1;
+    assert_eq!(search.status(), 200);
+    let missing = app.get("/fhir/ServiceRequest/no-such-referral").await;
+    requests += 1;
+    assert_eq!(missing.status(), 404);
+    let unsupported = app.get("/fhir/Banana").await;
+    requests += 1;
+    assert!(unsupported.status().is_client_error());
+    let worklist = app.get("/api/referrals").await;
+    requests += 1;
+    assert_eq!(worklist.status(), 200);
+    let note = api_post(
+        &app,
+        &format!("/api/referrals/{referral}/notes"),
+        json!({"text": "Prefers mornings"}),
+    )
+    .await;
+    requests += 1;
+    assert_eq!(note.status(), 201);
+    let refused = api_post(
+        &app,
+        &format!("/api/referrals/{referral}/transitions"),
+        json!({"to": "no-such-stage"}),
+    )
+    .await;
+    requests += 1;
+    assert!(refused.status().is_client_error());
+    // Not audited: probes carry no data.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    let rows = audit_rows(&app).await;
+    assert_eq!(rows.len(), requests, "one row per request: {rows:#?}");
+    for row in &rows {
+        assert!(row["request_id"].is_string(), "{row}");
+        assert_eq!(row["peer_address"], "127.0.0.1", "{row}");
+    }
+    let interactions: Vec<&str> = rows
+        .iter()
+        .map(|r| r["interaction"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        interactions,
+        [
+            "create",
+            "transaction",
+            "operation:process-message",
+            "read",
+            "search-type",
+            "read",
+            "search-type",
+            "api:worklist",
+            "api:note",
+            "api:transition",
+        ]
+    );
+    assert_eq!(rows[0]["referral_ids"], json!([referral]));
+    assert_eq!(rows[0]["outcome"], "0");
+    // The transaction stores its Patient on its own: that id is recorded.
+    assert_eq!(rows[1]["patient_ids"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rows[3]["resource_id"], json!(referral));
+    assert_eq!(rows[3]["referral_ids"], json!([referral]));
+    assert_eq!(rows[4]["search_params"], json!(["identifier", "_count"]));
+    assert!(!rows[4]["patient_ids"].as_array().unwrap().is_empty(), "{}", rows[4]);
+    assert_eq!(rows[5]["status"], 404);
+    assert_eq!(rows[5]["outcome"], "4");
+    assert_eq!(rows[8]["referral_ids"], json!([referral]));
+    assert_eq!(rows[8]["status"], 201);
+    assert_eq!(rows[9]["outcome"], "4");
+
+    // No search value anywhere in the audit table.
+    let (dump,): (String,) = sqlx::query_as(
+        "SELECT group_concat(search_params || patient_ids || referral_ids || \
+         coalesce(resource_id, '') || interaction, ' ') FROM audit_events",
+    )
+    .fetch_one(&app.db_pool().await)
+    .await
+    .expect("dump");
+    assert!(!dump.contains(nhs_number), "{dump}");
+    assert!(!dump.contains("Prefers mornings"), "{dump}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_audit_row_cannot_be_written_fails() {
+    let app = spawn_app().await;
+    let (referral, _, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone")
+        .execute(&app.db_pool().await)
+        .await
+        .expect("hide the audit table");
+    let read = app.get(&format!("/fhir/ServiceRequest/{referral}")).await;
+    assert_eq!(read.status(), 500);
+    let body = read.text().await.expect("body");
+    assert!(body.contains("OperationOutcome"), "{body}");
+    assert!(!body.contains("9000000009"), "the data is not sent: {body}");
+    // A write cannot commit without its row: nothing is stored.
+    let before = app.stored_version_count().await;
+    let response = crate::workflow::post_fhir(
+        &app,
+        Shape::Transaction.path(),
+        &Shape::Transaction.example(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(app.stored_version_count().await, before);
+    app.stop().await;
+}
