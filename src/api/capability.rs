@@ -165,7 +165,7 @@ pub fn supported(type_name: &str, interaction: Interaction) -> Result<ResourceTy
 
 /// The CapabilityStatement for this server, built once at start-up.
 pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
-    let resources: Vec<Value> = SUPPORTED
+    let mut resources: Vec<Value> = SUPPORTED
         .iter()
         .map(|c| {
             let interactions: Vec<Value> = c
@@ -208,6 +208,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             resource
         })
         .collect();
+    resources.push(audit_event_capability());
     let mut implementation = json!({
         "description": "Sprig: social prescribing referral gateway",
     });
@@ -242,6 +243,30 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
                 "documentation": "POST /fhir/$validate or /fhir/{type}/$validate with a resource or a Parameters (resource, profile, mode); any R4 resource type; 200 with an OperationOutcome holding the issues a create would meet.",
             }],
         }],
+    })
+}
+
+/// AuditEvent: the audit log, read and searched (`api::audit_event`), never written by
+/// a client.
+fn audit_event_capability() -> Value {
+    let params: Vec<Value> = super::audit_event::SEARCH_PARAMS
+        .iter()
+        .map(|(name, kind, documentation)| {
+            json!({"name": name, "type": kind, "documentation": documentation})
+        })
+        .collect();
+    json!({
+        "type": "AuditEvent",
+        "documentation": "The audit log: one AuditEvent per request to /fhir, /api and /auth, allowed or refused (IHE Basic Audit Log Patterns as far as they fit: who, from where, what, whose data, outcome). Search parameter names are recorded, never their values. Administrators only. Newest last; _count per page (default 50, at most 1000); follow the next link to page.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "conditionalCreate": false,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+        "searchParam": params,
     })
 }
 

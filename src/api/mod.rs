@@ -12,6 +12,7 @@
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
 pub mod audit;
+pub mod audit_event;
 pub mod auth;
 pub mod capability;
 pub mod deliveries;
@@ -86,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/$process-message", post(message::process_message))
         .route("/fhir/$validate", post(validate::validate_any))
         .route("/fhir/{type}/$validate", post(validate::validate_type))
+        .route("/fhir/AuditEvent", get(audit_event::search))
+        .route("/fhir/AuditEvent/{id}", get(audit_event::read))
         .route(
             "/fhir/{type}",
             get(search::search_get).post(resource::create),
@@ -119,10 +122,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        // Inside authentication (a route layer added before it): the caller it
+        // established, for the audit row.
+        .route_layer(axum::middleware::from_fn(audit::capture_access))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Innermost: the caller authentication established, for the audit row.
-        .layer(axum::middleware::from_fn(audit::capture_access))
         // FHIR bodies are read by the handlers, under `limits.max_body_bytes`
         // (with an OperationOutcome); the limit here bounds `/api`'s JSON.
         .layer(DefaultBodyLimit::max(

@@ -1,7 +1,7 @@
 //! The CapabilityStatement tells the truth: everything it lists works, and
 //! nothing it leaves out is served.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sprig::fhir::ResourceType;
 use sprig::validation::schema::SchemaPass;
 use sprig::validation::{Target, ValidationPass};
@@ -47,9 +47,25 @@ async fn metadata_lists_exactly_what_is_served() {
             "PractitionerRole",
             "Consent",
             "Condition",
-            "QuestionnaireResponse"
+            "QuestionnaireResponse",
+            "AuditEvent"
         ]
     );
+    // The audit log: read and searched, by administrators, never written.
+    let audit = resources.last().expect("AuditEvent");
+    assert_eq!(audit["interaction"], json!([{"code": "read"}, {"code": "search-type"}]));
+    let audit_params: Vec<&str> = audit["searchParam"]
+        .as_array()
+        .expect("searchParam")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        audit_params,
+        ["date", "agent", "entity", "patient", "type", "subtype", "outcome"]
+    );
+    let audit_index = resources.len() - 1;
+    let resources = &resources[..audit_index];
     // The profile a ServiceRequest without meta.profile is held to.
     assert_eq!(
         resources[0]["profile"],
