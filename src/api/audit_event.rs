@@ -81,9 +81,7 @@ fn restful_code(interaction: &str) -> Option<&'static str> {
 /// AuditEvent.action: C, R, U or E.
 fn action(interaction: &str) -> &'static str {
     match interaction {
-        "create" | "transaction" | "operation:process-message" | "api:outcome" | "api:note" => {
-            "C"
-        }
+        "create" | "transaction" | "operation:process-message" | "api:outcome" | "api:note" => "C",
         "update" | "api:transition" => "U",
         "read" | "vread" | "history-instance" | "api:referral" | "api:delivery" => "R",
         _ => "E",
@@ -163,6 +161,11 @@ pub fn audit_event(row: &AuditEventRow) -> Value {
         }));
     }
     for referral in &r.referral_ids {
+        let acted_on = r.resource_type.as_deref() == Some("ServiceRequest")
+            && r.resource_id.as_deref() == Some(referral.as_str());
+        if acted_on {
+            continue;
+        }
         entities.push(json!({
             "what": reference("ServiceRequest", referral),
             "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
@@ -250,11 +253,23 @@ fn next_day(day: Instant) -> Instant {
 }
 
 fn latest(a: Option<Instant>, b: Instant) -> Option<Instant> {
-    Some(a.map_or(b, |a| if a.unix_millis() > b.unix_millis() { a } else { b }))
+    Some(a.map_or(b, |a| {
+        if a.unix_millis() > b.unix_millis() {
+            a
+        } else {
+            b
+        }
+    }))
 }
 
 fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
-    Some(a.map_or(b, |a| if a.unix_millis() < b.unix_millis() { a } else { b }))
+    Some(a.map_or(b, |a| {
+        if a.unix_millis() < b.unix_millis() {
+            a
+        } else {
+            b
+        }
+    }))
 }
 
 /// A parsed AuditEvent search.
@@ -418,9 +433,14 @@ pub async fn search(
         }
     }
     let base = format!("{}/AuditEvent", state.fhir_base());
-    let mut links = vec![json!({"relation": "self", "url": format!("{base}?{}", search.base_query)})];
+    let mut links =
+        vec![json!({"relation": "self", "url": format!("{base}?{}", search.base_query)})];
     if let Some(after) = next.filter(|_| events.len() >= search.page.limit as usize) {
-        let join = if search.base_query.is_empty() { "" } else { "&" };
+        let join = if search.base_query.is_empty() {
+            ""
+        } else {
+            "&"
+        };
         links.push(json!({
             "relation": "next",
             "url": format!("{base}?{}{join}_after={after}", search.base_query),

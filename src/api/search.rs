@@ -13,10 +13,10 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::audit::AuditHandle;
-use super::middleware::RequestContext;
 use super::capability::{Interaction, supported};
 use super::error::{ApiError, Concerning};
 use super::extract::{FormBody, parse_id};
+use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, lenient_handling};
 use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, json_body, spawn_app};
 use crate::workflow::{Shape, api_post, submit};
 
 /// Every stored audit row, as JSON text per row (for grepping) and parsed fields.
@@ -116,7 +116,11 @@ async fn every_request_leaves_one_audit_row_with_ids_and_names_only() {
     assert_eq!(rows[3]["resource_id"], json!(referral));
     assert_eq!(rows[3]["referral_ids"], json!([referral]));
     assert_eq!(rows[4]["search_params"], json!(["identifier", "_count"]));
-    assert!(!rows[4]["patient_ids"].as_array().unwrap().is_empty(), "{}", rows[4]);
+    assert!(
+        !rows[4]["patient_ids"].as_array().unwrap().is_empty(),
+        "{}",
+        rows[4]
+    );
     assert_eq!(rows[5]["status"], 404);
     assert_eq!(rows[5]["outcome"], "4");
     assert_eq!(rows[8]["referral_ids"], json!([referral]));
@@ -160,5 +164,103 @@ async fn a_request_whose_audit_row_cannot_be_written_fails() {
     .await;
     assert_eq!(response.status(), 500);
     assert_eq!(app.stored_version_count().await, before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_log_is_served_as_valid_audit_events() {
+    let app = spawn_app().await;
+    let (referral, _, _) = submit(&app, Shape::Transaction, &Shape::Transaction.example()).await;
+    assert_eq!(
+        app.get(&format!("/fhir/ServiceRequest/{referral}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.get("/fhir/Task?_count=1").await.status(), 200);
+    assert_eq!(app.get("/fhir/Patient/nobody").await.status(), 404);
+
+    let all = json_body(app.get("/fhir/AuditEvent?_count=1000").await).await;
+    let events: Vec<Value> = all["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    assert_eq!(events.len(), 4, "{all:#}");
+    // Every AuditEvent is valid R4 by Sprig's own $validate.
+    for event in &events {
+        let outcome =
+            json_body(crate::workflow::post_fhir(&app, "/fhir/$validate", event, &[]).await).await;
+        let errors: Vec<&Value> = outcome["issue"]
+            .as_array()
+            .expect("issues")
+            .iter()
+            .filter(|i| matches!(i["severity"].as_str(), Some("error" | "fatal")))
+            .collect();
+        assert!(errors.is_empty(), "{event:#}\n{outcome:#}");
+    }
+    let create = &events[0];
+    assert_eq!(create["type"]["code"], "rest");
+    assert_eq!(create["subtype"][0]["code"], "transaction");
+    assert_eq!(create["action"], "C");
+    assert_eq!(create["outcome"], "0");
+    assert_eq!(create["agent"][0]["requestor"], true);
+    assert_eq!(create["source"]["observer"]["display"], "Sprig");
+    let patient = create["entity"]
+        .as_array()
+        .expect("entities")
+        .iter()
+        .find(|e| e["role"]["code"] == "1")
+        .and_then(|e| e["what"]["reference"].as_str())
+        .expect("a patient entity")
+        .to_owned();
+
+    let count = |query: String| {
+        let app = &app;
+        async move {
+            let bundle = json_body(app.get(&format!("/fhir/AuditEvent?{query}")).await).await;
+            bundle["entry"].as_array().map_or(0, Vec::len)
+        }
+    };
+    // The transaction, the read of its ServiceRequest and the Task search all held it.
+    assert_eq!(count(format!("patient={patient}")).await, 3);
+    assert_eq!(count(format!("entity=ServiceRequest/{referral}")).await, 1);
+    assert_eq!(count("subtype=read".into()).await, 2);
+    assert_eq!(count("outcome=4".into()).await, 1);
+    // (Every request is audited, these searches too: narrow to the transaction.)
+    let transaction = "subtype=http://hl7.org/fhir/restful-interaction|transaction";
+    assert_eq!(
+        count(format!("type=rest&agent=unauthenticated&{transaction}")).await,
+        1
+    );
+    assert_eq!(count("type=other".into()).await, 0);
+    assert_eq!(
+        count(format!("date=ge2000-01-01&date=lt2999-01-01&{transaction}")).await,
+        1
+    );
+    assert_eq!(count("date=lt2000-01-01".into()).await, 0);
+    // Paged: one a page, following next.
+    let first = json_body(app.get("/fhir/AuditEvent?_count=1").await).await;
+    let next = first["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .expect("a next page")
+        .to_owned();
+    let path = next.trim_start_matches(app.address.as_str());
+    let second = json_body(app.get(path).await).await;
+    assert_eq!(second["entry"][0]["resource"]["id"], events[1]["id"]);
+    let one = json_body(
+        app.get(&format!(
+            "/fhir/AuditEvent/{}",
+            events[2]["id"].as_str().unwrap()
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(one, events[2]);
     app.stop().await;
 }

@@ -53,7 +53,10 @@ async fn metadata_lists_exactly_what_is_served() {
     );
     // The audit log: read and searched, by administrators, never written.
     let audit = resources.last().expect("AuditEvent");
-    assert_eq!(audit["interaction"], json!([{"code": "read"}, {"code": "search-type"}]));
+    assert_eq!(
+        audit["interaction"],
+        json!([{"code": "read"}, {"code": "search-type"}])
+    );
     let audit_params: Vec<&str> = audit["searchParam"]
         .as_array()
         .expect("searchParam")
@@ -62,7 +65,9 @@ async fn metadata_lists_exactly_what_is_served() {
         .collect();
     assert_eq!(
         audit_params,
-        ["date", "agent", "entity", "patient", "type", "subtype", "outcome"]
+        [
+            "date", "agent", "entity", "patient", "type", "subtype", "outcome"
+        ]
     );
     let audit_index = resources.len() - 1;
     let resources = &resources[..audit_index];
