@@ -7,26 +7,20 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, json_body, spawn_app};
 use crate::workflow::{Shape, api_post, submit};
 
-/// Every stored audit row, as JSON text per row (for grepping) and parsed fields.
+/// Every stored audit row's fields, as JSON.
 async fn audit_rows(app: &TestApp) -> Vec<Value> {
-    let rows: Vec<(String, Option<String>, Option<String>, String, String, String, i64, String, Option<String>, Option<String>)> =
-        sqlx::query_as(
-            "SELECT interaction, resource_type, resource_id, search_params, patient_ids, \
-             referral_ids, status, outcome, request_id, peer_address FROM audit_events ORDER BY seq",
-        )
-        .fetch_all(&app.db_pool().await)
-        .await
-        .expect("audit rows");
-    rows.into_iter()
-        .map(|r| {
-            json!({
-                "interaction": r.0, "resource_type": r.1, "resource_id": r.2,
-                "search_params": serde_json::from_str::<Value>(&r.3).unwrap(),
-                "patient_ids": serde_json::from_str::<Value>(&r.4).unwrap(),
-                "referral_ids": serde_json::from_str::<Value>(&r.5).unwrap(),
-                "status": r.6, "outcome": r.7, "request_id": r.8, "peer_address": r.9,
-            })
-        })
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT json_object('interaction', interaction, 'resource_type', resource_type, \
+         'resource_id', resource_id, 'search_params', json(search_params), \
+         'patient_ids', json(patient_ids), 'referral_ids', json(referral_ids), \
+         'status', status, 'outcome', outcome, 'request_id', request_id, \
+         'peer_address', peer_address) FROM audit_events ORDER BY seq",
+    )
+    .fetch_all(&app.db_pool().await)
+    .await
+    .expect("audit rows");
+    rows.iter()
+        .map(|(row,)| serde_json::from_str(row).expect("a JSON row"))
         .collect()
 }
 
