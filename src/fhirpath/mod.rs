@@ -27,6 +27,7 @@ mod functions;
 mod guard;
 mod memo;
 mod model;
+mod operators;
 mod parser;
 mod quantity;
 mod temporal;
