@@ -627,6 +627,12 @@ fn the_function_table_has_one_row_per_name() {
             "{name}() is both implemented and unsupported"
         );
     }
+    for (name, _) in functions::UNSUPPORTED {
+        let FhirPathError::Evaluation { message } = functions::not_implemented(name) else {
+            panic!("an evaluation error");
+        };
+        assert!(!message.contains("unknown"), "{name}(): {message}");
+    }
 }
 
 /// The roles the guard and the memo plan read of a call ([`functions::roles`]) are the

@@ -2,13 +2,13 @@
 //! name, the argument counts it accepts, how it evaluates each argument ([`Role`]) and its
 //! implementation.
 //!
-//! Everything that knows about functions reads it. The parser resolves a call's name to its
-//! row once ([`lookup`]), so evaluating a call is a function-pointer call, not a search by
-//! name; [`FunctionDef::call`] checks the argument count, once for all functions, before
-//! calling the implementation; the static check ([`check`], for
-//! [`super::FhirPath::compile_strict`]) reports unknown functions and wrong counts; the guard
-//! and the memo plan read the roles ([`roles`]). The implementations are grouped as the
-//! FHIRPath specification's sections are, one file each; `fhir` holds FHIR's own additions.
+//! The parser resolves a call's name to its row once ([`lookup`]), so evaluating a call is a
+//! function-pointer call, not a search by name; [`FunctionDef::call`] checks the argument
+//! count, for all functions alike, before calling the implementation; the static check
+//! ([`check`], for [`super::FhirPath::compile_strict`]) reports unknown functions and wrong
+//! counts; the guard and the memo plan read the roles ([`roles`]). The implementations are
+//! in this module's files, grouped by the FHIRPath specification's sections; `fhir` holds
+//! FHIR's own additions.
 
 mod aggregates;
 mod boundaries;
@@ -99,6 +99,7 @@ impl FunctionDef {
 
     /// Calls the function on `base` (its target's result, or the focus) with `args`, in the
     /// caller's `input` and frame.
+    #[inline]
     pub(crate) fn call<'a>(
         &'static self,
         cx: &Ctx<'a>,
@@ -122,6 +123,7 @@ impl FunctionDef {
         )
     }
 
+    /// The error for a call with `argc` arguments, which the function does not accept.
     #[cold]
     fn wrong_arity(&self, argc: usize) -> FhirPathError {
         error(format!(
@@ -311,7 +313,9 @@ pub(crate) const UNSUPPORTED: &[(&str, &str)] = &[
     ),
 ];
 
-/// The evaluation error for a call to `name`, which is not in the table.
+/// The evaluation error for a call to `name`, which is not in the table. Worded apart from
+/// [`UNSUPPORTED`]'s reasons, as the evaluator always has: outcomes quote these messages
+/// (`invariant-not-evaluated`).
 #[cold]
 pub(crate) fn not_implemented(name: &str) -> FhirPathError {
     error(match name {
