@@ -31,7 +31,7 @@ use std::sync::LazyLock;
 
 use super::FhirPathError;
 use super::eval::{Coll, Ctx, Frame, R, error};
-use super::model::FastMap;
+use crate::fhir::FastMap;
 use super::parser::Expr;
 use super::value::Val;
 pub(crate) use check::{check, variables};
