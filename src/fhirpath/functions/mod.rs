@@ -31,9 +31,9 @@ use std::sync::LazyLock;
 
 use super::FhirPathError;
 use super::eval::{Coll, Ctx, Frame, R, error};
-use crate::fhir::FastMap;
 use super::parser::Expr;
 use super::value::Val;
+use crate::fhir::FastMap;
 pub(crate) use check::{check, variables};
 
 /// How an argument of a function (a part of an expression, [`Expr::parts`]) is evaluated,
