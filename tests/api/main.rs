@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_requests;
+mod bars;
 mod binary;
 mod capability;
 mod concurrency;
