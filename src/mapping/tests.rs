@@ -706,9 +706,9 @@ fn the_practice_is_found_through_the_requester_or_the_message_sender() {
 fn a_missing_required_field_or_several_values_are_issues() {
     let mut referral = example("referral-servicerequest.json");
     // No identifier with a system and a value, two NHS numbers, and no practice.
-    referral["identifier"][0]
-        .as_object_mut()
-        .map(|identifier| identifier.retain(|key, _| key == "type"));
+    if let Some(identifier) = referral["identifier"][0].as_object_mut() {
+        identifier.retain(|key, _| key == "type");
+    }
     let mut patient = referral["contained"][0].clone();
     let second = patient["identifier"][0].clone();
     patient["identifier"]
