@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_requests;
+mod bars;
 mod binary;
 mod capability;
 mod concurrency;
