@@ -704,6 +704,10 @@ async fn metadata_lists_the_search_parameters_that_work() {
         .expect("resources")
     {
         let type_name = resource["type"].as_str().expect("type");
+        // The audit log has a search of its own (tests/api/audit.rs).
+        if type_name == "AuditEvent" {
+            continue;
+        }
         let params: Vec<&str> = resource["searchParam"]
             .as_array()
             .expect("searchParam")
