@@ -11,6 +11,7 @@ mod binary;
 mod capability;
 mod concurrency;
 mod conformance;
+mod connections;
 mod create_read;
 mod delivery;
 mod durability;
