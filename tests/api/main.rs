@@ -25,5 +25,6 @@ mod profile_negatives;
 mod r4_examples;
 mod search;
 mod tidy;
+mod tls;
 mod validate;
 mod workflow;
