@@ -398,7 +398,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Deepest JSON nesting accepted (1 to 127).
     pub max_json_depth: usize,
-    /// A request still running after this many seconds is answered 503.
+    /// A request still running after this many seconds is answered 408 when
+    /// its body had not all arrived, else 503.
     pub request_timeout_secs: u64,
     /// Most issues reported in one OperationOutcome.
     pub max_issues: usize,

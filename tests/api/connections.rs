@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, issues, json_body, message_ids, spawn_app_with};
+use crate::helpers::{TestApp, issues, json_body, message_ids, spawn_app, spawn_app_with};
 
 fn socket_address(app: &TestApp) -> String {
     app.address.trim_start_matches("http://").to_owned()
@@ -258,5 +258,70 @@ async fn cleartext_http2_is_refused_unless_h2c_is_on() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     // HTTP/1.1 still works beside it.
     assert_eq!(app.get("/healthz").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_declared_oversize_body_is_refused_up_front_on_every_route() {
+    let app = spawn_app_with(|s| s.limits.max_body_bytes = 1000).await;
+    for (path, content_type, shape) in [
+        (
+            "/fhir/ServiceRequest",
+            "application/fhir+json",
+            "OperationOutcome",
+        ),
+        ("/fhir", "application/fhir+json", "OperationOutcome"),
+        (
+            "/api/referrals/x/notes",
+            "application/json",
+            "application/problem+json",
+        ),
+        (
+            "/api/deliveries/1/retry",
+            "application/json",
+            "application/problem+json",
+        ),
+    ] {
+        let mut stream = connect(&app).await;
+        // 100 MiB declared, nothing sent: the answer comes at once.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: sprig\r\nContent-Type: {content_type}\r\nContent-Length: 104857600\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("sent");
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .expect("answered at once")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(answer.contains(shape), "{path}: {answer}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_framing_that_can_never_be_valid_is_a_400() {
+    let app = spawn_app().await;
+    for framing in [
+        // Not a hexadecimal size.
+        "zz\r\n{}\r\n0\r\n\r\n",
+        // A size beyond 64 bits.
+        "1FFFFFFFFFFFFFFFFF\r\n{}\r\n0\r\n\r\n",
+        // Data longer than its size says.
+        "2\r\n{\"resourceType\"}\r\n0\r\n\r\n",
+    ] {
+        let mut stream = connect(&app).await;
+        let request = format!(
+            "POST /fhir/ServiceRequest HTTP/1.1\r\nHost: sprig\r\nContent-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\n\r\n{framing}"
+        );
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        let (_, answer) = closed_within(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("answered and closed");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{framing:?}: {answer}");
+        assert!(answer.contains("OperationOutcome"), "{answer}");
+    }
     app.stop().await;
 }
