@@ -173,6 +173,7 @@ impl Server {
             .as_ref()
             .map(|tls| Arc::clone(tls).spawn_watcher(phase_rx.clone()));
         let listener = self.listener;
+        let mut refused = Refusals::default();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -201,10 +202,7 @@ impl Server {
                     match waited {
                         Some(slot) => slot,
                         None => {
-                            tracing::warn!(
-                                max_connections = shared.limits.max_connections,
-                                "connection limit reached; a new connection was closed"
-                            );
+                            refused.note(shared.limits.max_connections);
                             continue;
                         }
                     }
@@ -233,6 +231,36 @@ impl Server {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
+    }
+}
+
+/// Connections closed for want of a slot, logged at most once per
+/// [`REFUSAL_LOG_INTERVAL`] so an attack cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    since_logged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+/// The shortest time between two "connection limit reached" lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn note(&mut self, max_connections: usize) {
+        self.since_logged += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            max_connections,
+            closed = self.since_logged,
+            "connection limit reached; new connections were closed unserved"
+        );
+        self.since_logged = 0;
+        self.logged_at = Some(std::time::Instant::now());
     }
 }
 
