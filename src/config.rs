@@ -437,6 +437,10 @@ pub struct ServerSettings {
     pub health_reserve_connections: usize,
     /// How long a connection beyond both waits for a free slot before it is closed.
     pub connection_wait_ms: u64,
+    /// A second address serving only `GET /healthz` and `GET /readyz`, over
+    /// plain HTTP, with connections of its own: probes answer whatever the
+    /// main address is going through.
+    pub health_listen: Option<SocketAddr>,
     /// A request's head must arrive within this many seconds of Sprig starting to
     /// wait for it (the connection opened, or the previous answer was sent).
     pub header_read_timeout_secs: u64,
@@ -466,6 +470,7 @@ impl Default for ServerSettings {
             max_connections: 512,
             health_reserve_connections: 8,
             connection_wait_ms: 250,
+            health_listen: None,
             header_read_timeout_secs: 10,
             keep_alive_timeout_secs: 5,
             min_body_bytes_per_sec: 1024,
@@ -643,6 +648,14 @@ impl Settings {
         let server = &self.server;
         if server.max_connections == 0 {
             return Err(range("server.max_connections", "must be at least 1"));
+        }
+        if server.health_listen.is_some_and(|health| {
+            health == self.listen || (health.port() != 0 && health.port() == self.listen.port())
+        }) {
+            return Err(range(
+                "server.health_listen",
+                "must be another address (another port) than listen",
+            ));
         }
         if server.header_read_timeout_secs == 0 {
             return Err(range(

@@ -8,6 +8,8 @@
 //!   are full. A connection beyond both waits `connection_wait_ms` for a slot
 //!   and is closed if none frees; meanwhile nothing else is accepted (the
 //!   kernel's backlog holds them), so open sockets stay bounded.
+//!   `server.health_listen` gives the probes an address of their own, served
+//!   the same way with only reserve slots.
 //! - A request head must arrive within `header_read_timeout_secs` (hyper's
 //!   timer, which also runs while an HTTP/1 connection waits for its next
 //!   request); a connection with no request in progress and nothing received
@@ -49,6 +51,8 @@ use service::RequestService;
 /// A connection in the health reserve gets at most this long to send its
 /// request and to sit idle: probes send theirs at once.
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once on `server.health_listen`.
+const HEALTH_LISTEN_CONNECTIONS: usize = 16;
 /// After a connection is asked to close for being idle, how long it may take
 /// to say goodbye (an HTTP/2 GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -109,6 +113,8 @@ impl Limits {
 pub struct Server {
     listener: TcpListener,
     address: SocketAddr,
+    /// `server.health_listen`: probes only, plain HTTP.
+    health_listener: Option<TcpListener>,
     limits: Limits,
     tls: Option<Arc<tls::Tls>>,
 }
@@ -134,9 +140,23 @@ impl Server {
             .await
             .map_err(bind_error)?;
         let address = listener.local_addr().map_err(bind_error)?;
+        let health_listener = match settings.server.health_listen {
+            Some(health) => {
+                Some(
+                    TcpListener::bind(health)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            address: health,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             address,
+            health_listener,
             limits: Limits::from_settings(&settings.server),
             tls,
         })
@@ -145,6 +165,13 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The probes' own address (`server.health_listen`), when there is one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Whether connections are served over TLS.
@@ -172,54 +199,43 @@ impl Server {
             .tls
             .as_ref()
             .map(|tls| Arc::clone(tls).spawn_watcher(phase_rx.clone()));
-        let listener = self.listener;
-        let mut refused = Refusals::default();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
+        let health = self.health_listener.map(|listener| {
+            // Every connection here is a reserve one: probes only, short timeouts.
+            let probes = Arc::new(Shared {
+                router: shared.router.clone(),
+                main: Arc::new(Semaphore::new(0)),
+                reserve: Arc::new(Semaphore::new(HEALTH_LISTEN_CONNECTIONS)),
+                limits: Limits {
+                    h2c: false,
+                    ..shared.limits.clone()
+                },
+                tls: None,
+            });
+            let mut phase = phase_rx.clone();
+            let stop = async move {
+                let _ = phase.wait_for(|phase| *phase != Phase::Serving).await;
             };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(error) if is_connection_error(&error) => continue,
-                Err(error) => {
-                    // Out of file descriptors, most likely: wait rather than spin.
-                    tracing::error!(%error, "cannot accept connections; retrying in 1 s");
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            let slot = match shared.try_slot() {
-                Some(slot) => slot,
-                None => {
-                    let waited = tokio::select! {
-                        () = &mut shutdown => break,
-                        slot = shared.wait_for_slot() => slot,
-                    };
-                    match waited {
-                        Some(slot) => slot,
-                        None => {
-                            refused.note(shared.limits.max_connections);
-                            continue;
-                        }
-                    }
-                }
-            };
-            let connection = Connection {
-                shared: Arc::clone(&shared),
-                peer,
-                slot,
-                phase: phase_rx.clone(),
-                _done: done_tx.clone(),
-            };
-            tokio::spawn(connection.run(stream));
-        }
-        drop(listener);
+            tokio::spawn(accept_loop(
+                listener,
+                probes,
+                stop,
+                phase_rx.clone(),
+                done_tx.clone(),
+            ))
+        });
+        accept_loop(
+            self.listener,
+            Arc::clone(&shared),
+            shutdown,
+            phase_rx.clone(),
+            done_tx.clone(),
+        )
+        .await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = phase_tx.send(Phase::Draining);
+        if let Some(health) = health {
+            let _ = health.await;
+        }
         drop(done_tx);
         if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
             tracing::warn!(
@@ -231,6 +247,63 @@ impl Server {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
+    }
+}
+
+/// Accepts connections on `listener` until `stop` completes, each into a
+/// slot of `shared` (or closed when none frees in time).
+async fn accept_loop<S>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: S,
+    phase: watch::Receiver<Phase>,
+    done: mpsc::Sender<()>,
+) where
+    S: Future<Output = ()> + Send,
+{
+    let mut refused = Refusals::default();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) if is_connection_error(&error) => continue,
+            Err(error) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::error!(%error, "cannot accept connections; retrying in 1 s");
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let slot = match shared.try_slot() {
+            Some(slot) => slot,
+            None => {
+                let waited = tokio::select! {
+                    () = &mut stop => break,
+                    slot = shared.wait_for_slot() => slot,
+                };
+                match waited {
+                    Some(slot) => slot,
+                    None => {
+                        refused.note(shared.limits.max_connections);
+                        continue;
+                    }
+                }
+            }
+        };
+        let connection = Connection {
+            shared: Arc::clone(&shared),
+            peer,
+            slot,
+            phase: phase.clone(),
+            _done: done.clone(),
+        };
+        tokio::spawn(connection.run(stream));
     }
 }
 

@@ -325,3 +325,56 @@ async fn chunked_framing_that_can_never_be_valid_is_a_400() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_probes_own_address_answers_while_the_main_one_is_flooded() {
+    // A free port for the probes.
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let app = spawn_app_with(|s| {
+        s.server.max_connections = 2;
+        s.server.health_reserve_connections = 0;
+        s.server.connection_wait_ms = 500;
+        s.server.header_read_timeout_secs = 30;
+        s.server.keep_alive_timeout_secs = 30;
+        s.server.health_listen = Some(format!("127.0.0.1:{health_port}").parse().unwrap());
+    })
+    .await;
+    // Every slot held, and a queue of newcomers behind them.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(connect(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let probes = format!("http://127.0.0.1:{health_port}");
+    let started = Instant::now();
+    let health = fresh_client()
+        .get(format!("{probes}/healthz"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    let ready = fresh_client()
+        .get(format!("{probes}/readyz"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(ready.status(), 200);
+    // Nothing else is served there.
+    let other = fresh_client()
+        .get(format!("{probes}/fhir/metadata"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(other.status(), 503);
+    drop(held);
+    app.stop().await;
+}
