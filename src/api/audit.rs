@@ -312,6 +312,12 @@ pub async fn audit(State(state): State<AppState>, mut request: Request, next: Ne
     };
     match state.store.record_audit(&record).await {
         Ok(_) => response,
+        // Already a failure on Sprig's side (a timeout, storage unavailable): it carries
+        // no data, and its own status says more than a 500 would.
+        Err(e) if response.status().is_server_error() => {
+            tracing::error!(error = %e, "the audit row of a failed request could not be written");
+            response
+        }
         Err(e) => {
             tracing::error!(error = %e, "the audit row could not be written; the request fails");
             if path.starts_with("/api") || path.starts_with("/auth") {
