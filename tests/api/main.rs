@@ -20,6 +20,7 @@ mod negotiation;
 mod openapi;
 mod profile_negatives;
 mod r4_examples;
+mod real_clients;
 mod search;
 mod tidy;
 mod validate;
