@@ -10,13 +10,17 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, capability};
-use crate::config::{Settings, SqliteSynchronousSetting};
+use crate::config::{ConfigError, SecurityMode, Settings, SqliteSynchronousSetting};
 use crate::delivery::endpoints::{EndpointError, EndpointRegistry, Endpoints};
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::policy::RetryPolicy;
 use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::fhir::{Instant, ResourceType};
 use crate::fhirpath::FhirPath;
+use crate::identity::{
+    AssertionVerifier, Authenticator, ClientRegistryError, Clients, ExternalVerifier, TokenSecret,
+    TokenService,
+};
 use crate::mapping::{MappingError, Mappings};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
@@ -42,6 +46,15 @@ pub enum StartupError {
     /// The endpoint registry (`delivery.endpoints`) is wrong.
     #[error("endpoint registry: {0}")]
     Endpoints(#[from] EndpointError),
+    /// Asked to serve beyond this machine without authentication.
+    #[error("{0}")]
+    Security(ConfigError),
+    /// The client registry (`auth.clients`) is wrong.
+    #[error("client registry: {0}")]
+    Clients(#[from] ClientRegistryError),
+    /// The token secret or the external identity provider cannot be used.
+    #[error("authentication: {0}")]
+    Identity(String),
     /// The validation settings name something Sprig does not hold.
     #[error("validation settings: {0}")]
     Validation(String),
@@ -81,6 +94,8 @@ pub struct Application {
     /// the SIGHUP handler is in place before Sprig says it is listening.
     background: Vec<tokio::task::JoinHandle<()>>,
     stop_background: tokio::sync::watch::Sender<bool>,
+    /// Who is calling: handed to the request layer.
+    authenticator: Arc<Authenticator>,
 }
 
 impl Application {
@@ -88,6 +103,10 @@ impl Application {
     /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let started = Instant::now();
+        // Before anything is opened: an open gateway on a public address is refused.
+        let security = settings
+            .security_decision(settings.listen)
+            .map_err(StartupError::Security)?;
         let store = Store::open(&StoreOptions {
             database: settings.database.clone(),
             busy_timeout: Duration::from_millis(settings.sqlite.busy_timeout_ms),
@@ -155,6 +174,30 @@ impl Application {
             },
         );
 
+        let clients = Clients::load(settings.auth.clients.as_deref())?;
+        let secret = TokenSecret::load(&settings.auth, &store)
+            .await
+            .map_err(|e| StartupError::Identity(e.to_string()))?;
+        // Sprig's tokens name Sprig's FHIR base as their audience.
+        let audience = settings
+            .public_base_url
+            .as_deref()
+            .map_or("sprig", |url| url.trim_end_matches('/'));
+        let tokens = Arc::new(TokenService::new(
+            &secret,
+            "sprig",
+            audience,
+            Duration::from_secs(settings.auth.token_lifetime_secs),
+        ));
+        let external = match &settings.auth.external {
+            Some(external) => {
+                Some(Arc::new(ExternalVerifier::new(external).await.map_err(
+                    |e| StartupError::Identity(format!("auth.external: {e}")),
+                )?))
+            }
+            None => None,
+        };
+
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -166,6 +209,26 @@ impl Application {
             address: settings.listen,
             source,
         })?;
+        let mut authenticator = Authenticator::new(
+            security,
+            Arc::clone(&clients),
+            tokens,
+            external,
+            store.clone(),
+            settings.auth.link_workers_see_all_referrals,
+        );
+        let token_url = settings
+            .auth
+            .token_endpoint(settings.public_base_url.as_deref(), address);
+        if let Some(url) = token_url {
+            authenticator = authenticator.with_token_endpoint(AssertionVerifier::new(url));
+        }
+        report_security(
+            &authenticator,
+            &clients,
+            address,
+            settings.auth.external.is_some(),
+        );
         let capability_statement = capability::capability_statement(&settings, started);
         let state = AppState {
             store,
@@ -177,13 +240,23 @@ impl Application {
             delivery_metrics: Arc::new(DeliveryMetrics::new()),
         };
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
-        let background = start_background(&state, background_stopped).await;
+        let mut background = start_background(&state, background_stopped.clone()).await;
+        if clients.source().is_some() {
+            let mut stop = background_stopped;
+            background.push(clients.spawn_watcher(
+                Duration::from_secs(state.settings.auth.reload_poll_secs),
+                async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                },
+            ));
+        }
         Ok(Self {
             listener,
             state,
             address,
             background,
             stop_background,
+            authenticator: Arc::new(authenticator),
         })
     }
 
@@ -209,7 +282,8 @@ impl Application {
         let stop_background = self.stop_background;
         let background = self.background;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let router = api::router(self.state);
+        // The request layer finds the authenticator as an extension.
+        let router = api::router(self.state).layer(axum::Extension(self.authenticator));
         let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing requests in flight");
@@ -238,6 +312,48 @@ impl Application {
         store.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Says at start-up how callers are authenticated: loudly when they are not.
+fn report_security(
+    authenticator: &Authenticator,
+    clients: &Clients,
+    address: SocketAddr,
+    external: bool,
+) {
+    match authenticator.mode() {
+        SecurityMode::OpenOnLoopback => tracing::warn!(
+            listen = %address,
+            "NO AUTHENTICATION: nothing is configured (auth.clients, [auth.external]), so \
+             Sprig serves on this loopback address without asking who calls; anyone on this \
+             machine can read and change every referral. Configure auth.clients to require \
+             tokens"
+        ),
+        SecurityMode::Disabled => tracing::warn!(
+            listen = %address,
+            "NO AUTHENTICATION: auth.mode = \"none\"; Sprig does not ask who calls, so a \
+             proxy in front of it must authenticate every request"
+        ),
+        SecurityMode::Enforced => {
+            tracing::info!(
+                clients = clients.current().len(),
+                external_identity_provider = external,
+                token_endpoint = authenticator.token_endpoint().unwrap_or("none"),
+                "authentication configured"
+            );
+            // Until the request layer checks an Access on every route (issue 17's wiring).
+            tracing::warn!(
+                "the FHIR and /api routes do not yet require an access token: the token \
+                 endpoint issues them, the routes' checks are still to be wired"
+            );
+            if authenticator.token_endpoint().is_none() && !clients.current().is_empty() {
+                tracing::warn!(
+                    "no token endpoint URL: set auth.token_url or public_base_url (ending in \
+                     /fhir), or clients cannot get tokens"
+                );
+            }
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `sprig` command line: parses arguments, runs a subcommand (`serve`,
-//! `validate`, `conformance`), and decides the exit status (0 success, 1 runtime failure
+//! `validate`, `conformance`, `staff`, `audit`), and decides the exit status (0 success, 1 runtime failure
 //! or invalid files, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
@@ -10,11 +10,14 @@ use std::time::Instant as StdInstant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
 mod conformance;
+mod staff;
 mod validate;
 
 use crate::app::{Application, shutdown_signal};
-use crate::config::{Overrides, Settings};
+use crate::config::{Overrides, Settings, SqliteSynchronousSetting};
+use crate::store::{Store, StoreOptions};
 use crate::telemetry;
 
 /// Sprig: the social prescribing referral gateway (FHIR R4).
@@ -33,6 +36,50 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Run FHIR TestScripts against a FHIR server (`sprig conformance run`).
     Conformance(conformance::ConformanceArgs),
+    /// Staff accounts: add, list, disable.
+    Staff(staff::StaffArgs),
+    /// The audit log: export.
+    Audit(audit::AuditArgs),
+}
+
+/// Where the database is, for the subcommands that open it without serving.
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// SQLite file path or sqlite: URL [default: from the config, ./sprig.db]
+    #[arg(
+        long,
+        global = true,
+        env = "SPRIG_DATABASE",
+        value_name = "PATH_OR_URL"
+    )]
+    database: Option<String>,
+    /// TOML config file [default: ./sprig.toml if present]
+    #[arg(long, global = true, env = "SPRIG_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Opens the store the settings name (creating and migrating it if needed), or says why
+/// not on standard error and gives the exit status.
+async fn open_store(args: &DatabaseArgs) -> Result<Store, ExitCode> {
+    let overrides = Overrides {
+        database: args.database.clone(),
+        ..Overrides::default()
+    };
+    let settings = Settings::load(args.config.as_deref(), &overrides).map_err(|error| {
+        eprintln!("sprig: {error}");
+        ExitCode::from(2)
+    })?;
+    Store::open(&StoreOptions {
+        database: settings.database.clone(),
+        busy_timeout: std::time::Duration::from_millis(settings.sqlite.busy_timeout_ms),
+        max_read_connections: 1,
+        durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
+    })
+    .await
+    .map_err(|error| {
+        eprintln!("sprig: cannot open the database: {error}");
+        ExitCode::from(1)
+    })
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +105,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate(args) => validate::run(args),
         Command::Conformance(args) => conformance::run(args),
+        Command::Staff(args) => staff::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }
 

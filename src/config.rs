@@ -32,6 +32,17 @@ pub enum ConfigError {
     /// A value has the wrong type, or a key is unknown.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    /// Asked to listen beyond this machine with no authentication configured.
+    #[error(
+        "refusing to serve on {listen} without authentication: configure auth.clients (a \
+         client registry) or [auth.external] (an identity provider), listen on a loopback \
+         address (127.0.0.1) for development, or set auth.mode = \"none\" if a proxy in \
+         front of Sprig authenticates every request"
+    )]
+    Insecure {
+        /// The address asked for.
+        listen: SocketAddr,
+    },
     /// A value is out of range.
     #[error("invalid configuration: {key}: {reason}")]
     OutOfRange {
@@ -81,6 +92,145 @@ pub struct Settings {
     pub mappings_dir: Option<PathBuf>,
     /// Delivery of updates to GP systems.
     pub delivery: DeliverySettings,
+    /// Who may call Sprig, and how they prove it.
+    pub auth: AuthSettings,
+}
+
+/// Whether Sprig asks callers who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Required when anything is configured (a client registry, an external identity
+    /// provider); with nothing configured, open on a loopback address only.
+    Auto,
+    /// Always required, even with nothing configured (then only staff accounts can
+    /// sign in).
+    Required,
+    /// Never asked, on any address: for a deployment that authenticates in front of
+    /// Sprig. Logged as a warning at every start.
+    None,
+}
+
+/// What start-up decided about authentication (`Settings::security_decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityMode {
+    /// Nothing configured and a loopback address: every request is allowed, as the
+    /// developer on this machine. Said loudly at start-up.
+    OpenOnLoopback,
+    /// `auth.mode = "none"`: every request is allowed, on any address. A warning at
+    /// every start.
+    Disabled,
+    /// Every request to a FHIR or `/api` route must carry valid credentials.
+    Enforced,
+}
+
+/// Who may call Sprig, and how they prove it (`[auth]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `auto`, `required` or `none`.
+    pub mode: AuthMode,
+    /// The client registry (`[[client]]` tables, see `clients.example.toml`).
+    pub clients: Option<PathBuf>,
+    /// The token endpoint's URL as clients reach it: the `aud` their assertions must
+    /// carry, exactly. Unset: `public_base_url` with its last segment (`/fhir`) replaced
+    /// by `/auth/token`, or, on a loopback address, `http://{listen}/auth/token`.
+    pub token_url: Option<String>,
+    /// How long Sprig's access tokens last.
+    pub token_lifetime_secs: u64,
+    /// A file of at least 32 random bytes to sign Sprig's access tokens with, readable
+    /// by its owner only; unset: a secret made once and kept in the database.
+    pub token_secret_file: Option<PathBuf>,
+    /// How often the client registry's files are checked for changes.
+    pub reload_poll_secs: u64,
+    /// Whether a link worker may open the detail of a referral assigned to another link
+    /// worker (the worklist shows every referral either way).
+    pub link_workers_see_all_referrals: bool,
+    /// Tokens from an external identity provider (OIDC).
+    pub external: Option<ExternalAuthSettings>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Auto,
+            clients: None,
+            token_url: None,
+            token_lifetime_secs: 300,
+            token_secret_file: None,
+            reload_poll_secs: 5,
+            link_workers_see_all_referrals: false,
+            external: None,
+        }
+    }
+}
+
+/// The JWS algorithms Sprig verifies external tokens and client assertions with: the
+/// asymmetric ones only (never `none` or HMAC, whose key would be public).
+pub const ASYMMETRIC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+];
+
+/// An external identity provider whose access tokens Sprig accepts (`[auth.external]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthSettings {
+    /// The `iss` its tokens carry, exactly.
+    pub issuer: String,
+    /// The `aud` Sprig's tokens from it carry (one of).
+    pub audience: String,
+    /// Its keys as a JWK Set file.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Its keys as a JWK Set URL (fetched at start-up, refreshed every
+    /// `jwks_refresh_secs`, and when a token names a key not held).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the JWK Set is fetched again.
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    /// The algorithms its tokens may use (from this list, never from the token).
+    #[serde(default = "default_external_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim naming the calling client (machine tokens).
+    #[serde(default = "default_client_id_claim")]
+    pub client_id_claim: String,
+    /// The claim naming the person (staff tokens): a stable id.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim holding the ODS code(s) the caller acts for (a string or a list).
+    #[serde(default = "default_ods_claim")]
+    pub ods_claim: String,
+    /// The claim holding the SMART scopes (a space-separated string or a list).
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+    /// The claim holding a person's role (`link_worker`, `service_manager`,
+    /// `administrator`; a string or a list, the first known one counts). A token with
+    /// it is a person's; without it, a client's.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+}
+
+fn default_jwks_refresh_secs() -> u64 {
+    3600
+}
+fn default_external_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_client_id_claim() -> String {
+    "azp".into()
+}
+fn default_username_claim() -> String {
+    "sub".into()
+}
+fn default_ods_claim() -> String {
+    "ods".into()
+}
+fn default_scope_claim() -> String {
+    "scope".into()
+}
+fn default_role_claim() -> String {
+    "sprig_role".into()
 }
 
 /// Delivery of Task and Observation updates to GP systems.
@@ -156,6 +306,7 @@ impl Default for Settings {
             service: ServiceSettings::default(),
             mappings_dir: None,
             delivery: DeliverySettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -390,7 +541,123 @@ impl Settings {
             return Err(range("public_base_url", "must be an absolute http(s) URL"));
         }
         self.validation.default_profiles()?;
+        self.auth.check()?;
         Ok(())
+    }
+
+    /// Whether Sprig may serve on `listen` with the authentication configured, and how:
+    /// with nothing configured (`auth.mode = "auto"`, no client registry, no external
+    /// identity provider) only on a loopback address; anywhere with `auth.mode = "none"`.
+    /// Staff accounts in the database do not count: what the configuration says decides,
+    /// before the database is read, so a row can never open or close the FHIR API (use
+    /// `auth.mode = "required"` for a deployment with staff accounts only).
+    pub fn security_decision(&self, listen: SocketAddr) -> Result<SecurityMode, ConfigError> {
+        match self.auth.mode {
+            AuthMode::None => Ok(SecurityMode::Disabled),
+            AuthMode::Required => Ok(SecurityMode::Enforced),
+            AuthMode::Auto if self.auth.clients.is_some() || self.auth.external.is_some() => {
+                Ok(SecurityMode::Enforced)
+            }
+            AuthMode::Auto if listen.ip().is_loopback() => Ok(SecurityMode::OpenOnLoopback),
+            AuthMode::Auto => Err(ConfigError::Insecure { listen }),
+        }
+    }
+}
+
+impl AuthSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let range = |key, reason: String| ConfigError::OutOfRange { key, reason };
+        if !(30..=86_400).contains(&self.token_lifetime_secs) {
+            return Err(range(
+                "auth.token_lifetime_secs",
+                "must be between 30 and 86400".into(),
+            ));
+        }
+        if self.reload_poll_secs == 0 {
+            return Err(range("auth.reload_poll_secs", "must be at least 1".into()));
+        }
+        if let Some(url) = &self.token_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(range(
+                "auth.token_url",
+                "must be an absolute http(s) URL".into(),
+            ));
+        }
+        let Some(external) = &self.external else {
+            return Ok(());
+        };
+        if external.issuer.trim().is_empty() {
+            return Err(range("auth.external.issuer", "must not be empty".into()));
+        }
+        if external.audience.trim().is_empty() {
+            return Err(range("auth.external.audience", "must not be empty".into()));
+        }
+        match (&external.jwks_file, &external.jwks_url) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(range(
+                    "auth.external",
+                    "give exactly one of jwks_file and jwks_url".into(),
+                ));
+            }
+            (None, Some(url)) if !url.starts_with("https://") && !url.starts_with("http://") => {
+                return Err(range(
+                    "auth.external.jwks_url",
+                    "must be an absolute http(s) URL".into(),
+                ));
+            }
+            _ => {}
+        }
+        if external.jwks_refresh_secs == 0 {
+            return Err(range(
+                "auth.external.jwks_refresh_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if external.algorithms.is_empty() {
+            return Err(range(
+                "auth.external.algorithms",
+                "name at least one algorithm".into(),
+            ));
+        }
+        if let Some(bad) = external
+            .algorithms
+            .iter()
+            .find(|a| !ASYMMETRIC_ALGORITHMS.contains(&a.as_str()))
+        {
+            return Err(range(
+                "auth.external.algorithms",
+                format!(
+                    "{bad:?} is not allowed; use {}",
+                    ASYMMETRIC_ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token endpoint's URL, the `aud` client assertions must carry: `token_url`;
+    /// else `public_base_url` with a last segment `fhir` replaced by `auth/token`; else,
+    /// when Sprig listens on a loopback address, `http://{bound}/auth/token`. `None`
+    /// when none applies (then no client can get a token; start-up says so).
+    pub fn token_endpoint(
+        &self,
+        public_base_url: Option<&str>,
+        bound: SocketAddr,
+    ) -> Option<String> {
+        if let Some(url) = &self.token_url {
+            return Some(url.clone());
+        }
+        if let Some(base) = public_base_url {
+            let base = base.trim_end_matches('/');
+            return base
+                .strip_suffix("/fhir")
+                .map(|root| format!("{root}/auth/token"));
+        }
+        bound
+            .ip()
+            .is_loopback()
+            .then(|| format!("http://{bound}/auth/token"))
     }
 }
 
@@ -443,6 +710,126 @@ mod tests {
                 serde_json::to_value(&settings).map_err(|e| e.to_string())?,
                 serde_json::to_value(Settings::default()).map_err(|e| e.to_string())?
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn security_is_decided_from_the_configuration_and_the_address() {
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let loopback6: SocketAddr = "[::1]:8080".parse().expect("addr");
+        let anywhere: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        let mut settings = Settings::default();
+        assert_eq!(
+            settings.security_decision(loopback).expect("ok"),
+            SecurityMode::OpenOnLoopback
+        );
+        assert_eq!(
+            settings.security_decision(loopback6).expect("ok"),
+            SecurityMode::OpenOnLoopback
+        );
+        let refused = settings.security_decision(anywhere).expect_err("refused");
+        let message = refused.to_string();
+        assert!(message.contains("auth.mode = \"none\""), "{message}");
+        assert!(message.contains("auth.clients"), "{message}");
+
+        settings.auth.clients = Some("clients.toml".into());
+        assert_eq!(
+            settings.security_decision(anywhere).expect("ok"),
+            SecurityMode::Enforced
+        );
+        assert_eq!(
+            settings.security_decision(loopback).expect("ok"),
+            SecurityMode::Enforced
+        );
+        settings.auth.clients = None;
+        settings.auth.mode = AuthMode::Required;
+        assert_eq!(
+            settings.security_decision(loopback).expect("ok"),
+            SecurityMode::Enforced
+        );
+        settings.auth.mode = AuthMode::None;
+        assert_eq!(
+            settings.security_decision(anywhere).expect("ok"),
+            SecurityMode::Disabled
+        );
+    }
+
+    #[test]
+    fn the_token_endpoint_follows_the_public_address() {
+        let auth = AuthSettings::default();
+        let bound: SocketAddr = "127.0.0.1:4321".parse().expect("addr");
+        assert_eq!(
+            auth.token_endpoint(Some("https://sprig.example.org/fhir/"), bound)
+                .as_deref(),
+            Some("https://sprig.example.org/auth/token")
+        );
+        assert_eq!(
+            auth.token_endpoint(Some("https://sprig.example.org/api-base"), bound),
+            None
+        );
+        assert_eq!(
+            auth.token_endpoint(None, bound).as_deref(),
+            Some("http://127.0.0.1:4321/auth/token")
+        );
+        assert_eq!(
+            auth.token_endpoint(None, "10.0.0.5:80".parse().expect("addr")),
+            None
+        );
+        let explicit = AuthSettings {
+            token_url: Some("https://idp.example.org/token".into()),
+            ..AuthSettings::default()
+        };
+        assert_eq!(
+            explicit.token_endpoint(None, bound).as_deref(),
+            Some("https://idp.example.org/token")
+        );
+    }
+
+    #[test]
+    fn external_identity_provider_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "ok.toml",
+                "[auth.external]\nissuer = \"https://idp\"\naudience = \"sprig\"\njwks_url = \"https://idp/jwks\"\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("ok.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            let external = settings.auth.external.ok_or("external")?;
+            assert_eq!(external.algorithms, ["RS256"]);
+            assert_eq!(external.role_claim, "sprig_role");
+            for (name, text, problem) in [
+                (
+                    "hs.toml",
+                    "algorithms = [\"HS256\"]\njwks_url = \"https://idp/jwks\"\n",
+                    "HS256",
+                ),
+                (
+                    "none.toml",
+                    "algorithms = [\"none\"]\njwks_url = \"https://idp/jwks\"\n",
+                    "none",
+                ),
+                (
+                    "both.toml",
+                    "jwks_url = \"https://idp/jwks\"\njwks_file = \"k.json\"\n",
+                    "exactly one",
+                ),
+                ("neither.toml", "", "exactly one"),
+            ] {
+                jail.create_file(
+                    name,
+                    &format!(
+                        "[auth.external]\nissuer = \"https://idp\"\naudience = \"sprig\"\n{text}"
+                    ),
+                )?;
+                let error = Settings::load(Some(Path::new(name)), &Overrides::default())
+                    .expect_err(name)
+                    .to_string();
+                assert!(error.contains(problem), "{name}: {error}");
+            }
+            jail.create_file("life.toml", "[auth]\ntoken_lifetime_secs = 5\n")?;
+            assert!(Settings::load(Some(Path::new("life.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }

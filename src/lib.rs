@@ -19,6 +19,8 @@
 //! - `delivery`: the outbox's consumer: sends Task and Observation updates to GP systems
 //!   (endpoint registry, authentication, TLS, retries, dead letters, metrics)
 //! - `located`: mistakes located in a TOML configuration file (`file:line:column`)
+//! - `identity`: who is calling (client registry, assertions, Sprig's tokens, external
+//!   tokens, staff accounts) and the `Access` every handler holds
 //! - `fhirpath`: Sprig's FHIRPath engine (invariants, slicing, mappings)
 //! - `mapping`: the declarative FHIR ↔ referral record mappings (`mappings/*.toml`) and the
 //!   Task and Observation builders
@@ -36,6 +38,7 @@ pub mod delivery;
 pub mod fhir;
 pub mod fhirpath;
 pub mod located;
+pub mod identity;
 pub mod mapping;
 pub mod referral;
 pub mod search;

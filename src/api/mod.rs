@@ -11,6 +11,7 @@
 //! made by `problem::Problem` (no other error-to-HTTP mapping exists); every
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
+pub mod auth;
 pub mod capability;
 pub mod deliveries;
 pub mod error;
@@ -110,6 +111,11 @@ pub fn router(state: AppState) -> Router {
             post(deliveries::retry_endpoint),
         )
         .route("/metrics", get(deliveries::metrics))
+        .route("/auth/token", post(auth::token))
+        .route(
+            "/.well-known/smart-configuration",
+            get(auth::smart_configuration),
+        )
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .fallback(not_found)

@@ -13,6 +13,8 @@
 //! - this module stores what it is given: parsing and validation happen
 //!   before, in `fhir` and `validation`.
 
+pub mod audit;
+pub mod identity;
 pub mod outbox;
 pub mod referrals;
 mod search;
@@ -27,6 +29,8 @@ use thiserror::Error;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::search::{Cursor, SearchQuery};
 
+pub use audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
+pub use identity::StaffAccountRow;
 pub use sqlite::SqliteStore;
 pub use write::{ResourceWrite, WriteTx};
 
@@ -316,5 +320,26 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.close().await,
         }
+    }
+}
+
+/// Opening a store in tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{Store, StoreOptions};
+
+    /// A store on `dir/sprig.db` (made if missing).
+    pub async fn open_store(dir: &Path) -> Store {
+        Store::open(&StoreOptions {
+            database: dir.join("sprig.db").display().to_string(),
+            busy_timeout: Duration::from_secs(5),
+            max_read_connections: 2,
+            durable_commits: false,
+        })
+        .await
+        .expect("store opens")
     }
 }

@@ -47,6 +47,9 @@ impl SqliteStore {
         } else {
             SqliteSynchronous::Normal
         };
+        // The file holds patient data: made readable by its owner only, before SQLite
+        // makes it (SQLite gives the -wal and -shm files the database file's mode).
+        restrict_file_mode(base.get_filename())?;
         let base = base
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)
@@ -60,6 +63,7 @@ impl SqliteStore {
             .connect_with(base.clone().create_if_missing(true))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        restrict_companion_modes(base.get_filename())?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_read_connections.max(1))
             .acquire_timeout(options.busy_timeout)
@@ -148,6 +152,72 @@ impl SqliteStore {
     }
 }
 
+/// Creates the database file with mode 0600 if it does not exist; an existing file
+/// readable or writable by others loses those permissions (with a warning), its
+/// group's are left as the operator set them.
+#[cfg(unix)]
+fn restrict_file_mode(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o007 != 0 {
+                tracing::warn!(
+                    mode = format!("{:o}", mode & 0o777),
+                    "the database file was readable by other users; removing their access"
+                );
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o770))
+                    .map_err(io)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_file_mode(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Gives the -wal and -shm files, once SQLite has made them, no more access than the
+/// database file has (SQLite does so itself; this holds it whatever the umask was when
+/// an older Sprig made them).
+#[cfg(unix)]
+fn restrict_companion_modes(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
+    let database_mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = std::path::PathBuf::from(companion);
+        match std::fs::metadata(&companion) {
+            Ok(meta) if meta.permissions().mode() & 0o777 & !database_mode != 0 => {
+                let mode = meta.permissions().mode() & database_mode;
+                std::fs::set_permissions(&companion, std::fs::Permissions::from_mode(mode))
+                    .map_err(io)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_companion_modes(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
 /// The current version of a resource, on any connection (a reader, or a
 /// writer inside its transaction).
 pub(super) async fn read_current(
@@ -196,4 +266,43 @@ pub(super) fn outcome_from_row(
             last_updated,
         },
     })
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::store::test_support::open_store;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_are_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        // A write, so the WAL and shared-memory files exist.
+        store.ping().await.expect("ping");
+        store
+            .record_audit(&crate::store::AuditRecord::new("read", 200))
+            .await
+            .expect("write");
+        for name in ["sprig.db", "sprig.db-wal", "sprig.db-shm"] {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
+        store.close().await;
+
+        // A file an older version made world-readable loses that at the next start.
+        let path = dir.path().join("sprig.db");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = open_store(dir.path()).await;
+        assert_eq!(mode(&path), 0o640);
+        store.close().await;
+    }
 }

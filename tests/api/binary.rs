@@ -237,3 +237,132 @@ fn sprig_validate_checks_files_and_folders() {
     let (code, _, _) = sprig_validate(&[], dir.path());
     assert_eq!(code, Some(2));
 }
+
+fn sprig(args: &[&str], db: &std::path::Path, stdin: &str) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sprig"))
+        .args(args)
+        .arg("--database")
+        .arg(db)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sprig runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("sprig finishes");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn staff_accounts_are_managed_and_the_audit_log_exported_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("sprig.db");
+    let password = "a long enough password";
+    let add = [
+        "staff",
+        "add",
+        "--username",
+        "amara",
+        "--name",
+        "Amara Okafor",
+        "--role",
+        "link_worker",
+    ];
+    let (code, out, err) = sprig(&add, &db, &format!("{password}\n"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("added amara"), "{out}");
+    assert!(!out.contains(password) && !err.contains(password));
+    // Taken, too short, an unknown role.
+    let (code, _, err) = sprig(&add, &db, &format!("{password}\n"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    let short = [
+        "staff",
+        "add",
+        "--username",
+        "bo",
+        "--name",
+        "Bo",
+        "--role",
+        "administrator",
+    ];
+    let (code, _, err) = sprig(&short, &db, "short\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("at least 12"), "{err}");
+    let (code, _, _) = sprig(
+        &[
+            "staff",
+            "add",
+            "--username",
+            "cy",
+            "--name",
+            "Cy",
+            "--role",
+            "root",
+        ],
+        &db,
+        &format!("{password}\n"),
+    );
+    assert_eq!(code, Some(2));
+
+    let (code, out, _) = sprig(&["staff", "list"], &db, "");
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "amara\tlink_worker\tenabled\tAmara Okafor\n");
+    let (code, _, _) = sprig(&["staff", "disable", "amara"], &db, "");
+    assert_eq!(code, Some(0));
+    let (_, out, _) = sprig(&["staff", "list"], &db, "");
+    assert!(out.contains("disabled"), "{out}");
+    let (code, _, _) = sprig(&["staff", "disable", "nobody"], &db, "");
+    assert_eq!(code, Some(1));
+
+    // The audit log, one JSON object per line.
+    let options = sprig::store::StoreOptions {
+        database: db.display().to_string(),
+        busy_timeout: Duration::from_secs(5),
+        max_read_connections: 1,
+        durable_commits: false,
+    };
+    let store = sprig::store::Store::open(&options).await.expect("store");
+    for status in [200, 404] {
+        let record = sprig::store::AuditRecord {
+            client_id: Some("gp-a".into()),
+            search_params: vec!["patient".into()],
+            ..sprig::store::AuditRecord::new("search-type", status)
+        };
+        store.record_audit(&record).await.expect("audit");
+    }
+    store.close().await;
+    let (code, out, err) = sprig(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2020-01-01",
+            "--format",
+            "ndjson",
+        ],
+        &db,
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["client_id"], "gp-a");
+    assert_eq!(rows[1]["outcome"], "4");
+    let (_, out, _) = sprig(&["audit", "export", "--since", "2999-01-01"], &db, "");
+    assert!(out.is_empty());
+}

@@ -518,7 +518,15 @@ async fn a_referral_sent_again_in_another_shape_gets_that_shape_of_answer() {
             })
             .expect("a ServiceRequest entry")
     };
-    let mut transaction = Shape::Transaction.example();
+    // The same referral (same identifier, patient and practice) in another shape: the
+    // examples' Patients differ, and another patient under a held identifier is a conflict.
+    let mut transaction: Value = serde_json::from_str(
+        &Shape::Transaction
+            .example()
+            .to_string()
+            .replace("9912003888", "9000000009"),
+    )
+    .expect("JSON");
     let index = service_request(&transaction);
     transaction["entry"][index]["resource"]["identifier"] =
         message["entry"][service_request(&message)]["resource"]["identifier"].clone();
