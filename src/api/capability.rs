@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::negotiate::ResponseFormat;
-use crate::config::Settings;
+use crate::config::{Settings, UpdateRequires};
 use crate::fhir::{FHIR_VERSION, Instant, Issue, IssueType, ResourceType};
 
 /// A FHIR RESTful interaction Sprig may support on a resource type.
@@ -69,7 +69,7 @@ pub const SUPPORTED: &[ResourceCapability] = &[
             Interaction::HistoryInstance,
             Interaction::Update,
         ],
-        documentation: "A referral to the social prescribing service, held to the sprig-referral profile unless it names another (related resources contained, or sent together in a transaction Bundle to POST /fhir or a message to $process-message). Each referral starts the service's workflow and gets one Task reporting its progress. The same referral (identifier system and value) sent again is answered with the one already held (200), never stored twice; If-None-Exist is also honoured. PUT with If-Match amends a referral or, with status revoked, withdraws it.",
+        documentation: "A referral to the social prescribing service, held to the sprig-referral profile unless it names another (related resources contained, or sent together in a transaction Bundle to POST /fhir or a message to $process-message). Each referral starts the service's workflow and gets one Task reporting its progress. The same referral (identifier system and value) sent again is answered with the one already held (200), never stored twice; If-None-Exist (or the same query on the POST URL) is also honoured. PUT amends a referral or, with status revoked, withdraws it; how it names the version it changes is in the update interaction's documentation.",
         arrives_with_referral: true,
     },
     ResourceCapability {
@@ -171,13 +171,24 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             let interactions: Vec<Value> = c
                 .interactions
                 .iter()
-                .map(|i| json!({"code": i.code()}))
+                .map(|i| match i {
+                    Interaction::Update => json!({
+                        "code": i.code(),
+                        "documentation": update_rule(settings.fhir.update_requires),
+                    }),
+                    _ => json!({"code": i.code()}),
+                })
                 .collect();
             let mut resource = json!({
                 "type": c.resource_type.as_str(),
                 "documentation": c.documentation,
                 "interaction": interactions,
-                "versioning": "versioned",
+                // Updates must name the version they change (`update_rule`).
+                "versioning": if c.interactions.contains(&Interaction::Update) {
+                    "versioned-update"
+                } else {
+                    "versioned"
+                },
                 "readHistory": c.interactions.contains(&Interaction::Vread),
                 "updateCreate": false,
                 // If-None-Exist on POST; `request.ifNoneExist` in a transaction,
@@ -243,6 +254,18 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             }],
         }],
     })
+}
+
+/// What an update must carry, as enforced (`api::referrals::update`).
+fn update_rule(rule: UpdateRequires) -> &'static str {
+    match rule {
+        UpdateRequires::IfMatch => {
+            "The update must name the version it changes: If-Match with the ETag of the version read (428 without it, 412 when it is no longer current)."
+        }
+        UpdateRequires::IfMatchOrVersionId => {
+            "The update must name the version it changes: If-Match with the ETag of the version read, or else meta.versionId in the body as read (428 with neither, 412 when the version named is no longer current)."
+        }
+    }
 }
 
 /// `searchParam` for a type, from the same table the search reads, so the

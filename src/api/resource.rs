@@ -47,7 +47,7 @@ pub async fn create(
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
         drop(tx);
         let what = Written::matched_existing(&existing);
-        return written(&state, &existing, what, answer, checked.issues);
+        return written(&existing, what, answer, checked.issues);
     }
     let id = FhirId::generate();
     let stored = tx
@@ -66,13 +66,7 @@ pub async fn create(
         version = %stored.version_id,
         "resource created"
     );
-    written(
-        &state,
-        &stored,
-        Written::created(&stored),
-        answer,
-        checked.issues,
-    )
+    written(&stored, Written::created(&stored), answer, checked.issues)
 }
 
 /// `If-None-Exist`: the search that, if it matches, means "already there".

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::capability::{Interaction, supported};
 use super::error::{ApiError, Concerning};
-use super::extract::{FormBody, parse_id};
+use super::extract::{FhirBase, FormBody, parse_id};
 use super::negotiate::{ResponseFormat, lenient_handling};
 use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
@@ -26,6 +26,7 @@ pub async fn search_get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
+    base: FhirBase,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -36,6 +37,7 @@ pub async fn search_get(
         resource_type,
         query.as_deref().unwrap_or(""),
         format,
+        &base,
         &headers,
     )
     .await
@@ -48,6 +50,7 @@ pub async fn search_post(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
+    base: FhirBase,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     form: Result<FormBody, ApiError>,
@@ -60,7 +63,7 @@ pub async fn search_post(
         Some(q) if !q.is_empty() => q.to_owned(),
         _ => form,
     };
-    run_search(&state, resource_type, &combined, format, &headers).await
+    run_search(&state, resource_type, &combined, format, &base, &headers).await
 }
 
 async fn run_search(
@@ -68,12 +71,13 @@ async fn run_search(
     resource_type: ResourceType,
     raw_query: &str,
     format: ResponseFormat,
+    base: &FhirBase,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let lenient = lenient_handling(headers);
     let options = ParseOptions {
         lenient,
-        base: state.settings.public_base_url.as_deref(),
+        base: Some(base.as_str()),
     };
     let query = SearchQuery::parse_with(resource_type, raw_query, options).map_err(|issues| {
         tracing::info!(
@@ -93,7 +97,7 @@ async fn run_search(
         more = page.next.is_some(),
         "search"
     );
-    let base = state.fhir_base();
+    let base = base.as_str().to_owned();
     let size: usize = page.resources.iter().map(|r| r.json.len()).sum();
     // Building and writing the page both scale with its size: both go off
     // the runtime for a large page.
@@ -154,6 +158,7 @@ pub async fn history_instance(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     format: ResponseFormat,
+    base: FhirBase,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -183,7 +188,7 @@ pub async fn history_instance(
         "history"
     );
 
-    let resource_url = format!("{}/{resource_type}/{id}", state.fhir_base());
+    let resource_url = format!("{}/{resource_type}/{id}", base.as_str());
     // Every version's JSON is parsed to build the Bundle: off the runtime
     // when the page is large, as for a search page.
     let size: usize = page

@@ -13,6 +13,7 @@ mod conformance;
 mod create_read;
 mod delivery;
 mod durability;
+mod fhir_conventions;
 mod fhirpath_suite;
 mod helpers;
 mod isolation;
