@@ -173,6 +173,7 @@ fn tokens_in_every_form() {
 fn references_in_every_form() {
     let base = ParseOptions {
         lenient: false,
+        strict: true,
         base: Some("https://sprig.example/fhir/"),
     };
     let q = SearchQuery::parse_with(
@@ -460,6 +461,7 @@ fn every_error_names_the_parameter_and_what_is_allowed() {
 fn lenient_handling_ignores_bad_parameters_with_warnings() {
     let options = ParseOptions {
         lenient: true,
+        strict: false,
         base: None,
     };
     let q = SearchQuery::parse_with(SR, "colour=red&status=active&_count=x", options)
