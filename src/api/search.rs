@@ -202,7 +202,9 @@ fn subset(resource: &mut Value, resource_type: ResourceType, elements: &[String]
         .entry("meta")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(meta) = meta.as_object_mut() {
-        let tags = meta.entry("tag").or_insert_with(|| Value::Array(Vec::new()));
+        let tags = meta
+            .entry("tag")
+            .or_insert_with(|| Value::Array(Vec::new()));
         if let Some(tags) = tags.as_array_mut() {
             tags.push(json!({
                 "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",

@@ -299,7 +299,11 @@ impl SearchQuery {
             "_totalMethod" => return Ok(Keep::No),
             "_include" | "_revinclude" => {
                 if let Some(modifier) = modifier {
-                    return Err(modifier_refused(name, modifier, "no modifiers (no :iterate)"));
+                    return Err(modifier_refused(
+                        name,
+                        modifier,
+                        "no modifiers (no :iterate)",
+                    ));
                 }
                 return self.apply_include(name == "_revinclude", value);
             }

@@ -320,3 +320,135 @@ async fn with_update_requires_if_match_the_body_version_is_not_enough() {
     let text = cs.to_string();
     assert!(!text.contains("or else meta.versionId"));
 }
+
+// 4. Search: unknown parameters, _summary, _elements, _include, _revinclude.
+
+#[tokio::test]
+async fn unknown_parameters_are_ignored_and_reported_by_default() {
+    let app = spawn_app().await;
+    let created = create_referral(&app).await;
+    let id = created["id"].as_str().unwrap();
+    let page = json_body(
+        app.get(&format!("/fhir/ServiceRequest?_id={id}&colour=red"))
+            .await,
+    )
+    .await;
+    assert_eq!(page["total"], 1, "{page}");
+    let entries = page["entry"].as_array().unwrap();
+    let outcome = entries
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("an outcome entry");
+    assert_eq!(message_ids(&outcome["resource"]), ["search-param-unknown"]);
+    assert_eq!(outcome["resource"]["issue"][0]["severity"], "warning");
+    let self_link = page["link"][0]["url"].as_str().unwrap();
+    assert!(!self_link.contains("colour"), "{self_link}");
+
+    // A bad value of a known parameter is still refused.
+    assert_eq!(
+        app.get("/fhir/ServiceRequest?_lastUpdated=yesterday")
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn summary_count_elements_and_includes() {
+    let app = spawn_app().await;
+    let created = create_referral(&app).await;
+    let id = created["id"].as_str().unwrap();
+
+    let count = json_body(
+        app.get(&format!(
+            "/fhir/ServiceRequest?_id={id}&_summary=count&_totalMethod=count"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(count["total"], 1, "{count}");
+    assert!(count.get("entry").is_none(), "{count}");
+
+    let subset = json_body(
+        app.get(&format!("/fhir/ServiceRequest?_id={id}&_elements=note"))
+            .await,
+    )
+    .await;
+    let resource = &subset["entry"][0]["resource"];
+    let names: Vec<&str> = resource
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for name in names {
+        assert!(
+            [
+                "resourceType",
+                "id",
+                "meta",
+                "status",
+                "intent",
+                "subject",
+                "note"
+            ]
+            .contains(&name),
+            "{name} kept"
+        );
+    }
+    assert!(
+        resource["meta"]["tag"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["code"] == "SUBSETTED")
+    );
+
+    // The Task that reports on the referral, and the referral from the Task.
+    let with_task = json_body(
+        app.get(&format!(
+            "/fhir/ServiceRequest?_id={id}&_revinclude=Task:based-on"
+        ))
+        .await,
+    )
+    .await;
+    let included: Vec<&Value> = with_task["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .collect();
+    assert_eq!(included.len(), 1, "{with_task}");
+    assert_eq!(included[0]["resource"]["resourceType"], "Task");
+    assert!(
+        included[0]["fullUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&app.url("/fhir/Task/"))
+    );
+    let task_id = included[0]["resource"]["id"].as_str().unwrap();
+    let from_task = json_body(
+        app.get(&format!("/fhir/Task?_id={task_id}&_include=Task:based-on"))
+            .await,
+    )
+    .await;
+    let referral = from_task["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "include")
+        .expect("the referral included");
+    assert_eq!(referral["resource"]["id"], id);
+
+    // An include Sprig does not follow is ignored and reported, or refused when strict.
+    let strict = app
+        .client
+        .get(app.url("/fhir/ServiceRequest?_include=ServiceRequest:performer"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status(), 400);
+    let text = json_body(strict).await.to_string();
+    assert!(text.contains("ServiceRequest:subject"), "{text}");
+}

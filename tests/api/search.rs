@@ -63,6 +63,16 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
+/// GETs `path` with `Prefer: handling=strict` (unknown parameters refused).
+async fn get_strict(app: &crate::helpers::TestApp, path: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .expect("sent")
+}
+
 /// A link's URL; one on the test server (absolute, from the request's `Host`)
 /// as a path, to request and compare as the paths the tests write.
 fn link(bundle: &Value, relation: &str) -> Option<String> {
@@ -370,9 +380,7 @@ async fn bad_parameters_are_400_unless_lenient() {
     let app = spawn_app().await;
     let (id, _) = create_referral(&app, "REF-1", "active").await;
 
-    let response = app
-        .get("/fhir/ServiceRequest?colour=red&identifier=REF-1")
-        .await;
+    let response = get_strict(&app, "/fhir/ServiceRequest?colour=red&identifier=REF-1").await;
     assert_eq!(response.status(), 400);
     let outcome = json_body(response).await;
     assert_eq!(message_ids(&outcome), vec!["search-param-unknown"]);
@@ -475,6 +483,7 @@ async fn post_search_takes_a_form() {
         .client
         .post(app.url("/fhir/ServiceRequest/_search"))
         .header("content-type", "application/x-www-form-urlencoded")
+        .header("prefer", "handling=strict")
         .body("colour=red")
         .send()
         .await
@@ -663,7 +672,10 @@ async fn tasks_by_referral_patient_status_and_modified() {
     assert_eq!(search("modified=ge2026-11-21T11:15:00Z").await, both);
     assert_eq!(search("_lastUpdated=gt2000").await, both);
     // Task is searched with its own parameters.
-    assert_eq!(app.get("/fhir/Task?authored=2026").await.status(), 400);
+    assert_eq!(
+        get_strict(&app, "/fhir/Task?authored=2026").await.status(),
+        400
+    );
     // ...and Sprig writes Tasks itself: no HTTP create.
     assert_eq!(
         app.client
@@ -737,7 +749,7 @@ async fn metadata_lists_the_search_parameters_that_work() {
             assert_eq!(response.status(), 200, "{type_name}?{param}");
         }
         assert_eq!(
-            app.get(&format!("/fhir/{type_name}?not-listed=1"))
+            get_strict(&app, &format!("/fhir/{type_name}?not-listed=1"))
                 .await
                 .status(),
             400
