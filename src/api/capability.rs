@@ -206,6 +206,19 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             });
             if c.interactions.contains(&Interaction::SearchType) {
                 resource["searchParam"] = Value::Array(search_params(c.resource_type));
+                let includes: Vec<String> = crate::search::params::includes_from(c.resource_type)
+                    .map(|i| format!("{}:{}", i.source, i.param))
+                    .collect();
+                if !includes.is_empty() {
+                    resource["searchInclude"] = json!(includes);
+                }
+                let revincludes: Vec<String> =
+                    crate::search::params::revincludes_to(c.resource_type)
+                        .map(|i| format!("{}:{}", i.source, i.param))
+                        .collect();
+                if !revincludes.is_empty() {
+                    resource["searchRevInclude"] = json!(revincludes);
+                }
             }
             // What a resource of this type is held to when it names no
             // profile: the truth a sender needs before sending.
@@ -237,7 +250,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page. Unknown parameters or bad values are a 400 unless the request says Prefer: handling=lenient.",
+            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page; _summary=count for only the total; _elements for chosen top-level elements (tagged SUBSETTED); _include and _revinclude as listed per type. An unknown parameter is ignored and reported in an OperationOutcome entry (search.mode outcome) unless the request says Prefer: handling=strict (then 400); a bad value of a known parameter is a 400 unless the request says Prefer: handling=lenient. A trailing slash on any path is the same path; URLs in answers are absolute.",
             "resource": resources,
             "interaction": [{
                 "code": "transaction",

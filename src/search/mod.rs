@@ -509,7 +509,7 @@ impl SearchQuery {
                 IssueType::NotSupported,
                 "search-param-unknown",
                 format!(
-                    "{name}={} is not supported on a {} search; Sprig supports {offered}",
+                    "{name}={} is not supported on a search of {}; Sprig supports {offered}",
                     shorten(value, 60),
                     self.resource_type
                 ),
@@ -791,7 +791,7 @@ fn unknown_param(resource_type: ResourceType, key: &str) -> Issue {
         IssueType::NotSupported,
         "search-param-unknown",
         format!(
-            "Unknown search parameter '{}' for {resource_type}; Sprig supports {} and _count, _sort, _total (GET /fhir/metadata lists them)",
+            "Unknown search parameter '{}' for {resource_type}; Sprig supports {} and _count, _sort, _total, _summary=count, _elements, _include, _revinclude (GET /fhir/metadata lists them)",
             shorten(key, 60),
             names.join(", ")
         ),
