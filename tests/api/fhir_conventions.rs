@@ -452,3 +452,45 @@ async fn summary_count_elements_and_includes() {
     let text = json_body(strict).await.to_string();
     assert!(text.contains("ServiceRequest:subject"), "{text}");
 }
+
+// 5. Query parameters on a create.
+
+#[tokio::test]
+async fn search_parameters_on_a_create_are_its_condition() {
+    let app = spawn_app().await;
+    let first = create_referral(&app).await;
+    let id = first["id"].as_str().unwrap();
+    let post = |path: String, if_none_exist: Option<String>| {
+        let mut request = app
+            .client
+            .post(app.url(&path))
+            .header("content-type", "application/fhir+json")
+            .body(sample_referral_text());
+        if let Some(condition) = if_none_exist {
+            request = request.header("if-none-exist", condition);
+        }
+        request.send()
+    };
+    let matched = post(format!("/fhir/ServiceRequest?_id={id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(matched.status(), 200, "the condition matched");
+    assert_eq!(json_body(matched).await["id"], id);
+
+    let ambiguous = post(
+        format!("/fhir/ServiceRequest?_id={id}"),
+        Some(format!("_id={id}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ambiguous.status(), 400);
+    assert_eq!(
+        message_ids(&json_body(ambiguous).await),
+        ["conditional-create-ambiguous"]
+    );
+    // `_format` alone is not a condition.
+    let created = post("/fhir/ServiceRequest?_format=json".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+}
