@@ -167,17 +167,18 @@ impl FromRequestParts<AppState> for FhirBase {
     }
 }
 
-/// The scheme the client used. Sprig serves plain HTTP itself (TLS ends in
-/// front of it), so this is `http`. `X-Forwarded-Proto` and `Forwarded` are
+/// The scheme the client used: `https` when Sprig itself served the request
+/// over TLS (`server` marks such a request with `Scheme::HTTPS`), else `http`.
+/// `X-Forwarded-Proto` and `Forwarded` are
 /// deliberately not read: any client can send them, and a forged one would
 /// rewrite the links Sprig hands out. This is the seam for a trusted-proxy
 /// setting (believe those headers only from configured proxy addresses);
 /// until then, a deployment behind a TLS proxy sets `public_base_url`.
 fn request_scheme(parts: &Parts) -> &'static str {
-    match parts.uri.scheme_str() {
-        Some("https") => "https",
-        _ => "http",
-    }
+    let tls = parts.extensions.get::<axum::http::uri::Scheme>()
+        == Some(&axum::http::uri::Scheme::HTTPS)
+        || parts.uri.scheme_str() == Some("https");
+    if tls { "https" } else { "http" }
 }
 
 /// A `Host` value safe to put in a URL: a name, IPv4 or bracketed IPv6

@@ -268,17 +268,20 @@ async fn included(
             .iter()
             .map(|r| format!("{}/{}", r.resource_type, r.id))
             .collect();
-        let raw = form_urlencoded::Serializer::new(String::new())
-            .append_pair(revinclude.param, &references.join(","))
-            .append_pair("_count", &crate::search::MAX_COUNT.to_string())
-            .append_pair("_total", "none")
-            .finish();
-        let found = SearchQuery::parse(source, &raw)
-            .map_err(|_| ApiError::internal("building a _revinclude search", "refused"))?;
-        let referring = state.store.search(&found).await?;
-        for stored in referring.resources {
-            if seen.insert(format!("{}/{}", stored.resource_type, stored.id)) {
-                out.push(stored);
+        // One search per chunk of matches, within the limit on a parameter's values.
+        for chunk in references.chunks(crate::search::MAX_VALUES) {
+            let raw = form_urlencoded::Serializer::new(String::new())
+                .append_pair(revinclude.param, &chunk.join(","))
+                .append_pair("_count", &crate::search::MAX_COUNT.to_string())
+                .append_pair("_total", "none")
+                .finish();
+            let found = SearchQuery::parse(source, &raw)
+                .map_err(|_| ApiError::internal("building a _revinclude search", "refused"))?;
+            let referring = state.store.search(&found).await?;
+            for stored in referring.resources {
+                if seen.insert(format!("{}/{}", stored.resource_type, stored.id)) {
+                    out.push(stored);
+                }
             }
         }
     }

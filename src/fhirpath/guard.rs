@@ -22,6 +22,10 @@
 //! Every identifier and member name anywhere in the expression counts as read, even inside an
 //! iteration where it is a name of the items, not of the focus: a superset is safe, it only
 //! makes the shortcut apply less often.
+//!
+//! Which arguments of a call are evaluated per item comes from `functions::roles`, as for
+//! `memo`. A test compares both ways for every core and Sprig invariant on every object of
+//! `examples/`.
 
 use std::sync::RwLock;
 
@@ -242,6 +246,20 @@ mod tests {
     fn names(text: &str) -> Option<Vec<String>> {
         let expr = parser::parse(text).expect("parses");
         Guard::of(&expr).map(|guard| guard.names)
+    }
+
+    /// The guard's own lists name functions the table (or the list of unsupported ones)
+    /// knows, so a renamed or misspelt function cannot drop out of them unnoticed.
+    #[test]
+    fn its_lists_name_known_functions() {
+        let lists: [&[&str]; 4] = [&NEVER, &ON_FOCUS, &SKIPPED_ON_EMPTY, &EMPTY_TO_EMPTY];
+        for name in lists.into_iter().flatten() {
+            assert!(
+                functions::lookup(name).is_some()
+                    || functions::UNSUPPORTED.iter().any(|(n, _)| n == name),
+                "{name}() is neither implemented nor known to be unsupported"
+            );
+        }
     }
 
     #[test]

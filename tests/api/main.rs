@@ -6,10 +6,12 @@
 
 mod auth;
 mod bad_requests;
+mod bars;
 mod binary;
 mod capability;
 mod concurrency;
 mod conformance;
+mod connections;
 mod create_read;
 mod delivery;
 mod durability;
@@ -25,5 +27,6 @@ mod r4_examples;
 mod real_clients;
 mod search;
 mod tidy;
+mod tls;
 mod validate;
 mod workflow;
