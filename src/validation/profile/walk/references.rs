@@ -182,7 +182,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                 format!(
                     "{} refers to {}, but may only refer to {}",
                     self.expression(&target_path),
-                    crate::fhir::outcome::with_article(&found),
+                    crate::fhir::outcome::with_article(found),
                     allowed.join(" or ")
                 ),
             );
