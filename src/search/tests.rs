@@ -287,9 +287,9 @@ fn every_error_names_the_parameter_and_what_is_allowed() {
         ),
         (
             SR,
-            "_summary=count",
-            "search-param-unknown",
-            &["'_summary'", "_lastUpdated"],
+            "_summary=text",
+            "search-result-param-invalid",
+            &["_summary=text", "_summary=count", "_elements"],
         ),
         (
             // Task's parameters are not ServiceRequest's.
