@@ -98,6 +98,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// Who may call Sprig, and how they prove it.
     pub auth: AuthSettings,
+    /// FHIR REST choices.
+    pub fhir: FhirSettings,
 }
 
 /// Whether Sprig asks callers who they are.
@@ -313,6 +315,36 @@ impl Default for Settings {
             mappings_dir: None,
             delivery: DeliverySettings::default(),
             auth: AuthSettings::default(),
+            fhir: FhirSettings::default(),
+        }
+    }
+}
+
+/// What an update (`PUT /fhir/ServiceRequest/{id}`) must carry to say which
+/// version it changes. Either way a stale version is a 412, never a silent
+/// lost update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateRequires {
+    /// `If-Match` with the ETag of the version read (428 without it).
+    IfMatch,
+    /// `If-Match`, or else `meta.versionId` in the body naming the version
+    /// read (what fhirpy's `save()` and fhirclient's `update()` send).
+    IfMatchOrVersionId,
+}
+
+/// FHIR REST choices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FhirSettings {
+    /// What an update must carry to say which version it changes.
+    pub update_requires: UpdateRequires,
+}
+
+impl Default for FhirSettings {
+    fn default() -> Self {
+        Self {
+            update_requires: UpdateRequires::IfMatchOrVersionId,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::negotiate::ResponseFormat;
-use crate::config::Settings;
+use crate::config::{Settings, UpdateRequires};
 use crate::fhir::{FHIR_VERSION, Instant, Issue, IssueType, ResourceType};
 
 /// A FHIR RESTful interaction Sprig may support on a resource type.
@@ -69,7 +69,7 @@ pub const SUPPORTED: &[ResourceCapability] = &[
             Interaction::HistoryInstance,
             Interaction::Update,
         ],
-        documentation: "A referral to the social prescribing service, held to the sprig-referral profile unless it names another (related resources contained, or sent together in a transaction Bundle to POST /fhir or a message to $process-message). Each referral starts the service's workflow and gets one Task reporting its progress. The same referral (identifier system and value) sent again is answered with the one already held (200), never stored twice; If-None-Exist is also honoured. PUT with If-Match amends a referral or, with status revoked, withdraws it.",
+        documentation: "A referral to the social prescribing service, held to the sprig-referral profile unless it names another (related resources contained, or sent together in a transaction Bundle to POST /fhir or a message to $process-message). Each referral starts the service's workflow and gets one Task reporting its progress. The same referral (identifier system and value) sent again is answered with the one already held (200), never stored twice; If-None-Exist (or the same query on the POST URL) is also honoured. PUT amends a referral or, with status revoked, withdraws it; how it names the version it changes is in the update interaction's documentation.",
         arrives_with_referral: true,
     },
     ResourceCapability {
@@ -171,13 +171,24 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             let interactions: Vec<Value> = c
                 .interactions
                 .iter()
-                .map(|i| json!({"code": i.code()}))
+                .map(|i| match i {
+                    Interaction::Update => json!({
+                        "code": i.code(),
+                        "documentation": update_rule(settings.fhir.update_requires),
+                    }),
+                    _ => json!({"code": i.code()}),
+                })
                 .collect();
             let mut resource = json!({
                 "type": c.resource_type.as_str(),
                 "documentation": c.documentation,
                 "interaction": interactions,
-                "versioning": "versioned",
+                // Updates must name the version they change (`update_rule`).
+                "versioning": if c.interactions.contains(&Interaction::Update) {
+                    "versioned-update"
+                } else {
+                    "versioned"
+                },
                 "readHistory": c.interactions.contains(&Interaction::Vread),
                 "updateCreate": false,
                 // If-None-Exist on POST; `request.ifNoneExist` in a transaction,
@@ -195,6 +206,19 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             });
             if c.interactions.contains(&Interaction::SearchType) {
                 resource["searchParam"] = Value::Array(search_params(c.resource_type));
+                let includes: Vec<String> = crate::search::params::includes_from(c.resource_type)
+                    .map(|i| format!("{}:{}", i.source, i.param))
+                    .collect();
+                if !includes.is_empty() {
+                    resource["searchInclude"] = json!(includes);
+                }
+                let revincludes: Vec<String> =
+                    crate::search::params::revincludes_to(c.resource_type)
+                        .map(|i| format!("{}:{}", i.source, i.param))
+                        .collect();
+                if !revincludes.is_empty() {
+                    resource["searchRevInclude"] = json!(revincludes);
+                }
             }
             // What a resource of this type is held to when it names no
             // profile: the truth a sender needs before sending.
@@ -227,7 +251,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page. Unknown parameters or bad values are a 400 unless the request says Prefer: handling=lenient.",
+            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page; _summary=count for only the total; _elements for chosen top-level elements (tagged SUBSETTED); _include and _revinclude as listed per type. An unknown parameter is ignored and reported in an OperationOutcome entry (search.mode outcome) unless the request says Prefer: handling=strict (then 400); a bad value of a known parameter is a 400 unless the request says Prefer: handling=lenient. A trailing slash on any path is the same path; URLs in answers are absolute.",
             "resource": resources,
             "interaction": [{
                 "code": "transaction",
@@ -268,6 +292,18 @@ fn audit_event_capability() -> Value {
         "conditionalDelete": "not-supported",
         "searchParam": params,
     })
+}
+
+/// What an update must carry, as enforced (`api::referrals::update`).
+fn update_rule(rule: UpdateRequires) -> &'static str {
+    match rule {
+        UpdateRequires::IfMatch => {
+            "The update must name the version it changes: If-Match with the ETag of the version read (428 without it, 412 when it is no longer current)."
+        }
+        UpdateRequires::IfMatchOrVersionId => {
+            "The update must name the version it changes: If-Match with the ETag of the version read, or else meta.versionId in the body as read (428 with neither, 412 when the version named is no longer current)."
+        }
+    }
 }
 
 /// `searchParam` for a type, from the same table the search reads, so the

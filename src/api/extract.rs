@@ -115,3 +115,74 @@ pub(super) fn parse_id(raw: &str) -> Result<FhirId, ApiError> {
         )])
     })
 }
+
+/// The FHIR base URL as this request's client reaches Sprig, for every URL an
+/// answer carries (`Location`, `Bundle.link`, `Bundle.entry.fullUrl`,
+/// `MessageHeader.focus`): absolute, as R4 defines `fullUrl` and as clients
+/// follow links. `public_base_url` when set; otherwise made from the request:
+/// [`request_scheme`] and the `Host` (or, over HTTP/2, the `:authority`), then
+/// `/fhir`. A request without a usable host gets a 400 before anything is
+/// done, since its answer could not name what it made.
+#[derive(Debug, Clone)]
+pub struct FhirBase(pub String);
+
+impl FhirBase {
+    /// The base as text, no trailing slash (`http://127.0.0.1:8080/fhir`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromRequestParts<AppState> for FhirBase {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(url) = &state.settings.public_base_url {
+            return Ok(FhirBase(url.trim_end_matches('/').to_owned()));
+        }
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .filter(|h| is_host(h))
+            .ok_or_else(|| {
+                ApiError::BadRequest(vec![Issue::error(
+                    IssueType::Required,
+                    "host-required",
+                    "The request has no valid Host header, so Sprig cannot give the URLs its answer must carry; send Host (or set public_base_url)",
+                )])
+            })?;
+        Ok(FhirBase(format!("{}://{host}/fhir", request_scheme(parts))))
+    }
+}
+
+/// The scheme the client used: `https` when Sprig itself served the request
+/// over TLS (`server` marks such a request with `Scheme::HTTPS`), else `http`.
+/// `X-Forwarded-Proto` and `Forwarded` are
+/// deliberately not read: any client can send them, and a forged one would
+/// rewrite the links Sprig hands out. This is the seam for a trusted-proxy
+/// setting (believe those headers only from configured proxy addresses);
+/// until then, a deployment behind a TLS proxy sets `public_base_url`.
+fn request_scheme(parts: &Parts) -> &'static str {
+    let tls = parts.extensions.get::<axum::http::uri::Scheme>()
+        == Some(&axum::http::uri::Scheme::HTTPS)
+        || parts.uri.scheme_str() == Some("https");
+    if tls { "https" } else { "http" }
+}
+
+/// A `Host` value safe to put in a URL: a name, IPv4 or bracketed IPv6
+/// address, and an optional port; nothing that could end the authority.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::capability::arrives_with_referral;
 use super::error::{ApiError, nhs_http_error_code, with_status};
-use super::extract::FhirBody;
+use super::extract::{FhirBase, FhirBody};
 use super::middleware::RequestContext;
 use super::negotiate::ResponseFormat;
 use super::pipeline;
@@ -69,6 +69,7 @@ pub async fn process_message(
     State(state): State<AppState>,
     context: RequestContext,
     format: ResponseFormat,
+    base: FhirBase,
     body: FhirBody,
 ) -> Result<Response, ApiError> {
     let bytes = &body.0;
@@ -93,19 +94,19 @@ pub async fn process_message(
             // The message could be read: answer in kind, as BaRS does.
             let request: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            let reply = reply(&state, &request, status, None, issues);
+            let reply = reply(&base, &request, status, None, issues);
             return Ok(with_status(format.render(&reply)?, status));
         }
         Err(other) => return Err(other),
     };
 
-    let answer = handle(&state, format, &bundle, bytes, &context).await;
+    let answer = handle(&state, format, &base, &bundle, bytes, &context).await;
     match answer {
         Ok(response) => Ok(response),
         Err(error @ ApiError::Internal { .. }) => Err(error),
         Err(error) => {
             let status = error.status();
-            let reply = reply(&state, &bundle, status, None, error.into_issues());
+            let reply = reply(&base, &bundle, status, None, error.into_issues());
             Ok(with_status(format.render(&reply)?, status))
         }
     }
@@ -114,6 +115,7 @@ pub async fn process_message(
 async fn handle(
     state: &AppState,
     format: ResponseFormat,
+    base: &FhirBase,
     bundle: &Value,
     bytes: &[u8],
     context: &RequestContext,
@@ -197,7 +199,7 @@ async fn handle(
     // A note on an `ok` reply informs; severity `error` would contradict the code.
     let info = note.map(|n| Issue::information("referral-already-received", n));
     let reply = reply(
-        state,
+        base,
         bundle,
         StatusCode::OK,
         Some(&referral),
@@ -361,7 +363,7 @@ fn business_identifier(resource: &Value) -> Option<(&'static str, String)> {
 
 /// The `servicerequest-response` message for an answer sent with `status`.
 fn reply(
-    state: &AppState,
+    base: &FhirBase,
     request: &Value,
     status: StatusCode,
     referral: Option<&Referral>,
@@ -371,7 +373,7 @@ fn reply(
     let header = request.pointer("/entry/0/resource");
     let outcome_id = FhirId::generate();
     let header_id = FhirId::generate();
-    let base = state.fhir_base();
+    let base = base.as_str();
     let mut message_header = json!({
         "resourceType": "MessageHeader",
         "id": header_id.as_str(),
@@ -389,7 +391,7 @@ fn reply(
             "endpoint": header
                 .and_then(|h| h.pointer("/destination/0/endpoint"))
                 .cloned()
-                .unwrap_or_else(|| json!(base.clone())),
+                .unwrap_or_else(|| json!(base)),
         },
         "response": {
             "identifier": request.get("id").and_then(Value::as_str).unwrap_or("unknown"),

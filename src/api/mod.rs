@@ -70,7 +70,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The base of the FHIR API as clients see it, for `Location` headers.
+    /// The base of the FHIR API where no request says how it was reached (the
+    /// delivery worker, the service API's links): `public_base_url`, else the
+    /// path `/fhir`. FHIR answers use `extract::FhirBase`, which is always
+    /// absolute.
     pub fn fhir_base(&self) -> String {
         match &self.settings.public_base_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
@@ -82,24 +85,45 @@ impl AppState {
 /// The application's routes and middleware.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        // Every FHIR route twice: clients join the base and a path, so a
+        // trailing slash (`POST /fhir/`, `GET /fhir/metadata/`) is common and
+        // means nothing in FHIR.
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir/metadata/", get(capability::metadata))
         .route("/fhir", post(transaction::transaction))
+        .route("/fhir/", post(transaction::transaction))
         .route("/fhir/$process-message", post(message::process_message))
+        .route("/fhir/$process-message/", post(message::process_message))
         .route("/fhir/$validate", post(validate::validate_any))
+        .route("/fhir/$validate/", post(validate::validate_any))
         .route("/fhir/{type}/$validate", post(validate::validate_type))
+        .route("/fhir/{type}/$validate/", post(validate::validate_type))
         .route("/fhir/AuditEvent", get(audit_event::search))
+        .route("/fhir/AuditEvent/", get(audit_event::search))
         .route("/fhir/AuditEvent/{id}", get(audit_event::read))
+        .route("/fhir/AuditEvent/{id}/", get(audit_event::read))
         .route(
             "/fhir/{type}",
             get(search::search_get).post(resource::create),
         )
+        .route(
+            "/fhir/{type}/",
+            get(search::search_get).post(resource::create),
+        )
         .route("/fhir/{type}/_search", post(search::search_post))
+        .route("/fhir/{type}/_search/", post(search::search_post))
         .route(
             "/fhir/{type}/{id}",
             get(resource::read).put(referrals::update),
         )
+        .route(
+            "/fhir/{type}/{id}/",
+            get(resource::read).put(referrals::update),
+        )
         .route("/fhir/{type}/{id}/_history", get(search::history_instance))
+        .route("/fhir/{type}/{id}/_history/", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
+        .route("/fhir/{type}/{id}/_history/{vid}/", get(resource::vread))
         .route("/api/openapi.json", get(service::openapi))
         .route("/api/referrals", get(service::list))
         .route("/api/referrals/{id}", get(service::detail))

@@ -234,9 +234,19 @@ impl ReturnPreference {
 }
 
 /// `Prefer: handling=lenient` (RFC 7240, FHIR search): ignore unknown or
-/// malformed search parameters instead of refusing the search. Absent or
-/// `strict` means strict.
+/// malformed search parameters instead of refusing the search.
 pub fn lenient_handling(headers: &HeaderMap) -> bool {
+    handling_is(headers, "lenient")
+}
+
+/// `Prefer: handling=strict`: refuse a search with a parameter Sprig does not
+/// know. Without either preference, unknown parameters are ignored (with a
+/// warning) and malformed values of known ones refused.
+pub fn strict_handling(headers: &HeaderMap) -> bool {
+    handling_is(headers, "strict")
+}
+
+fn handling_is(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get_all("prefer")
         .iter()
@@ -246,10 +256,7 @@ pub fn lenient_handling(headers: &HeaderMap) -> bool {
         .filter_map(|p| p.split_once('='))
         .any(|(name, value)| {
             name.trim().eq_ignore_ascii_case("handling")
-                && value
-                    .trim()
-                    .trim_matches('"')
-                    .eq_ignore_ascii_case("lenient")
+                && value.trim().trim_matches('"').eq_ignore_ascii_case(wanted)
         })
 }
 

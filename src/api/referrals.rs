@@ -1,7 +1,8 @@
 //! Referrals arriving as a single resource: `POST /fhir/ServiceRequest`
 //! (related resources contained; `resource::create` hands them here once
 //! validated) and the GP's amendments and withdrawals by
-//! `PUT /fhir/ServiceRequest/{id}` with `If-Match`.
+//! `PUT /fhir/ServiceRequest/{id}`, naming the version they change
+//! (`If-Match`, or `meta.versionId` per `fhir.update_requires`).
 //!
 //! The steps after validation: map (the inbound mapping, `mapping::intake`
 //! finds its inputs) → one write transaction (the ServiceRequest version,
@@ -21,12 +22,13 @@ use super::extract::{FhirBody, parse_id};
 use super::middleware::RequestContext;
 use super::pipeline::{self, CheckedBody, existing_match};
 use super::response::{Answer, Written, already_received, received, written};
+use crate::config::UpdateRequires;
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
 use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::{MappedReferral, ReceivedAs};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
-use crate::store::{ReadOutcome, ResourceWrite, StoredResource};
+use crate::store::{ReadOutcome, ResourceWrite, StoreError, StoredResource};
 use crate::validation::REFERRAL_PROFILE;
 use crate::workflow::{Arrival, Workflow};
 
@@ -44,7 +46,7 @@ pub(super) async fn create(
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
         drop(tx);
         let what = Written::matched_existing(&existing);
-        return written(state, &existing, what, answer, checked.issues);
+        return written(&existing, what, answer, checked.issues);
     }
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
         drop(tx);
@@ -56,7 +58,7 @@ pub(super) async fn create(
             message_id: "referral-already-received",
             message: already_received(&existing),
         };
-        return written(state, &stored, what, answer, checked.issues);
+        return written(&stored, what, answer, checked.issues);
     }
     let id = FhirId::generate();
     let stored = tx
@@ -102,12 +104,14 @@ pub(super) async fn create(
         message_id: "referral-received",
         message: received(&referral),
     };
-    written(state, &stored, what, answer, checked.issues)
+    written(&stored, what, answer, checked.issues)
 }
 
 /// `PUT /fhir/ServiceRequest/{id}`: the GP amends or withdraws (status
-/// `revoked`) a referral. `If-Match` is required, so an amendment made on a
-/// stale copy cannot overwrite a newer one.
+/// `revoked`) a referral. The update must name the version it changes, so an
+/// amendment made on a stale copy cannot overwrite a newer one: `If-Match`,
+/// or (`fhir.update_requires = "if-match-or-version-id"`, the default) the
+/// body's `meta.versionId` as read; neither is 428, a stale one 412.
 pub async fn update(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -119,9 +123,21 @@ pub async fn update(
     let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::Update)?;
     let id = parse_id(&raw_id)?;
-    let expected = if_match(&headers)?;
+    let rule = state.settings.fhir.update_requires;
+    let header_version = if_match(&headers)?;
+    if header_version.is_none() && rule == UpdateRequires::IfMatch {
+        return Err(version_required(rule));
+    }
     let body = body?;
+    if header_version.is_none() && !names_a_version(&body) {
+        // Refused before validation: whatever else is wrong, this is what to fix first.
+        return Err(version_required(rule));
+    }
     let checked = pipeline::check(&state, &body, Some(resource_type), None).await?;
+    let expected = match header_version {
+        Some(version) => ExpectedVersion::IfMatch(version),
+        None => ExpectedVersion::MetaVersionId(body_version(&checked.resource, rule)?),
+    };
     match checked.resource.get("id").and_then(|v| v.as_str()) {
         Some(body_id) if body_id == id.as_str() => {}
         other => {
@@ -162,9 +178,10 @@ pub async fn update(
                 received: Some(&checked.received),
                 request_id: &context.request_id,
             },
-            Some(expected),
+            Some(expected.version()),
         )
-        .await?;
+        .await
+        .map_err(|error| expected.conflict(error))?;
     let referral = state
         .workflow
         .amend(&mut tx, referral, mapped, &context.request_id)
@@ -194,7 +211,7 @@ pub async fn update(
             referral.stage.as_str()
         ),
     };
-    written(&state, &stored, what, answer, checked.issues)
+    written(&stored, what, answer, checked.issues)
 }
 
 /// Maps a referral sent on its own (related resources contained).
@@ -207,24 +224,114 @@ fn map_single(state: &AppState, resource: &serde_json::Value) -> Result<MappedRe
     Ok(state.workflow.map_inbound(&inputs)?)
 }
 
-/// The version `If-Match` names (`W/"3"` or `"3"`); 428 without one.
-fn if_match(headers: &HeaderMap) -> Result<VersionId, ApiError> {
+/// The version an update says it changes, and where it said so.
+#[derive(Debug, Clone, Copy)]
+enum ExpectedVersion {
+    /// The `If-Match` header.
+    IfMatch(VersionId),
+    /// The body's `meta.versionId` (`fhir.update_requires = "if-match-or-version-id"`).
+    MetaVersionId(VersionId),
+}
+
+impl ExpectedVersion {
+    fn version(self) -> VersionId {
+        match self {
+            ExpectedVersion::IfMatch(v) | ExpectedVersion::MetaVersionId(v) => v,
+        }
+    }
+
+    /// A version conflict said in terms of what the client sent.
+    fn conflict(self, error: StoreError) -> ApiError {
+        match (self, error) {
+            (
+                ExpectedVersion::MetaVersionId(_),
+                StoreError::VersionConflict {
+                    resource_type,
+                    id,
+                    expected,
+                    current,
+                },
+            ) => ApiError::PreconditionFailed(Issue::error(
+                IssueType::Conflict,
+                "version-conflict",
+                format!(
+                    "{resource_type}/{id} has changed: meta.versionId names version {expected} but the current version is {current}; read it again and reapply the change"
+                ),
+            )),
+            (_, error) => error.into(),
+        }
+    }
+}
+
+/// The version `If-Match` names (`W/"3"` or `"3"`), if it is sent.
+fn if_match(headers: &HeaderMap) -> Result<Option<VersionId>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
-        return Err(ApiError::PreconditionRequired(Issue::error(
-            IssueType::Required,
-            "if-match-required",
-            "An update must say which version it changes: send If-Match with the ETag of the version you read (e.g. If-Match: W/\"1\")",
-        )));
+        return Ok(None);
     };
     let text = value.to_str().unwrap_or("").trim();
     let tag = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    VersionId::parse(tag).map_err(|_| {
+    VersionId::parse(tag).map(Some).map_err(|_| {
         ApiError::BadRequest(vec![Issue::error(
             IssueType::Value,
             "if-match-invalid",
             "If-Match must be an ETag Sprig gave, such as W/\"2\"",
         )])
     })
+}
+
+/// Whether the body, read loosely, has a `meta.versionId` (a body that is not
+/// JSON at all is left for `pipeline::check` to explain).
+fn names_a_version(body: &FhirBody) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "versionId")]
+        version_id: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Resource {
+        meta: Option<Meta>,
+    }
+    match serde_json::from_slice::<Resource>(&body.0) {
+        Ok(resource) => resource.meta.is_some_and(|m| m.version_id.is_some()),
+        Err(_) => true,
+    }
+}
+
+/// Without `If-Match`, the version the body's `meta.versionId` names (the
+/// version the client read), where the setting allows it; 428 without one.
+fn body_version(resource: &serde_json::Value, rule: UpdateRequires) -> Result<VersionId, ApiError> {
+    let Some(text) = resource.pointer("/meta/versionId").and_then(|v| v.as_str()) else {
+        return Err(version_required(rule));
+    };
+    VersionId::parse(text).map_err(|_| {
+        let mut issue = Issue::error(
+            IssueType::Value,
+            "version-id-invalid",
+            format!(
+                "meta.versionId '{}' is not a version Sprig gave; send the resource as you read it, or If-Match with its ETag",
+                crate::fhir::outcome::shorten(text, 40)
+            ),
+        );
+        issue.expression = Some("ServiceRequest.meta.versionId".into());
+        ApiError::BadRequest(vec![issue])
+    })
+}
+
+/// 428: the update named no version, in the words of the rule in force.
+fn version_required(rule: UpdateRequires) -> ApiError {
+    let message = match rule {
+        UpdateRequires::IfMatch => {
+            "An update must say which version it changes: send If-Match with the ETag of the version you read (e.g. If-Match: W/\"1\")"
+        }
+        UpdateRequires::IfMatchOrVersionId => {
+            "An update must say which version it changes: send If-Match with the ETag of the version you read (e.g. If-Match: W/\"1\"), or keep meta.versionId of the version you read in the body"
+        }
+    };
+    ApiError::PreconditionRequired(Issue::error(
+        IssueType::Required,
+        "if-match-required",
+        message,
+    ))
 }
 
 /// The current version of a resource that must exist.

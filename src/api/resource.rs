@@ -8,7 +8,7 @@
 //! prescribing referral is handed to `referrals` once validated.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -32,12 +32,13 @@ pub async fn create(
     context: RequestContext,
     answer: Answer,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Result<FhirBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::Create)?;
     let body = body?;
-    let if_none_exist = if_none_exist(&headers, resource_type)?;
+    let if_none_exist = if_none_exist(&headers, query.as_deref(), resource_type)?;
     let checked = pipeline::check(&state, &body, Some(resource_type), None).await?;
     if checked.is_referral() {
         return referrals::create(&state, checked, &context, answer, if_none_exist).await;
@@ -47,7 +48,7 @@ pub async fn create(
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
         drop(tx);
         let what = Written::matched_existing(&existing);
-        return written(&state, &existing, what, answer, checked.issues);
+        return written(&existing, what, answer, checked.issues);
     }
     let id = FhirId::generate();
     let stored = tx
@@ -67,23 +68,41 @@ pub async fn create(
         version = %stored.version_id,
         "resource created"
     );
-    written(
-        &state,
-        &stored,
-        Written::created(&stored),
-        answer,
-        checked.issues,
-    )
+    written(&stored, Written::created(&stored), answer, checked.issues)
 }
 
 /// `If-None-Exist`: the search that, if it matches, means "already there".
+/// Search parameters on the POST URL (`POST ServiceRequest?identifier=…`,
+/// fhirpy's `get_or_create`) are the same condition, never ignored; both at
+/// once is a 400, as Sprig cannot tell which was meant.
 fn if_none_exist(
     headers: &HeaderMap,
+    url_query: Option<&str>,
     resource_type: ResourceType,
 ) -> Result<Option<SearchQuery>, ApiError> {
+    let url_condition: Vec<(String, String)> =
+        form_urlencoded::parse(url_query.unwrap_or("").as_bytes())
+            .filter(|(key, _)| key != "_format" && key != "_pretty")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
     let Some(value) = headers.get("if-none-exist") else {
-        return Ok(None);
+        if url_condition.is_empty() {
+            return Ok(None);
+        }
+        let text = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&url_condition)
+            .finish();
+        return SearchQuery::parse_condition(resource_type, &text)
+            .map(Some)
+            .map_err(ApiError::BadRequest);
     };
+    if !url_condition.is_empty() {
+        return Err(ApiError::BadRequest(vec![Issue::error(
+            IssueType::Invalid,
+            "conditional-create-ambiguous",
+            "The create has both If-None-Exist and search parameters on its URL; give the condition once, in either",
+        )]));
+    }
     let text = value.to_str().map_err(|_| {
         ApiError::BadRequest(vec![Issue::error(
             IssueType::Value,

@@ -19,27 +19,31 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::FhirBase;
 use super::negotiate::{ResponseFormat, ReturnPreference, negotiate};
 use crate::fhir::{Issue, OperationOutcome};
 use crate::referral::record::Referral;
 use crate::store::StoredResource;
 
-/// How the client asked a write to be answered.
-#[derive(Debug, Clone, Copy)]
+/// How the client asked a write to be answered, and the base its URLs use.
+#[derive(Debug, Clone)]
 pub struct Answer {
     /// The response format (`Accept`, `_format`, `_pretty`).
     pub format: ResponseFormat,
     /// `Prefer: return=`.
     pub preference: ReturnPreference,
+    /// The FHIR base as the client reaches it, for `Location`.
+    pub base: FhirBase,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Answer {
+impl FromRequestParts<AppState> for Answer {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         Ok(Answer {
             format: negotiate(&parts.headers, parts.uri.query())?,
             preference: ReturnPreference::from_headers(&parts.headers),
+            base: FhirBase::from_request_parts(parts, state).await?,
         })
     }
 }
@@ -85,7 +89,6 @@ impl Written {
 /// (`Prefer`) with `what` and the validation `warnings`, with `Location`,
 /// `ETag` and `Last-Modified`.
 pub(super) fn written(
-    state: &AppState,
     stored: &StoredResource,
     what: Written,
     answer: Answer,
@@ -93,7 +96,7 @@ pub(super) fn written(
 ) -> Result<Response, ApiError> {
     let location = format!(
         "{}/{}/{}/_history/{}",
-        state.fhir_base(),
+        answer.base.as_str(),
         stored.resource_type,
         stored.id,
         stored.version_id

@@ -5,6 +5,8 @@
 //! and the page turned into a `searchset` Bundle here. Parameter values can
 //! hold NHS numbers: they are never logged, only counts and ids.
 
+use std::collections::HashSet;
+
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue};
@@ -15,19 +17,20 @@ use super::AppState;
 use super::audit::AuditHandle;
 use super::capability::{Interaction, supported};
 use super::error::{ApiError, Concerning};
-use super::extract::{FormBody, parse_id};
+use super::extract::{FhirBase, FormBody, parse_id};
 use super::middleware::RequestContext;
-use super::negotiate::{ResponseFormat, lenient_handling};
+use super::negotiate::{ResponseFormat, lenient_handling, strict_handling};
 use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
-use crate::search::{HistoryQuery, ParseOptions, SearchQuery};
-use crate::store::{HistoryOperation, HistoryPage, SearchPage, StoredResource};
+use crate::search::{HistoryQuery, IndexValue, ParseOptions, SearchQuery, index_entries};
+use crate::store::{HistoryOperation, HistoryPage, ReadOutcome, SearchPage, StoredResource};
 
 /// `GET /fhir/{type}?…`: search one type.
 pub async fn search_get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
+    base: FhirBase,
     headers: HeaderMap,
     context: RequestContext,
     RawQuery(query): RawQuery,
@@ -39,6 +42,7 @@ pub async fn search_get(
         resource_type,
         query.as_deref().unwrap_or(""),
         format,
+        &base,
         &headers,
         &context.audit,
     )
@@ -52,6 +56,7 @@ pub async fn search_post(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
+    base: FhirBase,
     headers: HeaderMap,
     context: RequestContext,
     RawQuery(query): RawQuery,
@@ -70,6 +75,7 @@ pub async fn search_post(
         resource_type,
         &combined,
         format,
+        &base,
         &headers,
         &context.audit,
     )
@@ -81,14 +87,17 @@ async fn run_search(
     resource_type: ResourceType,
     raw_query: &str,
     format: ResponseFormat,
+    base: &FhirBase,
     headers: &HeaderMap,
     audit: &AuditHandle,
 ) -> Result<Response, ApiError> {
     audit.note_search_parameters(raw_query);
     let lenient = lenient_handling(headers);
+    let strict = strict_handling(headers);
     let options = ParseOptions {
         lenient,
-        base: state.settings.public_base_url.as_deref(),
+        strict,
+        base: Some(base.as_str()),
     };
     let query = SearchQuery::parse_with(resource_type, raw_query, options).map_err(|issues| {
         tracing::info!(
@@ -99,6 +108,7 @@ async fn run_search(
         ApiError::BadRequest(issues)
     })?;
     let page = state.store.search(&query).await?;
+    let included = included(state, &query, &page).await?;
     tracing::info!(
         resource_type = %resource_type,
         criteria = query.criteria.len(),
@@ -108,28 +118,44 @@ async fn run_search(
         more = page.next.is_some(),
         "search"
     );
-    for resource in &page.resources {
+    for resource in page.resources.iter().chain(&included) {
         audit.note_stored(resource);
     }
-    let base = state.fhir_base();
-    let size: usize = page.resources.iter().map(|r| r.json.len()).sum();
+    let base = base.as_str().to_owned();
+    let size: usize = page
+        .resources
+        .iter()
+        .chain(&included)
+        .map(|r| r.json.len())
+        .sum();
     // Building and writing the page both scale with its size: both go off
     // the runtime for a large page.
     let mut response = cpu_bound(size, move || {
-        searchset(&base, &query, page).and_then(|bundle| format.render(&bundle))
+        searchset(&base, &query, page, &included).and_then(|bundle| format.render(&bundle))
     })
     .await??;
-    if lenient {
-        response.headers_mut().insert(
-            "preference-applied",
-            HeaderValue::from_static("handling=lenient"),
-        );
+    let applied = if lenient {
+        Some("handling=lenient")
+    } else if strict {
+        Some("handling=strict")
+    } else {
+        None
+    };
+    if let Some(applied) = applied {
+        response
+            .headers_mut()
+            .insert("preference-applied", HeaderValue::from_static(applied));
     }
     Ok(response)
 }
 
 /// The `searchset` Bundle for one page.
-fn searchset(base: &str, query: &SearchQuery, page: SearchPage) -> Result<Value, ApiError> {
+fn searchset(
+    base: &str,
+    query: &SearchQuery,
+    page: SearchPage,
+    included: &[StoredResource],
+) -> Result<Value, ApiError> {
     let type_url = format!("{base}/{}", query.resource_type);
     let mut links = vec![json!({
         "relation": "self",
@@ -143,10 +169,21 @@ fn searchset(base: &str, query: &SearchQuery, page: SearchPage) -> Result<Value,
     }
     let mut entries = Vec::with_capacity(page.resources.len() + 1);
     for stored in &page.resources {
+        let mut resource = stored_json(stored)?;
+        if let Some(elements) = &query.elements {
+            subset(&mut resource, query.resource_type, elements);
+        }
         entries.push(json!({
             "fullUrl": format!("{type_url}/{}", stored.id),
-            "resource": stored_json(stored)?,
+            "resource": resource,
             "search": {"mode": "match"},
+        }));
+    }
+    for stored in included {
+        entries.push(json!({
+            "fullUrl": format!("{base}/{}/{}", stored.resource_type, stored.id),
+            "resource": stored_json(stored)?,
+            "search": {"mode": "include"},
         }));
     }
     if !query.warnings.is_empty() {
@@ -167,11 +204,115 @@ fn searchset(base: &str, query: &SearchQuery, page: SearchPage) -> Result<Value,
     Ok(Value::Object(bundle))
 }
 
+/// `_elements`: only the named top-level elements, with `resourceType`, `id`,
+/// `meta` and the type's mandatory elements, and `meta.tag` SUBSETTED, as
+/// FHIR requires of a resource that is not whole.
+fn subset(resource: &mut Value, resource_type: ResourceType, elements: &[String]) {
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
+    let mandatory = crate::search::params::mandatory_elements(resource_type);
+    object.retain(|name, _| {
+        matches!(name.as_str(), "resourceType" | "id" | "meta")
+            || mandatory.contains(&name.as_str())
+            || elements.iter().any(|e| e == name)
+    });
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta
+            .entry("tag")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(json!({
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                "code": "SUBSETTED",
+                "display": "subsetted",
+            }));
+        }
+    }
+}
+
+/// The resources `_include` and `_revinclude` add to a page: each once, and
+/// none that is already a match.
+async fn included(
+    state: &AppState,
+    query: &SearchQuery,
+    page: &SearchPage,
+) -> Result<Vec<StoredResource>, ApiError> {
+    let mut out: Vec<StoredResource> = Vec::new();
+    if page.resources.is_empty() {
+        return Ok(out);
+    }
+    let mut seen: HashSet<String> = page
+        .resources
+        .iter()
+        .map(|r| format!("{}/{}", r.resource_type, r.id))
+        .collect();
+    for include in &query.includes {
+        let mut targets = Vec::new();
+        for stored in &page.resources {
+            let resource = stored_json(stored)?;
+            for entry in index_entries(query.resource_type, &resource) {
+                let IndexValue::Reference(reference) = entry.value else {
+                    continue;
+                };
+                if entry.param != include.param {
+                    continue;
+                }
+                let (Some(target_type), Some(id)) = (reference.target_type, reference.target_id)
+                else {
+                    continue;
+                };
+                if include.targets.contains(&target_type.as_str())
+                    && let Ok(id) = FhirId::parse(&id)
+                    && seen.insert(format!("{target_type}/{id}"))
+                {
+                    targets.push((target_type, id));
+                }
+            }
+        }
+        for (target_type, id) in targets {
+            if let ReadOutcome::Found(stored) = state.store.read(target_type, &id).await? {
+                out.push(stored);
+            }
+        }
+    }
+    for revinclude in &query.revincludes {
+        let source = ResourceType::parse(revinclude.source)
+            .map_err(|e| ApiError::internal("reading the _revinclude table", e))?;
+        let references: Vec<String> = page
+            .resources
+            .iter()
+            .map(|r| format!("{}/{}", r.resource_type, r.id))
+            .collect();
+        // One search per chunk of matches, within the limit on a parameter's values.
+        for chunk in references.chunks(crate::search::MAX_VALUES) {
+            let raw = form_urlencoded::Serializer::new(String::new())
+                .append_pair(revinclude.param, &chunk.join(","))
+                .append_pair("_count", &crate::search::MAX_COUNT.to_string())
+                .append_pair("_total", "none")
+                .finish();
+            let found = SearchQuery::parse(source, &raw)
+                .map_err(|_| ApiError::internal("building a _revinclude search", "refused"))?;
+            let referring = state.store.search(&found).await?;
+            for stored in referring.resources {
+                if seen.insert(format!("{}/{}", stored.resource_type, stored.id)) {
+                    out.push(stored);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `GET /fhir/{type}/{id}/_history`: every version, newest first.
 pub async fn history_instance(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     format: ResponseFormat,
+    base: FhirBase,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -201,7 +342,7 @@ pub async fn history_instance(
         "history"
     );
 
-    let resource_url = format!("{}/{resource_type}/{id}", state.fhir_base());
+    let resource_url = format!("{}/{resource_type}/{id}", base.as_str());
     // Every version's JSON is parsed to build the Bundle: off the runtime
     // when the page is large, as for a search page.
     let size: usize = page

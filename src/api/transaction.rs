@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
-use super::extract::FhirBody;
+use super::extract::{FhirBase, FhirBody};
 use super::middleware::RequestContext;
 use super::negotiate::ResponseFormat;
 use super::pipeline;
@@ -93,6 +93,7 @@ pub async fn transaction(
     State(state): State<AppState>,
     context: RequestContext,
     format: ResponseFormat,
+    base: FhirBase,
     body: FhirBody,
 ) -> Result<Response, ApiError> {
     let checked = pipeline::check(
@@ -136,7 +137,7 @@ pub async fn transaction(
         request_id,
     )
     .await?;
-    let response = transaction_response(&state, &outcomes, referral_index, &referral);
+    let response = transaction_response(&base, &outcomes, referral_index, &referral);
     let response_text = response.to_string();
     tx.add_submission(&Submission {
         referral_id: &referral.id,
@@ -514,7 +515,7 @@ pub(super) async fn open_referral(
 }
 
 fn transaction_response(
-    state: &AppState,
+    base: &FhirBase,
     outcomes: &[EntryOutcome],
     referral_index: usize,
     referral: &Referral,
@@ -537,7 +538,7 @@ fn transaction_response(
                 response["outcome"] = information("referral-received", received(referral));
             }
             json!({
-                "fullUrl": format!("{}/{}/{}", state.fhir_base(), stored.resource_type, stored.id),
+                "fullUrl": format!("{}/{}/{}", base.as_str(), stored.resource_type, stored.id),
                 "response": response,
             })
         })

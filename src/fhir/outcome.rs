@@ -10,6 +10,20 @@ use serde_json::{Map, Value, json};
 
 use super::SPRIG_CANONICAL_BASE;
 
+/// `word` with its indefinite article, for messages that name a type:
+/// `an Encounter`, `an Appointment`, `a Patient`, `a ServiceRequest`.
+pub fn with_article(word: &str) -> String {
+    let vowel = word
+        .chars()
+        .next()
+        .is_some_and(|c| "AEIOUaeiou".contains(c));
+    if vowel {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
+    }
+}
+
 /// `text` cut to at most `max` characters (with an ellipsis), for quoting
 /// the sender's values in messages without echoing a whole document.
 pub fn shorten(text: &str, max: usize) -> String {

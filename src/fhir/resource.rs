@@ -46,7 +46,9 @@ pub fn check_resource_type(
             IssueType::Invalid,
             "resource-type-mismatch",
             format!(
-                "The body is a {resource_type} but was sent to the {expected} endpoint; send a {expected} there, or send the {resource_type} to /fhir/{resource_type}"
+                "The body is {} but was sent to the {expected} endpoint; send {} there, or send the {resource_type} to /fhir/{resource_type}",
+                super::outcome::with_article(resource_type.as_str()),
+                super::outcome::with_article(expected.as_str()),
             ),
         )
         .at(at)),

@@ -28,7 +28,7 @@ pub mod params;
 
 pub use date::{DateRange, MAX_INSTANT, MIN_INSTANT};
 pub use index::{IndexEntry, IndexValue, IndexedReference, index_entries};
-pub use params::{ParamType, SearchParam, all_params, params_for};
+pub use params::{IncludeParam, ParamType, SearchParam, all_params, params_for};
 
 use crate::fhir::outcome::shorten;
 use crate::fhir::{FhirId, Instant, Issue, IssueSeverity, IssueType, ResourceType, VersionId};
@@ -179,6 +179,10 @@ pub struct ParseOptions<'a> {
     /// `Prefer: handling=lenient`: unknown parameters and bad values are
     /// ignored and reported as warnings instead of refusing the search.
     pub lenient: bool,
+    /// `Prefer: handling=strict`: an unknown parameter refuses the search.
+    /// Neither: an unknown parameter is ignored (reported as a warning, as
+    /// FHIR says a server SHOULD), a bad value of a known one refuses it.
+    pub strict: bool,
     /// The server's own FHIR base (`https://sprig.example/fhir`), so that
     /// absolute references to it are read as `Type/id`.
     pub base: Option<&'a str>,
@@ -204,13 +208,24 @@ pub struct SearchQuery {
     /// The accepted parameters as `(name, value)`, for the `self` and `next`
     /// links (without the cursor).
     pub link_params: Vec<(String, String)>,
+    /// `_elements`: the top-level elements to return (with the mandatory
+    /// ones, `id` and `meta`), or every element.
+    pub elements: Option<Vec<String>>,
+    /// `_include`: references of each match to return beside it.
+    pub includes: Vec<&'static IncludeParam>,
+    /// `_revinclude`: resources referring to each match to return beside it.
+    pub revincludes: Vec<&'static IncludeParam>,
 }
 
 impl SearchQuery {
     /// Parses `raw_query` (`application/x-www-form-urlencoded`, as in a URL
     /// or a `_search` body) strictly.
     pub fn parse(resource_type: ResourceType, raw_query: &str) -> Result<SearchQuery, Vec<Issue>> {
-        Self::parse_with(resource_type, raw_query, ParseOptions::default())
+        let strict = ParseOptions {
+            strict: true,
+            ..ParseOptions::default()
+        };
+        Self::parse_with(resource_type, raw_query, strict)
     }
 
     /// Parses the condition of a conditional create or update
@@ -253,6 +268,9 @@ impl SearchQuery {
             cursor: None,
             warnings: Vec::new(),
             link_params: Vec::new(),
+            elements: None,
+            includes: Vec::new(),
+            revincludes: Vec::new(),
         };
         let mut issues = Vec::new();
         let mut seen_results: Vec<&'static str> = Vec::new();
@@ -306,6 +324,9 @@ impl SearchQuery {
             }
             query.warnings = ignored_leniently(ignorable);
             Ok(query)
+        } else if !options.strict && issues.iter().all(is_unknown_param) {
+            query.warnings = ignored_unknown(issues);
+            Ok(query)
         } else if issues.is_empty() {
             Ok(query)
         } else {
@@ -327,6 +348,21 @@ impl SearchQuery {
         let result_param = match name {
             // Negotiation reads these (api::negotiate); links keep them.
             "_format" | "_pretty" => return Ok(Keep::Link),
+            // fhirpy's count() sends it beside `_count=0`; Sprig's total is
+            // always counted, so there is nothing to choose.
+            "_totalMethod" => return Ok(Keep::No),
+            "_include" | "_revinclude" => {
+                if let Some(modifier) = modifier {
+                    return Err(modifier_refused(
+                        name,
+                        modifier,
+                        "no modifiers (no :iterate)",
+                    ));
+                }
+                return self.apply_include(name == "_revinclude", value);
+            }
+            "_elements" => Some("_elements"),
+            "_summary" => Some("_summary"),
             "_count" => Some("_count"),
             "_sort" => Some("_sort"),
             "_total" => Some("_total"),
@@ -425,6 +461,42 @@ impl SearchQuery {
                 self.count = parse_count(value)?;
                 return Ok(Keep::No);
             }
+            "_elements" => {
+                let names: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let element_name = |n: &String| {
+                    n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && n.starts_with(|c: char| c.is_ascii_lowercase())
+                };
+                if names.is_empty() || !names.iter().all(element_name) {
+                    return Err(invalid(
+                        "give top-level element names separated by commas, e.g. status,subject",
+                    ));
+                }
+                self.elements = Some(names);
+            }
+            "_summary" => match value {
+                // Only the total: as `_count=0`.
+                "count" => {
+                    self.count = 0;
+                    self.total = TotalMode::Accurate;
+                }
+                "false" => {}
+                _ => {
+                    return Err(Issue::error(
+                        IssueType::NotSupported,
+                        "search-result-param-invalid",
+                        format!(
+                            "_summary={} is not supported: Sprig supports _summary=count (only the total) and false (everything); _elements chooses elements",
+                            shorten(value, 40)
+                        ),
+                    ));
+                }
+            },
             "_sort" => {
                 self.sort = match value {
                     "_lastUpdated" => SortOrder::OldestFirst,
@@ -455,6 +527,59 @@ impl SearchQuery {
                 })?);
                 return Ok(Keep::No);
             }
+        }
+        Ok(Keep::Link)
+    }
+
+    fn apply_include(&mut self, reverse: bool, value: &str) -> Result<Keep, Issue> {
+        let name = if reverse { "_revinclude" } else { "_include" };
+        let mut parts = value.split(':');
+        let (source, param, target) = (parts.next(), parts.next(), parts.next());
+        let found = match (source, param, parts.next()) {
+            (Some(source), Some(param), None) => params::INCLUDES.iter().find(|i| {
+                i.source == source
+                    && i.param == param
+                    && target.is_none_or(|t| i.targets.contains(&t))
+                    && if reverse {
+                        i.targets.contains(&self.resource_type.as_str())
+                    } else {
+                        i.source == self.resource_type.as_str()
+                    }
+            }),
+            _ => None,
+        };
+        let Some(found) = found else {
+            let offered: Vec<String> = if reverse {
+                params::revincludes_to(self.resource_type)
+                    .map(|i| format!("{}:{}", i.source, i.param))
+                    .collect()
+            } else {
+                params::includes_from(self.resource_type)
+                    .map(|i| format!("{}:{}", i.source, i.param))
+                    .collect()
+            };
+            let offered = if offered.is_empty() {
+                "none".to_owned()
+            } else {
+                offered.join(", ")
+            };
+            return Err(Issue::error(
+                IssueType::NotSupported,
+                "search-param-unknown",
+                format!(
+                    "{name}={} is not supported on a search of {}; Sprig supports {offered}",
+                    shorten(value, 60),
+                    self.resource_type
+                ),
+            ));
+        };
+        let list = if reverse {
+            &mut self.revincludes
+        } else {
+            &mut self.includes
+        };
+        if !list.contains(&found) {
+            list.push(found);
         }
         Ok(Keep::Link)
     }
@@ -562,6 +687,25 @@ fn parse_count(value: &str) -> Result<u32, Issue> {
                 ),
             )
         })
+}
+
+fn is_unknown_param(issue: &Issue) -> bool {
+    issue.message_id == "search-param-unknown"
+}
+
+/// Without `Prefer: handling`, an unknown parameter is ignored, and the
+/// warning says how to have it refused instead.
+fn ignored_unknown(issues: Vec<Issue>) -> Vec<Issue> {
+    issues
+        .into_iter()
+        .map(|i| {
+            let message = format!(
+                "{} (ignored; send Prefer: handling=strict to have it refused)",
+                i.message
+            );
+            Issue { message, ..i }.with_severity(IssueSeverity::Warning)
+        })
+        .collect()
 }
 
 /// Under `Prefer: handling=lenient` the refusals become warnings that say
@@ -724,7 +868,7 @@ fn unknown_param(resource_type: ResourceType, key: &str) -> Issue {
         IssueType::NotSupported,
         "search-param-unknown",
         format!(
-            "Unknown search parameter '{}' for {resource_type}; Sprig supports {} and _count, _sort, _total (GET /fhir/metadata lists them)",
+            "Unknown search parameter '{}' for {resource_type}; Sprig supports {} and _count, _sort, _total, _summary=count, _elements, _include, _revinclude (GET /fhir/metadata lists them)",
             shorten(key, 60),
             names.join(", ")
         ),

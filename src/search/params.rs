@@ -383,3 +383,75 @@ static COMPILED: LazyLock<Result<CompiledTable, FhirPathError>> = LazyLock::new(
 pub(crate) fn compiled() -> Result<&'static CompiledTable, &'static FhirPathError> {
     COMPILED.as_ref()
 }
+
+/// A reference search parameter a search may follow (`_include`) or follow
+/// back (`_revinclude`): `{source}:{param}` reaches a `target`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IncludeParam {
+    /// The type holding the reference.
+    pub source: &'static str,
+    /// Its reference parameter, from [`TABLE`].
+    pub param: &'static str,
+    /// The types it may reach.
+    pub targets: &'static [&'static str],
+}
+
+/// The references `_include` and `_revinclude` follow: from a referral to its
+/// patient and requester, and from a Task or outcome Observation to its
+/// referral. `_include` names one whose source is the type searched;
+/// `_revinclude` one whose target is.
+pub const INCLUDES: &[IncludeParam] = &[
+    IncludeParam {
+        source: "ServiceRequest",
+        param: "subject",
+        targets: &["Patient"],
+    },
+    IncludeParam {
+        source: "ServiceRequest",
+        param: "patient",
+        targets: &["Patient"],
+    },
+    IncludeParam {
+        source: "ServiceRequest",
+        param: "requester",
+        targets: &["Organization", "Practitioner", "PractitionerRole"],
+    },
+    IncludeParam {
+        source: "Task",
+        param: "based-on",
+        targets: &["ServiceRequest"],
+    },
+    IncludeParam {
+        source: "Observation",
+        param: "based-on",
+        targets: &["ServiceRequest"],
+    },
+];
+
+/// `_include` values a search of `resource_type` accepts (`ServiceRequest:subject`).
+pub fn includes_from(resource_type: ResourceType) -> impl Iterator<Item = &'static IncludeParam> {
+    INCLUDES
+        .iter()
+        .filter(move |i| i.source == resource_type.as_str())
+}
+
+/// `_revinclude` values a search of `resource_type` accepts (`Task:based-on`).
+pub fn revincludes_to(resource_type: ResourceType) -> impl Iterator<Item = &'static IncludeParam> {
+    INCLUDES
+        .iter()
+        .filter(move |i| i.targets.contains(&resource_type.as_str()))
+}
+
+/// The top-level elements every resource of a served type must have (R4
+/// minimum cardinality 1), kept by `_elements` as FHIR requires.
+pub fn mandatory_elements(resource_type: ResourceType) -> &'static [&'static str] {
+    match resource_type.as_str() {
+        "ServiceRequest" => &["status", "intent", "subject"],
+        "Task" => &["status", "intent"],
+        "Observation" => &["status", "code"],
+        "Consent" => &["status", "scope", "category"],
+        "Condition" => &["subject"],
+        "QuestionnaireResponse" => &["status"],
+        _ => &[],
+    }
+}

@@ -173,6 +173,7 @@ fn tokens_in_every_form() {
 fn references_in_every_form() {
     let base = ParseOptions {
         lenient: false,
+        strict: true,
         base: Some("https://sprig.example/fhir/"),
     };
     let q = SearchQuery::parse_with(
@@ -286,9 +287,9 @@ fn every_error_names_the_parameter_and_what_is_allowed() {
         ),
         (
             SR,
-            "_summary=count",
-            "search-param-unknown",
-            &["'_summary'", "_lastUpdated"],
+            "_summary=text",
+            "search-result-param-invalid",
+            &["_summary=text", "_summary=count", "_elements"],
         ),
         (
             // Task's parameters are not ServiceRequest's.
@@ -460,6 +461,7 @@ fn every_error_names_the_parameter_and_what_is_allowed() {
 fn lenient_handling_ignores_bad_parameters_with_warnings() {
     let options = ParseOptions {
         lenient: true,
+        strict: false,
         base: None,
     };
     let q = SearchQuery::parse_with(SR, "colour=red&status=active&_count=x", options)
@@ -745,9 +747,14 @@ fn a_search_is_bounded_in_parameters_repeats_and_values() {
     // Leniency never waives a limit.
     let lenient = ParseOptions {
         lenient: true,
+        strict: false,
         base: None,
     };
     let issues = SearchQuery::parse_with(SR, &repeated, lenient).expect_err("refused");
+    // ...and neither does the default handling of unknown parameters.
+    let issues_default =
+        SearchQuery::parse_with(SR, &repeated, ParseOptions::default()).expect_err("refused");
+    assert_eq!(issues_default[0].code, IssueType::TooCostly);
     assert_eq!(issues[0].code, IssueType::TooCostly);
 }
 

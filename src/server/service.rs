@@ -81,6 +81,13 @@ impl RequestService {
             request
                 .extensions_mut()
                 .insert(ConnectInfo(self.facts.peer));
+            if self.facts.tls {
+                // How the client reached Sprig, for the absolute URLs of its answer
+                // (`api::extract::FhirBase`).
+                request
+                    .extensions_mut()
+                    .insert(axum::http::uri::Scheme::HTTPS);
+            }
             if let Some(certificate) = &self.facts.peer_certificate {
                 request
                     .extensions_mut()

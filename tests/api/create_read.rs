@@ -21,7 +21,10 @@ async fn a_valid_referral_is_created_and_read_back() {
         .as_str()
         .expect("server assigned an id")
         .to_owned();
-    assert_eq!(location, format!("/fhir/ServiceRequest/{id}/_history/1"));
+    assert_eq!(
+        location,
+        app.url(&format!("/fhir/ServiceRequest/{id}/_history/1"))
+    );
     assert_eq!(headers["etag"], "W/\"1\"");
     assert!(headers.contains_key("last-modified"));
     assert!(

@@ -93,7 +93,7 @@ const KNOWN_INVALID: &[(&str, &str)] = &[
     // Observation.performer does not allow Encounter.
     (
         "Observation-clinical-gender.json",
-        "Observation.performer[0].reference refers to a Encounter",
+        "Observation.performer[0].reference refers to an Encounter",
     ),
     // Questionnaire.item.linkId is 1..1, also in nested items.
     (

@@ -810,8 +810,17 @@ async fn the_gp_withdraws_a_referral_with_put_and_if_match() {
 
     // An amendment: a new note and priority.
     service_request["priority"] = json!("urgent");
-    let response = put(service_request.clone(), None).await.expect("sent");
-    assert_eq!(response.status(), 428, "If-Match is required");
+    let mut unversioned = service_request.clone();
+    unversioned["meta"]
+        .as_object_mut()
+        .unwrap()
+        .remove("versionId");
+    let response = put(unversioned, None).await.expect("sent");
+    assert_eq!(
+        response.status(),
+        428,
+        "If-Match or meta.versionId is required"
+    );
     let response = put(service_request.clone(), Some("W/\"1\""))
         .await
         .expect("sent");

@@ -180,8 +180,9 @@ impl<'p, 'v> Walk<'p, 'v> {
                 IssueType::Structure,
                 "profile-reference-target",
                 format!(
-                    "{} refers to a {found}, but may only refer to {}",
+                    "{} refers to {}, but may only refer to {}",
                     self.expression(&target_path),
+                    crate::fhir::outcome::with_article(found),
                     allowed.join(" or ")
                 ),
             );

@@ -1,0 +1,121 @@
+//! Real FHIR client libraries against a running Sprig: fhir-kit-client (npm) and fhirpy
+//! (PyPI) each run their script in `tests/clients/` through capability, create,
+//! resubmission, read, vread, search with paging to the end, transaction,
+//! `$process-message`, `$validate`, update and history. Every call must succeed.
+//!
+//! The packages are installed once, at the versions pinned in `tests/clients/`, into
+//! Cargo's test temp dir (as the R4 examples test fetches its package).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::spawn_app;
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+fn run(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} could not start: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// A folder holding the Node script beside its installed `node_modules`.
+fn node_client() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real-clients/node");
+    std::fs::create_dir_all(&root).expect("cache folder");
+    for file in ["package.json", "package-lock.json", "fhirkit.mjs"] {
+        std::fs::copy(clients_dir().join(file), root.join(file)).expect("copy client file");
+    }
+    if !root
+        .join("node_modules/fhir-kit-client/package.json")
+        .exists()
+    {
+        run(
+            Command::new("npm")
+                .args(["ci", "--silent", "--no-audit", "--no-fund"])
+                .current_dir(&root),
+            "npm ci",
+        );
+    }
+    root
+}
+
+/// A folder of installed Python packages, for `PYTHONPATH`.
+fn python_packages() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real-clients/python");
+    if !root.join("fhirpy").exists() {
+        std::fs::create_dir_all(&root).expect("cache folder");
+        run(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .arg("--target")
+                .arg(&root)
+                .arg("-r")
+                .arg(clients_dir().join("requirements.txt")),
+            "pip install",
+        );
+    }
+    root
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+#[tokio::test]
+async fn fhir_kit_client_does_everything_a_node_integration_does() {
+    let folder = tokio::task::spawn_blocking(node_client)
+        .await
+        .expect("install");
+    let app = spawn_app().await;
+    let base = app.url("/fhir");
+    let output = tokio::task::spawn_blocking(move || {
+        run(
+            Command::new("node")
+                .arg(folder.join("fhirkit.mjs"))
+                .arg(base)
+                .arg(examples()),
+            "fhir-kit-client",
+        )
+    })
+    .await
+    .expect("client ran");
+    assert!(output.contains("ok history"), "{output}");
+}
+
+#[tokio::test]
+async fn fhirpy_does_everything_a_python_integration_does() {
+    let packages = tokio::task::spawn_blocking(python_packages)
+        .await
+        .expect("install");
+    let app = spawn_app().await;
+    let base = app.url("/fhir");
+    let output = tokio::task::spawn_blocking(move || {
+        run(
+            Command::new("python3")
+                .arg(clients_dir().join("fhirpy_client.py"))
+                .arg(base)
+                .arg(examples())
+                .env("PYTHONPATH", packages),
+            "fhirpy",
+        )
+    })
+    .await
+    .expect("client ran");
+    assert!(output.contains("ok history"), "{output}");
+}
