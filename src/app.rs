@@ -342,11 +342,6 @@ fn report_security(
                 token_endpoint = authenticator.token_endpoint().unwrap_or("none"),
                 "authentication configured"
             );
-            // Until the request layer checks an Access on every route (issue 17's wiring).
-            tracing::warn!(
-                "the FHIR and /api routes do not yet require an access token: the token \
-                 endpoint issues them, the routes' checks are still to be wired"
-            );
             if authenticator.token_endpoint().is_none() && !clients.current().is_empty() {
                 tracing::warn!(
                     "no token endpoint URL: set auth.token_url or public_base_url (ending in \

@@ -12,6 +12,7 @@
 //! response carries `X-Request-ID`; handlers log ids, never content.
 
 pub mod auth;
+pub mod authenticate;
 pub mod capability;
 pub mod deliveries;
 pub mod error;
@@ -112,12 +113,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(deliveries::metrics))
         .route("/auth/token", post(auth::token))
+        .route("/auth/staff/token", post(auth::staff_token))
         .route(
             "/.well-known/smart-configuration",
             get(auth::smart_configuration),
         )
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        // Identity, before any handler: every route above is in `authenticate::ROUTES`.
+        .route_layer(axum::middleware::from_fn(authenticate::authenticate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // FHIR bodies are read by the handlers, under `limits.max_body_bytes`

@@ -12,18 +12,21 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use super::authenticate::require_scope;
 use super::capability::{Interaction, supported};
 use super::error::{ApiError, Concerning};
 use super::extract::{FormBody, parse_id};
 use super::negotiate::{ResponseFormat, lenient_handling};
 use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::identity::{Access, Interaction as Scope};
 use crate::search::{HistoryQuery, ParseOptions, SearchQuery};
 use crate::store::{HistoryOperation, HistoryPage, SearchPage, StoredResource};
 
 /// `GET /fhir/{type}?…`: search one type.
 pub async fn search_get(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
@@ -31,6 +34,7 @@ pub async fn search_get(
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::SearchType)?;
+    require_scope(&access, Scope::Search, resource_type.as_str())?;
     run_search(
         &state,
         resource_type,
@@ -46,6 +50,7 @@ pub async fn search_get(
 /// a URL.
 pub async fn search_post(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
@@ -54,6 +59,7 @@ pub async fn search_post(
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::SearchType)?;
+    require_scope(&access, Scope::Search, resource_type.as_str())?;
     let FormBody(form) = form?;
     let combined = match query.as_deref() {
         Some(q) if !q.is_empty() && !form.is_empty() => format!("{q}&{form}"),
@@ -152,6 +158,7 @@ fn searchset(base: &str, query: &SearchQuery, page: SearchPage) -> Result<Value,
 /// `GET /fhir/{type}/{id}/_history`: every version, newest first.
 pub async fn history_instance(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
@@ -159,6 +166,7 @@ pub async fn history_instance(
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::HistoryInstance)?;
+    require_scope(&access, Scope::History, resource_type.as_str())?;
     let id = parse_id(&raw_id)?;
     let lenient = lenient_handling(&headers);
     let (history, warnings) = HistoryQuery::parse(query.as_deref().unwrap_or(""), lenient)

@@ -96,6 +96,10 @@ pub enum IssueType {
     BusinessRule,
     /// A conditional operation matched more than one resource.
     MultipleMatches,
+    /// `login`: the caller is not authenticated.
+    Login,
+    /// `forbidden`: the caller may not do this.
+    Forbidden,
 }
 
 impl IssueType {
@@ -122,6 +126,8 @@ impl IssueType {
             Self::Invariant => "invariant",
             Self::BusinessRule => "business-rule",
             Self::MultipleMatches => "multiple-matches",
+            Self::Login => "login",
+            Self::Forbidden => "forbidden",
         }
     }
 }
