@@ -240,9 +240,9 @@ pub async fn transition(
     context: RequestContext,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Transition { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
-    require_staff(&access, StaffAction::Transition { assigned_to: None })?;
     let to = parse_stage(&body.to)?;
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
@@ -286,9 +286,9 @@ pub async fn outcome(
     context: RequestContext,
     body: Result<Json<OutcomeBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::RecordOutcome { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
-    require_staff(&access, StaffAction::RecordOutcome { assigned_to: None })?;
     let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
     if Instant::parse(&body.recorded_at).is_err() {
         return Err(Problem::bad_request(
@@ -338,9 +338,9 @@ pub async fn note(
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
-    require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
     let mut tx = state.store.begin_write().await?;

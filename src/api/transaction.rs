@@ -98,6 +98,13 @@ pub async fn transaction(
     format: ResponseFormat,
     body: FhirBody,
 ) -> Result<Response, ApiError> {
+    // A referral transaction creates a ServiceRequest at least; each entry is checked
+    // once planned.
+    require_scope(
+        &access,
+        Scope::Create,
+        ResourceType::SERVICE_REQUEST.as_str(),
+    )?;
     let checked = pipeline::check(
         &state,
         &body,
