@@ -155,10 +155,10 @@ fn refusal(path: &str, error: &AuthError) -> Response {
         Problem::new(status, title, detail).into_response()
     } else {
         match (status.as_u16(), &challenge) {
-            (401, Some(challenge)) => ApiError::Unauthorized {
-                issue: Issue::error(IssueType::Login, message_id, detail),
-                challenge: challenge.clone(),
-            }
+            (401, Some(challenge)) => ApiError::Unauthorized(Box::new((
+                Issue::error(IssueType::Login, message_id, detail),
+                challenge.clone(),
+            )))
             .into_response(),
             (403, _) => ApiError::Forbidden(Issue::error(IssueType::Forbidden, message_id, detail))
                 .into_response(),

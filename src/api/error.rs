@@ -25,12 +25,8 @@ pub enum ApiError {
     Unprocessable(Vec<Issue>),
     /// 401: no valid credentials; the `WWW-Authenticate` challenge goes with it.
     #[error("unauthorized")]
-    Unauthorized {
-        /// What is wrong.
-        issue: Issue,
-        /// The `WWW-Authenticate` header (RFC 6750 §3).
-        challenge: String,
-    },
+    /// What is wrong, and the `WWW-Authenticate` header (RFC 6750 §3).
+    Unauthorized(Box<(Issue, String)>),
     /// 403: the caller is known but may not do this (a scope it lacks). Never for
     /// another practice's resource: that is a 404, as for a missing one.
     #[error("forbidden")]
@@ -193,7 +189,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::IdentityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -216,8 +212,8 @@ impl ApiError {
             ApiError::BadRequest(issues)
             | ApiError::Unprocessable(issues)
             | ApiError::Conflict(issues) => issues,
+            ApiError::Unauthorized(refusal) => vec![refusal.0],
             ApiError::NotFound(issue)
-            | ApiError::Unauthorized { issue, .. }
             | ApiError::Forbidden(issue)
             | ApiError::IdentityUnavailable(issue)
             | ApiError::MethodNotAllowed(issue)
@@ -267,7 +263,7 @@ impl ApiError {
             _ => {}
         }
         let challenge = match &self {
-            ApiError::Unauthorized { challenge, .. } => HeaderValue::from_str(challenge).ok(),
+            ApiError::Unauthorized(refusal) => HeaderValue::from_str(&refusal.1).ok(),
             _ => None,
         };
         let nhs_code = nhs_http_error_code(status);
