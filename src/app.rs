@@ -122,6 +122,7 @@ impl Application {
             .collect();
         let profile_options = ProfileOptions {
             unknown_extensions: settings.validation.unknown_extensions,
+            unknown_profiles: settings.validation.unknown_profiles,
             best_practice: settings.validation.best_practice,
         };
         let default_profiles = settings

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::fhir::ResourceType;
 use crate::fhir::json::MAX_SUPPORTED_DEPTH;
-use crate::validation::profile::ReportLevel;
+use crate::validation::profile::{NoticeLevel, ReportLevel};
 
 /// The config file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
@@ -318,6 +318,11 @@ pub struct ValidationSettings {
     /// What an extension Sprig holds no definition for gets: `ignore`,
     /// `information`, `warning` or `error`.
     pub unknown_extensions: ReportLevel,
+    /// What a profile named in `meta.profile` that Sprig does not hold (a
+    /// BaRS or UK Core profile) gets: `information`, `warning` or `error`.
+    /// Short of `error`, the resource is still checked against the profile
+    /// Sprig applies to it.
+    pub unknown_profiles: NoticeLevel,
     /// Best-practice invariants (dom-6, narrative): `ignore`,
     /// `information`, `warning` or `error`.
     pub best_practice: ReportLevel,
@@ -330,6 +335,7 @@ impl Default for ValidationSettings {
     fn default() -> Self {
         Self {
             unknown_extensions: ReportLevel::Warning,
+            unknown_profiles: NoticeLevel::Warning,
             best_practice: ReportLevel::Ignore,
             default_profiles: crate::validation::DEFAULT_PROFILES
                 .iter()

@@ -10,6 +10,7 @@ pub mod json;
 pub mod locate;
 pub mod outcome;
 pub mod path;
+pub mod reference;
 pub mod resource;
 pub mod resource_types;
 pub mod types;

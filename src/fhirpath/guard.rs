@@ -244,6 +244,20 @@ mod tests {
         Guard::of(&expr).map(|guard| guard.names)
     }
 
+    /// The guard's own lists name functions the table (or the list of unsupported ones)
+    /// knows, so a renamed or misspelt function cannot drop out of them unnoticed.
+    #[test]
+    fn its_lists_name_known_functions() {
+        let lists: [&[&str]; 4] = [&NEVER, &ON_FOCUS, &SKIPPED_ON_EMPTY, &EMPTY_TO_EMPTY];
+        for name in lists.into_iter().flatten() {
+            assert!(
+                functions::lookup(name).is_some()
+                    || functions::UNSUPPORTED.iter().any(|(n, _)| n == name),
+                "{name}() is neither implemented nor known to be unsupported"
+            );
+        }
+    }
+
     #[test]
     fn finds_the_names_an_invariant_reads() {
         assert_eq!(

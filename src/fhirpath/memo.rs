@@ -173,20 +173,46 @@ fn collect_top(expr: &Expr, shapes: &mut Vec<String>) {
     }
 }
 
-/// A text that two parts share exactly when they are written alike: the tree's `Debug`
-/// form with the positions of calls (kept for error messages) set to 0.
+/// A text that two parts share exactly when they are written alike: the tree, without the
+/// positions of calls (kept for error messages) or the function rows the parser found for
+/// them (the same for the same name).
 fn shape(expr: &Expr) -> String {
-    fn clear_positions(expr: &mut Expr) {
-        if let Expr::Call { at, .. } = expr {
-            *at = 0;
-        }
-        for part in expr.parts_mut() {
-            clear_positions(part);
-        }
+    let mut out = String::new();
+    write_shape(expr, &mut out);
+    out
+}
+
+/// Writes each node as its kind and what it holds besides its parts (names and literals in
+/// their `Debug` form, quoted, so no two trees write alike), then its parts in brackets.
+/// Written out rather than taken from the tree's `Debug` form: that form costs several times
+/// as much, and compiling an expression shapes most of its parts.
+fn write_shape(expr: &Expr, out: &mut String) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = match expr {
+        Expr::Empty => write!(out, "Empty"),
+        Expr::Literal(literal) => write!(out, "Literal({literal:?})"),
+        Expr::Ident(name) => write!(out, "Ident({name:?})"),
+        Expr::This => write!(out, "This"),
+        Expr::Index => write!(out, "Index"),
+        Expr::Total => write!(out, "Total"),
+        Expr::Env(name) => write!(out, "Env({name:?})"),
+        Expr::Member(_, name) => write!(out, "Member({name:?})"),
+        // Whether there is a target tells `a.f(b)` from `f(a, b)`.
+        Expr::Call { target, name, .. } => write!(out, "Call({name:?}, {})", target.is_some()),
+        Expr::Indexer(..) => write!(out, "Indexer"),
+        Expr::Negate(_) => write!(out, "Negate"),
+        Expr::Binary(op, ..) => write!(out, "Binary({op:?})"),
+        Expr::Is(_, spec) => write!(out, "Is({spec:?})"),
+        Expr::As(_, spec) => write!(out, "As({spec:?})"),
+        Expr::Memo { slot, .. } => write!(out, "Memo({slot})"),
+    };
+    out.push('[');
+    for part in expr.parts() {
+        write_shape(part, out);
+        out.push(',');
     }
-    let mut copy = expr.clone();
-    clear_positions(&mut copy);
-    format!("{copy:?}")
+    out.push(']');
 }
 
 #[cfg(test)]
@@ -198,6 +224,23 @@ mod tests {
         let mut expr = parse(text).expect("parses");
         let slots = plan(&mut expr);
         (slots, format!("{expr:?}"))
+    }
+
+    #[test]
+    fn shapes_ignore_positions_but_tell_apart_what_is_written_differently() {
+        let shape_of = |text: &str| shape(&parse(text).expect("parses"));
+        assert_eq!(shape_of("a.where(b)"), shape_of("  a . where( b )"));
+        for (x, y) in [
+            ("a.f(b)", "f(a, b)"),
+            ("a.b.c", "a.`b.c`"),
+            ("1", "1.0"),
+            ("'1'", "1"),
+            ("a is String", "a is FHIR.String"),
+            ("a.where(b)", "a.where(c)"),
+            ("a - b", "a + b"),
+        ] {
+            assert_ne!(shape_of(x), shape_of(y), "{x} and {y}");
+        }
     }
 
     #[test]

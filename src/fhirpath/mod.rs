@@ -10,6 +10,14 @@
 //! (`rust_decimal`, read from the JSON number's text); dates and times keep their precision
 //! (`temporal`); quantities compare through a small UCUM table (`quantity`).
 //!
+//! Layout: `parser` (text to tree; each call is resolved to its function's row then), `eval`
+//! (the tree walk: paths, variables, literals, calls), `operators` (`=`, `<`, `|`, `and`, `+`…),
+//! `functions` (the one table of functions: name, argument counts, how each argument is
+//! evaluated, implementation; the implementations in `functions/`, grouped by the
+//! specification's sections, FHIR's own in `fhir.rs`), and two plans made at compile time from the
+//! table's argument roles: `guard` (results known when the focus lacks what is read) and
+//! `memo` (parts computed once per evaluation).
+//!
 //! Pure and synchronous: no I/O, no async. `resolve()` follows only references inside the
 //! resource (`#id` to contained resources, Bundle `fullUrl`s); terminology functions
 //! (`memberOf`…) are errors. Conformance: the HL7 FHIRPath R4 test suite runs as
@@ -27,6 +35,7 @@ mod functions;
 mod guard;
 mod memo;
 mod model;
+mod operators;
 mod parser;
 mod quantity;
 mod temporal;

@@ -6,6 +6,7 @@
 use rust_decimal::Decimal;
 
 use super::FhirPathError;
+use super::functions::{self, FunctionDef};
 use super::temporal::{CalendarUnit, Date, DateTime, Time};
 
 /// A parsed expression.
@@ -31,6 +32,10 @@ pub(crate) enum Expr {
         args: Vec<Expr>,
         /// Byte offset of the name, for error messages.
         at: usize,
+        /// The function's row in the table, found when parsing so that evaluation does not
+        /// search for it; `None` for a function the engine does not implement (an error
+        /// when evaluated, not when parsed: see [`super::functions::check`]).
+        function: Option<&'static FunctionDef>,
     },
     /// `target[index]`
     Indexer(Box<Expr>, Box<Expr>),
@@ -582,6 +587,7 @@ impl Parser<'_> {
                         let args = self.arguments()?;
                         expr = Expr::Call {
                             target: Some(Box::new(expr)),
+                            function: functions::lookup(&name),
                             name,
                             args,
                             at,
@@ -679,6 +685,7 @@ impl Parser<'_> {
                     let args = self.arguments()?;
                     Ok(Expr::Call {
                         target: None,
+                        function: functions::lookup(&name),
                         name,
                         args,
                         at,

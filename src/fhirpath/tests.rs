@@ -571,9 +571,10 @@ fn variables_lists_each_environment_variable_once() {
 #[test]
 fn the_function_table_agrees_with_the_evaluator_on_arity() {
     let engine = engine();
-    for (name, allowed) in functions::FUNCTIONS {
+    for function in functions::FUNCTIONS {
+        let (name, allowed) = (function.name, function.arities);
         for argc in 0..=4 {
-            let arg = if matches!(*name, "is" | "as" | "ofType") {
+            let arg = if matches!(name, "is" | "as" | "ofType") {
                 "Patient"
             } else {
                 "1"
@@ -604,29 +605,105 @@ fn the_function_table_agrees_with_the_evaluator_on_arity() {
     }
 }
 
-/// Every function name the evaluator dispatches on is in the table (or listed as
-/// unsupported), so `compile_strict` cannot refuse a function that works.
+/// One row per name, found by that name, with its argument counts in order; no function is
+/// both implemented and listed as unsupported.
 #[test]
-fn the_function_table_lists_every_function_the_evaluator_implements() {
-    let source = include_str!("eval.rs");
-    let start = source.find("fn call(").expect("call()");
-    let end = source[start..].find("fn resolve(").expect("resolve()") + start;
-    let names = regex::Regex::new(r#""([A-Za-z]+)"\s*(?:=>|\|)"#).expect("regex");
-    let mut seen = Vec::new();
-    for cap in names.captures_iter(&source[start..end]) {
-        let name = cap[1].to_string();
+fn the_function_table_has_one_row_per_name() {
+    let mut names = std::collections::HashSet::new();
+    for function in functions::FUNCTIONS {
+        let name = function.name;
+        assert!(names.insert(name), "{name}() has two rows");
+        let found = functions::lookup(name).expect("found by name");
+        assert!(std::ptr::eq(found, function), "{name}() finds another row");
         assert!(
-            functions::arities(&name).is_some()
-                || functions::UNSUPPORTED.iter().any(|(n, _)| *n == name),
-            "eval.rs implements {name}() but functions::FUNCTIONS does not list it"
+            !function.arities.is_empty() && function.arities.is_sorted(),
+            "{name}(): arities {:?}",
+            function.arities
         );
-        seen.push(name);
+        assert!(
+            !functions::UNSUPPORTED.iter().any(|(n, _)| *n == name),
+            "{name}() is both implemented and unsupported"
+        );
     }
-    for (name, _) in functions::FUNCTIONS {
-        assert!(
-            seen.iter().any(|s| s == name),
-            "functions::FUNCTIONS lists {name}() but eval.rs does not implement it"
-        );
+    for (name, _) in functions::UNSUPPORTED {
+        let FhirPathError::Evaluation { message } = functions::not_implemented(name) else {
+            panic!("an evaluation error");
+        };
+        assert!(!message.contains("unknown"), "{name}(): {message}");
+    }
+}
+
+/// The roles the guard and the memo plan read of a call ([`functions::roles`]) are the
+/// table's, for every function and argument count, after the target's; a function the table
+/// lacks has only `Same` parts.
+#[test]
+fn call_roles_are_the_function_table_roles() {
+    use functions::Role;
+    for function in functions::FUNCTIONS {
+        let name = function.name;
+        for argc in 0..=4 {
+            let args = vec!["x"; argc].join(", ");
+            for (text, target) in [
+                (format!("a.{name}({args})"), true),
+                (format!("{name}({args})"), false),
+            ] {
+                let expr = parser::parse(&text).expect("parses");
+                let expected: Vec<Role> = target
+                    .then_some(Role::Same)
+                    .into_iter()
+                    .chain((0..argc).map(|i| function.role(i)))
+                    .collect();
+                assert_eq!(functions::roles(&expr), expected, "{text}");
+            }
+        }
+    }
+    let unknown = parser::parse("a.frobnicate(x, y)").expect("parses");
+    assert_eq!(functions::roles(&unknown), [Role::Same; 3]);
+}
+
+/// Implementations read their arguments through methods named for a role, which assert (in
+/// debug builds, as tests run) that the table gives the argument that role. Evaluating every
+/// function, with every argument count it accepts, on inputs and arguments of many kinds
+/// makes each read its arguments, so an implementation that disagrees with the table (and
+/// would mislead the guard and the memo plan) fails here.
+#[test]
+fn functions_read_their_arguments_in_the_roles_the_table_gives() {
+    let engine = engine();
+    let resource = referral();
+    let inputs = [
+        "{}",
+        "'abc'",
+        "1",
+        "2.5",
+        "(1 | 2)",
+        "true",
+        "@2024-01-01",
+        "@2024-01-01T10:00:00Z",
+        "@T10:00",
+        "1 'mg'",
+        "subject",
+        "%resource",
+    ];
+    for function in functions::FUNCTIONS {
+        let name = function.name;
+        let arguments: &[&str] = if matches!(name, "is" | "as" | "ofType") {
+            &["String", "Reference"]
+        } else {
+            &["1", "'a'", "true", "$this", "-$this", "'hex'", "1 'mg'"]
+        };
+        for &argc in function.arities {
+            for input in inputs {
+                for arg in arguments {
+                    let args = vec![*arg; argc].join(", ");
+                    let text = format!("{input}.{name}({args})");
+                    // Errors are answers too: only a failed assertion matters.
+                    let _ = engine
+                        .compile(&text)
+                        .expect("parses")
+                        .evaluate(&resource, &resource);
+                }
+            }
+        }
     }
 }
 

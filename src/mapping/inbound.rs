@@ -15,7 +15,7 @@ use crate::referral::record::{
 };
 
 /// The variables the gateway supplies, in the order of [`InboundResources`].
-const GATEWAY_VARIABLES: [&str; 7] = [
+const GATEWAY_VARIABLES: [&str; 9] = [
     "referral",
     "patient",
     "requester",
@@ -23,6 +23,8 @@ const GATEWAY_VARIABLES: [&str; 7] = [
     "consent",
     "message",
     "bundle",
+    "sender",
+    "end_user_organisation",
 ];
 
 /// The resources a referral is mapped from, found by the gateway before mapping (contained
@@ -37,7 +39,9 @@ pub struct InboundResources<'a> {
     /// `%requester`: what `ServiceRequest.requester` points at (PractitionerRole,
     /// Practitioner or Organization).
     pub requester: Option<&'a Value>,
-    /// `%practice`: the GP practice Organization.
+    /// `%practice`: the GP practice Organization the requester gives: the requester
+    /// itself, a PractitionerRole's organization, or the organization of a Practitioner's
+    /// PractitionerRole in the submission.
     pub practice: Option<&'a Value>,
     /// `%consent`: the Consent in `supportingInfo`.
     pub consent: Option<&'a Value>,
@@ -46,6 +50,11 @@ pub struct InboundResources<'a> {
     /// `%bundle`: the Bundle the referral came in; also `%rootResource`, so `resolve()`
     /// finds its entries.
     pub bundle: Option<&'a Value>,
+    /// `%sender`: the Organization `MessageHeader.sender` names, for a message.
+    pub sender: Option<&'a Value>,
+    /// `%end_user_organisation`: the Organization the HTTP request declared (BaRS's
+    /// `NHSD-End-User-Organisation` header), when the HTTP layer passes one.
+    pub end_user_organisation: Option<&'a Value>,
 }
 
 // ── The file ───────────────────────────────────────────────────────────────────────────────
@@ -85,6 +94,7 @@ struct InboundFile {
 struct ScalarSpec {
     expression: Spanned<String>,
     required: Option<Spanned<bool>>,
+    missing: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +124,9 @@ struct Mapped {
     field: &'static str,
     expression: Expression,
     required: bool,
+    /// For a required field: what the refusal adds when the field finds nothing (where
+    /// the mapping looked).
+    missing: Option<String>,
 }
 
 /// The compiled inbound mapping. See `mappings/inbound.toml`.
@@ -204,10 +217,21 @@ impl Inbound {
         let scalar = |field: &'static str, spec: &Spanned<ScalarSpec>| {
             let spec = spec.get_ref();
             let required = required(source, field, spec.required.as_ref())?;
+            if let Some(missing) = &spec.missing
+                && !required
+            {
+                return Err(source.error_at(
+                    &missing.span(),
+                    format!(
+                        "{field}: `missing` explains a refusal, which only a required field makes; add `required = true` or remove `missing`"
+                    ),
+                ));
+            }
             Ok::<_, LocatedError>(Mapped {
                 field,
                 expression: compile_expression(source, engine, &spec.expression, field, &known)?,
                 required,
+                missing: spec.missing.as_ref().map(|m| m.get_ref().clone()),
             })
         };
         let part = |field: &'static str, expression: &Spanned<String>| {
@@ -215,6 +239,7 @@ impl Inbound {
                 field,
                 expression: compile_expression(source, engine, expression, field, &known)?,
                 required: false,
+                missing: None,
             })
         };
         let reasons = file.reasons.get_ref();
@@ -256,6 +281,7 @@ impl Inbound {
                     &known,
                 )?,
                 required: required(source, "reasons", reasons.required.as_ref())?,
+                missing: None,
             },
             reason_system: part("reasons.system", &reasons.system)?,
             reason_code: part("reasons.code", &reasons.code)?,
@@ -273,6 +299,7 @@ impl Inbound {
                     &known,
                 )?,
                 required: required(source, "notes", notes.required.as_ref())?,
+                missing: None,
             },
             reply_to: scalar("reply_to", &file.reply_to)?,
             variables,
@@ -341,6 +368,8 @@ impl Inbound {
             input.consent,
             input.message,
             input.bundle,
+            input.sender,
+            input.end_user_organisation,
         ];
         for ((name, value), used) in GATEWAY_VARIABLES.iter().zip(given).zip(self.used) {
             environment.set(*name, collection_of(value.filter(|_| used)));
@@ -619,10 +648,15 @@ impl Run<'_, '_> {
             IssueType::Required,
             "mapping-required-field",
             format!(
-                "The referral has no {} (required; mapped by {} in {})",
+                "The referral has no {} (required; mapped by {} in {}){}",
                 mapped.field,
                 mapped.expression.text(),
-                self.inbound.file
+                self.inbound.file,
+                mapped
+                    .missing
+                    .as_deref()
+                    .map(|why| format!(": {why}"))
+                    .unwrap_or_default()
             ),
         );
         self.issues.push(issue);

@@ -135,7 +135,7 @@ fn an_unknown_key_names_the_place_and_the_allowed_keys() {
         "{message}"
     );
     assert!(
-        message.ends_with("expected `expression` or `required`"),
+        message.ends_with("expected one of `expression`, `required`, `missing`"),
         "{message}"
     );
 
@@ -260,6 +260,21 @@ fn always_required_fields_cannot_be_made_optional() {
         )
     });
     assert!(message.contains("status is always required"), "{message}");
+}
+
+#[test]
+fn an_explanation_of_a_refusal_needs_a_required_field() {
+    let message = load_error("inbound.toml", |t| {
+        replace_once(
+            t,
+            "expression = \"%referral.priority\"",
+            "expression = \"%referral.priority\"\nmissing = \"no priority\"",
+        )
+    });
+    assert!(
+        message.contains("priority: `missing` explains a refusal"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -460,6 +475,8 @@ fn maps_the_referral_with_contained_resources() {
             consent: resolve(&referral["supportingInfo"][0], &referral),
             message: None,
             bundle: None,
+            sender: None,
+            end_user_organisation: None,
         })
         .expect("maps");
     let some = |s: &str| Some(s.to_string());
@@ -533,6 +550,8 @@ fn bundle_input(bundle: &Value) -> InboundResources<'_> {
         consent: resolve(&referral["supportingInfo"][0], bundle),
         message,
         bundle: Some(bundle),
+        sender: None,
+        end_user_organisation: None,
     }
 }
 
@@ -603,11 +622,93 @@ fn maps_the_message_bundle() {
     );
 }
 
+/// The message example, its requester made the Practitioner (no practice through it), its
+/// Consent referenced without `type`, its identifier without PLAC: as a BaRS sender sends.
+fn practitioner_requested_message() -> Value {
+    let mut message = example("referral-message-bundle.json");
+    let referral = &mut message["entry"][1]["resource"];
+    referral["requester"] =
+        serde_json::json!({"reference": "urn:uuid:9e0f1a2b-3c4d-4e5f-8a6b-7c8d9e0f1a2b"});
+    referral["supportingInfo"][0]
+        .as_object_mut()
+        .map(|m| m.shift_remove("type"));
+    referral["identifier"][0]
+        .as_object_mut()
+        .map(|m| m.shift_remove("type"));
+    message
+}
+
+#[test]
+fn the_practice_is_found_through_the_requester_or_the_message_sender() {
+    use super::intake::{Declared, SubmittedReferral};
+    let map = |message: &Value, declared: Option<&Value>| {
+        let inputs = SubmittedReferral {
+            referral: &message["entry"][1]["resource"],
+            bundle: Some(message),
+        }
+        .inputs_with(Declared {
+            end_user_organisation: declared,
+        });
+        SHIPPED.inbound.apply(&inputs)
+    };
+    // Through the Practitioner's PractitionerRole in the message.
+    let message = practitioner_requested_message();
+    let mapped = map(&message, None).expect("maps");
+    assert_eq!(mapped.identifier.value, "REF-2026-000789");
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("Y12345"));
+    assert_eq!(mapped.fields.consent_status.as_deref(), Some("active"));
+    assert_eq!(
+        mapped.fields.referrer_name.as_deref(),
+        Some("Dr Jordan Example")
+    );
+    // Without the role: from MessageHeader.sender.
+    let mut without_role = message.clone();
+    without_role["entry"]
+        .as_array_mut()
+        .map(|entries| entries.remove(4));
+    let mapped = map(&without_role, None).expect("maps");
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("Y12345"));
+    assert_eq!(
+        mapped.fields.practice_name.as_deref(),
+        Some("Example Street Surgery")
+    );
+    // The practice the requester gives wins over the sender; one without an ODS code does
+    // not.
+    let mut other_sender = message.clone();
+    other_sender["entry"][0]["resource"]["sender"] =
+        serde_json::json!({"reference": "urn:uuid:8d9e0f1a-2b3c-4d4e-8f5a-6b7c8d9e0f1a"});
+    let mapped = map(&other_sender, None).expect("maps");
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("Y12345"));
+    other_sender["entry"][6]["resource"]["identifier"] = serde_json::json!([]);
+    let mapped = map(&other_sender, None).expect("maps");
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("Y99999"));
+    // Nowhere: refused, saying where Sprig looked; the declared organisation is the last
+    // resort.
+    let mut nowhere = without_role.clone();
+    nowhere["entry"][0]["resource"]
+        .as_object_mut()
+        .map(|m| m.shift_remove("sender"));
+    let issues = map(&nowhere, None).expect_err("refused");
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].message_id, "mapping-required-field");
+    assert!(
+        issues[0].message.contains("MessageHeader.sender"),
+        "{}",
+        issues[0].message
+    );
+    let declared = serde_json::json!({"resourceType": "Organization", "identifier": [
+        {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "A81001"}]});
+    let mapped = map(&nowhere, Some(&declared)).expect("maps");
+    assert_eq!(mapped.fields.practice_ods_code.as_deref(), Some("A81001"));
+}
+
 #[test]
 fn a_missing_required_field_or_several_values_are_issues() {
     let mut referral = example("referral-servicerequest.json");
-    // No placer identifier, and two NHS numbers.
-    referral["identifier"][0]["type"]["coding"][0]["code"] = "FILL".into();
+    // No identifier with a system and a value, two NHS numbers, and no practice.
+    if let Some(identifier) = referral["identifier"][0].as_object_mut() {
+        identifier.retain(|key, _| key == "type");
+    }
     let mut patient = referral["contained"][0].clone();
     let second = patient["identifier"][0].clone();
     patient["identifier"]
@@ -624,6 +725,8 @@ fn a_missing_required_field_or_several_values_are_issues() {
             consent: None,
             message: None,
             bundle: None,
+            sender: None,
+            end_user_organisation: None,
         })
         .expect_err("refused");
     let summary: Vec<(&str, IssueType, &str)> = issues
@@ -644,20 +747,33 @@ fn a_missing_required_field_or_several_values_are_issues() {
                 "%placer.value"
             ),
             (
+                "mapping-required-field",
+                IssueType::Required,
+                "%referring_practice.identifier.where(system = 'https://fhir.nhs.uk/Id/ods-organization-code').value"
+            ),
+            (
                 "mapping-multiple-values",
                 IssueType::Structure,
                 "%patient.identifier.where(system = 'https://fhir.nhs.uk/Id/nhs-number').value"
             ),
         ]
     );
+    // A refusal for want of a practice says where Sprig looked.
+    assert!(
+        issues[2]
+            .message
+            .contains("Sprig looked at the requester when it is an Organization"),
+        "{}",
+        issues[2].message
+    );
     assert_eq!(
         issues[0].message,
         "The referral has no referral_identifier_system (required; mapped by %placer.system in mappings/inbound.toml)"
     );
     assert!(
-        issues[2].message.contains("has 2 values for nhs_number"),
+        issues[3].message.contains("has 2 values for nhs_number"),
         "{}",
-        issues[2].message
+        issues[3].message
     );
     assert_eq!(
         issues[0].source.as_deref(),
@@ -685,16 +801,19 @@ fn evaluation_errors_and_elements_are_issues_not_panics() {
     )
     .expect("loads");
     let referral = example("referral-servicerequest.json");
+    let practice = resolve(&referral["requester"], &referral);
     let issues = mappings
         .inbound
         .apply(&InboundResources {
             referral: &referral,
             patient: None,
-            requester: None,
-            practice: None,
+            requester: practice,
+            practice,
             consent: resolve(&referral["supportingInfo"][0], &referral),
             message: None,
             bundle: None,
+            sender: None,
+            end_user_organisation: None,
         })
         .expect_err("refused");
     let ids: Vec<&str> = issues.iter().map(|i| i.message_id).collect();

@@ -114,6 +114,23 @@ impl Validator {
         self.passes.iter().find_map(|pass| pass.profile_type(url))
     }
 
+    /// Whether a resource names, in `meta.profile`, a profile Sprig holds
+    /// for its type.
+    fn names_a_held_profile(
+        &self,
+        resource: &serde_json::Map<String, Value>,
+        resource_type: ResourceType,
+    ) -> bool {
+        resource
+            .get("meta")
+            .and_then(|meta| meta.get("profile"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|url| self.profile_type(profile::canonical(url)) == Some(resource_type.as_str()))
+    }
+
     /// Validates a parsed resource whose type is not yet known: checks its
     /// `resourceType` (against `expected`, when the caller named a type) and
     /// the requested `profile`, then runs the passes. `$validate`, `sprig
@@ -146,8 +163,10 @@ impl Validator {
     /// What a resource is validated as: its type (checked against
     /// `expected`) and the profiles it must meet besides those it names:
     /// the requested `profile` (which must be held and of its type), or,
-    /// when it names none, the configured default for its type. The error
-    /// is the one issue that makes validating pointless.
+    /// when it names no profile Sprig holds for its type (none at all, or
+    /// only ones Sprig does not hold, such as BaRS's or UK Core's, which are
+    /// reported as not checked), the configured default for its type. The
+    /// error is the one issue that makes validating pointless.
     pub fn target_of(
         &self,
         resource: &serde_json::Map<String, Value>,
@@ -156,7 +175,7 @@ impl Validator {
     ) -> Result<(ResourceType, Vec<String>), Issue> {
         let resource_type = check_resource_type(resource, expected)?;
         let Some(profile) = profile else {
-            let default = (!names_a_profile(resource))
+            let default = (!self.names_a_held_profile(resource, resource_type))
                 .then(|| self.default_profiles.get(&resource_type).cloned())
                 .flatten();
             return Ok((resource_type, default.into_iter().collect()));
@@ -204,13 +223,4 @@ pub struct UnknownProfile {
     pub url: String,
     /// The type it was configured for.
     pub resource_type: ResourceType,
-}
-
-/// Whether a resource names any profile in `meta.profile`.
-fn names_a_profile(resource: &serde_json::Map<String, Value>) -> bool {
-    resource
-        .get("meta")
-        .and_then(|meta| meta.get("profile"))
-        .and_then(Value::as_array)
-        .is_some_and(|profiles| !profiles.is_empty())
 }

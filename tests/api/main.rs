@@ -7,6 +7,7 @@
 mod access;
 mod auth;
 mod bad_requests;
+mod bars;
 mod binary;
 mod capability;
 mod concurrency;

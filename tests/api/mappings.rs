@@ -34,12 +34,12 @@ fn altered_copy(file: &str, edit: impl FnOnce(String) -> String) -> (tempfile::T
 #[tokio::test]
 async fn an_altered_copy_of_the_mappings_is_what_sprig_maps_with() {
     let (_dir, path) = altered_copy("inbound.toml", |text| {
-        let shipped = "expression = \"%practice.name\"";
+        let shipped = "expression = \"%referring_practice.name\"";
         assert!(
             text.contains(shipped),
             "the shipped practice_name mapping moved"
         );
-        text.replace(shipped, "expression = \"%practice.name.upper()\"")
+        text.replace(shipped, "expression = \"%referring_practice.name.upper()\"")
     });
     let app = spawn_app_with(|settings| settings.mappings_dir = Some(path)).await;
     let (id, status, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
@@ -121,14 +121,14 @@ async fn a_mistake_in_the_mappings_stops_start_up_naming_file_and_line() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/inbound.toml"),
     )
     .expect("shipped");
-    let practice_line = line_of(&shipped, "expression = \"%practice.name\"");
+    let practice_line = line_of(&shipped, "expression = \"%referring_practice.name\"");
     let cases: Vec<(&str, Edit, String, &str)> = vec![
         (
             "inbound.toml",
             Box::new(|t: String| {
                 t.replace(
-                    "expression = \"%practice.name\"",
-                    "expression = \"%practice.name.(\"",
+                    "expression = \"%referring_practice.name\"",
+                    "expression = \"%referring_practice.name.(\"",
                 )
             }),
             format!("inbound.toml:{practice_line}:"),
@@ -138,8 +138,8 @@ async fn a_mistake_in_the_mappings_stops_start_up_naming_file_and_line() {
             "inbound.toml",
             Box::new(|t: String| {
                 t.replace(
-                    "expression = \"%practice.name\"",
-                    "expression = \"%practice.name.shout()\"",
+                    "expression = \"%referring_practice.name\"",
+                    "expression = \"%referring_practice.name.shout()\"",
                 )
             }),
             format!("inbound.toml:{practice_line}:"),
@@ -149,8 +149,8 @@ async fn a_mistake_in_the_mappings_stops_start_up_naming_file_and_line() {
             "inbound.toml",
             Box::new(|t: String| {
                 t.replace(
-                    "expression = \"%practice.name\"",
-                    "expression = \"%practice.name\"\ncolour = \"red\"",
+                    "expression = \"%referring_practice.name\"",
+                    "expression = \"%referring_practice.name\"\ncolour = \"red\"",
                 )
             }),
             "inbound.toml:".to_owned(),

@@ -331,6 +331,29 @@ impl ReportLevel {
     }
 }
 
+/// How a finding that is always reported is reported: never silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeLevel {
+    /// As an information issue.
+    Information,
+    /// As a warning.
+    Warning,
+    /// As an error, which refuses the resource.
+    Error,
+}
+
+impl NoticeLevel {
+    /// The severity to report at.
+    pub fn severity(self) -> IssueSeverity {
+        match self {
+            Self::Information => IssueSeverity::Information,
+            Self::Warning => IssueSeverity::Warning,
+            Self::Error => IssueSeverity::Error,
+        }
+    }
+}
+
 /// How the profile pass behaves where FHIR leaves a choice.
 #[derive(Debug, Clone)]
 pub struct ProfileOptions {
@@ -338,6 +361,11 @@ pub struct ProfileOptions {
     /// warning: the extension is kept, but the sender hears that nobody
     /// checked it).
     pub unknown_extensions: ReportLevel,
+    /// Profiles named in `meta.profile` that Sprig does not hold (BaRS's,
+    /// UK Core's): reported once per claim, at this level (default: a
+    /// warning, as HL7's validator does); the resource is still checked
+    /// against the profiles Sprig applies.
+    pub unknown_profiles: NoticeLevel,
     /// Best-practice invariants such as dom-6 (default: ignored).
     pub best_practice: ReportLevel,
 }
@@ -346,6 +374,7 @@ impl Default for ProfileOptions {
     fn default() -> Self {
         Self {
             unknown_extensions: ReportLevel::Warning,
+            unknown_profiles: NoticeLevel::Warning,
             best_practice: ReportLevel::Ignore,
         }
     }
@@ -832,17 +861,19 @@ mod tests {
     }
 
     #[test]
-    fn named_profiles_must_be_held_and_of_the_right_type() {
+    fn named_profiles_are_held_and_of_the_right_type_or_not_checked() {
         let mut sr = referral();
         sr["meta"] = json!({"profile": ["https://example.org/fhir/StructureDefinition/nope",
                                         "http://hl7.org/fhir/StructureDefinition/bodyweight"]});
+        // A profile Sprig does not hold is "not checked" (a warning by
+        // default, as HL7's validator says); one of another type is wrong.
         assert_eq!(
-            check(sr),
+            check(sr.clone()),
             vec![
                 (
                     "ServiceRequest.meta.profile[0]".into(),
                     "profile-unknown",
-                    "error"
+                    "warning"
                 ),
                 (
                     "ServiceRequest.meta.profile[1]".into(),
@@ -850,6 +881,182 @@ mod tests {
                     "error"
                 ),
             ]
+        );
+        let target = Target {
+            resource_type: ResourceType::SERVICE_REQUEST,
+            profiles: &[],
+        };
+        for (level, severity) in [
+            (NoticeLevel::Information, "information"),
+            (NoticeLevel::Error, "error"),
+        ] {
+            let pass = ProfilePass::load_with(ProfileOptions {
+                unknown_profiles: level,
+                ..ProfileOptions::default()
+            })
+            .expect("loads");
+            let issues = pass.check(&target, &sr);
+            assert_eq!(issues[0].message_id, "profile-unknown");
+            assert_eq!(issues[0].severity.code(), severity);
+        }
+    }
+
+    /// A referral held to sprig-referral, its Patient (no telecom, no
+    /// address), practice (no ODS code) and Consent contained.
+    fn referral_with_contained() -> Value {
+        json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+            "contained": [
+                {"resourceType": "Patient", "id": "p",
+                 "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}],
+                 "name": [{"family": "Example"}], "birthDate": "1970-01-01"},
+                {"resourceType": "Organization", "id": "gp", "name": "A practice"},
+                {"resourceType": "Consent", "id": "c", "status": "active",
+                 "scope": {"text": "treatment"}, "category": [{"text": "consent"}],
+                 "policyRule": {"text": "verbal consent"}}],
+            "identifier": [{"system": "https://gp.example/referrals", "value": "1"}],
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "871731000000106"}]},
+            "subject": {"reference": "#p"}, "requester": {"reference": "#gp"},
+            "authoredOn": "2026-11-20", "reasonCode": [{"text": "lonely"}],
+            "supportingInfo": [{"reference": "#c"}]})
+    }
+
+    /// The referral's contained resources as entries of a Bundle, referenced
+    /// by `urn:uuid:` (subject, Consent without `type`) and `Type/id`
+    /// (requester, against a RESTful fullUrl). The ServiceRequest names
+    /// sprig-referral and a BaRS profile; the Patient a UK Core one.
+    fn referral_bundle() -> Value {
+        let sr = referral_with_contained();
+        let mut patient = sr["contained"][0].clone();
+        patient["meta"] =
+            json!({"profile": ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-Patient"]});
+        let mut bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:sr", "resource": sr.clone()},
+            {"fullUrl": "urn:uuid:p", "resource": patient},
+            {"fullUrl": "https://gp.example/fhir/Organization/gp", "resource": sr["contained"][1].clone()},
+            {"fullUrl": "urn:uuid:c", "resource": sr["contained"][2].clone()}]});
+        let referral = &mut bundle["entry"][0]["resource"];
+        referral
+            .as_object_mut()
+            .map(|m| m.shift_remove("contained"));
+        referral["meta"] = json!({"profile": [
+            crate::validation::REFERRAL_PROFILE,
+            "https://fhir.nhs.uk/StructureDefinition/BARSServiceRequest-request-referral"]});
+        referral["subject"] = json!({"reference": "urn:uuid:p"});
+        referral["requester"] = json!({"reference": "Organization/gp"});
+        referral["supportingInfo"] = json!([{"reference": "urn:uuid:c"}]);
+        bundle
+    }
+
+    /// (expression, message id, severity) of every error and warning.
+    fn findings(
+        target: &Target<'_>,
+        resource: &Value,
+    ) -> Vec<(String, &'static str, &'static str)> {
+        PASS.check(target, resource)
+            .into_iter()
+            .filter(|i| i.severity.is_error() || i.severity.code() == "warning")
+            .map(|i| {
+                (
+                    i.expression.unwrap_or_default(),
+                    i.message_id,
+                    i.severity.code(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn references_in_the_submission_meet_their_target_profiles() {
+        // sprig-referral's subject is a sprig-patient and its requester, when
+        // an Organization, a sprig-gp-practice: contained or in the Bundle,
+        // the target is checked against it, where it is.
+        let referral_profile = [crate::validation::REFERRAL_PROFILE.to_owned()];
+        let mut errors = findings(
+            &Target {
+                resource_type: ResourceType::SERVICE_REQUEST,
+                profiles: &referral_profile,
+            },
+            &referral_with_contained(),
+        );
+        errors.retain(|(_, _, severity)| *severity == "error");
+        errors.dedup_by(|a, b| a.0 == b.0);
+        assert_eq!(
+            errors,
+            vec![
+                ("ServiceRequest.contained[0]".into(), "invariant", "error"),
+                (
+                    "ServiceRequest.contained[1].identifier".into(),
+                    "profile-cardinality-min",
+                    "error"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn bundle_references_resolve_by_one_rule_and_unknown_profiles_are_reported_once() {
+        // The Patient entry is reached twice (as an entry, and as the target
+        // of a reference naming sprig-patient): its UK Core claim is reported
+        // once, and it is still checked against sprig-patient. The Consent
+        // is found through its urn:uuid (sprig-ref-1 needs no `type`).
+        let found = findings(
+            &Target {
+                resource_type: ResourceType::BUNDLE,
+                profiles: &[],
+            },
+            &referral_bundle(),
+        );
+        let mut expressions: Vec<(String, &str, &str)> = found.clone();
+        expressions.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        assert_eq!(
+            expressions,
+            vec![
+                (
+                    "Bundle.entry[0].resource.meta.profile[1]".into(),
+                    "profile-unknown",
+                    "warning"
+                ),
+                (
+                    "Bundle.entry[1].resource.meta.profile[0]".into(),
+                    "profile-unknown",
+                    "warning"
+                ),
+                ("Bundle.entry[1].resource".into(), "invariant", "error"),
+                (
+                    "Bundle.entry[2].resource.identifier".into(),
+                    "profile-cardinality-min",
+                    "error"
+                ),
+                (
+                    "Bundle.entry[2].resource.identifier".into(),
+                    "profile-slice-min",
+                    "error"
+                ),
+            ],
+            "{found:?}"
+        );
+        assert_eq!(
+            found
+                .iter()
+                .filter(|(_, id, _)| *id == "profile-unknown")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn an_unknown_extension_is_reported_once_not_for_each_sub_extension() {
+        let patient = json!({"resourceType": "Patient", "extension": [
+            {"url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-EthnicCategory",
+             "extension": [{"url": "ethnicCategory", "valueCodeableConcept": {"text": "x"}},
+                           {"url": "https://example.org/also-unknown", "valueString": "y"}]}]});
+        assert_eq!(
+            check(patient),
+            vec![(
+                "Patient.extension[0]".into(),
+                "profile-extension-unknown",
+                "warning"
+            )]
         );
     }
 
@@ -936,6 +1143,8 @@ mod tests {
             {"fullUrl": "urn:uuid:9b3a5e9c-1111-4a4a-8a8a-000000000002",
              "resource": {"resourceType": "Patient"},
              "request": {"method": "POST", "url": "Patient"}}]});
+        // Two entries with one fullUrl: bdl-7, and a reference to it is
+        // ambiguous (it used to resolve to the first).
         assert_eq!(
             check(bundle),
             vec![
@@ -946,7 +1155,7 @@ mod tests {
                 ),
                 (
                     "Bundle.entry[0].resource.subject.reference".into(),
-                    "profile-reference-target",
+                    "bundle-reference-ambiguous",
                     "error"
                 ),
                 (

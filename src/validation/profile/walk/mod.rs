@@ -10,7 +10,7 @@
 //! This file is the walk itself; `slicing`, `bindings`, `references` and
 //! `values` (checks of one value) add to the same `impl Walk`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -18,8 +18,9 @@ use serde_json::{Map, Value};
 use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass, Slot, canonical};
 use crate::fhir::json::field;
 use crate::fhir::outcome::shorten;
+use crate::fhir::reference::Contained;
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
-use references::{BundleIndex, contained_index};
+use references::BundleFrame;
 
 mod bindings;
 mod references;
@@ -28,9 +29,29 @@ mod slicing;
 mod tests;
 mod values;
 
-/// Ids and types of the resources contained in the resource being walked,
-/// for resolving `#id` references.
-type ContainedIndex = HashMap<String, String>;
+/// The resources contained in the resource being walked (inside a
+/// contained resource: in its container), for resolving `#id` references,
+/// with where the container is.
+pub(super) struct ContainedIndex<'v> {
+    pub(super) index: Contained<'v>,
+    /// The container.
+    pub(super) container: &'v Value,
+    /// Its path.
+    pub(super) path: ElementPath,
+    /// Its `fullUrl`, when it is a Bundle entry: the base its relative
+    /// references resolve against.
+    pub(super) full_url: Option<&'v str>,
+}
+
+/// A resource being walked.
+#[derive(Debug, Clone, Copy)]
+struct Frame<'v> {
+    resource: &'v Value,
+    /// Its container, when it is contained: `%rootResource`.
+    container: Option<&'v Value>,
+    /// The Bundle it is an entry of, if it is one.
+    bundle: Option<&'v Value>,
+}
 
 /// A property of the object being walked, matched to the child element it
 /// belongs to.
@@ -47,10 +68,18 @@ pub(super) struct Walk<'p, 'v> {
     issues: Vec<Issue>,
     /// The Bundles being walked, innermost last: references resolve against
     /// the entries of the innermost one.
-    bundles: Vec<BundleIndex>,
-    /// The resources being walked, innermost last, each with whether it is
-    /// contained: `%resource` and `%rootResource` of invariants.
-    resources: Vec<(&'v Value, bool)>,
+    bundles: Vec<BundleFrame<'v>>,
+    /// The resources being walked, innermost last: `%resource` and
+    /// `%rootResource` of invariants.
+    resources: Vec<Frame<'v>>,
+    /// Each (resource, definition) walked so far, by address: a resource is
+    /// checked against a definition once, however many ways lead to it (an
+    /// entry and the slice it matches; a reference's target profile).
+    walked: HashSet<(usize, usize)>,
+    /// How deep the walk is inside extensions Sprig holds no definition
+    /// for: their sub-extensions are part of what was not checked, and are
+    /// not reported again.
+    unknown_extension_depth: usize,
 }
 
 impl<'p, 'v> Walk<'p, 'v> {
@@ -61,6 +90,8 @@ impl<'p, 'v> Walk<'p, 'v> {
             issues: Vec::new(),
             bundles: Vec::new(),
             resources: Vec::new(),
+            walked: HashSet::new(),
+            unknown_extension_depth: 0,
         }
     }
 
@@ -140,7 +171,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         type_name: &str,
         resource_value: &'v Value,
         path: &ElementPath,
-        container: Option<&ContainedIndex>,
+        container: Option<&ContainedIndex<'v>>,
         required: &[&str],
     ) {
         let Value::Object(resource) = resource_value else {
@@ -169,28 +200,55 @@ impl<'p, 'v> Walk<'p, 'v> {
             );
             return;
         }
+        // The Bundle this resource is an entry of, if it is one, and the
+        // entry's fullUrl.
+        let entry_of = match container {
+            Some(_) => None,
+            None => self.bundles.last().and_then(|frame| {
+                let position = frame.entries.position_of(resource_value)?;
+                Some((frame.bundle, frame.entries.entry(position)?.full_url))
+            }),
+        };
         let own_index;
         let contained = match container {
             Some(index) => index,
             None => {
-                own_index = contained_index(resource);
+                own_index = ContainedIndex {
+                    index: Contained::of_map(resource),
+                    container: resource_value,
+                    path: path.clone(),
+                    full_url: entry_of.and_then(|(_, full_url)| full_url),
+                };
                 &own_index
             }
         };
         let profiles = self.profiles_of(type_name, resource, path, required);
+        let definitions: Vec<Arc<Compiled>> = if profiles.is_empty() {
+            vec![Arc::clone(base)]
+        } else {
+            profiles
+        };
+        let address = std::ptr::from_ref(resource_value) as usize;
+        let definitions: Vec<Arc<Compiled>> = definitions
+            .into_iter()
+            .filter(|sd| self.walked.insert((address, Arc::as_ptr(sd) as usize)))
+            .collect();
+        if definitions.is_empty() {
+            return;
+        }
         let is_bundle = type_name == "Bundle";
         if is_bundle {
-            let index = BundleIndex::build(resource, path, self);
-            self.bundles.push(index);
+            let frame = BundleFrame::build(resource_value, resource, path, self);
+            self.bundles.push(frame);
         }
-        self.resources.push((resource_value, container.is_some()));
-        if profiles.is_empty() {
-            self.children(base, 0, resource, path, contained);
-            self.invariants(base, &base.nodes[0], None, resource_value, path);
-        }
-        for profile in profiles {
-            self.children(&profile, 0, resource, path, contained);
-            self.invariants(&profile, &profile.nodes[0], None, resource_value, path);
+        self.resources.push(Frame {
+            resource: resource_value,
+            container: container.map(|c| c.container),
+            bundle: entry_of.map(|(bundle, _)| bundle),
+        });
+        for sd in definitions {
+            self.children(&sd, 0, resource, path, contained);
+            self.invariants(&sd, &sd.nodes[0], None, resource_value, path);
         }
         self.resources.pop();
         if is_bundle {
@@ -214,13 +272,12 @@ impl<'p, 'v> Walk<'p, 'v> {
             return;
         }
         let pass = self.pass;
-        let Some(&(resource, contained)) = self.resources.last() else {
+        let Some(&frame) = self.resources.last() else {
             return;
         };
         // A contained resource's %rootResource is its container.
-        let root_resource = contained
-            .then(|| self.resources.iter().rev().nth(1).map(|(r, _)| *r))
-            .flatten();
+        let root_resource = frame.container;
+        let resource = frame.resource;
         for key in &element.def.constraints {
             let Some(invariant) = pass.invariants.get(key) else {
                 continue;
@@ -242,6 +299,28 @@ impl<'p, 'v> Walk<'p, 'v> {
                 // An empty result is not a failure: FHIR evaluates invariants
                 // as "the expression is true or says nothing".
                 Ok(None) => continue,
+                // A Bundle entry's references to other entries: FHIRPath's
+                // `resolve()` looks only in `%rootResource`, which for an
+                // entry is the entry itself; HL7's validator resolves them
+                // within the Bundle. An invariant that calls `resolve()` and
+                // fails is therefore evaluated again with the Bundle as
+                // `%rootResource` (until `resolve()` follows
+                // `fhir::reference` with the walk's Bundle), and holds if
+                // it holds there.
+                Ok(Some(false))
+                    if frame.bundle.is_some_and(|bundle| {
+                        invariant.shown.contains("resolve()")
+                            && matches!(
+                                expression.evaluate_boolean_in(crate::fhirpath::Scope {
+                                    root_resource: Some(bundle),
+                                    ..scope
+                                }),
+                                Ok(Some(true) | None)
+                            )
+                    }) =>
+                {
+                    continue;
+                }
                 Ok(Some(false)) => Issue::error(
                     IssueType::Invariant,
                     if BEST_PRACTICE_INVARIANTS.contains(&invariant.key.as_str()) {
@@ -271,9 +350,12 @@ impl<'p, 'v> Walk<'p, 'v> {
     }
 
     /// The held profiles a resource must meet: `required` ones and those it
-    /// names in `meta.profile`. A named profile Sprig does not hold, or one
-    /// of another type, is an error: the sender expects a check that
-    /// cannot be made.
+    /// names in `meta.profile`. A named profile of another type is an
+    /// error. A named profile Sprig does not hold is reported at the
+    /// configured level (`validation.unknown_profiles`, a warning by
+    /// default), as HL7's validator reports a profile it cannot find: the
+    /// resource is not checked against it, but it is still checked against
+    /// the profiles that apply (required ones, or the base definition).
     fn profiles_of(
         &mut self,
         type_name: &str,
@@ -324,11 +406,12 @@ impl<'p, 'v> Walk<'p, 'v> {
                         IssueType::NotSupported,
                         "profile-unknown",
                         format!(
-                            "{} names the profile {}, which Sprig does not hold, so the resource cannot be checked against it",
+                            "{} names the profile {}, which Sprig does not hold, so the resource is not checked against it (only against the profiles Sprig applies to it)",
                             self.expression(&at),
                             shorten(url, 200)
                         ),
                     )
+                    .with_severity(pass.options.unknown_profiles.severity())
                     .at(self.expression(&at));
                     self.issues.push(issue);
                 }
@@ -345,7 +428,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         node: usize,
         object: &'v Map<String, Value>,
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         self.children_except(sd, node, object, path, contained, None);
     }
@@ -360,7 +443,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         node: usize,
         object: &'v Map<String, Value>,
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
         except: Option<&HashSet<&str>>,
     ) {
         let element = &sd.nodes[node];
@@ -420,7 +503,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         node: usize,
         found: &[Hit<'v>],
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         let element = &sd.nodes[node];
         let slot = |wanted: Slot| {
@@ -493,7 +576,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         found: &[Hit<'v>],
         object: &'v Map<String, Value>,
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         let element = &sd.nodes[node];
         // (type position, value: None when only `_key` is given), in type order.
@@ -647,7 +730,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         type_code: &str,
         value: &'v Value,
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         let element = &sd.nodes[node];
         self.fixed_and_pattern(sd, element, value, path);
@@ -768,7 +851,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         &mut self,
         extension: &'v Map<String, Value>,
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         let pass = self.pass;
         let url = field(extension, "url")
@@ -785,6 +868,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         let severity = pass.options.unknown_extensions.severity();
         if let Some(severity) = severity
             && !url.is_empty()
+            && self.unknown_extension_depth == 0
         {
             let issue = Issue::error(
                 IssueType::Extension,
@@ -800,7 +884,9 @@ impl<'p, 'v> Walk<'p, 'v> {
             self.issues.push(issue);
         }
         if let Some(base) = pass.types.get("Extension") {
+            self.unknown_extension_depth += 1;
             self.children(base, 0, extension, path, contained);
+            self.unknown_extension_depth -= 1;
         }
     }
 }

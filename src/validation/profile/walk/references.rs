@@ -1,93 +1,77 @@
-//! References: the targets of `#contained`, Bundle and literal references
-//! resolved and checked against the types the definition allows.
+//! References: each resolved by the one rule of [`crate::fhir::reference`]
+//! (`#contained`, Bundle entries), its target's type checked against the
+//! types the definition allows, and a target in the submission checked
+//! against the reference's `targetProfile`, as HL7's validator does.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::{Compiled, ContainedIndex, Node, Walk, canonical};
 use crate::fhir::json::field;
 use crate::fhir::outcome::shorten;
+use crate::fhir::reference::{self, BundleIndex, ReferenceError, Resolved};
 use crate::fhir::{ElementPath, Issue, IssueType};
 
-/// A Bundle's entries by `fullUrl`, built once per Bundle so that resolving
-/// every reference in it is linear in its size, not quadratic.
-#[derive(Debug, Default)]
-pub(super) struct BundleIndex {
-    /// `fullUrl` → resource type.
-    by_full_url: HashMap<String, String>,
-    /// `Type/id` (the tail of a RESTful `fullUrl`) → resource type, for
-    /// relative references.
-    by_type_and_id: HashMap<String, String>,
+/// A Bundle being walked: its entries indexed once, so that resolving every
+/// reference in it is linear in its size, not quadratic.
+pub(super) struct BundleFrame<'v> {
+    pub(super) entries: BundleIndex<'v>,
+    pub(super) bundle: &'v Value,
+    pub(super) path: ElementPath,
 }
 
-impl BundleIndex {
+impl<'v> BundleFrame<'v> {
     /// Indexes `bundle`'s entries, and reports any `fullUrl` given twice
     /// (FHIR's bdl-7: the same fullUrl is only allowed for different
     /// versions, as in a history Bundle).
     pub(super) fn build(
-        bundle: &Map<String, Value>,
+        bundle: &'v Value,
+        object: &'v Map<String, Value>,
         path: &ElementPath,
-        walk: &mut Walk<'_, '_>,
+        walk: &mut Walk<'_, 'v>,
     ) -> Self {
-        let mut index = Self::default();
-        let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
-            return index;
-        };
-        let is_history = bundle.get("type").and_then(Value::as_str) == Some("history");
-        // fullUrl + versionId → first entry with it.
-        let mut first_seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
-        for (position, entry) in entries.iter().enumerate() {
-            let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else {
-                continue;
-            };
-            let resource = entry.get("resource");
-            let Some(resource_type) = resource
-                .and_then(|r| r.get("resourceType"))
-                .and_then(Value::as_str)
-            else {
-                continue;
-            };
-            let version = resource
-                .and_then(|r| r.get("meta"))
-                .and_then(|m| m.get("versionId"))
-                .and_then(Value::as_str);
-            if let Some(first) = first_seen.get(&(full_url, version)) {
-                if !is_history {
-                    let at = path.key("entry").index(position).key("fullUrl");
-                    let first_at = path.key("entry").index(*first).key("fullUrl");
-                    walk.issues.push(
-                        Issue::error(
-                            IssueType::Invariant,
-                            "bundle-duplicate-full-url",
-                            format!(
-                                "{} is the same as {} ({}); each entry needs its own fullUrl unless they are versions of one resource (bdl-7)",
-                                walk.expression(&at),
-                                walk.expression(&first_at),
-                                shorten(full_url, 120)
-                            ),
-                        )
-                        .at(walk.expression(&at)),
-                    );
-                }
-                continue;
-            }
-            first_seen.insert((full_url, version), position);
-            index
-                .by_full_url
-                .insert(full_url.to_owned(), resource_type.to_owned());
-            let mut tail = full_url.rsplit('/');
-            if let (Some(id), Some(type_name)) = (tail.next(), tail.next())
-                && type_name == resource_type
-            {
-                index
-                    .by_type_and_id
-                    .insert(format!("{type_name}/{id}"), resource_type.to_owned());
+        let entries = BundleIndex::of_map(object);
+        let is_history = object.get("type").and_then(Value::as_str) == Some("history");
+        if !is_history {
+            for &(first, later) in entries.duplicate_full_urls() {
+                let at = path.key("entry").index(later).key("fullUrl");
+                let first_at = path.key("entry").index(first).key("fullUrl");
+                let full_url = entries.entry(later).and_then(|e| e.full_url).unwrap_or("");
+                walk.issues.push(
+                    Issue::error(
+                        IssueType::Invariant,
+                        "bundle-duplicate-full-url",
+                        format!(
+                            "{} is the same as {} ({}); each entry needs its own fullUrl unless they are versions of one resource (bdl-7)",
+                            walk.expression(&at),
+                            walk.expression(&first_at),
+                            shorten(full_url, 120)
+                        ),
+                    )
+                    .at(walk.expression(&at)),
+                );
             }
         }
-        index
+        Self {
+            entries,
+            bundle,
+            path: path.clone(),
+        }
     }
+}
+
+/// A resource a reference leads to inside the submission: what walking it
+/// against a target profile needs.
+enum Target<'v> {
+    Contained {
+        position: usize,
+        resource: &'v Value,
+    },
+    Entry {
+        path: ElementPath,
+        resource: &'v Value,
+    },
 }
 
 impl<'p, 'v> Walk<'p, 'v> {
@@ -97,7 +81,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         element: &Node,
         reference: &Map<String, Value>,
         path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         let Some(type_ref) = element.def.types.iter().find(|t| t.code == "Reference") else {
             return;
@@ -107,41 +91,39 @@ impl<'p, 'v> Walk<'p, 'v> {
         };
         // Built only for a finding: most references are fine.
         let target_path = || path.key("reference");
-        let target_type: Option<Cow<'_, str>> = if let Some(id) = text.strip_prefix('#') {
-            match contained.get(id) {
-                Some(found) => Some(Cow::Borrowed(found.as_str())),
-                None if id.is_empty() => return, // "#": the container itself
-                None => {
-                    let target_path = target_path();
-                    self.fail(
-                        sd,
-                        element,
-                        &target_path,
+        let bundle = self.bundles.last();
+        let resolved = reference::resolve(
+            text,
+            Some(&contained.index),
+            bundle.map(|b| &b.entries),
+            contained.full_url,
+        );
+        let (found, target) = match resolved {
+            Ok(Resolved::Container) => return,
+            Ok(Resolved::Contained { position, resource }) => (
+                type_of(resource),
+                Some(Target::Contained { position, resource }),
+            ),
+            Ok(Resolved::Entry { position, resource }) => (
+                type_of(resource),
+                bundle.map(|b| Target::Entry {
+                    path: b.path.key("entry").index(position).key("resource"),
+                    resource,
+                }),
+            ),
+            Ok(Resolved::Elsewhere) => (literal_reference_type(text), None),
+            Err(error) => {
+                let target_path = target_path();
+                let (code, id, message) = match &error {
+                    ReferenceError::ContainedNotFound(id) => (
                         IssueType::NotFound,
                         "profile-contained-not-found",
                         format!(
                             "{} refers to #{id}, but no contained resource has that id",
                             self.expression(&target_path)
                         ),
-                    );
-                    return;
-                }
-            }
-        } else if let Some(bundle) = self.bundles.last() {
-            match bundle
-                .by_full_url
-                .get(text)
-                .or_else(|| bundle.by_type_and_id.get(text))
-            {
-                // Owned: the Bundle index is part of the walk, which
-                // records findings below.
-                Some(found) => Some(Cow::Owned(found.clone())),
-                None if text.starts_with("urn:") => {
-                    let target_path = target_path();
-                    self.fail(
-                        sd,
-                        element,
-                        &target_path,
+                    ),
+                    ReferenceError::NotInBundle(_) => (
                         IssueType::NotFound,
                         "bundle-reference-not-found",
                         format!(
@@ -149,31 +131,47 @@ impl<'p, 'v> Walk<'p, 'v> {
                             self.expression(&target_path),
                             shorten(text, 120)
                         ),
-                    );
-                    return;
-                }
-                None => literal_reference_type(text).map(Cow::Borrowed),
+                    ),
+                    ReferenceError::Ambiguous { first, second } => {
+                        let entry = |position: usize| {
+                            bundle.map_or_else(String::new, |b| {
+                                self.expression(&b.path.key("entry").index(position))
+                            })
+                        };
+                        (
+                            IssueType::Invalid,
+                            "bundle-reference-ambiguous",
+                            format!(
+                                "{} refers to {}, which matches more than one entry of the Bundle ({} and {}): each resource may appear in a Bundle only once",
+                                self.expression(&target_path),
+                                shorten(text, 120),
+                                entry(*first),
+                                entry(*second)
+                            ),
+                        )
+                    }
+                };
+                self.fail(sd, element, &target_path, code, id, message);
+                return;
             }
-        } else {
-            literal_reference_type(text).map(Cow::Borrowed)
         };
-        let Some(found) = target_type else {
+        let Some(found) = found else {
             return;
         };
         let pass = self.pass;
         // Target profiles name types: `…/StructureDefinition/Patient`, or a
         // profile of a type (`…/sprig-patient`).
-        let allowed: Vec<&str> = type_ref
+        let held: Vec<&Arc<Compiled>> = type_ref
             .target_profile
             .iter()
             .filter_map(|url| pass.by_url.get(canonical(url)))
-            .map(|sd| sd.type_name.as_str())
             .collect();
+        let allowed: Vec<&str> = held.iter().map(|sd| sd.type_name.as_str()).collect();
         // Any type may be referenced when no (or an unknown) target is named.
         let unrestricted = allowed.is_empty()
             || allowed.contains(&"Resource")
             || allowed.len() != type_ref.target_profile.len();
-        if !unrestricted && !allowed.contains(&found.as_ref()) {
+        if !unrestricted && !allowed.contains(&found) {
             let target_path = target_path();
             self.fail(
                 sd,
@@ -187,24 +185,67 @@ impl<'p, 'v> Walk<'p, 'v> {
                     allowed.join(" or ")
                 ),
             );
+            return;
+        }
+        // A target in the submission must meet the profile the reference
+        // names for its type (not the base definition, which it meets as
+        // an entry or contained resource anyway).
+        let Some(target) = target else {
+            return;
+        };
+        let profiles: Vec<Arc<Compiled>> = held
+            .into_iter()
+            .filter(|profile| {
+                profile.type_name == found
+                    && profile.kind == "resource"
+                    && !pass
+                        .types
+                        .get(&profile.type_name)
+                        .is_some_and(|base| Arc::ptr_eq(base, profile))
+            })
+            .cloned()
+            .collect();
+        let profile = match profiles.as_slice() {
+            [] => return,
+            [one] => Arc::clone(one),
+            // Several profiles of its type: it must meet one of them. Each
+            // is tried on its own (references inside it are not followed);
+            // if it meets none, its issues against the first are reported.
+            [first, ..] => {
+                let resource = match &target {
+                    Target::Contained { resource, .. } | Target::Entry { resource, .. } => {
+                        *resource
+                    }
+                };
+                let met = profiles.iter().find(|profile| {
+                    let mut probe = Walk::new(pass, self.root);
+                    probe.resource(
+                        found,
+                        resource,
+                        &ElementPath::root(),
+                        None,
+                        &[profile.url.as_str()],
+                    );
+                    !probe.has_errors()
+                });
+                Arc::clone(met.unwrap_or(first))
+            }
+        };
+        let required = [profile.url.as_str()];
+        match target {
+            Target::Contained { position, resource } => {
+                let at = contained.path.key("contained").index(position);
+                self.resource(found, resource, &at, Some(contained), &required);
+            }
+            Target::Entry { path, resource } => {
+                self.resource(found, resource, &path, None, &required);
+            }
         }
     }
 }
 
-pub(super) fn contained_index(resource: &Map<String, Value>) -> ContainedIndex {
-    field(resource, "contained")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| {
-                    let id = item.get("id")?.as_str()?;
-                    let resource_type = item.get("resourceType")?.as_str()?;
-                    Some((id.to_owned(), resource_type.to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+fn type_of(resource: &Value) -> Option<&str> {
+    resource.get("resourceType").and_then(Value::as_str)
 }
 
 /// The resource type named by a literal reference (`Patient/1`,

@@ -26,7 +26,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         node: usize,
         items: &[(ElementPath, &'v Value)],
         element_path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) {
         let element = &sd.nodes[node];
         let Some(slicing) = &element.def.slicing else {
@@ -223,7 +223,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         discriminators: &Discriminators<'_, '_>,
         item: &'v Value,
         item_path: &ElementPath,
-        contained: &ContainedIndex,
+        contained: &ContainedIndex<'v>,
     ) -> Result<(), String> {
         let slicing = discriminators.slicing;
         if slicing.discriminator.is_empty() {
