@@ -230,7 +230,10 @@ impl Application {
             address,
             settings.auth.external.is_some(),
         );
-        let capability_statement = capability::capability_statement(&settings, started);
+        let capability_statement = capability::with_security(
+            capability::capability_statement(&settings, started),
+            authenticator.token_endpoint(),
+        );
         let state = AppState {
             store,
             validator,

@@ -829,3 +829,20 @@ async fn another_practice_cannot_amend_a_referral_and_learns_nothing() {
     assert_eq!(accepted.status(), 200);
     secured.app.stop().await;
 }
+
+#[tokio::test]
+async fn the_capability_statement_says_how_to_get_a_token() {
+    let secured = secured().await;
+    let statement = json_body(secured.app.get("/fhir/metadata").await).await;
+    let security = &statement["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    assert_eq!(
+        security["extension"][0]["url"],
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    );
+    assert_eq!(
+        security["extension"][0]["extension"][0]["valueUri"],
+        json!(secured.app.url("/auth/token"))
+    );
+    secured.app.stop().await;
+}
