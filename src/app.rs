@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, capability};
 use crate::config::{ConfigError, SecurityMode, Settings, SqliteSynchronousSetting};
@@ -22,6 +21,7 @@ use crate::identity::{
     TokenService,
 };
 use crate::mapping::{MappingError, Mappings};
+use crate::server::{Server, ServerError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
 use crate::validation::profile::{ProfileError, ProfileOptions, ProfilePass};
@@ -61,14 +61,9 @@ pub enum StartupError {
     /// A defect: a start-up task failed unexpectedly.
     #[error("internal error during start-up: {0}")]
     Internal(String),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        /// The address.
-        address: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The listen address could not be bound, or the TLS files used.
+    #[error(transparent)]
+    Server(#[from] ServerError),
 }
 
 // The message already includes the cause, so the cause is not also a
@@ -87,9 +82,8 @@ impl From<MappingError> for StartupError {
 
 /// A gateway ready to serve: store open, validator compiled, port bound.
 pub struct Application {
-    listener: TcpListener,
+    server: Server,
     state: AppState,
-    address: SocketAddr,
     /// The delivery worker and the registry watcher, started by `build` so
     /// the SIGHUP handler is in place before Sprig says it is listening.
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -199,17 +193,8 @@ impl Application {
             None => None,
         };
 
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    address: settings.listen,
-                    source,
-                })?;
-        let address = listener.local_addr().map_err(|source| StartupError::Bind {
-            address: settings.listen,
-            source,
-        })?;
+        let server = Server::bind(&settings).await?;
+        let address = server.local_addr();
         let mut authenticator = Authenticator::new(
             security,
             Arc::clone(&clients),
@@ -255,9 +240,8 @@ impl Application {
             ));
         }
         Ok(Self {
-            listener,
+            server,
             state,
-            address,
             background,
             stop_background,
             authenticator: Arc::new(authenticator),
@@ -266,7 +250,16 @@ impl Application {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.address
+        self.server.local_addr()
+    }
+
+    /// `https` when Sprig serves TLS itself, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.server.is_tls() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The store, for tools and tests that inspect what was written.
@@ -285,28 +278,9 @@ impl Application {
         let store = self.state.store.clone();
         let stop_background = self.stop_background;
         let background = self.background;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // The request layer finds the authenticator as an extension.
         let router = api::router(self.state).layer(axum::Extension(self.authenticator));
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-            let _ = stopping_tx.send(());
-        });
-        let drain_deadline = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        let result = tokio::select! {
-            result = server => result,
-            () = drain_deadline => {
-                tracing::warn!(grace_s = grace.as_secs(), "requests still running after the shutdown grace period; stopping anyway");
-                Ok(())
-            }
-        };
+        self.server.serve(router, shutdown, grace).await;
         // Requests are done: no more outbox rows can appear. Let deliveries
         // in flight finish (bounded by the worker's grace), then close.
         let _ = stop_background.send(true);
@@ -315,7 +289,7 @@ impl Application {
         }
         store.close().await;
         tracing::info!("stopped");
-        result
+        Ok(())
     }
 }
 

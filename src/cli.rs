@@ -154,7 +154,8 @@ async fn run_server(settings: Settings, started: StdInstant) -> anyhow::Result<(
         address = %app.local_addr(),
         database = %database,
         startup_ms = started.elapsed().as_millis() as u64,
-        "listening on http://{}",
+        "listening on {}://{}",
+        app.scheme(),
         app.local_addr()
     );
     app.run_until_stopped(shutdown_signal())

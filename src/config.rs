@@ -81,6 +81,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// Request limits.
     pub limits: Limits,
+    /// Connections: how many, how long they may idle or dawdle.
+    pub server: ServerSettings,
+    /// HTTPS, and client certificates.
+    pub tls: TlsSettings,
     /// SQLite tuning.
     pub sqlite: SqliteSettings,
     /// Validation choices.
@@ -301,6 +305,8 @@ impl Default for Settings {
             public_base_url: None,
             log: LogSettings::default(),
             limits: Limits::default(),
+            server: ServerSettings::default(),
+            tls: TlsSettings::default(),
             sqlite: SqliteSettings::default(),
             validation: ValidationSettings::default(),
             service: ServiceSettings::default(),
@@ -392,7 +398,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Deepest JSON nesting accepted (1 to 127).
     pub max_json_depth: usize,
-    /// A request still running after this many seconds is answered 503.
+    /// A request still running after this many seconds is answered 408 when
+    /// its body had not all arrived, else 503.
     pub request_timeout_secs: u64,
     /// Most issues reported in one OperationOutcome.
     pub max_issues: usize,
@@ -416,6 +423,109 @@ impl Limits {
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Connection limits: what any client that can reach the port may hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Connections beyond `max_connections` kept for `GET /healthz` and
+    /// `GET /readyz`; any other request on one is answered 503.
+    pub health_reserve_connections: usize,
+    /// How long a connection beyond both waits for a free slot before it is closed.
+    pub connection_wait_ms: u64,
+    /// A second address serving only `GET /healthz` and `GET /readyz`, over
+    /// plain HTTP, with connections of its own: probes answer whatever the
+    /// main address is going through.
+    pub health_listen: Option<SocketAddr>,
+    /// A request's head must arrive within this many seconds of Sprig starting to
+    /// wait for it (the connection opened, or the previous answer was sent).
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in progress and nothing received for this
+    /// many seconds is closed.
+    pub keep_alive_timeout_secs: u64,
+    /// A request body must arrive at least this fast, in bytes per second
+    /// (0: no minimum).
+    pub min_body_bytes_per_sec: u64,
+    /// How far behind that rate a body may fall, in seconds (its start and any
+    /// pause count), before it is cut with 408.
+    pub body_grace_secs: u64,
+    /// Whether HTTP/2 is accepted on a cleartext connection (prior knowledge,
+    /// h2c). Over TLS HTTP/2 is negotiated (ALPN) whatever this says.
+    pub h2c: bool,
+    /// HTTP/2: most requests in progress at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: send a ping after this many seconds (0: never).
+    pub http2_keep_alive_interval_secs: u64,
+    /// HTTP/2: close the connection when a ping is not answered within this many seconds.
+    pub http2_keep_alive_timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            health_reserve_connections: 8,
+            connection_wait_ms: 250,
+            health_listen: None,
+            header_read_timeout_secs: 10,
+            keep_alive_timeout_secs: 5,
+            min_body_bytes_per_sec: 1024,
+            body_grace_secs: 10,
+            h2c: false,
+            http2_max_concurrent_streams: 32,
+            http2_keep_alive_interval_secs: 20,
+            http2_keep_alive_timeout_secs: 10,
+        }
+    }
+}
+
+/// Client certificates: whether a client must present one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A client may present one; if it does, it must verify.
+    Optional,
+    /// The handshake fails without a certificate that verifies.
+    Required,
+}
+
+/// HTTPS served by Sprig itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM), server certificate first. With `key_file`,
+    /// Sprig serves HTTPS only.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) client certificates are verified against.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `optional` or `required`.
+    pub client_auth: Option<ClientAuth>,
+    /// How often the files are checked for changes (also reloaded on SIGHUP).
+    pub reload_poll_secs: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_auth: None,
+            reload_poll_secs: 5,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// Whether Sprig serves HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
     }
 }
 
@@ -534,6 +644,70 @@ impl Settings {
         }
         if self.limits.request_timeout_secs == 0 {
             return Err(range("limits.request_timeout_secs", "must be at least 1"));
+        }
+        let server = &self.server;
+        if server.max_connections == 0 {
+            return Err(range("server.max_connections", "must be at least 1"));
+        }
+        if server.health_listen.is_some_and(|health| {
+            health == self.listen || (health.port() != 0 && health.port() == self.listen.port())
+        }) {
+            return Err(range(
+                "server.health_listen",
+                "must be another address (another port) than listen",
+            ));
+        }
+        if server.header_read_timeout_secs == 0 {
+            return Err(range(
+                "server.header_read_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if server.keep_alive_timeout_secs == 0 {
+            return Err(range(
+                "server.keep_alive_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if server.min_body_bytes_per_sec > 0 && server.body_grace_secs == 0 {
+            return Err(range(
+                "server.body_grace_secs",
+                "must be at least 1 when server.min_body_bytes_per_sec is set",
+            ));
+        }
+        if server.http2_max_concurrent_streams == 0 {
+            return Err(range(
+                "server.http2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if server.http2_keep_alive_interval_secs > 0 && server.http2_keep_alive_timeout_secs == 0 {
+            return Err(range(
+                "server.http2_keep_alive_timeout_secs",
+                "must be at least 1 when server.http2_keep_alive_interval_secs is set",
+            ));
+        }
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(range(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together: give both or neither",
+            ));
+        }
+        if tls.client_ca_file.is_some() != tls.client_auth.is_some() {
+            return Err(range(
+                "tls.client_auth",
+                "tls.client_ca_file and tls.client_auth go together: give both (client_auth = \"optional\" or \"required\") or neither",
+            ));
+        }
+        if tls.reload_poll_secs == 0 {
+            return Err(range("tls.reload_poll_secs", "must be at least 1"));
+        }
+        if tls.client_ca_file.is_some() && !tls.enabled() {
+            return Err(range(
+                "tls.client_ca_file",
+                "client certificates need HTTPS: set tls.cert_file and tls.key_file too",
+            ));
         }
         if self.limits.max_issues == 0 {
             return Err(range("limits.max_issues", "must be at least 1"));

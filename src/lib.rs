@@ -8,6 +8,8 @@
 //! map and each module's invariants.
 //!
 //! - `cli`: the `sprig` command line; `app`: assembling and running the server
+//! - `server`: the connection layer: accept loop, connection limits and timeouts, HTTPS
+//!   and client certificates
 //! - `config`: settings from file, environment and flags
 //! - `conformance`: the TestScript runner (`sprig conformance run`)
 //! - `telemetry`: logging
@@ -42,6 +44,7 @@ pub mod located;
 pub mod mapping;
 pub mod referral;
 pub mod search;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

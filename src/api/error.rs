@@ -66,6 +66,12 @@ pub enum ApiError {
     /// 415: the body is not in a format Sprig reads.
     #[error("unsupported media type")]
     UnsupportedMediaType(Issue),
+    /// 408: the request body was still arriving when the time limit passed.
+    #[error("request body timed out")]
+    BodyTimeout {
+        /// The limit in seconds.
+        seconds: u64,
+    },
     /// 503: the request did not finish within the time limit.
     #[error("request timed out")]
     Timeout {
@@ -200,6 +206,7 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -226,6 +233,13 @@ impl ApiError {
                 IssueType::TooCostly,
                 "request-too-large",
                 format!("The request body is larger than the limit of {limit} bytes"),
+            )],
+            ApiError::BodyTimeout { seconds } => vec![Issue::error(
+                IssueType::Timeout,
+                "body-timeout",
+                format!(
+                    "The request body did not arrive within {seconds} s; nothing was stored. Send the request again with the whole body"
+                ),
             )],
             ApiError::Timeout { seconds } => vec![Issue::error(
                 IssueType::Timeout,

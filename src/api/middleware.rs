@@ -1,19 +1,28 @@
 //! Cross-cutting request handling: request ids, the per-request tracing
 //! span, access logging, security headers (`X-Content-Type-Options` on
 //! every answer, `Cache-Control: no-store` under `/fhir` and `/api`), the
-//! request timeout and panic containment.
+//! request timeout (408 while the body is still arriving, else 503), a
+//! declared body over the size limit refused up front (413), and panic
+//! containment.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant as StdInstant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
 use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
+use super::problem::Problem;
 
 /// `X-Request-ID`: the caller's if it sent a usable one, else a new UUID.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -107,17 +116,38 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Answers 503 with an OperationOutcome if the request runs past the limit.
-/// Store writes are transactions, so abandoning one leaves nothing
-/// half-written.
+/// Answers with an OperationOutcome if the request runs past the limit: 408
+/// when its body had not all arrived (the client was too slow; resending is
+/// its part), else 503. Store writes are transactions, so abandoning one
+/// leaves nothing half-written.
 pub async fn request_timeout(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let limit: Duration = state.settings.limits.request_timeout();
+    let arrived = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| {
+        if body.is_end_stream() {
+            arrived.store(true, Ordering::Release);
+        }
+        Body::new(Watched {
+            body,
+            arrived: Arc::clone(&arrived),
+        })
+    });
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
+        Err(_) if !arrived.load(Ordering::Acquire) => {
+            tracing::warn!(
+                timeout_s = limit.as_secs(),
+                "request timed out waiting for its body"
+            );
+            ApiError::BodyTimeout {
+                seconds: limit.as_secs(),
+            }
+            .into_response()
+        }
         Err(_) => {
             tracing::warn!(timeout_s = limit.as_secs(), "request timed out");
             ApiError::Timeout {
@@ -126,6 +156,61 @@ pub async fn request_timeout(
             .into_response()
         }
     }
+}
+
+/// A request body that says when it has all arrived.
+struct Watched {
+    body: Body,
+    arrived: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.arrived.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Refuses a request whose `Content-Length` is over `limits.max_body_bytes`
+/// before a byte of its body is read: 413, as an OperationOutcome (problem
+/// details under `/api/`). Handlers still hold the bodies they read to the
+/// limit, for bodies without a declared length.
+pub async fn declared_body_limit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.settings.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= limit) {
+        return next.run(request).await;
+    }
+    if request.uri().path().starts_with("/api/") {
+        return Problem::payload_too_large(limit).into_response();
+    }
+    ApiError::PayloadTooLarge { limit }.into_response()
 }
 
 /// Turns a panic in a handler into a 500 OperationOutcome (the panic is a

@@ -131,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            middleware::declared_body_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             middleware::request_timeout,
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))

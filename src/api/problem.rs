@@ -42,6 +42,15 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "Not found", detail)
     }
 
+    /// 413: a declared body over `limits.max_body_bytes`.
+    pub(super) fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request too large",
+            format!("The request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
     pub(super) fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
     }

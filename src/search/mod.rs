@@ -29,6 +29,12 @@ pub const DEFAULT_COUNT: u32 = 50;
 pub const MAX_COUNT: u32 = 1000;
 /// The paging parameter Sprig puts in `next` links.
 pub const CURSOR_PARAM: &str = "_cursor";
+/// The most parameters one search may have (every `name=value` pair counts).
+pub const MAX_PARAMS: usize = 30;
+/// The most times one parameter may be given in one search.
+pub const MAX_REPEATS: usize = 10;
+/// The most comma-separated values one parameter may have.
+pub const MAX_VALUES: usize = 100;
 
 /// The order of results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -240,7 +246,38 @@ impl SearchQuery {
         };
         let mut issues = Vec::new();
         let mut seen_results: Vec<&'static str> = Vec::new();
-        for (key, value) in form_urlencoded::parse(raw_query.as_bytes()) {
+        let mut repeats: Vec<(String, usize)> = Vec::new();
+        for (n, (key, value)) in form_urlencoded::parse(raw_query.as_bytes()).enumerate() {
+            // The limits come first, and stop the reading: refusing costs no more
+            // than the limit allows, whatever was sent.
+            if n == MAX_PARAMS {
+                return Err(vec![too_costly(
+                    "search-too-many-params",
+                    format!(
+                        "A search may have at most {MAX_PARAMS} parameters; this one has more. Narrow it, or search in steps"
+                    ),
+                )]);
+            }
+            let name = key.split_once(':').map_or(key.as_ref(), |(name, _)| name);
+            let count = match repeats.iter_mut().find(|(seen, _)| seen == name) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count
+                }
+                None => {
+                    repeats.push((name.to_owned(), 1));
+                    1
+                }
+            };
+            if count > MAX_REPEATS {
+                return Err(vec![too_costly(
+                    "search-param-too-many-repeats",
+                    format!(
+                        "{} is given more than {MAX_REPEATS} times; a parameter may be repeated at most {MAX_REPEATS} times in one search",
+                        shorten(name, 60)
+                    ),
+                )]);
+            }
             match query.apply(&key, &value, &mut seen_results, options) {
                 Ok(Keep::Link) => query
                     .link_params
@@ -250,7 +287,14 @@ impl SearchQuery {
             }
         }
         if options.lenient {
-            query.warnings = ignored_leniently(issues);
+            // A limit is never waived: ignoring the parameter would widen the search.
+            let (over_limit, ignorable): (Vec<Issue>, Vec<Issue>) = issues
+                .into_iter()
+                .partition(|i| i.code == IssueType::TooCostly);
+            if !over_limit.is_empty() {
+                return Err(over_limit);
+            }
+            query.warnings = ignored_leniently(ignorable);
             Ok(query)
         } else if issues.is_empty() {
             Ok(query)
@@ -350,7 +394,11 @@ impl SearchQuery {
                 }
             }
         };
-        self.criteria.push(criterion);
+        // The same criterion twice asks nothing more: the query stays linear in
+        // what the search really asks.
+        if !self.criteria.contains(&criterion) {
+            self.criteria.push(criterion);
+        }
         Ok(Keep::Link)
     }
 
@@ -520,7 +568,7 @@ fn ignored_leniently(issues: Vec<Issue>) -> Vec<Issue> {
 
 /// Splits `value` at commas and parses each alternative, or reports the
 /// first bad one with the parameter's accepted forms.
-fn alternatives<T>(
+fn alternatives<T: PartialEq>(
     value: &str,
     parse: impl Fn(&str) -> Option<T>,
     param: &SearchParam,
@@ -528,24 +576,43 @@ fn alternatives<T>(
     // FHIR escapes a literal comma in a value as `\,`; Sprig's parameters
     // take codes, ids, references and dates, none of which holds one, so a
     // backslash is simply invalid.
-    value
-        .split(',')
-        .map(|v| {
-            parse(v).ok_or_else(|| {
-                Issue::error(
-                    IssueType::Value,
-                    "search-value-invalid",
-                    format!(
-                        "{}: '{}' is not a valid {} value; give {}",
-                        param.name,
-                        shorten(v, 60),
-                        param.kind.code(),
-                        param.syntax()
-                    ),
-                )
-            })
-        })
-        .collect()
+    let count = value.bytes().filter(|b| *b == b',').count() + 1;
+    if count > MAX_VALUES {
+        return Err(too_costly(
+            "search-too-many-values",
+            format!(
+                "{} has {count} comma-separated values; a parameter may have at most {MAX_VALUES}",
+                param.name
+            ),
+        ));
+    }
+    let mut parsed: Vec<T> = Vec::new();
+    for v in value.split(',') {
+        let item = parse(v).ok_or_else(|| {
+            Issue::error(
+                IssueType::Value,
+                "search-value-invalid",
+                format!(
+                    "{}: '{}' is not a valid {} value; give {}",
+                    param.name,
+                    shorten(v, 60),
+                    param.kind.code(),
+                    param.syntax()
+                ),
+            )
+        })?;
+        // A value given twice is asked once.
+        if !parsed.contains(&item) {
+            parsed.push(item);
+        }
+    }
+    Ok(parsed)
+}
+
+/// A search over one of the limits: refused whole (a 400), also under
+/// `handling=lenient`.
+fn too_costly(message_id: &'static str, message: String) -> Issue {
+    Issue::error(IssueType::TooCostly, message_id, message)
 }
 
 fn parse_token(value: &str) -> Option<TokenCriterion> {

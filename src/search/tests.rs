@@ -703,3 +703,76 @@ fn a_condition_must_name_a_criterion() {
         .expect("a criterion");
     assert_eq!(query.criteria.len(), 1);
 }
+
+#[test]
+fn a_search_is_bounded_in_parameters_repeats_and_values() {
+    // 200 repeats of one parameter: refused at the eleventh, naming the limit.
+    let repeated = vec!["status=active"; 200].join("&");
+    let (id, message) = refused(SR, &repeated);
+    assert_eq!(id, "search-param-too-many-repeats");
+    assert!(
+        message.contains("status") && message.contains("10"),
+        "{message}"
+    );
+    // Ten are fine, and ask once.
+    let ten = ["status=active"; 10].join("&");
+    assert_eq!(parse(&ten).criteria.len(), 1);
+
+    // 1,000 comma-separated values.
+    let values = (0..1000).map(|n| format!("c{n}")).collect::<Vec<_>>();
+    let (id, message) = refused(SR, &format!("code={}", values.join(",")));
+    assert_eq!(id, "search-too-many-values");
+    assert!(
+        message.contains("code") && message.contains("100"),
+        "{message}"
+    );
+    let hundred = format!("code={}", values[..100].join(","));
+    assert!(matches!(&parse(&hundred).criteria[0], Criterion::Token(_, t) if t.len() == 100));
+
+    // More than 30 parameters in all, whatever they are.
+    let many = (0..31)
+        .map(|n| match n % 3 {
+            0 => format!("_id=x{n}"),
+            1 => format!("status=s{n}"),
+            _ => format!("code=c{n}"),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let (id, message) = refused(SR, &many);
+    assert_eq!(id, "search-too-many-params");
+    assert!(message.contains("30"), "{message}");
+
+    // Leniency never waives a limit.
+    let lenient = ParseOptions {
+        lenient: true,
+        base: None,
+    };
+    let issues = SearchQuery::parse_with(SR, &repeated, lenient).expect_err("refused");
+    assert_eq!(issues[0].code, IssueType::TooCostly);
+}
+
+#[test]
+fn a_criterion_or_value_given_twice_is_asked_once() {
+    let query = parse("status=active,active,draft&status=draft,active&status=active,draft");
+    assert_eq!(
+        query.criteria,
+        vec![
+            Criterion::Token(
+                "status",
+                vec![
+                    TokenCriterion::Code("active".into()),
+                    TokenCriterion::Code("draft".into())
+                ]
+            ),
+            Criterion::Token(
+                "status",
+                vec![
+                    TokenCriterion::Code("draft".into()),
+                    TokenCriterion::Code("active".into())
+                ]
+            ),
+        ]
+    );
+    // The links still say what was asked.
+    assert_eq!(query.link_params.len(), 3);
+}

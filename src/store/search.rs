@@ -10,10 +10,10 @@
 
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{Connection, QueryBuilder, Sqlite};
 use sqlx::{Row, SqliteConnection};
 
-use super::sqlite::SqliteStore;
+use super::sqlite::{Interruptible, SqliteStore};
 use super::{HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::search::{
@@ -162,8 +162,10 @@ pub(crate) async fn matching_ids(
 
 impl SqliteStore {
     pub(super) async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        // Interrupted if the request ends before the answer is read.
+        let mut reader = Interruptible::acquire(&self.readers).await?;
         // One read transaction: the total and the page see the same snapshot.
-        let mut tx = self.readers.begin().await?;
+        let mut tx = reader.conn().begin().await?;
         let total = match query.total {
             TotalMode::None => None,
             TotalMode::Accurate => {
@@ -177,6 +179,7 @@ impl SqliteStore {
         };
         if query.count == 0 {
             tx.commit().await?;
+            reader.release().await?;
             return Ok(SearchPage {
                 resources: Vec::new(),
                 total,
@@ -204,6 +207,7 @@ impl SqliteStore {
         sql.push(&limit);
         let rows = sql.query().fetch_all(&mut *tx).await?;
         tx.commit().await?;
+        reader.release().await?;
 
         let more = rows.len() > query.count as usize;
         let resources = rows
@@ -430,12 +434,12 @@ impl Sql {
             }
             Criterion::Token(param, tokens) => {
                 self.push_exists("search_tokens", param);
-                self.push_alternatives(tokens, Sql::push_token);
+                self.push_tokens(tokens);
                 self.push("))");
             }
             Criterion::Reference(param, references) => {
                 self.push_exists("search_references", param);
-                self.push_alternatives(references, Sql::push_reference);
+                self.push_references(references);
                 self.push("))");
             }
             Criterion::Date(param, dates) => {
@@ -467,44 +471,110 @@ impl Sql {
         }
     }
 
-    fn push_token(&mut self, token: &TokenCriterion) {
-        match token {
-            TokenCriterion::Code(code) => {
-                self.push("x.code = ");
-                self.push_text(code);
+    /// `IN (…)` with a placeholder per value; nothing when `values` is empty.
+    fn push_in(&mut self, column: &str, values: &[&str]) -> bool {
+        if values.is_empty() {
+            return false;
+        }
+        self.push(column);
+        self.push(" IN (");
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
             }
-            TokenCriterion::SystemCode(system, code) => {
-                self.push("x.system = ");
+            self.push_text(value);
+        }
+        self.push(")");
+        true
+    }
+
+    /// A token parameter's alternatives, grouped by form into `IN` lists
+    /// (`x.code IN (…) OR (x.system, x.code) IN (VALUES (…), …) OR …`), so the
+    /// expression's depth does not grow with the number of values.
+    fn push_tokens(&mut self, tokens: &[TokenCriterion]) {
+        let mut codes = Vec::new();
+        let mut without_system = Vec::new();
+        let mut systems = Vec::new();
+        let mut pairs = Vec::new();
+        for token in tokens {
+            match token {
+                TokenCriterion::Code(code) => codes.push(code.as_str()),
+                TokenCriterion::CodeWithoutSystem(code) => without_system.push(code.as_str()),
+                TokenCriterion::System(system) => systems.push(system.as_str()),
+                TokenCriterion::SystemCode(system, code) => {
+                    pairs.push((system.as_str(), code.as_str()))
+                }
+            }
+        }
+        let mut any = self.push_in("x.code", &codes);
+        if !without_system.is_empty() {
+            self.push_or(&mut any);
+            self.push("(x.system IS NULL AND ");
+            self.push_in("x.code", &without_system);
+            self.push(")");
+        }
+        if !systems.is_empty() {
+            self.push_or(&mut any);
+            self.push_in("x.system", &systems);
+        }
+        if let [(system, code)] = pairs.as_slice() {
+            self.push_or(&mut any);
+            self.push("(x.system = ");
+            self.push_text(system);
+            self.push(" AND x.code = ");
+            self.push_text(code);
+            self.push(")");
+        } else if !pairs.is_empty() {
+            self.push_or(&mut any);
+            self.push("(x.system, x.code) IN (VALUES ");
+            for (i, (system, code)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    self.push(", ");
+                }
+                self.push("(");
                 self.push_text(system);
-                self.push(" AND x.code = ");
+                self.push(", ");
                 self.push_text(code);
+                self.push(")");
             }
-            TokenCriterion::CodeWithoutSystem(code) => {
-                self.push("x.system IS NULL AND x.code = ");
-                self.push_text(code);
-            }
-            TokenCriterion::System(system) => {
-                self.push("x.system = ");
-                self.push_text(system);
-            }
+            self.push(")");
         }
     }
 
-    fn push_reference(&mut self, reference: &ReferenceCriterion) {
-        match reference {
-            ReferenceCriterion::Typed(resource_type, id) => {
-                self.push("x.reference = ");
-                self.push_text(&format!("{resource_type}/{id}"));
-            }
-            ReferenceCriterion::Id(id) => {
-                self.push("x.target_id = ");
-                self.push_text(id.as_str());
-            }
-            ReferenceCriterion::Url(url) => {
-                self.push("x.reference = ");
-                self.push_text(url);
+    /// A reference parameter's alternatives as at most two `IN` lists.
+    fn push_references(&mut self, references: &[ReferenceCriterion]) {
+        let mut exact = Vec::new();
+        let mut ids = Vec::new();
+        let typed: Vec<String> = references
+            .iter()
+            .filter_map(|reference| match reference {
+                ReferenceCriterion::Typed(resource_type, id) => {
+                    Some(format!("{resource_type}/{id}"))
+                }
+                _ => None,
+            })
+            .collect();
+        exact.extend(typed.iter().map(String::as_str));
+        for reference in references {
+            match reference {
+                ReferenceCriterion::Typed(..) => {}
+                ReferenceCriterion::Id(id) => ids.push(id.as_str()),
+                ReferenceCriterion::Url(url) => exact.push(url.as_str()),
             }
         }
+        let mut any = self.push_in("x.reference", &exact);
+        if !ids.is_empty() {
+            self.push_or(&mut any);
+            self.push_in("x.target_id", &ids);
+        }
+    }
+
+    /// ` OR ` between alternatives, after the first.
+    fn push_or(&mut self, any: &mut bool) {
+        if *any {
+            self.push(" OR ");
+        }
+        *any = true;
     }
 
     /// FHIR's date comparisons between the indexed range `[low, high]` and
@@ -734,6 +804,103 @@ mod tests {
         );
         tx.rollback().await.expect("rollback");
         assert_eq!(index_rows(&store, &pending).await, 0);
+    }
+
+    #[tokio::test]
+    async fn many_values_make_flat_sql_that_finds_the_same() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = open(&dir).await;
+        let a = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+        let b = create(&store, task("completed", "ServiceRequest/sr2")).await;
+        // 100 codes, 100 system|code pairs, 100 references: one IN list each, no
+        // expression SQLite finds too deep.
+        let codes = (0..99)
+            .map(|n| format!("s{n}"))
+            .chain(["accepted".to_owned()])
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            matches(&store, &format!("status={codes}")).await,
+            vec![a.clone()]
+        );
+        let mut identified = task("accepted", "ServiceRequest/sr3");
+        identified["identifier"] = json!([{"system": "http://x", "value": "t1"}]);
+        let c = create(&store, identified).await;
+        let pairs = (0..98)
+            .map(|n| format!("http://x|s{n}"))
+            .chain(["http://x|t1".to_owned(), "|completed".to_owned()])
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            matches(&store, &format!("identifier={pairs}")).await,
+            vec![c.clone()]
+        );
+        let mixed = format!("status={pairs}");
+        assert_eq!(matches(&store, &mixed).await, vec![b.clone()]);
+        let references = (0..98)
+            .map(|n| format!("ServiceRequest/x{n}"))
+            .chain(["ServiceRequest/sr1".to_owned(), "sr2".to_owned()])
+            .collect::<Vec<_>>()
+            .join(",");
+        let query = format!("based-on={references}&status={codes}");
+        assert_eq!(matches(&store, &query).await, vec![a.clone()]);
+        let query = SearchQuery::parse(ResourceType::TASK, &format!("based-on={references}"))
+            .expect("query");
+        let page = store.search(&query).await.expect("search runs");
+        assert_eq!(page.total, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_reader_dropped_mid_query_stops_it_and_frees_its_connection() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let options = StoreOptions {
+            database: dir.path().join("sprig.db").display().to_string(),
+            busy_timeout: Duration::from_secs(10),
+            // One reader: a query still running would hold it.
+            max_read_connections: 1,
+            durable_commits: false,
+        };
+        let Store::Sqlite(store) = Store::open(&options).await.expect("store opens");
+        let mut reader = Interruptible::acquire(&store.readers)
+            .await
+            .expect("reader");
+        // Minutes of work, if nothing stops it.
+        let endless = sqlx::query(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 4000000000) \
+             SELECT COUNT(*) FROM n",
+        );
+        let running =
+            tokio::time::timeout(Duration::from_millis(200), endless.fetch_one(reader.conn()))
+                .await;
+        assert!(running.is_err(), "the query was still running");
+        drop(reader);
+        let started = std::time::Instant::now();
+        let (one,): (i64,) = sqlx::query_as("SELECT 1")
+            .fetch_one(&store.readers)
+            .await
+            .expect("a reader is free again");
+        assert_eq!(one, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // Released normally, a reader goes back to the pool without its handler.
+        let mut reader = Interruptible::acquire(&store.readers)
+            .await
+            .expect("reader");
+        let (two,): (i64,) = sqlx::query_as("SELECT 2")
+            .fetch_one(reader.conn())
+            .await
+            .expect("runs");
+        assert_eq!(two, 2);
+        reader.release().await.expect("released");
+        let (three,): (i64,) = sqlx::query_as("SELECT 3")
+            .fetch_one(&store.readers)
+            .await
+            .expect("runs");
+        assert_eq!(three, 3);
     }
 
     #[tokio::test]

@@ -5,17 +5,74 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::write::{ResourceWrite, WriteTx};
 use super::{NewResource, ReadOutcome, StoreError, StoreOptions, StoredResource};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+
+/// How many SQLite virtual-machine steps pass between two looks at whether
+/// the reader's request has ended (a few microseconds of work).
+const PROGRESS_STEPS: i32 = 10_000;
+
+/// A reader connection whose statements stop when the request that holds it
+/// ends: dropped before [`Interruptible::release`] (the client went away, or
+/// the request timed out and its future was dropped), it interrupts the
+/// statement running on it (SQLite's progress handler) and closes the
+/// connection rather than return it to the pool, so the handler can never
+/// interrupt another request's statement and no query keeps a core busy for
+/// a request that has been answered.
+pub(super) struct Interruptible {
+    conn: PoolConnection<Sqlite>,
+    ended: Arc<AtomicBool>,
+    released: bool,
+}
+
+impl Interruptible {
+    /// A connection from `pool` with the handler installed.
+    pub(super) async fn acquire(pool: &SqlitePool) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ended);
+        conn.lock_handle()
+            .await?
+            .set_progress_handler(PROGRESS_STEPS, move || !flag.load(Ordering::Acquire));
+        Ok(Self {
+            conn,
+            ended,
+            released: false,
+        })
+    }
+
+    /// The connection, for queries.
+    pub(super) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// Removes the handler and returns the connection to the pool.
+    pub(super) async fn release(mut self) -> Result<(), StoreError> {
+        self.conn.lock_handle().await?.remove_progress_handler();
+        self.released = true;
+        Ok(())
+    }
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        if !self.released {
+            self.ended.store(true, Ordering::Release);
+            self.conn.close_on_drop();
+        }
+    }
+}
 
 /// A SQLite database file.
 #[derive(Debug, Clone)]

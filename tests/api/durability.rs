@@ -67,8 +67,13 @@ async fn shutdown_lets_a_request_in_flight_finish() {
 }
 
 #[tokio::test]
-async fn a_request_over_the_time_limit_gets_503_and_stores_nothing() {
-    let app = spawn_app_with(|s| s.limits.request_timeout_secs = 1).await;
+async fn a_body_still_arriving_at_the_time_limit_gets_408_and_stores_nothing() {
+    let app = spawn_app_with(|s| {
+        s.limits.request_timeout_secs = 1;
+        // The minimum rate would cut it first.
+        s.server.min_body_bytes_per_sec = 0;
+    })
+    .await;
     let (tx, body) = streamed_body();
     tx.send(b"{\"resourceType\":".to_vec())
         .await
@@ -81,10 +86,35 @@ async fn a_request_over_the_time_limit_gets_503_and_stores_nothing() {
         .send()
         .await
         .expect("answered");
+    assert_eq!(response.status(), 408);
+    assert!(
+        !response.headers().contains_key("retry-after"),
+        "a 408 is the client's to resend, not a 503 to retry"
+    );
+    let outcome = json_body(response).await;
+    assert_eq!(outcome["issue"][0]["code"], "timeout");
+    assert_eq!(
+        outcome["issue"][0]["details"]["coding"][0]["code"],
+        "body-timeout"
+    );
+    drop(tx);
+    assert_eq!(app.stored_version_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_request_whose_work_outlasts_the_time_limit_gets_503_and_stores_nothing() {
+    let app = spawn_app_with(|s| {
+        s.limits.request_timeout_secs = 1;
+        s.sqlite.busy_timeout_ms = 10_000;
+    })
+    .await;
+    // The one writer is busy elsewhere: the create, its body read, waits past the limit.
+    let held = app.store.begin_write().await.expect("the writer");
+    let response = app.post_referral(sample_referral_text()).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let outcome = json_body(response).await;
     assert_eq!(outcome["issue"][0]["code"], "timeout");
-    drop(tx);
+    drop(held);
     assert_eq!(app.stored_version_count().await, 0);
 }

@@ -736,3 +736,52 @@ async fn metadata(app: &TestApp) -> Value {
     assert_eq!(response.status(), 200);
     json_body(response).await
 }
+
+#[tokio::test]
+async fn searches_over_the_limits_are_400s_that_name_the_limit() {
+    let app = spawn_app().await;
+    create_referral(&app, "REF-LIMITS-1", "active").await;
+
+    // 200 repeats of one parameter: refused at once, never a long query.
+    let repeated = vec!["status=active"; 200].join("&");
+    let started = std::time::Instant::now();
+    let response = app.get(&format!("/fhir/ServiceRequest?{repeated}")).await;
+    assert_eq!(response.status(), 400);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let outcome = json_body(response).await;
+    assert_eq!(message_ids(&outcome), vec!["search-param-too-many-repeats"]);
+    let text = issues(&outcome)[0]["diagnostics"].to_string();
+    assert!(text.contains("at most 10"), "{text}");
+
+    // 1,000 comma-separated values, in a GET and in a _search body.
+    let values = (0..1000)
+        .map(|n| format!("v{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let response = app
+        .get(&format!("/fhir/ServiceRequest?status={values}"))
+        .await;
+    assert_eq!(response.status(), 400);
+    let outcome = json_body(response).await;
+    assert_eq!(message_ids(&outcome), vec!["search-too-many-values"]);
+    assert!(
+        issues(&outcome)[0]["diagnostics"]
+            .to_string()
+            .contains("at most 100")
+    );
+    let response = app
+        .client
+        .post(app.url("/fhir/ServiceRequest/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("prefer", "handling=lenient")
+        .body(format!("status={values}"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 400, "a limit is not waived by leniency");
+
+    // Within the limits, repeats and values are answered (and asked once).
+    let ten = ["status=active,active"; 10].join("&");
+    let bundle = bundle(&app, &format!("/fhir/ServiceRequest?{ten}")).await;
+    assert_eq!(bundle["total"], 1);
+}
