@@ -266,23 +266,6 @@ pub async fn metadata(State(state): State<AppState>, format: ResponseFormat) -> 
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_type_named_in_the_table_is_an_r4_type() {
-        for capability in SUPPORTED {
-            let name = capability.resource_type.as_str();
-            assert_eq!(
-                ResourceType::parse(name),
-                Ok(capability.resource_type),
-                "{name}"
-            );
-        }
-    }
-}
-
 /// `rest[0].security`: SMART on FHIR, with the token endpoint (the `oauth-uris`
 /// extension) when Sprig serves one.
 pub fn with_security(mut statement: Value, token_url: Option<&str>) -> Value {
@@ -310,4 +293,21 @@ pub fn with_security(mut statement: Value, token_url: Option<&str>) -> Value {
         rest.insert("security".into(), security);
     }
     statement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_named_in_the_table_is_an_r4_type() {
+        for capability in SUPPORTED {
+            let name = capability.resource_type.as_str();
+            assert_eq!(
+                ResourceType::parse(name),
+                Ok(capability.resource_type),
+                "{name}"
+            );
+        }
+    }
 }

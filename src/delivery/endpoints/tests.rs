@@ -648,10 +648,10 @@ async fn the_watcher_reloads_on_sighup() {
 fn credentials_over_plain_http_are_refused_unless_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let entry = "[[endpoint]]\nods_code = \"A81001\"\nbase_url = \"http://gp.example/fhir\"\nmode = \"rest\"\nauth = { type = \"bearer\", token_env = \"GP_TOKEN\" }\n";
-    let error = registry_with_env(entry, dir.path(), &[("GP_TOKEN", "t0ken")])
-        .err()
-        .expect("refused")
-        .to_string();
+    let error = match registry_with_env(entry, dir.path(), &[("GP_TOKEN", "t0ken")]) {
+        Ok(_) => panic!("credentials over http were accepted"),
+        Err(error) => error.to_string(),
+    };
     assert!(error.contains(":3:"), "{error}");
     assert!(error.contains("allow_insecure_http"), "{error}");
     let allowed = format!("{entry}allow_insecure_http = true\n");
