@@ -462,7 +462,11 @@ async fn the_bearer_token_is_sent() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = one(&format!("{}/fhir", server.uri()), "").replace(
+    let text = one(
+        &format!("{}/fhir", server.uri()),
+        "allow_insecure_http = true\n",
+    )
+    .replace(
         "{ type = \"none\" }",
         "{ type = \"bearer\", token_env = \"GP_TOKEN\" }",
     );
