@@ -13,6 +13,10 @@
 //! Invariant: whatever the runner does not support (XPath `path`, `navigationLinks`,
 //! subtests, a second destination, an operation type it cannot address) is reported as
 //! `skip` with the reason, never as `pass`.
+//!
+//! A run's verdict is made by setup and tests; teardown and autodelete failures are
+//! warnings. Logs carry the request method and errors stripped of their URL, never URLs or
+//! bodies (a search URL can hold an NHS number).
 
 pub mod assert;
 pub mod execute;

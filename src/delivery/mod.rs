@@ -15,6 +15,38 @@
 //! - `worker`: claims due messages under a lease and sends them, per
 //!   destination, in each referral's order
 //! - `metrics`: the figures `/metrics` shows
+//!
+//! The registry (`delivery.endpoints` or `--endpoints`: `[[endpoint]]` per ODS
+//! code with `base_url`, `mode`, `auth`, `tls`, `ca_file`, timeouts and
+//! `max_in_flight`) is read and checked by `endpoints/file.rs`, with located
+//! errors; `endpoints/reload.rs` swaps in a reloaded registry on file change or
+//! SIGHUP and keeps the old one when the new file is wrong. Without
+//! `public_base_url`, an instance that delivers refuses a registry with a
+//! message-mode endpoint, at start-up and on reload, as a message's URLs must
+//! be ones the practice can reach. `transport` keeps one reqwest client per
+//! endpoint (rustls with aws-lc, no redirects). `outbound` makes a row into a
+//! `PUT Task/{id}`, a conditional `POST Observation` or a
+//! `servicerequest-response` message; `policy` adds backoff with jitter.
+//!
+//! What an answer means: 2xx is delivered; 408, 429, 5xx and network failures
+//! retry (honouring `Retry-After`) until they have failed for
+//! `delivery.max_age_secs`, counted from the first attempt (or the first after
+//! an operator's retry), not from the change, so an update held back behind a
+//! dead letter or kept for pull is not dead-lettered by its first failure; any
+//! other answer is a dead letter at once, kept with the receiver's body. A
+//! retry sends the same bytes: Tasks by `PUT` to their stable id, Observations
+//! by `POST` with `If-None-Exist` on their identifier, messages with an id
+//! derived from the resource version and stamped with the change's time.
+//! Secrets come from environment variables and files, never the registry. A
+//! practice with no endpoint is not an error: its rows wait (shown as
+//! `awaiting_endpoint`), are read by pull (`GET /fhir/Task?_lastUpdated=gt…`)
+//! and are sent if an endpoint for it appears.
+//!
+//! The worker asks the store for `due_destinations` first: it applies the
+//! claim's own conditions (the head-of-queue rule included), so a destination
+//! whose rows all wait costs the writer no empty claim. `release_leases` at
+//! start-up assumes one process per SQLite file, which SQLite's single writer
+//! makes the deployment anyway.
 
 pub mod auth;
 pub mod endpoints;

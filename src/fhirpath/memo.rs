@@ -11,6 +11,13 @@
 //! one result per slot for the duration of one evaluation, so nothing outlives the data it
 //! was computed from. Only successes are kept: a part that fails fails again where it is
 //! met next, as it would have without the memo.
+//!
+//! A kept part never changes a result: a part is kept only where its value cannot differ
+//! between the places it is met (within an iteration, one that reads neither the item nor
+//! `$index`/`$total`); which arguments are evaluated per item comes from `functions::roles`,
+//! as for `guard`. The slots live in the evaluation's `Ctx` and die with it. A test compares
+//! every shipped invariant with and without the memo on every object of the examples and of
+//! Sprig's published definitions.
 
 use super::functions::{Role, roles};
 use super::parser::Expr;

@@ -1,5 +1,6 @@
 //! FHIRPath (N1, <http://hl7.org/fhirpath/N1/>) over FHIR JSON, for invariants
-//! (`constraint.expression`), slicing discriminators and, later, mappings.
+//! (`constraint.expression`), slicing discriminators and the mappings
+//! (`mappings/*.toml`).
 //!
 //! Sprig's own engine: a lexer and Pratt parser (`parser`) produce an expression tree once
 //! ([`FhirPath::compile`]); the evaluator (`eval`) walks it over `serde_json::Value`s
@@ -17,6 +18,17 @@
 //! specification's sections, FHIR's own in `fhir.rs`), and two plans made at compile time from the
 //! table's argument roles: `guard` (results known when the focus lacks what is read) and
 //! `memo` (parts computed once per evaluation).
+//!
+//! Failures are `Err`s, never panics: arithmetic is checked, nesting is bounded at parse time,
+//! and the evaluator stops when it has used `eval::STACK_BUDGET` of stack (a debug build's
+//! frames are large). [`FhirPath::compile`] accepts any well-formed expression (core
+//! invariants call functions the engine lacks; they fail per use); `compile_strict` and
+//! `Expression::check_functions` also refuse unknown functions and wrong argument counts,
+//! read from `functions::FUNCTIONS`, the table the evaluator dispatches through. An
+//! implementation reads each argument by a method named for its role, which asserts the
+//! table's role in debug builds (a test calls every function on inputs that make it read its
+//! arguments). `evaluate_boolean_in` gives an invariant's answer, the same as `to_boolean()`
+//! of the collection, without building it.
 //!
 //! Pure and synchronous: no I/O, no async. `resolve()` follows only references inside the
 //! resource (`#id` to contained resources, Bundle `fullUrl`s); terminology functions

@@ -1,4 +1,12 @@
 //! `mappings/inbound.toml`: a FHIR referral → the internal referral record.
+//!
+//! Each field's expression is evaluated with `%referral`, `%patient`, `%requester`,
+//! `%practice`, `%consent`, `%message`, `%bundle`, `%sender` and `%end_user_organisation`
+//! (found by `intake`), plus the file's own `[variables]`. A required field may say in
+//! `missing` where it looked; the shipped file refuses a referral with no practice ODS code
+//! from the requester's practice, the message's sender or the declared organisation. The
+//! result is the record's own type (`referral::record::MappedReferral`), so the workflow
+//! stores what the mapping returns without a copy.
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,7 @@
 //! The codes are those of CodeSystem `sprig-referral-stage`
 //! (`profiles/sprig/CodeSystem-sprig-referral-stage.json`), reported to the referrer in
 //! `Task.businessStatus`; `mappings/outbound.toml` says which `Task.status` goes with each.
+//! Every open stage may be withdrawn; a closed one moves nowhere.
 
 use std::fmt;
 

@@ -9,6 +9,16 @@
 //! - [`index_entries`]: a resource → the token, reference and date values
 //!   its parameters select.
 //!
+//! A query string's criteria: a comma is OR, a repeated parameter AND; `_count`, `_sort`,
+//! `_total` and the paging cursor are read too. Under `Prefer: handling=lenient` a bad
+//! parameter is a warning and ignored; an empty value is always an error, since ignoring it
+//! would widen a conditional create's match to every resource. Indexed values: tokens
+//! (Identifier, CodeableConcept codings, Coding, code and string primitives), references
+//! normalised to `Type/id` (`#contained` skipped), and dates as the inclusive `[low, high]`
+//! range of fixed-width UTC instants their precision names (`date`: `2026-11-20` is that
+//! whole day), the form of `resources.last_updated`. Changing what the table indexes means
+//! bumping `store::search::INDEX_VERSION` (the index is rebuilt at start-up).
+//!
 //! Pure and synchronous: no I/O, no async; `store::search` turns a query into
 //! SQL, `api::search` into a Bundle.
 

@@ -2,10 +2,12 @@
 //! of [`Issue`]s.
 //!
 //! Validation runs as a sequence of passes behind one interface
-//! ([`ValidationPass`]): today the structural pass against HL7's R4 JSON
-//! schema ([`schema::SchemaPass`]); the profile validator (StructureDefinitions,
-//! slicing, bindings, invariants) plugs in after it. A pass never does I/O
-//! and never fails: whatever goes wrong becomes an issue.
+//! ([`ValidationPass`]), in order, stopping after a pass that found errors:
+//! the structural pass against HL7's R4 JSON schema ([`schema::SchemaPass`]),
+//! then the profile pass against StructureDefinition snapshots
+//! ([`profile::ProfilePass`]: cardinality, slicing, bindings, invariants).
+//! A pass never does I/O and never fails: whatever goes wrong, even a schema
+//! that fails to compile, becomes an issue.
 //!
 //! Architecture invariant: nothing here knows about HTTP, storage or
 //! delivery.

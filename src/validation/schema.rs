@@ -10,6 +10,18 @@
 //! so there is one validator per resource type (a `$ref` to that type's
 //! definition), compiled at start-up for the types Sprig accepts and on
 //! first use for the rest, then shared by every request.
+//!
+//! Nested resources (`contained`, `Bundle.entry.resource`…) are opaque to a
+//! type's schema (patch 4) and validated one by one as their own types, so a
+//! type's validator compiles only that type and its datatypes, and a
+//! contained resource is reported as its own type instead of as the schema's
+//! useless `oneOf` failure. Errors are translated into FHIR terms (element
+//! names, FHIR primitive types, allowed codes) with FHIRPath-style
+//! expressions, sorted in document order.
+//!
+//! The pass asks `jsonschema`'s `is_valid` first and collects errors only for
+//! a resource that fails it: most resources are valid, and collecting errors
+//! costs several times more.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};

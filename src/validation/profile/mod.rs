@@ -12,6 +12,53 @@
 //! does not hold in full: "not checked", never silently passed), displays,
 //! and the invariants (`constraint.expression`), compiled with
 //! [`crate::fhirpath`].
+//!
+//! # Definitions
+//!
+//! Two definition files are compiled into the binary: `profiles/core/r4-core.json` (R4 core
+//! snapshots: datatypes, resources, core extension definitions and constraint profiles, with
+//! pre-expanded value sets; made by `profiles/scripts/build-core-definitions.py`) and
+//! `profiles/compiled/sprig.json` (Sprig's profiles, value sets and code systems, made by
+//! `profiles/scripts/build-sprig-definitions.py` from the differentials in `profiles/sprig/`).
+//! Each snapshot becomes a `Compiled` tree at start-up.
+//!
+//! Which definitions apply to a resource: the held profiles named in `meta.profile`, an
+//! explicitly requested profile, or, when it names no held profile of its type, the configured
+//! default (`validation.default_profiles`; a ServiceRequest is a social prescribing referral by
+//! default); otherwise the base definition. A named profile Sprig does not hold (BaRS, UK Core)
+//! is reported per `validation.unknown_profiles` (a warning, "not checked", by default); a named
+//! profile of another type is an error. Each (resource, definition) pair is walked once however
+//! many ways lead to it (an entry and its slice, a reference's target profile), so each finding
+//! is reported once; an unknown extension's sub-extensions are not reported again.
+//!
+//! # The walk
+//!
+//! Reference targets are resolved by `fhir::reference` with one index per Bundle, so resolution
+//! is linear; a target in the submission is also walked, where it is, against the reference's
+//! `targetProfile` when Sprig holds it, as HL7's validator does (a referral's Patient against
+//! `sprig-patient`). Slicing: each item of a sliced element is matched to the first slice whose
+//! discriminators (value, pattern, type, profile, exists) all hold, then validated against it;
+//! slice cardinality, closed and open-at-end rules and order are checked, and a slice left short
+//! explains why each item missed it. Issues come in definition order.
+//!
+//! The walk looks at an object's present properties and at the children that must be present
+//! (`Node::required_children`: a minimum, or slices), not at every element of the definition,
+//! unless a property matches no child (a choice type the profile ruled out, which only the
+//! absent element can name).
+//!
+//! # Invariants
+//!
+//! `constraint.expression`s are compiled once and evaluated on every value of an element that
+//! has them (`%resource` the innermost resource). `ele-1` and `bdl-7` are checked natively
+//! (every element; `bdl-7` is quadratic as written); best-practice ones (dom-6) are reported
+//! per `validation.best_practice`. A core invariant whose R4 text is wrong is replaced by HL7's
+//! later correction ([`INVARIANT_ERRATA`]). Two that read `%resource.type` once per Bundle entry
+//! (bdl-3, bdl-4) are evaluated in an equivalent form that reads it once ([`EQUIVALENT_FORMS`]);
+//! messages show the published text, and a test compares both forms on every Bundle type with
+//! and without requests and responses. An invariant of a Bundle entry that calls `resolve()` and
+//! fails is evaluated again with the Bundle as `%rootResource`, so that `resolve()` finds the
+//! other entries as HL7's validator does (`sprig-ref-1`: a `urn:uuid:` reference to the
+//! Consent), until `resolve()` itself follows `fhir::reference` with the walk's Bundle.
 
 mod walk;
 
