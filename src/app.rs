@@ -215,7 +215,10 @@ impl Application {
             address,
             settings.auth.external.is_some(),
         );
-        let capability_statement = capability::capability_statement(&settings, started);
+        let capability_statement = capability::with_security(
+            capability::capability_statement(&settings, started),
+            authenticator.token_endpoint(),
+        );
         let state = AppState {
             store,
             validator,
@@ -316,11 +319,6 @@ fn report_security(
                 external_identity_provider = external,
                 token_endpoint = authenticator.token_endpoint().unwrap_or("none"),
                 "authentication configured"
-            );
-            // Until the request layer checks an Access on every route (issue 17's wiring).
-            tracing::warn!(
-                "the FHIR and /api routes do not yet require an access token: the token \
-                 endpoint issues them, the routes' checks are still to be wired"
             );
             if authenticator.token_endpoint().is_none() && !clients.current().is_empty() {
                 tracing::warn!(

@@ -13,11 +13,14 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::AppState;
 use crate::identity::assertion::ASSERTION_ALGORITHMS;
+use crate::identity::staff::{self, SignInError};
 use crate::identity::{Authenticator, OAuthError, TokenRequest};
 
 fn no_store(mut response: Response) -> Response {
@@ -127,4 +130,88 @@ pub async fn smart_configuration(authenticator: Option<Extension<Arc<Authenticat
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     }))
     .into_response()
+}
+
+/// `POST /auth/staff/token`: a person signs in with `username` and `password` (a form or
+/// JSON) and gets a staff token. A refusal is a 401 that does not say which part was
+/// wrong; the password is never logged.
+pub async fn staff_token(
+    authenticator: Option<Extension<Arc<Authenticator>>>,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(Extension(authenticator)) = authenticator else {
+        return oauth_error(OAuthError::ServerError, "sign-in is not available");
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let (username, password) = if content_type == "application/json" {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(value) => (
+                value["username"].as_str().map(str::to_owned),
+                value["password"].as_str().map(str::to_owned),
+            ),
+            Err(_) => (None, None),
+        }
+    } else if content_type == "application/x-www-form-urlencoded" {
+        let mut username = None;
+        let mut password = None;
+        for (name, value) in form_urlencoded::parse(&body) {
+            match name.as_ref() {
+                "username" => username = Some(value.into_owned()),
+                "password" => password = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        (username, password)
+    } else {
+        return oauth_error(
+            OAuthError::InvalidRequest,
+            "send username and password as application/x-www-form-urlencoded or JSON",
+        );
+    };
+    let (Some(username), Some(password)) = (username, password) else {
+        return oauth_error(
+            OAuthError::InvalidRequest,
+            "username and password are required",
+        );
+    };
+    match staff::sign_in(
+        &state.store,
+        authenticator.tokens(),
+        &username,
+        password,
+        unix_now(),
+    )
+    .await
+    {
+        Ok((_, token)) => no_store(
+            Json(json!({
+                "access_token": token.access_token,
+                "token_type": "bearer",
+                "expires_in": token.expires_in,
+            }))
+            .into_response(),
+        ),
+        Err(SignInError::WrongCredentials) => {
+            let mut response = oauth_error(
+                OAuthError::InvalidClient,
+                "the username or password is wrong, or the account is disabled",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sprig\""),
+            );
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "staff sign-in failed");
+            oauth_error(OAuthError::ServerError, "sign-in failed; retry shortly")
+        }
+    }
 }

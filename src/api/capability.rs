@@ -327,6 +327,35 @@ pub async fn metadata(State(state): State<AppState>, format: ResponseFormat) -> 
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `rest[0].security`: SMART on FHIR, with the token endpoint (the `oauth-uris`
+/// extension) when Sprig serves one.
+pub fn with_security(mut statement: Value, token_url: Option<&str>) -> Value {
+    let mut security = json!({
+        "cors": false,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+            }],
+        }],
+        "description": "SMART Backend Services: a client_credentials grant with a signed JWT client assertion at the token endpoint; every interaction but this CapabilityStatement needs a bearer token with its SMART system scope (when security is configured).",
+    });
+    if let Some(token) = token_url {
+        security["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": token}],
+        }]);
+    }
+    if let Some(rest) = statement
+        .get_mut("rest")
+        .and_then(|r| r.get_mut(0))
+        .and_then(Value::as_object_mut)
+    {
+        rest.insert("security".into(), security);
+    }
+    statement
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::authenticate::require_staff;
 use super::problem::Problem;
 use crate::delivery::endpoints::EndpointRegistry;
 use crate::delivery::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::fhir::Instant;
 use crate::fhir::identifiers::OdsCode;
+use crate::identity::{Access, StaffAction};
 use crate::store::outbox::{DeliveryEntry, DeliveryFilter, DeliveryState, RetryRefusal};
 
 const MAX_LIMIT: u32 = 500;
@@ -36,8 +38,10 @@ pub struct ListQuery {
 /// `GET /api/deliveries`: outbox messages in order, filtered and paged.
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Deliveries)?;
     let Query(query) = query.map_err(|e| {
         Problem::bad_request(format!(
             "{}; the parameters are state, destination, referral, cursor and limit",
@@ -88,8 +92,10 @@ pub async fn list(
 /// `GET /api/deliveries/{seq}`.
 pub async fn detail(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Deliveries)?;
     let Path(seq) = path?;
     let entry = state
         .store
@@ -102,8 +108,10 @@ pub async fn detail(
 /// `POST /api/deliveries/{seq}/retry`: a dead letter back in the queue.
 pub async fn retry(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<i64>, PathRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::RetryDelivery)?;
     let Path(seq) = path?;
     match state.store.retry_dead(seq).await? {
         Ok(entry) => {
@@ -128,8 +136,10 @@ pub async fn retry(
 /// in the queue (after the practice fixed its system, say).
 pub async fn retry_endpoint(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::RetryDelivery)?;
     let Path(ods) = path?;
     // A malformed code cannot name a practice: say so rather than retry none.
     OdsCode::parse(&ods).map_err(|e| Problem::bad_request(format!("{ods:?}: {e}")))?;
@@ -140,7 +150,8 @@ pub async fn retry_endpoint(
 
 /// `GET /api/endpoints`: the registry in force, each endpoint with its queue,
 /// and the practices with updates but no endpoint (kept for pull).
-pub async fn endpoints(State(state): State<AppState>) -> Result<Response, Problem> {
+pub async fn endpoints(State(state): State<AppState>, access: Access) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Registries)?;
     let registry = state.endpoints.current();
     let stats = state.store.destination_stats().await?;
     let stats_for = |ods: &str| {
@@ -183,7 +194,8 @@ pub async fn endpoints(State(state): State<AppState>) -> Result<Response, Proble
         })
         .collect();
     Ok(Json(json!({
-        "source": state.endpoints.source().map(|p| p.display().to_string()),
+        // The file's name only: its absolute path says too much about the host.
+        "source": state.endpoints.source().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         "endpoints": endpoints,
         "without_endpoint": without,
     }))

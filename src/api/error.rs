@@ -23,6 +23,17 @@ pub enum ApiError {
     /// 422: FHIR JSON, but not a valid resource.
     #[error("unprocessable resource")]
     Unprocessable(Vec<Issue>),
+    /// 401: no valid credentials; the `WWW-Authenticate` challenge goes with it.
+    #[error("unauthorized")]
+    /// What is wrong, and the `WWW-Authenticate` header (RFC 6750 §3).
+    Unauthorized(Box<(Issue, String)>),
+    /// 403: the caller is known but may not do this (a scope it lacks). Never for
+    /// another practice's resource: that is a 404, as for a missing one.
+    #[error("forbidden")]
+    Forbidden(Issue),
+    /// 503: who is calling could not be checked (the store or identity provider).
+    #[error("identity unavailable")]
+    IdentityUnavailable(Issue),
     /// 404: no such resource, version or endpoint.
     #[error("not found")]
     NotFound(Issue),
@@ -184,6 +195,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::IdentityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -205,7 +219,10 @@ impl ApiError {
             ApiError::BadRequest(issues)
             | ApiError::Unprocessable(issues)
             | ApiError::Conflict(issues) => issues,
+            ApiError::Unauthorized(refusal) => vec![refusal.0],
             ApiError::NotFound(issue)
+            | ApiError::Forbidden(issue)
+            | ApiError::IdentityUnavailable(issue)
             | ApiError::MethodNotAllowed(issue)
             | ApiError::NotAcceptable(issue)
             | ApiError::Gone(issue)
@@ -259,6 +276,10 @@ impl ApiError {
             }
             _ => {}
         }
+        let challenge = match &self {
+            ApiError::Unauthorized(refusal) => HeaderValue::from_str(&refusal.1).ok(),
+            _ => None,
+        };
         let nhs_code = nhs_http_error_code(status);
         let outcome = OperationOutcome::new(self.into_issues());
         let body = outcome.to_json(nhs_code).to_string();
@@ -266,6 +287,11 @@ impl ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
         with_status(response, status)
     }
 }
@@ -308,6 +334,8 @@ impl IntoResponse for ApiError {
 pub(super) fn nhs_http_error_code(status: StatusCode) -> Option<&'static str> {
     match status.as_u16() {
         400 => Some("REC_BAD_REQUEST"),
+        401 => Some("REC_UNAUTHORIZED"),
+        403 => Some("REC_FORBIDDEN"),
         406 => Some("REC_NOT_ACCEPTABLE"),
         409 => Some("REC_CONFLICT"),
         422 => Some("REC_UNPROCESSABLE_ENTITY"),

@@ -15,6 +15,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::authenticate::{require_practice, require_scope};
 use super::capability::arrives_with_referral;
 use super::error::{ApiError, nhs_http_error_code, with_status};
 use super::extract::{FhirBase, FhirBody};
@@ -27,6 +28,7 @@ use super::transaction::{
 };
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::identity::{Access, Interaction as Scope};
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
 use crate::store::referrals::{MessageRequest, Submission};
@@ -67,11 +69,17 @@ impl ResponseCode {
 /// `POST /fhir/$process-message`.
 pub async fn process_message(
     State(state): State<AppState>,
+    access: Access,
     context: RequestContext,
     format: ResponseFormat,
     base: FhirBase,
     body: FhirBody,
 ) -> Result<Response, ApiError> {
+    require_scope(
+        &access,
+        Scope::ProcessMessage,
+        ResourceType::SERVICE_REQUEST.as_str(),
+    )?;
     let bytes = &body.0;
     // A resubmission is answered at once, from a reader; `handle` asks again
     // inside its write, for a copy sent while this one was being validated.
@@ -100,7 +108,7 @@ pub async fn process_message(
         Err(other) => return Err(other),
     };
 
-    let answer = handle(&state, format, &base, &bundle, bytes, &context).await;
+    let answer = handle(&state, &access, format, &base, &bundle, bytes, &context).await;
     match answer {
         Ok(response) => Ok(response),
         Err(error @ ApiError::Internal { .. }) => Err(error),
@@ -114,6 +122,7 @@ pub async fn process_message(
 
 async fn handle(
     state: &AppState,
+    access: &Access,
     format: ResponseFormat,
     base: &FhirBase,
     bundle: &Value,
@@ -136,6 +145,7 @@ async fn handle(
     let referral_index = referral_entry(bundle)?;
     check_focus(bundle, header, referral_index)?;
     let mapped = map_referral(state, bundle, referral_index)?;
+    require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
 
     let mut tx = state.store.begin_write().await?;
     // Again inside the write transaction: the same message may have been sent

@@ -1,7 +1,9 @@
 //! Cross-cutting request handling: request ids, the per-request tracing
-//! span, access logging, the request timeout (408 while the body is still
-//! arriving, else 503), a declared body over the size limit refused up front
-//! (413), and panic containment.
+//! span, access logging, security headers (`X-Content-Type-Options` on
+//! every answer, `Cache-Control: no-store` under `/fhir` and `/api`), the
+//! request timeout (408 while the body is still arriving, else 503), a
+//! declared body over the size limit refused up front (413), and panic
+//! containment.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -94,6 +96,11 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
     );
+    let path = request.uri().path();
+    let carries_data = path == "/fhir"
+        || path.starts_with("/fhir/")
+        || path.starts_with("/api/")
+        || path == "/metrics";
     let started = StdInstant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
@@ -105,6 +112,17 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         );
     });
     let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Answers under /fhir and /api may carry patient data: no cache keeps them.
+    if carries_data && !headers.contains_key(axum::http::header::CACHE_CONTROL) {
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, value);
     }

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod audit_event;
 pub mod auth;
+pub mod authenticate;
 pub mod capability;
 pub mod deliveries;
 pub mod error;
@@ -140,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(deliveries::metrics))
         .route("/auth/token", post(auth::token))
+        .route("/auth/staff/token", post(auth::staff_token))
         .route(
             "/.well-known/smart-configuration",
             get(auth::smart_configuration),
@@ -149,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         // Inside authentication (a route layer added before it): the caller it
         // established, for the audit row.
         .route_layer(axum::middleware::from_fn(audit::capture_access))
+        // Identity, before any handler: every route above is in `authenticate::ROUTES`.
+        .route_layer(axum::middleware::from_fn(authenticate::authenticate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // FHIR bodies are read by the handlers, under `limits.max_body_bytes`

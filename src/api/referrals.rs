@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
+use super::authenticate::{acts_for, require_practice, require_scope};
 use super::capability::{Interaction, supported};
 use super::error::ApiError;
 use super::extract::{FhirBody, parse_id};
@@ -24,6 +25,7 @@ use super::pipeline::{self, CheckedBody, existing_match};
 use super::response::{Answer, Written, already_received, received, written};
 use crate::config::UpdateRequires;
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
+use crate::identity::{Access, Interaction as Scope};
 use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::{MappedReferral, ReceivedAs};
 use crate::search::SearchQuery;
@@ -36,12 +38,14 @@ use crate::workflow::{Arrival, Workflow};
 /// by `resource::create`.
 pub(super) async fn create(
     state: &AppState,
+    access: &Access,
     checked: CheckedBody,
     context: &RequestContext,
     answer: Answer,
     if_none_exist: Option<SearchQuery>,
 ) -> Result<Response, ApiError> {
     let mapped = map_single(state, &checked.resource)?;
+    require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
         drop(tx);
@@ -114,6 +118,7 @@ pub(super) async fn create(
 /// body's `meta.versionId` as read; neither is 428, a stale one 412.
 pub async fn update(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     context: RequestContext,
     answer: Answer,
@@ -122,6 +127,7 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::Update)?;
+    require_scope(&access, Scope::Update, resource_type.as_str())?;
     let id = parse_id(&raw_id)?;
     let rule = state.settings.fhir.update_requires;
     let header_version = if_match(&headers)?;
@@ -160,7 +166,8 @@ pub async fn update(
     }
     let mapped = map_single(&state, &checked.resource)?;
     let mut tx = state.store.begin_write().await?;
-    let referral = tx.referral(id.as_str()).await?.ok_or_else(|| {
+    // Another practice's referral is not there, as far as this caller can tell.
+    let referral = tx.referral(id.as_str()).await?.filter(|r| acts_for(&access, r.fields.practice_ods_code.as_deref())).ok_or_else(|| {
         ApiError::NotFound(Issue::error(
             IssueType::NotFound,
             "referral-not-found",

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::authenticate::require_scope;
 use super::capability::{Interaction, supported};
 use super::error::ApiError;
 use super::extract::{FhirBody, parse_id};
@@ -22,12 +23,16 @@ use super::pipeline::{self, existing_match};
 use super::referrals;
 use super::response::{Answer, Written, resource_body, set_version_headers, written};
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
+use crate::identity::{Access, Interaction as Scope};
 use crate::search::SearchQuery;
 use crate::store::{ReadOutcome, ResourceWrite};
 
 /// `POST /fhir/{type}`: create a resource.
+// An axum handler: each argument is an extractor, one per thing the request carries.
+#[allow(clippy::too_many_arguments)]
 pub async fn create(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     context: RequestContext,
     answer: Answer,
@@ -37,11 +42,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::Create)?;
+    require_scope(&access, Scope::Create, resource_type.as_str())?;
     let body = body?;
     let if_none_exist = if_none_exist(&headers, query.as_deref(), resource_type)?;
     let checked = pipeline::check(&state, &body, Some(resource_type), None).await?;
     if checked.is_referral() {
-        return referrals::create(&state, checked, &context, answer, if_none_exist).await;
+        return referrals::create(&state, &access, checked, &context, answer, if_none_exist).await;
     }
 
     let mut tx = state.store.begin_write().await?;
@@ -119,6 +125,7 @@ fn if_none_exist(
 /// `GET /fhir/{type}/{id}`: the current version.
 pub async fn read(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
@@ -126,6 +133,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::Read)?;
+    require_scope(&access, Scope::Read, resource_type.as_str())?;
     let id = parse_id(&raw_id)?;
     let outcome = state.store.read(resource_type, &id).await?;
     if let ReadOutcome::Found(stored) = &outcome {
@@ -137,6 +145,7 @@ pub async fn read(
 /// `GET /fhir/{type}/{id}/_history/{vid}`: one version.
 pub async fn vread(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String, String)>, PathRejection>,
     format: ResponseFormat,
     headers: HeaderMap,
@@ -144,6 +153,7 @@ pub async fn vread(
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id, raw_version)) = path?;
     let resource_type = supported(&type_name, Interaction::Vread)?;
+    require_scope(&access, Scope::Vread, resource_type.as_str())?;
     let id = parse_id(&raw_id)?;
     let version = VersionId::parse(&raw_version).map_err(|e| {
         ApiError::BadRequest(vec![Issue::error(

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::audit::AuditHandle;
+use super::authenticate::require_scope;
 use super::capability::{Interaction, supported};
 use super::error::{ApiError, Concerning};
 use super::extract::{FhirBase, FormBody, parse_id};
@@ -22,12 +23,16 @@ use super::middleware::RequestContext;
 use super::negotiate::{ResponseFormat, lenient_handling, strict_handling};
 use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::identity::{Access, Interaction as Scope};
 use crate::search::{HistoryQuery, IndexValue, ParseOptions, SearchQuery, index_entries};
 use crate::store::{HistoryOperation, HistoryPage, ReadOutcome, SearchPage, StoredResource};
 
 /// `GET /fhir/{type}?…`: search one type.
+// An axum handler: each argument is an extractor, one per thing the request carries.
+#[allow(clippy::too_many_arguments)]
 pub async fn search_get(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     base: FhirBase,
@@ -37,6 +42,7 @@ pub async fn search_get(
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::SearchType)?;
+    require_scope(&access, Scope::Search, resource_type.as_str())?;
     run_search(
         &state,
         resource_type,
@@ -52,8 +58,11 @@ pub async fn search_get(
 /// `POST /fhir/{type}/_search`: the same search with the parameters in a
 /// form body (and any in the URL), for queries too long or too private for
 /// a URL.
+// An axum handler: each argument is an extractor, one per thing the request carries.
+#[allow(clippy::too_many_arguments)]
 pub async fn search_post(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     base: FhirBase,
@@ -64,6 +73,7 @@ pub async fn search_post(
 ) -> Result<Response, ApiError> {
     let Path(type_name) = path?;
     let resource_type = supported(&type_name, Interaction::SearchType)?;
+    require_scope(&access, Scope::Search, resource_type.as_str())?;
     let FormBody(form) = form?;
     let combined = match query.as_deref() {
         Some(q) if !q.is_empty() && !form.is_empty() => format!("{q}&{form}"),
@@ -310,6 +320,7 @@ async fn included(
 /// `GET /fhir/{type}/{id}/_history`: every version, newest first.
 pub async fn history_instance(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<(String, String)>, PathRejection>,
     format: ResponseFormat,
     base: FhirBase,
@@ -318,6 +329,7 @@ pub async fn history_instance(
 ) -> Result<Response, ApiError> {
     let Path((type_name, raw_id)) = path?;
     let resource_type = supported(&type_name, Interaction::HistoryInstance)?;
+    require_scope(&access, Scope::History, resource_type.as_str())?;
     let id = parse_id(&raw_id)?;
     let lenient = lenient_handling(&headers);
     let (history, warnings) = HistoryQuery::parse(query.as_deref().unwrap_or(""), lenient)

@@ -16,9 +16,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::authenticate::require_staff;
 use super::middleware::RequestContext;
 use super::problem::Problem;
 use crate::fhir::Instant;
+use crate::identity::{Access, Caller, StaffAction};
 use crate::referral::measure::Measure;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
@@ -32,7 +34,17 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 const DEFAULT_ACTOR: &str = "service";
 
 /// `by`: who acted. `gp` is reserved for the referrer's own changes.
-fn actor(by: Option<&str>) -> Result<&str, Problem> {
+/// Who acted: the authenticated person (`Access::actor_label`), whatever `by` says (a
+/// `by` field is accepted for compatibility and ignored). Only the open modes, where
+/// nobody is authenticated, take `by` (default `service`).
+fn actor(access: &Access, by: Option<&str>) -> Result<String, Problem> {
+    if !matches!(access.caller(), Caller::Developer | Caller::Unauthenticated) {
+        return Ok(access.actor_label());
+    }
+    open_actor(by).map(str::to_owned)
+}
+
+fn open_actor(by: Option<&str>) -> Result<&str, Problem> {
     match by.map(str::trim) {
         None => Ok(DEFAULT_ACTOR),
         Some("") => Err(Problem::bad_request("by, when given, names who acted")),
@@ -77,8 +89,10 @@ const DEFAULT_LIMIT: u32 = 50;
 /// `GET /api/referrals`: referrals, oldest received first, filtered and paged.
 pub async fn list(
     State(state): State<AppState>,
+    access: Access,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::ViewWorklist)?;
     let Query(query) = query.map_err(|e| {
         Problem::bad_request(format!(
             "{}; the parameters are stage, practice, received_from, received_to, cursor and limit",
@@ -156,8 +170,11 @@ fn parse_cursor(cursor: &str) -> Result<(String, String), Problem> {
 /// `GET /api/referrals/{id}`: the record with its timeline, notes and outcomes.
 pub async fn detail(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
+    // Referrals have no assigned link worker yet: every one is unassigned.
+    require_staff(&access, StaffAction::ViewReferral { assigned_to: None })?;
     let Path(id) = path?;
     let detail = load(&state, &id).await?;
     Ok(Json(detail_json(&state, &detail)?).into_response())
@@ -218,14 +235,17 @@ pub struct TransitionBody {
 /// `POST /api/referrals/{id}/transitions`.
 pub async fn transition(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     context: RequestContext,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Transition { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
     let to = parse_stage(&body.to)?;
-    let actor = actor(body.by.as_deref())?;
+    let actor = actor(&access, body.by.as_deref())?;
+    let actor = actor.as_str();
     let request_id = context.request_id.as_str();
     let mut tx = state.store.begin_write().await?;
     let referral = state
@@ -261,10 +281,12 @@ pub struct OutcomeBody {
 /// `POST /api/referrals/{id}/outcomes`.
 pub async fn outcome(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     context: RequestContext,
     body: Result<Json<OutcomeBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::RecordOutcome { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
     let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -273,7 +295,8 @@ pub async fn outcome(
             "recorded_at must be a date and time with a zone, e.g. 2026-11-21T10:30:00Z",
         ));
     }
-    let actor = actor(body.by.as_deref())?;
+    let actor = actor(&access, body.by.as_deref())?;
+    let actor = actor.as_str();
     let request_id = context.request_id.as_str();
     let mut tx = state.store.begin_write().await?;
     let outcome = state
@@ -311,13 +334,16 @@ pub struct NoteBody {
 /// `POST /api/referrals/{id}/notes`.
 pub async fn note(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     context: RequestContext,
     body: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
-    let actor = actor(body.by.as_deref())?;
+    let actor = actor(&access, body.by.as_deref())?;
+    let actor = actor.as_str();
     let mut tx = state.store.begin_write().await?;
     state
         .workflow

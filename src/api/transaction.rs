@@ -16,6 +16,7 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use super::authenticate::{require_practice, require_scope};
 use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
 use super::extract::{FhirBase, FhirBody};
@@ -24,6 +25,7 @@ use super::negotiate::ResponseFormat;
 use super::pipeline;
 use super::response::{already_received, received};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
+use crate::identity::{Access, Interaction as Scope};
 use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
@@ -91,11 +93,19 @@ pub(super) struct EntryOutcome {
 /// `POST /fhir`: a referral transaction Bundle.
 pub async fn transaction(
     State(state): State<AppState>,
+    access: Access,
     context: RequestContext,
     format: ResponseFormat,
     base: FhirBase,
     body: FhirBody,
 ) -> Result<Response, ApiError> {
+    // A referral transaction creates a ServiceRequest at least; each entry is checked
+    // once planned.
+    require_scope(
+        &access,
+        Scope::Create,
+        ResourceType::SERVICE_REQUEST.as_str(),
+    )?;
     let checked = pipeline::check(
         &state,
         &body,
@@ -110,6 +120,10 @@ pub async fn transaction(
     let referral_index = referral_entry(&bundle)?;
     let mapped = map_referral(&state, &bundle, referral_index)?;
     let plan = plan_transaction(&mut bundle)?;
+    for entry in &plan {
+        require_scope(&access, Scope::Create, entry.resource_type.as_str())?;
+    }
+    require_practice(&access, mapped.fields.practice_ods_code.as_deref())?;
 
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {

@@ -15,6 +15,7 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 
 use super::AppState;
+use super::authenticate::require_scope;
 use super::error::ApiError;
 use super::extract::FhirBody;
 use super::negotiate::ResponseFormat;
@@ -23,19 +24,23 @@ use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
 use crate::fhir::resource::resource_type_of;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
+use crate::identity::{Access, Interaction as Scope};
 
 /// `POST /fhir/$validate`.
 pub async fn validate_any(
     State(state): State<AppState>,
+    access: Access,
     format: ResponseFormat,
     body: FhirBody,
 ) -> Result<Response, ApiError> {
+    require_scope(&access, Scope::Validate, "Resource")?;
     run(state, None, format, body).await
 }
 
 /// `POST /fhir/{type}/$validate`.
 pub async fn validate_type(
     State(state): State<AppState>,
+    access: Access,
     path: Result<Path<String>, PathRejection>,
     format: ResponseFormat,
     body: Result<FhirBody, ApiError>,
@@ -48,6 +53,7 @@ pub async fn validate_type(
             e.to_string(),
         ))
     })?;
+    require_scope(&access, Scope::Validate, resource_type.as_str())?;
     run(state, Some(resource_type), format, body?).await
 }
 

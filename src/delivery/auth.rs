@@ -316,7 +316,8 @@ mod tests {
         write(dir.path(), "jwt.pem", &rsa_key().0);
         let text = format!(
             "[[endpoint]]\nods_code = \"A81001\"\nbase_url = \"{base}/fhir\"\nmode = \"rest\"\n\
-             auth = {{ type = \"private_key_jwt\", token_url = \"{token_url}\", client_id = \"{CLIENT_ID}\", key_file = \"jwt.pem\", kid = \"test-1\" }}\n",
+             auth = {{ type = \"private_key_jwt\", token_url = \"{token_url}\", client_id = \"{CLIENT_ID}\", key_file = \"jwt.pem\", kid = \"test-1\" }}\n\
+             allow_insecure_http = true\n",
         );
         let endpoint = registry(&text, dir.path()).get("A81001").expect("endpoint");
         (endpoint, dir)

@@ -110,6 +110,10 @@ pub enum IssueType {
     BusinessRule,
     /// A conditional operation matched more than one resource.
     MultipleMatches,
+    /// `login`: the caller is not authenticated.
+    Login,
+    /// `forbidden`: the caller may not do this.
+    Forbidden,
 }
 
 impl IssueType {
@@ -136,6 +140,8 @@ impl IssueType {
             Self::Invariant => "invariant",
             Self::BusinessRule => "business-rule",
             Self::MultipleMatches => "multiple-matches",
+            Self::Login => "login",
+            Self::Forbidden => "forbidden",
         }
     }
 }

@@ -4,6 +4,7 @@
 // Tests and benches may unwrap: a failed assumption there is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod audit;
 mod auth;
 mod bad_requests;

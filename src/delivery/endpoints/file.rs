@@ -45,6 +45,10 @@ pub(super) struct EntryConfig {
     ca_file: Option<Spanned<PathBuf>>,
     timeout_secs: Option<Spanned<u64>>,
     max_in_flight: Option<Spanned<usize>>,
+    /// Lets credentials (`auth` other than `none`) go over plain `http://`: for a test
+    /// endpoint only, logged as a warning at every load.
+    #[serde(default)]
+    allow_insecure_http: bool,
 }
 
 /// A client certificate beside another auth type.
@@ -197,6 +201,20 @@ pub(super) fn resolve(
         }
         None => None,
     };
+    if !matches!(auth, ResolvedAuth::None) && base_url.scheme() != "https" {
+        if !config.allow_insecure_http {
+            return Err(at(
+                config.base_url.span(),
+                "base_url: credentials (auth other than none) go only over https; set \
+                 allow_insecure_http = true on a test endpoint to allow http"
+                    .into(),
+            ));
+        }
+        tracing::warn!(
+            ods_code = %ods_code,
+            "endpoint sends credentials over plain http (allow_insecure_http = true): for tests only"
+        );
+    }
     if (identity_pem.is_some() || ca_pem.is_some()) && base_url.scheme() != "https" {
         return Err(at(
             config.base_url.span(),

@@ -462,7 +462,11 @@ async fn the_bearer_token_is_sent() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = one(&format!("{}/fhir", server.uri()), "").replace(
+    let text = one(
+        &format!("{}/fhir", server.uri()),
+        "allow_insecure_http = true\n",
+    )
+    .replace(
         "{ type = \"none\" }",
         "{ type = \"bearer\", token_env = \"GP_TOKEN\" }",
     );
@@ -642,4 +646,20 @@ async fn the_watcher_reloads_on_sighup() {
         .await
         .expect("watcher stops on shutdown")
         .expect("watcher task");
+}
+
+#[test]
+fn credentials_over_plain_http_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entry = "[[endpoint]]\nods_code = \"A81001\"\nbase_url = \"http://gp.example/fhir\"\nmode = \"rest\"\nauth = { type = \"bearer\", token_env = \"GP_TOKEN\" }\n";
+    let error = match registry_with_env(entry, dir.path(), &[("GP_TOKEN", "t0ken")]) {
+        Ok(_) => panic!("credentials over http were accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains(":3:"), "{error}");
+    assert!(error.contains("allow_insecure_http"), "{error}");
+    let allowed = format!("{entry}allow_insecure_http = true\n");
+    let registry = registry_with_env(&allowed, dir.path(), &[("GP_TOKEN", "t0ken")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(registry.len(), 1);
 }
