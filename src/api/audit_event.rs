@@ -9,7 +9,6 @@
 
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -211,20 +210,13 @@ fn may_read_audit(access: Option<&Access>) -> bool {
 }
 
 fn forbidden() -> Response {
-    let body = json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{
-            "severity": "error",
-            "code": "forbidden",
-            "diagnostics": "The audit log is for administrators only",
-        }],
-    });
-    (
-        StatusCode::FORBIDDEN,
-        [("content-type", "application/fhir+json")],
-        body.to_string(),
-    )
-        .into_response()
+    // The one error-to-answer mapping: an OperationOutcome with the BaRS `REC_FORBIDDEN` code.
+    ApiError::Forbidden(Issue::error(
+        IssueType::Forbidden,
+        "audit-administrators-only",
+        "The audit log is for administrators only",
+    ))
+    .into_response()
 }
 
 fn bad(message: String) -> ApiError {

@@ -225,7 +225,7 @@ async fn the_audit_log_is_served_as_valid_audit_events() {
     // (Every request is audited, these searches too: narrow to the transaction.)
     let transaction = "subtype=http://hl7.org/fhir/restful-interaction|transaction";
     assert_eq!(
-        count(format!("type=rest&agent=unauthenticated&{transaction}")).await,
+        count(format!("type=rest&agent=developer&{transaction}")).await,
         1
     );
     assert_eq!(count("type=other".into()).await, 0);
