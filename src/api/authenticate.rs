@@ -63,7 +63,7 @@ const fn route(path: &'static str, methods: &'static [&'static str], gate: Gate)
 }
 
 /// Every route of `api::router`. A route missing here answers 500 (and
-/// `tests/api/tidy.rs` fails).
+/// `tests/api/access.rs::every_route_is_in_the_matrix` fails).
 pub const ROUTES: &[Route] = &[
     route("/fhir/metadata", &["GET"], Gate::Open),
     route("/fhir", &["POST"], Gate::Fhir),

@@ -3,7 +3,7 @@
 //! ([`Measure`], with scoring) and the internal record (`record`).
 //!
 //! Pure, and imports nothing of Sprig's but `fhir`: the workflow that moves a
-//! referral through its life is `crate::workflow`, above the store.
+//! referral through its life is the `workflow` module, above the store.
 
 pub mod measure;
 pub mod record;
