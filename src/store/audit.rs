@@ -9,11 +9,8 @@
 //! - a row holds ids and names, never patient data: search parameters by name only;
 //! - a failed audit write is an error to the caller, which must then fail the request.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-
 use super::write::WriteTx;
-use super::{Store, StoreError};
+use super::{Store, StoreError, dispatch};
 use crate::fhir::{FhirId, Instant};
 
 /// AuditEvent.outcome (R4's `audit-event-outcome` codes).
@@ -169,96 +166,11 @@ pub struct AuditPage {
     pub limit: u32,
 }
 
-const AUDIT_COLUMNS: &str = "recorded_at, client_id, ods_code, staff_username, staff_role, \
-     proxy_id, end_user_ods, peer_address, interaction, resource_type, resource_id, \
-     search_params, patient_ids, referral_ids, status, outcome, request_id, correlation_id, \
-     message_id";
-
-fn json_list(values: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(values).map_err(|e| StoreError::Corrupt {
-        resource_type: "AuditEvent".into(),
-        id: "new".into(),
-        reason: e.to_string(),
-    })
-}
-
-async fn insert(conn: &mut SqliteConnection, record: &AuditRecord) -> Result<i64, StoreError> {
-    let seq = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-         RETURNING seq"
-    )))
-    .bind(record.recorded_at.to_fhir())
-    .bind(&record.client_id)
-    .bind(&record.ods_code)
-    .bind(&record.staff_username)
-    .bind(&record.staff_role)
-    .bind(&record.proxy_id)
-    .bind(&record.end_user_ods)
-    .bind(&record.peer_address)
-    .bind(&record.interaction)
-    .bind(&record.resource_type)
-    .bind(&record.resource_id)
-    .bind(json_list(&record.search_params)?)
-    .bind(json_list(&record.patient_ids)?)
-    .bind(json_list(&record.referral_ids)?)
-    .bind(i64::from(record.status))
-    .bind(record.outcome.code())
-    .bind(&record.request_id)
-    .bind(&record.correlation_id)
-    .bind(&record.message_id)
-    .fetch_one(conn)
-    .await?
-    .try_get("seq")?;
-    Ok(seq)
-}
-
-fn row_to_event(row: &SqliteRow) -> Result<AuditEventRow, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let corrupt = |reason: String| StoreError::Corrupt {
-        resource_type: "AuditEvent".into(),
-        id: seq.to_string(),
-        reason,
-    };
-    let list = |column: &str| -> Result<Vec<String>, StoreError> {
-        let text: String = row.try_get(column)?;
-        serde_json::from_str(&text).map_err(|e| corrupt(format!("{column}: {e}")))
-    };
-    let recorded_at: String = row.try_get("recorded_at")?;
-    let outcome: String = row.try_get("outcome")?;
-    let status: i64 = row.try_get("status")?;
-    Ok(AuditEventRow {
-        seq,
-        record: AuditRecord {
-            recorded_at: Instant::parse(&recorded_at).map_err(|e| corrupt(e.to_string()))?,
-            client_id: row.try_get("client_id")?,
-            ods_code: row.try_get("ods_code")?,
-            staff_username: row.try_get("staff_username")?,
-            staff_role: row.try_get("staff_role")?,
-            proxy_id: row.try_get("proxy_id")?,
-            end_user_ods: row.try_get("end_user_ods")?,
-            peer_address: row.try_get("peer_address")?,
-            interaction: row.try_get("interaction")?,
-            resource_type: row.try_get("resource_type")?,
-            resource_id: row.try_get("resource_id")?,
-            search_params: list("search_params")?,
-            patient_ids: list("patient_ids")?,
-            referral_ids: list("referral_ids")?,
-            status: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
-            outcome: AuditOutcome::parse(&outcome)
-                .ok_or_else(|| corrupt(format!("outcome {outcome:?}")))?,
-            request_id: row.try_get("request_id")?,
-            correlation_id: row.try_get("correlation_id")?,
-            message_id: row.try_get("message_id")?,
-        },
-    })
-}
-
 impl WriteTx {
     /// Adds an audit row to this transaction: it commits with the change it records, or
     /// not at all. Returns the row's `seq`.
     pub async fn record_audit(&mut self, record: &AuditRecord) -> Result<i64, StoreError> {
-        insert(self.conn(), record).await
+        dispatch!(self, b => b.record_audit(record).await)
     }
 }
 
@@ -266,9 +178,7 @@ impl Store {
     /// Adds an audit row for a request that wrote nothing (a read, a refusal) and
     /// commits it: durable when this returns. Returns the row's `seq`.
     pub async fn record_audit(&self, record: &AuditRecord) -> Result<i64, StoreError> {
-        let Store::Sqlite(s) = self;
-        let mut conn = s.writer.acquire().await?;
-        insert(&mut conn, record).await
+        dispatch!(self, b => b.record_audit(record).await)
     }
 
     /// A page of audit rows matching `filter`, oldest first.
@@ -277,66 +187,7 @@ impl Store {
         filter: &AuditFilter,
         page: AuditPage,
     ) -> Result<Vec<AuditEventRow>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT seq, {AUDIT_COLUMNS} FROM audit_events WHERE 1 = 1"
-        ));
-        if let Some(after) = page.after {
-            query.push(" AND seq > ").push_bind(after);
-        }
-        if let Some(since) = filter.since {
-            query
-                .push(" AND recorded_at >= ")
-                .push_bind(since.to_fhir());
-        }
-        if let Some(before) = filter.before {
-            query
-                .push(" AND recorded_at < ")
-                .push_bind(before.to_fhir());
-        }
-        if let Some(agent) = &filter.agent {
-            query
-                .push(" AND (client_id = ")
-                .push_bind(agent.clone())
-                .push(" OR staff_username = ")
-                .push_bind(agent.clone())
-                .push(" OR proxy_id = ")
-                .push_bind(agent.clone())
-                .push(")");
-        }
-        if let Some(entity_type) = &filter.entity_type {
-            query
-                .push(" AND resource_type = ")
-                .push_bind(entity_type.clone());
-        }
-        if let Some(entity_id) = &filter.entity_id {
-            query
-                .push(" AND resource_id = ")
-                .push_bind(entity_id.clone());
-        }
-        if let Some(patient) = &filter.patient {
-            // A FHIR id holds only letters, digits, '-' and '.', so it cannot carry a LIKE
-            // wildcard; quoted, it matches one whole element of the JSON array.
-            query
-                .push(" AND ((resource_type = 'Patient' AND resource_id = ")
-                .push_bind(patient.as_str().to_owned())
-                .push(") OR patient_ids LIKE ")
-                .push_bind(format!("%\"{}\"%", patient.as_str()))
-                .push(")");
-        }
-        if let Some(outcome) = filter.outcome {
-            query.push(" AND outcome = ").push_bind(outcome.code());
-        }
-        query
-            .push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(page.limit));
-        query
-            .build()
-            .fetch_all(&s.readers)
-            .await?
-            .iter()
-            .map(row_to_event)
-            .collect()
+        dispatch!(self, b => b.audit_events(filter, page).await)
     }
 }
 
@@ -483,7 +334,9 @@ mod tests {
             .record_audit(&AuditRecord::new("read", 200))
             .await
             .expect("audit");
-        let Store::Sqlite(s) = &store;
+        let Store::Sqlite(s) = &store else {
+            unreachable!("a file path opens SQLite")
+        };
         let changed = sqlx::query("UPDATE audit_events SET status = 500")
             .execute(&s.writer)
             .await;

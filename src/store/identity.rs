@@ -12,15 +12,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
-
-use super::{Store, StoreError};
-use crate::fhir::Instant;
+use super::{Store, StoreError, dispatch};
 
 /// A remembered assertion is kept this long past its `exp`, so that one the verifier
 /// still accepts under its clock-skew allowance is still remembered.
-const ASSERTION_KEEP_AFTER_EXPIRY_SECS: i64 = 5 * 60;
+pub(crate) const ASSERTION_KEEP_AFTER_EXPIRY_SECS: i64 = 5 * 60;
 
 /// A staff account as stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,26 +48,12 @@ impl std::fmt::Debug for StaffAccountRow {
     }
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
-
-fn staff_from_row(row: &SqliteRow) -> Result<StaffAccountRow, StoreError> {
-    Ok(StaffAccountRow {
-        username: row.try_get("username")?,
-        display_name: row.try_get("display_name")?,
-        role: row.try_get("role")?,
-        password_hash: row.try_get("password_hash")?,
-        enabled: row.try_get::<i64, _>("enabled")? != 0,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-const STAFF_COLUMNS: &str =
-    "username, display_name, role, password_hash, enabled, created_at, updated_at";
 
 impl Store {
     /// The secret stored under `name`; if there is none yet, `candidate` is stored and
@@ -81,22 +63,7 @@ impl Store {
         name: &str,
         candidate: &str,
     ) -> Result<String, StoreError> {
-        let Store::Sqlite(s) = self;
-        sqlx::query(
-            "INSERT INTO identity_secrets (name, value, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(candidate)
-        .bind(Instant::now().to_fhir())
-        .execute(&s.writer)
-        .await?;
-        let (value,): (String,) =
-            sqlx::query_as("SELECT value FROM identity_secrets WHERE name = $1")
-                .bind(name)
-                .fetch_one(&s.writer)
-                .await?;
-        Ok(value)
+        dispatch!(self, b => b.secret_or_insert(name, candidate).await)
     }
 
     /// Remembers that `client_id` used the assertion `jti`, valid until `expires_at`
@@ -108,24 +75,7 @@ impl Store {
         jti: &str,
         expires_at: i64,
     ) -> Result<bool, StoreError> {
-        let Store::Sqlite(s) = self;
-        let mut tx = s.writer.begin().await?;
-        sqlx::query("DELETE FROM seen_assertions WHERE expires_at < $1")
-            .bind(unix_now().saturating_sub(ASSERTION_KEEP_AFTER_EXPIRY_SECS))
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO seen_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (client_id, jti) DO NOTHING",
-        )
-        .bind(client_id)
-        .bind(jti)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(inserted == 1)
+        dispatch!(self, b => b.remember_assertion(client_id, jti, expires_at).await)
     }
 
     /// Adds a staff account. False (and nothing written) when the username is taken.
@@ -133,23 +83,7 @@ impl Store {
         &self,
         account: &StaffAccountRow,
     ) -> Result<bool, StoreError> {
-        let Store::Sqlite(s) = self;
-        let inserted = sqlx::query(
-            "INSERT INTO staff_accounts \
-               (username, display_name, role, password_hash, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(&account.username)
-        .bind(&account.display_name)
-        .bind(&account.role)
-        .bind(&account.password_hash)
-        .bind(i64::from(account.enabled))
-        .bind(&account.created_at)
-        .bind(&account.updated_at)
-        .execute(&s.writer)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        dispatch!(self, b => b.insert_staff_account(account).await)
     }
 
     /// One staff account.
@@ -157,27 +91,12 @@ impl Store {
         &self,
         username: &str,
     ) -> Result<Option<StaffAccountRow>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STAFF_COLUMNS} FROM staff_accounts WHERE username = $1"
-        )))
-        .bind(username)
-        .fetch_optional(&s.readers)
-        .await?;
-        row.as_ref().map(staff_from_row).transpose()
+        dispatch!(self, b => b.staff_account(username).await)
     }
 
     /// Every staff account, by username.
     pub async fn staff_accounts(&self) -> Result<Vec<StaffAccountRow>, StoreError> {
-        let Store::Sqlite(s) = self;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STAFF_COLUMNS} FROM staff_accounts ORDER BY username"
-        )))
-        .fetch_all(&s.readers)
-        .await?
-        .iter()
-        .map(staff_from_row)
-        .collect()
+        dispatch!(self, b => b.staff_accounts().await)
     }
 
     /// Enables or disables a staff account. False when there is no such account.
@@ -186,33 +105,19 @@ impl Store {
         username: &str,
         enabled: bool,
     ) -> Result<bool, StoreError> {
-        let Store::Sqlite(s) = self;
-        let changed = sqlx::query(
-            "UPDATE staff_accounts SET enabled = $1, updated_at = $2 WHERE username = $3",
-        )
-        .bind(i64::from(enabled))
-        .bind(Instant::now().to_fhir())
-        .bind(username)
-        .execute(&s.writer)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        dispatch!(self, b => b.set_staff_enabled(username, enabled).await)
     }
 
     /// Whether any staff account can sign in.
     pub async fn has_enabled_staff(&self) -> Result<bool, StoreError> {
-        let Store::Sqlite(s) = self;
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM staff_accounts WHERE enabled = 1")
-                .fetch_one(&s.readers)
-                .await?;
-        Ok(count > 0)
+        dispatch!(self, b => b.has_enabled_staff().await)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::Instant;
     use crate::store::test_support::open_store;
 
     #[tokio::test]

@@ -1,9 +1,12 @@
 //! Durable storage of FHIR resources and their history.
 //!
-//! Today one backend, SQLite (WAL mode, one writer connection and a pool of
-//! readers); PostgreSQL arrives behind this same interface, so SQL here is
-//! kept to what both run, and migrations live in per-dialect folders under
-//! `migrations/`.
+//! Two backends behind one interface: SQLite (`sqlite`: WAL mode, one
+//! writer connection and a pool of readers) for one instance on one machine,
+//! and PostgreSQL (`postgres`) for several instances on one database. The
+//! SQL both run is written once, in `store/sql/`, and compiled into each
+//! backend with its own types; each backend adds what only it does (locks,
+//! pragmas, notifications). Callers see `Store` and `WriteTx`, never a
+//! backend. Migrations live in per-dialect folders under `migrations/`.
 //!
 //! Architecture invariants:
 //! - a write returns only after its transaction has committed (with
@@ -16,6 +19,7 @@
 pub mod audit;
 pub mod identity;
 pub mod outbox;
+mod postgres;
 pub mod referrals;
 mod search;
 mod sqlite;
@@ -31,14 +35,29 @@ use crate::search::{Cursor, SearchQuery};
 
 pub use audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
 pub use identity::StaffAccountRow;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// Runs `$body` with `$b` bound to the backend of `$on` (a `Store` or a
+/// `WriteTx`): the one place a caller's request meets a backend.
+macro_rules! dispatch {
+    ($on:expr, $b:ident => $body:expr) => {
+        match $on {
+            Self::Sqlite($b) => $body,
+            Self::Postgres($b) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
 pub use write::{ResourceWrite, WriteTx};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The database location names a backend this build cannot use.
-    #[error("unsupported database '{0}': use a SQLite file path or a sqlite: URL")]
+    #[error(
+        "unsupported database '{0}': use a SQLite file path, a sqlite: URL or a postgres:// URL"
+    )]
     UnsupportedDatabase(String),
     /// The database answered with an error.
     #[error("database error: {0}")]
@@ -88,11 +107,19 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(sqlx::Error::PoolTimedOut) => true,
+            // A dropped connection (a PostgreSQL failover or restart).
+            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => false,
             StoreError::Database(sqlx::Error::Database(db)) => {
+                let Some(code) = db.code() else {
+                    return false;
+                };
+                // PostgreSQL: serialization failure, deadlock, too many
+                // connections, cannot connect now (a starting or failing-over server).
+                if matches!(code.as_ref(), "40001" | "40P01" | "53300" | "57P03") {
+                    return true;
+                }
                 // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
-                db.code()
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+                code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
             }
             _ => false,
         }
@@ -102,7 +129,7 @@ impl StoreError {
 /// Settings for opening the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// A SQLite file path, or a `sqlite:` URL.
+    /// A SQLite file path, a `sqlite:` URL, or a `postgres://` URL.
     pub database: String,
     /// Wait this long for a lock before reporting the database busy.
     pub busy_timeout: Duration,
@@ -211,40 +238,36 @@ pub struct HistoryPage {
 pub enum Store {
     /// An embedded SQLite file.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database, which several instances may share.
+    Postgres(PgStore),
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(options: &StoreOptions) -> Result<Self, StoreError> {
         let database = options.database.trim();
-        if database.starts_with("postgres:") || database.starts_with("postgresql:") {
-            return Err(StoreError::UnsupportedDatabase(
-                "PostgreSQL is not supported by this version yet".into(),
-            ));
-        }
-        if database.contains("://") && !database.starts_with("sqlite:") {
+        let store = if database.starts_with("postgres:") || database.starts_with("postgresql:") {
+            Store::Postgres(PgStore::open(options).await?)
+        } else if database.contains("://") && !database.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedDatabase(database.to_owned()));
-        }
-        let store = SqliteStore::open(options).await?;
-        if let Some(indexed) = store.rebuild_index_if_stale().await? {
+        } else {
+            Store::Sqlite(SqliteStore::open(options).await?)
+        };
+        if let Some(indexed) = dispatch!(&store, b => b.rebuild_index_if_stale().await)? {
             tracing::info!(resources = indexed, "search index rebuilt");
         }
-        Ok(Store::Sqlite(store))
+        Ok(store)
     }
 
     /// Opens a write transaction: every change made through it commits
     /// together, or (dropped without commit) none does.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.begin_write().await,
-        }
+        Ok(dispatch!(self, b => WriteTx::from(b.begin_write().await?)))
     }
 
     /// Stores a new resource under a new server-assigned id, as version 1.
     pub async fn create(&self, new: NewResource<'_>) -> Result<StoredResource, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.create(new).await,
-        }
+        dispatch!(self, b => b.create(new).await)
     }
 
     /// The current version of a resource.
@@ -253,9 +276,7 @@ impl Store {
         resource_type: ResourceType,
         id: &FhirId,
     ) -> Result<ReadOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.read(resource_type, id).await,
-        }
+        dispatch!(self, b => b.read(resource_type, id).await)
     }
 
     /// One version of a resource.
@@ -265,9 +286,7 @@ impl Store {
         id: &FhirId,
         version: VersionId,
     ) -> Result<ReadOutcome, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.vread(resource_type, id, version).await,
-        }
+        dispatch!(self, b => b.vread(resource_type, id, version).await)
     }
 
     /// Marks a resource deleted by adding a deletion version; earlier
@@ -279,9 +298,7 @@ impl Store {
         id: &FhirId,
         request_id: &str,
     ) -> Result<Option<VersionId>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.delete(resource_type, id, request_id).await,
-        }
+        dispatch!(self, b => b.delete(resource_type, id, request_id).await)
     }
 
     /// One page of the current, non-deleted resources matching `query`, with
@@ -289,9 +306,7 @@ impl Store {
     /// (last updated, id), so a resource written while a client pages is
     /// never served twice, and pages do not shift under it.
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.search(query).await,
-        }
+        dispatch!(self, b => b.search(query).await)
     }
 
     /// Up to `count` versions of a resource, newest first, deletions
@@ -303,23 +318,17 @@ impl Store {
         count: u32,
         before: Option<VersionId>,
     ) -> Result<HistoryPage, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.history(resource_type, id, count, before).await,
-        }
+        dispatch!(self, b => b.history(resource_type, id, count, before).await)
     }
 
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ping().await,
-        }
+        dispatch!(self, b => b.ping().await)
     }
 
     /// Closes every connection, after the ones in use are returned.
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.close().await,
-        }
+        dispatch!(self, b => b.close().await)
     }
 }
 

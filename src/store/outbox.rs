@@ -12,15 +12,11 @@
 //!   again, so a crashed worker delays delivery but never loses it;
 //! - delivery writes go through the single writer connection, like every
 //!   other write, so they never race the transaction that enqueued the row.
-
 use std::sync::Arc;
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use tokio::sync::Notify;
 
-use super::{Store, StoreError};
-use crate::fhir::Instant;
+use super::{Store, StoreError, dispatch};
 
 /// The state of an outbox message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,49 +167,17 @@ pub enum RetryRefusal {
     NotDead(DeliveryState),
 }
 
-const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_id, o.version_id, \
-     o.destination_ods, o.state, o.attempts, o.created_at, o.next_attempt_ms, o.last_attempt_at, \
-     o.last_status, o.last_error, o.receiver_response, o.delivered_at, o.dead_at, \
-     CASE WHEN o.state = 'pending' THEN (SELECT MIN(e.seq) FROM outbox e \
-        WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state = 'dead') END AS blocked_by";
-
-/// Puts dead letters back in the queue, due from now (`$1`, so the service
-/// API shows when they were retried), their maximum age counting afresh
-/// from their next attempt; the caller appends which ones (`$2`).
-const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'pending', next_attempt_ms = $1, \
-     age_from_ms = NULL, dead_at = NULL WHERE state = 'dead' AND";
-
-/// A pending row (`o`) that is the head of its referral's queue: no earlier
-/// row of the referral is pending or dead. Only a head may be sent, which
-/// keeps each referral's updates in order and holds them behind a dead letter.
-const HEAD_OF_REFERRAL: &str = "NOT EXISTS (SELECT 1 FROM outbox e \
-     WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state IN ('pending', 'dead'))";
-
 impl Store {
     /// Woken after every commit that adds outbox rows.
     pub fn outbox_signal(&self) -> Arc<Notify> {
-        let Store::Sqlite(s) = self;
-        Arc::clone(&s.outbox_signal)
+        dispatch!(self, b => b.outbox_signal())
     }
 
     /// The destinations with at least one message due at `now_ms` (not
     /// leased, or its lease lapsed). A cheap read, so an idle worker costs the
     /// writer nothing.
     pub async fn due_destinations(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        let Store::Sqlite(s) = self;
-        // The claim's own conditions, so that a destination whose rows all
-        // wait (behind a dead letter, a send in flight or a backoff) is not
-        // reported due and costs the writer no empty claim.
-        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT o.destination_ods FROM outbox o \
-             WHERE o.state = 'pending' AND o.destination_ods IS NOT NULL \
-               AND o.next_attempt_ms <= $1 \
-               AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1) AND {HEAD_OF_REFERRAL}"
-        )))
-        .bind(now_ms)
-        .fetch_all(&s.readers)
-        .await?;
-        Ok(rows.into_iter().map(|(ods,)| ods).collect())
+        dispatch!(self, b => b.due_destinations(now_ms).await)
     }
 
     /// Claims up to `limit` due messages for `destination`, each the head of
@@ -229,66 +193,13 @@ impl Store {
         attempt_at: &str,
         limit: u32,
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
-        let Store::Sqlite(s) = self;
-        // SQLite has one writer, so the sub-select and the update cannot
-        // interleave with another claim; PostgreSQL would add
-        // `FOR UPDATE SKIP LOCKED` to the sub-select for the same guarantee.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, \
-                    last_attempt_at = $3, age_from_ms = COALESCE(age_from_ms, $5) \
-             WHERE seq IN ( \
-               SELECT o.seq FROM outbox o \
-               WHERE o.state = 'pending' AND o.destination_ods = $4 AND o.next_attempt_ms <= $5 \
-                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) AND {HEAD_OF_REFERRAL} \
-               ORDER BY o.seq LIMIT $6) \
-             RETURNING seq, referral_id, resource_type, resource_id, version_id, destination_ods, \
-                       reply_to, created_at, attempts, age_from_ms"
-        )))
-        .bind(owner)
-        .bind(lease_until_ms)
-        .bind(attempt_at)
-        .bind(destination)
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&s.writer)
-        .await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedMessage {
-                    seq: row.try_get("seq")?,
-                    referral_id: row.try_get("referral_id")?,
-                    resource_type: row.try_get("resource_type")?,
-                    resource_id: row.try_get("resource_id")?,
-                    version_id: row.try_get("version_id")?,
-                    destination_ods: row.try_get("destination_ods")?,
-                    reply_to: row.try_get("reply_to")?,
-                    created_at: row.try_get("created_at")?,
-                    attempts: row.try_get("attempts")?,
-                    age_from_ms: row.try_get("age_from_ms")?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        // RETURNING does not promise an order.
-        claimed.sort_by_key(|m| m.seq);
-        Ok(claimed)
+        dispatch!(self, b => b.claim_due(destination, owner, now_ms, lease_until_ms, attempt_at, limit).await)
     }
 
     /// Records a delivery. Whoever holds the lease, a delivered message is
     /// delivered: a worker whose lease lapsed mid-send may still report it.
     pub async fn mark_delivered(&self, attempt: AttemptRecord<'_>) -> Result<(), StoreError> {
-        let Store::Sqlite(s) = self;
-        sqlx::query(
-            "UPDATE outbox SET state = 'delivered', delivered_at = $1, last_status = $2, \
-                    last_error = NULL, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $3 AND state = 'pending'",
-        )
-        .bind(attempt.at)
-        .bind(attempt.status.map(i64::from))
-        .bind(attempt.seq)
-        .execute(&s.writer)
-        .await?;
-        Ok(())
+        dispatch!(self, b => b.mark_delivered(attempt).await)
     }
 
     /// Records a transient failure and when to try again. Returns false when
@@ -299,20 +210,7 @@ impl Store {
         error: &str,
         next_attempt_ms: i64,
     ) -> Result<bool, StoreError> {
-        let Store::Sqlite(s) = self;
-        let done = sqlx::query(
-            "UPDATE outbox SET next_attempt_ms = $1, last_status = $2, last_error = $3, \
-                    lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $4 AND state = 'pending' AND lease_owner = $5",
-        )
-        .bind(next_attempt_ms)
-        .bind(attempt.status.map(i64::from))
-        .bind(error)
-        .bind(attempt.seq)
-        .bind(attempt.owner)
-        .execute(&s.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        dispatch!(self, b => b.schedule_retry(attempt, error, next_attempt_ms).await)
     }
 
     /// Dead-letters a message, keeping the receiver's answer. Returns false
@@ -323,21 +221,7 @@ impl Store {
         error: &str,
         receiver_response: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let Store::Sqlite(s) = self;
-        let done = sqlx::query(
-            "UPDATE outbox SET state = 'dead', dead_at = $1, last_status = $2, last_error = $3, \
-                    receiver_response = $4, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $5 AND state = 'pending' AND lease_owner = $6",
-        )
-        .bind(attempt.at)
-        .bind(attempt.status.map(i64::from))
-        .bind(error)
-        .bind(receiver_response)
-        .bind(attempt.seq)
-        .bind(attempt.owner)
-        .execute(&s.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        dispatch!(self, b => b.mark_dead(attempt, error, receiver_response).await)
     }
 
     /// Puts a dead letter back in the queue, due at once, its maximum age
@@ -346,58 +230,18 @@ impl Store {
         &self,
         seq: i64,
     ) -> Result<Result<DeliveryEntry, RetryRefusal>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $2")))
-            .bind(Instant::now().unix_millis())
-            .bind(seq)
-            .execute(&s.writer)
-            .await?;
-        if requeued.rows_affected() == 1 {
-            s.outbox_signal.notify_one();
-        }
-        // Read back on the writer: it saw the update (or the state that
-        // refused it) whatever the readers have caught up with.
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(seq)
-            .fetch_optional(&s.writer)
-            .await?;
-        let Some(entry) = row.as_ref().map(entry_from_row).transpose()? else {
-            return Ok(Err(RetryRefusal::NotFound));
-        };
-        if requeued.rows_affected() == 1 {
-            Ok(Ok(entry))
-        } else {
-            Ok(Err(RetryRefusal::NotDead(entry.state)))
-        }
+        dispatch!(self, b => b.retry_dead(seq).await)
     }
 
     /// Puts every dead letter for `destination` back in the queue. Returns
     /// how many.
     pub async fn retry_dead_for(&self, destination: &str) -> Result<u64, StoreError> {
-        let Store::Sqlite(s) = self;
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{REQUEUE_DEAD} destination_ods = $2"
-        )))
-        .bind(Instant::now().unix_millis())
-        .bind(destination)
-        .execute(&s.writer)
-        .await?;
-        if done.rows_affected() > 0 {
-            s.outbox_signal.notify_one();
-        }
-        Ok(done.rows_affected())
+        dispatch!(self, b => b.retry_dead_for(destination).await)
     }
 
     /// One outbox message with its delivery history.
     pub async fn delivery(&self, seq: i64) -> Result<Option<DeliveryEntry>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(seq)
-            .fetch_optional(&s.readers)
-            .await?;
-        row.as_ref().map(entry_from_row).transpose()
+        dispatch!(self, b => b.delivery(seq).await)
     }
 
     /// Outbox messages matching `filter`, in outbox order.
@@ -405,46 +249,12 @@ impl Store {
         &self,
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryEntry>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM outbox o \
-             WHERE ($1 IS NULL OR o.state = $1) AND ($2 IS NULL OR o.destination_ods = $2) \
-               AND ($3 IS NULL OR o.referral_id = $3) AND o.seq > $4 \
-             ORDER BY o.seq LIMIT $5"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.state.map(DeliveryState::as_str))
-            .bind(filter.destination_ods.as_deref())
-            .bind(filter.referral_id.as_deref())
-            .bind(filter.after.unwrap_or(0))
-            .bind(i64::from(filter.limit))
-            .fetch_all(&s.readers)
-            .await?;
-        rows.iter().map(entry_from_row).collect()
+        dispatch!(self, b => b.deliveries(filter).await)
     }
 
     /// Waiting and dead messages per destination.
     pub async fn destination_stats(&self) -> Result<Vec<DestinationStats>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let rows = sqlx::query(
-            "SELECT destination_ods, \
-                    SUM(state = 'pending') AS pending, SUM(state = 'dead') AS dead, \
-                    MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending \
-             FROM outbox WHERE state IN ('pending', 'dead') \
-             GROUP BY destination_ods ORDER BY destination_ods",
-        )
-        .fetch_all(&s.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DestinationStats {
-                    destination_ods: row.try_get("destination_ods")?,
-                    pending: row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
-                    dead: row.try_get::<Option<i64>, _>("dead")?.unwrap_or(0),
-                    oldest_pending: row.try_get("oldest_pending")?,
-                })
-            })
-            .collect()
+        dispatch!(self, b => b.destination_stats().await)
     }
 
     /// The `Bundle.id` of the message that brought the referral, which a
@@ -453,59 +263,14 @@ impl Store {
         &self,
         referral_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let Store::Sqlite(s) = self;
-        let row: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT json_extract(CAST(body AS TEXT), '$.id') FROM referral_submissions \
-             WHERE referral_id = $1 AND received_as = 'message' ORDER BY seq LIMIT 1",
-        )
-        .bind(referral_id)
-        .fetch_optional(&s.readers)
-        .await?;
-        Ok(row.and_then(|(id,)| id))
+        dispatch!(self, b => b.original_message_id(referral_id).await)
     }
 
-    /// Releases every lease. Only for a process that knows it is the only
-    /// one using the database (SQLite): after a crash its own leases would
-    /// otherwise hold messages back until they lapse.
+    /// Releases the leases a previous run of this process left (after a
+    /// crash they would hold messages back until they lapse): every lease on
+    /// SQLite, whose file one process uses; none on PostgreSQL, where the
+    /// others belong to other instances and are left to lapse.
     pub async fn release_leases(&self) -> Result<u64, StoreError> {
-        let Store::Sqlite(s) = self;
-        let done = sqlx::query(
-            "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL \
-             WHERE state = 'pending' AND lease_owner IS NOT NULL",
-        )
-        .execute(&s.writer)
-        .await?;
-        Ok(done.rows_affected())
+        dispatch!(self, b => b.release_leases().await)
     }
-}
-
-fn entry_from_row(row: &SqliteRow) -> Result<DeliveryEntry, StoreError> {
-    let state: String = row.try_get("state")?;
-    Ok(DeliveryEntry {
-        seq: row.try_get("seq")?,
-        referral_id: row.try_get("referral_id")?,
-        resource_type: row.try_get("resource_type")?,
-        resource_id: row.try_get("resource_id")?,
-        version_id: row.try_get("version_id")?,
-        destination_ods: row.try_get("destination_ods")?,
-        state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            resource_type: "outbox".into(),
-            id: row
-                .try_get::<i64, _>("seq")
-                .map_or_else(|_| "?".into(), |seq| seq.to_string()),
-            reason: format!("unknown delivery state {state:?}"),
-        })?,
-        attempts: row.try_get("attempts")?,
-        created_at: row.try_get("created_at")?,
-        next_attempt_ms: row.try_get("next_attempt_ms")?,
-        last_attempt_at: row.try_get("last_attempt_at")?,
-        last_status: row
-            .try_get::<Option<i64>, _>("last_status")?
-            .and_then(|s| u16::try_from(s).ok()),
-        last_error: row.try_get("last_error")?,
-        receiver_response: row.try_get("receiver_response")?,
-        delivered_at: row.try_get("delivered_at")?,
-        dead_at: row.try_get("dead_at")?,
-        blocked_by: row.try_get("blocked_by")?,
-    })
 }

@@ -108,8 +108,10 @@ async fn a_request_whose_work_outlasts_the_time_limit_gets_503_and_stores_nothin
         s.sqlite.busy_timeout_ms = 10_000;
     })
     .await;
-    // The one writer is busy elsewhere: the create, its body read, waits past the limit.
-    let held = app.store.begin_write().await.expect("the writer");
+    // The one writer (SQLite) or the resources table (PostgreSQL, where
+    // writers run side by side) is held elsewhere: the create, its body
+    // read, waits past the limit, and its transaction must roll back.
+    let held = hold_writes(&app).await;
     let response = app.post_referral(sample_referral_text()).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
@@ -117,4 +119,29 @@ async fn a_request_whose_work_outlasts_the_time_limit_gets_503_and_stores_nothin
     assert_eq!(outcome["issue"][0]["code"], "timeout");
     drop(held);
     assert_eq!(app.stored_version_count().await, 0);
+}
+
+/// Something that keeps every write of `app` waiting while it lives.
+enum Held {
+    Sqlite(#[allow(dead_code)] sprig::store::WriteTx),
+    Postgres(#[allow(dead_code)] sqlx::PgConnection),
+}
+
+async fn hold_writes(app: &crate::helpers::TestApp) -> Held {
+    if !crate::helpers::on_postgres() {
+        return Held::Sqlite(app.store.begin_write().await.expect("the writer"));
+    }
+    let url = crate::helpers::database_for(app.dir().path()).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE resources IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut conn)
+        .await
+        .expect("lock");
+    Held::Postgres(conn)
 }

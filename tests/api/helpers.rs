@@ -1,5 +1,12 @@
-//! `spawn_app()`: a real Sprig on an ephemeral port with a fresh SQLite
-//! file, spoken to over real HTTP. Set `TEST_LOG=1` to see its logs.
+//! `spawn_app()`: a real Sprig on an ephemeral port with a fresh database,
+//! spoken to over real HTTP. Set `TEST_LOG=1` to see its logs.
+//!
+//! The backend is SQLite (a file in a temporary directory) unless
+//! `TEST_BACKEND=postgres`: then each test directory gets a fresh
+//! PostgreSQL database of its own on `TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432`), made on first use and found again
+//! when a test restarts Sprig on the same directory. `backends.rs` runs the
+//! whole suite that way, so `cargo test` covers both.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +87,7 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Setting
     let db_path = dir.path().join("sprig.db");
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().expect("address"),
-        database: db_path.display().to_string(),
+        database: database_for(dir.path()).await,
         ..Settings::default()
     };
     configure(&mut settings);
@@ -104,6 +111,57 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Setting
     }
 }
 
+/// Whether this run's apps use PostgreSQL (`TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The PostgreSQL server tests use (without a database name).
+pub fn postgres_server() -> String {
+    std::env::var("TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// The `database` setting for an app on `dir`: its SQLite file, or on
+/// PostgreSQL the database named in `dir/postgres-database`, created (empty)
+/// the first time, with byte-order collation as the README asks.
+pub async fn database_for(dir: &std::path::Path) -> String {
+    if !on_postgres() {
+        return dir.join("sprig.db").display().to_string();
+    }
+    let marker = dir.join("postgres-database");
+    let name = match std::fs::read_to_string(&marker) {
+        Ok(name) => name,
+        Err(_) => {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs();
+            let name = format!(
+                "sprig_t_{stamp}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+                "{}/postgres",
+                postgres_server()
+            ))
+            .await
+            .expect("PostgreSQL at TEST_POSTGRES (run .ci/run, which starts it)");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {name} TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C' ENCODING 'UTF8'"
+            )))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+            std::fs::write(&marker, &name).expect("remember the database");
+            name
+        }
+    };
+    format!("{}/{name}", postgres_server())
+}
+
 impl TestApp {
     /// An absolute URL for `path`.
     pub fn url(&self, path: &str) -> String {
@@ -115,12 +173,19 @@ impl TestApp {
         Arc::clone(&self.dir)
     }
 
-    /// A separate connection pool on the gateway's SQLite file, to check
-    /// what was really written.
-    pub async fn db_pool(&self) -> sqlx::SqlitePool {
-        sqlx::SqlitePool::connect(&format!("sqlite:{}", self.db_path.display()))
+    /// A separate connection pool on the gateway's database (either
+    /// backend), to check what was really written.
+    pub async fn db_pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        let database = database_for(self.dir.path()).await;
+        let url = if on_postgres() {
+            database
+        } else {
+            format!("sqlite:{}", self.db_path.display())
+        };
+        sqlx::AnyPool::connect(&url)
             .await
-            .expect("open the database file")
+            .expect("open the database")
     }
 
     /// How many resource versions the database holds.

@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 mod auth;
+mod backends;
 mod bad_requests;
 mod bars;
 mod binary;
@@ -20,6 +21,7 @@ mod durability;
 mod fhir_conventions;
 mod fhirpath_suite;
 mod helpers;
+mod instances;
 mod isolation;
 mod mappings;
 mod negotiation;

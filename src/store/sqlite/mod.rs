@@ -2,6 +2,47 @@
 //! writer at a time; queueing writers in the pool rather than in SQLite's
 //! lock avoids `SQLITE_BUSY` under load) and a pool of read-only readers,
 //! which WAL lets run alongside the writer.
+//!
+//! The SQL shared with PostgreSQL is compiled in here from `store/sql/`
+//! with this backend's types; what only SQLite does (its pragmas, file
+//! modes, the interruptible reader, the single writer's guarantees) is here.
+
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/audit.rs"]
+mod audit;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/identity.rs"]
+mod identity;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/outbox.rs"]
+mod outbox;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/referrals.rs"]
+mod referrals;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/resources.rs"]
+mod resources;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/search.rs"]
+mod search;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,13 +52,45 @@ use tokio::sync::Notify;
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use super::write::{ResourceWrite, WriteTx};
-use super::{NewResource, ReadOutcome, StoreError, StoreOptions, StoredResource};
-use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use super::{StoreError, StoreOptions};
+
+/// This backend's database, for the shared SQL.
+type Db = Sqlite;
+/// One connection.
+type Conn = SqliteConnection;
+/// One result row.
+type DbRow = SqliteRow;
+/// The store the shared SQL's `impl Backend` blocks extend.
+type Backend = SqliteStore;
+
+/// A claim's sub-select takes no row locks: the single writer already keeps
+/// two claims from interleaving.
+const CLAIM_LOCK: &str = "";
+/// The start-up index rebuild needs no lock beyond the single writer.
+const INDEX_STATE_LOCK: &str = "";
+/// The `Bundle.id` of a stored message body.
+const BODY_JSON_ID: &str = "json_extract(CAST(body AS TEXT), '$.id')";
+
+/// A resource row read to be changed needs no lock: the single writer
+/// already serialises writes.
+const ROW_LOCK: &str = "";
+
+/// Serialises transactions receiving the same business identifier: already
+/// so on SQLite's single writer.
+async fn lock_identifier(_conn: &mut Conn, _system: &str, _value: &str) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Serialises transactions adding to one referral: already so on SQLite's
+/// single writer.
+async fn lock_referral(_conn: &mut Conn, _referral_id: &str) -> Result<(), StoreError> {
+    Ok(())
+}
 
 /// How many SQLite virtual-machine steps pass between two looks at whether
 /// the reader's request has ended (a few microseconds of work).
@@ -77,8 +150,8 @@ impl Drop for Interruptible {
 /// A SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pub(super) writer: SqlitePool,
-    pub(super) readers: SqlitePool,
+    pub(in crate::store) writer: SqlitePool,
+    pub(in crate::store) readers: SqlitePool,
     /// Woken when a commit adds outbox rows, so delivery starts at once
     /// rather than at its next poll.
     pub(super) outbox_signal: Arc<Notify>,
@@ -133,79 +206,59 @@ impl SqliteStore {
         })
     }
 
+    /// Releases every lease: this process is the only one using the file
+    /// (SQLite's single writer makes that the deployment), so any lease was
+    /// its own previous run's, killed mid-send.
+    pub(super) async fn release_leases(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL \
+             WHERE state = 'pending' AND lease_owner IS NOT NULL",
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Opens a write transaction on the writer connection.
-    pub(super) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        Ok(WriteTx {
+    pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        Ok(Tx {
             tx: self.writer.begin().await?,
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
         })
     }
+}
 
-    pub(super) async fn create(&self, new: NewResource<'_>) -> Result<StoredResource, StoreError> {
-        let id = FhirId::generate();
-        let mut tx = self.begin_write().await?;
-        let stored = tx
-            .create(ResourceWrite {
-                resource_type: new.resource_type,
-                id: &id,
-                resource: new.resource,
-                received: Some(new.received),
-                request_id: new.request_id,
-            })
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+/// An open write transaction on the single writer connection.
+pub struct Tx {
+    tx: Transaction<'static, Sqlite>,
+    /// Told after a commit that added outbox rows.
+    outbox_signal: Arc<Notify>,
+    /// Whether this transaction added outbox rows.
+    enqueued: bool,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("sqlite::Tx").finish_non_exhaustive()
+    }
+}
+
+impl Tx {
+    /// The connection, for the shared SQL.
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
     }
 
-    pub(super) async fn read(
-        &self,
-        resource_type: ResourceType,
-        id: &FhirId,
-    ) -> Result<ReadOutcome, StoreError> {
-        let mut conn = self.readers.acquire().await?;
-        read_current(&mut conn, resource_type, id).await
-    }
-
-    pub(super) async fn vread(
-        &self,
-        resource_type: ResourceType,
-        id: &FhirId,
-        version: VersionId,
-    ) -> Result<ReadOutcome, StoreError> {
-        let row = sqlx::query(
-            "SELECT version_id, last_updated, resource FROM resource_versions \
-             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
-        )
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .bind(version.get())
-        .fetch_optional(&self.readers)
-        .await?;
-        row.map(|row| outcome_from_row(resource_type, id, &row))
-            .unwrap_or(Ok(ReadOutcome::NotFound))
-    }
-
-    pub(super) async fn delete(
-        &self,
-        resource_type: ResourceType,
-        id: &FhirId,
-        request_id: &str,
-    ) -> Result<Option<VersionId>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let deleted = tx.delete(resource_type, id, request_id).await?;
-        tx.commit().await?;
-        Ok(deleted)
-    }
-
-    pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.readers).await?;
+    /// Commits every change. Returns after the commit is durable.
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        if self.enqueued {
+            // notify_one keeps a permit when the worker is busy, so a change
+            // committed mid-round is not missed.
+            self.outbox_signal.notify_one();
+        }
         Ok(())
-    }
-
-    pub(super) async fn close(&self) {
-        self.readers.close().await;
-        self.writer.close().await;
     }
 }
 
@@ -275,55 +328,8 @@ fn restrict_companion_modes(_path: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The current version of a resource, on any connection (a reader, or a
-/// writer inside its transaction).
-pub(super) async fn read_current(
-    conn: &mut sqlx::SqliteConnection,
-    resource_type: ResourceType,
-    id: &FhirId,
-) -> Result<ReadOutcome, StoreError> {
-    let row = sqlx::query(
-        "SELECT v.version_id, v.last_updated, v.resource \
-         FROM resources r JOIN resource_versions v \
-           ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
-         WHERE r.resource_type = $1 AND r.id = $2",
-    )
-    .bind(resource_type.as_str())
-    .bind(id.as_str())
-    .fetch_optional(conn)
-    .await?;
-    row.map(|row| outcome_from_row(resource_type, id, &row))
-        .unwrap_or(Ok(ReadOutcome::NotFound))
-}
-
-pub(super) fn outcome_from_row(
-    resource_type: ResourceType,
-    id: &FhirId,
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<ReadOutcome, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        resource_type: resource_type.to_string(),
-        id: id.to_string(),
-        reason,
-    };
-    let version_id = VersionId::from_i64(row.try_get("version_id")?);
-    let last_updated_text: String = row.try_get("last_updated")?;
-    let last_updated = Instant::parse(&last_updated_text).map_err(|e| corrupt(e.to_string()))?;
-    let resource: Option<String> = row.try_get("resource")?;
-    Ok(match resource {
-        Some(json) => ReadOutcome::Found(StoredResource {
-            resource_type,
-            id: id.clone(),
-            version_id,
-            last_updated,
-            json,
-        }),
-        None => ReadOutcome::Deleted {
-            version_id,
-            last_updated,
-        },
-    })
-}
+#[cfg(test)]
+mod search_tests;
 
 #[cfg(test)]
 #[cfg(unix)]

@@ -1,0 +1,185 @@
+//! Audit rows in SQL, shared by both backends (compiled into each of
+//! `store::sqlite` and `store::postgres` with that backend's types).
+
+use sqlx::{QueryBuilder, Row};
+
+use super::{Backend, Conn, Db, DbRow, Tx};
+use crate::fhir::Instant;
+use crate::store::StoreError;
+use crate::store::audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
+
+const AUDIT_COLUMNS: &str = "recorded_at, client_id, ods_code, staff_username, staff_role, \
+     proxy_id, end_user_ods, peer_address, interaction, resource_type, resource_id, \
+     search_params, patient_ids, referral_ids, status, outcome, request_id, correlation_id, \
+     message_id";
+
+fn json_list(values: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(values).map_err(|e| StoreError::Corrupt {
+        resource_type: "AuditEvent".into(),
+        id: "new".into(),
+        reason: e.to_string(),
+    })
+}
+
+async fn insert(conn: &mut Conn, record: &AuditRecord) -> Result<i64, StoreError> {
+    let seq = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+         RETURNING seq"
+    )))
+    .bind(record.recorded_at.to_fhir())
+    .bind(&record.client_id)
+    .bind(&record.ods_code)
+    .bind(&record.staff_username)
+    .bind(&record.staff_role)
+    .bind(&record.proxy_id)
+    .bind(&record.end_user_ods)
+    .bind(&record.peer_address)
+    .bind(&record.interaction)
+    .bind(&record.resource_type)
+    .bind(&record.resource_id)
+    .bind(json_list(&record.search_params)?)
+    .bind(json_list(&record.patient_ids)?)
+    .bind(json_list(&record.referral_ids)?)
+    .bind(i64::from(record.status))
+    .bind(record.outcome.code())
+    .bind(&record.request_id)
+    .bind(&record.correlation_id)
+    .bind(&record.message_id)
+    .fetch_one(conn)
+    .await?
+    .try_get("seq")?;
+    Ok(seq)
+}
+
+fn row_to_event(row: &DbRow) -> Result<AuditEventRow, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        resource_type: "AuditEvent".into(),
+        id: seq.to_string(),
+        reason,
+    };
+    let list = |column: &str| -> Result<Vec<String>, StoreError> {
+        let text: String = row.try_get(column)?;
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("{column}: {e}")))
+    };
+    let recorded_at: String = row.try_get("recorded_at")?;
+    let outcome: String = row.try_get("outcome")?;
+    let status: i64 = row.try_get("status")?;
+    Ok(AuditEventRow {
+        seq,
+        record: AuditRecord {
+            recorded_at: Instant::parse(&recorded_at).map_err(|e| corrupt(e.to_string()))?,
+            client_id: row.try_get("client_id")?,
+            ods_code: row.try_get("ods_code")?,
+            staff_username: row.try_get("staff_username")?,
+            staff_role: row.try_get("staff_role")?,
+            proxy_id: row.try_get("proxy_id")?,
+            end_user_ods: row.try_get("end_user_ods")?,
+            peer_address: row.try_get("peer_address")?,
+            interaction: row.try_get("interaction")?,
+            resource_type: row.try_get("resource_type")?,
+            resource_id: row.try_get("resource_id")?,
+            search_params: list("search_params")?,
+            patient_ids: list("patient_ids")?,
+            referral_ids: list("referral_ids")?,
+            status: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
+            outcome: AuditOutcome::parse(&outcome)
+                .ok_or_else(|| corrupt(format!("outcome {outcome:?}")))?,
+            request_id: row.try_get("request_id")?,
+            correlation_id: row.try_get("correlation_id")?,
+            message_id: row.try_get("message_id")?,
+        },
+    })
+}
+impl Tx {
+    /// Adds an audit row to this transaction: it commits with the change it records, or
+    /// not at all. Returns the row's `seq`.
+    pub(in crate::store) async fn record_audit(
+        &mut self,
+        record: &AuditRecord,
+    ) -> Result<i64, StoreError> {
+        insert(self.conn(), record).await
+    }
+}
+
+impl Backend {
+    /// Adds an audit row for a request that wrote nothing (a read, a refusal) and
+    /// commits it: durable when this returns. Returns the row's `seq`.
+    pub(in crate::store) async fn record_audit(
+        &self,
+        record: &AuditRecord,
+    ) -> Result<i64, StoreError> {
+        let s = self;
+        let mut conn = s.writer.acquire().await?;
+        insert(&mut conn, record).await
+    }
+
+    /// A page of audit rows matching `filter`, oldest first.
+    pub(in crate::store) async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        page: AuditPage,
+    ) -> Result<Vec<AuditEventRow>, StoreError> {
+        let s = self;
+        let mut query: QueryBuilder<Db> = QueryBuilder::new(format!(
+            "SELECT seq, {AUDIT_COLUMNS} FROM audit_events WHERE 1 = 1"
+        ));
+        if let Some(after) = page.after {
+            query.push(" AND seq > ").push_bind(after);
+        }
+        if let Some(since) = filter.since {
+            query
+                .push(" AND recorded_at >= ")
+                .push_bind(since.to_fhir());
+        }
+        if let Some(before) = filter.before {
+            query
+                .push(" AND recorded_at < ")
+                .push_bind(before.to_fhir());
+        }
+        if let Some(agent) = &filter.agent {
+            query
+                .push(" AND (client_id = ")
+                .push_bind(agent.clone())
+                .push(" OR staff_username = ")
+                .push_bind(agent.clone())
+                .push(" OR proxy_id = ")
+                .push_bind(agent.clone())
+                .push(")");
+        }
+        if let Some(entity_type) = &filter.entity_type {
+            query
+                .push(" AND resource_type = ")
+                .push_bind(entity_type.clone());
+        }
+        if let Some(entity_id) = &filter.entity_id {
+            query
+                .push(" AND resource_id = ")
+                .push_bind(entity_id.clone());
+        }
+        if let Some(patient) = &filter.patient {
+            // A FHIR id holds only letters, digits, '-' and '.', so it cannot carry a LIKE
+            // wildcard; quoted, it matches one whole element of the JSON array.
+            query
+                .push(" AND ((resource_type = 'Patient' AND resource_id = ")
+                .push_bind(patient.as_str().to_owned())
+                .push(") OR patient_ids LIKE ")
+                .push_bind(format!("%\"{}\"%", patient.as_str()))
+                .push(")");
+        }
+        if let Some(outcome) = filter.outcome {
+            query.push(" AND outcome = ").push_bind(outcome.code());
+        }
+        query
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(page.limit));
+        query
+            .build()
+            .fetch_all(&s.readers)
+            .await?
+            .iter()
+            .map(row_to_event)
+            .collect()
+    }
+}

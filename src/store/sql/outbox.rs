@@ -1,0 +1,356 @@
+//! The outbox in SQL, shared by both backends: compiled into `store::sqlite` and
+//! `store::postgres` alike (`#[path]`), each time with that backend's `Db`,
+//! `Conn` and `DbRow`, so the SQL text exists once.
+
+use std::sync::Arc;
+
+use sqlx::Row;
+use tokio::sync::Notify;
+
+use super::{BODY_JSON_ID, Backend, CLAIM_LOCK, DbRow};
+use crate::fhir::Instant;
+use crate::store::StoreError;
+use crate::store::outbox::{
+    AttemptRecord, ClaimedMessage, DeliveryEntry, DeliveryFilter, DeliveryState, DestinationStats,
+    RetryRefusal,
+};
+
+const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_id, o.version_id, \
+     o.destination_ods, o.state, o.attempts, o.created_at, o.next_attempt_ms, o.last_attempt_at, \
+     o.last_status, o.last_error, o.receiver_response, o.delivered_at, o.dead_at, \
+     CASE WHEN o.state = 'pending' THEN (SELECT MIN(e.seq) FROM outbox e \
+        WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state = 'dead') END AS blocked_by";
+
+/// Puts dead letters back in the queue, due from now (`$1`, so the service
+/// API shows when they were retried), their maximum age counting afresh
+/// from their next attempt; the caller appends which ones (`$2`).
+const REQUEUE_DEAD: &str = "UPDATE outbox SET state = 'pending', next_attempt_ms = $1, \
+     age_from_ms = NULL, dead_at = NULL WHERE state = 'dead' AND";
+
+/// A pending row (`o`) that is the head of its referral's queue: no earlier
+/// row of the referral is pending or dead. Only a head may be sent, which
+/// keeps each referral's updates in order and holds them behind a dead letter.
+const HEAD_OF_REFERRAL: &str = "NOT EXISTS (SELECT 1 FROM outbox e \
+     WHERE e.referral_id = o.referral_id AND e.seq < o.seq AND e.state IN ('pending', 'dead'))";
+impl Backend {
+    /// Woken after every commit that adds outbox rows.
+    pub(in crate::store) fn outbox_signal(&self) -> Arc<Notify> {
+        let s = self;
+        Arc::clone(&s.outbox_signal)
+    }
+
+    /// The destinations with at least one message due at `now_ms` (not
+    /// leased, or its lease lapsed). A cheap read, so an idle worker costs the
+    /// writer nothing.
+    pub(in crate::store) async fn due_destinations(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let s = self;
+        // The claim's own conditions, so that a destination whose rows all
+        // wait (behind a dead letter, a send in flight or a backoff) is not
+        // reported due and costs the writer no empty claim.
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT o.destination_ods FROM outbox o \
+             WHERE o.state = 'pending' AND o.destination_ods IS NOT NULL \
+               AND o.next_attempt_ms <= $1 \
+               AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1) AND {HEAD_OF_REFERRAL}"
+        )))
+        .bind(now_ms)
+        .fetch_all(&s.readers)
+        .await?;
+        Ok(rows.into_iter().map(|(ods,)| ods).collect())
+    }
+
+    /// Claims up to `limit` due messages for `destination`, each the head of
+    /// its referral's queue, oldest first, leasing them to `owner` until
+    /// `lease_until_ms`. The attempt is counted now, so a crash mid-send still
+    /// counts as an attempt.
+    pub(in crate::store) async fn claim_due(
+        &self,
+        destination: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        attempt_at: &str,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let s = self;
+        // The backend's CLAIM_LOCK keeps two claims from taking the same row:
+        // nothing on SQLite (one writer: the sub-select and the update cannot
+        // interleave), `FOR UPDATE SKIP LOCKED` on PostgreSQL (another
+        // instance's claim in flight is skipped, not waited for).
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, \
+                    last_attempt_at = $3, age_from_ms = COALESCE(age_from_ms, $5) \
+             WHERE seq IN ( \
+               SELECT o.seq FROM outbox o \
+               WHERE o.state = 'pending' AND o.destination_ods = $4 AND o.next_attempt_ms <= $5 \
+                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) AND {HEAD_OF_REFERRAL} \
+               ORDER BY o.seq LIMIT $6 {CLAIM_LOCK}) \
+             RETURNING seq, referral_id, resource_type, resource_id, version_id, destination_ods, \
+                       reply_to, created_at, attempts, age_from_ms"
+        )))
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(attempt_at)
+        .bind(destination)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&s.writer)
+        .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedMessage {
+                    seq: row.try_get("seq")?,
+                    referral_id: row.try_get("referral_id")?,
+                    resource_type: row.try_get("resource_type")?,
+                    resource_id: row.try_get("resource_id")?,
+                    version_id: row.try_get("version_id")?,
+                    destination_ods: row.try_get("destination_ods")?,
+                    reply_to: row.try_get("reply_to")?,
+                    created_at: row.try_get("created_at")?,
+                    attempts: row.try_get("attempts")?,
+                    age_from_ms: row.try_get("age_from_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING does not promise an order.
+        claimed.sort_by_key(|m| m.seq);
+        Ok(claimed)
+    }
+
+    /// Records a delivery. Whoever holds the lease, a delivered message is
+    /// delivered: a worker whose lease lapsed mid-send may still report it.
+    pub(in crate::store) async fn mark_delivered(
+        &self,
+        attempt: AttemptRecord<'_>,
+    ) -> Result<(), StoreError> {
+        let s = self;
+        sqlx::query(
+            "UPDATE outbox SET state = 'delivered', delivered_at = $1, last_status = $2, \
+                    last_error = NULL, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $3 AND state = 'pending'",
+        )
+        .bind(attempt.at)
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.seq)
+        .execute(&s.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a transient failure and when to try again. Returns false when
+    /// the lease was no longer `owner`'s (another worker has the message).
+    pub(in crate::store) async fn schedule_retry(
+        &self,
+        attempt: AttemptRecord<'_>,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let s = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET next_attempt_ms = $1, last_status = $2, last_error = $3, \
+                    lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $4 AND state = 'pending' AND lease_owner = $5",
+        )
+        .bind(next_attempt_ms)
+        .bind(attempt.status.map(i64::from))
+        .bind(error)
+        .bind(attempt.seq)
+        .bind(attempt.owner)
+        .execute(&s.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Dead-letters a message, keeping the receiver's answer. Returns false
+    /// when the lease was no longer `owner`'s.
+    pub(in crate::store) async fn mark_dead(
+        &self,
+        attempt: AttemptRecord<'_>,
+        error: &str,
+        receiver_response: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let s = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'dead', dead_at = $1, last_status = $2, last_error = $3, \
+                    receiver_response = $4, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $5 AND state = 'pending' AND lease_owner = $6",
+        )
+        .bind(attempt.at)
+        .bind(attempt.status.map(i64::from))
+        .bind(error)
+        .bind(receiver_response)
+        .bind(attempt.seq)
+        .bind(attempt.owner)
+        .execute(&s.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a dead letter back in the queue, due at once, its maximum age
+    /// counting afresh from its next attempt.
+    pub(in crate::store) async fn retry_dead(
+        &self,
+        seq: i64,
+    ) -> Result<Result<DeliveryEntry, RetryRefusal>, StoreError> {
+        let s = self;
+        let requeued = sqlx::query(sqlx::AssertSqlSafe(format!("{REQUEUE_DEAD} seq = $2")))
+            .bind(Instant::now().unix_millis())
+            .bind(seq)
+            .execute(&s.writer)
+            .await?;
+        if requeued.rows_affected() == 1 {
+            s.outbox_signal.notify_one();
+        }
+        // Read back on the writer: it saw the update (or the state that
+        // refused it) whatever the readers have caught up with.
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(&s.writer)
+            .await?;
+        let Some(entry) = row.as_ref().map(entry_from_row).transpose()? else {
+            return Ok(Err(RetryRefusal::NotFound));
+        };
+        if requeued.rows_affected() == 1 {
+            Ok(Ok(entry))
+        } else {
+            Ok(Err(RetryRefusal::NotDead(entry.state)))
+        }
+    }
+
+    /// Puts every dead letter for `destination` back in the queue. Returns
+    /// how many.
+    pub(in crate::store) async fn retry_dead_for(
+        &self,
+        destination: &str,
+    ) -> Result<u64, StoreError> {
+        let s = self;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{REQUEUE_DEAD} destination_ods = $2"
+        )))
+        .bind(Instant::now().unix_millis())
+        .bind(destination)
+        .execute(&s.writer)
+        .await?;
+        if done.rows_affected() > 0 {
+            s.outbox_signal.notify_one();
+        }
+        Ok(done.rows_affected())
+    }
+
+    /// One outbox message with its delivery history.
+    pub(in crate::store) async fn delivery(
+        &self,
+        seq: i64,
+    ) -> Result<Option<DeliveryEntry>, StoreError> {
+        let s = self;
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(&s.readers)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Outbox messages matching `filter`, in outbox order.
+    pub(in crate::store) async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryEntry>, StoreError> {
+        let s = self;
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM outbox o \
+             WHERE ($1 IS NULL OR o.state = $1) AND ($2 IS NULL OR o.destination_ods = $2) \
+               AND ($3 IS NULL OR o.referral_id = $3) AND o.seq > $4 \
+             ORDER BY o.seq LIMIT $5"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.state.map(DeliveryState::as_str))
+            .bind(filter.destination_ods.as_deref())
+            .bind(filter.referral_id.as_deref())
+            .bind(filter.after.unwrap_or(0))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&s.readers)
+            .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Waiting and dead messages per destination.
+    pub(in crate::store) async fn destination_stats(
+        &self,
+    ) -> Result<Vec<DestinationStats>, StoreError> {
+        let s = self;
+        let rows = sqlx::query(
+            "SELECT destination_ods, \
+                    COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                    COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                    MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending \
+             FROM outbox WHERE state IN ('pending', 'dead') \
+             GROUP BY destination_ods ORDER BY destination_ods",
+        )
+        .fetch_all(&s.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DestinationStats {
+                    destination_ods: row.try_get("destination_ods")?,
+                    pending: row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
+                    dead: row.try_get::<Option<i64>, _>("dead")?.unwrap_or(0),
+                    oldest_pending: row.try_get("oldest_pending")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The `Bundle.id` of the message that brought the referral, which a
+    /// `servicerequest-response` names in `response.identifier`.
+    pub(in crate::store) async fn original_message_id(
+        &self,
+        referral_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let s = self;
+        let row: Option<(Option<String>,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BODY_JSON_ID} FROM referral_submissions \
+             WHERE referral_id = $1 AND received_as = 'message' ORDER BY seq LIMIT 1"
+        )))
+        .bind(referral_id)
+        .fetch_optional(&s.readers)
+        .await?;
+        Ok(row.and_then(|(id,)| id))
+    }
+}
+
+fn entry_from_row(row: &DbRow) -> Result<DeliveryEntry, StoreError> {
+    let state: String = row.try_get("state")?;
+    Ok(DeliveryEntry {
+        seq: row.try_get("seq")?,
+        referral_id: row.try_get("referral_id")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_id: row.try_get("resource_id")?,
+        version_id: row.try_get("version_id")?,
+        destination_ods: row.try_get("destination_ods")?,
+        state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            resource_type: "outbox".into(),
+            id: row
+                .try_get::<i64, _>("seq")
+                .map_or_else(|_| "?".into(), |seq| seq.to_string()),
+            reason: format!("unknown delivery state {state:?}"),
+        })?,
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        next_attempt_ms: row.try_get("next_attempt_ms")?,
+        last_attempt_at: row.try_get("last_attempt_at")?,
+        last_status: row
+            .try_get::<Option<i64>, _>("last_status")?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: row.try_get("last_error")?,
+        receiver_response: row.try_get("receiver_response")?,
+        delivered_at: row.try_get("delivered_at")?,
+        dead_at: row.try_get("dead_at")?,
+        blocked_by: row.try_get("blocked_by")?,
+    })
+}

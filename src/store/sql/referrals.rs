@@ -1,0 +1,775 @@
+//! The referral record in SQL, shared by both backends: compiled into `store::sqlite` and
+//! `store::postgres` alike (`#[path]`), each time with that backend's `Db`,
+//! `Conn` and `DbRow`, so the SQL text exists once.
+
+use std::collections::HashMap;
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Backend, Conn, DbRow, Tx};
+use crate::referral::measure::Measure;
+use crate::referral::record::{
+    BusinessIdentifier, Note, NoteSource, Outcome, PatientContact, Reason, ReceivedAs, Referral,
+    ReferralDetail, ReferralFields, StageChange,
+};
+use crate::referral::stage::Stage;
+use crate::store::StoreError;
+use crate::store::referrals::{
+    MessageRequest, NewStageChange, OutboxMessage, ReferralFilter, Submission,
+};
+
+const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r.stage, r.fhir_status, \
+     r.intent, r.priority, r.authored_on, r.received_at, r.updated_at, r.received_as, \
+     r.practice_ods_code, r.practice_name, r.referrer_name, r.referrer_identifier, \
+     r.consent_status, r.consent_date, r.reply_to, r.patient_id, r.task_id, r.version, \
+     p.nhs_number, p.given_name, p.family_name, p.birth_date, p.phone, p.email, p.address, p.postcode";
+
+impl Tx {
+    /// The referral with this business identifier, if one was received.
+    pub(in crate::store) async fn referral_by_identifier(
+        &mut self,
+        identifier: &BusinessIdentifier,
+    ) -> Result<Option<Referral>, StoreError> {
+        // Held until this transaction ends: a second transaction receiving the
+        // same referral (another instance) waits here, then finds this one's
+        // referral and answers as to a resubmission, never a unique violation.
+        super::lock_identifier(self.conn(), &identifier.system, &identifier.value).await?;
+        referral_by_identifier(self.conn(), identifier).await
+    }
+
+    /// The referral, read inside this transaction (to change it).
+    pub(in crate::store) async fn referral(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<Referral>, StoreError> {
+        fetch_referral(self.conn(), id).await
+    }
+
+    /// Records a new referral, with its patient, reasons and GP notes, and
+    /// the `received` stage.
+    pub(in crate::store) async fn insert_referral(
+        &mut self,
+        referral: &Referral,
+    ) -> Result<(), StoreError> {
+        let f = &referral.fields;
+        sqlx::query(
+            "INSERT INTO referrals (id, identifier_system, identifier_value, stage, fhir_status, \
+             intent, priority, authored_on, received_at, updated_at, received_as, \
+             practice_ods_code, practice_name, referrer_name, referrer_identifier, \
+             consent_status, consent_date, reply_to, patient_id, task_id, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21)",
+        )
+        .bind(&referral.id)
+        .bind(&referral.identifier.system)
+        .bind(&referral.identifier.value)
+        .bind(referral.stage.as_str())
+        .bind(&f.fhir_status)
+        .bind(&f.intent)
+        .bind(&f.priority)
+        .bind(&f.authored_on)
+        .bind(&referral.received_at)
+        .bind(&referral.updated_at)
+        .bind(referral.received_as.as_str())
+        .bind(&f.practice_ods_code)
+        .bind(&f.practice_name)
+        .bind(&f.referrer_name)
+        .bind(&f.referrer_identifier)
+        .bind(&f.consent_status)
+        .bind(&f.consent_date)
+        .bind(&f.reply_to)
+        .bind(&referral.patient_id)
+        .bind(&referral.task_id)
+        .bind(referral.version)
+        .execute(self.conn())
+        .await?;
+        self.write_details(&referral.id, f, &referral.received_at)
+            .await
+    }
+
+    /// Replaces what came from the GP (an amendment), bumping the version.
+    pub(in crate::store) async fn update_referral_fields(
+        &mut self,
+        id: &str,
+        fields: &ReferralFields,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let f = fields;
+        sqlx::query(
+            "UPDATE referrals SET fhir_status = $1, intent = $2, priority = $3, authored_on = $4, \
+             practice_ods_code = $5, practice_name = $6, referrer_name = $7, \
+             referrer_identifier = $8, consent_status = $9, consent_date = $10, reply_to = $11, \
+             updated_at = $12, version = version + 1 WHERE id = $13",
+        )
+        .bind(&f.fhir_status)
+        .bind(&f.intent)
+        .bind(&f.priority)
+        .bind(&f.authored_on)
+        .bind(&f.practice_ods_code)
+        .bind(&f.practice_name)
+        .bind(&f.referrer_name)
+        .bind(&f.referrer_identifier)
+        .bind(&f.consent_status)
+        .bind(&f.consent_date)
+        .bind(&f.reply_to)
+        .bind(at)
+        .bind(id)
+        .execute(self.conn())
+        .await?;
+        for delete in [
+            "DELETE FROM referral_patients WHERE referral_id = $1",
+            "DELETE FROM referral_reasons WHERE referral_id = $1",
+            // The GP's notes are replaced by what the GP now sends; the service's stay.
+            "DELETE FROM referral_notes WHERE referral_id = $1 AND source = 'gp'",
+        ] {
+            sqlx::query(delete).bind(id).execute(self.conn()).await?;
+        }
+        self.write_details(id, f, at).await
+    }
+
+    async fn write_details(
+        &mut self,
+        id: &str,
+        f: &ReferralFields,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let p = &f.patient;
+        sqlx::query(
+            "INSERT INTO referral_patients (referral_id, nhs_number, given_name, family_name, \
+             birth_date, phone, email, address, postcode) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(&p.nhs_number)
+        .bind(&p.given_name)
+        .bind(&p.family_name)
+        .bind(&p.birth_date)
+        .bind(&p.phone)
+        .bind(&p.email)
+        .bind(&p.address)
+        .bind(&p.postcode)
+        .execute(self.conn())
+        .await?;
+        for (position, reason) in f.reasons.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO referral_reasons (referral_id, position, system, code, display, text) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(position as i64)
+            .bind(&reason.system)
+            .bind(&reason.code)
+            .bind(&reason.display)
+            .bind(&reason.text)
+            .execute(self.conn())
+            .await?;
+        }
+        for text in &f.notes {
+            self.add_note(id, NoteSource::Gp, None, text, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the referral to `stage`, bumping its version.
+    pub(in crate::store) async fn set_stage(
+        &mut self,
+        id: &str,
+        stage: Stage,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE referrals SET stage = $1, updated_at = $2, version = version + 1 WHERE id = $3",
+        )
+        .bind(stage.as_str())
+        .bind(at)
+        .bind(id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a step to the timeline.
+    pub(in crate::store) async fn add_stage_change(
+        &mut self,
+        change: &NewStageChange<'_>,
+    ) -> Result<(), StoreError> {
+        // MAX(seq) + 1 below is safe only while no other transaction adds to
+        // this referral: lock it (a no-op on SQLite's single writer).
+        super::lock_referral(self.conn(), change.referral_id).await?;
+        sqlx::query(
+            "INSERT INTO referral_stage_history \
+             (referral_id, seq, stage, at, actor, reason, note, task_version) \
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_stage_history WHERE referral_id = $1), \
+             $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(change.referral_id)
+        .bind(change.stage.as_str())
+        .bind(change.at)
+        .bind(change.actor)
+        .bind(change.reason)
+        .bind(change.note)
+        .bind(change.task_version)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a note.
+    pub(in crate::store) async fn add_note(
+        &mut self,
+        referral_id: &str,
+        source: NoteSource,
+        author: Option<&str>,
+        text: &str,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        // MAX(seq) + 1 below is safe only while no other transaction adds to
+        // this referral: lock it (a no-op on SQLite's single writer).
+        super::lock_referral(self.conn(), referral_id).await?;
+        sqlx::query(
+            "INSERT INTO referral_notes (referral_id, seq, at, source, author, text) \
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_notes WHERE referral_id = $1), \
+             $2, $3, $4, $5)",
+        )
+        .bind(referral_id)
+        .bind(at)
+        .bind(source.as_str())
+        .bind(author)
+        .bind(text)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Records an outcome measure and its answers.
+    pub(in crate::store) async fn add_outcome(
+        &mut self,
+        referral_id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outcome_measures (id, referral_id, measure, recorded_at, entered_at, actor, \
+             total, metric) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&outcome.id)
+        .bind(referral_id)
+        .bind(outcome.measure.as_str())
+        .bind(&outcome.recorded_at)
+        .bind(&outcome.entered_at)
+        .bind(&outcome.actor)
+        .bind(outcome.total)
+        .bind(&outcome.metric)
+        .execute(self.conn())
+        .await?;
+        for (item, value) in outcome.answers.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO outcome_answers (outcome_id, item, value) VALUES ($1, $2, $3)",
+            )
+            .bind(&outcome.id)
+            .bind(item as i64 + 1)
+            .bind(value)
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The referral's outcome Observations (measure and id), in the order
+    /// they were entered: the Task's `output`.
+    pub(in crate::store) async fn outcome_ids(
+        &mut self,
+        referral_id: &str,
+    ) -> Result<Vec<(Measure, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT measure, id FROM outcome_measures WHERE referral_id = $1 \
+             ORDER BY entered_at, id",
+        )
+        .bind(referral_id)
+        .fetch_all(self.conn())
+        .await?;
+        rows.into_iter()
+            .map(|(measure, id)| {
+                let measure =
+                    Measure::parse(&measure).map_err(|_| corrupt(&id, "unknown measure"))?;
+                Ok((measure, id))
+            })
+            .collect()
+    }
+
+    /// The reason given for the referral's current stage, if any.
+    pub(in crate::store) async fn current_reason(
+        &mut self,
+        referral_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT reason FROM referral_stage_history WHERE referral_id = $1 \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(referral_id)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.and_then(|(r,)| r))
+    }
+
+    /// Marks the record changed (a note or an outcome), bumping its version.
+    pub(in crate::store) async fn touch_referral(
+        &mut self,
+        id: &str,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE referrals SET updated_at = $1, version = version + 1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a submission verbatim.
+    pub(in crate::store) async fn add_submission(
+        &mut self,
+        submission: &Submission<'_>,
+    ) -> Result<(), StoreError> {
+        // MAX(seq) + 1 below is safe only while no other transaction adds to
+        // this referral: lock it (a no-op on SQLite's single writer).
+        super::lock_referral(self.conn(), submission.referral_id).await?;
+        sqlx::query(
+            "INSERT INTO referral_submissions \
+             (referral_id, seq, received_at, received_as, request_id, correlation_id, body, response) \
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_submissions WHERE referral_id = $1), \
+             $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(submission.referral_id)
+        .bind(submission.received_at)
+        .bind(submission.received_as)
+        .bind(submission.request_id)
+        .bind(submission.correlation_id)
+        .bind(submission.body)
+        .bind(submission.response)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// The answer given to the submission that created the referral, to
+    /// answer a resubmission the same way.
+    pub(in crate::store) async fn first_response(
+        &mut self,
+        referral_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT response FROM referral_submissions WHERE referral_id = $1 ORDER BY seq LIMIT 1",
+        )
+        .bind(referral_id)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.and_then(|(r,)| r))
+    }
+
+    /// Records that a change must travel back.
+    pub(in crate::store) async fn enqueue(
+        &mut self,
+        message: &OutboxMessage<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox (referral_id, resource_type, resource_id, version_id, \
+             destination_ods, reply_to, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(message.referral_id)
+        .bind(message.resource_type)
+        .bind(message.resource_id)
+        .bind(message.version_id)
+        .bind(message.destination_ods)
+        .bind(message.reply_to)
+        .bind(message.created_at)
+        .execute(self.conn())
+        .await?;
+        self.enqueued = true;
+        Ok(())
+    }
+
+    /// The answer remembered for an `X-Request-ID`, as this transaction sees
+    /// it (the last word: writes are serialised).
+    pub(in crate::store) async fn message_request(
+        &mut self,
+        request_id: &str,
+    ) -> Result<Option<MessageRequest>, StoreError> {
+        // Held until this transaction ends, so the same request sent twice at
+        // once (to two instances) is answered once and remembered once.
+        super::lock_identifier(self.conn(), "X-Request-ID", request_id).await?;
+        fetch_message_request(self.conn(), request_id).await
+    }
+
+    /// Remembers the answer to an `X-Request-ID`.
+    pub(in crate::store) async fn remember_message_request(
+        &mut self,
+        request_id: &str,
+        body: &[u8],
+        status: u16,
+        response: &str,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO message_requests (request_id, body, status, response, received_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(request_id)
+        .bind(body)
+        .bind(i64::from(status))
+        .bind(response)
+        .bind(at)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+impl Backend {
+    /// The answer remembered for an `X-Request-ID`, read without taking the
+    /// writer: a resubmission is answered before anything is validated.
+    pub(in crate::store) async fn message_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<MessageRequest>, StoreError> {
+        let s = self;
+        let mut conn = s.readers.acquire().await?;
+        fetch_message_request(&mut conn, request_id).await
+    }
+
+    /// One referral with its timeline, notes and outcomes.
+    pub(in crate::store) async fn referral_detail(
+        &self,
+        id: &str,
+    ) -> Result<Option<ReferralDetail>, StoreError> {
+        let s = self;
+        let mut conn = s.readers.acquire().await?;
+        let Some(referral) = fetch_referral(&mut conn, id).await? else {
+            return Ok(None);
+        };
+        let timeline = sqlx::query(
+            "SELECT stage, at, actor, reason, note, task_version FROM referral_stage_history \
+             WHERE referral_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StageChange {
+                stage: stage_of(id, row.try_get("stage")?)?,
+                at: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                reason: row.try_get("reason")?,
+                note: row.try_get("note")?,
+                task_version: row.try_get("task_version")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let notes = sqlx::query(
+            "SELECT source, at, author, text FROM referral_notes WHERE referral_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Note {
+                source: note_source_of(id, row.try_get("source")?)?,
+                at: row.try_get("at")?,
+                author: row.try_get("author")?,
+                text: row.try_get("text")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let outcomes = fetch_outcomes(&mut conn, id).await?;
+        Ok(Some(ReferralDetail {
+            referral,
+            timeline,
+            notes,
+            outcomes,
+        }))
+    }
+
+    /// A page of referrals, oldest received first.
+    pub(in crate::store) async fn list_referrals(
+        &self,
+        filter: &ReferralFilter,
+    ) -> Result<Vec<Referral>, StoreError> {
+        let s = self;
+        let mut sql = format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals r \
+             LEFT JOIN referral_patients p ON p.referral_id = r.id WHERE 1 = 1"
+        );
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if filter.stage.is_some() {
+            sql.push_str(&format!(" AND r.stage = {}", next()));
+        }
+        if filter.practice.is_some() {
+            sql.push_str(&format!(" AND r.practice_ods_code = {}", next()));
+        }
+        if filter.received_from.is_some() {
+            sql.push_str(&format!(" AND r.received_at >= {}", next()));
+        }
+        if filter.received_to.is_some() {
+            sql.push_str(&format!(" AND r.received_at < {}", next()));
+        }
+        if filter.after.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            sql.push_str(&format!(
+                " AND (r.received_at > {a} OR (r.received_at = {b} AND r.id > {c}))"
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY r.received_at, r.id LIMIT {}", next()));
+        // Built from fixed fragments only; every value is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(stage) = filter.stage {
+            query = query.bind(stage.as_str());
+        }
+        if let Some(practice) = &filter.practice {
+            query = query.bind(practice);
+        }
+        if let Some(from) = &filter.received_from {
+            query = query.bind(from);
+        }
+        if let Some(to) = &filter.received_to {
+            query = query.bind(to);
+        }
+        if let Some((at, id)) = &filter.after {
+            query = query.bind(at).bind(at).bind(id);
+        }
+        query = query.bind(i64::from(filter.limit));
+        let mut conn = s.readers.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut referrals = rows
+            .iter()
+            .map(referral_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The list shows reasons but not notes: only the reasons are read.
+        fill_reasons(&mut conn, &mut referrals).await?;
+        Ok(referrals)
+    }
+}
+
+async fn referral_by_identifier(
+    conn: &mut Conn,
+    identifier: &BusinessIdentifier,
+) -> Result<Option<Referral>, StoreError> {
+    let id: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM referrals WHERE identifier_system = $1 AND identifier_value = $2",
+    )
+    .bind(&identifier.system)
+    .bind(&identifier.value)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match id {
+        Some((id,)) => fetch_referral(conn, &id).await,
+        None => Ok(None),
+    }
+}
+
+async fn fetch_message_request(
+    conn: &mut Conn,
+    request_id: &str,
+) -> Result<Option<MessageRequest>, StoreError> {
+    let row =
+        sqlx::query("SELECT body, status, response FROM message_requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|row| {
+        Ok(MessageRequest {
+            body: row.try_get("body")?,
+            status: u16::try_from(row.try_get::<i64, _>("status")?).map_err(|_| {
+                StoreError::Corrupt {
+                    resource_type: "message_request".into(),
+                    id: request_id.to_owned(),
+                    reason: "status out of range".into(),
+                }
+            })?,
+            response: row.try_get("response")?,
+        })
+    })
+    .transpose()
+}
+
+async fn fetch_referral(conn: &mut Conn, id: &str) -> Result<Option<Referral>, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {REFERRAL_COLUMNS} FROM referrals r \
+         LEFT JOIN referral_patients p ON p.referral_id = r.id WHERE r.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(Some(with_gp_notes(conn, referral_from_row(&row)?).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Fills in the reasons and the GP's notes, which live in their own tables.
+async fn with_gp_notes(conn: &mut Conn, mut referral: Referral) -> Result<Referral, StoreError> {
+    referral.fields.reasons = reasons_of(conn, &referral.id).await?;
+    referral.fields.notes = sqlx::query_as::<_, (String,)>(
+        "SELECT text FROM referral_notes WHERE referral_id = $1 AND source = 'gp' ORDER BY seq",
+    )
+    .bind(&referral.id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(text,)| text)
+    .collect();
+    Ok(referral)
+}
+
+async fn reasons_of(conn: &mut Conn, referral_id: &str) -> Result<Vec<Reason>, StoreError> {
+    sqlx::query(
+        "SELECT system, code, display, text FROM referral_reasons WHERE referral_id = $1 \
+         ORDER BY position",
+    )
+    .bind(referral_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(reason_from_row)
+    .collect()
+}
+
+/// The reasons of every referral on a list page, in one query rather than
+/// one per referral (a page holds up to 200).
+async fn fill_reasons(conn: &mut Conn, referrals: &mut [Referral]) -> Result<(), StoreError> {
+    if referrals.is_empty() {
+        return Ok(());
+    }
+    let placeholders = (1..=referrals.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Built from placeholders only; every id is bound.
+    let mut query = sqlx::query(AssertSqlSafe(format!(
+        "SELECT referral_id, system, code, display, text FROM referral_reasons \
+         WHERE referral_id IN ({placeholders}) ORDER BY referral_id, position"
+    )));
+    for referral in referrals.iter() {
+        query = query.bind(referral.id.as_str());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut by_referral: HashMap<String, Vec<Reason>> = HashMap::new();
+    for row in &rows {
+        by_referral
+            .entry(row.try_get("referral_id")?)
+            .or_default()
+            .push(reason_from_row(row)?);
+    }
+    for referral in referrals {
+        referral.fields.reasons = by_referral.remove(&referral.id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+fn reason_from_row(row: &DbRow) -> Result<Reason, StoreError> {
+    Ok(Reason {
+        system: row.try_get("system")?,
+        code: row.try_get("code")?,
+        display: row.try_get("display")?,
+        text: row.try_get("text")?,
+    })
+}
+
+async fn fetch_outcomes(conn: &mut Conn, referral_id: &str) -> Result<Vec<Outcome>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, measure, recorded_at, entered_at, actor, total, metric FROM outcome_measures \
+         WHERE referral_id = $1 ORDER BY recorded_at, id",
+    )
+    .bind(referral_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let measure: String = row.try_get("measure")?;
+        let answers = sqlx::query_as::<_, (i64,)>(
+            "SELECT value FROM outcome_answers WHERE outcome_id = $1 ORDER BY item",
+        )
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(v,)| v)
+        .collect();
+        outcomes.push(Outcome {
+            measure: Measure::parse(&measure).map_err(|_| corrupt(&id, "unknown measure"))?,
+            id,
+            recorded_at: row.try_get("recorded_at")?,
+            entered_at: row.try_get("entered_at")?,
+            actor: row.try_get("actor")?,
+            answers,
+            total: row.try_get("total")?,
+            metric: row.try_get("metric")?,
+        });
+    }
+    Ok(outcomes)
+}
+
+fn corrupt(id: &str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        resource_type: "referral".into(),
+        id: id.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn stage_of(referral_id: &str, code: &str) -> Result<Stage, StoreError> {
+    Stage::parse(code).map_err(|_| corrupt(referral_id, "unknown stage"))
+}
+
+fn note_source_of(referral_id: &str, code: &str) -> Result<NoteSource, StoreError> {
+    NoteSource::parse(code).ok_or_else(|| corrupt(referral_id, "unknown note source"))
+}
+
+fn referral_from_row(row: &DbRow) -> Result<Referral, StoreError> {
+    let id: String = row.try_get("id")?;
+    let received_as: String = row.try_get("received_as")?;
+    Ok(Referral {
+        identifier: BusinessIdentifier {
+            system: row.try_get("identifier_system")?,
+            value: row.try_get("identifier_value")?,
+        },
+        stage: stage_of(&id, row.try_get("stage")?)?,
+        received_as: ReceivedAs::parse(&received_as)
+            .ok_or_else(|| corrupt(&id, "unknown received_as"))?,
+        received_at: row.try_get("received_at")?,
+        updated_at: row.try_get("updated_at")?,
+        patient_id: row.try_get("patient_id")?,
+        task_id: row.try_get("task_id")?,
+        version: row.try_get("version")?,
+        fields: ReferralFields {
+            fhir_status: row.try_get("fhir_status")?,
+            intent: row.try_get("intent")?,
+            priority: row.try_get("priority")?,
+            authored_on: row.try_get("authored_on")?,
+            practice_ods_code: row.try_get("practice_ods_code")?,
+            practice_name: row.try_get("practice_name")?,
+            referrer_name: row.try_get("referrer_name")?,
+            referrer_identifier: row.try_get("referrer_identifier")?,
+            consent_status: row.try_get("consent_status")?,
+            consent_date: row.try_get("consent_date")?,
+            reply_to: row.try_get("reply_to")?,
+            patient: PatientContact {
+                nhs_number: row.try_get("nhs_number")?,
+                given_name: row.try_get("given_name")?,
+                family_name: row.try_get("family_name")?,
+                birth_date: row.try_get("birth_date")?,
+                phone: row.try_get("phone")?,
+                email: row.try_get("email")?,
+                address: row.try_get("address")?,
+                postcode: row.try_get("postcode")?,
+            },
+            reasons: Vec::new(),
+            notes: Vec::new(),
+        },
+        id,
+    })
+}

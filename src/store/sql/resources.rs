@@ -1,0 +1,377 @@
+//! Resources and their versions in SQL, shared by both backends: compiled
+//! into `store::sqlite` and `store::postgres` alike (`#[path]`), each time
+//! with that backend's `Db`, `Conn` and `DbRow`, so the SQL text exists once.
+//!
+//! A write transaction ([`Tx`]) holds every change one request makes (FHIR
+//! resource versions, the referral record, the outbox); dropped without
+//! commit it rolls back.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::{Backend, Conn, DbRow, ROW_LOCK, Tx};
+use crate::fhir::resource::stamp;
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use crate::store::{NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource};
+
+impl Tx {
+    /// Stores a new resource as version 1.
+    pub(in crate::store) async fn create(
+        &mut self,
+        write: ResourceWrite<'_>,
+    ) -> Result<StoredResource, StoreError> {
+        let version_id = VersionId::FIRST;
+        let last_updated = Instant::now();
+        let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
+        let at = last_updated.to_fhir();
+        sqlx::query(
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
+             VALUES ($1, $2, $3, 0, $4)",
+        )
+        .bind(stored.resource_type.as_str())
+        .bind(stored.id.as_str())
+        .bind(version_id.get())
+        .bind(&at)
+        .execute(self.conn())
+        .await?;
+        self.insert_version(VersionRow::of(&stored, &at, "create", audit))
+            .await?;
+        // After the resource row: the index rows refer to it. The INSERT above
+        // proved the id new (deleted resources keep their row), so it has no
+        // index rows to clear: three DELETEs fewer while the writer is held.
+        super::search::index_new(self.conn(), stored.resource_type, &stored.id, &stamped).await?;
+        Ok(stored)
+    }
+
+    /// Stores a new version of an existing resource. With `expected`, the
+    /// current version must be that one (`If-Match`), or nothing is written.
+    pub(in crate::store) async fn update(
+        &mut self,
+        write: ResourceWrite<'_>,
+        expected: Option<VersionId>,
+    ) -> Result<StoredResource, StoreError> {
+        let current = self.current_version(write.resource_type, write.id).await?;
+        let Some((current, deleted)) = current else {
+            return Err(StoreError::NotFound {
+                resource_type: write.resource_type.to_string(),
+                id: write.id.to_string(),
+            });
+        };
+        if let Some(expected) = expected
+            && expected != current
+        {
+            return Err(StoreError::VersionConflict {
+                resource_type: write.resource_type.to_string(),
+                id: write.id.to_string(),
+                expected,
+                current,
+            });
+        }
+        let version_id = current.next();
+        let last_updated = Instant::now();
+        let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
+        let at = last_updated.to_fhir();
+        sqlx::query(
+            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2 \
+             WHERE resource_type = $3 AND id = $4",
+        )
+        .bind(version_id.get())
+        .bind(&at)
+        .bind(stored.resource_type.as_str())
+        .bind(stored.id.as_str())
+        .execute(self.conn())
+        .await?;
+        let operation = if deleted { "create" } else { "update" };
+        self.insert_version(VersionRow::of(&stored, &at, operation, audit))
+            .await?;
+        super::search::reindex(
+            self.conn(),
+            stored.resource_type,
+            &stored.id,
+            Some(&stamped),
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Marks a resource deleted by adding a deletion version. Returns the
+    /// deletion's version, or `None` if there was no such (undeleted) resource.
+    pub(in crate::store) async fn delete(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        request_id: &str,
+    ) -> Result<Option<VersionId>, StoreError> {
+        let Some((current, false)) = self.current_version(resource_type, id).await? else {
+            return Ok(None);
+        };
+        let version_id = current.next();
+        let at = Instant::now().to_fhir();
+        sqlx::query(
+            "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
+             WHERE resource_type = $3 AND id = $4",
+        )
+        .bind(version_id.get())
+        .bind(&at)
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .execute(self.conn())
+        .await?;
+        self.insert_version(VersionRow {
+            resource_type,
+            id,
+            version_id,
+            at: &at,
+            operation: "delete",
+            resource: None,
+            audit: Audit {
+                received: None,
+                request_id,
+            },
+        })
+        .await?;
+        super::search::reindex(self.conn(), resource_type, id, None).await?;
+        Ok(Some(version_id))
+    }
+
+    /// The ids of current resources matching a search (conditional create
+    /// and update inside a transaction).
+    pub(in crate::store) async fn matching_ids(
+        &mut self,
+        query: &crate::search::SearchQuery,
+    ) -> Result<Vec<FhirId>, StoreError> {
+        super::search::matching_ids(self.conn(), query).await
+    }
+
+    /// The current version number of a resource and whether it is deleted.
+    async fn current_version(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<Option<(VersionId, bool)>, StoreError> {
+        // ROW_LOCK (PostgreSQL: `FOR UPDATE`) holds a concurrent writer of the
+        // same resource until this transaction ends; it then reads the new
+        // version, so of two `If-Match` updates one gets 412, none is lost.
+        let row: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT current_version, deleted FROM resources \
+             WHERE resource_type = $1 AND id = $2{ROW_LOCK}"
+        )))
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.map(|(version, deleted)| (VersionId::from_i64(version), deleted != 0)))
+    }
+
+    /// The current version, as this transaction sees it.
+    pub(in crate::store) async fn read(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<ReadOutcome, StoreError> {
+        read_current(self.conn(), resource_type, id).await
+    }
+
+    async fn insert_version(&mut self, row: VersionRow<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO resource_versions \
+             (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(row.resource_type.as_str())
+        .bind(row.id.as_str())
+        .bind(row.version_id.get())
+        .bind(row.at)
+        .bind(row.operation)
+        .bind(row.resource)
+        .bind(row.audit.received)
+        .bind(row.audit.request_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+/// Where a version came from.
+struct Audit<'a> {
+    received: Option<&'a [u8]>,
+    request_id: &'a str,
+}
+
+/// One row of `resource_versions`: every write (create, update, delete)
+/// adds one through [`Tx::insert_version`].
+struct VersionRow<'a> {
+    resource_type: ResourceType,
+    id: &'a FhirId,
+    version_id: VersionId,
+    at: &'a str,
+    operation: &'static str,
+    /// `None` for a deletion.
+    resource: Option<&'a str>,
+    audit: Audit<'a>,
+}
+
+impl<'a> VersionRow<'a> {
+    fn of(
+        stored: &'a StoredResource,
+        at: &'a str,
+        operation: &'static str,
+        audit: Audit<'a>,
+    ) -> Self {
+        Self {
+            resource_type: stored.resource_type,
+            id: &stored.id,
+            version_id: stored.version_id,
+            at,
+            operation,
+            resource: Some(&stored.json),
+            audit,
+        }
+    }
+}
+
+fn serialise(
+    write: ResourceWrite<'_>,
+    version_id: VersionId,
+    last_updated: Instant,
+) -> Result<(StoredResource, Audit<'_>, Value), StoreError> {
+    let stamped = stamp(write.resource, write.id, version_id, last_updated);
+    let json = serde_json::to_string(&stamped).map_err(|e| StoreError::Corrupt {
+        resource_type: write.resource_type.to_string(),
+        id: write.id.to_string(),
+        reason: format!("cannot serialise: {e}"),
+    })?;
+    let stored = StoredResource {
+        resource_type: write.resource_type,
+        id: write.id.clone(),
+        version_id,
+        last_updated,
+        json,
+    };
+    let audit = Audit {
+        received: write.received,
+        request_id: write.request_id,
+    };
+    Ok((stored, audit, stamped))
+}
+
+impl Backend {
+    pub(in crate::store) async fn create(
+        &self,
+        new: NewResource<'_>,
+    ) -> Result<StoredResource, StoreError> {
+        let id = FhirId::generate();
+        let mut tx = self.begin_write().await?;
+        let stored = tx
+            .create(ResourceWrite {
+                resource_type: new.resource_type,
+                id: &id,
+                resource: new.resource,
+                received: Some(new.received),
+                request_id: new.request_id,
+            })
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    pub(in crate::store) async fn read(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<ReadOutcome, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        read_current(&mut conn, resource_type, id).await
+    }
+
+    pub(in crate::store) async fn vread(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        version: VersionId,
+    ) -> Result<ReadOutcome, StoreError> {
+        let row = sqlx::query(
+            "SELECT version_id, last_updated, resource FROM resource_versions \
+             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .bind(version.get())
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| outcome_from_row(resource_type, id, &row))
+            .unwrap_or(Ok(ReadOutcome::NotFound))
+    }
+
+    pub(in crate::store) async fn delete(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        request_id: &str,
+    ) -> Result<Option<VersionId>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = tx.delete(resource_type, id, request_id).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    pub(in crate::store) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// The current version of a resource, on any connection (a reader, or a
+/// writer inside its transaction).
+pub(super) async fn read_current(
+    conn: &mut Conn,
+    resource_type: ResourceType,
+    id: &FhirId,
+) -> Result<ReadOutcome, StoreError> {
+    let row = sqlx::query(
+        "SELECT v.version_id, v.last_updated, v.resource \
+         FROM resources r JOIN resource_versions v \
+           ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
+         WHERE r.resource_type = $1 AND r.id = $2",
+    )
+    .bind(resource_type.as_str())
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| outcome_from_row(resource_type, id, &row))
+        .unwrap_or(Ok(ReadOutcome::NotFound))
+}
+
+pub(super) fn outcome_from_row(
+    resource_type: ResourceType,
+    id: &FhirId,
+    row: &DbRow,
+) -> Result<ReadOutcome, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        reason,
+    };
+    let version_id = VersionId::from_i64(row.try_get("version_id")?);
+    let last_updated_text: String = row.try_get("last_updated")?;
+    let last_updated = Instant::parse(&last_updated_text).map_err(|e| corrupt(e.to_string()))?;
+    let resource: Option<String> = row.try_get("resource")?;
+    Ok(match resource {
+        Some(json) => ReadOutcome::Found(StoredResource {
+            resource_type,
+            id: id.clone(),
+            version_id,
+            last_updated,
+            json,
+        }),
+        None => ReadOutcome::Deleted {
+            version_id,
+            last_updated,
+        },
+    })
+}

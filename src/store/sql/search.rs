@@ -1,0 +1,684 @@
+//! Search and history on SQLite, and the search index they read.
+//!
+//! The index (`migrations/sqlite/0002_search_index.sql`) holds, per current
+//! resource, the values `search::index_entries` selects; `reindex` rewrites a
+//! resource's rows inside the transaction that writes the resource, so the
+//! index is never behind what a reader can see. Queries are built as plain
+//! SQL with `$n` placeholders numbered in the order they appear (SQLite
+//! numbers a named parameter by its first appearance), one `EXISTS` per
+//! criterion, so the PostgreSQL backend can share them.
+
+use serde_json::Value;
+use sqlx::{Connection, QueryBuilder, Row};
+
+use super::{Backend, Conn, Db, DbRow, INDEX_STATE_LOCK, Interruptible};
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use crate::search::{
+    Criterion, Cursor, DateCriterion, DatePrefix, IndexValue, ReferenceCriterion, SearchQuery,
+    SortOrder, TokenCriterion, TotalMode, index_entries,
+};
+use crate::store::search::INDEX_VERSION;
+use crate::store::{
+    HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource,
+};
+
+/// Replaces the index rows of `resource_type/id` with those of `resource`
+/// (`None`: the resource was deleted, so it has none). Runs on the caller's
+/// connection, inside the caller's write transaction, so the index commits
+/// (or rolls back) with the resource.
+pub(crate) async fn reindex(
+    conn: &mut Conn,
+    resource_type: ResourceType,
+    id: &FhirId,
+    resource: Option<&Value>,
+) -> Result<(), StoreError> {
+    clear(conn, resource_type, id).await?;
+    match resource {
+        Some(resource) => index_new(conn, resource_type, id, resource).await,
+        None => Ok(()),
+    }
+}
+
+/// Removes a resource's index rows.
+async fn clear(
+    conn: &mut Conn,
+    resource_type: ResourceType,
+    id: &FhirId,
+) -> Result<(), StoreError> {
+    for delete in [
+        "DELETE FROM search_tokens WHERE resource_type = $1 AND id = $2",
+        "DELETE FROM search_references WHERE resource_type = $1 AND id = $2",
+        "DELETE FROM search_dates WHERE resource_type = $1 AND id = $2",
+    ] {
+        sqlx::query(delete)
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Writes the index rows of a resource that has none yet (just created):
+/// one multi-row INSERT per table, because every statement is a round
+/// trip to SQLite's worker thread while the single writer is held.
+pub(crate) async fn index_new(
+    conn: &mut Conn,
+    resource_type: ResourceType,
+    id: &FhirId,
+    resource: &Value,
+) -> Result<(), StoreError> {
+    if let Err(error) = crate::search::params::compiled() {
+        // Storing a resource the index cannot see would hide it from
+        // conditional creates: refuse the write instead.
+        return Err(StoreError::SearchIndex(error.to_string()));
+    }
+    let entries = index_entries(resource_type, resource);
+    let mut tokens = Vec::new();
+    let mut references = Vec::new();
+    let mut dates = Vec::new();
+    for entry in &entries {
+        match &entry.value {
+            IndexValue::Token { system, code } => tokens.push((entry.param, system, code)),
+            IndexValue::Reference(reference) => references.push((entry.param, reference)),
+            IndexValue::Date(range) => dates.push((entry.param, range)),
+        }
+    }
+    let (type_name, id) = (resource_type.as_str(), id.as_str());
+    if !tokens.is_empty() {
+        QueryBuilder::<Db>::new(
+            "INSERT INTO search_tokens (resource_type, id, param, system, code) ",
+        )
+        .push_values(tokens, |mut row, (param, system, code)| {
+            row.push_bind(type_name)
+                .push_bind(id)
+                .push_bind(param)
+                .push_bind(system.as_deref())
+                .push_bind(code.as_str());
+        })
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !references.is_empty() {
+        QueryBuilder::<Db>::new(
+            "INSERT INTO search_references \
+             (resource_type, id, param, reference, target_type, target_id) ",
+        )
+        .push_values(references, |mut row, (param, reference)| {
+            row.push_bind(type_name)
+                .push_bind(id)
+                .push_bind(param)
+                .push_bind(reference.reference.as_str())
+                .push_bind(reference.target_type.map(ResourceType::as_str))
+                .push_bind(reference.target_id.as_deref());
+        })
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !dates.is_empty() {
+        QueryBuilder::<Db>::new("INSERT INTO search_dates (resource_type, id, param, low, high) ")
+            .push_values(dates, |mut row, (param, range)| {
+                row.push_bind(type_name)
+                    .push_bind(id)
+                    .push_bind(param)
+                    .push_bind(range.low.as_str())
+                    .push_bind(range.high.as_str());
+            })
+            .build()
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The ids of every current, non-deleted resource matching `query`'s
+/// criteria (paging, sort and count ignored), in id order, read on the
+/// caller's connection: for conditional create and update inside a write
+/// transaction, where the caller needs to tell none, one and several apart.
+pub(crate) async fn matching_ids(
+    conn: &mut Conn,
+    query: &SearchQuery,
+) -> Result<Vec<FhirId>, StoreError> {
+    let mut sql = Sql::default();
+    sql.push("SELECT r.id FROM resources r");
+    sql.push_where(query, None);
+    sql.push(" ORDER BY r.id");
+    let rows = sql.query().fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            FhirId::parse(&id).map_err(|e| corrupt(query.resource_type, &id, e.to_string()))
+        })
+        .collect()
+}
+impl Backend {
+    pub(in crate::store) async fn search(
+        &self,
+        query: &SearchQuery,
+    ) -> Result<SearchPage, StoreError> {
+        // Interrupted if the request ends before the answer is read.
+        let mut reader = Interruptible::acquire(&self.readers).await?;
+        // One read transaction: the total and the page see the same snapshot.
+        let mut tx = reader.conn().begin().await?;
+        let total = match query.total {
+            TotalMode::None => None,
+            TotalMode::Accurate => {
+                let mut sql = Sql::default();
+                sql.push("SELECT COUNT(*) AS n FROM resources r");
+                sql.push_where(query, None);
+                let row = sql.query().fetch_one(&mut *tx).await?;
+                let n: i64 = row.try_get("n")?;
+                Some(u64::try_from(n).unwrap_or(0))
+            }
+        };
+        if query.count == 0 {
+            tx.commit().await?;
+            reader.release().await?;
+            return Ok(SearchPage {
+                resources: Vec::new(),
+                total,
+                next: None,
+            });
+        }
+
+        let mut sql = Sql::default();
+        sql.push(
+            "SELECT r.id, r.last_updated, v.version_id, v.resource \
+             FROM resources r JOIN resource_versions v \
+               ON v.resource_type = r.resource_type AND v.id = r.id \
+              AND v.version_id = r.current_version",
+        );
+        sql.push_where(query, query.cursor.as_ref());
+        let direction = match query.sort {
+            SortOrder::NewestFirst => "DESC",
+            SortOrder::OldestFirst => "ASC",
+        };
+        sql.push(&format!(
+            " ORDER BY r.last_updated {direction}, r.id {direction} LIMIT "
+        ));
+        // One more than a page: whether it comes back says if there is a next page.
+        let limit = sql.bind(Bind::Int(i64::from(query.count) + 1));
+        sql.push(&limit);
+        let rows = sql.query().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        reader.release().await?;
+
+        let more = rows.len() > query.count as usize;
+        let resources = rows
+            .iter()
+            .take(query.count as usize)
+            .map(|row| stored_from_row(query.resource_type, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if more {
+            resources
+                .last()
+                .map(|last| Cursor::after(last.last_updated, last.id.clone()))
+        } else {
+            None
+        };
+        Ok(SearchPage {
+            resources,
+            total,
+            next,
+        })
+    }
+
+    pub(in crate::store) async fn history(
+        &self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        count: u32,
+        before: Option<VersionId>,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut tx = self.readers.begin().await?;
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM resource_versions WHERE resource_type = $1 AND id = $2",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = if count == 0 {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT version_id, last_updated, operation, resource FROM resource_versions \
+                 WHERE resource_type = $1 AND id = $2 AND version_id < $3 \
+                 ORDER BY version_id DESC LIMIT $4",
+            )
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .bind(before.map_or(i64::MAX, VersionId::get))
+            .bind(i64::from(count) + 1)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+
+        let more = rows.len() > count as usize;
+        let entries = rows
+            .iter()
+            .take(count as usize)
+            .map(|row| history_entry(resource_type, id, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if more {
+            entries.last().map(|e| e.version_id)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            total: u64::try_from(total).unwrap_or(0),
+            next,
+        })
+    }
+
+    /// Rebuilds the whole index when it was built for another
+    /// `INDEX_VERSION` (or never: resources stored before the index existed),
+    /// in one write transaction. Returns how many resources were indexed.
+    pub(in crate::store) async fn rebuild_index_if_stale(&self) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let (built,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT index_version FROM search_index_state WHERE singleton = 1{INDEX_STATE_LOCK}"
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        if built == INDEX_VERSION {
+            return Ok(None);
+        }
+        for delete in [
+            "DELETE FROM search_tokens",
+            "DELETE FROM search_references",
+            "DELETE FROM search_dates",
+        ] {
+            sqlx::query(delete).execute(&mut *tx).await?;
+        }
+        let mut indexed = 0u64;
+        let mut after = (String::new(), String::new());
+        loop {
+            // In batches, so a large database is not read into memory at once.
+            let rows = sqlx::query(
+                "SELECT r.resource_type, r.id, v.resource \
+                 FROM resources r JOIN resource_versions v \
+                   ON v.resource_type = r.resource_type AND v.id = r.id \
+                  AND v.version_id = r.current_version \
+                 WHERE r.deleted = 0 \
+                   AND (r.resource_type > $1 OR (r.resource_type = $2 AND r.id > $3)) \
+                 ORDER BY r.resource_type, r.id LIMIT 500",
+            )
+            .bind(&after.0)
+            .bind(&after.0)
+            .bind(&after.1)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = (last.try_get("resource_type")?, last.try_get("id")?);
+            for row in &rows {
+                let type_name: String = row.try_get("resource_type")?;
+                let id_text: String = row.try_get("id")?;
+                let json: Option<String> = row.try_get("resource")?;
+                let bad = |reason: String| StoreError::Corrupt {
+                    resource_type: type_name.clone(),
+                    id: id_text.clone(),
+                    reason,
+                };
+                let resource_type =
+                    ResourceType::parse(&type_name).map_err(|e| bad(e.to_string()))?;
+                let id = FhirId::parse(&id_text).map_err(|e| bad(e.to_string()))?;
+                let json = json.ok_or_else(|| bad("current version has no resource".into()))?;
+                let value: Value =
+                    serde_json::from_str(&json).map_err(|e| bad(format!("stored JSON: {e}")))?;
+                // Every index row was deleted above: nothing to clear per resource.
+                index_new(&mut tx, resource_type, &id, &value).await?;
+                indexed += 1;
+            }
+        }
+        sqlx::query("UPDATE search_index_state SET index_version = $1 WHERE singleton = 1")
+            .bind(INDEX_VERSION)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(indexed))
+    }
+}
+
+/// A bound value.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// SQL text and its binds, numbered in order of appearance.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    /// Adds a bind and returns its placeholder; append the placeholder
+    /// before binding the next value.
+    fn bind(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    fn push_text(&mut self, value: &str) {
+        let placeholder = self.bind(Bind::Text(value.to_owned()));
+        self.push(&placeholder);
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, Db, <Db as sqlx::Database>::Arguments> {
+        // Audited: the text is built only from constants; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.text.clone()));
+        for bind in &self.binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.as_str()),
+                Bind::Int(n) => query.bind(*n),
+            };
+        }
+        query
+    }
+
+    /// ` WHERE …` for `query` over `resources r`, starting after `cursor`.
+    fn push_where(&mut self, query: &SearchQuery, cursor: Option<&Cursor>) {
+        self.push(" WHERE r.resource_type = ");
+        self.push_text(query.resource_type.as_str());
+        self.push(" AND r.deleted = 0");
+        for criterion in &query.criteria {
+            self.push(" AND ");
+            self.push_criterion(criterion);
+        }
+        if let Some(cursor) = cursor {
+            let before_or_after = match query.sort {
+                SortOrder::NewestFirst => "<",
+                SortOrder::OldestFirst => ">",
+            };
+            self.push(&format!(" AND (r.last_updated {before_or_after} "));
+            self.push_text(&cursor.last_updated);
+            self.push(" OR (r.last_updated = ");
+            self.push_text(&cursor.last_updated);
+            self.push(&format!(" AND r.id {before_or_after} "));
+            self.push_text(cursor.id.as_str());
+            self.push("))");
+        }
+    }
+
+    fn push_criterion(&mut self, criterion: &Criterion) {
+        match criterion {
+            Criterion::Id(ids) => {
+                self.push("r.id IN (");
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.push_text(id.as_str());
+                }
+                self.push(")");
+            }
+            Criterion::LastUpdated(dates) => {
+                self.push("(");
+                self.push_alternatives(dates, |sql, date| {
+                    sql.push_date(date, "r.last_updated", "r.last_updated")
+                });
+                self.push(")");
+            }
+            Criterion::Token(param, tokens) => {
+                self.push_exists("search_tokens", param);
+                self.push_tokens(tokens);
+                self.push("))");
+            }
+            Criterion::Reference(param, references) => {
+                self.push_exists("search_references", param);
+                self.push_references(references);
+                self.push("))");
+            }
+            Criterion::Date(param, dates) => {
+                self.push_exists("search_dates", param);
+                self.push_alternatives(dates, |sql, date| sql.push_date(date, "x.low", "x.high"));
+                self.push("))");
+            }
+        }
+    }
+
+    /// `EXISTS (SELECT 1 FROM {table} x WHERE … AND (`; the caller closes both.
+    fn push_exists(&mut self, table: &str, param: &str) {
+        self.push(&format!(
+            "EXISTS (SELECT 1 FROM {table} x WHERE x.resource_type = r.resource_type \
+             AND x.id = r.id AND x.param = "
+        ));
+        self.push_text(param);
+        self.push(" AND (");
+    }
+
+    fn push_alternatives<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            self.push("(");
+            each(self, item);
+            self.push(")");
+        }
+    }
+
+    /// `IN (…)` with a placeholder per value; nothing when `values` is empty.
+    fn push_in(&mut self, column: &str, values: &[&str]) -> bool {
+        if values.is_empty() {
+            return false;
+        }
+        self.push(column);
+        self.push(" IN (");
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_text(value);
+        }
+        self.push(")");
+        true
+    }
+
+    /// A token parameter's alternatives, grouped by form into `IN` lists
+    /// (`x.code IN (…) OR (x.system, x.code) IN (VALUES (…), …) OR …`), so the
+    /// expression's depth does not grow with the number of values.
+    fn push_tokens(&mut self, tokens: &[TokenCriterion]) {
+        let mut codes = Vec::new();
+        let mut without_system = Vec::new();
+        let mut systems = Vec::new();
+        let mut pairs = Vec::new();
+        for token in tokens {
+            match token {
+                TokenCriterion::Code(code) => codes.push(code.as_str()),
+                TokenCriterion::CodeWithoutSystem(code) => without_system.push(code.as_str()),
+                TokenCriterion::System(system) => systems.push(system.as_str()),
+                TokenCriterion::SystemCode(system, code) => {
+                    pairs.push((system.as_str(), code.as_str()))
+                }
+            }
+        }
+        let mut any = self.push_in("x.code", &codes);
+        if !without_system.is_empty() {
+            self.push_or(&mut any);
+            self.push("(x.system IS NULL AND ");
+            self.push_in("x.code", &without_system);
+            self.push(")");
+        }
+        if !systems.is_empty() {
+            self.push_or(&mut any);
+            self.push_in("x.system", &systems);
+        }
+        if let [(system, code)] = pairs.as_slice() {
+            self.push_or(&mut any);
+            self.push("(x.system = ");
+            self.push_text(system);
+            self.push(" AND x.code = ");
+            self.push_text(code);
+            self.push(")");
+        } else if !pairs.is_empty() {
+            self.push_or(&mut any);
+            self.push("(x.system, x.code) IN (VALUES ");
+            for (i, (system, code)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    self.push(", ");
+                }
+                self.push("(");
+                self.push_text(system);
+                self.push(", ");
+                self.push_text(code);
+                self.push(")");
+            }
+            self.push(")");
+        }
+    }
+
+    /// A reference parameter's alternatives as at most two `IN` lists.
+    fn push_references(&mut self, references: &[ReferenceCriterion]) {
+        let mut exact = Vec::new();
+        let mut ids = Vec::new();
+        let typed: Vec<String> = references
+            .iter()
+            .filter_map(|reference| match reference {
+                ReferenceCriterion::Typed(resource_type, id) => {
+                    Some(format!("{resource_type}/{id}"))
+                }
+                _ => None,
+            })
+            .collect();
+        exact.extend(typed.iter().map(String::as_str));
+        for reference in references {
+            match reference {
+                ReferenceCriterion::Typed(..) => {}
+                ReferenceCriterion::Id(id) => ids.push(id.as_str()),
+                ReferenceCriterion::Url(url) => exact.push(url.as_str()),
+            }
+        }
+        let mut any = self.push_in("x.reference", &exact);
+        if !ids.is_empty() {
+            self.push_or(&mut any);
+            self.push_in("x.target_id", &ids);
+        }
+    }
+
+    /// ` OR ` between alternatives, after the first.
+    fn push_or(&mut self, any: &mut bool) {
+        if *any {
+            self.push(" OR ");
+        }
+        *any = true;
+    }
+
+    /// FHIR's date comparisons between the indexed range `[low, high]` and
+    /// the searched range `[from, to]` (R4 search, "date"): `eq` when the
+    /// searched range contains the value's, `gt` when the value's extends
+    /// after it, `sa` when it starts after it, and so on.
+    fn push_date(&mut self, date: &DateCriterion, low: &str, high: &str) {
+        let from = date.range.low.as_str();
+        let to = date.range.high.as_str();
+        let contained = |sql: &mut Self| {
+            sql.push(&format!("({low} >= "));
+            sql.push_text(from);
+            sql.push(&format!(" AND {high} <= "));
+            sql.push_text(to);
+            sql.push(")");
+        };
+        match date.prefix {
+            DatePrefix::Eq => contained(self),
+            DatePrefix::Ne => {
+                self.push("NOT ");
+                contained(self);
+            }
+            DatePrefix::Gt | DatePrefix::Ge => {
+                self.push(&format!("{high} > "));
+                self.push_text(to);
+                if date.prefix == DatePrefix::Ge {
+                    self.push(" OR ");
+                    contained(self);
+                }
+            }
+            DatePrefix::Lt | DatePrefix::Le => {
+                self.push(&format!("{low} < "));
+                self.push_text(from);
+                if date.prefix == DatePrefix::Le {
+                    self.push(" OR ");
+                    contained(self);
+                }
+            }
+            DatePrefix::Sa => {
+                self.push(&format!("{low} > "));
+                self.push_text(to);
+            }
+            DatePrefix::Eb => {
+                self.push(&format!("{high} < "));
+                self.push_text(from);
+            }
+        }
+    }
+}
+
+fn corrupt(resource_type: ResourceType, id: &str, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        resource_type: resource_type.to_string(),
+        id: id.to_owned(),
+        reason,
+    }
+}
+
+fn stored_from_row(resource_type: ResourceType, row: &DbRow) -> Result<StoredResource, StoreError> {
+    let id_text: String = row.try_get("id")?;
+    let id =
+        FhirId::parse(&id_text).map_err(|e| corrupt(resource_type, &id_text, e.to_string()))?;
+    let at: String = row.try_get("last_updated")?;
+    let last_updated =
+        Instant::parse(&at).map_err(|e| corrupt(resource_type, &id_text, e.to_string()))?;
+    let json: Option<String> = row.try_get("resource")?;
+    let json = json.ok_or_else(|| {
+        corrupt(
+            resource_type,
+            &id_text,
+            "current version has no resource".into(),
+        )
+    })?;
+    Ok(StoredResource {
+        resource_type,
+        id,
+        version_id: VersionId::from_i64(row.try_get("version_id")?),
+        last_updated,
+        json,
+    })
+}
+
+fn history_entry(
+    resource_type: ResourceType,
+    id: &FhirId,
+    row: &DbRow,
+) -> Result<HistoryEntry, StoreError> {
+    let at: String = row.try_get("last_updated")?;
+    let last_updated =
+        Instant::parse(&at).map_err(|e| corrupt(resource_type, id.as_str(), e.to_string()))?;
+    let operation: String = row.try_get("operation")?;
+    let operation = match operation.as_str() {
+        "create" => HistoryOperation::Create,
+        "update" => HistoryOperation::Update,
+        "delete" => HistoryOperation::Delete,
+        other => {
+            return Err(corrupt(
+                resource_type,
+                id.as_str(),
+                format!("unknown operation '{other}'"),
+            ));
+        }
+    };
+    Ok(HistoryEntry {
+        version_id: VersionId::from_i64(row.try_get("version_id")?),
+        last_updated,
+        operation,
+        json: row.try_get("resource")?,
+    })
+}

@@ -1,0 +1,265 @@
+//! Search on the SQLite backend: the index rows, flat SQL, interrupted readers
+//! and the start-up rebuild, checked against the tables themselves.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use serde_json::Value;
+
+use super::Interruptible;
+use super::SqliteStore;
+use super::search::{matching_ids, reindex};
+use crate::fhir::{FhirId, ResourceType};
+use crate::search::SearchQuery;
+use crate::store::{NewResource, Store, StoreOptions};
+
+async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    let options = StoreOptions {
+        database: dir.path().join("sprig.db").display().to_string(),
+        busy_timeout: Duration::from_secs(5),
+        max_read_connections: 2,
+        durable_commits: false,
+    };
+    match Store::open(&options).await.expect("store opens") {
+        Store::Sqlite(store) => store,
+        Store::Postgres(_) => unreachable!("a file path opens SQLite"),
+    }
+}
+
+async fn create(store: &SqliteStore, resource: Value) -> FhirId {
+    let resource_type =
+        ResourceType::parse(resource["resourceType"].as_str().expect("resourceType"))
+            .expect("type");
+    store
+        .create(NewResource {
+            resource_type,
+            resource,
+            received: b"{}",
+            request_id: "test",
+        })
+        .await
+        .expect("created")
+        .id
+}
+
+fn task(status: &str, based_on: &str) -> Value {
+    json!({
+        "resourceType": "Task",
+        "status": status,
+        "intent": "order",
+        "basedOn": [{"reference": based_on}],
+        "for": {"reference": "Patient/p1"},
+        "lastModified": "2026-11-21T11:15:00+00:00",
+    })
+}
+
+async fn matches(store: &SqliteStore, query: &str) -> Vec<FhirId> {
+    let query = SearchQuery::parse(ResourceType::TASK, query).expect("valid query");
+    let mut conn = store.writer.acquire().await.expect("connection");
+    matching_ids(&mut conn, &query).await.expect("query runs")
+}
+
+async fn index_rows(store: &SqliteStore, id: &FhirId) -> i64 {
+    let mut total = 0;
+    for count in [
+        "SELECT COUNT(*) FROM search_tokens WHERE id = $1",
+        "SELECT COUNT(*) FROM search_references WHERE id = $1",
+        "SELECT COUNT(*) FROM search_dates WHERE id = $1",
+    ] {
+        let (n,): (i64,) = sqlx::query_as(count)
+            .bind(id.as_str())
+            .fetch_one(&store.readers)
+            .await
+            .expect("count");
+        total += n;
+    }
+    total
+}
+
+#[tokio::test]
+async fn matching_ids_sees_current_resources_in_the_writers_transaction() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let store = open(&dir).await;
+    let a = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+    let b = create(&store, task("completed", "ServiceRequest/sr1")).await;
+    create(&store, task("accepted", "ServiceRequest/sr2")).await;
+
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(matches(&store, "based-on=ServiceRequest/sr1").await, both);
+    assert_eq!(
+        matches(&store, "based-on=sr1&status=accepted").await,
+        vec![a.clone()]
+    );
+    assert_eq!(matches(&store, "based-on=sr3").await, Vec::<FhirId>::new());
+    // Paging and count do not limit a conditional match.
+    assert_eq!(matches(&store, "based-on=sr1&_count=1").await, both);
+
+    // Inside a transaction, an uncommitted write is seen, and rolled back with it.
+    let mut tx = store.writer.begin().await.expect("tx");
+    let query = SearchQuery::parse(ResourceType::TASK, "based-on=sr9").expect("query");
+    let pending = FhirId::parse("pending").expect("id");
+    sqlx::query(
+        "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
+         VALUES ('Task', 'pending', 1, 0, '2026-11-21T00:00:00.000Z')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("insert");
+    reindex(
+        &mut tx,
+        ResourceType::TASK,
+        &pending,
+        Some(&task("accepted", "ServiceRequest/sr9")),
+    )
+    .await
+    .expect("reindex");
+    assert_eq!(
+        matching_ids(&mut tx, &query).await.expect("runs"),
+        vec![pending.clone()]
+    );
+    tx.rollback().await.expect("rollback");
+    assert_eq!(index_rows(&store, &pending).await, 0);
+}
+
+#[tokio::test]
+async fn many_values_make_flat_sql_that_finds_the_same() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let store = open(&dir).await;
+    let a = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+    let b = create(&store, task("completed", "ServiceRequest/sr2")).await;
+    // 100 codes, 100 system|code pairs, 100 references: one IN list each, no
+    // expression SQLite finds too deep.
+    let codes = (0..99)
+        .map(|n| format!("s{n}"))
+        .chain(["accepted".to_owned()])
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        matches(&store, &format!("status={codes}")).await,
+        vec![a.clone()]
+    );
+    let mut identified = task("accepted", "ServiceRequest/sr3");
+    identified["identifier"] = json!([{"system": "http://x", "value": "t1"}]);
+    let c = create(&store, identified).await;
+    let pairs = (0..98)
+        .map(|n| format!("http://x|s{n}"))
+        .chain(["http://x|t1".to_owned(), "|completed".to_owned()])
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        matches(&store, &format!("identifier={pairs}")).await,
+        vec![c.clone()]
+    );
+    let mixed = format!("status={pairs}");
+    assert_eq!(matches(&store, &mixed).await, vec![b.clone()]);
+    let references = (0..98)
+        .map(|n| format!("ServiceRequest/x{n}"))
+        .chain(["ServiceRequest/sr1".to_owned(), "sr2".to_owned()])
+        .collect::<Vec<_>>()
+        .join(",");
+    let query = format!("based-on={references}&status={codes}");
+    assert_eq!(matches(&store, &query).await, vec![a.clone()]);
+    let query =
+        SearchQuery::parse(ResourceType::TASK, &format!("based-on={references}")).expect("query");
+    let page = store.search(&query).await.expect("search runs");
+    assert_eq!(page.total, Some(2));
+}
+
+#[tokio::test]
+async fn a_reader_dropped_mid_query_stops_it_and_frees_its_connection() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let options = StoreOptions {
+        database: dir.path().join("sprig.db").display().to_string(),
+        busy_timeout: Duration::from_secs(10),
+        // One reader: a query still running would hold it.
+        max_read_connections: 1,
+        durable_commits: false,
+    };
+    let Store::Sqlite(store) = Store::open(&options).await.expect("store opens") else {
+        unreachable!("a file path opens SQLite")
+    };
+    let mut reader = Interruptible::acquire(&store.readers)
+        .await
+        .expect("reader");
+    // Minutes of work, if nothing stops it.
+    let endless = sqlx::query(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 4000000000) \
+         SELECT COUNT(*) FROM n",
+    );
+    let running =
+        tokio::time::timeout(Duration::from_millis(200), endless.fetch_one(reader.conn())).await;
+    assert!(running.is_err(), "the query was still running");
+    drop(reader);
+    let started = std::time::Instant::now();
+    let (one,): (i64,) = sqlx::query_as("SELECT 1")
+        .fetch_one(&store.readers)
+        .await
+        .expect("a reader is free again");
+    assert_eq!(one, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Released normally, a reader goes back to the pool without its handler.
+    let mut reader = Interruptible::acquire(&store.readers)
+        .await
+        .expect("reader");
+    let (two,): (i64,) = sqlx::query_as("SELECT 2")
+        .fetch_one(reader.conn())
+        .await
+        .expect("runs");
+    assert_eq!(two, 2);
+    reader.release().await.expect("released");
+    let (three,): (i64,) = sqlx::query_as("SELECT 3")
+        .fetch_one(&store.readers)
+        .await
+        .expect("runs");
+    assert_eq!(three, 3);
+}
+
+#[tokio::test]
+async fn deleting_removes_the_index_rows_and_the_match() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let store = open(&dir).await;
+    let id = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+    // status, based-on, patient, subject and modified.
+    assert_eq!(index_rows(&store, &id).await, 5);
+    store
+        .delete(ResourceType::TASK, &id, "test")
+        .await
+        .expect("deleted");
+    assert_eq!(index_rows(&store, &id).await, 0);
+    assert!(matches(&store, "status=accepted").await.is_empty());
+    assert!(matches(&store, &format!("_id={id}")).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_index_is_rebuilt_at_start_up() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let store = open(&dir).await;
+    let id = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+    // As if the resource predated the index, or the table changed.
+    for statement in [
+        "DELETE FROM search_tokens",
+        "DELETE FROM search_references",
+        "DELETE FROM search_dates",
+        "UPDATE search_index_state SET index_version = 0",
+    ] {
+        sqlx::query(statement)
+            .execute(&store.writer)
+            .await
+            .expect("statement");
+    }
+    assert!(matches(&store, "status=accepted").await.is_empty());
+    store.close().await;
+
+    let store = open(&dir).await;
+    assert_eq!(matches(&store, "status=accepted").await, vec![id.clone()]);
+    assert_eq!(index_rows(&store, &id).await, 5);
+    // Up to date now: opening again rebuilds nothing.
+    assert_eq!(store.rebuild_index_if_stale().await.expect("runs"), None);
+}

@@ -1,0 +1,77 @@
+//! Both backends: the whole suite runs a second time against PostgreSQL, in
+//! a child run of this same test binary with `TEST_BACKEND=postgres`
+//! (every `spawn_app` then gets a fresh PostgreSQL database), so
+//! `cargo test` covers SQLite and PostgreSQL alike.
+
+use std::process::Command;
+
+use crate::helpers::{on_postgres, postgres_server};
+
+/// Test databases older than this are from finished runs: dropped.
+const STALE_AFTER_SECS: u64 = 3 * 3600;
+
+#[tokio::test]
+async fn the_whole_suite_passes_on_postgresql() {
+    assert!(
+        !on_postgres(),
+        "the child run skips this test; it must not recurse"
+    );
+    drop_stale_databases().await;
+    let exe = std::env::current_exe().expect("this test binary");
+    let output = Command::new(exe)
+        .env("TEST_BACKEND", "postgres")
+        // Tests that only SQLite has (file modes, its own pool) skip themselves.
+        .args(["--skip", "backends::", "--test-threads", "2"])
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let failures: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.ends_with("... FAILED") || l.starts_with("test result"))
+        .collect();
+    assert!(
+        output.status.success(),
+        "the suite fails on PostgreSQL:\n{}\n---\n{}",
+        failures.join("\n"),
+        // The end of the output holds each failure's message.
+        stdout
+            .get(stdout.len().saturating_sub(20_000)..)
+            .unwrap_or(&stdout)
+    );
+}
+
+/// Drops the `sprig_t_<unix seconds>_…` databases earlier runs left behind.
+async fn drop_stale_databases() {
+    let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+        "{}/postgres",
+        postgres_server()
+    ))
+    .await
+    else {
+        // The child run reports the missing server in every test.
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'sprig\\_t\\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .expect("list databases");
+    for (name,) in names {
+        let stamp = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(now);
+        if now.saturating_sub(stamp) > STALE_AFTER_SECS {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Two Sprig instances on one PostgreSQL database (run in the PostgreSQL
+//! half of the suite; SQLite is one process's file, so there these tests
+//! have nothing to share and return at once): each guarantee the single
+//! SQLite writer gave for free, checked with two real gateways racing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sprig::fhir::{FhirId, ResourceType, VersionId};
+use sprig::store::{ResourceWrite, StoreError};
+use tempfile::TempDir;
+
+use crate::helpers::{TestApp, json_body, on_postgres, spawn_app_in};
+use crate::workflow::{Shape, post_fhir};
+
+/// Two gateways on one (fresh) PostgreSQL database.
+async fn two_instances() -> (TestApp, TestApp) {
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let a = spawn_app_in(Arc::clone(&dir), |_| {}).await;
+    let b = spawn_app_in(dir, |_| {}).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn the_same_referral_at_two_instances_at_once_is_one_referral() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    for shape in Shape::ALL {
+        let body = shape.example();
+        let (first, second) = tokio::join!(
+            post_fhir(&a, shape.path(), &body, &[]),
+            post_fhir(&b, shape.path(), &body, &[])
+        );
+        let mut statuses = vec![first.status().as_u16(), second.status().as_u16()];
+        statuses.sort_unstable();
+        assert!(
+            matches!(statuses.as_slice(), [200, 200] | [200, 201]),
+            "{shape:?}: one creates, the other is answered as a resubmission: {statuses:?}"
+        );
+    }
+    // One referral per example (each shape's has its own identifier).
+    let list = json_body(a.get("/api/referrals").await).await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(Shape::ALL.len()),
+        "{list}"
+    );
+}
+
+#[tokio::test]
+async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let id = FhirId::generate();
+    let task = json!({"resourceType": "Task", "status": "requested", "intent": "order"});
+    let write = |resource| ResourceWrite {
+        resource_type: ResourceType::TASK,
+        id: &id,
+        resource,
+        received: None,
+        request_id: "test",
+    };
+    let mut tx = a.store.begin_write().await.expect("begin");
+    tx.create(write(task.clone())).await.expect("create");
+    tx.commit().await.expect("commit");
+
+    // A updates from version 1 and holds its transaction open; B's update
+    // from version 1 must wait for it, then see version 2 and refuse.
+    let mut first = a.store.begin_write().await.expect("begin");
+    first
+        .update(write(task.clone()), Some(VersionId::FIRST))
+        .await
+        .expect("the first update");
+    let store_b = b.store.clone();
+    let id_b = id.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = store_b.begin_write().await.expect("begin");
+        let result = tx
+            .update(
+                ResourceWrite {
+                    resource_type: ResourceType::TASK,
+                    id: &id_b,
+                    resource: json!({"resourceType": "Task", "status": "accepted", "intent": "order"}),
+                    received: None,
+                    request_id: "test",
+                },
+                Some(VersionId::FIRST),
+            )
+            .await
+            .map(|stored| stored.version_id);
+        if result.is_ok() {
+            tx.commit().await.expect("commit");
+        }
+        result
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second update waits for the first"
+    );
+    first.commit().await.expect("commit");
+    let second = second.await.expect("task");
+    assert!(
+        matches!(second, Err(StoreError::VersionConflict { .. })),
+        "the loser is told the version moved: {second:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_on_one_instance_wakes_delivery_on_the_other() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let signal = b.store.outbox_signal();
+    let woken = tokio::spawn(async move { signal.notified().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = post_fhir(&a, Shape::Resource.path(), &Shape::Resource.example(), &[]).await;
+    assert_eq!(answer.status(), 201);
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("B is woken by A's commit (LISTEN/NOTIFY), not its poll")
+        .expect("task");
+}
+
+#[tokio::test]
+async fn two_instances_never_claim_the_same_outbox_row() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    // Several referrals, each with an update queued for its practice.
+    for _ in 0..6 {
+        let body = crate::helpers::sample_referral();
+        let answer = post_fhir(&a, "/fhir/ServiceRequest", &body, &[]).await;
+        assert_eq!(answer.status(), 201);
+    }
+    let now = i64::MAX / 4;
+    let destinations = a.store.due_destinations(now).await.expect("due");
+    for destination in destinations {
+        let (from_a, from_b) = tokio::join!(
+            a.store.claim_due(
+                &destination,
+                "instance-a",
+                now,
+                now + 60_000,
+                "2026-01-01T00:00:00Z",
+                100
+            ),
+            b.store.claim_due(
+                &destination,
+                "instance-b",
+                now,
+                now + 60_000,
+                "2026-01-01T00:00:00Z",
+                100
+            )
+        );
+        let (from_a, from_b) = (from_a.expect("claim a"), from_b.expect("claim b"));
+        for claimed in &from_a {
+            assert!(
+                from_b.iter().all(|other| other.seq != claimed.seq),
+                "row {} claimed by both instances",
+                claimed.seq
+            );
+        }
+    }
+}
