@@ -207,21 +207,23 @@ impl WriteTx {
     /// it (the last word: writes are serialised).
     pub async fn message_request(
         &mut self,
+        sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
-        dispatch!(self, b => b.message_request(request_id).await)
+        dispatch!(self, b => b.message_request(sender, request_id).await)
     }
 
-    /// Remembers the answer to an `X-Request-ID`.
+    /// Remembers the answer to `sender`'s `X-Request-ID`.
     pub async fn remember_message_request(
         &mut self,
+        sender: &str,
         request_id: &str,
         body: &[u8],
         status: u16,
         response: &str,
         at: &str,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.remember_message_request(request_id, body, status, response, at).await)
+        dispatch!(self, b => b.remember_message_request(sender, request_id, body, status, response, at).await)
     }
 }
 
@@ -230,9 +232,10 @@ impl Store {
     /// writer: a resubmission is answered before anything is validated.
     pub async fn message_request(
         &self,
+        sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
-        dispatch!(self, b => b.message_request(request_id).await)
+        dispatch!(self, b => b.message_request(sender, request_id).await)
     }
 
     /// One referral with its timeline, notes and outcomes.

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{ReadOutcome, StoreError, StoredResource, dispatch};
+use super::{ReadOutcome, StoreError, StoredResource, Visibility, dispatch};
 use crate::fhir::{FhirId, ResourceType, VersionId};
 
 /// An open write transaction, on whichever backend the store uses.
@@ -44,6 +44,11 @@ pub struct ResourceWrite<'a> {
     pub received: Option<&'a [u8]>,
     /// The request that wrote it.
     pub request_id: &'a str,
+    /// The practice that owns it (the referral's): set by its first write,
+    /// never changed by a later one (an update with `None`, or another
+    /// practice, leaves it as it was). `None`: owned by no practice, visible
+    /// only to callers who see all (see [`Visibility`]).
+    pub owner: Option<&'a str>,
 }
 
 impl WriteTx {
@@ -79,20 +84,35 @@ impl WriteTx {
     }
 
     /// The ids of current resources matching a search (conditional create
-    /// and update inside a transaction).
+    /// and update inside a transaction), among those `visibility` sees: another
+    /// practice's match is no match.
     pub async fn matching_ids(
         &mut self,
         query: &crate::search::SearchQuery,
+        visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
-        dispatch!(self, b => b.matching_ids(query).await)
+        dispatch!(self, b => b.matching_ids(query, visibility).await)
     }
 
-    /// The current version, as this transaction sees it.
+    /// Whether a resource exists that `visibility` does not see (an id the
+    /// caller may not write, whatever it holds).
+    pub async fn exists_unseen(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        visibility: &Visibility,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.exists_unseen(resource_type, id, visibility).await)
+    }
+
+    /// The current version, as this transaction sees it; `NotFound` when
+    /// `visibility` does not see it.
     pub async fn read(
         &mut self,
         resource_type: ResourceType,
         id: &FhirId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        dispatch!(self, b => b.read(resource_type, id).await)
+        dispatch!(self, b => b.read(resource_type, id, visibility).await)
     }
 }

@@ -64,6 +64,7 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
         resource,
         received: None,
         request_id: "test",
+        owner: None,
     };
     let mut tx = a.store.begin_write().await.expect("begin");
     tx.create(write(task.clone())).await.expect("create");
@@ -88,6 +89,7 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
                     resource: json!({"resourceType": "Task", "status": "accepted", "intent": "order"}),
                     received: None,
                     request_id: "test",
+                    owner: None,
                 },
                 Some(VersionId::FIRST),
             )

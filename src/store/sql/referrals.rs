@@ -391,17 +391,19 @@ impl Tx {
     /// it (the last word: writes are serialised).
     pub(in crate::store) async fn message_request(
         &mut self,
+        sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
         // Held until this transaction ends, so the same request sent twice at
         // once (to two instances) is answered once and remembered once.
-        super::lock_identifier(self.conn(), "X-Request-ID", request_id).await?;
-        fetch_message_request(self.conn(), request_id).await
+        super::lock_identifier(self.conn(), sender, request_id).await?;
+        fetch_message_request(self.conn(), sender, request_id).await
     }
 
     /// Remembers the answer to an `X-Request-ID`.
     pub(in crate::store) async fn remember_message_request(
         &mut self,
+        sender: &str,
         request_id: &str,
         body: &[u8],
         status: u16,
@@ -409,9 +411,10 @@ impl Tx {
         at: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO message_requests (request_id, body, status, response, received_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO message_requests (sender, request_id, body, status, response, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
+        .bind(sender)
         .bind(request_id)
         .bind(body)
         .bind(i64::from(status))
@@ -428,11 +431,12 @@ impl Backend {
     /// writer: a resubmission is answered before anything is validated.
     pub(in crate::store) async fn message_request(
         &self,
+        sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
         let s = self;
         let mut conn = s.readers.acquire().await?;
-        fetch_message_request(&mut conn, request_id).await
+        fetch_message_request(&mut conn, sender, request_id).await
     }
 
     /// One referral with its timeline, notes and outcomes.
@@ -572,13 +576,16 @@ async fn referral_by_identifier(
 
 async fn fetch_message_request(
     conn: &mut Conn,
+    sender: &str,
     request_id: &str,
 ) -> Result<Option<MessageRequest>, StoreError> {
-    let row =
-        sqlx::query("SELECT body, status, response FROM message_requests WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_optional(conn)
-            .await?;
+    let row = sqlx::query(
+        "SELECT body, status, response FROM message_requests WHERE sender = $1 AND request_id = $2",
+    )
+    .bind(sender)
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?;
     row.map(|row| {
         Ok(MessageRequest {
             body: row.try_get("body")?,

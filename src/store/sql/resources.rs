@@ -12,7 +12,9 @@ use sqlx::Row;
 use super::{Backend, Conn, DbRow, ROW_LOCK, Tx};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
-use crate::store::{NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource};
+use crate::store::{
+    NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource, Visibility,
+};
 
 impl Tx {
     /// Stores a new resource as version 1.
@@ -22,16 +24,18 @@ impl Tx {
     ) -> Result<StoredResource, StoreError> {
         let version_id = VersionId::FIRST;
         let last_updated = Instant::now();
+        let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
         sqlx::query(
-            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
-             VALUES ($1, $2, $3, 0, $4)",
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods) \
+             VALUES ($1, $2, $3, 0, $4, $5)",
         )
         .bind(stored.resource_type.as_str())
         .bind(stored.id.as_str())
         .bind(version_id.get())
         .bind(&at)
+        .bind(owner)
         .execute(self.conn())
         .await?;
         self.insert_version(VersionRow::of(&stored, &at, "create", audit))
@@ -69,14 +73,17 @@ impl Tx {
         }
         let version_id = current.next();
         let last_updated = Instant::now();
+        let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
         sqlx::query(
-            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2 \
-             WHERE resource_type = $3 AND id = $4",
+            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2, \
+             owner_ods = COALESCE(owner_ods, $3) \
+             WHERE resource_type = $4 AND id = $5",
         )
         .bind(version_id.get())
         .bind(&at)
+        .bind(owner)
         .bind(stored.resource_type.as_str())
         .bind(stored.id.as_str())
         .execute(self.conn())
@@ -139,8 +146,25 @@ impl Tx {
     pub(in crate::store) async fn matching_ids(
         &mut self,
         query: &crate::search::SearchQuery,
+        visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
-        super::search::matching_ids(self.conn(), query).await
+        super::search::matching_ids(self.conn(), query, visibility).await
+    }
+
+    /// Whether a resource exists that `visibility` does not see.
+    pub(in crate::store) async fn exists_unseen(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        visibility: &Visibility,
+    ) -> Result<bool, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT owner_ods FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type.as_str())
+                .bind(id.as_str())
+                .fetch_optional(self.conn())
+                .await?;
+        Ok(row.is_some_and(|(owner,)| !visibility.sees(owner.as_deref())))
     }
 
     /// The current version number of a resource and whether it is deleted.
@@ -168,8 +192,9 @@ impl Tx {
         &mut self,
         resource_type: ResourceType,
         id: &FhirId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        read_current(self.conn(), resource_type, id).await
+        read_current(self.conn(), resource_type, id, visibility).await
     }
 
     async fn insert_version(&mut self, row: VersionRow<'_>) -> Result<(), StoreError> {
@@ -269,6 +294,7 @@ impl Backend {
                 resource: new.resource,
                 received: Some(new.received),
                 request_id: new.request_id,
+                owner: new.owner,
             })
             .await?;
         tx.commit().await?;
@@ -279,9 +305,10 @@ impl Backend {
         &self,
         resource_type: ResourceType,
         id: &FhirId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
         let mut conn = self.readers.acquire().await?;
-        read_current(&mut conn, resource_type, id).await
+        read_current(&mut conn, resource_type, id, visibility).await
     }
 
     pub(in crate::store) async fn vread(
@@ -289,18 +316,20 @@ impl Backend {
         resource_type: ResourceType,
         id: &FhirId,
         version: VersionId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
         let row = sqlx::query(
-            "SELECT version_id, last_updated, resource FROM resource_versions \
-             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+            "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
+             FROM resource_versions v JOIN resources r \
+               ON r.resource_type = v.resource_type AND r.id = v.id \
+             WHERE v.resource_type = $1 AND v.id = $2 AND v.version_id = $3",
         )
         .bind(resource_type.as_str())
         .bind(id.as_str())
         .bind(version.get())
         .fetch_optional(&self.readers)
         .await?;
-        row.map(|row| outcome_from_row(resource_type, id, &row))
-            .unwrap_or(Ok(ReadOutcome::NotFound))
+        visible_outcome(resource_type, id, row, visibility)
     }
 
     pub(in crate::store) async fn delete(
@@ -332,9 +361,10 @@ pub(super) async fn read_current(
     conn: &mut Conn,
     resource_type: ResourceType,
     id: &FhirId,
+    visibility: &Visibility,
 ) -> Result<ReadOutcome, StoreError> {
     let row = sqlx::query(
-        "SELECT v.version_id, v.last_updated, v.resource \
+        "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
          FROM resources r JOIN resource_versions v \
            ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
          WHERE r.resource_type = $1 AND r.id = $2",
@@ -343,8 +373,26 @@ pub(super) async fn read_current(
     .bind(id.as_str())
     .fetch_optional(conn)
     .await?;
-    row.map(|row| outcome_from_row(resource_type, id, &row))
-        .unwrap_or(Ok(ReadOutcome::NotFound))
+    visible_outcome(resource_type, id, row, visibility)
+}
+
+/// A row read with its resource's `owner_ods`: the outcome when `visibility`
+/// sees it, `NotFound` otherwise (another practice's resource is not there, as
+/// far as the caller can tell: not even deleted).
+fn visible_outcome(
+    resource_type: ResourceType,
+    id: &FhirId,
+    row: Option<DbRow>,
+    visibility: &Visibility,
+) -> Result<ReadOutcome, StoreError> {
+    let Some(row) = row else {
+        return Ok(ReadOutcome::NotFound);
+    };
+    let owner: Option<String> = row.try_get("owner_ods")?;
+    if !visibility.sees(owner.as_deref()) {
+        return Ok(ReadOutcome::NotFound);
+    }
+    outcome_from_row(resource_type, id, &row)
 }
 
 pub(super) fn outcome_from_row(

@@ -19,7 +19,7 @@ use crate::search::{
 };
 use crate::store::search::INDEX_VERSION;
 use crate::store::{
-    HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource,
+    HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource, Visibility,
 };
 
 /// Replaces the index rows of `resource_type/id` with those of `resource`
@@ -140,10 +140,11 @@ pub(crate) async fn index_new(
 pub(crate) async fn matching_ids(
     conn: &mut Conn,
     query: &SearchQuery,
+    visibility: &Visibility,
 ) -> Result<Vec<FhirId>, StoreError> {
     let mut sql = Sql::default();
     sql.push("SELECT r.id FROM resources r");
-    sql.push_where(query, None);
+    sql.push_where(query, visibility, None);
     sql.push(" ORDER BY r.id");
     let rows = sql.query().fetch_all(&mut *conn).await?;
     rows.iter()
@@ -157,6 +158,7 @@ impl Backend {
     pub(in crate::store) async fn search(
         &self,
         query: &SearchQuery,
+        visibility: &Visibility,
     ) -> Result<SearchPage, StoreError> {
         // Interrupted if the request ends before the answer is read.
         let mut reader = Interruptible::acquire(&self.readers).await?;
@@ -167,7 +169,7 @@ impl Backend {
             TotalMode::Accurate => {
                 let mut sql = Sql::default();
                 sql.push("SELECT COUNT(*) AS n FROM resources r");
-                sql.push_where(query, None);
+                sql.push_where(query, visibility, None);
                 let row = sql.query().fetch_one(&mut *tx).await?;
                 let n: i64 = row.try_get("n")?;
                 Some(u64::try_from(n).unwrap_or(0))
@@ -190,7 +192,7 @@ impl Backend {
                ON v.resource_type = r.resource_type AND v.id = r.id \
               AND v.version_id = r.current_version",
         );
-        sql.push_where(query, query.cursor.as_ref());
+        sql.push_where(query, visibility, query.cursor.as_ref());
         let direction = match query.sort {
             SortOrder::NewestFirst => "DESC",
             SortOrder::OldestFirst => "ASC",
@@ -231,8 +233,24 @@ impl Backend {
         id: &FhirId,
         count: u32,
         before: Option<VersionId>,
+        visibility: &Visibility,
     ) -> Result<HistoryPage, StoreError> {
         let mut tx = self.readers.begin().await?;
+        let owner: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT owner_ods FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if !owner.is_some_and(|(owner,)| visibility.sees(owner.as_deref())) {
+            // No such resource, or another practice's: no versions either way.
+            tx.commit().await?;
+            return Ok(HistoryPage {
+                entries: Vec::new(),
+                total: 0,
+                next: None,
+            });
+        }
         let (total,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM resource_versions WHERE resource_type = $1 AND id = $2",
         )
@@ -386,11 +404,33 @@ impl Sql {
         query
     }
 
-    /// ` WHERE …` for `query` over `resources r`, starting after `cursor`.
-    fn push_where(&mut self, query: &SearchQuery, cursor: Option<&Cursor>) {
+    /// ` WHERE …` for `query` over `resources r`, among the resources
+    /// `visibility` sees, starting after `cursor`. The one place every search,
+    /// count and conditional match gets its practice filter.
+    fn push_where(
+        &mut self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+        cursor: Option<&Cursor>,
+    ) {
         self.push(" WHERE r.resource_type = ");
         self.push_text(query.resource_type.as_str());
         self.push(" AND r.deleted = 0");
+        match visibility {
+            Visibility::All => {}
+            // `1 = 0`, not `0`: PostgreSQL wants a boolean.
+            Visibility::Practices(codes) if codes.is_empty() => self.push(" AND 1 = 0"),
+            Visibility::Practices(codes) => {
+                self.push(" AND r.owner_ods IN (");
+                for (i, code) in codes.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.push_text(code);
+                }
+                self.push(")");
+            }
+        }
         for criterion in &query.criteria {
             self.push(" AND ");
             self.push_criterion(criterion);

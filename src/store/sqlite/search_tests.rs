@@ -10,9 +10,10 @@ use serde_json::Value;
 use super::Interruptible;
 use super::SqliteStore;
 use super::search::{matching_ids, reindex};
+use crate::fhir::VersionId;
 use crate::fhir::{FhirId, ResourceType};
 use crate::search::SearchQuery;
-use crate::store::{NewResource, Store, StoreOptions};
+use crate::store::{NewResource, ReadOutcome, Store, StoreOptions, Visibility};
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     let options = StoreOptions {
@@ -28,6 +29,10 @@ async fn open(dir: &tempfile::TempDir) -> SqliteStore {
 }
 
 async fn create(store: &SqliteStore, resource: Value) -> FhirId {
+    create_owned(store, resource, None).await
+}
+
+async fn create_owned(store: &SqliteStore, resource: Value, owner: Option<&str>) -> FhirId {
     let resource_type =
         ResourceType::parse(resource["resourceType"].as_str().expect("resourceType"))
             .expect("type");
@@ -37,6 +42,7 @@ async fn create(store: &SqliteStore, resource: Value) -> FhirId {
             resource,
             received: b"{}",
             request_id: "test",
+            owner,
         })
         .await
         .expect("created")
@@ -57,7 +63,9 @@ fn task(status: &str, based_on: &str) -> Value {
 async fn matches(store: &SqliteStore, query: &str) -> Vec<FhirId> {
     let query = SearchQuery::parse(ResourceType::TASK, query).expect("valid query");
     let mut conn = store.writer.acquire().await.expect("connection");
-    matching_ids(&mut conn, &query).await.expect("query runs")
+    matching_ids(&mut conn, &query, &Visibility::All)
+        .await
+        .expect("query runs")
 }
 
 async fn index_rows(store: &SqliteStore, id: &FhirId) -> i64 {
@@ -116,7 +124,9 @@ async fn matching_ids_sees_current_resources_in_the_writers_transaction() {
     .await
     .expect("reindex");
     assert_eq!(
-        matching_ids(&mut tx, &query).await.expect("runs"),
+        matching_ids(&mut tx, &query, &Visibility::All)
+            .await
+            .expect("runs"),
         vec![pending.clone()]
     );
     tx.rollback().await.expect("rollback");
@@ -163,7 +173,10 @@ async fn many_values_make_flat_sql_that_finds_the_same() {
     assert_eq!(matches(&store, &query).await, vec![a.clone()]);
     let query =
         SearchQuery::parse(ResourceType::TASK, &format!("based-on={references}")).expect("query");
-    let page = store.search(&query).await.expect("search runs");
+    let page = store
+        .search(&query, &Visibility::All)
+        .await
+        .expect("search runs");
     assert_eq!(page.total, Some(2));
 }
 
@@ -262,4 +275,73 @@ async fn a_stale_index_is_rebuilt_at_start_up() {
     assert_eq!(index_rows(&store, &id).await, 5);
     // Up to date now: opening again rebuilds nothing.
     assert_eq!(store.rebuild_index_if_stale().await.expect("runs"), None);
+}
+
+#[tokio::test]
+async fn a_practice_sees_only_its_own_resources_on_every_read() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let store = open(&dir).await;
+    let mine = create_owned(
+        &store,
+        task("accepted", "ServiceRequest/sr1"),
+        Some("A81001"),
+    )
+    .await;
+    let theirs = create_owned(
+        &store,
+        task("accepted", "ServiceRequest/sr1"),
+        Some("B82001"),
+    )
+    .await;
+    let nobodys = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+    let a = Visibility::Practices(vec!["A81001".into()]);
+    let none = Visibility::Practices(Vec::new());
+
+    let query = SearchQuery::parse(ResourceType::TASK, "based-on=ServiceRequest/sr1&_count=1")
+        .expect("query");
+    let page = store.search(&query, &a).await.expect("search");
+    assert_eq!(page.total, Some(1), "the total counts only A's");
+    assert_eq!(page.resources.len(), 1);
+    assert_eq!(page.resources[0].id, mine);
+    assert!(page.next.is_none(), "no next page of B's");
+    let all = store
+        .search(&query, &Visibility::All)
+        .await
+        .expect("search");
+    assert_eq!(all.total, Some(3));
+    let page = store.search(&query, &none).await.expect("search");
+    assert_eq!(page.total, Some(0));
+
+    let mut conn = store.writer.acquire().await.expect("connection");
+    assert_eq!(
+        matching_ids(&mut conn, &query, &a).await.expect("runs"),
+        vec![mine.clone()]
+    );
+    drop(conn);
+
+    for id in [&theirs, &nobodys] {
+        let read = store.read(ResourceType::TASK, id, &a).await.expect("read");
+        assert!(matches!(read, ReadOutcome::NotFound), "{id}");
+        let vread = store
+            .vread(ResourceType::TASK, id, VersionId::FIRST, &a)
+            .await
+            .expect("vread");
+        assert!(matches!(vread, ReadOutcome::NotFound), "{id}");
+        let history = store
+            .history(ResourceType::TASK, id, 10, None, &a)
+            .await
+            .expect("history");
+        assert_eq!(history.total, 0, "{id}");
+        assert!(history.entries.is_empty(), "{id}");
+    }
+    let read = store
+        .read(ResourceType::TASK, &mine, &a)
+        .await
+        .expect("read");
+    assert!(matches!(read, ReadOutcome::Found(_)));
+    let history = store
+        .history(ResourceType::TASK, &mine, 10, None, &a)
+        .await
+        .expect("history");
+    assert_eq!(history.total, 1);
 }
