@@ -118,7 +118,11 @@ async fn a_commit_on_one_instance_wakes_delivery_on_the_other() {
     if !on_postgres() {
         return;
     }
-    let (a, b) = two_instances().await;
+    // B's own delivery worker would take the wake-up first: this test
+    // listens in its place.
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let a = spawn_app_in(Arc::clone(&dir), |_| {}).await;
+    let b = spawn_app_in(dir, |s| s.delivery.enabled = false).await;
     let signal = b.store.outbox_signal();
     let woken = tokio::spawn(async move { signal.notified().await });
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -104,7 +104,7 @@ async fn lock_referral(conn: &mut Conn, referral_id: &str) -> Result<(), StoreEr
 const OUTBOX_CHANNEL: &str = "sprig_outbox";
 
 /// Connections beyond the readers' share, for writes running alongside.
-const WRITE_CONNECTIONS: u32 = 8;
+const WRITE_CONNECTIONS: u32 = 16;
 
 /// A connection held by one request; dropped before
 /// [`Interruptible::release`] (the request ended first) it is closed rather
@@ -160,7 +160,10 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(options.database.trim())?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_read_connections.max(1) + WRITE_CONNECTIONS)
-            .acquire_timeout(options.busy_timeout)
+            // Writes run side by side here but each holds a connection for
+            // its round trips: a burst waits for one longer than for
+            // SQLite's lock before it is answered 503.
+            .acquire_timeout(options.busy_timeout.max(Duration::from_secs(15)))
             .connect_with(connect)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
