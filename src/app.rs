@@ -278,8 +278,14 @@ impl Application {
         let store = self.state.store.clone();
         let stop_background = self.stop_background;
         let background = self.background;
-        // The request layer finds the authenticator as an extension.
-        let router = api::router(self.state).layer(axum::Extension(self.authenticator));
+        let auth = &self.state.settings.auth;
+        let rate_limits =
+            api::rate_limit::RateLimits::new(auth.rate_limit_per_minute, auth.rate_limit_burst);
+        // The request layer finds the authenticator (and the rate limits) as extensions.
+        let mut router = api::router(self.state).layer(axum::Extension(self.authenticator));
+        if let Some(limits) = rate_limits {
+            router = router.layer(axum::Extension(Arc::new(limits)));
+        }
         self.server.serve(router, shutdown, grace).await;
         // Requests are done: no more outbox rows can appear. Let deliveries
         // in flight finish (bounded by the worker's grace), then close.

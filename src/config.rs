@@ -154,6 +154,12 @@ pub struct AuthSettings {
     pub link_workers_see_all_referrals: bool,
     /// Tokens from an external identity provider (OIDC).
     pub external: Option<ExternalAuthSettings>,
+    /// Requests a minute each machine client, and each staff session, may make (a
+    /// steady rate; 0 turns rate limiting off). Over it: `429` with `Retry-After`.
+    pub rate_limit_per_minute: u32,
+    /// How many requests a caller may make at once above the steady rate (0: as many
+    /// as `rate_limit_per_minute`).
+    pub rate_limit_burst: u32,
 }
 
 impl Default for AuthSettings {
@@ -167,6 +173,8 @@ impl Default for AuthSettings {
             reload_poll_secs: 5,
             link_workers_see_all_referrals: false,
             external: None,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 100,
         }
     }
 }

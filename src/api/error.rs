@@ -72,6 +72,12 @@ pub enum ApiError {
         /// The limit in seconds.
         seconds: u64,
     },
+    /// 429: the caller is over its rate limit (`auth.rate_limit_per_minute`).
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until a request will be accepted again (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// 503: the request did not finish within the time limit.
     #[error("request timed out")]
     Timeout {
@@ -207,6 +213,7 @@ impl ApiError {
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -239,6 +246,13 @@ impl ApiError {
                 "body-timeout",
                 format!(
                     "The request body did not arrive within {seconds} s; nothing was stored. Send the request again with the whole body"
+                ),
+            )],
+            ApiError::TooManyRequests { retry_after_secs } => vec![Issue::error(
+                IssueType::Throttled,
+                "rate-limited",
+                format!(
+                    "This client has sent more requests than its rate limit allows; nothing was done. Retry after {retry_after_secs} s"
                 ),
             )],
             ApiError::Timeout { seconds } => vec![Issue::error(
@@ -280,6 +294,12 @@ impl ApiError {
             ApiError::Unauthorized(refusal) => HeaderValue::from_str(&refusal.1).ok(),
             _ => None,
         };
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after_secs } => {
+                Some(HeaderValue::from(*retry_after_secs))
+            }
+            _ => None,
+        };
         let nhs_code = nhs_http_error_code(status);
         let outcome = OperationOutcome::new(self.into_issues());
         let body = outcome.to_json(nhs_code).to_string();
@@ -291,6 +311,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(retry_after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
         with_status(response, status)
     }

@@ -25,6 +25,7 @@ pub mod middleware;
 pub mod negotiate;
 pub mod pipeline;
 pub mod problem;
+pub mod rate_limit;
 pub mod referrals;
 pub mod resource;
 pub mod response;

@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sprig::api::authenticate::ROUTES;
+use sprig::config::Settings;
 use sprig::identity::{StaffRole, staff};
 use tempfile::TempDir;
 
@@ -456,6 +457,11 @@ impl Secured {
 }
 
 pub(crate) async fn secured() -> Secured {
+    secured_with(|_| {}).await
+}
+
+/// [`secured`], with settings adjusted by `configure`.
+pub(crate) async fn secured_with(configure: impl FnOnce(&mut Settings)) -> Secured {
     let dir = Arc::new(TempDir::new().expect("tempdir"));
     let (signing, jwk) = key("k1");
     std::fs::write(
@@ -486,6 +492,7 @@ pub(crate) async fn secured() -> Secured {
     let app = spawn_app_in(Arc::clone(&dir), |settings| {
         settings.auth.clients = Some(registry.clone());
         settings.auth.token_secret_file = Some(secret.clone());
+        configure(settings);
     })
     .await;
 
@@ -870,6 +877,52 @@ async fn the_capability_statement_says_how_to_get_a_token() {
     assert_eq!(
         security["extension"][0]["extension"][0]["valueUri"],
         json!(secured.app.url("/auth/token"))
+    );
+    secured.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_is_told_when_to_retry_and_others_go_on() {
+    let secured = secured_with(|settings| {
+        settings.auth.rate_limit_per_minute = 6;
+        settings.auth.rate_limit_burst = 3;
+    })
+    .await;
+    let get = |who| secured.request(who, "GET", "/fhir/Task").send();
+    for _ in 0..3 {
+        assert_eq!(get(Who::PracticeK).await.expect("request").status(), 200);
+    }
+    let refused = get(Who::PracticeK).await.expect("request");
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    let outcome = json_body(refused).await;
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "throttled");
+    // Another practice's client has a bucket of its own.
+    assert_eq!(get(Who::PracticeY).await.expect("request").status(), 200);
+
+    // A staff session too, answered as problem details under /api.
+    let mut last = None;
+    for _ in 0..4 {
+        last = Some(
+            secured
+                .request(Who::Manager, "GET", "/api/referrals")
+                .send()
+                .await
+                .expect("request"),
+        );
+    }
+    let refused = last.expect("answered");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
     );
     secured.app.stop().await;
 }
