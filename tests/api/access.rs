@@ -18,7 +18,7 @@ use crate::helpers::{TestApp, json_body, sample_referral_text, spawn_app_in};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const SECRET: &[u8] = b"an access-token secret of the test, 32 bytes or more";
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// Who calls, in the matrix's column order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,7 +406,7 @@ pub(crate) struct Secured {
 }
 
 impl Secured {
-    fn token(&self, who: Who) -> Option<&str> {
+    pub(crate) fn token(&self, who: Who) -> Option<&str> {
         self.tokens
             .iter()
             .find(|(w, _)| *w == who)
