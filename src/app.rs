@@ -347,6 +347,14 @@ async fn start_background(
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
+    let retention = state.settings.auth.audit_retention_days;
+    if retention > 0 {
+        tasks.push(tokio::spawn(keep_audit_for(
+            state.store.clone(),
+            retention,
+            stopped(stop.clone()),
+        )));
+    }
     // Also without a registry file: the watcher owns the SIGHUP handler,
     // and an operator's reload signal must never kill the gateway.
     tasks.push(state.endpoints.spawn_watcher(
@@ -389,6 +397,31 @@ async fn start_background(
     );
     tasks.push(tokio::spawn(worker.run(stop)));
     tasks
+}
+
+/// Applies `auth.audit_retention_days` now and every hour until `stop`: the whole days
+/// before the oldest kept are dropped.
+async fn keep_audit_for(store: Store, days: u32, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let today = time::OffsetDateTime::now_utc().date();
+        let keep_from = today
+            .checked_sub(time::Duration::days(i64::from(days)))
+            .unwrap_or(time::Date::MIN);
+        match store.drop_audit_before(keep_from).await {
+            Ok(0) => {}
+            Ok(dropped) => {
+                tracing::info!(dropped, keep_from = %keep_from, "audit rows past retention dropped")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot apply the audit retention; retrying later")
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -160,6 +160,9 @@ pub struct AuthSettings {
     /// How many requests a caller may make at once above the steady rate (0: as many
     /// as `rate_limit_per_minute`).
     pub rate_limit_burst: u32,
+    /// Days of audit rows kept, today (UTC) not counted: rows of older whole days are
+    /// dropped at start-up and hourly after. 0: kept for ever (the default).
+    pub audit_retention_days: u32,
 }
 
 impl Default for AuthSettings {
@@ -175,6 +178,7 @@ impl Default for AuthSettings {
             external: None,
             rate_limit_per_minute: 600,
             rate_limit_burst: 100,
+            audit_retention_days: 0,
         }
     }
 }
