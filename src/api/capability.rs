@@ -260,7 +260,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             "operation": [{
                 "name": "process-message",
                 "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
-                "documentation": "POST /fhir/$process-message with a BaRS-style referral message (sprig-referral-message: MessageHeader event servicerequest-request, reason new or update, focus the ServiceRequest). Synchronous: a servicerequest-response message whose response.code is ok, transient-error or fatal-error (with an OperationOutcome). X-Request-ID and X-Correlation-ID are echoed; the same X-Request-ID again with the same body gets the same answer, with another body a 409.",
+                "documentation": "POST /fhir/$process-message with a BaRS-style referral message (sprig-referral-message: MessageHeader event servicerequest-request, reason new or update, focus the ServiceRequest). Synchronous: a servicerequest-response message whose response.code is ok; a refusal is a bare OperationOutcome with the BaRS http-error-codes code (or, with fhir.message_refusal = message, a fatal-error or transient-error reply carrying it). Other events, and BaRS validation requests, are refused as not-supported. X-Request-ID and X-Correlation-ID are echoed; the same X-Request-ID again with the same body gets the same answer, with another body a 409.",
             }, {
                 "name": "validate",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",

@@ -218,7 +218,6 @@ async fn a_referenced_patient_or_practice_that_sprig_cannot_use_is_refused_where
 /// A BaRS validation request asks the receiver to check a referral, not to
 /// make one: it must not become a referral, and gets one clear issue.
 #[tokio::test]
-#[ignore = "needs the $process-message event check (issue 18 §1); see tests/fixtures/bars/README.md"]
 async fn a_bars_validation_request_gets_one_clear_issue() {
     let app = spawn_app().await;
     let message = fixture("validation-request.json");
@@ -243,7 +242,6 @@ async fn a_bars_validation_request_gets_one_clear_issue() {
 /// A message for an event Sprig does not handle gets one issue naming the
 /// one it does, not the profile errors of a message it was never meant to be.
 #[tokio::test]
-#[ignore = "needs the $process-message event check (issue 18 §1); see tests/fixtures/bars/README.md"]
 async fn a_bars_booking_request_gets_one_clear_issue() {
     let app = spawn_app().await;
     let message = fixture("booking-request.json");
@@ -259,4 +257,22 @@ async fn a_bars_booking_request_gets_one_clear_issue() {
     assert_eq!(errors[0]["code"], "not-supported", "{errors:#?}");
     let text = errors[0]["details"]["text"].as_str().unwrap_or("");
     assert!(text.contains("servicerequest-request"), "{text}");
+}
+
+/// A 404 and a 405 carry the BaRS codes for them, as every refusal does.
+#[tokio::test]
+async fn not_found_and_method_not_allowed_carry_bars_codes() {
+    let app = spawn_app().await;
+    let code = |outcome: &Value| outcome["issue"][0]["details"]["coding"][1]["code"].clone();
+    let missing = app.get("/fhir/Patient/nobody").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(code(&json_body(missing).await), "REC_NOT_FOUND");
+    let delete = app
+        .client
+        .delete(app.url("/fhir/metadata"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(delete.status(), 405);
+    assert_eq!(code(&json_body(delete).await), "REC_METHOD_NOT_ALLOWED");
 }
