@@ -70,6 +70,9 @@ pub const ROUTES: &[Route] = &[
     route("/fhir/$process-message", &["POST"], Gate::Fhir),
     route("/fhir/$validate", &["POST"], Gate::Fhir),
     route("/fhir/{type}/$validate", &["POST"], Gate::Fhir),
+    // What a BaRS sender must send: no one's data, so open like the metadata.
+    route("/fhir/MessageDefinition", &["GET"], Gate::Open),
+    route("/fhir/MessageDefinition/{id}", &["GET"], Gate::Open),
     // Administrators only: `api::audit_event` checks `StaffAction::Audit`.
     route("/fhir/AuditEvent", &["GET"], Gate::Fhir),
     route("/fhir/AuditEvent/{id}", &["GET"], Gate::Fhir),

@@ -233,6 +233,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         })
         .collect();
     resources.push(audit_event_capability());
+    resources.push(super::message_definition::capability());
     let mut implementation = json!({
         "description": "Sprig: social prescribing referral gateway",
     });
@@ -249,6 +250,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         "implementation": implementation,
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
+        "messaging": super::message_definition::messaging(),
         "rest": [{
             "mode": "server",
             "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page; _summary=count for only the total; _elements for chosen top-level elements (tagged SUBSETTED); _include and _revinclude as listed per type. An unknown parameter is ignored and reported in an OperationOutcome entry (search.mode outcome) unless the request says Prefer: handling=strict (then 400); a bad value of a known parameter is a 400 unless the request says Prefer: handling=lenient. A trailing slash on any path is the same path; URLs in answers are absolute.",

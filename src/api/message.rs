@@ -35,8 +35,8 @@ use crate::search::SearchQuery;
 use crate::store::referrals::{MessageRequest, Submission};
 use crate::validation::REFERRAL_MESSAGE_PROFILE;
 use crate::workflow::Workflow;
-
-const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
+/// The BaRS message events code system.
+pub const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
 
 /// The one BaRS event Sprig handles.
 pub const SUPPORTED_EVENT: &str = "servicerequest-request";

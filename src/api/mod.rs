@@ -21,6 +21,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod message;
+pub mod message_definition;
 pub mod middleware;
 pub mod negotiate;
 pub mod pipeline;
@@ -99,6 +100,16 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/$validate/", post(validate::validate_any))
         .route("/fhir/{type}/$validate", post(validate::validate_type))
         .route("/fhir/{type}/$validate/", post(validate::validate_type))
+        .route("/fhir/MessageDefinition", get(message_definition::search))
+        .route("/fhir/MessageDefinition/", get(message_definition::search))
+        .route(
+            "/fhir/MessageDefinition/{id}",
+            get(message_definition::read),
+        )
+        .route(
+            "/fhir/MessageDefinition/{id}/",
+            get(message_definition::read),
+        )
         .route("/fhir/AuditEvent", get(audit_event::search))
         .route("/fhir/AuditEvent/", get(audit_event::search))
         .route("/fhir/AuditEvent/{id}", get(audit_event::read))

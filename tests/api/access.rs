@@ -196,6 +196,20 @@ const ADMIN: [E; 15] = [
 #[rustfmt::skip]
 const MATRIX: &[Row] = &[
     ("GET", "/fhir/metadata", "/fhir/metadata", Body::None, OPEN),
+    (
+        "GET",
+        "/fhir/MessageDefinition",
+        "/fhir/MessageDefinition?event=servicerequest-request",
+        Body::None,
+        OPEN,
+    ),
+    (
+        "GET",
+        "/fhir/MessageDefinition/{id}",
+        "/fhir/MessageDefinition/sprig-servicerequest-request",
+        Body::None,
+        OPEN,
+    ),
     ("POST", "/fhir", "/fhir", Body::Fhir, FHIR),
     (
         "POST",

@@ -276,3 +276,54 @@ async fn not_found_and_method_not_allowed_carry_bars_codes() {
     assert_eq!(delete.status(), 405);
     assert_eq!(code(&json_body(delete).await), "REC_METHOD_NOT_ALLOWED");
 }
+
+/// A BaRS sender learns what Sprig needs from its MessageDefinition: read by
+/// id, found by event and by url, not found by another event.
+#[tokio::test]
+async fn sprigs_message_definition_is_read_and_searched() {
+    let app = spawn_app().await;
+    let url = "https://sprig-gateway.org/fhir/MessageDefinition/sprig-servicerequest-request";
+    let read = app
+        .get("/fhir/MessageDefinition/sprig-servicerequest-request")
+        .await;
+    assert_eq!(read.status(), 200);
+    let definition = json_body(read).await;
+    assert_eq!(definition["resourceType"], "MessageDefinition");
+    assert_eq!(definition["url"], url);
+    assert_eq!(definition["eventCoding"]["code"], "servicerequest-request");
+    assert_eq!(
+        definition["focus"][0],
+        json!({"code": "ServiceRequest", "profile": "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral", "min": 1, "max": "1"})
+    );
+    let focus: Vec<&str> = definition["focus"]
+        .as_array()
+        .expect("focus")
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(
+        focus.contains(&"Patient") && focus.contains(&"Consent"),
+        "{focus:?}"
+    );
+    let description = definition["description"].as_str().unwrap_or("");
+    assert!(description.contains("validation"), "{description}");
+
+    for query in [
+        "event=servicerequest-request",
+        "event=https://fhir.nhs.uk/CodeSystem/message-events-bars|servicerequest-request",
+        &format!("url={url}"),
+        "",
+    ] {
+        let found = json_body(app.get(&format!("/fhir/MessageDefinition?{query}")).await).await;
+        assert_eq!(found["total"], 1, "{query}: {found}");
+        assert_eq!(found["entry"][0]["resource"], definition, "{query}");
+    }
+    let none = json_body(
+        app.get("/fhir/MessageDefinition?event=booking-request")
+            .await,
+    )
+    .await;
+    assert_eq!(none["total"], 0, "{none}");
+    let missing = app.get("/fhir/MessageDefinition/bars-booking").await;
+    assert_eq!(missing.status(), 404);
+}
