@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::problem::Problem;
-use crate::fhir::identifiers::OdsCode;
+use crate::fhir::identifiers::{ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::{Issue, IssueType};
 use crate::identity::{
-    Access, AuthError, Authenticator, Credentials, Interaction, PracticeScope, StaffAction,
+    Access, AuthError, Authenticator, Caller, Credentials, Interaction, PracticeScope, StaffAction,
 };
 
 /// `NHSD-End-User-Organisation`: the organisation a trusted proxy relays for.
@@ -318,6 +318,27 @@ pub fn acts_for(access: &Access, practice_ods: Option<&str>) -> bool {
         PracticeScope::Only(_) => practice_ods
             .and_then(|code| OdsCode::parse(code).ok())
             .is_some_and(|code| access.may_act_for(&code)),
+    }
+}
+
+/// The organisation the request declared outside its FHIR content, for the
+/// mapping's last place to find the practice (`%end_user_organisation`):
+/// only from a trusted proxy, whose `NHSD-End-User-Organisation` the identity
+/// layer checked. It is the Organization reduced to the ODS code checked, so
+/// nothing unchecked in the header reaches the referral. From any other
+/// caller the header was ignored (`Access::ignored_end_user_header`).
+pub fn declared_organisation(access: &Access) -> Option<serde_json::Value> {
+    match access.caller() {
+        Caller::Client {
+            proxy: Some(proxy), ..
+        } => Some(serde_json::json!({
+            "resourceType": "Organization",
+            "identifier": [{
+                "system": ODS_ORGANIZATION_SYSTEM,
+                "value": proxy.end_user_ods.as_str(),
+            }],
+        })),
+        _ => None,
     }
 }
 

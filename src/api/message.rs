@@ -246,7 +246,7 @@ async fn handle(
         .unwrap_or("");
     let referral_index = referral_entry(bundle)?;
     check_focus(bundle, header, referral_index)?;
-    let mapped = map_referral(state, bundle, referral_index)?;
+    let mapped = map_referral(state, access, bundle, referral_index)?;
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
 
     let mut tx = state.store.begin_write().await?;
