@@ -79,6 +79,8 @@ pub const ROUTES: &[Route] = &[
     route("/fhir/{type}", &["GET", "POST"], Gate::Fhir),
     route("/fhir/{type}/_search", &["POST"], Gate::Fhir),
     route("/fhir/{type}/{id}", &["GET", "PUT"], Gate::Fhir),
+    // Refused (405) after the scope check: `api::search::history_type` says why.
+    route("/fhir/{type}/_history", &["GET"], Gate::Fhir),
     route("/fhir/{type}/{id}/_history", &["GET"], Gate::Fhir),
     route("/fhir/{type}/{id}/_history/{vid}", &["GET"], Gate::Fhir),
     route("/api/openapi.json", &["GET"], Gate::Open),

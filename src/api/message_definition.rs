@@ -6,6 +6,7 @@
 //! does not do. Open like the CapabilityStatement: it holds no one's data.
 
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -14,7 +15,7 @@ use super::capability::SUPPORTED;
 use super::error::ApiError;
 use super::extract::FhirBase;
 use super::message::{MESSAGE_DEFINITION_URL, MESSAGE_EVENTS, SUPPORTED_EVENT};
-use super::negotiate::ResponseFormat;
+use super::negotiate::{ResponseFormat, strict_handling};
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 use crate::validation::{REFERRAL_MESSAGE_PROFILE, REFERRAL_PROFILE};
 
@@ -87,11 +88,13 @@ pub async fn read(
 
 /// `GET /fhir/MessageDefinition?url=…&event=…`: the one definition, if it
 /// matches every parameter given. Other parameters are ignored (as FHIR
-/// search is by default here) and reported in an `outcome` entry.
+/// search is by default here) and reported in an `outcome` entry, or with
+/// `Prefer: handling=strict` refused (400).
 pub async fn search(
     State(state): State<AppState>,
     format: ResponseFormat,
     base: FhirBase,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = query.unwrap_or_default();
@@ -126,6 +129,22 @@ pub async fn search(
         }));
     }
     let total = entries.len();
+    if !ignored.is_empty() && strict_handling(&headers) {
+        return Err(ApiError::BadRequest(
+            ignored
+                .iter()
+                .map(|name| {
+                    Issue::error(
+                        IssueType::NotSupported,
+                        "search-parameter-unknown",
+                        format!(
+                            "The search parameter '{name}' is not supported on MessageDefinition (supported: _id, url, event)"
+                        ),
+                    )
+                })
+                .collect(),
+        ));
+    }
     if !ignored.is_empty() {
         let issues = ignored
             .iter()

@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> Router {
             "/fhir/{type}/{id}/",
             get(resource::read).put(referrals::update),
         )
+        .route("/fhir/{type}/_history", get(search::history_type))
+        .route("/fhir/{type}/_history/", get(search::history_type))
         .route("/fhir/{type}/{id}/_history", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))

@@ -277,6 +277,13 @@ const MATRIX: &[Row] = &[
     ),
     (
         "GET",
+        "/fhir/{type}/_history",
+        "/fhir/ServiceRequest/_history",
+        Body::None,
+        FHIR,
+    ),
+    (
+        "GET",
         "/fhir/{type}/{id}/_history/{vid}",
         "/fhir/ServiceRequest/{sr}/_history/1",
         Body::None,

@@ -327,3 +327,35 @@ async fn sprigs_message_definition_is_read_and_searched() {
     let missing = app.get("/fhir/MessageDefinition/bars-booking").await;
     assert_eq!(missing.status(), 404);
 }
+
+/// Type-level history is refused with a 405 that says why and what to use,
+/// not read as a resource whose id is `_history`; the CapabilityStatement
+/// lists no `history-type`.
+#[tokio::test]
+async fn type_level_history_is_refused_saying_what_to_use() {
+    let app = spawn_app().await;
+    for path in ["/fhir/ServiceRequest/_history", "/fhir/Task/_history/"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 405, "{path}");
+        let outcome = json_body(response).await;
+        assert_eq!(
+            outcome["issue"][0]["details"]["coding"][0]["code"], "history-type-not-supported",
+            "{outcome}"
+        );
+        assert_eq!(
+            outcome["issue"][0]["details"]["coding"][1]["code"],
+            "REC_METHOD_NOT_ALLOWED"
+        );
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("_lastUpdated")),
+            "{outcome}"
+        );
+    }
+    let statement = json_body(app.get("/fhir/metadata").await).await;
+    assert!(
+        !statement.to_string().contains("\"history-type\""),
+        "{statement}"
+    );
+}
