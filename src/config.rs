@@ -345,18 +345,34 @@ pub enum UpdateRequires {
     IfMatchOrVersionId,
 }
 
+/// How `$process-message` answers a message it refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageRefusal {
+    /// A bare OperationOutcome with the BaRS `http-error-codes` code, as the
+    /// BaRS API specifies for every 4xx and 5xx (its proxy reads `issue[0]`).
+    Outcome,
+    /// A `servicerequest-response` message Bundle (`response.code`
+    /// `fatal-error` or `transient-error`) carrying the OperationOutcome, as
+    /// FHIR messaging has it.
+    Message,
+}
+
 /// FHIR REST choices.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FhirSettings {
     /// What an update must carry to say which version it changes.
     pub update_requires: UpdateRequires,
+    /// The shape of a `$process-message` refusal.
+    pub message_refusal: MessageRefusal,
 }
 
 impl Default for FhirSettings {
     fn default() -> Self {
         Self {
             update_requires: UpdateRequires::IfMatchOrVersionId,
+            message_refusal: MessageRefusal::Outcome,
         }
     }
 }

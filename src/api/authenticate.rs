@@ -22,10 +22,10 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::problem::Problem;
 use super::rate_limit::RateLimits;
-use crate::fhir::identifiers::OdsCode;
+use crate::fhir::identifiers::{ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::{Issue, IssueType};
 use crate::identity::{
-    Access, AuthError, Authenticator, Credentials, Interaction, PracticeScope, StaffAction,
+    Access, AuthError, Authenticator, Caller, Credentials, Interaction, PracticeScope, StaffAction,
 };
 
 /// `NHSD-End-User-Organisation`: the organisation a trusted proxy relays for.
@@ -71,12 +71,17 @@ pub const ROUTES: &[Route] = &[
     route("/fhir/$process-message", &["POST"], Gate::Fhir),
     route("/fhir/$validate", &["POST"], Gate::Fhir),
     route("/fhir/{type}/$validate", &["POST"], Gate::Fhir),
+    // What a BaRS sender must send: no one's data, so open like the metadata.
+    route("/fhir/MessageDefinition", &["GET"], Gate::Open),
+    route("/fhir/MessageDefinition/{id}", &["GET"], Gate::Open),
     // Administrators only: `api::audit_event` checks `StaffAction::Audit`.
     route("/fhir/AuditEvent", &["GET"], Gate::Fhir),
     route("/fhir/AuditEvent/{id}", &["GET"], Gate::Fhir),
     route("/fhir/{type}", &["GET", "POST"], Gate::Fhir),
     route("/fhir/{type}/_search", &["POST"], Gate::Fhir),
     route("/fhir/{type}/{id}", &["GET", "PUT"], Gate::Fhir),
+    // Refused (405) after the scope check: `api::search::history_type` says why.
+    route("/fhir/{type}/_history", &["GET"], Gate::Fhir),
     route("/fhir/{type}/{id}/_history", &["GET"], Gate::Fhir),
     route("/fhir/{type}/{id}/_history/{vid}", &["GET"], Gate::Fhir),
     route("/api/openapi.json", &["GET"], Gate::Open),
@@ -342,6 +347,27 @@ pub fn acts_for(access: &Access, practice_ods: Option<&str>) -> bool {
         PracticeScope::Only(_) => practice_ods
             .and_then(|code| OdsCode::parse(code).ok())
             .is_some_and(|code| access.may_act_for(&code)),
+    }
+}
+
+/// The organisation the request declared outside its FHIR content, for the
+/// mapping's last place to find the practice (`%end_user_organisation`):
+/// only from a trusted proxy, whose `NHSD-End-User-Organisation` the identity
+/// layer checked. It is the Organization reduced to the ODS code checked, so
+/// nothing unchecked in the header reaches the referral. From any other
+/// caller the header was ignored (`Access::ignored_end_user_header`).
+pub fn declared_organisation(access: &Access) -> Option<serde_json::Value> {
+    match access.caller() {
+        Caller::Client {
+            proxy: Some(proxy), ..
+        } => Some(serde_json::json!({
+            "resourceType": "Organization",
+            "identifier": [{
+                "system": ODS_ORGANIZATION_SYSTEM,
+                "value": proxy.end_user_ods.as_str(),
+            }],
+        })),
+        _ => None,
     }
 }
 

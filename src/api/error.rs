@@ -361,6 +361,8 @@ pub(super) fn nhs_http_error_code(status: StatusCode) -> Option<&'static str> {
         400 => Some("REC_BAD_REQUEST"),
         401 => Some("REC_UNAUTHORIZED"),
         403 => Some("REC_FORBIDDEN"),
+        404 => Some("REC_NOT_FOUND"),
+        405 => Some("REC_METHOD_NOT_ALLOWED"),
         406 => Some("REC_NOT_ACCEPTABLE"),
         409 => Some("REC_CONFLICT"),
         422 => Some("REC_UNPROCESSABLE_ENTITY"),

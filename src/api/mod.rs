@@ -21,6 +21,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod message;
+pub mod message_definition;
 pub mod middleware;
 pub mod negotiate;
 pub mod pipeline;
@@ -100,6 +101,16 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/$validate/", post(validate::validate_any))
         .route("/fhir/{type}/$validate", post(validate::validate_type))
         .route("/fhir/{type}/$validate/", post(validate::validate_type))
+        .route("/fhir/MessageDefinition", get(message_definition::search))
+        .route("/fhir/MessageDefinition/", get(message_definition::search))
+        .route(
+            "/fhir/MessageDefinition/{id}",
+            get(message_definition::read),
+        )
+        .route(
+            "/fhir/MessageDefinition/{id}/",
+            get(message_definition::read),
+        )
         .route("/fhir/AuditEvent", get(audit_event::search))
         .route("/fhir/AuditEvent/", get(audit_event::search))
         .route("/fhir/AuditEvent/{id}", get(audit_event::read))
@@ -122,6 +133,8 @@ pub fn router(state: AppState) -> Router {
             "/fhir/{type}/{id}/",
             get(resource::read).put(referrals::update),
         )
+        .route("/fhir/{type}/_history", get(search::history_type))
+        .route("/fhir/{type}/_history/", get(search::history_type))
         .route("/fhir/{type}/{id}/_history", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))

@@ -243,7 +243,9 @@ impl Issue {
             "system": format!("{SPRIG_CANONICAL_BASE}/CodeSystem/sprig-issue"),
             "code": self.message_id,
         })];
-        if let Some(code) = http_error_code {
+        // Warnings and information ride along with a refusal (or a success):
+        // the HTTP error code names the refusal, so only errors carry it.
+        if let Some(code) = http_error_code.filter(|_| self.severity.is_error()) {
             // BaRS receivers report the HTTP outcome with this NHS code system
             // (its casing, `Codesystem`, is the NHS's own).
             codings.push(json!({

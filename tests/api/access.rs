@@ -217,6 +217,20 @@ const ADMIN: [E; 15] = [
 #[rustfmt::skip]
 const MATRIX: &[Row] = &[
     ("GET", "/fhir/metadata", "/fhir/metadata", Body::None, OPEN),
+    (
+        "GET",
+        "/fhir/MessageDefinition",
+        "/fhir/MessageDefinition?event=servicerequest-request",
+        Body::None,
+        OPEN,
+    ),
+    (
+        "GET",
+        "/fhir/MessageDefinition/{id}",
+        "/fhir/MessageDefinition/sprig-servicerequest-request",
+        Body::None,
+        OPEN,
+    ),
     ("POST", "/fhir", "/fhir", Body::Fhir, FHIR),
     (
         "POST",
@@ -281,6 +295,13 @@ const MATRIX: &[Row] = &[
         "/fhir/ServiceRequest/{sr}/_history",
         Body::None,
         READ_K,
+    ),
+    (
+        "GET",
+        "/fhir/{type}/_history",
+        "/fhir/ServiceRequest/_history",
+        Body::None,
+        FHIR,
     ),
     (
         "GET",
@@ -924,5 +945,61 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry_and_others_go_on() {
         refused.headers()["content-type"],
         "application/problem+json"
     );
+    secured.app.stop().await;
+}
+
+/// A BaRS message whose practice is nowhere in its content: from the trusted proxy,
+/// `NHSD-End-User-Organisation` is the last place Sprig looks and the referral is routed
+/// to it; from another client the header is ignored and the message refused, saying where
+/// Sprig looked.
+#[tokio::test]
+async fn only_a_trusted_proxy_declares_the_practice_of_a_message_that_names_none() {
+    let secured = secured().await;
+    let path = format!(
+        "{}/tests/fixtures/bars/referral-request.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut message: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("JSON");
+    message["entry"][0]["resource"]
+        .as_object_mut()
+        .expect("MessageHeader")
+        .shift_remove("sender");
+    let send = |who| {
+        secured
+            .request(who, "POST", "/fhir/$process-message")
+            .header("content-type", "application/fhir+json")
+            .body(message.to_string())
+            .send()
+    };
+    let refused = send(Who::UntrustedHeader).await.expect("sent");
+    assert_eq!(refused.status(), 422);
+    let outcome = json_body(refused).await;
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    let text = outcome.to_string();
+    assert!(text.contains("MessageHeader.sender"), "{text}");
+    assert!(text.contains("NHSD-End-User-Organisation"), "{text}");
+
+    let accepted = send(Who::ProxyForK).await.expect("sent");
+    let status = accepted.status();
+    let reply = json_body(accepted).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["entry"][0]["resource"]["response"]["code"], "ok");
+    let task = reply["entry"][0]["resource"]["focus"][1]["reference"]
+        .as_str()
+        .expect("Task reference")
+        .rsplit('/')
+        .next()
+        .expect("id")
+        .to_owned();
+    let task = json_body(
+        secured
+            .request(Who::ProxyForK, "GET", &format!("/fhir/Task/{task}"))
+            .send()
+            .await
+            .expect("read"),
+    )
+    .await;
+    assert_eq!(task["requester"]["identifier"]["value"], "K83999", "{task}");
     secured.app.stop().await;
 }
