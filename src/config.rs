@@ -23,6 +23,9 @@ use crate::validation::profile::{NoticeLevel, ReportLevel};
 /// The config file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
 
+/// The largest `limits.body_budget_bytes` (the budget is kept in KiB permits).
+const MAX_BODY_BUDGET: u64 = 1 << 40;
+
 /// Settings could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -437,6 +440,13 @@ pub struct Limits {
     pub max_issues: usize,
     /// On shutdown, wait this many seconds for requests in flight.
     pub shutdown_timeout_secs: u64,
+    /// The memory budget for request bodies: the bytes of all bodies being
+    /// read or handled at once (a body without a declared length counts as
+    /// `max_body_bytes`). At least `max_body_bytes`.
+    pub body_budget_bytes: u64,
+    /// How long a body waits for room in the budget before it is answered
+    /// 503 with `Retry-After`, in milliseconds.
+    pub body_budget_wait_ms: u64,
 }
 
 impl Default for Limits {
@@ -447,6 +457,11 @@ impl Default for Limits {
             request_timeout_secs: 30,
             max_issues: 100,
             shutdown_timeout_secs: 30,
+            // Six largest bodies at once: with the validator's and the
+            // transaction's working memory (a few times the body) that keeps
+            // a small VM's RSS in the low hundreds of MiB (BENCHMARKS.md).
+            body_budget_bytes: 32 * 1024 * 1024,
+            body_budget_wait_ms: 2000,
         }
     }
 }
@@ -648,6 +663,15 @@ impl Settings {
         };
         if self.limits.max_body_bytes == 0 {
             return Err(range("limits.max_body_bytes", "must be at least 1"));
+        }
+        if self.limits.body_budget_bytes < self.limits.max_body_bytes {
+            return Err(range(
+                "limits.body_budget_bytes",
+                "must be at least limits.max_body_bytes",
+            ));
+        }
+        if self.limits.body_budget_bytes > MAX_BODY_BUDGET {
+            return Err(range("limits.body_budget_bytes", "must be at most 1 TiB"));
         }
         if !(1..=MAX_SUPPORTED_DEPTH).contains(&self.limits.max_json_depth) {
             return Err(range("limits.max_json_depth", "must be between 1 and 127"));
