@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use crate::fhir::ResourceType;
 use crate::fhir::json::MAX_SUPPORTED_DEPTH;
 use crate::validation::profile::{NoticeLevel, ReportLevel};
+use crate::validation::size::FieldLimits;
 
 /// The config file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
@@ -447,6 +448,13 @@ pub struct Limits {
     /// How long a body waits for room in the budget before it is answered
     /// 503 with `Retry-After`, in milliseconds.
     pub body_budget_wait_ms: u64,
+    /// Longest `identifier.value` accepted, in characters (longer: 422).
+    pub max_identifier_chars: usize,
+    /// Longest other string accepted (a note, a name), in characters
+    /// (longer: 422); `Attachment.data` is bounded by the body limit only.
+    pub max_string_chars: usize,
+    /// Most items in one array (notes, reasons, Bundle entries; more: 422).
+    pub max_repeats: usize,
 }
 
 impl Default for Limits {
@@ -462,11 +470,23 @@ impl Default for Limits {
             // a small VM's RSS in the low hundreds of MiB (BENCHMARKS.md).
             body_budget_bytes: 32 * 1024 * 1024,
             body_budget_wait_ms: 2000,
+            max_identifier_chars: FieldLimits::default().max_identifier_chars,
+            max_string_chars: FieldLimits::default().max_string_chars,
+            max_repeats: FieldLimits::default().max_repeats,
         }
     }
 }
 
 impl Limits {
+    /// The per-field limits (`validation::size`).
+    pub fn field_limits(&self) -> FieldLimits {
+        FieldLimits {
+            max_identifier_chars: self.max_identifier_chars,
+            max_string_chars: self.max_string_chars,
+            max_repeats: self.max_repeats,
+        }
+    }
+
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
@@ -672,6 +692,15 @@ impl Settings {
         }
         if self.limits.body_budget_bytes > MAX_BODY_BUDGET {
             return Err(range("limits.body_budget_bytes", "must be at most 1 TiB"));
+        }
+        if self.limits.max_identifier_chars == 0
+            || self.limits.max_string_chars == 0
+            || self.limits.max_repeats == 0
+        {
+            return Err(range(
+                "limits.max_identifier_chars",
+                "max_identifier_chars, max_string_chars and max_repeats must each be at least 1",
+            ));
         }
         if !(1..=MAX_SUPPORTED_DEPTH).contains(&self.limits.max_json_depth) {
             return Err(range("limits.max_json_depth", "must be between 1 and 127"));

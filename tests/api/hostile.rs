@@ -148,3 +148,163 @@ async fn the_service_api_answers_a_full_budget_with_a_problem_and_retry_after() 
     assert_eq!(answer.status(), 400);
     app.stop().await;
 }
+
+/// POSTs `resource` as FHIR JSON to `path`; the status and the answer.
+async fn post_json(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    resource: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+#[tokio::test]
+async fn oversize_fields_are_refused_with_422_naming_the_element_and_the_limit() {
+    let app = spawn_app_with(|_| {}).await;
+    // A 100,000-character identifier.
+    let mut referral = sample_referral();
+    referral["identifier"][0]["value"] = "9".repeat(100_000).into();
+    let (status, outcome) = post_json(&app, "/fhir/ServiceRequest", &referral).await;
+    assert_eq!(status, 422, "{outcome}");
+    let issue = &issues(&outcome)[0];
+    assert_eq!(issue["code"], "too-long");
+    assert_eq!(issue["expression"][0], "ServiceRequest.identifier[0].value");
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("256 characters"),
+        "{issue}"
+    );
+
+    // A 1 MB family name, in a contained Patient.
+    let mut referral = sample_referral();
+    referral["contained"][0]["name"][0]["family"] = "x".repeat(1_000_000).into();
+    let (status, outcome) = post_json(&app, "/fhir/ServiceRequest", &referral).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(
+        issues(&outcome)[0]["expression"][0],
+        "ServiceRequest.contained[0].name[0].family"
+    );
+    assert!(
+        outcome.to_string().contains("65536 characters"),
+        "{outcome}"
+    );
+
+    // 100,000 notes.
+    let mut referral = sample_referral();
+    referral["note"] = (0..100_000)
+        .map(|_| serde_json::json!({"text": "n"}))
+        .collect::<Vec<_>>()
+        .into();
+    let (status, outcome) = post_json(&app, "/fhir/ServiceRequest", &referral).await;
+    assert_eq!(status, 422, "{outcome}");
+    let issue = &issues(&outcome)[0];
+    assert_eq!(issue["code"], "too-costly");
+    assert_eq!(issue["expression"][0], "ServiceRequest.note");
+    assert!(
+        issue["diagnostics"].as_str().unwrap().contains("256"),
+        "{issue}"
+    );
+
+    // A 64 KiB note is still accepted; nothing refused was stored.
+    let mut referral = sample_referral();
+    referral["note"][0]["text"] = "a".repeat(65_536).into();
+    let (status, outcome) = post_json(&app, "/fhir/ServiceRequest", &referral).await;
+    assert_eq!(status, 201, "{outcome}");
+    let stored = json_body(app.get("/fhir/ServiceRequest?_summary=count").await).await;
+    assert_eq!(stored["total"], 1, "{stored}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_field_limits_are_configurable_and_apply_to_transactions() {
+    let app = spawn_app_with(|s| {
+        s.limits.max_identifier_chars = 8;
+    })
+    .await;
+    let bundle = crate::workflow::example("referral-transaction-bundle.json");
+    let (status, outcome) = post_json(&app, "/fhir", &bundle).await;
+    assert_eq!(status, 422, "{outcome}");
+    let issue = &issues(&outcome)[0];
+    assert_eq!(issue["code"], "too-long");
+    assert!(
+        issue["expression"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Bundle.entry["),
+        "{issue}"
+    );
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("(8 characters)"),
+        "{issue}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_service_api_refuses_an_oversize_note_and_implausible_outcome_times() {
+    use crate::workflow::{Shape, api_post, submit};
+    let app = spawn_app_with(|_| {}).await;
+    let (id, status, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    assert_eq!(status, 201);
+    let response = api_post(
+        &app,
+        &format!("/api/referrals/{id}/notes"),
+        serde_json::json!({"text": "n".repeat(65_537), "by": "link.worker"}),
+    )
+    .await;
+    assert_eq!(response.status(), 422);
+    let problem = json_body(response).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("65536 characters"),
+        "{problem}"
+    );
+
+    for (at, says) in [
+        ("9999-12-31T00:00:00Z", "future"),
+        ("0001-01-01T00:00:00Z", "before 2000"),
+        ("2099-01-01T00:00:00+01:00", "future"),
+    ] {
+        let response = api_post(
+            &app,
+            &format!("/api/referrals/{id}/outcomes"),
+            serde_json::json!({"measure": "ons4", "answers": [7, 8, 6, 3], "recorded_at": at, "by": "link.worker"}),
+        )
+        .await;
+        assert_eq!(response.status(), 422, "{at}");
+        let problem = json_body(response).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{at}: {problem}"
+        );
+    }
+    // A time a moment ahead of Sprig's clock is within the allowed skew.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(60);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let response = api_post(
+        &app,
+        &format!("/api/referrals/{id}/outcomes"),
+        serde_json::json!({"measure": "ons4", "answers": [7, 8, 6, 3], "recorded_at": soon, "by": "link.worker"}),
+    )
+    .await;
+    assert_ne!(response.status(), 422, "{}", response.text().await.unwrap());
+    app.stop().await;
+}
