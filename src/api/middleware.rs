@@ -230,6 +230,29 @@ pub async fn declared_body_limit(
     ApiError::PayloadTooLarge { limit }.into_response()
 }
 
+/// Refuses, with 415, a request under `/fhir` or `/api` whose body headers
+/// Sprig cannot honour (`negotiate::body_headers_refusal`): before the body
+/// is read, whatever the route would have made of it.
+pub async fn body_headers(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let checked = path == "/fhir" || path.starts_with("/fhir/") || path.starts_with("/api/");
+    let Some(refusal) = checked
+        .then(|| super::negotiate::body_headers_refusal(request.headers()))
+        .flatten()
+    else {
+        return next.run(request).await;
+    };
+    if path.starts_with("/api/") {
+        return Problem::unsupported_media_type(refusal).into_response();
+    }
+    ApiError::UnsupportedMediaType(crate::fhir::Issue::error(
+        crate::fhir::IssueType::NotSupported,
+        "unsupported-media-type",
+        refusal,
+    ))
+    .into_response()
+}
+
 /// Turns a panic in a handler into a 500 OperationOutcome (the panic is a
 /// defect, logged, and the server keeps running).
 pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {

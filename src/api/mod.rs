@@ -170,6 +170,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::declared_body_limit,
         ))
+        .layer(axum::middleware::from_fn(middleware::body_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_timeout,

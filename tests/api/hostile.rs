@@ -308,3 +308,132 @@ async fn the_service_api_refuses_an_oversize_note_and_implausible_outcome_times(
     assert_ne!(response.status(), 422, "{}", response.text().await.unwrap());
     app.stop().await;
 }
+
+/// POSTs raw `body` to `path` with `headers`; the status and the answer's text.
+async fn post_raw(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String) {
+    let mut request = app.client.post(app.url(path)).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_is_a_400() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend(serde_json::to_vec(&sample_referral()).unwrap());
+    let (status, text) = post_raw(
+        &app,
+        "/fhir/ServiceRequest",
+        &[("content-type", "application/fhir+json")],
+        body,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("json-byte-order-mark") && text.contains("byte order mark"),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_content_encoding_is_refused_with_415_not_ignored() {
+    let app = spawn_app_with(|_| {}).await;
+    for path in ["/fhir/ServiceRequest", "/api/referrals/x/notes"] {
+        let (status, text) = post_raw(
+            &app,
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            serde_json::to_vec(&sample_referral()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 415, "{path}: {text}");
+        assert!(text.contains("Content-Encoding gzip"), "{text}");
+    }
+    // `identity` is no encoding at all.
+    let (status, text) = post_raw(
+        &app,
+        "/fhir/ServiceRequest",
+        &[
+            ("content-type", "application/fhir+json"),
+            ("content-encoding", "identity"),
+        ],
+        serde_json::to_vec(&sample_referral()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_content_type_with_empty_parameters_is_a_415() {
+    let app = spawn_app_with(|_| {}).await;
+    let (status, text) = post_raw(
+        &app,
+        "/fhir/ServiceRequest",
+        &[("content-type", "application/fhir+json;;;;")],
+        serde_json::to_vec(&sample_referral()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("malformed"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_service_api_refuses_other_charsets_and_fhir_versions() {
+    let app = spawn_app_with(|_| {}).await;
+    for (content_type, says) in [
+        ("application/json; charset=iso-8859-1", "charset=iso-8859-1"),
+        ("application/json; fhirVersion=3.0", "fhirVersion=3.0"),
+    ] {
+        let (status, text) = post_raw(
+            &app,
+            "/api/referrals/x/notes",
+            &[("content-type", content_type)],
+            br#"{"text": "a note"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 415, "{content_type}: {text}");
+        assert!(text.contains(says), "{text}");
+        assert!(text.contains("Unsupported media type"), "{text}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_entry_url_with_a_path_below_the_type_is_a_400() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut bundle = crate::workflow::example("referral-transaction-bundle.json");
+    let entry = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e["resource"]["resourceType"] == "ServiceRequest")
+        .unwrap();
+    bundle["entry"][entry]["request"]["url"] = "ServiceRequest/../../Patient".into();
+    let (status, outcome) = post_json(&app, "/fhir", &bundle).await;
+    assert_eq!(status, 400, "{outcome}");
+    let issue = &issues(&outcome)[0];
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("must name only the resource type"),
+        "{issue}"
+    );
+    let stored = json_body(app.get("/fhir/ServiceRequest?_summary=count").await).await;
+    assert_eq!(stored["total"], 0, "{stored}");
+    app.stop().await;
+}
