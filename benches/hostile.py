@@ -9,8 +9,9 @@ runs, one after another and each for SECONDS_PER_ATTACK: an idle baseline,
 idle connections, slowloris (a header line every 2 s), slow bodies (uploads
 stalled just before the end of a 4 MiB body), a storm of large (3.8 MB)
 referrals, and searches with 200 repeats of one parameter. Throughout, it
-probes GET /healthz (every 50 ms, a new connection each) and creates a
-referral (every 200 ms), and samples the server's RSS. It prints, per
+probes GET /healthz on the probes' own address (`server.health_listen`,
+every 50 ms, a new connection each) and on the main one (every 100 ms), and
+creates a referral (every 200 ms), and samples the server's RSS. It prints, per
 attack: RSS peak, /healthz p99, the create p99 and how many creates
 succeeded, and what the attackers were answered. Everything is bounded in
 count and time; traffic goes to 127.0.0.1 only. Python's standard library
@@ -91,6 +92,7 @@ class Phase:
         self.name = name
         self.health = []
         self.health_failed = 0
+        self.main_health = []
         self.creates = []
         self.creates_ok = 0
         self.creates_failed = {}
@@ -101,15 +103,21 @@ class Phase:
         self.attack[status] = self.attack.get(status, 0) + 1
 
 
-async def probes(host, port, pid, phase, stop):
+async def probes(host, port, probe_port, pid, phase, stop):
     async def health():
         while not stop.is_set():
-            status, took = await exchange(host, port, request("GET", "/healthz"))
+            status, took = await exchange(host, probe_port, request("GET", "/healthz"))
             if status == 200:
                 phase.health.append(took)
             else:
                 phase.health_failed += 1
             await asyncio.sleep(0.05)
+
+    async def main_health():
+        while not stop.is_set():
+            _, took = await exchange(host, port, request("GET", "/healthz"))
+            phase.main_health.append(took)
+            await asyncio.sleep(0.1)
 
     async def create():
         while not stop.is_set():
@@ -126,7 +134,7 @@ async def probes(host, port, pid, phase, stop):
             phase.rss_peak = max(phase.rss_peak, rss_kib(pid))
             await asyncio.sleep(0.05)
 
-    await asyncio.gather(health(), create(), rss())
+    await asyncio.gather(health(), main_health(), create(), rss())
 
 
 async def hold(host, port, phase, stop, send_first, drip=None, every=2.0):
@@ -206,7 +214,18 @@ async def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     work = tempfile.mkdtemp()
-    env = dict(os.environ, SPRIG_LOG__FORMAT="json", SPRIG_LOG__LEVEL="warn,sprig=info")
+    # The probes' own address (server.health_listen), as a deployment under
+    # attack gives its load balancer: a free port picked by binding port 0.
+    import socket
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        probe_port = free.getsockname()[1]
+    env = dict(
+        os.environ,
+        SPRIG_LOG__FORMAT="json",
+        SPRIG_LOG__LEVEL="warn,sprig=info",
+        SPRIG_SERVER__HEALTH_LISTEN=f"127.0.0.1:{probe_port}",
+    )
     env.pop("RUST_LOG", None)
     log = open(os.path.join(work, "sprig.log"), "w+")
     server = subprocess.Popen(
@@ -227,12 +246,15 @@ async def main():
         host, port = address.rsplit(":", 1)
         port = int(port)
         print(f"sprig {SPRIG} at {address}, {SECONDS:.0f} s per attack, idle RSS {rss_kib(server.pid) // 1024} MiB")
-        print(f"{'attack':40} {'RSS peak':>9} {'/healthz p99':>13} {'create p99':>11} {'creates ok':>11}  attackers answered")
+        print(
+            f"{'attack':40} {'RSS peak':>9} {'/healthz p99':>13} {'(main port)':>11}"
+            f" {'create p99':>11} {'creates ok':>11}  attackers answered"
+        )
         for name in ATTACKS:
             phase = Phase(name)
             stop = asyncio.Event()
             tasks = [
-                asyncio.create_task(probes(host, port, server.pid, phase, stop)),
+                asyncio.create_task(probes(host, port, probe_port, server.pid, phase, stop)),
                 asyncio.create_task(attack(name, host, port, stop, phase)),
             ]
             await asyncio.sleep(SECONDS)
@@ -241,6 +263,7 @@ async def main():
             failed = "".join(f" ({n} x {s})" for s, n in phase.creates_failed.items())
             print(
                 f"{name:40} {phase.rss_peak / 1024:7.0f} MiB {p99(phase.health):10.1f} ms"
+                f" {p99(phase.main_health):8.0f} ms"
                 f" {p99(phase.creates):8.0f} ms {phase.creates_ok:>5}/{len(phase.creates):<5}"
                 f" {dict(sorted(phase.attack.items(), key=str))}"
                 + (f" health failures {phase.health_failed}" if phase.health_failed else "")

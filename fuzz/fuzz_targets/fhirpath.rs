@@ -15,7 +15,14 @@ static REFERRAL: LazyLock<Value> = LazyLock::new(|| {
         .expect("valid JSON")
 });
 
-fuzz_target!(|data: &[u8]| {
+// The engine's type model loads before the first input (not counted
+// against the 1 s per-input limit).
+fuzz_target!(
+    init: {
+        LazyLock::force(&ENGINE);
+        LazyLock::force(&REFERRAL);
+    },
+    |data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -26,4 +33,5 @@ fuzz_target!(|data: &[u8]| {
     let own: Option<Value> = serde_json::from_str(rest).ok();
     let resource = own.as_ref().unwrap_or(&REFERRAL);
     let _ = compiled.evaluate(resource, resource);
-});
+    }
+);
