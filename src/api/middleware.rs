@@ -295,11 +295,27 @@ impl BodyBudget {
         if body.is_end_stream() {
             return 0;
         }
+        // The body's own hint is exact only for some wrappers; the declared
+        // `Content-Length` (which hyper enforces: a body cannot run past it) is
+        // the next best, and only a body of unknown length weighs the limit.
         body.size_hint()
             .exact()
+            .or_else(|| declared_length(request))
             .unwrap_or(self.max_body_bytes)
             .min(self.max_body_bytes)
     }
+}
+
+/// The request's `Content-Length`, when it is one well-formed number.
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Bytes to KiB permits, rounded up.
