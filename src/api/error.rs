@@ -84,6 +84,10 @@ pub enum ApiError {
         /// The limit in seconds.
         seconds: u64,
     },
+    /// 503: the memory budget for request bodies (`limits.body_budget_bytes`)
+    /// had no room for this one within `limits.body_budget_wait_ms`.
+    #[error("body budget full")]
+    Busy,
     /// 503: storage is temporarily unable to serve.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] StoreError),
@@ -215,7 +219,9 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout { .. } | ApiError::Unavailable(_) | ApiError::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -259,6 +265,11 @@ impl ApiError {
                 IssueType::Timeout,
                 "request-timeout",
                 format!("The request did not complete within {seconds} s; it may be retried"),
+            )],
+            ApiError::Busy => vec![Issue::error(
+                IssueType::Transient,
+                "server-busy",
+                "Sprig is handling as many request bodies as its memory budget allows; nothing was read or stored. Retry shortly",
             )],
             ApiError::Unavailable(_) => vec![Issue::error(
                 IssueType::Transient,

@@ -174,10 +174,17 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         ))
+        // Inside the 413 (a body over the limit is refused, not queued) and
+        // the request timeout (waiting for room counts against it).
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::BodyBudget::new(&state.settings.limits),
+            middleware::body_budget,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::declared_body_limit,
         ))
+        .layer(axum::middleware::from_fn(middleware::body_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_timeout,

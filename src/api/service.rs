@@ -290,10 +290,18 @@ pub async fn outcome(
     let Path(id) = path?;
     let Json(body) = body?;
     let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
-    if Instant::parse(&body.recorded_at).is_err() {
+    let Ok(recorded_at) = Instant::parse(&body.recorded_at) else {
         return Err(Problem::bad_request(
             "recorded_at must be a date and time with a zone, e.g. 2026-11-21T10:30:00Z",
         ));
+    };
+    check_recorded_at(recorded_at, Instant::now())?;
+    let max_repeats = state.settings.limits.max_repeats;
+    if body.answers.len() > max_repeats {
+        return Err(unprocessable(format!(
+            "answers has {} items, more than the {max_repeats} Sprig accepts",
+            body.answers.len()
+        )));
     }
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
@@ -323,6 +331,36 @@ pub async fn outcome(
     Ok(response)
 }
 
+/// How far ahead of Sprig's clock an outcome's `recorded_at` may be: the
+/// recording device's clock may run a little fast, no more.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The earliest `recorded_at` accepted: before it, a date is a typing or
+/// defaulting mistake (`0001-01-01`), not when an outcome was measured.
+const EARLIEST_RECORDED_AT: time::OffsetDateTime = time::macros::datetime!(2000-01-01 0:00 UTC);
+
+/// 422 for a `recorded_at` in the future (beyond [`CLOCK_SKEW`]) or before
+/// [`EARLIEST_RECORDED_AT`].
+fn check_recorded_at(recorded_at: Instant, now: Instant) -> Result<(), Problem> {
+    let at = recorded_at.as_offset_date_time();
+    if at > now.as_offset_date_time() + CLOCK_SKEW {
+        return Err(unprocessable(
+            "recorded_at is in the future; an outcome is recorded when it was measured",
+        ));
+    }
+    if at < EARLIEST_RECORDED_AT {
+        return Err(unprocessable(
+            "recorded_at is before 2000-01-01, earlier than any outcome Sprig can have recorded",
+        ));
+    }
+    Ok(())
+}
+
+/// 422 for a body that reads but that Sprig does not accept.
+fn unprocessable(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request", detail)
+}
+
 /// A note.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +380,12 @@ pub async fn note(
     require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
+    let max_chars = state.settings.limits.max_string_chars;
+    if body.text.len() > max_chars && body.text.chars().count() > max_chars {
+        return Err(unprocessable(format!(
+            "text is longer than Sprig accepts for a note ({max_chars} characters)"
+        )));
+    }
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
     let mut tx = state.store.begin_write().await?;

@@ -20,6 +20,7 @@ mod durability;
 mod fhir_conventions;
 mod fhirpath_suite;
 mod helpers;
+mod hostile;
 mod isolation;
 mod mappings;
 mod negotiation;
