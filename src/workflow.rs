@@ -26,7 +26,7 @@ use crate::referral::measure::{Measure, ScoreError};
 use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
-use crate::store::{ReadOutcome, ResourceWrite, StoreError, WriteTx};
+use crate::store::{ReadOutcome, ResourceWrite, StoreError, Visibility, WriteTx};
 use crate::validation::{TASK_PROFILE, Target, Validator};
 
 /// Who the actor is when the gateway itself acts for the GP.
@@ -211,6 +211,7 @@ impl Workflow {
                 resource: task,
                 received: None,
                 request_id: arrival.request_id,
+                owner: referral.fields.practice_ods_code.as_deref(),
             })
             .await?;
         tx.add_stage_change(&NewStageChange {
@@ -343,6 +344,7 @@ impl Workflow {
                 resource: observation,
                 received: None,
                 request_id: request.request_id,
+                owner: referral.fields.practice_ods_code.as_deref(),
             })
             .await?;
         let outcome = Outcome {
@@ -511,7 +513,11 @@ impl Workflow {
         request_id: &str,
     ) -> Result<VersionId, WorkflowError> {
         let task_id = task_id_of(referral)?;
-        let current = match tx.read(ResourceType::TASK, &task_id).await? {
+        // Sprig's own work on the referral: every resource is its to read.
+        let current = match tx
+            .read(ResourceType::TASK, &task_id, &Visibility::All)
+            .await?
+        {
             ReadOutcome::Found(stored) => stored.version_id,
             _ => {
                 return Err(WorkflowError::Defect(format!(
@@ -529,6 +535,7 @@ impl Workflow {
                     resource: task,
                     received: None,
                     request_id,
+                    owner: referral.fields.practice_ods_code.as_deref(),
                 },
                 Some(current),
             )

@@ -83,8 +83,10 @@ pub async fn process_message(
     let bytes = &body.0;
     // A resubmission is answered at once, from a reader; `handle` asks again
     // inside its write, for a copy sent while this one was being validated.
+    // Request ids are the sender's own: another sender's id is a new request.
+    let sender = access.sender_key();
     if let Some(id) = context.caller_request_id()
-        && let Some(earlier) = state.store.message_request(id).await?
+        && let Some(earlier) = state.store.message_request(&sender, id).await?
     {
         return replay(earlier, bytes, format);
     }
@@ -151,13 +153,16 @@ async fn handle(
     // Again inside the write transaction: the same message may have been sent
     // twice at once, and the other copy committed while this one was being
     // validated. Writes are serialised, so this answer is the last word.
+    let sender = access.sender_key();
     if let Some(id) = caller_request_id
-        && let Some(earlier) = tx.message_request(id).await?
+        && let Some(earlier) = tx.message_request(&sender, id).await?
     {
         drop(tx);
         return replay(earlier, bytes, format);
     }
     let existing = tx.referral_by_identifier(&mapped.identifier).await?;
+    let visibility = access.visibility();
+    let owner = mapped.fields.practice_ods_code.clone();
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
             Workflow::check_resubmission(&existing, &mapped)?;
@@ -166,7 +171,15 @@ async fn handle(
         }
         ("new", None) => {
             let plan = plan_message(bundle, referral_index, None)?;
-            let outcomes = execute(&mut tx, plan, bytes, request_id).await?;
+            let outcomes = execute(
+                &mut tx,
+                plan,
+                bytes,
+                request_id,
+                &visibility,
+                owner.as_deref(),
+            )
+            .await?;
             let referral = open_referral(
                 state,
                 &mut tx,
@@ -182,7 +195,15 @@ async fn handle(
             let id = FhirId::parse(&existing.id)
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
             let plan = plan_message(bundle, referral_index, Some(id))?;
-            execute(&mut tx, plan, bytes, request_id).await?;
+            execute(
+                &mut tx,
+                plan,
+                bytes,
+                request_id,
+                &visibility,
+                owner.as_deref(),
+            )
+            .await?;
             let referral = state
                 .workflow
                 .amend(&mut tx, existing, mapped, request_id)
@@ -231,8 +252,15 @@ async fn handle(
     })
     .await?;
     if let Some(id) = caller_request_id {
-        tx.remember_message_request(id, bytes, 200, &reply_text, &Instant::now().to_fhir())
-            .await?;
+        tx.remember_message_request(
+            &sender,
+            id,
+            bytes,
+            200,
+            &reply_text,
+            &Instant::now().to_fhir(),
+        )
+        .await?;
     }
     context.audit.note_referral(&referral.id);
     if let Some(patient) = &referral.patient_id {

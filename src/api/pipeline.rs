@@ -20,7 +20,7 @@ use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 use crate::search::SearchQuery;
-use crate::store::{ReadOutcome, StoredResource, WriteTx};
+use crate::store::{ReadOutcome, StoredResource, Visibility, WriteTx};
 use crate::validation::{REFERRAL_PROFILE, Target};
 
 /// A body that parsed and passed validation.
@@ -109,17 +109,20 @@ pub(super) async fn check(
 
 /// The one current resource matching a conditional create's `query`
 /// (`If-None-Exist`), if there is a query and a match; 412 when several match.
+/// Only resources `visibility` sees can match: another practice's match is no
+/// match, so the answer never tells that another practice holds one.
 pub(super) async fn existing_match(
     tx: &mut WriteTx,
     query: Option<&SearchQuery>,
+    visibility: &Visibility,
 ) -> Result<Option<StoredResource>, ApiError> {
     let Some(query) = query else {
         return Ok(None);
     };
-    let ids = tx.matching_ids(query).await?;
+    let ids = tx.matching_ids(query, visibility).await?;
     match ids.as_slice() {
         [] => Ok(None),
-        [id] => match tx.read(query.resource_type, id).await? {
+        [id] => match tx.read(query.resource_type, id, visibility).await? {
             ReadOutcome::Found(stored) => Ok(Some(stored)),
             _ => Ok(None),
         },

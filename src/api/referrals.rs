@@ -30,7 +30,7 @@ use crate::mapping::intake::SubmittedReferral;
 use crate::referral::record::{MappedReferral, ReceivedAs};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
-use crate::store::{ReadOutcome, ResourceWrite, StoreError, StoredResource};
+use crate::store::{ReadOutcome, ResourceWrite, StoreError, StoredResource, Visibility};
 use crate::validation::REFERRAL_PROFILE;
 use crate::workflow::{Arrival, Workflow};
 
@@ -46,8 +46,10 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let mapped = map_single(state, &checked.resource)?;
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
+    let owner = mapped.fields.practice_ods_code.clone();
+    let visibility = access.visibility();
     let mut tx = state.store.begin_write().await?;
-    if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
+    if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
         drop(tx);
         let what = Written::matched_existing(&existing);
         return written(&existing, what, answer, checked.issues);
@@ -56,7 +58,13 @@ pub(super) async fn create(
         drop(tx);
         Workflow::check_resubmission(&existing, &mapped)?;
         tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
-        let stored = current(state, ResourceType::SERVICE_REQUEST, &existing.id).await?;
+        let stored = current(
+            state,
+            ResourceType::SERVICE_REQUEST,
+            &existing.id,
+            &visibility,
+        )
+        .await?;
         let what = Written {
             status: StatusCode::OK,
             message_id: "referral-already-received",
@@ -72,6 +80,7 @@ pub(super) async fn create(
             resource: checked.resource,
             received: Some(&checked.received),
             request_id: &context.request_id,
+            owner: owner.as_deref(),
         })
         .await?;
     let referral = state
@@ -184,6 +193,7 @@ pub async fn update(
                 resource: checked.resource,
                 received: Some(&checked.received),
                 request_id: &context.request_id,
+                owner: referral.fields.practice_ods_code.as_deref(),
             },
             Some(expected.version()),
         )
@@ -346,10 +356,11 @@ async fn current(
     state: &AppState,
     resource_type: ResourceType,
     id: &str,
+    visibility: &Visibility,
 ) -> Result<StoredResource, ApiError> {
     let id =
         FhirId::parse(id).map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
-    match state.store.read(resource_type, &id).await? {
+    match state.store.read(resource_type, &id, visibility).await? {
         ReadOutcome::Found(stored) => Ok(stored),
         _ => Err(ApiError::internal(
             "reading a referral's current resource",

@@ -51,7 +51,8 @@ pub async fn create(
     }
 
     let mut tx = state.store.begin_write().await?;
-    if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref()).await? {
+    let visibility = access.visibility();
+    if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
         drop(tx);
         let what = Written::matched_existing(&existing);
         return written(&existing, what, answer, checked.issues);
@@ -64,6 +65,7 @@ pub async fn create(
             resource: checked.resource,
             received: Some(&checked.received),
             request_id: &context.request_id,
+            owner: access.owner_of_new(),
         })
         .await?;
     context.audit.note_stored(&stored);
@@ -135,7 +137,10 @@ pub async fn read(
     let resource_type = supported(&type_name, Interaction::Read)?;
     require_scope(&access, Scope::Read, resource_type.as_str())?;
     let id = parse_id(&raw_id)?;
-    let outcome = state.store.read(resource_type, &id).await?;
+    let outcome = state
+        .store
+        .read(resource_type, &id, &access.visibility())
+        .await?;
     if let ReadOutcome::Found(stored) = &outcome {
         context.audit.note_stored(stored);
     }
@@ -162,7 +167,10 @@ pub async fn vread(
             e.to_string(),
         )])
     })?;
-    let outcome = state.store.vread(resource_type, &id, version).await?;
+    let outcome = state
+        .store
+        .vread(resource_type, &id, version, &access.visibility())
+        .await?;
     if let ReadOutcome::Found(stored) = &outcome {
         context.audit.note_stored(stored);
     }

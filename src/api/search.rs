@@ -25,7 +25,9 @@ use super::pipeline::cpu_bound;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::identity::{Access, Interaction as Scope};
 use crate::search::{HistoryQuery, IndexValue, ParseOptions, SearchQuery, index_entries};
-use crate::store::{HistoryOperation, HistoryPage, ReadOutcome, SearchPage, StoredResource};
+use crate::store::{
+    HistoryOperation, HistoryPage, ReadOutcome, SearchPage, StoredResource, Visibility,
+};
 
 /// `GET /fhir/{type}?…`: search one type.
 // An axum handler: each argument is an extractor, one per thing the request carries.
@@ -45,6 +47,7 @@ pub async fn search_get(
     require_scope(&access, Scope::Search, resource_type.as_str())?;
     run_search(
         &state,
+        &access,
         resource_type,
         query.as_deref().unwrap_or(""),
         format,
@@ -82,6 +85,7 @@ pub async fn search_post(
     };
     run_search(
         &state,
+        &access,
         resource_type,
         &combined,
         format,
@@ -92,8 +96,11 @@ pub async fn search_post(
     .await
 }
 
+// Each argument is something the search needs; grouping them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run_search(
     state: &AppState,
+    access: &Access,
     resource_type: ResourceType,
     raw_query: &str,
     format: ResponseFormat,
@@ -117,8 +124,11 @@ async fn run_search(
         );
         ApiError::BadRequest(issues)
     })?;
-    let page = state.store.search(&query).await?;
-    let included = included(state, &query, &page).await?;
+    // Matches, their total, the cursor's page and what `_include`/`_revinclude`
+    // add: all within what the caller may see.
+    let visibility = access.visibility();
+    let page = state.store.search(&query, &visibility).await?;
+    let included = included(state, &query, &page, &visibility).await?;
     tracing::info!(
         resource_type = %resource_type,
         criteria = query.criteria.len(),
@@ -250,6 +260,7 @@ async fn included(
     state: &AppState,
     query: &SearchQuery,
     page: &SearchPage,
+    visibility: &Visibility,
 ) -> Result<Vec<StoredResource>, ApiError> {
     let mut out: Vec<StoredResource> = Vec::new();
     if page.resources.is_empty() {
@@ -284,7 +295,9 @@ async fn included(
             }
         }
         for (target_type, id) in targets {
-            if let ReadOutcome::Found(stored) = state.store.read(target_type, &id).await? {
+            if let ReadOutcome::Found(stored) =
+                state.store.read(target_type, &id, visibility).await?
+            {
                 out.push(stored);
             }
         }
@@ -306,7 +319,7 @@ async fn included(
                 .finish();
             let found = SearchQuery::parse(source, &raw)
                 .map_err(|_| ApiError::internal("building a _revinclude search", "refused"))?;
-            let referring = state.store.search(&found).await?;
+            let referring = state.store.search(&found, visibility).await?;
             for stored in referring.resources {
                 if seen.insert(format!("{}/{}", stored.resource_type, stored.id)) {
                     out.push(stored);
@@ -336,7 +349,13 @@ pub async fn history_instance(
         .map_err(ApiError::BadRequest)?;
     let page = state
         .store
-        .history(resource_type, &id, history.count, history.before)
+        .history(
+            resource_type,
+            &id,
+            history.count,
+            history.before,
+            &access.visibility(),
+        )
         .await?;
     if page.total == 0 {
         return Err(ApiError::NotFound(Issue::error(

@@ -31,7 +31,7 @@ use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
-use crate::store::{ReadOutcome, ResourceWrite, StoredResource, WriteTx};
+use crate::store::{ReadOutcome, ResourceWrite, StoredResource, Visibility, WriteTx};
 use crate::validation::REFERRAL_BUNDLE_PROFILE;
 use crate::workflow::{Arrival, Workflow};
 
@@ -141,7 +141,16 @@ pub async fn transaction(
         // `render` answers 200: nothing new was written.
         return format.render(&replayed(replay, &existing, referral_index)?);
     }
-    let outcomes = execute(&mut tx, plan, &body.0, request_id).await?;
+    let owner = mapped.fields.practice_ods_code.clone();
+    let outcomes = execute(
+        &mut tx,
+        plan,
+        &body.0,
+        request_id,
+        &access.visibility(),
+        owner.as_deref(),
+    )
+    .await?;
     let referral = open_referral(
         &state,
         &mut tx,
@@ -340,26 +349,46 @@ fn bad_entry(index: usize, message_id: &'static str, message: String) -> ApiErro
 
 /// Writes every entry in `tx`: ids are settled first (conditional matches,
 /// new ids), then references are rewritten, then each entry is written.
+/// Conditions match, and updates reach, only what `visibility` sees; what is
+/// written belongs to `owner` (the referral's practice).
 pub(super) async fn execute(
     tx: &mut WriteTx,
     plan: Vec<PlannedEntry>,
     body: &[u8],
     request_id: &str,
+    visibility: &Visibility,
+    owner: Option<&str>,
 ) -> Result<Vec<EntryOutcome>, ApiError> {
     // 1. Settle each entry's id, and whether it is written at all.
     let mut settled: Vec<(FhirId, Option<bool>)> = Vec::with_capacity(plan.len());
     for (index, entry) in plan.iter().enumerate() {
         settled.push(match &entry.action {
             Action::Create => (FhirId::generate(), Some(true)),
-            Action::Update(id) => (
-                id.clone(),
-                Some(!exists(tx, entry.resource_type, id).await?),
-            ),
-            Action::CreateUnlessExists(query) => match one_match(tx, query, index).await? {
+            Action::Update(id) => {
+                if tx.exists_unseen(entry.resource_type, id, visibility).await? {
+                    // Another practice's resource: not this caller's to overwrite, and
+                    // the answer must not say whose it is.
+                    let mut issue = Issue::error(
+                        IssueType::Conflict,
+                        "transaction-id-unavailable",
+                        format!(
+                            "{}/{id} cannot be written by this client; let Sprig choose the id (POST)",
+                            entry.resource_type
+                        ),
+                    );
+                    issue.expression = Some(format!("Bundle.entry[{index}].request"));
+                    return Err(ApiError::Conflict(vec![issue]));
+                }
+                (
+                    id.clone(),
+                    Some(!exists(tx, entry.resource_type, id, visibility).await?),
+                )
+            }
+            Action::CreateUnlessExists(query) => match one_match(tx, query, index, visibility).await? {
                 Some(id) => (id, None),
                 None => (FhirId::generate(), Some(true)),
             },
-            Action::UpdateMatching(query) => match one_match(tx, query, index).await? {
+            Action::UpdateMatching(query) => match one_match(tx, query, index, visibility).await? {
                 Some(id) => (id, Some(false)),
                 None => (FhirId::generate(), Some(true)),
             },
@@ -378,7 +407,7 @@ pub(super) async fn execute(
         let mut resource = entry.resource;
         rewrite_references(&mut resource, &targets);
         let outcome = match write {
-            None => match tx.read(entry.resource_type, &id).await? {
+            None => match tx.read(entry.resource_type, &id, visibility).await? {
                 ReadOutcome::Found(stored) => EntryOutcome {
                     stored,
                     created: false,
@@ -397,6 +426,7 @@ pub(super) async fn execute(
                     resource,
                     received: Some(body),
                     request_id,
+                    owner,
                 };
                 let stored = if create {
                     tx.create(write).await?
@@ -418,9 +448,10 @@ async fn exists(
     tx: &mut WriteTx,
     resource_type: ResourceType,
     id: &FhirId,
+    visibility: &Visibility,
 ) -> Result<bool, ApiError> {
     Ok(matches!(
-        tx.read(resource_type, id).await?,
+        tx.read(resource_type, id, visibility).await?,
         ReadOutcome::Found(_)
     ))
 }
@@ -429,8 +460,9 @@ async fn one_match(
     tx: &mut WriteTx,
     query: &SearchQuery,
     index: usize,
+    visibility: &Visibility,
 ) -> Result<Option<FhirId>, ApiError> {
-    let mut ids = tx.matching_ids(query).await?;
+    let mut ids = tx.matching_ids(query, visibility).await?;
     match ids.len() {
         0 | 1 => Ok(ids.pop()),
         n => {

@@ -27,7 +27,7 @@ use super::policy::{RetryPolicy, Verdict, classify_response, classify_transport}
 use super::transport::OutboundRequest;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::outbox::{AttemptRecord, ClaimedMessage};
-use crate::store::{ReadOutcome, Store, StoreError};
+use crate::store::{ReadOutcome, Store, StoreError, Visibility};
 
 /// The largest receiver answer kept with a dead letter.
 const MAX_KEPT_RESPONSE: usize = 64 * 1024;
@@ -333,7 +333,11 @@ async fn prepare(
         )));
     };
     let version = VersionId::from_i64(message.version_id);
-    let ReadOutcome::Found(stored) = shared.store.vread(resource_type, &id, version).await? else {
+    let ReadOutcome::Found(stored) = shared
+        .store
+        .vread(resource_type, &id, version, &Visibility::All)
+        .await?
+    else {
         return Ok(Err(format!(
             "{}/{}/_history/{} is not in the store",
             message.resource_type, message.resource_id, message.version_id

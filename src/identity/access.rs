@@ -13,7 +13,7 @@
 //!   under `auth.mode = "none"`) may do everything, and say so in every audit row.
 
 use crate::fhir::identifiers::OdsCode;
-use crate::store::AuditRecord;
+use crate::store::{AuditRecord, Visibility};
 
 use super::scopes::{Interaction, Scopes};
 use super::staff::StaffRole;
@@ -208,6 +208,41 @@ impl Access {
                 PracticeScope::All
             }
             Caller::Client { ods_codes, .. } => PracticeScope::Only(ods_codes.clone()),
+        }
+    }
+
+    /// Whose stored resources the caller's reads may return: a client sees its
+    /// practices' only; everyone else, all (staff reach `/fhir` data only through
+    /// `/api`, which checks roles).
+    pub fn visibility(&self) -> Visibility {
+        match self.practices() {
+            PracticeScope::All => Visibility::All,
+            PracticeScope::Only(codes) => {
+                Visibility::Practices(codes.iter().map(|c| c.as_str().to_owned()).collect())
+            }
+        }
+    }
+
+    /// The practice that owns a resource the caller creates outside a referral: a
+    /// client's one practice (the end-user organisation through a proxy); no
+    /// practice when it acts for several, or is not a client.
+    pub fn owner_of_new(&self) -> Option<&str> {
+        match &self.caller {
+            Caller::Client { ods_codes, .. } => match ods_codes.as_slice() {
+                [only] => Some(only.as_str()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Who sent a request, for keying what a sender names (its `X-Request-ID`s): the
+    /// client id (with the end-user organisation through a proxy), the person, or the
+    /// open mode.
+    pub fn sender_key(&self) -> String {
+        match &self.caller {
+            Caller::Staff { username, .. } => format!("staff:{username}"),
+            _ => self.actor_label(),
         }
     }
 

@@ -11,7 +11,12 @@
 //!   the resource survives a crash or restart;
 //! - versions are never overwritten: an update or deletion adds a version;
 //! - this module stores what it is given: parsing and validation happen
-//!   before, in `fhir` and `validation`.
+//!   before, in `fhir` and `validation`;
+//! - every resource has an owning practice (`resources.owner_ods`, set at its
+//!   first write, never changed), and every read of resources takes a
+//!   [`Visibility`]: a practice's caller is served its own practice's
+//!   resources only, and anything else is "not found", on every path (read,
+//!   vread, history, search and its total, conditional matches).
 
 pub mod audit;
 pub mod identity;
@@ -115,6 +120,27 @@ pub struct StoreOptions {
     pub durable_commits: bool,
 }
 
+/// Whose resources a read may see. Every read of FHIR resources takes one, so no
+/// read can forget the practice filter: `Access::visibility` makes it for a caller,
+/// and Sprig's own work (delivery, the workflow) names [`Visibility::All`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every resource: staff, the open modes, Sprig itself.
+    All,
+    /// Only resources owned by these practices (ODS codes); none when empty.
+    Practices(Vec<String>),
+}
+
+impl Visibility {
+    /// Whether a resource owned by `owner` (`None`: by no practice) is visible.
+    pub fn sees(&self, owner: Option<&str>) -> bool {
+        match self {
+            Visibility::All => true,
+            Visibility::Practices(codes) => owner.is_some_and(|o| codes.iter().any(|c| c == o)),
+        }
+    }
+}
+
 /// One version of a resource, as stored.
 #[derive(Debug, Clone)]
 pub struct StoredResource {
@@ -157,6 +183,8 @@ pub struct NewResource<'a> {
     pub received: &'a [u8],
     /// The request that brought it, for audit.
     pub request_id: &'a str,
+    /// The practice that owns it (see [`Visibility`]).
+    pub owner: Option<&'a str>,
 }
 
 /// One page of search results.
@@ -248,26 +276,29 @@ impl Store {
         }
     }
 
-    /// The current version of a resource.
+    /// The current version of a resource; `NotFound` when `visibility` does
+    /// not see it (even when it is deleted).
     pub async fn read(
         &self,
         resource_type: ResourceType,
         id: &FhirId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
         match self {
-            Store::Sqlite(s) => s.read(resource_type, id).await,
+            Store::Sqlite(s) => s.read(resource_type, id, visibility).await,
         }
     }
 
-    /// One version of a resource.
+    /// One version of a resource; `NotFound` when `visibility` does not see it.
     pub async fn vread(
         &self,
         resource_type: ResourceType,
         id: &FhirId,
         version: VersionId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
         match self {
-            Store::Sqlite(s) => s.vread(resource_type, id, version).await,
+            Store::Sqlite(s) => s.vread(resource_type, id, version, visibility).await,
         }
     }
 
@@ -288,24 +319,35 @@ impl Store {
     /// One page of the current, non-deleted resources matching `query`, with
     /// the total and where the next page starts. Paging is by keyset on
     /// (last updated, id), so a resource written while a client pages is
-    /// never served twice, and pages do not shift under it.
-    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    /// never served twice, and pages do not shift under it. Only resources
+    /// `visibility` sees match, counted in the total too; a cursor only
+    /// positions within them.
+    pub async fn search(
+        &self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+    ) -> Result<SearchPage, StoreError> {
         match self {
-            Store::Sqlite(s) => s.search(query).await,
+            Store::Sqlite(s) => s.search(query, visibility).await,
         }
     }
 
     /// Up to `count` versions of a resource, newest first, deletions
-    /// included, starting before version `before` (from a `next` link).
+    /// included, starting before version `before` (from a `next` link); no
+    /// versions (total 0) when `visibility` does not see the resource.
     pub async fn history(
         &self,
         resource_type: ResourceType,
         id: &FhirId,
         count: u32,
         before: Option<VersionId>,
+        visibility: &Visibility,
     ) -> Result<HistoryPage, StoreError> {
         match self {
-            Store::Sqlite(s) => s.history(resource_type, id, count, before).await,
+            Store::Sqlite(s) => {
+                s.history(resource_type, id, count, before, visibility)
+                    .await
+            }
         }
     }
 

@@ -443,14 +443,16 @@ impl WriteTx {
     /// it (the last word: writes are serialised).
     pub async fn message_request(
         &mut self,
+        sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
-        fetch_message_request(self.conn(), request_id).await
+        fetch_message_request(self.conn(), sender, request_id).await
     }
 
-    /// Remembers the answer to an `X-Request-ID`.
+    /// Remembers the answer to `sender`'s `X-Request-ID`.
     pub async fn remember_message_request(
         &mut self,
+        sender: &str,
         request_id: &str,
         body: &[u8],
         status: u16,
@@ -458,9 +460,10 @@ impl WriteTx {
         at: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO message_requests (request_id, body, status, response, received_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO message_requests (sender, request_id, body, status, response, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
+        .bind(sender)
         .bind(request_id)
         .bind(body)
         .bind(i64::from(status))
@@ -477,11 +480,12 @@ impl Store {
     /// writer: a resubmission is answered before anything is validated.
     pub async fn message_request(
         &self,
+        sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
         let Store::Sqlite(s) = self;
         let mut conn = s.readers.acquire().await?;
-        fetch_message_request(&mut conn, request_id).await
+        fetch_message_request(&mut conn, sender, request_id).await
     }
 
     /// One referral with its timeline, notes and outcomes.
@@ -618,13 +622,16 @@ async fn referral_by_identifier(
 
 async fn fetch_message_request(
     conn: &mut SqliteConnection,
+    sender: &str,
     request_id: &str,
 ) -> Result<Option<MessageRequest>, StoreError> {
-    let row =
-        sqlx::query("SELECT body, status, response FROM message_requests WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_optional(conn)
-            .await?;
+    let row = sqlx::query(
+        "SELECT body, status, response FROM message_requests WHERE sender = $1 AND request_id = $2",
+    )
+    .bind(sender)
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?;
     row.map(|row| {
         Ok(MessageRequest {
             body: row.try_get("body")?,

@@ -14,7 +14,9 @@ use sqlx::{Connection, QueryBuilder, Sqlite};
 use sqlx::{Row, SqliteConnection};
 
 use super::sqlite::{Interruptible, SqliteStore};
-use super::{HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource};
+use super::{
+    HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource, Visibility,
+};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::search::{
     Criterion, Cursor, DateCriterion, DatePrefix, IndexValue, ReferenceCriterion, SearchQuery,
@@ -146,10 +148,11 @@ pub(crate) async fn index_new(
 pub(crate) async fn matching_ids(
     conn: &mut SqliteConnection,
     query: &SearchQuery,
+    visibility: &Visibility,
 ) -> Result<Vec<FhirId>, StoreError> {
     let mut sql = Sql::default();
     sql.push("SELECT r.id FROM resources r");
-    sql.push_where(query, None);
+    sql.push_where(query, visibility, None);
     sql.push(" ORDER BY r.id");
     let rows = sql.query().fetch_all(&mut *conn).await?;
     rows.iter()
@@ -161,7 +164,11 @@ pub(crate) async fn matching_ids(
 }
 
 impl SqliteStore {
-    pub(super) async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    pub(super) async fn search(
+        &self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+    ) -> Result<SearchPage, StoreError> {
         // Interrupted if the request ends before the answer is read.
         let mut reader = Interruptible::acquire(&self.readers).await?;
         // One read transaction: the total and the page see the same snapshot.
@@ -171,7 +178,7 @@ impl SqliteStore {
             TotalMode::Accurate => {
                 let mut sql = Sql::default();
                 sql.push("SELECT COUNT(*) AS n FROM resources r");
-                sql.push_where(query, None);
+                sql.push_where(query, visibility, None);
                 let row = sql.query().fetch_one(&mut *tx).await?;
                 let n: i64 = row.try_get("n")?;
                 Some(u64::try_from(n).unwrap_or(0))
@@ -194,7 +201,7 @@ impl SqliteStore {
                ON v.resource_type = r.resource_type AND v.id = r.id \
               AND v.version_id = r.current_version",
         );
-        sql.push_where(query, query.cursor.as_ref());
+        sql.push_where(query, visibility, query.cursor.as_ref());
         let direction = match query.sort {
             SortOrder::NewestFirst => "DESC",
             SortOrder::OldestFirst => "ASC",
@@ -235,8 +242,24 @@ impl SqliteStore {
         id: &FhirId,
         count: u32,
         before: Option<VersionId>,
+        visibility: &Visibility,
     ) -> Result<HistoryPage, StoreError> {
         let mut tx = self.readers.begin().await?;
+        let owner: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT owner_ods FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if !owner.is_some_and(|(owner,)| visibility.sees(owner.as_deref())) {
+            // No such resource, or another practice's: no versions either way.
+            tx.commit().await?;
+            return Ok(HistoryPage {
+                entries: Vec::new(),
+                total: 0,
+                next: None,
+            });
+        }
         let (total,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM resource_versions WHERE resource_type = $1 AND id = $2",
         )
@@ -389,11 +412,32 @@ impl Sql {
         query
     }
 
-    /// ` WHERE …` for `query` over `resources r`, starting after `cursor`.
-    fn push_where(&mut self, query: &SearchQuery, cursor: Option<&Cursor>) {
+    /// ` WHERE …` for `query` over `resources r`, among the resources
+    /// `visibility` sees, starting after `cursor`. The one place every search,
+    /// count and conditional match gets its practice filter.
+    fn push_where(
+        &mut self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+        cursor: Option<&Cursor>,
+    ) {
         self.push(" WHERE r.resource_type = ");
         self.push_text(query.resource_type.as_str());
         self.push(" AND r.deleted = 0");
+        match visibility {
+            Visibility::All => {}
+            Visibility::Practices(codes) if codes.is_empty() => self.push(" AND 0"),
+            Visibility::Practices(codes) => {
+                self.push(" AND r.owner_ods IN (");
+                for (i, code) in codes.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.push_text(code);
+                }
+                self.push(")");
+            }
+        }
         for criterion in &query.criteria {
             self.push(" AND ");
             self.push_criterion(criterion);
@@ -696,7 +740,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::{NewResource, Store, StoreOptions};
+    use crate::store::{NewResource, ReadOutcome, Store, StoreOptions};
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
         let options = StoreOptions {
@@ -711,6 +755,10 @@ mod tests {
     }
 
     async fn create(store: &SqliteStore, resource: Value) -> FhirId {
+        create_owned(store, resource, None).await
+    }
+
+    async fn create_owned(store: &SqliteStore, resource: Value, owner: Option<&str>) -> FhirId {
         let resource_type =
             ResourceType::parse(resource["resourceType"].as_str().expect("resourceType"))
                 .expect("type");
@@ -720,6 +768,7 @@ mod tests {
                 resource,
                 received: b"{}",
                 request_id: "test",
+                owner,
             })
             .await
             .expect("created")
@@ -740,7 +789,9 @@ mod tests {
     async fn matches(store: &SqliteStore, query: &str) -> Vec<FhirId> {
         let query = SearchQuery::parse(ResourceType::TASK, query).expect("valid query");
         let mut conn = store.writer.acquire().await.expect("connection");
-        matching_ids(&mut conn, &query).await.expect("query runs")
+        matching_ids(&mut conn, &query, &Visibility::All)
+            .await
+            .expect("query runs")
     }
 
     async fn index_rows(store: &SqliteStore, id: &FhirId) -> i64 {
@@ -799,7 +850,9 @@ mod tests {
         .await
         .expect("reindex");
         assert_eq!(
-            matching_ids(&mut tx, &query).await.expect("runs"),
+            matching_ids(&mut tx, &query, &Visibility::All)
+                .await
+                .expect("runs"),
             vec![pending.clone()]
         );
         tx.rollback().await.expect("rollback");
@@ -846,8 +899,80 @@ mod tests {
         assert_eq!(matches(&store, &query).await, vec![a.clone()]);
         let query = SearchQuery::parse(ResourceType::TASK, &format!("based-on={references}"))
             .expect("query");
-        let page = store.search(&query).await.expect("search runs");
+        let page = store
+            .search(&query, &Visibility::All)
+            .await
+            .expect("search runs");
         assert_eq!(page.total, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_practice_sees_only_its_own_resources_on_every_read() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = open(&dir).await;
+        let mine = create_owned(
+            &store,
+            task("accepted", "ServiceRequest/sr1"),
+            Some("A81001"),
+        )
+        .await;
+        let theirs = create_owned(
+            &store,
+            task("accepted", "ServiceRequest/sr1"),
+            Some("B82001"),
+        )
+        .await;
+        let nobodys = create(&store, task("accepted", "ServiceRequest/sr1")).await;
+        let a = Visibility::Practices(vec!["A81001".into()]);
+        let none = Visibility::Practices(Vec::new());
+
+        let query = SearchQuery::parse(ResourceType::TASK, "based-on=ServiceRequest/sr1&_count=1")
+            .expect("query");
+        let page = store.search(&query, &a).await.expect("search");
+        assert_eq!(page.total, Some(1), "the total counts only A's");
+        assert_eq!(page.resources.len(), 1);
+        assert_eq!(page.resources[0].id, mine);
+        assert!(page.next.is_none(), "no next page of B's");
+        let all = store
+            .search(&query, &Visibility::All)
+            .await
+            .expect("search");
+        assert_eq!(all.total, Some(3));
+        let page = store.search(&query, &none).await.expect("search");
+        assert_eq!(page.total, Some(0));
+
+        let mut conn = store.writer.acquire().await.expect("connection");
+        assert_eq!(
+            matching_ids(&mut conn, &query, &a).await.expect("runs"),
+            vec![mine.clone()]
+        );
+        drop(conn);
+
+        for id in [&theirs, &nobodys] {
+            let read = store.read(ResourceType::TASK, id, &a).await.expect("read");
+            assert!(matches!(read, ReadOutcome::NotFound), "{id}");
+            let vread = store
+                .vread(ResourceType::TASK, id, VersionId::FIRST, &a)
+                .await
+                .expect("vread");
+            assert!(matches!(vread, ReadOutcome::NotFound), "{id}");
+            let history = store
+                .history(ResourceType::TASK, id, 10, None, &a)
+                .await
+                .expect("history");
+            assert_eq!(history.total, 0, "{id}");
+            assert!(history.entries.is_empty(), "{id}");
+        }
+        let read = store
+            .read(ResourceType::TASK, &mine, &a)
+            .await
+            .expect("read");
+        assert!(matches!(read, ReadOutcome::Found(_)));
+        let history = store
+            .history(ResourceType::TASK, &mine, 10, None, &a)
+            .await
+            .expect("history");
+        assert_eq!(history.total, 1);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection};
 
 use super::write::{ResourceWrite, WriteTx};
-use super::{NewResource, ReadOutcome, StoreError, StoreOptions, StoredResource};
+use super::{NewResource, ReadOutcome, StoreError, StoreOptions, StoredResource, Visibility};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 
 /// How many SQLite virtual-machine steps pass between two looks at whether
@@ -152,6 +152,7 @@ impl SqliteStore {
                 resource: new.resource,
                 received: Some(new.received),
                 request_id: new.request_id,
+                owner: new.owner,
             })
             .await?;
         tx.commit().await?;
@@ -162,9 +163,10 @@ impl SqliteStore {
         &self,
         resource_type: ResourceType,
         id: &FhirId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
         let mut conn = self.readers.acquire().await?;
-        read_current(&mut conn, resource_type, id).await
+        read_current(&mut conn, resource_type, id, visibility).await
     }
 
     pub(super) async fn vread(
@@ -172,18 +174,20 @@ impl SqliteStore {
         resource_type: ResourceType,
         id: &FhirId,
         version: VersionId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
         let row = sqlx::query(
-            "SELECT version_id, last_updated, resource FROM resource_versions \
-             WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+            "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
+             FROM resource_versions v JOIN resources r \
+               ON r.resource_type = v.resource_type AND r.id = v.id \
+             WHERE v.resource_type = $1 AND v.id = $2 AND v.version_id = $3",
         )
         .bind(resource_type.as_str())
         .bind(id.as_str())
         .bind(version.get())
         .fetch_optional(&self.readers)
         .await?;
-        row.map(|row| outcome_from_row(resource_type, id, &row))
-            .unwrap_or(Ok(ReadOutcome::NotFound))
+        visible_outcome(resource_type, id, row, visibility)
     }
 
     pub(super) async fn delete(
@@ -281,9 +285,10 @@ pub(super) async fn read_current(
     conn: &mut sqlx::SqliteConnection,
     resource_type: ResourceType,
     id: &FhirId,
+    visibility: &Visibility,
 ) -> Result<ReadOutcome, StoreError> {
     let row = sqlx::query(
-        "SELECT v.version_id, v.last_updated, v.resource \
+        "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
          FROM resources r JOIN resource_versions v \
            ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
          WHERE r.resource_type = $1 AND r.id = $2",
@@ -292,8 +297,26 @@ pub(super) async fn read_current(
     .bind(id.as_str())
     .fetch_optional(conn)
     .await?;
-    row.map(|row| outcome_from_row(resource_type, id, &row))
-        .unwrap_or(Ok(ReadOutcome::NotFound))
+    visible_outcome(resource_type, id, row, visibility)
+}
+
+/// A row read with its resource's `owner_ods`: the outcome when `visibility`
+/// sees it, `NotFound` otherwise (another practice's resource is not there, as
+/// far as the caller can tell: not even deleted).
+fn visible_outcome(
+    resource_type: ResourceType,
+    id: &FhirId,
+    row: Option<sqlx::sqlite::SqliteRow>,
+    visibility: &Visibility,
+) -> Result<ReadOutcome, StoreError> {
+    let Some(row) = row else {
+        return Ok(ReadOutcome::NotFound);
+    };
+    let owner: Option<String> = row.try_get("owner_ods")?;
+    if !visibility.sees(owner.as_deref()) {
+        return Ok(ReadOutcome::NotFound);
+    }
+    outcome_from_row(resource_type, id, &row)
 }
 
 pub(super) fn outcome_from_row(

@@ -11,7 +11,7 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use tokio::sync::Notify;
 
 use super::sqlite::read_current;
-use super::{ReadOutcome, StoreError, StoredResource};
+use super::{ReadOutcome, StoreError, StoredResource, Visibility};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 
@@ -44,6 +44,11 @@ pub struct ResourceWrite<'a> {
     pub received: Option<&'a [u8]>,
     /// The request that wrote it.
     pub request_id: &'a str,
+    /// The practice that owns it (the referral's): set by its first write,
+    /// never changed by a later one (an update with `None`, or another
+    /// practice, leaves it as it was). `None`: owned by no practice, visible
+    /// only to callers who see all (see [`Visibility`]).
+    pub owner: Option<&'a str>,
 }
 
 impl WriteTx {
@@ -67,16 +72,18 @@ impl WriteTx {
     pub async fn create(&mut self, write: ResourceWrite<'_>) -> Result<StoredResource, StoreError> {
         let version_id = VersionId::FIRST;
         let last_updated = Instant::now();
+        let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
         sqlx::query(
-            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
-             VALUES ($1, $2, $3, 0, $4)",
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods) \
+             VALUES ($1, $2, $3, 0, $4, $5)",
         )
         .bind(stored.resource_type.as_str())
         .bind(stored.id.as_str())
         .bind(version_id.get())
         .bind(&at)
+        .bind(owner)
         .execute(self.conn())
         .await?;
         self.insert_version(VersionRow::of(&stored, &at, "create", audit))
@@ -114,14 +121,17 @@ impl WriteTx {
         }
         let version_id = current.next();
         let last_updated = Instant::now();
+        let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
         sqlx::query(
-            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2 \
-             WHERE resource_type = $3 AND id = $4",
+            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2, \
+             owner_ods = COALESCE(owner_ods, $3) \
+             WHERE resource_type = $4 AND id = $5",
         )
         .bind(version_id.get())
         .bind(&at)
+        .bind(owner)
         .bind(stored.resource_type.as_str())
         .bind(stored.id.as_str())
         .execute(self.conn())
@@ -180,12 +190,31 @@ impl WriteTx {
     }
 
     /// The ids of current resources matching a search (conditional create
-    /// and update inside a transaction).
+    /// and update inside a transaction), among those `visibility` sees: another
+    /// practice's match is no match.
     pub async fn matching_ids(
         &mut self,
         query: &crate::search::SearchQuery,
+        visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
-        super::search::matching_ids(self.conn(), query).await
+        super::search::matching_ids(self.conn(), query, visibility).await
+    }
+
+    /// Whether a resource exists that `visibility` does not see (an id the
+    /// caller may not write, whatever it holds).
+    pub async fn exists_unseen(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        visibility: &Visibility,
+    ) -> Result<bool, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT owner_ods FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type.as_str())
+                .bind(id.as_str())
+                .fetch_optional(self.conn())
+                .await?;
+        Ok(row.is_some_and(|(owner,)| !visibility.sees(owner.as_deref())))
     }
 
     /// The current version number of a resource and whether it is deleted.
@@ -204,13 +233,15 @@ impl WriteTx {
         Ok(row.map(|(version, deleted)| (VersionId::from_i64(version), deleted != 0)))
     }
 
-    /// The current version, as this transaction sees it.
+    /// The current version, as this transaction sees it; `NotFound` when
+    /// `visibility` does not see it.
     pub async fn read(
         &mut self,
         resource_type: ResourceType,
         id: &FhirId,
+        visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        read_current(self.conn(), resource_type, id).await
+        read_current(self.conn(), resource_type, id, visibility).await
     }
 
     async fn insert_version(&mut self, row: VersionRow<'_>) -> Result<(), StoreError> {

@@ -617,6 +617,7 @@ async fn store(app: &TestApp, resource: Value) -> String {
             resource,
             received: b"{}",
             request_id: "test",
+            owner: None,
         })
         .await
         .expect("stored");
