@@ -21,6 +21,7 @@ use crate::identity::{
     TokenService,
 };
 use crate::mapping::{MappingError, Mappings};
+use crate::outcomes::{Outcomes, OutcomesError};
 use crate::server::{Server, ServerError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
@@ -43,6 +44,9 @@ pub enum StartupError {
     /// The mappings (`mappings/` or `mappings_dir`) are wrong.
     #[error("mappings: {0}")]
     Mappings(MappingError),
+    /// The outcome measures or metrics (`outcomes/` or `outcomes_dir`) are wrong.
+    #[error("outcome definitions: {0}")]
+    Outcomes(#[from] OutcomesError),
     /// The endpoint registry (`delivery.endpoints`) is wrong.
     #[error("endpoint registry: {0}")]
     Endpoints(#[from] EndpointError),
@@ -142,6 +146,10 @@ impl Application {
             Some(dir) => Mappings::load_dir(dir, &fhirpath)?,
             None => Mappings::shipped(&fhirpath)?,
         };
+        let outcomes = match &settings.outcomes_dir {
+            Some(dir) => Outcomes::load_dir(dir)?,
+            None => Outcomes::shipped().map_err(OutcomesError::from)?,
+        };
         let validator = Arc::new(validator);
         let registry = match &settings.delivery.endpoints {
             Some(path) => EndpointRegistry::load(path)?,
@@ -227,6 +235,7 @@ impl Application {
             workflow,
             endpoints,
             delivery_metrics: Arc::new(DeliveryMetrics::new()),
+            outcomes: Arc::new(outcomes),
         };
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
         let mut background = start_background(&state, background_stopped.clone()).await;

@@ -98,6 +98,9 @@ pub struct Settings {
     /// A folder holding `inbound.toml` and `outbound.toml` to use instead of
     /// the mappings shipped in `mappings/` (compiled into the binary).
     pub mappings_dir: Option<PathBuf>,
+    /// A folder holding `measures/*.toml` and `metrics.toml` to use instead of the
+    /// outcome measures and report metrics shipped in `outcomes/` (compiled in).
+    pub outcomes_dir: Option<PathBuf>,
     /// Delivery of updates to GP systems.
     pub delivery: DeliverySettings,
     /// Who may call Sprig, and how they prove it.
@@ -329,6 +332,7 @@ impl Default for Settings {
             validation: ValidationSettings::default(),
             service: ServiceSettings::default(),
             mappings_dir: None,
+            outcomes_dir: None,
             delivery: DeliverySettings::default(),
             auth: AuthSettings::default(),
             fhir: FhirSettings::default(),

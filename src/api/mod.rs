@@ -24,6 +24,7 @@ pub mod message;
 pub mod message_definition;
 pub mod middleware;
 pub mod negotiate;
+pub mod outcomes;
 pub mod pipeline;
 pub mod problem;
 pub mod rate_limit;
@@ -48,6 +49,7 @@ use crate::config::Settings;
 use crate::delivery::endpoints::Endpoints;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
+use crate::outcomes::Outcomes;
 use crate::store::Store;
 use crate::validation::Validator;
 use crate::workflow::Workflow;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub endpoints: Arc<Endpoints>,
     /// Delivery figures for `/metrics`.
     pub delivery_metrics: Arc<DeliveryMetrics>,
+    /// Outcome measures and report metrics (`outcomes/` or `outcomes_dir`).
+    pub outcomes: Arc<Outcomes>,
 }
 
 impl AppState {
@@ -145,6 +149,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route("/api/measures", get(outcomes::measures))
+        .route("/api/follow-ups", get(outcomes::follow_ups))
+        .route("/api/reports/outcomes", get(outcomes::outcomes_report))
+        .route(
+            "/api/reports/outcomes/detail",
+            get(outcomes::outcomes_detail),
+        )
+        .route("/api/reports/service", get(outcomes::service_report))
         .route("/api/deliveries", get(deliveries::list))
         .route("/api/deliveries/{seq}", get(deliveries::detail))
         .route("/api/deliveries/{seq}/retry", post(deliveries::retry))

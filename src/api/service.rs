@@ -191,15 +191,21 @@ async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
 }
 
 fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Problem> {
-    referral_json(detail, &state.fhir_base()).map_err(|e| {
+    let follow_ups = super::outcomes::detail_follow_ups(state, detail);
+    referral_json(detail, &state.fhir_base(), follow_ups).map_err(|e| {
         tracing::error!(error = %e, "service API: a referral could not be serialised");
         Problem::internal()
     })
 }
 
 /// `GET /api/referrals/{id}`'s body: the record, the stages it may move to
-/// next, and where its FHIR resources are (`fhir_base` as in `Location`).
-pub fn referral_json(detail: &ReferralDetail, fhir_base: &str) -> Result<Value, serde_json::Error> {
+/// next, where its FHIR resources are (`fhir_base` as in `Location`), and its follow-ups
+/// (`api::outcomes::detail_follow_ups`).
+pub fn referral_json(
+    detail: &ReferralDetail,
+    fhir_base: &str,
+    follow_ups: Value,
+) -> Result<Value, serde_json::Error> {
     let mut value = serde_json::to_value(detail)?;
     value["allowed_transitions"] = json!(
         detail
@@ -210,6 +216,7 @@ pub fn referral_json(detail: &ReferralDetail, fhir_base: &str) -> Result<Value, 
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
     );
+    value["follow_ups"] = follow_ups;
     value["fhir"] = json!({
         "service_request": format!("{fhir_base}/ServiceRequest/{}", detail.referral.id),
         "task": format!("{fhir_base}/Task/{}", detail.referral.task_id),

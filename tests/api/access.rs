@@ -212,6 +212,45 @@ const ADMIN: [E; 15] = [
     S(403),
 ];
 
+/// Outcome report counts (no personal data): service managers and administrators.
+#[rustfmt::skip]
+const REPORTS: [E; 15] = [
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(403),
+    S(403),
+    S(403),
+    S(403),
+    Pass,
+    Pass,
+    S(403),
+    S(403),
+    S(403),
+];
+/// A report's detail (ids and NHS numbers): service managers only.
+#[rustfmt::skip]
+const MANAGER: [E; 15] = [
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(403),
+    S(403),
+    S(403),
+    S(403),
+    Pass,
+    S(403),
+    S(403),
+    S(403),
+    S(403),
+];
+
 /// Every route × every caller. `{sr}` is K83999's referral (its ServiceRequest id and
 /// referral id), `{task}` its Task.
 #[rustfmt::skip]
@@ -318,6 +357,29 @@ const MATRIX: &[Row] = &[
         OPEN,
     ),
     ("GET", "/api/referrals", "/api/referrals", Body::None, WORK),
+    ("GET", "/api/measures", "/api/measures", Body::None, WORK),
+    ("GET", "/api/follow-ups", "/api/follow-ups", Body::None, WORK),
+    (
+        "GET",
+        "/api/reports/outcomes",
+        "/api/reports/outcomes?from=2026-01-01&to=2026-12-31",
+        Body::None,
+        REPORTS,
+    ),
+    (
+        "GET",
+        "/api/reports/outcomes/detail",
+        "/api/reports/outcomes/detail?from=2026-01-01&to=2026-12-31",
+        Body::None,
+        MANAGER,
+    ),
+    (
+        "GET",
+        "/api/reports/service",
+        "/api/reports/service?from=2026-01-01&to=2026-12-31",
+        Body::None,
+        REPORTS,
+    ),
     (
         "GET",
         "/api/referrals/{id}",

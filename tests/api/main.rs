@@ -25,6 +25,7 @@ mod isolation;
 mod mappings;
 mod negotiation;
 mod openapi;
+mod outcomes;
 mod profile_negatives;
 mod r4_examples;
 mod real_clients;
