@@ -86,6 +86,7 @@ fn on_the_subject(bencher: divan::Bencher, text: &str) {
         e.evaluate_boolean_in(Scope {
             resource: r,
             root_resource: None,
+            bundle: None,
             focus: divan::black_box(focus),
             focus_type: Some("Reference"),
             environment: None,

@@ -21,10 +21,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::problem::Problem;
-use crate::fhir::identifiers::OdsCode;
+use super::rate_limit::RateLimits;
+use crate::fhir::identifiers::{ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::{Issue, IssueType};
 use crate::identity::{
-    Access, AuthError, Authenticator, Credentials, Interaction, PracticeScope, StaffAction,
+    Access, AuthError, Authenticator, Caller, Credentials, Interaction, PracticeScope, StaffAction,
 };
 
 /// `NHSD-End-User-Organisation`: the organisation a trusted proxy relays for.
@@ -70,12 +71,17 @@ pub const ROUTES: &[Route] = &[
     route("/fhir/$process-message", &["POST"], Gate::Fhir),
     route("/fhir/$validate", &["POST"], Gate::Fhir),
     route("/fhir/{type}/$validate", &["POST"], Gate::Fhir),
+    // What a BaRS sender must send: no one's data, so open like the metadata.
+    route("/fhir/MessageDefinition", &["GET"], Gate::Open),
+    route("/fhir/MessageDefinition/{id}", &["GET"], Gate::Open),
     // Administrators only: `api::audit_event` checks `StaffAction::Audit`.
     route("/fhir/AuditEvent", &["GET"], Gate::Fhir),
     route("/fhir/AuditEvent/{id}", &["GET"], Gate::Fhir),
     route("/fhir/{type}", &["GET", "POST"], Gate::Fhir),
     route("/fhir/{type}/_search", &["POST"], Gate::Fhir),
     route("/fhir/{type}/{id}", &["GET", "PUT"], Gate::Fhir),
+    // Refused (405) after the scope check: `api::search::history_type` says why.
+    route("/fhir/{type}/_history", &["GET"], Gate::Fhir),
     route("/fhir/{type}/{id}/_history", &["GET"], Gate::Fhir),
     route("/fhir/{type}/{id}/_history/{vid}", &["GET"], Gate::Fhir),
     route("/api/openapi.json", &["GET"], Gate::Open),
@@ -84,6 +90,11 @@ pub const ROUTES: &[Route] = &[
     route("/api/referrals/{id}/transitions", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/outcomes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/notes", &["POST"], Gate::Staff),
+    route("/api/measures", &["GET"], Gate::Staff),
+    route("/api/follow-ups", &["GET"], Gate::Staff),
+    route("/api/reports/outcomes", &["GET"], Gate::Staff),
+    route("/api/reports/outcomes/detail", &["GET"], Gate::Staff),
+    route("/api/reports/service", &["GET"], Gate::Staff),
     route("/api/deliveries", &["GET"], Gate::Staff),
     route("/api/deliveries/{seq}", &["GET"], Gate::Staff),
     route("/api/deliveries/{seq}/retry", &["POST"], Gate::Staff),
@@ -217,6 +228,14 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
         Ok(access) => access,
         Err(error) => return refusal(&path, &error),
     };
+    if let Some(limits) = request.extensions().get::<Arc<RateLimits>>()
+        && let Some(wait) = limits.check(&access)
+    {
+        // Whole seconds, rounded up: a client that waits as told is let in.
+        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::info!(retry_after_secs, "request over the caller's rate limit");
+        return too_many(&path, retry_after_secs.max(1));
+    }
     if gate == Gate::Metrics && !access.staff_may(StaffAction::Metrics) {
         return Problem::new(
             StatusCode::FORBIDDEN,
@@ -227,6 +246,24 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
     }
     request.extensions_mut().insert(access);
     next.run(request).await
+}
+
+/// 429 with `Retry-After`: an OperationOutcome under `/fhir`, a problem under `/api`.
+fn too_many(path: &str, retry_after_secs: u64) -> Response {
+    if speaks_problem(path) {
+        let mut response = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests",
+            format!("Over the rate limit; retry after {retry_after_secs} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        response
+    } else {
+        ApiError::TooManyRequests { retry_after_secs }.into_response()
+    }
 }
 
 fn defect(path: &str) -> Response {
@@ -315,6 +352,27 @@ pub fn acts_for(access: &Access, practice_ods: Option<&str>) -> bool {
         PracticeScope::Only(_) => practice_ods
             .and_then(|code| OdsCode::parse(code).ok())
             .is_some_and(|code| access.may_act_for(&code)),
+    }
+}
+
+/// The organisation the request declared outside its FHIR content, for the
+/// mapping's last place to find the practice (`%end_user_organisation`):
+/// only from a trusted proxy, whose `NHSD-End-User-Organisation` the identity
+/// layer checked. It is the Organization reduced to the ODS code checked, so
+/// nothing unchecked in the header reaches the referral. From any other
+/// caller the header was ignored (`Access::ignored_end_user_header`).
+pub fn declared_organisation(access: &Access) -> Option<serde_json::Value> {
+    match access.caller() {
+        Caller::Client {
+            proxy: Some(proxy), ..
+        } => Some(serde_json::json!({
+            "resourceType": "Organization",
+            "identifier": [{
+                "system": ODS_ORGANIZATION_SYSTEM,
+                "value": proxy.end_user_ods.as_str(),
+            }],
+        })),
+        _ => None,
     }
 }
 

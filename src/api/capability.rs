@@ -233,6 +233,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         })
         .collect();
     resources.push(audit_event_capability());
+    resources.push(super::message_definition::capability());
     let mut implementation = json!({
         "description": "Sprig: social prescribing referral gateway",
     });
@@ -249,9 +250,10 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
         "implementation": implementation,
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
+        "messaging": super::message_definition::messaging(),
         "rest": [{
             "mode": "server",
-            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page; _summary=count for only the total; _elements for chosen top-level elements (tagged SUBSETTED); _include and _revinclude as listed per type. An unknown parameter is ignored and reported in an OperationOutcome entry (search.mode outcome) unless the request says Prefer: handling=strict (then 400); a bad value of a known parameter is a 400 unless the request says Prefer: handling=lenient. A trailing slash on any path is the same path; URLs in answers are absolute.",
+            "documentation": "FHIR R4 JSON only. Errors are OperationOutcomes; every response carries X-Request-ID. Search: every listed parameter takes comma-separated alternatives (OR) and may be repeated (AND); results are newest first (_sort=_lastUpdated for oldest first), _count per page (default 50, at most 1000; 0 for only the total), _total=none to skip counting; follow the next link to page; _summary=count for only the total; _elements for chosen top-level elements (tagged SUBSETTED); _include and _revinclude as listed per type. An unknown parameter is ignored and reported in an OperationOutcome entry (search.mode outcome) unless the request says Prefer: handling=strict (then 400); a bad value of a known parameter is a 400 unless the request says Prefer: handling=lenient. A trailing slash on any path is the same path; URLs in answers are absolute. Type-level history (GET /fhir/{type}/_history) and whole-system history are not supported (405: every version of a type is every practice's data); read one resource's history, or search with _lastUpdated.",
             "resource": resources,
             "interaction": [{
                 "code": "transaction",
@@ -260,7 +262,7 @@ pub fn capability_statement(settings: &Settings, started: Instant) -> Value {
             "operation": [{
                 "name": "process-message",
                 "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
-                "documentation": "POST /fhir/$process-message with a BaRS-style referral message (sprig-referral-message: MessageHeader event servicerequest-request, reason new or update, focus the ServiceRequest). Synchronous: a servicerequest-response message whose response.code is ok, transient-error or fatal-error (with an OperationOutcome). X-Request-ID and X-Correlation-ID are echoed; the same X-Request-ID again with the same body gets the same answer, with another body a 409.",
+                "documentation": "POST /fhir/$process-message with a BaRS-style referral message (sprig-referral-message: MessageHeader event servicerequest-request, reason new or update, focus the ServiceRequest). Synchronous: a servicerequest-response message whose response.code is ok; a refusal is a bare OperationOutcome with the BaRS http-error-codes code (or, with fhir.message_refusal = message, a fatal-error or transient-error reply carrying it). Other events, and BaRS validation requests, are refused as not-supported. X-Request-ID and X-Correlation-ID are echoed; the same X-Request-ID again with the same body gets the same answer, with another body a 409.",
             }, {
                 "name": "validate",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",

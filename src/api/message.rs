@@ -26,6 +26,7 @@ use super::response::already_received;
 use super::transaction::{
     Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
 };
+use crate::config::MessageRefusal;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::identity::{Access, Interaction as Scope};
@@ -34,8 +35,15 @@ use crate::search::SearchQuery;
 use crate::store::referrals::{MessageRequest, Submission};
 use crate::validation::REFERRAL_MESSAGE_PROFILE;
 use crate::workflow::Workflow;
+/// The BaRS message events code system.
+pub const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
 
-const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
+/// The one BaRS event Sprig handles.
+pub const SUPPORTED_EVENT: &str = "servicerequest-request";
+
+/// The canonical URL of Sprig's MessageDefinition for that event.
+pub const MESSAGE_DEFINITION_URL: &str =
+    "https://sprig-gateway.org/fhir/MessageDefinition/sprig-servicerequest-request";
 
 /// `response.code` of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +99,18 @@ pub async fn process_message(
         return replay(earlier, bytes, format);
     }
 
+    // A message for an event Sprig does not handle, or a BaRS validation
+    // request, is refused before it is validated as a referral message: its
+    // sender needs one clear answer, not the profile errors of a message it
+    // was never meant to be.
+    if let Ok(request) = serde_json::from_slice::<Value>(bytes)
+        && let Some(issue) = unsupported(&request)
+    {
+        tracing::info!("message refused: not a social prescribing referral");
+        let status = StatusCode::UNPROCESSABLE_ENTITY;
+        return refuse(&state, &base, format, &request, status, vec![issue]);
+    }
+
     let bundle = match pipeline::check(
         &state,
         &body,
@@ -101,11 +121,9 @@ pub async fn process_message(
     {
         Ok(checked) => checked.resource,
         Err(ApiError::Unprocessable(issues)) => {
-            // The message could be read: answer in kind, as BaRS does.
             let request: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            let reply = reply(&base, &request, status, None, issues);
-            return Ok(with_status(format.render(&reply)?, status));
+            return refuse(&state, &base, format, &request, status, issues);
         }
         Err(other) => return Err(other),
     };
@@ -116,10 +134,94 @@ pub async fn process_message(
         Err(error @ ApiError::Internal { .. }) => Err(error),
         Err(error) => {
             let status = error.status();
-            let reply = reply(&base, &bundle, status, None, error.into_issues());
-            Ok(with_status(format.render(&reply)?, status))
+            refuse(&state, &base, format, &bundle, status, error.into_issues())
         }
     }
+}
+
+/// The answer to a refused message that could be read, in the shape
+/// `fhir.message_refusal` names: by default a bare OperationOutcome whose
+/// errors carry the BaRS `http-error-codes` code for `status`, as the BaRS
+/// API specifies for every 4xx and 5xx; or a `servicerequest-response`
+/// message carrying it, as FHIR messaging has it.
+fn refuse(
+    state: &AppState,
+    base: &FhirBase,
+    format: ResponseFormat,
+    request: &Value,
+    status: StatusCode,
+    issues: Vec<Issue>,
+) -> Result<Response, ApiError> {
+    let body = match state.settings.fhir.message_refusal {
+        MessageRefusal::Outcome => {
+            OperationOutcome::new(issues).to_json(nhs_http_error_code(status))
+        }
+        MessageRefusal::Message => reply(base, request, status, None, issues),
+    };
+    Ok(with_status(format.render(&body)?, status))
+}
+
+/// Why a message is not one Sprig handles, if it is not: an event other
+/// than `servicerequest-request`, or a BaRS *validation* request (a
+/// `servicerequest-request` whose `MessageHeader.definition` names a
+/// validation MessageDefinition, or whose ServiceRequest has category
+/// `validation`), which asks whether a referral would be accepted rather
+/// than making one. Sprig refuses those rather than half-answer them: a
+/// sender checks a message with `POST /fhir/Bundle/$validate`. A message
+/// whose header cannot be read is left to validation to explain.
+fn unsupported(request: &Value) -> Option<Issue> {
+    let header = request
+        .pointer("/entry/0/resource")
+        .filter(|h| h.get("resourceType").and_then(Value::as_str) == Some("MessageHeader"))?;
+    let event = header
+        .pointer("/eventCoding/code")
+        .and_then(Value::as_str)?;
+    if event != SUPPORTED_EVENT {
+        return Some(
+            Issue::error(
+                IssueType::NotSupported,
+                "message-event-not-supported",
+                format!(
+                    "Sprig does not handle '{event}' messages: the one event it supports is '{SUPPORTED_EVENT}' (a social prescribing referral, MessageDefinition {MESSAGE_DEFINITION_URL})"
+                ),
+            )
+            .at("Bundle.entry[0].resource.event"),
+        );
+    }
+    let definition = header
+        .get("definition")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let validation_category = request
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("resource"))
+        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("ServiceRequest"))
+        .flat_map(|r| {
+            r.get("category")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .flat_map(|c| {
+            c.get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .any(|coding| coding.get("code").and_then(Value::as_str) == Some("validation"));
+    if definition.ends_with("-validation") || validation_category {
+        return Some(Issue::error(
+            IssueType::NotSupported,
+            "message-validation-not-supported",
+            format!(
+                "Sprig does not take BaRS validation requests (MessageHeader.definition ending '-validation', or a ServiceRequest with category 'validation'): send the referral itself ({MESSAGE_DEFINITION_URL}), or check a message with POST /fhir/Bundle/$validate"
+            ),
+        ));
+    }
+    None
 }
 
 async fn handle(
@@ -146,7 +248,7 @@ async fn handle(
         .unwrap_or("");
     let referral_index = referral_entry(bundle)?;
     check_focus(bundle, header, referral_index)?;
-    let mapped = map_referral(state, bundle, referral_index)?;
+    let mapped = map_referral(state, access, bundle, referral_index)?;
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
 
     let mut tx = state.store.begin_write().await?;

@@ -21,10 +21,13 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod message;
+pub mod message_definition;
 pub mod middleware;
 pub mod negotiate;
+pub mod outcomes;
 pub mod pipeline;
 pub mod problem;
+pub mod rate_limit;
 pub mod referrals;
 pub mod resource;
 pub mod response;
@@ -46,6 +49,7 @@ use crate::config::Settings;
 use crate::delivery::endpoints::Endpoints;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
+use crate::outcomes::Outcomes;
 use crate::store::Store;
 use crate::validation::Validator;
 use crate::workflow::Workflow;
@@ -68,6 +72,8 @@ pub struct AppState {
     pub endpoints: Arc<Endpoints>,
     /// Delivery figures for `/metrics`.
     pub delivery_metrics: Arc<DeliveryMetrics>,
+    /// Outcome measures and report metrics (`outcomes/` or `outcomes_dir`).
+    pub outcomes: Arc<Outcomes>,
 }
 
 impl AppState {
@@ -99,6 +105,16 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/$validate/", post(validate::validate_any))
         .route("/fhir/{type}/$validate", post(validate::validate_type))
         .route("/fhir/{type}/$validate/", post(validate::validate_type))
+        .route("/fhir/MessageDefinition", get(message_definition::search))
+        .route("/fhir/MessageDefinition/", get(message_definition::search))
+        .route(
+            "/fhir/MessageDefinition/{id}",
+            get(message_definition::read),
+        )
+        .route(
+            "/fhir/MessageDefinition/{id}/",
+            get(message_definition::read),
+        )
         .route("/fhir/AuditEvent", get(audit_event::search))
         .route("/fhir/AuditEvent/", get(audit_event::search))
         .route("/fhir/AuditEvent/{id}", get(audit_event::read))
@@ -121,6 +137,8 @@ pub fn router(state: AppState) -> Router {
             "/fhir/{type}/{id}/",
             get(resource::read).put(referrals::update),
         )
+        .route("/fhir/{type}/_history", get(search::history_type))
+        .route("/fhir/{type}/_history/", get(search::history_type))
         .route("/fhir/{type}/{id}/_history", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/", get(search::history_instance))
         .route("/fhir/{type}/{id}/_history/{vid}", get(resource::vread))
@@ -131,6 +149,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route("/api/measures", get(outcomes::measures))
+        .route("/api/follow-ups", get(outcomes::follow_ups))
+        .route("/api/reports/outcomes", get(outcomes::outcomes_report))
+        .route(
+            "/api/reports/outcomes/detail",
+            get(outcomes::outcomes_detail),
+        )
+        .route("/api/reports/service", get(outcomes::service_report))
         .route("/api/deliveries", get(deliveries::list))
         .route("/api/deliveries/{seq}", get(deliveries::detail))
         .route("/api/deliveries/{seq}/retry", post(deliveries::retry))
@@ -160,10 +186,17 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         ))
+        // Inside the 413 (a body over the limit is refused, not queued) and
+        // the request timeout (waiting for room counts against it).
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::BodyBudget::new(&state.settings.limits),
+            middleware::body_budget,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::declared_body_limit,
         ))
+        .layer(axum::middleware::from_fn(middleware::body_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_timeout,

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
-use super::authenticate::{acts_for, require_practice, require_scope};
+use super::authenticate::{acts_for, declared_organisation, require_practice, require_scope};
 use super::capability::{Interaction, supported};
 use super::error::ApiError;
 use super::extract::{FhirBody, parse_id};
@@ -26,7 +26,7 @@ use super::response::{Answer, Written, already_received, received, written};
 use crate::config::UpdateRequires;
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
 use crate::identity::{Access, Interaction as Scope};
-use crate::mapping::intake::SubmittedReferral;
+use crate::mapping::intake::{Declared, SubmittedReferral};
 use crate::referral::record::{MappedReferral, ReceivedAs};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
@@ -44,7 +44,7 @@ pub(super) async fn create(
     answer: Answer,
     if_none_exist: Option<SearchQuery>,
 ) -> Result<Response, ApiError> {
-    let mapped = map_single(state, &checked.resource)?;
+    let mapped = map_single(state, access, &checked.resource)?;
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
     let owner = mapped.fields.practice_ods_code.clone();
     let visibility = access.visibility();
@@ -173,7 +173,7 @@ pub async fn update(
             format!("Only social prescribing referrals ({REFERRAL_PROFILE}) can be updated"),
         )]));
     }
-    let mapped = map_single(&state, &checked.resource)?;
+    let mapped = map_single(&state, &access, &checked.resource)?;
     let mut tx = state.store.begin_write().await?;
     // Another practice's referral is not there, as far as this caller can tell.
     let referral = tx.referral(id.as_str()).await?.filter(|r| acts_for(&access, r.fields.practice_ods_code.as_deref())).ok_or_else(|| {
@@ -232,12 +232,19 @@ pub async fn update(
 }
 
 /// Maps a referral sent on its own (related resources contained).
-fn map_single(state: &AppState, resource: &serde_json::Value) -> Result<MappedReferral, ApiError> {
+fn map_single(
+    state: &AppState,
+    access: &Access,
+    resource: &serde_json::Value,
+) -> Result<MappedReferral, ApiError> {
+    let declared = declared_organisation(access);
     let inputs = SubmittedReferral {
         referral: resource,
         bundle: None,
     }
-    .inputs();
+    .inputs_with(Declared {
+        end_user_organisation: declared.as_ref(),
+    });
     Ok(state.workflow.map_inbound(&inputs)?)
 }
 

@@ -330,6 +330,27 @@ async fn included(
     Ok(out)
 }
 
+/// `GET /fhir/{type}/_history`: type-level history is not served (405), and
+/// says what to use instead. Every version of every resource of a type is
+/// every practice's data, and until reads are scoped to the caller's
+/// practices it cannot be answered safely; a client that wants what changed
+/// searches with `_lastUpdated`, or reads one resource's history.
+pub async fn history_type(
+    access: Access,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(type_name) = path?;
+    let resource_type = supported(&type_name, Interaction::HistoryInstance)?;
+    require_scope(&access, Scope::History, resource_type.as_str())?;
+    Err(ApiError::MethodNotAllowed(Issue::error(
+        IssueType::NotSupported,
+        "history-type-not-supported",
+        format!(
+            "Type-level history (GET /fhir/{resource_type}/_history) is not supported: it would hold every practice's data. Read one resource's versions with GET /fhir/{resource_type}/{{id}}/_history, or find what changed with GET /fhir/{resource_type}?_lastUpdated=gt{{instant}}"
+        ),
+    )))
+}
+
 /// `GET /fhir/{type}/{id}/_history`: every version, newest first.
 pub async fn history_instance(
     State(state): State<AppState>,

@@ -16,7 +16,7 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use super::authenticate::{require_practice, require_scope};
+use super::authenticate::{declared_organisation, require_practice, require_scope};
 use super::capability::{arrives_with_referral, referral_bundle_types};
 use super::error::ApiError;
 use super::extract::{FhirBase, FhirBody};
@@ -26,7 +26,7 @@ use super::pipeline;
 use super::response::{already_received, received};
 use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceType};
 use crate::identity::{Access, Interaction as Scope};
-use crate::mapping::intake::SubmittedReferral;
+use crate::mapping::intake::{Declared, SubmittedReferral};
 use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
@@ -118,7 +118,7 @@ pub async fn transaction(
     let correlation_id = context.correlation_id.as_deref();
 
     let referral_index = referral_entry(&bundle)?;
-    let mapped = map_referral(&state, &bundle, referral_index)?;
+    let mapped = map_referral(&state, &access, &bundle, referral_index)?;
     let plan = plan_transaction(&mut bundle)?;
     for entry in &plan {
         require_scope(&access, Scope::Create, entry.resource_type.as_str())?;
@@ -202,6 +202,7 @@ pub(super) fn referral_entry(bundle: &Value) -> Result<usize, ApiError> {
 /// Maps the referral entry, its references followed within the Bundle.
 pub(super) fn map_referral(
     state: &AppState,
+    access: &Access,
     bundle: &Value,
     referral_index: usize,
 ) -> Result<MappedReferral, ApiError> {
@@ -214,11 +215,14 @@ pub(super) fn map_referral(
                 format!("entry {referral_index} holds no resource"),
             )
         })?;
+    let declared = declared_organisation(access);
     let inputs = SubmittedReferral {
         referral,
         bundle: Some(bundle),
     }
-    .inputs();
+    .inputs_with(Declared {
+        end_user_organisation: declared.as_ref(),
+    });
     Ok(state.workflow.map_inbound(&inputs)?)
 }
 
@@ -307,15 +311,22 @@ fn plan_transaction(bundle: &mut Value) -> Result<Vec<PlannedEntry>, ApiError> {
                 ));
             }
         };
-        let target_type = url.split(['/', '?']).next().unwrap_or("");
-        if target_type != resource_type.as_str() {
-            return Err(bad_entry(
-                index,
-                "transaction-entry-url",
+        // The path is the type and nothing else (a create and a conditional
+        // update both name only the type): `ServiceRequest/../../Patient`
+        // must not pass for `ServiceRequest`.
+        let target = url.split('?').next().unwrap_or("");
+        if target != resource_type.as_str() {
+            let target_type = target.split('/').next().unwrap_or("");
+            let message = if target_type == resource_type.as_str() {
+                format!(
+                    "request.url must name only the resource type ({resource_type}, with an optional ?query), not a path below it"
+                )
+            } else {
                 format!(
                     "request.url '{target_type}…' does not name the entry's resource type {resource_type}"
-                ),
-            ));
+                )
+            };
+            return Err(bad_entry(index, "transaction-entry-url", message));
         }
         plan.push(PlannedEntry::new(&entry, resource_type, resource, action));
     }

@@ -102,6 +102,8 @@ pub enum IssueType {
     Informational,
     /// The request exceeded a size limit.
     TooCostly,
+    /// `throttled`: the caller sent too many requests; retry later.
+    Throttled,
     /// An extension was not recognised or not valid.
     Extension,
     /// A rule (invariant) of a definition failed.
@@ -136,6 +138,7 @@ impl IssueType {
             Self::Exception => "exception",
             Self::Informational => "informational",
             Self::TooCostly => "too-costly",
+            Self::Throttled => "throttled",
             Self::Extension => "extension",
             Self::Invariant => "invariant",
             Self::BusinessRule => "business-rule",
@@ -240,7 +243,9 @@ impl Issue {
             "system": format!("{SPRIG_CANONICAL_BASE}/CodeSystem/sprig-issue"),
             "code": self.message_id,
         })];
-        if let Some(code) = http_error_code {
+        // Warnings and information ride along with a refusal (or a success):
+        // the HTTP error code names the refusal, so only errors carry it.
+        if let Some(code) = http_error_code.filter(|_| self.severity.is_error()) {
             // BaRS receivers report the HTTP outcome with this NHS code system
             // (its casing, `Codesystem`, is the NHS's own).
             codings.push(json!({

@@ -49,6 +49,8 @@ pub(crate) struct Ctx<'a> {
     /// items, made collections only when read, as most expressions never read them.
     pub resource: Option<Val<'a>>,
     pub root_resource: Option<Val<'a>>,
+    /// The Bundle `%rootResource` is an entry of (`Scope::bundle`), for `resolve()`.
+    pub bundle: Option<&'a Value>,
     pub context: Option<Val<'a>>,
     pub env: HashMap<&'a str, Coll<'a>>,
     /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation),

@@ -239,6 +239,10 @@ pub struct Scope<'a> {
     /// `%rootResource` when it differs from `%resource`: the container of a contained
     /// resource, or the Bundle of an entry.
     pub root_resource: Option<&'a Value>,
+    /// The Bundle `%rootResource` is an entry of, if any: `resolve()` finds the other
+    /// entries in it by `fhir::reference`'s rule (as HL7's validator resolves references
+    /// within a Bundle), with the entry's `fullUrl` as the base of relative references.
+    pub bundle: Option<&'a Value>,
     /// The focus: `%context` and the initial `$this`.
     pub focus: &'a Value,
     /// The focus's FHIR type (`HumanName`, `Patient.contact`, `string`) when it is not a
@@ -273,6 +277,7 @@ impl Expression {
         self.evaluate_in(Scope {
             resource,
             root_resource: None,
+            bundle: None,
             focus,
             focus_type: None,
             environment: None,
@@ -289,6 +294,7 @@ impl Expression {
         self.evaluate_in(Scope {
             resource,
             root_resource: None,
+            bundle: None,
             focus,
             focus_type: None,
             environment: Some(environment),
@@ -349,6 +355,7 @@ impl Expression {
                 let empty_scope = Scope {
                     resource: &empty,
                     root_resource: None,
+                    bundle: None,
                     focus: &empty,
                     focus_type: scope.focus_type,
                     environment: None,
@@ -408,6 +415,7 @@ impl Expression {
                 None => present(scope.resource, resource.clone()),
             },
             resource: present(scope.resource, resource),
+            bundle: scope.bundle,
             context,
             env,
             now: std::cell::OnceCell::new(),

@@ -157,6 +157,7 @@ fn resource_and_focus_are_distinct() {
     let scope = Scope {
         resource: &sr,
         root_resource: None,
+        bundle: None,
         focus: &sr["note"][1],
         focus_type: Some("Annotation"),
         environment: None,
@@ -178,6 +179,7 @@ fn root_resource_is_the_container() {
     let scope = Scope {
         resource: patient,
         root_resource: Some(&sr),
+        bundle: None,
         focus: patient,
         focus_type: None,
         environment: None,
@@ -274,6 +276,7 @@ fn boolean_evaluation_answers_as_the_collection_does() {
         let scope = Scope {
             resource: &sr,
             root_resource: None,
+            bundle: None,
             focus,
             focus_type,
             environment: None,
@@ -302,6 +305,7 @@ fn ele_1_on_elements() {
         ele1.evaluate_in(Scope {
             resource: &sr,
             root_resource: None,
+            bundle: None,
             focus,
             focus_type: Some(ty),
             environment: None,
@@ -431,6 +435,7 @@ fn service_request_invariants_hold_on_the_sample_referral() {
             let scope = Scope {
                 resource: &referral,
                 root_resource: None,
+                bundle: None,
                 focus,
                 focus_type: type_name.as_deref(),
                 environment: None,
@@ -767,6 +772,7 @@ fn scope_of(object: &Value) -> Scope<'_> {
     Scope {
         resource: object,
         root_resource: None,
+        bundle: None,
         focus: object,
         focus_type: None,
         environment: None,
@@ -842,4 +848,72 @@ fn kept_parts_agree_with_evaluating_them_each_time() {
     }
     // sdf-8, sdf-8a, sdf-9, dom-3 and others have parts worth keeping.
     assert!(planned >= 4, "{planned}");
+}
+
+/// `resolve()` follows `fhir::reference`'s one rule, within the Bundle the resource is an
+/// entry of: the reference, and the entry (by its id) or nothing it resolves to.
+#[test]
+fn resolve_follows_the_one_reference_rule_within_the_bundle() {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:9b1a4f6e-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "ServiceRequest", "id": "sr",
+                      "contained": [{"resourceType": "Patient", "id": "p1"}]}},
+        {"fullUrl": "urn:uuid:9b1a4f6e-0000-4000-8000-000000000002",
+         "resource": {"resourceType": "Consent", "id": "consent"}},
+        {"fullUrl": "https://gp.example/fhir/PractitionerRole/r1",
+         "resource": {"resourceType": "PractitionerRole", "id": "r1"}},
+        {"resource": {"resourceType": "Organization", "id": "org", "meta": {"versionId": "2"}}},
+        {"fullUrl": "https://a.example/fhir/Patient/twice",
+         "resource": {"resourceType": "Patient", "id": "twice"}},
+        {"fullUrl": "https://b.example/fhir/Patient/twice",
+         "resource": {"resourceType": "Patient", "id": "twice"}},
+    ]});
+    let referral = &bundle["entry"][0]["resource"];
+    let resolved = |reference: &str| -> Value {
+        let focus = json!({"reference": reference});
+        let e = engine().compile("$this.resolve().id").expect("compiles");
+        e.evaluate_in(Scope {
+            resource: referral,
+            root_resource: None,
+            bundle: Some(&bundle),
+            focus: &focus,
+            focus_type: Some("Reference"),
+            environment: None,
+        })
+        .expect("evaluates")
+        .to_json()
+    };
+    for (reference, expected) in [
+        ("#p1", json!(["p1"])),
+        ("#", json!(["sr"])),
+        ("#nobody", json!([])),
+        (
+            "urn:uuid:9b1a4f6e-0000-4000-8000-000000000002",
+            json!(["consent"]),
+        ),
+        ("urn:uuid:9b1a4f6e-0000-4000-8000-00000000ffff", json!([])),
+        ("PractitionerRole/r1", json!(["r1"])),
+        ("https://gp.example/fhir/PractitionerRole/r1", json!(["r1"])),
+        ("Organization/org", json!(["org"])),
+        ("Organization/org/_history/2", json!(["org"])),
+        ("Organization/org/_history/1", json!([])),
+        ("Patient/twice", json!([])),
+        ("https://elsewhere.example/fhir/Patient/p9", json!([])),
+        ("Patient?identifier=x|1", json!([])),
+    ] {
+        assert_eq!(resolved(reference), expected, "{reference}");
+    }
+    // Without a Bundle, only the contained resources are found.
+    let e = engine().compile("subject.resolve().id").expect("compiles");
+    let mut alone = referral.clone();
+    alone["subject"] = json!({"reference": "#p1"});
+    assert_eq!(
+        e.evaluate(&alone, &alone).expect("evaluates").to_json(),
+        json!(["p1"])
+    );
+    alone["subject"] = json!({"reference": "Consent/consent"});
+    assert_eq!(
+        e.evaluate(&alone, &alone).expect("evaluates").to_json(),
+        json!([])
+    );
 }

@@ -55,8 +55,8 @@ pub struct InboundResources<'a> {
     pub consent: Option<&'a Value>,
     /// `%message`: the MessageHeader, for a referral that came as a message.
     pub message: Option<&'a Value>,
-    /// `%bundle`: the Bundle the referral came in; also `%rootResource`, so `resolve()`
-    /// finds its entries.
+    /// `%bundle`: the Bundle the referral came in; also the evaluation's `Scope::bundle`,
+    /// so `resolve()` finds its entries.
     pub bundle: Option<&'a Value>,
     /// `%sender`: the Organization `MessageHeader.sender` names, for a message.
     pub sender: Option<&'a Value>,
@@ -143,7 +143,7 @@ pub struct Inbound {
     file: String,
     /// Which of [`GATEWAY_VARIABLES`] some expression reads: only those are copied into the
     /// environment (a large Bundle is copied only if a mapping reads `%bundle`; `resolve()`
-    /// reads it in place, as `%rootResource`).
+    /// reads it in place, as `Scope::bundle`).
     used: [bool; GATEWAY_VARIABLES.len()],
     variables: Vec<(String, Expression)>,
     referral_identifier_system: Mapped,
@@ -563,7 +563,8 @@ impl Run<'_, '_> {
         let (focus, focus_type) = focus.unwrap_or((self.input.referral, None));
         let scope = Scope {
             resource: self.input.referral,
-            root_resource: self.input.bundle,
+            root_resource: None,
+            bundle: self.input.bundle,
             focus,
             focus_type,
             environment: Some(environment),

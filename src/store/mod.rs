@@ -26,6 +26,7 @@ pub mod identity;
 pub mod outbox;
 mod postgres;
 pub mod referrals;
+pub mod reports;
 mod search;
 mod sqlite;
 mod write;

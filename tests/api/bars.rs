@@ -218,7 +218,6 @@ async fn a_referenced_patient_or_practice_that_sprig_cannot_use_is_refused_where
 /// A BaRS validation request asks the receiver to check a referral, not to
 /// make one: it must not become a referral, and gets one clear issue.
 #[tokio::test]
-#[ignore = "needs the $process-message event check (issue 18 §1); see tests/fixtures/bars/README.md"]
 async fn a_bars_validation_request_gets_one_clear_issue() {
     let app = spawn_app().await;
     let message = fixture("validation-request.json");
@@ -243,7 +242,6 @@ async fn a_bars_validation_request_gets_one_clear_issue() {
 /// A message for an event Sprig does not handle gets one issue naming the
 /// one it does, not the profile errors of a message it was never meant to be.
 #[tokio::test]
-#[ignore = "needs the $process-message event check (issue 18 §1); see tests/fixtures/bars/README.md"]
 async fn a_bars_booking_request_gets_one_clear_issue() {
     let app = spawn_app().await;
     let message = fixture("booking-request.json");
@@ -259,4 +257,105 @@ async fn a_bars_booking_request_gets_one_clear_issue() {
     assert_eq!(errors[0]["code"], "not-supported", "{errors:#?}");
     let text = errors[0]["details"]["text"].as_str().unwrap_or("");
     assert!(text.contains("servicerequest-request"), "{text}");
+}
+
+/// A 404 and a 405 carry the BaRS codes for them, as every refusal does.
+#[tokio::test]
+async fn not_found_and_method_not_allowed_carry_bars_codes() {
+    let app = spawn_app().await;
+    let code = |outcome: &Value| outcome["issue"][0]["details"]["coding"][1]["code"].clone();
+    let missing = app.get("/fhir/Patient/nobody").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(code(&json_body(missing).await), "REC_NOT_FOUND");
+    let delete = app
+        .client
+        .delete(app.url("/fhir/metadata"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(delete.status(), 405);
+    assert_eq!(code(&json_body(delete).await), "REC_METHOD_NOT_ALLOWED");
+}
+
+/// A BaRS sender learns what Sprig needs from its MessageDefinition: read by
+/// id, found by event and by url, not found by another event.
+#[tokio::test]
+async fn sprigs_message_definition_is_read_and_searched() {
+    let app = spawn_app().await;
+    let url = "https://sprig-gateway.org/fhir/MessageDefinition/sprig-servicerequest-request";
+    let read = app
+        .get("/fhir/MessageDefinition/sprig-servicerequest-request")
+        .await;
+    assert_eq!(read.status(), 200);
+    let definition = json_body(read).await;
+    assert_eq!(definition["resourceType"], "MessageDefinition");
+    assert_eq!(definition["url"], url);
+    assert_eq!(definition["eventCoding"]["code"], "servicerequest-request");
+    assert_eq!(
+        definition["focus"][0],
+        json!({"code": "ServiceRequest", "profile": "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral", "min": 1, "max": "1"})
+    );
+    let focus: Vec<&str> = definition["focus"]
+        .as_array()
+        .expect("focus")
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(
+        focus.contains(&"Patient") && focus.contains(&"Consent"),
+        "{focus:?}"
+    );
+    let description = definition["description"].as_str().unwrap_or("");
+    assert!(description.contains("validation"), "{description}");
+
+    for query in [
+        "event=servicerequest-request",
+        "event=https://fhir.nhs.uk/CodeSystem/message-events-bars|servicerequest-request",
+        &format!("url={url}"),
+        "",
+    ] {
+        let found = json_body(app.get(&format!("/fhir/MessageDefinition?{query}")).await).await;
+        assert_eq!(found["total"], 1, "{query}: {found}");
+        assert_eq!(found["entry"][0]["resource"], definition, "{query}");
+    }
+    let none = json_body(
+        app.get("/fhir/MessageDefinition?event=booking-request")
+            .await,
+    )
+    .await;
+    assert_eq!(none["total"], 0, "{none}");
+    let missing = app.get("/fhir/MessageDefinition/bars-booking").await;
+    assert_eq!(missing.status(), 404);
+}
+
+/// Type-level history is refused with a 405 that says why and what to use,
+/// not read as a resource whose id is `_history`; the CapabilityStatement
+/// lists no `history-type`.
+#[tokio::test]
+async fn type_level_history_is_refused_saying_what_to_use() {
+    let app = spawn_app().await;
+    for path in ["/fhir/ServiceRequest/_history", "/fhir/Task/_history/"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 405, "{path}");
+        let outcome = json_body(response).await;
+        assert_eq!(
+            outcome["issue"][0]["details"]["coding"][0]["code"], "history-type-not-supported",
+            "{outcome}"
+        );
+        assert_eq!(
+            outcome["issue"][0]["details"]["coding"][1]["code"],
+            "REC_METHOD_NOT_ALLOWED"
+        );
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("_lastUpdated")),
+            "{outcome}"
+        );
+    }
+    let statement = json_body(app.get("/fhir/metadata").await).await;
+    assert!(
+        !statement.to_string().contains("\"history-type\""),
+        "{statement}"
+    );
 }

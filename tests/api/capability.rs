@@ -48,11 +48,23 @@ async fn metadata_lists_exactly_what_is_served() {
             "Consent",
             "Condition",
             "QuestionnaireResponse",
-            "AuditEvent"
+            "AuditEvent",
+            "MessageDefinition"
         ]
     );
+    // Sprig's one MessageDefinition, read and searched; and the messaging
+    // entry naming it.
+    let definition = resources.last().expect("MessageDefinition");
+    assert_eq!(
+        definition["interaction"],
+        json!([{"code": "read"}, {"code": "search-type"}])
+    );
+    assert_eq!(
+        statement["messaging"][0]["supportedMessage"],
+        json!([{"mode": "receiver", "definition": "https://sprig-gateway.org/fhir/MessageDefinition/sprig-servicerequest-request"}])
+    );
     // The audit log: read and searched, by administrators, never written.
-    let audit = resources.last().expect("AuditEvent");
+    let audit = &resources[resources.len() - 2];
     assert_eq!(
         audit["interaction"],
         json!([{"code": "read"}, {"code": "search-type"}])
@@ -69,7 +81,7 @@ async fn metadata_lists_exactly_what_is_served() {
             "date", "agent", "entity", "patient", "type", "subtype", "outcome"
         ]
     );
-    let audit_index = resources.len() - 1;
+    let audit_index = resources.len() - 2;
     let resources = &resources[..audit_index];
     // The profile a ServiceRequest without meta.profile is held to.
     assert_eq!(

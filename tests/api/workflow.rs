@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, json_body, spawn_app};
+use crate::helpers::{TestApp, json_body, spawn_app, spawn_app_with};
 use crate::openapi::assert_matches_schema;
 
 const TASK_PROFILE: &str = "https://sprig-gateway.org/fhir/StructureDefinition/sprig-referral-task";
@@ -280,7 +280,7 @@ async fn a_referral_goes_through_its_whole_life_in_every_inbound_shape() {
         let response = api_post(
             &app,
             &format!("/api/referrals/{id}/outcomes"),
-            json!({"measure": "ons4", "answers": [7, 8, 6, 3], "recorded_at": "2027-02-20T10:00:00Z"}),
+            json!({"measure": "ons4", "answers": [7, 8, 6, 3], "recorded_at": "2026-12-01T10:00:00Z"}),
         )
         .await;
         assert_eq!(response.status(), 201);
@@ -641,9 +641,48 @@ async fn the_same_message_sent_twice_at_once_gets_one_answer() {
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
 }
 
+/// By default a refused message gets what the BaRS API specifies for every
+/// 4xx: a bare OperationOutcome whose errors carry the `http-error-codes`
+/// code (and whose warnings do not).
+#[tokio::test]
+async fn an_invalid_message_gets_a_bare_outcome_with_the_bars_code() {
+    let app = spawn_app().await;
+    let mut body = Shape::Message.example();
+    body["entry"][1]["resource"]
+        .as_object_mut()
+        .expect("ServiceRequest")
+        .shift_remove("code");
+    let response = post_fhir(&app, "/fhir/$process-message", &body, &[]).await;
+    assert_eq!(response.status(), 422);
+    let outcome = json_body(response).await;
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    let issues = outcome["issue"].as_array().expect("issues");
+    let bars_code = |issue: &Value| {
+        issue["details"]["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["system"] == "https://fhir.nhs.uk/Codesystem/http-error-codes")
+            .map(|c| c["code"].clone())
+    };
+    assert_eq!(
+        bars_code(&issues[0]),
+        Some(json!("REC_UNPROCESSABLE_ENTITY")),
+        "{outcome}"
+    );
+    for issue in issues {
+        let is_error = issue["severity"] == "error" || issue["severity"] == "fatal";
+        assert_eq!(bars_code(issue).is_some(), is_error, "{issue}");
+    }
+    let list = json_body(app.get("/api/referrals").await).await;
+    assert_eq!(list["items"], json!([]));
+}
+
+/// `fhir.message_refusal = "message"`: the refusal as FHIR messaging has it.
 #[tokio::test]
 async fn an_invalid_message_gets_a_fatal_error_reply() {
-    let app = spawn_app().await;
+    let app =
+        spawn_app_with(|s| s.fhir.message_refusal = sprig::config::MessageRefusal::Message).await;
     let mut body = Shape::Message.example();
     // The ServiceRequest loses its code: the referral profile requires it.
     body["entry"][1]["resource"]
@@ -853,7 +892,8 @@ async fn the_gp_withdraws_a_referral_with_put_and_if_match() {
 
 #[tokio::test]
 async fn the_gp_withdraws_a_referral_by_message() {
-    let app = spawn_app().await;
+    let app =
+        spawn_app_with(|s| s.fhir.message_refusal = sprig::config::MessageRefusal::Message).await;
     let body = Shape::Message.example();
     let (id, _, _) = submit(&app, Shape::Message, &body).await;
     let first = read(&app, &format!("/fhir/ServiceRequest/{id}")).await;

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::Call;
+use crate::fhir::reference::{self, BundleIndex, Contained, Resolved};
 use crate::fhirpath::eval::{Coll, Ctx, R, error};
 use crate::fhirpath::value::{Node, Val};
 
@@ -83,20 +84,25 @@ pub(super) fn conforms_to<'a>(cx: &Ctx<'a>, call: &Call<'_, 'a>) -> R<Coll<'a>> 
 }
 
 impl<'a> Ctx<'a> {
-    /// `resolve()`: local references only (`#id` to a contained resource, or a Bundle
-    /// entry's `fullUrl`); never I/O.
+    /// `resolve()`: references within the submission only, never I/O, by the one rule
+    /// of [`crate::fhir::reference`]: `#id` among the contained resources of
+    /// `%rootResource` (a contained resource's `#id` points into its container); any
+    /// other reference among the entries of the Bundle `%rootResource` is an entry of
+    /// (`Scope::bundle`), or of `%rootResource` itself when it is a Bundle. A reference
+    /// that is not there, or that the rule calls an error (two entries with one
+    /// identity), resolves to nothing.
     fn resolve(&self, base: &[Val<'a>]) -> Coll<'a> {
         let mut out = Vec::new();
-        // References are resolved in the outermost resource (a contained resource's
-        // `#id` points into its container).
         let Some(Val::Node(Node {
             value: Some(root), ..
         })) = &self.root_resource
         else {
             return out;
         };
-        for v in base {
-            let reference = match v {
+        let root: &'a Value = root;
+        let references: Vec<&str> = base
+            .iter()
+            .filter_map(|v| match v {
                 Val::Node(Node {
                     value: Some(Value::Object(m)),
                     ..
@@ -105,28 +111,32 @@ impl<'a> Ctx<'a> {
                     value: Some(Value::String(s)),
                     ..
                 }) => Some(s.as_str()),
-                Val::Str(_) => None,
                 _ => None,
-            };
-            let Some(reference) = reference else { continue };
-            if let Some(id) = reference.strip_prefix('#') {
-                if let Some(Value::Array(contained)) = root.get("contained") {
-                    for c in contained {
-                        if c.get("id").and_then(Value::as_str) == Some(id) {
-                            out.push(self.make_node(Some(c), None, None));
-                        }
+            })
+            .collect();
+        if references.is_empty() {
+            return out;
+        }
+        let contained = Contained::of(root);
+        let bundle = self.bundle.or_else(|| {
+            (root.get("resourceType").and_then(Value::as_str) == Some("Bundle")).then_some(root)
+        });
+        let index = bundle.map(BundleIndex::new);
+        let referrer = index.as_ref().and_then(|index| {
+            index
+                .position_of(root)
+                .and_then(|position| index.entry(position))
+                .and_then(|entry| entry.full_url)
+        });
+        for text in references {
+            match reference::resolve(text, Some(&contained), index.as_ref(), referrer) {
+                Ok(Resolved::Container) => out.push(self.make_node(Some(root), None, None)),
+                Ok(found) => {
+                    if let Some(resource) = found.resource() {
+                        out.push(self.make_node(Some(resource), None, None));
                     }
                 }
-            } else if let Some(Value::Array(entries)) = root.get("entry") {
-                for e in entries {
-                    let full = e.get("fullUrl").and_then(Value::as_str);
-                    if (full == Some(reference)
-                        || full.is_some_and(|f| f.ends_with(&format!("/{reference}"))))
-                        && let Some(r) = e.get("resource")
-                    {
-                        out.push(self.make_node(Some(r), None, None));
-                    }
-                }
+                Err(_) => {}
             }
         }
         out

@@ -37,6 +37,12 @@ mod referrals;
     clippy::duplicate_mod,
     reason = "compiled once per backend, with its types"
 )]
+#[path = "../sql/reports.rs"]
+mod reports;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
 #[path = "../sql/resources.rs"]
 mod resources;
 #[allow(

@@ -104,6 +104,20 @@ impl Tx {
 }
 
 impl Backend {
+    pub(in crate::store) async fn drop_audit_before(
+        &self,
+        keep_from: time::Date,
+    ) -> Result<u64, StoreError> {
+        let s = self;
+        // Midnight UTC in the stored fixed-width form: text order is time order.
+        let cutoff = format!("{keep_from}T00:00:00.000Z");
+        let done = sqlx::query("DELETE FROM audit_events WHERE recorded_at < $1")
+            .bind(cutoff)
+            .execute(&s.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Adds an audit row for a request that wrote nothing (a read, a refusal) and
     /// commits it: durable when this returns. Returns the row's `seq`.
     pub(in crate::store) async fn record_audit(

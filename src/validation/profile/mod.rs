@@ -55,10 +55,9 @@
 //! later correction ([`INVARIANT_ERRATA`]). Two that read `%resource.type` once per Bundle entry
 //! (bdl-3, bdl-4) are evaluated in an equivalent form that reads it once ([`EQUIVALENT_FORMS`]);
 //! messages show the published text, and a test compares both forms on every Bundle type with
-//! and without requests and responses. An invariant of a Bundle entry that calls `resolve()` and
-//! fails is evaluated again with the Bundle as `%rootResource`, so that `resolve()` finds the
-//! other entries as HL7's validator does (`sprig-ref-1`: a `urn:uuid:` reference to the
-//! Consent), until `resolve()` itself follows `fhir::reference` with the walk's Bundle.
+//! and without requests and responses. An invariant of a Bundle entry is evaluated with the Bundle
+//! as `Scope::bundle`, so that `resolve()` finds the other entries by `fhir::reference`'s rule,
+//! as HL7's validator does (`sprig-ref-1`: a `urn:uuid:` reference to the Consent).
 
 mod walk;
 
@@ -670,6 +669,197 @@ mod tests {
     fn referral() -> Value {
         json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
                "subject": {"reference": "Patient/1"}})
+    }
+
+    /// The (expression, severity) of each issue with this message id.
+    fn found(resource: Value, id: &str) -> Vec<(String, &'static str)> {
+        check(resource)
+            .into_iter()
+            .filter(|(_, message_id, _)| *message_id == id)
+            .map(|(expression, _, severity)| (expression, severity))
+            .collect()
+    }
+
+    fn error_at(expression: &str) -> Vec<(String, &'static str)> {
+        vec![(expression.to_owned(), "error")]
+    }
+
+    /// base64Binary: "A stream of bytes, base64 encoded (RFC 4648)".
+    #[test]
+    fn base64_binary_must_decode() {
+        let binary = |data: &str| json!({"resourceType": "Binary", "contentType": "text/plain", "data": data});
+        assert_eq!(
+            found(binary("SGVs*bG8="), "base64-invalid"),
+            error_at("Binary.data")
+        );
+        assert_eq!(
+            found(binary("SGVsbG8"), "base64-invalid"),
+            error_at("Binary.data")
+        );
+        assert!(found(binary("SGVsbG8="), "base64-invalid").is_empty());
+        assert!(found(binary("SGVs bG8="), "base64-invalid").is_empty());
+    }
+
+    /// Attachment.size: "The number of bytes of data that make up this attachment
+    /// (before base64 encoding, if that is done)".
+    #[test]
+    fn attachment_size_is_the_decoded_length() {
+        let document = |size: u64| {
+            json!({"resourceType": "DocumentReference", "status": "current",
+                   "content": [{"attachment": {"contentType": "text/plain", "data": "SGVsbG8=", "size": size}}]})
+        };
+        assert_eq!(
+            found(document(6), "attachment-size-mismatch"),
+            error_at("DocumentReference.content[0].attachment.size")
+        );
+        assert!(found(document(5), "attachment-size-mismatch").is_empty());
+    }
+
+    /// "Strings SHALL NOT exceed 1MB (1024*1024 characters) in size".
+    #[test]
+    fn strings_are_at_most_one_megabyte() {
+        let patient = |length: usize| json!({"resourceType": "Patient", "name": [{"text": "é".repeat(length)}]});
+        assert_eq!(
+            found(patient(1024 * 1024 + 1), "string-too-long"),
+            error_at("Patient.name[0].text")
+        );
+        // Counted in characters, not bytes ("é" is two bytes).
+        assert!(found(patient(1024 * 1024), "string-too-long").is_empty());
+    }
+
+    /// per-1: "If present, start SHALL have a lower value than end", partial dates
+    /// compared at the precision they share.
+    #[test]
+    fn a_period_may_not_end_before_it_starts_at_any_precision() {
+        let patient = |start: &str, end: &str| json!({"resourceType": "Patient", "name": [{"family": "X", "period": {"start": start, "end": end}}]});
+        let per_1 = |start: &str, end: &str| -> Vec<(String, &'static str)> {
+            check(patient(start, end))
+                .into_iter()
+                .filter(|(expression, id, _)| {
+                    *id == "invariant" && expression.starts_with("Patient.name[0].period")
+                })
+                .map(|(expression, _, severity)| (expression, severity))
+                .collect()
+        };
+        assert_eq!(
+            per_1("2020-05", "2020-04-30"),
+            error_at("Patient.name[0].period")
+        );
+        assert_eq!(
+            per_1("2021", "2020-12-31T10:00:00Z"),
+            error_at("Patient.name[0].period")
+        );
+        assert_eq!(
+            per_1("2020-05-02", "2020-05-01"),
+            error_at("Patient.name[0].period")
+        );
+        // Times compare as instants, across time zones.
+        assert_eq!(
+            per_1("2020-01-01T21:00:00Z", "2020-01-01T20:00:00Z"),
+            error_at("Patient.name[0].period")
+        );
+        assert!(per_1("2020-01-02T00:30:00+14:00", "2020-01-01T20:00:00Z").is_empty());
+        assert!(per_1("2020-04", "2020-04-30").is_empty());
+        assert!(per_1("2020-04-01", "2020-05").is_empty());
+        assert!(per_1("2020-04-01", "2020-04-02").is_empty());
+    }
+
+    fn collection(entries: Value) -> Value {
+        json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+    }
+
+    /// Bundle.entry.fullUrl: "fullUrl SHALL be an absolute URL" (not relative).
+    #[test]
+    fn a_full_url_is_absolute() {
+        let bundle = |full_url: &str| {
+            collection(
+                json!([{"fullUrl": full_url, "resource": {"resourceType": "Patient", "id": "1"}}]),
+            )
+        };
+        assert_eq!(
+            found(bundle("Patient/1"), "bundle-full-url-relative"),
+            error_at("Bundle.entry[0].fullUrl")
+        );
+        assert!(
+            found(
+                bundle("https://x.org/fhir/Patient/1"),
+                "bundle-full-url-relative"
+            )
+            .is_empty()
+        );
+        assert!(
+            found(
+                bundle("urn:uuid:53fefa32-fcbb-4ff8-8a92-55ee120877b7"),
+                "bundle-full-url-relative"
+            )
+            .is_empty()
+        );
+    }
+
+    /// Bundle.link: a relation appears once (each relation names one link).
+    #[test]
+    fn a_link_relation_is_given_once() {
+        let bundle = |second: &str| {
+            json!({"resourceType": "Bundle", "type": "searchset", "link": [
+                {"relation": "self", "url": "https://x.org/fhir/Patient"},
+                {"relation": second, "url": "https://x.org/fhir/Patient?page=2"}]})
+        };
+        assert_eq!(
+            found(bundle("self"), "bundle-link-relation-repeated"),
+            error_at("Bundle.link[1].relation")
+        );
+        assert!(found(bundle("next"), "bundle-link-relation-repeated").is_empty());
+    }
+
+    /// References in a Bundle: one that matches two entries is an error, and so is a
+    /// versioned reference to a version of an entry the Bundle does not hold.
+    #[test]
+    fn bundle_references_match_one_entry_at_the_version_named() {
+        let bundle = |reference: &str, second_base: &str| {
+            collection(json!([
+                {"fullUrl": "https://a.org/fhir/Patient/1",
+                 "resource": {"resourceType": "Patient", "id": "1", "meta": {"versionId": "2"}}},
+                {"fullUrl": format!("{second_base}/Patient/1"),
+                 "resource": {"resourceType": "Patient", "id": "1", "meta": {"versionId": "2"}}},
+                {"fullUrl": "urn:uuid:53fefa32-fcbb-4ff8-8a92-55ee120877b7",
+                 "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                              "subject": {"reference": reference}}}]))
+        };
+        let at = "Bundle.entry[2].resource.subject.reference";
+        assert_eq!(
+            found(
+                bundle("Patient/1", "https://b.org/fhir"),
+                "bundle-reference-ambiguous"
+            ),
+            error_at(at)
+        );
+        assert!(
+            found(
+                bundle("https://a.org/fhir/Patient/1", "https://b.org/fhir"),
+                "bundle-reference-ambiguous"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            found(
+                bundle(
+                    "https://a.org/fhir/Patient/1/_history/1",
+                    "https://b.org/fhir"
+                ),
+                "bundle-reference-version-not-found"
+            ),
+            error_at(at)
+        );
+        assert!(
+            found(
+                bundle(
+                    "https://a.org/fhir/Patient/1/_history/2",
+                    "https://b.org/fhir"
+                ),
+                "bundle-reference-version-not-found"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

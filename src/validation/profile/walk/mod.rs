@@ -24,6 +24,7 @@ use references::BundleFrame;
 
 mod bindings;
 mod references;
+mod rules;
 mod slicing;
 #[cfg(test)]
 mod tests;
@@ -49,7 +50,8 @@ struct Frame<'v> {
     resource: &'v Value,
     /// Its container, when it is contained: `%rootResource`.
     container: Option<&'v Value>,
-    /// The Bundle it is an entry of, if it is one.
+    /// The Bundle it (or, when contained, its container) is an entry of:
+    /// where `resolve()` in its invariants finds the other entries.
     bundle: Option<&'v Value>,
 }
 
@@ -240,11 +242,16 @@ impl<'p, 'v> Walk<'p, 'v> {
         if is_bundle {
             let frame = BundleFrame::build(resource_value, resource, path, self);
             self.bundles.push(frame);
+            self.bundle_rules(resource, path);
         }
         self.resources.push(Frame {
             resource: resource_value,
             container: container.map(|c| c.container),
-            bundle: entry_of.map(|(bundle, _)| bundle),
+            // A contained resource's references resolve in its container's Bundle.
+            bundle: match container {
+                Some(_) => self.resources.last().and_then(|frame| frame.bundle),
+                None => entry_of.map(|(bundle, _)| bundle),
+            },
         });
         for sd in definitions {
             self.children(&sd, 0, resource, path, contained);
@@ -290,6 +297,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             let scope = crate::fhirpath::Scope {
                 resource,
                 root_resource,
+                bundle: frame.bundle,
                 focus: value,
                 focus_type,
                 environment: None,
@@ -299,28 +307,6 @@ impl<'p, 'v> Walk<'p, 'v> {
                 // An empty result is not a failure: FHIR evaluates invariants
                 // as "the expression is true or says nothing".
                 Ok(None) => continue,
-                // A Bundle entry's references to other entries: FHIRPath's
-                // `resolve()` looks only in `%rootResource`, which for an
-                // entry is the entry itself; HL7's validator resolves them
-                // within the Bundle. An invariant that calls `resolve()` and
-                // fails is therefore evaluated again with the Bundle as
-                // `%rootResource` (until `resolve()` follows
-                // `fhir::reference` with the walk's Bundle), and holds if
-                // it holds there.
-                Ok(Some(false))
-                    if frame.bundle.is_some_and(|bundle| {
-                        invariant.shown.contains("resolve()")
-                            && matches!(
-                                expression.evaluate_boolean_in(crate::fhirpath::Scope {
-                                    root_resource: Some(bundle),
-                                    ..scope
-                                }),
-                                Ok(Some(true) | None)
-                            )
-                    }) =>
-                {
-                    continue;
-                }
                 Ok(Some(false)) => Issue::error(
                     IssueType::Invariant,
                     if BEST_PRACTICE_INVARIANTS.contains(&invariant.key.as_str()) {
@@ -736,6 +722,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         self.fixed_and_pattern(sd, element, value, path);
         self.bounds(sd, element, value, path);
         self.binding(sd, element, type_code, value, path);
+        self.core_rules(sd, element, type_code, value, path);
         if let (Some(max), Some(text)) = (element.def.max_length, value.as_str())
             && text.chars().count() as u64 > max
         {

@@ -111,7 +111,37 @@ impl<'p, 'v> Walk<'p, 'v> {
                     resource,
                 }),
             ),
-            Ok(Resolved::Elsewhere) => (literal_reference_type(text), None),
+            Ok(Resolved::Elsewhere) => {
+                // A versioned reference to a resource the Bundle holds, but
+                // not at that version: the reference names a version the
+                // submission does not carry (HL7's validator: an error).
+                if let (Some(bundle), Some((unversioned, version))) =
+                    (bundle, text.split_once("/_history/"))
+                    && !version.is_empty()
+                    && matches!(
+                        bundle.entries.find(unversioned, contained.full_url),
+                        Ok(Some(_))
+                    )
+                {
+                    let target_path = target_path();
+                    let message = format!(
+                        "{} refers to version {} of {}, but the Bundle holds another version of it",
+                        self.expression(&target_path),
+                        shorten(version, 40),
+                        shorten(unversioned, 120)
+                    );
+                    self.fail(
+                        sd,
+                        element,
+                        &target_path,
+                        IssueType::NotFound,
+                        "bundle-reference-version-not-found",
+                        message,
+                    );
+                    return;
+                }
+                (literal_reference_type(text), None)
+            }
             Err(error) => {
                 let target_path = target_path();
                 let (code, id, message) = match &error {

@@ -1,0 +1,94 @@
+//! The outcomes and service reports' reads in SQL, shared by both backends
+//! (compiled into `store::sqlite` and `store::postgres` alike, `#[path]`).
+
+use std::collections::HashMap;
+
+use super::Backend;
+use crate::referral::record::{OutcomeFact, ReferralFacts};
+use crate::store::StoreError;
+
+/// id, NHS number, practice, received_at, first reason.
+type ReferralRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+impl Backend {
+    /// The facts of every referral received before `received_before` (a FHIR instant; all
+    /// when `None`), ordered by id.
+    pub(in crate::store) async fn referral_facts(
+        &self,
+        received_before: Option<&str>,
+    ) -> Result<Vec<ReferralFacts>, StoreError> {
+        let s = self;
+        let mut conn = s.readers.acquire().await?;
+        // '~' sorts after every digit, so no bound means every instant.
+        let bound = received_before.unwrap_or("~");
+        let rows: Vec<ReferralRow> = sqlx::query_as(
+            "SELECT r.id, p.nhs_number, r.practice_ods_code, r.received_at, \
+             (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
+              WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
+             FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
+             WHERE r.received_at < $1 ORDER BY r.id",
+        )
+        .bind(bound)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut facts: Vec<ReferralFacts> = rows
+            .into_iter()
+            .map(
+                |(id, nhs_number, practice, received_at, reason)| ReferralFacts {
+                    id,
+                    nhs_number,
+                    practice,
+                    received_at,
+                    reason,
+                    stages: Vec::new(),
+                    outcomes: Vec::new(),
+                },
+            )
+            .collect();
+        let index: HashMap<String, usize> = facts
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.id.clone(), i))
+            .collect();
+        let stages: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT referral_id, stage, at FROM referral_stage_history ORDER BY referral_id, seq",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for (referral_id, stage, at) in stages {
+            let Some(&i) = index.get(&referral_id) else {
+                continue;
+            };
+            let stage =
+                crate::referral::stage::Stage::parse(&stage).map_err(|_| StoreError::Corrupt {
+                    resource_type: "referral".into(),
+                    id: referral_id.clone(),
+                    reason: "unknown stage".into(),
+                })?;
+            facts[i].stages.push((stage, at));
+        }
+        let outcomes: Vec<(String, String, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT referral_id, id, measure, recorded_at, total FROM outcome_measures \
+             ORDER BY referral_id, recorded_at, id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for (referral_id, id, measure, recorded_at, total) in outcomes {
+            if let Some(&i) = index.get(&referral_id) {
+                facts[i].outcomes.push(OutcomeFact {
+                    id,
+                    measure,
+                    recorded_at,
+                    total,
+                });
+            }
+        }
+        Ok(facts)
+    }
+}
