@@ -28,6 +28,7 @@ mod postgres;
 pub mod referrals;
 pub mod reports;
 mod search;
+pub mod sessions;
 mod sqlite;
 mod write;
 

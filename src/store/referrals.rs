@@ -92,10 +92,38 @@ pub struct ReferralFilter {
     pub received_from: Option<String>,
     /// Received before.
     pub received_to: Option<String>,
+    /// Whose referrals (by `assigned_to`).
+    pub assignee: Assignee,
+    /// Only the person with this NHS number (exact), or whose family name starts with
+    /// this text (case-insensitive).
+    pub person: Option<PersonSearch>,
     /// Resume after this (received_at, id), from the previous page's cursor.
     pub after: Option<(String, String)>,
     /// Page size.
     pub limit: u32,
+}
+
+/// Whose referrals a list holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Assignee {
+    /// Everyone's and no one's.
+    #[default]
+    Any,
+    /// Unassigned ones only.
+    Nobody,
+    /// This person's only.
+    Only(String),
+    /// This person's and the unassigned ones (a link worker's worklist).
+    MineOrNobody(String),
+}
+
+/// A search for one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonSearch {
+    /// An NHS number, exactly.
+    NhsNumber(String),
+    /// The start of a family name, any case.
+    FamilyName(String),
 }
 
 impl WriteTx {
@@ -249,5 +277,45 @@ impl Store {
         filter: &ReferralFilter,
     ) -> Result<Vec<Referral>, StoreError> {
         dispatch!(self, b => b.list_referrals(filter).await)
+    }
+}
+
+impl Store {
+    /// How many referrals are in each stage, of those `assignee` names (stages with
+    /// none are left out). One grouped scan of the stage index.
+    pub async fn stage_counts(&self, assignee: &Assignee) -> Result<Vec<(Stage, i64)>, StoreError> {
+        dispatch!(self, b => b.stage_counts(assignee).await)
+    }
+
+    /// Who a referral is assigned to: `None` when there is no such referral,
+    /// `Some(None)` when it is unassigned.
+    pub async fn referral_assignee(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        dispatch!(self, b => b.referral_assignee(id).await)
+    }
+
+    /// Per practice (`None`: no ODS code): referrals received, how many have been
+    /// contacted, and the mean days from receipt to the first contact of those.
+    pub async fn practice_figures(
+        &self,
+    ) -> Result<Vec<(Option<String>, i64, i64, Option<f64>)>, StoreError> {
+        dispatch!(self, b => b.practice_figures().await)
+    }
+
+    /// Open referrals per assignee (`None`: unassigned), for the managers' caseloads.
+    pub async fn caseloads(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        dispatch!(self, b => b.caseloads().await)
+    }
+}
+
+impl WriteTx {
+    /// Sets (or clears) who a referral is assigned to. False when there is no such
+    /// referral.
+    pub async fn set_assignee(
+        &mut self,
+        id: &str,
+        assignee: Option<&str>,
+        at: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.set_assignee(id, assignee, at).await)
     }
 }

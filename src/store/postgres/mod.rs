@@ -51,6 +51,12 @@ mod resources;
 )]
 #[path = "../sql/search.rs"]
 mod search;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/sessions.rs"]
+mod sessions;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -83,6 +89,14 @@ const BODY_JSON_ID: &str = "(convert_from(body, 'UTF8')::jsonb ->> 'id')";
 
 /// A resource row read to be changed is locked until the transaction ends.
 const ROW_LOCK: &str = " FOR UPDATE";
+
+/// SQL for the days (fractional) from the timestamp column `earlier` to `later`
+/// (both RFC 3339 text); the arguments are fixed column names, never input.
+fn days_between(later: &str, earlier: &str) -> String {
+    format!(
+        "(EXTRACT(EPOCH FROM (({later})::timestamptz - ({earlier})::timestamptz)) / 86400.0)::float8"
+    )
+}
 
 /// Serialises transactions receiving the same business identifier (or the
 /// same `X-Request-ID`), on any instance, with a transaction-scoped advisory

@@ -15,13 +15,14 @@ use crate::referral::record::{
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::referrals::{
-    MessageRequest, NewStageChange, OutboxMessage, ReferralFilter, Submission,
+    Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
+    Submission,
 };
 
 const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r.stage, r.fhir_status, \
      r.intent, r.priority, r.authored_on, r.received_at, r.updated_at, r.received_as, \
      r.practice_ods_code, r.practice_name, r.referrer_name, r.referrer_identifier, \
-     r.consent_status, r.consent_date, r.reply_to, r.patient_id, r.task_id, r.version, \
+     r.consent_status, r.consent_date, r.reply_to, r.patient_id, r.task_id, r.version, r.assigned_to, \
      p.nhs_number, p.given_name, p.family_name, p.birth_date, p.phone, p.email, p.address, p.postcode";
 
 impl Tx {
@@ -520,6 +521,30 @@ impl Backend {
         if filter.received_to.is_some() {
             sql.push_str(&format!(" AND r.received_at < {}", next()));
         }
+        match &filter.assignee {
+            Assignee::Any => {}
+            Assignee::Nobody => sql.push_str(" AND r.assigned_to IS NULL"),
+            Assignee::Only(_) => sql.push_str(&format!(" AND r.assigned_to = {}", next())),
+            Assignee::MineOrNobody(_) => sql.push_str(&format!(
+                " AND (r.assigned_to = {} OR r.assigned_to IS NULL)",
+                next()
+            )),
+        }
+        match &filter.person {
+            None => {}
+            Some(PersonSearch::NhsNumber(_)) => {
+                sql.push_str(&format!(" AND p.nhs_number = {}", next()));
+            }
+            Some(PersonSearch::FamilyName(_)) => {
+                // A prefix, any case (PostgreSQL's LIKE is case-sensitive, SQLite's
+                // only for ASCII): both sides lowered, the pattern's own wildcards
+                // escaped.
+                sql.push_str(&format!(
+                    " AND lower(p.family_name) LIKE lower({}) ESCAPE '\\'",
+                    next()
+                ));
+            }
+        }
         if filter.after.is_some() {
             let (a, b, c) = (next(), next(), next());
             sql.push_str(&format!(
@@ -541,6 +566,21 @@ impl Backend {
         if let Some(to) = &filter.received_to {
             query = query.bind(to);
         }
+        match &filter.assignee {
+            Assignee::Any | Assignee::Nobody => {}
+            Assignee::Only(who) | Assignee::MineOrNobody(who) => query = query.bind(who),
+        }
+        match &filter.person {
+            None => {}
+            Some(PersonSearch::NhsNumber(number)) => query = query.bind(number),
+            Some(PersonSearch::FamilyName(prefix)) => {
+                let escaped = prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                query = query.bind(format!("{escaped}%"));
+            }
+        }
         if let Some((at, id)) = &filter.after {
             query = query.bind(at).bind(at).bind(id);
         }
@@ -554,6 +594,107 @@ impl Backend {
         // The list shows reasons but not notes: only the reasons are read.
         fill_reasons(&mut conn, &mut referrals).await?;
         Ok(referrals)
+    }
+}
+
+impl Backend {
+    /// How many referrals are in each stage, of those `assignee` names.
+    pub(in crate::store) async fn stage_counts(
+        &self,
+        assignee: &Assignee,
+    ) -> Result<Vec<(Stage, i64)>, StoreError> {
+        let s = self;
+        let (condition, who) = match assignee {
+            Assignee::Any => ("1 = 1", None),
+            Assignee::Nobody => ("assigned_to IS NULL", None),
+            Assignee::Only(who) => ("assigned_to = $1", Some(who)),
+            Assignee::MineOrNobody(who) => ("(assigned_to = $1 OR assigned_to IS NULL)", Some(who)),
+        };
+        let sql =
+            format!("SELECT stage, COUNT(*) AS n FROM referrals WHERE {condition} GROUP BY stage");
+        // Built from fixed fragments only; the username is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(who) = who {
+            query = query.bind(who);
+        }
+        let mut conn = s.readers.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let code: String = row.try_get("stage")?;
+            counts.push((stage_of("stage-count", &code)?, row.try_get("n")?));
+        }
+        counts.sort_by_key(|(stage, _)| Stage::ALL.iter().position(|s| s == stage));
+        Ok(counts)
+    }
+
+    /// Who a referral is assigned to: `None` when there is no such referral.
+    pub(in crate::store) async fn referral_assignee(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT assigned_to FROM referrals WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(row.map(|(who,)| who))
+    }
+
+    /// Per practice: referrals received, how many contacted, mean days to first contact.
+    pub(in crate::store) async fn practice_figures(
+        &self,
+    ) -> Result<Vec<(Option<String>, i64, i64, Option<f64>)>, StoreError> {
+        let sql = format!(
+            "SELECT r.practice_ods_code, COUNT(*), COUNT(c.at), \
+               AVG({}) \
+             FROM referrals r LEFT JOIN (SELECT referral_id, MIN(at) AS at \
+               FROM referral_stage_history WHERE stage = 'contacted' GROUP BY referral_id) c \
+               ON c.referral_id = r.id \
+             GROUP BY r.practice_ods_code ORDER BY r.practice_ods_code",
+            super::days_between("c.at", "r.received_at")
+        );
+        // Built from fixed fragments only.
+        let rows: Vec<(Option<String>, i64, i64, Option<f64>)> = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows)
+    }
+
+    /// Open referrals per assignee (`None`: unassigned).
+    pub(in crate::store) async fn caseloads(
+        &self,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT assigned_to, COUNT(*) FROM referrals \
+             WHERE stage NOT IN ('completed', 'declined', 'unable-to-contact', 'withdrawn') \
+             GROUP BY assigned_to ORDER BY assigned_to",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows)
+    }
+}
+
+impl Tx {
+    /// Sets (or clears) who a referral is assigned to. False when there is no such referral.
+    pub(in crate::store) async fn set_assignee(
+        &mut self,
+        id: &str,
+        assignee: Option<&str>,
+        at: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE referrals SET assigned_to = $1, updated_at = $2, version = version + 1 \
+             WHERE id = $3",
+        )
+        .bind(assignee)
+        .bind(at)
+        .bind(id)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
     }
 }
 
@@ -752,6 +893,7 @@ fn referral_from_row(row: &DbRow) -> Result<Referral, StoreError> {
         patient_id: row.try_get("patient_id")?,
         task_id: row.try_get("task_id")?,
         version: row.try_get("version")?,
+        assigned_to: row.try_get("assigned_to")?,
         fields: ReferralFields {
             fhir_status: row.try_get("fhir_status")?,
             intent: row.try_get("intent")?,

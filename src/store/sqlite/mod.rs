@@ -49,6 +49,12 @@ mod resources;
 )]
 #[path = "../sql/search.rs"]
 mod search;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/sessions.rs"]
+mod sessions;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -85,6 +91,12 @@ const BODY_JSON_ID: &str = "json_extract(CAST(body AS TEXT), '$.id')";
 /// A resource row read to be changed needs no lock: the single writer
 /// already serialises writes.
 const ROW_LOCK: &str = "";
+
+/// SQL for the days (fractional) from the timestamp column `earlier` to `later`
+/// (both RFC 3339 text); the arguments are fixed column names, never input.
+fn days_between(later: &str, earlier: &str) -> String {
+    format!("(julianday({later}) - julianday({earlier}))")
+}
 
 /// Serialises transactions receiving the same business identifier: already
 /// so on SQLite's single writer.
