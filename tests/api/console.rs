@@ -351,7 +351,7 @@ async fn roles_and_assignment_are_enforced_on_the_server() {
     let (views,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM audit_events WHERE interaction = 'console:referral' AND staff_username = 'amara'",
     )
-    .fetch_one(&sqlx::SqlitePool::connect(&format!("sqlite://{}", app.db_path.display())).await.unwrap())
+    .fetch_one(&app.db_pool().await)
     .await
     .unwrap();
     assert!(views >= 2, "{views}");
