@@ -764,6 +764,59 @@ mod tests {
         assert!(per_1("2020-04-01", "2020-04-02").is_empty());
     }
 
+    /// Narrative (narrative.html#xhtml): the div is XHTML in the XHTML
+    /// namespace, with "some non-whitespace content" (txt-2) and only basic
+    /// formatting: no scripts, forms or event attributes (txt-1).
+    #[test]
+    fn narrative_is_fhir_xhtml() {
+        let narrated = |div: &str| {
+            let mut patient = json!({"resourceType": "Patient"});
+            patient["text"] = json!({"status": "generated", "div": div});
+            patient
+        };
+        let ok = narrated(r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Ann &amp; Bob</p></div>"#);
+        assert!(
+            check(ok)
+                .iter()
+                .all(|(_, id, _)| !id.starts_with("xhtml")),
+            "a plain narrative is kept"
+        );
+        for (div, id) in [
+            (r#"<div xmlns="http://www.w3.org/1999/xhtml"><script>x()</script>a</div>"#, "xhtml-element"),
+            (r#"<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="x()">a</p></div>"#, "xhtml-attribute"),
+            (r#"<div xmlns="http://www.w3.org/1999/xhtml">a&nbsp;b</div>"#, "xhtml-entity"),
+            (r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>a</div>"#, "xhtml-malformed"),
+            (r#"<div xmlns="http://www.w3.org/1999/xhtml"> </div>"#, "xhtml-empty"),
+            ("<div>a</div>", "xhtml-namespace"),
+        ] {
+            assert_eq!(found(narrated(div), id), error_at("Patient.text.div"), "{div}");
+        }
+    }
+
+    /// que-12: "If there are more than one enableWhen, enableBehavior must be
+    /// specified".
+    #[test]
+    fn que_12_two_enable_whens_need_a_behaviour() {
+        let questionnaire = |behaviour: Option<&str>| {
+            let when = json!({"question": "1", "operator": "exists", "answerBoolean": true});
+            let mut item = json!({"linkId": "2", "type": "string", "enableWhen": [when.clone(), when]});
+            if let Some(behaviour) = behaviour {
+                item["enableBehavior"] = json!(behaviour);
+            }
+            json!({"resourceType": "Questionnaire", "status": "active",
+                   "item": [{"linkId": "1", "type": "boolean"}, item]})
+        };
+        let que_12 = |resource: Value| {
+            check(resource)
+                .into_iter()
+                .filter(|(expression, id, _)| *id == "invariant" && expression == "Questionnaire.item[1]")
+                .count()
+        };
+        assert_eq!(que_12(questionnaire(None)), 1);
+        assert_eq!(que_12(questionnaire(Some("all"))), 0);
+    }
+
+
     fn collection(entries: Value) -> Value {
         json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
     }

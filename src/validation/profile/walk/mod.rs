@@ -8,7 +8,7 @@
 //! are matched item by item to their slices (see [`Walk::slices`]).
 //!
 //! This file is the walk itself; `slicing`, `bindings`, `references` and
-//! `values` (checks of one value) add to the same `impl Walk`.
+//! `values` (checks of one value) and `rules` (with `xhtml`) add to the same `impl Walk`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ mod slicing;
 #[cfg(test)]
 mod tests;
 mod values;
+mod xhtml;
 
 /// The resources contained in the resource being walked (inside a
 /// contained resource: in its container), for resolving `#id` references,

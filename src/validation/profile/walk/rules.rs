@@ -12,6 +12,7 @@
 //!   does not evaluate for a datatype (only elements' own constraints and
 //!   resources' roots), so it is checked here: partial dates are compared at
 //!   the coarser precision of the two (`2020-05` is after `2020-04-30`).
+//! - Narrative.div: FHIR's XHTML rules (`txt-1`, `txt-2`), in `xhtml.rs`.
 //! - Bundle (§2.36.0): `fullUrl` "SHALL be an absolute URL", and a `link`
 //!   relation may appear only once ("only one link with a given relation").
 //!
@@ -119,6 +120,19 @@ impl<'p, 'v> Walk<'p, 'v> {
                     "string-too-long",
                     message,
                 );
+            }
+            ("xhtml", Value::String(div)) => {
+                for problem in super::xhtml::check(div) {
+                    let message = format!("{} {}", self.expression(path), problem.text);
+                    self.fail(
+                        sd,
+                        element,
+                        path,
+                        IssueType::Invalid,
+                        problem.id,
+                        message,
+                    );
+                }
             }
             ("Attachment", Value::Object(attachment)) => {
                 self.attachment_size(sd, element, attachment, path);
