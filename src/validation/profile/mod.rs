@@ -319,12 +319,21 @@ pub const NATIVE_INVARIANTS: [&str; 2] = ["ele-1", "bdl-7"];
 
 /// Core R4 invariants whose published expression is wrong, with the
 /// correction HL7 made later: (key, expression used, why).
-pub const INVARIANT_ERRATA: [(&str, &str, &str); 1] = [(
-    "que-7",
-    "operator = 'exists' implies (answer is boolean)",
-    "R4 writes `answer is Boolean`, the System type, which a FHIR boolean is not, so every \
-     'exists' condition failed; R5 corrected it to the FHIR type `boolean`",
-)];
+pub const INVARIANT_ERRATA: [(&str, &str, &str); 2] = [
+    (
+        "que-7",
+        "operator = 'exists' implies (answer is boolean)",
+        "R4 writes `answer is Boolean`, the System type, which a FHIR boolean is not, so every \
+         'exists' condition failed; R5 corrected it to the FHIR type `boolean`",
+    ),
+    (
+        "que-12",
+        "enableWhen.count() > 1 implies enableBehavior.exists()",
+        "R4 writes `enableWhen.count() > 2`, so an item with exactly two conditions and no \
+         enableBehavior passed, against its own text ('more than one enableWhen'); R5 \
+         corrected it to `> 1`, as HL7's validator applies it",
+    ),
+];
 
 /// Core R4 invariants evaluated in an equivalent, cheaper form: (key, the
 /// expression as published, the form evaluated). Messages still show the
