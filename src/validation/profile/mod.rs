@@ -314,8 +314,12 @@ pub(crate) struct CompiledInvariant {
 /// Invariants checked by code rather than FHIRPath, because evaluating them
 /// as written is needlessly slow: `ele-1` would run on every element of
 /// every resource, and `bdl-7` compares every Bundle entry with every other
-/// (quadratic; a 10,000-entry Bundle would take seconds).
-pub const NATIVE_INVARIANTS: [&str; 2] = ["ele-1", "bdl-7"];
+/// (quadratic; a 10,000-entry Bundle would take seconds). Two datatype
+/// invariants are checked by code that says more than their expression:
+/// `per-1` (`walk/rules.rs`, which compares partial dates at their shared
+/// precision, where FHIRPath's `<=` gives no answer) and `ref-1` (the walk's
+/// contained-reference check, which names the missing `#id`).
+pub const NATIVE_INVARIANTS: [&str; 4] = ["ele-1", "bdl-7", "per-1", "ref-1"];
 
 /// Core R4 invariants whose published expression is wrong, with the
 /// correction HL7 made later: (key, expression used, why).
@@ -783,22 +787,40 @@ mod tests {
             patient["text"] = json!({"status": "generated", "div": div});
             patient
         };
-        let ok = narrated(r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Ann &amp; Bob</p></div>"#);
+        let ok =
+            narrated(r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Ann &amp; Bob</p></div>"#);
         assert!(
-            check(ok)
-                .iter()
-                .all(|(_, id, _)| !id.starts_with("xhtml")),
+            check(ok).iter().all(|(_, id, _)| !id.starts_with("xhtml")),
             "a plain narrative is kept"
         );
         for (div, id) in [
-            (r#"<div xmlns="http://www.w3.org/1999/xhtml"><script>x()</script>a</div>"#, "xhtml-element"),
-            (r#"<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="x()">a</p></div>"#, "xhtml-attribute"),
-            (r#"<div xmlns="http://www.w3.org/1999/xhtml">a&nbsp;b</div>"#, "xhtml-entity"),
-            (r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>a</div>"#, "xhtml-malformed"),
-            (r#"<div xmlns="http://www.w3.org/1999/xhtml"> </div>"#, "xhtml-empty"),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><script>x()</script>a</div>"#,
+                "xhtml-element",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="x()">a</p></div>"#,
+                "xhtml-attribute",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml">a&nbsp;b</div>"#,
+                "xhtml-entity",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>a</div>"#,
+                "xhtml-malformed",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"> </div>"#,
+                "xhtml-empty",
+            ),
             ("<div>a</div>", "xhtml-namespace"),
         ] {
-            assert_eq!(found(narrated(div), id), error_at("Patient.text.div"), "{div}");
+            assert_eq!(
+                found(narrated(div), id),
+                error_at("Patient.text.div"),
+                "{div}"
+            );
         }
     }
 
@@ -808,7 +830,8 @@ mod tests {
     fn que_12_two_enable_whens_need_a_behaviour() {
         let questionnaire = |behaviour: Option<&str>| {
             let when = json!({"question": "1", "operator": "exists", "answerBoolean": true});
-            let mut item = json!({"linkId": "2", "type": "string", "enableWhen": [when.clone(), when]});
+            let mut item =
+                json!({"linkId": "2", "type": "string", "enableWhen": [when.clone(), when]});
             if let Some(behaviour) = behaviour {
                 item["enableBehavior"] = json!(behaviour);
             }
@@ -818,13 +841,14 @@ mod tests {
         let que_12 = |resource: Value| {
             check(resource)
                 .into_iter()
-                .filter(|(expression, id, _)| *id == "invariant" && expression == "Questionnaire.item[1]")
+                .filter(|(expression, id, _)| {
+                    *id == "invariant" && expression == "Questionnaire.item[1]"
+                })
                 .count()
         };
         assert_eq!(que_12(questionnaire(None)), 1);
         assert_eq!(que_12(questionnaire(Some("all"))), 0);
     }
-
 
     fn collection(entries: Value) -> Value {
         json!({"resourceType": "Bundle", "type": "collection", "entry": entries})

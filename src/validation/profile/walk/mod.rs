@@ -256,7 +256,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         });
         for sd in definitions {
             self.children(&sd, 0, resource, path, contained);
-            self.invariants(&sd, &sd.nodes[0], None, resource_value, path);
+            self.invariants(&sd, &sd.nodes[0], None, resource_value, path, &[]);
         }
         self.resources.pop();
         if is_bundle {
@@ -268,6 +268,7 @@ impl<'p, 'v> Walk<'p, 'v> {
     /// with the innermost resource as `%resource`. `focus_type` is the FHIR
     /// type of a non-resource value (`HumanName`, or `Patient.contact` for a
     /// backbone element), which FHIRPath needs for choice elements and `is`.
+    /// Keys in `skip` are not evaluated (already evaluated on this value).
     fn invariants(
         &mut self,
         sd: &Compiled,
@@ -275,6 +276,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         focus_type: Option<&str>,
         value: &'v Value,
         path: &ElementPath,
+        skip: &[String],
     ) {
         if element.def.constraints.is_empty() {
             return;
@@ -287,6 +289,9 @@ impl<'p, 'v> Walk<'p, 'v> {
         let root_resource = frame.container;
         let resource = frame.resource;
         for key in &element.def.constraints {
+            if skip.contains(key) {
+                continue;
+            }
             let Some(invariant) = pass.invariants.get(key) else {
                 continue;
             };
@@ -748,7 +753,17 @@ impl<'p, 'v> Walk<'p, 'v> {
             } else {
                 type_code
             };
-            self.invariants(sd, element, Some(focus_type), value, path);
+            self.invariants(sd, element, Some(focus_type), value, path, &[]);
+            // The datatype's own root invariants (per-1 on Period, att-1,
+            // ref-1, qty-3 ...): a snapshot lists only the element's own
+            // constraints, so these would otherwise never be evaluated.
+            if let Some(datatype) = datatype.filter(|t| {
+                t.kind == "complex-type" && !matches!(type_code, "BackboneElement" | "Element")
+            }) && let Some(root) = datatype.nodes.first()
+            {
+                let listed = &element.def.constraints;
+                self.invariants(datatype, root, Some(type_code), value, path, listed);
+            }
         }
         let Value::Object(object) = value else {
             // Primitives: the JSON schema pass has checked their format.

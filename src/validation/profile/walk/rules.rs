@@ -124,14 +124,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             ("xhtml", Value::String(div)) => {
                 for problem in super::xhtml::check(div) {
                     let message = format!("{} {}", self.expression(path), problem.text);
-                    self.fail(
-                        sd,
-                        element,
-                        path,
-                        IssueType::Invalid,
-                        problem.id,
-                        message,
-                    );
+                    self.fail(sd, element, path, IssueType::Invalid, problem.id, message);
                 }
             }
             ("Attachment", Value::Object(attachment)) => {

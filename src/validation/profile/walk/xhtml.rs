@@ -455,7 +455,10 @@ mod tests {
 
     #[test]
     fn it_must_be_well_formed() {
-        assert_eq!(ids(&format!("<div {NS}><p>open</div>")), ["xhtml-malformed"]);
+        assert_eq!(
+            ids(&format!("<div {NS}><p>open</div>")),
+            ["xhtml-malformed"]
+        );
         assert_eq!(ids(&format!("<div {NS}><p>open</p>")), ["xhtml-malformed"]);
         assert_eq!(ids(&format!("<div {NS}>a < b</div>")), ["xhtml-malformed"]);
     }
@@ -465,12 +468,17 @@ mod tests {
         assert_eq!(ids(&format!("<div {NS}>  </div>")), ["xhtml-empty"]);
         assert_eq!(ids(&format!("<div {NS}/>")), ["xhtml-empty"]);
         assert_eq!(ids(&format!("<div {NS}><p> </p></div>")), ["xhtml-empty"]);
-        assert_eq!(ids(&format!("<div {NS}><img src=\"#x\"/></div>")), Vec::<&str>::new());
+        assert_eq!(
+            ids(&format!("<div {NS}><img src=\"#x\"/></div>")),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
     fn txt_1_scripts_forms_objects_frames_are_refused() {
-        for element in ["script", "form", "object", "iframe", "body", "head", "link", "input", "font"] {
+        for element in [
+            "script", "form", "object", "iframe", "body", "head", "link", "input", "font",
+        ] {
             let div = format!("<div {NS}>x<{element}>y</{element}></div>");
             assert_eq!(ids(&div), ["xhtml-element"], "{element}");
         }
@@ -483,15 +491,21 @@ mod tests {
             ["xhtml-attribute"]
         );
         assert_eq!(
-            ids(&format!("<div {NS}><a href=\" JavaScript:alert(1)\">a</a></div>")),
+            ids(&format!(
+                "<div {NS}><a href=\" JavaScript:alert(1)\">a</a></div>"
+            )),
             ["xhtml-attribute"]
         );
         assert_eq!(
-            ids(&format!("<div {NS}><p href=\"https://example.org\">a</p></div>")),
+            ids(&format!(
+                "<div {NS}><p href=\"https://example.org\">a</p></div>"
+            )),
             ["xhtml-attribute"]
         );
         assert_eq!(
-            ids(&format!("<div {NS}><img src=\"x.png\" data-x=\"1\"/></div>")),
+            ids(&format!(
+                "<div {NS}><img src=\"x.png\" data-x=\"1\"/></div>"
+            )),
             ["xhtml-attribute"]
         );
     }
@@ -499,13 +513,19 @@ mod tests {
     #[test]
     fn only_xml_entities_are_defined() {
         assert_eq!(ids(&format!("<div {NS}>a&nbsp;b</div>")), ["xhtml-entity"]);
-        assert_eq!(ids(&format!("<div {NS}>&copy; 2020</div>")), ["xhtml-entity"]);
+        assert_eq!(
+            ids(&format!("<div {NS}>&copy; 2020</div>")),
+            ["xhtml-entity"]
+        );
         assert_eq!(ids(&format!("<div {NS}>&#xZZ;</div>")), ["xhtml-entity"]);
         assert_eq!(
             ids(&format!("<div {NS}><span title=\"&nbsp;\">a</span></div>")),
             ["xhtml-entity"]
         );
-        assert_eq!(ids(&format!("<div {NS}>&lt;&gt;&quot;&apos;&#65;</div>")), Vec::<&str>::new());
+        assert_eq!(
+            ids(&format!("<div {NS}>&lt;&gt;&quot;&apos;&#65;</div>")),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
