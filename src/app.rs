@@ -21,6 +21,7 @@ use crate::identity::{
     TokenService,
 };
 use crate::mapping::{MappingError, Mappings};
+use crate::outcomes::{Outcomes, OutcomesError};
 use crate::server::{Server, ServerError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::validation::Validator;
@@ -43,6 +44,9 @@ pub enum StartupError {
     /// The mappings (`mappings/` or `mappings_dir`) are wrong.
     #[error("mappings: {0}")]
     Mappings(MappingError),
+    /// The outcome measures or metrics (`outcomes/` or `outcomes_dir`) are wrong.
+    #[error("outcome definitions: {0}")]
+    Outcomes(#[from] OutcomesError),
     /// The endpoint registry (`delivery.endpoints`) is wrong.
     #[error("endpoint registry: {0}")]
     Endpoints(#[from] EndpointError),
@@ -142,6 +146,10 @@ impl Application {
             Some(dir) => Mappings::load_dir(dir, &fhirpath)?,
             None => Mappings::shipped(&fhirpath)?,
         };
+        let outcomes = match &settings.outcomes_dir {
+            Some(dir) => Outcomes::load_dir(dir)?,
+            None => Outcomes::shipped().map_err(OutcomesError::from)?,
+        };
         let validator = Arc::new(validator);
         let registry = match &settings.delivery.endpoints {
             Some(path) => EndpointRegistry::load(path)?,
@@ -227,6 +235,7 @@ impl Application {
             workflow,
             endpoints,
             delivery_metrics: Arc::new(DeliveryMetrics::new()),
+            outcomes: Arc::new(outcomes),
         };
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
         let mut background = start_background(&state, background_stopped.clone()).await;
@@ -278,8 +287,14 @@ impl Application {
         let store = self.state.store.clone();
         let stop_background = self.stop_background;
         let background = self.background;
-        // The request layer finds the authenticator as an extension.
-        let router = api::router(self.state).layer(axum::Extension(self.authenticator));
+        let auth = &self.state.settings.auth;
+        let rate_limits =
+            api::rate_limit::RateLimits::new(auth.rate_limit_per_minute, auth.rate_limit_burst);
+        // The request layer finds the authenticator (and the rate limits) as extensions.
+        let mut router = api::router(self.state).layer(axum::Extension(self.authenticator));
+        if let Some(limits) = rate_limits {
+            router = router.layer(axum::Extension(Arc::new(limits)));
+        }
         self.server.serve(router, shutdown, grace).await;
         // Requests are done: no more outbox rows can appear. Let deliveries
         // in flight finish (bounded by the worker's grace), then close.
@@ -341,6 +356,14 @@ async fn start_background(
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
+    let retention = state.settings.auth.audit_retention_days;
+    if retention > 0 {
+        tasks.push(tokio::spawn(keep_audit_for(
+            state.store.clone(),
+            retention,
+            stopped(stop.clone()),
+        )));
+    }
     // Also without a registry file: the watcher owns the SIGHUP handler,
     // and an operator's reload signal must never kill the gateway.
     tasks.push(state.endpoints.spawn_watcher(
@@ -383,6 +406,31 @@ async fn start_background(
     );
     tasks.push(tokio::spawn(worker.run(stop)));
     tasks
+}
+
+/// Applies `auth.audit_retention_days` now and every hour until `stop`: the whole days
+/// before the oldest kept are dropped.
+async fn keep_audit_for(store: Store, days: u32, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let today = time::OffsetDateTime::now_utc().date();
+        let keep_from = today
+            .checked_sub(time::Duration::days(i64::from(days)))
+            .unwrap_or(time::Date::MIN);
+        match store.drop_audit_before(keep_from).await {
+            Ok(0) => {}
+            Ok(dropped) => {
+                tracing::info!(dropped, keep_from = %keep_from, "audit rows past retention dropped")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot apply the audit retention; retrying later")
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod audit;
 mod conformance;
+mod report;
 mod staff;
 mod validate;
 
@@ -40,6 +41,8 @@ enum Command {
     Staff(staff::StaffArgs),
     /// The audit log: export.
     Audit(audit::AuditArgs),
+    /// Outcome and service reports (`sprig report outcomes --from --to`).
+    Report(report::ReportArgs),
 }
 
 /// Where the database is, for the subcommands that open it without serving.
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Conformance(args) => conformance::run(args),
         Command::Staff(args) => staff::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Report(args) => report::run(args),
     }
 }
 

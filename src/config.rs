@@ -19,9 +19,13 @@ use std::collections::BTreeMap;
 use crate::fhir::ResourceType;
 use crate::fhir::json::MAX_SUPPORTED_DEPTH;
 use crate::validation::profile::{NoticeLevel, ReportLevel};
+use crate::validation::size::FieldLimits;
 
 /// The config file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "sprig.toml";
+
+/// The largest `limits.body_budget_bytes` (the budget is kept in KiB permits).
+const MAX_BODY_BUDGET: u64 = 1 << 40;
 
 /// Settings could not be loaded.
 #[derive(Debug, Error)]
@@ -94,6 +98,9 @@ pub struct Settings {
     /// A folder holding `inbound.toml` and `outbound.toml` to use instead of
     /// the mappings shipped in `mappings/` (compiled into the binary).
     pub mappings_dir: Option<PathBuf>,
+    /// A folder holding `measures/*.toml` and `metrics.toml` to use instead of the
+    /// outcome measures and report metrics shipped in `outcomes/` (compiled in).
+    pub outcomes_dir: Option<PathBuf>,
     /// Delivery of updates to GP systems.
     pub delivery: DeliverySettings,
     /// Who may call Sprig, and how they prove it.
@@ -154,6 +161,15 @@ pub struct AuthSettings {
     pub link_workers_see_all_referrals: bool,
     /// Tokens from an external identity provider (OIDC).
     pub external: Option<ExternalAuthSettings>,
+    /// Requests a minute each machine client, and each staff session, may make (a
+    /// steady rate; 0 turns rate limiting off). Over it: `429` with `Retry-After`.
+    pub rate_limit_per_minute: u32,
+    /// How many requests a caller may make at once above the steady rate (0: as many
+    /// as `rate_limit_per_minute`).
+    pub rate_limit_burst: u32,
+    /// Days of audit rows kept, today (UTC) not counted: rows of older whole days are
+    /// dropped at start-up and hourly after. 0: kept for ever (the default).
+    pub audit_retention_days: u32,
 }
 
 impl Default for AuthSettings {
@@ -167,6 +183,9 @@ impl Default for AuthSettings {
             reload_poll_secs: 5,
             link_workers_see_all_referrals: false,
             external: None,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 100,
+            audit_retention_days: 0,
         }
     }
 }
@@ -313,6 +332,7 @@ impl Default for Settings {
             validation: ValidationSettings::default(),
             service: ServiceSettings::default(),
             mappings_dir: None,
+            outcomes_dir: None,
             delivery: DeliverySettings::default(),
             auth: AuthSettings::default(),
             fhir: FhirSettings::default(),
@@ -453,6 +473,20 @@ pub struct Limits {
     pub max_issues: usize,
     /// On shutdown, wait this many seconds for requests in flight.
     pub shutdown_timeout_secs: u64,
+    /// The memory budget for request bodies: the bytes of all bodies being
+    /// read or handled at once (a body without a declared length counts as
+    /// `max_body_bytes`). At least `max_body_bytes`.
+    pub body_budget_bytes: u64,
+    /// How long a body waits for room in the budget before it is answered
+    /// 503 with `Retry-After`, in milliseconds.
+    pub body_budget_wait_ms: u64,
+    /// Longest `identifier.value` accepted, in characters (longer: 422).
+    pub max_identifier_chars: usize,
+    /// Longest other string accepted (a note, a name), in characters
+    /// (longer: 422); `Attachment.data` is bounded by the body limit only.
+    pub max_string_chars: usize,
+    /// Most items in one array (notes, reasons, Bundle entries; more: 422).
+    pub max_repeats: usize,
 }
 
 impl Default for Limits {
@@ -463,11 +497,28 @@ impl Default for Limits {
             request_timeout_secs: 30,
             max_issues: 100,
             shutdown_timeout_secs: 30,
+            // Six largest bodies at once: with the validator's and the
+            // transaction's working memory (a few times the body) that keeps
+            // a small VM's RSS in the low hundreds of MiB (BENCHMARKS.md).
+            body_budget_bytes: 32 * 1024 * 1024,
+            body_budget_wait_ms: 2000,
+            max_identifier_chars: FieldLimits::default().max_identifier_chars,
+            max_string_chars: FieldLimits::default().max_string_chars,
+            max_repeats: FieldLimits::default().max_repeats,
         }
     }
 }
 
 impl Limits {
+    /// The per-field limits (`validation::size`).
+    pub fn field_limits(&self) -> FieldLimits {
+        FieldLimits {
+            max_identifier_chars: self.max_identifier_chars,
+            max_string_chars: self.max_string_chars,
+            max_repeats: self.max_repeats,
+        }
+    }
+
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
@@ -664,6 +715,24 @@ impl Settings {
         };
         if self.limits.max_body_bytes == 0 {
             return Err(range("limits.max_body_bytes", "must be at least 1"));
+        }
+        if self.limits.body_budget_bytes < self.limits.max_body_bytes {
+            return Err(range(
+                "limits.body_budget_bytes",
+                "must be at least limits.max_body_bytes",
+            ));
+        }
+        if self.limits.body_budget_bytes > MAX_BODY_BUDGET {
+            return Err(range("limits.body_budget_bytes", "must be at most 1 TiB"));
+        }
+        if self.limits.max_identifier_chars == 0
+            || self.limits.max_string_chars == 0
+            || self.limits.max_repeats == 0
+        {
+            return Err(range(
+                "limits.max_identifier_chars",
+                "max_identifier_chars, max_string_chars and max_repeats must each be at least 1",
+            ));
         }
         if !(1..=MAX_SUPPORTED_DEPTH).contains(&self.limits.max_json_depth) {
             return Err(range("limits.max_json_depth", "must be between 1 and 127"));

@@ -42,6 +42,7 @@ pub mod fhirpath;
 pub mod identity;
 pub mod located;
 pub mod mapping;
+pub mod outcomes;
 pub mod referral;
 pub mod search;
 pub mod server;

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::problem::Problem;
+use super::rate_limit::RateLimits;
 use crate::fhir::identifiers::{ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::{Issue, IssueType};
 use crate::identity::{
@@ -89,6 +90,11 @@ pub const ROUTES: &[Route] = &[
     route("/api/referrals/{id}/transitions", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/outcomes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/notes", &["POST"], Gate::Staff),
+    route("/api/measures", &["GET"], Gate::Staff),
+    route("/api/follow-ups", &["GET"], Gate::Staff),
+    route("/api/reports/outcomes", &["GET"], Gate::Staff),
+    route("/api/reports/outcomes/detail", &["GET"], Gate::Staff),
+    route("/api/reports/service", &["GET"], Gate::Staff),
     route("/api/deliveries", &["GET"], Gate::Staff),
     route("/api/deliveries/{seq}", &["GET"], Gate::Staff),
     route("/api/deliveries/{seq}/retry", &["POST"], Gate::Staff),
@@ -222,6 +228,14 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
         Ok(access) => access,
         Err(error) => return refusal(&path, &error),
     };
+    if let Some(limits) = request.extensions().get::<Arc<RateLimits>>()
+        && let Some(wait) = limits.check(&access)
+    {
+        // Whole seconds, rounded up: a client that waits as told is let in.
+        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::info!(retry_after_secs, "request over the caller's rate limit");
+        return too_many(&path, retry_after_secs.max(1));
+    }
     if gate == Gate::Metrics && !access.staff_may(StaffAction::Metrics) {
         return Problem::new(
             StatusCode::FORBIDDEN,
@@ -232,6 +246,24 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
     }
     request.extensions_mut().insert(access);
     next.run(request).await
+}
+
+/// 429 with `Retry-After`: an OperationOutcome under `/fhir`, a problem under `/api`.
+fn too_many(path: &str, retry_after_secs: u64) -> Response {
+    if speaks_problem(path) {
+        let mut response = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests",
+            format!("Over the rate limit; retry after {retry_after_secs} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        response
+    } else {
+        ApiError::TooManyRequests { retry_after_secs }.into_response()
+    }
 }
 
 fn defect(path: &str) -> Response {

@@ -72,12 +72,22 @@ pub enum ApiError {
         /// The limit in seconds.
         seconds: u64,
     },
+    /// 429: the caller is over its rate limit (`auth.rate_limit_per_minute`).
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until a request will be accepted again (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// 503: the request did not finish within the time limit.
     #[error("request timed out")]
     Timeout {
         /// The limit in seconds.
         seconds: u64,
     },
+    /// 503: the memory budget for request bodies (`limits.body_budget_bytes`)
+    /// had no room for this one within `limits.body_budget_wait_ms`.
+    #[error("body budget full")]
+    Busy,
     /// 503: storage is temporarily unable to serve.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] StoreError),
@@ -207,8 +217,11 @@ impl ApiError {
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Timeout { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout { .. } | ApiError::Unavailable(_) | ApiError::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -241,10 +254,22 @@ impl ApiError {
                     "The request body did not arrive within {seconds} s; nothing was stored. Send the request again with the whole body"
                 ),
             )],
+            ApiError::TooManyRequests { retry_after_secs } => vec![Issue::error(
+                IssueType::Throttled,
+                "rate-limited",
+                format!(
+                    "This client has sent more requests than its rate limit allows; nothing was done. Retry after {retry_after_secs} s"
+                ),
+            )],
             ApiError::Timeout { seconds } => vec![Issue::error(
                 IssueType::Timeout,
                 "request-timeout",
                 format!("The request did not complete within {seconds} s; it may be retried"),
+            )],
+            ApiError::Busy => vec![Issue::error(
+                IssueType::Transient,
+                "server-busy",
+                "Sprig is handling as many request bodies as its memory budget allows; nothing was read or stored. Retry shortly",
             )],
             ApiError::Unavailable(_) => vec![Issue::error(
                 IssueType::Transient,
@@ -280,6 +305,12 @@ impl ApiError {
             ApiError::Unauthorized(refusal) => HeaderValue::from_str(&refusal.1).ok(),
             _ => None,
         };
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after_secs } => {
+                Some(HeaderValue::from(*retry_after_secs))
+            }
+            _ => None,
+        };
         let nhs_code = nhs_http_error_code(status);
         let outcome = OperationOutcome::new(self.into_issues());
         let body = outcome.to_json(nhs_code).to_string();
@@ -291,6 +322,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(retry_after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
         with_status(response, status)
     }

@@ -2,8 +2,9 @@
 //! span, access logging, security headers (`X-Content-Type-Options` on
 //! every answer, `Cache-Control: no-store` under `/fhir` and `/api`), the
 //! request timeout (408 while the body is still arriving, else 503), a
-//! declared body over the size limit refused up front (413), and panic
-//! containment.
+//! declared body over the size limit refused up front (413), the memory
+//! budget for request bodies (503 with `Retry-After` when it stays full), and
+//! panic containment.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -229,9 +230,138 @@ pub async fn declared_body_limit(
     ApiError::PayloadTooLarge { limit }.into_response()
 }
 
+/// Refuses, with 415, a request under `/fhir` or `/api` whose body headers
+/// Sprig cannot honour (`negotiate::body_headers_refusal`): before the body
+/// is read, whatever the route would have made of it.
+pub async fn body_headers(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let checked = path == "/fhir" || path.starts_with("/fhir/") || path.starts_with("/api/");
+    let Some(refusal) = checked
+        .then(|| super::negotiate::body_headers_refusal(request.headers()))
+        .flatten()
+    else {
+        return next.run(request).await;
+    };
+    if path.starts_with("/api/") {
+        return Problem::unsupported_media_type(refusal).into_response();
+    }
+    ApiError::UnsupportedMediaType(crate::fhir::Issue::error(
+        crate::fhir::IssueType::NotSupported,
+        "unsupported-media-type",
+        refusal,
+    ))
+    .into_response()
+}
+
 /// Turns a panic in a handler into a 500 OperationOutcome (the panic is a
 /// defect, logged, and the server keeps running).
 pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
     // The panic's message is not logged here: it may quote the request.
     ApiError::internal("handling a request", "the handler panicked").into_response()
+}
+
+/// The memory budget for request bodies (`limits.body_budget_bytes`), in KiB
+/// permits: a request with a body holds its weight from before its body is
+/// read until its answer is made, so the bodies, and the working memory
+/// validation and the transaction build from them, are bounded across all
+/// requests together rather than growing with concurrency.
+#[derive(Clone)]
+pub struct BodyBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    max_body_bytes: u64,
+    wait: Duration,
+}
+
+impl BodyBudget {
+    /// The budget the settings ask for.
+    pub fn new(limits: &crate::config::Limits) -> Self {
+        let total = usize::try_from(kib(limits.body_budget_bytes)).unwrap_or(usize::MAX);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                total.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            max_body_bytes: limits.max_body_bytes,
+            wait: Duration::from_millis(limits.body_budget_wait_ms),
+        }
+    }
+
+    /// What a request weighs: nothing without a body; its declared length
+    /// (HTTP/1 `Content-Length`, HTTP/2 `content-length`); else, since a
+    /// chunked body may grow to the limit, the limit. Reserving the whole
+    /// weight up front, never piecemeal, is what keeps bodies that each hold
+    /// part of the budget from waiting on one another forever.
+    fn weight(&self, request: &Request) -> u64 {
+        let body = request.body();
+        if body.is_end_stream() {
+            return 0;
+        }
+        // The body's own hint is exact only for some wrappers; the declared
+        // `Content-Length` (which hyper enforces: a body cannot run past it) is
+        // the next best, and only a body of unknown length weighs the limit.
+        body.size_hint()
+            .exact()
+            .or_else(|| declared_length(request))
+            .unwrap_or(self.max_body_bytes)
+            .min(self.max_body_bytes)
+    }
+}
+
+/// The request's `Content-Length`, when it is one well-formed number.
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Bytes to KiB permits, rounded up.
+fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024)
+}
+
+/// Holds a request with a body until the body budget has room for it (at most
+/// `limits.body_budget_wait_ms`), then keeps its share until the answer is
+/// made. A request that finds no room in time is answered 503 with
+/// `Retry-After`: the server really is full, and the sender should resend.
+pub async fn body_budget(
+    State(budget): State<BodyBudget>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let weight = budget.weight(&request);
+    if weight == 0 {
+        return next.run(request).await;
+    }
+    let permits = u32::try_from(kib(weight)).unwrap_or(u32::MAX);
+    let acquired = tokio::time::timeout(
+        budget.wait,
+        Arc::clone(&budget.permits).acquire_many_owned(permits),
+    )
+    .await;
+    match acquired {
+        Ok(Ok(permit)) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        // Timed out, or (never: it is not closed) the semaphore was closed.
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(
+                weight_bytes = weight,
+                "request body refused: the body memory budget is full"
+            );
+            if request.uri().path().starts_with("/api/") {
+                let mut response = Problem::busy().into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            ApiError::Busy.into_response()
+        }
+    }
 }

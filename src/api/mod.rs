@@ -24,8 +24,10 @@ pub mod message;
 pub mod message_definition;
 pub mod middleware;
 pub mod negotiate;
+pub mod outcomes;
 pub mod pipeline;
 pub mod problem;
+pub mod rate_limit;
 pub mod referrals;
 pub mod resource;
 pub mod response;
@@ -47,6 +49,7 @@ use crate::config::Settings;
 use crate::delivery::endpoints::Endpoints;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
+use crate::outcomes::Outcomes;
 use crate::store::Store;
 use crate::validation::Validator;
 use crate::workflow::Workflow;
@@ -69,6 +72,8 @@ pub struct AppState {
     pub endpoints: Arc<Endpoints>,
     /// Delivery figures for `/metrics`.
     pub delivery_metrics: Arc<DeliveryMetrics>,
+    /// Outcome measures and report metrics (`outcomes/` or `outcomes_dir`).
+    pub outcomes: Arc<Outcomes>,
 }
 
 impl AppState {
@@ -144,6 +149,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route("/api/measures", get(outcomes::measures))
+        .route("/api/follow-ups", get(outcomes::follow_ups))
+        .route("/api/reports/outcomes", get(outcomes::outcomes_report))
+        .route(
+            "/api/reports/outcomes/detail",
+            get(outcomes::outcomes_detail),
+        )
+        .route("/api/reports/service", get(outcomes::service_report))
         .route("/api/deliveries", get(deliveries::list))
         .route("/api/deliveries/{seq}", get(deliveries::detail))
         .route("/api/deliveries/{seq}/retry", post(deliveries::retry))
@@ -173,10 +186,17 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         ))
+        // Inside the 413 (a body over the limit is refused, not queued) and
+        // the request timeout (waiting for room counts against it).
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::BodyBudget::new(&state.settings.limits),
+            middleware::body_budget,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::declared_body_limit,
         ))
+        .layer(axum::middleware::from_fn(middleware::body_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_timeout,

@@ -188,6 +188,57 @@ pub fn require_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Why a request's body headers are refused (415) on every route under
+/// `/fhir` and `/api`, before anything reads the body: a `Content-Encoding`
+/// Sprig does not apply (it decodes none: a gzip body read as JSON would be
+/// garbage, and decoding would need a second size limit), a `Content-Type`
+/// with an empty parameter (`application/fhir+json;;;`), a charset other
+/// than UTF-8, or a FHIR version other than R4. `None`: acceptable.
+pub fn body_headers_refusal(headers: &HeaderMap) -> Option<String> {
+    for encoding in headers.get_all(header::CONTENT_ENCODING) {
+        let Ok(text) = encoding.to_str() else {
+            return Some("The Content-Encoding header is not readable text".into());
+        };
+        for coding in text.split(',').map(str::trim) {
+            if !coding.eq_ignore_ascii_case("identity") {
+                return Some(format!(
+                    "Content-Encoding {coding} is not supported: send the body unencoded (Sprig decodes no content coding)"
+                ));
+            }
+        }
+    }
+    let content_type = headers.get(header::CONTENT_TYPE)?;
+    let Ok(text) = content_type.to_str() else {
+        return Some("The Content-Type header is not readable text".into());
+    };
+    let mut parts = text.split(';');
+    let _media = parts.next();
+    for param in parts {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let name = name.trim().to_ascii_lowercase();
+        let value = value.trim().trim_matches('"').to_ascii_lowercase();
+        if name.is_empty() || value.is_empty() {
+            return Some(format!(
+                "Content-Type {text} is malformed: each parameter after ';' must be name=value"
+            ));
+        }
+        match name.as_str() {
+            "charset" if value != "utf-8" && value != "utf8" => {
+                return Some(format!(
+                    "charset={value} is not supported: Sprig reads UTF-8 only"
+                ));
+            }
+            "fhirversion" if value != "4.0" && value != "4.0.1" => {
+                return Some(format!(
+                    "fhirVersion={value} is not supported: Sprig speaks FHIR R4 (4.0)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// What the client asked to get back after a write (`Prefer: return=…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReturnPreference {

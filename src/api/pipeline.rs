@@ -1,6 +1,7 @@
 //! The steps every inbound write shares between reading its body and
 //! storing it: parse (strict FHIR JSON) → check the type → validate against
-//! its profiles ([`check`], giving a [`CheckedBody`]), and, for a
+//! the per-field size limits, then its profiles ([`check`], giving a
+//! [`CheckedBody`]), and, for a
 //! conditional create, find the resource that is already there
 //! ([`existing_match`]). CPU-bound work runs through [`cpu_bound`].
 //!
@@ -21,6 +22,7 @@ use crate::fhir::locate::locate_issues;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 use crate::search::SearchQuery;
 use crate::store::{ReadOutcome, StoredResource, Visibility, WriteTx};
+use crate::validation::size::check_sizes;
 use crate::validation::{REFERRAL_PROFILE, Target};
 
 /// A body that parsed and passed validation.
@@ -66,6 +68,7 @@ pub(super) async fn check(
         max_depth: limits.max_json_depth,
     };
     let max_issues = limits.max_issues;
+    let field_limits = limits.field_limits();
     let validator = Arc::clone(&state.validator);
     let expected_name = expected.map_or("Resource", ResourceType::as_str);
     let received = body.0.clone();
@@ -79,6 +82,12 @@ pub(super) async fn check(
             .map_err(|issue| ApiError::BadRequest(vec![issue]))?;
         // Moved, not copied: the same value is validated and then stored.
         let resource = Value::Object(resource);
+        // Sizes first: the passes after it, mapping and storing then work
+        // on a resource of plausible proportions.
+        let oversize = check_sizes(resource_type.as_str(), &resource, &field_limits);
+        if !oversize.is_empty() {
+            return Err(ApiError::Unprocessable(capped(oversize, max_issues)));
+        }
         let target = Target {
             resource_type,
             profiles: &profiles,

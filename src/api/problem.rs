@@ -51,6 +51,24 @@ impl Problem {
         )
     }
 
+    /// 503: the body memory budget is full (the caller adds `Retry-After`).
+    pub(super) fn busy() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Sprig is handling as many request bodies as its memory budget allows; nothing was read or changed. Retry shortly",
+        )
+    }
+
+    /// 415: body headers Sprig cannot honour.
+    pub(super) fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            detail,
+        )
+    }
+
     pub(super) fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
     }

@@ -191,15 +191,21 @@ async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
 }
 
 fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Problem> {
-    referral_json(detail, &state.fhir_base()).map_err(|e| {
+    let follow_ups = super::outcomes::detail_follow_ups(state, detail);
+    referral_json(detail, &state.fhir_base(), follow_ups).map_err(|e| {
         tracing::error!(error = %e, "service API: a referral could not be serialised");
         Problem::internal()
     })
 }
 
 /// `GET /api/referrals/{id}`'s body: the record, the stages it may move to
-/// next, and where its FHIR resources are (`fhir_base` as in `Location`).
-pub fn referral_json(detail: &ReferralDetail, fhir_base: &str) -> Result<Value, serde_json::Error> {
+/// next, where its FHIR resources are (`fhir_base` as in `Location`), and its follow-ups
+/// (`api::outcomes::detail_follow_ups`).
+pub fn referral_json(
+    detail: &ReferralDetail,
+    fhir_base: &str,
+    follow_ups: Value,
+) -> Result<Value, serde_json::Error> {
     let mut value = serde_json::to_value(detail)?;
     value["allowed_transitions"] = json!(
         detail
@@ -210,6 +216,7 @@ pub fn referral_json(detail: &ReferralDetail, fhir_base: &str) -> Result<Value, 
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
     );
+    value["follow_ups"] = follow_ups;
     value["fhir"] = json!({
         "service_request": format!("{fhir_base}/ServiceRequest/{}", detail.referral.id),
         "task": format!("{fhir_base}/Task/{}", detail.referral.task_id),
@@ -290,10 +297,18 @@ pub async fn outcome(
     let Path(id) = path?;
     let Json(body) = body?;
     let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
-    if Instant::parse(&body.recorded_at).is_err() {
+    let Ok(recorded_at) = Instant::parse(&body.recorded_at) else {
         return Err(Problem::bad_request(
             "recorded_at must be a date and time with a zone, e.g. 2026-11-21T10:30:00Z",
         ));
+    };
+    check_recorded_at(recorded_at, Instant::now())?;
+    let max_repeats = state.settings.limits.max_repeats;
+    if body.answers.len() > max_repeats {
+        return Err(unprocessable(format!(
+            "answers has {} items, more than the {max_repeats} Sprig accepts",
+            body.answers.len()
+        )));
     }
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
@@ -323,6 +338,36 @@ pub async fn outcome(
     Ok(response)
 }
 
+/// How far ahead of Sprig's clock an outcome's `recorded_at` may be: the
+/// recording device's clock may run a little fast, no more.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The earliest `recorded_at` accepted: before it, a date is a typing or
+/// defaulting mistake (`0001-01-01`), not when an outcome was measured.
+const EARLIEST_RECORDED_AT: time::OffsetDateTime = time::macros::datetime!(2000-01-01 0:00 UTC);
+
+/// 422 for a `recorded_at` in the future (beyond [`CLOCK_SKEW`]) or before
+/// [`EARLIEST_RECORDED_AT`].
+fn check_recorded_at(recorded_at: Instant, now: Instant) -> Result<(), Problem> {
+    let at = recorded_at.as_offset_date_time();
+    if at > now.as_offset_date_time() + CLOCK_SKEW {
+        return Err(unprocessable(
+            "recorded_at is in the future; an outcome is recorded when it was measured",
+        ));
+    }
+    if at < EARLIEST_RECORDED_AT {
+        return Err(unprocessable(
+            "recorded_at is before 2000-01-01, earlier than any outcome Sprig can have recorded",
+        ));
+    }
+    Ok(())
+}
+
+/// 422 for a body that reads but that Sprig does not accept.
+fn unprocessable(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request", detail)
+}
+
 /// A note.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +387,12 @@ pub async fn note(
     require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
     let Path(id) = path?;
     let Json(body) = body?;
+    let max_chars = state.settings.limits.max_string_chars;
+    if body.text.len() > max_chars && body.text.chars().count() > max_chars {
+        return Err(unprocessable(format!(
+            "text is longer than Sprig accepts for a note ({max_chars} characters)"
+        )));
+    }
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
     let mut tx = state.store.begin_write().await?;

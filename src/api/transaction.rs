@@ -311,15 +311,22 @@ fn plan_transaction(bundle: &mut Value) -> Result<Vec<PlannedEntry>, ApiError> {
                 ));
             }
         };
-        let target_type = url.split(['/', '?']).next().unwrap_or("");
-        if target_type != resource_type.as_str() {
-            return Err(bad_entry(
-                index,
-                "transaction-entry-url",
+        // The path is the type and nothing else (a create and a conditional
+        // update both name only the type): `ServiceRequest/../../Patient`
+        // must not pass for `ServiceRequest`.
+        let target = url.split('?').next().unwrap_or("");
+        if target != resource_type.as_str() {
+            let target_type = target.split('/').next().unwrap_or("");
+            let message = if target_type == resource_type.as_str() {
+                format!(
+                    "request.url must name only the resource type ({resource_type}, with an optional ?query), not a path below it"
+                )
+            } else {
                 format!(
                     "request.url '{target_type}…' does not name the entry's resource type {resource_type}"
-                ),
-            ));
+                )
+            };
+            return Err(bad_entry(index, "transaction-entry-url", message));
         }
         plan.push(PlannedEntry::new(&entry, resource_type, resource, action));
     }

@@ -53,6 +53,15 @@ struct RunArgs {
     /// Seconds to wait for each response.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     timeout: u64,
+    /// An access token for a secured server, sent as `Authorization: Bearer` (prefer the
+    /// environment variable: a command line is visible to other users of the machine).
+    #[arg(
+        long,
+        env = "SPRIG_CONFORMANCE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
@@ -107,6 +116,7 @@ fn run_scripts(args: RunArgs) -> ExitCode {
         target: target.clone(),
         variables: args.vars.iter().cloned().collect::<HashMap<_, _>>(),
         timeout: Duration::from_secs(args.timeout),
+        bearer_token: args.token.clone(),
     };
     let runs = match runtime.block_on(run_files(&files, options)) {
         Ok(runs) => runs,

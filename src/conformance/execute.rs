@@ -34,6 +34,9 @@ pub struct RunnerOptions {
     pub variables: HashMap<String, String>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// An access token sent as `Authorization: Bearer` on every request (a secured
+    /// server's; see README "Security" for how a client gets one).
+    pub bearer_token: Option<String>,
 }
 
 /// Why the runner cannot start.
@@ -42,6 +45,9 @@ pub enum RunnerError {
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The access token cannot be sent as a header (it holds a control character).
+    #[error("the access token is not a valid header value")]
+    Token,
     /// The FHIRPath model could not be loaded (a build defect).
     #[error("cannot load the FHIRPath engine: {0}")]
     FhirPath(#[from] crate::fhirpath::FhirPathError),
@@ -68,7 +74,16 @@ impl Runner {
     /// A runner against `options.target`. The profile validator is loaded the first time
     /// a script asks for `validateProfileId`.
     pub fn new(options: RunnerOptions) -> Result<Runner, RunnerError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.bearer_token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| RunnerError::Token)?;
+            // Kept out of any debug output of the client.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(options.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
@@ -1005,6 +1020,7 @@ mod tests {
             target: reqwest::Url::parse("http://127.0.0.1:9/fhir").expect("URL"),
             variables: HashMap::new(),
             timeout: Duration::from_secs(1),
+            bearer_token: None,
         })
         .expect("runner");
         let state = State::new(&runner, &script, Err("no validator".into()));

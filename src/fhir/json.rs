@@ -92,6 +92,10 @@ pub enum JsonError {
     /// Nothing but whitespace.
     #[error("the request body is empty")]
     Empty,
+    /// A UTF-8 byte order mark before the JSON: RFC 8259 §8.1 forbids
+    /// sending one, and a sender that adds it is not writing JSON for HTTP.
+    #[error("the body starts with a UTF-8 byte order mark")]
+    ByteOrderMark,
     /// Not JSON at all (serde_json's message, without its position suffix).
     #[error("malformed JSON at line {line}, column {column}: {message}")]
     Syntax {
@@ -135,6 +139,14 @@ impl JsonError {
                     IssueType::Structure,
                     "json-empty-body",
                     "The request body is empty: send a FHIR resource as JSON",
+                )
+                .with_severity(IssueSeverity::Fatal),
+            ],
+            JsonError::ByteOrderMark => vec![
+                Issue::error(
+                    IssueType::Structure,
+                    "json-byte-order-mark",
+                    "The body starts with a UTF-8 byte order mark (EF BB BF), which JSON sent over HTTP must not have (RFC 8259 §8.1); send the JSON without it",
                 )
                 .with_severity(IssueSeverity::Fatal),
             ],
@@ -245,7 +257,9 @@ fn violation_issue(path: &ElementPath, violation: &JsonRuleViolation, root: &str
 /// Reads `body` as one FHIR JSON resource: a JSON object obeying FHIR's JSON
 /// rules. It does not look at `resourceType` or the content model.
 pub fn parse_resource(body: &[u8], limits: JsonLimits) -> Result<Map<String, Value>, JsonError> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        return Err(JsonError::ByteOrderMark);
+    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(JsonError::Empty);
     }
@@ -612,8 +626,8 @@ mod tests {
             Err(JsonError::NotAnObject { found: "number" })
         ));
         assert!(
-            parse("\u{feff}{\"a\":1}").is_ok(),
-            "a UTF-8 byte order mark is tolerated"
+            matches!(parse("\u{feff}{\"a\":1}"), Err(JsonError::ByteOrderMark)),
+            "a UTF-8 byte order mark is refused"
         );
     }
 

@@ -102,6 +102,8 @@ pub enum IssueType {
     Informational,
     /// The request exceeded a size limit.
     TooCostly,
+    /// `throttled`: the caller sent too many requests; retry later.
+    Throttled,
     /// An extension was not recognised or not valid.
     Extension,
     /// A rule (invariant) of a definition failed.
@@ -136,6 +138,7 @@ impl IssueType {
             Self::Exception => "exception",
             Self::Informational => "informational",
             Self::TooCostly => "too-costly",
+            Self::Throttled => "throttled",
             Self::Extension => "extension",
             Self::Invariant => "invariant",
             Self::BusinessRule => "business-rule",

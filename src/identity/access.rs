@@ -104,8 +104,10 @@ pub enum StaffAction<'a> {
     },
     /// Assign a referral to a link worker.
     Assign,
-    /// Service reports.
+    /// Service reports: counts, no personal data.
     Reports,
+    /// A report's detail export: the referrals, Observations and NHS numbers behind counts.
+    ReportDetail,
     /// See the delivery queue and dead letters.
     Deliveries,
     /// Retry dead letters.
@@ -284,10 +286,12 @@ impl Access {
                     | StaffAction::AddNote { .. }
                     | StaffAction::Assign
                     | StaffAction::Reports
+                    | StaffAction::ReportDetail
             ),
             StaffRole::Administrator => matches!(
                 action,
-                StaffAction::Deliveries
+                StaffAction::Reports
+                    | StaffAction::Deliveries
                     | StaffAction::RetryDelivery
                     | StaffAction::Registries
                     | StaffAction::Audit
@@ -438,7 +442,8 @@ mod tests {
                 false,
             ),
             (Assign, false, true, false),
-            (Reports, false, true, false),
+            (Reports, false, true, true),
+            (ReportDetail, false, true, false),
             (Deliveries, false, false, true),
             (RetryDelivery, false, false, true),
             (Registries, false, false, true),

@@ -250,3 +250,36 @@ pub struct ReferralDetail {
     /// Outcome measures, oldest first.
     pub outcomes: Vec<Outcome>,
 }
+
+/// What the outcomes and service reports need of one referral: the record's dates, stages
+/// and measurements, nothing else (`store::Store::referral_facts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReferralFacts {
+    /// The referral's id.
+    pub id: String,
+    /// The person's NHS number (a person counts once per metric).
+    pub nhs_number: Option<String>,
+    /// The referring practice's ODS code.
+    pub practice: Option<String>,
+    /// When Sprig received it (FHIR instant, UTC).
+    pub received_at: String,
+    /// The first reason's code or text, for the service summary.
+    pub reason: Option<String>,
+    /// Every stage it reached, in order, with the instant.
+    pub stages: Vec<(Stage, String)>,
+    /// Its measurements, in recorded order.
+    pub outcomes: Vec<OutcomeFact>,
+}
+
+/// One recorded measurement, for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutcomeFact {
+    /// The Observation's id.
+    pub id: String,
+    /// The measure's code.
+    pub measure: String,
+    /// When the answers were given (FHIR instant).
+    pub recorded_at: String,
+    /// The total, when the measure has one.
+    pub total: Option<i64>,
+}

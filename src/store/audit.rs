@@ -271,6 +271,21 @@ impl Store {
         insert(&mut conn, record).await
     }
 
+    /// The retention setting (`auth.audit_retention_days`): drops the rows of every whole
+    /// UTC day before `keep_from`, and nothing of `keep_from` or later, so a day is either
+    /// kept whole or gone whole. Returns how many rows went. The only deletion of audit
+    /// rows Sprig makes.
+    pub async fn drop_audit_before(&self, keep_from: time::Date) -> Result<u64, StoreError> {
+        let Store::Sqlite(s) = self;
+        // Midnight UTC in the stored fixed-width form: text order is time order.
+        let cutoff = format!("{keep_from}T00:00:00.000Z");
+        let done = sqlx::query("DELETE FROM audit_events WHERE recorded_at < $1")
+            .bind(cutoff)
+            .execute(&s.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// A page of audit rows matching `filter`, oldest first.
     pub async fn audit_events(
         &self,
@@ -344,6 +359,38 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::test_support::open_store;
+
+    #[tokio::test]
+    async fn retention_drops_whole_days_before_the_first_kept_and_nothing_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        for at in [
+            "2026-11-01T23:59:59.999Z",
+            "2026-11-02T00:00:00.000Z",
+            "2026-11-02T12:00:00.000Z",
+            "2026-11-03T08:00:00.000Z",
+        ] {
+            let mut record = AuditRecord::new("read", 200);
+            record.recorded_at = Instant::parse(at).expect("instant");
+            store.record_audit(&record).await.expect("recorded");
+        }
+        let day =
+            |d: u8| time::Date::from_calendar_date(2026, time::Month::November, d).expect("date");
+        assert_eq!(store.drop_audit_before(day(2)).await.expect("dropped"), 1);
+        assert_eq!(store.drop_audit_before(day(2)).await.expect("dropped"), 0);
+        assert_eq!(store.drop_audit_before(day(3)).await.expect("dropped"), 2);
+        let left = store
+            .audit_events(
+                &AuditFilter::default(),
+                AuditPage {
+                    after: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .expect("rows");
+        assert_eq!(left.len(), 1);
+    }
 
     fn read_of(patient: &str, client: &str) -> AuditRecord {
         AuditRecord {

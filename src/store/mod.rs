@@ -22,6 +22,7 @@ pub mod audit;
 pub mod identity;
 pub mod outbox;
 pub mod referrals;
+pub mod reports;
 mod search;
 mod sqlite;
 mod write;

@@ -14,6 +14,7 @@
 
 pub mod profile;
 pub mod schema;
+pub mod size;
 
 use std::collections::HashMap;
 

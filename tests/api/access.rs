@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sprig::api::authenticate::ROUTES;
+use sprig::config::Settings;
 use sprig::identity::{StaffRole, staff};
 use tempfile::TempDir;
 
@@ -17,7 +18,7 @@ use crate::helpers::{TestApp, json_body, sample_referral_text, spawn_app_in};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const SECRET: &[u8] = b"an access-token secret of the test, 32 bytes or more";
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// Who calls, in the matrix's column order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +212,45 @@ const ADMIN: [E; 15] = [
     S(403),
 ];
 
+/// Outcome report counts (no personal data): service managers and administrators.
+#[rustfmt::skip]
+const REPORTS: [E; 15] = [
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(403),
+    S(403),
+    S(403),
+    S(403),
+    Pass,
+    Pass,
+    S(403),
+    S(403),
+    S(403),
+];
+/// A report's detail (ids and NHS numbers): service managers only.
+#[rustfmt::skip]
+const MANAGER: [E; 15] = [
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(401),
+    S(403),
+    S(403),
+    S(403),
+    S(403),
+    Pass,
+    S(403),
+    S(403),
+    S(403),
+    S(403),
+];
+
 /// Every route × every caller. `{sr}` is K83999's referral (its ServiceRequest id and
 /// referral id), `{task}` its Task.
 #[rustfmt::skip]
@@ -317,6 +357,29 @@ const MATRIX: &[Row] = &[
         OPEN,
     ),
     ("GET", "/api/referrals", "/api/referrals", Body::None, WORK),
+    ("GET", "/api/measures", "/api/measures", Body::None, WORK),
+    ("GET", "/api/follow-ups", "/api/follow-ups", Body::None, WORK),
+    (
+        "GET",
+        "/api/reports/outcomes",
+        "/api/reports/outcomes?from=2026-01-01&to=2026-12-31",
+        Body::None,
+        REPORTS,
+    ),
+    (
+        "GET",
+        "/api/reports/outcomes/detail",
+        "/api/reports/outcomes/detail?from=2026-01-01&to=2026-12-31",
+        Body::None,
+        MANAGER,
+    ),
+    (
+        "GET",
+        "/api/reports/service",
+        "/api/reports/service?from=2026-01-01&to=2026-12-31",
+        Body::None,
+        REPORTS,
+    ),
     (
         "GET",
         "/api/referrals/{id}",
@@ -426,7 +489,7 @@ pub(crate) struct Secured {
 }
 
 impl Secured {
-    fn token(&self, who: Who) -> Option<&str> {
+    pub(crate) fn token(&self, who: Who) -> Option<&str> {
         self.tokens
             .iter()
             .find(|(w, _)| *w == who)
@@ -477,6 +540,11 @@ impl Secured {
 }
 
 pub(crate) async fn secured() -> Secured {
+    secured_with(|_| {}).await
+}
+
+/// [`secured`], with settings adjusted by `configure`.
+pub(crate) async fn secured_with(configure: impl FnOnce(&mut Settings)) -> Secured {
     let dir = Arc::new(TempDir::new().expect("tempdir"));
     let (signing, jwk) = key("k1");
     std::fs::write(
@@ -507,6 +575,7 @@ pub(crate) async fn secured() -> Secured {
     let app = spawn_app_in(Arc::clone(&dir), |settings| {
         settings.auth.clients = Some(registry.clone());
         settings.auth.token_secret_file = Some(secret.clone());
+        configure(settings);
     })
     .await;
 
@@ -891,6 +960,52 @@ async fn the_capability_statement_says_how_to_get_a_token() {
     assert_eq!(
         security["extension"][0]["extension"][0]["valueUri"],
         json!(secured.app.url("/auth/token"))
+    );
+    secured.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_is_told_when_to_retry_and_others_go_on() {
+    let secured = secured_with(|settings| {
+        settings.auth.rate_limit_per_minute = 6;
+        settings.auth.rate_limit_burst = 3;
+    })
+    .await;
+    let get = |who| secured.request(who, "GET", "/fhir/Task").send();
+    for _ in 0..3 {
+        assert_eq!(get(Who::PracticeK).await.expect("request").status(), 200);
+    }
+    let refused = get(Who::PracticeK).await.expect("request");
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    let outcome = json_body(refused).await;
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "throttled");
+    // Another practice's client has a bucket of its own.
+    assert_eq!(get(Who::PracticeY).await.expect("request").status(), 200);
+
+    // A staff session too, answered as problem details under /api.
+    let mut last = None;
+    for _ in 0..4 {
+        last = Some(
+            secured
+                .request(Who::Manager, "GET", "/api/referrals")
+                .send()
+                .await
+                .expect("request"),
+        );
+    }
+    let refused = last.expect("answered");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
     );
     secured.app.stop().await;
 }

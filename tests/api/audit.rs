@@ -259,82 +259,76 @@ async fn the_audit_log_is_served_as_valid_audit_events() {
     app.stop().await;
 }
 
-/// A writer that keeps what the server logs.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
-#[ignore = "main's connection layer serves requests outside this thread's subscriber: the capture must move into spawn_app"]
 async fn logs_carry_ids_never_names_numbers_notes_or_tokens() {
-    // The test's runtime is single-threaded: the server's tasks log through this
-    // thread's subscriber, at every level.
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let app = spawn_app().await;
-    let (name, nhs_number, note, token) = (
+    use crate::access::{Who, secured};
+    // `spawn_app` captures every line every app of the test process logs (`helpers::LOGS`):
+    // the values below are this test's own, so any line holding one is a leak.
+    let secured = secured().await;
+    let (name, nhs_number, note, forged) = (
         "Quarrington",
         "9434765919",
         "Zanzibar lighthouse keeper",
         "tok-3f9a1c-secret",
     );
+    let token = secured.token(Who::PracticeK).expect("K's token").to_owned();
     let body = crate::helpers::sample_referral_text()
         .replace("Llywelyn-Łukasz", name)
         .replace("9000000009", nhs_number)
         .replace("Prefers a call after 2pm", note);
-    let response = app
-        .client
-        .post(app.url("/fhir/ServiceRequest"))
+    let response = secured
+        .request(Who::PracticeK, "POST", "/fhir/ServiceRequest")
         .header("content-type", "application/fhir+json")
-        .header("authorization", format!("Bearer {token}"))
         .body(body)
         .send()
         .await
         .expect("sent");
     assert_eq!(response.status(), 201);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let id = location
-        .split("/ServiceRequest/")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
+    let id = json_body(response).await["id"]
+        .as_str()
+        .expect("id")
         .to_owned();
-    let search = app
-        .get(&format!(
-            "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs_number}"
-        ))
-        .await;
+    let search = secured
+        .request(
+            Who::PracticeK,
+            "GET",
+            &format!("/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs_number}"),
+        )
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(search.status(), 200);
-    let _ = api_post(
-        &app,
-        &format!("/api/referrals/{id}/notes"),
-        json!({"text": note}),
-    )
-    .await;
-    app.stop().await;
+    let refused = secured
+        .app
+        .client
+        .get(secured.app.url("/fhir/ServiceRequest"))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 401);
+    let noted = secured
+        .request(Who::Manager, "POST", &format!("/api/referrals/{id}/notes"))
+        .json(&json!({"text": note}))
+        .send()
+        .await
+        .expect("sent");
+    assert!(noted.status().is_success(), "{}", noted.status());
+    secured.app.stop().await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = crate::helpers::LOGS.text();
     assert!(
-        logs.contains("request completed"),
-        "the capture saw the server: {logs}"
+        logs.contains("request completed") && logs.contains(&id),
+        "the capture saw the server"
     );
-    for secret in [name, nhs_number, note, token] {
+    for secret in [
+        name,
+        nhs_number,
+        note,
+        forged,
+        token.as_str(),
+        crate::access::PASSWORD,
+    ] {
         for line in logs.lines() {
             assert!(!line.contains(secret), "{secret:?} logged: {line}");
         }

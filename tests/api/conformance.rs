@@ -28,8 +28,40 @@ fn runner(target: &str, variables: &[(&str, &str)]) -> Runner {
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect::<HashMap<_, _>>(),
         timeout: Duration::from_secs(30),
+        bearer_token: None,
     })
     .expect("runner")
+}
+
+#[tokio::test]
+async fn the_runner_sends_its_token_on_every_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&server)
+        .await;
+    let runner = Runner::new(RunnerOptions {
+        target: reqwest::Url::parse(&format!("{}/fhir", server.uri())).expect("URL"),
+        variables: HashMap::new(),
+        timeout: Duration::from_secs(10),
+        bearer_token: Some("a-test-token".into()),
+    })
+    .expect("runner");
+    run_suite(
+        &runner,
+        &root("conformance/gateway/01-capability-statement.json"),
+    )
+    .await;
+    let received = server.received_requests().await.expect("recorded");
+    assert!(!received.is_empty(), "the script made requests");
+    for request in &received {
+        assert_eq!(
+            request.headers.get("authorization").map(|v| v.as_bytes()),
+            Some(&b"Bearer a-test-token"[..]),
+            "{}",
+            request.url
+        );
+    }
 }
 
 /// Loads and runs every script of `suite` (a folder or a file).

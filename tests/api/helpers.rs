@@ -7,20 +7,61 @@ use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
 use sprig::app::Application;
-use sprig::config::{LogFormat, LogSettings, Settings};
+use sprig::config::Settings;
 use sprig::store::Store;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Every line every spawned app logs, at every level of Sprig's own code (the libraries'
+/// chatter at warn), for `audit::logs_carry_ids_never_names_numbers_notes_or_tokens`.
+/// One subscriber for the whole test process: the server's connection tasks run on
+/// threads no per-test subscriber reaches.
+pub static LOGS: LazyLock<Captured> = LazyLock::new(Captured::default);
+
 static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var_os("TEST_LOG").is_some() {
-        sprig::telemetry::init(&LogSettings {
-            format: LogFormat::Pretty,
-            level: "debug,sqlx=warn".into(),
-        });
-    }
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let captured = LOGS.clone();
+    let capture = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(move || captured.clone());
+    let shown = std::env::var_os("TEST_LOG")
+        .is_some()
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let filter = tracing_subscriber::EnvFilter::new(
+        "trace,sqlx=warn,hyper=warn,hyper_util=warn,h2=warn,rustls=warn,reqwest=warn,tower=warn,wiremock=warn,tokio=warn,runtime=warn",
+    );
+    let _already = tracing_subscriber::registry()
+        .with(filter)
+        .with(capture)
+        .with(shown)
+        .try_init();
 });
+
+/// A writer that keeps what it is given.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The sample referral shipped in `examples/`.
 pub fn sample_referral() -> Value {

@@ -543,7 +543,7 @@ fn sparse_detail() -> ReferralDetail {
 
 /// `GET /api/referrals/{id}`'s body for `detail`, made as the handler makes it.
 fn served(detail: &ReferralDetail, base: &str) -> Value {
-    sprig::api::service::referral_json(detail, base).expect("serialises")
+    sprig::api::service::referral_json(detail, base, json!([])).expect("serialises")
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Value {

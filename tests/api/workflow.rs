@@ -280,7 +280,7 @@ async fn a_referral_goes_through_its_whole_life_in_every_inbound_shape() {
         let response = api_post(
             &app,
             &format!("/api/referrals/{id}/outcomes"),
-            json!({"measure": "ons4", "answers": [7, 8, 6, 3], "recorded_at": "2027-02-20T10:00:00Z"}),
+            json!({"measure": "ons4", "answers": [7, 8, 6, 3], "recorded_at": "2026-12-01T10:00:00Z"}),
         )
         .await;
         assert_eq!(response.status(), 201);

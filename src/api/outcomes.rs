@@ -1,0 +1,367 @@
+//! Outcome evidence under `/api`: the measures in force (`GET /api/measures`, what a form
+//! renders), the follow-ups due (`GET /api/follow-ups`), the outcomes report and its detail
+//! (`GET /api/reports/outcomes`, `…/detail`) and the service summary
+//! (`GET /api/reports/service`). The computations are `outcomes`' pure functions over
+//! `Store::referral_facts`; this module parses queries, checks roles and chooses formats.
+//!
+//! The counts carry no personal data and no ids; the detail export (ids and NHS numbers, so
+//! every count can be traced) is for the roles that may see referrals' detail.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::{Date, Duration, OffsetDateTime};
+
+use super::AppState;
+use super::authenticate::require_staff;
+use super::problem::Problem;
+use crate::identity::{Access, StaffAction};
+use crate::outcomes::report::{self, Period};
+use crate::outcomes::schedule::{self, FollowUp, State as FollowUpState};
+use crate::referral::record::ReferralFacts;
+use crate::referral::stage::Stage;
+
+/// `GET /api/measures`: every measure in force with its items, answer options, scoring,
+/// meaningful change and schedule (`outcomes::definition::MeasureDefinition`).
+pub async fn measures(State(state): State<AppState>, access: Access) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::ViewWorklist)?;
+    let items: Vec<&crate::outcomes::MeasureDefinition> = state.outcomes.catalogue.iter().collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// A date parameter (`2026-04-01`).
+fn date(name: &str, value: &str) -> Result<Date, Problem> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(value, &format)
+        .map_err(|_| Problem::bad_request(format!("{name} must be a date such as 2026-04-01")))
+}
+
+/// Today, as people in the UK see it.
+fn today() -> Date {
+    schedule::uk_date(OffsetDateTime::now_utc())
+}
+
+fn day_of(instant: &str) -> Option<Date> {
+    OffsetDateTime::parse(instant, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(schedule::uk_date)
+}
+
+/// The follow-ups of one referral on `today`, per measure with a baseline: the baseline is
+/// the first measurement of the measure; nothing is due for a referral that closed.
+pub fn referral_follow_ups(
+    state: &AppState,
+    facts: &ReferralFacts,
+    today: Date,
+) -> Vec<(String, Vec<FollowUp>)> {
+    let closed = facts.stages.iter().any(|(s, _)| {
+        matches!(
+            s,
+            Stage::Declined | Stage::UnableToContact | Stage::Withdrawn
+        )
+    });
+    if closed {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for definition in state.outcomes.catalogue.iter() {
+        let days: Vec<Date> = facts
+            .outcomes
+            .iter()
+            .filter(|o| o.measure == definition.code)
+            .filter_map(|o| day_of(&o.recorded_at))
+            .collect();
+        let Some(baseline) = days.iter().min().copied() else {
+            continue;
+        };
+        let later: Vec<Date> = days.into_iter().filter(|d| *d > baseline).collect();
+        out.push((
+            definition.code.clone(),
+            schedule::follow_ups(&definition.schedule, baseline, &later, today),
+        ));
+    }
+    out
+}
+
+/// `GET /api/follow-ups`'s query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUpQuery {
+    due: Option<String>,
+    measure: Option<String>,
+    practice: Option<String>,
+    as_of: Option<String>,
+}
+
+/// `GET /api/follow-ups`: follow-ups by state. `due` is `this-week` (the window is open at
+/// some point this Monday-to-Sunday week and it is not done), `due-soon`, `due`, `overdue`,
+/// `missed` or `all` (every follow-up not done; the default `this-week`). `as_of` fixes the
+/// day (default today, UK time).
+pub async fn follow_ups(
+    State(state): State<AppState>,
+    access: Access,
+    query: Result<Query<FollowUpQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::ViewWorklist)?;
+    let Query(query) = query.map_err(|e| {
+        Problem::bad_request(format!(
+            "{}; the parameters are due, measure, practice and as_of",
+            e.body_text()
+        ))
+    })?;
+    let today = match &query.as_of {
+        Some(d) => date("as_of", d)?,
+        None => today(),
+    };
+    let due = query.due.as_deref().unwrap_or("this-week");
+    let wanted: Box<dyn Fn(&FollowUp) -> bool + Send> = match due {
+        "this-week" => {
+            let (monday, sunday) = schedule::week_of(today);
+            Box::new(move |f: &FollowUp| {
+                f.state != FollowUpState::Done && f.opens <= sunday && f.closes >= monday
+            })
+        }
+        "due-soon" => Box::new(|f: &FollowUp| f.state == FollowUpState::DueSoon),
+        "due" => Box::new(|f: &FollowUp| f.state == FollowUpState::Due),
+        "overdue" => Box::new(|f: &FollowUp| f.state == FollowUpState::Overdue),
+        "missed" => Box::new(|f: &FollowUp| f.state == FollowUpState::Missed),
+        "all" => Box::new(|f: &FollowUp| f.state != FollowUpState::Done),
+        other => {
+            return Err(Problem::bad_request(format!(
+                "due '{other}' is not one of this-week, due-soon, due, overdue, missed, all"
+            )));
+        }
+    };
+    if let Some(code) = &query.measure
+        && state.outcomes.catalogue.get(code).is_none()
+    {
+        return Err(Problem::bad_request(format!(
+            "measure '{code}' is not defined"
+        )));
+    }
+    let facts = state.store.referral_facts(None).await?;
+    let mut items = Vec::new();
+    for referral in &facts {
+        if query
+            .practice
+            .as_deref()
+            .is_some_and(|p| referral.practice.as_deref() != Some(p))
+        {
+            continue;
+        }
+        for (measure, list) in referral_follow_ups(&state, referral, today) {
+            if query.measure.as_deref().is_some_and(|m| m != measure) {
+                continue;
+            }
+            for f in list.iter().filter(|f| wanted(f)) {
+                items.push(json!({
+                    "referral_id": referral.id,
+                    "practice": referral.practice,
+                    "measure": measure,
+                    "follow_up": f.key,
+                    "label": f.label,
+                    "date": f.target,
+                    "opens": f.opens,
+                    "closes": f.closes,
+                    "state": f.state,
+                }));
+            }
+        }
+    }
+    items.sort_by(|a, b| {
+        a["date"]
+            .as_str()
+            .cmp(&b["date"].as_str())
+            .then(a["referral_id"].as_str().cmp(&b["referral_id"].as_str()))
+    });
+    tracing::info!(count = items.len(), "follow-ups listed");
+    Ok(Json(json!({ "as_of": today, "due": due, "items": items })).into_response())
+}
+
+/// The reports' query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    from: String,
+    to: String,
+    period: Option<Period>,
+    format: Option<String>,
+    as_of: Option<String>,
+}
+
+fn report_query(
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<(ReportQuery, Date, Date, Date), Problem> {
+    let Query(query) = query.map_err(|e| {
+        Problem::bad_request(format!(
+            "{}; the parameters are from, to (dates), period (month or quarter), format and as_of",
+            e.body_text()
+        ))
+    })?;
+    let from = date("from", &query.from)?;
+    let to = date("to", &query.to)?;
+    if to < from || (to - from) > Duration::days(3 * 366) {
+        return Err(Problem::bad_request(
+            "to must be on or after from, and the range at most three years",
+        ));
+    }
+    let today = match &query.as_of {
+        Some(d) => date("as_of", d)?,
+        None => today(),
+    };
+    Ok((query, from, to, today))
+}
+
+/// The report's facts: every referral. Not only those received by `to`: a measurement's
+/// `recorded_at` is when the person answered, which may be before Sprig received the
+/// referral (a paper baseline entered later).
+async fn facts_until(state: &AppState, _to: Date) -> Result<Vec<ReferralFacts>, Problem> {
+    Ok(state.store.referral_facts(None).await?)
+}
+
+fn text(content_type: &'static str, body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /api/reports/outcomes?from=&to=&period=&format=`: the counts per metric, period and
+/// practice with the change distributions; `format` is `json` (default), `csv`, `fhir` (a
+/// Bundle of `Measure` and `MeasureReport`) or `svg` (a chart).
+pub async fn outcomes_report(
+    State(state): State<AppState>,
+    access: Access,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Reports)?;
+    let (query, from, to, today) = report_query(query)?;
+    let facts = facts_until(&state, to).await?;
+    let report = report::outcomes(
+        &state.outcomes.metrics,
+        &state.outcomes.catalogue,
+        &facts,
+        query.period.unwrap_or(Period::Quarter),
+        from,
+        to,
+        today,
+    );
+    tracing::info!(rows = report.rows.len(), "outcomes report");
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(
+            Json(serde_json::to_value(&report).map_err(|_| Problem::internal())?).into_response(),
+        ),
+        "csv" => Ok(text("text/csv; charset=utf-8", report.to_csv())),
+        "svg" => Ok(text("image/svg+xml", report.to_svg())),
+        "fhir" => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/fhir+json"),
+            )],
+            report.to_fhir(&state.fhir_base()).to_string(),
+        )
+            .into_response()),
+        other => Err(Problem::bad_request(format!(
+            "format '{other}' is not one of json, csv, fhir, svg"
+        ))),
+    }
+}
+
+/// `GET /api/reports/outcomes/detail?from=&to=`: every person behind every count, with the
+/// referral and Observation ids and the NHS number (CSV; `format=json` for JSON).
+pub async fn outcomes_detail(
+    State(state): State<AppState>,
+    access: Access,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::ReportDetail)?;
+    let (query, from, to, today) = report_query(query)?;
+    let facts = facts_until(&state, to).await?;
+    let report = report::outcomes(
+        &state.outcomes.metrics,
+        &state.outcomes.catalogue,
+        &facts,
+        query.period.unwrap_or(Period::Quarter),
+        from,
+        to,
+        today,
+    );
+    tracing::info!(rows = report.detail.len(), "outcomes detail exported");
+    match query.format.as_deref().unwrap_or("csv") {
+        "csv" => Ok(text("text/csv; charset=utf-8", report.detail_csv())),
+        "json" => Ok(Json(json!({ "items": report.detail })).into_response()),
+        other => Err(Problem::bad_request(format!(
+            "format '{other}' is not one of csv, json"
+        ))),
+    }
+}
+
+/// `GET /api/reports/service?from=&to=`: referrals received in the range, per month, by
+/// reason and by practice; accepted, declined, completed; median days to first contact.
+pub async fn service_report(
+    State(state): State<AppState>,
+    access: Access,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Reports)?;
+    let (_, from, to, _) = report_query(query)?;
+    let facts = facts_until(&state, to).await?;
+    let summary = report::service_summary(&facts, from, to);
+    let mut value: Value = serde_json::to_value(&summary).map_err(|_| Problem::internal())?;
+    value["from"] = json!(from);
+    value["to"] = json!(to);
+    Ok((StatusCode::OK, Json(value)).into_response())
+}
+
+/// The follow-ups of one referral's detail, on today's UK date, as JSON: per measure with
+/// a baseline, each follow-up's dates and state.
+pub fn detail_follow_ups(
+    state: &AppState,
+    detail: &crate::referral::record::ReferralDetail,
+) -> Value {
+    let facts = ReferralFacts {
+        id: detail.referral.id.clone(),
+        nhs_number: None,
+        practice: None,
+        received_at: detail.referral.received_at.clone(),
+        reason: None,
+        stages: detail
+            .timeline
+            .iter()
+            .map(|c| (c.stage, c.at.clone()))
+            .collect(),
+        outcomes: detail
+            .outcomes
+            .iter()
+            .map(|o| crate::referral::record::OutcomeFact {
+                id: o.id.clone(),
+                measure: o.measure.as_str().to_string(),
+                recorded_at: o.recorded_at.clone(),
+                total: o.total,
+            })
+            .collect(),
+    };
+    let list: Vec<Value> = referral_follow_ups(state, &facts, today())
+        .into_iter()
+        .flat_map(|(measure, follow_ups)| {
+            follow_ups.into_iter().map(move |f| {
+                json!({
+                    "measure": measure,
+                    "follow_up": f.key,
+                    "label": f.label,
+                    "date": f.target,
+                    "opens": f.opens,
+                    "closes": f.closes,
+                    "state": f.state,
+                    "measured_on": f.measured_on,
+                })
+            })
+        })
+        .collect();
+    Value::Array(list)
+}

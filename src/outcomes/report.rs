@@ -1,0 +1,1131 @@
+//! The outcomes report: metrics a contract pays on, defined as data (`outcomes/metrics.toml`),
+//! counted over the referral record ([`ReferralFacts`]) per metric, period (month or quarter)
+//! and practice, with every count traceable to the referrals and Observations behind it
+//! ([`Report::detail`]). Also the service summary (referrals received, by reason and practice,
+//! accepted and declined, time to first contact, completion).
+//!
+//! Counting rules, for every metric: a person (NHS number, else the referral) counts once per
+//! metric, by their first achievement, else their first eligible referral; a referral closed
+//! (declined, unable to contact, withdrawn) before its milestone, or before its follow-up's
+//! window opened, is not eligible. Pure: the caller gives the facts and today's date.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+use toml::Spanned;
+
+use super::definition::{Catalogue, MeasureDefinition, Method};
+use super::schedule::{add_months, uk_date};
+use crate::located::{LocatedError, TomlText};
+use crate::referral::record::ReferralFacts;
+use crate::referral::stage::Stage;
+
+/// The shipped metrics file.
+pub const SHIPPED_METRICS: (&str, &str) = (
+    "outcomes/metrics.toml",
+    include_str!("../../outcomes/metrics.toml"),
+);
+
+/// What a metric counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum MetricKind {
+    /// A stage reached.
+    Milestone {
+        /// The stage.
+        stage: Stage,
+    },
+    /// A follow-up better than the baseline by at least `min_change`.
+    Improvement {
+        /// The measure's code.
+        measure: String,
+        /// The follow-up's key.
+        follow_up: String,
+        /// The least change that counts, in the better direction.
+        min_change: Decimal,
+    },
+    /// The group's mean change, paid on a sliding scale.
+    MeanChange {
+        /// The measure's code.
+        measure: String,
+        /// The follow-up's key.
+        follow_up: String,
+        /// Nothing is paid below this mean.
+        none_below: Decimal,
+        /// Everything is paid from this mean.
+        full_at: Decimal,
+    },
+}
+
+/// A metric, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metric {
+    /// Its id.
+    pub id: String,
+    /// Its title.
+    pub title: String,
+    /// What it counts.
+    #[serde(flatten)]
+    pub kind: MetricKind,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    metric: Vec<Spanned<MetricSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricSpec {
+    id: String,
+    title: String,
+    kind: Spanned<String>,
+    stage: Option<Spanned<String>>,
+    measure: Option<Spanned<String>>,
+    follow_up: Option<Spanned<String>>,
+    min_change: Option<Spanned<String>>,
+    none_below: Option<Spanned<String>>,
+    full_at: Option<Spanned<String>>,
+}
+
+/// Loads and checks the metrics against the measures in force.
+pub fn load_metrics(
+    source: &TomlText<'_>,
+    catalogue: &Catalogue,
+) -> Result<Vec<Metric>, LocatedError> {
+    let file: MetricsFile = source.parse()?;
+    let mut metrics: Vec<Metric> = Vec::new();
+    for spanned in &file.metric {
+        let spec = spanned.get_ref();
+        let at = spanned.span();
+        let id = spec.id.clone();
+        if id.is_empty()
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || id.len() > 64
+        {
+            return Err(source.error_at(
+                &at,
+                format!("metric id '{id}' must be 1 to 64 letters, digits and '-'"),
+            ));
+        }
+        if metrics.iter().any(|m| m.id == id) {
+            return Err(source.error_at(&at, format!("metric '{id}' is defined twice")));
+        }
+        let need = |field: &Option<Spanned<String>>, name: &str| {
+            field.clone().ok_or_else(|| {
+                source.error_at(
+                    &spec.kind.span(),
+                    format!(
+                        "metric '{id}': kind \"{}\" needs `{name}`",
+                        spec.kind.get_ref()
+                    ),
+                )
+            })
+        };
+        let number = |field: Spanned<String>, name: &str| {
+            field.get_ref().trim().parse::<Decimal>().map_err(|_| {
+                source.error_at(
+                    &field.span(),
+                    format!(
+                        "metric '{id}': {name} '{}' is not a decimal number",
+                        field.get_ref()
+                    ),
+                )
+            })
+        };
+        let measure_and_follow_up = || -> Result<(String, String), LocatedError> {
+            let measure = need(&spec.measure, "measure")?;
+            let definition: &MeasureDefinition =
+                catalogue.get(measure.get_ref()).ok_or_else(|| {
+                    source.error_at(
+                        &measure.span(),
+                        format!(
+                            "metric '{id}': measure '{}' is not defined",
+                            measure.get_ref()
+                        ),
+                    )
+                })?;
+            if definition.method == Method::None {
+                return Err(source.error_at(
+                    &measure.span(),
+                    format!(
+                        "metric '{id}': measure '{}' has no total to compare",
+                        measure.get_ref()
+                    ),
+                ));
+            }
+            let follow_up = need(&spec.follow_up, "follow_up")?;
+            if definition.follow_up(follow_up.get_ref()).is_none() {
+                return Err(source.error_at(
+                    &follow_up.span(),
+                    format!(
+                        "metric '{id}': measure '{}' has no follow-up '{}'; its follow-ups are {}",
+                        measure.get_ref(),
+                        follow_up.get_ref(),
+                        definition
+                            .schedule
+                            .follow_ups
+                            .iter()
+                            .map(|f| f.key.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Ok((measure.get_ref().clone(), follow_up.get_ref().clone()))
+        };
+        let kind = match spec.kind.get_ref().as_str() {
+            "milestone" => {
+                let stage = need(&spec.stage, "stage")?;
+                let parsed = Stage::parse(stage.get_ref())
+                    .map_err(|e| source.error_at(&stage.span(), format!("metric '{id}': {e}")))?;
+                MetricKind::Milestone { stage: parsed }
+            }
+            "improvement" => {
+                let (measure, follow_up) = measure_and_follow_up()?;
+                let min_change = number(need(&spec.min_change, "min_change")?, "min_change")?;
+                MetricKind::Improvement {
+                    measure,
+                    follow_up,
+                    min_change,
+                }
+            }
+            "mean-change" => {
+                let (measure, follow_up) = measure_and_follow_up()?;
+                let none_below = number(need(&spec.none_below, "none_below")?, "none_below")?;
+                let full = need(&spec.full_at, "full_at")?;
+                let full_at = number(full.clone(), "full_at")?;
+                if full_at <= none_below {
+                    return Err(source.error_at(
+                        &full.span(),
+                        format!("metric '{id}': full_at must be above none_below"),
+                    ));
+                }
+                MetricKind::MeanChange {
+                    measure,
+                    follow_up,
+                    none_below,
+                    full_at,
+                }
+            }
+            other => {
+                return Err(source.error_at(
+                    &spec.kind.span(),
+                    format!("metric '{id}': kind '{other}' is not one of milestone, improvement, mean-change"),
+                ));
+            }
+        };
+        metrics.push(Metric {
+            id,
+            title: spec.title.clone(),
+            kind,
+        });
+    }
+    Ok(metrics)
+}
+
+/// How counts are grouped in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// Calendar months (`2026-04`).
+    Month,
+    /// Calendar quarters (`2026-Q2`: April to June).
+    Quarter,
+}
+
+impl Period {
+    /// The label of the period holding `day`.
+    pub fn label(self, day: Date) -> String {
+        match self {
+            Period::Month => format!("{:04}-{:02}", day.year(), day.month() as u8),
+            Period::Quarter => format!("{:04}-Q{}", day.year(), (day.month() as u8 - 1) / 3 + 1),
+        }
+    }
+}
+
+/// What became of one person for one metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Achieved.
+    Achieved,
+    /// Measured (or reached) but not enough.
+    NotAchieved,
+    /// Due (the window opened or the milestone is expected) and no measurement.
+    Missing,
+    /// Not yet due.
+    Pending,
+}
+
+/// One person's line behind a count: the ids that prove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetailRow {
+    /// The metric.
+    pub metric: String,
+    /// The period.
+    pub period: String,
+    /// The practice (`unknown` when the referral did not say).
+    pub practice: String,
+    /// The referral.
+    pub referral_id: String,
+    /// The person (personal data: only in the detail export).
+    pub nhs_number: Option<String>,
+    /// What became of them.
+    pub status: Status,
+    /// The day that placed them in the period (milestone reached, or follow-up date).
+    pub on: Date,
+    /// The baseline Observation.
+    pub baseline_observation: Option<String>,
+    /// The follow-up Observation.
+    pub follow_up_observation: Option<String>,
+    /// The change, in the better direction.
+    pub change: Option<Decimal>,
+}
+
+/// One cell of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// The metric.
+    pub metric: String,
+    /// The period.
+    pub period: String,
+    /// The practice.
+    pub practice: String,
+    /// People eligible.
+    pub eligible: u64,
+    /// People who achieved it.
+    pub achieved: u64,
+    /// People due but without the measurement (or milestone).
+    pub missing: u64,
+    /// Mean change (mean-change metrics), to two places.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_change: Option<Decimal>,
+    /// The sliding scale's share paid, 0 to 1 (mean-change metrics), to four places.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payable_fraction: Option<Decimal>,
+}
+
+/// The spread of changes from the baseline to one follow-up of one measure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Distribution {
+    /// The measure.
+    pub measure: String,
+    /// The follow-up.
+    pub follow_up: String,
+    /// People measured at both.
+    pub n: u64,
+    /// Lowest, quartiles, highest and mean of the change (raw, not direction-adjusted).
+    pub min: Option<Decimal>,
+    /// First quartile (nearest rank).
+    pub q1: Option<Decimal>,
+    /// Median (nearest rank).
+    pub median: Option<Decimal>,
+    /// Third quartile (nearest rank).
+    pub q3: Option<Decimal>,
+    /// Highest.
+    pub max: Option<Decimal>,
+    /// Mean, to two places.
+    pub mean: Option<Decimal>,
+}
+
+/// The report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// First day counted.
+    pub from: Date,
+    /// Last day counted.
+    pub to: Date,
+    /// How periods are grouped.
+    pub period: Period,
+    /// The metrics counted.
+    pub metrics: Vec<Metric>,
+    /// Per metric, period and practice (sorted), and `all` practices per metric and period.
+    pub rows: Vec<Row>,
+    /// Changes per measure and follow-up, over everyone in the range.
+    pub distributions: Vec<Distribution>,
+    /// Every person behind every count.
+    #[serde(skip)]
+    pub detail: Vec<DetailRow>,
+}
+
+/// A FHIR instant's UK date.
+fn day_of(instant: &str) -> Option<Date> {
+    OffsetDateTime::parse(instant, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(uk_date)
+}
+
+const CLOSED: [Stage; 3] = [Stage::Declined, Stage::UnableToContact, Stage::Withdrawn];
+
+/// When the referral closed without finishing (declined, unable to contact, withdrawn).
+fn closed_on(facts: &ReferralFacts) -> Option<Date> {
+    facts
+        .stages
+        .iter()
+        .filter(|(s, _)| CLOSED.contains(s))
+        .filter_map(|(_, at)| day_of(at))
+        .min()
+}
+
+fn reached(facts: &ReferralFacts, stage: Stage) -> Option<Date> {
+    facts
+        .stages
+        .iter()
+        .filter(|(s, _)| *s == stage)
+        .filter_map(|(_, at)| day_of(at))
+        .min()
+}
+
+/// A person's baseline and follow-up for a measure: (baseline index, day, total).
+fn baseline(facts: &ReferralFacts, measure: &str) -> Option<(usize, Date, i64)> {
+    facts
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.measure == measure)
+        .filter_map(|(i, o)| Some((i, day_of(&o.recorded_at)?, o.total?)))
+        .min_by_key(|(_, d, _)| *d)
+}
+
+struct Candidate {
+    row: DetailRow,
+}
+
+/// Evaluates one metric for one referral: `None` when not eligible in the range.
+fn evaluate(
+    metric: &Metric,
+    catalogue: &Catalogue,
+    facts: &ReferralFacts,
+    period: Period,
+    from: Date,
+    to: Date,
+    today: Date,
+) -> Option<Candidate> {
+    let practice = facts.practice.clone().unwrap_or_else(|| "unknown".into());
+    let closed = closed_on(facts);
+    let row = |status, on: Date, base: Option<String>, follow: Option<String>, change| DetailRow {
+        metric: metric.id.clone(),
+        period: period.label(on),
+        practice: practice.clone(),
+        referral_id: facts.id.clone(),
+        nhs_number: facts.nhs_number.clone(),
+        status,
+        on,
+        baseline_observation: base,
+        follow_up_observation: follow,
+        change,
+    };
+    match &metric.kind {
+        MetricKind::Milestone { stage } => {
+            let accepted = reached(facts, Stage::Accepted)?;
+            match reached(facts, *stage) {
+                Some(on) if (from..=to).contains(&on) => Some(Candidate {
+                    row: row(Status::Achieved, on, None, None, None),
+                }),
+                Some(_) => None,
+                None => {
+                    // Closed before the milestone: not eligible.
+                    if closed.is_some() || !(from..=to).contains(&accepted) {
+                        return None;
+                    }
+                    Some(Candidate {
+                        row: row(Status::Missing, accepted, None, None, None),
+                    })
+                }
+            }
+        }
+        MetricKind::Improvement {
+            measure, follow_up, ..
+        }
+        | MetricKind::MeanChange {
+            measure, follow_up, ..
+        } => {
+            let definition = catalogue.get(measure)?;
+            let months = definition.follow_up(follow_up)?.months;
+            let (base_index, base_day, base_total) = baseline(facts, measure)?;
+            let target = add_months(base_day, months);
+            if !(from..=to).contains(&target) {
+                return None;
+            }
+            let window = time::Duration::weeks(i64::from(definition.schedule.window_weeks));
+            let opens = target.checked_sub(window)?;
+            let closes = target.checked_add(window)?;
+            if closed.is_some_and(|c| c < opens) {
+                return None;
+            }
+            let base_id = facts.outcomes.get(base_index).map(|o| o.id.clone());
+            let follow = facts
+                .outcomes
+                .iter()
+                .filter(|o| o.measure == *measure)
+                .filter_map(|o| Some((o, day_of(&o.recorded_at)?, o.total?)))
+                .filter(|(_, d, _)| (opens..=closes).contains(d) && *d <= today)
+                .min_by_key(|(_, d, _)| *d);
+            match follow {
+                Some((o, _, total)) => {
+                    let raw = Decimal::from(total - base_total);
+                    let change = if definition.higher_is_better {
+                        raw
+                    } else {
+                        -raw
+                    };
+                    let status = match &metric.kind {
+                        MetricKind::Improvement { min_change, .. } if change >= *min_change => {
+                            Status::Achieved
+                        }
+                        MetricKind::Improvement { .. } => Status::NotAchieved,
+                        _ => Status::Achieved,
+                    };
+                    Some(Candidate {
+                        row: row(status, target, base_id, Some(o.id.clone()), Some(change)),
+                    })
+                }
+                None => {
+                    let status = if today >= opens {
+                        Status::Missing
+                    } else {
+                        Status::Pending
+                    };
+                    Some(Candidate {
+                        row: row(status, target, base_id, None, None),
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn rank(status: Status) -> u8 {
+    match status {
+        Status::Achieved => 0,
+        Status::NotAchieved => 1,
+        Status::Missing => 2,
+        Status::Pending => 3,
+    }
+}
+
+fn round(value: Decimal, places: u32) -> Decimal {
+    value.round_dp_with_strategy(places, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// A cell's key: metric index, period, practice.
+type CellKey = (usize, String, String);
+/// A cell's eligible, achieved, missing and the changes measured.
+type Cell = (u64, u64, u64, Vec<Decimal>);
+
+/// The report over `facts` for `from..=to` (UK dates), as it stands on `today`.
+pub fn outcomes(
+    metrics: &[Metric],
+    catalogue: &Catalogue,
+    facts: &[ReferralFacts],
+    period: Period,
+    from: Date,
+    to: Date,
+    today: Date,
+) -> Report {
+    let mut detail: Vec<DetailRow> = Vec::new();
+    for metric in metrics {
+        // One line per person: the first achievement, else the first eligible referral.
+        let mut best: HashMap<&str, DetailRow> = HashMap::new();
+        for referral in facts {
+            let Some(candidate) = evaluate(metric, catalogue, referral, period, from, to, today)
+            else {
+                continue;
+            };
+            let person = referral
+                .nhs_number
+                .as_deref()
+                .unwrap_or(referral.id.as_str());
+            let row = candidate.row;
+            match best.get(person) {
+                Some(kept)
+                    if (rank(kept.status), kept.on, &kept.referral_id)
+                        <= (rank(row.status), row.on, &row.referral_id) => {}
+                _ => {
+                    best.insert(person, row);
+                }
+            }
+        }
+        let mut rows: Vec<DetailRow> = best.into_values().collect();
+        rows.sort_by(|a, b| {
+            (&a.period, &a.practice, &a.referral_id).cmp(&(&b.period, &b.practice, &b.referral_id))
+        });
+        detail.extend(rows);
+    }
+    let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
+    for d in &detail {
+        let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
+        for practice in [d.practice.clone(), "all".to_string()] {
+            let cell = cells
+                .entry((index, d.period.clone(), practice))
+                .or_default();
+            cell.0 += 1;
+            if d.status == Status::Achieved {
+                cell.1 += 1;
+            }
+            if d.status == Status::Missing {
+                cell.2 += 1;
+            }
+            if let Some(change) = d.change {
+                cell.3.push(change);
+            }
+        }
+    }
+    let rows = cells
+        .into_iter()
+        .map(
+            |((index, period, practice), (eligible, achieved, missing, changes))| {
+                let metric = &metrics[index];
+                let (mean_change, payable_fraction) = match &metric.kind {
+                    MetricKind::MeanChange {
+                        none_below,
+                        full_at,
+                        ..
+                    } if !changes.is_empty() => {
+                        let mean =
+                            changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64);
+                        let share = ((mean - none_below) / (full_at - none_below))
+                            .clamp(Decimal::ZERO, Decimal::ONE);
+                        let share = if mean < *none_below {
+                            Decimal::ZERO
+                        } else {
+                            share
+                        };
+                        (Some(round(mean, 2)), Some(round(share, 4)))
+                    }
+                    _ => (None, None),
+                };
+                Row {
+                    metric: metric.id.clone(),
+                    period,
+                    practice,
+                    eligible,
+                    achieved,
+                    missing,
+                    mean_change,
+                    payable_fraction,
+                }
+            },
+        )
+        .collect();
+    Report {
+        from,
+        to,
+        period,
+        metrics: metrics.to_vec(),
+        rows,
+        distributions: distributions(catalogue, facts, from, to),
+        detail,
+    }
+}
+
+/// The change from baseline to each follow-up of each measure, for follow-ups dated in range.
+fn distributions(
+    catalogue: &Catalogue,
+    facts: &[ReferralFacts],
+    from: Date,
+    to: Date,
+) -> Vec<Distribution> {
+    let mut out = Vec::new();
+    for definition in catalogue.iter().filter(|d| d.method != Method::None) {
+        let window = time::Duration::weeks(i64::from(definition.schedule.window_weeks));
+        for f in &definition.schedule.follow_ups {
+            let mut changes: Vec<Decimal> = Vec::new();
+            for referral in facts {
+                let Some((_, base_day, base_total)) = baseline(referral, &definition.code) else {
+                    continue;
+                };
+                let target = add_months(base_day, f.months);
+                if !(from..=to).contains(&target) {
+                    continue;
+                }
+                let hit = referral
+                    .outcomes
+                    .iter()
+                    .filter(|o| o.measure == definition.code)
+                    .filter_map(|o| Some((day_of(&o.recorded_at)?, o.total?)))
+                    .filter(|(d, _)| *d >= target - window && *d <= target + window)
+                    .min_by_key(|(d, _)| *d);
+                if let Some((_, total)) = hit {
+                    changes.push(Decimal::from(total - base_total));
+                }
+            }
+            changes.sort();
+            let at = |q: usize| -> Option<Decimal> {
+                if changes.is_empty() {
+                    return None;
+                }
+                // Nearest rank: ceil(q/4 · n), from 1.
+                let rank = (q * changes.len()).div_ceil(4).max(1);
+                changes.get(rank - 1).copied()
+            };
+            let mean = (!changes.is_empty()).then(|| {
+                round(
+                    changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64),
+                    2,
+                )
+            });
+            out.push(Distribution {
+                measure: definition.code.clone(),
+                follow_up: f.key.clone(),
+                n: changes.len() as u64,
+                min: changes.first().copied(),
+                q1: at(1),
+                median: at(2),
+                q3: at(3),
+                max: changes.last().copied(),
+                mean,
+            });
+        }
+    }
+    out
+}
+
+/// A CSV field: quoted when it must be (RFC 4180), and a leading `=`, `+`, `-`, `@` made
+/// inert so a spreadsheet does not run it as a formula.
+fn field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '@'])
+        || (text.starts_with('-') && text.parse::<f64>().is_err())
+    {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn line(fields: &[String]) -> String {
+    let mut out = fields
+        .iter()
+        .map(|f| field(f))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push_str("\r\n");
+    out
+}
+
+fn opt<T: ToString>(value: &Option<T>) -> String {
+    value.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
+impl Report {
+    /// The counts as CSV (no personal data, no ids).
+    pub fn to_csv(&self) -> String {
+        let mut out = line(
+            &[
+                "metric",
+                "period",
+                "practice",
+                "eligible",
+                "achieved",
+                "missing",
+                "mean_change",
+                "payable_fraction",
+            ]
+            .map(String::from),
+        );
+        for r in &self.rows {
+            out.push_str(&line(&[
+                r.metric.clone(),
+                r.period.clone(),
+                r.practice.clone(),
+                r.eligible.to_string(),
+                r.achieved.to_string(),
+                r.missing.to_string(),
+                opt(&r.mean_change),
+                opt(&r.payable_fraction),
+            ]));
+        }
+        out
+    }
+
+    /// Every person behind every count, with the referral and Observation ids and the NHS
+    /// number: personal data, for the roles allowed to see it.
+    pub fn detail_csv(&self) -> String {
+        let mut out = line(
+            &[
+                "metric",
+                "period",
+                "practice",
+                "referral_id",
+                "nhs_number",
+                "status",
+                "date",
+                "baseline_observation",
+                "follow_up_observation",
+                "change",
+            ]
+            .map(String::from),
+        );
+        for d in &self.detail {
+            out.push_str(&line(&[
+                d.metric.clone(),
+                d.period.clone(),
+                d.practice.clone(),
+                d.referral_id.clone(),
+                opt(&d.nhs_number),
+                serde_json::to_value(d.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                d.on.to_string(),
+                opt(&d.baseline_observation),
+                opt(&d.follow_up_observation),
+                opt(&d.change),
+            ]));
+        }
+        out
+    }
+
+    /// The report as FHIR R4: a `collection` Bundle of one `Measure` per metric and one
+    /// summary `MeasureReport` per metric and period (all practices), with the numerator
+    /// (achieved), denominator (eligible) and a `missing` population.
+    pub fn to_fhir(&self, base: &str) -> serde_json::Value {
+        use serde_json::json;
+        let population = |code: &str, display: &str| json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-population", "code": code, "display": display}]});
+        let missing_code = json!({"coding": [{"system": "https://sprig-gateway.org/fhir/CodeSystem/sprig-report-population", "code": "missing", "display": "Due but missing"}]});
+        let mut entries = Vec::new();
+        for metric in &self.metrics {
+            let url = format!("https://sprig-gateway.org/fhir/Measure/{}", metric.id);
+            entries.push(json!({
+                "fullUrl": url,
+                "resource": {
+                    "resourceType": "Measure",
+                    "id": metric.id,
+                    "url": url,
+                    "name": metric.id.replace('-', "_"),
+                    "title": metric.title,
+                    "status": "active",
+                    "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": "proportion"}]},
+                    "group": [{"population": [
+                        {"code": population("denominator", "Denominator"), "criteria": {"language": "text/plain", "expression": "eligible"}},
+                        {"code": population("numerator", "Numerator"), "criteria": {"language": "text/plain", "expression": "achieved"}},
+                    ]}],
+                },
+            }));
+        }
+        for r in self.rows.iter().filter(|r| r.practice == "all") {
+            let id = format!("{}-{}", r.metric, r.period).to_ascii_lowercase();
+            let (start, end) = period_bounds(&r.period, self.from, self.to);
+            let mut report = json!({
+                "resourceType": "MeasureReport",
+                "id": id,
+                "status": "complete",
+                "type": "summary",
+                "measure": format!("https://sprig-gateway.org/fhir/Measure/{}", r.metric),
+                "date": self.to.to_string(),
+                "period": {"start": start.to_string(), "end": end.to_string()},
+                "group": [{"population": [
+                    {"code": population("denominator", "Denominator"), "count": r.eligible},
+                    {"code": population("numerator", "Numerator"), "count": r.achieved},
+                    {"code": missing_code, "count": r.missing},
+                ]}],
+            });
+            if r.eligible > 0 {
+                report["group"][0]["measureScore"] = json!({"value": round(Decimal::from(r.achieved) / Decimal::from(r.eligible), 4)});
+            }
+            entries
+                .push(json!({"fullUrl": format!("{base}/MeasureReport/{id}"), "resource": report}));
+        }
+        json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+    }
+
+    /// A bar chart (SVG) of achieved against eligible per metric and period, all practices:
+    /// plain shapes and text a commissioner can read, no script.
+    pub fn to_svg(&self) -> String {
+        let rows: Vec<&Row> = self.rows.iter().filter(|r| r.practice == "all").collect();
+        let bar = 18;
+        let height = 40 + rows.len() * (bar + 8);
+        let most = rows.iter().map(|r| r.eligible).max().unwrap_or(1).max(1);
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\" role=\"img\" aria-label=\"Outcome metrics {} to {}\">\n<title>Outcome metrics {} to {}: achieved (dark) of eligible (light)</title>\n",
+            self.from, self.to, self.from, self.to
+        );
+        for (i, r) in rows.iter().enumerate() {
+            let y = 30 + i * (bar + 8);
+            let eligible = 400 * r.eligible / most;
+            let achieved = 400 * r.achieved / most;
+            let label = xml(&format!("{} {}", r.metric, r.period));
+            svg.push_str(&format!(
+                "<text x=\"4\" y=\"{}\">{label}</text>\n<rect x=\"300\" y=\"{y}\" width=\"{eligible}\" height=\"{bar}\" fill=\"#c6dbef\"/>\n<rect x=\"300\" y=\"{y}\" width=\"{achieved}\" height=\"{bar}\" fill=\"#08519c\"/>\n<text x=\"{}\" y=\"{}\">{} of {}</text>\n",
+                y + 13,
+                304 + eligible,
+                y + 13,
+                r.achieved,
+                r.eligible
+            ));
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A period label's first and last day, within the report's range.
+fn period_bounds(label: &str, from: Date, to: Date) -> (Date, Date) {
+    let parse = || -> Option<(Date, Date)> {
+        let (year, rest) = label.split_once('-')?;
+        let year: i32 = year.parse().ok()?;
+        let (first, months) = match rest.strip_prefix('Q') {
+            Some(q) => ((q.parse::<u8>().ok()? - 1) * 3 + 1, 3),
+            None => (rest.parse::<u8>().ok()?, 1),
+        };
+        let start = Date::from_calendar_date(year, time::Month::try_from(first).ok()?, 1).ok()?;
+        let end = add_months(start, months).previous_day()?;
+        Some((start.max(from), end.min(to)))
+    };
+    parse().unwrap_or((from, to))
+}
+
+/// The service summary: what came in and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSummary {
+    /// Referrals received per month.
+    pub received_per_month: BTreeMap<String, u64>,
+    /// Received, by first reason.
+    pub by_reason: BTreeMap<String, u64>,
+    /// Received, by practice.
+    pub by_practice: BTreeMap<String, u64>,
+    /// Received in range.
+    pub received: u64,
+    /// Of those, accepted.
+    pub accepted: u64,
+    /// Of those, declined.
+    pub declined: u64,
+    /// Of those, completed.
+    pub completed: u64,
+    /// Median days from receipt to first contact (nearest rank), of those contacted.
+    pub median_days_to_first_contact: Option<i64>,
+}
+
+/// The service summary over referrals received `from..=to`.
+pub fn service_summary(facts: &[ReferralFacts], from: Date, to: Date) -> ServiceSummary {
+    let mut summary = ServiceSummary {
+        received_per_month: BTreeMap::new(),
+        by_reason: BTreeMap::new(),
+        by_practice: BTreeMap::new(),
+        received: 0,
+        accepted: 0,
+        declined: 0,
+        completed: 0,
+        median_days_to_first_contact: None,
+    };
+    let mut waits: Vec<i64> = Vec::new();
+    for f in facts {
+        let Some(day) = day_of(&f.received_at) else {
+            continue;
+        };
+        if !(from..=to).contains(&day) {
+            continue;
+        }
+        summary.received += 1;
+        *summary
+            .received_per_month
+            .entry(Period::Month.label(day))
+            .or_default() += 1;
+        *summary
+            .by_reason
+            .entry(f.reason.clone().unwrap_or_else(|| "none given".into()))
+            .or_default() += 1;
+        *summary
+            .by_practice
+            .entry(f.practice.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
+        summary.accepted += u64::from(reached(f, Stage::Accepted).is_some());
+        summary.declined += u64::from(reached(f, Stage::Declined).is_some());
+        summary.completed += u64::from(reached(f, Stage::Completed).is_some());
+        if let Some(contact) = reached(f, Stage::Contacted) {
+            waits.push((contact - day).whole_days());
+        }
+    }
+    waits.sort_unstable();
+    summary.median_days_to_first_contact =
+        (!waits.is_empty()).then(|| waits[waits.len().div_ceil(2) - 1]);
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::referral::record::OutcomeFact;
+    use time::macros::date;
+
+    fn catalogue() -> Catalogue {
+        Catalogue::shipped().expect("shipped")
+    }
+
+    fn facts(
+        id: &str,
+        nhs: &str,
+        practice: &str,
+        stages: &[(Stage, &str)],
+        outcomes: &[(&str, &str, i64)],
+    ) -> ReferralFacts {
+        ReferralFacts {
+            id: id.into(),
+            nhs_number: Some(nhs.into()),
+            practice: Some(practice.into()),
+            received_at: "2026-01-05T10:00:00Z".into(),
+            reason: None,
+            stages: stages
+                .iter()
+                .map(|(s, at)| (*s, format!("{at}T10:00:00Z")))
+                .collect(),
+            outcomes: outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, (m, at, total))| OutcomeFact {
+                    id: format!("{id}-o{i}"),
+                    measure: (*m).into(),
+                    recorded_at: format!("{at}T10:00:00Z"),
+                    total: Some(*total),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_shipped_metrics_load() {
+        let (name, text) = SHIPPED_METRICS;
+        let metrics = load_metrics(&TomlText::new(name, text), &catalogue()).expect("load");
+        assert!(metrics.iter().any(|m| matches!(
+            m.kind,
+            MetricKind::Milestone {
+                stage: Stage::PlanAgreed
+            }
+        )));
+    }
+
+    #[test]
+    fn metric_mistakes_say_where() {
+        let bad = "[[metric]]\nid = \"x\"\ntitle = \"X\"\nkind = \"improvement\"\nmeasure = \"wemwbs\"\nfollow_up = \"9m\"\nmin_change = \"3\"\n";
+        let err = load_metrics(&TomlText::new("m.toml", bad), &catalogue())
+            .expect_err("no 9m")
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:6:13:") && err.contains("no follow-up '9m'"),
+            "{err}"
+        );
+        let ons = bad.replace("wemwbs", "ons4").replace("9m", "6m");
+        let err = load_metrics(&TomlText::new("m.toml", &ons), &catalogue())
+            .expect_err("no total")
+            .to_string();
+        assert!(err.contains("no total"), "{err}");
+    }
+
+    #[test]
+    fn counts_follow_the_rules() {
+        let cat = catalogue();
+        let metrics = vec![
+            Metric {
+                id: "plan".into(),
+                title: "Plan".into(),
+                kind: MetricKind::Milestone {
+                    stage: Stage::PlanAgreed,
+                },
+            },
+            Metric {
+                id: "wemwbs-6m".into(),
+                title: "WEMWBS".into(),
+                kind: MetricKind::Improvement {
+                    measure: "wemwbs".into(),
+                    follow_up: "6m".into(),
+                    min_change: Decimal::from(3),
+                },
+            },
+        ];
+        let a = [
+            (Stage::Accepted, "2026-01-06"),
+            (Stage::PlanAgreed, "2026-01-20"),
+        ];
+        let all = vec![
+            // Achieves both: +4 at 6 months.
+            facts(
+                "r1",
+                "1",
+                "K1",
+                &a,
+                &[("wemwbs", "2026-01-20", 40), ("wemwbs", "2026-07-25", 44)],
+            ),
+            // The same person again: counted once.
+            facts(
+                "r1b",
+                "1",
+                "K1",
+                &a,
+                &[("wemwbs", "2026-01-21", 40), ("wemwbs", "2026-07-21", 50)],
+            ),
+            // +2 only; missing follow-up for another.
+            facts(
+                "r2",
+                "2",
+                "K2",
+                &a,
+                &[("wemwbs", "2026-01-20", 40), ("wemwbs", "2026-07-20", 42)],
+            ),
+            facts("r3", "3", "K2", &a, &[("wemwbs", "2026-01-20", 40)]),
+            // Withdrawn before the window opened: not eligible; before its plan: not eligible.
+            facts(
+                "r4",
+                "4",
+                "K2",
+                &[
+                    (Stage::Accepted, "2026-01-06"),
+                    (Stage::Withdrawn, "2026-01-10"),
+                ],
+                &[("wemwbs", "2026-01-08", 40)],
+            ),
+        ];
+        let report = outcomes(
+            &metrics,
+            &cat,
+            &all,
+            Period::Quarter,
+            date!(2026 - 01 - 01),
+            date!(2026 - 12 - 31),
+            date!(2026 - 12 - 01),
+        );
+        let cell = |metric: &str, period: &str, practice: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.metric == metric && r.period == period && r.practice == practice)
+                .map(|r| (r.eligible, r.achieved, r.missing))
+        };
+        assert_eq!(cell("plan", "2026-Q1", "all"), Some((3, 3, 0)));
+        assert_eq!(cell("wemwbs-6m", "2026-Q3", "all"), Some((3, 1, 1)));
+        assert_eq!(cell("wemwbs-6m", "2026-Q3", "K2"), Some((2, 0, 1)));
+        let detail = report.detail_csv();
+        assert!(
+            detail.contains("wemwbs-6m,2026-Q3,K1,r1,1,achieved,2026-07-20,r1-o0,r1-o1,4"),
+            "{detail}"
+        );
+        assert!(!detail.contains(",r1b,"), "a person counts once");
+        assert!(!report.to_csv().contains("r1"), "no ids in the counts");
+        let fhir = report.to_fhir("https://x/fhir");
+        assert_eq!(fhir["entry"][0]["resource"]["resourceType"], "Measure");
+        assert!(report.to_svg().starts_with("<svg"));
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_inert() {
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("=cmd()"), "'=cmd()");
+        assert_eq!(field("-3"), "-3");
+        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}
