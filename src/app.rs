@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::api::{self, AppState, capability};
 use crate::config::{ConfigError, SecurityMode, Settings, SqliteSynchronousSetting};
+use crate::console;
 use crate::delivery::endpoints::{EndpointError, EndpointRegistry, Endpoints};
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::delivery::policy::RetryPolicy;
@@ -291,7 +292,8 @@ impl Application {
         let rate_limits =
             api::rate_limit::RateLimits::new(auth.rate_limit_per_minute, auth.rate_limit_burst);
         // The request layer finds the authenticator (and the rate limits) as extensions.
-        let mut router = api::router(self.state).layer(axum::Extension(self.authenticator));
+        let mut router = api::router_with(self.state, console::routes())
+            .layer(axum::Extension(self.authenticator));
         if let Some(limits) = rate_limits {
             router = router.layer(axum::Extension(Arc::new(limits)));
         }

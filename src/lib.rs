@@ -36,6 +36,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod conformance;
+pub mod console;
 pub mod delivery;
 pub mod fhir;
 pub mod fhirpath;

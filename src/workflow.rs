@@ -200,6 +200,7 @@ impl Workflow {
             patient_id: arrival.patient_id.map(ToString::to_string),
             task_id: task_id.to_string(),
             version: 1,
+            assigned_to: None,
             fields: mapped.fields,
         };
         tx.insert_referral(&referral).await?;
@@ -407,6 +408,42 @@ impl Workflow {
             .await?;
         tx.touch_referral(referral_id, &now).await?;
         Ok(())
+    }
+
+    /// Assigns a referral to a link worker (`Some(username)`, whom the caller checked is
+    /// one) or unassigns it (`None`), leaving a service note saying so by `actor`. The GP
+    /// is not told: assignment is the service's own business, so no Task version.
+    pub async fn assign(
+        &self,
+        tx: &mut WriteTx,
+        referral_id: &str,
+        assignee: Option<&str>,
+        actor: &str,
+    ) -> Result<Referral, WorkflowError> {
+        let referral = tx
+            .referral(referral_id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(referral_id.to_owned()))?;
+        if !referral.stage.is_open() {
+            return Err(WorkflowError::Conflict(format!(
+                "the referral is {} and can no longer be assigned",
+                referral.stage.as_str()
+            )));
+        }
+        let now = Instant::now().to_fhir();
+        tx.set_assignee(referral_id, assignee, &now).await?;
+        let text = match assignee {
+            Some(who) => format!("Assigned to {who}"),
+            None => "Unassigned".to_owned(),
+        };
+        tx.add_note(referral_id, NoteSource::Service, Some(actor), &text, &now)
+            .await?;
+        Ok(Referral {
+            assigned_to: assignee.map(str::to_owned),
+            updated_at: now,
+            version: referral.version + 1,
+            ..referral
+        })
     }
 
     /// Whether `mapped`, sent with an identifier Sprig already holds, is a resubmission of

@@ -203,7 +203,9 @@ fn audited(path: &str) -> bool {
                 .strip_prefix(prefix)
                 .is_some_and(|rest| rest.starts_with('/'))
     };
-    under("/fhir") || under("/api") || under("/auth")
+    // The console's pages and actions, not its stylesheet and icons (no data).
+    let console_asset = path.starts_with("/console/style/") || path.starts_with("/console/assets/");
+    under("/fhir") || under("/api") || under("/auth") || (under("/console") && !console_asset)
 }
 
 /// What the request asks: (interaction, resource type, resource id, referral id).
@@ -231,6 +233,7 @@ fn classify(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ["api", "referrals", _, "transitions"] if post => ("api:transition", None, None),
         ["api", "referrals", _, "outcomes"] if post => ("api:outcome", None, None),
         ["api", "referrals", _, "notes"] if post => ("api:note", None, None),
+        ["api", "referrals", _, "assignment"] if post => ("api:assign", None, None),
         ["api", "deliveries"] if get => ("api:deliveries", None, None),
         ["api", "deliveries", _] if get => ("api:delivery", None, None),
         ["api", "deliveries", _, "retry"] if post => ("api:retry-delivery", None, None),
@@ -238,6 +241,15 @@ fn classify(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ["api", "endpoints", _, "retry"] if post => ("api:retry-endpoint", None, None),
         ["api", "openapi.json"] if get => ("api:openapi", None, None),
         ["auth", "token"] if post => ("auth:token", None, None),
+        ["console", "referrals"] if get => ("console:worklist", None, None),
+        ["console", "referrals", _] if get => ("console:referral", None, None),
+        ["console", "referrals", _, "transition"] if post => ("console:transition", None, None),
+        ["console", "referrals", _, "notes"] if post => ("console:note", None, None),
+        ["console", "referrals", _, "outcomes"] if get => ("console:outcome-form", None, None),
+        ["console", "referrals", _, "outcomes"] if post => ("console:outcome", None, None),
+        ["console", "referrals", _, "assignment"] if post => ("console:assign", None, None),
+        ["console", "sign-in"] if post => ("console:sign-in", None, None),
+        ["console", "sign-out"] if post => ("console:sign-out", None, None),
         [first, ..] => {
             return (
                 format!("{first}:{}", method.as_str().to_ascii_lowercase()),
@@ -264,7 +276,9 @@ fn parameter_names(query: Option<&str>) -> Vec<String> {
 
 /// The referral id in an `/api/referrals/{id}…` path.
 fn referral_in_path(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/api/referrals/")?;
+    let rest = path
+        .strip_prefix("/api/referrals/")
+        .or_else(|| path.strip_prefix("/console/referrals/"))?;
     let id = rest.split('/').next().filter(|id| !id.is_empty())?;
     Some(id.to_owned())
 }

@@ -42,6 +42,9 @@ pub enum Gate {
     Staff,
     /// Administrators only (`StaffAction::Metrics`), checked here.
     Metrics,
+    /// The console: a live console session (its cookie), else a redirect to sign-in;
+    /// the handler checks the person's role. Bearer tokens are not read here.
+    Console,
 }
 
 /// A route of `api::router`: its path as declared, its methods, its gate.
@@ -90,6 +93,7 @@ pub const ROUTES: &[Route] = &[
     route("/api/referrals/{id}/transitions", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/outcomes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/notes", &["POST"], Gate::Staff),
+    route("/api/referrals/{id}/assignment", &["POST"], Gate::Staff),
     route("/api/measures", &["GET"], Gate::Staff),
     route("/api/follow-ups", &["GET"], Gate::Staff),
     route("/api/reports/outcomes", &["GET"], Gate::Staff),
@@ -106,7 +110,66 @@ pub const ROUTES: &[Route] = &[
     route("/.well-known/smart-configuration", &["GET"], Gate::Open),
     route("/healthz", &["GET"], Gate::Open),
     route("/readyz", &["GET"], Gate::Open),
+    // The console (`console::routes`): only signing in and its stylesheet are open.
+    route("/console", &["GET"], Gate::Console),
+    route("/console/sign-in", &["GET", "POST"], Gate::Open),
+    route("/console/sign-out", &["POST"], Gate::Console),
+    route("/console/style/{file}", &["GET"], Gate::Open),
+    route("/console/assets/images/{file}", &["GET"], Gate::Console),
+    route("/console/referrals", &["GET"], Gate::Console),
+    route("/console/referrals/{id}", &["GET"], Gate::Console),
+    route(
+        "/console/referrals/{id}/transition",
+        &["POST"],
+        Gate::Console,
+    ),
+    route("/console/referrals/{id}/notes", &["POST"], Gate::Console),
+    route(
+        "/console/referrals/{id}/outcomes",
+        &["GET", "POST"],
+        Gate::Console,
+    ),
+    route(
+        "/console/referrals/{id}/assignment",
+        &["POST"],
+        Gate::Console,
+    ),
+    route("/console/caseloads", &["GET"], Gate::Console),
+    route("/console/deliveries", &["GET"], Gate::Console),
+    route("/console/deliveries/{seq}/retry", &["POST"], Gate::Console),
 ];
+
+/// The console's session cookie.
+pub const CONSOLE_COOKIE: &str = "sprig_console";
+
+/// The value of the console cookie in a `Cookie` header, if any.
+pub fn console_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == CONSOLE_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// Where a console request without a live session goes: the sign-in page (303, so a
+/// form post becomes a plain GET).
+fn to_sign_in() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::LOCATION,
+                HeaderValue::from_static("/console/sign-in"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response()
+}
 
 /// The gate of a declared route path, if the table lists it.
 pub fn gate_of(path: &str) -> Option<Gate> {
@@ -215,6 +278,28 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
         tracing::error!("no Authenticator in the request: the application did not add it");
         return defect(&path);
     };
+    if gate == Gate::Console {
+        let Some(token) = console_cookie(request.headers()) else {
+            return to_sign_in();
+        };
+        return match authenticator.console_session(&token, unix_now()).await {
+            Ok(Some((access, session))) => {
+                request.extensions_mut().insert(access);
+                request.extensions_mut().insert(session);
+                next.run(request).await
+            }
+            Ok(None) => to_sign_in(),
+            Err(error) => {
+                tracing::warn!(reason = %error, "console session could not be checked");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+                    "The console could not check your session; try again shortly.",
+                )
+                    .into_response()
+            }
+        };
+    }
     let headers = request.headers();
     let credentials = Credentials {
         authorization: headers

@@ -91,7 +91,15 @@ impl AppState {
 
 /// The application's routes and middleware.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The application's routes, and `extra` (the console's, which uses `api`'s state,
+/// audit and authentication and so cannot be named here), under the same middleware:
+/// every route of `extra` must be in `authenticate::ROUTES` too.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
+        .merge(extra)
         // Every FHIR route twice: clients join the base and a path, so a
         // trailing slash (`POST /fhir/`, `GET /fhir/metadata/`) is common and
         // means nothing in FHIR.
@@ -149,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route("/api/referrals/{id}/assignment", post(service::assignment))
         .route("/api/measures", get(outcomes::measures))
         .route("/api/follow-ups", get(outcomes::follow_ups))
         .route("/api/reports/outcomes", get(outcomes::outcomes_report))

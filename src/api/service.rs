@@ -21,10 +21,11 @@ use super::middleware::RequestContext;
 use super::problem::Problem;
 use crate::fhir::Instant;
 use crate::identity::{Access, Caller, StaffAction};
+use crate::identity::{StaffRole, staff};
 use crate::referral::measure::Measure;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
-use crate::store::referrals::ReferralFilter;
+use crate::store::referrals::{Assignee, ReferralFilter};
 use crate::workflow::{GP_ACTOR, OutcomeRequest, TransitionRequest};
 
 /// The OpenAPI description of this API.
@@ -120,6 +121,8 @@ pub async fn list(
             .as_deref()
             .map(|d| bound("received_to", d))
             .transpose()?,
+        assignee: Assignee::Any,
+        person: None,
         after,
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,
@@ -173,9 +176,79 @@ pub async fn detail(
     access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    // Referrals have no assigned link worker yet: every one is unassigned.
     require_staff(&access, StaffAction::ViewReferral { assigned_to: None })?;
     let Path(id) = path?;
+    let detail = load(&state, &id).await?;
+    require_staff(
+        &access,
+        StaffAction::ViewReferral {
+            assigned_to: detail.referral.assigned_to.as_deref(),
+        },
+    )?;
+    Ok(Json(detail_json(&state, &detail)?).into_response())
+}
+
+/// Who referral `id` is assigned to (404 when there is no such referral): what a link
+/// worker's permission depends on.
+async fn assignee_of(state: &AppState, id: &str) -> Result<Option<String>, Problem> {
+    state.store.referral_assignee(id).await?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "Referral not found",
+            format!("referral {id} does not exist"),
+        )
+    })
+}
+
+/// Checks that `username` may hold a caseload: an enabled link worker or service
+/// manager. The problem says what is wrong (400).
+pub async fn check_assignee(state: &AppState, username: &str) -> Result<(), Problem> {
+    let account = staff::account(&state.store, username).await.map_err(|e| {
+        tracing::error!(error = %e, "reading a staff account failed");
+        Problem::internal()
+    })?;
+    match account {
+        Some(a)
+            if a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager) =>
+        {
+            Ok(())
+        }
+        _ => Err(Problem::bad_request(format!(
+            "{username} is not an enabled link worker or service manager"
+        ))),
+    }
+}
+
+/// An assignment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentBody {
+    assigned_to: Option<String>,
+}
+
+/// `POST /api/referrals/{id}/assignment` (service managers): assigns the referral to a
+/// link worker, or unassigns it (`null`).
+pub async fn assignment(
+    State(state): State<AppState>,
+    access: Access,
+    path: Result<Path<String>, PathRejection>,
+    context: RequestContext,
+    body: Result<Json<AssignmentBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::Assign)?;
+    let Path(id) = path?;
+    let Json(body) = body?;
+    if let Some(who) = body.assigned_to.as_deref() {
+        check_assignee(&state, who).await?;
+    }
+    let actor = actor(&access, None)?;
+    let mut tx = state.store.begin_write().await?;
+    state
+        .workflow
+        .assign(&mut tx, &id, body.assigned_to.as_deref(), &actor)
+        .await?;
+    context.audit.commit(tx, 200).await?;
+    tracing::info!(referral_id = %id, "referral assigned");
     let detail = load(&state, &id).await?;
     Ok(Json(detail_json(&state, &detail)?).into_response())
 }
@@ -249,6 +322,13 @@ pub async fn transition(
 ) -> Result<Response, Problem> {
     require_staff(&access, StaffAction::Transition { assigned_to: None })?;
     let Path(id) = path?;
+    let assignee = assignee_of(&state, &id).await?;
+    require_staff(
+        &access,
+        StaffAction::Transition {
+            assigned_to: assignee.as_deref(),
+        },
+    )?;
     let Json(body) = body?;
     let to = parse_stage(&body.to)?;
     let actor = actor(&access, body.by.as_deref())?;
@@ -295,6 +375,13 @@ pub async fn outcome(
 ) -> Result<Response, Problem> {
     require_staff(&access, StaffAction::RecordOutcome { assigned_to: None })?;
     let Path(id) = path?;
+    let assignee = assignee_of(&state, &id).await?;
+    require_staff(
+        &access,
+        StaffAction::RecordOutcome {
+            assigned_to: assignee.as_deref(),
+        },
+    )?;
     let Json(body) = body?;
     let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
     let Ok(recorded_at) = Instant::parse(&body.recorded_at) else {
@@ -386,6 +473,13 @@ pub async fn note(
 ) -> Result<Response, Problem> {
     require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
     let Path(id) = path?;
+    let assignee = assignee_of(&state, &id).await?;
+    require_staff(
+        &access,
+        StaffAction::AddNote {
+            assigned_to: assignee.as_deref(),
+        },
+    )?;
     let Json(body) = body?;
     let max_chars = state.settings.limits.max_string_chars;
     if body.text.len() > max_chars && body.text.chars().count() > max_chars {

@@ -21,6 +21,7 @@ pub mod external;
 pub mod grant;
 mod keys;
 pub mod scopes;
+pub mod session;
 pub mod staff;
 pub mod token;
 
@@ -36,6 +37,7 @@ pub use external::{ExternalError, ExternalIdentity, ExternalVerifier};
 pub use grant::{TokenGrant, TokenRefusal, TokenRequest};
 pub use keys::KeyChoiceError;
 pub use scopes::{Interaction, ScopeError, Scopes};
+pub use session::ConsoleSession;
 pub use staff::{StaffAccount, StaffRole};
 pub use token::{IssuedToken, TokenClaims, TokenError, TokenKind, TokenSecret, TokenService};
 
@@ -357,6 +359,59 @@ impl Authenticator {
         } else {
             Ok(access)
         }
+    }
+
+    /// The person a console session cookie's `token` signs in, if the session is live
+    /// at `now` (Unix seconds) and their account is still enabled: their `Access`
+    /// (with their role now) and the session. `None` means "sign in".
+    pub async fn console_session(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<(Access, ConsoleSession)>, AuthError> {
+        let hash = session::hash_token(token);
+        let Some(row) = self
+            .store
+            .live_session(&hash, now, session::IDLE_SECS)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let account = staff::account(&self.store, &row.username)
+            .await
+            .map_err(|e| match e {
+                staff::StaffError::Store(store) => AuthError::from(store),
+                other => AuthError::InvalidToken(other.to_string()),
+            })?
+            .filter(|a| a.enabled);
+        let Some(account) = account else {
+            // A disabled person's sessions end at once.
+            self.store.delete_session(&hash).await?;
+            return Ok(None);
+        };
+        let access = Access::new(
+            Caller::Staff {
+                username: account.username.clone(),
+                role: account.role,
+            },
+            None,
+            self.link_workers_see_all,
+        );
+        Ok(Some((
+            access,
+            ConsoleSession {
+                username: account.username,
+                display_name: account.display_name,
+                role: account.role,
+                csrf_token: row.csrf_token,
+                token_hash: hash,
+            },
+        )))
+    }
+
+    /// The store this authenticator reads accounts and sessions from.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     async fn own_staff(&self, claims: &TokenClaims) -> Result<Access, AuthError> {

@@ -260,15 +260,13 @@ pub async fn disable_account(store: &Store, username: &str) -> Result<(), StaffE
     Ok(())
 }
 
-/// Checks a username and password and, if they are right for an enabled account, issues
-/// a staff token. `now` is Unix seconds.
-pub async fn sign_in(
+/// Checks a username and password: the account, if they are right for an enabled one.
+/// As slow for an unknown username as for a wrong password (a decoy hash is checked).
+pub async fn check_credentials(
     store: &Store,
-    tokens: &TokenService,
     username: &str,
     password: String,
-    now: i64,
-) -> Result<(StaffAccount, IssuedToken), SignInError> {
+) -> Result<StaffAccount, SignInError> {
     let row = match check_username(username) {
         Ok(()) => store.staff_account(username).await?,
         Err(_) => None,
@@ -290,7 +288,19 @@ pub async fn sign_in(
         tracing::info!(username_known = false, "staff sign-in refused");
         return Err(SignInError::WrongCredentials);
     };
-    let account = account_of(row).map_err(|_| SignInError::WrongCredentials)?;
+    account_of(row).map_err(|_| SignInError::WrongCredentials)
+}
+
+/// Checks a username and password and, if they are right for an enabled account, issues
+/// a staff token. `now` is Unix seconds.
+pub async fn sign_in(
+    store: &Store,
+    tokens: &TokenService,
+    username: &str,
+    password: String,
+    now: i64,
+) -> Result<(StaffAccount, IssuedToken), SignInError> {
+    let account = check_credentials(store, username, password).await?;
     let token = tokens.issue_staff(&account.username, account.role.as_str(), now)?;
     tracing::info!(username = %account.username, token_id = %token.jti, "staff signed in");
     Ok((account, token))

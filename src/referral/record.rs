@@ -153,6 +153,8 @@ pub struct Referral {
     pub task_id: String,
     /// Bumped on every change.
     pub version: i64,
+    /// The link worker (staff username) it is assigned to; `None` while unassigned.
+    pub assigned_to: Option<String>,
     /// What came from the GP.
     #[serde(flatten)]
     pub fields: ReferralFields,

@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod referrals;
 pub mod reports;
 mod search;
+pub mod sessions;
 mod sqlite;
 mod write;
 

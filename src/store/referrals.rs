@@ -98,16 +98,44 @@ pub struct ReferralFilter {
     pub received_from: Option<String>,
     /// Received before.
     pub received_to: Option<String>,
+    /// Whose referrals (by `assigned_to`).
+    pub assignee: Assignee,
+    /// Only the person with this NHS number (exact), or whose family name starts with
+    /// this text (case-insensitive).
+    pub person: Option<PersonSearch>,
     /// Resume after this (received_at, id), from the previous page's cursor.
     pub after: Option<(String, String)>,
     /// Page size.
     pub limit: u32,
 }
 
+/// Whose referrals a list holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Assignee {
+    /// Everyone's and no one's.
+    #[default]
+    Any,
+    /// Unassigned ones only.
+    Nobody,
+    /// This person's only.
+    Only(String),
+    /// This person's and the unassigned ones (a link worker's worklist).
+    MineOrNobody(String),
+}
+
+/// A search for one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonSearch {
+    /// An NHS number, exactly.
+    NhsNumber(String),
+    /// The start of a family name, any case.
+    FamilyName(String),
+}
+
 const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r.stage, r.fhir_status, \
      r.intent, r.priority, r.authored_on, r.received_at, r.updated_at, r.received_as, \
      r.practice_ods_code, r.practice_name, r.referrer_name, r.referrer_identifier, \
-     r.consent_status, r.consent_date, r.reply_to, r.patient_id, r.task_id, r.version, \
+     r.consent_status, r.consent_date, r.reply_to, r.patient_id, r.task_id, r.version, r.assigned_to, \
      p.nhs_number, p.given_name, p.family_name, p.birth_date, p.phone, p.email, p.address, p.postcode";
 
 impl WriteTx {
@@ -566,6 +594,25 @@ impl Store {
         if filter.received_to.is_some() {
             sql.push_str(&format!(" AND r.received_at < {}", next()));
         }
+        match &filter.assignee {
+            Assignee::Any => {}
+            Assignee::Nobody => sql.push_str(" AND r.assigned_to IS NULL"),
+            Assignee::Only(_) => sql.push_str(&format!(" AND r.assigned_to = {}", next())),
+            Assignee::MineOrNobody(_) => sql.push_str(&format!(
+                " AND (r.assigned_to = {} OR r.assigned_to IS NULL)",
+                next()
+            )),
+        }
+        match &filter.person {
+            None => {}
+            Some(PersonSearch::NhsNumber(_)) => {
+                sql.push_str(&format!(" AND p.nhs_number = {}", next()));
+            }
+            Some(PersonSearch::FamilyName(_)) => {
+                // A prefix: `LIKE` with the pattern's own wildcards escaped.
+                sql.push_str(&format!(" AND p.family_name LIKE {} ESCAPE '\\'", next()));
+            }
+        }
         if filter.after.is_some() {
             let (a, b, c) = (next(), next(), next());
             sql.push_str(&format!(
@@ -587,6 +634,21 @@ impl Store {
         if let Some(to) = &filter.received_to {
             query = query.bind(to);
         }
+        match &filter.assignee {
+            Assignee::Any | Assignee::Nobody => {}
+            Assignee::Only(who) | Assignee::MineOrNobody(who) => query = query.bind(who),
+        }
+        match &filter.person {
+            None => {}
+            Some(PersonSearch::NhsNumber(number)) => query = query.bind(number),
+            Some(PersonSearch::FamilyName(prefix)) => {
+                let escaped = prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                query = query.bind(format!("{escaped}%"));
+            }
+        }
         if let Some((at, id)) = &filter.after {
             query = query.bind(at).bind(at).bind(id);
         }
@@ -600,6 +662,103 @@ impl Store {
         // The list shows reasons but not notes: only the reasons are read.
         fill_reasons(&mut conn, &mut referrals).await?;
         Ok(referrals)
+    }
+}
+
+impl Store {
+    /// How many referrals are in each stage, of those `assignee` names (stages with
+    /// none are left out). One grouped scan of the stage index.
+    pub async fn stage_counts(&self, assignee: &Assignee) -> Result<Vec<(Stage, i64)>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let (condition, who) = match assignee {
+            Assignee::Any => ("1 = 1", None),
+            Assignee::Nobody => ("assigned_to IS NULL", None),
+            Assignee::Only(who) => ("assigned_to = $1", Some(who)),
+            Assignee::MineOrNobody(who) => ("(assigned_to = $1 OR assigned_to IS NULL)", Some(who)),
+        };
+        let sql =
+            format!("SELECT stage, COUNT(*) AS n FROM referrals WHERE {condition} GROUP BY stage");
+        // Built from fixed fragments only; the username is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(who) = who {
+            query = query.bind(who);
+        }
+        let mut conn = s.readers.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let code: String = row.try_get("stage")?;
+            counts.push((stage_of("stage-count", &code)?, row.try_get("n")?));
+        }
+        counts.sort_by_key(|(stage, _)| Stage::ALL.iter().position(|s| s == stage));
+        Ok(counts)
+    }
+
+    /// Who a referral is assigned to: `None` when there is no such referral,
+    /// `Some(None)` when it is unassigned.
+    pub async fn referral_assignee(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT assigned_to FROM referrals WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&s.readers)
+                .await?;
+        Ok(row.map(|(who,)| who))
+    }
+
+    /// Per practice (`None`: no ODS code): referrals received, how many have been
+    /// contacted, and the mean days from receipt to the first contact of those.
+    pub async fn practice_figures(
+        &self,
+    ) -> Result<Vec<(Option<String>, i64, i64, Option<f64>)>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let rows: Vec<(Option<String>, i64, i64, Option<f64>)> = sqlx::query_as(
+            "SELECT r.practice_ods_code, COUNT(*), COUNT(c.at), \
+               AVG(julianday(c.at) - julianday(r.received_at)) \
+             FROM referrals r LEFT JOIN (SELECT referral_id, MIN(at) AS at \
+               FROM referral_stage_history WHERE stage = 'contacted' GROUP BY referral_id) c \
+               ON c.referral_id = r.id \
+             GROUP BY r.practice_ods_code ORDER BY r.practice_ods_code",
+        )
+        .fetch_all(&s.readers)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Open referrals per assignee (`None`: unassigned), for the managers' caseloads.
+    pub async fn caseloads(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        let Store::Sqlite(s) = self;
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT assigned_to, COUNT(*) FROM referrals \
+             WHERE stage NOT IN ('completed', 'declined', 'unable-to-contact', 'withdrawn') \
+             GROUP BY assigned_to ORDER BY assigned_to",
+        )
+        .fetch_all(&s.readers)
+        .await?;
+        Ok(rows)
+    }
+}
+
+impl WriteTx {
+    /// Sets (or clears) who a referral is assigned to. False when there is no such
+    /// referral.
+    pub async fn set_assignee(
+        &mut self,
+        id: &str,
+        assignee: Option<&str>,
+        at: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE referrals SET assigned_to = $1, updated_at = $2, version = version + 1 \
+             WHERE id = $3",
+        )
+        .bind(assignee)
+        .bind(at)
+        .bind(id)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
     }
 }
 
@@ -813,6 +972,7 @@ fn referral_from_row(row: &SqliteRow) -> Result<Referral, StoreError> {
         patient_id: row.try_get("patient_id")?,
         task_id: row.try_get("task_id")?,
         version: row.try_get("version")?,
+        assigned_to: row.try_get("assigned_to")?,
         fields: ReferralFields {
             fhir_status: row.try_get("fhir_status")?,
             intent: row.try_get("intent")?,

@@ -192,6 +192,18 @@ const WORK: [E; 15] = [
     S(403),
     S(403),
 ];
+/// Assigning referrals: service managers.
+#[rustfmt::skip]
+const MANAGE: [E; 15] = [
+    S(401), S(401), S(401), S(401), S(401), S(401), S(403), S(403), S(403),
+    S(403), Pass, S(403), S(403), S(403), S(403),
+];
+/// The console: a session cookie or a redirect to sign-in, whatever bearer token is sent.
+#[rustfmt::skip]
+const CONSOLE: [E; 15] = [
+    S(303), S(303), S(303), S(303), S(303), S(303), S(303), S(303), S(303),
+    S(303), S(303), S(303), S(303), S(303), S(303),
+];
 /// Deliveries, registries, metrics: administrators.
 #[rustfmt::skip]
 const ADMIN: [E; 15] = [
@@ -454,6 +466,83 @@ const MATRIX: &[Row] = &[
         "/.well-known/smart-configuration",
         Body::None,
         OPEN,
+    ),
+    (
+        "POST",
+        "/api/referrals/{id}/assignment",
+        "/api/referrals/{sr}/assignment",
+        Body::None,
+        MANAGE,
+    ),
+    ("GET", "/console", "/console", Body::None, CONSOLE),
+    ("GET", "/console/sign-in", "/console/sign-in", Body::None, OPEN),
+    ("POST", "/console/sign-in", "/console/sign-in", Body::None, OPEN),
+    ("POST", "/console/sign-out", "/console/sign-out", Body::None, CONSOLE),
+    (
+        "GET",
+        "/console/style/{file}",
+        "/console/style/nhsuk-frontend-10.6.1.min.css",
+        Body::None,
+        OPEN,
+    ),
+    (
+        "GET",
+        "/console/assets/images/{file}",
+        "/console/assets/images/favicon.svg",
+        Body::None,
+        CONSOLE,
+    ),
+    ("GET", "/console/referrals", "/console/referrals", Body::None, CONSOLE),
+    (
+        "GET",
+        "/console/referrals/{id}",
+        "/console/referrals/{sr}",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "POST",
+        "/console/referrals/{id}/transition",
+        "/console/referrals/{sr}/transition",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "POST",
+        "/console/referrals/{id}/notes",
+        "/console/referrals/{sr}/notes",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "GET",
+        "/console/referrals/{id}/outcomes",
+        "/console/referrals/{sr}/outcomes",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "POST",
+        "/console/referrals/{id}/outcomes",
+        "/console/referrals/{sr}/outcomes",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "POST",
+        "/console/referrals/{id}/assignment",
+        "/console/referrals/{sr}/assignment",
+        Body::None,
+        CONSOLE,
+    ),
+    ("GET", "/console/caseloads", "/console/caseloads", Body::None, CONSOLE),
+    ("GET", "/console/deliveries", "/console/deliveries", Body::None, CONSOLE),
+    (
+        "POST",
+        "/console/deliveries/{seq}/retry",
+        "/console/deliveries/1/retry",
+        Body::None,
+        CONSOLE,
     ),
     ("GET", "/healthz", "/healthz", Body::None, OPEN),
     ("GET", "/readyz", "/readyz", Body::None, OPEN),
@@ -811,8 +900,13 @@ async fn every_route_and_caller_gets_what_the_matrix_says() {
 
 #[test]
 fn every_route_is_in_the_matrix() {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"))
-        .expect("src/api/mod.rs");
+    // The router is `api`'s routes and the console's (`api::router_with`).
+    let source = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/mod.rs"),
+    ]
+    .map(|file| std::fs::read_to_string(file).expect(file))
+    .join("\n");
     // Every `.route("PATH", …)` of the router is in the access table…
     let routed: Vec<&str> = source
         .split(".route(")

@@ -136,7 +136,11 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Setting
     }));
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        // Redirects are part of what is tested (the console answers 303s): never followed.
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
         db_path,
         store,
         dir,

@@ -14,6 +14,8 @@ mod capability;
 mod concurrency;
 mod conformance;
 mod connections;
+mod console;
+mod console_browser;
 mod create_read;
 mod delivery;
 mod durability;

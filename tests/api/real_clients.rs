@@ -15,7 +15,7 @@ fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
-fn run(command: &mut Command, what: &str) -> String {
+pub fn run(command: &mut Command, what: &str) -> String {
     let output = command
         .output()
         .unwrap_or_else(|e| panic!("{what} could not start: {e}"));
@@ -28,23 +28,29 @@ fn run(command: &mut Command, what: &str) -> String {
     stdout
 }
 
-/// A folder holding the Node script beside its installed `node_modules`.
-fn node_client() -> PathBuf {
+/// A folder holding the Node scripts beside their installed `node_modules` (shared with
+/// `console_browser`). Installed again whenever `package-lock.json` changes.
+pub fn node_client() -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real-clients/node");
     std::fs::create_dir_all(&root).expect("cache folder");
-    for file in ["package.json", "package-lock.json", "fhirkit.mjs"] {
+    for file in [
+        "package.json",
+        "package-lock.json",
+        "fhirkit.mjs",
+        "console.mjs",
+    ] {
         std::fs::copy(clients_dir().join(file), root.join(file)).expect("copy client file");
     }
-    if !root
-        .join("node_modules/fhir-kit-client/package.json")
-        .exists()
-    {
+    let lock = std::fs::read(root.join("package-lock.json")).expect("lock");
+    let installed = root.join("node_modules/.installed-lock.json");
+    if std::fs::read(&installed).ok().as_deref() != Some(lock.as_slice()) {
         run(
             Command::new("npm")
                 .args(["ci", "--silent", "--no-audit", "--no-fund"])
                 .current_dir(&root),
             "npm ci",
         );
+        std::fs::write(&installed, &lock).expect("install marker");
     }
     root
 }
