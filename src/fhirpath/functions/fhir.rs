@@ -58,7 +58,8 @@ pub(super) fn resolve<'a>(cx: &Ctx<'a>, call: &Call<'_, 'a>) -> R<Coll<'a>> {
     Ok(cx.resolve(call.base))
 }
 
-/// Narrative is checked by the schema pass (xhtml), not here.
+/// `txt-1`/`txt-2`: Narrative.div is checked natively by the profile walk
+/// (validation/profile/walk/xhtml.rs), not here.
 pub(super) fn html_checks<'a>(_: &Ctx<'a>, _: &Call<'_, 'a>) -> R<Coll<'a>> {
     Ok(vec![Val::Bool(true)])
 }

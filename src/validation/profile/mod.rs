@@ -49,8 +49,10 @@
 //! # Invariants
 //!
 //! `constraint.expression`s are compiled once and evaluated on every value of an element that
-//! has them (`%resource` the innermost resource). `ele-1` and `bdl-7` are checked natively
-//! (every element; `bdl-7` is quadratic as written); best-practice ones (dom-6) are reported
+//! has them (`%resource` the innermost resource), and a datatype's root invariants on each of
+//! its values (a snapshot element lists only its own). `ele-1` and `bdl-7` are checked natively
+//! (every element; `bdl-7` is quadratic as written), as are `per-1` and `ref-1` (see
+//! [`NATIVE_INVARIANTS`]); best-practice ones (dom-6) are reported
 //! per `validation.best_practice`. A core invariant whose R4 text is wrong is replaced by HL7's
 //! later correction ([`INVARIANT_ERRATA`]). Two that read `%resource.type` once per Bundle entry
 //! (bdl-3, bdl-4) are evaluated in an equivalent form that reads it once ([`EQUIVALENT_FORMS`]);
@@ -314,17 +316,30 @@ pub(crate) struct CompiledInvariant {
 /// Invariants checked by code rather than FHIRPath, because evaluating them
 /// as written is needlessly slow: `ele-1` would run on every element of
 /// every resource, and `bdl-7` compares every Bundle entry with every other
-/// (quadratic; a 10,000-entry Bundle would take seconds).
-pub const NATIVE_INVARIANTS: [&str; 2] = ["ele-1", "bdl-7"];
+/// (quadratic; a 10,000-entry Bundle would take seconds). Two datatype
+/// invariants are checked by code that says more than their expression:
+/// `per-1` (`walk/rules.rs`, which compares partial dates at their shared
+/// precision, where FHIRPath's `<=` gives no answer) and `ref-1` (the walk's
+/// contained-reference check, which names the missing `#id`).
+pub const NATIVE_INVARIANTS: [&str; 4] = ["ele-1", "bdl-7", "per-1", "ref-1"];
 
 /// Core R4 invariants whose published expression is wrong, with the
 /// correction HL7 made later: (key, expression used, why).
-pub const INVARIANT_ERRATA: [(&str, &str, &str); 1] = [(
-    "que-7",
-    "operator = 'exists' implies (answer is boolean)",
-    "R4 writes `answer is Boolean`, the System type, which a FHIR boolean is not, so every \
-     'exists' condition failed; R5 corrected it to the FHIR type `boolean`",
-)];
+pub const INVARIANT_ERRATA: [(&str, &str, &str); 2] = [
+    (
+        "que-7",
+        "operator = 'exists' implies (answer is boolean)",
+        "R4 writes `answer is Boolean`, the System type, which a FHIR boolean is not, so every \
+         'exists' condition failed; R5 corrected it to the FHIR type `boolean`",
+    ),
+    (
+        "que-12",
+        "enableWhen.count() > 1 implies enableBehavior.exists()",
+        "R4 writes `enableWhen.count() > 2`, so an item with exactly two conditions and no \
+         enableBehavior passed, against its own text ('more than one enableWhen'); R5 \
+         corrected it to `> 1`, as HL7's validator applies it",
+    ),
+];
 
 /// Core R4 invariants evaluated in an equivalent, cheaper form: (key, the
 /// expression as published, the form evaluated). Messages still show the
@@ -762,6 +777,83 @@ mod tests {
         assert!(per_1("2020-04", "2020-04-30").is_empty());
         assert!(per_1("2020-04-01", "2020-05").is_empty());
         assert!(per_1("2020-04-01", "2020-04-02").is_empty());
+    }
+
+    /// Narrative (narrative.html#xhtml): the div is XHTML in the XHTML
+    /// namespace, with "some non-whitespace content" (txt-2) and only basic
+    /// formatting: no scripts, forms or event attributes (txt-1).
+    #[test]
+    fn narrative_is_fhir_xhtml() {
+        let narrated = |div: &str| {
+            let mut patient = json!({"resourceType": "Patient"});
+            patient["text"] = json!({"status": "generated", "div": div});
+            patient
+        };
+        let ok =
+            narrated(r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Ann &amp; Bob</p></div>"#);
+        assert!(
+            check(ok).iter().all(|(_, id, _)| !id.starts_with("xhtml")),
+            "a plain narrative is kept"
+        );
+        for (div, id) in [
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><script>x()</script>a</div>"#,
+                "xhtml-element",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="x()">a</p></div>"#,
+                "xhtml-attribute",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml">a&nbsp;b</div>"#,
+                "xhtml-entity",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>a</div>"#,
+                "xhtml-malformed",
+            ),
+            ("<div>a</div>", "xhtml-namespace"),
+        ] {
+            assert_eq!(
+                found(narrated(div), id),
+                error_at("Patient.text.div"),
+                "{div}"
+            );
+        }
+        // txt-2 (an empty div) is a warning: HL7's own R4 examples have empty divs.
+        assert_eq!(
+            found(
+                narrated(r#"<div xmlns="http://www.w3.org/1999/xhtml"> </div>"#),
+                "xhtml-empty"
+            ),
+            vec![("Patient.text.div".to_owned(), "warning")]
+        );
+    }
+
+    /// que-12: "If there are more than one enableWhen, enableBehavior must be
+    /// specified".
+    #[test]
+    fn que_12_two_enable_whens_need_a_behaviour() {
+        let questionnaire = |behaviour: Option<&str>| {
+            let when = json!({"question": "1", "operator": "exists", "answerBoolean": true});
+            let mut item =
+                json!({"linkId": "2", "type": "string", "enableWhen": [when.clone(), when]});
+            if let Some(behaviour) = behaviour {
+                item["enableBehavior"] = json!(behaviour);
+            }
+            json!({"resourceType": "Questionnaire", "status": "active",
+                   "item": [{"linkId": "1", "type": "boolean"}, item]})
+        };
+        let que_12 = |resource: Value| {
+            check(resource)
+                .into_iter()
+                .filter(|(expression, id, _)| {
+                    *id == "invariant" && expression == "Questionnaire.item[1]"
+                })
+                .count()
+        };
+        assert_eq!(que_12(questionnaire(None)), 1);
+        assert_eq!(que_12(questionnaire(Some("all"))), 0);
     }
 
     fn collection(entries: Value) -> Value {

@@ -8,7 +8,7 @@
 //! are matched item by item to their slices (see [`Walk::slices`]).
 //!
 //! This file is the walk itself; `slicing`, `bindings`, `references` and
-//! `values` (checks of one value) add to the same `impl Walk`.
+//! `values` (checks of one value) and `rules` (with `xhtml`) add to the same `impl Walk`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ mod slicing;
 #[cfg(test)]
 mod tests;
 mod values;
+mod xhtml;
 
 /// The resources contained in the resource being walked (inside a
 /// contained resource: in its container), for resolving `#id` references,
@@ -255,7 +256,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         });
         for sd in definitions {
             self.children(&sd, 0, resource, path, contained);
-            self.invariants(&sd, &sd.nodes[0], None, resource_value, path);
+            self.invariants(&sd, &sd.nodes[0], None, resource_value, path, &[]);
         }
         self.resources.pop();
         if is_bundle {
@@ -267,6 +268,7 @@ impl<'p, 'v> Walk<'p, 'v> {
     /// with the innermost resource as `%resource`. `focus_type` is the FHIR
     /// type of a non-resource value (`HumanName`, or `Patient.contact` for a
     /// backbone element), which FHIRPath needs for choice elements and `is`.
+    /// Keys in `skip` are not evaluated (already evaluated on this value).
     fn invariants(
         &mut self,
         sd: &Compiled,
@@ -274,6 +276,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         focus_type: Option<&str>,
         value: &'v Value,
         path: &ElementPath,
+        skip: &[String],
     ) {
         if element.def.constraints.is_empty() {
             return;
@@ -286,6 +289,9 @@ impl<'p, 'v> Walk<'p, 'v> {
         let root_resource = frame.container;
         let resource = frame.resource;
         for key in &element.def.constraints {
+            if skip.contains(key) {
+                continue;
+            }
             let Some(invariant) = pass.invariants.get(key) else {
                 continue;
             };
@@ -747,7 +753,17 @@ impl<'p, 'v> Walk<'p, 'v> {
             } else {
                 type_code
             };
-            self.invariants(sd, element, Some(focus_type), value, path);
+            self.invariants(sd, element, Some(focus_type), value, path, &[]);
+            // The datatype's own root invariants (per-1 on Period, att-1,
+            // ref-1, qty-3 ...): a snapshot lists only the element's own
+            // constraints, so these would otherwise never be evaluated.
+            if let Some(datatype) = datatype.filter(|t| {
+                t.kind == "complex-type" && !matches!(type_code, "BackboneElement" | "Element")
+            }) && let Some(root) = datatype.nodes.first()
+            {
+                let listed = &element.def.constraints;
+                self.invariants(datatype, root, Some(type_code), value, path, listed);
+            }
         }
         let Value::Object(object) = value else {
             // Primitives: the JSON schema pass has checked their format.

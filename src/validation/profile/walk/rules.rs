@@ -8,10 +8,11 @@
 //!   present it must be the decoded length.
 //! - string: "Strings SHALL NOT exceed 1MB (1024*1024 characters) in size".
 //! - Period `per-1` ("If present, start SHALL have a lower value than end").
-//!   It is an invariant of the Period type's root element, which the walk
-//!   does not evaluate for a datatype (only elements' own constraints and
-//!   resources' roots), so it is checked here: partial dates are compared at
+//!   The walk evaluates datatypes' root invariants, but per-1 is native
+//!   (`NATIVE_INVARIANTS`): FHIRPath's `<=` says nothing for dates of
+//!   different precisions, so here partial dates are compared at
 //!   the coarser precision of the two (`2020-05` is after `2020-04-30`).
+//! - Narrative.div: FHIR's XHTML rules (`txt-1`, `txt-2`), in `xhtml.rs`.
 //! - Bundle (§2.36.0): `fullUrl` "SHALL be an absolute URL", and a `link`
 //!   relation may appear only once ("only one link with a given relation").
 //!
@@ -119,6 +120,20 @@ impl<'p, 'v> Walk<'p, 'v> {
                     "string-too-long",
                     message,
                 );
+            }
+            ("xhtml", Value::String(div)) => {
+                for problem in super::xhtml::check(div) {
+                    let message = format!("{} {}", self.expression(path), problem.text);
+                    // HL7 publishes examples whose div is empty (R4's
+                    // ActivityDefinition, EventDefinition, Questionnaire
+                    // examples): txt-2 is applied as a warning, as the
+                    // publication's own validation let them through.
+                    if problem.id == "xhtml-empty" {
+                        self.warn(sd, element, path, problem.id, message);
+                        continue;
+                    }
+                    self.fail(sd, element, path, IssueType::Invalid, problem.id, message);
+                }
             }
             ("Attachment", Value::Object(attachment)) => {
                 self.attachment_size(sd, element, attachment, path);
