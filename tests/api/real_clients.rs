@@ -33,13 +33,21 @@ pub fn run(command: &mut Command, what: &str) -> String {
 pub fn node_client() -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real-clients/node");
     std::fs::create_dir_all(&root).expect("cache folder");
+    // Two tests in this process, and the PostgreSQL half of the suite in another,
+    // may get here at once on a fresh machine: one installs, the others wait.
+    let _installing = install_lock(&root);
     for file in [
         "package.json",
         "package-lock.json",
         "fhirkit.mjs",
         "console.mjs",
     ] {
-        std::fs::copy(clients_dir().join(file), root.join(file)).expect("copy client file");
+        let wanted = std::fs::read(clients_dir().join(file)).expect("client file");
+        // Rewritten only when it changed, so no script is truncated under a
+        // test that is running it.
+        if std::fs::read(root.join(file)).ok().as_deref() != Some(wanted.as_slice()) {
+            std::fs::write(root.join(file), &wanted).expect("copy client file");
+        }
     }
     let lock = std::fs::read(root.join("package-lock.json")).expect("lock");
     let installed = root.join("node_modules/.installed-lock.json");
@@ -55,11 +63,25 @@ pub fn node_client() -> PathBuf {
     root
 }
 
+/// An exclusive lock on `folder`'s installation, held until dropped (across
+/// processes: the suite runs once per backend, side by side).
+fn install_lock(folder: &Path) -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(folder.join(".install.lock"))
+        .expect("install lock file");
+    file.lock().expect("install lock");
+    file
+}
+
 /// A folder of installed Python packages, for `PYTHONPATH`.
 fn python_packages() -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real-clients/python");
+    std::fs::create_dir_all(&root).expect("cache folder");
+    let _installing = install_lock(&root);
     if !root.join("fhirpy").exists() {
-        std::fs::create_dir_all(&root).expect("cache folder");
         run(
             Command::new("python3")
                 .args([
