@@ -1,12 +1,15 @@
 //! What the outcome questionnaire forms show: each measure's items and answer options.
 //! Read only through [`questionnaire`], the one adapter between the console and the
-//! measure definitions (`referral::measure` today; TOML definitions later).
+//! measure definitions: item wording comes from the loaded definitions
+//! (`outcomes/measures/*.toml`, or the service's own), so the form shows exactly what the
+//! definition says, and a service that supplies licensed wording sees it here.
 //!
 //! Licensing decides the wording: ONS4's questions are Crown copyright under the Open
 //! Government Licence, so they are shown; WEMWBS and SWEMWBS wording is licensed (and
 //! UCLA-3's is not Sprig's to ship), so their items show as "Item 1 …" with the answer
 //! scale, for the service to read from its own licensed copy.
 
+use crate::outcomes::Catalogue;
 use crate::referral::measure::Measure;
 
 /// One measure's form.
@@ -32,45 +35,47 @@ const WARWICK_SCALE: [&str; 5] = [
     "All of the time",
 ];
 
-/// ONS personal well-being questions (ONS4), © Crown copyright, Open Government Licence v3.0.
-const ONS4_ITEMS: [&str; 4] = [
-    "Overall, how satisfied are you with your life nowadays?",
-    "Overall, to what extent do you feel that the things you do in your life are worthwhile?",
-    "Overall, how happy did you feel yesterday?",
-    "Overall, how anxious did you feel yesterday?",
-];
-
-fn numbered(count: usize) -> Vec<String> {
-    (1..=count).map(|n| format!("Item {n}")).collect()
+/// The items' wording from `catalogue` where its definition has it (only licensed
+/// wording is shipped: ONS4's, Crown copyright, OGL v3.0), else "Item n".
+fn items(catalogue: &Catalogue, measure: Measure, count: usize) -> Vec<String> {
+    let defined = catalogue.get(measure.as_str()).map(|d| d.items.as_slice());
+    (1..=count)
+        .map(|n| {
+            defined
+                .and_then(|items| items.get(n - 1))
+                .and_then(|item| item.text.clone())
+                .unwrap_or_else(|| format!("Item {n}"))
+        })
+        .collect()
 }
 
 /// The form of `measure`.
-pub fn questionnaire(measure: Measure) -> Questionnaire {
+pub fn questionnaire(catalogue: &Catalogue, measure: Measure) -> Questionnaire {
     let range = measure.item_range();
     let count = measure.item_count();
     let (title, hint, items, labels): (_, _, _, Vec<String>) = match measure {
         Measure::Swemwbs => (
             "Short Warwick-Edinburgh Mental Wellbeing Scale (SWEMWBS)",
             "Read each statement from your licensed copy of the scale and record how the person has felt over the last 2 weeks.",
-            numbered(count),
+            items(catalogue, measure, count),
             WARWICK_SCALE.iter().map(|s| (*s).to_owned()).collect(),
         ),
         Measure::Wemwbs => (
             "Warwick-Edinburgh Mental Wellbeing Scale (WEMWBS)",
             "Read each statement from your licensed copy of the scale and record how the person has felt over the last 2 weeks.",
-            numbered(count),
+            items(catalogue, measure, count),
             WARWICK_SCALE.iter().map(|s| (*s).to_owned()).collect(),
         ),
         Measure::Ons4 => (
             "ONS personal well-being (ONS4)",
             "Answer on a scale of 0 to 10, where 0 is \u{201c}not at all\u{201d} and 10 is \u{201c}completely\u{201d}.",
-            ONS4_ITEMS.iter().map(|s| (*s).to_owned()).collect(),
+            items(catalogue, measure, count),
             range.clone().map(|n| n.to_string()).collect(),
         ),
         Measure::Ucla3 => (
             "Three-item loneliness scale (UCLA-3)",
             "Read each question from your copy of the scale.",
-            numbered(count),
+            items(catalogue, measure, count),
             vec![
                 "Hardly ever".to_owned(),
                 "Some of the time".to_owned(),
@@ -93,8 +98,9 @@ mod tests {
 
     #[test]
     fn every_form_matches_its_measure() {
+        let catalogue = Catalogue::shipped().expect("shipped measures");
         for measure in Measure::ALL {
-            let form = questionnaire(measure);
+            let form = questionnaire(&catalogue, measure);
             assert_eq!(form.items.len(), measure.item_count(), "{measure:?}");
             let scores: Vec<i64> = form.options.iter().map(|(s, _)| *s).collect();
             assert_eq!(
@@ -103,6 +109,12 @@ mod tests {
                 "{measure:?}"
             );
         }
-        assert_eq!(questionnaire(Measure::Swemwbs).items[6], "Item 7");
+        assert_eq!(
+            questionnaire(&catalogue, Measure::Swemwbs).items[6],
+            "Item 7"
+        );
+        assert!(
+            questionnaire(&catalogue, Measure::Ons4).items[0].starts_with("Overall, how satisfied")
+        );
     }
 }

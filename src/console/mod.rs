@@ -848,7 +848,7 @@ async fn outcome_form(
         .as_deref()
         .and_then(|m| Measure::parse(m).ok())
         .unwrap_or(Measure::Swemwbs);
-    let form = measures::questionnaire(measure);
+    let form = measures::questionnaire(&state.outcomes.catalogue, measure);
     Ok(html(
         StatusCode::OK,
         pages::questionnaire(&session, &id, &form, &[], &[]),
@@ -875,7 +875,7 @@ async fn outcome(
         .get("measure")
         .and_then(|m| Measure::parse(m).ok())
         .ok_or_else(|| ConsoleError::BadRequest("The form names no outcome measure".into()))?;
-    let form = measures::questionnaire(measure);
+    let form = measures::questionnaire(&state.outcomes.catalogue, measure);
     let mut answers = Vec::with_capacity(form.items.len());
     let mut missing = Vec::new();
     for n in 1..=form.items.len() {
