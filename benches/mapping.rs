@@ -109,6 +109,7 @@ static WORKFLOW: LazyLock<Workflow> = LazyLock::new(|| {
     let mappings = Mappings::shipped(&engine).expect("the shipped mappings load");
     Workflow::new(
         Arc::new(mappings),
+        Arc::new(sprig::outcomes::Catalogue::shipped().expect("the shipped measures load")),
         Arc::clone(&VALIDATOR),
         ServiceIdentity {
             name: "Sprig bench".into(),

@@ -48,6 +48,9 @@ pub enum StartupError {
     /// The outcome measures or metrics (`outcomes/` or `outcomes_dir`) are wrong.
     #[error("outcome definitions: {0}")]
     Outcomes(#[from] OutcomesError),
+    /// A measure's Observation would fail its profile or the definition's own rules.
+    #[error("outcome definitions: {0}")]
+    Measures(String),
     /// The endpoint registry (`delivery.endpoints`) is wrong.
     #[error("endpoint registry: {0}")]
     Endpoints(#[from] EndpointError),
@@ -171,12 +174,14 @@ impl Application {
         )?;
         let workflow = Workflow::new(
             Arc::new(mappings),
+            Arc::new(outcomes.catalogue.clone()),
             Arc::clone(&validator),
             ServiceIdentity {
                 name: settings.service.name.clone(),
                 ods_code: settings.service.ods_code.clone(),
             },
         );
+        workflow.check_measures().map_err(StartupError::Measures)?;
 
         let clients = Clients::load(settings.auth.clients.as_deref())?;
         let secret = TokenSecret::load(&settings.auth, &store)

@@ -22,7 +22,8 @@ use crate::mapping::{
     InboundResources, Mappings, ObservationInput, PatientRef, ResourceBuildError, ServiceRef,
     TaskInput, TaskOutput,
 };
-use crate::referral::measure::{Measure, ScoreError};
+use crate::outcomes::Catalogue;
+use crate::outcomes::definition::{DefinedScoreError, MeasureDefinition};
 use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
@@ -60,7 +61,7 @@ pub enum WorkflowError {
     Conflict(String),
     /// Outcome answers out of range or miscounted (422).
     #[error(transparent)]
-    Score(#[from] ScoreError),
+    Score(#[from] DefinedScoreError),
     /// Sprig produced something its own profile rejects: a bug (500).
     #[error("defect: {0}")]
     Defect(String),
@@ -82,6 +83,7 @@ pub struct ServiceIdentity {
 #[derive(Clone)]
 pub struct Workflow {
     mappings: Arc<Mappings>,
+    catalogue: Arc<Catalogue>,
     validator: Arc<Validator>,
     service: ServiceIdentity,
 }
@@ -123,8 +125,8 @@ pub struct TransitionRequest<'a> {
 /// An outcome measure entered by the service.
 #[derive(Debug)]
 pub struct OutcomeRequest<'a> {
-    /// Which measure.
-    pub measure: Measure,
+    /// Which measure, by its definition.
+    pub measure: &'a MeasureDefinition,
     /// The item answers, in item order.
     pub answers: &'a [i64],
     /// When the person answered (a FHIR dateTime).
@@ -139,14 +141,63 @@ impl Workflow {
     /// A workflow using these mappings and validator.
     pub fn new(
         mappings: Arc<Mappings>,
+        catalogue: Arc<Catalogue>,
         validator: Arc<Validator>,
         service: ServiceIdentity,
     ) -> Self {
         Self {
             mappings,
+            catalogue,
             validator,
             service,
         }
+    }
+
+    /// Checks, before anything is served, that every measure's Observation is one Sprig can
+    /// send: for each definition, the Observations of its lowest and of its highest answers
+    /// are built and validated against the profile the definition names and against the
+    /// definition's own rules. The first failure names the definition's file, line and
+    /// column, the measure and what failed (a profile that Sprig does not hold, an item
+    /// range the profile refuses, a coding its required binding does not allow…).
+    pub fn check_measures(&self) -> Result<(), String> {
+        let sample_referral = "measure-check";
+        for definition in self.catalogue.iter() {
+            let (file, (line, column)) = (&definition.file, definition.at);
+            let fail = |what: String| {
+                format!(
+                    "{file}:{line}:{column}: measure '{}': {what}",
+                    definition.code
+                )
+            };
+            for answers in [
+                definition.items.iter().map(|i| i.min).collect::<Vec<_>>(),
+                definition.items.iter().map(|i| i.max).collect(),
+            ] {
+                let observation = self
+                    .mappings
+                    .outbound
+                    .observation(&ObservationInput {
+                        observation_id: sample_referral,
+                        measure: definition,
+                        answers: &answers,
+                        referral_id: sample_referral,
+                        patient: PatientRef::Id(sample_referral),
+                        effective: "2026-01-01T00:00:00Z",
+                        service: self.service_ref(),
+                    })
+                    .map_err(|e| fail(e.to_string()))?;
+                let profile = &definition.observation.profile;
+                if self.validator.profile_type(profile) != Some("Observation") {
+                    return Err(fail(format!(
+                        "observation.profile '{profile}' is not an Observation profile Sprig holds"
+                    )));
+                }
+                self.check_own(ResourceType::OBSERVATION, profile, &observation)
+                    .and_then(|()| check_against_definition(definition, &observation))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 
     /// The mappings in force.
@@ -325,19 +376,25 @@ impl Workflow {
                 referral.stage.as_str()
             )));
         }
-        let score = request.measure.score(request.answers)?;
+        let definition = request.measure;
+        let score = definition.score(request.answers)?;
         let now = Instant::now().to_fhir();
         let observation_id = FhirId::generate();
         let observation = self.mappings.outbound.observation(&ObservationInput {
             observation_id: observation_id.as_str(),
-            score: &score,
+            measure: definition,
+            answers: request.answers,
             referral_id: &referral.id,
             patient: patient_ref(&referral)?,
             effective: request.recorded_at,
             service: self.service_ref(),
         })?;
-        let profile = &self.mappings.outbound.measure(request.measure).profile;
-        self.check_own(ResourceType::OBSERVATION, profile, &observation)?;
+        self.check_own(
+            ResourceType::OBSERVATION,
+            &definition.observation.profile,
+            &observation,
+        )?;
+        check_against_definition(definition, &observation)?;
         let stored = tx
             .create(ResourceWrite {
                 resource_type: ResourceType::OBSERVATION,
@@ -350,7 +407,7 @@ impl Workflow {
             .await?;
         let outcome = Outcome {
             id: observation_id.to_string(),
-            measure: request.measure,
+            measure: definition.code.clone(),
             // In UTC, so the record sorts outcomes by when they were taken
             // (the Observation keeps the time as given, with its offset).
             recorded_at: Instant::parse(request.recorded_at)
@@ -358,8 +415,8 @@ impl Workflow {
             entered_at: now.clone(),
             actor: request.actor.to_owned(),
             answers: request.answers.to_vec(),
-            total: score.total,
-            metric: score.metric.map(|m| m.to_string()),
+            total: score.total.is_some().then(|| request.answers.iter().sum()),
+            metric: score.converted.map(|m| m.to_string()),
         };
         tx.add_outcome(&referral.id, &outcome).await?;
         self.enqueue(
@@ -545,7 +602,7 @@ impl Workflow {
         referral: &Referral,
         stage: Stage,
         reason: Option<&str>,
-        outputs: &[(Measure, String)],
+        outputs: &[(String, String)],
         now: &str,
         request_id: &str,
     ) -> Result<VersionId, WorkflowError> {
@@ -595,16 +652,26 @@ impl Workflow {
         referral: &Referral,
         stage: Stage,
         reason: Option<&str>,
-        outputs: &[(Measure, String)],
+        outputs: &[(String, String)],
         now: &str,
     ) -> Result<Value, WorkflowError> {
         let outputs: Vec<TaskOutput<'_>> = outputs
             .iter()
-            .map(|(measure, id)| TaskOutput {
-                measure: *measure,
-                observation_id: id,
+            .map(|(measure, id)| {
+                // Every folder of measures defines the required ones, and a definition
+                // cannot be removed while the record holds its outcomes without this
+                // being a configuration defect.
+                let measure = self.catalogue.get(measure).ok_or_else(|| {
+                    WorkflowError::Defect(format!(
+                        "outcome {id} is of measure '{measure}', which no loaded definition defines"
+                    ))
+                })?;
+                Ok(TaskOutput {
+                    measure,
+                    observation_id: id,
+                })
             })
-            .collect();
+            .collect::<Result<_, WorkflowError>>()?;
         let task = self.mappings.outbound.task(&TaskInput {
             task_id: &referral.task_id,
             stage,
@@ -697,6 +764,23 @@ pub fn allowed_list(stage: Stage) -> String {
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The definition's own rules on an Observation built from it (on top of its profile).
+fn check_against_definition(
+    definition: &MeasureDefinition,
+    observation: &Value,
+) -> Result<(), WorkflowError> {
+    let issues = definition.observation_issues(observation);
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(WorkflowError::Defect(format!(
+            "breaks the rules of measure '{}': {}",
+            definition.code,
+            issues.join("; ")
+        )))
     }
 }
 

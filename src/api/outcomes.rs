@@ -45,10 +45,9 @@ fn today() -> Date {
     schedule::uk_date(OffsetDateTime::now_utc())
 }
 
-fn day_of(instant: &str) -> Option<Date> {
-    OffsetDateTime::parse(instant, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(schedule::uk_date)
+/// A FHIR instant as the facts hold it (`None` when it does not parse).
+fn parsed(instant: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(instant, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The follow-ups of one referral on `today`, per measure with a baseline: the baseline is
@@ -73,7 +72,7 @@ pub fn referral_follow_ups(
             .outcomes
             .iter()
             .filter(|o| o.measure == definition.code)
-            .filter_map(|o| day_of(&o.recorded_at))
+            .map(|o| schedule::uk_date(o.recorded_at))
             .collect();
         let Some(baseline) = days.iter().min().copied() else {
             continue;
@@ -113,10 +112,7 @@ pub async fn follow_ups(
             e.body_text()
         ))
     })?;
-    let today = match &query.as_of {
-        Some(d) => date("as_of", d)?,
-        None => today(),
-    };
+    let today = as_of(query.as_of.as_deref())?;
     let due = query.due.as_deref().unwrap_or("this-week");
     let wanted: Box<dyn Fn(&FollowUp) -> bool + Send> = match due {
         "this-week" => {
@@ -209,11 +205,32 @@ fn report_query(
             "to must be on or after from, and the range at most three years",
         ));
     }
-    let today = match &query.as_of {
-        Some(d) => date("as_of", d)?,
-        None => today(),
-    };
+    let today = as_of(query.as_of.as_deref())?;
     Ok((query, from, to, today))
+}
+
+/// The day a report or list is as of: `as_of` when given, else today (UK).
+fn as_of(given: Option<&str>) -> Result<Date, Problem> {
+    given.map_or_else(|| Ok(today()), |d| date("as_of", d))
+}
+
+/// The outcomes report the query asks for, with the query (for its format).
+async fn outcomes_for(
+    state: &AppState,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<(ReportQuery, report::Report), Problem> {
+    let (query, from, to, today) = report_query(query)?;
+    let facts = facts_until(state, to).await?;
+    let report = report::outcomes(
+        &state.outcomes.metrics,
+        &state.outcomes.catalogue,
+        &facts,
+        query.period.unwrap_or(Period::Quarter),
+        from,
+        to,
+        today,
+    );
+    Ok((query, report))
 }
 
 /// The report's facts: every referral. Not only those received by `to`: a measurement's
@@ -240,17 +257,7 @@ pub async fn outcomes_report(
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     require_staff(&access, StaffAction::Reports)?;
-    let (query, from, to, today) = report_query(query)?;
-    let facts = facts_until(&state, to).await?;
-    let report = report::outcomes(
-        &state.outcomes.metrics,
-        &state.outcomes.catalogue,
-        &facts,
-        query.period.unwrap_or(Period::Quarter),
-        from,
-        to,
-        today,
-    );
+    let (query, report) = outcomes_for(&state, query).await?;
     tracing::info!(rows = report.rows.len(), "outcomes report");
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(
@@ -280,17 +287,7 @@ pub async fn outcomes_detail(
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     require_staff(&access, StaffAction::ReportDetail)?;
-    let (query, from, to, today) = report_query(query)?;
-    let facts = facts_until(&state, to).await?;
-    let report = report::outcomes(
-        &state.outcomes.metrics,
-        &state.outcomes.catalogue,
-        &facts,
-        query.period.unwrap_or(Period::Quarter),
-        from,
-        to,
-        today,
-    );
+    let (query, report) = outcomes_for(&state, query).await?;
     tracing::info!(rows = report.detail.len(), "outcomes detail exported");
     match query.format.as_deref().unwrap_or("csv") {
         "csv" => Ok(text("text/csv; charset=utf-8", report.detail_csv())),
@@ -328,21 +325,24 @@ pub fn detail_follow_ups(
         id: detail.referral.id.clone(),
         nhs_number: None,
         practice: None,
-        received_at: detail.referral.received_at.clone(),
+        // Follow-ups do not read it.
+        received_at: parsed(&detail.referral.received_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
         reason: None,
         stages: detail
             .timeline
             .iter()
-            .map(|c| (c.stage, c.at.clone()))
+            .filter_map(|c| Some((c.stage, parsed(&c.at)?)))
             .collect(),
         outcomes: detail
             .outcomes
             .iter()
-            .map(|o| crate::referral::record::OutcomeFact {
-                id: o.id.clone(),
-                measure: o.measure.as_str().to_string(),
-                recorded_at: o.recorded_at.clone(),
-                total: o.total,
+            .filter_map(|o| {
+                Some(crate::referral::record::OutcomeFact {
+                    id: o.id.clone(),
+                    measure: o.measure.clone(),
+                    recorded_at: parsed(&o.recorded_at)?,
+                    total: o.total,
+                })
             })
             .collect(),
     };

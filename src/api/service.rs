@@ -22,7 +22,6 @@ use super::problem::Problem;
 use crate::fhir::Instant;
 use crate::identity::{Access, Caller, StaffAction};
 use crate::identity::{StaffRole, staff};
-use crate::referral::measure::Measure;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
 use crate::store::referrals::{Assignee, ReferralFilter};
@@ -383,7 +382,18 @@ pub async fn outcome(
         },
     )?;
     let Json(body) = body?;
-    let measure = Measure::parse(&body.measure).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let catalogue = &state.outcomes.catalogue;
+    let measure = catalogue.get(&body.measure).ok_or_else(|| {
+        Problem::bad_request(format!(
+            "'{}' is not an outcome measure; the measures are {}",
+            body.measure,
+            catalogue
+                .iter()
+                .map(|m| m.code.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     let Ok(recorded_at) = Instant::parse(&body.recorded_at) else {
         return Err(Problem::bad_request(
             "recorded_at must be a date and time with a zone, e.g. 2026-11-21T10:30:00Z",
@@ -416,7 +426,7 @@ pub async fn outcome(
         )
         .await?;
     context.audit.commit(tx, 201).await?;
-    tracing::info!(referral_id = %id, outcome_id = %outcome.id, measure = measure.as_str(), "outcome recorded");
+    tracing::info!(referral_id = %id, outcome_id = %outcome.id, measure = %measure.code, "outcome recorded");
     let location = format!("{}/Observation/{}", state.fhir_base(), outcome.id);
     let mut response = (StatusCode::CREATED, Json(&outcome)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {

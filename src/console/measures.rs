@@ -1,95 +1,105 @@
 //! What the outcome questionnaire forms show: each measure's items and answer options.
 //! Read only through [`questionnaire`], the one adapter between the console and the
-//! measure definitions: item wording comes from the loaded definitions
-//! (`outcomes/measures/*.toml`, or the service's own), so the form shows exactly what the
-//! definition says, and a service that supplies licensed wording sees it here.
+//! measure definitions: the title, hint, item wording and answer labels all come from the
+//! loaded definitions (`outcomes/measures/*.toml`, or the service's own), so the form shows
+//! exactly what the definition says, a service that supplies licensed wording sees it here,
+//! and a measure the service adds has a form without a release.
 //!
-//! Licensing decides the wording: ONS4's questions are Crown copyright under the Open
-//! Government Licence, so they are shown; WEMWBS and SWEMWBS wording is licensed (and
-//! UCLA-3's is not Sprig's to ship), so their items show as "Item 1 …" with the answer
-//! scale, for the service to read from its own licensed copy.
+//! Licensing decides the wording the shipped definitions carry: ONS4's questions are Crown
+//! copyright under the Open Government Licence, so they are shown; WEMWBS and SWEMWBS
+//! statements are licensed (and UCLA-3's questions are not Sprig's to ship), so their items
+//! show as "Item 1 …" with the answer scale, for the service to read from its own copy.
 
-use crate::outcomes::Catalogue;
-use crate::referral::measure::Measure;
+use std::ops::RangeInclusive;
+
+use crate::outcomes::{Catalogue, MeasureDefinition};
 
 /// One measure's form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Questionnaire {
-    /// The measure.
-    pub measure: Measure,
+    /// The measure's code (the form's hidden `measure` field).
+    pub measure: String,
     /// Its name as staff know it.
-    pub title: &'static str,
+    pub title: String,
     /// What the form says above the items.
-    pub hint: &'static str,
+    pub hint: String,
     /// The items' text, in the published order.
     pub items: Vec<String>,
-    /// The answer options (score, label), lowest score first; the same for every item.
-    pub options: Vec<(i64, String)>,
+    /// Per item, the answer options (score, label), lowest score first.
+    pub options: Vec<Vec<(i64, String)>>,
 }
 
-const WARWICK_SCALE: [&str; 5] = [
-    "None of the time",
-    "Rarely",
-    "Some of the time",
-    "Often",
-    "All of the time",
-];
+/// The form of `definition`: its items' wording where the definition has it, else
+/// "Item n"; each answer's label where it has one, else its score.
+pub fn form(definition: &MeasureDefinition) -> Questionnaire {
+    Questionnaire {
+        measure: definition.code.clone(),
+        title: format!("{} ({})", definition.title, definition.name),
+        hint: definition.hint.clone().unwrap_or_else(|| {
+            "Read each item from your copy of the measure and record the answer.".to_owned()
+        }),
+        items: definition
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.text
+                    .clone()
+                    .unwrap_or_else(|| format!("Item {}", i + 1))
+            })
+            .collect(),
+        options: definition
+            .items
+            .iter()
+            .map(|item| {
+                item.answers
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.value,
+                            a.label.clone().unwrap_or_else(|| a.value.to_string()),
+                        )
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
 
-/// The items' wording from `catalogue` where its definition has it (only licensed
-/// wording is shipped: ONS4's, Crown copyright, OGL v3.0), else "Item n".
-fn items(catalogue: &Catalogue, measure: Measure, count: usize) -> Vec<String> {
-    let defined = catalogue.get(measure.as_str()).map(|d| d.items.as_slice());
-    (1..=count)
-        .map(|n| {
-            defined
-                .and_then(|items| items.get(n - 1))
-                .and_then(|item| item.text.clone())
-                .unwrap_or_else(|| format!("Item {n}"))
+/// The form of the measure with code `measure`, if the catalogue defines it.
+pub fn questionnaire(catalogue: &Catalogue, measure: &str) -> Option<Questionnaire> {
+    catalogue.get(measure).map(form)
+}
+
+/// A measure a referral page offers to record and charts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offered {
+    /// Its code.
+    pub code: String,
+    /// Its short name (`SWEMWBS`).
+    pub name: String,
+    /// The range of its total (the chart's scale); `None` without a total.
+    pub sum_range: Option<RangeInclusive<i64>>,
+}
+
+/// The measures a referral page offers, shipped ones first in the order staff know them,
+/// then the service's own by code.
+pub fn offered(catalogue: &Catalogue) -> Vec<Offered> {
+    let first = crate::outcomes::definition::REQUIRED;
+    first
+        .iter()
+        .filter_map(|code| catalogue.get(code))
+        .chain(
+            catalogue
+                .iter()
+                .filter(|m| !first.contains(&m.code.as_str())),
+        )
+        .map(|m| Offered {
+            code: m.code.clone(),
+            name: m.name.clone(),
+            sum_range: m.sum_range().map(|(low, high)| low..=high),
         })
         .collect()
-}
-
-/// The form of `measure`.
-pub fn questionnaire(catalogue: &Catalogue, measure: Measure) -> Questionnaire {
-    let range = measure.item_range();
-    let count = measure.item_count();
-    let (title, hint, items, labels): (_, _, _, Vec<String>) = match measure {
-        Measure::Swemwbs => (
-            "Short Warwick-Edinburgh Mental Wellbeing Scale (SWEMWBS)",
-            "Read each statement from your licensed copy of the scale and record how the person has felt over the last 2 weeks.",
-            items(catalogue, measure, count),
-            WARWICK_SCALE.iter().map(|s| (*s).to_owned()).collect(),
-        ),
-        Measure::Wemwbs => (
-            "Warwick-Edinburgh Mental Wellbeing Scale (WEMWBS)",
-            "Read each statement from your licensed copy of the scale and record how the person has felt over the last 2 weeks.",
-            items(catalogue, measure, count),
-            WARWICK_SCALE.iter().map(|s| (*s).to_owned()).collect(),
-        ),
-        Measure::Ons4 => (
-            "ONS personal well-being (ONS4)",
-            "Answer on a scale of 0 to 10, where 0 is \u{201c}not at all\u{201d} and 10 is \u{201c}completely\u{201d}.",
-            items(catalogue, measure, count),
-            range.clone().map(|n| n.to_string()).collect(),
-        ),
-        Measure::Ucla3 => (
-            "Three-item loneliness scale (UCLA-3)",
-            "Read each question from your copy of the scale.",
-            items(catalogue, measure, count),
-            vec![
-                "Hardly ever".to_owned(),
-                "Some of the time".to_owned(),
-                "Often".to_owned(),
-            ],
-        ),
-    };
-    Questionnaire {
-        measure,
-        title,
-        hint,
-        items,
-        options: range.zip(labels).collect(),
-    }
 }
 
 #[cfg(test)]
@@ -97,24 +107,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_form_matches_its_measure() {
+    fn every_form_follows_its_definition() {
         let catalogue = Catalogue::shipped().expect("shipped measures");
-        for measure in Measure::ALL {
-            let form = questionnaire(&catalogue, measure);
-            assert_eq!(form.items.len(), measure.item_count(), "{measure:?}");
-            let scores: Vec<i64> = form.options.iter().map(|(s, _)| *s).collect();
+        for definition in catalogue.iter() {
+            let form = form(definition);
             assert_eq!(
-                scores,
-                measure.item_range().collect::<Vec<_>>(),
-                "{measure:?}"
+                form.items.len(),
+                definition.items.len(),
+                "{}",
+                definition.code
             );
+            for (options, item) in form.options.iter().zip(&definition.items) {
+                let scores: Vec<i64> = options.iter().map(|(s, _)| *s).collect();
+                assert_eq!(scores, (item.min..=item.max).collect::<Vec<_>>());
+            }
         }
-        assert_eq!(
-            questionnaire(&catalogue, Measure::Swemwbs).items[6],
-            "Item 7"
-        );
-        assert!(
-            questionnaire(&catalogue, Measure::Ons4).items[0].starts_with("Overall, how satisfied")
-        );
+        let swemwbs = questionnaire(&catalogue, "swemwbs").expect("swemwbs");
+        assert_eq!(swemwbs.items[6], "Item 7");
+        // The response scale comes from the definition's answer labels.
+        assert_eq!(swemwbs.options[0][0].1, "None of the time");
+        assert_eq!(swemwbs.options[0][4].1, "All of the time");
+        let ucla3 = questionnaire(&catalogue, "ucla3").expect("ucla3");
+        assert_eq!(ucla3.options[2][0].1, "Hardly ever");
+        let ons4 = questionnaire(&catalogue, "ons4").expect("ons4");
+        assert!(ons4.items[0].starts_with("Overall, how satisfied"));
+        assert_eq!(ons4.options[0][5].1, "5");
+        assert!(questionnaire(&catalogue, "nope").is_none());
+        let offered: Vec<String> = offered(&catalogue).into_iter().map(|m| m.code).collect();
+        assert_eq!(offered, ["swemwbs", "wemwbs", "ons4", "ucla3"]);
     }
 }

@@ -39,7 +39,6 @@ use crate::api::middleware::RequestContext;
 use crate::fhir::Instant;
 use crate::identity::session::{self, csrf_matches};
 use crate::identity::{Access, ConsoleSession, StaffAction, StaffRole, staff};
-use crate::referral::measure::Measure;
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::outbox::{DeliveryFilter, DeliveryState};
@@ -624,6 +623,7 @@ async fn render_referral(
             may,
             flash,
             error,
+            measures: &measures::offered(&state.outcomes.catalogue),
         }),
     ))
 }
@@ -843,12 +843,13 @@ async fn outcome_form(
     .await?;
     context.audit.note_referral(&id);
     let query = query.map(|Query(q)| q).unwrap_or_default();
-    let measure = query
+    let catalogue = &state.outcomes.catalogue;
+    let form = query
         .measure
         .as_deref()
-        .and_then(|m| Measure::parse(m).ok())
-        .unwrap_or(Measure::Swemwbs);
-    let form = measures::questionnaire(&state.outcomes.catalogue, measure);
+        .and_then(|m| measures::questionnaire(catalogue, m))
+        .or_else(|| measures::questionnaire(catalogue, "swemwbs"))
+        .ok_or_else(|| ConsoleError::BadRequest("No outcome measure is defined".into()))?;
     Ok(html(
         StatusCode::OK,
         pages::questionnaire(&session, &id, &form, &[], &[]),
@@ -873,17 +874,20 @@ async fn outcome(
     .await?;
     let measure = fields
         .get("measure")
-        .and_then(|m| Measure::parse(m).ok())
+        .and_then(|m| state.outcomes.catalogue.get(m))
         .ok_or_else(|| ConsoleError::BadRequest("The form names no outcome measure".into()))?;
-    let form = measures::questionnaire(&state.outcomes.catalogue, measure);
+    let form = measures::form(measure);
     let mut answers = Vec::with_capacity(form.items.len());
     let mut missing = Vec::new();
     for n in 1..=form.items.len() {
         match fields
             .get(&format!("item{n}"))
             .and_then(|v| v.parse::<i64>().ok())
-            .filter(|v| form.options.iter().any(|(score, _)| score == v))
-        {
+            .filter(|v| {
+                form.options
+                    .get(n - 1)
+                    .is_some_and(|options| options.iter().any(|(score, _)| score == v))
+            }) {
             Some(value) => answers.push(value),
             None => missing.push(n),
         }

@@ -10,7 +10,7 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::assets::{CSS_PATH, FAVICON_PATH};
-use super::measures::Questionnaire;
+use super::measures::{Offered, Questionnaire};
 use super::time::{age, date, date_time, days_since};
 use super::{FieldError, WorklistView};
 use crate::identity::{ConsoleSession, StaffRole};
@@ -61,6 +61,8 @@ pub struct ReferralPage<'a> {
     pub flash: Option<Flash>,
     /// A form's error.
     pub error: Option<FieldError>,
+    /// The outcome measures in force, in the order offered (`measures::offered`).
+    pub measures: &'a [Offered],
 }
 
 /// A stage as people say it.
@@ -490,7 +492,7 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
             .map(|e| e.message.clone())
     };
     let next = r.stage.allowed_next();
-    let measures: Vec<_> = crate::referral::measure::Measure::ALL.to_vec();
+    let measures = page.measures;
     layout(
         &person_name(r),
         Some(page.session),
@@ -612,8 +614,8 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
 
                 h2 { "Record an outcome measure" }
                 ul class="nhsuk-list" {
-                    @for m in &measures {
-                        li { a href={"/console/referrals/" (r.id) "/outcomes?measure=" (m.as_str())} { "Record " (m.as_str().to_uppercase()) } }
+                    @for m in measures {
+                        li { a href={"/console/referrals/" (r.id) "/outcomes?measure=" (m.code)} { "Record " (m.name) } }
                     }
                 }
             }
@@ -663,13 +665,13 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
 
             @if !d.outcomes.is_empty() {
                 h2 { "Outcomes" }
-                @for m in &measures {
-                    @let of: Vec<_> = d.outcomes.iter().filter(|o| o.measure == *m).collect();
+                @for m in measures {
+                    @let of: Vec<_> = d.outcomes.iter().filter(|o| o.measure == m.code).collect();
                     @if !of.is_empty() {
-                        h3 { (m.as_str().to_uppercase()) }
+                        h3 { (m.name) }
                         @let totals: Vec<i64> = of.iter().filter_map(|o| o.total).collect();
                         @if !totals.is_empty() {
-                            (chart(&totals, m.total_range(), &format!("{} totals over time: {}", m.as_str().to_uppercase(), totals.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))))
+                            (chart(&totals, m.sum_range.clone(), &format!("{} totals over time: {}", m.name, totals.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))))
                         }
                         table class="nhsuk-table" {
                             thead { tr { th scope="col" { "Recorded" } th scope="col" { "Score" } th scope="col" { "Answers" } th scope="col" { "By" } } }
@@ -737,7 +739,7 @@ pub fn questionnaire(
         })
         .collect();
     layout(
-        form.title,
+        &form.title,
         Some(session),
         html! {
             (error_summary(&errors))
@@ -745,7 +747,7 @@ pub fn questionnaire(
             p class="nhsuk-hint" { (form.hint) }
             form method="post" action={"/console/referrals/" (referral_id) "/outcomes"} novalidate {
                 (csrf_field(session))
-                input type="hidden" name="measure" value=(form.measure.as_str());
+                input type="hidden" name="measure" value=(form.measure);
                 @for (i, item) in form.items.iter().enumerate() {
                     @let n = i + 1;
                     @let name = format!("item{n}");
@@ -757,7 +759,7 @@ pub fn questionnaire(
                                 span class="nhsuk-error-message" { span class="nhsuk-u-visually-hidden" { "Error:" } " Select an answer for item " (n) }
                             }
                             div class="nhsuk-radios nhsuk-radios--inline" {
-                                @for (score, label) in &form.options {
+                                @for (score, label) in form.options.get(i).map(Vec::as_slice).unwrap_or_default() {
                                     @let id = format!("{name}-{score}");
                                     div class="nhsuk-radios__item" {
                                         input class="nhsuk-radios__input" id=(id) name=(name) type="radio" value=(score)

@@ -4,14 +4,14 @@
 //! The correspondence is data, in two TOML files, so another county's service can adapt it
 //! without a rebuild: `mappings/inbound.toml` (one FHIRPath expression per field of the
 //! referral record: [`Inbound`]) and `mappings/outbound.toml` (the Task for each referral
-//! stage and the Observation for each outcome measure: [`Outbound`]). The shipped files are
+//! stage, and the builders of Tasks and of outcome Observations: [`Outbound`]). The shipped files are
 //! compiled into the binary ([`Mappings::shipped`]); [`Mappings::load_dir`] reads a folder
 //! instead. Both files are the documentation of their keys.
 //!
 //! Everything is checked at load, and the first problem is a [`MappingError`] naming the
 //! file, line and column: a mapping that loads cannot fail for want of configuration later
-//! (every stage and measure is mapped, every expression compiles strictly, every `%variable`
-//! exists), so [`Outbound::stage`] and [`Outbound::measure`] are infallible.
+//! (every stage is mapped, every expression compiles strictly, every `%variable`
+//! exists), so [`Outbound::stage`] is infallible.
 //!
 //! Pure: no I/O except [`Mappings::load_dir`] reading the two files, no async.
 
@@ -27,8 +27,8 @@ use std::path::Path;
 
 pub use self::inbound::{Inbound, InboundResources};
 pub use self::outbound::{
-    Coding, ItemMapping, MeasureMapping, ObservationInput, Outbound, PatientRef,
-    ResourceBuildError, ServiceRef, StageMapping, TaskInput, TaskOutput, ValueType,
+    Coding, ObservationInput, Outbound, PatientRef, ResourceBuildError, ServiceRef, StageMapping,
+    TaskInput, TaskOutput,
 };
 use crate::fhirpath::FhirPath;
 use crate::located::{LocatedError, TomlText};

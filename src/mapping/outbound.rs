@@ -1,8 +1,9 @@
-//! `mappings/outbound.toml`: referral stages → Tasks, outcome scores → Observations, and the
-//! builders of both.
+//! `mappings/outbound.toml`: referral stages → Tasks, and the builders of Tasks and of outcome
+//! Observations. An Observation is built from its measure's definition
+//! ([`MeasureDefinition`]: code, items, scoring, profile), the only description of a measure.
 
 use std::collections::BTreeMap;
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -11,8 +12,14 @@ use toml::Spanned;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
 use crate::fhirpath::{Expression, FhirPath};
 use crate::located::{LocatedError, TomlText};
+use crate::outcomes::definition::{
+    CodingDef, DefinedScoreError, MEAN_PLACES, MeasureDefinition, Method,
+};
+use crate::referral::Stage;
 use crate::referral::stage::STAGE_SYSTEM;
-use crate::referral::{Measure, Score, ScoreError, Stage};
+
+/// SNOMED CT's code system URI.
+const SNOMED_SYSTEM: &str = "http://snomed.info/sct";
 
 /// The codes of FHIR R4's required `task-status` value set.
 const TASK_STATUSES: [&str; 12] = [
@@ -70,48 +77,9 @@ pub struct StageMapping {
     pub business_status: Coding,
     /// Whether a Task at this stage needs a reason (`Task.statusReason`).
     pub status_reason_required: bool,
-}
-
-/// How an Observation carries a measure's total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ValueType {
-    /// `valueInteger`: the total.
-    Integer,
-    /// No `value[x]`: the measure has no total.
-    None,
-}
-
-/// One item of a measure: its component code and score range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemMapping {
-    /// `Observation.component.code`'s coding.
-    pub code: Coding,
-    /// The lowest score.
-    pub min: i64,
-    /// The highest score.
-    pub max: i64,
-}
-
-/// How one measure is reported as an Observation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MeasureMapping {
-    /// The measure.
-    pub measure: Measure,
-    /// The profile in `meta.profile`.
-    pub profile: String,
-    /// `Observation.code`'s coding, and `Task.output.type`'s.
-    pub code: Coding,
-    /// `Observation.code.text`.
-    pub text: Option<String>,
-    /// Whether the total is `valueInteger`.
-    pub value_type: ValueType,
-    /// The total's range, with [`ValueType::Integer`].
-    pub total: Option<RangeInclusive<i64>>,
-    /// Whether the SWEMWBS metric score goes in `Observation.note`.
-    pub metric_note: bool,
-    /// The items, in form order: one component each.
-    pub items: Vec<ItemMapping>,
+    /// The code GP systems file for the referral at this stage (SNOMED CT, from the Social
+    /// Prescribing Information Standard), a second coding of `Task.businessStatus`.
+    pub record_code: Option<Coding>,
 }
 
 /// The compiled outbound mapping. See `mappings/outbound.toml`.
@@ -122,8 +90,6 @@ pub struct Outbound {
     observation_identifier_system: String,
     /// In the order of [`Stage::ALL`].
     stages: Vec<StageMapping>,
-    /// In the order of [`Measure::ALL`].
-    measures: Vec<MeasureMapping>,
 }
 
 /// Who a Task or Observation is about.
@@ -171,11 +137,12 @@ impl ServiceRef<'_> {
     }
 }
 
-/// An outcome Observation a completed Task lists in `Task.output`.
+/// An outcome Observation a Task lists in `Task.output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOutput<'a> {
-    /// What it measures (its code is `Task.output.type`).
-    pub measure: Measure,
+    /// What it measures: its coding is `Task.output.type`, its Observation text the type's
+    /// text.
+    pub measure: &'a MeasureDefinition,
     /// The Observation's id: `Observation/{id}`.
     pub observation_id: &'a str,
 }
@@ -212,9 +179,10 @@ pub struct TaskInput<'a> {
 pub struct ObservationInput<'a> {
     /// Sprig's id for the Observation: `Observation.id` and the identifier's value.
     pub observation_id: &'a str,
-    /// The answers (the measure, items and total); rescored when built, so a hand-made
-    /// [`Score`] cannot produce an Observation that contradicts itself.
-    pub score: &'a Score,
+    /// The measure, by its definition.
+    pub measure: &'a MeasureDefinition,
+    /// The answers, one per item in form order; scored by the definition when built.
+    pub answers: &'a [i64],
     /// The stored ServiceRequest's id: `basedOn`.
     pub referral_id: &'a str,
     /// The person: `subject`.
@@ -238,7 +206,7 @@ pub enum ResourceBuildError {
     },
     /// The answers cannot be scored.
     #[error(transparent)]
-    Score(#[from] ScoreError),
+    Score(#[from] DefinedScoreError),
 }
 
 // ── The file ───────────────────────────────────────────────────────────────────────────────
@@ -252,7 +220,6 @@ struct OutboundFile {
     // starts at its header, which is where errors about the key point.
     stages: BTreeMap<String, Spanned<StageSpec>>,
     observation: ObservationSection,
-    measures: BTreeMap<String, Spanned<MeasureSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +241,7 @@ struct StageSpec {
     task_status: Spanned<String>,
     business_status: Spanned<BusinessStatusSpec>,
     status_reason_required: Spanned<bool>,
+    record_code: Option<Spanned<Coding>>,
 }
 
 #[derive(Deserialize)]
@@ -281,36 +249,6 @@ struct StageSpec {
 struct BusinessStatusSpec {
     code: Spanned<String>,
     display: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MeasureSpec {
-    profile: String,
-    code: Coding,
-    text: Option<String>,
-    value_type: Spanned<ValueType>,
-    total: Option<Spanned<RangeSpec>>,
-    #[serde(default)]
-    metric_note: Option<Spanned<bool>>,
-    item_system: String,
-    items: Spanned<Vec<Spanned<ItemSpec>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RangeSpec {
-    min: i64,
-    max: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ItemSpec {
-    code: String,
-    display: Option<String>,
-    min: i64,
-    max: i64,
 }
 
 // ── Loading ────────────────────────────────────────────────────────────────────────────────
@@ -372,37 +310,11 @@ impl Outbound {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut measures: BTreeMap<Measure, MeasureMapping> = BTreeMap::new();
-        for (key, spec) in &file.measures {
-            let measure = Measure::parse(key)
-                .map_err(|e| source.error_at(&spec.span(), format!("[measures.{key}]: {e}")))?;
-            measures.insert(
-                measure,
-                measure_mapping(source, measure, &spec.span(), spec.get_ref())?,
-            );
-        }
-        let measures = Measure::ALL
-            .into_iter()
-            .map(|measure| {
-                measures.remove(&measure).ok_or_else(|| {
-                    source.error_at(
-                        &table_span(source, "measures"),
-                        format!(
-                            "measure '{}' has no Observation mapping: add a [measures.{}] table",
-                            measure.as_str(),
-                            measure.as_str()
-                        ),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
         Ok(Outbound {
             task_profile: file.task.profile,
             task_identifier_system: file.task.identifier_system,
             observation_identifier_system: file.observation.identifier_system,
             stages,
-            measures,
         })
     }
 }
@@ -458,6 +370,25 @@ fn stage_mapping(
             display: business.display.clone(),
         },
         status_reason_required: *spec.status_reason_required.get_ref(),
+        record_code: match &spec.record_code {
+            None => None,
+            Some(coding) => {
+                let c = coding.get_ref();
+                let snomed_ok = c.system != SNOMED_SYSTEM
+                    || (!c.code.is_empty()
+                        && c.code.len() <= 18
+                        && c.code.bytes().all(|b| b.is_ascii_digit()));
+                if c.system.trim().is_empty() || !snomed_ok {
+                    return Err(source.error_at(
+                        &coding.span(),
+                        format!(
+                            "stage '{stage}': record_code needs a system and, in SNOMED CT, a code of digits only"
+                        ),
+                    ));
+                }
+                Some(c.clone())
+            }
+        },
     };
     // The profile's invariants decide, evaluated on the Task this mapping makes: without a
     // reason when none is required (so a `false` that sprig-task-1 contradicts is caught),
@@ -507,148 +438,6 @@ fn strip_nulls(value: Value) -> Value {
     }
 }
 
-fn measure_mapping(
-    source: &TomlText<'_>,
-    measure: Measure,
-    key_span: &Range<usize>,
-    spec: &MeasureSpec,
-) -> Result<MeasureMapping, LocatedError> {
-    let name = measure.as_str();
-    let value_type = *spec.value_type.get_ref();
-    let total = match (&spec.total, value_type) {
-        (Some(total), ValueType::Integer) => {
-            let range = total.get_ref();
-            if range.min > range.max {
-                return Err(source.error_at(
-                    &total.span(),
-                    format!(
-                        "measure '{name}': total min {} is above max {}",
-                        range.min, range.max
-                    ),
-                ));
-            }
-            Some(range.min..=range.max)
-        }
-        (None, ValueType::Integer) => {
-            return Err(source.error_at(
-                &spec.value_type.span(),
-                format!("measure '{name}': value_type \"integer\" needs total = {{ min, max }}"),
-            ));
-        }
-        (Some(total), ValueType::None) => {
-            return Err(source.error_at(
-                &total.span(),
-                format!("measure '{name}': value_type \"none\" has no total; remove `total`"),
-            ));
-        }
-        (None, ValueType::None) => None,
-    };
-    if total != measure.total_range() {
-        let span = spec
-            .total
-            .as_ref()
-            .map_or(spec.value_type.span(), Spanned::span);
-        return Err(source.error_at(
-            &span,
-            format!(
-                "measure '{name}': the total is {}, but {measure} {}",
-                describe(total.as_ref()),
-                match measure.total_range() {
-                    Some(r) => format!("totals {} to {}", r.start(), r.end()),
-                    None => "has no total".to_string(),
-                }
-            ),
-        ));
-    }
-    let metric_note = spec.metric_note.as_ref().is_some_and(|m| *m.get_ref());
-    if metric_note && measure != Measure::Swemwbs {
-        let at = spec
-            .metric_note
-            .as_ref()
-            .map_or(key_span.clone(), Spanned::span);
-        return Err(source.error_at(
-            &at,
-            format!("measure '{name}': only SWEMWBS has a metric score; remove metric_note"),
-        ));
-    }
-    let items = spec.items.get_ref();
-    if items.len() != measure.item_count() {
-        return Err(source.error_at(
-            &spec.items.span(),
-            format!(
-                "measure '{name}': {} items are mapped, but {measure} has {}",
-                items.len(),
-                measure.item_count()
-            ),
-        ));
-    }
-    let scale = measure.item_range();
-    let mut mapped: Vec<ItemMapping> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let spec_item = item.get_ref();
-        if spec_item.min > spec_item.max {
-            return Err(source.error_at(
-                &item.span(),
-                format!(
-                    "measure '{name}' item {}: min {} is above max {}",
-                    i + 1,
-                    spec_item.min,
-                    spec_item.max
-                ),
-            ));
-        }
-        if (spec_item.min..=spec_item.max) != scale {
-            return Err(source.error_at(
-                &item.span(),
-                format!(
-                    "measure '{name}' item {}: the range is {} to {}, but {measure} items are scored {} to {}",
-                    i + 1,
-                    spec_item.min,
-                    spec_item.max,
-                    scale.start(),
-                    scale.end()
-                ),
-            ));
-        }
-        if mapped.iter().any(|m| m.code.code == spec_item.code) {
-            return Err(source.error_at(
-                &item.span(),
-                format!(
-                    "measure '{name}' item {}: code '{}' is used twice",
-                    i + 1,
-                    spec_item.code
-                ),
-            ));
-        }
-        mapped.push(ItemMapping {
-            code: Coding {
-                system: spec.item_system.clone(),
-                code: spec_item.code.clone(),
-                display: spec_item.display.clone(),
-            },
-            min: spec_item.min,
-            max: spec_item.max,
-        });
-    }
-    Ok(MeasureMapping {
-        measure,
-        profile: spec.profile.clone(),
-        code: spec.code.clone(),
-        text: spec.text.clone(),
-        value_type,
-        total,
-        metric_note,
-        items: mapped,
-    })
-}
-
-fn describe(range: Option<&RangeInclusive<i64>>) -> String {
-    match range {
-        Some(r) => format!("{} to {}", r.start(), r.end()),
-        None => "absent".to_string(),
-    }
-}
-
 /// The position of `stage` in [`Stage::ALL`] (a test checks the two agree).
 fn stage_index(stage: Stage) -> usize {
     match stage {
@@ -665,16 +454,6 @@ fn stage_index(stage: Stage) -> usize {
     }
 }
 
-/// The position of `measure` in [`Measure::ALL`].
-fn measure_index(measure: Measure) -> usize {
-    match measure {
-        Measure::Swemwbs => 0,
-        Measure::Wemwbs => 1,
-        Measure::Ons4 => 2,
-        Measure::Ucla3 => 3,
-    }
-}
-
 // ── Building ───────────────────────────────────────────────────────────────────────────────
 
 fn reference(resource_type: &str, id: &str) -> Value {
@@ -685,11 +464,6 @@ impl Outbound {
     /// How `stage` is reported (every stage is mapped: load checks it).
     pub fn stage(&self, stage: Stage) -> &StageMapping {
         &self.stages[stage_index(stage)]
-    }
-
-    /// How `measure` is reported (every measure is mapped: load checks it).
-    pub fn measure(&self, measure: Measure) -> &MeasureMapping {
-        &self.measures[measure_index(measure)]
     }
 
     /// A Task meeting `sprig-referral-task` that reports the referral at `input.stage`. The
@@ -717,10 +491,11 @@ impl Outbound {
         if let Some(reason) = reason {
             task.insert("statusReason".into(), json!({"text": reason}));
         }
-        task.insert(
-            "businessStatus".into(),
-            json!({"coding": [mapping.business_status.to_json()]}),
-        );
+        let mut business = vec![mapping.business_status.to_json()];
+        if let Some(code) = &mapping.record_code {
+            business.push(code.to_json());
+        }
+        task.insert("businessStatus".into(), json!({ "coding": business }));
         task.insert("intent".into(), json!("order"));
         task.insert(
             "code".into(),
@@ -752,10 +527,10 @@ impl Outbound {
                 .outputs
                 .iter()
                 .map(|output| {
-                    let measure = self.measure(output.measure);
+                    let measure = output.measure;
                     let mut kind = Map::new();
-                    kind.insert("coding".into(), json!([measure.code.to_json()]));
-                    if let Some(text) = &measure.text {
+                    kind.insert("coding".into(), json!([coding_json(&measure.coding)]));
+                    if let Some(text) = &measure.observation.text {
                         kind.insert("text".into(), json!(text));
                     }
                     json!({
@@ -769,15 +544,21 @@ impl Outbound {
         Ok(Value::Object(task))
     }
 
-    /// An Observation meeting the measure's `sprig-outcome-*` profile. The answers are
-    /// rescored first; answers that cannot be scored are an error.
+    /// An Observation of `input.measure`, built from its definition: `meta.profile` its
+    /// profile, `code` its coding, one component per item (the definition's item codes in
+    /// its `item_system`), the score as the value (`valueInteger` for a sum, `valueQuantity`
+    /// for a mean, none without a total) and, with a conversion, the converted score in a
+    /// note. The answers are scored first; answers that cannot be scored are an error.
     pub fn observation(&self, input: &ObservationInput<'_>) -> Result<Value, ResourceBuildError> {
-        let score = input.score.measure.score(&input.score.items)?;
-        let mapping = self.measure(score.measure);
+        let definition = input.measure;
+        let score = definition.score(input.answers)?;
         let mut observation = Map::new();
         observation.insert("resourceType".into(), json!("Observation"));
         observation.insert("id".into(), json!(input.observation_id));
-        observation.insert("meta".into(), json!({"profile": [mapping.profile]}));
+        observation.insert(
+            "meta".into(),
+            json!({"profile": [definition.observation.profile]}),
+        );
         observation.insert(
             "identifier".into(),
             json!([{"system": self.observation_identifier_system, "value": input.observation_id}]),
@@ -796,34 +577,64 @@ impl Outbound {
             }]}]),
         );
         let mut code = Map::new();
-        code.insert("coding".into(), json!([mapping.code.to_json()]));
-        if let Some(text) = &mapping.text {
+        code.insert("coding".into(), json!([coding_json(&definition.coding)]));
+        if let Some(text) = &definition.observation.text {
             code.insert("text".into(), json!(text));
         }
         observation.insert("code".into(), Value::Object(code));
         observation.insert("subject".into(), input.patient.to_json());
         observation.insert("effectiveDateTime".into(), json!(input.effective));
         observation.insert("performer".into(), json!([input.service.to_json()]));
-        if let (ValueType::Integer, Some(total)) = (mapping.value_type, score.total) {
-            observation.insert("valueInteger".into(), json!(total));
+        let sum: i64 = input.answers.iter().sum();
+        match (definition.method, score.total) {
+            (Method::Sum, Some(_)) => {
+                observation.insert("valueInteger".into(), json!(sum));
+            }
+            (Method::Mean, Some(mean)) => {
+                let value = mean
+                    .round_dp(MEAN_PLACES)
+                    .to_string()
+                    .parse::<serde_json::Number>()
+                    .map_or(Value::Null, Value::Number);
+                observation.insert("valueQuantity".into(), json!({ "value": value }));
+            }
+            _ => {}
         }
-        if let (true, Some(metric), Some(total)) = (mapping.metric_note, score.metric, score.total)
+        if let (Some(heading), Some(converted)) =
+            (&definition.observation.conversion_note, score.converted)
         {
             observation.insert(
                 "note".into(),
                 json!([{"text": format!(
-                    "{} metric score {metric} (raw score {total}, converted with the published SWEMWBS raw-to-metric table)",
-                    score.measure
+                    "{heading} {converted} (total {sum}, converted with the table in the {} definition)",
+                    definition.name
                 )}]),
             );
         }
-        let components: Vec<Value> = mapping
+        let components: Vec<Value> = definition
             .items
             .iter()
-            .zip(&score.items)
-            .map(|(item, value)| json!({"code": {"coding": [item.code.to_json()]}, "valueInteger": value}))
+            .zip(input.answers)
+            .map(|(item, value)| {
+                let coding = CodingDef {
+                    system: definition.observation.item_system.clone(),
+                    code: item.code.clone(),
+                    display: item.display.clone(),
+                };
+                json!({"code": {"coding": [coding_json(&coding)]}, "valueInteger": value})
+            })
             .collect();
         observation.insert("component".into(), Value::Array(components));
         Ok(Value::Object(observation))
     }
+}
+
+/// A definition's coding as FHIR JSON (`display` only when given).
+fn coding_json(coding: &CodingDef) -> Value {
+    Coding {
+        system: coding.system.clone(),
+        code: coding.code.clone(),
+        display: coding.display.clone(),
+    }
+    .to_json()
 }

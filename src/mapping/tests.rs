@@ -8,13 +8,21 @@ use serde_json::Value;
 use super::*;
 use crate::fhir::IssueType;
 use crate::fhirpath::FhirPath;
+use crate::outcomes::{Catalogue, MeasureDefinition};
+use crate::referral::Stage;
 use crate::referral::record::{
     BusinessIdentifier, MappedReferral, PatientContact, Reason, ReferralFields,
 };
-use crate::referral::{Measure, Stage};
 use crate::validation::Validator;
 use crate::validation::profile::ProfilePass;
 use crate::validation::schema::SchemaPass;
+
+static CATALOGUE: LazyLock<Catalogue> =
+    LazyLock::new(|| Catalogue::shipped().expect("the shipped measures load"));
+
+fn measure(code: &str) -> &'static MeasureDefinition {
+    CATALOGUE.get(code).expect("a shipped measure")
+}
 
 static ENGINE: LazyLock<FhirPath> = LazyLock::new(|| FhirPath::new().expect("engine"));
 static SHIPPED: LazyLock<Mappings> =
@@ -46,17 +54,11 @@ fn errors(resource: &Value) -> Vec<String> {
 // ── Loading ────────────────────────────────────────────────────────────────────────────────
 
 #[test]
-fn the_shipped_mappings_load_and_map_every_stage_and_measure() {
+fn the_shipped_mappings_load_and_map_every_stage() {
     let outbound = &SHIPPED.outbound;
     for stage in Stage::ALL {
         assert_eq!(outbound.stage(stage).stage, stage);
         assert_eq!(outbound.stage(stage).business_status.code, stage.as_str());
-    }
-    for measure in Measure::ALL {
-        let mapping = outbound.measure(measure);
-        assert_eq!(mapping.measure, measure);
-        assert_eq!(mapping.items.len(), measure.item_count());
-        assert_eq!(mapping.total, measure.total_range());
     }
     let required: Vec<Stage> = Stage::ALL
         .into_iter()
@@ -302,25 +304,6 @@ fn a_missing_stage_mapping_is_refused() {
 }
 
 #[test]
-fn a_missing_measure_mapping_is_refused() {
-    let message = load_error("outbound.toml", |t| {
-        replace_once(t, "[measures.ucla3]", "[measures.ucla]")
-    });
-    assert!(
-        message.contains("'ucla' is not an outcome measure"),
-        "{message}"
-    );
-    let message = load_error("outbound.toml", |t| {
-        let start = t.find("\n# UCLA 3-item").expect("ucla3");
-        t[..start].to_string()
-    });
-    assert!(
-        message.contains("measure 'ucla3' has no Observation mapping"),
-        "{message}"
-    );
-}
-
-#[test]
 fn stage_mappings_that_break_the_task_profile_are_refused() {
     // sprig-task-1: a declined Task needs a reason.
     let message = load_error("outbound.toml", |t| {
@@ -374,61 +357,9 @@ fn stage_mappings_that_break_the_task_profile_are_refused() {
 }
 
 #[test]
-fn ranges_are_checked() {
-    let message = load_error("outbound.toml", |t| {
-        replace_once(
-            t,
-            "total = { min = 3, max = 9 }",
-            "total = { min = 9, max = 3 }",
-        )
-    });
-    let (line, column) = position(SHIPPED_OUTBOUND, "{ min = 3, max = 9 }");
-    assert_eq!(
-        message,
-        format!(":{line}:{column}: measure 'ucla3': total min 9 is above max 3")
-    );
-    let message = load_error("outbound.toml", |t| {
-        replace_once(
-            t,
-            "{ code = \"item-2\", display = \"UCLA-3 item 2\", min = 1, max = 3 }",
-            "{ code = \"item-2\", display = \"UCLA-3 item 2\", min = 3, max = 1 }",
-        )
-    });
-    assert!(
-        message.contains("measure 'ucla3' item 2: min 3 is above max 1"),
-        "{message}"
-    );
-    let message = load_error("outbound.toml", |t| {
-        replace_once(
-            t,
-            "total = { min = 3, max = 9 }",
-            "total = { min = 3, max = 12 }",
-        )
-    });
-    assert!(
-        message.contains("the total is 3 to 12, but UCLA-3 totals 3 to 9"),
-        "{message}"
-    );
-    let message = load_error("outbound.toml", |t| {
-        replace_once(
-            t,
-            "  { code = \"item-3\", display = \"UCLA-3 item 3\", min = 1, max = 3 },\n",
-            "",
-        )
-    });
-    assert!(
-        message.contains("2 items are mapped, but UCLA-3 has 3"),
-        "{message}"
-    );
-}
-
-#[test]
 fn stage_index_follows_stage_all() {
     for (i, stage) in Stage::ALL.into_iter().enumerate() {
         assert_eq!(SHIPPED.outbound.stage(stage).stage, stage, "{i}");
-    }
-    for measure in Measure::ALL {
-        assert_eq!(SHIPPED.outbound.measure(measure).measure, measure);
     }
 }
 
@@ -866,11 +797,11 @@ fn task_input(stage: Stage, outputs: &[TaskOutput<'_>]) -> Value {
 fn a_task_for_every_stage_meets_the_profile() {
     let outputs = [
         TaskOutput {
-            measure: Measure::Swemwbs,
+            measure: measure("swemwbs"),
             observation_id: "4c5d6e7f-8a9b-4c0d-9e1f-2a3b4c5d6e7f",
         },
         TaskOutput {
-            measure: Measure::Ucla3,
+            measure: measure("ucla3"),
             observation_id: "5d6e7f8a-9b0c-4d1e-8f2a-3b4c5d6e7f8a",
         },
     ];
@@ -910,6 +841,52 @@ fn a_task_for_every_stage_meets_the_profile() {
     assert_eq!(
         completed["output"][1]["valueReference"]["reference"],
         "Observation/5d6e7f8a-9b0c-4d1e-8f2a-3b4c5d6e7f8a"
+    );
+}
+
+#[test]
+fn tasks_carry_the_social_prescribing_snomed_codes_gp_systems_file() {
+    // The Social Prescribing Information Standard's codes, as a second coding of
+    // businessStatus beside Sprig's stage: the referral accepted, and declined.
+    let snomed = |stage| {
+        let task = task_input(stage, &[]);
+        assert_eq!(errors(&task), Vec::<String>::new(), "{stage}");
+        let codings = task["businessStatus"]["coding"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        codings
+            .iter()
+            .find(|c| c["system"] == "http://snomed.info/sct")
+            .map(|c| c["code"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(snomed(Stage::Accepted).as_deref(), Some("871731000000106"));
+    assert_eq!(snomed(Stage::Declined).as_deref(), Some("871711000000103"));
+    for stage in [
+        Stage::Received,
+        Stage::Contacted,
+        Stage::Completed,
+        Stage::Withdrawn,
+    ] {
+        assert_eq!(snomed(stage), None, "{stage}");
+    }
+    // Sprig's own stage coding stays first (sprig-task-2 reads it).
+    assert_eq!(
+        task_input(Stage::Declined, &[])["businessStatus"]["coding"][0]["code"],
+        "declined"
+    );
+    let message = load_error("outbound.toml", |t| {
+        replace_once(
+            t,
+            "code = \"871711000000103\"",
+            "code = \"87171100000010X\"",
+        )
+    });
+    assert!(
+        message.contains(
+            "stage 'declined': record_code needs a system and, in SNOMED CT, a code of digits only"
+        ),
+        "{message}"
     );
 }
 
@@ -962,12 +939,13 @@ fn a_stage_that_needs_a_reason_refuses_to_build_without_one() {
     }
 }
 
-fn observation(score: &crate::referral::Score, patient: PatientRef<'_>) -> Value {
+fn observation(definition: &MeasureDefinition, answers: &[i64], patient: PatientRef<'_>) -> Value {
     SHIPPED
         .outbound
         .observation(&ObservationInput {
             observation_id: "4c5d6e7f-8a9b-4c0d-9e1f-2a3b4c5d6e7f",
-            score,
+            measure: definition,
+            answers,
             referral_id: REFERRAL_ID,
             patient,
             effective: "2027-02-26T10:30:00+00:00",
@@ -977,65 +955,64 @@ fn observation(score: &crate::referral::Score, patient: PatientRef<'_>) -> Value
 }
 
 #[test]
-fn an_observation_for_every_measure_meets_its_profile() {
-    for measure in Measure::ALL {
-        let range = measure.item_range();
+fn an_observation_for_every_measure_meets_its_profile_and_definition() {
+    for definition in CATALOGUE.iter() {
+        let items = &definition.items;
         // Lowest, highest and a mix of answers.
-        let mixed: Vec<i64> = (0..measure.item_count())
-            .map(|i| range.start() + (i as i64 % (range.end() - range.start() + 1)))
+        let mixed: Vec<i64> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| item.min + (i as i64 % (item.max - item.min + 1)))
             .collect();
         for answers in [
-            vec![*range.start(); measure.item_count()],
-            vec![*range.end(); measure.item_count()],
+            items.iter().map(|i| i.min).collect::<Vec<_>>(),
+            items.iter().map(|i| i.max).collect(),
             mixed,
         ] {
-            let score = measure.score(&answers).expect("valid answers");
             for patient in [PatientRef::Id("p1"), PatientRef::NhsNumber("9000000009")] {
-                let obs = observation(&score, patient);
-                assert_eq!(errors(&obs), Vec::<String>::new(), "{measure}: {obs:#}");
+                let obs = observation(definition, &answers, patient);
+                let code = &definition.code;
+                assert_eq!(errors(&obs), Vec::<String>::new(), "{code}: {obs:#}");
                 assert_eq!(
-                    obs["component"].as_array().map(Vec::len),
-                    Some(measure.item_count())
+                    definition.observation_issues(&obs),
+                    Vec::<String>::new(),
+                    "{code}"
                 );
-                assert_eq!(
-                    obs["meta"]["profile"][0],
-                    SHIPPED.outbound.measure(measure).profile
-                );
-                match score.total {
-                    Some(total) => assert_eq!(obs["valueInteger"], total),
+                assert_eq!(obs["component"].as_array().map(Vec::len), Some(items.len()));
+                assert_eq!(obs["meta"]["profile"][0], definition.observation.profile);
+                match definition.sum_range() {
+                    Some(_) => assert_eq!(obs["valueInteger"], answers.iter().sum::<i64>()),
                     None => assert!(obs.get("valueInteger").is_none()),
                 }
             }
         }
     }
-    let swemwbs = Measure::Swemwbs
-        .score(&[3, 4, 3, 3, 4, 3, 4])
-        .expect("valid");
-    let obs = observation(&swemwbs, PatientRef::Id("p1"));
+    let swemwbs = measure("swemwbs");
+    let obs = observation(swemwbs, &[3, 4, 3, 3, 4, 3, 4], PatientRef::Id("p1"));
     assert_eq!(obs["valueInteger"], 24);
-    // The validator is live: a total that is not the sum of the items is refused.
+    // The validator is live: a total that is not the sum of the items is refused, by the
+    // profile and by the definition.
     let mut broken = obs.clone();
     broken["valueInteger"] = 25.into();
     assert!(!errors(&broken).is_empty());
     assert_eq!(
+        swemwbs.observation_issues(&broken),
+        ["Observation.valueInteger: needs the sum of the items, 24"]
+    );
+    assert_eq!(
         obs["note"][0]["text"],
-        "SWEMWBS metric score 21.54 (raw score 24, converted with the published SWEMWBS raw-to-metric table)"
+        "SWEMWBS metric score 21.54 (total 24, converted with the table in the SWEMWBS definition)"
     );
 }
 
 #[test]
-fn an_observation_is_rescored_before_it_is_built() {
-    let forged = crate::referral::Score {
-        measure: Measure::Ucla3,
-        items: vec![1, 2, 7],
-        total: Some(10),
-        metric: None,
-    };
+fn an_observation_is_scored_before_it_is_built() {
     let err = SHIPPED
         .outbound
         .observation(&ObservationInput {
             observation_id: "o1",
-            score: &forged,
+            measure: measure("ucla3"),
+            answers: &[1, 2, 7],
             referral_id: REFERRAL_ID,
             patient: PatientRef::Id("p1"),
             effective: "2027-02-26",

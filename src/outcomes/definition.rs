@@ -6,19 +6,30 @@
 //! (its follow-up schedule).
 //!
 //! Every mistake stops loading with a [`LocatedError`] (file, line, column, what is wrong).
-//! The four measures Sprig ships are also scored by `referral::Measure`, which builds their
-//! Observations; a definition with one of their codes must agree with it exactly (items,
-//! ranges, totals, the conversion table), so the data and the code can never disagree about
-//! what a shipped measure's score is.
+//! The definition is the only scorer: recording (API and console), the Observation sent to
+//! the GP (its code, components and value, built in `mapping::outbound` from
+//! [`MeasureDefinition`]), the Observation's validation ([`MeasureDefinition::observation_issues`],
+//! the definition's own rules on top of its profile) and the reports all read it. A service's
+//! own measure is therefore handled exactly as the shipped ones are.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::located::{LocatedError, TomlText};
-use crate::referral::Measure;
+
+/// The measures every folder of definitions must define: stored outcomes and the shipped
+/// metrics name them, and the console offers them first.
+pub const REQUIRED: [&str; 4] = ["swemwbs", "wemwbs", "ons4", "ucla3"];
+
+/// The profile an outcome Observation claims when its definition names none: the survey
+/// Observation every measure meets (`profiles/sprig/StructureDefinition-sprig-outcome.json`);
+/// the definition's own rules ([`MeasureDefinition::observation_issues`]) do the rest.
+pub const GENERIC_PROFILE: &str =
+    "https://sprig-gateway.org/fhir/StructureDefinition/sprig-outcome";
 
 /// The measures Sprig ships, `(file name, text)`.
 const SHIPPED: [(&str, &str); 4] = [
@@ -77,6 +88,9 @@ pub struct Item {
     /// Its wording, where the licence allows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The component code's display in the Observation (`SWEMWBS item 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
     /// Lowest score.
     pub min: i64,
     /// Highest score.
@@ -143,6 +157,28 @@ pub struct Schedule {
     pub due_soon_days: u32,
 }
 
+/// How the measure becomes a FHIR Observation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservationDef {
+    /// The profile the Observation claims (default [`GENERIC_PROFILE`]).
+    #[serde(default = "generic_profile")]
+    pub profile: String,
+    /// `Observation.code.text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The code system of the item codes (`Observation.component.code`).
+    pub item_system: String,
+    /// The heading of the note carrying the converted score (`SWEMWBS metric score`); the
+    /// note is added only when the measure has a conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_note: Option<String>,
+}
+
+fn generic_profile() -> String {
+    GENERIC_PROFILE.to_string()
+}
+
 /// A measure, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MeasureDefinition {
@@ -152,6 +188,9 @@ pub struct MeasureDefinition {
     pub name: String,
     /// Full name.
     pub title: String,
+    /// What the questionnaire form says above the items (how to ask them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     /// The Observation's code.
     pub coding: CodingDef,
     /// A higher total is better.
@@ -168,8 +207,13 @@ pub struct MeasureDefinition {
     pub meaningful_change: Option<String>,
     /// When it is measured.
     pub schedule: Schedule,
+    /// The Observation it becomes.
+    pub observation: ObservationDef,
     /// The file it came from.
     pub file: String,
+    /// Where its `code` is in that file (line, column), for errors found after loading.
+    #[serde(skip)]
+    pub at: (usize, usize),
 }
 
 /// Answers that cannot be scored by a definition.
@@ -257,7 +301,130 @@ impl MeasureDefinition {
     pub fn follow_up(&self, key: &str) -> Option<&FollowUpDef> {
         self.schedule.follow_ups.iter().find(|f| f.key == key)
     }
+
+    /// The lowest and highest sum of the items; `None` with [`Method::None`].
+    pub fn sum_range(&self) -> Option<(i64, i64)> {
+        (self.method != Method::None).then(|| {
+            (
+                self.items.iter().map(|i| i.min).sum(),
+                self.items.iter().map(|i| i.max).sum(),
+            )
+        })
+    }
+
+    /// The score of answers whose items add up to `sum` (what the record keeps as the
+    /// total): the sum itself, or the mean; `None` with [`Method::None`].
+    pub fn score_of_sum(&self, sum: i64) -> Option<Decimal> {
+        match self.method {
+            Method::Sum => Some(Decimal::from(sum)),
+            Method::Mean => Decimal::from(sum).checked_div(Decimal::from(self.items.len() as i64)),
+            Method::None => None,
+        }
+    }
+
+    /// What is wrong with `observation` by this definition's rules, beyond what its profile
+    /// checks: `Observation.code` carries the definition's coding; one component per item,
+    /// in order, coded in `observation.item_system` with the item's code, an integer within
+    /// the item's range; the value is the definition's score of those items (`valueInteger`
+    /// for a sum, `valueQuantity` for a mean, none without a total). Each problem names the
+    /// element; nothing quotes the answers' meaning.
+    pub fn observation_issues(&self, observation: &serde_json::Value) -> Vec<String> {
+        let mut issues = Vec::new();
+        let codings = observation["code"]["coding"].as_array();
+        let coded = codings.is_some_and(|all| {
+            all.iter().any(|c| {
+                c["system"].as_str() == Some(self.coding.system.as_str())
+                    && c["code"].as_str() == Some(self.coding.code.as_str())
+            })
+        });
+        if !coded {
+            issues.push(format!(
+                "Observation.code: needs the coding {}|{} of measure '{}'",
+                self.coding.system, self.coding.code, self.code
+            ));
+        }
+        let components = observation["component"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if components.len() != self.items.len() {
+            issues.push(format!(
+                "Observation.component: measure '{}' has {} items, one component each; found {}",
+                self.code,
+                self.items.len(),
+                components.len()
+            ));
+            return issues;
+        }
+        let mut answers = Vec::with_capacity(components.len());
+        for (i, (item, component)) in self.items.iter().zip(components).enumerate() {
+            let coding = &component["code"]["coding"][0];
+            if coding["system"].as_str() != Some(self.observation.item_system.as_str())
+                || coding["code"].as_str() != Some(item.code.as_str())
+            {
+                issues.push(format!(
+                    "Observation.component[{i}].code: needs {}|{} (item {} of measure '{}')",
+                    self.observation.item_system,
+                    item.code,
+                    i + 1,
+                    self.code
+                ));
+            }
+            match component["valueInteger"].as_i64() {
+                Some(value) if (item.min..=item.max).contains(&value) => answers.push(value),
+                _ => issues.push(format!(
+                    "Observation.component[{i}].valueInteger: needs an integer from {} to {}",
+                    item.min, item.max
+                )),
+            }
+        }
+        if !issues.is_empty() {
+            return issues;
+        }
+        let sum: i64 = answers.iter().sum();
+        let value_keys: Vec<&String> = observation
+            .as_object()
+            .map(|o| o.keys().filter(|k| k.starts_with("value")).collect())
+            .unwrap_or_default();
+        let expected = self.score_of_sum(sum);
+        match (self.method, expected) {
+            (Method::None, _) | (_, None) => {
+                if !value_keys.is_empty() {
+                    issues.push(format!(
+                        "Observation.value[x]: measure '{}' has no total, so no value",
+                        self.code
+                    ));
+                }
+            }
+            (Method::Sum, Some(total)) => {
+                if observation["valueInteger"].as_i64().map(Decimal::from) != Some(total)
+                    || value_keys.len() != 1
+                {
+                    issues.push(format!(
+                        "Observation.valueInteger: needs the sum of the items, {total}"
+                    ));
+                }
+            }
+            (Method::Mean, Some(mean)) => {
+                let rounded = mean.round_dp(MEAN_PLACES);
+                let given = observation["valueQuantity"]["value"].as_f64();
+                let agrees = given
+                    .zip(rounded.to_f64())
+                    .is_some_and(|(given, expected)| (given - expected).abs() < 1e-9);
+                if !agrees || value_keys.len() != 1 {
+                    issues.push(format!(
+                        "Observation.valueQuantity.value: needs the mean of the items, {}",
+                        mean.round_dp(MEAN_PLACES)
+                    ));
+                }
+            }
+        }
+        issues
+    }
 }
+
+/// Decimal places of a mean score in an Observation (`valueQuantity.value`).
+pub const MEAN_PLACES: u32 = 2;
 
 // ── The file ───────────────────────────────────────────────────────────────────────────────
 
@@ -267,6 +434,7 @@ struct MeasureFile {
     code: Spanned<String>,
     name: String,
     title: String,
+    hint: Option<String>,
     coding: CodingDef,
     higher_is_better: bool,
     #[serde(default)]
@@ -275,6 +443,7 @@ struct MeasureFile {
     scoring: ScoringSpec,
     change: Option<ChangeSpec>,
     schedule: Spanned<ScheduleSpec>,
+    observation: ObservationDef,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +453,7 @@ struct ItemSpec {
     min: i64,
     max: i64,
     text: Option<String>,
+    display: Option<String>,
     #[serde(default)]
     reversed: bool,
 }
@@ -426,6 +596,7 @@ pub fn load(source: &TomlText<'_>) -> Result<MeasureDefinition, LocatedError> {
         items.push(Item {
             code: item.code.clone(),
             text: item.text.clone(),
+            display: item.display.clone(),
             min: item.min,
             max: item.max,
             reversed: item.reversed,
@@ -539,6 +710,7 @@ pub fn load(source: &TomlText<'_>) -> Result<MeasureDefinition, LocatedError> {
         code,
         name: file.name,
         title: file.title,
+        hint: file.hint,
         coding: file.coding,
         higher_is_better: file.higher_is_better,
         items,
@@ -550,87 +722,14 @@ pub fn load(source: &TomlText<'_>) -> Result<MeasureDefinition, LocatedError> {
             window_weeks,
             due_soon_days: schedule.due_soon_days,
         },
+        observation: file.observation,
         file: source.file.to_string(),
+        at: {
+            let here = source.error_at(&file.code.span(), String::new());
+            (here.line, here.column)
+        },
     };
-    agrees_with_code(source, &file.code, &definition)?;
     Ok(definition)
-}
-
-/// A definition of a measure Sprig scores in code must score exactly as the code does.
-fn agrees_with_code(
-    source: &TomlText<'_>,
-    at: &Spanned<String>,
-    definition: &MeasureDefinition,
-) -> Result<(), LocatedError> {
-    let Ok(measure) = Measure::parse(&definition.code) else {
-        return Ok(());
-    };
-    let wrong = |what: String| {
-        source.error_at(
-            &at.span(),
-            format!(
-                "measure '{}' is one Sprig scores itself, and {what}",
-                definition.code
-            ),
-        )
-    };
-    if definition.items.len() != measure.item_count() {
-        return Err(wrong(format!(
-            "{measure} has {} items",
-            measure.item_count()
-        )));
-    }
-    let range = measure.item_range();
-    if definition.items.iter().any(|i| {
-        (i.min..=i.max) != range
-            || i.reversed != (measure == Measure::Ons4 && i.code == "anxious-yesterday")
-    }) {
-        return Err(wrong(format!(
-            "its items are scored {} to {} (ONS4's anxious-yesterday reversed)",
-            range.start(),
-            range.end()
-        )));
-    }
-    let expects_total = measure.total_range().is_some();
-    if (definition.method == Method::Sum) != expects_total
-        || (!expects_total && definition.method != Method::None)
-    {
-        return Err(wrong(format!(
-            "its method is {}",
-            if expects_total { "\"sum\"" } else { "\"none\"" }
-        )));
-    }
-    if let Some(total) = measure.total_range() {
-        for raw in total {
-            let code_metric = measure
-                .score(&spread(raw, measure))
-                .ok()
-                .and_then(|s| s.metric);
-            let data_metric = definition.conversion.as_ref().and_then(|c| c.convert(raw));
-            if code_metric != data_metric {
-                return Err(wrong(format!(
-                    "its conversion of total {raw} differs from the published one"
-                )));
-            }
-        }
-    }
-    if definition.higher_is_better == (measure == Measure::Ucla3) {
-        return Err(wrong("higher_is_better is wrong for it".to_string()));
-    }
-    Ok(())
-}
-
-/// Answers of `measure` adding up to `raw` (within its total range).
-fn spread(raw: i64, measure: Measure) -> Vec<i64> {
-    let range = measure.item_range();
-    let mut answers = vec![*range.start(); measure.item_count()];
-    let mut left = raw - range.start() * measure.item_count() as i64;
-    for a in &mut answers {
-        let add = left.min(range.end() - range.start());
-        *a += add;
-        left -= add;
-    }
-    answers
 }
 
 /// The measures in force, by code.
@@ -663,18 +762,14 @@ impl Catalogue {
             }
             measures.insert(definition.code.clone(), definition);
         }
-        if let Some(missing) = Measure::ALL
-            .iter()
-            .find(|m| !measures.contains_key(m.as_str()))
-        {
+        if let Some(missing) = REQUIRED.iter().find(|m| !measures.contains_key(**m)) {
             let file = files
                 .first()
                 .map_or("outcomes/measures", |(n, _)| n.as_str());
             return Err(TomlText::new(file, "").error(
                 0,
                 format!(
-                    "measure '{}' is not defined: every folder of measures must define swemwbs, wemwbs, ons4 and ucla3 (copy them from outcomes/measures/)",
-                    missing.as_str()
+                    "measure '{missing}' is not defined: every folder of measures must define swemwbs, wemwbs, ons4 and ucla3 (copy them from outcomes/measures/)",
                 ),
             ));
         }
@@ -718,21 +813,63 @@ meaningful = "0.5"
 follow_ups = [{ key = "3m", label = "3 months", months = 3 }]
 window_weeks = 2
 due_soon_days = 7
+[observation]
+item_system = "https://example.org/measures/mood-5-item"
 "#;
 
+    /// The published SWEMWBS raw-to-metric conversion, raw 7 to 35.
+    const SWEMWBS_PUBLISHED: [&str; 29] = [
+        "7.00", "9.51", "11.25", "12.40", "13.33", "14.08", "14.75", "15.32", "15.84", "16.36",
+        "16.88", "17.43", "17.98", "18.59", "19.25", "19.98", "20.73", "21.54", "22.35", "23.21",
+        "24.11", "25.03", "26.02", "27.03", "28.13", "29.31", "30.70", "32.55", "35.00",
+    ];
+
     #[test]
-    fn the_shipped_measures_load_and_agree_with_the_code() {
+    fn the_shipped_measures_score_as_published() {
         let catalogue = Catalogue::shipped().expect("the shipped measures load");
-        for measure in Measure::ALL {
-            let def = catalogue.get(measure.as_str()).expect("defined");
-            let low: Vec<i64> = def.items.iter().map(|i| i.min).collect();
-            let high: Vec<i64> = def.items.iter().map(|i| i.max).collect();
-            for answers in [low, high] {
-                let code = measure.score(&answers).expect("valid");
-                let data = def.score(&answers).expect("valid");
-                assert_eq!(data.total, code.total.map(Decimal::from), "{measure}");
-                assert_eq!(data.converted, code.metric, "{measure}");
+        // Items, ranges, totals and direction, as the instruments publish them.
+        for (code, items, min, max, total, higher_is_better) in [
+            ("swemwbs", 7, 1, 5, Some((7, 35)), true),
+            ("wemwbs", 14, 1, 5, Some((14, 70)), true),
+            ("ons4", 4, 0, 10, None, true),
+            ("ucla3", 3, 1, 3, Some((3, 9)), false),
+        ] {
+            let def = catalogue.get(code).expect("defined");
+            assert_eq!(def.items.len(), items, "{code}");
+            assert!(
+                def.items.iter().all(|i| (i.min, i.max) == (min, max)),
+                "{code}"
+            );
+            assert_eq!(def.sum_range(), total, "{code}");
+            assert_eq!(def.higher_is_better, higher_is_better, "{code}");
+            let low = def.score(&vec![min; items]).expect("lowest");
+            assert_eq!(low.total, total.map(|(l, _)| Decimal::from(l)), "{code}");
+        }
+        // ONS4's anxiety item alone is reversed: why ONS4 has no total.
+        let ons4 = catalogue.get("ons4").expect("ons4");
+        let reversed: Vec<&str> = ons4
+            .items
+            .iter()
+            .filter(|i| i.reversed)
+            .map(|i| i.code.as_str())
+            .collect();
+        assert_eq!(reversed, ["anxious-yesterday"]);
+        // Every entry of the published SWEMWBS table, reached by scoring answers.
+        let swemwbs = catalogue.get("swemwbs").expect("swemwbs");
+        for (i, published) in SWEMWBS_PUBLISHED.iter().enumerate() {
+            let raw = 7 + i as i64;
+            let mut answers = [1i64; 7];
+            let mut left = raw - 7;
+            for a in &mut answers {
+                let add = left.min(4);
+                *a += add;
+                left -= add;
             }
+            let score = swemwbs.score(&answers).expect("valid");
+            assert_eq!(score.total, Some(Decimal::from(raw)));
+            let converted = score.converted.expect("in the table");
+            // Exact to the hundredth, as published (`7.00`, not `7`).
+            assert_eq!(converted.to_string(), *published, "raw {raw}");
         }
         let swemwbs = catalogue.get("swemwbs").expect("swemwbs");
         assert_eq!(swemwbs.coding.code, "718466001");
@@ -821,16 +958,13 @@ due_soon_days = 7
                 "{at} {what}: {err}"
             );
         }
-        // A shipped code must score as the code does.
-        let wrong = Catalogue::shipped_text("ucla3")
-            .replace("higher_is_better = false", "higher_is_better = true");
-        let err = one(&wrong)
-            .expect_err("UCLA-3: higher is lonelier")
-            .to_string();
-        assert!(err.contains("one Sprig scores itself"), "{err}");
-        let table = Catalogue::shipped_text("swemwbs").replace("\"9.51\"", "\"9.50\"");
-        let err = one(&table).expect_err("the published table").to_string();
-        assert!(err.contains("conversion of total 8"), "{err}");
+        // A conversion table must cover every total.
+        let table = Catalogue::shipped_text("swemwbs").replace("\"9.51\", ", "");
+        let err = one(&table).expect_err("a value short").to_string();
+        assert!(
+            err.contains("one value for each total from 7 to 35"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -352,11 +352,9 @@ pub struct Report {
     pub detail: Vec<DetailRow>,
 }
 
-/// A FHIR instant's UK date.
-fn day_of(instant: &str) -> Option<Date> {
-    OffsetDateTime::parse(instant, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(uk_date)
+/// An instant's UK date.
+fn day_of(instant: &OffsetDateTime) -> Date {
+    uk_date(*instant)
 }
 
 const CLOSED: [Stage; 3] = [Stage::Declined, Stage::UnableToContact, Stage::Withdrawn];
@@ -367,7 +365,7 @@ fn closed_on(facts: &ReferralFacts) -> Option<Date> {
         .stages
         .iter()
         .filter(|(s, _)| CLOSED.contains(s))
-        .filter_map(|(_, at)| day_of(at))
+        .map(|(_, at)| day_of(at))
         .min()
 }
 
@@ -376,7 +374,7 @@ fn reached(facts: &ReferralFacts, stage: Stage) -> Option<Date> {
         .stages
         .iter()
         .filter(|(s, _)| *s == stage)
-        .filter_map(|(_, at)| day_of(at))
+        .map(|(_, at)| day_of(at))
         .min()
 }
 
@@ -387,7 +385,7 @@ fn baseline(facts: &ReferralFacts, measure: &str) -> Option<(usize, Date, i64)> 
         .iter()
         .enumerate()
         .filter(|(_, o)| o.measure == measure)
-        .filter_map(|(i, o)| Some((i, day_of(&o.recorded_at)?, o.total?)))
+        .filter_map(|(i, o)| Some((i, day_of(&o.recorded_at), o.total?)))
         .min_by_key(|(_, d, _)| *d)
 }
 
@@ -462,12 +460,14 @@ fn evaluate(
                 .outcomes
                 .iter()
                 .filter(|o| o.measure == *measure)
-                .filter_map(|o| Some((o, day_of(&o.recorded_at)?, o.total?)))
+                .filter_map(|o| Some((o, day_of(&o.recorded_at), o.total?)))
                 .filter(|(_, d, _)| (opens..=closes).contains(d) && *d <= today)
                 .min_by_key(|(_, d, _)| *d);
             match follow {
                 Some((o, _, total)) => {
-                    let raw = Decimal::from(total - base_total);
+                    // The definition scores the sums the record keeps (a mean divides them).
+                    let raw =
+                        definition.score_of_sum(total)? - definition.score_of_sum(base_total)?;
                     let change = if definition.higher_is_better {
                         raw
                     } else {
@@ -647,11 +647,13 @@ fn distributions(
                     .outcomes
                     .iter()
                     .filter(|o| o.measure == definition.code)
-                    .filter_map(|o| Some((day_of(&o.recorded_at)?, o.total?)))
+                    .filter_map(|o| Some((day_of(&o.recorded_at), o.total?)))
                     .filter(|(d, _)| *d >= target - window && *d <= target + window)
                     .min_by_key(|(d, _)| *d);
-                if let Some((_, total)) = hit {
-                    changes.push(Decimal::from(total - base_total));
+                if let Some(change) = hit.and_then(|(_, total)| {
+                    Some(definition.score_of_sum(total)? - definition.score_of_sum(base_total)?)
+                }) {
+                    changes.push(change);
                 }
             }
             changes.sort();
@@ -926,9 +928,7 @@ pub fn service_summary(facts: &[ReferralFacts], from: Date, to: Date) -> Service
     };
     let mut waits: Vec<i64> = Vec::new();
     for f in facts {
-        let Some(day) = day_of(&f.received_at) else {
-            continue;
-        };
+        let day = day_of(&f.received_at);
         if !(from..=to).contains(&day) {
             continue;
         }
@@ -968,6 +968,14 @@ mod tests {
         Catalogue::shipped().expect("shipped")
     }
 
+    fn instant(day: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(
+            &format!("{day}T10:00:00Z"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("an instant")
+    }
+
     fn facts(
         id: &str,
         nhs: &str,
@@ -979,19 +987,16 @@ mod tests {
             id: id.into(),
             nhs_number: Some(nhs.into()),
             practice: Some(practice.into()),
-            received_at: "2026-01-05T10:00:00Z".into(),
+            received_at: instant("2026-01-05"),
             reason: None,
-            stages: stages
-                .iter()
-                .map(|(s, at)| (*s, format!("{at}T10:00:00Z")))
-                .collect(),
+            stages: stages.iter().map(|(s, at)| (*s, instant(at))).collect(),
             outcomes: outcomes
                 .iter()
                 .enumerate()
                 .map(|(i, (m, at, total))| OutcomeFact {
                     id: format!("{id}-o{i}"),
                     measure: (*m).into(),
-                    recorded_at: format!("{at}T10:00:00Z"),
+                    recorded_at: instant(at),
                     total: Some(*total),
                 })
                 .collect(),

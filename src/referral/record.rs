@@ -5,8 +5,8 @@
 //! (the ServiceRequest and its versions, and every submission's body).
 
 use serde::Serialize;
+use time::OffsetDateTime;
 
-use super::measure::Measure;
 use super::stage::Stage;
 
 /// How a referral arrived.
@@ -223,8 +223,8 @@ pub struct Note {
 pub struct Outcome {
     /// The outcome's id, which is also its Observation's id.
     pub id: String,
-    /// Which measure.
-    pub measure: Measure,
+    /// Which measure: its definition's code (`swemwbs`).
+    pub measure: String,
     /// When the person answered.
     pub recorded_at: String,
     /// When it was entered.
@@ -233,9 +233,10 @@ pub struct Outcome {
     pub actor: String,
     /// The item answers, in item order.
     pub answers: Vec<i64>,
-    /// The raw total, where the measure has one.
+    /// The sum of the answers, where the measure has a total (the definition scores it:
+    /// the sum itself, or the mean).
     pub total: Option<i64>,
-    /// The SWEMWBS metric score, as exact decimal text.
+    /// The converted score (SWEMWBS's metric score), as exact decimal text.
     pub metric: Option<String>,
 }
 
@@ -254,7 +255,9 @@ pub struct ReferralDetail {
 }
 
 /// What the outcomes and service reports need of one referral: the record's dates, stages
-/// and measurements, nothing else (`store::Store::referral_facts`).
+/// and measurements, nothing else (`store::Store::referral_facts`). Instants are parsed once,
+/// when read (16 bytes each rather than a 24-byte `String` and its text): a quarterly report
+/// holds these for every referral the service ever had.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReferralFacts {
     /// The referral's id.
@@ -263,12 +266,13 @@ pub struct ReferralFacts {
     pub nhs_number: Option<String>,
     /// The referring practice's ODS code.
     pub practice: Option<String>,
-    /// When Sprig received it (FHIR instant, UTC).
-    pub received_at: String,
+    /// When Sprig received it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
     /// The first reason's code or text, for the service summary.
     pub reason: Option<String>,
     /// Every stage it reached, in order, with the instant.
-    pub stages: Vec<(Stage, String)>,
+    pub stages: Vec<(Stage, OffsetDateTime)>,
     /// Its measurements, in recorded order.
     pub outcomes: Vec<OutcomeFact>,
 }
@@ -280,8 +284,9 @@ pub struct OutcomeFact {
     pub id: String,
     /// The measure's code.
     pub measure: String,
-    /// When the answers were given (FHIR instant).
-    pub recorded_at: String,
-    /// The total, when the measure has one.
+    /// When the answers were given.
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+    /// The sum of the answers, when the measure has a total (its definition scores it).
     pub total: Option<i64>,
 }

@@ -7,7 +7,6 @@
 
 use super::write::WriteTx;
 use super::{Store, StoreError, dispatch};
-use crate::referral::measure::Measure;
 use crate::referral::record::{
     BusinessIdentifier, NoteSource, Outcome, Referral, ReferralDetail, ReferralFields,
 };
@@ -195,7 +194,7 @@ impl WriteTx {
     pub async fn outcome_ids(
         &mut self,
         referral_id: &str,
-    ) -> Result<Vec<(Measure, String)>, StoreError> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         dispatch!(self, b => b.outcome_ids(referral_id).await)
     }
 

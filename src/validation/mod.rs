@@ -113,7 +113,8 @@ impl Validator {
             .map(String::as_str)
     }
 
-    fn profile_type(&self, url: &str) -> Option<&str> {
+    /// The resource type of a profile Sprig holds (canonical URL), `None` when it holds none.
+    pub fn profile_type(&self, url: &str) -> Option<&str> {
         self.passes.iter().find_map(|pass| pass.profile_type(url))
     }
 

@@ -11,11 +11,11 @@ use crate::helpers::{TestApp, json_body, sample_referral_text, spawn_app};
 const PASSWORD: &str = "correct horse battery staple";
 
 /// A signed-in browser: its cookie header.
-struct Browser {
+pub(crate) struct Browser {
     cookie: String,
 }
 
-async fn add_staff(app: &TestApp) {
+pub(crate) async fn add_staff(app: &TestApp) {
     for (username, name, role) in [
         ("amara", "Amara Okafor", StaffRole::LinkWorker),
         ("ben", "Ben Price", StaffRole::LinkWorker),
@@ -27,7 +27,7 @@ async fn add_staff(app: &TestApp) {
     }
 }
 
-async fn sign_in(app: &TestApp, username: &str) -> Browser {
+pub(crate) async fn sign_in(app: &TestApp, username: &str) -> Browser {
     let response = app
         .client
         .post(app.url("/console/sign-in"))
@@ -44,7 +44,7 @@ async fn sign_in(app: &TestApp, username: &str) -> Browser {
 }
 
 impl Browser {
-    async fn get(&self, app: &TestApp, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, app: &TestApp, path: &str) -> (u16, String) {
         let response = app
             .client
             .get(app.url(path))
@@ -56,7 +56,12 @@ impl Browser {
         (status, response.text().await.expect("body"))
     }
 
-    async fn post(&self, app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(
+        &self,
+        app: &TestApp,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
         app.client
             .post(app.url(path))
             .header("cookie", &self.cookie)
@@ -69,7 +74,7 @@ impl Browser {
 }
 
 /// The CSRF token in a page's forms.
-fn csrf(page: &str) -> String {
+pub(crate) fn csrf(page: &str) -> String {
     let start = page
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token")

@@ -25,7 +25,7 @@ const PRACTICE: &str = "K83999";
 const OTHER_PRACTICE: &str = "Y67890";
 
 /// One `[[endpoint]]` table.
-fn endpoint_toml(ods: &str, server: &str, extra: &str) -> String {
+pub(crate) fn endpoint_toml(ods: &str, server: &str, extra: &str) -> String {
     format!(
         "[[endpoint]]\nods_code = \"{ods}\"\nbase_url = \"{server}/fhir\"\nmode = \"rest\"\nauth = {{ type = \"none\" }}\n{extra}\n"
     )
@@ -88,7 +88,7 @@ async fn start_up_error(settings: sprig::config::Settings) -> String {
     }
 }
 
-fn fast(delivery: &mut sprig::config::DeliverySettings) {
+pub(crate) fn fast(delivery: &mut sprig::config::DeliverySettings) {
     delivery.poll_interval_ms = 50;
     delivery.initial_backoff_ms = 100;
     delivery.max_backoff_secs = 1;
@@ -97,7 +97,7 @@ fn fast(delivery: &mut sprig::config::DeliverySettings) {
 }
 
 /// Submits the sample referral for `practice`; returns (referral id, Task id).
-async fn refer(app: &TestApp, practice: &str) -> (String, String) {
+pub(crate) async fn refer(app: &TestApp, practice: &str) -> (String, String) {
     let body: Value = serde_json::from_str(&sample_referral_text().replace(PRACTICE, practice))
         .expect("sample referral");
     let (id, status, answer) = submit(app, Shape::Resource, &body).await;
@@ -110,7 +110,7 @@ async fn refer(app: &TestApp, practice: &str) -> (String, String) {
     (id, task)
 }
 
-async fn transition(app: &TestApp, id: &str, to: &str) {
+pub(crate) async fn transition(app: &TestApp, id: &str, to: &str) {
     let response = api_post(
         app,
         &format!("/api/referrals/{id}/transitions"),
@@ -121,7 +121,7 @@ async fn transition(app: &TestApp, id: &str, to: &str) {
 }
 
 /// `GET /api/deliveries?...` items, each checked against the OpenAPI schema.
-async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
+pub(crate) async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
     let response = app.get(&format!("/api/deliveries{query}")).await;
     assert_eq!(response.status(), 200);
     let page = json_body(response).await;

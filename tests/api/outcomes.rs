@@ -513,6 +513,8 @@ meaningful = "0.5"
 follow_ups = [{ key = "3m", label = "3 months", months = 3 }]
 window_weeks = 2
 due_soon_days = 7
+[observation]
+item_system = "https://example.org/measures/mood-5-item"
 "#;
 
 fn outcomes_dir(custom: &str, metrics_extra: &str) -> TempDir {
@@ -569,6 +571,26 @@ async fn a_mistake_in_a_definition_stops_start_up_with_file_line_and_column() {
             "metrics.toml:",
             "no follow-up '6m'",
         ),
+        // The Observation is checked against the profile the definition names: one Sprig
+        // does not hold, or a shipped measure's profile that the service's items break.
+        (
+            CUSTOM.replace(
+                "[observation]\n",
+                "[observation]\nprofile = \"https://example.org/StructureDefinition/mood\"\n",
+            ),
+            "",
+            "mood-5.toml:1:8:",
+            "not an Observation profile Sprig holds",
+        ),
+        (
+            CUSTOM.replace(
+                "[observation]\n",
+                "[observation]\nprofile = \"https://sprig-gateway.org/fhir/StructureDefinition/sprig-outcome-ucla3\"\n",
+            ),
+            "",
+            "mood-5.toml:1:8: measure 'mood-5':",
+            "sprig-outcome-ucla3",
+        ),
     ] {
         let dir = outcomes_dir(&custom, extra);
         let db = Arc::new(TempDir::new().expect("db"));
@@ -587,4 +609,196 @@ async fn a_mistake_in_a_definition_stops_start_up_with_file_line_and_column() {
             "{at} {what}: {error}"
         );
     }
+}
+
+/// A service's own measure, defined only in the test's TOML (items scored 0 to 4, the mean
+/// as its score, a meaningful change of 0.5, a code in the service's own code system),
+/// goes everywhere a shipped one goes: recorded through the API and through the console's
+/// form (rendered from the definition), built and validated as an Observation (the generic
+/// outcome profile and the definition's rules), delivered to the practice with the Task
+/// that lists it, and counted by the report's metric on it.
+#[tokio::test]
+async fn a_service_s_own_measure_is_recorded_sent_and_reported_like_a_shipped_one() {
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use crate::console::{add_staff, csrf, sign_in};
+    use crate::delivery::{deliveries, endpoint_toml, fast, refer, transition};
+
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path_regex(r"^/fhir/Task/[A-Za-z0-9.-]+$"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/fhir/Observation"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&gp)
+        .await;
+    let definitions = outcomes_dir(CUSTOM, MOOD_METRIC);
+    let folder = Arc::new(TempDir::new().expect("dir"));
+    let registry = folder.path().join("endpoints.toml");
+    std::fs::write(&registry, endpoint_toml("K83999", &gp.uri(), "")).expect("registry");
+    let outcomes = definitions.path().to_path_buf();
+    let app = crate::helpers::spawn_app_in(folder, |settings| {
+        settings.outcomes_dir = Some(outcomes);
+        settings.delivery.endpoints = Some(registry);
+        fast(&mut settings.delivery);
+    })
+    .await;
+    let (id, _) = refer(&app, "K83999").await;
+    transition(&app, &id, "accepted").await;
+    transition(&app, &id, "contacted").await;
+
+    // Recorded through the API, scored by the definition (the mean of 1 and 2).
+    let path_outcomes = format!("/api/referrals/{id}/outcomes");
+    let baseline = api_post(
+        &app,
+        &path_outcomes,
+        json!({"measure": "mood-5", "answers": [1, 2], "recorded_at": "2026-01-10T10:00:00Z"}),
+    )
+    .await;
+    assert_eq!(baseline.status(), 201);
+    let baseline = json_body(baseline).await;
+    assert_eq!(baseline["measure"], "mood-5");
+    assert_eq!(baseline["total"], 3, "the record keeps the sum");
+    // Out of the definition's range: refused as the shipped measures are.
+    let refused = api_post(
+        &app,
+        &path_outcomes,
+        json!({"measure": "mood-5", "answers": [1, 5], "recorded_at": "2026-01-10T10:00:00Z"}),
+    )
+    .await;
+    assert_eq!(refused.status(), 422);
+    let body = json_body(refused).await;
+    assert!(
+        body.to_string()
+            .contains("MOOD-5 item 2 is 5, but it is scored 0 to 4"),
+        "{body}"
+    );
+
+    // The 3-month follow-up, in its window (the 10th of April, two weeks either side).
+    let follow_up = api_post(
+        &app,
+        &path_outcomes,
+        json!({"measure": "mood-5", "answers": [3, 4], "recorded_at": "2026-04-12T10:00:00Z"}),
+    )
+    .await;
+    assert_eq!(follow_up.status(), 201);
+    let follow_up_id = json_body(follow_up).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Through the console: the form comes from the definition, and posting it records.
+    add_staff(&app).await;
+    let manager = sign_in(&app, "mina").await;
+    let (status, page) = manager
+        .get(
+            &app,
+            &format!("/console/referrals/{id}/outcomes?measure=mood-5"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("How are you?") && page.contains("Item 2"),
+        "{page}"
+    );
+    let token = csrf(&page);
+    let response = manager
+        .post(
+            &app,
+            &format!("/console/referrals/{id}/outcomes"),
+            &[
+                ("csrf", &token),
+                ("measure", "mood-5"),
+                ("item1", "2"),
+                ("item2", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 303);
+
+    // The Observations: the service's code, one component per item, the mean as the value,
+    // the generic outcome profile; validated when made (a failure would have been a 500).
+    let detail = get_json(&app, &format!("/api/referrals/{id}")).await;
+    let recorded = detail["outcomes"].as_array().expect("outcomes");
+    assert_eq!(
+        recorded.len(),
+        3,
+        "two through the API, one through the console"
+    );
+    let observation = get_json(&app, &format!("/fhir/Observation/{follow_up_id}")).await;
+    assert_eq!(
+        observation["meta"]["profile"][0],
+        "https://sprig-gateway.org/fhir/StructureDefinition/sprig-outcome"
+    );
+    assert_eq!(
+        observation["code"]["coding"][0],
+        json!({"system": "https://example.org/measures", "code": "mood-5"})
+    );
+    // The mean of 3 and 4, to two decimal places (FHIR decimals keep their precision).
+    assert_eq!(observation["valueQuantity"]["value"].to_string(), "3.50");
+    assert_eq!(
+        observation["component"][1]["code"]["coding"][0]["system"],
+        "https://example.org/measures/mood-5-item"
+    );
+    assert_eq!(observation["component"][1]["valueInteger"], 4);
+
+    // Delivered: every Observation posted, and the last Task lists them by the service's code.
+    let started = std::time::Instant::now();
+    loop {
+        let all = deliveries(&app, "").await;
+        if !all.is_empty() && all.iter().all(|d| d["state"] == "delivered") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "not delivered: {all:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let received = gp.received_requests().await.unwrap_or_default();
+    let bodies: Vec<Value> = received
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON"))
+        .collect();
+    let posted: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["resourceType"] == "Observation")
+        .collect();
+    assert_eq!(posted.len(), 3);
+    assert!(
+        posted
+            .iter()
+            .all(|o| o["code"]["coding"][0]["code"] == "mood-5")
+    );
+    let last_task = bodies
+        .iter()
+        .rev()
+        .find(|b| b["resourceType"] == "Task")
+        .expect("a Task");
+    assert_eq!(last_task["output"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        last_task["output"][1]["type"]["coding"][0]["code"],
+        "mood-5"
+    );
+
+    // The report: a change of the mean from 1.5 to 3.5 is at least 0.5, so the person
+    // counts for the metric on this measure (the 3-month follow-up is on 2026-04-10).
+    let report = get_json(
+        &app,
+        "/api/reports/outcomes/detail?from=2026-01-01&to=2026-12-31&format=json&as_of=2026-12-31",
+    )
+    .await;
+    let mood: Vec<&Value> = report["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|d| d["metric"] == "mood-3m")
+        .collect();
+    assert_eq!(mood.len(), 1, "{report}");
+    assert_eq!(mood[0]["status"], "achieved", "{:?}", mood[0]);
+    app.stop().await;
 }

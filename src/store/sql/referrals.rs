@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Backend, Conn, DbRow, Tx};
-use crate::referral::measure::Measure;
 use crate::referral::record::{
     BusinessIdentifier, Note, NoteSource, Outcome, PatientContact, Reason, ReceivedAs, Referral,
     ReferralDetail, ReferralFields, StageChange,
@@ -253,7 +252,7 @@ impl Tx {
         )
         .bind(&outcome.id)
         .bind(referral_id)
-        .bind(outcome.measure.as_str())
+        .bind(&outcome.measure)
         .bind(&outcome.recorded_at)
         .bind(&outcome.entered_at)
         .bind(&outcome.actor)
@@ -279,21 +278,14 @@ impl Tx {
     pub(in crate::store) async fn outcome_ids(
         &mut self,
         referral_id: &str,
-    ) -> Result<Vec<(Measure, String)>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
             "SELECT measure, id FROM outcome_measures WHERE referral_id = $1 \
              ORDER BY entered_at, id",
         )
         .bind(referral_id)
         .fetch_all(self.conn())
-        .await?;
-        rows.into_iter()
-            .map(|(measure, id)| {
-                let measure =
-                    Measure::parse(&measure).map_err(|_| corrupt(&id, "unknown measure"))?;
-                Ok((measure, id))
-            })
-            .collect()
+        .await?)
     }
 
     /// The reason given for the referral's current stage, if any.
@@ -848,7 +840,7 @@ async fn fetch_outcomes(conn: &mut Conn, referral_id: &str) -> Result<Vec<Outcom
         .map(|(v,)| v)
         .collect();
         outcomes.push(Outcome {
-            measure: Measure::parse(&measure).map_err(|_| corrupt(&id, "unknown measure"))?,
+            measure,
             id,
             recorded_at: row.try_get("recorded_at")?,
             entered_at: row.try_get("entered_at")?,

@@ -1,10 +1,20 @@
 //! The outcomes and service reports' reads in SQL, shared by both backends
 //! (compiled into `store::sqlite` and `store::postgres` alike, `#[path]`).
+//!
+//! Memory, not time, is what a report over a whole service costs: every referral's facts are
+//! held at once. So rows are streamed (`fetch`, one row at a time, never a `Vec` of every row
+//! beside the facts built from them), instants are parsed once into `OffsetDateTime`s, and
+//! each referral's lists are trimmed to their length.
 
 use std::collections::HashMap;
 
+use futures_util::TryStreamExt;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use super::Backend;
 use crate::referral::record::{OutcomeFact, ReferralFacts};
+use crate::referral::stage::Stage;
 use crate::store::StoreError;
 
 /// id, NHS number, practice, received_at, first reason.
@@ -15,6 +25,19 @@ type ReferralRow = (
     String,
     Option<String>,
 );
+
+fn corrupt(id: &str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        resource_type: "referral".into(),
+        id: id.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A stored instant (Sprig writes them, so one that does not parse is corruption).
+fn instant(id: &str, text: &str, what: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|_| corrupt(id, what))
+}
 
 impl Backend {
     /// The facts of every referral received before `received_before` (a FHIR instant; all
@@ -27,20 +50,22 @@ impl Backend {
         let mut conn = s.readers.acquire().await?;
         // '~' sorts after every digit, so no bound means every instant.
         let bound = received_before.unwrap_or("~");
-        let rows: Vec<ReferralRow> = sqlx::query_as(
-            "SELECT r.id, p.nhs_number, r.practice_ods_code, r.received_at, \
-             (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
-              WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
-             FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
-             WHERE r.received_at < $1 ORDER BY r.id",
-        )
-        .bind(bound)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut facts: Vec<ReferralFacts> = rows
-            .into_iter()
-            .map(
-                |(id, nhs_number, practice, received_at, reason)| ReferralFacts {
+        let mut facts: Vec<ReferralFacts> = Vec::new();
+        {
+            let mut rows = sqlx::query_as::<_, ReferralRow>(
+                "SELECT r.id, p.nhs_number, r.practice_ods_code, r.received_at, \
+                 (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
+                  WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
+                 FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
+                 WHERE r.received_at < $1 ORDER BY r.id",
+            )
+            .bind(bound)
+            .fetch(&mut *conn);
+            while let Some((id, nhs_number, practice, received_at, reason)) =
+                rows.try_next().await?
+            {
+                let received_at = instant(&id, &received_at, "received_at is not an instant")?;
+                facts.push(ReferralFacts {
                     id,
                     nhs_number,
                     practice,
@@ -48,39 +73,46 @@ impl Backend {
                     reason,
                     stages: Vec::new(),
                     outcomes: Vec::new(),
-                },
-            )
-            .collect();
+                });
+            }
+        }
+        facts.shrink_to_fit();
         let index: HashMap<String, usize> = facts
             .iter()
             .enumerate()
             .map(|(i, f)| (f.id.clone(), i))
             .collect();
-        let stages: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT referral_id, stage, at FROM referral_stage_history ORDER BY referral_id, seq",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        for (referral_id, stage, at) in stages {
-            let Some(&i) = index.get(&referral_id) else {
-                continue;
-            };
-            let stage =
-                crate::referral::stage::Stage::parse(&stage).map_err(|_| StoreError::Corrupt {
-                    resource_type: "referral".into(),
-                    id: referral_id.clone(),
-                    reason: "unknown stage".into(),
-                })?;
-            facts[i].stages.push((stage, at));
+        {
+            let mut rows = sqlx::query_as::<_, (String, String, String)>(
+                "SELECT referral_id, stage, at FROM referral_stage_history ORDER BY referral_id, seq",
+            )
+            .fetch(&mut *conn);
+            while let Some((referral_id, stage, at)) = rows.try_next().await? {
+                let Some(&i) = index.get(&referral_id) else {
+                    continue;
+                };
+                let stage =
+                    Stage::parse(&stage).map_err(|_| corrupt(&referral_id, "unknown stage"))?;
+                let at = instant(&referral_id, &at, "a stage's instant is not an instant")?;
+                facts[i].stages.push((stage, at));
+            }
         }
-        let outcomes: Vec<(String, String, String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT referral_id, id, measure, recorded_at, total FROM outcome_measures \
-             ORDER BY referral_id, recorded_at, id",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        for (referral_id, id, measure, recorded_at, total) in outcomes {
-            if let Some(&i) = index.get(&referral_id) {
+        {
+            let mut rows = sqlx::query_as::<_, (String, String, String, String, Option<i64>)>(
+                "SELECT referral_id, id, measure, recorded_at, total FROM outcome_measures \
+                 ORDER BY referral_id, recorded_at, id",
+            )
+            .fetch(&mut *conn);
+            while let Some((referral_id, id, measure, recorded_at, total)) = rows.try_next().await?
+            {
+                let Some(&i) = index.get(&referral_id) else {
+                    continue;
+                };
+                let recorded_at = instant(
+                    &referral_id,
+                    &recorded_at,
+                    "an outcome's instant is not an instant",
+                )?;
                 facts[i].outcomes.push(OutcomeFact {
                     id,
                     measure,
@@ -88,6 +120,11 @@ impl Backend {
                     total,
                 });
             }
+        }
+        drop(index);
+        for f in &mut facts {
+            f.stages.shrink_to_fit();
+            f.outcomes.shrink_to_fit();
         }
         Ok(facts)
     }
