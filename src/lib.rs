@@ -45,6 +45,7 @@ pub mod located;
 pub mod mapping;
 pub mod outcomes;
 pub mod referral;
+pub mod reload;
 pub mod search;
 pub mod server;
 pub mod store;

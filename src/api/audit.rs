@@ -58,6 +58,16 @@ impl AuditHandle {
         self.lock().record.is_some()
     }
 
+    /// Records who called, for a request refused after authentication established it
+    /// (over the rate limit, or `/metrics` for a non-administrator): the row names the
+    /// caller, not "unauthenticated".
+    pub fn note_access(&self, access: &Access) {
+        let mut state = self.lock();
+        if state.record.is_some() {
+            state.access = Some(access.clone());
+        }
+    }
+
     /// Records that the answer holds this Patient's data.
     pub fn note_patient(&self, id: &str) {
         let mut state = self.lock();
@@ -127,12 +137,14 @@ impl AuditHandle {
         }
     }
 
-    /// Commits `tx` with this request's audit row in it (answered with `status`): the
-    /// row commits with the change or not at all, and the layer writes no second one.
+    /// Commits `tx` with this request's audit row in it (answered with `status`), and the
+    /// Provenance of every referral resource version it wrote (`api::provenance`): they
+    /// commit with the change or not at all, and the layer writes no second row.
     /// Where the layer is not running (a handler driven on its own), just commits.
     pub async fn commit(&self, mut tx: WriteTx, status: u16) -> Result<(), StoreError> {
         let record = self.finished(status);
         if let Some(record) = &record {
+            super::provenance::record(&mut tx, record).await?;
             tx.record_audit(record).await?;
         }
         tx.commit().await?;

@@ -22,8 +22,8 @@ use crate::store::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage};
 const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
 const RESTFUL: &str = "http://hl7.org/fhir/restful-interaction";
 const SPRIG_ACTIONS: &str = "https://sprig-gateway.org/fhir/CodeSystem/sprig-audit-action";
-const CLIENT_IDS: &str = "https://sprig-gateway.org/fhir/Id/client-id";
-const STAFF_IDS: &str = "https://sprig-gateway.org/fhir/Id/staff-username";
+pub(super) const CLIENT_IDS: &str = "https://sprig-gateway.org/fhir/Id/client-id";
+pub(super) const STAFF_IDS: &str = "https://sprig-gateway.org/fhir/Id/staff-username";
 const ODS: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
@@ -176,6 +176,13 @@ pub fn audit_event(row: &AuditEventRow) -> Value {
             "what": {"identifier": {"value": message_id}},
             "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
             "description": "MessageHeader.id",
+        }));
+    }
+    if r.ignored_end_user_header {
+        entities.push(json!({
+            "type": {"system": ENTITY_TYPE, "code": "4", "display": "Other"},
+            "name": "NHSD-End-User-Organisation",
+            "description": "sent by a caller that is not a trusted proxy, and ignored",
         }));
     }
     if let Some(correlation_id) = &r.correlation_id {

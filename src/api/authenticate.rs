@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::middleware::RequestContext;
 use super::problem::Problem;
 use super::rate_limit::RateLimits;
 use crate::fhir::identifiers::{ODS_ORGANIZATION_SYSTEM, OdsCode};
@@ -313,15 +314,23 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
         Ok(access) => access,
         Err(error) => return refusal(&path, &error),
     };
+    // A refusal from here on knows the caller: its audit row says who.
+    let note_caller = |request: &Request| {
+        if let Some(context) = request.extensions().get::<RequestContext>() {
+            context.audit.note_access(&access);
+        }
+    };
     if let Some(limits) = request.extensions().get::<Arc<RateLimits>>()
         && let Some(wait) = limits.check(&access)
     {
+        note_caller(&request);
         // Whole seconds, rounded up: a client that waits as told is let in.
         let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         tracing::info!(retry_after_secs, "request over the caller's rate limit");
         return too_many(&path, retry_after_secs.max(1));
     }
     if gate == Gate::Metrics && !access.staff_may(StaffAction::Metrics) {
+        note_caller(&request);
         return Problem::new(
             StatusCode::FORBIDDEN,
             "Forbidden",

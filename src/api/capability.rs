@@ -91,6 +91,12 @@ pub const SUPPORTED: &[ResourceCapability] = &[
     related("Consent"),
     related("Condition"),
     related("QuestionnaireResponse"),
+    ResourceCapability {
+        resource_type: ResourceType::PROVENANCE,
+        interactions: READ_AND_SEARCH,
+        documentation: "Who caused each version of a ServiceRequest, Task and Observation Sprig stores: one Provenance per version, written in the same transaction (target the versioned reference Type/id/_history/n; agent the client (a Device, by client id) or the service's person (a Practitioner, by username), onBehalfOf the practice it acted for or the end-user organisation a trusted proxy relayed for; recorded; activity CREATE, UPDATE or DELETE from v3-DataOperation; entity the version revised). Sprig writes these itself; they are readable by whoever may read the target (the same practice, and a read scope on Provenance or on the target's type), e.g. GET /fhir/Provenance?target=ServiceRequest/{id}, or _revinclude=Provenance:target on a search.",
+        arrives_with_referral: false,
+    },
 ];
 
 /// A resource type that arrives beside a referral, in a transaction or a

@@ -27,6 +27,7 @@ pub mod negotiate;
 pub mod outcomes;
 pub mod pipeline;
 pub mod problem;
+pub mod provenance;
 pub mod rate_limit;
 pub mod referrals;
 pub mod resource;

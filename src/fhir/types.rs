@@ -110,6 +110,8 @@ impl ResourceType {
     pub const TASK: ResourceType = ResourceType("Task");
     /// `Observation`: an outcome measure.
     pub const OBSERVATION: ResourceType = ResourceType("Observation");
+    /// `Provenance`: who caused a version of a referral's resources.
+    pub const PROVENANCE: ResourceType = ResourceType("Provenance");
     /// `Bundle`: transactions and messages.
     pub const BUNDLE: ResourceType = ResourceType("Bundle");
 

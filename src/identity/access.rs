@@ -360,6 +360,7 @@ impl Access {
         record.staff_role = agent.staff_role;
         record.proxy_id = agent.proxy_id;
         record.end_user_ods = agent.end_user_ods;
+        record.ignored_end_user_header = self.ignored_end_user_header;
     }
 }
 

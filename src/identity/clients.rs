@@ -17,11 +17,14 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::located::{LocatedError, TomlText};
+use crate::reload::{Reloadable, ReloadableFile};
 
 use super::keys::KeySet;
 use super::scopes::Scopes;
@@ -39,18 +42,10 @@ pub enum ClientRegistryError {
         #[source]
         source: std::io::Error,
     },
-    /// A mistake in the file, at a line and column (1-based).
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        /// The file as named to the registry.
-        file: String,
-        /// Line of the mistake.
-        line: usize,
-        /// Column (in characters) of the mistake.
-        column: usize,
-        /// What is wrong, naming the client and key.
-        message: String,
-    },
+    /// A mistake in the file, at a line and column: `file:line:column: message`, the file
+    /// as named to the registry and the message naming the client and key.
+    #[error(transparent)]
+    Invalid(#[from] LocatedError),
 }
 
 /// One registered client.
@@ -243,13 +238,7 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn error(&self, offset: usize, message: impl Into<String>) -> ClientRegistryError {
-        let (line, column) = crate::fhir::locate::line_column(self.text, offset);
-        ClientRegistryError::Invalid {
-            file: self.origin.to_string(),
-            line,
-            column,
-            message: message.into(),
-        }
+        ClientRegistryError::Invalid(TomlText::new(self.origin, self.text).error(offset, message))
     }
 
     fn error_at(&self, span: &Range<usize>, message: impl Into<String>) -> ClientRegistryError {
@@ -393,20 +382,36 @@ fn resolve(
 }
 
 /// The live registry the authenticator and the token endpoint share; replaced whole on
-/// reload, so a request in flight finishes with the registry it started with.
+/// reload, so a request in flight finishes with the registry it started with
+/// (`crate::reload`).
 pub struct Clients {
-    current: RwLock<Arc<ClientRegistry>>,
-    source: Option<PathBuf>,
-    /// One reload at a time.
-    reloading: std::sync::Mutex<()>,
+    file: Arc<Reloadable<ClientRegistry, ClientRegistryError>>,
 }
 
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clients")
             .field("clients", &self.current().len())
-            .field("source", &self.source)
+            .field("source", &self.source())
             .finish_non_exhaustive()
+    }
+}
+
+impl ReloadableFile for ClientRegistry {
+    fn referenced_files(&self) -> &[PathBuf] {
+        &self.referenced_files
+    }
+
+    fn entries(&self) -> usize {
+        self.len()
+    }
+
+    /// Inline keys and certificate mappings change with the file; this also notices a
+    /// client whose resolved keys differ.
+    fn fingerprint(&self, hasher: &mut DefaultHasher) {
+        for client in self.iter() {
+            client.fingerprint.hash(hasher);
+        }
     }
 }
 
@@ -415,9 +420,12 @@ impl Clients {
     /// reload).
     pub fn new(registry: ClientRegistry, source: Option<PathBuf>) -> Arc<Self> {
         Arc::new(Clients {
-            current: RwLock::new(Arc::new(registry)),
-            source,
-            reloading: std::sync::Mutex::new(()),
+            file: Arc::new(Reloadable::new(
+                "client registry",
+                registry,
+                source,
+                |path: &Path, _previous: &ClientRegistry| ClientRegistry::load(path),
+            )),
         })
     }
 
@@ -432,35 +440,18 @@ impl Clients {
 
     /// The registry now.
     pub fn current(&self) -> Arc<ClientRegistry> {
-        // A poisoned lock only means a writer panicked between two whole-Arc states.
-        match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.file.current()
     }
 
     /// The registry file, if there is one.
     pub fn source(&self) -> Option<&Path> {
-        self.source.as_deref()
+        self.file.source()
     }
 
     /// Reads the file again and, if it is valid, replaces the registry; if not, the old
     /// registry stays and the error says why. With no file, nothing happens.
     pub fn reload(&self) -> Result<(), ClientRegistryError> {
-        let Some(source) = &self.source else {
-            return Ok(());
-        };
-        let _one_at_a_time = match self.reloading.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let registry = ClientRegistry::load(source)?;
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::new(registry);
-        Ok(())
+        self.file.reload()
     }
 
     /// Reloads on SIGHUP and whenever the registry file or a JWKS file it names changes
@@ -472,96 +463,13 @@ impl Clients {
         poll: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let clients = Arc::clone(self);
-        let mut hangups = hangup_signals();
-        let mut seen = clients.fingerprint();
-        tokio::spawn(async move {
-            tokio::pin!(shutdown);
-            let mut ticks = tokio::time::interval(poll.max(Duration::from_millis(10)));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                let reason = tokio::select! {
-                    () = &mut shutdown => break,
-                    _ = ticks.tick() => "file change",
-                    Some(()) = next_hangup(&mut hangups) => "SIGHUP",
-                };
-                let reading = Arc::clone(&clients);
-                let now = tokio::task::spawn_blocking(move || reading.fingerprint())
-                    .await
-                    .ok()
-                    .flatten();
-                if reason == "file change" && now == seen {
-                    continue;
-                }
-                seen = now;
-                let reloading = Arc::clone(&clients);
-                match tokio::task::spawn_blocking(move || reloading.reload()).await {
-                    Ok(Ok(())) => tracing::info!(
-                        reason,
-                        clients = clients.current().len(),
-                        "client registry reloaded"
-                    ),
-                    Ok(Err(error)) => tracing::error!(
-                        reason,
-                        %error,
-                        "client registry not reloaded; the previous one stays in use"
-                    ),
-                    Err(error) => tracing::error!(reason, %error, "client registry reload failed"),
-                }
-            }
-        })
+        self.file.spawn_watcher(poll, shutdown)
     }
 
-    /// A hash of the registry file's and its JWKS files' content (or the error reading
-    /// each).
-    fn fingerprint(&self) -> Option<u64> {
-        let source = self.source.as_ref()?;
-        let registry = self.current();
-        let mut hasher = DefaultHasher::new();
-        for path in std::iter::once(source).chain(registry.referenced_files.iter()) {
-            path.hash(&mut hasher);
-            match std::fs::read(path) {
-                Ok(bytes) => bytes.hash(&mut hasher),
-                Err(e) => e.kind().hash(&mut hasher),
-            }
-        }
-        for client in registry.iter() {
-            client.fingerprint.hash(&mut hasher);
-        }
-        Some(hasher.finish())
+    /// What the watcher compares: a hash of the files' content and the clients' keys.
+    pub fn fingerprint(&self) -> Option<u64> {
+        self.file.fingerprint()
     }
-}
-
-#[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangups = Option<()>;
-
-#[cfg(unix)]
-fn hangup_signals() -> Hangups {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; the client registry reloads on file changes only");
-            None
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn hangup_signals() -> Hangups {
-    None
-}
-
-/// The next SIGHUP; never, without a handler.
-async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
-    #[cfg(unix)]
-    if let Some(signal) = hangups {
-        return signal.recv().await;
-    }
-    let _ = hangups;
-    std::future::pending().await
 }
 
 /// Registries for tests.
@@ -603,12 +511,12 @@ mod tests {
     fn assert_refused(text: &str, dir: &Path, line: usize, problem: &str) {
         match ClientRegistry::from_toml(text, dir, "clients.toml") {
             Ok(_) => panic!("accepted:\n{text}"),
-            Err(ClientRegistryError::Invalid {
+            Err(ClientRegistryError::Invalid(LocatedError {
                 file,
                 line: at,
                 message,
                 ..
-            }) => {
+            })) => {
                 assert_eq!(file, "clients.toml");
                 assert!(
                     message.contains(problem),

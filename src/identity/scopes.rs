@@ -80,6 +80,9 @@ pub enum Permission {
     Search,
 }
 
+/// The types whose versions have a Provenance (`api::provenance::RECORDED_TYPES`).
+const PROVENANCE_TARGETS: [&str; 3] = ["ServiceRequest", "Task", "Observation"];
+
 impl Permission {
     const ORDER: [(Permission, char); 5] = [
         (Permission::Create, 'c'),
@@ -252,12 +255,21 @@ impl Scopes {
 
     /// Whether these scopes allow `interaction` on `resource_type` (the type the request
     /// names; `$process-message` is checked on ServiceRequest whatever is named).
+    /// Provenance is read with a scope on Provenance, or with the same permission on a
+    /// type it records: whoever may read a referral's resources may read who changed them
+    /// (the store's practice visibility still applies). Sprig alone writes Provenance.
     pub fn permits(&self, interaction: Interaction, resource_type: &str) -> bool {
         match interaction.needs() {
             None => true,
-            Some(permission) => self
-                .permissions_on(interaction.checked_type(resource_type))
-                .has(permission),
+            Some(permission) => {
+                let checked = interaction.checked_type(resource_type);
+                self.permissions_on(checked).has(permission)
+                    || (checked == "Provenance"
+                        && matches!(permission, Permission::Read | Permission::Search)
+                        && PROVENANCE_TARGETS
+                            .iter()
+                            .any(|t| self.permissions_on(t).has(permission)))
+            }
         }
     }
 

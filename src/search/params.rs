@@ -246,6 +246,23 @@ pub const TABLE: &[(&str, &[SearchParam])] = &[
         ],
     ),
     (
+        "Provenance",
+        &[
+            param(
+                "target",
+                Reference,
+                "Provenance.target",
+                "The resource the Provenance is about (ServiceRequest/id, Task/id, Observation/id: every version; a versioned reference matches the same resource)",
+            ),
+            param(
+                "recorded",
+                Date,
+                "Provenance.recorded",
+                "When the version was stored, with a prefix",
+            ),
+        ],
+    ),
+    (
         "ServiceRequest",
         &[
             param(
@@ -425,6 +442,11 @@ pub const INCLUDES: &[IncludeParam] = &[
         source: "Observation",
         param: "based-on",
         targets: &["ServiceRequest"],
+    },
+    IncludeParam {
+        source: "Provenance",
+        param: "target",
+        targets: &["ServiceRequest", "Task", "Observation"],
     },
 ];
 

@@ -100,6 +100,9 @@ pub struct AuditRecord {
     pub correlation_id: Option<String>,
     /// A message's `MessageHeader.id`.
     pub message_id: Option<String>,
+    /// The caller sent `NHSD-End-User-Organisation` without being a trusted proxy: the
+    /// header was ignored (migration 0011).
+    pub ignored_end_user_header: bool,
 }
 
 impl AuditRecord {
@@ -125,6 +128,7 @@ impl AuditRecord {
             request_id: None,
             correlation_id: None,
             message_id: None,
+            ignored_end_user_header: false,
         }
     }
 }

@@ -56,7 +56,7 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
-pub use write::{ResourceWrite, WriteTx};
+pub use write::{ResourceWrite, WriteTx, WrittenVersion};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, Error)]

@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
-use super::{ReadOutcome, StoreError, StoredResource, Visibility, dispatch};
-use crate::fhir::{FhirId, ResourceType, VersionId};
+use super::{HistoryOperation, ReadOutcome, StoreError, StoredResource, Visibility, dispatch};
+use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 
 /// An open write transaction, on whichever backend the store uses.
 #[derive(Debug)]
@@ -51,7 +51,30 @@ pub struct ResourceWrite<'a> {
     pub owner: Option<&'a str>,
 }
 
+/// A version a transaction wrote: what its Provenance records (`WriteTx::take_written`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenVersion {
+    /// The resource's type.
+    pub resource_type: ResourceType,
+    /// Its id.
+    pub id: FhirId,
+    /// The version written.
+    pub version_id: VersionId,
+    /// When it was written (the version's `meta.lastUpdated`).
+    pub recorded: Instant,
+    /// Create (a first version, or one after a deletion), update or delete.
+    pub operation: HistoryOperation,
+    /// The practice that owns the resource after the write (see [`Visibility`]).
+    pub owner: Option<String>,
+}
+
 impl WriteTx {
+    /// The versions this transaction wrote since the last call, oldest first, so the
+    /// caller can record who caused them (their Provenance) in the same transaction.
+    pub fn take_written(&mut self) -> Vec<WrittenVersion> {
+        dispatch!(self, b => b.take_written())
+    }
+
     /// Commits every change. Returns after the commit is durable.
     pub async fn commit(self) -> Result<(), StoreError> {
         dispatch!(self, b => b.commit().await)

@@ -1,6 +1,7 @@
 //! The audit log over real HTTP: one row per `/fhir`, `/api` and `/auth` request,
 //! allowed or refused; ids and names only (no search values); a write's row commits
-//! with it; an audit log that cannot be written fails the request.
+//! with it; an audit log that cannot be written fails the request; every version the
+//! writes stored has its Provenance.
 
 use serde_json::{Value, json};
 
@@ -160,6 +161,10 @@ async fn every_request_leaves_one_audit_row_with_ids_and_names_only() {
         .join(" ");
     assert!(!dump.contains(nhs_number), "{dump}");
     assert!(!dump.contains("Prefers mornings"), "{dump}");
+
+    // And every version those writes stored has its Provenance: three referrals, each
+    // a ServiceRequest and a Task.
+    assert_eq!(app.assert_every_version_has_its_provenance().await, 6);
     app.stop().await;
 }
 

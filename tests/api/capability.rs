@@ -48,6 +48,7 @@ async fn metadata_lists_exactly_what_is_served() {
             "Consent",
             "Condition",
             "QuestionnaireResponse",
+            "Provenance",
             "AuditEvent",
             "MessageDefinition"
         ]
@@ -117,7 +118,7 @@ async fn metadata_lists_exactly_what_is_served() {
         .filter_map(|o| o["name"].as_str())
         .collect();
     assert_eq!(operations, vec!["process-message", "validate"]);
-    // Sprig writes Tasks and Observations itself, and stores the resources
+    // Sprig writes Tasks, Observations and Provenance itself, and stores the resources
     // that come with a referral: clients read and search them.
     for resource in &resources[1..] {
         let interactions: Vec<&str> = resource["interaction"]
@@ -137,7 +138,7 @@ async fn metadata_lists_exactly_what_is_served() {
     for resource in resources {
         let (create, update) = match resource["type"].as_str() {
             Some("ServiceRequest") => (true, false),
-            Some("Task" | "Observation") => (false, false),
+            Some("Task" | "Observation" | "Provenance") => (false, false),
             _ => (true, true),
         };
         assert_eq!(

@@ -242,6 +242,46 @@ impl TestApp {
         count
     }
 
+    /// Checks every stored version of a ServiceRequest, Task and Observation has exactly
+    /// one Provenance whose `target` is that version (issue 17), and returns how many
+    /// versions there are. Plain SQL and text, so it runs on either backend.
+    pub async fn assert_every_version_has_its_provenance(&self) -> usize {
+        let pool = self.db_pool().await;
+        let versions: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT resource_type, id, version_id FROM resource_versions \
+             WHERE resource_type IN ('ServiceRequest', 'Task', 'Observation')",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("versions");
+        let mut expected: Vec<String> = versions
+            .iter()
+            .map(|(t, id, v)| format!("{t}/{id}/_history/{v}"))
+            .collect();
+        let provenance: Vec<(String,)> = sqlx::query_as(
+            "SELECT resource FROM resource_versions WHERE resource_type = 'Provenance'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("provenance");
+        let mut targets: Vec<String> = provenance
+            .iter()
+            .flat_map(|(json,)| {
+                let resource: serde_json::Value = serde_json::from_str(json).expect("JSON");
+                resource["target"]
+                    .as_array()
+                    .expect("target")
+                    .iter()
+                    .map(|t| t["reference"].as_str().expect("reference").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        expected.sort();
+        targets.sort();
+        assert_eq!(targets, expected, "one Provenance per version");
+        expected.len()
+    }
+
     /// POSTs `body` to `/fhir/ServiceRequest` as FHIR JSON.
     pub async fn post_referral(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client

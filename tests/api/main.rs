@@ -31,6 +31,7 @@ mod negotiation;
 mod openapi;
 mod outcomes;
 mod profile_negatives;
+mod provenance;
 mod r4_examples;
 mod real_clients;
 mod search;

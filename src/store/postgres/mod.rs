@@ -67,7 +67,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
-use super::{StoreError, StoreOptions};
+use super::{StoreError, StoreOptions, WrittenVersion};
 
 /// This backend's database, for the shared SQL.
 type Db = Postgres;
@@ -216,6 +216,7 @@ impl PgStore {
             tx: self.writer.begin().await?,
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
+            written: Vec::new(),
         })
     }
 }
@@ -252,6 +253,8 @@ pub struct Tx {
     outbox_signal: Arc<Notify>,
     /// Whether this transaction added outbox rows.
     enqueued: bool,
+    /// The resource versions it wrote, for their Provenance (`WriteTx::take_written`).
+    written: Vec<WrittenVersion>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -264,6 +267,11 @@ impl Tx {
     /// The connection, for the shared SQL.
     fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+
+    /// The versions written so far that no one has taken yet, oldest first.
+    pub(super) fn take_written(&mut self) -> Vec<WrittenVersion> {
+        std::mem::take(&mut self.written)
     }
 
     /// Commits every change; when it enqueued outbox rows, every instance's

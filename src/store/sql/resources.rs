@@ -13,7 +13,8 @@ use super::{Backend, Conn, DbRow, ROW_LOCK, Tx};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::{
-    NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource, Visibility,
+    HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource,
+    Visibility, WrittenVersion,
 };
 
 impl Tx {
@@ -40,6 +41,14 @@ impl Tx {
         .await?;
         self.insert_version(VersionRow::of(&stored, &at, "create", audit))
             .await?;
+        self.written.push(WrittenVersion {
+            resource_type: stored.resource_type,
+            id: stored.id.clone(),
+            version_id,
+            recorded: last_updated,
+            operation: HistoryOperation::Create,
+            owner: owner.map(str::to_owned),
+        });
         // After the resource row: the index rows refer to it. The INSERT above
         // proved the id new (deleted resources keep their row), so it has no
         // index rows to clear: three DELETEs fewer while the writer is held.
@@ -76,21 +85,34 @@ impl Tx {
         let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
-        sqlx::query(
+        // The owner after the write (set by the first, never changed): the Provenance's.
+        let (owner,): (Option<String>,) = sqlx::query_as(
             "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2, \
              owner_ods = COALESCE(owner_ods, $3) \
-             WHERE resource_type = $4 AND id = $5",
+             WHERE resource_type = $4 AND id = $5 RETURNING owner_ods",
         )
         .bind(version_id.get())
         .bind(&at)
         .bind(owner)
         .bind(stored.resource_type.as_str())
         .bind(stored.id.as_str())
-        .execute(self.conn())
+        .fetch_one(self.conn())
         .await?;
-        let operation = if deleted { "create" } else { "update" };
+        let (operation, written) = if deleted {
+            ("create", HistoryOperation::Create)
+        } else {
+            ("update", HistoryOperation::Update)
+        };
         self.insert_version(VersionRow::of(&stored, &at, operation, audit))
             .await?;
+        self.written.push(WrittenVersion {
+            resource_type: stored.resource_type,
+            id: stored.id.clone(),
+            version_id,
+            recorded: last_updated,
+            operation: written,
+            owner,
+        });
         super::search::reindex(
             self.conn(),
             stored.resource_type,
@@ -113,17 +135,26 @@ impl Tx {
             return Ok(None);
         };
         let version_id = current.next();
-        let at = Instant::now().to_fhir();
-        sqlx::query(
+        let recorded = Instant::now();
+        let at = recorded.to_fhir();
+        let (owner,): (Option<String>,) = sqlx::query_as(
             "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
-             WHERE resource_type = $3 AND id = $4",
+             WHERE resource_type = $3 AND id = $4 RETURNING owner_ods",
         )
         .bind(version_id.get())
         .bind(&at)
         .bind(resource_type.as_str())
         .bind(id.as_str())
-        .execute(self.conn())
+        .fetch_one(self.conn())
         .await?;
+        self.written.push(WrittenVersion {
+            resource_type,
+            id: id.clone(),
+            version_id,
+            recorded,
+            operation: HistoryOperation::Delete,
+            owner,
+        });
         self.insert_version(VersionRow {
             resource_type,
             id,

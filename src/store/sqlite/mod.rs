@@ -69,7 +69,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use super::{StoreError, StoreOptions};
+use super::{StoreError, StoreOptions, WrittenVersion};
 
 /// This backend's database, for the shared SQL.
 type Db = Sqlite;
@@ -243,6 +243,7 @@ impl SqliteStore {
             tx: self.writer.begin().await?,
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
+            written: Vec::new(),
         })
     }
 }
@@ -254,6 +255,8 @@ pub struct Tx {
     outbox_signal: Arc<Notify>,
     /// Whether this transaction added outbox rows.
     enqueued: bool,
+    /// The resource versions it wrote, for their Provenance (`WriteTx::take_written`).
+    written: Vec<WrittenVersion>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -266,6 +269,11 @@ impl Tx {
     /// The connection, for the shared SQL.
     fn conn(&mut self) -> &mut SqliteConnection {
         &mut self.tx
+    }
+
+    /// The versions written so far that no one has taken yet, oldest first.
+    pub(super) fn take_written(&mut self) -> Vec<WrittenVersion> {
+        std::mem::take(&mut self.written)
     }
 
     /// Commits every change. Returns after the commit is durable.
