@@ -83,6 +83,7 @@ fn row_json(row: &AuditEventRow) -> Value {
         "request_id": r.request_id,
         "correlation_id": r.correlation_id,
         "message_id": r.message_id,
+        "detail": r.detail,
     })
 }
 

@@ -100,6 +100,9 @@ pub struct AuditRecord {
     pub correlation_id: Option<String>,
     /// A message's `MessageHeader.id`.
     pub message_id: Option<String>,
+    /// What a purge or an erasure removed: kinds and counts, a reason code (never the
+    /// content removed, never free text); `None` for every other request.
+    pub detail: Option<String>,
 }
 
 impl AuditRecord {
@@ -125,6 +128,7 @@ impl AuditRecord {
             request_id: None,
             correlation_id: None,
             message_id: None,
+            detail: None,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod outbox;
 mod postgres;
 pub mod referrals;
 pub mod reports;
+pub mod retention;
 mod search;
 pub mod sessions;
 mod sqlite;
