@@ -21,6 +21,7 @@
 //!   resources only, and anything else is "not found", on every path (read,
 //!   vread, history, search and its total, conditional matches).
 
+pub mod admin;
 pub mod audit;
 pub mod identity;
 pub mod outbox;

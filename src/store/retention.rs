@@ -134,3 +134,78 @@ impl Store {
         }
     }
 }
+
+/// Why an administrator erased a referral: a code, never free text, so the audit row
+/// that records it can hold no personal data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErasureReason {
+    /// The person exercised a right to erasure the law gives them.
+    RightToErasure,
+    /// The referral was sent to this service in error.
+    SentInError,
+    /// The referral holds another person's data.
+    WrongPatient,
+    /// A court or regulator ordered it.
+    LegalOrder,
+}
+
+impl ErasureReason {
+    /// Every reason.
+    pub const ALL: [ErasureReason; 4] = [
+        ErasureReason::RightToErasure,
+        ErasureReason::SentInError,
+        ErasureReason::WrongPatient,
+        ErasureReason::LegalOrder,
+    ];
+
+    /// The reason's code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErasureReason::RightToErasure => "right-to-erasure",
+            ErasureReason::SentInError => "sent-in-error",
+            ErasureReason::WrongPatient => "wrong-patient",
+            ErasureReason::LegalOrder => "legal-order",
+        }
+    }
+
+    /// The reason with this code.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+
+    /// The codes, comma separated, for messages.
+    pub fn codes() -> String {
+        Self::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The longest case reference an erasure may carry.
+pub const MAX_REFERENCE_CHARS: usize = 64;
+
+/// Whether `reference` is a case reference an erasure may carry (the data protection
+/// officer's or the court's number): 1 to 64 letters, digits and `-_./:`, so it cannot
+/// be a name or a sentence.
+pub fn is_case_reference(reference: &str) -> bool {
+    !reference.is_empty()
+        && reference.len() <= MAX_REFERENCE_CHARS
+        && reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'))
+}
+
+/// An erasure's audit detail: the reason code, the case reference, and the counts of
+/// what went.
+pub fn erasure_detail(reason: ErasureReason, reference: Option<&str>, removed: &Removed) -> String {
+    let mut detail = format!("erasure reason={}", reason.as_str());
+    if let Some(reference) = reference {
+        detail.push_str(" reference=");
+        detail.push_str(reference);
+    }
+    detail.push_str(": ");
+    detail.push_str(&removed.summary());
+    detail
+}
