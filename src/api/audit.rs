@@ -343,7 +343,15 @@ pub async fn audit(State(state): State<AppState>, mut request: Request, next: Ne
         }
         Err(e) => {
             tracing::error!(error = %e, "the audit row could not be written; the request fails");
-            if path.starts_with("/api") || path.starts_with("/auth") {
+            let api = path.starts_with("/api") || path.starts_with("/auth");
+            if e.is_transient() {
+                // Storage busy or failing over: 503 with Retry-After, not a defect.
+                if api {
+                    Problem::from(e).into_response()
+                } else {
+                    ApiError::from(e).into_response()
+                }
+            } else if api {
                 Problem::internal().into_response()
             } else {
                 ApiError::internal("writing the audit log", e.to_string()).into_response()

@@ -201,11 +201,7 @@ pub fn restore(args: RestoreArgs) -> ExitCode {
     block_on(async move {
         match admin::restore(&args.path, &settings.database, args.force).await {
             Ok(state) => {
-                println!(
-                    "restored {} as {}",
-                    args.path.display(),
-                    settings.database
-                );
+                println!("restored {} as {}", args.path.display(), settings.database);
                 if !state.pending.is_empty() {
                     println!(
                         "{} migrations pending (applied at the next start, or by sprig migrate): {}",
@@ -331,7 +327,11 @@ async fn erase_with(store: &Store, args: &EraseArgs) -> ExitCode {
     };
     match done.await {
         Ok(Some(removed)) => {
-            println!("erased referral {}: {}", args.referral_id, removed.summary());
+            println!(
+                "erased referral {}: {}",
+                args.referral_id,
+                removed.summary()
+            );
             ExitCode::SUCCESS
         }
         Ok(None) => {

@@ -140,7 +140,9 @@ fn locate(database: &str) -> Result<Location, StoreError> {
     } else if database.starts_with("sqlite:") {
         Ok(Location::Sqlite(SqliteConnectOptions::from_str(database)?))
     } else {
-        Ok(Location::Sqlite(SqliteConnectOptions::new().filename(database)))
+        Ok(Location::Sqlite(
+            SqliteConnectOptions::new().filename(database),
+        ))
     }
 }
 
@@ -150,15 +152,16 @@ fn locate(database: &str) -> Result<Location, StoreError> {
 macro_rules! applied_migrations {
     ($conn:expr, $exists:expr) => {
         async {
-            let exists: Option<(Option<String>,)> = sqlx::query_as($exists)
-                .fetch_optional(&mut *$conn)
-                .await?;
+            let exists: Option<(Option<String>,)> =
+                sqlx::query_as($exists).fetch_optional(&mut *$conn).await?;
             if !exists.is_some_and(|(name,)| name.is_some()) {
                 return Ok::<Vec<(i64, Vec<u8>, bool)>, sqlx::Error>(Vec::new());
             }
-            sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(&mut *$conn)
-                .await
+            sqlx::query_as(
+                "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
+            )
+            .fetch_all(&mut *$conn)
+            .await
         }
     };
 }
@@ -318,9 +321,12 @@ pub async fn check_backup(backup: &Path) -> Result<MigrationState, AdminError> {
         .read_only(true)
         .connect()
         .await
-        .map_err(|e| AdminError::Refused(format!("{}: not a SQLite database ({e})", backup.display())))?;
-    let check: Result<Vec<(String,)>, _> =
-        sqlx::query_as("PRAGMA quick_check").fetch_all(&mut conn).await;
+        .map_err(|e| {
+            AdminError::Refused(format!("{}: not a SQLite database ({e})", backup.display()))
+        })?;
+    let check: Result<Vec<(String,)>, _> = sqlx::query_as("PRAGMA quick_check")
+        .fetch_all(&mut conn)
+        .await;
     let healthy = matches!(check.as_deref(), Ok([(ok,)]) if ok == "ok");
     let applied = applied_migrations!(&mut conn, SQLITE_TABLE_EXISTS).await;
     let _ = conn.close().await;

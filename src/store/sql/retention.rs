@@ -339,8 +339,8 @@ impl Tx {
         Ok(Some(removed))
     }
 
-    /// The resources reached from `roots` by references (any depth) whose first
-    /// version came with one of `requests` (the referral's submissions), and the
+    /// The resources reached from `roots` by references either way (any depth) whose
+    /// first version came with one of `requests` (the referral's submissions), and the
     /// referral's Patient: what the referral brought, not what it merely names.
     async fn created_by_submissions(
         &mut self,
@@ -355,15 +355,19 @@ impl Tx {
         let mut frontier: Vec<(String, String)> = roots.iter().cloned().collect();
         frontier.extend(found.iter().cloned());
         while let Some((resource_type, id)) = frontier.pop() {
-            let targets: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            // Both ways: what it names (the ServiceRequest's Patient, requester), and
+            // what names it (the Consent and Condition naming the Patient).
+            let neighbours: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
                 "SELECT target_type, target_id FROM search_references \
-                 WHERE resource_type = $1 AND id = $2",
+                 WHERE resource_type = $1 AND id = $2 \
+                 UNION SELECT resource_type, id FROM search_references \
+                 WHERE target_id = $2 AND target_type = $1",
             )
             .bind(&resource_type)
             .bind(&id)
             .fetch_all(self.conn())
             .await?;
-            for (target_type, target_id) in targets {
+            for (target_type, target_id) in neighbours {
                 let (Some(target_type), Some(target_id)) = (target_type, target_id) else {
                     continue;
                 };
