@@ -387,6 +387,25 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod transient_tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_dropped_connection_or_a_closed_pool_is_transient_not_a_defect() {
+        // What a PostgreSQL failover looks like from a request: the connection is cut.
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(StoreError::Database(sqlx::Error::Io(cut)).is_transient());
+        assert!(StoreError::Database(sqlx::Error::PoolClosed).is_transient());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(
+            !StoreError::SearchIndex("defect".into()).is_transient(),
+            "a defect stays a 500"
+        );
+    }
+}
+
 /// Opening a store in tests.
 #[cfg(test)]
 pub(crate) mod test_support {

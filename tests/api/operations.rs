@@ -703,3 +703,84 @@ async fn retention_purges_closed_referrals_and_old_bodies_but_never_open_or_unde
     assert_eq!(client.as_deref(), Some("sprig:retention"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_postgresql_failover_is_answered_503_with_retry_after_never_500() {
+    if !on_postgres() {
+        // Only PostgreSQL fails over; SQLite's busy answers are tested elsewhere.
+        return;
+    }
+    let app = spawn_app().await;
+    assert_eq!(
+        app.post_referral(sample_referral_text()).await.status(),
+        201
+    );
+    let database = database_for(app.dir().path()).await;
+    let name = database.rsplit('/').next().expect("name").to_owned();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+        "{}/postgres",
+        crate::helpers::postgres_server()
+    ))
+    .await
+    .expect("admin connection");
+    // What a client meets after a failover: its connections are cut, and the server it
+    // reaches again is a read-only standby (SQLSTATE 25006 on a write).
+    let read_only = |on: bool| {
+        sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = {}",
+            if on { "on" } else { "off" }
+        ))
+    };
+    let cut = || {
+        sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+    };
+    sqlx::query(read_only(true))
+        .execute(&mut admin)
+        .await
+        .expect("read-only");
+    sqlx::query(cut()).execute(&mut admin).await.expect("cut");
+    for _ in 0..3 {
+        let response = app.post_referral(sample_referral_text()).await;
+        assert_eq!(
+            response.status(),
+            503,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        assert_eq!(response.headers()["retry-after"], "1");
+        let outcome = json_body(response).await;
+        assert_eq!(outcome["issue"][0]["code"], "transient", "{outcome}");
+    }
+    let response = app
+        .client
+        .post(app.url("/api/referrals/nope/notes"))
+        .json(&json!({"text": "a note"}))
+        .send()
+        .await
+        .expect("post");
+    assert_ne!(response.status(), 500);
+    // The new primary takes writes again: so does Sprig, without a restart.
+    sqlx::query(read_only(false))
+        .execute(&mut admin)
+        .await
+        .expect("writable");
+    sqlx::query(cut()).execute(&mut admin).await.expect("cut");
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app
+            .post_referral(sample_referral_text())
+            .await
+            .status()
+            .as_u16();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 201);
+    app.stop().await;
+}
