@@ -9,7 +9,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::api::{self, AppState, capability};
-use crate::config::{ConfigError, SecurityMode, Settings, SqliteSynchronousSetting};
+use crate::config::{
+    ConfigError, RetentionSettings, SecurityMode, Settings, SqliteSynchronousSetting,
+};
 use crate::console;
 use crate::delivery::endpoints::{EndpointError, EndpointRegistry, Endpoints};
 use crate::delivery::metrics::DeliveryMetrics;
@@ -24,7 +26,8 @@ use crate::identity::{
 use crate::mapping::{MappingError, Mappings};
 use crate::outcomes::{Outcomes, OutcomesError};
 use crate::server::{Server, ServerError};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::retention::{PurgeKind, Removed};
+use crate::store::{AuditRecord, Store, StoreError, StoreOptions};
 use crate::validation::Validator;
 use crate::validation::profile::{ProfileError, ProfileOptions, ProfilePass};
 use crate::validation::schema::{SchemaError, SchemaPass};
@@ -363,6 +366,14 @@ async fn start_background(
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
+    let retention = state.settings.retention.clone();
+    if !retention_cutoffs(&retention, Instant::now()).is_empty() {
+        tasks.push(tokio::spawn(keep_data_for(
+            state.store.clone(),
+            retention,
+            stopped(stop.clone()),
+        )));
+    }
     let retention = state.settings.auth.audit_retention_days;
     if retention > 0 {
         tasks.push(tokio::spawn(keep_audit_for(
@@ -431,6 +442,89 @@ async fn keep_audit_for(store: Store, days: u32, stop: impl Future<Output = ()>)
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot apply the audit retention; retrying later")
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// The cut-off of each purge `[retention]` turns on, at `now`: everything of that kind
+/// before it goes. A kind whose setting is 0 (keep for ever) is absent.
+pub fn retention_cutoffs(settings: &RetentionSettings, now: Instant) -> Vec<(PurgeKind, Instant)> {
+    let now = now.as_offset_date_time();
+    let days_before = |days: u32| {
+        now.checked_sub(time::Duration::days(i64::from(days)))
+            .map(Instant::from_offset)
+    };
+    let mut cutoffs = Vec::new();
+    if settings.raw_bodies_days > 0
+        && let Some(cutoff) = days_before(settings.raw_bodies_days)
+    {
+        cutoffs.push((PurgeKind::RawBodies, cutoff));
+    }
+    if settings.closed_referrals_years > 0 {
+        // The same date N years earlier (29 February: the 28th).
+        let year = now.year() - i32::try_from(settings.closed_referrals_years).unwrap_or(i32::MAX);
+        let earlier = now
+            .replace_year(year)
+            .or_else(|_| {
+                now.replace_day(28)
+                    .and_then(|feb28| feb28.replace_year(year))
+            })
+            .ok();
+        if let Some(cutoff) = earlier {
+            cutoffs.push((PurgeKind::ClosedReferrals, Instant::from_offset(cutoff)));
+        }
+    }
+    if settings.delivered_outbox_days > 0
+        && let Some(cutoff) = days_before(settings.delivered_outbox_days)
+    {
+        cutoffs.push((PurgeKind::DeliveredOutbox, cutoff));
+    }
+    cutoffs
+}
+
+/// Runs every purge `[retention]` turns on, now, each transaction audited as done by
+/// `actor` (`sprig:retention` on the schedule, `sprig purge` from the command line).
+/// Returns what went, per kind.
+pub async fn purge_past_retention(
+    store: &Store,
+    settings: &RetentionSettings,
+    actor: &str,
+) -> Result<Vec<(PurgeKind, Removed)>, StoreError> {
+    let audit = AuditRecord {
+        client_id: Some(actor.to_owned()),
+        ..AuditRecord::new("purge", 200)
+    };
+    let mut done = Vec::new();
+    for (kind, cutoff) in retention_cutoffs(settings, Instant::now()) {
+        let removed = store.purge(kind, cutoff, &audit).await?;
+        done.push((kind, removed));
+    }
+    Ok(done)
+}
+
+/// Applies `[retention]` now and every hour until `stop`.
+async fn keep_data_for(store: Store, settings: RetentionSettings, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        match purge_past_retention(&store, &settings, "sprig:retention").await {
+            Ok(done) => {
+                for (kind, removed) in done {
+                    if !removed.is_empty() {
+                        tracing::info!(
+                            kind = kind.name(),
+                            removed = %removed.summary(),
+                            "data past retention purged"
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot apply the retention settings; retrying later")
             }
         }
         tokio::select! {

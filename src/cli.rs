@@ -1,5 +1,6 @@
 //! The `sprig` command line: parses arguments, runs a subcommand (`serve`,
-//! `validate`, `conformance`, `staff`, `audit`), and decides the exit status (0 success, 1 runtime failure
+//! `validate`, `conformance`, `staff`, `audit`, `report`, and the operator's `migrate`,
+//! `backup`, `restore`, `purge`, `erase`), and decides the exit status (0 success, 1 runtime failure
 //! or invalid files, 2 bad usage or configuration).
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod audit;
 mod conformance;
+mod operate;
 mod report;
 mod staff;
 mod validate;
@@ -43,6 +45,16 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Outcome and service reports (`sprig report outcomes --from --to`).
     Report(report::ReportArgs),
+    /// Apply pending database migrations and exit (`--check`: only report them).
+    Migrate(operate::MigrateArgs),
+    /// Copy a SQLite database to a new file, consistently, while a server writes to it.
+    Backup(operate::BackupArgs),
+    /// Restore a SQLite backup as the database (refuses a database in use).
+    Restore(operate::RestoreArgs),
+    /// Remove what `[retention]` no longer keeps (`--dry-run`: count it).
+    Purge(operate::PurgeArgs),
+    /// Erase one referral and everything that belongs to it (recorded in the audit).
+    Erase(operate::EraseArgs),
 }
 
 /// Where the database is, for the subcommands that open it without serving.
@@ -61,28 +73,39 @@ struct DatabaseArgs {
     config: Option<PathBuf>,
 }
 
-/// Opens the store the settings name (creating and migrating it if needed), or says why
-/// not on standard error and gives the exit status.
-async fn open_store(args: &DatabaseArgs) -> Result<Store, ExitCode> {
+/// The settings, with `--database` applied, or says why not on standard error and
+/// gives the exit status.
+fn load_settings(args: &DatabaseArgs) -> Result<Settings, ExitCode> {
     let overrides = Overrides {
         database: args.database.clone(),
         ..Overrides::default()
     };
-    let settings = Settings::load(args.config.as_deref(), &overrides).map_err(|error| {
+    Settings::load(args.config.as_deref(), &overrides).map_err(|error| {
         eprintln!("sprig: {error}");
         ExitCode::from(2)
-    })?;
-    Store::open(&StoreOptions {
+    })
+}
+
+/// How a command opens the store the settings name.
+fn store_options(settings: &Settings) -> StoreOptions {
+    StoreOptions {
         database: settings.database.clone(),
         busy_timeout: std::time::Duration::from_millis(settings.sqlite.busy_timeout_ms),
         max_read_connections: 1,
         durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
-    })
-    .await
-    .map_err(|error| {
-        eprintln!("sprig: cannot open the database: {error}");
-        ExitCode::from(1)
-    })
+    }
+}
+
+/// Opens the store the settings name (creating and migrating it if needed), or says why
+/// not on standard error and gives the exit status.
+async fn open_store(args: &DatabaseArgs) -> Result<Store, ExitCode> {
+    let settings = load_settings(args)?;
+    Store::open(&store_options(&settings))
+        .await
+        .map_err(|error| {
+            eprintln!("sprig: cannot open the database: {error}");
+            ExitCode::from(1)
+        })
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +134,11 @@ pub fn main() -> ExitCode {
         Command::Staff(args) => staff::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Report(args) => report::run(args),
+        Command::Migrate(args) => operate::migrate(args),
+        Command::Backup(args) => operate::backup(args),
+        Command::Restore(args) => operate::restore(args),
+        Command::Purge(args) => operate::purge(args),
+        Command::Erase(args) => operate::erase(args),
     }
 }
 

@@ -107,6 +107,24 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// FHIR REST choices.
     pub fhir: FhirSettings,
+    /// How long data is kept (`store::retention`): applied at start-up and hourly,
+    /// and by `sprig purge`.
+    pub retention: RetentionSettings,
+}
+
+/// How long data is kept; 0 keeps it for ever (the default: a service chooses its
+/// periods from the NHS records retention schedule and its own DPIA).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a request body is kept byte for byte (resource versions' received
+    /// bodies, referral submissions' bodies, message replay records).
+    pub raw_bodies_days: u32,
+    /// Years a closed referral (completed, declined, unable to contact, withdrawn) is
+    /// kept after it closed; then it and everything that belongs to it go.
+    pub closed_referrals_years: u32,
+    /// Days a delivered outbox row is kept after its delivery.
+    pub delivered_outbox_days: u32,
 }
 
 /// Whether Sprig asks callers who they are.
@@ -336,6 +354,7 @@ impl Default for Settings {
             delivery: DeliverySettings::default(),
             auth: AuthSettings::default(),
             fhir: FhirSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -752,6 +771,24 @@ impl Settings {
                 "delivery.max_backoff_secs",
                 "must be at least delivery.initial_backoff_ms",
             ));
+        }
+        // Far beyond any retention schedule, and within what date arithmetic holds.
+        if self.retention.closed_referrals_years > 1000 {
+            return Err(range(
+                "retention.closed_referrals_years",
+                "must be at most 1000",
+            ));
+        }
+        for (key, days) in [
+            ("retention.raw_bodies_days", self.retention.raw_bodies_days),
+            (
+                "retention.delivered_outbox_days",
+                self.retention.delivered_outbox_days,
+            ),
+        ] {
+            if days > 365_000 {
+                return Err(range(key, "must be at most 365000"));
+            }
         }
         if delivery.max_age_secs == 0 {
             return Err(range("delivery.max_age_secs", "must be at least 1"));

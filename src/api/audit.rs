@@ -107,6 +107,14 @@ impl AuditHandle {
         }
     }
 
+    /// Records what a purge or an erasure removed (kinds, counts, a reason code; never
+    /// content).
+    pub fn note_detail(&self, detail: &str) {
+        if let Some(record) = self.lock().record.as_mut() {
+            record.detail = Some(detail.to_owned());
+        }
+    }
+
     /// Records whose data a returned resource holds: a Patient's own id, or the Patient
     /// its `subject`, `patient`, `for` or `beneficiary` refers to; the referral its
     /// `focus` or `basedOn` names.
@@ -246,6 +254,7 @@ fn classify(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ["api", "referrals", _, "outcomes"] if post => ("api:outcome", None, None),
         ["api", "referrals", _, "notes"] if post => ("api:note", None, None),
         ["api", "referrals", _, "assignment"] if post => ("api:assign", None, None),
+        ["api", "referrals", _, "erasure"] if post => ("api:erase", None, None),
         ["api", "deliveries"] if get => ("api:deliveries", None, None),
         ["api", "deliveries", _] if get => ("api:delivery", None, None),
         ["api", "deliveries", _, "retry"] if post => ("api:retry-delivery", None, None),
@@ -346,7 +355,15 @@ pub async fn audit(State(state): State<AppState>, mut request: Request, next: Ne
         }
         Err(e) => {
             tracing::error!(error = %e, "the audit row could not be written; the request fails");
-            if path.starts_with("/api") || path.starts_with("/auth") {
+            let api = path.starts_with("/api") || path.starts_with("/auth");
+            if e.is_transient() {
+                // Storage busy or failing over: 503 with Retry-After, not a defect.
+                if api {
+                    Problem::from(e).into_response()
+                } else {
+                    ApiError::from(e).into_response()
+                }
+            } else if api {
                 Problem::internal().into_response()
             } else {
                 ApiError::internal("writing the audit log", e.to_string()).into_response()

@@ -185,6 +185,14 @@ pub fn audit_event(row: &AuditEventRow) -> Value {
             "description": "sent by a caller that is not a trusted proxy, and ignored",
         }));
     }
+    if let Some(detail) = &r.detail {
+        // What a purge or an erasure removed (kinds, counts, a reason code): no content.
+        entities.push(json!({
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "description": "removed",
+            "detail": [{"type": "removed", "valueString": detail}],
+        }));
+    }
     if let Some(correlation_id) = &r.correlation_id {
         entities.push(json!({
             "what": {"identifier": {"value": correlation_id}},

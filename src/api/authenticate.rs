@@ -95,6 +95,8 @@ pub const ROUTES: &[Route] = &[
     route("/api/referrals/{id}/outcomes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/notes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/assignment", &["POST"], Gate::Staff),
+    // Administrators only: `api::erasure` checks `StaffAction::Erase`.
+    route("/api/referrals/{id}/erasure", &["POST"], Gate::Staff),
     route("/api/measures", &["GET"], Gate::Staff),
     route("/api/follow-ups", &["GET"], Gate::Staff),
     route("/api/reports/outcomes", &["GET"], Gate::Staff),

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod authenticate;
 pub mod capability;
 pub mod deliveries;
+pub mod erasure;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -159,6 +160,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
         .route("/api/referrals/{id}/assignment", post(service::assignment))
+        .route("/api/referrals/{id}/erasure", post(erasure::erase))
         .route("/api/measures", get(outcomes::measures))
         .route("/api/follow-ups", get(outcomes::follow_ups))
         .route("/api/reports/outcomes", get(outcomes::outcomes_report))

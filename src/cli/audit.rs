@@ -84,6 +84,7 @@ fn row_json(row: &AuditEventRow) -> Value {
         "correlation_id": r.correlation_id,
         "message_id": r.message_id,
         "ignored_end_user_header": r.ignored_end_user_header,
+        "detail": r.detail,
     })
 }
 

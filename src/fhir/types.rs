@@ -175,6 +175,12 @@ impl Instant {
         httpdate::fmt_http_date(system)
     }
 
+    /// The instant `t` is, to the millisecond.
+    pub fn from_offset(t: OffsetDateTime) -> Self {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        Self(t.replace_millisecond(t.millisecond()).unwrap_or(t))
+    }
+
     /// The underlying timestamp.
     pub fn as_offset_date_time(self) -> OffsetDateTime {
         self.0

@@ -118,6 +118,8 @@ pub enum StaffAction<'a> {
     Audit,
     /// Read `/metrics` (when it is served behind a token).
     Metrics,
+    /// Erase a referral and everything that belongs to it (where the law requires it).
+    Erase,
 }
 
 /// What an audit row records of the caller.
@@ -296,6 +298,7 @@ impl Access {
                     | StaffAction::Registries
                     | StaffAction::Audit
                     | StaffAction::Metrics
+                    | StaffAction::Erase
             ),
         }
     }

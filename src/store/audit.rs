@@ -103,6 +103,9 @@ pub struct AuditRecord {
     /// The caller sent `NHSD-End-User-Organisation` without being a trusted proxy: the
     /// header was ignored (migration 0011).
     pub ignored_end_user_header: bool,
+    /// What a purge or an erasure removed: kinds and counts, a reason code (never the
+    /// content removed, never free text); `None` for every other request.
+    pub detail: Option<String>,
 }
 
 impl AuditRecord {
@@ -129,6 +132,7 @@ impl AuditRecord {
             correlation_id: None,
             message_id: None,
             ignored_end_user_header: false,
+            detail: None,
         }
     }
 }

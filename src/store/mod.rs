@@ -21,12 +21,14 @@
 //!   resources only, and anything else is "not found", on every path (read,
 //!   vread, history, search and its total, conditional matches).
 
+pub mod admin;
 pub mod audit;
 pub mod identity;
 pub mod outbox;
 mod postgres;
 pub mod referrals;
 pub mod reports;
+pub mod retention;
 mod search;
 pub mod sessions;
 mod sqlite;
@@ -114,15 +116,27 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(sqlx::Error::PoolTimedOut) => true,
-            // A dropped connection (a PostgreSQL failover or restart).
-            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => false,
+            // A dropped connection (a PostgreSQL failover or restart, a network cut) or a
+            // pool closing at shutdown: the request may succeed on another connection or
+            // instance. A write whose COMMIT was cut off may or may not have committed;
+            // retrying it is safe, as a resubmission is recognised by its identifier.
+            StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed,
+            ) => true,
             StoreError::Database(sqlx::Error::Database(db)) => {
                 let Some(code) = db.code() else {
                     return false;
                 };
-                // PostgreSQL: serialization failure, deadlock, too many
-                // connections, cannot connect now (a starting or failing-over server).
-                if matches!(code.as_ref(), "40001" | "40P01" | "53300" | "57P03") {
+                // PostgreSQL: serialization failure, deadlock, too many connections,
+                // the server shutting down or restarting (57P01, 57P02), cannot connect
+                // now (a starting or failing-over server), a connection exception
+                // (class 08), and a write reaching a server that is now a read-only
+                // standby (25006: the old primary after a failover).
+                if matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "25006"
+                ) || code.starts_with("08")
+                {
                     return true;
                 }
                 // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
@@ -370,6 +384,25 @@ impl Store {
     /// Closes every connection, after the ones in use are returned.
     pub async fn close(&self) {
         dispatch!(self, b => b.close().await)
+    }
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::StoreError;
+
+    #[test]
+    fn a_dropped_connection_or_a_closed_pool_is_transient_not_a_defect() {
+        // What a PostgreSQL failover looks like from a request: the connection is cut.
+        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(StoreError::Database(sqlx::Error::Io(cut)).is_transient());
+        assert!(StoreError::Database(sqlx::Error::PoolClosed).is_transient());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(
+            !StoreError::SearchIndex("defect".into()).is_transient(),
+            "a defect stays a 500"
+        );
     }
 }
 

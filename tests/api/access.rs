@@ -474,6 +474,14 @@ const MATRIX: &[Row] = &[
         Body::None,
         MANAGE,
     ),
+    // Without a body: administrators get as far as the 400 for it, and nothing is erased.
+    (
+        "POST",
+        "/api/referrals/{id}/erasure",
+        "/api/referrals/{sr}/erasure",
+        Body::None,
+        ADMIN,
+    ),
     ("GET", "/console", "/console", Body::None, CONSOLE),
     ("GET", "/console/sign-in", "/console/sign-in", Body::None, OPEN),
     ("POST", "/console/sign-in", "/console/sign-in", Body::None, OPEN),

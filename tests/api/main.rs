@@ -29,6 +29,7 @@ mod isolation;
 mod mappings;
 mod negotiation;
 mod openapi;
+mod operations;
 mod outcomes;
 mod profile_negatives;
 mod provenance;

@@ -11,7 +11,7 @@ use crate::store::audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, A
 const AUDIT_COLUMNS: &str = "recorded_at, client_id, ods_code, staff_username, staff_role, \
      proxy_id, end_user_ods, peer_address, interaction, resource_type, resource_id, \
      search_params, patient_ids, referral_ids, status, outcome, request_id, correlation_id, \
-     message_id, ignored_end_user_header";
+     message_id, ignored_end_user_header, detail";
 
 fn json_list(values: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(values).map_err(|e| StoreError::Corrupt {
@@ -24,7 +24,7 @@ fn json_list(values: &[String]) -> Result<String, StoreError> {
 async fn insert(conn: &mut Conn, record: &AuditRecord) -> Result<i64, StoreError> {
     let seq = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
          RETURNING seq"
     )))
     .bind(record.recorded_at.to_fhir())
@@ -47,6 +47,7 @@ async fn insert(conn: &mut Conn, record: &AuditRecord) -> Result<i64, StoreError
     .bind(&record.correlation_id)
     .bind(&record.message_id)
     .bind(i64::from(record.ignored_end_user_header))
+    .bind(&record.detail)
     .fetch_one(conn)
     .await?
     .try_get("seq")?;
@@ -91,6 +92,7 @@ fn row_to_event(row: &DbRow) -> Result<AuditEventRow, StoreError> {
             correlation_id: row.try_get("correlation_id")?,
             message_id: row.try_get("message_id")?,
             ignored_end_user_header: row.try_get::<i64, _>("ignored_end_user_header")? != 0,
+            detail: row.try_get("detail")?,
         },
     })
 }

@@ -47,6 +47,12 @@ mod resources;
     clippy::duplicate_mod,
     reason = "compiled once per backend, with its types"
 )]
+#[path = "../sql/retention.rs"]
+mod retention;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
 #[path = "../sql/search.rs"]
 mod search;
 #[allow(
