@@ -51,6 +51,50 @@ async fn the_same_referral_at_two_instances_at_once_is_one_referral() {
 }
 
 #[tokio::test]
+async fn the_same_identifier_from_two_practices_at_two_instances_at_once_is_two_referrals() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    for shape in Shape::ALL {
+        let practice = |ods: &str| -> serde_json::Value {
+            let text = shape
+                .example()
+                .to_string()
+                .replace("K83999", ods)
+                .replace("Y12345", ods);
+            serde_json::from_str(&text).expect("JSON")
+        };
+        let (from_a, from_b) = (practice("A81001"), practice("B82002"));
+        let (first, second) = tokio::join!(
+            post_fhir(&a, shape.path(), &from_a, &[]),
+            post_fhir(&b, shape.path(), &from_b, &[])
+        );
+        let statuses = [first.status().as_u16(), second.status().as_u16()];
+        assert!(
+            statuses.iter().all(|s| matches!(s, 200 | 201)),
+            "{shape:?}: each practice's referral is accepted: {statuses:?}"
+        );
+        let (again_a, again_b) = tokio::join!(
+            post_fhir(&b, shape.path(), &from_a, &[]),
+            post_fhir(&a, shape.path(), &from_b, &[])
+        );
+        assert_eq!(
+            [again_a.status().as_u16(), again_b.status().as_u16()],
+            [200, 200],
+            "{shape:?}: each practice's resubmission, at the other instance"
+        );
+    }
+    // Two referrals per example: one per practice.
+    let list = json_body(a.get("/api/referrals?limit=50").await).await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(2 * Shape::ALL.len()),
+        "{list}"
+    );
+}
+
+#[tokio::test]
 async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
     if !on_postgres() {
         return;
