@@ -23,7 +23,7 @@ impl Tx {
         write: ResourceWrite<'_>,
     ) -> Result<StoredResource, StoreError> {
         let version_id = VersionId::FIRST;
-        let last_updated = Instant::now();
+        let last_updated = self.timestamp().await?;
         let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
@@ -72,7 +72,7 @@ impl Tx {
             });
         }
         let version_id = current.next();
-        let last_updated = Instant::now();
+        let last_updated = self.timestamp().await?;
         let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
@@ -113,7 +113,7 @@ impl Tx {
             return Ok(None);
         };
         let version_id = current.next();
-        let at = Instant::now().to_fhir();
+        let at = self.timestamp().await?.to_fhir();
         sqlx::query(
             "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
              WHERE resource_type = $3 AND id = $4",
