@@ -30,6 +30,7 @@ mod mappings;
 mod negotiation;
 mod openapi;
 mod outcomes;
+mod processes;
 mod profile_negatives;
 mod r4_examples;
 mod real_clients;
