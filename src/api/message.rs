@@ -262,7 +262,12 @@ async fn handle(
         drop(tx);
         return replay(earlier, bytes, format);
     }
-    let existing = tx.referral_by_identifier(&mapped.identifier).await?;
+    let existing = tx
+        .referral_by_identifier(
+            mapped.fields.practice_ods_code.as_deref(),
+            &mapped.identifier,
+        )
+        .await?;
     let visibility = access.visibility();
     let owner = mapped.fields.practice_ods_code.clone();
     let (referral, note) = match (reason, existing) {

@@ -54,7 +54,13 @@ pub(super) async fn create(
         let what = Written::matched_existing(&existing);
         return written(&existing, what, answer, checked.issues);
     }
-    if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
+    if let Some(existing) = tx
+        .referral_by_identifier(
+            mapped.fields.practice_ods_code.as_deref(),
+            &mapped.identifier,
+        )
+        .await?
+    {
         drop(tx);
         Workflow::check_resubmission(&existing, &mapped)?;
         tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");

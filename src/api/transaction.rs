@@ -126,7 +126,13 @@ pub async fn transaction(
     require_practice(&access, mapped.fields.practice_ods_code.as_deref())?;
 
     let mut tx = state.store.begin_write().await?;
-    if let Some(existing) = tx.referral_by_identifier(&mapped.identifier).await? {
+    if let Some(existing) = tx
+        .referral_by_identifier(
+            mapped.fields.practice_ods_code.as_deref(),
+            &mapped.identifier,
+        )
+        .await?
+    {
         Workflow::check_resubmission(&existing, &mapped)?;
         // Only a transaction's own answer is replayed as one: a referral that first came as
         // a message (whose stored answer is the reply message) or alone is answered for

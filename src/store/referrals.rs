@@ -126,12 +126,15 @@ pub enum PersonSearch {
 }
 
 impl WriteTx {
-    /// The referral with this business identifier, if one was received.
+    /// The referral `practice` sent with this business identifier, if one was received.
+    /// An identifier is the sender's: two practices may use the same one for two
+    /// referrals (a practice with no ODS code is one more sender, `None`).
     pub async fn referral_by_identifier(
         &mut self,
+        practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<Option<Referral>, StoreError> {
-        dispatch!(self, b => b.referral_by_identifier(identifier).await)
+        dispatch!(self, b => b.referral_by_identifier(practice, identifier).await)
     }
 
     /// The referral, read inside this transaction (to change it).

@@ -51,6 +51,50 @@ async fn the_same_referral_at_two_instances_at_once_is_one_referral() {
 }
 
 #[tokio::test]
+async fn the_same_identifier_from_two_practices_at_two_instances_at_once_is_two_referrals() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    for shape in Shape::ALL {
+        let practice = |ods: &str| -> serde_json::Value {
+            let text = shape
+                .example()
+                .to_string()
+                .replace("K83999", ods)
+                .replace("Y12345", ods);
+            serde_json::from_str(&text).expect("JSON")
+        };
+        let (from_a, from_b) = (practice("A81001"), practice("B82002"));
+        let (first, second) = tokio::join!(
+            post_fhir(&a, shape.path(), &from_a, &[]),
+            post_fhir(&b, shape.path(), &from_b, &[])
+        );
+        let statuses = [first.status().as_u16(), second.status().as_u16()];
+        assert!(
+            statuses.iter().all(|s| matches!(s, 200 | 201)),
+            "{shape:?}: each practice's referral is accepted: {statuses:?}"
+        );
+        let (again_a, again_b) = tokio::join!(
+            post_fhir(&b, shape.path(), &from_a, &[]),
+            post_fhir(&a, shape.path(), &from_b, &[])
+        );
+        assert_eq!(
+            [again_a.status().as_u16(), again_b.status().as_u16()],
+            [200, 200],
+            "{shape:?}: each practice's resubmission, at the other instance"
+        );
+    }
+    // Two referrals per example: one per practice.
+    let list = json_body(a.get("/api/referrals?limit=50").await).await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(2 * Shape::ALL.len()),
+        "{list}"
+    );
+}
+
+#[tokio::test]
 async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
     if !on_postgres() {
         return;
@@ -175,5 +219,73 @@ async fn two_instances_never_claim_the_same_outbox_row() {
                 claimed.seq
             );
         }
+    }
+}
+
+/// The Task ids and the newest `meta.lastUpdated` of a `GET /fhir/Task?_lastUpdated=gt…`
+/// pull, following every `next` link.
+async fn pull_tasks(app: &TestApp, after: &str) -> (Vec<String>, Option<String>) {
+    let mut url = app.url(&format!("/fhir/Task?_lastUpdated=gt{after}&_count=2"));
+    let (mut ids, mut newest) = (Vec::new(), None::<String>);
+    loop {
+        let page = json_body(app.client.get(&url).send().await.expect("pull")).await;
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            ids.push(entry["resource"]["id"].as_str().expect("id").to_owned());
+            let stamp = entry["resource"]["meta"]["lastUpdated"].as_str().expect("stamp");
+            if newest.as_deref().is_none_or(|n| n < stamp) {
+                newest = Some(stamp.to_owned());
+            }
+        }
+        let next = page["link"].as_array().into_iter().flatten().find_map(|link| {
+            (link["relation"] == "next").then(|| link["url"].as_str().map(str::to_owned))?
+        });
+        match next {
+            Some(next) => url = next,
+            None => return (ids, newest),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pull_never_skips_a_version_that_commits_late_with_an_earlier_stamp() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let task = |status: &str| json!({"resourceType": "Task", "status": status, "intent": "order"});
+    let (early, late) = (FhirId::generate(), FhirId::generate());
+    let write = |id, resource| ResourceWrite {
+        resource_type: ResourceType::TASK,
+        id,
+        resource,
+        received: None,
+        request_id: "test",
+        owner: None,
+    };
+    // Instance A stamps its version first and holds its transaction open ...
+    let mut held = a.store.begin_write().await.expect("begin");
+    held.create(write(&early, task("requested")))
+        .await
+        .expect("the early version");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // ... while instance B stamps a later version and commits it.
+    let mut quick = b.store.begin_write().await.expect("begin");
+    quick
+        .create(write(&late, task("accepted")))
+        .await
+        .expect("the later version");
+    quick.commit().await.expect("commit");
+
+    // The GP pulls meanwhile, then again from the newest lastUpdated it was given.
+    let epoch = "2000-01-01T00:00:00.000Z";
+    let (first, newest) = pull_tasks(&b, epoch).await;
+    held.commit().await.expect("the early version commits last");
+    let (second, _) = pull_tasks(&a, newest.as_deref().unwrap_or(epoch)).await;
+    let seen: Vec<&String> = first.iter().chain(&second).collect();
+    for id in [&early, &late] {
+        assert!(
+            seen.iter().any(|s| s.as_str() == id.as_str()),
+            "{id} was skipped: first pull {first:?} (newest {newest:?}), second {second:?}"
+        );
     }
 }

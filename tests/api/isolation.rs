@@ -428,3 +428,85 @@ async fn include_and_revinclude_add_nothing_of_another_practice() {
     assert_eq!(entry_ids(&revincluded).len(), 2, "{revincluded}");
     secured.app.stop().await;
 }
+
+/// `shape`'s example as practice `ods`'s, with the business identifier value `value`.
+fn from_practice_with_identifier(shape: Shape, ods: &str, value: &str) -> Value {
+    let text = shape
+        .example()
+        .to_string()
+        .replace("K83999", ods)
+        .replace("Y12345", ods)
+        .replace(crate::helpers::SAMPLE_IDENTIFIER, value)
+        .replace("REF-2026-", &format!("{value}-"));
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// How many referrals hold the identifier value `value`.
+async fn referrals_with_identifier(app: &crate::helpers::TestApp, value: &str) -> i64 {
+    use sqlx::Row;
+    // The value is the test's own uuid-based text, never input from outside.
+    let sql = format!("SELECT COUNT(*) AS n FROM referrals WHERE identifier_value LIKE '{value}%'");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&app.db_pool().await)
+        .await
+        .expect("count")
+        .try_get::<i64, _>("n")
+        .expect("n")
+}
+
+#[tokio::test]
+async fn two_practices_may_send_the_same_identifier_and_get_two_referrals() {
+    let secured = secured().await;
+    for shape in Shape::ALL {
+        let value = format!("SHARED-{}", uuid::Uuid::new_v4());
+        let mut ids = Vec::new();
+        for (who, ods) in [(Who::PracticeK, "K83999"), (Who::PracticeY, "Y12345")] {
+            let body = from_practice_with_identifier(shape, ods, &value);
+            let response = secured
+                .request(who, "POST", shape.path())
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("sent");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("body");
+            assert!(
+                matches!(status, 200 | 201),
+                "{shape:?} {ods}: {status} {text}"
+            );
+            ids.push(text);
+        }
+        assert_eq!(
+            referrals_with_identifier(&secured.app, &value).await,
+            2,
+            "{shape:?}: one referral per practice"
+        );
+        // Neither answer names the other's referral or patient.
+        assert!(!ids[1].contains("K83999"), "{shape:?}: {}", ids[1]);
+
+        // The same practice again with the same identifier and patient: the resubmission
+        // answer, no third referral.
+        let again = from_practice_with_identifier(shape, "Y12345", &value);
+        let response = secured
+            .request(Who::PracticeY, "POST", shape.path())
+            .header("content-type", "application/fhir+json")
+            .body(again.to_string())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{shape:?}: the resubmission answer");
+        // The same practice with another patient: a conflict, still two referrals.
+        let other = about_another_patient(from_practice_with_identifier(shape, "Y12345", &value));
+        let response = secured
+            .request(Who::PracticeY, "POST", shape.path())
+            .header("content-type", "application/fhir+json")
+            .body(other.to_string())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 409, "{shape:?}");
+        assert_eq!(referrals_with_identifier(&secured.app, &value).await, 2);
+    }
+    secured.app.stop().await;
+}

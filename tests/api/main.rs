@@ -31,6 +31,7 @@ mod negotiation;
 mod openapi;
 mod operations;
 mod outcomes;
+mod processes;
 mod profile_negatives;
 mod provenance;
 mod r4_examples;

@@ -74,6 +74,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
 use super::{StoreError, StoreOptions, WrittenVersion};
+use crate::fhir::Instant;
 
 /// This backend's database, for the shared SQL.
 type Db = Postgres;
@@ -126,25 +127,67 @@ async fn lock_referral(conn: &mut Conn, referral_id: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+/// The `(horizon, now)` a search serves under, in Unix milliseconds of the database's
+/// clock: versions stamped before `horizon` are all committed (or never will be).
+///
+/// Every instance stamps versions with the database's clock, read (by
+/// [`Tx::timestamp`]) only after the transaction has its transaction id, so from then
+/// on it shows in `pg_stat_activity` with a `backend_xid` and an `xact_start` no later
+/// than its stamp. The horizon is the earliest `xact_start` of those transactions (the
+/// ones that may still commit a version), or the statement's own start if there are
+/// none: a transaction not yet shown reads its stamp later than that. So a version
+/// that commits after a search was answered is stamped at or after that search's
+/// horizon, and a GP asking `gt` the newest `lastUpdated` it was given sees it, with
+/// any number of instances writing at once and no lock between them. (Every instance
+/// must connect as the same role, or one with `pg_read_all_stats`, to see the others'
+/// transactions.)
+const HORIZON_SQL: &str = "SELECT \
+       floor(EXTRACT(EPOCH FROM LEAST(statement_timestamp(), MIN(a.xact_start))) * 1000)::bigint, \
+       floor(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::bigint \
+     FROM pg_stat_activity a \
+     WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL \
+       AND a.pid <> pg_backend_pid()";
+
+impl PgStore {
+    /// `(horizon, now)` in Unix milliseconds (see [`HORIZON_SQL`]).
+    async fn commit_horizon(&self, conn: &mut Conn) -> Result<(i64, i64), StoreError> {
+        let horizon: (i64, i64) = sqlx::query_as(HORIZON_SQL).fetch_one(conn).await?;
+        Ok(horizon)
+    }
+}
+
 /// The channel a commit that enqueued outbox rows notifies.
 const OUTBOX_CHANNEL: &str = "sprig_outbox";
 
 /// Connections beyond the readers' share, for writes running alongside.
 const WRITE_CONNECTIONS: u32 = 16;
 
-/// A connection held by one request; dropped before
-/// [`Interruptible::release`] (the request ended first) it is closed rather
-/// than pooled, which ends the statement running on it server-side.
+/// A connection held by one request. Dropped before [`Interruptible::release`] (the
+/// client went away, or the request timed out and its future was dropped), it asks the
+/// server to cancel the statement running on it (`pg_cancel_backend`, from another
+/// pooled connection) and is closed rather than pooled. Closing alone is not enough:
+/// PostgreSQL notices a closed client only when the statement next reads or writes the
+/// socket, so a long query would run on for a request that has been answered.
 pub(super) struct Interruptible {
     conn: PoolConnection<Postgres>,
+    /// The pool, for the cancel's connection.
+    pool: PgPool,
+    /// The server process serving `conn`.
+    backend_pid: i32,
     released: bool,
 }
 
 impl Interruptible {
-    /// A connection from `pool`.
+    /// A connection from `pool`, and the server process behind it.
     pub(super) async fn acquire(pool: &PgPool) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let (backend_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await?;
         Ok(Self {
-            conn: pool.acquire().await?,
+            conn,
+            pool: pool.clone(),
+            backend_pid,
             released: false,
         })
     }
@@ -163,8 +206,22 @@ impl Interruptible {
 
 impl Drop for Interruptible {
     fn drop(&mut self) {
-        if !self.released {
-            self.conn.close_on_drop();
+        if self.released {
+            return;
+        }
+        // Never pooled again, so the cancel can reach no other request's statement.
+        self.conn.close_on_drop();
+        let (pool, pid) = (self.pool.clone(), self.backend_pid);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let cancelled = sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(&pool)
+                    .await;
+                if let Err(error) = cancelled {
+                    tracing::warn!(%error, backend_pid = pid, "could not cancel an abandoned query");
+                }
+            });
         }
     }
 }
@@ -223,6 +280,7 @@ impl PgStore {
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
+            stamp: None,
         })
     }
 }
@@ -261,6 +319,8 @@ pub struct Tx {
     enqueued: bool,
     /// The resource versions it wrote, for their Provenance (`WriteTx::take_written`).
     written: Vec<WrittenVersion>,
+    /// The `lastUpdated` of every version this transaction writes, once read.
+    stamp: Option<Instant>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -280,6 +340,28 @@ impl Tx {
         std::mem::take(&mut self.written)
     }
 
+    /// The `lastUpdated` of the versions this transaction writes: the database's clock,
+    /// read once the transaction has its id (the subquery runs first), so a search's
+    /// horizon ([`HORIZON_SQL`]) accounts for it.
+    async fn timestamp(&mut self) -> Result<Instant, StoreError> {
+        if let Some(stamp) = self.stamp {
+            return Ok(stamp);
+        }
+        let (millis, _xid): (i64, String) = sqlx::query_as(
+            "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint, assigned.xid::text \
+             FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned",
+        )
+        .fetch_one(self.conn())
+        .await?;
+        let stamp = Instant::from_unix_millis(millis).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("the database clock read {millis} ms").into(),
+            ))
+        })?;
+        self.stamp = Some(stamp);
+        Ok(stamp)
+    }
+
     /// Commits every change; when it enqueued outbox rows, every instance's
     /// listener is told (PostgreSQL delivers a `NOTIFY` only on commit).
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
@@ -294,5 +376,65 @@ impl Tx {
             self.outbox_signal.notify_one();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::postgres::PgPoolOptions;
+
+    use super::Interruptible;
+
+    /// The test PostgreSQL server's maintenance database (as the integration tests'
+    /// `TEST_POSTGRES`); these machines run one at 127.0.0.1:5432.
+    fn server() -> String {
+        let base = std::env::var("TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        format!("{base}/postgres")
+    }
+
+    #[tokio::test]
+    async fn a_reader_dropped_mid_query_cancels_it_on_the_server() {
+        let pool = PgPoolOptions::new()
+            .max_connections(3)
+            .connect(&server())
+            .await
+            .expect("the test PostgreSQL server is running");
+        // A marker only this test's statement carries, to find it in pg_stat_activity.
+        let marker = format!("sprig_cancel_test_{}", uuid::Uuid::new_v4().simple());
+        let mut reader = Interruptible::acquire(&pool).await.expect("reader");
+        let pid = reader.backend_pid;
+        let sleeper = format!("SELECT pg_sleep(60) AS {marker}");
+        let running = tokio::time::timeout(
+            Duration::from_millis(300),
+            sqlx::query(sqlx::AssertSqlSafe(sleeper)).execute(reader.conn()),
+        )
+        .await;
+        assert!(running.is_err(), "the query was still running");
+        drop(reader);
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (still,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE pid = $1 AND state = 'active' AND query LIKE '%' || $2 || '%'",
+            )
+            .bind(pid)
+            .bind(&marker)
+            .fetch_one(&pool)
+            .await
+            .expect("pg_stat_activity");
+            if still == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned query is still running on the server"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool.close().await;
     }
 }

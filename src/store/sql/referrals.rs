@@ -25,16 +25,18 @@ const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r
      p.nhs_number, p.given_name, p.family_name, p.birth_date, p.phone, p.email, p.address, p.postcode";
 
 impl Tx {
-    /// The referral with this business identifier, if one was received.
+    /// The referral `practice` sent with this business identifier, if one was received.
     pub(in crate::store) async fn referral_by_identifier(
         &mut self,
+        practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<Option<Referral>, StoreError> {
         // Held until this transaction ends: a second transaction receiving the
         // same referral (another instance) waits here, then finds this one's
         // referral and answers as to a resubmission, never a unique violation.
-        super::lock_identifier(self.conn(), &identifier.system, &identifier.value).await?;
-        referral_by_identifier(self.conn(), identifier).await
+        let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
+        super::lock_identifier(self.conn(), &scope, &identifier.value).await?;
+        referral_by_identifier(self.conn(), practice, identifier).await
     }
 
     /// The referral, read inside this transaction (to change it).
@@ -690,13 +692,18 @@ impl Tx {
     }
 }
 
+/// The lookup `referrals_by_identifier` (migration 0008) answers: the unique key is the
+/// sending practice (`''` for none) with the identifier's system and value.
 async fn referral_by_identifier(
     conn: &mut Conn,
+    practice: Option<&str>,
     identifier: &BusinessIdentifier,
 ) -> Result<Option<Referral>, StoreError> {
     let id: Option<(String,)> = sqlx::query_as(
-        "SELECT id FROM referrals WHERE identifier_system = $1 AND identifier_value = $2",
+        "SELECT id FROM referrals WHERE COALESCE(practice_ods_code, '') = $1 \
+         AND identifier_system = $2 AND identifier_value = $3",
     )
+    .bind(practice.unwrap_or_default())
     .bind(&identifier.system)
     .bind(&identifier.value)
     .fetch_optional(&mut *conn)

@@ -24,7 +24,7 @@ impl Tx {
         write: ResourceWrite<'_>,
     ) -> Result<StoredResource, StoreError> {
         let version_id = VersionId::FIRST;
-        let last_updated = Instant::now();
+        let last_updated = self.timestamp().await?;
         let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
@@ -81,7 +81,7 @@ impl Tx {
             });
         }
         let version_id = current.next();
-        let last_updated = Instant::now();
+        let last_updated = self.timestamp().await?;
         let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
@@ -135,7 +135,7 @@ impl Tx {
             return Ok(None);
         };
         let version_id = current.next();
-        let recorded = Instant::now();
+        let recorded = self.timestamp().await?;
         let at = recorded.to_fhir();
         let (owner,): (Option<String>,) = sqlx::query_as(
             "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \

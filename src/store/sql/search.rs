@@ -144,7 +144,7 @@ pub(crate) async fn matching_ids(
 ) -> Result<Vec<FhirId>, StoreError> {
     let mut sql = Sql::default();
     sql.push("SELECT r.id FROM resources r");
-    sql.push_where(query, visibility, None);
+    sql.push_where(query, visibility, None, None);
     sql.push(" ORDER BY r.id");
     let rows = sql.query().fetch_all(&mut *conn).await?;
     rows.iter()
@@ -154,7 +154,34 @@ pub(crate) async fn matching_ids(
         })
         .collect()
 }
+/// How long a search waits for write transactions that began before it to end, so that
+/// what was committed before the search is in its answer; after that it answers without
+/// their versions and any written after them (a later pull gets them).
+const HORIZON_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Backend {
+    /// The fixed-width instant a search serves versions before: the backend's commit
+    /// horizon (SQLite: `CommitHorizon`, PostgreSQL: `HORIZON_SQL`), once it has passed
+    /// the millisecond the search began in, or after [`HORIZON_WAIT`]. Every version
+    /// stamped before it is committed or never will be, so a GP paging with the cursor
+    /// or asking `_lastUpdated=gt` the newest `lastUpdated` it was given never skips a
+    /// version that committed late with an earlier stamp: that version is not served
+    /// until every version stamped after it can be.
+    async fn settled_horizon(&self, conn: &mut Conn) -> Result<String, StoreError> {
+        let (mut horizon, began) = self.commit_horizon(conn).await?;
+        let deadline = tokio::time::Instant::now() + HORIZON_WAIT;
+        while horizon <= began && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            horizon = self.commit_horizon(conn).await?.0;
+        }
+        let horizon = Instant::from_unix_millis(horizon).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("the commit horizon is {horizon} ms").into(),
+            ))
+        })?;
+        Ok(horizon.to_fhir())
+    }
+
     pub(in crate::store) async fn search(
         &self,
         query: &SearchQuery,
@@ -162,6 +189,9 @@ impl Backend {
     ) -> Result<SearchPage, StoreError> {
         // Interrupted if the request ends before the answer is read.
         let mut reader = Interruptible::acquire(&self.readers).await?;
+        // Before the read transaction (PostgreSQL keeps one snapshot of
+        // `pg_stat_activity` per transaction).
+        let horizon = self.settled_horizon(reader.conn()).await?;
         // One read transaction: the total and the page see the same snapshot.
         let mut tx = reader.conn().begin().await?;
         let total = match query.total {
@@ -169,7 +199,7 @@ impl Backend {
             TotalMode::Accurate => {
                 let mut sql = Sql::default();
                 sql.push("SELECT COUNT(*) AS n FROM resources r");
-                sql.push_where(query, visibility, None);
+                sql.push_where(query, visibility, Some(&horizon), None);
                 let row = sql.query().fetch_one(&mut *tx).await?;
                 let n: i64 = row.try_get("n")?;
                 Some(u64::try_from(n).unwrap_or(0))
@@ -192,7 +222,7 @@ impl Backend {
                ON v.resource_type = r.resource_type AND v.id = r.id \
               AND v.version_id = r.current_version",
         );
-        sql.push_where(query, visibility, query.cursor.as_ref());
+        sql.push_where(query, visibility, Some(&horizon), query.cursor.as_ref());
         let direction = match query.sort {
             SortOrder::NewestFirst => "DESC",
             SortOrder::OldestFirst => "ASC",
@@ -405,17 +435,23 @@ impl Sql {
     }
 
     /// ` WHERE …` for `query` over `resources r`, among the resources
-    /// `visibility` sees, starting after `cursor`. The one place every search,
-    /// count and conditional match gets its practice filter.
+    /// `visibility` sees, stamped before `horizon` (see `Backend::settled_horizon`),
+    /// starting after `cursor`. The one place every search, count and conditional
+    /// match gets its practice filter.
     fn push_where(
         &mut self,
         query: &SearchQuery,
         visibility: &Visibility,
+        horizon: Option<&str>,
         cursor: Option<&Cursor>,
     ) {
         self.push(" WHERE r.resource_type = ");
         self.push_text(query.resource_type.as_str());
         self.push(" AND r.deleted = 0");
+        if let Some(horizon) = horizon {
+            self.push(" AND r.last_updated < ");
+            self.push_text(horizon);
+        }
         match visibility {
             Visibility::All => {}
             // `1 = 0`, not `0`: PostgreSQL wants a boolean.

@@ -63,8 +63,8 @@ mod search;
 mod sessions;
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -76,6 +76,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::{StoreError, StoreOptions, WrittenVersion};
+use crate::fhir::Instant;
 
 /// This backend's database, for the shared SQL.
 type Db = Sqlite;
@@ -179,6 +180,96 @@ pub struct SqliteStore {
     /// Woken when a commit adds outbox rows, so delivery starts at once
     /// rather than at its next poll.
     pub(super) outbox_signal: Arc<Notify>,
+    /// Keeps the `_lastUpdated` pull complete (see [`CommitHorizon`]).
+    horizon: Arc<CommitHorizon>,
+}
+
+/// What keeps a GP's pull (`_lastUpdated=gt…`, and paging on `(last_updated, id)`)
+/// from skipping a version: a search serves only versions stamped before the
+/// *horizon*, the first millisecond in which a version can still appear. Both sides
+/// take one lock, so they are totally ordered:
+/// - a write transaction, once it holds the single writer, registers itself with the
+///   millisecond it started and stamps its versions no earlier than that, and later
+///   than any millisecond a search has already served ([`CommitHorizon::begin`]);
+/// - a search takes the horizon as the next millisecond, or the in-flight writer's
+///   start if that is earlier, and records that it served up to now
+///   ([`CommitHorizon::horizon`]).
+///
+/// So a version committed after a search was answered is stamped at or after that
+/// search's horizon, and a client asking `gt` the newest `lastUpdated` it was given
+/// sees it. One process owns a SQLite file, so this is in memory.
+#[derive(Debug, Default)]
+struct CommitHorizon {
+    state: Mutex<HorizonState>,
+    next_token: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct HorizonState {
+    /// The write transaction in flight (the single writer: at most one): its token and
+    /// the Unix millisecond it started.
+    in_flight: Option<(u64, i64)>,
+    /// The latest Unix millisecond any search has served versions up to (inclusive).
+    served: i64,
+}
+
+impl CommitHorizon {
+    /// Registers a write transaction; returns its token and the instant its versions
+    /// are stamped with.
+    fn begin(&self) -> (u64, Instant) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let started = now.unix_millis();
+        state.in_flight = Some((token, started));
+        let stamp_ms = started.max(state.served.saturating_add(1));
+        let stamp = if stamp_ms == started {
+            now
+        } else {
+            Instant::from_unix_millis(stamp_ms).unwrap_or(now)
+        };
+        (token, stamp)
+    }
+
+    /// Ends the write transaction `token` (committed or rolled back).
+    fn end(&self, token: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.in_flight.is_some_and(|(held, _)| held == token) {
+            state.in_flight = None;
+        }
+    }
+
+    /// `(horizon, now)` in Unix milliseconds: versions stamped before `horizon` are
+    /// all committed (or never will be).
+    fn horizon(&self) -> (i64, i64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now().unix_millis();
+        let horizon = match state.in_flight {
+            Some((_, started)) => started.min(now.saturating_add(1)),
+            None => now.saturating_add(1),
+        };
+        state.served = state.served.max(horizon.saturating_sub(1));
+        (horizon, now)
+    }
+}
+
+/// A write transaction's registration with the [`CommitHorizon`], ended when dropped.
+struct Writing {
+    horizon: Arc<CommitHorizon>,
+    token: u64,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.horizon.end(self.token);
+    }
+}
+
+impl Backend {
+    /// `(horizon, now)` in Unix milliseconds (see [`CommitHorizon`]).
+    async fn commit_horizon(&self, _conn: &mut Conn) -> Result<(i64, i64), StoreError> {
+        Ok(self.horizon.horizon())
+    }
 }
 
 impl SqliteStore {
@@ -227,6 +318,7 @@ impl SqliteStore {
             writer,
             readers,
             outbox_signal: Arc::new(Notify::new()),
+            horizon: Arc::new(CommitHorizon::default()),
         })
     }
 
@@ -245,11 +337,19 @@ impl SqliteStore {
 
     /// Opens a write transaction on the writer connection.
     pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        let tx = self.writer.begin().await?;
+        // Registered once it holds the writer: the registration is the writer's.
+        let (token, stamp) = self.horizon.begin();
         Ok(Tx {
-            tx: self.writer.begin().await?,
+            tx,
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
+            stamp,
+            _writing: Writing {
+                horizon: Arc::clone(&self.horizon),
+                token,
+            },
         })
     }
 }
@@ -263,6 +363,11 @@ pub struct Tx {
     enqueued: bool,
     /// The resource versions it wrote, for their Provenance (`WriteTx::take_written`).
     written: Vec<WrittenVersion>,
+    /// The `lastUpdated` of every version this transaction writes.
+    stamp: Instant,
+    /// Its place in the [`CommitHorizon`], given up when the transaction ends (after
+    /// the commit, or the rollback, completes).
+    _writing: Writing,
 }
 
 impl std::fmt::Debug for Tx {
@@ -280,6 +385,12 @@ impl Tx {
     /// The versions written so far that no one has taken yet, oldest first.
     pub(super) fn take_written(&mut self) -> Vec<WrittenVersion> {
         std::mem::take(&mut self.written)
+    }
+
+    /// The `lastUpdated` of the versions this transaction writes: taken under the
+    /// [`CommitHorizon`] when it began.
+    async fn timestamp(&mut self) -> Result<Instant, StoreError> {
+        Ok(self.stamp)
     }
 
     /// Commits every change. Returns after the commit is durable.
@@ -362,6 +473,30 @@ fn restrict_companion_modes(_path: &std::path::Path) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod search_tests;
+
+#[cfg(test)]
+mod horizon_tests {
+    use super::CommitHorizon;
+
+    #[test]
+    fn a_search_serves_only_what_no_writer_can_still_stamp() {
+        let horizon = CommitHorizon::default();
+        // Nothing in flight: everything up to now is served.
+        let (served_to, now) = horizon.horizon();
+        assert_eq!(served_to, now + 1);
+        // A writer that starts after that search stamps after what it served ...
+        let (token, stamp) = horizon.begin();
+        assert!(stamp.unix_millis() >= served_to, "{stamp:?} < {served_to}");
+        // ... and while it is in flight, no search serves its millisecond.
+        let (during, _) = horizon.horizon();
+        assert!(during <= stamp.unix_millis());
+        // Another writer's end does not end its registration.
+        horizon.end(token + 1);
+        assert!(horizon.horizon().0 <= stamp.unix_millis());
+        horizon.end(token);
+        assert!(horizon.horizon().0 > stamp.unix_millis() - 1);
+    }
+}
 
 #[cfg(test)]
 #[cfg(unix)]
