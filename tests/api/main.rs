@@ -31,6 +31,7 @@ mod negotiation;
 mod openapi;
 mod outcomes;
 mod profile_negatives;
+mod query_plans;
 mod r4_examples;
 mod real_clients;
 mod search;
