@@ -11,7 +11,17 @@
 //! 3. Memory (VmRSS of the process) before the backlog and while the 10,000
 //!    updates wait.
 //!
-//! `cargo bench --bench delivery` (`DELIVERY_BACKLOG=N` to change the backlog).
+//! 4. Intake against delivery (issue 20): 16 clients create referrals as fast
+//!    as Sprig takes them for `DELIVERY_INTAKE_SECS` (20) while the endpoint
+//!    is up: referrals in and Task versions out per second, the backlog, and
+//!    its drain once intake stops (deployed backoff settings).
+//! 5. Outage with the deployed backoff (issue 20): the backlog is made while
+//!    the endpoint is down, held until `DELIVERY_OUTAGE_SECS` (60) have
+//!    passed so the heads back off, and the time from the endpoint's return
+//!    to the last arrival is measured.
+//!
+//! `cargo bench --bench delivery` (`DELIVERY_BACKLOG=N` to change the
+//! backlog, `DELIVERY_ONLY=latency,drain,intake,outage` to pick).
 
 // Tests and benches may unwrap: a failed assumption there is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -81,6 +91,17 @@ struct Gateway {
 }
 
 async fn start_gateway(receiver: SocketAddr, max_in_flight: usize) -> Gateway {
+    start_gateway_with(receiver, max_in_flight, true).await
+}
+
+/// `fast_retries`: backoff from 200 ms to at most 1 s (a returning endpoint
+/// is noticed within a second whatever Sprig does); otherwise the defaults
+/// (1 s doubling to 15 minutes), as deployed.
+async fn start_gateway_with(
+    receiver: SocketAddr,
+    max_in_flight: usize,
+    fast_retries: bool,
+) -> Gateway {
     let dir = TempDir::new().expect("temporary directory");
     let registry = dir.path().join("endpoints.toml");
     std::fs::write(
@@ -96,9 +117,10 @@ async fn start_gateway(receiver: SocketAddr, max_in_flight: usize) -> Gateway {
         ..Settings::default()
     };
     settings.delivery.endpoints = Some(registry);
-    // A returning endpoint is noticed within a second.
-    settings.delivery.max_backoff_secs = 1;
-    settings.delivery.initial_backoff_ms = 200;
+    if fast_retries {
+        settings.delivery.max_backoff_secs = 1;
+        settings.delivery.initial_backoff_ms = 200;
+    }
     settings.log.level = "warn".into();
     let app = Application::build(settings).await.expect("Sprig starts");
     let base = format!("http://{}", app.local_addr());
@@ -273,6 +295,120 @@ async fn drain(backlog: usize, max_in_flight: usize) {
     );
 }
 
+/// Creates a referral without reading anything back (intake at full speed).
+async fn post_referral(gateway: &Gateway, n: usize, run: &str) {
+    let response = gateway
+        .client
+        .post(format!("{}/fhir/ServiceRequest", gateway.base))
+        .header("content-type", "application/fhir+json")
+        .body(referral_text(n, run))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 201);
+}
+
+/// Intake against delivery: `clients` concurrent senders create referrals
+/// for `secs` seconds while the endpoint is up; every second, how many were
+/// created and delivered (one Task version each), and the backlog; then how
+/// long the backlog takes to drain once intake stops.
+async fn intake(secs: u64, clients: usize, max_in_flight: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let receiver = listener.local_addr().expect("address");
+    let arrivals = Arc::new(Arrivals::default());
+    start_receiver(listener, Arc::clone(&arrivals)).await;
+    let gateway = Arc::new(start_gateway_with(receiver, max_in_flight, false).await);
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for client in 0..clients {
+        let (gateway, created, stop) = (
+            Arc::clone(&gateway),
+            Arc::clone(&created),
+            Arc::clone(&stop),
+        );
+        senders.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                post_referral(&gateway, n, &format!("intake{max_in_flight}-{client}")).await;
+                created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                n += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut max_backlog = 0usize;
+    for second in 1..=secs {
+        tokio::time::sleep_until((started + Duration::from_secs(second)).into()).await;
+        let made = created.load(std::sync::atomic::Ordering::Relaxed);
+        let received = *arrivals.count.lock().expect("lock");
+        max_backlog = max_backlog.max(made.saturating_sub(received));
+        samples.push(format!("{made}/{received}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let intake_time = started.elapsed();
+    let made = created.load(std::sync::atomic::Ordering::Relaxed);
+    let received_at_stop = *arrivals.count.lock().expect("lock");
+    let done = wait_for(&arrivals, made, Duration::from_secs(600)).await;
+    let drain_time = started.elapsed() - intake_time;
+    println!(
+        "intake, max_in_flight {max_in_flight}, {clients} clients for {secs} s: {made} referrals = {:.0}/s in; {received_at_stop} delivered meanwhile = {:.0}/s out; largest backlog {max_backlog}; the {} left drained in {:.2} s{}",
+        made as f64 / intake_time.as_secs_f64(),
+        received_at_stop as f64 / intake_time.as_secs_f64(),
+        made.saturating_sub(received_at_stop),
+        drain_time.as_secs_f64(),
+        if done { "" } else { " (INCOMPLETE)" }
+    );
+    println!("  created/delivered at each second: {}", samples.join(" "));
+}
+
+/// A practice down for a while with the deployed backoff (1 s doubling to
+/// 15 minutes): `backlog` updates wait, each referral's head backing off on
+/// its own; then the endpoint returns and the time to receive them all is
+/// measured.
+async fn outage(backlog: usize, outage_secs: u64) {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let receiver = reserved.local_addr().expect("address");
+    drop(reserved);
+    let gateway = start_gateway_with(receiver, 4, false).await;
+    let referrals = backlog.div_ceil(5);
+    let down = Instant::now();
+    for n in 0..referrals {
+        let (id, _task) = refer(&gateway, n, "outage").await;
+        for stage in ["accepted", "contacted", "plan-agreed", "in-support"] {
+            transition(&gateway, &id, stage).await;
+        }
+    }
+    let total = referrals * 5;
+    let making = down.elapsed();
+    if let Some(rest) = Duration::from_secs(outage_secs).checked_sub(making) {
+        tokio::time::sleep(rest).await;
+    }
+    let listener = TcpListener::bind(receiver).await.expect("the port again");
+    let arrivals = Arc::new(Arrivals::default());
+    let up = Instant::now();
+    start_receiver(listener, Arc::clone(&arrivals)).await;
+    let first = wait_for(&arrivals, 1, Duration::from_secs(900)).await;
+    let first_after = up.elapsed();
+    let done = wait_for(&arrivals, total, Duration::from_secs(900)).await;
+    let draining = up.elapsed();
+    let received = *arrivals.count.lock().expect("lock");
+    println!(
+        "outage, deployed backoff: {total} updates of {referrals} referrals waited {:.0} s (made in {:.1} s); endpoint up -> first received after {:.2} s{}, all {received} after {:.2} s = {:.0} updates/s{}",
+        down.elapsed().as_secs_f64() - draining.as_secs_f64(),
+        making.as_secs_f64(),
+        first_after.as_secs_f64(),
+        if first { "" } else { " (NONE)" },
+        draining.as_secs_f64(),
+        received as f64 / draining.as_secs_f64(),
+        if done { "" } else { " (INCOMPLETE)" }
+    );
+}
+
 /// The allocator the `sprig` binary uses (`sprig::allocator`), so that the
 /// figures are the binary's.
 #[global_allocator]
@@ -287,9 +423,30 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let outage_secs: u64 = std::env::var("DELIVERY_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let intake_secs: u64 = std::env::var("DELIVERY_INTAKE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let only = std::env::var("DELIVERY_ONLY").unwrap_or_default();
+    let runs = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
     runtime.block_on(async {
-        latency(200).await;
-        drain(backlog, 4).await;
-        drain(backlog, 16).await;
+        if runs("latency") {
+            latency(200).await;
+        }
+        if runs("drain") {
+            drain(backlog, 4).await;
+            drain(backlog, 16).await;
+        }
+        if runs("intake") {
+            intake(intake_secs, 16, 4).await;
+            intake(intake_secs, 16, 16).await;
+        }
+        if runs("outage") {
+            outage(backlog, outage_secs).await;
+        }
     });
 }

@@ -107,6 +107,7 @@ pub const ROUTES: &[Route] = &[
     route("/api/deliveries/{seq}/retry", &["POST"], Gate::Staff),
     route("/api/endpoints", &["GET"], Gate::Staff),
     route("/api/endpoints/{ods}/retry", &["POST"], Gate::Staff),
+    route("/api/endpoints/{ods}/send-now", &["POST"], Gate::Staff),
     route("/metrics", &["GET"], Gate::Metrics),
     route("/auth/token", &["POST"], Gate::Open),
     route("/auth/staff/token", &["POST"], Gate::Open),

@@ -148,6 +148,25 @@ pub async fn retry_endpoint(
     Ok(Json(json!({ "destination": ods, "retried": retried })).into_response())
 }
 
+/// `POST /api/endpoints/{ods}/send-now`: every update waiting for a practice
+/// made due at once, its backoff cut short (after the practice says its
+/// system is back, say). Dead letters stay dead: `…/retry` puts them back.
+pub async fn send_now(
+    State(state): State<AppState>,
+    access: Access,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    require_staff(&access, StaffAction::RetryDelivery)?;
+    let Path(ods) = path?;
+    OdsCode::parse(&ods).map_err(|e| Problem::bad_request(format!("{ods:?}: {e}")))?;
+    let made_due = state
+        .store
+        .make_due_now(&ods, crate::fhir::Instant::now().unix_millis())
+        .await?;
+    tracing::info!(destination = %ods, made_due, "waiting updates made due now");
+    Ok(Json(json!({ "destination": ods, "made_due": made_due })).into_response())
+}
+
 /// `GET /api/endpoints`: the registry in force, each endpoint with its queue,
 /// and the practices with updates but no endpoint (kept for pull).
 pub async fn endpoints(State(state): State<AppState>, access: Access) -> Result<Response, Problem> {

@@ -177,6 +177,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             "/api/endpoints/{ods}/retry",
             post(deliveries::retry_endpoint),
         )
+        .route("/api/endpoints/{ods}/send-now", post(deliveries::send_now))
         .route("/metrics", get(deliveries::metrics))
         .route("/auth/token", post(auth::token))
         .route("/auth/staff/token", post(auth::staff_token))

@@ -12,8 +12,8 @@
 //! - Logs carry the outbox sequence, referral id, destination ODS code and
 //!   resource reference: never resource content or receiver bodies.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant as StdInstant};
 
 use tokio::sync::{Notify, watch};
@@ -55,6 +55,32 @@ struct Shared {
     metrics: Arc<DeliveryMetrics>,
     settings: WorkerSettings,
     owner: String,
+    /// The destinations whose last answer was a delivery. The first delivery
+    /// to one that is not in it (since start-up, or since a transient
+    /// failure) makes its waiting messages due now: each head that failed
+    /// while the endpoint was down would otherwise wait out its own backoff.
+    answering: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    /// Records a delivery to `destination`; true when it is the first since
+    /// start-up or since a transient failure.
+    fn answered(&self, destination: &str) -> bool {
+        let mut answering = self
+            .answering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        answering.insert(destination.to_owned())
+    }
+
+    /// Records a transient failure of `destination`.
+    fn failed(&self, destination: &str) {
+        let mut answering = self
+            .answering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        answering.remove(destination);
+    }
 }
 
 /// The delivery worker.
@@ -81,6 +107,7 @@ impl Worker {
                 // Unique per run, so a restarted process never mistakes an
                 // earlier run's lease for its own.
                 owner: format!("sprig-{}", uuid::Uuid::now_v7()),
+                answering: Mutex::new(HashSet::new()),
             }),
             endpoints,
             wake,
@@ -93,11 +120,15 @@ impl Worker {
         let mut in_flight = InFlight::default();
         let mut sends: JoinSet<()> = JoinSet::new();
         tracing::info!(owner = %self.shared.owner, "delivery worker started");
+        // `None`: look for every destination with due messages; otherwise
+        // claim only for these, whose sends just finished.
+        let mut freed: Option<HashSet<String>> = None;
         loop {
             if *stop.borrow() {
                 break;
             }
-            self.claim_and_send(&mut in_flight, &mut sends).await;
+            self.claim_and_send(&mut in_flight, &mut sends, freed.take())
+                .await;
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() {
@@ -105,10 +136,18 @@ impl Worker {
                     }
                 }
                 Some(done) = sends.join_next_with_id(), if !sends.is_empty() => {
-                    in_flight.finished(done);
+                    // A finished send frees a slot of its destination and may
+                    // have made the next update of its referral the head:
+                    // claim for that destination straight away. Asking the
+                    // store which destinations are due reads the whole
+                    // backlog, which made each send cost more the longer the
+                    // queue was; that look waits for a wake or the poll.
+                    let mut destinations = HashSet::new();
+                    destinations.extend(in_flight.finished(done));
                     while let Some(done) = sends.try_join_next_with_id() {
-                        in_flight.finished(done);
+                        destinations.extend(in_flight.finished(done));
                     }
+                    freed = Some(destinations);
                 }
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.shared.settings.poll_interval) => {}
@@ -127,17 +166,26 @@ impl Worker {
         tracing::info!("delivery worker stopped");
     }
 
-    /// One round: for each destination with due messages and free slots,
-    /// claim as many as it has slots and start sending them.
-    async fn claim_and_send(&self, in_flight: &mut InFlight, sends: &mut JoinSet<()>) {
+    /// One round: for each destination with due messages (or each of
+    /// `freed`, whose sends just finished) and free slots, claim as many as it
+    /// has slots and start sending them.
+    async fn claim_and_send(
+        &self,
+        in_flight: &mut InFlight,
+        sends: &mut JoinSet<()>,
+        freed: Option<HashSet<String>>,
+    ) {
         let now = Instant::now();
         let now_ms = now.unix_millis();
-        let destinations = match self.shared.store.due_destinations(now_ms).await {
-            Ok(destinations) => destinations,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the outbox; trying again at the next poll");
-                return;
-            }
+        let destinations = match freed {
+            Some(freed) => freed.into_iter().collect(),
+            None => match self.shared.store.due_destinations(now_ms).await {
+                Ok(destinations) => destinations,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the outbox; trying again at the next poll");
+                    return;
+                }
+            },
         };
         let registry = self.endpoints.current();
         for destination in destinations {
@@ -227,7 +275,11 @@ impl InFlight {
             .or_insert(0) += 1;
     }
 
-    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+    /// Frees the slot of a finished send; returns its destination.
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) -> Option<String> {
         let task = match done {
             Ok((task, ())) => task,
             Err(error) => {
@@ -236,15 +288,14 @@ impl InFlight {
                 error.id()
             }
         };
-        let Some(destination) = self.tasks.remove(&task) else {
-            return;
-        };
+        let destination = self.tasks.remove(&task)?;
         if let Some(count) = self.per_destination.get_mut(&destination) {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.per_destination.remove(&destination);
             }
         }
+        Some(destination)
     }
 }
 
@@ -409,9 +460,25 @@ async fn record(
                     .delivered_after(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
             }
             tracing::info!(status, "delivered");
+            if shared.answered(&message.destination_ods) {
+                // The endpoint is back (or this process just started): what
+                // failed while it was away is sent now, not after each
+                // head's own backoff.
+                let made_due = shared
+                    .store
+                    .make_due_now(&message.destination_ods, now.unix_millis())
+                    .await?;
+                if made_due > 0 {
+                    tracing::info!(
+                        made_due,
+                        "the endpoint answers again; its waiting updates are due now"
+                    );
+                }
+            }
             Ok(Some(AttemptOutcome::Delivered))
         }
         Verdict::Transient(reason) => {
+            shared.failed(&message.destination_ods);
             let policy = shared.settings.policy;
             let wait = policy.backoff(message.attempts, retry_after, fastrand::f64());
             let age_from = message.age_from_ms;

@@ -59,8 +59,14 @@ pub enum SortOrder {
 /// Whether to count every match (`_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TotalMode {
-    /// `accurate` (and `estimate`, which an accurate count satisfies): the default.
+    /// No `_total`: a `Bundle.total` only when it costs nothing: the first
+    /// page holds every match (or `_count=0` asks for only the total).
+    /// Counting every match of a broad search reads every match, which is
+    /// what made search time grow with the data.
     #[default]
+    WhenFree,
+    /// `accurate` (and `estimate`, which an accurate count satisfies):
+    /// every match counted, on every page.
     Accurate,
     /// `none`: no `Bundle.total`, no counting query.
     None,
@@ -512,7 +518,11 @@ impl SearchQuery {
                 self.total = match value {
                     "accurate" | "estimate" => TotalMode::Accurate,
                     "none" => TotalMode::None,
-                    _ => return Err(invalid("give none, estimate or accurate (the default)")),
+                    _ => {
+                        return Err(invalid(
+                            "give none, estimate or accurate (without _total, Sprig gives the total when the first page holds every match)",
+                        ));
+                    }
                 }
             }
             _ => {

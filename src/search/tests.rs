@@ -103,7 +103,7 @@ fn defaults_and_result_parameters() {
     let q = parse("");
     assert_eq!(q.count, DEFAULT_COUNT);
     assert_eq!(q.sort, SortOrder::NewestFirst);
-    assert_eq!(q.total, TotalMode::Accurate);
+    assert_eq!(q.total, TotalMode::WhenFree);
     assert!(q.criteria.is_empty() && q.cursor.is_none() && q.warnings.is_empty());
 
     let q = parse("_count=0&_sort=_lastUpdated&_total=none");

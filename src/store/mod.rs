@@ -58,6 +58,7 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
+pub use search::{BoundValue, SearchStatement};
 pub use write::{ResourceWrite, WriteTx, WrittenVersion};
 
 /// Why the store could not do what was asked.
@@ -360,6 +361,17 @@ impl Store {
         visibility: &Visibility,
     ) -> Result<SearchPage, StoreError> {
         dispatch!(self, b => b.search(query, visibility).await)
+    }
+
+    /// The SQL statements `search` runs for `query` (the count, then the
+    /// page), with their bound values: for the tests that check each search
+    /// parameter's query plan on each backend.
+    pub fn search_statements(
+        &self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+    ) -> Vec<SearchStatement> {
+        dispatch!(self, b => b.search_statements(query, visibility))
     }
 
     /// Up to `count` versions of a resource, newest first, deletions

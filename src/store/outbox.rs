@@ -239,6 +239,15 @@ impl Store {
         dispatch!(self, b => b.retry_dead_for(destination).await)
     }
 
+    /// Makes every waiting message for `destination` due at `now_ms`,
+    /// cutting short the backoffs of the heads that failed while the endpoint
+    /// was down: the delivery worker does it at the first success from an
+    /// endpoint, an operator by "send now". Messages in flight keep their
+    /// leases. Returns how many were waiting out a backoff.
+    pub async fn make_due_now(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError> {
+        dispatch!(self, b => b.make_due_now(destination, now_ms).await)
+    }
+
     /// One outbox message with its delivery history.
     pub async fn delivery(&self, seq: i64) -> Result<Option<DeliveryEntry>, StoreError> {
         dispatch!(self, b => b.delivery(seq).await)

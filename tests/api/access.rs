@@ -451,6 +451,13 @@ const MATRIX: &[Row] = &[
         Body::None,
         ADMIN,
     ),
+    (
+        "POST",
+        "/api/endpoints/{ods}/send-now",
+        "/api/endpoints/K83999/send-now",
+        Body::None,
+        ADMIN,
+    ),
     ("GET", "/metrics", "/metrics", Body::None, ADMIN),
     ("POST", "/auth/token", "/auth/token", Body::None, OPEN),
     (

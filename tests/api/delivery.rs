@@ -932,3 +932,94 @@ async fn sighup_reloads_and_never_stops_the_gateway() {
     assert_eq!(alive.status(), 200);
     crate::binary::terminate(server);
 }
+
+/// A gateway whose retries back off for a minute, so that an update
+/// delivered within seconds of the practice's return was not waiting out
+/// its own backoff.
+async fn slow_retrying_app(gp: &MockServer) -> TestApp {
+    delivering_app_with(&endpoint_toml(PRACTICE, &gp.uri(), ""), |settings| {
+        settings.delivery.initial_backoff_ms = 60_000;
+        settings.delivery.max_backoff_secs = 120;
+    })
+    .await
+}
+
+/// Refers `count` patients while `gp` answers 503, and waits until each
+/// update has failed once (each now backing off for a minute).
+async fn updates_backing_off(app: &TestApp, gp: &MockServer, count: usize) {
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(gp)
+        .await;
+    for _ in 0..count {
+        refer(app, PRACTICE).await;
+    }
+    eventually!("every update failed once", Duration::from_secs(10), {
+        let all = deliveries(app, "").await;
+        all.len() == count
+            && all
+                .iter()
+                .all(|d| d["attempts"] == 1 && d["last_status"] == 503)
+    });
+    gp.reset().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(gp)
+        .await;
+}
+
+#[tokio::test]
+async fn the_first_success_from_an_endpoint_makes_its_waiting_updates_due_now() {
+    let gp = MockServer::start().await;
+    let app = slow_retrying_app(&gp).await;
+    updates_backing_off(&app, &gp, 3).await;
+    // A new referral's update is due at once; its delivery shows the
+    // practice is back, and the three backing off follow it within seconds,
+    // not a minute.
+    refer(&app, PRACTICE).await;
+    eventually!(
+        "all four delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
+    assert_eq!(deliveries(&app, "").await.len(), 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn send_now_for_an_endpoint_cuts_its_waiting_updates_backoff_short() {
+    let gp = MockServer::start().await;
+    let app = slow_retrying_app(&gp).await;
+    updates_backing_off(&app, &gp, 2).await;
+    let malformed = app
+        .client
+        .post(app.url("/api/endpoints/not-a-code/send-now"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(malformed.status(), 400, "a malformed ODS code is refused");
+    let response = app
+        .client
+        .post(app.url(&format!("/api/endpoints/{PRACTICE}/send-now")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let answer = json_body(response).await;
+    assert_matches_schema("SendNow", &answer);
+    assert_eq!(answer, json!({"destination": PRACTICE, "made_due": 2}));
+    eventually!(
+        "both delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
+    // Nothing waits now: a second send-now has nothing to do.
+    let again = app
+        .client
+        .post(app.url(&format!("/api/endpoints/{PRACTICE}/send-now")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(json_body(again).await["made_due"], 0);
+    app.stop().await;
+}

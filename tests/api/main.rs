@@ -34,6 +34,7 @@ mod outcomes;
 mod processes;
 mod profile_negatives;
 mod provenance;
+mod query_plans;
 mod r4_examples;
 mod real_clients;
 mod search;

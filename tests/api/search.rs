@@ -301,7 +301,27 @@ async fn count_pages_through_every_match_once_in_order() {
         created.push(create_referral(&app, &format!("REF-{n}"), "active").await.0);
     }
 
-    let pages = all_pages(&app, "/fhir/ServiceRequest?status=active&_count=3").await;
+    // Without `_total`, a total only when the first page holds every match
+    // (counting costs a read of every match): here it does not.
+    let first = bundle(&app, "/fhir/ServiceRequest?status=active&_count=3").await;
+    assert!(first.get("total").is_none(), "{first}");
+    let whole = bundle(&app, "/fhir/ServiceRequest?status=active&_count=7").await;
+    assert_eq!(
+        whole["total"], 7,
+        "the first page holds every match: {whole}"
+    );
+    let estimated = bundle(
+        &app,
+        "/fhir/ServiceRequest?status=active&_count=3&_total=estimate",
+    )
+    .await;
+    assert_eq!(estimated["total"], 7, "{estimated}");
+
+    let pages = all_pages(
+        &app,
+        "/fhir/ServiceRequest?status=active&_count=3&_total=accurate",
+    )
+    .await;
     let sizes: Vec<usize> = pages.iter().map(|p| ids(p).len()).collect();
     assert_eq!(sizes, vec![3, 3, 1]);
     for page in &pages {
@@ -309,7 +329,9 @@ async fn count_pages_through_every_match_once_in_order() {
         let next = link(page, "next").unwrap_or_default();
         if !next.is_empty() {
             assert!(
-                next.starts_with("/fhir/ServiceRequest?status=active&_count=3&_cursor="),
+                next.starts_with(
+                    "/fhir/ServiceRequest?status=active&_total=accurate&_count=3&_cursor="
+                ),
                 "{next}"
             );
         }

@@ -242,6 +242,30 @@ impl Backend {
         Ok(done.rows_affected())
     }
 
+    /// Makes every waiting message for `destination` due at `now_ms`: its
+    /// backoff is over (the endpoint answered again, or an operator asked).
+    /// Leases are left alone: a message in flight stays with its sender.
+    /// Returns how many were waiting out a backoff.
+    pub(in crate::store) async fn make_due_now(
+        &self,
+        destination: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let s = self;
+        let done = sqlx::query(
+            "UPDATE outbox SET next_attempt_ms = $1 \
+             WHERE state = 'pending' AND destination_ods = $2 AND next_attempt_ms > $1",
+        )
+        .bind(now_ms)
+        .bind(destination)
+        .execute(&s.writer)
+        .await?;
+        if done.rows_affected() > 0 {
+            s.outbox_signal.notify_one();
+        }
+        Ok(done.rows_affected())
+    }
+
     /// One outbox message with its delivery history.
     pub(in crate::store) async fn delivery(
         &self,

@@ -17,7 +17,7 @@ use crate::search::{
     Criterion, Cursor, DateCriterion, DatePrefix, IndexValue, ReferenceCriterion, SearchQuery,
     SortOrder, TokenCriterion, TotalMode, index_entries,
 };
-use crate::store::search::INDEX_VERSION;
+use crate::store::search::{BoundValue, INDEX_VERSION, SearchStatement};
 use crate::store::{
     HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource, Visibility,
 };
@@ -143,8 +143,9 @@ pub(crate) async fn matching_ids(
     visibility: &Visibility,
 ) -> Result<Vec<FhirId>, StoreError> {
     let mut sql = Sql::default();
-    sql.push("SELECT r.id FROM resources r");
-    sql.push_where(query, visibility, None, None);
+    sql.push("SELECT r.id");
+    let driver = sql.push_from(query);
+    sql.push_where(query, visibility, None, None, driver);
     sql.push(" ORDER BY r.id");
     let rows = sql.query().fetch_all(&mut *conn).await?;
     rows.iter()
@@ -182,6 +183,15 @@ impl Backend {
         Ok(horizon.to_fhir())
     }
 
+    /// The statements `search` runs for `query` (the count, then the page).
+    pub(in crate::store) fn search_statements(
+        &self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+    ) -> Vec<SearchStatement> {
+        statements(query, visibility, &Instant::now().to_fhir())
+    }
+
     pub(in crate::store) async fn search(
         &self,
         query: &SearchQuery,
@@ -194,16 +204,21 @@ impl Backend {
         let horizon = self.settled_horizon(reader.conn()).await?;
         // One read transaction: the total and the page see the same snapshot.
         let mut tx = reader.conn().begin().await?;
-        let total = match query.total {
-            TotalMode::None => None,
-            TotalMode::Accurate => {
-                let mut sql = Sql::default();
-                sql.push("SELECT COUNT(*) AS n FROM resources r");
-                sql.push_where(query, visibility, Some(&horizon), None);
-                let row = sql.query().fetch_one(&mut *tx).await?;
-                let n: i64 = row.try_get("n")?;
-                Some(u64::try_from(n).unwrap_or(0))
-            }
+        let count_every_match = match query.total {
+            TotalMode::Accurate => true,
+            // `_count=0` asks for nothing but the total.
+            TotalMode::WhenFree => query.count == 0,
+            TotalMode::None => false,
+        };
+        let total = if count_every_match {
+            let row = count_sql(query, visibility, &horizon)
+                .query()
+                .fetch_one(&mut *tx)
+                .await?;
+            let n: i64 = row.try_get("n")?;
+            Some(u64::try_from(n).unwrap_or(0))
+        } else {
+            None
         };
         if query.count == 0 {
             tx.commit().await?;
@@ -215,25 +230,10 @@ impl Backend {
             });
         }
 
-        let mut sql = Sql::default();
-        sql.push(
-            "SELECT r.id, r.last_updated, v.version_id, v.resource \
-             FROM resources r JOIN resource_versions v \
-               ON v.resource_type = r.resource_type AND v.id = r.id \
-              AND v.version_id = r.current_version",
-        );
-        sql.push_where(query, visibility, Some(&horizon), query.cursor.as_ref());
-        let direction = match query.sort {
-            SortOrder::NewestFirst => "DESC",
-            SortOrder::OldestFirst => "ASC",
-        };
-        sql.push(&format!(
-            " ORDER BY r.last_updated {direction}, r.id {direction} LIMIT "
-        ));
-        // One more than a page: whether it comes back says if there is a next page.
-        let limit = sql.bind(Bind::Int(i64::from(query.count) + 1));
-        sql.push(&limit);
-        let rows = sql.query().fetch_all(&mut *tx).await?;
+        let rows = page_sql(query, visibility, &horizon)
+            .query()
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         reader.release().await?;
 
@@ -249,6 +249,13 @@ impl Backend {
                 .map(|last| Cursor::after(last.last_updated, last.id.clone()))
         } else {
             None
+        };
+        // A first page that holds every match has counted them already.
+        let total = match total {
+            None if query.total == TotalMode::WhenFree && query.cursor.is_none() && !more => {
+                Some(resources.len() as u64)
+            }
+            total => total,
         };
         Ok(SearchPage {
             resources,
@@ -392,6 +399,91 @@ impl Backend {
     }
 }
 
+/// The statement that counts `query`'s matches.
+fn count_sql(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) AS n");
+    let driver = sql.push_from(query);
+    sql.push_where(query, visibility, Some(horizon), None, driver);
+    sql
+}
+
+/// The statement that reads one page of `query`'s matches (one more than a
+/// page: whether it comes back says if there is a next page).
+fn page_sql(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT r.id, r.last_updated, v.version_id, v.resource");
+    let driver = sql.push_from(query);
+    sql.push(
+        " JOIN resource_versions v \
+           ON v.resource_type = r.resource_type AND v.id = r.id \
+          AND v.version_id = r.current_version",
+    );
+    sql.push_where(query, visibility, Some(horizon), query.cursor.as_ref(), driver);
+    let direction = match query.sort {
+        SortOrder::NewestFirst => "DESC",
+        SortOrder::OldestFirst => "ASC",
+    };
+    sql.push(&format!(
+        " ORDER BY r.last_updated {direction}, r.id {direction} LIMIT "
+    ));
+    let limit = sql.bind(Bind::Int(i64::from(query.count) + 1));
+    sql.push(&limit);
+    sql
+}
+
+/// The statements a search runs (the count, then the page), with their
+/// bound values, for the tests that check their query plans.
+fn statements(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Vec<SearchStatement> {
+    [
+        count_sql(query, visibility, horizon),
+        page_sql(query, visibility, horizon),
+    ]
+        .into_iter()
+        .map(|sql| SearchStatement {
+            sql: sql.text,
+            binds: sql
+                .binds
+                .into_iter()
+                .map(|bind| match bind {
+                    Bind::Text(text) => BoundValue::Text(text),
+                    Bind::Int(n) => BoundValue::Int(n),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The parameters whose values pick out a few resources each (a business
+/// identifier, a referral, a patient): a search on one of them starts from
+/// the parameter's index and reads only the matching resources. Any other
+/// criterion is checked, through its index, on the resources read in page
+/// order, which stops at a page when matches are common (`status=active`).
+const SELECTIVE_PARAMS: &[&str] = &[
+    "identifier",
+    "based-on",
+    "focus",
+    "subject",
+    "patient",
+    "derived-from",
+];
+
+/// The criterion a search starts from, if one is selective: `_id` first,
+/// then the first selective token or reference parameter.
+fn driving_criterion(query: &SearchQuery) -> Option<usize> {
+    let selective = |criterion: &Criterion| match criterion {
+        Criterion::Token(param, _) | Criterion::Reference(param, _) => {
+            SELECTIVE_PARAMS.contains(param)
+        }
+        _ => false,
+    };
+    query
+        .criteria
+        .iter()
+        .position(|criterion| matches!(criterion, Criterion::Id(_)))
+        .or_else(|| query.criteria.iter().position(selective))
+}
+
 /// A bound value.
 enum Bind {
     Text(String),
@@ -434,19 +526,75 @@ impl Sql {
         query
     }
 
+    /// ` FROM …` ending in `resources r`: when a criterion is selective
+    /// (`driving_criterion`), its matching ids first (`m`), from its index,
+    /// and each resource then read by its key. `CROSS JOIN` keeps that order
+    /// on SQLite, whose planner otherwise walks the whole type in page order
+    /// and tests each resource (a full scan for a lookup by identifier);
+    /// PostgreSQL plans it as any inner join. Returns the criterion it
+    /// started from, which `push_where` then leaves out.
+    fn push_from(&mut self, query: &SearchQuery) -> Option<usize> {
+        let driver = driving_criterion(query);
+        self.push(" FROM ");
+        match driver.and_then(|at| query.criteria.get(at)) {
+            Some(Criterion::Id(ids)) => {
+                self.push("(SELECT DISTINCT t.id FROM resources t WHERE t.resource_type = ");
+                self.push_text(query.resource_type.as_str());
+                self.push(" AND t.id IN (");
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.push_text(id.as_str());
+                }
+                self.push(")) m CROSS JOIN ");
+            }
+            Some(Criterion::Token(param, tokens)) => {
+                self.push_matching_ids("search_tokens", query, param);
+                self.push_tokens(tokens);
+                self.push(")) m CROSS JOIN ");
+            }
+            Some(Criterion::Reference(param, references)) => {
+                self.push_matching_ids("search_references", query, param);
+                self.push_references(references);
+                self.push(")) m CROSS JOIN ");
+            }
+            _ => {}
+        }
+        self.push("resources r");
+        driver
+    }
+
+    /// `(SELECT DISTINCT x.id FROM {table} x WHERE … AND (`; the caller
+    /// closes both and names the result.
+    fn push_matching_ids(&mut self, table: &str, query: &SearchQuery, param: &str) {
+        self.push(&format!(
+            "(SELECT DISTINCT x.id FROM {table} x WHERE x.resource_type = "
+        ));
+        self.push_text(query.resource_type.as_str());
+        self.push(" AND x.param = ");
+        self.push_text(param);
+        self.push(" AND (");
+    }
+
     /// ` WHERE …` for `query` over `resources r`, among the resources
     /// `visibility` sees, stamped before `horizon` (see `Backend::settled_horizon`),
     /// starting after `cursor`. The one place every search, count and conditional
-    /// match gets its practice filter.
+    /// match gets its practice filter. `driver`: the criterion `push_from` started
+    /// from, met by joining on its ids.
     fn push_where(
         &mut self,
         query: &SearchQuery,
         visibility: &Visibility,
         horizon: Option<&str>,
         cursor: Option<&Cursor>,
+        driver: Option<usize>,
     ) {
         self.push(" WHERE r.resource_type = ");
         self.push_text(query.resource_type.as_str());
+        if driver.is_some() {
+            self.push(" AND r.id = m.id");
+        }
         self.push(" AND r.deleted = 0");
         if let Some(horizon) = horizon {
             self.push(" AND r.last_updated < ");
@@ -467,7 +615,10 @@ impl Sql {
                 self.push(")");
             }
         }
-        for criterion in &query.criteria {
+        for (at, criterion) in query.criteria.iter().enumerate() {
+            if Some(at) == driver {
+                continue;
+            }
             self.push(" AND ");
             self.push_criterion(criterion);
         }
@@ -599,7 +750,13 @@ impl Sql {
             self.push(")");
         } else if !pairs.is_empty() {
             self.push_or(&mut any);
-            self.push("(x.system, x.code) IN (VALUES ");
+            // The codes alone first: SQLite reads a row-value `IN (VALUES …)`
+            // through no index, so without them every token of the type
+            // would be read; the pairs then pick the right systems.
+            let pair_codes: Vec<&str> = pairs.iter().map(|(_, code)| *code).collect();
+            self.push("(");
+            self.push_in("x.code", &pair_codes);
+            self.push(" AND (x.system, x.code) IN (VALUES ");
             for (i, (system, code)) in pairs.iter().enumerate() {
                 if i > 0 {
                     self.push(", ");
@@ -610,7 +767,7 @@ impl Sql {
                 self.push_text(code);
                 self.push(")");
             }
-            self.push(")");
+            self.push("))");
         }
     }
 
