@@ -276,7 +276,6 @@ async fn handle(
             let outcomes = execute(
                 &mut tx,
                 plan,
-                bytes,
                 request_id,
                 &visibility,
                 owner.as_deref(),
@@ -300,7 +299,6 @@ async fn handle(
             execute(
                 &mut tx,
                 plan,
-                bytes,
                 request_id,
                 &visibility,
                 owner.as_deref(),

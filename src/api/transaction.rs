@@ -145,7 +145,6 @@ pub async fn transaction(
     let outcomes = execute(
         &mut tx,
         plan,
-        &body.0,
         request_id,
         &access.visibility(),
         owner.as_deref(),
@@ -365,7 +364,6 @@ fn bad_entry(index: usize, message_id: &'static str, message: String) -> ApiErro
 pub(super) async fn execute(
     tx: &mut WriteTx,
     plan: Vec<PlannedEntry>,
-    body: &[u8],
     request_id: &str,
     visibility: &Visibility,
     owner: Option<&str>,
@@ -435,7 +433,10 @@ pub(super) async fn execute(
                     resource_type: entry.resource_type,
                     id: &id,
                     resource,
-                    received: Some(body),
+                    // The Bundle's body is kept once, with its submission (same
+                    // request id): a copy in every entry's version made a Bundle's
+                    // cost grow with the square of its size (issue 20 §4).
+                    received: None,
                     request_id,
                     owner,
                 };
