@@ -136,7 +136,9 @@ pub async fn transaction(
         } else {
             None
         };
-        drop(tx);
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
         tracing::info!(referral_id = %existing.id, "referral transaction resubmitted; answering as before");
         // `render` answers 200: nothing new was written.
         return format.render(&replayed(replay, &existing, referral_index)?);

@@ -22,6 +22,7 @@
 //!   vread, history, search and its total, conditional matches).
 
 pub mod audit;
+mod gate;
 pub mod identity;
 pub mod outbox;
 mod postgres;
@@ -41,6 +42,7 @@ use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::search::{Cursor, SearchQuery};
 
 pub use audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
+pub use gate::CommitGate;
 pub use identity::StaffAccountRow;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -96,6 +98,14 @@ pub enum StoreError {
     /// compile: a defect), so the write was refused rather than stored unindexed.
     #[error("search index unavailable: {0}")]
     SearchIndex(String),
+    /// The write batch holding this request's changes did not commit (SQLite
+    /// group commit): none of them is stored.
+    #[error("the write batch did not commit: {0}")]
+    GroupCommit(String),
+    /// The request ran out of time before its commit began: nothing of it is
+    /// stored.
+    #[error("the request timed out before it committed")]
+    TimedOut,
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {
@@ -114,6 +124,8 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(sqlx::Error::PoolTimedOut) => true,
+            // Nothing of the request is stored; the next batch may well commit.
+            StoreError::GroupCommit(_) | StoreError::TimedOut => true,
             // A dropped connection (a PostgreSQL failover or restart).
             StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => false,
             StoreError::Database(sqlx::Error::Database(db)) => {

@@ -38,3 +38,4 @@ mod tidy;
 mod tls;
 mod validate;
 mod workflow;
+mod write_path;

@@ -56,6 +56,8 @@ mod search;
 #[path = "../sql/sessions.rs"]
 mod sessions;
 
+mod group;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +69,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::{StoreError, StoreOptions};
 
@@ -109,6 +111,9 @@ async fn lock_identifier(_conn: &mut Conn, _system: &str, _value: &str) -> Resul
 async fn lock_referral(_conn: &mut Conn, _referral_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
+
+/// Prepared statements kept on the writer connection.
+const WRITER_STATEMENT_CACHE: usize = 512;
 
 /// How many SQLite virtual-machine steps pass between two looks at whether
 /// the reader's request has ended (a few microseconds of work).
@@ -170,6 +175,8 @@ impl Drop for Interruptible {
 pub struct SqliteStore {
     pub(in crate::store) writer: SqlitePool,
     pub(in crate::store) readers: SqlitePool,
+    /// Write transactions, committed in groups on the writer connection.
+    group: Arc<group::Group>,
     /// Woken when a commit adds outbox rows, so delivery starts at once
     /// rather than at its next poll.
     pub(super) outbox_signal: Arc<Notify>,
@@ -208,7 +215,15 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(options.busy_timeout)
-            .connect_with(base.clone().create_if_missing(true))
+            // A local file: a ping before each use is a round trip for nothing.
+            .test_before_acquire(false)
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    // Every statement the writes run stays prepared (sqlx's
+                    // default of 100 is fewer than the distinct statements).
+                    .statement_cache_capacity(WRITER_STATEMENT_CACHE),
+            )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         restrict_companion_modes(base.get_filename())?;
@@ -218,6 +233,7 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         Ok(Self {
+            group: group::Group::new(writer.clone(), options.busy_timeout),
             writer,
             readers,
             outbox_signal: Arc::new(Notify::new()),
@@ -237,10 +253,11 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
-    /// Opens a write transaction on the writer connection.
+    /// Opens a write transaction on the writer connection: a savepoint in
+    /// the current batch (see `group`).
     pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(Tx {
-            tx: self.writer.begin().await?,
+            entered: self.group.enter().await?,
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
         })
@@ -249,7 +266,7 @@ impl SqliteStore {
 
 /// An open write transaction on the single writer connection.
 pub struct Tx {
-    tx: Transaction<'static, Sqlite>,
+    entered: group::Held,
     /// Told after a commit that added outbox rows.
     outbox_signal: Arc<Notify>,
     /// Whether this transaction added outbox rows.
@@ -265,12 +282,13 @@ impl std::fmt::Debug for Tx {
 impl Tx {
     /// The connection, for the shared SQL.
     fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+        self.entered.conn()
     }
 
-    /// Commits every change. Returns after the commit is durable.
+    /// Commits every change. Returns after the commit (the batch's that
+    /// holds it) is durable.
     pub(super) async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        self.entered.commit().await?;
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
             // committed mid-round is not missed.
