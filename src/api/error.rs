@@ -264,7 +264,9 @@ impl ApiError {
             ApiError::Timeout { seconds } => vec![Issue::error(
                 IssueType::Timeout,
                 "request-timeout",
-                format!("The request did not complete within {seconds} s; it may be retried"),
+                format!(
+                    "The request did not complete within {seconds} s; nothing of it was stored, so it may be retried"
+                ),
             )],
             ApiError::Busy => vec![Issue::error(
                 IssueType::Transient,

@@ -259,7 +259,9 @@ async fn handle(
     if let Some(id) = caller_request_id
         && let Some(earlier) = tx.message_request(&sender, id).await?
     {
-        drop(tx);
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
         return replay(earlier, bytes, format);
     }
     let existing = tx
@@ -278,15 +280,8 @@ async fn handle(
         }
         ("new", None) => {
             let plan = plan_message(bundle, referral_index, None)?;
-            let outcomes = execute(
-                &mut tx,
-                plan,
-                bytes,
-                request_id,
-                &visibility,
-                owner.as_deref(),
-            )
-            .await?;
+            let outcomes =
+                execute(&mut tx, plan, request_id, &visibility, owner.as_deref()).await?;
             let referral = open_referral(
                 state,
                 &mut tx,
@@ -302,15 +297,7 @@ async fn handle(
             let id = FhirId::parse(&existing.id)
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
             let plan = plan_message(bundle, referral_index, Some(id))?;
-            execute(
-                &mut tx,
-                plan,
-                bytes,
-                request_id,
-                &visibility,
-                owner.as_deref(),
-            )
-            .await?;
+            execute(&mut tx, plan, request_id, &visibility, owner.as_deref()).await?;
             let referral = state
                 .workflow
                 .amend(&mut tx, existing, mapped, request_id)

@@ -25,6 +25,7 @@ use super::AppState;
 use super::audit::AuditHandle;
 use super::error::ApiError;
 use super::problem::Problem;
+use crate::store::CommitGate;
 
 /// `X-Request-ID`: the caller's if it sent a usable one, else a new UUID.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -135,8 +136,10 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
 
 /// Answers with an OperationOutcome if the request runs past the limit: 408
 /// when its body had not all arrived (the client was too slow; resending is
-/// its part), else 503. Store writes are transactions, so abandoning one
-/// leaves nothing half-written.
+/// its part), else 503. Either way the request is dropped first, so its
+/// transaction rolls back and nothing of it is stored; a request whose
+/// commit had begun when the limit passed is instead waited for and
+/// answered with its result (`CommitGate`).
 pub async fn request_timeout(
     State(state): State<AppState>,
     request: Request,
@@ -153,8 +156,19 @@ pub async fn request_timeout(
             arrived: Arc::clone(&arrived),
         })
     });
-    match tokio::time::timeout(limit, next.run(request)).await {
+    let gate = CommitGate::new();
+    let mut handling = std::pin::pin!(Arc::clone(&gate).guard(next.run(request)));
+    match tokio::time::timeout(limit, handling.as_mut()).await {
         Ok(response) => response,
+        // A commit has begun: what it stores is answered, never a 503 that
+        // says nothing was stored.
+        Err(_) if !gate.close() => {
+            tracing::warn!(
+                timeout_s = limit.as_secs(),
+                "request ran past its time limit while committing; answering with its result"
+            );
+            handling.await
+        }
         Err(_) if !arrived.load(Ordering::Acquire) => {
             tracing::warn!(
                 timeout_s = limit.as_secs(),

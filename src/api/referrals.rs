@@ -50,7 +50,9 @@ pub(super) async fn create(
     let visibility = access.visibility();
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
-        drop(tx);
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
         let what = Written::matched_existing(&existing);
         return written(&existing, what, answer, checked.issues);
     }
@@ -61,7 +63,9 @@ pub(super) async fn create(
         )
         .await?
     {
-        drop(tx);
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
         Workflow::check_resubmission(&existing, &mapped)?;
         tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
         let stored = current(

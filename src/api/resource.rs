@@ -53,7 +53,9 @@ pub async fn create(
     let mut tx = state.store.begin_write().await?;
     let visibility = access.visibility();
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
-        drop(tx);
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
         let what = Written::matched_existing(&existing);
         return written(&existing, what, answer, checked.issues);
     }

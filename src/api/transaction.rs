@@ -142,7 +142,9 @@ pub async fn transaction(
         } else {
             None
         };
-        drop(tx);
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
         tracing::info!(referral_id = %existing.id, "referral transaction resubmitted; answering as before");
         // `render` answers 200: nothing new was written.
         return format.render(&replayed(replay, &existing, referral_index)?);
@@ -151,7 +153,6 @@ pub async fn transaction(
     let outcomes = execute(
         &mut tx,
         plan,
-        &body.0,
         request_id,
         &access.visibility(),
         owner.as_deref(),
@@ -371,7 +372,6 @@ fn bad_entry(index: usize, message_id: &'static str, message: String) -> ApiErro
 pub(super) async fn execute(
     tx: &mut WriteTx,
     plan: Vec<PlannedEntry>,
-    body: &[u8],
     request_id: &str,
     visibility: &Visibility,
     owner: Option<&str>,
@@ -441,7 +441,10 @@ pub(super) async fn execute(
                     resource_type: entry.resource_type,
                     id: &id,
                     resource,
-                    received: Some(body),
+                    // The Bundle's body is kept once, with its submission (same
+                    // request id): a copy in every entry's version made a Bundle's
+                    // cost grow with the square of its size (issue 20 §4).
+                    received: None,
                     request_id,
                     owner,
                 };

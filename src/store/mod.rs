@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod audit;
+mod gate;
 pub mod identity;
 pub mod outbox;
 mod postgres;
@@ -43,6 +44,7 @@ use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::search::{Cursor, SearchQuery};
 
 pub use audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
+pub use gate::CommitGate;
 pub use identity::StaffAccountRow;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -99,6 +101,14 @@ pub enum StoreError {
     /// compile: a defect), so the write was refused rather than stored unindexed.
     #[error("search index unavailable: {0}")]
     SearchIndex(String),
+    /// The write batch holding this request's changes did not commit (SQLite
+    /// group commit): none of them is stored.
+    #[error("the write batch did not commit: {0}")]
+    GroupCommit(String),
+    /// The request ran out of time before its commit began: nothing of it is
+    /// stored.
+    #[error("the request timed out before it committed")]
+    TimedOut,
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {
@@ -117,6 +127,8 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(sqlx::Error::PoolTimedOut) => true,
+            // Nothing of the request is stored; the next batch may well commit.
+            StoreError::GroupCommit(_) | StoreError::TimedOut => true,
             // A dropped connection (a PostgreSQL failover or restart, a network cut) or a
             // pool closing at shutdown: the request may succeed on another connection or
             // instance. A write whose COMMIT was cut off may or may not have committed;

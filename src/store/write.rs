@@ -75,8 +75,10 @@ impl WriteTx {
         dispatch!(self, b => b.take_written())
     }
 
-    /// Commits every change. Returns after the commit is durable.
+    /// Commits every change. Returns after the commit is durable. Refused
+    /// (and rolled back) when the request has timed out (see `CommitGate`).
     pub async fn commit(self) -> Result<(), StoreError> {
+        super::gate::pass()?;
         dispatch!(self, b => b.commit().await)
     }
 

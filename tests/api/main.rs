@@ -42,3 +42,4 @@ mod tidy;
 mod tls;
 mod validate;
 mod workflow;
+mod write_path;

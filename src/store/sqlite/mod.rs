@@ -62,6 +62,8 @@ mod search;
 #[path = "../sql/sessions.rs"]
 mod sessions;
 
+mod group;
+
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,7 +75,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection, Transaction};
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::{StoreError, StoreOptions, WrittenVersion};
 use crate::fhir::Instant;
@@ -116,6 +118,9 @@ async fn lock_identifier(_conn: &mut Conn, _system: &str, _value: &str) -> Resul
 async fn lock_referral(_conn: &mut Conn, _referral_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
+
+/// Prepared statements kept on the writer connection.
+const WRITER_STATEMENT_CACHE: usize = 512;
 
 /// How many SQLite virtual-machine steps pass between two looks at whether
 /// the reader's request has ended (a few microseconds of work).
@@ -177,6 +182,8 @@ impl Drop for Interruptible {
 pub struct SqliteStore {
     pub(in crate::store) writer: SqlitePool,
     pub(in crate::store) readers: SqlitePool,
+    /// Write transactions, committed in groups on the writer connection.
+    group: Arc<group::Group>,
     /// Woken when a commit adds outbox rows, so delivery starts at once
     /// rather than at its next poll.
     pub(super) outbox_signal: Arc<Notify>,
@@ -188,11 +195,12 @@ pub struct SqliteStore {
 /// from skipping a version: a search serves only versions stamped before the
 /// *horizon*, the first millisecond in which a version can still appear. Both sides
 /// take one lock, so they are totally ordered:
-/// - a write transaction, once it holds the single writer, registers itself with the
+/// - a write transaction, once it holds the writer, registers itself with the
 ///   millisecond it started and stamps its versions no earlier than that, and later
 ///   than any millisecond a search has already served ([`CommitHorizon::begin`]);
-/// - a search takes the horizon as the next millisecond, or the in-flight writer's
-///   start if that is earlier, and records that it served up to now
+/// - a search takes the horizon as the next millisecond, or the oldest in-flight
+///   writer's start if that is earlier (group commit keeps several in flight until
+///   their batch is durable), and records that it served up to now
 ///   ([`CommitHorizon::horizon`]).
 ///
 /// So a version committed after a search was answered is stamped at or after that
@@ -206,9 +214,10 @@ struct CommitHorizon {
 
 #[derive(Debug, Default)]
 struct HorizonState {
-    /// The write transaction in flight (the single writer: at most one): its token and
-    /// the Unix millisecond it started.
-    in_flight: Option<(u64, i64)>,
+    /// The write transactions in flight, by token, with the Unix millisecond each
+    /// started. Several, when group commit holds finished ones until their batch's
+    /// COMMIT is durable (`group`); each registers only once it holds the writer.
+    in_flight: std::collections::BTreeMap<u64, i64>,
     /// The latest Unix millisecond any search has served versions up to (inclusive).
     served: i64,
 }
@@ -221,7 +230,7 @@ impl CommitHorizon {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let started = now.unix_millis();
-        state.in_flight = Some((token, started));
+        state.in_flight.insert(token, started);
         let stamp_ms = started.max(state.served.saturating_add(1));
         let stamp = if stamp_ms == started {
             now
@@ -234,9 +243,7 @@ impl CommitHorizon {
     /// Ends the write transaction `token` (committed or rolled back).
     fn end(&self, token: u64) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.in_flight.is_some_and(|(held, _)| held == token) {
-            state.in_flight = None;
-        }
+        state.in_flight.remove(&token);
     }
 
     /// `(horizon, now)` in Unix milliseconds: versions stamped before `horizon` are
@@ -244,8 +251,8 @@ impl CommitHorizon {
     fn horizon(&self) -> (i64, i64) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now().unix_millis();
-        let horizon = match state.in_flight {
-            Some((_, started)) => started.min(now.saturating_add(1)),
+        let horizon = match state.in_flight.values().min() {
+            Some(&started) => started.min(now.saturating_add(1)),
             None => now.saturating_add(1),
         };
         state.served = state.served.max(horizon.saturating_sub(1));
@@ -305,7 +312,15 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(options.busy_timeout)
-            .connect_with(base.clone().create_if_missing(true))
+            // A local file: a ping before each use is a round trip for nothing.
+            .test_before_acquire(false)
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    // Every statement the writes run stays prepared (sqlx's
+                    // default of 100 is fewer than the distinct statements).
+                    .statement_cache_capacity(WRITER_STATEMENT_CACHE),
+            )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         restrict_companion_modes(base.get_filename())?;
@@ -315,6 +330,7 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await?;
         Ok(Self {
+            group: group::Group::new(writer.clone(), options.busy_timeout),
             writer,
             readers,
             outbox_signal: Arc::new(Notify::new()),
@@ -335,13 +351,14 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
-    /// Opens a write transaction on the writer connection.
+    /// Opens a write transaction on the writer connection: a savepoint in
+    /// the current batch (see `group`).
     pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
-        let tx = self.writer.begin().await?;
+        let entered = self.group.enter().await?;
         // Registered once it holds the writer: the registration is the writer's.
         let (token, stamp) = self.horizon.begin();
         Ok(Tx {
-            tx,
+            entered,
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
@@ -356,7 +373,7 @@ impl SqliteStore {
 
 /// An open write transaction on the single writer connection.
 pub struct Tx {
-    tx: Transaction<'static, Sqlite>,
+    entered: group::Held,
     /// Told after a commit that added outbox rows.
     outbox_signal: Arc<Notify>,
     /// Whether this transaction added outbox rows.
@@ -379,7 +396,7 @@ impl std::fmt::Debug for Tx {
 impl Tx {
     /// The connection, for the shared SQL.
     fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+        self.entered.conn()
     }
 
     /// The versions written so far that no one has taken yet, oldest first.
@@ -393,9 +410,10 @@ impl Tx {
         Ok(self.stamp)
     }
 
-    /// Commits every change. Returns after the commit is durable.
+    /// Commits every change. Returns after the commit (the batch's that
+    /// holds it) is durable.
     pub(super) async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        self.entered.commit().await?;
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
             // committed mid-round is not missed.

@@ -1,0 +1,351 @@
+//! The write path (issue 20 §2–§4): SQLite's group commit (many requests'
+//! transactions in one SQLite transaction, each a savepoint), a request
+//! timeout that never answers 503 for something stored, and transaction
+//! Bundles whose cost grows with their size, not its square.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+use sprig::fhir::{FhirId, ResourceType};
+use sprig::store::{ReadOutcome, ResourceWrite, Visibility};
+
+use crate::binary;
+use crate::helpers::{TestApp, json_body, on_postgres, sample_referral, spawn_app_with};
+
+fn patient_write<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
+    ResourceWrite {
+        resource_type: ResourceType::parse("Patient").expect("type"),
+        id,
+        resource: json!({"resourceType": "Patient", "name": [{"family": family}]}),
+        received: None,
+        request_id: "write-path-test",
+        owner: None,
+    }
+}
+
+async fn stored(app: &TestApp, id: &FhirId) -> bool {
+    matches!(
+        app.store
+            .read(
+                ResourceType::parse("Patient").expect("type"),
+                id,
+                &Visibility::All
+            )
+            .await
+            .expect("read"),
+        ReadOutcome::Found(_)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_transaction_in_a_batch_leaves_the_others_committed() {
+    let app = spawn_app_with(|_| {}).await;
+    let first = FhirId::generate();
+    let last = FhirId::generate();
+    let failing_own = FhirId::generate();
+
+    // The first transaction holds the writer while two more queue behind it:
+    // on SQLite all three share one batch (one SQLite transaction).
+    let mut holder = app.store.begin_write().await.expect("begin");
+    holder
+        .create(patient_write(&first, "First"))
+        .await
+        .expect("create");
+    let store = app.store.clone();
+    let (failing_id, clash) = (failing_own.clone(), first.clone());
+    let failing = tokio::spawn(async move {
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient_write(&failing_id, "Failing"))
+            .await
+            .expect("create");
+        // The same id as the first's: a constraint error, then abandoned.
+        let clashed = tx.create(patient_write(&clash, "Clash")).await;
+        assert!(clashed.is_err(), "an id already held cannot be created");
+        drop(tx);
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let store = app.store.clone();
+    let last_id = last.clone();
+    let succeeding = tokio::spawn(async move {
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient_write(&last_id, "Last"))
+            .await
+            .expect("create");
+        tx.commit().await.expect("commit");
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.commit().await.expect("the first commits");
+    failing.await.expect("failing task");
+    succeeding.await.expect("succeeding task");
+
+    assert!(stored(&app, &first).await, "the first is committed");
+    assert!(
+        stored(&app, &last).await,
+        "the one after the failure is committed"
+    );
+    assert!(
+        !stored(&app, &failing_own).await,
+        "the failing one's own write is rolled back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_are_all_answered_after_they_are_readable() {
+    let app = spawn_app_with(|_| {}).await;
+    let posts = (0..64).map(|n| {
+        let mut referral = sample_referral();
+        referral["identifier"][0]["value"] = json!(format!("GROUP-{n}"));
+        let app = &app;
+        async move {
+            let response = app.post_referral(referral.to_string()).await;
+            assert_eq!(response.status(), 201);
+            let id = json_body(response).await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned();
+            // Readers see committed data only: a 201 sent before its batch
+            // committed would be a 404 here.
+            let read = app.get(&format!("/fhir/ServiceRequest/{id}")).await;
+            assert_eq!(read.status(), 200, "readable as soon as acknowledged");
+            id
+        }
+    });
+    let ids = join_all(posts).await;
+    let pool = app.db_pool().await;
+    let (referrals,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referrals")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(referrals, 64);
+    assert_eq!(ids.len(), 64);
+}
+
+/// Group commit is SQLite's: a real `sprig serve` killed with SIGKILL in the
+/// middle of concurrent creates keeps every create it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_server_keeps_every_acknowledged_create() {
+    if on_postgres() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let db = dir.path().join("killed.db");
+    let mut server = binary::start(&db, &[]);
+    let address = server.address.clone();
+    let client = reqwest::Client::new();
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let senders = (0..16).map(|sender| {
+        let (client, address, acknowledged) = (
+            client.clone(),
+            address.clone(),
+            std::sync::Arc::clone(&acknowledged),
+        );
+        tokio::spawn(async move {
+            for n in 0.. {
+                let mut referral = sample_referral();
+                referral["identifier"][0]["value"] = json!(format!("KILL-{sender}-{n}"));
+                let Ok(response) = client
+                    .post(format!("{address}/fhir/ServiceRequest"))
+                    .header("content-type", "application/fhir+json")
+                    .body(referral.to_string())
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if response.status() != 201 {
+                    continue;
+                }
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                if let Some(id) = body["id"].as_str() {
+                    acknowledged.lock().expect("lock").push(id.to_owned());
+                }
+            }
+        })
+    });
+    let senders: Vec<_> = senders.collect();
+    // Let batches form, then kill mid-stream.
+    let started = Instant::now();
+    while acknowledged.lock().expect("lock").len() < 100
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    for sender in senders {
+        let _ = sender.await;
+    }
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    assert!(
+        acknowledged.len() >= 100,
+        "creates were acknowledged before the kill"
+    );
+
+    let server = binary::start(&db, &[]);
+    for id in &acknowledged {
+        let read = client
+            .get(format!("{}/fhir/ServiceRequest/{id}", server.address))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            read.status(),
+            200,
+            "acknowledged ServiceRequest/{id} survived"
+        );
+    }
+    assert!(binary::terminate(server).success());
+}
+
+/// A referral transaction Bundle of `entries` entries (the example, grown
+/// with Conditions), with identifier `value`.
+fn large_bundle(entries: usize, value: &str) -> Value {
+    let text = std::fs::read_to_string("examples/referral-transaction-bundle.json")
+        .expect("example")
+        .replace("REF-2026-000456", value);
+    let mut bundle: Value = serde_json::from_str(&text).expect("JSON");
+    let condition = bundle["entry"][6].clone();
+    let list = bundle["entry"].as_array_mut().expect("entries");
+    while list.len() < entries {
+        let mut entry = condition.clone();
+        entry["fullUrl"] = json!(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
+        list.push(entry);
+    }
+    bundle
+}
+
+async fn referrals_with(app: &TestApp, value: &str) -> i64 {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM referrals WHERE identifier_value = $1")
+            .bind(value)
+            .fetch_one(&app.db_pool().await)
+            .await
+            .expect("count");
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_that_outlasts_the_time_limit_is_rolled_back_before_its_503() {
+    let app = spawn_app_with(|s| {
+        s.limits.request_timeout_secs = 1;
+        s.limits.max_repeats = 10_000;
+    })
+    .await;
+    let before = app.stored_version_count().await;
+    // Far more work than a second holds in a test build.
+    let bundle = large_bundle(3_000, "TIMEOUT-1");
+    let response = app
+        .client
+        .post(app.url("/fhir"))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status();
+    let outcome = json_body(response).await;
+    assert_eq!(status, 503, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "timeout");
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing of it was stored"),
+        "{outcome}"
+    );
+    // Whatever the rollback still had to do is done by the time a later
+    // write commits.
+    let mut settle = sample_referral();
+    settle["identifier"][0]["value"] = json!("AFTER-TIMEOUT");
+    assert_eq!(app.post_referral(settle.to_string()).await.status(), 201);
+    assert_eq!(referrals_with(&app, "TIMEOUT-1").await, 0);
+    let (conditions,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM resources WHERE resource_type = 'Condition'")
+            .fetch_one(&app.db_pool().await)
+            .await
+            .expect("count");
+    assert_eq!(conditions, 0, "none of the Bundle's entries is stored");
+    assert!(app.stored_version_count().await > before);
+}
+
+/// Every answer tells the truth under a time limit that keeps firing: a 2xx
+/// was stored, a 503 was not. Writes are held up at random moments so that
+/// some requests run out of time while queued, some while writing and some
+/// while their commit is under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_a_time_limit_a_503_is_never_sent_for_a_stored_referral() {
+    let app = spawn_app_with(|s| {
+        s.limits.request_timeout_secs = 1;
+        s.sqlite.busy_timeout_ms = 10_000;
+    })
+    .await;
+    let store = app.store.clone();
+    let stalling = tokio::spawn(async move {
+        for round in 0..6u64 {
+            tokio::time::sleep(Duration::from_millis(150 + 70 * round)).await;
+            if let Ok(tx) = store.begin_write().await {
+                // Holds the writer (and, on SQLite, the batch behind it).
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+                let _ = tx.commit().await;
+            }
+        }
+    });
+    let posts = (0..48).map(|n| {
+        let mut referral = sample_referral();
+        let value = format!("LIMIT-{n}");
+        referral["identifier"][0]["value"] = json!(value);
+        let app = &app;
+        async move {
+            tokio::time::sleep(Duration::from_millis(60 * n)).await;
+            let status = app.post_referral(referral.to_string()).await.status();
+            (value, status)
+        }
+    });
+    let answers = join_all(posts).await;
+    stalling.await.expect("stalling task");
+    let mut settle = sample_referral();
+    settle["identifier"][0]["value"] = json!("SETTLE");
+    assert_eq!(app.post_referral(settle.to_string()).await.status(), 201);
+    for (value, status) in answers {
+        let stored = referrals_with(&app, &value).await;
+        match status.as_u16() {
+            201 => assert_eq!(stored, 1, "{value} answered 201"),
+            503 => assert_eq!(stored, 0, "{value} answered 503 but is stored"),
+            other => panic!("{value}: unexpected {other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bundle_four_times_larger_costs_about_four_times_more() {
+    let app = spawn_app_with(|s| {
+        s.limits.max_repeats = 10_000;
+        s.limits.request_timeout_secs = 300;
+    })
+    .await;
+    let mut took = Vec::new();
+    for (entries, value) in [(200, "LINEAR-SMALL"), (800, "LINEAR-LARGE")] {
+        let body = large_bundle(entries, value).to_string();
+        let started = Instant::now();
+        let response = app
+            .client
+            .post(app.url("/fhir"))
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200);
+        took.push(started.elapsed().as_secs_f64());
+    }
+    // Linear: 4×; the square of the size was 16×. Generous for a shared machine.
+    assert!(
+        took[1] < took[0] * 9.0,
+        "200 entries {:.2} s, 800 entries {:.2} s",
+        took[0],
+        took[1]
+    );
+}
