@@ -653,6 +653,42 @@ fn kept(fields: &Fields) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A refused form: the referral page again, 400, with `message` in the error summary and
+/// beside `field`, and what the person had entered kept in the form. Every action's
+/// validation ends here, so each refusal looks and behaves the same.
+async fn refuse(
+    on: &OnReferral<'_>,
+    fields: &Fields,
+    field: &'static str,
+    message: &str,
+) -> Result<Response> {
+    let error = FieldError {
+        field,
+        message: message.to_owned(),
+        kept: kept(fields),
+    };
+    render_referral(
+        on.state,
+        on.access,
+        on.session,
+        on.context,
+        on.id,
+        None,
+        Some(error),
+        StatusCode::BAD_REQUEST,
+    )
+    .await
+}
+
+/// Who is acting on which referral: what a refusal needs to show the page again.
+struct OnReferral<'a> {
+    state: &'a AppState,
+    access: &'a Access,
+    session: &'a ConsoleSession,
+    context: &'a RequestContext,
+    id: &'a str,
+}
+
 /// `POST /console/referrals/{id}/transition`: `to`, and `reason` where the GP must be
 /// told why, and an optional `note`.
 async fn transition(
@@ -669,26 +705,18 @@ async fn transition(
         assigned_to: a,
     })
     .await?;
-    let invalid = |field, message: &str| FieldError {
-        field,
-        message: message.to_owned(),
-        kept: kept(&fields),
+    let on = OnReferral {
+        state: &state,
+        access: &access,
+        session: &session,
+        context: &context,
+        id: &id,
     };
     let to = match fields.get("to").map(Stage::parse) {
         Some(Ok(stage)) => stage,
         _ => {
-            let error = invalid("to", "Select what has happened");
-            return render_referral(
-                &state,
-                &access,
-                &session,
-                &context,
-                &id,
-                None,
-                Some(error),
-                StatusCode::BAD_REQUEST,
-            )
-            .await;
+            let message = "Select what has happened";
+            return refuse(&on, &fields, "to", message).await;
         }
     };
     let reason = fields.get("reason");
@@ -700,18 +728,8 @@ async fn transition(
             .stage(to)
             .status_reason_required
     {
-        let error = invalid("reason", "Enter a reason: the GP practice is told why");
-        return render_referral(
-            &state,
-            &access,
-            &session,
-            &context,
-            &id,
-            None,
-            Some(error),
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        let message = "Enter a reason: the GP practice is told why";
+        return refuse(&on, &fields, "reason", message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
@@ -752,28 +770,21 @@ async fn note(
         assigned_to: a,
     })
     .await?;
+    let on = OnReferral {
+        state: &state,
+        access: &access,
+        session: &session,
+        context: &context,
+        id: &id,
+    };
     let attempt = fields.get("kind") == Some("contact-attempt");
     let text = match (attempt, fields.get("text")) {
         (true, Some(text)) => format!("Contact attempt: {text}"),
         (true, None) => "Contact attempt".to_owned(),
         (false, Some(text)) => text.to_owned(),
         (false, None) => {
-            let error = FieldError {
-                field: "note-text",
-                message: "Enter the note".into(),
-                kept: kept(&fields),
-            };
-            return render_referral(
-                &state,
-                &access,
-                &session,
-                &context,
-                &id,
-                None,
-                Some(error),
-                StatusCode::BAD_REQUEST,
-            )
-            .await;
+            let message = "Enter the note";
+            return refuse(&on, &fields, "note-text", message).await;
         }
     };
     let mut tx = state.store.begin_write().await?;
@@ -800,14 +811,25 @@ async fn assign(
     let fields = checked_form(&session, &headers, &body)?;
     require(&access, StaffAction::Assign)?;
     let who = fields.get("assigned_to");
-    if let Some(who) = who {
-        crate::api::service::check_assignee(&state, who)
+    let assignable = match who {
+        None => true,
+        Some(who) => staff::account(&state.store, who)
             .await
-            .map_err(|_| {
-                ConsoleError::BadRequest(format!(
-                    "{who} is not an enabled link worker or service manager"
-                ))
-            })?;
+            .map_err(|e| ConsoleError::Internal(e.to_string()))?
+            .is_some_and(|a| {
+                a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager)
+            }),
+    };
+    if let (false, Some(who)) = (assignable, who) {
+        let on = OnReferral {
+            state: &state,
+            access: &access,
+            session: &session,
+            context: &context,
+            id: &id,
+        };
+        let message = format!("{who} is not an enabled link worker or service manager");
+        return refuse(&on, &fields, "assigned_to", &message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state

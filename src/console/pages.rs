@@ -622,8 +622,11 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
                 h2 { "Assign" }
                 form method="post" action={"/console/referrals/" (r.id) "/assignment"} {
                     (csrf_field(page.session))
-                    div class="nhsuk-form-group" {
+                    div class={"nhsuk-form-group" @if error_for("assigned_to").is_some() { " nhsuk-form-group--error" }} {
                         label class="nhsuk-label" for="assigned_to" { "Link worker" }
+                        @if let Some(m) = error_for("assigned_to") {
+                            span class="nhsuk-error-message" id="assigned_to-error" { span class="nhsuk-u-visually-hidden" { "Error:" } " " (m) }
+                        }
                         select class="nhsuk-select" id="assigned_to" name="assigned_to" {
                             option value="" { "No one (unassigned)" }
                             @for (username, name) in page.assignable {

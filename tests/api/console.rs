@@ -322,6 +322,23 @@ async fn roles_and_assignment_are_enforced_on_the_server() {
         .await;
     assert_eq!(assigned.status(), 303);
     assert_eq!(record(&app, &id).await["assigned_to"], "ben");
+    // Someone who cannot hold a caseload: the page again with the error, nothing changed.
+    let (_, page) = mina.get(&app, &format!("/console/referrals/{id}")).await;
+    let refused = mina
+        .post(
+            &app,
+            &format!("/console/referrals/{id}/assignment"),
+            &[("csrf", &csrf(&page)), ("assigned_to", "nobody-here")],
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("nhsuk-error-summary"), "{body}");
+    assert!(
+        body.contains("href=\"#assigned_to\""),
+        "the summary links to the field"
+    );
+    assert_eq!(record(&app, &id).await["assigned_to"], "ben");
     // Another link worker's referral: neither shown nor changeable by Amara.
     let (status, _) = amara.get(&app, &format!("/console/referrals/{id}")).await;
     assert_eq!(status, 403);
