@@ -20,8 +20,8 @@ use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::fhir::{Instant, ResourceType};
 use crate::fhirpath::FhirPath;
 use crate::identity::{
-    AssertionVerifier, Authenticator, ClientRegistryError, Clients, ExternalVerifier, TokenSecret,
-    TokenService,
+    AssertionVerifier, Authenticator, ClientRegistryError, Clients, ConsoleOidc, ExternalVerifier,
+    TokenSecret, TokenService,
 };
 use crate::mapping::{MappingError, Mappings};
 use crate::outcomes::{Outcomes, OutcomesError};
@@ -225,6 +225,11 @@ impl Application {
             .token_endpoint(settings.public_base_url.as_deref(), address);
         if let Some(url) = token_url {
             authenticator = authenticator.with_token_endpoint(AssertionVerifier::new(url));
+        }
+        if let Some(oidc) = &settings.console.oidc {
+            authenticator = authenticator.with_console_oidc(
+                ConsoleOidc::new(oidc).map_err(|e| StartupError::Identity(e.to_string()))?,
+            );
         }
         report_security(
             &authenticator,

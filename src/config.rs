@@ -110,6 +110,9 @@ pub struct Settings {
     /// How long data is kept (`store::retention`): applied at start-up and hourly,
     /// and by `sprig purge`.
     pub retention: RetentionSettings,
+    /// The console (`/console`): targets it shows, and signing in through the
+    /// service's identity provider.
+    pub console: ConsoleSettings,
 }
 
 /// How long data is kept; 0 keeps it for ever (the default: a service chooses its
@@ -355,8 +358,80 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             fhir: FhirSettings::default(),
             retention: RetentionSettings::default(),
+            console: ConsoleSettings::default(),
         }
     }
+}
+
+/// The console (`[console]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Working days (Monday to Friday, England and Wales bank holidays excepted) within
+    /// which a referral should be first contacted; the worklist calls it overdue after.
+    pub first_contact_target_working_days: u32,
+    /// Signing people in through the service's identity provider (OpenID Connect).
+    pub oidc: Option<ConsoleOidcSettings>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            first_contact_target_working_days: 5,
+            oidc: None,
+        }
+    }
+}
+
+/// The service's identity provider for console sign-in (`[console.oidc]`): OpenID
+/// Connect authorization code flow with PKCE; its ID token's claims name the person
+/// and their role, as `[auth.external]`'s do for access tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOidcSettings {
+    /// The provider's issuer (`iss`, exactly); its discovery document is at
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Sprig's client id at the provider (the ID token's `aud`).
+    pub client_id: String,
+    /// A file holding the client secret, for a confidential client
+    /// (`client_secret_post`); unset: a public client (PKCE only).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where the provider sends the browser back; unset: this server's
+    /// `/console/sign-in/idp/callback` at the address the browser used.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// The name on the sign-in button ("Sign in with …").
+    #[serde(default = "default_oidc_display_name")]
+    pub display_name: String,
+    /// The scopes asked for (`openid` is always among them).
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The algorithms its ID tokens may use (from this list, never from the token).
+    #[serde(default = "default_external_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim naming the person: a stable id, their username in Sprig.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim holding their name as shown.
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// The claim holding their role (`link_worker`, `service_manager`,
+    /// `administrator`; a string or a list, the first known one counts). Without a
+    /// known role no one is signed in.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+}
+
+fn default_oidc_display_name() -> String {
+    "your organisation's account".into()
+}
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+fn default_name_claim() -> String {
+    "name".into()
 }
 
 /// What an update (`PUT /fhir/ServiceRequest/{id}`) must carry to say which
@@ -876,6 +951,7 @@ impl Settings {
         }
         self.validation.default_profiles()?;
         self.auth.check()?;
+        self.console.check()?;
         Ok(())
     }
 
@@ -895,6 +971,52 @@ impl Settings {
             AuthMode::Auto if listen.ip().is_loopback() => Ok(SecurityMode::OpenOnLoopback),
             AuthMode::Auto => Err(ConfigError::Insecure { listen }),
         }
+    }
+}
+
+impl ConsoleSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let range = |key, reason: String| ConfigError::OutOfRange { key, reason };
+        if !(1..=60).contains(&self.first_contact_target_working_days) {
+            return Err(range(
+                "console.first_contact_target_working_days",
+                "must be between 1 and 60".into(),
+            ));
+        }
+        let Some(oidc) = &self.oidc else {
+            return Ok(());
+        };
+        if !(oidc.issuer.starts_with("https://") || oidc.issuer.starts_with("http://")) {
+            return Err(range(
+                "console.oidc.issuer",
+                "must be an absolute http(s) URL".into(),
+            ));
+        }
+        if oidc.client_id.trim().is_empty() {
+            return Err(range("console.oidc.client_id", "must not be empty".into()));
+        }
+        if let Some(url) = &oidc.redirect_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(range(
+                "console.oidc.redirect_url",
+                "must be an absolute http(s) URL".into(),
+            ));
+        }
+        if let Some(bad) = oidc
+            .algorithms
+            .iter()
+            .find(|a| !ASYMMETRIC_ALGORITHMS.contains(&a.as_str()))
+        {
+            return Err(range(
+                "console.oidc.algorithms",
+                format!("{bad:?} is not an asymmetric JWS algorithm"),
+            ));
+        }
+        if oidc.algorithms.is_empty() {
+            return Err(range("console.oidc.algorithms", "must not be empty".into()));
+        }
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -117,6 +117,8 @@ pub const ROUTES: &[Route] = &[
     // The console (`console::routes`): only signing in and its stylesheet are open.
     route("/console", &["GET"], Gate::Console),
     route("/console/sign-in", &["GET", "POST"], Gate::Open),
+    route("/console/sign-in/idp", &["GET", "POST"], Gate::Open),
+    route("/console/sign-in/idp/callback", &["GET"], Gate::Open),
     route("/console/sign-out", &["POST"], Gate::Console),
     route("/console/style/{file}", &["GET"], Gate::Open),
     route("/console/assets/images/{file}", &["GET"], Gate::Console),
@@ -159,16 +161,32 @@ pub fn console_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
-/// Where a console request without a live session goes: the sign-in page (303, so a
-/// form post becomes a plain GET).
-fn to_sign_in() -> Response {
+/// Where a console request without a live session goes: the sign-in page. A page
+/// (GET) is a 303; a form post on a referral is a 307 to `/console/sign-in?return_to=…`,
+/// which the browser posts the same form to, so the sign-in page can keep what the
+/// person typed (`console::sign_in`) instead of losing it.
+fn to_sign_in(method: &Method, path: &str) -> Response {
+    let resumable = method == Method::POST
+        && path.starts_with("/console/referrals/")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    let (status, location) = if resumable {
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            HeaderValue::from_str(&format!("/console/sign-in?return_to={path}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("/console/sign-in")),
+        )
+    } else {
+        (
+            StatusCode::SEE_OTHER,
+            HeaderValue::from_static("/console/sign-in"),
+        )
+    };
     (
-        StatusCode::SEE_OTHER,
+        status,
         [
-            (
-                header::LOCATION,
-                HeaderValue::from_static("/console/sign-in"),
-            ),
+            (header::LOCATION, location),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
     )
@@ -284,7 +302,7 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
     };
     if gate == Gate::Console {
         let Some(token) = console_cookie(request.headers()) else {
-            return to_sign_in();
+            return to_sign_in(request.method(), &path);
         };
         return match authenticator.console_session(&token, unix_now()).await {
             Ok(Some((access, session))) => {
@@ -292,7 +310,7 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
                 request.extensions_mut().insert(session);
                 next.run(request).await
             }
-            Ok(None) => to_sign_in(),
+            Ok(None) => to_sign_in(request.method(), &path),
             Err(error) => {
                 tracing::warn!(reason = %error, "console session could not be checked");
                 (

@@ -122,6 +122,8 @@ pub async fn list(
             .transpose()?,
         assignee: Assignee::Any,
         person: None,
+        reason: None,
+        not_contacted_before: None,
         after,
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,

@@ -22,6 +22,9 @@ pub mod assets;
 mod measures;
 mod pages;
 mod time;
+mod working_days;
+
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::Router;
@@ -37,12 +40,14 @@ use crate::api::AppState;
 use crate::api::authenticate::CONSOLE_COOKIE;
 use crate::api::middleware::RequestContext;
 use crate::fhir::Instant;
-use crate::identity::session::{self, csrf_matches};
-use crate::identity::{Access, ConsoleSession, StaffAction, StaffRole, staff};
+use crate::identity::oidc::{self, ConsoleOidc, OidcError};
+use crate::identity::session::{self, SignedIn, csrf_matches};
+use crate::identity::{Access, Authenticator, ConsoleSession, StaffAction, StaffRole, staff};
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::outbox::{DeliveryFilter, DeliveryState};
 use crate::store::referrals::{Assignee, PersonSearch, ReferralFilter};
+use crate::store::sessions::{KeptForm, SignInRow};
 use crate::workflow::{OutcomeRequest, TransitionRequest, WorkflowError};
 
 pub use pages::Flash;
@@ -52,6 +57,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/console", get(home))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
+        .route("/console/sign-in/idp", get(sign_in_idp).post(sign_in_idp))
+        .route("/console/sign-in/idp/callback", get(sign_in_idp_callback))
         .route("/console/sign-out", post(sign_out))
         .route("/console/style/{file}", get(assets::style))
         .route("/console/assets/images/{file}", get(assets::image))
@@ -300,15 +307,75 @@ async fn home() -> Response {
 }
 
 /// `GET /console/sign-in`.
-async fn sign_in_page(State(state): State<AppState>) -> Result<Response> {
+async fn sign_in_page(
+    State(state): State<AppState>,
+    Extension(authenticator): Extension<Arc<Authenticator>>,
+) -> Result<Response> {
     let has_staff = state.store.has_enabled_staff().await?;
-    Ok(html(StatusCode::OK, pages::sign_in(has_staff, None, None)))
+    let page = pages::SignInPage {
+        has_staff,
+        provider: authenticator.console_oidc().map(|o| o.display_name()),
+        ..pages::SignInPage::default()
+    };
+    Ok(html(StatusCode::OK, pages::sign_in(&page)))
+}
+
+/// The sign-in page's query: where a form posted as the session ended was going
+/// (`api::authenticate` sends the browser here with a 307, which posts the form again).
+#[derive(Debug, Default, Deserialize)]
+pub struct SignInQuery {
+    return_to: Option<String>,
+}
+
+/// The referral page a kept form belongs to: `/console/referrals/{id}/{action}` with a
+/// plain id and a known action, else `None` (nothing else is ever given back).
+fn resumable(path: &str) -> Option<(&str, &str)> {
+    let (id, action) = path.strip_prefix("/console/referrals/")?.split_once('/')?;
+    let plain = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    (plain && matches!(action, "transition" | "notes" | "assignment" | "outcomes"))
+        .then_some((id, action))
+}
+
+/// Where a person goes once signed in: the page of the form they had posted as their
+/// session ended (to find it filled in), else the worklist.
+fn after_sign_in(kept: Option<&KeptForm>) -> String {
+    match kept.and_then(|k| resumable(&k.path)) {
+        Some((id, "outcomes")) => format!("/console/referrals/{id}/outcomes?resumed=1"),
+        Some((id, _)) => format!("/console/referrals/{id}?resumed=1"),
+        None => "/console/referrals".to_owned(),
+    }
+}
+
+/// What a sign-in post keeps of a form posted as the session ended: the `return_to`
+/// path and the `kept.`-prefixed hidden fields the sign-in page carried.
+fn kept_through_sign_in(fields: &Fields) -> Option<KeptForm> {
+    let path = fields.get("return_to").filter(|p| resumable(p).is_some())?;
+    let form = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            fields
+                .0
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix("kept.").map(|k| (k, v))),
+        )
+        .finish();
+    Some(KeptForm {
+        path: path.to_owned(),
+        form,
+    })
 }
 
 /// `POST /console/sign-in`: checks the username and password (Argon2id) and starts a
-/// session. A refusal does not say which part was wrong.
+/// session. A refusal does not say which part was wrong. A form re-posted here by
+/// `api::authenticate`'s 307 (its session had ended) is not a sign-in: the page is
+/// shown with the form's fields kept in it.
 async fn sign_in(
     State(state): State<AppState>,
+    Extension(authenticator): Extension<Arc<Authenticator>>,
+    query: std::result::Result<Query<SignInQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
@@ -317,6 +384,48 @@ async fn sign_in(
     }
     let fields = Fields::parse(&body);
     let has_staff = state.store.has_enabled_staff().await?;
+    let provider = authenticator.console_oidc().map(|o| o.display_name());
+    let returned = query
+        .ok()
+        .and_then(|Query(q)| q.return_to)
+        .filter(|p| resumable(p).is_some());
+    if let Some(path) = returned.as_deref()
+        && !fields
+            .0
+            .iter()
+            .any(|(k, _)| k == "username" || k == "password")
+    {
+        let kept = kept(&fields);
+        let page = pages::SignInPage {
+            has_staff,
+            provider,
+            resume: Some((path, &kept)),
+            ..pages::SignInPage::default()
+        };
+        tracing::info!("console: a form posted after its session ended is kept through sign-in");
+        return Ok(html(StatusCode::UNAUTHORIZED, pages::sign_in(&page)));
+    }
+    let resume = kept_through_sign_in(&fields);
+    let resume_fields: Vec<(String, String)> = resume
+        .as_ref()
+        .map(|k| {
+            form_urlencoded::parse(k.form.as_bytes())
+                .map(|(a, b)| (a.into_owned(), b.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let refused = |error: &'static str, username: &str, status| {
+        let page = pages::SignInPage {
+            has_staff,
+            error: Some(error),
+            username: Some(username),
+            provider,
+            resume: resume
+                .as_ref()
+                .map(|k| (k.path.as_str(), resume_fields.as_slice())),
+        };
+        html(status, pages::sign_in(&page))
+    };
     let username = fields.get("username").unwrap_or("").to_owned();
     let password = fields
         .0
@@ -326,34 +435,265 @@ async fn sign_in(
         .unwrap_or_default();
     if username.is_empty() || password.is_empty() {
         let error = "Enter your username and password";
-        return Ok(html(
-            StatusCode::BAD_REQUEST,
-            pages::sign_in(has_staff, Some(error), Some(&username)),
-        ));
+        return Ok(refused(error, &username, StatusCode::BAD_REQUEST));
     }
     match staff::check_credentials(&state.store, &username, password).await {
         Ok(account) => {
-            let now = unix_now();
-            let (token, _) = session::start(&state.store, &account, now)
-                .await
-                .map_err(|e| ConsoleError::Internal(e.to_string()))?;
-            let mut response = see_other("/console/referrals");
+            let location = after_sign_in(resume.as_ref());
+            let (token, _) =
+                session::start_for(&state.store, SignedIn::Account(account), resume, unix_now())
+                    .await
+                    .map_err(|e| ConsoleError::Internal(e.to_string()))?;
+            let mut response = see_other(&location);
             response.headers_mut().insert(
                 header::SET_COOKIE,
                 session_cookie(&state, &token, session::ABSOLUTE_SECS),
             );
             Ok(response)
         }
-        Err(staff::SignInError::WrongCredentials) => Ok(html(
+        Err(staff::SignInError::WrongCredentials) => Ok(refused(
+            "The username or password is not right, or the account is disabled",
+            &username,
             StatusCode::UNAUTHORIZED,
-            pages::sign_in(
-                has_staff,
-                Some("The username or password is not right, or the account is disabled"),
-                Some(&username),
-            ),
         )),
         Err(error) => Err(ConsoleError::Internal(error.to_string())),
     }
+}
+
+// ---- signing in through the service's identity provider ----------------------------
+
+/// The browser's cookie for a sign-in through the identity provider under way: sent
+/// back on the provider's redirect, a top-level cross-site navigation, so `Lax` (a
+/// `Strict` cookie would not come back).
+const SIGN_IN_COOKIE: &str = "sprig_sign_in";
+
+/// How long a person has at the identity provider.
+const SIGN_IN_SECS: i64 = 10 * 60;
+
+fn sign_in_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if over_https(state) { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SIGN_IN_COOKIE}={value}; Path=/console/sign-in/idp; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("sprig_sign_in=; Path=/console/sign-in/idp; Max-Age=0"))
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// Where the provider sends the browser back: as configured, else this server's
+/// callback at the address the browser used.
+fn redirect_uri(state: &AppState, oidc: &ConsoleOidc, headers: &HeaderMap) -> Result<String> {
+    if let Some(url) = oidc.redirect_url() {
+        return Ok(url.to_owned());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
+        })
+        .ok_or_else(|| ConsoleError::BadRequest("The request names no usable host".into()))?;
+    let scheme = if over_https(state) { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}/console/sign-in/idp/callback"))
+}
+
+/// A sign-in through the provider that did not work: the sign-in page's failure, with
+/// a way to start again; the cause is logged (no token or claim values in it).
+fn provider_refusal(status: StatusCode, detail: &str) -> Response {
+    html(status, pages::error("You could not be signed in", detail))
+}
+
+/// `GET|POST /console/sign-in/idp`: starts a sign-in through the identity provider
+/// (authorization code with PKCE): its secrets kept in the store under a short-lived
+/// cookie, the browser sent to the provider. A post may carry a form kept through
+/// sign-in (`kept_through_sign_in`).
+async fn sign_in_idp(
+    State(state): State<AppState>,
+    Extension(authenticator): Extension<Arc<Authenticator>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let Some(oidc) = authenticator.console_oidc() else {
+        return Err(ConsoleError::NotFound(
+            "This service signs people in with Sprig staff accounts only".into(),
+        ));
+    };
+    let kept = if method == axum::http::Method::POST {
+        if !same_origin(&headers) {
+            return Err(ConsoleError::CrossSite);
+        }
+        kept_through_sign_in(&Fields::parse(&body))
+    } else {
+        None
+    };
+    let redirect_uri = redirect_uri(&state, oidc, &headers)?;
+    let (pending, location) = match oidc.begin(&redirect_uri).await {
+        Ok(begun) => begun,
+        Err(error) => {
+            tracing::warn!(%error, "console: the identity provider cannot be used");
+            return Ok(provider_refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The identity provider cannot be reached. Try again in a few moments, or sign in with a Sprig staff account.",
+            ));
+        }
+    };
+    let token = session::new_random_token().map_err(|e| ConsoleError::Internal(e.to_string()))?;
+    let now = unix_now();
+    state
+        .store
+        .insert_sign_in(
+            &SignInRow {
+                token_hash: session::hash_token(&token),
+                state: pending.state,
+                nonce: pending.nonce,
+                code_verifier: pending.code_verifier,
+                redirect_uri,
+                kept,
+                expires_at: now + SIGN_IN_SECS,
+            },
+            now,
+        )
+        .await?;
+    let mut response = see_other(&location);
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        sign_in_cookie(&state, &token, SIGN_IN_SECS),
+    );
+    Ok(response)
+}
+
+/// The provider's answer (OpenID Connect Core 3.1.2.5 and 3.1.2.6).
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /console/sign-in/idp/callback`: the provider sends the browser back. The
+/// sign-in under way is read once (by the browser's cookie); `state` must be its own,
+/// the code is exchanged with PKCE's verifier, and the ID token checked (`oidc`) before
+/// a session starts.
+async fn sign_in_idp_callback(
+    State(state): State<AppState>,
+    Extension(authenticator): Extension<Arc<Authenticator>>,
+    query: std::result::Result<Query<CallbackQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let Some(oidc) = authenticator.console_oidc() else {
+        return Err(ConsoleError::NotFound(
+            "This service signs people in with Sprig staff accounts only".into(),
+        ));
+    };
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let now = unix_now();
+    let pending = match cookie_value(&headers, SIGN_IN_COOKIE) {
+        Some(token) => {
+            state
+                .store
+                .take_sign_in(&session::hash_token(&token), now)
+                .await?
+        }
+        None => None,
+    };
+    let refused = |status, reason: &str, detail: &str| {
+        tracing::warn!(
+            reason,
+            "console: sign-in through the identity provider refused"
+        );
+        let mut response = provider_refusal(status, detail);
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, sign_in_cookie(&state, "", 0));
+        response
+    };
+    let start_again = "Go back to the sign-in page and start again.";
+    let Some(pending) = pending else {
+        return Ok(refused(
+            StatusCode::BAD_REQUEST,
+            "no sign-in under way for this browser",
+            "This sign-in has expired or was started in another browser. Go back to the sign-in page and start again.",
+        ));
+    };
+    let state_matches = query
+        .state
+        .as_deref()
+        .is_some_and(|s| oidc::constant_time_eq(s.as_bytes(), pending.state.as_bytes()));
+    if !state_matches {
+        return Ok(refused(
+            StatusCode::BAD_REQUEST,
+            "state mismatch",
+            start_again,
+        ));
+    }
+    if query.error.is_some() {
+        return Ok(refused(
+            StatusCode::UNAUTHORIZED,
+            "the provider answered an error",
+            "The identity provider did not sign you in. Go back to the sign-in page and start again.",
+        ));
+    }
+    let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+        return Ok(refused(StatusCode::BAD_REQUEST, "no code", start_again));
+    };
+    let secrets = oidc::Pending {
+        state: pending.state,
+        nonce: pending.nonce,
+        code_verifier: pending.code_verifier,
+    };
+    let person = match oidc
+        .finish(&secrets, &pending.redirect_uri, code, now)
+        .await
+    {
+        Ok(person) => person,
+        Err(OidcError::Provider(cause)) => {
+            tracing::warn!(%cause, "console: the identity provider cannot be used");
+            return Ok(refused(
+                StatusCode::BAD_GATEWAY,
+                "provider unavailable",
+                "The identity provider could not be reached. Try again in a few moments.",
+            ));
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            return Ok(refused(StatusCode::UNAUTHORIZED, &reason, start_again));
+        }
+    };
+    let location = after_sign_in(pending.kept.as_ref());
+    let (token, _) = session::start_for(
+        &state.store,
+        SignedIn::Provider {
+            username: person.username,
+            display_name: person.display_name,
+            role: person.role,
+        },
+        pending.kept,
+        now,
+    )
+    .await
+    .map_err(|e| ConsoleError::Internal(e.to_string()))?;
+    let mut response = see_other(&location);
+    let cookies = response.headers_mut();
+    cookies.append(header::SET_COOKIE, sign_in_cookie(&state, "", 0));
+    cookies.append(
+        header::SET_COOKIE,
+        session_cookie(&state, &token, session::ABSOLUTE_SECS),
+    );
+    Ok(response)
 }
 
 /// `POST /console/sign-out`: ends the session and clears the cookie.
@@ -386,6 +726,16 @@ pub struct WorklistQuery {
     q: Option<String>,
     /// The previous page's last row (`received_at~id`).
     after: Option<String>,
+    /// A practice's ODS code.
+    practice: Option<String>,
+    /// A reason's code.
+    reason: Option<String>,
+    /// Received on or after this UK date (`2026-12-01`).
+    from: Option<String>,
+    /// Received on or before this UK date.
+    to: Option<String>,
+    /// Only those overdue for first contact (any value).
+    overdue: Option<String>,
 }
 
 /// Referrals per page.
@@ -402,6 +752,57 @@ pub struct WorklistView {
     pub q: Option<String>,
     /// The search could not be understood.
     pub q_error: Option<&'static str>,
+    /// The practice filter (ODS code).
+    pub practice: Option<String>,
+    /// The reason filter (a code).
+    pub reason: Option<String>,
+    /// The received-from date, as typed.
+    pub from: Option<String>,
+    /// The received-to date, as typed.
+    pub to: Option<String>,
+    /// A date that could not be understood: its field and the message.
+    pub date_error: Option<(&'static str, &'static str)>,
+    /// Only the overdue ones.
+    pub overdue_only: bool,
+    /// Not contacted and received before this instant: overdue.
+    pub overdue_before: String,
+    /// The target, in working days.
+    pub target_days: u32,
+}
+
+impl WorklistView {
+    /// The filters as a query string (`&name=value…`), for links that keep them.
+    pub fn filter_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [
+            ("q", &self.q),
+            ("practice", &self.practice),
+            ("reason", &self.reason),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        if self.overdue_only {
+            query.append_pair("overdue", "1");
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            query
+        } else {
+            format!("&{query}")
+        }
+    }
+}
+
+/// A filter's text: trimmed, `None` when blank or longer than any code.
+fn filter_text(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_owned)
 }
 
 async fn worklist(
@@ -447,14 +848,42 @@ async fn worklist(
         .as_deref()
         .and_then(|a| a.split_once('~'))
         .map(|(at, id)| (at.to_owned(), id.to_owned()));
+    let target_days = state.settings.console.first_contact_target_working_days;
+    let overdue_before = working_days::first_contact_cutoff(working_days::now(), target_days);
+    let practice = filter_text(query.practice.as_deref()).map(|p| p.to_ascii_uppercase());
+    let reason = filter_text(query.reason.as_deref());
+    let from = filter_text(query.from.as_deref());
+    let to = filter_text(query.to.as_deref());
+    let mut date_error = None;
+    let mut date_bound = |field: &'static str, text: &Option<String>, upper: bool| {
+        let text = text.as_deref()?;
+        match working_days::parse_date(text) {
+            Some(date) => {
+                let (start, end) = working_days::day_bounds(date);
+                Some(if upper { end } else { start })
+            }
+            None => {
+                date_error = Some((field, "Enter a date as year-month-day, like 2026-12-01"));
+                None
+            }
+        }
+    };
+    let received_from = date_bound("from", &from, false);
+    let received_to = date_bound("to", &to, true);
+    let overdue_only = query.overdue.is_some();
     let filter = ReferralFilter {
         stage,
         assignee: assignee.clone(),
         person,
         after,
+        practice: practice.clone(),
+        reason: reason.clone(),
+        received_from,
+        received_to,
+        not_contacted_before: overdue_only.then(|| overdue_before.clone()),
         limit: PAGE + 1,
-        ..ReferralFilter::default()
     };
+    let q_error = q_error.or(date_error.map(|(_, message)| message));
     let (mut referrals, counts) = if q_error.is_some() {
         (Vec::new(), state.store.stage_counts(&assignee).await?)
     } else {
@@ -476,7 +905,15 @@ async fn worklist(
         view,
         stage,
         q: q.map(str::to_owned),
-        q_error,
+        q_error: if date_error.is_some() { None } else { q_error },
+        practice,
+        reason,
+        from,
+        to,
+        date_error,
+        overdue_only,
+        overdue_before,
+        target_days,
     };
     Ok(html(
         if q_error.is_some() {
@@ -501,6 +938,8 @@ pub struct ReferralQuery {
     noted: Option<String>,
     /// It was just assigned.
     assigned: Option<String>,
+    /// The person just signed in again; a form they had posted may be kept.
+    resumed: Option<String>,
 }
 
 async fn referral(
@@ -523,6 +962,11 @@ async fn referral(
     } else {
         None
     };
+    let error = if query.resumed.is_some() {
+        given_back(&state, &session, &id).await?
+    } else {
+        None
+    };
     render_referral(
         &state,
         &access,
@@ -530,10 +974,42 @@ async fn referral(
         &context,
         &id,
         flash,
-        None,
+        error,
         StatusCode::OK,
     )
     .await
+}
+
+/// The form this session holds from before sign-in, if it was posted on referral `id`'s
+/// page: its fields, to fill the form in again with a message to check and send it
+/// (it is never sent for the person: the page they see is what they confirm).
+async fn given_back(
+    state: &AppState,
+    session: &ConsoleSession,
+    id: &str,
+) -> Result<Option<FieldError>> {
+    let Some(form) = state.store.take_kept_form(&session.token_hash).await? else {
+        return Ok(None);
+    };
+    let Some((kept_id, action)) = resumable(&form.path) else {
+        return Ok(None);
+    };
+    if kept_id != id {
+        return Ok(None);
+    }
+    let field = match action {
+        "transition" => "to",
+        "notes" => "note-text",
+        "assignment" => "assigned_to",
+        _ => "outcome",
+    };
+    let fields = Fields::parse(form.form.as_bytes());
+    Ok(Some(FieldError {
+        field,
+        message: "Your session had ended, so this was not saved. Check it and send it again."
+            .into(),
+        kept: kept(&fields),
+    }))
 }
 
 /// A form's error, shown in the error summary and beside its field.
@@ -653,6 +1129,42 @@ fn kept(fields: &Fields) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A refused form: the referral page again, 400, with `message` in the error summary and
+/// beside `field`, and what the person had entered kept in the form. Every action's
+/// validation ends here, so each refusal looks and behaves the same.
+async fn refuse(
+    on: &OnReferral<'_>,
+    fields: &Fields,
+    field: &'static str,
+    message: &str,
+) -> Result<Response> {
+    let error = FieldError {
+        field,
+        message: message.to_owned(),
+        kept: kept(fields),
+    };
+    render_referral(
+        on.state,
+        on.access,
+        on.session,
+        on.context,
+        on.id,
+        None,
+        Some(error),
+        StatusCode::BAD_REQUEST,
+    )
+    .await
+}
+
+/// Who is acting on which referral: what a refusal needs to show the page again.
+struct OnReferral<'a> {
+    state: &'a AppState,
+    access: &'a Access,
+    session: &'a ConsoleSession,
+    context: &'a RequestContext,
+    id: &'a str,
+}
+
 /// `POST /console/referrals/{id}/transition`: `to`, and `reason` where the GP must be
 /// told why, and an optional `note`.
 async fn transition(
@@ -669,26 +1181,18 @@ async fn transition(
         assigned_to: a,
     })
     .await?;
-    let invalid = |field, message: &str| FieldError {
-        field,
-        message: message.to_owned(),
-        kept: kept(&fields),
+    let on = OnReferral {
+        state: &state,
+        access: &access,
+        session: &session,
+        context: &context,
+        id: &id,
     };
     let to = match fields.get("to").map(Stage::parse) {
         Some(Ok(stage)) => stage,
         _ => {
-            let error = invalid("to", "Select what has happened");
-            return render_referral(
-                &state,
-                &access,
-                &session,
-                &context,
-                &id,
-                None,
-                Some(error),
-                StatusCode::BAD_REQUEST,
-            )
-            .await;
+            let message = "Select what has happened";
+            return refuse(&on, &fields, "to", message).await;
         }
     };
     let reason = fields.get("reason");
@@ -700,18 +1204,8 @@ async fn transition(
             .stage(to)
             .status_reason_required
     {
-        let error = invalid("reason", "Enter a reason: the GP practice is told why");
-        return render_referral(
-            &state,
-            &access,
-            &session,
-            &context,
-            &id,
-            None,
-            Some(error),
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        let message = "Enter a reason: the GP practice is told why";
+        return refuse(&on, &fields, "reason", message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
@@ -752,28 +1246,21 @@ async fn note(
         assigned_to: a,
     })
     .await?;
+    let on = OnReferral {
+        state: &state,
+        access: &access,
+        session: &session,
+        context: &context,
+        id: &id,
+    };
     let attempt = fields.get("kind") == Some("contact-attempt");
     let text = match (attempt, fields.get("text")) {
         (true, Some(text)) => format!("Contact attempt: {text}"),
         (true, None) => "Contact attempt".to_owned(),
         (false, Some(text)) => text.to_owned(),
         (false, None) => {
-            let error = FieldError {
-                field: "note-text",
-                message: "Enter the note".into(),
-                kept: kept(&fields),
-            };
-            return render_referral(
-                &state,
-                &access,
-                &session,
-                &context,
-                &id,
-                None,
-                Some(error),
-                StatusCode::BAD_REQUEST,
-            )
-            .await;
+            let message = "Enter the note";
+            return refuse(&on, &fields, "note-text", message).await;
         }
     };
     let mut tx = state.store.begin_write().await?;
@@ -800,14 +1287,25 @@ async fn assign(
     let fields = checked_form(&session, &headers, &body)?;
     require(&access, StaffAction::Assign)?;
     let who = fields.get("assigned_to");
-    if let Some(who) = who {
-        crate::api::service::check_assignee(&state, who)
+    let assignable = match who {
+        None => true,
+        Some(who) => staff::account(&state.store, who)
             .await
-            .map_err(|_| {
-                ConsoleError::BadRequest(format!(
-                    "{who} is not an enabled link worker or service manager"
-                ))
-            })?;
+            .map_err(|e| ConsoleError::Internal(e.to_string()))?
+            .is_some_and(|a| {
+                a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager)
+            }),
+    };
+    if let (false, Some(who)) = (assignable, who) {
+        let on = OnReferral {
+            state: &state,
+            access: &access,
+            session: &session,
+            context: &context,
+            id: &id,
+        };
+        let message = format!("{who} is not an enabled link worker or service manager");
+        return refuse(&on, &fields, "assigned_to", &message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
@@ -826,6 +1324,8 @@ async fn assign(
 pub struct MeasureQuery {
     /// The measure's code.
     measure: Option<String>,
+    /// The person just signed in again; answers they had posted may be kept.
+    resumed: Option<String>,
 }
 
 /// `GET /console/referrals/{id}/outcomes?measure=…`: the questionnaire.
@@ -843,16 +1343,31 @@ async fn outcome_form(
     .await?;
     context.audit.note_referral(&id);
     let query = query.map(|Query(q)| q).unwrap_or_default();
+    let given = if query.resumed.is_some() {
+        given_back(&state, &session, &id)
+            .await?
+            .filter(|g| g.field == "outcome")
+            .map(|g| g.kept)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let catalogue = &state.outcomes.catalogue;
     let form = query
         .measure
         .as_deref()
+        .or_else(|| {
+            given
+                .iter()
+                .find(|(k, _)| k == "measure")
+                .map(|(_, v)| v.as_str())
+        })
         .and_then(|m| measures::questionnaire(catalogue, m))
         .or_else(|| measures::questionnaire(catalogue, "swemwbs"))
         .ok_or_else(|| ConsoleError::BadRequest("No outcome measure is defined".into()))?;
     Ok(html(
         StatusCode::OK,
-        pages::questionnaire(&session, &id, &form, &[], &[]),
+        pages::questionnaire(&session, &id, &form, &[], &given),
     ))
 }
 

@@ -18,9 +18,6 @@ use crate::referral::record::{NoteSource, Referral, ReferralDetail};
 use crate::referral::stage::Stage;
 use crate::store::outbox::{DeliveryEntry, DestinationStats};
 
-/// A referral not contacted within this many days of arrival is shown as overdue.
-pub const CONTACT_TARGET_DAYS: i64 = 5;
-
 /// What was just done, shown at the top of the referral page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flash {
@@ -228,8 +225,37 @@ pub fn error(title: &str, detail: &str) -> Markup {
     )
 }
 
-/// The sign-in page. Without any staff account it says how to create one.
-pub fn sign_in(has_staff: bool, error: Option<&str>, username: Option<&str>) -> Markup {
+/// What the sign-in page offers and keeps.
+#[derive(Debug, Default)]
+pub struct SignInPage<'a> {
+    /// Whether any staff account exists (else: how to create one).
+    pub has_staff: bool,
+    /// Why the last attempt failed.
+    pub error: Option<&'a str>,
+    /// The username typed.
+    pub username: Option<&'a str>,
+    /// The identity provider's button label, when one is configured.
+    pub provider: Option<&'a str>,
+    /// A form posted as the session ended: where to, and its fields (kept as hidden
+    /// fields through sign-in, then given back on its page).
+    pub resume: Option<(&'a str, &'a [(String, String)])>,
+}
+
+fn resume_fields(resume: Option<(&str, &[(String, String)])>) -> Markup {
+    html! {
+        @if let Some((path, fields)) = resume {
+            input type="hidden" name="return_to" value=(path);
+            @for (name, value) in fields {
+                input type="hidden" name={"kept." (name)} value=(value);
+            }
+        }
+    }
+}
+
+/// The sign-in page. Without any staff account (or identity provider) it says how to
+/// create one.
+pub fn sign_in(page: &SignInPage<'_>) -> Markup {
+    let (has_staff, error, username) = (page.has_staff, page.error, page.username);
     let errors: Vec<(String, String)> = error
         .map(|e| vec![("username".to_owned(), e.to_owned())])
         .unwrap_or_default();
@@ -241,7 +267,13 @@ pub fn sign_in(has_staff: bool, error: Option<&str>, username: Option<&str>) -> 
                 div class="nhsuk-grid-column-two-thirds" {
                     (error_summary(&errors))
                     h1 { "Sign in" }
-                    @if !has_staff {
+                    @if page.resume.is_some() {
+                        div class="nhsuk-inset-text" {
+                            span class="nhsuk-u-visually-hidden" { "Information: " }
+                            p { "Your session had ended, so what you sent was not saved. Sign in and it will be shown again, filled in, for you to check and send." }
+                        }
+                    }
+                    @if !has_staff && page.provider.is_none() {
                         div class="nhsuk-inset-text" {
                             span class="nhsuk-u-visually-hidden" { "Information: " }
                             p { "No staff account exists yet, so no one can sign in. An administrator creates one on the server:" }
@@ -249,7 +281,17 @@ pub fn sign_in(has_staff: bool, error: Option<&str>, username: Option<&str>) -> 
                             p { "Roles are link_worker, service_manager and administrator. The command asks for the password." }
                         }
                     }
+                    @if let Some(provider) = page.provider {
+                        form method="post" action="/console/sign-in/idp" {
+                            (resume_fields(page.resume))
+                            button class="nhsuk-button" type="submit" { "Sign in with " (provider) }
+                        }
+                        @if has_staff {
+                            p { "Or sign in with a Sprig staff account:" }
+                        }
+                    }
                     form method="post" action="/console/sign-in" novalidate {
+                        (resume_fields(page.resume))
                         div class={"nhsuk-form-group" @if error.is_some() { " nhsuk-form-group--error" }} {
                             label class="nhsuk-label" for="username" { "Username" }
                             @if let Some(e) = error {
@@ -297,10 +339,25 @@ pub fn worklist(
         ("all", "All referrals"),
     ];
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
-    let errors: Vec<(String, String)> = view
+    let mut errors: Vec<(String, String)> = view
         .q_error
         .map(|e| vec![("q".to_owned(), e.to_owned())])
         .unwrap_or_default();
+    if let Some((field, message)) = view.date_error {
+        errors.push((field.to_owned(), message.to_owned()));
+    }
+    let date_field = |id: &'static str, label: &str, value: &Option<String>| {
+        let error = view.date_error.filter(|(f, _)| *f == id).map(|(_, m)| m);
+        html! {
+            div class={"nhsuk-form-group" @if error.is_some() { " nhsuk-form-group--error" }} {
+                label class="nhsuk-label" for=(id) { (label) }
+                @if let Some(m) = error {
+                    span class="nhsuk-error-message" id={(id) "-error"} { span class="nhsuk-u-visually-hidden" { "Error:" } " " (m) }
+                }
+                input class="nhsuk-input" id=(id) name=(id) type="date" value=(value.as_deref().unwrap_or(""));
+            }
+        }
+    };
     layout(
         "Worklist",
         Some(session),
@@ -343,16 +400,40 @@ pub fn worklist(
                             }
                         }
                     }
+                }
+                div class="nhsuk-grid-row" {
                     div class="nhsuk-grid-column-one-quarter" {
-                        button class="nhsuk-button nhsuk-button--secondary nhsuk-u-margin-top-5" type="submit" { "Search" }
+                        div class="nhsuk-form-group" {
+                            label class="nhsuk-label" for="practice" { "Practice (ODS code)" }
+                            input class="nhsuk-input" id="practice" name="practice" type="text" spellcheck="false" value=(view.practice.as_deref().unwrap_or(""));
+                        }
+                    }
+                    div class="nhsuk-grid-column-one-quarter" {
+                        div class="nhsuk-form-group" {
+                            label class="nhsuk-label" for="reason" { "Reason (code)" }
+                            input class="nhsuk-input" id="reason" name="reason" type="text" spellcheck="false" value=(view.reason.as_deref().unwrap_or(""));
+                        }
+                    }
+                    div class="nhsuk-grid-column-one-quarter" { (date_field("from", "Received from", &view.from)) }
+                    div class="nhsuk-grid-column-one-quarter" { (date_field("to", "Received to", &view.to)) }
+                }
+                div class="nhsuk-form-group" {
+                    div class="nhsuk-checkboxes nhsuk-checkboxes--small" {
+                        div class="nhsuk-checkboxes__item" {
+                            input class="nhsuk-checkboxes__input" id="overdue" name="overdue" type="checkbox" value="1" checked[view.overdue_only];
+                            label class="nhsuk-label nhsuk-checkboxes__label" for="overdue" {
+                                "Only those not contacted within " (view.target_days) " working days"
+                            }
+                        }
                     }
                 }
+                button class="nhsuk-button nhsuk-button--secondary" type="submit" { "Search" }
             }
             h2 class="nhsuk-heading-s" { "By stage (" (total) " in all)" }
             ul class="nhsuk-list" {
                 @for (stage, n) in counts {
                     li style="display:inline-block;margin-right:1em" {
-                        a href=(worklist_link(view, Some(*stage))) { (stage_label(*stage)) ": " (n) }
+                        a href={(worklist_link(view, Some(*stage))) (view.filter_query())} { (stage_label(*stage)) ": " (n) }
                     }
                 }
             }
@@ -381,7 +462,7 @@ pub fn worklist(
                                 td class="nhsuk-table__cell" { (r.fields.practice_name.as_deref().or(r.fields.practice_ods_code.as_deref()).unwrap_or("")) }
                                 td class="nhsuk-table__cell" {
                                     (date_time(&r.received_at))
-                                    @if overdue(r) { " " strong class="nhsuk-tag nhsuk-tag--red" { "Overdue" } }
+                                    @if overdue(r, &view.overdue_before) { " " strong class="nhsuk-tag nhsuk-tag--red" { "Overdue" } }
                                 }
                                 td class="nhsuk-table__cell" { (stage_tag(r.stage)) }
                                 td class="nhsuk-table__cell" { (r.assigned_to.as_deref().unwrap_or("Unassigned")) }
@@ -396,7 +477,7 @@ pub fn worklist(
                         li class="nhsuk-pagination-item--next" {
                             a class="nhsuk-pagination__link nhsuk-pagination__link--next" href={
                                 (worklist_link(view, view.stage))
-                                @if let Some(q) = &view.q { "&q=" (form_encode(q)) }
+                                (view.filter_query())
                                 "&after=" (form_encode(next))
                             } {
                                 span class="nhsuk-pagination__title" { "Next page" }
@@ -413,10 +494,10 @@ fn form_encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// Not yet contacted, past the contact target.
-fn overdue(r: &Referral) -> bool {
-    matches!(r.stage, Stage::Received | Stage::Accepted)
-        && days_since(&r.received_at).is_some_and(|d| d >= CONTACT_TARGET_DAYS)
+/// Not yet contacted, and received before the first-contact target's cut-off (the
+/// same test the worklist's overdue filter makes in the store).
+fn overdue(r: &Referral, before: &str) -> bool {
+    matches!(r.stage, Stage::Received | Stage::Accepted) && r.received_at.as_str() < before
 }
 
 fn row(key: &str, value: Markup) -> Markup {
@@ -624,8 +705,11 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
                 h2 { "Assign" }
                 form method="post" action={"/console/referrals/" (r.id) "/assignment"} {
                     (csrf_field(page.session))
-                    div class="nhsuk-form-group" {
+                    div class={"nhsuk-form-group" @if error_for("assigned_to").is_some() { " nhsuk-form-group--error" }} {
                         label class="nhsuk-label" for="assigned_to" { "Link worker" }
+                        @if let Some(m) = error_for("assigned_to") {
+                            span class="nhsuk-error-message" id="assigned_to-error" { span class="nhsuk-u-visually-hidden" { "Error:" } " " (m) }
+                        }
                         select class="nhsuk-select" id="assigned_to" name="assigned_to" {
                             option value="" { "No one (unassigned)" }
                             @for (username, name) in page.assignable {

@@ -102,10 +102,19 @@ pub fn age(birth_date: &str) -> Option<i32> {
     Some(years)
 }
 
-/// Whole days from `instant` to now.
-pub fn days_since(instant: &str) -> Option<i64> {
-    let then = OffsetDateTime::parse(instant, &Rfc3339).ok()?;
-    Some((OffsetDateTime::now_utc() - then).whole_days())
+/// The UK date at `instant`.
+pub fn london_date(instant: OffsetDateTime) -> Date {
+    instant.to_offset(uk_offset(instant)).date()
+}
+
+/// The FHIR instant (UTC) at which `date` begins in the UK. The offset is the one in
+/// force at that UTC midnight: the clocks change at 01:00 UTC, never near midnight.
+pub fn london_midnight_utc(date: Date) -> String {
+    let utc_midnight = PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc();
+    let local = PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_offset(uk_offset(utc_midnight));
+    crate::fhir::Instant::parse(&local.format(&Rfc3339).unwrap_or_default())
+        .map(crate::fhir::Instant::to_fhir)
+        .unwrap_or_else(|_| format!("{date}T00:00:00.000Z"))
 }
 
 #[cfg(test)]

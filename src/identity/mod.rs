@@ -20,6 +20,7 @@ pub mod clients;
 pub mod external;
 pub mod grant;
 mod keys;
+pub mod oidc;
 pub mod scopes;
 pub mod session;
 pub mod staff;
@@ -36,6 +37,7 @@ pub use clients::{Client, ClientRegistry, ClientRegistryError, Clients};
 pub use external::{ExternalError, ExternalIdentity, ExternalVerifier};
 pub use grant::{TokenGrant, TokenRefusal, TokenRequest};
 pub use keys::KeyChoiceError;
+pub use oidc::{ConsoleOidc, OidcError};
 pub use scopes::{Interaction, ScopeError, Scopes};
 pub use session::ConsoleSession;
 pub use staff::{StaffAccount, StaffRole};
@@ -178,6 +180,8 @@ pub struct Authenticator {
     link_workers_see_all: bool,
     /// Client assertions at the token endpoint, when Sprig knows its URL.
     assertions: Option<AssertionVerifier>,
+    /// Console sign-in through the service's identity provider (`[console.oidc]`).
+    console_oidc: Option<Arc<ConsoleOidc>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -207,7 +211,19 @@ impl Authenticator {
             store,
             link_workers_see_all,
             assertions: None,
+            console_oidc: None,
         }
+    }
+
+    /// Signs console users in through the service's identity provider too.
+    pub fn with_console_oidc(mut self, oidc: ConsoleOidc) -> Self {
+        self.console_oidc = Some(Arc::new(oidc));
+        self
+    }
+
+    /// The service's identity provider for console sign-in, if configured.
+    pub fn console_oidc(&self) -> Option<&Arc<ConsoleOidc>> {
+        self.console_oidc.as_ref()
     }
 
     /// Serves the token endpoint with assertions checked by `verifier` (whose URL they
@@ -377,6 +393,31 @@ impl Authenticator {
         else {
             return Ok(None);
         };
+        if let Some(role) = row.role.as_deref() {
+            // Signed in through the identity provider: no account to read.
+            let Some(role) = StaffRole::parse(role) else {
+                self.store.delete_session(&hash).await?;
+                return Ok(None);
+            };
+            let access = Access::new(
+                Caller::Staff {
+                    username: row.username.clone(),
+                    role,
+                },
+                None,
+                self.link_workers_see_all,
+            );
+            return Ok(Some((
+                access,
+                ConsoleSession {
+                    display_name: row.display_name.unwrap_or_else(|| row.username.clone()),
+                    username: row.username,
+                    role,
+                    csrf_token: row.csrf_token,
+                    token_hash: hash,
+                },
+            )));
+        }
         let account = staff::account(&self.store, &row.username)
             .await
             .map_err(|e| match e {

@@ -8,14 +8,16 @@
 //!   SHA-256, and logs never carry either;
 //! - a session ends at sign-out, after [`IDLE_SECS`] unused, or [`ABSOLUTE_SECS`] after
 //!   sign-in, whichever is first; a disabled account's sessions end at once
-//!   (`Authenticator::console_session` reads the account on every request).
+//!   (`Authenticator::console_session` reads the account on every request); a session
+//!   started through the identity provider (`oidc`) holds the role its ID token gave,
+//!   and ends at sign-out or its limits (the provider is not asked again).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use super::staff::{StaffAccount, StaffRole};
-use crate::store::sessions::SessionRow;
+use crate::store::sessions::{KeptForm, SessionRow};
 use crate::store::{Store, StoreError};
 
 /// A session unused this long ends (30 minutes: a shared-office screen left open).
@@ -72,6 +74,24 @@ fn random_token() -> Result<String, SessionError> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Who a new session is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignedIn {
+    /// A Sprig staff account whose password was just checked (its role is read from the
+    /// account on every request).
+    Account(StaffAccount),
+    /// A person the service's identity provider vouched for (`oidc`): no account, the
+    /// role and name from the ID token, kept with the session.
+    Provider {
+        /// Their stable id.
+        username: String,
+        /// Their name as shown.
+        display_name: String,
+        /// Their role.
+        role: StaffRole,
+    },
+}
+
 /// Starts a session for `account` (whose password was just checked) at `now` (Unix
 /// seconds): the cookie's token, and the session.
 pub async fn start(
@@ -79,30 +99,57 @@ pub async fn start(
     account: &StaffAccount,
     now: i64,
 ) -> Result<(String, ConsoleSession), SessionError> {
+    start_for(store, SignedIn::Account(account.clone()), None, now).await
+}
+
+/// Starts a session for `who` at `now` (Unix seconds), holding `kept` (a form posted
+/// as their last session ended) to give back once: the cookie's token, and the session.
+pub async fn start_for(
+    store: &Store,
+    who: SignedIn,
+    kept: Option<KeptForm>,
+    now: i64,
+) -> Result<(String, ConsoleSession), SessionError> {
     let token = random_token()?;
     let csrf_token = random_token()?;
     let token_hash = hash_token(&token);
+    let (username, display_name, role, from_provider) = match who {
+        SignedIn::Account(a) => (a.username, a.display_name, a.role, false),
+        SignedIn::Provider {
+            username,
+            display_name,
+            role,
+        } => (username, display_name, role, true),
+    };
     store
         .insert_session(&SessionRow {
             token_hash: token_hash.clone(),
-            username: account.username.clone(),
+            username: username.clone(),
             csrf_token: csrf_token.clone(),
             created_at: now,
             last_seen_at: now,
             expires_at: now + ABSOLUTE_SECS,
+            role: from_provider.then(|| role.as_str().to_owned()),
+            display_name: from_provider.then(|| display_name.clone()),
+            kept,
         })
         .await?;
-    tracing::info!(username = %account.username, "console session started");
+    tracing::info!(username = %username, from_provider, "console session started");
     Ok((
         token,
         ConsoleSession {
-            username: account.username.clone(),
-            display_name: account.display_name.clone(),
-            role: account.role,
+            username,
+            display_name,
+            role,
             csrf_token,
             token_hash,
         },
     ))
+}
+
+/// A random token (256 bits, base64url): for `state`, `nonce` and PKCE's verifier too.
+pub fn new_random_token() -> Result<String, SessionError> {
+    random_token()
 }
 
 /// Whether `given` is the session's CSRF token, compared in constant time.

@@ -93,6 +93,11 @@ pub struct ReferralFilter {
     pub received_to: Option<String>,
     /// Whose referrals (by `assigned_to`).
     pub assignee: Assignee,
+    /// Only those with a reason of this code (any system).
+    pub reason: Option<String>,
+    /// Only those not yet contacted (`received` or `accepted`) and received before this
+    /// instant: overdue for first contact when it is the target's cut-off.
+    pub not_contacted_before: Option<String>,
     /// Only the person with this NHS number (exact), or whose family name starts with
     /// this text (case-insensitive).
     pub person: Option<PersonSearch>,

@@ -204,6 +204,13 @@ const CONSOLE: [E; 15] = [
     S(303), S(303), S(303), S(303), S(303), S(303), S(303), S(303), S(303),
     S(303), S(303), S(303), S(303), S(303), S(303),
 ];
+/// A console form on a referral: without a session, a 307 to sign-in (the browser posts
+/// the form there, and what was typed is kept through sign-in).
+#[rustfmt::skip]
+const CONSOLE_FORM: [E; 15] = [
+    S(307), S(307), S(307), S(307), S(307), S(307), S(307), S(307), S(307),
+    S(307), S(307), S(307), S(307), S(307), S(307),
+];
 /// Deliveries, registries, metrics: administrators.
 #[rustfmt::skip]
 const ADMIN: [E; 15] = [
@@ -492,6 +499,15 @@ const MATRIX: &[Row] = &[
     ("GET", "/console", "/console", Body::None, CONSOLE),
     ("GET", "/console/sign-in", "/console/sign-in", Body::None, OPEN),
     ("POST", "/console/sign-in", "/console/sign-in", Body::None, OPEN),
+    ("GET", "/console/sign-in/idp", "/console/sign-in/idp", Body::None, OPEN),
+    ("POST", "/console/sign-in/idp", "/console/sign-in/idp", Body::None, OPEN),
+    (
+        "GET",
+        "/console/sign-in/idp/callback",
+        "/console/sign-in/idp/callback",
+        Body::None,
+        OPEN,
+    ),
     ("POST", "/console/sign-out", "/console/sign-out", Body::None, CONSOLE),
     (
         "GET",
@@ -520,14 +536,14 @@ const MATRIX: &[Row] = &[
         "/console/referrals/{id}/transition",
         "/console/referrals/{sr}/transition",
         Body::None,
-        CONSOLE,
+        CONSOLE_FORM,
     ),
     (
         "POST",
         "/console/referrals/{id}/notes",
         "/console/referrals/{sr}/notes",
         Body::None,
-        CONSOLE,
+        CONSOLE_FORM,
     ),
     (
         "GET",
@@ -541,14 +557,14 @@ const MATRIX: &[Row] = &[
         "/console/referrals/{id}/outcomes",
         "/console/referrals/{sr}/outcomes",
         Body::None,
-        CONSOLE,
+        CONSOLE_FORM,
     ),
     (
         "POST",
         "/console/referrals/{id}/assignment",
         "/console/referrals/{sr}/assignment",
         Body::None,
-        CONSOLE,
+        CONSOLE_FORM,
     ),
     ("GET", "/console/caseloads", "/console/caseloads", Body::None, CONSOLE),
     ("GET", "/console/deliveries", "/console/deliveries", Body::None, CONSOLE),

@@ -327,6 +327,23 @@ async fn roles_and_assignment_are_enforced_on_the_server() {
         .await;
     assert_eq!(assigned.status(), 303);
     assert_eq!(record(&app, &id).await["assigned_to"], "ben");
+    // Someone who cannot hold a caseload: the page again with the error, nothing changed.
+    let (_, page) = mina.get(&app, &format!("/console/referrals/{id}")).await;
+    let refused = mina
+        .post(
+            &app,
+            &format!("/console/referrals/{id}/assignment"),
+            &[("csrf", &csrf(&page)), ("assigned_to", "nobody-here")],
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("nhsuk-error-summary"), "{body}");
+    assert!(
+        body.contains("href=\"#assigned_to\""),
+        "the summary links to the field"
+    );
+    assert_eq!(record(&app, &id).await["assigned_to"], "ben");
     // Another link worker's referral: neither shown nor changeable by Amara.
     let (status, _) = amara.get(&app, &format!("/console/referrals/{id}")).await;
     assert_eq!(status, 403);
@@ -361,4 +378,202 @@ async fn roles_and_assignment_are_enforced_on_the_server() {
     .unwrap();
     assert!(views >= 2, "{views}");
     app.stop().await;
+}
+
+/// The hidden `kept.` fields a sign-in page carries, as a form to post back.
+fn hidden_fields(page: &str) -> Vec<(String, String)> {
+    page.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('"')?;
+            let value = rest.split_once("value=\"")?.1.split_once('"')?.0;
+            Some((
+                name.to_owned(),
+                value.replace("&amp;", "&").replace("&quot;", "\""),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn what_was_typed_as_the_session_ended_comes_back_after_sign_in() {
+    let app = spawn_app().await;
+    add_staff(&app).await;
+    let id = send_referral(&app).await;
+    let amara = sign_in(&app, "amara").await;
+    let (_, page) = amara.get(&app, &format!("/console/referrals/{id}")).await;
+    let pool = app.db_pool().await;
+    let notes_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM referral_notes")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    // Her session ends while she types (here: unused past the idle limit).
+    sqlx::query("UPDATE console_sessions SET last_seen_at = last_seen_at - 7200")
+        .execute(&pool)
+        .await
+        .expect("age the session");
+    let typed = "Rang twice & left a voicemail";
+    let posted = amara
+        .post(
+            &app,
+            &format!("/console/referrals/{id}/notes"),
+            &[("csrf", &csrf(&page)), ("text", typed)],
+        )
+        .await;
+    assert_eq!(
+        posted.status(),
+        307,
+        "the browser posts the form to sign-in"
+    );
+    let location = posted.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(
+        location,
+        format!("/console/sign-in?return_to=/console/referrals/{id}/notes")
+    );
+    // What the browser does with a 307: the same form, to the sign-in page.
+    let sign_in_page = app
+        .client
+        .post(app.url(&location))
+        .header("origin", &app.address)
+        .form(&[("csrf", csrf(&page).as_str()), ("text", typed)])
+        .send()
+        .await
+        .expect("re-post");
+    assert_eq!(sign_in_page.status(), 401);
+    let sign_in_page = sign_in_page.text().await.expect("body");
+    assert!(
+        sign_in_page.contains("Your session had ended"),
+        "{sign_in_page}"
+    );
+    let mut form = hidden_fields(&sign_in_page);
+    assert!(
+        form.iter().all(|(k, _)| k != "kept.csrf"),
+        "the dead CSRF token is not kept"
+    );
+    assert!(
+        form.contains(&("kept.text".to_owned(), typed.to_owned())),
+        "{form:?}"
+    );
+    form.push(("username".into(), "amara".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let signed_in = app
+        .client
+        .post(app.url("/console/sign-in"))
+        .header("origin", &app.address)
+        .form(&form)
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(
+        signed_in.headers()["location"],
+        format!("/console/referrals/{id}?resumed=1").as_str()
+    );
+    let set_cookie = signed_in.headers()["set-cookie"].to_str().expect("ascii");
+    let again = Browser {
+        cookie: set_cookie.split(';').next().expect("pair").to_owned(),
+    };
+    let (status, page) = again
+        .get(&app, &format!("/console/referrals/{id}?resumed=1"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Check it and send it again"), "{page}");
+    assert!(
+        page.contains("Rang twice &amp; left a voicemail</textarea>"),
+        "the note is back in its box: {page}"
+    );
+    // Not saved for her (she sends it herself), and given back once only.
+    let notes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM referral_notes")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(notes, notes_before);
+    let (_, page) = again
+        .get(&app, &format!("/console/referrals/{id}?resumed=1"))
+        .await;
+    assert!(!page.contains("Rang twice"), "shown once");
+}
+
+#[tokio::test]
+async fn the_worklist_filters_by_practice_reason_date_and_overdue_in_working_days() {
+    let app = spawn_app().await;
+    add_staff(&app).await;
+    let old = send_referral(&app).await;
+    let new = send_referral(&app).await;
+    let bens = send_referral(&app).await;
+    let pool = app.db_pool().await;
+    // One received long ago (overdue for first contact on any target), one just now.
+    sqlx::query("UPDATE referrals SET received_at = '2026-10-01T09:00:00.000Z' WHERE id = $1")
+        .bind(&old)
+        .execute(&pool)
+        .await
+        .expect("age");
+    sqlx::query("UPDATE referrals SET assigned_to = 'ben' WHERE id = $1")
+        .bind(&bens)
+        .execute(&pool)
+        .await
+        .expect("assign");
+    let practice: String =
+        sqlx::query_scalar("SELECT practice_ods_code FROM referrals WHERE id = $1")
+            .bind(&old)
+            .fetch_one(&pool)
+            .await
+            .expect("practice");
+    let amara = sign_in(&app, "amara").await;
+
+    // Mine and unassigned (the union of two index scans): not Ben's.
+    let (status, page) = amara.get(&app, "/console/referrals").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&old) && page.contains(&new), "{page}");
+    assert!(
+        !page.contains(&bens),
+        "Ben's referral is not in Amara's default view"
+    );
+    assert_eq!(page.matches("Overdue</strong>").count(), 1, "{page}");
+
+    let (_, page) = amara.get(&app, "/console/referrals?overdue=1").await;
+    assert!(page.contains(&old) && !page.contains(&new), "{page}");
+    assert!(page.contains("within 5 working days"), "{page}");
+
+    let (_, page) = amara
+        .get(
+            &app,
+            &format!(
+                "/console/referrals?view=all&practice={}",
+                practice.to_lowercase()
+            ),
+        )
+        .await;
+    assert!(page.contains(&old) && page.contains(&new) && page.contains(&bens));
+    let (_, page) = amara
+        .get(&app, "/console/referrals?view=all&practice=Z99999")
+        .await;
+    assert!(page.contains("No referrals match"), "{page}");
+
+    let (_, page) = amara
+        .get(&app, "/console/referrals?view=all&reason=loneliness")
+        .await;
+    assert!(page.contains(&new), "{page}");
+    let (_, page) = amara
+        .get(&app, "/console/referrals?view=all&reason=no-such-reason")
+        .await;
+    assert!(page.contains("No referrals match"), "{page}");
+
+    let (_, page) = amara
+        .get(
+            &app,
+            "/console/referrals?view=all&from=2026-09-30&to=2026-10-01",
+        )
+        .await;
+    assert!(page.contains(&old) && !page.contains(&new), "{page}");
+
+    let (status, page) = amara.get(&app, "/console/referrals?from=last+week").await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("href=\"#from\""),
+        "the summary links to the field: {page}"
+    );
 }

@@ -17,6 +17,7 @@ mod conformance;
 mod connections;
 mod console;
 mod console_browser;
+mod console_oidc;
 mod create_read;
 mod delivery;
 mod durability;

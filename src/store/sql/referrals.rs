@@ -515,14 +515,29 @@ impl Backend {
         if filter.received_to.is_some() {
             sql.push_str(&format!(" AND r.received_at < {}", next()));
         }
+        // Mine-or-nobody is not `assigned_to = $n OR assigned_to IS NULL`: that OR
+        // defeats the index, and a link worker's default page scanned every referral.
+        // It is two ordered range scans of `referrals_by_assignee_received`, each
+        // stopped at the page's size, merged (`UNION ALL` below).
+        let mut mine_or_nobody = None;
         match &filter.assignee {
             Assignee::Any => {}
             Assignee::Nobody => sql.push_str(" AND r.assigned_to IS NULL"),
             Assignee::Only(_) => sql.push_str(&format!(" AND r.assigned_to = {}", next())),
-            Assignee::MineOrNobody(_) => sql.push_str(&format!(
-                " AND (r.assigned_to = {} OR r.assigned_to IS NULL)",
+            Assignee::MineOrNobody(_) => mine_or_nobody = Some(next()),
+        }
+        if filter.reason.is_some() {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM referral_reasons rr \
+                   WHERE rr.referral_id = r.id AND rr.code = {})",
                 next()
-            )),
+            ));
+        }
+        if filter.not_contacted_before.is_some() {
+            sql.push_str(&format!(
+                " AND r.stage IN ('received', 'accepted') AND r.received_at < {}",
+                next()
+            ));
         }
         match &filter.person {
             None => {}
@@ -545,7 +560,19 @@ impl Backend {
                 " AND (r.received_at > {a} OR (r.received_at = {b} AND r.id > {c}))"
             ));
         }
-        sql.push_str(&format!(" ORDER BY r.received_at, r.id LIMIT {}", next()));
+        let limit = next();
+        let sql = match mine_or_nobody {
+            // The same bound values serve both branches ($n may appear twice).
+            Some(me) => format!(
+                "SELECT * FROM ({sql} AND r.assigned_to = {me} \
+                   ORDER BY r.received_at, r.id LIMIT {limit}) AS mine \
+                 UNION ALL \
+                 SELECT * FROM ({sql} AND r.assigned_to IS NULL \
+                   ORDER BY r.received_at, r.id LIMIT {limit}) AS unassigned \
+                 ORDER BY received_at, id LIMIT {limit}"
+            ),
+            None => format!("{sql} ORDER BY r.received_at, r.id LIMIT {limit}"),
+        };
         // Built from fixed fragments only; every value is bound.
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(stage) = filter.stage {
@@ -563,6 +590,12 @@ impl Backend {
         match &filter.assignee {
             Assignee::Any | Assignee::Nobody => {}
             Assignee::Only(who) | Assignee::MineOrNobody(who) => query = query.bind(who),
+        }
+        if let Some(reason) = &filter.reason {
+            query = query.bind(reason);
+        }
+        if let Some(before) = &filter.not_contacted_before {
+            query = query.bind(before);
         }
         match &filter.person {
             None => {}
@@ -602,10 +635,18 @@ impl Backend {
             Assignee::Any => ("1 = 1", None),
             Assignee::Nobody => ("assigned_to IS NULL", None),
             Assignee::Only(who) => ("assigned_to = $1", Some(who)),
-            Assignee::MineOrNobody(who) => ("(assigned_to = $1 OR assigned_to IS NULL)", Some(who)),
+            Assignee::MineOrNobody(who) => ("", Some(who)),
         };
-        let sql =
-            format!("SELECT stage, COUNT(*) AS n FROM referrals WHERE {condition} GROUP BY stage");
+        let sql = if matches!(assignee, Assignee::MineOrNobody(_)) {
+            // Two index-only range scans, not an OR that reads every row.
+            "SELECT stage, COUNT(*) AS n FROM \
+               (SELECT stage FROM referrals WHERE assigned_to = $1 \
+                UNION ALL SELECT stage FROM referrals WHERE assigned_to IS NULL) AS open \
+             GROUP BY stage"
+                .to_owned()
+        } else {
+            format!("SELECT stage, COUNT(*) AS n FROM referrals WHERE {condition} GROUP BY stage")
+        };
         // Built from fixed fragments only; the username is bound.
         let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(who) = who {

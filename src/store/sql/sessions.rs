@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::Backend;
 use crate::store::StoreError;
-use crate::store::sessions::SessionRow;
+use crate::store::sessions::{KeptForm, SessionRow, SignInRow};
 
 impl Backend {
     /// Stores a new session, first pruning every session already past its absolute
@@ -23,8 +23,9 @@ impl Backend {
             .await?;
         sqlx::query(
             "INSERT INTO console_sessions \
-               (token_hash, username, csrf_token, created_at, last_seen_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+               (token_hash, username, csrf_token, created_at, last_seen_at, expires_at, \
+                role, display_name, resume_path, resume_form) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&session.token_hash)
         .bind(&session.username)
@@ -32,6 +33,10 @@ impl Backend {
         .bind(session.created_at)
         .bind(session.last_seen_at)
         .bind(session.expires_at)
+        .bind(&session.role)
+        .bind(&session.display_name)
+        .bind(session.kept.as_ref().map(|k| &k.path))
+        .bind(session.kept.as_ref().map(|k| &k.form))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -50,7 +55,8 @@ impl Backend {
     ) -> Result<Option<SessionRow>, StoreError> {
         let s = self;
         let row = sqlx::query(
-            "SELECT token_hash, username, csrf_token, created_at, last_seen_at, expires_at \
+            "SELECT token_hash, username, csrf_token, created_at, last_seen_at, expires_at, \
+                    role, display_name \
              FROM console_sessions WHERE token_hash = $1",
         )
         .bind(token_hash)
@@ -66,6 +72,9 @@ impl Backend {
             created_at: row.try_get("created_at")?,
             last_seen_at: row.try_get("last_seen_at")?,
             expires_at: row.try_get("expires_at")?,
+            role: row.try_get("role")?,
+            display_name: row.try_get("display_name")?,
+            kept: None,
         };
         if now >= session.expires_at || now - session.last_seen_at >= idle_secs {
             self.delete_session(token_hash).await?;
@@ -92,5 +101,116 @@ impl Backend {
             .execute(&s.writer)
             .await?;
         Ok(())
+    }
+
+    /// The form kept for this session, if any, and forgets it (it is shown once).
+    pub(in crate::store) async fn take_kept_form(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<KeptForm>, StoreError> {
+        let s = self;
+        let mut tx = s.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT resume_path, resume_form FROM console_sessions \
+             WHERE token_hash = $1 AND resume_path IS NOT NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE console_sessions SET resume_path = NULL, resume_form = NULL \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(KeptForm {
+            path: row.try_get("resume_path")?,
+            form: row
+                .try_get::<Option<String>, _>("resume_form")?
+                .unwrap_or_default(),
+        }))
+    }
+
+    /// Stores a sign-in through the identity provider under way, first pruning those
+    /// already past their time.
+    pub(in crate::store) async fn insert_sign_in(
+        &self,
+        sign_in: &SignInRow,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let s = self;
+        let mut tx = s.writer.begin().await?;
+        sqlx::query("DELETE FROM console_sign_ins WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sign_ins \
+               (token_hash, state, nonce, code_verifier, redirect_uri, resume_path, \
+                resume_form, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&sign_in.token_hash)
+        .bind(&sign_in.state)
+        .bind(&sign_in.nonce)
+        .bind(&sign_in.code_verifier)
+        .bind(&sign_in.redirect_uri)
+        .bind(sign_in.kept.as_ref().map(|k| &k.path))
+        .bind(sign_in.kept.as_ref().map(|k| &k.form))
+        .bind(sign_in.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The sign-in under way with this token hash, if not past its time at `now`; it is
+    /// deleted either way (a provider's answer is used once).
+    pub(in crate::store) async fn take_sign_in(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<SignInRow>, StoreError> {
+        let s = self;
+        let mut tx = s.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT token_hash, state, nonce, code_verifier, redirect_uri, resume_path, \
+                    resume_form, expires_at \
+             FROM console_sign_ins WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM console_sign_ins WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let expires_at: i64 = row.try_get("expires_at")?;
+        if now >= expires_at {
+            return Ok(None);
+        }
+        let path: Option<String> = row.try_get("resume_path")?;
+        let form: Option<String> = row.try_get("resume_form")?;
+        Ok(Some(SignInRow {
+            token_hash: row.try_get("token_hash")?,
+            state: row.try_get("state")?,
+            nonce: row.try_get("nonce")?,
+            code_verifier: row.try_get("code_verifier")?,
+            redirect_uri: row.try_get("redirect_uri")?,
+            kept: path.map(|path| KeptForm {
+                path,
+                form: form.unwrap_or_default(),
+            }),
+            expires_at,
+        }))
     }
 }
