@@ -1,7 +1,8 @@
 -- wrk script: POST a FHIR JSON body in which every occurrence of LOAD_UNIQUE
 -- (the referral's identifier value) is made unique per request, so each
 -- request is a new referral rather than an idempotent resubmission.
--- Environment: LOAD_BODY_FILE (the body), LOAD_UNIQUE (the text to vary).
+-- Environment: LOAD_BODY_FILE (the body), LOAD_UNIQUE (the text to vary), and
+-- optionally LOAD_AUTHORIZATION (an Authorization header value, e.g. "Bearer …").
 local file = assert(io.open(os.getenv("LOAD_BODY_FILE"), "r"))
 local template = file:read("*a")
 file:close()
@@ -14,11 +15,17 @@ function setup(thread)
     thread:set("thread_id", threads)
 end
 
+local authorization = os.getenv("LOAD_AUTHORIZATION")
+
 local counter = 0
 function request()
     counter = counter + 1
     local value = unique .. "-" .. tostring(thread_id) .. "-" .. tostring(counter)
     local body = template:gsub(escaped, value)
-    return wrk.format("POST", nil, {["Content-Type"] = "application/fhir+json"}, body)
+    local headers = {["Content-Type"] = "application/fhir+json"}
+    if authorization and authorization ~= "" then
+        headers["Authorization"] = authorization
+    end
+    return wrk.format("POST", nil, headers, body)
 end
 -- wrk itself prints "Non-2xx or 3xx responses: N" when any POST is refused.
