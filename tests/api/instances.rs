@@ -231,14 +231,20 @@ async fn pull_tasks(app: &TestApp, after: &str) -> (Vec<String>, Option<String>)
         let page = json_body(app.client.get(&url).send().await.expect("pull")).await;
         for entry in page["entry"].as_array().into_iter().flatten() {
             ids.push(entry["resource"]["id"].as_str().expect("id").to_owned());
-            let stamp = entry["resource"]["meta"]["lastUpdated"].as_str().expect("stamp");
+            let stamp = entry["resource"]["meta"]["lastUpdated"]
+                .as_str()
+                .expect("stamp");
             if newest.as_deref().is_none_or(|n| n < stamp) {
                 newest = Some(stamp.to_owned());
             }
         }
-        let next = page["link"].as_array().into_iter().flatten().find_map(|link| {
-            (link["relation"] == "next").then(|| link["url"].as_str().map(str::to_owned))?
-        });
+        let next = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|link| {
+                (link["relation"] == "next").then(|| link["url"].as_str().map(str::to_owned))?
+            });
         match next {
             Some(next) => url = next,
             None => return (ids, newest),

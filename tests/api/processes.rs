@@ -27,7 +27,12 @@ async fn refer(client: &reqwest::Client, server: &str) -> Option<String> {
     if response.status() != 201 {
         return None;
     }
-    let location = response.headers().get("location")?.to_str().ok()?.to_owned();
+    let location = response
+        .headers()
+        .get("location")?
+        .to_str()
+        .ok()?
+        .to_owned();
     location
         .split("ServiceRequest/")
         .nth(1)?
