@@ -295,8 +295,10 @@ async fn drain(backlog: usize, max_in_flight: usize) {
     );
 }
 
-/// Creates a referral without reading anything back (intake at full speed).
-async fn post_referral(gateway: &Gateway, n: usize, run: &str) {
+/// Creates a referral without reading anything back (intake at full speed);
+/// false when Sprig answered 503 (its writer busy past the wait: the sender
+/// would retry).
+async fn post_referral(gateway: &Gateway, n: usize, run: &str) -> bool {
     let response = gateway
         .client
         .post(format!("{}/fhir/ServiceRequest", gateway.base))
@@ -305,7 +307,11 @@ async fn post_referral(gateway: &Gateway, n: usize, run: &str) {
         .send()
         .await
         .expect("create");
-    assert_eq!(response.status(), 201);
+    match response.status().as_u16() {
+        201 => true,
+        503 => false,
+        other => panic!("creating a referral answered {other}"),
+    }
 }
 
 /// Intake against delivery: `clients` concurrent senders create referrals
@@ -319,19 +325,24 @@ async fn intake(secs: u64, clients: usize, max_in_flight: usize) {
     start_receiver(listener, Arc::clone(&arrivals)).await;
     let gateway = Arc::new(start_gateway_with(receiver, max_in_flight, false).await);
     let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut senders = Vec::new();
     for client in 0..clients {
-        let (gateway, created, stop) = (
+        let (gateway, created, busy, stop) = (
             Arc::clone(&gateway),
             Arc::clone(&created),
+            Arc::clone(&busy),
             Arc::clone(&stop),
         );
         senders.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                post_referral(&gateway, n, &format!("intake{max_in_flight}-{client}")).await;
-                created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if post_referral(&gateway, n, &format!("intake{max_in_flight}-{client}")).await {
+                    created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 n += 1;
             }
         }));
@@ -363,7 +374,11 @@ async fn intake(secs: u64, clients: usize, max_in_flight: usize) {
         drain_time.as_secs_f64(),
         if done { "" } else { " (INCOMPLETE)" }
     );
-    println!("  created/delivered at each second: {}", samples.join(" "));
+    println!(
+        "  created/delivered at each second: {}; {} creates answered 503 (writer busy)",
+        samples.join(" "),
+        busy.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 /// A practice down for a while with the deployed backoff (1 s doubling to

@@ -11,7 +11,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::assets::{CSS_PATH, FAVICON_PATH};
 use super::measures::{Offered, Questionnaire};
-use super::time::{age, date, date_time, days_since};
+use super::time::{age, date, date_time};
 use super::{FieldError, WorklistView};
 use crate::identity::{ConsoleSession, StaffRole};
 use crate::referral::record::{NoteSource, Referral, ReferralDetail};

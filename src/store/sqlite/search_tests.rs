@@ -297,8 +297,11 @@ async fn a_practice_sees_only_its_own_resources_on_every_read() {
     let a = Visibility::Practices(vec!["A81001".into()]);
     let none = Visibility::Practices(Vec::new());
 
-    let query = SearchQuery::parse(ResourceType::TASK, "based-on=ServiceRequest/sr1&_count=1")
-        .expect("query");
+    let query = SearchQuery::parse(
+        ResourceType::TASK,
+        "based-on=ServiceRequest/sr1&_count=1&_total=accurate",
+    )
+    .expect("query");
     let page = store.search(&query, &a).await.expect("search");
     assert_eq!(page.total, Some(1), "the total counts only A's");
     assert_eq!(page.resources.len(), 1);
