@@ -102,6 +102,9 @@ pub(super) struct Held {
     began: bool,
     /// Whether the holder's savepoint is open.
     in_savepoint: bool,
+    /// Already handed to a rescue task: dropped again, that task never ran
+    /// (the runtime is shutting down), so it must not spawn another.
+    rescued: bool,
 }
 
 impl Group {
@@ -151,6 +154,7 @@ impl Group {
                         batch: Batch::new(),
                         began: false,
                         in_savepoint: false,
+                        rescued: false,
                     };
                 }
             }
@@ -216,6 +220,8 @@ impl Group {
 
     /// Rolls an abandoned request back to its savepoint, then hands on.
     async fn abandon(self: Arc<Self>, mut held: Held) {
+        // This task runs: a later drop may rescue the connection again.
+        held.rescued = false;
         if held.in_savepoint {
             let rolled_back = sqlx::query(ROLLBACK_TO).execute(held.conn()).await;
             held.in_savepoint = false;
@@ -293,20 +299,25 @@ impl Drop for Held {
             return;
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
+            Ok(runtime) if !self.rescued => {
                 let rescued = Held {
                     conn: Some(conn),
                     group: Arc::clone(&self.group),
                     batch: Arc::clone(&self.batch),
                     began: self.began,
                     in_savepoint: self.in_savepoint,
+                    rescued: true,
                 };
                 let group = Arc::clone(&self.group);
                 runtime.spawn(async move { group.abandon(rescued).await });
             }
-            // No runtime (the process is ending): the connection closes with
-            // its transaction uncommitted, which SQLite rolls back.
-            Err(_) => conn.close_on_drop(),
+            // No runtime, or one shutting down (it dropped the rescue task
+            // unrun): the connection closes with its transaction uncommitted,
+            // which SQLite rolls back, and the session ends.
+            _ => {
+                conn.close_on_drop();
+                self.group.end_session();
+            }
         }
     }
 }
