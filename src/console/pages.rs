@@ -417,17 +417,21 @@ pub fn worklist(
                     div class="nhsuk-grid-column-one-quarter" { (date_field("from", "Received from", &view.from)) }
                     div class="nhsuk-grid-column-one-quarter" { (date_field("to", "Received to", &view.to)) }
                 }
-                div class="nhsuk-form-group" {
-                    div class="nhsuk-checkboxes nhsuk-checkboxes--small" {
-                        div class="nhsuk-checkboxes__item" {
-                            input class="nhsuk-checkboxes__input" id="overdue" name="overdue" type="checkbox" value="1" checked[view.overdue_only];
-                            label class="nhsuk-label nhsuk-checkboxes__label" for="overdue" {
-                                "Only those not contacted within " (view.target_days) " working days"
+                div class="nhsuk-grid-row" {
+                    div class="nhsuk-grid-column-full" {
+                        div class="nhsuk-form-group" {
+                            div class="nhsuk-checkboxes nhsuk-checkboxes--small" {
+                                div class="nhsuk-checkboxes__item" {
+                                    input class="nhsuk-checkboxes__input" id="overdue" name="overdue" type="checkbox" value="1" checked[view.overdue_only];
+                                    label class="nhsuk-label nhsuk-checkboxes__label" for="overdue" {
+                                        "Only those not contacted within " (view.target_days) " working days"
+                                    }
+                                }
                             }
                         }
+                        button class="nhsuk-button nhsuk-button--secondary" type="submit" { "Search" }
                     }
                 }
-                button class="nhsuk-button nhsuk-button--secondary" type="submit" { "Search" }
             }
             h2 class="nhsuk-heading-s" { "By stage (" (total) " in all)" }
             ul class="nhsuk-list" {
