@@ -94,3 +94,64 @@ fn on_the_subject(bencher: divan::Bencher, text: &str) {
         .expect("evaluates")
     });
 }
+
+/// A Bundle of `references` Observations, a Consent and a referral whose supportingInfo
+/// points at each of them by `urn:uuid:`.
+fn referral_bundle(references: usize) -> Value {
+    let uuid = |i: usize| format!("urn:uuid:00000000-0000-4000-8000-{i:012}");
+    let mut referral = REFERRAL.clone();
+    referral["supportingInfo"] = (0..=references)
+        .map(|i| serde_json::json!({"reference": uuid(i)}))
+        .collect();
+    let mut entries = vec![
+        serde_json::json!({"fullUrl": uuid(references + 1), "resource": referral}),
+        serde_json::json!({"fullUrl": uuid(0), "resource": {"resourceType": "Consent", "status": "active"}}),
+    ];
+    entries.extend((1..=references).map(|i| {
+        serde_json::json!({"fullUrl": uuid(i), "resource": {"resourceType": "Observation", "status": "final"}})
+    }));
+    serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// `resolve()` on each supportingInfo of a referral in a Bundle of `references` + 2 entries
+/// (sprig-ref-1's `resolve() is Consent`, once per reference, as the profile walk evaluates
+/// it). "per call": the Bundle indexed for every `resolve()`, as before `Scope::bundle`
+/// carried an index; "once": one index for the Bundle, handed to every evaluation.
+#[divan::bench(args = [("per call", 100), ("once", 100), ("per call", 1_000), ("once", 1_000)], sample_count = 10)]
+fn resolve_in_a_bundle(bencher: divan::Bencher, (indexed, references): (&str, usize)) {
+    use sprig::fhir::reference::BundleIndex;
+    let bundle = referral_bundle(references);
+    let referral = &bundle["entry"][0]["resource"];
+    let focuses: Vec<&Value> = referral["supportingInfo"]
+        .as_array()
+        .expect("references")
+        .iter()
+        .collect();
+    let e = compiled("$this.resolve() is Consent");
+    let once = BundleIndex::new(&bundle);
+    bencher.bench(|| {
+        let mut consents = 0;
+        for focus in &focuses {
+            let per_call;
+            let index = if indexed == "once" {
+                &once
+            } else {
+                per_call = BundleIndex::new(&bundle);
+                &per_call
+            };
+            let scope = Scope {
+                resource: referral,
+                root_resource: None,
+                bundle: Some(index),
+                focus,
+                focus_type: Some("Reference"),
+                environment: None,
+            };
+            if e.evaluate_in(scope).expect("evaluates").as_boolean() == Some(true) {
+                consents += 1;
+            }
+        }
+        assert_eq!(consents, 1);
+        consents
+    });
+}

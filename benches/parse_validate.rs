@@ -213,3 +213,47 @@ fn bundle_20_stage(bencher: divan::Bencher, stage: &str) {
         _ => bencher.bench(|| PROFILES.check(&target, divan::black_box(&bundle)).len()),
     }
 }
+
+/// A transaction Bundle: the sample referral (claiming sprig-referral) whose supportingInfo
+/// holds `references` `urn:uuid:` references to Observation entries and one to the Consent
+/// entry. sprig-ref-1 calls `resolve()` once per supportingInfo, so the cost of a `resolve()`
+/// that indexes the Bundle on every call grows with references × entries.
+fn referral_bundle_with_supporting_info(references: usize) -> Value {
+    let uuid = |i: usize| format!("urn:uuid:00000000-0000-4000-8000-{i:012}");
+    let mut referral: Value = serde_json::from_slice(REFERRAL).expect("valid");
+    referral["meta"] = serde_json::json!({"profile": [REFERRAL_PROFILE]});
+    let mut supporting: Vec<Value> = (1..=references)
+        .map(|i| serde_json::json!({"reference": uuid(i)}))
+        .collect();
+    supporting.push(serde_json::json!({"reference": uuid(0)}));
+    referral["supportingInfo"] = Value::Array(supporting);
+    let mut entries = vec![
+        serde_json::json!({"fullUrl": uuid(references + 1), "resource": referral,
+        "request": {"method": "POST", "url": "ServiceRequest"}}),
+    ];
+    entries.push(serde_json::json!({"fullUrl": uuid(0),
+        "resource": {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}]},
+        "request": {"method": "POST", "url": "Consent"}}));
+    for i in 1..=references {
+        entries.push(serde_json::json!({"fullUrl": uuid(i),
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueInteger": i},
+            "request": {"method": "POST", "url": "Observation"}}));
+    }
+    serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// Profile pass over a referral Bundle whose referral makes `references` `resolve()` calls
+/// (sprig-ref-1) into a Bundle of `references` + 2 entries: linear if 1,000 takes about ten
+/// times 100.
+#[divan::bench(args = [100, 1_000], sample_count = 10)]
+fn bundle_referral_resolve(bencher: divan::Bencher, references: usize) {
+    let bundle = referral_bundle_with_supporting_info(references);
+    LazyLock::force(&PROFILES);
+    let target = Target {
+        resource_type: ResourceType::parse("Bundle").expect("type"),
+        profiles: &[],
+    };
+    bencher.bench(|| PROFILES.check(&target, divan::black_box(&bundle)).len());
+}

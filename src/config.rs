@@ -574,6 +574,13 @@ pub struct Limits {
     /// How long a body waits for room in the budget before it is answered
     /// 503 with `Retry-After`, in milliseconds.
     pub body_budget_wait_ms: u64,
+    /// Room for small bodies on top of `body_budget_bytes`, which only a body
+    /// of at most `small_body_max_bytes` may use (once the budget has no
+    /// room), so that large or stalled uploads cannot make an ordinary
+    /// referral wait or be refused. 0: no reserve.
+    pub small_body_reserve_bytes: u64,
+    /// The largest body the small-body reserve admits (a declared length).
+    pub small_body_max_bytes: u64,
     /// Longest `identifier.value` accepted, in characters (longer: 422).
     pub max_identifier_chars: usize,
     /// Longest other string accepted (a note, a name), in characters
@@ -596,6 +603,9 @@ impl Default for Limits {
             // a small VM's RSS in the low hundreds of MiB (BENCHMARKS.md).
             body_budget_bytes: 32 * 1024 * 1024,
             body_budget_wait_ms: 2000,
+            // 32 bodies of 64 KiB, or hundreds of ordinary (3 to 10 KB) referrals.
+            small_body_reserve_bytes: 2 * 1024 * 1024,
+            small_body_max_bytes: 64 * 1024,
             max_identifier_chars: FieldLimits::default().max_identifier_chars,
             max_string_chars: FieldLimits::default().max_string_chars,
             max_repeats: FieldLimits::default().max_repeats,
@@ -818,6 +828,21 @@ impl Settings {
         }
         if self.limits.body_budget_bytes > MAX_BODY_BUDGET {
             return Err(range("limits.body_budget_bytes", "must be at most 1 TiB"));
+        }
+        if self.limits.small_body_reserve_bytes > MAX_BODY_BUDGET {
+            return Err(range(
+                "limits.small_body_reserve_bytes",
+                "must be at most 1 TiB",
+            ));
+        }
+        if self.limits.small_body_reserve_bytes > 0
+            && !(1..=self.limits.small_body_reserve_bytes)
+                .contains(&self.limits.small_body_max_bytes)
+        {
+            return Err(range(
+                "limits.small_body_max_bytes",
+                "must be between 1 and limits.small_body_reserve_bytes",
+            ));
         }
         if self.limits.max_identifier_chars == 0
             || self.limits.max_string_chars == 0

@@ -7,7 +7,6 @@
 //!
 //! [`audit_event`] is the one rendering of a row: `sprig audit export` writes the same.
 
-use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -218,10 +217,13 @@ pub fn audit_event(row: &AuditEventRow) -> Value {
     })
 }
 
-/// Administrators, and the open modes (no `Access`: the developer until authentication
-/// is wired; `Developer`/`Unauthenticated`).
-fn may_read_audit(access: Option<&Access>) -> bool {
-    access.is_none_or(|a| a.staff_may(StaffAction::Audit))
+/// Administrators, and the open modes (`Developer`/`Unauthenticated`, whose
+/// `Access` allows every staff action). The `Access` is required: both routes
+/// are gated (`api::authenticate::ROUTES`), so the layer has always put one in
+/// the request, and a handler reached without it answers 500 (a defect)
+/// rather than treating the caller as the developer.
+fn may_read_audit(access: &Access) -> bool {
+    access.staff_may(StaffAction::Audit)
 }
 
 fn forbidden() -> Response {
@@ -403,11 +405,11 @@ fn parse_search(query: &str) -> Result<AuditSearch, ApiError> {
 /// `GET /fhir/AuditEvent?…`.
 pub async fn search(
     State(state): State<AppState>,
-    access: Option<Extension<Access>>,
+    access: Access,
     format: ResponseFormat,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    if !may_read_audit(access.as_deref()) {
+    if !may_read_audit(&access) {
         return Ok(forbidden());
     }
     let search = parse_search(query.as_deref().unwrap_or(""))?;
@@ -477,11 +479,11 @@ pub async fn search(
 /// `GET /fhir/AuditEvent/{id}`.
 pub async fn read(
     State(state): State<AppState>,
-    access: Option<Extension<Access>>,
+    access: Access,
     format: ResponseFormat,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !may_read_audit(access.as_deref()) {
+    if !may_read_audit(&access) {
         return Ok(forbidden());
     }
     let not_found = || {

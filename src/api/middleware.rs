@@ -279,24 +279,71 @@ pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Respon
 /// read until its answer is made, so the bodies, and the working memory
 /// validation and the transaction build from them, are bounded across all
 /// requests together rather than growing with concurrency.
+///
+/// Beside it, a reserve for small bodies (`limits.small_body_reserve_bytes`):
+/// a body of at most `limits.small_body_max_bytes` takes room in the budget
+/// when there is some, else in the reserve. Large bodies never touch the
+/// reserve, so a storm of them, or uploads that stall holding the budget
+/// until the minimum-rate cut, cannot make an ordinary referral wait.
 #[derive(Clone)]
 pub struct BodyBudget {
     permits: Arc<tokio::sync::Semaphore>,
+    /// `None` without a reserve.
+    small_reserve: Option<Arc<tokio::sync::Semaphore>>,
+    small_body_max_bytes: u64,
     max_body_bytes: u64,
     wait: Duration,
+}
+
+/// A semaphore of `bytes` in KiB permits (as many as a semaphore can hold).
+fn kib_semaphore(bytes: u64) -> Arc<tokio::sync::Semaphore> {
+    let permits = usize::try_from(kib(bytes)).unwrap_or(usize::MAX);
+    Arc::new(tokio::sync::Semaphore::new(
+        permits.min(tokio::sync::Semaphore::MAX_PERMITS),
+    ))
 }
 
 impl BodyBudget {
     /// The budget the settings ask for.
     pub fn new(limits: &crate::config::Limits) -> Self {
-        let total = usize::try_from(kib(limits.body_budget_bytes)).unwrap_or(usize::MAX);
         Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(
-                total.min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            permits: kib_semaphore(limits.body_budget_bytes),
+            small_reserve: (limits.small_body_reserve_bytes > 0)
+                .then(|| kib_semaphore(limits.small_body_reserve_bytes)),
+            small_body_max_bytes: limits.small_body_max_bytes,
             max_body_bytes: limits.max_body_bytes,
             wait: Duration::from_millis(limits.body_budget_wait_ms),
         }
+    }
+
+    /// Room for `weight` bytes: from the budget, or for a small body from
+    /// the reserve, whichever has room first, within `limits.body_budget_wait_ms`.
+    async fn admit(&self, weight: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permits = u32::try_from(kib(weight)).unwrap_or(u32::MAX);
+        let budget = Arc::clone(&self.permits);
+        let reserve = self
+            .small_reserve
+            .as_ref()
+            .filter(|_| weight <= self.small_body_max_bytes)
+            .map(Arc::clone);
+        let Some(reserve) = reserve else {
+            return tokio::time::timeout(self.wait, budget.acquire_many_owned(permits))
+                .await
+                .ok()?
+                .ok();
+        };
+        // The budget first, so the reserve stays free until it is needed.
+        if let Ok(permit) = Arc::clone(&budget).try_acquire_many_owned(permits) {
+            return Some(permit);
+        }
+        let either = async move {
+            tokio::select! {
+                biased;
+                permit = budget.acquire_many_owned(permits) => permit.ok(),
+                permit = reserve.acquire_many_owned(permits) => permit.ok(),
+            }
+        };
+        tokio::time::timeout(self.wait, either).await.ok().flatten()
     }
 
     /// What a request weighs: nothing without a body; its declared length
@@ -350,20 +397,14 @@ pub async fn body_budget(
     if weight == 0 {
         return next.run(request).await;
     }
-    let permits = u32::try_from(kib(weight)).unwrap_or(u32::MAX);
-    let acquired = tokio::time::timeout(
-        budget.wait,
-        Arc::clone(&budget.permits).acquire_many_owned(permits),
-    )
-    .await;
-    match acquired {
-        Ok(Ok(permit)) => {
+    match budget.admit(weight).await {
+        Some(permit) => {
             let response = next.run(request).await;
             drop(permit);
             response
         }
-        // Timed out, or (never: it is not closed) the semaphore was closed.
-        Ok(Err(_)) | Err(_) => {
+        // Timed out, or (never: they are not closed) a semaphore was closed.
+        None => {
             tracing::warn!(
                 weight_bytes = weight,
                 "request body refused: the body memory budget is full"

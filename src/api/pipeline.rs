@@ -154,11 +154,23 @@ pub(super) fn capped(issues: Vec<Issue>, max: usize) -> Vec<Issue> {
 /// Bodies above this size are parsed and validated on the blocking pool.
 const OFFLOAD_ABOVE_BYTES: usize = 64 * 1024;
 
+/// How many large bodies are parsed or validated at once: one fewer than the
+/// cores (at least one). The rest wait their turn (within the request's
+/// deadline), so a storm of large bodies leaves a core to the async workers
+/// that answer probes and ordinary referrals: with every core validating
+/// megabytes, `/healthz` waited for a time slice (174 ms p99, issue 19).
+static OFFLOADED_AT_ONCE: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Arc::new(tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1)))
+    });
+
 /// Runs CPU-bound work (parsing, validation) for a body of `body_len`
 /// bytes. A body at the 5 MiB limit takes about 0.1 s to validate, which
 /// would stall every request sharing the runtime worker, so large bodies go
-/// to the blocking pool; a typical referral (3 KB, ~70 µs) stays inline,
-/// because under load the thread hop costs more than it saves.
+/// to the blocking pool, at most [`OFFLOADED_AT_ONCE`] of them at a time; a
+/// typical referral (3 KB, ~70 µs) stays inline, because under load the
+/// thread hop costs more than it saves.
 pub(super) async fn cpu_bound<T: Send + 'static>(
     body_len: usize,
     work: impl FnOnce() -> T + Send + 'static,
@@ -166,7 +178,15 @@ pub(super) async fn cpu_bound<T: Send + 'static>(
     if body_len <= OFFLOAD_ABOVE_BYTES {
         return Ok(work());
     }
-    tokio::task::spawn_blocking(work)
+    let turn = Arc::clone(&OFFLOADED_AT_ONCE)
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::internal("running parsing or validation on the blocking pool", e))
+        .map_err(|e| ApiError::internal("waiting for a turn on the blocking pool", e))?;
+    tokio::task::spawn_blocking(move || {
+        // Held until the work is done, even if the request is abandoned.
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| ApiError::internal("running parsing or validation on the blocking pool", e))
 }

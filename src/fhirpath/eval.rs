@@ -50,7 +50,10 @@ pub(crate) struct Ctx<'a> {
     pub resource: Option<Val<'a>>,
     pub root_resource: Option<Val<'a>>,
     /// The Bundle `%rootResource` is an entry of (`Scope::bundle`), for `resolve()`.
-    pub bundle: Option<&'a Value>,
+    pub bundle: Option<&'a crate::fhir::reference::BundleIndex<'a>>,
+    /// `%rootResource`'s own entries when it is a Bundle (and `bundle` is not given),
+    /// indexed by the first `resolve()` that needs them.
+    pub own_bundle: std::cell::OnceCell<crate::fhir::reference::BundleIndex<'a>>,
     pub context: Option<Val<'a>>,
     pub env: HashMap<&'a str, Coll<'a>>,
     /// `now()` is fixed for one evaluation (spec: deterministic within an evaluation),

@@ -239,10 +239,11 @@ pub struct Scope<'a> {
     /// `%rootResource` when it differs from `%resource`: the container of a contained
     /// resource, or the Bundle of an entry.
     pub root_resource: Option<&'a Value>,
-    /// The Bundle `%rootResource` is an entry of, if any: `resolve()` finds the other
+    /// The Bundle `%rootResource` is an entry of, if any, indexed once by the caller
+    /// (for all the entries and invariants it evaluates in it): `resolve()` finds the other
     /// entries in it by `fhir::reference`'s rule (as HL7's validator resolves references
     /// within a Bundle), with the entry's `fullUrl` as the base of relative references.
-    pub bundle: Option<&'a Value>,
+    pub bundle: Option<&'a crate::fhir::reference::BundleIndex<'a>>,
     /// The focus: `%context` and the initial `$this`.
     pub focus: &'a Value,
     /// The focus's FHIR type (`HumanName`, `Patient.contact`, `string`) when it is not a
@@ -416,6 +417,7 @@ impl Expression {
             },
             resource: present(scope.resource, resource),
             bundle: scope.bundle,
+            own_bundle: std::cell::OnceCell::new(),
             context,
             env,
             now: std::cell::OnceCell::new(),

@@ -872,10 +872,11 @@ fn resolve_follows_the_one_reference_rule_within_the_bundle() {
     let resolved = |reference: &str| -> Value {
         let focus = json!({"reference": reference});
         let e = engine().compile("$this.resolve().id").expect("compiles");
+        let index = crate::fhir::reference::BundleIndex::new(&bundle);
         e.evaluate_in(Scope {
             resource: referral,
             root_resource: None,
-            bundle: Some(&bundle),
+            bundle: Some(&index),
             focus: &focus,
             focus_type: Some("Reference"),
             environment: None,
@@ -915,5 +916,58 @@ fn resolve_follows_the_one_reference_rule_within_the_bundle() {
     assert_eq!(
         e.evaluate(&alone, &alone).expect("evaluates").to_json(),
         json!([])
+    );
+}
+
+/// Dates and times of different precisions (FHIRPath §6.2 "Comparison"): compared precision by
+/// precision as far as both go; where that decides, that is the answer, and where they agree
+/// that far, the answer is unknown (empty). Seconds and milliseconds are one precision. This is
+/// what lets `per-1` run as written on partial dates.
+#[test]
+fn dates_of_different_precisions_compare_as_far_as_they_share() {
+    let sr = referral();
+    for (expression, expected) in [
+        ("@2020-05 <= @2020-04-30", json!([false])),
+        ("@2020-05 > @2020-04-30", json!([true])),
+        ("@2020-04 <= @2020-04-30", json!([])),
+        ("@2020-04-01 <= @2020-05", json!([true])),
+        ("@2021 <= @2020-12-31T10:00:00Z", json!([false])),
+        ("@2020-12-31T10:00:00Z <= @2020", json!([])),
+        (
+            "@2020-01-01T10:00:00.000Z <= @2020-01-01T10:00:00Z",
+            json!([true]),
+        ),
+        ("@2020-01-01T10:00Z < @2020-01-01T10:00:30Z", json!([])),
+        ("@2020-01-01T09:59Z < @2020-01-01T10:00:30Z", json!([true])),
+    ] {
+        assert_eq!(eval(expression, &sr).to_json(), expected, "{expression}");
+    }
+    // per-1 on a Period as the profile walk evaluates a datatype's root invariant.
+    let per_1 = engine()
+        .compile("start.hasValue().not() or end.hasValue().not() or (start <= end)")
+        .expect("compiles");
+    let holds = |start: &str, end: &str| {
+        let period = json!({"start": start, "end": end});
+        per_1
+            .evaluate_boolean_in(Scope {
+                resource: &sr,
+                root_resource: None,
+                bundle: None,
+                focus: &period,
+                focus_type: Some("Period"),
+                environment: None,
+            })
+            .expect("evaluates")
+    };
+    assert_eq!(holds("2020-05", "2020-04-30"), Some(false));
+    assert_eq!(holds("2020-04", "2020-04-30"), None, "unknown: holds");
+    assert_eq!(holds("2020-04-01", "2020-05"), Some(true));
+    assert_eq!(
+        holds("2020-01-02T00:30:00+14:00", "2020-01-01T20:00:00Z"),
+        Some(true)
+    );
+    assert_eq!(
+        holds("2020-01-01T21:00:00Z", "2020-01-01T20:00:00Z"),
+        Some(false)
     );
 }

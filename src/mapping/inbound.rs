@@ -15,6 +15,7 @@ use serde_json::Value;
 use toml::Spanned;
 
 use super::expression::{ENGINE_VARIABLES, compile_expression};
+use crate::fhir::reference::BundleIndex;
 use crate::fhir::{Issue, IssueType};
 use crate::fhirpath::{Collection, Environment, Expression, FhirPath, Item, Scope};
 use crate::located::{LocatedError, TomlText};
@@ -385,6 +386,7 @@ impl Inbound {
         let mut run = Run {
             inbound: self,
             input,
+            bundle: input.bundle.map(BundleIndex::new),
             issues: Vec::new(),
         };
         for (name, expression) in &self.variables {
@@ -532,6 +534,8 @@ fn text_of(item: &Item) -> Result<Option<String>, String> {
 struct Run<'m, 'i> {
     inbound: &'m Inbound,
     input: &'i InboundResources<'i>,
+    /// `input.bundle`'s entries, indexed once for every `resolve()` of the run.
+    bundle: Option<BundleIndex<'i>>,
     issues: Vec<Issue>,
 }
 
@@ -564,7 +568,7 @@ impl Run<'_, '_> {
         let scope = Scope {
             resource: self.input.referral,
             root_resource: None,
-            bundle: self.input.bundle,
+            bundle: self.bundle.as_ref(),
             focus,
             focus_type,
             environment: Some(environment),

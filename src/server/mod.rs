@@ -7,7 +7,11 @@
 //!   is a 503 with `Retry-After`), so probes still answer when the main slots
 //!   are full. A connection beyond both waits `connection_wait_ms` for a slot
 //!   and is closed if none frees; meanwhile nothing else is accepted (the
-//!   kernel's backlog holds them), so open sockets stay bounded.
+//!   kernel's backlog holds them), so open sockets stay bounded. When the
+//!   main slots are full, connections idle for [`SHED_IDLE_AFTER`] or more (no
+//!   request in progress) are closed to make room: held-open idle sockets
+//!   cannot keep a client with a request waiting (issue 19's 600 idle
+//!   connections made a referral create wait over a second).
 //!   `server.health_listen` gives the probes an address of their own, served
 //!   the same way with only reserve slots.
 //! - A request head must arrive within `header_read_timeout_secs` (hyper's
@@ -53,6 +57,15 @@ use service::RequestService;
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once on `server.health_listen`.
 const HEALTH_LISTEN_CONNECTIONS: usize = 16;
+/// When the main slots are full, a connection idle this long is closed to
+/// make room for a new one (a client between keep-alive requests reconnects).
+const SHED_IDLE_AFTER: Duration = Duration::from_millis(250);
+/// When the main slots are full, how long a new connection waits for idle
+/// ones to make room before it is offered the health reserve.
+const SHED_WAIT: Duration = Duration::from_millis(150);
+/// How often idle connections are asked again to make room while a new
+/// connection waits.
+const SHED_EVERY: Duration = Duration::from_millis(50);
 /// After a connection is asked to close for being idle, how long it may take
 /// to say goodbye (an HTTP/2 GOAWAY) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -194,6 +207,7 @@ impl Server {
             reserve: Arc::new(Semaphore::new(self.limits.health_reserve)),
             limits: self.limits,
             tls: self.tls,
+            make_room: Some(watch::channel(()).0),
         });
         let watcher = shared
             .tls
@@ -210,6 +224,8 @@ impl Server {
                     ..shared.limits.clone()
                 },
                 tls: None,
+                // Short timeouts only, and no main slots to make room in.
+                make_room: None,
             });
             let mut phase = phase_rx.clone();
             let stop = async move {
@@ -280,7 +296,16 @@ async fn accept_loop<S>(
                 }
             }
         };
-        let slot = match shared.try_slot() {
+        let room = match shared.try_slot() {
+            Some(slot) => Some(slot),
+            None => {
+                tokio::select! {
+                    () = &mut stop => break,
+                    slot = shared.make_room() => slot,
+                }
+            }
+        };
+        let slot = match room.or_else(|| shared.try_reserve()) {
             Some(slot) => slot,
             None => {
                 let waited = tokio::select! {
@@ -297,6 +322,12 @@ async fn accept_loop<S>(
             }
         };
         let connection = Connection {
+            // Reserve connections have their own short timeouts.
+            make_room: shared
+                .make_room
+                .as_ref()
+                .filter(|_| !slot.health_only())
+                .map(watch::Sender::subscribe),
             shared: Arc::clone(&shared),
             peer,
             slot,
@@ -354,6 +385,9 @@ struct Shared {
     tls: Option<Arc<tls::Tls>>,
     main: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
+    /// Signalled when the main slots are full: connections idle for
+    /// [`SHED_IDLE_AFTER`] close. `None` where there are no main slots.
+    make_room: Option<watch::Sender<()>>,
 }
 
 /// A connection's place: a main slot, or one of the health reserve.
@@ -369,14 +403,37 @@ impl Slot {
 }
 
 impl Shared {
+    /// A main slot, if one is free now (without waiting).
     fn try_slot(&self) -> Option<Slot> {
-        if let Ok(permit) = Arc::clone(&self.main).try_acquire_owned() {
-            return Some(Slot::Main(permit));
-        }
+        Arc::clone(&self.main)
+            .try_acquire_owned()
+            .ok()
+            .map(Slot::Main)
+    }
+
+    /// A health-reserve slot, if one is free now.
+    fn try_reserve(&self) -> Option<Slot> {
         Arc::clone(&self.reserve)
             .try_acquire_owned()
             .ok()
             .map(Slot::HealthOnly)
+    }
+
+    /// The main slots are full: asks idle connections to close, again every
+    /// [`SHED_EVERY`], and waits up to [`SHED_WAIT`] for a main slot to free.
+    async fn make_room(&self) -> Option<Slot> {
+        let make_room = self.make_room.as_ref()?;
+        let waited = tokio::time::timeout(SHED_WAIT, async {
+            loop {
+                make_room.send_replace(());
+                tokio::select! {
+                    permit = Arc::clone(&self.main).acquire_owned() => return permit.ok(),
+                    () = tokio::time::sleep(SHED_EVERY) => {}
+                }
+            }
+        })
+        .await;
+        waited.ok().flatten().map(Slot::Main)
     }
 
     /// The first slot to free within `connection_wait`, if any.
@@ -448,6 +505,8 @@ struct Connection {
     peer: SocketAddr,
     slot: Slot,
     phase: watch::Receiver<Phase>,
+    /// Changes when the main slots are full ([`Shared::make_room`]).
+    make_room: Option<watch::Receiver<()>>,
     _done: mpsc::Sender<()>,
 }
 
@@ -554,10 +613,17 @@ impl Connection {
             connection.as_mut().graceful_shutdown();
             closing = true;
         }
+        let mut make_room = self.make_room.take();
         loop {
             let deadline = async {
                 match drop_at {
                     Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let asked_for_room = async {
+                match make_room.as_mut() {
+                    Some(receiver) => receiver.changed().await.is_ok(),
                     None => std::future::pending().await,
                 }
             };
@@ -584,6 +650,16 @@ impl Connection {
                 _ = checks.tick(), if !closing => {
                     if activity.idle_for() >= idle_limit {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        drop_at = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    }
+                }
+                asked = asked_for_room, if !closing => {
+                    if !asked {
+                        make_room = None;
+                    } else if activity.idle_for() >= SHED_IDLE_AFTER {
+                        tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                         drop_at = Some(tokio::time::Instant::now() + CLOSE_GRACE);

@@ -43,21 +43,36 @@ fn fresh_client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A connection with a request in progress: an upload that has sent its
+/// head and the first byte of a 1,000-byte body (not idle, so never closed
+/// to make room).
+async fn busy(app: &TestApp) -> TcpStream {
+    let mut stream = connect(app).await;
+    stream
+        .write_all(
+            b"POST /fhir/ServiceRequest HTTP/1.1\r\nHost: sprig\r\nConnection: close\r\nContent-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .expect("sent");
+    stream
+}
+
 #[tokio::test]
-async fn idle_connections_beyond_the_cap_do_not_stop_the_probes() {
+async fn busy_connections_beyond_the_cap_do_not_stop_the_probes() {
     let app = spawn_app_with(|s| {
         s.server.max_connections = 4;
         s.server.health_reserve_connections = 2;
         s.server.connection_wait_ms = 200;
         s.server.header_read_timeout_secs = 30;
         s.server.keep_alive_timeout_secs = 30;
+        s.server.body_grace_secs = 30;
     })
     .await;
     let mut idle = Vec::new();
     for _ in 0..4 {
-        idle.push(connect(&app).await);
+        idle.push(busy(&app).await);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
 
     // Every main slot is held: a probe still answers, on the reserve.
     let started = Instant::now();
@@ -112,6 +127,63 @@ async fn idle_connections_beyond_the_cap_do_not_stop_the_probes() {
         .await
         .expect("answered");
     assert_eq!(again.status(), 200);
+    app.stop().await;
+}
+
+/// Idle connections holding every main slot (issue 19: 600 of them made a
+/// referral create wait over a second) are closed to make room for a
+/// newcomer, who is served at once; connections with a request in progress
+/// are kept.
+#[tokio::test]
+async fn idle_connections_make_room_when_the_slots_are_full() {
+    let app = spawn_app_with(|s| {
+        s.server.max_connections = 4;
+        s.server.health_reserve_connections = 1;
+        s.server.connection_wait_ms = 200;
+        s.server.header_read_timeout_secs = 30;
+        s.server.keep_alive_timeout_secs = 30;
+        s.server.body_grace_secs = 30;
+    })
+    .await;
+    let mut working = busy(&app).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let started = Instant::now();
+    let served = fresh_client()
+        .get(app.url("/fhir/metadata"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(served.status(), 200, "a main slot, not the health reserve");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut closed = 0;
+    for stream in &mut idle {
+        if closed_within(stream, Duration::from_millis(500))
+            .await
+            .is_some_and(|(_, answer)| answer.is_empty())
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection was closed");
+    // The upload in progress was left alone: it finishes and is answered.
+    working
+        .write_all(&[b' '; 999])
+        .await
+        .expect("the upload's connection is still open");
+    let (_, answer) = closed_within(&mut working, Duration::from_secs(3))
+        .await
+        .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     app.stop().await;
 }
 

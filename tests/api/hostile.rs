@@ -111,6 +111,8 @@ async fn the_service_api_answers_a_full_budget_with_a_problem_and_retry_after() 
         s.limits.max_body_bytes = 64 * 1024;
         s.limits.body_budget_bytes = 64 * 1024;
         s.limits.body_budget_wait_ms = 200;
+        // No room kept for small bodies: the note below finds none.
+        s.limits.small_body_reserve_bytes = 0;
     })
     .await;
     let client = reqwest::Client::builder()
@@ -146,6 +148,64 @@ async fn the_service_api_answers_a_full_budget_with_a_problem_and_retry_after() 
     drop(tx);
     let answer = held.await.unwrap().unwrap();
     assert_eq!(answer.status(), 400);
+    app.stop().await;
+}
+
+/// The small-body reserve: with the budget held by uploads that stall (issue
+/// 19: 100 stalled 4 MiB uploads made 3 of 4 referral creates 503), an
+/// ordinary referral is still admitted at once and stored; a body over
+/// `small_body_max_bytes` is not, and waits and gets 503 as before.
+#[tokio::test]
+async fn an_ordinary_referral_is_admitted_while_stalled_uploads_hold_the_budget() {
+    let app = spawn_app_with(|s| {
+        s.limits.max_body_bytes = 256 * 1024;
+        s.limits.body_budget_bytes = 256 * 1024;
+        s.limits.body_budget_wait_ms = 300;
+        s.limits.small_body_reserve_bytes = 64 * 1024;
+        s.limits.small_body_max_bytes = 32 * 1024;
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // A chunked upload (weighing max_body_bytes) holds the whole budget, stalled.
+    let (stalled, body) = streamed_body();
+    let held = tokio::spawn(
+        client
+            .post(app.url("/fhir/ServiceRequest"))
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send(),
+    );
+    stalled.send(b"{".to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let post = |body: Vec<u8>| {
+        client
+            .post(app.url("/fhir/ServiceRequest"))
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+    };
+    let ordinary = large_referral(0, 1);
+    assert!(ordinary.len() < 32 * 1024);
+    let started = std::time::Instant::now();
+    let created = post(ordinary).await.unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "waited {:?}",
+        started.elapsed()
+    );
+    // Over small_body_max_bytes: the reserve is not for it.
+    let refused = post(large_referral(40 * 1024, 2)).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let stored = json_body(app.get("/fhir/ServiceRequest?_summary=count").await).await;
+    assert_eq!(stored["total"], 1, "{stored}");
+    drop(stalled);
+    let _ = held.await;
     app.stop().await;
 }
 

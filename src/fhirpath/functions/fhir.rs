@@ -119,18 +119,20 @@ impl<'a> Ctx<'a> {
             return out;
         }
         let contained = Contained::of(root);
-        let bundle = self.bundle.or_else(|| {
-            (root.get("resourceType").and_then(Value::as_str) == Some("Bundle")).then_some(root)
+        // The caller's index (built once per Bundle), or `%rootResource`'s own entries
+        // (built once per evaluation).
+        let index = self.bundle.or_else(|| {
+            (root.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
+                .then(|| self.own_bundle.get_or_init(|| BundleIndex::new(root)))
         });
-        let index = bundle.map(BundleIndex::new);
-        let referrer = index.as_ref().and_then(|index| {
+        let referrer = index.and_then(|index| {
             index
                 .position_of(root)
                 .and_then(|position| index.entry(position))
                 .and_then(|entry| entry.full_url)
         });
         for text in references {
-            match reference::resolve(text, Some(&contained), index.as_ref(), referrer) {
+            match reference::resolve(text, Some(&contained), index, referrer) {
                 Ok(Resolved::Container) => out.push(self.make_node(Some(root), None, None)),
                 Ok(found) => {
                     if let Some(resource) = found.resource() {

@@ -11,6 +11,7 @@
 //! `values` (checks of one value) and `rules` (with `xhtml`) add to the same `impl Walk`.
 
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -18,7 +19,7 @@ use serde_json::{Map, Value};
 use super::{BEST_PRACTICE_INVARIANTS, Compiled, Node, ProfilePass, Slot, canonical};
 use crate::fhir::json::field;
 use crate::fhir::outcome::shorten;
-use crate::fhir::reference::Contained;
+use crate::fhir::reference::{BundleIndex, Contained};
 use crate::fhir::{ElementPath, Issue, IssueSeverity, IssueType};
 use references::BundleFrame;
 
@@ -46,14 +47,15 @@ pub(super) struct ContainedIndex<'v> {
 }
 
 /// A resource being walked.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Frame<'v> {
     resource: &'v Value,
     /// Its container, when it is contained: `%rootResource`.
     container: Option<&'v Value>,
-    /// The Bundle it (or, when contained, its container) is an entry of:
-    /// where `resolve()` in its invariants finds the other entries.
-    bundle: Option<&'v Value>,
+    /// The Bundle it (or, when contained, its container) is an entry of,
+    /// indexed once when the walk reached the Bundle: where `resolve()` in
+    /// its invariants finds the other entries.
+    bundle: Option<Rc<BundleIndex<'v>>>,
 }
 
 /// A property of the object being walked, matched to the child element it
@@ -209,7 +211,10 @@ impl<'p, 'v> Walk<'p, 'v> {
             Some(_) => None,
             None => self.bundles.last().and_then(|frame| {
                 let position = frame.entries.position_of(resource_value)?;
-                Some((frame.bundle, frame.entries.entry(position)?.full_url))
+                Some((
+                    Rc::clone(&frame.entries),
+                    frame.entries.entry(position)?.full_url,
+                ))
             }),
         };
         let own_index;
@@ -220,7 +225,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                     index: Contained::of_map(resource),
                     container: resource_value,
                     path: path.clone(),
-                    full_url: entry_of.and_then(|(_, full_url)| full_url),
+                    full_url: entry_of.as_ref().and_then(|(_, full_url)| *full_url),
                 };
                 &own_index
             }
@@ -241,7 +246,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         }
         let is_bundle = type_name == "Bundle";
         if is_bundle {
-            let frame = BundleFrame::build(resource_value, resource, path, self);
+            let frame = BundleFrame::build(resource, path, self);
             self.bundles.push(frame);
             self.bundle_rules(resource, path);
         }
@@ -250,7 +255,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             container: container.map(|c| c.container),
             // A contained resource's references resolve in its container's Bundle.
             bundle: match container {
-                Some(_) => self.resources.last().and_then(|frame| frame.bundle),
+                Some(_) => self.resources.last().and_then(|frame| frame.bundle.clone()),
                 None => entry_of.map(|(bundle, _)| bundle),
             },
         });
@@ -282,7 +287,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             return;
         }
         let pass = self.pass;
-        let Some(&frame) = self.resources.last() else {
+        let Some(frame) = self.resources.last().cloned() else {
             return;
         };
         // A contained resource's %rootResource is its container.
@@ -303,7 +308,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             let scope = crate::fhirpath::Scope {
                 resource,
                 root_resource,
-                bundle: frame.bundle,
+                bundle: frame.bundle.as_deref(),
                 focus: value,
                 focus_type,
                 environment: None,

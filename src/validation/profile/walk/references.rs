@@ -3,6 +3,7 @@
 //! types the definition allows, and a target in the submission checked
 //! against the reference's `targetProfile`, as HL7's validator does.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -16,17 +17,16 @@ use crate::fhir::{ElementPath, Issue, IssueType};
 /// A Bundle being walked: its entries indexed once, so that resolving every
 /// reference in it is linear in its size, not quadratic.
 pub(super) struct BundleFrame<'v> {
-    pub(super) entries: BundleIndex<'v>,
-    pub(super) bundle: &'v Value,
+    /// Shared with the frames of the resources in it, for `resolve()`.
+    pub(super) entries: Rc<BundleIndex<'v>>,
     pub(super) path: ElementPath,
 }
 
 impl<'v> BundleFrame<'v> {
-    /// Indexes `bundle`'s entries, and reports any `fullUrl` given twice
+    /// Indexes the Bundle's entries, and reports any `fullUrl` given twice
     /// (FHIR's bdl-7: the same fullUrl is only allowed for different
     /// versions, as in a history Bundle).
     pub(super) fn build(
-        bundle: &'v Value,
         object: &'v Map<String, Value>,
         path: &ElementPath,
         walk: &mut Walk<'_, 'v>,
@@ -54,8 +54,7 @@ impl<'v> BundleFrame<'v> {
             }
         }
         Self {
-            entries,
-            bundle,
+            entries: Rc::new(entries),
             path: path.clone(),
         }
     }
@@ -95,7 +94,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         let resolved = reference::resolve(
             text,
             Some(&contained.index),
-            bundle.map(|b| &b.entries),
+            bundle.map(|b| &*b.entries),
             contained.full_url,
         );
         let (found, target) = match resolved {

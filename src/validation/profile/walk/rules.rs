@@ -7,11 +7,6 @@
 //!   attachment (before base64 encoding, if that is done)"; with `data`
 //!   present it must be the decoded length.
 //! - string: "Strings SHALL NOT exceed 1MB (1024*1024 characters) in size".
-//! - Period `per-1` ("If present, start SHALL have a lower value than end").
-//!   The walk evaluates datatypes' root invariants, but per-1 is native
-//!   (`NATIVE_INVARIANTS`): FHIRPath's `<=` says nothing for dates of
-//!   different precisions, so here partial dates are compared at
-//!   the coarser precision of the two (`2020-05` is after `2020-04-30`).
 //! - Narrative.div: FHIR's XHTML rules (`txt-1`, `txt-2`), in `xhtml.rs`.
 //! - Bundle (§2.36.0): `fullUrl` "SHALL be an absolute URL", and a `link`
 //!   relation may appear only once ("only one link with a given relation").
@@ -46,38 +41,6 @@ pub(super) fn is_absolute(url: &str) -> bool {
     let mut chars = scheme.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
-
-/// The date part of a FHIR date or dateTime (`YYYY`, `YYYY-MM` or
-/// `YYYY-MM-DD`) and whether a time follows.
-fn date_part(value: &str) -> (&str, bool) {
-    match value.split_once('T') {
-        Some((date, _)) => (date, true),
-        None => (value, false),
-    }
-}
-
-/// `per-1`: `true` when the start is after the end. Two times are compared
-/// as instants; otherwise the dates are compared at the coarser precision of
-/// the two (a start and end equal that far may be in either order: not an
-/// error).
-pub(super) fn period_reversed(start: &str, end: &str) -> bool {
-    let ((start_date, start_time), (end_date, end_time)) = (date_part(start), date_part(end));
-    if start_time && end_time {
-        let rfc3339 = &time::format_description::well_known::Rfc3339;
-        return match (
-            time::OffsetDateTime::parse(start, rfc3339),
-            time::OffsetDateTime::parse(end, rfc3339),
-        ) {
-            (Ok(start), Ok(end)) => start > end,
-            _ => false,
-        };
-    }
-    let common = start_date.len().min(end_date.len());
-    match (start_date.get(..common), end_date.get(..common)) {
-        (Some(start), Some(end)) => start > end,
-        _ => false,
-    }
 }
 
 impl<'p, 'v> Walk<'p, 'v> {
@@ -137,28 +100,6 @@ impl<'p, 'v> Walk<'p, 'v> {
             }
             ("Attachment", Value::Object(attachment)) => {
                 self.attachment_size(sd, element, attachment, path);
-            }
-            ("Period", Value::Object(period)) => {
-                let (Some(start), Some(end)) = (
-                    field(period, "start").and_then(Value::as_str),
-                    field(period, "end").and_then(Value::as_str),
-                ) else {
-                    return;
-                };
-                if period_reversed(start, end) {
-                    let message = format!(
-                        "per-1: If present, start SHALL have a lower value than end ({} is {start}, after {end} at the precision they share)",
-                        self.expression(path)
-                    );
-                    self.fail(
-                        sd,
-                        element,
-                        path,
-                        IssueType::Invariant,
-                        "invariant",
-                        message,
-                    );
-                }
             }
             _ => {}
         }
