@@ -419,7 +419,13 @@ fn page_sql(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Sql 
            ON v.resource_type = r.resource_type AND v.id = r.id \
           AND v.version_id = r.current_version",
     );
-    sql.push_where(query, visibility, Some(horizon), query.cursor.as_ref(), driver);
+    sql.push_where(
+        query,
+        visibility,
+        Some(horizon),
+        query.cursor.as_ref(),
+        driver,
+    );
     let direction = match query.sort {
         SortOrder::NewestFirst => "DESC",
         SortOrder::OldestFirst => "ASC",
@@ -439,19 +445,19 @@ fn statements(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Ve
         count_sql(query, visibility, horizon),
         page_sql(query, visibility, horizon),
     ]
-        .into_iter()
-        .map(|sql| SearchStatement {
-            sql: sql.text,
-            binds: sql
-                .binds
-                .into_iter()
-                .map(|bind| match bind {
-                    Bind::Text(text) => BoundValue::Text(text),
-                    Bind::Int(n) => BoundValue::Int(n),
-                })
-                .collect(),
-        })
-        .collect()
+    .into_iter()
+    .map(|sql| SearchStatement {
+        sql: sql.text,
+        binds: sql
+            .binds
+            .into_iter()
+            .map(|bind| match bind {
+                Bind::Text(text) => BoundValue::Text(text),
+                Bind::Int(n) => BoundValue::Int(n),
+            })
+            .collect(),
+    })
+    .collect()
 }
 
 /// The parameters whose values pick out a few resources each (a business
