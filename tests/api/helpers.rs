@@ -146,6 +146,10 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Setting
         // Redirects are part of what is tested (the console answers 303s): never followed.
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Shorter than the server's keep-alive timeout (5 s): a pooled connection
+            // reused just as the server closes it for idleness fails with
+            // `IncompleteMessage`, the race every HTTP/1.1 client must stay clear of.
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
             .build()
             .expect("client"),
         db_path,

@@ -370,6 +370,18 @@ async fn an_erased_referral_is_gone_with_everything_that_belongs_to_it_and_audit
         .await;
         assert_eq!(left, 0, "{table} still holds the erased referral");
     }
+    // Its Provenance (who changed the erased versions) goes with it.
+    // The Task's later versions came from staff, not the submission: theirs too.
+    for target in [&first, &task] {
+        let provenance_left = count(
+            &app,
+            "SELECT COUNT(*) FROM search_references \
+             WHERE resource_type = 'Provenance' AND param = 'target' AND target_id = $1",
+            target,
+        )
+        .await;
+        assert_eq!(provenance_left, 0, "Provenance of erased {target}");
+    }
     // The shared Patient and the other referral stay.
     assert_eq!(
         app.get(&format!("/fhir/Patient/{patient}")).await.status(),

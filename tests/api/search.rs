@@ -777,7 +777,7 @@ async fn metadata_lists_the_search_parameters_that_work() {
         // Every listed parameter is accepted by the search, and nothing else is.
         for param in &params {
             let value = match *param {
-                "_lastUpdated" | "authored" | "modified" | "date" => "2026",
+                "_lastUpdated" | "authored" | "modified" | "date" | "recorded" => "2026",
                 "identifier" | "status" | "code" | "business-status" | "_id" => "x",
                 // Every reference parameter, `patient` included.
                 _ => "Patient/x",

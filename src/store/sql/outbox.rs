@@ -338,7 +338,8 @@ impl Backend {
     ) -> Result<Option<String>, StoreError> {
         let s = self;
         let row: Option<(Option<String>,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BODY_JSON_ID} FROM referral_submissions \
+            // A body emptied by the retention purge has no id to read (and is not JSON).
+            "SELECT CASE WHEN length(body) > 0 THEN {BODY_JSON_ID} END FROM referral_submissions \
              WHERE referral_id = $1 AND received_as = 'message' ORDER BY seq LIMIT 1"
         )))
         .bind(referral_id)

@@ -260,7 +260,24 @@ impl Tx {
                 inside.remove(&candidate);
             }
         }
-        let erased = inside;
+        let mut erased = inside;
+        // The Provenance of every erased version goes with it: it says who changed
+        // that patient's referral, and its target would point at nothing.
+        let targets: Vec<(String, String)> = erased.iter().cloned().collect();
+        for (resource_type, resource_id) in &targets {
+            let provenances: Vec<(String,)> = sqlx::query_as(
+                "SELECT id FROM search_references \
+                 WHERE resource_type = 'Provenance' AND param = 'target' \
+                   AND target_type = $1 AND target_id = $2",
+            )
+            .bind(resource_type)
+            .bind(resource_id)
+            .fetch_all(self.conn())
+            .await?;
+            for (provenance,) in provenances {
+                erased.insert(("Provenance".into(), provenance));
+            }
+        }
 
         let mut removed = Removed::default();
         for (resource_type, resource_id) in &erased {

@@ -323,6 +323,12 @@ impl SqliteStore {
             )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // Fresh planner statistics where they are missing or stale (bounded work,
+        // SQLite's advice for long-lived connections): without them SQLite may walk
+        // a whole index where a lookup by identifier should probe it.
+        sqlx::query("PRAGMA optimize=0x10002")
+            .execute(&writer)
+            .await?;
         restrict_companion_modes(base.get_filename())?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_read_connections.max(1))
