@@ -376,6 +376,18 @@ pub(super) async fn execute(
     visibility: &Visibility,
     owner: Option<&str>,
 ) -> Result<Vec<EntryOutcome>, ApiError> {
+    // A referral's Bundle writes its practice's resources, so its conditions match only
+    // those, even for a caller that sees every practice (staff, the open developer
+    // mode): one practice's referral never matches or updates another's Patient or
+    // ServiceRequest, whichever of two concurrent Bundles commits first.
+    let narrowed;
+    let visibility = match owner {
+        Some(practice) => {
+            narrowed = visibility.within(practice);
+            &narrowed
+        }
+        None => visibility,
+    };
     // 1. Settle each entry's id, and whether it is written at all.
     let mut settled: Vec<(FhirId, Option<bool>)> = Vec::with_capacity(plan.len());
     for (index, entry) in plan.iter().enumerate() {

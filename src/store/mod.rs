@@ -194,6 +194,15 @@ impl Visibility {
             Visibility::Practices(codes) => owner.is_some_and(|o| codes.iter().any(|c| c == o)),
         }
     }
+
+    /// Only `practice`'s resources, and only if this sees them: never wider than `self`.
+    pub fn within(&self, practice: &str) -> Visibility {
+        if self.sees(Some(practice)) {
+            Visibility::Practices(vec![practice.to_owned()])
+        } else {
+            Visibility::Practices(Vec::new())
+        }
+    }
 }
 
 /// One version of a resource, as stored.

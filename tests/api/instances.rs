@@ -71,9 +71,13 @@ async fn the_same_identifier_from_two_practices_at_two_instances_at_once_is_two_
             post_fhir(&b, shape.path(), &from_b, &[])
         );
         let statuses = [first.status().as_u16(), second.status().as_u16()];
+        let bodies = [
+            first.text().await.unwrap_or_default(),
+            second.text().await.unwrap_or_default(),
+        ];
         assert!(
             statuses.iter().all(|s| matches!(s, 200 | 201)),
-            "{shape:?}: each practice's referral is accepted: {statuses:?}"
+            "{shape:?}: each practice's referral is accepted: {statuses:?} {bodies:?}"
         );
         let (again_a, again_b) = tokio::join!(
             post_fhir(&b, shape.path(), &from_a, &[]),
