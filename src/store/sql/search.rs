@@ -171,8 +171,13 @@ impl Backend {
     async fn settled_horizon(&self, conn: &mut Conn) -> Result<String, StoreError> {
         let (mut horizon, began) = self.commit_horizon(conn).await?;
         let deadline = tokio::time::Instant::now() + HORIZON_WAIT;
+        // Backing off from 1 ms to 32 ms: on PostgreSQL each look is a query of
+        // `pg_stat_activity`, and under write load every search may wait here; a fixed
+        // 1 ms poll cost up to a thousand queries per search.
+        let mut pause = std::time::Duration::from_millis(1);
         while horizon <= began && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(32));
             horizon = self.commit_horizon(conn).await?.0;
         }
         let horizon = Instant::from_unix_millis(horizon).ok_or_else(|| {
