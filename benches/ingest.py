@@ -4,6 +4,7 @@
     python3 benches/ingest.py [--sprig target/release/sprig] [--seconds 10]
         [--connections 32] [--database postgres://postgres@127.0.0.1:5432/]
         [--synchronous full] [--bundles 337,1350,2702,5000] [--skip-load]
+        [--instances 2]  (PostgreSQL only: several Sprigs on one database)
 
 Starts Sprig on 127.0.0.1 with a fresh database (a SQLite file in a temporary
 folder by default; with --database postgres://…/ a fresh database
@@ -27,6 +28,12 @@ and prints rate, p50 and p99 (wrk's), non-2xx counts and the server's RSS
 Bundles of --bundles entries (the example plus Condition entries), each timed
 while a prober creates a referral every 50 ms: the Bundle's time and the
 prober's worst wait show whether a large transaction starves other writes.
+With --instances N (PostgreSQL only) N Sprig processes serve the one database,
+as behind a load balancer: each phase runs one wrk per instance at the same
+time, with --connections split between them; rates and requests are summed,
+p50 and p99 are the worst instance's, RSS the sum of the instances' peaks.
+The large Bundles go to the first instance while the prober creates through
+the last.
 Needs wrk (Debian: apt-get install wrk). Traffic goes to 127.0.0.1 (and the
 given PostgreSQL) only, and stops by itself.
 """
@@ -60,15 +67,17 @@ def parse_args():
     p.add_argument("--bundles", default="337,1350,2702,5000", help="entry counts of the large Bundles ('' for none)")
     p.add_argument("--skip-load", action="store_true", help="only the large Bundles")
     p.add_argument("--phases", default="validate,create,transaction,resubmit,read")
+    p.add_argument("--instances", type=int, default=1, help="Sprig processes on one PostgreSQL database")
     return p.parse_args()
 
 
 class Server:
     """A Sprig process and where it listens."""
 
-    def __init__(self, args, work):
+    def __init__(self, args, work, index=0, shared_database=None):
         self.args = args
         self.pg_database = None
+        self.index = index
         env = dict(os.environ)
         env.update(
             SPRIG_SQLITE__SYNCHRONOUS=args.synchronous,
@@ -79,13 +88,17 @@ class Server:
             SPRIG_LIMITS__MAX_REPEATS="10000",
             SPRIG_LIMITS__REQUEST_TIMEOUT_SECS="60",
         )
-        if args.database:
+        if shared_database:
+            # Another instance on the first one's database: that one drops it.
+            database = shared_database
+        elif args.database:
             self.pg_database = f"sprig_ingest_{os.getpid()}"
             psql(args.database, f"CREATE DATABASE {self.pg_database}")
             database = args.database.rstrip("/") + "/" + self.pg_database
         else:
             database = os.path.join(work, "ingest.db")
-        self.log_path = os.path.join(work, "sprig.log")
+        self.database = database
+        self.log_path = os.path.join(work, f"sprig-{index}.log")
         self.log = open(self.log_path, "w")
         started = time.monotonic()
         self.process = subprocess.Popen(
@@ -109,7 +122,7 @@ class Server:
             time.sleep(0.02)
         else:
             sys.exit("Sprig did not become ready; see " + self.log_path)
-        print(f"== Sprig ready in {time.monotonic() - started:.2f} s at {self.address} "
+        print(f"== Sprig {index + 1} ready in {time.monotonic() - started:.2f} s at {self.address} "
               f"({'PostgreSQL' if args.database else 'SQLite'}, synchronous={args.synchronous}, "
               f"{args.connections} connections, {args.seconds:g} s per phase, "
               f"{os.cpu_count()} cores shared with whatever else runs)")
@@ -171,25 +184,47 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def wrk(server, args, path, body_file=None, unique=None):
-    """One wrk run; its rate, p50, p99, requests and non-2xx count."""
-    command = ["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds:g}s", "--latency"]
+def seconds_of(latency):
+    """wrk's latency text (`950.00us`, `12.3ms`, `1.2s`) in seconds, for picking the worst."""
+    m = re.match(r"([\d.]+)(us|ms|s|m)", latency)
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+    return float(m.group(1)) * scale[m.group(2)] if m else float("inf")
+
+
+def wrk(servers, args, path, body_file=None, unique=None):
+    """One wrk per server at the same time, the connections split between them: the summed
+    rate, the worst p50 and p99, the summed requests, non-2xx count and peak RSS."""
     env = dict(os.environ)
-    if body_file:
-        command += ["-s", LUA]
-        env.update(LOAD_BODY_FILE=body_file, LOAD_UNIQUE=unique)
-    command.append(f"http://{server.address}{path}")
-    sampler = RssSampler(server)
-    sampler.start()
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    peak = sampler.stop()
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return rate, p50, p99, total, int(non2xx.group(1)) if non2xx else 0, errors.group(1) if errors else "", peak
+    runs, samplers = [], []
+    for index, server in enumerate(servers):
+        connections = max(1, args.connections // len(servers))
+        command = ["wrk", "-t2", f"-c{connections}", f"-d{args.seconds:g}s", "--latency"]
+        if body_file:
+            command += ["-s", LUA]
+            # Each instance's wrk makes its own identifiers (post-unique.lua numbers them
+            # per thread): a prefix per instance keeps them apart.
+            env_i = dict(env, LOAD_BODY_FILE=body_file, LOAD_UNIQUE=unique, LOAD_PREFIX=f"i{index}-")
+        else:
+            env_i = env
+        command.append(f"http://{server.address}{path}")
+        sampler = RssSampler(server)
+        sampler.start()
+        samplers.append(sampler)
+        runs.append(subprocess.Popen(command, env=env_i, stdout=subprocess.PIPE, text=True))
+    outs = []
+    for run in runs:
+        out, _ = run.communicate()
+        if run.returncode != 0:
+            sys.exit(f"wrk failed: {out}")
+        outs.append(out)
+    peak = sum(s.stop() for s in samplers)
+    rate = sum(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) for out in outs)
+    p50 = max((re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1) for out in outs), key=seconds_of)
+    p99 = max((re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1) for out in outs), key=seconds_of)
+    total = sum(int(re.search(r"(\d+) requests in", out).group(1)) for out in outs)
+    non2xx = sum(int(m.group(1)) for out in outs if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)))
+    errors = " ".join(m.group(1) for out in outs if (m := re.search(r"Socket errors: (.*)", out)))
+    return rate, p50, p99, total, non2xx, errors, peak
 
 
 def large_bundle(entries):
@@ -226,9 +261,14 @@ def main():
     args = parse_args()
     if not shutil.which("wrk") and not args.skip_load:
         sys.exit("wrk is required: apt-get install wrk")
+    if args.instances > 1 and not args.database:
+        sys.exit("--instances needs --database postgres://…/ (SQLite serves one process)")
     work = tempfile.mkdtemp(prefix="sprig-ingest-")
     server = Server(args, work)
+    servers = [server]
     try:
+        for index in range(1, args.instances):
+            servers.append(Server(args, work, index, shared_database=server.database))
         if not args.skip_load:
             print(f"{'phase':<12} {'rate/s':>9} {'p50':>9} {'p99':>9} {'requests':>9} {'non-2xx':>8} {'RSS peak MiB':>13}")
             with open(REFERRAL) as f:
@@ -250,7 +290,7 @@ def main():
             baseline = None
             for name in args.phases.split(","):
                 path, body, unique = phases[name]
-                rate, p50, p99, total, non2xx, errors, peak = wrk(server, args, path, body, unique)
+                rate, p50, p99, total, non2xx, errors, peak = wrk(servers, args, path, body, unique)
                 baseline = baseline or rate
                 share = f"{100 * rate / baseline:5.1f} % of {args.phases.split(',')[0]}"
                 print(f"{name:<12} {rate:>9.0f} {p50:>9} {p99:>9} {total:>9} {non2xx:>8} {peak / 1024:>13.1f}  {share} {errors}")
@@ -258,7 +298,7 @@ def main():
             body = large_bundle(entries)
             stop = threading.Event()
             waits, statuses = [], {}
-            prober = threading.Thread(target=probe_while, args=(server, stop, waits, statuses), daemon=True)
+            prober = threading.Thread(target=probe_while, args=(servers[-1], stop, waits, statuses), daemon=True)
             prober.start()
             time.sleep(0.2)
             started = time.monotonic()
@@ -278,7 +318,9 @@ def main():
         for line in warnings[:3]:
             print("  " + line.strip()[:300])
     finally:
-        server.stop()
+        # The first instance drops the database: stop it last.
+        for other in reversed(servers):
+            other.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

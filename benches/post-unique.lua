@@ -2,7 +2,8 @@
 -- (the referral's identifier value) is made unique per request, so each
 -- request is a new referral rather than an idempotent resubmission.
 -- Environment: LOAD_BODY_FILE (the body), LOAD_UNIQUE (the text to vary), and
--- optionally LOAD_AUTHORIZATION (an Authorization header value, e.g. "Bearer …").
+-- optionally LOAD_AUTHORIZATION (an Authorization header value, e.g. "Bearer …") and
+-- LOAD_PREFIX (put before each value: several wrk processes at once stay apart).
 local file = assert(io.open(os.getenv("LOAD_BODY_FILE"), "r"))
 local template = file:read("*a")
 file:close()
@@ -16,11 +17,12 @@ function setup(thread)
 end
 
 local authorization = os.getenv("LOAD_AUTHORIZATION")
+local prefix = os.getenv("LOAD_PREFIX") or ""
 
 local counter = 0
 function request()
     counter = counter + 1
-    local value = unique .. "-" .. tostring(thread_id) .. "-" .. tostring(counter)
+    local value = prefix .. unique .. "-" .. tostring(thread_id) .. "-" .. tostring(counter)
     local body = template:gsub(escaped, value)
     local headers = {["Content-Type"] = "application/fhir+json"}
     if authorization and authorization ~= "" then

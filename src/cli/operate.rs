@@ -12,9 +12,10 @@ use clap::Args;
 
 use super::{DatabaseArgs, load_settings, store_options};
 use crate::app::{purge_past_retention, retention_cutoffs};
+use crate::config::Settings;
 use crate::fhir::Instant;
 use crate::store::admin::{self, AdminError, MigrationState};
-use crate::store::retention::{ErasureReason, erasure_detail, is_case_reference};
+use crate::store::retention::{ErasureReason, PurgeKind, erasure_detail, is_case_reference};
 use crate::store::{AuditRecord, Store};
 
 /// Arguments of `sprig migrate`.
@@ -92,12 +93,22 @@ fn parse_reference(text: &str) -> Result<String, String> {
 }
 
 /// Runs `future` on a small runtime, giving the exit status.
-fn block_on(future: impl Future<Output = ExitCode>) -> ExitCode {
+/// Loads the settings for `database`, then runs `command` to its exit status on a
+/// runtime of its own: every operator command starts this way.
+fn with_settings<F, Fut>(database: &DatabaseArgs, command: F) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = ExitCode>,
+{
+    let settings = match load_settings(database) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(future),
+        Ok(runtime) => runtime.block_on(command(settings)),
         Err(error) => {
             eprintln!("sprig: cannot start the async runtime: {error}");
             ExitCode::from(1)
@@ -105,9 +116,37 @@ fn block_on(future: impl Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-fn failed(error: &AdminError) -> ExitCode {
-    eprintln!("sprig: {error}");
-    ExitCode::from(1)
+/// Opens the store, runs `command` on it, and closes it (whatever `command` answered),
+/// so a command's last writes are checkpointed before the process ends.
+async fn with_store<F>(settings: &Settings, command: F) -> ExitCode
+where
+    F: AsyncFnOnce(&Store) -> ExitCode,
+{
+    let store = match Store::open(&store_options(settings)).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("sprig: cannot open the database: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let status = command(&store).await;
+    store.close().await;
+    status
+}
+
+/// The exit status of an administrative step: `done` prints what it did; a failure is
+/// printed as it is.
+fn finish<T>(result: Result<T, AdminError>, done: impl FnOnce(T)) -> ExitCode {
+    match result {
+        Ok(value) => {
+            done(value);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sprig: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn names(state: &MigrationState) -> String {
@@ -121,86 +160,73 @@ fn names(state: &MigrationState) -> String {
 
 /// Runs `sprig migrate`.
 pub fn migrate(args: MigrateArgs) -> ExitCode {
-    let settings = match load_settings(&args.database) {
-        Ok(settings) => settings,
-        Err(code) => return code,
-    };
-    block_on(async move {
-        if args.check {
-            let state = match admin::migration_state(&settings.database).await {
-                Ok(state) => state,
-                Err(error) => return failed(&error),
-            };
-            if !state.is_compatible() {
-                eprintln!(
-                    "sprig: this Sprig cannot use the database: {}",
-                    admin::incompatible(&state)
-                );
+    with_settings(&args.database, async |settings| {
+        if !args.check {
+            return finish(admin::migrate(&store_options(&settings)).await, |before| {
+                if before.pending.is_empty() {
+                    println!("up to date: nothing to apply");
+                } else {
+                    println!(
+                        "applied {} migrations: {}",
+                        before.pending.len(),
+                        names(&before)
+                    );
+                }
+            });
+        }
+        let state = match admin::migration_state(&settings.database).await {
+            Ok(state) => state,
+            Err(error) => {
+                eprintln!("sprig: {error}");
                 return ExitCode::from(1);
             }
-            if state.pending.is_empty() {
-                println!(
-                    "up to date: {} migrations applied, none pending",
-                    state.applied.len()
-                );
-                return ExitCode::SUCCESS;
-            }
-            println!(
-                "{} migrations pending: {}",
-                state.pending.len(),
-                names(&state)
+        };
+        if !state.is_compatible() {
+            eprintln!(
+                "sprig: this Sprig cannot use the database: {}",
+                admin::incompatible(&state)
             );
             return ExitCode::from(1);
         }
-        match admin::migrate(&store_options(&settings)).await {
-            Ok(before) if before.pending.is_empty() => {
-                println!("up to date: nothing to apply");
-                ExitCode::SUCCESS
-            }
-            Ok(before) => {
-                println!(
-                    "applied {} migrations: {}",
-                    before.pending.len(),
-                    names(&before)
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => failed(&error),
+        if state.pending.is_empty() {
+            println!(
+                "up to date: {} migrations applied, none pending",
+                state.applied.len()
+            );
+            return ExitCode::SUCCESS;
         }
+        println!(
+            "{} migrations pending: {}",
+            state.pending.len(),
+            names(&state)
+        );
+        ExitCode::from(1)
     })
 }
 
 /// Runs `sprig backup`.
 pub fn backup(args: BackupArgs) -> ExitCode {
-    let settings = match load_settings(&args.database) {
-        Ok(settings) => settings,
-        Err(code) => return code,
-    };
-    block_on(async move {
-        match admin::backup(&settings.database, &args.path).await {
-            Ok(report) => {
+    with_settings(&args.database, async |settings| {
+        finish(
+            admin::backup(&settings.database, &args.path).await,
+            |report| {
                 println!(
                     "backed up to {} ({} bytes, {} migrations applied)",
                     args.path.display(),
                     report.bytes,
                     report.migrations.applied.len()
                 );
-                ExitCode::SUCCESS
-            }
-            Err(error) => failed(&error),
-        }
+            },
+        )
     })
 }
 
 /// Runs `sprig restore`.
 pub fn restore(args: RestoreArgs) -> ExitCode {
-    let settings = match load_settings(&args.database) {
-        Ok(settings) => settings,
-        Err(code) => return code,
-    };
-    block_on(async move {
-        match admin::restore(&args.path, &settings.database, args.force).await {
-            Ok(state) => {
+    with_settings(&args.database, async |settings| {
+        finish(
+            admin::restore(&args.path, &settings.database, args.force).await,
+            |state| {
                 println!("restored {} as {}", args.path.display(), settings.database);
                 if !state.pending.is_empty() {
                     println!(
@@ -209,97 +235,78 @@ pub fn restore(args: RestoreArgs) -> ExitCode {
                         names(&state)
                     );
                 }
-                ExitCode::SUCCESS
-            }
-            Err(error) => failed(&error),
-        }
+            },
+        )
     })
 }
 
 /// Runs `sprig purge`.
 pub fn purge(args: PurgeArgs) -> ExitCode {
-    let settings = match load_settings(&args.database) {
-        Ok(settings) => settings,
-        Err(code) => return code,
-    };
-    let cutoffs = retention_cutoffs(&settings.retention, Instant::now());
-    if cutoffs.is_empty() {
-        println!("[retention] keeps everything (every period is 0): nothing to purge");
-        return ExitCode::SUCCESS;
-    }
-    block_on(async move {
-        let store = match Store::open(&store_options(&settings)).await {
-            Ok(store) => store,
-            Err(error) => {
-                eprintln!("sprig: cannot open the database: {error}");
-                return ExitCode::from(1);
+    with_settings(&args.database, async |settings| {
+        let cutoffs = retention_cutoffs(&settings.retention, Instant::now());
+        if cutoffs.is_empty() {
+            println!("[retention] keeps everything (every period is 0): nothing to purge");
+            return ExitCode::SUCCESS;
+        }
+        with_store(&settings, async |store| {
+            if args.dry_run {
+                count_purge(store, cutoffs).await
+            } else {
+                run_purge(store, &settings).await
             }
-        };
-        let status = if args.dry_run {
-            let mut status = ExitCode::SUCCESS;
-            for (kind, cutoff) in cutoffs {
-                match store.purge_counts(kind, cutoff).await {
-                    Ok(counts) => {
-                        for (what, count) in counts {
-                            println!(
-                                "{}: {what}: {count} (before {})",
-                                kind.name(),
-                                cutoff.to_fhir()
-                            );
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!("sprig: cannot count {}: {error}", kind.name());
-                        status = ExitCode::from(1);
-                    }
-                }
-            }
-            status
-        } else {
-            match purge_past_retention(&store, &settings.retention, "sprig purge").await {
-                Ok(done) => {
-                    for (kind, removed) in done {
-                        let summary = removed.summary();
-                        println!(
-                            "{}: {}",
-                            kind.name(),
-                            if summary.is_empty() {
-                                "nothing"
-                            } else {
-                                &summary
-                            }
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("sprig: purge failed: {error}");
-                    ExitCode::from(1)
-                }
-            }
-        };
-        store.close().await;
-        status
+        })
+        .await
     })
+}
+
+/// `sprig purge --dry-run`: what each kind of retention would remove, counted.
+async fn count_purge(store: &Store, cutoffs: Vec<(PurgeKind, Instant)>) -> ExitCode {
+    let mut status = ExitCode::SUCCESS;
+    for (kind, cutoff) in cutoffs {
+        match store.purge_counts(kind, cutoff).await {
+            Ok(counts) => {
+                for (what, count) in counts {
+                    println!(
+                        "{}: {what}: {count} (before {})",
+                        kind.name(),
+                        cutoff.to_fhir()
+                    );
+                }
+            }
+            Err(error) => {
+                eprintln!("sprig: cannot count {}: {error}", kind.name());
+                status = ExitCode::from(1);
+            }
+        }
+    }
+    status
+}
+
+async fn run_purge(store: &Store, settings: &Settings) -> ExitCode {
+    match purge_past_retention(store, &settings.retention, "sprig purge").await {
+        Ok(done) => {
+            for (kind, removed) in done {
+                let summary = removed.summary();
+                let summary = if summary.is_empty() {
+                    "nothing"
+                } else {
+                    &summary
+                };
+                println!("{}: {summary}", kind.name());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sprig: purge failed: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Runs `sprig erase`.
 pub fn erase(args: EraseArgs) -> ExitCode {
-    let settings = match load_settings(&args.database) {
-        Ok(settings) => settings,
-        Err(code) => return code,
-    };
-    block_on(async move {
-        let store = match Store::open(&store_options(&settings)).await {
-            Ok(store) => store,
-            Err(error) => {
-                eprintln!("sprig: cannot open the database: {error}");
-                return ExitCode::from(1);
-            }
-        };
-        let status = erase_with(&store, &args).await;
-        store.close().await;
-        status
+    with_settings(&args.database, async |settings| {
+        with_store(&settings, async |store| erase_with(store, &args).await).await
     })
 }
 
