@@ -168,6 +168,19 @@ pub struct Credentials<'a> {
     /// The `NHSD-End-User-Organisation` header, as received (honoured from a trusted
     /// proxy only).
     pub end_user_organisation: Option<&'a str>,
+    /// The connection's TLS client certificate, verified against `tls.client_ca_file`
+    /// during the handshake (never a header: a certificate cannot be claimed in one).
+    pub certificate: Option<CertificateNames<'a>>,
+}
+
+/// The names of a verified TLS client certificate: what the client registry's
+/// `certificate_subject` and `certificate_san` are matched against.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateNames<'a> {
+    /// The subject's distinguished name, RFC 4514 (`CN=bars-proxy.nhs.uk, O=NHS`).
+    pub subject: &'a str,
+    /// The `subjectAltName` DNS names.
+    pub dns_names: &'a [String],
 }
 
 /// Establishes who is calling, once per request. Cheap to share.
@@ -263,6 +276,13 @@ impl Authenticator {
         now: i64,
     ) -> Result<Access, AuthError> {
         let open = |caller| Ok(Access::new(caller, None, self.link_workers_see_all));
+        if self.mode != SecurityMode::Disabled
+            && credentials.authorization.is_none()
+            && let Some(certificate) = credentials.certificate
+            && let Some(access) = self.certificate_client(credentials, certificate)?
+        {
+            return Ok(access);
+        }
         let token = match (self.mode, credentials.authorization) {
             (SecurityMode::Disabled, _) => return open(Caller::Unauthenticated),
             (SecurityMode::OpenOnLoopback, None) => return open(Caller::Developer),
@@ -319,6 +339,41 @@ impl Authenticator {
             scopes,
             Some(claims.jti.clone()),
         )
+    }
+
+    /// The client a verified TLS client certificate identifies, authenticating the
+    /// request without a bearer token (mutual TLS as the BaRS proxy connects: the
+    /// handshake is the proof, as a signed assertion is at the token endpoint). The
+    /// client gets every scope and ODS code its registry entry has, and as a trusted
+    /// proxy relays for the organisation in `NHSD-End-User-Organisation`. `None` when
+    /// the registry maps no client to the certificate: the request is then treated as
+    /// one without credentials (401 when security is enforced).
+    fn certificate_client(
+        &self,
+        credentials: &Credentials<'_>,
+        certificate: CertificateNames<'_>,
+    ) -> Result<Option<Access>, AuthError> {
+        let registry = self.clients.current();
+        let Some(client) = registry.by_certificate(certificate.subject, certificate.dns_names)
+        else {
+            tracing::info!("a verified client certificate that no registered client has");
+            return Ok(None);
+        };
+        if !client.enabled {
+            return Err(AuthError::InvalidToken(format!(
+                "client {} (by its certificate) is disabled",
+                client.client_id
+            )));
+        }
+        self.client_access(
+            credentials,
+            &client.client_id,
+            client.trusted_proxy,
+            client.ods_codes.clone(),
+            client.scopes.clone(),
+            None,
+        )
+        .map(Some)
     }
 
     /// A client's access, with the end-user organisation of a trusted proxy.
@@ -767,6 +822,7 @@ mod tests {
                 &Credentials {
                     authorization: Some(&proxy),
                     end_user_organisation: Some(&b82001),
+                    certificate: None,
                 },
                 now(),
             )
@@ -797,6 +853,7 @@ mod tests {
                 &Credentials {
                     authorization: Some(&proxy),
                     end_user_organisation: Some("bm90IGpzb24="),
+                    certificate: None,
                 },
                 now(),
             )
@@ -818,6 +875,7 @@ mod tests {
                 &Credentials {
                     authorization: Some(&gp),
                     end_user_organisation: Some(&b82001),
+                    certificate: None,
                 },
                 now(),
             )
