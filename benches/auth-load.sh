@@ -146,6 +146,12 @@ p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 print(rps, p50, p99, bad.group(1) if bad else 0)')
 report "secured: POST /auth/token (${GRANT_SECONDS}s)" "$GRANTS_RUN"
+read -r _ _ _ GRANTS_REFUSED <<<"$GRANTS_RUN"
+if [ "$GRANTS_REFUSED" != 0 ]; then
+    # Replays of used assertions are refused, and fast: they would flatter the rate.
+    echo "-- token endpoint: the $GRANTS signed assertions ran out ($GRANTS_REFUSED replays refused);" \
+        "its req/s is not a grant rate: run again with more GRANTS (4th argument)"
+fi
 python3 - "$OPEN_CREATE" "$SECURED_CREATE" "$OPEN_SEARCH" "$SECURED_SEARCH" <<'PY'
 import sys
 rate = lambda run: float(run.split()[0])

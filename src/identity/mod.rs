@@ -948,4 +948,74 @@ mod tests {
         assert_eq!(OAuthError::InvalidClient.status(), 401);
         assert_eq!(OAuthError::InvalidScope.as_str(), "invalid_scope");
     }
+
+    #[tokio::test]
+    async fn a_registered_certificate_is_its_client_unless_disabled_or_a_token_is_sent() {
+        let f = fixture(SecurityMode::Enforced).await;
+        std::fs::write(
+            &f.registry_path,
+            format!(
+                "{REGISTRY}[[client]]\nclient_id = \"gp-cert\"\nods_codes = [\"B82001\"]\nscopes = \"system/Task.rs\"\ncertificate_subject = \"CN=gp-cert, O=Practice\"\n\
+                 [[client]]\nclient_id = \"gp-off\"\nods_codes = [\"B82001\"]\nscopes = \"system/Task.rs\"\ncertificate_san = \"off.example\"\nenabled = false\n"
+            ),
+        )
+        .expect("write");
+        let authenticator = |mode| {
+            Authenticator::new(
+                mode,
+                Clients::load(Some(&f.registry_path)).expect("registry"),
+                Arc::clone(f.authenticator.tokens()),
+                None,
+                f.store.clone(),
+                false,
+            )
+        };
+        let enforced = authenticator(SecurityMode::Enforced);
+        let sans = vec!["gp.example".to_owned()];
+        let off = vec!["off.example".to_owned()];
+        let presenting = |subject, dns_names| Credentials {
+            certificate: Some(CertificateNames { subject, dns_names }),
+            ..Credentials::default()
+        };
+
+        // By its exact subject: that client, with its registered scopes and practice.
+        let access = enforced
+            .authenticate(&presenting("CN=gp-cert, O=Practice", &sans), now())
+            .await
+            .expect("the certificate's client");
+        assert_eq!(access.audit_agent().client_id.as_deref(), Some("gp-cert"));
+        assert_eq!(access.audit_agent().ods_code.as_deref(), Some("B82001"));
+        assert!(access.may(Interaction::Search, "Task"));
+        assert!(!access.may(Interaction::Create, "ServiceRequest"));
+        // A disabled client's certificate (matched by SAN) is refused.
+        let error = enforced
+            .authenticate(&presenting("CN=someone", &off), now())
+            .await
+            .expect_err("disabled");
+        assert_eq!(error.status(), 401);
+        // A certificate no client has is no credential at all.
+        let error = enforced
+            .authenticate(&presenting("CN=gp-cert", &sans), now())
+            .await
+            .expect_err("unregistered");
+        assert!(matches!(error, AuthError::MissingCredentials), "{error}");
+        // With a bearer token the token decides, certificate or not.
+        let error = enforced
+            .authenticate(
+                &Credentials {
+                    authorization: Some("Bearer forged.token.here"),
+                    ..presenting("CN=gp-cert, O=Practice", &sans)
+                },
+                now(),
+            )
+            .await
+            .expect_err("the token is checked");
+        assert_eq!(error.status(), 401);
+        // Under auth.mode = "none" nothing is authenticated here.
+        let access = authenticator(SecurityMode::Disabled)
+            .authenticate(&presenting("CN=gp-cert, O=Practice", &sans), now())
+            .await
+            .expect("open");
+        assert_eq!(access.caller(), &Caller::Unauthenticated);
+    }
 }
