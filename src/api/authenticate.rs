@@ -1,5 +1,6 @@
 //! Where identity is established: one layer, before any handler, that reads the
-//! request's credentials (`Authorization`, `NHSD-End-User-Organisation`), asks the
+//! request's credentials (`Authorization`, `NHSD-End-User-Organisation`, the verified
+//! TLS client certificate), asks the
 //! [`Authenticator`] who is calling and puts the [`Access`] into the request's
 //! extensions; and the [`Access`] extractor handlers take it from.
 //!
@@ -26,8 +27,10 @@ use super::rate_limit::RateLimits;
 use crate::fhir::identifiers::{ODS_ORGANIZATION_SYSTEM, OdsCode};
 use crate::fhir::{Issue, IssueType};
 use crate::identity::{
-    Access, AuthError, Authenticator, Caller, Credentials, Interaction, PracticeScope, StaffAction,
+    Access, AuthError, Authenticator, Caller, CertificateNames, Credentials, Interaction,
+    PracticeScope, StaffAction,
 };
+use crate::server::PeerCertificate;
 
 /// `NHSD-End-User-Organisation`: the organisation a trusted proxy relays for.
 pub const END_USER_ORGANISATION: HeaderName = HeaderName::from_static("nhsd-end-user-organisation");
@@ -323,6 +326,8 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
         };
     }
     let headers = request.headers();
+    // Put there by the connection layer after the handshake verified it.
+    let certificate = request.extensions().get::<PeerCertificate>();
     let credentials = Credentials {
         authorization: headers
             .get(header::AUTHORIZATION)
@@ -330,6 +335,10 @@ pub async fn authenticate(mut request: Request, next: Next) -> Response {
         end_user_organisation: headers
             .get(&END_USER_ORGANISATION)
             .and_then(|v| v.to_str().ok()),
+        certificate: certificate.map(|c| CertificateNames {
+            subject: &c.subject,
+            dns_names: &c.dns_names,
+        }),
     };
     let access = match authenticator.authenticate(&credentials, unix_now()).await {
         Ok(access) => access,

@@ -180,12 +180,15 @@ pub async fn detail(
     require_staff(&access, StaffAction::ViewReferral { assigned_to: None })?;
     let Path(id) = path?;
     let detail = load(&state, &id).await?;
-    require_staff(
-        &access,
-        StaffAction::ViewReferral {
-            assigned_to: detail.referral.assigned_to.as_deref(),
-        },
-    )?;
+    // A link worker who may not open a colleague's referral
+    // (`auth.link_workers_see_all_referrals = false`) gets the answer for a referral
+    // that does not exist, as the console does: the worklist shows it is there, the
+    // detail (the patient's data) is not theirs to read.
+    if !access.staff_may(StaffAction::ViewReferral {
+        assigned_to: detail.referral.assigned_to.as_deref(),
+    }) {
+        return Err(not_found(&id));
+    }
     Ok(Json(detail_json(&state, &detail)?).into_response())
 }
 
@@ -255,13 +258,19 @@ pub async fn assignment(
 }
 
 async fn load(state: &AppState, id: &str) -> Result<ReferralDetail, Problem> {
-    state.store.referral_detail(id).await?.ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "Referral not found",
-            format!("referral {id} does not exist"),
-        )
-    })
+    state
+        .store
+        .referral_detail(id)
+        .await?
+        .ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "Referral not found",
+        format!("referral {id} does not exist"),
+    )
 }
 
 fn detail_json(state: &AppState, detail: &ReferralDetail) -> Result<Value, Problem> {

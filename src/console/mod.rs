@@ -1040,12 +1040,13 @@ async fn render_referral(
         .referral_detail(id)
         .await?
         .ok_or_else(|| ConsoleError::NotFound("There is no such referral".into()))?;
-    require(
-        access,
-        StaffAction::ViewReferral {
-            assigned_to: detail.referral.assigned_to.as_deref(),
-        },
-    )?;
+    // Another link worker's referral, when the service keeps those to their link
+    // worker (`auth.link_workers_see_all_referrals`): the same page as no referral.
+    if !access.staff_may(StaffAction::ViewReferral {
+        assigned_to: detail.referral.assigned_to.as_deref(),
+    }) {
+        return Err(ConsoleError::NotFound("There is no such referral".into()));
+    }
     context.audit.note_referral(id);
     if let Some(patient) = &detail.referral.patient_id {
         context.audit.note_patient(patient);

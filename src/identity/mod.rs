@@ -168,6 +168,19 @@ pub struct Credentials<'a> {
     /// The `NHSD-End-User-Organisation` header, as received (honoured from a trusted
     /// proxy only).
     pub end_user_organisation: Option<&'a str>,
+    /// The connection's TLS client certificate, verified against `tls.client_ca_file`
+    /// during the handshake (never a header: a certificate cannot be claimed in one).
+    pub certificate: Option<CertificateNames<'a>>,
+}
+
+/// The names of a verified TLS client certificate: what the client registry's
+/// `certificate_subject` and `certificate_san` are matched against.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateNames<'a> {
+    /// The subject's distinguished name, RFC 4514 (`CN=bars-proxy.nhs.uk, O=NHS`).
+    pub subject: &'a str,
+    /// The `subjectAltName` DNS names.
+    pub dns_names: &'a [String],
 }
 
 /// Establishes who is calling, once per request. Cheap to share.
@@ -263,6 +276,13 @@ impl Authenticator {
         now: i64,
     ) -> Result<Access, AuthError> {
         let open = |caller| Ok(Access::new(caller, None, self.link_workers_see_all));
+        if self.mode != SecurityMode::Disabled
+            && credentials.authorization.is_none()
+            && let Some(certificate) = credentials.certificate
+            && let Some(access) = self.certificate_client(credentials, certificate)?
+        {
+            return Ok(access);
+        }
         let token = match (self.mode, credentials.authorization) {
             (SecurityMode::Disabled, _) => return open(Caller::Unauthenticated),
             (SecurityMode::OpenOnLoopback, None) => return open(Caller::Developer),
@@ -319,6 +339,41 @@ impl Authenticator {
             scopes,
             Some(claims.jti.clone()),
         )
+    }
+
+    /// The client a verified TLS client certificate identifies, authenticating the
+    /// request without a bearer token (mutual TLS as the BaRS proxy connects: the
+    /// handshake is the proof, as a signed assertion is at the token endpoint). The
+    /// client gets every scope and ODS code its registry entry has, and as a trusted
+    /// proxy relays for the organisation in `NHSD-End-User-Organisation`. `None` when
+    /// the registry maps no client to the certificate: the request is then treated as
+    /// one without credentials (401 when security is enforced).
+    fn certificate_client(
+        &self,
+        credentials: &Credentials<'_>,
+        certificate: CertificateNames<'_>,
+    ) -> Result<Option<Access>, AuthError> {
+        let registry = self.clients.current();
+        let Some(client) = registry.by_certificate(certificate.subject, certificate.dns_names)
+        else {
+            tracing::info!("a verified client certificate that no registered client has");
+            return Ok(None);
+        };
+        if !client.enabled {
+            return Err(AuthError::InvalidToken(format!(
+                "client {} (by its certificate) is disabled",
+                client.client_id
+            )));
+        }
+        self.client_access(
+            credentials,
+            &client.client_id,
+            client.trusted_proxy,
+            client.ods_codes.clone(),
+            client.scopes.clone(),
+            None,
+        )
+        .map(Some)
     }
 
     /// A client's access, with the end-user organisation of a trusted proxy.
@@ -767,6 +822,7 @@ mod tests {
                 &Credentials {
                     authorization: Some(&proxy),
                     end_user_organisation: Some(&b82001),
+                    certificate: None,
                 },
                 now(),
             )
@@ -797,6 +853,7 @@ mod tests {
                 &Credentials {
                     authorization: Some(&proxy),
                     end_user_organisation: Some("bm90IGpzb24="),
+                    certificate: None,
                 },
                 now(),
             )
@@ -818,6 +875,7 @@ mod tests {
                 &Credentials {
                     authorization: Some(&gp),
                     end_user_organisation: Some(&b82001),
+                    certificate: None,
                 },
                 now(),
             )
@@ -889,5 +947,75 @@ mod tests {
         assert_eq!(end_user_organisation("%%%"), None);
         assert_eq!(OAuthError::InvalidClient.status(), 401);
         assert_eq!(OAuthError::InvalidScope.as_str(), "invalid_scope");
+    }
+
+    #[tokio::test]
+    async fn a_registered_certificate_is_its_client_unless_disabled_or_a_token_is_sent() {
+        let f = fixture(SecurityMode::Enforced).await;
+        std::fs::write(
+            &f.registry_path,
+            format!(
+                "{REGISTRY}[[client]]\nclient_id = \"gp-cert\"\nods_codes = [\"B82001\"]\nscopes = \"system/Task.rs\"\ncertificate_subject = \"CN=gp-cert, O=Practice\"\n\
+                 [[client]]\nclient_id = \"gp-off\"\nods_codes = [\"B82001\"]\nscopes = \"system/Task.rs\"\ncertificate_san = \"off.example\"\nenabled = false\n"
+            ),
+        )
+        .expect("write");
+        let authenticator = |mode| {
+            Authenticator::new(
+                mode,
+                Clients::load(Some(&f.registry_path)).expect("registry"),
+                Arc::clone(f.authenticator.tokens()),
+                None,
+                f.store.clone(),
+                false,
+            )
+        };
+        let enforced = authenticator(SecurityMode::Enforced);
+        let sans = vec!["gp.example".to_owned()];
+        let off = vec!["off.example".to_owned()];
+        let presenting = |subject, dns_names| Credentials {
+            certificate: Some(CertificateNames { subject, dns_names }),
+            ..Credentials::default()
+        };
+
+        // By its exact subject: that client, with its registered scopes and practice.
+        let access = enforced
+            .authenticate(&presenting("CN=gp-cert, O=Practice", &sans), now())
+            .await
+            .expect("the certificate's client");
+        assert_eq!(access.audit_agent().client_id.as_deref(), Some("gp-cert"));
+        assert_eq!(access.audit_agent().ods_code.as_deref(), Some("B82001"));
+        assert!(access.may(Interaction::Search, "Task"));
+        assert!(!access.may(Interaction::Create, "ServiceRequest"));
+        // A disabled client's certificate (matched by SAN) is refused.
+        let error = enforced
+            .authenticate(&presenting("CN=someone", &off), now())
+            .await
+            .expect_err("disabled");
+        assert_eq!(error.status(), 401);
+        // A certificate no client has is no credential at all.
+        let error = enforced
+            .authenticate(&presenting("CN=gp-cert", &sans), now())
+            .await
+            .expect_err("unregistered");
+        assert!(matches!(error, AuthError::MissingCredentials), "{error}");
+        // With a bearer token the token decides, certificate or not.
+        let error = enforced
+            .authenticate(
+                &Credentials {
+                    authorization: Some("Bearer forged.token.here"),
+                    ..presenting("CN=gp-cert, O=Practice", &sans)
+                },
+                now(),
+            )
+            .await
+            .expect_err("the token is checked");
+        assert_eq!(error.status(), 401);
+        // Under auth.mode = "none" nothing is authenticated here.
+        let access = authenticator(SecurityMode::Disabled)
+            .authenticate(&presenting("CN=gp-cert, O=Practice", &sans), now())
+            .await
+            .expect("open");
+        assert_eq!(access.caller(), &Caller::Unauthenticated);
     }
 }

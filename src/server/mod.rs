@@ -13,7 +13,12 @@
 //!   cannot keep a client with a request waiting (issue 19's 600 idle
 //!   connections made a referral create wait over a second).
 //!   `server.health_listen` gives the probes an address of their own, served
-//!   the same way with only reserve slots.
+//!   the same way with only reserve slots, on an OS thread of its own with its
+//!   own single-threaded runtime: a storm of CPU-bound requests (megabyte
+//!   Bundles parsed and validated) keeps the main runtime's workers busy, and
+//!   probes waiting for a turn there missed their deadline (issue 19: 301 ms
+//!   p99). The kernel's scheduler gives the probe thread its time slice
+//!   whatever the main runtime is doing.
 //! - A request head must arrive within `header_read_timeout_secs` (hyper's
 //!   timer, which also runs while an HTTP/1 connection waits for its next
 //!   request); a connection with no request in progress and nothing received
@@ -126,8 +131,10 @@ impl Limits {
 pub struct Server {
     listener: TcpListener,
     address: SocketAddr,
-    /// `server.health_listen`: probes only, plain HTTP.
-    health_listener: Option<TcpListener>,
+    /// `server.health_listen`: probes only, plain HTTP. A std listener: it is
+    /// registered with the probe thread's runtime, not the main one (whose
+    /// busy workers would otherwise have to notice its connections).
+    health_listener: Option<std::net::TcpListener>,
     limits: Limits,
     tls: Option<Arc<tls::Tls>>,
 }
@@ -155,14 +162,14 @@ impl Server {
         let address = listener.local_addr().map_err(bind_error)?;
         let health_listener = match settings.server.health_listen {
             Some(health) => {
-                Some(
-                    TcpListener::bind(health)
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            address: health,
-                            source,
-                        })?,
-                )
+                let health_error = |source| ServerError::Bind {
+                    address: health,
+                    source,
+                };
+                // Binding a socket does not block: no need for the blocking pool.
+                let listener = std::net::TcpListener::bind(health).map_err(health_error)?;
+                listener.set_nonblocking(true).map_err(health_error)?;
+                Some(listener)
             }
             None => None,
         };
@@ -227,17 +234,7 @@ impl Server {
                 // Short timeouts only, and no main slots to make room in.
                 make_room: None,
             });
-            let mut phase = phase_rx.clone();
-            let stop = async move {
-                let _ = phase.wait_for(|phase| *phase != Phase::Serving).await;
-            };
-            tokio::spawn(accept_loop(
-                listener,
-                probes,
-                stop,
-                phase_rx.clone(),
-                done_tx.clone(),
-            ))
+            spawn_probe_thread(listener, probes, phase_rx.clone(), done_tx.clone())
         });
         accept_loop(
             self.listener,
@@ -249,7 +246,7 @@ impl Server {
         .await;
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = phase_tx.send(Phase::Draining);
-        if let Some(health) = health {
+        if let Some(Some(health)) = health {
             let _ = health.await;
         }
         drop(done_tx);
@@ -262,6 +259,60 @@ impl Server {
         }
         if let Some(watcher) = watcher {
             watcher.abort();
+        }
+    }
+}
+
+/// Serves the probes' own listener on a new OS thread with a single-threaded
+/// runtime of its own, until the server stops serving; the receiver hears
+/// when that thread is done. `None` (logged) if the thread or its runtime
+/// cannot be made: the probes' address then accepts nothing, which a load
+/// balancer sees as down, as it should.
+fn spawn_probe_thread(
+    listener: std::net::TcpListener,
+    probes: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+    done: mpsc::Sender<()>,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let (finished, finished_rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sprig-probes".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the probes' runtime: server.health_listen is not served");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Registered with this thread's runtime, so only it polls the socket.
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot serve server.health_listen");
+                        return;
+                    }
+                };
+                let mut stopping = phase.clone();
+                let stop = async move {
+                    let _ = stopping.wait_for(|phase| *phase != Phase::Serving).await;
+                };
+                accept_loop(listener, probes, stop, phase, done).await;
+            });
+            // Probes in flight end with the runtime: each is a few bytes, and
+            // the server is stopping.
+            drop(runtime);
+            let _ = finished.send(());
+        });
+    match spawned {
+        Ok(_) => Some(finished_rx),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the probes' thread: server.health_listen is not served");
+            None
         }
     }
 }

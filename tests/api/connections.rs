@@ -450,3 +450,58 @@ async fn the_probes_own_address_answers_while_the_main_one_is_flooded() {
     drop(held);
     app.stop().await;
 }
+
+/// Sends `GET path` on a new blocking connection to `address` (from a
+/// thread of its own); the status line and how long the answer took.
+fn probe_from_a_thread(address: String, path: &'static str) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(address).expect("connected");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: sprig\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("sent");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn the_probes_own_address_answers_while_every_main_worker_is_busy() {
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let app = spawn_app_with(|s| {
+        s.server.health_listen = Some(format!("127.0.0.1:{health_port}").parse().unwrap());
+    })
+    .await;
+    let address = format!("127.0.0.1:{health_port}");
+    // Served at all (and the server has started its accept loops).
+    let (status, _) = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || probe_from_a_thread(address, "/healthz")
+    })
+    .await
+    .expect("probe");
+    assert!(status.contains(" 200 "), "{status}");
+
+    // The test's runtime is the server's (one thread): block it as a
+    // CPU-bound parse of a megabyte Bundle blocks a worker, and probe from
+    // another thread meanwhile.
+    let probe = std::thread::spawn(move || probe_from_a_thread(address, "/healthz"));
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, took) = probe.join().expect("probe thread");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the probe waited for the main runtime: {took:?}"
+    );
+    app.stop().await;
+}

@@ -346,7 +346,7 @@ async fn roles_and_assignment_are_enforced_on_the_server() {
     assert_eq!(record(&app, &id).await["assigned_to"], "ben");
     // Another link worker's referral: neither shown nor changeable by Amara.
     let (status, _) = amara.get(&app, &format!("/console/referrals/{id}")).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 404);
     let (_, worklist) = amara.get(&app, "/console/referrals").await;
     assert!(!worklist.contains(&id), "not in Amara's worklist");
     let refused = amara

@@ -27,6 +27,7 @@ mod helpers;
 mod hostile;
 mod instances;
 mod isolation;
+mod link_workers;
 mod mappings;
 mod negotiation;
 mod openapi;

@@ -258,3 +258,184 @@ async fn tls_settings_that_cannot_work_stop_start_up() {
     let message = error.to_string();
     assert!(message.contains("tls.cert_file"), "{message}");
 }
+
+/// A referral of practice K83999 (the example), with a fresh identifier.
+fn k83999_referral() -> String {
+    let mut referral: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("examples/referral-servicerequest.json").expect("example"),
+    )
+    .expect("JSON");
+    referral["identifier"][0]["value"] = uuid::Uuid::new_v4().to_string().into();
+    referral.to_string()
+}
+
+/// `NHSD-End-User-Organisation` as BaRS sends it: a base64 FHIR Organization.
+fn end_user_organisation(ods: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(
+        serde_json::json!({
+            "resourceType": "Organization",
+            "identifier": [{"system": sprig::fhir::identifiers::ODS_ORGANIZATION_SYSTEM, "value": ods}],
+        })
+        .to_string(),
+    )
+}
+
+/// Who the audit rows say called, newest last: client id, ODS code, proxy, end-user
+/// organisation, whether an `NHSD-End-User-Organisation` was ignored, status.
+type AuditWho = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+async fn audit_rows(app: &TestApp) -> Vec<AuditWho> {
+    sqlx::query_as(
+        "SELECT client_id, ods_code, proxy_id, end_user_ods, ignored_end_user_header, status \
+         FROM audit_events ORDER BY seq",
+    )
+    .fetch_all(&app.db_pool().await)
+    .await
+    .expect("audit rows")
+}
+
+async fn last_audit_row(app: &TestApp) -> AuditWho {
+    audit_rows(app).await.pop().expect("an audit row")
+}
+
+/// The `total` of a search, and its status.
+async fn total(client: &reqwest::Client, url: &str, header: Option<&str>) -> (u16, i64) {
+    let mut request = client.get(url);
+    if let Some(organisation) = header {
+        request = request.header("NHSD-End-User-Organisation", organisation);
+    }
+    let response = request.send().await.expect("answered");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["total"].as_i64().unwrap_or(-1))
+}
+
+#[tokio::test]
+async fn a_registered_client_certificate_is_that_client_without_a_token() {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let ca = TestCa::new("Sprig test CA");
+    let clients_ca = TestCa::new("GP systems CA");
+    let other_ca = TestCa::new("Some other CA");
+    let registry = write(
+        dir.path(),
+        "clients.toml",
+        "[[client]]\nclient_id = \"gp-k\"\nods_codes = [\"K83999\"]\nscopes = \"system/*.cruds\"\n\
+         certificate_subject = \"CN=GP system K83999\"\n\
+         [[client]]\nclient_id = \"gp-y\"\nods_codes = [\"Y12345\"]\nscopes = \"system/*.cruds\"\n\
+         certificate_san = \"gp-y.example\"\n\
+         [[client]]\nclient_id = \"bars-proxy\"\nscopes = \"system/*.cruds\"\ntrusted_proxy = true\n\
+         certificate_subject = \"CN=bars-proxy.nhs.uk\"\n",
+    );
+    let app = spawn_app_with(|s| {
+        with_tls(s, dir.path(), &ca);
+        s.tls.client_ca_file = Some(write(dir.path(), "clients-ca.crt", &clients_ca.cert_pem));
+        s.tls.client_auth = Some(ClientAuth::Optional);
+        s.auth.clients = Some(registry.clone());
+    })
+    .await;
+    let searches = https(&app, "/fhir/ServiceRequest?_total=accurate");
+
+    // The registered certificate (by subject) is gp-k: its practice, its scopes.
+    let gp_k = client(&ca, Some(&clients_ca.client("GP system K83999")));
+    let created = gp_k
+        .post(https(&app, "/fhir/ServiceRequest"))
+        .header("content-type", "application/fhir+json")
+        .body(k83999_referral())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    assert_eq!(
+        last_audit_row(&app).await,
+        (
+            Some("gp-k".into()),
+            Some("K83999".into()),
+            None,
+            None,
+            0,
+            201
+        )
+    );
+    assert_eq!(total(&gp_k, &searches, None).await, (200, 1));
+
+    // Another registered certificate (by SAN) is gp-y: it may not send for K83999 nor
+    // see K83999's referral.
+    let names = ["gp-y.example"];
+    let gp_y_identity = clients_ca.issue(
+        "GP system Y12345",
+        &names,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let gp_y = client(&ca, Some(&gp_y_identity));
+    let refused = gp_y
+        .post(https(&app, "/fhir/ServiceRequest"))
+        .header("content-type", "application/fhir+json")
+        .body(k83999_referral())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), 403);
+    assert_eq!(total(&gp_y, &searches, None).await, (200, 0));
+
+    // A client that is not a trusted proxy sending NHSD-End-User-Organisation: the
+    // header is ignored (it still sees only its own), and that is on record.
+    let k83999 = end_user_organisation("K83999");
+    assert_eq!(total(&gp_y, &searches, Some(&k83999)).await, (200, 0));
+    assert_eq!(
+        last_audit_row(&app).await,
+        (
+            Some("gp-y".into()),
+            Some("Y12345".into()),
+            None,
+            None,
+            1,
+            200
+        )
+    );
+
+    // The trusted proxy's certificate with the end-user organisation: it acts for
+    // K83999, and the audit row names both.
+    let proxy = client(&ca, Some(&clients_ca.client("bars-proxy.nhs.uk")));
+    assert_eq!(total(&proxy, &searches, Some(&k83999)).await, (200, 1));
+    assert_eq!(
+        last_audit_row(&app).await,
+        (
+            Some("bars-proxy".into()),
+            Some("K83999".into()),
+            Some("bars-proxy".into()),
+            Some("K83999".into()),
+            0,
+            200
+        )
+    );
+    // Without the header the proxy acts for no one.
+    assert_eq!(total(&proxy, &searches, None).await, (200, 0));
+
+    // A certificate from the configured CA that no client is registered with: 401.
+    let stranger = client(&ca, Some(&clients_ca.client("GP system Z99999")));
+    let unknown = stranger.get(&searches).send().await.expect("answered");
+    assert_eq!(unknown.status(), 401);
+    assert!(unknown.headers().contains_key("www-authenticate"));
+    // No certificate and no token: 401.
+    let nothing = client(&ca, None)
+        .get(&searches)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(nothing.status(), 401);
+    // A certificate of another CA naming a registered subject: refused at the handshake.
+    let forged = client(&ca, Some(&other_ca.client("GP system K83999")))
+        .get(&searches)
+        .send()
+        .await;
+    assert!(forged.is_err(), "{forged:?}");
+    app.stop().await;
+}
