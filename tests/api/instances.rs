@@ -299,3 +299,50 @@ async fn a_pull_never_skips_a_version_that_commits_late_with_an_earlier_stamp() 
         );
     }
 }
+
+#[tokio::test]
+async fn referrals_for_one_patient_at_two_instances_at_once_share_one_patient_and_practice() {
+    if !on_postgres() {
+        return;
+    }
+    // Eight referral Bundles for one patient from one practice, each its own referral,
+    // half to each instance at once. Each conditionally updates the Patient (by NHS
+    // number) and the practice's Organization (by ODS code): without a lock on the
+    // condition, several found no match and each created one, and from then on every
+    // referral for that patient was refused with 412 (several matches).
+    let (a, b) = two_instances().await;
+    let template = Shape::Transaction.example().to_string();
+    let bodies: Vec<serde_json::Value> = (0..8)
+        .map(|i| {
+            serde_json::from_str(&template.replace("REF-2026-000456", &format!("SAME-PT-{i}")))
+                .expect("JSON")
+        })
+        .collect();
+    let answers = futures::future::join_all(bodies.iter().enumerate().map(|(i, body)| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        post_fhir(app, "/fhir", body, &[])
+    }))
+    .await;
+    for answer in answers {
+        let status = answer.status().as_u16();
+        assert_eq!(status, 200, "{}", answer.text().await.unwrap_or_default());
+    }
+    for (search, what) in [
+        (
+            "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
+            "Patient",
+        ),
+        (
+            "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345&_total=accurate",
+            "Organization",
+        ),
+    ] {
+        let found = json_body(a.get(search).await).await;
+        assert_eq!(
+            found["total"],
+            json!(1),
+            "one {what}, not {}",
+            found["total"]
+        );
+    }
+}

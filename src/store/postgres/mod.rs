@@ -97,6 +97,14 @@ const BODY_JSON_ID: &str = "(convert_from(body, 'UTF8')::jsonb ->> 'id')";
 /// A resource row read to be changed is locked until the transaction ends.
 const ROW_LOCK: &str = " FOR UPDATE";
 
+/// A conditional create or update (`If-None-Exist`, `PUT Type?…`) holds this lock on its
+/// condition until its transaction ends, so that two transactions with one condition
+/// (two referrals for one patient, at two instances or on two connections) cannot both
+/// find no match and both create: the second waits, then its search (a new snapshot
+/// under READ COMMITTED) finds the first's resource. Two-key form, the first key Sprig's
+/// namespace: the two-key and one-key advisory lock spaces do not overlap.
+const CONDITION_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(1936748135, hashtext($1))");
+
 /// SQL for the days (fractional) from the timestamp column `earlier` to `later`
 /// (both RFC 3339 text); the arguments are fixed column names, never input.
 fn days_between(later: &str, earlier: &str) -> String {

@@ -9,7 +9,7 @@
 use serde_json::Value;
 use sqlx::Row;
 
-use super::{Backend, Conn, DbRow, ROW_LOCK, Tx};
+use super::{Backend, CONDITION_LOCK, Conn, DbRow, ROW_LOCK, Tx};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::{
@@ -179,6 +179,19 @@ impl Tx {
         query: &crate::search::SearchQuery,
         visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
+        if let Some(lock) = CONDITION_LOCK {
+            // The condition as it is normalised (its self link) and whose resources it
+            // may match: the same condition from one practice is one lock.
+            let condition = format!(
+                "{} {} {visibility:?}",
+                query.resource_type,
+                query.self_query()
+            );
+            sqlx::query(lock)
+                .bind(condition)
+                .execute(self.conn())
+                .await?;
+        }
         super::search::matching_ids(self.conn(), query, visibility).await
     }
 

@@ -101,6 +101,9 @@ const BODY_JSON_ID: &str = "json_extract(CAST(body AS TEXT), '$.id')";
 /// already serialises writes.
 const ROW_LOCK: &str = "";
 
+/// The single writer already runs conditional writes one after another.
+const CONDITION_LOCK: Option<&str> = None;
+
 /// SQL for the days (fractional) from the timestamp column `earlier` to `later`
 /// (both RFC 3339 text); the arguments are fixed column names, never input.
 fn days_between(later: &str, earlier: &str) -> String {
