@@ -44,3 +44,4 @@ mod tls;
 mod validate;
 mod workflow;
 mod write_path;
+mod upgrade;
