@@ -388,7 +388,8 @@ async fn an_erased_referral_is_gone_with_everything_that_belongs_to_it_and_audit
         200
     );
     // So does the practice's Organization, which the other referral's resources name.
-    let practice = "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345";
+    let practice =
+        "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345";
     assert_eq!(json_body(app.get(practice).await).await["total"], 1);
     assert_eq!(
         app.get(&format!("/fhir/ServiceRequest/{second}"))

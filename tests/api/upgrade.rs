@@ -34,14 +34,19 @@ async fn a_database_at_migration_0007_upgrades_with_its_referrals_and_the_per_pr
     let database = database_for(dir.path()).await;
     // The database as Sprig left it at migration 0007, holding referrals.
     if on_postgres() {
-        let mut conn = sqlx::PgConnection::connect(&database).await.expect("connect");
+        let mut conn = sqlx::PgConnection::connect(&database)
+            .await
+            .expect("connect");
         sqlx::migrate!("./migrations/postgres")
             .run_to(7, &mut conn)
             .await
             .expect("migrations up to 0007");
         for (id, practice, value) in BEFORE {
             for (sql, binds) in [
-                (INSERT_REFERRAL, vec![Some(id), Some(SYSTEM), Some(value), practice, Some(id)]),
+                (
+                    INSERT_REFERRAL,
+                    vec![Some(id), Some(SYSTEM), Some(value), practice, Some(id)],
+                ),
                 (INSERT_NOTE, vec![Some(id)]),
             ] {
                 let mut query = sqlx::query(sql);
@@ -66,7 +71,10 @@ async fn a_database_at_migration_0007_upgrades_with_its_referrals_and_the_per_pr
             .expect("migrations up to 0007");
         for (id, practice, value) in BEFORE {
             for (sql, binds) in [
-                (INSERT_REFERRAL, vec![Some(id), Some(SYSTEM), Some(value), practice, Some(id)]),
+                (
+                    INSERT_REFERRAL,
+                    vec![Some(id), Some(SYSTEM), Some(value), practice, Some(id)],
+                ),
                 (INSERT_NOTE, vec![Some(id)]),
             ] {
                 let mut query = sqlx::query(sql);

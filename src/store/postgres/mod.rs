@@ -291,7 +291,7 @@ impl PgStore {
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
-            pending_index: search::PendingIndex::default(),
+            pending_index: Box::default(),
             stamp: None,
         })
     }
@@ -363,8 +363,9 @@ pub struct Tx {
     written: Vec<WrittenVersion>,
     /// The `lastUpdated` of every version this transaction writes, once read.
     stamp: Option<Instant>,
-    /// Index rows deferred to the next index read or the commit (`PendingIndex`).
-    pending_index: search::PendingIndex,
+    /// Index rows deferred to the next index read or the commit (`PendingIndex`);
+    /// boxed, so a transaction stays small to move.
+    pending_index: Box<search::PendingIndex>,
 }
 
 impl std::fmt::Debug for Tx {

@@ -84,20 +84,25 @@ pub(crate) const ROWS_PER_INSERT: usize = 500;
 /// Task and their Provenance) cost three INSERTs instead of nine.
 #[derive(Debug, Default)]
 pub(crate) struct PendingIndex {
-    /// `(resource_type, id, param, system, code)`.
-    tokens: Vec<(&'static str, String, &'static str, Option<String>, String)>,
-    /// `(resource_type, id, param, reference, target_type, target_id)`.
-    references: Vec<(
-        &'static str,
-        String,
-        &'static str,
-        String,
-        Option<&'static str>,
-        Option<String>,
-    )>,
-    /// `(resource_type, id, param, low, high)`.
-    dates: Vec<(&'static str, String, &'static str, String, String)>,
+    tokens: Vec<TokenRow>,
+    references: Vec<ReferenceRow>,
+    dates: Vec<DateRow>,
 }
+
+/// A `search_tokens` row: `(resource_type, id, param, system, code)`.
+type TokenRow = (&'static str, String, &'static str, Option<String>, String);
+/// A `search_references` row: `(resource_type, id, param, reference, target_type,
+/// target_id)`.
+type ReferenceRow = (
+    &'static str,
+    String,
+    &'static str,
+    String,
+    Option<&'static str>,
+    Option<String>,
+);
+/// A `search_dates` row: `(resource_type, id, param, low, high)`.
+type DateRow = (&'static str, String, &'static str, String, String);
 
 impl PendingIndex {
     /// Adds the index rows of `resource`, which has none stored (or none pending).
@@ -139,10 +144,12 @@ impl PendingIndex {
     /// Forgets the pending rows of one resource (it is being rewritten or deleted).
     pub(crate) fn forget(&mut self, resource_type: ResourceType, id: &FhirId) {
         let (type_name, id) = (resource_type.as_str(), id.as_str());
-        self.tokens.retain(|row| !(row.0 == type_name && row.1 == id));
+        self.tokens
+            .retain(|row| !(row.0 == type_name && row.1 == id));
         self.references
             .retain(|row| !(row.0 == type_name && row.1 == id));
-        self.dates.retain(|row| !(row.0 == type_name && row.1 == id));
+        self.dates
+            .retain(|row| !(row.0 == type_name && row.1 == id));
     }
 
     /// Writes every pending row, after the resource rows they refer to.

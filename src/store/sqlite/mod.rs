@@ -371,7 +371,7 @@ impl SqliteStore {
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
-            pending_index: search::PendingIndex::default(),
+            pending_index: Box::default(),
             stamp: Instant::now(),
             _writing: None,
         })
@@ -388,7 +388,7 @@ impl SqliteStore {
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
-            pending_index: search::PendingIndex::default(),
+            pending_index: Box::default(),
             stamp,
             _writing: Some(Writing {
                 horizon: Arc::clone(&self.horizon),
@@ -412,8 +412,9 @@ pub struct Tx {
     /// Its place in the [`CommitHorizon`], given up when the transaction ends (after
     /// the commit, or the rollback, completes); `None` for an audit row alone.
     _writing: Option<Writing>,
-    /// Index rows deferred to the next index read or the commit (`PendingIndex`).
-    pending_index: search::PendingIndex,
+    /// Index rows deferred to the next index read or the commit (`PendingIndex`);
+    /// boxed, so a transaction stays small to move.
+    pending_index: Box<search::PendingIndex>,
 }
 
 impl std::fmt::Debug for Tx {
