@@ -41,22 +41,26 @@ const PARTICIPANT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/provenance
 /// `tx` wrote since the last call, caused by the caller `record` names.
 pub async fn record(tx: &mut WriteTx, record: &AuditRecord) -> Result<(), StoreError> {
     let request_id = record.request_id.as_deref().unwrap_or("");
-    for version in tx.take_written() {
-        if !RECORDED_TYPES.contains(&version.resource_type) {
-            continue;
-        }
-        let id = FhirId::generate();
-        tx.create(ResourceWrite {
+    let versions: Vec<WrittenVersion> = tx
+        .take_written()
+        .into_iter()
+        .filter(|version| RECORDED_TYPES.contains(&version.resource_type))
+        .collect();
+    let ids: Vec<FhirId> = versions.iter().map(|_| FhirId::generate()).collect();
+    // All in one statement per table: each is a round trip with the writer held.
+    let writes = versions
+        .iter()
+        .zip(&ids)
+        .map(|(version, id)| ResourceWrite {
             resource_type: ResourceType::PROVENANCE,
-            id: &id,
-            resource: provenance(&version, record),
+            id,
+            resource: provenance(version, record),
             received: None,
             request_id,
             owner: version.owner.as_deref(),
         })
-        .await?;
-    }
-    Ok(())
+        .collect();
+    tx.create_all(writes).await
 }
 
 /// The Provenance of one version, caused by the caller of `record` (without `id` and

@@ -71,6 +71,10 @@ pub enum StoreError {
         "unsupported database '{0}': use a SQLite file path, a sqlite: URL or a postgres:// URL"
     )]
     UnsupportedDatabase(String),
+    /// The database's settings would corrupt or misorder what Sprig stores (its
+    /// encoding, its collation): the message names the setting and what it must be.
+    #[error("unsuitable database: {0}")]
+    UnsuitableDatabase(String),
     /// The database answered with an error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -87,6 +87,12 @@ impl WriteTx {
         dispatch!(self, b => b.create(write).await)
     }
 
+    /// Stores new resources, each as version 1, with one statement per table for all
+    /// of them (the Provenance of a request's versions).
+    pub async fn create_all(&mut self, writes: Vec<ResourceWrite<'_>>) -> Result<(), StoreError> {
+        dispatch!(self, b => b.create_all(writes).await)
+    }
+
     /// Stores a new version of an existing resource. With `expected`, the
     /// current version must be that one (`If-Match`), or nothing is written.
     pub async fn update(

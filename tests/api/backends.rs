@@ -75,3 +75,61 @@ async fn drop_stale_databases() {
         }
     }
 }
+
+/// A PostgreSQL database that is not UTF8 would store names and notes mangled (or
+/// refuse them): Sprig stops at start-up, naming the setting, before it migrates
+/// anything. Run once (not in the PostgreSQL child run: it makes its own database).
+#[tokio::test]
+async fn a_postgresql_database_not_in_utf8_stops_start_up_naming_the_setting() {
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+        "{}/postgres",
+        postgres_server()
+    ))
+    .await
+    .expect("PostgreSQL at TEST_POSTGRES");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // The `sprig_t_<seconds>_` prefix lets a later run drop it if this one dies.
+    let name = format!("sprig_t_{stamp}_ascii_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create the SQL_ASCII database");
+    let database = format!("{}/{name}", postgres_server());
+    let opened = sprig::store::Store::open(&sprig::store::StoreOptions {
+        database: database.clone(),
+        busy_timeout: std::time::Duration::from_secs(5),
+        max_read_connections: 2,
+        durable_commits: true,
+    })
+    .await;
+    let message = match opened {
+        Ok(_) => panic!("Sprig started on a SQL_ASCII database"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        message.contains("ENCODING 'SQL_ASCII'") && message.contains("needs ENCODING 'UTF8'"),
+        "{message}"
+    );
+    // Nothing was migrated into it.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database)
+        .await
+        .expect("connect");
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("tables");
+    assert_eq!(tables, 0);
+    drop(conn);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}

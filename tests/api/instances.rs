@@ -50,6 +50,35 @@ async fn the_same_referral_at_two_instances_at_once_is_one_referral() {
     );
 }
 
+/// A BaRS sender that times out and resends, through a load balancer, can have many
+/// copies of one message (one `X-Request-ID`) in flight at two instances at once: each
+/// copy gets the one answer, never a 500 from the replay table's unique key.
+#[tokio::test]
+async fn the_same_message_id_at_two_instances_at_once_gets_one_answer() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let body = Shape::Message.example();
+    let headers = [("x-request-id", "5b0f6c1e-2d3a-4e5f-8a6b-7c8d9e0f1a2b")];
+    let sends = (0..16).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        post_fhir(app, "/fhir/$process-message", &body, &headers)
+    });
+    let answers = futures::future::join_all(sends).await;
+    let mut replies = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+        replies.push(json_body(answer).await);
+    }
+    assert!(
+        replies.windows(2).all(|pair| pair[0] == pair[1]),
+        "every copy gets the same reply: {replies:?}"
+    );
+    let list = json_body(b.get("/api/referrals").await).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
 #[tokio::test]
 async fn the_same_identifier_from_two_practices_at_two_instances_at_once_is_two_referrals() {
     if !on_postgres() {

@@ -42,6 +42,7 @@ mod real_clients;
 mod search;
 mod tidy;
 mod tls;
+mod upgrade;
 mod validate;
 mod workflow;
 mod write_path;

@@ -387,6 +387,10 @@ async fn an_erased_referral_is_gone_with_everything_that_belongs_to_it_and_audit
         app.get(&format!("/fhir/Patient/{patient}")).await.status(),
         200
     );
+    // So does the practice's Organization, which the other referral's resources name.
+    let practice =
+        "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345";
+    assert_eq!(json_body(app.get(practice).await).await["total"], 1);
     assert_eq!(
         app.get(&format!("/fhir/ServiceRequest/{second}"))
             .await
@@ -438,8 +442,9 @@ async fn an_erased_referral_is_gone_with_everything_that_belongs_to_it_and_audit
             .status(),
         404
     );
-    // The practice's Organization, which the referrals named but do not own alone, stays
-    // only while something names it: nothing does now, and the counts say what went.
+    // The practice's Organization, which the first referral created and the second
+    // rewrote, stays only while something names it: nothing does now.
+    assert_eq!(json_body(app.get(practice).await).await["total"], 0);
     app.stop().await;
 }
 

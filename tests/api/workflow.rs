@@ -626,7 +626,7 @@ async fn the_same_message_sent_twice_at_once_gets_one_answer() {
     let app = spawn_app().await;
     let body = Shape::Message.example();
     let headers = [("x-request-id", "0d6a4c1e-8f1b-4c55-9d2e-3a7b6c5d4e3f")];
-    let sends = (0..6).map(|_| post_fhir(&app, "/fhir/$process-message", &body, &headers));
+    let sends = (0..16).map(|_| post_fhir(&app, "/fhir/$process-message", &body, &headers));
     let answers = futures::future::join_all(sends).await;
     let mut bodies = Vec::new();
     for answer in answers {

@@ -231,12 +231,14 @@ async fn referrals_with(app: &TestApp, value: &str) -> i64 {
 async fn a_transaction_that_outlasts_the_time_limit_is_rolled_back_before_its_503() {
     let app = spawn_app_with(|s| {
         s.limits.request_timeout_secs = 1;
-        s.limits.max_repeats = 10_000;
+        s.limits.max_repeats = 20_000;
+        s.limits.max_body_bytes = 32 * 1024 * 1024;
     })
     .await;
     let before = app.stored_version_count().await;
-    // Far more work than a second holds in a test build.
-    let bundle = large_bundle(3_000, "TIMEOUT-1");
+    // Far more work than a second holds in a test build (3,000 entries did, once the
+    // index rows of a transaction went in one INSERT per table).
+    let bundle = large_bundle(15_000, "TIMEOUT-1");
     let response = app
         .client
         .post(app.url("/fhir"))

@@ -94,6 +94,10 @@ const INDEX_STATE_LOCK: &str = " FOR UPDATE";
 /// The `Bundle.id` of a stored message body.
 const BODY_JSON_ID: &str = "(convert_from(body, 'UTF8')::jsonb ->> 'id')";
 
+/// An audit row with nothing else to write is one INSERT on a pooled connection,
+/// committed at once: PostgreSQL commits many connections' transactions side by side.
+const AUDIT_IN_GROUP_COMMIT: bool = false;
+
 /// A resource row read to be changed is locked until the transaction ends.
 const ROW_LOCK: &str = " FOR UPDATE";
 
@@ -257,6 +261,7 @@ impl PgStore {
             .acquire_timeout(options.busy_timeout.max(Duration::from_secs(15)))
             .connect_with(connect)
             .await?;
+        check_database_settings(&pool).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let outbox_signal = Arc::new(Notify::new());
         let mut listener = PgListener::connect_with(&pool).await?;
@@ -281,6 +286,12 @@ impl PgStore {
         Ok(0)
     }
 
+    /// A write transaction for an audit row alone: unused here, as a row inserted on
+    /// its own commits at once (see [`AUDIT_IN_GROUP_COMMIT`]).
+    async fn begin_audit_write(&self) -> Result<Tx, StoreError> {
+        self.begin_write().await
+    }
+
     /// Opens a write transaction.
     pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(Tx {
@@ -288,9 +299,40 @@ impl PgStore {
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
+            pending_index: Box::default(),
             stamp: None,
         })
     }
+}
+
+/// Refuses a database whose encoding is not UTF8 (it could not hold every name and
+/// note a referral carries, or would store them mangled) or whose collation does not
+/// compare text byte by byte (ids, identifiers and fixed-width instants are compared
+/// and paged in SQL, and the keyset cursors assume byte order: a linguistic collation
+/// ignores hyphens, so a GP's pull could skip or repeat resources). Checked before the
+/// migrations, so a wrong database is left untouched.
+async fn check_database_settings(pool: &PgPool) -> Result<(), StoreError> {
+    let (name, encoding, collate, byte_order): (String, String, String, bool) = sqlx::query_as(
+        "SELECT datname, pg_encoding_to_char(encoding), datcollate, \
+                ('B' < 'a' AND 'a-b' < 'a0' AND 'Z' < '_') \
+         FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?;
+    if encoding != "UTF8" {
+        return Err(StoreError::UnsuitableDatabase(format!(
+            "PostgreSQL database '{name}' has ENCODING '{encoding}'; Sprig needs ENCODING 'UTF8' \
+             (CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C')"
+        )));
+    }
+    if !byte_order {
+        return Err(StoreError::UnsuitableDatabase(format!(
+            "PostgreSQL database '{name}' has LC_COLLATE '{collate}', which does not sort text in \
+             byte order; Sprig needs LC_COLLATE 'C' (CREATE DATABASE {name} TEMPLATE template0 \
+             ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C')"
+        )));
+    }
+    Ok(())
 }
 
 /// Wakes this instance's delivery whenever any instance's commit enqueued
@@ -329,6 +371,9 @@ pub struct Tx {
     written: Vec<WrittenVersion>,
     /// The `lastUpdated` of every version this transaction writes, once read.
     stamp: Option<Instant>,
+    /// Index rows deferred to the next index read or the commit (`PendingIndex`);
+    /// boxed, so a transaction stays small to move.
+    pending_index: Box<search::PendingIndex>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -373,6 +418,7 @@ impl Tx {
     /// Commits every change; when it enqueued outbox rows, every instance's
     /// listener is told (PostgreSQL delivers a `NOTIFY` only on commit).
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush_index().await?;
         if self.enqueued {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(OUTBOX_CHANNEL)

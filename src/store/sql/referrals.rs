@@ -151,17 +151,20 @@ impl Tx {
         .bind(&p.postcode)
         .execute(self.conn())
         .await?;
-        for (position, reason) in f.reasons.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO referral_reasons (referral_id, position, system, code, display, text) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+        // One statement for every reason (a round trip each, with the writer held).
+        if !f.reasons.is_empty() {
+            sqlx::QueryBuilder::<super::Db>::new(
+                "INSERT INTO referral_reasons (referral_id, position, system, code, display, text) ",
             )
-            .bind(id)
-            .bind(position as i64)
-            .bind(&reason.system)
-            .bind(&reason.code)
-            .bind(&reason.display)
-            .bind(&reason.text)
+            .push_values(f.reasons.iter().enumerate(), |mut row, (position, reason)| {
+                row.push_bind(id)
+                    .push_bind(position as i64)
+                    .push_bind(&reason.system)
+                    .push_bind(&reason.code)
+                    .push_bind(&reason.display)
+                    .push_bind(&reason.text);
+            })
+            .build()
             .execute(self.conn())
             .await?;
         }

@@ -7,9 +7,9 @@
 //! commit it rolls back.
 
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
 
-use super::{Backend, CONDITION_LOCK, Conn, DbRow, ROW_LOCK, Tx};
+use super::{Backend, CONDITION_LOCK, Conn, Db, DbRow, ROW_LOCK, Tx};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::{
@@ -49,11 +49,79 @@ impl Tx {
             operation: HistoryOperation::Create,
             owner: owner.map(str::to_owned),
         });
-        // After the resource row: the index rows refer to it. The INSERT above
-        // proved the id new (deleted resources keep their row), so it has no
-        // index rows to clear: three DELETEs fewer while the writer is held.
-        super::search::index_new(self.conn(), stored.resource_type, &stored.id, &stamped).await?;
+        // Written at the next index read or the commit, after the resource row they
+        // refer to. The INSERT above proved the id new (deleted resources keep their
+        // row), so it has no index rows to clear: three DELETEs fewer while the
+        // writer is held.
+        self.pending_index
+            .add(stored.resource_type, &stored.id, &stamped)?;
         Ok(stored)
+    }
+
+    /// Stores new resources, each as version 1: one INSERT per table for all of them
+    /// (their Provenance, say), where [`Tx::create`] takes two per resource.
+    pub(in crate::store) async fn create_all(
+        &mut self,
+        writes: Vec<ResourceWrite<'_>>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let version_id = VersionId::FIRST;
+        let last_updated = self.timestamp().await?;
+        let at = last_updated.to_fhir();
+        let mut rows = Vec::with_capacity(writes.len());
+        for write in writes {
+            let owner = write.owner;
+            let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
+            rows.push((stored, audit, stamped, owner));
+        }
+        for chunk in rows.chunks(super::search::ROWS_PER_INSERT) {
+            QueryBuilder::<Db>::new(
+                "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods) ",
+            )
+            .push_values(chunk, |mut row, (stored, _, _, owner)| {
+                row.push_bind(stored.resource_type.as_str())
+                    .push_bind(stored.id.as_str())
+                    .push_bind(version_id.get())
+                    .push("0")
+                    .push_bind(at.as_str())
+                    .push_bind(*owner);
+            })
+            .build()
+            .execute(self.conn())
+            .await?;
+            QueryBuilder::<Db>::new(
+                "INSERT INTO resource_versions \
+                 (resource_type, id, version_id, last_updated, operation, resource, received, request_id) ",
+            )
+            .push_values(chunk, |mut row, (stored, audit, _, _)| {
+                row.push_bind(stored.resource_type.as_str())
+                    .push_bind(stored.id.as_str())
+                    .push_bind(version_id.get())
+                    .push_bind(at.as_str())
+                    .push_bind("create")
+                    .push_bind(stored.json.as_str())
+                    .push_bind(audit.received)
+                    .push_bind(audit.request_id);
+            })
+            .build()
+            .execute(self.conn())
+            .await?;
+        }
+        for (stored, _, stamped, owner) in &rows {
+            self.written.push(WrittenVersion {
+                resource_type: stored.resource_type,
+                id: stored.id.clone(),
+                version_id,
+                recorded: last_updated,
+                operation: HistoryOperation::Create,
+                owner: owner.map(str::to_owned),
+            });
+            self.pending_index
+                .add(stored.resource_type, &stored.id, stamped)?;
+        }
+        Ok(())
     }
 
     /// Stores a new version of an existing resource. With `expected`, the
@@ -113,13 +181,8 @@ impl Tx {
             operation: written,
             owner,
         });
-        super::search::reindex(
-            self.conn(),
-            stored.resource_type,
-            &stored.id,
-            Some(&stamped),
-        )
-        .await?;
+        self.replace_index(stored.resource_type, &stored.id, Some(&stamped))
+            .await?;
         Ok(stored)
     }
 
@@ -168,7 +231,7 @@ impl Tx {
             },
         })
         .await?;
-        super::search::reindex(self.conn(), resource_type, id, None).await?;
+        self.replace_index(resource_type, id, None).await?;
         Ok(Some(version_id))
     }
 
@@ -192,7 +255,34 @@ impl Tx {
                 .execute(self.conn())
                 .await?;
         }
+        // The match must see every resource this transaction wrote.
+        self.flush_index().await?;
         super::search::matching_ids(self.conn(), query, visibility).await
+    }
+
+    /// Writes the index rows this transaction has deferred (see `PendingIndex`):
+    /// before it reads the index, and before it commits.
+    pub(in crate::store) async fn flush_index(&mut self) -> Result<(), StoreError> {
+        let mut pending = std::mem::take(&mut self.pending_index);
+        let flushed = pending.flush(self.conn()).await;
+        self.pending_index = pending;
+        flushed
+    }
+
+    /// Replaces the index rows of a resource with those of `resource` (`None`: it was
+    /// deleted): its stored rows are deleted now, its new ones deferred.
+    async fn replace_index(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        resource: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        self.pending_index.forget(resource_type, id);
+        super::search::reindex(self.conn(), resource_type, id, None).await?;
+        if let Some(resource) = resource {
+            self.pending_index.add(resource_type, id, resource)?;
+        }
+        Ok(())
     }
 
     /// Whether a resource exists that `visibility` does not see.

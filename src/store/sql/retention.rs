@@ -207,6 +207,8 @@ impl Tx {
         &mut self,
         id: &str,
     ) -> Result<Option<Removed>, StoreError> {
+        // What it reads of the index includes anything this transaction wrote.
+        self.flush_index().await?;
         super::lock_referral(self.conn(), id).await?;
         let row = sqlx::query("SELECT task_id, patient_id FROM referrals WHERE id = $1")
             .bind(id)
@@ -356,8 +358,8 @@ impl Tx {
         Ok(Some(removed))
     }
 
-    /// The resources reached from `roots` by references either way (any depth) whose
-    /// first version came with one of `requests` (the referral's submissions), and the
+    /// The resources reached from `roots` by references either way (any depth) of which
+    /// a version came with one of `requests` (the referral's submissions), and the
     /// referral's Patient: what the referral brought, not what it merely names.
     async fn created_by_submissions(
         &mut self,
@@ -392,17 +394,22 @@ impl Tx {
                 if roots.contains(&key) || found.contains(&key) {
                     continue;
                 }
-                let first: Option<(Option<String>,)> = sqlx::query_as(
-                    "SELECT request_id FROM resource_versions \
-                     WHERE resource_type = $1 AND id = $2 AND version_id = 1",
+                // Any version, not only the first: a practice's Organization (or the
+                // Patient) the first referral created and the next one rewrote (a
+                // conditional update) belongs to both, so erasing the last referral
+                // naming it takes it, as nothing else is left to keep it.
+                let writers: Vec<(Option<String>,)> = sqlx::query_as(
+                    "SELECT DISTINCT request_id FROM resource_versions \
+                     WHERE resource_type = $1 AND id = $2",
                 )
                 .bind(&key.0)
                 .bind(&key.1)
-                .fetch_optional(self.conn())
+                .fetch_all(self.conn())
                 .await?;
-                if first
-                    .and_then(|(request,)| request)
-                    .is_some_and(|request| requests.contains(&request))
+                if writers
+                    .into_iter()
+                    .filter_map(|(request,)| request)
+                    .any(|request| requests.contains(&request))
                 {
                     found.insert(key.clone());
                     frontier.push(key);

@@ -59,78 +59,153 @@ async fn clear(
     Ok(())
 }
 
-/// Writes the index rows of a resource that has none yet (just created):
-/// one multi-row INSERT per table, because every statement is a round
-/// trip to SQLite's worker thread while the single writer is held.
+/// Writes the index rows of a resource that has none yet (just created),
+/// at once (see [`PendingIndex`] for the rows a write transaction defers).
 pub(crate) async fn index_new(
     conn: &mut Conn,
     resource_type: ResourceType,
     id: &FhirId,
     resource: &Value,
 ) -> Result<(), StoreError> {
-    if let Err(error) = crate::search::params::compiled() {
-        // Storing a resource the index cannot see would hide it from
-        // conditional creates: refuse the write instead.
-        return Err(StoreError::SearchIndex(error.to_string()));
-    }
-    let entries = index_entries(resource_type, resource);
-    let mut tokens = Vec::new();
-    let mut references = Vec::new();
-    let mut dates = Vec::new();
-    for entry in &entries {
-        match &entry.value {
-            IndexValue::Token { system, code } => tokens.push((entry.param, system, code)),
-            IndexValue::Reference(reference) => references.push((entry.param, reference)),
-            IndexValue::Date(range) => dates.push((entry.param, range)),
+    let mut pending = PendingIndex::default();
+    pending.add(resource_type, id, resource)?;
+    pending.flush(conn).await
+}
+
+/// Most rows in one multi-row INSERT: 500 rows of at most 6 values stay well under
+/// SQLite's 32,766 bound parameters and PostgreSQL's 65,535, however large a Bundle.
+pub(crate) const ROWS_PER_INSERT: usize = 500;
+
+/// Index rows a write transaction has computed but not yet written: kept until the
+/// transaction next reads the index (a conditional match), or commits, then written
+/// with one multi-row INSERT per table for every resource written since. Every
+/// statement is a round trip to SQLite's worker thread while the single writer is held
+/// (or to the PostgreSQL server), so a new referral's four resources (ServiceRequest,
+/// Task and their Provenance) cost three INSERTs instead of nine.
+#[derive(Debug, Default)]
+pub(crate) struct PendingIndex {
+    tokens: Vec<TokenRow>,
+    references: Vec<ReferenceRow>,
+    dates: Vec<DateRow>,
+}
+
+/// A `search_tokens` row: `(resource_type, id, param, system, code)`.
+type TokenRow = (&'static str, String, &'static str, Option<String>, String);
+/// A `search_references` row: `(resource_type, id, param, reference, target_type,
+/// target_id)`.
+type ReferenceRow = (
+    &'static str,
+    String,
+    &'static str,
+    String,
+    Option<&'static str>,
+    Option<String>,
+);
+/// A `search_dates` row: `(resource_type, id, param, low, high)`.
+type DateRow = (&'static str, String, &'static str, String, String);
+
+impl PendingIndex {
+    /// Adds the index rows of `resource`, which has none stored (or none pending).
+    pub(crate) fn add(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        resource: &Value,
+    ) -> Result<(), StoreError> {
+        if let Err(error) = crate::search::params::compiled() {
+            // Storing a resource the index cannot see would hide it from
+            // conditional creates: refuse the write instead.
+            return Err(StoreError::SearchIndex(error.to_string()));
         }
+        let type_name = resource_type.as_str();
+        for entry in index_entries(resource_type, resource) {
+            let id = id.as_str().to_owned();
+            match entry.value {
+                IndexValue::Token { system, code } => {
+                    self.tokens.push((type_name, id, entry.param, system, code));
+                }
+                IndexValue::Reference(reference) => self.references.push((
+                    type_name,
+                    id,
+                    entry.param,
+                    reference.reference,
+                    reference.target_type.map(ResourceType::as_str),
+                    reference.target_id,
+                )),
+                IndexValue::Date(range) => {
+                    self.dates
+                        .push((type_name, id, entry.param, range.low, range.high));
+                }
+            }
+        }
+        Ok(())
     }
-    let (type_name, id) = (resource_type.as_str(), id.as_str());
-    if !tokens.is_empty() {
-        QueryBuilder::<Db>::new(
-            "INSERT INTO search_tokens (resource_type, id, param, system, code) ",
-        )
-        .push_values(tokens, |mut row, (param, system, code)| {
-            row.push_bind(type_name)
-                .push_bind(id)
-                .push_bind(param)
-                .push_bind(system.as_deref())
-                .push_bind(code.as_str());
-        })
-        .build()
-        .execute(&mut *conn)
-        .await?;
+
+    /// Forgets the pending rows of one resource (it is being rewritten or deleted).
+    pub(crate) fn forget(&mut self, resource_type: ResourceType, id: &FhirId) {
+        let (type_name, id) = (resource_type.as_str(), id.as_str());
+        self.tokens
+            .retain(|row| !(row.0 == type_name && row.1 == id));
+        self.references
+            .retain(|row| !(row.0 == type_name && row.1 == id));
+        self.dates
+            .retain(|row| !(row.0 == type_name && row.1 == id));
     }
-    if !references.is_empty() {
-        QueryBuilder::<Db>::new(
-            "INSERT INTO search_references \
-             (resource_type, id, param, reference, target_type, target_id) ",
-        )
-        .push_values(references, |mut row, (param, reference)| {
-            row.push_bind(type_name)
-                .push_bind(id)
-                .push_bind(param)
-                .push_bind(reference.reference.as_str())
-                .push_bind(reference.target_type.map(ResourceType::as_str))
-                .push_bind(reference.target_id.as_deref());
-        })
-        .build()
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !dates.is_empty() {
-        QueryBuilder::<Db>::new("INSERT INTO search_dates (resource_type, id, param, low, high) ")
-            .push_values(dates, |mut row, (param, range)| {
-                row.push_bind(type_name)
-                    .push_bind(id)
-                    .push_bind(param)
-                    .push_bind(range.low.as_str())
-                    .push_bind(range.high.as_str());
+
+    /// Writes every pending row, after the resource rows they refer to.
+    pub(crate) async fn flush(&mut self, conn: &mut Conn) -> Result<(), StoreError> {
+        for chunk in std::mem::take(&mut self.tokens).chunks(ROWS_PER_INSERT) {
+            QueryBuilder::<Db>::new(
+                "INSERT INTO search_tokens (resource_type, id, param, system, code) ",
+            )
+            .push_values(chunk, |mut row, (type_name, id, param, system, code)| {
+                row.push_bind(*type_name)
+                    .push_bind(id.as_str())
+                    .push_bind(*param)
+                    .push_bind(system.as_deref())
+                    .push_bind(code.as_str());
             })
             .build()
             .execute(&mut *conn)
             .await?;
+        }
+        for chunk in std::mem::take(&mut self.references).chunks(ROWS_PER_INSERT) {
+            QueryBuilder::<Db>::new(
+                "INSERT INTO search_references \
+                 (resource_type, id, param, reference, target_type, target_id) ",
+            )
+            .push_values(
+                chunk,
+                |mut row, (type_name, id, param, reference, target_type, target_id)| {
+                    row.push_bind(*type_name)
+                        .push_bind(id.as_str())
+                        .push_bind(*param)
+                        .push_bind(reference.as_str())
+                        .push_bind(*target_type)
+                        .push_bind(target_id.as_deref());
+                },
+            )
+            .build()
+            .execute(&mut *conn)
+            .await?;
+        }
+        for chunk in std::mem::take(&mut self.dates).chunks(ROWS_PER_INSERT) {
+            QueryBuilder::<Db>::new(
+                "INSERT INTO search_dates (resource_type, id, param, low, high) ",
+            )
+            .push_values(chunk, |mut row, (type_name, id, param, low, high)| {
+                row.push_bind(*type_name)
+                    .push_bind(id.as_str())
+                    .push_bind(*param)
+                    .push_bind(low.as_str())
+                    .push_bind(high.as_str());
+            })
+            .build()
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The ids of every current, non-deleted resource matching `query`'s
@@ -375,6 +450,8 @@ impl Backend {
             .await?;
             let Some(last) = rows.last() else { break };
             after = (last.try_get("resource_type")?, last.try_get("id")?);
+            // One multi-row INSERT per table for the whole batch of resources.
+            let mut pending = PendingIndex::default();
             for row in &rows {
                 let type_name: String = row.try_get("resource_type")?;
                 let id_text: String = row.try_get("id")?;
@@ -391,9 +468,10 @@ impl Backend {
                 let value: Value =
                     serde_json::from_str(&json).map_err(|e| bad(format!("stored JSON: {e}")))?;
                 // Every index row was deleted above: nothing to clear per resource.
-                index_new(&mut tx, resource_type, &id, &value).await?;
+                pending.add(resource_type, &id, &value)?;
                 indexed += 1;
             }
+            pending.flush(&mut tx).await?;
         }
         sqlx::query("UPDATE search_index_state SET index_version = $1 WHERE singleton = 1")
             .bind(INDEX_VERSION)

@@ -97,6 +97,10 @@ const INDEX_STATE_LOCK: &str = "";
 /// The `Bundle.id` of a stored message body.
 const BODY_JSON_ID: &str = "json_extract(CAST(body AS TEXT), '$.id')";
 
+/// An audit row with nothing else to write (a read's, a refusal's) joins the group
+/// commit: durable before the answer is sent, sharing its batch's fsync.
+const AUDIT_IN_GROUP_COMMIT: bool = true;
+
 /// A resource row read to be changed needs no lock: the single writer
 /// already serialises writes.
 const ROW_LOCK: &str = "";
@@ -360,6 +364,22 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
+    /// A write transaction for an audit row alone: in the group commit, but not
+    /// registered with the [`CommitHorizon`], as it writes no resource version a
+    /// search must wait for.
+    async fn begin_audit_write(&self) -> Result<Tx, StoreError> {
+        let entered = self.group.enter().await?;
+        Ok(Tx {
+            entered,
+            outbox_signal: Arc::clone(&self.outbox_signal),
+            enqueued: false,
+            written: Vec::new(),
+            pending_index: Box::default(),
+            stamp: Instant::now(),
+            _writing: None,
+        })
+    }
+
     /// Opens a write transaction on the writer connection: a savepoint in
     /// the current batch (see `group`).
     pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
@@ -371,11 +391,12 @@ impl SqliteStore {
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
+            pending_index: Box::default(),
             stamp,
-            _writing: Writing {
+            _writing: Some(Writing {
                 horizon: Arc::clone(&self.horizon),
                 token,
-            },
+            }),
         })
     }
 }
@@ -392,8 +413,11 @@ pub struct Tx {
     /// The `lastUpdated` of every version this transaction writes.
     stamp: Instant,
     /// Its place in the [`CommitHorizon`], given up when the transaction ends (after
-    /// the commit, or the rollback, completes).
-    _writing: Writing,
+    /// the commit, or the rollback, completes); `None` for an audit row alone.
+    _writing: Option<Writing>,
+    /// Index rows deferred to the next index read or the commit (`PendingIndex`);
+    /// boxed, so a transaction stays small to move.
+    pending_index: Box<search::PendingIndex>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -421,7 +445,8 @@ impl Tx {
 
     /// Commits every change. Returns after the commit (the batch's that
     /// holds it) is durable.
-    pub(super) async fn commit(self) -> Result<(), StoreError> {
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush_index().await?;
         self.entered.commit().await?;
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
