@@ -18,7 +18,9 @@
 //! - the session cookie is `HttpOnly`, `SameSite=Strict`, `Path=/console`, and `Secure`
 //!   whenever Sprig is reached over HTTPS (its own TLS or an `https` public URL).
 
+mod admin;
 pub mod assets;
+mod follow_ups;
 mod measures;
 mod pages;
 mod time;
@@ -74,6 +76,13 @@ pub fn routes() -> Router<AppState> {
         .route("/console/caseloads", get(caseloads))
         .route("/console/deliveries", get(deliveries))
         .route("/console/deliveries/{seq}/retry", post(retry_delivery))
+        .route("/console/follow-ups", get(follow_ups::follow_ups))
+        .route("/console/registries", get(admin::registries))
+        .route("/console/referrals/{id}/audit", get(admin::audit_trail))
+        .route(
+            "/console/deliveries/practices/{ods}/retry",
+            post(admin::retry_practice),
+        )
 }
 
 /// Why a console request failed: a page saying so.
@@ -736,6 +745,8 @@ pub struct WorklistQuery {
     to: Option<String>,
     /// Only those overdue for first contact (any value).
     overdue: Option<String>,
+    /// Only those with a follow-up measurement due or overdue (any value).
+    follow_up: Option<String>,
 }
 
 /// Referrals per page.
@@ -764,6 +775,8 @@ pub struct WorklistView {
     pub date_error: Option<(&'static str, &'static str)>,
     /// Only the overdue ones.
     pub overdue_only: bool,
+    /// Only those with a follow-up measurement due or overdue.
+    pub follow_up_only: bool,
     /// Not contacted and received before this instant: overdue.
     pub overdue_before: String,
     /// The target, in working days.
@@ -787,6 +800,9 @@ impl WorklistView {
         }
         if self.overdue_only {
             query.append_pair("overdue", "1");
+        }
+        if self.follow_up_only {
+            query.append_pair("follow_up", "1");
         }
         let query = query.finish();
         if query.is_empty() {
@@ -871,6 +887,12 @@ async fn worklist(
     let received_from = date_bound("from", &from, false);
     let received_to = date_bound("to", &to, true);
     let overdue_only = query.overdue.is_some();
+    let follow_up_only = query.follow_up.is_some();
+    let ids = if follow_up_only {
+        Some(follow_ups::due_or_overdue_ids(&state).await?)
+    } else {
+        None
+    };
     let filter = ReferralFilter {
         stage,
         assignee: assignee.clone(),
@@ -881,6 +903,7 @@ async fn worklist(
         received_from,
         received_to,
         not_contacted_before: overdue_only.then(|| overdue_before.clone()),
+        ids,
         limit: PAGE + 1,
     };
     let q_error = q_error.or(date_error.map(|(_, message)| message));
@@ -912,6 +935,7 @@ async fn worklist(
         to,
         date_error,
         overdue_only,
+        follow_up_only,
         overdue_before,
         target_days,
     };
@@ -1059,15 +1083,7 @@ async fn render_referral(
         })
         .await?;
     let assignable = if access.staff_may(StaffAction::Assign) {
-        staff::list_accounts(&state.store)
-            .await
-            .map_err(|e| ConsoleError::Internal(e.to_string()))?
-            .into_iter()
-            .filter(|a| {
-                a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager)
-            })
-            .map(|a| (a.username, a.display_name))
-            .collect()
+        assignable_people(state).await?
     } else {
         Vec::new()
     };
@@ -1087,6 +1103,7 @@ async fn render_referral(
             assigned_to: detail.referral.assigned_to.as_deref(),
         }),
         assign: access.staff_may(StaffAction::Assign),
+        audit: access.staff_may(StaffAction::Audit),
     };
     Ok(html(
         status,
@@ -1102,6 +1119,24 @@ async fn render_referral(
             measures: &measures::offered(&state.outcomes.catalogue),
         }),
     ))
+}
+
+fn staff_error(error: staff::StaffError) -> ConsoleError {
+    match error {
+        staff::StaffError::Store(store) => store.into(),
+        other => ConsoleError::Internal(other.to_string()),
+    }
+}
+
+/// Who referrals can be assigned to (username, name): staff accounts and people signed
+/// in through the identity provider (`staff::assignable`, the API's rule too).
+async fn assignable_people(state: &AppState) -> Result<Vec<(String, String)>> {
+    Ok(staff::assignable(&state.store)
+        .await
+        .map_err(staff_error)?
+        .into_iter()
+        .map(|a| (a.username, a.display_name))
+        .collect())
 }
 
 /// The referral's assignee, checked against `action` for the person (404 first).
@@ -1289,12 +1324,10 @@ async fn assign(
     let who = fields.get("assigned_to");
     let assignable = match who {
         None => true,
-        Some(who) => staff::account(&state.store, who)
+        Some(who) => staff::assignable_one(&state.store, who)
             .await
-            .map_err(|e| ConsoleError::Internal(e.to_string()))?
-            .is_some_and(|a| {
-                a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager)
-            }),
+            .map_err(staff_error)?
+            .is_some(),
     };
     if let (false, Some(who)) = (assignable, who) {
         let on = OnReferral {
@@ -1449,10 +1482,17 @@ async fn caseloads(
     require(&access, StaffAction::Reports)?;
     let (loads, practices) =
         tokio::try_join!(state.store.caseloads(), state.store.practice_figures())?;
+    let people = assignable_people(&state).await?;
     Ok(html(
         StatusCode::OK,
-        pages::caseloads(&session, &loads, &practices),
+        pages::caseloads(&session, &loads, &people, &practices),
     ))
+}
+
+/// The deliveries page's query: how many dead letters were just put back.
+#[derive(Debug, Default, Deserialize)]
+pub struct DeliveriesQuery {
+    retried: Option<u64>,
 }
 
 /// `GET /console/deliveries` (administrators): dead letters, with retry.
@@ -1460,7 +1500,9 @@ async fn deliveries(
     State(state): State<AppState>,
     access: Access,
     Extension(session): Extension<ConsoleSession>,
+    query: std::result::Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Response> {
+    let retried = query.ok().and_then(|Query(q)| q.retried);
     require(&access, StaffAction::Deliveries)?;
     let dead = state
         .store
@@ -1473,7 +1515,7 @@ async fn deliveries(
     let stats = state.store.destination_stats().await?;
     Ok(html(
         StatusCode::OK,
-        pages::deliveries(&session, &dead, &stats),
+        pages::deliveries(&session, &dead, &stats, retried),
     ))
 }
 

@@ -101,6 +101,9 @@ pub struct ReferralFilter {
     /// Only the person with this NHS number (exact), or whose family name starts with
     /// this text (case-insensitive).
     pub person: Option<PersonSearch>,
+    /// Only these referrals (the console's follow-up filter: ids computed from the
+    /// outcome schedule); an empty list matches none.
+    pub ids: Option<Vec<String>>,
     /// Resume after this (received_at, id), from the previous page's cursor.
     pub after: Option<(String, String)>,
     /// Page size.

@@ -554,6 +554,14 @@ impl Backend {
                 ));
             }
         }
+        match &filter.ids {
+            None => {}
+            Some(ids) if ids.is_empty() => sql.push_str(" AND 1 = 0"),
+            Some(ids) => {
+                let marks: Vec<String> = ids.iter().map(|_| next()).collect();
+                sql.push_str(&format!(" AND r.id IN ({})", marks.join(", ")));
+            }
+        }
         if filter.after.is_some() {
             let (a, b, c) = (next(), next(), next());
             sql.push_str(&format!(
@@ -607,6 +615,9 @@ impl Backend {
                     .replace('_', "\\_");
                 query = query.bind(format!("{escaped}%"));
             }
+        }
+        for id in filter.ids.iter().flatten() {
+            query = query.bind(id);
         }
         if let Some((at, id)) = &filter.after {
             query = query.bind(at).bind(at).bind(id);
