@@ -20,6 +20,7 @@
 
 mod admin;
 pub mod assets;
+mod first_contact;
 mod follow_ups;
 mod measures;
 mod pages;
@@ -1480,12 +1481,25 @@ async fn caseloads(
     Extension(session): Extension<ConsoleSession>,
 ) -> Result<Response> {
     require(&access, StaffAction::Reports)?;
-    let (loads, practices) =
-        tokio::try_join!(state.store.caseloads(), state.store.practice_figures())?;
+    let (loads, practices, contacts) = tokio::try_join!(
+        state.store.caseloads(),
+        state.store.practice_figures(),
+        state.store.first_contacts()
+    )?;
     let people = assignable_people(&state).await?;
+    let (by_worker, by_practice) = first_contact::figures(&contacts);
     Ok(html(
         StatusCode::OK,
-        pages::caseloads(&session, &loads, &people, &practices),
+        pages::caseloads(
+            &session,
+            &loads,
+            &people,
+            &practices,
+            &pages::ContactFigures {
+                by_worker: &by_worker,
+                by_practice: &by_practice,
+            },
+        ),
     ))
 }
 

@@ -10,6 +10,7 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::assets::{CONSOLE_CSS_PATH, CSS_PATH, FAVICON_PATH};
+use super::first_contact::ContactTimes;
 use super::measures::{Offered, Questionnaire};
 use super::time::{age, date, date_time};
 use super::{FieldError, WorklistView};
@@ -886,6 +887,37 @@ pub fn questionnaire(
     )
 }
 
+/// Time from receipt to first contact in working days, per link worker and per practice
+/// (`first_contact::figures`).
+pub struct ContactFigures<'a> {
+    /// Per link worker (`None`: unassigned).
+    pub by_worker: &'a [ContactTimes],
+    /// Per practice (`None`: no practice code).
+    pub by_practice: &'a [ContactTimes],
+}
+
+fn contact_table(
+    caption: &str,
+    first: &str,
+    rows: &[ContactTimes],
+    label: &dyn Fn(Option<&str>) -> String,
+) -> Markup {
+    html! {
+        table class="nhsuk-table" {
+            caption class="nhsuk-table__caption" { (caption) }
+            thead { tr {
+                th scope="col" { (first) } th scope="col" { "Contacted" }
+                th scope="col" { "Median (working days)" } th scope="col" { "90th percentile (working days)" }
+            } }
+            tbody {
+                @for c in rows {
+                    tr { td { (label(c.key.as_deref())) } td { (c.contacted) } td { (c.median) } td { (c.p90) } }
+                }
+            }
+        }
+    }
+}
+
 /// Service managers: open referrals per link worker; per practice, referrals and the
 /// time to first contact.
 pub fn caseloads(
@@ -893,6 +925,7 @@ pub fn caseloads(
     loads: &[(Option<String>, i64)],
     people: &[(String, String)],
     practices: &[(Option<String>, i64, i64, Option<f64>)],
+    contact: &ContactFigures<'_>,
 ) -> Markup {
     // Each caseload under its holder's name (a staff account's or the identity
     // provider's); a username no longer assignable is shown as it is stored.
@@ -915,6 +948,14 @@ pub fn caseloads(
                         tr { td { (who.as_deref().map_or_else(|| "Unassigned".to_owned(), name_of)) } td { (n) } }
                     }
                 }
+            }
+            h2 { "Time from receipt to first contact" }
+            p { "Working days (Monday to Friday, England and Wales bank holidays excepted) from the day a referral was received to the day of its first contact, of the referrals contacted." }
+            @if contact.by_worker.is_empty() {
+                p { "No referral has been contacted yet." }
+            } @else {
+                (contact_table("Per link worker", "Link worker", contact.by_worker, &|k| k.map_or_else(|| "Unassigned".to_owned(), name_of)))
+                (contact_table("Per practice", "Practice", contact.by_practice, &|k| k.unwrap_or("No practice code").to_owned()))
             }
             h2 { "By practice" }
             table class="nhsuk-table" {

@@ -110,6 +110,9 @@ pub struct ReferralFilter {
     pub limit: u32,
 }
 
+/// (assignee, practice ODS code, received at, first contacted at) of one referral.
+pub type FirstContact = (Option<String>, Option<String>, String, String);
+
 /// Whose referrals a list holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Assignee {
@@ -314,6 +317,13 @@ impl Store {
     /// Open referrals per assignee (`None`: unassigned), for the managers' caseloads.
     pub async fn caseloads(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
         dispatch!(self, b => b.caseloads().await)
+    }
+
+    /// Every contacted referral's (assignee, practice ODS code, received at, first
+    /// contact at), the instants as stored: the managers' time to first contact in
+    /// working days is computed from these (`console`).
+    pub async fn first_contacts(&self) -> Result<Vec<FirstContact>, StoreError> {
+        dispatch!(self, b => b.first_contacts().await)
     }
 }
 

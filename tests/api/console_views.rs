@@ -117,7 +117,8 @@ async fn baseline_six_months_ago(app: &crate::helpers::TestApp, id: &str) {
 
 /// The follow-ups page lists what `/api/follow-ups` computes for this week: a link
 /// worker their own, a manager everyone's per link worker, an administrator nothing
-/// (403); the worklist's filter keeps only referrals with one due or overdue.
+/// (403); the worklist's filter keeps only referrals with one due or overdue. The
+/// caseloads page gives the time to first contact per link worker and practice.
 #[tokio::test]
 async fn follow_ups_due_this_week_per_link_worker() {
     let app = spawn_app().await;
@@ -197,6 +198,17 @@ async fn follow_ups_due_this_week_per_link_worker() {
     );
     let (_, worklist) = mina.get(&app, "/console/referrals?view=all").await;
     assert!(worklist.contains(&none_due));
+
+    // Both were contacted the day they arrived: 0 working days, per link worker and
+    // per practice (the uncontacted one does not count).
+    let (_, caseloads) = mina.get(&app, "/console/caseloads").await;
+    for row in [
+        "<td>Amara Okafor (amara)</td><td>1</td><td>0</td><td>0</td>",
+        "<td>Ben Price (ben)</td><td>1</td><td>0</td><td>0</td>",
+        "<td>K83999</td><td>2</td><td>0</td><td>0</td>",
+    ] {
+        assert!(caseloads.contains(row), "{row}: {caseloads}");
+    }
 
     let ada = sign_in(&app, "ada").await;
     let (status, _) = ada.get(&app, "/console/follow-ups").await;

@@ -707,6 +707,21 @@ impl Backend {
         Ok(rows)
     }
 
+    /// Every contacted referral's assignee, practice, receipt and first contact.
+    pub(in crate::store) async fn first_contacts(
+        &self,
+    ) -> Result<Vec<crate::store::referrals::FirstContact>, StoreError> {
+        let rows = sqlx::query_as(
+            "SELECT r.assigned_to, r.practice_ods_code, r.received_at, c.at \
+             FROM referrals r JOIN (SELECT referral_id, MIN(at) AS at \
+               FROM referral_stage_history WHERE stage = 'contacted' GROUP BY referral_id) c \
+               ON c.referral_id = r.id",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows)
+    }
+
     /// Open referrals per assignee (`None`: unassigned).
     pub(in crate::store) async fn caseloads(
         &self,
