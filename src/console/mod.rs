@@ -18,6 +18,7 @@
 //! - the session cookie is `HttpOnly`, `SameSite=Strict`, `Path=/console`, and `Secure`
 //!   whenever Sprig is reached over HTTPS (its own TLS or an `https` public URL).
 
+mod action;
 mod admin;
 pub mod assets;
 mod first_contact;
@@ -52,6 +53,7 @@ use crate::store::outbox::{DeliveryFilter, DeliveryState};
 use crate::store::referrals::{Assignee, PersonSearch, ReferralFilter};
 use crate::store::sessions::{KeptForm, SignInRow};
 use crate::workflow::{OutcomeRequest, TransitionRequest, WorkflowError};
+use action::ReferralAction;
 
 pub use pages::Flash;
 
@@ -1203,32 +1205,20 @@ struct OnReferral<'a> {
 
 /// `POST /console/referrals/{id}/transition`: `to`, and `reason` where the GP must be
 /// told why, and an optional `note`.
-async fn transition(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    check_work(&state, &access, &id, |a| StaffAction::Transition {
-        assigned_to: a,
-    })
-    .await?;
-    let on = OnReferral {
-        state: &state,
-        access: &access,
-        session: &session,
-        context: &context,
-        id: &id,
-    };
+async fn transition(action: ReferralAction<action::Transition>) -> Result<Response> {
+    let on = action.on();
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let to = match fields.get("to").map(Stage::parse) {
         Some(Ok(stage)) => stage,
         _ => {
             let message = "Select what has happened";
-            return refuse(&on, &fields, "to", message).await;
+            return refuse(&on, fields, "to", message).await;
         }
     };
     let reason = fields.get("reason");
@@ -1241,14 +1231,14 @@ async fn transition(
             .status_reason_required
     {
         let message = "Enter a reason: the GP practice is told why";
-        return refuse(&on, &fields, "reason", message).await;
+        return refuse(&on, fields, "reason", message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
         .transition(
             &mut tx,
-            &id,
+            id,
             &TransitionRequest {
                 to,
                 reason,
@@ -1268,27 +1258,15 @@ async fn transition(
 
 /// `POST /console/referrals/{id}/notes`: a note, or (`kind=contact-attempt`) a contact
 /// attempt that did not reach the person.
-async fn note(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    check_work(&state, &access, &id, |a| StaffAction::AddNote {
-        assigned_to: a,
-    })
-    .await?;
-    let on = OnReferral {
-        state: &state,
-        access: &access,
-        session: &session,
-        context: &context,
-        id: &id,
-    };
+async fn note(action: ReferralAction<action::Note>) -> Result<Response> {
+    let on = action.on();
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let attempt = fields.get("kind") == Some("contact-attempt");
     let text = match (attempt, fields.get("text")) {
         (true, Some(text)) => format!("Contact attempt: {text}"),
@@ -1296,13 +1274,13 @@ async fn note(
         (false, Some(text)) => text.to_owned(),
         (false, None) => {
             let message = "Enter the note";
-            return refuse(&on, &fields, "note-text", message).await;
+            return refuse(&on, fields, "note-text", message).await;
         }
     };
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
-        .add_note(&mut tx, &id, &session.username, &text)
+        .add_note(&mut tx, id, &session.username, &text)
         .await?;
     context.audit.commit(tx, 303).await?;
     tracing::info!(referral_id = %id, "console: note added");
@@ -1311,17 +1289,14 @@ async fn note(
 
 /// `POST /console/referrals/{id}/assignment` (service managers): `assigned_to`, a
 /// username, or empty to unassign.
-async fn assign(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    require(&access, StaffAction::Assign)?;
+async fn assign(action: ReferralAction<action::Assign>) -> Result<Response> {
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let who = fields.get("assigned_to");
     let assignable = match who {
         None => true,
@@ -1331,20 +1306,13 @@ async fn assign(
             .is_some(),
     };
     if let (false, Some(who)) = (assignable, who) {
-        let on = OnReferral {
-            state: &state,
-            access: &access,
-            session: &session,
-            context: &context,
-            id: &id,
-        };
         let message = format!("{who} is not an enabled link worker or service manager");
-        return refuse(&on, &fields, "assigned_to", &message).await;
+        return refuse(&action.on(), fields, "assigned_to", &message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
-        .assign(&mut tx, &id, who, &session.username)
+        .assign(&mut tx, id, who, &session.username)
         .await?;
     context.audit.commit(tx, 303).await?;
     tracing::info!(referral_id = %id, "console: referral assigned");
@@ -1407,20 +1375,14 @@ async fn outcome_form(
 
 /// `POST /console/referrals/{id}/outcomes`: `measure` and `item1`…`itemN`; scored by
 /// `workflow` (the same scoring and Observation as `/api`).
-async fn outcome(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    check_work(&state, &access, &id, |a| StaffAction::RecordOutcome {
-        assigned_to: a,
-    })
-    .await?;
+async fn outcome(action: ReferralAction<action::Outcome>) -> Result<Response> {
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let measure = fields
         .get("measure")
         .and_then(|m| state.outcomes.catalogue.get(m))
@@ -1444,7 +1406,7 @@ async fn outcome(
     if !missing.is_empty() {
         return Ok(html(
             StatusCode::BAD_REQUEST,
-            pages::questionnaire(&session, &id, &form, &missing, &kept(&fields)),
+            pages::questionnaire(session, id, &form, &missing, &kept(fields)),
         ));
     }
     let recorded_at = Instant::now().to_fhir();
@@ -1453,7 +1415,7 @@ async fn outcome(
         .workflow
         .record_outcome(
             &mut tx,
-            &id,
+            id,
             &OutcomeRequest {
                 measure,
                 answers: &answers,
