@@ -271,6 +271,13 @@ fn classify(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ["console", "referrals", _, "assignment"] if post => ("console:assign", None, None),
         ["console", "sign-in"] if post => ("console:sign-in", None, None),
         ["console", "sign-out"] if post => ("console:sign-out", None, None),
+        ["console", "follow-ups"] if get => ("console:follow-ups", None, None),
+        ["console", "registries"] if get => ("console:registries", None, None),
+        ["console", "referrals", _, "audit"] if get => ("console:audit-trail", None, None),
+        ["console", "deliveries", _, "retry"] if post => ("console:retry-delivery", None, None),
+        ["console", "deliveries", "practices", _, "retry"] if post => {
+            ("console:retry-practice", None, None)
+        }
         [first, ..] => {
             return (
                 format!("{first}:{}", method.as_str().to_ascii_lowercase()),

@@ -146,6 +146,14 @@ pub const ROUTES: &[Route] = &[
     route("/console/caseloads", &["GET"], Gate::Console),
     route("/console/deliveries", &["GET"], Gate::Console),
     route("/console/deliveries/{seq}/retry", &["POST"], Gate::Console),
+    route("/console/follow-ups", &["GET"], Gate::Console),
+    route("/console/registries", &["GET"], Gate::Console),
+    route("/console/referrals/{id}/audit", &["GET"], Gate::Console),
+    route(
+        "/console/deliveries/practices/{ods}/retry",
+        &["POST"],
+        Gate::Console,
+    ),
 ];
 
 /// The console's session cookie.

@@ -86,6 +86,19 @@ pub fn referral_follow_ups(
     out
 }
 
+/// Whether follow-up `f` is to do in the Monday-to-Sunday week holding `today`: not done,
+/// and its window open at some point that week (`due=this-week`; the console's
+/// follow-ups page too).
+pub fn due_in_week_of(f: &FollowUp, today: Date) -> bool {
+    let (monday, sunday) = schedule::week_of(today);
+    f.state != FollowUpState::Done && f.opens <= sunday && f.closes >= monday
+}
+
+/// Today, as people in the UK see it (the day `/api/follow-ups` defaults to).
+pub fn uk_today() -> Date {
+    today()
+}
+
 /// `GET /api/follow-ups`'s query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,12 +128,7 @@ pub async fn follow_ups(
     let today = as_of(query.as_of.as_deref())?;
     let due = query.due.as_deref().unwrap_or("this-week");
     let wanted: Box<dyn Fn(&FollowUp) -> bool + Send> = match due {
-        "this-week" => {
-            let (monday, sunday) = schedule::week_of(today);
-            Box::new(move |f: &FollowUp| {
-                f.state != FollowUpState::Done && f.opens <= sunday && f.closes >= monday
-            })
-        }
+        "this-week" => Box::new(move |f: &FollowUp| due_in_week_of(f, today)),
         "due-soon" => Box::new(|f: &FollowUp| f.state == FollowUpState::DueSoon),
         "due" => Box::new(|f: &FollowUp| f.state == FollowUpState::Due),
         "overdue" => Box::new(|f: &FollowUp| f.state == FollowUpState::Overdue),

@@ -20,8 +20,8 @@ use super::authenticate::require_staff;
 use super::middleware::RequestContext;
 use super::problem::Problem;
 use crate::fhir::Instant;
+use crate::identity::staff;
 use crate::identity::{Access, Caller, StaffAction};
-use crate::identity::{StaffRole, staff};
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
 use crate::store::referrals::{Assignee, ReferralFilter};
@@ -124,6 +124,7 @@ pub async fn list(
         person: None,
         reason: None,
         not_contacted_before: None,
+        ids: None,
         after,
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,
@@ -205,19 +206,18 @@ async fn assignee_of(state: &AppState, id: &str) -> Result<Option<String>, Probl
 }
 
 /// Checks that `username` may hold a caseload: an enabled link worker or service
-/// manager. The problem says what is wrong (400).
+/// manager, with a staff account or signed in through the identity provider
+/// (`staff::assignable`, the console's rule too). The problem says what is wrong (400).
 pub async fn check_assignee(state: &AppState, username: &str) -> Result<(), Problem> {
-    let account = staff::account(&state.store, username).await.map_err(|e| {
-        tracing::error!(error = %e, "reading a staff account failed");
-        Problem::internal()
-    })?;
-    match account {
-        Some(a)
-            if a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager) =>
-        {
-            Ok(())
-        }
-        _ => Err(Problem::bad_request(format!(
+    let found = staff::assignable_one(&state.store, username)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the assignable people failed");
+            Problem::internal()
+        })?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Problem::bad_request(format!(
             "{username} is not an enabled link worker or service manager"
         ))),
     }

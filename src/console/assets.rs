@@ -17,12 +17,18 @@ pub const NHSUK_VERSION: &str = "10.6.1";
 /// Where pages link the stylesheet.
 pub const CSS_PATH: &str = "/console/style/nhsuk-frontend-10.6.1.min.css";
 
+/// Where pages link the console's own stylesheet (after the NHS.UK one).
+pub const CONSOLE_CSS_PATH: &str = "/console/style/sprig-console-1.css";
+
 /// Where pages link the favicon.
 pub const FAVICON_PATH: &str = "/console/assets/images/favicon.svg";
 
 const CSS_NAME: &str = "nhsuk-frontend-10.6.1.min.css";
 const CSS: &[u8] = include_bytes!("assets/nhsuk-frontend-10.6.1.min.css");
 const CSS_GZ: &[u8] = include_bytes!("assets/nhsuk-frontend-10.6.1.min.css.gz");
+/// The console's own few rules (tiny: sent as is).
+const CONSOLE_CSS_NAME: &str = "sprig-console-1.css";
+const CONSOLE_CSS: &[u8] = include_bytes!("assets/sprig-console-1.css");
 
 /// The icons, by file name.
 const IMAGES: &[(&str, &[u8])] = &[
@@ -67,10 +73,20 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// `GET /console/style/{file}`: the stylesheet (open: the sign-in page uses it).
 pub async fn style(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    let css = HeaderValue::from_static("text/css; charset=utf-8");
+    if file == CONSOLE_CSS_NAME {
+        return (
+            [
+                (header::CONTENT_TYPE, css),
+                (header::CACHE_CONTROL, IMMUTABLE),
+            ],
+            CONSOLE_CSS,
+        )
+            .into_response();
+    }
     if file != CSS_NAME {
         return not_found();
     }
-    let css = HeaderValue::from_static("text/css; charset=utf-8");
     let vary = HeaderValue::from_static("Accept-Encoding");
     if accepts_gzip(&headers) {
         (
@@ -122,6 +138,7 @@ mod tests {
     fn the_stylesheet_is_the_vendored_version_and_its_icons_are_served() {
         assert!(CSS_PATH.ends_with(CSS_NAME));
         assert!(CSS_NAME.contains(NHSUK_VERSION));
+        assert!(CONSOLE_CSS_PATH.ends_with(CONSOLE_CSS_NAME));
         let css = std::str::from_utf8(CSS).expect("utf-8");
         for url in css.split("url(/console/assets/images/").skip(1) {
             let name = url.split(')').next().expect("a name");

@@ -18,7 +18,11 @@
 //! - the session cookie is `HttpOnly`, `SameSite=Strict`, `Path=/console`, and `Secure`
 //!   whenever Sprig is reached over HTTPS (its own TLS or an `https` public URL).
 
+mod action;
+mod admin;
 pub mod assets;
+mod first_contact;
+mod follow_ups;
 mod measures;
 mod pages;
 mod time;
@@ -49,6 +53,7 @@ use crate::store::outbox::{DeliveryFilter, DeliveryState};
 use crate::store::referrals::{Assignee, PersonSearch, ReferralFilter};
 use crate::store::sessions::{KeptForm, SignInRow};
 use crate::workflow::{OutcomeRequest, TransitionRequest, WorkflowError};
+use action::ReferralAction;
 
 pub use pages::Flash;
 
@@ -74,6 +79,13 @@ pub fn routes() -> Router<AppState> {
         .route("/console/caseloads", get(caseloads))
         .route("/console/deliveries", get(deliveries))
         .route("/console/deliveries/{seq}/retry", post(retry_delivery))
+        .route("/console/follow-ups", get(follow_ups::follow_ups))
+        .route("/console/registries", get(admin::registries))
+        .route("/console/referrals/{id}/audit", get(admin::audit_trail))
+        .route(
+            "/console/deliveries/practices/{ods}/retry",
+            post(admin::retry_practice),
+        )
 }
 
 /// Why a console request failed: a page saying so.
@@ -736,6 +748,8 @@ pub struct WorklistQuery {
     to: Option<String>,
     /// Only those overdue for first contact (any value).
     overdue: Option<String>,
+    /// Only those with a follow-up measurement due or overdue (any value).
+    follow_up: Option<String>,
 }
 
 /// Referrals per page.
@@ -764,6 +778,8 @@ pub struct WorklistView {
     pub date_error: Option<(&'static str, &'static str)>,
     /// Only the overdue ones.
     pub overdue_only: bool,
+    /// Only those with a follow-up measurement due or overdue.
+    pub follow_up_only: bool,
     /// Not contacted and received before this instant: overdue.
     pub overdue_before: String,
     /// The target, in working days.
@@ -787,6 +803,9 @@ impl WorklistView {
         }
         if self.overdue_only {
             query.append_pair("overdue", "1");
+        }
+        if self.follow_up_only {
+            query.append_pair("follow_up", "1");
         }
         let query = query.finish();
         if query.is_empty() {
@@ -871,6 +890,12 @@ async fn worklist(
     let received_from = date_bound("from", &from, false);
     let received_to = date_bound("to", &to, true);
     let overdue_only = query.overdue.is_some();
+    let follow_up_only = query.follow_up.is_some();
+    let ids = if follow_up_only {
+        Some(follow_ups::due_or_overdue_ids(&state).await?)
+    } else {
+        None
+    };
     let filter = ReferralFilter {
         stage,
         assignee: assignee.clone(),
@@ -881,6 +906,7 @@ async fn worklist(
         received_from,
         received_to,
         not_contacted_before: overdue_only.then(|| overdue_before.clone()),
+        ids,
         limit: PAGE + 1,
     };
     let q_error = q_error.or(date_error.map(|(_, message)| message));
@@ -912,6 +938,7 @@ async fn worklist(
         to,
         date_error,
         overdue_only,
+        follow_up_only,
         overdue_before,
         target_days,
     };
@@ -1060,15 +1087,7 @@ async fn render_referral(
         })
         .await?;
     let assignable = if access.staff_may(StaffAction::Assign) {
-        staff::list_accounts(&state.store)
-            .await
-            .map_err(|e| ConsoleError::Internal(e.to_string()))?
-            .into_iter()
-            .filter(|a| {
-                a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager)
-            })
-            .map(|a| (a.username, a.display_name))
-            .collect()
+        assignable_people(state).await?
     } else {
         Vec::new()
     };
@@ -1088,6 +1107,7 @@ async fn render_referral(
             assigned_to: detail.referral.assigned_to.as_deref(),
         }),
         assign: access.staff_may(StaffAction::Assign),
+        audit: access.staff_may(StaffAction::Audit),
     };
     Ok(html(
         status,
@@ -1103,6 +1123,24 @@ async fn render_referral(
             measures: &measures::offered(&state.outcomes.catalogue),
         }),
     ))
+}
+
+fn staff_error(error: staff::StaffError) -> ConsoleError {
+    match error {
+        staff::StaffError::Store(store) => store.into(),
+        other => ConsoleError::Internal(other.to_string()),
+    }
+}
+
+/// Who referrals can be assigned to (username, name): staff accounts and people signed
+/// in through the identity provider (`staff::assignable`, the API's rule too).
+async fn assignable_people(state: &AppState) -> Result<Vec<(String, String)>> {
+    Ok(staff::assignable(&state.store)
+        .await
+        .map_err(staff_error)?
+        .into_iter()
+        .map(|a| (a.username, a.display_name))
+        .collect())
 }
 
 /// The referral's assignee, checked against `action` for the person (404 first).
@@ -1168,32 +1206,20 @@ struct OnReferral<'a> {
 
 /// `POST /console/referrals/{id}/transition`: `to`, and `reason` where the GP must be
 /// told why, and an optional `note`.
-async fn transition(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    check_work(&state, &access, &id, |a| StaffAction::Transition {
-        assigned_to: a,
-    })
-    .await?;
-    let on = OnReferral {
-        state: &state,
-        access: &access,
-        session: &session,
-        context: &context,
-        id: &id,
-    };
+async fn transition(action: ReferralAction<action::Transition>) -> Result<Response> {
+    let on = action.on();
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let to = match fields.get("to").map(Stage::parse) {
         Some(Ok(stage)) => stage,
         _ => {
             let message = "Select what has happened";
-            return refuse(&on, &fields, "to", message).await;
+            return refuse(&on, fields, "to", message).await;
         }
     };
     let reason = fields.get("reason");
@@ -1206,14 +1232,14 @@ async fn transition(
             .status_reason_required
     {
         let message = "Enter a reason: the GP practice is told why";
-        return refuse(&on, &fields, "reason", message).await;
+        return refuse(&on, fields, "reason", message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
         .transition(
             &mut tx,
-            &id,
+            id,
             &TransitionRequest {
                 to,
                 reason,
@@ -1233,27 +1259,15 @@ async fn transition(
 
 /// `POST /console/referrals/{id}/notes`: a note, or (`kind=contact-attempt`) a contact
 /// attempt that did not reach the person.
-async fn note(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    check_work(&state, &access, &id, |a| StaffAction::AddNote {
-        assigned_to: a,
-    })
-    .await?;
-    let on = OnReferral {
-        state: &state,
-        access: &access,
-        session: &session,
-        context: &context,
-        id: &id,
-    };
+async fn note(action: ReferralAction<action::Note>) -> Result<Response> {
+    let on = action.on();
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let attempt = fields.get("kind") == Some("contact-attempt");
     let text = match (attempt, fields.get("text")) {
         (true, Some(text)) => format!("Contact attempt: {text}"),
@@ -1261,13 +1275,13 @@ async fn note(
         (false, Some(text)) => text.to_owned(),
         (false, None) => {
             let message = "Enter the note";
-            return refuse(&on, &fields, "note-text", message).await;
+            return refuse(&on, fields, "note-text", message).await;
         }
     };
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
-        .add_note(&mut tx, &id, &session.username, &text)
+        .add_note(&mut tx, id, &session.username, &text)
         .await?;
     context.audit.commit(tx, 303).await?;
     tracing::info!(referral_id = %id, "console: note added");
@@ -1276,42 +1290,30 @@ async fn note(
 
 /// `POST /console/referrals/{id}/assignment` (service managers): `assigned_to`, a
 /// username, or empty to unassign.
-async fn assign(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    require(&access, StaffAction::Assign)?;
+async fn assign(action: ReferralAction<action::Assign>) -> Result<Response> {
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let who = fields.get("assigned_to");
     let assignable = match who {
         None => true,
-        Some(who) => staff::account(&state.store, who)
+        Some(who) => staff::assignable_one(&state.store, who)
             .await
-            .map_err(|e| ConsoleError::Internal(e.to_string()))?
-            .is_some_and(|a| {
-                a.enabled && matches!(a.role, StaffRole::LinkWorker | StaffRole::ServiceManager)
-            }),
+            .map_err(staff_error)?
+            .is_some(),
     };
     if let (false, Some(who)) = (assignable, who) {
-        let on = OnReferral {
-            state: &state,
-            access: &access,
-            session: &session,
-            context: &context,
-            id: &id,
-        };
         let message = format!("{who} is not an enabled link worker or service manager");
-        return refuse(&on, &fields, "assigned_to", &message).await;
+        return refuse(&action.on(), fields, "assigned_to", &message).await;
     }
     let mut tx = state.store.begin_write().await?;
     state
         .workflow
-        .assign(&mut tx, &id, who, &session.username)
+        .assign(&mut tx, id, who, &session.username)
         .await?;
     context.audit.commit(tx, 303).await?;
     tracing::info!(referral_id = %id, "console: referral assigned");
@@ -1374,20 +1376,14 @@ async fn outcome_form(
 
 /// `POST /console/referrals/{id}/outcomes`: `measure` and `item1`…`itemN`; scored by
 /// `workflow` (the same scoring and Observation as `/api`).
-async fn outcome(
-    State(state): State<AppState>,
-    access: Access,
-    Extension(session): Extension<ConsoleSession>,
-    context: RequestContext,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let fields = checked_form(&session, &headers, &body)?;
-    check_work(&state, &access, &id, |a| StaffAction::RecordOutcome {
-        assigned_to: a,
-    })
-    .await?;
+async fn outcome(action: ReferralAction<action::Outcome>) -> Result<Response> {
+    let (state, session, context, id, fields) = (
+        &action.state,
+        &action.session,
+        &action.context,
+        action.id.as_str(),
+        &action.fields,
+    );
     let measure = fields
         .get("measure")
         .and_then(|m| state.outcomes.catalogue.get(m))
@@ -1411,7 +1407,7 @@ async fn outcome(
     if !missing.is_empty() {
         return Ok(html(
             StatusCode::BAD_REQUEST,
-            pages::questionnaire(&session, &id, &form, &missing, &kept(&fields)),
+            pages::questionnaire(session, id, &form, &missing, &kept(fields)),
         ));
     }
     let recorded_at = Instant::now().to_fhir();
@@ -1420,7 +1416,7 @@ async fn outcome(
         .workflow
         .record_outcome(
             &mut tx,
-            &id,
+            id,
             &OutcomeRequest {
                 measure,
                 answers: &answers,
@@ -1448,12 +1444,32 @@ async fn caseloads(
     Extension(session): Extension<ConsoleSession>,
 ) -> Result<Response> {
     require(&access, StaffAction::Reports)?;
-    let (loads, practices) =
-        tokio::try_join!(state.store.caseloads(), state.store.practice_figures())?;
+    let (loads, practices, contacts) = tokio::try_join!(
+        state.store.caseloads(),
+        state.store.practice_figures(),
+        state.store.first_contacts()
+    )?;
+    let people = assignable_people(&state).await?;
+    let (by_worker, by_practice) = first_contact::figures(&contacts);
     Ok(html(
         StatusCode::OK,
-        pages::caseloads(&session, &loads, &practices),
+        pages::caseloads(
+            &session,
+            &loads,
+            &people,
+            &practices,
+            &pages::ContactFigures {
+                by_worker: &by_worker,
+                by_practice: &by_practice,
+            },
+        ),
     ))
+}
+
+/// The deliveries page's query: how many dead letters were just put back.
+#[derive(Debug, Default, Deserialize)]
+pub struct DeliveriesQuery {
+    retried: Option<u64>,
 }
 
 /// `GET /console/deliveries` (administrators): dead letters, with retry.
@@ -1461,7 +1477,9 @@ async fn deliveries(
     State(state): State<AppState>,
     access: Access,
     Extension(session): Extension<ConsoleSession>,
+    query: std::result::Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Response> {
+    let retried = query.ok().and_then(|Query(q)| q.retried);
     require(&access, StaffAction::Deliveries)?;
     let dead = state
         .store
@@ -1474,7 +1492,7 @@ async fn deliveries(
     let stats = state.store.destination_stats().await?;
     Ok(html(
         StatusCode::OK,
-        pages::deliveries(&session, &dead, &stats),
+        pages::deliveries(&session, &dead, &stats, retried),
     ))
 }
 

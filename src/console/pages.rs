@@ -9,7 +9,8 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::assets::{CSS_PATH, FAVICON_PATH};
+use super::assets::{CONSOLE_CSS_PATH, CSS_PATH, FAVICON_PATH};
+use super::first_contact::ContactTimes;
 use super::measures::{Offered, Questionnaire};
 use super::time::{age, date, date_time};
 use super::{FieldError, WorklistView};
@@ -38,6 +39,8 @@ pub struct Permissions {
     pub work: bool,
     /// Assign it.
     pub assign: bool,
+    /// Read its audit trail (administrators).
+    pub audit: bool,
 }
 
 /// Everything the referral page shows.
@@ -78,7 +81,7 @@ pub fn stage_label(stage: Stage) -> &'static str {
     }
 }
 
-fn stage_tag(stage: Stage) -> Markup {
+pub(super) fn stage_tag(stage: Stage) -> Markup {
     let colour = match stage {
         Stage::Received => "nhsuk-tag--blue",
         Stage::Accepted | Stage::Contacted => "nhsuk-tag--aqua-green",
@@ -106,7 +109,7 @@ fn nhs_number(number: &str) -> String {
     }
 }
 
-fn person_name(referral: &Referral) -> String {
+pub(super) fn person_name(referral: &Referral) -> String {
     let p = &referral.fields.patient;
     match (p.given_name.as_deref(), p.family_name.as_deref()) {
         (Some(g), Some(f)) => format!("{}, {g}", f.to_uppercase()),
@@ -116,11 +119,11 @@ fn person_name(referral: &Referral) -> String {
     }
 }
 
-fn csrf_field(session: &ConsoleSession) -> Markup {
+pub(super) fn csrf_field(session: &ConsoleSession) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf_token); }
 }
 
-fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en-GB" {
@@ -129,6 +132,7 @@ fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " \u{2013} Sprig console" }
                 link rel="stylesheet" href=(CSS_PATH);
+                link rel="stylesheet" href=(CONSOLE_CSS_PATH);
                 @if session.is_some() { link rel="icon" href=(FAVICON_PATH) type="image/svg+xml"; }
             }
             body {
@@ -163,6 +167,11 @@ fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup
                                     li class="nhsuk-header__navigation-item" {
                                         a class="nhsuk-header__navigation-link" href="/console/referrals" { "Worklist" }
                                     }
+                                    @if s.role != StaffRole::Administrator {
+                                        li class="nhsuk-header__navigation-item" {
+                                            a class="nhsuk-header__navigation-link" href="/console/follow-ups" { "Follow-ups" }
+                                        }
+                                    }
                                     @if s.role == StaffRole::ServiceManager {
                                         li class="nhsuk-header__navigation-item" {
                                             a class="nhsuk-header__navigation-link" href="/console/caseloads" { "Caseloads" }
@@ -171,6 +180,9 @@ fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup
                                     @if s.role == StaffRole::Administrator {
                                         li class="nhsuk-header__navigation-item" {
                                             a class="nhsuk-header__navigation-link" href="/console/deliveries" { "Deliveries" }
+                                        }
+                                        li class="nhsuk-header__navigation-item" {
+                                            a class="nhsuk-header__navigation-link" href="/console/registries" { "Registries" }
                                         }
                                     }
                                 }
@@ -365,9 +377,9 @@ pub fn worklist(
             (error_summary(&errors))
             h1 { "Referrals" }
             nav aria-label="Whose referrals" {
-                ul class="nhsuk-list nhsuk-u-margin-bottom-3" {
+                ul class="nhsuk-list nhsuk-u-margin-bottom-3 sprig-inline-list" {
                     @for (code, label) in views {
-                        li style="display:inline-block;margin-right:1em" {
+                        li {
                             @if code == view.view {
                                 strong aria-current="page" { (label) }
                             } @else {
@@ -427,6 +439,12 @@ pub fn worklist(
                                         "Only those not contacted within " (view.target_days) " working days"
                                     }
                                 }
+                                div class="nhsuk-checkboxes__item" {
+                                    input class="nhsuk-checkboxes__input" id="follow_up" name="follow_up" type="checkbox" value="1" checked[view.follow_up_only];
+                                    label class="nhsuk-label nhsuk-checkboxes__label" for="follow_up" {
+                                        "Only those with a follow-up measurement due or overdue"
+                                    }
+                                }
                             }
                         }
                         button class="nhsuk-button nhsuk-button--secondary" type="submit" { "Search" }
@@ -434,9 +452,9 @@ pub fn worklist(
                 }
             }
             h2 class="nhsuk-heading-s" { "By stage (" (total) " in all)" }
-            ul class="nhsuk-list" {
+            ul class="nhsuk-list sprig-inline-list" {
                 @for (stage, n) in counts {
-                    li style="display:inline-block;margin-right:1em" {
+                    li {
                         a href={(worklist_link(view, Some(*stage))) (view.filter_query())} { (stage_label(*stage)) ": " (n) }
                     }
                 }
@@ -725,6 +743,9 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
                 }
             }
 
+            @if page.may.audit {
+                p { a href={"/console/referrals/" (r.id) "/audit"} { "Audit trail of this referral" } }
+            }
             h2 { "Timeline" }
             table class="nhsuk-table" {
                 caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Stages, oldest first" }
@@ -866,13 +887,54 @@ pub fn questionnaire(
     )
 }
 
+/// Time from receipt to first contact in working days, per link worker and per practice
+/// (`first_contact::figures`).
+pub struct ContactFigures<'a> {
+    /// Per link worker (`None`: unassigned).
+    pub by_worker: &'a [ContactTimes],
+    /// Per practice (`None`: no practice code).
+    pub by_practice: &'a [ContactTimes],
+}
+
+fn contact_table(
+    caption: &str,
+    first: &str,
+    rows: &[ContactTimes],
+    label: &dyn Fn(Option<&str>) -> String,
+) -> Markup {
+    html! {
+        table class="nhsuk-table" {
+            caption class="nhsuk-table__caption" { (caption) }
+            thead { tr {
+                th scope="col" { (first) } th scope="col" { "Contacted" }
+                th scope="col" { "Median (working days)" } th scope="col" { "90th percentile (working days)" }
+            } }
+            tbody {
+                @for c in rows {
+                    tr { td { (label(c.key.as_deref())) } td { (c.contacted) } td { (c.median) } td { (c.p90) } }
+                }
+            }
+        }
+    }
+}
+
 /// Service managers: open referrals per link worker; per practice, referrals and the
 /// time to first contact.
 pub fn caseloads(
     session: &ConsoleSession,
     loads: &[(Option<String>, i64)],
+    people: &[(String, String)],
     practices: &[(Option<String>, i64, i64, Option<f64>)],
+    contact: &ContactFigures<'_>,
 ) -> Markup {
+    // Each caseload under its holder's name (a staff account's or the identity
+    // provider's); a username no longer assignable is shown as it is stored.
+    let name_of = |username: &str| {
+        people
+            .iter()
+            .find(|(u, _)| u == username)
+            .map_or_else(|| username.to_owned(), |(u, n)| format!("{n} ({u})"))
+    };
     layout(
         "Caseloads",
         Some(session),
@@ -883,9 +945,17 @@ pub fn caseloads(
                 thead { tr { th scope="col" { "Link worker" } th scope="col" { "Open referrals" } } }
                 tbody {
                     @for (who, n) in loads {
-                        tr { td { (who.as_deref().unwrap_or("Unassigned")) } td { (n) } }
+                        tr { td { (who.as_deref().map_or_else(|| "Unassigned".to_owned(), name_of)) } td { (n) } }
                     }
                 }
+            }
+            h2 { "Time from receipt to first contact" }
+            p { "Working days (Monday to Friday, England and Wales bank holidays excepted) from the day a referral was received to the day of its first contact, of the referrals contacted." }
+            @if contact.by_worker.is_empty() {
+                p { "No referral has been contacted yet." }
+            } @else {
+                (contact_table("Per link worker", "Link worker", contact.by_worker, &|k| k.map_or_else(|| "Unassigned".to_owned(), name_of)))
+                (contact_table("Per practice", "Practice", contact.by_practice, &|k| k.unwrap_or("No practice code").to_owned()))
             }
             h2 { "By practice" }
             table class="nhsuk-table" {
@@ -905,26 +975,78 @@ pub fn caseloads(
     )
 }
 
-/// Administrators: dead letters, with retry.
+/// The receiver's last answer as shown: an OperationOutcome's issue texts (its
+/// `details.text`, else `diagnostics`), else the body itself, cut to `MAX_ANSWER`
+/// characters (maud escapes what is shown).
+pub(super) fn receiver_answer(body: &str) -> String {
+    const MAX_ANSWER: usize = 200;
+    let text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .filter(|v| v["resourceType"] == "OperationOutcome")
+        .map(|v| {
+            v["issue"]
+                .as_array()
+                .map(|issues| {
+                    issues
+                        .iter()
+                        .filter_map(|i| {
+                            i["details"]["text"]
+                                .as_str()
+                                .or_else(|| i["diagnostics"].as_str())
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_else(|| body.trim().to_owned());
+    if text.chars().count() > MAX_ANSWER {
+        let cut: String = text.chars().take(MAX_ANSWER).collect();
+        format!("{cut}\u{2026}")
+    } else {
+        text
+    }
+}
+
+/// Administrators: per practice, what waits and what failed (retry all of a practice's
+/// failures); each dead letter with the receiver's last answer (retry one, the
+/// referral's audit trail).
 pub fn deliveries(
     session: &ConsoleSession,
     dead: &[DeliveryEntry],
     stats: &[DestinationStats],
+    retried: Option<u64>,
 ) -> Markup {
     layout(
         "Deliveries",
         Some(session),
         html! {
+            @if let Some(n) = retried {
+                div class="nhsuk-inset-text" role="status" {
+                    span class="nhsuk-u-visually-hidden" { "Information: " }
+                    p { (n) " failed " @if n == 1 { "update" } @else { "updates" } " put back in the queue." }
+                }
+            }
             h1 { "Deliveries to GP practices" }
             table class="nhsuk-table" {
                 caption class="nhsuk-table__caption" { "Per practice" }
-                thead { tr { th scope="col" { "Practice" } th scope="col" { "Waiting" } th scope="col" { "Failed" } th scope="col" { "Oldest waiting" } } }
+                thead { tr { th scope="col" { "Practice" } th scope="col" { "Waiting" } th scope="col" { "Failed" } th scope="col" { "Oldest waiting" } th scope="col" { "Retry" } } }
                 tbody {
                     @for s in stats {
                         tr {
                             td { (s.destination_ods.as_deref().unwrap_or("No practice code")) }
                             td { (s.pending) } td { (s.dead) }
                             td { (s.oldest_pending.as_deref().map(date_time).unwrap_or_default()) }
+                            td {
+                                @if let (Some(ods), true) = (s.destination_ods.as_deref(), s.dead > 0) {
+                                    form method="post" action={"/console/deliveries/practices/" (ods) "/retry"} {
+                                        (csrf_field(session))
+                                        button class="nhsuk-button nhsuk-button--secondary nhsuk-u-margin-bottom-0" type="submit" {
+                                            "Retry all " span class="nhsuk-u-visually-hidden" { "failed updates for " (ods) }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -932,14 +1054,20 @@ pub fn deliveries(
             h2 { "Failed deliveries (dead letters)" }
             @if dead.is_empty() { p { "None." } } @else {
                 table class="nhsuk-table" {
-                    thead { tr { th scope="col" { "Message" } th scope="col" { "Practice" } th scope="col" { "Update" } th scope="col" { "Answer" } th scope="col" { "Retry" } } }
+                    thead { tr { th scope="col" { "Message" } th scope="col" { "Practice" } th scope="col" { "Update" } th scope="col" { "Receiver's last answer" } th scope="col" { "Retry" } } }
                     tbody {
                         @for e in dead {
                             tr {
-                                td { (e.seq) }
+                                td { (e.seq) br; a href={"/console/referrals/" (e.referral_id) "/audit"} { "Audit trail" span class="nhsuk-u-visually-hidden" { " of message " (e.seq) "'s referral" } } }
                                 td { (e.destination_ods.as_deref().unwrap_or("")) }
                                 td { (e.resource_type) " version " (e.version_id) }
-                                td { @if let Some(s) = e.last_status { (s) " " } (e.last_error.as_deref().unwrap_or("")) }
+                                td {
+                                    @if let Some(s) = e.last_status { strong { (s) } " " }
+                                    @match e.receiver_response.as_deref().map(receiver_answer).filter(|a| !a.is_empty()) {
+                                        Some(answer) => (answer),
+                                        None => (e.last_error.as_deref().unwrap_or("")),
+                                    }
+                                }
                                 td {
                                     form method="post" action={"/console/deliveries/" (e.seq) "/retry"} {
                                         (csrf_field(session))

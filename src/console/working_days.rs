@@ -70,6 +70,24 @@ pub fn working_days_before(today: Date, days: u32) -> Date {
     date
 }
 
+/// The working days from `from` to `to` (UK dates): those after `from`, up to and
+/// including `to` (contacted the next working day: 1; the same day: 0). Counting stops
+/// at ten years, a bound no real referral reaches.
+pub fn working_days_between(from: Date, to: Date) -> u32 {
+    let mut days = 0;
+    let mut date = from;
+    while date < to && days < 2610 {
+        let Some(next) = date.next_day() else {
+            break;
+        };
+        date = next;
+        if is_working_day(date) {
+            days += 1;
+        }
+    }
+    days
+}
+
 /// The instant before which a referral not yet contacted is overdue at `now`: UK
 /// midnight starting the day `days` working days before today (UK date). Received on
 /// a Monday with a 5-day target, it is overdue from the Tuesday a week later, when five
@@ -125,6 +143,29 @@ mod tests {
         );
         assert!(!is_working_day(date!(2027 - 08 - 30)));
         assert!(is_working_day(date!(2027 - 08 - 31)));
+    }
+
+    #[test]
+    fn working_days_between_count_the_days_after_receipt() {
+        // Friday to Monday: one working day; the same day: none.
+        assert_eq!(
+            working_days_between(date!(2026 - 12 - 04), date!(2026 - 12 - 07)),
+            1
+        );
+        assert_eq!(
+            working_days_between(date!(2026 - 12 - 04), date!(2026 - 12 - 04)),
+            0
+        );
+        // Over Christmas 2026: 24 Dec to 31 Dec is 29, 30, 31 (25 and 28 are holidays).
+        assert_eq!(
+            working_days_between(date!(2026 - 12 - 24), date!(2026 - 12 - 31)),
+            3
+        );
+        // The wrong way round: none.
+        assert_eq!(
+            working_days_between(date!(2026 - 12 - 07), date!(2026 - 12 - 04)),
+            0
+        );
     }
 
     #[test]

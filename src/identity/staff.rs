@@ -251,6 +251,62 @@ pub async fn account(store: &Store, username: &str) -> Result<Option<StaffAccoun
         .transpose()
 }
 
+/// Someone a referral can be assigned to: an enabled link worker or service manager,
+/// with a staff account or signed in at least once through the identity provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignable {
+    /// The username referrals are assigned to.
+    pub username: String,
+    /// The name shown.
+    pub display_name: String,
+    /// Signed in through the identity provider (no staff account).
+    pub from_provider: bool,
+}
+
+fn may_hold_caseload(role: StaffRole) -> bool {
+    matches!(role, StaffRole::LinkWorker | StaffRole::ServiceManager)
+}
+
+/// Everyone referrals can be assigned to, by username: enabled staff accounts of a
+/// caseload-holding role, and the identity provider's people (`console_people`, the
+/// role of their last sign-in) who have no staff account of the same username (an
+/// account decides: a disabled one bars the person, as at sign-in).
+pub async fn assignable(store: &Store) -> Result<Vec<Assignable>, StaffError> {
+    let accounts = list_accounts(store).await?;
+    let mut people: Vec<Assignable> = accounts
+        .iter()
+        .filter(|a| a.enabled && may_hold_caseload(a.role))
+        .map(|a| Assignable {
+            username: a.username.clone(),
+            display_name: a.display_name.clone(),
+            from_provider: false,
+        })
+        .collect();
+    for person in store.provider_people().await? {
+        let caseload = StaffRole::parse(&person.role).is_some_and(may_hold_caseload);
+        if caseload && !accounts.iter().any(|a| a.username == person.username) {
+            people.push(Assignable {
+                username: person.username,
+                display_name: person.display_name,
+                from_provider: true,
+            });
+        }
+    }
+    people.sort_by(|a, b| a.username.cmp(&b.username));
+    Ok(people)
+}
+
+/// Whether `username` can be assigned referrals (`assignable`'s rule): who, if so.
+pub async fn assignable_one(
+    store: &Store,
+    username: &str,
+) -> Result<Option<Assignable>, StaffError> {
+    Ok(assignable(store)
+        .await?
+        .into_iter()
+        .find(|a| a.username == username))
+}
+
 /// Disables an account: it cannot sign in, and its tokens stop working at once.
 pub async fn disable_account(store: &Store, username: &str) -> Result<(), StaffError> {
     if !store.set_staff_enabled(username, false).await? {

@@ -163,6 +163,9 @@ pub struct AuditFilter {
     pub patient: Option<FhirId>,
     /// The outcome.
     pub outcome: Option<AuditOutcome>,
+    /// Rows whose answer held this referral, or acted on its ServiceRequest (the
+    /// console's audit trail of one referral).
+    pub referral: Option<FhirId>,
 }
 
 /// A page of audit rows, oldest first, by keyset on `seq`.

@@ -101,11 +101,17 @@ pub struct ReferralFilter {
     /// Only the person with this NHS number (exact), or whose family name starts with
     /// this text (case-insensitive).
     pub person: Option<PersonSearch>,
+    /// Only these referrals (the console's follow-up filter: ids computed from the
+    /// outcome schedule); an empty list matches none.
+    pub ids: Option<Vec<String>>,
     /// Resume after this (received_at, id), from the previous page's cursor.
     pub after: Option<(String, String)>,
     /// Page size.
     pub limit: u32,
 }
+
+/// (assignee, practice ODS code, received at, first contacted at) of one referral.
+pub type FirstContact = (Option<String>, Option<String>, String, String);
 
 /// Whose referrals a list holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -311,6 +317,13 @@ impl Store {
     /// Open referrals per assignee (`None`: unassigned), for the managers' caseloads.
     pub async fn caseloads(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
         dispatch!(self, b => b.caseloads().await)
+    }
+
+    /// Every contacted referral's (assignee, practice ODS code, received at, first
+    /// contact at), the instants as stored: the managers' time to first contact in
+    /// working days is computed from these (`console`).
+    pub async fn first_contacts(&self) -> Result<Vec<FirstContact>, StoreError> {
+        dispatch!(self, b => b.first_contacts().await)
     }
 }
 

@@ -56,6 +56,21 @@ impl std::fmt::Debug for KeptForm {
     }
 }
 
+/// A person who has signed in through the identity provider (`console_people`, written
+/// with each of their sessions): no staff account, the name and role of their last
+/// sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPerson {
+    /// Their username (the provider's claim).
+    pub username: String,
+    /// Their name as last given.
+    pub display_name: String,
+    /// Their role as last given (`StaffRole` code).
+    pub role: String,
+    /// When they last signed in (Unix seconds).
+    pub last_signed_in: i64,
+}
+
 /// A sign-in through the identity provider under way (OpenID Connect).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignInRow {
@@ -96,7 +111,8 @@ impl std::fmt::Debug for SessionRow {
 
 impl Store {
     /// Stores a new session, first pruning every session already past its absolute
-    /// limit.
+    /// limit. A session from the identity provider (`role` given) also records its
+    /// person in `console_people`.
     pub async fn insert_session(&self, session: &SessionRow) -> Result<(), StoreError> {
         dispatch!(self, b => b.insert_session(session).await)
     }
@@ -112,6 +128,11 @@ impl Store {
         idle_secs: i64,
     ) -> Result<Option<SessionRow>, StoreError> {
         dispatch!(self, b => b.live_session(token_hash, now, idle_secs).await)
+    }
+
+    /// Everyone who has signed in through the identity provider, by username.
+    pub async fn provider_people(&self) -> Result<Vec<ProviderPerson>, StoreError> {
+        dispatch!(self, b => b.provider_people().await)
     }
 
     /// Ends a session (sign-out). Nothing happens when there is none.

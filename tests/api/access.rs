@@ -575,6 +575,22 @@ const MATRIX: &[Row] = &[
         Body::None,
         CONSOLE,
     ),
+    ("GET", "/console/follow-ups", "/console/follow-ups", Body::None, CONSOLE),
+    ("GET", "/console/registries", "/console/registries", Body::None, CONSOLE),
+    (
+        "GET",
+        "/console/referrals/{id}/audit",
+        "/console/referrals/{sr}/audit",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "POST",
+        "/console/deliveries/practices/{ods}/retry",
+        "/console/deliveries/practices/K83999/retry",
+        Body::None,
+        CONSOLE,
+    ),
     ("GET", "/healthz", "/healthz", Body::None, OPEN),
     ("GET", "/readyz", "/readyz", Body::None, OPEN),
 ];

@@ -82,7 +82,7 @@ pub(crate) fn csrf(page: &str) -> String {
     page[start..].split('"').next().expect("token").to_owned()
 }
 
-async fn send_referral(app: &TestApp) -> String {
+pub(crate) async fn send_referral(app: &TestApp) -> String {
     let response = app
         .client
         .post(app.url("/fhir/ServiceRequest"))

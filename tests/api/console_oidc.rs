@@ -401,3 +401,92 @@ async fn without_a_configured_provider_there_is_no_such_sign_in() {
         .expect("body");
     assert!(!page.contains("/console/sign-in/idp"));
 }
+
+/// A person the identity provider signed in (no staff account) holds a caseload: a
+/// manager is offered them by name, assigns them a referral (console and API alike),
+/// and their caseload is on the caseloads page under their name; they see it as theirs.
+/// Someone the provider named an administrator, or no one has seen, is refused.
+#[tokio::test]
+async fn a_person_signed_in_through_the_provider_can_be_assigned_referrals() {
+    use crate::console::{add_staff, csrf, send_referral, sign_in};
+    let provider = provider().await;
+    let app = app_with(&provider).await;
+    add_staff(&app).await;
+    let id = send_referral(&app).await;
+    let mina = sign_in(&app, "mina").await;
+    let (_, page) = mina.get(&app, &format!("/console/referrals/{id}")).await;
+    assert!(
+        !page.contains("amara.okafor"),
+        "not offered before they have signed in"
+    );
+    let refused = mina
+        .post(
+            &app,
+            &format!("/console/referrals/{id}/assignment"),
+            &[("csrf", &csrf(&page)), ("assigned_to", "amara.okafor")],
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+
+    // Amara signs in through the provider; her session is not needed after that.
+    let begun = begin(&app, &provider).await;
+    let issuer = provider.server.uri();
+    token_endpoint(&provider, &begun, move |nonce, aud| {
+        good(nonce, &issuer, aud)
+    })
+    .await;
+    let query = format!("code={}&state={}", urlencode(CODE), begun.state);
+    let response = come_back(&app, &begun.cookie, &query).await;
+    assert_eq!(response.status(), 303);
+    let amara = session_cookie(&response).expect("a session cookie");
+
+    let (_, page) = mina.get(&app, &format!("/console/referrals/{id}")).await;
+    assert!(
+        page.contains("<option value=\"amara.okafor\">Amara Okafor (amara.okafor)</option>"),
+        "{page}"
+    );
+    let assigned = mina
+        .post(
+            &app,
+            &format!("/console/referrals/{id}/assignment"),
+            &[("csrf", &csrf(&page)), ("assigned_to", "amara.okafor")],
+        )
+        .await;
+    assert_eq!(assigned.status(), 303);
+    let (status, caseloads) = mina.get(&app, "/console/caseloads").await;
+    assert_eq!(status, 200);
+    assert!(
+        caseloads.contains("<td>Amara Okafor (amara.okafor)</td><td>1</td>"),
+        "{caseloads}"
+    );
+    let mine = app
+        .client
+        .get(app.url("/console/referrals?view=mine"))
+        .header("cookie", &amara)
+        .send()
+        .await
+        .expect("worklist")
+        .text()
+        .await
+        .expect("body");
+    assert!(mine.contains(&id), "{mine}");
+
+    // The API's assignment has the same rule (developer mode: the loopback caller).
+    let second = send_referral(&app).await;
+    let api = app
+        .client
+        .post(app.url(&format!("/api/referrals/{second}/assignment")))
+        .json(&json!({ "assigned_to": "amara.okafor" }))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(api.status(), 200, "{:?}", api.text().await);
+    let api = app
+        .client
+        .post(app.url(&format!("/api/referrals/{second}/assignment")))
+        .json(&json!({ "assigned_to": "no.one" }))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(api.status(), 400);
+}

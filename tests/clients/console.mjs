@@ -4,7 +4,9 @@
 // Signs in as the link worker `amara`, finds the referral by NHS number, fails a decline
 // without a reason, accepts, contacts, assesses, agrees a plan, records a SWEMWBS through
 // the questionnaire, moves to in-support and completes; signs out; then the manager
-// `mina` sees caseloads and the administrator `ada` the deliveries. axe-core checks
+// `mina` sees caseloads (with time to first contact), follow-ups due this week and the
+// worklist's follow-up filter, and the administrator `ada` the deliveries, the
+// registries and the referral's audit trail. axe-core checks
 // every page (no serious or critical violation) and each is screenshotted.
 import { chromium } from 'playwright-core';
 import { readFileSync, mkdirSync } from 'node:fs';
@@ -112,12 +114,23 @@ await signOut();
 
 await signIn('mina');
 await page.goto(`${base}/console/caseloads`);
+if (!(await page.textContent('main')).includes('Time from receipt to first contact')) fail('no time to first contact');
 await check('caseloads');
+await page.goto(`${base}/console/follow-ups`);
+await check('follow-ups');
+await page.goto(`${base}/console/referrals?view=all&follow_up=1`);
+await check('worklist-follow-ups');
 await signOut();
 
 await signIn('ada');
 await page.goto(`${base}/console/deliveries`);
 await check('deliveries');
+await page.goto(`${base}/console/registries`);
+if (!(await page.textContent('main')).includes('K83999')) fail('the endpoint is not listed');
+await check('registries');
+await page.goto(`${referralUrl}/audit`);
+if (!(await page.textContent('main')).includes('console:transition')) fail('the audit trail lacks the transitions');
+await check('audit-trail');
 await signOut();
 
 await browser.close();

@@ -194,6 +194,15 @@ impl Backend {
                 .push_bind(format!("%\"{}\"%", patient.as_str()))
                 .push(")");
         }
+        if let Some(referral) = &filter.referral {
+            // As for a patient: a FHIR id cannot carry a LIKE wildcard.
+            query
+                .push(" AND ((resource_type = 'ServiceRequest' AND resource_id = ")
+                .push_bind(referral.as_str().to_owned())
+                .push(") OR referral_ids LIKE ")
+                .push_bind(format!("%\"{}\"%", referral.as_str()))
+                .push(")");
+        }
         if let Some(outcome) = filter.outcome {
             query.push(" AND outcome = ").push_bind(outcome.code());
         }

@@ -557,6 +557,14 @@ impl Backend {
                 ));
             }
         }
+        match &filter.ids {
+            None => {}
+            Some(ids) if ids.is_empty() => sql.push_str(" AND 1 = 0"),
+            Some(ids) => {
+                let marks: Vec<String> = ids.iter().map(|_| next()).collect();
+                sql.push_str(&format!(" AND r.id IN ({})", marks.join(", ")));
+            }
+        }
         if filter.after.is_some() {
             let (a, b, c) = (next(), next(), next());
             sql.push_str(&format!(
@@ -610,6 +618,9 @@ impl Backend {
                     .replace('_', "\\_");
                 query = query.bind(format!("{escaped}%"));
             }
+        }
+        for id in filter.ids.iter().flatten() {
+            query = query.bind(id);
         }
         if let Some((at, id)) = &filter.after {
             query = query.bind(at).bind(at).bind(id);
@@ -696,6 +707,21 @@ impl Backend {
         let rows: Vec<(Option<String>, i64, i64, Option<f64>)> = sqlx::query_as(AssertSqlSafe(sql))
             .fetch_all(&self.readers)
             .await?;
+        Ok(rows)
+    }
+
+    /// Every contacted referral's assignee, practice, receipt and first contact.
+    pub(in crate::store) async fn first_contacts(
+        &self,
+    ) -> Result<Vec<crate::store::referrals::FirstContact>, StoreError> {
+        let rows = sqlx::query_as(
+            "SELECT r.assigned_to, r.practice_ods_code, r.received_at, c.at \
+             FROM referrals r JOIN (SELECT referral_id, MIN(at) AS at \
+               FROM referral_stage_history WHERE stage = 'contacted' GROUP BY referral_id) c \
+               ON c.referral_id = r.id",
+        )
+        .fetch_all(&self.readers)
+        .await?;
         Ok(rows)
     }
 

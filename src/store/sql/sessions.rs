@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::Backend;
 use crate::store::StoreError;
-use crate::store::sessions::{KeptForm, SessionRow, SignInRow};
+use crate::store::sessions::{KeptForm, ProviderPerson, SessionRow, SignInRow};
 
 impl Backend {
     /// Stores a new session, first pruning every session already past its absolute
@@ -39,8 +39,47 @@ impl Backend {
         .bind(session.kept.as_ref().map(|k| &k.form))
         .execute(&mut *tx)
         .await?;
+        // A provider's person is remembered beyond the session (the last sign-in's
+        // name and role), in the same transaction: no session without its person.
+        if let (Some(role), Some(name)) = (&session.role, &session.display_name) {
+            sqlx::query(
+                "INSERT INTO console_people \
+                   (username, display_name, role, first_signed_in, last_signed_in) \
+                 VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (username) DO UPDATE SET display_name = excluded.display_name, \
+                   role = excluded.role, last_signed_in = excluded.last_signed_in",
+            )
+            .bind(&session.username)
+            .bind(name)
+            .bind(role)
+            .bind(session.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Everyone who has signed in through the identity provider, by username.
+    pub(in crate::store) async fn provider_people(
+        &self,
+    ) -> Result<Vec<ProviderPerson>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT username, display_name, role, last_signed_in FROM console_people \
+             ORDER BY username",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProviderPerson {
+                    username: row.try_get("username")?,
+                    display_name: row.try_get("display_name")?,
+                    role: row.try_get("role")?,
+                    last_signed_in: row.try_get("last_signed_in")?,
+                })
+            })
+            .collect()
     }
 
     /// The live session with this token hash at `now`, its last use moved to `now`
