@@ -94,6 +94,11 @@ pub const ROUTES: &[Route] = &[
     route("/api/referrals/{id}/transitions", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/outcomes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/notes", &["POST"], Gate::Staff),
+    route(
+        "/api/referrals/{id}/milestones",
+        &["GET", "POST"],
+        Gate::Staff,
+    ),
     route("/api/referrals/{id}/assignment", &["POST"], Gate::Staff),
     // Administrators only: `api::erasure` checks `StaffAction::Erase`.
     route("/api/referrals/{id}/erasure", &["POST"], Gate::Staff),
@@ -130,6 +135,11 @@ pub const ROUTES: &[Route] = &[
         Gate::Console,
     ),
     route("/console/referrals/{id}/notes", &["POST"], Gate::Console),
+    route(
+        "/console/referrals/{id}/milestones",
+        &["POST"],
+        Gate::Console,
+    ),
     route(
         "/console/referrals/{id}/outcomes",
         &["GET", "POST"],

@@ -24,6 +24,7 @@ pub mod health;
 pub mod message;
 pub mod message_definition;
 pub mod middleware;
+pub mod milestones;
 pub mod negotiate;
 pub mod outcomes;
 pub mod pipeline;
@@ -159,6 +160,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route(
+            "/api/referrals/{id}/milestones",
+            get(milestones::list).post(milestones::record),
+        )
         .route("/api/referrals/{id}/assignment", post(service::assignment))
         .route("/api/referrals/{id}/erasure", post(erasure::erase))
         .route("/api/measures", get(outcomes::measures))

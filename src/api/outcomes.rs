@@ -345,6 +345,8 @@ pub fn detail_follow_ups(
                 })
             })
             .collect(),
+        // Follow-ups do not read them.
+        milestones: Vec::new(),
     };
     let list: Vec<Value> = referral_follow_ups(state, &facts, today())
         .into_iter()

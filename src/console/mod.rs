@@ -20,6 +20,7 @@
 
 pub mod assets;
 mod measures;
+mod milestones;
 mod pages;
 mod time;
 mod working_days;
@@ -74,6 +75,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/caseloads", get(caseloads))
         .route("/console/deliveries", get(deliveries))
         .route("/console/deliveries/{seq}/retry", post(retry_delivery))
+        .merge(milestones::routes())
 }
 
 /// Why a console request failed: a page saying so.
@@ -336,8 +338,12 @@ fn resumable(path: &str) -> Option<(&str, &str)> {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-    (plain && matches!(action, "transition" | "notes" | "assignment" | "outcomes"))
-        .then_some((id, action))
+    (plain
+        && matches!(
+            action,
+            "transition" | "notes" | "assignment" | "outcomes" | "milestones"
+        ))
+    .then_some((id, action))
 }
 
 /// Where a person goes once signed in: the page of the form they had posted as their
@@ -1001,6 +1007,7 @@ async fn given_back(
         "transition" => "to",
         "notes" => "note-text",
         "assignment" => "assigned_to",
+        "milestones" => "milestone-kind",
         _ => "outcome",
     };
     let fields = Fields::parse(form.form.as_bytes());
@@ -1088,6 +1095,7 @@ async fn render_referral(
         }),
         assign: access.staff_may(StaffAction::Assign),
     };
+    let milestones = state.store.milestones(id).await?;
     Ok(html(
         status,
         pages::referral(&pages::ReferralPage {
@@ -1100,6 +1108,7 @@ async fn render_referral(
             flash,
             error,
             measures: &measures::offered(&state.outcomes.catalogue),
+            milestones: &milestones,
         }),
     ))
 }

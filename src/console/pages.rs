@@ -60,6 +60,8 @@ pub struct ReferralPage<'a> {
     pub error: Option<FieldError>,
     /// The outcome measures in force, in the order offered (`measures::offered`).
     pub measures: &'a [Offered],
+    /// The milestones recorded (`super::milestones`).
+    pub milestones: &'a [crate::referral::milestone::Milestone],
 }
 
 /// A stage as people say it.
@@ -724,6 +726,8 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
                     button class="nhsuk-button nhsuk-button--secondary" type="submit" { "Save assignment" }
                 }
             }
+
+            (super::milestones::section(page.session, &r.id, page.milestones, page.may.work, error))
 
             h2 { "Timeline" }
             table class="nhsuk-table" {

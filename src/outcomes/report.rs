@@ -19,6 +19,7 @@ use toml::Spanned;
 use super::definition::{Catalogue, MeasureDefinition, Method};
 use super::schedule::{add_months, uk_date};
 use crate::located::{LocatedError, TomlText};
+use crate::referral::milestone::MilestoneKind;
 use crate::referral::record::ReferralFacts;
 use crate::referral::stage::Stage;
 
@@ -36,6 +37,12 @@ pub enum MetricKind {
     Milestone {
         /// The stage.
         stage: Stage,
+    },
+    /// Recorded milestones (`referral::milestone`), all of them: counted in the period the
+    /// last of them happened.
+    Milestones {
+        /// What must be recorded.
+        milestones: Vec<Requirement>,
     },
     /// A follow-up better than the baseline by at least `min_change`.
     Improvement {
@@ -57,6 +64,39 @@ pub enum MetricKind {
         /// Everything is paid from this mean.
         full_at: Decimal,
     },
+}
+
+/// One milestone a `milestones` metric needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// A milestone of this kind recorded (the first one's day counts).
+    Recorded(MilestoneKind),
+    /// `complex-needs`: the latest complexity assessment says complex. Without it the
+    /// person is not eligible (the metric pays only for people with complex needs).
+    ComplexNeeds,
+}
+
+impl Serialize for Requirement {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl Requirement {
+    /// The code in `metrics.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requirement::Recorded(kind) => kind.as_str(),
+            Requirement::ComplexNeeds => "complex-needs",
+        }
+    }
+
+    fn parse(code: &str) -> Option<Requirement> {
+        match code {
+            "complex-needs" => Some(Requirement::ComplexNeeds),
+            other => MilestoneKind::parse(other).map(Requirement::Recorded),
+        }
+    }
 }
 
 /// A metric, checked.
@@ -84,6 +124,7 @@ struct MetricSpec {
     title: String,
     kind: Spanned<String>,
     stage: Option<Spanned<String>>,
+    milestones: Option<Spanned<Vec<String>>>,
     measure: Option<Spanned<String>>,
     follow_up: Option<Spanned<String>>,
     min_change: Option<Spanned<String>>,
@@ -178,12 +219,44 @@ pub fn load_metrics(
             Ok((measure.get_ref().clone(), follow_up.get_ref().clone()))
         };
         let kind = match spec.kind.get_ref().as_str() {
-            "milestone" => {
-                let stage = need(&spec.stage, "stage")?;
-                let parsed = Stage::parse(stage.get_ref())
-                    .map_err(|e| source.error_at(&stage.span(), format!("metric '{id}': {e}")))?;
-                MetricKind::Milestone { stage: parsed }
-            }
+            "milestone" => match (&spec.stage, &spec.milestones) {
+                (Some(stage), None) => {
+                    let parsed = Stage::parse(stage.get_ref()).map_err(|e| {
+                        source.error_at(&stage.span(), format!("metric '{id}': {e}"))
+                    })?;
+                    MetricKind::Milestone { stage: parsed }
+                }
+                (None, Some(list)) => {
+                    let mut milestones = Vec::new();
+                    for code in list.get_ref() {
+                        let requirement = Requirement::parse(code).ok_or_else(|| {
+                            source.error_at(
+                                &list.span(),
+                                format!(
+                                    "metric '{id}': '{code}' is not a milestone; the milestones are \
+                                     initial-assessment, action-plan, complexity, discharge, complex-needs"
+                                ),
+                            )
+                        })?;
+                        milestones.push(requirement);
+                    }
+                    if milestones.is_empty() {
+                        return Err(source.error_at(
+                            &list.span(),
+                            format!("metric '{id}': milestones is empty"),
+                        ));
+                    }
+                    MetricKind::Milestones { milestones }
+                }
+                _ => {
+                    return Err(source.error_at(
+                        &spec.kind.span(),
+                        format!(
+                            "metric '{id}': kind \"milestone\" needs one of `stage` or `milestones`"
+                        ),
+                    ));
+                }
+            },
             "improvement" => {
                 let (measure, follow_up) = measure_and_follow_up()?;
                 let min_change = number(need(&spec.min_change, "min_change")?, "min_change")?;
@@ -378,6 +451,28 @@ fn reached(facts: &ReferralFacts, stage: Stage) -> Option<Date> {
         .min()
 }
 
+/// The day a requirement was met, if it was: a kind's first milestone; for complex needs,
+/// the latest complexity assessment when it says complex.
+fn met(facts: &ReferralFacts, requirement: Requirement) -> Option<Date> {
+    match requirement {
+        Requirement::Recorded(kind) => facts
+            .milestones
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.on)
+            .min(),
+        Requirement::ComplexNeeds => facts
+            .milestones
+            .iter()
+            .filter(|m| m.kind == MilestoneKind::Complexity)
+            // The latest assessment decides; recorded order breaks a tie of days.
+            .enumerate()
+            .max_by_key(|(i, m)| (m.on, *i))
+            .filter(|(_, m)| m.complex == Some(true))
+            .map(|(_, m)| m.on),
+    }
+}
+
 /// A person's baseline and follow-up for a measure: (baseline index, day, total).
 fn baseline(facts: &ReferralFacts, measure: &str) -> Option<(usize, Date, i64)> {
     facts
@@ -427,6 +522,32 @@ fn evaluate(
                 Some(_) => None,
                 None => {
                     // Closed before the milestone: not eligible.
+                    if closed.is_some() || !(from..=to).contains(&accepted) {
+                        return None;
+                    }
+                    Some(Candidate {
+                        row: row(Status::Missing, accepted, None, None, None),
+                    })
+                }
+            }
+        }
+        MetricKind::Milestones { milestones } => {
+            // Complex needs decide eligibility: someone assessed as not complex, or not
+            // assessed, is not in this metric's group.
+            if milestones.contains(&Requirement::ComplexNeeds)
+                && met(facts, Requirement::ComplexNeeds).is_none()
+            {
+                return None;
+            }
+            let days: Option<Vec<Date>> = milestones.iter().map(|r| met(facts, *r)).collect();
+            match days.and_then(|d| d.into_iter().max()) {
+                Some(on) if (from..=to).contains(&on) => Some(Candidate {
+                    row: row(Status::Achieved, on, None, None, None),
+                }),
+                Some(_) => None,
+                None => {
+                    // Due from acceptance; closed before the milestones: not eligible.
+                    let accepted = reached(facts, Stage::Accepted)?;
                     if closed.is_some() || !(from..=to).contains(&accepted) {
                         return None;
                     }
@@ -961,7 +1082,7 @@ pub fn service_summary(facts: &[ReferralFacts], from: Date, to: Date) -> Service
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::referral::record::OutcomeFact;
+    use crate::referral::record::{MilestoneFact, OutcomeFact};
     use time::macros::date;
 
     fn catalogue() -> Catalogue {
@@ -1000,6 +1121,15 @@ mod tests {
                     total: Some(*total),
                 })
                 .collect(),
+            milestones: Vec::new(),
+        }
+    }
+
+    fn milestone(kind: MilestoneKind, on: &str, complex: Option<bool>) -> MilestoneFact {
+        MilestoneFact {
+            kind,
+            on: uk_date(instant(on)),
+            complex,
         }
     }
 
@@ -1007,12 +1137,129 @@ mod tests {
     fn the_shipped_metrics_load() {
         let (name, text) = SHIPPED_METRICS;
         let metrics = load_metrics(&TomlText::new(name, text), &catalogue()).expect("load");
-        assert!(metrics.iter().any(|m| matches!(
-            m.kind,
-            MetricKind::Milestone {
-                stage: Stage::PlanAgreed
-            }
-        )));
+        let plan = metrics
+            .iter()
+            .find(|m| m.id == "initial-assessment-with-plan")
+            .map(|m| m.kind.clone());
+        assert_eq!(
+            plan,
+            Some(MetricKind::Milestones {
+                milestones: vec![
+                    Requirement::Recorded(MilestoneKind::InitialAssessment),
+                    Requirement::Recorded(MilestoneKind::ActionPlan)
+                ]
+            })
+        );
+        let both = "[[metric]]\nid = \"x\"\ntitle = \"X\"\nkind = \"milestone\"\nstage = \"plan-agreed\"\nmilestones = [\"action-plan\"]\n";
+        let err = load_metrics(&TomlText::new("m.toml", both), &catalogue())
+            .expect_err("one of them")
+            .to_string();
+        assert!(err.contains("one of `stage` or `milestones`"), "{err}");
+        let unknown = both
+            .replace("stage = \"plan-agreed\"\n", "")
+            .replace("action-plan", "plan");
+        let err = load_metrics(&TomlText::new("m.toml", &unknown), &catalogue())
+            .expect_err("no such milestone")
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:5:14:") && err.contains("'plan' is not a milestone"),
+            "{err}"
+        );
+    }
+
+    /// The plan and complex-needs metrics count on recorded milestones, not on the stage: a
+    /// referral moved to plan-agreed without the evidence is due but missing (counted as
+    /// achieved when metrics counted stages).
+    #[test]
+    fn milestone_metrics_count_on_recorded_milestones_not_stages() {
+        let (name, text) = SHIPPED_METRICS;
+        let metrics = load_metrics(&TomlText::new(name, text), &catalogue()).expect("load");
+        let metrics: Vec<Metric> = metrics
+            .into_iter()
+            .filter(|m| matches!(m.kind, MetricKind::Milestones { .. }))
+            .collect();
+        let staged = [
+            (Stage::Accepted, "2026-01-06"),
+            (Stage::AssessmentDone, "2026-01-10"),
+            (Stage::PlanAgreed, "2026-01-20"),
+        ];
+        let with = |id: &str, nhs: &str, milestones: Vec<MilestoneFact>| {
+            let mut f = facts(id, nhs, "K1", &staged, &[]);
+            f.milestones = milestones;
+            f
+        };
+        let all = vec![
+            // The stage alone: missing for the plan metric, not eligible for complex needs.
+            with("r1", "1", vec![]),
+            // Assessment and plan (the plan dated in April): achieved in Q2.
+            with(
+                "r2",
+                "2",
+                vec![
+                    milestone(MilestoneKind::InitialAssessment, "2026-01-10", None),
+                    milestone(MilestoneKind::ActionPlan, "2026-04-02", None),
+                ],
+            ),
+            // Complex, then reassessed as not complex: not eligible for complex needs.
+            with(
+                "r3",
+                "3",
+                vec![
+                    milestone(MilestoneKind::Complexity, "2026-01-08", Some(true)),
+                    milestone(MilestoneKind::Complexity, "2026-01-09", Some(false)),
+                    milestone(MilestoneKind::ActionPlan, "2026-01-20", None),
+                ],
+            ),
+            // Complex with a plan: achieved; complex without a plan: missing.
+            with(
+                "r4",
+                "4",
+                vec![
+                    milestone(MilestoneKind::Complexity, "2026-01-08", Some(true)),
+                    milestone(MilestoneKind::ActionPlan, "2026-01-21", None),
+                ],
+            ),
+            with(
+                "r5",
+                "5",
+                vec![milestone(
+                    MilestoneKind::Complexity,
+                    "2026-01-08",
+                    Some(true),
+                )],
+            ),
+        ];
+        let report = outcomes(
+            &metrics,
+            &catalogue(),
+            &all,
+            Period::Quarter,
+            date!(2026 - 01 - 01),
+            date!(2026 - 12 - 31),
+            date!(2026 - 12 - 01),
+        );
+        let cell = |metric: &str, period: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.metric == metric && r.period == period && r.practice == "all")
+                .map(|r| (r.eligible, r.achieved, r.missing))
+        };
+        // r1, r3, r4, r5 are due in Q1 without both milestones; r2 achieved in Q2.
+        assert_eq!(
+            cell("initial-assessment-with-plan", "2026-Q1"),
+            Some((4, 0, 4))
+        );
+        assert_eq!(
+            cell("initial-assessment-with-plan", "2026-Q2"),
+            Some((1, 1, 0))
+        );
+        assert_eq!(cell("complex-needs-engaged", "2026-Q1"), Some((2, 1, 1)));
+        let detail = report.detail_csv();
+        assert!(
+            detail.contains("complex-needs-engaged,2026-Q1,K1,r4,4,achieved,2026-01-21"),
+            "{detail}"
+        );
     }
 
     #[test]

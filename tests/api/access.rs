@@ -429,6 +429,20 @@ const MATRIX: &[Row] = &[
     ),
     (
         "GET",
+        "/api/referrals/{id}/milestones",
+        "/api/referrals/{sr}/milestones",
+        Body::None,
+        WORK,
+    ),
+    (
+        "POST",
+        "/api/referrals/{id}/milestones",
+        "/api/referrals/{sr}/milestones",
+        Body::None,
+        WORK,
+    ),
+    (
+        "GET",
         "/api/deliveries",
         "/api/deliveries",
         Body::None,
@@ -542,6 +556,13 @@ const MATRIX: &[Row] = &[
         "POST",
         "/console/referrals/{id}/notes",
         "/console/referrals/{sr}/notes",
+        Body::None,
+        CONSOLE_FORM,
+    ),
+    (
+        "POST",
+        "/console/referrals/{id}/milestones",
+        "/console/referrals/{sr}/milestones",
         Body::None,
         CONSOLE_FORM,
     ),
@@ -935,6 +956,7 @@ fn every_route_is_in_the_matrix() {
     let source = [
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"),
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/mod.rs"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/milestones.rs"),
     ]
     .map(|file| std::fs::read_to_string(file).expect(file))
     .join("\n");

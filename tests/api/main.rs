@@ -28,6 +28,7 @@ mod hostile;
 mod instances;
 mod isolation;
 mod mappings;
+mod milestones;
 mod negotiation;
 mod openapi;
 mod operations;
