@@ -53,6 +53,7 @@ use crate::delivery::endpoints::Endpoints;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
 use crate::outcomes::Outcomes;
+use crate::outcomes::pcn::PcnDirectory;
 use crate::store::Store;
 use crate::validation::Validator;
 use crate::workflow::Workflow;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub delivery_metrics: Arc<DeliveryMetrics>,
     /// Outcome measures and report metrics (`outcomes/` or `outcomes_dir`).
     pub outcomes: Arc<Outcomes>,
+    /// The practice directory (`pcns_file`; reloadable), for reports per PCN.
+    pub pcns: Arc<crate::reload::Reloadable<PcnDirectory, crate::located::LocatedError>>,
 }
 
 impl AppState {

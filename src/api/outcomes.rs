@@ -229,7 +229,8 @@ async fn outcomes_for(
         from,
         to,
         today,
-    );
+    )
+    .with_pcns(&state.pcns.current());
     Ok((query, report))
 }
 
@@ -313,6 +314,16 @@ pub async fn service_report(
     value["from"] = json!(from);
     value["to"] = json!(to);
     Ok((StatusCode::OK, Json(value)).into_response())
+}
+
+impl crate::reload::ReloadableFile for crate::outcomes::pcn::PcnDirectory {
+    fn referenced_files(&self) -> &[std::path::PathBuf] {
+        crate::outcomes::pcn::PcnDirectory::referenced_files(self)
+    }
+
+    fn entries(&self) -> usize {
+        self.practices()
+    }
 }
 
 /// The follow-ups of one referral's detail, on today's UK date, as JSON: per measure with

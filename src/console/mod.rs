@@ -1460,7 +1460,7 @@ async fn caseloads(
         tokio::try_join!(state.store.caseloads(), state.store.practice_figures())?;
     Ok(html(
         StatusCode::OK,
-        pages::caseloads(&session, &loads, &practices),
+        pages::caseloads(&session, &loads, &practices, &state.pcns.current()),
     ))
 }
 

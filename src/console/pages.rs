@@ -876,6 +876,7 @@ pub fn caseloads(
     session: &ConsoleSession,
     loads: &[(Option<String>, i64)],
     practices: &[(Option<String>, i64, i64, Option<f64>)],
+    pcns: &crate::outcomes::pcn::PcnDirectory,
 ) -> Markup {
     layout(
         "Caseloads",
@@ -893,11 +894,12 @@ pub fn caseloads(
             }
             h2 { "By practice" }
             table class="nhsuk-table" {
-                thead { tr { th scope="col" { "Practice" } th scope="col" { "Referrals" } th scope="col" { "Contacted" } th scope="col" { "Mean days to first contact" } } }
+                thead { tr { th scope="col" { "Practice" } th scope="col" { "Primary Care Network" } th scope="col" { "Referrals" } th scope="col" { "Contacted" } th scope="col" { "Mean days to first contact" } } }
                 tbody {
                     @for (ods, referrals, contacted, days) in practices {
                         tr {
                             td { (ods.as_deref().unwrap_or("No practice code")) }
+                            td { (ods.as_deref().and_then(|o| pcns.pcn_of(o)).map_or("No PCN", |p| p.name.as_str())) }
                             td { (referrals) }
                             td { (contacted) }
                             td { @if let Some(d) = days { (format!("{d:.1}")) } @else { "\u{2013}" } }

@@ -17,6 +17,7 @@ use time::{Date, OffsetDateTime};
 use toml::Spanned;
 
 use super::definition::{Catalogue, MeasureDefinition, Method};
+use super::pcn::{NO_PCN, PcnDirectory};
 use super::schedule::{add_months, uk_date};
 use crate::located::{LocatedError, TomlText};
 use crate::referral::milestone::MilestoneKind;
@@ -343,6 +344,8 @@ pub struct DetailRow {
     pub period: String,
     /// The practice (`unknown` when the referral did not say).
     pub practice: String,
+    /// The practice's PCN code, or [`NO_PCN`] (empty until [`Report::with_pcns`]).
+    pub pcn: String,
     /// The referral.
     pub referral_id: String,
     /// The person (personal data: only in the detail export).
@@ -378,6 +381,31 @@ pub struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_change: Option<Decimal>,
     /// The sliding scale's share paid, 0 to 1 (mean-change metrics), to four places.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payable_fraction: Option<Decimal>,
+}
+
+/// One PCN's cell of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PcnRow {
+    /// The metric.
+    pub metric: String,
+    /// The period.
+    pub period: String,
+    /// The PCN's code, or [`NO_PCN`].
+    pub pcn: String,
+    /// The PCN's name.
+    pub pcn_name: Option<String>,
+    /// People eligible.
+    pub eligible: u64,
+    /// People who achieved it.
+    pub achieved: u64,
+    /// People due but without the measurement (or milestone).
+    pub missing: u64,
+    /// Mean change (mean-change metrics), to two places.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_change: Option<Decimal>,
+    /// The sliding scale's share paid (mean-change metrics), to four places.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payable_fraction: Option<Decimal>,
 }
@@ -418,6 +446,8 @@ pub struct Report {
     pub metrics: Vec<Metric>,
     /// Per metric, period and practice (sorted), and `all` practices per metric and period.
     pub rows: Vec<Row>,
+    /// Per metric, period and PCN (sorted; empty until [`Report::with_pcns`]).
+    pub pcn_rows: Vec<PcnRow>,
     /// Changes per measure and follow-up, over everyone in the range.
     pub distributions: Vec<Distribution>,
     /// Every person behind every count.
@@ -504,6 +534,7 @@ fn evaluate(
         metric: metric.id.clone(),
         period: period.label(on),
         practice: practice.clone(),
+        pcn: String::new(),
         referral_id: facts.id.clone(),
         nhs_number: facts.nhs_number.clone(),
         status,
@@ -681,57 +712,17 @@ pub fn outcomes(
     for d in &detail {
         let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
         for practice in [d.practice.clone(), "all".to_string()] {
-            let cell = cells
-                .entry((index, d.period.clone(), practice))
-                .or_default();
-            cell.0 += 1;
-            if d.status == Status::Achieved {
-                cell.1 += 1;
-            }
-            if d.status == Status::Missing {
-                cell.2 += 1;
-            }
-            if let Some(change) = d.change {
-                cell.3.push(change);
-            }
+            tally(
+                cells
+                    .entry((index, d.period.clone(), practice))
+                    .or_default(),
+                d,
+            );
         }
     }
     let rows = cells
         .into_iter()
-        .map(
-            |((index, period, practice), (eligible, achieved, missing, changes))| {
-                let metric = &metrics[index];
-                let (mean_change, payable_fraction) = match &metric.kind {
-                    MetricKind::MeanChange {
-                        none_below,
-                        full_at,
-                        ..
-                    } if !changes.is_empty() => {
-                        let mean =
-                            changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64);
-                        let share = ((mean - none_below) / (full_at - none_below))
-                            .clamp(Decimal::ZERO, Decimal::ONE);
-                        let share = if mean < *none_below {
-                            Decimal::ZERO
-                        } else {
-                            share
-                        };
-                        (Some(round(mean, 2)), Some(round(share, 4)))
-                    }
-                    _ => (None, None),
-                };
-                Row {
-                    metric: metric.id.clone(),
-                    period,
-                    practice,
-                    eligible,
-                    achieved,
-                    missing,
-                    mean_change,
-                    payable_fraction,
-                }
-            },
-        )
+        .map(|(key, cell)| finish(metrics, key, cell))
         .collect();
     Report {
         from,
@@ -739,8 +730,104 @@ pub fn outcomes(
         period,
         metrics: metrics.to_vec(),
         rows,
+        pcn_rows: Vec::new(),
         distributions: distributions(catalogue, facts, from, to),
         detail,
+    }
+}
+
+/// Adds one person's line to a cell.
+fn tally(cell: &mut Cell, d: &DetailRow) {
+    cell.0 += 1;
+    if d.status == Status::Achieved {
+        cell.1 += 1;
+    }
+    if d.status == Status::Missing {
+        cell.2 += 1;
+    }
+    if let Some(change) = d.change {
+        cell.3.push(change);
+    }
+}
+
+/// A cell's row: its counts, and for a mean-change metric the mean and the share payable.
+fn finish(metrics: &[Metric], key: CellKey, cell: Cell) -> Row {
+    let ((index, period, practice), (eligible, achieved, missing, changes)) = (key, cell);
+    let (mean_change, payable_fraction) = match metrics.get(index).map(|m| &m.kind) {
+        Some(MetricKind::MeanChange {
+            none_below,
+            full_at,
+            ..
+        }) if !changes.is_empty() => {
+            let mean = changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64);
+            let share =
+                ((mean - none_below) / (full_at - none_below)).clamp(Decimal::ZERO, Decimal::ONE);
+            let share = if mean < *none_below {
+                Decimal::ZERO
+            } else {
+                share
+            };
+            (Some(round(mean, 2)), Some(round(share, 4)))
+        }
+        _ => (None, None),
+    };
+    Row {
+        metric: metrics.get(index).map(|m| m.id.clone()).unwrap_or_default(),
+        period,
+        practice,
+        eligible,
+        achieved,
+        missing,
+        mean_change,
+        payable_fraction,
+    }
+}
+
+impl Report {
+    /// The report broken down per Primary Care Network too: each person's line placed in
+    /// their practice's PCN ([`NO_PCN`] when the directory names none), counted per metric,
+    /// period and PCN into `pcn_rows`, as `rows` are per practice.
+    pub fn with_pcns(mut self, pcns: &PcnDirectory) -> Report {
+        let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
+        for d in &mut self.detail {
+            d.pcn = pcns
+                .pcn_of(&d.practice)
+                .map_or_else(|| NO_PCN.to_owned(), |p| p.code.clone());
+            let index = self
+                .metrics
+                .iter()
+                .position(|m| m.id == d.metric)
+                .unwrap_or(0);
+            tally(
+                cells
+                    .entry((index, d.period.clone(), d.pcn.clone()))
+                    .or_default(),
+                d,
+            );
+        }
+        self.pcn_rows = cells
+            .into_iter()
+            .map(|(key, cell)| {
+                let row = finish(&self.metrics, key, cell);
+                let pcn_name = pcns
+                    .pcns()
+                    .iter()
+                    .find(|p| p.code == row.practice)
+                    .map(|p| p.name.clone());
+                PcnRow {
+                    metric: row.metric,
+                    period: row.period,
+                    pcn: row.practice,
+                    pcn_name,
+                    eligible: row.eligible,
+                    achieved: row.achieved,
+                    missing: row.missing,
+                    mean_change: row.mean_change,
+                    payable_fraction: row.payable_fraction,
+                }
+            })
+            .collect();
+        self
     }
 }
 
@@ -840,7 +927,8 @@ fn opt<T: ToString>(value: &Option<T>) -> String {
 }
 
 impl Report {
-    /// The counts as CSV (no personal data, no ids).
+    /// The counts as CSV (no personal data, no ids): per practice (and `all`), then per
+    /// PCN (the `pcn` column set, `practice` empty) after [`Report::with_pcns`].
     pub fn to_csv(&self) -> String {
         let mut out = line(
             &[
@@ -852,6 +940,7 @@ impl Report {
                 "missing",
                 "mean_change",
                 "payable_fraction",
+                "pcn",
             ]
             .map(String::from),
         );
@@ -865,6 +954,20 @@ impl Report {
                 r.missing.to_string(),
                 opt(&r.mean_change),
                 opt(&r.payable_fraction),
+                String::new(),
+            ]));
+        }
+        for r in &self.pcn_rows {
+            out.push_str(&line(&[
+                r.metric.clone(),
+                r.period.clone(),
+                String::new(),
+                r.eligible.to_string(),
+                r.achieved.to_string(),
+                r.missing.to_string(),
+                opt(&r.mean_change),
+                opt(&r.payable_fraction),
+                r.pcn.clone(),
             ]));
         }
         out
@@ -878,6 +981,7 @@ impl Report {
                 "metric",
                 "period",
                 "practice",
+                "pcn",
                 "referral_id",
                 "nhs_number",
                 "status",
@@ -893,6 +997,7 @@ impl Report {
                 d.metric.clone(),
                 d.period.clone(),
                 d.practice.clone(),
+                d.pcn.clone(),
                 d.referral_id.clone(),
                 opt(&d.nhs_number),
                 serde_json::to_value(d.status)
@@ -954,6 +1059,27 @@ impl Report {
             });
             if r.eligible > 0 {
                 report["group"][0]["measureScore"] = json!({"value": round(Decimal::from(r.achieved) / Decimal::from(r.eligible), 4)});
+            }
+            // Per PCN, as strata (after `with_pcns`).
+            let strata: Vec<serde_json::Value> = self
+                .pcn_rows
+                .iter()
+                .filter(|p| p.metric == r.metric && p.period == r.period)
+                .map(|p| {
+                    let mut value = json!({"text": p.pcn});
+                    if p.pcn != NO_PCN {
+                        value["coding"] = json!([{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "code": p.pcn, "display": p.pcn_name}]);
+                    }
+                    json!({"value": value, "population": [
+                        {"code": population("denominator", "Denominator"), "count": p.eligible},
+                        {"code": population("numerator", "Numerator"), "count": p.achieved},
+                        {"code": missing_code, "count": p.missing},
+                    ]})
+                })
+                .collect();
+            if !strata.is_empty() {
+                report["group"][0]["stratifier"] =
+                    json!([{"code": [{"text": "Primary Care Network"}], "stratum": strata}]);
             }
             entries
                 .push(json!({"fullUrl": format!("{base}/MeasureReport/{id}"), "resource": report}));
@@ -1257,7 +1383,7 @@ mod tests {
         assert_eq!(cell("complex-needs-engaged", "2026-Q1"), Some((2, 1, 1)));
         let detail = report.detail_csv();
         assert!(
-            detail.contains("complex-needs-engaged,2026-Q1,K1,r4,4,achieved,2026-01-21"),
+            detail.contains("complex-needs-engaged,2026-Q1,K1,,r4,4,achieved,2026-01-21"),
             "{detail}"
         );
     }
@@ -1309,7 +1435,7 @@ mod tests {
             facts(
                 "r1",
                 "1",
-                "K1",
+                "K11111",
                 &a,
                 &[("wemwbs", "2026-01-20", 40), ("wemwbs", "2026-07-25", 44)],
             ),
@@ -1317,7 +1443,7 @@ mod tests {
             facts(
                 "r1b",
                 "1",
-                "K1",
+                "K11111",
                 &a,
                 &[("wemwbs", "2026-01-21", 40), ("wemwbs", "2026-07-21", 50)],
             ),
@@ -1325,16 +1451,16 @@ mod tests {
             facts(
                 "r2",
                 "2",
-                "K2",
+                "K22222",
                 &a,
                 &[("wemwbs", "2026-01-20", 40), ("wemwbs", "2026-07-20", 42)],
             ),
-            facts("r3", "3", "K2", &a, &[("wemwbs", "2026-01-20", 40)]),
+            facts("r3", "3", "K22222", &a, &[("wemwbs", "2026-01-20", 40)]),
             // Withdrawn before the window opened: not eligible; before its plan: not eligible.
             facts(
                 "r4",
                 "4",
-                "K2",
+                "K22222",
                 &[
                     (Stage::Accepted, "2026-01-06"),
                     (Stage::Withdrawn, "2026-01-10"),
@@ -1360,10 +1486,10 @@ mod tests {
         };
         assert_eq!(cell("plan", "2026-Q1", "all"), Some((3, 3, 0)));
         assert_eq!(cell("wemwbs-6m", "2026-Q3", "all"), Some((3, 1, 1)));
-        assert_eq!(cell("wemwbs-6m", "2026-Q3", "K2"), Some((2, 0, 1)));
+        assert_eq!(cell("wemwbs-6m", "2026-Q3", "K22222"), Some((2, 0, 1)));
         let detail = report.detail_csv();
         assert!(
-            detail.contains("wemwbs-6m,2026-Q3,K1,r1,1,achieved,2026-07-20,r1-o0,r1-o1,4"),
+            detail.contains("wemwbs-6m,2026-Q3,K11111,,r1,1,achieved,2026-07-20,r1-o0,r1-o1,4"),
             "{detail}"
         );
         assert!(!detail.contains(",r1b,"), "a person counts once");
@@ -1371,6 +1497,45 @@ mod tests {
         let fhir = report.to_fhir("https://x/fhir");
         assert_eq!(fhir["entry"][0]["resource"]["resourceType"], "Measure");
         assert!(report.to_svg().starts_with("<svg"));
+
+        // Per PCN: K11111 is in U11111 and K22222 in none.
+        let pcns = PcnDirectory::parse(&TomlText::new(
+            "pcns.toml",
+            "[[pcn]]\ncode = \"U11111\"\nname = \"North PCN\"\npractices = [\"K11111\"]\n",
+        ))
+        .expect("pcns");
+        let report = report.with_pcns(&pcns);
+        let pcn_cell = |pcn: &str| {
+            report
+                .pcn_rows
+                .iter()
+                .find(|r| r.metric == "wemwbs-6m" && r.period == "2026-Q3" && r.pcn == pcn)
+                .map(|r| (r.eligible, r.achieved, r.missing, r.pcn_name.clone()))
+        };
+        assert_eq!(
+            pcn_cell("U11111"),
+            Some((1, 1, 0, Some("North PCN".into())))
+        );
+        assert_eq!(pcn_cell(NO_PCN), Some((2, 0, 1, None)));
+        assert!(
+            report
+                .to_csv()
+                .contains("wemwbs-6m,2026-Q3,,2,0,1,,,no PCN\r\n")
+        );
+        assert!(
+            report
+                .detail_csv()
+                .contains("wemwbs-6m,2026-Q3,K11111,U11111,r1,")
+        );
+        let fhir = report.to_fhir("https://x/fhir");
+        let strata = fhir["entry"]
+            .as_array()
+            .and_then(|e| {
+                e.iter()
+                    .find(|e| e["resource"]["id"] == "wemwbs-6m-2026-q3")
+            })
+            .map(|e| e["resource"]["group"][0]["stratifier"][0]["stratum"].clone());
+        assert_eq!(strata.and_then(|s| s.as_array().map(Vec::len)), Some(2));
     }
 
     #[test]

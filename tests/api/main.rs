@@ -33,6 +33,7 @@ mod negotiation;
 mod openapi;
 mod operations;
 mod outcomes;
+mod pcns;
 mod processes;
 mod profile_negatives;
 mod provenance;
