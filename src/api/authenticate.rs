@@ -140,6 +140,9 @@ pub const ROUTES: &[Route] = &[
         &["POST"],
         Gate::Console,
     ),
+    route("/console/reports", &["GET"], Gate::Console),
+    route("/console/reports/export", &["GET"], Gate::Console),
+    route("/console/reports/referrals", &["GET"], Gate::Console),
     route(
         "/console/referrals/{id}/outcomes",
         &["GET", "POST"],

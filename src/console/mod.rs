@@ -22,6 +22,7 @@ pub mod assets;
 mod measures;
 mod milestones;
 mod pages;
+mod reports;
 mod time;
 mod working_days;
 
@@ -76,6 +77,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/deliveries", get(deliveries))
         .route("/console/deliveries/{seq}/retry", post(retry_delivery))
         .merge(milestones::routes())
+        .merge(reports::routes())
 }
 
 /// Why a console request failed: a page saying so.

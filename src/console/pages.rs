@@ -122,7 +122,7 @@ fn csrf_field(session: &ConsoleSession) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf_token); }
 }
 
-fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en-GB" {
@@ -173,6 +173,11 @@ fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup) -> Markup
                                     @if s.role == StaffRole::Administrator {
                                         li class="nhsuk-header__navigation-item" {
                                             a class="nhsuk-header__navigation-link" href="/console/deliveries" { "Deliveries" }
+                                        }
+                                    }
+                                    @if matches!(s.role, StaffRole::ServiceManager | StaffRole::Administrator) {
+                                        li class="nhsuk-header__navigation-item" {
+                                            a class="nhsuk-header__navigation-link" href="/console/reports" { "Reports" }
                                         }
                                     }
                                 }

@@ -566,6 +566,21 @@ const MATRIX: &[Row] = &[
         Body::None,
         CONSOLE_FORM,
     ),
+    ("GET", "/console/reports", "/console/reports", Body::None, CONSOLE),
+    (
+        "GET",
+        "/console/reports/export",
+        "/console/reports/export",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "GET",
+        "/console/reports/referrals",
+        "/console/reports/referrals",
+        Body::None,
+        CONSOLE,
+    ),
     (
         "GET",
         "/console/referrals/{id}/outcomes",
@@ -957,6 +972,7 @@ fn every_route_is_in_the_matrix() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"),
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/mod.rs"),
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/milestones.rs"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/reports.rs"),
     ]
     .map(|file| std::fs::read_to_string(file).expect(file))
     .join("\n");

@@ -18,6 +18,7 @@ mod connections;
 mod console;
 mod console_browser;
 mod console_oidc;
+mod console_reports;
 mod create_read;
 mod delivery;
 mod durability;
