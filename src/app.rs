@@ -24,7 +24,9 @@ use crate::identity::{
     TokenSecret, TokenService,
 };
 use crate::mapping::{MappingError, Mappings};
+use crate::outcomes::pcn::PcnDirectory;
 use crate::outcomes::{Outcomes, OutcomesError};
+use crate::reload::Reloadable;
 use crate::server::{Server, ServerError};
 use crate::store::retention::{PurgeKind, Removed};
 use crate::store::{AuditRecord, Store, StoreError, StoreOptions};
@@ -51,6 +53,9 @@ pub enum StartupError {
     /// The outcome measures or metrics (`outcomes/` or `outcomes_dir`) are wrong.
     #[error("outcome definitions: {0}")]
     Outcomes(#[from] OutcomesError),
+    /// The practice directory (`pcns_file`) is wrong.
+    #[error("PCN directory: {0}")]
+    Pcns(crate::located::LocatedError),
     /// A measure's Observation would fail its profile or the definition's own rules.
     #[error("outcome definitions: {0}")]
     Measures(String),
@@ -157,6 +162,16 @@ impl Application {
             Some(dir) => Outcomes::load_dir(dir)?,
             None => Outcomes::shipped().map_err(OutcomesError::from)?,
         };
+        let pcn_directory = match &settings.pcns_file {
+            Some(path) => PcnDirectory::load(path).map_err(StartupError::Pcns)?,
+            None => PcnDirectory::default(),
+        };
+        let pcns = Arc::new(Reloadable::new(
+            "PCN directory",
+            pcn_directory,
+            settings.pcns_file.clone(),
+            |path: &std::path::Path, _: &PcnDirectory| PcnDirectory::load(path),
+        ));
         let validator = Arc::new(validator);
         let registry = match &settings.delivery.endpoints {
             Some(path) => EndpointRegistry::load(path)?,
@@ -250,9 +265,19 @@ impl Application {
             endpoints,
             delivery_metrics: Arc::new(DeliveryMetrics::new()),
             outcomes: Arc::new(outcomes),
+            pcns,
         };
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
         let mut background = start_background(&state, background_stopped.clone()).await;
+        if state.pcns.source().is_some() {
+            let mut stop = background_stopped.clone();
+            background.push(state.pcns.spawn_watcher(
+                Duration::from_secs(state.settings.auth.reload_poll_secs),
+                async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                },
+            ));
+        }
         if clients.source().is_some() {
             let mut stop = background_stopped;
             background.push(clients.spawn_watcher(

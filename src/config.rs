@@ -101,6 +101,9 @@ pub struct Settings {
     /// A folder holding `measures/*.toml` and `metrics.toml` to use instead of the
     /// outcome measures and report metrics shipped in `outcomes/` (compiled in).
     pub outcomes_dir: Option<PathBuf>,
+    /// The practice directory (`pcns.toml`: practice ODS code → Primary Care Network), for
+    /// reports per PCN; reloaded when it changes. Without it every practice is "no PCN".
+    pub pcns_file: Option<PathBuf>,
     /// Delivery of updates to GP systems.
     pub delivery: DeliverySettings,
     /// Who may call Sprig, and how they prove it.
@@ -354,6 +357,7 @@ impl Default for Settings {
             service: ServiceSettings::default(),
             mappings_dir: None,
             outcomes_dir: None,
+            pcns_file: None,
             delivery: DeliverySettings::default(),
             auth: AuthSettings::default(),
             fhir: FhirSettings::default(),

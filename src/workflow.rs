@@ -24,6 +24,7 @@ use crate::mapping::{
 };
 use crate::outcomes::Catalogue;
 use crate::outcomes::definition::{DefinedScoreError, MeasureDefinition};
+use crate::referral::milestone::{self, Milestone, MilestoneInput};
 use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
@@ -465,6 +466,45 @@ impl Workflow {
             .await?;
         tx.touch_referral(referral_id, &now).await?;
         Ok(())
+    }
+
+    /// Records a milestone (`referral::milestone`) by `actor`, checked against the
+    /// referral's received day and `today` (UK dates). The stage does not move and the GP
+    /// is not told: a milestone is the service's evidence for its contract.
+    pub async fn record_milestone(
+        &self,
+        tx: &mut WriteTx,
+        referral_id: &str,
+        actor: &str,
+        input: &MilestoneInput<'_>,
+        today: time::Date,
+    ) -> Result<Milestone, WorkflowError> {
+        let referral = tx
+            .referral(referral_id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(referral_id.to_owned()))?;
+        let received = time::OffsetDateTime::parse(
+            &referral.received_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(crate::outcomes::schedule::uk_date)
+        .map_err(|_| WorkflowError::Invalid("the referral's received time is unreadable".into()))?;
+        let (kind, on, complex, basis, reason) = milestone::check(input, received, today)
+            .map_err(|e| WorkflowError::Invalid(e.to_string()))?;
+        let now = Instant::now().to_fhir();
+        let recorded = Milestone {
+            id: FhirId::generate().to_string(),
+            kind,
+            on,
+            complex,
+            basis,
+            reason,
+            recorded_at: now.clone(),
+            recorded_by: actor.to_owned(),
+        };
+        tx.add_milestone(referral_id, &recorded).await?;
+        tx.touch_referral(referral_id, &now).await?;
+        Ok(recorded)
     }
 
     /// Assigns a referral to a link worker (`Some(username)`, whom the caller checked is

@@ -97,6 +97,11 @@ pub const ROUTES: &[Route] = &[
     route("/api/referrals/{id}/transitions", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/outcomes", &["POST"], Gate::Staff),
     route("/api/referrals/{id}/notes", &["POST"], Gate::Staff),
+    route(
+        "/api/referrals/{id}/milestones",
+        &["GET", "POST"],
+        Gate::Staff,
+    ),
     route("/api/referrals/{id}/assignment", &["POST"], Gate::Staff),
     // Administrators only: `api::erasure` checks `StaffAction::Erase`.
     route("/api/referrals/{id}/erasure", &["POST"], Gate::Staff),
@@ -133,6 +138,14 @@ pub const ROUTES: &[Route] = &[
         Gate::Console,
     ),
     route("/console/referrals/{id}/notes", &["POST"], Gate::Console),
+    route(
+        "/console/referrals/{id}/milestones",
+        &["POST"],
+        Gate::Console,
+    ),
+    route("/console/reports", &["GET"], Gate::Console),
+    route("/console/reports/export", &["GET"], Gate::Console),
+    route("/console/reports/referrals", &["GET"], Gate::Console),
     route(
         "/console/referrals/{id}/outcomes",
         &["GET", "POST"],

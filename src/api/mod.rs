@@ -24,6 +24,7 @@ pub mod health;
 pub mod message;
 pub mod message_definition;
 pub mod middleware;
+pub mod milestones;
 pub mod negotiate;
 pub mod outcomes;
 pub mod pipeline;
@@ -52,6 +53,7 @@ use crate::delivery::endpoints::Endpoints;
 use crate::delivery::metrics::DeliveryMetrics;
 use crate::fhir::{Issue, IssueType};
 use crate::outcomes::Outcomes;
+use crate::outcomes::pcn::PcnDirectory;
 use crate::store::Store;
 use crate::validation::Validator;
 use crate::workflow::Workflow;
@@ -76,6 +78,8 @@ pub struct AppState {
     pub delivery_metrics: Arc<DeliveryMetrics>,
     /// Outcome measures and report metrics (`outcomes/` or `outcomes_dir`).
     pub outcomes: Arc<Outcomes>,
+    /// The practice directory (`pcns_file`; reloadable), for reports per PCN.
+    pub pcns: Arc<crate::reload::Reloadable<PcnDirectory, crate::located::LocatedError>>,
 }
 
 impl AppState {
@@ -159,6 +163,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/api/referrals/{id}/transitions", post(service::transition))
         .route("/api/referrals/{id}/outcomes", post(service::outcome))
         .route("/api/referrals/{id}/notes", post(service::note))
+        .route(
+            "/api/referrals/{id}/milestones",
+            get(milestones::list).post(milestones::record),
+        )
         .route("/api/referrals/{id}/assignment", post(service::assignment))
         .route("/api/referrals/{id}/erasure", post(erasure::erase))
         .route("/api/measures", get(outcomes::measures))

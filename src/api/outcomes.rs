@@ -237,7 +237,8 @@ async fn outcomes_for(
         from,
         to,
         today,
-    );
+    )
+    .with_pcns(&state.pcns.current());
     Ok((query, report))
 }
 
@@ -323,6 +324,16 @@ pub async fn service_report(
     Ok((StatusCode::OK, Json(value)).into_response())
 }
 
+impl crate::reload::ReloadableFile for crate::outcomes::pcn::PcnDirectory {
+    fn referenced_files(&self) -> &[std::path::PathBuf] {
+        crate::outcomes::pcn::PcnDirectory::referenced_files(self)
+    }
+
+    fn entries(&self) -> usize {
+        self.practices()
+    }
+}
+
 /// The follow-ups of one referral's detail, on today's UK date, as JSON: per measure with
 /// a baseline, each follow-up's dates and state.
 pub fn detail_follow_ups(
@@ -353,6 +364,8 @@ pub fn detail_follow_ups(
                 })
             })
             .collect(),
+        // Follow-ups do not read them.
+        milestones: Vec::new(),
     };
     let list: Vec<Value> = referral_follow_ups(state, &facts, today())
         .into_iter()

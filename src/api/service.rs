@@ -37,7 +37,7 @@ const DEFAULT_ACTOR: &str = "service";
 /// Who acted: the authenticated person (`Access::actor_label`), whatever `by` says (a
 /// `by` field is accepted for compatibility and ignored). Only the open modes, where
 /// nobody is authenticated, take `by` (default `service`).
-fn actor(access: &Access, by: Option<&str>) -> Result<String, Problem> {
+pub(super) fn actor(access: &Access, by: Option<&str>) -> Result<String, Problem> {
     if !matches!(access.caller(), Caller::Developer | Caller::Unauthenticated) {
         return Ok(access.actor_label());
     }
@@ -195,7 +195,7 @@ pub async fn detail(
 
 /// Who referral `id` is assigned to (404 when there is no such referral): what a link
 /// worker's permission depends on.
-async fn assignee_of(state: &AppState, id: &str) -> Result<Option<String>, Problem> {
+pub(super) async fn assignee_of(state: &AppState, id: &str) -> Result<Option<String>, Problem> {
     state.store.referral_assignee(id).await?.ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_FOUND,

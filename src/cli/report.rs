@@ -100,6 +100,16 @@ pub fn run(args: ReportArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let pcns = match &settings.pcns_file {
+        Some(path) => match crate::outcomes::pcn::PcnDirectory::load(path) {
+            Ok(pcns) => pcns,
+            Err(error) => {
+                eprintln!("sprig: PCN directory: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => crate::outcomes::pcn::PcnDirectory::default(),
+    };
     let (from, to) = match &command {
         ReportCommand::Outcomes { from, to, .. } | ReportCommand::Service { from, to } => {
             (*from, *to)
@@ -149,7 +159,8 @@ pub fn run(args: ReportArgs) -> ExitCode {
                     from,
                     to,
                     today,
-                );
+                )
+                .with_pcns(&pcns);
                 match format {
                     Format::Csv => report.to_csv(),
                     Format::Json => serde_json::to_string_pretty(&report).unwrap_or_default(),

@@ -24,7 +24,9 @@ pub mod assets;
 mod first_contact;
 mod follow_ups;
 mod measures;
+mod milestones;
 mod pages;
+mod reports;
 mod time;
 mod working_days;
 
@@ -86,6 +88,8 @@ pub fn routes() -> Router<AppState> {
             "/console/deliveries/practices/{ods}/retry",
             post(admin::retry_practice),
         )
+        .merge(milestones::routes())
+        .merge(reports::routes())
 }
 
 /// Why a console request failed: a page saying so.
@@ -348,8 +352,12 @@ fn resumable(path: &str) -> Option<(&str, &str)> {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-    (plain && matches!(action, "transition" | "notes" | "assignment" | "outcomes"))
-        .then_some((id, action))
+    (plain
+        && matches!(
+            action,
+            "transition" | "notes" | "assignment" | "outcomes" | "milestones"
+        ))
+    .then_some((id, action))
 }
 
 /// Where a person goes once signed in: the page of the form they had posted as their
@@ -1028,6 +1036,7 @@ async fn given_back(
         "transition" => "to",
         "notes" => "note-text",
         "assignment" => "assigned_to",
+        "milestones" => "milestone-kind",
         _ => "outcome",
     };
     let fields = Fields::parse(form.form.as_bytes());
@@ -1109,6 +1118,7 @@ async fn render_referral(
         assign: access.staff_may(StaffAction::Assign),
         audit: access.staff_may(StaffAction::Audit),
     };
+    let milestones = state.store.milestones(id).await?;
     Ok(html(
         status,
         pages::referral(&pages::ReferralPage {
@@ -1121,6 +1131,7 @@ async fn render_referral(
             flash,
             error,
             measures: &measures::offered(&state.outcomes.catalogue),
+            milestones: &milestones,
         }),
     ))
 }
@@ -1462,6 +1473,7 @@ async fn caseloads(
                 by_worker: &by_worker,
                 by_practice: &by_practice,
             },
+            &state.pcns.current(),
         ),
     ))
 }

@@ -63,6 +63,8 @@ pub struct ReferralPage<'a> {
     pub error: Option<FieldError>,
     /// The outcome measures in force, in the order offered (`measures::offered`).
     pub measures: &'a [Offered],
+    /// The milestones recorded (`super::milestones`).
+    pub milestones: &'a [crate::referral::milestone::Milestone],
 }
 
 /// A stage as people say it.
@@ -183,6 +185,11 @@ pub(super) fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup
                                         }
                                         li class="nhsuk-header__navigation-item" {
                                             a class="nhsuk-header__navigation-link" href="/console/registries" { "Registries" }
+                                        }
+                                    }
+                                    @if matches!(s.role, StaffRole::ServiceManager | StaffRole::Administrator) {
+                                        li class="nhsuk-header__navigation-item" {
+                                            a class="nhsuk-header__navigation-link" href="/console/reports" { "Reports" }
                                         }
                                     }
                                 }
@@ -746,6 +753,8 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
             @if page.may.audit {
                 p { a href={"/console/referrals/" (r.id) "/audit"} { "Audit trail of this referral" } }
             }
+            (super::milestones::section(page.session, &r.id, page.milestones, page.may.work, error))
+
             h2 { "Timeline" }
             table class="nhsuk-table" {
                 caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Stages, oldest first" }
@@ -926,6 +935,7 @@ pub fn caseloads(
     people: &[(String, String)],
     practices: &[(Option<String>, i64, i64, Option<f64>)],
     contact: &ContactFigures<'_>,
+    pcns: &crate::outcomes::pcn::PcnDirectory,
 ) -> Markup {
     // Each caseload under its holder's name (a staff account's or the identity
     // provider's); a username no longer assignable is shown as it is stored.
@@ -959,11 +969,12 @@ pub fn caseloads(
             }
             h2 { "By practice" }
             table class="nhsuk-table" {
-                thead { tr { th scope="col" { "Practice" } th scope="col" { "Referrals" } th scope="col" { "Contacted" } th scope="col" { "Mean days to first contact" } } }
+                thead { tr { th scope="col" { "Practice" } th scope="col" { "Primary Care Network" } th scope="col" { "Referrals" } th scope="col" { "Contacted" } th scope="col" { "Mean days to first contact" } } }
                 tbody {
                     @for (ods, referrals, contacted, days) in practices {
                         tr {
                             td { (ods.as_deref().unwrap_or("No practice code")) }
+                            td { (ods.as_deref().and_then(|o| pcns.pcn_of(o)).map_or("No PCN", |p| p.name.as_str())) }
                             td { (referrals) }
                             td { (contacted) }
                             td { @if let Some(d) = days { (format!("{d:.1}")) } @else { "\u{2013}" } }

@@ -5,6 +5,7 @@
 //! today's date), no async.
 
 pub mod definition;
+pub mod pcn;
 pub mod report;
 pub mod schedule;
 

@@ -17,8 +17,10 @@ use time::{Date, OffsetDateTime};
 use toml::Spanned;
 
 use super::definition::{Catalogue, MeasureDefinition, Method};
+use super::pcn::{NO_PCN, PcnDirectory};
 use super::schedule::{add_months, uk_date};
 use crate::located::{LocatedError, TomlText};
+use crate::referral::milestone::MilestoneKind;
 use crate::referral::record::ReferralFacts;
 use crate::referral::stage::Stage;
 
@@ -36,6 +38,12 @@ pub enum MetricKind {
     Milestone {
         /// The stage.
         stage: Stage,
+    },
+    /// Recorded milestones (`referral::milestone`), all of them: counted in the period the
+    /// last of them happened.
+    Milestones {
+        /// What must be recorded.
+        milestones: Vec<Requirement>,
     },
     /// A follow-up better than the baseline by at least `min_change`.
     Improvement {
@@ -57,6 +65,39 @@ pub enum MetricKind {
         /// Everything is paid from this mean.
         full_at: Decimal,
     },
+}
+
+/// One milestone a `milestones` metric needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// A milestone of this kind recorded (the first one's day counts).
+    Recorded(MilestoneKind),
+    /// `complex-needs`: the latest complexity assessment says complex. Without it the
+    /// person is not eligible (the metric pays only for people with complex needs).
+    ComplexNeeds,
+}
+
+impl Serialize for Requirement {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl Requirement {
+    /// The code in `metrics.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requirement::Recorded(kind) => kind.as_str(),
+            Requirement::ComplexNeeds => "complex-needs",
+        }
+    }
+
+    fn parse(code: &str) -> Option<Requirement> {
+        match code {
+            "complex-needs" => Some(Requirement::ComplexNeeds),
+            other => MilestoneKind::parse(other).map(Requirement::Recorded),
+        }
+    }
 }
 
 /// A metric, checked.
@@ -84,6 +125,7 @@ struct MetricSpec {
     title: String,
     kind: Spanned<String>,
     stage: Option<Spanned<String>>,
+    milestones: Option<Spanned<Vec<String>>>,
     measure: Option<Spanned<String>>,
     follow_up: Option<Spanned<String>>,
     min_change: Option<Spanned<String>>,
@@ -178,12 +220,44 @@ pub fn load_metrics(
             Ok((measure.get_ref().clone(), follow_up.get_ref().clone()))
         };
         let kind = match spec.kind.get_ref().as_str() {
-            "milestone" => {
-                let stage = need(&spec.stage, "stage")?;
-                let parsed = Stage::parse(stage.get_ref())
-                    .map_err(|e| source.error_at(&stage.span(), format!("metric '{id}': {e}")))?;
-                MetricKind::Milestone { stage: parsed }
-            }
+            "milestone" => match (&spec.stage, &spec.milestones) {
+                (Some(stage), None) => {
+                    let parsed = Stage::parse(stage.get_ref()).map_err(|e| {
+                        source.error_at(&stage.span(), format!("metric '{id}': {e}"))
+                    })?;
+                    MetricKind::Milestone { stage: parsed }
+                }
+                (None, Some(list)) => {
+                    let mut milestones = Vec::new();
+                    for code in list.get_ref() {
+                        let requirement = Requirement::parse(code).ok_or_else(|| {
+                            source.error_at(
+                                &list.span(),
+                                format!(
+                                    "metric '{id}': '{code}' is not a milestone; the milestones are \
+                                     initial-assessment, action-plan, complexity, discharge, complex-needs"
+                                ),
+                            )
+                        })?;
+                        milestones.push(requirement);
+                    }
+                    if milestones.is_empty() {
+                        return Err(source.error_at(
+                            &list.span(),
+                            format!("metric '{id}': milestones is empty"),
+                        ));
+                    }
+                    MetricKind::Milestones { milestones }
+                }
+                _ => {
+                    return Err(source.error_at(
+                        &spec.kind.span(),
+                        format!(
+                            "metric '{id}': kind \"milestone\" needs one of `stage` or `milestones`"
+                        ),
+                    ));
+                }
+            },
             "improvement" => {
                 let (measure, follow_up) = measure_and_follow_up()?;
                 let min_change = number(need(&spec.min_change, "min_change")?, "min_change")?;
@@ -270,6 +344,8 @@ pub struct DetailRow {
     pub period: String,
     /// The practice (`unknown` when the referral did not say).
     pub practice: String,
+    /// The practice's PCN code, or [`NO_PCN`] (empty until [`Report::with_pcns`]).
+    pub pcn: String,
     /// The referral.
     pub referral_id: String,
     /// The person (personal data: only in the detail export).
@@ -305,6 +381,31 @@ pub struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_change: Option<Decimal>,
     /// The sliding scale's share paid, 0 to 1 (mean-change metrics), to four places.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payable_fraction: Option<Decimal>,
+}
+
+/// One PCN's cell of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PcnRow {
+    /// The metric.
+    pub metric: String,
+    /// The period.
+    pub period: String,
+    /// The PCN's code, or [`NO_PCN`].
+    pub pcn: String,
+    /// The PCN's name.
+    pub pcn_name: Option<String>,
+    /// People eligible.
+    pub eligible: u64,
+    /// People who achieved it.
+    pub achieved: u64,
+    /// People due but without the measurement (or milestone).
+    pub missing: u64,
+    /// Mean change (mean-change metrics), to two places.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_change: Option<Decimal>,
+    /// The sliding scale's share paid (mean-change metrics), to four places.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payable_fraction: Option<Decimal>,
 }
@@ -345,6 +446,8 @@ pub struct Report {
     pub metrics: Vec<Metric>,
     /// Per metric, period and practice (sorted), and `all` practices per metric and period.
     pub rows: Vec<Row>,
+    /// Per metric, period and PCN (sorted; empty until [`Report::with_pcns`]).
+    pub pcn_rows: Vec<PcnRow>,
     /// Changes per measure and follow-up, over everyone in the range.
     pub distributions: Vec<Distribution>,
     /// Every person behind every count.
@@ -378,6 +481,28 @@ fn reached(facts: &ReferralFacts, stage: Stage) -> Option<Date> {
         .min()
 }
 
+/// The day a requirement was met, if it was: a kind's first milestone; for complex needs,
+/// the latest complexity assessment when it says complex.
+fn met(facts: &ReferralFacts, requirement: Requirement) -> Option<Date> {
+    match requirement {
+        Requirement::Recorded(kind) => facts
+            .milestones
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.on)
+            .min(),
+        Requirement::ComplexNeeds => facts
+            .milestones
+            .iter()
+            .filter(|m| m.kind == MilestoneKind::Complexity)
+            // The latest assessment decides; recorded order breaks a tie of days.
+            .enumerate()
+            .max_by_key(|(i, m)| (m.on, *i))
+            .filter(|(_, m)| m.complex == Some(true))
+            .map(|(_, m)| m.on),
+    }
+}
+
 /// A person's baseline and follow-up for a measure: (baseline index, day, total).
 fn baseline(facts: &ReferralFacts, measure: &str) -> Option<(usize, Date, i64)> {
     facts
@@ -409,6 +534,7 @@ fn evaluate(
         metric: metric.id.clone(),
         period: period.label(on),
         practice: practice.clone(),
+        pcn: String::new(),
         referral_id: facts.id.clone(),
         nhs_number: facts.nhs_number.clone(),
         status,
@@ -427,6 +553,32 @@ fn evaluate(
                 Some(_) => None,
                 None => {
                     // Closed before the milestone: not eligible.
+                    if closed.is_some() || !(from..=to).contains(&accepted) {
+                        return None;
+                    }
+                    Some(Candidate {
+                        row: row(Status::Missing, accepted, None, None, None),
+                    })
+                }
+            }
+        }
+        MetricKind::Milestones { milestones } => {
+            // Complex needs decide eligibility: someone assessed as not complex, or not
+            // assessed, is not in this metric's group.
+            if milestones.contains(&Requirement::ComplexNeeds)
+                && met(facts, Requirement::ComplexNeeds).is_none()
+            {
+                return None;
+            }
+            let days: Option<Vec<Date>> = milestones.iter().map(|r| met(facts, *r)).collect();
+            match days.and_then(|d| d.into_iter().max()) {
+                Some(on) if (from..=to).contains(&on) => Some(Candidate {
+                    row: row(Status::Achieved, on, None, None, None),
+                }),
+                Some(_) => None,
+                None => {
+                    // Due from acceptance; closed before the milestones: not eligible.
+                    let accepted = reached(facts, Stage::Accepted)?;
                     if closed.is_some() || !(from..=to).contains(&accepted) {
                         return None;
                     }
@@ -560,57 +712,17 @@ pub fn outcomes(
     for d in &detail {
         let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
         for practice in [d.practice.clone(), "all".to_string()] {
-            let cell = cells
-                .entry((index, d.period.clone(), practice))
-                .or_default();
-            cell.0 += 1;
-            if d.status == Status::Achieved {
-                cell.1 += 1;
-            }
-            if d.status == Status::Missing {
-                cell.2 += 1;
-            }
-            if let Some(change) = d.change {
-                cell.3.push(change);
-            }
+            tally(
+                cells
+                    .entry((index, d.period.clone(), practice))
+                    .or_default(),
+                d,
+            );
         }
     }
     let rows = cells
         .into_iter()
-        .map(
-            |((index, period, practice), (eligible, achieved, missing, changes))| {
-                let metric = &metrics[index];
-                let (mean_change, payable_fraction) = match &metric.kind {
-                    MetricKind::MeanChange {
-                        none_below,
-                        full_at,
-                        ..
-                    } if !changes.is_empty() => {
-                        let mean =
-                            changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64);
-                        let share = ((mean - none_below) / (full_at - none_below))
-                            .clamp(Decimal::ZERO, Decimal::ONE);
-                        let share = if mean < *none_below {
-                            Decimal::ZERO
-                        } else {
-                            share
-                        };
-                        (Some(round(mean, 2)), Some(round(share, 4)))
-                    }
-                    _ => (None, None),
-                };
-                Row {
-                    metric: metric.id.clone(),
-                    period,
-                    practice,
-                    eligible,
-                    achieved,
-                    missing,
-                    mean_change,
-                    payable_fraction,
-                }
-            },
-        )
+        .map(|(key, cell)| finish(metrics, key, cell))
         .collect();
     Report {
         from,
@@ -618,8 +730,104 @@ pub fn outcomes(
         period,
         metrics: metrics.to_vec(),
         rows,
+        pcn_rows: Vec::new(),
         distributions: distributions(catalogue, facts, from, to),
         detail,
+    }
+}
+
+/// Adds one person's line to a cell.
+fn tally(cell: &mut Cell, d: &DetailRow) {
+    cell.0 += 1;
+    if d.status == Status::Achieved {
+        cell.1 += 1;
+    }
+    if d.status == Status::Missing {
+        cell.2 += 1;
+    }
+    if let Some(change) = d.change {
+        cell.3.push(change);
+    }
+}
+
+/// A cell's row: its counts, and for a mean-change metric the mean and the share payable.
+fn finish(metrics: &[Metric], key: CellKey, cell: Cell) -> Row {
+    let ((index, period, practice), (eligible, achieved, missing, changes)) = (key, cell);
+    let (mean_change, payable_fraction) = match metrics.get(index).map(|m| &m.kind) {
+        Some(MetricKind::MeanChange {
+            none_below,
+            full_at,
+            ..
+        }) if !changes.is_empty() => {
+            let mean = changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64);
+            let share =
+                ((mean - none_below) / (full_at - none_below)).clamp(Decimal::ZERO, Decimal::ONE);
+            let share = if mean < *none_below {
+                Decimal::ZERO
+            } else {
+                share
+            };
+            (Some(round(mean, 2)), Some(round(share, 4)))
+        }
+        _ => (None, None),
+    };
+    Row {
+        metric: metrics.get(index).map(|m| m.id.clone()).unwrap_or_default(),
+        period,
+        practice,
+        eligible,
+        achieved,
+        missing,
+        mean_change,
+        payable_fraction,
+    }
+}
+
+impl Report {
+    /// The report broken down per Primary Care Network too: each person's line placed in
+    /// their practice's PCN ([`NO_PCN`] when the directory names none), counted per metric,
+    /// period and PCN into `pcn_rows`, as `rows` are per practice.
+    pub fn with_pcns(mut self, pcns: &PcnDirectory) -> Report {
+        let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
+        for d in &mut self.detail {
+            d.pcn = pcns
+                .pcn_of(&d.practice)
+                .map_or_else(|| NO_PCN.to_owned(), |p| p.code.clone());
+            let index = self
+                .metrics
+                .iter()
+                .position(|m| m.id == d.metric)
+                .unwrap_or(0);
+            tally(
+                cells
+                    .entry((index, d.period.clone(), d.pcn.clone()))
+                    .or_default(),
+                d,
+            );
+        }
+        self.pcn_rows = cells
+            .into_iter()
+            .map(|(key, cell)| {
+                let row = finish(&self.metrics, key, cell);
+                let pcn_name = pcns
+                    .pcns()
+                    .iter()
+                    .find(|p| p.code == row.practice)
+                    .map(|p| p.name.clone());
+                PcnRow {
+                    metric: row.metric,
+                    period: row.period,
+                    pcn: row.practice,
+                    pcn_name,
+                    eligible: row.eligible,
+                    achieved: row.achieved,
+                    missing: row.missing,
+                    mean_change: row.mean_change,
+                    payable_fraction: row.payable_fraction,
+                }
+            })
+            .collect();
+        self
     }
 }
 
@@ -719,7 +927,8 @@ fn opt<T: ToString>(value: &Option<T>) -> String {
 }
 
 impl Report {
-    /// The counts as CSV (no personal data, no ids).
+    /// The counts as CSV (no personal data, no ids): per practice (and `all`), then per
+    /// PCN (the `pcn` column set, `practice` empty) after [`Report::with_pcns`].
     pub fn to_csv(&self) -> String {
         let mut out = line(
             &[
@@ -731,6 +940,7 @@ impl Report {
                 "missing",
                 "mean_change",
                 "payable_fraction",
+                "pcn",
             ]
             .map(String::from),
         );
@@ -744,6 +954,20 @@ impl Report {
                 r.missing.to_string(),
                 opt(&r.mean_change),
                 opt(&r.payable_fraction),
+                String::new(),
+            ]));
+        }
+        for r in &self.pcn_rows {
+            out.push_str(&line(&[
+                r.metric.clone(),
+                r.period.clone(),
+                String::new(),
+                r.eligible.to_string(),
+                r.achieved.to_string(),
+                r.missing.to_string(),
+                opt(&r.mean_change),
+                opt(&r.payable_fraction),
+                r.pcn.clone(),
             ]));
         }
         out
@@ -757,6 +981,7 @@ impl Report {
                 "metric",
                 "period",
                 "practice",
+                "pcn",
                 "referral_id",
                 "nhs_number",
                 "status",
@@ -772,6 +997,7 @@ impl Report {
                 d.metric.clone(),
                 d.period.clone(),
                 d.practice.clone(),
+                d.pcn.clone(),
                 d.referral_id.clone(),
                 opt(&d.nhs_number),
                 serde_json::to_value(d.status)
@@ -833,6 +1059,27 @@ impl Report {
             });
             if r.eligible > 0 {
                 report["group"][0]["measureScore"] = json!({"value": round(Decimal::from(r.achieved) / Decimal::from(r.eligible), 4)});
+            }
+            // Per PCN, as strata (after `with_pcns`).
+            let strata: Vec<serde_json::Value> = self
+                .pcn_rows
+                .iter()
+                .filter(|p| p.metric == r.metric && p.period == r.period)
+                .map(|p| {
+                    let mut value = json!({"text": p.pcn});
+                    if p.pcn != NO_PCN {
+                        value["coding"] = json!([{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "code": p.pcn, "display": p.pcn_name}]);
+                    }
+                    json!({"value": value, "population": [
+                        {"code": population("denominator", "Denominator"), "count": p.eligible},
+                        {"code": population("numerator", "Numerator"), "count": p.achieved},
+                        {"code": missing_code, "count": p.missing},
+                    ]})
+                })
+                .collect();
+            if !strata.is_empty() {
+                report["group"][0]["stratifier"] =
+                    json!([{"code": [{"text": "Primary Care Network"}], "stratum": strata}]);
             }
             entries
                 .push(json!({"fullUrl": format!("{base}/MeasureReport/{id}"), "resource": report}));
@@ -961,7 +1208,7 @@ pub fn service_summary(facts: &[ReferralFacts], from: Date, to: Date) -> Service
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::referral::record::OutcomeFact;
+    use crate::referral::record::{MilestoneFact, OutcomeFact};
     use time::macros::date;
 
     fn catalogue() -> Catalogue {
@@ -1000,6 +1247,15 @@ mod tests {
                     total: Some(*total),
                 })
                 .collect(),
+            milestones: Vec::new(),
+        }
+    }
+
+    fn milestone(kind: MilestoneKind, on: &str, complex: Option<bool>) -> MilestoneFact {
+        MilestoneFact {
+            kind,
+            on: uk_date(instant(on)),
+            complex,
         }
     }
 
@@ -1007,12 +1263,129 @@ mod tests {
     fn the_shipped_metrics_load() {
         let (name, text) = SHIPPED_METRICS;
         let metrics = load_metrics(&TomlText::new(name, text), &catalogue()).expect("load");
-        assert!(metrics.iter().any(|m| matches!(
-            m.kind,
-            MetricKind::Milestone {
-                stage: Stage::PlanAgreed
-            }
-        )));
+        let plan = metrics
+            .iter()
+            .find(|m| m.id == "initial-assessment-with-plan")
+            .map(|m| m.kind.clone());
+        assert_eq!(
+            plan,
+            Some(MetricKind::Milestones {
+                milestones: vec![
+                    Requirement::Recorded(MilestoneKind::InitialAssessment),
+                    Requirement::Recorded(MilestoneKind::ActionPlan)
+                ]
+            })
+        );
+        let both = "[[metric]]\nid = \"x\"\ntitle = \"X\"\nkind = \"milestone\"\nstage = \"plan-agreed\"\nmilestones = [\"action-plan\"]\n";
+        let err = load_metrics(&TomlText::new("m.toml", both), &catalogue())
+            .expect_err("one of them")
+            .to_string();
+        assert!(err.contains("one of `stage` or `milestones`"), "{err}");
+        let unknown = both
+            .replace("stage = \"plan-agreed\"\n", "")
+            .replace("action-plan", "plan");
+        let err = load_metrics(&TomlText::new("m.toml", &unknown), &catalogue())
+            .expect_err("no such milestone")
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:5:14:") && err.contains("'plan' is not a milestone"),
+            "{err}"
+        );
+    }
+
+    /// The plan and complex-needs metrics count on recorded milestones, not on the stage: a
+    /// referral moved to plan-agreed without the evidence is due but missing (counted as
+    /// achieved when metrics counted stages).
+    #[test]
+    fn milestone_metrics_count_on_recorded_milestones_not_stages() {
+        let (name, text) = SHIPPED_METRICS;
+        let metrics = load_metrics(&TomlText::new(name, text), &catalogue()).expect("load");
+        let metrics: Vec<Metric> = metrics
+            .into_iter()
+            .filter(|m| matches!(m.kind, MetricKind::Milestones { .. }))
+            .collect();
+        let staged = [
+            (Stage::Accepted, "2026-01-06"),
+            (Stage::AssessmentDone, "2026-01-10"),
+            (Stage::PlanAgreed, "2026-01-20"),
+        ];
+        let with = |id: &str, nhs: &str, milestones: Vec<MilestoneFact>| {
+            let mut f = facts(id, nhs, "K1", &staged, &[]);
+            f.milestones = milestones;
+            f
+        };
+        let all = vec![
+            // The stage alone: missing for the plan metric, not eligible for complex needs.
+            with("r1", "1", vec![]),
+            // Assessment and plan (the plan dated in April): achieved in Q2.
+            with(
+                "r2",
+                "2",
+                vec![
+                    milestone(MilestoneKind::InitialAssessment, "2026-01-10", None),
+                    milestone(MilestoneKind::ActionPlan, "2026-04-02", None),
+                ],
+            ),
+            // Complex, then reassessed as not complex: not eligible for complex needs.
+            with(
+                "r3",
+                "3",
+                vec![
+                    milestone(MilestoneKind::Complexity, "2026-01-08", Some(true)),
+                    milestone(MilestoneKind::Complexity, "2026-01-09", Some(false)),
+                    milestone(MilestoneKind::ActionPlan, "2026-01-20", None),
+                ],
+            ),
+            // Complex with a plan: achieved; complex without a plan: missing.
+            with(
+                "r4",
+                "4",
+                vec![
+                    milestone(MilestoneKind::Complexity, "2026-01-08", Some(true)),
+                    milestone(MilestoneKind::ActionPlan, "2026-01-21", None),
+                ],
+            ),
+            with(
+                "r5",
+                "5",
+                vec![milestone(
+                    MilestoneKind::Complexity,
+                    "2026-01-08",
+                    Some(true),
+                )],
+            ),
+        ];
+        let report = outcomes(
+            &metrics,
+            &catalogue(),
+            &all,
+            Period::Quarter,
+            date!(2026 - 01 - 01),
+            date!(2026 - 12 - 31),
+            date!(2026 - 12 - 01),
+        );
+        let cell = |metric: &str, period: &str| {
+            report
+                .rows
+                .iter()
+                .find(|r| r.metric == metric && r.period == period && r.practice == "all")
+                .map(|r| (r.eligible, r.achieved, r.missing))
+        };
+        // r1, r3, r4, r5 are due in Q1 without both milestones; r2 achieved in Q2.
+        assert_eq!(
+            cell("initial-assessment-with-plan", "2026-Q1"),
+            Some((4, 0, 4))
+        );
+        assert_eq!(
+            cell("initial-assessment-with-plan", "2026-Q2"),
+            Some((1, 1, 0))
+        );
+        assert_eq!(cell("complex-needs-engaged", "2026-Q1"), Some((2, 1, 1)));
+        let detail = report.detail_csv();
+        assert!(
+            detail.contains("complex-needs-engaged,2026-Q1,K1,,r4,4,achieved,2026-01-21"),
+            "{detail}"
+        );
     }
 
     #[test]
@@ -1062,7 +1435,7 @@ mod tests {
             facts(
                 "r1",
                 "1",
-                "K1",
+                "K11111",
                 &a,
                 &[("wemwbs", "2026-01-20", 40), ("wemwbs", "2026-07-25", 44)],
             ),
@@ -1070,7 +1443,7 @@ mod tests {
             facts(
                 "r1b",
                 "1",
-                "K1",
+                "K11111",
                 &a,
                 &[("wemwbs", "2026-01-21", 40), ("wemwbs", "2026-07-21", 50)],
             ),
@@ -1078,16 +1451,16 @@ mod tests {
             facts(
                 "r2",
                 "2",
-                "K2",
+                "K22222",
                 &a,
                 &[("wemwbs", "2026-01-20", 40), ("wemwbs", "2026-07-20", 42)],
             ),
-            facts("r3", "3", "K2", &a, &[("wemwbs", "2026-01-20", 40)]),
+            facts("r3", "3", "K22222", &a, &[("wemwbs", "2026-01-20", 40)]),
             // Withdrawn before the window opened: not eligible; before its plan: not eligible.
             facts(
                 "r4",
                 "4",
-                "K2",
+                "K22222",
                 &[
                     (Stage::Accepted, "2026-01-06"),
                     (Stage::Withdrawn, "2026-01-10"),
@@ -1113,10 +1486,10 @@ mod tests {
         };
         assert_eq!(cell("plan", "2026-Q1", "all"), Some((3, 3, 0)));
         assert_eq!(cell("wemwbs-6m", "2026-Q3", "all"), Some((3, 1, 1)));
-        assert_eq!(cell("wemwbs-6m", "2026-Q3", "K2"), Some((2, 0, 1)));
+        assert_eq!(cell("wemwbs-6m", "2026-Q3", "K22222"), Some((2, 0, 1)));
         let detail = report.detail_csv();
         assert!(
-            detail.contains("wemwbs-6m,2026-Q3,K1,r1,1,achieved,2026-07-20,r1-o0,r1-o1,4"),
+            detail.contains("wemwbs-6m,2026-Q3,K11111,,r1,1,achieved,2026-07-20,r1-o0,r1-o1,4"),
             "{detail}"
         );
         assert!(!detail.contains(",r1b,"), "a person counts once");
@@ -1124,6 +1497,45 @@ mod tests {
         let fhir = report.to_fhir("https://x/fhir");
         assert_eq!(fhir["entry"][0]["resource"]["resourceType"], "Measure");
         assert!(report.to_svg().starts_with("<svg"));
+
+        // Per PCN: K11111 is in U11111 and K22222 in none.
+        let pcns = PcnDirectory::parse(&TomlText::new(
+            "pcns.toml",
+            "[[pcn]]\ncode = \"U11111\"\nname = \"North PCN\"\npractices = [\"K11111\"]\n",
+        ))
+        .expect("pcns");
+        let report = report.with_pcns(&pcns);
+        let pcn_cell = |pcn: &str| {
+            report
+                .pcn_rows
+                .iter()
+                .find(|r| r.metric == "wemwbs-6m" && r.period == "2026-Q3" && r.pcn == pcn)
+                .map(|r| (r.eligible, r.achieved, r.missing, r.pcn_name.clone()))
+        };
+        assert_eq!(
+            pcn_cell("U11111"),
+            Some((1, 1, 0, Some("North PCN".into())))
+        );
+        assert_eq!(pcn_cell(NO_PCN), Some((2, 0, 1, None)));
+        assert!(
+            report
+                .to_csv()
+                .contains("wemwbs-6m,2026-Q3,,2,0,1,,,no PCN\r\n")
+        );
+        assert!(
+            report
+                .detail_csv()
+                .contains("wemwbs-6m,2026-Q3,K11111,U11111,r1,")
+        );
+        let fhir = report.to_fhir("https://x/fhir");
+        let strata = fhir["entry"]
+            .as_array()
+            .and_then(|e| {
+                e.iter()
+                    .find(|e| e["resource"]["id"] == "wemwbs-6m-2026-q3")
+            })
+            .map(|e| e["resource"]["group"][0]["stratifier"][0]["stratum"].clone());
+        assert_eq!(strata.and_then(|s| s.as_array().map(Vec::len)), Some(2));
     }
 
     #[test]

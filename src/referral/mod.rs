@@ -5,6 +5,7 @@
 //! Pure, and imports nothing of Sprig's but `fhir`: the workflow that moves a
 //! referral through its life is the `workflow` module, above the store.
 
+pub mod milestone;
 pub mod record;
 pub mod stage;
 

@@ -275,6 +275,19 @@ pub struct ReferralFacts {
     pub stages: Vec<(Stage, OffsetDateTime)>,
     /// Its measurements, in recorded order.
     pub outcomes: Vec<OutcomeFact>,
+    /// Its milestones, in the order they happened.
+    pub milestones: Vec<MilestoneFact>,
+}
+
+/// One recorded milestone, for reports: what, the day, and (complexity) the flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MilestoneFact {
+    /// What it records.
+    pub kind: super::milestone::MilestoneKind,
+    /// The day it happened.
+    pub on: time::Date,
+    /// Complexity: whether complex.
+    pub complex: Option<bool>,
 }
 
 /// One recorded measurement, for reports.

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod audit;
 mod gate;
 pub mod identity;
+pub mod milestones;
 pub mod outbox;
 mod postgres;
 pub mod referrals;

@@ -429,6 +429,20 @@ const MATRIX: &[Row] = &[
     ),
     (
         "GET",
+        "/api/referrals/{id}/milestones",
+        "/api/referrals/{sr}/milestones",
+        Body::None,
+        WORK,
+    ),
+    (
+        "POST",
+        "/api/referrals/{id}/milestones",
+        "/api/referrals/{sr}/milestones",
+        Body::None,
+        WORK,
+    ),
+    (
+        "GET",
         "/api/deliveries",
         "/api/deliveries",
         Body::None,
@@ -544,6 +558,28 @@ const MATRIX: &[Row] = &[
         "/console/referrals/{sr}/notes",
         Body::None,
         CONSOLE_FORM,
+    ),
+    (
+        "POST",
+        "/console/referrals/{id}/milestones",
+        "/console/referrals/{sr}/milestones",
+        Body::None,
+        CONSOLE_FORM,
+    ),
+    ("GET", "/console/reports", "/console/reports", Body::None, CONSOLE),
+    (
+        "GET",
+        "/console/reports/export",
+        "/console/reports/export",
+        Body::None,
+        CONSOLE,
+    ),
+    (
+        "GET",
+        "/console/reports/referrals",
+        "/console/reports/referrals",
+        Body::None,
+        CONSOLE,
     ),
     (
         "GET",
@@ -951,6 +987,8 @@ fn every_route_is_in_the_matrix() {
     let source = [
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"),
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/mod.rs"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/milestones.rs"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src/console/reports.rs"),
     ]
     .map(|file| std::fs::read_to_string(file).expect(file))
     .join("\n");

@@ -866,6 +866,7 @@ fn request_bodies_are_what_the_handlers_take() {
     check_request::<TransitionBody>("TransitionRequest");
     check_request::<OutcomeBody>("OutcomeRequest");
     check_request::<NoteBody>("NoteRequest");
+    check_request::<sprig::api::milestones::MilestoneBody>("MilestoneRequest");
     let body_of = |path: &str| {
         document()["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
             ["$ref"]

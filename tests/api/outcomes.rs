@@ -349,6 +349,30 @@ async fn generate(app: &TestApp, n: usize, seed: u64) -> Expected {
             .await
             .expect("stage");
         }
+        // The plan metric counts on milestones: the assessment, then the plan, both
+        // recorded (the stage alone is no evidence).
+        if let Some(on) = plan {
+            for (k, (kind, day)) in [
+                ("initial-assessment", on - Duration::days(5)),
+                ("action-plan", on),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                sqlx::query(
+                    "INSERT INTO referral_milestones (id, referral_id, kind, occurred_on, \
+                     recorded_at, recorded_by) VALUES ($1, $2, $3, $4, $5, 'syn')",
+                )
+                .bind(format!("{id}-m{k}"))
+                .bind(&id)
+                .bind(kind)
+                .bind(day.to_string())
+                .bind(instant(day))
+                .execute(&mut *tx)
+                .await
+                .expect("milestone");
+            }
+        }
         match plan {
             Some(on) => {
                 let kept = plans

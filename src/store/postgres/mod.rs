@@ -25,6 +25,12 @@ mod identity;
     clippy::duplicate_mod,
     reason = "compiled once per backend, with its types"
 )]
+#[path = "../sql/milestones.rs"]
+mod milestones;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
 #[path = "../sql/outbox.rs"]
 mod outbox;
 #[allow(

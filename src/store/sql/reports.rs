@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Backend;
-use crate::referral::record::{OutcomeFact, ReferralFacts};
+use crate::referral::record::{MilestoneFact, OutcomeFact, ReferralFacts};
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
 
@@ -73,6 +73,7 @@ impl Backend {
                     reason,
                     stages: Vec::new(),
                     outcomes: Vec::new(),
+                    milestones: Vec::new(),
                 });
             }
         }
@@ -121,10 +122,28 @@ impl Backend {
                 });
             }
         }
+        {
+            let mut rows = sqlx::query_as::<_, (String, String, String, Option<i64>)>(
+                "SELECT referral_id, kind, occurred_on, complex FROM referral_milestones \
+                 ORDER BY referral_id, occurred_on, recorded_at, id",
+            )
+            .fetch(&mut *conn);
+            while let Some((referral_id, kind, on, complex)) = rows.try_next().await? {
+                let Some(&i) = index.get(&referral_id) else {
+                    continue;
+                };
+                facts[i].milestones.push(MilestoneFact {
+                    kind: super::milestones::parse_kind(&referral_id, &kind)?,
+                    on: super::milestones::parse_day(&referral_id, &on)?,
+                    complex: complex.map(|c| c != 0),
+                });
+            }
+        }
         drop(index);
         for f in &mut facts {
             f.stages.shrink_to_fit();
             f.outcomes.shrink_to_fit();
+            f.milestones.shrink_to_fit();
         }
         Ok(facts)
     }

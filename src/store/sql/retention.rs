@@ -317,7 +317,7 @@ impl Tx {
                 .rows_affected();
             removed.add("message-replay-records", gone);
         }
-        let per_referral: [(&'static str, &str); 9] = [
+        let per_referral: [(&'static str, &str); 10] = [
             (
                 "outcome-answers",
                 "DELETE FROM outcome_answers WHERE outcome_id IN \
@@ -332,6 +332,10 @@ impl Tx {
                 "DELETE FROM referral_stage_history WHERE referral_id = $1",
             ),
             ("notes", "DELETE FROM referral_notes WHERE referral_id = $1"),
+            (
+                "milestones",
+                "DELETE FROM referral_milestones WHERE referral_id = $1",
+            ),
             (
                 "reasons",
                 "DELETE FROM referral_reasons WHERE referral_id = $1",
