@@ -277,8 +277,9 @@ fn xml(text: &str) -> String {
 }
 
 /// A horizontal bar chart: per label, a light bar (the whole) and a dark bar inside it
-/// (the part), with "part of whole" written beside it, so the numbers are read as text.
-fn bars(title: &str, items: &[(String, u64, u64)]) -> Markup {
+/// (the part), with "part of whole" written beside it, so the numbers are read as text;
+/// `single`: one quantity per label (the part), written alone.
+fn bars(title: &str, items: &[(String, u64, u64)], single: bool) -> Markup {
     let bar = 18usize;
     let height = 16 + items.len() * (bar + 10);
     let most = items.iter().map(|i| i.2.max(i.1)).max().unwrap_or(1).max(1);
@@ -290,8 +291,13 @@ fn bars(title: &str, items: &[(String, u64, u64)]) -> Markup {
         let y = 8 + i * (bar + 10);
         let w_whole = 300 * (*whole).max(*part) as usize / most as usize;
         let w_part = 300 * *part as usize / most as usize;
+        let text = if single {
+            part.to_string()
+        } else {
+            format!("{part} of {whole}")
+        };
         svg.push_str(&format!(
-            "<text x=\"0\" y=\"{}\" fill=\"#212b32\">{}</text><rect x=\"200\" y=\"{y}\" width=\"{w_whole}\" height=\"{bar}\" fill=\"#aeb7bd\"/><rect x=\"200\" y=\"{y}\" width=\"{w_part}\" height=\"{bar}\" fill=\"#005eb8\"/><text x=\"{}\" y=\"{}\" fill=\"#212b32\">{part} of {whole}</text>",
+            "<text x=\"0\" y=\"{}\" fill=\"#212b32\">{}</text><rect x=\"200\" y=\"{y}\" width=\"{w_whole}\" height=\"{bar}\" fill=\"#aeb7bd\"/><rect x=\"200\" y=\"{y}\" width=\"{w_part}\" height=\"{bar}\" fill=\"#005eb8\"/><text x=\"{}\" y=\"{}\" fill=\"#212b32\">{text}</text>",
             y + 13,
             xml(label),
             206 + w_whole,
@@ -377,7 +383,7 @@ fn body(built: &Built, drill: bool) -> Markup {
                 p class="nhsuk-body" { "Nobody eligible in this range." }
             } @else {
                 (bars(&format!("{}: achieved of eligible per period", m.title),
-                    &rows.iter().map(|x| (x.period.clone(), x.achieved, x.eligible)).collect::<Vec<_>>()))
+                    &rows.iter().map(|x| (x.period.clone(), x.achieved, x.eligible)).collect::<Vec<_>>(), false))
                 table class="nhsuk-table" {
                     caption class="nhsuk-table__caption" { (m.title) ", all practices" }
                     thead { tr {
@@ -469,7 +475,7 @@ fn body(built: &Built, drill: bool) -> Markup {
         }
         @let months: Vec<(String, u64, u64)> = s.received_per_month.iter().map(|(m, n)| (m.clone(), *n, *n)).collect();
         @if !months.is_empty() {
-            (bars("Referrals received per month", &months))
+            (bars("Referrals received per month", &months, true))
         }
         table class="nhsuk-table" {
             caption class="nhsuk-table__caption" { "Referrals received per month" }

@@ -150,3 +150,58 @@ async fn a_link_worker_works_a_referral_in_chromium_and_the_gp_hears_each_step()
     );
     app.stop().await;
 }
+
+/// The milestone form and the reports page in Chromium (`tests/clients/console_reports.mjs`):
+/// axe-core on each page and a screenshot; the drill-down reaches the referral.
+#[tokio::test]
+async fn milestones_and_the_reports_page_in_chromium() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed (apt-get install -y chromium; .ci/run installs it)"
+    );
+    let folder = tokio::task::spawn_blocking(node_client)
+        .await
+        .expect("install");
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let app = spawn_app_in(dir, |_| {}).await;
+    for (username, name, role) in [
+        ("amara", "Amara Okafor", StaffRole::LinkWorker),
+        ("mina", "Mina Shah", StaffRole::ServiceManager),
+    ] {
+        staff::add_account(&app.store, username, name, role, PASSWORD.to_owned())
+            .await
+            .expect("account");
+    }
+    let created = app.post_referral(sample_referral_text()).await;
+    assert_eq!(created.status(), 201);
+    let id = json_body(created).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let accepted = app
+        .client
+        .post(app.url(&format!("/api/referrals/{id}/transitions")))
+        .json(&serde_json::json!({"to": "accepted"}))
+        .send()
+        .await
+        .expect("accept");
+    assert_eq!(accepted.status(), 200);
+    let day = time::OffsetDateTime::now_utc().date().to_string();
+    let base = app.address.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        run(
+            Command::new("node")
+                .arg(folder.join("console_reports.mjs"))
+                .arg(base)
+                .arg(screenshots())
+                .arg(PASSWORD)
+                .arg(id)
+                .arg(day),
+            "the reports page in Chromium",
+        )
+    })
+    .await
+    .expect("browser ran");
+    assert!(output.contains("ok all"), "{output}");
+    app.stop().await;
+}

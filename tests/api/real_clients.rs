@@ -41,6 +41,7 @@ pub fn node_client() -> PathBuf {
         "package-lock.json",
         "fhirkit.mjs",
         "console.mjs",
+        "console_reports.mjs",
     ] {
         let wanted = std::fs::read(clients_dir().join(file)).expect("client file");
         // Rewritten only when it changed, so no script is truncated under a
