@@ -31,7 +31,7 @@ if [ -z "$SPRIG" ]; then
 fi
 WORK="$(mktemp -d)"
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP_WORK:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 
 # The client's key pair, its public JWKS, the registry and Sprig's token secret.
 openssl genrsa -out "$WORK/client.pem" 2048 2>/dev/null
@@ -79,9 +79,11 @@ SECURED="$ADDRESS"
 TOKEN_URL=$(curl -fs "http://$SECURED/.well-known/smart-configuration" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["token_endpoint"])')
 
-# Signed client assertions, one per grant (RS384: PKCS#1 v1.5 over SHA-384, as openssl
-# dgst -sign makes it), written as token request bodies, one per line.
-python3 - "$WORK/client.pem" "$TOKEN_URL" "$GRANTS" > "$WORK/grants.txt" <<'PY'
+# Signed client assertions (RS384: PKCS#1 v1.5 over SHA-384, as openssl dgst -sign makes
+# it), COUNT of them, written as token request bodies, one per line. Each expires 280 s
+# after it is signed: they are made just before they are used.
+sign_grants() {
+python3 - "$WORK/client.pem" "$TOKEN_URL" "$1" <<'PY'
 import base64, json, subprocess, sys, time, urllib.parse, uuid
 key, token_url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -100,11 +102,14 @@ for _ in range(count):
         "scope": "system/ServiceRequest.crs system/Task.rs",
     }))
 PY
-# One grant (the last line) for the access token the secured runs send.
-TOKEN=$(curl -fs -X POST "$TOKEN_URL" -H 'content-type: application/x-www-form-urlencoded' \
-    --data "$(tail -1 "$WORK/grants.txt")" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
-sed -i '$d' "$WORK/grants.txt"
+}
+
+# A fresh access token (they live 5 minutes: one per round, so none expires mid-run).
+mint_token() {
+    curl -fs -X POST "$TOKEN_URL" -H 'content-type: application/x-www-form-urlencoded' \
+        --data "$(sign_grants 1)" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
+}
 
 # Runs wrk and prints "requests/s p50 p99 non2xx" on one line.
 measure() {
@@ -138,6 +143,7 @@ secured_create() { LOAD_BODY_FILE="$BODY" LOAD_UNIQUE=REF-2026-000123 LOAD_PREFI
 open_search() { measure "http://$OPEN/fhir/ServiceRequest?_count=10"; }
 secured_search() { measure -H "Authorization: Bearer $TOKEN" "http://$SECURED/fhir/ServiceRequest?_count=10"; }
 for round in $(seq 1 "$ROUNDS"); do
+    TOKEN=$(mint_token)
     a=$(open_create "$round"a); report "open:    POST /fhir/ServiceRequest" "$a"
     b=$(secured_create "$round"a); report "secured: POST /fhir/ServiceRequest" "$b"
     c=$(secured_create "$round"b); report "secured: POST /fhir/ServiceRequest" "$c"
@@ -152,6 +158,7 @@ done
 # Grants are short runs: every grant needs its own signed assertion (a replayed jti is
 # refused, and a refusal is cheaper than a grant), so the run must not outlast the file.
 GRANT_SECONDS=$(( DURATION < 3 ? DURATION : 3 ))
+sign_grants "$GRANTS" > "$WORK/grants.txt"
 GRANTS_RUN=$(LOAD_GRANTS_FILE="$WORK/grants.txt" LOAD_THREADS=2 \
     wrk -t2 -c"$CONNECTIONS" -d"${GRANT_SECONDS}s" --latency -s benches/token-grants.lua "$TOKEN_URL" |
     python3 -c '

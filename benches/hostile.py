@@ -15,11 +15,14 @@ creates a referral (every 200 ms), and samples the server's RSS. It prints, per
 attack: RSS peak, /healthz p99, the create p99 and how many creates
 succeeded, and what the attackers were answered. Everything is bounded in
 count and time; traffic goes to 127.0.0.1 only. Python's standard library
-only.
+only. The probes run in a process of their own: in the attackers' event loop
+their timings would include the time that loop spends pushing hundreds of
+megabytes of attack (the client's delay, not the server's).
 """
 
 import asyncio
 import json
+import multiprocessing
 import os
 import re
 import resource
@@ -135,6 +138,26 @@ async def probes(host, port, probe_port, pid, phase, stop):
             await asyncio.sleep(0.05)
 
     await asyncio.gather(health(), main_health(), create(), rss())
+
+
+def probe_process(host, port, probe_port, pid, finished, results):
+    """Runs `probes` in this process's own event loop until `finished` is set, then
+    sends what it measured back through `results`."""
+    phase = Phase("probes")
+
+    async def run():
+        stop = asyncio.Event()
+
+        async def watch():
+            while not finished.is_set():
+                await asyncio.sleep(0.02)
+            stop.set()
+
+        await asyncio.gather(watch(), probes(host, port, probe_port, pid, phase, stop))
+
+    asyncio.run(run())
+    results.send((phase.health, phase.health_failed, phase.main_health, phase.creates,
+                  phase.creates_ok, phase.creates_failed, phase.rss_peak))
 
 
 async def hold(host, port, phase, stop, send_first, drip=None, every=2.0):
@@ -253,13 +276,23 @@ async def main():
         for name in ATTACKS:
             phase = Phase(name)
             stop = asyncio.Event()
-            tasks = [
-                asyncio.create_task(probes(host, port, probe_port, server.pid, phase, stop)),
-                asyncio.create_task(attack(name, host, port, stop, phase)),
-            ]
+            finished = multiprocessing.Event()
+            receiver, sender = multiprocessing.Pipe(duplex=False)
+            prober = multiprocessing.Process(
+                target=probe_process,
+                args=(host, port, probe_port, server.pid, finished, sender),
+                daemon=True,
+            )
+            prober.start()
+            tasks = [asyncio.create_task(attack(name, host, port, stop, phase))]
             await asyncio.sleep(SECONDS)
             stop.set()
+            finished.set()
             await asyncio.wait(tasks, timeout=35)
+            if await asyncio.to_thread(receiver.poll, 40):
+                (phase.health, phase.health_failed, phase.main_health, phase.creates,
+                 phase.creates_ok, phase.creates_failed, phase.rss_peak) = receiver.recv()
+            prober.join(timeout=5)
             failed = "".join(f" ({n} x {s})" for s, n in phase.creates_failed.items())
             print(
                 f"{name:40} {phase.rss_peak / 1024:7.0f} MiB {p99(phase.health):10.1f} ms"

@@ -124,7 +124,7 @@ impl Group {
     /// transaction, with the request's savepoint open. Cancel-safe: a caller
     /// dropped at any point leaves the connection handed on.
     pub(super) async fn enter(self: &Arc<Self>) -> Result<Held, StoreError> {
-        let mut held = loop {
+        let held = loop {
             let waiter = {
                 let mut waiting = self.waiting();
                 if waiting.active {
@@ -160,6 +160,24 @@ impl Group {
             }
         };
         held.batch.join();
+        // `BEGIN` and `SAVEPOINT` run to their end in a task of their own, so that
+        // `began` and `in_savepoint` always say what the connection holds. Awaited
+        // here directly, a caller dropped while either ran (its client gone: wrk
+        // closing its connections at the end of a run did it) left `began` false
+        // with the transaction open; every later `BEGIN` then failed ("cannot start
+        // a transaction within a transaction") and the writer refused every write
+        // until restart. Dropped now, the task finishes and its `Held`, dropped in
+        // turn, rolls back to the savepoint and hands on.
+        match tokio::spawn(Self::open(held)).await {
+            Ok(opened) => opened,
+            Err(join) => Err(StoreError::GroupCommit(format!(
+                "opening a write on the writer failed: {join}"
+            ))),
+        }
+    }
+
+    /// Opens the batch's transaction if it is not yet open, and the request's savepoint.
+    async fn open(mut held: Held) -> Result<Held, StoreError> {
         if !held.began {
             sqlx::query("BEGIN IMMEDIATE").execute(held.conn()).await?;
             held.began = true;
@@ -271,14 +289,32 @@ impl Held {
     /// Keeps the request's changes in the batch and returns once the batch
     /// has committed (durable), or with the error that stopped it. Dropped
     /// or failed before its `RELEASE`, the request is rolled back alone.
-    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+    pub(super) async fn commit(self) -> Result<(), StoreError> {
         let mut done = self.batch.done.subscribe();
-        sqlx::query(RELEASE).execute(self.conn()).await?;
-        self.in_savepoint = false;
-        // From here the request's changes are the batch's: whatever happens
-        // to this future, the hand-on runs to its end.
+        // `RELEASE` and the hand-on run to their end in a task of their own, whatever
+        // happens to this future: dropped between `RELEASE` and `in_savepoint = false`,
+        // the rescue's `ROLLBACK TO` found no savepoint and rolled the whole batch
+        // back, failing every other request in it. On an error the `Held` is dropped
+        // in the task, which rolls the request back alone.
         let group = Arc::clone(&self.group);
-        let _ = tokio::spawn(async move { group.hand_on(self).await }).await;
+        let released = tokio::spawn(async move {
+            let mut held = self;
+            sqlx::query(RELEASE).execute(held.conn()).await?;
+            held.in_savepoint = false;
+            // From here the request's changes are the batch's.
+            group.hand_on(held).await;
+            Ok::<(), sqlx::Error>(())
+        })
+        .await;
+        match released {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.into()),
+            Err(join) => {
+                return Err(StoreError::GroupCommit(format!(
+                    "releasing a write on the writer failed: {join}"
+                )));
+            }
+        }
         let result = match done.wait_for(Option::is_some).await {
             Ok(result) => result.clone(),
             Err(_) => None,

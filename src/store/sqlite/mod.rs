@@ -594,3 +594,56 @@ mod tests {
         store.close().await;
     }
 }
+
+#[cfg(test)]
+mod group_commit_tests {
+    use std::time::Duration;
+
+    use crate::store::AuditRecord;
+    use crate::store::test_support::open_store;
+
+    /// Writes whose callers are dropped at any point (clients that hang up) leave the
+    /// writer working: before `BEGIN`, `SAVEPOINT` and `RELEASE` ran in tasks of their
+    /// own, a caller dropped during `BEGIN` left the transaction open with the batch
+    /// marked as not begun, and every later write failed until restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_dropped_at_any_point_leave_the_writer_working() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let mut dropped = 0;
+        for round in 0..40u64 {
+            let writes = (0..32u64).map(|i| {
+                let store = store.clone();
+                // Deadlines from 0 to about 2 ms: some before the turn, some during
+                // BEGIN, SAVEPOINT, the INSERT, RELEASE or the wait for COMMIT.
+                let deadline = Duration::from_micros((round * 37 + i * 61) % 2_000);
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        deadline,
+                        store.record_audit(&AuditRecord::new("read", 200)),
+                    )
+                    .await
+                })
+            });
+            for write in futures::future::join_all(writes).await {
+                match write.expect("task") {
+                    Ok(done) => {
+                        done.expect("a write that was not dropped succeeds");
+                    }
+                    Err(_) => dropped += 1,
+                }
+            }
+        }
+        assert!(dropped > 0, "some writes must have been dropped mid-way");
+        for _ in 0..20 {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                store.record_audit(&AuditRecord::new("read", 200)),
+            )
+            .await
+            .expect("the writer answers")
+            .expect("and writes");
+        }
+        store.close().await;
+    }
+}
