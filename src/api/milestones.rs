@@ -13,10 +13,9 @@ use serde_json::json;
 use time::{Date, OffsetDateTime};
 
 use super::AppState;
-use super::authenticate::require_staff;
 use super::middleware::RequestContext;
 use super::problem::Problem;
-use super::service::{actor, assignee_of};
+use super::service::{actor, referral_for};
 use crate::identity::{Access, StaffAction};
 use crate::outcomes::schedule::uk_date;
 use crate::referral::milestone::MilestoneInput;
@@ -50,15 +49,10 @@ pub async fn record(
     context: RequestContext,
     body: Result<Json<MilestoneBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require_staff(&access, StaffAction::RecordOutcome { assigned_to: None })?;
-    let Path(id) = path?;
-    let assignee = assignee_of(&state, &id).await?;
-    require_staff(
-        &access,
-        StaffAction::RecordOutcome {
-            assigned_to: assignee.as_deref(),
-        },
-    )?;
+    let id = referral_for(&state, &access, path, |assigned_to| {
+        StaffAction::RecordOutcome { assigned_to }
+    })
+    .await?;
     let Json(body) = body?;
     let on = parse_day(&body.on)
         .ok_or_else(|| Problem::bad_request("on must be a date such as 2026-04-01"))?;
@@ -92,15 +86,10 @@ pub async fn list(
     access: Access,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    require_staff(&access, StaffAction::ViewReferral { assigned_to: None })?;
-    let Path(id) = path?;
-    let assignee = assignee_of(&state, &id).await?;
-    require_staff(
-        &access,
-        StaffAction::ViewReferral {
-            assigned_to: assignee.as_deref(),
-        },
-    )?;
+    let id = referral_for(&state, &access, path, |assigned_to| {
+        StaffAction::ViewReferral { assigned_to }
+    })
+    .await?;
     let items = state.store.milestones(&id).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }

@@ -193,6 +193,23 @@ pub async fn detail(
     Ok(Json(detail_json(&state, &detail)?).into_response())
 }
 
+/// The referral id in the path, once `access` may do `action` on that referral: the
+/// role first (403 before anything is read), then 404 when there is no such referral,
+/// then the assignee's rule (a link worker acts on their own or unassigned referrals).
+/// Every `/api/referrals/{id}/…` handler starts here.
+pub(super) async fn referral_for(
+    state: &AppState,
+    access: &Access,
+    path: Result<Path<String>, PathRejection>,
+    action: fn(Option<&str>) -> StaffAction<'_>,
+) -> Result<String, Problem> {
+    require_staff(access, action(None))?;
+    let Path(id) = path?;
+    let assignee = assignee_of(state, &id).await?;
+    require_staff(access, action(assignee.as_deref()))?;
+    Ok(id)
+}
+
 /// Who referral `id` is assigned to (404 when there is no such referral): what a link
 /// worker's permission depends on.
 pub(super) async fn assignee_of(state: &AppState, id: &str) -> Result<Option<String>, Problem> {
@@ -330,15 +347,10 @@ pub async fn transition(
     context: RequestContext,
     body: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require_staff(&access, StaffAction::Transition { assigned_to: None })?;
-    let Path(id) = path?;
-    let assignee = assignee_of(&state, &id).await?;
-    require_staff(
-        &access,
-        StaffAction::Transition {
-            assigned_to: assignee.as_deref(),
-        },
-    )?;
+    let id = referral_for(&state, &access, path, |assigned_to| {
+        StaffAction::Transition { assigned_to }
+    })
+    .await?;
     let Json(body) = body?;
     let to = parse_stage(&body.to)?;
     let actor = actor(&access, body.by.as_deref())?;
@@ -383,15 +395,10 @@ pub async fn outcome(
     context: RequestContext,
     body: Result<Json<OutcomeBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require_staff(&access, StaffAction::RecordOutcome { assigned_to: None })?;
-    let Path(id) = path?;
-    let assignee = assignee_of(&state, &id).await?;
-    require_staff(
-        &access,
-        StaffAction::RecordOutcome {
-            assigned_to: assignee.as_deref(),
-        },
-    )?;
+    let id = referral_for(&state, &access, path, |assigned_to| {
+        StaffAction::RecordOutcome { assigned_to }
+    })
+    .await?;
     let Json(body) = body?;
     let catalogue = &state.outcomes.catalogue;
     let measure = catalogue.get(&body.measure).ok_or_else(|| {
@@ -492,15 +499,10 @@ pub async fn note(
     context: RequestContext,
     body: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    require_staff(&access, StaffAction::AddNote { assigned_to: None })?;
-    let Path(id) = path?;
-    let assignee = assignee_of(&state, &id).await?;
-    require_staff(
-        &access,
-        StaffAction::AddNote {
-            assigned_to: assignee.as_deref(),
-        },
-    )?;
+    let id = referral_for(&state, &access, path, |assigned_to| StaffAction::AddNote {
+        assigned_to,
+    })
+    .await?;
     let Json(body) = body?;
     let max_chars = state.settings.limits.max_string_chars;
     if body.text.len() > max_chars && body.text.chars().count() > max_chars {
