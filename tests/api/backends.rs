@@ -18,12 +18,20 @@ async fn the_whole_suite_passes_on_postgresql() {
     );
     drop_stale_databases().await;
     let exe = std::env::current_exe().expect("this test binary");
-    let output = Command::new(exe)
+    let child = Command::new(exe)
         .env("TEST_BACKEND", "postgres")
         // Tests that only SQLite has (file modes, its own pool) skip themselves.
         .args(["--skip", "backends::", "--test-threads", "2"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the test binary runs");
+    let child_pid = child.id();
+    let output = child.wait_with_output().expect("the test binary ends");
+    // The child's databases (`sprig_t_<seconds>_<its pid>_<n>`, one per test app) are
+    // dropped now, not 3 hours later: a few hundred per run filled a shared machine's
+    // disk (11 GB) within one afternoon of runs.
+    drop_databases(|name| name.split('_').nth(3) == Some(&child_pid.to_string())).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let failures: Vec<&str> = stdout
         .lines()
@@ -42,6 +50,23 @@ async fn the_whole_suite_passes_on_postgresql() {
 
 /// Drops the `sprig_t_<unix seconds>_…` databases earlier runs left behind.
 async fn drop_stale_databases() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    drop_databases(|name| {
+        let stamp = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(now);
+        now.saturating_sub(stamp) > STALE_AFTER_SECS
+    })
+    .await;
+}
+
+/// Drops the `sprig_t_…` test databases whose names `doomed` picks.
+async fn drop_databases(doomed: impl Fn(&str) -> bool) {
     let Ok(mut admin) = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
         "{}/postgres",
         postgres_server()
@@ -51,22 +76,13 @@ async fn drop_stale_databases() {
         // The child run reports the missing server in every test.
         return;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
     let names: Vec<(String,)> =
         sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'sprig\\_t\\_%'")
             .fetch_all(&mut admin)
             .await
             .expect("list databases");
     for (name,) in names {
-        let stamp = name
-            .split('_')
-            .nth(2)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(now);
-        if now.saturating_sub(stamp) > STALE_AFTER_SECS {
+        if doomed(&name) {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
             )))
