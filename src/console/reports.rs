@@ -58,15 +58,33 @@ struct Built {
     summary: ServiceSummary,
 }
 
-fn day(value: Option<&str>) -> Option<Date> {
-    value.and_then(crate::api::milestones::parse_day)
+/// A date the query gives (`None` when absent); one that is not a date is a 400, not a
+/// silent fall-back to the default range.
+fn day(value: Option<&str>, name: &str) -> Result<Option<Date>> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => crate::api::milestones::parse_day(text)
+            .map(Some)
+            .ok_or_else(|| {
+                ConsoleError::BadRequest(format!("{name} must be a date such as 2026-04-01"))
+            }),
+    }
+}
+
+/// The query, or a 400 saying it cannot be read (a repeated or malformed parameter).
+fn read_query(
+    query: std::result::Result<Query<ReportsQuery>, QueryRejection>,
+) -> Result<ReportsQuery> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|rejection| ConsoleError::BadRequest(rejection.body_text()))
 }
 
 /// The report the query asks for: by default the twelve months to today, per quarter.
 async fn build(state: &AppState, query: &ReportsQuery) -> Result<Built> {
     let today = uk_date(OffsetDateTime::now_utc());
-    let to = day(query.to.as_deref()).unwrap_or(today);
-    let from = day(query.from.as_deref()).unwrap_or(to - Duration::days(365));
+    let to = day(query.to.as_deref(), "to")?.unwrap_or(today);
+    let from = day(query.from.as_deref(), "from")?.unwrap_or(to - Duration::days(365));
     if to < from || (to - from) > Duration::days(3 * 366) {
         return Err(ConsoleError::BadRequest(
             "The end must be on or after the start, and the range at most three years".into(),
@@ -74,7 +92,12 @@ async fn build(state: &AppState, query: &ReportsQuery) -> Result<Built> {
     }
     let period = match query.period.as_deref() {
         Some("month") => Period::Month,
-        _ => Period::Quarter,
+        None | Some("" | "quarter") => Period::Quarter,
+        Some(_) => {
+            return Err(ConsoleError::BadRequest(
+                "period must be month or quarter".into(),
+            ));
+        }
     };
     let facts = state.store.referral_facts(None).await?;
     let report = report::outcomes(
@@ -119,7 +142,7 @@ async fn page(
     query: std::result::Result<Query<ReportsQuery>, QueryRejection>,
 ) -> Result<Response> {
     require(&access, StaffAction::Reports)?;
-    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let query = read_query(query)?;
     let built = build(&state, &query).await?;
     let drill = access.staff_may(StaffAction::ReportDetail);
     Ok(html(
@@ -137,7 +160,7 @@ async fn export(
     query: std::result::Result<Query<ReportsQuery>, QueryRejection>,
 ) -> Result<Response> {
     require(&access, StaffAction::Reports)?;
-    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let query = read_query(query)?;
     let built = build(&state, &query).await?;
     let name = format!("outcomes-{}-{}", built.from, built.to);
     let (content_type, extension, body) = match query.format.as_deref() {
@@ -153,7 +176,12 @@ async fn export(
             }
             ("text/csv; charset=utf-8", "csv", built.report.detail_csv())
         }
-        _ => ("text/csv; charset=utf-8", "csv", built.report.to_csv()),
+        None | Some("" | "csv") => ("text/csv; charset=utf-8", "csv", built.report.to_csv()),
+        Some(_) => {
+            return Err(ConsoleError::BadRequest(
+                "format must be csv, fhir or detail-csv".into(),
+            ));
+        }
     };
     let disposition = format!("attachment; filename=\"{name}.{extension}\"");
     let mut response = (StatusCode::OK, body).into_response();
@@ -176,7 +204,7 @@ async fn referrals(
     query: std::result::Result<Query<ReportsQuery>, QueryRejection>,
 ) -> Result<Response> {
     require(&access, StaffAction::ReportDetail)?;
-    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let query = read_query(query)?;
     let built = build(&state, &query).await?;
     let metric = query.metric.as_deref().unwrap_or_default();
     let cell = query.cell.as_deref().unwrap_or_default();

@@ -74,6 +74,17 @@ async fn a_manager_reads_the_reports_and_drills_down_to_the_referrals() {
         .get(&app, "/console/reports?from=2026-12-01&to=2020-01-01")
         .await;
     assert_eq!(status, 400);
+    // A date, period or format that cannot be read is said to be so, not replaced by the
+    // default (a commissioner would read the wrong year's figures as the ones asked for).
+    for bad in [
+        "/console/reports?from=2026-13-01",
+        "/console/reports?to=yesterday",
+        "/console/reports?period=week",
+        "/console/reports/export?format=xlsx",
+    ] {
+        let (status, _) = mina.get(&app, bad).await;
+        assert_eq!(status, 400, "{bad}");
+    }
 
     let amara = sign_in(&app, "amara").await;
     let (status, _) = amara.get(&app, "/console/reports").await;
