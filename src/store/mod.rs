@@ -192,6 +192,21 @@ pub enum Visibility {
 }
 
 impl Visibility {
+    /// A stable text for what this visibility may match, for keys such as the
+    /// condition lock's: written out, not `Debug` (whose format is no contract), and
+    /// the same for the same practices in any order.
+    pub(crate) fn lock_key(&self) -> String {
+        match self {
+            Visibility::All => "all".to_owned(),
+            Visibility::Practices(codes) => {
+                let mut codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+                codes.sort_unstable();
+                codes.dedup();
+                format!("practices:{}", codes.join(","))
+            }
+        }
+    }
+
     /// Whether a resource owned by `owner` (`None`: by no practice) is visible.
     pub fn sees(&self, owner: Option<&str>) -> bool {
         match self {
@@ -440,6 +455,28 @@ mod transient_tests {
         assert!(
             !StoreError::SearchIndex("defect".into()).is_transient(),
             "a defect stays a 500"
+        );
+    }
+}
+
+#[cfg(test)]
+mod visibility_tests {
+    use super::Visibility;
+
+    #[test]
+    fn the_lock_key_names_the_same_practices_alike_in_any_order() {
+        let ab = Visibility::Practices(vec!["B82001".into(), "A81001".into()]);
+        let ba = Visibility::Practices(vec!["A81001".into(), "B82001".into(), "A81001".into()]);
+        assert_eq!(ab.lock_key(), ba.lock_key());
+        assert_eq!(ab.lock_key(), "practices:A81001,B82001");
+        assert_ne!(
+            Visibility::Practices(vec!["A81001".into()]).lock_key(),
+            Visibility::Practices(vec!["B82001".into()]).lock_key()
+        );
+        assert_eq!(Visibility::All.lock_key(), "all");
+        assert_ne!(
+            Visibility::Practices(vec![]).lock_key(),
+            Visibility::All.lock_key()
         );
     }
 }

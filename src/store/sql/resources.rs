@@ -246,9 +246,10 @@ impl Tx {
             // The condition as it is normalised (its self link) and whose resources it
             // may match: the same condition from one practice is one lock.
             let condition = format!(
-                "{} {} {visibility:?}",
+                "{} {} {}",
                 query.resource_type,
-                query.self_query()
+                query.self_query(),
+                visibility.lock_key()
             );
             sqlx::query(lock)
                 .bind(condition)
