@@ -150,11 +150,33 @@ fn main() {
         .execute(&mut *tx)
         .await
         .expect("timeline");
+        // A WEMWBS baseline six months ago on every tenth referral: their 6-month
+        // follow-up is due this week (the follow-ups page and the worklist's filter hold
+        // a tenth of everything, ten times the old cap of 1,000 at 100,000).
+        let today = time::OffsetDateTime::now_utc().date();
+        let months = i32::from(u8::from(today.month())) - 1 + today.year() * 12 - 6;
+        let baseline = format!(
+            "{:04}-{:02}-{:02}T12:00:00.000Z",
+            months.div_euclid(12),
+            months.rem_euclid(12) + 1,
+            today.day().min(28)
+        );
+        sqlx::query(
+            "WITH RECURSIVE seq(n) AS (SELECT 10 UNION ALL SELECT n + 10 FROM seq WHERE n + 10 <= $1) \
+             INSERT INTO outcome_measures (id, referral_id, measure, recorded_at, entered_at, actor, total) \
+             SELECT 'bench-om-' || n, 'bench-' || n, 'wemwbs', $2, $2, 'amara', 42 FROM seq",
+        )
+        .bind(count)
+        .bind(&baseline)
+        .execute(&mut *tx)
+        .await
+        .expect("baselines");
         tx.commit().await.expect("commit");
         sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
         println!(
-            "held: {count} referrals, {} timeline rows (inserted in {:.1} s)",
+            "held: {count} referrals, {} timeline rows, {} WEMWBS baselines of {baseline} (inserted in {:.1} s)",
             count * 10,
+            count / 10,
             started.elapsed().as_secs_f64()
         );
 
@@ -196,8 +218,17 @@ fn main() {
             ("referral page: arrived over FHIR (Tasks, deliveries)", format!("/console/referrals/{fhir_referral}")),
             ("referral page: 10 timeline rows", "/console/referrals/bench-50001".to_owned()),
         ];
+        let follow_ups = [
+            ("follow-ups page: the link worker's, of a tenth of all due this week", "/console/follow-ups".to_owned()),
+            ("worklist: all, follow-up due filter (a tenth of all, ids bound as one JSON array)", "/console/referrals?view=all&follow_up=1".to_owned()),
+        ];
         let mut worklist_html = 0;
-        for (label, path) in pages {
+        // The follow-up views read every referral's facts: fewer samples.
+        let runs = pages
+            .into_iter()
+            .map(|page| (page, n))
+            .chain(follow_ups.into_iter().map(|page| (page, 20)));
+        for ((label, path), n) in runs {
             let (p50, p99, bytes) = time(&client, &format!("{base}{path}"), &cookie, n).await;
             if path == "/console/referrals" {
                 worklist_html = bytes;

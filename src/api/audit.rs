@@ -277,6 +277,9 @@ fn classify(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ["console", "follow-ups"] if get => ("console:follow-ups", None, None),
         ["console", "registries"] if get => ("console:registries", None, None),
         ["console", "referrals", _, "audit"] if get => ("console:audit-trail", None, None),
+        ["console", "audit"] if get => ("console:audit-search", None, None),
+        ["console", "people"] if get => ("console:people", None, None),
+        ["console", "people"] if post => ("console:person-assignable", None, None),
         ["console", "deliveries", _, "retry"] if post => ("console:retry-delivery", None, None),
         ["console", "deliveries", "practices", _, "retry"] if post => {
             ("console:retry-practice", None, None)

@@ -162,6 +162,8 @@ pub const ROUTES: &[Route] = &[
     route("/console/follow-ups", &["GET"], Gate::Console),
     route("/console/registries", &["GET"], Gate::Console),
     route("/console/referrals/{id}/audit", &["GET"], Gate::Console),
+    route("/console/audit", &["GET"], Gate::Console),
+    route("/console/people", &["GET", "POST"], Gate::Console),
     route(
         "/console/deliveries/practices/{ods}/retry",
         &["POST"],

@@ -1,4 +1,6 @@
-//! `sprig staff add|list|disable`: the service's staff accounts, kept in the database.
+//! `sprig staff add|list|disable`: the service's staff accounts, kept in the database;
+//! `sprig staff people|inactive|active`: who can be assigned referrals, and stopping
+//! (or restarting) a person who signs in through the identity provider being assignable.
 //! There is no default account: each is added here, with a password read from standard
 //! input (or `--password-file`), never from the command line where `ps` would show it.
 //!
@@ -12,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{DatabaseArgs, open_store};
-use crate::identity::staff::{self, MIN_PASSWORD_CHARS, StaffError, StaffRole};
+use crate::identity::staff::{self, MIN_PASSWORD_CHARS, PersonSource, StaffError, StaffRole};
 
 /// Arguments of `sprig staff`.
 #[derive(Debug, Args)]
@@ -48,6 +50,87 @@ enum StaffCommand {
         /// The account's username.
         username: String,
     },
+    /// List everyone the console knows (staff accounts and people who signed in through
+    /// the identity provider) and whether referrals can be assigned to them.
+    People,
+    /// Stop a person who signs in through the identity provider being assignable. They
+    /// stay in the audit and keep the referrals they hold, which managers see flagged
+    /// to reassign.
+    Inactive {
+        /// Their username.
+        username: String,
+    },
+    /// Make a person who signs in through the identity provider assignable again.
+    Active {
+        /// Their username.
+        username: String,
+    },
+}
+
+/// Who changed a person's assignability from here, as the people page shows it.
+const CLI_ACTOR: &str = "the command line";
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `sprig staff active|inactive USERNAME`.
+async fn change_assignable(
+    store: &crate::store::Store,
+    username: &str,
+    assignable: bool,
+) -> ExitCode {
+    let verb = if assignable { "active" } else { "inactive" };
+    match staff::set_assignable(store, username, assignable, CLI_ACTOR, unix_now()).await {
+        Ok(()) if assignable => {
+            println!("{username} can be assigned referrals again");
+            ExitCode::SUCCESS
+        }
+        Ok(()) => {
+            println!(
+                "{username} can no longer be assigned referrals (those they hold stay theirs until a manager reassigns them)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sprig staff {verb}: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One line of `sprig staff people`: username, role, how they sign in, assignable or
+/// why not, name (tab-separated).
+fn person_line(person: &staff::Person) -> String {
+    let source = match &person.source {
+        PersonSource::Account { enabled: true } => "account".to_owned(),
+        PersonSource::Account { enabled: false } => "account (disabled)".to_owned(),
+        PersonSource::Provider { .. } => "identity provider".to_owned(),
+    };
+    let assignable = match (&person.source, person.assignable) {
+        (_, true) => "assignable".to_owned(),
+        (
+            PersonSource::Provider {
+                inactive: Some((_, by)),
+                ..
+            },
+            false,
+        ) => {
+            format!("inactive (by {by})")
+        }
+        (PersonSource::Account { enabled: false }, false) => "not assignable (disabled)".to_owned(),
+        (_, false) => "not assignable (role)".to_owned(),
+    };
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        person.username,
+        person.role.map_or("unknown", StaffRole::as_str),
+        source,
+        assignable,
+        person.display_name
+    )
 }
 
 fn parse_role(text: &str) -> Result<StaffRole, String> {
@@ -167,6 +250,22 @@ pub fn run(args: StaffArgs) -> ExitCode {
                     }
                 }
             }
+            StaffCommand::People => match staff::people(&store).await {
+                Ok(people) => {
+                    for person in &people {
+                        println!("{}", person_line(person));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("sprig staff people: {error}");
+                    ExitCode::from(1)
+                }
+            },
+            StaffCommand::Inactive { username } => {
+                change_assignable(&store, &username, false).await
+            }
+            StaffCommand::Active { username } => change_assignable(&store, &username, true).await,
         };
         store.close().await;
         code

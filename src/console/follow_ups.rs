@@ -7,10 +7,11 @@
 //! second copy of the schedule here; a link worker sees only the referrals assigned to
 //! them, a service manager everyone's, grouped per link worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
@@ -19,7 +20,7 @@ use time::Date;
 use super::measures::Offered;
 use super::pages::{layout, person_name, stage_tag};
 use super::time::date;
-use super::{Result, assignable_people, html as page, require};
+use super::{ConsoleError, Result, assignable_people, html as page, require};
 use crate::api::AppState;
 use crate::api::outcomes::{due_in_week_of, referral_follow_ups, uk_today};
 use crate::identity::{Access, ConsoleSession, StaffAction, StaffRole};
@@ -27,9 +28,10 @@ use crate::outcomes::schedule::{self, FollowUp, State as FollowUpState};
 use crate::referral::record::Referral;
 use crate::store::referrals::{Assignee, ReferralFilter};
 
-/// The most referrals one follow-up list holds (the earliest targets first): a bound
-/// on the ids a list query binds.
-const MOST: usize = 1000;
+/// The most follow-ups one page shows (the earliest targets first); the rest are on the
+/// next pages. Every follow-up due is found and counted: the page bounds what is drawn,
+/// not what is considered.
+const PAGE: usize = 200;
 
 /// One follow-up to do: which referral, which measure, and the follow-up.
 #[derive(Debug, Clone)]
@@ -72,7 +74,7 @@ pub(super) async fn due(
 }
 
 /// The referrals with a follow-up measurement due or overdue today (the worklist's
-/// filter), at most `MOST`, earliest target first.
+/// filter), every one, earliest target first.
 pub(super) async fn due_or_overdue_ids(state: &AppState) -> Result<Vec<String>> {
     let today = uk_today();
     let items = due(state, today, |f| {
@@ -82,17 +84,20 @@ pub(super) async fn due_or_overdue_ids(state: &AppState) -> Result<Vec<String>> 
     Ok(distinct_ids(&items))
 }
 
+/// The referrals of `items`, each once, in the order first met.
 fn distinct_ids(items: &[Due]) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    for item in items {
-        if !ids.contains(&item.referral_id) {
-            ids.push(item.referral_id.clone());
-        }
-        if ids.len() == MOST {
-            break;
-        }
-    }
-    ids
+    let mut seen = std::collections::HashSet::new();
+    items
+        .iter()
+        .filter(|item| seen.insert(item.referral_id.as_str()))
+        .map(|item| item.referral_id.clone())
+        .collect()
+}
+
+/// The follow-ups page's query: which page (counted from 1).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct FollowUpsQuery {
+    page: Option<String>,
 }
 
 /// `GET /console/follow-ups`: the follow-ups due this week (Monday to Sunday, UK),
@@ -102,8 +107,17 @@ pub(super) async fn follow_ups(
     State(state): State<AppState>,
     access: Access,
     Extension(session): Extension<ConsoleSession>,
+    query: std::result::Result<Query<FollowUpsQuery>, QueryRejection>,
 ) -> Result<Response> {
     require(&access, StaffAction::ViewWorklist)?;
+    let page_number = match query.ok().and_then(|Query(q)| q.page) {
+        None => 1,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ConsoleError::BadRequest("That is not a page number".into()))?,
+    };
     let today = uk_today();
     let items = due(&state, today, |f| due_in_week_of(f, today)).await?;
     let ids = distinct_ids(&items);
@@ -126,16 +140,32 @@ pub(super) async fn follow_ups(
             })
             .await?
     };
-    // Per link worker (by username; the unassigned last), each row a follow-up.
-    let mut groups: BTreeMap<(bool, String), Vec<(&Referral, &Due)>> = BTreeMap::new();
-    for item in &items {
-        if let Some(r) = referrals.iter().find(|r| r.id == item.referral_id) {
+    // Per link worker (by username; the unassigned last), each row a follow-up; then
+    // the asked page of that order.
+    let by_id: HashMap<&str, &Referral> = referrals.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut rows: Vec<((bool, String), &Referral, &Due)> = items
+        .iter()
+        .filter_map(|item| {
+            let r = *by_id.get(item.referral_id.as_str())?;
             let key = match &r.assigned_to {
                 Some(who) => (false, who.clone()),
                 None => (true, String::new()),
             };
-            groups.entry(key).or_default().push((r, item));
-        }
+            Some((key, r, item))
+        })
+        .collect();
+    // Stable: within a link worker, still the earliest target first.
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let total = rows.len();
+    let pages = total.div_ceil(PAGE).max(1);
+    if page_number > pages {
+        return Err(ConsoleError::NotFound(format!(
+            "There are {pages} pages of follow-ups this week"
+        )));
+    }
+    let mut groups: Groups<'_> = BTreeMap::new();
+    for (key, r, item) in rows.into_iter().skip((page_number - 1) * PAGE).take(PAGE) {
+        groups.entry(key).or_default().push((r, item));
     }
     let people = if session.role == StaffRole::LinkWorker {
         vec![(session.username.clone(), session.display_name.clone())]
@@ -143,10 +173,19 @@ pub(super) async fn follow_ups(
         assignable_people(&state).await?
     };
     let measures = super::measures::offered(&state.outcomes.catalogue);
-    tracing::info!(count = items.len(), "console: follow-ups shown");
+    tracing::info!(
+        count = total,
+        page = page_number,
+        "console: follow-ups shown"
+    );
+    let paging = Paging {
+        page: page_number,
+        pages,
+        total,
+    };
     Ok(page(
         StatusCode::OK,
-        markup(&session, today, &groups, &people, &measures),
+        markup(&session, today, &groups, &people, &measures, paging),
     ))
 }
 
@@ -164,12 +203,21 @@ fn state_tag(state: FollowUpState) -> Markup {
 
 type Groups<'a> = BTreeMap<(bool, String), Vec<(&'a Referral, &'a Due)>>;
 
+/// Which page of how many, of how many follow-ups in all.
+#[derive(Debug, Clone, Copy)]
+struct Paging {
+    page: usize,
+    pages: usize,
+    total: usize,
+}
+
 fn markup(
     session: &ConsoleSession,
     today: Date,
     groups: &Groups<'_>,
     people: &[(String, String)],
     measures: &[Offered],
+    paging: Paging,
 ) -> Markup {
     let (monday, sunday) = schedule::week_of(today);
     let measure_name = |code: &str| {
@@ -202,6 +250,12 @@ fn markup(
             }
             @if groups.is_empty() {
                 p { "None this week." }
+            } @else {
+                p {
+                    (paging.total) " in all"
+                    @if paging.pages > 1 { "; page " (paging.page) " of " (paging.pages) }
+                    "."
+                }
             }
             @for (key, rows) in groups {
                 @let name = holder(key);
@@ -232,6 +286,26 @@ fn markup(
                                         "Record " (measure)
                                         span class="nhsuk-u-visually-hidden" { " for " (person_name(r)) }
                                     }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if paging.pages > 1 {
+                nav class="nhsuk-pagination" role="navigation" aria-label="Pagination" {
+                    ul class="nhsuk-list nhsuk-pagination__list" {
+                        @if paging.page > 1 {
+                            li class="nhsuk-pagination-item--previous" {
+                                a class="nhsuk-pagination__link nhsuk-pagination__link--prev" href={"/console/follow-ups?page=" (paging.page - 1)} {
+                                    span class="nhsuk-pagination__title" { "Previous page" }
+                                }
+                            }
+                        }
+                        @if paging.page < paging.pages {
+                            li class="nhsuk-pagination-item--next" {
+                                a class="nhsuk-pagination__link nhsuk-pagination__link--next" href={"/console/follow-ups?page=" (paging.page + 1)} {
+                                    span class="nhsuk-pagination__title" { "Next page" }
                                 }
                             }
                         }

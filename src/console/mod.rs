@@ -26,6 +26,7 @@ mod follow_ups;
 mod measures;
 mod milestones;
 mod pages;
+mod people;
 mod reports;
 mod time;
 mod working_days;
@@ -87,6 +88,11 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/console/deliveries/practices/{ods}/retry",
             post(admin::retry_practice),
+        )
+        .route("/console/audit", get(admin::audit_search))
+        .route(
+            "/console/people",
+            get(people::people).post(people::set_assignable),
         )
         .merge(milestones::routes())
         .merge(reports::routes())
@@ -758,6 +764,9 @@ pub struct WorklistQuery {
     overdue: Option<String>,
     /// Only those with a follow-up measurement due or overdue (any value).
     follow_up: Option<String>,
+    /// Only those assigned to this username (with `view=all`): a manager reassigning
+    /// the referrals of someone no longer assignable.
+    assignee: Option<String>,
 }
 
 /// Referrals per page.
@@ -792,6 +801,10 @@ pub struct WorklistView {
     pub overdue_before: String,
     /// The target, in working days.
     pub target_days: u32,
+    /// The assignees on this page who can no longer be given referrals (flagged).
+    pub inactive: Vec<String>,
+    /// Only one person's referrals (`view=all&assignee=…`).
+    pub assignee: Option<String>,
 }
 
 impl WorklistView {
@@ -804,6 +817,7 @@ impl WorklistView {
             ("reason", &self.reason),
             ("from", &self.from),
             ("to", &self.to),
+            ("assignee", &self.assignee),
         ] {
             if let Some(value) = value {
                 query.append_pair(name, value);
@@ -841,7 +855,12 @@ async fn worklist(
     require(&access, StaffAction::ViewWorklist)?;
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let me = session.username.clone();
+    let one_person = filter_text(query.assignee.as_deref());
     let (view, assignee) = match query.view.as_deref() {
+        Some("all") if one_person.is_some() => (
+            "all",
+            Assignee::Only(one_person.clone().unwrap_or_default()),
+        ),
         Some("mine") => ("mine", Assignee::Only(me)),
         Some("unassigned") => ("unassigned", Assignee::Nobody),
         Some("all") => ("all", Assignee::Any),
@@ -934,6 +953,21 @@ async fn worklist(
     } else {
         None
     };
+    // Who on this page can no longer be given referrals: flagged, for managers to
+    // reassign (only read when the page names someone).
+    let inactive = if referrals.iter().any(|r| r.assigned_to.is_some()) {
+        let assignable = assignable_people(&state).await?;
+        let mut inactive: Vec<String> = referrals
+            .iter()
+            .filter_map(|r| r.assigned_to.clone())
+            .filter(|who| !assignable.iter().any(|(u, _)| u == who))
+            .collect();
+        inactive.sort();
+        inactive.dedup();
+        inactive
+    } else {
+        Vec::new()
+    };
     tracing::info!(count = referrals.len(), "console: worklist shown");
     let view = WorklistView {
         view,
@@ -949,6 +983,8 @@ async fn worklist(
         follow_up_only,
         overdue_before,
         target_days,
+        inactive,
+        assignee: one_person.filter(|_| view == "all"),
     };
     Ok(html(
         if q_error.is_some() {

@@ -67,6 +67,12 @@ pub struct ReferralPage<'a> {
     pub milestones: &'a [crate::referral::milestone::Milestone],
 }
 
+/// The flag on an assignee who can no longer be given referrals (made inactive, a
+/// disabled account): their referrals wait for a manager to reassign them.
+pub(super) fn inactive_tag() -> Markup {
+    html! { strong class="nhsuk-tag nhsuk-tag--grey" { "Inactive" } }
+}
+
 /// A stage as people say it.
 pub fn stage_label(stage: Stage) -> &'static str {
     match stage {
@@ -94,7 +100,7 @@ pub(super) fn stage_tag(stage: Stage) -> Markup {
     html! { strong class={"nhsuk-tag " (colour)} { (stage_label(stage)) } }
 }
 
-fn role_label(role: StaffRole) -> &'static str {
+pub(super) fn role_label(role: StaffRole) -> &'static str {
     match role {
         StaffRole::LinkWorker => "Link worker",
         StaffRole::ServiceManager => "Service manager",
@@ -186,6 +192,12 @@ pub(super) fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup
                                         li class="nhsuk-header__navigation-item" {
                                             a class="nhsuk-header__navigation-link" href="/console/registries" { "Registries" }
                                         }
+                                        li class="nhsuk-header__navigation-item" {
+                                            a class="nhsuk-header__navigation-link" href="/console/people" { "People" }
+                                        }
+                                        li class="nhsuk-header__navigation-item" {
+                                            a class="nhsuk-header__navigation-link" href="/console/audit" { "Audit" }
+                                        }
                                     }
                                     @if matches!(s.role, StaffRole::ServiceManager | StaffRole::Administrator) {
                                         li class="nhsuk-header__navigation-item" {
@@ -214,7 +226,7 @@ pub(super) fn layout(title: &str, session: Option<&ConsoleSession>, body: Markup
     }
 }
 
-fn error_summary(errors: &[(String, String)]) -> Markup {
+pub(super) fn error_summary(errors: &[(String, String)]) -> Markup {
     html! {
         @if !errors.is_empty() {
             div class="nhsuk-error-summary" aria-labelledby="error-summary-title" role="alert" tabindex="-1" {
@@ -396,8 +408,18 @@ pub fn worklist(
                     }
                 }
             }
+            @if let Some(who) = &view.assignee {
+                p {
+                    "Referrals assigned to " strong { (who) }
+                    @if view.inactive.contains(who) { " " (inactive_tag()) }
+                    ". " a href="/console/referrals?view=all" { "Show everyone's" }
+                }
+            }
             form method="get" action="/console/referrals" role="search" {
                 input type="hidden" name="view" value=(view.view);
+                @if let Some(who) = &view.assignee {
+                    input type="hidden" name="assignee" value=(who);
+                }
                 div class="nhsuk-grid-row" {
                     div class="nhsuk-grid-column-one-half" {
                         div class={"nhsuk-form-group" @if view.q_error.is_some() { " nhsuk-form-group--error" }} {
@@ -494,7 +516,10 @@ pub fn worklist(
                                     @if overdue(r, &view.overdue_before) { " " strong class="nhsuk-tag nhsuk-tag--red" { "Overdue" } }
                                 }
                                 td class="nhsuk-table__cell" { (stage_tag(r.stage)) }
-                                td class="nhsuk-table__cell" { (r.assigned_to.as_deref().unwrap_or("Unassigned")) }
+                                td class="nhsuk-table__cell" {
+                                    (r.assigned_to.as_deref().unwrap_or("Unassigned"))
+                                    @if r.assigned_to.as_ref().is_some_and(|who| view.inactive.contains(who)) { " " (inactive_tag()) }
+                                }
                             }
                         }
                     }
@@ -632,7 +657,14 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
             }
             span class="nhsuk-caption-l" { "Referral received " (date_time(&r.received_at)) }
             h1 { (person_name(r)) }
-            p { "Stage: " (stage_tag(r.stage)) " Assigned to: " strong { (r.assigned_to.as_deref().unwrap_or("no one")) } }
+            // Managers (who hold the assignable list) see an assignee who can no longer
+            // be given referrals flagged, to reassign.
+            @let inactive_assignee = page.may.assign
+                && r.assigned_to.as_deref().is_some_and(|who| !page.assignable.iter().any(|(u, _)| u == who));
+            p {
+                "Stage: " (stage_tag(r.stage)) " Assigned to: " strong { (r.assigned_to.as_deref().unwrap_or("no one")) }
+                @if inactive_assignee { " " (inactive_tag()) }
+            }
 
             h2 { "The person" }
             dl class="nhsuk-summary-list" {
@@ -740,6 +772,13 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
                             span class="nhsuk-error-message" id="assigned_to-error" { span class="nhsuk-u-visually-hidden" { "Error:" } " " (m) }
                         }
                         select class="nhsuk-select" id="assigned_to" name="assigned_to" {
+                            @if inactive_assignee {
+                                // Not assignable any more: shown, so saving the form
+                                // unchanged is refused rather than silently unassigning.
+                                @if let Some(who) = &r.assigned_to {
+                                    option value=(who) selected { (who) " (inactive)" }
+                                }
+                            }
                             option value="" { "No one (unassigned)" }
                             @for (username, name) in page.assignable {
                                 option value=(username) selected[r.assigned_to.as_deref() == Some(username.as_str())] { (name) " (" (username) ")" }
@@ -955,7 +994,20 @@ pub fn caseloads(
                 thead { tr { th scope="col" { "Link worker" } th scope="col" { "Open referrals" } } }
                 tbody {
                     @for (who, n) in loads {
-                        tr { td { (who.as_deref().map_or_else(|| "Unassigned".to_owned(), name_of)) } td { (n) } }
+                        tr {
+                            td {
+                                (who.as_deref().map_or_else(|| "Unassigned".to_owned(), name_of))
+                                // Not assignable any more: these referrals are to reassign.
+                                @if who.as_deref().is_some_and(|w| !people.iter().any(|(u, _)| u == w)) {
+                                    " " (inactive_tag())
+                                    " " a href={"/console/referrals?view=all&assignee=" (form_encode(who.as_deref().unwrap_or_default()))} {
+                                        "Reassign"
+                                        span class="nhsuk-u-visually-hidden" { " the referrals of " (who.as_deref().unwrap_or_default()) }
+                                    }
+                                }
+                            }
+                            td { (n) }
+                        }
                     }
                 }
             }

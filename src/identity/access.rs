@@ -116,6 +116,8 @@ pub enum StaffAction<'a> {
     Registries,
     /// Read and export the audit log.
     Audit,
+    /// See who can be assigned referrals, and stop or restart a person being assignable.
+    People,
     /// Read `/metrics` (when it is served behind a token).
     Metrics,
     /// Erase a referral and everything that belongs to it (where the law requires it).
@@ -297,6 +299,7 @@ impl Access {
                     | StaffAction::RetryDelivery
                     | StaffAction::Registries
                     | StaffAction::Audit
+                    | StaffAction::People
                     | StaffAction::Metrics
                     | StaffAction::Erase
             ),
@@ -452,6 +455,7 @@ mod tests {
             (RetryDelivery, false, false, true),
             (Registries, false, false, true),
             (Audit, false, false, true),
+            (People, false, false, true),
             (Metrics, false, false, true),
         ];
         let (lw, sm, admin) = (

@@ -269,8 +269,9 @@ fn may_hold_caseload(role: StaffRole) -> bool {
 
 /// Everyone referrals can be assigned to, by username: enabled staff accounts of a
 /// caseload-holding role, and the identity provider's people (`console_people`, the
-/// role of their last sign-in) who have no staff account of the same username (an
-/// account decides: a disabled one bars the person, as at sign-in).
+/// role of their last sign-in) whom no administrator has made inactive and who have no
+/// staff account of the same username (an account decides: a disabled one bars the
+/// person, as at sign-in).
 pub async fn assignable(store: &Store) -> Result<Vec<Assignable>, StaffError> {
     let accounts = list_accounts(store).await?;
     let mut people: Vec<Assignable> = accounts
@@ -284,7 +285,10 @@ pub async fn assignable(store: &Store) -> Result<Vec<Assignable>, StaffError> {
         .collect();
     for person in store.provider_people().await? {
         let caseload = StaffRole::parse(&person.role).is_some_and(may_hold_caseload);
-        if caseload && !accounts.iter().any(|a| a.username == person.username) {
+        if caseload
+            && person.inactive.is_none()
+            && !accounts.iter().any(|a| a.username == person.username)
+        {
             people.push(Assignable {
                 username: person.username,
                 display_name: person.display_name,
@@ -305,6 +309,122 @@ pub async fn assignable_one(
         .await?
         .into_iter()
         .find(|a| a.username == username))
+}
+
+/// How a person signs in, and whether that still works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonSource {
+    /// A Sprig staff account (`sprig staff add`): disabled ones cannot sign in.
+    Account {
+        /// Whether the account may sign in.
+        enabled: bool,
+    },
+    /// Through the identity provider, with no staff account of the same username.
+    Provider {
+        /// Their last sign-in (Unix seconds).
+        last_signed_in: i64,
+        /// When an administrator made them inactive (Unix seconds), and who did.
+        inactive: Option<(i64, String)>,
+    },
+}
+
+/// Someone the console knows: a staff account or a person who signed in through the
+/// identity provider, and whether referrals can be assigned to them now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// Their username (what referrals and audit rows name).
+    pub username: String,
+    /// The name shown.
+    pub display_name: String,
+    /// Their role (`None`: a provider's role code Sprig does not know).
+    pub role: Option<StaffRole>,
+    /// How they sign in.
+    pub source: PersonSource,
+    /// Whether referrals can be assigned to them (`assignable`'s rule).
+    pub assignable: bool,
+}
+
+/// Everyone the console knows, by username: every staff account, and every person who
+/// signed in through the identity provider without one. Nobody is ever removed, so the
+/// usernames in the audit and the timelines keep their names.
+pub async fn people(store: &Store) -> Result<Vec<Person>, StaffError> {
+    let accounts = list_accounts(store).await?;
+    let mut people: Vec<Person> = accounts
+        .iter()
+        .map(|a| Person {
+            username: a.username.clone(),
+            display_name: a.display_name.clone(),
+            role: Some(a.role),
+            source: PersonSource::Account { enabled: a.enabled },
+            assignable: a.enabled && may_hold_caseload(a.role),
+        })
+        .collect();
+    for person in store.provider_people().await? {
+        if accounts.iter().any(|a| a.username == person.username) {
+            continue;
+        }
+        let role = StaffRole::parse(&person.role);
+        people.push(Person {
+            assignable: role.is_some_and(may_hold_caseload) && person.inactive.is_none(),
+            username: person.username,
+            display_name: person.display_name,
+            role,
+            source: PersonSource::Provider {
+                last_signed_in: person.last_signed_in,
+                inactive: person.inactive,
+            },
+        });
+    }
+    people.sort_by(|a, b| a.username.cmp(&b.username));
+    Ok(people)
+}
+
+/// Why a person's assignability could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignableError {
+    /// No one of that username has signed in through the identity provider.
+    #[error("no one named {0:?} has signed in through the identity provider")]
+    NotFound(String),
+    /// A staff account of that username decides: disable it instead.
+    #[error(
+        "{0:?} has a staff account, which decides: disable it with `sprig staff disable` instead"
+    )]
+    HasAccount(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StaffError),
+}
+
+/// Stops a person who signed in through the identity provider being assignable
+/// (`assignable = false`), or makes them assignable again. `by` is who decided (kept
+/// with the row). Referrals already assigned to them stay so, for a manager to
+/// reassign; they can still sign in if the provider lets them (the provider decides
+/// that), and a later sign-in does not make them assignable again.
+pub async fn set_assignable(
+    store: &Store,
+    username: &str,
+    assignable: bool,
+    by: &str,
+    now: i64,
+) -> Result<(), AssignableError> {
+    if account(store, username).await?.is_some() {
+        return Err(AssignableError::HasAccount(username.to_owned()));
+    }
+    let inactive = (!assignable).then_some((now, by));
+    if !store
+        .set_provider_person_inactive(username, inactive)
+        .await
+        .map_err(StaffError::from)?
+    {
+        return Err(AssignableError::NotFound(username.to_owned()));
+    }
+    tracing::info!(
+        username,
+        assignable,
+        by,
+        "assignability of a person changed"
+    );
+    Ok(())
 }
 
 /// Disables an account: it cannot sign in, and its tokens stop working at once.

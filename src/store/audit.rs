@@ -166,6 +166,8 @@ pub struct AuditFilter {
     /// Rows whose answer held this referral, or acted on its ServiceRequest (the
     /// console's audit trail of one referral).
     pub referral: Option<FhirId>,
+    /// Rows of the request with this `X-Request-ID` (`audit_events_by_request`).
+    pub request_id: Option<String>,
 }
 
 /// A page of audit rows, oldest first, by keyset on `seq`.

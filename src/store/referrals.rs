@@ -110,6 +110,22 @@ pub struct ReferralFilter {
     pub limit: u32,
 }
 
+/// A referral as the administrators' audit pages name it: ids, the sender and the
+/// date received, nothing about the person or their care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferralHandle {
+    /// The referral's id.
+    pub id: String,
+    /// Its business identifier's system.
+    pub identifier_system: String,
+    /// Its business identifier's value.
+    pub identifier_value: String,
+    /// The sending practice's ODS code.
+    pub practice_ods_code: Option<String>,
+    /// When it was received (a FHIR instant).
+    pub received_at: String,
+}
+
 /// (assignee, practice ODS code, received at, first contacted at) of one referral.
 pub type FirstContact = (Option<String>, Option<String>, String, String);
 
@@ -298,6 +314,17 @@ impl Store {
     /// none are left out). One grouped scan of the stage index.
     pub async fn stage_counts(&self, assignee: &Assignee) -> Result<Vec<(Stage, i64)>, StoreError> {
         dispatch!(self, b => b.stage_counts(assignee).await)
+    }
+
+    /// The referrals whose id, or whose business identifier's value (any system, any
+    /// practice), is `text`: at most `limit`, oldest first. Ids and dates only, never
+    /// the person (the administrators' audit look-up).
+    pub async fn referral_handles(
+        &self,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<ReferralHandle>, StoreError> {
+        dispatch!(self, b => b.referral_handles(text, limit).await)
     }
 
     /// Who a referral is assigned to: `None` when there is no such referral,

@@ -69,6 +69,9 @@ pub struct ProviderPerson {
     pub role: String,
     /// When they last signed in (Unix seconds).
     pub last_signed_in: i64,
+    /// When an administrator stopped them being assignable (Unix seconds), and who did;
+    /// `None` while they are assignable (migration 0014).
+    pub inactive: Option<(i64, String)>,
 }
 
 /// A sign-in through the identity provider under way (OpenID Connect).
@@ -133,6 +136,17 @@ impl Store {
     /// Everyone who has signed in through the identity provider, by username.
     pub async fn provider_people(&self) -> Result<Vec<ProviderPerson>, StoreError> {
         dispatch!(self, b => b.provider_people().await)
+    }
+
+    /// Marks a person who signed in through the identity provider as no longer
+    /// assignable (`inactive` = `Some((since, by))`) or assignable again (`None`). The row
+    /// is kept either way. Returns whether there is such a person.
+    pub async fn set_provider_person_inactive(
+        &self,
+        username: &str,
+        inactive: Option<(i64, &str)>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.set_provider_person_inactive(username, inactive).await)
     }
 
     /// Ends a session (sign-out). Nothing happens when there is none.

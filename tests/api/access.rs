@@ -620,6 +620,9 @@ const MATRIX: &[Row] = &[
         Body::None,
         CONSOLE,
     ),
+    ("GET", "/console/audit", "/console/audit", Body::None, CONSOLE),
+    ("GET", "/console/people", "/console/people", Body::None, CONSOLE),
+    ("POST", "/console/people", "/console/people", Body::None, CONSOLE),
     (
         "POST",
         "/console/deliveries/practices/{ods}/retry",

@@ -73,6 +73,22 @@ async fn a_link_worker_works_a_referral_in_chromium_and_the_gp_hears_each_step()
             .await
             .expect("account");
     }
+    // Someone who signed in through the identity provider, for the people page.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    app.store
+        .insert_session(&sprig::store::sessions::SessionRow {
+            token_hash: "0".repeat(64),
+            username: "lee".to_owned(),
+            csrf_token: "csrf".to_owned(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + 3600,
+            role: Some("link_worker".to_owned()),
+            display_name: Some("Lee Provider".to_owned()),
+            kept: None,
+        })
+        .await
+        .expect("a provider's person");
     let created = app.post_referral(sample_referral_text()).await;
     assert_eq!(created.status(), 201);
     let id = json_body(created).await["id"]

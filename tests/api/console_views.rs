@@ -86,7 +86,7 @@ async fn no_console_page_carries_an_inline_style() {
 
 /// Moves `id` to assessment done and records a WEMWBS baseline six months before today
 /// (UTC), so its 6-month follow-up is due around today: in this week's window.
-async fn baseline_six_months_ago(app: &crate::helpers::TestApp, id: &str) {
+pub(crate) async fn baseline_six_months_ago(app: &crate::helpers::TestApp, id: &str) {
     for to in ["accepted", "contacted", "assessment-done"] {
         let response = app
             .client

@@ -16,6 +16,7 @@ mod concurrency;
 mod conformance;
 mod connections;
 mod console;
+mod console_admin;
 mod console_browser;
 mod console_oidc;
 mod console_reports;

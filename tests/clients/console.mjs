@@ -6,7 +6,8 @@
 // the questionnaire, moves to in-support and completes; signs out; then the manager
 // `mina` sees caseloads (with time to first contact), follow-ups due this week and the
 // worklist's follow-up filter, and the administrator `ada` the deliveries, the
-// registries and the referral's audit trail. axe-core checks
+// registries, the referral's audit trail, the audit look-up and search, and the people
+// page (stopping a provider's person being assignable). axe-core checks
 // every page (no serious or critical violation) and each is screenshotted.
 import { chromium } from 'playwright-core';
 import { readFileSync, mkdirSync } from 'node:fs';
@@ -131,6 +132,28 @@ await check('registries');
 await page.goto(`${referralUrl}/audit`);
 if (!(await page.textContent('main')).includes('console:transition')) fail('the audit trail lacks the transitions');
 await check('audit-trail');
+// The audit: a referral found by its id, a search by who over a window, a refused search.
+const referralId = referralUrl.split('/').pop();
+await page.goto(`${base}/console/audit`);
+await check('audit');
+await page.fill('#find', referralId);
+await Promise.all([page.waitForURL('**/console/audit?find=*'), page.click('button:has-text("Find")')]);
+if (!(await page.textContent('main')).includes(`Audit trail of ${referralId}`)) fail('the look-up did not find the referral');
+await check('audit-found');
+const today = new Date();
+const day = (d) => new Date(today.getTime() + d * 86400000).toISOString().slice(0, 10);
+await page.goto(`${base}/console/audit?who=amara&from=${day(-1)}&to=${day(1)}`);
+if (!(await page.textContent('main')).includes('console:transition')) fail('the search by who lacks Amara\'s transitions');
+await check('audit-who');
+await page.goto(`${base}/console/audit?from=${day(-1)}`);
+if (!(await page.textContent('.nhsuk-error-summary')).includes('Enter who to search for')) fail('no error summary');
+await check('audit-missing-who');
+// People: stop a provider's person being assignable.
+await page.goto(`${base}/console/people`);
+await check('people');
+await Promise.all([page.waitForURL('**/console/people?changed=*'), page.click('button:has-text("Stop assigning")')]);
+if (!(await page.textContent('main')).includes('can no longer be assigned referrals')) fail('no confirmation');
+await check('people-inactive');
 await signOut();
 
 await browser.close();

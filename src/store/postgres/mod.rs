@@ -100,6 +100,11 @@ const INDEX_STATE_LOCK: &str = " FOR UPDATE";
 /// The `Bundle.id` of a stored message body.
 const BODY_JSON_ID: &str = "(convert_from(body, 'UTF8')::jsonb ->> 'id')";
 
+/// The members of a JSON array of strings bound as one parameter (`{}`): a list of any
+/// length in one bound value, where one parameter per member would meet the protocol's
+/// limit of 65,535.
+const JSON_TEXT_MEMBERS: &str = "SELECT jsonb_array_elements_text(CAST({} AS jsonb))";
+
 /// An audit row with nothing else to write is one INSERT on a pooled connection,
 /// committed at once: PostgreSQL commits many connections' transactions side by side.
 const AUDIT_IN_GROUP_COMMIT: bool = false;

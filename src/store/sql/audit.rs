@@ -203,6 +203,11 @@ impl Backend {
                 .push_bind(format!("%\"{}\"%", referral.as_str()))
                 .push(")");
         }
+        if let Some(request_id) = &filter.request_id {
+            query
+                .push(" AND request_id = ")
+                .push_bind(request_id.clone());
+        }
         if let Some(outcome) = filter.outcome {
             query.push(" AND outcome = ").push_bind(outcome.code());
         }

@@ -15,7 +15,7 @@ use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::referrals::{
     Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
-    Submission,
+    ReferralHandle, Submission,
 };
 
 const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r.stage, r.fhir_status, \
@@ -560,9 +560,11 @@ impl Backend {
         match &filter.ids {
             None => {}
             Some(ids) if ids.is_empty() => sql.push_str(" AND 1 = 0"),
-            Some(ids) => {
-                let marks: Vec<String> = ids.iter().map(|_| next()).collect();
-                sql.push_str(&format!(" AND r.id IN ({})", marks.join(", ")));
+            Some(_) => {
+                // One bound JSON array, however many ids (the follow-up filter can hold
+                // every referral held).
+                let members = super::JSON_TEXT_MEMBERS.replace("{}", &next());
+                sql.push_str(&format!(" AND r.id IN ({members})"));
             }
         }
         if filter.after.is_some() {
@@ -619,8 +621,13 @@ impl Backend {
                 query = query.bind(format!("{escaped}%"));
             }
         }
-        for id in filter.ids.iter().flatten() {
-            query = query.bind(id);
+        if let Some(ids) = filter.ids.as_ref().filter(|ids| !ids.is_empty()) {
+            let list = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt {
+                resource_type: "ServiceRequest".into(),
+                id: "id list".into(),
+                reason: e.to_string(),
+            })?;
+            query = query.bind(list);
         }
         if let Some((at, id)) = &filter.after {
             query = query.bind(at).bind(at).bind(id);
@@ -678,6 +685,35 @@ impl Backend {
     }
 
     /// Who a referral is assigned to: `None` when there is no such referral.
+    /// Referrals whose id or business identifier value is `text` (the primary key and
+    /// `referrals_by_identifier_value`, migration 0014).
+    pub(in crate::store) async fn referral_handles(
+        &self,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<ReferralHandle>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, identifier_system, identifier_value, practice_ods_code, received_at \
+             FROM referrals WHERE id = $1 OR identifier_value = $1 \
+             ORDER BY received_at, id LIMIT $2",
+        )
+        .bind(text)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReferralHandle {
+                    id: row.try_get("id")?,
+                    identifier_system: row.try_get("identifier_system")?,
+                    identifier_value: row.try_get("identifier_value")?,
+                    practice_ods_code: row.try_get("practice_ods_code")?,
+                    received_at: row.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
     pub(in crate::store) async fn referral_assignee(
         &self,
         id: &str,

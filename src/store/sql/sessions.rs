@@ -65,21 +65,41 @@ impl Backend {
         &self,
     ) -> Result<Vec<ProviderPerson>, StoreError> {
         let rows = sqlx::query(
-            "SELECT username, display_name, role, last_signed_in FROM console_people \
-             ORDER BY username",
+            "SELECT username, display_name, role, last_signed_in, inactive_since, inactive_by \
+             FROM console_people ORDER BY username",
         )
         .fetch_all(&self.readers)
         .await?;
         rows.iter()
             .map(|row| {
+                let since: Option<i64> = row.try_get("inactive_since")?;
+                let by: Option<String> = row.try_get("inactive_by")?;
                 Ok(ProviderPerson {
                     username: row.try_get("username")?,
                     display_name: row.try_get("display_name")?,
                     role: row.try_get("role")?,
                     last_signed_in: row.try_get("last_signed_in")?,
+                    inactive: since.map(|since| (since, by.unwrap_or_default())),
                 })
             })
             .collect()
+    }
+
+    /// Sets or clears `console_people.inactive_since` and `inactive_by` for one person.
+    pub(in crate::store) async fn set_provider_person_inactive(
+        &self,
+        username: &str,
+        inactive: Option<(i64, &str)>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE console_people SET inactive_since = $1, inactive_by = $2 WHERE username = $3",
+        )
+        .bind(inactive.map(|(since, _)| since))
+        .bind(inactive.map(|(_, by)| by))
+        .bind(username)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// The live session with this token hash at `now`, its last use moved to `now`

@@ -103,6 +103,10 @@ const INDEX_STATE_LOCK: &str = "";
 /// The `Bundle.id` of a stored message body.
 const BODY_JSON_ID: &str = "json_extract(CAST(body AS TEXT), '$.id')";
 
+/// The members of a JSON array of strings bound as one parameter (`{}`): a list of any
+/// length in one bound value, where one parameter per member would meet SQLite's limit.
+const JSON_TEXT_MEMBERS: &str = "SELECT value FROM json_each({})";
+
 /// An audit row with nothing else to write (a read's, a refusal's) joins the group
 /// commit: durable before the answer is sent, sharing its batch's fsync.
 const AUDIT_IN_GROUP_COMMIT: bool = true;
