@@ -97,6 +97,9 @@ const CLAIM_LOCK: &str = "FOR UPDATE SKIP LOCKED";
 /// Two instances starting together rebuild the index one after the other;
 /// the second then finds it current.
 const INDEX_STATE_LOCK: &str = " FOR UPDATE";
+/// The id a lookup's `SELECT DISTINCT` selects from an index table (SQLite needs
+/// it disguised; PostgreSQL plans the plain column by its statistics).
+const LOOKUP_ID: &str = "x.id";
 /// The `Bundle.id` of a stored message body.
 const BODY_JSON_ID: &str = "(convert_from(body, 'UTF8')::jsonb ->> 'id')";
 

@@ -11,7 +11,7 @@
 use serde_json::Value;
 use sqlx::{Connection, QueryBuilder, Row};
 
-use super::{Backend, Conn, Db, DbRow, INDEX_STATE_LOCK, Interruptible};
+use super::{Backend, Conn, Db, DbRow, INDEX_STATE_LOCK, Interruptible, LOOKUP_ID};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::search::{
     Criterion, Cursor, DateCriterion, DatePrefix, IndexValue, ReferenceCriterion, SearchQuery,
@@ -573,6 +573,85 @@ fn driving_criterion(query: &SearchQuery) -> Option<usize> {
         .or_else(|| query.criteria.iter().position(selective))
 }
 
+/// A token parameter's alternatives grouped by the index that finds them: each
+/// form is one `IN` list (or one `system|code` pair), so the expression's depth
+/// does not grow with the number of values.
+enum TokenForm<'q> {
+    /// `code`: any system (`search_tokens_by_code`).
+    Codes(Vec<&'q str>),
+    /// `|code`: no system (`search_tokens_by_code`).
+    CodesWithoutSystem(Vec<&'q str>),
+    /// `system|`: any code of the system (`search_tokens_by_system`).
+    Systems(Vec<&'q str>),
+    /// One `system|code` (`search_tokens_by_code`).
+    Pair(&'q str, &'q str),
+    /// Several `system|code` (`search_tokens_by_code`).
+    Pairs(Vec<(&'q str, &'q str)>),
+}
+
+fn token_forms(tokens: &[TokenCriterion]) -> Vec<TokenForm<'_>> {
+    let mut codes = Vec::new();
+    let mut without_system = Vec::new();
+    let mut systems = Vec::new();
+    let mut pairs = Vec::new();
+    for token in tokens {
+        match token {
+            TokenCriterion::Code(code) => codes.push(code.as_str()),
+            TokenCriterion::CodeWithoutSystem(code) => without_system.push(code.as_str()),
+            TokenCriterion::System(system) => systems.push(system.as_str()),
+            TokenCriterion::SystemCode(system, code) => {
+                pairs.push((system.as_str(), code.as_str()))
+            }
+        }
+    }
+    let mut forms = Vec::new();
+    if !codes.is_empty() {
+        forms.push(TokenForm::Codes(codes));
+    }
+    if !without_system.is_empty() {
+        forms.push(TokenForm::CodesWithoutSystem(without_system));
+    }
+    if !systems.is_empty() {
+        forms.push(TokenForm::Systems(systems));
+    }
+    match pairs.as_slice() {
+        [] => {}
+        [(system, code)] => forms.push(TokenForm::Pair(system, code)),
+        _ => forms.push(TokenForm::Pairs(pairs)),
+    }
+    forms
+}
+
+/// A reference parameter's alternatives grouped by the index that finds them.
+enum ReferenceForm {
+    /// `Type/id` and absolute URLs (`search_references_by_reference`).
+    Exact(Vec<String>),
+    /// A plain `id`, of any type (`search_references_by_target_id`).
+    TargetIds(Vec<String>),
+}
+
+fn reference_forms(references: &[ReferenceCriterion]) -> Vec<ReferenceForm> {
+    let mut exact = Vec::new();
+    let mut ids = Vec::new();
+    for reference in references {
+        match reference {
+            ReferenceCriterion::Typed(resource_type, id) => {
+                exact.push(format!("{resource_type}/{id}"))
+            }
+            ReferenceCriterion::Url(url) => exact.push(url.clone()),
+            ReferenceCriterion::Id(id) => ids.push(id.as_str().to_owned()),
+        }
+    }
+    let mut forms = Vec::new();
+    if !exact.is_empty() {
+        forms.push(ReferenceForm::Exact(exact));
+    }
+    if !ids.is_empty() {
+        forms.push(ReferenceForm::TargetIds(ids));
+    }
+    forms
+}
+
 /// A bound value.
 enum Bind {
     Text(String),
@@ -639,14 +718,26 @@ impl Sql {
                 self.push(")) m CROSS JOIN ");
             }
             Some(Criterion::Token(param, tokens)) => {
-                self.push_matching_ids("search_tokens", query, param);
-                self.push_tokens(tokens);
-                self.push(")) m CROSS JOIN ");
+                let forms = token_forms(tokens);
+                self.push_matching_ids(
+                    "search_tokens",
+                    query,
+                    param,
+                    &forms,
+                    Self::push_token_form,
+                );
+                self.push(" m CROSS JOIN ");
             }
             Some(Criterion::Reference(param, references)) => {
-                self.push_matching_ids("search_references", query, param);
-                self.push_references(references);
-                self.push(")) m CROSS JOIN ");
+                let forms = reference_forms(references);
+                self.push_matching_ids(
+                    "search_references",
+                    query,
+                    param,
+                    &forms,
+                    Self::push_reference_form,
+                );
+                self.push(" m CROSS JOIN ");
             }
             _ => {}
         }
@@ -654,16 +745,38 @@ impl Sql {
         driver
     }
 
-    /// `(SELECT DISTINCT x.id FROM {table} x WHERE … AND (`; the caller
-    /// closes both and names the result.
-    fn push_matching_ids(&mut self, table: &str, query: &SearchQuery, param: &str) {
-        self.push(&format!(
-            "(SELECT DISTINCT x.id FROM {table} x WHERE x.resource_type = "
-        ));
-        self.push_text(query.resource_type.as_str());
-        self.push(" AND x.param = ");
-        self.push_text(param);
-        self.push(" AND (");
+    /// `(SELECT … id FROM {table} x WHERE … AND (form))`: the ids whose index rows
+    /// match one of `forms`, each id once, the caller names the result. One form is
+    /// one `SELECT DISTINCT`; several are one `SELECT` each joined by `UNION` (which
+    /// drops duplicates), so each probes its own index. In one `SELECT` joined by
+    /// `OR`, SQLite without statistics walks every row of the parameter instead.
+    /// The id is selected as [`LOOKUP_ID`] so that SQLite does not walk
+    /// `search_*_by_resource` to produce the ids in order for the `DISTINCT`.
+    fn push_matching_ids<F>(
+        &mut self,
+        table: &str,
+        query: &SearchQuery,
+        param: &str,
+        forms: &[F],
+        mut each: impl FnMut(&mut Self, &F),
+    ) {
+        let distinct = if forms.len() == 1 { "DISTINCT " } else { "" };
+        self.push("(");
+        for (i, form) in forms.iter().enumerate() {
+            if i > 0 {
+                self.push(" UNION ");
+            }
+            self.push(&format!(
+                "SELECT {distinct}{LOOKUP_ID} AS id FROM {table} x WHERE x.resource_type = "
+            ));
+            self.push_text(query.resource_type.as_str());
+            self.push(" AND x.param = ");
+            self.push_text(param);
+            self.push(" AND (");
+            each(self, form);
+            self.push(")");
+        }
+        self.push(")");
     }
 
     /// ` WHERE …` for `query` over `resources r`, among the resources
@@ -716,6 +829,13 @@ impl Sql {
                 SortOrder::NewestFirst => "<",
                 SortOrder::OldestFirst => ">",
             };
+            // The bound on `last_updated` alone first, so that the range read of
+            // `resources_by_type_updated_id` (or `resources_by_owner`) starts at
+            // the cursor and a page costs a page however deep it is: PostgreSQL
+            // takes no index range from the `OR` below (SQLite 3.50 does, so it
+            // changes nothing there: BENCHMARKS.md, the deep page).
+            self.push(&format!(" AND r.last_updated {before_or_after}= "));
+            self.push_text(&cursor.last_updated);
             self.push(&format!(" AND (r.last_updated {before_or_after} "));
             self.push_text(&cursor.last_updated);
             self.push(" OR (r.last_updated = ");
@@ -747,12 +867,12 @@ impl Sql {
             }
             Criterion::Token(param, tokens) => {
                 self.push_exists("search_tokens", param);
-                self.push_tokens(tokens);
+                self.push_alternatives(&token_forms(tokens), Self::push_token_form);
                 self.push("))");
             }
             Criterion::Reference(param, references) => {
                 self.push_exists("search_references", param);
-                self.push_references(references);
+                self.push_alternatives(&reference_forms(references), Self::push_reference_form);
                 self.push("))");
             }
             Criterion::Date(param, dates) => {
@@ -784,11 +904,9 @@ impl Sql {
         }
     }
 
-    /// `IN (…)` with a placeholder per value; nothing when `values` is empty.
-    fn push_in(&mut self, column: &str, values: &[&str]) -> bool {
-        if values.is_empty() {
-            return false;
-        }
+    /// `column IN (…)` with a placeholder per value (never empty: the forms
+    /// that call it are only made with values).
+    fn push_in(&mut self, column: &str, values: &[&str]) {
         self.push(column);
         self.push(" IN (");
         for (i, value) in values.iter().enumerate() {
@@ -798,102 +916,57 @@ impl Sql {
             self.push_text(value);
         }
         self.push(")");
-        true
     }
 
-    /// A token parameter's alternatives, grouped by form into `IN` lists
-    /// (`x.code IN (…) OR (x.system, x.code) IN (VALUES (…), …) OR …`), so the
-    /// expression's depth does not grow with the number of values.
-    fn push_tokens(&mut self, tokens: &[TokenCriterion]) {
-        let mut codes = Vec::new();
-        let mut without_system = Vec::new();
-        let mut systems = Vec::new();
-        let mut pairs = Vec::new();
-        for token in tokens {
-            match token {
-                TokenCriterion::Code(code) => codes.push(code.as_str()),
-                TokenCriterion::CodeWithoutSystem(code) => without_system.push(code.as_str()),
-                TokenCriterion::System(system) => systems.push(system.as_str()),
-                TokenCriterion::SystemCode(system, code) => {
-                    pairs.push((system.as_str(), code.as_str()))
-                }
+    /// One form of a token parameter's alternatives (see [`token_forms`]).
+    fn push_token_form(&mut self, form: &TokenForm<'_>) {
+        match form {
+            TokenForm::Codes(codes) => self.push_in("x.code", codes),
+            TokenForm::CodesWithoutSystem(codes) => {
+                self.push("x.system IS NULL AND ");
+                self.push_in("x.code", codes);
             }
-        }
-        let mut any = self.push_in("x.code", &codes);
-        if !without_system.is_empty() {
-            self.push_or(&mut any);
-            self.push("(x.system IS NULL AND ");
-            self.push_in("x.code", &without_system);
-            self.push(")");
-        }
-        if !systems.is_empty() {
-            self.push_or(&mut any);
-            self.push_in("x.system", &systems);
-        }
-        if let [(system, code)] = pairs.as_slice() {
-            self.push_or(&mut any);
-            self.push("(x.system = ");
-            self.push_text(system);
-            self.push(" AND x.code = ");
-            self.push_text(code);
-            self.push(")");
-        } else if !pairs.is_empty() {
-            self.push_or(&mut any);
-            // The codes alone first: SQLite reads a row-value `IN (VALUES …)`
-            // through no index, so without them every token of the type
-            // would be read; the pairs then pick the right systems.
-            let pair_codes: Vec<&str> = pairs.iter().map(|(_, code)| *code).collect();
-            self.push("(");
-            self.push_in("x.code", &pair_codes);
-            self.push(" AND (x.system, x.code) IN (VALUES ");
-            for (i, (system, code)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    self.push(", ");
-                }
-                self.push("(");
+            TokenForm::Systems(systems) => self.push_in("x.system", systems),
+            TokenForm::Pair(system, code) => {
+                self.push("x.system = ");
                 self.push_text(system);
-                self.push(", ");
+                self.push(" AND x.code = ");
                 self.push_text(code);
+            }
+            TokenForm::Pairs(pairs) => {
+                // The codes alone first: SQLite reads a row-value `IN (VALUES …)`
+                // through no index, so without them every token of the type
+                // would be read; the pairs then pick the right systems.
+                let codes: Vec<&str> = pairs.iter().map(|(_, code)| *code).collect();
+                self.push_in("x.code", &codes);
+                self.push(" AND (x.system, x.code) IN (VALUES ");
+                for (i, (system, code)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.push("(");
+                    self.push_text(system);
+                    self.push(", ");
+                    self.push_text(code);
+                    self.push(")");
+                }
                 self.push(")");
             }
-            self.push("))");
         }
     }
 
-    /// A reference parameter's alternatives as at most two `IN` lists.
-    fn push_references(&mut self, references: &[ReferenceCriterion]) {
-        let mut exact = Vec::new();
-        let mut ids = Vec::new();
-        let typed: Vec<String> = references
-            .iter()
-            .filter_map(|reference| match reference {
-                ReferenceCriterion::Typed(resource_type, id) => {
-                    Some(format!("{resource_type}/{id}"))
-                }
-                _ => None,
-            })
-            .collect();
-        exact.extend(typed.iter().map(String::as_str));
-        for reference in references {
-            match reference {
-                ReferenceCriterion::Typed(..) => {}
-                ReferenceCriterion::Id(id) => ids.push(id.as_str()),
-                ReferenceCriterion::Url(url) => exact.push(url.as_str()),
+    /// One form of a reference parameter's alternatives (see [`reference_forms`]).
+    fn push_reference_form(&mut self, form: &ReferenceForm) {
+        match form {
+            ReferenceForm::Exact(references) => {
+                let references: Vec<&str> = references.iter().map(String::as_str).collect();
+                self.push_in("x.reference", &references);
+            }
+            ReferenceForm::TargetIds(ids) => {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.push_in("x.target_id", &ids);
             }
         }
-        let mut any = self.push_in("x.reference", &exact);
-        if !ids.is_empty() {
-            self.push_or(&mut any);
-            self.push_in("x.target_id", &ids);
-        }
-    }
-
-    /// ` OR ` between alternatives, after the first.
-    fn push_or(&mut self, any: &mut bool) {
-        if *any {
-            self.push(" OR ");
-        }
-        *any = true;
     }
 
     /// FHIR's date comparisons between the indexed range `[low, high]` and

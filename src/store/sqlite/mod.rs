@@ -100,6 +100,11 @@ type Backend = SqliteStore;
 const CLAIM_LOCK: &str = "";
 /// The start-up index rebuild needs no lock beyond the single writer.
 const INDEX_STATE_LOCK: &str = "";
+/// The id a lookup's `SELECT DISTINCT` selects from an index table: `+x.id` is not a
+/// column SQLite can read in order from `search_*_by_resource`, so it probes the
+/// parameter's index and sorts the few ids it finds, where without planner
+/// statistics it walked every index row of the type to get `x.id` in order.
+const LOOKUP_ID: &str = "+x.id";
 /// The `Bundle.id` of a stored message body.
 const BODY_JSON_ID: &str = "json_extract(CAST(body AS TEXT), '$.id')";
 

@@ -348,3 +348,41 @@ async fn a_practice_sees_only_its_own_resources_on_every_read() {
         .expect("history");
     assert_eq!(history.total, 1);
 }
+
+/// A lookup starts from the ids its index rows give, one `SELECT` per form of value
+/// joined by `UNION`: a resource with index rows for several of the values asked
+/// (two identifiers, two references) is one match, counted once.
+#[tokio::test]
+async fn a_resource_matching_several_values_of_a_lookup_is_one_match() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(&dir).await;
+    let mut resource = task("accepted", "ServiceRequest/sr1");
+    resource["basedOn"] = json!([
+        {"reference": "ServiceRequest/sr1"},
+        {"reference": "ServiceRequest/sr2"},
+    ]);
+    resource["identifier"] = json!([
+        {"system": "https://example.org/task", "value": "A"},
+        {"system": "https://example.org/task", "value": "B"},
+    ]);
+    let id = create(&store, resource).await;
+    create(&store, task("accepted", "ServiceRequest/sr3")).await;
+    for query in [
+        "based-on=ServiceRequest/sr1,ServiceRequest/sr2",
+        "based-on=ServiceRequest/sr1,sr2",
+        "based-on=sr1,sr2",
+        "identifier=https://example.org/task|A,https://example.org/task|B",
+        "identifier=A,https://example.org/task|B",
+        "identifier=A,B",
+        "identifier=A,|B,https://example.org/task|",
+    ] {
+        assert_eq!(matches(&store, query).await, vec![id.clone()], "{query}");
+        let parsed = SearchQuery::parse(ResourceType::TASK, &format!("{query}&_total=accurate"))
+            .expect("query");
+        let page = store
+            .search(&parsed, &Visibility::All)
+            .await
+            .expect("search runs");
+        assert_eq!((page.total, page.resources.len()), (Some(1), 1), "{query}");
+    }
+}
