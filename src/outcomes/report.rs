@@ -669,7 +669,8 @@ type CellKey = (usize, String, String);
 /// A cell's eligible, achieved, missing and the changes measured.
 type Cell = (u64, u64, u64, Vec<Decimal>);
 
-/// The report over `facts` for `from..=to` (UK dates), as it stands on `today`.
+/// The report over `facts` for `from..=to` (UK dates), as it stands on `today`
+/// ([`OutcomesBuilder`] over a slice).
 pub fn outcomes(
     metrics: &[Metric],
     catalogue: &Catalogue,
@@ -679,12 +680,84 @@ pub fn outcomes(
     to: Date,
     today: Date,
 ) -> Report {
-    let mut detail: Vec<DetailRow> = Vec::new();
-    for metric in metrics {
-        // One line per person: the first achievement, else the first eligible referral.
-        let mut best: HashMap<&str, DetailRow> = HashMap::new();
-        for referral in facts {
-            let Some(candidate) = evaluate(metric, catalogue, referral, period, from, to, today)
+    let mut builder = OutcomesBuilder::new(metrics, catalogue, period, from, to, today);
+    for referral in facts {
+        builder.add(referral);
+    }
+    builder.finish()
+}
+
+/// The outcomes report built one referral at a time, so a caller can stream the record
+/// (`Store::each_referral_facts`) instead of holding every referral's facts: what it keeps
+/// is one line per person counted in the range (and the changes for the distributions),
+/// which follows the range, not the number of referrals ever received.
+pub struct OutcomesBuilder<'a> {
+    metrics: &'a [Metric],
+    catalogue: &'a Catalogue,
+    period: Period,
+    from: Date,
+    to: Date,
+    today: Date,
+    /// Per metric (`None`: not asked for), each person's line so far: the first
+    /// achievement, else the first eligible referral.
+    best: Vec<Option<HashMap<String, DetailRow>>>,
+    /// Per measure with a total and follow-up: the changes measured (`None`: not asked for).
+    changes: Option<Vec<(String, String, Vec<Decimal>)>>,
+}
+
+impl<'a> OutcomesBuilder<'a> {
+    /// A report over `from..=to` as it stands on `today`, every metric and distribution.
+    pub fn new(
+        metrics: &'a [Metric],
+        catalogue: &'a Catalogue,
+        period: Period,
+        from: Date,
+        to: Date,
+        today: Date,
+    ) -> Self {
+        let changes = catalogue
+            .iter()
+            .filter(|d| d.method != Method::None)
+            .flat_map(|d| {
+                d.schedule
+                    .follow_ups
+                    .iter()
+                    .map(|f| (d.code.clone(), f.key.clone(), Vec::new()))
+            })
+            .collect();
+        OutcomesBuilder {
+            metrics,
+            catalogue,
+            period,
+            from,
+            to,
+            today,
+            best: metrics.iter().map(|_| Some(HashMap::new())).collect(),
+            changes: Some(changes),
+        }
+    }
+
+    /// Only the metric `id` (a drill-down): the others and the distributions are not
+    /// computed, and the report's other metrics have no rows.
+    pub fn only_metric(mut self, id: &str) -> Self {
+        for (metric, best) in self.metrics.iter().zip(self.best.iter_mut()) {
+            if metric.id != id {
+                *best = None;
+            }
+        }
+        self.changes = None;
+        self
+    }
+
+    /// Counts one referral.
+    pub fn add(&mut self, referral: &ReferralFacts) {
+        let (period, from, to, today) = (self.period, self.from, self.to, self.today);
+        for (metric, best) in self.metrics.iter().zip(self.best.iter_mut()) {
+            let Some(best) = best else {
+                continue;
+            };
+            let Some(candidate) =
+                evaluate(metric, self.catalogue, referral, period, from, to, today)
             else {
                 continue;
             };
@@ -693,46 +766,65 @@ pub fn outcomes(
                 .as_deref()
                 .unwrap_or(referral.id.as_str());
             let row = candidate.row;
-            match best.get(person) {
+            match best.get_mut(person) {
                 Some(kept)
                     if (rank(kept.status), kept.on, &kept.referral_id)
                         <= (rank(row.status), row.on, &row.referral_id) => {}
-                _ => {
-                    best.insert(person, row);
+                Some(kept) => *kept = row,
+                None => {
+                    best.insert(person.to_owned(), row);
                 }
             }
         }
-        let mut rows: Vec<DetailRow> = best.into_values().collect();
-        rows.sort_by(|a, b| {
-            (&a.period, &a.practice, &a.referral_id).cmp(&(&b.period, &b.practice, &b.referral_id))
-        });
-        detail.extend(rows);
-    }
-    let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
-    for d in &detail {
-        let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
-        for practice in [d.practice.clone(), "all".to_string()] {
-            tally(
-                cells
-                    .entry((index, d.period.clone(), practice))
-                    .or_default(),
-                d,
-            );
+        if let Some(changes) = &mut self.changes {
+            add_changes(self.catalogue, referral, from, to, changes);
         }
     }
-    let rows = cells
-        .into_iter()
-        .map(|(key, cell)| finish(metrics, key, cell))
-        .collect();
-    Report {
-        from,
-        to,
-        period,
-        metrics: metrics.to_vec(),
-        rows,
-        pcn_rows: Vec::new(),
-        distributions: distributions(catalogue, facts, from, to),
-        detail,
+
+    /// The report.
+    pub fn finish(self) -> Report {
+        let mut detail: Vec<DetailRow> = Vec::new();
+        for best in self.best.into_iter().flatten() {
+            let mut rows: Vec<DetailRow> = best.into_values().collect();
+            rows.sort_by(|a, b| {
+                (&a.period, &a.practice, &a.referral_id).cmp(&(
+                    &b.period,
+                    &b.practice,
+                    &b.referral_id,
+                ))
+            });
+            detail.extend(rows);
+        }
+        let metrics = self.metrics;
+        let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
+        for d in &detail {
+            let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
+            for practice in [d.practice.clone(), "all".to_string()] {
+                tally(
+                    cells
+                        .entry((index, d.period.clone(), practice))
+                        .or_default(),
+                    d,
+                );
+            }
+        }
+        let rows = cells
+            .into_iter()
+            .map(|(key, cell)| finish(metrics, key, cell))
+            .collect();
+        Report {
+            from: self.from,
+            to: self.to,
+            period: self.period,
+            metrics: metrics.to_vec(),
+            rows,
+            pcn_rows: Vec::new(),
+            distributions: self
+                .changes
+                .map(|c| c.into_iter().map(distribution).collect())
+                .unwrap_or_default(),
+            detail,
+        }
     }
 }
 
@@ -831,68 +923,73 @@ impl Report {
     }
 }
 
-/// The change from baseline to each follow-up of each measure, for follow-ups dated in range.
-fn distributions(
+/// Adds a referral's change from baseline to each follow-up of each measure (the slots
+/// of [`OutcomesBuilder::new`]), for follow-ups dated in range.
+fn add_changes(
     catalogue: &Catalogue,
-    facts: &[ReferralFacts],
+    referral: &ReferralFacts,
     from: Date,
     to: Date,
-) -> Vec<Distribution> {
-    let mut out = Vec::new();
-    for definition in catalogue.iter().filter(|d| d.method != Method::None) {
+    slots: &mut [(String, String, Vec<Decimal>)],
+) {
+    for (code, key, changes) in slots {
+        let Some(definition) = catalogue.get(code) else {
+            continue;
+        };
+        let Some(f) = definition.follow_up(key) else {
+            continue;
+        };
         let window = time::Duration::weeks(i64::from(definition.schedule.window_weeks));
-        for f in &definition.schedule.follow_ups {
-            let mut changes: Vec<Decimal> = Vec::new();
-            for referral in facts {
-                let Some((_, base_day, base_total)) = baseline(referral, &definition.code) else {
-                    continue;
-                };
-                let target = add_months(base_day, f.months);
-                if !(from..=to).contains(&target) {
-                    continue;
-                }
-                let hit = referral
-                    .outcomes
-                    .iter()
-                    .filter(|o| o.measure == definition.code)
-                    .filter_map(|o| Some((day_of(&o.recorded_at), o.total?)))
-                    .filter(|(d, _)| *d >= target - window && *d <= target + window)
-                    .min_by_key(|(d, _)| *d);
-                if let Some(change) = hit.and_then(|(_, total)| {
-                    Some(definition.score_of_sum(total)? - definition.score_of_sum(base_total)?)
-                }) {
-                    changes.push(change);
-                }
-            }
-            changes.sort();
-            let at = |q: usize| -> Option<Decimal> {
-                if changes.is_empty() {
-                    return None;
-                }
-                // Nearest rank: ceil(q/4 · n), from 1.
-                let rank = (q * changes.len()).div_ceil(4).max(1);
-                changes.get(rank - 1).copied()
-            };
-            let mean = (!changes.is_empty()).then(|| {
-                round(
-                    changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64),
-                    2,
-                )
-            });
-            out.push(Distribution {
-                measure: definition.code.clone(),
-                follow_up: f.key.clone(),
-                n: changes.len() as u64,
-                min: changes.first().copied(),
-                q1: at(1),
-                median: at(2),
-                q3: at(3),
-                max: changes.last().copied(),
-                mean,
-            });
+        let Some((_, base_day, base_total)) = baseline(referral, &definition.code) else {
+            continue;
+        };
+        let target = add_months(base_day, f.months);
+        if !(from..=to).contains(&target) {
+            continue;
+        }
+        let hit = referral
+            .outcomes
+            .iter()
+            .filter(|o| o.measure == definition.code)
+            .filter_map(|o| Some((day_of(&o.recorded_at), o.total?)))
+            .filter(|(d, _)| *d >= target - window && *d <= target + window)
+            .min_by_key(|(d, _)| *d);
+        if let Some(change) = hit.and_then(|(_, total)| {
+            Some(definition.score_of_sum(total)? - definition.score_of_sum(base_total)?)
+        }) {
+            changes.push(change);
         }
     }
-    out
+}
+
+/// The spread of one measure's and follow-up's changes.
+fn distribution((measure, follow_up, mut changes): (String, String, Vec<Decimal>)) -> Distribution {
+    changes.sort();
+    let at = |q: usize| -> Option<Decimal> {
+        if changes.is_empty() {
+            return None;
+        }
+        // Nearest rank: ceil(q/4 · n), from 1.
+        let rank = (q * changes.len()).div_ceil(4).max(1);
+        changes.get(rank - 1).copied()
+    };
+    let mean = (!changes.is_empty()).then(|| {
+        round(
+            changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64),
+            2,
+        )
+    });
+    Distribution {
+        measure,
+        follow_up,
+        n: changes.len() as u64,
+        min: changes.first().copied(),
+        q1: at(1),
+        median: at(2),
+        q3: at(3),
+        max: changes.last().copied(),
+        mean,
+    }
 }
 
 /// A CSV field: quoted when it must be (RFC 4180), and a leading `=`, `+`, `-`, `@` made
@@ -1163,46 +1260,83 @@ pub struct ServiceSummary {
 
 /// The service summary over referrals received `from..=to`.
 pub fn service_summary(facts: &[ReferralFacts], from: Date, to: Date) -> ServiceSummary {
-    let mut summary = ServiceSummary {
-        received_per_month: BTreeMap::new(),
-        by_reason: BTreeMap::new(),
-        by_practice: BTreeMap::new(),
-        received: 0,
-        accepted: 0,
-        declined: 0,
-        completed: 0,
-        median_days_to_first_contact: None,
-    };
-    let mut waits: Vec<i64> = Vec::new();
+    let mut builder = SummaryBuilder::new(from, to);
     for f in facts {
-        let day = day_of(&f.received_at);
-        if !(from..=to).contains(&day) {
-            continue;
+        builder.add(f);
+    }
+    builder.finish()
+}
+
+/// The service summary built one referral at a time (see [`OutcomesBuilder`]).
+pub struct SummaryBuilder {
+    from: Date,
+    to: Date,
+    summary: ServiceSummary,
+    waits: Vec<i64>,
+}
+
+impl SummaryBuilder {
+    /// A summary of the referrals received `from..=to`.
+    pub fn new(from: Date, to: Date) -> Self {
+        SummaryBuilder {
+            from,
+            to,
+            summary: ServiceSummary {
+                received_per_month: BTreeMap::new(),
+                by_reason: BTreeMap::new(),
+                by_practice: BTreeMap::new(),
+                received: 0,
+                accepted: 0,
+                declined: 0,
+                completed: 0,
+                median_days_to_first_contact: None,
+            },
+            waits: Vec::new(),
         }
+    }
+
+    /// Counts one referral.
+    pub fn add(&mut self, f: &ReferralFacts) {
+        let day = day_of(&f.received_at);
+        if !(self.from..=self.to).contains(&day) {
+            return;
+        }
+        let summary = &mut self.summary;
         summary.received += 1;
         *summary
             .received_per_month
             .entry(Period::Month.label(day))
             .or_default() += 1;
-        *summary
-            .by_reason
-            .entry(f.reason.clone().unwrap_or_else(|| "none given".into()))
-            .or_default() += 1;
-        *summary
-            .by_practice
-            .entry(f.practice.clone().unwrap_or_else(|| "unknown".into()))
-            .or_default() += 1;
+        let reason = f.reason.as_deref().unwrap_or("none given");
+        match summary.by_reason.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                summary.by_reason.insert(reason.to_owned(), 1);
+            }
+        }
+        let practice = f.practice.as_deref().unwrap_or("unknown");
+        match summary.by_practice.get_mut(practice) {
+            Some(n) => *n += 1,
+            None => {
+                summary.by_practice.insert(practice.to_owned(), 1);
+            }
+        }
         summary.accepted += u64::from(reached(f, Stage::Accepted).is_some());
         summary.declined += u64::from(reached(f, Stage::Declined).is_some());
         summary.completed += u64::from(reached(f, Stage::Completed).is_some());
         if let Some(contact) = reached(f, Stage::Contacted) {
-            waits.push((contact - day).whole_days());
+            self.waits.push((contact - day).whole_days());
         }
     }
-    waits.sort_unstable();
-    summary.median_days_to_first_contact =
-        (!waits.is_empty()).then(|| waits[waits.len().div_ceil(2) - 1]);
-    summary
+
+    /// The summary.
+    pub fn finish(mut self) -> ServiceSummary {
+        let waits = &mut self.waits;
+        waits.sort_unstable();
+        self.summary.median_days_to_first_contact =
+            (!waits.is_empty()).then(|| waits[waits.len().div_ceil(2) - 1]);
+        self.summary
+    }
 }
 
 #[cfg(test)]
