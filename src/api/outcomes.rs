@@ -283,7 +283,8 @@ pub async fn build_report(
         range.from,
         range.to,
         range.today,
-    );
+    )
+    .with_complexity(&state.outcomes.complexity);
     if let Some(metric) = wanted.metric {
         builder = builder.only_metric(metric);
     }
@@ -449,6 +450,8 @@ pub fn detail_follow_ups(
         // Follow-ups do not read it.
         received_at: parsed(&detail.referral.received_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
         reason: None,
+        reason_count: 0,
+        reason_codes: Vec::new(),
         stages: detail
             .timeline
             .iter()

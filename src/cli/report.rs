@@ -151,7 +151,8 @@ pub fn run(args: ReportArgs) -> ExitCode {
                     from,
                     to,
                     today,
-                );
+                )
+                .with_complexity(&outcomes.complexity);
                 let read = store.each_referral_facts(|f| builder.add(f)).await;
                 store.close().await;
                 if let Err(error) = read {

@@ -233,6 +233,7 @@ async fn referrals(
         (_, Some(p)) => format!("PCN {p}"),
         _ => "all practices".to_owned(),
     };
+    let complexity = rows.iter().any(|d| d.complex_needs.is_some());
     let body = html! {
         a class="nhsuk-back-link" href=(back) { "Back to reports" }
         h1 { "Referrals behind a count" }
@@ -243,6 +244,7 @@ async fn referrals(
                 th scope="col" { "Referral" } th scope="col" { "Practice" } th scope="col" { "Status" }
                 th scope="col" { "Date" } th scope="col" { "Baseline Observation" }
                 th scope="col" { "Follow-up Observation" } th scope="col" { "Change" }
+                @if complexity { th scope="col" { "Complex needs because" } }
             } }
             tbody {
                 @for d in &rows {
@@ -254,6 +256,7 @@ async fn referrals(
                         td { (d.baseline_observation.as_deref().unwrap_or("\u{2013}")) }
                         td { (d.follow_up_observation.as_deref().unwrap_or("\u{2013}")) }
                         td { (d.change.map(|c| c.to_string()).unwrap_or_else(|| "\u{2013}".into())) }
+                        @if complexity { td { (d.complex_needs.as_deref().unwrap_or("\u{2013}")) } }
                     }
                 }
             }

@@ -130,6 +130,8 @@ impl Backend {
                     practice,
                     received_at,
                     reason,
+                    reason_count: 0,
+                    reason_codes: Vec::new(),
                     stages: Vec::new(),
                     outcomes: Vec::new(),
                     milestones: Vec::new(),
@@ -210,11 +212,30 @@ impl Backend {
                 });
             }
         }
+        {
+            let mut rows = sqlx::query_as::<_, (String, Option<String>)>(
+                "SELECT referral_id, code FROM referral_reasons \
+                 WHERE referral_id >= $1 AND referral_id <= $2 ORDER BY referral_id, position",
+            )
+            .bind(&first)
+            .bind(&last)
+            .fetch(&mut *conn);
+            while let Some((referral_id, code)) = rows.try_next().await? {
+                let Some(&i) = index.get(&referral_id) else {
+                    continue;
+                };
+                facts[i].reason_count += 1;
+                if let Some(code) = code {
+                    facts[i].reason_codes.push(code);
+                }
+            }
+        }
         drop(index);
         for f in &mut facts {
             f.stages.shrink_to_fit();
             f.outcomes.shrink_to_fit();
             f.milestones.shrink_to_fit();
+            f.reason_codes.shrink_to_fit();
         }
         Ok(facts)
     }
