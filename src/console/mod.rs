@@ -1287,7 +1287,7 @@ async fn transition(action: ReferralAction<action::Transition>) -> Result<Respon
 /// The milestone the stage form records with a move to `to` (the form shows every
 /// stage's fields at once: only `to`'s are read), or the field (its id) and what is wrong.
 /// `assessment-done`, `plan-agreed` and `completed` always record theirs (the day is
-/// filled in with today; `completed` needs the discharge reason); `in-support` records a
+/// today when left blank; `completed` needs the discharge reason); `in-support` records a
 /// complexity assessment and `withdrawn` a discharge only when one is given.
 fn stage_form_milestone(
     fields: &Fields,
@@ -1317,12 +1317,16 @@ fn stage_form_milestone(
     if optional {
         return Ok(None);
     }
+    let today = crate::outcomes::schedule::uk_date(::time::OffsetDateTime::now_utc());
+    // Left blank, the day is today (what the form fills in); one that is not a date is
+    // refused rather than guessed.
     let on = match fields
         .get("stage_on")
         .map(crate::api::milestones::parse_day)
     {
+        None => today,
         Some(Some(day)) => day,
-        _ => {
+        Some(None) => {
             return Err((
                 "transition-on",
                 "Enter the day it happened, for example 2026-04-02".into(),
@@ -1342,7 +1346,6 @@ fn stage_form_milestone(
         discharge_reason,
     };
     // Every check but the referral's own day, here, to say which field is wrong.
-    let today = crate::outcomes::schedule::uk_date(::time::OffsetDateTime::now_utc());
     let checked = milestone::for_stage(to, &given).and_then(|inputs| {
         inputs
             .iter()

@@ -480,7 +480,8 @@ async fn the_stage_form_records_the_milestone_with_the_move() {
     let day = today();
     let (_, page) = amara.get(&app, &page_path).await;
     let token = csrf(&page);
-    // Accepting takes no milestone: the form's day is ignored.
+    // Accepting takes no milestone: the form's day is ignored (and a day left blank is
+    // today, what the form fills in).
     for to in ["accepted", "contacted"] {
         let response = amara
             .post(
