@@ -1,11 +1,16 @@
-//! The quarterly outcomes report over a large service: 100,000 referrals and 500,000
-//! outcome Observations written straight into a real SQLite store (not through HTTP, which
-//! would take hours), then `Store::referral_facts` (what the report reads) and
-//! `outcomes::report::outcomes` (what it computes), timed over a few runs, with the peak
-//! resident memory the report added. The baseline, measured in the same run, is one
-//! aggregate scan of the outcome table: the least any report over it must read.
+//! The quarterly outcomes report over a large service: 100,000 referrals, 500,000 outcome
+//! Observations and about 270,000 milestones written straight into a real SQLite store (not
+//! through HTTP, which would take hours), then the report two ways, timed over a few runs
+//! with the peak resident memory each added: loading every referral's facts
+//! (`Store::referral_facts`) and counting them (`report::outcomes`), as the report did
+//! before; and streaming them a page at a time (`Store::each_referral_facts`) through
+//! `OutcomesBuilder` and `SummaryBuilder`, as the console, `/api` and `sprig report` do now.
+//! The baseline, measured in the same run, is one aggregate scan of the outcome table: the
+//! least any report over it must read.
 //!
-//! `cargo bench --bench outcomes_report` (prints a Markdown table for BENCHMARKS.md).
+//! `cargo bench --bench outcomes_report` (prints a Markdown table for BENCHMARKS.md);
+//! `OUTCOMES_BENCH_DB=path` keeps the generated database there (for measuring
+//! `sprig report outcomes` or a server over it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -90,6 +95,35 @@ async fn generate(path: &str) {
             .await
             .expect("stage");
         }
+        // Milestones: the initial assessment and the plan at day 20; a third assessed for
+        // complexity (half of those complex); a tenth discharged a year on.
+        let mut milestones: Vec<(&str, i64, Option<i64>, Option<&str>)> = vec![
+            ("initial-assessment", 20, None, None),
+            ("action-plan", 20, None, None),
+        ];
+        if i % 3 == 0 {
+            milestones.push(("complexity", 20, Some(i64::from(i % 2 == 0)), None));
+        }
+        if i % 10 == 0 {
+            milestones.push(("discharge", 385, None, Some("goals-met")));
+        }
+        for (k, (kind, days, complex, reason)) in milestones.into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO referral_milestones (id, referral_id, kind, occurred_on, complex, basis, \
+                 reason, recorded_at, recorded_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'bench')",
+            )
+            .bind(format!("{id}-m{k}"))
+            .bind(&id)
+            .bind(kind)
+            .bind((received + time::Duration::days(days)).to_string())
+            .bind(complex)
+            .bind(complex.map(|_| "bench"))
+            .bind(reason)
+            .bind(instant(received + time::Duration::days(days)))
+            .execute(&mut *tx)
+            .await
+            .expect("milestone");
+        }
         // Five measurements each: WEMWBS at 0, 6 and 12 months; SWEMWBS at 0 and 6.
         let base = received + time::Duration::days(20);
         for (k, (measure, days)) in [
@@ -133,7 +167,8 @@ fn main() {
         .build()
         .expect("runtime");
     let dir = tempfile::TempDir::new().expect("dir");
-    let path = dir.path().join("bench.db").display().to_string();
+    let path = std::env::var("OUTCOMES_BENCH_DB")
+        .unwrap_or_else(|_| dir.path().join("bench.db").display().to_string());
     runtime.block_on(async {
         let options = StoreOptions {
             database: path.clone(),
@@ -143,44 +178,74 @@ fn main() {
         };
         let store = Store::open(&options).await.expect("store");
         let generating = Instant::now();
-        generate(&path).await;
+        let held: Result<(i64,), _> = sqlx::query_as("SELECT count(*) FROM referrals")
+            .fetch_one(&SqlitePoolOptions::new().max_connections(1).connect(&format!("sqlite:{path}")).await.expect("pool"))
+            .await;
+        if held.map(|h| h.0 as usize).ok() != Some(REFERRALS) {
+            generate(&path).await;
+        }
         eprintln!("generated {REFERRALS} referrals, {} outcomes in {:.1?}", REFERRALS * 5, generating.elapsed());
         let outcomes = Outcomes::shipped().expect("definitions");
         let pool = SqlitePoolOptions::new().max_connections(1).connect(&format!("sqlite:{path}")).await.expect("pool");
         let from = Date::from_calendar_date(2026, Month::April, 1).expect("date");
         let to = Date::from_calendar_date(2026, Month::June, 30).expect("date");
         let today = Date::from_calendar_date(2026, Month::December, 4).expect("date");
-        let (mut scan, mut read, mut compute) = (Vec::new(), Vec::new(), Vec::new());
-        let mut peak_extra_kib = 0u64;
+        let (mut scan, mut read, mut compute, mut streamed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut peak_loaded_kib, mut peak_streamed_kib) = (0u64, 0u64);
+        // Resets the peak (Linux: writing 5 to clear_refs resets VmHWM) and gives the
+        // resident size before, to see what a report adds to what the process holds.
+        let reset = || {
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            status_kib("VmRSS:")
+        };
         for _ in 0..RUNS {
             let t = Instant::now();
             let row: (i64, Option<i64>) = sqlx::query_as("SELECT count(*), sum(total) FROM outcome_measures").fetch_one(&pool).await.expect("scan");
             scan.push(t.elapsed());
             assert_eq!(row.0 as usize, REFERRALS * 5);
-            // Reset the peak (Linux: writing 5 to clear_refs resets VmHWM) to see what the
-            // report adds to what the process already holds.
-            let _ = std::fs::write("/proc/self/clear_refs", "5");
-            let before = status_kib("VmRSS:");
+
+            // Now: streamed a page at a time through the builders (first, so the loaded
+            // report's freed memory is not what this one reuses).
+            let before = reset();
+            let t = Instant::now();
+            let mut builder = report::OutcomesBuilder::new(&outcomes.metrics, &outcomes.catalogue, Period::Quarter, from, to, today);
+            let mut summary = report::SummaryBuilder::new(from, to);
+            store.each_referral_facts(|f| { builder.add(f); summary.add(f); }).await.expect("facts");
+            let report = builder.finish();
+            let summary = summary.finish();
+            streamed.push(t.elapsed());
+            std::hint::black_box(report.to_csv());
+            peak_streamed_kib = peak_streamed_kib.max(status_kib("VmHWM:").saturating_sub(before));
+            // Before: every referral's facts loaded, then counted.
+            let before = reset();
             let t = Instant::now();
             let facts = store.referral_facts(None).await.expect("facts");
             read.push(t.elapsed());
             let t = Instant::now();
-            let report = report::outcomes(&outcomes.metrics, &outcomes.catalogue, &facts, Period::Quarter, from, to, today);
+            let loaded = report::outcomes(&outcomes.metrics, &outcomes.catalogue, &facts, Period::Quarter, from, to, today);
+            let loaded_summary = report::service_summary(&facts, from, to);
             compute.push(t.elapsed());
-            assert!(!report.rows.is_empty());
-            std::hint::black_box(report.to_csv());
-            peak_extra_kib = peak_extra_kib.max(status_kib("VmHWM:").saturating_sub(before));
+            std::hint::black_box(loaded.to_csv());
+            peak_loaded_kib = peak_loaded_kib.max(status_kib("VmHWM:").saturating_sub(before));
             drop(facts);
+
+            assert!(!report.rows.is_empty());
+            assert_eq!(report, loaded, "the streamed report is the loaded one");
+            assert_eq!(summary, loaded_summary);
         }
-        let (scan, read, compute) = (median(scan), median(read), median(compute));
+        let (scan, read, compute, streamed) = (median(scan), median(read), median(compute), median(streamed));
         let ratio = |d: Duration| d.as_secs_f64() / scan.as_secs_f64();
+        let milestones: (i64,) = sqlx::query_as("SELECT count(*) FROM referral_milestones").fetch_one(&pool).await.expect("milestones");
         println!("| step | median of {RUNS} | vs baseline |");
         println!("|---|---|---|");
         println!("| baseline: `SELECT count(*), sum(total) FROM outcome_measures` | {scan:.1?} | 1.0× |");
-        println!("| `Store::referral_facts` (three queries, 100,000 referrals, 400,000 stages, 500,000 outcomes) | {read:.1?} | {:.1}× |", ratio(read));
-        println!("| `report::outcomes` (5 metrics, quarterly, 40 practices) | {compute:.1?} | {:.1}× |", ratio(compute));
-        println!("| the whole report | {:.1?} | {:.1}× |", read + compute, ratio(read + compute));
-        println!("\npeak resident memory added by one report: {:.1} MiB", peak_extra_kib as f64 / 1024.0);
+        println!("| before: `Store::referral_facts` (100,000 referrals, 400,000 stages, 500,000 outcomes, {} milestones) | {read:.1?} | {:.1}× |", milestones.0, ratio(read));
+        println!("| before: `report::outcomes` and `service_summary` over them (6 metrics, quarterly, 40 practices) | {compute:.1?} | {:.1}× |", ratio(compute));
+        println!("| before: the whole report | {:.1?} | {:.1}× |", read + compute, ratio(read + compute));
+        println!("| now: `Store::each_referral_facts` through `OutcomesBuilder` and `SummaryBuilder` | {streamed:.1?} | {:.1}× |", ratio(streamed));
+        println!("\npeak resident memory added by one report: before {:.1} MiB, now {:.1} MiB ({:.2}×)",
+            peak_loaded_kib as f64 / 1024.0, peak_streamed_kib as f64 / 1024.0,
+            peak_streamed_kib as f64 / peak_loaded_kib.max(1) as f64);
         store.close().await;
     });
 }

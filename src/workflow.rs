@@ -24,7 +24,7 @@ use crate::mapping::{
 };
 use crate::outcomes::Catalogue;
 use crate::outcomes::definition::{DefinedScoreError, MeasureDefinition};
-use crate::referral::milestone::{self, Milestone, MilestoneInput};
+use crate::referral::milestone::{self, Milestone, MilestoneInput, StageMilestone};
 use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
@@ -121,6 +121,9 @@ pub struct TransitionRequest<'a> {
     pub actor: &'a str,
     /// The request.
     pub request_id: &'a str,
+    /// The milestones the move records (`referral::milestone::for_stage`), in the same
+    /// transaction: both are stored or neither. `None`: the move records none.
+    pub milestone: Option<StageMilestone<'a>>,
 }
 
 /// An outcome measure entered by the service.
@@ -329,7 +332,28 @@ impl Workflow {
                 request.to.as_str()
             )));
         }
+        // The milestones first: a wrong one refuses the move before anything is written.
+        let milestones = match &request.milestone {
+            Some(given) => {
+                let today = crate::outcomes::schedule::uk_date(time::OffsetDateTime::now_utc());
+                let received = received_day(&referral)?;
+                let inputs = milestone::for_move(referral.stage, request.to, given)
+                    .map_err(|e| WorkflowError::Invalid(e.to_string()))?;
+                inputs
+                    .iter()
+                    .map(|input| {
+                        milestone::check(input, received, today)
+                            .map_err(|e| WorkflowError::Invalid(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => Vec::new(),
+        };
         let now = Instant::now().to_fhir();
+        for checked in milestones {
+            let recorded = recorded_milestone(checked, request.actor, &now);
+            tx.add_milestone(&referral.id, &recorded).await?;
+        }
         let outputs = tx.outcome_ids(&referral.id).await?;
         let task_version = self
             .write_task(
@@ -483,25 +507,11 @@ impl Workflow {
             .referral(referral_id)
             .await?
             .ok_or_else(|| WorkflowError::NotFound(referral_id.to_owned()))?;
-        let received = time::OffsetDateTime::parse(
-            &referral.received_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(crate::outcomes::schedule::uk_date)
-        .map_err(|_| WorkflowError::Invalid("the referral's received time is unreadable".into()))?;
-        let (kind, on, complex, basis, reason) = milestone::check(input, received, today)
+        let received = received_day(&referral)?;
+        let checked = milestone::check(input, received, today)
             .map_err(|e| WorkflowError::Invalid(e.to_string()))?;
         let now = Instant::now().to_fhir();
-        let recorded = Milestone {
-            id: FhirId::generate().to_string(),
-            kind,
-            on,
-            complex,
-            basis,
-            reason,
-            recorded_at: now.clone(),
-            recorded_by: actor.to_owned(),
-        };
+        let recorded = recorded_milestone(checked, actor, &now);
         tx.add_milestone(referral_id, &recorded).await?;
         tx.touch_referral(referral_id, &now).await?;
         Ok(recorded)
@@ -628,6 +638,7 @@ impl Workflow {
                         note: None,
                         actor: GP_ACTOR,
                         request_id,
+                        milestone: None,
                     },
                 )
                 .await?;
@@ -860,5 +871,30 @@ impl From<ResourceBuildError> for WorkflowError {
             ResourceBuildError::ReasonRequired { .. } => WorkflowError::Invalid(error.to_string()),
             ResourceBuildError::Score(error) => WorkflowError::Score(error),
         }
+    }
+}
+
+/// The UK day a referral was received (milestones are dated between it and today).
+fn received_day(referral: &Referral) -> Result<time::Date, WorkflowError> {
+    time::OffsetDateTime::parse(
+        &referral.received_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(crate::outcomes::schedule::uk_date)
+    .map_err(|_| WorkflowError::Invalid("the referral's received time is unreadable".into()))
+}
+
+/// A checked milestone as recorded by `actor` at `now`.
+fn recorded_milestone(checked: milestone::CheckedMilestone, actor: &str, now: &str) -> Milestone {
+    let (kind, on, complex, basis, reason) = checked;
+    Milestone {
+        id: FhirId::generate().to_string(),
+        kind,
+        on,
+        complex,
+        basis,
+        reason,
+        recorded_at: now.to_owned(),
+        recorded_by: actor.to_owned(),
     }
 }

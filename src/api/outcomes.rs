@@ -192,29 +192,145 @@ pub async fn follow_ups(
 pub struct ReportQuery {
     from: String,
     to: String,
-    period: Option<Period>,
+    period: Option<String>,
     format: Option<String>,
     as_of: Option<String>,
 }
 
+/// What a report is over, parsed from a query by [`ReportRange::parse`]: the one parser of
+/// `/api/reports/…` and `/console/reports…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportRange {
+    /// First day counted.
+    pub from: Date,
+    /// Last day counted.
+    pub to: Date,
+    /// How counts are grouped.
+    pub period: Period,
+    /// The day the report stands on (`as_of`, else today, UK).
+    pub today: Date,
+}
+
+/// The parts of a query a report's range is read from, as given (blank is absent).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeQuery<'a> {
+    /// `from`, a date.
+    pub from: Option<&'a str>,
+    /// `to`, a date.
+    pub to: Option<&'a str>,
+    /// `period`: `month` or `quarter` (the default).
+    pub period: Option<&'a str>,
+    /// `as_of`, a date.
+    pub as_of: Option<&'a str>,
+}
+
+impl ReportRange {
+    /// Reads `query`: a date that is not one, an unknown period, `to` before `from` or a
+    /// range over three years is refused with what is wrong (never a silent fall-back: a
+    /// commissioner would read other figures than those asked for). Without `to`, today;
+    /// without `from`, the year to `to`.
+    pub fn parse(query: &RangeQuery<'_>) -> Result<ReportRange, String> {
+        let day = |name: &str, value: Option<&str>| -> Result<Option<Date>, String> {
+            match value.map(str::trim).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(text) => super::milestones::parse_day(text)
+                    .map(Some)
+                    .ok_or_else(|| format!("{name} must be a date such as 2026-04-01")),
+            }
+        };
+        let today = day("as_of", query.as_of)?.unwrap_or_else(today);
+        let to = day("to", query.to)?.unwrap_or(today);
+        let from = day("from", query.from)?.unwrap_or(to - Duration::days(365));
+        if to < from || (to - from) > Duration::days(3 * 366) {
+            return Err("to must be on or after from, and the range at most three years".into());
+        }
+        let period = match query.period.map(str::trim) {
+            Some("month") => Period::Month,
+            None | Some("" | "quarter") => Period::Quarter,
+            Some(other) => return Err(format!("period '{other}' is not one of month, quarter")),
+        };
+        Ok(ReportRange {
+            from,
+            to,
+            period,
+            today,
+        })
+    }
+}
+
+/// What of a report to compute.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wanted<'a> {
+    /// Only this metric (a drill-down): no other metric, no distributions.
+    pub metric: Option<&'a str>,
+    /// The service summary too.
+    pub summary: bool,
+}
+
+/// The one builder of the outcomes report (and, when `wanted`, the service summary) for
+/// `/api/reports/…` and `/console/reports…`: the record is streamed a page of referrals at
+/// a time through the builders (`Store::each_referral_facts`), so memory follows the
+/// people counted in the range, not every referral ever received.
+pub async fn build_report(
+    state: &AppState,
+    range: &ReportRange,
+    wanted: Wanted<'_>,
+) -> Result<(report::Report, Option<report::ServiceSummary>), crate::store::StoreError> {
+    let mut builder = report::OutcomesBuilder::new(
+        &state.outcomes.metrics,
+        &state.outcomes.catalogue,
+        range.period,
+        range.from,
+        range.to,
+        range.today,
+    )
+    .with_complexity(&state.outcomes.complexity);
+    if let Some(metric) = wanted.metric {
+        builder = builder.only_metric(metric);
+    }
+    let mut summary = wanted
+        .summary
+        .then(|| report::SummaryBuilder::new(range.from, range.to));
+    // Every referral, not only those received by `to`: a measurement's `recorded_at` is
+    // when the person answered, which may be before Sprig received the referral (a paper
+    // baseline entered later).
+    state
+        .store
+        .each_referral_facts(|facts| {
+            builder.add(facts);
+            if let Some(summary) = &mut summary {
+                summary.add(facts);
+            }
+        })
+        .await?;
+    let report = builder.finish().with_pcns(&state.pcns.current());
+    Ok((report, summary.map(report::SummaryBuilder::finish)))
+}
+
 fn report_query(
     query: Result<Query<ReportQuery>, QueryRejection>,
-) -> Result<(ReportQuery, Date, Date, Date), Problem> {
+) -> Result<(ReportQuery, ReportRange), Problem> {
     let Query(query) = query.map_err(|e| {
         Problem::bad_request(format!(
             "{}; the parameters are from, to (dates), period (month or quarter), format and as_of",
             e.body_text()
         ))
     })?;
-    let from = date("from", &query.from)?;
-    let to = date("to", &query.to)?;
-    if to < from || (to - from) > Duration::days(3 * 366) {
-        return Err(Problem::bad_request(
-            "to must be on or after from, and the range at most three years",
-        ));
+    for (name, value) in [("from", &query.from), ("to", &query.to)] {
+        if value.trim().is_empty() {
+            return Err(Problem::bad_request(format!(
+                "{name} must be a date such as 2026-04-01"
+            )));
+        }
     }
-    let today = as_of(query.as_of.as_deref())?;
-    Ok((query, from, to, today))
+    let range = ReportRange::parse(&RangeQuery {
+        from: Some(&query.from),
+        to: Some(&query.to),
+        period: query.period.as_deref(),
+        as_of: query.as_of.as_deref(),
+    })
+    .map_err(Problem::bad_request)?;
+    Ok((query, range))
 }
 
 /// The day a report or list is as of: `as_of` when given, else today (UK).
@@ -227,26 +343,9 @@ async fn outcomes_for(
     state: &AppState,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<(ReportQuery, report::Report), Problem> {
-    let (query, from, to, today) = report_query(query)?;
-    let facts = facts_until(state, to).await?;
-    let report = report::outcomes(
-        &state.outcomes.metrics,
-        &state.outcomes.catalogue,
-        &facts,
-        query.period.unwrap_or(Period::Quarter),
-        from,
-        to,
-        today,
-    )
-    .with_pcns(&state.pcns.current());
+    let (query, range) = report_query(query)?;
+    let (report, _) = build_report(state, &range, Wanted::default()).await?;
     Ok((query, report))
-}
-
-/// The report's facts: every referral. Not only those received by `to`: a measurement's
-/// `recorded_at` is when the person answered, which may be before Sprig received the
-/// referral (a paper baseline entered later).
-async fn facts_until(state: &AppState, _to: Date) -> Result<Vec<ReferralFacts>, Problem> {
-    Ok(state.store.referral_facts(None).await?)
 }
 
 fn text(content_type: &'static str, body: String) -> Response {
@@ -315,12 +414,16 @@ pub async fn service_report(
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     require_staff(&access, StaffAction::Reports)?;
-    let (_, from, to, _) = report_query(query)?;
-    let facts = facts_until(&state, to).await?;
-    let summary = report::service_summary(&facts, from, to);
-    let mut value: Value = serde_json::to_value(&summary).map_err(|_| Problem::internal())?;
-    value["from"] = json!(from);
-    value["to"] = json!(to);
+    let (_, range) = report_query(query)?;
+    let mut summary = report::SummaryBuilder::new(range.from, range.to);
+    state
+        .store
+        .each_referral_facts(|facts| summary.add(facts))
+        .await?;
+    let mut value: Value =
+        serde_json::to_value(summary.finish()).map_err(|_| Problem::internal())?;
+    value["from"] = json!(range.from);
+    value["to"] = json!(range.to);
     Ok((StatusCode::OK, Json(value)).into_response())
 }
 
@@ -347,6 +450,8 @@ pub fn detail_follow_ups(
         // Follow-ups do not read it.
         received_at: parsed(&detail.referral.received_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
         reason: None,
+        reason_count: 0,
+        reason_codes: Vec::new(),
         stages: detail
             .timeline
             .iter()

@@ -22,6 +22,7 @@ use super::problem::Problem;
 use crate::fhir::Instant;
 use crate::identity::staff;
 use crate::identity::{Access, Caller, StaffAction};
+use crate::referral::milestone::StageMilestone;
 use crate::referral::record::ReferralDetail;
 use crate::referral::stage::Stage;
 use crate::store::referrals::{Assignee, ReferralFilter};
@@ -337,6 +338,20 @@ pub struct TransitionBody {
     reason: Option<String>,
     note: Option<String>,
     by: Option<String>,
+    milestone: Option<TransitionMilestone>,
+}
+
+/// The milestone a stage change records with it (`referral::milestone::for_stage`):
+/// `assessment-done` the initial assessment, `plan-agreed` the action plan agreed on `on`,
+/// `completed` and `withdrawn` a discharge with `discharge_reason`; `complex` and `basis`
+/// a complexity assessment made at the same time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionMilestone {
+    on: String,
+    complex: Option<bool>,
+    basis: Option<String>,
+    discharge_reason: Option<String>,
 }
 
 /// `POST /api/referrals/{id}/transitions`.
@@ -353,6 +368,17 @@ pub async fn transition(
     .await?;
     let Json(body) = body?;
     let to = parse_stage(&body.to)?;
+    let milestone = match &body.milestone {
+        Some(m) => Some(StageMilestone {
+            on: Some(super::milestones::parse_day(&m.on).ok_or_else(|| {
+                Problem::bad_request("milestone.on must be a date such as 2026-04-01")
+            })?),
+            complex: m.complex,
+            basis: m.basis.as_deref(),
+            discharge_reason: m.discharge_reason.as_deref(),
+        }),
+        None => None,
+    };
     let actor = actor(&access, body.by.as_deref())?;
     let actor = actor.as_str();
     let request_id = context.request_id.as_str();
@@ -368,6 +394,7 @@ pub async fn transition(
                 note: body.note.as_deref(),
                 actor,
                 request_id,
+                milestone,
             },
         )
         .await?;

@@ -134,33 +134,32 @@ pub fn run(args: ReportArgs) -> ExitCode {
             Ok(store) => store,
             Err(code) => return code,
         };
-        // Every referral: a measurement may be dated before its referral was received.
-        let facts = match store.referral_facts(None).await {
-            Ok(facts) => facts,
-            Err(error) => {
-                eprintln!("sprig report: {error}");
-                store.close().await;
-                return ExitCode::from(1);
-            }
-        };
-        store.close().await;
+        let today = uk_date(time::OffsetDateTime::now_utc());
+        // Streamed a page of referrals at a time through the builders: memory follows the
+        // people counted in the range, not every referral ever received. Every referral: a
+        // measurement may be dated before its referral was received.
         let output = match command {
             ReportCommand::Outcomes { period, format, .. } => {
                 let period = match period {
                     PeriodArg::Month => Period::Month,
                     PeriodArg::Quarter => Period::Quarter,
                 };
-                let today = uk_date(time::OffsetDateTime::now_utc());
-                let report = report::outcomes(
+                let mut builder = report::OutcomesBuilder::new(
                     &outcomes.metrics,
                     &outcomes.catalogue,
-                    &facts,
                     period,
                     from,
                     to,
                     today,
                 )
-                .with_pcns(&pcns);
+                .with_complexity(&outcomes.complexity);
+                let read = store.each_referral_facts(|f| builder.add(f)).await;
+                store.close().await;
+                if let Err(error) = read {
+                    eprintln!("sprig report: {error}");
+                    return ExitCode::from(1);
+                }
+                let report = builder.finish().with_pcns(&pcns);
                 match format {
                     Format::Csv => report.to_csv(),
                     Format::Json => serde_json::to_string_pretty(&report).unwrap_or_default(),
@@ -170,8 +169,14 @@ pub fn run(args: ReportArgs) -> ExitCode {
                 }
             }
             ReportCommand::Service { .. } => {
-                serde_json::to_string_pretty(&report::service_summary(&facts, from, to))
-                    .unwrap_or_default()
+                let mut summary = report::SummaryBuilder::new(from, to);
+                let read = store.each_referral_facts(|f| summary.add(f)).await;
+                store.close().await;
+                if let Err(error) = read {
+                    eprintln!("sprig report: {error}");
+                    return ExitCode::from(1);
+                }
+                serde_json::to_string_pretty(&summary.finish()).unwrap_or_default()
             }
         };
         if std::io::stdout()

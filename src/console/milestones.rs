@@ -19,8 +19,9 @@ use crate::api::middleware::RequestContext;
 use crate::identity::{Access, ConsoleSession, StaffAction};
 use crate::outcomes::schedule::uk_date;
 use crate::referral::milestone::{
-    self, DISCHARGE_REASONS, Milestone, MilestoneInput, MilestoneKind,
+    self, DISCHARGE_REASONS, Milestone, MilestoneInput, MilestoneKind, stage_milestones,
 };
+use crate::referral::stage::Stage;
 use crate::workflow::WorkflowError;
 
 /// The milestone routes (each is in `api::authenticate::ROUTES`).
@@ -119,12 +120,113 @@ async fn record(
 }
 
 /// A message as a sentence: capital first, code quotes dropped.
-fn sentence(message: &str) -> String {
+pub(super) fn sentence(message: &str) -> String {
     let plain = message.replace('`', "");
     let mut chars = plain.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => plain,
+    }
+}
+
+/// The stage form's milestone fields, for the stages the referral may move to next
+/// (`next`): the day (filled in with today), a complexity assessment where a next stage
+/// takes one, the discharge reason where one discharges. The move records them with it
+/// (`console::stage_form_milestone`), so the report does not show a referral moved on as
+/// due-but-missing its evidence.
+pub fn stage_fields(next: &[Stage], error: Option<&FieldError>) -> Markup {
+    let takes: Vec<_> = next.iter().map(|s| (*s, stage_milestones(*s))).collect();
+    if !takes.iter().any(|(_, t)| t.any()) {
+        return html! {};
+    }
+    let complexity = takes.iter().any(|(_, t)| t.takes_complexity);
+    let discharges: Vec<Stage> = takes
+        .iter()
+        .filter(|(_, t)| t.discharges())
+        .map(|(s, _)| *s)
+        .collect();
+    let error_for = |field: &str| {
+        error
+            .filter(|e| e.field == field)
+            .map(|e| e.message.clone())
+    };
+    let group = |field: &str| {
+        if error_for(field).is_some() {
+            "nhsuk-form-group nhsuk-form-group--error"
+        } else {
+            "nhsuk-form-group"
+        }
+    };
+    let message = |field: &str| {
+        html! {
+            @if let Some(m) = error_for(field) {
+                span class="nhsuk-error-message" id={(field) "-error"} {
+                    span class="nhsuk-u-visually-hidden" { "Error:" } " " (m)
+                }
+            }
+        }
+    };
+    let today = uk_date(OffsetDateTime::now_utc()).to_string();
+    let kept_on = kept(error, "stage_on").unwrap_or(&today);
+    let kept_complex = kept(error, "stage_complex");
+    let kept_reason = kept(error, "discharge_reason");
+    let records: Vec<&str> = takes
+        .iter()
+        .filter(|(_, t)| !t.records.is_empty())
+        .map(|(s, _)| super::pages::stage_label(*s))
+        .collect();
+    html! {
+        fieldset class="nhsuk-fieldset" id="transition-milestone" {
+            legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--s" { "Milestone recorded with the move" }
+            div class="nhsuk-hint" {
+                "The outcomes report counts these. Recorded with "
+                (records.join(", ").to_lowercase())
+                "; the other moves leave them out."
+            }
+            div class=(group("transition-on")) {
+                label class="nhsuk-label" for="transition-on" { "Day it happened (for a plan, the day it was agreed)" }
+                (message("transition-on"))
+                input class="nhsuk-input nhsuk-input--width-10" id="transition-on" name="stage_on" type="date" value=(kept_on);
+            }
+            @if complexity {
+                div class=(group("transition-complex")) {
+                    fieldset class="nhsuk-fieldset" aria-describedby="transition-complex-hint" {
+                        legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--s" { "Complexity assessed: are the person's needs complex?" }
+                        div class="nhsuk-hint" id="transition-complex-hint" { "Optional: leave unanswered if not assessed yet." }
+                        (message("transition-complex"))
+                        div class="nhsuk-radios nhsuk-radios--inline" id="transition-complex" {
+                            @for (value, label) in [("yes", "Yes"), ("no", "No")] {
+                                div class="nhsuk-radios__item" {
+                                    input class="nhsuk-radios__input" id={"transition-complex-" (value)} name="stage_complex" type="radio"
+                                        value=(value) checked[kept_complex == Some(value)];
+                                    label class="nhsuk-label nhsuk-radios__label" for={"transition-complex-" (value)} { (label) }
+                                }
+                            }
+                        }
+                    }
+                }
+                div class=(group("transition-basis")) {
+                    label class="nhsuk-label" for="transition-basis" { "Basis of the complexity assessment (what was found)" }
+                    (message("transition-basis"))
+                    textarea class="nhsuk-textarea" id="transition-basis" name="stage_basis" rows="2" { (kept(error, "stage_basis").unwrap_or("")) }
+                }
+            }
+            @if !discharges.is_empty() {
+                div class=(group("transition-discharge-reason")) {
+                    label class="nhsuk-label" for="transition-discharge-reason" {
+                        @if discharges.contains(&Stage::Completed) { "Reason for discharge (needed to complete; optional to withdraw)" }
+                        @else { "Reason for discharge (optional)" }
+                    }
+                    (message("transition-discharge-reason"))
+                    select class="nhsuk-select" id="transition-discharge-reason" name="discharge_reason" {
+                        option value="" { "Choose a reason" }
+                        @for (code, label) in DISCHARGE_REASONS {
+                            option value=(code) selected[kept_reason == Some(code)] { (label) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

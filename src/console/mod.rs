@@ -50,6 +50,7 @@ use crate::fhir::Instant;
 use crate::identity::oidc::{self, ConsoleOidc, OidcError};
 use crate::identity::session::{self, SignedIn, csrf_matches};
 use crate::identity::{Access, Authenticator, ConsoleSession, StaffAction, StaffRole, staff};
+use crate::referral::milestone::{self, StageMilestone};
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::outbox::{DeliveryFilter, DeliveryState};
@@ -1281,8 +1282,12 @@ async fn transition(action: ReferralAction<action::Transition>) -> Result<Respon
         let message = "Enter a reason: the GP practice is told why";
         return refuse(&on, fields, "reason", message).await;
     }
+    let milestone = match stage_form_milestone(fields, to) {
+        Ok(m) => m,
+        Err((field, message)) => return refuse(&on, fields, field, &message).await,
+    };
     let mut tx = state.store.begin_write().await?;
-    state
+    let moved = state
         .workflow
         .transition(
             &mut tx,
@@ -1293,15 +1298,107 @@ async fn transition(action: ReferralAction<action::Transition>) -> Result<Respon
                 note: fields.get("note"),
                 actor: &session.username,
                 request_id: &context.request_id,
+                milestone,
             },
         )
-        .await?;
+        .await;
+    match moved {
+        Ok(_) => {}
+        // What is left to refuse here is the milestone's day against the referral's.
+        Err(WorkflowError::Invalid(message)) if milestone.is_some() => {
+            drop(tx);
+            let message = milestones::sentence(&message);
+            return refuse(&on, fields, "transition-on", &message).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
     context.audit.commit(tx, 303).await?;
     tracing::info!(referral_id = %id, stage = to.as_str(), "console: referral moved");
     Ok(see_other(&format!(
         "/console/referrals/{id}?moved={}",
         to.as_str()
     )))
+}
+
+/// The milestone the stage form records with a move to `to` (the form shows every
+/// stage's fields at once: only `to`'s are read), or the field (its id) and what is wrong.
+/// `assessment-done`, `plan-agreed` and `completed` always record theirs (the day is
+/// today when left blank; `completed` needs the discharge reason); `in-support` records a
+/// complexity assessment and `withdrawn` a discharge only when one is given.
+fn stage_form_milestone(
+    fields: &Fields,
+    to: Stage,
+) -> std::result::Result<Option<StageMilestone<'_>>, (&'static str, String)> {
+    let takes = milestone::stage_milestones(to);
+    if !takes.any() {
+        return Ok(None);
+    }
+    let complex = if takes.takes_complexity {
+        match fields.get("stage_complex") {
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let discharge_reason = fields
+        .get("discharge_reason")
+        .filter(|_| takes.discharges());
+    let optional = match to {
+        Stage::InSupport => complex.is_none(),
+        Stage::Withdrawn => discharge_reason.is_none(),
+        _ => false,
+    };
+    if optional {
+        return Ok(None);
+    }
+    let today = crate::outcomes::schedule::uk_date(::time::OffsetDateTime::now_utc());
+    // Left blank, the day is today (what the form fills in); one that is not a date is
+    // refused rather than guessed.
+    let on = match fields
+        .get("stage_on")
+        .map(crate::api::milestones::parse_day)
+    {
+        None => today,
+        Some(Some(day)) => day,
+        Some(None) => {
+            return Err((
+                "transition-on",
+                "Enter the day it happened, for example 2026-04-02".into(),
+            ));
+        }
+    };
+    if takes.discharges() && discharge_reason.is_none() {
+        return Err((
+            "transition-discharge-reason",
+            "Select the reason for discharge".into(),
+        ));
+    }
+    let given = StageMilestone {
+        on: Some(on),
+        complex,
+        basis: fields.get("stage_basis").filter(|_| takes.takes_complexity),
+        discharge_reason,
+    };
+    // Every check but the referral's own day, here, to say which field is wrong.
+    let checked = milestone::for_stage(to, &given).and_then(|inputs| {
+        inputs
+            .iter()
+            .try_for_each(|input| milestone::check(input, ::time::Date::MIN, today).map(|_| ()))
+    });
+    match checked {
+        Ok(()) => Ok(Some(given)),
+        Err(e) => {
+            let field = match e.field() {
+                "complex" => "transition-complex",
+                "basis" => "transition-basis",
+                "discharge_reason" | "reason" => "transition-discharge-reason",
+                _ => "transition-on",
+            };
+            Err((field, milestones::sentence(&e.to_string())))
+        }
+    }
 }
 
 /// `POST /console/referrals/{id}/notes`: a note, or (`kind=contact-attempt`) a contact

@@ -730,6 +730,7 @@ pub fn referral(page: &ReferralPage<'_>) -> Markup {
                         }
                         input class="nhsuk-input" id="reason" name="reason" type="text" value=(kept_value(error, "reason").unwrap_or(""));
                     }
+                    (super::milestones::stage_fields(next, error))
                     div class="nhsuk-form-group" {
                         label class="nhsuk-label" for="transition-note" { "Note (optional, kept by the service)" }
                         textarea class="nhsuk-textarea" id="transition-note" name="note" rows="2" { (kept_value(error, "note").unwrap_or("")) }

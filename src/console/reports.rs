@@ -17,14 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
-use time::{Date, Duration, OffsetDateTime};
+use time::Date;
 
 use super::{ConsoleError, Result, html, require};
 use crate::api::AppState;
 use crate::api::middleware::RequestContext;
+use crate::api::outcomes::{RangeQuery, ReportRange, Wanted, build_report};
 use crate::identity::{Access, ConsoleSession, StaffAction};
 use crate::outcomes::report::{self, Period, Report, ServiceSummary, Status};
-use crate::outcomes::schedule::uk_date;
 
 /// The reports routes (each is in `api::authenticate::ROUTES`).
 pub fn routes() -> Router<AppState> {
@@ -55,20 +55,7 @@ struct Built {
     to: Date,
     period: Period,
     report: Report,
-    summary: ServiceSummary,
-}
-
-/// A date the query gives (`None` when absent); one that is not a date is a 400, not a
-/// silent fall-back to the default range.
-fn day(value: Option<&str>, name: &str) -> Result<Option<Date>> {
-    match value.filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(text) => crate::api::milestones::parse_day(text)
-            .map(Some)
-            .ok_or_else(|| {
-                ConsoleError::BadRequest(format!("{name} must be a date such as 2026-04-01"))
-            }),
-    }
+    summary: Option<ServiceSummary>,
 }
 
 /// The query, or a 400 saying it cannot be read (a repeated or malformed parameter).
@@ -80,44 +67,34 @@ fn read_query(
         .map_err(|rejection| ConsoleError::BadRequest(rejection.body_text()))
 }
 
-/// The report the query asks for: by default the twelve months to today, per quarter.
-async fn build(state: &AppState, query: &ReportsQuery) -> Result<Built> {
-    let today = uk_date(OffsetDateTime::now_utc());
-    let to = day(query.to.as_deref(), "to")?.unwrap_or(today);
-    let from = day(query.from.as_deref(), "from")?.unwrap_or(to - Duration::days(365));
-    if to < from || (to - from) > Duration::days(3 * 366) {
-        return Err(ConsoleError::BadRequest(
-            "The end must be on or after the start, and the range at most three years".into(),
-        ));
-    }
-    let period = match query.period.as_deref() {
-        Some("month") => Period::Month,
-        None | Some("" | "quarter") => Period::Quarter,
-        Some(_) => {
-            return Err(ConsoleError::BadRequest(
-                "period must be month or quarter".into(),
-            ));
-        }
-    };
-    let facts = state.store.referral_facts(None).await?;
-    let report = report::outcomes(
-        &state.outcomes.metrics,
-        &state.outcomes.catalogue,
-        &facts,
-        period,
-        from,
-        to,
-        today,
-    )
-    .with_pcns(&state.pcns.current());
-    let summary = report::service_summary(&facts, from, to);
+/// The report the query asks for (by default the twelve months to today, per quarter),
+/// parsed and built by the API's own `ReportRange::parse` and `build_report`: `wanted`
+/// says what of it the page, export or drill-down shows.
+async fn build(state: &AppState, query: &ReportsQuery, wanted: Wanted<'_>) -> Result<Built> {
+    let range = ReportRange::parse(&RangeQuery {
+        from: query.from.as_deref(),
+        to: query.to.as_deref(),
+        period: query.period.as_deref(),
+        as_of: None,
+    })
+    .map_err(|message| ConsoleError::BadRequest(sentence(&message)))?;
+    let (report, summary) = build_report(state, &range, wanted).await?;
     Ok(Built {
-        from,
-        to,
-        period,
+        from: range.from,
+        to: range.to,
+        period: range.period,
         report,
         summary,
     })
+}
+
+/// A message as a sentence (capital first).
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn period_code(period: Period) -> &'static str {
@@ -143,7 +120,11 @@ async fn page(
 ) -> Result<Response> {
     require(&access, StaffAction::Reports)?;
     let query = read_query(query)?;
-    let built = build(&state, &query).await?;
+    let wanted = Wanted {
+        metric: None,
+        summary: true,
+    };
+    let built = build(&state, &query, wanted).await?;
     let drill = access.staff_may(StaffAction::ReportDetail);
     Ok(html(
         StatusCode::OK,
@@ -161,7 +142,7 @@ async fn export(
 ) -> Result<Response> {
     require(&access, StaffAction::Reports)?;
     let query = read_query(query)?;
-    let built = build(&state, &query).await?;
+    let built = build(&state, &query, Wanted::default()).await?;
     let name = format!("outcomes-{}-{}", built.from, built.to);
     let (content_type, extension, body) = match query.format.as_deref() {
         Some("fhir") => (
@@ -205,8 +186,12 @@ async fn referrals(
 ) -> Result<Response> {
     require(&access, StaffAction::ReportDetail)?;
     let query = read_query(query)?;
-    let built = build(&state, &query).await?;
     let metric = query.metric.as_deref().unwrap_or_default();
+    let wanted = Wanted {
+        metric: Some(metric),
+        summary: false,
+    };
+    let built = build(&state, &query, wanted).await?;
     let cell = query.cell.as_deref().unwrap_or_default();
     let status = query.status.as_deref().unwrap_or("eligible");
     let rows: Vec<&report::DetailRow> = built
@@ -248,6 +233,7 @@ async fn referrals(
         (_, Some(p)) => format!("PCN {p}"),
         _ => "all practices".to_owned(),
     };
+    let complexity = rows.iter().any(|d| d.complex_needs.is_some());
     let body = html! {
         a class="nhsuk-back-link" href=(back) { "Back to reports" }
         h1 { "Referrals behind a count" }
@@ -258,6 +244,7 @@ async fn referrals(
                 th scope="col" { "Referral" } th scope="col" { "Practice" } th scope="col" { "Status" }
                 th scope="col" { "Date" } th scope="col" { "Baseline Observation" }
                 th scope="col" { "Follow-up Observation" } th scope="col" { "Change" }
+                @if complexity { th scope="col" { "Complex needs because" } }
             } }
             tbody {
                 @for d in &rows {
@@ -269,6 +256,7 @@ async fn referrals(
                         td { (d.baseline_observation.as_deref().unwrap_or("\u{2013}")) }
                         td { (d.follow_up_observation.as_deref().unwrap_or("\u{2013}")) }
                         td { (d.change.map(|c| c.to_string()).unwrap_or_else(|| "\u{2013}".into())) }
+                        @if complexity { td { (d.complex_needs.as_deref().unwrap_or("\u{2013}")) } }
                     }
                 }
             }
@@ -374,7 +362,15 @@ fn body(built: &Built, drill: bool) -> Markup {
             } @else { (n) }
         }
     };
-    let s = &built.summary;
+    // The page always asks for the summary; an empty one stands in should it not.
+    let empty;
+    let s = match &built.summary {
+        Some(s) => s,
+        None => {
+            empty = report::SummaryBuilder::new(built.from, built.to).finish();
+            &empty
+        }
+    };
     html! {
         h1 { "Reports" }
         form method="get" action="/console/reports" novalidate {

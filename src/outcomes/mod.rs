@@ -23,6 +23,8 @@ pub struct Outcomes {
     pub catalogue: Catalogue,
     /// The report's metrics.
     pub metrics: Vec<Metric>,
+    /// How complex needs are found (`metrics.toml`'s `[complexity]`).
+    pub complexity: report::ComplexityRule,
 }
 
 /// A folder of definitions that cannot be read.
@@ -46,8 +48,14 @@ impl Outcomes {
     pub fn shipped() -> Result<Outcomes, LocatedError> {
         let catalogue = Catalogue::shipped()?;
         let (name, text) = report::SHIPPED_METRICS;
-        let metrics = report::load_metrics(&TomlText::new(name, text), &catalogue)?;
-        Ok(Outcomes { catalogue, metrics })
+        let source = TomlText::new(name, text);
+        let metrics = report::load_metrics(&source, &catalogue)?;
+        let complexity = report::load_complexity(&source, &catalogue)?;
+        Ok(Outcomes {
+            catalogue,
+            metrics,
+            complexity,
+        })
     }
 
     /// The definitions in `dir`: every `dir/measures/*.toml` (in name order) and
@@ -76,7 +84,13 @@ impl Outcomes {
         let text =
             std::fs::read_to_string(&metrics_path).map_err(|e| read_err(&metrics_path, e))?;
         let name = metrics_path.display().to_string();
-        let metrics = report::load_metrics(&TomlText::new(&name, &text), &catalogue)?;
-        Ok(Outcomes { catalogue, metrics })
+        let source = TomlText::new(&name, &text);
+        let metrics = report::load_metrics(&source, &catalogue)?;
+        let complexity = report::load_complexity(&source, &catalogue)?;
+        Ok(Outcomes {
+            catalogue,
+            metrics,
+            complexity,
+        })
     }
 }

@@ -116,6 +116,162 @@ pub struct Metric {
 #[serde(deny_unknown_fields)]
 struct MetricsFile {
     metric: Vec<Spanned<MetricSpec>>,
+    complexity: Option<Spanned<ComplexitySpec>>,
+}
+
+/// How a person is found to have complex needs (the `complex-needs` requirement of a
+/// `milestones` metric): the latest recorded complexity assessment decides when there is one
+/// (so a link worker's "not complex" overrides every rule); otherwise the person has complex
+/// needs when any rule of the service's `[complexity]` (in `metrics.toml`) holds. With no
+/// rules, only a recorded assessment counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ComplexityRule {
+    /// At least this many reasons for referral.
+    pub min_reasons: Option<u32>,
+    /// Any of these reason codes.
+    pub reason_codes: Vec<String>,
+    /// A baseline score beyond a threshold.
+    pub baselines: Vec<BaselineRule>,
+}
+
+/// A rule on a measure's baseline score (the first measurement, scored as the metrics
+/// score it): at most or at least a threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BaselineRule {
+    /// The measure's code.
+    pub measure: String,
+    /// Complex when the baseline score is at most this (e.g. low wellbeing).
+    pub at_most: Option<Decimal>,
+    /// Complex when the baseline score is at least this (e.g. high loneliness).
+    pub at_least: Option<Decimal>,
+}
+
+/// Only a recorded assessment counts (no `[complexity]` rules).
+pub static RECORDED_ONLY: ComplexityRule = ComplexityRule {
+    min_reasons: None,
+    reason_codes: Vec::new(),
+    baselines: Vec::new(),
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComplexitySpec {
+    min_reasons: Option<Spanned<i64>>,
+    reason_codes: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    baseline: Vec<Spanned<BaselineSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaselineSpec {
+    measure: Spanned<String>,
+    at_most: Option<Spanned<String>>,
+    at_least: Option<Spanned<String>>,
+}
+
+impl ComplexityRule {
+    /// Whether any rule is set (beyond a recorded assessment).
+    pub fn has_rules(&self) -> bool {
+        self.min_reasons.is_some() || !self.reason_codes.is_empty() || !self.baselines.is_empty()
+    }
+}
+
+/// Loads `metrics.toml`'s `[complexity]` rules, checked against the measures in force
+/// (each mistake with its file, line and column); none when the file has no such table.
+pub fn load_complexity(
+    source: &TomlText<'_>,
+    catalogue: &Catalogue,
+) -> Result<ComplexityRule, LocatedError> {
+    let file: MetricsFile = source.parse()?;
+    let Some(spec) = file.complexity else {
+        return Ok(ComplexityRule::default());
+    };
+    let spec = spec.into_inner();
+    let min_reasons = match spec.min_reasons {
+        None => None,
+        Some(n) => Some(
+            u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=50).contains(n))
+                .ok_or_else(|| {
+                    source.error_at(
+                        &n.span(),
+                        format!(
+                            "complexity: min_reasons {} must be a whole number from 1 to 50",
+                            n.get_ref()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let (codes_span, reason_codes) = spec
+        .reason_codes
+        .map(|c| (c.span(), c.into_inner()))
+        .unwrap_or_default();
+    if let Some(bad) = reason_codes
+        .iter()
+        .find(|c| c.trim().is_empty() || c.trim() != *c)
+    {
+        return Err(source.error_at(
+            &codes_span,
+            format!("complexity: reason code '{bad}' is blank or has spaces around it"),
+        ));
+    }
+    let mut baselines = Vec::new();
+    for rule in spec.baseline {
+        let at = rule.span();
+        let rule = rule.into_inner();
+        let code = rule.measure.get_ref();
+        let definition = catalogue.get(code).ok_or_else(|| {
+            source.error_at(
+                &rule.measure.span(),
+                format!("complexity: measure '{code}' is not defined"),
+            )
+        })?;
+        if definition.method == Method::None {
+            return Err(source.error_at(
+                &rule.measure.span(),
+                format!("complexity: measure '{code}' has no total to compare"),
+            ));
+        }
+        let number = |field: &Option<Spanned<String>>, name: &str| {
+            field
+                .as_ref()
+                .map(|value| {
+                    value.get_ref().trim().parse::<Decimal>().map_err(|_| {
+                        source.error_at(
+                            &value.span(),
+                            format!(
+                                "complexity: {name} '{}' is not a decimal number",
+                                value.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let at_most = number(&rule.at_most, "at_most")?;
+        let at_least = number(&rule.at_least, "at_least")?;
+        if at_most.is_some() == at_least.is_some() {
+            return Err(source.error_at(
+                &at,
+                format!(
+                    "complexity: the baseline rule on '{code}' needs one of at_most or at_least"
+                ),
+            ));
+        }
+        baselines.push(BaselineRule {
+            measure: code.clone(),
+            at_most,
+            at_least,
+        });
+    }
+    Ok(ComplexityRule {
+        min_reasons,
+        reason_codes,
+        baselines,
+    })
 }
 
 #[derive(Deserialize)]
@@ -360,6 +516,10 @@ pub struct DetailRow {
     pub follow_up_observation: Option<String>,
     /// The change, in the better direction.
     pub change: Option<Decimal>,
+    /// For a metric counting people with complex needs: what found them complex (a
+    /// recorded assessment, or which of the service's `[complexity]` rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complex_needs: Option<String>,
 }
 
 /// One cell of the report.
@@ -481,26 +641,78 @@ fn reached(facts: &ReferralFacts, stage: Stage) -> Option<Date> {
         .min()
 }
 
-/// The day a requirement was met, if it was: a kind's first milestone; for complex needs,
-/// the latest complexity assessment when it says complex.
-fn met(facts: &ReferralFacts, requirement: Requirement) -> Option<Date> {
-    match requirement {
-        Requirement::Recorded(kind) => facts
-            .milestones
-            .iter()
-            .filter(|m| m.kind == kind)
-            .map(|m| m.on)
-            .min(),
-        Requirement::ComplexNeeds => facts
-            .milestones
-            .iter()
-            .filter(|m| m.kind == MilestoneKind::Complexity)
-            // The latest assessment decides; recorded order breaks a tie of days.
-            .enumerate()
-            .max_by_key(|(i, m)| (m.on, *i))
-            .filter(|(_, m)| m.complex == Some(true))
-            .map(|(_, m)| m.on),
+/// The day a milestone of `kind` was first recorded.
+fn first_recorded(facts: &ReferralFacts, kind: MilestoneKind) -> Option<Date> {
+    facts
+        .milestones
+        .iter()
+        .filter(|m| m.kind == kind)
+        .map(|m| m.on)
+        .min()
+}
+
+/// Whether the person has complex needs under `rule`, with the day it was found and why:
+/// the latest recorded assessment decides when there is one; otherwise the first of the
+/// rules that holds (reasons on the day the referral was received, a baseline on its day).
+fn complex_needs(
+    facts: &ReferralFacts,
+    rule: &ComplexityRule,
+    catalogue: &Catalogue,
+) -> Option<(Date, String)> {
+    let latest = facts
+        .milestones
+        .iter()
+        .filter(|m| m.kind == MilestoneKind::Complexity)
+        // The latest assessment decides; recorded order breaks a tie of days.
+        .enumerate()
+        .max_by_key(|(i, m)| (m.on, *i))
+        .map(|(_, m)| m);
+    if let Some(assessed) = latest {
+        return (assessed.complex == Some(true))
+            .then(|| (assessed.on, "recorded assessment".to_owned()));
     }
+    let received = day_of(&facts.received_at);
+    if let Some(least) = rule.min_reasons
+        && facts.reason_count >= least
+    {
+        return Some((
+            received,
+            format!(
+                "reasons for referral: {} (rule: at least {least})",
+                facts.reason_count
+            ),
+        ));
+    }
+    if let Some(code) = facts
+        .reason_codes
+        .iter()
+        .find(|c| rule.reason_codes.contains(c))
+    {
+        return Some((received, format!("reason {code} (rule: reason_codes)")));
+    }
+    for b in &rule.baselines {
+        let Some(definition) = catalogue.get(&b.measure) else {
+            continue;
+        };
+        let Some((_, day, total)) = baseline(facts, &b.measure) else {
+            continue;
+        };
+        let Some(score) = definition.score_of_sum(total) else {
+            continue;
+        };
+        let found = match (b.at_most, b.at_least) {
+            (Some(most), _) if score <= most => Some(format!("at most {most}")),
+            (_, Some(least)) if score >= least => Some(format!("at least {least}")),
+            _ => None,
+        };
+        if let Some(threshold) = found {
+            return Some((
+                day,
+                format!("{} baseline {score} (rule: {threshold})", b.measure),
+            ));
+        }
+    }
+    None
 }
 
 /// A person's baseline and follow-up for a measure: (baseline index, day, total).
@@ -518,16 +730,28 @@ struct Candidate {
     row: DetailRow,
 }
 
-/// Evaluates one metric for one referral: `None` when not eligible in the range.
-fn evaluate(
-    metric: &Metric,
-    catalogue: &Catalogue,
-    facts: &ReferralFacts,
+/// What every metric is evaluated against: the measures, the complexity rule, the
+/// grouping, the range and the day the report stands on.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    catalogue: &'a Catalogue,
+    complexity: &'a ComplexityRule,
     period: Period,
     from: Date,
     to: Date,
     today: Date,
-) -> Option<Candidate> {
+}
+
+/// Evaluates one metric for one referral: `None` when not eligible in the range.
+fn evaluate(metric: &Metric, scope: &Scope<'_>, facts: &ReferralFacts) -> Option<Candidate> {
+    let Scope {
+        catalogue,
+        complexity,
+        period,
+        from,
+        to,
+        today,
+    } = *scope;
     let practice = facts.practice.clone().unwrap_or_else(|| "unknown".into());
     let closed = closed_on(facts);
     let row = |status, on: Date, base: Option<String>, follow: Option<String>, change| DetailRow {
@@ -542,6 +766,7 @@ fn evaluate(
         baseline_observation: base,
         follow_up_observation: follow,
         change,
+        complex_needs: None,
     };
     match &metric.kind {
         MetricKind::Milestone { stage } => {
@@ -563,30 +788,37 @@ fn evaluate(
             }
         }
         MetricKind::Milestones { milestones } => {
-            // Complex needs decide eligibility: someone assessed as not complex, or not
-            // assessed, is not in this metric's group.
-            if milestones.contains(&Requirement::ComplexNeeds)
-                && met(facts, Requirement::ComplexNeeds).is_none()
-            {
-                return None;
-            }
-            let days: Option<Vec<Date>> = milestones.iter().map(|r| met(facts, *r)).collect();
-            match days.and_then(|d| d.into_iter().max()) {
-                Some(on) if (from..=to).contains(&on) => Some(Candidate {
-                    row: row(Status::Achieved, on, None, None, None),
-                }),
-                Some(_) => None,
+            // Complex needs decide eligibility: someone assessed as not complex, or found
+            // complex by no rule, is not in this metric's group.
+            let complex = if milestones.contains(&Requirement::ComplexNeeds) {
+                Some(complex_needs(facts, complexity, catalogue)?)
+            } else {
+                None
+            };
+            let days: Option<Vec<Date>> = milestones
+                .iter()
+                .map(|r| match r {
+                    Requirement::Recorded(kind) => first_recorded(facts, *kind),
+                    Requirement::ComplexNeeds => complex.as_ref().map(|(day, _)| *day),
+                })
+                .collect();
+            let because = complex.map(|(_, why)| why);
+            let mut line = match days.and_then(|d| d.into_iter().max()) {
+                Some(on) if (from..=to).contains(&on) => {
+                    row(Status::Achieved, on, None, None, None)
+                }
+                Some(_) => return None,
                 None => {
                     // Due from acceptance; closed before the milestones: not eligible.
                     let accepted = reached(facts, Stage::Accepted)?;
                     if closed.is_some() || !(from..=to).contains(&accepted) {
                         return None;
                     }
-                    Some(Candidate {
-                        row: row(Status::Missing, accepted, None, None, None),
-                    })
+                    row(Status::Missing, accepted, None, None, None)
                 }
-            }
+            };
+            line.complex_needs = because;
+            Some(Candidate { row: line })
         }
         MetricKind::Improvement {
             measure, follow_up, ..
@@ -669,7 +901,8 @@ type CellKey = (usize, String, String);
 /// A cell's eligible, achieved, missing and the changes measured.
 type Cell = (u64, u64, u64, Vec<Decimal>);
 
-/// The report over `facts` for `from..=to` (UK dates), as it stands on `today`.
+/// The report over `facts` for `from..=to` (UK dates), as it stands on `today`
+/// ([`OutcomesBuilder`] over a slice).
 pub fn outcomes(
     metrics: &[Metric],
     catalogue: &Catalogue,
@@ -679,13 +912,88 @@ pub fn outcomes(
     to: Date,
     today: Date,
 ) -> Report {
-    let mut detail: Vec<DetailRow> = Vec::new();
-    for metric in metrics {
-        // One line per person: the first achievement, else the first eligible referral.
-        let mut best: HashMap<&str, DetailRow> = HashMap::new();
-        for referral in facts {
-            let Some(candidate) = evaluate(metric, catalogue, referral, period, from, to, today)
-            else {
+    let mut builder = OutcomesBuilder::new(metrics, catalogue, period, from, to, today);
+    for referral in facts {
+        builder.add(referral);
+    }
+    builder.finish()
+}
+
+/// The outcomes report built one referral at a time, so a caller can stream the record
+/// (`Store::each_referral_facts`) instead of holding every referral's facts: what it keeps
+/// is one line per person counted in the range (and the changes for the distributions),
+/// which follows the range, not the number of referrals ever received.
+pub struct OutcomesBuilder<'a> {
+    metrics: &'a [Metric],
+    scope: Scope<'a>,
+    /// Per metric (`None`: not asked for), each person's line so far: the first
+    /// achievement, else the first eligible referral.
+    best: Vec<Option<HashMap<String, DetailRow>>>,
+    /// Per measure with a total and follow-up: the changes measured (`None`: not asked for).
+    changes: Option<Vec<(String, String, Vec<Decimal>)>>,
+}
+
+impl<'a> OutcomesBuilder<'a> {
+    /// A report over `from..=to` as it stands on `today`, every metric and distribution.
+    pub fn new(
+        metrics: &'a [Metric],
+        catalogue: &'a Catalogue,
+        period: Period,
+        from: Date,
+        to: Date,
+        today: Date,
+    ) -> Self {
+        let changes = catalogue
+            .iter()
+            .filter(|d| d.method != Method::None)
+            .flat_map(|d| {
+                d.schedule
+                    .follow_ups
+                    .iter()
+                    .map(|f| (d.code.clone(), f.key.clone(), Vec::new()))
+            })
+            .collect();
+        OutcomesBuilder {
+            metrics,
+            scope: Scope {
+                catalogue,
+                complexity: &RECORDED_ONLY,
+                period,
+                from,
+                to,
+                today,
+            },
+            best: metrics.iter().map(|_| Some(HashMap::new())).collect(),
+            changes: Some(changes),
+        }
+    }
+
+    /// Finds complex needs by the service's `rule` (else only a recorded assessment).
+    pub fn with_complexity(mut self, rule: &'a ComplexityRule) -> Self {
+        self.scope.complexity = rule;
+        self
+    }
+
+    /// Only the metric `id` (a drill-down): the others and the distributions are not
+    /// computed, and the report's other metrics have no rows.
+    pub fn only_metric(mut self, id: &str) -> Self {
+        for (metric, best) in self.metrics.iter().zip(self.best.iter_mut()) {
+            if metric.id != id {
+                *best = None;
+            }
+        }
+        self.changes = None;
+        self
+    }
+
+    /// Counts one referral.
+    pub fn add(&mut self, referral: &ReferralFacts) {
+        let scope = self.scope;
+        for (metric, best) in self.metrics.iter().zip(self.best.iter_mut()) {
+            let Some(best) = best else {
+                continue;
+            };
+            let Some(candidate) = evaluate(metric, &scope, referral) else {
                 continue;
             };
             let person = referral
@@ -693,46 +1001,65 @@ pub fn outcomes(
                 .as_deref()
                 .unwrap_or(referral.id.as_str());
             let row = candidate.row;
-            match best.get(person) {
+            match best.get_mut(person) {
                 Some(kept)
                     if (rank(kept.status), kept.on, &kept.referral_id)
                         <= (rank(row.status), row.on, &row.referral_id) => {}
-                _ => {
-                    best.insert(person, row);
+                Some(kept) => *kept = row,
+                None => {
+                    best.insert(person.to_owned(), row);
                 }
             }
         }
-        let mut rows: Vec<DetailRow> = best.into_values().collect();
-        rows.sort_by(|a, b| {
-            (&a.period, &a.practice, &a.referral_id).cmp(&(&b.period, &b.practice, &b.referral_id))
-        });
-        detail.extend(rows);
-    }
-    let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
-    for d in &detail {
-        let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
-        for practice in [d.practice.clone(), "all".to_string()] {
-            tally(
-                cells
-                    .entry((index, d.period.clone(), practice))
-                    .or_default(),
-                d,
-            );
+        if let Some(changes) = &mut self.changes {
+            add_changes(scope.catalogue, referral, scope.from, scope.to, changes);
         }
     }
-    let rows = cells
-        .into_iter()
-        .map(|(key, cell)| finish(metrics, key, cell))
-        .collect();
-    Report {
-        from,
-        to,
-        period,
-        metrics: metrics.to_vec(),
-        rows,
-        pcn_rows: Vec::new(),
-        distributions: distributions(catalogue, facts, from, to),
-        detail,
+
+    /// The report.
+    pub fn finish(self) -> Report {
+        let mut detail: Vec<DetailRow> = Vec::new();
+        for best in self.best.into_iter().flatten() {
+            let mut rows: Vec<DetailRow> = best.into_values().collect();
+            rows.sort_by(|a, b| {
+                (&a.period, &a.practice, &a.referral_id).cmp(&(
+                    &b.period,
+                    &b.practice,
+                    &b.referral_id,
+                ))
+            });
+            detail.extend(rows);
+        }
+        let metrics = self.metrics;
+        let mut cells: BTreeMap<CellKey, Cell> = BTreeMap::new();
+        for d in &detail {
+            let index = metrics.iter().position(|m| m.id == d.metric).unwrap_or(0);
+            for practice in [d.practice.clone(), "all".to_string()] {
+                tally(
+                    cells
+                        .entry((index, d.period.clone(), practice))
+                        .or_default(),
+                    d,
+                );
+            }
+        }
+        let rows = cells
+            .into_iter()
+            .map(|(key, cell)| finish(metrics, key, cell))
+            .collect();
+        Report {
+            from: self.scope.from,
+            to: self.scope.to,
+            period: self.scope.period,
+            metrics: metrics.to_vec(),
+            rows,
+            pcn_rows: Vec::new(),
+            distributions: self
+                .changes
+                .map(|c| c.into_iter().map(distribution).collect())
+                .unwrap_or_default(),
+            detail,
+        }
     }
 }
 
@@ -831,68 +1158,73 @@ impl Report {
     }
 }
 
-/// The change from baseline to each follow-up of each measure, for follow-ups dated in range.
-fn distributions(
+/// Adds a referral's change from baseline to each follow-up of each measure (the slots
+/// of [`OutcomesBuilder::new`]), for follow-ups dated in range.
+fn add_changes(
     catalogue: &Catalogue,
-    facts: &[ReferralFacts],
+    referral: &ReferralFacts,
     from: Date,
     to: Date,
-) -> Vec<Distribution> {
-    let mut out = Vec::new();
-    for definition in catalogue.iter().filter(|d| d.method != Method::None) {
+    slots: &mut [(String, String, Vec<Decimal>)],
+) {
+    for (code, key, changes) in slots {
+        let Some(definition) = catalogue.get(code) else {
+            continue;
+        };
+        let Some(f) = definition.follow_up(key) else {
+            continue;
+        };
         let window = time::Duration::weeks(i64::from(definition.schedule.window_weeks));
-        for f in &definition.schedule.follow_ups {
-            let mut changes: Vec<Decimal> = Vec::new();
-            for referral in facts {
-                let Some((_, base_day, base_total)) = baseline(referral, &definition.code) else {
-                    continue;
-                };
-                let target = add_months(base_day, f.months);
-                if !(from..=to).contains(&target) {
-                    continue;
-                }
-                let hit = referral
-                    .outcomes
-                    .iter()
-                    .filter(|o| o.measure == definition.code)
-                    .filter_map(|o| Some((day_of(&o.recorded_at), o.total?)))
-                    .filter(|(d, _)| *d >= target - window && *d <= target + window)
-                    .min_by_key(|(d, _)| *d);
-                if let Some(change) = hit.and_then(|(_, total)| {
-                    Some(definition.score_of_sum(total)? - definition.score_of_sum(base_total)?)
-                }) {
-                    changes.push(change);
-                }
-            }
-            changes.sort();
-            let at = |q: usize| -> Option<Decimal> {
-                if changes.is_empty() {
-                    return None;
-                }
-                // Nearest rank: ceil(q/4 · n), from 1.
-                let rank = (q * changes.len()).div_ceil(4).max(1);
-                changes.get(rank - 1).copied()
-            };
-            let mean = (!changes.is_empty()).then(|| {
-                round(
-                    changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64),
-                    2,
-                )
-            });
-            out.push(Distribution {
-                measure: definition.code.clone(),
-                follow_up: f.key.clone(),
-                n: changes.len() as u64,
-                min: changes.first().copied(),
-                q1: at(1),
-                median: at(2),
-                q3: at(3),
-                max: changes.last().copied(),
-                mean,
-            });
+        let Some((_, base_day, base_total)) = baseline(referral, &definition.code) else {
+            continue;
+        };
+        let target = add_months(base_day, f.months);
+        if !(from..=to).contains(&target) {
+            continue;
+        }
+        let hit = referral
+            .outcomes
+            .iter()
+            .filter(|o| o.measure == definition.code)
+            .filter_map(|o| Some((day_of(&o.recorded_at), o.total?)))
+            .filter(|(d, _)| *d >= target - window && *d <= target + window)
+            .min_by_key(|(d, _)| *d);
+        if let Some(change) = hit.and_then(|(_, total)| {
+            Some(definition.score_of_sum(total)? - definition.score_of_sum(base_total)?)
+        }) {
+            changes.push(change);
         }
     }
-    out
+}
+
+/// The spread of one measure's and follow-up's changes.
+fn distribution((measure, follow_up, mut changes): (String, String, Vec<Decimal>)) -> Distribution {
+    changes.sort();
+    let at = |q: usize| -> Option<Decimal> {
+        if changes.is_empty() {
+            return None;
+        }
+        // Nearest rank: ceil(q/4 · n), from 1.
+        let rank = (q * changes.len()).div_ceil(4).max(1);
+        changes.get(rank - 1).copied()
+    };
+    let mean = (!changes.is_empty()).then(|| {
+        round(
+            changes.iter().sum::<Decimal>() / Decimal::from(changes.len() as u64),
+            2,
+        )
+    });
+    Distribution {
+        measure,
+        follow_up,
+        n: changes.len() as u64,
+        min: changes.first().copied(),
+        q1: at(1),
+        median: at(2),
+        q3: at(3),
+        max: changes.last().copied(),
+        mean,
+    }
 }
 
 /// A CSV field: quoted when it must be (RFC 4180), and a leading `=`, `+`, `-`, `@` made
@@ -989,6 +1321,7 @@ impl Report {
                 "baseline_observation",
                 "follow_up_observation",
                 "change",
+                "complex_needs",
             ]
             .map(String::from),
         );
@@ -1008,6 +1341,7 @@ impl Report {
                 opt(&d.baseline_observation),
                 opt(&d.follow_up_observation),
                 opt(&d.change),
+                opt(&d.complex_needs),
             ]));
         }
         out
@@ -1163,46 +1497,83 @@ pub struct ServiceSummary {
 
 /// The service summary over referrals received `from..=to`.
 pub fn service_summary(facts: &[ReferralFacts], from: Date, to: Date) -> ServiceSummary {
-    let mut summary = ServiceSummary {
-        received_per_month: BTreeMap::new(),
-        by_reason: BTreeMap::new(),
-        by_practice: BTreeMap::new(),
-        received: 0,
-        accepted: 0,
-        declined: 0,
-        completed: 0,
-        median_days_to_first_contact: None,
-    };
-    let mut waits: Vec<i64> = Vec::new();
+    let mut builder = SummaryBuilder::new(from, to);
     for f in facts {
-        let day = day_of(&f.received_at);
-        if !(from..=to).contains(&day) {
-            continue;
+        builder.add(f);
+    }
+    builder.finish()
+}
+
+/// The service summary built one referral at a time (see [`OutcomesBuilder`]).
+pub struct SummaryBuilder {
+    from: Date,
+    to: Date,
+    summary: ServiceSummary,
+    waits: Vec<i64>,
+}
+
+impl SummaryBuilder {
+    /// A summary of the referrals received `from..=to`.
+    pub fn new(from: Date, to: Date) -> Self {
+        SummaryBuilder {
+            from,
+            to,
+            summary: ServiceSummary {
+                received_per_month: BTreeMap::new(),
+                by_reason: BTreeMap::new(),
+                by_practice: BTreeMap::new(),
+                received: 0,
+                accepted: 0,
+                declined: 0,
+                completed: 0,
+                median_days_to_first_contact: None,
+            },
+            waits: Vec::new(),
         }
+    }
+
+    /// Counts one referral.
+    pub fn add(&mut self, f: &ReferralFacts) {
+        let day = day_of(&f.received_at);
+        if !(self.from..=self.to).contains(&day) {
+            return;
+        }
+        let summary = &mut self.summary;
         summary.received += 1;
         *summary
             .received_per_month
             .entry(Period::Month.label(day))
             .or_default() += 1;
-        *summary
-            .by_reason
-            .entry(f.reason.clone().unwrap_or_else(|| "none given".into()))
-            .or_default() += 1;
-        *summary
-            .by_practice
-            .entry(f.practice.clone().unwrap_or_else(|| "unknown".into()))
-            .or_default() += 1;
+        let reason = f.reason.as_deref().unwrap_or("none given");
+        match summary.by_reason.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                summary.by_reason.insert(reason.to_owned(), 1);
+            }
+        }
+        let practice = f.practice.as_deref().unwrap_or("unknown");
+        match summary.by_practice.get_mut(practice) {
+            Some(n) => *n += 1,
+            None => {
+                summary.by_practice.insert(practice.to_owned(), 1);
+            }
+        }
         summary.accepted += u64::from(reached(f, Stage::Accepted).is_some());
         summary.declined += u64::from(reached(f, Stage::Declined).is_some());
         summary.completed += u64::from(reached(f, Stage::Completed).is_some());
         if let Some(contact) = reached(f, Stage::Contacted) {
-            waits.push((contact - day).whole_days());
+            self.waits.push((contact - day).whole_days());
         }
     }
-    waits.sort_unstable();
-    summary.median_days_to_first_contact =
-        (!waits.is_empty()).then(|| waits[waits.len().div_ceil(2) - 1]);
-    summary
+
+    /// The summary.
+    pub fn finish(mut self) -> ServiceSummary {
+        let waits = &mut self.waits;
+        waits.sort_unstable();
+        self.summary.median_days_to_first_contact =
+            (!waits.is_empty()).then(|| waits[waits.len().div_ceil(2) - 1]);
+        self.summary
+    }
 }
 
 #[cfg(test)]
@@ -1236,6 +1607,8 @@ mod tests {
             practice: Some(practice.into()),
             received_at: instant("2026-01-05"),
             reason: None,
+            reason_count: 0,
+            reason_codes: Vec::new(),
             stages: stages.iter().map(|(s, at)| (*s, instant(at))).collect(),
             outcomes: outcomes
                 .iter()
@@ -1256,6 +1629,167 @@ mod tests {
             kind,
             on: uk_date(instant(on)),
             complex,
+        }
+    }
+
+    #[test]
+    fn complex_needs_are_found_by_the_service_s_rules_and_a_recorded_assessment_overrides() {
+        let catalogue = catalogue();
+        let text = format!(
+            "{}\n[complexity]\nmin_reasons = 3\nreason_codes = [\"housing\"]\n\
+             [[complexity.baseline]]\nmeasure = \"wemwbs\"\nat_most = \"35\"\n",
+            SHIPPED_METRICS.1
+        );
+        let source = TomlText::new("metrics.toml", &text);
+        let metrics = load_metrics(&source, &catalogue).expect("metrics");
+        let rule = load_complexity(&source, &catalogue).expect("rule");
+        assert!(rule.has_rules());
+        let (from, to, today) = (
+            date!(2026 - 01 - 01),
+            date!(2026 - 12 - 31),
+            date!(2026 - 12 - 31),
+        );
+        let plan = |mut f: ReferralFacts| {
+            f.milestones
+                .push(milestone(MilestoneKind::ActionPlan, "2026-02-01", None));
+            f
+        };
+        let stages = [(Stage::Accepted, "2026-01-06")];
+        let by_reasons = ReferralFacts {
+            reason_count: 3,
+            ..plan(facts("r1", "9000000001", "A1", &stages, &[]))
+        };
+        let by_code = ReferralFacts {
+            reason_count: 1,
+            reason_codes: vec!["housing".into()],
+            ..plan(facts("r2", "9000000002", "A1", &stages, &[]))
+        };
+        let by_baseline = plan(facts(
+            "r3",
+            "9000000003",
+            "A1",
+            &stages,
+            &[("wemwbs", "2026-01-10", 30)],
+        ));
+        let not_complex = plan(facts(
+            "r4",
+            "9000000004",
+            "A1",
+            &stages,
+            &[("wemwbs", "2026-01-10", 50)],
+        ));
+        // Every rule holds, but the link worker assessed the person as not complex.
+        let mut overridden = ReferralFacts {
+            reason_count: 4,
+            ..plan(facts(
+                "r5",
+                "9000000005",
+                "A1",
+                &stages,
+                &[("wemwbs", "2026-01-10", 20)],
+            ))
+        };
+        overridden.milestones.push(milestone(
+            MilestoneKind::Complexity,
+            "2026-01-20",
+            Some(false),
+        ));
+        let mut recorded = plan(facts("r6", "9000000006", "A1", &stages, &[]));
+        recorded.milestones.push(milestone(
+            MilestoneKind::Complexity,
+            "2026-01-20",
+            Some(true),
+        ));
+        let all = [
+            by_reasons,
+            by_code,
+            by_baseline,
+            not_complex,
+            overridden,
+            recorded,
+        ];
+        let mut builder =
+            OutcomesBuilder::new(&metrics, &catalogue, Period::Quarter, from, to, today)
+                .with_complexity(&rule)
+                .only_metric("complex-needs-engaged");
+        for f in &all {
+            builder.add(f);
+        }
+        let report = builder.finish();
+        let because: Vec<(&str, Option<&str>)> = report
+            .detail
+            .iter()
+            .map(|d| (d.referral_id.as_str(), d.complex_needs.as_deref()))
+            .collect();
+        assert_eq!(
+            because,
+            vec![
+                ("r1", Some("reasons for referral: 3 (rule: at least 3)")),
+                ("r2", Some("reason housing (rule: reason_codes)")),
+                ("r3", Some("wemwbs baseline 30 (rule: at most 35)")),
+                ("r6", Some("recorded assessment")),
+            ]
+        );
+        assert!(report.detail.iter().all(|d| d.status == Status::Achieved));
+        assert!(
+            report
+                .detail_csv()
+                .contains("reason housing (rule: reason_codes)")
+        );
+        // Without rules, only the recorded assessment counts.
+        let only_recorded = outcomes(&metrics, &catalogue, &all, Period::Quarter, from, to, today);
+        let counted: Vec<&str> = only_recorded
+            .detail
+            .iter()
+            .filter(|d| d.metric == "complex-needs-engaged")
+            .map(|d| d.referral_id.as_str())
+            .collect();
+        assert_eq!(counted, vec!["r6"]);
+    }
+
+    #[test]
+    fn complexity_rule_mistakes_say_where() {
+        let catalogue = catalogue();
+        for (rule, at, what) in [
+            ("min_reasons = 0", "metrics.toml:", "min_reasons 0"),
+            (
+                "reason_codes = [\" housing\"]",
+                "metrics.toml:",
+                "spaces around it",
+            ),
+            (
+                "[[complexity.baseline]]\nmeasure = \"nope\"\nat_most = \"1\"",
+                "metrics.toml:",
+                "measure 'nope' is not defined",
+            ),
+            (
+                "[[complexity.baseline]]\nmeasure = \"ons4\"\nat_most = \"1\"",
+                "metrics.toml:",
+                "no total",
+            ),
+            (
+                "[[complexity.baseline]]\nmeasure = \"wemwbs\"\nat_most = \"low\"",
+                "metrics.toml:",
+                "'low' is not a decimal",
+            ),
+            (
+                "[[complexity.baseline]]\nmeasure = \"wemwbs\"",
+                "metrics.toml:",
+                "needs one of at_most or at_least",
+            ),
+            ("colour = \"green\"", "metrics.toml:", "colour"),
+        ] {
+            let text = format!("{}\n[complexity]\n{rule}\n", SHIPPED_METRICS.1);
+            let error = load_complexity(&TomlText::new("metrics.toml", &text), &catalogue)
+                .expect_err(rule)
+                .to_string();
+            assert!(
+                error.contains(at) && error.contains(what),
+                "{rule}: {error}"
+            );
+            // file:line:col
+            let line_col = error.split(':').nth(1).and_then(|l| l.parse::<u32>().ok());
+            assert!(line_col.is_some_and(|l| l > 1), "{rule}: {error}");
         }
     }
 

@@ -13,6 +13,8 @@
 use serde::Serialize;
 use time::Date;
 
+use super::stage::Stage;
+
 /// What a milestone records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -245,6 +247,178 @@ pub fn check(
     }
 }
 
+/// The milestone fields a stage change may carry (`milestone` on `POST
+/// /api/referrals/{id}/transitions`, the same fields on the console's stage form), so the
+/// move and its evidence are recorded together, in one transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageMilestone<'a> {
+    /// The day it happened (for `plan-agreed`, the day the plan was agreed).
+    pub on: Option<Date>,
+    /// A complexity assessment made at the same time: complex or not.
+    pub complex: Option<bool>,
+    /// The complexity assessment's basis.
+    pub basis: Option<&'a str>,
+    /// `completed` or `withdrawn`: the discharge reason's code.
+    pub discharge_reason: Option<&'a str>,
+}
+
+/// Which milestones a move to a stage records, and which it may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageMilestones {
+    /// Recorded with every such move (when milestone fields are given).
+    pub records: &'static [MilestoneKind],
+    /// Whether a complexity assessment may be recorded with it.
+    pub takes_complexity: bool,
+}
+
+impl StageMilestones {
+    /// Whether a move to this stage records or may carry any milestone.
+    pub fn any(self) -> bool {
+        !self.records.is_empty() || self.takes_complexity
+    }
+
+    /// Whether a move to this stage records a discharge (so needs its reason).
+    pub fn discharges(self) -> bool {
+        self.records.contains(&MilestoneKind::Discharge)
+    }
+}
+
+/// What a move to `to` records: `assessment-done` the initial assessment; `plan-agreed`
+/// the action plan ([`for_move`] adds the initial assessment when it comes straight from
+/// `contacted`); `completed` and `withdrawn` a discharge; a complexity assessment may go
+/// with any of the first two and with `in-support`.
+pub fn stage_milestones(to: Stage) -> StageMilestones {
+    use MilestoneKind::{ActionPlan, Discharge, InitialAssessment};
+    let (records, takes_complexity): (&'static [MilestoneKind], bool) = match to {
+        Stage::AssessmentDone => (&[InitialAssessment], true),
+        Stage::PlanAgreed => (&[ActionPlan], true),
+        Stage::InSupport => (&[], true),
+        Stage::Completed | Stage::Withdrawn => (&[Discharge], false),
+        _ => (&[], false),
+    };
+    StageMilestones {
+        records,
+        takes_complexity,
+    }
+}
+
+/// [`for_stage`], for a move from `from`: a plan agreed straight from `contacted` was
+/// agreed in the first conversation, which was the initial assessment too.
+pub fn for_move<'a>(
+    from: Stage,
+    to: Stage,
+    given: &StageMilestone<'a>,
+) -> Result<Vec<MilestoneInput<'a>>, MilestoneError> {
+    let mut inputs = for_stage(to, given)?;
+    if from == Stage::Contacted && to == Stage::PlanAgreed {
+        inputs.insert(
+            0,
+            MilestoneInput {
+                kind: MilestoneKind::InitialAssessment.as_str(),
+                on: given.on,
+                ..MilestoneInput::default()
+            },
+        );
+    }
+    Ok(inputs)
+}
+
+/// The milestones a move to `to` with `given` records, each still to be checked against
+/// the referral's days ([`check`]). The field names in errors are those of the API's
+/// `milestone` object: `on`, `complex`, `basis`, `discharge_reason`.
+pub fn for_stage<'a>(
+    to: Stage,
+    given: &StageMilestone<'a>,
+) -> Result<Vec<MilestoneInput<'a>>, MilestoneError> {
+    let takes = stage_milestones(to);
+    if !takes.any() {
+        return Err(MilestoneError::Fields(
+            "milestone",
+            format!(
+                "a move to {} records no milestone; milestones go with assessment-done, \
+                 plan-agreed, in-support (complexity), completed and withdrawn (discharge)",
+                to.as_str()
+            ),
+        ));
+    }
+    let reason = given
+        .discharge_reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    let basis = given.basis.map(str::trim).filter(|b| !b.is_empty());
+    if !takes.discharges() && reason.is_some() {
+        return Err(MilestoneError::Fields(
+            "discharge_reason",
+            format!("a move to {} takes no `discharge_reason`", to.as_str()),
+        ));
+    }
+    if !takes.takes_complexity && (given.complex.is_some() || basis.is_some()) {
+        let field = if given.complex.is_some() {
+            "complex"
+        } else {
+            "basis"
+        };
+        return Err(MilestoneError::Fields(
+            field,
+            format!(
+                "a move to {} takes no complexity assessment (`{field}`)",
+                to.as_str()
+            ),
+        ));
+    }
+    if basis.is_some() && given.complex.is_none() {
+        return Err(MilestoneError::Fields(
+            "complex",
+            "a complexity assessment needs `complex` (true or false) with its `basis`".into(),
+        ));
+    }
+    if takes.records.is_empty() && given.complex.is_none() {
+        return Err(MilestoneError::Fields(
+            "complex",
+            format!(
+                "a move to {} records only a complexity assessment: give `complex` and `basis`",
+                to.as_str()
+            ),
+        ));
+    }
+    if takes.discharges() && reason.is_none() {
+        return Err(MilestoneError::Fields(
+            "discharge_reason",
+            format!(
+                "a move to {} records a discharge: give `discharge_reason`, one of {}",
+                to.as_str(),
+                reason_codes()
+            ),
+        ));
+    }
+    let on = given.on;
+    let mut out: Vec<MilestoneInput<'a>> = takes
+        .records
+        .iter()
+        .map(|kind| MilestoneInput {
+            kind: kind.as_str(),
+            on,
+            complex: None,
+            basis: None,
+            reason: if *kind == MilestoneKind::Discharge {
+                reason
+            } else {
+                None
+            },
+        })
+        .collect();
+    if let Some(complex) = given.complex {
+        out.push(MilestoneInput {
+            kind: MilestoneKind::Complexity.as_str(),
+            on,
+            complex: Some(complex),
+            basis,
+            reason: None,
+        });
+    }
+    Ok(out)
+}
+
 fn reason_codes() -> String {
     DISCHARGE_REASONS
         .iter()
@@ -299,6 +473,64 @@ mod tests {
             check(&input("plan"), received, today),
             Err(MilestoneError::UnknownKind(_))
         ));
+    }
+
+    #[test]
+    fn a_stage_change_records_its_own_milestones() {
+        let on = Some(date!(2026 - 03 - 02));
+        let given = StageMilestone {
+            on,
+            ..StageMilestone::default()
+        };
+        let kinds = |from, to, given: &StageMilestone<'_>| {
+            for_move(from, to, given)
+                .map(|list| list.iter().map(|m| m.kind).collect::<Vec<_>>().join(","))
+        };
+        assert_eq!(
+            kinds(Stage::Contacted, Stage::AssessmentDone, &given),
+            Ok("initial-assessment".to_owned())
+        );
+        assert_eq!(
+            kinds(Stage::Contacted, Stage::PlanAgreed, &given),
+            Ok("initial-assessment,action-plan".to_owned())
+        );
+        assert_eq!(
+            kinds(Stage::AssessmentDone, Stage::PlanAgreed, &given),
+            Ok("action-plan".to_owned())
+        );
+        // A discharge needs its reason; a plan takes none.
+        assert!(kinds(Stage::InSupport, Stage::Completed, &given).is_err());
+        let discharge = StageMilestone {
+            discharge_reason: Some("goals-met"),
+            ..given
+        };
+        assert_eq!(
+            kinds(Stage::InSupport, Stage::Completed, &discharge),
+            Ok("discharge".to_owned())
+        );
+        assert!(kinds(Stage::AssessmentDone, Stage::PlanAgreed, &discharge).is_err());
+        // Complexity with the assessment; in-support takes only that; accepted nothing.
+        let complex = StageMilestone {
+            complex: Some(true),
+            basis: Some("housing and three long-term conditions"),
+            ..given
+        };
+        assert_eq!(
+            kinds(Stage::Contacted, Stage::AssessmentDone, &complex),
+            Ok("initial-assessment,complexity".to_owned())
+        );
+        assert_eq!(
+            kinds(Stage::PlanAgreed, Stage::InSupport, &complex),
+            Ok("complexity".to_owned())
+        );
+        assert!(kinds(Stage::PlanAgreed, Stage::InSupport, &given).is_err());
+        assert!(kinds(Stage::Received, Stage::Accepted, &given).is_err());
+        assert!(kinds(Stage::InSupport, Stage::Completed, &complex).is_err());
+        let basis_alone = StageMilestone {
+            basis: Some("housing"),
+            ..given
+        };
+        assert!(kinds(Stage::Contacted, Stage::AssessmentDone, &basis_alone).is_err());
     }
 
     #[test]

@@ -271,6 +271,11 @@ pub struct ReferralFacts {
     pub received_at: OffsetDateTime,
     /// The first reason's code or text, for the service summary.
     pub reason: Option<String>,
+    /// How many reasons the referral gives (a complexity rule may count them).
+    pub reason_count: u32,
+    /// The codes of its reasons that have one, in the GP's order (a complexity rule may
+    /// name some).
+    pub reason_codes: Vec<String>,
     /// Every stage it reached, in order, with the instant.
     pub stages: Vec<(Stage, OffsetDateTime)>,
     /// Its measurements, in recorded order.

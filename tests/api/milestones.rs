@@ -330,3 +330,307 @@ async fn the_referral_page_lists_milestones_and_records_one_from_its_form() {
     assert_eq!(response.status(), 403);
     app.stop().await;
 }
+
+/// The stage of referral `id` and how many milestones it has.
+async fn stage_and_milestones(app: &TestApp, id: &str) -> (String, usize) {
+    let detail = get_json(app, &format!("/api/referrals/{id}")).await;
+    let listed = get_json(app, &format!("/api/referrals/{id}/milestones")).await;
+    (
+        detail["stage"].as_str().unwrap_or_default().to_owned(),
+        listed["items"].as_array().map_or(0, Vec::len),
+    )
+}
+
+#[tokio::test]
+async fn a_stage_change_records_its_milestone_in_the_same_transaction() {
+    let app = spawn_app().await;
+    let (id, status, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    assert_eq!(status, 201);
+    let path = format!("/api/referrals/{id}/transitions");
+    let day = today();
+    for to in ["accepted", "contacted"] {
+        let response = api_post(&app, &path, json!({"to": to})).await;
+        assert_eq!(response.status(), 200, "{to}");
+    }
+    // A move that takes no milestone, or a milestone that is wrong, refuses the move too:
+    // the stage stays and nothing is recorded (both or neither).
+    let tomorrow = (time::OffsetDateTime::now_utc().date() + time::Duration::days(2)).to_string();
+    for (body, expected) in [
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": tomorrow}}),
+            422,
+        ),
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": "2001-01-01"}}),
+            422,
+        ),
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": day, "discharge_reason": "goals-met"}}),
+            422,
+        ),
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": day, "complex": true}}),
+            422,
+        ),
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": day, "basis": "housing"}}),
+            422,
+        ),
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": "soon"}}),
+            400,
+        ),
+        (
+            json!({"to": "plan-agreed", "milestone": {"on": day, "colour": "green"}}),
+            400,
+        ),
+        (json!({"to": "plan-agreed", "milestone": {}}), 400),
+    ] {
+        let response = api_post(&app, &path, body.clone()).await;
+        assert_eq!(response.status(), expected, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{body}"
+        );
+        assert_eq!(
+            stage_and_milestones(&app, &id).await,
+            ("contacted".to_owned(), 0),
+            "{body}"
+        );
+    }
+    // Straight from contacted to a plan: the first conversation was the initial assessment.
+    let response = api_post(
+        &app,
+        &path,
+        json!({"to": "plan-agreed", "milestone": {"on": day, "complex": true,
+               "basis": "Three long-term conditions and insecure housing"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        stage_and_milestones(&app, &id).await,
+        ("plan-agreed".to_owned(), 3)
+    );
+    assert_eq!(
+        counts(&app, "initial-assessment-with-plan").await,
+        (1, 1, 0)
+    );
+    assert_eq!(counts(&app, "complex-needs-engaged").await, (1, 1, 0));
+    // in-support takes only a complexity assessment; completed needs its discharge reason.
+    let response = api_post(
+        &app,
+        &path,
+        json!({"to": "in-support", "milestone": {"on": day}}),
+    )
+    .await;
+    assert_eq!(response.status(), 422);
+    let response = api_post(&app, &path, json!({"to": "in-support"})).await;
+    assert_eq!(response.status(), 200);
+    let response = api_post(
+        &app,
+        &path,
+        json!({"to": "completed", "milestone": {"on": day}}),
+    )
+    .await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        stage_and_milestones(&app, &id).await,
+        ("in-support".to_owned(), 3)
+    );
+    let response = api_post(
+        &app,
+        &path,
+        json!({"to": "completed", "milestone": {"on": day, "discharge_reason": "goals-met"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let listed = get_json(&app, &format!("/api/referrals/{id}/milestones")).await;
+    let discharge = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|m| m["kind"] == "discharge")
+        .cloned()
+        .expect("a discharge");
+    assert_eq!(discharge["reason"], "goals-met", "{listed}");
+    // Each move is one audited request, with the referral it touched.
+    let pool = app.db_pool().await;
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_events WHERE interaction = 'api:transition' AND status = 200 \
+         AND referral_ids LIKE $1",
+    )
+    .bind(format!("%{id}%"))
+    .fetch_one(&pool)
+    .await
+    .expect("audit rows");
+    assert_eq!(audited, 5);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_stage_form_records_the_milestone_with_the_move() {
+    let app = spawn_app().await;
+    add_staff(&app).await;
+    let (id, status, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    assert_eq!(status, 201);
+    let amara = sign_in(&app, "amara").await;
+    let page_path = format!("/console/referrals/{id}");
+    let path = format!("/console/referrals/{id}/transition");
+    let day = today();
+    let (_, page) = amara.get(&app, &page_path).await;
+    let token = csrf(&page);
+    // Accepting takes no milestone: the form's day is ignored (and a day left blank is
+    // today, what the form fills in).
+    for to in ["accepted", "contacted"] {
+        let response = amara
+            .post(
+                &app,
+                &path,
+                &[("csrf", &token), ("to", to), ("stage_on", &day)],
+            )
+            .await;
+        assert_eq!(response.status(), 303, "{to}");
+    }
+    let (_, page) = amara.get(&app, &page_path).await;
+    assert!(
+        page.contains("id=\"transition-on\"") && page.contains(&format!("value=\"{day}\"")),
+        "the day is offered, filled in with today: {page}"
+    );
+    assert_eq!(
+        stage_and_milestones(&app, &id).await,
+        ("contacted".to_owned(), 0)
+    );
+    // Each refusal points at its own field, keeps what was typed, and moves nothing.
+    for (form, field) in [
+        (
+            vec![("to", "assessment-done"), ("stage_on", "soon")],
+            "transition-on",
+        ),
+        (
+            vec![
+                ("to", "assessment-done"),
+                ("stage_on", day.as_str()),
+                ("stage_complex", "yes"),
+            ],
+            "transition-basis",
+        ),
+        (
+            vec![("to", "assessment-done"), ("stage_on", "2001-01-01")],
+            "transition-on",
+        ),
+    ] {
+        let mut with_token = vec![("csrf", token.as_str())];
+        with_token.extend(form.iter().copied());
+        let response = amara.post(&app, &path, &with_token).await;
+        assert_eq!(response.status(), 400, "{form:?}");
+        let body = response.text().await.expect("page");
+        assert!(
+            body.contains("There is a problem") && body.contains(&format!("href=\"#{field}\"")),
+            "{form:?}: {body}"
+        );
+        assert_eq!(
+            stage_and_milestones(&app, &id).await,
+            ("contacted".to_owned(), 0),
+            "{form:?}"
+        );
+    }
+    let response = amara
+        .post(
+            &app,
+            &path,
+            &[
+                ("csrf", &token),
+                ("to", "assessment-done"),
+                ("stage_on", &day),
+                ("stage_complex", "no"),
+                (
+                    "stage_basis",
+                    "One long-term condition, well supported at home",
+                ),
+                // Another stage's field: not read.
+                ("discharge_reason", "goals-met"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 303);
+    let listed = get_json(&app, &format!("/api/referrals/{id}/milestones")).await;
+    let kinds: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{listed}");
+    assert!(
+        kinds.contains(&"initial-assessment") && kinds.contains(&"complexity"),
+        "{listed}"
+    );
+    assert!(
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|m| m["recorded_by"] == "amara" && m["reason"].is_null())
+    );
+    for to in ["plan-agreed", "in-support"] {
+        let response = amara
+            .post(
+                &app,
+                &path,
+                &[("csrf", &token), ("to", to), ("stage_on", &day)],
+            )
+            .await;
+        assert_eq!(response.status(), 303, "{to}");
+    }
+    assert_eq!(
+        counts(&app, "initial-assessment-with-plan").await,
+        (1, 1, 0)
+    );
+    // Completing needs the discharge reason.
+    let response = amara
+        .post(
+            &app,
+            &path,
+            &[("csrf", &token), ("to", "completed"), ("stage_on", &day)],
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.expect("page");
+    assert!(
+        body.contains("href=\"#transition-discharge-reason\""),
+        "{body}"
+    );
+    assert_eq!(
+        stage_and_milestones(&app, &id).await,
+        ("in-support".to_owned(), 3)
+    );
+    let response = amara
+        .post(
+            &app,
+            &path,
+            &[
+                ("csrf", &token),
+                ("to", "completed"),
+                ("stage_on", &day),
+                ("discharge_reason", "goals-met"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(
+        stage_and_milestones(&app, &id).await,
+        ("completed".to_owned(), 4)
+    );
+    let pool = app.db_pool().await;
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_events WHERE interaction = 'console:transition' \
+         AND referral_ids LIKE $1",
+    )
+    .bind(format!("%{id}%"))
+    .fetch_one(&pool)
+    .await
+    .expect("audit rows");
+    assert!(audited >= 6, "every post is audited: {audited}");
+    app.stop().await;
+}

@@ -165,7 +165,8 @@ async fn a_referral_s_follow_ups_and_its_count_in_the_report() {
         line.contains(&id)
             && line.contains(&observations[0])
             && line.contains(&observations[1])
-            && line.ends_with(",4"),
+            // The change, then complex_needs (empty: not a complexity metric).
+            && line.ends_with(",4,"),
         "{line}"
     );
     // The counts carry no ids.
@@ -580,6 +581,81 @@ async fn a_service_s_own_measure_and_metric_load_from_its_folder() {
     app.stop().await;
 }
 
+/// A service's own complexity rule: the shipped complex-needs metric counts people with
+/// a reason the service names, says so in the detail, and a recorded assessment overrides.
+#[tokio::test]
+async fn a_service_s_complexity_rule_finds_complex_needs_and_a_recorded_assessment_overrides_it() {
+    let rule = "\n[complexity]\nmin_reasons = 5\nreason_codes = [\"bereavement\"]\n";
+    let dir = outcomes_dir(CUSTOM, rule);
+    let path = dir.path().to_path_buf();
+    let app = spawn_app_with(|settings| settings.outcomes_dir = Some(path)).await;
+    let (id, status, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    assert_eq!(status, 201);
+    let day = time::OffsetDateTime::now_utc().date().to_string();
+    for body in [
+        json!({"to": "accepted"}),
+        json!({"to": "contacted"}),
+        json!({"to": "plan-agreed", "milestone": {"on": day}}),
+    ] {
+        let response = api_post(
+            &app,
+            &format!("/api/referrals/{id}/transitions"),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(response.status(), 200, "{body}");
+    }
+    let now = time::OffsetDateTime::now_utc().date();
+    let range = format!(
+        "from={}&to={}",
+        now - time::Duration::days(365),
+        now + time::Duration::days(365)
+    );
+    let complex = |detail: &Value| -> Vec<String> {
+        detail["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|d| d["metric"] == "complex-needs-engaged")
+            .map(|d| {
+                format!(
+                    "{} {} {}",
+                    d["referral_id"].as_str().unwrap_or(""),
+                    d["status"].as_str().unwrap_or(""),
+                    d["complex_needs"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let detail = get_json(
+        &app,
+        &format!("/api/reports/outcomes/detail?{range}&format=json"),
+    )
+    .await;
+    assert_eq!(
+        complex(&detail),
+        vec![format!(
+            "{id} achieved reason bereavement (rule: reason_codes)"
+        )],
+        "{detail}"
+    );
+    // The link worker's assessment overrides the rule.
+    let response = api_post(
+        &app,
+        &format!("/api/referrals/{id}/milestones"),
+        json!({"kind": "complexity", "on": day, "complex": false, "basis": "Bereavement support in place; no other needs"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let detail = get_json(
+        &app,
+        &format!("/api/reports/outcomes/detail?{range}&format=json"),
+    )
+    .await;
+    assert!(complex(&detail).is_empty(), "{detail}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_mistake_in_a_definition_stops_start_up_with_file_line_and_column() {
     for (custom, extra, at, what) in [
@@ -614,6 +690,13 @@ async fn a_mistake_in_a_definition_stops_start_up_with_file_line_and_column() {
             "",
             "mood-5.toml:1:8: measure 'mood-5':",
             "sprig-outcome-ucla3",
+        ),
+        // The service's complexity rule is checked like its metrics.
+        (
+            CUSTOM.to_string(),
+            "\n[complexity]\n[[complexity.baseline]]\nmeasure = \"wellbeing-star\"\nat_most = \"3\"\n",
+            "metrics.toml:",
+            "complexity: measure 'wellbeing-star' is not defined",
         ),
     ] {
         let dir = outcomes_dir(&custom, extra);

@@ -97,6 +97,11 @@ await page.goto(referralUrl);
 for (const stage of ['accepted', 'contacted', 'assessment-done', 'plan-agreed']) {
   await moveTo(stage);
 }
+// The stage form recorded the milestones with the moves (its day is filled in with today).
+const milestones = await page.textContent('table:has(caption:has-text("Milestones, by day"))');
+if (!milestones.includes('Initial assessment done') || !milestones.includes('Action plan agreed')) {
+  fail(`milestones recorded with the moves: ${milestones}`);
+}
 
 // SWEMWBS through the questionnaire: every item "Often" (4) scores 28.
 await Promise.all([page.waitForURL('**/outcomes?measure=swemwbs'), page.click('a:has-text("Record SWEMWBS")')]);
@@ -109,6 +114,15 @@ if (!score.includes('Score: 28')) fail(`score shown: ${score}`);
 await check('outcome-recorded');
 
 await moveTo('in-support');
+// Completing records the discharge: without its reason the form says so, and nothing moves.
+await page.check('#to-completed');
+await page.click('button:has-text("Save stage")');
+await page.waitForSelector('.nhsuk-error-summary');
+if ((await page.getAttribute('.nhsuk-error-summary a', 'href')) !== '#transition-discharge-reason') {
+  fail('the discharge reason is not the field in error');
+}
+await check('referral-missing-discharge-reason');
+await page.selectOption('#transition-discharge-reason', 'goals-met');
 await moveTo('completed');
 await check('referral-completed');
 await signOut();

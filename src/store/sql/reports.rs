@@ -1,10 +1,12 @@
 //! The outcomes and service reports' reads in SQL, shared by both backends
 //! (compiled into `store::sqlite` and `store::postgres` alike, `#[path]`).
 //!
-//! Memory, not time, is what a report over a whole service costs: every referral's facts are
-//! held at once. So rows are streamed (`fetch`, one row at a time, never a `Vec` of every row
-//! beside the facts built from them), instants are parsed once into `OffsetDateTime`s, and
-//! each referral's lists are trimmed to their length.
+//! Memory, not time, is what a report over a whole service costs. So the facts are read a
+//! page of referrals at a time (by id: the referrals, then their stages, measurements and
+//! milestones in that id range, each an index range scan), and a report counts each page
+//! and drops it (`each_referral_facts`); within a page rows are streamed (`fetch`, one row
+//! at a time), instants are parsed once into `OffsetDateTime`s, and each referral's lists
+//! are trimmed to their length.
 
 use std::collections::HashMap;
 
@@ -39,6 +41,10 @@ fn instant(id: &str, text: &str, what: &str) -> Result<OffsetDateTime, StoreErro
     OffsetDateTime::parse(text, &Rfc3339).map_err(|_| corrupt(id, what))
 }
 
+/// Referrals read per page: enough that the four queries per page cost little, few enough
+/// that a page's facts (about 1 KiB a referral) stay small.
+const FACTS_PAGE: usize = 1000;
+
 impl Backend {
     /// The facts of every referral received before `received_before` (a FHIR instant; all
     /// when `None`), ordered by id.
@@ -46,20 +52,73 @@ impl Backend {
         &self,
         received_before: Option<&str>,
     ) -> Result<Vec<ReferralFacts>, StoreError> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .referral_facts_after(&after, received_before, FACTS_PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after.clone_from(&last.id);
+            let full = page.len() == FACTS_PAGE;
+            all.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Calls `each` with the facts of every referral, in id order, a page at a time: the
+    /// caller keeps what it counts, not the facts.
+    pub(in crate::store) async fn each_referral_facts<F>(
+        &self,
+        mut each: F,
+    ) -> Result<(), StoreError>
+    where
+        F: FnMut(&ReferralFacts) + Send,
+    {
+        let mut after = String::new();
+        loop {
+            let page = self.referral_facts_after(&after, None, FACTS_PAGE).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after.clone_from(&last.id);
+            page.iter().for_each(&mut each);
+            if page.len() < FACTS_PAGE {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The facts of the (at most) `limit` referrals after id `after` (`""`: from the first)
+    /// received before `received_before`, ordered by id.
+    async fn referral_facts_after(
+        &self,
+        after: &str,
+        received_before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ReferralFacts>, StoreError> {
         let s = self;
         let mut conn = s.readers.acquire().await?;
         // '~' sorts after every digit, so no bound means every instant.
         let bound = received_before.unwrap_or("~");
-        let mut facts: Vec<ReferralFacts> = Vec::new();
+        let mut facts: Vec<ReferralFacts> = Vec::with_capacity(limit.min(FACTS_PAGE));
         {
             let mut rows = sqlx::query_as::<_, ReferralRow>(
                 "SELECT r.id, p.nhs_number, r.practice_ods_code, r.received_at, \
                  (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
                   WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
                  FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
-                 WHERE r.received_at < $1 ORDER BY r.id",
+                 WHERE r.received_at < $1 AND r.id > $2 ORDER BY r.id LIMIT $3",
             )
             .bind(bound)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch(&mut *conn);
             while let Some((id, nhs_number, practice, received_at, reason)) =
                 rows.try_next().await?
@@ -71,13 +130,18 @@ impl Backend {
                     practice,
                     received_at,
                     reason,
+                    reason_count: 0,
+                    reason_codes: Vec::new(),
                     stages: Vec::new(),
                     outcomes: Vec::new(),
                     milestones: Vec::new(),
                 });
             }
         }
-        facts.shrink_to_fit();
+        let (Some(first), Some(last)) = (facts.first(), facts.last()) else {
+            return Ok(facts);
+        };
+        let (first, last) = (first.id.clone(), last.id.clone());
         let index: HashMap<String, usize> = facts
             .iter()
             .enumerate()
@@ -85,8 +149,11 @@ impl Backend {
             .collect();
         {
             let mut rows = sqlx::query_as::<_, (String, String, String)>(
-                "SELECT referral_id, stage, at FROM referral_stage_history ORDER BY referral_id, seq",
+                "SELECT referral_id, stage, at FROM referral_stage_history \
+                 WHERE referral_id >= $1 AND referral_id <= $2 ORDER BY referral_id, seq",
             )
+            .bind(&first)
+            .bind(&last)
             .fetch(&mut *conn);
             while let Some((referral_id, stage, at)) = rows.try_next().await? {
                 let Some(&i) = index.get(&referral_id) else {
@@ -101,8 +168,11 @@ impl Backend {
         {
             let mut rows = sqlx::query_as::<_, (String, String, String, String, Option<i64>)>(
                 "SELECT referral_id, id, measure, recorded_at, total FROM outcome_measures \
+                 WHERE referral_id >= $1 AND referral_id <= $2 \
                  ORDER BY referral_id, recorded_at, id",
             )
+            .bind(&first)
+            .bind(&last)
             .fetch(&mut *conn);
             while let Some((referral_id, id, measure, recorded_at, total)) = rows.try_next().await?
             {
@@ -125,8 +195,11 @@ impl Backend {
         {
             let mut rows = sqlx::query_as::<_, (String, String, String, Option<i64>)>(
                 "SELECT referral_id, kind, occurred_on, complex FROM referral_milestones \
+                 WHERE referral_id >= $1 AND referral_id <= $2 \
                  ORDER BY referral_id, occurred_on, recorded_at, id",
             )
+            .bind(&first)
+            .bind(&last)
             .fetch(&mut *conn);
             while let Some((referral_id, kind, on, complex)) = rows.try_next().await? {
                 let Some(&i) = index.get(&referral_id) else {
@@ -139,11 +212,30 @@ impl Backend {
                 });
             }
         }
+        {
+            let mut rows = sqlx::query_as::<_, (String, Option<String>)>(
+                "SELECT referral_id, code FROM referral_reasons \
+                 WHERE referral_id >= $1 AND referral_id <= $2 ORDER BY referral_id, position",
+            )
+            .bind(&first)
+            .bind(&last)
+            .fetch(&mut *conn);
+            while let Some((referral_id, code)) = rows.try_next().await? {
+                let Some(&i) = index.get(&referral_id) else {
+                    continue;
+                };
+                facts[i].reason_count += 1;
+                if let Some(code) = code {
+                    facts[i].reason_codes.push(code);
+                }
+            }
+        }
         drop(index);
         for f in &mut facts {
             f.stages.shrink_to_fit();
             f.outcomes.shrink_to_fit();
             f.milestones.shrink_to_fit();
+            f.reason_codes.shrink_to_fit();
         }
         Ok(facts)
     }
