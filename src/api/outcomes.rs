@@ -127,7 +127,7 @@ pub async fn follow_ups(
     })?;
     let today = as_of(query.as_of.as_deref())?;
     let due = query.due.as_deref().unwrap_or("this-week");
-    let wanted: Box<dyn Fn(&FollowUp) -> bool + Send> = match due {
+    let wanted: Box<dyn Fn(&FollowUp) -> bool + Send + Sync> = match due {
         "this-week" => Box::new(move |f: &FollowUp| due_in_week_of(f, today)),
         "due-soon" => Box::new(|f: &FollowUp| f.state == FollowUpState::DueSoon),
         "due" => Box::new(|f: &FollowUp| f.state == FollowUpState::Due),
@@ -147,35 +147,38 @@ pub async fn follow_ups(
             "measure '{code}' is not defined"
         )));
     }
-    let facts = state.store.referral_facts(None).await?;
+    // Only a referral with a measurement has follow-ups; the others' rows are not read.
     let mut items = Vec::new();
-    for referral in &facts {
-        if query
-            .practice
-            .as_deref()
-            .is_some_and(|p| referral.practice.as_deref() != Some(p))
-        {
-            continue;
-        }
-        for (measure, list) in referral_follow_ups(&state, referral, today) {
-            if query.measure.as_deref().is_some_and(|m| m != measure) {
-                continue;
+    state
+        .store
+        .each_measured_referral_facts(|referral| {
+            if query
+                .practice
+                .as_deref()
+                .is_some_and(|p| referral.practice.as_deref() != Some(p))
+            {
+                return;
             }
-            for f in list.iter().filter(|f| wanted(f)) {
-                items.push(json!({
-                    "referral_id": referral.id,
-                    "practice": referral.practice,
-                    "measure": measure,
-                    "follow_up": f.key,
-                    "label": f.label,
-                    "date": f.target,
-                    "opens": f.opens,
-                    "closes": f.closes,
-                    "state": f.state,
-                }));
+            for (measure, list) in referral_follow_ups(&state, referral, today) {
+                if query.measure.as_deref().is_some_and(|m| m != measure) {
+                    continue;
+                }
+                for f in list.iter().filter(|f| wanted(f)) {
+                    items.push(json!({
+                        "referral_id": referral.id,
+                        "practice": referral.practice,
+                        "measure": measure,
+                        "follow_up": f.key,
+                        "label": f.label,
+                        "date": f.target,
+                        "opens": f.opens,
+                        "closes": f.closes,
+                        "state": f.state,
+                    }));
+                }
             }
-        }
-    }
+        })
+        .await?;
     items.sort_by(|a, b| {
         a["date"]
             .as_str()

@@ -2,7 +2,7 @@
 //! overdue" filter and the page "Follow-ups due this week" (`/console/follow-ups`).
 //!
 //! Invariants: what is due is computed exactly as `GET /api/follow-ups` computes it
-//! (`api::outcomes::referral_follow_ups` over `Store::referral_facts`, the schedule in
+//! (`api::outcomes::referral_follow_ups` over `Store::each_measured_referral_facts`, the schedule in
 //! `outcomes::schedule`, the week's rule `api::outcomes::due_in_week_of`): there is no
 //! second copy of the schedule here; a link worker sees only the referrals assigned to
 //! them, a service manager everyone's, grouped per link worker.
@@ -49,21 +49,24 @@ pub struct Due {
 pub(super) async fn due(
     state: &AppState,
     today: Date,
-    wanted: impl Fn(&FollowUp) -> bool,
+    wanted: impl Fn(&FollowUp) -> bool + Send + Sync,
 ) -> Result<Vec<Due>> {
-    let facts = state.store.referral_facts(None).await?;
+    // Only a referral with a measurement has follow-ups; the others' rows are not read.
     let mut out = Vec::new();
-    for referral in &facts {
-        for (measure, list) in referral_follow_ups(state, referral, today) {
-            for follow_up in list.into_iter().filter(|f| wanted(f)) {
-                out.push(Due {
-                    referral_id: referral.id.clone(),
-                    measure: measure.clone(),
-                    follow_up,
-                });
+    state
+        .store
+        .each_measured_referral_facts(|referral| {
+            for (measure, list) in referral_follow_ups(state, referral, today) {
+                for follow_up in list.into_iter().filter(|f| wanted(f)) {
+                    out.push(Due {
+                        referral_id: referral.id.clone(),
+                        measure: measure.clone(),
+                        follow_up,
+                    });
+                }
             }
-        }
-    }
+        })
+        .await?;
     out.sort_by(|a, b| {
         a.follow_up
             .target

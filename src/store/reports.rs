@@ -23,6 +23,25 @@ impl Store {
     where
         F: FnMut(&ReferralFacts) + Send,
     {
-        dispatch!(self, b => b.each_referral_facts(each).await)
+        dispatch!(self, b => b.each_referral_facts(Which::All, each).await)
     }
+
+    /// As [`Store::each_referral_facts`], for the referrals with at least one outcome
+    /// measurement only: the only ones with follow-ups (a measure's first measurement is
+    /// its baseline), so the follow-up views read those, not every referral's rows.
+    pub async fn each_measured_referral_facts<F>(&self, each: F) -> Result<(), StoreError>
+    where
+        F: FnMut(&ReferralFacts) + Send,
+    {
+        dispatch!(self, b => b.each_referral_facts(Which::Measured, each).await)
+    }
+}
+
+/// Which referrals a read of facts yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::store) enum Which {
+    /// Every referral.
+    All,
+    /// Those with at least one outcome measurement.
+    Measured,
 }

@@ -18,6 +18,7 @@ use super::Backend;
 use crate::referral::record::{MilestoneFact, OutcomeFact, ReferralFacts};
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
+use crate::store::reports::Which;
 
 /// id, NHS number, practice, received_at, first reason.
 type ReferralRow = (
@@ -56,7 +57,7 @@ impl Backend {
         let mut after = String::new();
         loop {
             let page = self
-                .referral_facts_after(&after, received_before, FACTS_PAGE)
+                .referral_facts_after(&after, received_before, FACTS_PAGE, Which::All)
                 .await?;
             let Some(last) = page.last() else {
                 break;
@@ -75,6 +76,7 @@ impl Backend {
     /// caller keeps what it counts, not the facts.
     pub(in crate::store) async fn each_referral_facts<F>(
         &self,
+        only: Which,
         mut each: F,
     ) -> Result<(), StoreError>
     where
@@ -82,7 +84,9 @@ impl Backend {
     {
         let mut after = String::new();
         loop {
-            let page = self.referral_facts_after(&after, None, FACTS_PAGE).await?;
+            let page = self
+                .referral_facts_after(&after, None, FACTS_PAGE, only)
+                .await?;
             let Some(last) = page.last() else {
                 break;
             };
@@ -102,20 +106,31 @@ impl Backend {
         after: &str,
         received_before: Option<&str>,
         limit: usize,
+        only: Which,
     ) -> Result<Vec<ReferralFacts>, StoreError> {
         let s = self;
+        // Measured only: the referrals, and the rows of each page's id range, of referrals
+        // with an outcome measurement; the others' rows in that range are not read.
+        let (with_measure, measured_in_range) = match only {
+            Which::All => ("", ""),
+            Which::Measured => (
+                " AND EXISTS (SELECT 1 FROM outcome_measures m WHERE m.referral_id = r.id)",
+                " AND referral_id IN (SELECT m.referral_id FROM outcome_measures m \
+                  WHERE m.referral_id >= $1 AND m.referral_id <= $2)",
+            ),
+        };
         let mut conn = s.readers.acquire().await?;
         // '~' sorts after every digit, so no bound means every instant.
         let bound = received_before.unwrap_or("~");
         let mut facts: Vec<ReferralFacts> = Vec::with_capacity(limit.min(FACTS_PAGE));
         {
-            let mut rows = sqlx::query_as::<_, ReferralRow>(
+            let mut rows = sqlx::query_as::<_, ReferralRow>(sqlx::AssertSqlSafe(format!(
                 "SELECT r.id, p.nhs_number, r.practice_ods_code, r.received_at, \
                  (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
                   WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
                  FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
-                 WHERE r.received_at < $1 AND r.id > $2 ORDER BY r.id LIMIT $3",
-            )
+                 WHERE r.received_at < $1 AND r.id > $2{with_measure} ORDER BY r.id LIMIT $3"
+            )))
             .bind(bound)
             .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -148,13 +163,15 @@ impl Backend {
             .map(|(i, f)| (f.id.clone(), i))
             .collect();
         {
-            let mut rows = sqlx::query_as::<_, (String, String, String)>(
-                "SELECT referral_id, stage, at FROM referral_stage_history \
-                 WHERE referral_id >= $1 AND referral_id <= $2 ORDER BY referral_id, seq",
-            )
-            .bind(&first)
-            .bind(&last)
-            .fetch(&mut *conn);
+            let mut rows =
+                sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(format!(
+                    "SELECT referral_id, stage, at FROM referral_stage_history \
+                     WHERE referral_id >= $1 AND referral_id <= $2{measured_in_range} \
+                     ORDER BY referral_id, seq"
+                )))
+                .bind(&first)
+                .bind(&last)
+                .fetch(&mut *conn);
             while let Some((referral_id, stage, at)) = rows.try_next().await? {
                 let Some(&i) = index.get(&referral_id) else {
                     continue;
@@ -194,9 +211,11 @@ impl Backend {
         }
         {
             let mut rows = sqlx::query_as::<_, (String, String, String, Option<i64>)>(
-                "SELECT referral_id, kind, occurred_on, complex FROM referral_milestones \
-                 WHERE referral_id >= $1 AND referral_id <= $2 \
-                 ORDER BY referral_id, occurred_on, recorded_at, id",
+                sqlx::AssertSqlSafe(format!(
+                    "SELECT referral_id, kind, occurred_on, complex FROM referral_milestones \
+                     WHERE referral_id >= $1 AND referral_id <= $2{measured_in_range} \
+                     ORDER BY referral_id, occurred_on, recorded_at, id"
+                )),
             )
             .bind(&first)
             .bind(&last)
@@ -213,13 +232,15 @@ impl Backend {
             }
         }
         {
-            let mut rows = sqlx::query_as::<_, (String, Option<String>)>(
-                "SELECT referral_id, code FROM referral_reasons \
-                 WHERE referral_id >= $1 AND referral_id <= $2 ORDER BY referral_id, position",
-            )
-            .bind(&first)
-            .bind(&last)
-            .fetch(&mut *conn);
+            let mut rows =
+                sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(format!(
+                    "SELECT referral_id, code FROM referral_reasons \
+                     WHERE referral_id >= $1 AND referral_id <= $2{measured_in_range} \
+                     ORDER BY referral_id, position"
+                )))
+                .bind(&first)
+                .bind(&last)
+                .fetch(&mut *conn);
             while let Some((referral_id, code)) = rows.try_next().await? {
                 let Some(&i) = index.get(&referral_id) else {
                     continue;
