@@ -48,6 +48,19 @@ pub(super) async fn create(
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
     let owner = mapped.fields.practice_ods_code.clone();
     let visibility = access.visibility();
+    let id = FhirId::generate();
+    let identifier = mapped.identifier.clone();
+    // The record and its Task are built and checked before the writer is taken: the
+    // single SQLite writer is held only for the statements.
+    let opening = state.workflow.prepare_open(
+        mapped,
+        &Arrival {
+            service_request_id: &id,
+            patient_id: None,
+            received_as: ReceivedAs::Resource,
+            request_id: &context.request_id,
+        },
+    )?;
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
         // What it found may be another request's write in the same SQLite batch,
@@ -57,16 +70,13 @@ pub(super) async fn create(
         return written(&existing, what, answer, checked.issues);
     }
     if let Some(existing) = tx
-        .referral_by_identifier(
-            mapped.fields.practice_ods_code.as_deref(),
-            &mapped.identifier,
-        )
+        .referral_by_identifier(owner.as_deref(), &identifier)
         .await?
     {
         // What it found may be another request's write in the same SQLite batch,
         // not yet durable: the empty commit returns once that batch has committed.
         tx.commit().await?;
-        Workflow::check_resubmission(&existing, &mapped)?;
+        Workflow::check_resubmission(&existing, &opening.referral().fields)?;
         tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
         let stored = current(
             state,
@@ -82,7 +92,6 @@ pub(super) async fn create(
         };
         return written(&stored, what, answer, checked.issues);
     }
-    let id = FhirId::generate();
     let stored = tx
         .create(ResourceWrite {
             resource_type: ResourceType::SERVICE_REQUEST,
@@ -95,16 +104,7 @@ pub(super) async fn create(
         .await?;
     let referral = state
         .workflow
-        .open(
-            &mut tx,
-            mapped,
-            &Arrival {
-                service_request_id: &id,
-                patient_id: None,
-                received_as: ReceivedAs::Resource,
-                request_id: &context.request_id,
-            },
-        )
+        .write_opened(&mut tx, opening, &context.request_id)
         .await?;
     tx.add_submission(&Submission {
         referral_id: &referral.id,
