@@ -25,7 +25,9 @@ use crate::mapping::{
 use crate::outcomes::Catalogue;
 use crate::outcomes::definition::{DefinedScoreError, MeasureDefinition};
 use crate::referral::milestone::{self, Milestone, MilestoneInput, StageMilestone};
-use crate::referral::record::{MappedReferral, NoteSource, Outcome, ReceivedAs, Referral};
+use crate::referral::record::{
+    MappedReferral, NoteSource, Outcome, ReceivedAs, Referral, ReferralFields,
+};
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
 use crate::store::{ReadOutcome, ResourceWrite, StoreError, Visibility, WriteTx};
@@ -106,6 +108,26 @@ pub struct Arrival<'a> {
     pub received_as: ReceivedAs,
     /// The request.
     pub request_id: &'a str,
+}
+
+/// A new referral made ready to write ([`Workflow::prepare_open`]).
+#[derive(Debug)]
+pub struct Opening {
+    /// The record, in stage `received`.
+    referral: Referral,
+    /// Its Task's id.
+    task_id: FhirId,
+    /// Its Task (version 1), checked against Sprig's Task profile.
+    task: Value,
+    /// When it was received.
+    now: String,
+}
+
+impl Opening {
+    /// The record as it will be written.
+    pub fn referral(&self) -> &Referral {
+        &self.referral
+    }
 }
 
 /// A stage change asked for by the service.
@@ -243,6 +265,19 @@ impl Workflow {
         mapped: MappedReferral,
         arrival: &Arrival<'_>,
     ) -> Result<Referral, WorkflowError> {
+        let opening = self.prepare_open(mapped, arrival)?;
+        self.write_opened(tx, opening, arrival.request_id).await
+    }
+
+    /// Everything [`Workflow::open`] writes that does not depend on the store: the
+    /// record and its Task, built and checked against Sprig's Task profile. Done
+    /// before the write transaction begins, so the single SQLite writer is not held
+    /// while the Task is built and validated.
+    pub fn prepare_open(
+        &self,
+        mapped: MappedReferral,
+        arrival: &Arrival<'_>,
+    ) -> Result<Opening, WorkflowError> {
         let now = Instant::now().to_fhir();
         let task_id = FhirId::generate();
         let referral = Referral {
@@ -258,15 +293,38 @@ impl Workflow {
             assigned_to: None,
             fields: mapped.fields,
         };
-        tx.insert_referral(&referral).await?;
         let task = self.task(&referral, Stage::Received, None, &[], &now)?;
+        Ok(Opening {
+            referral,
+            task_id,
+            task,
+            now,
+        })
+    }
+
+    /// Writes a referral [`Workflow::prepare_open`] made ready: the record, its Task,
+    /// the timeline's first step and the Task's outbox row. The ServiceRequest
+    /// (`Arrival::service_request_id`) is already stored in `tx`.
+    pub async fn write_opened(
+        &self,
+        tx: &mut WriteTx,
+        opening: Opening,
+        request_id: &str,
+    ) -> Result<Referral, WorkflowError> {
+        let Opening {
+            referral,
+            task_id,
+            task,
+            now,
+        } = opening;
+        tx.insert_referral(&referral).await?;
         let stored = tx
             .create(ResourceWrite {
                 resource_type: ResourceType::TASK,
                 id: &task_id,
                 resource: task,
                 received: None,
-                request_id: arrival.request_id,
+                request_id,
                 owner: referral.fields.practice_ods_code.as_deref(),
             })
             .await?;
@@ -553,16 +611,16 @@ impl Workflow {
         })
     }
 
-    /// Whether `mapped`, sent with an identifier Sprig already holds, is a resubmission of
+    /// Whether `received`, sent with an identifier Sprig already holds, is a resubmission of
     /// `held`: the same referral from the same practice about the same patient. Anything else
     /// is a conflict whose message reveals nothing of what is held (not the patient, not the
     /// practice, not the referral's id), as the identifier may have been guessed.
     pub fn check_resubmission(
         held: &Referral,
-        mapped: &MappedReferral,
+        received: &ReferralFields,
     ) -> Result<(), WorkflowError> {
-        let same_patient = held.fields.patient.nhs_number == mapped.fields.patient.nhs_number;
-        let same_practice = held.fields.practice_ods_code == mapped.fields.practice_ods_code;
+        let same_patient = held.fields.patient.nhs_number == received.patient.nhs_number;
+        let same_practice = held.fields.practice_ods_code == received.practice_ods_code;
         if same_patient && same_practice {
             Ok(())
         } else {

@@ -274,7 +274,7 @@ async fn handle(
     let owner = mapped.fields.practice_ods_code.clone();
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
-            Workflow::check_resubmission(&existing, &mapped)?;
+            Workflow::check_resubmission(&existing, &mapped.fields)?;
             let note = already_received(&existing);
             (existing, Some(note))
         }

@@ -27,7 +27,7 @@ use crate::config::UpdateRequires;
 use crate::fhir::{FhirId, Issue, IssueType, ResourceType, VersionId};
 use crate::identity::{Access, Interaction as Scope};
 use crate::mapping::intake::{Declared, SubmittedReferral};
-use crate::referral::record::{MappedReferral, ReceivedAs};
+use crate::referral::record::{MappedReferral, ReceivedAs, Referral, ReferralFields};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoreError, StoredResource, Visibility};
@@ -48,6 +48,38 @@ pub(super) async fn create(
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
     let owner = mapped.fields.practice_ods_code.clone();
     let visibility = access.visibility();
+    if if_none_exist.is_none()
+        && let Some(existing) = state
+            .store
+            .committed_referral_by_identifier(owner.as_deref(), &mapped.identifier)
+            .await?
+    {
+        // A resubmission of a referral already committed: answered from a reader,
+        // without taking the writer (the check inside the write transaction below
+        // still catches one committed since).
+        return resubmitted(
+            state,
+            &existing,
+            &mapped.fields,
+            &visibility,
+            answer,
+            checked,
+        )
+        .await;
+    }
+    let id = FhirId::generate();
+    let identifier = mapped.identifier.clone();
+    // The record and its Task are built and checked before the writer is taken: the
+    // single SQLite writer is held only for the statements.
+    let opening = state.workflow.prepare_open(
+        mapped,
+        &Arrival {
+            service_request_id: &id,
+            patient_id: None,
+            received_as: ReceivedAs::Resource,
+            request_id: &context.request_id,
+        },
+    )?;
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
         // What it found may be another request's write in the same SQLite batch,
@@ -57,32 +89,15 @@ pub(super) async fn create(
         return written(&existing, what, answer, checked.issues);
     }
     if let Some(existing) = tx
-        .referral_by_identifier(
-            mapped.fields.practice_ods_code.as_deref(),
-            &mapped.identifier,
-        )
+        .referral_by_identifier(owner.as_deref(), &identifier)
         .await?
     {
         // What it found may be another request's write in the same SQLite batch,
         // not yet durable: the empty commit returns once that batch has committed.
         tx.commit().await?;
-        Workflow::check_resubmission(&existing, &mapped)?;
-        tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
-        let stored = current(
-            state,
-            ResourceType::SERVICE_REQUEST,
-            &existing.id,
-            &visibility,
-        )
-        .await?;
-        let what = Written {
-            status: StatusCode::OK,
-            message_id: "referral-already-received",
-            message: already_received(&existing),
-        };
-        return written(&stored, what, answer, checked.issues);
+        let fields = &opening.referral().fields;
+        return resubmitted(state, &existing, fields, &visibility, answer, checked).await;
     }
-    let id = FhirId::generate();
     let stored = tx
         .create(ResourceWrite {
             resource_type: ResourceType::SERVICE_REQUEST,
@@ -95,16 +110,7 @@ pub(super) async fn create(
         .await?;
     let referral = state
         .workflow
-        .open(
-            &mut tx,
-            mapped,
-            &Arrival {
-                service_request_id: &id,
-                patient_id: None,
-                received_as: ReceivedAs::Resource,
-                request_id: &context.request_id,
-            },
-        )
+        .write_opened(&mut tx, opening, &context.request_id)
         .await?;
     tx.add_submission(&Submission {
         referral_id: &referral.id,
@@ -126,6 +132,33 @@ pub(super) async fn create(
         status: StatusCode::CREATED,
         message_id: "referral-received",
         message: received(&referral),
+    };
+    written(&stored, what, answer, checked.issues)
+}
+
+/// The answer to a referral whose identifier Sprig already holds (`existing`): the
+/// stored ServiceRequest (200) when it is the same referral, a conflict when not.
+async fn resubmitted(
+    state: &AppState,
+    existing: &Referral,
+    received: &ReferralFields,
+    visibility: &Visibility,
+    answer: Answer,
+    checked: CheckedBody,
+) -> Result<Response, ApiError> {
+    Workflow::check_resubmission(existing, received)?;
+    tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
+    let stored = current(
+        state,
+        ResourceType::SERVICE_REQUEST,
+        &existing.id,
+        visibility,
+    )
+    .await?;
+    let what = Written {
+        status: StatusCode::OK,
+        message_id: "referral-already-received",
+        message: already_received(existing),
     };
     written(&stored, what, answer, checked.issues)
 }

@@ -133,7 +133,7 @@ pub async fn transaction(
         )
         .await?
     {
-        Workflow::check_resubmission(&existing, &mapped)?;
+        Workflow::check_resubmission(&existing, &mapped.fields)?;
         // Only a transaction's own answer is replayed as one: a referral that first came as
         // a message (whose stored answer is the reply message) or alone is answered for
         // itself, so its stored answer is not read.

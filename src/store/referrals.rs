@@ -285,6 +285,18 @@ impl WriteTx {
 }
 
 impl Store {
+    /// The referral `practice` sent with this business identifier, if one has been
+    /// received and committed (so durable), read without taking the writer: a
+    /// resubmission is recognised before a write transaction begins. One still being
+    /// written is not seen: [`WriteTx::referral_by_identifier`] is the check that holds.
+    pub async fn committed_referral_by_identifier(
+        &self,
+        practice: Option<&str>,
+        identifier: &BusinessIdentifier,
+    ) -> Result<Option<Referral>, StoreError> {
+        dispatch!(self, b => b.committed_referral_by_identifier(practice, identifier).await)
+    }
+
     /// The answer remembered for an `X-Request-ID`, read without taking the
     /// writer: a resubmission is answered before anything is validated.
     pub async fn message_request(

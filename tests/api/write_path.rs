@@ -354,3 +354,41 @@ async fn a_bundle_four_times_larger_costs_about_four_times_more() {
         took[1]
     );
 }
+
+/// A referral whose identifier Sprig already holds is recognised from what is committed,
+/// before a write transaction begins (issue 20 §3: resubmissions no longer take the
+/// writer for their check): the same referral again is answered with the stored one
+/// (200, the same id), another patient's under that identifier is refused (409, naming
+/// neither), and neither stores anything.
+#[tokio::test]
+async fn a_held_identifier_is_answered_before_the_write_and_stores_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let body = serde_json::to_string(&sample_referral()).expect("JSON");
+    let first = app.post_referral(body.clone()).await;
+    assert_eq!(first.status(), 201);
+    let first = json_body(first).await;
+    let versions = app.stored_version_count().await;
+
+    let again = app.post_referral(body.clone()).await;
+    assert_eq!(again.status(), 200);
+    let again = json_body(again).await;
+    assert_eq!(again["id"], first["id"], "the stored referral: {again}");
+
+    // Another patient (a valid NHS number) under the same identifier.
+    assert!(body.contains("9000000009"), "the sample's NHS number moved");
+    let other = app
+        .post_referral(body.replace("9000000009", "9000000017"))
+        .await;
+    assert_eq!(other.status(), 409);
+    let outcome = json_body(other).await.to_string();
+    assert!(outcome.contains("its own identifier"), "{outcome}");
+    assert!(
+        !outcome.contains("9000000009") && !outcome.contains(first["id"].as_str().expect("id")),
+        "the refusal names nothing held: {outcome}"
+    );
+    assert_eq!(
+        app.stored_version_count().await,
+        versions,
+        "neither answer stored anything"
+    );
+}

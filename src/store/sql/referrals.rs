@@ -425,6 +425,18 @@ impl Tx {
 }
 
 impl Backend {
+    /// The referral `practice` sent with this business identifier, among committed
+    /// (and so durable) referrals, read without taking the writer.
+    pub(in crate::store) async fn committed_referral_by_identifier(
+        &self,
+        practice: Option<&str>,
+        identifier: &BusinessIdentifier,
+    ) -> Result<Option<Referral>, StoreError> {
+        let s = self;
+        let mut conn = s.readers.acquire().await?;
+        referral_by_identifier(&mut conn, practice, identifier).await
+    }
+
     /// The answer remembered for an `X-Request-ID`, read without taking the
     /// writer: a resubmission is answered before anything is validated.
     pub(in crate::store) async fn message_request(

@@ -105,6 +105,10 @@ pub(super) struct Held {
     /// Already handed to a rescue task: dropped again, that task never ran
     /// (the runtime is shutting down), so it must not spawn another.
     rescued: bool,
+    /// When the request in hand got the connection, and how long it waited for
+    /// it: the writer's timings, logged at debug (`sprig::store::sqlite::group`).
+    since: std::time::Instant,
+    waited: Duration,
 }
 
 impl Group {
@@ -124,7 +128,8 @@ impl Group {
     /// transaction, with the request's savepoint open. Cancel-safe: a caller
     /// dropped at any point leaves the connection handed on.
     pub(super) async fn enter(self: &Arc<Self>) -> Result<Held, StoreError> {
-        let held = loop {
+        let asked = std::time::Instant::now();
+        let mut held = loop {
             let waiter = {
                 let mut waiting = self.waiting();
                 if waiting.active {
@@ -155,10 +160,14 @@ impl Group {
                         began: false,
                         in_savepoint: false,
                         rescued: false,
+                        since: asked,
+                        waited: Duration::ZERO,
                     };
                 }
             }
         };
+        held.since = std::time::Instant::now();
+        held.waited = held.since.saturating_duration_since(asked);
         held.batch.join();
         // `BEGIN` and `SAVEPOINT` run to their end in a task of their own, so that
         // `began` and `in_savepoint` always say what the connection holds. Awaited
@@ -208,6 +217,7 @@ impl Group {
         let Some(mut conn) = held.conn.take() else {
             return;
         };
+        let committing = std::time::Instant::now();
         let result = if held.began {
             sqlx::query("COMMIT")
                 .execute(&mut *conn)
@@ -221,6 +231,11 @@ impl Group {
             // Leave the connection as the pool expects it: no transaction.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
+        tracing::debug!(
+            batch = held.batch.size(),
+            commit_us = committing.elapsed().as_micros(),
+            "write batch committed"
+        );
         held.batch.finish(result);
         drop(conn);
         self.end_session();
@@ -291,6 +306,8 @@ impl Held {
     /// or failed before its `RELEASE`, the request is rolled back alone.
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         let mut done = self.batch.done.subscribe();
+        let (waited, held_for) = (self.waited, self.since.elapsed());
+        let releasing = std::time::Instant::now();
         // `RELEASE` and the hand-on run to their end in a task of their own, whatever
         // happens to this future: dropped between `RELEASE` and `in_savepoint = false`,
         // the rescue's `ROLLBACK TO` found no savepoint and rolled the whole batch
@@ -315,10 +332,18 @@ impl Held {
                 )));
             }
         }
+        let released_after = releasing.elapsed();
         let result = match done.wait_for(Option::is_some).await {
             Ok(result) => result.clone(),
             Err(_) => None,
         };
+        tracing::debug!(
+            waited_us = waited.as_micros(),
+            held_us = held_for.as_micros(),
+            release_us = released_after.as_micros(),
+            durable_after_us = releasing.elapsed().as_micros(),
+            "write committed"
+        );
         match result {
             Some(Ok(())) => Ok(()),
             Some(Err(reason)) => Err(StoreError::GroupCommit(reason)),
@@ -343,6 +368,8 @@ impl Drop for Held {
                     began: self.began,
                     in_savepoint: self.in_savepoint,
                     rescued: true,
+                    since: self.since,
+                    waited: self.waited,
                 };
                 let group = Arc::clone(&self.group);
                 runtime.spawn(async move { group.abandon(rescued).await });

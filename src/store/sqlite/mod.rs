@@ -144,6 +144,45 @@ async fn lock_referral(_conn: &mut Conn, _referral_id: &str) -> Result<(), Store
 /// Prepared statements kept on the writer connection.
 const WRITER_STATEMENT_CACHE: usize = 512;
 
+/// The writer's page cache, in KiB (SQLite's negative `cache_size`): room for a full
+/// batch's dirty pages.
+const WRITER_CACHE_KIB: &str = "-16384";
+
+/// WAL pages after which the writer checkpoints itself: only when the checkpointer
+/// connection has fallen behind (SQLite's default is 1,000).
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "20000";
+
+/// How often the checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies committed pages from the WAL into the database file on a connection of its
+/// own (`PRAGMA wal_checkpoint(PASSIVE)`, which takes no lock a writer or reader
+/// waits for), until the writer's pool is closed. The checkpoint's page writes and
+/// fsyncs then no longer run inside a COMMIT, holding the single writer; committed
+/// data is durable in the WAL either way (`synchronous = FULL` syncs it at COMMIT).
+fn spawn_checkpointer(checkpointer: SqlitePool, writer: SqlitePool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if writer.is_closed() {
+                break;
+            }
+            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&checkpointer)
+                .await
+            {
+                if writer.is_closed() {
+                    break;
+                }
+                tracing::warn!(%error, "a WAL checkpoint failed; the writer checkpoints itself past its bound");
+            }
+        }
+        checkpointer.close().await;
+    });
+}
+
 /// How many SQLite virtual-machine steps pass between two looks at whether
 /// the reader's request has ended (a few microseconds of work).
 const PROGRESS_STEPS: i32 = 10_000;
@@ -341,7 +380,17 @@ impl SqliteStore {
                     .create_if_missing(true)
                     // Every statement the writes run stays prepared (sqlx's
                     // default of 100 is fewer than the distinct statements).
-                    .statement_cache_capacity(WRITER_STATEMENT_CACHE),
+                    .statement_cache_capacity(WRITER_STATEMENT_CACHE)
+                    // A batch of new referrals dirties thousands of pages (each index
+                    // insert lands on its own leaf): SQLite's default 2 MiB cache spilled
+                    // them to the WAL mid-batch, and wrote a page again when it was
+                    // changed again.
+                    .pragma("cache_size", WRITER_CACHE_KIB)
+                    // The checkpoint runs on its own connection ([`spawn_checkpointer`]),
+                    // not inside the COMMIT that crosses SQLite's 1,000-page mark while
+                    // the writer (and every request waiting for it) waits; this is only
+                    // the bound should that connection fall behind.
+                    .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES),
             )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
@@ -355,8 +404,15 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_read_connections.max(1))
             .acquire_timeout(options.busy_timeout)
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(options.busy_timeout)
+            .connect_with(base.clone())
+            .await?;
+        spawn_checkpointer(checkpointer, writer.clone());
         Ok(Self {
             group: group::Group::new(writer.clone(), options.busy_timeout),
             writer,
