@@ -86,6 +86,20 @@ pub fn referral_follow_ups(
     out
 }
 
+/// A follow-up of `measure` as `/api` shows it (the list adds whose it is; a referral's
+/// own list adds the day it was measured).
+fn follow_up_json(measure: &str, f: &FollowUp) -> serde_json::Map<String, Value> {
+    let mut item = serde_json::Map::new();
+    item.insert("measure".into(), json!(measure));
+    item.insert("follow_up".into(), json!(f.key));
+    item.insert("label".into(), json!(f.label));
+    item.insert("date".into(), json!(f.target));
+    item.insert("opens".into(), json!(f.opens));
+    item.insert("closes".into(), json!(f.closes));
+    item.insert("state".into(), json!(f.state));
+    item
+}
+
 /// Whether follow-up `f` is to do in the Monday-to-Sunday week holding `today`: not done,
 /// and its window open at some point that week (`due=this-week`; the console's
 /// follow-ups page too).
@@ -164,17 +178,10 @@ pub async fn follow_ups(
                     continue;
                 }
                 for f in list.iter().filter(|f| wanted(f)) {
-                    items.push(json!({
-                        "referral_id": referral.id,
-                        "practice": referral.practice,
-                        "measure": measure,
-                        "follow_up": f.key,
-                        "label": f.label,
-                        "date": f.target,
-                        "opens": f.opens,
-                        "closes": f.closes,
-                        "state": f.state,
-                    }));
+                    let mut item = follow_up_json(&measure, f);
+                    item.insert("referral_id".into(), json!(referral.id));
+                    item.insert("practice".into(), json!(referral.practice));
+                    items.push(Value::Object(item));
                 }
             }
         })
@@ -479,16 +486,9 @@ pub fn detail_follow_ups(
         .into_iter()
         .flat_map(|(measure, follow_ups)| {
             follow_ups.into_iter().map(move |f| {
-                json!({
-                    "measure": measure,
-                    "follow_up": f.key,
-                    "label": f.label,
-                    "date": f.target,
-                    "opens": f.opens,
-                    "closes": f.closes,
-                    "state": f.state,
-                    "measured_on": f.measured_on,
-                })
+                let mut item = follow_up_json(&measure, &f);
+                item.insert("measured_on".into(), json!(f.measured_on));
+                Value::Object(item)
             })
         })
         .collect();
