@@ -1,8 +1,9 @@
 //! Outcome evidence under `/api`: the measures in force (`GET /api/measures`, what a form
 //! renders), the follow-ups due (`GET /api/follow-ups`), the outcomes report and its detail
 //! (`GET /api/reports/outcomes`, `…/detail`) and the service summary
-//! (`GET /api/reports/service`). The computations are `outcomes`' pure functions over
-//! `Store::referral_facts`; this module parses queries, checks roles and chooses formats.
+//! (`GET /api/reports/service`). The computations are `outcomes`' builders fed a page of
+//! referrals at a time (`Store::each_referral_facts`); this module parses queries, checks
+//! roles and chooses formats.
 //!
 //! The counts carry no personal data and no ids; the detail export (ids and NHS numbers, so
 //! every count can be traced) is for the roles that may see referrals' detail.

@@ -7,15 +7,6 @@ use super::{Store, StoreError, dispatch};
 use crate::referral::record::ReferralFacts;
 
 impl Store {
-    /// The facts of every referral received before `received_before` (a FHIR instant; all
-    /// when `None`), ordered by id.
-    pub async fn referral_facts(
-        &self,
-        received_before: Option<&str>,
-    ) -> Result<Vec<ReferralFacts>, StoreError> {
-        dispatch!(self, b => b.referral_facts(received_before).await)
-    }
-
     /// Calls `each` with the facts of every referral, in id order, reading a page of
     /// referrals at a time: what a report counts is kept, the facts are not (reports over
     /// a whole service stay within a bounded memory).

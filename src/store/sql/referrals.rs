@@ -696,7 +696,6 @@ impl Backend {
         Ok(counts)
     }
 
-    /// Who a referral is assigned to: `None` when there is no such referral.
     /// Referrals whose id or business identifier value is `text` (the primary key and
     /// `referrals_by_identifier_value`, migration 0014).
     pub(in crate::store) async fn referral_handles(
@@ -726,6 +725,7 @@ impl Backend {
             .collect()
     }
 
+    /// Who a referral is assigned to: `None` when there is no such referral.
     pub(in crate::store) async fn referral_assignee(
         &self,
         id: &str,

@@ -47,31 +47,6 @@ fn instant(id: &str, text: &str, what: &str) -> Result<OffsetDateTime, StoreErro
 const FACTS_PAGE: usize = 1000;
 
 impl Backend {
-    /// The facts of every referral received before `received_before` (a FHIR instant; all
-    /// when `None`), ordered by id.
-    pub(in crate::store) async fn referral_facts(
-        &self,
-        received_before: Option<&str>,
-    ) -> Result<Vec<ReferralFacts>, StoreError> {
-        let mut all = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self
-                .referral_facts_after(&after, received_before, FACTS_PAGE, Which::All)
-                .await?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after.clone_from(&last.id);
-            let full = page.len() == FACTS_PAGE;
-            all.extend(page);
-            if !full {
-                break;
-            }
-        }
-        Ok(all)
-    }
-
     /// Calls `each` with the facts of every referral, in id order, a page at a time: the
     /// caller keeps what it counts, not the facts.
     pub(in crate::store) async fn each_referral_facts<F>(
@@ -84,9 +59,7 @@ impl Backend {
     {
         let mut after = String::new();
         loop {
-            let page = self
-                .referral_facts_after(&after, None, FACTS_PAGE, only)
-                .await?;
+            let page = self.referral_facts_after(&after, FACTS_PAGE, only).await?;
             let Some(last) = page.last() else {
                 break;
             };
@@ -99,12 +72,11 @@ impl Backend {
         Ok(())
     }
 
-    /// The facts of the (at most) `limit` referrals after id `after` (`""`: from the first)
-    /// received before `received_before`, ordered by id.
+    /// The facts of the (at most) `limit` referrals after id `after` (`""`: from the first),
+    /// ordered by id.
     async fn referral_facts_after(
         &self,
         after: &str,
-        received_before: Option<&str>,
         limit: usize,
         only: Which,
     ) -> Result<Vec<ReferralFacts>, StoreError> {
@@ -120,8 +92,6 @@ impl Backend {
             ),
         };
         let mut conn = s.readers.acquire().await?;
-        // '~' sorts after every digit, so no bound means every instant.
-        let bound = received_before.unwrap_or("~");
         let mut facts: Vec<ReferralFacts> = Vec::with_capacity(limit.min(FACTS_PAGE));
         {
             let mut rows = sqlx::query_as::<_, ReferralRow>(sqlx::AssertSqlSafe(format!(
@@ -129,9 +99,8 @@ impl Backend {
                  (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
                   WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
                  FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
-                 WHERE r.received_at < $1 AND r.id > $2{with_measure} ORDER BY r.id LIMIT $3"
+                 WHERE r.id > $1{with_measure} ORDER BY r.id LIMIT $2"
             )))
-            .bind(bound)
             .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch(&mut *conn);
