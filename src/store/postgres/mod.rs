@@ -260,6 +260,9 @@ pub struct PgStore {
     /// Woken when any instance commits outbox rows (via `LISTEN`), so
     /// delivery starts at once rather than at its next poll.
     outbox_signal: Arc<Notify>,
+    /// Turns to count exactly, so counts leave connections for everything else
+    /// (readers and writers share this pool).
+    counts: Arc<crate::store::search::CountGate>,
 }
 
 impl PgStore {
@@ -289,6 +292,10 @@ impl PgStore {
             writer: pool.clone(),
             readers: pool,
             outbox_signal,
+            counts: Arc::new(crate::store::search::CountGate::new(
+                options.max_read_connections.max(1),
+                options.busy_timeout,
+            )),
         })
     }
 

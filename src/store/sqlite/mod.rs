@@ -250,6 +250,8 @@ pub struct SqliteStore {
     pub(super) outbox_signal: Arc<Notify>,
     /// Keeps the `_lastUpdated` pull complete (see [`CommitHorizon`]).
     horizon: Arc<CommitHorizon>,
+    /// Turns to count exactly, so counts leave readers for everything else.
+    pub(in crate::store) counts: Arc<crate::store::search::CountGate>,
 }
 
 /// What keeps a GP's pull (`_lastUpdated=gt…`, and paging on `(last_updated, id)`)
@@ -419,6 +421,10 @@ impl SqliteStore {
             readers,
             outbox_signal: Arc::new(Notify::new()),
             horizon: Arc::new(CommitHorizon::default()),
+            counts: Arc::new(crate::store::search::CountGate::new(
+                options.max_read_connections.max(1),
+                options.busy_timeout,
+            )),
         })
     }
 
