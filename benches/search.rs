@@ -19,6 +19,12 @@
 //!   change (`SELECT DISTINCT x.id`), and the one before issue 20 (`EXISTS` per
 //!   resource, walking the type in page order), with the plan of the second.
 //!
+//! Totals, before and after in one run (`SEARCH_BASELINE=path/to/sprig`, another build's
+//! release binary, e.g. main's): that binary makes the schema, serves the seeded file while
+//! the totals are measured (`status=active&_count=0` alone, `_total=estimate`, and 16
+//! clients of which 8 ask for that count and 8 look up identifiers), and stops; then this
+//! build serves the same file and the same is measured. `SEARCH_ONLY_TOTALS=1` stops there.
+//!
 //! `cargo bench --bench search` (`SEARCH_REFERRALS=N` to change the size).
 
 // Tests and benches may unwrap: a failed assumption there is a failed run.
@@ -152,9 +158,16 @@ fn main() {
             ..Settings::default()
         };
         settings.log.level = "warn".into();
-        // Migrations (and the index's version) first, by a server that then stops.
-        let app = Application::build(settings.clone()).await.expect("Sprig starts");
-        drop(app);
+        let baseline = std::env::var("SEARCH_BASELINE").ok();
+        // Migrations (and the index's version) first, by a server that then stops: the
+        // baseline's when there is one (an older build refuses a file migrated further).
+        if let Some(binary) = &baseline {
+            let server = BaselineServer::start(binary, &database).await;
+            server.stop();
+        } else {
+            let app = Application::build(settings.clone()).await.expect("Sprig starts");
+            drop(app);
+        }
         let mut conn = SqliteConnection::connect(&format!("sqlite:{}", database.display()))
             .await
             .expect("open");
@@ -168,13 +181,27 @@ fn main() {
             std::fs::metadata(&database).map_or(0, |m| m.len()) as f64 / 1_048_576.0
         );
 
+        let client = reqwest::Client::new();
+        let seconds: u64 = std::env::var("SEARCH_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        if let Some(binary) = &baseline {
+            let server = BaselineServer::start(binary, &database).await;
+            totals(&client, &server.base, count, seconds, "baseline").await;
+            server.stop();
+        }
+
         // Sprig gathers planner statistics at start-up (`PRAGMA optimize`), as it
         // would after a restart on a grown database.
         let app = Application::build(settings).await.expect("Sprig starts");
         let store = app.store();
         let base = format!("http://{}", app.local_addr());
         tokio::spawn(app.run_until_stopped(std::future::pending()));
-        let client = reqwest::Client::new();
+        totals(&client, &base, count, seconds, "this build").await;
+        if std::env::var("SEARCH_ONLY_TOTALS").is_ok() {
+            return;
+        }
         // Warm the page cache and the connections.
         let _ = time_gets(&client, &base, 20, |run| {
             format!("/fhir/ServiceRequest?identifier={SYSTEM}|REF-{}", run * 7919 % count)
@@ -246,10 +273,6 @@ fn main() {
         report("status=active&_count=10&_total=accurate (HTTP)", &took);
 
         // 16 clients at once, each asking again as soon as answered.
-        let seconds: u64 = std::env::var("SEARCH_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
         for (what, path) in [
             ("identifier=system|value", Path::Identifier),
             ("patient=id", Path::Patient),
@@ -520,4 +543,138 @@ async fn concurrent(
         ms(percentile(&took, 99.0)),
         took.len()
     );
+}
+
+/// Another build's `sprig serve` on the bench's file (the same-run baseline).
+struct BaselineServer {
+    child: std::process::Child,
+    base: String,
+}
+
+impl BaselineServer {
+    /// Starts `binary` on `database` at a free port and waits until it answers.
+    async fn start(binary: &str, database: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(binary)
+            .arg("serve")
+            // No `sprig.toml` there: the built-in defaults, as `Settings::default()` here.
+            .current_dir(database.parent().expect("the file's directory"))
+            .env("SPRIG_DATABASE", database)
+            .env("SPRIG_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SPRIG_LOG__LEVEL", "warn")
+            .spawn()
+            .expect("the baseline starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Self { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, base }.stop();
+        panic!("the baseline {binary} did not answer /healthz within a minute");
+    }
+
+    fn stop(mut self) {
+        self.child.kill().expect("stop the baseline");
+        self.child.wait().expect("the baseline stopped");
+    }
+}
+
+/// The totals, as measured for both builds: the count of 900,000 alone, the estimate,
+/// then 16 clients for `seconds`, 8 asking for that count and 8 looking up identifiers.
+async fn totals(client: &reqwest::Client, base: &str, count: usize, seconds: u64, build: &str) {
+    let (took, last) = time_gets(client, base, 5, |_| {
+        "/fhir/ServiceRequest?status=active&_count=0".into()
+    })
+    .await;
+    report(
+        &format!(
+            "{build}: status=active&_count=0 alone (total {})",
+            last["total"]
+        ),
+        &took,
+    );
+    let (took, last) = time_gets(client, base, 5, |_| {
+        "/fhir/ServiceRequest?status=active&_count=0&_total=estimate".into()
+    })
+    .await;
+    report(
+        &format!(
+            "{build}: status=active&_count=0&_total=estimate alone (total {})",
+            last["total"]
+        ),
+        &took,
+    );
+    let (took, _) = time_gets(client, base, 200, |run| {
+        format!(
+            "/fhir/ServiceRequest?identifier={SYSTEM}|REF-{}",
+            (run * 104_729 + 13) % count
+        )
+    })
+    .await;
+    report(&format!("{build}: identifier lookup alone"), &took);
+    const CLIENTS: usize = 16;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, base) = (client.clone(), base.to_owned());
+        clients.push(tokio::spawn(async move {
+            let counts = c % 2 == 0;
+            let (mut took, mut refused, mut run) = (Vec::new(), 0usize, c);
+            while Instant::now() < until {
+                let url = if counts {
+                    format!("{base}/fhir/ServiceRequest?status=active&_count=0")
+                } else {
+                    let i = (run * 104_729 + 13) % count;
+                    format!("{base}/fhir/ServiceRequest?identifier={SYSTEM}|REF-{i}")
+                };
+                let started = Instant::now();
+                let response = client.get(&url).send().await.expect("search");
+                let ok = response.status() == 200;
+                let _ = response.bytes().await.expect("body");
+                if ok {
+                    took.push(started.elapsed());
+                } else {
+                    refused += 1;
+                }
+                run += CLIENTS;
+            }
+            (counts, took, refused)
+        }));
+    }
+    let started = Instant::now();
+    let mut by_kind = [(Vec::new(), 0usize), (Vec::new(), 0usize)];
+    for client in clients {
+        let (counts, took, refused) = client.await.expect("client");
+        let kind = &mut by_kind[usize::from(counts)];
+        kind.0.extend(took);
+        kind.1 += refused;
+    }
+    let elapsed = started.elapsed().max(Duration::from_secs(seconds));
+    for (what, (mut took, refused)) in ["identifier lookups", "status=active&_count=0"]
+        .into_iter()
+        .zip(by_kind)
+    {
+        took.sort();
+        let (p50, p99) = if took.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (ms(percentile(&took, 50.0)), ms(percentile(&took, 99.0)))
+        };
+        println!(
+            "{build}: 16 clients (8 counting, 8 looking up), {what}: {:.1}/s answered 200, p50 {p50:.3} ms, p99 {p99:.3} ms ({} answered; {refused} not 200)",
+            took.len() as f64 / elapsed.as_secs_f64(),
+            took.len()
+        );
+    }
 }

@@ -206,10 +206,18 @@ fn searchset(
             "search": {"mode": "include"},
         }));
     }
-    if !query.warnings.is_empty() {
+    let mut notes = query.warnings.clone();
+    if page.total_estimated {
+        // FHIR's Bundle.total has no flag of its own for an estimate: say so here.
+        notes.push(Issue::information(
+            "search-total-estimated",
+            "Bundle.total is an estimate (_total=estimate): the index rows matching the search parameter's values, never fewer than the matches; a resource with several matching values counts once for each. Ask _total=accurate for the exact count",
+        ));
+    }
+    if !notes.is_empty() {
         entries.push(json!({
             "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-            "resource": OperationOutcome::new(query.warnings.clone()).to_json(None),
+            "resource": OperationOutcome::new(notes).to_json(None),
             "search": {"mode": "outcome"},
         }));
     }

@@ -65,9 +65,16 @@ pub enum TotalMode {
     /// what made search time grow with the data.
     #[default]
     WhenFree,
-    /// `accurate` (and `estimate`, which an accurate count satisfies):
-    /// every match counted, on every page.
+    /// `accurate`: every match counted exactly, on every page. A count that
+    /// is not a lookup by a selective parameter waits its turn among a few
+    /// (`store::CountGate`), so counts cannot take every reader connection.
     Accurate,
+    /// `estimate`: a cheap total, on every page: for one token or reference
+    /// parameter that is not a lookup, the number of that parameter's index rows
+    /// that match (read from the index alone): never fewer than the matches, more
+    /// only by the resources holding several matching values; an exact count
+    /// otherwise. The searchset says which it is in an outcome entry.
+    Estimate,
     /// `none`: no `Bundle.total`, no counting query.
     None,
 }
@@ -516,11 +523,12 @@ impl SearchQuery {
             }
             "_total" => {
                 self.total = match value {
-                    "accurate" | "estimate" => TotalMode::Accurate,
+                    "accurate" => TotalMode::Accurate,
+                    "estimate" => TotalMode::Estimate,
                     "none" => TotalMode::None,
                     _ => {
                         return Err(invalid(
-                            "give none, estimate or accurate (without _total, Sprig gives the total when the first page holds every match)",
+                            "give none, estimate or accurate (without _total, Sprig gives the total when the first page holds every match, and an exact total for _count=0)",
                         ));
                     }
                 }

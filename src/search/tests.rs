@@ -113,7 +113,7 @@ fn defaults_and_result_parameters() {
     );
     assert_eq!(parse("_count=5000").count, MAX_COUNT);
     assert_eq!(parse("_sort=-_lastUpdated").sort, SortOrder::NewestFirst);
-    assert_eq!(parse("_total=estimate").total, TotalMode::Accurate);
+    assert_eq!(parse("_total=estimate").total, TotalMode::Estimate);
     assert_eq!(parse("_total=accurate").total, TotalMode::Accurate);
     // _format and _pretty belong to negotiation, and are kept in links.
     let q = parse("_format=json&_pretty=true");

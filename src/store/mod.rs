@@ -110,6 +110,10 @@ pub enum StoreError {
     /// group commit): none of them is stored.
     #[error("the write batch did not commit: {0}")]
     GroupCommit(String),
+    /// Every turn to count exactly was taken for longer than the store waits
+    /// (`search::CountGate`): many clients are asking for totals at once.
+    #[error("too many exact counts are running; nothing was counted")]
+    CountsBusy,
     /// The request ran out of time before its commit began: nothing of it is
     /// stored.
     #[error("the request timed out before it committed")]
@@ -134,6 +138,8 @@ impl StoreError {
             StoreError::Database(sqlx::Error::PoolTimedOut) => true,
             // Nothing of the request is stored; the next batch may well commit.
             StoreError::GroupCommit(_) | StoreError::TimedOut => true,
+            // Counts queue behind others: a later request gets its turn.
+            StoreError::CountsBusy => true,
             // A dropped connection (a PostgreSQL failover or restart, a network cut) or a
             // pool closing at shutdown: the request may succeed on another connection or
             // instance. A write whose COMMIT was cut off may or may not have committed;
@@ -279,6 +285,8 @@ pub struct SearchPage {
     pub resources: Vec<StoredResource>,
     /// How many resources match in all (`None` when `_total=none`).
     pub total: Option<u64>,
+    /// `total` is an estimate (`_total=estimate`), not an exact count.
+    pub total_estimated: bool,
     /// Where the next page starts, if there is one.
     pub next: Option<Cursor>,
 }

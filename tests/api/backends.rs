@@ -149,3 +149,116 @@ async fn a_postgresql_database_not_in_utf8_stops_start_up_naming_the_setting() {
     .execute(&mut admin)
     .await;
 }
+
+/// On a PostgreSQL database whose default collation is linguistic (ICU `en-US`, where
+/// `a` sorts before `B` and `a-c` before `ab` as in `en_US.UTF-8`), Sprig starts, and ids
+/// order byte by byte, as on SQLite: the text columns are `COLLATE "C"` (migration 0016).
+/// Paging by the keyset cursor visits each resource once, in that order, and the
+/// lookups still use their indexes. Run once (not in the PostgreSQL child run: it makes
+/// its own database).
+#[tokio::test]
+async fn text_orders_byte_by_byte_on_a_postgresql_database_with_a_linguistic_collation() {
+    use sprig::fhir::ResourceType;
+    use sprig::search::SearchQuery;
+    use sprig::store::Visibility;
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+        "{}/postgres",
+        postgres_server()
+    ))
+    .await
+    .expect("PostgreSQL at TEST_POSTGRES");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let name = format!("sprig_t_{stamp}_icu_{}", std::process::id());
+    // This machine has no en_US locale of its own; ICU's en-US collates the same way.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' \
+         LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create the en-US database");
+    let database = format!("{}/{name}", postgres_server());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database)
+        .await
+        .expect("connect");
+    let (linguistic,): (bool,) = sqlx::query_as("SELECT 'a' < 'B' AND 'a-c' < 'ab'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the default collation");
+    assert!(linguistic, "the database's own collation is not byte order");
+    let store = sprig::store::Store::open(&sprig::store::StoreOptions {
+        database: database.clone(),
+        busy_timeout: std::time::Duration::from_secs(5),
+        max_read_connections: 2,
+        durable_commits: true,
+    })
+    .await
+    .expect("Sprig starts on it");
+    // Four Patients stamped in one millisecond: the ids alone order them.
+    let ids = ["ab", "a", "B", "a-c"];
+    for id in ids {
+        sqlx::query(
+            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
+             VALUES ('Patient', $1, 1, 0, '2026-11-20T10:00:00.000Z')",
+        )
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .expect("resource");
+        sqlx::query(
+            "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, operation, resource) \
+             VALUES ('Patient', $1, 1, '2026-11-20T10:00:00.000Z', 'create', '{}')",
+        )
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .expect("version");
+    }
+    let mut byte_order: Vec<&str> = ids.to_vec();
+    byte_order.sort_unstable();
+    assert_eq!(byte_order, ["B", "a", "a-c", "ab"]);
+    let (ordered,): (String,) =
+        sqlx::query_as("SELECT string_agg(id, ' ' ORDER BY id) FROM resources")
+            .fetch_one(&mut conn)
+            .await
+            .expect("ordered");
+    assert_eq!(ordered, byte_order.join(" "));
+    // Page by page, oldest first, one a page: each once, in byte order.
+    let mut seen = Vec::new();
+    let mut raw = "_sort=_lastUpdated&_count=1".to_owned();
+    loop {
+        let query =
+            SearchQuery::parse(ResourceType::parse("Patient").expect("type"), &raw).expect("query");
+        let page = store.search(&query, &Visibility::All).await.expect("page");
+        seen.extend(page.resources.iter().map(|r| r.id.as_str().to_owned()));
+        let Some(next) = page.next else { break };
+        assert!(seen.len() <= ids.len(), "paging does not end: {seen:?}");
+        raw = query.next_query(&next);
+    }
+    assert_eq!(seen, byte_order);
+    // The primary key still answers a range on the id.
+    let plan: Vec<(String,)> = sqlx::query_as(
+        "EXPLAIN SELECT id FROM resources WHERE resource_type = 'Patient' AND id > 'B' \
+         ORDER BY resource_type, id LIMIT 2",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("EXPLAIN");
+    let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index") && l.contains("resources_pkey")),
+        "{plan:#?}"
+    );
+    store.close().await;
+    drop(conn);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}

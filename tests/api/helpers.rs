@@ -173,7 +173,8 @@ pub fn postgres_server() -> String {
 
 /// The `database` setting for an app on `dir`: its SQLite file, or on
 /// PostgreSQL the database named in `dir/postgres-database`, created (empty)
-/// the first time, with byte-order collation as the README asks.
+/// the first time (byte-order collation; `backends::text_orders_byte_by_byte_…` runs on
+/// a linguistic one).
 pub async fn database_for(dir: &std::path::Path) -> String {
     if !on_postgres() {
         return dir.join("sprig.db").display().to_string();

@@ -448,6 +448,176 @@ async fn an_erased_referral_is_gone_with_everything_that_belongs_to_it_and_audit
     app.stop().await;
 }
 
+/// Referral B only names the practice Organization that referral A's submission wrote
+/// (B comes from the trusted proxy, which declares the practice, so B's Bundle may name
+/// an Organization Sprig holds instead of bringing one). Erasing A keeps it, as B names
+/// it, and leaves no trace of A's requests on it; erasing B, the last referral naming
+/// it, takes it too: nothing is left that brought it.
+#[tokio::test]
+async fn erasing_the_last_referral_naming_a_shared_organization_removes_it() {
+    use crate::access::{Who, secured};
+    let secured = secured().await;
+    // The example's practice made the one the proxy acts for.
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/referral-transaction-bundle.json"
+        ))
+        .expect("example")
+        .replace("Y12345", "K83999"),
+    )
+    .expect("json");
+    let with_identifier = |identifier: &str| {
+        let mut bundle = example.clone();
+        bundle["entry"][0]["resource"]["identifier"][0]["value"] = json!(identifier);
+        bundle["entry"][0]["request"]["ifNoneExist"] = json!(format!(
+            "identifier=https://gp-system.example.org/Id/referral|{identifier}"
+        ));
+        bundle
+    };
+    let send = |bundle: Value| {
+        secured
+            .request(Who::ProxyForK, "POST", "/fhir")
+            .header("content-type", "application/fhir+json")
+            .body(bundle.to_string())
+            .send()
+    };
+    let located = |answer: &Value, type_name: &str| {
+        answer["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["response"]["location"].as_str())
+            .find(|l| l.starts_with(type_name))
+            .and_then(|l| l.split('/').nth(1))
+            .unwrap_or_else(|| panic!("no {type_name} in {answer}"))
+            .to_owned()
+    };
+    let response = send(with_identifier("SHARED-ORG-A")).await.expect("post A");
+    let a_request = response.headers()["x-request-id"]
+        .to_str()
+        .expect("request id")
+        .to_owned();
+    let status = response.status();
+    let answer = json_body(response).await;
+    assert_eq!(status, 200, "{answer}");
+    let (a, organization) = (
+        located(&answer, "ServiceRequest"),
+        located(&answer, "Organization"),
+    );
+
+    // B: the same referral shape without an Organization entry, naming A's.
+    let mut b = with_identifier("SHARED-ORG-B");
+    let entries = b["entry"].as_array_mut().expect("entries");
+    entries.retain(|e| e["resource"]["resourceType"] != "Organization");
+    for entry in entries.iter_mut() {
+        let resource = &mut entry["resource"];
+        match resource["resourceType"].as_str() {
+            Some("PractitionerRole") => {
+                resource["organization"] =
+                    json!({"reference": format!("Organization/{organization}")})
+            }
+            Some("Consent") => {
+                resource["organization"] =
+                    json!([{"reference": format!("Organization/{organization}")}])
+            }
+            _ => {}
+        }
+    }
+    let response = send(b).await.expect("post B");
+    let status = response.status();
+    let answer = json_body(response).await;
+    assert_eq!(status, 200, "{answer}");
+    let b = located(&answer, "ServiceRequest");
+
+    let pool = secured.app.db_pool().await;
+    let count = |sql: &'static str, bind: String| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sql)
+                .bind(bind)
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            n
+        }
+    };
+    let organizations =
+        "SELECT COUNT(*) FROM resources WHERE resource_type = 'Organization' AND id = $1";
+    let versions =
+        "SELECT COUNT(*) FROM resource_versions WHERE resource_type = 'Organization' AND id = $1";
+    assert_eq!(
+        count(versions, organization.clone()).await,
+        1,
+        "B did not write the Organization"
+    );
+    let erase = |id: &str| {
+        secured
+            .request(
+                Who::Administrator,
+                "POST",
+                &format!("/api/referrals/{id}/erasure"),
+            )
+            .json(&json!({"reason": "sent-in-error"}))
+            .send()
+    };
+
+    assert_eq!(erase(&a).await.expect("erase A").status(), 200);
+    assert_eq!(
+        count(organizations, organization.clone()).await,
+        1,
+        "B names it: kept"
+    );
+    let carried: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT request_id FROM resource_versions WHERE resource_type = 'Organization' AND id = $1",
+    )
+    .bind(&organization)
+    .fetch_all(&pool)
+    .await
+    .expect("its versions");
+    assert!(
+        carried
+            .iter()
+            .all(|(r,)| r.as_deref() != Some(a_request.as_str())),
+        "its versions no longer carry the erased referral's request: {carried:?}"
+    );
+
+    assert_eq!(erase(&b).await.expect("erase B").status(), 200);
+    assert_eq!(
+        count(organizations, organization.clone()).await,
+        0,
+        "the last referral naming it is erased: no orphan"
+    );
+    assert_eq!(count(versions, organization.clone()).await, 0);
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM search_references WHERE target_type = 'Organization' AND target_id = $1",
+            organization.clone()
+        )
+        .await,
+        0,
+        "nothing names it"
+    );
+
+    // Each erasure is audited with what went, in counts: not what it was.
+    let details: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT detail FROM audit_events WHERE interaction = 'api:erase' AND status = 200 ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the erasures' audit rows");
+    assert_eq!(details.len(), 2, "{details:?}");
+    for (detail,) in &details {
+        let detail = detail.as_deref().expect("detail");
+        assert!(detail.contains("referrals=1"), "{detail}");
+        for content in ["9912003888", "Y12345", "K83999", &organization] {
+            assert!(!detail.contains(content), "{content} in {detail}");
+        }
+    }
+    pool.close().await;
+    secured.app.stop().await;
+}
+
 #[tokio::test]
 async fn sprig_erase_removes_a_referral_from_the_command_line() {
     let app = spawn_app().await;

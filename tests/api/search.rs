@@ -848,3 +848,106 @@ async fn searches_over_the_limits_are_400s_that_name_the_limit() {
     let bundle = bundle(&app, &format!("/fhir/ServiceRequest?{ten}")).await;
     assert_eq!(bundle["total"], 1);
 }
+
+/// The outcome entry's issue codes of a searchset.
+fn outcome_codes(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "outcome")
+        .flat_map(|e| message_ids(&e["resource"]))
+        .collect()
+}
+
+#[tokio::test]
+async fn totals_are_exact_estimated_within_their_bound_or_not_counted() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(create_referral(&app, &format!("TOT-{n}"), "active").await.0);
+    }
+
+    // `_count=0` asks for nothing but the total: exact by default.
+    let only = bundle(&app, "/fhir/ServiceRequest?status=active&_count=0").await;
+    assert_eq!(only["total"], 5, "{only}");
+    assert!(outcome_codes(&only).is_empty(), "{only}");
+    let accurate = bundle(
+        &app,
+        "/fhir/ServiceRequest?status=active&_count=2&_total=accurate",
+    )
+    .await;
+    assert_eq!(
+        (accurate["total"].clone(), ids(&accurate).len()),
+        (json!(5), 2)
+    );
+    // A status has one value per referral: its estimate is exact, and said to be an estimate.
+    let estimate = bundle(
+        &app,
+        "/fhir/ServiceRequest?status=active&_count=2&_total=estimate",
+    )
+    .await;
+    assert_eq!(estimate["total"], 5, "{estimate}");
+    assert_eq!(
+        outcome_codes(&estimate),
+        ["search-total-estimated"],
+        "{estimate}"
+    );
+    let none = bundle(
+        &app,
+        "/fhir/ServiceRequest?status=active&_count=2&_total=none",
+    )
+    .await;
+    assert!(none.get("total").is_none(), "{none}");
+    // A lookup, and a search on two parameters, are counted exactly even when an
+    // estimate is asked for (nothing cheaper is true).
+    let lookup = bundle(
+        &app,
+        &format!("/fhir/ServiceRequest?identifier={REFERRAL_SYSTEM}|TOT-3&_total=estimate"),
+    )
+    .await;
+    assert_eq!(lookup["total"], 1, "{lookup}");
+    assert!(outcome_codes(&lookup).is_empty(), "{lookup}");
+    let two = bundle(
+        &app,
+        "/fhir/ServiceRequest?status=active&code=871731000000106&_count=1&_total=estimate",
+    )
+    .await;
+    assert_eq!(two["total"], 5, "{two}");
+    assert!(outcome_codes(&two).is_empty(), "{two}");
+
+    // One referral holds the code twice (under a second system, as a coding of a local
+    // code system could): the exact count counts it once, the estimate once per value,
+    // which is its stated bound (never fewer; more by the extra values only).
+    let pool = app.db_pool().await;
+    sqlx::query(
+        "INSERT INTO search_tokens (resource_type, id, param, system, code) \
+         VALUES ('ServiceRequest', $1, 'code', 'https://example.org/local', '871731000000106')",
+    )
+    .bind(&created[0])
+    .execute(&pool)
+    .await
+    .expect("a second value");
+    let code = "/fhir/ServiceRequest?code=871731000000106&_count=1";
+    let exact = bundle(&app, &format!("{code}&_total=accurate")).await;
+    assert_eq!(exact["total"], 5, "{exact}");
+    let only = bundle(&app, "/fhir/ServiceRequest?code=871731000000106&_count=0").await;
+    assert_eq!(only["total"], 5, "{only}");
+    let estimate = bundle(&app, &format!("{code}&_total=estimate")).await;
+    assert_eq!(estimate["total"], 6, "{estimate}");
+    pool.close().await;
+
+    // A `_total` FHIR does not define: 400, saying what it may be.
+    for bad in ["all", "exact", ""] {
+        let response = app
+            .get(&format!("/fhir/ServiceRequest?status=active&_total={bad}"))
+            .await;
+        assert_eq!(response.status(), 400, "_total={bad}");
+        let outcome = json_body(response).await;
+        let text = issues(&outcome)[0]["diagnostics"].to_string();
+        assert!(
+            text.contains("none, estimate or accurate"),
+            "_total={bad}: {outcome}"
+        );
+    }
+}

@@ -260,6 +260,9 @@ pub struct PgStore {
     /// Woken when any instance commits outbox rows (via `LISTEN`), so
     /// delivery starts at once rather than at its next poll.
     outbox_signal: Arc<Notify>,
+    /// Turns to count exactly, so counts leave connections for everything else
+    /// (readers and writers share this pool).
+    counts: Arc<crate::store::search::CountGate>,
 }
 
 impl PgStore {
@@ -289,6 +292,10 @@ impl PgStore {
             writer: pool.clone(),
             readers: pool,
             outbox_signal,
+            counts: Arc::new(crate::store::search::CountGate::new(
+                options.max_read_connections.max(1),
+                options.busy_timeout,
+            )),
         })
     }
 
@@ -320,15 +327,15 @@ impl PgStore {
 }
 
 /// Refuses a database whose encoding is not UTF8 (it could not hold every name and
-/// note a referral carries, or would store them mangled) or whose collation does not
-/// compare text byte by byte (ids, identifiers and fixed-width instants are compared
-/// and paged in SQL, and the keyset cursors assume byte order: a linguistic collation
-/// ignores hyphens, so a GP's pull could skip or repeat resources). Checked before the
-/// migrations, so a wrong database is left untouched.
+/// note a referral carries, or would store them mangled). Checked before the
+/// migrations, so a wrong database is left untouched. Its collation may be any:
+/// every text column is declared `COLLATE "C"` (migration 0016), so ids, identifiers,
+/// tokens, fixed-width instants and the keyset cursors compare byte by byte, as on
+/// SQLite, whatever the database's default (a linguistic one ignores case first and
+/// would order a GP's pull differently from the cursors Sprig hands out).
 async fn check_database_settings(pool: &PgPool) -> Result<(), StoreError> {
-    let (name, encoding, collate, byte_order): (String, String, String, bool) = sqlx::query_as(
-        "SELECT datname, pg_encoding_to_char(encoding), datcollate, \
-                ('B' < 'a' AND 'a-b' < 'a0' AND 'Z' < '_') \
+    let (name, encoding): (String, String) = sqlx::query_as(
+        "SELECT datname, pg_encoding_to_char(encoding) \
          FROM pg_database WHERE datname = current_database()",
     )
     .fetch_one(pool)
@@ -336,14 +343,7 @@ async fn check_database_settings(pool: &PgPool) -> Result<(), StoreError> {
     if encoding != "UTF8" {
         return Err(StoreError::UnsuitableDatabase(format!(
             "PostgreSQL database '{name}' has ENCODING '{encoding}'; Sprig needs ENCODING 'UTF8' \
-             (CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C')"
-        )));
-    }
-    if !byte_order {
-        return Err(StoreError::UnsuitableDatabase(format!(
-            "PostgreSQL database '{name}' has LC_COLLATE '{collate}', which does not sort text in \
-             byte order; Sprig needs LC_COLLATE 'C' (CREATE DATABASE {name} TEMPLATE template0 \
-             ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C')"
+             (CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8')"
         )));
     }
     Ok(())

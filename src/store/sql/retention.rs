@@ -196,6 +196,12 @@ impl Backend {
     }
 }
 
+/// The request id a kept resource's versions carry once the referral whose submission
+/// wrote them is erased: no request's id (those are UUIDs), and no trace of the erased
+/// referral's requests. A resource written only by erased referrals belongs to whichever
+/// referral naming it is erased last.
+const ERASED_REFERRAL_REQUEST: &str = "erased-referral";
+
 impl Tx {
     /// Removes the referral `id` and everything that belongs to it: its ServiceRequest,
     /// Task and Observations (every version, and their search index), the resources its
@@ -260,6 +266,25 @@ impl Tx {
             }
             for candidate in kept {
                 inside.remove(&candidate);
+            }
+        }
+        // A shared one kept here may have come with this referral alone (the practice's
+        // Organization, which a later referral relayed by a trusted proxy only names).
+        // Its versions no longer name this referral's requests, and say instead that
+        // their writer's referral is erased: so erasing the last referral naming it
+        // takes it (`created_by_submissions`), as nothing else brought it.
+        for kept in owned.difference(&inside) {
+            for request in &requests {
+                sqlx::query(
+                    "UPDATE resource_versions SET request_id = $1 \
+                     WHERE resource_type = $2 AND id = $3 AND request_id = $4",
+                )
+                .bind(ERASED_REFERRAL_REQUEST)
+                .bind(&kept.0)
+                .bind(&kept.1)
+                .bind(request)
+                .execute(self.conn())
+                .await?;
             }
         }
         let mut erased = inside;
@@ -363,8 +388,9 @@ impl Tx {
     }
 
     /// The resources reached from `roots` by references either way (any depth) of which
-    /// a version came with one of `requests` (the referral's submissions), and the
-    /// referral's Patient: what the referral brought, not what it merely names.
+    /// a version came with one of `requests` (the referral's submissions) or with an
+    /// erased referral's ([`ERASED_REFERRAL_REQUEST`]), and the referral's Patient: what
+    /// the referral brought, or what nothing left brought, not what it merely names.
     async fn created_by_submissions(
         &mut self,
         roots: &BTreeSet<(String, String)>,
@@ -413,7 +439,9 @@ impl Tx {
                 if writers
                     .into_iter()
                     .filter_map(|(request,)| request)
-                    .any(|request| requests.contains(&request))
+                    .any(|request| {
+                        requests.contains(&request) || request == ERASED_REFERRAL_REQUEST
+                    })
                 {
                     found.insert(key.clone());
                     frontier.push(key);

@@ -277,6 +277,13 @@ impl Backend {
         query: &SearchQuery,
         visibility: &Visibility,
     ) -> Result<SearchPage, StoreError> {
+        let counting = Counting::of(query, visibility);
+        // A count that reads many index rows waits its turn before it takes a
+        // connection, so the other requests keep theirs (see `CountGate`).
+        let turn = match counting {
+            Some(counting) if counting.gated => Some(self.counts.enter().await?),
+            _ => None,
+        };
         // Interrupted if the request ends before the answer is read.
         let mut reader = Interruptible::acquire(&self.readers).await?;
         // Before the read transaction (PostgreSQL keeps one snapshot of
@@ -284,28 +291,27 @@ impl Backend {
         let horizon = self.settled_horizon(reader.conn()).await?;
         // One read transaction: the total and the page see the same snapshot.
         let mut tx = reader.conn().begin().await?;
-        let count_every_match = match query.total {
-            TotalMode::Accurate => true,
-            // `_count=0` asks for nothing but the total.
-            TotalMode::WhenFree => query.count == 0,
-            TotalMode::None => false,
+        let total = match counting {
+            Some(counting) => {
+                let row = counting
+                    .sql(query, visibility, &horizon)
+                    .query()
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let n: i64 = row.try_get("n")?;
+                Some(u64::try_from(n).unwrap_or(0))
+            }
+            None => None,
         };
-        let total = if count_every_match {
-            let row = count_sql(query, visibility, &horizon)
-                .query()
-                .fetch_one(&mut *tx)
-                .await?;
-            let n: i64 = row.try_get("n")?;
-            Some(u64::try_from(n).unwrap_or(0))
-        } else {
-            None
-        };
+        drop(turn);
+        let total_estimated = counting.is_some_and(|c| c.kind == CountKind::Estimate);
         if query.count == 0 {
             tx.commit().await?;
             reader.release().await?;
             return Ok(SearchPage {
                 resources: Vec::new(),
                 total,
+                total_estimated,
                 next: None,
             });
         }
@@ -340,6 +346,7 @@ impl Backend {
         Ok(SearchPage {
             resources,
             total,
+            total_estimated,
             next,
         })
     }
@@ -482,6 +489,149 @@ impl Backend {
     }
 }
 
+/// How a search's total is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CountKind {
+    /// Every match once, through the resources (`count_sql`).
+    Exact,
+    /// Every match once, from the index alone (`index_count_sql`).
+    ExactFromIndex,
+    /// The matching index rows, from the index alone (`estimate_sql`).
+    Estimate,
+}
+
+/// The count a search runs, if any, and whether it waits its turn (`CountGate`).
+#[derive(Debug, Clone, Copy)]
+struct Counting {
+    kind: CountKind,
+    /// Not a lookup by a selective parameter: it may read very many rows.
+    gated: bool,
+}
+
+impl Counting {
+    /// The count `query` asks for: `_total=accurate` and `estimate` on every page,
+    /// and without `_total`, `_count=0` (which asks for nothing but the total) an
+    /// exact one. `None`: no count (a first page that holds every match is counted
+    /// from the page).
+    fn of(query: &SearchQuery, visibility: &Visibility) -> Option<Self> {
+        let estimate = match query.total {
+            TotalMode::Accurate => false,
+            TotalMode::Estimate => true,
+            TotalMode::WhenFree if query.count == 0 => false,
+            TotalMode::WhenFree | TotalMode::None => return None,
+        };
+        let from_index = index_only_criterion(query, visibility).is_some();
+        let kind = match (estimate, from_index) {
+            (true, true) => CountKind::Estimate,
+            (false, true) => CountKind::ExactFromIndex,
+            // No cheaper way: an estimate is the exact count.
+            (_, false) => CountKind::Exact,
+        };
+        Some(Self {
+            kind,
+            // An estimate reads only the index's rows for the value, a narrow range
+            // of one index; a lookup by a selective parameter reads a few rows.
+            gated: kind != CountKind::Estimate && driving_criterion(query).is_none(),
+        })
+    }
+
+    /// The counting statement, its result named `n`.
+    fn sql(self, query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Sql {
+        match (self.kind, index_only_criterion(query, visibility)) {
+            (CountKind::ExactFromIndex, Some(criterion)) => index_count_sql(query, criterion),
+            (CountKind::Estimate, Some(criterion)) => estimate_sql(query, criterion),
+            _ => count_sql(query, visibility, horizon),
+        }
+    }
+}
+
+/// The one criterion of a search that can be counted from its index alone: a token
+/// or reference parameter that is not a lookup (whose count through the resources
+/// reads a few rows anyway), the search's only criterion, for a caller who sees every
+/// practice (the index rows carry no owner). The index holds rows only for current,
+/// non-deleted resources, so nothing else of `resources` is needed; such a count does
+/// not apply the page's commit horizon (it counts what is committed, and a version
+/// committing in the last millisecond may be counted before a page shows it).
+fn index_only_criterion<'q>(
+    query: &'q SearchQuery,
+    visibility: &Visibility,
+) -> Option<&'q Criterion> {
+    match (visibility, query.criteria.as_slice()) {
+        (Visibility::All, [criterion @ (Criterion::Token(..) | Criterion::Reference(..))])
+            if driving_criterion(query).is_none() =>
+        {
+            Some(criterion)
+        }
+        _ => None,
+    }
+}
+
+/// The exact count of a search on one parameter, from that parameter's index alone:
+/// the distinct ids its rows name (`push_matching_ids`), never a resource row.
+fn index_count_sql(query: &SearchQuery, criterion: &Criterion) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) AS n FROM ");
+    match criterion {
+        Criterion::Token(param, tokens) => sql.push_matching_ids(
+            "search_tokens",
+            query,
+            param,
+            &token_forms(tokens),
+            Sql::push_token_form,
+        ),
+        Criterion::Reference(param, references) => sql.push_matching_ids(
+            "search_references",
+            query,
+            param,
+            &reference_forms(references),
+            Sql::push_reference_form,
+        ),
+        _ => sql.push("(SELECT NULL AS id WHERE 1 = 0)"),
+    }
+    sql.push(" m");
+    sql
+}
+
+/// `_total=estimate` for a search on one parameter: the index rows that match, each
+/// form of value counted on its own (`SELECT COUNT(*)` over one range of one index,
+/// which both databases answer from the index alone), added up. Never fewer than the
+/// matches: a resource counts once per matching value of the parameter (a `status`
+/// or an `intent` has one, so those estimates are exact).
+fn estimate_sql(query: &SearchQuery, criterion: &Criterion) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT 0");
+    let each = |sql: &mut Sql, table: &str, param: &str, form: &dyn Fn(&mut Sql)| {
+        sql.push(&format!(
+            " + (SELECT COUNT(*) FROM {table} x WHERE x.resource_type = "
+        ));
+        sql.push_text(query.resource_type.as_str());
+        sql.push(" AND x.param = ");
+        sql.push_text(param);
+        sql.push(" AND (");
+        form(sql);
+        sql.push("))");
+    };
+    match criterion {
+        Criterion::Token(param, tokens) => {
+            for form in token_forms(tokens) {
+                each(&mut sql, "search_tokens", param, &|sql: &mut Sql| {
+                    sql.push_token_form(&form)
+                });
+            }
+        }
+        Criterion::Reference(param, references) => {
+            for form in reference_forms(references) {
+                each(&mut sql, "search_references", param, &|sql: &mut Sql| {
+                    sql.push_reference_form(&form)
+                });
+            }
+        }
+        _ => {}
+    }
+    sql.push(" AS n");
+    sql
+}
+
 /// The statement that counts `query`'s matches.
 fn count_sql(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Sql {
     let mut sql = Sql::default();
@@ -524,23 +674,24 @@ fn page_sql(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Sql 
 /// The statements a search runs (the count, then the page), with their
 /// bound values, for the tests that check their query plans.
 fn statements(query: &SearchQuery, visibility: &Visibility, horizon: &str) -> Vec<SearchStatement> {
-    [
-        count_sql(query, visibility, horizon),
-        page_sql(query, visibility, horizon),
-    ]
-    .into_iter()
-    .map(|sql| SearchStatement {
-        sql: sql.text,
-        binds: sql
-            .binds
-            .into_iter()
-            .map(|bind| match bind {
-                Bind::Text(text) => BoundValue::Text(text),
-                Bind::Int(n) => BoundValue::Int(n),
-            })
-            .collect(),
-    })
-    .collect()
+    let count = Counting::of(query, visibility).map_or_else(
+        || count_sql(query, visibility, horizon),
+        |counting| counting.sql(query, visibility, horizon),
+    );
+    [count, page_sql(query, visibility, horizon)]
+        .into_iter()
+        .map(|sql| SearchStatement {
+            sql: sql.text,
+            binds: sql
+                .binds
+                .into_iter()
+                .map(|bind| match bind {
+                    Bind::Text(text) => BoundValue::Text(text),
+                    Bind::Int(n) => BoundValue::Int(n),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The parameters whose values pick out a few resources each (a business

@@ -250,6 +250,8 @@ pub struct SqliteStore {
     pub(super) outbox_signal: Arc<Notify>,
     /// Keeps the `_lastUpdated` pull complete (see [`CommitHorizon`]).
     horizon: Arc<CommitHorizon>,
+    /// Turns to count exactly, so counts leave readers for everything else.
+    pub(in crate::store) counts: Arc<crate::store::search::CountGate>,
 }
 
 /// What keeps a GP's pull (`_lastUpdated=gt…`, and paging on `(last_updated, id)`)
@@ -419,6 +421,10 @@ impl SqliteStore {
             readers,
             outbox_signal: Arc::new(Notify::new()),
             horizon: Arc::new(CommitHorizon::default()),
+            counts: Arc::new(crate::store::search::CountGate::new(
+                options.max_read_connections.max(1),
+                options.busy_timeout,
+            )),
         })
     }
 
@@ -709,6 +715,58 @@ mod group_commit_tests {
             .expect("the writer answers")
             .expect("and writes");
         }
+        store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use std::time::Duration;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+
+    use crate::store::AuditRecord;
+    use crate::store::test_support::open_store;
+
+    /// The background checkpointer copies committed pages from the WAL into the database
+    /// file within a few of its 250 ms ticks, while the store stays open: read with
+    /// `immutable=1`, which ignores the WAL, the file holds the rows. Without it, the
+    /// writer checkpoints only past 20,000 WAL pages (or at close), so the file would hold
+    /// neither these rows nor, here, the schema.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_writes_reach_the_database_file_while_the_store_is_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        for _ in 0..20 {
+            store
+                .record_audit(&AuditRecord::new("read", 200))
+                .await
+                .expect("write");
+        }
+        let file_only = SqliteConnectOptions::new()
+            .filename(dir.path().join("sprig.db"))
+            .read_only(true)
+            .immutable(true);
+        let mut in_file = None;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut conn = file_only.connect().await.expect("the file alone");
+            let rows: Result<(i64,), _> =
+                sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE interaction = 'read'")
+                    .fetch_one(&mut conn)
+                    .await;
+            conn.close().await.expect("close");
+            in_file = Some(rows.map(|(n,)| n).map_err(|e| e.to_string()));
+            if in_file == Some(Ok(20)) {
+                break;
+            }
+        }
+        assert_eq!(
+            in_file,
+            Some(Ok(20)),
+            "the rows reach the database file within 2 s"
+        );
         store.close().await;
     }
 }

@@ -386,3 +386,51 @@ async fn a_resource_matching_several_values_of_a_lookup_is_one_match() {
         assert_eq!((page.total, page.resources.len()), (Some(1), 1), "{query}");
     }
 }
+
+/// Exact counts that are not lookups take turns (`CountGate`): while every turn is
+/// taken, such a count waits and past the store's wait is refused as busy (a 503),
+/// while lookups, estimates and pages, which need no turn, are answered at once.
+#[tokio::test]
+async fn exact_counts_wait_their_turn_and_nothing_else_does() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = StoreOptions {
+        database: dir.path().join("sprig.db").display().to_string(),
+        busy_timeout: Duration::from_millis(300),
+        // Two readers: one may count at a time.
+        max_read_connections: 2,
+        durable_commits: false,
+    };
+    let Store::Sqlite(store) = Store::open(&options).await.expect("store opens") else {
+        unreachable!("a file path opens SQLite")
+    };
+    for n in 0..3 {
+        create(&store, task("requested", &format!("ServiceRequest/sr{n}"))).await;
+    }
+    let search = |raw: &str| {
+        let query = SearchQuery::parse(ResourceType::TASK, raw).expect("query");
+        let store = store.clone();
+        async move { store.search(&query, &Visibility::All).await }
+    };
+    let turn = store.counts.enter().await.expect("the only turn");
+    let started = std::time::Instant::now();
+    let refused = search("status=requested&_count=0").await;
+    assert!(
+        matches!(refused, Err(crate::store::StoreError::CountsBusy)),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
+    let accurate = search("status=requested&_total=accurate").await;
+    assert!(accurate.is_err(), "{accurate:?}");
+    // No turn needed: a lookup's count, an estimate, a page without a total.
+    let lookup = search("based-on=ServiceRequest/sr1&_total=accurate").await;
+    assert_eq!(lookup.expect("a lookup").total, Some(1));
+    let estimate = search("status=requested&_total=estimate")
+        .await
+        .expect("estimate");
+    assert_eq!((estimate.total, estimate.total_estimated), (Some(3), true));
+    let page = search("status=requested&_count=2").await.expect("a page");
+    assert_eq!((page.resources.len(), page.total), (2, None));
+    drop(turn);
+    let counted = search("status=requested&_count=0").await.expect("its turn");
+    assert_eq!((counted.total, counted.total_estimated), (Some(3), false));
+}

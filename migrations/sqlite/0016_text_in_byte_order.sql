@@ -1,0 +1,3 @@
+-- PostgreSQL's twin declares COLLATE "C" on every text column. SQLite already
+-- compares text byte by byte (BINARY), so nothing changes here.
+SELECT 1;
