@@ -198,6 +198,26 @@ async fn text_orders_byte_by_byte_on_a_postgresql_database_with_a_linguistic_col
     })
     .await
     .expect("Sprig starts on it");
+    // Every text column, including those of migrations after 0016, compares in byte
+    // order: a later migration that adds a column without `COLLATE "C"` would take this
+    // database's en-US default, and PostgreSQL refuses to compare it with a `C` column.
+    let linguistic_columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text \
+         FROM information_schema.columns c \
+         JOIN information_schema.tables t \
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+           AND c.data_type = 'text' AND c.table_name <> '_sqlx_migrations' \
+           AND c.collation_name IS DISTINCT FROM 'C' \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("the columns' collations");
+    assert!(
+        linguistic_columns.is_empty(),
+        "text columns not in byte order (declare them COLLATE \"C\"): {linguistic_columns:?}"
+    );
     // Four Patients stamped in one millisecond: the ids alone order them.
     let ids = ["ab", "a", "B", "a-c"];
     for id in ids {
