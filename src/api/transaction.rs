@@ -482,17 +482,32 @@ async fn execute_with(
             targets.insert(full_url.clone(), format!("{}/{id}", entry.resource_type));
         }
     }
-    // 3. Write.
-    let mut outcomes = Vec::with_capacity(plan.len());
-    for (entry, (id, write)) in plan.into_iter().zip(settled) {
+    // 3. Write: a match is read, an update written alone, and every new resource in one
+    // statement per table (`create_all`): each statement is a round trip with the single
+    // SQLite writer held, and a referral's Bundle is mostly new resources.
+    let (ids, writes): (Vec<FhirId>, Vec<Option<bool>>) = settled.into_iter().unzip();
+    let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(plan.len());
+    let mut creates: Vec<(usize, ResourceWrite<'_>)> = Vec::new();
+    for (index, ((entry, id), write)) in plan.into_iter().zip(&ids).zip(writes).enumerate() {
         let mut resource = entry.resource;
         rewrite_references(&mut resource, &targets);
-        let outcome = match write {
-            None => match tx.read(entry.resource_type, &id, visibility).await? {
-                ReadOutcome::Found(stored) => EntryOutcome {
+        let new_version = ResourceWrite {
+            resource_type: entry.resource_type,
+            id,
+            resource,
+            // The Bundle's body is kept once, with its submission (same request id): a
+            // copy in every entry's version made a Bundle's cost grow with the square of
+            // its size (issue 20 §4).
+            received: None,
+            request_id,
+            owner,
+        };
+        outcomes.push(match write {
+            None => match tx.read(entry.resource_type, id, visibility).await? {
+                ReadOutcome::Found(stored) => Some(EntryOutcome {
                     stored,
                     created: false,
-                },
+                }),
                 _ => {
                     return Err(ApiError::internal(
                         "reading a conditional entry's match",
@@ -500,32 +515,33 @@ async fn execute_with(
                     ));
                 }
             },
-            Some(create) => {
-                let write = ResourceWrite {
-                    resource_type: entry.resource_type,
-                    id: &id,
-                    resource,
-                    // The Bundle's body is kept once, with its submission (same
-                    // request id): a copy in every entry's version made a Bundle's
-                    // cost grow with the square of its size (issue 20 §4).
-                    received: None,
-                    request_id,
-                    owner,
-                };
-                let stored = if create {
-                    tx.create(write).await?
-                } else {
-                    tx.update(write, None).await?
-                };
-                EntryOutcome {
-                    stored,
-                    created: create,
-                }
+            Some(true) => {
+                creates.push((index, new_version));
+                None
             }
-        };
-        outcomes.push(outcome);
+            Some(false) => Some(EntryOutcome {
+                stored: tx.update(new_version, None).await?,
+                created: false,
+            }),
+        });
     }
-    Ok(outcomes)
+    let (indexes, creates): (Vec<usize>, Vec<ResourceWrite<'_>>) = creates.into_iter().unzip();
+    for (index, stored) in indexes.into_iter().zip(tx.create_all(creates).await?) {
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(EntryOutcome {
+                stored,
+                created: true,
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.ok_or_else(|| {
+                ApiError::internal("writing a Bundle's entries", "an entry was not written")
+            })
+        })
+        .collect()
 }
 
 /// A referral Bundle's ids and record as expected before the write transaction.
