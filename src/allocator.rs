@@ -3,10 +3,13 @@
 //! Parsing and validating FHIR JSON makes many small, short-lived allocations (a `String` per
 //! key, a `Vec` per FHIRPath step); with glibc's malloc they were a fifth of a referral
 //! Bundle's validation time, and mimalloc made that validation about a fifth faster
-//! (BENCHMARKS.md, "Validator vs a peer"). The cost is memory held: `sprig serve` is resident
-//! at about 96 MiB when ready rather than about 60; `MIMALLOC_ARENA_EAGER_COMMIT=0` in its
-//! environment brings that to about 75 MiB at some cost in speed (mimalloc reads it when the
-//! process starts, before `main`, so it is the operator's choice, not set from here).
+//! (BENCHMARKS.md, "Validator vs a peer"). The cost is memory held. mimalloc is built with
+//! `no_thp` (Cargo.toml): otherwise it `madvise`s its arenas for transparent huge pages, and
+//! on Linux every arena region it touched became a resident 2 MiB page (`sprig serve` ready:
+//! 107 MiB, 72 MiB of it huge pages; without: 85 MiB, BENCHMARKS.md "The write path, next
+//! step"). `MIMALLOC_ARENA_EAGER_COMMIT=0` in the environment avoided the same pages by
+//! committing less, at some cost in speed (mimalloc reads it when the process starts, before
+//! `main`, so it is the operator's choice, not set from here).
 //!
 //! Why not the `mimalloc` crate's `MiMalloc`: it sends every request through
 //! `mi_malloc_aligned`. In mimalloc 3 that call takes its fast path only while the size

@@ -289,6 +289,7 @@ async fn handle(
                 &outcomes,
                 ReceivedAs::Message,
                 request_id,
+                None,
             )
             .await?;
             (referral, None)

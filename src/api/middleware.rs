@@ -82,7 +82,10 @@ fn usable_id(value: Option<&HeaderValue>) -> Option<String> {
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let caller_id = usable_id(request.headers().get(&REQUEST_ID));
     let request_id_from_caller = caller_id.is_some();
-    let request_id = caller_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Time-ordered (UUIDv7): the audit rows' index on request id, and the stored
+    // versions' and submissions' request ids, then take each new id near the last
+    // rather than on a random page of the index.
+    let request_id = caller_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let correlation_id = usable_id(request.headers().get(&CORRELATION_ID));
     request.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),

@@ -60,7 +60,7 @@ pub async fn record(tx: &mut WriteTx, record: &AuditRecord) -> Result<(), StoreE
             owner: version.owner.as_deref(),
         })
         .collect();
-    tx.create_all(writes).await
+    tx.create_all(writes).await.map(drop)
 }
 
 /// The Provenance of one version, caused by the caller of `record` (without `id` and

@@ -103,7 +103,10 @@ pub(super) async fn create(
             resource_type: ResourceType::SERVICE_REQUEST,
             id: &id,
             resource: checked.resource,
-            received: Some(&checked.received),
+            // The body is kept once, in the referral's submission below (same request
+            // id), as a Bundle's is: a second copy here was a 4 KB overflow chain and
+            // an index entry per referral that no read used (issue 20 §3).
+            received: None,
             request_id: &context.request_id,
             owner: owner.as_deref(),
         })
@@ -234,7 +237,8 @@ pub async fn update(
                 resource_type,
                 id: &id,
                 resource: checked.resource,
-                received: Some(&checked.received),
+                // Kept once, in the amendment's submission below.
+                received: None,
                 request_id: &context.request_id,
                 owner: referral.fields.practice_ods_code.as_deref(),
             },

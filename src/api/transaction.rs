@@ -33,7 +33,7 @@ use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{ReadOutcome, ResourceWrite, StoredResource, Visibility, WriteTx};
 use crate::validation::REFERRAL_BUNDLE_PROFILE;
-use crate::workflow::{Arrival, Workflow};
+use crate::workflow::{Arrival, Opening, Workflow};
 
 /// What to do with one entry.
 #[derive(Debug)]
@@ -124,6 +124,36 @@ pub async fn transaction(
         require_scope(&access, Scope::Create, entry.resource_type.as_str())?;
     }
     require_practice(&access, mapped.fields.practice_ods_code.as_deref())?;
+    let owner = mapped.fields.practice_ods_code.clone();
+    let visibility = access.visibility();
+
+    // A new referral's ids are settled, and its record and Task built and checked, on a
+    // reader before the writer is taken; the writer confirms them (`open_referral`). A
+    // Bundle already held is recognised inside the write transaction below, as before.
+    let presettled = if state
+        .store
+        .committed_referral_by_identifier(owner.as_deref(), &mapped.identifier)
+        .await?
+        .is_some()
+    {
+        None
+    } else {
+        Some(
+            presettle(
+                &state,
+                &plan,
+                &conditions_visibility(&visibility, owner.as_deref()),
+                referral_index,
+                &mapped,
+                request_id,
+            )
+            .await?,
+        )
+    };
+    let (fresh, opening) = match presettled {
+        Some(Presettled { fresh, opening }) => (Some(fresh), opening),
+        None => (None, None),
+    };
 
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = tx
@@ -149,13 +179,13 @@ pub async fn transaction(
         // `render` answers 200: nothing new was written.
         return format.render(&replayed(replay, &existing, referral_index)?);
     }
-    let owner = mapped.fields.practice_ods_code.clone();
-    let outcomes = execute(
+    let outcomes = execute_with(
         &mut tx,
         plan,
         request_id,
-        &access.visibility(),
+        &visibility,
         owner.as_deref(),
+        fresh.as_deref(),
     )
     .await?;
     let referral = open_referral(
@@ -165,6 +195,7 @@ pub async fn transaction(
         &outcomes,
         ReceivedAs::Transaction,
         request_id,
+        opening,
     )
     .await?;
     let response = transaction_response(&base, &outcomes, referral_index, &referral);
@@ -376,23 +407,44 @@ pub(super) async fn execute(
     visibility: &Visibility,
     owner: Option<&str>,
 ) -> Result<Vec<EntryOutcome>, ApiError> {
-    // A referral's Bundle writes its practice's resources, so its conditions match only
-    // those, even for a caller that sees every practice (staff, the open developer
-    // mode): one practice's referral never matches or updates another's Patient or
-    // ServiceRequest, whichever of two concurrent Bundles commits first.
-    let narrowed;
-    let visibility = match owner {
-        Some(practice) => {
-            narrowed = visibility.within(practice);
-            &narrowed
-        }
-        None => visibility,
+    execute_with(tx, plan, request_id, visibility, owner, None).await
+}
+
+/// What conditions match in a referral's Bundle. It writes its practice's resources,
+/// so its conditions match only those, even for a caller that sees every practice
+/// (staff, the open developer mode): one practice's referral never matches or updates
+/// another's Patient or ServiceRequest, whichever of two concurrent Bundles commits
+/// first.
+fn conditions_visibility(visibility: &Visibility, owner: Option<&str>) -> Visibility {
+    match owner {
+        Some(practice) => visibility.within(practice),
+        None => visibility.clone(),
+    }
+}
+
+/// [`execute`], giving a new resource the id `fresh` holds at its entry's index (ids
+/// [`presettle`] chose, so a record and Task built before the writer name them).
+async fn execute_with(
+    tx: &mut WriteTx,
+    plan: Vec<PlannedEntry>,
+    request_id: &str,
+    visibility: &Visibility,
+    owner: Option<&str>,
+    fresh: Option<&[FhirId]>,
+) -> Result<Vec<EntryOutcome>, ApiError> {
+    let narrowed = conditions_visibility(visibility, owner);
+    let visibility = &narrowed;
+    let new_id = |index: usize| {
+        fresh
+            .and_then(|ids| ids.get(index))
+            .cloned()
+            .unwrap_or_else(FhirId::generate)
     };
     // 1. Settle each entry's id, and whether it is written at all.
     let mut settled: Vec<(FhirId, Option<bool>)> = Vec::with_capacity(plan.len());
     for (index, entry) in plan.iter().enumerate() {
         settled.push(match &entry.action {
-            Action::Create => (FhirId::generate(), Some(true)),
+            Action::Create => (new_id(index), Some(true)),
             Action::Update(id) => {
                 if tx.exists_unseen(entry.resource_type, id, visibility).await? {
                     // Another practice's resource: not this caller's to overwrite, and
@@ -415,11 +467,11 @@ pub(super) async fn execute(
             }
             Action::CreateUnlessExists(query) => match one_match(tx, query, index, visibility).await? {
                 Some(id) => (id, None),
-                None => (FhirId::generate(), Some(true)),
+                None => (new_id(index), Some(true)),
             },
             Action::UpdateMatching(query) => match one_match(tx, query, index, visibility).await? {
                 Some(id) => (id, Some(false)),
-                None => (FhirId::generate(), Some(true)),
+                None => (new_id(index), Some(true)),
             },
         });
     }
@@ -430,17 +482,32 @@ pub(super) async fn execute(
             targets.insert(full_url.clone(), format!("{}/{id}", entry.resource_type));
         }
     }
-    // 3. Write.
-    let mut outcomes = Vec::with_capacity(plan.len());
-    for (entry, (id, write)) in plan.into_iter().zip(settled) {
+    // 3. Write: a match is read, an update written alone, and every new resource in one
+    // statement per table (`create_all`): each statement is a round trip with the single
+    // SQLite writer held, and a referral's Bundle is mostly new resources.
+    let (ids, writes): (Vec<FhirId>, Vec<Option<bool>>) = settled.into_iter().unzip();
+    let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(plan.len());
+    let mut creates: Vec<(usize, ResourceWrite<'_>)> = Vec::new();
+    for (index, ((entry, id), write)) in plan.into_iter().zip(&ids).zip(writes).enumerate() {
         let mut resource = entry.resource;
         rewrite_references(&mut resource, &targets);
-        let outcome = match write {
-            None => match tx.read(entry.resource_type, &id, visibility).await? {
-                ReadOutcome::Found(stored) => EntryOutcome {
+        let new_version = ResourceWrite {
+            resource_type: entry.resource_type,
+            id,
+            resource,
+            // The Bundle's body is kept once, with its submission (same request id): a
+            // copy in every entry's version made a Bundle's cost grow with the square of
+            // its size (issue 20 §4).
+            received: None,
+            request_id,
+            owner,
+        };
+        outcomes.push(match write {
+            None => match tx.read(entry.resource_type, id, visibility).await? {
+                ReadOutcome::Found(stored) => Some(EntryOutcome {
                     stored,
                     created: false,
-                },
+                }),
                 _ => {
                     return Err(ApiError::internal(
                         "reading a conditional entry's match",
@@ -448,32 +515,121 @@ pub(super) async fn execute(
                     ));
                 }
             },
-            Some(create) => {
-                let write = ResourceWrite {
-                    resource_type: entry.resource_type,
-                    id: &id,
-                    resource,
-                    // The Bundle's body is kept once, with its submission (same
-                    // request id): a copy in every entry's version made a Bundle's
-                    // cost grow with the square of its size (issue 20 §4).
-                    received: None,
-                    request_id,
-                    owner,
-                };
-                let stored = if create {
-                    tx.create(write).await?
-                } else {
-                    tx.update(write, None).await?
-                };
-                EntryOutcome {
-                    stored,
-                    created: create,
+            Some(true) => {
+                creates.push((index, new_version));
+                None
+            }
+            Some(false) => Some(EntryOutcome {
+                stored: tx.update(new_version, None).await?,
+                created: false,
+            }),
+        });
+    }
+    let (indexes, creates): (Vec<usize>, Vec<ResourceWrite<'_>>) = creates.into_iter().unzip();
+    for (index, stored) in indexes.into_iter().zip(tx.create_all(creates).await?) {
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(EntryOutcome {
+                stored,
+                created: true,
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.ok_or_else(|| {
+                ApiError::internal("writing a Bundle's entries", "an entry was not written")
+            })
+        })
+        .collect()
+}
+
+/// A referral Bundle's ids and record as expected before the write transaction.
+struct Presettled {
+    /// For each entry, the id it gets if it is created.
+    fresh: Vec<FhirId>,
+    /// The referral's record and Task for the ServiceRequest's and the Patient's
+    /// expected ids; `None` when they could not be told (a condition matched several).
+    opening: Option<Opening>,
+}
+
+/// Settles on a reader what a referral Bundle's entries are expected to become, and
+/// builds and checks its record and Task for that, so the single SQLite writer is held
+/// for the statements only. A guess: a resource may be written or deleted before the
+/// writer is taken, so `execute_with` settles every condition again inside the write
+/// transaction, and `open_referral` uses the prepared Task only if the ServiceRequest
+/// and its Patient got the ids it names (otherwise it builds it there, as before).
+async fn presettle(
+    state: &AppState,
+    plan: &[PlannedEntry],
+    visibility: &Visibility,
+    referral_index: usize,
+    mapped: &MappedReferral,
+    request_id: &str,
+) -> Result<Presettled, ApiError> {
+    let fresh: Vec<FhirId> = plan.iter().map(|_| FhirId::generate()).collect();
+    let mut expected: Vec<Option<FhirId>> = Vec::with_capacity(plan.len());
+    for (entry, new) in plan.iter().zip(&fresh) {
+        expected.push(match &entry.action {
+            Action::Create => Some(new.clone()),
+            Action::Update(id) => Some(id.clone()),
+            Action::CreateUnlessExists(query) | Action::UpdateMatching(query) => {
+                let mut ids = state
+                    .store
+                    .committed_matching_ids(query, visibility)
+                    .await?;
+                match ids.len() {
+                    0 => Some(new.clone()),
+                    1 => ids.pop(),
+                    _ => None,
                 }
             }
-        };
-        outcomes.push(outcome);
+        });
     }
-    Ok(outcomes)
+    let mut targets: HashMap<String, String> = HashMap::new();
+    for (entry, id) in plan.iter().zip(&expected) {
+        if let (Some(full_url), Some(id)) = (&entry.full_url, id) {
+            targets.insert(full_url.clone(), format!("{}/{id}", entry.resource_type));
+        }
+    }
+    let (Some(Some(service_request_id)), Some(referral)) =
+        (expected.get(referral_index), plan.get(referral_index))
+    else {
+        return Ok(Presettled {
+            fresh,
+            opening: None,
+        });
+    };
+    let mut subject = referral
+        .resource
+        .get("subject")
+        .cloned()
+        .unwrap_or(Value::Null);
+    rewrite_references(&mut subject, &targets);
+    let patient_id = patient_of(&subject);
+    let opening = state.workflow.prepare_open(
+        mapped.clone(),
+        &Arrival {
+            service_request_id,
+            patient_id: patient_id.as_ref(),
+            received_as: ReceivedAs::Transaction,
+            request_id,
+        },
+    )?;
+    Ok(Presettled {
+        fresh,
+        opening: Some(opening),
+    })
+}
+
+/// The Patient a ServiceRequest's `subject` names by `Patient/id` (references to Bundle
+/// entries already rewritten).
+fn patient_of(subject: &Value) -> Option<FhirId> {
+    subject
+        .get("reference")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .and_then(|id| FhirId::parse(id).ok())
 }
 
 async fn exists(
@@ -547,6 +703,7 @@ pub(super) async fn open_referral(
     outcomes: &[EntryOutcome],
     received_as: ReceivedAs,
     request_id: &str,
+    prepared: Option<Opening>,
 ) -> Result<Referral, ApiError> {
     let referral = outcomes
         .iter()
@@ -572,11 +729,15 @@ pub(super) async fn open_referral(
     }
     let service_request: Value = serde_json::from_str(&referral.stored.json)
         .map_err(|e| ApiError::internal("reading a stored referral's JSON", e))?;
-    let patient_id = service_request
-        .pointer("/subject/reference")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("Patient/"))
-        .and_then(|id| FhirId::parse(id).ok());
+    let patient_id = service_request.get("subject").and_then(patient_of);
+    // Built before the writer for the ids the entries were expected to get: used only if
+    // they got them (a Patient written or deleted meanwhile gives another).
+    if let Some(opening) = prepared
+        && opening.referral().id == referral.stored.id.as_str()
+        && opening.referral().patient_id.as_deref() == patient_id.as_ref().map(FhirId::as_str)
+    {
+        return Ok(state.workflow.write_opened(tx, opening, request_id).await?);
+    }
     Ok(state
         .workflow
         .open(

@@ -412,6 +412,18 @@ impl Store {
         dispatch!(self, b => b.search(query, visibility).await)
     }
 
+    /// The ids of the committed, current resources matching `query`'s criteria that
+    /// `visibility` sees, read without taking the writer: a guess, which a write
+    /// transaction's [`WriteTx::matching_ids`] confirms (a resource may be written
+    /// or deleted between the two).
+    pub async fn committed_matching_ids(
+        &self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+    ) -> Result<Vec<FhirId>, StoreError> {
+        dispatch!(self, b => b.committed_matching_ids(query, visibility).await)
+    }
+
     /// The SQL statements `search` runs for `query` (the count, then the
     /// page), with their bound values: for the tests that check each search
     /// parameter's query plan on each backend.

@@ -88,8 +88,12 @@ impl WriteTx {
     }
 
     /// Stores new resources, each as version 1, with one statement per table for all
-    /// of them (the Provenance of a request's versions).
-    pub async fn create_all(&mut self, writes: Vec<ResourceWrite<'_>>) -> Result<(), StoreError> {
+    /// of them (the Provenance of a request's versions, a Bundle's new entries); returns
+    /// them in the order given.
+    pub async fn create_all(
+        &mut self,
+        writes: Vec<ResourceWrite<'_>>,
+    ) -> Result<Vec<StoredResource>, StoreError> {
         dispatch!(self, b => b.create_all(writes).await)
     }
 

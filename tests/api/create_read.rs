@@ -106,14 +106,23 @@ async fn the_request_body_is_kept_verbatim_for_audit() {
         .to_owned();
 
     let pool = app.db_pool().await;
-    let (received, stored_request_id): (Vec<u8>, String) =
+    let (kept, kept_request_id): (Vec<u8>, String) =
+        sqlx::query_as("SELECT body, request_id FROM referral_submissions WHERE referral_id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .expect("the submission row");
+    assert_eq!(kept, body.as_bytes());
+    assert_eq!(kept_request_id, request_id);
+    // Once: the version names the request but does not keep a second copy (issue 20 §3).
+    let (copy, version_request_id): (Option<Vec<u8>>, String) =
         sqlx::query_as("SELECT received, request_id FROM resource_versions WHERE id = $1")
             .bind(&id)
             .fetch_one(&pool)
             .await
             .expect("the version row");
-    assert_eq!(received, body.as_bytes());
-    assert_eq!(stored_request_id, request_id);
+    assert!(copy.is_none(), "the body is not stored twice");
+    assert_eq!(version_request_id, request_id);
 }
 
 #[tokio::test]

@@ -59,13 +59,14 @@ impl Tx {
     }
 
     /// Stores new resources, each as version 1: one INSERT per table for all of them
-    /// (their Provenance, say), where [`Tx::create`] takes two per resource.
+    /// (their Provenance, a Bundle's new entries), where [`Tx::create`] takes two per
+    /// resource. Returns them in the order given.
     pub(in crate::store) async fn create_all(
         &mut self,
         writes: Vec<ResourceWrite<'_>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<StoredResource>, StoreError> {
         if writes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let version_id = VersionId::FIRST;
         let last_updated = self.timestamp().await?;
@@ -109,7 +110,8 @@ impl Tx {
             .execute(self.conn())
             .await?;
         }
-        for (stored, _, stamped, owner) in &rows {
+        let mut created = Vec::with_capacity(rows.len());
+        for (stored, _, stamped, owner) in rows {
             self.written.push(WrittenVersion {
                 resource_type: stored.resource_type,
                 id: stored.id.clone(),
@@ -119,9 +121,10 @@ impl Tx {
                 owner: owner.map(str::to_owned),
             });
             self.pending_index
-                .add(stored.resource_type, &stored.id, stamped)?;
+                .add(stored.resource_type, &stored.id, &stamped)?;
+            created.push(stored);
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Stores a new version of an existing resource. With `expected`, the

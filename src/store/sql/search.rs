@@ -230,6 +230,20 @@ pub(crate) async fn matching_ids(
         })
         .collect()
 }
+impl Backend {
+    /// [`matching_ids`] among committed resources, on a reader: a guess made before a
+    /// write transaction begins (a transaction Bundle's conditional entries), which the
+    /// transaction's own [`matching_ids`] then confirms or overrules.
+    pub(in crate::store) async fn committed_matching_ids(
+        &self,
+        query: &SearchQuery,
+        visibility: &Visibility,
+    ) -> Result<Vec<FhirId>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        matching_ids(&mut conn, query, visibility).await
+    }
+}
+
 /// How long a search waits for write transactions that began before it to end, so that
 /// what was committed before the search is in its answer; after that it answers without
 /// their versions and any written after them (a later pull gets them).
