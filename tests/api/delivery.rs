@@ -1023,3 +1023,196 @@ async fn send_now_for_an_endpoint_cuts_its_waiting_updates_backoff_short() {
     assert_eq!(json_body(again).await["made_due"], 0);
     app.stop().await;
 }
+
+/// A gateway on `dir` delivering to `gp` with `extra` in its endpoint table.
+async fn delivering_app_in(dir: &Arc<TempDir>, gp: &MockServer, extra: &str) -> TestApp {
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(&file, endpoint_toml(PRACTICE, &gp.uri(), extra)).expect("registry written");
+    spawn_app_in(Arc::clone(dir), |settings| {
+        settings.delivery.endpoints = Some(file);
+        fast(&mut settings.delivery);
+    })
+    .await
+}
+
+/// Holds every write of the outbox (claims and results) until dropped: on SQLite a
+/// write transaction, which holds the single writer; on PostgreSQL a transaction
+/// holding the outbox table in `EXCLUSIVE` mode (reads go on).
+enum HeldWriter {
+    Sqlite { _tx: sprig::store::WriteTx },
+    Postgres(sqlx::PgConnection),
+}
+
+impl HeldWriter {
+    async fn hold(app: &TestApp, dir: &TempDir) -> Self {
+        if crate::helpers::on_postgres() {
+            use sqlx::Connection;
+            let url = crate::helpers::database_for(dir.path()).await;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("database");
+            sqlx::raw_sql("BEGIN; LOCK TABLE outbox IN EXCLUSIVE MODE")
+                .execute(&mut conn)
+                .await
+                .expect("outbox locked");
+            HeldWriter::Postgres(conn)
+        } else {
+            HeldWriter::Sqlite {
+                _tx: app.store.begin_write().await.expect("the writer"),
+            }
+        }
+    }
+
+    async fn release(self) {
+        if let HeldWriter::Postgres(mut conn) = self {
+            sqlx::raw_sql("ROLLBACK")
+                .execute(&mut conn)
+                .await
+                .expect("outbox unlocked");
+        }
+    }
+}
+
+/// A slot does not wait for the writer: a destination's due heads are claimed
+/// ahead of its slots in one write, and a finished send's result is recorded
+/// apart, so the slot goes on to the next claimed head while the writer is busy
+/// (as under intake, where each write waits a group-commit batch). Fails where each
+/// slot claims its own head and records its own result before sending again: one
+/// slot then never has more than one head claimed, and sends nothing while the
+/// writer is held.
+#[tokio::test]
+async fn claimed_heads_are_sent_while_results_wait_for_the_writer() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(100)))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let app = delivering_app_in(&dir, &gp, "max_in_flight = 1").await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(refer(&app, PRACTICE).await.1);
+    }
+    // Every head claimed (its attempt counted) though one slot sends them one by one.
+    eventually!("all eight claimed", Duration::from_secs(10), {
+        let all = deliveries(&app, "").await;
+        all.len() == 8 && all.iter().all(|d| d["attempts"] == 1)
+    });
+    let held = HeldWriter::hold(&app, &dir).await;
+    // Well within SQLite's busy timeout (5 s): the claimed heads go out, their
+    // results wait.
+    eventually!(
+        "all eight sent while the writer is held",
+        Duration::from_secs(4),
+        task_puts(&gp).await.len() == 8
+    );
+    held.release().await;
+    eventually!(
+        "every result recorded",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1], "sent once: {puts:?}");
+    }
+    app.stop().await;
+}
+
+/// Many referrals, several sends in flight and heads claimed ahead: each
+/// referral's updates still arrive in order, each once (a healthy endpoint),
+/// and every result is recorded.
+#[tokio::test]
+async fn many_referrals_keep_their_order_with_heads_claimed_ahead() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(5)))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 4")).await;
+    let mut referrals = tokio::task::JoinSet::new();
+    let app = Arc::new(app);
+    for _ in 0..6 {
+        let app = Arc::clone(&app);
+        referrals.spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let (id, task) = refer(&app, PRACTICE).await;
+                for stage in ["accepted", "contacted", "assessment-done"] {
+                    transition(&app, &id, stage).await;
+                }
+                tasks.push(task);
+            }
+            tasks
+        });
+    }
+    let mut tasks = Vec::new();
+    while let Some(made) = referrals.join_next().await {
+        tasks.extend(made.expect("a sender"));
+    }
+    eventually!(
+        "all 96 updates delivered",
+        Duration::from_secs(30),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    assert_eq!(puts.len(), 96, "each update sent once");
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1, 2, 3, 4], "{task}");
+    }
+    assert!(deliveries(&app, "?state=pending").await.is_empty());
+    let metrics = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains(&format!(
+            "sprig_delivery_attempts_total{{destination=\"{PRACTICE}\",outcome=\"delivered\"}} 96"
+        )),
+        "{metrics}"
+    );
+    Arc::into_inner(app).expect("the only handle").stop().await;
+}
+
+/// A graceful stop lets the sends in flight finish and records their results
+/// before the database closes; the heads claimed but not yet sent go back, their
+/// attempt uncounted. After a restart nothing is sent twice.
+#[tokio::test]
+async fn a_graceful_stop_records_the_results_of_sends_in_flight() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let app = delivering_app_in(&dir, &gp, "max_in_flight = 2").await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(refer(&app, PRACTICE).await.1);
+    }
+    // Two in flight (the receiver has them), the rest claimed and queued.
+    eventually!("two sends in flight", Duration::from_secs(10), {
+        gp.received_requests().await.unwrap_or_default().len() >= 2
+    });
+    app.stop().await;
+    let sent_before = task_puts(&gp).await.len();
+    assert!(
+        sent_before < 6,
+        "the stop came too late ({sent_before} sent)"
+    );
+
+    let app = delivering_app_in(&dir, &gp, "max_in_flight = 2").await;
+    eventually!(
+        "the rest delivered after the restart",
+        Duration::from_secs(15),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1], "sent once: {puts:?}");
+    }
+    for delivery in deliveries(&app, "").await {
+        assert_eq!(delivery["attempts"], 1, "{delivery}");
+    }
+    app.stop().await;
+}
