@@ -337,14 +337,10 @@ impl Worker {
                     }
                 }
                 () = self.wake.notified() => look = true,
-                _ = poll.tick() => {
-                    look = true;
-                    // A claim that failed, or retries coming due, are looked
-                    // for again now.
-                    for destination in running.destinations.values_mut() {
-                        destination.exhausted = false;
-                    }
-                }
+                // Retries coming due, lapsed leases and claims that failed
+                // are found by the listing, which stirs only the destinations
+                // with something due: an idle worker writes nothing.
+                _ = poll.tick() => look = true,
             }
         }
         self.stop(running, results, recorder).await;
@@ -898,4 +894,39 @@ fn observe(shared: &Shared, finished: &Finished, recorded: bool) {
     shared
         .metrics
         .attempt(&message.destination_ods, outcome, finished.took);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after_sends_of(secs: f64) -> Destination {
+        Destination {
+            send_secs: Some(secs),
+            ..Destination::default()
+        }
+    }
+
+    #[test]
+    fn claims_ahead_only_what_the_slots_send_within_half_the_queue_allowance() {
+        // Nothing measured yet, or fast sends: the most per slot.
+        assert_eq!(Destination::default().ahead(4), 64);
+        assert_eq!(after_sends_of(0.001).ahead(4), 64);
+        // 4 slots at 2 s a send send 5 within 2.5 s.
+        assert_eq!(after_sends_of(2.0).ahead(4), 5);
+        // However slow, one head waits for a slot, so a freed slot need not
+        // wait for a claim.
+        assert_eq!(after_sends_of(60.0).ahead(1), 1);
+    }
+
+    #[test]
+    fn a_send_s_time_moves_the_estimate_a_fifth_of_the_way() {
+        let mut destination = Destination {
+            in_flight: 1,
+            ..after_sends_of(1.0)
+        };
+        destination.sent(Duration::from_secs(2));
+        assert_eq!(destination.in_flight, 0);
+        assert!((destination.send_secs.unwrap_or_default() - 1.2).abs() < 1e-9);
+    }
 }

@@ -1216,3 +1216,63 @@ async fn a_graceful_stop_records_the_results_of_sends_in_flight() {
     }
     app.stop().await;
 }
+
+/// A claimed head starts its send within `QUEUE_ALLOWANCE` (5 s) of its claim, or
+/// goes back unsent and is claimed afresh: its lease covers the wait and then the
+/// send's own lease, so a send that started later could outlive its lease while
+/// another instance took the row. One slow slot (2.5 s a send) and five heads
+/// claimed together: the fourth and fifth would start 7.5 and 10 s after their
+/// claim; they are released and claimed again instead. Each is sent once, its
+/// attempt counted once.
+#[tokio::test]
+async fn a_claimed_head_is_sent_within_its_queue_allowance_or_released() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(2500)))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    // No endpoint until the five are queued, so one claim takes them all.
+    let app = spawn_app_in(Arc::clone(&dir), |settings| {
+        fast(&mut settings.delivery);
+        settings.delivery.endpoints = Some(dir.path().join("endpoints.toml"));
+        std::fs::write(dir.path().join("endpoints.toml"), "").expect("registry written");
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        tasks.push(refer(&app, PRACTICE).await.1);
+    }
+    std::fs::write(
+        dir.path().join("endpoints.toml"),
+        endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 1"),
+    )
+    .expect("registry written");
+    eventually!(
+        "all five delivered",
+        Duration::from_secs(40),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1], "sent once: {puts:?}");
+    }
+    let at = |d: &Value, field: &str| {
+        let text = d[field].as_str().expect("an instant");
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339")
+    };
+    for delivery in deliveries(&app, "").await {
+        assert_eq!(
+            delivery["attempts"], 1,
+            "a release is no attempt: {delivery}"
+        );
+        // Claimed (last_attempt_at), waited at most 5 s, sent (2.5 s), recorded.
+        let claim_to_result = at(&delivery, "delivered_at") - at(&delivery, "last_attempt_at");
+        assert!(
+            claim_to_result < time::Duration::milliseconds(9_000),
+            "sent {claim_to_result} after its claim: {delivery}"
+        );
+    }
+    app.stop().await;
+}
