@@ -1076,27 +1076,41 @@ impl HeldWriter {
 /// apart, so the slot goes on to the next claimed head while the writer is busy
 /// (as under intake, where each write waits a group-commit batch). Fails where each
 /// slot claims its own head and records its own result before sending again: one
-/// slot then never has more than one head claimed, and sends nothing while the
+/// slot then has one head claimed at a time, and sends at most one more while the
 /// writer is held.
 #[tokio::test]
 async fn claimed_heads_are_sent_while_results_wait_for_the_writer() {
     let gp = MockServer::start().await;
     Mock::given(method("PUT"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(100)))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
         .mount(&gp)
         .await;
     let dir = Arc::new(TempDir::new().expect("temporary directory"));
-    let app = delivering_app_in(&dir, &gp, "max_in_flight = 1").await;
+    let registry = dir.path().join("endpoints.toml");
+    // No endpoint until the eight are waiting, so all are due at once.
+    std::fs::write(&registry, "").expect("registry written");
+    let app = spawn_app_in(Arc::clone(&dir), |settings| {
+        fast(&mut settings.delivery);
+        settings.delivery.endpoints = Some(registry.clone());
+    })
+    .await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         tasks.push(refer(&app, PRACTICE).await.1);
     }
+    std::fs::write(
+        &registry,
+        endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 1"),
+    )
+    .expect("registry written");
     // Every head claimed (its attempt counted) though one slot sends them one by one.
     eventually!("all eight claimed", Duration::from_secs(10), {
         let all = deliveries(&app, "").await;
         all.len() == 8 && all.iter().all(|d| d["attempts"] == 1)
     });
     let held = HeldWriter::hold(&app, &dir).await;
+    let before = task_puts(&gp).await.len();
+    assert!(before <= 4, "{before} of 8 sent before the writer was held");
     // Well within SQLite's busy timeout (5 s): the claimed heads go out, their
     // results wait.
     eventually!(
