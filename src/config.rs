@@ -293,9 +293,10 @@ pub struct DeliverySettings {
     pub enabled: bool,
     /// How often the worker looks for due messages when nothing wakes it.
     pub poll_interval_ms: u64,
-    /// How long a claimed message stays claimed (at least four times an
-    /// endpoint's timeout plus 5 s, whatever is set, so a send in flight is
-    /// never claimed again).
+    /// How long a claimed message stays claimed for its send (at least four
+    /// times an endpoint's timeout plus 5 s, whatever is set, so a send in
+    /// flight is never claimed again); a claim adds
+    /// `delivery::worker::QUEUE_ALLOWANCE` for its wait in the worker's queue.
     pub lease_secs: u64,
     /// The wait after a first failure; it doubles after each further one.
     pub initial_backoff_ms: u64,

@@ -12,8 +12,9 @@
 //! - `outbound`: an outbox message as the receiver gets it (REST or message)
 //! - `policy`: what an answer means (delivered, retry, dead letter) and when
 //!   to try again
-//! - `worker`: claims due messages under a lease and sends them, per
-//!   destination, in each referral's order
+//! - `worker`: claims due messages under a lease, several at a time, into a
+//!   queue per destination, sends them within each destination's limit in
+//!   each referral's order, and records results in batches
 //! - `metrics`: the figures `/metrics` shows
 //!
 //! The registry (`delivery.endpoints` or `--endpoints`: `[[endpoint]]` per ODS

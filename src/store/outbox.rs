@@ -11,7 +11,10 @@
 //!   by the lease's owner, and a lapsed lease makes the message claimable
 //!   again, so a crashed worker delays delivery but never loses it;
 //! - delivery writes go through the single writer connection, like every
-//!   other write, so they never race the transaction that enqueued the row.
+//!   other write, so they never race the transaction that enqueued the row;
+//! - a head whose result is not yet recorded is still pending under its
+//!   lease, so its referral's next update cannot be claimed before it: the
+//!   worker may record results late and in batches without breaking order.
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -145,17 +148,42 @@ pub struct DestinationStats {
     pub oldest_pending: Option<String>,
 }
 
-/// How an attempt ended, as recorded.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptRecord<'a> {
+/// What came of a claimed message, as [`Store::record_attempts`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Accepted by the receiver.
+    Delivered,
+    /// A transient failure: try again at `next_attempt_ms` (Unix ms).
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// When the next attempt may start.
+        next_attempt_ms: i64,
+    },
+    /// Given up on, keeping the receiver's answer.
+    Dead {
+        /// Why.
+        error: String,
+        /// The receiver's answer to a permanent failure.
+        receiver_response: Option<String>,
+    },
+    /// Never sent: the claim is handed back (the worker is stopping, or the
+    /// message waited in its queue past its allowance), due again at once and
+    /// its attempt uncounted.
+    Released,
+}
+
+/// One claimed message's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
     /// The message.
     pub seq: i64,
-    /// The worker that holds its lease.
-    pub owner: &'a str,
+    /// What came of it.
+    pub result: AttemptResult,
     /// The receiver's status, if it answered.
     pub status: Option<u16>,
     /// When the attempt finished (FHIR instant).
-    pub at: &'a str,
+    pub at: String,
 }
 
 /// Why an operator's retry could not be done.
@@ -196,32 +224,18 @@ impl Store {
         dispatch!(self, b => b.claim_due(destination, owner, now_ms, lease_until_ms, attempt_at, limit).await)
     }
 
-    /// Records a delivery. Whoever holds the lease, a delivered message is
-    /// delivered: a worker whose lease lapsed mid-send may still report it.
-    pub async fn mark_delivered(&self, attempt: AttemptRecord<'_>) -> Result<(), StoreError> {
-        dispatch!(self, b => b.mark_delivered(attempt).await)
-    }
-
-    /// Records a transient failure and when to try again. Returns false when
-    /// the lease was no longer `owner`'s (another worker has the message).
-    pub async fn schedule_retry(
+    /// Records the results of `owner`'s attempts, all in one write (the
+    /// delivery worker's recorder gathers them while the previous write
+    /// commits). Says for each whether it was recorded: a delivery always is
+    /// (whoever holds the lease, a delivered message is delivered); a
+    /// failure or a release only while the lease is still `owner`'s, as
+    /// otherwise another worker has the message and its attempt counts.
+    pub async fn record_attempts(
         &self,
-        attempt: AttemptRecord<'_>,
-        error: &str,
-        next_attempt_ms: i64,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.schedule_retry(attempt, error, next_attempt_ms).await)
-    }
-
-    /// Dead-letters a message, keeping the receiver's answer. Returns false
-    /// when the lease was no longer `owner`'s.
-    pub async fn mark_dead(
-        &self,
-        attempt: AttemptRecord<'_>,
-        error: &str,
-        receiver_response: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.mark_dead(attempt, error, receiver_response).await)
+        owner: &str,
+        attempts: &[AttemptRecord],
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, b => b.record_attempts(owner, attempts).await)
     }
 
     /// Puts a dead letter back in the queue, due at once, its maximum age

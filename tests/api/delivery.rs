@@ -1023,3 +1023,270 @@ async fn send_now_for_an_endpoint_cuts_its_waiting_updates_backoff_short() {
     assert_eq!(json_body(again).await["made_due"], 0);
     app.stop().await;
 }
+
+/// A gateway on `dir` delivering to `gp` with `extra` in its endpoint table.
+async fn delivering_app_in(dir: &Arc<TempDir>, gp: &MockServer, extra: &str) -> TestApp {
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(&file, endpoint_toml(PRACTICE, &gp.uri(), extra)).expect("registry written");
+    spawn_app_in(Arc::clone(dir), |settings| {
+        settings.delivery.endpoints = Some(file);
+        fast(&mut settings.delivery);
+    })
+    .await
+}
+
+/// Holds every write of the outbox (claims and results) until dropped: on SQLite a
+/// write transaction, which holds the single writer; on PostgreSQL a transaction
+/// holding the outbox table in `EXCLUSIVE` mode (reads go on).
+enum HeldWriter {
+    Sqlite { _tx: sprig::store::WriteTx },
+    Postgres(sqlx::PgConnection),
+}
+
+impl HeldWriter {
+    async fn hold(app: &TestApp, dir: &TempDir) -> Self {
+        if crate::helpers::on_postgres() {
+            use sqlx::Connection;
+            let url = crate::helpers::database_for(dir.path()).await;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("database");
+            sqlx::raw_sql("BEGIN; LOCK TABLE outbox IN EXCLUSIVE MODE")
+                .execute(&mut conn)
+                .await
+                .expect("outbox locked");
+            HeldWriter::Postgres(conn)
+        } else {
+            HeldWriter::Sqlite {
+                _tx: app.store.begin_write().await.expect("the writer"),
+            }
+        }
+    }
+
+    async fn release(self) {
+        if let HeldWriter::Postgres(mut conn) = self {
+            sqlx::raw_sql("ROLLBACK")
+                .execute(&mut conn)
+                .await
+                .expect("outbox unlocked");
+        }
+    }
+}
+
+/// A slot does not wait for the writer: a destination's due heads are claimed
+/// ahead of its slots in one write, and a finished send's result is recorded
+/// apart, so the slot goes on to the next claimed head while the writer is busy
+/// (as under intake, where each write waits a group-commit batch). Fails where each
+/// slot claims its own head and records its own result before sending again: one
+/// slot then has one head claimed at a time, and sends at most one more while the
+/// writer is held.
+#[tokio::test]
+async fn claimed_heads_are_sent_while_results_wait_for_the_writer() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let registry = dir.path().join("endpoints.toml");
+    // No endpoint until the eight are waiting, so all are due at once.
+    std::fs::write(&registry, "").expect("registry written");
+    let app = spawn_app_in(Arc::clone(&dir), |settings| {
+        fast(&mut settings.delivery);
+        settings.delivery.endpoints = Some(registry.clone());
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(refer(&app, PRACTICE).await.1);
+    }
+    std::fs::write(
+        &registry,
+        endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 1"),
+    )
+    .expect("registry written");
+    // Every head claimed (its attempt counted) though one slot sends them one by one.
+    eventually!("all eight claimed", Duration::from_secs(10), {
+        let all = deliveries(&app, "").await;
+        all.len() == 8 && all.iter().all(|d| d["attempts"] == 1)
+    });
+    let held = HeldWriter::hold(&app, &dir).await;
+    let before = task_puts(&gp).await.len();
+    assert!(before <= 4, "{before} of 8 sent before the writer was held");
+    // Well within SQLite's busy timeout (5 s): the claimed heads go out, their
+    // results wait.
+    eventually!(
+        "all eight sent while the writer is held",
+        Duration::from_secs(4),
+        task_puts(&gp).await.len() == 8
+    );
+    held.release().await;
+    eventually!(
+        "every result recorded",
+        Duration::from_secs(10),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1], "sent once: {puts:?}");
+    }
+    app.stop().await;
+}
+
+/// Many referrals, several sends in flight and heads claimed ahead: each
+/// referral's updates still arrive in order, each once (a healthy endpoint),
+/// and every result is recorded.
+#[tokio::test]
+async fn many_referrals_keep_their_order_with_heads_claimed_ahead() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(5)))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 4")).await;
+    let mut referrals = tokio::task::JoinSet::new();
+    let app = Arc::new(app);
+    for _ in 0..6 {
+        let app = Arc::clone(&app);
+        referrals.spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let (id, task) = refer(&app, PRACTICE).await;
+                for stage in ["accepted", "contacted", "assessment-done"] {
+                    transition(&app, &id, stage).await;
+                }
+                tasks.push(task);
+            }
+            tasks
+        });
+    }
+    let mut tasks = Vec::new();
+    while let Some(made) = referrals.join_next().await {
+        tasks.extend(made.expect("a sender"));
+    }
+    eventually!(
+        "all 96 updates delivered",
+        Duration::from_secs(30),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    assert_eq!(puts.len(), 96, "each update sent once");
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1, 2, 3, 4], "{task}");
+    }
+    assert!(deliveries(&app, "?state=pending").await.is_empty());
+    let metrics = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains(&format!(
+            "sprig_delivery_attempts_total{{destination=\"{PRACTICE}\",outcome=\"delivered\"}} 96"
+        )),
+        "{metrics}"
+    );
+    Arc::into_inner(app).expect("the only handle").stop().await;
+}
+
+/// A graceful stop lets the sends in flight finish and records their results
+/// before the database closes; the heads claimed but not yet sent go back, their
+/// attempt uncounted. After a restart nothing is sent twice.
+#[tokio::test]
+async fn a_graceful_stop_records_the_results_of_sends_in_flight() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let app = delivering_app_in(&dir, &gp, "max_in_flight = 2").await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(refer(&app, PRACTICE).await.1);
+    }
+    // Two in flight (the receiver has them), the rest claimed and queued.
+    eventually!("two sends in flight", Duration::from_secs(10), {
+        gp.received_requests().await.unwrap_or_default().len() >= 2
+    });
+    app.stop().await;
+    let sent_before = task_puts(&gp).await.len();
+    assert!(
+        sent_before < 6,
+        "the stop came too late ({sent_before} sent)"
+    );
+
+    let app = delivering_app_in(&dir, &gp, "max_in_flight = 2").await;
+    eventually!(
+        "the rest delivered after the restart",
+        Duration::from_secs(15),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1], "sent once: {puts:?}");
+    }
+    for delivery in deliveries(&app, "").await {
+        assert_eq!(delivery["attempts"], 1, "{delivery}");
+    }
+    app.stop().await;
+}
+
+/// A claimed head starts its send within `QUEUE_ALLOWANCE` (5 s) of its claim, or
+/// goes back unsent and is claimed afresh: its lease covers the wait and then the
+/// send's own lease, so a send that started later could outlive its lease while
+/// another instance took the row. One slow slot (2.5 s a send) and five heads
+/// claimed together: the fourth and fifth would start 7.5 and 10 s after their
+/// claim; they are released and claimed again instead. Each is sent once, its
+/// attempt counted once.
+#[tokio::test]
+async fn a_claimed_head_is_sent_within_its_queue_allowance_or_released() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(2500)))
+        .mount(&gp)
+        .await;
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    // No endpoint until the five are queued, so one claim takes them all.
+    let app = spawn_app_in(Arc::clone(&dir), |settings| {
+        fast(&mut settings.delivery);
+        settings.delivery.endpoints = Some(dir.path().join("endpoints.toml"));
+        std::fs::write(dir.path().join("endpoints.toml"), "").expect("registry written");
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        tasks.push(refer(&app, PRACTICE).await.1);
+    }
+    std::fs::write(
+        dir.path().join("endpoints.toml"),
+        endpoint_toml(PRACTICE, &gp.uri(), "max_in_flight = 1"),
+    )
+    .expect("registry written");
+    eventually!(
+        "all five delivered",
+        Duration::from_secs(40),
+        all_delivered(&app).await
+    );
+    let puts = task_puts(&gp).await;
+    for task in &tasks {
+        assert_eq!(versions_of(&puts, task), vec![1], "sent once: {puts:?}");
+    }
+    let at = |d: &Value, field: &str| {
+        let text = d[field].as_str().expect("an instant");
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339")
+    };
+    for delivery in deliveries(&app, "").await {
+        assert_eq!(
+            delivery["attempts"], 1,
+            "a release is no attempt: {delivery}"
+        );
+        // Claimed (last_attempt_at), waited at most 5 s, sent (2.5 s), recorded.
+        let claim_to_result = at(&delivery, "delivered_at") - at(&delivery, "last_attempt_at");
+        assert!(
+            claim_to_result < time::Duration::milliseconds(9_000),
+            "sent {claim_to_result} after its claim: {delivery}"
+        );
+    }
+    app.stop().await;
+}

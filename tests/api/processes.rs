@@ -156,7 +156,8 @@ async fn a_process_killed_mid_ingest_and_delivery_loses_nothing_acknowledged() {
     }
 
     // Every committed update reaches the GP: the dead process's leases lapse and the
-    // survivor sends them, within the lease (9 s) and a few retries.
+    // survivor sends them, within the lease (9 s, plus 5 s for a claim's wait in the
+    // worker's queue) and a few retries.
     let pool = sqlx::PgPool::connect(&database).await.expect("database");
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     loop {

@@ -11,8 +11,8 @@ use super::{BODY_JSON_ID, Backend, CLAIM_LOCK, DbRow, Tx};
 use crate::fhir::Instant;
 use crate::store::StoreError;
 use crate::store::outbox::{
-    AttemptRecord, ClaimedMessage, DeliveryEntry, DeliveryFilter, DeliveryState, DestinationStats,
-    RetryRefusal,
+    AttemptRecord, AttemptResult, ClaimedMessage, DeliveryEntry, DeliveryFilter, DeliveryState,
+    DestinationStats, RetryRefusal,
 };
 
 const ENTRY_COLUMNS: &str = "o.seq, o.referral_id, o.resource_type, o.resource_id, o.version_id, \
@@ -133,75 +133,85 @@ impl Backend {
         Ok(claimed)
     }
 
-    /// Records a delivery. Whoever holds the lease, a delivered message is
-    /// delivered: a worker whose lease lapsed mid-send may still report it.
-    pub(in crate::store) async fn mark_delivered(
+    /// Records the results of `owner`'s attempts in one write; says for each
+    /// whether it was recorded (a failure or release only under `owner`'s
+    /// lease; a delivery always).
+    pub(in crate::store) async fn record_attempts(
         &self,
-        attempt: AttemptRecord<'_>,
-    ) -> Result<(), StoreError> {
+        owner: &str,
+        attempts: &[AttemptRecord],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin_outbox_write().await?;
-        sqlx::query(
-            "UPDATE outbox SET state = 'delivered', delivered_at = $1, last_status = $2, \
-                    last_error = NULL, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $3 AND state = 'pending'",
-        )
-        .bind(attempt.at)
-        .bind(attempt.status.map(i64::from))
-        .bind(attempt.seq)
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await
-    }
-
-    /// Records a transient failure and when to try again. Returns false when
-    /// the lease was no longer `owner`'s (another worker has the message).
-    pub(in crate::store) async fn schedule_retry(
-        &self,
-        attempt: AttemptRecord<'_>,
-        error: &str,
-        next_attempt_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_outbox_write().await?;
-        let done = sqlx::query(
-            "UPDATE outbox SET next_attempt_ms = $1, last_status = $2, last_error = $3, \
-                    lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $4 AND state = 'pending' AND lease_owner = $5",
-        )
-        .bind(next_attempt_ms)
-        .bind(attempt.status.map(i64::from))
-        .bind(error)
-        .bind(attempt.seq)
-        .bind(attempt.owner)
-        .execute(tx.conn())
-        .await?;
+        let mut recorded = Vec::with_capacity(attempts.len());
+        for attempt in attempts {
+            let status = attempt.status.map(i64::from);
+            let done = match &attempt.result {
+                AttemptResult::Delivered => {
+                    sqlx::query(
+                        "UPDATE outbox SET state = 'delivered', delivered_at = $1, last_status = $2, \
+                                last_error = NULL, lease_owner = NULL, lease_until_ms = NULL \
+                         WHERE seq = $3 AND state = 'pending'",
+                    )
+                    .bind(&attempt.at)
+                    .bind(status)
+                    .bind(attempt.seq)
+                    .execute(tx.conn())
+                    .await?;
+                    recorded.push(true);
+                    continue;
+                }
+                AttemptResult::Retry {
+                    error,
+                    next_attempt_ms,
+                } => sqlx::query(
+                    "UPDATE outbox SET next_attempt_ms = $1, last_status = $2, last_error = $3, \
+                                lease_owner = NULL, lease_until_ms = NULL \
+                         WHERE seq = $4 AND state = 'pending' AND lease_owner = $5",
+                )
+                .bind(next_attempt_ms)
+                .bind(status)
+                .bind(error)
+                .bind(attempt.seq)
+                .bind(owner)
+                .execute(tx.conn())
+                .await?,
+                AttemptResult::Dead {
+                    error,
+                    receiver_response,
+                } => {
+                    sqlx::query(
+                        "UPDATE outbox SET state = 'dead', dead_at = $1, last_status = $2, \
+                                last_error = $3, receiver_response = $4, lease_owner = NULL, \
+                                lease_until_ms = NULL \
+                         WHERE seq = $5 AND state = 'pending' AND lease_owner = $6",
+                    )
+                    .bind(&attempt.at)
+                    .bind(status)
+                    .bind(error)
+                    .bind(receiver_response.as_deref())
+                    .bind(attempt.seq)
+                    .bind(owner)
+                    .execute(tx.conn())
+                    .await?
+                }
+                // Not an attempt after all: uncounted, so a worker that
+                // stops often does not age its queue towards a dead letter.
+                AttemptResult::Released => {
+                    sqlx::query(
+                        "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL, \
+                                attempts = attempts - 1 \
+                         WHERE seq = $1 AND state = 'pending' AND lease_owner = $2",
+                    )
+                    .bind(attempt.seq)
+                    .bind(owner)
+                    .execute(tx.conn())
+                    .await?
+                }
+            };
+            recorded.push(done.rows_affected() == 1);
+        }
         tx.commit().await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Dead-letters a message, keeping the receiver's answer. Returns false
-    /// when the lease was no longer `owner`'s.
-    pub(in crate::store) async fn mark_dead(
-        &self,
-        attempt: AttemptRecord<'_>,
-        error: &str,
-        receiver_response: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_outbox_write().await?;
-        let done = sqlx::query(
-            "UPDATE outbox SET state = 'dead', dead_at = $1, last_status = $2, last_error = $3, \
-                    receiver_response = $4, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $5 AND state = 'pending' AND lease_owner = $6",
-        )
-        .bind(attempt.at)
-        .bind(attempt.status.map(i64::from))
-        .bind(error)
-        .bind(receiver_response)
-        .bind(attempt.seq)
-        .bind(attempt.owner)
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        Ok(recorded)
     }
 
     /// Puts a dead letter back in the queue, due at once, its maximum age
