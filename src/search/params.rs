@@ -243,6 +243,14 @@ pub const TABLE: &[(&str, &[SearchParam])] = &[
                 "PractitionerRole.organization",
                 "The Organization the role is at",
             ),
+            // Also what lets erasure reach a referral's Practitioner: it follows the
+            // reference index, and a Practitioner is named only by its PractitionerRole.
+            param(
+                "practitioner",
+                Reference,
+                "PractitionerRole.practitioner",
+                "The Practitioner who holds the role",
+            ),
         ],
     ),
     (

@@ -4,7 +4,7 @@
 /// The version of the parameter table the index is built for. Change it
 /// whenever `search::params` changes what is indexed: the store then
 /// rebuilds the index at start-up (`rebuild_index_if_stale`).
-pub(crate) const INDEX_VERSION: i64 = 2;
+pub(crate) const INDEX_VERSION: i64 = 3;
 
 /// A value bound to a search statement.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -445,6 +445,15 @@ async fn an_erased_referral_is_gone_with_everything_that_belongs_to_it_and_audit
     // The practice's Organization, which the first referral created and the second
     // rewrote, stays only while something names it: nothing does now.
     assert_eq!(json_body(app.get(practice).await).await["total"], 0);
+    // Nothing either referral brought is left, however it is reached: the Practitioner
+    // is named only by its PractitionerRole (`PractitionerRole.practitioner`), and its
+    // versions carried the erased submissions' request ids.
+    let left: Vec<(String, String)> =
+        sqlx::query_as("SELECT resource_type, id FROM resource_versions ORDER BY 1, 2")
+            .fetch_all(&app.db_pool().await)
+            .await
+            .expect("the versions left");
+    assert!(left.is_empty(), "left after both erasures: {left:?}");
     app.stop().await;
 }
 

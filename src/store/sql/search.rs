@@ -615,13 +615,8 @@ fn estimate_sql(query: &SearchQuery, criterion: &Criterion) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT 0");
     let each = |sql: &mut Sql, table: &str, param: &str, form: &dyn Fn(&mut Sql)| {
-        sql.push(&format!(
-            " + (SELECT COUNT(*) FROM {table} x WHERE x.resource_type = "
-        ));
-        sql.push_text(query.resource_type.as_str());
-        sql.push(" AND x.param = ");
-        sql.push_text(param);
-        sql.push(" AND (");
+        sql.push(" + (SELECT COUNT(*) FROM ");
+        sql.push_index_rows(table, query, param);
         form(sql);
         sql.push("))");
     };
@@ -910,6 +905,16 @@ impl Sql {
         driver
     }
 
+    /// `{table} x WHERE x.resource_type = … AND x.param = … AND (`: one parameter's
+    /// rows of an index table, the caller adds the value's condition and closes it.
+    fn push_index_rows(&mut self, table: &str, query: &SearchQuery, param: &str) {
+        self.push(&format!("{table} x WHERE x.resource_type = "));
+        self.push_text(query.resource_type.as_str());
+        self.push(" AND x.param = ");
+        self.push_text(param);
+        self.push(" AND (");
+    }
+
     /// `(SELECT … id FROM {table} x WHERE … AND (form))`: the ids whose index rows
     /// match one of `forms`, each id once, the caller names the result. One form is
     /// one `SELECT DISTINCT`; several are one `SELECT` each joined by `UNION` (which
@@ -931,13 +936,8 @@ impl Sql {
             if i > 0 {
                 self.push(" UNION ");
             }
-            self.push(&format!(
-                "SELECT {distinct}{LOOKUP_ID} AS id FROM {table} x WHERE x.resource_type = "
-            ));
-            self.push_text(query.resource_type.as_str());
-            self.push(" AND x.param = ");
-            self.push_text(param);
-            self.push(" AND (");
+            self.push(&format!("SELECT {distinct}{LOOKUP_ID} AS id FROM "));
+            self.push_index_rows(table, query, param);
             each(self, form);
             self.push(")");
         }
