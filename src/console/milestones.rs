@@ -145,30 +145,11 @@ pub fn stage_fields(next: &[Stage], error: Option<&FieldError>) -> Markup {
         .filter(|(_, t)| t.discharges())
         .map(|(s, _)| *s)
         .collect();
-    let error_for = |field: &str| {
-        error
-            .filter(|e| e.field == field)
-            .map(|e| e.message.clone())
-    };
-    let group = |field: &str| {
-        if error_for(field).is_some() {
-            "nhsuk-form-group nhsuk-form-group--error"
-        } else {
-            "nhsuk-form-group"
-        }
-    };
-    let message = |field: &str| {
-        html! {
-            @if let Some(m) = error_for(field) {
-                span class="nhsuk-error-message" id={(field) "-error"} {
-                    span class="nhsuk-u-visually-hidden" { "Error:" } " " (m)
-                }
-            }
-        }
-    };
+    let errors = FormErrors(error);
+    let group = |field: &str| errors.group(field);
+    let message = |field: &str| errors.message(field);
     let today = uk_date(OffsetDateTime::now_utc()).to_string();
     let kept_on = kept(error, "stage_on").unwrap_or(&today);
-    let kept_complex = kept(error, "stage_complex");
     let kept_reason = kept(error, "discharge_reason");
     let records: Vec<&str> = takes
         .iter()
@@ -189,27 +170,12 @@ pub fn stage_fields(next: &[Stage], error: Option<&FieldError>) -> Markup {
                 input class="nhsuk-input nhsuk-input--width-10" id="transition-on" name="stage_on" type="date" value=(kept_on);
             }
             @if complexity {
-                div class=(group("transition-complex")) {
-                    fieldset class="nhsuk-fieldset" aria-describedby="transition-complex-hint" {
-                        legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--s" { "Complexity assessed: are the person's needs complex?" }
-                        div class="nhsuk-hint" id="transition-complex-hint" { "Optional: leave unanswered if not assessed yet." }
-                        (message("transition-complex"))
-                        div class="nhsuk-radios nhsuk-radios--inline" id="transition-complex" {
-                            @for (value, label) in [("yes", "Yes"), ("no", "No")] {
-                                div class="nhsuk-radios__item" {
-                                    input class="nhsuk-radios__input" id={"transition-complex-" (value)} name="stage_complex" type="radio"
-                                        value=(value) checked[kept_complex == Some(value)];
-                                    label class="nhsuk-label nhsuk-radios__label" for={"transition-complex-" (value)} { (label) }
-                                }
-                            }
-                        }
-                    }
-                }
-                div class=(group("transition-basis")) {
-                    label class="nhsuk-label" for="transition-basis" { "Basis of the complexity assessment (what was found)" }
-                    (message("transition-basis"))
-                    textarea class="nhsuk-textarea" id="transition-basis" name="stage_basis" rows="2" { (kept(error, "stage_basis").unwrap_or("")) }
-                }
+                (complexity_fields(errors, &ComplexityFields {
+                    prefix: "transition",
+                    complex_name: "stage_complex",
+                    basis_name: "stage_basis",
+                    hint: "Optional: leave unanswered if not assessed yet.",
+                }))
             }
             @if !discharges.is_empty() {
                 div class=(group("transition-discharge-reason")) {
@@ -226,6 +192,83 @@ pub fn stage_fields(next: &[Stage], error: Option<&FieldError>) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A form's refused field, as the NHS design system marks it: the group's error class
+/// and the message above the input.
+#[derive(Clone, Copy)]
+struct FormErrors<'a>(Option<&'a FieldError>);
+
+impl<'a> FormErrors<'a> {
+    fn for_field(self, field: &str) -> Option<&'a str> {
+        self.0
+            .filter(|e| e.field == field)
+            .map(|e| e.message.as_str())
+    }
+
+    fn group(self, field: &str) -> &'static str {
+        if self.for_field(field).is_some() {
+            "nhsuk-form-group nhsuk-form-group--error"
+        } else {
+            "nhsuk-form-group"
+        }
+    }
+
+    fn message(self, field: &str) -> Markup {
+        html! {
+            @if let Some(m) = self.for_field(field) {
+                span class="nhsuk-error-message" id={(field) "-error"} {
+                    span class="nhsuk-u-visually-hidden" { "Error:" } " " (m)
+                }
+            }
+        }
+    }
+
+    /// What the refused form held in `name`, to show it again.
+    fn kept(self, name: &str) -> Option<&'a str> {
+        kept(self.0, name)
+    }
+}
+
+/// Where a form's complexity assessment fields go: the stage form and the milestone
+/// form ask the same question under their own ids, names and hint.
+struct ComplexityFields {
+    /// The ids' prefix (`{prefix}-complex`, `{prefix}-basis`).
+    prefix: &'static str,
+    /// The form names of the yes/no answer and of the basis.
+    complex_name: &'static str,
+    basis_name: &'static str,
+    hint: &'static str,
+}
+
+/// "Are the person's needs complex?" (yes/no) and the basis of the assessment.
+fn complexity_fields(errors: FormErrors<'_>, fields: &ComplexityFields) -> Markup {
+    let complex_id = format!("{}-complex", fields.prefix);
+    let basis_id = format!("{}-basis", fields.prefix);
+    let kept_complex = errors.kept(fields.complex_name);
+    html! {
+        div class=(errors.group(&complex_id)) {
+            fieldset class="nhsuk-fieldset" aria-describedby={(complex_id) "-hint"} {
+                legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--s" { "Complexity assessed: are the person's needs complex?" }
+                div class="nhsuk-hint" id={(complex_id) "-hint"} { (fields.hint) }
+                (errors.message(&complex_id))
+                div class="nhsuk-radios nhsuk-radios--inline" id=(complex_id) {
+                    @for (value, label) in [("yes", "Yes"), ("no", "No")] {
+                        div class="nhsuk-radios__item" {
+                            input class="nhsuk-radios__input" id={(complex_id) "-" (value)} name=(fields.complex_name) type="radio"
+                                value=(value) checked[kept_complex == Some(value)];
+                            label class="nhsuk-label nhsuk-radios__label" for={(complex_id) "-" (value)} { (label) }
+                        }
+                    }
+                }
+            }
+        }
+        div class=(errors.group(&basis_id)) {
+            label class="nhsuk-label" for=(basis_id) { "Basis of the complexity assessment (what was found)" }
+            (errors.message(&basis_id))
+            textarea class="nhsuk-textarea" id=(basis_id) name=(fields.basis_name) rows="2" { (errors.kept(fields.basis_name).unwrap_or("")) }
         }
     }
 }
@@ -256,29 +299,10 @@ pub fn section(
     may_record: bool,
     error: Option<&FieldError>,
 ) -> Markup {
-    let error_for = |field: &str| {
-        error
-            .filter(|e| e.field == field)
-            .map(|e| e.message.clone())
-    };
-    let group = |field: &str| {
-        if error_for(field).is_some() {
-            "nhsuk-form-group nhsuk-form-group--error"
-        } else {
-            "nhsuk-form-group"
-        }
-    };
-    let message = |field: &str| {
-        html! {
-            @if let Some(m) = error_for(field) {
-                span class="nhsuk-error-message" id={(field) "-error"} {
-                    span class="nhsuk-u-visually-hidden" { "Error:" } " " (m)
-                }
-            }
-        }
-    };
+    let errors = FormErrors(error);
+    let group = |field: &str| errors.group(field);
+    let message = |field: &str| errors.message(field);
     let kept_kind = kept(error, "kind");
-    let kept_complex = kept(error, "complex");
     let kept_reason = kept(error, "reason");
     html! {
         h2 id="milestones" { "Milestones" }
@@ -333,27 +357,12 @@ pub fn section(
                     input class="nhsuk-input nhsuk-input--width-10" id="milestone-on" name="on" type="date"
                         value=(kept(error, "on").unwrap_or(""));
                 }
-                div class=(group("milestone-complex")) {
-                    fieldset class="nhsuk-fieldset" aria-describedby="milestone-complex-hint" {
-                        legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--s" { "Complexity assessed: are the person's needs complex?" }
-                        div class="nhsuk-hint" id="milestone-complex-hint" { "Only for a complexity assessment." }
-                        (message("milestone-complex"))
-                        div class="nhsuk-radios nhsuk-radios--inline" id="milestone-complex" {
-                            @for (value, label) in [("yes", "Yes"), ("no", "No")] {
-                                div class="nhsuk-radios__item" {
-                                    input class="nhsuk-radios__input" id={"milestone-complex-" (value)} name="complex" type="radio"
-                                        value=(value) checked[kept_complex == Some(value)];
-                                    label class="nhsuk-label nhsuk-radios__label" for={"milestone-complex-" (value)} { (label) }
-                                }
-                            }
-                        }
-                    }
-                }
-                div class=(group("milestone-basis")) {
-                    label class="nhsuk-label" for="milestone-basis" { "Basis of the complexity assessment (what was found)" }
-                    (message("milestone-basis"))
-                    textarea class="nhsuk-textarea" id="milestone-basis" name="basis" rows="2" { (kept(error, "basis").unwrap_or("")) }
-                }
+                (complexity_fields(errors, &ComplexityFields {
+                    prefix: "milestone",
+                    complex_name: "complex",
+                    basis_name: "basis",
+                    hint: "Only for a complexity assessment.",
+                }))
                 div class=(group("milestone-reason")) {
                     label class="nhsuk-label" for="milestone-reason" { "Reason for discharge (only for a discharge)" }
                     (message("milestone-reason"))

@@ -48,13 +48,19 @@ impl Outcomes {
     pub fn shipped() -> Result<Outcomes, LocatedError> {
         let catalogue = Catalogue::shipped()?;
         let (name, text) = report::SHIPPED_METRICS;
-        let source = TomlText::new(name, text);
-        let metrics = report::load_metrics(&source, &catalogue)?;
-        let complexity = report::load_complexity(&source, &catalogue)?;
+        Self::with_metrics(catalogue, &TomlText::new(name, text))
+    }
+
+    /// The metrics and the complexity rule of `metrics` (a `metrics.toml`), over the
+    /// measures of `catalogue`.
+    fn with_metrics(
+        catalogue: Catalogue,
+        metrics: &TomlText<'_>,
+    ) -> Result<Outcomes, LocatedError> {
         Ok(Outcomes {
+            metrics: report::load_metrics(metrics, &catalogue)?,
+            complexity: report::load_complexity(metrics, &catalogue)?,
             catalogue,
-            metrics,
-            complexity,
         })
     }
 
@@ -84,13 +90,6 @@ impl Outcomes {
         let text =
             std::fs::read_to_string(&metrics_path).map_err(|e| read_err(&metrics_path, e))?;
         let name = metrics_path.display().to_string();
-        let source = TomlText::new(&name, &text);
-        let metrics = report::load_metrics(&source, &catalogue)?;
-        let complexity = report::load_complexity(&source, &catalogue)?;
-        Ok(Outcomes {
-            catalogue,
-            metrics,
-            complexity,
-        })
+        Ok(Self::with_metrics(catalogue, &TomlText::new(&name, &text))?)
     }
 }
