@@ -181,16 +181,16 @@ pub struct AuditPage {
 
 impl WriteTx {
     /// Adds an audit row to this transaction: it commits with the change it records, or
-    /// not at all. Returns the row's `seq`.
-    pub async fn record_audit(&mut self, record: &AuditRecord) -> Result<i64, StoreError> {
+    /// not at all.
+    pub async fn record_audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
         dispatch!(self, b => b.record_audit(record).await)
     }
 }
 
 impl Store {
     /// Adds an audit row for a request that wrote nothing (a read, a refusal) and
-    /// commits it: durable when this returns. Returns the row's `seq`.
-    pub async fn record_audit(&self, record: &AuditRecord) -> Result<i64, StoreError> {
+    /// commits it: durable when this returns.
+    pub async fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         dispatch!(self, b => b.record_audit(record).await)
     }
 

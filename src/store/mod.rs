@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod audit;
+mod deferred;
 mod gate;
 pub mod identity;
 pub mod milestones;

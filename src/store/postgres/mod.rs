@@ -69,6 +69,12 @@ mod search;
 )]
 #[path = "../sql/sessions.rs"]
 mod sessions;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/statement.rs"]
+mod statement;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -79,6 +85,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
+use super::deferred::Statement;
 use super::{StoreError, StoreOptions, WrittenVersion};
 use crate::fhir::Instant;
 
@@ -129,28 +136,6 @@ fn days_between(later: &str, earlier: &str) -> String {
     format!(
         "(EXTRACT(EPOCH FROM (({later})::timestamptz - ({earlier})::timestamptz)) / 86400.0)::float8"
     )
-}
-
-/// Serialises transactions receiving the same business identifier (or the
-/// same `X-Request-ID`), on any instance, with a transaction-scoped advisory
-/// lock on its hash, so the second one finds the first's row instead of
-/// racing it to the unique constraint.
-async fn lock_identifier(conn: &mut Conn, system: &str, value: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("{system}|{value}"))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Serialises transactions adding to one referral (its per-referral
-/// sequence numbers) by locking its row until the transaction ends.
-async fn lock_referral(conn: &mut Conn, referral_id: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT id FROM referrals WHERE id = $1 FOR UPDATE")
-        .bind(referral_id)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// The `(horizon, now)` a search serves under, in Unix milliseconds of the database's
@@ -398,8 +383,36 @@ impl std::fmt::Debug for Tx {
 
 impl Tx {
     /// The connection, for the shared SQL.
-    fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
+    async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        Ok(&mut self.tx)
+    }
+
+    /// Serialises transactions receiving the same business identifier (or the
+    /// same `X-Request-ID`), on any instance, with a transaction-scoped advisory
+    /// lock on its hash, so the second one finds the first's row instead of
+    /// racing it to the unique constraint.
+    async fn lock_identifier(&mut self, system: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("{system}|{value}"))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Serialises transactions adding to one referral (its per-referral
+    /// sequence numbers) by locking its row until the transaction ends.
+    async fn lock_referral(&mut self, referral_id: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT id FROM referrals WHERE id = $1 FOR UPDATE")
+            .bind(referral_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a statement whose result the transaction never reads, now (SQLite queues
+    /// it; see `store::deferred`).
+    async fn execute(&mut self, statement: Statement) -> Result<(), StoreError> {
+        statement::run_now(&mut self.tx, statement).await
     }
 
     /// The versions written so far that no one has taken yet, oldest first.
@@ -418,7 +431,7 @@ impl Tx {
             "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint, assigned.xid::text \
              FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned",
         )
-        .fetch_one(self.conn())
+        .fetch_one(self.conn().await?)
         .await?;
         let stamp = Instant::from_unix_millis(millis).ok_or_else(|| {
             StoreError::Database(sqlx::Error::Decode(
@@ -436,7 +449,7 @@ impl Tx {
         if self.enqueued {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(OUTBOX_CHANNEL)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?;
         }
         self.tx.commit().await?;

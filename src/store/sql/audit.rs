@@ -3,10 +3,11 @@
 
 use sqlx::{QueryBuilder, Row};
 
-use super::{Backend, Conn, Db, DbRow, Tx};
+use super::{Backend, Db, DbRow, Tx};
 use crate::fhir::Instant;
 use crate::store::StoreError;
 use crate::store::audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
+use crate::store::deferred::Statement;
 
 const AUDIT_COLUMNS: &str = "recorded_at, client_id, ods_code, staff_username, staff_role, \
      proxy_id, end_user_ods, peer_address, interaction, resource_type, resource_id, \
@@ -21,37 +22,33 @@ fn json_list(values: &[String]) -> Result<String, StoreError> {
     })
 }
 
-async fn insert(conn: &mut Conn, record: &AuditRecord) -> Result<i64, StoreError> {
-    let seq = sqlx::query(sqlx::AssertSqlSafe(format!(
+/// The statement that adds `record`'s row.
+fn insert(record: &AuditRecord) -> Result<Statement, StoreError> {
+    Ok(Statement::new(format!(
         "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-         RETURNING seq"
-    )))
-    .bind(record.recorded_at.to_fhir())
-    .bind(&record.client_id)
-    .bind(&record.ods_code)
-    .bind(&record.staff_username)
-    .bind(&record.staff_role)
-    .bind(&record.proxy_id)
-    .bind(&record.end_user_ods)
-    .bind(&record.peer_address)
-    .bind(&record.interaction)
-    .bind(&record.resource_type)
-    .bind(&record.resource_id)
-    .bind(json_list(&record.search_params)?)
-    .bind(json_list(&record.patient_ids)?)
-    .bind(json_list(&record.referral_ids)?)
-    .bind(i64::from(record.status))
-    .bind(record.outcome.code())
-    .bind(&record.request_id)
-    .bind(&record.correlation_id)
-    .bind(&record.message_id)
-    .bind(i64::from(record.ignored_end_user_header))
-    .bind(&record.detail)
-    .fetch_one(conn)
-    .await?
-    .try_get("seq")?;
-    Ok(seq)
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+    ))
+        .bind(record.recorded_at.to_fhir())
+        .bind(&record.client_id)
+        .bind(&record.ods_code)
+        .bind(&record.staff_username)
+        .bind(&record.staff_role)
+        .bind(&record.proxy_id)
+        .bind(&record.end_user_ods)
+        .bind(&record.peer_address)
+        .bind(record.interaction.as_str())
+        .bind(&record.resource_type)
+        .bind(&record.resource_id)
+        .bind(json_list(&record.search_params)?)
+        .bind(json_list(&record.patient_ids)?)
+        .bind(json_list(&record.referral_ids)?)
+        .bind(i64::from(record.status))
+        .bind(record.outcome.code())
+        .bind(&record.request_id)
+        .bind(&record.correlation_id)
+        .bind(&record.message_id)
+        .bind(i64::from(record.ignored_end_user_header))
+        .bind(&record.detail))
 }
 
 fn row_to_event(row: &DbRow) -> Result<AuditEventRow, StoreError> {
@@ -98,12 +95,12 @@ fn row_to_event(row: &DbRow) -> Result<AuditEventRow, StoreError> {
 }
 impl Tx {
     /// Adds an audit row to this transaction: it commits with the change it records, or
-    /// not at all. Returns the row's `seq`.
+    /// not at all.
     pub(in crate::store) async fn record_audit(
         &mut self,
         record: &AuditRecord,
-    ) -> Result<i64, StoreError> {
-        insert(self.conn(), record).await
+    ) -> Result<(), StoreError> {
+        self.execute(insert(record)?).await
     }
 }
 
@@ -123,22 +120,21 @@ impl Backend {
     }
 
     /// Adds an audit row for a request that wrote nothing (a read, a refusal) and
-    /// commits it: durable when this returns. Returns the row's `seq`.
+    /// commits it: durable when this returns.
     pub(in crate::store) async fn record_audit(
         &self,
         record: &AuditRecord,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(), StoreError> {
         let s = self;
         if super::AUDIT_IN_GROUP_COMMIT {
             // SQLite: in the next group commit, sharing its fsync with the other
             // requests' writes, rather than a commit (and an fsync) of its own.
             let mut tx = s.begin_audit_write().await?;
-            let seq = tx.record_audit(record).await?;
-            tx.commit().await?;
-            return Ok(seq);
+            tx.record_audit(record).await?;
+            return tx.commit().await;
         }
         let mut conn = s.writer.acquire().await?;
-        insert(&mut conn, record).await
+        super::statement::run_now(&mut conn, insert(record)?).await
     }
 
     /// A page of audit rows matching `filter`, oldest first.

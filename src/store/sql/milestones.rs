@@ -7,6 +7,7 @@ use time::macros::format_description;
 use super::{Backend, Tx};
 use crate::referral::milestone::{Milestone, MilestoneKind};
 use crate::store::StoreError;
+use crate::store::deferred::Statement;
 
 /// id, kind, occurred_on, complex, basis, reason, recorded_at, recorded_by.
 type MilestoneRow = (
@@ -50,7 +51,7 @@ impl Tx {
         referral_id: &str,
         milestone: &Milestone,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(Statement::new(
             "INSERT INTO referral_milestones (id, referral_id, kind, occurred_on, complex, basis, \
              reason, recorded_at, recorded_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -63,8 +64,7 @@ impl Tx {
         .bind(&milestone.reason)
         .bind(&milestone.recorded_at)
         .bind(&milestone.recorded_by)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         Ok(())
     }
 }

@@ -108,7 +108,7 @@ impl Backend {
         .bind(destination)
         .bind(now_ms)
         .bind(i64::from(limit))
-        .fetch_all(tx.conn())
+        .fetch_all(tx.conn().await?)
         .await?;
         tx.commit().await?;
         let mut claimed = rows
@@ -155,7 +155,7 @@ impl Backend {
                     .bind(&attempt.at)
                     .bind(status)
                     .bind(attempt.seq)
-                    .execute(tx.conn())
+                    .execute(tx.conn().await?)
                     .await?;
                     recorded.push(true);
                     continue;
@@ -173,7 +173,7 @@ impl Backend {
                 .bind(error)
                 .bind(attempt.seq)
                 .bind(owner)
-                .execute(tx.conn())
+                .execute(tx.conn().await?)
                 .await?,
                 AttemptResult::Dead {
                     error,
@@ -191,7 +191,7 @@ impl Backend {
                     .bind(receiver_response.as_deref())
                     .bind(attempt.seq)
                     .bind(owner)
-                    .execute(tx.conn())
+                    .execute(tx.conn().await?)
                     .await?
                 }
                 // Not an attempt after all: uncounted, so a worker that
@@ -204,7 +204,7 @@ impl Backend {
                     )
                     .bind(attempt.seq)
                     .bind(owner)
-                    .execute(tx.conn())
+                    .execute(tx.conn().await?)
                     .await?
                 }
             };
@@ -282,7 +282,7 @@ impl Backend {
         )
         .bind(now_ms)
         .bind(destination)
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
         tx.commit().await?;
         if done.rows_affected() > 0 {

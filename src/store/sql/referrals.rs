@@ -13,6 +13,7 @@ use crate::referral::record::{
 };
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
+use crate::store::deferred::{IntoArg, Statement};
 use crate::store::referrals::{
     Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
     ReferralHandle, Submission,
@@ -35,8 +36,8 @@ impl Tx {
         // same referral (another instance) waits here, then finds this one's
         // referral and answers as to a resubmission, never a unique violation.
         let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
-        super::lock_identifier(self.conn(), &scope, &identifier.value).await?;
-        referral_by_identifier(self.conn(), practice, identifier).await
+        self.lock_identifier(&scope, &identifier.value).await?;
+        referral_by_identifier(self.conn().await?, practice, identifier).await
     }
 
     /// The referral, read inside this transaction (to change it).
@@ -44,7 +45,7 @@ impl Tx {
         &mut self,
         id: &str,
     ) -> Result<Option<Referral>, StoreError> {
-        fetch_referral(self.conn(), id).await
+        fetch_referral(self.conn().await?, id).await
     }
 
     /// Records a new referral, with its patient, reasons and GP notes, and
@@ -54,7 +55,7 @@ impl Tx {
         referral: &Referral,
     ) -> Result<(), StoreError> {
         let f = &referral.fields;
-        sqlx::query(
+        self.execute(Statement::new(
             "INSERT INTO referrals (id, identifier_system, identifier_value, stage, fhir_status, \
              intent, priority, authored_on, received_at, updated_at, received_as, \
              practice_ods_code, practice_name, referrer_name, referrer_identifier, \
@@ -83,8 +84,7 @@ impl Tx {
         .bind(&referral.patient_id)
         .bind(&referral.task_id)
         .bind(referral.version)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         self.write_details(&referral.id, f, &referral.received_at)
             .await
     }
@@ -97,7 +97,7 @@ impl Tx {
         at: &str,
     ) -> Result<(), StoreError> {
         let f = fields;
-        sqlx::query(
+        self.execute(Statement::new(
             "UPDATE referrals SET fhir_status = $1, intent = $2, priority = $3, authored_on = $4, \
              practice_ods_code = $5, practice_name = $6, referrer_name = $7, \
              referrer_identifier = $8, consent_status = $9, consent_date = $10, reply_to = $11, \
@@ -116,15 +116,14 @@ impl Tx {
         .bind(&f.reply_to)
         .bind(at)
         .bind(id)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         for delete in [
             "DELETE FROM referral_patients WHERE referral_id = $1",
             "DELETE FROM referral_reasons WHERE referral_id = $1",
             // The GP's notes are replaced by what the GP now sends; the service's stay.
             "DELETE FROM referral_notes WHERE referral_id = $1 AND source = 'gp'",
         ] {
-            sqlx::query(delete).bind(id).execute(self.conn()).await?;
+            self.execute(Statement::new(delete).bind(id)).await?;
         }
         self.write_details(id, f, at).await
     }
@@ -136,7 +135,7 @@ impl Tx {
         at: &str,
     ) -> Result<(), StoreError> {
         let p = &f.patient;
-        sqlx::query(
+        self.execute(Statement::new(
             "INSERT INTO referral_patients (referral_id, nhs_number, given_name, family_name, \
              birth_date, phone, email, address, postcode) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
@@ -149,24 +148,23 @@ impl Tx {
         .bind(&p.email)
         .bind(&p.address)
         .bind(&p.postcode)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         // One statement for every reason (a round trip each, with the writer held).
-        if !f.reasons.is_empty() {
-            sqlx::QueryBuilder::<super::Db>::new(
-                "INSERT INTO referral_reasons (referral_id, position, system, code, display, text) ",
-            )
-            .push_values(f.reasons.iter().enumerate(), |mut row, (position, reason)| {
-                row.push_bind(id)
-                    .push_bind(position as i64)
-                    .push_bind(&reason.system)
-                    .push_bind(&reason.code)
-                    .push_bind(&reason.display)
-                    .push_bind(&reason.text);
-            })
-            .build()
-            .execute(self.conn())
-            .await?;
+        let reasons = Statement::insert_rows(
+            "INSERT INTO referral_reasons (referral_id, position, system, code, display, text)",
+            f.reasons.iter().enumerate().map(|(position, reason)| {
+                [
+                    id.into_arg(),
+                    i64::try_from(position).unwrap_or(i64::MAX).into_arg(),
+                    (&reason.system).into_arg(),
+                    (&reason.code).into_arg(),
+                    (&reason.display).into_arg(),
+                    (&reason.text).into_arg(),
+                ]
+            }),
+        );
+        if let Some(reasons) = reasons {
+            self.execute(reasons).await?;
         }
         for text in &f.notes {
             self.add_note(id, NoteSource::Gp, None, text, at).await?;
@@ -181,14 +179,13 @@ impl Tx {
         stage: Stage,
         at: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(Statement::new(
             "UPDATE referrals SET stage = $1, updated_at = $2, version = version + 1 WHERE id = $3",
         )
         .bind(stage.as_str())
         .bind(at)
         .bind(id)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         Ok(())
     }
 
@@ -199,8 +196,8 @@ impl Tx {
     ) -> Result<(), StoreError> {
         // MAX(seq) + 1 below is safe only while no other transaction adds to
         // this referral: lock it (a no-op on SQLite's single writer).
-        super::lock_referral(self.conn(), change.referral_id).await?;
-        sqlx::query(
+        self.lock_referral(change.referral_id).await?;
+        self.execute(Statement::new(
             "INSERT INTO referral_stage_history \
              (referral_id, seq, stage, at, actor, reason, note, task_version) \
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_stage_history WHERE referral_id = $1), \
@@ -213,8 +210,7 @@ impl Tx {
         .bind(change.reason)
         .bind(change.note)
         .bind(change.task_version)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         Ok(())
     }
 
@@ -229,8 +225,8 @@ impl Tx {
     ) -> Result<(), StoreError> {
         // MAX(seq) + 1 below is safe only while no other transaction adds to
         // this referral: lock it (a no-op on SQLite's single writer).
-        super::lock_referral(self.conn(), referral_id).await?;
-        sqlx::query(
+        self.lock_referral(referral_id).await?;
+        self.execute(Statement::new(
             "INSERT INTO referral_notes (referral_id, seq, at, source, author, text) \
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_notes WHERE referral_id = $1), \
              $2, $3, $4, $5)",
@@ -240,8 +236,7 @@ impl Tx {
         .bind(source.as_str())
         .bind(author)
         .bind(text)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         Ok(())
     }
 
@@ -251,7 +246,7 @@ impl Tx {
         referral_id: &str,
         outcome: &Outcome,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(Statement::new(
             "INSERT INTO outcome_measures (id, referral_id, measure, recorded_at, entered_at, actor, \
              total, metric) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -263,16 +258,16 @@ impl Tx {
         .bind(&outcome.actor)
         .bind(outcome.total)
         .bind(&outcome.metric)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         for (item, value) in outcome.answers.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO outcome_answers (outcome_id, item, value) VALUES ($1, $2, $3)",
+            self.execute(
+                Statement::new(
+                    "INSERT INTO outcome_answers (outcome_id, item, value) VALUES ($1, $2, $3)",
+                )
+                .bind(&outcome.id)
+                .bind(item as i64 + 1)
+                .bind(*value),
             )
-            .bind(&outcome.id)
-            .bind(item as i64 + 1)
-            .bind(value)
-            .execute(self.conn())
             .await?;
         }
         Ok(())
@@ -289,7 +284,7 @@ impl Tx {
              ORDER BY entered_at, id",
         )
         .bind(referral_id)
-        .fetch_all(self.conn())
+        .fetch_all(self.conn().await?)
         .await?)
     }
 
@@ -303,7 +298,7 @@ impl Tx {
              ORDER BY seq DESC LIMIT 1",
         )
         .bind(referral_id)
-        .fetch_optional(self.conn())
+        .fetch_optional(self.conn().await?)
         .await?;
         Ok(row.and_then(|(r,)| r))
     }
@@ -314,11 +309,14 @@ impl Tx {
         id: &str,
         at: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE referrals SET updated_at = $1, version = version + 1 WHERE id = $2")
+        self.execute(
+            Statement::new(
+                "UPDATE referrals SET updated_at = $1, version = version + 1 WHERE id = $2",
+            )
             .bind(at)
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+            .bind(id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -329,8 +327,8 @@ impl Tx {
     ) -> Result<(), StoreError> {
         // MAX(seq) + 1 below is safe only while no other transaction adds to
         // this referral: lock it (a no-op on SQLite's single writer).
-        super::lock_referral(self.conn(), submission.referral_id).await?;
-        sqlx::query(
+        self.lock_referral(submission.referral_id).await?;
+        self.execute(Statement::new(
             "INSERT INTO referral_submissions \
              (referral_id, seq, received_at, received_as, request_id, correlation_id, body, response) \
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_submissions WHERE referral_id = $1), \
@@ -343,8 +341,7 @@ impl Tx {
         .bind(submission.correlation_id)
         .bind(submission.body)
         .bind(submission.response)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         Ok(())
     }
 
@@ -358,7 +355,7 @@ impl Tx {
             "SELECT response FROM referral_submissions WHERE referral_id = $1 ORDER BY seq LIMIT 1",
         )
         .bind(referral_id)
-        .fetch_optional(self.conn())
+        .fetch_optional(self.conn().await?)
         .await?;
         Ok(row.and_then(|(r,)| r))
     }
@@ -368,18 +365,19 @@ impl Tx {
         &mut self,
         message: &OutboxMessage<'_>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO outbox (referral_id, resource_type, resource_id, version_id, \
+        self.execute(
+            Statement::new(
+                "INSERT INTO outbox (referral_id, resource_type, resource_id, version_id, \
              destination_ods, reply_to, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(message.referral_id)
+            .bind(message.resource_type)
+            .bind(message.resource_id)
+            .bind(message.version_id)
+            .bind(message.destination_ods)
+            .bind(message.reply_to)
+            .bind(message.created_at),
         )
-        .bind(message.referral_id)
-        .bind(message.resource_type)
-        .bind(message.resource_id)
-        .bind(message.version_id)
-        .bind(message.destination_ods)
-        .bind(message.reply_to)
-        .bind(message.created_at)
-        .execute(self.conn())
         .await?;
         self.enqueued = true;
         Ok(())
@@ -394,8 +392,8 @@ impl Tx {
     ) -> Result<Option<MessageRequest>, StoreError> {
         // Held until this transaction ends, so the same request sent twice at
         // once (to two instances) is answered once and remembered once.
-        super::lock_identifier(self.conn(), sender, request_id).await?;
-        fetch_message_request(self.conn(), sender, request_id).await
+        self.lock_identifier(sender, request_id).await?;
+        fetch_message_request(self.conn().await?, sender, request_id).await
     }
 
     /// Remembers the answer to an `X-Request-ID`.
@@ -408,7 +406,7 @@ impl Tx {
         response: &str,
         at: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(Statement::new(
             "INSERT INTO message_requests (sender, request_id, body, status, response, received_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -418,8 +416,7 @@ impl Tx {
         .bind(i64::from(status))
         .bind(response)
         .bind(at)
-        .execute(self.conn())
-        .await?;
+        ).await?;
         Ok(())
     }
 }
@@ -803,7 +800,7 @@ impl Tx {
         .bind(assignee)
         .bind(at)
         .bind(id)
-        .execute(self.conn())
+        .execute(self.conn().await?)
         .await?
         .rows_affected();
         Ok(changed == 1)

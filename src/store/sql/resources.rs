@@ -7,11 +7,12 @@
 //! commit it rolls back.
 
 use serde_json::Value;
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 
-use super::{Backend, CONDITION_LOCK, Conn, Db, DbRow, ROW_LOCK, Tx};
+use super::{Backend, CONDITION_LOCK, Conn, DbRow, ROW_LOCK, Tx};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
+use crate::store::deferred::{IntoArg, Statement};
 use crate::store::{
     HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource,
     Visibility, WrittenVersion,
@@ -28,16 +29,17 @@ impl Tx {
         let owner = write.owner;
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
-        sqlx::query(
-            "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods) \
-             VALUES ($1, $2, $3, 0, $4, $5)",
+        self.execute(
+            Statement::new(
+                "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods) \
+                 VALUES ($1, $2, $3, 0, $4, $5)",
+            )
+            .bind(stored.resource_type.as_str())
+            .bind(stored.id.as_str())
+            .bind(version_id.get())
+            .bind(at.as_str())
+            .bind(owner),
         )
-        .bind(stored.resource_type.as_str())
-        .bind(stored.id.as_str())
-        .bind(version_id.get())
-        .bind(&at)
-        .bind(owner)
-        .execute(self.conn())
         .await?;
         self.insert_version(VersionRow::of(&stored, &at, "create", audit))
             .await?;
@@ -78,37 +80,38 @@ impl Tx {
             rows.push((stored, audit, stamped, owner));
         }
         for chunk in rows.chunks(super::search::ROWS_PER_INSERT) {
-            QueryBuilder::<Db>::new(
-                "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods) ",
-            )
-            .push_values(chunk, |mut row, (stored, _, _, owner)| {
-                row.push_bind(stored.resource_type.as_str())
-                    .push_bind(stored.id.as_str())
-                    .push_bind(version_id.get())
-                    .push("0")
-                    .push_bind(at.as_str())
-                    .push_bind(*owner);
-            })
-            .build()
-            .execute(self.conn())
-            .await?;
-            QueryBuilder::<Db>::new(
+            let resources = Statement::insert_rows(
+                "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated, owner_ods)",
+                chunk.iter().map(|(stored, _, _, owner)| {
+                    [
+                        stored.resource_type.as_str().into_arg(),
+                        stored.id.as_str().into_arg(),
+                        version_id.get().into_arg(),
+                        0_i64.into_arg(),
+                        at.as_str().into_arg(),
+                        (*owner).into_arg(),
+                    ]
+                }),
+            );
+            let versions = Statement::insert_rows(
                 "INSERT INTO resource_versions \
-                 (resource_type, id, version_id, last_updated, operation, resource, received, request_id) ",
-            )
-            .push_values(chunk, |mut row, (stored, audit, _, _)| {
-                row.push_bind(stored.resource_type.as_str())
-                    .push_bind(stored.id.as_str())
-                    .push_bind(version_id.get())
-                    .push_bind(at.as_str())
-                    .push_bind("create")
-                    .push_bind(stored.json.as_str())
-                    .push_bind(audit.received)
-                    .push_bind(audit.request_id);
-            })
-            .build()
-            .execute(self.conn())
-            .await?;
+                 (resource_type, id, version_id, last_updated, operation, resource, received, request_id)",
+                chunk.iter().map(|(stored, audit, _, _)| {
+                    [
+                        stored.resource_type.as_str().into_arg(),
+                        stored.id.as_str().into_arg(),
+                        version_id.get().into_arg(),
+                        at.as_str().into_arg(),
+                        "create".into_arg(),
+                        stored.json.as_str().into_arg(),
+                        audit.received.into_arg(),
+                        audit.request_id.into_arg(),
+                    ]
+                }),
+            );
+            for statement in [resources, versions].into_iter().flatten() {
+                self.execute(statement).await?;
+            }
         }
         let mut created = Vec::with_capacity(rows.len());
         for (stored, _, stamped, owner) in rows {
@@ -167,7 +170,7 @@ impl Tx {
         .bind(owner)
         .bind(stored.resource_type.as_str())
         .bind(stored.id.as_str())
-        .fetch_one(self.conn())
+        .fetch_one(self.conn().await?)
         .await?;
         let (operation, written) = if deleted {
             ("create", HistoryOperation::Create)
@@ -211,7 +214,7 @@ impl Tx {
         .bind(&at)
         .bind(resource_type.as_str())
         .bind(id.as_str())
-        .fetch_one(self.conn())
+        .fetch_one(self.conn().await?)
         .await?;
         self.written.push(WrittenVersion {
             resource_type,
@@ -256,21 +259,21 @@ impl Tx {
             );
             sqlx::query(lock)
                 .bind(condition)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?;
         }
         // The match must see every resource this transaction wrote.
         self.flush_index().await?;
-        super::search::matching_ids(self.conn(), query, visibility).await
+        super::search::matching_ids(self.conn().await?, query, visibility).await
     }
 
     /// Writes the index rows this transaction has deferred (see `PendingIndex`):
     /// before it reads the index, and before it commits.
     pub(in crate::store) async fn flush_index(&mut self) -> Result<(), StoreError> {
-        let mut pending = std::mem::take(&mut self.pending_index);
-        let flushed = pending.flush(self.conn()).await;
-        self.pending_index = pending;
-        flushed
+        for statement in self.pending_index.take_statements() {
+            self.execute(statement).await?;
+        }
+        Ok(())
     }
 
     /// Replaces the index rows of a resource with those of `resource` (`None`: it was
@@ -282,7 +285,9 @@ impl Tx {
         resource: Option<&Value>,
     ) -> Result<(), StoreError> {
         self.pending_index.forget(resource_type, id);
-        super::search::reindex(self.conn(), resource_type, id, None).await?;
+        for statement in super::search::clear_statements(resource_type, id) {
+            self.execute(statement).await?;
+        }
         if let Some(resource) = resource {
             self.pending_index.add(resource_type, id, resource)?;
         }
@@ -300,7 +305,7 @@ impl Tx {
             sqlx::query_as("SELECT owner_ods FROM resources WHERE resource_type = $1 AND id = $2")
                 .bind(resource_type.as_str())
                 .bind(id.as_str())
-                .fetch_optional(self.conn())
+                .fetch_optional(self.conn().await?)
                 .await?;
         Ok(row.is_some_and(|(owner,)| !visibility.sees(owner.as_deref())))
     }
@@ -320,7 +325,7 @@ impl Tx {
         )))
         .bind(resource_type.as_str())
         .bind(id.as_str())
-        .fetch_optional(self.conn())
+        .fetch_optional(self.conn().await?)
         .await?;
         Ok(row.map(|(version, deleted)| (VersionId::from_i64(version), deleted != 0)))
     }
@@ -332,26 +337,26 @@ impl Tx {
         id: &FhirId,
         visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        read_current(self.conn(), resource_type, id, visibility).await
+        read_current(self.conn().await?, resource_type, id, visibility).await
     }
 
     async fn insert_version(&mut self, row: VersionRow<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO resource_versions \
-             (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        self.execute(
+            Statement::new(
+                "INSERT INTO resource_versions \
+                 (resource_type, id, version_id, last_updated, operation, resource, received, request_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(row.resource_type.as_str())
+            .bind(row.id.as_str())
+            .bind(row.version_id.get())
+            .bind(row.at)
+            .bind(row.operation)
+            .bind(row.resource)
+            .bind(row.audit.received)
+            .bind(row.audit.request_id),
         )
-        .bind(row.resource_type.as_str())
-        .bind(row.id.as_str())
-        .bind(row.version_id.get())
-        .bind(row.at)
-        .bind(row.operation)
-        .bind(row.resource)
-        .bind(row.audit.received)
-        .bind(row.audit.request_id)
-        .execute(self.conn())
-        .await?;
-        Ok(())
+        .await
     }
 }
 

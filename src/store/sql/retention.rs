@@ -169,7 +169,7 @@ impl Backend {
                     sqlx::query_as(sqlx::AssertSqlSafe(closed_referrals_sql("r.id", true)))
                         .bind(cutoff)
                         .bind(REFERRAL_BATCH)
-                        .fetch_all(tx.conn())
+                        .fetch_all(tx.conn().await?)
                         .await?;
                 for (id,) in ids {
                     if let Some(erased) = tx.erase_referral(&id).await? {
@@ -179,7 +179,7 @@ impl Backend {
                 }
             }
             other => {
-                let changed = purge_batch(tx.conn(), other, cutoff).await?;
+                let changed = purge_batch(tx.conn().await?, other, cutoff).await?;
                 if changed > 0 {
                     removed.add(other.name(), changed);
                 }
@@ -215,10 +215,10 @@ impl Tx {
     ) -> Result<Option<Removed>, StoreError> {
         // What it reads of the index includes anything this transaction wrote.
         self.flush_index().await?;
-        super::lock_referral(self.conn(), id).await?;
+        self.lock_referral(id).await?;
         let row = sqlx::query("SELECT task_id, patient_id FROM referrals WHERE id = $1")
             .bind(id)
-            .fetch_optional(self.conn())
+            .fetch_optional(self.conn().await?)
             .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -228,13 +228,13 @@ impl Tx {
         let requests: Vec<(String,)> =
             sqlx::query_as("SELECT request_id FROM referral_submissions WHERE referral_id = $1")
                 .bind(id)
-                .fetch_all(self.conn())
+                .fetch_all(self.conn().await?)
                 .await?;
         let requests: BTreeSet<String> = requests.into_iter().map(|(r,)| r).collect();
         let observations: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM outcome_measures WHERE referral_id = $1")
                 .bind(id)
-                .fetch_all(self.conn())
+                .fetch_all(self.conn().await?)
                 .await?;
 
         let mut erased: BTreeSet<(String, String)> = BTreeSet::new();
@@ -283,7 +283,7 @@ impl Tx {
                 .bind(&kept.0)
                 .bind(&kept.1)
                 .bind(request)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?;
             }
         }
@@ -299,7 +299,7 @@ impl Tx {
             )
             .bind(resource_type)
             .bind(resource_id)
-            .fetch_all(self.conn())
+            .fetch_all(self.conn().await?)
             .await?;
             for (provenance,) in provenances {
                 erased.insert(("Provenance".into(), provenance));
@@ -314,21 +314,21 @@ impl Tx {
                 )))
                 .bind(resource_type)
                 .bind(resource_id)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?;
             }
             let versions =
                 sqlx::query("DELETE FROM resource_versions WHERE resource_type = $1 AND id = $2")
                     .bind(resource_type)
                     .bind(resource_id)
-                    .execute(self.conn())
+                    .execute(self.conn().await?)
                     .await?
                     .rows_affected();
             let resources =
                 sqlx::query("DELETE FROM resources WHERE resource_type = $1 AND id = $2")
                     .bind(resource_type)
                     .bind(resource_id)
-                    .execute(self.conn())
+                    .execute(self.conn().await?)
                     .await?
                     .rows_affected();
             removed.add("resources", resources);
@@ -337,7 +337,7 @@ impl Tx {
         for request in &requests {
             let gone = sqlx::query("DELETE FROM message_requests WHERE request_id = $1")
                 .bind(request)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?
                 .rows_affected();
             removed.add("message-replay-records", gone);
@@ -379,7 +379,7 @@ impl Tx {
         for (kind, statement) in per_referral {
             let gone = sqlx::query(statement)
                 .bind(id)
-                .execute(self.conn())
+                .execute(self.conn().await?)
                 .await?
                 .rows_affected();
             removed.add(kind, gone);
@@ -414,7 +414,7 @@ impl Tx {
             )
             .bind(&resource_type)
             .bind(&id)
-            .fetch_all(self.conn())
+            .fetch_all(self.conn().await?)
             .await?;
             for (target_type, target_id) in neighbours {
                 let (Some(target_type), Some(target_id)) = (target_type, target_id) else {
@@ -434,7 +434,7 @@ impl Tx {
                 )
                 .bind(&key.0)
                 .bind(&key.1)
-                .fetch_all(self.conn())
+                .fetch_all(self.conn().await?)
                 .await?;
                 if writers
                     .into_iter()
@@ -463,7 +463,7 @@ impl Tx {
         )
         .bind(&target.0)
         .bind(&target.1)
-        .fetch_all(self.conn())
+        .fetch_all(self.conn().await?)
         .await?;
         Ok(referrers.iter().any(|referrer| !erased.contains(referrer)))
     }

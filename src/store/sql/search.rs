@@ -9,7 +9,7 @@
 //! criterion, so the PostgreSQL backend can share them.
 
 use serde_json::Value;
-use sqlx::{Connection, QueryBuilder, Row};
+use sqlx::{Connection, Row};
 
 use super::{Backend, Conn, Db, DbRow, INDEX_STATE_LOCK, Interruptible, LOOKUP_ID};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
@@ -17,59 +17,24 @@ use crate::search::{
     Criterion, Cursor, DateCriterion, DatePrefix, IndexValue, ReferenceCriterion, SearchQuery,
     SortOrder, TokenCriterion, TotalMode, index_entries,
 };
+use crate::store::deferred::{IntoArg, Statement};
 use crate::store::search::{BoundValue, INDEX_VERSION, SearchStatement};
 use crate::store::{
     HistoryEntry, HistoryOperation, HistoryPage, SearchPage, StoreError, StoredResource, Visibility,
 };
 
-/// Replaces the index rows of `resource_type/id` with those of `resource`
-/// (`None`: the resource was deleted, so it has none). Runs on the caller's
-/// connection, inside the caller's write transaction, so the index commits
-/// (or rolls back) with the resource.
-pub(crate) async fn reindex(
-    conn: &mut Conn,
-    resource_type: ResourceType,
-    id: &FhirId,
-    resource: Option<&Value>,
-) -> Result<(), StoreError> {
-    clear(conn, resource_type, id).await?;
-    match resource {
-        Some(resource) => index_new(conn, resource_type, id, resource).await,
-        None => Ok(()),
-    }
-}
-
-/// Removes a resource's index rows.
-async fn clear(
-    conn: &mut Conn,
-    resource_type: ResourceType,
-    id: &FhirId,
-) -> Result<(), StoreError> {
-    for delete in [
+/// The statements that remove a resource's index rows.
+pub(crate) fn clear_statements(resource_type: ResourceType, id: &FhirId) -> [Statement; 3] {
+    [
         "DELETE FROM search_tokens WHERE resource_type = $1 AND id = $2",
         "DELETE FROM search_references WHERE resource_type = $1 AND id = $2",
         "DELETE FROM search_dates WHERE resource_type = $1 AND id = $2",
-    ] {
-        sqlx::query(delete)
+    ]
+    .map(|delete| {
+        Statement::new(delete)
             .bind(resource_type.as_str())
             .bind(id.as_str())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Writes the index rows of a resource that has none yet (just created),
-/// at once (see [`PendingIndex`] for the rows a write transaction defers).
-pub(crate) async fn index_new(
-    conn: &mut Conn,
-    resource_type: ResourceType,
-    id: &FhirId,
-    resource: &Value,
-) -> Result<(), StoreError> {
-    let mut pending = PendingIndex::default();
-    pending.add(resource_type, id, resource)?;
-    pending.flush(conn).await
+    })
 }
 
 /// Most rows in one multi-row INSERT: 500 rows of at most 6 values stay well under
@@ -153,58 +118,55 @@ impl PendingIndex {
     }
 
     /// Writes every pending row, after the resource rows they refer to.
-    pub(crate) async fn flush(&mut self, conn: &mut Conn) -> Result<(), StoreError> {
+    pub(crate) fn take_statements(&mut self) -> Vec<Statement> {
+        let mut statements = Vec::new();
         for chunk in std::mem::take(&mut self.tokens).chunks(ROWS_PER_INSERT) {
-            QueryBuilder::<Db>::new(
-                "INSERT INTO search_tokens (resource_type, id, param, system, code) ",
-            )
-            .push_values(chunk, |mut row, (type_name, id, param, system, code)| {
-                row.push_bind(*type_name)
-                    .push_bind(id.as_str())
-                    .push_bind(*param)
-                    .push_bind(system.as_deref())
-                    .push_bind(code.as_str());
-            })
-            .build()
-            .execute(&mut *conn)
-            .await?;
+            statements.extend(Statement::insert_rows(
+                "INSERT INTO search_tokens (resource_type, id, param, system, code)",
+                chunk.iter().map(|(type_name, id, param, system, code)| {
+                    [
+                        (*type_name).into_arg(),
+                        id.into_arg(),
+                        (*param).into_arg(),
+                        system.into_arg(),
+                        code.into_arg(),
+                    ]
+                }),
+            ));
         }
         for chunk in std::mem::take(&mut self.references).chunks(ROWS_PER_INSERT) {
-            QueryBuilder::<Db>::new(
+            statements.extend(Statement::insert_rows(
                 "INSERT INTO search_references \
-                 (resource_type, id, param, reference, target_type, target_id) ",
-            )
-            .push_values(
-                chunk,
-                |mut row, (type_name, id, param, reference, target_type, target_id)| {
-                    row.push_bind(*type_name)
-                        .push_bind(id.as_str())
-                        .push_bind(*param)
-                        .push_bind(reference.as_str())
-                        .push_bind(*target_type)
-                        .push_bind(target_id.as_deref());
-                },
-            )
-            .build()
-            .execute(&mut *conn)
-            .await?;
+                 (resource_type, id, param, reference, target_type, target_id)",
+                chunk.iter().map(
+                    |(type_name, id, param, reference, target_type, target_id)| {
+                        [
+                            (*type_name).into_arg(),
+                            id.into_arg(),
+                            (*param).into_arg(),
+                            reference.into_arg(),
+                            (*target_type).into_arg(),
+                            target_id.into_arg(),
+                        ]
+                    },
+                ),
+            ));
         }
         for chunk in std::mem::take(&mut self.dates).chunks(ROWS_PER_INSERT) {
-            QueryBuilder::<Db>::new(
-                "INSERT INTO search_dates (resource_type, id, param, low, high) ",
-            )
-            .push_values(chunk, |mut row, (type_name, id, param, low, high)| {
-                row.push_bind(*type_name)
-                    .push_bind(id.as_str())
-                    .push_bind(*param)
-                    .push_bind(low.as_str())
-                    .push_bind(high.as_str());
-            })
-            .build()
-            .execute(&mut *conn)
-            .await?;
+            statements.extend(Statement::insert_rows(
+                "INSERT INTO search_dates (resource_type, id, param, low, high)",
+                chunk.iter().map(|(type_name, id, param, low, high)| {
+                    [
+                        (*type_name).into_arg(),
+                        id.into_arg(),
+                        (*param).into_arg(),
+                        low.into_arg(),
+                        high.into_arg(),
+                    ]
+                }),
+            ));
         }
-        Ok(())
+        statements
     }
 }
 
@@ -492,7 +454,9 @@ impl Backend {
                 pending.add(resource_type, &id, &value)?;
                 indexed += 1;
             }
-            pending.flush(&mut tx).await?;
+            for statement in pending.take_statements() {
+                super::statement::run_now(&mut tx, statement).await?;
+            }
         }
         sqlx::query("UPDATE search_index_state SET index_version = $1 WHERE singleton = 1")
             .bind(INDEX_VERSION)

@@ -95,6 +95,9 @@ impl Batch {
 pub(super) struct Held {
     /// `None` only once it has been handed back to the pool.
     conn: Option<PoolConnection<Sqlite>>,
+    /// The statements the session's queued writes prepared on `conn`: cleared
+    /// (finalized) before `conn` goes back to the pool or closes.
+    cache: super::direct::Cache,
     group: Arc<Group>,
     /// The batch its open transaction belongs to.
     batch: Arc<Batch>,
@@ -109,6 +112,8 @@ pub(super) struct Held {
     /// it: the writer's timings, logged at debug (`sprig::store::sqlite::group`).
     since: std::time::Instant,
     waited: Duration,
+    /// How long `BEGIN` (the batch's first) and `SAVEPOINT` took, of the holding time.
+    open_took: Duration,
 }
 
 impl Group {
@@ -155,6 +160,7 @@ impl Group {
                     claim.disarm();
                     break Held {
                         conn: Some(conn),
+                        cache: super::direct::Cache::default(),
                         group: Arc::clone(self),
                         batch: Batch::new(),
                         began: false,
@@ -162,6 +168,7 @@ impl Group {
                         rescued: false,
                         since: asked,
                         waited: Duration::ZERO,
+                        open_took: Duration::ZERO,
                     };
                 }
             }
@@ -178,7 +185,11 @@ impl Group {
         // until restart. Dropped now, the task finishes and its `Held`, dropped in
         // turn, rolls back to the savepoint and hands on.
         match tokio::spawn(Self::open(held)).await {
-            Ok(opened) => opened,
+            Ok(Ok(mut opened)) => {
+                opened.open_took = opened.since.elapsed();
+                Ok(opened)
+            }
+            Ok(Err(error)) => Err(error),
             Err(join) => Err(StoreError::GroupCommit(format!(
                 "opening a write on the writer failed: {join}"
             ))),
@@ -217,6 +228,7 @@ impl Group {
         let Some(mut conn) = held.conn.take() else {
             return;
         };
+        held.cache.clear();
         let committing = std::time::Instant::now();
         let result = if held.began {
             sqlx::query("COMMIT")
@@ -293,8 +305,16 @@ impl Drop for Claim {
 impl Held {
     /// The connection, for the request's statements.
     pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        self.conn_and_cache().0
+    }
+
+    /// The connection and the statements the session prepared on it, for the
+    /// request's queued statements (`direct::run`).
+    pub(super) fn conn_and_cache(
+        &mut self,
+    ) -> (&mut sqlx::SqliteConnection, &mut super::direct::Cache) {
         match self.conn.as_mut() {
-            Some(conn) => conn,
+            Some(conn) => (conn, &mut self.cache),
             // Taken only when the connection goes back to the pool, by
             // `Group::hand_on`, which owns (and then drops) this `Held`.
             None => unreachable!("a held connection is held until it is handed back"),
@@ -306,7 +326,7 @@ impl Held {
     /// or failed before its `RELEASE`, the request is rolled back alone.
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         let mut done = self.batch.done.subscribe();
-        let (waited, held_for) = (self.waited, self.since.elapsed());
+        let (waited, held_for, open_took) = (self.waited, self.since.elapsed(), self.open_took);
         let releasing = std::time::Instant::now();
         // `RELEASE` and the hand-on run to their end in a task of their own, whatever
         // happens to this future: dropped between `RELEASE` and `in_savepoint = false`,
@@ -340,6 +360,7 @@ impl Held {
         tracing::debug!(
             waited_us = waited.as_micros(),
             held_us = held_for.as_micros(),
+            open_us = open_took.as_micros(),
             release_us = released_after.as_micros(),
             durable_after_us = releasing.elapsed().as_micros(),
             "write committed"
@@ -363,6 +384,7 @@ impl Drop for Held {
             Ok(runtime) if !self.rescued => {
                 let rescued = Held {
                     conn: Some(conn),
+                    cache: std::mem::take(&mut self.cache),
                     group: Arc::clone(&self.group),
                     batch: Arc::clone(&self.batch),
                     began: self.began,
@@ -370,6 +392,7 @@ impl Drop for Held {
                     rescued: true,
                     since: self.since,
                     waited: self.waited,
+                    open_took: self.open_took,
                 };
                 let group = Arc::clone(&self.group);
                 runtime.spawn(async move { group.abandon(rescued).await });
@@ -378,6 +401,8 @@ impl Drop for Held {
             // unrun): the connection closes with its transaction uncommitted,
             // which SQLite rolls back, and the session ends.
             _ => {
+                // Finalized first: SQLite will not close a connection with statements.
+                self.cache.clear();
                 conn.close_on_drop();
                 self.group.end_session();
             }

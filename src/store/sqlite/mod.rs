@@ -67,7 +67,14 @@ mod search;
 )]
 #[path = "../sql/sessions.rs"]
 mod sessions;
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per backend, with its types"
+)]
+#[path = "../sql/statement.rs"]
+mod statement;
 
+mod direct;
 mod group;
 
 use std::str::FromStr;
@@ -83,6 +90,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
+use super::deferred::Statement;
 use super::{StoreError, StoreOptions, WrittenVersion};
 use crate::fhir::Instant;
 
@@ -127,18 +135,6 @@ const CONDITION_LOCK: Option<&str> = None;
 /// (both RFC 3339 text); the arguments are fixed column names, never input.
 fn days_between(later: &str, earlier: &str) -> String {
     format!("(julianday({later}) - julianday({earlier}))")
-}
-
-/// Serialises transactions receiving the same business identifier: already
-/// so on SQLite's single writer.
-async fn lock_identifier(_conn: &mut Conn, _system: &str, _value: &str) -> Result<(), StoreError> {
-    Ok(())
-}
-
-/// Serialises transactions adding to one referral: already so on SQLite's
-/// single writer.
-async fn lock_referral(_conn: &mut Conn, _referral_id: &str) -> Result<(), StoreError> {
-    Ok(())
 }
 
 /// Prepared statements kept on the writer connection.
@@ -452,6 +448,8 @@ impl SqliteStore {
             enqueued: false,
             written: Vec::new(),
             pending_index: Box::default(),
+            queued: Vec::new(),
+            failed: false,
             stamp: Instant::now(),
             _writing: None,
         })
@@ -469,6 +467,8 @@ impl SqliteStore {
             enqueued: false,
             written: Vec::new(),
             pending_index: Box::default(),
+            queued: Vec::new(),
+            failed: false,
             stamp,
             _writing: Some(Writing {
                 horizon: Arc::clone(&self.horizon),
@@ -495,6 +495,12 @@ pub struct Tx {
     /// Index rows deferred to the next index read or the commit (`PendingIndex`);
     /// boxed, so a transaction stays small to move.
     pending_index: Box<search::PendingIndex>,
+    /// Statements whose results it never reads, run together in one call on the
+    /// writer (`direct`) before its next statement through sqlx or its commit.
+    queued: Vec<Statement>,
+    /// A queued statement failed: the ones after it never ran, so nothing of this
+    /// transaction may commit, whatever its caller does with the error.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Tx {
@@ -504,9 +510,50 @@ impl std::fmt::Debug for Tx {
 }
 
 impl Tx {
-    /// The connection, for the shared SQL.
-    fn conn(&mut self) -> &mut SqliteConnection {
-        self.entered.conn()
+    /// The connection, for the shared SQL, once every queued statement has run: a
+    /// statement through it sees all this transaction has written.
+    async fn conn(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+        self.run_queued().await?;
+        Ok(self.entered.conn())
+    }
+
+    /// Queues a statement whose result the transaction never reads: it runs with the
+    /// others queued, in order, in one call on the writer, before the next statement
+    /// through [`Tx::conn`] or the commit.
+    async fn execute(&mut self, statement: Statement) -> Result<(), StoreError> {
+        self.queued.push(statement);
+        Ok(())
+    }
+
+    /// Serialises transactions receiving the same business identifier: already so
+    /// on SQLite's single writer (and no statement, so the queue stays queued).
+    async fn lock_identifier(&mut self, _system: &str, _value: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Serialises transactions adding to one referral: already so on SQLite's
+    /// single writer.
+    async fn lock_referral(&mut self, _referral_id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Runs the queued statements.
+    async fn run_queued(&mut self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::GroupCommit(
+                "a statement of this write failed; nothing of it is kept".into(),
+            ));
+        }
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let (conn, cache) = self.entered.conn_and_cache();
+        let ran = direct::run(conn, cache, &queued).await;
+        if ran.is_err() {
+            self.failed = true;
+        }
+        ran
     }
 
     /// The versions written so far that no one has taken yet, oldest first.
@@ -524,6 +571,7 @@ impl Tx {
     /// holds it) is durable.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         self.flush_index().await?;
+        self.run_queued().await?;
         self.entered.commit().await?;
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
@@ -767,6 +815,89 @@ mod checkpoint_tests {
             Some(Ok(20)),
             "the rows reach the database file within 2 s"
         );
+        store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod queued_statement_tests {
+    use serde_json::json;
+
+    use crate::fhir::{FhirId, ResourceType};
+    use crate::store::test_support::open_store;
+    use crate::store::{ReadOutcome, ResourceWrite, StoreError, Visibility};
+
+    const PATIENT: ResourceType = ResourceType::named("Patient");
+
+    fn patient<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
+        ResourceWrite {
+            resource_type: PATIENT,
+            id,
+            resource: json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            received: None,
+            request_id: "test",
+            owner: None,
+        }
+    }
+
+    /// A create's INSERTs are queued and run together before the next read or the
+    /// commit: one that fails there (the same id twice) fails the whole write, even
+    /// for a caller that carries on after the error, and nothing of it is kept.
+    #[tokio::test]
+    async fn a_queued_statement_that_fails_at_the_commit_fails_the_whole_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let (first, second) = (FhirId::generate(), FhirId::generate());
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient(&first, "Kept-Not"))
+            .await
+            .expect("queued");
+        tx.create(patient(&second, "Twice")).await.expect("queued");
+        tx.create(patient(&second, "Twice")).await.expect("queued");
+        // The read runs the queue first, which fails ...
+        let error = tx
+            .read(PATIENT, &first, &Visibility::All)
+            .await
+            .expect_err("the same id twice");
+        assert!(
+            matches!(&error, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation()),
+            "{error:?}"
+        );
+        // ... and a caller that carries on cannot commit what ran before the failure.
+        let third = FhirId::generate();
+        tx.create(patient(&third, "After")).await.expect("queued");
+        let error = tx.commit().await.expect_err("the write failed");
+        assert!(matches!(error, StoreError::GroupCommit(_)), "{error:?}");
+        for id in [&first, &second, &third] {
+            let read = store.read(PATIENT, id, &Visibility::All).await;
+            assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
+        }
+        // The writer goes on: the next write commits, and reads back.
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient(&first, "Later")).await.expect("queued");
+        tx.commit().await.expect("commit");
+        let read = store
+            .read(PATIENT, &first, &Visibility::All)
+            .await
+            .expect("read");
+        assert!(matches!(read, ReadOutcome::Found(_)));
+        store.close().await;
+    }
+
+    /// A read inside the transaction sees what it queued: the queue runs first.
+    #[tokio::test]
+    async fn a_read_in_the_transaction_sees_its_queued_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let id = FhirId::generate();
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient(&id, "Queued")).await.expect("queued");
+        let read = tx.read(PATIENT, &id, &Visibility::All).await.expect("read");
+        let ReadOutcome::Found(found) = read else {
+            panic!("not found: {read:?}");
+        };
+        assert!(found.json.contains("Queued"));
+        tx.commit().await.expect("commit");
         store.close().await;
     }
 }

@@ -9,11 +9,32 @@ use serde_json::Value;
 
 use super::Interruptible;
 use super::SqliteStore;
-use super::search::{matching_ids, reindex};
+use super::search::{PendingIndex, clear_statements, matching_ids};
+use super::statement::run_now;
 use crate::fhir::VersionId;
 use crate::fhir::{FhirId, ResourceType};
 use crate::search::SearchQuery;
-use crate::store::{NewResource, ReadOutcome, Store, StoreOptions, Visibility};
+use crate::store::{NewResource, ReadOutcome, Store, StoreError, StoreOptions, Visibility};
+
+/// Replaces the index rows of `resource_type/id` with those of `resource` on `conn`,
+/// as a write transaction does (its rows queued; here run at once).
+async fn reindex(
+    conn: &mut sqlx::SqliteConnection,
+    resource_type: ResourceType,
+    id: &FhirId,
+    resource: Option<&Value>,
+) -> Result<(), StoreError> {
+    let mut statements = clear_statements(resource_type, id).to_vec();
+    if let Some(resource) = resource {
+        let mut pending = PendingIndex::default();
+        pending.add(resource_type, id, resource)?;
+        statements.extend(pending.take_statements());
+    }
+    for statement in statements {
+        run_now(conn, statement).await?;
+    }
+    Ok(())
+}
 
 async fn open(dir: &tempfile::TempDir) -> SqliteStore {
     let options = StoreOptions {

@@ -1,0 +1,31 @@
+//! A queued statement ([`Statement`]) run at once through sqlx, shared by both
+//! backends (compiled into `store::sqlite` and `store::postgres` with that
+//! backend's `Conn`): PostgreSQL's write transactions run theirs this way, and
+//! both run this way the index rows written outside a write transaction.
+
+use std::borrow::Cow;
+
+use super::Conn;
+use crate::store::StoreError;
+use crate::store::deferred::{Arg, Statement};
+
+/// Runs `statement` on `conn` now.
+pub(crate) async fn run_now(conn: &mut Conn, statement: Statement) -> Result<(), StoreError> {
+    let Statement { sql, args } = statement;
+    let mut query = match sql {
+        Cow::Borrowed(sql) => sqlx::query(sql),
+        Cow::Owned(sql) => sqlx::query(sqlx::AssertSqlSafe(sql)),
+    };
+    for arg in args {
+        query = match arg {
+            Arg::Int(n) => query.bind(n),
+            Arg::Text(text) => query.bind(text),
+            Arg::Blob(bytes) => query.bind(bytes),
+            Arg::NullInt => query.bind(None::<i64>),
+            Arg::NullText => query.bind(None::<String>),
+            Arg::NullBlob => query.bind(None::<Vec<u8>>),
+        };
+    }
+    query.execute(conn).await?;
+    Ok(())
+}

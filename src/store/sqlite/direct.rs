@@ -1,0 +1,490 @@
+//! Runs a write transaction's queued statements ([`Statement`]) in one call on
+//! the writer connection, through SQLite's C API on the connection sqlx opened.
+//!
+//! Each statement sent through sqlx is a hand-off to the connection's worker
+//! thread and back; with the single writer held, those hand-offs (about 20 per
+//! new referral, each waiting for a thread to be scheduled on a machine whose
+//! cores are busy validating other requests) were most of a create's writer
+//! time. Here the caller takes the connection from its worker once
+//! ([`sqlx::SqliteConnection::lock_handle`]) and runs every statement itself.
+//!
+//! Statements stay prepared in a [`Cache`] for the rest of the group-commit
+//! session (the batch), so each is compiled once per batch, not once per request.
+//!
+//! Safety: the handle is used only while the lock is held, so sqlx's worker
+//! never runs on it meanwhile; a cached statement is finalized when its cache is
+//! cleared or dropped, which the session does before the connection goes back to
+//! the pool (sqlx's `sqlite3_close` refuses, and panics, while one is left).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int};
+use std::ptr::{self, NonNull};
+
+use libsqlite3_sys as ffi;
+use sqlx::SqliteConnection;
+use sqlx::error::{DatabaseError, ErrorKind};
+
+use crate::store::StoreError;
+use crate::store::deferred::{Arg, Statement};
+
+/// Most statements a session keeps prepared (a Bundle's multi-row INSERTs differ
+/// in their row counts); past it, a statement is finalized after its one use.
+const CACHED_STATEMENTS: usize = 128;
+
+/// Runs `statements` in order on `conn`, stopping at the first that fails.
+/// `cache` must belong to `conn` (the session's).
+pub(super) async fn run(
+    conn: &mut SqliteConnection,
+    cache: &mut Cache,
+    statements: &[Statement],
+) -> Result<(), StoreError> {
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let asked = std::time::Instant::now();
+    let mut locked = conn.lock_handle().await?;
+    let running = std::time::Instant::now();
+    let db = locked.as_raw_handle();
+    for statement in statements {
+        // SAFETY: `db` is the open connection, held from its worker by `locked`
+        // for the whole loop; `cache` holds statements of this connection only.
+        unsafe { run_one(db, cache, statement) }?;
+    }
+    tracing::debug!(
+        statements = statements.len(),
+        lock_us = running.saturating_duration_since(asked).as_micros(),
+        run_us = running.elapsed().as_micros(),
+        "queued statements ran"
+    );
+    Ok(())
+}
+
+/// The statements a session has prepared on the writer connection, by SQL text.
+/// Cleared (finalized) before the connection returns to the pool.
+#[derive(Default)]
+pub(super) struct Cache {
+    statements: HashMap<String, Prepared>,
+}
+
+impl Cache {
+    /// Finalizes every statement.
+    pub(super) fn clear(&mut self) {
+        self.statements.clear();
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("statements", &self.statements.len())
+            .finish()
+    }
+}
+
+/// A prepared statement, finalized when dropped.
+struct Prepared(NonNull<ffi::sqlite3_stmt>);
+
+// SAFETY: a statement is used only by the holder of the writer connection (one task
+// at a time, under `lock_handle`), and finalized by it; moving it between threads
+// with the connection is what SQLite's multi-thread mode allows.
+unsafe impl Send for Prepared {}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // SAFETY: prepared on a connection still open (caches are cleared before it
+        // closes) and not in use; finalized once.
+        unsafe {
+            ffi::sqlite3_finalize(self.0.as_ptr());
+        }
+    }
+}
+
+/// Runs one statement to its end (rows it returns are ignored: a queued
+/// statement's results are never read), prepared from `cache` or into it.
+///
+/// # Safety
+/// `db` must be an open connection no other thread uses during the call, and
+/// `cache` hold statements of `db` only.
+unsafe fn run_one(
+    db: NonNull<ffi::sqlite3>,
+    cache: &mut Cache,
+    statement: &Statement,
+) -> Result<(), StoreError> {
+    let db = db.as_ptr();
+    // A statement the cache has no room for, finalized when this returns.
+    let mut once = None;
+    let stmt = match cache.statements.get(statement.sql.as_ref()) {
+        Some(prepared) => prepared.0.as_ptr(),
+        None => {
+            // SAFETY: per this function's contract.
+            let Some(prepared) = (unsafe { prepare(db, &statement.sql) })? else {
+                // Only whitespace or a comment: nothing to run.
+                return Ok(());
+            };
+            let stmt = prepared.0.as_ptr();
+            if cache.statements.len() < CACHED_STATEMENTS {
+                cache
+                    .statements
+                    .insert(statement.sql.clone().into_owned(), prepared);
+            } else {
+                once = Some(prepared);
+            }
+            stmt
+        }
+    };
+    // SAFETY: `stmt` is a live statement of `db` (cached, or held by `once`).
+    let ran = unsafe { bind_and_step(db, stmt, statement) };
+    // Ready for its next use, its values released: a statement left mid-step, or
+    // holding a failed step's error, would keep the transaction from committing.
+    // SAFETY: `stmt` is live.
+    unsafe {
+        ffi::sqlite3_reset(stmt);
+        ffi::sqlite3_clear_bindings(stmt);
+    }
+    drop(once);
+    ran
+}
+
+/// Compiles `sql`; `None` when it holds no statement.
+///
+/// # Safety
+/// `db` must be an open connection no other thread uses during the call.
+unsafe fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Option<Prepared>, StoreError> {
+    let text = sql.as_bytes();
+    let length = c_int::try_from(text.len())
+        .map_err(|_| direct_error(ffi::SQLITE_TOOBIG, "statement text too long".into()))?;
+    let mut raw = ptr::null_mut();
+    // SAFETY: `text` is valid for `length` bytes; `raw` receives the statement.
+    let rc = unsafe {
+        ffi::sqlite3_prepare_v3(
+            db,
+            text.as_ptr().cast::<c_char>(),
+            length,
+            ffi::SQLITE_PREPARE_PERSISTENT as u32,
+            &mut raw,
+            ptr::null_mut(),
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        // SAFETY: `db` is open; its last error is this one.
+        return Err(unsafe { last_error(db) });
+    }
+    Ok(NonNull::new(raw).map(Prepared))
+}
+
+/// Binds `statement`'s values to `stmt` and steps it to its end.
+///
+/// # Safety
+/// `stmt` must be a live, reset statement of `db`, which no other thread uses.
+unsafe fn bind_and_step(
+    db: *mut ffi::sqlite3,
+    stmt: *mut ffi::sqlite3_stmt,
+    statement: &Statement,
+) -> Result<(), StoreError> {
+    // SAFETY: `stmt` is live.
+    let parameters = unsafe { ffi::sqlite3_bind_parameter_count(stmt) };
+    for index in 1..=parameters {
+        // `$n` names the n-th value (a name may appear twice: one parameter).
+        // SAFETY: `index` is within the statement's parameters.
+        let name = unsafe { ffi::sqlite3_bind_parameter_name(stmt, index) };
+        let position = if name.is_null() {
+            usize::try_from(index).ok()
+        } else {
+            // SAFETY: SQLite returns a NUL-terminated UTF-8 name.
+            let name = unsafe { CStr::from_ptr(name) };
+            name.to_str()
+                .ok()
+                .and_then(|n| n.strip_prefix('$'))
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        let Some(value) = position
+            .and_then(|p| p.checked_sub(1))
+            .and_then(|p| statement.args.get(p))
+        else {
+            return Err(direct_error(
+                ffi::SQLITE_RANGE,
+                format!("placeholder {index} of a queued statement has no value"),
+            ));
+        };
+        // SAFETY: `stmt` is prepared, `index` in range; `value` outlives the
+        // binding, which `run_one` clears before it returns.
+        let rc = unsafe { bind(stmt, index, value) };
+        if rc != ffi::SQLITE_OK {
+            // SAFETY: `db` is open.
+            return Err(unsafe { last_error(db) });
+        }
+    }
+    loop {
+        // SAFETY: `stmt` is prepared and bound.
+        match unsafe { ffi::sqlite3_step(stmt) } {
+            ffi::SQLITE_DONE => return Ok(()),
+            ffi::SQLITE_ROW => {}
+            // SAFETY: `db` is open; the step's error is its last.
+            _ => return Err(unsafe { last_error(db) }),
+        }
+    }
+}
+
+/// Binds `value` to parameter `index`, without a copy (`SQLITE_STATIC`).
+///
+/// # Safety
+/// `stmt` must be a live prepared statement and `index` one of its parameters, and
+/// `value` must outlive the binding (cleared, or the statement finalized, first).
+unsafe fn bind(stmt: *mut ffi::sqlite3_stmt, index: c_int, value: &Arg) -> c_int {
+    // SAFETY: per this function's contract; lengths checked below.
+    unsafe {
+        match value {
+            Arg::Int(n) => ffi::sqlite3_bind_int64(stmt, index, *n),
+            Arg::Text(text) => match c_int::try_from(text.len()) {
+                Ok(length) => ffi::sqlite3_bind_text(
+                    stmt,
+                    index,
+                    text.as_ptr().cast::<c_char>(),
+                    length,
+                    ffi::SQLITE_STATIC(),
+                ),
+                Err(_) => ffi::SQLITE_TOOBIG,
+            },
+            Arg::Blob(bytes) => match c_int::try_from(bytes.len()) {
+                Ok(length) => ffi::sqlite3_bind_blob(
+                    stmt,
+                    index,
+                    bytes.as_ptr().cast(),
+                    length,
+                    ffi::SQLITE_STATIC(),
+                ),
+                Err(_) => ffi::SQLITE_TOOBIG,
+            },
+            Arg::NullInt | Arg::NullText | Arg::NullBlob => ffi::sqlite3_bind_null(stmt, index),
+        }
+    }
+}
+
+/// The connection's last error, as sqlx would have reported it.
+///
+/// # Safety
+/// `db` must be an open connection.
+unsafe fn last_error(db: *mut ffi::sqlite3) -> StoreError {
+    // SAFETY: `db` is open; the message is NUL-terminated and copied at once.
+    let (code, message) = unsafe {
+        let code = ffi::sqlite3_extended_errcode(db);
+        let message = ffi::sqlite3_errmsg(db);
+        let message = if message.is_null() {
+            String::from("(no message)")
+        } else {
+            CStr::from_ptr(message).to_string_lossy().into_owned()
+        };
+        (code, message)
+    };
+    direct_error(code, message)
+}
+
+fn direct_error(code: c_int, message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Database(Box::new(DirectError {
+        code,
+        message,
+    })))
+}
+
+/// A SQLite error met running a queued statement: reported as sqlx reports
+/// SQLite's own (the extended result code as `code()`), so it is classified the
+/// same way (`StoreError::is_transient`, constraint kinds).
+#[derive(Debug, thiserror::Error)]
+#[error("(code: {code}) {message}")]
+struct DirectError {
+    code: c_int,
+    message: String,
+}
+
+impl DatabaseError for DirectError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(self.code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self.code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                ErrorKind::UniqueViolation
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => ErrorKind::ForeignKeyViolation,
+            ffi::SQLITE_CONSTRAINT_NOTNULL => ErrorKind::NotNullViolation,
+            ffi::SQLITE_CONSTRAINT_CHECK => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::store::deferred::IntoArg;
+
+    async fn connection(dir: &tempfile::TempDir) -> SqliteConnection {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("direct.db"))
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL, note TEXT, body BLOB)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("table");
+        conn
+    }
+
+    /// Statements open on the connection (sqlx's own cache and ours).
+    async fn open_statements(conn: &mut SqliteConnection) -> usize {
+        let mut locked = conn.lock_handle().await.expect("lock");
+        let db = locked.as_raw_handle().as_ptr();
+        let mut count = 0;
+        // SAFETY: the connection is held; statements are only counted.
+        let mut stmt = unsafe { ffi::sqlite3_next_stmt(db, ptr::null_mut()) };
+        while !stmt.is_null() {
+            count += 1;
+            // SAFETY: as above.
+            stmt = unsafe { ffi::sqlite3_next_stmt(db, stmt) };
+        }
+        count
+    }
+
+    fn insert(id: i64, name: &str, note: Option<&str>, body: Option<&[u8]>) -> Statement {
+        Statement::new("INSERT INTO t (id, name, note, body) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(name)
+            .bind(note)
+            .bind(body)
+    }
+
+    #[tokio::test]
+    async fn queued_statements_store_every_kind_of_value_and_share_one_prepared_statement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = connection(&dir).await;
+        let before = open_statements(&mut conn).await;
+        let mut cache = Cache::default();
+        let rows = Statement::insert_rows(
+            "INSERT INTO t (id, name, note, body)",
+            [
+                [
+                    3_i64.into_arg(),
+                    "c".into_arg(),
+                    Arg::NullText,
+                    Arg::NullBlob,
+                ],
+                [
+                    4_i64.into_arg(),
+                    "d".into_arg(),
+                    Arg::NullText,
+                    Arg::NullBlob,
+                ],
+            ],
+        )
+        .expect("a row");
+        run(
+            &mut conn,
+            &mut cache,
+            &[
+                insert(1, "a", Some("it's \"quoted\""), Some(b"\x00\x01")),
+                insert(2, "b", None, None),
+                rows,
+            ],
+        )
+        .await
+        .expect("run");
+        // The single-row INSERT was prepared once for both rows; the multi-row one too.
+        assert_eq!(open_statements(&mut conn).await, before + 2);
+        let stored: Vec<(i64, String, Option<String>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT id, name, note, body FROM t ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .expect("read");
+        assert_eq!(
+            stored,
+            vec![
+                (
+                    1,
+                    "a".into(),
+                    Some("it's \"quoted\"".into()),
+                    Some(vec![0, 1])
+                ),
+                (2, "b".into(), None, None),
+                (3, "c".into(), None, None),
+                (4, "d".into(), None, None),
+            ]
+        );
+        // Cleared, nothing of ours is left open (sqlx keeps its SELECT): sqlx can
+        // close the connection.
+        let with_ours = open_statements(&mut conn).await;
+        cache.clear();
+        assert_eq!(open_statements(&mut conn).await, with_ours - 2);
+        conn.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn a_failing_statement_stops_the_run_with_sqlites_error_and_leaves_the_rest_unrun() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = connection(&dir).await;
+        let mut cache = Cache::default();
+        let error = run(
+            &mut conn,
+            &mut cache,
+            &[
+                insert(1, "a", None, None),
+                insert(1, "again", None, None),
+                insert(2, "b", None, None),
+            ],
+        )
+        .await
+        .expect_err("a duplicate key");
+        let StoreError::Database(sqlx::Error::Database(error)) = error else {
+            panic!("not a database error: {error:?}");
+        };
+        assert_eq!(error.kind(), ErrorKind::UniqueViolation, "{error}");
+        assert_eq!(error.code().as_deref(), Some("1555"), "{error}");
+        let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM t ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read");
+        assert_eq!(ids, vec![(1,)]);
+        // The statement that failed was reset: it runs again.
+        run(&mut conn, &mut cache, &[insert(3, "c", None, None)])
+            .await
+            .expect("run again");
+        cache.clear();
+        conn.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn a_placeholder_without_a_value_is_an_error_not_a_null() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = connection(&dir).await;
+        let mut cache = Cache::default();
+        let short = Statement::new("INSERT INTO t (id, name) VALUES ($1, $2)").bind(1_i64);
+        let error = run(&mut conn, &mut cache, &[short])
+            .await
+            .expect_err("no value for $2");
+        assert!(error.to_string().contains("placeholder 2"), "{error}");
+        cache.clear();
+    }
+}
