@@ -1,9 +1,9 @@
 //! Audit rows in SQL, shared by both backends (compiled into each of
 //! `store::sqlite` and `store::postgres` with that backend's types).
 
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 
-use super::{Backend, Db, DbRow, Tx};
+use super::{Backend, Db, Tx};
 use crate::fhir::Instant;
 use crate::store::StoreError;
 use crate::store::audit::{AuditEventRow, AuditFilter, AuditOutcome, AuditPage, AuditRecord};
@@ -51,48 +51,78 @@ fn insert(record: &AuditRecord) -> Result<Statement, StoreError> {
         .bind(&record.detail))
 }
 
-fn row_to_event(row: &DbRow) -> Result<AuditEventRow, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let corrupt = |reason: String| StoreError::Corrupt {
-        resource_type: "AuditEvent".into(),
-        id: seq.to_string(),
-        reason,
-    };
-    let list = |column: &str| -> Result<Vec<String>, StoreError> {
-        let text: String = row.try_get(column)?;
-        serde_json::from_str(&text).map_err(|e| corrupt(format!("{column}: {e}")))
-    };
-    let recorded_at: String = row.try_get("recorded_at")?;
-    let outcome: String = row.try_get("outcome")?;
-    let status: i64 = row.try_get("status")?;
-    Ok(AuditEventRow {
-        seq,
-        record: AuditRecord {
-            recorded_at: Instant::parse(&recorded_at).map_err(|e| corrupt(e.to_string()))?,
-            client_id: row.try_get("client_id")?,
-            ods_code: row.try_get("ods_code")?,
-            staff_username: row.try_get("staff_username")?,
-            staff_role: row.try_get("staff_role")?,
-            proxy_id: row.try_get("proxy_id")?,
-            end_user_ods: row.try_get("end_user_ods")?,
-            peer_address: row.try_get("peer_address")?,
-            interaction: row.try_get("interaction")?,
-            resource_type: row.try_get("resource_type")?,
-            resource_id: row.try_get("resource_id")?,
-            search_params: list("search_params")?,
-            patient_ids: list("patient_ids")?,
-            referral_ids: list("referral_ids")?,
-            status: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
-            outcome: AuditOutcome::parse(&outcome)
-                .ok_or_else(|| corrupt(format!("outcome {outcome:?}")))?,
-            request_id: row.try_get("request_id")?,
-            correlation_id: row.try_get("correlation_id")?,
-            message_id: row.try_get("message_id")?,
-            ignored_end_user_header: row.try_get::<i64, _>("ignored_end_user_header")? != 0,
-            detail: row.try_get("detail")?,
-        },
-    })
+/// One audit row as stored: `seq` and the columns of `AUDIT_COLUMNS`, the lists as JSON
+/// text, the flag as an integer (SQLite has no boolean).
+#[derive(sqlx::FromRow)]
+struct AuditLogRow {
+    seq: i64,
+    recorded_at: String,
+    client_id: Option<String>,
+    ods_code: Option<String>,
+    staff_username: Option<String>,
+    staff_role: Option<String>,
+    proxy_id: Option<String>,
+    end_user_ods: Option<String>,
+    peer_address: Option<String>,
+    interaction: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    search_params: String,
+    patient_ids: String,
+    referral_ids: String,
+    status: i64,
+    outcome: String,
+    request_id: Option<String>,
+    correlation_id: Option<String>,
+    message_id: Option<String>,
+    ignored_end_user_header: i64,
+    detail: Option<String>,
 }
+
+impl AuditLogRow {
+    fn into_domain(self) -> Result<AuditEventRow, StoreError> {
+        let seq = self.seq;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            resource_type: "AuditEvent".into(),
+            id: seq.to_string(),
+            reason,
+        };
+        let list = |column: &str, text: &str| -> Result<Vec<String>, StoreError> {
+            serde_json::from_str(text).map_err(|e| corrupt(format!("{column}: {e}")))
+        };
+        let status = self.status;
+        let outcome = self.outcome;
+        Ok(AuditEventRow {
+            seq,
+            record: AuditRecord {
+                recorded_at: Instant::parse(&self.recorded_at)
+                    .map_err(|e| corrupt(e.to_string()))?,
+                client_id: self.client_id,
+                ods_code: self.ods_code,
+                staff_username: self.staff_username,
+                staff_role: self.staff_role,
+                proxy_id: self.proxy_id,
+                end_user_ods: self.end_user_ods,
+                peer_address: self.peer_address,
+                interaction: self.interaction,
+                resource_type: self.resource_type,
+                resource_id: self.resource_id,
+                search_params: list("search_params", &self.search_params)?,
+                patient_ids: list("patient_ids", &self.patient_ids)?,
+                referral_ids: list("referral_ids", &self.referral_ids)?,
+                status: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
+                outcome: AuditOutcome::parse(&outcome)
+                    .ok_or_else(|| corrupt(format!("outcome {outcome:?}")))?,
+                request_id: self.request_id,
+                correlation_id: self.correlation_id,
+                message_id: self.message_id,
+                ignored_end_user_header: self.ignored_end_user_header != 0,
+                detail: self.detail,
+            },
+        })
+    }
+}
+
 impl Tx {
     /// Adds an audit row to this transaction: it commits with the change it records, or
     /// not at all.
@@ -211,11 +241,11 @@ impl Backend {
             .push(" ORDER BY seq LIMIT ")
             .push_bind(i64::from(page.limit));
         query
-            .build()
+            .build_query_as::<AuditLogRow>()
             .fetch_all(&s.readers)
             .await?
-            .iter()
-            .map(row_to_event)
+            .into_iter()
+            .map(AuditLogRow::into_domain)
             .collect()
     }
 }

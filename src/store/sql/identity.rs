@@ -2,23 +2,36 @@
 //! `store::postgres` alike (`#[path]`), each time with that backend's `Db`,
 //! `Conn` and `DbRow`, so the SQL text exists once.
 
-use sqlx::Row;
-
-use super::{Backend, DbRow};
+use super::Backend;
 use crate::fhir::Instant;
 use crate::store::StoreError;
 use crate::store::identity::{ASSERTION_KEEP_AFTER_EXPIRY_SECS, StaffAccountRow, unix_now};
 
-fn staff_from_row(row: &DbRow) -> Result<StaffAccountRow, StoreError> {
-    Ok(StaffAccountRow {
-        username: row.try_get("username")?,
-        display_name: row.try_get("display_name")?,
-        role: row.try_get("role")?,
-        password_hash: row.try_get("password_hash")?,
-        enabled: row.try_get::<i64, _>("enabled")? != 0,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
+/// A staff account as stored: the columns of `STAFF_COLUMNS`, the flag an integer
+/// (SQLite has no boolean).
+#[derive(sqlx::FromRow)]
+struct StaffAccountTableRow {
+    username: String,
+    display_name: String,
+    role: String,
+    password_hash: String,
+    enabled: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl StaffAccountTableRow {
+    fn into_domain(self) -> StaffAccountRow {
+        StaffAccountRow {
+            username: self.username,
+            display_name: self.display_name,
+            role: self.role,
+            password_hash: self.password_hash,
+            enabled: self.enabled != 0,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
 }
 
 const STAFF_COLUMNS: &str =
@@ -108,13 +121,13 @@ impl Backend {
         username: &str,
     ) -> Result<Option<StaffAccountRow>, StoreError> {
         let s = self;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row: Option<StaffAccountTableRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {STAFF_COLUMNS} FROM staff_accounts WHERE username = $1"
         )))
         .bind(username)
         .fetch_optional(&s.readers)
         .await?;
-        row.as_ref().map(staff_from_row).transpose()
+        Ok(row.map(StaffAccountTableRow::into_domain))
     }
 
     /// Every staff account, by username.
@@ -122,14 +135,16 @@ impl Backend {
         &self,
     ) -> Result<Vec<StaffAccountRow>, StoreError> {
         let s = self;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STAFF_COLUMNS} FROM staff_accounts ORDER BY username"
-        )))
-        .fetch_all(&s.readers)
-        .await?
-        .iter()
-        .map(staff_from_row)
-        .collect()
+        Ok(
+            sqlx::query_as::<_, StaffAccountTableRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {STAFF_COLUMNS} FROM staff_accounts ORDER BY username"
+            )))
+            .fetch_all(&s.readers)
+            .await?
+            .into_iter()
+            .map(StaffAccountTableRow::into_domain)
+            .collect(),
+        )
     }
 
     /// Enables or disables a staff account. False when there is no such account.

@@ -9,17 +9,34 @@ use crate::referral::milestone::{Milestone, MilestoneKind};
 use crate::store::StoreError;
 use crate::store::deferred::Statement;
 
-/// id, kind, occurred_on, complex, basis, reason, recorded_at, recorded_by.
-type MilestoneRow = (
-    String,
-    String,
-    String,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-);
+/// One milestone of a referral (`referral_milestones`), `complex` a nullable integer
+/// (SQLite has no boolean).
+#[derive(sqlx::FromRow)]
+struct MilestoneRow {
+    id: String,
+    kind: String,
+    occurred_on: String,
+    complex: Option<i64>,
+    basis: Option<String>,
+    reason: Option<String>,
+    recorded_at: String,
+    recorded_by: String,
+}
+
+impl MilestoneRow {
+    fn into_domain(self, referral_id: &str) -> Result<Milestone, StoreError> {
+        Ok(Milestone {
+            id: self.id,
+            kind: parse_kind(referral_id, &self.kind)?,
+            on: parse_day(referral_id, &self.occurred_on)?,
+            complex: self.complex.map(|c| c != 0),
+            basis: self.basis,
+            reason: self.reason,
+            recorded_at: self.recorded_at,
+            recorded_by: self.recorded_by,
+        })
+    }
+}
 
 /// A stored day (`YYYY-MM-DD`, as Sprig writes them).
 pub(in crate::store) fn parse_day(referral_id: &str, text: &str) -> Result<Date, StoreError> {
@@ -83,20 +100,7 @@ impl Backend {
         .fetch_all(&self.readers)
         .await?;
         rows.into_iter()
-            .map(
-                |(id, kind, on, complex, basis, reason, recorded_at, recorded_by)| {
-                    Ok(Milestone {
-                        id,
-                        kind: parse_kind(referral_id, &kind)?,
-                        on: parse_day(referral_id, &on)?,
-                        complex: complex.map(|c| c != 0),
-                        basis,
-                        reason,
-                        recorded_at,
-                        recorded_by,
-                    })
-                },
-            )
+            .map(|row| row.into_domain(referral_id))
             .collect()
     }
 }

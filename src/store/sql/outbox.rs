@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use sqlx::Row;
 use tokio::sync::Notify;
 
-use super::{BODY_JSON_ID, Backend, CLAIM_LOCK, DbRow, Tx};
+use super::{BODY_JSON_ID, Backend, CLAIM_LOCK, Tx};
 use crate::fhir::Instant;
 use crate::store::StoreError;
 use crate::store::outbox::{
@@ -91,7 +90,7 @@ impl Backend {
         // nothing on SQLite (one writer: the sub-select and the update cannot
         // interleave), `FOR UPDATE SKIP LOCKED` on PostgreSQL (another
         // instance's claim in flight is skipped, not waited for).
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, \
                     last_attempt_at = $3, age_from_ms = COALESCE(age_from_ms, $5) \
              WHERE seq IN ( \
@@ -111,23 +110,8 @@ impl Backend {
         .fetch_all(tx.conn().await?)
         .await?;
         tx.commit().await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedMessage {
-                    seq: row.try_get("seq")?,
-                    referral_id: row.try_get("referral_id")?,
-                    resource_type: row.try_get("resource_type")?,
-                    resource_id: row.try_get("resource_id")?,
-                    version_id: row.try_get("version_id")?,
-                    destination_ods: row.try_get("destination_ods")?,
-                    reply_to: row.try_get("reply_to")?,
-                    created_at: row.try_get("created_at")?,
-                    attempts: row.try_get("attempts")?,
-                    age_from_ms: row.try_get("age_from_ms")?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut claimed: Vec<ClaimedMessage> =
+            rows.into_iter().map(ClaimedRow::into_domain).collect();
         // RETURNING does not promise an order.
         claimed.sort_by_key(|m| m.seq);
         Ok(claimed)
@@ -232,11 +216,11 @@ impl Backend {
         // Read back on the writer: it saw the update (or the state that
         // refused it) whatever the readers have caught up with.
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<DeliveryEntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(seq)
             .fetch_optional(&s.writer)
             .await?;
-        let Some(entry) = row.as_ref().map(entry_from_row).transpose()? else {
+        let Some(entry) = row.map(DeliveryEntryRow::into_domain).transpose()? else {
             return Ok(Err(RetryRefusal::NotFound));
         };
         if requeued.rows_affected() == 1 {
@@ -298,11 +282,11 @@ impl Backend {
     ) -> Result<Option<DeliveryEntry>, StoreError> {
         let s = self;
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox o WHERE o.seq = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<DeliveryEntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(seq)
             .fetch_optional(&s.readers)
             .await?;
-        row.as_ref().map(entry_from_row).transpose()
+        row.map(DeliveryEntryRow::into_domain).transpose()
     }
 
     /// Outbox messages matching `filter`, in outbox order.
@@ -317,7 +301,7 @@ impl Backend {
                AND ($3 IS NULL OR o.referral_id = $3) AND o.seq > $4 \
              ORDER BY o.seq LIMIT $5"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<DeliveryEntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(filter.state.map(DeliveryState::as_str))
             .bind(filter.destination_ods.as_deref())
             .bind(filter.referral_id.as_deref())
@@ -325,7 +309,9 @@ impl Backend {
             .bind(i64::from(filter.limit))
             .fetch_all(&s.readers)
             .await?;
-        rows.iter().map(entry_from_row).collect()
+        rows.into_iter()
+            .map(DeliveryEntryRow::into_domain)
+            .collect()
     }
 
     /// Waiting and dead messages per destination.
@@ -333,7 +319,7 @@ impl Backend {
         &self,
     ) -> Result<Vec<DestinationStats>, StoreError> {
         let s = self;
-        let rows = sqlx::query(
+        let rows: Vec<DestinationStatsRow> = sqlx::query_as(
             "SELECT destination_ods, \
                     COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
                     COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
@@ -343,16 +329,10 @@ impl Backend {
         )
         .fetch_all(&s.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DestinationStats {
-                    destination_ods: row.try_get("destination_ods")?,
-                    pending: row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0),
-                    dead: row.try_get::<Option<i64>, _>("dead")?.unwrap_or(0),
-                    oldest_pending: row.try_get("oldest_pending")?,
-                })
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(DestinationStatsRow::into_domain)
+            .collect())
     }
 
     /// The `Bundle.id` of the message that brought the referral, which a
@@ -374,33 +354,106 @@ impl Backend {
     }
 }
 
-fn entry_from_row(row: &DbRow) -> Result<DeliveryEntry, StoreError> {
-    let state: String = row.try_get("state")?;
-    Ok(DeliveryEntry {
-        seq: row.try_get("seq")?,
-        referral_id: row.try_get("referral_id")?,
-        resource_type: row.try_get("resource_type")?,
-        resource_id: row.try_get("resource_id")?,
-        version_id: row.try_get("version_id")?,
-        destination_ods: row.try_get("destination_ods")?,
-        state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+/// A message claimed for sending: what `claim_due`'s `RETURNING` selects.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    seq: i64,
+    referral_id: String,
+    resource_type: String,
+    resource_id: String,
+    version_id: i64,
+    destination_ods: String,
+    reply_to: Option<String>,
+    created_at: String,
+    attempts: i64,
+    age_from_ms: i64,
+}
+
+impl ClaimedRow {
+    fn into_domain(self) -> ClaimedMessage {
+        ClaimedMessage {
+            seq: self.seq,
+            referral_id: self.referral_id,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            version_id: self.version_id,
+            destination_ods: self.destination_ods,
+            reply_to: self.reply_to,
+            created_at: self.created_at,
+            attempts: self.attempts,
+            age_from_ms: self.age_from_ms,
+        }
+    }
+}
+
+/// One outbox message with its delivery history: the columns of `ENTRY_COLUMNS`.
+#[derive(sqlx::FromRow)]
+struct DeliveryEntryRow {
+    seq: i64,
+    referral_id: String,
+    resource_type: String,
+    resource_id: String,
+    version_id: i64,
+    destination_ods: Option<String>,
+    state: String,
+    attempts: i64,
+    created_at: String,
+    next_attempt_ms: i64,
+    last_attempt_at: Option<String>,
+    last_status: Option<i64>,
+    last_error: Option<String>,
+    receiver_response: Option<String>,
+    delivered_at: Option<String>,
+    dead_at: Option<String>,
+    blocked_by: Option<i64>,
+}
+
+impl DeliveryEntryRow {
+    fn into_domain(self) -> Result<DeliveryEntry, StoreError> {
+        let state = DeliveryState::parse(&self.state).ok_or_else(|| StoreError::Corrupt {
             resource_type: "outbox".into(),
-            id: row
-                .try_get::<i64, _>("seq")
-                .map_or_else(|_| "?".into(), |seq| seq.to_string()),
-            reason: format!("unknown delivery state {state:?}"),
-        })?,
-        attempts: row.try_get("attempts")?,
-        created_at: row.try_get("created_at")?,
-        next_attempt_ms: row.try_get("next_attempt_ms")?,
-        last_attempt_at: row.try_get("last_attempt_at")?,
-        last_status: row
-            .try_get::<Option<i64>, _>("last_status")?
-            .and_then(|s| u16::try_from(s).ok()),
-        last_error: row.try_get("last_error")?,
-        receiver_response: row.try_get("receiver_response")?,
-        delivered_at: row.try_get("delivered_at")?,
-        dead_at: row.try_get("dead_at")?,
-        blocked_by: row.try_get("blocked_by")?,
-    })
+            id: self.seq.to_string(),
+            reason: format!("unknown delivery state {:?}", self.state),
+        })?;
+        Ok(DeliveryEntry {
+            seq: self.seq,
+            referral_id: self.referral_id,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            version_id: self.version_id,
+            destination_ods: self.destination_ods,
+            state,
+            attempts: self.attempts,
+            created_at: self.created_at,
+            next_attempt_ms: self.next_attempt_ms,
+            last_attempt_at: self.last_attempt_at,
+            // A status outside HTTP's range is none the receiver sent.
+            last_status: self.last_status.and_then(|s| u16::try_from(s).ok()),
+            last_error: self.last_error,
+            receiver_response: self.receiver_response,
+            delivered_at: self.delivered_at,
+            dead_at: self.dead_at,
+            blocked_by: self.blocked_by,
+        })
+    }
+}
+
+/// Waiting and dead messages for one destination.
+#[derive(sqlx::FromRow)]
+struct DestinationStatsRow {
+    destination_ods: Option<String>,
+    pending: Option<i64>,
+    dead: Option<i64>,
+    oldest_pending: Option<String>,
+}
+
+impl DestinationStatsRow {
+    fn into_domain(self) -> DestinationStats {
+        DestinationStats {
+            destination_ods: self.destination_ods,
+            pending: self.pending.unwrap_or(0),
+            dead: self.dead.unwrap_or(0),
+            oldest_pending: self.oldest_pending,
+        }
+    }
 }

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
-use super::{Backend, Conn, DbRow, Tx};
+use super::{Backend, Conn, Tx};
 use crate::referral::record::{
     BusinessIdentifier, Note, NoteSource, Outcome, PatientContact, Reason, ReceivedAs, Referral,
     ReferralDetail, ReferralFields, StageChange,
@@ -456,40 +456,24 @@ impl Backend {
         let Some(referral) = fetch_referral(&mut conn, id).await? else {
             return Ok(None);
         };
-        let timeline = sqlx::query(
+        let timeline = sqlx::query_as::<_, StageChangeRow>(
             "SELECT stage, at, actor, reason, note, task_version FROM referral_stage_history \
              WHERE referral_id = $1 ORDER BY seq",
         )
         .bind(id)
         .fetch_all(&mut *conn)
         .await?
-        .iter()
-        .map(|row| {
-            Ok(StageChange {
-                stage: stage_of(id, row.try_get("stage")?)?,
-                at: row.try_get("at")?,
-                actor: row.try_get("actor")?,
-                reason: row.try_get("reason")?,
-                note: row.try_get("note")?,
-                task_version: row.try_get("task_version")?,
-            })
-        })
+        .into_iter()
+        .map(|row| row.into_domain(id))
         .collect::<Result<Vec<_>, StoreError>>()?;
-        let notes = sqlx::query(
+        let notes = sqlx::query_as::<_, NoteRow>(
             "SELECT source, at, author, text FROM referral_notes WHERE referral_id = $1 ORDER BY seq",
         )
         .bind(id)
         .fetch_all(&mut *conn)
         .await?
-        .iter()
-        .map(|row| {
-            Ok(Note {
-                source: note_source_of(id, row.try_get("source")?)?,
-                at: row.try_get("at")?,
-                author: row.try_get("author")?,
-                text: row.try_get("text")?,
-            })
-        })
+        .into_iter()
+        .map(|row| row.into_domain(id))
         .collect::<Result<Vec<_>, StoreError>>()?;
         let outcomes = fetch_outcomes(&mut conn, id).await?;
         Ok(Some(ReferralDetail {
@@ -596,7 +580,7 @@ impl Backend {
             None => format!("{sql} ORDER BY r.received_at, r.id LIMIT {limit}"),
         };
         // Built from fixed fragments only; every value is bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query_as::<_, ReferralRow>(AssertSqlSafe(sql));
         if let Some(stage) = filter.stage {
             query = query.bind(stage.as_str());
         }
@@ -645,8 +629,8 @@ impl Backend {
         let mut conn = s.readers.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await?;
         let mut referrals = rows
-            .iter()
-            .map(referral_from_row)
+            .into_iter()
+            .map(ReferralRow::into_domain)
             .collect::<Result<Vec<_>, _>>()?;
         // The list shows reasons but not notes: only the reasons are read.
         fill_reasons(&mut conn, &mut referrals).await?;
@@ -678,16 +662,15 @@ impl Backend {
             format!("SELECT stage, COUNT(*) AS n FROM referrals WHERE {condition} GROUP BY stage")
         };
         // Built from fixed fragments only; the username is bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query_as::<_, StageCountRow>(AssertSqlSafe(sql));
         if let Some(who) = who {
             query = query.bind(who);
         }
         let mut conn = s.readers.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await?;
         let mut counts = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let code: String = row.try_get("stage")?;
-            counts.push((stage_of("stage-count", &code)?, row.try_get("n")?));
+        for row in rows {
+            counts.push((stage_of("stage-count", &row.stage)?, row.n));
         }
         counts.sort_by_key(|(stage, _)| Stage::ALL.iter().position(|s| s == stage));
         Ok(counts)
@@ -700,7 +683,7 @@ impl Backend {
         text: &str,
         limit: u32,
     ) -> Result<Vec<ReferralHandle>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<ReferralHandleRow> = sqlx::query_as(
             "SELECT id, identifier_system, identifier_value, practice_ods_code, received_at \
              FROM referrals WHERE id = $1 OR identifier_value = $1 \
              ORDER BY received_at, id LIMIT $2",
@@ -709,17 +692,10 @@ impl Backend {
         .bind(i64::from(limit))
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ReferralHandle {
-                    id: row.try_get("id")?,
-                    identifier_system: row.try_get("identifier_system")?,
-                    identifier_value: row.try_get("identifier_value")?,
-                    practice_ods_code: row.try_get("practice_ods_code")?,
-                    received_at: row.try_get("received_at")?,
-                })
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(ReferralHandleRow::into_domain)
+            .collect())
     }
 
     /// Who a referral is assigned to: `None` when there is no such referral.
@@ -834,31 +810,18 @@ async fn fetch_message_request(
     sender: &str,
     request_id: &str,
 ) -> Result<Option<MessageRequest>, StoreError> {
-    let row = sqlx::query(
+    let row: Option<MessageRequestRow> = sqlx::query_as(
         "SELECT body, status, response FROM message_requests WHERE sender = $1 AND request_id = $2",
     )
     .bind(sender)
     .bind(request_id)
     .fetch_optional(conn)
     .await?;
-    row.map(|row| {
-        Ok(MessageRequest {
-            body: row.try_get("body")?,
-            status: u16::try_from(row.try_get::<i64, _>("status")?).map_err(|_| {
-                StoreError::Corrupt {
-                    resource_type: "message_request".into(),
-                    id: request_id.to_owned(),
-                    reason: "status out of range".into(),
-                }
-            })?,
-            response: row.try_get("response")?,
-        })
-    })
-    .transpose()
+    row.map(|row| row.into_domain(request_id)).transpose()
 }
 
 async fn fetch_referral(conn: &mut Conn, id: &str) -> Result<Option<Referral>, StoreError> {
-    let row = sqlx::query(AssertSqlSafe(format!(
+    let row: Option<ReferralRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {REFERRAL_COLUMNS} FROM referrals r \
          LEFT JOIN referral_patients p ON p.referral_id = r.id WHERE r.id = $1"
     )))
@@ -866,7 +829,7 @@ async fn fetch_referral(conn: &mut Conn, id: &str) -> Result<Option<Referral>, S
     .fetch_optional(&mut *conn)
     .await?;
     match row {
-        Some(row) => Ok(Some(with_gp_notes(conn, referral_from_row(&row)?).await?)),
+        Some(row) => Ok(Some(with_gp_notes(conn, row.into_domain()?).await?)),
         None => Ok(None),
     }
 }
@@ -887,16 +850,16 @@ async fn with_gp_notes(conn: &mut Conn, mut referral: Referral) -> Result<Referr
 }
 
 async fn reasons_of(conn: &mut Conn, referral_id: &str) -> Result<Vec<Reason>, StoreError> {
-    sqlx::query(
+    Ok(sqlx::query_as::<_, ReasonRow>(
         "SELECT system, code, display, text FROM referral_reasons WHERE referral_id = $1 \
          ORDER BY position",
     )
     .bind(referral_id)
     .fetch_all(&mut *conn)
     .await?
-    .iter()
-    .map(reason_from_row)
-    .collect()
+    .into_iter()
+    .map(ReasonRow::into_domain)
+    .collect())
 }
 
 /// The reasons of every referral on a list page, in one query rather than
@@ -910,7 +873,7 @@ async fn fill_reasons(conn: &mut Conn, referrals: &mut [Referral]) -> Result<(),
         .collect::<Vec<_>>()
         .join(", ");
     // Built from placeholders only; every id is bound.
-    let mut query = sqlx::query(AssertSqlSafe(format!(
+    let mut query = sqlx::query_as::<_, ReferralReasonRow>(AssertSqlSafe(format!(
         "SELECT referral_id, system, code, display, text FROM referral_reasons \
          WHERE referral_id IN ({placeholders}) ORDER BY referral_id, position"
     )));
@@ -919,11 +882,11 @@ async fn fill_reasons(conn: &mut Conn, referrals: &mut [Referral]) -> Result<(),
     }
     let rows = query.fetch_all(&mut *conn).await?;
     let mut by_referral: HashMap<String, Vec<Reason>> = HashMap::new();
-    for row in &rows {
+    for row in rows {
         by_referral
-            .entry(row.try_get("referral_id")?)
+            .entry(row.referral_id)
             .or_default()
-            .push(reason_from_row(row)?);
+            .push(row.reason.into_domain());
     }
     for referral in referrals {
         referral.fields.reasons = by_referral.remove(&referral.id).unwrap_or_default();
@@ -931,17 +894,8 @@ async fn fill_reasons(conn: &mut Conn, referrals: &mut [Referral]) -> Result<(),
     Ok(())
 }
 
-fn reason_from_row(row: &DbRow) -> Result<Reason, StoreError> {
-    Ok(Reason {
-        system: row.try_get("system")?,
-        code: row.try_get("code")?,
-        display: row.try_get("display")?,
-        text: row.try_get("text")?,
-    })
-}
-
 async fn fetch_outcomes(conn: &mut Conn, referral_id: &str) -> Result<Vec<Outcome>, StoreError> {
-    let rows = sqlx::query(
+    let rows: Vec<OutcomeRow> = sqlx::query_as(
         "SELECT id, measure, recorded_at, entered_at, actor, total, metric FROM outcome_measures \
          WHERE referral_id = $1 ORDER BY recorded_at, id",
     )
@@ -949,27 +903,25 @@ async fn fetch_outcomes(conn: &mut Conn, referral_id: &str) -> Result<Vec<Outcom
     .fetch_all(&mut *conn)
     .await?;
     let mut outcomes = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let measure: String = row.try_get("measure")?;
+    for row in rows {
         let answers = sqlx::query_as::<_, (i64,)>(
             "SELECT value FROM outcome_answers WHERE outcome_id = $1 ORDER BY item",
         )
-        .bind(&id)
+        .bind(&row.id)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
         .map(|(v,)| v)
         .collect();
         outcomes.push(Outcome {
-            measure,
-            id,
-            recorded_at: row.try_get("recorded_at")?,
-            entered_at: row.try_get("entered_at")?,
-            actor: row.try_get("actor")?,
+            id: row.id,
+            measure: row.measure,
+            recorded_at: row.recorded_at,
+            entered_at: row.entered_at,
+            actor: row.actor,
             answers,
-            total: row.try_get("total")?,
-            metric: row.try_get("metric")?,
+            total: row.total,
+            metric: row.metric,
         });
     }
     Ok(outcomes)
@@ -991,48 +943,221 @@ fn note_source_of(referral_id: &str, code: &str) -> Result<NoteSource, StoreErro
     NoteSource::parse(code).ok_or_else(|| corrupt(referral_id, "unknown note source"))
 }
 
-fn referral_from_row(row: &DbRow) -> Result<Referral, StoreError> {
-    let id: String = row.try_get("id")?;
-    let received_as: String = row.try_get("received_as")?;
-    Ok(Referral {
-        identifier: BusinessIdentifier {
-            system: row.try_get("identifier_system")?,
-            value: row.try_get("identifier_value")?,
-        },
-        stage: stage_of(&id, row.try_get("stage")?)?,
-        received_as: ReceivedAs::parse(&received_as)
-            .ok_or_else(|| corrupt(&id, "unknown received_as"))?,
-        received_at: row.try_get("received_at")?,
-        updated_at: row.try_get("updated_at")?,
-        patient_id: row.try_get("patient_id")?,
-        task_id: row.try_get("task_id")?,
-        version: row.try_get("version")?,
-        assigned_to: row.try_get("assigned_to")?,
-        fields: ReferralFields {
-            fhir_status: row.try_get("fhir_status")?,
-            intent: row.try_get("intent")?,
-            priority: row.try_get("priority")?,
-            authored_on: row.try_get("authored_on")?,
-            practice_ods_code: row.try_get("practice_ods_code")?,
-            practice_name: row.try_get("practice_name")?,
-            referrer_name: row.try_get("referrer_name")?,
-            referrer_identifier: row.try_get("referrer_identifier")?,
-            consent_status: row.try_get("consent_status")?,
-            consent_date: row.try_get("consent_date")?,
-            reply_to: row.try_get("reply_to")?,
-            patient: PatientContact {
-                nhs_number: row.try_get("nhs_number")?,
-                given_name: row.try_get("given_name")?,
-                family_name: row.try_get("family_name")?,
-                birth_date: row.try_get("birth_date")?,
-                phone: row.try_get("phone")?,
-                email: row.try_get("email")?,
-                address: row.try_get("address")?,
-                postcode: row.try_get("postcode")?,
+/// A referral with its patient's contact details: the columns of `REFERRAL_COLUMNS`.
+#[derive(sqlx::FromRow)]
+struct ReferralRow {
+    id: String,
+    identifier_system: String,
+    identifier_value: String,
+    stage: String,
+    fhir_status: String,
+    intent: Option<String>,
+    priority: Option<String>,
+    authored_on: Option<String>,
+    received_at: String,
+    updated_at: String,
+    received_as: String,
+    practice_ods_code: Option<String>,
+    practice_name: Option<String>,
+    referrer_name: Option<String>,
+    referrer_identifier: Option<String>,
+    consent_status: Option<String>,
+    consent_date: Option<String>,
+    reply_to: Option<String>,
+    patient_id: Option<String>,
+    task_id: String,
+    version: i64,
+    assigned_to: Option<String>,
+    nhs_number: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    birth_date: Option<String>,
+    phone: Option<String>,
+    email: Option<String>,
+    address: Option<String>,
+    postcode: Option<String>,
+}
+
+impl ReferralRow {
+    /// The record without its reasons and GP's notes, which live in their own tables.
+    fn into_domain(self) -> Result<Referral, StoreError> {
+        let stage = stage_of(&self.id, &self.stage)?;
+        let received_as = ReceivedAs::parse(&self.received_as)
+            .ok_or_else(|| corrupt(&self.id, "unknown received_as"))?;
+        Ok(Referral {
+            identifier: BusinessIdentifier {
+                system: self.identifier_system,
+                value: self.identifier_value,
             },
-            reasons: Vec::new(),
-            notes: Vec::new(),
-        },
-        id,
-    })
+            stage,
+            received_as,
+            received_at: self.received_at,
+            updated_at: self.updated_at,
+            patient_id: self.patient_id,
+            task_id: self.task_id,
+            version: self.version,
+            assigned_to: self.assigned_to,
+            fields: ReferralFields {
+                fhir_status: self.fhir_status,
+                intent: self.intent,
+                priority: self.priority,
+                authored_on: self.authored_on,
+                practice_ods_code: self.practice_ods_code,
+                practice_name: self.practice_name,
+                referrer_name: self.referrer_name,
+                referrer_identifier: self.referrer_identifier,
+                consent_status: self.consent_status,
+                consent_date: self.consent_date,
+                reply_to: self.reply_to,
+                patient: PatientContact {
+                    nhs_number: self.nhs_number,
+                    given_name: self.given_name,
+                    family_name: self.family_name,
+                    birth_date: self.birth_date,
+                    phone: self.phone,
+                    email: self.email,
+                    address: self.address,
+                    postcode: self.postcode,
+                },
+                reasons: Vec::new(),
+                notes: Vec::new(),
+            },
+            id: self.id,
+        })
+    }
+}
+
+/// One entry of a referral's timeline (`referral_stage_history`).
+#[derive(sqlx::FromRow)]
+struct StageChangeRow {
+    stage: String,
+    at: String,
+    actor: String,
+    reason: Option<String>,
+    note: Option<String>,
+    task_version: i64,
+}
+
+impl StageChangeRow {
+    fn into_domain(self, referral_id: &str) -> Result<StageChange, StoreError> {
+        Ok(StageChange {
+            stage: stage_of(referral_id, &self.stage)?,
+            at: self.at,
+            actor: self.actor,
+            reason: self.reason,
+            note: self.note,
+            task_version: self.task_version,
+        })
+    }
+}
+
+/// One note on a referral (`referral_notes`).
+#[derive(sqlx::FromRow)]
+struct NoteRow {
+    source: String,
+    at: String,
+    author: Option<String>,
+    text: String,
+}
+
+impl NoteRow {
+    fn into_domain(self, referral_id: &str) -> Result<Note, StoreError> {
+        Ok(Note {
+            source: note_source_of(referral_id, &self.source)?,
+            at: self.at,
+            author: self.author,
+            text: self.text,
+        })
+    }
+}
+
+/// One reason for a referral (`referral_reasons`).
+#[derive(sqlx::FromRow)]
+struct ReasonRow {
+    system: Option<String>,
+    code: Option<String>,
+    display: Option<String>,
+    text: Option<String>,
+}
+
+impl ReasonRow {
+    fn into_domain(self) -> Reason {
+        Reason {
+            system: self.system,
+            code: self.code,
+            display: self.display,
+            text: self.text,
+        }
+    }
+}
+
+/// A reason with the referral it belongs to, for a page of referrals.
+#[derive(sqlx::FromRow)]
+struct ReferralReasonRow {
+    referral_id: String,
+    #[sqlx(flatten)]
+    reason: ReasonRow,
+}
+
+/// One outcome measure recorded for a referral, without its answers.
+#[derive(sqlx::FromRow)]
+struct OutcomeRow {
+    id: String,
+    measure: String,
+    recorded_at: String,
+    entered_at: String,
+    actor: String,
+    total: Option<i64>,
+    metric: Option<String>,
+}
+
+/// How many referrals are in one stage.
+#[derive(sqlx::FromRow)]
+struct StageCountRow {
+    stage: String,
+    n: i64,
+}
+
+/// What finds a referral by id or business identifier.
+#[derive(sqlx::FromRow)]
+struct ReferralHandleRow {
+    id: String,
+    identifier_system: String,
+    identifier_value: String,
+    practice_ods_code: Option<String>,
+    received_at: String,
+}
+
+impl ReferralHandleRow {
+    fn into_domain(self) -> ReferralHandle {
+        ReferralHandle {
+            id: self.id,
+            identifier_system: self.identifier_system,
+            identifier_value: self.identifier_value,
+            practice_ods_code: self.practice_ods_code,
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// The answer remembered for an `X-Request-ID` (`message_requests`).
+#[derive(sqlx::FromRow)]
+struct MessageRequestRow {
+    body: Vec<u8>,
+    status: i64,
+    response: String,
+}
+
+impl MessageRequestRow {
+    fn into_domain(self, request_id: &str) -> Result<MessageRequest, StoreError> {
+        Ok(MessageRequest {
+            body: self.body,
+            status: u16::try_from(self.status).map_err(|_| StoreError::Corrupt {
+                resource_type: "message_request".into(),
+                id: request_id.to_owned(),
+                reason: "status out of range".into(),
+            })?,
+            response: self.response,
+        })
+    }
 }

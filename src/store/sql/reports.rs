@@ -20,14 +20,50 @@ use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::reports::Which;
 
-/// id, NHS number, practice, received_at, first reason.
-type ReferralRow = (
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-);
+/// A referral's own facts for a report.
+#[derive(sqlx::FromRow)]
+struct ReportReferralRow {
+    id: String,
+    nhs_number: Option<String>,
+    practice_ods_code: Option<String>,
+    received_at: String,
+    /// The code (or else display, or text) of its first reason.
+    first_reason: Option<String>,
+}
+
+/// One stage a referral reached, and when.
+#[derive(sqlx::FromRow)]
+struct ReportStageRow {
+    referral_id: String,
+    stage: String,
+    at: String,
+}
+
+/// One outcome measurement of a referral.
+#[derive(sqlx::FromRow)]
+struct ReportOutcomeRow {
+    referral_id: String,
+    id: String,
+    measure: String,
+    recorded_at: String,
+    total: Option<i64>,
+}
+
+/// One milestone of a referral, `complex` a nullable integer (SQLite has no boolean).
+#[derive(sqlx::FromRow)]
+struct ReportMilestoneRow {
+    referral_id: String,
+    kind: String,
+    occurred_on: String,
+    complex: Option<i64>,
+}
+
+/// One reason's code of a referral.
+#[derive(sqlx::FromRow)]
+struct ReportReasonRow {
+    referral_id: String,
+    code: Option<String>,
+}
 
 fn corrupt(id: &str, reason: &str) -> StoreError {
     StoreError::Corrupt {
@@ -94,26 +130,25 @@ impl Backend {
         let mut conn = s.readers.acquire().await?;
         let mut facts: Vec<ReferralFacts> = Vec::with_capacity(limit.min(FACTS_PAGE));
         {
-            let mut rows = sqlx::query_as::<_, ReferralRow>(sqlx::AssertSqlSafe(format!(
+            let mut rows = sqlx::query_as::<_, ReportReferralRow>(sqlx::AssertSqlSafe(format!(
                 "SELECT r.id, p.nhs_number, r.practice_ods_code, r.received_at, \
                  (SELECT COALESCE(x.code, x.display, x.text) FROM referral_reasons x \
-                  WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) \
+                  WHERE x.referral_id = r.id ORDER BY x.position LIMIT 1) AS first_reason \
                  FROM referrals r LEFT JOIN referral_patients p ON p.referral_id = r.id \
                  WHERE r.id > $1{with_measure} ORDER BY r.id LIMIT $2"
             )))
             .bind(after)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch(&mut *conn);
-            while let Some((id, nhs_number, practice, received_at, reason)) =
-                rows.try_next().await?
-            {
-                let received_at = instant(&id, &received_at, "received_at is not an instant")?;
+            while let Some(row) = rows.try_next().await? {
+                let received_at =
+                    instant(&row.id, &row.received_at, "received_at is not an instant")?;
                 facts.push(ReferralFacts {
-                    id,
-                    nhs_number,
-                    practice,
+                    id: row.id,
+                    nhs_number: row.nhs_number,
+                    practice: row.practice_ods_code,
                     received_at,
-                    reason,
+                    reason: row.first_reason,
                     reason_count: 0,
                     reason_codes: Vec::new(),
                     stages: Vec::new(),
@@ -132,16 +167,20 @@ impl Backend {
             .map(|(i, f)| (f.id.clone(), i))
             .collect();
         {
-            let mut rows =
-                sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(format!(
-                    "SELECT referral_id, stage, at FROM referral_stage_history \
+            let mut rows = sqlx::query_as::<_, ReportStageRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT referral_id, stage, at FROM referral_stage_history \
                      WHERE referral_id >= $1 AND referral_id <= $2{measured_in_range} \
                      ORDER BY referral_id, seq"
-                )))
-                .bind(&first)
-                .bind(&last)
-                .fetch(&mut *conn);
-            while let Some((referral_id, stage, at)) = rows.try_next().await? {
+            )))
+            .bind(&first)
+            .bind(&last)
+            .fetch(&mut *conn);
+            while let Some(ReportStageRow {
+                referral_id,
+                stage,
+                at,
+            }) = rows.try_next().await?
+            {
                 let Some(&i) = index.get(&referral_id) else {
                     continue;
                 };
@@ -152,7 +191,7 @@ impl Backend {
             }
         }
         {
-            let mut rows = sqlx::query_as::<_, (String, String, String, String, Option<i64>)>(
+            let mut rows = sqlx::query_as::<_, ReportOutcomeRow>(
                 "SELECT referral_id, id, measure, recorded_at, total FROM outcome_measures \
                  WHERE referral_id >= $1 AND referral_id <= $2 \
                  ORDER BY referral_id, recorded_at, id",
@@ -160,7 +199,13 @@ impl Backend {
             .bind(&first)
             .bind(&last)
             .fetch(&mut *conn);
-            while let Some((referral_id, id, measure, recorded_at, total)) = rows.try_next().await?
+            while let Some(ReportOutcomeRow {
+                referral_id,
+                id,
+                measure,
+                recorded_at,
+                total,
+            }) = rows.try_next().await?
             {
                 let Some(&i) = index.get(&referral_id) else {
                     continue;
@@ -179,17 +224,21 @@ impl Backend {
             }
         }
         {
-            let mut rows = sqlx::query_as::<_, (String, String, String, Option<i64>)>(
-                sqlx::AssertSqlSafe(format!(
-                    "SELECT referral_id, kind, occurred_on, complex FROM referral_milestones \
+            let mut rows = sqlx::query_as::<_, ReportMilestoneRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT referral_id, kind, occurred_on, complex FROM referral_milestones \
                      WHERE referral_id >= $1 AND referral_id <= $2{measured_in_range} \
                      ORDER BY referral_id, occurred_on, recorded_at, id"
-                )),
-            )
+            )))
             .bind(&first)
             .bind(&last)
             .fetch(&mut *conn);
-            while let Some((referral_id, kind, on, complex)) = rows.try_next().await? {
+            while let Some(ReportMilestoneRow {
+                referral_id,
+                kind,
+                occurred_on: on,
+                complex,
+            }) = rows.try_next().await?
+            {
                 let Some(&i) = index.get(&referral_id) else {
                     continue;
                 };
@@ -201,16 +250,15 @@ impl Backend {
             }
         }
         {
-            let mut rows =
-                sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(format!(
-                    "SELECT referral_id, code FROM referral_reasons \
+            let mut rows = sqlx::query_as::<_, ReportReasonRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT referral_id, code FROM referral_reasons \
                      WHERE referral_id >= $1 AND referral_id <= $2{measured_in_range} \
                      ORDER BY referral_id, position"
-                )))
-                .bind(&first)
-                .bind(&last)
-                .fetch(&mut *conn);
-            while let Some((referral_id, code)) = rows.try_next().await? {
+            )))
+            .bind(&first)
+            .bind(&last)
+            .fetch(&mut *conn);
+            while let Some(ReportReasonRow { referral_id, code }) = rows.try_next().await? {
                 let Some(&i) = index.get(&referral_id) else {
                     continue;
                 };

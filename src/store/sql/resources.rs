@@ -7,9 +7,8 @@
 //! commit it rolls back.
 
 use serde_json::Value;
-use sqlx::Row;
 
-use super::{Backend, CONDITION_LOCK, Conn, DbRow, ROW_LOCK, Tx};
+use super::{Backend, CONDITION_LOCK, Conn, ROW_LOCK, Tx};
 use crate::fhir::resource::stamp;
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::deferred::{IntoArg, Statement};
@@ -461,7 +460,7 @@ impl Backend {
         version: VersionId,
         visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        let row = sqlx::query(
+        let row: Option<VisibleVersionRow> = sqlx::query_as(
             "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
              FROM resource_versions v JOIN resources r \
                ON r.resource_type = v.resource_type AND r.id = v.id \
@@ -506,7 +505,7 @@ pub(super) async fn read_current(
     id: &FhirId,
     visibility: &Visibility,
 ) -> Result<ReadOutcome, StoreError> {
-    let row = sqlx::query(
+    let row: Option<VisibleVersionRow> = sqlx::query_as(
         "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
          FROM resources r JOIN resource_versions v \
            ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
@@ -519,50 +518,60 @@ pub(super) async fn read_current(
     visible_outcome(resource_type, id, row, visibility)
 }
 
+/// One version of a resource (its JSON `None`: a deletion) with the resource's
+/// `owner_ods`, which decides who sees it.
+#[derive(sqlx::FromRow)]
+struct VisibleVersionRow {
+    version_id: i64,
+    last_updated: String,
+    resource: Option<String>,
+    owner_ods: Option<String>,
+}
+
 /// A row read with its resource's `owner_ods`: the outcome when `visibility`
 /// sees it, `NotFound` otherwise (another practice's resource is not there, as
 /// far as the caller can tell: not even deleted).
 fn visible_outcome(
     resource_type: ResourceType,
     id: &FhirId,
-    row: Option<DbRow>,
+    row: Option<VisibleVersionRow>,
     visibility: &Visibility,
 ) -> Result<ReadOutcome, StoreError> {
     let Some(row) = row else {
         return Ok(ReadOutcome::NotFound);
     };
-    let owner: Option<String> = row.try_get("owner_ods")?;
-    if !visibility.sees(owner.as_deref()) {
+    if !visibility.sees(row.owner_ods.as_deref()) {
         return Ok(ReadOutcome::NotFound);
     }
-    outcome_from_row(resource_type, id, &row)
+    row.into_domain(resource_type, id)
 }
 
-pub(super) fn outcome_from_row(
-    resource_type: ResourceType,
-    id: &FhirId,
-    row: &DbRow,
-) -> Result<ReadOutcome, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        resource_type: resource_type.to_string(),
-        id: id.to_string(),
-        reason,
-    };
-    let version_id = VersionId::from_i64(row.try_get("version_id")?);
-    let last_updated_text: String = row.try_get("last_updated")?;
-    let last_updated = Instant::parse(&last_updated_text).map_err(|e| corrupt(e.to_string()))?;
-    let resource: Option<String> = row.try_get("resource")?;
-    Ok(match resource {
-        Some(json) => ReadOutcome::Found(StoredResource {
-            resource_type,
-            id: id.clone(),
-            version_id,
-            last_updated,
-            json,
-        }),
-        None => ReadOutcome::Deleted {
-            version_id,
-            last_updated,
-        },
-    })
+impl VisibleVersionRow {
+    fn into_domain(
+        self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<ReadOutcome, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            reason,
+        };
+        let version_id = VersionId::from_i64(self.version_id);
+        let last_updated =
+            Instant::parse(&self.last_updated).map_err(|e| corrupt(e.to_string()))?;
+        Ok(match self.resource {
+            Some(json) => ReadOutcome::Found(StoredResource {
+                resource_type,
+                id: id.clone(),
+                version_id,
+                last_updated,
+                json,
+            }),
+            None => ReadOutcome::Deleted {
+                version_id,
+                last_updated,
+            },
+        })
+    }
 }

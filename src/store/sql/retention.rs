@@ -9,8 +9,6 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::Row;
-
 use super::{Backend, Conn, Tx};
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
@@ -202,6 +200,13 @@ impl Backend {
 /// referral naming it is erased last.
 const ERASED_REFERRAL_REQUEST: &str = "erased-referral";
 
+/// What erasing a referral starts from: its Task and its Patient.
+#[derive(sqlx::FromRow)]
+struct ErasedReferralRow {
+    task_id: String,
+    patient_id: Option<String>,
+}
+
 impl Tx {
     /// Removes the referral `id` and everything that belongs to it: its ServiceRequest,
     /// Task and Observations (every version, and their search index), the resources its
@@ -216,15 +221,18 @@ impl Tx {
         // What it reads of the index includes anything this transaction wrote.
         self.flush_index().await?;
         self.lock_referral(id).await?;
-        let row = sqlx::query("SELECT task_id, patient_id FROM referrals WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.conn().await?)
-            .await?;
-        let Some(row) = row else {
+        let row: Option<ErasedReferralRow> =
+            sqlx::query_as("SELECT task_id, patient_id FROM referrals WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.conn().await?)
+                .await?;
+        let Some(ErasedReferralRow {
+            task_id,
+            patient_id,
+        }) = row
+        else {
             return Ok(None);
         };
-        let task_id: String = row.try_get("task_id")?;
-        let patient_id: Option<String> = row.try_get("patient_id")?;
         let requests: Vec<(String,)> =
             sqlx::query_as("SELECT request_id FROM referral_submissions WHERE referral_id = $1")
                 .bind(id)

@@ -9,7 +9,7 @@
 //! criterion, so the PostgreSQL backend can share them.
 
 use serde_json::Value;
-use sqlx::{Connection, Row};
+use sqlx::{Connection, QueryBuilder};
 
 use super::{Backend, Conn, Db, DbRow, INDEX_STATE_LOCK, Interruptible, LOOKUP_ID};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
@@ -184,11 +184,10 @@ pub(crate) async fn matching_ids(
     let driver = sql.push_from(query);
     sql.push_where(query, visibility, None, None, driver);
     sql.push(" ORDER BY r.id");
-    let rows = sql.query().fetch_all(&mut *conn).await?;
-    rows.iter()
+    let rows: Vec<MatchingIdRow> = sql.query_as().fetch_all(&mut *conn).await?;
+    rows.into_iter()
         .map(|row| {
-            let id: String = row.try_get("id")?;
-            FhirId::parse(&id).map_err(|e| corrupt(query.resource_type, &id, e.to_string()))
+            FhirId::parse(&row.id).map_err(|e| corrupt(query.resource_type, &row.id, e.to_string()))
         })
         .collect()
 }
@@ -269,13 +268,12 @@ impl Backend {
         let mut tx = reader.conn().begin().await?;
         let total = match counting {
             Some(counting) => {
-                let row = counting
+                let row: CountRow = counting
                     .sql(query, visibility, &horizon)
-                    .query()
+                    .query_as()
                     .fetch_one(&mut *tx)
                     .await?;
-                let n: i64 = row.try_get("n")?;
-                Some(u64::try_from(n).unwrap_or(0))
+                Some(u64::try_from(row.n).unwrap_or(0))
             }
             None => None,
         };
@@ -292,8 +290,8 @@ impl Backend {
             });
         }
 
-        let rows = page_sql(query, visibility, &horizon)
-            .query()
+        let rows: Vec<SearchMatchRow> = page_sql(query, visibility, &horizon)
+            .query_as()
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -301,9 +299,9 @@ impl Backend {
 
         let more = rows.len() > query.count as usize;
         let resources = rows
-            .iter()
+            .into_iter()
             .take(query.count as usize)
-            .map(|row| stored_from_row(query.resource_type, row))
+            .map(|row| row.into_domain(query.resource_type))
             .collect::<Result<Vec<_>, _>>()?;
         let next = if more {
             resources
@@ -361,7 +359,7 @@ impl Backend {
         let rows = if count == 0 {
             Vec::new()
         } else {
-            sqlx::query(
+            sqlx::query_as::<_, HistoryVersionRow>(
                 "SELECT version_id, last_updated, operation, resource FROM resource_versions \
                  WHERE resource_type = $1 AND id = $2 AND version_id < $3 \
                  ORDER BY version_id DESC LIMIT $4",
@@ -377,9 +375,9 @@ impl Backend {
 
         let more = rows.len() > count as usize;
         let entries = rows
-            .iter()
+            .into_iter()
             .take(count as usize)
-            .map(|row| history_entry(resource_type, id, row))
+            .map(|row| row.into_domain(resource_type, id))
             .collect::<Result<Vec<_>, _>>()?;
         let next = if more {
             entries.last().map(|e| e.version_id)
@@ -417,7 +415,7 @@ impl Backend {
         let mut after = (String::new(), String::new());
         loop {
             // In batches, so a large database is not read into memory at once.
-            let rows = sqlx::query(
+            let rows: Vec<CurrentResourceRow> = sqlx::query_as(
                 "SELECT r.resource_type, r.id, v.resource \
                  FROM resources r JOIN resource_versions v \
                    ON v.resource_type = r.resource_type AND v.id = r.id \
@@ -432,24 +430,24 @@ impl Backend {
             .fetch_all(&mut *tx)
             .await?;
             let Some(last) = rows.last() else { break };
-            after = (last.try_get("resource_type")?, last.try_get("id")?);
+            after = (last.resource_type.clone(), last.id.clone());
             // One multi-row INSERT per table for the whole batch of resources.
             let mut pending = PendingIndex::default();
-            for row in &rows {
-                let type_name: String = row.try_get("resource_type")?;
-                let id_text: String = row.try_get("id")?;
-                let json: Option<String> = row.try_get("resource")?;
+            for row in rows {
                 let bad = |reason: String| StoreError::Corrupt {
-                    resource_type: type_name.clone(),
-                    id: id_text.clone(),
+                    resource_type: row.resource_type.clone(),
+                    id: row.id.clone(),
                     reason,
                 };
                 let resource_type =
-                    ResourceType::parse(&type_name).map_err(|e| bad(e.to_string()))?;
-                let id = FhirId::parse(&id_text).map_err(|e| bad(e.to_string()))?;
-                let json = json.ok_or_else(|| bad("current version has no resource".into()))?;
+                    ResourceType::parse(&row.resource_type).map_err(|e| bad(e.to_string()))?;
+                let id = FhirId::parse(&row.id).map_err(|e| bad(e.to_string()))?;
+                let json = row
+                    .resource
+                    .as_deref()
+                    .ok_or_else(|| bad("current version has no resource".into()))?;
                 let value: Value =
-                    serde_json::from_str(&json).map_err(|e| bad(format!("stored JSON: {e}")))?;
+                    serde_json::from_str(json).map_err(|e| bad(format!("stored JSON: {e}")))?;
                 // Every index row was deleted above: nothing to clear per resource.
                 pending.add(resource_type, &id, &value)?;
                 indexed += 1;
@@ -806,9 +804,13 @@ impl Sql {
         self.push(&placeholder);
     }
 
-    fn query(&self) -> sqlx::query::Query<'_, Db, <Db as sqlx::Database>::Arguments> {
+    /// The statement, its rows decoded as `O`.
+    fn query_as<O>(&self) -> sqlx::query::QueryAs<'_, Db, O, <Db as sqlx::Database>::Arguments>
+    where
+        O: for<'r> sqlx::FromRow<'r, DbRow>,
+    {
         // Audited: the text is built only from constants; every value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.text.clone()));
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(self.text.clone()));
         for bind in &self.binds {
             query = match bind {
                 Bind::Text(text) => query.bind(text.as_str()),
@@ -1154,55 +1156,92 @@ fn corrupt(resource_type: ResourceType, id: &str, reason: String) -> StoreError 
     }
 }
 
-fn stored_from_row(resource_type: ResourceType, row: &DbRow) -> Result<StoredResource, StoreError> {
-    let id_text: String = row.try_get("id")?;
-    let id =
-        FhirId::parse(&id_text).map_err(|e| corrupt(resource_type, &id_text, e.to_string()))?;
-    let at: String = row.try_get("last_updated")?;
-    let last_updated =
-        Instant::parse(&at).map_err(|e| corrupt(resource_type, &id_text, e.to_string()))?;
-    let json: Option<String> = row.try_get("resource")?;
-    let json = json.ok_or_else(|| {
-        corrupt(
-            resource_type,
-            &id_text,
-            "current version has no resource".into(),
-        )
-    })?;
-    Ok(StoredResource {
-        resource_type,
-        id,
-        version_id: VersionId::from_i64(row.try_get("version_id")?),
-        last_updated,
-        json,
-    })
+/// A matching resource's id, for a conditional create or update.
+#[derive(sqlx::FromRow)]
+struct MatchingIdRow {
+    id: String,
 }
 
-fn history_entry(
-    resource_type: ResourceType,
-    id: &FhirId,
-    row: &DbRow,
-) -> Result<HistoryEntry, StoreError> {
-    let at: String = row.try_get("last_updated")?;
-    let last_updated =
-        Instant::parse(&at).map_err(|e| corrupt(resource_type, id.as_str(), e.to_string()))?;
-    let operation: String = row.try_get("operation")?;
-    let operation = match operation.as_str() {
-        "create" => HistoryOperation::Create,
-        "update" => HistoryOperation::Update,
-        "delete" => HistoryOperation::Delete,
-        other => {
-            return Err(corrupt(
+/// A search's total (`count_sql`, `index_count_sql`, `estimate_sql`).
+#[derive(sqlx::FromRow)]
+struct CountRow {
+    n: i64,
+}
+
+/// A current resource, for the start-up index rebuild.
+#[derive(sqlx::FromRow)]
+struct CurrentResourceRow {
+    resource_type: String,
+    id: String,
+    resource: Option<String>,
+}
+
+/// One resource on a page of search results (`page_sql`).
+#[derive(sqlx::FromRow)]
+struct SearchMatchRow {
+    id: String,
+    last_updated: String,
+    version_id: i64,
+    resource: Option<String>,
+}
+
+impl SearchMatchRow {
+    fn into_domain(self, resource_type: ResourceType) -> Result<StoredResource, StoreError> {
+        let id =
+            FhirId::parse(&self.id).map_err(|e| corrupt(resource_type, &self.id, e.to_string()))?;
+        let last_updated = Instant::parse(&self.last_updated)
+            .map_err(|e| corrupt(resource_type, &self.id, e.to_string()))?;
+        let json = self.resource.ok_or_else(|| {
+            corrupt(
                 resource_type,
-                id.as_str(),
-                format!("unknown operation '{other}'"),
-            ));
-        }
-    };
-    Ok(HistoryEntry {
-        version_id: VersionId::from_i64(row.try_get("version_id")?),
-        last_updated,
-        operation,
-        json: row.try_get("resource")?,
-    })
+                &self.id,
+                "current version has no resource".into(),
+            )
+        })?;
+        Ok(StoredResource {
+            resource_type,
+            id,
+            version_id: VersionId::from_i64(self.version_id),
+            last_updated,
+            json,
+        })
+    }
+}
+
+/// One version in a resource's history.
+#[derive(sqlx::FromRow)]
+struct HistoryVersionRow {
+    version_id: i64,
+    last_updated: String,
+    operation: String,
+    resource: Option<String>,
+}
+
+impl HistoryVersionRow {
+    fn into_domain(
+        self,
+        resource_type: ResourceType,
+        id: &FhirId,
+    ) -> Result<HistoryEntry, StoreError> {
+        let last_updated = Instant::parse(&self.last_updated)
+            .map_err(|e| corrupt(resource_type, id.as_str(), e.to_string()))?;
+        let operation = match self.operation.as_str() {
+            "create" => HistoryOperation::Create,
+            "update" => HistoryOperation::Update,
+            "delete" => HistoryOperation::Delete,
+            other => {
+                return Err(corrupt(
+                    resource_type,
+                    id.as_str(),
+                    format!("unknown operation '{other}'"),
+                ));
+            }
+        };
+        Ok(HistoryEntry {
+            version_id: VersionId::from_i64(self.version_id),
+            last_updated,
+            operation,
+            json: self.resource,
+        })
+    }
 }

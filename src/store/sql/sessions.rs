@@ -2,8 +2,6 @@
 //! `store::postgres` alike (`#[path]`), each time with that backend's types, so the SQL
 //! text exists once.
 
-use sqlx::Row;
-
 use super::Backend;
 use crate::store::StoreError;
 use crate::store::sessions::{KeptForm, ProviderPerson, SessionRow, SignInRow};
@@ -64,25 +62,16 @@ impl Backend {
     pub(in crate::store) async fn provider_people(
         &self,
     ) -> Result<Vec<ProviderPerson>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<ProviderPersonRow> = sqlx::query_as(
             "SELECT username, display_name, role, last_signed_in, inactive_since, inactive_by \
              FROM console_people ORDER BY username",
         )
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let since: Option<i64> = row.try_get("inactive_since")?;
-                let by: Option<String> = row.try_get("inactive_by")?;
-                Ok(ProviderPerson {
-                    username: row.try_get("username")?,
-                    display_name: row.try_get("display_name")?,
-                    role: row.try_get("role")?,
-                    last_signed_in: row.try_get("last_signed_in")?,
-                    inactive: since.map(|since| (since, by.unwrap_or_default())),
-                })
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(ProviderPersonRow::into_domain)
+            .collect())
     }
 
     /// Sets or clears `console_people.inactive_since` and `inactive_by` for one person.
@@ -113,7 +102,7 @@ impl Backend {
         idle_secs: i64,
     ) -> Result<Option<SessionRow>, StoreError> {
         let s = self;
-        let row = sqlx::query(
+        let row: Option<ConsoleSessionRow> = sqlx::query_as(
             "SELECT token_hash, username, csrf_token, created_at, last_seen_at, expires_at, \
                     role, display_name \
              FROM console_sessions WHERE token_hash = $1",
@@ -124,17 +113,7 @@ impl Backend {
         let Some(row) = row else {
             return Ok(None);
         };
-        let session = SessionRow {
-            token_hash: row.try_get("token_hash")?,
-            username: row.try_get("username")?,
-            csrf_token: row.try_get("csrf_token")?,
-            created_at: row.try_get("created_at")?,
-            last_seen_at: row.try_get("last_seen_at")?,
-            expires_at: row.try_get("expires_at")?,
-            role: row.try_get("role")?,
-            display_name: row.try_get("display_name")?,
-            kept: None,
-        };
+        let session = row.into_domain();
         if now >= session.expires_at || now - session.last_seen_at >= idle_secs {
             self.delete_session(token_hash).await?;
             return Ok(None);
@@ -169,7 +148,7 @@ impl Backend {
     ) -> Result<Option<KeptForm>, StoreError> {
         let s = self;
         let mut tx = s.writer.begin().await?;
-        let row = sqlx::query(
+        let row: Option<KeptFormRow> = sqlx::query_as(
             "SELECT resume_path, resume_form FROM console_sessions \
              WHERE token_hash = $1 AND resume_path IS NOT NULL",
         )
@@ -188,10 +167,8 @@ impl Backend {
         .await?;
         tx.commit().await?;
         Ok(Some(KeptForm {
-            path: row.try_get("resume_path")?,
-            form: row
-                .try_get::<Option<String>, _>("resume_form")?
-                .unwrap_or_default(),
+            path: row.resume_path,
+            form: row.resume_form.unwrap_or_default(),
         }))
     }
 
@@ -237,7 +214,7 @@ impl Backend {
     ) -> Result<Option<SignInRow>, StoreError> {
         let s = self;
         let mut tx = s.writer.begin().await?;
-        let row = sqlx::query(
+        let row: Option<ConsoleSignInRow> = sqlx::query_as(
             "SELECT token_hash, state, nonce, code_verifier, redirect_uri, resume_path, \
                     resume_form, expires_at \
              FROM console_sign_ins WHERE token_hash = $1",
@@ -253,23 +230,102 @@ impl Backend {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        let expires_at: i64 = row.try_get("expires_at")?;
-        if now >= expires_at {
+        if now >= row.expires_at {
             return Ok(None);
         }
-        let path: Option<String> = row.try_get("resume_path")?;
-        let form: Option<String> = row.try_get("resume_form")?;
-        Ok(Some(SignInRow {
-            token_hash: row.try_get("token_hash")?,
-            state: row.try_get("state")?,
-            nonce: row.try_get("nonce")?,
-            code_verifier: row.try_get("code_verifier")?,
-            redirect_uri: row.try_get("redirect_uri")?,
-            kept: path.map(|path| KeptForm {
+        Ok(Some(row.into_domain()))
+    }
+}
+
+/// One person who has signed in through the identity provider (`console_people`).
+#[derive(sqlx::FromRow)]
+struct ProviderPersonRow {
+    username: String,
+    display_name: String,
+    role: String,
+    last_signed_in: i64,
+    inactive_since: Option<i64>,
+    inactive_by: Option<String>,
+}
+
+impl ProviderPersonRow {
+    fn into_domain(self) -> ProviderPerson {
+        let by = self.inactive_by;
+        ProviderPerson {
+            username: self.username,
+            display_name: self.display_name,
+            role: self.role,
+            last_signed_in: self.last_signed_in,
+            inactive: self
+                .inactive_since
+                .map(|since| (since, by.unwrap_or_default())),
+        }
+    }
+}
+
+/// A console session (`console_sessions`), without the form it may keep.
+#[derive(sqlx::FromRow)]
+struct ConsoleSessionRow {
+    token_hash: String,
+    username: String,
+    csrf_token: String,
+    created_at: i64,
+    last_seen_at: i64,
+    expires_at: i64,
+    role: Option<String>,
+    display_name: Option<String>,
+}
+
+impl ConsoleSessionRow {
+    fn into_domain(self) -> SessionRow {
+        SessionRow {
+            token_hash: self.token_hash,
+            username: self.username,
+            csrf_token: self.csrf_token,
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+            expires_at: self.expires_at,
+            role: self.role,
+            display_name: self.display_name,
+            kept: None,
+        }
+    }
+}
+
+/// The form a session keeps to show again.
+#[derive(sqlx::FromRow)]
+struct KeptFormRow {
+    resume_path: String,
+    resume_form: Option<String>,
+}
+
+/// A sign-in through the identity provider under way (`console_sign_ins`).
+#[derive(sqlx::FromRow)]
+struct ConsoleSignInRow {
+    token_hash: String,
+    state: String,
+    nonce: String,
+    code_verifier: String,
+    redirect_uri: String,
+    resume_path: Option<String>,
+    resume_form: Option<String>,
+    expires_at: i64,
+}
+
+impl ConsoleSignInRow {
+    fn into_domain(self) -> SignInRow {
+        let form = self.resume_form;
+        SignInRow {
+            token_hash: self.token_hash,
+            state: self.state,
+            nonce: self.nonce,
+            code_verifier: self.code_verifier,
+            redirect_uri: self.redirect_uri,
+            kept: self.resume_path.map(|path| KeptForm {
                 path,
                 form: form.unwrap_or_default(),
             }),
-            expires_at,
-        }))
+            expires_at: self.expires_at,
+        }
     }
 }
