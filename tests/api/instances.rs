@@ -144,14 +144,18 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
         owner: None,
     };
     let mut tx = a.store.begin_write().await.expect("begin");
-    tx.create(write(task.clone())).await.expect("create");
+    tx.create(write(task)).await.expect("create");
     tx.commit().await.expect("commit");
 
     // A updates from version 1 and holds its transaction open; B's update
-    // from version 1 must wait for it, then see version 2 and refuse.
+    // from version 1 must wait for it, then see version 2 and refuse. (A changes
+    // something: an update that changes nothing stores no version 2.)
     let mut first = a.store.begin_write().await.expect("begin");
     first
-        .update(write(task.clone()), Some(VersionId::FIRST))
+        .update(
+            write(json!({"resourceType": "Task", "status": "in-progress", "intent": "order"})),
+            Some(VersionId::FIRST),
+        )
         .await
         .expect("the first update");
     let store_b = b.store.clone();
@@ -171,7 +175,7 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
                 Some(VersionId::FIRST),
             )
             .await
-            .map(|stored| stored.version_id);
+            .map(|updated| updated.stored().version_id);
         if result.is_ok() {
             tx.commit().await.expect("commit");
         }
