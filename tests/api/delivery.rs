@@ -1281,11 +1281,12 @@ async fn a_claimed_head_is_sent_within_its_queue_allowance_or_released() {
             delivery["attempts"], 1,
             "a release is no attempt: {delivery}"
         );
-        // Claimed (last_attempt_at), waited at most 5 s, sent (2.5 s), recorded.
-        let claim_to_result = at(&delivery, "delivered_at") - at(&delivery, "last_attempt_at");
+        // Its send started (last_attempt_at: a released claim marks nothing), took
+        // 2.5 s, and its result was recorded.
+        let send_to_result = at(&delivery, "delivered_at") - at(&delivery, "last_attempt_at");
         assert!(
-            claim_to_result < time::Duration::milliseconds(9_000),
-            "sent {claim_to_result} after its claim: {delivery}"
+            send_to_result < time::Duration::milliseconds(5_000),
+            "recorded {send_to_result} after its send started: {delivery}"
         );
     }
     app.stop().await;
@@ -1393,4 +1394,88 @@ async fn an_update_that_changes_nothing_stores_and_sends_nothing() {
     // Three ServiceRequest versions and two Task versions, each with its Provenance.
     assert_eq!(app.assert_every_version_has_its_provenance().await, 5);
     app.stop().await;
+}
+
+/// A claimed head handed back unsent (`AttemptResult::Released`: it waited past its
+/// queue allowance, or the worker stopped) is left as the claim found it: no attempt
+/// counted, no `last_attempt_at`, its maximum age not started, so neither the operator's
+/// view nor the dead-letter clock sees an attempt that never happened. An attempt's result
+/// records when it started and where its age counts from, which the next claim keeps.
+/// Fails where the claim marks the row itself and the release only uncounts the attempt
+/// (`last_attempt_at` stays set, and the age counts from the released claim).
+#[tokio::test]
+async fn a_released_head_keeps_no_mark_of_its_claim() {
+    use sprig::fhir::Instant as FhirInstant;
+    use sprig::store::outbox::{AttemptRecord, AttemptResult};
+    let app = crate::helpers::spawn_app_with(|s| s.delivery.enabled = false).await;
+    refer(&app, PRACTICE).await;
+    let owner = "test-owner";
+    let claim = |now_ms: i64| {
+        let store = app.store.clone();
+        async move {
+            let claimed = store
+                .claim_due(PRACTICE, owner, now_ms, now_ms + 60_000, 10)
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), 1, "{claimed:?}");
+            claimed.into_iter().next().expect("one head")
+        }
+    };
+    let record = |seq: i64, result: AttemptResult, started_at: &str, age_from_ms: i64| {
+        let store = app.store.clone();
+        let record = AttemptRecord {
+            seq,
+            result,
+            status: None,
+            at: FhirInstant::now().to_fhir(),
+            started_at: started_at.to_owned(),
+            age_from_ms,
+        };
+        async move {
+            let recorded = store
+                .record_attempts(owner, &[record])
+                .await
+                .expect("record");
+            assert_eq!(recorded, [true]);
+        }
+    };
+    let start = FhirInstant::now().unix_millis() + 1_000;
+
+    let first = claim(start).await;
+    assert_eq!((first.attempts, first.age_from_ms), (1, start));
+    record(
+        first.seq,
+        AttemptResult::Released,
+        "2000-01-01T00:00:00.000Z",
+        start,
+    )
+    .await;
+    let row = deliveries(&app, "").await.remove(0);
+    assert_eq!(row["attempts"], 0, "{row}");
+    assert_eq!(
+        row["last_attempt_at"],
+        Value::Null,
+        "a release is no attempt: {row}"
+    );
+
+    // Claimed again later: its age counts from this claim, not the released one.
+    let second = claim(start + 1_000).await;
+    assert_eq!((second.attempts, second.age_from_ms), (1, start + 1_000));
+    let started_at = FhirInstant::now().to_fhir();
+    record(
+        second.seq,
+        AttemptResult::Retry {
+            error: "test".into(),
+            next_attempt_ms: start + 1_000,
+        },
+        &started_at,
+        second.age_from_ms,
+    )
+    .await;
+    let row = deliveries(&app, "").await.remove(0);
+    assert_eq!(row["attempts"], 1, "{row}");
+    assert_eq!(row["last_attempt_at"], json!(started_at), "{row}");
+    // The next claim keeps the age the recorded attempt started.
+    let third = claim(start + 2_000).await;
+    assert_eq!((third.attempts, third.age_from_ms), (2, start + 1_000));
 }

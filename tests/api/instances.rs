@@ -231,22 +231,10 @@ async fn two_instances_never_claim_the_same_outbox_row() {
     let destinations = a.store.due_destinations(now).await.expect("due");
     for destination in destinations {
         let (from_a, from_b) = tokio::join!(
-            a.store.claim_due(
-                &destination,
-                "instance-a",
-                now,
-                now + 60_000,
-                "2026-01-01T00:00:00Z",
-                100
-            ),
-            b.store.claim_due(
-                &destination,
-                "instance-b",
-                now,
-                now + 60_000,
-                "2026-01-01T00:00:00Z",
-                100
-            )
+            a.store
+                .claim_due(&destination, "instance-a", now, now + 60_000, 100),
+            b.store
+                .claim_due(&destination, "instance-b", now, now + 60_000, 100)
         );
         let (from_a, from_b) = (from_a.expect("claim a"), from_b.expect("claim b"));
         for claimed in &from_a {
