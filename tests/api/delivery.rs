@@ -150,7 +150,7 @@ macro_rules! eventually {
     }};
 }
 
-async fn all_delivered(app: &TestApp) -> bool {
+pub(crate) async fn all_delivered(app: &TestApp) -> bool {
     let all = deliveries(app, "").await;
     !all.is_empty() && all.iter().all(|d| d["state"] == "delivered")
 }
