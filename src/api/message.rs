@@ -308,10 +308,13 @@ async fn handle(
                 (referral, None)
             } else {
                 // A no-op update (often a retry whose reply was lost): every entry says what
-                // Sprig holds, so nothing was stored and the referral is not amended (no
-                // Task, nothing queued for the practice), whatever its stage.
+                // Sprig holds, so no version was stored and the referral is not amended (no
+                // Task, nothing queued for the practice), whatever its stage. The message
+                // itself is kept below with its reply, as every message is. (An entry with
+                // no business identifier, such as a Consent, is stored anew by every
+                // message, so only a message without one can be a no-op.)
                 let note = format!(
-                    "The update changes nothing Sprig holds for referral {}; nothing was stored",
+                    "The update changes nothing Sprig holds for referral {}; no new version was stored",
                     existing.id
                 );
                 (existing, Some(("referral-update-unchanged", note)))
