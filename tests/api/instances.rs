@@ -444,7 +444,11 @@ async fn a_head_claimed_but_not_sent_by_one_instance_is_sent_once_and_in_order()
     // (5 s and 4 × 30 s + 5 s) outlast the test, so only a release frees them in time.
     std::fs::write(
         registry("a.toml"),
-        endpoint_toml(PRACTICE, &slow.uri(), "max_in_flight = 1\ntimeout_secs = 30"),
+        endpoint_toml(
+            PRACTICE,
+            &slow.uri(),
+            "max_in_flight = 1\ntimeout_secs = 30",
+        ),
     )
     .expect("registry written");
     let waiting = std::time::Instant::now();
