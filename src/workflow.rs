@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::fhir::resource::same_content;
 use crate::fhir::{FhirId, Instant, Issue, IssueType, ResourceType, VersionId};
 use crate::mapping::{
     InboundResources, Mappings, ObservationInput, PatientRef, ResourceBuildError, ServiceRef,
@@ -30,7 +31,9 @@ use crate::referral::record::{
 };
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
-use crate::store::{ReadOutcome, ResourceWrite, StoreError, Visibility, WriteTx};
+use crate::store::{
+    ReadOutcome, ResourceWrite, StoreError, StoredResource, Updated, Visibility, WriteTx,
+};
 use crate::validation::{TASK_PROFILE, Target, Validator};
 
 /// Who the actor is when the gateway itself acts for the GP.
@@ -721,7 +724,7 @@ impl Workflow {
             .read(ResourceType::TASK, &task_id, &Visibility::All)
             .await?
         {
-            ReadOutcome::Found(stored) => stored.version_id,
+            ReadOutcome::Found(stored) => stored,
             _ => {
                 return Err(WorkflowError::Defect(format!(
                     "referral {} has no Task",
@@ -730,7 +733,11 @@ impl Workflow {
             }
         };
         let task = self.task(referral, stage, reason, outputs, now)?;
-        let stored = tx
+        if same_task(&current, &task) {
+            // Nothing the referrer would see has changed: no version, nothing queued.
+            return Ok(current.version_id);
+        }
+        let stored = match tx
             .update(
                 ResourceWrite {
                     resource_type: ResourceType::TASK,
@@ -740,9 +747,13 @@ impl Workflow {
                     request_id,
                     owner: referral.fields.practice_ods_code.as_deref(),
                 },
-                Some(current),
+                Some(current.version_id),
             )
-            .await?;
+            .await?
+        {
+            Updated::Written(stored) => stored,
+            Updated::Unchanged(current) => return Ok(current.version_id),
+        };
         // Every Task version travels to the referrer, in order.
         self.enqueue(
             tx,
@@ -861,6 +872,24 @@ impl Workflow {
         .await?;
         Ok(())
     }
+}
+
+/// Whether the Task built for a change says what the stored one says, its `lastModified`
+/// aside: Sprig sets that to the time of every change, so on its own it tells the
+/// referrer nothing, and a version carrying only it would be a phantom change in their
+/// pull and a delivery for nothing. (With the shipped mapping every stage has its own
+/// business status, so a move always changes the Task; a service's mapping may report
+/// two stages alike.)
+fn same_task(stored: &StoredResource, task: &Value) -> bool {
+    let without_modified = |value: &Value| {
+        let mut value = value.clone();
+        if let Some(fields) = value.as_object_mut() {
+            fields.shift_remove("lastModified");
+        }
+        value
+    };
+    serde_json::from_str::<Value>(&stored.json)
+        .is_ok_and(|held| same_content(&without_modified(&held), &without_modified(task)))
 }
 
 /// The stages a referral in `stage` can move to, for messages.

@@ -105,7 +105,7 @@ const fn related(type_name: &'static str) -> ResourceCapability {
     ResourceCapability {
         resource_type: ResourceType::named(type_name),
         interactions: READ_AND_SEARCH,
-        documentation: "Arrives with a referral (in a transaction Bundle or a message) and is stored as sent, with references rewritten to the ids Sprig assigned. In a message, a Patient with an NHS number or an Organization with an ODS code updates the one already held; in a transaction, a conditional PUT (Type?identifier=…) does.",
+        documentation: "Arrives with a referral (in a transaction Bundle or a message) and is stored as sent, with references rewritten to the ids Sprig assigned. In a message, a Patient with an NHS number or an Organization with an ODS code updates the one already held; in a transaction, a conditional PUT (Type?identifier=…) does. An update that changes nothing stores no new version.",
         arrives_with_referral: true,
     }
 }
@@ -302,14 +302,15 @@ fn audit_event_capability() -> Value {
     })
 }
 
-/// What an update must carry, as enforced (`api::referrals::update`).
+/// What an update must carry, as enforced (`api::referrals::update`), and what one
+/// that changes nothing does (`store::Updated::Unchanged`).
 fn update_rule(rule: UpdateRequires) -> &'static str {
     match rule {
         UpdateRequires::IfMatch => {
-            "The update must name the version it changes: If-Match with the ETag of the version read (428 without it, 412 when it is no longer current)."
+            "The update must name the version it changes: If-Match with the ETag of the version read (428 without it, 412 when it is no longer current). An update whose resource is the current version's (meta.versionId and meta.lastUpdated aside) stores nothing (a no-op update): 200 with the current version, its ETag and Last-Modified, nothing sent to the practice."
         }
         UpdateRequires::IfMatchOrVersionId => {
-            "The update must name the version it changes: If-Match with the ETag of the version read, or else meta.versionId in the body as read (428 with neither, 412 when the version named is no longer current)."
+            "The update must name the version it changes: If-Match with the ETag of the version read, or else meta.versionId in the body as read (428 with neither, 412 when the version named is no longer current). An update whose resource is the current version's (meta.versionId and meta.lastUpdated aside) stores nothing (a no-op update): 200 with the current version, its ETag and Last-Modified, nothing sent to the practice."
         }
     }
 }

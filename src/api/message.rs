@@ -276,7 +276,7 @@ async fn handle(
         ("new", Some(existing)) => {
             Workflow::check_resubmission(&existing, &mapped.fields)?;
             let note = already_received(&existing);
-            (existing, Some(note))
+            (existing, Some(("referral-already-received", note)))
         }
         ("new", None) => {
             let plan = plan_message(bundle, referral_index, None)?;
@@ -298,12 +298,27 @@ async fn handle(
             let id = FhirId::parse(&existing.id)
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
             let plan = plan_message(bundle, referral_index, Some(id))?;
-            execute(&mut tx, plan, request_id, &visibility, owner.as_deref()).await?;
-            let referral = state
-                .workflow
-                .amend(&mut tx, existing, mapped, request_id)
-                .await?;
-            (referral, None)
+            let outcomes =
+                execute(&mut tx, plan, request_id, &visibility, owner.as_deref()).await?;
+            if outcomes.iter().any(|o| o.written) {
+                let referral = state
+                    .workflow
+                    .amend(&mut tx, existing, mapped, request_id)
+                    .await?;
+                (referral, None)
+            } else {
+                // A no-op update (often a retry whose reply was lost): every entry says what
+                // Sprig holds, so no version was stored and the referral is not amended (no
+                // Task, nothing queued for the practice), whatever its stage. The message
+                // itself is kept below with its reply, as every message is. (An entry with
+                // no business identifier, such as a Consent, is stored anew by every
+                // message, so only a message without one can be a no-op.)
+                let note = format!(
+                    "The update changes nothing Sprig holds for referral {}; no new version was stored",
+                    existing.id
+                );
+                (existing, Some(("referral-update-unchanged", note)))
+            }
         }
         ("update", None) => {
             return Err(ApiError::Unprocessable(vec![Issue::error(
@@ -323,7 +338,7 @@ async fn handle(
         }
     };
     // A note on an `ok` reply informs; severity `error` would contradict the code.
-    let info = note.map(|n| Issue::information("referral-already-received", n));
+    let info = note.map(|(message_id, n)| Issue::information(message_id, n));
     let reply = reply(
         base,
         bundle,

@@ -30,7 +30,9 @@ use crate::mapping::intake::{Declared, SubmittedReferral};
 use crate::referral::record::{MappedReferral, ReceivedAs, Referral, ReferralFields};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
-use crate::store::{ReadOutcome, ResourceWrite, StoreError, StoredResource, Visibility};
+use crate::store::{
+    ReadOutcome, ResourceWrite, StoreError, StoredResource, Updated, Visibility, WriteTx,
+};
 use crate::validation::REFERRAL_PROFILE;
 use crate::workflow::{Arrival, Workflow};
 
@@ -231,7 +233,7 @@ pub async fn update(
             ),
         ))
     })?;
-    let stored = tx
+    let updated = tx
         .update(
             ResourceWrite {
                 resource_type,
@@ -246,6 +248,12 @@ pub async fn update(
         )
         .await
         .map_err(|error| expected.conflict(error))?;
+    let stored = match updated {
+        Updated::Written(stored) => stored,
+        Updated::Unchanged(current) => {
+            return unchanged(tx, current, &referral, &context, answer, checked.issues).await;
+        }
+    };
     let referral = state
         .workflow
         .amend(&mut tx, referral, mapped, &context.request_id)
@@ -276,6 +284,38 @@ pub async fn update(
         ),
     };
     written(&stored, what, answer, checked.issues)
+}
+
+/// The answer to an update that says what the current version says (a "no-op update",
+/// as HAPI calls it): nothing is stored (no version, no amendment, no Task, nothing
+/// queued for the practice, no submission kept: like a resubmitted referral), and the
+/// answer is 200 with the current version, its ETag and Last-Modified. Often a GP
+/// system's retry of an amendment or withdrawal whose answer it did not get.
+async fn unchanged(
+    tx: WriteTx,
+    current: StoredResource,
+    referral: &Referral,
+    context: &RequestContext,
+    answer: Answer,
+    issues: Vec<Issue>,
+) -> Result<Response, ApiError> {
+    context.audit.note_referral(&referral.id);
+    if let Some(patient) = &referral.patient_id {
+        context.audit.note_patient(patient);
+    }
+    // Committed, not dropped: the audit row goes with it, and the version read may be
+    // another request's write in the same SQLite batch, not yet durable.
+    context.audit.commit(tx, 200).await?;
+    tracing::info!(referral_id = %referral.id, version = %current.version_id, "referral update changes nothing; nothing stored");
+    let what = Written {
+        status: StatusCode::OK,
+        message_id: "referral-update-unchanged",
+        message: format!(
+            "ServiceRequest/{} is unchanged: the update says what version {} says, so nothing was stored",
+            current.id, current.version_id
+        ),
+    };
+    written(&current, what, answer, issues)
 }
 
 /// Maps a referral sent on its own (related resources contained).

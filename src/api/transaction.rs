@@ -88,6 +88,9 @@ pub(super) struct EntryOutcome {
     pub stored: StoredResource,
     /// `201 Created` or `200 OK`.
     pub created: bool,
+    /// Whether a version was stored: not for a conditional create's match, nor for an
+    /// update that changed nothing (`store::Updated::Unchanged`).
+    pub written: bool,
 }
 
 /// `POST /fhir`: a referral transaction Bundle.
@@ -507,6 +510,7 @@ async fn execute_with(
                 ReadOutcome::Found(stored) => Some(EntryOutcome {
                     stored,
                     created: false,
+                    written: false,
                 }),
                 _ => {
                     return Err(ApiError::internal(
@@ -519,10 +523,16 @@ async fn execute_with(
                 creates.push((index, new_version));
                 None
             }
-            Some(false) => Some(EntryOutcome {
-                stored: tx.update(new_version, None).await?,
-                created: false,
-            }),
+            Some(false) => {
+                // An update that changes nothing stores nothing: the entry is answered
+                // with the version held (`200 OK`, its ETag), as a no-op update is.
+                let updated = tx.update(new_version, None).await?;
+                Some(EntryOutcome {
+                    written: updated.changed(),
+                    stored: updated.into_stored(),
+                    created: false,
+                })
+            }
         });
     }
     let (indexes, creates): (Vec<usize>, Vec<ResourceWrite<'_>>) = creates.into_iter().unzip();
@@ -531,6 +541,7 @@ async fn execute_with(
             *slot = Some(EntryOutcome {
                 stored,
                 created: true,
+                written: true,
             });
         }
     }

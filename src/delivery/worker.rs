@@ -221,6 +221,8 @@ struct Finished {
     message: ClaimedMessage,
     result: AttemptResult,
     status: Option<u16>,
+    /// When the attempt started (for a release, when it was handed back).
+    started: Instant,
     at: Instant,
     /// How long the send took (`None`: nothing was sent).
     took: Option<Duration>,
@@ -231,11 +233,13 @@ struct Finished {
 
 impl Finished {
     fn released(message: ClaimedMessage) -> Self {
+        let now = Instant::now();
         Self {
             message,
             result: AttemptResult::Released,
             status: None,
-            at: Instant::now(),
+            started: now,
+            at: now,
             took: None,
             first_answer: false,
         }
@@ -416,14 +420,12 @@ impl Worker {
                 name.clone(),
             );
             landing.spawn(async move {
-                let now = Instant::now();
                 let claimed = store
                     .claim_due(
                         &name,
                         &owner,
-                        now.unix_millis(),
+                        Instant::now().unix_millis(),
                         lease_until_ms,
-                        &now.to_fhir(),
                         u32::try_from(asked).unwrap_or(u32::MAX),
                     )
                     .await;
@@ -599,14 +601,18 @@ async fn deliver(
     endpoint: &Endpoint,
     message: ClaimedMessage,
 ) -> Result<Finished, StoreError> {
+    let attempt_started = Instant::now();
     let request = match prepare(shared, endpoint, &message).await? {
         Ok(request) => request,
         Err(problem) => {
             return Ok(judge(
                 shared,
-                message,
+                Attempt {
+                    message,
+                    started: attempt_started,
+                    took: None,
+                },
                 Verdict::Permanent(problem),
-                None,
                 None,
                 None,
                 None,
@@ -615,7 +621,11 @@ async fn deliver(
     };
     let started = StdInstant::now();
     let answer = endpoint.send(request).await;
-    let took = Some(started.elapsed());
+    let attempt = Attempt {
+        message,
+        started: attempt_started,
+        took: Some(started.elapsed()),
+    };
     Ok(match answer {
         Ok(response) => {
             let verdict = classify_response(&response);
@@ -627,22 +637,20 @@ async fn deliver(
             });
             judge(
                 shared,
-                message,
+                attempt,
                 verdict,
                 Some(response.status),
                 response.retry_after,
                 kept,
-                took,
             )
         }
         Err(error) => judge(
             shared,
-            message,
+            attempt,
             classify_transport(&error),
             None,
             None,
             None,
-            took,
         ),
     })
 }
@@ -707,17 +715,30 @@ async fn prepare(
     Ok(built.map_err(|e| e.to_string()))
 }
 
-/// What `verdict` means for `message` now: a transient failure past the
-/// maximum age is a dead letter.
+/// One attempt at a claimed message, judged once it is over.
+struct Attempt {
+    message: ClaimedMessage,
+    /// When it started (before its request was built).
+    started: Instant,
+    /// How long the send took (`None`: nothing was sent).
+    took: Option<Duration>,
+}
+
+/// What `verdict` means for the attempt's message now: a transient failure
+/// past the maximum age is a dead letter.
 fn judge(
     shared: &Shared,
-    message: ClaimedMessage,
+    attempt: Attempt,
     verdict: Verdict,
     status: Option<u16>,
     retry_after: Option<Duration>,
     receiver_response: Option<String>,
-    took: Option<Duration>,
 ) -> Finished {
+    let Attempt {
+        message,
+        started,
+        took,
+    } = attempt;
     let now = Instant::now();
     let mut first_answer = false;
     let result = match verdict {
@@ -759,6 +780,7 @@ fn judge(
         message,
         result,
         status,
+        started,
         at: now,
         took,
         first_answer,
@@ -796,6 +818,8 @@ async fn record_results(
                 result: finished.result.clone(),
                 status: finished.status,
                 at: finished.at.to_fhir(),
+                started_at: finished.started.to_fhir(),
+                age_from_ms: finished.message.age_from_ms,
             })
             .collect();
         let recorded = match shared.store.record_attempts(&shared.owner, &records).await {

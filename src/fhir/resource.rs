@@ -88,6 +88,42 @@ pub fn stamp(resource: Value, id: &FhirId, version: VersionId, last_updated: Ins
     Value::Object(stamped)
 }
 
+/// Whether `stored` (a version as [`stamp`] wrote it) and `sent` (a resource to store)
+/// say the same thing: equal but for what [`stamp`] sets (`id`, `meta.versionId`,
+/// `meta.lastUpdated`), a `meta` left empty without them counting as none. Key order is
+/// not content (serde_json's maps compare as maps); a decimal's digits are (`1.0` is not
+/// `1.00`: FHIR keeps a decimal's precision). An update whose resource says the same as
+/// the current version stores nothing (a "no-op update").
+pub fn same_content(stored: &Value, sent: &Value) -> bool {
+    let (Value::Object(stored), Value::Object(sent)) = (stored, sent) else {
+        return stored == sent;
+    };
+    same_entries(stored, sent, &["id", "meta"])
+        && match (stored.get("meta"), sent.get("meta")) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => same_entries(a, b, &SERVER_META),
+            (Some(Value::Object(meta)), None) | (None, Some(Value::Object(meta))) => {
+                meta.keys().all(|key| SERVER_META.contains(&key.as_str()))
+            }
+            (a, b) => a == b,
+        }
+}
+
+/// The elements of `meta` the server sets on every version.
+const SERVER_META: [&str; 2] = ["versionId", "lastUpdated"];
+
+/// Whether two objects hold the same entries, leaving out the keys `skip` names.
+fn same_entries(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+    let kept = |map: &'_ Map<String, Value>| {
+        map.iter()
+            .filter(|(key, _)| !skip.contains(&key.as_str()))
+            .count()
+    };
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(key, _)| !skip.contains(&key.as_str()))
+            .all(|(key, value)| b.get(key) == Some(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +142,52 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&stamped).expect("serialises"),
             r#"{"resourceType":"ServiceRequest","id":"abc","meta":{"versionId":"1","lastUpdated":"2026-11-21T10:00:00.000Z","profile":["http://example.org/p"]},"status":"active"}"#
+        );
+    }
+    #[test]
+    fn the_same_content_ignores_what_the_server_stamps_and_key_order() {
+        let sent = json!({
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "meta": {"versionId": "1", "profile": ["http://example.org/p"]},
+            "intent": "order",
+        });
+        let id = FhirId::parse("abc").expect("valid id");
+        let at = Instant::parse("2026-11-21T10:00:00Z").expect("valid instant");
+        let stored = stamp(sent.clone(), &id, VersionId::FIRST.next(), at);
+        assert!(same_content(&stored, &sent));
+        // No meta at all, against a stored meta holding only the server's stamps.
+        let bare = json!({"resourceType": "Task", "status": "ready"});
+        let stamped = stamp(bare.clone(), &id, VersionId::FIRST, at);
+        assert!(same_content(&stamped, &bare));
+        assert!(same_content(
+            &stamped,
+            &json!({"resourceType": "Task", "status": "ready", "meta": {}})
+        ));
+    }
+
+    #[test]
+    fn any_other_difference_is_a_change() {
+        let id = FhirId::parse("abc").expect("valid id");
+        let at = Instant::parse("2026-11-21T10:00:00Z").expect("valid instant");
+        let sent = json!({"resourceType": "Observation", "status": "final", "valueQuantity": {"value": 1.0}});
+        let stored = stamp(sent.clone(), &id, VersionId::FIRST, at);
+        let changed = [
+            json!({"resourceType": "Observation", "status": "amended", "valueQuantity": {"value": 1.0}}),
+            json!({"resourceType": "Observation", "status": "final"}),
+            json!({"resourceType": "Observation", "status": "final", "valueQuantity": {"value": 1.0}, "note": []}),
+            json!({"resourceType": "Observation", "status": "final", "valueQuantity": {"value": 1.0}, "meta": {"tag": []}}),
+        ];
+        for other in &changed {
+            assert!(!same_content(&stored, other), "{other}");
+        }
+        let precise: Value = serde_json::from_str(
+            r#"{"resourceType": "Observation", "status": "final", "valueQuantity": {"value": 1.00}}"#,
+        )
+        .expect("JSON");
+        assert!(
+            !same_content(&stored, &precise),
+            "a decimal's precision is content"
         );
     }
 }

@@ -74,9 +74,10 @@ pub struct ClaimedMessage {
     pub created_at: String,
     /// Attempts so far, this one included.
     pub attempts: i64,
-    /// Where the maximum age counts from (Unix ms): the first attempt, or
-    /// the first after an operator's retry. Not the change itself: an update
-    /// held back behind a dead letter, or kept until its practice had an
+    /// Where the maximum age counts from (Unix ms): the first recorded attempt,
+    /// or the first after an operator's retry; this claim's time when there is
+    /// none yet (stored with this attempt's result). Not the change itself: an
+    /// update held back behind a dead letter, or kept until its practice had an
     /// endpoint, has not been failing all that time.
     pub age_from_ms: i64,
 }
@@ -184,6 +185,12 @@ pub struct AttemptRecord {
     pub status: Option<u16>,
     /// When the attempt finished (FHIR instant).
     pub at: String,
+    /// When the attempt started (FHIR instant): the message's `last_attempt_at`
+    /// once recorded. Not recorded for a release.
+    pub started_at: String,
+    /// The claim's [`ClaimedMessage::age_from_ms`], kept as where the message's
+    /// maximum age counts from if nothing earlier is. Not recorded for a release.
+    pub age_from_ms: i64,
 }
 
 /// Why an operator's retry could not be done.
@@ -211,17 +218,18 @@ impl Store {
     /// Claims up to `limit` due messages for `destination`, each the head of
     /// its referral's queue, oldest first, leasing them to `owner` until
     /// `lease_until_ms`. The attempt is counted now, so a crash mid-send still
-    /// counts as an attempt.
+    /// counts as an attempt; nothing else is marked (when it was attempted, where
+    /// its maximum age counts from) until its result is recorded, so a claim
+    /// handed back unsent (`AttemptResult::Released`) leaves the row as it found it.
     pub async fn claim_due(
         &self,
         destination: &str,
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
-        attempt_at: &str,
         limit: u32,
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
-        dispatch!(self, b => b.claim_due(destination, owner, now_ms, lease_until_ms, attempt_at, limit).await)
+        dispatch!(self, b => b.claim_due(destination, owner, now_ms, lease_until_ms, limit).await)
     }
 
     /// Records the results of `owner`'s attempts, all in one write (the

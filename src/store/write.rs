@@ -68,6 +68,39 @@ pub struct WrittenVersion {
     pub owner: Option<String>,
 }
 
+/// What an update did.
+#[derive(Debug)]
+pub enum Updated {
+    /// A new version was stored: the version now current.
+    Written(StoredResource),
+    /// The resource said what the current version says already (ignoring what the
+    /// server stamps: `fhir::resource::same_content`), so nothing was stored: no
+    /// version, no index change, no `lastUpdated` moved for a GP's pull to see; the
+    /// current version, as a "no-op update" answers with it.
+    Unchanged(StoredResource),
+}
+
+impl Updated {
+    /// The version now current, written or not.
+    pub fn stored(&self) -> &StoredResource {
+        match self {
+            Updated::Written(stored) | Updated::Unchanged(stored) => stored,
+        }
+    }
+
+    /// [`Updated::stored`], taken.
+    pub fn into_stored(self) -> StoredResource {
+        match self {
+            Updated::Written(stored) | Updated::Unchanged(stored) => stored,
+        }
+    }
+
+    /// Whether a new version was stored.
+    pub fn changed(&self) -> bool {
+        matches!(self, Updated::Written(_))
+    }
+}
+
 impl WriteTx {
     /// The versions this transaction wrote since the last call, oldest first, so the
     /// caller can record who caused them (their Provenance) in the same transaction.
@@ -98,12 +131,15 @@ impl WriteTx {
     }
 
     /// Stores a new version of an existing resource. With `expected`, the
-    /// current version must be that one (`If-Match`), or nothing is written.
+    /// current version must be that one (`If-Match`), or nothing is written
+    /// (checked first: a stale `If-Match` is a conflict even when nothing would
+    /// change). A resource that says what the current version says is not stored
+    /// again ([`Updated::Unchanged`]).
     pub async fn update(
         &mut self,
         write: ResourceWrite<'_>,
         expected: Option<VersionId>,
-    ) -> Result<StoredResource, StoreError> {
+    ) -> Result<Updated, StoreError> {
         dispatch!(self, b => b.update(write, expected).await)
     }
 

@@ -269,3 +269,86 @@ async fn metadata_lists_exactly_what_is_served() {
         );
     }
 }
+
+/// README's search table (`### Search`: one row per type, its parameters in backticks,
+/// anything in parentheses a note) as type → parameter names.
+fn readme_search_table() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let backticked = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    // Notes in parentheses (`Task.for`, an element path) are not parameters.
+    let without_notes = |text: &str| -> String {
+        let mut kept = String::new();
+        let mut depth = 0usize;
+        for c in text.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                _ if depth == 0 => kept.push(c),
+                _ => {}
+            }
+        }
+        kept
+    };
+    readme
+        .lines()
+        .skip_while(|line| line.trim() != "### Search")
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (Some(kind), Some(params)) = (cells.get(1), cells.get(2)) else {
+                panic!("README search table row without two cells: {row}");
+            };
+            // A row naming no type in backticks ("every type") is kept as written, to
+            // show up in the comparison.
+            let kind = backticked(kind)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| (*kind).to_owned());
+            (
+                kind,
+                backticked(&without_notes(params)).into_iter().collect(),
+            )
+        })
+        .collect()
+}
+
+/// README's search table and the CapabilityStatement's `searchParam`s name the same types
+/// and, for each, the same parameters, so neither can drift from the other (the statement
+/// is made from the parameter table the search reads). Fails on a type or parameter either
+/// lists and the other does not, as README's table did when it listed three types.
+#[tokio::test]
+async fn readme_search_table_is_the_capability_statements() {
+    let app = spawn_app().await;
+    let statement = json_body(app.get("/fhir/metadata").await).await;
+    let served: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = statement
+        ["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|resource| {
+            let params = resource["searchParam"].as_array()?;
+            Some((
+                resource["type"].as_str().expect("type").to_owned(),
+                params
+                    .iter()
+                    .map(|p| p["name"].as_str().expect("name").to_owned())
+                    .collect(),
+            ))
+        })
+        .collect();
+    assert!(served.len() > 3, "{served:?}");
+    let documented = readme_search_table();
+    assert_eq!(
+        documented, served,
+        "README.md's search table (left) against GET /fhir/metadata (right)"
+    );
+}

@@ -150,7 +150,7 @@ macro_rules! eventually {
     }};
 }
 
-async fn all_delivered(app: &TestApp) -> bool {
+pub(crate) async fn all_delivered(app: &TestApp) -> bool {
     let all = deliveries(app, "").await;
     !all.is_empty() && all.iter().all(|d| d["state"] == "delivered")
 }
@@ -1281,12 +1281,201 @@ async fn a_claimed_head_is_sent_within_its_queue_allowance_or_released() {
             delivery["attempts"], 1,
             "a release is no attempt: {delivery}"
         );
-        // Claimed (last_attempt_at), waited at most 5 s, sent (2.5 s), recorded.
-        let claim_to_result = at(&delivery, "delivered_at") - at(&delivery, "last_attempt_at");
+        // Its send started (last_attempt_at: a released claim marks nothing), took
+        // 2.5 s, and its result was recorded.
+        let send_to_result = at(&delivery, "delivered_at") - at(&delivery, "last_attempt_at");
         assert!(
-            claim_to_result < time::Duration::milliseconds(9_000),
-            "sent {claim_to_result} after its claim: {delivery}"
+            send_to_result < time::Duration::milliseconds(5_000),
+            "recorded {send_to_result} after its send started: {delivery}"
         );
     }
     app.stop().await;
+}
+
+/// `PUT /fhir/ServiceRequest/{id}` with `If-Match: {tag}`.
+async fn put_referral(app: &TestApp, id: &str, body: &Value, tag: &str) -> reqwest::Response {
+    app.client
+        .put(app.url(&format!("/fhir/ServiceRequest/{id}")))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", tag)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// A no-op update (HAPI's term): a PUT whose ServiceRequest says what the current version
+/// says (often a GP system's retry of an amendment or a withdrawal whose answer it lost)
+/// stores nothing: `200` with the current version, its ETag and Last-Modified; no
+/// `_history` entry, no Provenance, no phantom change in a `_lastUpdated` pull, nothing
+/// queued for the practice or delivered. A stale `If-Match` is still a `412`. Fails where
+/// every PUT stores a version (the first one answers `W/"2"`), or where a withdrawal sent
+/// again meets the closed referral (`409`).
+#[tokio::test]
+async fn an_update_that_changes_nothing_stores_and_sends_nothing() {
+    let gp = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&gp)
+        .await;
+    let app = delivering_app(&endpoint_toml(PRACTICE, &gp.uri(), "")).await;
+    let (id, task) = refer(&app, PRACTICE).await;
+    let resource = format!("/fhir/ServiceRequest/{id}");
+    let read = json_body(app.get(&resource).await).await;
+
+    // Sent back as read: nothing new, the version held.
+    let same = put_referral(&app, &id, &read, "W/\"1\"").await;
+    assert_eq!(same.status(), 200);
+    assert_eq!(same.headers()["etag"], "W/\"1\"");
+    let first_read = app.get(&resource).await;
+    assert_eq!(
+        same.headers()["last-modified"],
+        first_read.headers()["last-modified"]
+    );
+    assert_eq!(json_body(same).await["meta"], read["meta"]);
+
+    // A change is a version; the same change again is not another one ...
+    let mut amended = read.clone();
+    amended["note"] = json!([{"text": "Prefers a morning call."}]);
+    let changed = put_referral(&app, &id, &amended, "W/\"1\"").await;
+    assert_eq!(changed.headers()["etag"], "W/\"2\"");
+    let again = put_referral(&app, &id, &amended, "W/\"2\"").await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["etag"], "W/\"2\"");
+    // ... and a stale If-Match is refused though nothing would change.
+    let stale = put_referral(&app, &id, &amended, "W/\"1\"").await;
+    assert_eq!(stale.status(), 412);
+
+    // A withdrawal, then the same withdrawal again (a retry): nothing more.
+    let mut withdrawal = amended.clone();
+    withdrawal["status"] = json!("revoked");
+    let withdrawn = put_referral(&app, &id, &withdrawal, "W/\"2\"").await;
+    assert_eq!(withdrawn.headers()["etag"], "W/\"3\"");
+    let retried = put_referral(&app, &id, &withdrawal, "W/\"3\"").await;
+    let status = retried.status();
+    let tag = retried.headers().get("etag").cloned();
+    assert_eq!(status, 200, "{}", json_body(retried).await);
+    assert_eq!(
+        tag.as_ref().map(|t| t.to_str().unwrap_or("")),
+        Some("W/\"3\"")
+    );
+
+    let history = json_body(app.get(&format!("{resource}/_history")).await).await;
+    let versions: Vec<&str> = history["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["meta"]["versionId"].as_str())
+        .collect();
+    assert_eq!(versions, ["3", "2", "1"], "{history}");
+    let current = json_body(app.get(&resource).await).await;
+    let since = current["meta"]["lastUpdated"]
+        .as_str()
+        .expect("lastUpdated");
+    let pulled = json_body(
+        app.get(&format!("/fhir/ServiceRequest?_lastUpdated=gt{since}"))
+            .await,
+    )
+    .await;
+    assert!(
+        pulled["entry"].as_array().is_none_or(Vec::is_empty),
+        "{pulled}"
+    );
+
+    // The practice hears of the referral and its withdrawal: two Task versions.
+    eventually!(
+        "the Task versions delivered",
+        Duration::from_secs(10),
+        all_delivered(&app).await && deliveries(&app, "").await.len() >= 2
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(deliveries(&app, "").await.len(), 2);
+    assert_eq!(versions_of(&task_puts(&gp).await, &task), vec![1, 2]);
+    // Three ServiceRequest versions and two Task versions, each with its Provenance.
+    assert_eq!(app.assert_every_version_has_its_provenance().await, 5);
+    app.stop().await;
+}
+
+/// A claimed head handed back unsent (`AttemptResult::Released`: it waited past its
+/// queue allowance, or the worker stopped) is left as the claim found it: no attempt
+/// counted, no `last_attempt_at`, its maximum age not started, so neither the operator's
+/// view nor the dead-letter clock sees an attempt that never happened. An attempt's result
+/// records when it started and where its age counts from, which the next claim keeps.
+/// Fails where the claim marks the row itself and the release only uncounts the attempt
+/// (`last_attempt_at` stays set, and the age counts from the released claim).
+#[tokio::test]
+async fn a_released_head_keeps_no_mark_of_its_claim() {
+    use sprig::fhir::Instant as FhirInstant;
+    use sprig::store::outbox::{AttemptRecord, AttemptResult};
+    let app = crate::helpers::spawn_app_with(|s| s.delivery.enabled = false).await;
+    refer(&app, PRACTICE).await;
+    let owner = "test-owner";
+    let claim = |now_ms: i64| {
+        let store = app.store.clone();
+        async move {
+            let claimed = store
+                .claim_due(PRACTICE, owner, now_ms, now_ms + 60_000, 10)
+                .await
+                .expect("claim");
+            assert_eq!(claimed.len(), 1, "{claimed:?}");
+            claimed.into_iter().next().expect("one head")
+        }
+    };
+    let record = |seq: i64, result: AttemptResult, started_at: &str, age_from_ms: i64| {
+        let store = app.store.clone();
+        let record = AttemptRecord {
+            seq,
+            result,
+            status: None,
+            at: FhirInstant::now().to_fhir(),
+            started_at: started_at.to_owned(),
+            age_from_ms,
+        };
+        async move {
+            let recorded = store
+                .record_attempts(owner, &[record])
+                .await
+                .expect("record");
+            assert_eq!(recorded, [true]);
+        }
+    };
+    let start = FhirInstant::now().unix_millis() + 1_000;
+
+    let first = claim(start).await;
+    assert_eq!((first.attempts, first.age_from_ms), (1, start));
+    record(
+        first.seq,
+        AttemptResult::Released,
+        "2000-01-01T00:00:00.000Z",
+        start,
+    )
+    .await;
+    let row = deliveries(&app, "").await.remove(0);
+    assert_eq!(row["attempts"], 0, "{row}");
+    assert_eq!(
+        row["last_attempt_at"],
+        Value::Null,
+        "a release is no attempt: {row}"
+    );
+
+    // Claimed again later: its age counts from this claim, not the released one.
+    let second = claim(start + 1_000).await;
+    assert_eq!((second.attempts, second.age_from_ms), (1, start + 1_000));
+    let started_at = FhirInstant::now().to_fhir();
+    record(
+        second.seq,
+        AttemptResult::Retry {
+            error: "test".into(),
+            next_attempt_ms: start + 1_000,
+        },
+        &started_at,
+        second.age_from_ms,
+    )
+    .await;
+    let row = deliveries(&app, "").await.remove(0);
+    assert_eq!(row["attempts"], 1, "{row}");
+    assert_eq!(row["last_attempt_at"], json!(started_at), "{row}");
+    // The next claim keeps the age the recorded attempt started.
+    let third = claim(start + 2_000).await;
+    assert_eq!((third.attempts, third.age_from_ms), (2, start + 1_000));
 }

@@ -321,6 +321,63 @@ async fn with_update_requires_if_match_the_body_version_is_not_enough() {
     assert!(!text.contains("or else meta.versionId"));
 }
 
+/// A conditional update in a referral transaction (`PUT Patient?identifier=…`) whose
+/// resource says what the one held says stores nothing: the second referral for the same
+/// patient and practice leaves their Patient and Organization at version 1, and its
+/// answer gives that version (`200 OK`, its ETag). Fails where every conditional update
+/// stores a version (the Patient is at version 2).
+#[tokio::test]
+async fn a_conditional_update_that_changes_nothing_stores_nothing() {
+    use crate::workflow::{Shape, post_fhir};
+    let app = spawn_app().await;
+    let template = Shape::Transaction.example().to_string();
+    let mut answers = Vec::new();
+    for referral in ["NOOP-1", "NOOP-2"] {
+        let body: Value =
+            serde_json::from_str(&template.replace("REF-2026-000456", referral)).unwrap();
+        let answer = post_fhir(&app, "/fhir", &body, &[]).await;
+        assert_eq!(answer.status(), 200);
+        answers.push(json_body(answer).await);
+    }
+    for (search, location) in [
+        (
+            "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888",
+            "Patient/",
+        ),
+        (
+            "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345",
+            "Organization/",
+        ),
+    ] {
+        let found = json_body(app.get(search).await).await;
+        let held = &found["entry"][0]["resource"];
+        assert_eq!(held["meta"]["versionId"], "1", "{found}");
+        let history = json_body(
+            app.get(&format!(
+                "/fhir/{location}{}/_history",
+                held["id"].as_str().unwrap()
+            ))
+            .await,
+        )
+        .await;
+        assert_eq!(
+            history["entry"].as_array().map(Vec::len),
+            Some(1),
+            "{history}"
+        );
+        let response = answers[1]["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["response"])
+            .find(|r| r["location"].as_str().unwrap_or("").starts_with(location))
+            .unwrap();
+        assert_eq!(response["status"], "200 OK", "{response}");
+        assert_eq!(response["etag"], "W/\"1\"", "{response}");
+        assert_eq!(response["lastModified"], held["meta"]["lastUpdated"]);
+    }
+}
+
 // 4. Search: unknown parameters, _summary, _elements, _include, _revinclude.
 
 #[tokio::test]

@@ -144,14 +144,18 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
         owner: None,
     };
     let mut tx = a.store.begin_write().await.expect("begin");
-    tx.create(write(task.clone())).await.expect("create");
+    tx.create(write(task)).await.expect("create");
     tx.commit().await.expect("commit");
 
     // A updates from version 1 and holds its transaction open; B's update
-    // from version 1 must wait for it, then see version 2 and refuse.
+    // from version 1 must wait for it, then see version 2 and refuse. (A changes
+    // something: an update that changes nothing stores no version 2.)
     let mut first = a.store.begin_write().await.expect("begin");
     first
-        .update(write(task.clone()), Some(VersionId::FIRST))
+        .update(
+            write(json!({"resourceType": "Task", "status": "in-progress", "intent": "order"})),
+            Some(VersionId::FIRST),
+        )
         .await
         .expect("the first update");
     let store_b = b.store.clone();
@@ -171,7 +175,7 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
                 Some(VersionId::FIRST),
             )
             .await
-            .map(|stored| stored.version_id);
+            .map(|updated| updated.stored().version_id);
         if result.is_ok() {
             tx.commit().await.expect("commit");
         }
@@ -227,22 +231,10 @@ async fn two_instances_never_claim_the_same_outbox_row() {
     let destinations = a.store.due_destinations(now).await.expect("due");
     for destination in destinations {
         let (from_a, from_b) = tokio::join!(
-            a.store.claim_due(
-                &destination,
-                "instance-a",
-                now,
-                now + 60_000,
-                "2026-01-01T00:00:00Z",
-                100
-            ),
-            b.store.claim_due(
-                &destination,
-                "instance-b",
-                now,
-                now + 60_000,
-                "2026-01-01T00:00:00Z",
-                100
-            )
+            a.store
+                .claim_due(&destination, "instance-a", now, now + 60_000, 100),
+            b.store
+                .claim_due(&destination, "instance-b", now, now + 60_000, 100)
         );
         let (from_a, from_b) = (from_a.expect("claim a"), from_b.expect("claim b"));
         for claimed in &from_a {
@@ -374,4 +366,140 @@ async fn referrals_for_one_patient_at_two_instances_at_once_share_one_patient_an
             found["total"]
         );
     }
+}
+
+/// A head one instance claimed but could not send within its queue allowance is handed
+/// back unsent, and then sent by the other instance or by the first, later: every update
+/// reaches the practice exactly once, each referral's in order. Instance A's endpoint is
+/// slow (one send at a time, 2.5 s each) and its one claim takes five referrals' heads, so
+/// the third to fifth wait past the 5 s allowance and are released; instance B, whose
+/// endpoint is quick, is given it once A has claimed. Which instance sends a released head
+/// is a race (both may claim it once it is back), so the test asks only that it is sent,
+/// once, in order, its release not counted as an attempt. Fails where a release leaves the
+/// head leased (it waits out the lease: not delivered within the minute), or where a head is
+/// sent by both instances or before the update ahead of it.
+#[tokio::test]
+async fn a_head_claimed_but_not_sent_by_one_instance_is_sent_once_and_in_order() {
+    use std::sync::Mutex;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+    use crate::delivery::{all_delivered, deliveries, endpoint_toml, fast, refer, transition};
+
+    if !on_postgres() {
+        return;
+    }
+    const PRACTICE: &str = "K83999";
+    // Every Task PUT either GP endpoint receives, in the order they arrive.
+    let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let receiver = |delay: Duration| {
+        let received = Arc::clone(&received);
+        move |request: &Request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).expect("a Task");
+            received.lock().expect("lock").push((
+                body["id"].as_str().unwrap_or_default().to_owned(),
+                body["meta"]["versionId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
+            ResponseTemplate::new(200).set_delay(delay)
+        }
+    };
+    let slow = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(receiver(Duration::from_millis(2500)))
+        .mount(&slow)
+        .await;
+    let quick = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(receiver(Duration::ZERO))
+        .mount(&quick)
+        .await;
+
+    // Each instance its own registry, empty until the updates are queued.
+    let dir = Arc::new(TempDir::new().expect("temporary directory"));
+    let registry = |name: &str| dir.path().join(name);
+    for name in ["a.toml", "b.toml"] {
+        std::fs::write(registry(name), "").expect("registry written");
+    }
+    let a = spawn_app_in(Arc::clone(&dir), |s| {
+        fast(&mut s.delivery);
+        s.delivery.endpoints = Some(registry("a.toml"));
+    })
+    .await;
+    let b = spawn_app_in(Arc::clone(&dir), |s| {
+        fast(&mut s.delivery);
+        s.delivery.endpoints = Some(registry("b.toml"));
+    })
+    .await;
+    // Five referrals, each with two updates for its practice: received, then accepted.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (id, task) = refer(&a, PRACTICE).await;
+        transition(&b, &id, "accepted").await;
+        tasks.push(task);
+    }
+    // A's endpoint first: one claim takes the five heads. Its timeout makes their lease
+    // (5 s and 4 × 30 s + 5 s) outlast the test, so only a release frees them in time.
+    std::fs::write(
+        registry("a.toml"),
+        endpoint_toml(
+            PRACTICE,
+            &slow.uri(),
+            "max_in_flight = 1\ntimeout_secs = 30",
+        ),
+    )
+    .expect("registry written");
+    let waiting = std::time::Instant::now();
+    while slow
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "A sends nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(
+        registry("b.toml"),
+        endpoint_toml(PRACTICE, &quick.uri(), ""),
+    )
+    .expect("registry written");
+
+    let delivering = std::time::Instant::now();
+    while !all_delivered(&a).await || deliveries(&a, "").await.len() < 10 {
+        assert!(
+            delivering.elapsed() < Duration::from_secs(60),
+            "not all delivered within a minute: {:?}",
+            deliveries(&a, "").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Anything sent twice would arrive meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = received.lock().expect("lock").clone();
+    for task in &tasks {
+        let versions: Vec<&str> = received
+            .iter()
+            .filter(|(id, _)| id == task)
+            .map(|(_, version)| version.as_str())
+            .collect();
+        assert_eq!(
+            versions,
+            ["1", "2"],
+            "Task/{task}: each version once, in order: {received:?}"
+        );
+    }
+    for delivery in deliveries(&b, "").await {
+        assert_eq!(
+            delivery["attempts"], 1,
+            "a release is no attempt: {delivery}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
 }

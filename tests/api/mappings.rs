@@ -176,3 +176,43 @@ async fn a_mistake_in_the_mappings_stops_start_up_naming_file_and_line() {
         assert!(message.starts_with("mappings: "), "{why}: {message}");
     }
 }
+
+/// A service whose mapping reports two stages alike (here `contacted` as `accepted`: it
+/// does not tell GPs when the person was first spoken to) moves the referral on without a
+/// Task version the GP would see as a change: the Task would differ only in
+/// `lastModified`, so none is stored and nothing is queued for the practice, while the
+/// record and its timeline move on. Fails where every stage change stores a Task version
+/// and queues it (Task version 3, a third outbox row).
+#[tokio::test]
+async fn a_stage_change_the_task_does_not_show_stores_and_queues_no_task_version() {
+    let (_dir, path) = altered_copy("outbound.toml", |text| {
+        let shipped = "[stages.contacted]\ntask_status = \"in-progress\"\nbusiness_status = { code = \"contacted\", display = \"Contacted\" }\n";
+        assert!(
+            text.contains(shipped),
+            "the shipped contacted mapping moved"
+        );
+        text.replace(
+            shipped,
+            "[stages.contacted]\ntask_status = \"accepted\"\nbusiness_status = { code = \"accepted\", display = \"Accepted\" }\nrecord_code = { system = \"http://snomed.info/sct\", code = \"871731000000106\" }\n",
+        )
+    });
+    let app = spawn_app_with(|settings| settings.mappings_dir = Some(path)).await;
+    let (id, _, _) = submit(&app, Shape::Resource, &Shape::Resource.example()).await;
+    for stage in ["accepted", "contacted"] {
+        let response = crate::workflow::api_post(
+            &app,
+            &format!("/api/referrals/{id}/transitions"),
+            json!({"to": stage}),
+        )
+        .await;
+        assert_eq!(response.status(), 200, "{stage}");
+    }
+    let record = detail(&app, &id).await;
+    assert_eq!(record["stage"], "contacted");
+    let task_id = record["task_id"].as_str().expect("task");
+    let task = crate::workflow::read(&app, &format!("/fhir/Task/{task_id}")).await;
+    assert_eq!(task["meta"]["versionId"], "2", "{task}");
+    let queued = crate::delivery::deliveries(&app, "").await;
+    assert_eq!(queued.len(), 2, "received and accepted only: {queued:?}");
+    app.assert_every_version_has_its_provenance().await;
+}

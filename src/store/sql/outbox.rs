@@ -75,14 +75,15 @@ impl Backend {
     /// Claims up to `limit` due messages for `destination`, each the head of
     /// its referral's queue, oldest first, leasing them to `owner` until
     /// `lease_until_ms`. The attempt is counted now, so a crash mid-send still
-    /// counts as an attempt.
+    /// counts as an attempt. `last_attempt_at` and `age_from_ms` wait for the
+    /// result (`record_attempts`): a head handed back unsent is released by
+    /// clearing its lease and uncounting its attempt, and so is as it was.
     pub(in crate::store) async fn claim_due(
         &self,
         destination: &str,
         owner: &str,
         now_ms: i64,
         lease_until_ms: i64,
-        attempt_at: &str,
         limit: u32,
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let mut tx = self.begin_outbox_write().await?;
@@ -91,19 +92,17 @@ impl Backend {
         // interleave), `FOR UPDATE SKIP LOCKED` on PostgreSQL (another
         // instance's claim in flight is skipped, not waited for).
         let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, \
-                    last_attempt_at = $3, age_from_ms = COALESCE(age_from_ms, $5) \
+            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
              WHERE seq IN ( \
                SELECT o.seq FROM outbox o \
-               WHERE o.state = 'pending' AND o.destination_ods = $4 AND o.next_attempt_ms <= $5 \
-                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $5) AND {HEAD_OF_REFERRAL} \
-               ORDER BY o.seq LIMIT $6 {CLAIM_LOCK}) \
+               WHERE o.state = 'pending' AND o.destination_ods = $3 AND o.next_attempt_ms <= $4 \
+                 AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $4) AND {HEAD_OF_REFERRAL} \
+               ORDER BY o.seq LIMIT $5 {CLAIM_LOCK}) \
              RETURNING seq, referral_id, resource_type, resource_id, version_id, destination_ods, \
-                       reply_to, created_at, attempts, age_from_ms"
+                       reply_to, created_at, attempts, COALESCE(age_from_ms, $4) AS age_from_ms"
         )))
         .bind(owner)
         .bind(lease_until_ms)
-        .bind(attempt_at)
         .bind(destination)
         .bind(now_ms)
         .bind(i64::from(limit))
@@ -133,11 +132,14 @@ impl Backend {
                 AttemptResult::Delivered => {
                     sqlx::query(
                         "UPDATE outbox SET state = 'delivered', delivered_at = $1, last_status = $2, \
-                                last_error = NULL, lease_owner = NULL, lease_until_ms = NULL \
-                         WHERE seq = $3 AND state = 'pending'",
+                                last_error = NULL, lease_owner = NULL, lease_until_ms = NULL, \
+                                last_attempt_at = $3, age_from_ms = COALESCE(age_from_ms, $4) \
+                         WHERE seq = $5 AND state = 'pending'",
                     )
                     .bind(&attempt.at)
                     .bind(status)
+                    .bind(&attempt.started_at)
+                    .bind(attempt.age_from_ms)
                     .bind(attempt.seq)
                     .execute(tx.conn().await?)
                     .await?;
@@ -149,12 +151,15 @@ impl Backend {
                     next_attempt_ms,
                 } => sqlx::query(
                     "UPDATE outbox SET next_attempt_ms = $1, last_status = $2, last_error = $3, \
-                                lease_owner = NULL, lease_until_ms = NULL \
-                         WHERE seq = $4 AND state = 'pending' AND lease_owner = $5",
+                                lease_owner = NULL, lease_until_ms = NULL, \
+                                last_attempt_at = $4, age_from_ms = COALESCE(age_from_ms, $5) \
+                         WHERE seq = $6 AND state = 'pending' AND lease_owner = $7",
                 )
                 .bind(next_attempt_ms)
                 .bind(status)
                 .bind(error)
+                .bind(&attempt.started_at)
+                .bind(attempt.age_from_ms)
                 .bind(attempt.seq)
                 .bind(owner)
                 .execute(tx.conn().await?)
@@ -166,13 +171,16 @@ impl Backend {
                     sqlx::query(
                         "UPDATE outbox SET state = 'dead', dead_at = $1, last_status = $2, \
                                 last_error = $3, receiver_response = $4, lease_owner = NULL, \
-                                lease_until_ms = NULL \
-                         WHERE seq = $5 AND state = 'pending' AND lease_owner = $6",
+                                lease_until_ms = NULL, \
+                                last_attempt_at = $5, age_from_ms = COALESCE(age_from_ms, $6) \
+                         WHERE seq = $7 AND state = 'pending' AND lease_owner = $8",
                     )
                     .bind(&attempt.at)
                     .bind(status)
                     .bind(error)
                     .bind(receiver_response.as_deref())
+                    .bind(&attempt.started_at)
+                    .bind(attempt.age_from_ms)
                     .bind(attempt.seq)
                     .bind(owner)
                     .execute(tx.conn().await?)
@@ -180,6 +188,8 @@ impl Backend {
                 }
                 // Not an attempt after all: uncounted, so a worker that
                 // stops often does not age its queue towards a dead letter.
+                // The claim changed nothing else (`claim_due`), so the row is
+                // as it was before it: no attempt time, no age started.
                 AttemptResult::Released => {
                     sqlx::query(
                         "UPDATE outbox SET lease_owner = NULL, lease_until_ms = NULL, \

@@ -9,11 +9,11 @@
 use serde_json::Value;
 
 use super::{Backend, CONDITION_LOCK, Conn, ROW_LOCK, Tx};
-use crate::fhir::resource::stamp;
+use crate::fhir::resource::{same_content, stamp};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::deferred::{IntoArg, Statement};
 use crate::store::{
-    HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource,
+    HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource, Updated,
     Visibility, WrittenVersion,
 };
 
@@ -130,12 +130,13 @@ impl Tx {
     }
 
     /// Stores a new version of an existing resource. With `expected`, the
-    /// current version must be that one (`If-Match`), or nothing is written.
+    /// current version must be that one (`If-Match`), or nothing is written. A
+    /// resource saying what the current version says is not stored again.
     pub(in crate::store) async fn update(
         &mut self,
         write: ResourceWrite<'_>,
         expected: Option<VersionId>,
-    ) -> Result<StoredResource, StoreError> {
+    ) -> Result<Updated, StoreError> {
         let current = self.current_version(write.resource_type, write.id).await?;
         let Some((current, deleted)) = current else {
             return Err(StoreError::NotFound {
@@ -152,6 +153,15 @@ impl Tx {
                 expected,
                 current,
             });
+        }
+        // A no-op update (HAPI's term): the current version under the row lock taken
+        // above, so no other writer can change it before this transaction ends.
+        if !deleted
+            && let ReadOutcome::Found(current) =
+                read_current(self.conn(), write.resource_type, write.id, &Visibility::All).await?
+            && same_content(&parse_stored(&current)?, &write.resource)
+        {
+            return Ok(Updated::Unchanged(current));
         }
         let version_id = current.next();
         let last_updated = self.timestamp().await?;
@@ -188,7 +198,7 @@ impl Tx {
         });
         self.replace_index(stored.resource_type, &stored.id, Some(&stamped))
             .await?;
-        Ok(stored)
+        Ok(Updated::Written(stored))
     }
 
     /// Marks a resource deleted by adding a deletion version. Returns the
@@ -395,6 +405,15 @@ impl<'a> VersionRow<'a> {
             audit,
         }
     }
+}
+
+/// A stored version's resource, as JSON to compare.
+fn parse_stored(stored: &StoredResource) -> Result<Value, StoreError> {
+    serde_json::from_str(&stored.json).map_err(|e| StoreError::Corrupt {
+        resource_type: stored.resource_type.to_string(),
+        id: stored.id.to_string(),
+        reason: format!("the stored version is not JSON: {e}"),
+    })
 }
 
 fn serialise(
