@@ -59,8 +59,20 @@ async fn a_failing_transaction_in_a_batch_leaves_the_others_committed() {
         tx.create(patient_write(&failing_id, "Failing"))
             .await
             .expect("create");
-        // The same id as the first's: a constraint error, then abandoned.
-        let clashed = tx.create(patient_write(&clash, "Clash")).await;
+        // The same id as the first's: a constraint error, then abandoned. PostgreSQL
+        // meets it at the INSERT; SQLite queues the INSERT and meets it when the
+        // transaction next runs a statement (here a read; otherwise its commit).
+        let clashed = match tx.create(patient_write(&clash, "Clash")).await {
+            Ok(_) => tx
+                .read(
+                    ResourceType::parse("Patient").expect("type"),
+                    &failing_id,
+                    &Visibility::All,
+                )
+                .await
+                .map(|_| ()),
+            Err(error) => Err(error),
+        };
         assert!(clashed.is_err(), "an id already held cannot be created");
         drop(tx);
     });
