@@ -157,8 +157,13 @@ impl Tx {
         // A no-op update (HAPI's term): the current version under the row lock taken
         // above, so no other writer can change it before this transaction ends.
         if !deleted
-            && let ReadOutcome::Found(current) =
-                read_current(self.conn(), write.resource_type, write.id, &Visibility::All).await?
+            && let ReadOutcome::Found(current) = read_current(
+                self.conn().await?,
+                write.resource_type,
+                write.id,
+                &Visibility::All,
+            )
+            .await?
             && same_content(&parse_stored(&current)?, &write.resource)
         {
             return Ok(Updated::Unchanged(current));

@@ -9,7 +9,7 @@
 //! criterion, so the PostgreSQL backend can share them.
 
 use serde_json::Value;
-use sqlx::{Connection, QueryBuilder};
+use sqlx::Connection;
 
 use super::{Backend, Conn, Db, DbRow, INDEX_STATE_LOCK, Interruptible, LOOKUP_ID};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};

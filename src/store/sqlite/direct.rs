@@ -151,6 +151,7 @@ unsafe fn run_one(
 /// # Safety
 /// `db` must be an open connection no other thread uses during the call.
 unsafe fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Option<Prepared>, StoreError> {
+    let sql = numbered_placeholders(sql);
     let text = sql.as_bytes();
     let length = c_int::try_from(text.len())
         .map_err(|_| direct_error(ffi::SQLITE_TOOBIG, "statement text too long".into()))?;
@@ -184,29 +185,18 @@ unsafe fn bind_and_step(
 ) -> Result<(), StoreError> {
     // SAFETY: `stmt` is live.
     let parameters = unsafe { ffi::sqlite3_bind_parameter_count(stmt) };
-    for index in 1..=parameters {
-        // `$n` names the n-th value (a name may appear twice: one parameter).
-        // SAFETY: `index` is within the statement's parameters.
-        let name = unsafe { ffi::sqlite3_bind_parameter_name(stmt, index) };
-        let position = if name.is_null() {
-            usize::try_from(index).ok()
-        } else {
-            // SAFETY: SQLite returns a NUL-terminated UTF-8 name.
-            let name = unsafe { CStr::from_ptr(name) };
-            name.to_str()
-                .ok()
-                .and_then(|n| n.strip_prefix('$'))
-                .and_then(|n| n.parse::<usize>().ok())
-        };
-        let Some(value) = position
-            .and_then(|p| p.checked_sub(1))
-            .and_then(|p| statement.args.get(p))
-        else {
-            return Err(direct_error(
-                ffi::SQLITE_RANGE,
-                format!("placeholder {index} of a queued statement has no value"),
-            ));
-        };
+    // Prepared with `?n` placeholders (`numbered_placeholders`): parameter n is the
+    // n-th value, and their numbers run to the last value bound.
+    if usize::try_from(parameters).ok() != Some(statement.args.len()) {
+        return Err(direct_error(
+            ffi::SQLITE_RANGE,
+            format!(
+                "a queued statement has {parameters} placeholders and {} values",
+                statement.args.len()
+            ),
+        ));
+    }
+    for (index, value) in (1..=parameters).zip(&statement.args) {
         // SAFETY: `stmt` is prepared, `index` in range; `value` outlives the
         // binding, which `run_one` clears before it returns.
         let rc = unsafe { bind(stmt, index, value) };
@@ -224,6 +214,35 @@ unsafe fn bind_and_step(
             _ => return Err(unsafe { last_error(db) }),
         }
     }
+}
+
+/// `sql` with each `$n` placeholder (PostgreSQL's, which the shared SQL uses) written
+/// `?n`, outside quotes. SQLite numbers a `?n` parameter n; a `$n` is a *named*
+/// parameter, whose number SQLite finds only by walking the statement's list of
+/// names, once per value bound: a 500-row INSERT of 4,000 values took 16 million
+/// steps to bind, and made a 5,000-entry Bundle 2.3× slower.
+fn numbered_placeholders(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            // A doubled quote inside a quoted run escapes itself: closing then
+            // reopening has the same effect on the state.
+            (Some(q), c) if c == q => quote = None,
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('?');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
 }
 
 /// Binds `value` to parameter `index`, without a copy (`SQLITE_STATIC`).
@@ -475,6 +494,39 @@ mod tests {
         conn.close().await.expect("close");
     }
 
+    #[test]
+    fn placeholders_are_numbered_outside_quotes_only() {
+        assert_eq!(
+            numbered_placeholders("INSERT INTO t (a, \"b$1\") VALUES ($1, '$2 it''s', $12)"),
+            "INSERT INTO t (a, \"b$1\") VALUES (?1, '$2 it''s', ?12)"
+        );
+        assert!(matches!(
+            numbered_placeholders("SELECT 1"),
+            Cow::Borrowed("SELECT 1")
+        ));
+        assert_eq!(
+            numbered_placeholders("SELECT json_extract(x, '$.id'), $1"),
+            "SELECT json_extract(x, '$.id'), ?1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_statement_using_a_value_twice_binds_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = connection(&dir).await;
+        let mut cache = Cache::default();
+        let twice = Statement::new("INSERT INTO t (id, name, note) VALUES ($1, $2, $2)")
+            .bind(7_i64)
+            .bind("same");
+        run(&mut conn, &mut cache, &[twice]).await.expect("run");
+        let row: (i64, String, Option<String>) = sqlx::query_as("SELECT id, name, note FROM t")
+            .fetch_one(&mut conn)
+            .await
+            .expect("read");
+        assert_eq!(row, (7, "same".into(), Some("same".into())));
+        cache.clear();
+    }
+
     #[tokio::test]
     async fn a_placeholder_without_a_value_is_an_error_not_a_null() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -484,7 +536,10 @@ mod tests {
         let error = run(&mut conn, &mut cache, &[short])
             .await
             .expect_err("no value for $2");
-        assert!(error.to_string().contains("placeholder 2"), "{error}");
+        assert!(
+            error.to_string().contains("2 placeholders and 1 values"),
+            "{error}"
+        );
         cache.clear();
     }
 }
