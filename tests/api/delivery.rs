@@ -1039,7 +1039,7 @@ async fn delivering_app_in(dir: &Arc<TempDir>, gp: &MockServer, extra: &str) -> 
 /// write transaction, which holds the single writer; on PostgreSQL a transaction
 /// holding the outbox table in `EXCLUSIVE` mode (reads go on).
 enum HeldWriter {
-    Sqlite { _tx: sprig::store::WriteTx },
+    Sqlite { _tx: Box<sprig::store::WriteTx> },
     Postgres(sqlx::PgConnection),
 }
 
@@ -1056,7 +1056,7 @@ impl HeldWriter {
             HeldWriter::Postgres(conn)
         } else {
             HeldWriter::Sqlite {
-                _tx: app.store.begin_write().await.expect("the writer"),
+                _tx: Box::new(app.store.begin_write().await.expect("the writer")),
             }
         }
     }

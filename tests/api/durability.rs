@@ -123,13 +123,13 @@ async fn a_request_whose_work_outlasts_the_time_limit_gets_503_and_stores_nothin
 
 /// Something that keeps every write of `app` waiting while it lives.
 enum Held {
-    Sqlite(#[allow(dead_code)] sprig::store::WriteTx),
+    Sqlite(#[allow(dead_code)] Box<sprig::store::WriteTx>),
     Postgres(#[allow(dead_code)] sqlx::PgConnection),
 }
 
 async fn hold_writes(app: &crate::helpers::TestApp) -> Held {
     if !crate::helpers::on_postgres() {
-        return Held::Sqlite(app.store.begin_write().await.expect("the writer"));
+        return Held::Sqlite(Box::new(app.store.begin_write().await.expect("the writer")));
     }
     let url = crate::helpers::database_for(app.dir().path()).await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)

@@ -162,7 +162,7 @@ unsafe fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Option<Prepared>, 
             db,
             text.as_ptr().cast::<c_char>(),
             length,
-            ffi::SQLITE_PREPARE_PERSISTENT as u32,
+            ffi::SQLITE_PREPARE_PERSISTENT,
             &mut raw,
             ptr::null_mut(),
         )
@@ -357,6 +357,9 @@ mod tests {
     use super::*;
     use crate::store::deferred::IntoArg;
 
+    /// A row of the test table: id, name, note, body.
+    type StoredRow = (i64, String, Option<String>, Option<Vec<u8>>);
+
     async fn connection(dir: &tempfile::TempDir) -> SqliteConnection {
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(dir.path().join("direct.db"))
@@ -433,7 +436,7 @@ mod tests {
         .expect("run");
         // The single-row INSERT was prepared once for both rows; the multi-row one too.
         assert_eq!(open_statements(&mut conn).await, before + 2);
-        let stored: Vec<(i64, String, Option<String>, Option<Vec<u8>>)> =
+        let stored: Vec<StoredRow> =
             sqlx::query_as("SELECT id, name, note, body FROM t ORDER BY id")
                 .fetch_all(&mut conn)
                 .await

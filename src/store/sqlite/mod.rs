@@ -548,11 +548,12 @@ impl Tx {
             return Ok(());
         }
         let queued = std::mem::take(&mut self.queued);
+        // Failed until the run ends well: a run abandoned at its await (the caller's
+        // future dropped, the transaction kept) leaves the write refusing to commit.
+        self.failed = true;
         let (conn, cache) = self.entered.conn_and_cache();
         let ran = direct::run(conn, cache, &queued).await;
-        if ran.is_err() {
-            self.failed = true;
-        }
+        self.failed = ran.is_err();
         ran
     }
 
@@ -828,6 +829,7 @@ mod queued_statement_tests {
     use crate::store::{ReadOutcome, ResourceWrite, StoreError, Visibility};
 
     const PATIENT: ResourceType = ResourceType::named("Patient");
+    const BASIC: ResourceType = ResourceType::named("Basic");
 
     fn patient<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
         ResourceWrite {
@@ -881,6 +883,48 @@ mod queued_statement_tests {
             .await
             .expect("read");
         assert!(matches!(read, ReadOutcome::Found(_)));
+        store.close().await;
+    }
+
+    /// A read abandoned while the queue waits for the writer connection (its future
+    /// dropped, the transaction kept) loses the queued statements: the write must then
+    /// refuse to commit, never commit without them.
+    #[tokio::test]
+    async fn a_queue_run_abandoned_midway_leaves_the_write_unable_to_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let id = FhirId::generate();
+        let mut tx = store.begin_write().await.expect("begin");
+        // A type no search parameter indexes: its two rows are all the queue holds,
+        // so nothing queued later (index rows naming it) would fail in their place.
+        tx.create(ResourceWrite {
+            resource_type: BASIC,
+            id: &id,
+            resource: json!({"resourceType": "Basic", "code": {"text": "abandoned"}}),
+            received: None,
+            request_id: "test",
+            owner: None,
+        })
+        .await
+        .expect("queued");
+        // Polled once, then dropped: the hand-off to take the connection is still
+        // pending, the queue already taken from the transaction.
+        let abandoned = {
+            let read = std::pin::pin!(tx.read(BASIC, &id, &Visibility::All));
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            std::future::Future::poll(read, &mut context).is_pending()
+        };
+        let committed = tx.commit().await;
+        let read = store
+            .read(BASIC, &id, &Visibility::All)
+            .await
+            .expect("read");
+        // Committed if and only if its statements ran.
+        assert_eq!(
+            committed.is_ok(),
+            matches!(read, ReadOutcome::Found(_)),
+            "abandoned: {abandoned}, commit: {committed:?}, read: {read:?}"
+        );
         store.close().await;
     }
 
