@@ -31,6 +31,7 @@ use super::error::ApiError;
 use super::middleware::RequestContext;
 use super::problem::Problem;
 use crate::identity::Access;
+use crate::referral::record::Referral;
 use crate::store::{AuditRecord, StoreError, WriteTx};
 
 /// What the layer knows of a request, shared with its handler.
@@ -85,6 +86,14 @@ impl AuditHandle {
             && !record.referral_ids.iter().any(|r| r == id)
         {
             record.referral_ids.push(id.to_owned());
+        }
+    }
+
+    /// Records that the answer holds this referral and its Patient (if it has one).
+    pub fn note_referral_record(&self, referral: &Referral) {
+        self.note_referral(&referral.id);
+        if let Some(patient) = &referral.patient_id {
+            self.note_patient(patient);
         }
     }
 

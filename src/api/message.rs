@@ -372,10 +372,7 @@ async fn handle(
         )
         .await?;
     }
-    context.audit.note_referral(&referral.id);
-    if let Some(patient) = &referral.patient_id {
-        context.audit.note_patient(patient);
-    }
+    context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(referral_id = %referral.id, reason, "referral message processed");
     // The text just remembered, so a retry gets these very bytes again.

@@ -127,10 +127,7 @@ pub(super) async fn create(
         response: None,
     })
     .await?;
-    context.audit.note_referral(&referral.id);
-    if let Some(patient) = &referral.patient_id {
-        context.audit.note_patient(patient);
-    }
+    context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 201).await?;
     tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
     let what = Written {
@@ -268,10 +265,7 @@ pub async fn update(
         response: None,
     })
     .await?;
-    context.audit.note_referral(&referral.id);
-    if let Some(patient) = &referral.patient_id {
-        context.audit.note_patient(patient);
-    }
+    context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(referral_id = %referral.id, stage = referral.stage.as_str(), "referral amended");
     let what = Written {
@@ -299,10 +293,7 @@ async fn unchanged(
     answer: Answer,
     issues: Vec<Issue>,
 ) -> Result<Response, ApiError> {
-    context.audit.note_referral(&referral.id);
-    if let Some(patient) = &referral.patient_id {
-        context.audit.note_patient(patient);
-    }
+    context.audit.note_referral_record(referral);
     // Committed, not dropped: the audit row goes with it, and the version read may be
     // another request's write in the same SQLite batch, not yet durable.
     context.audit.commit(tx, 200).await?;

@@ -213,10 +213,7 @@ pub async fn transaction(
         response: Some(&response_text),
     })
     .await?;
-    context.audit.note_referral(&referral.id);
-    if let Some(patient) = &referral.patient_id {
-        context.audit.note_patient(patient);
-    }
+    context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(
         referral_id = %referral.id,

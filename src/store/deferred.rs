@@ -10,6 +10,7 @@
 //! as any other statement: the transaction sees the same results on both.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// One value bound to a statement's `$n` placeholder.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +125,7 @@ impl Statement {
     }
 
     /// A multi-row `INSERT`: `head` (`INSERT INTO t (a, b)`) then one `($n, …)` per
-    /// row of `values`, each row as many values as its columns. `None` for no rows.
+    /// row of `rows`, each row as many values as its columns. `None` for no rows.
     pub(crate) fn insert_rows<R>(head: &str, rows: impl IntoIterator<Item = R>) -> Option<Self>
     where
         R: IntoIterator<Item = Arg>,
@@ -143,8 +144,8 @@ impl Statement {
                     sql.push_str(", ");
                 }
                 args.push(value);
-                sql.push('$');
-                sql.push_str(&args.len().to_string());
+                // Writing to a String cannot fail.
+                let _ = write!(sql, "${}", args.len());
             }
             sql.push(')');
         }
