@@ -31,9 +31,7 @@ use crate::referral::record::{
 };
 use crate::referral::stage::Stage;
 use crate::store::referrals::{NewStageChange, OutboxMessage};
-use crate::store::{
-    ReadOutcome, ResourceWrite, StoreError, StoredResource, Updated, Visibility, WriteTx,
-};
+use crate::store::{ResourceWrite, StoreError, StoredResource, Updated, Visibility, WriteTx};
 use crate::validation::{TASK_PROFILE, Target, Validator};
 
 /// Who the actor is when the gateway itself acts for the GP.
@@ -720,25 +718,24 @@ impl Workflow {
     ) -> Result<VersionId, WorkflowError> {
         let task_id = task_id_of(referral)?;
         // Sprig's own work on the referral: every resource is its to read.
-        let current = match tx
-            .read(ResourceType::TASK, &task_id, &Visibility::All)
+        let Some(current) = tx
+            .read_current(ResourceType::TASK, &task_id, &Visibility::All)
             .await?
-        {
-            ReadOutcome::Found(stored) => stored,
-            _ => {
-                return Err(WorkflowError::Defect(format!(
-                    "referral {} has no Task",
-                    referral.id
-                )));
-            }
+        else {
+            return Err(WorkflowError::Defect(format!(
+                "referral {} has no Task",
+                referral.id
+            )));
         };
         let task = self.task(referral, stage, reason, outputs, now)?;
-        if same_task(&current, &task) {
+        if same_task(current.stored(), &task) {
             // Nothing the referrer would see has changed: no version, nothing queued.
-            return Ok(current.version_id);
+            return Ok(current.stored().version_id);
         }
+        // The version read above, expected: a transaction that changed the Task (and so
+        // the referral) since is a conflict, not overwritten.
         let stored = match tx
-            .update(
+            .update_current(
                 ResourceWrite {
                     resource_type: ResourceType::TASK,
                     id: &task_id,
@@ -747,7 +744,7 @@ impl Workflow {
                     request_id,
                     owner: referral.fields.practice_ods_code.as_deref(),
                 },
-                Some(current.version_id),
+                current,
             )
             .await?
         {

@@ -63,7 +63,7 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 pub use search::{BoundValue, SearchStatement};
-pub use write::{ResourceWrite, Updated, WriteTx, WrittenVersion};
+pub use write::{CurrentVersion, ResourceWrite, Updated, WriteTx, WrittenVersion};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, Error)]

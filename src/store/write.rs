@@ -101,6 +101,27 @@ impl Updated {
     }
 }
 
+/// A resource's current version as a write transaction read it ([`WriteTx::read_current`]),
+/// to update it from ([`WriteTx::update_current`]) without reading it again.
+#[derive(Debug, Clone)]
+pub struct CurrentVersion {
+    pub(super) stored: StoredResource,
+    /// Its practice (see [`ResourceWrite::owner`]): the owner after an update from it.
+    pub(super) owner: Option<String>,
+}
+
+impl CurrentVersion {
+    /// The version read.
+    pub fn stored(&self) -> &StoredResource {
+        &self.stored
+    }
+
+    /// [`CurrentVersion::stored`], taken.
+    pub fn into_stored(self) -> StoredResource {
+        self.stored
+    }
+}
+
 impl WriteTx {
     /// The versions this transaction wrote since the last call, oldest first, so the
     /// caller can record who caused them (their Provenance) in the same transaction.
@@ -143,6 +164,21 @@ impl WriteTx {
         dispatch!(self, b => b.update(write, expected).await)
     }
 
+    /// [`WriteTx::update`] of the version this transaction read ([`WriteTx::read_current`]),
+    /// with that version expected: a conflict if another transaction has replaced it since
+    /// (as with `If-Match`; checked under the row lock where other transactions can write,
+    /// without a statement on SQLite's single writer), and [`Updated::Unchanged`] when the
+    /// resource says what it says. `current` must come from this transaction: a version
+    /// this transaction itself replaced since is refused (its successor exists), never
+    /// written over.
+    pub async fn update_current(
+        &mut self,
+        write: ResourceWrite<'_>,
+        current: CurrentVersion,
+    ) -> Result<Updated, StoreError> {
+        dispatch!(self, b => b.update_current(write, current).await)
+    }
+
     /// Marks a resource deleted by adding a deletion version. Returns the
     /// deletion's version, or `None` if there was no such (undeleted) resource.
     pub async fn delete(
@@ -174,6 +210,18 @@ impl WriteTx {
         visibility: &Visibility,
     ) -> Result<bool, StoreError> {
         dispatch!(self, b => b.exists_unseen(resource_type, id, visibility).await)
+    }
+
+    /// The current version, as this transaction sees it, to update with
+    /// [`WriteTx::update_current`]; `None` when there is none (no such resource, or
+    /// deleted) or `visibility` does not see it. It takes no lock: the update checks.
+    pub async fn read_current(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        visibility: &Visibility,
+    ) -> Result<Option<CurrentVersion>, StoreError> {
+        dispatch!(self, b => b.read_current(resource_type, id, visibility).await)
     }
 
     /// The current version, as this transaction sees it; `NotFound` when

@@ -194,6 +194,126 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
     );
 }
 
+/// A new Task (version 1) on `app`'s database.
+async fn a_task(app: &TestApp) -> FhirId {
+    let id = FhirId::generate();
+    let mut tx = app.store.begin_write().await.expect("begin");
+    tx.create(task_write(&id, "requested"))
+        .await
+        .expect("create");
+    tx.commit().await.expect("commit");
+    id
+}
+
+fn task_write<'a>(id: &'a FhirId, status: &str) -> ResourceWrite<'a> {
+    ResourceWrite {
+        resource_type: ResourceType::TASK,
+        id,
+        resource: json!({"resourceType": "Task", "status": status, "intent": "order"}),
+        received: None,
+        request_id: "test",
+        owner: None,
+    }
+}
+
+#[tokio::test]
+async fn an_update_that_waited_for_the_same_change_stores_nothing() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let id = a_task(&a).await;
+
+    // A writes version 2 and holds its transaction open; B's update to the same
+    // content (no If-Match) waits for A's row lock. The row B then reads is version 2,
+    // the version its statement joined to it still version 1: B must compare with
+    // version 2, which says what it says, and store nothing.
+    let mut first = a.store.begin_write().await.expect("begin");
+    first
+        .update(task_write(&id, "in-progress"), None)
+        .await
+        .expect("the first update");
+    let store_b = b.store.clone();
+    let id_b = id.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = store_b.begin_write().await.expect("begin");
+        let updated = tx
+            .update(task_write(&id_b, "in-progress"), None)
+            .await
+            .expect("the second update");
+        tx.commit().await.expect("commit");
+        (updated.changed(), updated.stored().version_id)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second update waits for the first"
+    );
+    first.commit().await.expect("commit");
+    let (changed, version) = second.await.expect("task");
+    assert!(!changed, "the same content is not stored again");
+    assert_eq!(version, VersionId::FIRST.next(), "answered with version 2");
+    assert_eq!(a.stored_version_count().await, 2, "no version 3");
+}
+
+#[tokio::test]
+async fn of_two_updates_from_one_read_on_two_instances_one_gets_a_conflict() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let id = a_task(&a).await;
+
+    // Both read version 1 in their transactions (no lock); A updates from it and holds
+    // its transaction open; B's update from its read must wait for A, then refuse: the
+    // version it read is no longer current.
+    let mut first = a.store.begin_write().await.expect("begin");
+    let read = first
+        .read_current(ResourceType::TASK, &id, &sprig::store::Visibility::All)
+        .await
+        .expect("read")
+        .expect("the Task");
+    let store_b = b.store.clone();
+    let id_b = id.clone();
+    let (read_b, reads) = tokio::sync::oneshot::channel();
+    let (go, gone) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(async move {
+        let mut tx = store_b.begin_write().await.expect("begin");
+        let current = tx
+            .read_current(ResourceType::TASK, &id_b, &sprig::store::Visibility::All)
+            .await
+            .expect("read")
+            .expect("the Task");
+        let _ = read_b.send(());
+        gone.await.expect("A updated");
+        let result = tx
+            .update_current(task_write(&id_b, "accepted"), current)
+            .await
+            .map(|updated| updated.stored().version_id);
+        if result.is_ok() {
+            tx.commit().await.expect("commit");
+        }
+        result
+    });
+    reads.await.expect("B read version 1");
+    first
+        .update_current(task_write(&id, "in-progress"), read)
+        .await
+        .expect("the first update");
+    go.send(()).expect("B waits");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second update waits for the first"
+    );
+    first.commit().await.expect("commit");
+    let second = second.await.expect("task");
+    assert!(
+        matches!(second, Err(StoreError::VersionConflict { .. })),
+        "the loser is told the version moved: {second:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_commit_on_one_instance_wakes_delivery_on_the_other() {
     if !on_postgres() {

@@ -119,8 +119,13 @@ const JSON_TEXT_MEMBERS: &str = "SELECT jsonb_array_elements_text(CAST({} AS jso
 /// committed at once: PostgreSQL commits many connections' transactions side by side.
 const AUDIT_IN_GROUP_COMMIT: bool = false;
 
-/// A resource row read to be changed is locked until the transaction ends.
-const ROW_LOCK: &str = " FOR UPDATE";
+/// A resource row read to be changed (`resources r`, the versions it is joined with
+/// left alone) is locked until the transaction ends.
+const ROW_LOCK: &str = " FOR UPDATE OF r";
+
+/// A version a write transaction read without a lock may have been replaced by another
+/// transaction since: an update from it locks the row and checks its version first.
+const READS_STAY_CURRENT: bool = false;
 
 /// A conditional create or update (`If-None-Exist`, `PUT Type?…`) holds this lock on its
 /// condition until its transaction ends, so that two transactions with one condition

@@ -8,13 +8,13 @@
 
 use serde_json::Value;
 
-use super::{Backend, CONDITION_LOCK, Conn, ROW_LOCK, Tx};
+use super::{Backend, CONDITION_LOCK, Conn, READS_STAY_CURRENT, ROW_LOCK, Tx};
 use crate::fhir::resource::{same_content, stamp};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::deferred::{IntoArg, Statement};
 use crate::store::{
-    HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError, StoredResource, Updated,
-    Visibility, WrittenVersion,
+    CurrentVersion, HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError,
+    StoredResource, Updated, Visibility, WrittenVersion,
 };
 
 impl Tx {
@@ -137,54 +137,113 @@ impl Tx {
         write: ResourceWrite<'_>,
         expected: Option<VersionId>,
     ) -> Result<Updated, StoreError> {
-        let current = self.current_version(write.resource_type, write.id).await?;
-        let Some((current, deleted)) = current else {
-            return Err(StoreError::NotFound {
-                resource_type: write.resource_type.to_string(),
-                id: write.id.to_string(),
-            });
+        let Some(locked) = self
+            .lock_current(write.resource_type, write.id, true)
+            .await?
+        else {
+            return Err(not_found(write.resource_type, write.id));
         };
+        let current = locked.version;
         if let Some(expected) = expected
             && expected != current
         {
-            return Err(StoreError::VersionConflict {
-                resource_type: write.resource_type.to_string(),
-                id: write.id.to_string(),
-                expected,
-                current,
-            });
+            return Err(conflict(write.resource_type, write.id, expected, current));
         }
         // A no-op update (HAPI's term): the current version under the row lock taken
         // above, so no other writer can change it before this transaction ends.
-        if !deleted
-            && let ReadOutcome::Found(current) = read_current(
-                self.conn().await?,
-                write.resource_type,
-                write.id,
-                &Visibility::All,
-            )
-            .await?
-            && same_content(&parse_stored(&current)?, &write.resource)
-        {
-            return Ok(Updated::Unchanged(current));
+        if !locked.deleted {
+            let stored = match locked.stored {
+                Some(stored) => Some(stored),
+                // Replaced while the lock was awaited (PostgreSQL): the row is the new
+                // one, the version joined to it still the old, so read it afresh.
+                None => match read_current(
+                    self.conn().await?,
+                    write.resource_type,
+                    write.id,
+                    &Visibility::All,
+                )
+                .await?
+                {
+                    ReadOutcome::Found(stored) => Some(stored),
+                    _ => None,
+                },
+            };
+            if let Some(stored) = stored
+                && same_content(&parse_stored(&stored)?, &write.resource)
+            {
+                return Ok(Updated::Unchanged(stored));
+            }
         }
+        let stored = self
+            .write_version(write, current, locked.deleted, locked.owner)
+            .await?;
+        Ok(Updated::Written(stored))
+    }
+
+    /// [`Tx::update`] from the version this transaction read ([`Tx::read_current`]),
+    /// that version expected. Where another transaction may have written since
+    /// (`READS_STAY_CURRENT` false: PostgreSQL), the row is locked and its version
+    /// checked first; on SQLite's single writer the read is still current, so nothing
+    /// is read again.
+    pub(in crate::store) async fn update_current(
+        &mut self,
+        write: ResourceWrite<'_>,
+        current: CurrentVersion,
+    ) -> Result<Updated, StoreError> {
+        let CurrentVersion { stored, owner } = current;
+        let expected = stored.version_id;
+        if !READS_STAY_CURRENT {
+            let Some(locked) = self
+                .lock_current(write.resource_type, write.id, false)
+                .await?
+            else {
+                return Err(not_found(write.resource_type, write.id));
+            };
+            if locked.version != expected {
+                return Err(conflict(
+                    write.resource_type,
+                    write.id,
+                    expected,
+                    locked.version,
+                ));
+            }
+        }
+        if same_content(&parse_stored(&stored)?, &write.resource) {
+            return Ok(Updated::Unchanged(stored));
+        }
+        let stored = self.write_version(write, expected, false, owner).await?;
+        Ok(Updated::Written(stored))
+    }
+
+    /// Writes the version after `current` (`deleted`: a deletion, so this one is a
+    /// create again), the resource's owner so far `owner`: one queued UPDATE of the
+    /// resource row, its version row, its index rows.
+    async fn write_version(
+        &mut self,
+        write: ResourceWrite<'_>,
+        current: VersionId,
+        deleted: bool,
+        owner: Option<String>,
+    ) -> Result<StoredResource, StoreError> {
         let version_id = current.next();
         let last_updated = self.timestamp().await?;
-        let owner = write.owner;
+        // The owner after the write (set by the first, never changed), as the
+        // COALESCE below leaves it: the Provenance's.
+        let owner = owner.or_else(|| write.owner.map(str::to_owned));
         let (stored, audit, stamped) = serialise(write, version_id, last_updated)?;
         let at = last_updated.to_fhir();
-        // The owner after the write (set by the first, never changed): the Provenance's.
-        let (owner,): (Option<String>,) = sqlx::query_as(
-            "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2, \
-             owner_ods = COALESCE(owner_ods, $3) \
-             WHERE resource_type = $4 AND id = $5 RETURNING owner_ods",
+        self.execute(
+            Statement::new(
+                "UPDATE resources SET current_version = $1, deleted = 0, last_updated = $2, \
+                 owner_ods = COALESCE(owner_ods, $3) \
+                 WHERE resource_type = $4 AND id = $5",
+            )
+            .bind(version_id.get())
+            .bind(at.as_str())
+            .bind(owner.as_deref())
+            .bind(stored.resource_type.as_str())
+            .bind(stored.id.as_str()),
         )
-        .bind(version_id.get())
-        .bind(&at)
-        .bind(owner)
-        .bind(stored.resource_type.as_str())
-        .bind(stored.id.as_str())
-        .fetch_one(self.conn().await?)
         .await?;
         let (operation, written) = if deleted {
             ("create", HistoryOperation::Create)
@@ -203,7 +262,7 @@ impl Tx {
         });
         self.replace_index(stored.resource_type, &stored.id, Some(&stamped))
             .await?;
-        Ok(Updated::Written(stored))
+        Ok(stored)
     }
 
     /// Marks a resource deleted by adding a deletion version. Returns the
@@ -214,21 +273,28 @@ impl Tx {
         id: &FhirId,
         request_id: &str,
     ) -> Result<Option<VersionId>, StoreError> {
-        let Some((current, false)) = self.current_version(resource_type, id).await? else {
+        let Some(Locked {
+            version: current,
+            deleted: false,
+            owner,
+            ..
+        }) = self.lock_current(resource_type, id, false).await?
+        else {
             return Ok(None);
         };
         let version_id = current.next();
         let recorded = self.timestamp().await?;
         let at = recorded.to_fhir();
-        let (owner,): (Option<String>,) = sqlx::query_as(
-            "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
-             WHERE resource_type = $3 AND id = $4 RETURNING owner_ods",
+        self.execute(
+            Statement::new(
+                "UPDATE resources SET current_version = $1, deleted = 1, last_updated = $2 \
+                 WHERE resource_type = $3 AND id = $4",
+            )
+            .bind(version_id.get())
+            .bind(at.as_str())
+            .bind(resource_type.as_str())
+            .bind(id.as_str()),
         )
-        .bind(version_id.get())
-        .bind(&at)
-        .bind(resource_type.as_str())
-        .bind(id.as_str())
-        .fetch_one(self.conn().await?)
         .await?;
         self.written.push(WrittenVersion {
             resource_type,
@@ -324,24 +390,57 @@ impl Tx {
         Ok(row.is_some_and(|(owner,)| !visibility.sees(owner.as_deref())))
     }
 
-    /// The current version number of a resource and whether it is deleted.
-    async fn current_version(
+    /// The resource row, read to be changed: its current version, whether it is
+    /// deleted, its owner and (with `with_stored`) the current version's resource, in
+    /// one statement. ROW_LOCK (PostgreSQL: `FOR UPDATE OF r`) holds a concurrent
+    /// writer of the same resource until this transaction ends; it then reads the new
+    /// version, so of two `If-Match` updates one gets 412, none is lost.
+    async fn lock_current(
         &mut self,
         resource_type: ResourceType,
         id: &FhirId,
-    ) -> Result<Option<(VersionId, bool)>, StoreError> {
-        // ROW_LOCK (PostgreSQL: `FOR UPDATE`) holds a concurrent writer of the
-        // same resource until this transaction ends; it then reads the new
-        // version, so of two `If-Match` updates one gets 412, none is lost.
-        let row: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT current_version, deleted FROM resources \
-             WHERE resource_type = $1 AND id = $2{ROW_LOCK}"
-        )))
+        with_stored: bool,
+    ) -> Result<Option<Locked>, StoreError> {
+        let row: Option<LockedRow> = if with_stored {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT r.current_version, r.deleted, r.owner_ods, \
+                 v.version_id, v.last_updated, v.resource \
+                 FROM resources r LEFT JOIN resource_versions v \
+                   ON v.resource_type = r.resource_type AND v.id = r.id \
+                  AND v.version_id = r.current_version \
+                 WHERE r.resource_type = $1 AND r.id = $2{ROW_LOCK}"
+            )))
+        } else {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT r.current_version, r.deleted, r.owner_ods, \
+                 CAST(NULL AS BIGINT) AS version_id, CAST(NULL AS TEXT) AS last_updated, \
+                 CAST(NULL AS TEXT) AS resource \
+                 FROM resources r WHERE r.resource_type = $1 AND r.id = $2{ROW_LOCK}"
+            )))
+        }
         .bind(resource_type.as_str())
         .bind(id.as_str())
         .fetch_optional(self.conn().await?)
         .await?;
-        Ok(row.map(|(version, deleted)| (VersionId::from_i64(version), deleted != 0)))
+        row.map(|row| row.into_locked(resource_type, id))
+            .transpose()
+    }
+
+    /// The current version, as this transaction sees it, to update from
+    /// ([`Tx::update_current`]); `None` when there is none or `visibility` does not
+    /// see it.
+    pub(in crate::store) async fn read_current(
+        &mut self,
+        resource_type: ResourceType,
+        id: &FhirId,
+        visibility: &Visibility,
+    ) -> Result<Option<CurrentVersion>, StoreError> {
+        let row = current_row(self.conn().await?, resource_type, id).await?;
+        let owner = row.as_ref().and_then(|row| row.owner_ods.clone());
+        Ok(match visible_outcome(resource_type, id, row, visibility)? {
+            ReadOutcome::Found(stored) => Some(CurrentVersion { stored, owner }),
+            _ => None,
+        })
     }
 
     /// The current version, as this transaction sees it.
@@ -529,7 +628,17 @@ pub(super) async fn read_current(
     id: &FhirId,
     visibility: &Visibility,
 ) -> Result<ReadOutcome, StoreError> {
-    let row: Option<VisibleVersionRow> = sqlx::query_as(
+    let row = current_row(conn, resource_type, id).await?;
+    visible_outcome(resource_type, id, row, visibility)
+}
+
+/// The current version's row, with its resource's owner.
+async fn current_row(
+    conn: &mut Conn,
+    resource_type: ResourceType,
+    id: &FhirId,
+) -> Result<Option<VisibleVersionRow>, StoreError> {
+    Ok(sqlx::query_as(
         "SELECT v.version_id, v.last_updated, v.resource, r.owner_ods \
          FROM resources r JOIN resource_versions v \
            ON v.resource_type = r.resource_type AND v.id = r.id AND v.version_id = r.current_version \
@@ -538,8 +647,82 @@ pub(super) async fn read_current(
     .bind(resource_type.as_str())
     .bind(id.as_str())
     .fetch_optional(conn)
-    .await?;
-    visible_outcome(resource_type, id, row, visibility)
+    .await?)
+}
+
+/// A resource row as [`Tx::lock_current`] reads it.
+#[derive(sqlx::FromRow)]
+struct LockedRow {
+    current_version: i64,
+    deleted: i64,
+    owner_ods: Option<String>,
+    /// The current version's row (`None` when not asked for).
+    version_id: Option<i64>,
+    last_updated: Option<String>,
+    resource: Option<String>,
+}
+
+/// What [`Tx::lock_current`] found.
+struct Locked {
+    version: VersionId,
+    deleted: bool,
+    owner: Option<String>,
+    /// The current version's resource, when asked for, not deleted, and read with the
+    /// row: on PostgreSQL a row replaced while its lock was awaited comes back new,
+    /// joined to the version it had when the statement began (the other transaction's
+    /// version is not in the statement's snapshot), so none.
+    stored: Option<StoredResource>,
+}
+
+impl LockedRow {
+    fn into_locked(self, resource_type: ResourceType, id: &FhirId) -> Result<Locked, StoreError> {
+        let version = VersionId::from_i64(self.current_version);
+        let stored = match (self.version_id, self.last_updated, self.resource) {
+            (Some(read), Some(last_updated), Some(json)) if read == self.current_version => {
+                let last_updated =
+                    Instant::parse(&last_updated).map_err(|e| StoreError::Corrupt {
+                        resource_type: resource_type.to_string(),
+                        id: id.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Some(StoredResource {
+                    resource_type,
+                    id: id.clone(),
+                    version_id: version,
+                    last_updated,
+                    json,
+                })
+            }
+            _ => None,
+        };
+        Ok(Locked {
+            version,
+            deleted: self.deleted != 0,
+            owner: self.owner_ods,
+            stored,
+        })
+    }
+}
+
+fn not_found(resource_type: ResourceType, id: &FhirId) -> StoreError {
+    StoreError::NotFound {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+    }
+}
+
+fn conflict(
+    resource_type: ResourceType,
+    id: &FhirId,
+    expected: VersionId,
+    current: VersionId,
+) -> StoreError {
+    StoreError::VersionConflict {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        expected,
+        current,
+    }
 }
 
 /// One version of a resource (its JSON `None`: a deletion) with the resource's

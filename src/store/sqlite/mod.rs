@@ -128,6 +128,10 @@ const AUDIT_IN_GROUP_COMMIT: bool = true;
 /// already serialises writes.
 const ROW_LOCK: &str = "";
 
+/// A version a write transaction read stays current until it ends: no other
+/// transaction writes while it holds the single writer.
+const READS_STAY_CURRENT: bool = true;
+
 /// The single writer already runs conditional writes one after another.
 const CONDITION_LOCK: Option<&str> = None;
 
