@@ -14,11 +14,11 @@ use crate::referral::record::{
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
 use crate::store::deferred::{IntoArg, Statement};
-use crate::store::search::{BoundValue, SearchStatement};
 use crate::store::referrals::{
     Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
     ReferralHandle, Submission,
 };
+use crate::store::search::{BoundValue, SearchStatement};
 
 const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r.stage, r.fhir_status, \
      r.intent, r.priority, r.authored_on, r.received_at, r.updated_at, r.received_as, \
@@ -685,10 +685,10 @@ impl Backend {
         limit: u32,
     ) -> Result<Vec<ReferralHandle>, StoreError> {
         let rows: Vec<ReferralHandleRow> = sqlx::query_as(REFERRAL_HANDLES_SQL)
-        .bind(text)
-        .bind(i64::from(limit))
-        .fetch_all(&self.readers)
-        .await?;
+            .bind(text)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
         Ok(rows
             .into_iter()
             .map(ReferralHandleRow::into_domain)
@@ -785,15 +785,13 @@ impl Tx {
 /// `referrals_by_identifier (identifier_value, identifier_system,
 /// COALESCE(practice_ods_code, ''))` answers it (migration 0017 put the value first, so
 /// that the console's lookup by value alone reads the same index).
-const REFERRAL_BY_IDENTIFIER_SQL: &str =
-    "SELECT id FROM referrals WHERE COALESCE(practice_ods_code, '') = $1 \
+const REFERRAL_BY_IDENTIFIER_SQL: &str = "SELECT id FROM referrals WHERE COALESCE(practice_ods_code, '') = $1 \
      AND identifier_system = $2 AND identifier_value = $3";
 
 /// Referrals whose id (`$1`) or business identifier value (`$1`) is the text asked, the
 /// first `$2` received: the primary key and the value's prefix of
 /// `referrals_by_identifier`.
-const REFERRAL_HANDLES_SQL: &str =
-    "SELECT id, identifier_system, identifier_value, practice_ods_code, received_at \
+const REFERRAL_HANDLES_SQL: &str = "SELECT id, identifier_system, identifier_value, practice_ods_code, received_at \
      FROM referrals WHERE id = $1 OR identifier_value = $1 \
      ORDER BY received_at, id LIMIT $2";
 
@@ -865,11 +863,11 @@ async fn referral_by_identifier(
     identifier: &BusinessIdentifier,
 ) -> Result<Option<Referral>, StoreError> {
     let id: Option<(String,)> = sqlx::query_as(REFERRAL_BY_IDENTIFIER_SQL)
-    .bind(practice.unwrap_or_default())
-    .bind(&identifier.system)
-    .bind(&identifier.value)
-    .fetch_optional(&mut *conn)
-    .await?;
+        .bind(practice.unwrap_or_default())
+        .bind(&identifier.system)
+        .bind(&identifier.value)
+        .fetch_optional(&mut *conn)
+        .await?;
     match id {
         Some((id,)) => fetch_referral(conn, &id).await,
         None => Ok(None),

@@ -48,7 +48,10 @@ pub(in crate::store) fn referrers_sql() -> String {
     let mut types = Vec::new();
     let mut params = Vec::new();
     for (resource_type, type_params) in TABLE {
-        for param in type_params.iter().filter(|p| p.kind == ParamType::Reference) {
+        for param in type_params
+            .iter()
+            .filter(|p| p.kind == ParamType::Reference)
+        {
             types.push(*resource_type);
             params.push(param.name);
         }
@@ -457,10 +460,10 @@ impl Tx {
                      WHERE resource_type = $1 AND id = $2 UNION {}",
                     referrers_sql()
                 )))
-            .bind(&resource_type)
-            .bind(&id)
-            .fetch_all(self.conn().await?)
-            .await?;
+                .bind(&resource_type)
+                .bind(&id)
+                .fetch_all(self.conn().await?)
+                .await?;
             for (target_type, target_id) in neighbours {
                 let (Some(target_type), Some(target_id)) = (target_type, target_id) else {
                     continue;
@@ -503,10 +506,10 @@ impl Tx {
         erased: &BTreeSet<(String, String)>,
     ) -> Result<bool, StoreError> {
         let referrers: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(referrers_sql()))
-        .bind(&target.0)
-        .bind(&target.1)
-        .fetch_all(self.conn().await?)
-        .await?;
+            .bind(&target.0)
+            .bind(&target.1)
+            .fetch_all(self.conn().await?)
+            .await?;
         Ok(referrers.iter().any(|referrer| !erased.contains(referrer)))
     }
 }
