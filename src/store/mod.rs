@@ -436,6 +436,14 @@ impl Store {
         dispatch!(self, b => b.search_statements(query, visibility))
     }
 
+    /// The SQL of the lookups outside search whose indexes migration 0017 changed (a
+    /// referral by its identifier, the console's lookup by identifier value, erasure's
+    /// referrers of a resource, the audit log by agent), each with its bound values and
+    /// the indexes its plan must read: for the tests that check their plans.
+    pub fn lookup_statements(&self) -> Vec<(&'static [&'static str], SearchStatement)> {
+        dispatch!(self, b => b.lookup_statements())
+    }
+
     /// Up to `count` versions of a resource, newest first, deletions
     /// included, starting before version `before` (from a `next` link); no
     /// versions (total 0) when `visibility` does not see the resource.

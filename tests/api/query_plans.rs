@@ -394,3 +394,96 @@ async fn totals_of_a_search_on_one_parameter_read_only_its_index() {
     conn.close().await.expect("close");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The lookups outside search whose indexes migration 0017 changed read through
+/// the index meant for them (`Store::lookup_statements`): a referral by its
+/// identifier and the console's lookup by identifier value through the unique
+/// `referrals_by_identifier`, which leads with the value (not the dropped
+/// `referrals_by_identifier_value`); erasure's "who names this resource" through
+/// `search_references_by_target_id`, one probe per type and reference parameter
+/// (not the dropped `search_references_by_target`); the audit log's agent filter
+/// through the three agent indexes that now hold only the rows naming one.
+#[tokio::test]
+async fn lookups_outside_search_read_their_index() {
+    let app = spawn_app().await;
+    let pool = app.db_pool().await;
+    let mut conn = pool.acquire().await.expect("a connection").detach();
+    seed(&mut conn).await;
+    let numbers = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {SEEDED})"
+    );
+    for statement in [
+        format!(
+            "{numbers} INSERT INTO referrals (id, identifier_system, identifier_value, stage, \
+             fhir_status, received_at, updated_at, received_as, practice_ods_code, task_id, version) \
+             SELECT 'r' || i, 'https://example.org/id', 'V-' || i, 'received', 'active', \
+             '2026-11-20T10:00:00.000Z', '2026-11-20T10:00:00.000Z', 'rest', 'A' || (i % 50), \
+             't' || i, 1 FROM n"
+        ),
+        format!(
+            "{numbers} INSERT INTO audit_events (recorded_at, client_id, staff_username, proxy_id, \
+             interaction, search_params, patient_ids, referral_ids, status, outcome, request_id) \
+             SELECT '2026-11-20T10:00:00.000Z', CASE WHEN i % 3 = 0 THEN 'client' || (i % 7) END, \
+             CASE WHEN i % 3 = 1 THEN 'staff' || (i % 7) END, \
+             CASE WHEN i % 30 = 2 THEN 'proxy' || (i % 7) END, 'create', '', '[]', '[]', 201, '0', \
+             'req' || i FROM n"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .expect("seed");
+    }
+    let analyze = if on_postgres() {
+        "VACUUM ANALYZE"
+    } else {
+        "ANALYZE"
+    };
+    sqlx::query(analyze)
+        .execute(&mut conn)
+        .await
+        .expect("statistics");
+    if on_postgres() {
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await
+            .expect("SET");
+    }
+    let mut failures = Vec::new();
+    let lookups = app.store.lookup_statements();
+    assert!(lookups.len() >= 4, "only {} lookups", lookups.len());
+    for (indexes, statement) in lookups {
+        let lines = plan(&mut conn, &statement.sql, &statement.binds).await;
+        let scan = lines.iter().find(|l| {
+            if on_postgres() {
+                l.contains("Seq Scan")
+            } else {
+                l.starts_with("SCAN ") && !l.starts_with("SCAN CONSTANT")
+            }
+        });
+        if let Some(scan) = scan {
+            failures.push(format!(
+                "{}: a full scan: {scan}\n  plan: {lines:#?}",
+                statement.sql
+            ));
+            continue;
+        }
+        for index in indexes {
+            let reads = |l: &String| {
+                if on_postgres() {
+                    l.contains(&format!(" {index} "))
+                } else {
+                    l.starts_with("SEARCH") && l.contains(&format!("INDEX {index} ("))
+                }
+            };
+            if !lines.iter().any(reads) {
+                failures.push(format!(
+                    "{}: does not read {index}\n  plan: {lines:#?}",
+                    statement.sql
+                ));
+            }
+        }
+    }
+    conn.close().await.expect("close");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

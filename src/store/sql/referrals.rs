@@ -18,6 +18,7 @@ use crate::store::referrals::{
     Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
     ReferralHandle, Submission,
 };
+use crate::store::search::{BoundValue, SearchStatement};
 
 const REFERRAL_COLUMNS: &str = "r.id, r.identifier_system, r.identifier_value, r.stage, r.fhir_status, \
      r.intent, r.priority, r.authored_on, r.received_at, r.updated_at, r.received_as, \
@@ -676,22 +677,18 @@ impl Backend {
         Ok(counts)
     }
 
-    /// Referrals whose id or business identifier value is `text` (the primary key and
-    /// `referrals_by_identifier_value`, migration 0014).
+    /// Referrals whose id or business identifier value is `text`
+    /// ([`REFERRAL_HANDLES_SQL`]).
     pub(in crate::store) async fn referral_handles(
         &self,
         text: &str,
         limit: u32,
     ) -> Result<Vec<ReferralHandle>, StoreError> {
-        let rows: Vec<ReferralHandleRow> = sqlx::query_as(
-            "SELECT id, identifier_system, identifier_value, practice_ods_code, received_at \
-             FROM referrals WHERE id = $1 OR identifier_value = $1 \
-             ORDER BY received_at, id LIMIT $2",
-        )
-        .bind(text)
-        .bind(i64::from(limit))
-        .fetch_all(&self.readers)
-        .await?;
+        let rows: Vec<ReferralHandleRow> = sqlx::query_as(REFERRAL_HANDLES_SQL)
+            .bind(text)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
         Ok(rows
             .into_iter()
             .map(ReferralHandleRow::into_domain)
@@ -783,22 +780,94 @@ impl Tx {
     }
 }
 
-/// The lookup `referrals_by_identifier` (migration 0008) answers: the unique key is the
-/// sending practice (`''` for none) with the identifier's system and value.
+/// A referral by its business identifier: `$1` the sending practice (`''` for none),
+/// `$2` the identifier's system, `$3` its value. The unique index
+/// `referrals_by_identifier (identifier_value, identifier_system,
+/// COALESCE(practice_ods_code, ''))` answers it (migration 0017 put the value first, so
+/// that the console's lookup by value alone reads the same index).
+const REFERRAL_BY_IDENTIFIER_SQL: &str = "SELECT id FROM referrals WHERE COALESCE(practice_ods_code, '') = $1 \
+     AND identifier_system = $2 AND identifier_value = $3";
+
+/// Referrals whose id (`$1`) or business identifier value (`$1`) is the text asked, the
+/// first `$2` received: the primary key and the value's prefix of
+/// `referrals_by_identifier`.
+const REFERRAL_HANDLES_SQL: &str = "SELECT id, identifier_system, identifier_value, practice_ods_code, received_at \
+     FROM referrals WHERE id = $1 OR identifier_value = $1 \
+     ORDER BY received_at, id LIMIT $2";
+
+impl Backend {
+    /// The lookups outside search whose indexes migration 0017 changed, each with the
+    /// indexes it must read, for the tests that check their plans on each backend.
+    pub(in crate::store) fn lookup_statements(
+        &self,
+    ) -> Vec<(&'static [&'static str], SearchStatement)> {
+        let text = |value: &str| BoundValue::Text(value.to_owned());
+        let agent = crate::store::audit::AuditFilter {
+            agent: Some("someone".into()),
+            ..Default::default()
+        };
+        let page = crate::store::audit::AuditPage {
+            after: None,
+            limit: 50,
+        };
+        vec![
+            (
+                &["referrals_by_identifier"],
+                SearchStatement {
+                    sql: REFERRAL_BY_IDENTIFIER_SQL.to_owned(),
+                    binds: vec![text("A1"), text("https://example.org/id"), text("V-1")],
+                },
+            ),
+            (
+                &["referrals_by_identifier"],
+                SearchStatement {
+                    sql: REFERRAL_HANDLES_SQL.to_owned(),
+                    binds: vec![text("V-1"), BoundValue::Int(20)],
+                },
+            ),
+            (
+                &["search_references_by_target_id"],
+                SearchStatement {
+                    sql: super::retention::referrers_sql(),
+                    binds: vec![text("Patient"), text("p1")],
+                },
+            ),
+            (
+                &[
+                    "audit_events_by_client",
+                    "audit_events_by_staff",
+                    "audit_events_by_proxy",
+                ],
+                SearchStatement {
+                    sql: super::audit::audit_page_query(&agent, page)
+                        .sql()
+                        .as_str()
+                        .to_owned(),
+                    binds: vec![
+                        text("someone"),
+                        text("someone"),
+                        text("someone"),
+                        BoundValue::Int(50),
+                    ],
+                },
+            ),
+        ]
+    }
+}
+
+/// The lookup `referrals_by_identifier` answers: one referral per identifier per
+/// sending practice.
 async fn referral_by_identifier(
     conn: &mut Conn,
     practice: Option<&str>,
     identifier: &BusinessIdentifier,
 ) -> Result<Option<Referral>, StoreError> {
-    let id: Option<(String,)> = sqlx::query_as(
-        "SELECT id FROM referrals WHERE COALESCE(practice_ods_code, '') = $1 \
-         AND identifier_system = $2 AND identifier_value = $3",
-    )
-    .bind(practice.unwrap_or_default())
-    .bind(&identifier.system)
-    .bind(&identifier.value)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let id: Option<(String,)> = sqlx::query_as(REFERRAL_BY_IDENTIFIER_SQL)
+        .bind(practice.unwrap_or_default())
+        .bind(&identifier.system)
+        .bind(&identifier.value)
+        .fetch_optional(&mut *conn)
+        .await?;
     match id {
         Some((id,)) => fetch_referral(conn, &id).await,
         None => Ok(None),

@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 
 use super::{Backend, Conn, Tx};
 use crate::referral::stage::Stage;
+use crate::search::ParamType;
+use crate::search::params::TABLE;
 use crate::store::StoreError;
 use crate::store::audit::AuditRecord;
 use crate::store::retention::{PurgeKind, Removed};
@@ -23,6 +25,44 @@ fn closed_stage_list() -> String {
         .map(|stage| format!("'{}'", stage.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The resources whose references name a resource: `$1` its type, `$2` its id.
+///
+/// Read through `search_references_by_target_id (resource_type, param, target_id)`,
+/// one probe per (type, reference parameter) of `search::params::TABLE`, the only
+/// pairs the index holds: erasure is rare, and a probe per pair (a few dozen) spares
+/// every reference row of every write an index entry of its own (migration 0017
+/// dropped `search_references_by_target (target_id, target_type)`, which only this
+/// read used).
+pub(in crate::store) fn referrers_sql() -> String {
+    let quoted = |names: &mut Vec<&str>| {
+        names.sort_unstable();
+        names.dedup();
+        names
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut types = Vec::new();
+    let mut params = Vec::new();
+    for (resource_type, type_params) in TABLE {
+        for param in type_params
+            .iter()
+            .filter(|p| p.kind == ParamType::Reference)
+        {
+            types.push(*resource_type);
+            params.push(param.name);
+        }
+    }
+    // Fixed names from the parameter table, never input.
+    format!(
+        "SELECT resource_type, id FROM search_references \
+         WHERE resource_type IN ({}) AND param IN ({}) AND target_id = $2 AND target_type = $1",
+        quoted(&mut types),
+        quoted(&mut params)
+    )
 }
 
 /// Rows changed per statement of a purge: a large first purge runs as many short
@@ -414,16 +454,16 @@ impl Tx {
         while let Some((resource_type, id)) = frontier.pop() {
             // Both ways: what it names (the ServiceRequest's Patient, requester), and
             // what names it (the Consent and Condition naming the Patient).
-            let neighbours: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-                "SELECT target_type, target_id FROM search_references \
-                 WHERE resource_type = $1 AND id = $2 \
-                 UNION SELECT resource_type, id FROM search_references \
-                 WHERE target_id = $2 AND target_type = $1",
-            )
-            .bind(&resource_type)
-            .bind(&id)
-            .fetch_all(self.conn().await?)
-            .await?;
+            let neighbours: Vec<(Option<String>, Option<String>)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT target_type, target_id FROM search_references \
+                     WHERE resource_type = $1 AND id = $2 UNION {}",
+                    referrers_sql()
+                )))
+                .bind(&resource_type)
+                .bind(&id)
+                .fetch_all(self.conn().await?)
+                .await?;
             for (target_type, target_id) in neighbours {
                 let (Some(target_type), Some(target_id)) = (target_type, target_id) else {
                     continue;
@@ -465,14 +505,11 @@ impl Tx {
         target: &(String, String),
         erased: &BTreeSet<(String, String)>,
     ) -> Result<bool, StoreError> {
-        let referrers: Vec<(String, String)> = sqlx::query_as(
-            "SELECT resource_type, id FROM search_references \
-             WHERE target_type = $1 AND target_id = $2",
-        )
-        .bind(&target.0)
-        .bind(&target.1)
-        .fetch_all(self.conn().await?)
-        .await?;
+        let referrers: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(referrers_sql()))
+            .bind(&target.0)
+            .bind(&target.1)
+            .fetch_all(self.conn().await?)
+            .await?;
         Ok(referrers.iter().any(|referrer| !erased.contains(referrer)))
     }
 }
