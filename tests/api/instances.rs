@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sprig::fhir::{FhirId, ResourceType, VersionId};
+use sprig::referral::stage::Stage;
 use sprig::store::{ResourceWrite, StoreError};
 use tempfile::TempDir;
 
@@ -214,6 +215,50 @@ fn task_write<'a>(id: &'a FhirId, status: &str) -> ResourceWrite<'a> {
         request_id: "test",
         owner: None,
     }
+}
+
+/// A write transaction reads a referral to change it (a transition judges the move
+/// from its stage): that read waits for another transaction changing the referral and
+/// then sees its change, so no move is judged from a stage the referral has left.
+#[tokio::test]
+async fn a_referral_read_to_change_it_waits_for_a_change_in_flight_and_sees_it() {
+    if !on_postgres() {
+        return;
+    }
+    let (a, b) = two_instances().await;
+    let (id, status, _) =
+        crate::workflow::submit(&a, Shape::Resource, &crate::helpers::sample_referral()).await;
+    assert_eq!(status, 201);
+
+    let mut first = a.store.begin_write().await.expect("begin");
+    let read = first
+        .referral(&id)
+        .await
+        .expect("read")
+        .expect("the referral");
+    assert_eq!(read.stage, Stage::Received);
+    first
+        .set_stage(&id, Stage::Accepted, "2026-12-05T12:00:00Z")
+        .await
+        .expect("the move");
+    let store_b = b.store.clone();
+    let id_b = id.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = store_b.begin_write().await.expect("begin");
+        let read = tx
+            .referral(&id_b)
+            .await
+            .expect("read")
+            .expect("the referral");
+        read.stage
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the read waits for the change in flight"
+    );
+    first.commit().await.expect("commit");
+    assert_eq!(second.await.expect("task"), Stage::Accepted);
 }
 
 #[tokio::test]

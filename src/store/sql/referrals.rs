@@ -46,6 +46,12 @@ impl Tx {
         &mut self,
         id: &str,
     ) -> Result<Option<Referral>, StoreError> {
+        // A write reads a referral to change it (a transition judges the move from its
+        // stage): locked first (PostgreSQL: its row until the transaction ends; a no-op
+        // on SQLite's single writer), so the record it decides from is still the
+        // referral's when it writes. Read unlocked, two instances' transitions could
+        // both judge from the stage the first was about to leave.
+        self.lock_referral(id).await?;
         fetch_referral(self.conn().await?, id).await
     }
 
