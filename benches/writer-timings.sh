@@ -8,7 +8,8 @@
 #
 # held: from a request getting the writer to its RELEASE; open: BEGIN/SAVEPOINT of that;
 # lock: the hand-off to take the connection from sqlx's worker; run: the queued statements,
-# run in one call; commit: a batch's COMMIT (its fsync). Needs wrk and python3.
+# run in one call; commit: a batch's COMMIT (writing its WAL frames); sync: the WAL's fsync,
+# after the writer has been handed on. Needs wrk and python3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target/release/sprig}"
@@ -31,7 +32,7 @@ kill "$SPRIG"
 wait "$SPRIG" 2>/dev/null || true
 python3 - "$WORK/log" "$SECONDS_OF_LOAD" <<'PY'
 import json, statistics, sys
-series = {name: [] for name in ("held_us", "open_us", "lock_us", "run_us", "statements", "commit_us", "batch")}
+series = {name: [] for name in ("held_us", "open_us", "lock_us", "run_us", "statements", "commit_us", "sync_us", "batch")}
 for line in open(sys.argv[1]):
     try:
         fields = json.loads(line).get("fields", {})
@@ -43,7 +44,7 @@ for line in open(sys.argv[1]):
     elif message == "queued statements ran":
         names = ("lock_us", "run_us", "statements")
     elif message == "write batch committed":
-        names = ("commit_us", "batch")
+        names = ("commit_us", "sync_us", "batch")
     else:
         continue
     for name in names:
@@ -58,5 +59,6 @@ for name, values in series.items():
               f"p99 {at(values, .99):>7}  n {len(values)}")
 seconds = float(sys.argv[2])
 print(f"writer held {sum(series['held_us']) / seconds / 1e6:.0%} of the run, "
-      f"COMMITs {sum(series['commit_us']) / seconds / 1e6:.0%}")
+      f"COMMITs {sum(series['commit_us']) / seconds / 1e6:.0%}, "
+      f"syncs (off the writer) {sum(series['sync_us']) / seconds / 1e6:.0%}")
 PY

@@ -12,6 +12,21 @@
 //! it directly (outbox claims, audit rows of reads) take their turn before
 //! the next session opens.
 //!
+//! With durable commits (`synchronous = FULL`, the default) the batch's fsync
+//! runs *after* the writer is handed on: a session runs its transaction with
+//! `synchronous = NORMAL` (the `COMMIT` writes the WAL frames, no fsync), and
+//! once the connection is back in the pool, [`Durability::sync`] syncs the WAL
+//! file on a blocking thread while the next batch already writes. Members are
+//! told their result only after that sync, so a 2xx still means on disk; the
+//! disk's sync time no longer holds the only writer. Writes that use the
+//! writer connection outside a session (outbox claims, audit rows of reads)
+//! run with `synchronous = FULL`, restored before the connection leaves a
+//! session. Readers may see a batch in the milliseconds between its `COMMIT`
+//! and its sync; a power cut there loses what they saw, as it loses what no
+//! one was told was stored. The `_lastUpdated` pull never serves it (its
+//! horizon waits for the commit's answer), and delivery's claim is itself a
+//! synced commit, which makes every earlier frame durable before a send.
+//!
 //! A request that fails or is abandoned (its `Tx` dropped without commit)
 //! is rolled back to its savepoint; the others in the batch are untouched.
 //! Should SQLite have rolled back the whole transaction (an I/O error, a full
@@ -19,6 +34,7 @@
 //! answered yet, so nothing acknowledged is lost.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,12 +54,76 @@ const SAVEPOINT: &str = "SAVEPOINT sprig_request";
 const RELEASE: &str = "RELEASE sprig_request";
 const ROLLBACK_TO: &str = "ROLLBACK TO sprig_request; RELEASE sprig_request";
 
+/// A session's own commits write the WAL without syncing it ([`Durability`]).
+const RELAX: &str = "PRAGMA synchronous = NORMAL";
+/// The writer's setting outside a session: every commit synced.
+const RESTORE: &str = "PRAGMA synchronous = FULL";
+
+/// How a batch's commit is made durable when the writer no longer waits for it:
+/// the WAL file synced (`fdatasync`) after the `COMMIT` wrote its frames.
+#[derive(Clone)]
+pub(super) struct Durability {
+    wal: PathBuf,
+    sync: Arc<dyn Fn(&Path) -> std::io::Result<()> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durability")
+            .field("wal", &self.wal)
+            .finish()
+    }
+}
+
+impl Durability {
+    /// Syncs the write-ahead log of the database file `database` (its `-wal` file).
+    pub(super) fn of_database(database: &Path) -> Self {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        Self {
+            wal: PathBuf::from(wal),
+            sync: Arc::new(|wal| std::fs::File::open(wal)?.sync_data()),
+        }
+    }
+
+    /// A sync of the caller's own, for tests that hold a batch between its
+    /// `COMMIT` and its sync.
+    #[cfg(test)]
+    pub(super) fn with_sync(
+        database: &Path,
+        sync: impl Fn(&Path) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            sync: Arc::new(sync),
+            ..Self::of_database(database)
+        }
+    }
+
+    /// Every frame written to the WAL before the call is on disk when it returns
+    /// `Ok` (an fsync covers the file, whichever descriptor asks).
+    async fn sync(&self) -> Result<(), String> {
+        let (wal, sync) = (self.wal.clone(), Arc::clone(&self.sync));
+        match tokio::task::spawn_blocking(move || sync(&wal)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!(
+                "the batch committed but syncing the write-ahead log failed ({error}); \
+                 whether it survives a power cut is unknown"
+            )),
+            Err(join) => Err(format!(
+                "syncing the write-ahead log did not finish: {join}"
+            )),
+        }
+    }
+}
+
 /// The writer connection's sessions and the requests waiting for it.
 #[derive(Debug)]
 pub(super) struct Group {
     pool: SqlitePool,
     /// How long a request waits for its turn before it is answered busy.
     busy_timeout: Duration,
+    /// `Some` with durable commits: the batch's fsync, run off the writer.
+    durability: Option<Durability>,
     waiting: Mutex<Waiting>,
 }
 
@@ -103,6 +183,9 @@ pub(super) struct Held {
     batch: Arc<Batch>,
     /// Whether `BEGIN` has run (false: the next holder opens the transaction).
     began: bool,
+    /// Whether the session set `synchronous = NORMAL` on the connection (restored
+    /// before the connection goes back to the pool).
+    relaxed: bool,
     /// Whether the holder's savepoint is open.
     in_savepoint: bool,
     /// Already handed to a rescue task: dropped again, that task never ran
@@ -117,10 +200,15 @@ pub(super) struct Held {
 }
 
 impl Group {
-    pub(super) fn new(pool: SqlitePool, busy_timeout: Duration) -> Arc<Self> {
+    pub(super) fn new(
+        pool: SqlitePool,
+        busy_timeout: Duration,
+        durability: Option<Durability>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             pool,
             busy_timeout,
+            durability,
             waiting: Mutex::new(Waiting::default()),
         })
     }
@@ -164,6 +252,7 @@ impl Group {
                         group: Arc::clone(self),
                         batch: Batch::new(),
                         began: false,
+                        relaxed: false,
                         in_savepoint: false,
                         rescued: false,
                         since: asked,
@@ -199,6 +288,11 @@ impl Group {
     /// Opens the batch's transaction if it is not yet open, and the request's savepoint.
     async fn open(mut held: Held) -> Result<Held, StoreError> {
         if !held.began {
+            // Outside a transaction: SQLite refuses to change it inside one.
+            if held.group.durability.is_some() && !held.relaxed {
+                held.relaxed = true;
+                sqlx::query(RELAX).execute(held.conn()).await?;
+            }
             sqlx::query("BEGIN IMMEDIATE").execute(held.conn()).await?;
             held.began = true;
         }
@@ -243,14 +337,26 @@ impl Group {
             // Leave the connection as the pool expects it: no transaction.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
+        let committed_us = committing.elapsed().as_micros();
+        if held.relaxed && sqlx::query(RESTORE).execute(&mut *conn).await.is_err() {
+            // Never back in the pool unsynced: the writes outside a session rely on it.
+            conn.close_on_drop();
+        }
+        drop(conn);
+        // The next batch may write from here, while this one's sync runs.
+        self.end_session();
+        let syncing = std::time::Instant::now();
+        let result = match (result, &self.durability) {
+            (Ok(()), Some(durability)) if held.began => durability.sync().await,
+            (result, _) => result,
+        };
         tracing::debug!(
             batch = held.batch.size(),
-            commit_us = committing.elapsed().as_micros(),
+            commit_us = committed_us,
+            sync_us = syncing.elapsed().as_micros(),
             "write batch committed"
         );
         held.batch.finish(result);
-        drop(conn);
-        self.end_session();
     }
 
     /// Marks the session ended and wakes every waiter: the first to look
@@ -388,6 +494,7 @@ impl Drop for Held {
                     group: Arc::clone(&self.group),
                     batch: Arc::clone(&self.batch),
                     began: self.began,
+                    relaxed: self.relaxed,
                     in_savepoint: self.in_savepoint,
                     rescued: true,
                     since: self.since,
@@ -407,5 +514,195 @@ impl Drop for Held {
                 self.group.end_session();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use sqlx::SqlitePool;
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+
+    use super::{Durability, Group};
+    use crate::store::StoreError;
+
+    /// A sync that blocks until the test opens its gate, counting its calls.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: Condvar,
+        calls: AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Gate {
+        fn sync(&self) -> std::io::Result<()> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            while !*open {
+                open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+            }
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("the disk went away"));
+            }
+            Ok(())
+        }
+
+        fn release(&self) {
+            *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.opened.notify_all();
+        }
+
+        async fn called(&self, times: usize) {
+            for _ in 0..500 {
+                if self.calls.load(Ordering::SeqCst) >= times {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the sync was not called {times} times");
+        }
+    }
+
+    /// Opens the gate when the test ends, passed or panicked: the runtime's shutdown
+    /// waits for the blocking sync, which would otherwise wait for ever.
+    struct OpenAtTheEnd(Arc<Gate>);
+
+    impl Drop for OpenAtTheEnd {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
+    async fn writer(dir: &std::path::Path) -> (SqlitePool, SqlitePool) {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join("group.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("writer");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&writer)
+            .await
+            .expect("table");
+        let reader = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.read_only(true))
+            .await
+            .expect("reader");
+        (writer, reader)
+    }
+
+    fn gated(dir: &std::path::Path, gate: &Arc<Gate>) -> Durability {
+        let gate = Arc::clone(gate);
+        Durability::with_sync(&dir.join("group.db"), move |_| gate.sync())
+    }
+
+    async fn insert(group: &Arc<Group>, x: i64) -> Result<(), StoreError> {
+        let mut held = group.enter().await?;
+        sqlx::query("INSERT INTO t (x) VALUES ($1)")
+            .bind(x)
+            .execute(held.conn())
+            .await?;
+        held.commit().await
+    }
+
+    async fn rows(reader: &SqlitePool) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(reader)
+            .await
+            .expect("count");
+        n
+    }
+
+    /// A batch is answered only after its WAL sync, and the writer is not held for
+    /// that sync: the next batch writes and commits meanwhile. Synced before the
+    /// session ends (as SQLite's own `synchronous = FULL` does inside `COMMIT`),
+    /// the second write could not begin until the first sync finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_answered_after_its_sync_while_the_next_batch_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pool, reader) = writer(dir.path()).await;
+        let gate = Arc::new(Gate::default());
+        let _open_at_the_end = OpenAtTheEnd(Arc::clone(&gate));
+        let group = Group::new(
+            pool.clone(),
+            Duration::from_secs(5),
+            Some(gated(dir.path(), &gate)),
+        );
+
+        let first = tokio::spawn({
+            let group = Arc::clone(&group);
+            async move { insert(&group, 1).await }
+        });
+        gate.called(1).await;
+        assert_eq!(rows(&reader).await, 1, "committed, visible to readers");
+        let second = tokio::spawn({
+            let group = Arc::clone(&group);
+            async move { insert(&group, 2).await }
+        });
+        // The second batch began, wrote and committed while the first one's sync waits.
+        gate.called(2).await;
+        assert_eq!(rows(&reader).await, 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!first.is_finished(), "answered before its sync");
+        assert!(!second.is_finished(), "answered before its sync");
+
+        gate.release();
+        first.await.expect("task").expect("first write");
+        second.await.expect("task").expect("second write");
+
+        // Outside a session the writer syncs its own commits again.
+        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&pool)
+            .await
+            .expect("pragma");
+        assert_eq!(level, 2, "synchronous = FULL restored");
+    }
+
+    /// A sync that fails fails its batch's members (their answer would otherwise
+    /// claim a durability nobody saw), and the writer goes on working.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_the_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pool, reader) = writer(dir.path()).await;
+        let gate = Arc::new(Gate::default());
+        gate.fail.store(true, Ordering::SeqCst);
+        gate.release();
+        let group = Group::new(pool, Duration::from_secs(5), Some(gated(dir.path(), &gate)));
+        match insert(&group, 1).await {
+            Err(StoreError::GroupCommit(reason)) => {
+                assert!(
+                    reason.contains("syncing the write-ahead log failed"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected the batch to fail, got {other:?}"),
+        }
+        gate.fail.store(false, Ordering::SeqCst);
+        insert(&group, 2).await.expect("the next write");
+        assert_eq!(rows(&reader).await, 2);
+    }
+
+    /// The real sync finds the database's WAL: a wrong path would fail every write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_real_sync_finds_the_write_ahead_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pool, reader) = writer(dir.path()).await;
+        let durability = Durability::of_database(&dir.path().join("group.db"));
+        let group = Group::new(pool, Duration::from_secs(5), Some(durability));
+        for x in 0..3 {
+            insert(&group, x).await.expect("write");
+        }
+        assert_eq!(rows(&reader).await, 3);
     }
 }
