@@ -520,11 +520,16 @@ pub(crate) mod test_support {
 
     /// A store on `dir/sprig.db` (made if missing).
     pub async fn open_store(dir: &Path) -> Store {
+        open_store_with(dir, false).await
+    }
+
+    /// [`open_store`], its commits synced (`synchronous = FULL`) with `durable_commits`.
+    pub async fn open_store_with(dir: &Path, durable_commits: bool) -> Store {
         Store::open(&StoreOptions {
             database: dir.join("sprig.db").display().to_string(),
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 2,
-            durable_commits: false,
+            durable_commits,
         })
         .await
         .expect("store opens")

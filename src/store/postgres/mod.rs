@@ -312,6 +312,7 @@ impl PgStore {
             written: Vec::new(),
             pending_index: Box::default(),
             stamp: None,
+            locked_referrals: Vec::new(),
         })
     }
 }
@@ -378,6 +379,8 @@ pub struct Tx {
     /// Index rows deferred to the next index read or the commit (`PendingIndex`);
     /// boxed, so a transaction stays small to move.
     pending_index: Box<search::PendingIndex>,
+    /// The referrals whose rows this transaction holds locked ([`Tx::lock_referral`]).
+    locked_referrals: Vec<String>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -406,11 +409,26 @@ impl Tx {
 
     /// Serialises transactions adding to one referral (its per-referral
     /// sequence numbers) by locking its row until the transaction ends.
+    /// Each referral is locked once per transaction: a transition's read of the record
+    /// takes the lock, and the timeline and submission writes after it need no round
+    /// trip of their own.
     async fn lock_referral(&mut self, referral_id: &str) -> Result<(), StoreError> {
-        sqlx::query("SELECT id FROM referrals WHERE id = $1 FOR UPDATE")
-            .bind(referral_id)
-            .execute(&mut *self.tx)
-            .await?;
+        if self
+            .locked_referrals
+            .iter()
+            .any(|locked| locked == referral_id)
+        {
+            return Ok(());
+        }
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM referrals WHERE id = $1 FOR UPDATE")
+                .bind(referral_id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        // Remembered only when a row was locked: a referral not yet there holds no lock.
+        if row.is_some() {
+            self.locked_referrals.push(referral_id.to_owned());
+        }
         Ok(())
     }
 

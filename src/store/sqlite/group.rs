@@ -7,10 +7,9 @@
 //! the next request waiting to write (not back to the pool), and then waits
 //! for the `COMMIT` that holds its changes; it answers only after that. When
 //! no request is waiting, or the batch is full, the request in hand commits
-//! the batch (one fsync with `synchronous = FULL`), tells every member the
-//! result, and returns the connection to the pool, where the writes that use
-//! it directly (outbox claims, audit rows of reads) take their turn before
-//! the next session opens.
+//! the batch, returns the connection to the pool (where the few writes that
+//! use it directly, operator re-queues, take their turn before the next
+//! session opens) and tells every member the result once it is durable.
 //!
 //! With durable commits (`synchronous = FULL`, the default) the batch's fsync
 //! runs *after* the writer is handed on: a session runs its transaction with
@@ -19,13 +18,13 @@
 //! file on a blocking thread while the next batch already writes. Members are
 //! told their result only after that sync, so a 2xx still means on disk; the
 //! disk's sync time no longer holds the only writer. Writes that use the
-//! writer connection outside a session (outbox claims, audit rows of reads)
-//! run with `synchronous = FULL`, restored before the connection leaves a
+//! writer connection outside a session (operator re-queues) run with `synchronous = FULL`, restored before the connection leaves a
 //! session. Readers may see a batch in the milliseconds between its `COMMIT`
 //! and its sync; a power cut there loses what they saw, as it loses what no
 //! one was told was stored. The `_lastUpdated` pull never serves it (its
 //! horizon waits for the commit's answer), and delivery's claim is itself a
-//! synced commit, which makes every earlier frame durable before a send.
+//! batch member, answered after a sync that covers every earlier frame, so
+//! nothing is sent from an unsynced commit.
 //!
 //! A request that fails or is abandoned (its `Tx` dropped without commit)
 //! is rolled back to its savepoint; the others in the batch are untouched.
@@ -81,10 +80,8 @@ impl std::fmt::Debug for Durability {
 impl Durability {
     /// Syncs the write-ahead log of the database file `database` (its `-wal` file).
     pub(super) fn of_database(database: &Path) -> Self {
-        let mut wal = database.as_os_str().to_owned();
-        wal.push("-wal");
         Self {
-            wal: PathBuf::from(wal),
+            wal: super::companion_file(database, "-wal"),
             sync: Arc::new(|wal| std::fs::File::open(wal)?.sync_data()),
         }
     }
@@ -186,9 +183,6 @@ pub(super) struct Held {
     batch: Arc<Batch>,
     /// Whether `BEGIN` has run (false: the next holder opens the transaction).
     began: bool,
-    /// Whether the session set `synchronous = NORMAL` on the connection (restored
-    /// before the connection goes back to the pool).
-    relaxed: bool,
     /// Whether the holder's savepoint is open.
     in_savepoint: bool,
     /// Already handed to a rescue task: dropped again, that task never ran
@@ -255,7 +249,6 @@ impl Group {
                         group: Arc::clone(self),
                         batch: Batch::new(),
                         began: false,
-                        relaxed: false,
                         in_savepoint: false,
                         rescued: false,
                         since: asked,
@@ -291,9 +284,9 @@ impl Group {
     /// Opens the batch's transaction if it is not yet open, and the request's savepoint.
     async fn open(mut held: Held) -> Result<Held, StoreError> {
         if !held.began {
-            // Outside a transaction: SQLite refuses to change it inside one.
-            if held.group.durability.is_some() && !held.relaxed {
-                held.relaxed = true;
+            // Outside a transaction: SQLite refuses to change it inside one. (Set again
+            // after a batch SQLite rolled back whole: harmless, and rare.)
+            if held.group.durability.is_some() {
                 sqlx::query(RELAX).execute(held.conn()).await?;
             }
             sqlx::query("BEGIN IMMEDIATE").execute(held.conn()).await?;
@@ -341,7 +334,8 @@ impl Group {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
         let committed_us = committing.elapsed().as_micros();
-        if held.relaxed && sqlx::query(RESTORE).execute(&mut *conn).await.is_err() {
+        // Restored whenever sessions relax it: harmless where a session failed before.
+        if self.durability.is_some() && sqlx::query(RESTORE).execute(&mut *conn).await.is_err() {
             // Never back in the pool unsynced: the writes outside a session rely on it.
             conn.close_on_drop();
         }
@@ -497,7 +491,6 @@ impl Drop for Held {
                     group: Arc::clone(&self.group),
                     batch: Arc::clone(&self.batch),
                     began: self.began,
-                    relaxed: self.relaxed,
                     in_savepoint: self.in_savepoint,
                     rescued: true,
                     since: self.since,

@@ -633,6 +633,13 @@ fn restrict_file_mode(_path: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The file SQLite keeps beside the database `path` with `suffix` (`-wal`, `-shm`).
+fn companion_file(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut companion = path.as_os_str().to_owned();
+    companion.push(suffix);
+    std::path::PathBuf::from(companion)
+}
+
 /// Gives the -wal and -shm files, once SQLite has made them, no more access than the
 /// database file has (SQLite does so itself; this holds it whatever the umask was when
 /// an older Sprig made them).
@@ -642,9 +649,7 @@ fn restrict_companion_modes(path: &std::path::Path) -> Result<(), StoreError> {
     let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(e));
     let database_mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
     for suffix in ["-wal", "-shm"] {
-        let mut companion = path.as_os_str().to_owned();
-        companion.push(suffix);
-        let companion = std::path::PathBuf::from(companion);
+        let companion = companion_file(path, suffix);
         match std::fs::metadata(&companion) {
             Ok(meta) if meta.permissions().mode() & 0o777 & !database_mode != 0 => {
                 let mode = meta.permissions().mode() & database_mode;
@@ -963,9 +968,8 @@ mod queued_statement_tests {
 
 #[cfg(test)]
 mod writer_settings_tests {
-    use std::time::Duration;
-
-    use crate::store::{AuditRecord, Store, StoreOptions};
+    use crate::store::test_support::open_store_with;
+    use crate::store::{AuditRecord, Store};
 
     /// With durable commits the writer keeps its savepoint journals in memory and, once a
     /// batch has handed it back, syncs its own commits again (`synchronous = FULL`): a
@@ -973,14 +977,7 @@ mod writer_settings_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_journals_savepoints_in_memory_and_syncs_outside_a_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&StoreOptions {
-            database: dir.path().join("sprig.db").display().to_string(),
-            busy_timeout: Duration::from_secs(5),
-            max_read_connections: 2,
-            durable_commits: true,
-        })
-        .await
-        .expect("store opens");
+        let store = open_store_with(dir.path(), true).await;
         let record = AuditRecord::new("read", 200);
         let writes = (0..8).map(|_| store.record_audit(&record));
         for written in futures::future::join_all(writes).await {
