@@ -6,10 +6,10 @@
 #
 #   benches/writer-timings.sh [target/release/sprig] [seconds]
 #
-# held: from a request getting the writer to its RELEASE; open: BEGIN/SAVEPOINT of that;
-# lock: the hand-off to take the connection from sqlx's worker; run: the queued statements,
-# run in one call; commit: a batch's COMMIT (writing its WAL frames); sync: the WAL's fsync,
-# after the writer has been handed on. Needs wrk and python3.
+# held: from a request getting the writer to its RELEASE; lock: the hand-off to take the
+# connection from sqlx's worker; run: the queued statements (with the savepoint's BEGIN,
+# SAVEPOINT and RELEASE around them), run in one call; commit: a batch's COMMIT (writing its
+# WAL frames); sync: the WAL's fsync, after the writer has been handed on. Needs wrk and python3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target/release/sprig}"
@@ -32,7 +32,7 @@ kill "$SPRIG"
 wait "$SPRIG" 2>/dev/null || true
 python3 - "$WORK/log" "$SECONDS_OF_LOAD" <<'PY'
 import json, statistics, sys
-series = {name: [] for name in ("held_us", "open_us", "lock_us", "run_us", "statements", "commit_us", "sync_us", "batch")}
+series = {name: [] for name in ("held_us", "lock_us", "run_us", "statements", "commit_us", "sync_us", "batch")}
 for line in open(sys.argv[1]):
     try:
         fields = json.loads(line).get("fields", {})
@@ -40,7 +40,7 @@ for line in open(sys.argv[1]):
         continue
     message = fields.get("message")
     if message == "write committed":
-        names = ("held_us", "open_us")
+        names = ("held_us",)
     elif message == "queued statements ran":
         names = ("lock_us", "run_us", "statements")
     elif message == "write batch committed":

@@ -10,7 +10,7 @@
 //! - a failed audit write is an error to the caller, which must then fail the request.
 
 use super::write::WriteTx;
-use super::{Store, StoreError, dispatch};
+use super::{Store, StoreError, dispatch, dispatch_write};
 use crate::fhir::{FhirId, Instant};
 
 /// AuditEvent.outcome (R4's `audit-event-outcome` codes).
@@ -183,7 +183,7 @@ impl WriteTx {
     /// Adds an audit row to this transaction: it commits with the change it records, or
     /// not at all.
     pub async fn record_audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        dispatch!(self, b => b.record_audit(record).await)
+        dispatch_write!(self, b => b.record_audit(record).await)
     }
 }
 

@@ -2,7 +2,7 @@
 //! [`WriteTx`] with the audit row, read on the reader pool.
 
 use super::write::WriteTx;
-use super::{Store, StoreError, dispatch};
+use super::{Store, StoreError, dispatch, dispatch_write};
 use crate::referral::milestone::Milestone;
 
 impl WriteTx {
@@ -12,7 +12,7 @@ impl WriteTx {
         referral_id: &str,
         milestone: &Milestone,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.add_milestone(referral_id, milestone).await)
+        dispatch_write!(self, b => b.add_milestone(referral_id, milestone).await)
     }
 }
 

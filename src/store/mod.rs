@@ -62,6 +62,26 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
+
+/// [`dispatch!`] for a call on a `WriteTx` that may run statements. On PostgreSQL a
+/// statement that fails aborts the whole transaction on the server, whose `COMMIT`
+/// then answers `ROLLBACK` (which sqlx reports as success): so a call that fails, or
+/// is dropped midway, leaves the transaction refusing to commit
+/// ([`postgres::Tx::call_begins`]), as SQLite's does for its queued statements.
+macro_rules! dispatch_write {
+    ($on:expr, $b:ident => $body:expr) => {
+        match $on {
+            Self::Sqlite($b) => $body,
+            Self::Postgres($b) => {
+                let before = $b.call_begins();
+                let result = $body;
+                $b.call_ended(before, &result);
+                result
+            }
+        }
+    };
+}
+pub(crate) use dispatch_write;
 pub use search::{BoundValue, SearchStatement};
 pub use write::{CurrentVersion, ResourceWrite, Updated, WriteTx, WrittenVersion};
 
@@ -119,6 +139,10 @@ pub enum StoreError {
     /// stored.
     #[error("the request timed out before it committed")]
     TimedOut,
+    /// An earlier call of this write transaction failed or was abandoned midway
+    /// (its caller went on): nothing of it is kept. A defect of the caller's.
+    #[error("the write cannot commit: {0}")]
+    WriteAbandoned(String),
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {

@@ -6,7 +6,7 @@
 //! rows that report the change.
 
 use super::write::WriteTx;
-use super::{Store, StoreError, dispatch};
+use super::{Store, StoreError, dispatch, dispatch_write};
 use crate::referral::record::{
     BusinessIdentifier, NoteSource, Outcome, Referral, ReferralDetail, ReferralFields,
 };
@@ -161,18 +161,18 @@ impl WriteTx {
         practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<Option<Referral>, StoreError> {
-        dispatch!(self, b => b.referral_by_identifier(practice, identifier).await)
+        dispatch_write!(self, b => b.referral_by_identifier(practice, identifier).await)
     }
 
     /// The referral, read inside this transaction (to change it).
     pub async fn referral(&mut self, id: &str) -> Result<Option<Referral>, StoreError> {
-        dispatch!(self, b => b.referral(id).await)
+        dispatch_write!(self, b => b.referral(id).await)
     }
 
     /// Records a new referral, with its patient, reasons and GP notes, and
     /// the `received` stage.
     pub async fn insert_referral(&mut self, referral: &Referral) -> Result<(), StoreError> {
-        dispatch!(self, b => b.insert_referral(referral).await)
+        dispatch_write!(self, b => b.insert_referral(referral).await)
     }
 
     /// Replaces what came from the GP (an amendment), bumping the version.
@@ -182,12 +182,12 @@ impl WriteTx {
         fields: &ReferralFields,
         at: &str,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.update_referral_fields(id, fields, at).await)
+        dispatch_write!(self, b => b.update_referral_fields(id, fields, at).await)
     }
 
     /// Moves the referral to `stage`, bumping its version.
     pub async fn set_stage(&mut self, id: &str, stage: Stage, at: &str) -> Result<(), StoreError> {
-        dispatch!(self, b => b.set_stage(id, stage, at).await)
+        dispatch_write!(self, b => b.set_stage(id, stage, at).await)
     }
 
     /// Adds a step to the timeline.
@@ -195,7 +195,7 @@ impl WriteTx {
         &mut self,
         change: &NewStageChange<'_>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.add_stage_change(change).await)
+        dispatch_write!(self, b => b.add_stage_change(change).await)
     }
 
     /// Adds a note.
@@ -207,7 +207,7 @@ impl WriteTx {
         text: &str,
         at: &str,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.add_note(referral_id, source, author, text, at).await)
+        dispatch_write!(self, b => b.add_note(referral_id, source, author, text, at).await)
     }
 
     /// Records an outcome measure and its answers.
@@ -216,7 +216,7 @@ impl WriteTx {
         referral_id: &str,
         outcome: &Outcome,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.add_outcome(referral_id, outcome).await)
+        dispatch_write!(self, b => b.add_outcome(referral_id, outcome).await)
     }
 
     /// The referral's outcome Observations (measure and id), in the order
@@ -225,7 +225,7 @@ impl WriteTx {
         &mut self,
         referral_id: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        dispatch!(self, b => b.outcome_ids(referral_id).await)
+        dispatch_write!(self, b => b.outcome_ids(referral_id).await)
     }
 
     /// The reason given for the referral's current stage, if any.
@@ -233,17 +233,17 @@ impl WriteTx {
         &mut self,
         referral_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self, b => b.current_reason(referral_id).await)
+        dispatch_write!(self, b => b.current_reason(referral_id).await)
     }
 
     /// Marks the record changed (a note or an outcome), bumping its version.
     pub async fn touch_referral(&mut self, id: &str, at: &str) -> Result<(), StoreError> {
-        dispatch!(self, b => b.touch_referral(id, at).await)
+        dispatch_write!(self, b => b.touch_referral(id, at).await)
     }
 
     /// Keeps a submission verbatim.
     pub async fn add_submission(&mut self, submission: &Submission<'_>) -> Result<(), StoreError> {
-        dispatch!(self, b => b.add_submission(submission).await)
+        dispatch_write!(self, b => b.add_submission(submission).await)
     }
 
     /// The answer given to the submission that created the referral, to
@@ -252,12 +252,12 @@ impl WriteTx {
         &mut self,
         referral_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self, b => b.first_response(referral_id).await)
+        dispatch_write!(self, b => b.first_response(referral_id).await)
     }
 
     /// Records that a change must travel back.
     pub async fn enqueue(&mut self, message: &OutboxMessage<'_>) -> Result<(), StoreError> {
-        dispatch!(self, b => b.enqueue(message).await)
+        dispatch_write!(self, b => b.enqueue(message).await)
     }
 
     /// The answer remembered for an `X-Request-ID`, as this transaction sees
@@ -267,7 +267,7 @@ impl WriteTx {
         sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
-        dispatch!(self, b => b.message_request(sender, request_id).await)
+        dispatch_write!(self, b => b.message_request(sender, request_id).await)
     }
 
     /// Remembers the answer to `sender`'s `X-Request-ID`.
@@ -280,7 +280,7 @@ impl WriteTx {
         response: &str,
         at: &str,
     ) -> Result<(), StoreError> {
-        dispatch!(self, b => b.remember_message_request(sender, request_id, body, status, response, at).await)
+        dispatch_write!(self, b => b.remember_message_request(sender, request_id, body, status, response, at).await)
     }
 }
 
@@ -375,6 +375,6 @@ impl WriteTx {
         assignee: Option<&str>,
         at: &str,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.set_assignee(id, assignee, at).await)
+        dispatch_write!(self, b => b.set_assignee(id, assignee, at).await)
     }
 }

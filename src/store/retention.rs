@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use super::write::WriteTx;
-use super::{Store, StoreError, dispatch};
+use super::{Store, StoreError, dispatch, dispatch_write};
 use crate::fhir::Instant;
 use crate::store::audit::AuditRecord;
 
@@ -98,7 +98,7 @@ impl WriteTx {
     /// `store/sql/retention.rs`), in this transaction; `None` when there is no such
     /// referral. The caller commits it with its audit row.
     pub async fn erase_referral(&mut self, id: &str) -> Result<Option<Removed>, StoreError> {
-        dispatch!(self, b => b.erase_referral(id).await)
+        dispatch_write!(self, b => b.erase_referral(id).await)
     }
 }
 

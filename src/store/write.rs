@@ -6,7 +6,9 @@
 
 use serde_json::Value;
 
-use super::{HistoryOperation, ReadOutcome, StoreError, StoredResource, Visibility, dispatch};
+use super::{
+    HistoryOperation, ReadOutcome, StoreError, StoredResource, Visibility, dispatch, dispatch_write,
+};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 
 /// An open write transaction, on whichever backend the store uses.
@@ -138,7 +140,7 @@ impl WriteTx {
 
     /// Stores a new resource as version 1.
     pub async fn create(&mut self, write: ResourceWrite<'_>) -> Result<StoredResource, StoreError> {
-        dispatch!(self, b => b.create(write).await)
+        dispatch_write!(self, b => b.create(write).await)
     }
 
     /// Stores new resources, each as version 1, with one statement per table for all
@@ -148,7 +150,7 @@ impl WriteTx {
         &mut self,
         writes: Vec<ResourceWrite<'_>>,
     ) -> Result<Vec<StoredResource>, StoreError> {
-        dispatch!(self, b => b.create_all(writes).await)
+        dispatch_write!(self, b => b.create_all(writes).await)
     }
 
     /// Stores a new version of an existing resource. With `expected`, the
@@ -161,7 +163,7 @@ impl WriteTx {
         write: ResourceWrite<'_>,
         expected: Option<VersionId>,
     ) -> Result<Updated, StoreError> {
-        dispatch!(self, b => b.update(write, expected).await)
+        dispatch_write!(self, b => b.update(write, expected).await)
     }
 
     /// [`WriteTx::update`] of the version this transaction read ([`WriteTx::read_current`]),
@@ -176,7 +178,7 @@ impl WriteTx {
         write: ResourceWrite<'_>,
         current: CurrentVersion,
     ) -> Result<Updated, StoreError> {
-        dispatch!(self, b => b.update_current(write, current).await)
+        dispatch_write!(self, b => b.update_current(write, current).await)
     }
 
     /// Marks a resource deleted by adding a deletion version. Returns the
@@ -187,7 +189,7 @@ impl WriteTx {
         id: &FhirId,
         request_id: &str,
     ) -> Result<Option<VersionId>, StoreError> {
-        dispatch!(self, b => b.delete(resource_type, id, request_id).await)
+        dispatch_write!(self, b => b.delete(resource_type, id, request_id).await)
     }
 
     /// The ids of current resources matching a search (conditional create
@@ -198,7 +200,7 @@ impl WriteTx {
         query: &crate::search::SearchQuery,
         visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
-        dispatch!(self, b => b.matching_ids(query, visibility).await)
+        dispatch_write!(self, b => b.matching_ids(query, visibility).await)
     }
 
     /// Whether a resource exists that `visibility` does not see (an id the
@@ -209,7 +211,7 @@ impl WriteTx {
         id: &FhirId,
         visibility: &Visibility,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, b => b.exists_unseen(resource_type, id, visibility).await)
+        dispatch_write!(self, b => b.exists_unseen(resource_type, id, visibility).await)
     }
 
     /// The current version, as this transaction sees it, to update with
@@ -221,7 +223,7 @@ impl WriteTx {
         id: &FhirId,
         visibility: &Visibility,
     ) -> Result<Option<CurrentVersion>, StoreError> {
-        dispatch!(self, b => b.read_current(resource_type, id, visibility).await)
+        dispatch_write!(self, b => b.read_current(resource_type, id, visibility).await)
     }
 
     /// The current version, as this transaction sees it; `NotFound` when
@@ -232,6 +234,6 @@ impl WriteTx {
         id: &FhirId,
         visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        dispatch!(self, b => b.read(resource_type, id, visibility).await)
+        dispatch_write!(self, b => b.read(resource_type, id, visibility).await)
     }
 }

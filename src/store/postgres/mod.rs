@@ -313,6 +313,7 @@ impl PgStore {
             pending_index: Box::default(),
             stamp: None,
             locked_referrals: Vec::new(),
+            failed: false,
         })
     }
 }
@@ -381,6 +382,9 @@ pub struct Tx {
     pending_index: Box<search::PendingIndex>,
     /// The referrals whose rows this transaction holds locked ([`Tx::lock_referral`]).
     locked_referrals: Vec<String>,
+    /// A call on it failed, or was dropped midway ([`Tx::call_begins`]): the server
+    /// has aborted the transaction, or may have, so it must not report a commit.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Tx {
@@ -390,8 +394,31 @@ impl std::fmt::Debug for Tx {
 }
 
 impl Tx {
+    /// A call on the transaction begins (`store::dispatch_write!`): counted as failed
+    /// until [`Tx::call_ended`] says otherwise, so a call dropped midway (its future
+    /// abandoned, the transaction kept) leaves it unable to commit. Returns whether an
+    /// earlier call had failed.
+    pub(super) fn call_begins(&mut self) -> bool {
+        std::mem::replace(&mut self.failed, true)
+    }
+
+    /// The call that [`Tx::call_begins`] began has ended with `result`. Any error from
+    /// the database counts as failed: PostgreSQL aborts the whole transaction on a
+    /// failed statement and its later `COMMIT` rolls back instead, yet sqlx reports it
+    /// as success. An error decided by the store itself (a version conflict, a
+    /// resource not found) runs no failed statement and leaves the transaction as it was.
+    pub(super) fn call_ended<T>(&mut self, failed_before: bool, result: &Result<T, StoreError>) {
+        self.failed = failed_before || matches!(result, Err(StoreError::Database(_)));
+    }
+
     /// The connection, for the shared SQL.
     async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        Ok(&mut self.tx)
+    }
+
+    /// The connection, for a statement that only reads (the same one: SQLite's
+    /// writer distinguishes them, see its `Tx::read_conn`).
+    async fn read_conn(&mut self) -> Result<&mut PgConnection, StoreError> {
         Ok(&mut self.tx)
     }
 
@@ -467,7 +494,15 @@ impl Tx {
 
     /// Commits every change; when it enqueued outbox rows, every instance's
     /// listener is told (PostgreSQL delivers a `NOTIFY` only on commit).
+    /// Refused (rolled back) after a call that failed or was abandoned.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::WriteAbandoned(
+                "an earlier statement of this write failed or was abandoned; \
+                 nothing of it is kept"
+                    .into(),
+            ));
+        }
         self.flush_index().await?;
         if self.enqueued {
             sqlx::query("SELECT pg_notify($1, '')")
@@ -487,16 +522,146 @@ impl Tx {
 mod tests {
     use std::time::Duration;
 
+    use serde_json::json;
     use sqlx::postgres::PgPoolOptions;
 
     use super::Interruptible;
+    use crate::fhir::{FhirId, ResourceType};
+    use crate::store::{ReadOutcome, ResourceWrite, Store, StoreError, StoreOptions, Visibility};
 
-    /// The test PostgreSQL server's maintenance database (as the integration tests'
-    /// `TEST_POSTGRES`); these machines run one at 127.0.0.1:5432.
+    /// The test PostgreSQL server (as the integration tests' `TEST_POSTGRES`); these
+    /// machines run one at 127.0.0.1:5432.
+    fn base() -> String {
+        std::env::var("TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    }
+
+    /// The test server's maintenance database.
     fn server() -> String {
-        let base = std::env::var("TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        format!("{base}/postgres")
+        format!("{}/postgres", base())
+    }
+
+    /// A store on a database of its own, dropped by [`FreshStore::drop_database`].
+    struct FreshStore {
+        store: Store,
+        name: String,
+    }
+
+    impl FreshStore {
+        async fn open() -> Self {
+            let name = format!("sprig_unit_{}", uuid::Uuid::new_v4().simple());
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&server())
+                .await
+                .expect("the test PostgreSQL server is running");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"
+            )))
+            .execute(&admin)
+            .await
+            .expect("create the test database");
+            admin.close().await;
+            let store = Store::open(&StoreOptions {
+                database: format!("{}/{name}", base()),
+                busy_timeout: Duration::from_secs(5),
+                max_read_connections: 2,
+                durable_commits: false,
+            })
+            .await
+            .expect("store opens");
+            Self { store, name }
+        }
+
+        async fn drop_database(self) {
+            self.store.close().await;
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&server())
+                .await
+                .expect("the test PostgreSQL server is running");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&admin)
+            .await
+            .expect("drop the test database");
+            admin.close().await;
+        }
+    }
+
+    const PATIENT: ResourceType = ResourceType::named("Patient");
+
+    fn patient<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
+        ResourceWrite {
+            resource_type: PATIENT,
+            id,
+            resource: json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            received: None,
+            request_id: "test",
+            owner: None,
+        }
+    }
+
+    /// PostgreSQL aborts a transaction at its first failed statement, and its `COMMIT`
+    /// then rolls back, which sqlx reports as success. A caller that carries on after
+    /// the error must be told the write did not commit, never `Ok`.
+    #[tokio::test]
+    async fn a_write_whose_statement_failed_refuses_to_commit() {
+        let fresh = FreshStore::open().await;
+        let store = &fresh.store;
+        let (first, second) = (FhirId::generate(), FhirId::generate());
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient(&first, "Kept-Not"))
+            .await
+            .expect("create");
+        tx.create(patient(&second, "Twice")).await.expect("create");
+        let error = tx
+            .create(patient(&second, "Twice"))
+            .await
+            .expect_err("the same id twice");
+        assert!(
+            matches!(&error, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation()),
+            "{error:?}"
+        );
+        // The caller carries on regardless.
+        let error = tx.commit().await.expect_err("the write failed");
+        assert!(matches!(error, StoreError::WriteAbandoned(_)), "{error:?}");
+        for id in [&first, &second] {
+            let read = store.read(PATIENT, id, &Visibility::All).await;
+            assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
+        }
+        // The next write commits, and reads back.
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient(&first, "Later")).await.expect("create");
+        tx.commit().await.expect("commit");
+        let read = store.read(PATIENT, &first, &Visibility::All).await;
+        assert!(matches!(read, Ok(ReadOutcome::Found(_))), "{read:?}");
+        fresh.drop_database().await;
+    }
+
+    /// A call dropped midway (its future abandoned, the transaction kept) may have run
+    /// its statement or not, or failed: the write must refuse to commit.
+    #[tokio::test]
+    async fn a_write_with_a_call_abandoned_midway_refuses_to_commit() {
+        let fresh = FreshStore::open().await;
+        let store = &fresh.store;
+        let id = FhirId::generate();
+        let mut tx = store.begin_write().await.expect("begin");
+        {
+            let create = std::pin::pin!(tx.create(patient(&id, "Abandoned")));
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                std::future::Future::poll(create, &mut context).is_pending(),
+                "the create waits for the server"
+            );
+        }
+        let error = tx.commit().await.expect_err("a call was abandoned");
+        assert!(matches!(error, StoreError::WriteAbandoned(_)), "{error:?}");
+        let read = store.read(PATIENT, &id, &Visibility::All).await;
+        assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
+        fresh.drop_database().await;
     }
 
     #[tokio::test]

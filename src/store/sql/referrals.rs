@@ -38,7 +38,7 @@ impl Tx {
         // referral and answers as to a resubmission, never a unique violation.
         let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
         self.lock_identifier(&scope, &identifier.value).await?;
-        referral_by_identifier(self.conn().await?, practice, identifier).await
+        referral_by_identifier(self.read_conn().await?, practice, identifier).await
     }
 
     /// The referral, read inside this transaction (to change it).
@@ -52,7 +52,7 @@ impl Tx {
         // referral's when it writes. Read unlocked, two instances' transitions could
         // both judge from the stage the first was about to leave.
         self.lock_referral(id).await?;
-        fetch_referral(self.conn().await?, id).await
+        fetch_referral(self.read_conn().await?, id).await
     }
 
     /// Records a new referral, with its patient, reasons and GP notes, and
@@ -291,7 +291,7 @@ impl Tx {
              ORDER BY entered_at, id",
         )
         .bind(referral_id)
-        .fetch_all(self.conn().await?)
+        .fetch_all(self.read_conn().await?)
         .await?)
     }
 
@@ -305,7 +305,7 @@ impl Tx {
              ORDER BY seq DESC LIMIT 1",
         )
         .bind(referral_id)
-        .fetch_optional(self.conn().await?)
+        .fetch_optional(self.read_conn().await?)
         .await?;
         Ok(row.and_then(|(r,)| r))
     }
@@ -362,7 +362,7 @@ impl Tx {
             "SELECT response FROM referral_submissions WHERE referral_id = $1 ORDER BY seq LIMIT 1",
         )
         .bind(referral_id)
-        .fetch_optional(self.conn().await?)
+        .fetch_optional(self.read_conn().await?)
         .await?;
         Ok(row.and_then(|(r,)| r))
     }
@@ -400,7 +400,7 @@ impl Tx {
         // Held until this transaction ends, so the same request sent twice at
         // once (to two instances) is answered once and remembered once.
         self.lock_identifier(sender, request_id).await?;
-        fetch_message_request(self.conn().await?, sender, request_id).await
+        fetch_message_request(self.read_conn().await?, sender, request_id).await
     }
 
     /// Remembers the answer to an `X-Request-ID`.

@@ -157,7 +157,7 @@ impl Tx {
                 // Replaced while the lock was awaited (PostgreSQL): the row is the new
                 // one, the version joined to it still the old, so read it afresh.
                 None => match read_current(
-                    self.conn().await?,
+                    self.read_conn().await?,
                     write.resource_type,
                     write.id,
                     &Visibility::All,
@@ -344,7 +344,7 @@ impl Tx {
         }
         // The match must see every resource this transaction wrote.
         self.flush_index().await?;
-        super::search::matching_ids(self.conn().await?, query, visibility).await
+        super::search::matching_ids(self.read_conn().await?, query, visibility).await
     }
 
     /// Writes the index rows this transaction has deferred (see `PendingIndex`):
@@ -385,7 +385,7 @@ impl Tx {
             sqlx::query_as("SELECT owner_ods FROM resources WHERE resource_type = $1 AND id = $2")
                 .bind(resource_type.as_str())
                 .bind(id.as_str())
-                .fetch_optional(self.conn().await?)
+                .fetch_optional(self.read_conn().await?)
                 .await?;
         Ok(row.is_some_and(|(owner,)| !visibility.sees(owner.as_deref())))
     }
@@ -420,7 +420,7 @@ impl Tx {
         }
         .bind(resource_type.as_str())
         .bind(id.as_str())
-        .fetch_optional(self.conn().await?)
+        .fetch_optional(self.read_conn().await?)
         .await?;
         row.map(|row| row.into_locked(resource_type, id))
             .transpose()
@@ -435,7 +435,7 @@ impl Tx {
         id: &FhirId,
         visibility: &Visibility,
     ) -> Result<Option<CurrentVersion>, StoreError> {
-        let row = current_row(self.conn().await?, resource_type, id).await?;
+        let row = current_row(self.read_conn().await?, resource_type, id).await?;
         let owner = row.as_ref().and_then(|row| row.owner_ods.clone());
         Ok(match visible_outcome(resource_type, id, row, visibility)? {
             ReadOutcome::Found(stored) => Some(CurrentVersion { stored, owner }),
@@ -450,7 +450,7 @@ impl Tx {
         id: &FhirId,
         visibility: &Visibility,
     ) -> Result<ReadOutcome, StoreError> {
-        read_current(self.conn().await?, resource_type, id, visibility).await
+        read_current(self.read_conn().await?, resource_type, id, visibility).await
     }
 
     async fn insert_version(&mut self, row: VersionRow<'_>) -> Result<(), StoreError> {

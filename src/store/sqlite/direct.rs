@@ -32,32 +32,54 @@ use crate::store::deferred::{Arg, Statement};
 /// in their row counts); past it, a statement is finalized after its one use.
 const CACHED_STATEMENTS: usize = 128;
 
-/// Runs `statements` in order on `conn`, stopping at the first that fails.
-/// `cache` must belong to `conn` (the session's).
-pub(super) async fn run(
-    conn: &mut SqliteConnection,
-    cache: &mut Cache,
-    statements: &[Statement],
-) -> Result<(), StoreError> {
-    if statements.is_empty() {
-        return Ok(());
+/// The writer connection's handle, taken from sqlx's worker thread
+/// ([`sqlx::SqliteConnection::lock_handle`]) until dropped: statements run on it here,
+/// on the caller's thread, one after another with no await between them.
+pub(super) struct Locked<'c> {
+    handle: sqlx::sqlite::LockedSqliteHandle<'c>,
+    /// When the lock was asked for and when it was had (the hand-off's wait).
+    asked: std::time::Instant,
+    had: std::time::Instant,
+    ran: usize,
+}
+
+impl Locked<'_> {
+    /// Takes `conn`'s handle from its worker (one hand-off to that thread and back).
+    pub(super) async fn take(conn: &mut SqliteConnection) -> Result<Locked<'_>, StoreError> {
+        let asked = std::time::Instant::now();
+        let handle = conn.lock_handle().await?;
+        Ok(Locked {
+            handle,
+            asked,
+            had: std::time::Instant::now(),
+            ran: 0,
+        })
     }
-    let asked = std::time::Instant::now();
-    let mut locked = conn.lock_handle().await?;
-    let running = std::time::Instant::now();
-    let db = locked.as_raw_handle();
-    for statement in statements {
-        // SAFETY: `db` is the open connection, held from its worker by `locked`
-        // for the whole loop; `cache` holds statements of this connection only.
-        unsafe { run_one(db, cache, statement) }?;
+
+    /// Runs one statement to its end; its rows, if any, are ignored. `cache` must
+    /// belong to this connection (the session's).
+    pub(super) fn run(
+        &mut self,
+        cache: &mut Cache,
+        statement: &Statement,
+    ) -> Result<(), StoreError> {
+        self.ran += 1;
+        let db = self.handle.as_raw_handle();
+        // SAFETY: `db` is the open connection, held from its worker by `handle` for as
+        // long as `self` lives; `cache` holds statements of this connection only.
+        unsafe { run_one(db, cache, statement) }
     }
-    tracing::debug!(
-        statements = statements.len(),
-        lock_us = running.saturating_duration_since(asked).as_micros(),
-        run_us = running.elapsed().as_micros(),
-        "queued statements ran"
-    );
-    Ok(())
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        tracing::debug!(
+            statements = self.ran,
+            lock_us = self.had.saturating_duration_since(self.asked).as_micros(),
+            run_us = self.had.elapsed().as_micros(),
+            "queued statements ran"
+        );
+    }
 }
 
 /// The statements a session has prepared on the writer connection, by SQL text.
@@ -374,6 +396,19 @@ mod tests {
         .await
         .expect("table");
         conn
+    }
+
+    /// Runs `statements` in order under one lock, stopping at the first that fails.
+    async fn run(
+        conn: &mut SqliteConnection,
+        cache: &mut Cache,
+        statements: &[Statement],
+    ) -> Result<(), StoreError> {
+        let mut locked = Locked::take(conn).await?;
+        for statement in statements {
+            locked.run(cache, statement)?;
+        }
+        Ok(())
     }
 
     /// Statements open on the connection (sqlx's own cache and ours).

@@ -5,8 +5,18 @@
 //! (`BEGIN IMMEDIATE`). Each request's [`super::Tx`] is a `SAVEPOINT` in it:
 //! its commit is `RELEASE`, after which it hands the connection straight to
 //! the next request waiting to write (not back to the pool), and then waits
-//! for the `COMMIT` that holds its changes; it answers only after that. When
-//! no request is waiting, or the batch is full, the request in hand commits
+//! for the `COMMIT` that holds its changes; it answers only after that.
+//!
+//! The savepoint (and the batch's `BEGIN`, with its first writer) opens with
+//! the request's first write, in the same hand-off of the connection's handle
+//! as its queued statements ([`Held::write`]), and its `RELEASE` runs after the
+//! last of them ([`Held::finish`]). Every statement through sqlx is a hand-off
+//! to the connection's worker thread and back, and with the writer held each
+//! waits for a busy core: a new referral now takes two (its identifier lookup,
+//! then its writes with the savepoint around them), where it took four. Reads
+//! before the first write need no savepoint (they change nothing to roll back).
+//!
+//! When no request is waiting, or the batch is full, the request in hand commits
 //! the batch, returns the connection to the pool (where the few writes that
 //! use it directly, operator re-queues, take their turn before the next
 //! session opens) and tells every member the result once it is durable.
@@ -43,6 +53,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{oneshot, watch};
 
 use crate::store::StoreError;
+use crate::store::deferred::Statement;
 
 /// Most requests committed together: bounds how long the first of a batch
 /// waits for the last (each holds the writer for its own statements).
@@ -52,6 +63,8 @@ const MAX_BATCH: usize = 64;
 const SAVEPOINT: &str = "SAVEPOINT sprig_request";
 const RELEASE: &str = "RELEASE sprig_request";
 const ROLLBACK_TO: &str = "ROLLBACK TO sprig_request; RELEASE sprig_request";
+/// The batch's transaction, opened by its first member that writes.
+const BEGIN: &str = "BEGIN IMMEDIATE";
 
 /// A session's own commits write the WAL without syncing it ([`Durability`]).
 const RELAX: &str = "PRAGMA synchronous = NORMAL";
@@ -192,8 +205,6 @@ pub(super) struct Held {
     /// it: the writer's timings, logged at debug (`sprig::store::sqlite::group`).
     since: std::time::Instant,
     waited: Duration,
-    /// How long `BEGIN` (the batch's first) and `SAVEPOINT` took, of the holding time.
-    open_took: Duration,
 }
 
 impl Group {
@@ -253,7 +264,6 @@ impl Group {
                         rescued: false,
                         since: asked,
                         waited: Duration::ZERO,
-                        open_took: Duration::ZERO,
                     };
                 }
             }
@@ -261,39 +271,8 @@ impl Group {
         held.since = std::time::Instant::now();
         held.waited = held.since.saturating_duration_since(asked);
         held.batch.join();
-        // `BEGIN` and `SAVEPOINT` run to their end in a task of their own, so that
-        // `began` and `in_savepoint` always say what the connection holds. Awaited
-        // here directly, a caller dropped while either ran (its client gone: wrk
-        // closing its connections at the end of a run did it) left `began` false
-        // with the transaction open; every later `BEGIN` then failed ("cannot start
-        // a transaction within a transaction") and the writer refused every write
-        // until restart. Dropped now, the task finishes and its `Held`, dropped in
-        // turn, rolls back to the savepoint and hands on.
-        match tokio::spawn(Self::open(held)).await {
-            Ok(Ok(mut opened)) => {
-                opened.open_took = opened.since.elapsed();
-                Ok(opened)
-            }
-            Ok(Err(error)) => Err(error),
-            Err(join) => Err(StoreError::GroupCommit(format!(
-                "opening a write on the writer failed: {join}"
-            ))),
-        }
-    }
-
-    /// Opens the batch's transaction if it is not yet open, and the request's savepoint.
-    async fn open(mut held: Held) -> Result<Held, StoreError> {
-        if !held.began {
-            // Outside a transaction: SQLite refuses to change it inside one. (Set again
-            // after a batch SQLite rolled back whole: harmless, and rare.)
-            if held.group.durability.is_some() {
-                sqlx::query(RELAX).execute(held.conn()).await?;
-            }
-            sqlx::query("BEGIN IMMEDIATE").execute(held.conn()).await?;
-            held.began = true;
-        }
-        sqlx::query(SAVEPOINT).execute(held.conn()).await?;
-        held.in_savepoint = true;
+        // Nothing runs yet: the savepoint (and the batch's `BEGIN`) open with the
+        // request's first write, in the same hand-off as its statements (`Held::write`).
         Ok(held)
     }
 
@@ -406,54 +385,97 @@ impl Drop for Claim {
 }
 
 impl Held {
-    /// The connection, for the request's statements.
+    /// The connection, for reads: the savepoint may not be open yet, so a statement
+    /// that writes must go through [`Held::write`] first.
     pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
-        self.conn_and_cache().0
-    }
-
-    /// The connection and the statements the session prepared on it, for the
-    /// request's queued statements (`direct::run`).
-    pub(super) fn conn_and_cache(
-        &mut self,
-    ) -> (&mut sqlx::SqliteConnection, &mut super::direct::Cache) {
         match self.conn.as_mut() {
-            Some(conn) => (conn, &mut self.cache),
+            Some(conn) => conn,
             // Taken only when the connection goes back to the pool, by
             // `Group::hand_on`, which owns (and then drops) this `Held`.
             None => unreachable!("a held connection is held until it is handed back"),
         }
     }
 
+    /// Runs `statements` (the request's queued writes) in its savepoint, opening the
+    /// savepoint first if it is not open, and returns the connection for writes of
+    /// its own.
+    pub(super) async fn write(
+        &mut self,
+        statements: &[Statement],
+    ) -> Result<&mut sqlx::SqliteConnection, StoreError> {
+        self.run(statements, Open::Always, Then::Keep).await?;
+        Ok(self.conn())
+    }
+
+    /// Runs the last of the request's statements and releases its savepoint (its
+    /// changes are the batch's from here): one hand-off for both. Nothing to run
+    /// and nothing written, nothing happens.
+    pub(super) async fn finish(&mut self, statements: &[Statement]) -> Result<(), StoreError> {
+        self.run(statements, Open::IfWriting, Then::Release).await
+    }
+
+    /// Runs, with one hand-off of the connection's handle from sqlx's worker: the
+    /// batch's `BEGIN` and the request's `SAVEPOINT` where needed, `statements`, and
+    /// with `Then::Release` the `RELEASE`. Each flag (`began`, `in_savepoint`) is set
+    /// right after its statement succeeds, with no await between (the only await is
+    /// taking the handle, before anything runs), so a caller dropped at any point
+    /// leaves them saying what the connection holds, and the rescue (`Drop`) rolls
+    /// back exactly this request.
+    async fn run(
+        &mut self,
+        statements: &[Statement],
+        open: Open,
+        then: Then,
+    ) -> Result<(), StoreError> {
+        let opens = !self.in_savepoint && (open == Open::Always || !statements.is_empty());
+        let releases = then == Then::Release && (self.in_savepoint || opens);
+        if !opens && !releases && statements.is_empty() {
+            return Ok(());
+        }
+        let relax = self.group.durability.is_some();
+        let Some(conn) = self.conn.as_mut() else {
+            unreachable!("a held connection is held until it is handed back");
+        };
+        let mut locked = super::direct::Locked::take(conn).await?;
+        if opens {
+            if !self.began {
+                // Outside a transaction: SQLite refuses to change it inside one. (Set
+                // again after a batch SQLite rolled back whole: harmless, and rare.)
+                if relax {
+                    locked.run(&mut self.cache, &Statement::new(RELAX))?;
+                }
+                locked.run(&mut self.cache, &Statement::new(BEGIN))?;
+                self.began = true;
+            }
+            locked.run(&mut self.cache, &Statement::new(SAVEPOINT))?;
+            self.in_savepoint = true;
+        }
+        for statement in statements {
+            locked.run(&mut self.cache, statement)?;
+        }
+        if releases {
+            locked.run(&mut self.cache, &Statement::new(RELEASE))?;
+            self.in_savepoint = false;
+        }
+        Ok(())
+    }
+
     /// Keeps the request's changes in the batch and returns once the batch
     /// has committed (durable), or with the error that stopped it. Dropped
     /// or failed before its `RELEASE`, the request is rolled back alone.
-    pub(super) async fn commit(self) -> Result<(), StoreError> {
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         let mut done = self.batch.done.subscribe();
-        let (waited, held_for, open_took) = (self.waited, self.since.elapsed(), self.open_took);
         let releasing = std::time::Instant::now();
-        // `RELEASE` and the hand-on run to their end in a task of their own, whatever
-        // happens to this future: dropped between `RELEASE` and `in_savepoint = false`,
-        // the rescue's `ROLLBACK TO` found no savepoint and rolled the whole batch
-        // back, failing every other request in it. On an error the `Held` is dropped
-        // in the task, which rolls the request back alone.
+        // Usually released already, with the request's last statements (`finish`).
+        self.finish(&[]).await?;
+        let (waited, held_for) = (self.waited, self.since.elapsed());
+        // The hand-on runs to its end in a task of its own, whatever happens to this
+        // future: dropped mid-`COMMIT`, the batch's members would never be told.
         let group = Arc::clone(&self.group);
-        let released = tokio::spawn(async move {
-            let mut held = self;
-            sqlx::query(RELEASE).execute(held.conn()).await?;
-            held.in_savepoint = false;
-            // From here the request's changes are the batch's.
-            group.hand_on(held).await;
-            Ok::<(), sqlx::Error>(())
-        })
-        .await;
-        match released {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(error.into()),
-            Err(join) => {
-                return Err(StoreError::GroupCommit(format!(
-                    "releasing a write on the writer failed: {join}"
-                )));
-            }
+        if let Err(join) = tokio::spawn(async move { group.hand_on(self).await }).await {
+            return Err(StoreError::GroupCommit(format!(
+                "handing on the writer failed: {join}"
+            )));
         }
         let released_after = releasing.elapsed();
         let result = match done.wait_for(Option::is_some).await {
@@ -463,7 +485,6 @@ impl Held {
         tracing::debug!(
             waited_us = waited.as_micros(),
             held_us = held_for.as_micros(),
-            open_us = open_took.as_micros(),
             release_us = released_after.as_micros(),
             durable_after_us = releasing.elapsed().as_micros(),
             "write committed"
@@ -476,6 +497,24 @@ impl Held {
             )),
         }
     }
+}
+
+/// Whether [`Held::run`] opens the savepoint when it has no statement to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Yes: the caller writes through the connection next.
+    Always,
+    /// Only to run statements.
+    IfWriting,
+}
+
+/// What [`Held::run`] does with the savepoint after the statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Leaves it open: more of the request follows.
+    Keep,
+    /// Releases it: the request is done.
+    Release,
 }
 
 impl Drop for Held {
@@ -495,7 +534,6 @@ impl Drop for Held {
                     rescued: true,
                     since: self.since,
                     waited: self.waited,
-                    open_took: self.open_took,
                 };
                 let group = Arc::clone(&self.group);
                 runtime.spawn(async move { group.abandon(rescued).await });
@@ -607,7 +645,7 @@ mod tests {
         let mut held = group.enter().await?;
         sqlx::query("INSERT INTO t (x) VALUES ($1)")
             .bind(x)
-            .execute(held.conn())
+            .execute(held.write(&[]).await?)
             .await?;
         held.commit().await
     }

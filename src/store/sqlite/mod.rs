@@ -525,10 +525,20 @@ impl std::fmt::Debug for Tx {
 }
 
 impl Tx {
-    /// The connection, for the shared SQL, once every queued statement has run: a
-    /// statement through it sees all this transaction has written.
+    /// The connection, for the shared SQL, once every queued statement has run and
+    /// the request's savepoint is open: a statement through it sees all this
+    /// transaction has written, and may write.
     async fn conn(&mut self) -> Result<&mut SqliteConnection, StoreError> {
-        self.run_queued().await?;
+        self.run_queued(Queued::Write).await?;
+        Ok(self.entered.conn())
+    }
+
+    /// The connection for a statement that only reads, once every queued statement
+    /// has run. Unlike [`Tx::conn`] it opens no savepoint for a transaction that has
+    /// written nothing yet: a new referral's lookup of its identifier is then one
+    /// hand-off to sqlx's worker, and its writes, savepoint and `RELEASE` one more.
+    async fn read_conn(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+        self.run_queued(Queued::Read).await?;
         Ok(self.entered.conn())
     }
 
@@ -552,22 +562,25 @@ impl Tx {
         Ok(())
     }
 
-    /// Runs the queued statements.
-    async fn run_queued(&mut self) -> Result<(), StoreError> {
+    /// Runs the queued statements, and for `Queued::Write` opens the savepoint even
+    /// when none is queued; `Queued::Release` releases it after them.
+    async fn run_queued(&mut self, then: Queued) -> Result<(), StoreError> {
         if self.failed {
-            return Err(StoreError::GroupCommit(
-                "a statement of this write failed; nothing of it is kept".into(),
+            return Err(StoreError::WriteAbandoned(
+                "a statement of this write failed or was abandoned; nothing of it is kept".into(),
             ));
         }
-        if self.queued.is_empty() {
+        if self.queued.is_empty() && then == Queued::Read {
             return Ok(());
         }
         let queued = std::mem::take(&mut self.queued);
         // Failed until the run ends well: a run abandoned at its await (the caller's
         // future dropped, the transaction kept) leaves the write refusing to commit.
         self.failed = true;
-        let (conn, cache) = self.entered.conn_and_cache();
-        let ran = direct::run(conn, cache, &queued).await;
+        let ran = match then {
+            Queued::Read | Queued::Write => self.entered.write(&queued).await.map(|_| ()),
+            Queued::Release => self.entered.finish(&queued).await,
+        };
         self.failed = ran.is_err();
         ran
     }
@@ -587,7 +600,7 @@ impl Tx {
     /// holds it) is durable.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         self.flush_index().await?;
-        self.run_queued().await?;
+        self.run_queued(Queued::Release).await?;
         self.entered.commit().await?;
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
@@ -596,6 +609,17 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// What [`Tx::run_queued`] does besides running the queued statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// Nothing: a read follows (nothing queued, nothing runs).
+    Read,
+    /// Opens the savepoint: a statement that may write follows.
+    Write,
+    /// Releases the savepoint: the transaction commits.
+    Release,
 }
 
 /// Creates the database file with mode 0600 if it does not exist; an existing file
@@ -889,7 +913,7 @@ mod queued_statement_tests {
         let third = FhirId::generate();
         tx.create(patient(&third, "After")).await.expect("queued");
         let error = tx.commit().await.expect_err("the write failed");
-        assert!(matches!(error, StoreError::GroupCommit(_)), "{error:?}");
+        assert!(matches!(error, StoreError::WriteAbandoned(_)), "{error:?}");
         for id in [&first, &second, &third] {
             let read = store.read(PATIENT, id, &Visibility::All).await;
             assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
