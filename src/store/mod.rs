@@ -540,7 +540,25 @@ pub(crate) mod test_support {
     use std::path::Path;
     use std::time::Duration;
 
-    use super::{Store, StoreOptions};
+    use serde_json::json;
+
+    use super::{ResourceWrite, Store, StoreOptions};
+    use crate::fhir::{FhirId, ResourceType};
+
+    /// The type the store tests write most.
+    pub const PATIENT: ResourceType = ResourceType::named("Patient");
+
+    /// A new Patient named `family`, owned by no practice.
+    pub fn patient<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
+        ResourceWrite {
+            resource_type: PATIENT,
+            id,
+            resource: json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            received: None,
+            request_id: "test",
+            owner: None,
+        }
+    }
 
     /// A store on `dir/sprig.db` (made if missing).
     pub async fn open_store(dir: &Path) -> Store {

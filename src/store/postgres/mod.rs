@@ -522,12 +522,12 @@ impl Tx {
 mod tests {
     use std::time::Duration;
 
-    use serde_json::json;
     use sqlx::postgres::PgPoolOptions;
 
     use super::Interruptible;
-    use crate::fhir::{FhirId, ResourceType};
-    use crate::store::{ReadOutcome, ResourceWrite, Store, StoreError, StoreOptions, Visibility};
+    use crate::fhir::FhirId;
+    use crate::store::test_support::{PATIENT, patient};
+    use crate::store::{ReadOutcome, Store, StoreError, StoreOptions, Visibility};
 
     /// The test PostgreSQL server (as the integration tests' `TEST_POSTGRES`); these
     /// machines run one at 127.0.0.1:5432.
@@ -547,21 +547,27 @@ mod tests {
         name: String,
     }
 
+    /// Runs one statement on the test server's maintenance database.
+    async fn on_server(statement: String) {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server())
+            .await
+            .expect("the test PostgreSQL server is running");
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .expect("the maintenance statement runs");
+        admin.close().await;
+    }
+
     impl FreshStore {
         async fn open() -> Self {
             let name = format!("sprig_unit_{}", uuid::Uuid::new_v4().simple());
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&server())
-                .await
-                .expect("the test PostgreSQL server is running");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            on_server(format!(
                 "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"
-            )))
-            .execute(&admin)
-            .await
-            .expect("create the test database");
-            admin.close().await;
+            ))
+            .await;
             let store = Store::open(&StoreOptions {
                 database: format!("{}/{name}", base()),
                 busy_timeout: Duration::from_secs(5),
@@ -575,32 +581,11 @@ mod tests {
 
         async fn drop_database(self) {
             self.store.close().await;
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&server())
-                .await
-                .expect("the test PostgreSQL server is running");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            on_server(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
-            )))
-            .execute(&admin)
-            .await
-            .expect("drop the test database");
-            admin.close().await;
-        }
-    }
-
-    const PATIENT: ResourceType = ResourceType::named("Patient");
-
-    fn patient<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
-        ResourceWrite {
-            resource_type: PATIENT,
-            id,
-            resource: json!({"resourceType": "Patient", "name": [{"family": family}]}),
-            received: None,
-            request_id: "test",
-            owner: None,
+            ))
+            .await;
         }
     }
 

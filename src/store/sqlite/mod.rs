@@ -869,22 +869,10 @@ mod queued_statement_tests {
     use serde_json::json;
 
     use crate::fhir::{FhirId, ResourceType};
-    use crate::store::test_support::open_store;
+    use crate::store::test_support::{PATIENT, open_store, patient};
     use crate::store::{ReadOutcome, ResourceWrite, StoreError, Visibility};
 
-    const PATIENT: ResourceType = ResourceType::named("Patient");
     const BASIC: ResourceType = ResourceType::named("Basic");
-
-    fn patient<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
-        ResourceWrite {
-            resource_type: PATIENT,
-            id,
-            resource: json!({"resourceType": "Patient", "name": [{"family": family}]}),
-            received: None,
-            request_id: "test",
-            owner: None,
-        }
-    }
 
     /// A create's INSERTs are queued and run together before the next read or the
     /// commit: one that fails there (the same id twice) fails the whole write, even
