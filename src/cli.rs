@@ -93,6 +93,7 @@ fn store_options(settings: &Settings) -> StoreOptions {
         busy_timeout: std::time::Duration::from_millis(settings.sqlite.busy_timeout_ms),
         max_read_connections: 1,
         durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
+        sqlite_caches: settings.sqlite.caches(),
     }
 }
 

@@ -748,6 +748,20 @@ pub struct SqliteSettings {
     pub busy_timeout_ms: u64,
     /// Connections for reads.
     pub max_read_connections: u32,
+    /// The writer connection's page cache, in KiB.
+    pub writer_cache_kib: u32,
+    /// Each read connection's page cache, in KiB.
+    pub reader_cache_kib: u32,
+}
+
+impl SqliteSettings {
+    /// The page cache sizes the store opens its connections with.
+    pub fn caches(&self) -> crate::store::SqliteCaches {
+        crate::store::SqliteCaches {
+            writer_kib: self.writer_cache_kib,
+            reader_kib: self.reader_cache_kib,
+        }
+    }
 }
 
 /// SQLite's `synchronous` pragma, as far as Sprig allows it.
@@ -766,6 +780,8 @@ impl Default for SqliteSettings {
             synchronous: SqliteSynchronousSetting::Full,
             busy_timeout_ms: 5_000,
             max_read_connections: 8,
+            writer_cache_kib: crate::store::SqliteCaches::WRITER_KIB,
+            reader_cache_kib: crate::store::SqliteCaches::READER_KIB,
         }
     }
 }

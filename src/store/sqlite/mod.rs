@@ -144,9 +144,17 @@ fn days_between(later: &str, earlier: &str) -> String {
 /// Prepared statements kept on the writer connection.
 const WRITER_STATEMENT_CACHE: usize = 512;
 
-/// The writer's page cache, in KiB (SQLite's negative `cache_size`): room for a full
-/// batch's dirty pages.
-const WRITER_CACHE_KIB: &str = "-16384";
+/// Dirty pages the writer holds in memory within a transaction before it spills any to
+/// the WAL (`cache_spill`, in pages of 4 KiB: 16 MiB). A batch of new referrals dirties
+/// many pages (each index insert lands on its own leaf); spilled mid-batch, a page
+/// changed again was written again. Beyond its `cache_size` (the clean pages it keeps
+/// between batches) SQLite allocates these as needed and frees them after the commit.
+const WRITER_SPILL_PAGES: &str = "4096";
+
+/// SQLite's `cache_size` for `kib` KiB (a negative number is KiB, a positive one pages).
+fn cache_size(kib: u32) -> String {
+    format!("-{kib}")
+}
 
 /// WAL pages after which the writer checkpoints itself: only when the checkpointer
 /// connection has fallen behind (SQLite's default is 1,000).
@@ -383,11 +391,8 @@ impl SqliteStore {
                     // Every statement the writes run stays prepared (sqlx's
                     // default of 100 is fewer than the distinct statements).
                     .statement_cache_capacity(WRITER_STATEMENT_CACHE)
-                    // A batch of new referrals dirties thousands of pages (each index
-                    // insert lands on its own leaf): SQLite's default 2 MiB cache spilled
-                    // them to the WAL mid-batch, and wrote a page again when it was
-                    // changed again.
-                    .pragma("cache_size", WRITER_CACHE_KIB)
+                    .pragma("cache_size", cache_size(options.sqlite_caches.writer_kib))
+                    .pragma("cache_spill", WRITER_SPILL_PAGES)
                     // Each request is a savepoint in its batch's transaction: before it changes
                     // a page an earlier member already changed, SQLite copies the page to the
                     // savepoint's journal, so `ROLLBACK TO` can restore it. That journal was a
@@ -417,7 +422,11 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_read_connections.max(1))
             .acquire_timeout(options.busy_timeout)
-            .connect_with(base.clone().read_only(true))
+            .connect_with(
+                base.clone()
+                    .read_only(true)
+                    .pragma("cache_size", cache_size(options.sqlite_caches.reader_kib)),
+            )
             .await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
