@@ -1,10 +1,9 @@
 //! Where `sprig serve`'s heap goes before any request (issue 20 §3: resident memory under
 //! 100 MiB): the bytes each start-up step leaves allocated, counted by a global allocator
 //! that wraps Sprig's own (mimalloc) and adds up what is live, step by step as
-//! `app::Application::build` takes them. Then, with `STARTUP_HEAP_TYPES` (resource types,
-//! comma-separated, default `Bundle,Patient,Consent,Condition,Organization,Practitioner`), the
-//! bytes validating the example referral and transaction Bundle adds (definitions compiled
-//! on first use).
+//! `app::Application::build` takes them; then what validating the example referral and
+//! the example transaction Bundle adds, the first time (definitions compiled on first use)
+//! and the second.
 //!
 //! `cargo bench --bench startup_heap` (or build it with `--release` and run the binary).
 //! Live bytes, not resident memory: mimalloc's pages and the binary's file-backed pages

@@ -211,8 +211,8 @@ impl Default for SqliteCaches {
 
 impl SqliteCaches {
     /// The writer's default (BENCHMARKS.md, "Resident memory under load"): its
-    /// dirty pages may exceed it within a batch (`cache_spill` is off on the
-    /// writer), so it bounds only the clean pages it keeps between batches.
+    /// dirty pages may exceed it within a transaction, up to its spill threshold
+    /// (`sqlite::WRITER_SPILL_PAGES`), so it bounds the clean pages it keeps.
     pub const WRITER_KIB: u32 = 4_096;
     /// A reader's default.
     pub const READER_KIB: u32 = 1_024;
@@ -561,7 +561,7 @@ pub(crate) mod test_support {
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 2,
             durable_commits,
-            sqlite_caches: SqliteCaches::default(),
+            sqlite_caches: super::SqliteCaches::default(),
         })
         .await
         .expect("store opens")

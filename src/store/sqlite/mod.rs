@@ -145,11 +145,13 @@ fn days_between(later: &str, earlier: &str) -> String {
 const WRITER_STATEMENT_CACHE: usize = 512;
 
 /// Dirty pages the writer holds in memory within a transaction before it spills any to
-/// the WAL (`cache_spill`, in pages of 4 KiB: 16 MiB). A batch of new referrals dirties
-/// many pages (each index insert lands on its own leaf); spilled mid-batch, a page
-/// changed again was written again. Beyond its `cache_size` (the clean pages it keeps
-/// between batches) SQLite allocates these as needed and frees them after the commit.
-const WRITER_SPILL_PAGES: &str = "4096";
+/// the WAL (`cache_spill`, in pages of 4 KiB: 15.6 MiB, where a 16 MiB cache spilled
+/// before). A batch of new referrals dirties many pages (each index insert lands on its
+/// own leaf); spilled mid-batch, a page changed again was written again. Beyond its
+/// `cache_size` (the clean pages it keeps between batches) SQLite allocates these as
+/// needed and frees them after the commit. Not a multiple of 256: SQLite also reads the
+/// number as the on/off switch, by its low byte (4096 turns spilling off altogether).
+const WRITER_SPILL_PAGES: &str = "4000";
 
 /// SQLite's `cache_size` for `kib` KiB (a negative number is KiB, a positive one pages).
 fn cache_size(kib: u32) -> String {
@@ -1005,6 +1007,24 @@ mod writer_settings_tests {
             .await
             .expect("synchronous");
         assert_eq!(synchronous, 2, "FULL");
+        // The page caches are the settings' (KiB, so negative), and the writer spills
+        // changed pages mid-transaction only past 4,000 pages (15.6 MiB): spilling is on.
+        let caches = crate::store::SqliteCaches::default();
+        let (writer_cache,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&sqlite.writer)
+            .await
+            .expect("cache_size");
+        assert_eq!(writer_cache, -i64::from(caches.writer_kib));
+        let (spill,): (i64,) = sqlx::query_as("PRAGMA cache_spill")
+            .fetch_one(&sqlite.writer)
+            .await
+            .expect("cache_spill");
+        assert_eq!(spill, 4000);
+        let (reader_cache,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&sqlite.readers)
+            .await
+            .expect("cache_size");
+        assert_eq!(reader_cache, -i64::from(caches.reader_kib));
         store.close().await;
     }
 }

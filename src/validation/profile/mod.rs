@@ -718,7 +718,8 @@ mod tests {
         }
         assert_eq!(compared, 2 * 10 * 9);
         // Both are in the compiled definitions as published, so the forms are used.
-        let core: DefinitionsFile = serde_json::from_str(R4_CORE).expect("core parses");
+        let core: crate::fhir::definitions::DefinitionsFile =
+            serde_json::from_str(R4_CORE).expect("core parses");
         for (key, published, _) in EQUIVALENT_FORMS {
             assert_eq!(
                 core.invariants.get(key).map(|i| i.expression.as_str()),
