@@ -122,7 +122,10 @@ impl Application {
             busy_timeout: Duration::from_millis(settings.sqlite.busy_timeout_ms),
             max_read_connections: settings.sqlite.max_read_connections,
             durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
-            sqlite_caches: settings.sqlite.caches(),
+            sqlite_caches: crate::store::SqliteCaches {
+                writer_kib: settings.sqlite.writer_cache_kib,
+                reader_kib: settings.sqlite.reader_cache_kib,
+            },
         })
         .await?;
         // Compiling the schema takes tens of milliseconds per type: do the

@@ -754,16 +754,6 @@ pub struct SqliteSettings {
     pub reader_cache_kib: u32,
 }
 
-impl SqliteSettings {
-    /// The page cache sizes the store opens its connections with.
-    pub fn caches(&self) -> crate::store::SqliteCaches {
-        crate::store::SqliteCaches {
-            writer_kib: self.writer_cache_kib,
-            reader_kib: self.reader_cache_kib,
-        }
-    }
-}
-
 /// SQLite's `synchronous` pragma, as far as Sprig allows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -780,8 +770,9 @@ impl Default for SqliteSettings {
             synchronous: SqliteSynchronousSetting::Full,
             busy_timeout_ms: 5_000,
             max_read_connections: 8,
-            writer_cache_kib: crate::store::SqliteCaches::WRITER_KIB,
-            reader_cache_kib: crate::store::SqliteCaches::READER_KIB,
+            // The store's defaults (`store::SqliteCaches`; a test in `cli` keeps them equal).
+            writer_cache_kib: 4_096,
+            reader_cache_kib: 1_024,
         }
     }
 }
