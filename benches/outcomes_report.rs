@@ -175,6 +175,7 @@ fn main() {
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 2,
             durable_commits: false,
+            sqlite_caches: sprig::store::SqliteCaches::default(),
         };
         let store = Store::open(&options).await.expect("store");
         let generating = Instant::now();

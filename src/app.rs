@@ -122,13 +122,20 @@ impl Application {
             busy_timeout: Duration::from_millis(settings.sqlite.busy_timeout_ms),
             max_read_connections: settings.sqlite.max_read_connections,
             durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
+            sqlite_caches: crate::store::SqliteCaches {
+                writer_kib: settings.sqlite.writer_cache_kib,
+                reader_kib: settings.sqlite.reader_cache_kib,
+            },
         })
         .await?;
         // Compiling the schema takes tens of milliseconds per type: do the
-        // types Sprig accepts now, off the async threads.
+        // types Sprig accepts now, off the async threads, with the Bundle and
+        // MessageHeader that transactions and messages arrive in (compiled
+        // together, they share their datatypes: `validation::schema`).
         let eager: Vec<ResourceType> = capability::SUPPORTED
             .iter()
             .map(|c| c.resource_type)
+            .chain([ResourceType::BUNDLE, ResourceType::named("MessageHeader")])
             .collect();
         let profile_options = ProfileOptions {
             unknown_extensions: settings.validation.unknown_extensions,

@@ -93,6 +93,10 @@ fn store_options(settings: &Settings) -> StoreOptions {
         busy_timeout: std::time::Duration::from_millis(settings.sqlite.busy_timeout_ms),
         max_read_connections: 1,
         durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
+        sqlite_caches: crate::store::SqliteCaches {
+            writer_kib: settings.sqlite.writer_cache_kib,
+            reader_kib: settings.sqlite.reader_cache_kib,
+        },
     }
 }
 
@@ -193,4 +197,16 @@ async fn run_server(settings: Settings, started: StdInstant) -> anyhow::Result<(
     app.run_until_stopped(shutdown_signal())
         .await
         .context("server error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings' default page caches are the store's (neither module imports the other).
+    #[test]
+    fn the_default_sqlite_caches_are_the_stores() {
+        let options = store_options(&Settings::default());
+        assert_eq!(options.sqlite_caches, crate::store::SqliteCaches::default());
+    }
 }

@@ -748,6 +748,10 @@ pub struct SqliteSettings {
     pub busy_timeout_ms: u64,
     /// Connections for reads.
     pub max_read_connections: u32,
+    /// The writer connection's page cache, in KiB.
+    pub writer_cache_kib: u32,
+    /// Each read connection's page cache, in KiB.
+    pub reader_cache_kib: u32,
 }
 
 /// SQLite's `synchronous` pragma, as far as Sprig allows it.
@@ -766,6 +770,9 @@ impl Default for SqliteSettings {
             synchronous: SqliteSynchronousSetting::Full,
             busy_timeout_ms: 5_000,
             max_read_connections: 8,
+            // The store's defaults (`store::SqliteCaches`; a test in `cli` keeps them equal).
+            writer_cache_kib: 4_096,
+            reader_cache_kib: 1_024,
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::fhir::FastMap;
@@ -22,6 +23,21 @@ pub const SPRIG: &str = include_str!("../../profiles/compiled/sprig.json");
 pub struct DefinitionsFile {
     /// StructureDefinitions, snapshot elements only.
     pub structure_definitions: Vec<StructureDefinition>,
+    /// Invariants by key (`ele-1`, `sprig-ref-1`).
+    #[serde(default)]
+    pub invariants: HashMap<String, Invariant>,
+    /// Pre-expanded value sets used by required and extensible bindings.
+    pub value_sets: Vec<ExpandedValueSet>,
+}
+
+/// The same file with each StructureDefinition left as its JSON text (borrowed from the
+/// file), for a reader that compiles a definition only when it is first needed.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionTexts<'a> {
+    /// StructureDefinitions, each as its text.
+    #[serde(borrow)]
+    pub structure_definitions: Vec<&'a RawValue>,
     /// Invariants by key (`ele-1`, `sprig-ref-1`).
     #[serde(default)]
     pub invariants: HashMap<String, Invariant>,

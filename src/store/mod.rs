@@ -209,6 +209,37 @@ pub struct StoreOptions {
     /// acknowledged) when true; `NORMAL` (a power cut may lose the last
     /// commits, a process crash may not) when false.
     pub durable_commits: bool,
+    /// SQLite's page caches (PostgreSQL ignores them).
+    pub sqlite_caches: SqliteCaches,
+}
+
+/// The page cache of each SQLite connection, in KiB: memory held for as long as the
+/// connection is open, against file reads (from the OS's cache) and, for the writer,
+/// dirty pages spilled to the WAL in the middle of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteCaches {
+    /// The single writer's.
+    pub writer_kib: u32,
+    /// Each reader connection's.
+    pub reader_kib: u32,
+}
+
+impl Default for SqliteCaches {
+    fn default() -> Self {
+        Self {
+            writer_kib: SqliteCaches::WRITER_KIB,
+            reader_kib: SqliteCaches::READER_KIB,
+        }
+    }
+}
+
+impl SqliteCaches {
+    /// The writer's default (BENCHMARKS.md, "Resident memory under load"): its
+    /// dirty pages may exceed it within a transaction, up to its spill threshold
+    /// (`sqlite::WRITER_SPILL_PAGES`), so it bounds the clean pages it keeps.
+    pub const WRITER_KIB: u32 = 4_096;
+    /// A reader's default.
+    pub const READER_KIB: u32 = 1_024;
 }
 
 /// Whose resources a read may see. Every read of FHIR resources takes one, so no
@@ -572,6 +603,7 @@ pub(crate) mod test_support {
             busy_timeout: Duration::from_secs(5),
             max_read_connections: 2,
             durable_commits,
+            sqlite_caches: super::SqliteCaches::default(),
         })
         .await
         .expect("store opens")

@@ -121,6 +121,7 @@ async fn a_postgresql_database_not_in_utf8_stops_start_up_naming_the_setting() {
         busy_timeout: std::time::Duration::from_secs(5),
         max_read_connections: 2,
         durable_commits: true,
+        sqlite_caches: sprig::store::SqliteCaches::default(),
     })
     .await;
     let message = match opened {
@@ -195,6 +196,7 @@ async fn text_orders_byte_by_byte_on_a_postgresql_database_with_a_linguistic_col
         busy_timeout: std::time::Duration::from_secs(5),
         max_read_connections: 2,
         durable_commits: true,
+        sqlite_caches: sprig::store::SqliteCaches::default(),
     })
     .await
     .expect("Sprig starts on it");

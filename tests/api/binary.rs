@@ -337,6 +337,7 @@ async fn staff_accounts_are_managed_and_the_audit_log_exported_from_the_command_
         busy_timeout: Duration::from_secs(5),
         max_read_connections: 1,
         durable_commits: false,
+        sqlite_caches: sprig::store::SqliteCaches::default(),
     };
     let store = sprig::store::Store::open(&options).await.expect("store");
     for status in [200, 404] {

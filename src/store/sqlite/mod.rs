@@ -144,9 +144,19 @@ fn days_between(later: &str, earlier: &str) -> String {
 /// Prepared statements kept on the writer connection.
 const WRITER_STATEMENT_CACHE: usize = 512;
 
-/// The writer's page cache, in KiB (SQLite's negative `cache_size`): room for a full
-/// batch's dirty pages.
-const WRITER_CACHE_KIB: &str = "-16384";
+/// Dirty pages the writer holds in memory within a transaction before it spills any to
+/// the WAL (`cache_spill`, in pages of 4 KiB: 15.6 MiB, where a 16 MiB cache spilled
+/// before). A batch of new referrals dirties many pages (each index insert lands on its
+/// own leaf); spilled mid-batch, a page changed again was written again. Beyond its
+/// `cache_size` (the clean pages it keeps between batches) SQLite allocates these as
+/// needed and frees them after the commit. Not a multiple of 256: SQLite also reads the
+/// number as the on/off switch, by its low byte (4096 turns spilling off altogether).
+const WRITER_SPILL_PAGES: &str = "4000";
+
+/// SQLite's `cache_size` for `kib` KiB (a negative number is KiB, a positive one pages).
+fn cache_size(kib: u32) -> String {
+    format!("-{kib}")
+}
 
 /// WAL pages after which the writer checkpoints itself: only when the checkpointer
 /// connection has fallen behind (SQLite's default is 1,000).
@@ -383,11 +393,8 @@ impl SqliteStore {
                     // Every statement the writes run stays prepared (sqlx's
                     // default of 100 is fewer than the distinct statements).
                     .statement_cache_capacity(WRITER_STATEMENT_CACHE)
-                    // A batch of new referrals dirties thousands of pages (each index
-                    // insert lands on its own leaf): SQLite's default 2 MiB cache spilled
-                    // them to the WAL mid-batch, and wrote a page again when it was
-                    // changed again.
-                    .pragma("cache_size", WRITER_CACHE_KIB)
+                    .pragma("cache_size", cache_size(options.sqlite_caches.writer_kib))
+                    .pragma("cache_spill", WRITER_SPILL_PAGES)
                     // Each request is a savepoint in its batch's transaction: before it changes
                     // a page an earlier member already changed, SQLite copies the page to the
                     // savepoint's journal, so `ROLLBACK TO` can restore it. That journal was a
@@ -417,7 +424,11 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_read_connections.max(1))
             .acquire_timeout(options.busy_timeout)
-            .connect_with(base.clone().read_only(true))
+            .connect_with(
+                base.clone()
+                    .read_only(true)
+                    .pragma("cache_size", cache_size(options.sqlite_caches.reader_kib)),
+            )
             .await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -1008,6 +1019,24 @@ mod writer_settings_tests {
             .await
             .expect("synchronous");
         assert_eq!(synchronous, 2, "FULL");
+        // The page caches are the settings' (KiB, so negative), and the writer spills
+        // changed pages mid-transaction only past 4,000 pages (15.6 MiB): spilling is on.
+        let caches = crate::store::SqliteCaches::default();
+        let (writer_cache,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&sqlite.writer)
+            .await
+            .expect("cache_size");
+        assert_eq!(writer_cache, -i64::from(caches.writer_kib));
+        let (spill,): (i64,) = sqlx::query_as("PRAGMA cache_spill")
+            .fetch_one(&sqlite.writer)
+            .await
+            .expect("cache_spill");
+        assert_eq!(spill, 4000);
+        let (reader_cache,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+            .fetch_one(&sqlite.readers)
+            .await
+            .expect("cache_size");
+        assert_eq!(reader_cache, -i64::from(caches.reader_kib));
         store.close().await;
     }
 }

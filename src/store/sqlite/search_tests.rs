@@ -42,6 +42,7 @@ async fn open(dir: &tempfile::TempDir) -> SqliteStore {
         busy_timeout: Duration::from_secs(5),
         max_read_connections: 2,
         durable_commits: false,
+        sqlite_caches: crate::store::SqliteCaches::default(),
     };
     match Store::open(&options).await.expect("store opens") {
         Store::Sqlite(store) => store,
@@ -210,6 +211,7 @@ async fn a_reader_dropped_mid_query_stops_it_and_frees_its_connection() {
         // One reader: a query still running would hold it.
         max_read_connections: 1,
         durable_commits: false,
+        sqlite_caches: crate::store::SqliteCaches::default(),
     };
     let Store::Sqlite(store) = Store::open(&options).await.expect("store opens") else {
         unreachable!("a file path opens SQLite")
@@ -420,6 +422,7 @@ async fn exact_counts_wait_their_turn_and_nothing_else_does() {
         // Two readers: one may count at a time.
         max_read_connections: 2,
         durable_commits: false,
+        sqlite_caches: crate::store::SqliteCaches::default(),
     };
     let Store::Sqlite(store) = Store::open(&options).await.expect("store opens") else {
         unreachable!("a file path opens SQLite")

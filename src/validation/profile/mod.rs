@@ -65,15 +65,16 @@
 mod walk;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use thiserror::Error;
 
 use super::{Target, ValidationPass};
 use crate::fhir::FastMap;
 use crate::fhir::definitions::{
-    DefinitionsFile, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG,
+    DefinitionTexts, ElementDefinition, ExpandedValueSet, R4_CORE, SPRIG, StructureDefinition,
 };
 use crate::fhir::{Issue, IssueSeverity};
 use crate::fhirpath::{Expression, FhirPath};
@@ -443,15 +444,50 @@ impl Default for ProfileOptions {
     }
 }
 
+/// A StructureDefinition Sprig holds, compiled when a validation first needs it. Of the
+/// 660 bundled (every core type and extension), a referral and what comes with it use
+/// a few dozen; compiled at start-up, all of them held 18 MiB.
+pub(crate) struct Definition {
+    url: String,
+    type_name: String,
+    kind: String,
+    /// Its JSON, in the definitions file compiled into the binary.
+    text: &'static RawValue,
+    compiled: OnceLock<Option<Arc<Compiled>>>,
+}
+
+impl Definition {
+    /// The compiled definition; `None` only if the bundled text does not compile, which
+    /// `every_bundled_definition_compiles` rules out for the files shipped.
+    fn compiled(&self) -> Option<&Arc<Compiled>> {
+        self.compiled
+            .get_or_init(|| {
+                let compiled = serde_json::from_str::<StructureDefinition>(self.text.get())
+                    .map_err(ProfileError::from)
+                    .and_then(Compiled::compile);
+                match compiled {
+                    Ok(compiled) => Some(Arc::new(compiled)),
+                    Err(error) => {
+                        tracing::error!(url = %self.url, %error, "a bundled definition does not compile; it is treated as absent");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+}
+
 /// Validates resources against StructureDefinitions: the base definition
 /// of their type, or the profiles they claim or are asked to meet.
 pub struct ProfilePass {
-    /// Base definitions by type name (`Patient`, `Reference`, `string`).
-    /// (These maps are looked up for every value walked, with keys from the
-    /// definitions: FxHash rather than SipHash.)
-    pub(crate) types: FastMap<String, Arc<Compiled>>,
-    /// Every definition by canonical URL.
-    pub(crate) by_url: FastMap<String, Arc<Compiled>>,
+    /// Every definition held, compiled on first use.
+    definitions: Vec<Definition>,
+    /// Base definitions by type name (`Patient`, `Reference`, `string`): indexes
+    /// into `definitions`. (These maps are looked up for every value walked, with
+    /// keys from the definitions: FxHash rather than SipHash.)
+    pub(crate) types: FastMap<String, usize>,
+    /// Every definition by canonical URL: indexes into `definitions`.
+    pub(crate) by_url: FastMap<String, usize>,
     pub(crate) value_sets: FastMap<String, ExpandedValueSet>,
     /// Invariants by the key used in `ElementDefinition::constraints`.
     pub(crate) invariants: FastMap<String, CompiledInvariant>,
@@ -466,16 +502,26 @@ impl ProfilePass {
 
     /// Loads and compiles the bundled definitions.
     pub fn load_with(options: ProfileOptions) -> Result<Self, ProfileError> {
+        let mut definitions = Vec::new();
         let mut types = FastMap::default();
         let mut by_url = FastMap::default();
         let mut value_sets = FastMap::default();
         let mut invariants = FastMap::default();
-        let core: DefinitionsFile = serde_json::from_str(R4_CORE)?;
-        let sprig: DefinitionsFile = serde_json::from_str(SPRIG)?;
-        // The FHIRPath type model comes from the same parse of the core file.
-        let fhirpath = FhirPath::with_r4_definitions(&core.structure_definitions)
+        let core: DefinitionTexts<'static> = serde_json::from_str(R4_CORE)?;
+        let sprig: DefinitionTexts<'static> = serde_json::from_str(SPRIG)?;
+        // Each definition parsed whole once, for what is looked up before it is compiled
+        // and, from the core file, for the FHIRPath type model; then dropped.
+        let parse = |file: &DefinitionTexts<'static>| {
+            file.structure_definitions
+                .iter()
+                .map(|text| serde_json::from_str::<StructureDefinition>(text.get()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let core_parsed = parse(&core)?;
+        let fhirpath = FhirPath::with_r4_definitions(&core_parsed)
             .map_err(|e| ProfileError::Engine(e.to_string()))?;
-        for file in [core, sprig] {
+        let sprig_parsed = parse(&sprig)?;
+        for (file, parsed) in [(core, core_parsed), (sprig, sprig_parsed)] {
             for (id, invariant) in file.invariants {
                 // The same key with different rules is stored as `key@source`.
                 let key = id.split('@').next().unwrap_or(&id).to_owned();
@@ -522,17 +568,24 @@ impl ProfilePass {
                     },
                 );
             }
-            for sd in file.structure_definitions {
-                let is_base = sd.derivation.as_deref() != Some("constraint");
-                let compiled = Arc::new(Compiled::compile(sd)?);
-                if is_base {
-                    types.insert(compiled.type_name.clone(), Arc::clone(&compiled));
+            for (text, sd) in file.structure_definitions.into_iter().zip(parsed) {
+                let index = definitions.len();
+                if sd.derivation.as_deref() != Some("constraint") {
+                    types.insert(sd.type_name.clone(), index);
                 }
-                by_url.insert(compiled.url.clone(), compiled);
+                by_url.insert(sd.url.clone(), index);
+                definitions.push(Definition {
+                    url: sd.url,
+                    type_name: sd.type_name,
+                    kind: sd.kind,
+                    text,
+                    compiled: OnceLock::new(),
+                });
             }
             value_sets.extend(file.value_sets.into_iter().map(|vs| (vs.url.clone(), vs)));
         }
         Ok(Self {
+            definitions,
             types,
             by_url,
             value_sets,
@@ -541,16 +594,29 @@ impl ProfilePass {
         })
     }
 
-    /// Number of compiled StructureDefinitions.
+    /// Number of StructureDefinitions held.
     pub fn definition_count(&self) -> usize {
         self.by_url.len()
+    }
+
+    /// The base definition of a type (`Patient`, `Reference`, `string`).
+    pub(crate) fn type_definition(&self, type_name: &str) -> Option<&Arc<Compiled>> {
+        let index = *self.types.get(type_name)?;
+        self.definitions.get(index)?.compiled()
+    }
+
+    /// The definition with this canonical URL (without `|version`).
+    pub(crate) fn definition(&self, url: &str) -> Option<&Arc<Compiled>> {
+        let index = *self.by_url.get(url)?;
+        self.definitions.get(index)?.compiled()
     }
 
     /// The resource type a profile (canonical URL, `|version` ignored)
     /// constrains, when Sprig holds it.
     pub fn profile_type(&self, url: &str) -> Option<&str> {
-        self.by_url
-            .get(canonical(url))
+        let index = *self.by_url.get(canonical(url))?;
+        self.definitions
+            .get(index)
             .filter(|sd| sd.kind == "resource")
             .map(|sd| sd.type_name.as_str())
     }
@@ -652,7 +718,8 @@ mod tests {
         }
         assert_eq!(compared, 2 * 10 * 9);
         // Both are in the compiled definitions as published, so the forms are used.
-        let core: DefinitionsFile = serde_json::from_str(R4_CORE).expect("core parses");
+        let core: crate::fhir::definitions::DefinitionsFile =
+            serde_json::from_str(R4_CORE).expect("core parses");
         for (key, published, _) in EQUIVALENT_FORMS {
             assert_eq!(
                 core.invariants.get(key).map(|i| i.expression.as_str()),
@@ -954,6 +1021,25 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    /// Definitions compile on first use: every bundled one must compile.
+    #[test]
+    fn every_bundled_definition_compiles() {
+        let pass = ProfilePass::load().expect("definitions load");
+        assert!(pass.definitions.iter().all(|d| d.compiled.get().is_none()));
+        for definition in &pass.definitions {
+            let compiled = serde_json::from_str::<StructureDefinition>(definition.text.get())
+                .map_err(ProfileError::from)
+                .and_then(Compiled::compile);
+            if let Err(error) = compiled {
+                panic!("{}: {error}", definition.url);
+            }
+            let compiled = definition.compiled().expect("compiles");
+            assert_eq!(compiled.url, definition.url);
+            assert_eq!(compiled.type_name, definition.type_name);
+            assert_eq!(compiled.kind, definition.kind);
+        }
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             return;
         };
         let pass = self.pass;
-        let Some(base) = pass.types.get(type_name) else {
+        let Some(base) = pass.type_definition(type_name) else {
             self.issues.push(
                 Issue::error(
                     IssueType::NotSupported,
@@ -368,7 +368,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             }
         };
         for url in required {
-            if let Some(profile) = pass.by_url.get(canonical(url))
+            if let Some(profile) = pass.definition(canonical(url))
                 && profile.type_name == type_name
             {
                 add(profile);
@@ -381,7 +381,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         for (index, url) in claimed.into_iter().flatten().enumerate() {
             let Some(url) = url.as_str() else { continue };
             let at = path.key("meta").key("profile").index(index);
-            match pass.by_url.get(canonical(url)) {
+            match pass.definition(canonical(url)) {
                 Some(profile) if profile.type_name == type_name && profile.kind == "resource" => {
                     add(profile)
                 }
@@ -749,7 +749,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         // The pass outlives this walk, so definitions can be held while the
         // walk records issues.
         let pass = self.pass;
-        let datatype = pass.types.get(type_code);
+        let datatype = pass.type_definition(type_code);
         let is_resource = type_code == "Resource" || datatype.is_some_and(|t| t.kind == "resource");
         if !is_resource {
             // A backbone element's type is its own path (`Patient.contact`).
@@ -839,7 +839,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             self.children(sd, index, object, path, contained);
             return;
         }
-        if let Some(profile) = type_profile.and_then(|url| pass.by_url.get(canonical(url))) {
+        if let Some(profile) = type_profile.and_then(|url| pass.definition(canonical(url))) {
             self.children(profile, 0, object, path, contained);
             return;
         }
@@ -866,8 +866,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             .and_then(Value::as_str)
             .unwrap_or("");
         if let Some(definition) = pass
-            .by_url
-            .get(canonical(url))
+            .definition(canonical(url))
             .filter(|sd| sd.type_name == "Extension")
         {
             self.children(definition, 0, extension, path, contained);
@@ -891,7 +890,7 @@ impl<'p, 'v> Walk<'p, 'v> {
             .at(self.expression(path));
             self.issues.push(issue);
         }
-        if let Some(base) = pass.types.get("Extension") {
+        if let Some(base) = pass.type_definition("Extension") {
             self.unknown_extension_depth += 1;
             self.children(base, 0, extension, path, contained);
             self.unknown_extension_depth -= 1;

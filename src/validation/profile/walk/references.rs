@@ -193,7 +193,7 @@ impl<'p, 'v> Walk<'p, 'v> {
         let held: Vec<&Arc<Compiled>> = type_ref
             .target_profile
             .iter()
-            .filter_map(|url| pass.by_url.get(canonical(url)))
+            .filter_map(|url| pass.definition(canonical(url)))
             .collect();
         let allowed: Vec<&str> = held.iter().map(|sd| sd.type_name.as_str()).collect();
         // Any type may be referenced when no (or an unknown) target is named.
@@ -229,8 +229,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                 profile.type_name == found
                     && profile.kind == "resource"
                     && !pass
-                        .types
-                        .get(&profile.type_name)
+                        .type_definition(&profile.type_name)
                         .is_some_and(|base| Arc::ptr_eq(base, profile))
             })
             .cloned()

@@ -329,7 +329,7 @@ impl<'p, 'v> Walk<'p, 'v> {
                         return Err(format!("it has no {shown_path}"));
                     };
                     let conforms = profiles.iter().any(|url| {
-                        let Some(profile) = self.pass.by_url.get(canonical(url)) else {
+                        let Some(profile) = self.pass.definition(canonical(url)) else {
                             return false;
                         };
                         if object
