@@ -573,6 +573,7 @@ mod tests {
                 busy_timeout: Duration::from_secs(5),
                 max_read_connections: 2,
                 durable_commits: false,
+                sqlite_caches: crate::store::SqliteCaches::default(),
             })
             .await
             .expect("store opens");
