@@ -182,17 +182,20 @@ async fn of_two_if_match_updates_on_two_instances_one_gets_a_conflict() {
         }
         result
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second update waits for the first"
-    );
+    still_waiting(&second, "the second update waits for the first").await;
     first.commit().await.expect("commit");
     let second = second.await.expect("task");
     assert!(
         matches!(second, Err(StoreError::VersionConflict { .. })),
         "the loser is told the version moved: {second:?}"
     );
+}
+
+/// Asserts that `task` is still blocked (on the other instance's lock) after long
+/// enough for it to have finished had it not waited.
+async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>, what: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "{what}");
 }
 
 /// A new Task (version 1) on `app`'s database.
@@ -252,11 +255,7 @@ async fn a_referral_read_to_change_it_waits_for_a_change_in_flight_and_sees_it()
             .expect("the referral");
         read.stage
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the read waits for the change in flight"
-    );
+    still_waiting(&second, "the read waits for the change in flight").await;
     first.commit().await.expect("commit");
     assert_eq!(second.await.expect("task"), Stage::Accepted);
 }
@@ -289,11 +288,7 @@ async fn an_update_that_waited_for_the_same_change_stores_nothing() {
         tx.commit().await.expect("commit");
         (updated.changed(), updated.stored().version_id)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second update waits for the first"
-    );
+    still_waiting(&second, "the second update waits for the first").await;
     first.commit().await.expect("commit");
     let (changed, version) = second.await.expect("task");
     assert!(!changed, "the same content is not stored again");
@@ -346,11 +341,7 @@ async fn of_two_updates_from_one_read_on_two_instances_one_gets_a_conflict() {
         .await
         .expect("the first update");
     go.send(()).expect("B waits");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "the second update waits for the first"
-    );
+    still_waiting(&second, "the second update waits for the first").await;
     first.commit().await.expect("commit");
     let second = second.await.expect("task");
     assert!(

@@ -28,8 +28,8 @@
 //! file on a blocking thread while the next batch already writes. Members are
 //! told their result only after that sync, so a 2xx still means on disk; the
 //! disk's sync time no longer holds the only writer. Writes that use the
-//! writer connection outside a session (operator re-queues) run with `synchronous = FULL`, restored before the connection leaves a
-//! session. Readers may see a batch in the milliseconds between its `COMMIT`
+//! writer connection outside a session (operator re-queues) run with
+//! `synchronous = FULL`, restored before the connection leaves a session. Readers may see a batch in the milliseconds between its `COMMIT`
 //! and its sync; a power cut there loses what they saw, as it loses what no
 //! one was told was stored. The `_lastUpdated` pull never serves it (its
 //! horizon waits for the commit's answer), and delivery's claim is itself a
