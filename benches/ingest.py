@@ -23,8 +23,9 @@ for --seconds with --connections connections (wrk, two threads):
                 (the idempotent answer)
   read          GET /fhir/ServiceRequest/{id}
 
-and prints rate, p50 and p99 (wrk's), non-2xx counts and the server's RSS
-(sampled every 100 ms: peak per phase). Then, one at a time, transaction
+and prints rate, p50 and p99 (wrk's), non-2xx counts, the server's RSS
+(sampled every 100 ms: peak per phase) and the server's CPU time (user plus
+system, from /proc) per request: less moved by a busy machine than the rate. Then, one at a time, transaction
 Bundles of --bundles entries (the example plus Condition entries), each timed
 while a prober creates a referral every 50 ms: the Bundle's time and the
 prober's worst wait show whether a large transaction starves other writes.
@@ -133,6 +134,12 @@ class Server:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
         return 0
+
+    def cpu_seconds(self):
+        """User plus system CPU time the server has used so far."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         self.process.terminate()
@@ -270,7 +277,7 @@ def main():
         for index in range(1, args.instances):
             servers.append(Server(args, work, index, shared_database=server.database))
         if not args.skip_load:
-            print(f"{'phase':<12} {'rate/s':>9} {'p50':>9} {'p99':>9} {'requests':>9} {'non-2xx':>8} {'RSS peak MiB':>13}")
+            print(f"{'phase':<12} {'rate/s':>9} {'p50':>9} {'p99':>9} {'requests':>9} {'non-2xx':>8} {'RSS peak MiB':>13} {'CPU ms/req':>10}")
             with open(REFERRAL) as f:
                 held = f.read().replace("REF-2026-000123", "INGEST-HELD-1")
             held_file = os.path.join(work, "held.json")
@@ -290,10 +297,12 @@ def main():
             baseline = None
             for name in args.phases.split(","):
                 path, body, unique = phases[name]
+                cpu_before = sum(s.cpu_seconds() for s in servers)
                 rate, p50, p99, total, non2xx, errors, peak = wrk(servers, args, path, body, unique)
+                cpu_ms = 1000 * (sum(s.cpu_seconds() for s in servers) - cpu_before) / max(total, 1)
                 baseline = baseline or rate
                 share = f"{100 * rate / baseline:5.1f} % of {args.phases.split(',')[0]}"
-                print(f"{name:<12} {rate:>9.0f} {p50:>9} {p99:>9} {total:>9} {non2xx:>8} {peak / 1024:>13.1f}  {share} {errors}")
+                print(f"{name:<12} {rate:>9.0f} {p50:>9} {p99:>9} {total:>9} {non2xx:>8} {peak / 1024:>13.1f} {cpu_ms:>10.3f}  {share} {errors}")
         for entries in [int(n) for n in args.bundles.split(",") if n]:
             body = large_bundle(entries)
             stop = threading.Event()

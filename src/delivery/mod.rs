@@ -43,9 +43,11 @@
 //! `awaiting_endpoint`), are read by pull (`GET /fhir/Task?_lastUpdated=gt…`)
 //! and are sent if an endpoint for it appears.
 //!
-//! The worker asks the store for `due_destinations` first: it applies the
-//! claim's own conditions (the head-of-queue rule included), so a destination
-//! whose rows all wait costs the writer no empty claim. `release_leases` at
+//! The worker asks the store for `due_destinations` first, naming the
+//! organisations that have an endpoint (so the rows waiting for pull, which can
+//! be most of the outbox, are never read): it applies the claim's own
+//! conditions (the head-of-queue rule included), so a destination whose rows
+//! all wait costs the writer no empty claim. `release_leases` at
 //! start-up assumes one process per SQLite file, which SQLite's single writer
 //! makes the deployment anyway.
 

@@ -311,8 +311,17 @@ impl Worker {
                 look = false;
                 running.listing = true;
                 let store = self.shared.store.clone();
+                // Only organisations with an endpoint: the others' updates wait for
+                // pull, and may be most of the outbox.
+                let with_endpoint: Vec<String> = self
+                    .endpoints
+                    .current()
+                    .iter()
+                    .map(|endpoint| endpoint.ods_code.clone())
+                    .collect();
                 running.landing.spawn(async move {
-                    Landed::Listed(store.due_destinations(Instant::now().unix_millis()).await)
+                    let now_ms = Instant::now().unix_millis();
+                    Landed::Listed(store.due_destinations(now_ms, &with_endpoint).await)
                 });
             }
             self.dispatch(&mut running, &results);

@@ -208,11 +208,16 @@ impl Store {
         dispatch!(self, b => b.outbox_signal())
     }
 
-    /// The destinations with at least one message due at `now_ms` (not
-    /// leased, or its lease lapsed). A cheap read, so an idle worker costs the
-    /// writer nothing.
-    pub async fn due_destinations(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        dispatch!(self, b => b.due_destinations(now_ms).await)
+    /// Which of the destinations `among` (those with an endpoint) have at least one
+    /// message due at `now_ms` (not leased, or its lease lapsed). A cheap read, so an
+    /// idle worker costs the writer nothing; its time grows with the destinations
+    /// asked about, not with the rows waiting for pull.
+    pub async fn due_destinations(
+        &self,
+        now_ms: i64,
+        among: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, b => b.due_destinations(now_ms, among).await)
     }
 
     /// Claims up to `limit` due messages for `destination`, each the head of

@@ -748,6 +748,41 @@ async fn a_practice_without_an_endpoint_keeps_its_updates_for_pull() {
     app.stop().await;
 }
 
+/// The delivery worker's listing asks only about the practices it has an endpoint for:
+/// the updates of practices that pull wait in the outbox for ever, and reading them all
+/// at every commit made each listing cost time in proportion to them.
+#[tokio::test]
+async fn the_outbox_listing_names_only_the_practices_asked_about() {
+    let app = delivering_app("").await;
+    refer(&app, PRACTICE).await;
+    refer(&app, OTHER_PRACTICE).await;
+    let now = sprig::fhir::Instant::now().unix_millis() + 1_000;
+    let due = |among: Vec<&str>| {
+        let among: Vec<String> = among.into_iter().map(str::to_owned).collect();
+        let store = app.store.clone();
+        async move {
+            let mut due = store.due_destinations(now, &among).await.expect("listing");
+            due.sort();
+            due
+        }
+    };
+    let mut both = vec![PRACTICE.to_owned(), OTHER_PRACTICE.to_owned()];
+    both.sort();
+    assert_eq!(due(vec![PRACTICE, OTHER_PRACTICE]).await, both);
+    assert_eq!(due(vec![OTHER_PRACTICE]).await, [OTHER_PRACTICE]);
+    assert_eq!(due(vec!["Y99999", PRACTICE]).await, [PRACTICE]);
+    assert!(due(vec![]).await.is_empty());
+    // Claimed (leased until later): no longer due, as the claim itself would see it.
+    let claimed = app
+        .store
+        .claim_due(PRACTICE, "test", now, now + 60_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(due(vec![PRACTICE, OTHER_PRACTICE]).await, [OTHER_PRACTICE]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_endpoint_added_to_the_file_is_used_without_a_restart() {
     let gp = MockServer::start().await;

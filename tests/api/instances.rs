@@ -384,7 +384,12 @@ async fn two_instances_never_claim_the_same_outbox_row() {
         assert_eq!(answer.status(), 201);
     }
     let now = i64::MAX / 4;
-    let destinations = a.store.due_destinations(now).await.expect("due");
+    let destinations = a
+        .store
+        .due_destinations(now, &["K83999".to_owned()])
+        .await
+        .expect("due");
+    assert_eq!(destinations, ["K83999"], "the practice has updates due");
     for destination in destinations {
         let (from_a, from_b) = tokio::join!(
             a.store

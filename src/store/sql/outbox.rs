@@ -49,24 +49,36 @@ impl Backend {
         Arc::clone(&s.outbox_signal)
     }
 
-    /// The destinations with at least one message due at `now_ms` (not
-    /// leased, or its lease lapsed). A cheap read, so an idle worker costs the
-    /// writer nothing.
+    /// Which of `among` have at least one message due at `now_ms` (not leased, or its
+    /// lease lapsed). A cheap read, so an idle worker costs the writer nothing.
     pub(in crate::store) async fn due_destinations(
         &self,
         now_ms: i64,
+        among: &[String],
     ) -> Result<Vec<String>, StoreError> {
         let s = self;
+        if among.is_empty() {
+            return Ok(Vec::new());
+        }
         // The claim's own conditions, so that a destination whose rows all
         // wait (behind a dead letter, a send in flight or a backoff) is not
-        // reported due and costs the writer no empty claim.
+        // reported due and costs the writer no empty claim. One probe per
+        // destination asked about, each stopping at its first due head
+        // (`outbox_due` leads with the destination): the rows of practices
+        // with no endpoint, which wait for pull and so pile up for ever, are
+        // never read (listing every pending row took 9.8 ms at 9,107 of them,
+        // and ran after every commit under intake).
+        let destinations = serde_json::Value::from(among.to_vec()).to_string();
+        let members = super::JSON_TEXT_MEMBERS.replace("{}", "$2");
         let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT o.destination_ods FROM outbox o \
-             WHERE o.state = 'pending' AND o.destination_ods IS NOT NULL \
+            "WITH d (ods) AS ({members}) \
+             SELECT d.ods FROM d WHERE EXISTS (SELECT 1 FROM outbox o \
+             WHERE o.state = 'pending' AND o.destination_ods = d.ods \
                AND o.next_attempt_ms <= $1 \
-               AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1) AND {HEAD_OF_REFERRAL}"
+               AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1) AND {HEAD_OF_REFERRAL})"
         )))
         .bind(now_ms)
+        .bind(destinations)
         .fetch_all(&s.readers)
         .await?;
         Ok(rows.into_iter().map(|(ods,)| ods).collect())
