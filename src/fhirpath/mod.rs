@@ -160,16 +160,31 @@ impl FhirPath {
         let mut expr = parser::parse(expression)?;
         let guard = guard::Guard::of(&expr);
         let memo_slots = if memo { memo::plan(&mut expr) } else { 0 };
+        let mut variables = Vec::new();
+        variables_named(&expr, &mut variables);
         Ok(Expression {
             inner: Arc::new(Compiled {
                 text: expression.to_string(),
                 guard,
                 memo_slots,
+                variables,
                 expr,
                 model: self.model.clone(),
                 regexes: RegexCache::default(),
             }),
         })
+    }
+}
+
+/// Adds the names of the `%variables` in `expr` to `names`, each once.
+fn variables_named(expr: &Expr, names: &mut Vec<String>) {
+    if let Expr::Env(name) = expr
+        && !names.contains(name)
+    {
+        names.push(name.clone());
+    }
+    for part in expr.parts() {
+        variables_named(part, names);
     }
 }
 
@@ -201,6 +216,10 @@ struct Compiled {
     guard: Option<guard::Guard>,
     /// How many parts of `expr` are computed once per evaluation ([`memo`]).
     memo_slots: usize,
+    /// The `%variables` `expr` names: only these of an [`Environment`] are made ready for
+    /// an evaluation (a mapping's environment holds whole resources, and each field's
+    /// expression names one or two of its variables).
+    variables: Vec<String>,
     model: Arc<Model>,
     regexes: RegexCache,
 }
@@ -396,11 +415,13 @@ impl Expression {
         });
         let mut env = HashMap::new();
         if let Some(environment) = scope.environment {
-            for (name, collection) in &environment.variables {
-                env.insert(
-                    name.as_str(),
-                    collection.items.iter().map(|i| i.to_val(model)).collect(),
-                );
+            for name in &self.inner.variables {
+                if let Some((name, collection)) = environment.variables.get_key_value(name) {
+                    env.insert(
+                        name.as_str(),
+                        collection.items.iter().map(|i| i.to_val(model)).collect(),
+                    );
+                }
             }
         }
         // A JSON null stands for "no input": an empty collection.
