@@ -404,3 +404,59 @@ async fn a_held_identifier_is_answered_before_the_write_and_stores_nothing() {
         "neither answer stored anything"
     );
 }
+
+/// Copies of one new referral sent at the same moment are one referral: none of them
+/// finds it committed before its write, so each claims the identifier in its write
+/// (`WriteTx::claim_identifier`; on SQLite checked with the write's statements, in the
+/// batch they share). One is stored (201); every other is answered with it (200, its
+/// id), keeps nothing, and its audit row names no referral that was not kept.
+#[tokio::test]
+async fn copies_of_a_new_referral_sent_at_once_are_one_referral() {
+    let app = spawn_app_with(|_| {}).await;
+    let body = serde_json::to_string(&sample_referral()).expect("JSON");
+    let copies = 12;
+    let answers =
+        futures::future::join_all((0..copies).map(|_| app.post_referral(body.clone()))).await;
+    let mut created = Vec::new();
+    let mut answered = Vec::new();
+    for answer in answers {
+        let status = answer.status().as_u16();
+        let json = json_body(answer).await;
+        match status {
+            201 => created.push(json["id"].as_str().expect("id").to_owned()),
+            200 => answered.push(json["id"].as_str().expect("id").to_owned()),
+            other => panic!("copy answered {other}: {json}"),
+        }
+    }
+    assert_eq!(
+        created.len(),
+        1,
+        "one copy is stored: {created:?} {answered:?}"
+    );
+    assert!(
+        answered.iter().all(|id| *id == created[0]),
+        "every other copy is answered with the stored one: {created:?} {answered:?}"
+    );
+    let pool = app.db_pool().await;
+    let (referrals,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referrals")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(referrals, 1);
+    let (requests,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referral_submissions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(requests, 1, "only the stored copy's submission is kept");
+    // The audit rows of the copies name the referral kept, or none: never another id.
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT referral_ids FROM audit_events WHERE referral_ids <> '[]'")
+            .fetch_all(&pool)
+            .await
+            .expect("audit rows");
+    assert!(!rows.is_empty(), "the stored copy is audited");
+    for (ids,) in rows {
+        let ids: Vec<String> = serde_json::from_str(&ids).expect("a JSON array");
+        assert_eq!(ids, [created[0].clone()], "an audit row names {ids:?}");
+    }
+}
