@@ -101,7 +101,7 @@ pub(super) async fn create(
     )
     .await;
     match written_new {
-        Ok(WrittenNew::Stored(stored, referral)) => {
+        Ok(WrittenNew::Stored(stored, Box::new(referral))) => {
             tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
             let what = Written {
                 status: StatusCode::CREATED,
@@ -154,8 +154,8 @@ struct NewReferral<'a> {
 
 /// What [`write_new`] stored, or found.
 enum WrittenNew {
-    /// The new referral: its ServiceRequest and record.
-    Stored(StoredResource, Referral),
+    /// The new referral: its ServiceRequest and record (boxed: the record is large).
+    Stored(StoredResource, Box<Referral>),
     /// What `If-None-Exist` matched: nothing was written.
     Matched(StoredResource),
 }
@@ -240,7 +240,7 @@ async fn write_new(
     .await?;
     context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 201).await?;
-    Ok(WrittenNew::Stored(stored, referral))
+    Ok(WrittenNew::Stored(stored, Box::new(referral)))
 }
 
 /// The answer to a referral whose identifier Sprig already holds (`existing`): the
