@@ -101,7 +101,7 @@ pub(super) async fn create(
     )
     .await;
     match written_new {
-        Ok(WrittenNew::Stored(stored, Box::new(referral))) => {
+        Ok(WrittenNew::Stored(stored, referral)) => {
             tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
             let what = Written {
                 status: StatusCode::CREATED,
