@@ -69,14 +69,6 @@ impl AuditHandle {
         }
     }
 
-    /// Takes back [`AuditHandle::note_referral`]: that referral was not kept after all
-    /// (its write found its identifier held, and the request is answered otherwise).
-    pub fn forget_referral(&self, id: &str) {
-        if let Some(record) = self.lock().record.as_mut() {
-            record.referral_ids.retain(|r| r != id);
-        }
-    }
-
     /// Records that the answer holds this Patient's data.
     pub fn note_patient(&self, id: &str) {
         let mut state = self.lock();

@@ -144,13 +144,6 @@ impl From<StoreError> for ApiError {
                     "{resource_type}/{id} has changed: If-Match named version {expected} but the current version is {current}; read it again and reapply the change"
                 ),
             )),
-            // Answered as a resubmission where a new referral is written; anywhere else
-            // the sender's two requests crossed: a second try is answered with the one kept.
-            StoreError::IdentifierHeld { .. } => ApiError::Conflict(vec![Issue::error(
-                IssueType::Duplicate,
-                "referral-received-meanwhile",
-                "A referral with this identifier was received while this one was being stored; nothing of this request was kept. Send it again to be answered with the referral Sprig holds",
-            )]),
             StoreError::NotFound { resource_type, id } => ApiError::NotFound(Issue::error(
                 IssueType::NotFound,
                 "resource-not-found",

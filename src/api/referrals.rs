@@ -82,151 +82,40 @@ pub(super) async fn create(
             request_id: &context.request_id,
         },
     )?;
-    let fields = opening.referral().fields.clone();
-    let mut checked = checked;
-    let resource = std::mem::take(&mut checked.resource);
-    let written_new = write_new(
-        state,
-        NewReferral {
-            id: &id,
-            resource,
-            owner: owner.as_deref(),
-            identifier: &identifier,
-            opening,
-            if_none_exist: if_none_exist.as_ref(),
-        },
-        &visibility,
-        context,
-        &checked,
-    )
-    .await;
-    match written_new {
-        Ok(WrittenNew::Stored(stored, referral)) => {
-            tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
-            let what = Written {
-                status: StatusCode::CREATED,
-                message_id: "referral-received",
-                message: received(&referral),
-            };
-            written(&stored, what, answer, checked.issues)
-        }
-        Ok(WrittenNew::Matched(existing)) => {
-            let what = Written::matched_existing(&existing);
-            written(&existing, what, answer, checked.issues)
-        }
-        Err(NotWritten::IdentifierHeld) => {
-            // Another referral took the identifier after the reader's look above (in
-            // this write batch, or committed since): nothing of this one was kept, and
-            // it is answered as the resubmission it is.
-            context.audit.forget_referral(id.as_str());
-            let mut tx = state.store.begin_write().await?;
-            let existing = tx
-                .referral_by_identifier(owner.as_deref(), &identifier)
-                .await?;
-            // It may be another request's write in the same SQLite batch, not yet
-            // durable: the empty commit returns once that batch has committed.
-            tx.commit().await?;
-            let Some(existing) = existing else {
-                // The holder was rolled back since (its batch failed): try again.
-                return Err(StoreError::GroupCommit(
-                    "the referral holding this identifier was not kept".into(),
-                )
-                .into());
-            };
-            resubmitted(state, &existing, &fields, &visibility, answer, checked).await
-        }
-        Err(NotWritten::Failed(error)) => Err(error),
-    }
-}
-
-/// A new referral to write, made ready before the writer is taken.
-struct NewReferral<'a> {
-    /// Its ServiceRequest's id.
-    id: &'a FhirId,
-    /// Its ServiceRequest, as validated.
-    resource: serde_json::Value,
-    /// The sending practice.
-    owner: Option<&'a str>,
-    identifier: &'a crate::referral::record::BusinessIdentifier,
-    opening: crate::workflow::Opening,
-    if_none_exist: Option<&'a SearchQuery>,
-}
-
-/// What [`write_new`] stored, or found.
-enum WrittenNew {
-    /// The new referral: its ServiceRequest and record (boxed: the record is large).
-    Stored(StoredResource, Box<Referral>),
-    /// What `If-None-Exist` matched: nothing was written.
-    Matched(StoredResource),
-}
-
-/// Why [`write_new`] kept nothing.
-enum NotWritten {
-    /// Another referral holds the identifier (`StoreError::IdentifierHeld`).
-    IdentifierHeld,
-    /// Anything else, answered as it is.
-    Failed(ApiError),
-}
-
-impl From<StoreError> for NotWritten {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::IdentifierHeld { .. } => NotWritten::IdentifierHeld,
-            error => NotWritten::Failed(error.into()),
-        }
-    }
-}
-
-impl From<crate::workflow::WorkflowError> for NotWritten {
-    fn from(error: crate::workflow::WorkflowError) -> Self {
-        match error {
-            crate::workflow::WorkflowError::Store(error) => error.into(),
-            error => NotWritten::Failed(error.into()),
-        }
-    }
-}
-
-impl From<ApiError> for NotWritten {
-    fn from(error: ApiError) -> Self {
-        NotWritten::Failed(error)
-    }
-}
-
-/// The write transaction of a new referral: the ServiceRequest, the record, its Task
-/// and outbox row, the submission kept verbatim and the audit row. The identifier is
-/// claimed (`WriteTx::claim_identifier`), not read: on SQLite the check runs with the
-/// write's statements, in one call while the writer is held.
-async fn write_new(
-    state: &AppState,
-    new: NewReferral<'_>,
-    visibility: &Visibility,
-    context: &RequestContext,
-    checked: &CheckedBody,
-) -> Result<WrittenNew, NotWritten> {
     let mut tx = state.store.begin_write().await?;
-    if let Some(existing) = existing_match(&mut tx, new.if_none_exist, visibility).await? {
+    if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
         // What it found may be another request's write in the same SQLite batch,
         // not yet durable: the empty commit returns once that batch has committed.
         tx.commit().await?;
-        return Ok(WrittenNew::Matched(existing));
+        let what = Written::matched_existing(&existing);
+        return written(&existing, what, answer, checked.issues);
     }
-    tx.claim_identifier(new.owner, new.identifier).await?;
+    if let Some(existing) = tx
+        .referral_by_identifier(owner.as_deref(), &identifier)
+        .await?
+    {
+        // What it found may be another request's write in the same SQLite batch,
+        // not yet durable: the empty commit returns once that batch has committed.
+        tx.commit().await?;
+        let fields = &opening.referral().fields;
+        return resubmitted(state, &existing, fields, &visibility, answer, checked).await;
+    }
     let stored = tx
         .create(ResourceWrite {
             resource_type: ResourceType::SERVICE_REQUEST,
-            id: new.id,
-            resource: new.resource,
+            id: &id,
+            resource: checked.resource,
             // The body is kept once, in the referral's submission below (same request
             // id), as a Bundle's is: a second copy here was a 4 KB overflow chain and
             // an index entry per referral that no read used (issue 20 §3).
             received: None,
             request_id: &context.request_id,
-            owner: new.owner,
+            owner: owner.as_deref(),
         })
         .await?;
     let referral = state
         .workflow
-        .write_opened(&mut tx, new.opening, &context.request_id)
+        .write_opened(&mut tx, opening, &context.request_id)
         .await?;
     tx.add_submission(&Submission {
         referral_id: &referral.id,
@@ -240,7 +129,13 @@ async fn write_new(
     .await?;
     context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 201).await?;
-    Ok(WrittenNew::Stored(stored, Box::new(referral)))
+    tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
+    let what = Written {
+        status: StatusCode::CREATED,
+        message_id: "referral-received",
+        message: received(&referral),
+    };
+    written(&stored, what, answer, checked.issues)
 }
 
 /// The answer to a referral whose identifier Sprig already holds (`existing`): the

@@ -12,8 +12,6 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use super::StoreError;
-
 /// One value bound to a statement's `$n` placeholder.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Arg {
@@ -108,26 +106,6 @@ impl IntoArg for Option<&[u8]> {
 pub(crate) struct Statement {
     pub(crate) sql: Cow<'static, str>,
     pub(crate) args: Vec<Arg>,
-    /// For a `SELECT` that must find nothing: what a row found means. The statement
-    /// then fails with that error, naming the row's first column, and on SQLite the
-    /// statements queued after it never run. `None`: rows are ignored.
-    pub(crate) expects_none: Option<Absent>,
-}
-
-/// What a statement that must find nothing ([`Statement::expecting_none`]) guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Absent {
-    /// No referral holds the business identifier: its row's id is the holder.
-    Identifier,
-}
-
-impl Absent {
-    /// The error for a row found, `first` its first column as text.
-    pub(crate) fn found(self, first: String) -> StoreError {
-        match self {
-            Absent::Identifier => StoreError::IdentifierHeld { referral_id: first },
-        }
-    }
 }
 
 impl Statement {
@@ -136,15 +114,7 @@ impl Statement {
         Self {
             sql: sql.into(),
             args: Vec::new(),
-            expects_none: None,
         }
-    }
-
-    /// This `SELECT`, which must find no row: one found fails it with `absent`'s error.
-    #[must_use]
-    pub(crate) fn expecting_none(mut self, absent: Absent) -> Self {
-        self.expects_none = Some(absent);
-        self
     }
 
     /// Binds the next placeholder.
@@ -182,7 +152,6 @@ impl Statement {
         (!args.is_empty()).then(|| Self {
             sql: sql.into(),
             args,
-            expects_none: None,
         })
     }
 }

@@ -143,14 +143,6 @@ pub enum StoreError {
     /// (its caller went on): nothing of it is kept. A defect of the caller's.
     #[error("the write cannot commit: {0}")]
     WriteAbandoned(String),
-    /// A new referral's business identifier is held by another referral, received
-    /// since the caller last looked (on SQLite, checked when the write's statements run:
-    /// nothing of the write is kept). Its caller answers as to a resubmission.
-    #[error("referral {referral_id} holds this business identifier")]
-    IdentifierHeld {
-        /// The referral that holds it.
-        referral_id: String,
-    },
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {

@@ -164,21 +164,6 @@ impl WriteTx {
         dispatch_write!(self, b => b.referral_by_identifier(practice, identifier).await)
     }
 
-    /// Claims a new referral's business identifier for this transaction: it commits only
-    /// if no referral from `practice` holds the identifier by then, and otherwise fails
-    /// with [`StoreError::IdentifierHeld`], keeping nothing. Where the writer is single
-    /// (SQLite) the check runs with the write's other statements, so a new referral
-    /// makes no separate read while it holds the writer; elsewhere it runs now, under
-    /// the identifier's lock (as [`WriteTx::referral_by_identifier`]'s). Either way the
-    /// error may come from this call or a later one, up to the commit.
-    pub async fn claim_identifier(
-        &mut self,
-        practice: Option<&str>,
-        identifier: &BusinessIdentifier,
-    ) -> Result<(), StoreError> {
-        dispatch_write!(self, b => b.claim_identifier(practice, identifier).await)
-    }
-
     /// The referral, read inside this transaction (to change it).
     pub async fn referral(&mut self, id: &str) -> Result<Option<Referral>, StoreError> {
         dispatch_write!(self, b => b.referral(id).await)

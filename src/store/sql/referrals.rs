@@ -13,7 +13,7 @@ use crate::referral::record::{
 };
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
-use crate::store::deferred::{Absent, IntoArg, Statement};
+use crate::store::deferred::{IntoArg, Statement};
 use crate::store::referrals::{
     Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
     ReferralHandle, Submission,
@@ -39,24 +39,6 @@ impl Tx {
         let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
         self.lock_identifier(&scope, &identifier.value).await?;
         referral_by_identifier(self.read_conn().await?, practice, identifier).await
-    }
-
-    /// See `WriteTx::claim_identifier`.
-    pub(in crate::store) async fn claim_identifier(
-        &mut self,
-        practice: Option<&str>,
-        identifier: &BusinessIdentifier,
-    ) -> Result<(), StoreError> {
-        let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
-        self.lock_identifier(&scope, &identifier.value).await?;
-        self.execute(
-            Statement::new(REFERRAL_BY_IDENTIFIER_SQL)
-                .bind(practice.unwrap_or_default())
-                .bind(&identifier.system)
-                .bind(&identifier.value)
-                .expecting_none(Absent::Identifier),
-        )
-        .await
     }
 
     /// The referral, read inside this transaction (to change it).

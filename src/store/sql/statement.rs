@@ -11,11 +11,7 @@ use crate::store::deferred::{Arg, Statement};
 
 /// Runs `statement` on `conn` now.
 pub(crate) async fn run_now(conn: &mut Conn, statement: Statement) -> Result<(), StoreError> {
-    let Statement {
-        sql,
-        args,
-        expects_none,
-    } = statement;
+    let Statement { sql, args } = statement;
     let mut query = match sql {
         Cow::Borrowed(sql) => sqlx::query(sql),
         Cow::Owned(sql) => sqlx::query(sqlx::AssertSqlSafe(sql)),
@@ -30,15 +26,6 @@ pub(crate) async fn run_now(conn: &mut Conn, statement: Statement) -> Result<(),
             Arg::NullBlob => query.bind(None::<Vec<u8>>),
         };
     }
-    match expects_none {
-        None => {
-            query.execute(conn).await?;
-        }
-        Some(absent) => {
-            if let Some(row) = query.fetch_optional(conn).await? {
-                return Err(absent.found(sqlx::Row::try_get::<String, _>(&row, 0)?));
-            }
-        }
-    }
+    query.execute(conn).await?;
     Ok(())
 }
