@@ -406,10 +406,10 @@ async fn a_held_identifier_is_answered_before_the_write_and_stores_nothing() {
 }
 
 /// Copies of one new referral sent at the same moment are one referral: none of them
-/// finds it committed before its write, so each claims the identifier in its write
-/// (`WriteTx::claim_identifier`; on SQLite checked with the write's statements, in the
-/// batch they share). One is stored (201); every other is answered with it (200, its
-/// id), keeps nothing, and its audit row names no referral that was not kept.
+/// finds it committed before its write, so each looks for the identifier inside its
+/// write transaction (on SQLite, in the write batch they share, where the first copy's
+/// referral is not yet durable). One is stored (201); every other is answered with it
+/// (200, its id) and keeps nothing, and no audit row names a referral that was not kept.
 #[tokio::test]
 async fn copies_of_a_new_referral_sent_at_once_are_one_referral() {
     let app = spawn_app_with(|_| {}).await;
