@@ -108,6 +108,21 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
 }
 
+/// How the settings open the store (the server's; `cli`'s commands use the same, with
+/// one reader). Here, not in `config`, which must not import `store`.
+pub fn store_options(settings: &Settings) -> StoreOptions {
+    StoreOptions {
+        database: settings.database.clone(),
+        busy_timeout: Duration::from_millis(settings.sqlite.busy_timeout_ms),
+        max_read_connections: settings.sqlite.max_read_connections,
+        durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
+        sqlite_caches: crate::store::SqliteCaches {
+            writer_kib: settings.sqlite.writer_cache_kib,
+            reader_kib: settings.sqlite.reader_cache_kib,
+        },
+    }
+}
+
 impl Application {
     /// Opens everything the gateway needs. Nothing is served until
     /// [`Application::run_until_stopped`].
@@ -117,17 +132,7 @@ impl Application {
         let security = settings
             .security_decision(settings.listen)
             .map_err(StartupError::Security)?;
-        let store = Store::open(&StoreOptions {
-            database: settings.database.clone(),
-            busy_timeout: Duration::from_millis(settings.sqlite.busy_timeout_ms),
-            max_read_connections: settings.sqlite.max_read_connections,
-            durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
-            sqlite_caches: crate::store::SqliteCaches {
-                writer_kib: settings.sqlite.writer_cache_kib,
-                reader_kib: settings.sqlite.reader_cache_kib,
-            },
-        })
-        .await?;
+        let store = Store::open(&store_options(&settings)).await?;
         // Compiling the schema takes tens of milliseconds per type: do the
         // types Sprig accepts now, off the async threads, with the Bundle and
         // MessageHeader that transactions and messages arrive in (compiled

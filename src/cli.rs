@@ -19,7 +19,7 @@ mod staff;
 mod validate;
 
 use crate::app::{Application, shutdown_signal};
-use crate::config::{Overrides, Settings, SqliteSynchronousSetting};
+use crate::config::{Overrides, Settings};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry;
 
@@ -86,17 +86,11 @@ fn load_settings(args: &DatabaseArgs) -> Result<Settings, ExitCode> {
     })
 }
 
-/// How a command opens the store the settings name.
+/// How a command opens the store the settings name: as the server does, with one reader.
 fn store_options(settings: &Settings) -> StoreOptions {
     StoreOptions {
-        database: settings.database.clone(),
-        busy_timeout: std::time::Duration::from_millis(settings.sqlite.busy_timeout_ms),
         max_read_connections: 1,
-        durable_commits: settings.sqlite.synchronous == SqliteSynchronousSetting::Full,
-        sqlite_caches: crate::store::SqliteCaches {
-            writer_kib: settings.sqlite.writer_cache_kib,
-            reader_kib: settings.sqlite.reader_cache_kib,
-        },
+        ..crate::app::store_options(settings)
     }
 }
 
