@@ -25,10 +25,11 @@ for --seconds with --connections connections (wrk, two threads):
 
 and prints rate, p50 and p99 (wrk's), non-2xx counts, the server's RSS
 (sampled every 100 ms: peak per phase) and the server's CPU time (user plus
-system, from /proc) per request: less moved by a busy machine than the rate. Then, one at a time, transaction
-Bundles of --bundles entries (the example plus Condition entries), each timed
-while a prober creates a referral every 50 ms: the Bundle's time and the
-prober's worst wait show whether a large transaction starves other writes.
+system, from /proc) per request: less moved by a busy machine than the rate.
+Then, one at a time, transaction Bundles of --bundles entries (the example
+plus Condition entries), each timed while a prober creates a referral every
+50 ms: the Bundle's time and the prober's worst wait show whether a large
+transaction starves other writes.
 With --instances N (PostgreSQL only) N Sprig processes serve the one database,
 as behind a load balancer: each phase runs one wrk per instance at the same
 time, with --connections split between them; rates and requests are summed,

@@ -313,3 +313,63 @@ fn the_readme_test_command_is_what_ci_runs() {
     );
     assert!(readme.contains("cargo run --release -- serve"));
 }
+
+/// Every `WriteTx` call that may run a statement goes through `store::dispatch_write!`
+/// (ARCHITECTURE.md, `store`): on PostgreSQL a failed statement aborts the transaction and
+/// its `COMMIT` would answer `ROLLBACK` as if it succeeded, so a call that fails, or is
+/// dropped midway, must leave the write refusing to commit. A new method written with plain
+/// `dispatch!` would lose that silently; only the two that run no statement of a caller's
+/// may use it.
+#[test]
+fn write_transaction_calls_go_through_dispatch_write() {
+    const PLAIN_ALLOWED: [&str; 2] = ["take_written", "commit"];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/store"), &mut files);
+    let mut plain = Vec::new();
+    let mut guarded = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable");
+        let mut in_write_tx = false;
+        let mut function = String::new();
+        for line in text.lines() {
+            if line.starts_with("impl WriteTx {") {
+                in_write_tx = true;
+                continue;
+            }
+            if !in_write_tx {
+                continue;
+            }
+            if line == "}" {
+                in_write_tx = false;
+                continue;
+            }
+            if let Some(rest) = line.trim_start().strip_prefix("pub ") {
+                let rest = rest.strip_prefix("async ").unwrap_or(rest);
+                if let Some(name) = rest.strip_prefix("fn ") {
+                    function = name.split(['(', '<']).next().unwrap_or("").to_owned();
+                }
+            }
+            if line.contains("dispatch_write!(") {
+                guarded += 1;
+            } else if line.contains("dispatch!(") && !PLAIN_ALLOWED.contains(&function.as_str()) {
+                let shown = file
+                    .strip_prefix(root)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string();
+                plain.push(format!("{shown}: WriteTx::{function}"));
+            }
+        }
+    }
+    assert!(
+        guarded > 20,
+        "the reader found the WriteTx methods ({guarded})"
+    );
+    assert!(
+        plain.is_empty(),
+        "these WriteTx methods use dispatch! where dispatch_write! keeps PostgreSQL's failed \
+         statements from committing:\n{}",
+        plain.join("\n")
+    );
+}

@@ -29,9 +29,10 @@
 //! told their result only after that sync, so a 2xx still means on disk; the
 //! disk's sync time no longer holds the only writer. Writes that use the
 //! writer connection outside a session (operator re-queues) run with
-//! `synchronous = FULL`, restored before the connection leaves a session. Readers may see a batch in the milliseconds between its `COMMIT`
-//! and its sync; a power cut there loses what they saw, as it loses what no
-//! one was told was stored. The `_lastUpdated` pull never serves it (its
+//! `synchronous = FULL`, restored before the connection leaves a session.
+//! Readers may see a batch in the milliseconds between its `COMMIT` and its
+//! sync; a power cut there loses what they saw, as it loses what no one was
+//! told was stored. The `_lastUpdated` pull never serves it (its
 //! horizon waits for the commit's answer), and delivery's claim is itself a
 //! batch member, answered after a sync that covers every earlier frame, so
 //! nothing is sent from an unsynced commit.

@@ -625,7 +625,8 @@ impl Tx {
 /// What [`Tx::run_queued`] does besides running the queued statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queued {
-    /// Nothing: a read follows (nothing queued, nothing runs).
+    /// A read follows: what is queued runs (in the savepoint, opened for it); with
+    /// nothing queued nothing runs, and no savepoint opens.
     Read,
     /// Opens the savepoint: a statement that may write follows.
     Write,
