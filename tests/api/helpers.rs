@@ -240,10 +240,16 @@ impl TestApp {
 
     /// How many resource versions the database holds.
     pub async fn stored_version_count(&self) -> i64 {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_versions")
-            .fetch_one(&self.db_pool().await)
-            .await
-            .expect("count");
+        self.row_count("resource_versions").await
+    }
+
+    /// How many rows `table` holds (a table name the test gives, never input).
+    pub async fn row_count(&self, table: &str) -> i64 {
+        let (count,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&self.db_pool().await)
+                .await
+                .expect("count");
         count
     }
 

@@ -15,6 +15,9 @@ use tempfile::TempDir;
 use crate::helpers::{TestApp, json_body, on_postgres, spawn_app_in};
 use crate::workflow::{Shape, post_fhir};
 
+/// The practice the sample referral comes from.
+const PRACTICE: &str = "K83999";
+
 /// Two gateways on one (fresh) PostgreSQL database.
 async fn two_instances() -> (TestApp, TestApp) {
     let dir = Arc::new(TempDir::new().expect("temporary directory"));
@@ -386,10 +389,10 @@ async fn two_instances_never_claim_the_same_outbox_row() {
     let now = i64::MAX / 4;
     let destinations = a
         .store
-        .due_destinations(now, &["K83999".to_owned()])
+        .due_destinations(now, &[PRACTICE.to_owned()])
         .await
         .expect("due");
-    assert_eq!(destinations, ["K83999"], "the practice has updates due");
+    assert_eq!(destinations, [PRACTICE], "the practice has updates due");
     for destination in destinations {
         let (from_a, from_b) = tokio::join!(
             a.store
@@ -550,7 +553,6 @@ async fn a_head_claimed_but_not_sent_by_one_instance_is_sent_once_and_in_order()
     if !on_postgres() {
         return;
     }
-    const PRACTICE: &str = "K83999";
     // Every Task PUT either GP endpoint receives, in the order they arrive.
     let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let receiver = |delay: Duration| {

@@ -124,12 +124,7 @@ async fn concurrent_creates_are_all_answered_after_they_are_readable() {
         }
     });
     let ids = join_all(posts).await;
-    let pool = app.db_pool().await;
-    let (referrals,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referrals")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(referrals, 64);
+    assert_eq!(app.row_count("referrals").await, 64);
     assert_eq!(ids.len(), 64);
 }
 
@@ -437,17 +432,13 @@ async fn copies_of_a_new_referral_sent_at_once_are_one_referral() {
         answered.iter().all(|id| *id == created[0]),
         "every other copy is answered with the stored one: {created:?} {answered:?}"
     );
+    assert_eq!(app.row_count("referrals").await, 1);
+    assert_eq!(
+        app.row_count("referral_submissions").await,
+        1,
+        "only the stored copy's submission is kept"
+    );
     let pool = app.db_pool().await;
-    let (referrals,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referrals")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(referrals, 1);
-    let (requests,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referral_submissions")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(requests, 1, "only the stored copy's submission is kept");
     // The audit rows of the copies name the referral kept, or none: never another id.
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT referral_ids FROM audit_events WHERE referral_ids <> '[]'")
