@@ -31,7 +31,9 @@ use crate::referral::record::MappedReferral;
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
-use crate::store::{ReadOutcome, ResourceWrite, StoredResource, Visibility, WriteTx};
+use crate::store::{
+    CurrentVersion, ReadOutcome, ResourceWrite, StoredResource, Visibility, WriteTx,
+};
 use crate::validation::REFERRAL_BUNDLE_PROFILE;
 use crate::workflow::{Arrival, Opening, Workflow};
 
@@ -440,9 +442,25 @@ async fn execute_with(
             .cloned()
             .unwrap_or_else(FhirId::generate)
     };
-    // 1. Settle each entry's id, and whether it is written at all.
+    // 1. Settle each entry's id, and whether it is written at all. Every condition is
+    // matched in one statement, with the one match's current version, so that a
+    // conditional entry costs no further round trip with the writer held.
+    let conditions: Vec<&SearchQuery> = plan
+        .iter()
+        .filter_map(|entry| match &entry.action {
+            Action::CreateUnlessExists(query) | Action::UpdateMatching(query) => Some(query),
+            Action::Create | Action::Update(_) => None,
+        })
+        .collect();
+    let mut matches = tx
+        .matching_current(&conditions, visibility)
+        .await?
+        .into_iter();
     let mut settled: Vec<(FhirId, Option<bool>)> = Vec::with_capacity(plan.len());
+    // The current version of each entry that matched one resource.
+    let mut currents: Vec<Option<CurrentVersion>> = Vec::with_capacity(plan.len());
     for (index, entry) in plan.iter().enumerate() {
+        let mut current = None;
         settled.push(match &entry.action {
             Action::Create => (new_id(index), Some(true)),
             Action::Update(id) => {
@@ -465,15 +483,24 @@ async fn execute_with(
                     Some(!exists(tx, entry.resource_type, id, visibility).await?),
                 )
             }
-            Action::CreateUnlessExists(query) => match one_match(tx, query, index, visibility).await? {
-                Some(id) => (id, None),
-                None => (new_id(index), Some(true)),
-            },
-            Action::UpdateMatching(query) => match one_match(tx, query, index, visibility).await? {
-                Some(id) => (id, Some(false)),
-                None => (new_id(index), Some(true)),
-            },
+            Action::CreateUnlessExists(_) | Action::UpdateMatching(_) => {
+                let matched = matches.next().ok_or_else(|| {
+                    ApiError::internal(
+                        "matching a transaction's conditions",
+                        format!("no answer for entry {index}'s condition"),
+                    )
+                })?;
+                let updates = matches!(entry.action, Action::UpdateMatching(_));
+                match one_match(matched.ids, index)? {
+                    Some(id) => {
+                        current = matched.current;
+                        (id, updates.then_some(false))
+                    }
+                    None => (new_id(index), Some(true)),
+                }
+            }
         });
+        currents.push(current);
     }
     // 2. Every fullUrl now has a `Type/id`.
     let mut targets: HashMap<String, String> = HashMap::new();
@@ -488,7 +515,13 @@ async fn execute_with(
     let (ids, writes): (Vec<FhirId>, Vec<Option<bool>>) = settled.into_iter().unzip();
     let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(plan.len());
     let mut creates: Vec<(usize, ResourceWrite<'_>)> = Vec::new();
-    for (index, ((entry, id), write)) in plan.into_iter().zip(&ids).zip(writes).enumerate() {
+    for (index, (((entry, id), write), current)) in plan
+        .into_iter()
+        .zip(&ids)
+        .zip(writes)
+        .zip(currents)
+        .enumerate()
+    {
         let mut resource = entry.resource;
         rewrite_references(&mut resource, &targets);
         let new_version = ResourceWrite {
@@ -503,13 +536,14 @@ async fn execute_with(
             owner,
         };
         outcomes.push(match write {
-            None => match tx.read(entry.resource_type, id, visibility).await? {
-                ReadOutcome::Found(stored) => Some(EntryOutcome {
-                    stored,
+            None => match current {
+                // Read with the match, in this transaction.
+                Some(current) => Some(EntryOutcome {
+                    stored: current.into_stored(),
                     created: false,
                     written: false,
                 }),
-                _ => {
+                None => {
                     return Err(ApiError::internal(
                         "reading a conditional entry's match",
                         format!("{}/{id} matched but cannot be read", entry.resource_type),
@@ -523,7 +557,10 @@ async fn execute_with(
             Some(false) => {
                 // An update that changes nothing stores nothing: the entry is answered
                 // with the version held (`200 OK`, its ETag), as a no-op update is.
-                let updated = tx.update(new_version, None).await?;
+                let updated = match current {
+                    Some(current) => tx.update_from(new_version, current).await?,
+                    None => tx.update(new_version, None).await?,
+                };
                 Some(EntryOutcome {
                     written: updated.changed(),
                     stored: updated.into_stored(),
@@ -652,13 +689,9 @@ async fn exists(
     ))
 }
 
-async fn one_match(
-    tx: &mut WriteTx,
-    query: &SearchQuery,
-    index: usize,
-    visibility: &Visibility,
-) -> Result<Option<FhirId>, ApiError> {
-    let mut ids = tx.matching_ids(query, visibility).await?;
+/// The one id a condition matched, `None` for none; several are an error (which one
+/// was meant cannot be told).
+fn one_match(mut ids: Vec<FhirId>, index: usize) -> Result<Option<FhirId>, ApiError> {
     match ids.len() {
         0 | 1 => Ok(ids.pop()),
         n => {

@@ -83,7 +83,7 @@ macro_rules! dispatch_write {
 }
 pub(crate) use dispatch_write;
 pub use search::{BoundValue, SearchStatement};
-pub use write::{CurrentVersion, ResourceWrite, Updated, WriteTx, WrittenVersion};
+pub use write::{CurrentVersion, Matched, ResourceWrite, Updated, WriteTx, WrittenVersion};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, Error)]

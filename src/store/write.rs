@@ -124,6 +124,15 @@ impl CurrentVersion {
     }
 }
 
+/// What one condition of [`WriteTx::matching_current`] matched.
+#[derive(Debug, Default)]
+pub struct Matched {
+    /// The matching resources' ids, in id order.
+    pub ids: Vec<FhirId>,
+    /// The one match's current version, when there is exactly one.
+    pub current: Option<CurrentVersion>,
+}
+
 impl WriteTx {
     /// The versions this transaction wrote since the last call, oldest first, so the
     /// caller can record who caused them (their Provenance) in the same transaction.
@@ -201,6 +210,31 @@ impl WriteTx {
         visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
         dispatch_write!(self, b => b.matching_ids(query, visibility).await)
+    }
+
+    /// [`WriteTx::matching_ids`] of several conditions at once (a transaction Bundle's
+    /// conditional entries): one statement, where each condition and then each match's
+    /// read would be one round trip with the writer held. For each condition, in the
+    /// order given, its matches, and where there is exactly one, its current version to
+    /// answer with or update from ([`WriteTx::update_from`]).
+    pub async fn matching_current(
+        &mut self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &Visibility,
+    ) -> Result<Vec<Matched>, StoreError> {
+        dispatch_write!(self, b => b.matching_current(queries, visibility).await)
+    }
+
+    /// [`WriteTx::update`] with no version expected, from the current version this
+    /// transaction read ([`WriteTx::matching_current`]): the update applies to whichever
+    /// version is current when it runs (on SQLite's single writer, the one read, so it
+    /// is not read again).
+    pub async fn update_from(
+        &mut self,
+        write: ResourceWrite<'_>,
+        current: CurrentVersion,
+    ) -> Result<Updated, StoreError> {
+        dispatch_write!(self, b => b.update_from(write, current).await)
     }
 
     /// Whether a resource exists that `visibility` does not see (an id the

@@ -532,6 +532,56 @@ async fn referrals_for_one_patient_at_two_instances_at_once_share_one_patient_an
     }
 }
 
+#[tokio::test]
+async fn changes_to_one_patient_in_bundles_at_two_instances_at_once_are_each_a_version() {
+    if !on_postgres() {
+        return;
+    }
+    // A Bundle's conditional update reads its match without waiting for the row, and
+    // when the Patient says what that version says, answers with it. A change waits for
+    // the row and applies to whichever version is current then. Six changes at once,
+    // half at each instance: each is a version of the one Patient, none lost or refused.
+    let (a, b) = two_instances().await;
+    let template = Shape::Transaction.example().to_string();
+    let body = |i: usize| {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&template.replace("REF-2026-000456", &format!("CHANGE-PT-{i}")))
+                .expect("JSON");
+        body["entry"][1]["resource"]["telecom"][0]["value"] = json!(format!("07700 90010{i}"));
+        body
+    };
+    let first = post_fhir(&a, "/fhir", &body(0), &[]).await;
+    assert_eq!(first.status(), 200);
+    let bodies: Vec<serde_json::Value> = (1..=6).map(body).collect();
+    let answers = futures::future::join_all(bodies.iter().enumerate().map(|(i, body)| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        post_fhir(app, "/fhir", body, &[])
+    }))
+    .await;
+    for answer in answers {
+        let status = answer.status().as_u16();
+        assert_eq!(status, 200, "{}", answer.text().await.unwrap_or_default());
+    }
+    let found = json_body(
+        b.get(
+            "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(found["total"], json!(1), "{found}");
+    let patient = &found["entry"][0]["resource"];
+    assert_eq!(
+        patient["meta"]["versionId"], "7",
+        "six changes after the first: {patient}"
+    );
+    let phone = patient["telecom"][0]["value"].as_str().unwrap_or_default();
+    assert!(
+        (1..=6).any(|i| phone == format!("07700 90010{i}")),
+        "the last change's number, not {phone}"
+    );
+}
+
 /// A head one instance claimed but could not send within its queue allowance is handed
 /// back unsent, and then sent by the other instance or by the first, later: every update
 /// reaches the practice exactly once, each referral's in order. Instance A's endpoint is

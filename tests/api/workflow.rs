@@ -825,6 +825,97 @@ async fn a_transaction_rewrites_references_and_answers_per_entry() {
     );
 }
 
+/// A Bundle's conditions are matched together, with each single match's current version
+/// read in the same statement (`WriteTx::matching_current`): what is answered and written
+/// from that read must be what separate reads gave. A changed Patient is a new version from
+/// the one held; a condition matching two resources is refused for its own entry, and the
+/// Bundle leaves nothing behind.
+#[tokio::test]
+async fn a_transaction_updates_what_its_conditions_match_and_refuses_an_ambiguous_one() {
+    let app = spawn_app().await;
+    let bundle = Shape::Transaction.example();
+    let referral = |identifier: &str| {
+        let mut next = bundle.clone();
+        next["entry"][0]["resource"]["identifier"][0]["value"] = json!(identifier);
+        next["entry"][0]["request"]["ifNoneExist"] = json!(format!(
+            "identifier=https://gp-system.example.org/Id/referral|{identifier}"
+        ));
+        next
+    };
+    let location = |answer: &Value, index: usize| {
+        answer["entry"][index]["response"]["location"]
+            .as_str()
+            .expect("location")
+            .to_owned()
+    };
+    let first = json_body(post_fhir(&app, "/fhir", &referral("REF-MATCH-1"), &[]).await).await;
+    assert_eq!(
+        first["entry"][1]["response"]["status"], "201 Created",
+        "{first}"
+    );
+    let patient = location(&first, 1);
+    let patient = patient.split("/_history").next().expect("Patient/id");
+
+    // The same patient with a new phone number: the match is updated, version 2.
+    let mut moved = referral("REF-MATCH-2");
+    moved["entry"][1]["resource"]["telecom"][0]["value"] = json!("07700 900999");
+    let answer = json_body(post_fhir(&app, "/fhir", &moved, &[]).await).await;
+    assert_eq!(
+        answer["entry"][1]["response"]["status"], "200 OK",
+        "{answer}"
+    );
+    assert_eq!(location(&answer, 1), format!("{patient}/_history/2"));
+    // The practice's Organization says what it said: answered with the version held.
+    assert_eq!(
+        answer["entry"][5]["response"]["status"], "200 OK",
+        "{answer}"
+    );
+    assert_eq!(
+        location(&answer, 5),
+        location(&first, 5),
+        "the Organization is not stored again"
+    );
+    let held = read(&app, &format!("/fhir/{patient}")).await;
+    assert_eq!(held["telecom"][0]["value"], "07700 900999", "{held}");
+    assert_eq!(held["meta"]["versionId"], "2");
+
+    // A second patient, then a condition naming every patient with an NHS number.
+    let mut other = referral("REF-MATCH-3");
+    other["entry"][1]["resource"]["identifier"][0]["value"] = json!("9912003896");
+    other["entry"][1]["request"]["url"] =
+        json!("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003896");
+    let answer = json_body(post_fhir(&app, "/fhir", &other, &[]).await).await;
+    assert_eq!(
+        answer["entry"][1]["response"]["status"], "201 Created",
+        "{answer}"
+    );
+    assert_ne!(
+        location(&answer, 1).split("/_history").next(),
+        Some(patient)
+    );
+
+    let mut ambiguous = referral("REF-MATCH-4");
+    ambiguous["entry"][1]["request"]["url"] =
+        json!("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|");
+    let response = post_fhir(&app, "/fhir", &ambiguous, &[]).await;
+    assert_eq!(response.status(), 412);
+    let outcome = json_body(response).await;
+    assert_eq!(
+        outcome["issue"][0]["details"]["coding"][0]["code"], "conditional-multiple-matches",
+        "{outcome}"
+    );
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Bundle.entry[1].request"
+    );
+    let listed = json_body(app.get("/api/referrals").await).await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+}
+
 #[tokio::test]
 async fn the_gp_withdraws_a_referral_with_put_and_if_match() {
     let app = spawn_app().await;

@@ -127,11 +127,12 @@ const ROW_LOCK: &str = " FOR UPDATE OF r";
 /// transaction since: an update from it locks the row and checks its version first.
 const READS_STAY_CURRENT: bool = false;
 
-/// A conditional create or update (`If-None-Exist`, `PUT Type?…`) holds this lock on its
-/// condition until its transaction ends, so that two transactions with one condition
-/// (two referrals for one patient, at two instances or on two connections) cannot both
-/// find no match and both create: the second waits, then its search (a new snapshot
-/// under READ COMMITTED) finds the first's resource. Two-key form, the first key Sprig's
+/// A conditional create or update (`If-None-Exist`, `PUT Type?…`) whose condition matches
+/// nothing holds this lock on its condition until its transaction ends, and matches again,
+/// so that two transactions with one condition (two referrals for a new patient, at two
+/// instances or on two connections) cannot both find no match and both create: the second
+/// waits, then its search (a new snapshot under READ COMMITTED) finds the first's
+/// resource. A condition that matched takes no lock (its update locks the row). Two-key form, the first key Sprig's
 /// namespace: the two-key and one-key advisory lock spaces do not overlap.
 const CONDITION_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(1936748135, hashtext($1))");
 

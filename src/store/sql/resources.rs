@@ -13,7 +13,7 @@ use crate::fhir::resource::{same_content, stamp};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
 use crate::store::deferred::{IntoArg, Statement};
 use crate::store::{
-    CurrentVersion, HistoryOperation, NewResource, ReadOutcome, ResourceWrite, StoreError,
+    CurrentVersion, HistoryOperation, Matched, NewResource, ReadOutcome, ResourceWrite, StoreError,
     StoredResource, Updated, Visibility, WrittenVersion,
 };
 
@@ -328,23 +328,144 @@ impl Tx {
         query: &crate::search::SearchQuery,
         visibility: &Visibility,
     ) -> Result<Vec<FhirId>, StoreError> {
-        if let Some(lock) = CONDITION_LOCK {
-            // The condition as it is normalised (its self link) and whose resources it
-            // may match: the same condition from one practice is one lock.
-            let condition = format!(
-                "{} {} {}",
-                query.resource_type,
-                query.self_query(),
-                visibility.lock_key()
-            );
-            sqlx::query(lock)
-                .bind(condition)
-                .execute(self.conn().await?)
-                .await?;
-        }
         // The match must see every resource this transaction wrote.
         self.flush_index().await?;
-        super::search::matching_ids(self.read_conn().await?, query, visibility).await
+        let ids = super::search::matching_ids(self.read_conn().await?, query, visibility).await?;
+        match CONDITION_LOCK {
+            // See `Tx::matching_current`: only a condition that matched nothing waits.
+            Some(lock) if ids.is_empty() => {
+                sqlx::query(lock)
+                    .bind(condition_key(query, visibility))
+                    .execute(self.conn().await?)
+                    .await?;
+                super::search::matching_ids(self.read_conn().await?, query, visibility).await
+            }
+            _ => Ok(ids),
+        }
+    }
+
+    /// [`Tx::matching_ids`] of several conditions (a transaction Bundle's conditional
+    /// entries) in one statement: for each, in the order given, its matches and, when it
+    /// matches exactly one resource, that resource's current version, to answer with or
+    /// update from ([`Tx::update_from`]) without reading it again.
+    pub(in crate::store) async fn matching_current(
+        &mut self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &Visibility,
+    ) -> Result<Vec<Matched>, StoreError> {
+        // The matches must see every resource this transaction wrote.
+        self.flush_index().await?;
+        let mut rows =
+            super::search::matching_current(self.read_conn().await?, queries, visibility).await?;
+        if let Some(lock) = CONDITION_LOCK {
+            // Where transactions write side by side (PostgreSQL), a condition that matched
+            // nothing may be met by another transaction creating what it names: that
+            // condition's lock, then its match again, so that of two such transactions the
+            // second finds the first's resource instead of creating another. A condition
+            // that matched is updated under its row's lock (`Tx::update`) and needs none,
+            // so a practice's Bundles, which all name its Organization, do not wait for
+            // each other's commits. The locks are taken in one order, whatever the
+            // Bundle's, so two transactions never wait on each other's.
+            let unmatched: Vec<usize> = (0..queries.len())
+                .filter(|&at| !rows.iter().any(|row| usize::try_from(row.k) == Ok(at)))
+                .collect();
+            if !unmatched.is_empty() {
+                let again: Vec<&crate::search::SearchQuery> = unmatched
+                    .iter()
+                    .filter_map(|&at| queries.get(at).copied())
+                    .collect();
+                let mut conditions: Vec<String> = again
+                    .iter()
+                    .map(|query| condition_key(query, visibility))
+                    .collect();
+                conditions.sort_unstable();
+                conditions.dedup();
+                for condition in conditions {
+                    sqlx::query(lock)
+                        .bind(condition)
+                        .execute(self.conn().await?)
+                        .await?;
+                }
+                let found =
+                    super::search::matching_current(self.read_conn().await?, &again, visibility)
+                        .await?;
+                for mut row in found {
+                    // Back to the condition's position among all of them.
+                    row.k = usize::try_from(row.k)
+                        .ok()
+                        .and_then(|at| unmatched.get(at))
+                        .and_then(|&at| i64::try_from(at).ok())
+                        .unwrap_or(-1);
+                    rows.push(row);
+                }
+                // Stable: each condition's matches stay in the order the statement gave.
+                rows.sort_by_key(|row| row.k);
+            }
+        }
+        let mut matched: Vec<Matched> = queries.iter().map(|_| Matched::default()).collect();
+        let mut versions: Vec<Vec<VisibleVersionRow>> =
+            queries.iter().map(|_| Vec::new()).collect();
+        for row in rows {
+            let at = usize::try_from(row.k).ok();
+            let (Some(slot), Some(query)) = (
+                at.and_then(|at| matched.get_mut(at)),
+                at.and_then(|at| queries.get(at)),
+            ) else {
+                return Err(StoreError::Corrupt {
+                    resource_type: String::new(),
+                    id: row.id,
+                    reason: format!("a match names condition {} of {}", row.k, queries.len()),
+                });
+            };
+            let id = FhirId::parse(&row.id).map_err(|e| StoreError::Corrupt {
+                resource_type: query.resource_type.to_string(),
+                id: row.id.clone(),
+                reason: e.to_string(),
+            })?;
+            slot.ids.push(id);
+            if let Some(versions) = at.and_then(|at| versions.get_mut(at)) {
+                versions.push(VisibleVersionRow {
+                    version_id: row.version_id,
+                    last_updated: row.last_updated,
+                    resource: row.resource,
+                    owner_ods: row.owner_ods,
+                });
+            }
+        }
+        for ((slot, query), mut versions) in matched.iter_mut().zip(queries).zip(versions) {
+            if let ([id], Some(row)) = (slot.ids.as_slice(), versions.pop()) {
+                let owner = row.owner_ods.clone();
+                if let ReadOutcome::Found(stored) =
+                    visible_outcome(query.resource_type, id, Some(row), visibility)?
+                {
+                    slot.current = Some(CurrentVersion { stored, owner });
+                }
+            }
+        }
+        Ok(matched)
+    }
+
+    /// [`Tx::update`] with no version expected, from a current version this transaction
+    /// read ([`Tx::matching_current`]). On SQLite's single writer that version is still
+    /// current, so nothing is read again. Where another transaction may have written
+    /// since (PostgreSQL), a change is [`Tx::update`]: the row locked, and the update
+    /// applied to whichever version is current then, as a conditional update always was.
+    pub(in crate::store) async fn update_from(
+        &mut self,
+        write: ResourceWrite<'_>,
+        current: CurrentVersion,
+    ) -> Result<Updated, StoreError> {
+        if READS_STAY_CURRENT {
+            return self.update_current(write, current).await;
+        }
+        // A resource saying what the version read says is answered with that version, as
+        // a read in this transaction would be, without waiting for its row: every Bundle
+        // from one practice names its Organization, and would otherwise wait for the
+        // commit of the one before it.
+        if same_content(&parse_stored(&current.stored)?, &write.resource) {
+            return Ok(Updated::Unchanged(current.stored));
+        }
+        self.update(write, None).await
     }
 
     /// Writes the index rows this transaction has deferred (see `PendingIndex`):
@@ -471,6 +592,18 @@ impl Tx {
         )
         .await
     }
+}
+
+/// A condition's advisory lock key (PostgreSQL): the condition as it is normalised (its
+/// self link) and whose resources it may match, so the same condition from one practice
+/// is one lock.
+fn condition_key(query: &crate::search::SearchQuery, visibility: &Visibility) -> String {
+    format!(
+        "{} {} {}",
+        query.resource_type,
+        query.self_query(),
+        visibility.lock_key()
+    )
 }
 
 /// Where a version came from.

@@ -191,6 +191,40 @@ pub(crate) async fn matching_ids(
         })
         .collect()
 }
+
+/// [`matching_ids`] of several conditions in one statement (one round trip, where each
+/// would be one with the writer held): for each condition, in the order given, the
+/// matching resources' ids in id order, each with its current version and owner.
+/// `k` in each row is the condition's position.
+pub(crate) async fn matching_current(
+    conn: &mut Conn,
+    queries: &[&SearchQuery],
+    visibility: &Visibility,
+) -> Result<Vec<MatchedRow>, StoreError> {
+    if queries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::default();
+    for (k, query) in queries.iter().enumerate() {
+        if k > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push(&format!(
+            "SELECT CAST({k} AS BIGINT) AS k, r.id AS id, v.version_id AS version_id, \
+             v.last_updated AS last_updated, v.resource AS resource, r.owner_ods AS owner_ods"
+        ));
+        let driver = sql.push_from(query);
+        // `r.deleted = 0` (`push_where`): the current version is a resource, not a deletion.
+        sql.push(
+            " JOIN resource_versions v ON v.resource_type = r.resource_type AND v.id = r.id \
+             AND v.version_id = r.current_version",
+        );
+        sql.push_where(query, visibility, None, None, driver);
+    }
+    sql.push(" ORDER BY k, id");
+    Ok(sql.query_as().fetch_all(&mut *conn).await?)
+}
+
 impl Backend {
     /// [`matching_ids`] among committed resources, on a reader: a guess made before a
     /// write transaction begins (a transaction Bundle's conditional entries), which the
@@ -1160,6 +1194,18 @@ fn corrupt(resource_type: ResourceType, id: &str, reason: String) -> StoreError 
 #[derive(sqlx::FromRow)]
 struct MatchingIdRow {
     id: String,
+}
+
+/// One match of one condition ([`matching_current`]): the condition's position, the
+/// resource's id, and its current version as `resources::current_row` reads it.
+#[derive(sqlx::FromRow)]
+pub(super) struct MatchedRow {
+    pub(super) k: i64,
+    pub(super) id: String,
+    pub(super) version_id: i64,
+    pub(super) last_updated: String,
+    pub(super) resource: Option<String>,
+    pub(super) owner_ods: Option<String>,
 }
 
 /// A search's total (`count_sql`, `index_count_sql`, `estimate_sql`).
