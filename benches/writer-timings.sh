@@ -4,7 +4,9 @@
 # from wrk (32 connections, benches/post-unique.lua), and a summary of the group commit's
 # own debug timings (store::sqlite::group, store::sqlite::direct):
 #
-#   benches/writer-timings.sh [target/release/sprig] [seconds]
+#   benches/writer-timings.sh [target/release/sprig] [seconds] [create|transaction]
+#
+# `transaction` sends the example transaction Bundle (POST /fhir, fresh identifiers) instead.
 #
 # held: from a request getting the writer to its RELEASE; lock: the hand-off to take the
 # connection from sqlx's worker; run: the queued statements (with the savepoint's BEGIN,
@@ -14,6 +16,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$ROOT/target/release/sprig}"
 SECONDS_OF_LOAD="${2:-6}"
+case "${3:-create}" in
+    create) BODY=examples/referral-servicerequest.json UNIQUE=REF-2026-000123 URL_PATH=/fhir/ServiceRequest ;;
+    transaction) BODY=examples/referral-transaction-bundle.json UNIQUE=REF-2026-000456 URL_PATH=/fhir ;;
+    *) echo "usage: $0 [sprig] [seconds] [create|transaction]" >&2; exit 2 ;;
+esac
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 PORT=$((20000 + RANDOM % 20000))
@@ -25,9 +32,9 @@ for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
     sleep 0.1
 done
-LOAD_BODY_FILE="$ROOT/examples/referral-servicerequest.json" LOAD_UNIQUE=REF-2026-000123 \
+LOAD_BODY_FILE="$ROOT/$BODY" LOAD_UNIQUE="$UNIQUE" \
     wrk -t2 -c32 -d"${SECONDS_OF_LOAD}s" --latency -s "$ROOT/benches/post-unique.lua" \
-    "http://127.0.0.1:$PORT/fhir/ServiceRequest" | grep -E "Requests/sec|50%|99%"
+    "http://127.0.0.1:$PORT$URL_PATH" | grep -E "Requests/sec|50%|99%"
 kill "$SPRIG"
 wait "$SPRIG" 2>/dev/null || true
 python3 - "$WORK/log" "$SECONDS_OF_LOAD" <<'PY'
