@@ -485,6 +485,27 @@ async fn a_pull_never_skips_a_version_that_commits_late_with_an_earlier_stamp() 
     }
 }
 
+/// The example referral Bundle (one patient, practice Y12345's Organization) as a new
+/// referral with business identifier `identifier`.
+fn referral_bundle(identifier: &str) -> serde_json::Value {
+    let template = Shape::Transaction.example().to_string();
+    serde_json::from_str(&template.replace("REF-2026-000456", identifier)).expect("JSON")
+}
+
+/// Sends every Bundle to `POST /fhir` at once, alternately at each instance, and asserts
+/// each is answered 200.
+async fn all_at_once_at_both(a: &TestApp, b: &TestApp, bodies: &[serde_json::Value]) {
+    let answers = futures::future::join_all(bodies.iter().enumerate().map(|(i, body)| {
+        let app = if i % 2 == 0 { a } else { b };
+        post_fhir(app, "/fhir", body, &[])
+    }))
+    .await;
+    for answer in answers {
+        let status = answer.status().as_u16();
+        assert_eq!(status, 200, "{}", answer.text().await.unwrap_or_default());
+    }
+}
+
 #[tokio::test]
 async fn referrals_for_one_patient_at_two_instances_at_once_share_one_patient_and_practice() {
     if !on_postgres() {
@@ -496,22 +517,10 @@ async fn referrals_for_one_patient_at_two_instances_at_once_share_one_patient_an
     // condition, several found no match and each created one, and from then on every
     // referral for that patient was refused with 412 (several matches).
     let (a, b) = two_instances().await;
-    let template = Shape::Transaction.example().to_string();
     let bodies: Vec<serde_json::Value> = (0..8)
-        .map(|i| {
-            serde_json::from_str(&template.replace("REF-2026-000456", &format!("SAME-PT-{i}")))
-                .expect("JSON")
-        })
+        .map(|i| referral_bundle(&format!("SAME-PT-{i}")))
         .collect();
-    let answers = futures::future::join_all(bodies.iter().enumerate().map(|(i, body)| {
-        let app = if i % 2 == 0 { &a } else { &b };
-        post_fhir(app, "/fhir", body, &[])
-    }))
-    .await;
-    for answer in answers {
-        let status = answer.status().as_u16();
-        assert_eq!(status, 200, "{}", answer.text().await.unwrap_or_default());
-    }
+    all_at_once_at_both(&a, &b, &bodies).await;
     for (search, what) in [
         (
             "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
@@ -542,26 +551,15 @@ async fn changes_to_one_patient_in_bundles_at_two_instances_at_once_are_each_a_v
     // the row and applies to whichever version is current then. Six changes at once,
     // half at each instance: each is a version of the one Patient, none lost or refused.
     let (a, b) = two_instances().await;
-    let template = Shape::Transaction.example().to_string();
     let body = |i: usize| {
-        let mut body: serde_json::Value =
-            serde_json::from_str(&template.replace("REF-2026-000456", &format!("CHANGE-PT-{i}")))
-                .expect("JSON");
+        let mut body = referral_bundle(&format!("CHANGE-PT-{i}"));
         body["entry"][1]["resource"]["telecom"][0]["value"] = json!(format!("07700 90010{i}"));
         body
     };
     let first = post_fhir(&a, "/fhir", &body(0), &[]).await;
     assert_eq!(first.status(), 200);
     let bodies: Vec<serde_json::Value> = (1..=6).map(body).collect();
-    let answers = futures::future::join_all(bodies.iter().enumerate().map(|(i, body)| {
-        let app = if i % 2 == 0 { &a } else { &b };
-        post_fhir(app, "/fhir", body, &[])
-    }))
-    .await;
-    for answer in answers {
-        let status = answer.status().as_u16();
-        assert_eq!(status, 200, "{}", answer.text().await.unwrap_or_default());
-    }
+    all_at_once_at_both(&a, &b, &bodies).await;
     let found = json_body(
         b.get(
             "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
