@@ -314,6 +314,39 @@ async fn the_field_limits_are_configurable_and_apply_to_transactions() {
     app.stop().await;
 }
 
+/// A Bundle's conditions are matched in as few statements as can hold them, never in one
+/// SQLite refuses: it allows at most 500 terms in a compound SELECT, and with
+/// `limits.max_repeats` raised a Bundle may carry more conditional entries than that.
+#[tokio::test]
+async fn a_transaction_with_more_conditions_than_one_statement_holds_is_stored() {
+    const CONDITIONS: usize = 600;
+    let app = spawn_app_with(|s| {
+        s.limits.max_repeats = 1_000;
+    })
+    .await;
+    let mut bundle = crate::workflow::example("referral-transaction-bundle.json");
+    let condition = bundle["entry"][6].clone();
+    let entries = bundle["entry"].as_array_mut().expect("entries");
+    for i in 0..CONDITIONS {
+        let mut entry = condition.clone();
+        entry["fullUrl"] = serde_json::json!(format!("urn:uuid:00000000-0000-4000-8000-{i:012}"));
+        entry["request"]["ifNoneExist"] = serde_json::json!(format!("_id=absent-{i}"));
+        entries.push(entry);
+    }
+    let (status, answer) = post_json(&app, "/fhir", &bundle).await;
+    assert_eq!(status, 200, "{answer}");
+    let statuses = answer["entry"].as_array().expect("entries");
+    assert_eq!(statuses.len(), 7 + CONDITIONS);
+    assert!(
+        statuses
+            .iter()
+            .skip(7)
+            .all(|entry| entry["response"]["status"] == "201 Created"),
+        "every conditional Condition is created"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_service_api_refuses_an_oversize_note_and_implausible_outcome_times() {
     use crate::workflow::{Shape, api_post, submit};

@@ -201,12 +201,31 @@ pub(crate) async fn matching_current(
     queries: &[&SearchQuery],
     visibility: &Visibility,
 ) -> Result<Vec<MatchedRow>, StoreError> {
-    if queries.is_empty() {
-        return Ok(Vec::new());
+    let mut rows = Vec::new();
+    // SQLite allows at most 500 terms in one compound SELECT, and `limits.max_repeats`
+    // lets a Bundle carry more conditional entries than that.
+    for (chunk, queries) in queries.chunks(CONDITIONS_PER_STATEMENT).enumerate() {
+        let first = chunk.saturating_mul(CONDITIONS_PER_STATEMENT);
+        rows.extend(matching_current_of(conn, queries, first, visibility).await?);
     }
+    Ok(rows)
+}
+
+/// Most conditions matched in one statement ([`matching_current`]).
+const CONDITIONS_PER_STATEMENT: usize = 64;
+
+/// [`matching_current`] of at most [`CONDITIONS_PER_STATEMENT`] conditions, the first
+/// of them numbered `first`.
+async fn matching_current_of(
+    conn: &mut Conn,
+    queries: &[&SearchQuery],
+    first: usize,
+    visibility: &Visibility,
+) -> Result<Vec<MatchedRow>, StoreError> {
     let mut sql = Sql::default();
-    for (k, query) in queries.iter().enumerate() {
-        if k > 0 {
+    for (at, query) in queries.iter().enumerate() {
+        let k = first.saturating_add(at);
+        if at > 0 {
             sql.push(" UNION ALL ");
         }
         sql.push(&format!(
