@@ -21,7 +21,7 @@ use crate::fhir::json::{JsonLimits, parse_resource};
 use crate::fhir::locate::locate_issues;
 use crate::fhir::{Issue, IssueType, OperationOutcome, ResourceType};
 use crate::search::SearchQuery;
-use crate::store::{ReadOutcome, StoredResource, Visibility, WriteTx};
+use crate::store::{CurrentVersion, StoredResource, Visibility, WriteTx};
 use crate::validation::size::check_sizes;
 use crate::validation::{REFERRAL_PROFILE, Target};
 
@@ -128,13 +128,15 @@ pub(super) async fn existing_match(
     let Some(query) = query else {
         return Ok(None);
     };
-    let ids = tx.matching_ids(query, visibility).await?;
-    match ids.as_slice() {
+    let matched = tx
+        .matching_current(&[query], visibility)
+        .await?
+        .pop()
+        .unwrap_or_default();
+    match matched.ids.as_slice() {
         [] => Ok(None),
-        [id] => match tx.read(query.resource_type, id, visibility).await? {
-            ReadOutcome::Found(stored) => Ok(Some(stored)),
-            _ => Ok(None),
-        },
+        // Read with the match, in the same statement.
+        [_] => Ok(matched.current.map(CurrentVersion::into_stored)),
         many => Err(ApiError::PreconditionFailed(Issue::error(
             IssueType::MultipleMatches,
             "conditional-multiple-matches",

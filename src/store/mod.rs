@@ -470,7 +470,7 @@ impl Store {
 
     /// The ids of the committed, current resources matching `query`'s criteria that
     /// `visibility` sees, read without taking the writer: a guess, which a write
-    /// transaction's [`WriteTx::matching_ids`] confirms (a resource may be written
+    /// transaction's [`WriteTx::matching_current`] confirms (a resource may be written
     /// or deleted between the two).
     pub async fn committed_matching_ids(
         &self,

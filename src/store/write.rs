@@ -201,22 +201,13 @@ impl WriteTx {
         dispatch_write!(self, b => b.delete(resource_type, id, request_id).await)
     }
 
-    /// The ids of current resources matching a search (conditional create
-    /// and update inside a transaction), among those `visibility` sees: another
-    /// practice's match is no match.
-    pub async fn matching_ids(
-        &mut self,
-        query: &crate::search::SearchQuery,
-        visibility: &Visibility,
-    ) -> Result<Vec<FhirId>, StoreError> {
-        dispatch_write!(self, b => b.matching_ids(query, visibility).await)
-    }
-
-    /// [`WriteTx::matching_ids`] of several conditions at once (a transaction Bundle's
-    /// conditional entries): one statement, where each condition and then each match's
-    /// read would be one round trip with the writer held. For each condition, in the
-    /// order given, its matches, and where there is exactly one, its current version to
-    /// answer with or update from ([`WriteTx::update_from`]).
+    /// The current resources matching each of several searches (a conditional create's
+    /// `If-None-Exist`, a transaction Bundle's conditional entries), among those
+    /// `visibility` sees (another practice's match is no match), in as few statements as
+    /// the backend allows, where each condition and then each match's read would be one
+    /// round trip with the writer held. For each condition, in the order given, its
+    /// matches, and where there is exactly one, its current version to answer with or
+    /// update from ([`WriteTx::update_from`]).
     pub async fn matching_current(
         &mut self,
         queries: &[&crate::search::SearchQuery],

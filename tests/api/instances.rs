@@ -13,7 +13,7 @@ use sprig::store::{ResourceWrite, StoreError};
 use tempfile::TempDir;
 
 use crate::helpers::{TestApp, json_body, on_postgres, spawn_app_in};
-use crate::workflow::{Shape, post_fhir};
+use crate::workflow::{Shape, post_fhir, referral_bundle};
 
 /// The practice the sample referral comes from.
 const PRACTICE: &str = "K83999";
@@ -483,13 +483,6 @@ async fn a_pull_never_skips_a_version_that_commits_late_with_an_earlier_stamp() 
             "{id} was skipped: first pull {first:?} (newest {newest:?}), second {second:?}"
         );
     }
-}
-
-/// The example referral Bundle (one patient, practice Y12345's Organization) as a new
-/// referral with business identifier `identifier`.
-fn referral_bundle(identifier: &str) -> serde_json::Value {
-    let template = Shape::Transaction.example().to_string();
-    serde_json::from_str(&template.replace("REF-2026-000456", identifier)).expect("JSON")
 }
 
 /// Sends every Bundle to `POST /fhir` at once, alternately at each instance, and asserts

@@ -197,19 +197,7 @@ async fn a_backup_taken_while_serving_restores_everything_acknowledged_before_it
 /// A transaction Bundle referral with its own identifier, for the same Patient and
 /// practice as every other one: (ServiceRequest id, Patient id).
 async fn bundle_referral(app: &TestApp, identifier: &str) -> (String, String) {
-    let mut bundle: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/referral-transaction-bundle.json"
-        ))
-        .expect("example"),
-    )
-    .expect("json");
-    let entry = &mut bundle["entry"][0];
-    entry["resource"]["identifier"][0]["value"] = json!(identifier);
-    entry["request"]["ifNoneExist"] = json!(format!(
-        "identifier=https://gp-system.example.org/Id/referral|{identifier}"
-    ));
+    let bundle = crate::workflow::referral_bundle(identifier);
     let response = app
         .client
         .post(app.url("/fhir"))

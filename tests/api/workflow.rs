@@ -18,6 +18,17 @@ pub fn example(name: &str) -> Value {
         .expect("example is JSON")
 }
 
+/// The example referral Bundle as a new referral: its ServiceRequest's identifier, and
+/// the `ifNoneExist` naming it, set to `identifier` (same patient, same practice).
+pub fn referral_bundle(identifier: &str) -> Value {
+    let mut bundle = Shape::Transaction.example();
+    bundle["entry"][0]["resource"]["identifier"][0]["value"] = json!(identifier);
+    bundle["entry"][0]["request"]["ifNoneExist"] = json!(format!(
+        "identifier=https://gp-system.example.org/Id/referral|{identifier}"
+    ));
+    bundle
+}
+
 /// The three inbound shapes.
 #[derive(Debug, Clone, Copy)]
 pub enum Shape {
@@ -790,10 +801,7 @@ async fn a_transaction_rewrites_references_and_answers_per_entry() {
     // The Patient is found again by NHS number: a second referral for the
     // same person updates that Patient instead of adding another (and, as it says
     // what the one held says, stores no new version of it).
-    let mut second = bundle.clone();
-    second["entry"][0]["resource"]["identifier"][0]["value"] = json!("REF-2026-000999");
-    second["entry"][0]["request"]["ifNoneExist"] =
-        json!("identifier=https://gp-system.example.org/Id/referral|REF-2026-000999");
+    let second = referral_bundle("REF-2026-000999");
     let answer = json_body(post_fhir(&app, "/fhir", &second, &[]).await).await;
     assert_eq!(answer["entry"][0]["response"]["status"], "201 Created");
     assert_eq!(answer["entry"][1]["response"]["status"], "200 OK");
@@ -833,22 +841,14 @@ async fn a_transaction_rewrites_references_and_answers_per_entry() {
 #[tokio::test]
 async fn a_transaction_updates_what_its_conditions_match_and_refuses_an_ambiguous_one() {
     let app = spawn_app().await;
-    let bundle = Shape::Transaction.example();
-    let referral = |identifier: &str| {
-        let mut next = bundle.clone();
-        next["entry"][0]["resource"]["identifier"][0]["value"] = json!(identifier);
-        next["entry"][0]["request"]["ifNoneExist"] = json!(format!(
-            "identifier=https://gp-system.example.org/Id/referral|{identifier}"
-        ));
-        next
-    };
     let location = |answer: &Value, index: usize| {
         answer["entry"][index]["response"]["location"]
             .as_str()
             .expect("location")
             .to_owned()
     };
-    let first = json_body(post_fhir(&app, "/fhir", &referral("REF-MATCH-1"), &[]).await).await;
+    let first =
+        json_body(post_fhir(&app, "/fhir", &referral_bundle("REF-MATCH-1"), &[]).await).await;
     assert_eq!(
         first["entry"][1]["response"]["status"], "201 Created",
         "{first}"
@@ -857,7 +857,7 @@ async fn a_transaction_updates_what_its_conditions_match_and_refuses_an_ambiguou
     let patient = patient.split("/_history").next().expect("Patient/id");
 
     // The same patient with a new phone number: the match is updated, version 2.
-    let mut moved = referral("REF-MATCH-2");
+    let mut moved = referral_bundle("REF-MATCH-2");
     moved["entry"][1]["resource"]["telecom"][0]["value"] = json!("07700 900999");
     let answer = json_body(post_fhir(&app, "/fhir", &moved, &[]).await).await;
     assert_eq!(
@@ -880,7 +880,7 @@ async fn a_transaction_updates_what_its_conditions_match_and_refuses_an_ambiguou
     assert_eq!(held["meta"]["versionId"], "2");
 
     // A second patient, then a condition naming every patient with an NHS number.
-    let mut other = referral("REF-MATCH-3");
+    let mut other = referral_bundle("REF-MATCH-3");
     other["entry"][1]["resource"]["identifier"][0]["value"] = json!("9912003896");
     other["entry"][1]["request"]["url"] =
         json!("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003896");
@@ -894,7 +894,7 @@ async fn a_transaction_updates_what_its_conditions_match_and_refuses_an_ambiguou
         Some(patient)
     );
 
-    let mut ambiguous = referral("REF-MATCH-4");
+    let mut ambiguous = referral_bundle("REF-MATCH-4");
     ambiguous["entry"][1]["request"]["url"] =
         json!("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|");
     let response = post_fhir(&app, "/fhir", &ambiguous, &[]).await;

@@ -132,8 +132,9 @@ const READS_STAY_CURRENT: bool = false;
 /// so that two transactions with one condition (two referrals for a new patient, at two
 /// instances or on two connections) cannot both find no match and both create: the second
 /// waits, then its search (a new snapshot under READ COMMITTED) finds the first's
-/// resource. A condition that matched takes no lock (its update locks the row). Two-key form, the first key Sprig's
-/// namespace: the two-key and one-key advisory lock spaces do not overlap.
+/// resource. A condition that matched takes no lock (its update locks the row). Two-key
+/// form, the first key Sprig's namespace: the two-key and one-key advisory lock spaces do
+/// not overlap.
 const CONDITION_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(1936748135, hashtext($1))");
 
 /// SQL for the days (fractional) from the timestamp column `earlier` to `later`

@@ -321,41 +321,23 @@ impl Tx {
         Ok(Some(version_id))
     }
 
-    /// The ids of current resources matching a search (conditional create
-    /// and update inside a transaction).
-    pub(in crate::store) async fn matching_ids(
-        &mut self,
-        query: &crate::search::SearchQuery,
-        visibility: &Visibility,
-    ) -> Result<Vec<FhirId>, StoreError> {
-        // The match must see every resource this transaction wrote.
-        self.flush_index().await?;
-        let ids = super::search::matching_ids(self.read_conn().await?, query, visibility).await?;
-        match CONDITION_LOCK {
-            // See `Tx::matching_current`: only a condition that matched nothing waits.
-            Some(lock) if ids.is_empty() => {
-                sqlx::query(lock)
-                    .bind(condition_key(query, visibility))
-                    .execute(self.conn().await?)
-                    .await?;
-                super::search::matching_ids(self.read_conn().await?, query, visibility).await
-            }
-            _ => Ok(ids),
-        }
-    }
-
-    /// [`Tx::matching_ids`] of several conditions (a transaction Bundle's conditional
-    /// entries) in one statement: for each, in the order given, its matches and, when it
-    /// matches exactly one resource, that resource's current version, to answer with or
-    /// update from ([`Tx::update_from`]) without reading it again.
+    /// The current resources matching each of several conditions (a conditional create's
+    /// `If-None-Exist`, a transaction Bundle's conditional entries), among those
+    /// `visibility` sees, in as few statements as the backend allows: for each, in the
+    /// order given, its matches and, when it matches exactly one resource, that
+    /// resource's current version, to answer with or update from ([`Tx::update_from`])
+    /// without reading it again.
     pub(in crate::store) async fn matching_current(
         &mut self,
         queries: &[&crate::search::SearchQuery],
         visibility: &Visibility,
     ) -> Result<Vec<Matched>, StoreError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
         // The matches must see every resource this transaction wrote.
         self.flush_index().await?;
-        let mut rows =
+        let mut found =
             super::search::matching_current(self.read_conn().await?, queries, visibility).await?;
         if let Some(lock) = CONDITION_LOCK {
             // Where transactions write side by side (PostgreSQL), a condition that matched
@@ -364,85 +346,54 @@ impl Tx {
             // second finds the first's resource instead of creating another. A condition
             // that matched is updated under its row's lock (`Tx::update`) and needs none,
             // so a practice's Bundles, which all name its Organization, do not wait for
-            // each other's commits. The locks are taken in one order, whatever the
-            // Bundle's, so two transactions never wait on each other's.
-            let unmatched: Vec<usize> = (0..queries.len())
-                .filter(|&at| !rows.iter().any(|row| usize::try_from(row.k) == Ok(at)))
+            // each other's commits.
+            let unmatched: Vec<usize> = (0..found.len())
+                .filter(|&at| found.get(at).is_some_and(Vec::is_empty))
                 .collect();
             if !unmatched.is_empty() {
                 let again: Vec<&crate::search::SearchQuery> = unmatched
                     .iter()
                     .filter_map(|&at| queries.get(at).copied())
                     .collect();
-                let mut conditions: Vec<String> = again
-                    .iter()
-                    .map(|query| condition_key(query, visibility))
-                    .collect();
-                conditions.sort_unstable();
-                conditions.dedup();
-                for condition in conditions {
-                    sqlx::query(lock)
-                        .bind(condition)
-                        .execute(self.conn().await?)
-                        .await?;
-                }
-                let found =
+                self.lock_conditions(lock, &again, visibility).await?;
+                let refound =
                     super::search::matching_current(self.read_conn().await?, &again, visibility)
                         .await?;
-                for mut row in found {
-                    // Back to the condition's position among all of them.
-                    row.k = usize::try_from(row.k)
-                        .ok()
-                        .and_then(|at| unmatched.get(at))
-                        .and_then(|&at| i64::try_from(at).ok())
-                        .unwrap_or(-1);
-                    rows.push(row);
-                }
-                // Stable: each condition's matches stay in the order the statement gave.
-                rows.sort_by_key(|row| row.k);
-            }
-        }
-        let mut matched: Vec<Matched> = queries.iter().map(|_| Matched::default()).collect();
-        let mut versions: Vec<Vec<VisibleVersionRow>> =
-            queries.iter().map(|_| Vec::new()).collect();
-        for row in rows {
-            let at = usize::try_from(row.k).ok();
-            let (Some(slot), Some(query)) = (
-                at.and_then(|at| matched.get_mut(at)),
-                at.and_then(|at| queries.get(at)),
-            ) else {
-                return Err(StoreError::Corrupt {
-                    resource_type: String::new(),
-                    id: row.id,
-                    reason: format!("a match names condition {} of {}", row.k, queries.len()),
-                });
-            };
-            let id = FhirId::parse(&row.id).map_err(|e| StoreError::Corrupt {
-                resource_type: query.resource_type.to_string(),
-                id: row.id.clone(),
-                reason: e.to_string(),
-            })?;
-            slot.ids.push(id);
-            if let Some(versions) = at.and_then(|at| versions.get_mut(at)) {
-                versions.push(VisibleVersionRow {
-                    version_id: row.version_id,
-                    last_updated: row.last_updated,
-                    resource: row.resource,
-                    owner_ods: row.owner_ods,
-                });
-            }
-        }
-        for ((slot, query), mut versions) in matched.iter_mut().zip(queries).zip(versions) {
-            if let ([id], Some(row)) = (slot.ids.as_slice(), versions.pop()) {
-                let owner = row.owner_ods.clone();
-                if let ReadOutcome::Found(stored) =
-                    visible_outcome(query.resource_type, id, Some(row), visibility)?
-                {
-                    slot.current = Some(CurrentVersion { stored, owner });
+                for (at, rows) in unmatched.into_iter().zip(refound) {
+                    if let Some(slot) = found.get_mut(at) {
+                        *slot = rows;
+                    }
                 }
             }
         }
-        Ok(matched)
+        found
+            .into_iter()
+            .zip(queries)
+            .map(|(rows, query)| matched(query.resource_type, rows, visibility))
+            .collect()
+    }
+
+    /// Takes each condition's advisory lock ([`condition_key`]), in one order whatever
+    /// the caller's, so two transactions never wait on each other's.
+    async fn lock_conditions(
+        &mut self,
+        lock: &'static str,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &Visibility,
+    ) -> Result<(), StoreError> {
+        let mut conditions: Vec<String> = queries
+            .iter()
+            .map(|query| condition_key(query, visibility))
+            .collect();
+        conditions.sort_unstable();
+        conditions.dedup();
+        for condition in conditions {
+            sqlx::query(lock)
+                .bind(condition)
+                .execute(self.conn().await?)
+                .await?;
+        }
+        Ok(())
     }
 
     /// [`Tx::update`] with no version expected, from a current version this transaction
@@ -592,6 +543,35 @@ impl Tx {
         )
         .await
     }
+}
+
+/// What one condition matched: its `rows` (from `search::matching_current`) as ids, and
+/// the one match's current version when there is exactly one that `visibility` sees.
+fn matched(
+    resource_type: ResourceType,
+    rows: Vec<super::search::MatchedRow>,
+    visibility: &Visibility,
+) -> Result<Matched, StoreError> {
+    let ids = rows
+        .iter()
+        .map(|row| {
+            FhirId::parse(&row.id).map_err(|e| StoreError::Corrupt {
+                resource_type: resource_type.to_string(),
+                id: row.id.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut current = None;
+    if let ([id], Some(row)) = (ids.as_slice(), rows.into_iter().next()) {
+        let owner = row.version.owner_ods.clone();
+        if let ReadOutcome::Found(stored) =
+            visible_outcome(resource_type, id, Some(row.version), visibility)?
+        {
+            current = Some(CurrentVersion { stored, owner });
+        }
+    }
+    Ok(Matched { ids, current })
 }
 
 /// A condition's advisory lock key (PostgreSQL): the condition as it is normalised (its
@@ -861,7 +841,7 @@ fn conflict(
 /// One version of a resource (its JSON `None`: a deletion) with the resource's
 /// `owner_ods`, which decides who sees it.
 #[derive(sqlx::FromRow)]
-struct VisibleVersionRow {
+pub(super) struct VisibleVersionRow {
     version_id: i64,
     last_updated: String,
     resource: Option<String>,

@@ -192,40 +192,51 @@ pub(crate) async fn matching_ids(
         .collect()
 }
 
-/// [`matching_ids`] of several conditions in one statement (one round trip, where each
-/// would be one with the writer held): for each condition, in the order given, the
-/// matching resources' ids in id order, each with its current version and owner.
-/// `k` in each row is the condition's position.
+/// [`matching_ids`] of several conditions, as few statements as SQLite allows (one round
+/// trip each, where each condition would be one with the writer held): for each
+/// condition, in the order given, the matching resources in id order, each with its
+/// current version and owner.
 pub(crate) async fn matching_current(
     conn: &mut Conn,
     queries: &[&SearchQuery],
     visibility: &Visibility,
-) -> Result<Vec<MatchedRow>, StoreError> {
-    let mut rows = Vec::new();
+) -> Result<Vec<Vec<MatchedRow>>, StoreError> {
+    let mut matches: Vec<Vec<MatchedRow>> = queries.iter().map(|_| Vec::new()).collect();
     // SQLite allows at most 500 terms in one compound SELECT, and `limits.max_repeats`
     // lets a Bundle carry more conditional entries than that.
-    for (chunk, queries) in queries.chunks(CONDITIONS_PER_STATEMENT).enumerate() {
-        let first = chunk.saturating_mul(CONDITIONS_PER_STATEMENT);
-        rows.extend(matching_current_of(conn, queries, first, visibility).await?);
+    for (chunk, (queries, slots)) in queries
+        .chunks(CONDITIONS_PER_STATEMENT)
+        .zip(matches.chunks_mut(CONDITIONS_PER_STATEMENT))
+        .enumerate()
+    {
+        for row in matching_current_of(conn, queries, visibility).await? {
+            let slot = usize::try_from(row.k)
+                .ok()
+                .and_then(|at| slots.get_mut(at))
+                .ok_or_else(|| StoreError::Corrupt {
+                    resource_type: String::new(),
+                    id: row.id.clone(),
+                    reason: format!("a match names condition {} of chunk {chunk}", row.k),
+                })?;
+            slot.push(row);
+        }
     }
-    Ok(rows)
+    Ok(matches)
 }
 
 /// Most conditions matched in one statement ([`matching_current`]).
 const CONDITIONS_PER_STATEMENT: usize = 64;
 
-/// [`matching_current`] of at most [`CONDITIONS_PER_STATEMENT`] conditions, the first
-/// of them numbered `first`.
+/// [`matching_current`] of at most [`CONDITIONS_PER_STATEMENT`] conditions: a `UNION
+/// ALL` of one `SELECT` per condition, each row's `k` its condition's position here.
 async fn matching_current_of(
     conn: &mut Conn,
     queries: &[&SearchQuery],
-    first: usize,
     visibility: &Visibility,
 ) -> Result<Vec<MatchedRow>, StoreError> {
     let mut sql = Sql::default();
-    for (at, query) in queries.iter().enumerate() {
-        let k = first.saturating_add(at);
-        if at > 0 {
+    for (k, query) in queries.iter().enumerate() {
+        if k > 0 {
             sql.push(" UNION ALL ");
         }
         sql.push(&format!(
@@ -1215,16 +1226,14 @@ struct MatchingIdRow {
     id: String,
 }
 
-/// One match of one condition ([`matching_current`]): the condition's position, the
-/// resource's id, and its current version as `resources::current_row` reads it.
+/// One match of one condition ([`matching_current`]): the condition's position in its
+/// statement, the resource's id, and its current version as a read decodes it.
 #[derive(sqlx::FromRow)]
 pub(super) struct MatchedRow {
-    pub(super) k: i64,
+    k: i64,
     pub(super) id: String,
-    pub(super) version_id: i64,
-    pub(super) last_updated: String,
-    pub(super) resource: Option<String>,
-    pub(super) owner_ods: Option<String>,
+    #[sqlx(flatten)]
+    pub(super) version: super::resources::VisibleVersionRow,
 }
 
 /// A search's total (`count_sql`, `index_count_sql`, `estimate_sql`).
