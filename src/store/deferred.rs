@@ -117,6 +117,20 @@ impl Statement {
         }
     }
 
+    /// About how many bytes it holds: its SQL text and its values.
+    pub(crate) fn size(&self) -> usize {
+        let values: usize = self
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Text(text) => text.len(),
+                Arg::Blob(bytes) => bytes.len(),
+                Arg::Int(_) | Arg::NullInt | Arg::NullText | Arg::NullBlob => 8,
+            })
+            .sum();
+        self.sql.len().saturating_add(values)
+    }
+
     /// Binds the next placeholder.
     #[must_use]
     pub(crate) fn bind(mut self, value: impl IntoArg) -> Self {

@@ -37,8 +37,22 @@
 //! batch member, answered after a sync that covers every earlier frame, so
 //! nothing is sent from an unsynced commit.
 //!
+//! A request whose whole write is one run of statements (a new referral, a
+//! transaction Bundle, an audit row: every read first, then every write with
+//! no await between them) needs no savepoint, and has none while every change
+//! in the batch's transaction came from such runs: the batch keeps their
+//! statements ([`Replay`]), and should one of them fail midway, the batch's
+//! transaction is rolled back and the others' statements run again, in order,
+//! on the state they first ran on, with the same values. A savepoint copies
+//! every page a request changes into its journal before changing it, so that
+//! its `ROLLBACK TO` can restore it: about a tenth of a new referral's CPU,
+//! spent for a failure that, for these runs, a full disk or a defect causes.
+//! A member that writes under a savepoint (its writes and reads interleave)
+//! ends the batch's replay, and the members after it take savepoints too.
+//!
 //! A request that fails or is abandoned (its `Tx` dropped without commit)
-//! is rolled back to its savepoint; the others in the batch are untouched.
+//! is rolled back to its savepoint, or (run without one) undone by the replay;
+//! the others in the batch are untouched.
 //! Should SQLite have rolled back the whole transaction (an I/O error, a full
 //! disk), every member of the batch is told it failed: none of them has been
 //! answered yet, so nothing acknowledged is lost.
@@ -66,6 +80,12 @@ const RELEASE: &str = "RELEASE sprig_request";
 const ROLLBACK_TO: &str = "ROLLBACK TO sprig_request; RELEASE sprig_request";
 /// The batch's transaction, opened by its first member that writes.
 const BEGIN: &str = "BEGIN IMMEDIATE";
+/// Undoes the batch's transaction, for a run without a savepoint that failed midway.
+const ROLLBACK: &str = "ROLLBACK";
+
+/// Most bytes of statements (SQL text and values) a batch keeps to replay: past it a
+/// member takes a savepoint, so a large transaction Bundle's rows are not held twice.
+const MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
 
 /// A session's own commits write the WAL without syncing it ([`Durability`]).
 const RELAX: &str = "PRAGMA synchronous = NORMAL";
@@ -199,6 +219,9 @@ pub(super) struct Held {
     began: bool,
     /// Whether the holder's savepoint is open.
     in_savepoint: bool,
+    /// `Some` while every change in the batch's transaction came from a run without
+    /// a savepoint: those runs' statements, to run again should one fail midway.
+    replay: Option<Replay>,
     /// Already handed to a rescue task: dropped again, that task never ran
     /// (the runtime is shutting down), so it must not spawn another.
     rescued: bool,
@@ -262,6 +285,7 @@ impl Group {
                         batch: Batch::new(),
                         began: false,
                         in_savepoint: false,
+                        replay: Some(Replay::default()),
                         rescued: false,
                         since: asked,
                         waited: Duration::ZERO,
@@ -362,6 +386,7 @@ impl Group {
                 held.batch.finish(Err(error.to_string()));
                 held.batch = Batch::new();
                 held.began = false;
+                held.replay = Some(Replay::default());
             }
         }
         self.hand_on(held).await;
@@ -402,7 +427,7 @@ impl Held {
     /// its own.
     pub(super) async fn write(
         &mut self,
-        statements: &[Statement],
+        statements: Vec<Statement>,
     ) -> Result<&mut sqlx::SqliteConnection, StoreError> {
         self.run(statements, Open::Always, Then::Keep).await?;
         Ok(self.conn())
@@ -411,7 +436,7 @@ impl Held {
     /// Runs the last of the request's statements and releases its savepoint (its
     /// changes are the batch's from here): one hand-off for both. Nothing to run
     /// and nothing written, nothing happens.
-    pub(super) async fn finish(&mut self, statements: &[Statement]) -> Result<(), StoreError> {
+    pub(super) async fn finish(&mut self, statements: Vec<Statement>) -> Result<(), StoreError> {
         self.run(statements, Open::IfWriting, Then::Release).await
     }
 
@@ -422,9 +447,12 @@ impl Held {
     /// taking the handle, before anything runs), so a caller dropped at any point
     /// leaves them saying what the connection holds, and the rescue (`Drop`) rolls
     /// back exactly this request.
+    ///
+    /// A run that would open the savepoint and release it again (the request's whole
+    /// write) runs without one while the batch can replay ([`Held::run_alone`]).
     async fn run(
         &mut self,
-        statements: &[Statement],
+        statements: Vec<Statement>,
         open: Open,
         then: Then,
     ) -> Result<(), StoreError> {
@@ -433,25 +461,44 @@ impl Held {
         if !opens && !releases && statements.is_empty() {
             return Ok(());
         }
+        let alone = opens
+            && releases
+            && self
+                .replay
+                .as_ref()
+                .is_some_and(|replay| replay.has_room_for(&statements));
         let relax = self.group.durability.is_some();
         let Some(conn) = self.conn.as_mut() else {
             unreachable!("a held connection is held until it is handed back");
         };
         let mut locked = super::direct::Locked::take(conn).await?;
-        if opens {
-            if !self.began {
-                // Outside a transaction: SQLite refuses to change it inside one. (Set
-                // again after a batch SQLite rolled back whole: harmless, and rare.)
-                if relax {
-                    locked.run(&mut self.cache, &Statement::new(RELAX))?;
-                }
-                locked.run(&mut self.cache, &Statement::new(BEGIN))?;
-                self.began = true;
+        if opens && !self.began {
+            // Outside a transaction: SQLite refuses to change it inside one. (Set
+            // again after a batch SQLite rolled back whole: harmless, and rare.)
+            if relax {
+                locked.run(&mut self.cache, &Statement::new(RELAX))?;
             }
+            locked.run(&mut self.cache, &Statement::new(BEGIN))?;
+            self.began = true;
+        }
+        if alone {
+            return Self::run_alone(
+                &mut locked,
+                &mut self.cache,
+                &mut self.replay,
+                &mut self.began,
+                &mut self.batch,
+                statements,
+            );
+        }
+        if opens {
             locked.run(&mut self.cache, &Statement::new(SAVEPOINT))?;
             self.in_savepoint = true;
+            // Its changes are undone only by its savepoint: a later failure without
+            // one could no longer be undone by replaying the others.
+            self.replay = None;
         }
-        for statement in statements {
+        for statement in &statements {
             locked.run(&mut self.cache, statement)?;
         }
         if releases {
@@ -461,6 +508,71 @@ impl Held {
         Ok(())
     }
 
+    /// Runs a request's whole write in the batch's open transaction without a
+    /// savepoint, and keeps its statements for the batch's replay. Should one fail,
+    /// the transaction is rolled back and the batch's earlier runs replayed, so the
+    /// batch holds what it held before this request, and the request's error is
+    /// returned. Should the replay itself fail (a full disk), the batch's members
+    /// are told their batch failed and the next request opens a new batch.
+    fn run_alone(
+        locked: &mut super::direct::Locked<'_>,
+        cache: &mut super::direct::Cache,
+        replay: &mut Option<Replay>,
+        began: &mut bool,
+        batch: &mut Arc<Batch>,
+        statements: Vec<Statement>,
+    ) -> Result<(), StoreError> {
+        let failed = match statements
+            .iter()
+            .try_for_each(|statement| locked.run(cache, statement))
+        {
+            Ok(()) => {
+                if let Some(replay) = replay.as_mut() {
+                    replay.keep(statements);
+                }
+                return Ok(());
+            }
+            Err(failed) => failed,
+        };
+        // SQLite may have ended the transaction itself (an I/O error, a full disk):
+        // the `ROLLBACK` then fails, with nothing left to undo.
+        let _ = locked.run(cache, &Statement::new(ROLLBACK));
+        *began = false;
+        let earlier = replay.take().unwrap_or_default();
+        if earlier.statements.is_empty() {
+            *replay = Some(earlier);
+            return Err(failed);
+        }
+        let replayed = locked.run(cache, &Statement::new(BEGIN)).and_then(|()| {
+            earlier
+                .statements
+                .iter()
+                .try_for_each(|statement| locked.run(cache, statement))
+        });
+        match replayed {
+            Ok(()) => {
+                tracing::debug!(
+                    statements = earlier.statements.len(),
+                    "a write failed midway; the batch's earlier writes were replayed"
+                );
+                *began = true;
+                *replay = Some(earlier);
+                Err(failed)
+            }
+            Err(again) => {
+                let _ = locked.run(cache, &Statement::new(ROLLBACK));
+                tracing::warn!(error = %again, "a write batch was rolled back");
+                batch.finish(Err(format!(
+                    "a write in the same batch failed, and replaying this one after it \
+                     failed too: {again}"
+                )));
+                *batch = Batch::new();
+                *replay = Some(Replay::default());
+                Err(failed)
+            }
+        }
+    }
+
     /// Keeps the request's changes in the batch and returns once the batch
     /// has committed (durable), or with the error that stopped it. Dropped
     /// or failed before its `RELEASE`, the request is rolled back alone.
@@ -468,7 +580,7 @@ impl Held {
         let mut done = self.batch.done.subscribe();
         let releasing = std::time::Instant::now();
         // Usually released already, with the request's last statements (`finish`).
-        self.finish(&[]).await?;
+        self.finish(Vec::new()).await?;
         let (waited, held_for) = (self.waited, self.since.elapsed());
         // The hand-on runs to its end in a task of its own, whatever happens to this
         // future: dropped mid-`COMMIT`, the batch's members would never be told.
@@ -498,6 +610,28 @@ impl Held {
             )),
         }
     }
+}
+
+/// The statements of a batch's runs without a savepoint, in the order they ran.
+#[derive(Debug, Default)]
+struct Replay {
+    statements: Vec<Statement>,
+    bytes: usize,
+}
+
+impl Replay {
+    fn has_room_for(&self, statements: &[Statement]) -> bool {
+        self.bytes.saturating_add(size(statements)) <= MAX_REPLAY_BYTES
+    }
+
+    fn keep(&mut self, statements: Vec<Statement>) {
+        self.bytes = self.bytes.saturating_add(size(&statements));
+        self.statements.extend(statements);
+    }
+}
+
+fn size(statements: &[Statement]) -> usize {
+    statements.iter().map(Statement::size).sum()
 }
 
 /// Whether [`Held::run`] opens the savepoint when it has no statement to run.
@@ -532,6 +666,7 @@ impl Drop for Held {
                     batch: Arc::clone(&self.batch),
                     began: self.began,
                     in_savepoint: self.in_savepoint,
+                    replay: self.replay.take(),
                     rescued: true,
                     since: self.since,
                     waited: self.waited,
@@ -565,6 +700,7 @@ mod tests {
 
     use super::{Durability, Group};
     use crate::store::StoreError;
+    use crate::store::deferred::Statement;
 
     /// A sync that blocks until the test opens its gate, counting its calls.
     #[derive(Default)]
@@ -646,7 +782,7 @@ mod tests {
         let mut held = group.enter().await?;
         sqlx::query("INSERT INTO t (x) VALUES ($1)")
             .bind(x)
-            .execute(held.write(&[]).await?)
+            .execute(held.write(Vec::new()).await?)
             .await?;
         held.commit().await
     }
@@ -726,6 +862,106 @@ mod tests {
         gate.fail.store(false, Ordering::SeqCst);
         insert(&group, 2).await.expect("the next write");
         assert_eq!(rows(&reader).await, 2);
+    }
+
+    fn insert_into(table: &str, x: i64) -> Statement {
+        Statement::new(format!("INSERT INTO {table} (x) VALUES ($1)")).bind(x)
+    }
+
+    async fn column(reader: &SqlitePool, table: &'static str) -> Vec<i64> {
+        let sql = match table {
+            "t" => "SELECT x FROM t ORDER BY x",
+            _ => "SELECT x FROM u ORDER BY x",
+        };
+        sqlx::query_scalar(sql)
+            .fetch_all(reader)
+            .await
+            .expect("rows")
+    }
+
+    /// Waits until `n` requests wait for the writer.
+    async fn waiters(group: &Arc<Group>, n: usize) {
+        for _ in 0..500 {
+            if group.waiting().queue.len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{n} requests never waited for the writer");
+    }
+
+    /// A request's whole write runs without a savepoint; one that fails midway (its
+    /// first row in, its second refused) leaves its batch as it was: the member
+    /// before it, whose changes the rollback undid and the replay redid, and the
+    /// member after it commit, and nothing of the failed one does. Also when the
+    /// member before it wrote under a savepoint (reads between its writes), which
+    /// the batch cannot replay, so the failed one took a savepoint of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_fails_midway_leaves_the_rest_of_its_batch_to_commit() {
+        for first_under_savepoint in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (pool, reader) = writer(dir.path()).await;
+            sqlx::query("CREATE TABLE u (x INTEGER PRIMARY KEY)")
+                .execute(&pool)
+                .await
+                .expect("table");
+            let group = Group::new(pool, Duration::from_secs(5), None);
+
+            let mut first = group.enter().await.expect("first");
+            let second = tokio::spawn({
+                let group = Arc::clone(&group);
+                async move {
+                    let mut held = group.enter().await?;
+                    // `u` holds 1 already: the second row is refused after the first went in.
+                    held.finish(vec![insert_into("t", 2), insert_into("u", 1)])
+                        .await
+                }
+            });
+            waiters(&group, 1).await;
+            let third = tokio::spawn({
+                let group = Arc::clone(&group);
+                async move {
+                    let mut held = group.enter().await?;
+                    held.finish(vec![insert_into("t", 3), insert_into("u", 3)])
+                        .await?;
+                    held.commit().await
+                }
+            });
+            waiters(&group, 2).await;
+
+            if first_under_savepoint {
+                let conn = first.write(vec![insert_into("t", 1)]).await.expect("write");
+                sqlx::query("INSERT INTO u (x) VALUES (1)")
+                    .execute(conn)
+                    .await
+                    .expect("insert");
+            } else {
+                first
+                    .finish(vec![insert_into("t", 1), insert_into("u", 1)])
+                    .await
+                    .expect("first's write");
+            }
+            let first = tokio::spawn(first.commit());
+
+            match second.await.expect("task") {
+                Err(StoreError::Database(sqlx::Error::Database(error))) => {
+                    assert!(error.message().contains("UNIQUE"), "{error}");
+                }
+                other => panic!("expected the second write to fail, got {other:?}"),
+            }
+            third.await.expect("task").expect("the third write");
+            first.await.expect("task").expect("the first write");
+            assert_eq!(
+                column(&reader, "t").await,
+                [1, 3],
+                "{first_under_savepoint}"
+            );
+            assert_eq!(
+                column(&reader, "u").await,
+                [1, 3],
+                "{first_under_savepoint}"
+            );
+        }
     }
 
     /// The real sync finds the database's WAL: a wrong path would fail every write.

@@ -589,8 +589,8 @@ impl Tx {
         // future dropped, the transaction kept) leaves the write refusing to commit.
         self.failed = true;
         let ran = match then {
-            Queued::Read | Queued::Write => self.entered.write(&queued).await.map(|_| ()),
-            Queued::Release => self.entered.finish(&queued).await,
+            Queued::Read | Queued::Write => self.entered.write(queued).await.map(|_| ()),
+            Queued::Release => self.entered.finish(queued).await,
         };
         self.failed = ran.is_err();
         ran
