@@ -245,6 +245,12 @@ impl Group {
         })
     }
 
+    /// How many requests wait for the writer (a test's way to line up a batch).
+    #[cfg(test)]
+    pub(super) fn waiting_requests(&self) -> usize {
+        self.waiting().queue.len()
+    }
+
     fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -395,12 +395,13 @@ impl SqliteStore {
                     .statement_cache_capacity(WRITER_STATEMENT_CACHE)
                     .pragma("cache_size", cache_size(options.sqlite_caches.writer_kib))
                     .pragma("cache_spill", WRITER_SPILL_PAGES)
-                    // Each request is a savepoint in its batch's transaction: before it changes
-                    // a page an earlier member already changed, SQLite copies the page to the
-                    // savepoint's journal, so `ROLLBACK TO` can restore it. That journal was a
-                    // temporary file, written with a system call per page while the writer was
-                    // held (a fifth of Sprig's CPU under new referrals); in memory it costs
-                    // a request's changed pages until its `RELEASE`.
+                    // A request that writes between reads is a savepoint in its batch's
+                    // transaction (`group`): before it changes a page, SQLite copies the page
+                    // to the savepoint's journal, so `ROLLBACK TO` can restore it. That journal
+                    // was a temporary file, written with a system call per page while the
+                    // writer was held (a fifth of Sprig's CPU under new referrals); in memory it
+                    // costs a request's changed pages until its `RELEASE`. (A statement that
+                    // may fail after changing rows journals the same way.)
                     .pragma("temp_store", "memory")
                     // The checkpoint runs on its own connection ([`spawn_checkpointer`]),
                     // not inside the COMMIT that crosses SQLite's 1,000-page mark while
@@ -481,8 +482,8 @@ impl SqliteStore {
         })
     }
 
-    /// Opens a write transaction on the writer connection: a savepoint in
-    /// the current batch (see `group`).
+    /// Opens a write transaction on the writer connection: a member of the
+    /// current batch, undone alone should it fail (see `group`).
     pub(super) async fn begin_write(&self) -> Result<Tx, StoreError> {
         let entered = self.group.enter().await?;
         // Registered once it holds the writer: the registration is the writer's.
@@ -927,6 +928,107 @@ mod queued_statement_tests {
             .await
             .expect("read");
         assert!(matches!(read, ReadOutcome::Found(_)));
+        store.close().await;
+    }
+
+    /// A Patient with an identifier (which the search index holds) whose value is `name`.
+    fn identified<'a>(id: &'a FhirId, name: &str) -> ResourceWrite<'a> {
+        ResourceWrite {
+            resource: json!({
+                "resourceType": "Patient",
+                "identifier": [{"system": "https://example.org/t", "value": name}],
+            }),
+            ..patient(id, name)
+        }
+    }
+
+    /// Three creates batched together, the second failing at its commit (an id already
+    /// written): it runs without a savepoint, so the batch is rolled back and the first
+    /// one's rows written again. The first and third are kept, whole; nothing of the
+    /// second is, not even the Patient it wrote before the one refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_failing_at_its_commit_leaves_the_creates_batched_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let crate::store::Store::Sqlite(sqlite) = &store else {
+            panic!("a SQLite store");
+        };
+        let group = std::sync::Arc::clone(&sqlite.group);
+        let lined_up = |n: usize| {
+            let group = std::sync::Arc::clone(&group);
+            async move {
+                for _ in 0..500 {
+                    if group.waiting_requests() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                panic!("{n} writes never waited for the writer");
+            }
+        };
+        let [first_id, second_id, third_id] = [(); 3].map(|()| FhirId::generate());
+
+        let mut first = store.begin_write().await.expect("begin");
+        first
+            .create(identified(&first_id, "First"))
+            .await
+            .expect("queued");
+        let second = tokio::spawn({
+            let (store, second_id, first_id) = (store.clone(), second_id.clone(), first_id.clone());
+            async move {
+                let mut tx = store.begin_write().await?;
+                tx.create(identified(&second_id, "Second")).await?;
+                tx.create(identified(&first_id, "Again")).await?;
+                tx.commit().await
+            }
+        });
+        lined_up(1).await;
+        let third = tokio::spawn({
+            let (store, third_id) = (store.clone(), third_id.clone());
+            async move {
+                let mut tx = store.begin_write().await?;
+                tx.create(identified(&third_id, "Third")).await?;
+                tx.commit().await
+            }
+        });
+        lined_up(2).await;
+        first.commit().await.expect("the first create");
+
+        let error = second
+            .await
+            .expect("task")
+            .expect_err("an id already written");
+        assert!(
+            matches!(&error, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation()),
+            "{error:?}"
+        );
+        third.await.expect("task").expect("the third create");
+        for (id, name) in [
+            (&first_id, Some("First")),
+            (&second_id, None),
+            (&third_id, Some("Third")),
+        ] {
+            let read = store
+                .read(PATIENT, id, &Visibility::All)
+                .await
+                .expect("read");
+            match (read, name) {
+                (ReadOutcome::Found(found), Some(name)) => {
+                    assert!(found.json.contains(name), "{}", found.json);
+                }
+                (ReadOutcome::NotFound, None) => {}
+                (read, name) => panic!("{id}: expected {name:?}, read {read:?}"),
+            }
+        }
+        // The first one's index rows were written again with it: it is found by them.
+        let query =
+            crate::search::SearchQuery::parse(PATIENT, "identifier=https://example.org/t|First")
+                .expect("query");
+        let found = store
+            .committed_matching_ids(&query, &Visibility::All)
+            .await
+            .expect("search");
+        assert_eq!(found, [first_id]);
         store.close().await;
     }
 
