@@ -467,6 +467,11 @@ impl Tx {
         statement::run_now(&mut self.tx, statement).await
     }
 
+    /// Reads one text value (the first row's first column) in the transaction.
+    async fn read_text(&mut self, statement: Statement) -> Result<Option<String>, StoreError> {
+        statement::first_text(&mut self.tx, statement).await
+    }
+
     /// The versions written so far that no one has taken yet, oldest first.
     pub(super) fn take_written(&mut self) -> Vec<WrittenVersion> {
         std::mem::take(&mut self.written)

@@ -38,7 +38,20 @@ impl Tx {
         // referral and answers as to a resubmission, never a unique violation.
         let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
         self.lock_identifier(&scope, &identifier.value).await?;
-        referral_by_identifier(self.read_conn().await?, practice, identifier).await
+        // Most lookups inside a write find nothing (a new referral): the id alone is
+        // read, in the way that costs the writer least (SQLite: on its handle).
+        let id = self
+            .read_text(
+                Statement::new(REFERRAL_BY_IDENTIFIER_SQL)
+                    .bind(practice.unwrap_or_default())
+                    .bind(&identifier.system)
+                    .bind(&identifier.value),
+            )
+            .await?;
+        match id {
+            Some(id) => fetch_referral(self.read_conn().await?, &id).await,
+            None => Ok(None),
+        }
     }
 
     /// The referral, read inside this transaction (to change it).

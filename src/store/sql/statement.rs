@@ -11,6 +11,30 @@ use crate::store::deferred::{Arg, Statement};
 
 /// Runs `statement` on `conn` now.
 pub(crate) async fn run_now(conn: &mut Conn, statement: Statement) -> Result<(), StoreError> {
+    bound(statement).execute(conn).await?;
+    Ok(())
+}
+
+/// Runs the query `statement` on `conn` now: its first row's first column, as text
+/// (`None`: no row, or a NULL).
+// SQLite's write transactions read theirs on the writer's handle (`sqlite::direct`).
+#[allow(dead_code)]
+pub(crate) async fn first_text(
+    conn: &mut Conn,
+    statement: Statement,
+) -> Result<Option<String>, StoreError> {
+    use sqlx::Row as _;
+    let row = bound(statement).fetch_optional(conn).await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<String>, _>(0)?,
+        None => None,
+    })
+}
+
+/// `statement` as a sqlx query with its values bound.
+fn bound(
+    statement: Statement,
+) -> sqlx::query::Query<'static, super::Db, <super::Db as sqlx::Database>::Arguments> {
     let Statement { sql, args } = statement;
     let mut query = match sql {
         Cow::Borrowed(sql) => sqlx::query(sql),
@@ -26,6 +50,5 @@ pub(crate) async fn run_now(conn: &mut Conn, statement: Statement) -> Result<(),
             Arg::NullBlob => query.bind(None::<Vec<u8>>),
         };
     }
-    query.execute(conn).await?;
-    Ok(())
+    query
 }

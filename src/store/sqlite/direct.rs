@@ -7,12 +7,18 @@
 //! cores are busy validating other requests) were most of a create's writer
 //! time. Here the caller takes the connection from its worker once
 //! ([`sqlx::SqliteConnection::lock_handle`]) and runs every statement itself.
+//! The group-commit session keeps the handle from one run to the next, and the
+//! one read nearly every write makes first (is this referral's identifier held
+//! already?) runs on it too ([`Locked::first_text`]): a new referral's whole
+//! turn at the writer then wakes sqlx's worker not at all, where it woke it twice
+//! (the lookup, then taking the handle), each a wait for a busy core.
 //!
 //! Statements stay prepared in a [`Cache`] for the rest of the group-commit
 //! session (the batch), so each is compiled once per batch, not once per request.
 //!
 //! Safety: the handle is used only while the lock is held, so sqlx's worker
-//! never runs on it meanwhile; a cached statement is finalized when its cache is
+//! never runs on it meanwhile; the lock is given back before anything goes through
+//! sqlx on the connection, and before the connection leaves the session; a cached statement is finalized when its cache is
 //! cleared or dropped, which the session does before the connection goes back to
 //! the pool (sqlx's `sqlite3_close` refuses, and panics, while one is left).
 
@@ -34,26 +40,44 @@ const CACHED_STATEMENTS: usize = 128;
 
 /// The writer connection's handle, taken from sqlx's worker thread
 /// ([`sqlx::SqliteConnection::lock_handle`]) until dropped: statements run on it here,
-/// on the caller's thread, one after another with no await between them.
-pub(super) struct Locked<'c> {
-    handle: sqlx::sqlite::LockedSqliteHandle<'c>,
-    /// When the lock was asked for and when it was had (the hand-off's wait).
-    asked: std::time::Instant,
-    had: std::time::Instant,
+/// on the caller's thread, one after another with no await between them. A session
+/// keeps it from one run to the next (`group::Held`), so only a statement through sqlx
+/// gives it back.
+pub(super) struct Locked {
+    /// Borrows the mutex in the connection's shared state, which lives on the heap
+    /// (an `Arc` the connection and its worker thread share), not the connection
+    /// itself: see [`Locked::take`] for why `'static` holds.
+    handle: sqlx::sqlite::LockedSqliteHandle<'static>,
+    /// Statements run since [`Locked::take_count`] last asked.
     ran: usize,
 }
 
-impl Locked<'_> {
+impl std::fmt::Debug for Locked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locked").finish_non_exhaustive()
+    }
+}
+
+impl Locked {
     /// Takes `conn`'s handle from its worker (one hand-off to that thread and back).
-    pub(super) async fn take(conn: &mut SqliteConnection) -> Result<Locked<'_>, StoreError> {
-        let asked = std::time::Instant::now();
+    ///
+    /// # Safety
+    /// The caller drops the `Locked` before `conn` is used through sqlx (the worker
+    /// would wait for the handle for ever), returned to its pool, or closed: the
+    /// handle must not outlive the connection whose state it borrows.
+    pub(super) async unsafe fn take(conn: &mut SqliteConnection) -> Result<Locked, StoreError> {
         let handle = conn.lock_handle().await?;
-        Ok(Locked {
-            handle,
-            asked,
-            had: std::time::Instant::now(),
-            ran: 0,
-        })
+        // SAFETY: only the lifetime changes. The guard points into the connection's
+        // shared state (`Arc<WorkerSharedState>`), whose address stays put when the
+        // connection moves, and per this function's contract it is dropped while the
+        // connection (and so that state) is alive.
+        let handle = unsafe {
+            std::mem::transmute::<
+                sqlx::sqlite::LockedSqliteHandle<'_>,
+                sqlx::sqlite::LockedSqliteHandle<'static>,
+            >(handle)
+        };
+        Ok(Locked { handle, ran: 0 })
     }
 
     /// Runs one statement to its end; its rows, if any, are ignored. `cache` must
@@ -67,18 +91,25 @@ impl Locked<'_> {
         let db = self.handle.as_raw_handle();
         // SAFETY: `db` is the open connection, held from its worker by `handle` for as
         // long as `self` lives; `cache` holds statements of this connection only.
-        unsafe { run_one(db, cache, statement) }
+        unsafe { with_statement(db, cache, statement, |stmt| step_to_end(db.as_ptr(), stmt)) }
     }
-}
 
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        tracing::debug!(
-            statements = self.ran,
-            lock_us = self.had.saturating_duration_since(self.asked).as_micros(),
-            run_us = self.had.elapsed().as_micros(),
-            "queued statements ran"
-        );
+    /// How many statements ran since the last call (for the writer's timings).
+    pub(super) fn take_count(&mut self) -> usize {
+        std::mem::take(&mut self.ran)
+    }
+
+    /// Runs one query and returns its first row's first column as text (`None`: no
+    /// row, or a NULL). `cache` must belong to this connection.
+    pub(super) fn first_text(
+        &mut self,
+        cache: &mut Cache,
+        statement: &Statement,
+    ) -> Result<Option<String>, StoreError> {
+        self.ran += 1;
+        let db = self.handle.as_raw_handle();
+        // SAFETY: as in `run`.
+        unsafe { with_statement(db, cache, statement, |stmt| first_text(db.as_ptr(), stmt)) }
     }
 }
 
@@ -122,17 +153,18 @@ impl Drop for Prepared {
     }
 }
 
-/// Runs one statement to its end (rows it returns are ignored: a queued
-/// statement's results are never read), prepared from `cache` or into it.
+/// Prepares `statement` (from `cache`, or into it), binds its values, and hands it to
+/// `step`; then resets it and clears its values, whatever `step` did.
 ///
 /// # Safety
 /// `db` must be an open connection no other thread uses during the call, and
 /// `cache` hold statements of `db` only.
-unsafe fn run_one(
+unsafe fn with_statement<T: Default>(
     db: NonNull<ffi::sqlite3>,
     cache: &mut Cache,
     statement: &Statement,
-) -> Result<(), StoreError> {
+    step: impl FnOnce(*mut ffi::sqlite3_stmt) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let db = db.as_ptr();
     // A statement the cache has no room for, finalized when this returns.
     let mut once = None;
@@ -142,7 +174,7 @@ unsafe fn run_one(
             // SAFETY: per this function's contract.
             let Some(prepared) = (unsafe { prepare(db, &statement.sql) })? else {
                 // Only whitespace or a comment: nothing to run.
-                return Ok(());
+                return Ok(T::default());
             };
             let stmt = prepared.0.as_ptr();
             if cache.statements.len() < CACHED_STATEMENTS {
@@ -156,7 +188,7 @@ unsafe fn run_one(
         }
     };
     // SAFETY: `stmt` is a live statement of `db` (cached, or held by `once`).
-    let ran = unsafe { bind_and_step(db, stmt, statement) };
+    let ran = unsafe { bind_values(db, stmt, statement) }.and_then(|()| step(stmt));
     // Ready for its next use, its values released: a statement left mid-step, or
     // holding a failed step's error, would keep the transaction from committing.
     // SAFETY: `stmt` is live.
@@ -196,11 +228,11 @@ unsafe fn prepare(db: *mut ffi::sqlite3, sql: &str) -> Result<Option<Prepared>, 
     Ok(NonNull::new(raw).map(Prepared))
 }
 
-/// Binds `statement`'s values to `stmt` and steps it to its end.
+/// Binds `statement`'s values to `stmt`.
 ///
 /// # Safety
 /// `stmt` must be a live, reset statement of `db`, which no other thread uses.
-unsafe fn bind_and_step(
+unsafe fn bind_values(
     db: *mut ffi::sqlite3,
     stmt: *mut ffi::sqlite3_stmt,
     statement: &Statement,
@@ -220,21 +252,56 @@ unsafe fn bind_and_step(
     }
     for (index, value) in (1..=parameters).zip(&statement.args) {
         // SAFETY: `stmt` is prepared, `index` in range; `value` outlives the
-        // binding, which `run_one` clears before it returns.
+        // binding, which `with_statement` clears before it returns.
         let rc = unsafe { bind(stmt, index, value) };
         if rc != ffi::SQLITE_OK {
             // SAFETY: `db` is open.
             return Err(unsafe { last_error(db) });
         }
     }
+    Ok(())
+}
+
+/// Steps a bound statement to its end; the rows it returns are ignored (a queued
+/// statement's results are never read). `db` and `stmt` as for [`bind_values`].
+fn step_to_end(db: *mut ffi::sqlite3, stmt: *mut ffi::sqlite3_stmt) -> Result<(), StoreError> {
     loop {
-        // SAFETY: `stmt` is prepared and bound.
+        // SAFETY: `stmt` is prepared and bound (`with_statement`).
         match unsafe { ffi::sqlite3_step(stmt) } {
             ffi::SQLITE_DONE => return Ok(()),
             ffi::SQLITE_ROW => {}
             // SAFETY: `db` is open; the step's error is its last.
             _ => return Err(unsafe { last_error(db) }),
         }
+    }
+}
+
+/// Steps a bound query once: its first row's first column, as text. `db` and `stmt`
+/// as for [`bind_values`].
+fn first_text(
+    db: *mut ffi::sqlite3,
+    stmt: *mut ffi::sqlite3_stmt,
+) -> Result<Option<String>, StoreError> {
+    // SAFETY: `stmt` is prepared and bound (`with_statement`).
+    match unsafe { ffi::sqlite3_step(stmt) } {
+        ffi::SQLITE_DONE => Ok(None),
+        ffi::SQLITE_ROW => {
+            // SAFETY: a row is current; the text (UTF-8, SQLite's own copy, valid until
+            // the next step or reset) is read with its length and copied at once.
+            let text = unsafe {
+                let data = ffi::sqlite3_column_text(stmt, 0);
+                if data.is_null() {
+                    return Ok(None);
+                }
+                let length = usize::try_from(ffi::sqlite3_column_bytes(stmt, 0)).unwrap_or(0);
+                std::slice::from_raw_parts(data, length).to_vec()
+            };
+            String::from_utf8(text).map(Some).map_err(|_| {
+                direct_error(ffi::SQLITE_MISMATCH, "a text column is not UTF-8".into())
+            })
+        }
+        // SAFETY: `db` is open; the step's error is its last.
+        _ => Err(unsafe { last_error(db) }),
     }
 }
 
@@ -404,7 +471,8 @@ mod tests {
         cache: &mut Cache,
         statements: &[Statement],
     ) -> Result<(), StoreError> {
-        let mut locked = Locked::take(conn).await?;
+        // SAFETY: dropped at the end of this function, before `conn` is used again.
+        let mut locked = unsafe { Locked::take(conn) }.await?;
         for statement in statements {
             locked.run(cache, statement)?;
         }
@@ -546,6 +614,50 @@ mod tests {
             numbered_placeholders("SELECT json_extract(x, '$.id'), $1"),
             "SELECT json_extract(x, '$.id'), ?1"
         );
+    }
+
+    /// A read on the handle answers its first row's first column, `None` for no row or
+    /// a NULL, and a handle kept across reads leaves the connection usable through sqlx
+    /// once it is dropped.
+    #[tokio::test]
+    async fn a_read_on_the_handle_answers_the_first_rows_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = connection(&dir).await;
+        let mut cache = Cache::default();
+        let insert = |id: i64, name: &str, note: Option<&str>| {
+            Statement::new("INSERT INTO t (id, name, note) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(name)
+                .bind(note)
+        };
+        run(
+            &mut conn,
+            &mut cache,
+            &[insert(1, "Ann", Some("ä note")), insert(2, "Bob", None)],
+        )
+        .await
+        .expect("rows");
+        let note_of = |name: &str| {
+            Statement::new("SELECT note FROM t WHERE name = $1 ORDER BY id").bind(name)
+        };
+        {
+            // SAFETY: dropped at the end of this block, before `conn` is used again.
+            let mut locked = unsafe { Locked::take(&mut conn) }.await.expect("lock");
+            let mut read = |name: &str| locked.first_text(&mut cache, &note_of(name));
+            assert_eq!(read("Ann").expect("read"), Some("ä note".to_owned()));
+            assert_eq!(read("Bob").expect("read"), None, "a NULL");
+            assert_eq!(read("Cy").expect("read"), None, "no row");
+            let error = locked
+                .first_text(&mut cache, &Statement::new("SELECT note FROM missing"))
+                .expect_err("no such table");
+            assert!(error.to_string().contains("no such table"), "{error}");
+        }
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut conn)
+            .await
+            .expect("sqlx after the handle");
+        assert_eq!(count, 2);
+        cache.clear();
     }
 
     #[tokio::test]

@@ -12,9 +12,13 @@
 //! as its queued statements ([`Held::write`]), and its `RELEASE` runs after the
 //! last of them ([`Held::finish`]). Every statement through sqlx is a hand-off
 //! to the connection's worker thread and back, and with the writer held each
-//! waits for a busy core: a new referral now takes two (its identifier lookup,
-//! then its writes with the savepoint around them), where it took four. Reads
-//! before the first write need no savepoint (they change nothing to roll back).
+//! waits for a busy core. So the session keeps the connection's handle from
+//! one run to the next ([`Held::lock`]) and gives it back only for a statement
+//! through sqlx ([`Held::conn`]) or at its end; a new referral's identifier
+//! lookup reads on it ([`Held::read_text`]), so its whole turn is no hand-off
+//! at all (the session's first takes the handle once), where it was two, and
+//! before that four. Reads before the first write need no savepoint (they
+//! change nothing to roll back).
 //!
 //! When no request is waiting, or the batch is full, the request in hand commits
 //! the batch, returns the connection to the pool (where the few writes that
@@ -67,6 +71,7 @@ use sqlx::SqlitePool;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{oneshot, watch};
 
+use super::direct::Locked;
 use crate::store::StoreError;
 use crate::store::deferred::Statement;
 
@@ -212,6 +217,9 @@ pub(super) struct Held {
     /// The statements the session's queued writes prepared on `conn`: cleared
     /// (finalized) before `conn` goes back to the pool or closes.
     cache: super::direct::Cache,
+    /// `conn`'s handle, taken from sqlx's worker by a run and kept for the session's
+    /// next (`Held::lock`): given back before anything uses `conn` through sqlx.
+    kept: Option<Locked>,
     group: Arc<Group>,
     /// The batch its open transaction belongs to.
     batch: Arc<Batch>,
@@ -287,6 +295,7 @@ impl Group {
                     break Held {
                         conn: Some(conn),
                         cache: super::direct::Cache::default(),
+                        kept: None,
                         group: Arc::clone(self),
                         batch: Batch::new(),
                         began: false,
@@ -325,10 +334,13 @@ impl Group {
                 }
             }
         }
+        // Finalized while the handle is held, then the handle given back: the
+        // `COMMIT` below goes through sqlx's worker.
+        held.cache.clear();
+        held.kept = None;
         let Some(mut conn) = held.conn.take() else {
             return;
         };
-        held.cache.clear();
         let committing = std::time::Instant::now();
         let result = if held.began {
             sqlx::query("COMMIT")
@@ -420,6 +432,8 @@ impl Held {
     /// The connection, for reads: the savepoint may not be open yet, so a statement
     /// that writes must go through [`Held::write`] first.
     pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        // sqlx's worker runs what comes next, and needs the handle for it.
+        self.kept = None;
         match self.conn.as_mut() {
             Some(conn) => conn,
             // Taken only when the connection goes back to the pool, by
@@ -473,11 +487,61 @@ impl Held {
                 .replay
                 .as_ref()
                 .is_some_and(|replay| replay.has_room_for(&statements));
-        let relax = self.group.durability.is_some();
+        let asked = std::time::Instant::now();
+        let mut locked = self.lock().await?;
+        let had = std::time::Instant::now();
+        let ran = self.run_locked(&mut locked, statements, opens, releases, alone);
+        tracing::debug!(
+            statements = locked.take_count(),
+            lock_us = had.saturating_duration_since(asked).as_micros(),
+            run_us = had.elapsed().as_micros(),
+            "queued statements ran"
+        );
+        // Kept for the session's next run (usually the next request's): sqlx's worker
+        // would only be woken to hand it back.
+        self.kept = Some(locked);
+        ran
+    }
+
+    /// The connection's handle: the one the session kept from its last run, or taken
+    /// from sqlx's worker (a hand-off to that thread and back).
+    async fn lock(&mut self) -> Result<Locked, StoreError> {
+        if let Some(kept) = self.kept.take() {
+            return Ok(kept);
+        }
         let Some(conn) = self.conn.as_mut() else {
             unreachable!("a held connection is held until it is handed back");
         };
-        let mut locked = super::direct::Locked::take(conn).await?;
+        // SAFETY: the handle lives only in `self.kept` (or this call's caller, until it
+        // puts it there), which is emptied before `conn` is used through sqlx
+        // (`Held::conn`), goes back to the pool (`Group::hand_on`) or is closed (`Drop`).
+        unsafe { Locked::take(conn) }.await
+    }
+
+    /// Reads one text value inside the request's transaction (the queued statements
+    /// have run: `Tx::read_text`), on the session's handle, without a hand-off to
+    /// sqlx's worker when the handle is already held.
+    pub(super) async fn read_text(
+        &mut self,
+        statement: &Statement,
+    ) -> Result<Option<String>, StoreError> {
+        let mut locked = self.lock().await?;
+        let read = locked.first_text(&mut self.cache, statement);
+        locked.take_count();
+        self.kept = Some(locked);
+        read
+    }
+
+    /// [`Held::run`]'s statements, on the handle in hand.
+    fn run_locked(
+        &mut self,
+        locked: &mut Locked,
+        statements: Vec<Statement>,
+        opens: bool,
+        releases: bool,
+        alone: bool,
+    ) -> Result<(), StoreError> {
+        let relax = self.group.durability.is_some();
         if opens && !self.began {
             // Outside a transaction: SQLite refuses to change it inside one. (Set
             // again after a batch SQLite rolled back whole: harmless, and rare.)
@@ -489,7 +553,7 @@ impl Held {
         }
         if alone {
             return Self::run_alone(
-                &mut locked,
+                locked,
                 &mut self.cache,
                 &mut self.replay,
                 &mut self.began,
@@ -521,7 +585,7 @@ impl Held {
     /// returned. Should the replay itself fail (a full disk), the batch's members
     /// are told their batch failed and the next request opens a new batch.
     fn run_alone(
-        locked: &mut super::direct::Locked<'_>,
+        locked: &mut Locked,
         cache: &mut super::direct::Cache,
         replay: &mut Option<Replay>,
         began: &mut bool,
@@ -668,6 +732,9 @@ impl Drop for Held {
                 let rescued = Held {
                     conn: Some(conn),
                     cache: std::mem::take(&mut self.cache),
+                    // The handle points into the connection's shared state, not into
+                    // this `Held`: it moves with the connection.
+                    kept: self.kept.take(),
                     group: Arc::clone(&self.group),
                     batch: Arc::clone(&self.batch),
                     began: self.began,
@@ -685,7 +752,9 @@ impl Drop for Held {
             // which SQLite rolls back, and the session ends.
             _ => {
                 // Finalized first: SQLite will not close a connection with statements.
+                // Then the handle given back, before the connection closes.
                 self.cache.clear();
+                self.kept = None;
                 conn.close_on_drop();
                 self.group.end_session();
             }

@@ -562,6 +562,15 @@ impl Tx {
         Ok(())
     }
 
+    /// Reads one text value (the first row's first column) in the transaction, once
+    /// every queued statement has run, on the writer's handle itself: with the handle
+    /// kept from the session's last run, no hand-off to sqlx's worker (as a read
+    /// through [`Tx::read_conn`] is), and none for the run of writes that follows.
+    async fn read_text(&mut self, statement: Statement) -> Result<Option<String>, StoreError> {
+        self.run_queued(Queued::Read).await?;
+        self.entered.read_text(&statement).await
+    }
+
     /// Serialises transactions receiving the same business identifier: already so
     /// on SQLite's single writer (and no statement, so the queue stays queued).
     async fn lock_identifier(&mut self, _system: &str, _value: &str) -> Result<(), StoreError> {
