@@ -85,8 +85,11 @@ const RELEASE: &str = "RELEASE sprig_request";
 const ROLLBACK_TO: &str = "ROLLBACK TO sprig_request; RELEASE sprig_request";
 /// The batch's transaction, opened by its first member that writes.
 const BEGIN: &str = "BEGIN IMMEDIATE";
-/// Undoes the batch's transaction, for a run without a savepoint that failed midway.
+/// Undoes the batch's transaction, for a run without a savepoint that failed midway
+/// (or a `COMMIT` that failed).
 const ROLLBACK: &str = "ROLLBACK";
+/// Makes the batch's transaction durable (its WAL frames written; synced after).
+const COMMIT: &str = "COMMIT";
 
 /// Most bytes of statements (SQL text and values) a batch keeps to replay: past it a
 /// member takes a savepoint, so a large transaction Bundle's rows are not held twice.
@@ -334,31 +337,19 @@ impl Group {
                 }
             }
         }
-        // Finalized while the handle is held, then the handle given back: the
-        // `COMMIT` below goes through sqlx's worker.
+        let committing = std::time::Instant::now();
+        let (result, restored) = held.end_transaction(self.durability.is_some()).await;
+        let committed_us = committing.elapsed().as_micros();
+        // Finalized while the handle is held, then the handle given back, before the
+        // connection goes back to the pool.
         held.cache.clear();
         held.kept = None;
         let Some(mut conn) = held.conn.take() else {
             return;
         };
-        let committing = std::time::Instant::now();
-        let result = if held.began {
-            sqlx::query("COMMIT")
-                .execute(&mut *conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            Ok(())
-        };
-        if result.is_err() {
-            // Leave the connection as the pool expects it: no transaction.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        }
-        let committed_us = committing.elapsed().as_micros();
-        // Restored whenever sessions relax it: harmless where a session failed before.
-        if self.durability.is_some() && sqlx::query(RESTORE).execute(&mut *conn).await.is_err() {
-            // Never back in the pool unsynced: the writes outside a session rely on it.
+        if !restored {
+            // Never back in the pool unsynced (or with a transaction open): the writes
+            // outside a session rely on it.
             conn.close_on_drop();
         }
         drop(conn);
@@ -516,6 +507,42 @@ impl Held {
         // puts it there), which is emptied before `conn` is used through sqlx
         // (`Held::conn`), goes back to the pool (`Group::hand_on`) or is closed (`Drop`).
         unsafe { Locked::take(conn) }.await
+    }
+
+    /// Ends the session's transaction on its handle (no hand-off to sqlx's worker, which
+    /// on a busy machine may wait milliseconds for a core while every writer waits):
+    /// `COMMIT` if it began, `ROLLBACK` should that fail, then `synchronous = FULL`
+    /// again where sessions relax it (harmless where a session failed before). Returns
+    /// the commit's result, and whether the connection is as the pool expects it.
+    async fn end_transaction(&mut self, relaxed: bool) -> (Result<(), String>, bool) {
+        let mut locked = match self.lock().await {
+            Ok(locked) => locked,
+            Err(error) => return (Err(error.to_string()), false),
+        };
+        let result = if self.began {
+            locked
+                .run(&mut self.cache, &Statement::new(COMMIT))
+                .map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        let mut restored = true;
+        if result.is_err()
+            && locked
+                .run(&mut self.cache, &Statement::new(ROLLBACK))
+                .is_err()
+        {
+            restored = false;
+        }
+        if relaxed
+            && locked
+                .run(&mut self.cache, &Statement::new(RESTORE))
+                .is_err()
+        {
+            restored = false;
+        }
+        self.kept = Some(locked);
+        (result, restored)
     }
 
     /// Reads one text value inside the request's transaction (the queued statements
