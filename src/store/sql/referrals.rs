@@ -41,12 +41,7 @@ impl Tx {
         // Most lookups inside a write find nothing (a new referral): the id alone is
         // read, in the way that costs the writer least (SQLite: on its handle).
         let id = self
-            .read_text(
-                Statement::new(REFERRAL_BY_IDENTIFIER_SQL)
-                    .bind(practice.unwrap_or_default())
-                    .bind(&identifier.system)
-                    .bind(&identifier.value),
-            )
+            .read_text(referral_id_by_identifier(practice, identifier))
             .await?;
         match id {
             Some(id) => fetch_referral(self.read_conn().await?, &id).await,
@@ -881,16 +876,21 @@ async fn referral_by_identifier(
     practice: Option<&str>,
     identifier: &BusinessIdentifier,
 ) -> Result<Option<Referral>, StoreError> {
-    let id: Option<(String,)> = sqlx::query_as(REFERRAL_BY_IDENTIFIER_SQL)
+    let id =
+        super::statement::first_text(&mut *conn, referral_id_by_identifier(practice, identifier))
+            .await?;
+    match id {
+        Some(id) => fetch_referral(conn, &id).await,
+        None => Ok(None),
+    }
+}
+
+/// The query for the id of the referral `practice` sent with `identifier`.
+fn referral_id_by_identifier(practice: Option<&str>, identifier: &BusinessIdentifier) -> Statement {
+    Statement::new(REFERRAL_BY_IDENTIFIER_SQL)
         .bind(practice.unwrap_or_default())
         .bind(&identifier.system)
         .bind(&identifier.value)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match id {
-        Some((id,)) => fetch_referral(conn, &id).await,
-        None => Ok(None),
-    }
 }
 
 async fn fetch_message_request(

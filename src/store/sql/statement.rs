@@ -16,9 +16,8 @@ pub(crate) async fn run_now(conn: &mut Conn, statement: Statement) -> Result<(),
 }
 
 /// Runs the query `statement` on `conn` now: its first row's first column, as text
-/// (`None`: no row, or a NULL).
-// SQLite's write transactions read theirs on the writer's handle (`sqlite::direct`).
-#[allow(dead_code)]
+/// (`None`: no row, or a NULL). SQLite's write transactions read theirs on the
+/// writer's handle instead (`sqlite::direct::Locked::first_text`).
 pub(crate) async fn first_text(
     conn: &mut Conn,
     statement: Statement,

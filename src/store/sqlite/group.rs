@@ -434,14 +434,10 @@ impl Held {
     }
 
     /// Runs `statements` (the request's queued writes) in its savepoint, opening the
-    /// savepoint first if it is not open, and returns the connection for writes of
-    /// its own.
-    pub(super) async fn write(
-        &mut self,
-        statements: Vec<Statement>,
-    ) -> Result<&mut sqlx::SqliteConnection, StoreError> {
-        self.run(statements, Open::Always, Then::Keep).await?;
-        Ok(self.conn())
+    /// savepoint first if it is not open: a write of its own through sqlx follows on
+    /// [`Held::conn`], a read on [`Held::read_text`] keeps the session's handle.
+    pub(super) async fn write(&mut self, statements: Vec<Statement>) -> Result<(), StoreError> {
+        self.run(statements, Open::Always, Then::Keep).await
     }
 
     /// Runs the last of the request's statements and releases its savepoint (its
@@ -579,14 +575,7 @@ impl Held {
             self.began = true;
         }
         if alone {
-            return Self::run_alone(
-                locked,
-                &mut self.cache,
-                &mut self.replay,
-                &mut self.began,
-                &mut self.batch,
-                statements,
-            );
+            return self.run_alone(locked, statements);
         }
         if opens {
             locked.run(&mut self.cache, &Statement::new(SAVEPOINT))?;
@@ -612,13 +601,17 @@ impl Held {
     /// returned. Should the replay itself fail (a full disk), the batch's members
     /// are told their batch failed and the next request opens a new batch.
     fn run_alone(
+        &mut self,
         locked: &mut Locked,
-        cache: &mut super::direct::Cache,
-        replay: &mut Option<Replay>,
-        began: &mut bool,
-        batch: &mut Arc<Batch>,
         statements: Vec<Statement>,
     ) -> Result<(), StoreError> {
+        let Self {
+            cache,
+            replay,
+            began,
+            batch,
+            ..
+        } = self;
         let failed = match statements
             .iter()
             .try_for_each(|statement| locked.run(cache, statement))
@@ -884,7 +877,10 @@ mod tests {
         let mut held = group.enter().await?;
         sqlx::query("INSERT INTO t (x) VALUES ($1)")
             .bind(x)
-            .execute(held.write(Vec::new()).await?)
+            .execute({
+                held.write(Vec::new()).await?;
+                held.conn()
+            })
             .await?;
         held.commit().await
     }
@@ -1032,9 +1028,9 @@ mod tests {
             waiters(&group, 2).await;
 
             if first_under_savepoint {
-                let conn = first.write(vec![insert_into("t", 1)]).await.expect("write");
+                first.write(vec![insert_into("t", 1)]).await.expect("write");
                 sqlx::query("INSERT INTO u (x) VALUES (1)")
-                    .execute(conn)
+                    .execute(first.conn())
                     .await
                     .expect("insert");
             } else {

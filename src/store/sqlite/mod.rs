@@ -547,8 +547,9 @@ impl Tx {
 
     /// The connection for a statement that only reads, once every queued statement
     /// has run. Unlike [`Tx::conn`] it opens no savepoint for a transaction that has
-    /// written nothing yet: a new referral's lookup of its identifier is then one
-    /// hand-off to sqlx's worker, and its writes, savepoint and `RELEASE` one more.
+    /// written nothing yet (reads change nothing to roll back), so its writes may
+    /// still run in one call without one (`group`). A read through sqlx gives the
+    /// session's handle back to sqlx's worker; [`Tx::read_text`] does not.
     async fn read_conn(&mut self) -> Result<&mut SqliteConnection, StoreError> {
         self.run_queued(Queued::Read).await?;
         Ok(self.entered.conn())
@@ -599,7 +600,7 @@ impl Tx {
         // future dropped, the transaction kept) leaves the write refusing to commit.
         self.failed = true;
         let ran = match then {
-            Queued::Read | Queued::Write => self.entered.write(queued).await.map(|_| ()),
+            Queued::Read | Queued::Write => self.entered.write(queued).await,
             Queued::Release => self.entered.finish(queued).await,
         };
         self.failed = ran.is_err();
