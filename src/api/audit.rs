@@ -91,9 +91,8 @@ impl AuditHandle {
 
     /// Records that the answer holds this referral and its Patient (if it has one).
     pub fn note_referral_record(&self, referral: &Referral) {
-        self.note_referral(&referral.id);
-        if let Some(patient) = &referral.patient_id {
-            self.note_patient(patient);
+        if let Some(record) = self.lock().record.as_mut() {
+            add_referral(record, referral);
         }
     }
 
@@ -158,13 +157,41 @@ impl AuditHandle {
     /// Provenance of every referral resource version it wrote (`api::provenance`): they
     /// commit with the change or not at all, and the layer writes no second row.
     /// Where the layer is not running (a handler driven on its own), just commits.
-    pub async fn commit(&self, mut tx: WriteTx, status: u16) -> Result<(), StoreError> {
-        let record = self.finished(status);
+    pub async fn commit(&self, tx: WriteTx, status: u16) -> Result<(), StoreError> {
+        self.commit_with(tx, status, None).await
+    }
+
+    /// [`AuditHandle::commit`] for a write that opens `referral`: the row names it (and
+    /// its Patient) only if the commit succeeds. A write that may fail at its commit
+    /// because another referral holds its identifier (`WriteTx::claim_identifier`)
+    /// answers about that other referral, and its row must not name this one.
+    pub async fn commit_opened(
+        &self,
+        tx: WriteTx,
+        status: u16,
+        referral: &Referral,
+    ) -> Result<(), StoreError> {
+        self.commit_with(tx, status, Some(referral)).await
+    }
+
+    async fn commit_with(
+        &self,
+        mut tx: WriteTx,
+        status: u16,
+        referral: Option<&Referral>,
+    ) -> Result<(), StoreError> {
+        let mut record = self.finished(status);
+        if let (Some(record), Some(referral)) = (record.as_mut(), referral) {
+            add_referral(record, referral);
+        }
         if let Some(record) = &record {
             super::provenance::record(&mut tx, record).await?;
             tx.record_audit(record).await?;
         }
         tx.commit().await?;
+        if let Some(referral) = referral {
+            self.note_referral_record(referral);
+        }
         if record.is_some() {
             self.lock().written = true;
         }
@@ -183,6 +210,18 @@ impl AuditHandle {
             None => record.client_id = Some("unauthenticated".into()),
         }
         Some(record)
+    }
+}
+
+/// Adds a referral and its Patient (if it has one) to `record`'s ids, once each.
+fn add_referral(record: &mut AuditRecord, referral: &Referral) {
+    if !record.referral_ids.contains(&referral.id) {
+        record.referral_ids.push(referral.id.clone());
+    }
+    if let Some(patient) = &referral.patient_id
+        && !record.patient_ids.iter().any(|p| p == patient)
+    {
+        record.patient_ids.push(patient.clone());
     }
 }
 

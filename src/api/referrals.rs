@@ -34,7 +34,7 @@ use crate::store::{
     ReadOutcome, ResourceWrite, StoreError, StoredResource, Updated, Visibility, WriteTx,
 };
 use crate::validation::REFERRAL_PROFILE;
-use crate::workflow::{Arrival, Workflow};
+use crate::workflow::{Arrival, Workflow, WorkflowError};
 
 /// `POST /fhir/ServiceRequest` of a social prescribing referral, `checked`
 /// by `resource::create`.
@@ -65,7 +65,7 @@ pub(super) async fn create(
             &mapped.fields,
             &visibility,
             answer,
-            checked,
+            checked.issues,
         )
         .await;
     }
@@ -82,7 +82,7 @@ pub(super) async fn create(
             request_id: &context.request_id,
         },
     )?;
-    let mut tx = state.store.begin_write().await?;
+    let mut tx = state.store.begin_deferred_write().await?;
     if let Some(existing) = existing_match(&mut tx, if_none_exist.as_ref(), &visibility).await? {
         // What it found may be another request's write in the same SQLite batch,
         // not yet durable: the empty commit returns once that batch has committed.
@@ -90,52 +90,73 @@ pub(super) async fn create(
         let what = Written::matched_existing(&existing);
         return written(&existing, what, answer, checked.issues);
     }
-    if let Some(existing) = tx
-        .referral_by_identifier(owner.as_deref(), &identifier)
-        .await?
-    {
-        // What it found may be another request's write in the same SQLite batch,
-        // not yet durable: the empty commit returns once that batch has committed.
-        tx.commit().await?;
-        let fields = &opening.referral().fields;
-        return resubmitted(state, &existing, fields, &visibility, answer, checked).await;
-    }
-    let stored = tx
-        .create(ResourceWrite {
-            resource_type: ResourceType::SERVICE_REQUEST,
-            id: &id,
-            resource: checked.resource,
-            // The body is kept once, in the referral's submission below (same request
-            // id), as a Bundle's is: a second copy here was a 4 KB overflow chain and
-            // an index entry per referral that no read used (issue 20 §3).
-            received: None,
+    let CheckedBody {
+        resource,
+        received: body,
+        issues,
+        ..
+    } = checked;
+    // Kept to judge a resubmission by, should another request hold the identifier.
+    let fields = opening.referral().fields.clone();
+    // The identifier is claimed, not looked up: on SQLite the check runs on the
+    // writer just before the statements, so the rows below are built while other
+    // requests hold it (building them was half a create's hold).
+    let created = async {
+        tx.claim_identifier(owner.as_deref(), &identifier).await?;
+        let stored = tx
+            .create(ResourceWrite {
+                resource_type: ResourceType::SERVICE_REQUEST,
+                id: &id,
+                resource,
+                // The body is kept once, in the referral's submission below (same
+                // request id), as a Bundle's is: a second copy here was a 4 KB overflow
+                // chain and an index entry per referral that no read used (issue 20 §3).
+                received: None,
+                request_id: &context.request_id,
+                owner: owner.as_deref(),
+            })
+            .await?;
+        let referral = state
+            .workflow
+            .write_opened(&mut tx, opening, &context.request_id)
+            .await?;
+        tx.add_submission(&Submission {
+            referral_id: &referral.id,
+            received_at: &referral.received_at,
+            received_as: ReceivedAs::Resource.as_str(),
             request_id: &context.request_id,
-            owner: owner.as_deref(),
+            correlation_id: context.correlation_id.as_deref(),
+            body: &body,
+            response: None,
         })
         .await?;
-    let referral = state
-        .workflow
-        .write_opened(&mut tx, opening, &context.request_id)
-        .await?;
-    tx.add_submission(&Submission {
-        referral_id: &referral.id,
-        received_at: &referral.received_at,
-        received_as: ReceivedAs::Resource.as_str(),
-        request_id: &context.request_id,
-        correlation_id: context.correlation_id.as_deref(),
-        body: &checked.received,
-        response: None,
-    })
-    .await?;
-    context.audit.note_referral_record(&referral);
-    context.audit.commit(tx, 201).await?;
+        context.audit.commit_opened(tx, 201, &referral).await?;
+        Ok::<_, WorkflowError>((stored, referral))
+    }
+    .await;
+    let (stored, referral) = match created {
+        Ok(created) => created,
+        // Another request's referral holds the identifier (one received at the same
+        // moment, which the read above could not see yet): a resubmission. Its commit
+        // is durable by now, so a reader finds it.
+        Err(WorkflowError::Store(StoreError::IdentifierHeld(holder))) => {
+            let existing = state
+                .store
+                .committed_referral_by_identifier(owner.as_deref(), &identifier)
+                .await?
+                // Erased in the moment since: nothing holds it now, and a retry creates it.
+                .ok_or(ApiError::Unavailable(StoreError::IdentifierHeld(holder)))?;
+            return resubmitted(state, &existing, &fields, &visibility, answer, issues).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(referral_id = %referral.id, task_id = %referral.task_id, "referral received");
     let what = Written {
         status: StatusCode::CREATED,
         message_id: "referral-received",
         message: received(&referral),
     };
-    written(&stored, what, answer, checked.issues)
+    written(&stored, what, answer, issues)
 }
 
 /// The answer to a referral whose identifier Sprig already holds (`existing`): the
@@ -146,7 +167,7 @@ async fn resubmitted(
     received: &ReferralFields,
     visibility: &Visibility,
     answer: Answer,
-    checked: CheckedBody,
+    issues: Vec<Issue>,
 ) -> Result<Response, ApiError> {
     Workflow::check_resubmission(existing, received)?;
     tracing::info!(referral_id = %existing.id, "referral resubmitted; answering with the stored one");
@@ -162,7 +183,7 @@ async fn resubmitted(
         message_id: "referral-already-received",
         message: already_received(existing),
     };
-    written(&stored, what, answer, checked.issues)
+    written(&stored, what, answer, issues)
 }
 
 /// `PUT /fhir/ServiceRequest/{id}`: the GP amends or withdraws (status

@@ -143,6 +143,12 @@ pub enum StoreError {
     /// (its caller went on): nothing of it is kept. A defect of the caller's.
     #[error("the write cannot commit: {0}")]
     WriteAbandoned(String),
+    /// The business identifier a new referral's write claimed
+    /// (`WriteTx::claim_identifier`) is another referral's already, committed or in the
+    /// same SQLite batch: nothing of the write is kept. The holder's id; once this is
+    /// answered, the holder's commit is durable.
+    #[error("referral {0} holds this business identifier already")]
+    IdentifierHeld(String),
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {
@@ -413,6 +419,19 @@ impl Store {
     /// together, or (dropped without commit) none does.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         Ok(dispatch!(self, b => WriteTx::from(b.begin_write().await?)))
+    }
+
+    /// [`Store::begin_write`] for a write that builds its rows before it reads
+    /// (a new referral, whose identifier it claims: `WriteTx::claim_identifier`): on
+    /// SQLite it takes the single writer only when a statement must reach the
+    /// database, usually its commit, so that what it builds is built while other
+    /// requests hold the writer. On PostgreSQL, where writers run side by side, the
+    /// same as `begin_write`.
+    pub async fn begin_deferred_write(&self) -> Result<WriteTx, StoreError> {
+        match self {
+            Store::Sqlite(b) => Ok(WriteTx::from(b.begin_deferred_write())),
+            Store::Postgres(b) => Ok(WriteTx::from(b.begin_write().await?)),
+        }
     }
 
     /// Stores a new resource under a new server-assigned id, as version 1.

@@ -164,6 +164,22 @@ impl WriteTx {
         dispatch_write!(self, b => b.referral_by_identifier(practice, identifier).await)
     }
 
+    /// Claims `identifier` (as `practice` sent it) for the referral this transaction
+    /// opens: if another referral holds it, the transaction fails with
+    /// [`StoreError::IdentifierHeld`] and keeps nothing. Call it before writing the
+    /// referral. The check runs where two writers of one identifier cannot both pass
+    /// it: PostgreSQL checks now, under a lock on the identifier held to the commit;
+    /// SQLite at the commit, on the writer, just before the transaction's statements,
+    /// so the rows are built without the writer held (the error then comes from the
+    /// commit, once the holder's batch is durable).
+    pub async fn claim_identifier(
+        &mut self,
+        practice: Option<&str>,
+        identifier: &BusinessIdentifier,
+    ) -> Result<(), StoreError> {
+        dispatch_write!(self, b => b.claim_identifier(practice, identifier).await)
+    }
+
     /// The referral, read inside this transaction (to change it).
     pub async fn referral(&mut self, id: &str) -> Result<Option<Referral>, StoreError> {
         dispatch_write!(self, b => b.referral(id).await)

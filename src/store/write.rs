@@ -142,7 +142,11 @@ impl WriteTx {
 
     /// Commits every change. Returns after the commit is durable. Refused
     /// (and rolled back) when the request has timed out (see `CommitGate`).
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        // A deferred write (`Store::begin_deferred_write`) waits for SQLite's writer
+        // here, before its commit begins: a request that times out while it waits
+        // has committed nothing and is dropped.
+        dispatch!(&mut self, b => b.take_writer().await)?;
         super::gate::pass()?;
         dispatch!(self, b => b.commit().await)
     }

@@ -122,12 +122,12 @@ async fn a_request_whose_work_outlasts_the_time_limit_gets_503_and_stores_nothin
 }
 
 /// Something that keeps every write of `app` waiting while it lives.
-enum Held {
+pub(crate) enum Held {
     Sqlite(#[allow(dead_code)] Box<sprig::store::WriteTx>),
     Postgres(#[allow(dead_code)] sqlx::PgConnection),
 }
 
-async fn hold_writes(app: &crate::helpers::TestApp) -> Held {
+pub(crate) async fn hold_writes(app: &crate::helpers::TestApp) -> Held {
     if !crate::helpers::on_postgres() {
         return Held::Sqlite(Box::new(app.store.begin_write().await.expect("the writer")));
     }

@@ -401,7 +401,7 @@ async fn a_held_identifier_is_answered_before_the_write_and_stores_nothing() {
 }
 
 /// Copies of one new referral sent at the same moment are one referral: none of them
-/// finds it committed before its write, so each looks for the identifier inside its
+/// finds it committed before its write, so each claims the identifier inside its
 /// write transaction (on SQLite, in the write batch they share, where the first copy's
 /// referral is not yet durable). One is stored (201); every other is answered with it
 /// (200, its id) and keeps nothing, and no audit row names a referral that was not kept.
@@ -409,9 +409,34 @@ async fn a_held_identifier_is_answered_before_the_write_and_stores_nothing() {
 async fn copies_of_a_new_referral_sent_at_once_are_one_referral() {
     let app = spawn_app_with(|_| {}).await;
     let body = serde_json::to_string(&sample_referral()).expect("JSON");
-    let copies = 12;
-    let answers =
-        futures::future::join_all((0..copies).map(|_| app.post_referral(body.clone()))).await;
+    let answers = join_all((0..12).map(|_| app.post_referral(body.clone()))).await;
+    assert_one_referral(&app, answers).await;
+}
+
+/// As above, with the copies made to meet inside their writes: the writer (SQLite)
+/// or the resources table (PostgreSQL) is held elsewhere while they arrive, so none
+/// can commit, and none can find another's referral, before its own write. On SQLite
+/// each builds its rows, then waits for the writer; once it is free they run in one
+/// batch, and every copy after the first finds the first's referral (not yet durable)
+/// where it claims the identifier, just before its statements.
+#[tokio::test]
+async fn copies_of_a_new_referral_queued_behind_a_held_writer_are_one_referral() {
+    let app = spawn_app_with(|s| s.sqlite.busy_timeout_ms = 30_000).await;
+    let body = serde_json::to_string(&sample_referral()).expect("JSON");
+    let held = crate::durability::hold_writes(&app).await;
+    let (answers, ()) = futures::join!(
+        join_all((0..8).map(|_| app.post_referral(body.clone()))),
+        async move {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            drop(held);
+        }
+    );
+    assert_one_referral(&app, answers).await;
+}
+
+/// One of `answers` stored the referral (201) and every other was answered with it
+/// (200), keeping nothing of its own; no audit row names a referral that was not kept.
+async fn assert_one_referral(app: &TestApp, answers: Vec<reqwest::Response>) {
     let mut created = Vec::new();
     let mut answered = Vec::new();
     for answer in answers {
@@ -437,6 +462,11 @@ async fn copies_of_a_new_referral_sent_at_once_are_one_referral() {
         app.row_count("referral_submissions").await,
         1,
         "only the stored copy's submission is kept"
+    );
+    assert_eq!(
+        app.row_count("resources").await,
+        4,
+        "the stored copy's ServiceRequest and Task and their Provenances, no other copy's"
     );
     let pool = app.db_pool().await;
     // The audit rows of the copies name the referral kept, or none: never another id.

@@ -472,6 +472,22 @@ impl Tx {
         statement::first_text(&mut self.tx, statement).await
     }
 
+    /// Nothing to take: PostgreSQL has no single writer to wait for (see the SQLite
+    /// `Tx::take_writer`).
+    pub(in crate::store) async fn take_writer(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Fails with [`StoreError::IdentifierHeld`] (the first column's text) if
+    /// `statement` finds a row: now, the caller holding the lock that keeps the answer
+    /// true to the commit (`lock_identifier`).
+    async fn fail_if_found(&mut self, statement: Statement) -> Result<(), StoreError> {
+        match self.read_text(statement).await? {
+            Some(holder) => Err(StoreError::IdentifierHeld(holder)),
+            None => Ok(()),
+        }
+    }
+
     /// The versions written so far that no one has taken yet, oldest first.
     pub(super) fn take_written(&mut self) -> Vec<WrittenVersion> {
         std::mem::take(&mut self.written)

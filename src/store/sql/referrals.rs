@@ -49,6 +49,19 @@ impl Tx {
         }
     }
 
+    /// See `WriteTx::claim_identifier`.
+    pub(in crate::store) async fn claim_identifier(
+        &mut self,
+        practice: Option<&str>,
+        identifier: &BusinessIdentifier,
+    ) -> Result<(), StoreError> {
+        // The same lock as `referral_by_identifier`'s: either finds the other's referral.
+        let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
+        self.lock_identifier(&scope, &identifier.value).await?;
+        self.fail_if_found(referral_id_by_identifier(practice, identifier))
+            .await
+    }
+
     /// The referral, read inside this transaction (to change it).
     pub(in crate::store) async fn referral(
         &mut self,

@@ -466,20 +466,9 @@ impl SqliteStore {
 
     /// A write transaction for an audit row alone: in the group commit, but not
     /// registered with the [`CommitHorizon`], as it writes no resource version a
-    /// search must wait for.
+    /// search must wait for. It takes the writer at its commit.
     async fn begin_audit_write(&self) -> Result<Tx, StoreError> {
-        let entered = self.group.enter().await?;
-        Ok(Tx {
-            entered,
-            outbox_signal: Arc::clone(&self.outbox_signal),
-            enqueued: false,
-            written: Vec::new(),
-            pending_index: Box::default(),
-            queued: Vec::new(),
-            failed: false,
-            stamp: Instant::now(),
-            _writing: None,
-        })
+        Ok(self.transaction(Instant::now(), None))
     }
 
     /// Opens a write transaction on the writer connection: a member of the
@@ -488,26 +477,54 @@ impl SqliteStore {
         let entered = self.group.enter().await?;
         // Registered once it holds the writer: the registration is the writer's.
         let (token, stamp) = self.horizon.begin();
-        Ok(Tx {
-            entered,
+        let mut tx = self.transaction(stamp, Some(token));
+        tx.entered = Some(Box::new(entered));
+        Ok(tx)
+    }
+
+    /// [`SqliteStore::begin_write`] for a write that queues its statements first: it
+    /// takes the writer at its first statement that must reach the database (a read,
+    /// a guard, or the commit), so what it only queues (a new referral's rows, their
+    /// index, its Provenance) is built while other requests hold the writer.
+    pub(super) fn begin_deferred_write(&self) -> Tx {
+        // Registered now, as its versions are stamped now: a search's horizon waits
+        // for it from here (while it queues and waits for the writer too), so no
+        // version it commits is stamped before what a search has served.
+        let (token, stamp) = self.horizon.begin();
+        self.transaction(stamp, Some(token))
+    }
+
+    /// A transaction not yet on the writer, its versions stamped `stamp`, `token` its
+    /// place in the [`CommitHorizon`] (`None`: an audit row alone).
+    fn transaction(&self, stamp: Instant, token: Option<u64>) -> Tx {
+        Tx {
+            entered: None,
+            group: Arc::clone(&self.group),
             outbox_signal: Arc::clone(&self.outbox_signal),
             enqueued: false,
             written: Vec::new(),
             pending_index: Box::default(),
             queued: Vec::new(),
             failed: false,
+            guards: Vec::new(),
+            found: None,
             stamp,
-            _writing: Some(Writing {
+            _writing: token.map(|token| Writing {
                 horizon: Arc::clone(&self.horizon),
                 token,
             }),
-        })
+        }
     }
 }
 
 /// An open write transaction on the single writer connection.
 pub struct Tx {
-    entered: group::Held,
+    /// Its place in the group commit: from the start, or (`begin_deferred_write`, an
+    /// audit row alone) from its first statement that must reach the database
+    /// (`Tx::held`).
+    entered: Option<Box<group::Held>>,
+    /// The group it enters.
+    group: Arc<group::Group>,
     /// Told after a commit that added outbox rows.
     outbox_signal: Arc<Notify>,
     /// Whether this transaction added outbox rows.
@@ -528,6 +545,12 @@ pub struct Tx {
     /// A queued statement failed: the ones after it never ran, so nothing of this
     /// transaction may commit, whatever its caller does with the error.
     failed: bool,
+    /// Reads that fail the transaction if they find a row (`Tx::fail_if_found`), run
+    /// on the writer before the statements queued.
+    guards: Vec<Statement>,
+    /// What a guard found: the transaction keeps nothing, and its commit answers
+    /// [`StoreError::IdentifierHeld`] once the batch that may hold the finding is durable.
+    found: Option<String>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -542,7 +565,7 @@ impl Tx {
     /// transaction has written, and may write.
     async fn conn(&mut self) -> Result<&mut SqliteConnection, StoreError> {
         self.run_queued(Queued::Write).await?;
-        Ok(self.entered.conn())
+        Ok(self.held().await?.conn())
     }
 
     /// The connection for a statement that only reads, once every queued statement
@@ -552,7 +575,19 @@ impl Tx {
     /// session's handle back to sqlx's worker; [`Tx::read_text`] does not.
     async fn read_conn(&mut self) -> Result<&mut SqliteConnection, StoreError> {
         self.run_queued(Queued::Read).await?;
-        Ok(self.entered.conn())
+        Ok(self.held().await?.conn())
+    }
+
+    /// Its place in the group commit: the writer, taken (waiting for it, as long as
+    /// `sqlite.busy_timeout_ms` allows) at the first call.
+    async fn held(&mut self) -> Result<&mut group::Held, StoreError> {
+        if self.entered.is_none() {
+            let held = self.group.enter().await?;
+            return Ok(self.entered.insert(Box::new(held)));
+        }
+        self.entered.as_deref_mut().ok_or_else(|| {
+            StoreError::WriteAbandoned("the write transaction lost its place on the writer".into())
+        })
     }
 
     /// Queues a statement whose result the transaction never reads: it runs with the
@@ -569,7 +604,17 @@ impl Tx {
     /// through [`Tx::read_conn`] is), and none for the run of writes that follows.
     async fn read_text(&mut self, statement: Statement) -> Result<Option<String>, StoreError> {
         self.run_queued(Queued::Read).await?;
-        self.entered.read_text(&statement).await
+        self.held().await?.read_text(&statement).await
+    }
+
+    /// Fails the transaction with [`StoreError::IdentifierHeld`] (the first column's
+    /// text) if `statement` finds a row when it runs: at the transaction's next run on
+    /// the writer (its commit, for a write that only queues), before every statement
+    /// still queued. With the writer held from there to the commit, no other write can
+    /// come between the check and the statements it guards.
+    async fn fail_if_found(&mut self, statement: Statement) -> Result<(), StoreError> {
+        self.guards.push(statement);
+        Ok(())
     }
 
     /// Serialises transactions receiving the same business identifier: already so
@@ -592,6 +637,9 @@ impl Tx {
                 "a statement of this write failed or was abandoned; nothing of it is kept".into(),
             ));
         }
+        if !self.guards.is_empty() {
+            self.run_guards().await?;
+        }
         if self.queued.is_empty() && then == Queued::Read {
             return Ok(());
         }
@@ -599,12 +647,34 @@ impl Tx {
         // Failed until the run ends well: a run abandoned at its await (the caller's
         // future dropped, the transaction kept) leaves the write refusing to commit.
         self.failed = true;
-        let ran = match then {
-            Queued::Read | Queued::Write => self.entered.write(queued).await,
-            Queued::Release => self.entered.finish(queued).await,
+        let ran = match self.held().await {
+            Ok(held) => match then {
+                Queued::Read | Queued::Write => held.write(queued).await,
+                Queued::Release => held.finish(queued).await,
+            },
+            Err(e) => Err(e),
         };
         self.failed = ran.is_err();
         ran
+    }
+
+    /// Runs the guards (`Tx::fail_if_found`) on the writer's handle. One that finds a
+    /// row fails the transaction: its queued statements are dropped unrun.
+    async fn run_guards(&mut self) -> Result<(), StoreError> {
+        let guards = std::mem::take(&mut self.guards);
+        // Failed until every guard has passed: a run abandoned at its await leaves
+        // the write refusing to commit, as `run_queued` does.
+        self.failed = true;
+        for guard in &guards {
+            let held = self.held().await?;
+            if let Some(holder) = held.read_text(guard).await? {
+                self.queued.clear();
+                self.found = Some(holder.clone());
+                return Err(StoreError::IdentifierHeld(holder));
+            }
+        }
+        self.failed = false;
+        Ok(())
     }
 
     /// The versions written so far that no one has taken yet, oldest first.
@@ -618,12 +688,43 @@ impl Tx {
         Ok(self.stamp)
     }
 
+    /// Takes the writer for the commit, waiting for it if another request holds it:
+    /// done before the commit begins (`gate`), as waiting commits nothing, so a
+    /// request that times out while it waits is dropped with nothing stored.
+    pub(in crate::store) async fn take_writer(&mut self) -> Result<(), StoreError> {
+        self.flush_index().await?;
+        if self.entered.is_none() && !(self.queued.is_empty() && self.guards.is_empty()) {
+            self.held().await?;
+        }
+        Ok(())
+    }
+
     /// Commits every change. Returns after the commit (the batch's that
     /// holds it) is durable.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         self.flush_index().await?;
-        self.run_queued(Queued::Release).await?;
-        self.entered.commit().await?;
+        if self.entered.is_none() && self.queued.is_empty() && self.guards.is_empty() {
+            // It read nothing and wrote nothing: nothing to commit, nothing to wait for.
+            return Ok(());
+        }
+        let ran = match self.found {
+            Some(_) => Ok(()),
+            None => self.run_queued(Queued::Release).await,
+        };
+        if let Some(holder) = self.found.take() {
+            // A guard found another's write, perhaps in this batch and not yet durable:
+            // this member, which wrote nothing, commits with the batch, and the answer
+            // waits for that.
+            if let Some(held) = self.entered.take() {
+                (*held).commit().await?;
+            }
+            return Err(StoreError::IdentifierHeld(holder));
+        }
+        ran?;
+        let held = self.entered.take().ok_or_else(|| {
+            StoreError::WriteAbandoned("the write transaction lost its place on the writer".into())
+        })?;
+        (*held).commit().await?;
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
             // committed mid-round is not missed.
@@ -938,6 +1039,90 @@ mod queued_statement_tests {
             .await
             .expect("read");
         assert!(matches!(read, ReadOutcome::Found(_)));
+        store.close().await;
+    }
+
+    /// A deferred write (a new referral's) holds no writer while it queues: another
+    /// write begins and commits meanwhile. It takes the writer at its commit.
+    #[tokio::test]
+    async fn a_deferred_write_takes_the_writer_only_at_its_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let (queued, meanwhile) = (FhirId::generate(), FhirId::generate());
+        let mut deferred = store.begin_deferred_write().await.expect("begin");
+        deferred
+            .create(patient(&queued, "Queued"))
+            .await
+            .expect("queued");
+        // Would wait for the writer (5 s, then fail) if the deferred write held it.
+        let mut other =
+            tokio::time::timeout(std::time::Duration::from_secs(2), store.begin_write())
+                .await
+                .expect("the writer is free while the deferred write queues")
+                .expect("begin");
+        other
+            .create(patient(&meanwhile, "Meanwhile"))
+            .await
+            .expect("queued");
+        other.commit().await.expect("commit");
+        deferred.commit().await.expect("commit");
+        for id in [&queued, &meanwhile] {
+            let read = store.read(PATIENT, id, &Visibility::All).await;
+            assert!(matches!(read, Ok(ReadOutcome::Found(_))), "{read:?}");
+        }
+        store.close().await;
+    }
+
+    /// A guard (`Tx::fail_if_found`, what a claim of an identifier runs) runs on the
+    /// writer before the statements queued before and after it: one that finds a row
+    /// fails the commit with the row's text and keeps nothing; one that finds none
+    /// lets the write commit.
+    #[tokio::test]
+    async fn a_guard_that_finds_a_row_keeps_nothing_of_its_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let crate::store::Store::Sqlite(sqlite) = &store else {
+            panic!("a SQLite store");
+        };
+        let holder = FhirId::generate();
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(patient(&holder, "Holder")).await.expect("queued");
+        tx.commit().await.expect("commit");
+        let guard = |id: &FhirId| {
+            crate::store::deferred::Statement::new(
+                "SELECT id FROM resources WHERE resource_type = 'Patient' AND id = ?",
+            )
+            .bind(id.as_str())
+        };
+        // Finds the holder: nothing of the write is kept, the commit says whose it is.
+        let (before, after) = (FhirId::generate(), FhirId::generate());
+        let mut tx = crate::store::WriteTx::from(sqlite.begin_deferred_write());
+        tx.create(patient(&before, "Before")).await.expect("queued");
+        let crate::store::WriteTx::Sqlite(inner) = &mut tx else {
+            panic!("a SQLite transaction");
+        };
+        inner.fail_if_found(guard(&holder)).await.expect("queued");
+        tx.create(patient(&after, "After")).await.expect("queued");
+        let error = tx.commit().await.expect_err("the guard found the holder");
+        assert!(
+            matches!(&error, StoreError::IdentifierHeld(found) if *found == holder.as_str()),
+            "{error:?}"
+        );
+        for id in [&before, &after] {
+            let read = store.read(PATIENT, id, &Visibility::All).await;
+            assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
+        }
+        // Finds nothing: the write commits.
+        let (absent, kept) = (FhirId::generate(), FhirId::generate());
+        let mut tx = crate::store::WriteTx::from(sqlite.begin_deferred_write());
+        let crate::store::WriteTx::Sqlite(inner) = &mut tx else {
+            panic!("a SQLite transaction");
+        };
+        inner.fail_if_found(guard(&absent)).await.expect("queued");
+        tx.create(patient(&kept, "Kept")).await.expect("queued");
+        tx.commit().await.expect("commit");
+        let read = store.read(PATIENT, &kept, &Visibility::All).await;
+        assert!(matches!(read, Ok(ReadOutcome::Found(_))), "{read:?}");
         store.close().await;
     }
 
