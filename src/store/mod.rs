@@ -145,8 +145,10 @@ pub enum StoreError {
     WriteAbandoned(String),
     /// The business identifier a new referral's write claimed
     /// (`WriteTx::claim_identifier`) is another referral's already, committed or in the
-    /// same SQLite batch: nothing of the write is kept. The holder's id; once this is
-    /// answered, the holder's commit is durable.
+    /// same SQLite batch: nothing of the write is kept. The holder's id. From the
+    /// commit, the holder's commit is durable; met by an earlier call (a read after
+    /// the claim, on SQLite), the transaction's commit waits for that and answers this
+    /// again.
     #[error("referral {0} holds this business identifier already")]
     IdentifierHeld(String),
     /// A row holds something the store never writes.

@@ -33,11 +33,7 @@ impl Tx {
         practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<Option<Referral>, StoreError> {
-        // Held until this transaction ends: a second transaction receiving the
-        // same referral (another instance) waits here, then finds this one's
-        // referral and answers as to a resubmission, never a unique violation.
-        let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
-        self.lock_identifier(&scope, &identifier.value).await?;
+        self.lock_business_identifier(practice, identifier).await?;
         // Most lookups inside a write find nothing (a new referral): the id alone is
         // read, in the way that costs the writer least (SQLite: on its handle).
         let id = self
@@ -55,11 +51,22 @@ impl Tx {
         practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<(), StoreError> {
-        // The same lock as `referral_by_identifier`'s: either finds the other's referral.
-        let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
-        self.lock_identifier(&scope, &identifier.value).await?;
+        self.lock_business_identifier(practice, identifier).await?;
         self.fail_if_found(referral_id_by_identifier(practice, identifier))
             .await
+    }
+
+    /// Locks `identifier` as `practice` sent it until this transaction ends: a second
+    /// transaction receiving the same referral (another instance) waits here, then
+    /// finds this one's referral (`referral_by_identifier`, `claim_identifier`) and is
+    /// answered as a resubmission, never with a unique violation.
+    async fn lock_business_identifier(
+        &mut self,
+        practice: Option<&str>,
+        identifier: &BusinessIdentifier,
+    ) -> Result<(), StoreError> {
+        let scope = format!("{}|{}", practice.unwrap_or_default(), identifier.system);
+        self.lock_identifier(&scope, &identifier.value).await
     }
 
     /// The referral, read inside this transaction (to change it).

@@ -647,12 +647,10 @@ impl Tx {
         // Failed until the run ends well: a run abandoned at its await (the caller's
         // future dropped, the transaction kept) leaves the write refusing to commit.
         self.failed = true;
-        let ran = match self.held().await {
-            Ok(held) => match then {
-                Queued::Read | Queued::Write => held.write(queued).await,
-                Queued::Release => held.finish(queued).await,
-            },
-            Err(e) => Err(e),
+        let ran = match (self.held().await, then) {
+            (Ok(held), Queued::Release) => held.finish(queued).await,
+            (Ok(held), Queued::Read | Queued::Write) => held.write(queued).await,
+            (Err(e), _) => Err(e),
         };
         self.failed = ran.is_err();
         ran
@@ -690,7 +688,8 @@ impl Tx {
 
     /// Takes the writer for the commit, waiting for it if another request holds it:
     /// done before the commit begins (`gate`), as waiting commits nothing, so a
-    /// request that times out while it waits is dropped with nothing stored.
+    /// request that times out while it waits is dropped with nothing stored. A
+    /// transaction with nothing to run (no read, no write, no guard) takes none.
     pub(in crate::store) async fn take_writer(&mut self) -> Result<(), StoreError> {
         self.flush_index().await?;
         if self.entered.is_none() && !(self.queued.is_empty() && self.guards.is_empty()) {
@@ -702,8 +701,8 @@ impl Tx {
     /// Commits every change. Returns after the commit (the batch's that
     /// holds it) is durable.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
-        self.flush_index().await?;
-        if self.entered.is_none() && self.queued.is_empty() && self.guards.is_empty() {
+        self.take_writer().await?;
+        if self.entered.is_none() {
             // It read nothing and wrote nothing: nothing to commit, nothing to wait for.
             return Ok(());
         }
@@ -711,20 +710,20 @@ impl Tx {
             Some(_) => Ok(()),
             None => self.run_queued(Queued::Release).await,
         };
+        let held = self.entered.take();
         if let Some(holder) = self.found.take() {
             // A guard found another's write, perhaps in this batch and not yet durable:
             // this member, which wrote nothing, commits with the batch, and the answer
             // waits for that.
-            if let Some(held) = self.entered.take() {
+            if let Some(held) = held {
                 (*held).commit().await?;
             }
             return Err(StoreError::IdentifierHeld(holder));
         }
         ran?;
-        let held = self.entered.take().ok_or_else(|| {
-            StoreError::WriteAbandoned("the write transaction lost its place on the writer".into())
-        })?;
-        (*held).commit().await?;
+        if let Some(held) = held {
+            (*held).commit().await?;
+        }
         if self.enqueued {
             // notify_one keeps a permit when the worker is busy, so a change
             // committed mid-round is not missed.
