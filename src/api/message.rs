@@ -281,7 +281,7 @@ async fn handle(
         ("new", None) => {
             let plan = plan_message(bundle, referral_index, None)?;
             let outcomes =
-                execute(&mut tx, plan, request_id, &visibility, owner.as_deref()).await?;
+                execute(&mut tx, &plan, request_id, &visibility, owner.as_deref()).await?;
             let referral = open_referral(
                 state,
                 &mut tx,
@@ -299,7 +299,7 @@ async fn handle(
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
             let plan = plan_message(bundle, referral_index, Some(id))?;
             let outcomes =
-                execute(&mut tx, plan, request_id, &visibility, owner.as_deref()).await?;
+                execute(&mut tx, &plan, request_id, &visibility, owner.as_deref()).await?;
             if outcomes.iter().any(|o| o.written) {
                 let referral = state
                     .workflow

@@ -32,7 +32,8 @@ use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
 use crate::store::referrals::Submission;
 use crate::store::{
-    CurrentVersion, ReadOutcome, ResourceWrite, StoredResource, Visibility, WriteTx,
+    CurrentVersion, Matched, ReadOutcome, ResourceWrite, StoreError, StoredResource, Visibility,
+    WriteTx,
 };
 use crate::validation::REFERRAL_BUNDLE_PROFILE;
 use crate::workflow::{Arrival, Opening, Workflow};
@@ -64,6 +65,14 @@ pub(super) struct PlannedEntry {
 }
 
 impl PlannedEntry {
+    /// The search a conditional entry matches by, `None` for an unconditional one.
+    fn condition(&self) -> Option<&SearchQuery> {
+        match &self.action {
+            Action::CreateUnlessExists(query) | Action::UpdateMatching(query) => Some(query),
+            Action::Create | Action::Update(_) => None,
+        }
+    }
+
     /// An entry of a Bundle, to be written as `action` says.
     pub(super) fn new(
         entry: &Value,
@@ -120,7 +129,6 @@ pub async fn transaction(
     .await?;
     let mut bundle = checked.resource;
     let request_id = context.request_id.as_str();
-    let correlation_id = context.correlation_id.as_deref();
 
     let referral_index = referral_entry(&bundle)?;
     let mapped = map_referral(&state, &access, &bundle, referral_index)?;
@@ -155,8 +163,36 @@ pub async fn transaction(
             .await?,
         )
     };
+    let writing = Writing {
+        state: &state,
+        context: &context,
+        body: &body.0,
+        base: &base,
+        visibility: &visibility,
+        owner: owner.as_deref(),
+        referral_index,
+    };
     let (fresh, opening) = match presettled {
-        Some(Presettled { fresh, opening }) => (Some(fresh), opening),
+        Some(Presettled {
+            fresh,
+            opening: Some(opening),
+            seen,
+        }) if confirmable(&plan, &seen, referral_index) => {
+            // What the reader saw is written as it is, and confirmed on the writer just
+            // before the statements run, so the Bundle's rows are built while others
+            // hold the writer. Another write coming between keeps nothing of this one,
+            // which is then written as below, matching under the writer.
+            match writing.write_as_seen(&plan, &fresh, seen, opening).await? {
+                Some(response) => return format.render(&response),
+                None => {
+                    tracing::info!(
+                        "referral transaction met another write on the writer; writing it again from there"
+                    );
+                    (Some(fresh), None)
+                }
+            }
+        }
+        Some(Presettled { fresh, opening, .. }) => (Some(fresh), opening),
         None => (None, None),
     };
 
@@ -186,11 +222,12 @@ pub async fn transaction(
     }
     let outcomes = execute_with(
         &mut tx,
-        plan,
+        &plan,
         request_id,
         &visibility,
         owner.as_deref(),
         fresh.as_deref(),
+        None,
     )
     .await?;
     let referral = open_referral(
@@ -203,18 +240,7 @@ pub async fn transaction(
         opening,
     )
     .await?;
-    let response = transaction_response(&base, &outcomes, referral_index, &referral);
-    let response_text = response.to_string();
-    tx.add_submission(&Submission {
-        referral_id: &referral.id,
-        received_at: &referral.received_at,
-        received_as: ReceivedAs::Transaction.as_str(),
-        request_id,
-        correlation_id,
-        body: &body.0,
-        response: Some(&response_text),
-    })
-    .await?;
+    let response = writing.response(&mut tx, &outcomes, &referral).await?;
     context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(
@@ -223,6 +249,126 @@ pub async fn transaction(
         "referral transaction committed"
     );
     format.render(&response)
+}
+
+/// What writing a referral Bundle needs besides its plan.
+struct Writing<'a> {
+    state: &'a AppState,
+    context: &'a RequestContext,
+    /// The request body, kept with the referral's submission.
+    body: &'a [u8],
+    base: &'a FhirBase,
+    /// What the caller sees.
+    visibility: &'a Visibility,
+    /// The referring practice, which owns what the Bundle writes.
+    owner: Option<&'a str>,
+    referral_index: usize,
+}
+
+impl Writing<'_> {
+    /// Writes a new referral's Bundle as a reader saw the store (`presettle`): its
+    /// identifier claimed and its conditions expected to match what `seen` says, each
+    /// confirmed on SQLite's writer just before the statements run
+    /// (`WriteTx::claim_identifier`, `WriteTx::expect_matching`), its record and Task
+    /// those built for it (`opening`). `None` when another write came between: the
+    /// identifier taken, or a condition matching otherwise; nothing of this one is
+    /// kept, and it is written again under the writer. On PostgreSQL the claim and the
+    /// conditions are checked at once, under their locks.
+    async fn write_as_seen(
+        &self,
+        plan: &[PlannedEntry],
+        fresh: &[FhirId],
+        seen: Vec<Matched>,
+        opening: Opening,
+    ) -> Result<Option<Value>, ApiError> {
+        let request_id = self.context.request_id.as_str();
+        let identifier = opening.referral().identifier.clone();
+        let mut tx = self.state.store.begin_deferred_write().await?;
+        let written = async {
+            tx.claim_identifier(self.owner, &identifier).await?;
+            let outcomes = execute_with(
+                &mut tx,
+                plan,
+                request_id,
+                self.visibility,
+                self.owner,
+                Some(fresh),
+                Some(seen),
+            )
+            .await?;
+            if !opening_fits(&opening, &outcomes)? {
+                // The entries got the ids the reader's matches gave, which the record was
+                // built for; anything else is another write's doing.
+                return Err(ApiError::Unavailable(StoreError::MatchesChanged));
+            }
+            let referral = self
+                .state
+                .workflow
+                .write_opened(&mut tx, opening, request_id)
+                .await?;
+            let response = self.response(&mut tx, &outcomes, &referral).await?;
+            self.context.audit.commit_opened(tx, 200, &referral).await?;
+            tracing::info!(
+                referral_id = %referral.id,
+                entries = outcomes.len(),
+                "referral transaction committed"
+            );
+            Ok(response)
+        }
+        .await;
+        match written {
+            Ok(response) => Ok(Some(response)),
+            Err(ApiError::Unavailable(
+                StoreError::IdentifierHeld(_) | StoreError::MatchesChanged,
+            )) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The transaction-response for `outcomes`, stored with the referral's submission
+    /// (its body and this answer, which a resubmission is answered with again).
+    async fn response(
+        &self,
+        tx: &mut WriteTx,
+        outcomes: &[EntryOutcome],
+        referral: &Referral,
+    ) -> Result<Value, ApiError> {
+        let response = transaction_response(self.base, outcomes, self.referral_index, referral);
+        let response_text = response.to_string();
+        tx.add_submission(&Submission {
+            referral_id: &referral.id,
+            received_at: &referral.received_at,
+            received_as: ReceivedAs::Transaction.as_str(),
+            request_id: &self.context.request_id,
+            correlation_id: self.context.correlation_id.as_deref(),
+            body: self.body,
+            response: Some(&response_text),
+        })
+        .await?;
+        Ok(response)
+    }
+}
+
+/// Whether a new referral's Bundle can be written as a reader saw the store
+/// (`Writing::write_as_seen`): every entry is created or matched by a condition (an
+/// entry naming its own id is read under the writer), each condition matched nothing
+/// or one resource, and the referral's own entry matched nothing (a match is answered
+/// with a conflict, decided under the writer).
+fn confirmable(plan: &[PlannedEntry], seen: &[Matched], referral_index: usize) -> bool {
+    let mut seen = seen.iter();
+    plan.iter()
+        .enumerate()
+        .all(|(index, entry)| match &entry.action {
+            Action::Create => true,
+            Action::Update(_) => false,
+            Action::CreateUnlessExists(_) | Action::UpdateMatching(_) => {
+                seen.next().is_some_and(|matched| match matched.ids.len() {
+                    0 => true,
+                    1 => index != referral_index && matched.current.is_some(),
+                    _ => false,
+                })
+            }
+        })
 }
 
 /// The index of the one ServiceRequest entry (the profile requires it).
@@ -404,12 +550,12 @@ fn bad_entry(index: usize, message_id: &'static str, message: String) -> ApiErro
 /// written belongs to `owner` (the referral's practice).
 pub(super) async fn execute(
     tx: &mut WriteTx,
-    plan: Vec<PlannedEntry>,
+    plan: &[PlannedEntry],
     request_id: &str,
     visibility: &Visibility,
     owner: Option<&str>,
 ) -> Result<Vec<EntryOutcome>, ApiError> {
-    execute_with(tx, plan, request_id, visibility, owner, None).await
+    execute_with(tx, plan, request_id, visibility, owner, None, None).await
 }
 
 /// What conditions match in a referral's Bundle. It writes its practice's resources,
@@ -425,14 +571,17 @@ fn conditions_visibility(visibility: &Visibility, owner: Option<&str>) -> Visibi
 }
 
 /// [`execute`], giving a new resource the id `fresh` holds at its entry's index (ids
-/// [`presettle`] chose, so a record and Task built before the writer name them).
+/// [`presettle`] chose, so a record and Task built before the writer name them), and
+/// with `seen`, the conditions expected to match what a reader found
+/// (`WriteTx::expect_matching`) rather than matched under the writer.
 async fn execute_with(
     tx: &mut WriteTx,
-    plan: Vec<PlannedEntry>,
+    plan: &[PlannedEntry],
     request_id: &str,
     visibility: &Visibility,
     owner: Option<&str>,
     fresh: Option<&[FhirId]>,
+    seen: Option<Vec<Matched>>,
 ) -> Result<Vec<EntryOutcome>, ApiError> {
     let narrowed = conditions_visibility(visibility, owner);
     let visibility = &narrowed;
@@ -445,17 +594,12 @@ async fn execute_with(
     // 1. Settle each entry's id, and whether it is written at all. Every condition is
     // matched in one statement, with the one match's current version, so that a
     // conditional entry costs no further round trip with the writer held.
-    let conditions: Vec<&SearchQuery> = plan
-        .iter()
-        .filter_map(|entry| match &entry.action {
-            Action::CreateUnlessExists(query) | Action::UpdateMatching(query) => Some(query),
-            Action::Create | Action::Update(_) => None,
-        })
-        .collect();
-    let mut matches = tx
-        .matching_current(&conditions, visibility)
-        .await?
-        .into_iter();
+    let conditions: Vec<&SearchQuery> = plan.iter().filter_map(PlannedEntry::condition).collect();
+    let mut matches = match seen {
+        Some(seen) => tx.expect_matching(&conditions, visibility, seen).await?,
+        None => tx.matching_current(&conditions, visibility).await?,
+    }
+    .into_iter();
     let mut settled: Vec<(FhirId, Option<bool>)> = Vec::with_capacity(plan.len());
     // The current version of each entry that matched one resource.
     let mut currents: Vec<Option<CurrentVersion>> = Vec::with_capacity(plan.len());
@@ -515,14 +659,11 @@ async fn execute_with(
     let (ids, writes): (Vec<FhirId>, Vec<Option<bool>>) = settled.into_iter().unzip();
     let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(plan.len());
     let mut creates: Vec<(usize, ResourceWrite<'_>)> = Vec::new();
-    for (index, (((entry, id), write), current)) in plan
-        .into_iter()
-        .zip(&ids)
-        .zip(writes)
-        .zip(currents)
-        .enumerate()
+    for (index, (((entry, id), write), current)) in
+        plan.iter().zip(&ids).zip(writes).zip(currents).enumerate()
     {
-        let mut resource = entry.resource;
+        // Copied: a write that met another on the writer is written again from the plan.
+        let mut resource = entry.resource.clone();
         rewrite_references(&mut resource, &targets);
         let new_version = ResourceWrite {
             resource_type: entry.resource_type,
@@ -596,6 +737,8 @@ struct Presettled {
     /// The referral's record and Task for the ServiceRequest's and the Patient's
     /// expected ids; `None` when they could not be told (a condition matched several).
     opening: Option<Opening>,
+    /// What each condition matched, in the plan's order.
+    seen: Vec<Matched>,
 }
 
 /// Settles on a reader what a referral Bundle's entries are expected to become, and
@@ -613,19 +756,21 @@ async fn presettle(
     request_id: &str,
 ) -> Result<Presettled, ApiError> {
     let fresh: Vec<FhirId> = plan.iter().map(|_| FhirId::generate()).collect();
+    let conditions: Vec<&SearchQuery> = plan.iter().filter_map(PlannedEntry::condition).collect();
+    let seen = state
+        .store
+        .committed_matching_current(&conditions, visibility)
+        .await?;
+    let mut matches = seen.iter();
     let mut expected: Vec<Option<FhirId>> = Vec::with_capacity(plan.len());
     for (entry, new) in plan.iter().zip(&fresh) {
         expected.push(match &entry.action {
             Action::Create => Some(new.clone()),
             Action::Update(id) => Some(id.clone()),
-            Action::CreateUnlessExists(query) | Action::UpdateMatching(query) => {
-                let mut ids = state
-                    .store
-                    .committed_matching_ids(query, visibility)
-                    .await?;
-                match ids.len() {
-                    0 => Some(new.clone()),
-                    1 => ids.pop(),
+            Action::CreateUnlessExists(_) | Action::UpdateMatching(_) => {
+                match matches.next().map(|matched| matched.ids.as_slice()) {
+                    Some([]) => Some(new.clone()),
+                    Some([id]) => Some(id.clone()),
                     _ => None,
                 }
             }
@@ -643,6 +788,7 @@ async fn presettle(
         return Ok(Presettled {
             fresh,
             opening: None,
+            seen,
         });
     };
     let mut subject = referral
@@ -664,6 +810,7 @@ async fn presettle(
     Ok(Presettled {
         fresh,
         opening: Some(opening),
+        seen,
     })
 }
 
@@ -768,14 +915,11 @@ pub(super) async fn open_referral(
             ),
         )]));
     }
-    let service_request: Value = serde_json::from_str(&referral.stored.json)
-        .map_err(|e| ApiError::internal("reading a stored referral's JSON", e))?;
-    let patient_id = service_request.get("subject").and_then(patient_of);
+    let patient_id = written_patient(referral)?;
     // Built before the writer for the ids the entries were expected to get: used only if
     // they got them (a Patient written or deleted meanwhile gives another).
     if let Some(opening) = prepared
-        && opening.referral().id == referral.stored.id.as_str()
-        && opening.referral().patient_id.as_deref() == patient_id.as_ref().map(FhirId::as_str)
+        && fits(&opening, referral, patient_id.as_ref())
     {
         return Ok(state.workflow.write_opened(tx, opening, request_id).await?);
     }
@@ -792,6 +936,33 @@ pub(super) async fn open_referral(
             },
         )
         .await?)
+}
+
+/// The Patient the ServiceRequest as written names (its `subject`, references to
+/// Bundle entries rewritten).
+fn written_patient(referral: &EntryOutcome) -> Result<Option<FhirId>, ApiError> {
+    let service_request: Value = serde_json::from_str(&referral.stored.json)
+        .map_err(|e| ApiError::internal("reading a stored referral's JSON", e))?;
+    Ok(service_request.get("subject").and_then(patient_of))
+}
+
+/// Whether a record and Task built before the write (`opening`) name the ServiceRequest
+/// created and the Patient it names.
+fn fits(opening: &Opening, referral: &EntryOutcome, patient_id: Option<&FhirId>) -> bool {
+    referral.created
+        && opening.referral().id == referral.stored.id.as_str()
+        && opening.referral().patient_id.as_deref() == patient_id.map(FhirId::as_str)
+}
+
+/// [`fits`] for a Bundle's written entries.
+fn opening_fits(opening: &Opening, outcomes: &[EntryOutcome]) -> Result<bool, ApiError> {
+    let Some(referral) = outcomes
+        .iter()
+        .find(|o| o.stored.resource_type == ResourceType::SERVICE_REQUEST)
+    else {
+        return Ok(false);
+    };
+    Ok(fits(opening, referral, written_patient(referral)?.as_ref()))
 }
 
 fn transaction_response(

@@ -207,3 +207,25 @@ mod tests {
         assert_eq!(Statement::insert_rows("INSERT INTO t (a)", rows), None);
     }
 }
+
+/// What a guard read protects (`Tx::fail_if_found`), and so what a write fails with
+/// when its guard finds a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// A business identifier the write claimed (`WriteTx::claim_identifier`): the row
+    /// found names the referral holding it.
+    Identifier,
+    /// Conditions a reader matched before the write (`WriteTx::expect_matching`): a
+    /// row found names a condition that now matches otherwise.
+    Matches,
+}
+
+impl Guard {
+    /// The error a write whose guard found `found` fails with.
+    pub(crate) fn failure(self, found: String) -> crate::store::StoreError {
+        match self {
+            Guard::Identifier => crate::store::StoreError::IdentifierHeld(found),
+            Guard::Matches => crate::store::StoreError::MatchesChanged,
+        }
+    }
+}

@@ -151,6 +151,16 @@ pub enum StoreError {
     /// again.
     #[error("referral {0} holds this business identifier already")]
     IdentifierHeld(String),
+    /// A condition a write expected to match as a reader had seen it
+    /// (`WriteTx::expect_matching`) matched otherwise when the write reached SQLite's
+    /// writer (another write created, changed or deleted what it names): nothing of the
+    /// write is kept. From the commit, the batch that may hold that other write is
+    /// durable. The caller writes again, matching under the writer
+    /// (`WriteTx::matching_current`).
+    #[error(
+        "a condition matched other resources by the time the write reached the writer; nothing of it was stored"
+    )]
+    MatchesChanged,
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {
@@ -173,6 +183,10 @@ impl StoreError {
             StoreError::GroupCommit(_) | StoreError::TimedOut => true,
             // Counts queue behind others: a later request gets its turn.
             StoreError::CountsBusy => true,
+            // Another write got there first and this one kept nothing: its caller writes
+            // again (or answers as to a resubmission), and if one ever reached a client, a
+            // retry is answered from what the other write stored.
+            StoreError::IdentifierHeld(_) | StoreError::MatchesChanged => true,
             // A dropped connection (a PostgreSQL failover or restart, a network cut) or a
             // pool closing at shutdown: the request may succeed on another connection or
             // instance. A write whose COMMIT was cut off may or may not have committed;
@@ -489,16 +503,15 @@ impl Store {
         dispatch!(self, b => b.search(query, visibility).await)
     }
 
-    /// The ids of the committed, current resources matching `query`'s criteria that
-    /// `visibility` sees, read without taking the writer: a guess, which a write
-    /// transaction's [`WriteTx::matching_current`] confirms (a resource may be written
-    /// or deleted between the two).
-    pub async fn committed_matching_ids(
+    /// [`WriteTx::matching_current`] among committed resources, on a reader, without
+    /// taking the writer: what a transaction Bundle's conditions match before its write,
+    /// which the write then expects ([`WriteTx::expect_matching`]).
+    pub async fn committed_matching_current(
         &self,
-        query: &SearchQuery,
+        queries: &[&SearchQuery],
         visibility: &Visibility,
-    ) -> Result<Vec<FhirId>, StoreError> {
-        dispatch!(self, b => b.committed_matching_ids(query, visibility).await)
+    ) -> Result<Vec<Matched>, StoreError> {
+        dispatch!(self, b => b.committed_matching_current(queries, visibility).await)
     }
 
     /// The SQL statements `search` runs for `query` (the count, then the

@@ -125,7 +125,7 @@ impl CurrentVersion {
 }
 
 /// What one condition of [`WriteTx::matching_current`] matched.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Matched {
     /// The matching resources' ids, in id order.
     pub ids: Vec<FhirId>,
@@ -218,6 +218,26 @@ impl WriteTx {
         visibility: &Visibility,
     ) -> Result<Vec<Matched>, StoreError> {
         dispatch_write!(self, b => b.matching_current(queries, visibility).await)
+    }
+
+    /// [`WriteTx::matching_current`] for conditions a reader has matched already
+    /// (`Store::committed_matching_current`), `seen` what it found for each, in the
+    /// order given. On SQLite, for a write not yet on the writer (`begin_deferred_write`),
+    /// `seen` is the answer, and a guard confirms it on the writer just before the
+    /// write's statements run: if any condition then matches otherwise (another write
+    /// came between), nothing of the write is kept and its commit fails with
+    /// [`StoreError::MatchesChanged`] once that other write is durable. So a write
+    /// whose conditions matched nothing, or one resource each, is built while others
+    /// hold the writer. Otherwise (a condition the reader matched several times, a
+    /// write on the writer already, PostgreSQL) it matches now, as
+    /// [`WriteTx::matching_current`] does.
+    pub async fn expect_matching(
+        &mut self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &Visibility,
+        seen: Vec<Matched>,
+    ) -> Result<Vec<Matched>, StoreError> {
+        dispatch_write!(self, b => b.expect_matching(queries, visibility, seen).await)
     }
 
     /// [`WriteTx::update`] with no version expected, from the current version this

@@ -434,6 +434,122 @@ async fn copies_of_a_new_referral_queued_behind_a_held_writer_are_one_referral()
     assert_one_referral(&app, answers).await;
 }
 
+/// Referral Bundles for one new patient (each its own referral) made to meet inside
+/// their writes, as above: every one read the store before any was written, so each
+/// saw no Patient and no Organization for its conditional updates. On SQLite each is
+/// built from what it saw and confirmed on the writer; the first creates the Patient
+/// and the Organization, and every later one finds its conditions now match, keeps
+/// nothing, and is written again, matching under the writer. One Patient and one
+/// Organization, every referral naming them.
+#[tokio::test]
+async fn referrals_for_one_new_patient_queued_behind_a_held_writer_share_one_patient() {
+    let app = spawn_app_with(|s| s.sqlite.busy_timeout_ms = 30_000).await;
+    let bodies: Vec<Value> = (0..6)
+        .map(|i| crate::workflow::referral_bundle(&format!("QUEUED-PT-{i}")))
+        .collect();
+    let held = crate::durability::hold_writes(&app).await;
+    let (answers, ()) = futures::join!(
+        join_all(
+            bodies
+                .iter()
+                .map(|body| crate::workflow::post_fhir(&app, "/fhir", body, &[]))
+        ),
+        async move {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            drop(held);
+        }
+    );
+    for answer in answers {
+        let status = answer.status().as_u16();
+        let json = json_body(answer).await;
+        assert_eq!(status, 200, "{json}");
+    }
+    let patients = one_match(
+        &app,
+        "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
+    )
+    .await;
+    one_match(
+        &app,
+        "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345&_total=accurate",
+    )
+    .await;
+    assert_eq!(app.row_count("referrals").await, 6);
+    let referrals = json_body(app.get("/fhir/ServiceRequest?_count=50").await).await;
+    let subjects: Vec<&str> = referrals["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| {
+            entry["resource"]["subject"]["reference"]
+                .as_str()
+                .expect("a subject")
+        })
+        .collect();
+    assert_eq!(subjects.len(), 6, "{referrals}");
+    let patient = format!("Patient/{}", patients["id"].as_str().expect("id"));
+    assert!(
+        subjects.iter().all(|subject| *subject == patient),
+        "every referral names {patient}: {subjects:?}"
+    );
+}
+
+/// Changes to one Patient in referral Bundles made to meet inside their writes: each
+/// read the Patient at the same version before any was written. Each change is a
+/// version of its own, none lost or refused: on SQLite a Bundle that finds the version
+/// it read replaced when it reaches the writer keeps nothing and is written again from
+/// the version then current.
+#[tokio::test]
+async fn changes_to_one_patient_queued_behind_a_held_writer_are_each_a_version() {
+    let app = spawn_app_with(|s| s.sqlite.busy_timeout_ms = 30_000).await;
+    let body = |i: usize| {
+        let mut body = crate::workflow::referral_bundle(&format!("QUEUED-CHANGE-{i}"));
+        body["entry"][1]["resource"]["telecom"][0]["value"] = json!(format!("07700 90020{i}"));
+        body
+    };
+    let first = crate::workflow::post_fhir(&app, "/fhir", &body(0), &[]).await;
+    assert_eq!(first.status(), 200);
+    let bodies: Vec<Value> = (1..=5).map(body).collect();
+    let held = crate::durability::hold_writes(&app).await;
+    let (answers, ()) = futures::join!(
+        join_all(
+            bodies
+                .iter()
+                .map(|body| crate::workflow::post_fhir(&app, "/fhir", body, &[]))
+        ),
+        async move {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            drop(held);
+        }
+    );
+    for answer in answers {
+        let status = answer.status().as_u16();
+        let json = json_body(answer).await;
+        assert_eq!(status, 200, "{json}");
+    }
+    let patient = one_match(
+        &app,
+        "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
+    )
+    .await;
+    assert_eq!(
+        patient["meta"]["versionId"], "6",
+        "five changes after the first: {patient}"
+    );
+    let phone = patient["telecom"][0]["value"].as_str().unwrap_or_default();
+    assert!(
+        (1..=5).any(|i| phone == format!("07700 90020{i}")),
+        "one of the changes' numbers, not {phone}"
+    );
+}
+
+/// The one resource a search finds.
+async fn one_match(app: &TestApp, search: &str) -> Value {
+    let found = json_body(app.get(search).await).await;
+    assert_eq!(found["total"], json!(1), "{search}: {found}");
+    found["entry"][0]["resource"].clone()
+}
+
 /// One of `answers` stored the referral (201) and every other was answered with it
 /// (200), keeping nothing of its own; no audit row names a referral that was not kept.
 async fn assert_one_referral(app: &TestApp, answers: Vec<reqwest::Response>) {

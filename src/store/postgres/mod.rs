@@ -85,7 +85,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
-use super::deferred::Statement;
+use super::deferred::{Guard, Statement};
 use super::{StoreError, StoreOptions, WrittenVersion};
 use crate::fhir::Instant;
 
@@ -478,14 +478,24 @@ impl Tx {
         Ok(())
     }
 
-    /// Fails with [`StoreError::IdentifierHeld`] (the first column's text) if
-    /// `statement` finds a row: now, the caller holding the lock that keeps the answer
-    /// true to the commit (`lock_identifier`).
-    async fn fail_if_found(&mut self, statement: Statement) -> Result<(), StoreError> {
+    /// Fails with `guard`'s failure (given the first column's text) if `statement`
+    /// finds a row: now, the caller holding the lock that keeps the answer true to the
+    /// commit (`lock_identifier`).
+    async fn fail_if_found(
+        &mut self,
+        guard: Guard,
+        statement: Statement,
+    ) -> Result<(), StoreError> {
         match self.read_text(statement).await? {
-            Some(holder) => Err(StoreError::IdentifierHeld(holder)),
+            Some(found) => Err(guard.failure(found)),
             None => Ok(()),
         }
+    }
+
+    /// A guard read (`Tx::fail_if_found`) runs at once: where transactions write side
+    /// by side there is no writer to run it on later.
+    fn guards_run_on_the_writer(&self) -> bool {
+        false
     }
 
     /// The versions written so far that no one has taken yet, oldest first.

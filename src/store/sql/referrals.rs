@@ -13,7 +13,7 @@ use crate::referral::record::{
 };
 use crate::referral::stage::Stage;
 use crate::store::StoreError;
-use crate::store::deferred::{IntoArg, Statement};
+use crate::store::deferred::{Guard, IntoArg, Statement};
 use crate::store::referrals::{
     Assignee, MessageRequest, NewStageChange, OutboxMessage, PersonSearch, ReferralFilter,
     ReferralHandle, Submission,
@@ -52,8 +52,11 @@ impl Tx {
         identifier: &BusinessIdentifier,
     ) -> Result<(), StoreError> {
         self.lock_business_identifier(practice, identifier).await?;
-        self.fail_if_found(referral_id_by_identifier(practice, identifier))
-            .await
+        self.fail_if_found(
+            Guard::Identifier,
+            referral_id_by_identifier(practice, identifier),
+        )
+        .await
     }
 
     /// Locks `identifier` as `practice` sent it until this transaction ends: a second

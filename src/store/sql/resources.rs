@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{Backend, CONDITION_LOCK, Conn, READS_STAY_CURRENT, ROW_LOCK, Tx};
 use crate::fhir::resource::{same_content, stamp};
 use crate::fhir::{FhirId, Instant, ResourceType, VersionId};
-use crate::store::deferred::{IntoArg, Statement};
+use crate::store::deferred::{Guard, IntoArg, Statement};
 use crate::store::{
     CurrentVersion, HistoryOperation, Matched, NewResource, ReadOutcome, ResourceWrite, StoreError,
     StoredResource, Updated, Visibility, WrittenVersion,
@@ -373,6 +373,32 @@ impl Tx {
             .collect()
     }
 
+    /// See `WriteTx::expect_matching`: `seen` is the answer, confirmed by a guard on
+    /// the writer, for a write whose guards run there (SQLite's, not on the writer yet)
+    /// and whose conditions each matched nothing or one resource; otherwise the
+    /// conditions are matched now.
+    pub(in crate::store) async fn expect_matching(
+        &mut self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &Visibility,
+        seen: Vec<Matched>,
+    ) -> Result<Vec<Matched>, StoreError> {
+        let confirmable = self.guards_run_on_the_writer()
+            && seen.len() == queries.len()
+            && seen.iter().all(|matched| match matched.ids.len() {
+                0 => true,
+                1 => matched.current.is_some(),
+                _ => false,
+            });
+        if !confirmable {
+            return self.matching_current(queries, visibility).await;
+        }
+        for guard in super::search::matches_changed(queries, visibility, &seen) {
+            self.fail_if_found(Guard::Matches, guard).await?;
+        }
+        Ok(seen)
+    }
+
     /// Takes each condition's advisory lock ([`condition_key`]), in one order whatever
     /// the caller's, so two transactions never wait on each other's.
     async fn lock_conditions(
@@ -572,6 +598,26 @@ fn matched(
         }
     }
     Ok(Matched { ids, current })
+}
+
+impl Backend {
+    /// See `Store::committed_matching_current`.
+    pub(in crate::store) async fn committed_matching_current(
+        &self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &Visibility,
+    ) -> Result<Vec<Matched>, StoreError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.readers.acquire().await?;
+        super::search::matching_current(&mut conn, queries, visibility)
+            .await?
+            .into_iter()
+            .zip(queries)
+            .map(|(rows, query)| matched(query.resource_type, rows, visibility))
+            .collect()
+    }
 }
 
 /// A condition's advisory lock key (PostgreSQL): the condition as it is normalised (its

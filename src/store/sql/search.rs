@@ -170,29 +170,8 @@ impl PendingIndex {
     }
 }
 
-/// The ids of every current, non-deleted resource matching `query`'s
-/// criteria (paging, sort and count ignored), in id order, read on the
-/// caller's connection: for conditional create and update inside a write
-/// transaction, where the caller needs to tell none, one and several apart.
-pub(crate) async fn matching_ids(
-    conn: &mut Conn,
-    query: &SearchQuery,
-    visibility: &Visibility,
-) -> Result<Vec<FhirId>, StoreError> {
-    let mut sql = Sql::default();
-    sql.push("SELECT r.id");
-    let driver = sql.push_from(query);
-    sql.push_where(query, visibility, None, None, driver);
-    sql.push(" ORDER BY r.id");
-    let rows: Vec<MatchingIdRow> = sql.query_as().fetch_all(&mut *conn).await?;
-    rows.into_iter()
-        .map(|row| {
-            FhirId::parse(&row.id).map_err(|e| corrupt(query.resource_type, &row.id, e.to_string()))
-        })
-        .collect()
-}
-
-/// [`matching_ids`] of several conditions, as few statements as SQLite allows (one round
+/// The current resources matching each of several conditions (a conditional create or
+/// update, paging, sort and count ignored), as few statements as SQLite allows (one round
 /// trip each, where each condition would be one with the writer held): for each
 /// condition, in the order given, the matching resources in id order, each with its
 /// current version and owner.
@@ -224,8 +203,63 @@ pub(crate) async fn matching_current(
     Ok(matches)
 }
 
-/// Most conditions matched in one statement ([`matching_current`]).
+/// Most conditions matched in one statement ([`matching_current`], [`matches_changed`]).
 const CONDITIONS_PER_STATEMENT: usize = 64;
+
+/// Guard reads (`Tx::fail_if_found`) that find a row when any of `queries` matches
+/// otherwise than `seen` says (as a reader matched them: `Backend::committed_matching_current`):
+/// a condition seen matching nothing matches something, or one seen matching one
+/// resource matches another too, or that resource is no longer at the version seen
+/// (changed or deleted since; at that version it still matches). Each row found is its
+/// condition's position. One statement per [`CONDITIONS_PER_STATEMENT`] conditions;
+/// `seen` must hold at most one match each, with its current version.
+pub(crate) fn matches_changed(
+    queries: &[&SearchQuery],
+    visibility: &Visibility,
+    seen: &[crate::store::Matched],
+) -> Vec<Statement> {
+    let mut guards = Vec::new();
+    for (queries, seen) in queries
+        .chunks(CONDITIONS_PER_STATEMENT)
+        .zip(seen.chunks(CONDITIONS_PER_STATEMENT))
+    {
+        let mut sql = Sql::default();
+        for (k, (query, matched)) in queries.iter().zip(seen).enumerate() {
+            if k > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push(&format!("SELECT CAST({k} AS TEXT)"));
+            let driver = sql.push_from(query);
+            sql.push_where(query, visibility, None, None, driver);
+            let Some(current) = &matched.current else {
+                // Seen matching nothing: any match now is a change.
+                continue;
+            };
+            let stored = current.stored();
+            // A match other than the version seen ...
+            sql.push(" AND NOT (r.id = ");
+            sql.push_text(stored.id.as_str());
+            sql.push(" AND r.current_version = ");
+            let version = sql.bind(Bind::Int(stored.version_id.get()));
+            sql.push(&version);
+            // ... or the version seen current no longer: changed or deleted since.
+            sql.push(&format!(
+                ") UNION ALL SELECT CAST({k} AS TEXT) WHERE NOT EXISTS (SELECT 1 FROM resources g \
+                 WHERE g.resource_type = "
+            ));
+            sql.push_text(stored.resource_type.as_str());
+            sql.push(" AND g.id = ");
+            sql.push_text(stored.id.as_str());
+            sql.push(" AND g.current_version = ");
+            let version = sql.bind(Bind::Int(stored.version_id.get()));
+            sql.push(&version);
+            sql.push(" AND g.deleted = 0)");
+        }
+        sql.push(" LIMIT 1");
+        guards.push(sql.into_statement());
+    }
+    guards
+}
 
 /// [`matching_current`] of at most [`CONDITIONS_PER_STATEMENT`] conditions: a `UNION
 /// ALL` of one `SELECT` per condition, each row's `k` its condition's position here.
@@ -253,20 +287,6 @@ async fn matching_current_of(
     }
     sql.push(" ORDER BY k, id");
     Ok(sql.query_as().fetch_all(&mut *conn).await?)
-}
-
-impl Backend {
-    /// [`matching_ids`] among committed resources, on a reader: a guess made before a
-    /// write transaction begins (a transaction Bundle's conditional entries), which the
-    /// transaction's own [`matching_ids`] then confirms or overrules.
-    pub(in crate::store) async fn committed_matching_ids(
-        &self,
-        query: &SearchQuery,
-        visibility: &Visibility,
-    ) -> Result<Vec<FhirId>, StoreError> {
-        let mut conn = self.readers.acquire().await?;
-        matching_ids(&mut conn, query, visibility).await
-    }
 }
 
 /// How long a search waits for write transactions that began before it to end, so that
@@ -868,6 +888,16 @@ impl Sql {
         self.push(&placeholder);
     }
 
+    /// The statement as data, to run later (a guard read: `Tx::fail_if_found`).
+    fn into_statement(self) -> Statement {
+        self.binds
+            .into_iter()
+            .fold(Statement::new(self.text), |statement, bind| match bind {
+                Bind::Text(text) => statement.bind(text),
+                Bind::Int(n) => statement.bind(n),
+            })
+    }
+
     /// The statement, its rows decoded as `O`.
     fn query_as<O>(&self) -> sqlx::query::QueryAs<'_, Db, O, <Db as sqlx::Database>::Arguments>
     where
@@ -1218,12 +1248,6 @@ fn corrupt(resource_type: ResourceType, id: &str, reason: String) -> StoreError 
         id: id.to_owned(),
         reason,
     }
-}
-
-/// A matching resource's id, for a conditional create or update.
-#[derive(sqlx::FromRow)]
-struct MatchingIdRow {
-    id: String,
 }
 
 /// One match of one condition ([`matching_current`]): the condition's position in its

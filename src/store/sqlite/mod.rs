@@ -90,7 +90,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
-use super::deferred::Statement;
+use super::deferred::{Guard, Statement};
 use super::{StoreError, StoreOptions, WrittenVersion};
 use crate::fhir::Instant;
 
@@ -547,10 +547,11 @@ pub struct Tx {
     failed: bool,
     /// Reads that fail the transaction if they find a row (`Tx::fail_if_found`), run
     /// on the writer before the statements queued.
-    guards: Vec<Statement>,
-    /// What a guard found: the transaction keeps nothing, and its commit answers
-    /// [`StoreError::IdentifierHeld`] once the batch that may hold the finding is durable.
-    found: Option<String>,
+    guards: Vec<(Guard, Statement)>,
+    /// What a guard found: the transaction keeps nothing, and its commit answers the
+    /// guard's failure ([`Guard::failure`]) once the batch that may hold the finding is
+    /// durable.
+    found: Option<(Guard, String)>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -607,14 +608,25 @@ impl Tx {
         self.held().await?.read_text(&statement).await
     }
 
-    /// Fails the transaction with [`StoreError::IdentifierHeld`] (the first column's
-    /// text) if `statement` finds a row when it runs: at the transaction's next run on
-    /// the writer (its commit, for a write that only queues), before every statement
-    /// still queued. With the writer held from there to the commit, no other write can
-    /// come between the check and the statements it guards.
-    async fn fail_if_found(&mut self, statement: Statement) -> Result<(), StoreError> {
-        self.guards.push(statement);
+    /// Fails the transaction with `guard`'s failure (given the first column's text) if
+    /// `statement` finds a row when it runs: at the transaction's next run on the writer
+    /// (its commit, for a write that only queues), before every statement still queued.
+    /// With the writer held from there to the commit, no other write can come between
+    /// the check and the statements it guards.
+    async fn fail_if_found(
+        &mut self,
+        guard: Guard,
+        statement: Statement,
+    ) -> Result<(), StoreError> {
+        self.guards.push((guard, statement));
         Ok(())
+    }
+
+    /// Whether a guard read (`Tx::fail_if_found`) would run later, on the writer, just
+    /// before the statements it guards: for a write not on the writer yet
+    /// (`begin_deferred_write`), so what a reader saw can be confirmed there.
+    fn guards_run_on_the_writer(&self) -> bool {
+        self.entered.is_none()
     }
 
     /// Serialises transactions receiving the same business identifier: already so
@@ -663,12 +675,12 @@ impl Tx {
         // Failed until every guard has passed: a run abandoned at its await leaves
         // the write refusing to commit, as `run_queued` does.
         self.failed = true;
-        for guard in &guards {
+        for (guard, statement) in &guards {
             let held = self.held().await?;
-            if let Some(holder) = held.read_text(guard).await? {
+            if let Some(found) = held.read_text(statement).await? {
                 self.queued.clear();
-                self.found = Some(holder.clone());
-                return Err(StoreError::IdentifierHeld(holder));
+                self.found = Some((*guard, found.clone()));
+                return Err(guard.failure(found));
             }
         }
         self.failed = false;
@@ -711,14 +723,14 @@ impl Tx {
             None => self.run_queued(Queued::Release).await,
         };
         let held = self.entered.take();
-        if let Some(holder) = self.found.take() {
+        if let Some((guard, found)) = self.found.take() {
             // A guard found another's write, perhaps in this batch and not yet durable:
             // this member, which wrote nothing, commits with the batch, and the answer
             // waits for that.
             if let Some(held) = held {
                 (*held).commit().await?;
             }
-            return Err(StoreError::IdentifierHeld(holder));
+            return Err(guard.failure(found));
         }
         ran?;
         if let Some(held) = held {
@@ -1100,7 +1112,10 @@ mod queued_statement_tests {
         let crate::store::WriteTx::Sqlite(inner) = &mut tx else {
             panic!("a SQLite transaction");
         };
-        inner.fail_if_found(guard(&holder)).await.expect("queued");
+        inner
+            .fail_if_found(crate::store::deferred::Guard::Identifier, guard(&holder))
+            .await
+            .expect("queued");
         tx.create(patient(&after, "After")).await.expect("queued");
         let error = tx.commit().await.expect_err("the guard found the holder");
         assert!(
@@ -1117,11 +1132,101 @@ mod queued_statement_tests {
         let crate::store::WriteTx::Sqlite(inner) = &mut tx else {
             panic!("a SQLite transaction");
         };
-        inner.fail_if_found(guard(&absent)).await.expect("queued");
+        inner
+            .fail_if_found(crate::store::deferred::Guard::Identifier, guard(&absent))
+            .await
+            .expect("queued");
         tx.create(patient(&kept, "Kept")).await.expect("queued");
         tx.commit().await.expect("commit");
         let read = store.read(PATIENT, &kept, &Visibility::All).await;
         assert!(matches!(read, Ok(ReadOutcome::Found(_))), "{read:?}");
+        store.close().await;
+    }
+
+    /// A deferred write that expects its conditions to match what a reader saw
+    /// (`WriteTx::expect_matching`) commits if they still do when it reaches the writer,
+    /// and keeps nothing, failing with `MatchesChanged`, if another write came between:
+    /// a first match created, the match seen changed, or a second match created.
+    #[tokio::test]
+    async fn a_write_expecting_what_a_reader_matched_keeps_nothing_if_that_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let query =
+            crate::search::SearchQuery::parse(PATIENT, "identifier=https://example.org/t|One")
+                .expect("query");
+        let queries = [&query];
+        let seen = || store.committed_matching_current(&queries, &Visibility::All);
+        let query = &query;
+        // Writes a Patient expecting `seen`, while `meanwhile` commits before it.
+        let write_expecting =
+            |seen: Vec<crate::store::Matched>, meanwhile: Option<ResourceWrite<'static>>| {
+                let store = &store;
+                async move {
+                    let kept = FhirId::generate();
+                    let mut tx = store.begin_deferred_write().await.expect("begin");
+                    let expected = tx
+                        .expect_matching(&[query], &Visibility::All, seen.clone())
+                        .await
+                        .expect("queued");
+                    assert_eq!(expected.len(), 1);
+                    assert_eq!(
+                        expected[0].ids, seen[0].ids,
+                        "the reader's matches are the answer"
+                    );
+                    tx.create(patient(&kept, "Kept")).await.expect("queued");
+                    if let Some(write) = meanwhile {
+                        let mut other = store.begin_write().await.expect("begin");
+                        if seen[0].ids.contains(write.id) {
+                            other.update(write, None).await.expect("update");
+                        } else {
+                            other.create(write).await.expect("queued");
+                        }
+                        other.commit().await.expect("commit");
+                    }
+                    let committed = tx.commit().await;
+                    let read = store
+                        .read(PATIENT, &kept, &Visibility::All)
+                        .await
+                        .expect("read");
+                    (committed, matches!(read, ReadOutcome::Found(_)))
+                }
+            };
+        let one: &'static FhirId = Box::leak(Box::new(FhirId::generate()));
+        let two: &'static FhirId = Box::leak(Box::new(FhirId::generate()));
+
+        // Seen matching nothing, and still so: commits.
+        let (committed, kept) = write_expecting(seen().await.expect("seen"), None).await;
+        assert!(committed.is_ok() && kept, "{committed:?}");
+        // Seen matching nothing; a match created meanwhile.
+        let (committed, kept) =
+            write_expecting(seen().await.expect("seen"), Some(identified(one, "One"))).await;
+        assert!(
+            matches!(committed, Err(StoreError::MatchesChanged)),
+            "{committed:?}"
+        );
+        assert!(!kept, "nothing of the write is kept");
+        // Seen matching one, unchanged: commits.
+        let matched = seen().await.expect("seen");
+        assert_eq!(matched[0].ids, std::slice::from_ref(one));
+        let (committed, kept) = write_expecting(matched, None).await;
+        assert!(committed.is_ok() && kept, "{committed:?}");
+        // Seen matching one; that one changed meanwhile (a new version).
+        let mut changed = identified(one, "One");
+        changed.resource["active"] = serde_json::json!(true);
+        let (committed, kept) = write_expecting(seen().await.expect("seen"), Some(changed)).await;
+        assert!(
+            matches!(committed, Err(StoreError::MatchesChanged)),
+            "{committed:?}"
+        );
+        assert!(!kept, "nothing of the write is kept");
+        // Seen matching one; a second match created meanwhile.
+        let (committed, kept) =
+            write_expecting(seen().await.expect("seen"), Some(identified(two, "One"))).await;
+        assert!(
+            matches!(committed, Err(StoreError::MatchesChanged)),
+            "{committed:?}"
+        );
+        assert!(!kept, "nothing of the write is kept");
         store.close().await;
     }
 
@@ -1219,10 +1324,13 @@ mod queued_statement_tests {
             crate::search::SearchQuery::parse(PATIENT, "identifier=https://example.org/t|First")
                 .expect("query");
         let found = store
-            .committed_matching_ids(&query, &Visibility::All)
+            .committed_matching_current(&[&query], &Visibility::All)
             .await
             .expect("search");
-        assert_eq!(found, [first_id]);
+        assert_eq!(
+            found.first().map(|matched| matched.ids.as_slice()),
+            Some(&[first_id][..])
+        );
         store.close().await;
     }
 

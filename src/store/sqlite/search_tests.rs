@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::Interruptible;
 use super::SqliteStore;
-use super::search::{PendingIndex, clear_statements, matching_ids};
+use super::search::{PendingIndex, clear_statements, matching_current};
 use super::statement::run_now;
 use crate::fhir::VersionId;
 use crate::fhir::{FhirId, ResourceType};
@@ -90,6 +90,21 @@ async fn matches(store: &SqliteStore, query: &str) -> Vec<FhirId> {
         .expect("query runs")
 }
 
+/// The ids `query` matches among what `visibility` sees, as a conditional entry
+/// matches them (`matching_current`).
+async fn matching_ids(
+    conn: &mut sqlx::SqliteConnection,
+    query: &SearchQuery,
+    visibility: &Visibility,
+) -> Result<Vec<FhirId>, crate::store::StoreError> {
+    Ok(matching_current(conn, &[query], visibility)
+        .await?
+        .into_iter()
+        .flatten()
+        .map(|row| FhirId::parse(&row.id).expect("a stored id"))
+        .collect())
+}
+
 async fn index_rows(store: &SqliteStore, id: &FhirId) -> i64 {
     let mut total = 0;
     for count in [
@@ -137,6 +152,13 @@ async fn matching_ids_sees_current_resources_in_the_writers_transaction() {
     .execute(&mut *tx)
     .await
     .expect("insert");
+    sqlx::query(
+        "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, operation, resource) \
+         VALUES ('Task', 'pending', 1, '2026-11-21T00:00:00.000Z', 'create', '{\"resourceType\":\"Task\",\"id\":\"pending\"}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("insert its version");
     reindex(
         &mut tx,
         ResourceType::TASK,
