@@ -19,6 +19,9 @@ for --seconds with --connections connections (wrk, two threads):
                 (benches/post-unique.lua gives each a fresh identifier)
   transaction   POST /fhir, the example transaction Bundle (7 entries),
                 a new referral each request
+  message       POST /fhir/$process-message, the example BaRS referral
+                message, a new referral each request (not in the default
+                phases)
   resubmit      POST /fhir/ServiceRequest of one referral already held
                 (the idempotent answer)
   read          GET /fhir/ServiceRequest/{id}
@@ -56,6 +59,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERRAL = os.path.join(ROOT, "examples/referral-servicerequest.json")
 BUNDLE = os.path.join(ROOT, "examples/referral-transaction-bundle.json")
+MESSAGE = os.path.join(ROOT, "examples/referral-message-bundle.json")
 LUA = os.path.join(ROOT, "benches/post-unique.lua")
 
 
@@ -291,6 +295,7 @@ def main():
                 "validate": ("/fhir/ServiceRequest/$validate", REFERRAL, "REF-2026-000123"),
                 "create": ("/fhir/ServiceRequest", REFERRAL, "REF-2026-000123"),
                 "transaction": ("/fhir", BUNDLE, "REF-2026-000456"),
+                "message": ("/fhir/$process-message", MESSAGE, "REF-2026-000789"),
                 # A text not in the body: the same referral every time.
                 "resubmit": ("/fhir/ServiceRequest", held_file, "NOT-IN-THE-BODY"),
                 "read": (f"/fhir/ServiceRequest/{held_id}", None, None),

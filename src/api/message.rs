@@ -24,7 +24,8 @@ use super::negotiate::ResponseFormat;
 use super::pipeline;
 use super::response::already_received;
 use super::transaction::{
-    Action, PlannedEntry, execute, map_referral, open_referral, referral_entry,
+    Action, PlannedEntry, Presettled, Seen, conditions_visibility, confirmable, execute,
+    map_referral, open_referral, presettle, referral_entry, write_as_seen,
 };
 use crate::config::MessageRefusal;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
@@ -32,6 +33,7 @@ use crate::fhir::{FhirId, Instant, Issue, IssueType, OperationOutcome, ResourceT
 use crate::identity::{Access, Interaction as Scope};
 use crate::referral::record::{ReceivedAs, Referral};
 use crate::search::SearchQuery;
+use crate::store::WriteTx;
 use crate::store::referrals::{MessageRequest, Submission};
 use crate::validation::REFERRAL_MESSAGE_PROFILE;
 use crate::workflow::Workflow;
@@ -234,7 +236,6 @@ async fn handle(
     context: &RequestContext,
 ) -> Result<Response, ApiError> {
     let request_id = context.request_id.as_str();
-    let correlation_id = context.correlation_id.as_deref();
     let caller_request_id = context.caller_request_id();
     let header = bundle.pointer("/entry/0/resource").ok_or_else(|| {
         ApiError::internal(
@@ -251,11 +252,74 @@ async fn handle(
     let mapped = map_referral(state, access, bundle, referral_index)?;
     require_practice(access, mapped.fields.practice_ods_code.as_deref())?;
 
+    let visibility = access.visibility();
+    let owner = mapped.fields.practice_ods_code.clone();
+    let sender = access.sender_key();
+    let answering = Answering {
+        base,
+        bundle,
+        bytes,
+        context,
+        sender: &sender,
+    };
+    // A new referral's entries, record and Task are built from what a reader sees, and
+    // confirmed on the writer (`write_as_seen`), as a transaction Bundle's are; one that
+    // meets another write there, or is held already, is written as below.
+    if reason == "new"
+        && state
+            .store
+            .committed_referral_by_identifier(owner.as_deref(), &mapped.identifier)
+            .await?
+            .is_none()
+    {
+        let (plan, referral_at) = plan_message(bundle, referral_index, None)?;
+        let presettled = presettle(
+            state,
+            &plan,
+            &conditions_visibility(&visibility, owner.as_deref()),
+            referral_at,
+            &mapped,
+            request_id,
+            ReceivedAs::Message,
+        )
+        .await?;
+        if let Presettled {
+            fresh,
+            opening: Some(opening),
+            seen,
+        } = presettled
+            && confirmable(&plan, &seen, referral_at)
+        {
+            let new = Seen {
+                plan: &plan,
+                fresh: &fresh,
+                seen,
+                opening,
+                visibility: &visibility,
+                owner: owner.as_deref(),
+            };
+            let written = write_as_seen(state, context, new, async |tx, _, referral| {
+                if let Some(id) = caller_request_id {
+                    tx.claim_message_request(&sender, id).await?;
+                }
+                answering
+                    .store_reply(tx, referral, ReceivedAs::Message.as_str(), None)
+                    .await
+            })
+            .await?;
+            if let Some(reply_text) = written {
+                return Ok(format.render_text(reply_text));
+            }
+            tracing::info!(
+                "referral message met another write on the writer; writing it again from there"
+            );
+        }
+    }
+
     let mut tx = state.store.begin_write().await?;
     // Again inside the write transaction: the same message may have been sent
     // twice at once, and the other copy committed while this one was being
     // validated. Writes are serialised, so this answer is the last word.
-    let sender = access.sender_key();
     if let Some(id) = caller_request_id
         && let Some(earlier) = tx.message_request(&sender, id).await?
     {
@@ -270,8 +334,6 @@ async fn handle(
             &mapped.identifier,
         )
         .await?;
-    let visibility = access.visibility();
-    let owner = mapped.fields.practice_ods_code.clone();
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
             Workflow::check_resubmission(&existing, &mapped.fields)?;
@@ -279,7 +341,7 @@ async fn handle(
             (existing, Some(("referral-already-received", note)))
         }
         ("new", None) => {
-            let plan = plan_message(bundle, referral_index, None)?;
+            let (plan, _) = plan_message(bundle, referral_index, None)?;
             let outcomes =
                 execute(&mut tx, &plan, request_id, &visibility, owner.as_deref()).await?;
             let referral = open_referral(
@@ -297,7 +359,7 @@ async fn handle(
         ("update", Some(existing)) => {
             let id = FhirId::parse(&existing.id)
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
-            let plan = plan_message(bundle, referral_index, Some(id))?;
+            let (plan, _) = plan_message(bundle, referral_index, Some(id))?;
             let outcomes =
                 execute(&mut tx, &plan, request_id, &visibility, owner.as_deref()).await?;
             if outcomes.iter().any(|o| o.written) {
@@ -339,44 +401,75 @@ async fn handle(
     };
     // A note on an `ok` reply informs; severity `error` would contradict the code.
     let info = note.map(|(message_id, n)| Issue::information(message_id, n));
-    let reply = reply(
-        base,
-        bundle,
-        StatusCode::OK,
-        Some(&referral),
-        info.into_iter().collect(),
-    );
-    let reply_text = reply.to_string();
-    tx.add_submission(&Submission {
-        referral_id: &referral.id,
-        received_at: &Instant::now().to_fhir(),
-        received_as: if reason == "update" {
-            "update"
-        } else {
-            ReceivedAs::Message.as_str()
-        },
-        request_id,
-        correlation_id,
-        body: bytes,
-        response: Some(&reply_text),
-    })
-    .await?;
-    if let Some(id) = caller_request_id {
-        tx.remember_message_request(
-            &sender,
-            id,
-            bytes,
-            200,
-            &reply_text,
-            &Instant::now().to_fhir(),
-        )
+    let received_as = if reason == "update" {
+        "update"
+    } else {
+        ReceivedAs::Message.as_str()
+    };
+    let reply_text = answering
+        .store_reply(&mut tx, &referral, received_as, info)
         .await?;
-    }
     context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(referral_id = %referral.id, reason, "referral message processed");
     // The text just remembered, so a retry gets these very bytes again.
     Ok(format.render_text(reply_text))
+}
+
+/// What a message answered `ok` is replied with, and what keeps it.
+struct Answering<'a> {
+    base: &'a FhirBase,
+    /// The message, validated.
+    bundle: &'a Value,
+    /// The message as received.
+    bytes: &'a [u8],
+    context: &'a RequestContext,
+    /// Whose `X-Request-ID` it came with (`Access::sender_key`).
+    sender: &'a str,
+}
+
+impl Answering<'_> {
+    /// The `ok` reply about `referral` (with `note`), kept with the message's submission
+    /// and, for a caller's `X-Request-ID`, remembered so that a retry gets these very
+    /// bytes again. Returns the reply's text.
+    async fn store_reply(
+        &self,
+        tx: &mut WriteTx,
+        referral: &Referral,
+        received_as: &str,
+        note: Option<Issue>,
+    ) -> Result<String, ApiError> {
+        let reply = reply(
+            self.base,
+            self.bundle,
+            StatusCode::OK,
+            Some(referral),
+            note.into_iter().collect(),
+        );
+        let reply_text = reply.to_string();
+        tx.add_submission(&Submission {
+            referral_id: &referral.id,
+            received_at: &Instant::now().to_fhir(),
+            received_as,
+            request_id: &self.context.request_id,
+            correlation_id: self.context.correlation_id.as_deref(),
+            body: self.bytes,
+            response: Some(&reply_text),
+        })
+        .await?;
+        if let Some(id) = self.context.caller_request_id() {
+            tx.remember_message_request(
+                self.sender,
+                id,
+                self.bytes,
+                200,
+                &reply_text,
+                &Instant::now().to_fhir(),
+            )
+            .await?;
+        }
+        Ok(reply_text)
+    }
 }
 
 /// The answer to a message whose `X-Request-ID` was seen before: the same
@@ -435,17 +528,20 @@ fn check_focus(bundle: &Value, header: &Value, referral_index: usize) -> Result<
 /// a Patient or Organization with an NHS number or ODS code updates the one
 /// Sprig holds (so repeated messages do not multiply them); the
 /// ServiceRequest is new, or (reason `update`) a new version of the stored one.
+/// With the referral's position in the plan (not the message's: the header is not in
+/// it).
 fn plan_message(
     bundle: &Value,
     referral_index: usize,
     existing_referral: Option<FhirId>,
-) -> Result<Vec<PlannedEntry>, ApiError> {
+) -> Result<(Vec<PlannedEntry>, usize), ApiError> {
     let empty = Vec::new();
     let entries = bundle
         .get("entry")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
     let mut plan = Vec::new();
+    let mut referral_at = None;
     let mut existing_referral = existing_referral;
     for (index, entry) in entries.iter().enumerate().skip(1) {
         let resource = entry.get("resource").cloned().unwrap_or(Value::Null);
@@ -467,6 +563,7 @@ fn plan_message(
             continue;
         }
         let action = if index == referral_index {
+            referral_at = Some(plan.len());
             match existing_referral.take() {
                 Some(id) => Action::Update(id),
                 None => Action::Create,
@@ -485,7 +582,13 @@ fn plan_message(
         };
         plan.push(PlannedEntry::new(entry, resource_type, resource, action));
     }
-    Ok(plan)
+    let referral_at = referral_at.ok_or_else(|| {
+        ApiError::internal(
+            "planning a validated message",
+            "its referral is not among the entries Sprig stores",
+        )
+    })?;
+    Ok((plan, referral_at))
 }
 
 /// The NHS number of a Patient, or the ODS code of an Organization.

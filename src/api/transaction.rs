@@ -159,17 +159,15 @@ pub async fn transaction(
                 referral_index,
                 &mapped,
                 request_id,
+                ReceivedAs::Transaction,
             )
             .await?,
         )
     };
-    let writing = Writing {
-        state: &state,
+    let answering = Answering {
         context: &context,
         body: &body.0,
         base: &base,
-        visibility: &visibility,
-        owner: owner.as_deref(),
         referral_index,
     };
     let (fresh, opening) = match presettled {
@@ -182,7 +180,19 @@ pub async fn transaction(
             // before the statements run, so the Bundle's rows are built while others
             // hold the writer. Another write coming between keeps nothing of this one,
             // which is then written as below, matching under the writer.
-            match writing.write_as_seen(&plan, &fresh, seen, opening).await? {
+            let seen = Seen {
+                plan: &plan,
+                fresh: &fresh,
+                seen,
+                opening,
+                visibility: &visibility,
+                owner: owner.as_deref(),
+            };
+            let written = write_as_seen(&state, &context, seen, async |tx, outcomes, referral| {
+                answering.response(tx, outcomes, referral).await
+            })
+            .await?;
+            match written {
                 Some(response) => return format.render(&response),
                 None => {
                     tracing::info!(
@@ -240,7 +250,7 @@ pub async fn transaction(
         opening,
     )
     .await?;
-    let response = writing.response(&mut tx, &outcomes, &referral).await?;
+    let response = answering.response(&mut tx, &outcomes, &referral).await?;
     context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(
@@ -251,80 +261,16 @@ pub async fn transaction(
     format.render(&response)
 }
 
-/// What writing a referral Bundle needs besides its plan.
-struct Writing<'a> {
-    state: &'a AppState,
+/// What a referral Bundle is answered with, and the submission that keeps it.
+struct Answering<'a> {
     context: &'a RequestContext,
     /// The request body, kept with the referral's submission.
     body: &'a [u8],
     base: &'a FhirBase,
-    /// What the caller sees.
-    visibility: &'a Visibility,
-    /// The referring practice, which owns what the Bundle writes.
-    owner: Option<&'a str>,
     referral_index: usize,
 }
 
-impl Writing<'_> {
-    /// Writes a new referral's Bundle as a reader saw the store (`presettle`): its
-    /// identifier claimed and its conditions expected to match what `seen` says, each
-    /// confirmed on SQLite's writer just before the statements run
-    /// (`WriteTx::claim_identifier`, `WriteTx::expect_matching`), its record and Task
-    /// those built for it (`opening`). `None` when another write came between: the
-    /// identifier taken, or a condition matching otherwise; nothing of this one is
-    /// kept, and it is written again under the writer. On PostgreSQL the claim and the
-    /// conditions are checked at once, under their locks.
-    async fn write_as_seen(
-        &self,
-        plan: &[PlannedEntry],
-        fresh: &[FhirId],
-        seen: Vec<Matched>,
-        opening: Opening,
-    ) -> Result<Option<Value>, ApiError> {
-        let request_id = self.context.request_id.as_str();
-        let identifier = opening.referral().identifier.clone();
-        let mut tx = self.state.store.begin_deferred_write().await?;
-        let written = async {
-            tx.claim_identifier(self.owner, &identifier).await?;
-            let outcomes = execute_with(
-                &mut tx,
-                plan,
-                request_id,
-                self.visibility,
-                self.owner,
-                Some(fresh),
-                Some(seen),
-            )
-            .await?;
-            if !opening_fits(&opening, &outcomes)? {
-                // The entries got the ids the reader's matches gave, which the record was
-                // built for; anything else is another write's doing.
-                return Err(ApiError::Unavailable(StoreError::MatchesChanged));
-            }
-            let referral = self
-                .state
-                .workflow
-                .write_opened(&mut tx, opening, request_id)
-                .await?;
-            let response = self.response(&mut tx, &outcomes, &referral).await?;
-            self.context.audit.commit_opened(tx, 200, &referral).await?;
-            tracing::info!(
-                referral_id = %referral.id,
-                entries = outcomes.len(),
-                "referral transaction committed"
-            );
-            Ok(response)
-        }
-        .await;
-        match written {
-            Ok(response) => Ok(Some(response)),
-            Err(ApiError::Unavailable(
-                StoreError::IdentifierHeld(_) | StoreError::MatchesChanged,
-            )) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
+impl Answering<'_> {
     /// The transaction-response for `outcomes`, stored with the referral's submission
     /// (its body and this answer, which a resubmission is answered with again).
     async fn response(
@@ -349,12 +295,88 @@ impl Writing<'_> {
     }
 }
 
+/// A new referral's entries as a reader saw the store (`presettle`).
+pub(super) struct Seen<'a> {
+    pub plan: &'a [PlannedEntry],
+    /// The id each entry gets if it is created.
+    pub fresh: &'a [FhirId],
+    /// What each condition matched.
+    pub seen: Vec<Matched>,
+    /// The record and Task built for the ids those give.
+    pub opening: Opening,
+    /// What the caller sees.
+    pub visibility: &'a Visibility,
+    /// The referring practice, which owns what is written.
+    pub owner: Option<&'a str>,
+}
+
+/// Writes a new referral's entries as a reader saw the store: its identifier claimed
+/// and its conditions expected to match what `seen` says, each confirmed on SQLite's
+/// writer just before the statements run (`WriteTx::claim_identifier`,
+/// `WriteTx::expect_matching`), its record and Task those built for it, then what
+/// `finish` adds (the submission and the answer, which it returns), audited and
+/// committed. So its rows are built before it takes the writer
+/// (`Store::begin_deferred_write`). `None` when another write came between (the
+/// identifier taken, a condition matching otherwise, or whatever `finish` claims):
+/// nothing of this one is kept, and the caller writes it again under the writer. On
+/// PostgreSQL the claim and the conditions are checked at once, under their locks.
+pub(super) async fn write_as_seen<T>(
+    state: &AppState,
+    context: &RequestContext,
+    new: Seen<'_>,
+    finish: impl AsyncFnOnce(&mut WriteTx, &[EntryOutcome], &Referral) -> Result<T, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    let request_id = context.request_id.as_str();
+    let identifier = new.opening.referral().identifier.clone();
+    let mut tx = state.store.begin_deferred_write().await?;
+    let written = async {
+        tx.claim_identifier(new.owner, &identifier).await?;
+        let outcomes = execute_with(
+            &mut tx,
+            new.plan,
+            request_id,
+            new.visibility,
+            new.owner,
+            Some(new.fresh),
+            Some(new.seen),
+        )
+        .await?;
+        if !opening_fits(&new.opening, &outcomes)? {
+            // The entries got the ids the reader's matches gave, which the record was
+            // built for; anything else is another write's doing.
+            return Err(ApiError::Unavailable(StoreError::Overtaken(
+                "the entries got other ids than those its record was built for",
+            )));
+        }
+        let referral = state
+            .workflow
+            .write_opened(&mut tx, new.opening, request_id)
+            .await?;
+        let answer = finish(&mut tx, &outcomes, &referral).await?;
+        context.audit.commit_opened(tx, 200, &referral).await?;
+        tracing::info!(
+            referral_id = %referral.id,
+            entries = outcomes.len(),
+            "new referral committed"
+        );
+        Ok(answer)
+    }
+    .await;
+    match written {
+        Ok(answer) => Ok(Some(answer)),
+        Err(ApiError::Unavailable(StoreError::IdentifierHeld(_) | StoreError::Overtaken(_))) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a new referral's Bundle can be written as a reader saw the store
-/// (`Writing::write_as_seen`): every entry is created or matched by a condition (an
+/// ([`write_as_seen`]): every entry is created or matched by a condition (an
 /// entry naming its own id is read under the writer), each condition matched nothing
 /// or one resource, and the referral's own entry matched nothing (a match is answered
 /// with a conflict, decided under the writer).
-fn confirmable(plan: &[PlannedEntry], seen: &[Matched], referral_index: usize) -> bool {
+pub(super) fn confirmable(plan: &[PlannedEntry], seen: &[Matched], referral_index: usize) -> bool {
     let mut seen = seen.iter();
     plan.iter()
         .enumerate()
@@ -563,7 +585,7 @@ pub(super) async fn execute(
 /// (staff, the open developer mode): one practice's referral never matches or updates
 /// another's Patient or ServiceRequest, whichever of two concurrent Bundles commits
 /// first.
-fn conditions_visibility(visibility: &Visibility, owner: Option<&str>) -> Visibility {
+pub(super) fn conditions_visibility(visibility: &Visibility, owner: Option<&str>) -> Visibility {
     match owner {
         Some(practice) => visibility.within(practice),
         None => visibility.clone(),
@@ -731,14 +753,14 @@ async fn execute_with(
 }
 
 /// A referral Bundle's ids and record as expected before the write transaction.
-struct Presettled {
+pub(super) struct Presettled {
     /// For each entry, the id it gets if it is created.
-    fresh: Vec<FhirId>,
+    pub fresh: Vec<FhirId>,
     /// The referral's record and Task for the ServiceRequest's and the Patient's
     /// expected ids; `None` when they could not be told (a condition matched several).
-    opening: Option<Opening>,
+    pub opening: Option<Opening>,
     /// What each condition matched, in the plan's order.
-    seen: Vec<Matched>,
+    pub seen: Vec<Matched>,
 }
 
 /// Settles on a reader what a referral Bundle's entries are expected to become, and
@@ -747,13 +769,14 @@ struct Presettled {
 /// writer is taken, so `execute_with` settles every condition again inside the write
 /// transaction, and `open_referral` uses the prepared Task only if the ServiceRequest
 /// and its Patient got the ids it names (otherwise it builds it there, as before).
-async fn presettle(
+pub(super) async fn presettle(
     state: &AppState,
     plan: &[PlannedEntry],
     visibility: &Visibility,
     referral_index: usize,
     mapped: &MappedReferral,
     request_id: &str,
+    received_as: ReceivedAs,
 ) -> Result<Presettled, ApiError> {
     let fresh: Vec<FhirId> = plan.iter().map(|_| FhirId::generate()).collect();
     let conditions: Vec<&SearchQuery> = plan.iter().filter_map(PlannedEntry::condition).collect();
@@ -803,7 +826,7 @@ async fn presettle(
         &Arrival {
             service_request_id,
             patient_id: patient_id.as_ref(),
-            received_as: ReceivedAs::Transaction,
+            received_as,
             request_id,
         },
     )?;

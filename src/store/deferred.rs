@@ -218,6 +218,9 @@ pub(crate) enum Guard {
     /// Conditions a reader matched before the write (`WriteTx::expect_matching`): a
     /// row found names a condition that now matches otherwise.
     Matches,
+    /// A message's request id, unanswered when a reader looked
+    /// (`WriteTx::claim_message_request`): the row found is its answer's.
+    Request,
 }
 
 impl Guard {
@@ -225,7 +228,12 @@ impl Guard {
     pub(crate) fn failure(self, found: String) -> crate::store::StoreError {
         match self {
             Guard::Identifier => crate::store::StoreError::IdentifierHeld(found),
-            Guard::Matches => crate::store::StoreError::MatchesChanged,
+            Guard::Matches => crate::store::StoreError::Overtaken(
+                "a condition it expected to match as a reader saw matches otherwise",
+            ),
+            Guard::Request => crate::store::StoreError::Overtaken(
+                "a copy of its message, with the same request id, was answered",
+            ),
         }
     }
 }

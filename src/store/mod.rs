@@ -151,16 +151,15 @@ pub enum StoreError {
     /// again.
     #[error("referral {0} holds this business identifier already")]
     IdentifierHeld(String),
-    /// A condition a write expected to match as a reader had seen it
-    /// (`WriteTx::expect_matching`) matched otherwise when the write reached SQLite's
-    /// writer (another write created, changed or deleted what it names): nothing of the
-    /// write is kept. From the commit, the batch that may hold that other write is
-    /// durable. The caller writes again, matching under the writer
-    /// (`WriteTx::matching_current`).
-    #[error(
-        "a condition matched other resources by the time the write reached the writer; nothing of it was stored"
-    )]
-    MatchesChanged,
+    /// Another write reached SQLite's writer first and changed what this one was built
+    /// from, as a reader had seen it (its guard, `Guard`, says what): a condition it
+    /// expected to match as seen now matches otherwise (`WriteTx::expect_matching`), or
+    /// a copy of its message's request id has been answered
+    /// (`WriteTx::claim_message_request`). Nothing of the write is kept. From the
+    /// commit, the batch that may hold that other write is durable. The caller writes
+    /// again, reading under the writer.
+    #[error("another write came first: {0}; nothing of this one was stored")]
+    Overtaken(&'static str),
     /// A row holds something the store never writes.
     #[error("corrupt row for {resource_type}/{id}: {reason}")]
     Corrupt {
@@ -186,7 +185,7 @@ impl StoreError {
             // Another write got there first and this one kept nothing: its caller writes
             // again (or answers as to a resubmission), and if one ever reached a client, a
             // retry is answered from what the other write stored.
-            StoreError::IdentifierHeld(_) | StoreError::MatchesChanged => true,
+            StoreError::IdentifierHeld(_) | StoreError::Overtaken(_) => true,
             // A dropped connection (a PostgreSQL failover or restart, a network cut) or a
             // pool closing at shutdown: the request may succeed on another connection or
             // instance. A write whose COMMIT was cut off may or may not have committed;

@@ -286,6 +286,19 @@ impl WriteTx {
         dispatch_write!(self, b => b.message_request(sender, request_id).await)
     }
 
+    /// Claims `sender`'s `X-Request-ID` for the message this transaction answers (and
+    /// remembers, `remember_message_request`): if a copy of it has been answered, the
+    /// transaction fails with [`StoreError::Overtaken`] and keeps nothing. As
+    /// [`WriteTx::claim_identifier`]: PostgreSQL checks now, under a lock held to the
+    /// commit; SQLite at the commit, on the writer, just before the statements.
+    pub async fn claim_message_request(
+        &mut self,
+        sender: &str,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
+        dispatch_write!(self, b => b.claim_message_request(sender, request_id).await)
+    }
+
     /// Remembers the answer to `sender`'s `X-Request-ID`.
     pub async fn remember_message_request(
         &mut self,

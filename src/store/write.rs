@@ -226,7 +226,7 @@ impl WriteTx {
     /// `seen` is the answer, and a guard confirms it on the writer just before the
     /// write's statements run: if any condition then matches otherwise (another write
     /// came between), nothing of the write is kept and its commit fails with
-    /// [`StoreError::MatchesChanged`] once that other write is durable. So a write
+    /// [`StoreError::Overtaken`] once that other write is durable. So a write
     /// whose conditions matched nothing, or one resource each, is built while others
     /// hold the writer. Otherwise (a condition the reader matched several times, a
     /// write on the writer already, PostgreSQL) it matches now, as

@@ -12,6 +12,7 @@ use sprig::store::{ReadOutcome, ResourceWrite, Visibility};
 
 use crate::binary;
 use crate::helpers::{TestApp, json_body, on_postgres, sample_referral, spawn_app_with};
+use crate::workflow::Shape;
 
 fn patient_write<'a>(id: &'a FhirId, family: &str) -> ResourceWrite<'a> {
     ResourceWrite {
@@ -443,34 +444,123 @@ async fn copies_of_a_new_referral_queued_behind_a_held_writer_are_one_referral()
 /// Organization, every referral naming them.
 #[tokio::test]
 async fn referrals_for_one_new_patient_queued_behind_a_held_writer_share_one_patient() {
-    let app = spawn_app_with(|s| s.sqlite.busy_timeout_ms = 30_000).await;
-    let bodies: Vec<Value> = (0..6)
-        .map(|i| crate::workflow::referral_bundle(&format!("QUEUED-PT-{i}")))
-        .collect();
-    let held = crate::durability::hold_writes(&app).await;
-    let (answers, ()) = futures::join!(
-        join_all(
-            bodies
-                .iter()
-                .map(|body| crate::workflow::post_fhir(&app, "/fhir", body, &[]))
-        ),
-        async move {
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-            drop(held);
+    for shape in [Shape::Transaction, Shape::Message] {
+        let app = spawn_app_with(|s| s.sqlite.busy_timeout_ms = 30_000).await;
+        let bodies: Vec<Value> = (0..6)
+            .map(|i| new_referral(shape, &format!("QUEUED-PT-{i}")))
+            .collect();
+        let sends = bodies
+            .iter()
+            .map(|body| crate::workflow::post_fhir(&app, shape.path(), body, &[]));
+        for answer in queued_behind_a_held_writer(&app, sends).await {
+            let status = answer.status().as_u16();
+            let json = json_body(answer).await;
+            assert_eq!(status, 200, "{shape:?}: {json}");
         }
-    );
-    for answer in answers {
+        let nhs_number = match shape {
+            Shape::Message => "9000000009",
+            _ => "9912003888",
+        };
+        assert_one_patient_for_six_referrals(&app, nhs_number).await;
+    }
+}
+
+/// Copies of one referral message, with one `X-Request-ID`, made to meet inside their
+/// writes: every copy gets the one reply, and one referral is stored. Then two messages
+/// with one `X-Request-ID` but different referrals: one is answered, the other refused
+/// as a reuse of the id (409), and only the first's referral is stored; on SQLite the
+/// second finds the first's answer where it claims the id, on the writer.
+#[tokio::test]
+async fn copies_of_a_message_queued_behind_a_held_writer_get_one_answer() {
+    let app = spawn_app_with(|s| s.sqlite.busy_timeout_ms = 30_000).await;
+    let body = new_referral(Shape::Message, "QUEUED-MSG-1");
+    let headers = [("x-request-id", "5e0c7f3a-1b2d-4c6e-8f90-a1b2c3d4e5f6")];
+    let sends =
+        (0..8).map(|_| crate::workflow::post_fhir(&app, Shape::Message.path(), &body, &headers));
+    let mut replies = Vec::new();
+    for answer in queued_behind_a_held_writer(&app, sends).await {
         let status = answer.status().as_u16();
         let json = json_body(answer).await;
         assert_eq!(status, 200, "{json}");
+        replies.push(json);
     }
+    assert!(
+        replies.windows(2).all(|pair| pair[0] == pair[1]),
+        "every copy gets the same reply: {replies:?}"
+    );
+    assert_eq!(app.row_count("referrals").await, 1);
+
+    let headers = [("x-request-id", "5e0c7f3a-1b2d-4c6e-8f90-a1b2c3d4e5f7")];
+    let bodies = [
+        new_referral(Shape::Message, "QUEUED-MSG-2"),
+        new_referral(Shape::Message, "QUEUED-MSG-3"),
+    ];
+    let sends = bodies
+        .iter()
+        .map(|body| crate::workflow::post_fhir(&app, Shape::Message.path(), body, &headers));
+    let mut statuses = Vec::new();
+    for answer in queued_behind_a_held_writer(&app, sends).await {
+        statuses.push(answer.status().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 409],
+        "one answered, one refused as a reused id"
+    );
+    assert_eq!(
+        app.row_count("referrals").await,
+        2,
+        "only the answered one is stored"
+    );
+}
+
+/// A new referral in `shape` (a transaction Bundle or a message), its identifier
+/// `identifier`: the example's patient and practice.
+fn new_referral(shape: Shape, identifier: &str) -> Value {
+    match shape {
+        Shape::Message => {
+            let text = Shape::Message.example().to_string();
+            assert!(
+                text.contains("REF-2026-000789"),
+                "the example's identifier moved"
+            );
+            serde_json::from_str(&text.replace("REF-2026-000789", identifier)).expect("JSON")
+        }
+        _ => crate::workflow::referral_bundle(identifier),
+    }
+}
+
+/// Sends `sends` while `app`'s writes are held (the writer on SQLite, the resources
+/// table on PostgreSQL), so none can commit, or read another's commit, before the hold
+/// ends 1.5 s later; their answers.
+async fn queued_behind_a_held_writer<F>(
+    app: &TestApp,
+    sends: impl Iterator<Item = F>,
+) -> Vec<reqwest::Response>
+where
+    F: std::future::Future<Output = reqwest::Response>,
+{
+    let held = crate::durability::hold_writes(app).await;
+    let (answers, ()) = futures::join!(join_all(sends), async move {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        drop(held);
+    });
+    answers
+}
+
+/// One Patient (by its NHS number) and one Organization, and six referrals each naming
+/// that Patient.
+async fn assert_one_patient_for_six_referrals(app: &TestApp, nhs_number: &str) {
     let patients = one_match(
-        &app,
-        "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9912003888&_total=accurate",
+        app,
+        &format!(
+            "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs_number}&_total=accurate"
+        ),
     )
     .await;
     one_match(
-        &app,
+        app,
         "/fhir/Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|Y12345&_total=accurate",
     )
     .await;

@@ -434,6 +434,24 @@ impl Tx {
         fetch_message_request(self.read_conn().await?, sender, request_id).await
     }
 
+    /// See `WriteTx::claim_message_request`.
+    pub(in crate::store) async fn claim_message_request(
+        &mut self,
+        sender: &str,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
+        self.lock_identifier(sender, request_id).await?;
+        self.fail_if_found(
+            Guard::Request,
+            Statement::new(
+                "SELECT request_id FROM message_requests WHERE sender = $1 AND request_id = $2",
+            )
+            .bind(sender)
+            .bind(request_id),
+        )
+        .await
+    }
+
     /// Remembers the answer to an `X-Request-ID`.
     pub(in crate::store) async fn remember_message_request(
         &mut self,

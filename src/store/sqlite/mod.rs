@@ -1145,7 +1145,7 @@ mod queued_statement_tests {
 
     /// A deferred write that expects its conditions to match what a reader saw
     /// (`WriteTx::expect_matching`) commits if they still do when it reaches the writer,
-    /// and keeps nothing, failing with `MatchesChanged`, if another write came between:
+    /// and keeps nothing, failing with `Overtaken`, if another write came between:
     /// a first match created, the match seen changed, or a second match created.
     #[tokio::test]
     async fn a_write_expecting_what_a_reader_matched_keeps_nothing_if_that_changed() {
@@ -1201,7 +1201,7 @@ mod queued_statement_tests {
         let (committed, kept) =
             write_expecting(seen().await.expect("seen"), Some(identified(one, "One"))).await;
         assert!(
-            matches!(committed, Err(StoreError::MatchesChanged)),
+            matches!(committed, Err(StoreError::Overtaken(_))),
             "{committed:?}"
         );
         assert!(!kept, "nothing of the write is kept");
@@ -1215,7 +1215,7 @@ mod queued_statement_tests {
         changed.resource["active"] = serde_json::json!(true);
         let (committed, kept) = write_expecting(seen().await.expect("seen"), Some(changed)).await;
         assert!(
-            matches!(committed, Err(StoreError::MatchesChanged)),
+            matches!(committed, Err(StoreError::Overtaken(_))),
             "{committed:?}"
         );
         assert!(!kept, "nothing of the write is kept");
@@ -1223,7 +1223,7 @@ mod queued_statement_tests {
         let (committed, kept) =
             write_expecting(seen().await.expect("seen"), Some(identified(two, "One"))).await;
         assert!(
-            matches!(committed, Err(StoreError::MatchesChanged)),
+            matches!(committed, Err(StoreError::Overtaken(_))),
             "{committed:?}"
         );
         assert!(!kept, "nothing of the write is kept");
