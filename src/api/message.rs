@@ -297,11 +297,9 @@ async fn handle(
                 opening,
                 visibility: &visibility,
                 owner: owner.as_deref(),
+                request: caller_request_id.map(|id| (sender.as_str(), id)),
             };
             let written = write_as_seen(state, context, new, async |tx, _, referral| {
-                if let Some(id) = caller_request_id {
-                    tx.claim_message_request(&sender, id).await?;
-                }
                 answering
                     .store_reply(tx, referral, ReceivedAs::Message.as_str(), None)
                     .await

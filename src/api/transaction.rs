@@ -187,6 +187,7 @@ pub async fn transaction(
                 opening,
                 visibility: &visibility,
                 owner: owner.as_deref(),
+                request: None,
             };
             let written = write_as_seen(&state, &context, seen, async |tx, outcomes, referral| {
                 answering.response(tx, outcomes, referral).await
@@ -308,16 +309,19 @@ pub(super) struct Seen<'a> {
     pub visibility: &'a Visibility,
     /// The referring practice, which owns what is written.
     pub owner: Option<&'a str>,
+    /// A message's `X-Request-ID` and whose it is (`Access::sender_key`), claimed for
+    /// its answer (`WriteTx::claim_message_request`).
+    pub request: Option<(&'a str, &'a str)>,
 }
 
 /// Writes a new referral's entries as a reader saw the store: its identifier claimed
 /// and its conditions expected to match what `seen` says, each confirmed on SQLite's
 /// writer just before the statements run (`WriteTx::claim_identifier`,
-/// `WriteTx::expect_matching`), its record and Task those built for it, then what
-/// `finish` adds (the submission and the answer, which it returns), audited and
-/// committed. So its rows are built before it takes the writer
+/// `WriteTx::expect_matching`), and a message's request id too, its record and Task
+/// those built for it, then what `finish` adds (the submission and the answer, which it
+/// returns), audited and committed. So its rows are built before it takes the writer
 /// (`Store::begin_deferred_write`). `None` when another write came between (the
-/// identifier taken, a condition matching otherwise, or whatever `finish` claims):
+/// identifier taken, a condition matching otherwise, the request id answered):
 /// nothing of this one is kept, and the caller writes it again under the writer. On
 /// PostgreSQL the claim and the conditions are checked at once, under their locks.
 pub(super) async fn write_as_seen<T>(
@@ -330,6 +334,11 @@ pub(super) async fn write_as_seen<T>(
     let identifier = new.opening.referral().identifier.clone();
     let mut tx = state.store.begin_deferred_write().await?;
     let written = async {
+        // The request id before the identifier, as the write under the writer locks
+        // them (PostgreSQL), so two writes of one message never wait on each other.
+        if let Some((sender, request_id)) = new.request {
+            tx.claim_message_request(sender, request_id).await?;
+        }
         tx.claim_identifier(new.owner, &identifier).await?;
         let outcomes = execute_with(
             &mut tx,
