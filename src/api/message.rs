@@ -24,8 +24,8 @@ use super::negotiate::ResponseFormat;
 use super::pipeline;
 use super::response::already_received;
 use super::transaction::{
-    Action, PlannedEntry, Presettled, Seen, conditions_visibility, confirmable, execute,
-    map_referral, open_referral, presettle, referral_entry, write_as_seen,
+    Action, PlannedEntry, WriteAs, conditions_visibility, execute, map_referral, open_referral,
+    presettle, referral_entry, write_as_seen,
 };
 use crate::config::MessageRefusal;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
@@ -283,22 +283,10 @@ async fn handle(
             ReceivedAs::Message,
         )
         .await?;
-        if let Presettled {
-            fresh,
-            opening: Some(opening),
-            seen,
-        } = presettled
-            && confirmable(&plan, &seen, referral_at)
+        let request = caller_request_id.map(|id| (sender.as_str(), id));
+        if let WriteAs::Seen(new) =
+            presettled.into_seen(&plan, referral_at, &visibility, owner.as_deref(), request)
         {
-            let new = Seen {
-                plan: &plan,
-                fresh: &fresh,
-                seen,
-                opening,
-                visibility: &visibility,
-                owner: owner.as_deref(),
-                request: caller_request_id.map(|id| (sender.as_str(), id)),
-            };
             let written = write_as_seen(state, context, new, async |tx, _, referral| {
                 answering
                     .store_reply(tx, referral, ReceivedAs::Message.as_str(), None)

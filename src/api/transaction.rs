@@ -170,25 +170,15 @@ pub async fn transaction(
         base: &base,
         referral_index,
     };
-    let (fresh, opening) = match presettled {
-        Some(Presettled {
-            fresh,
-            opening: Some(opening),
-            seen,
-        }) if confirmable(&plan, &seen, referral_index) => {
+    let as_seen = presettled.map(|presettled| {
+        presettled.into_seen(&plan, referral_index, &visibility, owner.as_deref(), None)
+    });
+    let (fresh, opening) = match as_seen {
+        Some(WriteAs::Seen(seen)) => {
             // What the reader saw is written as it is, and confirmed on the writer just
             // before the statements run, so the Bundle's rows are built while others
             // hold the writer. Another write coming between keeps nothing of this one,
             // which is then written as below, matching under the writer.
-            let seen = Seen {
-                plan: &plan,
-                fresh: &fresh,
-                seen,
-                opening,
-                visibility: &visibility,
-                owner: owner.as_deref(),
-                request: None,
-            };
             let written = write_as_seen(&state, &context, seen, async |tx, outcomes, referral| {
                 answering.response(tx, outcomes, referral).await
             })
@@ -199,11 +189,11 @@ pub async fn transaction(
                     tracing::info!(
                         "referral transaction met another write on the writer; writing it again from there"
                     );
-                    (Some(fresh), None)
+                    (None, None)
                 }
             }
         }
-        Some(Presettled { fresh, opening, .. }) => (Some(fresh), opening),
+        Some(WriteAs::Settled(Presettled { fresh, opening, .. })) => (Some(fresh), opening),
         None => (None, None),
     };
 
@@ -296,22 +286,30 @@ impl Answering<'_> {
     }
 }
 
+/// How a new referral's entries are written ([`Presettled::into_seen`]).
+pub(super) enum WriteAs<'a> {
+    /// As a reader saw the store ([`write_as_seen`]).
+    Seen(Seen<'a>),
+    /// Under the writer, from what was settled before it.
+    Settled(Presettled),
+}
+
 /// A new referral's entries as a reader saw the store (`presettle`).
 pub(super) struct Seen<'a> {
-    pub plan: &'a [PlannedEntry],
+    plan: &'a [PlannedEntry],
     /// The id each entry gets if it is created.
-    pub fresh: &'a [FhirId],
+    fresh: Vec<FhirId>,
     /// What each condition matched.
-    pub seen: Vec<Matched>,
+    seen: Vec<Matched>,
     /// The record and Task built for the ids those give.
-    pub opening: Opening,
+    opening: Opening,
     /// What the caller sees.
-    pub visibility: &'a Visibility,
+    visibility: &'a Visibility,
     /// The referring practice, which owns what is written.
-    pub owner: Option<&'a str>,
+    owner: Option<&'a str>,
     /// A message's `X-Request-ID` and whose it is (`Access::sender_key`), claimed for
     /// its answer (`WriteTx::claim_message_request`).
-    pub request: Option<(&'a str, &'a str)>,
+    request: Option<(&'a str, &'a str)>,
 }
 
 /// Writes a new referral's entries as a reader saw the store: its identifier claimed
@@ -346,7 +344,7 @@ pub(super) async fn write_as_seen<T>(
             request_id,
             new.visibility,
             new.owner,
-            Some(new.fresh),
+            Some(&new.fresh),
             Some(new.seen),
         )
         .await?;
@@ -385,7 +383,7 @@ pub(super) async fn write_as_seen<T>(
 /// entry naming its own id is read under the writer), each condition matched nothing
 /// or one resource, and the referral's own entry matched nothing (a match is answered
 /// with a conflict, decided under the writer).
-pub(super) fn confirmable(plan: &[PlannedEntry], seen: &[Matched], referral_index: usize) -> bool {
+fn confirmable(plan: &[PlannedEntry], seen: &[Matched], referral_index: usize) -> bool {
     let mut seen = seen.iter();
     plan.iter()
         .enumerate()
@@ -770,6 +768,38 @@ pub(super) struct Presettled {
     pub opening: Option<Opening>,
     /// What each condition matched, in the plan's order.
     pub seen: Vec<Matched>,
+}
+
+impl Presettled {
+    /// The write of `plan` as a reader saw the store ([`write_as_seen`]), by a caller
+    /// seeing `visibility`, for the practice `owner`, with a message's `request` id,
+    /// when the plan and what was seen allow one ([`confirmable`]); otherwise what was
+    /// settled, for the write under the writer.
+    pub(super) fn into_seen<'a>(
+        self,
+        plan: &'a [PlannedEntry],
+        referral_at: usize,
+        visibility: &'a Visibility,
+        owner: Option<&'a str>,
+        request: Option<(&'a str, &'a str)>,
+    ) -> WriteAs<'a> {
+        match self {
+            Presettled {
+                fresh,
+                opening: Some(opening),
+                seen,
+            } if confirmable(plan, &seen, referral_at) => WriteAs::Seen(Seen {
+                plan,
+                fresh,
+                seen,
+                opening,
+                visibility,
+                owner,
+                request,
+            }),
+            unconfirmable => WriteAs::Settled(unconfirmable),
+        }
+    }
 }
 
 /// Settles on a reader what a referral Bundle's entries are expected to become, and

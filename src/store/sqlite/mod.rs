@@ -1146,7 +1146,8 @@ mod queued_statement_tests {
     /// A deferred write that expects its conditions to match what a reader saw
     /// (`WriteTx::expect_matching`) commits if they still do when it reaches the writer,
     /// and keeps nothing, failing with `Overtaken`, if another write came between:
-    /// a first match created, the match seen changed, or a second match created.
+    /// a first match created, the match seen changed or deleted, or a second match
+    /// created.
     #[tokio::test]
     async fn a_write_expecting_what_a_reader_matched_keeps_nothing_if_that_changed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1227,6 +1228,32 @@ mod queued_statement_tests {
             "{committed:?}"
         );
         assert!(!kept, "nothing of the write is kept");
+        // Seen matching one (the second deleted first); that one deleted meanwhile.
+        let delete = |id: &'static FhirId| {
+            let store = &store;
+            async move {
+                let mut tx = store.begin_write().await.expect("begin");
+                tx.delete(PATIENT, id, "test").await.expect("delete");
+                tx.commit().await.expect("commit");
+            }
+        };
+        delete(two).await;
+        let matched = seen().await.expect("seen");
+        assert_eq!(matched[0].ids, std::slice::from_ref(one));
+        let kept = FhirId::generate();
+        let mut tx = store.begin_deferred_write().await.expect("begin");
+        tx.expect_matching(&[query], &Visibility::All, matched)
+            .await
+            .expect("queued");
+        tx.create(patient(&kept, "Kept")).await.expect("queued");
+        delete(one).await;
+        let committed = tx.commit().await;
+        assert!(
+            matches!(committed, Err(StoreError::Overtaken(_))),
+            "{committed:?}"
+        );
+        let read = store.read(PATIENT, &kept, &Visibility::All).await;
+        assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
         store.close().await;
     }
 
