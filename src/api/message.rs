@@ -272,7 +272,7 @@ async fn handle(
             .await?
             .is_none()
     {
-        let (plan, referral_at) = plan_message(bundle, referral_index, None)?;
+        let (mut plan, referral_at) = plan_message(bundle, referral_index, None)?;
         let presettled = presettle(
             state,
             &plan,
@@ -284,9 +284,13 @@ async fn handle(
         )
         .await?;
         let request = caller_request_id.map(|id| (sender.as_str(), id));
-        if let WriteAs::Seen(new) =
-            presettled.into_seen(&plan, referral_at, &visibility, owner.as_deref(), request)
-        {
+        if let WriteAs::Seen(new) = presettled.into_seen(
+            &mut plan,
+            referral_at,
+            &visibility,
+            owner.as_deref(),
+            request,
+        ) {
             let written = write_as_seen(state, context, new, async |tx, _, referral| {
                 answering
                     .store_reply(tx, referral, ReceivedAs::Message.as_str(), None)
@@ -327,9 +331,15 @@ async fn handle(
             (existing, Some(("referral-already-received", note)))
         }
         ("new", None) => {
-            let (plan, _) = plan_message(bundle, referral_index, None)?;
-            let outcomes =
-                execute(&mut tx, &plan, request_id, &visibility, owner.as_deref()).await?;
+            let (mut plan, _) = plan_message(bundle, referral_index, None)?;
+            let outcomes = execute(
+                &mut tx,
+                &mut plan,
+                request_id,
+                &visibility,
+                owner.as_deref(),
+            )
+            .await?;
             let referral = open_referral(
                 state,
                 &mut tx,
@@ -345,9 +355,15 @@ async fn handle(
         ("update", Some(existing)) => {
             let id = FhirId::parse(&existing.id)
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
-            let (plan, _) = plan_message(bundle, referral_index, Some(id))?;
-            let outcomes =
-                execute(&mut tx, &plan, request_id, &visibility, owner.as_deref()).await?;
+            let (mut plan, _) = plan_message(bundle, referral_index, Some(id))?;
+            let outcomes = execute(
+                &mut tx,
+                &mut plan,
+                request_id,
+                &visibility,
+                owner.as_deref(),
+            )
+            .await?;
             if outcomes.iter().any(|o| o.written) {
                 let referral = state
                     .workflow

@@ -132,7 +132,7 @@ pub async fn transaction(
 
     let referral_index = referral_entry(&bundle)?;
     let mapped = map_referral(&state, &access, &bundle, referral_index)?;
-    let plan = plan_transaction(&mut bundle)?;
+    let mut plan = plan_transaction(&mut bundle)?;
     for entry in &plan {
         require_scope(&access, Scope::Create, entry.resource_type.as_str())?;
     }
@@ -171,9 +171,15 @@ pub async fn transaction(
         referral_index,
     };
     let as_seen = presettled.map(|presettled| {
-        presettled.into_seen(&plan, referral_index, &visibility, owner.as_deref(), None)
+        presettled.into_seen(
+            &mut plan,
+            referral_index,
+            &visibility,
+            owner.as_deref(),
+            None,
+        )
     });
-    let (fresh, opening) = match as_seen {
+    let (replanned, fresh, opening) = match as_seen {
         Some(WriteAs::Seen(seen)) => {
             // What the reader saw is written as it is, and confirmed on the writer just
             // before the statements run, so the Bundle's rows are built while others
@@ -189,13 +195,27 @@ pub async fn transaction(
                     tracing::info!(
                         "referral transaction met another write on the writer; writing it again from there"
                     );
-                    (None, None)
+                    // Its entries went into the write that was overtaken (moved, not
+                    // copied: a large Bundle is not held twice): planned again from the
+                    // request, as it came.
+                    let mut bundle = pipeline::check(
+                        &state,
+                        &body,
+                        Some(ResourceType::BUNDLE),
+                        Some(REFERRAL_BUNDLE_PROFILE),
+                    )
+                    .await?
+                    .resource;
+                    (Some(plan_transaction(&mut bundle)?), None, None)
                 }
             }
         }
-        Some(WriteAs::Settled(Presettled { fresh, opening, .. })) => (Some(fresh), opening),
-        None => (None, None),
+        Some(WriteAs::Settled(Presettled { fresh, opening, .. })) => (None, Some(fresh), opening),
+        None => (None, None, None),
     };
+    if let Some(replanned) = replanned {
+        plan = replanned;
+    }
 
     let mut tx = state.store.begin_write().await?;
     if let Some(existing) = tx
@@ -223,7 +243,7 @@ pub async fn transaction(
     }
     let outcomes = execute_with(
         &mut tx,
-        &plan,
+        &mut plan,
         request_id,
         &visibility,
         owner.as_deref(),
@@ -296,7 +316,8 @@ pub(super) enum WriteAs<'a> {
 
 /// A new referral's entries as a reader saw the store (`presettle`).
 pub(super) struct Seen<'a> {
-    plan: &'a [PlannedEntry],
+    /// Its entries, each resource taken by the write.
+    plan: &'a mut [PlannedEntry],
     /// The id each entry gets if it is created.
     fresh: Vec<FhirId>,
     /// What each condition matched.
@@ -320,7 +341,8 @@ pub(super) struct Seen<'a> {
 /// returns), audited and committed. So its rows are built before it takes the writer
 /// (`Store::begin_deferred_write`). `None` when another write came between (the
 /// identifier taken, a condition matching otherwise, the request id answered):
-/// nothing of this one is kept, and the caller writes it again under the writer. On
+/// nothing of this one is kept, and the caller writes it again under the writer, from
+/// entries planned again (the resources of these were taken by this write). On
 /// PostgreSQL the claim and the conditions are checked at once, under their locks.
 pub(super) async fn write_as_seen<T>(
     state: &AppState,
@@ -579,7 +601,7 @@ fn bad_entry(index: usize, message_id: &'static str, message: String) -> ApiErro
 /// written belongs to `owner` (the referral's practice).
 pub(super) async fn execute(
     tx: &mut WriteTx,
-    plan: &[PlannedEntry],
+    plan: &mut [PlannedEntry],
     request_id: &str,
     visibility: &Visibility,
     owner: Option<&str>,
@@ -605,7 +627,7 @@ pub(super) fn conditions_visibility(visibility: &Visibility, owner: Option<&str>
 /// (`WriteTx::expect_matching`) rather than matched under the writer.
 async fn execute_with(
     tx: &mut WriteTx,
-    plan: &[PlannedEntry],
+    plan: &mut [PlannedEntry],
     request_id: &str,
     visibility: &Visibility,
     owner: Option<&str>,
@@ -688,11 +710,16 @@ async fn execute_with(
     let (ids, writes): (Vec<FhirId>, Vec<Option<bool>>) = settled.into_iter().unzip();
     let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(plan.len());
     let mut creates: Vec<(usize, ResourceWrite<'_>)> = Vec::new();
-    for (index, (((entry, id), write), current)) in
-        plan.iter().zip(&ids).zip(writes).zip(currents).enumerate()
+    for (index, (((entry, id), write), current)) in plan
+        .iter_mut()
+        .zip(&ids)
+        .zip(writes)
+        .zip(currents)
+        .enumerate()
     {
-        // Copied: a write that met another on the writer is written again from the plan.
-        let mut resource = entry.resource.clone();
+        // Taken, not copied: a large Bundle is not held twice. A write that meets another
+        // on the writer is written again from entries planned again.
+        let mut resource = std::mem::take(&mut entry.resource);
         rewrite_references(&mut resource, &targets);
         let new_version = ResourceWrite {
             resource_type: entry.resource_type,
@@ -777,7 +804,7 @@ impl Presettled {
     /// settled, for the write under the writer.
     pub(super) fn into_seen<'a>(
         self,
-        plan: &'a [PlannedEntry],
+        plan: &'a mut [PlannedEntry],
         referral_at: usize,
         visibility: &'a Visibility,
         owner: Option<&'a str>,
