@@ -506,6 +506,7 @@ impl SqliteStore {
             pending_index: Box::default(),
             queued: Vec::new(),
             failed: false,
+            ran: false,
             guards: Vec::new(),
             found: None,
             stamp,
@@ -545,6 +546,10 @@ pub struct Tx {
     /// A queued statement failed: the ones after it never ran, so nothing of this
     /// transaction may commit, whatever its caller does with the error.
     failed: bool,
+    /// Whether any of its statements has run on the writer (or its savepoint opened): a
+    /// guard must come before (`Tx::fail_if_found`), as a guard that finds a row keeps
+    /// nothing of the write only if nothing of it has run.
+    ran: bool,
     /// Reads that fail the transaction if they find a row (`Tx::fail_if_found`), run
     /// on the writer before the statements queued.
     guards: Vec<(Guard, Statement)>,
@@ -618,6 +623,14 @@ impl Tx {
         guard: Guard,
         statement: Statement,
     ) -> Result<(), StoreError> {
+        if self.ran {
+            // Its statements that ran would commit with the empty member a finding
+            // leaves (`Tx::commit`): a defect of the caller's, refused before it can.
+            self.failed = true;
+            return Err(StoreError::WriteAbandoned(
+                "a guard must come before the write's first statement on the writer".into(),
+            ));
+        }
         self.guards.push((guard, statement));
         Ok(())
     }
@@ -656,6 +669,7 @@ impl Tx {
             return Ok(());
         }
         let queued = std::mem::take(&mut self.queued);
+        self.ran = true;
         // Failed until the run ends well: a run abandoned at its await (the caller's
         // future dropped, the transaction kept) leaves the write refusing to commit.
         self.failed = true;
@@ -1140,6 +1154,43 @@ mod queued_statement_tests {
         tx.commit().await.expect("commit");
         let read = store.read(PATIENT, &kept, &Visibility::All).await;
         assert!(matches!(read, Ok(ReadOutcome::Found(_))), "{read:?}");
+        store.close().await;
+    }
+
+    /// A guard after the write's statements have run on the writer (a read ran the
+    /// queue) is refused, and the write with it: a finding would otherwise commit what
+    /// ran with the empty member it leaves.
+    #[tokio::test]
+    async fn a_guard_after_the_writes_statements_ran_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let crate::store::Store::Sqlite(sqlite) = &store else {
+            panic!("a SQLite store");
+        };
+        let ran = FhirId::generate();
+        let mut tx = crate::store::WriteTx::from(sqlite.begin_deferred_write());
+        tx.create(patient(&ran, "Ran")).await.expect("queued");
+        tx.read(PATIENT, &ran, &Visibility::All)
+            .await
+            .expect("the read runs the queue");
+        let crate::store::WriteTx::Sqlite(inner) = &mut tx else {
+            panic!("a SQLite transaction");
+        };
+        let guard = crate::store::deferred::Statement::new("SELECT 'found'");
+        let refused = inner
+            .fail_if_found(crate::store::deferred::Guard::Identifier, guard)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::WriteAbandoned(_))),
+            "{refused:?}"
+        );
+        let committed = tx.commit().await;
+        assert!(
+            matches!(committed, Err(StoreError::WriteAbandoned(_))),
+            "{committed:?}"
+        );
+        let read = store.read(PATIENT, &ran, &Visibility::All).await;
+        assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
         store.close().await;
     }
 
