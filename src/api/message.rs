@@ -24,8 +24,8 @@ use super::negotiate::ResponseFormat;
 use super::pipeline;
 use super::response::already_received;
 use super::transaction::{
-    Action, PlannedEntry, WriteAs, conditions_visibility, execute, map_referral, open_referral,
-    presettle, referral_entry, write_as_seen,
+    Action, EntryOutcome, PlannedEntry, WriteAs, conditions_visibility, execute, map_referral,
+    open_referral, presettle, referral_entry, write_as_seen,
 };
 use crate::config::MessageRefusal;
 use crate::fhir::identifiers::{NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM};
@@ -324,6 +324,13 @@ async fn handle(
             &mapped.identifier,
         )
         .await?;
+    // The message's entries written: a new referral's, or (`existing`) a new version of
+    // the stored one's.
+    let write_entries =
+        async |tx: &mut WriteTx, existing: Option<FhirId>| -> Result<Vec<EntryOutcome>, ApiError> {
+            let (mut plan, _) = plan_message(bundle, referral_index, existing)?;
+            execute(tx, &mut plan, request_id, &visibility, owner.as_deref()).await
+        };
     let (referral, note) = match (reason, existing) {
         ("new", Some(existing)) => {
             Workflow::check_resubmission(&existing, &mapped.fields)?;
@@ -331,15 +338,7 @@ async fn handle(
             (existing, Some(("referral-already-received", note)))
         }
         ("new", None) => {
-            let (mut plan, _) = plan_message(bundle, referral_index, None)?;
-            let outcomes = execute(
-                &mut tx,
-                &mut plan,
-                request_id,
-                &visibility,
-                owner.as_deref(),
-            )
-            .await?;
+            let outcomes = write_entries(&mut tx, None).await?;
             let referral = open_referral(
                 state,
                 &mut tx,
@@ -355,15 +354,7 @@ async fn handle(
         ("update", Some(existing)) => {
             let id = FhirId::parse(&existing.id)
                 .map_err(|e| ApiError::internal("reading a stored referral's id", e))?;
-            let (mut plan, _) = plan_message(bundle, referral_index, Some(id))?;
-            let outcomes = execute(
-                &mut tx,
-                &mut plan,
-                request_id,
-                &visibility,
-                owner.as_deref(),
-            )
-            .await?;
+            let outcomes = write_entries(&mut tx, Some(id)).await?;
             if outcomes.iter().any(|o| o.written) {
                 let referral = state
                     .workflow

@@ -34,6 +34,16 @@ impl ResponseFormat {
         Ok(self.render_text(text))
     }
 
+    /// [`ResponseFormat::render`] of `value` whose compact JSON the caller has written
+    /// already (`text`, to store it): sent as it is, not written again, unless `_pretty`
+    /// asks for it indented.
+    pub fn render_serialized(&self, value: &Value, text: String) -> Result<Response, ApiError> {
+        if self.pretty {
+            return self.render(value);
+        }
+        Ok(self.render_text(text))
+    }
+
     /// A 200 response with JSON text, sent as it is (`_pretty` does not apply: a stored
     /// answer is sent again byte for byte), labelled with this format's content type.
     pub fn render_text(&self, json: String) -> Response {

@@ -190,7 +190,7 @@ pub async fn transaction(
             })
             .await?;
             match written {
-                Some(response) => return format.render(&response),
+                Some((response, text)) => return format.render_serialized(&response, text),
                 None => {
                     tracing::info!(
                         "referral transaction met another write on the writer; writing it again from there"
@@ -261,7 +261,7 @@ pub async fn transaction(
         opening,
     )
     .await?;
-    let response = answering.response(&mut tx, &outcomes, &referral).await?;
+    let (response, text) = answering.response(&mut tx, &outcomes, &referral).await?;
     context.audit.note_referral_record(&referral);
     context.audit.commit(tx, 200).await?;
     tracing::info!(
@@ -269,7 +269,7 @@ pub async fn transaction(
         entries = outcomes.len(),
         "referral transaction committed"
     );
-    format.render(&response)
+    format.render_serialized(&response, text)
 }
 
 /// What a referral Bundle is answered with, and the submission that keeps it.
@@ -283,13 +283,14 @@ struct Answering<'a> {
 
 impl Answering<'_> {
     /// The transaction-response for `outcomes`, stored with the referral's submission
-    /// (its body and this answer, which a resubmission is answered with again).
+    /// (its body and this answer, which a resubmission is answered with again); with
+    /// its text as stored, which is sent (`ResponseFormat::render_serialized`).
     async fn response(
         &self,
         tx: &mut WriteTx,
         outcomes: &[EntryOutcome],
         referral: &Referral,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<(Value, String), ApiError> {
         let response = transaction_response(self.base, outcomes, self.referral_index, referral);
         let response_text = response.to_string();
         tx.add_submission(&Submission {
@@ -302,7 +303,7 @@ impl Answering<'_> {
             response: Some(&response_text),
         })
         .await?;
-        Ok(response)
+        Ok((response, response_text))
     }
 }
 
@@ -413,10 +414,8 @@ fn confirmable(plan: &[PlannedEntry], seen: &[Matched], referral_index: usize) -
             Action::Create => true,
             Action::Update(_) => false,
             Action::CreateUnlessExists(_) | Action::UpdateMatching(_) => {
-                seen.next().is_some_and(|matched| match matched.ids.len() {
-                    0 => true,
-                    1 => index != referral_index && matched.current.is_some(),
-                    _ => false,
+                seen.next().is_some_and(|matched| {
+                    matched.is_confirmable() && (index != referral_index || matched.ids.is_empty())
                 })
             }
         })

@@ -133,6 +133,19 @@ pub struct Matched {
     pub current: Option<CurrentVersion>,
 }
 
+impl Matched {
+    /// Whether a write can go on from this match as a reader saw it, a guard on the
+    /// writer confirming it (`WriteTx::expect_matching`): it matched nothing, or one
+    /// resource whose current version was read.
+    pub fn is_confirmable(&self) -> bool {
+        match self.ids.len() {
+            0 => true,
+            1 => self.current.is_some(),
+            _ => false,
+        }
+    }
+}
+
 impl WriteTx {
     /// The versions this transaction wrote since the last call, oldest first, so the
     /// caller can record who caused them (their Provenance) in the same transaction.

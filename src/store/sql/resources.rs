@@ -366,11 +366,7 @@ impl Tx {
                 }
             }
         }
-        found
-            .into_iter()
-            .zip(queries)
-            .map(|(rows, query)| matched(query.resource_type, rows, visibility))
-            .collect()
+        matched_each(queries, found, visibility)
     }
 
     /// See `WriteTx::expect_matching`: `seen` is the answer, confirmed by a guard on
@@ -385,11 +381,7 @@ impl Tx {
     ) -> Result<Vec<Matched>, StoreError> {
         let confirmable = self.guards_run_on_the_writer()
             && seen.len() == queries.len()
-            && seen.iter().all(|matched| match matched.ids.len() {
-                0 => true,
-                1 => matched.current.is_some(),
-                _ => false,
-            });
+            && seen.iter().all(Matched::is_confirmable);
         if !confirmable {
             return self.matching_current(queries, visibility).await;
         }
@@ -611,13 +603,22 @@ impl Backend {
             return Ok(Vec::new());
         }
         let mut conn = self.readers.acquire().await?;
-        super::search::matching_current(&mut conn, queries, visibility)
-            .await?
-            .into_iter()
-            .zip(queries)
-            .map(|(rows, query)| matched(query.resource_type, rows, visibility))
-            .collect()
+        let found = super::search::matching_current(&mut conn, queries, visibility).await?;
+        matched_each(queries, found, visibility)
     }
+}
+
+/// [`matched`] for each of `queries`, from its rows in `found` (in the same order).
+fn matched_each(
+    queries: &[&crate::search::SearchQuery],
+    found: Vec<Vec<super::search::MatchedRow>>,
+    visibility: &Visibility,
+) -> Result<Vec<Matched>, StoreError> {
+    found
+        .into_iter()
+        .zip(queries)
+        .map(|(rows, query)| matched(query.resource_type, rows, visibility))
+        .collect()
 }
 
 /// A condition's advisory lock key (PostgreSQL): the condition as it is normalised (its
