@@ -104,6 +104,102 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// SQLite's own memory from mimalloc too, and without SQLite's memory statistics.
+///
+/// SQLite allocates through glibc's `malloc` unless told otherwise, and with its memory
+/// statistics on (the default) every `sqlite3_malloc` and `sqlite3_free` also takes a
+/// mutex global to the process, shared by the writer and every reader: under a load of
+/// transaction Bundles these were 7 % of Sprig's CPU (BENCHMARKS.md, "SQLite's memory").
+/// Sprig reads no SQLite memory statistic.
+///
+/// Must run before SQLite is first used (`sqlite3_config` refuses once it is initialised):
+/// `src/main.rs` calls it first thing. Returns whether SQLite took both settings (false
+/// if it was already initialised, when it keeps its defaults).
+pub fn serve_sqlite() -> bool {
+    static SERVED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SERVED.get_or_init(|| {
+        let methods = sqlite::METHODS;
+        // SAFETY: called once (the `OnceLock`); `sqlite3_config` takes these arguments
+        // (an int; a pointer to a methods struct, which it copies) and answers
+        // SQLITE_MISUSE, changing nothing, once SQLite is initialised.
+        unsafe {
+            libsqlite3_sys::sqlite3_config(
+                libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS,
+                std::ffi::c_int::from(0u8),
+            ) == libsqlite3_sys::SQLITE_OK
+                && libsqlite3_sys::sqlite3_config(
+                    libsqlite3_sys::SQLITE_CONFIG_MALLOC,
+                    &raw const methods,
+                ) == libsqlite3_sys::SQLITE_OK
+        }
+    })
+}
+
+/// SQLite's memory methods (`sqlite3_mem_methods`) on mimalloc. SQLite asks for blocks of
+/// 8-byte alignment, which every mimalloc block has.
+mod sqlite {
+    use std::ffi::{c_int, c_void};
+
+    use libmimalloc_sys as mi;
+    use libsqlite3_sys as ffi;
+
+    // In the mimalloc `libmimalloc-sys` builds and links; its bindings declare these only
+    // under its `extended` feature, which would pull in a crate for C types we have.
+    unsafe extern "C" {
+        fn mi_usable_size(p: *const c_void) -> usize;
+        fn mi_good_size(size: usize) -> usize;
+    }
+
+    pub(super) const METHODS: ffi::sqlite3_mem_methods = ffi::sqlite3_mem_methods {
+        xMalloc: Some(malloc),
+        xFree: Some(free),
+        xRealloc: Some(realloc),
+        xSize: Some(size),
+        xRoundup: Some(roundup),
+        xInit: Some(init),
+        xShutdown: Some(shutdown),
+        pAppData: std::ptr::null_mut(),
+    };
+
+    /// SQLite's sizes are positive `int`s; anything else is treated as zero.
+    fn bytes(n: c_int) -> usize {
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    unsafe extern "C" fn malloc(n: c_int) -> *mut c_void {
+        // SAFETY: any size; a null pointer on failure, as SQLite expects.
+        unsafe { mi::mi_malloc(bytes(n)) }
+    }
+
+    unsafe extern "C" fn free(p: *mut c_void) {
+        // SAFETY: SQLite frees only what `malloc`/`realloc` above returned.
+        unsafe { mi::mi_free(p) }
+    }
+
+    unsafe extern "C" fn realloc(p: *mut c_void, n: c_int) -> *mut c_void {
+        // SAFETY: as in `free`; the block keeps its contents up to the smaller size.
+        unsafe { mi::mi_realloc(p, bytes(n)) }
+    }
+
+    unsafe extern "C" fn size(p: *mut c_void) -> c_int {
+        // SAFETY: as in `free` (and mimalloc answers 0 for null).
+        let usable = unsafe { mi_usable_size(p) };
+        c_int::try_from(usable).unwrap_or(c_int::MAX)
+    }
+
+    unsafe extern "C" fn roundup(n: c_int) -> c_int {
+        // SAFETY: a pure function of the size.
+        let good = unsafe { mi_good_size(bytes(n)) };
+        c_int::try_from(good).unwrap_or(n)
+    }
+
+    unsafe extern "C" fn init(_: *mut c_void) -> c_int {
+        ffi::SQLITE_OK
+    }
+
+    unsafe extern "C" fn shutdown(_: *mut c_void) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +234,78 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Run by `sqlite_allocates_from_mimalloc_once_served` in a process of its own, where
+    /// nothing has used SQLite yet (in this test binary other tests may have, and SQLite
+    /// takes its memory settings only before that).
+    #[test]
+    #[ignore = "run in a fresh process by sqlite_allocates_from_mimalloc_once_served"]
+    fn sqlite_in_a_fresh_process() {
+        unsafe extern "C" {
+            fn mi_is_in_heap_region(p: *const c_void) -> bool;
+        }
+        assert!(serve_sqlite(), "SQLite took both settings");
+        assert!(serve_sqlite(), "asking again answers as the first time");
+        // SAFETY: SQLite's allocation functions on a block used only here, freed once; an
+        // in-memory database opened, used through SQLite's API and closed.
+        unsafe {
+            let p = libsqlite3_sys::sqlite3_malloc(1000);
+            assert!(!p.is_null());
+            assert!(mi_is_in_heap_region(p), "the block is mimalloc's");
+            assert!(libsqlite3_sys::sqlite3_msize(p) >= 1000);
+            assert_eq!(
+                libsqlite3_sys::sqlite3_memory_used(),
+                0,
+                "no memory statistics kept"
+            );
+            let grown = libsqlite3_sys::sqlite3_realloc(p, 100_000);
+            assert!(mi_is_in_heap_region(grown));
+            libsqlite3_sys::sqlite3_free(grown);
+
+            let mut db = std::ptr::null_mut();
+            let name = c":memory:";
+            assert_eq!(
+                libsqlite3_sys::sqlite3_open(name.as_ptr(), &raw mut db),
+                libsqlite3_sys::SQLITE_OK
+            );
+            // Enough rows to allocate, grow and free page after page.
+            let work = c"CREATE TABLE t (x TEXT); \
+                WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+                INSERT INTO t SELECT hex(randomblob(500)) FROM n; \
+                DELETE FROM t WHERE rowid % 2 = 0;";
+            assert_eq!(
+                libsqlite3_sys::sqlite3_exec(
+                    db,
+                    work.as_ptr(),
+                    None,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut()
+                ),
+                libsqlite3_sys::SQLITE_OK
+            );
+            assert_eq!(libsqlite3_sys::sqlite3_close(db), libsqlite3_sys::SQLITE_OK);
+        }
+    }
+
+    /// SQLite's memory comes from mimalloc once `serve_sqlite` has run, as `main` runs it.
+    #[test]
+    fn sqlite_allocates_from_mimalloc_once_served() {
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "allocator::tests::sqlite_in_a_fresh_process",
+                "--test-threads=1",
+            ])
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

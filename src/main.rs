@@ -5,5 +5,7 @@
 static GLOBAL: sprig::allocator::Allocator = sprig::allocator::Allocator {};
 
 fn main() -> std::process::ExitCode {
+    // Before anything opens a database: SQLite's memory from mimalloc as well.
+    sprig::allocator::serve_sqlite();
     sprig::cli::main()
 }

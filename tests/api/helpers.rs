@@ -125,6 +125,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// A gateway using the database in `dir` (which may already hold data).
 pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Settings)) -> TestApp {
     LazyLock::force(&TRACING);
+    // SQLite's memory as the `sprig` binary sets it up (a no-op once SQLite is in use).
+    sprig::allocator::serve_sqlite();
     let db_path = dir.path().join("sprig.db");
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().expect("address"),

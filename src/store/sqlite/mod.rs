@@ -870,6 +870,23 @@ mod horizon_tests {
 }
 
 #[cfg(test)]
+mod build_tests {
+    /// The SQLite built for Sprig (`.cargo/config.toml`) keeps a page cache per connection,
+    /// not one for the whole process behind a mutex every connection takes per page.
+    #[test]
+    fn sqlite_keeps_a_page_cache_per_connection() {
+        // SAFETY: a static, NUL-terminated option name; the call only reads it.
+        let used = unsafe {
+            libsqlite3_sys::sqlite3_compileoption_used(c"ENABLE_MEMORY_MANAGEMENT".as_ptr())
+        };
+        assert_eq!(used, 0, "SQLITE_ENABLE_MEMORY_MANAGEMENT is off");
+        // SAFETY: as above.
+        let threadsafe = unsafe { libsqlite3_sys::sqlite3_threadsafe() };
+        assert_ne!(threadsafe, 0, "SQLite is built for threads");
+    }
+}
+
+#[cfg(test)]
 #[cfg(unix)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
