@@ -167,6 +167,28 @@ const HORIZON_SQL: &str = "SELECT \
        AND a.pid <> pg_backend_pid()";
 
 impl PgStore {
+    /// The first column of `statement`'s first row as text, on a reader.
+    async fn committed_first_text(
+        &self,
+        statement: super::deferred::Statement,
+    ) -> Result<Option<String>, StoreError> {
+        statement::first_text(&mut *self.readers.acquire().await?, statement).await
+    }
+
+    /// What each of `queries` matches among committed resources, on a reader.
+    async fn committed_matching_rows(
+        &self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &super::Visibility,
+    ) -> Result<Vec<Vec<search::MatchedRow>>, StoreError> {
+        search::matching_current(&mut *self.readers.acquire().await?, queries, visibility).await
+    }
+
+    /// Nothing to close: PostgreSQL's readers are its pool's.
+    fn close_direct_readers(&self) {}
+}
+
+impl PgStore {
     /// `(horizon, now)` in Unix milliseconds (see [`HORIZON_SQL`]).
     async fn commit_horizon(&self, conn: &mut Conn) -> Result<(i64, i64), StoreError> {
         let horizon: (i64, i64) = sqlx::query_as(HORIZON_SQL).fetch_one(conn).await?;

@@ -485,9 +485,15 @@ impl Backend {
         practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<Option<Referral>, StoreError> {
-        let s = self;
-        let mut conn = s.readers.acquire().await?;
-        referral_by_identifier(&mut conn, practice, identifier).await
+        // Most find nothing (a new referral): the id alone is read first, in the way
+        // that costs least (SQLite: on the caller's thread).
+        let id = self
+            .committed_first_text(referral_id_by_identifier(practice, identifier))
+            .await?;
+        match id {
+            Some(id) => fetch_referral(&mut *self.readers.acquire().await?, &id).await,
+            None => Ok(None),
+        }
     }
 
     /// The answer remembered for an `X-Request-ID`, read without taking the
@@ -907,22 +913,6 @@ impl Backend {
                 },
             ),
         ]
-    }
-}
-
-/// The lookup `referrals_by_identifier` answers: one referral per identifier per
-/// sending practice.
-async fn referral_by_identifier(
-    conn: &mut Conn,
-    practice: Option<&str>,
-    identifier: &BusinessIdentifier,
-) -> Result<Option<Referral>, StoreError> {
-    let id =
-        super::statement::first_text(&mut *conn, referral_id_by_identifier(practice, identifier))
-            .await?;
-    match id {
-        Some(id) => fetch_referral(conn, &id).await,
-        None => Ok(None),
     }
 }
 

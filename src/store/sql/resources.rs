@@ -602,8 +602,7 @@ impl Backend {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.readers.acquire().await?;
-        let found = super::search::matching_current(&mut conn, queries, visibility).await?;
+        let found = self.committed_matching_rows(queries, visibility).await?;
         matched_each(queries, found, visibility)
     }
 }
@@ -775,6 +774,7 @@ impl Backend {
     }
 
     pub(in crate::store) async fn close(&self) {
+        self.close_direct_readers();
         self.readers.close().await;
         self.writer.close().await;
     }
@@ -914,6 +914,22 @@ fn visible_outcome(
 }
 
 impl VisibleVersionRow {
+    /// A row read other than through sqlx (SQLite's `direct::Readers`).
+    #[allow(dead_code, reason = "used by the SQLite backend only")]
+    pub(super) fn new(
+        version_id: i64,
+        last_updated: String,
+        resource: Option<String>,
+        owner_ods: Option<String>,
+    ) -> Self {
+        Self {
+            version_id,
+            last_updated,
+            resource,
+            owner_ods,
+        }
+    }
+
     fn into_domain(
         self,
         resource_type: ResourceType,

@@ -180,31 +180,43 @@ pub(crate) async fn matching_current(
     queries: &[&SearchQuery],
     visibility: &Visibility,
 ) -> Result<Vec<Vec<MatchedRow>>, StoreError> {
-    let mut matches: Vec<Vec<MatchedRow>> = queries.iter().map(|_| Vec::new()).collect();
+    let mut matches: Vec<Vec<MatchedRow>> = Vec::with_capacity(queries.len());
     // SQLite allows at most 500 terms in one compound SELECT, and `limits.max_repeats`
     // lets a Bundle carry more conditional entries than that.
-    for (chunk, (queries, slots)) in queries
-        .chunks(CONDITIONS_PER_STATEMENT)
-        .zip(matches.chunks_mut(CONDITIONS_PER_STATEMENT))
-        .enumerate()
-    {
-        for row in matching_current_of(conn, queries, visibility).await? {
-            let slot = usize::try_from(row.k)
-                .ok()
-                .and_then(|at| slots.get_mut(at))
-                .ok_or_else(|| StoreError::Corrupt {
-                    resource_type: String::new(),
-                    id: row.id.clone(),
-                    reason: format!("a match names condition {} of chunk {chunk}", row.k),
-                })?;
-            slot.push(row);
-        }
+    for (chunk, queries) in queries.chunks(CONDITIONS_PER_STATEMENT).enumerate() {
+        let rows = matching_current_sql(queries, visibility)
+            .query_as()
+            .fetch_all(&mut *conn)
+            .await?;
+        matches.extend(by_condition(queries.len(), rows, chunk)?);
     }
     Ok(matches)
 }
 
+/// The rows of one [`matching_current_statement`] of `conditions` conditions, by
+/// condition (the `chunk`-th of its request's, for the error should a row name none).
+pub(super) fn by_condition(
+    conditions: usize,
+    rows: Vec<MatchedRow>,
+    chunk: usize,
+) -> Result<Vec<Vec<MatchedRow>>, StoreError> {
+    let mut slots: Vec<Vec<MatchedRow>> = (0..conditions).map(|_| Vec::new()).collect();
+    for row in rows {
+        let slot = usize::try_from(row.k)
+            .ok()
+            .and_then(|at| slots.get_mut(at))
+            .ok_or_else(|| StoreError::Corrupt {
+                resource_type: String::new(),
+                id: row.id.clone(),
+                reason: format!("a match names condition {} of chunk {chunk}", row.k),
+            })?;
+        slot.push(row);
+    }
+    Ok(slots)
+}
+
 /// Most conditions matched in one statement ([`matching_current`], [`matches_changed`]).
-const CONDITIONS_PER_STATEMENT: usize = 64;
+pub(super) const CONDITIONS_PER_STATEMENT: usize = 64;
 
 /// Guard reads (`Tx::fail_if_found`) that find a row when any of `queries` matches
 /// otherwise than `seen` says (as a reader matched them: `Backend::committed_matching_current`):
@@ -262,12 +274,9 @@ pub(crate) fn matches_changed(
 }
 
 /// [`matching_current`] of at most [`CONDITIONS_PER_STATEMENT`] conditions: a `UNION
-/// ALL` of one `SELECT` per condition, each row's `k` its condition's position here.
-async fn matching_current_of(
-    conn: &mut Conn,
-    queries: &[&SearchQuery],
-    visibility: &Visibility,
-) -> Result<Vec<MatchedRow>, StoreError> {
+/// ALL` of one `SELECT` per condition, each row's `k` its condition's position here,
+/// its columns those of [`MatchedRow`] in order.
+fn matching_current_sql(queries: &[&SearchQuery], visibility: &Visibility) -> Sql {
     let mut sql = Sql::default();
     for (k, query) in queries.iter().enumerate() {
         if k > 0 {
@@ -286,7 +295,17 @@ async fn matching_current_of(
         sql.push_where(query, visibility, None, None, driver);
     }
     sql.push(" ORDER BY k, id");
-    Ok(sql.query_as().fetch_all(&mut *conn).await?)
+    sql
+}
+
+/// [`matching_current_sql`] as a [`Statement`], for a reader that runs statements
+/// itself (SQLite's `direct::Readers`).
+#[allow(dead_code, reason = "used by the SQLite backend only")]
+pub(super) fn matching_current_statement(
+    queries: &[&SearchQuery],
+    visibility: &Visibility,
+) -> Statement {
+    matching_current_sql(queries, visibility).into_statement()
 }
 
 /// How long a search waits for write transactions that began before it to end, so that
@@ -1258,6 +1277,14 @@ pub(super) struct MatchedRow {
     pub(super) id: String,
     #[sqlx(flatten)]
     pub(super) version: super::resources::VisibleVersionRow,
+}
+
+impl MatchedRow {
+    /// A row read other than through sqlx (SQLite's `direct::Readers`).
+    #[allow(dead_code, reason = "used by the SQLite backend only")]
+    pub(super) fn new(k: i64, id: String, version: super::resources::VisibleVersionRow) -> Self {
+        Self { k, id, version }
+    }
 }
 
 /// A search's total (`count_sql`, `index_count_sql`, `estimate_sql`).

@@ -16,6 +16,9 @@
 //! Statements stay prepared in a [`Cache`] for the rest of the group-commit
 //! session (the batch), so each is compiled once per batch, not once per request.
 //!
+//! [`Readers`] do the same for the short reads a new referral makes before its
+//! write, on read-only connections taken from their workers for good.
+//!
 //! Safety: the handle is used only while the lock is held, so sqlx's worker
 //! never runs on it meanwhile; the lock is given back before anything goes through
 //! sqlx on the connection, and before the connection leaves the session; a cached statement is finalized when its cache is
@@ -691,5 +694,239 @@ mod tests {
             "{error}"
         );
         cache.clear();
+    }
+}
+
+/// SQLite calls a [`Readers`] connection's progress handler after this many
+/// virtual-machine steps.
+const PROGRESS_EVERY: c_int = 10_000;
+
+/// Progress calls one [`Readers`] read may take before SQLite interrupts it: 100,000
+/// virtual-machine steps in all (about a millisecond of work). A read on the caller's
+/// thread must stay short; a longer one is done the usual way instead ([`Read::TooLong`]).
+const PROGRESS_CALLS_PER_READ: u32 = 10;
+
+/// Reader connections kept for [`Readers`] between reads.
+const IDLE_READERS: usize = 4;
+
+/// What a [`Readers`] read came to.
+#[derive(Debug)]
+pub(super) enum Read<T> {
+    Done(T),
+    /// More work than a read on the caller's thread may do (more rows than it allows,
+    /// or more steps than [`PROGRESS_CALLS_PER_READ`] allows): do it through sqlx's
+    /// reader pool instead.
+    TooLong,
+}
+
+/// Read-only connections whose statements run on the caller's thread, through SQLite's
+/// C API, for the short reads a new referral makes before its write (is its identifier
+/// held; what do its conditions match). Through sqlx's reader pool each such read was
+/// a pool checkout and two hand-offs to and from a connection's worker thread, more
+/// CPU than the read itself (BENCHMARKS.md, "Reads on the caller's thread").
+///
+/// Each connection is opened by sqlx with the pool's readers' options, then taken from
+/// its worker for good ([`Locked`]); its statements stay prepared while it lives. Work
+/// is bounded: SQLite interrupts a read past its budget ([`PROGRESS_CALLS_PER_READ`]),
+/// and the caller says how many rows it accepts.
+pub(super) struct Readers {
+    options: sqlx::sqlite::SqliteConnectOptions,
+    idle: std::sync::Mutex<Vec<Reader>>,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers").finish_non_exhaustive()
+    }
+}
+
+/// One connection of [`Readers`]. Fields drop in order: its statements are finalized,
+/// then its handle given back to its worker (and with it the progress handler, which
+/// points at `budget`), then the connection closed.
+struct Reader {
+    cache: Cache,
+    locked: Locked,
+    // Only ever dropped: while `locked` lives, nothing goes through sqlx on it.
+    _conn: SqliteConnection,
+    /// Progress calls left to the read running (`spend`); on the heap, where the
+    /// handler's pointer to it stays valid when the `Reader` moves.
+    budget: Box<std::cell::Cell<u32>>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let db = self.locked.handle.as_raw_handle();
+        // SAFETY: the connection is open and held by `locked` (dropped after this);
+        // the handler goes before `budget`, which it points at, is freed.
+        unsafe { ffi::sqlite3_progress_handler(db.as_ptr(), 0, None, ptr::null_mut()) };
+    }
+}
+
+/// A [`Readers`] connection's progress handler: one call of the read's budget spent;
+/// once none is left, the statement stops (`SQLITE_INTERRUPT`).
+unsafe extern "C" fn spend(budget: *mut std::ffi::c_void) -> c_int {
+    // SAFETY: the pointer is the `Reader`'s `budget`, which outlives its connection's
+    // handler; SQLite calls it on the thread stepping the statement, the only one
+    // using the `Reader` meanwhile.
+    let left = unsafe { &*budget.cast_const().cast::<std::cell::Cell<u32>>() };
+    match left.get() {
+        0 => 1,
+        n => {
+            left.set(n - 1);
+            0
+        }
+    }
+}
+
+impl Readers {
+    /// Connections opened as `options` say (a reader's: read-only, its cache size).
+    pub(super) fn new(options: sqlx::sqlite::SqliteConnectOptions) -> Self {
+        Self {
+            options,
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `read` on an idle connection (opened if there is none), on this thread.
+    pub(super) async fn read<T>(
+        &self,
+        read: impl FnOnce(&mut Locked, &mut Cache) -> Result<Read<T>, StoreError>,
+    ) -> Result<Read<T>, StoreError> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut reader = match idle {
+            Some(reader) => reader,
+            None => self.open().await?,
+        };
+        reader.budget.set(PROGRESS_CALLS_PER_READ);
+        let outcome = read(&mut reader.locked, &mut reader.cache);
+        // A connection whose read failed is closed, not kept.
+        if outcome.is_ok()
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < IDLE_READERS
+        {
+            idle.push(reader);
+        }
+        outcome
+    }
+
+    async fn open(&self) -> Result<Reader, StoreError> {
+        use sqlx::Connection;
+        let mut conn = SqliteConnection::connect_with(&self.options).await?;
+        // SAFETY: the `Locked` lives in the `Reader` beside the connection and drops
+        // before it (field order); nothing uses the connection through sqlx meanwhile.
+        let mut locked = unsafe { Locked::take(&mut conn) }.await?;
+        let budget = Box::new(std::cell::Cell::new(0));
+        let db = locked.handle.as_raw_handle();
+        // SAFETY: `db` is open and held by `locked`; `budget` lives on the heap for as
+        // long as the connection (both in the `Reader`; the handle is given back first).
+        unsafe {
+            ffi::sqlite3_progress_handler(
+                db.as_ptr(),
+                PROGRESS_EVERY,
+                Some(spend),
+                ptr::from_ref(budget.as_ref()).cast_mut().cast(),
+            );
+        }
+        Ok(Reader {
+            cache: Cache::default(),
+            locked,
+            _conn: conn,
+            budget,
+        })
+    }
+
+    /// Closes the idle connections (the store is closing).
+    pub(super) fn close(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+/// Steps a bound query to its end, decoding each row; `None` past `max_rows` rows or
+/// when SQLite interrupted a step. `db` and `stmt` as for [`bind_values`].
+fn step_rows<T>(
+    db: *mut ffi::sqlite3,
+    stmt: *mut ffi::sqlite3_stmt,
+    max_rows: usize,
+    decode: &mut impl FnMut(&Row) -> Result<T, StoreError>,
+) -> Result<Option<Vec<T>>, StoreError> {
+    let mut rows = Vec::new();
+    loop {
+        // SAFETY: `stmt` is prepared and bound (`with_statement`).
+        match unsafe { ffi::sqlite3_step(stmt) } {
+            ffi::SQLITE_DONE => return Ok(Some(rows)),
+            ffi::SQLITE_ROW if rows.len() < max_rows => rows.push(decode(&Row(stmt))?),
+            ffi::SQLITE_ROW | ffi::SQLITE_INTERRUPT => return Ok(None),
+            // SAFETY: `db` is open; the step's error is its last.
+            _ => return Err(unsafe { last_error(db) }),
+        }
+    }
+}
+
+/// One row of a query run by [`Locked::rows`], read by column position.
+pub(super) struct Row(*mut ffi::sqlite3_stmt);
+
+impl Row {
+    /// Column `i` as an integer (0 for NULL).
+    pub(super) fn int(&self, i: c_int) -> i64 {
+        // SAFETY: a row is current on the statement (`Locked::rows`), `i` a column of it.
+        unsafe { ffi::sqlite3_column_int64(self.0, i) }
+    }
+
+    /// Column `i` as text (`None` for NULL).
+    pub(super) fn text(&self, i: c_int) -> Result<Option<String>, StoreError> {
+        // SAFETY: as in `int`; the text (UTF-8, SQLite's own copy, valid until the next
+        // step) is read with its length and copied at once.
+        let bytes = unsafe {
+            let data = ffi::sqlite3_column_text(self.0, i);
+            if data.is_null() {
+                return Ok(None);
+            }
+            let length = usize::try_from(ffi::sqlite3_column_bytes(self.0, i)).unwrap_or(0);
+            std::slice::from_raw_parts(data, length).to_vec()
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| direct_error(ffi::SQLITE_MISMATCH, "a text column is not UTF-8".into()))
+    }
+}
+
+impl Locked {
+    /// Runs one query and decodes its rows, at most `max_rows` of them: with more, or
+    /// a step SQLite interrupted ([`Readers`]' budget), [`Read::TooLong`].
+    pub(super) fn rows<T>(
+        &mut self,
+        cache: &mut Cache,
+        statement: &Statement,
+        max_rows: usize,
+        mut decode: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Read<Vec<T>>, StoreError> {
+        self.ran += 1;
+        let db = self.handle.as_raw_handle();
+        // SAFETY: as in `run`.
+        let rows = unsafe {
+            with_statement(db, cache, statement, |stmt| {
+                step_rows(db.as_ptr(), stmt, max_rows, &mut decode)
+            })
+        }?;
+        Ok(rows.map_or(Read::TooLong, Read::Done))
+    }
+
+    /// [`Locked::first_text`], for a [`Readers`] read.
+    pub(super) fn first_text_read(
+        &mut self,
+        cache: &mut Cache,
+        statement: &Statement,
+    ) -> Result<Read<Option<String>>, StoreError> {
+        match self.first_text(cache, statement) {
+            Ok(text) => Ok(Read::Done(text)),
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("9") =>
+            {
+                Ok(Read::TooLong)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -253,6 +253,8 @@ impl Drop for Interruptible {
 pub struct SqliteStore {
     pub(in crate::store) writer: SqlitePool,
     pub(in crate::store) readers: SqlitePool,
+    /// Short reads on the caller's thread (`committed_first_text`, `committed_matching_rows`).
+    direct_readers: Arc<direct::Readers>,
     /// Write transactions, committed in groups on the writer connection.
     group: Arc<group::Group>,
     /// Woken when a commit adds outbox rows, so delivery starts at once
@@ -352,6 +354,78 @@ impl Backend {
     }
 }
 
+/// Most rows a new referral's conditions may match for their read to run on the caller's
+/// thread (`SqliteStore::committed_matching_rows`); a condition that matches more than one
+/// resource is an error in a transaction, so a Bundle that reaches this is rare.
+const DIRECT_MATCH_ROWS: usize = 256;
+
+impl SqliteStore {
+    /// The first column of `statement`'s first row as text, among committed rows: read
+    /// on this thread (`direct::Readers`), or through the reader pool when that would
+    /// take too long.
+    async fn committed_first_text(
+        &self,
+        statement: Statement,
+    ) -> Result<Option<String>, StoreError> {
+        let read = self
+            .direct_readers
+            .read(|locked, cache| locked.first_text_read(cache, &statement))
+            .await?;
+        match read {
+            direct::Read::Done(text) => Ok(text),
+            direct::Read::TooLong => {
+                statement::first_text(&mut *self.readers.acquire().await?, statement).await
+            }
+        }
+    }
+
+    /// What each of `queries` matches among committed resources, with its current
+    /// version (`search::matching_current`): read on this thread (`direct::Readers`)
+    /// when the conditions fit one statement and match few rows, else through the
+    /// reader pool.
+    async fn committed_matching_rows(
+        &self,
+        queries: &[&crate::search::SearchQuery],
+        visibility: &super::Visibility,
+    ) -> Result<Vec<Vec<search::MatchedRow>>, StoreError> {
+        if queries.len() <= search::CONDITIONS_PER_STATEMENT {
+            let statement = search::matching_current_statement(queries, visibility);
+            let read = self
+                .direct_readers
+                .read(|locked, cache| {
+                    locked.rows(cache, &statement, DIRECT_MATCH_ROWS, |row| {
+                        let version = resources::VisibleVersionRow::new(
+                            row.int(2),
+                            text(row, 3)?,
+                            row.text(4)?,
+                            row.text(5)?,
+                        );
+                        Ok(search::MatchedRow::new(row.int(0), text(row, 1)?, version))
+                    })
+                })
+                .await?;
+            if let direct::Read::Done(rows) = read {
+                return search::by_condition(queries.len(), rows, 0);
+            }
+        }
+        search::matching_current(&mut *self.readers.acquire().await?, queries, visibility).await
+    }
+
+    /// Closes the connections `committed_first_text` and `committed_matching_rows` keep.
+    fn close_direct_readers(&self) {
+        self.direct_readers.close();
+    }
+}
+
+/// Column `i` of `row`, which the query never leaves NULL.
+fn text(row: &direct::Row, i: std::ffi::c_int) -> Result<String, StoreError> {
+    row.text(i)?.ok_or_else(|| StoreError::Corrupt {
+        resource_type: String::new(),
+        id: String::new(),
+        reason: format!("column {i} of a match is NULL"),
+    })
+}
+
 impl SqliteStore {
     /// Opens the file (creating it if missing), switches it to WAL and runs
     /// the migrations in `migrations/sqlite`.
@@ -422,14 +496,14 @@ impl SqliteStore {
         let durability = options
             .durable_commits
             .then(|| group::Durability::of_database(base.get_filename()));
+        let reader_options = base
+            .clone()
+            .read_only(true)
+            .pragma("cache_size", cache_size(options.sqlite_caches.reader_kib));
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_read_connections.max(1))
             .acquire_timeout(options.busy_timeout)
-            .connect_with(
-                base.clone()
-                    .read_only(true)
-                    .pragma("cache_size", cache_size(options.sqlite_caches.reader_kib)),
-            )
+            .connect_with(reader_options.clone())
             .await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -442,6 +516,7 @@ impl SqliteStore {
             group: group::Group::new(writer.clone(), options.busy_timeout, durability),
             writer,
             readers,
+            direct_readers: Arc::new(direct::Readers::new(reader_options)),
             outbox_signal: Arc::new(Notify::new()),
             horizon: Arc::new(CommitHorizon::default()),
             counts: Arc::new(crate::store::search::CountGate::new(
@@ -1322,6 +1397,124 @@ mod queued_statement_tests {
         );
         let read = store.read(PATIENT, &kept, &Visibility::All).await;
         assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
+        store.close().await;
+    }
+
+    /// Reads on the caller's thread (`direct::Readers`) answer as the reader pool does; a
+    /// read that would match too many rows, or run too long, is handed to the pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_on_the_callers_thread_answer_as_the_pool_does() {
+        use super::direct::Read;
+        use super::search;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path()).await;
+        let crate::store::Store::Sqlite(sqlite) = &store else {
+            panic!("a SQLite store");
+        };
+        let many = super::DIRECT_MATCH_ROWS + 44;
+        let ids: Vec<FhirId> = (0..=many).map(|_| FhirId::generate()).collect();
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.create(identified(&ids[0], "One")).await.expect("create");
+        for id in &ids[1..] {
+            tx.create(identified(id, "Many")).await.expect("create");
+        }
+        tx.commit().await.expect("commit");
+        let query = |value: &str| {
+            crate::search::SearchQuery::parse(
+                PATIENT,
+                &format!("identifier=https://example.org/t|{value}"),
+            )
+            .expect("query")
+        };
+        let (none, one, lots) = (query("None"), query("One"), query("Many"));
+        let ids_of = |rows: Vec<Vec<search::MatchedRow>>| -> Vec<Vec<String>> {
+            rows.into_iter()
+                .map(|rows| rows.into_iter().map(|row| row.id).collect())
+                .collect()
+        };
+
+        // Few rows: read on this thread, as the pool reads them.
+        let few = [&none, &one, &none];
+        let statement = search::matching_current_statement(&few, &Visibility::All);
+        let direct = sqlite
+            .direct_readers
+            .read(|locked, cache| {
+                locked.rows(cache, &statement, super::DIRECT_MATCH_ROWS, |row| {
+                    super::text(row, 1)
+                })
+            })
+            .await
+            .expect("a direct read");
+        assert!(
+            matches!(&direct, Read::Done(found) if found == &[ids[0].to_string()]),
+            "{direct:?}"
+        );
+        let pooled = search::matching_current(
+            &mut sqlite.readers.acquire().await.expect("reader"),
+            &few,
+            &Visibility::All,
+        )
+        .await
+        .expect("pool");
+        let read = sqlite
+            .committed_matching_rows(&few, &Visibility::All)
+            .await
+            .expect("read");
+        assert_eq!(ids_of(read), ids_of(pooled));
+
+        // More rows than a read on this thread takes: the pool reads them, all of them.
+        let statement = search::matching_current_statement(&[&lots], &Visibility::All);
+        let direct = sqlite
+            .direct_readers
+            .read(|locked, cache| {
+                locked.rows(cache, &statement, super::DIRECT_MATCH_ROWS, |_| Ok(()))
+            })
+            .await
+            .expect("a direct read");
+        assert!(matches!(direct, Read::TooLong), "{direct:?}");
+        let matched = store
+            .committed_matching_current(&[&one, &lots, &none], &Visibility::All)
+            .await
+            .expect("matched");
+        assert_eq!(matched[0].ids, std::slice::from_ref(&ids[0]));
+        assert!(
+            matched[0].current.is_some(),
+            "one match, with its current version"
+        );
+        assert_eq!(matched[1].ids.len(), many);
+        assert!(matched[2].ids.is_empty());
+
+        // A statement past the step budget: interrupted here, answered by the pool.
+        let counting = || {
+            super::Statement::new(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
+                 SELECT CAST(count(*) AS TEXT) FROM n",
+            )
+        };
+        let statement = counting();
+        let direct = sqlite
+            .direct_readers
+            .read(|locked, cache| locked.first_text_read(cache, &statement))
+            .await
+            .expect("a direct read");
+        assert!(matches!(direct, Read::TooLong), "{direct:?}");
+        let counted = sqlite
+            .committed_first_text(counting())
+            .await
+            .expect("counted");
+        assert_eq!(counted.as_deref(), Some("1000000"));
+        // The connection interrupted is kept and reads again.
+        let statement = super::Statement::new("SELECT 'again'");
+        let again = sqlite
+            .direct_readers
+            .read(|locked, cache| locked.first_text_read(cache, &statement))
+            .await
+            .expect("read again");
+        assert!(
+            matches!(again, Read::Done(Some(ref text)) if text == "again"),
+            "{again:?}"
+        );
         store.close().await;
     }
 
