@@ -109,8 +109,9 @@ unsafe impl GlobalAlloc for Allocator {
 /// SQLite allocates through glibc's `malloc` unless told otherwise, and with its memory
 /// statistics on (the default) every `sqlite3_malloc` and `sqlite3_free` also takes a
 /// mutex global to the process, shared by the writer and every reader: under a load of
-/// transaction Bundles these were 7 % of Sprig's CPU (BENCHMARKS.md, "SQLite's memory").
-/// Sprig reads no SQLite memory statistic.
+/// transaction Bundles glibc's allocator was 3.7 % of Sprig's CPU and that mutex about
+/// 1.7 % more (BENCHMARKS.md, "SQLite's memory; a new referral's reads on the caller's
+/// thread"). Sprig reads no SQLite memory statistic.
 ///
 /// Must run before SQLite is first used (`sqlite3_config` refuses once it is initialised):
 /// `src/main.rs` calls it first thing. Returns whether SQLite took both settings (false

@@ -723,7 +723,8 @@ pub(super) enum Read<T> {
 /// C API, for the short reads a new referral makes before its write (is its identifier
 /// held; what do its conditions match). Through sqlx's reader pool each such read was
 /// a pool checkout and two hand-offs to and from a connection's worker thread, more
-/// CPU than the read itself (BENCHMARKS.md, "Reads on the caller's thread").
+/// CPU than the read itself (BENCHMARKS.md, "SQLite's memory; a new referral's reads on
+/// the caller's thread").
 ///
 /// Each connection is opened by sqlx with the pool's readers' options, then taken from
 /// its worker for good ([`Locked`]); its statements stay prepared while it lives. Work
@@ -740,9 +741,9 @@ impl std::fmt::Debug for Readers {
     }
 }
 
-/// One connection of [`Readers`]. Fields drop in order: its statements are finalized,
-/// then its handle given back to its worker (and with it the progress handler, which
-/// points at `budget`), then the connection closed.
+/// One connection of [`Readers`]. Dropped, it first removes its progress handler (which
+/// points at `budget`); then its fields drop in order: its statements are finalized, its
+/// handle given back to its worker, the connection closed, `budget` freed.
 struct Reader {
     cache: Cache,
     locked: Locked,
