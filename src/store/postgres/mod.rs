@@ -166,25 +166,31 @@ const HORIZON_SQL: &str = "SELECT \
      WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL \
        AND a.pid <> pg_backend_pid()";
 
+/// PostgreSQL reads every statement through its pool: no read on the caller's thread.
 impl PgStore {
-    /// The first column of `statement`'s first row as text, on a reader.
-    async fn committed_first_text(
+    #[expect(
+        clippy::unused_async,
+        reason = "the backends' hooks share one signature"
+    )]
+    async fn direct_first_text(
         &self,
-        statement: super::deferred::Statement,
-    ) -> Result<Option<String>, StoreError> {
-        statement::first_text(&mut *self.readers.acquire().await?, statement).await
+        _statement: &super::deferred::Statement,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        Ok(None)
     }
 
-    /// What each of `queries` matches among committed resources, on a reader.
-    async fn committed_matching_rows(
+    #[expect(
+        clippy::unused_async,
+        reason = "the backends' hooks share one signature"
+    )]
+    async fn direct_matching_rows(
         &self,
-        queries: &[&crate::search::SearchQuery],
-        visibility: &super::Visibility,
-    ) -> Result<Vec<Vec<search::MatchedRow>>, StoreError> {
-        search::matching_current(&mut *self.readers.acquire().await?, queries, visibility).await
+        _queries: &[&crate::search::SearchQuery],
+        _visibility: &super::Visibility,
+    ) -> Result<Option<Vec<Vec<search::MatchedRow>>>, StoreError> {
+        Ok(None)
     }
 
-    /// Nothing to close: PostgreSQL's readers are its pool's.
     fn close_direct_readers(&self) {}
 }
 

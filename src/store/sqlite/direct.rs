@@ -719,6 +719,16 @@ pub(super) enum Read<T> {
     TooLong,
 }
 
+impl<T> Read<T> {
+    /// The read's result, `None` if it was too long.
+    pub(super) fn done(self) -> Option<T> {
+        match self {
+            Read::Done(value) => Some(value),
+            Read::TooLong => None,
+        }
+    }
+}
+
 /// Read-only connections whose statements run on the caller's thread, through SQLite's
 /// C API, for the short reads a new referral makes before its write (is its identifier
 /// held; what do its conditions match). Through sqlx's reader pool each such read was

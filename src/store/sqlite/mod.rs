@@ -253,7 +253,7 @@ impl Drop for Interruptible {
 pub struct SqliteStore {
     pub(in crate::store) writer: SqlitePool,
     pub(in crate::store) readers: SqlitePool,
-    /// Short reads on the caller's thread (`committed_first_text`, `committed_matching_rows`).
+    /// Short reads on the caller's thread (`direct_first_text`, `direct_matching_rows`).
     direct_readers: Arc<direct::Readers>,
     /// Write transactions, committed in groups on the writer connection.
     group: Arc<group::Group>,
@@ -355,63 +355,58 @@ impl Backend {
 }
 
 /// Most rows a new referral's conditions may match for their read to run on the caller's
-/// thread (`SqliteStore::committed_matching_rows`); a condition that matches more than one
+/// thread (`SqliteStore::direct_matching_rows`); a condition that matches more than one
 /// resource is an error in a transaction, so a Bundle that reaches this is rare.
 const DIRECT_MATCH_ROWS: usize = 256;
 
 impl SqliteStore {
-    /// The first column of `statement`'s first row as text, among committed rows: read
-    /// on this thread (`direct::Readers`), or through the reader pool when that would
-    /// take too long.
-    async fn committed_first_text(
+    /// The first column of `statement`'s first row as text, among committed rows, read
+    /// on this thread (`direct::Readers`); `None` when that would take too long (the
+    /// caller reads through the reader pool: `Backend::committed_first_text`).
+    async fn direct_first_text(
         &self,
-        statement: Statement,
-    ) -> Result<Option<String>, StoreError> {
+        statement: &Statement,
+    ) -> Result<Option<Option<String>>, StoreError> {
         let read = self
             .direct_readers
-            .read(|locked, cache| locked.first_text_read(cache, &statement))
+            .read(|locked, cache| locked.first_text_read(cache, statement))
             .await?;
-        match read {
-            direct::Read::Done(text) => Ok(text),
-            direct::Read::TooLong => {
-                statement::first_text(&mut *self.readers.acquire().await?, statement).await
-            }
-        }
+        Ok(read.done())
     }
 
     /// What each of `queries` matches among committed resources, with its current
-    /// version (`search::matching_current`): read on this thread (`direct::Readers`)
-    /// when the conditions fit one statement and match few rows, else through the
-    /// reader pool.
-    async fn committed_matching_rows(
+    /// version (`search::matching_current`), read on this thread (`direct::Readers`);
+    /// `None` when the conditions take more than one statement or match many rows (the
+    /// caller reads through the reader pool: `Backend::committed_matching_current`).
+    async fn direct_matching_rows(
         &self,
         queries: &[&crate::search::SearchQuery],
         visibility: &super::Visibility,
-    ) -> Result<Vec<Vec<search::MatchedRow>>, StoreError> {
-        if queries.len() <= search::CONDITIONS_PER_STATEMENT {
-            let statement = search::matching_current_statement(queries, visibility);
-            let read = self
-                .direct_readers
-                .read(|locked, cache| {
-                    locked.rows(cache, &statement, DIRECT_MATCH_ROWS, |row| {
-                        let version = resources::VisibleVersionRow::new(
-                            row.int(2),
-                            text(row, 3)?,
-                            row.text(4)?,
-                            row.text(5)?,
-                        );
-                        Ok(search::MatchedRow::new(row.int(0), text(row, 1)?, version))
-                    })
-                })
-                .await?;
-            if let direct::Read::Done(rows) = read {
-                return search::by_condition(queries.len(), rows, 0);
-            }
+    ) -> Result<Option<Vec<Vec<search::MatchedRow>>>, StoreError> {
+        if queries.len() > search::CONDITIONS_PER_STATEMENT {
+            return Ok(None);
         }
-        search::matching_current(&mut *self.readers.acquire().await?, queries, visibility).await
+        let statement = search::matching_current_statement(queries, visibility);
+        let read = self
+            .direct_readers
+            .read(|locked, cache| {
+                locked.rows(cache, &statement, DIRECT_MATCH_ROWS, |row| {
+                    let version = resources::VisibleVersionRow::new(
+                        row.int(2),
+                        text(row, 3)?,
+                        row.text(4)?,
+                        row.text(5)?,
+                    );
+                    Ok(search::MatchedRow::new(row.int(0), text(row, 1)?, version))
+                })
+            })
+            .await?;
+        read.done()
+            .map(|rows| search::by_condition(queries.len(), rows, 0))
+            .transpose()
     }
 
-    /// Closes the connections `committed_first_text` and `committed_matching_rows` keep.
+    /// Closes the connections `direct_first_text` and `direct_matching_rows` keep.
     fn close_direct_readers(&self) {
         self.direct_readers.close();
     }
@@ -1458,9 +1453,10 @@ mod queued_statement_tests {
         .await
         .expect("pool");
         let read = sqlite
-            .committed_matching_rows(&few, &Visibility::All)
+            .direct_matching_rows(&few, &Visibility::All)
             .await
-            .expect("read");
+            .expect("read")
+            .expect("read on this thread");
         assert_eq!(ids_of(read), ids_of(pooled));
 
         // More rows than a read on this thread takes: the pool reads them, all of them.
