@@ -711,6 +711,55 @@ mod tests {
         fresh.drop_database().await;
     }
 
+    /// A write dropped while its `BEGIN` is on the wire (its client gone, its request
+    /// timed out) must leave no transaction open on the pooled connection: the next
+    /// borrower's statements would run inside it, uncommitted and holding their locks,
+    /// and be lost when the connection closes. (sqlx 0.9.0 raised its transaction depth
+    /// only after `BEGIN`'s round trip, so nothing rolled it back: sqlx#4393, fixed in
+    /// 0.9.1.) Each round drops the write after one more poll than the last, so one
+    /// round drops it just after the poll that sent its `BEGIN`.
+    #[tokio::test]
+    async fn a_write_dropped_while_it_begins_leaves_no_transaction_open() {
+        let fresh = FreshStore::open().await;
+        let watcher = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server())
+            .await
+            .expect("the test PostgreSQL server is running");
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        for polls in 1..=30 {
+            // Boxed, so that `drop` drops the future itself.
+            let mut begin = Box::pin(fresh.store.begin_write());
+            for poll in 1..=polls {
+                if std::future::Future::poll(begin.as_mut(), &mut context).is_ready() {
+                    break;
+                }
+                if poll < polls {
+                    // Lets the server answer and tokio's reactor see it.
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            drop(begin);
+            // The dropped write's connection goes back to the pool in a task of its own.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let open: Vec<(String,)> = sqlx::query_as(
+                "SELECT query FROM pg_stat_activity \
+                 WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            )
+            .bind(&fresh.name)
+            .fetch_all(&watcher)
+            .await
+            .expect("pg_stat_activity");
+            assert!(
+                open.is_empty(),
+                "a write dropped after {polls} polls left a pooled connection in a \
+                 transaction (the statement each ran last: {open:?})"
+            );
+        }
+        watcher.close().await;
+        fresh.drop_database().await;
+    }
+
     #[tokio::test]
     async fn a_reader_dropped_mid_query_cancels_it_on_the_server() {
         let pool = PgPoolOptions::new()
