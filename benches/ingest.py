@@ -20,8 +20,8 @@ for --seconds with --connections connections (wrk, two threads):
   transaction   POST /fhir, the example transaction Bundle (7 entries),
                 a new referral each request
   message       POST /fhir/$process-message, the example BaRS referral
-                message, a new referral each request (not in the default
-                phases)
+                message, a new referral each request, each with its own
+                X-Request-ID as BaRS senders send (not in the default phases)
   resubmit      POST /fhir/ServiceRequest of one referral already held
                 (the idempotent answer)
   read          GET /fhir/ServiceRequest/{id}
@@ -203,7 +203,7 @@ def seconds_of(latency):
     return float(m.group(1)) * scale[m.group(2)] if m else float("inf")
 
 
-def wrk(servers, args, path, body_file=None, unique=None):
+def wrk(servers, args, path, body_file=None, unique=None, request_ids=False):
     """One wrk per server at the same time, the connections split between them: the summed
     rate, the worst p50 and p99, the summed requests, non-2xx count and peak RSS."""
     env = dict(os.environ)
@@ -215,7 +215,8 @@ def wrk(servers, args, path, body_file=None, unique=None):
             command += ["-s", LUA]
             # Each instance's wrk makes its own identifiers (post-unique.lua numbers them
             # per thread): a prefix per instance keeps them apart.
-            env_i = dict(env, LOAD_BODY_FILE=body_file, LOAD_UNIQUE=unique, LOAD_PREFIX=f"i{index}-")
+            env_i = dict(env, LOAD_BODY_FILE=body_file, LOAD_UNIQUE=unique, LOAD_PREFIX=f"i{index}-",
+                         LOAD_REQUEST_ID="1" if request_ids else "")
         else:
             env_i = env
         command.append(f"http://{server.address}{path}")
@@ -295,16 +296,17 @@ def main():
                 "validate": ("/fhir/ServiceRequest/$validate", REFERRAL, "REF-2026-000123"),
                 "create": ("/fhir/ServiceRequest", REFERRAL, "REF-2026-000123"),
                 "transaction": ("/fhir", BUNDLE, "REF-2026-000456"),
-                "message": ("/fhir/$process-message", MESSAGE, "REF-2026-000789"),
+                # As a BaRS sender sends it: each message its own X-Request-ID.
+                "message": ("/fhir/$process-message", MESSAGE, "REF-2026-000789", True),
                 # A text not in the body: the same referral every time.
                 "resubmit": ("/fhir/ServiceRequest", held_file, "NOT-IN-THE-BODY"),
                 "read": (f"/fhir/ServiceRequest/{held_id}", None, None),
             }
             baseline = None
             for name in args.phases.split(","):
-                path, body, unique = phases[name]
+                path, body, unique, *request_ids = phases[name]
                 cpu_before = sum(s.cpu_seconds() for s in servers)
-                rate, p50, p99, total, non2xx, errors, peak = wrk(servers, args, path, body, unique)
+                rate, p50, p99, total, non2xx, errors, peak = wrk(servers, args, path, body, unique, *request_ids)
                 cpu_ms = 1000 * (sum(s.cpu_seconds() for s in servers) - cpu_before) / max(total, 1)
                 baseline = baseline or rate
                 share = f"{100 * rate / baseline:5.1f} % of {args.phases.split(',')[0]}"

@@ -2,8 +2,10 @@
 -- (the referral's identifier value) is made unique per request, so each
 -- request is a new referral rather than an idempotent resubmission.
 -- Environment: LOAD_BODY_FILE (the body), LOAD_UNIQUE (the text to vary), and
--- optionally LOAD_AUTHORIZATION (an Authorization header value, e.g. "Bearer …") and
--- LOAD_PREFIX (put before each value: several wrk processes at once stay apart).
+-- optionally LOAD_AUTHORIZATION (an Authorization header value, e.g. "Bearer …"),
+-- LOAD_PREFIX (put before each value: several wrk processes at once stay apart) and
+-- LOAD_REQUEST_ID=1 (each request its own X-Request-ID, as a BaRS sender sends, so that
+-- the receiver looks each one up and remembers it).
 local file = assert(io.open(os.getenv("LOAD_BODY_FILE"), "r"))
 local template = file:read("*a")
 file:close()
@@ -18,6 +20,7 @@ end
 
 local authorization = os.getenv("LOAD_AUTHORIZATION")
 local prefix = os.getenv("LOAD_PREFIX") or ""
+local request_ids = os.getenv("LOAD_REQUEST_ID") == "1"
 
 local counter = 0
 function request()
@@ -27,6 +30,9 @@ function request()
     local headers = {["Content-Type"] = "application/fhir+json"}
     if authorization and authorization ~= "" then
         headers["Authorization"] = authorization
+    end
+    if request_ids then
+        headers["X-Request-ID"] = "load-" .. value
     end
     return wrk.format("POST", nil, headers, body)
 end

@@ -105,11 +105,8 @@ const RESTORE: &str = "PRAGMA synchronous = FULL";
 #[derive(Clone)]
 pub(super) struct Durability {
     wal: PathBuf,
-    sync: Arc<SyncWal>,
+    sync: Arc<super::SyncFile>,
 }
-
-/// Makes the WAL file at a path durable (`fdatasync`; a test's own in tests).
-type SyncWal = dyn Fn(&Path) -> std::io::Result<()> + Send + Sync;
 
 impl std::fmt::Debug for Durability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
