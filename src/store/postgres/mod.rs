@@ -489,6 +489,14 @@ impl Tx {
         Ok(())
     }
 
+    /// A referral this transaction inserted counts as locked by it: no other transaction
+    /// sees its row until this one commits, and one that references it (a foreign key
+    /// check) waits for this one. Its notes, timeline and submission then need no
+    /// `SELECT … FOR UPDATE` (a round trip per new referral).
+    fn inserted_referral(&mut self, referral_id: &str) {
+        self.locked_referrals.push(referral_id.to_owned());
+    }
+
     /// Runs a statement whose result the transaction never reads, now (SQLite queues
     /// it; see `store::deferred`).
     async fn execute(&mut self, statement: Statement) -> Result<(), StoreError> {

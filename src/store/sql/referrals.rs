@@ -123,6 +123,7 @@ impl Tx {
         .bind(&referral.task_id)
         .bind(referral.version)
         ).await?;
+        self.inserted_referral(&referral.id);
         self.write_details(&referral.id, f, &referral.received_at)
             .await
     }
