@@ -479,14 +479,19 @@ impl Backend {
         practice: Option<&str>,
         identifier: &BusinessIdentifier,
     ) -> Result<Option<Referral>, StoreError> {
-        // Most find nothing (a new referral): the id alone is read first, in the way
-        // that costs least (SQLite: on the caller's thread).
-        let id = self
-            .committed_first_text(referral_id_by_identifier(practice, identifier))
-            .await?;
-        match id {
-            Some(id) => fetch_referral(&mut *self.readers.acquire().await?, &id).await,
-            None => Ok(None),
+        // Most find nothing (a new referral): where the backend reads on this thread
+        // (SQLite), the id alone is read there first, and a pool reader is taken only
+        // for a referral found; elsewhere one pool reader does both.
+        match self
+            .direct_first_text(&referral_id_by_identifier(practice, identifier))
+            .await?
+        {
+            Some(None) => Ok(None),
+            Some(Some(id)) => fetch_referral(&mut *self.readers.acquire().await?, &id).await,
+            None => {
+                referral_by_identifier(&mut *self.readers.acquire().await?, practice, identifier)
+                    .await
+            }
         }
     }
 
@@ -497,13 +502,11 @@ impl Backend {
         sender: &str,
         request_id: &str,
     ) -> Result<Option<MessageRequest>, StoreError> {
-        // Most find nothing (the first copy): whether one is held is read first, in the
-        // way that costs least (SQLite: on the caller's thread).
-        if self
-            .committed_first_text(message_request_held(sender, request_id))
-            .await?
-            .is_none()
-        {
+        // Most find nothing (the first copy): where the backend reads on this thread
+        // (SQLite), whether one is held is read there first; elsewhere, and for one
+        // held, the answer is read in full from a pool reader.
+        let held = message_request_held(sender, request_id);
+        if let Some(None) = self.direct_first_text(&held).await? {
             return Ok(None);
         }
         fetch_message_request(&mut *self.readers.acquire().await?, sender, request_id).await
@@ -914,6 +917,22 @@ impl Backend {
                 },
             ),
         ]
+    }
+}
+
+/// The lookup `referrals_by_identifier` answers, on one connection: one referral per
+/// identifier per sending practice.
+async fn referral_by_identifier(
+    conn: &mut Conn,
+    practice: Option<&str>,
+    identifier: &BusinessIdentifier,
+) -> Result<Option<Referral>, StoreError> {
+    let id =
+        super::statement::first_text(&mut *conn, referral_id_by_identifier(practice, identifier))
+            .await?;
+    match id {
+        Some(id) => fetch_referral(conn, &id).await,
+        None => Ok(None),
     }
 }
 

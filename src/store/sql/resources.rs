@@ -593,20 +593,6 @@ fn matched(
 }
 
 impl Backend {
-    /// The first column of `statement`'s first row as text, among committed rows: on a
-    /// backend's own reader on this thread where it has one (SQLite), else a pool reader.
-    pub(super) async fn committed_first_text(
-        &self,
-        statement: Statement,
-    ) -> Result<Option<String>, StoreError> {
-        match self.direct_first_text(&statement).await? {
-            Some(text) => Ok(text),
-            None => {
-                super::statement::first_text(&mut *self.readers.acquire().await?, statement).await
-            }
-        }
-    }
-
     /// See `Store::committed_matching_current`.
     pub(in crate::store) async fn committed_matching_current(
         &self,

@@ -117,7 +117,11 @@ impl std::fmt::Debug for Durability {
 }
 
 impl Durability {
-    /// Syncs the write-ahead log of the database file `database` (its `-wal` file).
+    /// Syncs the write-ahead log of the database file `database` (its `-wal` file),
+    /// opened for each sync, unlike the database file's descriptor (`DatabaseSync`):
+    /// SQLite removes the `-wal` file when its last connection closes and makes it anew,
+    /// so a descriptor held across that would sync a file no longer there. Closing it
+    /// drops no lock: SQLite takes none on the `-wal` file.
     pub(super) fn of_database(database: &Path) -> Self {
         Self {
             wal: super::companion_file(database, "-wal"),

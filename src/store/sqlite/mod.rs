@@ -456,7 +456,7 @@ const DIRECT_MATCH_ROWS: usize = 256;
 impl SqliteStore {
     /// The first column of `statement`'s first row as text, among committed rows, read
     /// on this thread (`direct::Readers`); `None` when that would take too long (the
-    /// caller reads through the reader pool: `Backend::committed_first_text`).
+    /// caller reads through the reader pool).
     async fn direct_first_text(
         &self,
         statement: &Statement,
@@ -1686,10 +1686,12 @@ mod queued_statement_tests {
             .await
             .expect("a direct read");
         assert!(matches!(direct, Read::TooLong), "{direct:?}");
-        let counted = sqlite
-            .committed_first_text(counting())
-            .await
-            .expect("counted");
+        let counted = super::statement::first_text(
+            &mut sqlite.readers.acquire().await.expect("reader"),
+            counting(),
+        )
+        .await
+        .expect("counted");
         assert_eq!(counted.as_deref(), Some("1000000"));
         // The connection interrupted is kept and reads again.
         let statement = super::Statement::new("SELECT 'again'");
