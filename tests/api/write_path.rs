@@ -53,6 +53,18 @@ async fn a_failing_transaction_in_a_batch_leaves_the_others_committed() {
         .create(patient_write(&first, "First"))
         .await
         .expect("create");
+    if on_postgres() {
+        // PostgreSQL sends a write's INSERTs at its next other statement or its
+        // commit: a read sends them, so the clash below meets this row.
+        holder
+            .read(
+                ResourceType::parse("Patient").expect("type"),
+                &first,
+                &Visibility::All,
+            )
+            .await
+            .expect("read");
+    }
     let store = app.store.clone();
     let (failing_id, clash) = (failing_own.clone(), first.clone());
     let failing = tokio::spawn(async move {
@@ -60,9 +72,9 @@ async fn a_failing_transaction_in_a_batch_leaves_the_others_committed() {
         tx.create(patient_write(&failing_id, "Failing"))
             .await
             .expect("create");
-        // The same id as the first's: a constraint error, then abandoned. PostgreSQL
-        // meets it at the INSERT; SQLite queues the INSERT and meets it when the
-        // transaction next runs a statement (here a read; otherwise its commit).
+        // The same id as the first's: a constraint error, then abandoned. Both
+        // backends queue the INSERT and meet it when the transaction next runs a
+        // statement (here a read; otherwise its commit).
         let clashed = match tx.create(patient_write(&clash, "Clash")).await {
             Ok(_) => tx
                 .read(

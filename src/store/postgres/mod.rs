@@ -2,7 +2,9 @@
 //! pool serves reads and writes (PostgreSQL runs many writers at once), the
 //! migrations in `migrations/postgres` run under sqlx's advisory lock (two
 //! instances starting together do not race), and a commit that enqueues
-//! outbox rows sends a `NOTIFY` that wakes delivery on every instance.
+//! outbox rows is followed by a `NOTIFY` that wakes delivery on every instance
+//! ([`announce_outbox_rows`]). A write's INSERTs are queued and sent together
+//! ([`Tx::execute`], `combine`).
 //!
 //! The SQL shared with SQLite is compiled in here from `store/sql/` with
 //! this backend's types; what the single SQLite writer guaranteed by being
@@ -75,6 +77,8 @@ mod sessions;
 )]
 #[path = "../sql/statement.rs"]
 mod statement;
+
+mod combine;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -202,8 +206,13 @@ impl PgStore {
     }
 }
 
-/// The channel a commit that enqueued outbox rows notifies.
+/// The channel on which new outbox rows are announced to every instance.
 const OUTBOX_CHANNEL: &str = "sprig_outbox";
+
+/// Least time between two announcements of new outbox rows: the commits in between
+/// share the next one. Another instance's delivery learns of a row at most this much
+/// later (its own commits wake it at once).
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(5);
 
 /// Connections beyond the readers' share, for writes running alongside.
 const WRITE_CONNECTIONS: u32 = 16;
@@ -280,6 +289,8 @@ pub struct PgStore {
     /// Woken when any instance commits outbox rows (via `LISTEN`), so
     /// delivery starts at once rather than at its next poll.
     outbox_signal: Arc<Notify>,
+    /// Wakes [`announce_outbox_rows`] after a commit that enqueued outbox rows.
+    announce: Arc<Notify>,
     /// Turns to count exactly, so counts leave connections for everything else
     /// (readers and writers share this pool).
     counts: Arc<crate::store::search::CountGate>,
@@ -308,10 +319,14 @@ impl PgStore {
             pool.clone(),
             Arc::clone(&outbox_signal),
         ));
+        let announce = Arc::new(Notify::new());
+        tokio::spawn(announce_outbox_rows(pool.clone(), Arc::clone(&announce)));
+        tokio::spawn(first_statistics(pool.clone()));
         Ok(Self {
             writer: pool.clone(),
             readers: pool,
             outbox_signal,
+            announce,
             counts: Arc::new(crate::store::search::CountGate::new(
                 options.max_read_connections.max(1),
                 options.busy_timeout,
@@ -338,11 +353,13 @@ impl PgStore {
         Ok(Tx {
             tx: self.writer.begin().await?,
             outbox_signal: Arc::clone(&self.outbox_signal),
+            announce: Arc::clone(&self.announce),
             enqueued: false,
             written: Vec::new(),
             pending_index: Box::default(),
             stamp: None,
             locked_referrals: Vec::new(),
+            queued: Vec::new(),
             failed: false,
         })
     }
@@ -369,6 +386,96 @@ async fn check_database_settings(pool: &PgPool) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Tells every instance's listener (this one's too) that commits have enqueued outbox
+/// rows: one `NOTIFY` after however many such commits since the last, at most one per
+/// [`ANNOUNCE_EVERY`], until the pool closes.
+///
+/// Not in the write transactions themselves: PostgreSQL serialises every committing
+/// transaction that has sent a `NOTIFY` on one lock held until its commit is on disk,
+/// so that notifications queue in commit order; with a `NOTIFY` in each, new referrals
+/// on every instance would commit one disk flush at a time, and each commit would wake
+/// every listener. The announcement carries nothing, so it commits without waiting for
+/// the disk: one lost in a crash costs the other instances no more than their poll.
+async fn announce_outbox_rows(pool: PgPool, wanted: Arc<Notify>) {
+    loop {
+        // Woken at least once a second, to end once the pool has closed.
+        let woken = tokio::time::timeout(Duration::from_secs(1), wanted.notified()).await;
+        if pool.is_closed() {
+            return;
+        }
+        if woken.is_err() {
+            continue;
+        }
+        let announced =
+            sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(&pool)
+                .await;
+        if let Err(error) = announced {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(%error, "could not announce new outbox rows to the other instances; they find them at their next poll");
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+    }
+}
+
+/// How often [`first_statistics`] looks for tables that have rows but no statistics.
+const FIRST_STATISTICS_EVERY: Duration = Duration::from_secs(10);
+
+/// Rows changed in a table never analysed that make [`first_statistics`] analyse it.
+const FIRST_STATISTICS_AFTER_ROWS: i64 = 1_000;
+
+/// Gives each table its first statistics (`ANALYZE`) once it has
+/// [`FIRST_STATISTICS_AFTER_ROWS`] changed rows and none yet, until the pool closes;
+/// autovacuum keeps them current from then on.
+///
+/// Without statistics PostgreSQL's planner guesses one row for every index and may take
+/// the narrower one that reads every row of a kind: on a new database, under load, a
+/// transaction Bundle's conditional match read every resource of its type owned by the
+/// practice (`resources_by_owner`, the key a join filter) until autovacuum's first
+/// `ANALYZE`, which comes only after its minute's nap, and not at all in a short run. A
+/// restored database (`pg_restore` brings no statistics) is analysed at the first look.
+async fn first_statistics(pool: PgPool) {
+    loop {
+        if let Err(error) = analyze_tables_without_statistics(&pool).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(%error, "could not give new tables their first statistics");
+        }
+        tokio::time::sleep(FIRST_STATISTICS_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+    }
+}
+
+/// `ANALYZE`s every table of this schema never analysed (by anyone, autovacuum
+/// included) that has [`FIRST_STATISTICS_AFTER_ROWS`] changed rows; returns their names.
+async fn analyze_tables_without_statistics(pool: &PgPool) -> Result<Vec<String>, StoreError> {
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT relname::text FROM pg_stat_user_tables \
+         WHERE schemaname = current_schema() AND last_analyze IS NULL \
+         AND last_autoanalyze IS NULL AND n_mod_since_analyze >= $1 ORDER BY relname",
+    )
+    .bind(FIRST_STATISTICS_AFTER_ROWS)
+    .fetch_all(pool)
+    .await?;
+    let mut analyzed = Vec::with_capacity(tables.len());
+    for (table,) in tables {
+        // A name PostgreSQL itself listed, quoted as an identifier.
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {quoted}")))
+            .execute(pool)
+            .await?;
+        tracing::info!(table = %table, "gave a table its first statistics");
+        analyzed.push(table);
+    }
+    Ok(analyzed)
 }
 
 /// Wakes this instance's delivery whenever any instance's commit enqueued
@@ -401,6 +508,8 @@ pub struct Tx {
     tx: Transaction<'static, Postgres>,
     /// Told after a commit that added outbox rows.
     outbox_signal: Arc<Notify>,
+    /// Told after a commit that added outbox rows, to announce them to the other instances.
+    announce: Arc<Notify>,
     /// Whether this transaction added outbox rows.
     enqueued: bool,
     /// The resource versions it wrote, for their Provenance (`WriteTx::take_written`).
@@ -412,6 +521,9 @@ pub struct Tx {
     pending_index: Box<search::PendingIndex>,
     /// The referrals whose rows this transaction holds locked ([`Tx::lock_referral`]).
     locked_referrals: Vec<String>,
+    /// Statements whose results it never reads, sent (combined: `combine`) before its
+    /// next other statement or its commit.
+    queued: Vec<Statement>,
     /// A call on it failed, or was dropped midway ([`Tx::call_begins`]): the server
     /// has aborted the transaction, or may have, so it must not report a commit.
     failed: bool,
@@ -441,15 +553,28 @@ impl Tx {
         self.failed = failed_before || matches!(result, Err(StoreError::Database(_)));
     }
 
-    /// The connection, for the shared SQL.
+    /// The connection, for the shared SQL, once every queued statement has run.
     async fn conn(&mut self) -> Result<&mut PgConnection, StoreError> {
+        self.run_queued().await?;
         Ok(&mut self.tx)
     }
 
     /// The connection, for a statement that only reads (the same one: SQLite's
     /// writer distinguishes them, see its `Tx::read_conn`).
     async fn read_conn(&mut self) -> Result<&mut PgConnection, StoreError> {
-        Ok(&mut self.tx)
+        self.conn().await
+    }
+
+    /// Sends the queued statements, as few as `combine` makes them, in order.
+    async fn run_queued(&mut self) -> Result<(), StoreError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        for statement in combine::combine(queued) {
+            statement::run_now(&mut self.tx, statement).await?;
+        }
+        Ok(())
     }
 
     /// Serialises transactions receiving the same business identifier (or the
@@ -459,7 +584,7 @@ impl Tx {
     async fn lock_identifier(&mut self, system: &str, value: &str) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("{system}|{value}"))
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await?;
         Ok(())
     }
@@ -480,7 +605,7 @@ impl Tx {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT id FROM referrals WHERE id = $1 FOR UPDATE")
                 .bind(referral_id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await?;
         // Remembered only when a row was locked: a referral not yet there holds no lock.
         if row.is_some() {
@@ -497,15 +622,18 @@ impl Tx {
         self.locked_referrals.push(referral_id.to_owned());
     }
 
-    /// Runs a statement whose result the transaction never reads, now (SQLite queues
-    /// it; see `store::deferred`).
+    /// Queues a statement whose result the transaction never reads, to run before the
+    /// transaction's next other statement or its commit, combined with its neighbours
+    /// where their meaning allows (`combine`): a round trip each was most of what a new
+    /// referral cost here. Its failure is reported there, as on SQLite.
     async fn execute(&mut self, statement: Statement) -> Result<(), StoreError> {
-        statement::run_now(&mut self.tx, statement).await
+        self.queued.push(statement);
+        Ok(())
     }
 
     /// Reads one text value (the first row's first column) in the transaction.
     async fn read_text(&mut self, statement: Statement) -> Result<Option<String>, StoreError> {
-        statement::first_text(&mut self.tx, statement).await
+        statement::first_text(self.conn().await?, statement).await
     }
 
     /// Nothing to take: PostgreSQL has no single writer to wait for (see the SQLite
@@ -561,9 +689,9 @@ impl Tx {
         Ok(stamp)
     }
 
-    /// Commits every change; when it enqueued outbox rows, every instance's
-    /// listener is told (PostgreSQL delivers a `NOTIFY` only on commit).
-    /// Refused (rolled back) after a call that failed or was abandoned.
+    /// Commits every change; when it enqueued outbox rows, this instance's delivery is
+    /// woken, and the other instances' once [`announce_outbox_rows`] has sent its next
+    /// `NOTIFY`. Refused (rolled back) after a call that failed or was abandoned.
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         if self.failed {
             return Err(StoreError::WriteAbandoned(
@@ -573,15 +701,11 @@ impl Tx {
             ));
         }
         self.flush_index().await?;
-        if self.enqueued {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(OUTBOX_CHANNEL)
-                .execute(self.conn().await?)
-                .await?;
-        }
+        self.run_queued().await?;
         self.tx.commit().await?;
         if self.enqueued {
             self.outbox_signal.notify_one();
+            self.announce.notify_one();
         }
         Ok(())
     }
@@ -672,17 +796,21 @@ mod tests {
             .await
             .expect("create");
         tx.create(patient(&second, "Twice")).await.expect("create");
-        let error = tx
-            .create(patient(&second, "Twice"))
-            .await
-            .expect_err("the same id twice");
-        assert!(
-            matches!(&error, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation()),
-            "{error:?}"
-        );
-        // The caller carries on regardless.
-        let error = tx.commit().await.expect_err("the write failed");
-        assert!(matches!(error, StoreError::WriteAbandoned(_)), "{error:?}");
+        let is_duplicate = |error: &StoreError| matches!(error, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation());
+        // The INSERTs are queued (`Tx::execute`): the duplicate fails when they are
+        // sent, at the next other statement or at the commit.
+        match tx.create(patient(&second, "Twice")).await {
+            Err(error) => {
+                assert!(is_duplicate(&error), "{error:?}");
+                // The caller carries on regardless.
+                let error = tx.commit().await.expect_err("the write failed");
+                assert!(matches!(error, StoreError::WriteAbandoned(_)), "{error:?}");
+            }
+            Ok(_) => {
+                let error = tx.commit().await.expect_err("the write failed");
+                assert!(is_duplicate(&error), "{error:?}");
+            }
+        }
         for id in [&first, &second] {
             let read = store.read(PATIENT, id, &Visibility::All).await;
             assert!(matches!(read, Ok(ReadOutcome::NotFound)), "{read:?}");
@@ -765,6 +893,58 @@ mod tests {
             );
         }
         watcher.close().await;
+        fresh.drop_database().await;
+    }
+
+    /// A table with rows and no statistics is analysed once, by `first_statistics`;
+    /// after that autovacuum's (and a table with few rows is left alone).
+    #[tokio::test]
+    async fn a_table_with_rows_and_no_statistics_is_analysed_once() {
+        let fresh = FreshStore::open().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/{}", base(), fresh.name))
+            .await
+            .expect("the test database");
+        let rows = super::FIRST_STATISTICS_AFTER_ROWS + 100;
+        sqlx::query(
+            "INSERT INTO seen_assertions (client_id, jti, expires_at) \
+             SELECT 'c', g::text, g FROM generate_series(1, $1) g",
+        )
+        .bind(rows)
+        .execute(&pool)
+        .await
+        .expect("rows");
+        sqlx::query(
+            "INSERT INTO identity_secrets (name, value, created_at) VALUES ('few', 'x', 'now')",
+        )
+        .execute(&pool)
+        .await
+        .expect("a row");
+        // The server counts a table's changed rows in shared memory once the inserting
+        // session reports them (at most a second after its transaction); wait for it.
+        let mut analyzed = Vec::new();
+        for _ in 0..50 {
+            analyzed = super::analyze_tables_without_statistics(&pool)
+                .await
+                .expect("analyse");
+            if !analyzed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(analyzed, ["seen_assertions"]);
+        let (estimate,): (f32,) =
+            sqlx::query_as("SELECT reltuples FROM pg_class WHERE relname = 'seen_assertions'")
+                .fetch_one(&pool)
+                .await
+                .expect("estimate");
+        assert!((estimate - rows as f32).abs() < 1.0, "{estimate}");
+        let again = super::analyze_tables_without_statistics(&pool)
+            .await
+            .expect("analyse");
+        assert!(again.is_empty(), "{again:?}");
+        pool.close().await;
         fresh.drop_database().await;
     }
 
