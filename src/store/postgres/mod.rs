@@ -636,10 +636,14 @@ impl Tx {
         statement::first_text(self.conn().await?, statement).await
     }
 
-    /// Nothing to take: PostgreSQL has no single writer to wait for (see the SQLite
-    /// `Tx::take_writer`).
+    /// No single writer to wait for here (see the SQLite `Tx::take_writer`), but the
+    /// queued statements and index rows are sent now, before the commit begins
+    /// (`WriteTx::commit`): they may wait for another transaction's lock, and until the
+    /// commit begins a request past its time limit is dropped and rolled back, where a
+    /// commit begun is waited for.
     pub(in crate::store) async fn take_writer(&mut self) -> Result<(), StoreError> {
-        Ok(())
+        self.flush_index().await?;
+        self.run_queued().await
     }
 
     /// Fails with `guard`'s failure (given the first column's text) if `statement`
