@@ -388,6 +388,15 @@ async fn check_database_settings(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The database clock's reading `millis` (Unix milliseconds) as a version's stamp.
+fn stamp_of(millis: i64) -> Result<Instant, StoreError> {
+    Instant::from_unix_millis(millis).ok_or_else(|| {
+        StoreError::Database(sqlx::Error::Decode(
+            format!("the database clock read {millis} ms").into(),
+        ))
+    })
+}
+
 /// Tells every instance's listener (this one's too) that commits have enqueued outbox
 /// rows: one `NOTIFY` after however many such commits since the last, at most one per
 /// [`ANNOUNCE_EVERY`], until the pool closes.
@@ -581,11 +590,29 @@ impl Tx {
     /// same `X-Request-ID`), on any instance, with a transaction-scoped advisory
     /// lock on its hash, so the second one finds the first's row instead of
     /// racing it to the unique constraint.
+    ///
+    /// A transaction that locks an identifier goes on to write (a new referral, a
+    /// message), so the same statement also gives it its id and reads its stamp
+    /// ([`Tx::timestamp`]), after the lock is held: one round trip where there were two.
     async fn lock_identifier(&mut self, system: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("{system}|{value}"))
-            .execute(self.conn().await?)
-            .await?;
+        let key = format!("{system}|{value}");
+        if self.stamp.is_some() {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(self.conn().await?)
+                .await?;
+            return Ok(());
+        }
+        // Each subquery is fenced (`OFFSET 0`), so both run, once, before the clock is read.
+        let (millis,): (i64,) = sqlx::query_as(
+            "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint \
+             FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned, \
+                  (SELECT pg_advisory_xact_lock(hashtextextended($1, 0)) AS held OFFSET 0) AS locked",
+        )
+        .bind(key)
+        .fetch_one(self.conn().await?)
+        .await?;
+        self.stamp = Some(stamp_of(millis)?);
         Ok(())
     }
 
@@ -684,11 +711,7 @@ impl Tx {
         )
         .fetch_one(self.conn().await?)
         .await?;
-        let stamp = Instant::from_unix_millis(millis).ok_or_else(|| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("the database clock read {millis} ms").into(),
-            ))
-        })?;
+        let stamp = stamp_of(millis)?;
         self.stamp = Some(stamp);
         Ok(stamp)
     }
