@@ -318,8 +318,9 @@ fn the_readme_test_command_is_what_ci_runs() {
 /// (ARCHITECTURE.md, `store`): on PostgreSQL a failed statement aborts the transaction and
 /// its `COMMIT` would answer `ROLLBACK` as if it succeeded, so a call that fails, or is
 /// dropped midway, must leave the write refusing to commit. A new method written with plain
-/// `dispatch!` would lose that silently; only the two that run no statement of a caller's
-/// may use it.
+/// `dispatch!` would lose that silently; only `take_written` (no statement) and `commit`
+/// (it consumes the write, so nothing can commit after it fails, even when PostgreSQL's
+/// queued statements fail in it) may use it.
 #[test]
 fn write_transaction_calls_go_through_dispatch_write() {
     const PLAIN_ALLOWED: [&str; 2] = ["take_written", "commit"];

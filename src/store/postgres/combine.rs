@@ -23,7 +23,8 @@
 //!   a resource's index rows cleared) runs alone, in its place: a DELETE's key check
 //!   against a child inserted in the same statement is not the check it had in turn.
 //! - Text this module cannot read with certainty (a quoted identifier, a backslash, a
-//!   comment, a `$` not followed by digits, an unclosed literal) runs alone.
+//!   comment, a `$` not followed by digits, an unclosed literal, a second statement, a
+//!   schema-qualified target) runs alone.
 //! - A group's placeholders stay within the protocol's 65,535.
 //!
 //! A failing combined statement fails the transaction, as its failing INSERT did: the
@@ -184,6 +185,10 @@ impl Parsed {
                     {
                         i += 1;
                     }
+                    // The target written `schema.table` would read as the schema.
+                    if words.len() == 2 && bytes.get(i) == Some(&b'.') {
+                        return None;
+                    }
                     words.push(sql[start..i].to_ascii_lowercase());
                 }
                 _ if byte.is_ascii() => i += 1,
@@ -319,6 +324,7 @@ mod tests {
             "INSERT INTO a (x) VALUES ($tag$b$tag$)",
             "INSERT INTO a (x) VALUES ('open)",
             "INSERT INTO a (x) VALUES ($1); DELETE FROM b",
+            "INSERT INTO public.z (x) VALUES ($1)",
             "WITH b AS (SELECT 1) INSERT INTO a (x) SELECT 1 FROM b",
         ] {
             let combined = combine(vec![
