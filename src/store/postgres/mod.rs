@@ -801,6 +801,15 @@ mod tests {
             Self { store, name }
         }
 
+        /// A pool of one connection to the store's database, apart from the store's own.
+        async fn own_pool(&self) -> sqlx::PgPool {
+            PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&format!("{}/{}", base(), self.name))
+                .await
+                .expect("the test database")
+        }
+
         async fn drop_database(self) {
             self.store.close().await;
             on_server(format!(
@@ -930,11 +939,7 @@ mod tests {
     #[tokio::test]
     async fn a_system_and_code_lookup_probes_the_code_without_statistics() {
         let fresh = FreshStore::open().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&format!("{}/{}", base(), fresh.name))
-            .await
-            .expect("the test database");
+        let pool = fresh.own_pool().await;
         for sql in [
             "INSERT INTO resources (resource_type, id, current_version, deleted, last_updated) \
              SELECT 'ServiceRequest', 'sr' || g, 1, 0, '2026-12-06T00:00:00.000Z' \
@@ -972,11 +977,7 @@ mod tests {
     #[tokio::test]
     async fn a_table_with_rows_and_no_statistics_is_analysed_once() {
         let fresh = FreshStore::open().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&format!("{}/{}", base(), fresh.name))
-            .await
-            .expect("the test database");
+        let pool = fresh.own_pool().await;
         let rows = super::FIRST_STATISTICS_AFTER_ROWS + 100;
         sqlx::query(
             "INSERT INTO seen_assertions (client_id, jti, expires_at) \
