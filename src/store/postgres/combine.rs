@@ -29,6 +29,15 @@
 //!
 //! A failing combined statement fails the transaction, as its failing INSERT did: the
 //! transaction is aborted either way, and the error names the constraint.
+//!
+//! Each combined text is prepared once per connection and kept in its statement cache,
+//! as every statement is. A kind of write whose multi-row INSERTs vary in their row
+//! counts (a referral's reasons, a resource's index rows) makes one text per combination
+//! of counts, so varied traffic keeps more texts than the same writes sent one INSERT at
+//! a time did. Sent unprepared instead, PostgreSQL parsing and planning each one cost
+//! more than a quarter of the gain (creates 628–737/s against 923–994/s, two
+//! instances), so they stay prepared; were the cache to churn, each miss costs a prepare,
+//! which is about what the unprepared run measured.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
