@@ -6,8 +6,11 @@
 //! writer connection (`store::sqlite::direct`) at its next read or its commit,
 //! where each statement sent through sqlx was a hand-off to sqlx's worker thread
 //! and back while the single writer was held (about 20 per new referral, most of
-//! the time a create held the writer). On PostgreSQL they run at once, in order,
-//! as any other statement: the transaction sees the same results on both.
+//! the time a create held the writer). On PostgreSQL they are queued too and sent
+//! before the transaction's next other statement or its commit, consecutive INSERTs
+//! into different tables as one statement (`store::postgres::combine`), a round trip
+//! each having been most of a new referral's cost there. Either way they run in order
+//! before anything the transaction reads: it sees the same results on both.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;

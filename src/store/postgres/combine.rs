@@ -51,37 +51,30 @@ const MAX_PLACEHOLDERS: usize = u16::MAX as usize;
 /// `statements`, in order, with consecutive INSERTs that may share a statement combined.
 pub(super) fn combine(statements: Vec<Statement>) -> Vec<Statement> {
     let mut out = Vec::new();
+    // The group being built: a few statements, so what it inserts into and how many
+    // placeholders it binds are counted from it rather than kept beside it.
     let mut group: Vec<(Statement, Parsed)> = Vec::new();
-    let mut inserted: BTreeSet<String> = BTreeSet::new();
-    let mut placeholders = 0_usize;
     for statement in statements {
         let Some(parsed) = Parsed::of(&statement.sql) else {
             flush(&mut group, &mut out);
-            inserted.clear();
-            placeholders = 0;
             out.push(statement);
             continue;
         };
-        let conflicts = parsed.words.iter().any(|word| inserted.contains(word));
-        let too_many = placeholders + statement.args.len() > MAX_PLACEHOLDERS;
-        if conflicts || too_many {
+        let names_an_inserted_table = group.iter().any(|(_, member)| {
+            member
+                .target
+                .as_ref()
+                .is_some_and(|target| parsed.words.contains(target))
+        });
+        let placeholders: usize = group.iter().map(|(member, _)| member.args.len()).sum();
+        if names_an_inserted_table || placeholders + statement.args.len() > MAX_PLACEHOLDERS {
             flush(&mut group, &mut out);
-            inserted.clear();
-            placeholders = 0;
         }
-        placeholders += statement.args.len();
-        match &parsed.target {
-            Some(target) => {
-                inserted.insert(target.clone());
-                group.push((statement, parsed));
-            }
-            // A SELECT is no `WITH` member (one no one reads is never run): it ends the group.
-            None => {
-                group.push((statement, parsed));
-                flush(&mut group, &mut out);
-                inserted.clear();
-                placeholders = 0;
-            }
+        // A SELECT is no `WITH` member (one no one reads is never run): it ends the group.
+        let ends_the_group = parsed.target.is_none();
+        group.push((statement, parsed));
+        if ends_the_group {
+            flush(&mut group, &mut out);
         }
     }
     flush(&mut group, &mut out);

@@ -153,7 +153,8 @@ fn days_between(later: &str, earlier: &str) -> String {
 /// clock: versions stamped before `horizon` are all committed (or never will be).
 ///
 /// Every instance stamps versions with the database's clock, read (by
-/// [`Tx::timestamp`]) only after the transaction has its transaction id, so from then
+/// [`Tx::timestamp`], or [`Tx::lock_identifier`] with its lock: [`STAMP_SQL`]) only after
+/// the transaction has its transaction id, so from then
 /// on it shows in `pg_stat_activity` with a `backend_xid` and an `xact_start` no later
 /// than its stamp. The horizon is the earliest `xact_start` of those transactions (the
 /// ones that may still commit a version), or the statement's own start if there are
@@ -388,6 +389,22 @@ async fn check_database_settings(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A write transaction's stamp (`Tx::timestamp`): the database clock in Unix
+/// milliseconds, read after the transaction has its id, so that from then on a search's
+/// horizon ([`HORIZON_SQL`]) counts it as possibly committing. The fenced subquery
+/// (`OFFSET 0`) runs before the clock is read, and its id must be selected:
+/// `pg_current_xact_id` is STABLE, and an unused column of it is planned away, leaving
+/// the transaction without an id.
+const STAMP_SQL: &str = "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint, \
+     assigned.xid::text FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned";
+
+/// [`STAMP_SQL`] after an identifier's advisory lock (`Tx::lock_identifier`, `$1` the
+/// identifier): both fenced subqueries run before the clock is read, so the stamp is read
+/// with the lock held.
+const LOCK_AND_STAMP_SQL: &str = "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint, \
+     assigned.xid::text FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned, \
+     (SELECT pg_advisory_xact_lock(hashtextextended($1, 0)) AS held OFFSET 0) AS locked";
+
 /// The database clock's reading `millis` (Unix milliseconds) as a version's stamp.
 fn stamp_of(millis: i64) -> Result<Instant, StoreError> {
     Instant::from_unix_millis(millis).ok_or_else(|| {
@@ -604,15 +621,10 @@ impl Tx {
                 .await?;
             return Ok(());
         }
-        // Each subquery is fenced (`OFFSET 0`), so both run, once, before the clock is read.
-        let (millis,): (i64,) = sqlx::query_as(
-            "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint \
-             FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned, \
-                  (SELECT pg_advisory_xact_lock(hashtextextended($1, 0)) AS held OFFSET 0) AS locked",
-        )
-        .bind(key)
-        .fetch_one(self.conn().await?)
-        .await?;
+        let (millis, _xid): (i64, String) = sqlx::query_as(LOCK_AND_STAMP_SQL)
+            .bind(key)
+            .fetch_one(self.conn().await?)
+            .await?;
         self.stamp = Some(stamp_of(millis)?);
         Ok(())
     }
@@ -706,12 +718,9 @@ impl Tx {
         if let Some(stamp) = self.stamp {
             return Ok(stamp);
         }
-        let (millis, _xid): (i64, String) = sqlx::query_as(
-            "SELECT floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint, assigned.xid::text \
-             FROM (SELECT pg_current_xact_id() AS xid OFFSET 0) AS assigned",
-        )
-        .fetch_one(self.conn().await?)
-        .await?;
+        let (millis, _xid): (i64, String) = sqlx::query_as(STAMP_SQL)
+            .fetch_one(self.conn().await?)
+            .await?;
         let stamp = stamp_of(millis)?;
         self.stamp = Some(stamp);
         Ok(stamp)
@@ -930,6 +939,44 @@ mod tests {
             );
         }
         watcher.close().await;
+        fresh.drop_database().await;
+    }
+
+    /// A transaction's stamp is read only once it has its transaction id, by whichever
+    /// statement reads it (`Tx::timestamp`, or `Tx::lock_identifier` with its lock), so
+    /// that a search's horizon (`HORIZON_SQL`) already counts it as possibly committing.
+    #[tokio::test]
+    async fn a_stamp_is_read_only_once_the_transaction_has_its_id() {
+        let fresh = FreshStore::open().await;
+        async fn assigned(tx: &mut super::Tx) -> Result<Option<String>, sqlx::Error> {
+            sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+                .fetch_one(&mut *tx.tx)
+                .await
+        }
+        let Store::Postgres(pg) = &fresh.store else {
+            panic!("a PostgreSQL store");
+        };
+        let mut locked = pg.begin_write().await.expect("begin");
+        locked
+            .lock_identifier("https://example.org/id", "A-1")
+            .await
+            .expect("lock");
+        assert!(locked.stamp.is_some(), "the lock read the stamp");
+        let id = assigned(&mut locked).await.expect("xid");
+        assert!(
+            id.is_some(),
+            "the stamp was read before the transaction had an id"
+        );
+        drop(locked);
+
+        let mut stamped = pg.begin_write().await.expect("begin");
+        stamped.timestamp().await.expect("stamp");
+        let id = assigned(&mut stamped).await.expect("xid");
+        assert!(
+            id.is_some(),
+            "the stamp was read before the transaction had an id"
+        );
+        drop(stamped);
         fresh.drop_database().await;
     }
 

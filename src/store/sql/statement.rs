@@ -1,7 +1,8 @@
 //! A queued statement ([`Statement`]) run at once through sqlx, shared by both
 //! backends (compiled into `store::sqlite` and `store::postgres` with that
-//! backend's `Conn`): PostgreSQL's write transactions run theirs this way, and
-//! both run this way the index rows written outside a write transaction.
+//! backend's `Conn`): PostgreSQL's write transactions run theirs this way (combined
+//! first: `postgres::combine`), and both run this way the index rows written outside a
+//! write transaction.
 
 use std::borrow::Cow;
 
